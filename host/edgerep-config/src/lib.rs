@@ -1,0 +1,400 @@
+//! The node's configuration: one TOML file, parsed strictly.
+//!
+//! [`Config::load`] reads the file, [`Config::parse`] parses text. Both refuse unknown keys,
+//! wrong types, malformed values and inconsistent settings, and every [`ConfigError`] names the
+//! file, the key (a dotted path such as `peers[1].address`) and, when it can, the line and column.
+//!
+//! ```toml
+//! [node]
+//! id = "site-a"              # required, node id rules
+//! data_dir = "data"          # required; relative to the config file's directory
+//! max_clock_skew_ms = 60000  # optional, > 0
+//!
+//! [api]
+//! listen = "127.0.0.1:7070"  # required, IP:port of the local HTTP API
+//!
+//! [replication]
+//! listen = "127.0.0.1:7071"  # required, IP:port of the peer listener
+//!
+//! [[peers]]                  # zero or more
+//! id = "site-b"
+//! address = "127.0.0.1:7171" # host:port
+//!
+//! [collections]
+//! accept_undeclared = true   # optional, default false
+//!
+//! [[collections.declared]]   # zero or more
+//! name = "orders"
+//! transforms_on_ingest = []  # must be empty (no plugin runtime yet)
+//! transforms_on_apply = []   # must be empty (no plugin runtime yet)
+//! resolver = "lww"           # the only resolver
+//!
+//! [limits]                   # each optional, > 0
+//! max_key_bytes = 1024
+//! max_value_bytes = 65536
+//! max_value_depth = 32
+//! max_meta_entries = 16
+//! max_batch_events = 10000
+//! max_request_bytes = 16777216
+//!
+//! [commit]
+//! max_events = 1000
+//! ```
+
+mod error;
+mod raw;
+mod starter;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+
+use edgerep_wire::event::{NodeId, check_collection_name};
+
+pub use error::ConfigError;
+pub use starter::starter_toml;
+
+use error::{line_col, locate, render_path, tidy_message};
+use raw::RawConfig;
+
+/// A node's whole configuration, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from, absolute if the current directory could be determined.
+    pub source: PathBuf,
+    /// `[node]`: who this node is and where it keeps its data.
+    pub node: NodeConfig,
+    /// `[api]`: the local HTTP API for applications.
+    pub api: ApiConfig,
+    /// `[replication]`: the peer listener.
+    pub replication: ReplicationConfig,
+    /// `[[peers]]`: the sites this node replicates with (unique ids, none equal to `node.id`).
+    pub peers: Vec<PeerConfig>,
+    /// `[collections]`: which collections writes may go to.
+    pub collections: CollectionsConfig,
+    /// `[limits]`: bounds on what the API accepts.
+    pub limits: LimitsConfig,
+    /// `[commit]`: group commit.
+    pub commit: CommitConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// The data directory, already resolved against the config file's directory when the file
+    /// gave a relative path.
+    pub data_dir: PathBuf,
+    /// Remote hybrid-clock timestamps further ahead of wall time than this are refused (> 0,
+    /// default 60000).
+    pub max_clock_skew_ms: u64,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    /// Address of the local HTTP API.
+    pub listen: SocketAddr,
+}
+
+/// `[replication]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicationConfig {
+    /// Address of the peer (QUIC) listener; differs from `api.listen`.
+    pub listen: SocketAddr,
+}
+
+/// One `[[peers]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConfig {
+    /// The peer's node id.
+    pub id: NodeId,
+    /// `host:port` of the peer's replication listener; the host may be a DNS name, an IPv4
+    /// address or a bracketed IPv6 address, and the port is 1..=65535.
+    pub address: String,
+}
+
+/// `[collections]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionsConfig {
+    /// When true, any valid collection name is accepted and created on its first write; when
+    /// false (the default), only declared collections are.
+    pub accept_undeclared: bool,
+    /// The declared collections, with unique names.
+    pub declared: Vec<CollectionConfig>,
+}
+
+/// One `[[collections.declared]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionConfig {
+    /// The collection name (valid per `check_collection_name`).
+    pub name: String,
+    /// Plugins run on events written through the API; always empty until the plugin runtime.
+    pub transforms_on_ingest: Vec<String>,
+    /// Plugins run on events applied from peers; always empty until the plugin runtime.
+    pub transforms_on_apply: Vec<String>,
+    /// The conflict resolver; always `"lww"` (last writer wins on the hybrid clock, ties broken
+    /// by origin id).
+    pub resolver: String,
+}
+
+/// `[limits]`: every value is greater than 0, and `max_value_bytes <= max_request_bytes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// Longest key, in bytes (default 1024).
+    pub max_key_bytes: usize,
+    /// Largest value, as the bytes of its deterministic CBOR encoding (default 65536).
+    pub max_value_bytes: usize,
+    /// Deepest nesting of arrays and maps in a value (default 32).
+    pub max_value_depth: usize,
+    /// Most metadata entries on one event (default 16).
+    pub max_meta_entries: usize,
+    /// Most events in one API request (default 10000).
+    pub max_batch_events: usize,
+    /// Largest HTTP request body, in bytes (default 16 MiB).
+    pub max_request_bytes: usize,
+}
+
+/// `[commit]`: group commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitConfig {
+    /// Most events in one durable transaction (> 0, default 1000).
+    pub max_events: usize,
+}
+
+impl Config {
+    /// Reads and parses the configuration file at `path`. A file that cannot be read is a
+    /// [`ConfigError`] naming it, like every other error.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::file(
+                path,
+                format!("cannot read config file: {}", tidy_message(&e.to_string())),
+            )
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses configuration text. `path` is the file it came from: errors name it, and a
+    /// relative `node.data_dir` is resolved against its directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw = deserialize(text, path)?;
+        validate::validate(&raw).map_err(|(segs, message)| ConfigError {
+            file: path.to_path_buf(),
+            key: Some(render_path(&segs)),
+            line_col: locate(text, &segs).map(|span| line_col(text, span.start)),
+            message,
+        })?;
+        let source = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let data_dir = resolve_data_dir(&source, &raw.node.data_dir);
+        Ok(Config {
+            node: NodeConfig {
+                id: raw.node.id,
+                data_dir,
+                max_clock_skew_ms: raw.node.max_clock_skew_ms,
+            },
+            source,
+            api: ApiConfig {
+                listen: raw.api.listen,
+            },
+            replication: ReplicationConfig {
+                listen: raw.replication.listen,
+            },
+            peers: raw
+                .peers
+                .into_iter()
+                .map(|p| PeerConfig {
+                    id: p.id,
+                    address: p.address,
+                })
+                .collect(),
+            collections: CollectionsConfig {
+                accept_undeclared: raw.collections.accept_undeclared,
+                declared: raw
+                    .collections
+                    .declared
+                    .into_iter()
+                    .map(|c| CollectionConfig {
+                        name: c.name,
+                        transforms_on_ingest: c.transforms_on_ingest,
+                        transforms_on_apply: c.transforms_on_apply,
+                        resolver: c.resolver,
+                    })
+                    .collect(),
+            },
+            limits: LimitsConfig {
+                max_key_bytes: raw.limits.max_key_bytes,
+                max_value_bytes: raw.limits.max_value_bytes,
+                max_value_depth: raw.limits.max_value_depth,
+                max_meta_entries: raw.limits.max_meta_entries,
+                max_batch_events: raw.limits.max_batch_events,
+                max_request_bytes: raw.limits.max_request_bytes,
+            },
+            commit: CommitConfig {
+                max_events: raw.commit.max_events,
+            },
+        })
+    }
+
+    /// Whether writes to collection `name` are accepted: Ok if it is declared, or if
+    /// `collections.accept_undeclared` is true and `name` is a valid collection name; otherwise
+    /// Err with a message saying why.
+    pub fn check_collection(&self, name: &str) -> Result<(), String> {
+        if self.collection(name).is_some() {
+            return Ok(());
+        }
+        check_collection_name(name).map_err(|e| e.to_string())?;
+        if self.collections.accept_undeclared {
+            Ok(())
+        } else {
+            Err(format!(
+                "collection {name:?} is not declared in {} and collections.accept_undeclared is false",
+                self.source.display()
+            ))
+        }
+    }
+
+    /// The declared collection called `name`, if any.
+    pub fn collection(&self, name: &str) -> Option<&CollectionConfig> {
+        self.collections.declared.iter().find(|c| c.name == name)
+    }
+}
+
+/// Runs serde over the text, turning TOML and serde errors into [`ConfigError`]s with the key
+/// path and position.
+fn deserialize(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    let to_error = |key: Option<String>, e: &toml::de::Error| ConfigError {
+        file: path.to_path_buf(),
+        key,
+        line_col: e.span().map(|span| line_col(text, span.start)),
+        message: tidy_message(e.message()),
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| to_error(None, &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = error_key(&e.path().to_string(), e.inner().message());
+        let mut error = to_error(key, e.inner());
+        if let Some(message) = key_message(&error.message) {
+            let missing = error.message.starts_with("missing field");
+            if missing
+                && error
+                    .key
+                    .as_deref()
+                    .is_some_and(|k| !k.contains(['.', '[']))
+            {
+                // A missing top-level table: the span is the whole document, which says nothing.
+                error.line_col = None;
+            }
+            error.message = message;
+        }
+        error
+    })
+}
+
+/// Serde speaks of fields; the file has keys. Rewords "missing field `x`" and "unknown field
+/// `x`, expected ..." (the key itself is already named by the error), or None for other
+/// messages.
+fn key_message(message: &str) -> Option<String> {
+    if message.starts_with("missing field `") {
+        return Some("required key is missing".to_owned());
+    }
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, expected) = rest.split_once('`')?;
+    Some(match expected.strip_prefix(", ") {
+        Some(hint) => format!("unknown key `{field}`; {hint}"),
+        None => format!("unknown key `{field}`{expected}"),
+    })
+}
+
+/// The key to blame for a serde error at `path` (as `serde_path_to_error` renders it, `.` for
+/// the root). For a missing field the path is the enclosing table, so the field named in the
+/// message is appended (an unknown field is already the last segment of the path).
+fn error_key(path: &str, message: &str) -> Option<String> {
+    let path = if path == "." { "" } else { path };
+    let field = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field);
+    let key = match field {
+        Some(field) if path.is_empty() => field.to_owned(),
+        Some(field) => format!("{path}.{field}"),
+        None => path.to_owned(),
+    };
+    (!key.is_empty()).then_some(key)
+}
+
+/// Resolves `data_dir` against the directory of the config file `source` unless it is
+/// absolute, dropping `.` components.
+fn resolve_data_dir(source: &Path, data_dir: &str) -> PathBuf {
+    let data_dir = Path::new(data_dir);
+    let joined = if data_dir.is_absolute() {
+        data_dir.to_path_buf()
+    } else {
+        source.parent().unwrap_or(Path::new("")).join(data_dir)
+    };
+    joined
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_key_appends_missing_fields() {
+        assert_eq!(
+            error_key("x", "unknown field `x`, expected one of `a`"),
+            Some("x".into())
+        );
+        assert_eq!(error_key(".", "missing field `node`"), Some("node".into()));
+        assert_eq!(
+            error_key("node", "missing field `id`"),
+            Some("node.id".into())
+        );
+        assert_eq!(
+            error_key("api.listen", "invalid type"),
+            Some("api.listen".into())
+        );
+        assert_eq!(error_key(".", "something"), None);
+    }
+
+    #[test]
+    fn serde_messages_speak_of_keys() {
+        assert_eq!(
+            key_message("unknown field `x`, expected one of `a`, `b`").as_deref(),
+            Some("unknown key `x`; expected one of `a`, `b`")
+        );
+        assert_eq!(
+            key_message("unknown field `x`, there are no fields").as_deref(),
+            Some("unknown key `x`; there are no fields")
+        );
+        assert_eq!(
+            key_message("missing field `id`").as_deref(),
+            Some("required key is missing")
+        );
+        assert_eq!(key_message("invalid type"), None);
+    }
+
+    #[test]
+    fn data_dir_resolution() {
+        let source = Path::new("/etc/edgerep/edgerep.toml");
+        assert_eq!(
+            resolve_data_dir(source, "data"),
+            Path::new("/etc/edgerep/data")
+        );
+        assert_eq!(
+            resolve_data_dir(source, "./data"),
+            Path::new("/etc/edgerep/data")
+        );
+        assert_eq!(
+            resolve_data_dir(source, "../d"),
+            Path::new("/etc/edgerep/../d")
+        );
+        assert_eq!(
+            resolve_data_dir(source, "/var/lib/x"),
+            Path::new("/var/lib/x")
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! The file as serde reads it: every table denies unknown keys, and values whose syntax can be
+//! checked on their own (node ids, socket addresses, peer addresses, collection names) are checked
+//! while deserializing, so the error carries the key path and the value's position.
+//!
+//! Rules that relate several values (uniqueness, limits against each other) live in
+//! `crate::validate`.
+
+use std::net::SocketAddr;
+
+use edgerep_wire::event::{NodeId, check_collection_name};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+/// Default for `node.max_clock_skew_ms`.
+pub(crate) const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 60_000;
+/// Default for `limits.max_key_bytes`.
+pub(crate) const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+/// Default for `limits.max_value_bytes`.
+pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 65_536;
+/// Default for `limits.max_value_depth`.
+pub(crate) const DEFAULT_MAX_VALUE_DEPTH: usize = 32;
+/// Default for `limits.max_meta_entries`.
+pub(crate) const DEFAULT_MAX_META_ENTRIES: usize = 16;
+/// Default for `limits.max_batch_events`.
+pub(crate) const DEFAULT_MAX_BATCH_EVENTS: usize = 10_000;
+/// Default for `limits.max_request_bytes`.
+pub(crate) const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Default for `commit.max_events`.
+pub(crate) const DEFAULT_COMMIT_MAX_EVENTS: usize = 1000;
+/// The only conflict resolver so far: last writer wins.
+pub(crate) const RESOLVER_LWW: &str = "lww";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub(crate) node: RawNode,
+    pub(crate) api: RawListen,
+    pub(crate) replication: RawListen,
+    #[serde(default)]
+    pub(crate) peers: Vec<RawPeer>,
+    #[serde(default)]
+    pub(crate) collections: RawCollections,
+    #[serde(default)]
+    pub(crate) limits: RawLimits,
+    #[serde(default)]
+    pub(crate) commit: RawCommit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNode {
+    #[serde(deserialize_with = "node_id")]
+    pub(crate) id: NodeId,
+    pub(crate) data_dir: String,
+    #[serde(default = "default_max_clock_skew_ms")]
+    pub(crate) max_clock_skew_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListen {
+    #[serde(deserialize_with = "socket_addr")]
+    pub(crate) listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPeer {
+    #[serde(deserialize_with = "node_id")]
+    pub(crate) id: NodeId,
+    #[serde(deserialize_with = "peer_address")]
+    pub(crate) address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCollections {
+    #[serde(default)]
+    pub(crate) accept_undeclared: bool,
+    #[serde(default)]
+    pub(crate) declared: Vec<RawCollection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCollection {
+    #[serde(deserialize_with = "collection_name")]
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) transforms_on_ingest: Vec<String>,
+    #[serde(default)]
+    pub(crate) transforms_on_apply: Vec<String>,
+    #[serde(default = "default_resolver")]
+    pub(crate) resolver: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    #[serde(default = "default_max_key_bytes")]
+    pub(crate) max_key_bytes: usize,
+    #[serde(default = "default_max_value_bytes")]
+    pub(crate) max_value_bytes: usize,
+    #[serde(default = "default_max_value_depth")]
+    pub(crate) max_value_depth: usize,
+    #[serde(default = "default_max_meta_entries")]
+    pub(crate) max_meta_entries: usize,
+    #[serde(default = "default_max_batch_events")]
+    pub(crate) max_batch_events: usize,
+    #[serde(default = "default_max_request_bytes")]
+    pub(crate) max_request_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_key_bytes: default_max_key_bytes(),
+            max_value_bytes: default_max_value_bytes(),
+            max_value_depth: default_max_value_depth(),
+            max_meta_entries: default_max_meta_entries(),
+            max_batch_events: default_max_batch_events(),
+            max_request_bytes: default_max_request_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCommit {
+    #[serde(default = "default_commit_max_events")]
+    pub(crate) max_events: usize,
+}
+
+impl Default for RawCommit {
+    fn default() -> Self {
+        RawCommit {
+            max_events: default_commit_max_events(),
+        }
+    }
+}
+
+fn default_max_clock_skew_ms() -> u64 {
+    DEFAULT_MAX_CLOCK_SKEW_MS
+}
+fn default_max_key_bytes() -> usize {
+    DEFAULT_MAX_KEY_BYTES
+}
+fn default_max_value_bytes() -> usize {
+    DEFAULT_MAX_VALUE_BYTES
+}
+fn default_max_value_depth() -> usize {
+    DEFAULT_MAX_VALUE_DEPTH
+}
+fn default_max_meta_entries() -> usize {
+    DEFAULT_MAX_META_ENTRIES
+}
+fn default_max_batch_events() -> usize {
+    DEFAULT_MAX_BATCH_EVENTS
+}
+fn default_max_request_bytes() -> usize {
+    DEFAULT_MAX_REQUEST_BYTES
+}
+fn default_commit_max_events() -> usize {
+    DEFAULT_COMMIT_MAX_EVENTS
+}
+fn default_resolver() -> String {
+    RESOLVER_LWW.to_owned()
+}
+
+/// A string holding a valid node id.
+fn node_id<'de, D: Deserializer<'de>>(d: D) -> Result<NodeId, D::Error> {
+    let text = String::deserialize(d)?;
+    NodeId::parse(&text).map_err(D::Error::custom)
+}
+
+/// A string holding a valid collection name.
+fn collection_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    check_collection_name(&text).map_err(D::Error::custom)?;
+    Ok(text)
+}
+
+/// A string holding `ip:port` (`127.0.0.1:7070`, `[::1]:7070`).
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        D::Error::custom(format!(
+            "invalid socket address {text:?}: expected an IP address and port such as \
+             \"127.0.0.1:7070\" or \"[::1]:7070\" (host names are not accepted here)"
+        ))
+    })
+}
+
+/// A string holding `host:port`, checked by [`check_peer_address`].
+fn peer_address<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    check_peer_address(&text).map_err(D::Error::custom)?;
+    Ok(text)
+}
+
+/// Checks a peer address: `host:port` where host is a DNS name, an IPv4 address or a bracketed
+/// IPv6 address, and port is 1..=65535.
+pub(crate) fn check_peer_address(address: &str) -> Result<(), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!(
+            "invalid peer address {address:?}: expected \"host:port\", e.g. \"site-b.example:7071\""
+        ));
+    };
+    if host.is_empty() {
+        return Err(format!(
+            "invalid peer address {address:?}: the host is empty"
+        ));
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let ok = inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        if !ok {
+            return Err(format!(
+                "invalid peer address {address:?}: {host:?} is not a bracketed IPv6 address"
+            ));
+        }
+    } else if host.contains(':') {
+        return Err(format!(
+            "invalid peer address {address:?}: write an IPv6 host in brackets, e.g. \"[::1]:7071\""
+        ));
+    } else if !is_dns_name_or_ipv4(host) {
+        return Err(format!(
+            "invalid peer address {address:?}: host {host:?} is not a DNS name or IP address"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Err(format!(
+            "invalid peer address {address:?}: port must be 1..=65535, not 0"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) if port.is_empty() => Err(format!(
+            "invalid peer address {address:?}: the port is missing, expected \"host:port\""
+        )),
+        Err(_) => Err(format!(
+            "invalid port {port:?} in peer address {address:?}: expected a number in 1..=65535"
+        )),
+    }
+}
+
+/// Dot-separated labels of ASCII letters, digits and `-` (which also covers dotted IPv4).
+fn is_dns_name_or_ipv4(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_peer_address;
+
+    #[test]
+    fn peer_addresses() {
+        for ok in [
+            "127.0.0.1:7171",
+            "site-b:7071",
+            "site-b.example.com:1",
+            "[::1]:65535",
+            "localhost:7071",
+        ] {
+            assert_eq!(check_peer_address(ok), Ok(()), "{ok}");
+        }
+        for (bad, needle) in [
+            ("site-b", "expected \"host:port\""),
+            (":7071", "host is empty"),
+            ("site-b:", "port is missing"),
+            ("site-b:0", "not 0"),
+            ("site-b:99999", "invalid port \"99999\""),
+            ("site-b:http", "invalid port \"http\""),
+            ("::1:7071", "brackets"),
+            ("[zz]:7071", "bracketed IPv6"),
+            ("bad host:7071", "not a DNS name"),
+            ("a..b:7071", "not a DNS name"),
+        ] {
+            let err = check_peer_address(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+}

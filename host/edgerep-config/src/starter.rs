@@ -1,0 +1,76 @@
+//! The starter configuration `edgerep init` writes.
+
+use std::net::SocketAddr;
+
+use edgerep_wire::event::NodeId;
+
+use crate::raw::{
+    DEFAULT_COMMIT_MAX_EVENTS, DEFAULT_MAX_BATCH_EVENTS, DEFAULT_MAX_CLOCK_SKEW_MS,
+    DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_META_ENTRIES, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VALUE_DEPTH,
+};
+
+/// The text of a starter configuration, with comments explaining each key, as `edgerep init`
+/// writes it: the given node id and listeners, `data_dir = "data"` (next to the file), no peers,
+/// and the open collection policy (`accept_undeclared = true`). Optional keys appear commented
+/// out with their defaults. The result always parses with [`crate::Config::parse`].
+pub fn starter_toml(
+    node_id: &NodeId,
+    api_listen: SocketAddr,
+    replication_listen: SocketAddr,
+) -> String {
+    // Node ids are `[A-Za-z0-9._-]` and socket addresses have no quotes or backslashes, so they
+    // can go into TOML basic strings as they are.
+    format!(
+        r#"# edgerep node configuration.
+# Unknown keys are errors, so a typo is reported instead of silently ignored.
+
+[node]
+# This node's id: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.
+# Every peer knows this node by it, and it breaks ties between concurrent writes.
+id = "{node_id}"
+# Where the node keeps its database. A relative path is relative to this file's directory.
+data_dir = "data"
+# Remote hybrid-clock timestamps further ahead of this node's wall clock are refused.
+# max_clock_skew_ms = {DEFAULT_MAX_CLOCK_SKEW_MS}
+
+[api]
+# The local HTTP API that applications talk to (IP address and port).
+listen = "{api_listen}"
+
+[replication]
+# Where this node listens for its peers (QUIC). Must differ from api.listen.
+listen = "{replication_listen}"
+
+# The other sites this node replicates with. Add one [[peers]] table per site:
+# [[peers]]
+# id = "site-b"                  # the peer's node.id
+# address = "site-b.example:7071" # host:port of the peer's replication.listen
+
+[collections]
+# true: any valid collection name is accepted and created on its first write.
+# To accept only the collections declared below, set this to false.
+accept_undeclared = true
+
+# Declare a collection to list it explicitly (required when accept_undeclared = false):
+# [[collections.declared]]
+# name = "orders"
+# resolver = "lww"               # last writer wins (the only resolver so far)
+# transforms_on_ingest = []      # plugin names; must stay empty until plugins arrive
+# transforms_on_apply = []       # plugin names; must stay empty until plugins arrive
+
+# Limits on what the API accepts; each must be greater than 0. Defaults shown.
+[limits]
+# max_key_bytes = {DEFAULT_MAX_KEY_BYTES}
+# max_value_bytes = {DEFAULT_MAX_VALUE_BYTES}        # deterministic CBOR encoding of one value
+# max_value_depth = {DEFAULT_MAX_VALUE_DEPTH}
+# max_meta_entries = {DEFAULT_MAX_META_ENTRIES}
+# max_batch_events = {DEFAULT_MAX_BATCH_EVENTS}      # events in one API request
+# max_request_bytes = {DEFAULT_MAX_REQUEST_BYTES}  # HTTP request body
+
+# Group commit: how many events at most go into one durable transaction.
+[commit]
+# max_events = {DEFAULT_COMMIT_MAX_EVENTS}
+"#
+    )
+}

@@ -1,0 +1,165 @@
+//! Rules checked after the file deserialized: uniqueness, relations between values, and values
+//! that are well-formed but not supported (yet).
+
+use std::collections::HashMap;
+
+use crate::error::{Seg, render_path};
+use crate::raw::{RESOLVER_LWW, RawConfig};
+
+/// A rule violation: the key path to blame and the message.
+pub(crate) type Violation = (Vec<Seg>, String);
+
+/// Checks every rule, returning the first violation in file order (roughly).
+pub(crate) fn validate(raw: &RawConfig) -> Result<(), Violation> {
+    check_node(raw)?;
+    check_listeners(raw)?;
+    check_peers(raw)?;
+    check_collections(raw)?;
+    check_limits(raw)?;
+    Ok(())
+}
+
+fn check_node(raw: &RawConfig) -> Result<(), Violation> {
+    if raw.node.data_dir.trim().is_empty() {
+        return Err((
+            vec![Seg::Key("node"), Seg::Key("data_dir")],
+            "must not be empty: name the directory that holds the node's database".to_owned(),
+        ));
+    }
+    if raw.node.max_clock_skew_ms == 0 {
+        return Err((
+            vec![Seg::Key("node"), Seg::Key("max_clock_skew_ms")],
+            "must be greater than 0".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_listeners(raw: &RawConfig) -> Result<(), Violation> {
+    if raw.api.listen == raw.replication.listen {
+        return Err((
+            vec![Seg::Key("replication"), Seg::Key("listen")],
+            format!(
+                "{} is also api.listen; the API and replication listeners need different addresses",
+                raw.replication.listen
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, peer) in raw.peers.iter().enumerate() {
+        let path = vec![Seg::Key("peers"), Seg::Index(i), Seg::Key("id")];
+        if peer.id == raw.node.id {
+            return Err((
+                path,
+                format!(
+                    "peer id \"{}\" is this node's own id (node.id); a node does not peer with itself",
+                    peer.id
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(peer.id.as_str(), i) {
+            let first = render_path(&[Seg::Key("peers"), Seg::Index(first), Seg::Key("id")]);
+            return Err((
+                path,
+                format!(
+                    "duplicate peer id \"{}\" (already used at {first})",
+                    peer.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_collections(raw: &RawConfig) -> Result<(), Violation> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, collection) in raw.collections.declared.iter().enumerate() {
+        let at = |key: &'static str| {
+            vec![
+                Seg::Key("collections"),
+                Seg::Key("declared"),
+                Seg::Index(i),
+                Seg::Key(key),
+            ]
+        };
+        if let Some(first) = seen.insert(collection.name.as_str(), i) {
+            let first = render_path(&[
+                Seg::Key("collections"),
+                Seg::Key("declared"),
+                Seg::Index(first),
+                Seg::Key("name"),
+            ]);
+            return Err((
+                at("name"),
+                format!(
+                    "duplicate collection \"{}\" (already declared at {first})",
+                    collection.name
+                ),
+            ));
+        }
+        for (key, list) in [
+            ("transforms_on_ingest", &collection.transforms_on_ingest),
+            ("transforms_on_apply", &collection.transforms_on_apply),
+        ] {
+            if !list.is_empty() {
+                return Err((
+                    at(key),
+                    "transform plugins cannot run yet: this version has no plugin runtime, \
+                     so the list must be empty"
+                        .to_owned(),
+                ));
+            }
+        }
+        if collection.resolver != RESOLVER_LWW {
+            return Err((
+                at("resolver"),
+                format!(
+                    "unknown resolver {:?}; the supported resolver is \"{RESOLVER_LWW}\" \
+                     (last writer wins on the hybrid clock, ties broken by origin id)",
+                    collection.resolver
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
+    let limits = &raw.limits;
+    for (key, value) in [
+        ("max_key_bytes", limits.max_key_bytes),
+        ("max_value_bytes", limits.max_value_bytes),
+        ("max_value_depth", limits.max_value_depth),
+        ("max_meta_entries", limits.max_meta_entries),
+        ("max_batch_events", limits.max_batch_events),
+        ("max_request_bytes", limits.max_request_bytes),
+    ] {
+        if value == 0 {
+            return Err((
+                vec![Seg::Key("limits"), Seg::Key(key)],
+                "must be greater than 0".to_owned(),
+            ));
+        }
+    }
+    if limits.max_value_bytes > limits.max_request_bytes {
+        return Err((
+            vec![Seg::Key("limits"), Seg::Key("max_value_bytes")],
+            format!(
+                "{} is larger than limits.max_request_bytes ({}); a value that big could never \
+                 arrive in a request",
+                limits.max_value_bytes, limits.max_request_bytes
+            ),
+        ));
+    }
+    if raw.commit.max_events == 0 {
+        return Err((
+            vec![Seg::Key("commit"), Seg::Key("max_events")],
+            "must be greater than 0".to_owned(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,566 @@
+//! Parsing and validating configuration files: the accepted shapes, the defaults, and the errors
+//! (each must name the file and the key).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use edgerep_config::{Config, ConfigError, starter_toml};
+use edgerep_wire::event::NodeId;
+
+const FILE: &str = "/etc/edgerep/edgerep.toml";
+
+/// The smallest valid file: only the required keys.
+const MINIMAL: &str = r#"
+[node]
+id = "site-a"
+data_dir = "data"
+
+[api]
+listen = "127.0.0.1:7070"
+
+[replication]
+listen = "127.0.0.1:7071"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new(FILE))
+}
+
+/// Parses `text`, expects an error blaming `key`, checks the file and key appear in the message
+/// and returns the error.
+#[track_caller]
+fn expect_error(text: &str, key: &str) -> ConfigError {
+    let err = parse(text).expect_err("config should be refused");
+    let shown = err.to_string();
+    assert_eq!(err.file, Path::new(FILE), "{shown}");
+    assert_eq!(err.key.as_deref(), Some(key), "{shown}");
+    assert!(shown.starts_with(FILE), "{shown}");
+    assert!(shown.contains(&format!("key `{key}`: ")), "{shown}");
+    assert!(!err.message.ends_with('.'), "{shown}");
+    err
+}
+
+/// `MINIMAL` followed by `extra`.
+fn with(extra: &str) -> String {
+    format!("{MINIMAL}\n{extra}")
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.source, Path::new(FILE));
+    assert_eq!(config.node.id, NodeId::parse("site-a").unwrap());
+    assert_eq!(config.node.data_dir, Path::new("/etc/edgerep/data"));
+    assert_eq!(config.node.max_clock_skew_ms, 60_000);
+    assert_eq!(
+        config.api.listen,
+        "127.0.0.1:7070".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        config.replication.listen,
+        "127.0.0.1:7071".parse::<SocketAddr>().unwrap()
+    );
+    assert!(config.peers.is_empty());
+    assert!(!config.collections.accept_undeclared);
+    assert!(config.collections.declared.is_empty());
+    let limits = &config.limits;
+    assert_eq!(limits.max_key_bytes, 1024);
+    assert_eq!(limits.max_value_bytes, 65_536);
+    assert_eq!(limits.max_value_depth, 32);
+    assert_eq!(limits.max_meta_entries, 16);
+    assert_eq!(limits.max_batch_events, 10_000);
+    assert_eq!(limits.max_request_bytes, 16_777_216);
+    assert_eq!(config.commit.max_events, 1000);
+}
+
+#[test]
+fn partial_tables_get_defaults_for_the_rest() {
+    let config = parse(&with(
+        "[limits]\nmax_key_bytes = 10\n[commit]\n[[collections.declared]]\nname = \"orders\"\n",
+    ))
+    .unwrap();
+    assert_eq!(config.limits.max_key_bytes, 10);
+    assert_eq!(config.limits.max_value_depth, 32);
+    assert_eq!(config.commit.max_events, 1000);
+    let orders = config.collection("orders").unwrap();
+    assert_eq!(orders.resolver, "lww");
+    assert!(orders.transforms_on_ingest.is_empty());
+    assert!(orders.transforms_on_apply.is_empty());
+}
+
+#[test]
+fn full_config_is_read() {
+    let config = parse(&with(
+        r#"
+[[peers]]
+id = "site-b"
+address = "site-b.example:7171"
+
+[[peers]]
+id = "site-c"
+address = "[::1]:7172"
+
+[collections]
+accept_undeclared = true
+
+[[collections.declared]]
+name = "orders"
+transforms_on_ingest = []
+transforms_on_apply = []
+resolver = "lww"
+
+[limits]
+max_key_bytes = 1
+max_value_bytes = 2
+max_value_depth = 3
+max_meta_entries = 4
+max_batch_events = 5
+max_request_bytes = 6
+
+[commit]
+max_events = 7
+"#,
+    ))
+    .unwrap();
+    assert_eq!(config.peers.len(), 2);
+    assert_eq!(config.peers[0].id.as_str(), "site-b");
+    assert_eq!(config.peers[0].address, "site-b.example:7171");
+    assert_eq!(config.peers[1].address, "[::1]:7172");
+    assert!(config.collections.accept_undeclared);
+    assert_eq!(config.collections.declared.len(), 1);
+    assert_eq!(
+        (
+            config.limits.max_key_bytes,
+            config.limits.max_value_bytes,
+            config.limits.max_value_depth,
+            config.limits.max_meta_entries,
+            config.limits.max_batch_events,
+            config.limits.max_request_bytes,
+        ),
+        (1, 2, 3, 4, 5, 6)
+    );
+    assert_eq!(config.commit.max_events, 7);
+}
+
+#[test]
+fn relative_data_dir_resolves_against_the_config_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edgerep.toml");
+    std::fs::write(&path, MINIMAL.replace("\"data\"", "\"./state/db\"")).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.source, path);
+    assert_eq!(config.node.data_dir, dir.path().join("state").join("db"));
+
+    let config = parse(&MINIMAL.replace("\"data\"", "\"/var/lib/edgerep\"")).unwrap();
+    assert_eq!(config.node.data_dir, Path::new("/var/lib/edgerep"));
+}
+
+#[test]
+fn relative_config_path_becomes_absolute() {
+    let config = Config::parse(MINIMAL, Path::new("conf/edgerep.toml")).unwrap();
+    assert!(config.source.is_absolute(), "{:?}", config.source);
+    assert!(config.source.ends_with("conf/edgerep.toml"));
+    let expected: PathBuf = std::env::current_dir().unwrap().join("conf").join("data");
+    assert_eq!(config.node.data_dir, expected);
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let err = expect_error(&format!("colour = \"blue\"\n{MINIMAL}"), "colour");
+    assert!(
+        err.message
+            .contains("unknown key `colour`; expected one of `node`"),
+        "{err}"
+    );
+    assert!(err.line_col.is_some(), "{err}");
+}
+
+#[test]
+fn unknown_nested_key() {
+    let err = expect_error(&with("[limits]\nmax_keys = 3\n"), "limits.max_keys");
+    assert!(
+        err.message
+            .contains("unknown key `max_keys`; expected one of `max_key_bytes`"),
+        "{err}"
+    );
+    // Points at the key: line of `max_keys` in the combined text.
+    let line = with("[limits]\nmax_keys = 3\n")
+        .lines()
+        .position(|l| l.starts_with("max_keys"))
+        .unwrap()
+        + 1;
+    assert_eq!(err.line_col, Some((line, 1)), "{err}");
+}
+
+#[test]
+fn unknown_key_in_array_of_tables() {
+    expect_error(
+        &with("[[peers]]\nid = \"site-b\"\naddress = \"b:1\"\nport = 3\n"),
+        "peers[0].port",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let text = MINIMAL.replace("listen = \"127.0.0.1:7070\"", "listen = 7");
+    let err = expect_error(&text, "api.listen");
+    assert!(err.message.contains("invalid type"), "{err}");
+    assert!(err.line_col.is_some(), "{err}");
+}
+
+#[test]
+fn missing_required_key() {
+    let text = MINIMAL.replace("id = \"site-a\"\n", "");
+    let err = expect_error(&text, "node.id");
+    assert!(err.message.contains("required key is missing"), "{err}");
+}
+
+#[test]
+fn missing_required_table() {
+    let text = MINIMAL.replace("[api]\nlisten = \"127.0.0.1:7070\"\n", "");
+    let err = expect_error(&text, "api");
+    assert_eq!(err.message, "required key is missing");
+    assert_eq!(err.line_col, None);
+}
+
+#[test]
+fn bad_node_id() {
+    let text = MINIMAL.replace("\"site-a\"", "\"site a\"");
+    let err = expect_error(&text, "node.id");
+    assert!(err.message.contains("invalid node id \"site a\""), "{err}");
+    assert_eq!(err.line_col, Some((3, 6)), "{err}");
+}
+
+#[test]
+fn bad_socket_addr() {
+    let text = MINIMAL.replace("\"127.0.0.1:7071\"", "\"localhost:7071\"");
+    let err = expect_error(&text, "replication.listen");
+    assert!(
+        err.message
+            .contains("invalid socket address \"localhost:7071\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn api_and_replication_must_differ() {
+    let text = MINIMAL.replace("\"127.0.0.1:7071\"", "\"127.0.0.1:7070\"");
+    let err = expect_error(&text, "replication.listen");
+    assert!(err.message.contains("api.listen"), "{err}");
+    assert!(err.line_col.is_some(), "{err}");
+}
+
+#[test]
+fn duplicate_peer_id() {
+    let err = expect_error(
+        &with(
+            "[[peers]]\nid = \"site-b\"\naddress = \"b:1\"\n\
+             [[peers]]\nid = \"site-c\"\naddress = \"c:1\"\n\
+             [[peers]]\nid = \"site-b\"\naddress = \"b2:1\"\n",
+        ),
+        "peers[2].id",
+    );
+    assert!(
+        err.message.contains("duplicate peer id \"site-b\""),
+        "{err}"
+    );
+    assert!(err.message.contains("peers[0].id"), "{err}");
+    assert!(err.line_col.is_some(), "{err}");
+}
+
+#[test]
+fn peer_id_equal_to_node_id() {
+    let err = expect_error(
+        &with(
+            "[[peers]]\nid = \"site-b\"\naddress = \"b:1\"\n[[peers]]\nid = \"site-a\"\naddress = \"a:1\"\n",
+        ),
+        "peers[1].id",
+    );
+    assert!(err.message.contains("node.id"), "{err}");
+}
+
+#[test]
+fn bad_peer_id() {
+    expect_error(
+        &with("[[peers]]\nid = \"-b\"\naddress = \"b:1\"\n"),
+        "peers[0].id",
+    );
+}
+
+#[test]
+fn bad_peer_address() {
+    for (address, needle) in [
+        ("site-b", "expected \"host:port\""),
+        ("site-b:", "port is missing"),
+        ("site-b:0", "not 0"),
+        ("site-b:99999", "invalid port \"99999\""),
+        (":7071", "host is empty"),
+    ] {
+        let text = with(&format!(
+            "[[peers]]\nid = \"site-b\"\naddress = \"b:1\"\n[[peers]]\nid = \"site-c\"\naddress = \"{address}\"\n"
+        ));
+        let err = expect_error(&text, "peers[1].address");
+        assert!(err.message.contains(needle), "{address}: {err}");
+        assert!(err.line_col.is_some(), "{err}");
+    }
+}
+
+#[test]
+fn duplicate_collection() {
+    let err = expect_error(
+        &with(
+            "[[collections.declared]]\nname = \"orders\"\n[[collections.declared]]\nname = \"orders\"\n",
+        ),
+        "collections.declared[1].name",
+    );
+    assert!(
+        err.message.contains("duplicate collection \"orders\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_collection_name() {
+    let err = expect_error(
+        &with("[[collections.declared]]\nname = \"or/ders\"\n"),
+        "collections.declared[0].name",
+    );
+    assert!(err.message.contains("invalid collection name"), "{err}");
+}
+
+#[test]
+fn non_empty_transforms_are_refused() {
+    for key in ["transforms_on_ingest", "transforms_on_apply"] {
+        let err = expect_error(
+            &with(&format!(
+                "[[collections.declared]]\nname = \"orders\"\n{key} = [\"redact\"]\n"
+            )),
+            &format!("collections.declared[0].{key}"),
+        );
+        assert!(err.message.contains("plugin"), "{err}");
+        assert!(err.message.contains("empty"), "{err}");
+        assert!(err.line_col.is_some(), "{err}");
+    }
+}
+
+#[test]
+fn unknown_resolver() {
+    let err = expect_error(
+        &with("[[collections.declared]]\nname = \"orders\"\nresolver = \"crdt\"\n"),
+        "collections.declared[0].resolver",
+    );
+    assert!(err.message.contains("\"crdt\""), "{err}");
+    assert!(err.message.contains("\"lww\""), "{err}");
+}
+
+#[test]
+fn zero_limits() {
+    for key in [
+        "max_key_bytes",
+        "max_value_bytes",
+        "max_value_depth",
+        "max_meta_entries",
+        "max_batch_events",
+        "max_request_bytes",
+    ] {
+        let err = expect_error(
+            &with(&format!("[limits]\n{key} = 0\n")),
+            &format!("limits.{key}"),
+        );
+        assert!(err.message.contains("greater than 0"), "{err}");
+        assert!(err.line_col.is_some(), "{err}");
+    }
+    let err = expect_error(&with("[commit]\nmax_events = 0\n"), "commit.max_events");
+    assert!(err.message.contains("greater than 0"), "{err}");
+    let err = expect_error(
+        &MINIMAL.replace(
+            "data_dir = \"data\"",
+            "data_dir = \"data\"\nmax_clock_skew_ms = 0",
+        ),
+        "node.max_clock_skew_ms",
+    );
+    assert!(err.message.contains("greater than 0"), "{err}");
+}
+
+#[test]
+fn negative_limit() {
+    expect_error(
+        &with("[limits]\nmax_key_bytes = -1\n"),
+        "limits.max_key_bytes",
+    );
+}
+
+#[test]
+fn value_limit_above_request_limit() {
+    let err = expect_error(
+        &with("[limits]\nmax_value_bytes = 2000\nmax_request_bytes = 1000\n"),
+        "limits.max_value_bytes",
+    );
+    assert!(err.message.contains("max_request_bytes"), "{err}");
+}
+
+#[test]
+fn empty_data_dir() {
+    expect_error(&MINIMAL.replace("\"data\"", "\"\""), "node.data_dir");
+}
+
+#[test]
+fn malformed_toml_has_line_and_column() {
+    let err = parse("[node]\nid = \"site-a\"\ndata_dir = \n").unwrap_err();
+    assert_eq!(err.file, Path::new(FILE));
+    assert_eq!(err.key, None);
+    let (line, col) = err.line_col.expect("position of the syntax error");
+    assert_eq!(line, 3, "{err}");
+    assert!(col > 1, "{err}");
+    let shown = err.to_string();
+    assert!(shown.starts_with(&format!("{FILE}:3:{col}: ")), "{shown}");
+    assert!(!shown.contains('\n'), "{shown}");
+}
+
+#[test]
+fn duplicate_toml_key_is_an_error() {
+    let err = parse(&MINIMAL.replace("data_dir = \"data\"", "data_dir = \"a\"\ndata_dir = \"b\""))
+        .unwrap_err();
+    assert!(err.to_string().starts_with(FILE), "{err}");
+    assert!(err.line_col.is_some(), "{err}");
+}
+
+#[test]
+fn missing_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let err = Config::load(&path).unwrap_err();
+    assert_eq!(err.file, path);
+    assert_eq!(err.key, None);
+    let shown = err.to_string();
+    assert!(shown.starts_with(&path.display().to_string()), "{shown}");
+    assert!(shown.contains("cannot read config file"), "{shown}");
+}
+
+#[test]
+fn error_display_format() {
+    let err = expect_error(
+        &with(
+            "[[peers]]\nid = \"site-b\"\naddress = \"b:1\"\n[[peers]]\nid = \"site-c\"\naddress = \"c:99999\"\n",
+        ),
+        "peers[1].address",
+    );
+    let (line, col) = err.line_col.unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{FILE}:{line}:{col}: key `peers[1].address`: {}",
+            err.message
+        )
+    );
+}
+
+fn open_config(accept_undeclared: bool) -> Config {
+    parse(&with(&format!(
+        "[collections]\naccept_undeclared = {accept_undeclared}\n[[collections.declared]]\nname = \"orders\"\n"
+    )))
+    .unwrap()
+}
+
+#[test]
+fn check_collection_closed_policy() {
+    let config = open_config(false);
+    assert_eq!(config.check_collection("orders"), Ok(()));
+    assert!(config.collection("orders").is_some());
+    assert!(config.collection("stock").is_none());
+    let err = config.check_collection("stock").unwrap_err();
+    assert!(err.contains("\"stock\""), "{err}");
+    assert!(err.contains(FILE), "{err}");
+    assert!(
+        err.contains("collections.accept_undeclared is false"),
+        "{err}"
+    );
+    let err = config.check_collection("bad/name").unwrap_err();
+    assert!(err.contains("invalid collection name"), "{err}");
+}
+
+#[test]
+fn check_collection_open_policy() {
+    let config = open_config(true);
+    assert_eq!(config.check_collection("orders"), Ok(()));
+    assert_eq!(config.check_collection("stock"), Ok(()));
+    assert!(config.collection("stock").is_none());
+    for bad in ["", "bad/name", "-x", &"x".repeat(65)] {
+        let err = config.check_collection(bad).unwrap_err();
+        assert!(err.contains("invalid collection name"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn starter_config_parses() {
+    let id = NodeId::parse("site-a").unwrap();
+    let api: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+    let replication: SocketAddr = "[::]:7071".parse().unwrap();
+    let text = starter_toml(&id, api, replication);
+    let config = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(config.node.id, id);
+    assert_eq!(config.node.data_dir, Path::new("/etc/edgerep/data"));
+    assert_eq!(config.api.listen, api);
+    assert_eq!(config.replication.listen, replication);
+    assert!(config.collections.accept_undeclared);
+    assert!(config.peers.is_empty());
+    assert_eq!(config.check_collection("anything"), Ok(()));
+    // Every optional value the starter mentions is the default.
+    assert_eq!(
+        config,
+        parse(&format!(
+            "[node]\nid = \"site-a\"\ndata_dir = \"data\"\n[api]\nlisten = \"{api}\"\n\
+         [replication]\nlisten = \"{replication}\"\n[collections]\naccept_undeclared = true\n"
+        ))
+        .unwrap()
+    );
+}
+
+/// `key = ...` with a snake_case key.
+fn is_assignment(line: &str) -> bool {
+    line.split_once(" = ").is_some_and(|(key, _)| {
+        !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    })
+}
+
+#[test]
+fn starter_config_with_commented_examples_enabled_parses() {
+    // Uncommenting the example tables in the starter gives a valid file too.
+    let id = NodeId::parse("site-a").unwrap();
+    let text = starter_toml(
+        &id,
+        "127.0.0.1:7070".parse().unwrap(),
+        "127.0.0.1:7071".parse().unwrap(),
+    );
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('[') || is_assignment(rest) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    assert_eq!(config.peers.len(), 1);
+    assert_eq!(config.collections.declared.len(), 1);
+}
+
+#[test]
+fn example_file_parses() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/edgerep.toml"
+    ));
+    let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.node.id.as_str(), "site-a");
+    assert!(config.node.data_dir.is_absolute());
+    assert!(
+        config.node.data_dir.ends_with("examples/data"),
+        "{:?}",
+        config.node.data_dir
+    );
+    assert_eq!(config.peers.len(), 2);
+    assert_eq!(config.collections.declared.len(), 1);
+    assert_eq!(config.collections.declared[0].name, "orders");
+    assert!(config.collections.accept_undeclared);
+}

@@ -1,0 +1,647 @@
+//! The local HTTP API for applications at the site (loopback by default).
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `PUT /v1/kv/{collection}/{key}` | write the body (JSON, or CBOR with `content-type: application/cbor`) |
+//! | `DELETE /v1/kv/{collection}/{key}` | delete the key |
+//! | `GET /v1/kv/{collection}/{key}` | the value (JSON, or CBOR with `accept: application/cbor`); `?versions=true` lists every concurrent version |
+//! | `POST /v1/batch` | several writes, committed all or nothing |
+//! | `GET /v1/scan/{collection}?prefix=&start=&end=&after=&limit=` | one page of live keys, with the cursor of the next |
+//! | `GET /v1/watch?after=N&collection=&follow=&limit=` | the changes after feed position N, one JSON object a line, resumable |
+//! | `GET /v1/changelog/{origin}?after=N&limit=` | the events of one origin after sequence N |
+//! | `GET /v1/status?verify=true` | node status, state digest; `verify` rechecks the store |
+//!
+//! Keys are path segments, percent-decoded to bytes, so any byte string can be a key.
+//! Writes are answered only after they are durable. Every refusal is a 4xx with
+//! `{"error": message, "kind": kind}` and writes nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use edgerep_config::Config;
+use edgerep_store::{Committed, LocalWrite, ScanRange, Store, Versions};
+use edgerep_wire::event::{Event, Op};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use tokio::sync::watch;
+
+use crate::committer::{CommitError, Committer};
+use crate::request::{self, Format};
+
+/// Everything the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The node's config.
+    pub config: Arc<Config>,
+    /// The store (read directly; written only through the committer).
+    pub store: Arc<Store>,
+    /// The group committer.
+    pub committer: Committer,
+    /// Last feed position, updated after each commit.
+    pub feed: watch::Receiver<u64>,
+    /// Turns true when the node shuts down (ends watch streams).
+    pub shutdown: watch::Receiver<bool>,
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// When the node started.
+    pub started: Instant,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// A refusal or failure, sent as `{"error": ..., "kind": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn bad_request(kind: &'static str, message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind,
+            message,
+        }
+    }
+    pub(crate) fn too_large(kind: &'static str, message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind,
+            message,
+        }
+    }
+    pub(crate) fn forbidden(kind: &'static str, message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            kind,
+            message,
+        }
+    }
+    fn not_found(kind: &'static str, message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind,
+            message,
+        }
+    }
+    fn internal(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal",
+            message,
+        }
+    }
+    /// Prefixes the message with where in the request the problem is.
+    pub(crate) fn at(mut self, at: &str) -> ApiError {
+        self.message = format!("{at}: {}", self.message);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": self.message, "kind": self.kind})),
+        )
+            .into_response()
+    }
+}
+
+impl From<CommitError> for ApiError {
+    fn from(e: CommitError) -> ApiError {
+        match e {
+            CommitError::Closed => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "shutting_down",
+                message: e.to_string(),
+            },
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_request_bytes;
+    Router::new()
+        .route("/v1/status", get(status))
+        // An empty key matches no `{*key}`: route it to the handlers, which refuse it clearly.
+        .route(
+            "/v1/kv/{collection}/",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route(
+            "/v1/kv/{collection}/{*key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/batch", post(batch))
+        .route("/v1/scan/{collection}", get(scan))
+        .route("/v1/watch", get(watch_feed))
+        .route("/v1/changelog/{origin}", get(changelog))
+        .fallback(|uri: Uri| async move {
+            ApiError::not_found("no_such_route", format!("no such endpoint: {}", uri.path()))
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(Arc::new(state))
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, edgerep_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::internal(format!("store: {e}"))),
+        Err(e) => Err(ApiError::internal(format!("store task failed: {e}"))),
+    }
+}
+
+fn request_format(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(Format::Json);
+    };
+    let ct = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match ct.as_str() {
+        "application/json" | "" => Ok(Format::Json),
+        "application/cbor" => Ok(Format::Cbor),
+        other => Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            kind: "unsupported_media_type",
+            message: format!(
+                "content-type {other:?} is not supported: use application/json or application/cbor"
+            ),
+        }),
+    }
+}
+
+fn wants_cbor(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/cbor"))
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(
+                "request_too_large",
+                format!("request body over the limit of {limit} bytes (limits.max_request_bytes)"),
+            )
+        } else {
+            ApiError::bad_request("bad_body", format!("cannot read request body: {e}"))
+        }
+    })
+}
+
+/// Splits `/v1/kv/{collection}/{key}` from the raw path and percent-decodes both, so keys may be
+/// any bytes.
+fn collection_and_key(uri: &Uri) -> Result<(String, Vec<u8>), ApiError> {
+    let rest = uri.path().strip_prefix("/v1/kv/").unwrap_or("");
+    let (c, k) = rest.split_once('/').unwrap_or((rest, ""));
+    let collection = percent_encoding::percent_decode_str(c)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::bad_request("bad_collection", "collection name is not UTF-8".into())
+        })?
+        .into_owned();
+    let key: Vec<u8> = percent_encoding::percent_decode_str(k).collect();
+    Ok((collection, key))
+}
+
+/// A key as JSON: `"key": text` when it is UTF-8, `"key_base64"` otherwise.
+fn key_json(obj: &mut serde_json::Map<String, Json>, key: &[u8]) {
+    match std::str::from_utf8(key) {
+        Ok(s) => obj.insert("key".into(), Json::String(s.into())),
+        Err(_) => obj.insert(
+            "key_base64".into(),
+            Json::String(base64::engine::general_purpose::STANDARD.encode(key)),
+        ),
+    };
+}
+
+/// An event as JSON (for watch, changelog and versions).
+pub fn event_json(event: &Event, position: Option<u64>) -> Json {
+    let mut o = serde_json::Map::new();
+    if let Some(p) = position {
+        o.insert("position".into(), p.into());
+    }
+    o.insert("collection".into(), event.collection.clone().into());
+    key_json(&mut o, &event.key);
+    o.insert(
+        "op".into(),
+        match event.op {
+            Op::Put => "put",
+            Op::Delete => "delete",
+        }
+        .into(),
+    );
+    if let Some(v) = &event.value {
+        o.insert("value".into(), v.to_json());
+    }
+    o.insert("hlc".into(), event.hlc.to_string().into());
+    o.insert("origin".into(), event.origin.to_string().into());
+    o.insert("seq".into(), event.seq.into());
+    if event.schema != 0 {
+        o.insert("schema".into(), event.schema.into());
+    }
+    if !event.meta.is_empty() {
+        o.insert("meta".into(), json!(event.meta));
+    }
+    Json::Object(o)
+}
+
+fn committed_json(c: &Committed) -> Json {
+    json!({"seq": c.seq, "hlc": c.hlc.to_string(), "position": c.position})
+}
+
+async fn put_key(
+    State(app): Shared,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (collection, key) = collection_and_key(&uri)?;
+    request::check_collection(&app.config, &collection)?;
+    request::check_key(&app.config, &key)?;
+    let format = request_format(&headers)?;
+    let body = body_bytes(body, app.config.limits.max_request_bytes)?;
+    let value = request::parse_value(&body, format, &crate::value_limits(&app.config))?;
+    let write = LocalWrite {
+        collection,
+        key,
+        value: Some(value),
+        schema: 0,
+        meta: Default::default(),
+    };
+    let committed = app.committer.commit(vec![write]).await?;
+    Ok(axum::Json(committed_json(&committed[0])).into_response())
+}
+
+async fn delete_key(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
+    let (collection, key) = collection_and_key(&uri)?;
+    request::check_collection(&app.config, &collection)?;
+    request::check_key(&app.config, &key)?;
+    let write = LocalWrite {
+        collection,
+        key,
+        value: None,
+        schema: 0,
+        meta: Default::default(),
+    };
+    let committed = app.committer.commit(vec![write]).await?;
+    Ok(axum::Json(committed_json(&committed[0])).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetQuery {
+    #[serde(default)]
+    versions: bool,
+}
+
+async fn get_key(
+    State(app): Shared,
+    uri: Uri,
+    headers: HeaderMap,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let (collection, key) = collection_and_key(&uri)?;
+    request::check_collection(&app.config, &collection)?;
+    request::check_key(&app.config, &key)?;
+    let store = app.store.clone();
+    let (c2, k2) = (collection.clone(), key.clone());
+    let versions = blocking(move || store.get(&c2, &k2)).await?;
+    if q.versions {
+        let list: Vec<Json> = versions
+            .events()
+            .iter()
+            .map(|e| event_json(e, None))
+            .collect();
+        return Ok(axum::Json(json!({"collection": collection, "versions": list})).into_response());
+    }
+    let Some(winner) = versions.lww_winner().filter(|e| e.op == Op::Put) else {
+        return Err(ApiError::not_found(
+            "key_not_found",
+            format!(
+                "key {:?} not found in collection {collection:?}",
+                String::from_utf8_lossy(&key)
+            ),
+        ));
+    };
+    let value = winner.value.as_ref().expect("a put has a value");
+    let mut resp = if wants_cbor(&headers) {
+        let mut r = Response::new(Body::from(value.as_bytes().to_vec()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cbor"),
+        );
+        r
+    } else {
+        axum::Json(value.to_json()).into_response()
+    };
+    let h = resp.headers_mut();
+    let put = |h: &mut HeaderMap, name: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(name, v);
+        }
+    };
+    put(h, "x-edgerep-origin", winner.origin.to_string());
+    put(h, "x-edgerep-seq", winner.seq.to_string());
+    put(h, "x-edgerep-hlc", winner.hlc.to_string());
+    put(h, "x-edgerep-versions", versions.events().len().to_string());
+    Ok(resp)
+}
+
+async fn batch(
+    State(app): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let format = request_format(&headers)?;
+    let body = body_bytes(body, app.config.limits.max_request_bytes)?;
+    let app2 = app.clone();
+    // Parsing a large batch is CPU work: keep it off the async threads.
+    let writes = tokio::task::spawn_blocking(move || {
+        request::parse_batch(
+            &body,
+            format,
+            &app2.config,
+            &crate::value_limits(&app2.config),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("parse task failed: {e}")))??;
+    let committed = app.committer.commit(writes).await?;
+    if wants_cbor(&headers) {
+        // Compact answer for high-rate clients: [first position, last position, count].
+        let first = committed.first().map_or(0, |c| c.position);
+        let last = committed.last().map_or(0, |c| c.position);
+        let mut buf = Vec::new();
+        let _ = minicbor::Encoder::new(&mut buf)
+            .array(3)
+            .and_then(|e| e.u64(first))
+            .and_then(|e| e.u64(last))
+            .and_then(|e| e.u64(committed.len() as u64));
+        let mut r = Response::new(Body::from(buf));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cbor"),
+        );
+        return Ok(r);
+    }
+    let list: Vec<Json> = committed.iter().map(committed_json).collect();
+    Ok(axum::Json(json!({"committed": list})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanQuery {
+    prefix: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most keys one scan page returns.
+const SCAN_LIMIT_MAX: usize = 10_000;
+
+async fn scan(
+    State(app): Shared,
+    uri: Uri,
+    query: Result<Query<ScanQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let raw = uri.path().strip_prefix("/v1/scan/").unwrap_or("");
+    let collection = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::bad_request("bad_collection", "collection name is not UTF-8".into())
+        })?
+        .into_owned();
+    request::check_collection(&app.config, &collection)?;
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > SCAN_LIMIT_MAX {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1 to {SCAN_LIMIT_MAX}"),
+        ));
+    }
+    let range = ScanRange {
+        prefix: q.prefix.map(String::into_bytes).unwrap_or_default(),
+        start: q.start.map(String::into_bytes),
+        end: q.end.map(String::into_bytes),
+        after: q.after.map(String::into_bytes),
+    };
+    let store = app.store.clone();
+    let c2 = collection.clone();
+    let page = blocking(move || store.scan(&c2, &range, limit)).await?;
+    let items: Vec<Json> = page
+        .entries
+        .iter()
+        .map(|(key, versions)| scan_item(key, versions))
+        .collect();
+    let next = page.next.map(|k| String::from_utf8_lossy(&k).into_owned());
+    Ok(axum::Json(json!({"collection": collection, "items": items, "next": next})).into_response())
+}
+
+fn scan_item(key: &[u8], versions: &Versions) -> Json {
+    let mut o = serde_json::Map::new();
+    key_json(&mut o, key);
+    o.insert(
+        "value".into(),
+        versions.lww_value().map_or(Json::Null, |v| v.to_json()),
+    );
+    if versions.events().len() > 1 {
+        o.insert("versions".into(), versions.events().len().into());
+    }
+    Json::Object(o)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    #[serde(default)]
+    after: u64,
+    collection: Option<String>,
+    #[serde(default = "yes")]
+    follow: bool,
+    limit: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Feed entries read per store call while streaming.
+const WATCH_CHUNK: usize = 512;
+
+async fn watch_feed(
+    State(app): Shared,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    if let Some(c) = &q.collection {
+        request::check_collection(&app.config, c)?;
+    }
+    struct Cursor {
+        app: Arc<AppState>,
+        after: u64,
+        remaining: u64,
+        filter: Option<String>,
+        follow: bool,
+        feed: watch::Receiver<u64>,
+        shutdown: watch::Receiver<bool>,
+    }
+    let cursor = Cursor {
+        feed: app.feed.clone(),
+        shutdown: app.shutdown.clone(),
+        app,
+        after: q.after,
+        remaining: q.limit.unwrap_or(u64::MAX),
+        filter: q.collection,
+        follow: q.follow,
+    };
+    let stream = futures_util::stream::unfold(cursor, |mut c| async move {
+        loop {
+            if c.remaining == 0 || *c.shutdown.borrow() {
+                return None;
+            }
+            // Mark the current position seen before reading, so no commit is missed.
+            c.feed.borrow_and_update();
+            let store = c.app.store.clone();
+            let after = c.after;
+            let chunk =
+                match tokio::task::spawn_blocking(move || store.feed(after, WATCH_CHUNK)).await {
+                    Ok(Ok(chunk)) => chunk,
+                    Ok(Err(e)) => return Some((Err(std::io::Error::other(e.to_string())), c)),
+                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), c)),
+                };
+            if let Some((last, _)) = chunk.last() {
+                c.after = *last;
+                let mut out = Vec::new();
+                for (pos, event) in &chunk {
+                    if c.remaining == 0 {
+                        break;
+                    }
+                    if c.filter.as_deref().is_some_and(|f| f != event.collection) {
+                        continue;
+                    }
+                    c.remaining -= 1;
+                    c.after = *pos;
+                    let _ = serde_json::to_writer(&mut out, &event_json(event, Some(*pos)));
+                    out.push(b'\n');
+                }
+                if !out.is_empty() {
+                    return Some((Ok::<_, std::io::Error>(Bytes::from(out)), c));
+                }
+                continue;
+            }
+            if !c.follow {
+                return None;
+            }
+            tokio::select! {
+                changed = c.feed.changed() => if changed.is_err() { return None },
+                _ = c.shutdown.changed() => return None,
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangelogQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+async fn changelog(
+    State(app): Shared,
+    uri: Uri,
+    query: Result<Query<ChangelogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let origin = uri
+        .path()
+        .strip_prefix("/v1/changelog/")
+        .unwrap_or("")
+        .to_owned();
+    let limit = q.limit.unwrap_or(1000).min(SCAN_LIMIT_MAX);
+    let store = app.store.clone();
+    let o2 = origin.clone();
+    let events = blocking(move || store.changelog(&o2, q.after, limit)).await?;
+    let list: Vec<Json> = events.iter().map(|e| event_json(e, None)).collect();
+    Ok(axum::Json(json!({"origin": origin, "events": list})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    #[serde(default)]
+    verify: bool,
+}
+
+async fn status(
+    State(app): Shared,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let store = app.store.clone();
+    let (s, verified) = blocking(move || {
+        let s = store.status()?;
+        let verified = if q.verify {
+            Some(store.verify()?)
+        } else {
+            None
+        };
+        Ok((s, verified))
+    })
+    .await?;
+    let mut body = json!({
+        "node_id": app.config.node.id.to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "api": app.api_addr.to_string(),
+        "uptime_s": app.started.elapsed().as_secs(),
+        "digest": s.digest.to_hex(),
+        "state_entries": s.state_entries,
+        "feed_last": s.feed_last,
+        "origins": s.origins,
+        "hlc_last": s.hlc_last.to_string(),
+        "dead_letters": s.dead_letters,
+    });
+    if let Some(v) = verified {
+        body["verified"] = json!(v.is_ok());
+        if let Err(problem) = v {
+            body["verify_error"] = json!(problem);
+        }
+    }
+    Ok(axum::Json(body).into_response())
+}

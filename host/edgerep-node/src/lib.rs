@@ -1,0 +1,160 @@
+//! A running edgerep node: the [`committer`] (group commit into the store) and the local HTTP
+//! [`api`] for the applications at the site.
+//!
+//! Invariant: only the committer thread writes local events to the store; the API validates
+//! every request fully before handing it over, so a refused request writes nothing.
+
+pub mod api;
+pub mod committer;
+mod request;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use edgerep_config::Config;
+use edgerep_store::{Store, StoreError};
+use edgerep_wire::HlcClock;
+use edgerep_wire::event::EventLimits;
+use edgerep_wire::value::DecodeLimits;
+use tokio::sync::watch;
+
+pub use committer::{CommitError, Committer};
+
+/// Why a node did not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open store {path}: {source}")]
+    Store {
+        /// The redb file.
+        path: String,
+        /// What failed.
+        source: StoreError,
+    },
+    /// The API address could not be bound.
+    #[error("cannot listen on {addr} (api.listen): {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("api server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The limits for decoding events, derived from the config.
+pub fn event_limits(config: &Config) -> EventLimits {
+    EventLimits {
+        max_event_bytes: config.limits.max_value_bytes + config.limits.max_key_bytes + 64 * 1024,
+        max_key_bytes: config.limits.max_key_bytes,
+        max_meta_entries: config.limits.max_meta_entries,
+        value: value_limits(config),
+        ..EventLimits::default()
+    }
+}
+
+/// The limits for decoding one application value, derived from the config.
+pub fn value_limits(config: &Config) -> DecodeLimits {
+    DecodeLimits {
+        max_bytes: config.limits.max_value_bytes,
+        max_depth: config.limits.max_value_depth,
+        ..DecodeLimits::default()
+    }
+}
+
+/// A node that is serving. Dropping it does not stop it: call [`RunningNode::shutdown`].
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The address the local API listens on (useful when the config asked for port 0).
+    pub api_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), NodeError>>,
+    committer: std::thread::JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Stops accepting requests, lets requests in flight finish, ends watch streams, waits for
+    /// the last group commit, and closes the store.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the node stops (after [`RunningNode::shutdown`] or a server error).
+    pub async fn wait(self) -> Result<(), NodeError> {
+        let result = match self.server.await {
+            Ok(r) => r,
+            Err(e) => Err(NodeError::Serve(std::io::Error::other(e))),
+        };
+        // The server task held the last committer handles: the thread drains and ends.
+        let committer = self.committer;
+        let _ = tokio::task::spawn_blocking(move || committer.join()).await;
+        result
+    }
+}
+
+/// Opens the store, starts the committer and serves the local API.
+pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    let data_dir = config.node.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    let db_path = data_dir.join("edgerep.redb");
+    let (store, resume) =
+        Store::open(&db_path, &config.node.id, event_limits(&config)).map_err(|source| {
+            NodeError::Store {
+                path: db_path.display().to_string(),
+                source,
+            }
+        })?;
+    let store = Arc::new(store);
+    let clock = HlcClock::new(resume.hlc_last, config.node.max_clock_skew_ms);
+    let (feed_tx, feed_rx) = watch::channel(resume.feed_last);
+    let (committer, committer_thread) =
+        Committer::spawn(store.clone(), clock, config.commit.max_events, feed_tx);
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: config.api.listen,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(NodeError::Serve)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tracing::info!(node = %config.node.id, api = %api_addr, data = %db_path.display(), "node started");
+    let app = api::router(api::AppState {
+        config: Arc::new(config),
+        store,
+        committer,
+        feed: feed_rx,
+        shutdown: shutdown_rx.clone(),
+        api_addr,
+        started: std::time::Instant::now(),
+    });
+    let mut stop = shutdown_rx;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|&s| s).await;
+            })
+            .await
+            .map_err(NodeError::Serve)
+    });
+    Ok(RunningNode {
+        api_addr,
+        shutdown: shutdown_tx,
+        server,
+        committer: committer_thread,
+    })
+}

@@ -1,0 +1,358 @@
+//! Turning request bodies (JSON or CBOR) into validated [`LocalWrite`]s.
+//!
+//! Invariant: everything a write needs is checked here, before the committer sees it: collection
+//! allowed, key non-empty and within the limit, value well-formed and within the limits, metadata
+//! within the limit. The committer only fails on storage errors.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use edgerep_config::Config;
+use edgerep_store::LocalWrite;
+use edgerep_wire::value::{DecodeLimits, Value, ValueError, canonical_item_len};
+use minicbor::Decoder;
+
+use crate::api::ApiError;
+
+/// The body formats the API reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Json,
+    Cbor,
+}
+
+/// Maps a value decoding error to the API error the client sees.
+pub(crate) fn value_error(e: ValueError, format: Format) -> ApiError {
+    match e {
+        ValueError::TooLarge { .. } => {
+            ApiError::too_large("value_too_large", format!("value refused: {e}"))
+        }
+        ValueError::Json(m) => {
+            ApiError::bad_request("malformed_json", format!("malformed JSON: {m}"))
+        }
+        other => {
+            let kind = if format == Format::Cbor {
+                "malformed_cbor"
+            } else {
+                "bad_value"
+            };
+            ApiError::bad_request(kind, format!("value refused: {other}"))
+        }
+    }
+}
+
+/// Checks that the config accepts writes to `collection`.
+pub(crate) fn check_collection(config: &Config, collection: &str) -> Result<(), ApiError> {
+    config
+        .check_collection(collection)
+        .map_err(|m| ApiError::forbidden("collection_not_allowed", m))
+}
+
+/// Checks a key against the limits.
+pub(crate) fn check_key(config: &Config, key: &[u8]) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_key",
+            "key must not be empty".into(),
+        ));
+    }
+    if key.len() > config.limits.max_key_bytes {
+        return Err(ApiError::bad_request(
+            "bad_key",
+            format!(
+                "key is {} bytes, over the limit of {} (limits.max_key_bytes)",
+                key.len(),
+                config.limits.max_key_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a single value body.
+pub(crate) fn parse_value(
+    body: &[u8],
+    format: Format,
+    limits: &DecodeLimits,
+) -> Result<Value, ApiError> {
+    match format {
+        Format::Json => {
+            let text = std::str::from_utf8(body).map_err(|e| {
+                ApiError::bad_request(
+                    "malformed_json",
+                    format!("malformed JSON: body is not UTF-8: {e}"),
+                )
+            })?;
+            Value::from_json_str(text, limits).map_err(|e| value_error(e, format))
+        }
+        Format::Cbor => Value::canonicalize(body, limits).map_err(|e| value_error(e, format)),
+    }
+}
+
+fn check_meta(config: &Config, meta: &BTreeMap<String, String>, at: &str) -> Result<(), ApiError> {
+    if meta.len() > config.limits.max_meta_entries {
+        return Err(ApiError::bad_request(
+            "bad_meta",
+            format!(
+                "{at}: {} metadata entries, over the limit of {} (limits.max_meta_entries)",
+                meta.len(),
+                config.limits.max_meta_entries
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn bad(at: &str, what: String) -> ApiError {
+    ApiError::bad_request("bad_batch", format!("{at}: {what}"))
+}
+
+/// Parses and validates a batch body: `{"writes": [{"collection", "key" | "key_base64", "op",
+/// "value", "schema", "meta"}, ...]}` in JSON, or the same map in CBOR (where `key` may also be a
+/// byte string).
+pub(crate) fn parse_batch(
+    body: &[u8],
+    format: Format,
+    config: &Config,
+    limits: &DecodeLimits,
+) -> Result<Vec<LocalWrite>, ApiError> {
+    let writes = match format {
+        Format::Json => parse_batch_json(body, config, limits)?,
+        Format::Cbor => parse_batch_cbor(body, config, limits)?,
+    };
+    if writes.is_empty() {
+        return Err(bad("writes", "the batch is empty".into()));
+    }
+    Ok(writes)
+}
+
+fn check_count(n: usize, config: &Config) -> Result<(), ApiError> {
+    if n > config.limits.max_batch_events {
+        return Err(ApiError::too_large(
+            "batch_too_large",
+            format!(
+                "{n} writes in one batch, over the limit of {} (limits.max_batch_events)",
+                config.limits.max_batch_events
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn finish_write(
+    config: &Config,
+    at: &str,
+    collection: Option<String>,
+    key: Option<Vec<u8>>,
+    op: Option<String>,
+    value: Option<Value>,
+    schema: u32,
+    meta: BTreeMap<String, String>,
+) -> Result<LocalWrite, ApiError> {
+    let collection = collection.ok_or_else(|| bad(at, "missing \"collection\"".into()))?;
+    check_collection(config, &collection).map_err(|e| e.at(at))?;
+    let key = key.ok_or_else(|| bad(at, "missing \"key\"".into()))?;
+    check_key(config, &key).map_err(|e| e.at(at))?;
+    check_meta(config, &meta, at)?;
+    let value = match op.as_deref() {
+        Some("put") | None => Some(value.ok_or_else(|| bad(at, "a put needs a \"value\"".into()))?),
+        Some("delete") => {
+            if value.is_some() {
+                return Err(bad(at, "a delete takes no \"value\"".into()));
+            }
+            None
+        }
+        Some(other) => {
+            return Err(bad(
+                at,
+                format!("unknown op {other:?} (expected \"put\" or \"delete\")"),
+            ));
+        }
+    };
+    Ok(LocalWrite {
+        collection,
+        key,
+        value,
+        schema,
+        meta,
+    })
+}
+
+fn parse_batch_json(
+    body: &[u8],
+    config: &Config,
+    limits: &DecodeLimits,
+) -> Result<Vec<LocalWrite>, ApiError> {
+    let doc: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
+    let obj = doc
+        .as_object()
+        .ok_or_else(|| bad("body", "expected an object with \"writes\"".into()))?;
+    for k in obj.keys() {
+        if k != "writes" {
+            return Err(bad("body", format!("unknown field {k:?}")));
+        }
+    }
+    let items = obj
+        .get("writes")
+        .and_then(|w| w.as_array())
+        .ok_or_else(|| bad("body", "\"writes\" must be an array".into()))?;
+    check_count(items.len(), config)?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("writes[{i}]");
+        let w = item
+            .as_object()
+            .ok_or_else(|| bad(&at, "expected an object".into()))?;
+        let (mut collection, mut key, mut op, mut value, mut schema, mut meta) =
+            (None, None, None, None, 0u32, BTreeMap::new());
+        for (k, v) in w {
+            match k.as_str() {
+                "collection" => {
+                    collection = Some(
+                        v.as_str()
+                            .ok_or_else(|| bad(&at, "\"collection\" must be a string".into()))?
+                            .to_owned(),
+                    )
+                }
+                "key" => {
+                    key = Some(
+                        v.as_str()
+                            .ok_or_else(|| bad(&at, "\"key\" must be a string".into()))?
+                            .as_bytes()
+                            .to_vec(),
+                    )
+                }
+                "key_base64" => {
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| bad(&at, "\"key_base64\" must be a string".into()))?;
+                    key = Some(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(s)
+                            .map_err(|e| bad(&at, format!("\"key_base64\" is not base64: {e}")))?,
+                    );
+                }
+                "op" => {
+                    op = Some(
+                        v.as_str()
+                            .ok_or_else(|| bad(&at, "\"op\" must be a string".into()))?
+                            .to_owned(),
+                    )
+                }
+                "value" => {
+                    value = Some(
+                        Value::from_json(v, limits)
+                            .map_err(|e| value_error(e, Format::Json).at(&at))?,
+                    )
+                }
+                "schema" => {
+                    schema = v
+                        .as_u64()
+                        .and_then(|s| u32::try_from(s).ok())
+                        .ok_or_else(|| {
+                            bad(
+                                &at,
+                                "\"schema\" must be an integer from 0 to 4294967295".into(),
+                            )
+                        })?
+                }
+                "meta" => {
+                    let m = v
+                        .as_object()
+                        .ok_or_else(|| bad(&at, "\"meta\" must be an object of strings".into()))?;
+                    for (mk, mv) in m {
+                        let mv = mv
+                            .as_str()
+                            .ok_or_else(|| bad(&at, format!("meta {mk:?} must be a string")))?;
+                        meta.insert(mk.clone(), mv.to_owned());
+                    }
+                }
+                other => return Err(bad(&at, format!("unknown field {other:?}"))),
+            }
+        }
+        out.push(finish_write(
+            config, &at, collection, key, op, value, schema, meta,
+        )?);
+    }
+    Ok(out)
+}
+
+fn cbor_err(at: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("malformed_cbor", format!("{at}: malformed CBOR batch: {e}"))
+}
+
+fn parse_batch_cbor(
+    body: &[u8],
+    config: &Config,
+    limits: &DecodeLimits,
+) -> Result<Vec<LocalWrite>, ApiError> {
+    // Canonicalize the whole body first: that checks well-formedness, depth and size in one
+    // place, and lets the walk below slice each value out with canonical_item_len.
+    let whole_limits = DecodeLimits {
+        max_bytes: config.limits.max_request_bytes,
+        max_depth: limits.max_depth + 3,
+        max_items: config.limits.max_request_bytes,
+    };
+    let canonical =
+        Value::canonicalize(body, &whole_limits).map_err(|e| value_error(e, Format::Cbor))?;
+    let bytes = canonical.as_bytes();
+    let mut d = Decoder::new(bytes);
+    let n = d.map().map_err(|e| cbor_err("body", e))?.unwrap_or(0);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let field = d.str().map_err(|e| cbor_err("body", e))?;
+        if field != "writes" {
+            return Err(bad("body", format!("unknown field {field:?}")));
+        }
+        let count = d.array().map_err(|e| cbor_err("writes", e))?.unwrap_or(0) as usize;
+        check_count(count, config)?;
+        for i in 0..count {
+            let at = format!("writes[{i}]");
+            let fields = d.map().map_err(|e| cbor_err(&at, e))?.unwrap_or(0);
+            let (mut collection, mut key, mut op, mut value, mut schema, mut meta) =
+                (None, None, None, None, 0u32, BTreeMap::new());
+            for _ in 0..fields {
+                let name = d.str().map_err(|e| cbor_err(&at, e))?;
+                match name {
+                    "collection" => {
+                        collection = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned())
+                    }
+                    "key" => {
+                        key = Some(match d.datatype().map_err(|e| cbor_err(&at, e))? {
+                            minicbor::data::Type::Bytes => {
+                                d.bytes().map_err(|e| cbor_err(&at, e))?.to_vec()
+                            }
+                            _ => d.str().map_err(|e| cbor_err(&at, e))?.as_bytes().to_vec(),
+                        })
+                    }
+                    "op" => op = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned()),
+                    "value" => {
+                        let start = d.position();
+                        let len = canonical_item_len(&bytes[start..], &whole_limits)
+                            .map_err(|e| cbor_err(&at, e))?;
+                        let item =
+                            Value::from_canonical(bytes[start..start + len].to_vec(), limits)
+                                .map_err(|e| value_error(e, Format::Cbor).at(&at))?;
+                        d.set_position(start + len);
+                        value = Some(item);
+                    }
+                    "schema" => schema = d.u32().map_err(|e| cbor_err(&at, e))?,
+                    "meta" => {
+                        let m = d.map().map_err(|e| cbor_err(&at, e))?.unwrap_or(0);
+                        for _ in 0..m {
+                            let k = d.str().map_err(|e| cbor_err(&at, e))?.to_owned();
+                            let v = d.str().map_err(|e| cbor_err(&at, e))?.to_owned();
+                            meta.insert(k, v);
+                        }
+                    }
+                    other => return Err(bad(&at, format!("unknown field {other:?}"))),
+                }
+            }
+            out.push(finish_write(
+                config, &at, collection, key, op, value, schema, meta,
+            )?);
+        }
+    }
+    Ok(out)
+}

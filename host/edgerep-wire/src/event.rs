@@ -1,0 +1,545 @@
+//! The change event: one write (put or delete) to one key of one collection, made at one origin node.
+
+use std::fmt;
+
+/// Errors from building or decoding an [`Event`] or one of its parts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// A node id is empty, too long or has a character outside `[A-Za-z0-9._-]`.
+    #[error("invalid node id {id:?}: {reason}")]
+    InvalidNodeId {
+        /// The rejected id.
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A collection name is empty, too long or has a character outside `[A-Za-z0-9._-]`.
+    #[error("invalid collection name {name:?}: {reason}")]
+    InvalidCollection {
+        /// The rejected name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// Longest node id or collection name, in bytes.
+pub const NAME_MAX_BYTES: usize = 64;
+
+/// Checks the shared syntax of node ids and collection names.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.len() > NAME_MAX_BYTES {
+        return Err("longer than 64 bytes");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err("must start with a letter or digit");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Checks that `name` is a valid collection name: 1 to 64 bytes of `[A-Za-z0-9._-]`, starting
+/// with a letter or digit.
+pub fn check_collection_name(name: &str) -> Result<(), EventError> {
+    check_name(name).map_err(|reason| EventError::InvalidCollection {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// The id of a node (an edge site): 1 to 64 bytes of `[A-Za-z0-9._-]`, starting with a letter or digit.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Validates and wraps a node id.
+    pub fn parse(id: &str) -> Result<NodeId, EventError> {
+        check_name(id).map_err(|reason| EventError::InvalidNodeId {
+            id: id.to_owned(),
+            reason,
+        })?;
+        Ok(NodeId(id.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+use std::collections::BTreeMap;
+
+use minicbor::{Decoder, Encoder};
+
+use crate::hlc::Hlc;
+use crate::value::{DecodeLimits, Value, ValueError, canonical_item_len};
+
+/// The event format version this code writes. Readers accept higher versions: later versions only
+/// add fields, which older readers keep byte for byte (see [`Event::extra`]).
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Whether an event writes a value or deletes the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Sets the key to the event's value.
+    Put,
+    /// Deletes the key (the event is a tombstone).
+    Delete,
+}
+
+/// Dot: the unique name of one event, its origin node and that node's sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dot {
+    /// The node where the event was written.
+    pub origin: NodeId,
+    /// The origin's sequence number for the event (1, 2, 3, ... with no gaps).
+    pub seq: u64,
+}
+
+/// Causal context of a write: for each origin, the highest sequence number of that origin's writes
+/// to the same key that the write has seen (and so supersedes).
+///
+/// Invariant behind this compact form: a node's writes to one key are causally ordered (each new
+/// write saw the node's earlier ones), so "saw X's write n to this key" implies "saw every earlier
+/// write of X to this key". This is a dotted version vector: the event's own dot plus this vector.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct VersionVector(BTreeMap<NodeId, u64>);
+
+impl VersionVector {
+    /// An empty vector (a write that supersedes nothing).
+    pub fn new() -> VersionVector {
+        VersionVector::default()
+    }
+
+    /// Whether the vector covers `dot`: the event named by `dot` is superseded by a write with this context.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.0.get(&dot.origin).is_some_and(|&seq| seq >= dot.seq)
+    }
+
+    /// Adds `dot` (and so every earlier write of its origin to the key).
+    pub fn add(&mut self, dot: &Dot) {
+        let entry = self.0.entry(dot.origin.clone()).or_insert(0);
+        *entry = (*entry).max(dot.seq);
+    }
+
+    /// Adds everything `other` covers.
+    pub fn join(&mut self, other: &VersionVector) {
+        for (origin, &seq) in &other.0 {
+            let entry = self.0.entry(origin.clone()).or_insert(0);
+            *entry = (*entry).max(seq);
+        }
+    }
+
+    /// The entries, by origin.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, u64)> {
+        self.0.iter().map(|(k, &v)| (k, v))
+    }
+
+    /// Number of origins in the vector.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the vector is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One change event. Built by the node that accepted the write and never changed afterwards: the
+/// bytes from [`Event::encode`] are what every node stores, ships and hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Format version the event was written with ([`FORMAT_VERSION`] for new events).
+    pub format: u64,
+    /// Collection the key belongs to.
+    pub collection: String,
+    /// The key (any bytes, non-empty).
+    pub key: Vec<u8>,
+    /// Put or delete.
+    pub op: Op,
+    /// The value: present exactly when `op` is [`Op::Put`].
+    pub value: Option<Value>,
+    /// Hybrid logical clock timestamp at the origin.
+    pub hlc: Hlc,
+    /// Node where the write was made.
+    pub origin: NodeId,
+    /// The origin's sequence number for this event: per origin, gapless, immutable.
+    pub seq: u64,
+    /// Version of the application's value schema (0 when the application does not say).
+    pub schema: u32,
+    /// Small text metadata, set by the application or by plugins.
+    pub meta: BTreeMap<String, String>,
+    /// Versions of the key this write supersedes.
+    pub context: VersionVector,
+    /// Fields from a later format version this code does not know, by field number, each a
+    /// deterministic CBOR item kept byte for byte so re-encoding loses nothing.
+    pub extra: BTreeMap<u64, Value>,
+}
+
+/// Limits applied when decoding an event from untrusted bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimits {
+    /// Largest encoded event.
+    pub max_event_bytes: usize,
+    /// Largest key.
+    pub max_key_bytes: usize,
+    /// Most metadata entries.
+    pub max_meta_entries: usize,
+    /// Most origins in a causal context.
+    pub max_context_entries: usize,
+    /// Limits for the value (and unknown fields).
+    pub value: DecodeLimits,
+}
+
+impl Default for EventLimits {
+    fn default() -> EventLimits {
+        EventLimits {
+            max_event_bytes: 1 << 20,
+            max_key_bytes: 1024,
+            max_meta_entries: 16,
+            max_context_entries: 1024,
+            value: DecodeLimits::default(),
+        }
+    }
+}
+
+/// Why event bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes are not valid CBOR for an event, or a field has the wrong type.
+    #[error("malformed event: {0}")]
+    Malformed(String),
+    /// The value or an unknown field is not a valid deterministic CBOR item.
+    #[error("event field {field}: {source}")]
+    Value {
+        /// Field number.
+        field: u64,
+        /// What was wrong with it.
+        source: ValueError,
+    },
+    /// A field is invalid (bad name, too long, missing, inconsistent).
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    /// The event is over a size limit.
+    #[error("event too large: {0}")]
+    TooLarge(String),
+    /// The bytes decode, but are not the deterministic encoding of what they decode to.
+    #[error("event is not in deterministic encoding")]
+    NonCanonical,
+}
+
+impl From<minicbor::decode::Error> for DecodeError {
+    fn from(e: minicbor::decode::Error) -> DecodeError {
+        DecodeError::Malformed(e.to_string())
+    }
+}
+
+impl From<EventError> for DecodeError {
+    fn from(e: EventError) -> DecodeError {
+        DecodeError::Invalid(e.to_string())
+    }
+}
+
+mod field {
+    pub(super) const FORMAT: u64 = 0;
+    pub(super) const COLLECTION: u64 = 1;
+    pub(super) const KEY: u64 = 2;
+    pub(super) const OP: u64 = 3;
+    pub(super) const VALUE: u64 = 4;
+    pub(super) const HLC: u64 = 5;
+    pub(super) const ORIGIN: u64 = 6;
+    pub(super) const SEQ: u64 = 7;
+    pub(super) const SCHEMA: u64 = 8;
+    pub(super) const META: u64 = 9;
+    pub(super) const CONTEXT: u64 = 10;
+    /// Field numbers at or above this one are unknown to this version and kept verbatim.
+    pub(super) const FIRST_UNKNOWN: u64 = 11;
+}
+
+/// Sorts text keys in deterministic CBOR order: the order of their encodings, which for text
+/// strings is shorter first, then bytewise.
+fn canonical_text_order<'a, V>(entries: impl Iterator<Item = (&'a str, V)>) -> Vec<(&'a str, V)> {
+    let mut v: Vec<_> = entries.collect();
+    v.sort_by(|a, b| (a.0.len(), a.0.as_bytes()).cmp(&(b.0.len(), b.0.as_bytes())));
+    v
+}
+
+impl Event {
+    /// The event's dot (origin and sequence number).
+    pub fn dot(&self) -> Dot {
+        Dot {
+            origin: self.origin.clone(),
+            seq: self.seq,
+        }
+    }
+
+    /// The deterministic CBOR encoding: a map from field number to field, fields in ascending
+    /// order, `value` only on puts, `schema`, `meta` and `context` left out when zero or empty.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(
+            64 + self.collection.len() + self.key.len() + self.value.as_ref().map_or(0, Value::len),
+        );
+        self.encode_into(&mut buf);
+        buf
+    }
+
+    /// Appends the deterministic encoding to `buf`.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        let fields = 7
+            + u64::from(self.value.is_some())
+            + u64::from(self.schema != 0)
+            + u64::from(!self.meta.is_empty())
+            + u64::from(!self.context.is_empty())
+            + self.extra.len() as u64;
+        let mut e = Encoder::new(&mut *buf);
+        // Writing into a Vec cannot fail.
+        let _ = e.map(fields);
+        let _ = e.u64(field::FORMAT).and_then(|e| e.u64(self.format));
+        let _ = e
+            .u64(field::COLLECTION)
+            .and_then(|e| e.str(&self.collection));
+        let _ = e.u64(field::KEY).and_then(|e| e.bytes(&self.key));
+        let op = match self.op {
+            Op::Put => 0,
+            Op::Delete => 1,
+        };
+        let _ = e.u64(field::OP).and_then(|e| e.u64(op));
+        if let Some(value) = &self.value {
+            let _ = e.u64(field::VALUE);
+            buf.extend_from_slice(value.as_bytes());
+        }
+        let mut e = Encoder::new(&mut *buf);
+        let _ = e
+            .u64(field::HLC)
+            .and_then(|e| e.array(2))
+            .and_then(|e| e.u64(self.hlc.physical_ms))
+            .and_then(|e| e.u32(self.hlc.logical));
+        let _ = e
+            .u64(field::ORIGIN)
+            .and_then(|e| e.str(self.origin.as_str()));
+        let _ = e.u64(field::SEQ).and_then(|e| e.u64(self.seq));
+        if self.schema != 0 {
+            let _ = e.u64(field::SCHEMA).and_then(|e| e.u32(self.schema));
+        }
+        if !self.meta.is_empty() {
+            let _ = e
+                .u64(field::META)
+                .and_then(|e| e.map(self.meta.len() as u64));
+            for (k, v) in canonical_text_order(self.meta.iter().map(|(k, v)| (k.as_str(), v))) {
+                let _ = e.str(k).and_then(|e| e.str(v));
+            }
+        }
+        if !self.context.is_empty() {
+            let _ = e
+                .u64(field::CONTEXT)
+                .and_then(|e| e.map(self.context.len() as u64));
+            for (k, v) in canonical_text_order(self.context.iter().map(|(k, v)| (k.as_str(), v))) {
+                let _ = e.str(k).and_then(|e| e.u64(v));
+            }
+        }
+        for (&number, value) in &self.extra {
+            let _ = Encoder::new(&mut *buf).u64(number);
+            buf.extend_from_slice(value.as_bytes());
+        }
+    }
+
+    /// Decodes an event from untrusted bytes. Never panics; refuses anything over `limits`,
+    /// anything malformed, and anything that is not the deterministic encoding of the event.
+    pub fn decode(bytes: &[u8], limits: &EventLimits) -> Result<Event, DecodeError> {
+        if bytes.len() > limits.max_event_bytes {
+            return Err(DecodeError::TooLarge(format!(
+                "{} bytes, over the limit of {}",
+                bytes.len(),
+                limits.max_event_bytes
+            )));
+        }
+        let mut d = Decoder::new(bytes);
+        let fields = d
+            .map()?
+            .ok_or_else(|| DecodeError::Malformed("indefinite-length map".into()))?;
+        let mut format = None;
+        let mut collection = None;
+        let mut key = None;
+        let mut op = None;
+        let mut value = None;
+        let mut hlc = None;
+        let mut origin = None;
+        let mut seq = None;
+        let mut schema = 0;
+        let mut meta = BTreeMap::new();
+        let mut context = VersionVector::new();
+        let mut extra = BTreeMap::new();
+        let mut previous: Option<u64> = None;
+        for _ in 0..fields {
+            let number = d.u64()?;
+            if previous.is_some_and(|p| p >= number) {
+                return Err(DecodeError::NonCanonical);
+            }
+            previous = Some(number);
+            match number {
+                field::FORMAT => format = Some(d.u64()?),
+                field::COLLECTION => {
+                    let name = d.str()?;
+                    check_collection_name(name)?;
+                    collection = Some(name.to_owned());
+                }
+                field::KEY => {
+                    let k = d.bytes()?;
+                    if k.is_empty() {
+                        return Err(DecodeError::Invalid("empty key".into()));
+                    }
+                    if k.len() > limits.max_key_bytes {
+                        return Err(DecodeError::TooLarge(format!(
+                            "key is {} bytes, over the limit of {}",
+                            k.len(),
+                            limits.max_key_bytes
+                        )));
+                    }
+                    key = Some(k.to_vec());
+                }
+                field::OP => {
+                    op = Some(match d.u64()? {
+                        0 => Op::Put,
+                        1 => Op::Delete,
+                        other => {
+                            return Err(DecodeError::Invalid(format!("unknown operation {other}")));
+                        }
+                    })
+                }
+                field::VALUE | field::FIRST_UNKNOWN.. => {
+                    let start = d.position();
+                    let len =
+                        canonical_item_len(&bytes[start..], &limits.value).map_err(|source| {
+                            DecodeError::Value {
+                                field: number,
+                                source,
+                            }
+                        })?;
+                    let item = Value::from_canonical_unchecked(bytes[start..start + len].to_vec());
+                    d.set_position(start + len);
+                    if number == field::VALUE {
+                        value = Some(item);
+                    } else {
+                        extra.insert(number, item);
+                    }
+                }
+                field::HLC => {
+                    if d.array()? != Some(2) {
+                        return Err(DecodeError::Malformed(
+                            "hlc is not a 2-element array".into(),
+                        ));
+                    }
+                    hlc = Some(Hlc::new(d.u64()?, d.u32()?));
+                }
+                field::ORIGIN => origin = Some(NodeId::parse(d.str()?)?),
+                field::SEQ => seq = Some(d.u64()?),
+                field::SCHEMA => schema = d.u32()?,
+                field::META => {
+                    let n = d
+                        .map()?
+                        .ok_or_else(|| DecodeError::Malformed("indefinite-length map".into()))?;
+                    if n as usize > limits.max_meta_entries {
+                        return Err(DecodeError::TooLarge(format!(
+                            "{n} metadata entries, over the limit of {}",
+                            limits.max_meta_entries
+                        )));
+                    }
+                    for _ in 0..n {
+                        let k = d.str()?.to_owned();
+                        let v = d.str()?.to_owned();
+                        if meta.insert(k, v).is_some() {
+                            return Err(DecodeError::Invalid("duplicate metadata key".into()));
+                        }
+                    }
+                }
+                field::CONTEXT => {
+                    let n = d
+                        .map()?
+                        .ok_or_else(|| DecodeError::Malformed("indefinite-length map".into()))?;
+                    if n as usize > limits.max_context_entries {
+                        return Err(DecodeError::TooLarge(format!(
+                            "{n} causal context entries, over the limit of {}",
+                            limits.max_context_entries
+                        )));
+                    }
+                    for _ in 0..n {
+                        let origin = NodeId::parse(d.str()?)?;
+                        let s = d.u64()?;
+                        if context.0.insert(origin, s).is_some() {
+                            return Err(DecodeError::Invalid(
+                                "duplicate causal context origin".into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if d.position() != bytes.len() {
+            return Err(DecodeError::Malformed(format!(
+                "trailing bytes after the event at byte {}",
+                d.position()
+            )));
+        }
+        let missing = |name: &str| DecodeError::Invalid(format!("missing field {name}"));
+        let event = Event {
+            format: format.ok_or_else(|| missing("format"))?,
+            collection: collection.ok_or_else(|| missing("collection"))?,
+            key: key.ok_or_else(|| missing("key"))?,
+            op: op.ok_or_else(|| missing("op"))?,
+            value,
+            hlc: hlc.ok_or_else(|| missing("hlc"))?,
+            origin: origin.ok_or_else(|| missing("origin"))?,
+            seq: seq.ok_or_else(|| missing("seq"))?,
+            schema,
+            meta,
+            context,
+            extra,
+        };
+        event.check()?;
+        // The universal determinism check: re-encoding must give back the same bytes.
+        if event.encode() != bytes {
+            return Err(DecodeError::NonCanonical);
+        }
+        Ok(event)
+    }
+
+    /// Checks the invariants between fields that the type does not enforce.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        if self.format == 0 {
+            return Err(DecodeError::Invalid("format version 0".into()));
+        }
+        if self.seq == 0 {
+            return Err(DecodeError::Invalid(
+                "sequence number 0 (they start at 1)".into(),
+            ));
+        }
+        match (self.op, &self.value) {
+            (Op::Put, None) => Err(DecodeError::Invalid("put without a value".into())),
+            (Op::Delete, Some(_)) => Err(DecodeError::Invalid("delete with a value".into())),
+            _ => Ok(()),
+        }
+    }
+}

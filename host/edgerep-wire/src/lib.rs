@@ -1,0 +1,13 @@
+//! The data edgerep stores and ships: the change [`event::Event`], the hybrid logical clock
+//! ([`hlc`]) and the deterministic CBOR encoding of both ([`value`] for application values).
+//!
+//! Invariant: this crate does no IO and reads no clock. Everything here is a pure function of its
+//! inputs, so the same event is the same bytes on every node.
+
+pub mod event;
+pub mod hlc;
+pub mod value;
+
+pub use event::{Event, NodeId, Op, VersionVector};
+pub use hlc::{Hlc, HlcClock};
+pub use value::{DecodeLimits, Value, ValueError};

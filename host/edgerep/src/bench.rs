@@ -1,0 +1,316 @@
+//! `edgerep bench ingest`: events per second through the local API into the store, at several
+//! batch sizes and client concurrencies, and in the same run the raw redb limit: the same event
+//! sizes written straight into redb (a data row and a changelog row per event) with the same
+//! durability. Only ratios from one run compare: these machines are shared and noisy.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use edgerep_config::Config;
+use edgerep_wire::event::{Event, FORMAT_VERSION, Op};
+use edgerep_wire::value::{DecodeLimits, Value};
+use edgerep_wire::{Hlc, NodeId, VersionVector};
+use minicbor::Encoder;
+use redb::TableDefinition;
+use serde_json::json;
+
+use crate::client::{Client, Outcome};
+
+/// Arguments of `edgerep bench ingest`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct IngestArgs {
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Events per API request to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    batches: Vec<usize>,
+    /// Concurrent clients to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    clients: Vec<usize>,
+    /// Target size of one encoded event, in bytes.
+    #[arg(long, default_value_t = 200)]
+    event_bytes: usize,
+    /// Events per transaction for the raw redb limit.
+    #[arg(long, default_value_t = 1000)]
+    raw_commit_events: usize,
+}
+
+/// A value whose event encodes to about `target` bytes.
+fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
+    let limits = DecodeLimits::default();
+    let mut pad = 0;
+    loop {
+        let v = Value::from_json(
+            &json!({"site": "site-0042", "sensor": "temp-0007", "reading": 21.5, "unit": "C", "note": "x".repeat(pad)}),
+            &limits,
+        )?;
+        let e = Event {
+            format: FORMAT_VERSION,
+            collection: "bench".into(),
+            key: b"k-0-000000001".to_vec(),
+            op: Op::Put,
+            value: Some(v.clone()),
+            hlc: Hlc::new(1_790_000_000_000, 0),
+            origin: NodeId::parse("bench-node")?,
+            seq: 1_000_000,
+            schema: 0,
+            meta: Default::default(),
+            context: VersionVector::new(),
+            extra: Default::default(),
+        };
+        let len = e.encode().len();
+        if len >= target || pad > 1 << 20 {
+            return Ok((v, len));
+        }
+        pad += 1;
+    }
+}
+
+/// The raw limit: `events` written straight into redb, `per_commit` per durable transaction.
+fn raw_redb(
+    dir: &std::path::Path,
+    event: &[u8],
+    value: &[u8],
+    per_commit: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+    let path = dir.join(format!("raw-{per_commit}.redb"));
+    let db = redb::Database::create(&path)?;
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    while start.elapsed().as_secs_f64() < seconds {
+        let txn = db.begin_write()?;
+        {
+            let mut data = txn.open_table(DATA)?;
+            let mut log = txn.open_table(LOG)?;
+            for _ in 0..per_commit {
+                n += 1;
+                let key = format!("k-raw-{n:09}");
+                data.insert(key.as_bytes(), value)?;
+                log.insert(n, event)?;
+            }
+        }
+        txn.commit()?;
+    }
+    let eps = n as f64 / start.elapsed().as_secs_f64();
+    drop(db);
+    let _ = std::fs::remove_file(&path);
+    Ok(eps)
+}
+
+/// A CBOR batch body of `n` puts with keys unique to (client, counter).
+fn batch_body(value: &[u8], client: usize, counter: &mut u64, n: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(n * (value.len() + 48));
+    let mut e = Encoder::new(&mut buf);
+    let _ = e
+        .map(1)
+        .and_then(|e| e.str("writes"))
+        .and_then(|e| e.array(n as u64));
+    for _ in 0..n {
+        *counter += 1;
+        let key = format!("k-{client}-{counter:09}");
+        let mut e = Encoder::new(&mut buf);
+        let _ = e
+            .map(3)
+            .and_then(|e| e.str("collection"))
+            .and_then(|e| e.str("bench"))
+            .and_then(|e| e.str("key"))
+            .and_then(|e| e.str(&key))
+            .and_then(|e| e.str("value"));
+        buf.extend_from_slice(value);
+    }
+    buf
+}
+
+struct Cell {
+    batch: usize,
+    clients: usize,
+    eps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn api_cell(
+    client: &Client,
+    value: &[u8],
+    batch: usize,
+    clients: usize,
+    seconds: f64,
+    round: usize,
+) -> anyhow::Result<Cell> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for id in 0..clients {
+        let (client, stop, events, value) =
+            (client.clone(), stop.clone(), events.clone(), value.to_vec());
+        handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+            let mut counter = 0u64;
+            let mut lat = Vec::new();
+            let tag = round * 1000 + id;
+            while !stop.load(Ordering::Relaxed) {
+                let body = batch_body(&value, tag, &mut counter, batch);
+                let t = Instant::now();
+                match client.batch(&body, true) {
+                    Outcome::Ok(_) => {}
+                    other => bail!("benchmark write failed: {other:?}"),
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                events.fetch_add(batch as u64, Ordering::Relaxed);
+            }
+            Ok(lat)
+        }));
+    }
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
+        );
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    Ok(Cell {
+        batch,
+        clients,
+        eps: events.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        requests: lat.len(),
+    })
+}
+
+pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
+    let dir = tempfile::Builder::new()
+        .prefix("edgerep-bench-")
+        .tempdir()?;
+    let (value, event_len) = sample_value(args.event_bytes)?;
+    println!(
+        "edgerep bench ingest: events of {event_len} bytes encoded, {} s per measurement, durable commits",
+        args.seconds
+    );
+
+    // The raw limit first, on an idle machine.
+    let sample_event = vec![0x5au8; event_len];
+    let raw = raw_redb(
+        dir.path(),
+        &sample_event,
+        value.as_bytes(),
+        args.raw_commit_events,
+        args.seconds,
+    )?;
+    println!(
+        "raw redb, {} events per commit: {raw:.0} events/s",
+        args.raw_commit_events
+    );
+
+    let node_dir = dir.path().join("node");
+    crate::write_starter(&node_dir, "bench-node", None, None, true)?;
+    let config = Config::load(&node_dir.join("edgerep.toml"))?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let node = rt.block_on(edgerep_node::start(config))?;
+    let client = Client::new(node.api_addr);
+
+    println!(
+        "{:>7} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "batch", "clients", "events/s", "p50 ms", "p99 ms", "requests", "vs raw"
+    );
+    let mut cells = Vec::new();
+    for (round, (&batch, &clients)) in args
+        .batches
+        .iter()
+        .flat_map(|b| args.clients.iter().map(move |c| (b, c)))
+        .enumerate()
+    {
+        let cell = api_cell(
+            &client,
+            value.as_bytes(),
+            batch,
+            clients,
+            args.seconds,
+            round,
+        )?;
+        println!(
+            "{:>7} {:>8} {:>12.0} {:>9.3} {:>9.3} {:>9} {:>9.3}",
+            cell.batch,
+            cell.clients,
+            cell.eps,
+            cell.p50_ms,
+            cell.p99_ms,
+            cell.requests,
+            cell.eps / raw
+        );
+        cells.push(cell);
+    }
+    let status = match client.status(true) {
+        Outcome::Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)?,
+        other => bail!("status after the benchmark failed: {other:?}"),
+    };
+    rt.block_on(node.shutdown())?;
+    if status["verified"] != json!(true) {
+        bail!(
+            "store verification after the benchmark failed: {}",
+            status["verify_error"]
+        );
+    }
+
+    let best = cells
+        .iter()
+        .filter(|c| c.clients > 1)
+        .max_by(|a, b| a.eps.total_cmp(&b.eps))
+        .or_else(|| cells.iter().max_by(|a, b| a.eps.total_cmp(&b.eps)))
+        .context("no measurement ran")?;
+    let single = cells.iter().find(|c| c.batch == 1 && c.clients == 1);
+    println!(
+        "best with concurrent clients: batch {} x {} clients, {:.0} events/s = {:.3} of raw redb ({:.0} events/s at {} per commit)",
+        best.batch,
+        best.clients,
+        best.eps,
+        best.eps / raw,
+        raw,
+        args.raw_commit_events
+    );
+    if let Some(s) = single {
+        println!(
+            "single-event latency (1 client, 1 event per request): p50 {:.3} ms, p99 {:.3} ms",
+            s.p50_ms, s.p99_ms
+        );
+    }
+    println!(
+        "store verified after the run: {} events in the feed, digest {}",
+        status["feed_last"], status["digest"]
+    );
+    let summary = json!({
+        "bench": "ingest",
+        "event_bytes": event_len,
+        "seconds_per_cell": args.seconds,
+        "raw_redb_events_per_s": raw.round(),
+        "raw_redb_events_per_commit": args.raw_commit_events,
+        "api_events_per_s": best.eps.round(),
+        "api_batch": best.batch,
+        "api_clients": best.clients,
+        "single_event_p50_ms": single.map(|s| s.p50_ms),
+        "single_event_p99_ms": single.map(|s| s.p99_ms),
+        "cells": cells.iter().map(|c| json!({"batch": c.batch, "clients": c.clients, "events_per_s": c.eps.round(), "p50_ms": c.p50_ms, "p99_ms": c.p99_ms})).collect::<Vec<_>>(),
+        "ratio": (best.eps / raw * 1000.0).round() / 1000.0,
+    });
+    println!("{summary}");
+    Ok(0)
+}

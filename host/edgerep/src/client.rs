@@ -1,0 +1,183 @@
+//! A small blocking client for the local API, used by the CLI verbs, the demo and the benchmark.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value as Json;
+
+/// Characters left as they are in a path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// How a request ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// 2xx, with the body.
+    Ok(Vec<u8>),
+    /// 404 for a missing key (or other not-found).
+    NotFound(String),
+    /// Another 4xx: the node refused the request, with its message.
+    Refused(u16, String),
+    /// 5xx or the node could not be reached.
+    Failed(String),
+}
+
+/// A client for one node's local API.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// Percent-encodes one path segment.
+pub(crate) fn segment(s: &[u8]) -> String {
+    percent_encoding::percent_encode(s, SEGMENT).to_string()
+}
+
+fn query_value(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+impl Client {
+    /// A client for the API at `addr`.
+    pub(crate) fn new(addr: SocketAddr) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        Client {
+            base: format!("http://{addr}"),
+            agent,
+        }
+    }
+
+    fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Outcome {
+        let mut resp = match r {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(format!("cannot reach the node: {e}")),
+        };
+        let status = resp.status().as_u16();
+        let body = match resp.body_mut().with_config().limit(1 << 30).read_to_vec() {
+            Ok(b) => b,
+            Err(e) => return Outcome::Failed(format!("reading the answer: {e}")),
+        };
+        let message = || {
+            serde_json::from_slice::<Json>(&body)
+                .ok()
+                .and_then(|j| j.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned())
+        };
+        match status {
+            200..=299 => Outcome::Ok(body),
+            404 => Outcome::NotFound(message()),
+            400..=499 => Outcome::Refused(status, message()),
+            _ => Outcome::Failed(format!("node answered {status}: {}", message())),
+        }
+    }
+
+    fn kv_url(&self, collection: &str, key: &[u8]) -> String {
+        format!(
+            "{}/v1/kv/{}/{}",
+            self.base,
+            segment(collection.as_bytes()),
+            segment(key)
+        )
+    }
+
+    /// PUT a JSON value.
+    pub(crate) fn put_json(&self, collection: &str, key: &[u8], json: &str) -> Outcome {
+        Self::finish(
+            self.agent
+                .put(&self.kv_url(collection, key))
+                .content_type("application/json")
+                .send(json.as_bytes()),
+        )
+    }
+
+    /// DELETE a key.
+    pub(crate) fn delete(&self, collection: &str, key: &[u8]) -> Outcome {
+        Self::finish(self.agent.delete(&self.kv_url(collection, key)).call())
+    }
+
+    /// GET a key's value as JSON (or all its versions).
+    pub(crate) fn get(&self, collection: &str, key: &[u8], versions: bool) -> Outcome {
+        let mut url = self.kv_url(collection, key);
+        if versions {
+            url.push_str("?versions=true");
+        }
+        Self::finish(self.agent.get(&url).call())
+    }
+
+    /// POST a batch body (JSON or CBOR).
+    pub(crate) fn batch(&self, body: &[u8], cbor: bool) -> Outcome {
+        let ct = if cbor {
+            "application/cbor"
+        } else {
+            "application/json"
+        };
+        let mut req = self
+            .agent
+            .post(&format!("{}/v1/batch", self.base))
+            .content_type(ct);
+        if cbor {
+            req = req.header("accept", "application/cbor");
+        }
+        Self::finish(req.send(body))
+    }
+
+    /// One page of a scan.
+    pub(crate) fn scan_page(&self, collection: &str, params: &[(&str, &str)]) -> Outcome {
+        let mut url = format!("{}/v1/scan/{}", self.base, segment(collection.as_bytes()));
+        for (i, (k, v)) in params.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("{k}={}", query_value(v)));
+        }
+        Self::finish(self.agent.get(&url).call())
+    }
+
+    /// Status JSON.
+    pub(crate) fn status(&self, verify: bool) -> Outcome {
+        let url = format!(
+            "{}/v1/status{}",
+            self.base,
+            if verify { "?verify=true" } else { "" }
+        );
+        Self::finish(self.agent.get(&url).call())
+    }
+
+    /// Streams the watch feed, calling `line` for each JSON line until it returns false or the
+    /// stream ends.
+    pub(crate) fn watch(
+        &self,
+        params: &[(&str, String)],
+        mut line: impl FnMut(&str) -> bool,
+    ) -> Outcome {
+        let mut url = format!("{}/v1/watch", self.base);
+        for (i, (k, v)) in params.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("{k}={}", query_value(v)));
+        }
+        let resp = match self.agent.get(&url).call() {
+            Ok(r) if r.status().is_success() => r,
+            other => return Self::finish(other),
+        };
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        for l in reader.lines() {
+            match l {
+                Ok(l) => {
+                    if !line(&l) {
+                        break;
+                    }
+                }
+                Err(e) => return Outcome::Failed(format!("watch stream broke: {e}")),
+            }
+        }
+        Outcome::Ok(Vec::new())
+    }
+}

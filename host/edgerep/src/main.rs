@@ -1,0 +1,457 @@
+//! `edgerep`: the edge replicator daemon and its command-line tool.
+//!
+//! Exit codes: 0 success; 1 the key (or thing asked for) is absent; 2 usage or config error;
+//! 3 the node refused the request (bad input, with its message); 4 the node could not be reached
+//! or failed.
+
+mod bench;
+mod client;
+mod demo;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use edgerep_config::{Config, starter_toml};
+use edgerep_wire::NodeId;
+
+use crate::client::{Client, Outcome};
+
+const EXIT_ABSENT: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_REFUSED: u8 = 3;
+const EXIT_FAILED: u8 = 4;
+
+/// edgerep: store change events at an edge site and replicate them to the other sites.
+///
+/// Exit codes: 0 ok, 1 absent, 2 usage or config error, 3 refused by the node, 4 node unreachable or failed.
+#[derive(Debug, Parser)]
+#[command(name = "edgerep", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a starter config DIR/edgerep.toml (loopback ports, any collection accepted).
+    Init {
+        /// Directory for the config and the node's data.
+        dir: PathBuf,
+        /// Node id (letters, digits, '.', '_', '-').
+        #[arg(long, default_value = "node-1")]
+        node_id: String,
+        /// Local API port (default: a free loopback port).
+        #[arg(long)]
+        api_port: Option<u16>,
+        /// Peer (replication) port (default: a free loopback port).
+        #[arg(long)]
+        replication_port: Option<u16>,
+        /// Overwrite an existing config.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run a node in the foreground; logs go to stderr; stops on SIGINT or SIGTERM.
+    Run {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write a JSON value to a key.
+    Put {
+        /// The node's config file (for the API address).
+        #[arg(long)]
+        config: PathBuf,
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+        /// The value, as JSON text.
+        json_value: String,
+    },
+    /// Print a key's value as JSON (exit 1 when absent).
+    Get {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+        /// Print every concurrent version with its metadata instead of the resolved value.
+        #[arg(long)]
+        versions: bool,
+    },
+    /// Delete a key.
+    Del {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+    },
+    /// Print the live keys of a collection, one JSON object a line, in key order.
+    Scan {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Collection.
+        collection: String,
+        /// Only keys with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only keys at or after this one.
+        #[arg(long)]
+        start: Option<String>,
+        /// Only keys before this one.
+        #[arg(long)]
+        end: Option<String>,
+        /// Stop after this many keys.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Print changes as they are committed, one JSON object a line, each with its feed position.
+    Watch {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Start after this feed position (0: from the beginning); resume with the last position printed.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only changes to this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Stop after this many changes.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Stop at the end of the feed instead of waiting for new changes.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Print the node's status as JSON, including the state "digest".
+    Status {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Also recheck the store (changelog without gaps, digest recomputed).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Config file tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run a node on a starter config, write and read through its API, and keep serving.
+    Demo {
+        /// Directory for the demo node (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Exit after the walkthrough instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Benchmarks that print figures next to the raw limits measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a config file; print the problem (file, key, what is wrong) and exit 2 if there is one.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Events per second through the local API into the store, against raw redb.
+    Ingest(bench::IngestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("edgerep: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load(config: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(config)?)
+}
+
+fn client(config: &Path) -> anyhow::Result<Client> {
+    Ok(Client::new(load(config)?.api.listen))
+}
+
+/// Prints an outcome's body (or its problem) and maps it to an exit code.
+fn report(outcome: Outcome, print: impl FnOnce(&[u8])) -> u8 {
+    match outcome {
+        Outcome::Ok(body) => {
+            print(&body);
+            0
+        }
+        Outcome::NotFound(m) => {
+            eprintln!("edgerep: {m}");
+            EXIT_ABSENT
+        }
+        Outcome::Refused(status, m) => {
+            eprintln!("edgerep: refused ({status}): {m}");
+            EXIT_REFUSED
+        }
+        Outcome::Failed(m) => {
+            eprintln!("edgerep: {m}");
+            EXIT_FAILED
+        }
+    }
+}
+
+fn print_body(body: &[u8]) {
+    println!("{}", String::from_utf8_lossy(body).trim_end());
+}
+
+/// A free loopback port (the OS picks one; it is released for the node to take).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Writes a starter config into `dir` and returns its path.
+pub(crate) fn write_starter(
+    dir: &Path,
+    node_id: &str,
+    api_port: Option<u16>,
+    replication_port: Option<u16>,
+    force: bool,
+) -> anyhow::Result<PathBuf> {
+    let id = NodeId::parse(node_id).context("--node-id")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("edgerep.toml");
+    if path.exists() && !force {
+        bail!(
+            "{} already exists (use --force to overwrite)",
+            path.display()
+        );
+    }
+    let api = SocketAddr::from(([127, 0, 0, 1], api_port.map_or_else(free_port, Ok)?));
+    let mut repl_port = replication_port.map_or_else(free_port, Ok)?;
+    while repl_port == api.port() {
+        repl_port = free_port()?;
+    }
+    let repl = SocketAddr::from(([127, 0, 0, 1], repl_port));
+    std::fs::write(&path, starter_toml(&id, api, repl))
+        .with_context(|| format!("writing {}", path.display()))?;
+    // The starter must pass its own check.
+    Config::load(&path)?;
+    Ok(path)
+}
+
+fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Init {
+            dir,
+            node_id,
+            api_port,
+            replication_port,
+            force,
+        } => {
+            let path = write_starter(&dir, &node_id, api_port, replication_port, force)?;
+            println!("wrote {}", path.display());
+            println!(
+                "start the node with: edgerep run --config {}",
+                path.display()
+            );
+            Ok(0)
+        }
+        Command::Run { config } => {
+            init_logging();
+            let config = load(&config)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async {
+                let node = match edgerep_node::start(config).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        return Ok(EXIT_FAILED);
+                    }
+                };
+                wait_for_signal().await?;
+                tracing::info!("stopping");
+                node.shutdown().await?;
+                tracing::info!("stopped");
+                Ok(0)
+            })
+        }
+        Command::Put {
+            config,
+            collection,
+            key,
+            json_value,
+        } => Ok(report(
+            client(&config)?.put_json(&collection, key.as_bytes(), &json_value),
+            print_body,
+        )),
+        Command::Get {
+            config,
+            collection,
+            key,
+            versions,
+        } => Ok(report(
+            client(&config)?.get(&collection, key.as_bytes(), versions),
+            print_body,
+        )),
+        Command::Del {
+            config,
+            collection,
+            key,
+        } => Ok(report(
+            client(&config)?.delete(&collection, key.as_bytes()),
+            print_body,
+        )),
+        Command::Scan {
+            config,
+            collection,
+            prefix,
+            start,
+            end,
+            limit,
+        } => scan(&client(&config)?, &collection, prefix, start, end, limit),
+        Command::Watch {
+            config,
+            after,
+            collection,
+            limit,
+            no_follow,
+        } => {
+            let mut params = vec![("after", after.to_string())];
+            if let Some(c) = collection {
+                params.push(("collection", c));
+            }
+            if let Some(l) = limit {
+                params.push(("limit", l.to_string()));
+            }
+            if no_follow {
+                params.push(("follow", "false".into()));
+            }
+            let c = client(&config)?;
+            Ok(report(
+                c.watch(&params, |line| {
+                    println!("{line}");
+                    true
+                }),
+                |_| {},
+            ))
+        }
+        Command::Status { config, verify } => {
+            Ok(report(
+                client(&config)?.status(verify),
+                |body| match serde_json::from_slice::<serde_json::Value>(body) {
+                    Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
+                    Err(_) => print_body(body),
+                },
+            ))
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (node {}, api {}, {} peers, {} declared collections{})",
+                    file.display(),
+                    c.node.id,
+                    c.api.listen,
+                    c.peers.len(),
+                    c.collections.declared.len(),
+                    if c.collections.accept_undeclared {
+                        ", undeclared collections accepted"
+                    } else {
+                        ""
+                    }
+                );
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(EXIT_USAGE)
+            }
+        },
+        Command::Demo { dir, once } => demo::run(dir, once),
+        Command::Bench {
+            command: BenchCommand::Ingest(args),
+        } => bench::ingest(args),
+    }
+}
+
+fn scan(
+    c: &Client,
+    collection: &str,
+    prefix: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<usize>,
+) -> anyhow::Result<u8> {
+    let mut after: Option<String> = None;
+    let mut printed = 0usize;
+    loop {
+        let mut params: Vec<(&str, &str)> = Vec::new();
+        if let Some(p) = &prefix {
+            params.push(("prefix", p));
+        }
+        if let Some(s) = &start {
+            params.push(("start", s));
+        }
+        if let Some(e) = &end {
+            params.push(("end", e));
+        }
+        if let Some(a) = &after {
+            params.push(("after", a));
+        }
+        let body = match c.scan_page(collection, &params) {
+            Outcome::Ok(b) => b,
+            other => return Ok(report(other, |_| {})),
+        };
+        let page: serde_json::Value =
+            serde_json::from_slice(&body).context("scan answer is not JSON")?;
+        for item in page["items"].as_array().into_iter().flatten() {
+            if limit.is_some_and(|l| printed >= l) {
+                return Ok(0);
+            }
+            println!("{item}");
+            printed += 1;
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => return Ok(0),
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
