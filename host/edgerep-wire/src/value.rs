@@ -29,15 +29,19 @@
 //!
 //! # Limits
 //!
-//! Everything here decodes untrusted bytes under [`DecodeLimits`]: the input length
-//! (`max_bytes`, checked before parsing), the nesting depth (`max_depth`: at most that many
-//! arrays, maps and tags nested inside each other; scalars and empty containers at the innermost
-//! level count like any container) and the number of data items (`max_items`: every array, map,
-//! tag, map key, map value, array element and scalar counts as one, and so does every chunk of an
-//! indefinite-length string). Validation is a single pass with an explicit stack, so it never
-//! recurses; [`Value::canonicalize`], [`Value::from_json`] and [`Value::to_json`] recurse once
-//! per nesting level, so `max_depth` should stay modest (the default is 32). No allocation is
-//! sized by a length read from the input.
+//! Everything here decodes untrusted bytes under [`DecodeLimits`]: the length of the encoding
+//! (`max_bytes`; checked on the input before parsing, on the output of [`Value::canonicalize`]
+//! and [`Value::from_json`], and on the item found by [`canonical_item_len`]), the nesting depth
+//! (`max_depth`: at most that many arrays, maps and tags nested inside each other, empty ones
+//! included; scalars add no level; checked before descending) and the number of data items
+//! (`max_items`: every array, map, tag, map key, map value, array element and scalar counts as
+//! one, and so does every chunk of an indefinite-length string). A header claiming more elements
+//! or bytes than the input has left fails at once with [`ValueError::Truncated`], and no
+//! allocation is sized by a length read from the input. Validation is a single pass with an
+//! explicit stack and never recurses; [`Value::canonicalize`], [`Value::from_json`] and
+//! [`Value::to_json`] recurse once per nesting level, so `max_depth` should stay modest (the
+//! default is 32). A value accepted under some limits is always accepted again by
+//! [`Value::from_canonical`] under the same limits.
 //!
 //! # JSON mapping
 //!
@@ -55,7 +59,9 @@
 //! | object                        | map with text keys, in deterministic key order        |
 //!
 //! "Is a `u64`" follows `serde_json`: JSON text `1` is an integer, `1.0` and `1e2` are floats, and
-//! an integer literal outside the `i64`/`u64` range is parsed by `serde_json` as a float.
+//! an integer literal outside the `i64`/`u64` range is parsed by `serde_json` as a float. JSON
+//! text is parsed by `serde_json`, whose default float parser may round a long decimal to a
+//! neighbouring `f64` (one unit in the last place); the conversion of the parsed number is exact.
 //!
 //! CBOR to JSON ([`Value::to_json`], meant for display):
 //!
@@ -1082,7 +1088,7 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        assert!(s.len() % 2 == 0, "odd hex {s}");
+        assert!(s.len().is_multiple_of(2), "odd hex {s}");
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("test hex"))

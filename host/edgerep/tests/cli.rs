@@ -1,0 +1,154 @@
+//! The command-line contract, run against the real binary: init, run, put/get/del/scan/watch,
+//! status, config check, exit codes, demo and the benchmark's output format.
+
+mod common;
+
+use common::{Node, edgerep, init, send_signal, stderr, stdout};
+
+#[test]
+fn verbs_against_a_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cli-1");
+    let c = config.to_str().unwrap();
+    let node = Node::start(&config);
+
+    let o = edgerep(&["put", "--config", c, "orders", "o-1", r#"{"item":"bolts","qty":40}"#]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(r#""seq":1"#), "{}", stdout(&o));
+    edgerep(&["put", "--config", c, "orders", "o-2", "[1,2,3]"]);
+    edgerep(&["put", "--config", c, "other", "x", "true"]);
+
+    let o = edgerep(&["get", "--config", c, "orders", "o-1"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v, serde_json::json!({"item": "bolts", "qty": 40}));
+
+    let o = edgerep(&["get", "--config", c, "orders", "missing"]);
+    assert_eq!(o.status.code(), Some(1), "absent key exits 1");
+    assert!(stderr(&o).contains("not found"));
+
+    let o = edgerep(&["scan", "--config", c, "orders"]);
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["key"], "o-1");
+    assert_eq!(lines[1]["value"], serde_json::json!([1, 2, 3]));
+    let o = edgerep(&["scan", "--config", c, "orders", "--prefix", "o-2"]);
+    assert_eq!(stdout(&o).lines().count(), 1);
+
+    let o = edgerep(&["del", "--config", c, "orders", "o-1"]);
+    assert!(o.status.success());
+    assert_eq!(edgerep(&["get", "--config", c, "orders", "o-1"]).status.code(), Some(1));
+
+    let o = edgerep(&["put", "--config", c, "orders", "o-3", "{broken"]);
+    assert_eq!(o.status.code(), Some(3), "refused input exits 3");
+    assert!(stderr(&o).contains("malformed JSON"), "{}", stderr(&o));
+
+    let o = edgerep(&["watch", "--config", c, "--no-follow"]);
+    assert_eq!(stdout(&o).lines().count(), 4, "3 puts and 1 delete");
+    let o = edgerep(&["watch", "--config", c, "--after", "2", "--no-follow", "--collection", "orders"]);
+    let events: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["op"], "delete");
+    assert_eq!(events[0]["position"], 4);
+
+    let o = edgerep(&["status", "--config", c, "--verify"]);
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(s["node_id"], "cli-1");
+    assert_eq!(s["digest"].as_str().unwrap().len(), 64);
+    assert_eq!(s["verified"], true);
+
+    // Clean stop on SIGTERM, exit status 0, and a log on stderr.
+    let pid = node.child.id() as i32;
+    send_signal(pid, "TERM");
+    let mut node = node;
+    let status = node.child.wait().unwrap();
+    assert!(status.success(), "SIGTERM should stop the node cleanly: {status:?}");
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains("stopped"), "log: {log}");
+
+    // The node is gone: client verbs exit 4.
+    assert_eq!(edgerep(&["get", "--config", c, "orders", "o-2"]).status.code(), Some(4));
+}
+
+#[test]
+fn digest_matches_for_empty_nodes_and_differs_after_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = init(&dir.path().join("a"), "same-node");
+    let b = init(&dir.path().join("b"), "same-node");
+    let (na, nb) = (Node::start(&a), Node::start(&b));
+    let digest = |cfg: &std::path::Path| -> String {
+        let o = edgerep(&["status", "--config", cfg.to_str().unwrap()]);
+        let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        s["digest"].as_str().unwrap().to_owned()
+    };
+    // Digests cover the events (origin, sequence, clock), so equal state means equal events:
+    // an empty node equals an empty node, and a write makes them differ.
+    assert_eq!(digest(&a), digest(&b));
+    edgerep(&["put", "--config", a.to_str().unwrap(), "c", "k", "1"]);
+    assert_ne!(digest(&a), digest(&b));
+    drop((na, nb));
+}
+
+#[test]
+fn config_check_names_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-1");
+    let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("ok"));
+
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("[limits]", "[limits]\nmax_keys = 3");
+    let text = if text.contains("max_keys") { text } else { format!("{text}\n[limits]\nmax_keys = 3\n") };
+    std::fs::write(&bad, text).unwrap();
+    let o = edgerep(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("max_keys"), "{err}");
+
+    let o = edgerep(&["run", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "run refuses a broken config");
+    assert!(stderr(&o).contains("max_keys"));
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_help_works() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), "n1");
+    let o = edgerep(&["init", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("already exists"));
+    let o = edgerep(&["init", dir.path().join("x").to_str().unwrap(), "--node-id", "bad id"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("node id"), "{}", stderr(&o));
+    for verb in [&["--help"][..], &["put", "--help"], &["bench", "ingest", "--help"], &["config", "check", "--help"]] {
+        let o = edgerep(verb);
+        assert!(o.status.success(), "{verb:?} --help");
+        assert!(stdout(&o).contains("Usage"), "{verb:?}");
+    }
+    assert_eq!(edgerep(&["no-such-verb"]).status.code(), Some(2));
+}
+
+#[test]
+fn demo_runs_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = edgerep(&["demo", "--once", "--dir", dir.path().join("demo").to_str().unwrap()]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("store verified: true"), "{out}");
+    assert!(out.contains("400: malformed JSON"), "{out}");
+}
+
+#[test]
+fn bench_ingest_prints_figures_and_a_json_last_line() {
+    let o = edgerep(&["bench", "ingest", "--seconds", "0.3", "--batches", "1,100", "--clients", "1,2"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(last["raw_redb_events_per_s"].as_f64().unwrap() > 0.0);
+    assert!(last["api_events_per_s"].as_f64().unwrap() > 0.0);
+    assert!(last["ratio"].as_f64().unwrap() > 0.0);
+    assert!(last["single_event_p99_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(last["cells"].as_array().unwrap().len(), 4);
+}

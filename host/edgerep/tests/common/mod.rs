@@ -1,0 +1,125 @@
+//! Helpers for tests that run the real `edgerep` binary.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_edgerep");
+
+/// Runs `edgerep ARGS` to completion.
+pub fn edgerep(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("running edgerep")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `edgerep init DIR --node-id ID`, returning the config path.
+pub fn init(dir: &Path, node_id: &str) -> PathBuf {
+    let o = edgerep(&["init", dir.to_str().unwrap(), "--node-id", node_id]);
+    assert!(o.status.success(), "init failed: {}", stderr(&o));
+    dir.join("edgerep.toml")
+}
+
+/// The API address from a config file.
+pub fn api_addr(config: &Path) -> SocketAddr {
+    edgerep_config::Config::load(config).unwrap().api.listen
+}
+
+/// A running `edgerep run` process.
+pub struct Node {
+    pub child: Child,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// Starts `edgerep run --config CONFIG` and waits until its API answers.
+    pub fn start(config: &Path) -> Node {
+        let log = config.with_extension(format!("log.{}", std::process::id()));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning edgerep run");
+        let node = Node {
+            child,
+            config: config.to_path_buf(),
+            addr: api_addr(config),
+            log,
+        };
+        node.wait_ready();
+        node
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let agent = agent();
+        while Instant::now() < deadline {
+            if let Ok(r) = agent.get(&format!("http://{}/v1/status", self.addr)).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node did not become ready; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        send_signal(pid, "TERM");
+        self.child.wait().unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let mut r = agent().get(&self.url("/v1/status?verify=true")).call().unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal with the `kill` command (keeps unsafe libc calls out of the tests).
+pub fn send_signal(pid: i32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
