@@ -6,7 +6,7 @@
 //! | `DELETE /v1/kv/{collection}/{key}` | delete the key |
 //! | `GET /v1/kv/{collection}/{key}` | the value (JSON, or CBOR with `accept: application/cbor`); `?versions=true` lists every concurrent version |
 //! | `POST /v1/batch` | several writes, committed all or nothing |
-//! | `GET /v1/scan/{collection}?prefix=&start=&end=&after=&limit=` | one page of live keys, with the cursor of the next |
+//! | `GET /v1/scan/{collection}?prefix=&start=&end=&after=&limit=` | one page of live keys, with the cursor of the next (`next`, or `next_base64` for a key that is not UTF-8; each bound also as `*_base64`) |
 //! | `GET /v1/watch?after=N&collection=&follow=&limit=` | the changes after feed position N, one JSON object a line, resumable |
 //! | `GET /v1/changelog/{origin}?after=N&limit=` | the events of one origin after sequence N |
 //! | `GET /v1/status?verify=true` | node status, state digest; `verify` rechecks the store |
@@ -421,7 +421,33 @@ struct ScanQuery {
     start: Option<String>,
     end: Option<String>,
     after: Option<String>,
+    prefix_base64: Option<String>,
+    start_base64: Option<String>,
+    end_base64: Option<String>,
+    after_base64: Option<String>,
     limit: Option<usize>,
+}
+
+/// A key bound given as text (`name`) or, for keys that are not UTF-8, as base64 (`name_base64`).
+fn key_param(
+    name: &str,
+    text: Option<String>,
+    b64: Option<String>,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    match (text, b64) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "bad_query",
+            format!("give {name} or {name}_base64, not both"),
+        )),
+        (Some(t), None) => Ok(Some(t.into_bytes())),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Some)
+            .map_err(|e| {
+                ApiError::bad_request("bad_query", format!("{name}_base64 is not base64: {e}"))
+            }),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Most keys one scan page returns.
@@ -449,10 +475,10 @@ async fn scan(
         ));
     }
     let range = ScanRange {
-        prefix: q.prefix.map(String::into_bytes).unwrap_or_default(),
-        start: q.start.map(String::into_bytes),
-        end: q.end.map(String::into_bytes),
-        after: q.after.map(String::into_bytes),
+        prefix: key_param("prefix", q.prefix, q.prefix_base64)?.unwrap_or_default(),
+        start: key_param("start", q.start, q.start_base64)?,
+        end: key_param("end", q.end, q.end_base64)?,
+        after: key_param("after", q.after, q.after_base64)?,
     };
     let store = app.store.clone();
     let c2 = collection.clone();
@@ -462,8 +488,18 @@ async fn scan(
         .iter()
         .map(|(key, versions)| scan_item(key, versions))
         .collect();
-    let next = page.next.map(|k| String::from_utf8_lossy(&k).into_owned());
-    Ok(axum::Json(json!({"collection": collection, "items": items, "next": next})).into_response())
+    // The cursor for the next page: `next` as text, or `next_base64` when the key is not UTF-8.
+    let mut body = json!({"collection": collection, "items": items, "next": null});
+    if let Some(next) = page.next {
+        match String::from_utf8(next) {
+            Ok(text) => body["next"] = json!(text),
+            Err(e) => {
+                body["next_base64"] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()))
+            }
+        }
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 fn scan_item(key: &[u8], versions: &Versions) -> Json {
@@ -538,18 +574,18 @@ async fn watch_feed(
                     Ok(Err(e)) => return Some((Err(std::io::Error::other(e.to_string())), c)),
                     Err(e) => return Some((Err(std::io::Error::other(e.to_string())), c)),
                 };
-            if let Some((last, _)) = chunk.last() {
-                c.after = *last;
+            if !chunk.is_empty() {
                 let mut out = Vec::new();
                 for (pos, event) in &chunk {
                     if c.remaining == 0 {
                         break;
                     }
+                    // Skipped (filtered) events move the cursor too, so they are not read again.
+                    c.after = *pos;
                     if c.filter.as_deref().is_some_and(|f| f != event.collection) {
                         continue;
                     }
                     c.remaining -= 1;
-                    c.after = *pos;
                     let _ = serde_json::to_writer(&mut out, &event_json(event, Some(*pos)));
                     out.push(b'\n');
                 }

@@ -30,6 +30,9 @@ pub(crate) fn value_error(e: ValueError, format: Format) -> ApiError {
         ValueError::Json(m) => {
             ApiError::bad_request("malformed_json", format!("malformed JSON: {m}"))
         }
+        other @ (ValueError::TooDeep { .. } | ValueError::TooManyItems { .. }) => {
+            ApiError::bad_request("bad_value", format!("value refused: {other}"))
+        }
         other => {
             let kind = if format == Format::Cbor {
                 "malformed_cbor"
@@ -42,7 +45,10 @@ pub(crate) fn value_error(e: ValueError, format: Format) -> ApiError {
 }
 
 /// Checks that the config accepts writes to `collection`.
+/// An invalid name is a bad request (400); a valid name the config does not allow is forbidden (403).
 pub(crate) fn check_collection(config: &Config, collection: &str) -> Result<(), ApiError> {
+    edgerep_wire::event::check_collection_name(collection)
+        .map_err(|e| ApiError::bad_request("bad_collection", e.to_string()))?;
     config
         .check_collection(collection)
         .map_err(|m| ApiError::forbidden("collection_not_allowed", m))
@@ -294,8 +300,18 @@ fn parse_batch_cbor(
         max_depth: limits.max_depth + 3,
         max_items: config.limits.max_request_bytes,
     };
-    let canonical =
-        Value::canonicalize(body, &whole_limits).map_err(|e| value_error(e, Format::Cbor))?;
+    // Values sit three levels down (body map, writes array, write map): a body too deep means
+    // some value is too deep.
+    let canonical = Value::canonicalize(body, &whole_limits).map_err(|e| match e {
+        ValueError::TooDeep { .. } => ApiError::bad_request(
+            "bad_value",
+            format!(
+                "a value in the batch is nested deeper than {} levels (limits.max_value_depth)",
+                limits.max_depth
+            ),
+        ),
+        other => value_error(other, Format::Cbor),
+    })?;
     let bytes = canonical.as_bytes();
     let mut d = Decoder::new(bytes);
     let n = d.map().map_err(|e| cbor_err("body", e))?.unwrap_or(0);

@@ -2,7 +2,9 @@
 //! - `state`: per (collection, key) the key's current [`Versions`];
 //! - `changelog`: every event this node holds, keyed by (origin, origin sequence), so "all events
 //!   from origin X after sequence N" is one range scan;
-//! - `feed`: this node's local order of arrival (position → origin, sequence), which `watch` follows;
+//! - `feed`: this node's local order of arrival, which `watch` follows, stored as runs: a row
+//!   `first position → (origin, first sequence, count)` stands for `count` consecutive events of
+//!   one origin, so a group commit of local writes adds one feed row, not one per event;
 //! - `origins`: per origin, the highest sequence number held;
 //! - `dead_letters`: events a plugin refused, with the reason;
 //! - `meta`: node id, last hybrid clock timestamp, last feed position, state digest.
@@ -28,7 +30,7 @@ pub use versions::{Applied, Versions};
 
 const STATE: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("state");
 const CHANGELOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("changelog");
-const FEED: TableDefinition<u64, (&str, u64)> = TableDefinition::new("feed");
+const FEED: TableDefinition<u64, (&str, u64, u64)> = TableDefinition::new("feed");
 const ORIGINS: TableDefinition<&str, u64> = TableDefinition::new("origins");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -358,20 +360,27 @@ impl Store {
                 event_bytes.clear();
                 event.encode_into(&mut event_bytes);
                 changelog.insert((self.node.as_str(), seq), event_bytes.as_slice())?;
-                feed.insert(position, (self.node.as_str(), seq))?;
                 let applied = versions.apply(event);
                 assert_eq!(
                     applied,
                     Applied::Added,
                     "a local write supersedes every version"
                 );
-                let new_bytes = versions.encode();
+                // A local write supersedes every version: the key now holds exactly this event.
+                assert_eq!(versions.events().len(), 1);
+                let new_bytes = Versions::encode_single(&event_bytes);
                 digest.add(Digest::of_entry(&w.collection, &w.key, &new_bytes));
                 state.insert(
                     (w.collection.as_str(), w.key.as_slice()),
                     new_bytes.as_slice(),
                 )?;
                 out.push(Committed { seq, hlc, position });
+            }
+            if let Some(first) = out.first() {
+                feed.insert(
+                    first.position,
+                    (self.node.as_str(), first.seq, out.len() as u64),
+                )?;
             }
             origins.insert(self.node.as_str(), seq)?;
             meta.insert(META_FEED_LAST, &position.to_be_bytes()[..])?;
@@ -451,22 +460,32 @@ impl Store {
         let txn = self.db.begin_read()?;
         let feed = txn.open_table(FEED)?;
         let changelog = txn.open_table(CHANGELOG)?;
+        let first = after.saturating_add(1);
+        // The run holding `first` starts at or before it.
+        let start = match feed.range(..=first)?.next_back() {
+            Some(row) => row?.0.value(),
+            None => first,
+        };
         let mut out = Vec::new();
-        for row in feed.range((after.saturating_add(1))..)?.take(limit) {
-            let (pos, dot) = row?;
-            let (origin, seq) = dot.value();
-            let bytes = changelog.get((origin, seq))?.ok_or_else(|| {
-                corrupt(
-                    "feed",
-                    format!(
-                        "position {} names missing event {origin}:{seq}",
-                        pos.value()
-                    ),
-                )
-            })?;
-            let event =
-                Event::decode(bytes.value(), &self.limits).map_err(|e| corrupt("changelog", e))?;
-            out.push((pos.value(), event));
+        for row in feed.range(start..)? {
+            let (run_start, run) = row?;
+            let run_start = run_start.value();
+            let (origin, first_seq, count) = run.value();
+            for i in first.saturating_sub(run_start)..count {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                let (pos, seq) = (run_start + i, first_seq + i);
+                let bytes = changelog.get((origin, seq))?.ok_or_else(|| {
+                    corrupt(
+                        "feed",
+                        format!("position {pos} names missing event {origin}:{seq}"),
+                    )
+                })?;
+                let event = Event::decode(bytes.value(), &self.limits)
+                    .map_err(|e| corrupt("changelog", e))?;
+                out.push((pos, event));
+            }
         }
         Ok(out)
     }
@@ -581,20 +600,22 @@ impl Store {
         let changelog = txn.open_table(CHANGELOG)?;
         let mut expected = 1;
         for row in feed.iter()? {
-            let (pos, dot) = row?;
-            if pos.value() != expected {
+            let (start, run) = row?;
+            if start.value() != expected {
                 return Ok(Err(format!(
                     "feed gap: expected position {expected}, found {}",
-                    pos.value()
+                    start.value()
                 )));
             }
-            let (origin, seq) = dot.value();
-            if changelog.get((origin, seq))?.is_none() {
-                return Ok(Err(format!(
-                    "feed position {expected} names missing event {origin}:{seq}"
-                )));
+            let (origin, first_seq, count) = run.value();
+            for seq in first_seq..first_seq + count {
+                if changelog.get((origin, seq))?.is_none() {
+                    return Ok(Err(format!(
+                        "feed run at {expected} names missing event {origin}:{seq}"
+                    )));
+                }
             }
-            expected += 1;
+            expected += count;
         }
         if expected - 1 != status.feed_last {
             return Ok(Err(format!(

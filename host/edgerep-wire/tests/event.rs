@@ -63,7 +63,10 @@ fn round_trip() {
     d.meta.clear();
     d.context = VersionVector::new();
     d.schema = 0;
-    assert_eq!(Event::decode(&d.encode(), &EventLimits::default()).unwrap(), d);
+    assert_eq!(
+        Event::decode(&d.encode(), &EventLimits::default()).unwrap(),
+        d
+    );
 }
 
 #[test]
@@ -92,7 +95,9 @@ fn same_event_built_two_ways_gives_identical_bytes() {
     raw.extend([0x63, b'q', b't', b'y', 0x19, 0x00, 0x28]); // "qty": 40 as a 2-byte integer
     raw.extend([0x65, b'p', b'r', b'i', b'c', b'e', 0xfb]);
     raw.extend(0.25f64.to_be_bytes()); // "price": 0.25 as float64
-    raw.extend([0x64, b'i', b't', b'e', b'm', 0x65, b'b', b'o', b'l', b't', b's']);
+    raw.extend([
+        0x64, b'i', b't', b'e', b'm', 0x65, b'b', b'o', b'l', b't', b's',
+    ]);
     b.value = Some(Value::canonicalize(&raw, &DecodeLimits::default()).unwrap());
     assert_eq!(hex(&a.encode()), hex(&b.encode()));
 }
@@ -102,8 +107,15 @@ fn same_event_built_two_ways_gives_identical_bytes() {
 fn golden_vector() {
     let golden = include_str!("../../../tests/vectors/event-v1.hex");
     let bytes = unhex(golden);
-    assert_eq!(hex(&sample().encode()), hex(&bytes), "encoding of the sample event changed");
-    assert_eq!(Event::decode(&bytes, &EventLimits::default()).unwrap(), sample());
+    assert_eq!(
+        hex(&sample().encode()),
+        hex(&bytes),
+        "encoding of the sample event changed"
+    );
+    assert_eq!(
+        Event::decode(&bytes, &EventLimits::default()).unwrap(),
+        sample()
+    );
 }
 
 #[test]
@@ -126,7 +138,10 @@ fn non_canonical_encodings_are_refused() {
     assert_eq!(bytes[2], 0x01, "format 1");
     let mut long_int = bytes.clone();
     long_int.splice(2..3, [0x18, 0x01]);
-    assert_eq!(Event::decode(&long_int, &EventLimits::default()), Err(DecodeError::NonCanonical));
+    assert_eq!(
+        Event::decode(&long_int, &EventLimits::default()),
+        Err(DecodeError::NonCanonical)
+    );
     // An explicitly present schema of 0 (canonical form leaves it out).
     let mut e = sample();
     e.schema = 0;
@@ -139,13 +154,22 @@ fn malformed_and_inconsistent_events_are_refused() {
     let limits = EventLimits::default();
     let good = sample().encode();
     for cut in 0..good.len() {
-        assert!(Event::decode(&good[..cut], &limits).is_err(), "prefix of {cut} bytes accepted");
+        assert!(
+            Event::decode(&good[..cut], &limits).is_err(),
+            "prefix of {cut} bytes accepted"
+        );
     }
     let mut trailing = good.clone();
     trailing.push(0x00);
-    assert!(matches!(Event::decode(&trailing, &limits), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        Event::decode(&trailing, &limits),
+        Err(DecodeError::Malformed(_))
+    ));
     assert!(Event::decode(&[0xa0], &limits).is_err(), "empty map");
-    assert!(Event::decode(&[0x80], &limits).is_err(), "array instead of map");
+    assert!(
+        Event::decode(&[0x80], &limits).is_err(),
+        "array instead of map"
+    );
     assert!(Event::decode(&[], &limits).is_err());
 
     let mut put_without_value = sample();
@@ -156,7 +180,10 @@ fn malformed_and_inconsistent_events_are_refused() {
     ));
     let mut seq0 = sample();
     seq0.seq = 0;
-    assert!(matches!(Event::decode(&seq0.encode(), &limits), Err(DecodeError::Invalid(_))));
+    assert!(matches!(
+        Event::decode(&seq0.encode(), &limits),
+        Err(DecodeError::Invalid(_))
+    ));
     let mut bad_collection = sample();
     bad_collection.collection = "no spaces".into();
     assert!(matches!(
@@ -173,12 +200,17 @@ fn oversized_events_keys_and_values_are_refused() {
         max_event_bytes: bytes.len() - 1,
         ..EventLimits::default()
     };
-    assert!(matches!(Event::decode(&bytes, &small), Err(DecodeError::TooLarge(_))));
+    assert!(matches!(
+        Event::decode(&bytes, &small),
+        Err(DecodeError::TooLarge(_))
+    ));
     let short_keys = EventLimits {
         max_key_bytes: 2,
         ..EventLimits::default()
     };
-    assert!(matches!(Event::decode(&bytes, &short_keys), Err(DecodeError::TooLarge(m)) if m.contains("key")));
+    assert!(
+        matches!(Event::decode(&bytes, &short_keys), Err(DecodeError::TooLarge(m)) if m.contains("key"))
+    );
     let shallow = EventLimits {
         value: DecodeLimits {
             max_depth: 0,
@@ -186,7 +218,10 @@ fn oversized_events_keys_and_values_are_refused() {
         },
         ..EventLimits::default()
     };
-    assert!(matches!(Event::decode(&bytes, &shallow), Err(DecodeError::Value { field: 4, .. })));
+    assert!(matches!(
+        Event::decode(&bytes, &shallow),
+        Err(DecodeError::Value { field: 4, .. })
+    ));
 }
 
 #[test]
@@ -197,7 +232,10 @@ fn deeply_nested_value_is_refused_without_overflowing_the_stack() {
     // Built by hand: Value would refuse it, so splice the raw bytes in as the value field.
     e.value = Some(value(json!(1)));
     let bytes = e.encode();
-    let at = bytes.windows(2).position(|w| w == [0x04, 0x01]).expect("value field");
+    let at = bytes
+        .windows(2)
+        .position(|w| w == [0x04, 0x01])
+        .expect("value field");
     let mut evil = bytes[..at + 1].to_vec();
     evil.extend(&deep);
     evil.extend(&bytes[at + 2..]);

@@ -103,6 +103,41 @@ fn raw_redb(
     Ok(eps)
 }
 
+/// The store's own cost: local writes committed straight through `Store::commit_local`, without
+/// HTTP, parsing or the committer thread. Tells the API's overhead apart from the store's.
+fn store_only(
+    dir: &std::path::Path,
+    value: &Value,
+    per_commit: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    let node = NodeId::parse("bench-store")?;
+    let path = dir.join("store-only.redb");
+    let (store, resume) = edgerep_store::Store::open(&path, &node, Default::default())?;
+    let mut clock = edgerep_wire::HlcClock::new(resume.hlc_last, 60_000);
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    let mut writes = Vec::with_capacity(per_commit);
+    while start.elapsed().as_secs_f64() < seconds {
+        writes.clear();
+        for _ in 0..per_commit {
+            n += 1;
+            writes.push(edgerep_store::LocalWrite {
+                collection: "bench".into(),
+                key: format!("k-s-{n:09}").into_bytes(),
+                value: Some(value.clone()),
+                schema: 0,
+                meta: Default::default(),
+            });
+        }
+        store.commit_local(&writes, &mut clock, edgerep_node::committer::wall_ms())?;
+    }
+    let eps = n as f64 / start.elapsed().as_secs_f64();
+    drop(store);
+    let _ = std::fs::remove_file(&path);
+    Ok(eps)
+}
+
 /// A CBOR batch body of `n` puts with keys unique to (client, counter).
 fn batch_body(value: &[u8], client: usize, counter: &mut u64, n: usize) -> Vec<u8> {
     let mut buf = Vec::with_capacity(n * (value.len() + 48));
@@ -220,6 +255,12 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "raw redb, {} events per commit: {raw:.0} events/s",
         args.raw_commit_events
     );
+    let store_eps = store_only(dir.path(), &value, args.raw_commit_events, args.seconds)?;
+    println!(
+        "edgerep store without the API, {} events per commit: {store_eps:.0} events/s ({:.3} of raw)",
+        args.raw_commit_events,
+        store_eps / raw
+    );
 
     let node_dir = dir.path().join("node");
     crate::write_starter(&node_dir, "bench-node", None, None, true)?;
@@ -303,6 +344,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "seconds_per_cell": args.seconds,
         "raw_redb_events_per_s": raw.round(),
         "raw_redb_events_per_commit": args.raw_commit_events,
+        "store_only_events_per_s": store_eps.round(),
         "api_events_per_s": best.eps.round(),
         "api_batch": best.batch,
         "api_clients": best.clients,

@@ -410,7 +410,8 @@ fn scan(
     end: Option<String>,
     limit: Option<usize>,
 ) -> anyhow::Result<u8> {
-    let mut after: Option<String> = None;
+    // The cursor: (parameter name, value), text or base64 as the node gave it.
+    let mut after: Option<(&str, String)> = None;
     let mut printed = 0usize;
     loop {
         let mut params: Vec<(&str, &str)> = Vec::new();
@@ -423,8 +424,8 @@ fn scan(
         if let Some(e) = &end {
             params.push(("end", e));
         }
-        if let Some(a) = &after {
-            params.push(("after", a));
+        if let Some((name, a)) = &after {
+            params.push((name, a));
         }
         let body = match c.scan_page(collection, &params) {
             Outcome::Ok(b) => b,
@@ -439,10 +440,11 @@ fn scan(
             println!("{item}");
             printed += 1;
         }
-        match page["next"].as_str() {
-            Some(n) => after = Some(n.to_owned()),
-            None => return Ok(0),
-        }
+        after = match (page["next"].as_str(), page["next_base64"].as_str()) {
+            (Some(n), _) => Some(("after", n.to_owned())),
+            (None, Some(b)) => Some(("after_base64", b.to_owned())),
+            (None, None) => return Ok(0),
+        };
     }
 }
 

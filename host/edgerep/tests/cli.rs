@@ -12,7 +12,14 @@ fn verbs_against_a_running_node() {
     let c = config.to_str().unwrap();
     let node = Node::start(&config);
 
-    let o = edgerep(&["put", "--config", c, "orders", "o-1", r#"{"item":"bolts","qty":40}"#]);
+    let o = edgerep(&[
+        "put",
+        "--config",
+        c,
+        "orders",
+        "o-1",
+        r#"{"item":"bolts","qty":40}"#,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains(r#""seq":1"#), "{}", stdout(&o));
     edgerep(&["put", "--config", c, "orders", "o-2", "[1,2,3]"]);
@@ -28,7 +35,10 @@ fn verbs_against_a_running_node() {
     assert!(stderr(&o).contains("not found"));
 
     let o = edgerep(&["scan", "--config", c, "orders"]);
-    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["key"], "o-1");
     assert_eq!(lines[1]["value"], serde_json::json!([1, 2, 3]));
@@ -37,7 +47,12 @@ fn verbs_against_a_running_node() {
 
     let o = edgerep(&["del", "--config", c, "orders", "o-1"]);
     assert!(o.status.success());
-    assert_eq!(edgerep(&["get", "--config", c, "orders", "o-1"]).status.code(), Some(1));
+    assert_eq!(
+        edgerep(&["get", "--config", c, "orders", "o-1"])
+            .status
+            .code(),
+        Some(1)
+    );
 
     let o = edgerep(&["put", "--config", c, "orders", "o-3", "{broken"]);
     assert_eq!(o.status.code(), Some(3), "refused input exits 3");
@@ -45,8 +60,20 @@ fn verbs_against_a_running_node() {
 
     let o = edgerep(&["watch", "--config", c, "--no-follow"]);
     assert_eq!(stdout(&o).lines().count(), 4, "3 puts and 1 delete");
-    let o = edgerep(&["watch", "--config", c, "--after", "2", "--no-follow", "--collection", "orders"]);
-    let events: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let o = edgerep(&[
+        "watch",
+        "--config",
+        c,
+        "--after",
+        "2",
+        "--no-follow",
+        "--collection",
+        "orders",
+    ]);
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["op"], "delete");
     assert_eq!(events[0]["position"], 4);
@@ -62,12 +89,20 @@ fn verbs_against_a_running_node() {
     send_signal(pid, "TERM");
     let mut node = node;
     let status = node.child.wait().unwrap();
-    assert!(status.success(), "SIGTERM should stop the node cleanly: {status:?}");
+    assert!(
+        status.success(),
+        "SIGTERM should stop the node cleanly: {status:?}"
+    );
     let log = std::fs::read_to_string(&node.log).unwrap();
     assert!(log.contains("stopped"), "log: {log}");
 
     // The node is gone: client verbs exit 4.
-    assert_eq!(edgerep(&["get", "--config", c, "orders", "o-2"]).status.code(), Some(4));
+    assert_eq!(
+        edgerep(&["get", "--config", c, "orders", "o-2"])
+            .status
+            .code(),
+        Some(4)
+    );
 }
 
 #[test]
@@ -98,8 +133,14 @@ fn config_check_names_file_and_key() {
     assert!(stdout(&o).contains("ok"));
 
     let bad = dir.path().join("bad.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace("[limits]", "[limits]\nmax_keys = 3");
-    let text = if text.contains("max_keys") { text } else { format!("{text}\n[limits]\nmax_keys = 3\n") };
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[limits]", "[limits]\nmax_keys = 3");
+    let text = if text.contains("max_keys") {
+        text
+    } else {
+        format!("{text}\n[limits]\nmax_keys = 3\n")
+    };
     std::fs::write(&bad, text).unwrap();
     let o = edgerep(&["config", "check", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
@@ -119,10 +160,20 @@ fn init_refuses_to_overwrite_and_help_works() {
     let o = edgerep(&["init", dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("already exists"));
-    let o = edgerep(&["init", dir.path().join("x").to_str().unwrap(), "--node-id", "bad id"]);
+    let o = edgerep(&[
+        "init",
+        dir.path().join("x").to_str().unwrap(),
+        "--node-id",
+        "bad id",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("node id"), "{}", stderr(&o));
-    for verb in [&["--help"][..], &["put", "--help"], &["bench", "ingest", "--help"], &["config", "check", "--help"]] {
+    for verb in [
+        &["--help"][..],
+        &["put", "--help"],
+        &["bench", "ingest", "--help"],
+        &["config", "check", "--help"],
+    ] {
         let o = edgerep(verb);
         assert!(o.status.success(), "{verb:?} --help");
         assert!(stdout(&o).contains("Usage"), "{verb:?}");
@@ -133,7 +184,12 @@ fn init_refuses_to_overwrite_and_help_works() {
 #[test]
 fn demo_runs_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
-    let o = edgerep(&["demo", "--once", "--dir", dir.path().join("demo").to_str().unwrap()]);
+    let o = edgerep(&[
+        "demo",
+        "--once",
+        "--dir",
+        dir.path().join("demo").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("store verified: true"), "{out}");
@@ -142,7 +198,16 @@ fn demo_runs_to_the_end() {
 
 #[test]
 fn bench_ingest_prints_figures_and_a_json_last_line() {
-    let o = edgerep(&["bench", "ingest", "--seconds", "0.3", "--batches", "1,100", "--clients", "1,2"]);
+    let o = edgerep(&[
+        "bench",
+        "ingest",
+        "--seconds",
+        "0.3",
+        "--batches",
+        "1,100",
+        "--clients",
+        "1,2",
+    ]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();

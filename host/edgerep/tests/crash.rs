@@ -14,7 +14,11 @@ const WRITERS: usize = 4;
 
 /// Streams writes from several clients until the node stops answering; returns what was
 /// acknowledged: key → (value counter, seq).
-fn stream_until_killed(node: Node, round: usize, kill_after: usize) -> BTreeMap<String, (u64, u64)> {
+fn stream_until_killed(
+    node: Node,
+    round: usize,
+    kill_after: usize,
+) -> BTreeMap<String, (u64, u64)> {
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
@@ -78,29 +82,52 @@ fn sigkill_mid_stream_loses_no_acknowledged_write() {
     for round in 0..3 {
         let node = Node::start(&config);
         let acked = stream_until_killed(node, round, 300);
-        assert!(acked.len() >= 300, "round {round}: only {} writes acknowledged", acked.len());
+        assert!(
+            acked.len() >= 300,
+            "round {round}: only {} writes acknowledged",
+            acked.len()
+        );
         all_acked.extend(acked);
 
         let node = Node::start(&config);
         let agent = agent();
         for (key, (i, _)) in &all_acked {
-            let mut r = agent.get(&node.url(&format!("/v1/kv/crash/{key}"))).call().unwrap();
-            assert_eq!(r.status(), 200, "acknowledged key {key} lost after SIGKILL (round {round})");
-            let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+            let mut r = agent
+                .get(&node.url(&format!("/v1/kv/crash/{key}")))
+                .call()
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                200,
+                "acknowledged key {key} lost after SIGKILL (round {round})"
+            );
+            let v: serde_json::Value =
+                serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
             assert_eq!(v["i"].as_u64(), Some(*i), "key {key}");
         }
         let status = node.status();
-        assert_eq!(status["verified"], true, "store check failed: {}", status["verify_error"]);
+        assert_eq!(
+            status["verified"], true,
+            "store check failed: {}",
+            status["verify_error"]
+        );
         // The changelog is gapless (verified above) and holds at least every acknowledged seq.
         let last_seq = status["origins"]["crash-1"].as_u64().unwrap();
         let max_acked = all_acked.values().map(|(_, s)| *s).max().unwrap();
-        assert!(last_seq >= max_acked, "changelog ends at {last_seq}, before acknowledged seq {max_acked}");
+        assert!(
+            last_seq >= max_acked,
+            "changelog ends at {last_seq}, before acknowledged seq {max_acked}"
+        );
         assert_eq!(status["feed_last"].as_u64(), Some(last_seq));
         // Acknowledged sequence numbers are unique.
         let mut seqs: Vec<u64> = all_acked.values().map(|(_, s)| *s).collect();
         seqs.sort_unstable();
         seqs.dedup();
-        assert_eq!(seqs.len(), all_acked.len(), "two acknowledged writes share a sequence number");
+        assert_eq!(
+            seqs.len(),
+            all_acked.len(),
+            "two acknowledged writes share a sequence number"
+        );
         // The node serves again and continues the sequence.
         let mut r = agent
             .put(&node.url("/v1/kv/crash/after-restart"))
@@ -108,7 +135,8 @@ fn sigkill_mid_stream_loses_no_acknowledged_write() {
             .send(&b"true"[..])
             .unwrap();
         assert_eq!(r.status(), 200);
-        let answer: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        let answer: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
         assert_eq!(answer["seq"].as_u64(), Some(last_seq + 1));
         node.kill();
     }

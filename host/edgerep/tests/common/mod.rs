@@ -11,7 +11,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_edgerep");
 
 /// Runs `edgerep ARGS` to completion.
 pub fn edgerep(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("running edgerep")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("running edgerep")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -46,7 +49,11 @@ impl Node {
     /// Starts `edgerep run --config CONFIG` and waits until its API answers.
     pub fn start(config: &Path) -> Node {
         let log = config.with_extension(format!("log.{}", std::process::id()));
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config", config.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -74,7 +81,10 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("node did not become ready; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        panic!(
+            "node did not become ready; log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -95,7 +105,10 @@ impl Node {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        let mut r = agent().get(&self.url("/v1/status?verify=true")).call().unwrap();
+        let mut r = agent()
+            .get(&self.url("/v1/status?verify=true"))
+            .call()
+            .unwrap();
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
     }
 }
