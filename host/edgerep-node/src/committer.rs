@@ -81,7 +81,8 @@ impl Committer {
                         counts.push(p.writes.len());
                         writes.append(&mut p.writes);
                     }
-                    match store.commit_local(&writes, &mut clock, wall_ms()) {
+                    let total = writes.len();
+                    match store.commit_local(std::mem::take(&mut writes), &mut clock, wall_ms()) {
                         Ok(committed) => {
                             if let Some(last) = committed.last() {
                                 feed.send_replace(last.position);
@@ -95,7 +96,7 @@ impl Committer {
                             }
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, events = writes.len(), "group commit failed");
+                            tracing::error!(error = %e, events = total, "group commit failed");
                             for p in group.drain(..) {
                                 let _ = p.reply.send(Err(CommitError::Store(e.to_string())));
                             }

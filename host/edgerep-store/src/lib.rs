@@ -15,21 +15,25 @@
 //! events survive a crash.
 
 mod digest;
+mod keys;
 mod versions;
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::Path;
 
 use edgerep_wire::event::{EventLimits, FORMAT_VERSION};
 use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use keys::{log_key, log_seq, split_state_key, state_key};
+
 pub use digest::Digest;
 pub use versions::{Applied, Versions};
 
-const STATE: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("state");
-const CHANGELOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("changelog");
+/// `collection 0x00 key` → encoded [`Versions`] (see [`keys`]).
+const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+/// `origin 0x00 sequence` → encoded event (see [`keys`]).
+const CHANGELOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("changelog");
 const FEED: TableDefinition<u64, (&str, u64, u64)> = TableDefinition::new("feed");
 const ORIGINS: TableDefinition<&str, u64> = TableDefinition::new("origins");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
@@ -292,7 +296,7 @@ impl Store {
     /// causal context that supersedes every version the key holds. All or nothing.
     pub fn commit_local(
         &self,
-        writes: &[LocalWrite],
+        writes: Vec<LocalWrite>,
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, StoreError> {
@@ -323,7 +327,8 @@ impl Store {
             };
             let mut event_bytes = Vec::with_capacity(256);
             for w in writes {
-                let old = state.get((w.collection.as_str(), w.key.as_slice()))?;
+                let skey = state_key(&w.collection, &w.key);
+                let old = state.get(skey.as_slice())?;
                 let mut versions = match &old {
                     Some(g) => {
                         let bytes = g.value();
@@ -341,39 +346,37 @@ impl Store {
                 let hlc = clock.now(wall_ms);
                 let event = Event {
                     format: FORMAT_VERSION,
-                    collection: w.collection.clone(),
-                    key: w.key.clone(),
+                    collection: w.collection,
+                    key: w.key,
                     op: if w.value.is_some() {
                         Op::Put
                     } else {
                         Op::Delete
                     },
-                    value: w.value.clone(),
+                    value: w.value,
                     hlc,
                     origin: self.node.clone(),
                     seq,
                     schema: w.schema,
-                    meta: w.meta.clone(),
+                    meta: w.meta,
                     context: versions.context(),
                     extra: BTreeMap::new(),
                 };
                 event_bytes.clear();
                 event.encode_into(&mut event_bytes);
-                changelog.insert((self.node.as_str(), seq), event_bytes.as_slice())?;
+                changelog.insert(
+                    log_key(self.node.as_str(), seq).as_slice(),
+                    event_bytes.as_slice(),
+                )?;
+                let new_bytes = Versions::encode_single(&event_bytes);
+                digest.add(Digest::of_entry(&event.collection, &event.key, &new_bytes));
+                // A local write supersedes every version: the key now holds exactly this event.
                 let applied = versions.apply(event);
-                assert_eq!(
-                    applied,
-                    Applied::Added,
+                assert!(
+                    applied == Applied::Added && versions.events().len() == 1,
                     "a local write supersedes every version"
                 );
-                // A local write supersedes every version: the key now holds exactly this event.
-                assert_eq!(versions.events().len(), 1);
-                let new_bytes = Versions::encode_single(&event_bytes);
-                digest.add(Digest::of_entry(&w.collection, &w.key, &new_bytes));
-                state.insert(
-                    (w.collection.as_str(), w.key.as_slice()),
-                    new_bytes.as_slice(),
-                )?;
+                state.insert(skey.as_slice(), new_bytes.as_slice())?;
                 out.push(Committed { seq, hlc, position });
             }
             if let Some(first) = out.first() {
@@ -396,7 +399,7 @@ impl Store {
     pub fn get(&self, collection: &str, key: &[u8]) -> Result<Versions, StoreError> {
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
-        match state.get((collection, key))? {
+        match state.get(state_key(collection, key).as_slice())? {
             Some(g) => Versions::decode(g.value(), &self.limits).map_err(|e| corrupt("state", e)),
             None => Ok(Versions::new()),
         }
@@ -415,15 +418,20 @@ impl Store {
         if let Some(start) = &range.start {
             lower = lower.max(start.clone());
         }
-        let lower_bound = match &range.after {
-            Some(after) if *after >= lower => Bound::Excluded((collection, after.as_slice())),
-            _ => Bound::Included((collection, lower.as_slice())),
+        let (lower_key, skip_equal) = match &range.after {
+            Some(after) if *after >= lower => (state_key(collection, after), true),
+            _ => (state_key(collection, &lower), false),
         };
         let mut entries = Vec::new();
         let mut last_seen = None;
-        for row in state.range::<(&str, &[u8])>((lower_bound, Bound::Unbounded))? {
+        for row in state.range(lower_key.as_slice()..)? {
             let (k, v) = row?;
-            let (coll, key) = k.value();
+            if skip_equal && k.value() == lower_key.as_slice() {
+                continue;
+            }
+            let Some((coll, key)) = split_state_key(k.value()) else {
+                return Err(corrupt("state", "key without separator"));
+            };
             if coll != collection || !key.starts_with(&range.prefix) {
                 return Ok(ScanPage {
                     entries,
@@ -476,12 +484,14 @@ impl Store {
                     return Ok(out);
                 }
                 let (pos, seq) = (run_start + i, first_seq + i);
-                let bytes = changelog.get((origin, seq))?.ok_or_else(|| {
-                    corrupt(
-                        "feed",
-                        format!("position {pos} names missing event {origin}:{seq}"),
-                    )
-                })?;
+                let bytes = changelog
+                    .get(log_key(origin, seq).as_slice())?
+                    .ok_or_else(|| {
+                        corrupt(
+                            "feed",
+                            format!("position {pos} names missing event {origin}:{seq}"),
+                        )
+                    })?;
                 let event = Event::decode(bytes.value(), &self.limits)
                     .map_err(|e| corrupt("changelog", e))?;
                 out.push((pos, event));
@@ -500,8 +510,12 @@ impl Store {
         let txn = self.db.begin_read()?;
         let changelog = txn.open_table(CHANGELOG)?;
         let mut out = Vec::new();
-        let range = (origin, after.saturating_add(1))..=(origin, u64::MAX);
-        for row in changelog.range(range)?.take(limit) {
+        let from = log_key(origin, after.saturating_add(1));
+        let to = log_key(origin, u64::MAX);
+        for row in changelog
+            .range(from.as_slice()..=to.as_slice())?
+            .take(limit)
+        {
             let (_, v) = row?;
             out.push(Event::decode(v.value(), &self.limits).map_err(|e| corrupt("changelog", e))?);
         }
@@ -553,7 +567,8 @@ impl Store {
         let mut digest = Digest::default();
         for row in state.iter()? {
             let (k, v) = row?;
-            let (coll, key) = k.value();
+            let (coll, key) = split_state_key(k.value())
+                .ok_or_else(|| corrupt("state", "key without separator"))?;
             digest.add(Digest::of_entry(coll, key, v.value()));
         }
         Ok(digest)
@@ -609,7 +624,7 @@ impl Store {
             }
             let (origin, first_seq, count) = run.value();
             for seq in first_seq..first_seq + count {
-                if changelog.get((origin, seq))?.is_none() {
+                if changelog.get(log_key(origin, seq).as_slice())?.is_none() {
                     return Ok(Err(format!(
                         "feed run at {expected} names missing event {origin}:{seq}"
                     )));
@@ -626,9 +641,11 @@ impl Store {
         }
         for (origin, &last) in &status.origins {
             let mut want = 1;
-            for row in changelog.range((origin.as_str(), 0)..=(origin.as_str(), u64::MAX))? {
+            let (from, to) = (log_key(origin, 0), log_key(origin, u64::MAX));
+            for row in changelog.range(from.as_slice()..=to.as_slice())? {
                 let (k, _) = row?;
-                let (_, seq) = k.value();
+                let seq = log_seq(origin, k.value())
+                    .ok_or_else(|| corrupt("changelog", "key of another origin in range"))?;
                 if seq != want {
                     return Ok(Err(format!(
                         "changelog gap for origin {origin}: expected {want}, found {seq}"

@@ -130,7 +130,11 @@ fn store_only(
                 meta: Default::default(),
             });
         }
-        store.commit_local(&writes, &mut clock, edgerep_node::committer::wall_ms())?;
+        store.commit_local(
+            std::mem::take(&mut writes),
+            &mut clock,
+            edgerep_node::committer::wall_ms(),
+        )?;
     }
     let eps = n as f64 / start.elapsed().as_secs_f64();
     drop(store);
@@ -242,9 +246,11 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         args.seconds
     );
 
-    // The raw limit first, on an idle machine.
+    // The raw limit is measured before and after the API runs, and the higher of the two is the
+    // reference: the disk's fsync time drifts on shared machines, and the higher limit is the
+    // harder one to meet.
     let sample_event = vec![0x5au8; event_len];
-    let raw = raw_redb(
+    let raw_before = raw_redb(
         dir.path(),
         &sample_event,
         value.as_bytes(),
@@ -252,9 +258,10 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         args.seconds,
     )?;
     println!(
-        "raw redb, {} events per commit: {raw:.0} events/s",
+        "raw redb, {} events per commit: {raw_before:.0} events/s",
         args.raw_commit_events
     );
+    let raw = raw_before;
     let store_eps = store_only(dir.path(), &value, args.raw_commit_events, args.seconds)?;
     println!(
         "edgerep store without the API, {} events per commit: {store_eps:.0} events/s ({:.3} of raw)",
@@ -271,7 +278,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
 
     println!(
         "{:>7} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "batch", "clients", "events/s", "p50 ms", "p99 ms", "requests", "vs raw"
+        "batch", "clients", "events/s", "p50 ms", "p99 ms", "requests", "vs raw1"
     );
     let mut cells = Vec::new();
     for (round, (&batch, &clients)) in args
@@ -296,7 +303,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             cell.p50_ms,
             cell.p99_ms,
             cell.requests,
-            cell.eps / raw
+            cell.eps / raw_before
         );
         cells.push(cell);
     }
@@ -311,6 +318,17 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             status["verify_error"]
         );
     }
+    let raw_after = raw_redb(
+        dir.path(),
+        &sample_event,
+        value.as_bytes(),
+        args.raw_commit_events,
+        args.seconds,
+    )?;
+    let raw = raw_before.max(raw_after);
+    println!(
+        "raw redb again after the API runs: {raw_after:.0} events/s; reference limit: {raw:.0} events/s (the higher)"
+    );
 
     let best = cells
         .iter()
@@ -343,6 +361,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "event_bytes": event_len,
         "seconds_per_cell": args.seconds,
         "raw_redb_events_per_s": raw.round(),
+        "raw_redb_before_after": [raw_before.round(), raw_after.round()],
         "raw_redb_events_per_commit": args.raw_commit_events,
         "store_only_events_per_s": store_eps.round(),
         "api_events_per_s": best.eps.round(),
