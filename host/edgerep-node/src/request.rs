@@ -145,43 +145,53 @@ fn check_count(n: usize, config: &Config) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn finish_write(
-    config: &Config,
-    at: &str,
+/// The fields of one batch write as read from the body, before validation.
+#[derive(Default)]
+struct RawWrite {
     collection: Option<String>,
     key: Option<Vec<u8>>,
     op: Option<String>,
     value: Option<Value>,
     schema: u32,
     meta: BTreeMap<String, String>,
-) -> Result<LocalWrite, ApiError> {
-    let collection = collection.ok_or_else(|| bad(at, "missing \"collection\"".into()))?;
-    check_collection(config, &collection).map_err(|e| e.at(at))?;
-    let key = key.ok_or_else(|| bad(at, "missing \"key\"".into()))?;
-    check_key(config, &key).map_err(|e| e.at(at))?;
-    check_meta(config, &meta, at)?;
-    let value = match op.as_deref() {
-        Some("put") | None => Some(value.ok_or_else(|| bad(at, "a put needs a \"value\"".into()))?),
-        Some("delete") => {
-            if value.is_some() {
-                return Err(bad(at, "a delete takes no \"value\"".into()));
+}
+
+impl RawWrite {
+    /// Validates the write at position `at` of the batch.
+    fn finish(self, config: &Config, at: &str) -> Result<LocalWrite, ApiError> {
+        let collection = self
+            .collection
+            .ok_or_else(|| bad(at, "missing \"collection\"".into()))?;
+        check_collection(config, &collection).map_err(|e| e.at(at))?;
+        let key = self.key.ok_or_else(|| bad(at, "missing \"key\"".into()))?;
+        check_key(config, &key).map_err(|e| e.at(at))?;
+        check_meta(config, &self.meta, at)?;
+        let value = match self.op.as_deref() {
+            Some("put") | None => Some(
+                self.value
+                    .ok_or_else(|| bad(at, "a put needs a \"value\"".into()))?,
+            ),
+            Some("delete") => {
+                if self.value.is_some() {
+                    return Err(bad(at, "a delete takes no \"value\"".into()));
+                }
+                None
             }
-            None
-        }
-        Some(other) => {
-            return Err(bad(
-                at,
-                format!("unknown op {other:?} (expected \"put\" or \"delete\")"),
-            ));
-        }
-    };
-    Ok(LocalWrite {
-        collection,
-        key,
-        value,
-        schema,
-        meta,
-    })
+            Some(other) => {
+                return Err(bad(
+                    at,
+                    format!("unknown op {other:?} (expected \"put\" or \"delete\")"),
+                ));
+            }
+        };
+        Ok(LocalWrite {
+            collection,
+            key,
+            value,
+            schema: self.schema,
+            meta: self.meta,
+        })
+    }
 }
 
 fn parse_batch_json(
@@ -207,22 +217,21 @@ fn parse_batch_json(
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = format!("writes[{i}]");
-        let w = item
+        let fields = item
             .as_object()
             .ok_or_else(|| bad(&at, "expected an object".into()))?;
-        let (mut collection, mut key, mut op, mut value, mut schema, mut meta) =
-            (None, None, None, None, 0u32, BTreeMap::new());
-        for (k, v) in w {
+        let mut w = RawWrite::default();
+        for (k, v) in fields {
             match k.as_str() {
                 "collection" => {
-                    collection = Some(
+                    w.collection = Some(
                         v.as_str()
                             .ok_or_else(|| bad(&at, "\"collection\" must be a string".into()))?
                             .to_owned(),
                     )
                 }
                 "key" => {
-                    key = Some(
+                    w.key = Some(
                         v.as_str()
                             .ok_or_else(|| bad(&at, "\"key\" must be a string".into()))?
                             .as_bytes()
@@ -233,27 +242,27 @@ fn parse_batch_json(
                     let s = v
                         .as_str()
                         .ok_or_else(|| bad(&at, "\"key_base64\" must be a string".into()))?;
-                    key = Some(
+                    w.key = Some(
                         base64::engine::general_purpose::STANDARD
                             .decode(s)
                             .map_err(|e| bad(&at, format!("\"key_base64\" is not base64: {e}")))?,
                     );
                 }
                 "op" => {
-                    op = Some(
+                    w.op = Some(
                         v.as_str()
                             .ok_or_else(|| bad(&at, "\"op\" must be a string".into()))?
                             .to_owned(),
                     )
                 }
                 "value" => {
-                    value = Some(
+                    w.value = Some(
                         Value::from_json(v, limits)
                             .map_err(|e| value_error(e, Format::Json).at(&at))?,
                     )
                 }
                 "schema" => {
-                    schema = v
+                    w.schema = v
                         .as_u64()
                         .and_then(|s| u32::try_from(s).ok())
                         .ok_or_else(|| {
@@ -271,15 +280,13 @@ fn parse_batch_json(
                         let mv = mv
                             .as_str()
                             .ok_or_else(|| bad(&at, format!("meta {mk:?} must be a string")))?;
-                        meta.insert(mk.clone(), mv.to_owned());
+                        w.meta.insert(mk.clone(), mv.to_owned());
                     }
                 }
                 other => return Err(bad(&at, format!("unknown field {other:?}"))),
             }
         }
-        out.push(finish_write(
-            config, &at, collection, key, op, value, schema, meta,
-        )?);
+        out.push(w.finish(config, &at)?);
     }
     Ok(out)
 }
@@ -326,23 +333,22 @@ fn parse_batch_cbor(
         for i in 0..count {
             let at = format!("writes[{i}]");
             let fields = d.map().map_err(|e| cbor_err(&at, e))?.unwrap_or(0);
-            let (mut collection, mut key, mut op, mut value, mut schema, mut meta) =
-                (None, None, None, None, 0u32, BTreeMap::new());
+            let mut w = RawWrite::default();
             for _ in 0..fields {
                 let name = d.str().map_err(|e| cbor_err(&at, e))?;
                 match name {
                     "collection" => {
-                        collection = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned())
+                        w.collection = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned())
                     }
                     "key" => {
-                        key = Some(match d.datatype().map_err(|e| cbor_err(&at, e))? {
+                        w.key = Some(match d.datatype().map_err(|e| cbor_err(&at, e))? {
                             minicbor::data::Type::Bytes => {
                                 d.bytes().map_err(|e| cbor_err(&at, e))?.to_vec()
                             }
                             _ => d.str().map_err(|e| cbor_err(&at, e))?.as_bytes().to_vec(),
                         })
                     }
-                    "op" => op = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned()),
+                    "op" => w.op = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned()),
                     "value" => {
                         let start = d.position();
                         let len = canonical_item_len(&bytes[start..], &whole_limits)
@@ -351,23 +357,21 @@ fn parse_batch_cbor(
                             Value::from_canonical(bytes[start..start + len].to_vec(), limits)
                                 .map_err(|e| value_error(e, Format::Cbor).at(&at))?;
                         d.set_position(start + len);
-                        value = Some(item);
+                        w.value = Some(item);
                     }
-                    "schema" => schema = d.u32().map_err(|e| cbor_err(&at, e))?,
+                    "schema" => w.schema = d.u32().map_err(|e| cbor_err(&at, e))?,
                     "meta" => {
                         let m = d.map().map_err(|e| cbor_err(&at, e))?.unwrap_or(0);
                         for _ in 0..m {
                             let k = d.str().map_err(|e| cbor_err(&at, e))?.to_owned();
                             let v = d.str().map_err(|e| cbor_err(&at, e))?.to_owned();
-                            meta.insert(k, v);
+                            w.meta.insert(k, v);
                         }
                     }
                     other => return Err(bad(&at, format!("unknown field {other:?}"))),
                 }
             }
-            out.push(finish_write(
-                config, &at, collection, key, op, value, schema, meta,
-            )?);
+            out.push(w.finish(config, &at)?);
         }
     }
     Ok(out)

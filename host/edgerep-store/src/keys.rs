@@ -43,7 +43,7 @@ mod tests {
 
     #[test]
     fn order_follows_collection_then_key() {
-        let mut keys = vec![
+        let mut keys = [
             state_key("a.b", b"\x00"),
             state_key("a", b"\xff"),
             state_key("a", b""),

@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(v.events().len(), 2);
         assert_eq!(v.lww_winner().unwrap().origin.as_str(), "b");
         assert_eq!(v.apply(a2.clone()), Applied::Added);
-        assert_eq!(v.events(), &[a2.clone()]);
+        assert_eq!(v.events(), std::slice::from_ref(&a2));
         assert_eq!(v.apply(b1), Applied::Obsolete);
         assert_eq!(v.apply(a2), Applied::Duplicate);
     }

@@ -31,7 +31,7 @@ fn stream_until_killed(
                 i += 1;
                 let key = format!("r{round}-w{w}-{i:06}");
                 // Every fourth write is a two-event batch: both must survive or neither.
-                let result = if i % 4 == 0 {
+                let result = if i.is_multiple_of(4) {
                     let body = format!(
                         r#"{{"writes":[{{"collection":"crash","key":"{key}","value":{{"i":{i}}}}},{{"collection":"crash","key":"{key}-pair","value":{{"i":{i}}}}}]}}"#
                     );
@@ -52,7 +52,7 @@ fn stream_until_killed(
                 let Ok(body) = resp.body_mut().read_to_string() else { break };
                 let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
                 let mut acked = acked.lock().unwrap();
-                if i % 4 == 0 {
+                if i.is_multiple_of(4) {
                     let c = answer["committed"].as_array().unwrap();
                     acked.insert(key.clone(), (i, c[0]["seq"].as_u64().unwrap()));
                     acked.insert(format!("{key}-pair"), (i, c[1]["seq"].as_u64().unwrap()));

@@ -74,10 +74,10 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(20);
         let agent = agent();
         while Instant::now() < deadline {
-            if let Ok(r) = agent.get(&format!("http://{}/v1/status", self.addr)).call() {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = agent.get(&format!("http://{}/v1/status", self.addr)).call()
+                && r.status() == 200
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
