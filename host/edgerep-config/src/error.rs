@@ -98,6 +98,8 @@ pub(crate) enum Seg {
     Key(&'static str),
     /// `[i]` in an array.
     Index(usize),
+    /// A name chosen in the file (a plugin name), as a key.
+    Name(String),
 }
 
 /// Renders a key path the way `serde_path_to_error` does: `peers[1].address`.
@@ -110,6 +112,12 @@ pub(crate) fn render_path(path: &[Seg]) -> String {
                     out.push('.');
                 }
                 out.push_str(key);
+            }
+            Seg::Name(name) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(name);
             }
             Seg::Index(i) => {
                 out.push('[');
@@ -131,6 +139,10 @@ pub(crate) fn locate(text: &str, path: &[Seg]) -> Option<Range<usize>> {
             Seg::Key(key) => table?
                 .iter()
                 .find(|(k, _)| k.get_ref() == key)
+                .map(|(_, v)| v)?,
+            Seg::Name(name) => table?
+                .iter()
+                .find(|(k, _)| k.get_ref() == name)
                 .map(|(_, v)| v)?,
             Seg::Index(i) => match current?.get_ref() {
                 DeValue::Array(array) => array.get(*i)?,

@@ -25,9 +25,18 @@
 //!
 //! [[collections.declared]]   # zero or more
 //! name = "orders"
-//! transforms_on_ingest = []  # must be empty (no plugin runtime yet)
-//! transforms_on_apply = []   # must be empty (no plugin runtime yet)
-//! resolver = "lww"           # the only resolver
+//! transforms_on_ingest = ["redact"]  # plugin names, run in order before storing
+//! transforms_on_apply = []   # plugin names, run on events from peers
+//! resolver = "lww"           # or the name of a resolver plugin
+//!
+//! [plugins.redact]           # zero or more
+//! path = "plugins/redact.wasm"  # relative to the config file's directory
+//! sha256 = "..."             # required, 64 hex digits
+//! fuel = 10000000            # optional, per call
+//! memory_bytes = 16777216    # optional
+//! deadline_ms = 1000         # optional, wall-clock backstop
+//! on_failure = "dead-letter" # or "skip" or "halt"
+//! params = { remove = "card" }
 //!
 //! [limits]                   # each optional, > 0
 //! max_key_bytes = 1024
@@ -76,6 +85,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[commit]`: group commit.
     pub commit: CommitConfig,
+    /// `[plugins.NAME]` tables, sorted by name.
+    pub plugins: Vec<PluginConfig>,
 }
 
 /// `[node]`.
@@ -125,17 +136,63 @@ pub struct CollectionsConfig {
     pub declared: Vec<CollectionConfig>,
 }
 
+/// What a node does with an event when a plugin fails on it (trap, fuel, memory, deadline, or
+/// an error the plugin returns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Store the event in the dead-letter table with the reason, and go on (the default).
+    DeadLetter,
+    /// Drop the event, count it, and go on.
+    Skip,
+    /// Stop accepting writes to the collection until the node restarts, and report it.
+    Halt,
+}
+
+impl FailurePolicy {
+    /// The name used in the config (`dead-letter`, `skip`, `halt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::DeadLetter => "dead-letter",
+            FailurePolicy::Skip => "skip",
+            FailurePolicy::Halt => "halt",
+        }
+    }
+}
+
+/// One `[plugins.NAME]` table: a WebAssembly component and the budget it runs under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    /// The plugin's name (the table name), used by collections to refer to it.
+    pub name: String,
+    /// The `.wasm` file, resolved against the config file's directory.
+    pub path: PathBuf,
+    /// Expected sha256 of the file, 64 lowercase hex digits; a mismatch refuses to start.
+    pub sha256: String,
+    /// Fuel (roughly, WebAssembly instructions) per call (default 10,000,000).
+    pub fuel: u64,
+    /// Most linear memory the plugin may use, in bytes (default 16 MiB).
+    pub memory_bytes: usize,
+    /// Wall-clock backstop per call, in milliseconds (default 1000). Fuel is the real budget;
+    /// this only catches a plugin stuck in a host call.
+    pub deadline_ms: u64,
+    /// What happens to an event the plugin fails on.
+    pub on_failure: FailurePolicy,
+    /// Parameters the plugin reads through `host.param`.
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
 /// One `[[collections.declared]]` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectionConfig {
     /// The collection name (valid per `check_collection_name`).
     pub name: String,
-    /// Plugins run on events written through the API; always empty until the plugin runtime.
+    /// Transform plugins run, in order, on events written through the API, before they are
+    /// stored (each a name from `[plugins]`).
     pub transforms_on_ingest: Vec<String>,
-    /// Plugins run on events applied from peers; always empty until the plugin runtime.
+    /// Transform plugins run, in order, on events arriving from peers, before they are applied.
     pub transforms_on_apply: Vec<String>,
-    /// The conflict resolver; always `"lww"` (last writer wins on the hybrid clock, ties broken
-    /// by origin id).
+    /// The conflict resolver: `"lww"` (last writer wins on the hybrid clock, ties broken by
+    /// origin id) or the name of a resolver plugin from `[plugins]`.
     pub resolver: String,
 }
 
@@ -188,6 +245,24 @@ impl Config {
         })?;
         let source = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let data_dir = resolve_data_dir(&source, &raw.node.data_dir);
+        let plugins = raw
+            .plugins
+            .into_iter()
+            .map(|(name, p)| PluginConfig {
+                name,
+                path: resolve_data_dir(&source, &p.path),
+                sha256: p.sha256,
+                fuel: p.fuel,
+                memory_bytes: p.memory_bytes,
+                deadline_ms: p.deadline_ms,
+                on_failure: match p.on_failure {
+                    raw::RawFailurePolicy::DeadLetter => FailurePolicy::DeadLetter,
+                    raw::RawFailurePolicy::Skip => FailurePolicy::Skip,
+                    raw::RawFailurePolicy::Halt => FailurePolicy::Halt,
+                },
+                params: p.params,
+            })
+            .collect();
         Ok(Config {
             node: NodeConfig {
                 id: raw.node.id,
@@ -234,6 +309,7 @@ impl Config {
             commit: CommitConfig {
                 max_events: raw.commit.max_events,
             },
+            plugins,
         })
     }
 
@@ -253,6 +329,11 @@ impl Config {
                 self.source.display()
             ))
         }
+    }
+
+    /// The plugin called `name`, if any.
+    pub fn plugin(&self, name: &str) -> Option<&PluginConfig> {
+        self.plugins.iter().find(|p| p.name == name)
     }
 
     /// The declared collection called `name`, if any.
@@ -323,8 +404,8 @@ fn error_key(path: &str, message: &str) -> Option<String> {
     (!key.is_empty()).then_some(key)
 }
 
-/// Resolves `data_dir` against the directory of the config file `source` unless it is
-/// absolute, dropping `.` components.
+/// Resolves a path from the config (`data_dir`, a plugin's `path`) against the directory of the
+/// config file `source` unless it is absolute, dropping `.` components.
 fn resolve_data_dir(source: &Path, data_dir: &str) -> PathBuf {
     let data_dir = Path::new(data_dir);
     let joined = if data_dir.is_absolute() {

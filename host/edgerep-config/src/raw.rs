@@ -5,6 +5,7 @@
 //! Rules that relate several values (uniqueness, limits against each other) live in
 //! `crate::validate`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use edgerep_wire::event::{NodeId, check_collection_name};
@@ -44,6 +45,65 @@ pub(crate) struct RawConfig {
     pub(crate) limits: RawLimits,
     #[serde(default)]
     pub(crate) commit: RawCommit,
+    #[serde(default)]
+    pub(crate) plugins: BTreeMap<String, RawPlugin>,
+}
+
+/// One `[plugins.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPlugin {
+    pub(crate) path: String,
+    #[serde(deserialize_with = "sha256_hex")]
+    pub(crate) sha256: String,
+    #[serde(default = "default_plugin_fuel")]
+    pub(crate) fuel: u64,
+    #[serde(default = "default_plugin_memory_bytes")]
+    pub(crate) memory_bytes: usize,
+    #[serde(default = "default_plugin_deadline_ms")]
+    pub(crate) deadline_ms: u64,
+    #[serde(default)]
+    pub(crate) on_failure: RawFailurePolicy,
+    #[serde(default)]
+    pub(crate) params: BTreeMap<String, String>,
+}
+
+/// `on_failure` of a plugin.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawFailurePolicy {
+    #[default]
+    DeadLetter,
+    Skip,
+    Halt,
+}
+
+/// Default for `plugins.NAME.fuel`: ten million instructions' worth per call.
+pub(crate) const DEFAULT_PLUGIN_FUEL: u64 = 10_000_000;
+/// Default for `plugins.NAME.memory_bytes`: 16 MiB.
+pub(crate) const DEFAULT_PLUGIN_MEMORY_BYTES: usize = 16 * 1024 * 1024;
+/// Default for `plugins.NAME.deadline_ms`.
+pub(crate) const DEFAULT_PLUGIN_DEADLINE_MS: u64 = 1000;
+
+fn default_plugin_fuel() -> u64 {
+    DEFAULT_PLUGIN_FUEL
+}
+fn default_plugin_memory_bytes() -> usize {
+    DEFAULT_PLUGIN_MEMORY_BYTES
+}
+fn default_plugin_deadline_ms() -> u64 {
+    DEFAULT_PLUGIN_DEADLINE_MS
+}
+
+/// A string holding a sha256 digest as 64 hex digits (stored lowercase).
+fn sha256_hex<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(D::Error::custom(format!(
+            "invalid sha256 {text:?}: expected 64 hex digits (`edgerep plugin check FILE.wasm` prints it)"
+        )));
+    }
+    Ok(text.to_ascii_lowercase())
 }
 
 #[derive(Debug, Deserialize)]

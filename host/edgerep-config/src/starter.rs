@@ -55,9 +55,19 @@ accept_undeclared = true
 # Declare a collection to list it explicitly (required when accept_undeclared = false):
 # [[collections.declared]]
 # name = "orders"
-# resolver = "lww"               # last writer wins (the only resolver so far)
-# transforms_on_ingest = []      # plugin names; must stay empty until plugins arrive
-# transforms_on_apply = []       # plugin names; must stay empty until plugins arrive
+# resolver = "lww"               # last writer wins, or the name of a resolver plugin
+# transforms_on_ingest = []      # plugin names, run in order before events are stored
+# transforms_on_apply = []       # plugin names, run in order on events from peers
+
+# A plugin: a WebAssembly component, pinned by its sha256 (`edgerep plugin check FILE.wasm`).
+# [plugins.redact]
+# path = "plugins/redact.wasm"   # relative to this file
+# sha256 = "<64 hex digits>"
+# fuel = 10000000                # per call
+# memory_bytes = 16777216
+# deadline_ms = 1000             # wall-clock backstop
+# on_failure = "dead-letter"     # or "skip" or "halt"
+# params = { remove = "card" }
 
 # Limits on what the API accepts; each must be greater than 0. Defaults shown.
 [limits]

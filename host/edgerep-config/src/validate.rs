@@ -14,6 +14,7 @@ pub(crate) fn validate(raw: &RawConfig) -> Result<(), Violation> {
     check_node(raw)?;
     check_listeners(raw)?;
     check_peers(raw)?;
+    check_plugins(raw)?;
     check_collections(raw)?;
     check_limits(raw)?;
     Ok(())
@@ -31,6 +32,40 @@ fn check_node(raw: &RawConfig) -> Result<(), Violation> {
             vec![Seg::Key("node"), Seg::Key("max_clock_skew_ms")],
             "must be greater than 0".to_owned(),
         ));
+    }
+    Ok(())
+}
+
+fn check_plugins(raw: &RawConfig) -> Result<(), Violation> {
+    for (name, plugin) in &raw.plugins {
+        let at = |key: &'static str| vec![Seg::Key("plugins"), Seg::Name(name.clone()), Seg::Key(key)];
+        if let Err(e) = edgerep_wire::event::check_collection_name(name) {
+            return Err((
+                vec![Seg::Key("plugins"), Seg::Name(name.clone())],
+                format!(
+                    "invalid plugin name: {}",
+                    e.to_string().replace("collection name", "name")
+                ),
+            ));
+        }
+        if plugin.path.trim().is_empty() {
+            return Err((at("path"), "must name the plugin's .wasm file".to_owned()));
+        }
+        if plugin.fuel == 0 {
+            return Err((at("fuel"), "must be greater than 0".to_owned()));
+        }
+        if plugin.memory_bytes < 65_536 {
+            return Err((
+                at("memory_bytes"),
+                format!(
+                    "{} is below one WebAssembly page (65536 bytes)",
+                    plugin.memory_bytes
+                ),
+            ));
+        }
+        if plugin.deadline_ms == 0 {
+            return Err((at("deadline_ms"), "must be greater than 0".to_owned()));
+        }
     }
     Ok(())
 }
@@ -101,26 +136,34 @@ fn check_collections(raw: &RawConfig) -> Result<(), Violation> {
                 ),
             ));
         }
+        let defined = || {
+            if raw.plugins.is_empty() {
+                "no plugins are defined (add a [plugins.NAME] table)".to_owned()
+            } else {
+                let names: Vec<&str> = raw.plugins.keys().map(String::as_str).collect();
+                format!("defined plugins: {}", names.join(", "))
+            }
+        };
         for (key, list) in [
             ("transforms_on_ingest", &collection.transforms_on_ingest),
             ("transforms_on_apply", &collection.transforms_on_apply),
         ] {
-            if !list.is_empty() {
-                return Err((
-                    at(key),
-                    "transform plugins cannot run yet: this version has no plugin runtime, \
-                     so the list must be empty"
-                        .to_owned(),
-                ));
+            for (j, name) in list.iter().enumerate() {
+                if !raw.plugins.contains_key(name) {
+                    let mut path = at(key);
+                    path.push(Seg::Index(j));
+                    return Err((path, format!("unknown plugin {name:?}; {}", defined())));
+                }
             }
         }
-        if collection.resolver != RESOLVER_LWW {
+        if collection.resolver != RESOLVER_LWW && !raw.plugins.contains_key(&collection.resolver) {
             return Err((
                 at("resolver"),
                 format!(
-                    "unknown resolver {:?}; the supported resolver is \"{RESOLVER_LWW}\" \
-                     (last writer wins on the hybrid clock, ties broken by origin id)",
-                    collection.resolver
+                    "unknown resolver {:?}: use \"{RESOLVER_LWW}\" (last writer wins on the hybrid \
+                     clock, ties broken by origin id) or the name of a resolver plugin; {}",
+                    collection.resolver,
+                    defined()
                 ),
             ));
         }

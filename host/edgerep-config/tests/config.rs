@@ -328,18 +328,74 @@ fn bad_collection_name() {
     assert!(err.message.contains("invalid collection name"), "{err}");
 }
 
+const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
 #[test]
-fn non_empty_transforms_are_refused() {
+fn transforms_must_name_defined_plugins() {
     for key in ["transforms_on_ingest", "transforms_on_apply"] {
         let err = expect_error(
             &with(&format!(
                 "[[collections.declared]]\nname = \"orders\"\n{key} = [\"redact\"]\n"
             )),
-            &format!("collections.declared[0].{key}"),
+            &format!("collections.declared[0].{key}[0]"),
         );
-        assert!(err.message.contains("plugin"), "{err}");
-        assert!(err.message.contains("empty"), "{err}");
+        assert!(err.message.contains("unknown plugin \"redact\""), "{err}");
+        assert!(err.message.contains("[plugins.NAME]"), "{err}");
         assert!(err.line_col.is_some(), "{err}");
+    }
+    let err = expect_error(
+        &with(&format!(
+            "[plugins.enrich]\npath = \"e.wasm\"\nsha256 = \"{SHA}\"\n\
+             [[collections.declared]]\nname = \"orders\"\ntransforms_on_ingest = [\"enrich\", \"redact\"]\n"
+        )),
+        "collections.declared[0].transforms_on_ingest[1]",
+    );
+    assert!(err.message.contains("defined plugins: enrich"), "{err}");
+}
+
+#[test]
+fn plugins_parse_with_defaults_and_resolved_paths() {
+    let text = with(&format!(
+        "[plugins.redact]\npath = \"plugins/redact.wasm\"\nsha256 = \"{}\"\non_failure = \"halt\"\n\
+         params = {{ remove = \"card\" }}\n\
+         [plugins.counter]\npath = \"/abs/counter.wasm\"\nsha256 = \"{SHA}\"\nfuel = 500\n\
+         [[collections.declared]]\nname = \"orders\"\ntransforms_on_ingest = [\"redact\"]\nresolver = \"counter\"\n",
+        SHA.to_uppercase()
+    ));
+    let c = Config::parse(&text, Path::new("/etc/edgerep/edgerep.toml")).unwrap();
+    let names: Vec<&str> = c.plugins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["counter", "redact"], "sorted by name");
+    let redact = c.plugin("redact").unwrap();
+    assert_eq!(redact.path, Path::new("/etc/edgerep/plugins/redact.wasm"));
+    assert_eq!(redact.sha256, SHA, "stored lowercase");
+    assert_eq!(redact.fuel, 10_000_000);
+    assert_eq!(redact.memory_bytes, 16 * 1024 * 1024);
+    assert_eq!(redact.deadline_ms, 1000);
+    assert_eq!(redact.on_failure, edgerep_config::FailurePolicy::Halt);
+    assert_eq!(redact.params.get("remove").map(String::as_str), Some("card"));
+    let counter = c.plugin("counter").unwrap();
+    assert_eq!(counter.path, Path::new("/abs/counter.wasm"));
+    assert_eq!(counter.fuel, 500);
+    assert_eq!(counter.on_failure, edgerep_config::FailurePolicy::DeadLetter);
+    assert_eq!(c.collection("orders").unwrap().resolver, "counter");
+}
+
+#[test]
+fn plugin_mistakes_name_their_key() {
+    let cases = [
+        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"abc\"\n"), "plugins.p.sha256", "64 hex digits"),
+        ("[plugins.p]\npath = \"p.wasm\"\n".to_owned(), "plugins.p.sha256", "missing"),
+        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nfuel = 0\n"), "plugins.p.fuel", "greater than 0"),
+        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nmemory_bytes = 100\n"), "plugins.p.memory_bytes", "65536"),
+        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\ndeadline_ms = 0\n"), "plugins.p.deadline_ms", "greater than 0"),
+        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\non_failure = \"retry\"\n"), "plugins.p.on_failure", "retry"),
+        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nfules = 3\n"), "plugins.p.fules", "expected one of"),
+        (format!("[plugins.\"bad name\"]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\n"), "plugins.bad name", "invalid plugin name"),
+        (format!("[plugins.p]\npath = \"\"\nsha256 = \"{SHA}\"\n"), "plugins.p.path", ".wasm"),
+    ];
+    for (extra, key, needle) in cases {
+        let err = expect_error(&with(&extra), key);
+        assert!(err.message.contains(needle), "{key}: {err}");
     }
 }
 
@@ -351,6 +407,7 @@ fn unknown_resolver() {
     );
     assert!(err.message.contains("\"crdt\""), "{err}");
     assert!(err.message.contains("\"lww\""), "{err}");
+    assert!(err.message.contains("resolver plugin"), "{err}");
 }
 
 #[test]
