@@ -67,7 +67,7 @@ accept_undeclared = true
 # memory_bytes = 16777216
 # deadline_ms = 1000             # wall-clock backstop
 # on_failure = "dead-letter"     # or "skip" or "halt"
-# params = { remove = "card" }
+# params = {{ remove = "card" }}
 
 # Limits on what the API accepts; each must be greater than 0. Defaults shown.
 [limits]
