@@ -62,7 +62,7 @@ accept_undeclared = true
 # A plugin: a WebAssembly component, pinned by its sha256 (`edgerep plugin check FILE.wasm`).
 # [plugins.redact]
 # path = "plugins/redact.wasm"   # relative to this file
-# sha256 = "<64 hex digits>"
+# sha256 = "0000000000000000000000000000000000000000000000000000000000000000"  # the file's sha256
 # fuel = 10000000                # per call
 # memory_bytes = 16777216
 # deadline_ms = 1000             # wall-clock backstop
