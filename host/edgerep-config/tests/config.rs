@@ -576,7 +576,7 @@ fn starter_config_parses() {
 /// `key = ...` with a snake_case key.
 fn is_assignment(line: &str) -> bool {
     line.split_once(" = ").is_some_and(|(key, _)| {
-        !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     })
 }
 
