@@ -23,7 +23,10 @@ use std::path::Path;
 
 use edgerep_wire::event::{EventLimits, FORMAT_VERSION};
 use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 
 use keys::{log_key, log_seq, split_state_key, state_key};
 
@@ -177,7 +180,8 @@ pub struct ScanRange {
 /// One page of a scan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScanPage {
-    /// (key, versions) in key order, keys whose winning version is a delete left out.
+    /// (key, versions) in key order. A key whose last-writer-wins version is a delete is left
+    /// out, unless it holds concurrent versions (a conflict is always listed).
     pub entries: Vec<(Vec<u8>, Versions)>,
     /// The cursor for the next page (`ScanRange::after`), `None` when the scan is complete.
     pub next: Option<Vec<u8>>,
@@ -223,6 +227,32 @@ impl Store {
         limits: EventLimits,
     ) -> Result<(Store, Resume), StoreError> {
         let db = Database::create(path)?;
+        Store::init(db, &path.display().to_string(), node, limits)
+    }
+
+    /// Opens (or creates) the store kept in `backend`, a redb storage backend, for node `node`:
+    /// the same as [`Store::open`] but on storage other than a plain file, for tests (an
+    /// in-memory image, a disk that fails on demand) and tools. `name` stands for the storage in
+    /// messages (the `path` of [`StoreError::WrongNode`]). Refuses storage that belongs to
+    /// another node.
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        name: &str,
+        node: &NodeId,
+        limits: EventLimits,
+    ) -> Result<(Store, Resume), StoreError> {
+        let db = redb::Builder::new().create_with_backend(backend)?;
+        Store::init(db, name, node, limits)
+    }
+
+    /// Shared by the constructors: checks (or records) the node id and the store format, creates
+    /// every table, and reads what the node needs to resume.
+    fn init(
+        db: Database,
+        name: &str,
+        node: &NodeId,
+        limits: EventLimits,
+    ) -> Result<(Store, Resume), StoreError> {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -234,7 +264,7 @@ impl Store {
                 }
                 Some(stored) if stored != node.as_str().as_bytes() => {
                     return Err(StoreError::WrongNode {
-                        path: path.display().to_string(),
+                        path: name.to_owned(),
                         stored: String::from_utf8_lossy(&stored).into_owned(),
                         configured: node.to_string(),
                     });
@@ -300,6 +330,9 @@ impl Store {
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
         let txn = self.db.begin_write()?;
         let mut out = Vec::with_capacity(writes.len());
         {
@@ -412,6 +445,7 @@ impl Store {
         range: &ScanRange,
         limit: usize,
     ) -> Result<ScanPage, StoreError> {
+        assert!(limit > 0, "a scan page holds at least one key");
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         let mut lower: Vec<u8> = range.prefix.clone();
@@ -524,7 +558,11 @@ impl Store {
 
     /// Summary counters and the digest.
     pub fn status(&self) -> Result<StoreStatus, StoreError> {
-        let txn = self.db.begin_read()?;
+        Store::status_in(&self.db.begin_read()?)
+    }
+
+    /// [`Store::status`] as of the snapshot `txn` reads.
+    fn status_in(txn: &ReadTransaction) -> Result<StoreStatus, StoreError> {
         let meta = txn.open_table(META)?;
         let origins_t = txn.open_table(ORIGINS)?;
         let dead = txn.open_table(DEAD_LETTERS)?;
@@ -562,7 +600,11 @@ impl Store {
 
     /// Recomputes the digest from the whole state table (to check the incremental one).
     pub fn recompute_digest(&self) -> Result<Digest, StoreError> {
-        let txn = self.db.begin_read()?;
+        Store::recompute_digest_in(&self.db.begin_read()?)
+    }
+
+    /// [`Store::recompute_digest`] as of the snapshot `txn` reads.
+    fn recompute_digest_in(txn: &ReadTransaction) -> Result<Digest, StoreError> {
         let state = txn.open_table(STATE)?;
         let mut digest = Digest::default();
         for row in state.iter()? {
@@ -607,10 +649,11 @@ impl Store {
     /// Checks invariants across tables: the feed is gapless from 1, every feed entry names an
     /// event in the changelog, every origin's changelog is gapless from 1 up to its recorded
     /// highest sequence, and the incremental digest equals a full recomputation.
-    /// Returns a description of the first violation found.
+    /// Returns a description of the first violation found. Every check reads one snapshot, so
+    /// commits running meanwhile cannot make a consistent store look inconsistent.
     pub fn verify(&self) -> Result<Result<(), String>, StoreError> {
-        let status = self.status()?;
         let txn = self.db.begin_read()?;
+        let status = Store::status_in(&txn)?;
         let feed = txn.open_table(FEED)?;
         let changelog = txn.open_table(CHANGELOG)?;
         let mut expected = 1;
@@ -660,9 +703,7 @@ impl Store {
                 )));
             }
         }
-        drop(feed);
-        drop(changelog);
-        let full = self.recompute_digest()?;
+        let full = Store::recompute_digest_in(&txn)?;
         if full != status.digest {
             return Ok(Err(format!(
                 "incremental digest {} differs from recomputed {}",

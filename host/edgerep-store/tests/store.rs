@@ -1,0 +1,1088 @@
+//! Integration tests of the store: persistence across restarts, changelog and feed ordering and
+//! paging, a randomized model test, the state digest, the node-id check, all-or-nothing group
+//! commits on a disk that fails mid-commit, and dead letters.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use edgerep_store::{
+    Committed, Digest, LocalWrite, Resume, ScanPage, ScanRange, Store, StoreError, StoreStatus,
+    Versions,
+};
+use edgerep_wire::event::EventLimits;
+use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redb::StorageBackend;
+use redb::backends::InMemoryBackend;
+
+const SKEW_MS: u64 = 60_000;
+
+fn node(id: &str) -> NodeId {
+    NodeId::parse(id).unwrap()
+}
+
+fn limits() -> EventLimits {
+    EventLimits::default()
+}
+
+fn val(n: i64) -> Value {
+    Value::from_json(
+        &serde_json::json!({ "n": n, "s": format!("value {n}") }),
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+fn big_val(n: i64, len: usize) -> Value {
+    Value::from_json(
+        &serde_json::json!({ "n": n, "pad": "x".repeat(len) }),
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+fn put(collection: &str, key: &[u8], value: Value) -> LocalWrite {
+    LocalWrite {
+        collection: collection.into(),
+        key: key.to_vec(),
+        value: Some(value),
+        schema: 0,
+        meta: BTreeMap::new(),
+    }
+}
+
+fn del(collection: &str, key: &[u8]) -> LocalWrite {
+    LocalWrite {
+        collection: collection.into(),
+        key: key.to_vec(),
+        value: None,
+        schema: 0,
+        meta: BTreeMap::new(),
+    }
+}
+
+/// A store on a fresh in-memory image.
+fn memory_store(id: &str) -> (Store, Resume) {
+    Store::open_with_backend(InMemoryBackend::new(), "memory", &node(id), limits()).unwrap()
+}
+
+/// A store on a copy of `image` (a crashed disk's bytes).
+fn store_from_image(image: &[u8], id: &str) -> Result<(Store, Resume), StoreError> {
+    let backend = InMemoryBackend::new();
+    backend.set_len(image.len() as u64).unwrap();
+    backend.write(0, image).unwrap();
+    Store::open_with_backend(backend, "crash image", &node(id), limits())
+}
+
+fn assert_verified(store: &Store) {
+    assert_eq!(store.verify().unwrap(), Ok(()), "verify");
+    assert_eq!(
+        store.recompute_digest().unwrap(),
+        store.status().unwrap().digest
+    );
+}
+
+/// Every live (key, value) of a collection, paging through `scan` with `limit`.
+fn full_scan(store: &Store, collection: &str, limit: usize) -> Vec<(Vec<u8>, Value)> {
+    let mut out = Vec::new();
+    let mut range = ScanRange::default();
+    for _ in 0..100_000 {
+        let page = store.scan(collection, &range, limit).unwrap();
+        assert!(page.entries.len() <= limit);
+        for (k, v) in page.entries {
+            out.push((
+                k,
+                v.lww_value().expect("scan returned a deleted key").clone(),
+            ));
+        }
+        match page.next {
+            Some(next) => range.after = Some(next),
+            None => return out,
+        }
+    }
+    panic!("scan of {collection} does not finish");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart
+
+/// Everything observable about a store, to compare before and after a restart.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    status: StoreStatus,
+    feed: Vec<(u64, Event)>,
+    changelog: Vec<Event>,
+    gets: Vec<Versions>,
+    scans: Vec<ScanPage>,
+    paged: Vec<Vec<(Vec<u8>, Value)>>,
+}
+
+fn snapshot(store: &Store, keys: &[(&str, &[u8])], collections: &[&str]) -> Snapshot {
+    Snapshot {
+        status: store.status().unwrap(),
+        feed: store.feed(0, usize::MAX).unwrap(),
+        changelog: store
+            .changelog(store.node().as_str(), 0, usize::MAX)
+            .unwrap(),
+        gets: keys.iter().map(|(c, k)| store.get(c, k).unwrap()).collect(),
+        scans: collections
+            .iter()
+            .map(|c| store.scan(c, &ScanRange::default(), 1000).unwrap())
+            .collect(),
+        paged: collections.iter().map(|c| full_scan(store, c, 1)).collect(),
+    }
+}
+
+#[test]
+fn restart_keeps_everything_and_continues_numbering() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let me = node("edge-1");
+    let (store, resume) = Store::open(&path, &me, limits()).unwrap();
+    assert_eq!(
+        resume,
+        Resume {
+            hlc_last: Hlc::default(),
+            feed_last: 0
+        }
+    );
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    let groups: Vec<(u64, Vec<LocalWrite>)> = vec![
+        (
+            1_000,
+            vec![
+                put("orders", b"a", val(1)),
+                put("orders", b"\x00\xff", val(2)),
+                put("users", b"a", val(3)),
+            ],
+        ),
+        (
+            1_000,
+            vec![
+                put("orders", b"a", val(4)), // overwrite
+                del("orders", b"\x00\xff"),
+                put("orders.archive", b"\xff\x00", val(5)),
+            ],
+        ),
+        (
+            2_000,
+            vec![
+                del("users", b"a"),
+                put("users", b"b\x00c", val(6)),
+                put("users", b"b\x00c", val(7)), // twice in one group
+            ],
+        ),
+        // The wall clock stepped back, and a delete of a key never written.
+        (1_500, vec![del("orders", b"zz")]),
+        (2_500, vec![put("orders", b"\x01", val(8))]),
+    ];
+    let mut committed: Vec<Committed> = Vec::new();
+    for (wall, writes) in groups {
+        committed.extend(store.commit_local(writes, &mut clock, wall).unwrap());
+    }
+    let n = committed.len() as u64;
+    for (i, c) in committed.iter().enumerate() {
+        assert_eq!((c.seq, c.position), (i as u64 + 1, i as u64 + 1));
+    }
+    assert!(committed.windows(2).all(|w| w[0].hlc < w[1].hlc));
+    // What the writes must have produced.
+    assert_eq!(
+        store.get("orders", b"a").unwrap().lww_value(),
+        Some(&val(4))
+    );
+    assert_eq!(store.get("orders", b"\x00\xff").unwrap().lww_value(), None);
+    assert!(!store.get("orders", b"\x00\xff").unwrap().is_empty());
+    assert_eq!(store.get("users", b"a").unwrap().lww_value(), None);
+    assert_eq!(
+        store.get("users", b"b\x00c").unwrap().lww_value(),
+        Some(&val(7))
+    );
+    assert!(store.get("users", b"never").unwrap().is_empty());
+    assert_eq!(
+        full_scan(&store, "orders", 10),
+        vec![(b"\x01".to_vec(), val(8)), (b"a".to_vec(), val(4))]
+    );
+    // The overwrite's causal context covers the write it replaced.
+    let a = store.get("orders", b"a").unwrap();
+    assert_eq!(a.events().len(), 1);
+    assert_eq!(
+        a.events()[0].context.iter().collect::<Vec<_>>(),
+        vec![(&me, 1)]
+    );
+    let status = store.status().unwrap();
+    assert_eq!(status.state_entries, 7);
+    assert_eq!(status.feed_last, n);
+    assert_eq!(status.origins, BTreeMap::from([(me.to_string(), n)]));
+    assert_eq!(status.hlc_last, clock.last());
+    assert_eq!(status.hlc_last, committed.last().unwrap().hlc);
+    assert_verified(&store);
+
+    let keys: Vec<(&str, &[u8])> = vec![
+        ("orders", b"a"),
+        ("orders", b"\x00\xff"),
+        ("orders", b"zz"),
+        ("orders", b"\x01"),
+        ("orders.archive", b"\xff\x00"),
+        ("users", b"a"),
+        ("users", b"b\x00c"),
+        ("users", b"never"),
+    ];
+    let collections = ["orders", "orders.archive", "users", "nothing"];
+    let before = snapshot(&store, &keys, &collections);
+    drop(store);
+
+    let (store, resume) = Store::open(&path, &me, limits()).unwrap();
+    assert_eq!(
+        resume,
+        Resume {
+            hlc_last: before.status.hlc_last,
+            feed_last: before.status.feed_last
+        }
+    );
+    let after = snapshot(&store, &keys, &collections);
+    assert_eq!(before, after);
+    assert_verified(&store);
+
+    // The clock resumes from the persisted timestamp even though the wall clock is far behind.
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    let next = store
+        .commit_local(
+            vec![put("orders", b"b", val(9)), del("orders", b"a")],
+            &mut clock,
+            10,
+        )
+        .unwrap();
+    assert_eq!(next.len(), 2);
+    assert_eq!((next[0].seq, next[0].position), (n + 1, n + 1));
+    assert_eq!((next[1].seq, next[1].position), (n + 2, n + 2));
+    assert!(next[0].hlc > resume.hlc_last, "{:?}", next[0]);
+    assert!(next[1].hlc > next[0].hlc);
+    let fed = store.feed(resume.feed_last, 10).unwrap();
+    assert_eq!(fed.len(), 2);
+    assert_eq!(fed[0].0, n + 1);
+    assert_eq!(fed[0].1.key, b"b");
+    assert_eq!(fed[1].1.op, Op::Delete);
+    // The delete's context covers the put of g2 (seq 4).
+    assert_eq!(fed[1].1.context.iter().collect::<Vec<_>>(), vec![(&me, 4)]);
+    assert_eq!(store.status().unwrap().hlc_last, next[1].hlc);
+    assert_verified(&store);
+    drop(store);
+    // And once more: the second session's writes persisted too.
+    let (store, resume) = Store::open(&path, &me, limits()).unwrap();
+    assert_eq!(resume.feed_last, n + 2);
+    assert_eq!(resume.hlc_last, next[1].hlc);
+    assert_eq!(store.get("orders", b"a").unwrap().lww_value(), None);
+    assert_verified(&store);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Changelog and feed ordering
+
+#[test]
+fn changelog_and_feed_order_and_paging() {
+    let me = node("n1");
+    let (store, resume) = memory_store("n1");
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    // Group sizes chosen so feed runs have lengths 1 and more, next to each other.
+    let sizes = [1usize, 3, 1, 5, 2, 4, 1, 1, 6];
+    let mut expected: Vec<(String, Vec<u8>, Option<Value>)> = Vec::new();
+    let mut i = 0i64;
+    for (g, &size) in sizes.iter().enumerate() {
+        let mut writes = Vec::new();
+        for _ in 0..size {
+            let coll = if i % 3 == 0 { "b" } else { "a" };
+            // Reuse keys so some writes are overwrites and deletes.
+            let key = format!("k{}", i % 7).into_bytes();
+            let w = if i % 5 == 4 {
+                del(coll, &key)
+            } else {
+                put(coll, &key, val(i))
+            };
+            expected.push((w.collection.clone(), w.key.clone(), w.value.clone()));
+            writes.push(w);
+            i += 1;
+        }
+        let first = expected.len() - size + 1;
+        let committed = store
+            .commit_local(writes, &mut clock, 100 + g as u64)
+            .unwrap();
+        let seqs: Vec<u64> = committed.iter().map(|c| c.seq).collect();
+        let want: Vec<u64> = (first as u64..=expected.len() as u64).collect();
+        assert_eq!(seqs, want);
+        assert_eq!(
+            committed.iter().map(|c| c.position).collect::<Vec<_>>(),
+            want
+        );
+    }
+    let n = expected.len() as u64;
+    let all = store.changelog("n1", 0, usize::MAX).unwrap();
+    assert_eq!(all.len() as u64, n);
+    for (idx, (e, (coll, key, value))) in all.iter().zip(&expected).enumerate() {
+        assert_eq!(e.seq, idx as u64 + 1);
+        assert_eq!(e.origin, me);
+        assert_eq!((&e.collection, &e.key, &e.value), (coll, key, value));
+        assert_eq!(e.op, if value.is_some() { Op::Put } else { Op::Delete });
+    }
+    assert!(all.windows(2).all(|w| w[0].hlc < w[1].hlc));
+    let limits_to_try = [
+        0usize,
+        1,
+        2,
+        3,
+        4,
+        7,
+        n as usize,
+        n as usize + 3,
+        usize::MAX,
+    ];
+    for after in 0..=n + 2 {
+        for &limit in &limits_to_try {
+            let want: Vec<u64> = (after + 1..=n).take(limit).collect();
+            let got: Vec<u64> = store
+                .changelog("n1", after, limit)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(got, want, "changelog after {after} limit {limit}");
+            let fed = store.feed(after, limit).unwrap();
+            let positions: Vec<u64> = fed.iter().map(|(p, _)| *p).collect();
+            assert_eq!(positions, want, "feed after {after} limit {limit}");
+            for (p, e) in &fed {
+                assert_eq!(e, &all[*p as usize - 1], "feed event at {p}");
+            }
+        }
+    }
+    // Paging to completion with each page size visits every event once, in order.
+    for limit in [1usize, 2, 3, 5, 8] {
+        let (mut after, mut seen) = (0, Vec::new());
+        loop {
+            let page = store.changelog("n1", after, limit).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().unwrap().seq;
+            seen.extend(page);
+        }
+        assert_eq!(seen, all);
+        let (mut after, mut seen) = (0, Vec::new());
+        loop {
+            let page = store.feed(after, limit).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().unwrap().0;
+            seen.extend(page.into_iter().map(|(_, e)| e));
+        }
+        assert_eq!(seen, all);
+    }
+    // Origins whose ids are prefixes or extensions of this node's id see nothing.
+    for other in ["n", "n10", "n1-", "m"] {
+        assert!(store.changelog(other, 0, usize::MAX).unwrap().is_empty());
+    }
+    assert_verified(&store);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model test
+
+const MODEL_ALPHABET: [u8; 5] = [0x00, 0x01, b'a', b'b', 0xff];
+const MODEL_COLLECTIONS: [&str; 2] = ["c", "c.d"];
+
+fn random_bytes(rng: &mut StdRng, min: usize, max: usize) -> Vec<u8> {
+    let len = rng.random_range(min..=max);
+    (0..len)
+        .map(|_| MODEL_ALPHABET[rng.random_range(0..MODEL_ALPHABET.len())])
+        .collect()
+}
+
+type Model = BTreeMap<(String, Vec<u8>), Option<Value>>;
+
+fn check_get(store: &Store, model: &Model, coll: &str, key: &[u8]) {
+    let versions = store.get(coll, key).unwrap();
+    let entry = model.get(&(coll.to_owned(), key.to_vec()));
+    assert_eq!(
+        versions.lww_value(),
+        entry.and_then(Option::as_ref),
+        "get {coll} {key:?}"
+    );
+    // Local writes supersede each other: a written key holds exactly one version.
+    assert_eq!(versions.events().len(), usize::from(entry.is_some()));
+}
+
+fn check_random_scan(store: &Store, model: &Model, rng: &mut StdRng) {
+    let coll = MODEL_COLLECTIONS[rng.random_range(0..MODEL_COLLECTIONS.len())];
+    let mut range = ScanRange {
+        prefix: random_bytes(rng, 0, 2),
+        ..ScanRange::default()
+    };
+    if rng.random_bool(0.2) {
+        range.start = Some(random_bytes(rng, 0, 3));
+    }
+    if rng.random_bool(0.2) {
+        range.end = Some(random_bytes(rng, 0, 3));
+    }
+    if rng.random_bool(0.3) {
+        range.after = Some(random_bytes(rng, 1, 3));
+    }
+    let limit = rng.random_range(1..=6);
+    let want: Vec<(Vec<u8>, Value)> = model
+        .iter()
+        .filter(|((c, k), v)| {
+            c == coll
+                && v.is_some()
+                && k.starts_with(&range.prefix)
+                && range.start.as_ref().is_none_or(|s| k >= s)
+                && range.end.as_ref().is_none_or(|e| k < e)
+                && range.after.as_ref().is_none_or(|a| k > a)
+        })
+        .map(|((_, k), v)| (k.clone(), v.clone().unwrap()))
+        .collect();
+    let mut got: Vec<(Vec<u8>, Value)> = Vec::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages <= 1000, "scan does not finish: {coll} {range:?}");
+        let page = store.scan(coll, &range, limit).unwrap();
+        assert!(page.entries.len() <= limit);
+        for (k, v) in page.entries {
+            got.push((k, v.lww_value().expect("deleted key in scan").clone()));
+        }
+        match page.next {
+            Some(next) => {
+                assert!(
+                    range.after.as_ref().is_none_or(|a| next > *a),
+                    "cursor moves"
+                );
+                range.after = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(got, want, "scan {coll} limit {limit} {range:?}");
+}
+
+#[test]
+fn random_groups_match_a_model() {
+    let seed: u64 = match std::env::var("EDGEREP_STORE_SEED") {
+        Ok(s) => s.parse().expect("EDGEREP_STORE_SEED is a number"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    };
+    println!("model test seed: {seed} (rerun with EDGEREP_STORE_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (store, resume) = memory_store("model-node");
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    let mut model = Model::new();
+    let mut wall = 1_000_000u64;
+    let mut total = 0u64;
+    let mut last_hlc = Hlc::default();
+    for group in 0..400 {
+        let size = rng.random_range(1..=8);
+        let mut writes = Vec::new();
+        for _ in 0..size {
+            let coll = MODEL_COLLECTIONS[rng.random_range(0..MODEL_COLLECTIONS.len())];
+            let key = random_bytes(&mut rng, 1, 3);
+            writes.push(if rng.random_bool(0.7) {
+                put(coll, &key, val(rng.random_range(0..1000)))
+            } else {
+                del(coll, &key)
+            });
+        }
+        // The wall clock mostly advances, sometimes stalls or steps back.
+        wall = match rng.random_range(0..10) {
+            0 => wall.saturating_sub(rng.random_range(0..50)),
+            1 => wall,
+            _ => wall + rng.random_range(1..20),
+        };
+        let committed = store
+            .commit_local(writes.clone(), &mut clock, wall)
+            .unwrap();
+        assert_eq!(committed.len(), size);
+        for (c, w) in committed.iter().zip(&writes) {
+            total += 1;
+            assert_eq!((c.seq, c.position), (total, total));
+            assert!(c.hlc > last_hlc);
+            last_hlc = c.hlc;
+            model.insert((w.collection.clone(), w.key.clone()), w.value.clone());
+        }
+        for w in &writes {
+            check_get(&store, &model, &w.collection, &w.key);
+        }
+        for _ in 0..8 {
+            let coll = MODEL_COLLECTIONS[rng.random_range(0..MODEL_COLLECTIONS.len())];
+            let key = random_bytes(&mut rng, 1, 3);
+            check_get(&store, &model, coll, &key);
+        }
+        for _ in 0..4 {
+            check_random_scan(&store, &model, &mut rng);
+        }
+        let status = store.status().unwrap();
+        assert_eq!(status.state_entries, model.len() as u64, "group {group}");
+        assert_eq!(status.feed_last, total);
+        assert_eq!(status.hlc_last, last_hlc);
+        assert_eq!(
+            status.origins,
+            BTreeMap::from([("model-node".to_owned(), total)])
+        );
+    }
+    // Every key of the key space, every collection in full.
+    for coll in MODEL_COLLECTIONS {
+        for len in 1..=3u32 {
+            for mut i in 0..MODEL_ALPHABET.len().pow(len) {
+                let mut key = Vec::new();
+                for _ in 0..len {
+                    key.push(MODEL_ALPHABET[i % MODEL_ALPHABET.len()]);
+                    i /= MODEL_ALPHABET.len();
+                }
+                check_get(&store, &model, coll, &key);
+            }
+        }
+        let want: Vec<(Vec<u8>, Value)> = model
+            .iter()
+            .filter(|((c, _), v)| c == coll && v.is_some())
+            .map(|((_, k), v)| (k.clone(), v.clone().unwrap()))
+            .collect();
+        assert_eq!(full_scan(&store, coll, 1), want);
+        assert_eq!(full_scan(&store, coll, 1000), want);
+    }
+    assert_verified(&store);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Digest
+
+fn digest_after(path: &Path, id: &str, groups: &[(u64, Vec<LocalWrite>)]) -> Digest {
+    let (store, resume) = Store::open(path, &node(id), limits()).unwrap();
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    for (wall, writes) in groups {
+        store
+            .commit_local(writes.clone(), &mut clock, *wall)
+            .unwrap();
+    }
+    assert_verified(&store);
+    store.status().unwrap().digest
+}
+
+#[test]
+fn digest_depends_on_state_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name);
+    // An empty store has the empty digest.
+    let (empty, _) = memory_store("d");
+    assert_eq!(empty.status().unwrap().digest, Digest::default());
+    assert_eq!(empty.recompute_digest().unwrap(), Digest::default());
+    drop(empty);
+
+    let writes = vec![
+        (
+            10,
+            vec![
+                put("a", b"1", val(1)),
+                put("b", b"\x00", val(2)),
+                put("a", b"2", val(3)),
+            ],
+        ),
+        (10, vec![put("a", b"1", val(4)), del("b", b"\x00")]),
+        (20, vec![put("a", b"3", big_val(5, 3000))]),
+    ];
+    let d1 = digest_after(&file("one.redb"), "d", &writes);
+    let d2 = digest_after(&file("two.redb"), "d", &writes);
+    assert_eq!(d1, d2);
+    assert_ne!(d1, Digest::default());
+
+    // A different value, a different key, a missing delete, a different timestamp: all differ.
+    let mut other_value = writes.clone();
+    other_value[1].1[0] = put("a", b"1", val(40));
+    let mut other_key = writes.clone();
+    other_key[2].1[0] = put("a", b"4", big_val(5, 3000));
+    let mut no_delete = writes.clone();
+    no_delete[1].1.pop();
+    let mut other_time = writes.clone();
+    other_time[2].0 = 21;
+    let mut digests = vec![d1];
+    for (i, groups) in [other_value, other_key, no_delete, other_time]
+        .iter()
+        .enumerate()
+    {
+        digests.push(digest_after(&file(&format!("other{i}.redb")), "d", groups));
+    }
+    for i in 0..digests.len() {
+        for j in i + 1..digests.len() {
+            assert_ne!(digests[i], digests[j], "variants {i} and {j}");
+        }
+    }
+    // The digest persisted: reopening gives the same, and it still matches the state.
+    let (store, _) = Store::open(&file("one.redb"), &node("d"), limits()).unwrap();
+    assert_eq!(store.status().unwrap().digest, d1);
+    assert_eq!(store.recompute_digest().unwrap(), d1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wrong node
+
+#[test]
+fn reopening_with_another_node_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    {
+        let (store, resume) = Store::open(&path, &node("alpha"), limits()).unwrap();
+        let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+        store
+            .commit_local(vec![put("c", b"k", val(1))], &mut clock, 5)
+            .unwrap();
+    }
+    let err = Store::open(&path, &node("beta"), limits()).unwrap_err();
+    match &err {
+        StoreError::WrongNode {
+            path: p,
+            stored,
+            configured,
+        } => {
+            assert_eq!(stored, "alpha");
+            assert_eq!(configured, "beta");
+            assert_eq!(p, &path.display().to_string());
+        }
+        other => panic!("expected WrongNode, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("alpha") && message.contains("beta"),
+        "{message}"
+    );
+    // The refused open changed nothing: the owner still opens it, with its data.
+    let (store, resume) = Store::open(&path, &node("alpha"), limits()).unwrap();
+    assert_eq!(resume.feed_last, 1);
+    assert_eq!(store.get("c", b"k").unwrap().lww_value(), Some(&val(1)));
+    assert_verified(&store);
+    drop(store);
+
+    // The same through a backend: the name given stands for the storage in the message.
+    let backend = FaultyBackend::default();
+    drop(Store::open_with_backend(backend.clone(), "disk-0", &node("alpha"), limits()).unwrap());
+    let err =
+        Store::open_with_backend(backend.clone(), "disk-0", &node("gamma"), limits()).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::WrongNode { path, stored, configured }
+            if path == "disk-0" && stored == "alpha" && configured == "gamma"),
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Atomicity on a failing disk
+
+/// A disk image shared by a [`FaultyBackend`] and the test.
+#[derive(Debug, Default)]
+struct Disk {
+    /// The bytes as the running process sees them (every successful write applied).
+    live: Vec<u8>,
+    /// The bytes as of the last successful `sync_data`: what certainly survives a crash.
+    durable: Vec<u8>,
+    /// Mutating calls (`write`, `set_len`, `sync_data`) since the countdown was set.
+    calls: u64,
+    /// When set, that many mutating calls succeed and every later one fails.
+    fail_after: Option<u64>,
+}
+
+/// A storage backend on an in-memory [`Disk`] that can be told to start failing.
+#[derive(Debug, Clone, Default)]
+struct FaultyBackend(Arc<Mutex<Disk>>);
+
+impl FaultyBackend {
+    fn from_image(image: &[u8]) -> FaultyBackend {
+        FaultyBackend(Arc::new(Mutex::new(Disk {
+            live: image.to_vec(),
+            durable: image.to_vec(),
+            ..Disk::default()
+        })))
+    }
+
+    fn disk(&self) -> std::sync::MutexGuard<'_, Disk> {
+        self.0.lock().unwrap()
+    }
+
+    /// Starts counting mutating calls from zero; after `n` of them (if `Some`), all fail.
+    fn countdown(&self, n: Option<u64>) {
+        let mut d = self.disk();
+        d.calls = 0;
+        d.fail_after = n;
+    }
+
+    /// Counts one mutating call and says whether it fails.
+    fn mutate(d: &mut Disk) -> io::Result<()> {
+        d.calls += 1;
+        if d.fail_after.is_some_and(|n| d.calls > n) {
+            return Err(io::Error::other("injected disk failure"));
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for FaultyBackend {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.disk().live.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let d = self.disk();
+        let start = usize::try_from(offset).unwrap();
+        let bytes = d
+            .live
+            .get(start..start + out.len())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        out.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut d = self.disk();
+        FaultyBackend::mutate(&mut d)?;
+        d.live.resize(usize::try_from(len).unwrap(), 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut d = self.disk();
+        FaultyBackend::mutate(&mut d)?;
+        d.durable = d.live.clone();
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut d = self.disk();
+        FaultyBackend::mutate(&mut d)?;
+        let start = usize::try_from(offset).unwrap();
+        if d.live.len() < start + data.len() {
+            d.live.resize(start + data.len(), 0);
+        }
+        d.live[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+const CRASH_NODE: &str = "crash-node";
+
+/// Groups committed before the failing one: the first in an earlier session, the second in the
+/// same session as the failing commit.
+fn crash_baseline() -> Vec<LocalWrite> {
+    (0..40)
+        .map(|i| {
+            put(
+                if i % 2 == 0 { "c" } else { "d" },
+                &[b'k', i],
+                val(i.into()),
+            )
+        })
+        .collect()
+}
+
+fn crash_pre() -> Vec<LocalWrite> {
+    vec![
+        put("c", b"pre", val(-1)),
+        del("d", &[b'k', 1]),
+        put("c", &[b'k', 0], val(-2)),
+    ]
+}
+
+/// The group the disk fails under: overwrites, deletes and new keys in both collections; `big`
+/// makes it large enough to allocate new pages and grow the file.
+fn crash_group(big: bool) -> Vec<LocalWrite> {
+    let mut g = vec![
+        put("c", &[b'k', 2], val(100)),
+        del("c", &[b'k', 4]),
+        put("d", &[b'k', 3], val(101)),
+        put("d", b"new\x00key", val(102)),
+        del("d", b"never-written"),
+        put("c", b"pre", val(103)),
+    ];
+    if big {
+        for i in 0..300u16 {
+            let key = [b"big".as_slice(), &i.to_be_bytes()].concat();
+            g.push(put("d", &key, big_val(i.into(), 700)));
+        }
+    }
+    g
+}
+
+/// What a store holds, for comparing crash outcomes with the two allowed states.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    status: StoreStatus,
+    scans: Vec<Vec<(Vec<u8>, Value)>>,
+    changelog: Vec<Event>,
+    feed: Vec<(u64, Event)>,
+}
+
+fn outcome(store: &Store) -> Outcome {
+    Outcome {
+        status: store.status().unwrap(),
+        scans: ["c", "d"]
+            .iter()
+            .map(|c| full_scan(store, c, 1000))
+            .collect(),
+        changelog: store.changelog(CRASH_NODE, 0, usize::MAX).unwrap(),
+        feed: store.feed(0, usize::MAX).unwrap(),
+    }
+}
+
+const PRE_WALL: u64 = 5_000;
+const GROUP_WALL: u64 = 6_000;
+
+/// One session on `image`: opens, commits the pre group, arms the countdown, commits the test
+/// group, closes. Returns the commit's result, the number of mutating calls the commit made,
+/// and the backend (holding the live and durable images).
+fn crash_session(
+    image: &[u8],
+    big: bool,
+    countdown: Option<u64>,
+) -> (Result<Vec<Committed>, StoreError>, u64, FaultyBackend) {
+    let backend = FaultyBackend::from_image(image);
+    let (store, resume) =
+        Store::open_with_backend(backend.clone(), "faulty", &node(CRASH_NODE), limits()).unwrap();
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    store
+        .commit_local(crash_pre(), &mut clock, PRE_WALL)
+        .unwrap();
+    backend.countdown(countdown);
+    let result = store.commit_local(crash_group(big), &mut clock, GROUP_WALL);
+    let calls = backend.disk().calls;
+    // Closing may write too; with the disk failing, those writes fail and are lost.
+    drop(store);
+    (result, calls, backend)
+}
+
+/// Checks a store recovered from a crash image: consistent, holding the baseline and pre groups,
+/// and either all of the test group or none of it. Returns whether the group is there.
+fn check_recovered(
+    image: &[u8],
+    without: &Outcome,
+    with: &Outcome,
+    what: &str,
+) -> Result<bool, String> {
+    let (store, resume) =
+        store_from_image(image, CRASH_NODE).map_err(|e| format!("{what}: reopen failed: {e}"))?;
+    if store.verify().unwrap() != Ok(()) {
+        return Err(format!("{what}: verify: {:?}", store.verify().unwrap()));
+    }
+    let got = outcome(&store);
+    let present = if got == *with {
+        true
+    } else if got == *without {
+        false
+    } else {
+        return Err(format!(
+            "{what}: neither all nor none of the group: {:?} (without {:?}, with {:?})",
+            got.status, without.status, with.status
+        ));
+    };
+    assert_eq!(resume.feed_last, got.status.feed_last);
+    assert!(resume.hlc_last >= got.changelog.last().unwrap().hlc);
+    // The recovered store takes new writes, numbered after what it holds.
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    let next = store
+        .commit_local(vec![put("c", b"after-crash", val(7))], &mut clock, 1)
+        .map_err(|e| format!("{what}: commit after recovery: {e}"))?;
+    assert_eq!(next[0].seq, got.status.origins[CRASH_NODE] + 1);
+    assert_eq!(next[0].position, got.status.feed_last + 1);
+    assert!(next[0].hlc > resume.hlc_last);
+    assert_eq!(
+        store.verify().unwrap(),
+        Ok(()),
+        "{what}: verify after new commit"
+    );
+    Ok(present)
+}
+
+fn run_crash_series(big: bool, max_cases: u64) {
+    // Session 0: the baseline group, committed and closed cleanly.
+    let backend = FaultyBackend::default();
+    {
+        let (store, resume) =
+            Store::open_with_backend(backend.clone(), "faulty", &node(CRASH_NODE), limits())
+                .unwrap();
+        let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+        store
+            .commit_local(crash_baseline(), &mut clock, 1_000)
+            .unwrap();
+    }
+    let baseline = {
+        let d = backend.disk();
+        assert_eq!(d.live, d.durable, "a clean close leaves everything synced");
+        d.durable.clone()
+    };
+
+    // The two allowed outcomes, from sessions without failures (commits are deterministic given
+    // the same wall-clock inputs). "without" stops before the group.
+    let without = {
+        let backend = FaultyBackend::from_image(&baseline);
+        let (store, resume) =
+            Store::open_with_backend(backend, "faulty", &node(CRASH_NODE), limits()).unwrap();
+        let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+        store
+            .commit_local(crash_pre(), &mut clock, PRE_WALL)
+            .unwrap();
+        outcome(&store)
+    };
+    let (result, calls, clean) = crash_session(&baseline, big, None);
+    let group_len = crash_group(big).len() as u64;
+    assert_eq!(result.unwrap().len() as u64, group_len);
+    let with = {
+        let (store, _) = store_from_image(&clean.disk().durable, CRASH_NODE).unwrap();
+        outcome(&store)
+    };
+    assert_eq!(
+        with.status.origins[CRASH_NODE],
+        without.status.origins[CRASH_NODE] + group_len
+    );
+    assert_ne!(with.status.digest, without.status.digest);
+    assert!(calls > 0);
+
+    // Fail the disk after every possible number of calls (sampled evenly if there are many).
+    let step = (calls + 1).div_ceil(max_cases).max(1);
+    let mut counts = BTreeMap::<&str, u64>::new();
+    let mut failures = Vec::new();
+    let mut k = 0;
+    while k <= calls + 1 {
+        let (result, _, backend) = crash_session(&baseline, big, Some(k));
+        let (durable, live) = {
+            let d = backend.disk();
+            (d.durable.clone(), d.live.clone())
+        };
+        let what = format!("big={big} countdown={k}/{calls}");
+        match check_recovered(&durable, &without, &with, &format!("{what} durable image")) {
+            Ok(present) => {
+                if result.is_ok() && !present {
+                    failures.push(format!(
+                        "{what}: commit_local returned Ok but the group is not durable"
+                    ));
+                }
+                *counts
+                    .entry(match (result.is_ok(), present) {
+                        (true, _) => "ok",
+                        (false, true) => "error, group durable anyway",
+                        (false, false) => "error, group absent",
+                    })
+                    .or_default() += 1;
+            }
+            Err(e) => failures.push(e),
+        }
+        // The image with every successful unsynced write on disk too (a crash after the OS
+        // flushed them) must be consistent as well.
+        match check_recovered(&live, &without, &with, &format!("{what} live image")) {
+            Ok(present) => {
+                *counts
+                    .entry(if present {
+                        "live image: group present"
+                    } else {
+                        "live image: group absent"
+                    })
+                    .or_default() += 1;
+            }
+            Err(e) => failures.push(e),
+        }
+        k += step;
+    }
+    println!("big={big}: {calls} mutating calls per commit, outcomes {counts:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Failing before the first call leaves the group out; not failing at all commits it.
+    assert!(counts.get("error, group absent").is_some_and(|&n| n > 0));
+    assert!(counts.get("ok").is_some_and(|&n| n > 0));
+}
+
+#[test]
+fn a_group_commit_on_a_failing_disk_is_all_or_nothing() {
+    run_crash_series(false, 1000);
+}
+
+#[test]
+fn a_file_growing_group_commit_on_a_failing_disk_is_all_or_nothing() {
+    run_crash_series(true, 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrent verify
+
+#[test]
+fn verify_is_consistent_while_commits_run() {
+    let (store, resume) = memory_store("busy");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+            for i in 0..300u32 {
+                let writes = (0..3)
+                    .map(|j| put("c", &(i * 3 + j % 2).to_be_bytes(), val(i.into())))
+                    .collect();
+                store.commit_local(writes, &mut clock, 100).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut checks = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) || checks == 0 {
+            assert_eq!(store.verify().unwrap(), Ok(()), "after {checks} checks");
+            checks += 1;
+        }
+    });
+    assert_verified(&store);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dead letters
+
+#[test]
+fn dead_letters_are_kept_in_order_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let me = node("dl");
+    let records: Vec<Vec<u8>> = vec![
+        b"first".to_vec(),
+        Vec::new(),
+        vec![0, 1, 2, 255],
+        vec![7; 5000],
+    ];
+    {
+        let (store, _) = Store::open(&path, &me, limits()).unwrap();
+        assert_eq!(store.status().unwrap().dead_letters, 0);
+        assert!(store.dead_letters(0, 10).unwrap().is_empty());
+        let ids: Vec<u64> = records
+            .iter()
+            .map(|r| store.add_dead_letter(r).unwrap())
+            .collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        assert_eq!(store.status().unwrap().dead_letters, 4);
+        // Dead letters are not events: the feed and state stay empty.
+        assert_eq!(store.status().unwrap().feed_last, 0);
+        assert_eq!(store.status().unwrap().state_entries, 0);
+    }
+    let (store, _) = Store::open(&path, &me, limits()).unwrap();
+    let all = store.dead_letters(0, usize::MAX).unwrap();
+    let want: Vec<(u64, Vec<u8>)> = (1..).zip(records.iter().cloned()).collect();
+    assert_eq!(all, want);
+    assert_eq!(store.status().unwrap().dead_letters, 4);
+    for after in 0..=5u64 {
+        for limit in [0usize, 1, 2, 10] {
+            let got = store.dead_letters(after, limit).unwrap();
+            let expected: Vec<_> = want
+                .iter()
+                .filter(|(id, _)| *id > after)
+                .take(limit)
+                .cloned()
+                .collect();
+            assert_eq!(got, expected, "after {after} limit {limit}");
+        }
+    }
+    // Ids keep increasing after the restart.
+    assert_eq!(store.add_dead_letter(b"fifth").unwrap(), 5);
+    assert_eq!(
+        store.dead_letters(4, 10).unwrap(),
+        vec![(5, b"fifth".to_vec())]
+    );
+    assert_eq!(store.status().unwrap().dead_letters, 5);
+    assert_verified(&store);
+}
