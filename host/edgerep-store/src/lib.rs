@@ -78,6 +78,20 @@ pub enum StoreError {
         /// What failed.
         reason: String,
     },
+    /// A replay named a dead letter that is not (or no longer) in the table.
+    #[error("dead letter {0} does not exist (already replayed?)")]
+    NoSuchDeadLetter(u64),
+    /// An event from a peer skips sequence numbers of its origin: the store holds each origin's
+    /// events without gaps, so the earlier ones must be applied first.
+    #[error("event {origin}:{seq} arrived before {origin}:{expected}")]
+    Gap {
+        /// The event's origin.
+        origin: String,
+        /// The event's sequence number.
+        seq: u64,
+        /// The next sequence number the store expects from that origin.
+        expected: u64,
+    },
     /// The database was written by a newer edgerep with a table layout this one does not know.
     #[error("store format {found} is newer than this edgerep supports ({supported})")]
     UnsupportedFormat {
@@ -330,12 +344,32 @@ impl Store {
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, StoreError> {
-        if writes.is_empty() {
+        self.commit_local_replacing(writes, &[], clock, wall_ms)
+    }
+
+    /// [`Store::commit_local`], and in the same transaction removes the dead letters
+    /// `dead_letters` (a replay: the events that failed before are committed now, exactly once).
+    pub fn commit_local_replacing(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: &[u64],
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, StoreError> {
+        if writes.is_empty() && dead_letters.is_empty() {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_write()?;
         let mut out = Vec::with_capacity(writes.len());
         {
+            let mut dead = txn.open_table(DEAD_LETTERS)?;
+            for &id in dead_letters {
+                if dead.remove(id)?.is_none() {
+                    // Replayed already (or never existed): abort, so a replay happens once.
+                    return Err(StoreError::NoSuchDeadLetter(id));
+                }
+            }
+            drop(dead);
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut feed = txn.open_table(FEED)?;
@@ -417,12 +451,112 @@ impl Store {
                     first.position,
                     (self.node.as_str(), first.seq, out.len() as u64),
                 )?;
+                origins.insert(self.node.as_str(), seq)?;
+                meta.insert(META_FEED_LAST, &position.to_be_bytes()[..])?;
+                meta.insert(META_DIGEST, &digest.to_bytes()[..])?;
+                meta.insert(META_ENTRIES, &entries.to_be_bytes()[..])?;
+                meta.insert(META_HLC, &hlc_bytes(clock.last())[..])?;
             }
-            origins.insert(self.node.as_str(), seq)?;
-            meta.insert(META_FEED_LAST, &position.to_be_bytes()[..])?;
-            meta.insert(META_DIGEST, &digest.to_bytes()[..])?;
-            meta.insert(META_ENTRIES, &entries.to_be_bytes()[..])?;
-            meta.insert(META_HLC, &hlc_bytes(clock.last())[..])?;
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Applies events written at other nodes (received by replication) in one durable
+    /// transaction. Idempotent: an event already held changes nothing. Each origin's events must
+    /// come without gaps (sequence `n + 1` after `n`), else nothing is applied and the error says
+    /// which event is missing. Returns, per event, what it did to its key's versions
+    /// ([`Applied::Duplicate`] also for an event already in the changelog).
+    pub fn apply_events(&self, events: Vec<Event>) -> Result<Vec<Applied>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut out = Vec::with_capacity(events.len());
+        {
+            let mut state = txn.open_table(STATE)?;
+            let mut changelog = txn.open_table(CHANGELOG)?;
+            let mut feed = txn.open_table(FEED)?;
+            let mut origins = txn.open_table(ORIGINS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut position = match meta.get(META_FEED_LAST)? {
+                Some(g) => u64_from(g.value(), "meta")?,
+                None => 0,
+            };
+            let mut digest = match meta.get(META_DIGEST)? {
+                Some(g) => Digest::from_bytes(
+                    g.value()
+                        .try_into()
+                        .map_err(|_| corrupt("meta", "digest is not 32 bytes"))?,
+                ),
+                None => Digest::default(),
+            };
+            let mut entries = match meta.get(META_ENTRIES)? {
+                Some(g) => u64_from(g.value(), "meta")?,
+                None => 0,
+            };
+            // The feed run being built: (first position, origin, first seq, count).
+            let mut run: Option<(u64, String, u64, u64)> = None;
+            let mut bytes = Vec::with_capacity(256);
+            for event in events {
+                let lkey = log_key(event.origin.as_str(), event.seq);
+                if changelog.get(lkey.as_slice())?.is_some() {
+                    out.push(Applied::Duplicate);
+                    continue;
+                }
+                let held = origins.get(event.origin.as_str())?.map_or(0, |g| g.value());
+                if event.seq != held + 1 {
+                    return Err(StoreError::Gap {
+                        origin: event.origin.to_string(),
+                        seq: event.seq,
+                        expected: held + 1,
+                    });
+                }
+                bytes.clear();
+                event.encode_into(&mut bytes);
+                changelog.insert(lkey.as_slice(), bytes.as_slice())?;
+                origins.insert(event.origin.as_str(), event.seq)?;
+                position += 1;
+                run = match run {
+                    Some((start, origin, first, count))
+                        if origin == event.origin.as_str() && first + count == event.seq =>
+                    {
+                        Some((start, origin, first, count + 1))
+                    }
+                    other => {
+                        if let Some((start, origin, first, count)) = other {
+                            feed.insert(start, (origin.as_str(), first, count))?;
+                        }
+                        Some((position, event.origin.to_string(), event.seq, 1))
+                    }
+                };
+                let skey = state_key(&event.collection, &event.key);
+                let old = state.get(skey.as_slice())?;
+                let mut versions = match &old {
+                    Some(g) => Versions::decode(g.value(), &self.limits)
+                        .map_err(|e| corrupt("state", e))?,
+                    None => Versions::new(),
+                };
+                let old_hash = old
+                    .as_ref()
+                    .map(|g| Digest::of_entry(&event.collection, &event.key, g.value()));
+                drop(old);
+                let (collection, key) = (event.collection.clone(), event.key.clone());
+                let applied = versions.apply(event);
+                if applied == Applied::Added {
+                    match old_hash {
+                        Some(h) => digest.sub(h),
+                        None => entries += 1,
+                    }
+                    let new_bytes = versions.encode();
+                    digest.add(Digest::of_entry(&collection, &key, &new_bytes));
+                    state.insert(skey.as_slice(), new_bytes.as_slice())?;
+                }
+                out.push(applied);
+            }
+            if let Some((start, origin, first, count)) = run {
+                feed.insert(start, (origin.as_str(), first, count))?;
+                meta.insert(META_FEED_LAST, &position.to_be_bytes()[..])?;
+                meta.insert(META_DIGEST, &digest.to_bytes()[..])?;
+                meta.insert(META_ENTRIES, &entries.to_be_bytes()[..])?;
+            }
         }
         txn.commit()?;
         Ok(out)
