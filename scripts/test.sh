@@ -33,5 +33,12 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "plugins: build (wasm32 targets installed if missing) into target/plugins/rust"
+cargo xtask build-plugins
+cargo xtask check-plugins
+
+step "plugins: SDK and plugin crates (format, lints, native unit tests, vectors)"
+cargo xtask test-plugins
+
 step "tests"
 cargo test --workspace --locked

@@ -38,7 +38,8 @@ fn check_node(raw: &RawConfig) -> Result<(), Violation> {
 
 fn check_plugins(raw: &RawConfig) -> Result<(), Violation> {
     for (name, plugin) in &raw.plugins {
-        let at = |key: &'static str| vec![Seg::Key("plugins"), Seg::Name(name.clone()), Seg::Key(key)];
+        let at =
+            |key: &'static str| vec![Seg::Key("plugins"), Seg::Name(name.clone()), Seg::Key(key)];
         if let Err(e) = edgerep_wire::event::check_collection_name(name) {
             return Err((
                 vec![Seg::Key("plugins"), Seg::Name(name.clone())],

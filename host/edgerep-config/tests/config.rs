@@ -372,26 +372,68 @@ fn plugins_parse_with_defaults_and_resolved_paths() {
     assert_eq!(redact.memory_bytes, 16 * 1024 * 1024);
     assert_eq!(redact.deadline_ms, 1000);
     assert_eq!(redact.on_failure, edgerep_config::FailurePolicy::Halt);
-    assert_eq!(redact.params.get("remove").map(String::as_str), Some("card"));
+    assert_eq!(
+        redact.params.get("remove").map(String::as_str),
+        Some("card")
+    );
     let counter = c.plugin("counter").unwrap();
     assert_eq!(counter.path, Path::new("/abs/counter.wasm"));
     assert_eq!(counter.fuel, 500);
-    assert_eq!(counter.on_failure, edgerep_config::FailurePolicy::DeadLetter);
+    assert_eq!(
+        counter.on_failure,
+        edgerep_config::FailurePolicy::DeadLetter
+    );
     assert_eq!(c.collection("orders").unwrap().resolver, "counter");
 }
 
 #[test]
 fn plugin_mistakes_name_their_key() {
     let cases = [
-        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"abc\"\n"), "plugins.p.sha256", "64 hex digits"),
-        ("[plugins.p]\npath = \"p.wasm\"\n".to_owned(), "plugins.p.sha256", "missing"),
-        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nfuel = 0\n"), "plugins.p.fuel", "greater than 0"),
-        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nmemory_bytes = 100\n"), "plugins.p.memory_bytes", "65536"),
-        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\ndeadline_ms = 0\n"), "plugins.p.deadline_ms", "greater than 0"),
-        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\non_failure = \"retry\"\n"), "plugins.p.on_failure", "retry"),
-        (format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nfules = 3\n"), "plugins.p.fules", "expected one of"),
-        (format!("[plugins.\"bad name\"]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\n"), "plugins.bad name", "invalid plugin name"),
-        (format!("[plugins.p]\npath = \"\"\nsha256 = \"{SHA}\"\n"), "plugins.p.path", ".wasm"),
+        (
+            "[plugins.p]\npath = \"p.wasm\"\nsha256 = \"abc\"\n".to_owned(),
+            "plugins.p.sha256",
+            "64 hex digits",
+        ),
+        (
+            "[plugins.p]\npath = \"p.wasm\"\n".to_owned(),
+            "plugins.p.sha256",
+            "missing",
+        ),
+        (
+            format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nfuel = 0\n"),
+            "plugins.p.fuel",
+            "greater than 0",
+        ),
+        (
+            format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nmemory_bytes = 100\n"),
+            "plugins.p.memory_bytes",
+            "65536",
+        ),
+        (
+            format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\ndeadline_ms = 0\n"),
+            "plugins.p.deadline_ms",
+            "greater than 0",
+        ),
+        (
+            format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\non_failure = \"retry\"\n"),
+            "plugins.p.on_failure",
+            "retry",
+        ),
+        (
+            format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nfules = 3\n"),
+            "plugins.p.fules",
+            "expected one of",
+        ),
+        (
+            format!("[plugins.\"bad name\"]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\n"),
+            "plugins.bad name",
+            "invalid plugin name",
+        ),
+        (
+            format!("[plugins.p]\npath = \"\"\nsha256 = \"{SHA}\"\n"),
+            "plugins.p.path",
+            ".wasm",
+        ),
     ];
     for (extra, key, needle) in cases {
         let err = expect_error(&with(&extra), key);
@@ -576,7 +618,10 @@ fn starter_config_parses() {
 /// `key = ...` with a snake_case key.
 fn is_assignment(line: &str) -> bool {
     line.split_once(" = ").is_some_and(|(key, _)| {
-        !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     })
 }
 

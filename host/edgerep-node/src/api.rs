@@ -9,7 +9,10 @@
 //! | `GET /v1/scan/{collection}?prefix=&start=&end=&after=&limit=` | one page of live keys, with the cursor of the next (`next`, or `next_base64` for a key that is not UTF-8; each bound also as `*_base64`) |
 //! | `GET /v1/watch?after=N&collection=&follow=&limit=` | the changes after feed position N, one JSON object a line, resumable |
 //! | `GET /v1/changelog/{origin}?after=N&limit=` | the events of one origin after sequence N |
-//! | `GET /v1/status?verify=true` | node status, state digest; `verify` rechecks the store |
+//! | `GET /v1/status?verify=true` | node status, state digest, plugin metrics; `verify` rechecks the store |
+//! | `GET /v1/dead-letters?after=&limit=` | events plugins failed on, with the reason |
+//! | `GET /v1/dead-letters/{id}` | one dead letter in full |
+//! | `POST /v1/dead-letters/{id}/replay` | run it through the current plugins again; on success it is committed and removed, in one transaction |
 //!
 //! Keys are path segments, percent-decoded to bytes, so any byte string can be a key.
 //! Writes are answered only after they are durable. Every refusal is a 4xx with
@@ -35,6 +38,7 @@ use serde_json::{Value as Json, json};
 use tokio::sync::watch;
 
 use crate::committer::{CommitError, Committer};
+use crate::ingest;
 use crate::request::{self, Format};
 
 /// Everything the handlers share.
@@ -46,6 +50,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The group committer.
     pub committer: Committer,
+    /// The plugins and their wiring to collections.
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
     /// Last feed position, updated after each commit.
     pub feed: watch::Receiver<u64>,
     /// Turns true when the node shuts down (ends watch streams).
@@ -64,43 +70,54 @@ pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// More fields for the answer's JSON object (e.g. which plugin failed).
+    detail: Option<Json>,
 }
 
 impl ApiError {
-    pub(crate) fn bad_request(kind: &'static str, message: String) -> ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: String) -> ApiError {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status,
             kind,
             message,
+            detail: None,
         }
+    }
+    /// The message, for callers that fold it into another error.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+    /// 422: a plugin failed on the write (the detail says which, how, and where it was kept).
+    pub(crate) fn plugin_failed(message: String, detail: Json) -> ApiError {
+        ApiError {
+            detail: Some(detail),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed", message)
+        }
+    }
+    /// 503: writes to the collection are stopped by a plugin's halt policy.
+    pub(crate) fn halted(collection: &str, reason: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "collection_halted",
+            format!(
+                "writes to collection {collection:?} are stopped: {reason}; fix the plugin or its policy and restart the node"
+            ),
+        )
+    }
+    pub(crate) fn bad_request(kind: &'static str, message: String) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, kind, message)
     }
     pub(crate) fn too_large(kind: &'static str, message: String) -> ApiError {
-        ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            kind,
-            message,
-        }
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, kind, message)
     }
     pub(crate) fn forbidden(kind: &'static str, message: String) -> ApiError {
-        ApiError {
-            status: StatusCode::FORBIDDEN,
-            kind,
-            message,
-        }
+        ApiError::new(StatusCode::FORBIDDEN, kind, message)
     }
     fn not_found(kind: &'static str, message: String) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            kind,
-            message,
-        }
+        ApiError::new(StatusCode::NOT_FOUND, kind, message)
     }
-    fn internal(message: String) -> ApiError {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "internal",
-            message,
-        }
+    pub(crate) fn internal(message: String) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
     /// Prefixes the message with where in the request the problem is.
     pub(crate) fn at(mut self, at: &str) -> ApiError {
@@ -111,22 +128,27 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(json!({"error": self.message, "kind": self.kind})),
-        )
-            .into_response()
+        let mut body = json!({"error": self.message, "kind": self.kind});
+        if let Some(Json::Object(extra)) = self.detail {
+            for (k, v) in extra {
+                body[k] = v;
+            }
+        }
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
 impl From<CommitError> for ApiError {
     fn from(e: CommitError) -> ApiError {
         match e {
-            CommitError::Closed => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "shutting_down",
-                message: e.to_string(),
-            },
+            CommitError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ),
+            CommitError::DeadLetterGone(_) => {
+                ApiError::new(StatusCode::CONFLICT, "dead_letter_gone", e.to_string())
+            }
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -150,6 +172,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/scan/{collection}", get(scan))
         .route("/v1/watch", get(watch_feed))
         .route("/v1/changelog/{origin}", get(changelog))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/{id}", get(dead_letter))
+        .route("/v1/dead-letters/{id}/replay", post(replay_dead_letter))
         .fallback(|uri: Uri| async move {
             ApiError::not_found("no_such_route", format!("no such endpoint: {}", uri.path()))
         })
@@ -183,13 +208,13 @@ fn request_format(headers: &HeaderMap) -> Result<Format, ApiError> {
     match ct.as_str() {
         "application/json" | "" => Ok(Format::Json),
         "application/cbor" => Ok(Format::Cbor),
-        other => Err(ApiError {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            kind: "unsupported_media_type",
-            message: format!(
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
                 "content-type {other:?} is not supported: use application/json or application/cbor"
             ),
-        }),
+        )),
     }
 }
 
@@ -293,8 +318,28 @@ async fn put_key(
         schema: 0,
         meta: Default::default(),
     };
-    let committed = app.committer.commit(vec![write]).await?;
-    Ok(axum::Json(committed_json(&committed[0])).into_response())
+    write_one(&app, write).await
+}
+
+/// Runs one write through ingest and commits it. The answer is `{"seq", "hlc", "position"}`
+/// when it became one event (the usual case), else `{"committed": [...]}` (a transform dropped
+/// or split it).
+async fn write_one(app: &Arc<AppState>, write: LocalWrite) -> Result<Response, ApiError> {
+    let outcome = ingest::run_blocking(app, vec![write], true).await?;
+    if let Some(failed) = outcome.failed.first() {
+        return Err(failed.to_error());
+    }
+    let (indexes, writes): (Vec<usize>, Vec<LocalWrite>) = outcome.accepted.into_iter().unzip();
+    let committed = app.committer.commit(writes).await?;
+    if committed.len() == 1 {
+        return Ok(axum::Json(committed_json(&committed[0])).into_response());
+    }
+    let list: Vec<Json> = indexes
+        .iter()
+        .zip(&committed)
+        .map(|(i, c)| json!({"write": i, "seq": c.seq, "hlc": c.hlc.to_string(), "position": c.position}))
+        .collect();
+    Ok(axum::Json(json!({"committed": list})).into_response())
 }
 
 async fn delete_key(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
@@ -308,8 +353,7 @@ async fn delete_key(State(app): Shared, uri: Uri) -> Result<Response, ApiError> 
         schema: 0,
         meta: Default::default(),
     };
-    let committed = app.committer.commit(vec![write]).await?;
-    Ok(axum::Json(committed_json(&committed[0])).into_response())
+    write_one(&app, write).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,9 +373,15 @@ async fn get_key(
     let (collection, key) = collection_and_key(&uri)?;
     request::check_collection(&app.config, &collection)?;
     request::check_key(&app.config, &key)?;
-    let store = app.store.clone();
+    let app2 = app.clone();
     let (c2, k2) = (collection.clone(), key.clone());
-    let versions = blocking(move || store.get(&c2, &k2)).await?;
+    // Reading and resolving (which may call a resolver plugin) happen off the async threads.
+    let (versions, resolved) = blocking(move || {
+        let versions = app2.store.get(&c2, &k2)?;
+        let resolved = app2.pipeline.resolve(&c2, &k2, &versions);
+        Ok((versions, resolved))
+    })
+    .await?;
     if q.versions {
         let list: Vec<Json> = versions
             .events()
@@ -340,7 +390,7 @@ async fn get_key(
             .collect();
         return Ok(axum::Json(json!({"collection": collection, "versions": list})).into_response());
     }
-    let Some(winner) = versions.lww_winner().filter(|e| e.op == Op::Put) else {
+    let Some(value) = &resolved.value else {
         return Err(ApiError::not_found(
             "key_not_found",
             format!(
@@ -349,7 +399,6 @@ async fn get_key(
             ),
         ));
     };
-    let value = winner.value.as_ref().expect("a put has a value");
     let mut resp = if wants_cbor(&headers) {
         let mut r = Response::new(Body::from(value.as_bytes().to_vec()));
         r.headers_mut().insert(
@@ -366,10 +415,13 @@ async fn get_key(
             h.insert(name, v);
         }
     };
-    put(h, "x-edgerep-origin", winner.origin.to_string());
-    put(h, "x-edgerep-seq", winner.seq.to_string());
-    put(h, "x-edgerep-hlc", winner.hlc.to_string());
+    if let Some(winner) = resolved.winner.map(|i| &versions.events()[i]) {
+        put(h, "x-edgerep-origin", winner.origin.to_string());
+        put(h, "x-edgerep-seq", winner.seq.to_string());
+        put(h, "x-edgerep-hlc", winner.hlc.to_string());
+    }
     put(h, "x-edgerep-versions", versions.events().len().to_string());
+    put(h, "x-edgerep-resolved-by", resolved.by);
     Ok(resp)
 }
 
@@ -381,28 +433,33 @@ async fn batch(
     let format = request_format(&headers)?;
     let body = body_bytes(body, app.config.limits.max_request_bytes)?;
     let app2 = app.clone();
-    // Parsing a large batch is CPU work: keep it off the async threads.
-    let writes = tokio::task::spawn_blocking(move || {
-        request::parse_batch(
+    // Parsing a large batch and running transforms is CPU work: keep it off the async threads.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let writes = request::parse_batch(
             &body,
             format,
             &app2.config,
             &crate::value_limits(&app2.config),
-        )
+        )?;
+        ingest::run(&app2, writes, true)
     })
     .await
     .map_err(|e| ApiError::internal(format!("parse task failed: {e}")))??;
+    let failed = outcome.failed;
+    let (indexes, writes): (Vec<usize>, Vec<LocalWrite>) = outcome.accepted.into_iter().unzip();
     let committed = app.committer.commit(writes).await?;
     if wants_cbor(&headers) {
-        // Compact answer for high-rate clients: [first position, last position, count].
+        // Compact answer for high-rate clients:
+        // [first position, last position, events committed, writes refused by plugins].
         let first = committed.first().map_or(0, |c| c.position);
         let last = committed.last().map_or(0, |c| c.position);
         let mut buf = Vec::new();
         let _ = minicbor::Encoder::new(&mut buf)
-            .array(3)
+            .array(4)
             .and_then(|e| e.u64(first))
             .and_then(|e| e.u64(last))
-            .and_then(|e| e.u64(committed.len() as u64));
+            .and_then(|e| e.u64(committed.len() as u64))
+            .and_then(|e| e.u64(failed.len() as u64));
         let mut r = Response::new(Body::from(buf));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -410,8 +467,13 @@ async fn batch(
         );
         return Ok(r);
     }
-    let list: Vec<Json> = committed.iter().map(committed_json).collect();
-    Ok(axum::Json(json!({"committed": list})).into_response())
+    let list: Vec<Json> = indexes
+        .iter()
+        .zip(&committed)
+        .map(|(i, c)| json!({"write": i, "seq": c.seq, "hlc": c.hlc.to_string(), "position": c.position}))
+        .collect();
+    let rejected: Vec<Json> = failed.iter().map(ingest::Failed::to_json).collect();
+    Ok(axum::Json(json!({"committed": list, "rejected": rejected})).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -480,17 +542,23 @@ async fn scan(
         end: key_param("end", q.end, q.end_base64)?,
         after: key_param("after", q.after, q.after_base64)?,
     };
-    let store = app.store.clone();
+    let app2 = app.clone();
     let c2 = collection.clone();
-    let page = blocking(move || store.scan(&c2, &range, limit)).await?;
-    let items: Vec<Json> = page
-        .entries
-        .iter()
-        .map(|(key, versions)| scan_item(key, versions))
-        .collect();
+    let (items, next) = blocking(move || {
+        let page = app2.store.scan(&c2, &range, limit)?;
+        let items: Vec<Json> = page
+            .entries
+            .iter()
+            .map(|(key, versions)| {
+                scan_item(key, versions, &app2.pipeline.resolve(&c2, key, versions))
+            })
+            .collect();
+        Ok((items, page.next))
+    })
+    .await?;
     // The cursor for the next page: `next` as text, or `next_base64` when the key is not UTF-8.
     let mut body = json!({"collection": collection, "items": items, "next": null});
-    if let Some(next) = page.next {
+    if let Some(next) = next {
         match String::from_utf8(next) {
             Ok(text) => body["next"] = json!(text),
             Err(e) => {
@@ -502,15 +570,16 @@ async fn scan(
     Ok(axum::Json(body).into_response())
 }
 
-fn scan_item(key: &[u8], versions: &Versions) -> Json {
+fn scan_item(key: &[u8], versions: &Versions, resolved: &crate::pipeline::Resolved) -> Json {
     let mut o = serde_json::Map::new();
     key_json(&mut o, key);
     o.insert(
         "value".into(),
-        versions.lww_value().map_or(Json::Null, |v| v.to_json()),
+        resolved.value.as_ref().map_or(Json::Null, |v| v.to_json()),
     );
     if versions.events().len() > 1 {
         o.insert("versions".into(), versions.events().len().into());
+        o.insert("resolved_by".into(), resolved.by.clone().into());
     }
     Json::Object(o)
 }
@@ -673,6 +742,11 @@ async fn status(
         "hlc_last": s.hlc_last.to_string(),
         "dead_letters": s.dead_letters,
     });
+    if let Json::Object(extra) = app.pipeline.status_json() {
+        for (k, v) in extra {
+            body[k] = v;
+        }
+    }
     if let Some(v) = verified {
         body["verified"] = json!(v.is_ok());
         if let Err(problem) = v {
@@ -680,4 +754,78 @@ async fn status(
         }
     }
     Ok(axum::Json(body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLettersQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+fn read_dead_letter(id: u64, bytes: &[u8]) -> Result<crate::dead_letter::DeadLetter, ApiError> {
+    crate::dead_letter::DeadLetter::decode(bytes)
+        .map_err(|e| ApiError::internal(format!("dead letter {id}: {e}")))
+}
+
+async fn dead_letters(
+    State(app): Shared,
+    query: Result<Query<DeadLettersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, SCAN_LIMIT_MAX);
+    let store = app.store.clone();
+    let rows = blocking(move || store.dead_letters(q.after, limit)).await?;
+    let mut list = Vec::with_capacity(rows.len());
+    for (id, bytes) in &rows {
+        list.push(read_dead_letter(*id, bytes)?.to_json(*id, false));
+    }
+    Ok(axum::Json(json!({"dead_letters": list})).into_response())
+}
+
+fn dead_letter_id(uri: &Uri) -> Result<u64, ApiError> {
+    let rest = uri.path().strip_prefix("/v1/dead-letters/").unwrap_or("");
+    let id = rest.split('/').next().unwrap_or("");
+    id.parse().map_err(|_| {
+        ApiError::bad_request("bad_id", format!("dead letter id {id:?} is not a number"))
+    })
+}
+
+async fn find_dead_letter(
+    app: &Arc<AppState>,
+    id: u64,
+) -> Result<crate::dead_letter::DeadLetter, ApiError> {
+    let store = app.store.clone();
+    let rows = blocking(move || store.dead_letters(id - 1, 1)).await?;
+    match rows.first() {
+        Some((found, bytes)) if *found == id => read_dead_letter(id, bytes),
+        _ => Err(ApiError::not_found(
+            "dead_letter_not_found",
+            format!("no dead letter {id}"),
+        )),
+    }
+}
+
+async fn dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
+    let id = dead_letter_id(&uri)?.max(1);
+    let d = find_dead_letter(&app, id).await?;
+    Ok(axum::Json(d.to_json(id, true)).into_response())
+}
+
+/// Re-runs a dead letter's write through the collection's current transforms. If they accept
+/// it, its changes are committed and the dead letter removed in the same transaction (so a
+/// replay commits at most once); if a plugin fails again, nothing changes and the answer says why.
+async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
+    let id = dead_letter_id(&uri)?.max(1);
+    let d = find_dead_letter(&app, id).await?;
+    request::check_collection(&app.config, &d.write.collection)?;
+    let outcome = ingest::run_blocking(&app, vec![d.write], false).await?;
+    if let Some(failed) = outcome.failed.first() {
+        return Err(failed.to_error());
+    }
+    let writes: Vec<LocalWrite> = outcome.accepted.into_iter().map(|(_, w)| w).collect();
+    let committed = app.committer.commit_replacing(writes, vec![id]).await?;
+    let list: Vec<Json> = committed.iter().map(committed_json).collect();
+    Ok(axum::Json(json!({"replayed": id, "committed": list})).into_response())
 }

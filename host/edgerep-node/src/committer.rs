@@ -19,6 +19,9 @@ const QUEUE_REQUESTS: usize = 4096;
 
 struct Pending {
     writes: Vec<LocalWrite>,
+    /// Dead letters this commit replays (removed in the same transaction). A replay is
+    /// committed in a group of its own: if its dead letter is gone, only the replay fails.
+    dead_letters: Vec<u64>,
     reply: oneshot::Sender<Result<Vec<Committed>, CommitError>>,
 }
 
@@ -32,6 +35,9 @@ pub enum CommitError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     Closed,
+    /// A replay named a dead letter that another replay already committed.
+    #[error("dead letter {0} was already replayed")]
+    DeadLetterGone(u64),
 }
 
 /// Handle to the committer thread.
@@ -63,11 +69,18 @@ impl Committer {
                 let mut group: Vec<Pending> = Vec::new();
                 let mut writes: Vec<LocalWrite> = Vec::new();
                 let mut counts: Vec<usize> = Vec::new();
-                while let Some(first) = rx.blocking_recv() {
+                let mut held: Option<Pending> = None;
+                while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
+                    let replay = first.dead_letters.clone();
+                    let alone = !replay.is_empty();
                     group.push(first);
                     let mut events: usize = group[0].writes.len();
-                    while events < max_events {
+                    while !alone && events < max_events {
                         match rx.try_recv() {
+                            Ok(p) if !p.dead_letters.is_empty() => {
+                                held = Some(p);
+                                break;
+                            }
                             Ok(p) => {
                                 events += p.writes.len();
                                 group.push(p);
@@ -82,7 +95,12 @@ impl Committer {
                         writes.append(&mut p.writes);
                     }
                     let total = writes.len();
-                    match store.commit_local(std::mem::take(&mut writes), &mut clock, wall_ms()) {
+                    match store.commit_local_replacing(
+                        std::mem::take(&mut writes),
+                        &replay,
+                        &mut clock,
+                        wall_ms(),
+                    ) {
                         Ok(committed) => {
                             if let Some(last) = committed.last() {
                                 feed.send_replace(last.position);
@@ -98,7 +116,13 @@ impl Committer {
                         Err(e) => {
                             tracing::error!(error = %e, events = total, "group commit failed");
                             for p in group.drain(..) {
-                                let _ = p.reply.send(Err(CommitError::Store(e.to_string())));
+                                let err = match &e {
+                                    edgerep_store::StoreError::NoSuchDeadLetter(id) => {
+                                        CommitError::DeadLetterGone(*id)
+                                    }
+                                    other => CommitError::Store(other.to_string()),
+                                };
+                                let _ = p.reply.send(Err(err));
                             }
                         }
                     }
@@ -110,9 +134,22 @@ impl Committer {
 
     /// Commits `writes` as one unit and returns where each landed, once durable.
     pub async fn commit(&self, writes: Vec<LocalWrite>) -> Result<Vec<Committed>, CommitError> {
+        self.commit_replacing(writes, Vec::new()).await
+    }
+
+    /// Commits `writes` and removes the dead letters they replay, in one transaction.
+    pub async fn commit_replacing(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: Vec<u64>,
+    ) -> Result<Vec<Committed>, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending { writes, reply })
+            .send(Pending {
+                writes,
+                dead_letters,
+                reply,
+            })
             .await
             .map_err(|_| CommitError::Closed)?;
         answer.await.map_err(|_| CommitError::Closed)?

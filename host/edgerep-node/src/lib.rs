@@ -6,6 +6,9 @@
 
 pub mod api;
 pub mod committer;
+pub mod dead_letter;
+mod ingest;
+pub mod pipeline;
 mod request;
 
 use std::net::SocketAddr;
@@ -48,6 +51,9 @@ pub enum NodeError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// A plugin could not be loaded or does not fit how the config uses it.
+    #[error("plugin: {0}")]
+    Plugin(String),
     /// The HTTP server failed.
     #[error("api server failed: {0}")]
     Serve(std::io::Error),
@@ -111,6 +117,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         path: data_dir.display().to_string(),
         source,
     })?;
+    // Plugins first: a bad plugin refuses to start before anything else is opened.
+    let pipeline = Arc::new(pipeline::Pipeline::load(&config)?);
     let db_path = data_dir.join("edgerep.redb");
     let (store, resume) =
         Store::open(&db_path, &config.node.id, event_limits(&config)).map_err(|source| {
@@ -137,6 +145,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         config: Arc::new(config),
         store,
         committer,
+        pipeline,
         feed: feed_rx,
         shutdown: shutdown_rx.clone(),
         api_addr,

@@ -907,11 +907,16 @@ fn values_keys_deletes_and_batches_round_trip() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/cbor"));
     let mut d = minicbor::Decoder::new(&r.body);
-    assert_eq!(d.array().unwrap(), Some(3));
-    let (first, last, count) = (d.u64().unwrap(), d.u64().unwrap(), d.u64().unwrap());
+    assert_eq!(d.array().unwrap(), Some(4));
+    let (first, last, count, refused) = (
+        d.u64().unwrap(),
+        d.u64().unwrap(),
+        d.u64().unwrap(),
+        d.u64().unwrap(),
+    );
     assert_eq!(
-        (first, last, count),
-        (before.feed_last + 4, before.feed_last + 5, 2)
+        (first, last, count, refused),
+        (before.feed_last + 4, before.feed_last + 5, 2, 0)
     );
     assert_eq!(node.value("/v1/kv/items/cb2"), json!(20));
     assert_eq!(node.value("/v1/kv/items/cb3"), json!(21));

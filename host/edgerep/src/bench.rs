@@ -143,7 +143,13 @@ fn store_only(
 }
 
 /// A CBOR batch body of `n` puts with keys unique to (client, counter).
-fn batch_body(value: &[u8], client: usize, counter: &mut u64, n: usize) -> Vec<u8> {
+fn batch_body(
+    collection: &str,
+    value: &[u8],
+    client: usize,
+    counter: &mut u64,
+    n: usize,
+) -> Vec<u8> {
     let mut buf = Vec::with_capacity(n * (value.len() + 48));
     let mut e = Encoder::new(&mut buf);
     let _ = e
@@ -157,7 +163,7 @@ fn batch_body(value: &[u8], client: usize, counter: &mut u64, n: usize) -> Vec<u
         let _ = e
             .map(3)
             .and_then(|e| e.str("collection"))
-            .and_then(|e| e.str("bench"))
+            .and_then(|e| e.str(collection))
             .and_then(|e| e.str("key"))
             .and_then(|e| e.str(&key))
             .and_then(|e| e.str("value"));
@@ -185,6 +191,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn api_cell(
     client: &Client,
+    collection: &str,
     value: &[u8],
     batch: usize,
     clients: usize,
@@ -195,17 +202,33 @@ fn api_cell(
     let events = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for id in 0..clients {
-        let (client, stop, events, value) =
-            (client.clone(), stop.clone(), events.clone(), value.to_vec());
+        let (client, stop, events, value, collection) = (
+            client.clone(),
+            stop.clone(),
+            events.clone(),
+            value.to_vec(),
+            collection.to_owned(),
+        );
         handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
             let mut counter = 0u64;
             let mut lat = Vec::new();
             let tag = round * 1000 + id;
             while !stop.load(Ordering::Relaxed) {
-                let body = batch_body(&value, tag, &mut counter, batch);
+                let body = batch_body(&collection, &value, tag, &mut counter, batch);
                 let t = Instant::now();
                 match client.batch(&body, true) {
-                    Outcome::Ok(_) => {}
+                    // [first position, last position, committed, refused]: all must be stored.
+                    Outcome::Ok(answer) => {
+                        let mut d = minicbor::Decoder::new(&answer);
+                        let ok = d.array().ok() == Some(Some(4))
+                            && d.u64().is_ok()
+                            && d.u64().is_ok()
+                            && d.u64().ok() == Some(batch as u64)
+                            && d.u64().ok() == Some(0);
+                        if !ok {
+                            bail!("benchmark batch not fully committed: {answer:?}");
+                        }
+                    }
                     other => bail!("benchmark write failed: {other:?}"),
                 }
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
@@ -289,6 +312,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
     {
         let cell = api_cell(
             &client,
+            "bench",
             value.as_bytes(),
             batch,
             clients,
@@ -371,6 +395,214 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "single_event_p99_ms": single.map(|s| s.p99_ms),
         "cells": cells.iter().map(|c| json!({"batch": c.batch, "clients": c.clients, "events_per_s": c.eps.round(), "p50_ms": c.p50_ms, "p99_ms": c.p99_ms})).collect::<Vec<_>>(),
         "ratio": (best.eps / raw * 1000.0).round() / 1000.0,
+    });
+    println!("{summary}");
+    Ok(0)
+}
+
+/// Arguments of `edgerep bench plugin`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PluginArgs {
+    /// Folder with the built plugins (`passthrough.wasm`, `redact.wasm`).
+    #[arg(long, default_value = "target/plugins/rust")]
+    plugins: std::path::PathBuf,
+    /// Calls per plugin for the per-event cost.
+    #[arg(long, default_value_t = 20_000)]
+    calls: usize,
+    /// Seconds each ingest measurement runs.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Events per API request in the ingest measurement.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent clients in the ingest measurement.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+}
+
+struct PluginCost {
+    name: &'static str,
+    ns_per_event: f64,
+    fuel_per_event: f64,
+    fresh_ns_per_event: f64,
+}
+
+/// Per-event cost of one plugin called directly: with a reused instance (as at ingest) and with a
+/// fresh instance per call (as for resolvers).
+fn plugin_cost(
+    dir: &std::path::Path,
+    name: &'static str,
+    params: &[(&str, &str)],
+    event: &Event,
+    calls: usize,
+) -> anyhow::Result<PluginCost> {
+    let path = dir.join(format!("{name}.wasm"));
+    let wasm = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading {} (build it with `cargo xtask build-plugins`)",
+            path.display()
+        )
+    })?;
+    let runtime = edgerep_plugin::Runtime::new(None)?;
+    let plugin = runtime.load(edgerep_plugin::PluginSource {
+        name: name.into(),
+        path,
+        wasm,
+        expected_sha256: None,
+        limits: edgerep_plugin::Limits {
+            fuel: 10_000_000,
+            memory_bytes: 16 << 20,
+            deadline: Duration::from_secs(1),
+        },
+        params: params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    })?;
+    // Warm up the instance pool.
+    for _ in 0..100 {
+        plugin
+            .transform(event, false)
+            .map_err(|f| anyhow::anyhow!("{name}: {f}"))?;
+    }
+    let before = plugin.metrics();
+    let t = Instant::now();
+    for _ in 0..calls {
+        plugin
+            .transform(event, false)
+            .map_err(|f| anyhow::anyhow!("{name}: {f}"))?;
+    }
+    let ns = t.elapsed().as_nanos() as f64 / calls as f64;
+    let after = plugin.metrics();
+    let fuel = (after.fuel_total - before.fuel_total) as f64 / calls as f64;
+    let fresh_calls = (calls / 10).max(100);
+    let t = Instant::now();
+    for _ in 0..fresh_calls {
+        plugin
+            .transform(event, true)
+            .map_err(|f| anyhow::anyhow!("{name}: {f}"))?;
+    }
+    let fresh = t.elapsed().as_nanos() as f64 / fresh_calls as f64;
+    Ok(PluginCost {
+        name,
+        ns_per_event: ns,
+        fuel_per_event: fuel,
+        fresh_ns_per_event: fresh,
+    })
+}
+
+pub(crate) fn plugin(args: PluginArgs) -> anyhow::Result<u8> {
+    let (value, event_len) = sample_value(200)?;
+    let event = Event {
+        format: FORMAT_VERSION,
+        collection: "bench".into(),
+        key: b"k-0-000000001".to_vec(),
+        op: Op::Put,
+        value: Some(value.clone()),
+        hlc: Hlc::new(1_790_000_000_000, 0),
+        origin: NodeId::parse("bench-node")?,
+        seq: 1,
+        schema: 0,
+        meta: Default::default(),
+        context: VersionVector::new(),
+        extra: Default::default(),
+    };
+    println!(
+        "edgerep bench plugin: events of {event_len} bytes, plugins from {}",
+        args.plugins.display()
+    );
+    let costs = [
+        plugin_cost(&args.plugins, "passthrough", &[], &event, args.calls)?,
+        plugin_cost(
+            &args.plugins,
+            "redact",
+            &[("remove", "sensor"), ("mask", "site")],
+            &event,
+            args.calls,
+        )?,
+    ];
+    println!(
+        "{:>12} {:>14} {:>14} {:>22}",
+        "plugin", "ns/event", "fuel/event", "fresh instance ns/event"
+    );
+    for c in &costs {
+        println!(
+            "{:>12} {:>14.0} {:>14.0} {:>22.0}",
+            c.name, c.ns_per_event, c.fuel_per_event, c.fresh_ns_per_event
+        );
+    }
+
+    // Ingest through the API into two collections of one node: one without plugins, one with
+    // the passthrough transform; measured alternately, twice each, best of each kept.
+    let dir = tempfile::Builder::new()
+        .prefix("edgerep-bench-plugin-")
+        .tempdir()?;
+    let passthrough = args.plugins.join("passthrough.wasm");
+    let sha = edgerep_plugin::Runtime::new(None)?
+        .inspect(&std::fs::read(&passthrough)?)?
+        .sha256;
+    let text = format!(
+        "[node]\nid = \"bench-node\"\ndata_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
+         [replication]\nlisten = \"127.0.0.1:1\"\n[collections]\naccept_undeclared = true\n\
+         [[collections.declared]]\nname = \"chain\"\ntransforms_on_ingest = [\"passthrough\"]\n\
+         [plugins.passthrough]\npath = '{}'\nsha256 = \"{sha}\"\n",
+        std::fs::canonicalize(&passthrough)?.display()
+    );
+    let config_path = dir.path().join("edgerep.toml");
+    std::fs::write(&config_path, text)?;
+    let config = Config::load(&config_path)?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let node = rt.block_on(edgerep_node::start(config))?;
+    let client = Client::new(node.api_addr);
+    let (mut plain, mut chain) = (0.0f64, 0.0f64);
+    for round in 0..4 {
+        let (collection, best) = if round % 2 == 0 {
+            ("plain", &mut plain)
+        } else {
+            ("chain", &mut chain)
+        };
+        let cell = api_cell(
+            &client,
+            collection,
+            value.as_bytes(),
+            args.batch,
+            args.clients,
+            args.seconds,
+            round,
+        )?;
+        println!(
+            "ingest into {collection:>5} (batch {} x {} clients): {:.0} events/s",
+            args.batch, args.clients, cell.eps
+        );
+        *best = best.max(cell.eps);
+    }
+    let status = match client.status(true) {
+        Outcome::Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)?,
+        other => bail!("status after the benchmark failed: {other:?}"),
+    };
+    rt.block_on(node.shutdown())?;
+    if status["verified"] != json!(true) {
+        bail!(
+            "store verification after the benchmark failed: {}",
+            status["verify_error"]
+        );
+    }
+    let ratio = chain / plain;
+    println!(
+        "ingest with one transform: {chain:.0} events/s = {ratio:.3} of {plain:.0} events/s without plugins (same node, same run)"
+    );
+    let summary = json!({
+        "bench": "plugin",
+        "event_bytes": event_len,
+        "plugins": costs.iter().map(|c| json!({
+            "name": c.name,
+            "ns_per_event": c.ns_per_event.round(),
+            "fuel_per_event": c.fuel_per_event.round(),
+            "fresh_instance_ns_per_event": c.fresh_ns_per_event.round(),
+        })).collect::<Vec<_>>(),
+        "ingest_without_plugins_events_per_s": plain.round(),
+        "ingest_with_transform_events_per_s": chain.round(),
+        "ratio": (ratio * 1000.0).round() / 1000.0,
     });
     println!("{summary}");
     Ok(0)

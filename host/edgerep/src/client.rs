@@ -151,6 +151,30 @@ impl Client {
         Self::finish(self.agent.get(&url).call())
     }
 
+    /// A page of dead letters.
+    pub(crate) fn dead_letters(&self, after: u64, limit: usize) -> Outcome {
+        let url = format!("{}/v1/dead-letters?after={after}&limit={limit}", self.base);
+        Self::finish(self.agent.get(&url).call())
+    }
+
+    /// One dead letter.
+    pub(crate) fn dead_letter(&self, id: u64) -> Outcome {
+        Self::finish(
+            self.agent
+                .get(&format!("{}/v1/dead-letters/{id}", self.base))
+                .call(),
+        )
+    }
+
+    /// Replays one dead letter.
+    pub(crate) fn replay_dead_letter(&self, id: u64) -> Outcome {
+        Self::finish(
+            self.agent
+                .post(&format!("{}/v1/dead-letters/{id}/replay", self.base))
+                .send_empty(),
+        )
+    }
+
     /// Streams the watch feed, calling `line` for each JSON line until it returns false or the
     /// stream ends.
     pub(crate) fn watch(

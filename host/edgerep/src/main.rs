@@ -2,11 +2,12 @@
 //!
 //! Exit codes: 0 success; 1 the key (or thing asked for) is absent; 2 usage or config error;
 //! 3 the node refused the request (bad input, with its message); 4 the node could not be reached
-//! or failed.
+//! or failed; 5 a plugin failed (`plugin run`).
 
 mod bench;
 mod client;
 mod demo;
+mod plugin_cmd;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ const EXIT_FAILED: u8 = 4;
 
 /// edgerep: store change events at an edge site and replicate them to the other sites.
 ///
-/// Exit codes: 0 ok, 1 absent, 2 usage or config error, 3 refused by the node, 4 node unreachable or failed.
+/// Exit codes: 0 ok, 1 absent, 2 usage or config error, 3 refused by the node, 4 node unreachable or failed, 5 plugin failed.
 #[derive(Debug, Parser)]
 #[command(name = "edgerep", version, about, long_about)]
 struct Cli {
@@ -155,6 +156,16 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Plugin author tools: check a component, run it once.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin_cmd::PluginCommand,
+    },
+    /// Events plugins failed on: list, show, replay.
+    DeadLetters {
+        #[command(subcommand)]
+        command: plugin_cmd::DeadLetterCommand,
+    },
     /// Benchmarks that print figures next to the raw limits measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -175,6 +186,8 @@ enum ConfigCommand {
 enum BenchCommand {
     /// Events per second through the local API into the store, against raw redb.
     Ingest(bench::IngestArgs),
+    /// Per-event cost of plugins, and ingest with a transform against ingest without plugins.
+    Plugin(bench::PluginArgs),
 }
 
 fn main() -> ExitCode {
@@ -224,6 +237,13 @@ fn report(outcome: Outcome, print: impl FnOnce(&[u8])) -> u8 {
             eprintln!("edgerep: {m}");
             EXIT_FAILED
         }
+    }
+}
+
+fn print_pretty(body: &[u8]) {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
+        Err(_) => print_body(body),
     }
 }
 
@@ -396,9 +416,14 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             }
         },
         Command::Demo { dir, once } => demo::run(dir, once),
+        Command::Plugin { command } => plugin_cmd::run(command),
+        Command::DeadLetters { command } => plugin_cmd::dead_letters(command),
         Command::Bench {
             command: BenchCommand::Ingest(args),
         } => bench::ingest(args),
+        Command::Bench {
+            command: BenchCommand::Plugin(args),
+        } => bench::plugin(args),
     }
 }
 

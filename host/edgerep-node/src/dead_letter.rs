@@ -1,0 +1,261 @@
+//! Dead letters: events a plugin failed on, kept at the node with everything needed to see why
+//! and to replay them (`edgerep dead-letters list|show|replay`).
+//!
+//! A record is a CBOR map with text keys (the store keeps it as opaque bytes). Records written by
+//! this version have `v: 1`; a reader refuses other versions instead of guessing.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use edgerep_store::LocalWrite;
+use edgerep_wire::value::{DecodeLimits, canonical_item_len};
+use edgerep_wire::{Op, Value};
+use minicbor::{Decoder, Encoder};
+use serde_json::{Value as Json, json};
+
+/// Where in the node the plugin failed.
+pub const STAGE_INGEST: &str = "ingest";
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// `ingest` (transform at ingest) today; `apply` once replication runs transforms on apply.
+    pub stage: String,
+    /// The write as the client sent it (after the API's validation, before any plugin).
+    pub write: LocalWrite,
+    /// The plugin that failed.
+    pub plugin: String,
+    /// sha256 of that plugin's `.wasm`.
+    pub plugin_sha256: String,
+    /// Failure kind (`out-of-fuel`, `memory-limit`, `deadline`, `trap`, `plugin-error`, `bad-output`).
+    pub failure: String,
+    /// Details.
+    pub message: String,
+    /// Fuel the failed call used.
+    pub fuel_used: u64,
+    /// Wall clock at the failure, milliseconds since the epoch (for people, not for logic).
+    pub at_ms: u64,
+    /// The event the failing plugin was given, in its deterministic encoding.
+    pub event: Vec<u8>,
+}
+
+const VERSION: u64 = 1;
+
+impl DeadLetter {
+    /// The record's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut e = Encoder::new(&mut buf);
+        let w = &self.write;
+        let fields = 14 + u64::from(w.value.is_some());
+        // Writing into a Vec cannot fail.
+        let _ = e.map(fields);
+        let _ = e.str("v").and_then(|e| e.u64(VERSION));
+        let _ = e.str("stage").and_then(|e| e.str(&self.stage));
+        let _ = e.str("collection").and_then(|e| e.str(&w.collection));
+        let _ = e.str("key").and_then(|e| e.bytes(&w.key));
+        let _ = e
+            .str("op")
+            .and_then(|e| e.str(if w.value.is_some() { "put" } else { "delete" }));
+        if let Some(v) = &w.value {
+            let _ = e.str("value");
+            buf.extend_from_slice(v.as_bytes());
+        }
+        let mut e = Encoder::new(&mut buf);
+        let _ = e.str("schema").and_then(|e| e.u32(w.schema));
+        let _ = e.str("meta").and_then(|e| e.map(w.meta.len() as u64));
+        for (k, v) in &w.meta {
+            let _ = e.str(k).and_then(|e| e.str(v));
+        }
+        let _ = e.str("plugin").and_then(|e| e.str(&self.plugin));
+        let _ = e
+            .str("plugin_sha256")
+            .and_then(|e| e.str(&self.plugin_sha256));
+        let _ = e.str("failure").and_then(|e| e.str(&self.failure));
+        let _ = e.str("message").and_then(|e| e.str(&self.message));
+        let _ = e.str("fuel_used").and_then(|e| e.u64(self.fuel_used));
+        let _ = e.str("at_ms").and_then(|e| e.u64(self.at_ms));
+        let _ = e.str("event").and_then(|e| e.bytes(&self.event));
+        buf
+    }
+
+    /// Reads a record written by [`DeadLetter::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<DeadLetter, String> {
+        let err = |e: minicbor::decode::Error| format!("dead-letter record: {e}");
+        let mut d = Decoder::new(bytes);
+        let n = d
+            .map()
+            .map_err(err)?
+            .ok_or("dead-letter record: indefinite map")?;
+        let mut f: BTreeMap<String, Field> = BTreeMap::new();
+        for _ in 0..n {
+            let name = d.str().map_err(err)?.to_owned();
+            let field = match name.as_str() {
+                "v" | "schema" | "fuel_used" | "at_ms" => Field::U(d.u64().map_err(err)?),
+                "key" | "event" => Field::B(d.bytes().map_err(err)?.to_vec()),
+                "value" => {
+                    let start = d.position();
+                    let len = canonical_item_len(&bytes[start..], &DecodeLimits::default())
+                        .map_err(|e| format!("dead-letter value: {e}"))?;
+                    d.set_position(start + len);
+                    Field::V(
+                        Value::from_canonical(
+                            bytes[start..start + len].to_vec(),
+                            &DecodeLimits::default(),
+                        )
+                        .map_err(|e| format!("dead-letter value: {e}"))?,
+                    )
+                }
+                "meta" => {
+                    let m = d.map().map_err(err)?.unwrap_or(0);
+                    let mut meta = BTreeMap::new();
+                    for _ in 0..m {
+                        let k = d.str().map_err(err)?.to_owned();
+                        meta.insert(k, d.str().map_err(err)?.to_owned());
+                    }
+                    Field::M(meta)
+                }
+                _ => Field::S(d.str().map_err(err)?.to_owned()),
+            };
+            f.insert(name, field);
+        }
+        let text = |f: &mut BTreeMap<String, Field>, k: &str| match f.remove(k) {
+            Some(Field::S(s)) => Ok(s),
+            _ => Err(format!("dead-letter record: missing {k}")),
+        };
+        let num = |f: &mut BTreeMap<String, Field>, k: &str| match f.remove(k) {
+            Some(Field::U(u)) => Ok(u),
+            _ => Err(format!("dead-letter record: missing {k}")),
+        };
+        let version = num(&mut f, "v")?;
+        if version != VERSION {
+            return Err(format!(
+                "dead-letter record version {version} is not supported"
+            ));
+        }
+        let op = text(&mut f, "op")?;
+        let value = match f.remove("value") {
+            Some(Field::V(v)) => Some(v),
+            _ => None,
+        };
+        if (op == "put") != value.is_some() {
+            return Err("dead-letter record: op and value disagree".into());
+        }
+        let key = match f.remove("key") {
+            Some(Field::B(b)) => b,
+            _ => return Err("dead-letter record: missing key".into()),
+        };
+        let event = match f.remove("event") {
+            Some(Field::B(b)) => b,
+            _ => Vec::new(),
+        };
+        let meta = match f.remove("meta") {
+            Some(Field::M(m)) => m,
+            _ => BTreeMap::new(),
+        };
+        Ok(DeadLetter {
+            stage: text(&mut f, "stage")?,
+            write: LocalWrite {
+                collection: text(&mut f, "collection")?,
+                key,
+                value,
+                schema: u32::try_from(num(&mut f, "schema")?)
+                    .map_err(|_| "dead-letter record: schema too large")?,
+                meta,
+            },
+            plugin: text(&mut f, "plugin")?,
+            plugin_sha256: text(&mut f, "plugin_sha256")?,
+            failure: text(&mut f, "failure")?,
+            message: text(&mut f, "message")?,
+            fuel_used: num(&mut f, "fuel_used")?,
+            at_ms: num(&mut f, "at_ms")?,
+            event,
+        })
+    }
+
+    /// JSON for `dead-letters show` (and, without `value`/`event`, for `list`).
+    pub fn to_json(&self, id: u64, full: bool) -> Json {
+        let w = &self.write;
+        let mut o = json!({
+            "id": id,
+            "stage": self.stage,
+            "collection": w.collection,
+            "op": if w.value.is_some() { "put" } else { "delete" },
+            "plugin": self.plugin,
+            "plugin_sha256": self.plugin_sha256,
+            "failure": self.failure,
+            "message": self.message,
+            "fuel_used": self.fuel_used,
+            "at_ms": self.at_ms,
+        });
+        match std::str::from_utf8(&w.key) {
+            Ok(k) => o["key"] = json!(k),
+            Err(_) => {
+                o["key_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&w.key))
+            }
+        }
+        if full {
+            if let Some(v) = &w.value {
+                o["value"] = v.to_json();
+            }
+            o["schema"] = json!(w.schema);
+            o["meta"] = json!(w.meta);
+            o["event_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&self.event));
+        }
+        o
+    }
+
+    /// The operation of the dead-lettered write.
+    pub fn op(&self) -> Op {
+        if self.write.value.is_some() {
+            Op::Put
+        } else {
+            Op::Delete
+        }
+    }
+}
+
+enum Field {
+    U(u64),
+    S(String),
+    B(Vec<u8>),
+    V(Value),
+    M(BTreeMap<String, String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut meta = BTreeMap::new();
+        meta.insert("a".to_owned(), "b".to_owned());
+        let d = DeadLetter {
+            stage: STAGE_INGEST.into(),
+            write: LocalWrite {
+                collection: "orders".into(),
+                key: vec![0xff, 1],
+                value: Some(
+                    Value::from_json(&json!({"x": [1, 2]}), &DecodeLimits::default()).unwrap(),
+                ),
+                schema: 3,
+                meta,
+            },
+            plugin: "spin".into(),
+            plugin_sha256: "ab".repeat(32),
+            failure: "out-of-fuel".into(),
+            message: "all fuel consumed".into(),
+            fuel_used: 1000,
+            at_ms: 42,
+            event: vec![1, 2, 3],
+        };
+        assert_eq!(DeadLetter::decode(&d.encode()).unwrap(), d);
+        let mut del = d.clone();
+        del.write.value = None;
+        assert_eq!(DeadLetter::decode(&del.encode()).unwrap(), del);
+        assert!(DeadLetter::decode(&[0xa0]).is_err());
+        assert!(DeadLetter::decode(&[0xff]).is_err());
+    }
+}

@@ -1,0 +1,338 @@
+//! The node's plugins at work: loads them at start, runs a collection's transform chain on
+//! ingest, resolves keys that hold concurrent versions, and halts collections whose plugin
+//! failed under the `halt` policy.
+//!
+//! Invariants: a write reaches the committer only after every transform of its collection
+//! accepted it; a plugin failure never takes the node down (it becomes a [`Rejection`] handled by
+//! the plugin's failure policy); a failing resolver falls back to last-writer-wins and says so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use edgerep_config::{Config, FailurePolicy};
+use edgerep_plugin::{
+    Change, Failure, FailureKind, Limits, Plugin, PluginSource, Resolution, Runtime, World,
+};
+use edgerep_store::{LocalWrite, Versions};
+use edgerep_wire::event::FORMAT_VERSION;
+use edgerep_wire::{Event, Hlc, NodeId, Op, Value, VersionVector};
+use serde_json::{Value as Json, json};
+
+use crate::NodeError;
+
+/// A configured plugin and what to do when it fails.
+struct Loaded {
+    plugin: Plugin,
+    policy: FailurePolicy,
+    /// Times this resolver failed and last-writer-wins was used instead.
+    fallbacks: AtomicU64,
+}
+
+/// A write a plugin refused (by failing on it).
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// The plugin that failed.
+    pub plugin: String,
+    /// Its sha256.
+    pub plugin_sha256: String,
+    /// The failure.
+    pub failure: Failure,
+    /// The plugin's failure policy.
+    pub policy: FailurePolicy,
+    /// The event the plugin was given, encoded.
+    pub event: Vec<u8>,
+}
+
+/// How a key's value was decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The value (`None`: the key is absent or deleted).
+    pub value: Option<Value>,
+    /// The version the value comes from, when it is one of the versions.
+    pub winner: Option<usize>,
+    /// `single`, `lww`, `plugin:NAME` or `lww-fallback:NAME`.
+    pub by: String,
+}
+
+/// The loaded plugins and the per-collection wiring.
+pub struct Pipeline {
+    node: NodeId,
+    plugins: BTreeMap<String, Loaded>,
+    ingest: HashMap<String, Vec<String>>,
+    resolvers: HashMap<String, String>,
+    halted: Mutex<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn plugin_error(config: &Config, message: String) -> NodeError {
+    NodeError::Plugin(format!("{}: {message}", config.source.display()))
+}
+
+impl Pipeline {
+    /// Loads every configured plugin (checking its sha256 and its world against how the
+    /// collections use it). Any problem refuses to start, with a message naming the file.
+    pub fn load(config: &Config) -> Result<Pipeline, NodeError> {
+        let mut plugins = BTreeMap::new();
+        if !config.plugins.is_empty() {
+            let cache = config.node.data_dir.join("plugin-cache");
+            let runtime =
+                Runtime::new(Some(&cache)).map_err(|e| plugin_error(config, e.to_string()))?;
+            for p in &config.plugins {
+                let wasm = std::fs::read(&p.path).map_err(|e| {
+                    plugin_error(
+                        config,
+                        format!("plugins.{}: cannot read {}: {e}", p.name, p.path.display()),
+                    )
+                })?;
+                let plugin = runtime
+                    .load(PluginSource {
+                        name: p.name.clone(),
+                        path: p.path.clone(),
+                        wasm,
+                        expected_sha256: Some(p.sha256.clone()),
+                        limits: Limits {
+                            fuel: p.fuel,
+                            memory_bytes: p.memory_bytes,
+                            deadline: Duration::from_millis(p.deadline_ms),
+                        },
+                        params: p.params.clone(),
+                    })
+                    .map_err(|e| plugin_error(config, format!("plugins.{}: {e}", p.name)))?;
+                tracing::info!(plugin = %p.name, sha256 = %plugin.sha256(), world = ?plugin.world(), "plugin loaded");
+                plugins.insert(
+                    p.name.clone(),
+                    Loaded {
+                        plugin,
+                        policy: p.on_failure,
+                        fallbacks: AtomicU64::new(0),
+                    },
+                );
+            }
+        }
+        let mut ingest = HashMap::new();
+        let mut resolvers = HashMap::new();
+        for (i, c) in config.collections.declared.iter().enumerate() {
+            for (list_name, list) in [
+                ("transforms_on_ingest", &c.transforms_on_ingest),
+                ("transforms_on_apply", &c.transforms_on_apply),
+            ] {
+                for name in list {
+                    // The config checked that every name is a defined plugin.
+                    if plugins[name].plugin.world() != World::Transform {
+                        return Err(plugin_error(
+                            config,
+                            format!(
+                                "collections.declared[{i}].{list_name}: plugin {name:?} is a resolver, not a transform"
+                            ),
+                        ));
+                    }
+                }
+            }
+            if !c.transforms_on_ingest.is_empty() {
+                ingest.insert(c.name.clone(), c.transforms_on_ingest.clone());
+            }
+            if c.resolver != "lww" {
+                if plugins[&c.resolver].plugin.world() != World::Resolver {
+                    return Err(plugin_error(
+                        config,
+                        format!(
+                            "collections.declared[{i}].resolver: plugin {:?} is a transform, not a resolver",
+                            c.resolver
+                        ),
+                    ));
+                }
+                resolvers.insert(c.name.clone(), c.resolver.clone());
+            }
+        }
+        Ok(Pipeline {
+            node: config.node.id.clone(),
+            plugins,
+            ingest,
+            resolvers,
+            halted: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Whether `collection` has transforms to run on ingest.
+    pub fn has_ingest(&self, collection: &str) -> bool {
+        self.ingest.contains_key(collection)
+    }
+
+    /// Why writes to `collection` are stopped, if a plugin with the `halt` policy failed.
+    pub fn halted(&self, collection: &str) -> Option<String> {
+        self.halted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(collection)
+            .cloned()
+    }
+
+    /// Stops writes to `collection` until the node restarts.
+    pub fn halt(&self, collection: &str, reason: String) {
+        tracing::error!(collection, %reason, "collection halted");
+        self.halted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(collection.to_owned(), reason);
+    }
+
+    /// The event a transform sees at ingest: this node as origin, sequence 0 (numbered when
+    /// stored), the wall clock as timestamp, no causal context yet.
+    fn ingest_event(&self, w: &LocalWrite, wall_ms: u64) -> Event {
+        Event {
+            format: FORMAT_VERSION,
+            collection: w.collection.clone(),
+            key: w.key.clone(),
+            op: if w.value.is_some() {
+                Op::Put
+            } else {
+                Op::Delete
+            },
+            value: w.value.clone(),
+            hlc: Hlc::new(wall_ms, 0),
+            origin: self.node.clone(),
+            seq: 0,
+            schema: w.schema,
+            meta: w.meta.clone(),
+            context: VersionVector::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `write` through its collection's ingest chain. `check` validates each change a
+    /// plugin returns against the node's rules (collection allowed, key and value limits); a
+    /// change it refuses is the plugin's fault (`bad-output`).
+    pub fn run_ingest(
+        &self,
+        write: LocalWrite,
+        wall_ms: u64,
+        check: &dyn Fn(&LocalWrite) -> Result<(), String>,
+    ) -> Result<Vec<LocalWrite>, Box<Rejection>> {
+        let Some(chain) = self.ingest.get(&write.collection) else {
+            return Ok(vec![write]);
+        };
+        let mut current = vec![write];
+        for name in chain {
+            let loaded = &self.plugins[name];
+            let mut next = Vec::new();
+            for w in current {
+                let event = self.ingest_event(&w, wall_ms);
+                let reject = |failure: Failure| {
+                    Box::new(Rejection {
+                        plugin: name.clone(),
+                        plugin_sha256: loaded.plugin.sha256().to_owned(),
+                        failure,
+                        policy: loaded.policy,
+                        event: event.encode(),
+                    })
+                };
+                let changes = loaded.plugin.transform(&event, false).map_err(reject)?;
+                for change in changes {
+                    let out = change_to_write(change);
+                    if let Err(message) = check(&out) {
+                        return Err(reject(Failure {
+                            kind: FailureKind::BadOutput,
+                            message: format!("change refused by the node: {message}"),
+                            fuel_used: 0,
+                        }));
+                    }
+                    next.push(out);
+                }
+            }
+            current = next;
+        }
+        Ok(current)
+    }
+
+    /// The value of a key from its versions: the single version, or the collection's resolver
+    /// (plugin or last-writer-wins) over concurrent ones. A failing resolver plugin falls back
+    /// to last-writer-wins, logs it and counts it.
+    pub fn resolve(&self, collection: &str, key: &[u8], versions: &Versions) -> Resolved {
+        let events = versions.events();
+        let lww = |by: String| {
+            let winner = versions.lww_winner();
+            Resolved {
+                value: winner.and_then(|e| e.value.clone()),
+                winner: winner.and_then(|w| events.iter().position(|e| std::ptr::eq(e, w))),
+                by,
+            }
+        };
+        if events.len() <= 1 {
+            return lww("single".into());
+        }
+        let Some(name) = self.resolvers.get(collection) else {
+            return lww("lww".into());
+        };
+        let loaded = &self.plugins[name];
+        // Versions are sorted by dot: the canonical order every node shares.
+        match loaded.plugin.resolve(collection, key, events) {
+            Ok(Resolution::Pick(i)) => Resolved {
+                value: events[i].value.clone(),
+                winner: Some(i),
+                by: format!("plugin:{name}"),
+            },
+            Ok(Resolution::Merge(value)) => Resolved {
+                value,
+                winner: None,
+                by: format!("plugin:{name}"),
+            },
+            Err(failure) => {
+                loaded.fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %name, collection, %failure, "resolver failed; used last-writer-wins instead");
+                lww(format!("lww-fallback:{name}"))
+            }
+        }
+    }
+
+    /// Per-plugin status and metrics, and the halted collections.
+    pub fn status_json(&self) -> Json {
+        let mut plugins = serde_json::Map::new();
+        for (name, l) in &self.plugins {
+            let m = l.plugin.metrics();
+            let mut o = json!({
+                "world": match l.plugin.world() { World::Transform => "transform", World::Resolver => "resolver" },
+                "sha256": l.plugin.sha256(),
+                "on_failure": l.policy.as_str(),
+                "calls": m.calls,
+                "errors": m.errors,
+                "fuel_total": m.fuel_total,
+                "fuel_per_call": summary_json(&m.fuel_per_call),
+                "nanos_per_call": summary_json(&m.nanos_per_call),
+            });
+            if l.plugin.world() == World::Resolver {
+                o["fallbacks_to_lww"] = json!(l.fallbacks.load(Ordering::Relaxed));
+            }
+            plugins.insert(name.clone(), o);
+        }
+        json!({
+            "plugins": plugins,
+            "halted_collections": *self.halted.lock().unwrap_or_else(|e| e.into_inner()),
+        })
+    }
+}
+
+fn summary_json(s: &edgerep_plugin::Summary) -> Json {
+    json!({"count": s.count, "min": s.min, "p50": s.p50, "p99": s.p99, "max": s.max})
+}
+
+fn change_to_write(c: Change) -> LocalWrite {
+    LocalWrite {
+        collection: c.collection,
+        key: c.key,
+        value: match c.op {
+            Op::Put => c.value,
+            Op::Delete => None,
+        },
+        schema: c.schema,
+        meta: c.meta,
+    }
+}

@@ -1,0 +1,493 @@
+//! Plugins wired into a running node: hostile plugins under each failure policy, dead letters
+//! and their replay, refusal at start (hash mismatch, wrong world), and resolver plugins deciding
+//! concurrent versions. The plugins are the real components built by `cargo xtask build-plugins`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgerep_config::Config;
+use edgerep_node::RunningNode;
+use edgerep_store::Store;
+use edgerep_wire::event::{EventLimits, FORMAT_VERSION};
+use edgerep_wire::{DecodeLimits, Event, Hlc, NodeId, Op, Value, VersionVector};
+use serde_json::{Value as Json, json};
+
+fn plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust")
+}
+
+/// Path and sha256 of a built plugin; fails the test if it was not built.
+fn plugin(name: &str) -> (String, String) {
+    let path = plugin_dir().join(format!("{name}.wasm"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the plugins first with `cargo xtask build-plugins`",
+            path.display()
+        )
+    });
+    let runtime = edgerep_plugin::Runtime::new(None).unwrap();
+    let sha = runtime.inspect(&bytes).unwrap().sha256;
+    (path.display().to_string(), sha)
+}
+
+fn plugin_table(table: &str, file: &str, extra: &str) -> String {
+    let (path, sha) = plugin(file);
+    format!("[plugins.{table}]\npath = '{path}'\nsha256 = \"{sha}\"\n{extra}\n")
+}
+
+fn collection(name: &str, ingest: &[&str], resolver: &str) -> String {
+    let list: Vec<String> = ingest.iter().map(|p| format!("{p:?}")).collect();
+    format!(
+        "[[collections.declared]]\nname = \"{name}\"\ntransforms_on_ingest = [{}]\nresolver = \"{resolver}\"\n",
+        list.join(", ")
+    )
+}
+
+fn config_text(dir: &Path, body: &str) -> String {
+    format!(
+        "[node]\nid = \"site-a\"\ndata_dir = '{}'\n[api]\nlisten = \"127.0.0.1:0\"\n[replication]\nlisten = \"127.0.0.1:1\"\n\
+         [collections]\naccept_undeclared = true\n{body}",
+        dir.join("data").display()
+    )
+}
+
+fn config(dir: &Path, body: &str) -> Config {
+    Config::parse(&config_text(dir, body), &dir.join("edgerep.toml")).expect("test config parses")
+}
+
+struct Node {
+    runtime: tokio::runtime::Runtime,
+    node: Option<RunningNode>,
+    agent: ureq::Agent,
+}
+
+struct Resp {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Json,
+}
+
+impl Node {
+    fn start(config: Config) -> Node {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let node = runtime
+            .block_on(edgerep_node::start(config))
+            .expect("node starts");
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Node {
+            runtime,
+            node: Some(node),
+            agent,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.node.as_ref().unwrap().api_addr)
+    }
+
+    fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
+        let mut r = r.expect("request");
+        let headers = r
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let text = r.body_mut().read_to_string().unwrap();
+        Resp {
+            status: r.status().as_u16(),
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Json::String(text)),
+        }
+    }
+
+    fn put(&self, path: &str, value: Json) -> Resp {
+        Node::finish(
+            self.agent
+                .put(&self.url(path))
+                .content_type("application/json")
+                .send(value.to_string().as_bytes()),
+        )
+    }
+
+    fn post(&self, path: &str, body: Json) -> Resp {
+        Node::finish(
+            self.agent
+                .post(&self.url(path))
+                .content_type("application/json")
+                .send(body.to_string().as_bytes()),
+        )
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        Node::finish(self.agent.get(&self.url(path)).call())
+    }
+
+    fn stop(mut self) {
+        let node = self.node.take().unwrap();
+        self.runtime.block_on(node.shutdown()).unwrap();
+    }
+}
+
+fn hostile_config(dir: &Path) -> Config {
+    let body = [
+        plugin_table("spin", "spin", "fuel = 2000000"),
+        plugin_table(
+            "balloon",
+            "balloon",
+            "fuel = 2000000000\nmemory_bytes = 4194304",
+        ),
+        plugin_table("trap", "trap", ""),
+        plugin_table(
+            "flood",
+            "flood",
+            "fuel = 2000000000\nmemory_bytes = 8388608",
+        ),
+        plugin_table("trap-skip", "trap", "on_failure = \"skip\""),
+        plugin_table("trap-halt", "trap", "on_failure = \"halt\""),
+        plugin_table("redact", "redact", "params = { remove = \"card\" }"),
+        collection("spin", &["spin"], "lww"),
+        collection("balloon", &["balloon"], "lww"),
+        collection("trap", &["trap"], "lww"),
+        collection("flood", &["flood"], "lww"),
+        collection("skipping", &["trap-skip"], "lww"),
+        collection("halting", &["trap-halt"], "lww"),
+        collection("orders", &["redact"], "lww"),
+    ]
+    .concat();
+    config(dir, &body)
+}
+
+#[test]
+fn hostile_plugins_land_in_dead_letters_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(hostile_config(dir.path()));
+    let cases = [
+        ("spin", "out-of-fuel"),
+        ("balloon", "memory-limit"),
+        ("trap", "trap"),
+        ("flood", "memory-limit"),
+    ];
+    for (round, (coll, failure)) in cases.iter().enumerate() {
+        let r = node.put(&format!("/v1/kv/{coll}/k1"), json!({"n": 1}));
+        assert_eq!(r.status, 422, "{coll}: {}", r.body);
+        assert_eq!(r.body["kind"], "plugin_failed", "{coll}");
+        assert_eq!(r.body["failure"], *failure, "{coll}: {}", r.body);
+        assert_eq!(r.body["plugin"], *coll);
+        let id = r.body["dead_letter"]
+            .as_u64()
+            .expect("kept as a dead letter");
+        assert_eq!(id, round as u64 + 1);
+        // The dead letter has the reason, the plugin and its hash, the fuel, the original write.
+        let d = node.get(&format!("/v1/dead-letters/{id}"));
+        assert_eq!(d.status, 200);
+        assert_eq!(d.body["failure"], *failure);
+        assert_eq!(d.body["plugin"], *coll);
+        assert_eq!(d.body["plugin_sha256"], plugin(coll).1);
+        assert_eq!(d.body["collection"], *coll);
+        assert_eq!(d.body["key"], "k1");
+        assert_eq!(d.body["value"], json!({"n": 1}));
+        assert!(d.body["fuel_used"].as_u64().unwrap() > 0);
+        assert!(!d.body["event_base64"].as_str().unwrap().is_empty());
+        // Nothing was written to the collection.
+        assert_eq!(node.get(&format!("/v1/kv/{coll}/k1")).status, 404);
+        // Other collections are unaffected, and the next good event goes through.
+        let ok = node.put(&format!("/v1/kv/plain/after-{coll}"), json!(round));
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        let ok = node.put("/v1/kv/orders/o", json!({"card": "4111", "qty": round}));
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert_eq!(
+            node.get("/v1/kv/orders/o").body,
+            json!({"qty": round}),
+            "redact ran"
+        );
+    }
+    let list = node.get("/v1/dead-letters");
+    let ids: Vec<u64> = list.body["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4]);
+
+    // skip: refused, nothing kept.
+    let r = node.put("/v1/kv/skipping/k", json!(1));
+    assert_eq!(
+        (
+            r.status,
+            r.body["policy"].clone(),
+            r.body["dead_letter"].clone()
+        ),
+        (422, json!("skip"), Json::Null)
+    );
+    assert_eq!(
+        node.get("/v1/dead-letters").body["dead_letters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    // halt: refused, kept, and the collection stops taking writes; others go on.
+    let r = node.put("/v1/kv/halting/k", json!(1));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["kind"], "collection_halted");
+    let r = node.put("/v1/kv/halting/k2", json!(2));
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("trap-halt"),
+        "{}",
+        r.body
+    );
+    assert_eq!(node.put("/v1/kv/plain/x", json!(1)).status, 200);
+    assert_eq!(
+        node.get("/v1/dead-letters").body["dead_letters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // A batch: the failing write is dead-lettered, the others commit.
+    let r = node.post(
+        "/v1/batch",
+        json!({"writes": [
+            {"collection": "plain", "key": "b1", "value": 1},
+            {"collection": "trap", "key": "b2", "value": 2},
+            {"collection": "plain", "key": "b3", "value": 3},
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["committed"].as_array().unwrap().len(), 2);
+    assert_eq!(r.body["rejected"][0]["write"], 1);
+    assert_eq!(r.body["rejected"][0]["failure"], "trap");
+    assert_eq!(r.body["rejected"][0]["dead_letter"], 6);
+
+    // Metrics per plugin, and the halted collection, in status.
+    let s = node.get("/v1/status?verify=true").body;
+    assert_eq!(s["verified"], true);
+    assert_eq!(s["dead_letters"], 6);
+    assert_eq!(
+        s["plugins"]["spin"]["errors"]["out-of-fuel"], 1,
+        "{}",
+        s["plugins"]["spin"]
+    );
+    assert_eq!(s["plugins"]["trap"]["errors"]["trap"], 2);
+    assert!(s["plugins"]["redact"]["calls"].as_u64().unwrap() >= 4);
+    assert!(
+        s["plugins"]["redact"]["fuel_per_call"]["p50"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(s["halted_collections"]["halting"].is_string());
+    node.stop();
+}
+
+#[test]
+fn replay_commits_once_with_the_current_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    // filter without its params fails with plugin-error.
+    let broken = [
+        plugin_table("filter", "filter", ""),
+        collection("readings", &["filter"], "lww"),
+    ]
+    .concat();
+    let node = Node::start(config(dir.path(), &broken));
+    let r = node.put("/v1/kv/readings/r1", json!({"status": "ok", "v": 1}));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["failure"], "plugin-error");
+    let id = r.body["dead_letter"].as_u64().unwrap();
+    // Replaying with the same plugins fails again and keeps the dead letter.
+    let again = node.post(&format!("/v1/dead-letters/{id}/replay"), json!(null));
+    assert_eq!(again.status, 422, "{}", again.body);
+    assert_eq!(node.get(&format!("/v1/dead-letters/{id}")).status, 200);
+    node.stop();
+
+    // The operator fixes the params and restarts: the replay commits and removes the entry.
+    let fixed = [
+        plugin_table(
+            "filter",
+            "filter",
+            "params = { field = \"status\", equals = \"drop\" }",
+        ),
+        collection("readings", &["filter"], "lww"),
+    ]
+    .concat();
+    let node = Node::start(config(dir.path(), &fixed));
+    let r = node.post(&format!("/v1/dead-letters/{id}/replay"), json!(null));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["replayed"], id);
+    assert_eq!(
+        node.get("/v1/kv/readings/r1").body,
+        json!({"status": "ok", "v": 1})
+    );
+    assert_eq!(node.get(&format!("/v1/dead-letters/{id}")).status, 404);
+    let twice = node.post(&format!("/v1/dead-letters/{id}/replay"), json!(null));
+    assert_eq!(twice.status, 404, "a replay happens once: {}", twice.body);
+    let s = node.get("/v1/status?verify=true").body;
+    assert_eq!(
+        (s["verified"].clone(), s["dead_letters"].clone()),
+        (json!(true), json!(0))
+    );
+    // The filter drops what matches, and a dropped write commits nothing.
+    let r = node.put("/v1/kv/readings/r2", json!({"status": "drop"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["committed"], json!([]));
+    assert_eq!(node.get("/v1/kv/readings/r2").status, 404);
+    node.stop();
+}
+
+#[test]
+fn bad_plugins_refuse_to_start_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, sha) = plugin("redact");
+    let wrong = "0".repeat(64);
+    let text = format!(
+        "[plugins.redact]\npath = '{path}'\nsha256 = \"{wrong}\"\n{}",
+        collection("orders", &["redact"], "lww")
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt
+        .block_on(edgerep_node::start(config(dir.path(), &text)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("redact.wasm"), "{err}");
+    assert!(
+        err.contains(&wrong) && err.contains(&sha),
+        "names both hashes: {err}"
+    );
+
+    // A resolver used as a transform, and a transform used as a resolver.
+    let text = [
+        plugin_table("counter", "merge-counter", ""),
+        collection("c", &["counter"], "lww"),
+    ]
+    .concat();
+    let err = rt
+        .block_on(edgerep_node::start(config(dir.path(), &text)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a resolver, not a transform"), "{err}");
+    let text = [
+        plugin_table("redact", "redact", ""),
+        collection("c", &[], "redact"),
+    ]
+    .concat();
+    let err = rt
+        .block_on(edgerep_node::start(config(dir.path(), &text)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a transform, not a resolver"), "{err}");
+
+    // A file that is not a component.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").unwrap();
+    let text = format!(
+        "[plugins.junk]\npath = '{}'\nsha256 = \"{}\"\n",
+        junk.display(),
+        {
+            edgerep_plugin::Runtime::new(None)
+                .unwrap()
+                .inspect(b"\0asm\x01\0\0\0")
+                .map(|i| i.sha256)
+                .unwrap_or_else(|_| "ab".repeat(32))
+        }
+    );
+    let err = rt
+        .block_on(edgerep_node::start(config(dir.path(), &text)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("junk"), "{err}");
+}
+
+fn counter_event(origin: &str, counts: Json, hlc: u64) -> Event {
+    Event {
+        format: FORMAT_VERSION,
+        collection: "counters".into(),
+        key: b"visits".to_vec(),
+        op: Op::Put,
+        value: Some(Value::from_json(&counts, &DecodeLimits::default()).unwrap()),
+        hlc: Hlc::new(hlc, 0),
+        origin: NodeId::parse(origin).unwrap(),
+        seq: 1,
+        schema: 0,
+        meta: BTreeMap::new(),
+        context: VersionVector::new(),
+        extra: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn resolver_plugin_merges_concurrent_versions_and_failures_fall_back_to_lww() {
+    let dir = tempfile::tempdir().unwrap();
+    // Concurrent writes to one key from three sites, as replication would apply them.
+    {
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let (store, _) = Store::open(
+            &dir.path().join("data/edgerep.redb"),
+            &NodeId::parse("site-a").unwrap(),
+            EventLimits::default(),
+        )
+        .unwrap();
+        let mut bad = counter_event("site-f", json!("not a counter map"), 50);
+        bad.collection = "broken".into();
+        store
+            .apply_events(vec![
+                counter_event("site-b", json!({"site-b": 5, "site-c": 1}), 30),
+                counter_event("site-c", json!({"site-b": 2, "site-c": 7}), 10),
+                counter_event("site-d", json!({"site-d": 3}), 20),
+                bad,
+                {
+                    let mut e = counter_event("site-e", json!({"x": 1}), 40);
+                    e.collection = "broken".into();
+                    e
+                },
+            ])
+            .unwrap();
+    }
+    let body = [
+        plugin_table("merge-counter", "merge-counter", ""),
+        collection("counters", &[], "merge-counter"),
+        collection("broken", &[], "merge-counter"),
+    ]
+    .concat();
+    let node = Node::start(config(dir.path(), &body));
+    let r = node.get("/v1/kv/counters/visits");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"site-b": 5, "site-c": 7, "site-d": 3}),
+        "per-origin maximum"
+    );
+    assert_eq!(r.headers["x-edgerep-resolved-by"], "plugin:merge-counter");
+    assert_eq!(r.headers["x-edgerep-versions"], "3");
+    let scan = node.get("/v1/scan/counters").body;
+    assert_eq!(
+        scan["items"][0]["value"],
+        json!({"site-b": 5, "site-c": 7, "site-d": 3})
+    );
+    assert_eq!(scan["items"][0]["resolved_by"], "plugin:merge-counter");
+
+    // The resolver fails on a value that is not a counter map: last-writer-wins decides, and says so.
+    let r = node.get("/v1/kv/broken/visits");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.headers["x-edgerep-resolved-by"],
+        "lww-fallback:merge-counter"
+    );
+    assert_eq!(r.body, json!("not a counter map"), "highest hlc wins");
+    let s = node.get("/v1/status").body;
+    assert_eq!(s["plugins"]["merge-counter"]["fallbacks_to_lww"], 1);
+    assert_eq!(
+        s["plugins"]["merge-counter"]["errors"]["plugin-error"], 1,
+        "{}",
+        s["plugins"]
+    );
+    node.stop();
+}

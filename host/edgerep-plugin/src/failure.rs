@@ -1,0 +1,233 @@
+//! Why a plugin call failed, classified from the error wasmtime returned (never from its text).
+
+use std::fmt;
+
+use crate::limits::MemoryLimitHit;
+
+/// A failed plugin call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// Details for logs and dead letters: the guest's own message for [`FailureKind::PluginError`].
+    pub message: String,
+    /// Fuel the call used before it failed (the budget, for [`FailureKind::OutOfFuel`]).
+    pub fuel_used: u64,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The kinds of [`Failure`]. Every kind but [`FailureKind::Deadline`] is deterministic: the same
+/// plugin, input, parameters and limits give the same kind on every node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailureKind {
+    /// The call used its whole fuel budget.
+    OutOfFuel,
+    /// The instance asked for more memory than [`crate::Limits::memory_bytes`].
+    MemoryLimit,
+    /// The call ran past [`crate::Limits::deadline`] (wall clock: not deterministic).
+    Deadline,
+    /// The guest trapped (panic, `unreachable`, out-of-bounds access, stack overflow, exit, ...).
+    Trap,
+    /// The guest returned `err(message)`.
+    PluginError,
+    /// The guest returned something the host refuses (invalid CBOR, bad collection name, empty
+    /// key, a put without a value, a pick out of range, too many changes or bytes, ...).
+    BadOutput,
+    /// The plugin does not implement the function called (a transform called on a resolver or
+    /// the other way round): a mistake of the caller, not of the plugin.
+    WrongWorld,
+}
+
+impl FailureKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [FailureKind; 7] = [
+        FailureKind::OutOfFuel,
+        FailureKind::MemoryLimit,
+        FailureKind::Deadline,
+        FailureKind::Trap,
+        FailureKind::PluginError,
+        FailureKind::BadOutput,
+        FailureKind::WrongWorld,
+    ];
+
+    /// The kebab-case name used in logs, metrics, JSON and test vectors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::OutOfFuel => "out-of-fuel",
+            FailureKind::MemoryLimit => "memory-limit",
+            FailureKind::Deadline => "deadline",
+            FailureKind::Trap => "trap",
+            FailureKind::PluginError => "plugin-error",
+            FailureKind::BadOutput => "bad-output",
+            FailureKind::WrongWorld => "wrong-world",
+        }
+    }
+
+    /// The kind named `name` (the inverse of [`FailureKind::as_str`]).
+    pub fn parse(name: &str) -> Option<FailureKind> {
+        FailureKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When an error happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// While instantiating the component.
+    Instantiate,
+    /// While calling its export (including handing over the input and taking the result).
+    Call,
+}
+
+/// Classifies an error from instantiating or calling a guest, by the types in its cause chain.
+///
+/// - A memory grow the store's limiter refused during the call (`refused`, or the error it
+///   raised) is memory-limit, whatever the guest did afterwards: a guest that handles a failed
+///   grow by aborting traps with `unreachable`, and that is still memory-limit.
+/// - [`wasmtime::Trap::OutOfFuel`] is out-of-fuel, [`wasmtime::Trap::Interrupt`] (the epoch
+///   deadline) is deadline, every other trap code is trap, and so is a WASI `exit`.
+/// - Any other error during a call was raised by the host while taking data from the guest: a
+///   result (or an import's argument) that is malformed in the canonical ABI (a pointer out of
+///   bounds, text that is not UTF-8) or larger than the store's hostcall data budget. The host
+///   refuses what the guest handed over: bad-output.
+pub(crate) fn classify(
+    error: &wasmtime::Error,
+    refused: Option<&MemoryLimitHit>,
+    phase: Phase,
+) -> (FailureKind, String) {
+    if let Some(hit) = error.downcast_ref::<MemoryLimitHit>().or(refused) {
+        return (FailureKind::MemoryLimit, hit.to_string());
+    }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        let kind = match trap {
+            wasmtime::Trap::OutOfFuel => FailureKind::OutOfFuel,
+            wasmtime::Trap::Interrupt => FailureKind::Deadline,
+            _ => FailureKind::Trap,
+        };
+        return (kind, describe(error));
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return (FailureKind::Trap, format!("plugin called exit({})", exit.0));
+    }
+    match phase {
+        Phase::Call => (
+            FailureKind::BadOutput,
+            format!("the host refused data from the plugin: {}", describe(error)),
+        ),
+        Phase::Instantiate => (FailureKind::Trap, describe(error)),
+    }
+}
+
+/// The error's messages, outermost first, joined by ": ", with the wasm backtrace (if wasmtime
+/// attached one) on the following lines.
+pub(crate) fn describe(error: &wasmtime::Error) -> String {
+    let mut message = String::new();
+    let mut backtrace = None;
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.starts_with("error while executing at wasm backtrace") {
+            backtrace = Some(text);
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    if let Some(backtrace) = backtrace {
+        message.push('\n');
+        message.push_str(backtrace.trim_end());
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_cause_chain() {
+        let trap = |t: wasmtime::Trap| wasmtime::Error::new(t).context("while calling transform");
+        let hit = MemoryLimitHit::new(2 << 20, 2 << 20, 1 << 20);
+        let cases = [
+            (
+                trap(wasmtime::Trap::OutOfFuel),
+                None,
+                Phase::Call,
+                FailureKind::OutOfFuel,
+            ),
+            (
+                trap(wasmtime::Trap::Interrupt),
+                None,
+                Phase::Call,
+                FailureKind::Deadline,
+            ),
+            (
+                trap(wasmtime::Trap::StackOverflow),
+                None,
+                Phase::Call,
+                FailureKind::Trap,
+            ),
+            // The guest aborting after a refused grow is still memory-limit.
+            (
+                trap(wasmtime::Trap::UnreachableCodeReached),
+                Some(&hit),
+                Phase::Call,
+                FailureKind::MemoryLimit,
+            ),
+            (
+                wasmtime::Error::new(hit),
+                None,
+                Phase::Instantiate,
+                FailureKind::MemoryLimit,
+            ),
+            (
+                wasmtime::Error::new(wasmtime_wasi::I32Exit(3)),
+                None,
+                Phase::Call,
+                FailureKind::Trap,
+            ),
+            (
+                wasmtime::Error::msg("list pointer/length out of bounds of memory"),
+                None,
+                Phase::Call,
+                FailureKind::BadOutput,
+            ),
+            (
+                wasmtime::Error::msg("instance limit reached"),
+                None,
+                Phase::Instantiate,
+                FailureKind::Trap,
+            ),
+        ];
+        for (error, refused, phase, expected) in cases {
+            let (kind, message) = classify(&error, refused, phase);
+            assert_eq!(kind, expected, "{error:?}: {message}");
+        }
+        let (_, message) = classify(&trap(wasmtime::Trap::OutOfFuel), None, Phase::Call);
+        assert!(
+            message.starts_with("while calling transform: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in FailureKind::ALL {
+            assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(FailureKind::parse("invalid-output"), None);
+    }
+}

@@ -1,0 +1,216 @@
+//! What one plugin call may use: fuel (the deterministic budget), memory, and a wall-clock backstop.
+
+use std::time::Duration;
+
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+
+/// The budget of every call to one plugin.
+///
+/// Fuel is what makes a call fail the same way on every node: a plugin that runs out of fuel does
+/// so at the same instruction everywhere. The deadline is only a backstop against a stuck host or
+/// an unexpectedly slow machine; it depends on the machine, so results that must agree across
+/// nodes must never depend on it (size `fuel` so that it always runs out first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel (roughly, WebAssembly instructions) per call. Instantiating a fresh instance gets a
+    /// budget of its own of the same size.
+    pub fuel: u64,
+    /// Most linear memory one instance may hold, in bytes, all its memories together.
+    pub memory_bytes: usize,
+    /// Wall-clock backstop per call, checked about every millisecond.
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    /// 100 million fuel (tens of milliseconds of work), 64 MiB of memory, a 1 s deadline.
+    fn default() -> Limits {
+        Limits {
+            fuel: 100_000_000,
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The error a refused memory grow becomes: the call fails at once, classified as memory-limit.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error(
+    "memory limit: growing linear memory to {desired} bytes would hold {total} bytes in all, over the limit of {limit}"
+)]
+pub(crate) struct MemoryLimitHit {
+    /// Size the guest asked for, of the memory that grew.
+    desired: usize,
+    /// What all memories of the instance would hold together.
+    total: usize,
+    /// The cap.
+    limit: usize,
+}
+
+impl MemoryLimitHit {
+    /// A refusal, for tests of the classification.
+    #[cfg(test)]
+    pub(crate) fn new(desired: usize, total: usize, limit: usize) -> MemoryLimitHit {
+        MemoryLimitHit {
+            desired,
+            total,
+            limit,
+        }
+    }
+}
+
+/// The store's [`ResourceLimiter`]: wasmtime's [`StoreLimits`] (per-memory cap, trap on a
+/// refused grow) plus a cap on the total of all memories, and a record that a grow was refused.
+///
+/// The record matters for guests that handle a failed grow themselves (a refused `memory.grow`
+/// returns -1 to the guest when the limiter answers `Ok(false)`): their own abort afterwards is a
+/// trap like any other, and the record turns it into memory-limit.
+pub(crate) struct MemoryLimiter {
+    /// wasmtime's limits, built with `trap_on_grow_failure(true)`.
+    inner: StoreLimits,
+    /// The cap on all memories together.
+    limit: usize,
+    /// Bytes held by all memories of the store.
+    total: usize,
+    /// Bytes added by the last approved grow, taken back if wasmtime then fails to grow.
+    last_grow: usize,
+    /// Set when a grow was refused during the current call.
+    refused: Option<MemoryLimitHit>,
+}
+
+impl MemoryLimiter {
+    /// Memories allowed per store: a component has one per core instance that defines one.
+    const MEMORIES: usize = 16;
+    /// Tables allowed per store.
+    const TABLES: usize = 64;
+    /// Elements allowed per table.
+    const TABLE_ELEMENTS: usize = 1_000_000;
+    /// Core instances allowed per store (a component is a handful of core instances).
+    const INSTANCES: usize = 64;
+
+    /// A limiter capping all memories of one store at `limit` bytes.
+    pub(crate) fn new(limit: usize) -> MemoryLimiter {
+        MemoryLimiter {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(limit)
+                .table_elements(Self::TABLE_ELEMENTS)
+                .tables(Self::TABLES)
+                .memories(Self::MEMORIES)
+                .instances(Self::INSTANCES)
+                .trap_on_grow_failure(true)
+                .build(),
+            limit,
+            total: 0,
+            last_grow: 0,
+            refused: None,
+        }
+    }
+
+    /// Forgets a refusal from an earlier call (the instance that saw it was discarded anyway).
+    pub(crate) fn begin_call(&mut self) {
+        self.refused = None;
+    }
+
+    /// The refusal during this call, if any.
+    pub(crate) fn refused(&self) -> Option<&MemoryLimitHit> {
+        self.refused.as_ref()
+    }
+
+    /// Bytes held by all memories of the store.
+    pub(crate) fn total(&self) -> usize {
+        self.total
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.total.saturating_add(desired.saturating_sub(current));
+        let refuse = |this: &mut MemoryLimiter| {
+            let hit = MemoryLimitHit {
+                desired,
+                total,
+                limit: this.limit,
+            };
+            this.refused = Some(hit);
+            Err(wasmtime::Error::new(hit))
+        };
+        if total > self.limit {
+            return refuse(self);
+        }
+        match self.inner.memory_growing(current, desired, maximum) {
+            Ok(true) => {
+                self.last_grow = total - self.total;
+                self.total = total;
+                Ok(true)
+            }
+            // `trap_on_grow_failure(true)` makes StoreLimits answer with an error, never `false`;
+            // both mean the same here.
+            Ok(false) | Err(_) => refuse(self),
+        }
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.total -= std::mem::take(&mut self.last_grow);
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_on_all_memories_together() {
+        let mut limiter = MemoryLimiter::new(100 << 16);
+        assert!(limiter.memory_growing(0, 60 << 16, None).unwrap());
+        assert!(limiter.memory_growing(0, 30 << 16, None).unwrap());
+        assert_eq!(limiter.total(), 90 << 16);
+        assert!(limiter.refused().is_none());
+        let error = limiter
+            .memory_growing(30 << 16, 50 << 16, None)
+            .unwrap_err();
+        assert!(error.downcast_ref::<MemoryLimitHit>().is_some());
+        assert!(limiter.refused().is_some());
+        assert_eq!(limiter.total(), 90 << 16);
+        limiter.begin_call();
+        assert!(limiter.refused().is_none());
+
+        // A grow wasmtime then fails to make is taken back.
+        assert!(limiter.memory_growing(30 << 16, 35 << 16, None).unwrap());
+        assert_eq!(limiter.total(), 95 << 16);
+        let _ = limiter.memory_grow_failed(wasmtime::Error::msg("mmap failed"));
+        assert_eq!(limiter.total(), 90 << 16);
+
+        // A memory's own declared maximum counts as the limit too.
+        assert!(limiter.memory_growing(0, 2 << 16, Some(1 << 16)).is_err());
+    }
+}

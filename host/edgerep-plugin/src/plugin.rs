@@ -1,0 +1,327 @@
+//! A loaded [`Plugin`]: pre-instantiated, called with fresh or pooled instances under its limits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use edgerep_wire::Event;
+use wasmtime::{Engine, Store};
+
+use crate::bindings::resolver::{Resolver, ResolverPre};
+use crate::bindings::transform::{Transform, TransformPre};
+use crate::failure::{Failure, FailureKind, Phase, classify};
+use crate::limits::Limits;
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::output::{Change, Resolution, check_changes, check_resolution, event_to_wit};
+use crate::runtime::{HostState, Identity, PluginSource, Ticker, World, truncate};
+
+/// Most idle instances kept per plugin for calls with `fresh = false`.
+pub const POOL_MAX_IDLE: usize = 4;
+
+/// The most data one call may hand to the host (wasmtime's "hostcall fuel": bytes of the host's
+/// copies of strings and lists, counted before they are allocated): the output limit plus room
+/// for the per-change overhead, so an oversized result is refused before the host copies it all.
+/// Exceeding it is bad-output.
+const HOSTCALL_DATA_MAX: usize =
+    crate::output::MAX_OUTPUT_BYTES + crate::output::MAX_CHANGES * 1024;
+
+/// Longest failure message kept from a guest, in bytes.
+const MESSAGE_MAX_BYTES: usize = 4096;
+
+/// A loaded plugin. Cheap to clone (the clones share instances and metrics), `Send` and `Sync`.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    identity: Arc<Identity>,
+    path: PathBuf,
+    sha256: String,
+    world: World,
+    limits: Limits,
+    bound: Bound,
+    engine: Engine,
+    /// The deadline in epoch ticks.
+    deadline_ticks: u64,
+    /// Idle transform instances (at most [`POOL_MAX_IDLE`]).
+    pool: Mutex<Vec<Live<Transform>>>,
+    metrics: Metrics,
+    /// Keeps the epoch ticker running while the plugin lives.
+    _ticker: Arc<Ticker>,
+}
+
+/// The pre-instantiated component, typed by its world.
+pub(crate) enum Bound {
+    Transform(TransformPre<HostState>),
+    Resolver(ResolverPre<HostState>),
+}
+
+/// An instance and the store it lives in.
+struct Live<I> {
+    store: Store<HostState>,
+    instance: I,
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        source: PluginSource,
+        sha256: String,
+        world: World,
+        bound: Bound,
+        engine: Engine,
+        ticker: Arc<Ticker>,
+    ) -> Plugin {
+        // One more tick than the deadline holds, since the first tick may come at once; capped
+        // far below u64::MAX because wasmtime adds it to the current epoch.
+        let ticks = source
+            .limits
+            .deadline
+            .as_micros()
+            .div_ceil(Ticker::TICK.as_micros())
+            + 1;
+        let deadline_ticks = u64::try_from(ticks).unwrap_or(u64::MAX).min(1 << 62);
+        Plugin {
+            inner: Arc::new(Inner {
+                identity: Arc::new(Identity {
+                    name: source.name,
+                    params: source.params,
+                }),
+                path: source.path,
+                sha256,
+                world,
+                limits: source.limits,
+                bound,
+                engine,
+                deadline_ticks,
+                pool: Mutex::new(Vec::new()),
+                metrics: Metrics::new(),
+                _ticker: ticker,
+            }),
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.inner.identity.name
+    }
+
+    /// The file the plugin was loaded from (for messages).
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// SHA-256 of the component, lowercase hex.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    /// The world the component implements.
+    pub fn world(&self) -> World {
+        self.inner.world
+    }
+
+    /// The budget of every call.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Runs the transform on `event`.
+    ///
+    /// `fresh = true` uses a new instance, so the result and the fuel depend only on the input
+    /// and parameters: use it for anything that must agree across nodes. `fresh = false` reuses
+    /// an idle instance (faster; the guest may keep state between calls). An instance whose call
+    /// failed in any way is discarded; a successful one returns to the pool if it has room.
+    /// Fuel counts the call only; instantiating gets a budget of its own.
+    pub fn transform(&self, event: &Event, fresh: bool) -> Result<Vec<Change>, Failure> {
+        self.measured(|| self.transform_once(event, fresh))
+    }
+
+    /// Runs the resolver on the concurrent `versions` of `key` in `collection`, always in a
+    /// fresh instance. The versions are passed in the order given: the caller sorts them
+    /// canonically (by origin, then sequence number), as the WIT contract promises the guest.
+    pub fn resolve(
+        &self,
+        collection: &str,
+        key: &[u8],
+        versions: &[Event],
+    ) -> Result<Resolution, Failure> {
+        self.measured(|| self.resolve_once(collection, key, versions))
+    }
+
+    /// The plugin's metrics so far (all clones together).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    /// Runs one call and records it in the metrics.
+    fn measured<T>(&self, call: impl FnOnce() -> Result<(T, u64), Failure>) -> Result<T, Failure> {
+        let start = Instant::now();
+        let result = call();
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        match result {
+            Ok((value, fuel)) => {
+                self.inner.metrics.record(None, fuel, nanos);
+                Ok(value)
+            }
+            Err(failure) => {
+                self.inner
+                    .metrics
+                    .record(Some(failure.kind), failure.fuel_used, nanos);
+                Err(failure)
+            }
+        }
+    }
+
+    fn transform_once(&self, event: &Event, fresh: bool) -> Result<(Vec<Change>, u64), Failure> {
+        let Bound::Transform(pre) = &self.inner.bound else {
+            return Err(self.wrong_world("transform"));
+        };
+        let idle = if fresh { None } else { self.lock_pool().pop() };
+        let mut live = match idle {
+            Some(live) => live,
+            None => self.instantiate(|store| pre.instantiate(store))?,
+        };
+        let input = event_to_wit(event);
+        self.arm(&mut live.store);
+        let outcome = live.instance.call_transform(&mut live.store, &input);
+        let fuel_used = self.finish(&mut live.store);
+        let changes = match outcome {
+            Err(error) => return Err(self.trapped(&live.store, &error, fuel_used, Phase::Call)),
+            Ok(Err(message)) => return Err(failure(FailureKind::PluginError, &message, fuel_used)),
+            Ok(Ok(changes)) => check_changes(changes)
+                .map_err(|message| failure(FailureKind::BadOutput, &message, fuel_used))?,
+        };
+        let mut pool = self.lock_pool();
+        if pool.len() < POOL_MAX_IDLE {
+            pool.push(live);
+        }
+        Ok((changes, fuel_used))
+    }
+
+    fn resolve_once(
+        &self,
+        collection: &str,
+        key: &[u8],
+        versions: &[Event],
+    ) -> Result<(Resolution, u64), Failure> {
+        let Bound::Resolver(pre) = &self.inner.bound else {
+            return Err(self.wrong_world("resolve"));
+        };
+        let mut live: Live<Resolver> = self.instantiate(|store| pre.instantiate(store))?;
+        let input: Vec<_> = versions.iter().map(event_to_wit).collect();
+        self.arm(&mut live.store);
+        let outcome = live
+            .instance
+            .call_resolve(&mut live.store, collection, key, &input);
+        let fuel_used = self.finish(&mut live.store);
+        match outcome {
+            Err(error) => Err(self.trapped(&live.store, &error, fuel_used, Phase::Call)),
+            Ok(Err(message)) => Err(failure(FailureKind::PluginError, &message, fuel_used)),
+            Ok(Ok(resolution)) => check_resolution(resolution, versions.len())
+                .map(|r| (r, fuel_used))
+                .map_err(|message| failure(FailureKind::BadOutput, &message, fuel_used)),
+        }
+    }
+
+    /// A new store and instance. Instantiation runs under the same limits as a call.
+    fn instantiate<I>(
+        &self,
+        instantiate: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<I>,
+    ) -> Result<Live<I>, Failure> {
+        let inner = &self.inner;
+        let mut store = Store::new(
+            &inner.engine,
+            HostState::new(inner.identity.clone(), inner.limits.memory_bytes),
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(HOSTCALL_DATA_MAX);
+        self.arm(&mut store);
+        let instance = instantiate(&mut store);
+        let fuel_used = self.finish(&mut store);
+        match instance {
+            Ok(instance) => Ok(Live { store, instance }),
+            Err(error) => {
+                let mut failure = self.trapped(&store, &error, fuel_used, Phase::Instantiate);
+                failure.message = format!("instantiating: {}", failure.message);
+                Err(failure)
+            }
+        }
+    }
+
+    /// Gives the store a full budget for the next call or instantiation.
+    fn arm(&self, store: &mut Store<HostState>) {
+        store
+            .set_fuel(self.inner.limits.fuel)
+            .expect("the engine consumes fuel");
+        store.set_epoch_deadline(self.inner.deadline_ticks);
+        store.data_mut().begin_call();
+    }
+
+    /// Ends a call: reports suppressed log lines and returns the fuel used.
+    fn finish(&self, store: &mut Store<HostState>) -> u64 {
+        store.data_mut().end_call();
+        let remaining = store.get_fuel().unwrap_or(0);
+        self.inner.limits.fuel.saturating_sub(remaining)
+    }
+
+    /// The failure for an error from wasmtime (a trap, a limit, a host error).
+    fn trapped(
+        &self,
+        store: &Store<HostState>,
+        error: &wasmtime::Error,
+        fuel_used: u64,
+        phase: Phase,
+    ) -> Failure {
+        let (kind, message) = classify(error, store.data().limiter.refused(), phase);
+        let failure = failure(kind, &message, fuel_used);
+        tracing::debug!(
+            plugin = %self.name(),
+            kind = kind.as_str(),
+            fuel_used,
+            memory_bytes = store.data().limiter.total(),
+            "plugin call failed: {}", failure.message
+        );
+        failure
+    }
+
+    fn wrong_world(&self, function: &str) -> Failure {
+        let message = format!(
+            "plugin {:?} implements the {} world and has no `{function}` function",
+            self.name(),
+            self.world().as_str()
+        );
+        failure(FailureKind::WrongWorld, &message, 0)
+    }
+
+    fn lock_pool(&self) -> std::sync::MutexGuard<'_, Vec<Live<Transform>>> {
+        self.inner.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The node shares plugins between threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Plugin>();
+    send_sync::<crate::Runtime>();
+};
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name())
+            .field("path", &self.path())
+            .field("sha256", &self.sha256())
+            .field("world", &self.world())
+            .field("limits", self.limits())
+            .finish_non_exhaustive()
+    }
+}
+
+fn failure(kind: FailureKind, message: &str, fuel_used: u64) -> Failure {
+    Failure {
+        kind,
+        message: truncate(message, MESSAGE_MAX_BYTES).into_owned(),
+        fuel_used,
+    }
+}

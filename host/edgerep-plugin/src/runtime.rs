@@ -1,0 +1,746 @@
+//! The [`Runtime`]: one wasmtime engine, its epoch ticker and the linker with the host's imports;
+//! it loads (checks, compiles or takes from the cache, links) and inspects components.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+use wasmtime_wasi::{WasiCtxView, WasiView};
+
+use crate::bindings::resolver::ResolverPre;
+use crate::bindings::transform::TransformPre;
+use crate::bindings::{self, Host, Level};
+use crate::error::LoadError;
+use crate::failure::describe;
+use crate::limits::{Limits, MemoryLimiter};
+use crate::plugin::{Bound, Plugin};
+use crate::wasi::WasiState;
+
+/// A plugin to load: the component's bytes and how to run it.
+#[derive(Clone, Debug)]
+pub struct PluginSource {
+    /// The plugin's name (from the config), used in logs and messages.
+    pub name: String,
+    /// Where the bytes came from, for messages only.
+    pub path: PathBuf,
+    /// The component.
+    pub wasm: Vec<u8>,
+    /// The SHA-256 the bytes must have (hex, either case); `None` skips the check.
+    pub expected_sha256: Option<String>,
+    /// The budget of every call.
+    pub limits: Limits,
+    /// Parameters the plugin reads through `host.param`/`host.params`.
+    pub params: BTreeMap<String, String>,
+}
+
+/// Which world of `wit/plugin.wit` a component implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum World {
+    /// Exports `transform`.
+    Transform,
+    /// Exports `resolve`.
+    Resolver,
+}
+
+impl World {
+    /// The world's name in the WIT: `transform` or `resolver`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Transform => "transform",
+            World::Resolver => "resolver",
+        }
+    }
+}
+
+/// What [`Runtime::inspect`] found in a component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspection {
+    /// The world its exports name, if exactly one matches.
+    pub world: Option<World>,
+    /// Its import names (interfaces, as `namespace:package/interface@version`).
+    pub imports: Vec<String>,
+    /// Its export names.
+    pub exports: Vec<String>,
+    /// SHA-256 of the bytes, lowercase hex (what `expected_sha256` should say).
+    pub sha256: String,
+    /// Size of the bytes.
+    pub size: usize,
+    /// Why [`Runtime::load`] would refuse it (empty when it would load): refused imports, no
+    /// world, exports or imports of the wrong type.
+    pub problems: Vec<String>,
+}
+
+/// The plugin runtime of one node: a wasmtime engine configured for deterministic execution, an
+/// epoch ticker thread (the wall-clock backstop) and a linker with the host imports and WASI.
+///
+/// The engine consumes fuel (the deterministic budget), interrupts on epochs, canonicalizes NaNs
+/// and makes relaxed SIMD deterministic. The ticker thread stops when the runtime and every
+/// plugin it loaded are dropped.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    /// Hex digest of the engine's precompile compatibility hash, part of every cache file name.
+    compat: String,
+    ticker: Arc<Ticker>,
+    compilations: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+impl Runtime {
+    /// Builds the engine, the linker and the epoch ticker. With a `cache_dir`, compiled components
+    /// are kept there (created if missing) and reused by later loads, also across restarts.
+    pub fn new(cache_dir: Option<&Path>) -> Result<Runtime, LoadError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(describe(&e)))?;
+        let mut linker = Linker::new(&engine);
+        bindings::transform::edgerep::plugin::host::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .and_then(|()| crate::wasi::add_to_linker(&mut linker))
+        .map_err(|e| LoadError::Engine(describe(&e)))?;
+        if let Some(dir) = cache_dir {
+            fs::create_dir_all(dir).map_err(|e| LoadError::CacheDir {
+                path: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        let compat = {
+            let mut hasher = Sha256Hasher(Sha256::new());
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            hex::encode(&hasher.0.finalize()[..16])
+        };
+        let ticker = Arc::new(Ticker::start(engine.clone()));
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: cache_dir.map(Path::to_path_buf),
+            compat,
+            ticker,
+            compilations: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+        })
+    }
+
+    /// Checks, compiles (or takes from the cache), links and pre-instantiates a plugin.
+    ///
+    /// Refuses: a hash mismatch (naming the file and both hashes), bytes that are not a
+    /// component, imports other than `edgerep:plugin/host`, `edgerep:plugin/types` and `wasi:*`,
+    /// exports that match neither world (or both), and exports or imports of the wrong type.
+    pub fn load(&self, source: PluginSource) -> Result<Plugin, LoadError> {
+        let plugin = format!("{:?} ({})", source.name, source.path.display());
+        check_limits(&source.limits, &plugin)?;
+        let sha256 = sha256_hex(&source.wasm);
+        if let Some(expected) = &source.expected_sha256 {
+            let normalized = expected.trim().to_ascii_lowercase();
+            if normalized.len() != 64 || !normalized.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(LoadError::InvalidHash {
+                    plugin,
+                    expected: expected.clone(),
+                });
+            }
+            if normalized != sha256 {
+                return Err(LoadError::HashMismatch {
+                    plugin,
+                    expected: normalized,
+                    actual: sha256,
+                });
+            }
+        }
+        check_header(&source.wasm, &plugin)?;
+        let component = self.compile(&source.wasm, &sha256, &plugin)?;
+        let shape = Shape::of(&self.engine, &component);
+        let refused = shape.refused_imports();
+        if !refused.is_empty() {
+            return Err(LoadError::RefusedImports { plugin, refused });
+        }
+        let world = shape.world().map_err(|reason| LoadError::World {
+            plugin: plugin.clone(),
+            exports: shape.export_names(),
+            reason,
+        })?;
+        let bound = self.bind(&component, world, &shape, &plugin)?;
+        Ok(Plugin::new(
+            source,
+            sha256,
+            world,
+            bound,
+            self.engine.clone(),
+            self.ticker.clone(),
+        ))
+    }
+
+    /// Describes a component for `edgerep plugin check`: its world, imports, exports, hash and
+    /// size, and what would keep [`Runtime::load`] from loading it. Compiles it (without the
+    /// cache); refuses only bytes that are not a valid component.
+    pub fn inspect(&self, wasm: &[u8]) -> Result<Inspection, LoadError> {
+        let plugin = "component".to_owned();
+        check_header(wasm, &plugin)?;
+        let component = self.compile_now(wasm, &plugin)?;
+        let shape = Shape::of(&self.engine, &component);
+        let mut problems = Vec::new();
+        let refused = shape.refused_imports();
+        if !refused.is_empty() {
+            problems.push(
+                LoadError::RefusedImports {
+                    plugin: plugin.clone(),
+                    refused,
+                }
+                .to_string(),
+            );
+        }
+        let world = match shape.world() {
+            Ok(world) => {
+                if problems.is_empty()
+                    && let Err(e) = self.bind(&component, world, &shape, &plugin)
+                {
+                    problems.push(e.to_string());
+                }
+                Some(world)
+            }
+            Err(reason) => {
+                problems.push(
+                    LoadError::World {
+                        plugin,
+                        exports: shape.export_names(),
+                        reason,
+                    }
+                    .to_string(),
+                );
+                None
+            }
+        };
+        Ok(Inspection {
+            world,
+            exports: shape.export_names(),
+            imports: shape.imports,
+            sha256: sha256_hex(wasm),
+            size: wasm.len(),
+            problems,
+        })
+    }
+
+    /// How many components this runtime compiled (cache misses and loads without a cache).
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
+    }
+
+    /// How many loads took the compiled component from the cache.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
+    }
+
+    /// The engine and linker, for tests of the host side.
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> (&Engine, &Linker<HostState>) {
+        (&self.engine, &self.linker)
+    }
+
+    /// Links `component` and checks its exports against `world`'s types.
+    fn bind(
+        &self,
+        component: &Component,
+        world: World,
+        shape: &Shape,
+        plugin: &str,
+    ) -> Result<Bound, LoadError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::Link {
+                plugin: plugin.to_owned(),
+                message: describe(&e),
+            })?;
+        let wrong_type = |e: wasmtime::Error| LoadError::World {
+            plugin: plugin.to_owned(),
+            exports: shape.export_names(),
+            reason: format!(
+                "its exports do not have the types of the {} world: {}",
+                world.as_str(),
+                describe(&e)
+            ),
+        };
+        Ok(match world {
+            World::Transform => Bound::Transform(TransformPre::new(pre).map_err(wrong_type)?),
+            World::Resolver => Bound::Resolver(ResolverPre::new(pre).map_err(wrong_type)?),
+        })
+    }
+
+    /// Compiles, through the cache when there is one.
+    fn compile(&self, wasm: &[u8], sha256: &str, plugin: &str) -> Result<Component, LoadError> {
+        let Some(dir) = &self.cache_dir else {
+            return self.compile_now(wasm, plugin);
+        };
+        let path = dir.join(format!("{sha256}-{}.cwasm", self.compat));
+        match cache::load(&self.engine, &path) {
+            Ok(Some(component)) => {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(component);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                "ignoring unusable compiled plugin in the cache (it will be rewritten): {e}"
+            ),
+        }
+        let component = self.compile_now(wasm, plugin)?;
+        match component.serialize() {
+            Ok(bytes) => {
+                if let Err(e) = cache::store(&path, &bytes) {
+                    tracing::warn!(path = %path.display(), "cannot write the plugin cache: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot serialize a compiled plugin: {}", describe(&e)),
+        }
+        Ok(component)
+    }
+
+    fn compile_now(&self, wasm: &[u8], plugin: &str) -> Result<Component, LoadError> {
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile {
+            plugin: plugin.to_owned(),
+            message: describe(&e),
+        })
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.cache_dir)
+            .field("compilations", &self.compilations())
+            .field("cache_hits", &self.cache_hits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn check_limits(limits: &Limits, plugin: &str) -> Result<(), LoadError> {
+    let reason = if limits.fuel == 0 {
+        "fuel is 0"
+    } else if limits.memory_bytes == 0 {
+        "memory_bytes is 0"
+    } else if limits.deadline.is_zero() {
+        "the deadline is 0"
+    } else {
+        return Ok(());
+    };
+    Err(LoadError::InvalidLimits {
+        plugin: plugin.to_owned(),
+        reason,
+    })
+}
+
+/// Tells garbage, core modules and precompiled artifacts apart from components by their header:
+/// `\0asm`, then a 16-bit version and a 16-bit layer (0 for a core module, 1 for a component).
+fn check_header(wasm: &[u8], plugin: &str) -> Result<(), LoadError> {
+    let not_wasm = |reason: String| LoadError::NotWasm {
+        plugin: plugin.to_owned(),
+        reason,
+    };
+    if wasm.is_empty() {
+        return Err(not_wasm("the file is empty".into()));
+    }
+    if wasm.starts_with(b"\x7fELF") {
+        return Err(not_wasm(
+            "an ELF file, perhaps a precompiled .cwasm: give the .wasm component".into(),
+        ));
+    }
+    if wasm.len() < 8 || !wasm.starts_with(b"\0asm") {
+        let head = &wasm[..wasm.len().min(8)];
+        return Err(not_wasm(format!(
+            "it starts with {} instead of 0061736d",
+            hex::encode(head)
+        )));
+    }
+    if u16::from_le_bytes([wasm[6], wasm[7]]) == 0 {
+        return Err(LoadError::CoreModule {
+            plugin: plugin.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A component's imports and exports.
+struct Shape {
+    imports: Vec<String>,
+    /// Export names, and whether each is a function.
+    exports: Vec<(String, bool)>,
+}
+
+impl Shape {
+    fn of(engine: &Engine, component: &Component) -> Shape {
+        let ty = component.component_type();
+        Shape {
+            imports: ty
+                .imports(engine)
+                .map(|(name, _)| name.to_owned())
+                .collect(),
+            exports: ty
+                .exports(engine)
+                .map(|(name, item)| {
+                    (
+                        name.to_owned(),
+                        matches!(item.ty, ComponentItem::ComponentFunc(_)),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn export_names(&self) -> Vec<String> {
+        self.exports.iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    /// Imports other than the host's interfaces and WASI.
+    fn refused_imports(&self) -> Vec<String> {
+        self.imports
+            .iter()
+            .filter(|name| !import_allowed(name))
+            .cloned()
+            .collect()
+    }
+
+    /// The world whose export the component has.
+    fn world(&self) -> Result<World, String> {
+        let exports_func = |wanted: &str| {
+            self.exports
+                .iter()
+                .any(|(name, is_func)| *is_func && name == wanted)
+        };
+        match (exports_func("transform"), exports_func("resolve")) {
+            (true, false) => Ok(World::Transform),
+            (false, true) => Ok(World::Resolver),
+            (true, true) => Err("it exports both `transform` and `resolve`".into()),
+            (false, false) => Err("it exports neither `transform` nor `resolve`".into()),
+        }
+    }
+}
+
+/// Whether a plugin may import the interface `name` (any version: the linker picks a compatible one).
+fn import_allowed(name: &str) -> bool {
+    let unversioned = name.split('@').next().unwrap_or(name);
+    unversioned.starts_with("wasi:")
+        || unversioned == "edgerep:plugin/host"
+        || unversioned == "edgerep:plugin/types"
+}
+
+/// Feeds `Hash` output into SHA-256, for a cache key that is stable across processes.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        u64::from_le_bytes(
+            digest[..8]
+                .try_into()
+                .expect("a sha256 digest has 32 bytes"),
+        )
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// The compiled-component cache: one file per component and engine, written atomically.
+mod cache {
+    use super::*;
+
+    /// First bytes of every cache file, before the SHA-256 of the rest.
+    const MAGIC: &[u8; 16] = b"edgerep-cwasm-1\n";
+
+    /// The compiled component in `path`, `None` if there is no such file, an error if the file
+    /// is there but unusable (torn, corrupt, or from another engine).
+    #[allow(unsafe_code)]
+    pub(super) fn load(engine: &Engine, path: &Path) -> Result<Option<Component>, String> {
+        let file = match fs::read(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let body = file
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("not an edgerep cache file")?;
+        if body.len() < 32 {
+            return Err("truncated".into());
+        }
+        let (digest, artifact) = body.split_at(32);
+        if Sha256::digest(artifact).as_slice() != digest {
+            return Err("checksum mismatch".into());
+        }
+        // SAFETY: `Component::deserialize` trusts its input to be an artifact wasmtime produced,
+        // since it maps it as executable code. We only load files we wrote: they sit in the
+        // node's own cache directory, are named by the SHA-256 of the wasm and the engine's
+        // compatibility hash, were written by `store` (from `Component::serialize` of this
+        // engine's configuration) through a temporary file and a rename, and their checksum was
+        // just verified, so a torn or corrupted write is refused above. wasmtime itself checks
+        // the version and engine settings recorded in the artifact.
+        let component =
+            unsafe { Component::deserialize(engine, artifact) }.map_err(|e| describe(&e))?;
+        Ok(Some(component))
+    }
+
+    /// Writes `artifact` to `path` atomically: a temporary file in the same directory, synced,
+    /// then renamed over `path`.
+    pub(super) fn store(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "tmp.{}.{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(MAGIC)?;
+            file.write_all(&Sha256::digest(artifact))?;
+            file.write_all(artifact)?;
+            file.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// The thread that advances the engine's epoch every millisecond, for the deadline backstop.
+/// Shared by the runtime and its plugins; stops when the last of them is dropped.
+pub(crate) struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    /// Time between two epoch ticks: the deadline's resolution.
+    pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+    fn start(engine: Engine) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::Builder::new()
+            .name("edgerep-plugin-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    thread::park_timeout(Ticker::TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("cannot spawn the epoch ticker thread");
+        Ticker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The name and parameters of a plugin, shared by its instances.
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    pub(crate) params: BTreeMap<String, String>,
+}
+
+/// Most log lines one call may write; the rest are counted and reported in one line.
+const LOG_LINES_PER_CALL: u32 = 100;
+
+/// Longest log line kept, in bytes; longer lines are cut.
+const LOG_LINE_MAX_BYTES: usize = 4096;
+
+/// The data of one store (one instance): the host side of the plugin's imports.
+pub(crate) struct HostState {
+    identity: Arc<Identity>,
+    pub(crate) limiter: MemoryLimiter,
+    log_lines: u32,
+    log_suppressed: u64,
+    /// Created on first use, so plugins that do not import WASI never pay for it.
+    wasi: Option<WasiState>,
+}
+
+impl HostState {
+    pub(crate) fn new(identity: Arc<Identity>, memory_bytes: usize) -> HostState {
+        HostState {
+            identity,
+            limiter: MemoryLimiter::new(memory_bytes),
+            log_lines: 0,
+            log_suppressed: 0,
+            wasi: None,
+        }
+    }
+
+    /// Resets the per-call state: the log budget and the record of a refused grow.
+    pub(crate) fn begin_call(&mut self) {
+        self.log_lines = 0;
+        self.log_suppressed = 0;
+        self.limiter.begin_call();
+    }
+
+    /// Reports the log lines suppressed during the call.
+    pub(crate) fn end_call(&mut self) {
+        if self.log_suppressed > 0 {
+            tracing::warn!(
+                target: "edgerep_plugin::guest",
+                plugin = %self.identity.name,
+                "suppressed {} lines (more than {LOG_LINES_PER_CALL} in one call)",
+                self.log_suppressed
+            );
+            self.log_suppressed = 0;
+        }
+    }
+
+    pub(crate) fn wasi(&mut self) -> &mut WasiState {
+        self.wasi.get_or_insert_with(WasiState::new)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        let wasi = self.wasi();
+        WasiCtxView {
+            ctx: &mut wasi.ctx,
+            table: &mut wasi.table,
+        }
+    }
+}
+
+impl Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        if self.log_lines >= LOG_LINES_PER_CALL {
+            self.log_suppressed += 1;
+            return;
+        }
+        self.log_lines += 1;
+        let message = truncate(&message, LOG_LINE_MAX_BYTES);
+        let plugin = &self.identity.name;
+        match level {
+            Level::Debug => tracing::debug!(target: "edgerep_plugin::guest", %plugin, "{message}"),
+            Level::Info => tracing::info!(target: "edgerep_plugin::guest", %plugin, "{message}"),
+            Level::Warn => tracing::warn!(target: "edgerep_plugin::guest", %plugin, "{message}"),
+            Level::Error => tracing::error!(target: "edgerep_plugin::guest", %plugin, "{message}"),
+        }
+    }
+
+    fn param(&mut self, name: String) -> Option<String> {
+        self.identity.params.get(&name).cloned()
+    }
+
+    fn params(&mut self) -> Vec<(String, String)> {
+        self.identity
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, with "…" when cut.
+pub(crate) fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_allowed() {
+        assert!(import_allowed("edgerep:plugin/host@0.1.0"));
+        assert!(import_allowed("edgerep:plugin/types@0.1.0"));
+        assert!(import_allowed("wasi:cli/environment@0.2.6"));
+        assert!(!import_allowed("edgerep:plugin/other@0.1.0"));
+        assert!(!import_allowed("acme:evil/net"));
+        assert!(!import_allowed("edgerep:plugin/hostile"));
+    }
+
+    #[test]
+    fn headers() {
+        assert!(matches!(
+            check_header(b"", "p"),
+            Err(LoadError::NotWasm { .. })
+        ));
+        assert!(matches!(
+            check_header(b"hello world", "p"),
+            Err(LoadError::NotWasm { .. })
+        ));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0", "p"),
+            Err(LoadError::CoreModule { .. })
+        ));
+        assert!(check_header(b"\0asm\x0d\0\x01\0", "p").is_ok());
+    }
+
+    #[test]
+    fn logging_is_rate_limited_per_call() {
+        let identity = Arc::new(Identity {
+            name: "chatty".into(),
+            params: [
+                ("b".to_owned(), "2".to_owned()),
+                ("a".to_owned(), "1".to_owned()),
+            ]
+            .into(),
+        });
+        let mut state = HostState::new(identity, 1 << 20);
+        for call in 0..2 {
+            state.begin_call();
+            for i in 0..150 {
+                state.log(Level::Info, format!("call {call} line {i}"));
+            }
+            assert_eq!((state.log_lines, state.log_suppressed), (100, 50));
+            state.end_call();
+            assert_eq!(state.log_suppressed, 0);
+        }
+        assert_eq!(state.param("a".into()).as_deref(), Some("1"));
+        assert_eq!(state.param("c".into()), None);
+        assert_eq!(
+            state.params(),
+            [
+                ("a".to_owned(), "1".to_owned()),
+                ("b".to_owned(), "2".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate("héllo", 2), "h…");
+        assert_eq!(truncate("hello", 5), "hello");
+    }
+}

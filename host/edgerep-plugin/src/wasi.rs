@@ -1,0 +1,305 @@
+//! WASI preview 2 for plugins that import it (Go and `wasm32-wasip2` builds): a context that grants
+//! nothing and answers every question deterministically, so every node computes the same result.
+//!
+//! - No arguments, environment, preopened directories or network; stdin is closed, stdout and
+//!   stderr are discarded.
+//! - The wall clock always reads [`WALL_CLOCK_SECS`] (2020-01-01T00:00:00Z).
+//! - The monotonic clock is virtual: it starts at 0 and every read advances it by
+//!   [`MONOTONIC_STEP_NS`]. Sleeping (a pollable from `subscribe-duration`/`subscribe-instant`)
+//!   does not wait: it moves the virtual clock forward and is ready at once. (wasmtime-wasi's own
+//!   pollables sleep on the host's clock, where neither fuel nor the epoch deadline can stop
+//!   them, so the linker's versions are replaced.)
+//! - Secure and insecure randomness come from a PRNG with a fixed seed ([`RANDOM_SEED`]),
+//!   seeded afresh for every instance.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
+
+use crate::runtime::HostState;
+
+/// What the wall clock reads, in seconds since the Unix epoch: 2020-01-01T00:00:00Z.
+pub const WALL_CLOCK_SECS: u64 = 1_577_836_800;
+
+/// How far the virtual monotonic clock advances on every read, in nanoseconds.
+pub const MONOTONIC_STEP_NS: u64 = 1_000;
+
+/// The seed of the randomness every instance sees.
+pub const RANDOM_SEED: u64 = 0x6564_6765_7265_7021; // "edgerep!"
+
+/// Largest request to `get-random-bytes` (wasmtime-wasi's default is 64 MiB of host memory).
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// The version of the `wasi:clocks` package whose functions are replaced; the linker serves
+/// every semver-compatible `0.2.x` import from it.
+const MONOTONIC_CLOCK_INTERFACE: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// The WASI state of one instance.
+pub(crate) struct WasiState {
+    pub(crate) ctx: WasiCtx,
+    pub(crate) table: ResourceTable,
+    clock: Arc<VirtualClock>,
+}
+
+impl WasiState {
+    pub(crate) fn new() -> WasiState {
+        let clock = Arc::new(VirtualClock::default());
+        let ctx = WasiCtxBuilder::new()
+            .wall_clock(FixedWallClock)
+            .monotonic_clock(SharedClock(clock.clone()))
+            .secure_random(SplitMix64::new(RANDOM_SEED))
+            .insecure_random(SplitMix64::new(RANDOM_SEED ^ 0x5555_5555_5555_5555))
+            .insecure_random_seed(u128::from(RANDOM_SEED) << 64 | u128::from(!RANDOM_SEED))
+            .max_random_size(MAX_RANDOM_BYTES)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        WasiState {
+            ctx,
+            table: ResourceTable::new(),
+            clock,
+        }
+    }
+}
+
+/// Adds WASI preview 2 (synchronous) to `linker`, with the sleeping functions replaced.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK_INTERFACE)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, HostState>, (duration,): (u64,)| {
+            let wasi = store.data_mut().wasi();
+            wasi.clock.advance_by(duration);
+            Ok((ready_pollable(&mut wasi.table)?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, HostState>, (when,): (u64,)| {
+            let wasi = store.data_mut().wasi();
+            wasi.clock.advance_to(when);
+            Ok((ready_pollable(&mut wasi.table)?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// A pollable that is always ready.
+struct Ready;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Ready {
+    async fn ready(&mut self) {}
+}
+
+fn ready_pollable(table: &mut ResourceTable) -> wasmtime::Result<Resource<DynPollable>> {
+    let ready = table.push(Ready)?;
+    subscribe(table, ready)
+}
+
+/// The wall clock: always [`WALL_CLOCK_SECS`].
+struct FixedWallClock;
+
+impl HostWallClock for FixedWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_secs(WALL_CLOCK_SECS)
+    }
+}
+
+/// A monotonic clock that only moves when read or slept on.
+#[derive(Default)]
+struct VirtualClock {
+    now_ns: AtomicU64,
+}
+
+impl VirtualClock {
+    /// The current reading; the next one is [`MONOTONIC_STEP_NS`] later.
+    fn read(&self) -> u64 {
+        let step = |now: u64| Some(now.saturating_add(MONOTONIC_STEP_NS));
+        // The closure never returns None, so this is always Ok.
+        self.now_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step)
+            .unwrap_or_else(|now| now)
+    }
+
+    fn advance_by(&self, ns: u64) {
+        let now = self.now_ns.load(Ordering::Relaxed);
+        self.now_ns.store(now.saturating_add(ns), Ordering::Relaxed);
+    }
+
+    fn advance_to(&self, ns: u64) {
+        self.now_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+}
+
+/// The [`VirtualClock`] as wasmtime-wasi's monotonic clock (shared with the sleeping functions).
+struct SharedClock(Arc<VirtualClock>);
+
+impl HostMonotonicClock for SharedClock {
+    fn resolution(&self) -> u64 {
+        MONOTONIC_STEP_NS
+    }
+
+    fn now(&self) -> u64 {
+        self.0.read()
+    }
+}
+
+/// SplitMix64 (Steele, Lea and Flood, 2014): tiny, fast and fully specified here, so the bytes a
+/// plugin gets never change with a dependency's version. Not for secrets: plugins have none.
+struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    fn new(seed: u64) -> SplitMix64 {
+        SplitMix64 { state: seed }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl rand_core::TryRng for SplitMix64 {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok((self.next() >> 32) as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        Ok(self.next())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.next().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Identity, Runtime};
+    use rand_core::Rng;
+    use std::time::Instant;
+    use wasmtime::Store;
+    use wasmtime::component::Component;
+
+    /// A component that sleeps 10 s through `wasi:clocks` and `wasi:io/poll`, then returns the
+    /// monotonic clock.
+    const SLEEPER: &str = r#"
+    (component
+      (import "wasi:io/poll@0.2.0" (instance $poll
+        (export "pollable" (type (sub resource)))
+        (export "[method]pollable.block" (func (param "self" (borrow 0))))
+      ))
+      (alias export $poll "pollable" (type $pollable))
+      (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+        (alias outer 1 $pollable (type $p))
+        (export "pollable" (type $own (eq $p)))
+        (export "now" (func (result u64)))
+        (export "subscribe-duration" (func (param "when" u64) (result (own $own))))
+      ))
+      (core func $block (canon lower (func $poll "[method]pollable.block")))
+      (core func $sub (canon lower (func $clock "subscribe-duration")))
+      (core func $now (canon lower (func $clock "now")))
+      (core func $drop (canon resource.drop $pollable))
+      (core module $m
+        (import "host" "block" (func $block (param i32)))
+        (import "host" "sub" (func $sub (param i64) (result i32)))
+        (import "host" "now" (func $now (result i64)))
+        (import "host" "drop" (func $drop (param i32)))
+        (func (export "run") (result i64)
+          (local $h i32)
+          (local.set $h (call $sub (i64.const 10000000000)))
+          (call $block (local.get $h))
+          (call $drop (local.get $h))
+          (call $now))
+      )
+      (core instance $i (instantiate $m (with "host" (instance
+        (export "block" (func $block))
+        (export "sub" (func $sub))
+        (export "now" (func $now))
+        (export "drop" (func $drop))
+      ))))
+      (func (export "run") (result u64) (canon lift (core func $i "run")))
+    )"#;
+
+    #[test]
+    fn sleeping_moves_the_virtual_clock_without_waiting() {
+        let runtime = Runtime::new(None).unwrap();
+        let (engine, linker) = runtime.parts();
+        let component = Component::new(engine, wat::parse_str(SLEEPER).unwrap()).unwrap();
+        let identity = Arc::new(Identity {
+            name: "sleeper".into(),
+            params: Default::default(),
+        });
+        let mut store = Store::new(engine, HostState::new(identity, 1 << 20));
+        store.set_fuel(1_000_000).unwrap();
+        store.set_epoch_deadline(100_000);
+        let instance = linker.instantiate(&mut store, &component).unwrap();
+        let run = instance
+            .get_typed_func::<(), (u64,)>(&mut store, "run")
+            .unwrap();
+        let start = Instant::now();
+        let (now,) = run.call(&mut store, ()).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "slept on the host's clock"
+        );
+        assert!(
+            now >= 10_000_000_000,
+            "the virtual clock did not move: {now}"
+        );
+    }
+
+    #[test]
+    fn splitmix_is_the_reference_sequence() {
+        // First outputs for seed 1234567 from the reference implementation.
+        let mut rng = SplitMix64::new(1234567);
+        assert_eq!(rng.next_u64(), 6457827717110365317);
+        assert_eq!(rng.next_u64(), 3203168211198807973);
+        let mut a = [0u8; 13];
+        let mut b = [0u8; 13];
+        SplitMix64::new(RANDOM_SEED).fill_bytes(&mut a);
+        SplitMix64::new(RANDOM_SEED).fill_bytes(&mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn virtual_clock_moves_only_when_used() {
+        let clock = VirtualClock::default();
+        assert_eq!(clock.read(), 0);
+        assert_eq!(clock.read(), MONOTONIC_STEP_NS);
+        clock.advance_by(1_000_000);
+        assert_eq!(clock.read(), 2 * MONOTONIC_STEP_NS + 1_000_000);
+        clock.advance_to(5);
+        assert_eq!(clock.read(), 3 * MONOTONIC_STEP_NS + 1_000_000);
+        clock.advance_to(u64::MAX);
+        assert_eq!(clock.read(), u64::MAX);
+        assert_eq!(clock.read(), u64::MAX);
+    }
+}

@@ -1,0 +1,63 @@
+//! The compiled-component cache: one file per component and engine; later loads do not compile.
+
+use std::fs;
+use std::path::Path;
+
+use edgerep_plugin::Runtime;
+
+use crate::common::{limits, load, order};
+
+fn cwasm_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_second_load_does_not_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("nested/cache");
+    let runtime = Runtime::new(Some(&cache)).unwrap();
+    let first = load(&runtime, "passthrough", limits(10_000_000, 16 << 20), &[]);
+    assert_eq!((runtime.compilations(), runtime.cache_hits()), (1, 0));
+    let files = cwasm_files(&cache);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].starts_with(first.sha256()) && files[0].ends_with(".cwasm"),
+        "{files:?}"
+    );
+
+    let second = load(&runtime, "passthrough", limits(10_000_000, 16 << 20), &[]);
+    assert_eq!((runtime.compilations(), runtime.cache_hits()), (1, 1));
+    assert_eq!(cwasm_files(&cache), files);
+
+    // A new runtime (a restart) finds it too, and the cached component runs the same.
+    let restarted = Runtime::new(Some(&cache)).unwrap();
+    let third = load(&restarted, "passthrough", limits(10_000_000, 16 << 20), &[]);
+    assert_eq!((restarted.compilations(), restarted.cache_hits()), (0, 1));
+    let expected = first.transform(&order("o-1"), true).unwrap();
+    assert_eq!(second.transform(&order("o-1"), true).unwrap(), expected);
+    assert_eq!(third.transform(&order("o-1"), true).unwrap(), expected);
+    assert_eq!(third.metrics().fuel_total, first.metrics().fuel_total);
+
+    // A corrupted file is refused (checksum), recompiled and rewritten.
+    let path = cache.join(&files[0]);
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&path, bytes).unwrap();
+    let fourth = load(&restarted, "passthrough", limits(10_000_000, 16 << 20), &[]);
+    assert_eq!((restarted.compilations(), restarted.cache_hits()), (1, 1));
+    assert_eq!(fourth.transform(&order("o-1"), true).unwrap(), expected);
+    assert_eq!(cwasm_files(&cache), files);
+    let fifth = load(&restarted, "passthrough", limits(10_000_000, 16 << 20), &[]);
+    assert_eq!((restarted.compilations(), restarted.cache_hits()), (1, 2));
+    drop(fifth);
+
+    // Another component gets its own file.
+    load(&restarted, "redact", limits(10_000_000, 16 << 20), &[]);
+    assert_eq!(cwasm_files(&cache).len(), 2);
+}

@@ -1,0 +1,153 @@
+//! Hostile plugins fail with the right kind, and the plugin keeps working afterwards: a failed
+//! instance is discarded and the next call gets a fresh one.
+
+use std::time::{Duration, Instant};
+
+use edgerep_plugin::{FailureKind, Limits, Runtime};
+use edgerep_wire::{DecodeLimits, Value};
+
+use crate::common::{event, limits, load, order};
+
+/// Calls `plugin` twice on pooled instances (`fresh = false`) and once on a fresh one; every call
+/// must fail with `kind` and the same fuel. A broken instance that was reused would fail
+/// differently ("cannot enter component instance", a trap).
+fn fails_every_time(runtime: &Runtime, plugin: &str, limits: Limits, kind: FailureKind) -> u64 {
+    let p = load(runtime, plugin, limits, &[]);
+    let mut fuel = Vec::new();
+    for fresh in [false, false, true] {
+        let failure = p.transform(&order("o-1"), fresh).unwrap_err();
+        assert_eq!(failure.kind, kind, "{plugin}: {failure}");
+        fuel.push(failure.fuel_used);
+    }
+    assert!(
+        fuel.windows(2).all(|w| w[0] == w[1]),
+        "{plugin}: fuel {fuel:?}"
+    );
+    let metrics = p.metrics();
+    assert_eq!(metrics.calls, 3);
+    assert_eq!(metrics.errors.get(kind.as_str()), Some(&3));
+    fuel[0]
+}
+
+#[test]
+fn spin_runs_out_of_fuel() {
+    let runtime = Runtime::new(None).unwrap();
+    let fuel = fails_every_time(
+        &runtime,
+        "spin",
+        limits(10_000_000, 16 << 20),
+        FailureKind::OutOfFuel,
+    );
+    assert_eq!(fuel, 10_000_000, "out of fuel uses the whole budget");
+}
+
+#[test]
+fn spin_hits_the_deadline_with_fuel_to_spare() {
+    let runtime = Runtime::new(None).unwrap();
+    let p = load(
+        &runtime,
+        "spin",
+        Limits {
+            fuel: u64::MAX / 2,
+            memory_bytes: 16 << 20,
+            deadline: Duration::from_millis(50),
+        },
+        &[],
+    );
+    for fresh in [false, true] {
+        let start = Instant::now();
+        let failure = p.transform(&order("o-1"), fresh).unwrap_err();
+        let elapsed = start.elapsed();
+        assert_eq!(failure.kind, FailureKind::Deadline, "{failure}");
+        assert!(
+            elapsed >= Duration::from_millis(50),
+            "stopped early: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "stopped late: {elapsed:?}"
+        );
+        assert!(failure.fuel_used > 0);
+    }
+}
+
+#[test]
+fn balloon_hits_the_memory_limit() {
+    let runtime = Runtime::new(None).unwrap();
+    fails_every_time(
+        &runtime,
+        "balloon",
+        limits(1_000_000_000, 16 << 20),
+        FailureKind::MemoryLimit,
+    );
+}
+
+#[test]
+fn trap_traps() {
+    let runtime = Runtime::new(None).unwrap();
+    let p = load(&runtime, "trap", limits(10_000_000, 16 << 20), &[]);
+    let failure = p.transform(&order("o-1"), false).unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Trap);
+    assert!(
+        failure.message.contains("unreachable"),
+        "{}",
+        failure.message
+    );
+    fails_every_time(
+        &runtime,
+        "trap",
+        limits(10_000_000, 16 << 20),
+        FailureKind::Trap,
+    );
+}
+
+/// flood returns 200 000 changes of 1 KiB (about 210 MB). Under a cap smaller than that it
+/// cannot even build them: memory-limit (the vectors' case, and what the default 64 MiB cap
+/// gives). With room to build them, the host refuses the result: bad-output, because it is over
+/// the 64 MiB output limit. wasmtime notices while copying the result out (the store's hostcall
+/// data budget, 64 MiB plus 10 000 KiB of per-change room, runs out), so the host never holds
+/// more than that budget of it.
+#[test]
+fn flood_is_memory_limit_or_bad_output() {
+    let runtime = Runtime::new(None).unwrap();
+    fails_every_time(
+        &runtime,
+        "flood",
+        limits(1_000_000_000, 16 << 20),
+        FailureKind::MemoryLimit,
+    );
+    let p = load(&runtime, "flood", limits(20_000_000_000, 1 << 30), &[]);
+    let failure = p.transform(&order("o-1"), true).unwrap_err();
+    assert_eq!(failure.kind, FailureKind::BadOutput, "{failure}");
+    assert!(
+        failure
+            .message
+            .starts_with("the host refused data from the plugin"),
+        "{failure}"
+    );
+}
+
+/// A good plugin whose call fails (here: an input too large for its memory cap, refused while
+/// the host copies it in) keeps working: the broken instance is discarded.
+#[test]
+fn a_good_plugin_recovers_after_a_failure() {
+    let runtime = Runtime::new(None).unwrap();
+    let p = load(&runtime, "passthrough", limits(100_000_000, 4 << 20), &[]);
+    // 5 MiB of value: over the 1 MiB an event may carry, so built past edgerep-wire's defaults.
+    let mut huge = event(serde_json::json!({"collection": "c", "key": "k", "value": 1}));
+    let wide = DecodeLimits {
+        max_bytes: 8 << 20,
+        ..DecodeLimits::default()
+    };
+    huge.value = Some(Value::from_json(&serde_json::json!("x".repeat(5 << 20)), &wide).unwrap());
+    for fresh in [false, true] {
+        let failure = p.transform(&huge, fresh).unwrap_err();
+        assert_eq!(failure.kind, FailureKind::MemoryLimit, "{failure}");
+        let changes = p.transform(&order("o-2"), fresh).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].key, b"o-2");
+    }
+    let metrics = p.metrics();
+    assert_eq!(metrics.calls, 4);
+    assert_eq!(metrics.errors.get("memory-limit"), Some(&2));
+}

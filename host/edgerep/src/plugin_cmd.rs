@@ -1,0 +1,213 @@
+//! `edgerep plugin check|run`: the plugin author's tools. They run the same runtime as a node,
+//! with the same limits, so what works here works in the node.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use edgerep_plugin::json::{
+    change_to_json, event_from_json, resolution_to_json, resolver_input_from_json,
+};
+use edgerep_plugin::{Limits, PluginSource, Runtime, World};
+use serde_json::json;
+
+/// Exit status when the plugin failed (the failure kind is printed).
+pub(crate) const EXIT_PLUGIN_FAILED: u8 = 5;
+
+/// `edgerep plugin ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum PluginCommand {
+    /// Show which world a component implements, its imports and exports, its sha256 and size.
+    Check {
+        /// The component.
+        file: PathBuf,
+    },
+    /// Run a plugin once on an input and print its output as JSON, or its failure kind
+    /// (out-of-fuel, memory-limit, deadline, trap, plugin-error, bad-output) and exit 5.
+    Run {
+        /// The component.
+        file: PathBuf,
+        /// The input as a JSON file: an event for a transform (every field but collection, key
+        /// and value may be left out), or {"collection", "key", "versions": [event, ...]} for a resolver.
+        #[arg(long)]
+        input: PathBuf,
+        /// Fuel for the call.
+        #[arg(long, default_value_t = 10_000_000)]
+        fuel: u64,
+        /// Memory cap in bytes.
+        #[arg(long, default_value_t = 16 * 1024 * 1024)]
+        memory: usize,
+        /// Wall-clock backstop in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u64,
+        /// A parameter for the plugin, as name=value (repeatable).
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+    },
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected name=value, got {s:?}"))
+}
+
+fn read_wasm(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(file).with_context(|| format!("reading {}", file.display()))
+}
+
+pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
+    match command {
+        PluginCommand::Check { file } => {
+            let wasm = read_wasm(&file)?;
+            let runtime = Runtime::new(None)?;
+            let i = runtime.inspect(&wasm).with_context(|| {
+                format!("{} is not a component edgerep can inspect", file.display())
+            })?;
+            let report = json!({
+                "file": file.display().to_string(),
+                "world": i.world.map(World::as_str),
+                "sha256": i.sha256,
+                "size": i.size,
+                "imports": i.imports,
+                "exports": i.exports,
+                "problems": i.problems,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !i.problems.is_empty() || i.world.is_none() {
+                eprintln!(
+                    "edgerep: {} would be refused by a node: {}",
+                    file.display(),
+                    i.problems.join("; ")
+                );
+                return Ok(crate::EXIT_USAGE);
+            }
+            Ok(0)
+        }
+        PluginCommand::Run {
+            file,
+            input,
+            fuel,
+            memory,
+            deadline_ms,
+            params,
+        } => {
+            let wasm = read_wasm(&file)?;
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("reading {}", input.display()))?;
+            let input_json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", input.display()))?;
+            let runtime = Runtime::new(None)?;
+            let name = file
+                .file_stem()
+                .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+            let plugin = runtime.load(PluginSource {
+                name,
+                path: file.clone(),
+                wasm,
+                expected_sha256: None,
+                limits: Limits {
+                    fuel,
+                    memory_bytes: memory,
+                    deadline: Duration::from_millis(deadline_ms),
+                },
+                params: params.into_iter().collect::<BTreeMap<_, _>>(),
+            })?;
+            let result = match plugin.world() {
+                World::Transform => {
+                    let event = event_from_json(&input_json)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+                    plugin.transform(&event, true).map(|changes| {
+                        json!(changes.iter().map(change_to_json).collect::<Vec<_>>())
+                    })
+                }
+                World::Resolver => {
+                    let (collection, key, versions) = resolver_input_from_json(&input_json)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+                    plugin
+                        .resolve(&collection, &key, &versions)
+                        .map(|r| resolution_to_json(&r))
+                }
+            };
+            let metrics = plugin.metrics();
+            match result {
+                Ok(output) => {
+                    println!("{}", serde_json::to_string_pretty(&output)?);
+                    eprintln!("fuel used: {}", metrics.fuel_total);
+                    Ok(0)
+                }
+                Err(failure) => {
+                    println!("{}", failure.kind.as_str());
+                    eprintln!(
+                        "edgerep: plugin failed: {}: {} (fuel used: {})",
+                        failure.kind.as_str(),
+                        failure.message,
+                        failure.fuel_used
+                    );
+                    Ok(EXIT_PLUGIN_FAILED)
+                }
+            }
+        }
+    }
+}
+
+/// `edgerep dead-letters ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DeadLetterCommand {
+    /// List dead letters (one JSON object a line): id, collection, key, plugin, failure, message.
+    List {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only ids after this one.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter in full (value, metadata, the event the plugin saw).
+    Show {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Its id.
+        id: u64,
+    },
+    /// Run a dead letter through the collection's current plugins again; on success its
+    /// changes are committed and it is removed, in one transaction.
+    Replay {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Its id.
+        id: u64,
+    },
+}
+
+pub(crate) fn dead_letters(command: DeadLetterCommand) -> anyhow::Result<u8> {
+    match command {
+        DeadLetterCommand::List {
+            config,
+            after,
+            limit,
+        } => {
+            let c = crate::client(&config)?;
+            Ok(crate::report(c.dead_letters(after, limit), |body| {
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                for d in v["dead_letters"].as_array().into_iter().flatten() {
+                    println!("{d}");
+                }
+            }))
+        }
+        DeadLetterCommand::Show { config, id } => {
+            let c = crate::client(&config)?;
+            Ok(crate::report(c.dead_letter(id), crate::print_pretty))
+        }
+        DeadLetterCommand::Replay { config, id } => {
+            let c = crate::client(&config)?;
+            Ok(crate::report(c.replay_dead_letter(id), crate::print_body))
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! `wasi-probe` (for host tests), built for `wasm32-wasip2` so that it imports WASI: reads the
+//! wall clock, the monotonic clock and the random source, and returns one change (the event's
+//! collection, key, schema and meta) whose value is the map
+//! `{"wall_ms": uint, "mono_ns": uint, "random_hex": text}`:
+//! - `wall_ms`: `SystemTime::now()` in milliseconds since the Unix epoch (0 if before it);
+//! - `mono_ns`: nanoseconds an `Instant` measured across a short loop;
+//! - `random_hex`: 16 bytes from `getrandom`, as 32 lowercase hex digits.
+//!
+//! A host that answers WASI deterministically (fixed clocks, seeded random) gets the same output
+//! from every call on a fresh instance.
+
+use std::hint::black_box;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use edgerep_guest::cbor::Value;
+use edgerep_guest::{Change, Event, Transform};
+
+/// The plugin.
+pub struct WasiProbe;
+
+impl Transform for WasiProbe {
+    fn transform(event: Event) -> Result<Vec<Change>, String> {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+
+        let start = Instant::now();
+        let mut x: u64 = 0;
+        for i in 0..1000u64 {
+            x = black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        let mono_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random).map_err(|e| format!("wasi-probe: getrandom: {e}"))?;
+        let random_hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+
+        let value: Value = [
+            ("wall_ms", Value::from(wall_ms)),
+            ("mono_ns", Value::from(mono_ns)),
+            ("random_hex", Value::from(random_hex)),
+        ]
+        .into_iter()
+        .collect();
+        Ok(vec![Change::from_event(&event).with_value(&value)])
+    }
+}
+
+edgerep_guest::export_transform!(WasiProbe);
