@@ -217,3 +217,62 @@ fn bench_ingest_prints_figures_and_a_json_last_line() {
     assert!(last["single_event_p99_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(last["cells"].as_array().unwrap().len(), 4);
 }
+
+/// The plugin author's verbs against the real components (built by `cargo xtask build-plugins`).
+#[test]
+fn plugin_check_and_run() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
+    let wasm = |name: &str| {
+        let p = dir.join(format!("{name}.wasm"));
+        assert!(
+            p.exists(),
+            "{} missing: run `cargo xtask build-plugins`",
+            p.display()
+        );
+        p.display().to_string()
+    };
+    let o = edgerep(&["plugin", "check", &wasm("merge-counter")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["world"], "resolver");
+    assert_eq!(report["sha256"].as_str().unwrap().len(), 64);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("event.json");
+    std::fs::write(
+        &input,
+        r#"{"collection": "orders", "key": "o-1", "value": {"card": "4111", "qty": 2}}"#,
+    )
+    .unwrap();
+    let input = input.to_str().unwrap();
+    let o = edgerep(&[
+        "plugin",
+        "run",
+        &wasm("redact"),
+        "--input",
+        input,
+        "--param",
+        "remove=card",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(out[0]["value"], serde_json::json!({"qty": 2}));
+    assert!(stderr(&o).contains("fuel used:"));
+
+    for (plugin, kind, extra) in [
+        ("spin", "out-of-fuel", &["--fuel", "1000000"][..]),
+        ("trap", "trap", &[][..]),
+        (
+            "balloon",
+            "memory-limit",
+            &["--fuel", "1000000000", "--memory", "4194304"][..],
+        ),
+    ] {
+        let path = wasm(plugin);
+        let mut args = vec!["plugin", "run", path.as_str(), "--input", input];
+        args.extend_from_slice(extra);
+        let o = edgerep(&args);
+        assert_eq!(o.status.code(), Some(5), "{plugin}: {}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), kind, "{plugin}");
+    }
+}
