@@ -201,6 +201,50 @@ pub struct ScanPage {
     pub next: Option<Vec<u8>>,
 }
 
+/// The meta counters every write transaction keeps up to date: last feed position, state
+/// digest, number of state entries.
+struct Counters {
+    position: u64,
+    digest: Digest,
+    entries: u64,
+}
+
+impl Counters {
+    fn load(
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Counters, StoreError> {
+        let read_u64 = |key: &str| -> Result<u64, StoreError> {
+            match meta.get(key)? {
+                Some(g) => u64_from(g.value(), "meta"),
+                None => Ok(0),
+            }
+        };
+        let digest = match meta.get(META_DIGEST)? {
+            Some(g) => Digest::from_bytes(
+                g.value()
+                    .try_into()
+                    .map_err(|_| corrupt("meta", "digest is not 32 bytes"))?,
+            ),
+            None => Digest::default(),
+        };
+        Ok(Counters {
+            position: read_u64(META_FEED_LAST)?,
+            digest,
+            entries: read_u64(META_ENTRIES)?,
+        })
+    }
+
+    fn save(
+        &self,
+        meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    ) -> Result<(), StoreError> {
+        meta.insert(META_FEED_LAST, &self.position.to_be_bytes()[..])?;
+        meta.insert(META_DIGEST, &self.digest.to_bytes()[..])?;
+        meta.insert(META_ENTRIES, &self.entries.to_be_bytes()[..])?;
+        Ok(())
+    }
+}
+
 /// A node's store.
 #[derive(Debug)]
 pub struct Store {
@@ -376,22 +420,11 @@ impl Store {
             let mut origins = txn.open_table(ORIGINS)?;
             let mut meta = txn.open_table(META)?;
             let mut seq = origins.get(self.node.as_str())?.map_or(0, |g| g.value());
-            let mut position = match meta.get(META_FEED_LAST)? {
-                Some(g) => u64_from(g.value(), "meta")?,
-                None => 0,
-            };
-            let mut digest = match meta.get(META_DIGEST)? {
-                Some(g) => Digest::from_bytes(
-                    g.value()
-                        .try_into()
-                        .map_err(|_| corrupt("meta", "digest is not 32 bytes"))?,
-                ),
-                None => Digest::default(),
-            };
-            let mut entries = match meta.get(META_ENTRIES)? {
-                Some(g) => u64_from(g.value(), "meta")?,
-                None => 0,
-            };
+            let Counters {
+                mut position,
+                mut digest,
+                mut entries,
+            } = Counters::load(&meta)?;
             let mut event_bytes = Vec::with_capacity(256);
             for w in writes {
                 let skey = state_key(&w.collection, &w.key);
@@ -452,9 +485,12 @@ impl Store {
                     (self.node.as_str(), first.seq, out.len() as u64),
                 )?;
                 origins.insert(self.node.as_str(), seq)?;
-                meta.insert(META_FEED_LAST, &position.to_be_bytes()[..])?;
-                meta.insert(META_DIGEST, &digest.to_bytes()[..])?;
-                meta.insert(META_ENTRIES, &entries.to_be_bytes()[..])?;
+                Counters {
+                    position,
+                    digest,
+                    entries,
+                }
+                .save(&mut meta)?;
                 meta.insert(META_HLC, &hlc_bytes(clock.last())[..])?;
             }
         }
@@ -476,22 +512,11 @@ impl Store {
             let mut feed = txn.open_table(FEED)?;
             let mut origins = txn.open_table(ORIGINS)?;
             let mut meta = txn.open_table(META)?;
-            let mut position = match meta.get(META_FEED_LAST)? {
-                Some(g) => u64_from(g.value(), "meta")?,
-                None => 0,
-            };
-            let mut digest = match meta.get(META_DIGEST)? {
-                Some(g) => Digest::from_bytes(
-                    g.value()
-                        .try_into()
-                        .map_err(|_| corrupt("meta", "digest is not 32 bytes"))?,
-                ),
-                None => Digest::default(),
-            };
-            let mut entries = match meta.get(META_ENTRIES)? {
-                Some(g) => u64_from(g.value(), "meta")?,
-                None => 0,
-            };
+            let Counters {
+                mut position,
+                mut digest,
+                mut entries,
+            } = Counters::load(&meta)?;
             // The feed run being built: (first position, origin, first seq, count).
             let mut run: Option<(u64, String, u64, u64)> = None;
             let mut bytes = Vec::with_capacity(256);
@@ -553,9 +578,12 @@ impl Store {
             }
             if let Some((start, origin, first, count)) = run {
                 feed.insert(start, (origin.as_str(), first, count))?;
-                meta.insert(META_FEED_LAST, &position.to_be_bytes()[..])?;
-                meta.insert(META_DIGEST, &digest.to_bytes()[..])?;
-                meta.insert(META_ENTRIES, &entries.to_be_bytes()[..])?;
+                Counters {
+                    position,
+                    digest,
+                    entries,
+                }
+                .save(&mut meta)?;
             }
         }
         txn.commit()?;
@@ -700,29 +728,16 @@ impl Store {
         let meta = txn.open_table(META)?;
         let origins_t = txn.open_table(ORIGINS)?;
         let dead = txn.open_table(DEAD_LETTERS)?;
-        let digest = match meta.get(META_DIGEST)? {
-            Some(g) => Digest::from_bytes(
-                g.value()
-                    .try_into()
-                    .map_err(|_| corrupt("meta", "digest is not 32 bytes"))?,
-            ),
-            None => Digest::default(),
-        };
-        let read_u64 = |key: &str| -> Result<u64, StoreError> {
-            match meta.get(key)? {
-                Some(g) => u64_from(g.value(), "meta"),
-                None => Ok(0),
-            }
-        };
+        let counters = Counters::load(&meta)?;
         let mut origins = BTreeMap::new();
         for row in origins_t.iter()? {
             let (k, v) = row?;
             origins.insert(k.value().to_owned(), v.value());
         }
         Ok(StoreStatus {
-            digest,
-            state_entries: read_u64(META_ENTRIES)?,
-            feed_last: read_u64(META_FEED_LAST)?,
+            digest: counters.digest,
+            state_entries: counters.entries,
+            feed_last: counters.position,
             origins,
             hlc_last: match meta.get(META_HLC)? {
                 Some(g) => hlc_from(g.value())?,
