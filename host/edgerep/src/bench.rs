@@ -38,6 +38,25 @@ pub(crate) struct IngestArgs {
     raw_commit_events: usize,
 }
 
+/// The event the benchmarks size and feed to plugins (a large sequence number, so its size is
+/// what a busy node's events weigh).
+fn sample_event(value: Value) -> anyhow::Result<Event> {
+    Ok(Event {
+        format: FORMAT_VERSION,
+        collection: "bench".into(),
+        key: b"k-0-000000001".to_vec(),
+        op: Op::Put,
+        value: Some(value),
+        hlc: Hlc::new(1_790_000_000_000, 0),
+        origin: NodeId::parse("bench-node")?,
+        seq: 1_000_000,
+        schema: 0,
+        meta: Default::default(),
+        context: VersionVector::new(),
+        extra: Default::default(),
+    })
+}
+
 /// A value whose event encodes to about `target` bytes.
 fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
     let limits = DecodeLimits::default();
@@ -47,21 +66,7 @@ fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
             &json!({"site": "site-0042", "sensor": "temp-0007", "reading": 21.5, "unit": "C", "note": "x".repeat(pad)}),
             &limits,
         )?;
-        let e = Event {
-            format: FORMAT_VERSION,
-            collection: "bench".into(),
-            key: b"k-0-000000001".to_vec(),
-            op: Op::Put,
-            value: Some(v.clone()),
-            hlc: Hlc::new(1_790_000_000_000, 0),
-            origin: NodeId::parse("bench-node")?,
-            seq: 1_000_000,
-            schema: 0,
-            meta: Default::default(),
-            context: VersionVector::new(),
-            extra: Default::default(),
-        };
-        let len = e.encode().len();
+        let len = sample_event(v.clone())?.encode().len();
         if len >= target || pad > 1 << 20 {
             return Ok((v, len));
         }
@@ -493,20 +498,7 @@ fn plugin_cost(
 
 pub(crate) fn plugin(args: PluginArgs) -> anyhow::Result<u8> {
     let (value, event_len) = sample_value(200)?;
-    let event = Event {
-        format: FORMAT_VERSION,
-        collection: "bench".into(),
-        key: b"k-0-000000001".to_vec(),
-        op: Op::Put,
-        value: Some(value.clone()),
-        hlc: Hlc::new(1_790_000_000_000, 0),
-        origin: NodeId::parse("bench-node")?,
-        seq: 1,
-        schema: 0,
-        meta: Default::default(),
-        context: VersionVector::new(),
-        extra: Default::default(),
-    };
+    let event = sample_event(value.clone())?;
     println!(
         "edgerep bench plugin: events of {event_len} bytes, plugins from {}",
         args.plugins.display()
