@@ -407,6 +407,19 @@ impl Change {
         }
     }
 
+    /// The change that stores `event` as it is, taking its fields without copying them (the
+    /// cheapest way to pass an event on).
+    pub fn from_owned_event(event: Event) -> Change {
+        Change {
+            collection: event.collection,
+            key: event.key,
+            op: event.op,
+            value: event.value,
+            schema: event.schema,
+            meta: event.meta,
+        }
+    }
+
     /// A put of `value` (schema 0, no meta).
     pub fn put(collection: &str, key: impl Into<Vec<u8>>, value: &Value) -> Change {
         Change {

@@ -7,7 +7,7 @@ pub struct Passthrough;
 
 impl Transform for Passthrough {
     fn transform(event: Event) -> Result<Vec<Change>, String> {
-        Ok(vec![Change::from_event(&event)])
+        Ok(vec![Change::from_owned_event(event)])
     }
 }
 
