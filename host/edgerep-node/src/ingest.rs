@@ -171,6 +171,13 @@ pub(crate) async fn run_blocking(
     writes: Vec<LocalWrite>,
     record_failures: bool,
 ) -> Result<Outcome, ApiError> {
+    // Without transforms nothing blocks (no plugin call, no dead letter): stay on this thread.
+    if !writes
+        .iter()
+        .any(|w| app.pipeline.has_ingest(&w.collection))
+    {
+        return run(app, writes, record_failures);
+    }
     let app2 = app.clone();
     tokio::task::spawn_blocking(move || run(&app2, writes, record_failures))
         .await

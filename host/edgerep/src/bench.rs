@@ -147,6 +147,27 @@ fn store_only(
     Ok(eps)
 }
 
+/// Rechecks the benchmark node's store (changelog gapless, digest recomputed), stops the node,
+/// and fails the benchmark if the check failed. Returns the node's last status.
+fn verify_and_stop(
+    rt: &tokio::runtime::Runtime,
+    node: edgerep_node::RunningNode,
+    client: &Client,
+) -> anyhow::Result<serde_json::Value> {
+    let status = match client.status(true) {
+        Outcome::Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)?,
+        other => bail!("status after the benchmark failed: {other:?}"),
+    };
+    rt.block_on(node.shutdown())?;
+    if status["verified"] != json!(true) {
+        bail!(
+            "store verification after the benchmark failed: {}",
+            status["verify_error"]
+        );
+    }
+    Ok(status)
+}
+
 /// A CBOR batch body of `n` puts with keys unique to (client, counter).
 fn batch_body(
     collection: &str,
@@ -336,17 +357,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         );
         cells.push(cell);
     }
-    let status = match client.status(true) {
-        Outcome::Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)?,
-        other => bail!("status after the benchmark failed: {other:?}"),
-    };
-    rt.block_on(node.shutdown())?;
-    if status["verified"] != json!(true) {
-        bail!(
-            "store verification after the benchmark failed: {}",
-            status["verify_error"]
-        );
-    }
+    let status = verify_and_stop(&rt, node, &client)?;
     let raw_after = raw_redb(
         dir.path(),
         &sample_event,
@@ -568,17 +579,7 @@ pub(crate) fn plugin(args: PluginArgs) -> anyhow::Result<u8> {
         );
         *best = best.max(cell.eps);
     }
-    let status = match client.status(true) {
-        Outcome::Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)?,
-        other => bail!("status after the benchmark failed: {other:?}"),
-    };
-    rt.block_on(node.shutdown())?;
-    if status["verified"] != json!(true) {
-        bail!(
-            "store verification after the benchmark failed: {}",
-            status["verify_error"]
-        );
-    }
+    verify_and_stop(&rt, node, &client)?;
     let ratio = chain / plain;
     println!(
         "ingest with one transform: {chain:.0} events/s = {ratio:.3} of {plain:.0} events/s without plugins (same node, same run)"
