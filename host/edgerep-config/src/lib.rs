@@ -114,6 +114,20 @@ pub struct ApiConfig {
 pub struct ReplicationConfig {
     /// Address of the peer (QUIC) listener; differs from `api.listen`.
     pub listen: SocketAddr,
+    /// The node's TLS identity; required when `[[peers]]` are configured.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `[replication]` `ca`, `cert`, `key`: the files of a node's mutual-TLS identity, resolved
+/// against the config file's directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// The deployment CA's certificate (PEM): peers must present certificates it signed.
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), signed by the CA, naming this node's id.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
 }
 
 /// One `[[peers]]` entry.
@@ -269,12 +283,20 @@ impl Config {
                 data_dir,
                 max_clock_skew_ms: raw.node.max_clock_skew_ms,
             },
-            source,
+            source: source.clone(),
             api: ApiConfig {
                 listen: raw.api.listen,
             },
             replication: ReplicationConfig {
                 listen: raw.replication.listen,
+                tls: match (&raw.replication.ca, &raw.replication.cert, &raw.replication.key) {
+                    (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
+                        ca: resolve_data_dir(&source, ca),
+                        cert: resolve_data_dir(&source, cert),
+                        key: resolve_data_dir(&source, key),
+                    }),
+                    _ => None,
+                },
             },
             peers: raw
                 .peers

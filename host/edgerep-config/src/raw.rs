@@ -36,7 +36,7 @@ pub(crate) const RESOLVER_LWW: &str = "lww";
 pub(crate) struct RawConfig {
     pub(crate) node: RawNode,
     pub(crate) api: RawListen,
-    pub(crate) replication: RawListen,
+    pub(crate) replication: RawReplication,
     #[serde(default)]
     pub(crate) peers: Vec<RawPeer>,
     #[serde(default)]
@@ -121,6 +121,17 @@ pub(crate) struct RawNode {
 pub(crate) struct RawListen {
     #[serde(deserialize_with = "socket_addr")]
     pub(crate) listen: SocketAddr,
+}
+
+/// `[replication]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawReplication {
+    #[serde(deserialize_with = "socket_addr")]
+    pub(crate) listen: SocketAddr,
+    pub(crate) ca: Option<String>,
+    pub(crate) cert: Option<String>,
+    pub(crate) key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -41,6 +41,10 @@ listen = "{api_listen}"
 [replication]
 # Where this node listens for its peers (QUIC). Must differ from api.listen.
 listen = "{replication_listen}"
+# With peers, this node's mutual-TLS identity (PEM files; `edgerep certs` creates them):
+# ca = "certs/ca.pem"            # the deployment CA: peers must present certificates it signed
+# cert = "certs/node.pem"        # this node's certificate, naming this node's id
+# key = "certs/node.key"         # this node's private key
 
 # The other sites this node replicates with. Add one [[peers]] table per site:
 # [[peers]]

@@ -85,6 +85,36 @@ fn check_listeners(raw: &RawConfig) -> Result<(), Violation> {
 }
 
 fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
+    let r = &raw.replication;
+    let files = [("ca", &r.ca), ("cert", &r.cert), ("key", &r.key)];
+    for (name, value) in files {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err((
+                vec![Seg::Key("replication"), Seg::Key(name)],
+                "must not be empty: name a PEM file".to_owned(),
+            ));
+        }
+    }
+    let given: Vec<&str> = files.iter().filter(|f| f.1.is_some()).map(|f| f.0).collect();
+    if !given.is_empty() && given.len() < 3 {
+        let missing: Vec<&str> = files.iter().filter(|f| f.1.is_none()).map(|f| f.0).collect();
+        return Err((
+            vec![Seg::Key("replication"), Seg::Key(missing[0])],
+            format!(
+                "missing: ca, cert and key go together (given: {}; missing: {})",
+                given.join(", "),
+                missing.join(", ")
+            ),
+        ));
+    }
+    if !raw.peers.is_empty() && given.is_empty() {
+        return Err((
+            vec![Seg::Key("replication")],
+            "peers are configured, so replication needs this node's TLS identity: set ca, cert \
+             and key (`edgerep certs` creates them)"
+                .to_owned(),
+        ));
+    }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, peer) in raw.peers.iter().enumerate() {
         let path = vec![Seg::Key("peers"), Seg::Index(i), Seg::Key("id")];

@@ -9,7 +9,7 @@ use edgerep_wire::event::NodeId;
 
 const FILE: &str = "/etc/edgerep/edgerep.toml";
 
-/// The smallest valid file: only the required keys.
+/// The smallest valid file that may list peers: the required keys and the TLS identity.
 const MINIMAL: &str = r#"
 [node]
 id = "site-a"
@@ -20,6 +20,9 @@ listen = "127.0.0.1:7070"
 
 [replication]
 listen = "127.0.0.1:7071"
+ca = "certs/ca.pem"
+cert = "certs/node.pem"
+key = "/secure/node.key"
 "#;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -665,4 +668,37 @@ fn example_file_parses() {
     assert_eq!(config.collections.declared.len(), 1);
     assert_eq!(config.collections.declared[0].name, "orders");
     assert!(config.collections.accept_undeclared);
+}
+
+#[test]
+fn tls_files_resolve_against_the_config_directory() {
+    let config = parse(MINIMAL).unwrap();
+    let tls = config.replication.tls.unwrap();
+    assert_eq!(tls.ca, Path::new("/etc/edgerep/certs/ca.pem"));
+    assert_eq!(tls.cert, Path::new("/etc/edgerep/certs/node.pem"));
+    assert_eq!(tls.key, Path::new("/secure/node.key"));
+}
+
+#[test]
+fn peers_need_a_tls_identity() {
+    let text = MINIMAL
+        .replace("ca = \"certs/ca.pem\"\n", "")
+        .replace("cert = \"certs/node.pem\"\n", "")
+        .replace("key = \"/secure/node.key\"\n", "");
+    // Without peers, no identity is needed.
+    assert!(parse(&text).unwrap().replication.tls.is_none());
+    let err = expect_error(
+        &format!("{text}\n[[peers]]\nid = \"site-b\"\naddress = \"b:1\"\n"),
+        "replication",
+    );
+    assert!(err.message.contains("edgerep certs"), "{err}");
+}
+
+#[test]
+fn tls_files_go_together() {
+    let text = MINIMAL.replace("cert = \"certs/node.pem\"\n", "");
+    let err = expect_error(&text, "replication.cert");
+    assert!(err.message.contains("missing: cert"), "{err}");
+    let text = MINIMAL.replace("key = \"/secure/node.key\"", "key = \" \"");
+    expect_error(&text, "replication.key");
 }
