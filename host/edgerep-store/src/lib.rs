@@ -41,6 +41,8 @@ const FEED: TableDefinition<u64, (&str, u64, u64)> = TableDefinition::new("feed"
 const ORIGINS: TableDefinition<&str, u64> = TableDefinition::new("origins");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Per peer, what it acknowledged holding: a CBOR map origin -> highest seq.
+const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 
 const META_NODE_ID: &str = "node_id";
 const META_HLC: &str = "hlc_last";
@@ -176,6 +178,15 @@ pub struct StoreStatus {
     pub hlc_last: Hlc,
     /// Number of dead letters.
     pub dead_letters: u64,
+}
+
+/// What [`Store::apply_remote`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteApply {
+    /// Per event, what it did to its key's versions.
+    pub applied: Vec<Applied>,
+    /// Events whose timestamp was too far ahead of the wall clock to move the clock.
+    pub skewed: usize,
 }
 
 /// Which keys of a collection a scan returns.
@@ -346,6 +357,7 @@ impl Store {
             txn.open_table(FEED)?;
             txn.open_table(ORIGINS)?;
             txn.open_table(DEAD_LETTERS)?;
+            txn.open_table(PEERS)?;
         }
         txn.commit()?;
         let store = Store {
@@ -504,6 +516,80 @@ impl Store {
     /// which event is missing. Returns, per event, what it did to its key's versions
     /// ([`Applied::Duplicate`] also for an event already in the changelog).
     pub fn apply_events(&self, events: Vec<Event>) -> Result<Vec<Applied>, StoreError> {
+        self.apply_in(events, None)
+    }
+
+    /// [`Store::apply_events`] for events received from peers: `clock` observes each event's
+    /// hybrid clock timestamp and its last value is saved in the same transaction, so the clock
+    /// never goes back across a restart. A timestamp too far ahead of `wall_ms` is still applied
+    /// (refusing it would stall its origin forever and break convergence) but does not move the
+    /// clock; it is counted in the returned [`RemoteApply::skewed`].
+    pub fn apply_remote(
+        &self,
+        events: Vec<Event>,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<RemoteApply, StoreError> {
+        let mut skewed = 0;
+        for event in &events {
+            if clock.observe(event.hlc, wall_ms).is_err() {
+                skewed += 1;
+            }
+        }
+        let applied = self.apply_in(events, Some(clock.last()))?;
+        Ok(RemoteApply { applied, skewed })
+    }
+
+    /// Saves what a peer acknowledged holding (per origin, the highest sequence number).
+    pub fn save_peer_cursor(
+        &self,
+        peer: &str,
+        have: &BTreeMap<String, u64>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut peers = txn.open_table(PEERS)?;
+            let mut bytes = Vec::new();
+            let mut e = minicbor::Encoder::new(&mut bytes);
+            e.map(have.len() as u64).map_err(|e| corrupt("peers", e))?;
+            for (origin, seq) in have {
+                e.str(origin).map_err(|e| corrupt("peers", e))?;
+                e.u64(*seq).map_err(|e| corrupt("peers", e))?;
+            }
+            peers.insert(peer, bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every peer's saved cursor (see [`Store::save_peer_cursor`]).
+    pub fn peer_cursors(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let peers = txn.open_table(PEERS)?;
+        let mut out = BTreeMap::new();
+        for row in peers.iter()? {
+            let (k, v) = row?;
+            let mut d = minicbor::Decoder::new(v.value());
+            let n = d
+                .map()
+                .map_err(|e| corrupt("peers", e))?
+                .ok_or_else(|| corrupt("peers", "indefinite map"))?;
+            let mut have = BTreeMap::new();
+            for _ in 0..n {
+                let origin = d.str().map_err(|e| corrupt("peers", e))?.to_owned();
+                let seq = d.u64().map_err(|e| corrupt("peers", e))?;
+                have.insert(origin, seq);
+            }
+            out.insert(k.value().to_owned(), have);
+        }
+        Ok(out)
+    }
+
+    fn apply_in(
+        &self,
+        events: Vec<Event>,
+        hlc_last: Option<Hlc>,
+    ) -> Result<Vec<Applied>, StoreError> {
         let txn = self.db.begin_write()?;
         let mut out = Vec::with_capacity(events.len());
         {
@@ -584,6 +670,9 @@ impl Store {
                     entries,
                 }
                 .save(&mut meta)?;
+            }
+            if let Some(hlc) = hlc_last {
+                meta.insert(META_HLC, &hlc_bytes(hlc)[..])?;
             }
         }
         txn.commit()?;

@@ -1179,3 +1179,34 @@ fn remote_events_converge_whatever_the_delivery_order() {
     );
     assert_eq!(store.status().unwrap(), before);
 }
+
+#[test]
+fn remote_apply_moves_the_clock_and_peer_cursors_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let a = NodeId::parse("site-a").unwrap();
+    let (store, _) = Store::open(&path, &a, limits()).unwrap();
+    // Two events written at site-b, the second one far in the future.
+    let (b, _) = memory_store("site-b");
+    let mut b_clock = HlcClock::new(Hlc::default(), u64::MAX / 2);
+    b.commit_local(vec![put("c", b"k", val(1))], &mut b_clock, 5_000)
+        .unwrap();
+    b.commit_local(vec![put("c", b"k", val(2))], &mut b_clock, 900_000)
+        .unwrap();
+    let events = b.changelog("site-b", 0, 10).unwrap();
+    let mut clock = HlcClock::new(Hlc::default(), 1_000);
+    // Both applied; only the first moves the clock.
+    let out = store.apply_remote(events, &mut clock, 5_000).unwrap();
+    assert_eq!(out.applied.len(), 2);
+    assert_eq!(out.skewed, 1);
+    assert_eq!(store.status().unwrap().origins["site-b"], 2);
+    let mut have = BTreeMap::new();
+    have.insert("site-b".to_owned(), 2u64);
+    have.insert("site-a".to_owned(), 7u64);
+    store.save_peer_cursor("site-c", &have).unwrap();
+    drop(store);
+    let (store, resume) = Store::open(&path, &a, limits()).unwrap();
+    assert_eq!(resume.hlc_last.physical_ms, 5_000);
+    assert_eq!(store.peer_cursors().unwrap()["site-c"], have);
+    assert!(store.verify().unwrap().is_ok());
+}
