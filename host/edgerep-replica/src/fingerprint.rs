@@ -1,0 +1,164 @@
+//! Comparing what two nodes run for their collections. Differences are reported, not fatal: a
+//! node may be mid-upgrade, and the operator decides.
+
+use std::collections::BTreeMap;
+
+use crate::message::CollectionFingerprint;
+
+/// Sorts fingerprints by collection and plugins by name, the order the protocol requires.
+///
+/// # Panics
+/// If two fingerprints name the same collection, or one lists the same plugin twice.
+pub(crate) fn normalize(fingerprint: &mut [CollectionFingerprint]) {
+    fingerprint.sort_by(|a, b| a.name.cmp(&b.name));
+    for pair in fingerprint.windows(2) {
+        assert!(
+            pair[0].name != pair[1].name,
+            "collection {:?} fingerprinted twice",
+            pair[0].name
+        );
+    }
+    for f in fingerprint {
+        f.plugins.sort();
+        for pair in f.plugins.windows(2) {
+            assert!(
+                pair[0].0 != pair[1].0,
+                "plugin {:?} listed twice for {:?}",
+                pair[0].0,
+                f.name
+            );
+        }
+    }
+}
+
+/// Every difference between our fingerprint and the peer's, one sentence each, in collection order.
+pub(crate) fn differences(
+    ours: &[CollectionFingerprint],
+    theirs: &[CollectionFingerprint],
+) -> Vec<String> {
+    let mut by_name: BTreeMap<
+        &str,
+        (
+            Option<&CollectionFingerprint>,
+            Option<&CollectionFingerprint>,
+        ),
+    > = BTreeMap::new();
+    for f in ours {
+        by_name.entry(&f.name).or_default().0 = Some(f);
+    }
+    for f in theirs {
+        by_name.entry(&f.name).or_default().1 = Some(f);
+    }
+    let mut out = Vec::new();
+    for (name, pair) in by_name {
+        match pair {
+            (Some(_), None) => out.push(format!(
+                "collection {name}: configured here, not on the peer"
+            )),
+            (None, Some(_)) => out.push(format!(
+                "collection {name}: configured on the peer, not here"
+            )),
+            (Some(a), Some(b)) => {
+                if a.resolver != b.resolver {
+                    out.push(format!(
+                        "collection {name}: resolver {:?} here, {:?} on the peer",
+                        a.resolver, b.resolver
+                    ));
+                }
+                if a.transforms_on_apply != b.transforms_on_apply {
+                    out.push(format!(
+                        "collection {name}: transforms on apply {:?} here, {:?} on the peer",
+                        a.transforms_on_apply, b.transforms_on_apply
+                    ));
+                }
+                let ap: BTreeMap<_, _> = a.plugins.iter().map(|(n, h)| (n, h)).collect();
+                let bp: BTreeMap<_, _> = b.plugins.iter().map(|(n, h)| (n, h)).collect();
+                let mut plugins: Vec<_> = ap.keys().chain(bp.keys()).collect();
+                plugins.sort();
+                plugins.dedup();
+                for p in plugins {
+                    match (ap.get(p), bp.get(p)) {
+                        (Some(x), Some(y)) if x != y => out.push(format!(
+                            "collection {name}: plugin {p} has sha256 {x} here, {y} on the peer"
+                        )),
+                        (Some(_), None) => out.push(format!(
+                            "collection {name}: plugin {p} here, not on the peer"
+                        )),
+                        (None, Some(_)) => out.push(format!(
+                            "collection {name}: plugin {p} on the peer, not here"
+                        )),
+                        _ => {}
+                    }
+                }
+            }
+            (None, None) => unreachable!("every entry has one side"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(
+        name: &str,
+        resolver: &str,
+        transforms: &[&str],
+        plugins: &[(&str, char)],
+    ) -> CollectionFingerprint {
+        CollectionFingerprint {
+            name: name.into(),
+            resolver: resolver.into(),
+            transforms_on_apply: transforms.iter().map(|t| t.to_string()).collect(),
+            plugins: plugins
+                .iter()
+                .map(|(n, c)| (n.to_string(), c.to_string().repeat(64)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn equal_fingerprints_have_no_differences() {
+        let a = vec![fp("c", "lww", &["t"], &[("t", 'a')])];
+        assert!(differences(&a, &a.clone()).is_empty());
+    }
+
+    #[test]
+    fn each_kind_of_difference_is_named() {
+        let ours = vec![
+            fp("a", "lww", &[], &[]),
+            fp("c", "lww", &["x", "y"], &[("p", 'a'), ("q", 'b')]),
+        ];
+        let theirs = vec![
+            fp("b", "lww", &[], &[]),
+            fp("c", "max", &["y", "x"], &[("p", 'c'), ("r", 'b')]),
+        ];
+        let got = differences(&ours, &theirs);
+        let want = [
+            "collection a: configured here, not on the peer",
+            "collection b: configured on the peer, not here",
+            "collection c: resolver \"lww\" here, \"max\" on the peer",
+            "collection c: transforms on apply [\"x\", \"y\"] here, [\"y\", \"x\"] on the peer",
+            &format!(
+                "collection c: plugin p has sha256 {} here, {} on the peer",
+                "a".repeat(64),
+                "c".repeat(64)
+            ),
+            "collection c: plugin q here, not on the peer",
+            "collection c: plugin r on the peer, not here",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn normalize_sorts_collections_and_plugins() {
+        let mut f = vec![
+            fp("b", "lww", &[], &[("z", 'a'), ("y", 'b')]),
+            fp("a", "lww", &[], &[]),
+        ];
+        normalize(&mut f);
+        assert_eq!(f[0].name, "a");
+        assert_eq!(f[1].plugins[0].0, "y");
+    }
+}

@@ -1,0 +1,45 @@
+//! edgerep's replication core, sans-IO in the manner of quinn-proto: messages and timer
+//! deadlines in, messages and apply requests out. It reads no clock (time is a `u64` of
+//! milliseconds the caller passes in), does no IO and uses no randomness, so the same inputs give
+//! the same outputs; the transport and the store drive it, and tests drive it with a simulated
+//! network.
+//!
+//! - [`message`]: the protocol's messages and their strict CBOR codec.
+//! - [`Replica`]: one node's state machine for all its peers.
+//! - [`Log`]: how it reads the node's changelog (it never writes: the caller applies).
+//!
+//! ```
+//! use edgerep_replica::{Log, LogError, Message, Replica, ReplicaConfig};
+//! use edgerep_wire::{Event, NodeId};
+//!
+//! struct Empty;
+//! impl Log for Empty {
+//!     fn read(&self, _: &NodeId, _: u64, _: usize, _: usize) -> Result<Vec<Event>, LogError> {
+//!         Ok(Vec::new())
+//!     }
+//! }
+//!
+//! let b = NodeId::parse("b").unwrap();
+//! let mut a = Replica::new(NodeId::parse("a").unwrap(), ReplicaConfig::default());
+//! a.connected(&b, 0);
+//! let (to, hello) = a.poll_transmit(0, &Empty).unwrap().unwrap();
+//! assert!(to == b && matches!(hello, Message::Hello(_)));
+//! ```
+
+mod cbor;
+mod fingerprint;
+mod have;
+mod log;
+pub mod message;
+mod replica;
+mod session;
+
+pub use have::Have;
+pub use log::{Log, LogError};
+pub use message::{
+    CollectionFingerprint, DecodeError, Hello, Message, MessageLimits, PROTOCOL_VERSION,
+};
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub use replica::Fault;
+pub use replica::{Output, PeerView, ProtocolError, Replica, ReplicaConfig};

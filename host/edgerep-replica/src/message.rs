@@ -1,0 +1,876 @@
+//! The peer protocol's messages (version [`PROTOCOL_VERSION`]) and their CBOR encoding.
+//!
+//! A message is one CBOR array whose first item is the message type; framing (the length prefix)
+//! is the transport's. Encoding is deterministic (definite lengths, shortest heads) and the decoder
+//! accepts only that encoding, so a message has exactly one byte form:
+//!
+//! | type | message | array |
+//! |---|---|---|
+//! | 0 | [`Hello`] | `[0, protocol, node, [fingerprint…], have]` |
+//! | 1 | [`Message::Events`] | `[1, [event bytes…]]`, each an [`Event::encode`] in a byte string |
+//! | 2 | [`Message::Ack`] | `[2, have, rewind]` |
+//! | 3 | [`Message::Bye`] | `[3, reason]` |
+//!
+//! `have` is `[[node, seq]…]`, strictly ascending by node id. A fingerprint is
+//! `[collection, resolver, [transform…], [[plugin, sha256 hex]…]]`; fingerprints are strictly
+//! ascending by collection, plugins strictly ascending by name (transforms keep their order: it
+//! is the order they run in).
+//!
+//! Invariant: [`Message::decode`] never panics and allocates at most in proportion to its input,
+//! which is at most [`MessageLimits::max_frame_bytes`].
+
+use edgerep_wire::NodeId;
+use edgerep_wire::event::{self, Event, EventLimits, check_collection_name};
+use minicbor::Encoder;
+
+use crate::cbor::Reader;
+
+/// The protocol version this code speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest text accepted for a resolver, transform or plugin name, or a `Bye` reason, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// Message type numbers (the first item of a message's array).
+mod kind {
+    pub(super) const HELLO: u64 = 0;
+    pub(super) const EVENTS: u64 = 1;
+    pub(super) const ACK: u64 = 2;
+    pub(super) const BYE: u64 = 3;
+}
+
+/// What one side runs for one collection; peers compare these and report differences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionFingerprint {
+    /// The collection name.
+    pub name: String,
+    /// The resolver that turns concurrent versions into a value (a plugin name or a built-in).
+    pub resolver: String,
+    /// The transforms run on events applied from peers, in the order they run.
+    pub transforms_on_apply: Vec<String>,
+    /// The plugins the collection uses: (name, SHA-256 of the component in lowercase hex),
+    /// strictly ascending by name.
+    pub plugins: Vec<(String, String)>,
+}
+
+/// The first message on a session, from each side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's protocol version ([`PROTOCOL_VERSION`]).
+    pub protocol: u32,
+    /// The sender's node id; must be the id the transport authenticated.
+    pub node: NodeId,
+    /// What the sender runs, per collection, strictly ascending by collection name.
+    pub fingerprint: Vec<CollectionFingerprint>,
+    /// Per origin, the highest sequence number up to which the sender durably holds every event,
+    /// strictly ascending by origin.
+    pub have: Vec<(NodeId, u64)>,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// The handshake.
+    Hello(Hello),
+    /// Events the receiver lacks. Within one message, each origin's events form one run of
+    /// consecutive ascending sequence numbers.
+    Events {
+        /// The events.
+        events: Vec<Event>,
+    },
+    /// The receiver's durable per-origin have after applying.
+    Ack {
+        /// Per origin, the highest contiguous sequence number held durably, strictly ascending.
+        have: Vec<(NodeId, u64)>,
+        /// The receiver saw a gap: the sender should resend from `have`.
+        rewind: bool,
+    },
+    /// The sender is closing the session.
+    Bye {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Size limits applied when decoding a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Largest message, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most events in one [`Message::Events`].
+    pub max_events_per_batch: usize,
+    /// Limits for each event.
+    pub event: EventLimits,
+}
+
+impl Default for MessageLimits {
+    /// 8 MiB frames, 4096 events per batch, default event limits.
+    fn default() -> MessageLimits {
+        MessageLimits {
+            max_frame_bytes: 8 << 20,
+            max_events_per_batch: 4096,
+            event: EventLimits::default(),
+        }
+    }
+}
+
+/// Why message bytes were refused. Every variant names the part that was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The message is larger than [`MessageLimits::max_frame_bytes`].
+    #[error("message is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// Size of the message.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A list has more entries than its limit allows.
+    #[error("{what}: {count} entries, over the limit of {limit}")]
+    TooMany {
+        /// The list.
+        what: String,
+        /// How many it had.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// An item is not valid CBOR or not of the expected type or shape.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// The item.
+        what: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The first item names no message type this version knows.
+    #[error("unknown message type {0}")]
+    UnknownType(u64),
+    /// An item decodes but is not in deterministic encoding (a longer head than needed).
+    #[error("{what} is not in deterministic encoding")]
+    NonCanonical {
+        /// The item.
+        what: String,
+    },
+    /// An item is well-formed but its value is not allowed.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// The item.
+        what: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An event in a [`Message::Events`] was refused.
+    #[error("event {index} of the batch: {source}")]
+    Event {
+        /// Position of the event in the batch.
+        index: usize,
+        /// Why it was refused.
+        source: event::DecodeError,
+    },
+    /// Bytes follow the message.
+    #[error("{count} trailing bytes after the message")]
+    TrailingBytes {
+        /// How many.
+        count: usize,
+    },
+}
+
+impl Message {
+    /// The deterministic encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        self.encode_into(&mut buf);
+        buf
+    }
+
+    /// Appends the deterministic encoding to `buf`.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        // Writing into a Vec cannot fail, so the encoder's results are ignored throughout.
+        match self {
+            Message::Hello(h) => {
+                let mut e = Encoder::new(&mut *buf);
+                let _ = e.array(5).and_then(|e| e.u64(kind::HELLO));
+                let _ = e.u32(h.protocol).and_then(|e| e.str(h.node.as_str()));
+                let _ = e.array(h.fingerprint.len() as u64);
+                for f in &h.fingerprint {
+                    let _ = e.array(4).and_then(|e| e.str(&f.name));
+                    let _ = e.str(&f.resolver);
+                    let _ = e.array(f.transforms_on_apply.len() as u64);
+                    for t in &f.transforms_on_apply {
+                        let _ = e.str(t);
+                    }
+                    let _ = e.array(f.plugins.len() as u64);
+                    for (name, hash) in &f.plugins {
+                        let _ = e
+                            .array(2)
+                            .and_then(|e| e.str(name))
+                            .and_then(|e| e.str(hash));
+                    }
+                }
+                encode_have(&mut e, &h.have);
+            }
+            Message::Events { events } => {
+                let _ = Encoder::new(&mut *buf)
+                    .array(2)
+                    .and_then(|e| e.u64(kind::EVENTS))
+                    .and_then(|e| e.array(events.len() as u64));
+                let mut scratch = Vec::new();
+                for ev in events {
+                    scratch.clear();
+                    ev.encode_into(&mut scratch);
+                    let _ = Encoder::new(&mut *buf).bytes(&scratch);
+                }
+            }
+            Message::Ack { have, rewind } => {
+                let mut e = Encoder::new(&mut *buf);
+                let _ = e.array(3).and_then(|e| e.u64(kind::ACK));
+                encode_have(&mut e, have);
+                let _ = e.bool(*rewind);
+            }
+            Message::Bye { reason } => {
+                let _ = Encoder::new(&mut *buf)
+                    .array(2)
+                    .and_then(|e| e.u64(kind::BYE))
+                    .and_then(|e| e.str(reason));
+            }
+        }
+    }
+
+    /// Decodes one message from untrusted bytes. Never panics; refuses anything over `limits`,
+    /// anything malformed or not in deterministic encoding, and trailing bytes.
+    pub fn decode(bytes: &[u8], limits: &MessageLimits) -> Result<Message, DecodeError> {
+        if bytes.len() > limits.max_frame_bytes {
+            return Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                limit: limits.max_frame_bytes,
+            });
+        }
+        let mut r = Reader::new(bytes);
+        let items = r.array("message")?;
+        if items == 0 {
+            return Err(DecodeError::Malformed {
+                what: "message".into(),
+                reason: "empty array".into(),
+            });
+        }
+        let ty = r.u64("message type")?;
+        let (want, message) = match ty {
+            kind::HELLO => (5, "hello"),
+            kind::EVENTS => (2, "events message"),
+            kind::ACK => (3, "ack"),
+            kind::BYE => (2, "bye"),
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        if items != want {
+            return Err(DecodeError::Malformed {
+                what: message.into(),
+                reason: format!("expected an array of {want} items, found {items}"),
+            });
+        }
+        let message = match ty {
+            kind::HELLO => Message::Hello(decode_hello(&mut r)?),
+            kind::EVENTS => Message::Events {
+                events: decode_events(&mut r, limits)?,
+            },
+            kind::ACK => Message::Ack {
+                have: decode_have(&mut r, "ack have")?,
+                rewind: r.bool("ack rewind")?,
+            },
+            _ => Message::Bye {
+                reason: text(&mut r, "bye reason")?.to_owned(),
+            },
+        };
+        r.finish()?;
+        Ok(message)
+    }
+}
+
+fn encode_have(e: &mut Encoder<&mut Vec<u8>>, have: &[(NodeId, u64)]) {
+    let _ = e.array(have.len() as u64);
+    for (node, seq) in have {
+        let _ = e
+            .array(2)
+            .and_then(|e| e.str(node.as_str()))
+            .and_then(|e| e.u64(*seq));
+    }
+}
+
+/// Text of at most [`MAX_TEXT_BYTES`].
+fn text<'b>(r: &mut Reader<'b>, what: &str) -> Result<&'b str, DecodeError> {
+    let s = r.str(what)?;
+    if s.len() > MAX_TEXT_BYTES {
+        return Err(DecodeError::Invalid {
+            what: what.into(),
+            reason: format!("{} bytes, over the limit of {MAX_TEXT_BYTES}", s.len()),
+        });
+    }
+    Ok(s)
+}
+
+/// Non-empty text of at most [`MAX_TEXT_BYTES`].
+fn name<'b>(r: &mut Reader<'b>, what: &str) -> Result<&'b str, DecodeError> {
+    let s = text(r, what)?;
+    if s.is_empty() {
+        return Err(DecodeError::Invalid {
+            what: what.into(),
+            reason: "empty".into(),
+        });
+    }
+    Ok(s)
+}
+
+fn node_id(r: &mut Reader<'_>, what: &str) -> Result<NodeId, DecodeError> {
+    NodeId::parse(r.str(what)?).map_err(|e| DecodeError::Invalid {
+        what: what.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Errors unless `key` sorts strictly after the previous key of the list.
+fn ascending<K: Ord + Clone>(
+    previous: &mut Option<K>,
+    key: &K,
+    what: &str,
+) -> Result<(), DecodeError> {
+    if previous.as_ref().is_some_and(|p| p >= key) {
+        return Err(DecodeError::Invalid {
+            what: what.into(),
+            reason: "not strictly ascending (out of order or duplicate)".into(),
+        });
+    }
+    *previous = Some(key.clone());
+    Ok(())
+}
+
+/// A list length, checked against the bytes left so nothing is allocated for a claimed length
+/// the input cannot hold (every item takes at least one byte).
+fn list_len(r: &mut Reader<'_>, what: &str) -> Result<usize, DecodeError> {
+    let n = r.array(what)?;
+    if n > r.remaining() as u64 {
+        return Err(DecodeError::Malformed {
+            what: what.into(),
+            reason: format!("claims {n} items but only {} bytes follow", r.remaining()),
+        });
+    }
+    Ok(n as usize)
+}
+
+fn decode_have(r: &mut Reader<'_>, what: &str) -> Result<Vec<(NodeId, u64)>, DecodeError> {
+    let n = list_len(r, what)?;
+    let mut have = Vec::with_capacity(n);
+    let mut previous = None;
+    for _ in 0..n {
+        r.array_of(2, "have entry")?;
+        let node = node_id(r, "have origin")?;
+        ascending(&mut previous, &node, what)?;
+        have.push((node, r.u64("have seq")?));
+    }
+    Ok(have)
+}
+
+fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
+    let protocol = r.u32("hello protocol")?;
+    let node = node_id(r, "hello node")?;
+    let n = list_len(r, "hello fingerprint")?;
+    let mut fingerprint = Vec::with_capacity(n);
+    let mut previous = None;
+    for _ in 0..n {
+        r.array_of(4, "collection fingerprint")?;
+        let name_ = r.str("fingerprint collection")?;
+        check_collection_name(name_).map_err(|e| DecodeError::Invalid {
+            what: "fingerprint collection".into(),
+            reason: e.to_string(),
+        })?;
+        ascending(&mut previous, &name_, "hello fingerprint")?;
+        let resolver = name(r, "fingerprint resolver")?.to_owned();
+        let t = list_len(r, "fingerprint transforms")?;
+        let mut transforms_on_apply = Vec::with_capacity(t);
+        for _ in 0..t {
+            transforms_on_apply.push(name(r, "fingerprint transform")?.to_owned());
+        }
+        let p = list_len(r, "fingerprint plugins")?;
+        let mut plugins = Vec::with_capacity(p);
+        let mut previous_plugin = None;
+        for _ in 0..p {
+            r.array_of(2, "fingerprint plugin")?;
+            let plugin = name(r, "fingerprint plugin name")?;
+            ascending(&mut previous_plugin, &plugin, "fingerprint plugins")?;
+            let hash = r.str("fingerprint plugin sha256")?;
+            if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err(DecodeError::Invalid {
+                    what: "fingerprint plugin sha256".into(),
+                    reason: "not 64 lowercase hex digits".into(),
+                });
+            }
+            plugins.push((plugin.to_owned(), hash.to_owned()));
+        }
+        fingerprint.push(CollectionFingerprint {
+            name: name_.to_owned(),
+            resolver,
+            transforms_on_apply,
+            plugins,
+        });
+    }
+    let have = decode_have(r, "hello have")?;
+    Ok(Hello {
+        protocol,
+        node,
+        fingerprint,
+        have,
+    })
+}
+
+fn decode_events(r: &mut Reader<'_>, limits: &MessageLimits) -> Result<Vec<Event>, DecodeError> {
+    let n = r.array("events")?;
+    if n > limits.max_events_per_batch as u64 {
+        return Err(DecodeError::TooMany {
+            what: "events".into(),
+            count: n,
+            limit: limits.max_events_per_batch as u64,
+        });
+    }
+    let mut events = Vec::with_capacity((n as usize).min(r.remaining()));
+    for index in 0..n as usize {
+        let bytes = r.bytes("event")?;
+        events.push(
+            Event::decode(bytes, &limits.event)
+                .map_err(|source| DecodeError::Event { index, source })?,
+        );
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgerep_wire::{Hlc, Op, Value, VersionVector};
+
+    fn node(s: &str) -> NodeId {
+        NodeId::parse(s).unwrap()
+    }
+
+    fn event(origin: &str, seq: u64) -> Event {
+        Event {
+            format: 1,
+            collection: "c".into(),
+            key: b"k".to_vec(),
+            op: Op::Put,
+            value: Some(Value::from_canonical(vec![0x18, 42], &Default::default()).unwrap()),
+            hlc: Hlc::new(1000 + seq, 0),
+            origin: node(origin),
+            seq,
+            schema: 0,
+            meta: Default::default(),
+            context: VersionVector::new(),
+            extra: Default::default(),
+        }
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            node: node("a"),
+            fingerprint: vec![
+                CollectionFingerprint {
+                    name: "orders".into(),
+                    resolver: "lww".into(),
+                    transforms_on_apply: vec!["redact".into(), "audit".into()],
+                    plugins: vec![
+                        ("audit".into(), "ab".repeat(32)),
+                        ("redact".into(), "0".repeat(64)),
+                    ],
+                },
+                CollectionFingerprint {
+                    name: "users".into(),
+                    resolver: "max".into(),
+                    transforms_on_apply: vec![],
+                    plugins: vec![],
+                },
+            ],
+            have: vec![(node("a"), 7), (node("b"), 300), (node("c"), 70_000)],
+        }
+    }
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Hello(hello()),
+            Message::Hello(Hello {
+                protocol: 2,
+                node: node("z"),
+                fingerprint: vec![],
+                have: vec![],
+            }),
+            Message::Events {
+                events: vec![event("a", 1), event("a", 2), event("b", 9)],
+            },
+            Message::Events { events: vec![] },
+            Message::Ack {
+                have: vec![(node("a"), 2), (node("b"), u64::MAX)],
+                rewind: true,
+            },
+            Message::Ack {
+                have: vec![],
+                rewind: false,
+            },
+            Message::Bye {
+                reason: "shutting down".into(),
+            },
+        ]
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        Message::decode(bytes, &MessageLimits::default())
+    }
+
+    /// Encodes a message built by hand with minicbor.
+    fn cbor(f: impl FnOnce(&mut Encoder<&mut Vec<u8>>)) -> Vec<u8> {
+        let mut buf = Vec::new();
+        f(&mut Encoder::new(&mut buf));
+        buf
+    }
+
+    fn refused(bytes: &[u8], needle: &str) {
+        match decode(bytes) {
+            Ok(m) => panic!("accepted {m:?}, expected an error naming {needle:?}"),
+            Err(e) => assert!(
+                e.to_string().contains(needle),
+                "error {e:?} ({e}) does not name {needle:?}"
+            ),
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips_byte_for_byte() {
+        for m in samples() {
+            let bytes = m.encode();
+            assert_eq!(decode(&bytes).unwrap(), m);
+            assert_eq!(decode(&bytes).unwrap().encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn encoding_is_pinned() {
+        let m = Message::Ack {
+            have: vec![(node("a"), 24)],
+            rewind: true,
+        };
+        // [2, [["a", 24]], true]
+        assert_eq!(
+            m.encode(),
+            [0x83, 0x02, 0x81, 0x82, 0x61, b'a', 0x18, 24, 0xf5]
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_refused_without_panic() {
+        for m in samples() {
+            let bytes = m.encode();
+            for cut in 0..bytes.len() {
+                assert!(decode(&bytes[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_forms_are_refused_naming_the_part() {
+        refused(&[], "message");
+        refused(
+            &cbor(|e| drop(e.u64(1))),
+            "malformed message: expected an array",
+        );
+        refused(&cbor(|e| drop(e.array(0))), "empty array");
+        refused(&[0x9f, 0x03, 0x60, 0xff], "indefinite length");
+        refused(
+            &cbor(|e| drop(e.array(2).and_then(|e| e.u64(9)).and_then(|e| e.u64(0)))),
+            "unknown message type 9",
+        );
+        refused(
+            &cbor(|e| drop(e.array(2).and_then(|e| e.str("x")))),
+            "message type: expected an unsigned integer, found string",
+        );
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(3)
+                        .and_then(|e| e.u64(3))
+                        .and_then(|e| e.str("x"))
+                        .and_then(|e| e.u64(0)),
+                )
+            }),
+            "bye: expected an array of 2 items, found 3",
+        );
+        refused(
+            &cbor(|e| drop(e.array(2).and_then(|e| e.u64(3)).and_then(|e| e.u64(1)))),
+            "bye reason: expected a text string",
+        );
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        refused(
+            &cbor(|e| drop(e.array(2).and_then(|e| e.u64(3)).and_then(|e| e.str(&long)))),
+            "bye reason: 1025 bytes",
+        );
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(3)
+                        .and_then(|e| e.u64(2))
+                        .and_then(|e| e.array(0))
+                        .and_then(|e| e.u64(1)),
+                )
+            }),
+            "ack rewind: expected a boolean",
+        );
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(3)
+                        .and_then(|e| e.u64(2))
+                        .and_then(|e| e.array(1))
+                        .and_then(|e| e.array(3)),
+                )
+            }),
+            "have entry: expected an array of 2 items",
+        );
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(3)
+                        .and_then(|e| e.u64(2))
+                        .and_then(|e| e.array(1))
+                        .and_then(|e| e.array(2))
+                        .and_then(|e| e.str("bad id!"))
+                        .and_then(|e| e.u64(1))
+                        .and_then(|e| e.bool(false)),
+                )
+            }),
+            "invalid have origin",
+        );
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(3)
+                        .and_then(|e| e.u64(2))
+                        .and_then(|e| e.array(1))
+                        .and_then(|e| e.array(2))
+                        .and_then(|e| e.str("a"))
+                        .and_then(|e| e.i64(-1))
+                        .and_then(|e| e.bool(false)),
+                )
+            }),
+            "have seq: expected an unsigned integer",
+        );
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(3)
+                        .and_then(|e| e.u64(2))
+                        .and_then(|e| e.array(1000)),
+                )
+            }),
+            "claims 1000 items",
+        );
+        // A have out of order, and one with a duplicate origin.
+        for (a, b) in [("b", "a"), ("a", "a")] {
+            let m = Message::Ack {
+                have: vec![(node(a), 1), (node(b), 2)],
+                rewind: false,
+            };
+            refused(&m.encode(), "ack have: not strictly ascending");
+        }
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(2)
+                        .and_then(|e| e.u64(1))
+                        .and_then(|e| e.array(1))
+                        .and_then(|e| e.str("x")),
+                )
+            }),
+            "malformed event: expected a byte string",
+        );
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(2)
+                        .and_then(|e| e.u64(1))
+                        .and_then(|e| e.array(1))
+                        .and_then(|e| e.bytes(b"\xa0")),
+                )
+            }),
+            "event 0 of the batch",
+        );
+        let mut m = Message::Events {
+            events: vec![event("a", 1)],
+        }
+        .encode();
+        m.push(0);
+        refused(&m, "1 trailing bytes after the message");
+    }
+
+    #[test]
+    fn hello_fields_are_checked() {
+        let with = |f: &dyn Fn(&mut Hello)| {
+            let mut h = hello();
+            f(&mut h);
+            Message::Hello(h).encode()
+        };
+        refused(
+            &with(&|h| h.fingerprint.reverse()),
+            "hello fingerprint: not strictly ascending",
+        );
+        refused(
+            &with(&|h| h.fingerprint[0].plugins.reverse()),
+            "fingerprint plugins: not strictly ascending",
+        );
+        refused(
+            &with(&|h| h.fingerprint[0].plugins[0].1 = "AB".repeat(32)),
+            "fingerprint plugin sha256: not 64 lowercase hex",
+        );
+        refused(
+            &with(&|h| h.fingerprint[0].plugins[0].1 = "ab".into()),
+            "fingerprint plugin sha256",
+        );
+        refused(
+            &with(&|h| h.fingerprint[0].name = "bad name".into()),
+            "invalid fingerprint collection",
+        );
+        refused(
+            &with(&|h| h.fingerprint[0].resolver = String::new()),
+            "fingerprint resolver: empty",
+        );
+        refused(
+            &with(&|h| h.fingerprint[0].transforms_on_apply[0] = String::new()),
+            "fingerprint transform: empty",
+        );
+        refused(
+            &with(&|h| h.have.swap(0, 1)),
+            "hello have: not strictly ascending",
+        );
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(5)
+                        .and_then(|e| e.u64(0))
+                        .and_then(|e| e.u64(1 << 32)),
+                )
+            }),
+            "hello protocol: 4294967296 does not fit",
+        );
+        refused(
+            &cbor(|e| {
+                drop(
+                    e.array(5)
+                        .and_then(|e| e.u64(0))
+                        .and_then(|e| e.u64(1))
+                        .and_then(|e| e.str("")),
+                )
+            }),
+            "invalid hello node",
+        );
+        refused(
+            &cbor(|e| drop(e.array(4).and_then(|e| e.u64(0)))),
+            "hello: expected an array of 5 items, found 4",
+        );
+    }
+
+    #[test]
+    fn non_shortest_heads_are_refused() {
+        // [3, "x"] with the type, the array length and the text length each in a longer head.
+        refused(
+            &[0x82, 0x18, 0x03, 0x61, b'x'],
+            "message type is not in deterministic encoding",
+        );
+        refused(
+            &[0x98, 0x02, 0x03, 0x61, b'x'],
+            "message is not in deterministic encoding",
+        );
+        refused(
+            &[0x82, 0x03, 0x78, 0x01, b'x'],
+            "bye reason is not in deterministic encoding",
+        );
+        // An Ack whose seq 5 is written in two bytes.
+        refused(
+            &[0x83, 0x02, 0x81, 0x82, 0x61, b'a', 0x18, 0x05, 0xf4],
+            "have seq is not in deterministic encoding",
+        );
+        // An event byte string (over 23 bytes) with a two-byte length.
+        let ev = event("a", 1).encode();
+        let mut bytes = vec![0x82, 0x01, 0x81, 0x59, 0x00, ev.len() as u8];
+        bytes.extend_from_slice(&ev);
+        refused(&bytes, "event is not in deterministic encoding");
+        // Indefinite-length text.
+        refused(
+            &[0x82, 0x03, 0x7f, 0x61, b'x', 0xff],
+            "bye reason: indefinite length",
+        );
+    }
+
+    #[test]
+    fn oversized_input_is_refused() {
+        let limits = MessageLimits {
+            max_frame_bytes: 100,
+            max_events_per_batch: 2,
+            ..MessageLimits::default()
+        };
+        let big = Message::Bye {
+            reason: "x".repeat(200),
+        }
+        .encode();
+        assert_eq!(
+            Message::decode(&big, &limits).unwrap_err(),
+            DecodeError::TooLarge {
+                size: big.len(),
+                limit: 100
+            }
+        );
+        let three = Message::Events {
+            events: vec![event("a", 1), event("a", 2), event("a", 3)],
+        };
+        let limits = MessageLimits {
+            max_frame_bytes: 1 << 20,
+            ..limits
+        };
+        let err = Message::decode(&three.encode(), &limits).unwrap_err();
+        assert_eq!(err.to_string(), "events: 3 entries, over the limit of 2");
+        // An event over the event size limit names the event.
+        let limits = MessageLimits {
+            event: EventLimits {
+                max_event_bytes: 10,
+                ..EventLimits::default()
+            },
+            ..MessageLimits::default()
+        };
+        let err = Message::decode(
+            &Message::Events {
+                events: vec![event("a", 1)],
+            }
+            .encode(),
+            &limits,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Event { index: 0, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("too large"), "{err}");
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        // Mutations of valid messages: every single-byte change either decodes to a message that
+        // re-encodes to the same bytes or is refused.
+        for m in samples() {
+            let bytes = m.encode();
+            for i in 0..bytes.len() {
+                for v in [0x00, 0x17, 0x18, 0x5f, 0x7f, 0x9f, 0xbf, 0xf5, 0xff] {
+                    let mut b = bytes.clone();
+                    b[i] = v;
+                    if let Ok(m) = decode(&b) {
+                        assert_eq!(m.encode(), b);
+                    }
+                }
+            }
+        }
+    }
+}

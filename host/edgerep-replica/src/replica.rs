@@ -1,0 +1,739 @@
+//! The replication state machine of one node, for all its peers.
+//!
+//! Calling order, per the quinn-proto convention: feed inputs (`connected`, `handle`, `applied`,
+//! `handle_timeout`, `set_local_have`), then drain `poll_output` and `poll_transmit` until they
+//! return `None`, then sleep until `poll_timeout` or the next input.
+//!
+//! Invariants:
+//! - `accepted[o]` = max(local have, highest sequence in an Apply handed out and not yet
+//!   applied or failed), so an event is handed out to apply at most once while it is not durable,
+//!   and each origin's handed-out events continue it without a gap (when the caller applies them
+//!   in the order yielded).
+//! - An Ack carries only the durable local have, so an acknowledged event survives a restart.
+//! - Per peer, at most one Apply is outstanding; the peer's later events wait behind it.
+//! - The durable local have is the only state that must survive a restart.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+
+use edgerep_wire::{Event, NodeId};
+
+use crate::fingerprint;
+use crate::have::{self, Have};
+use crate::log::{Log, LogError};
+use crate::message::{CollectionFingerprint, Hello, Message, MessageLimits, PROTOCOL_VERSION};
+use crate::session::Session;
+
+/// Tuning of a [`Replica`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// What this node runs, per collection (sent in the Hello; sorted by [`Replica::new`]).
+    pub fingerprint: Vec<CollectionFingerprint>,
+    /// Most events sent to one peer and not yet acknowledged.
+    pub window_events: u64,
+    /// Most events in one Events message.
+    pub batch_events: usize,
+    /// Most encoded event bytes in one Events message (one event larger than this still goes alone).
+    pub batch_bytes: usize,
+    /// Resend everything unacknowledged when acks make no progress for this long.
+    pub retransmit_after_ms: u64,
+    /// Limits the peers' messages are decoded with (batches are built within them too).
+    pub limits: MessageLimits,
+}
+
+impl Default for ReplicaConfig {
+    /// A window of 16384 events, batches of 1024 events or 1 MiB, retransmit after 3 s.
+    fn default() -> ReplicaConfig {
+        ReplicaConfig {
+            fingerprint: Vec::new(),
+            window_events: 16384,
+            batch_events: 1024,
+            batch_bytes: 1 << 20,
+            retransmit_after_ms: 3000,
+            limits: MessageLimits::default(),
+        }
+    }
+}
+
+/// Something the caller must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Apply these events durably, in one transaction, after every earlier Apply (one at a time,
+    /// in the order yielded, even if the peer has disconnected meanwhile); then call
+    /// [`Replica::set_local_have`] and [`Replica::applied`], or [`Replica::apply_failed`].
+    Apply {
+        /// The peer the events came from.
+        peer: NodeId,
+        /// The events: per origin, consecutive and continuing the local have.
+        events: Vec<Event>,
+    },
+    /// The peer's Hello was accepted: the session is ready.
+    PeerReady {
+        /// The peer.
+        peer: NodeId,
+        /// Its Hello (its `have` is durable on the peer, like an acknowledgement).
+        hello: Hello,
+    },
+    /// The peer runs something different for some collections (reported, not fatal).
+    Mismatch {
+        /// The peer.
+        peer: NodeId,
+        /// One sentence per difference.
+        differences: Vec<String>,
+    },
+    /// The peer acknowledged more: persist its cursor (e.g. for changelog retention).
+    Acked {
+        /// The peer.
+        peer: NodeId,
+        /// Everything the peer has acknowledged on this session, per origin.
+        have: Have,
+    },
+}
+
+/// A peer broke the protocol: the caller must disconnect it, logging this as the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A message for a peer with no session ([`Replica::connected`] not called, or disconnected).
+    #[error("message from a peer with no session")]
+    NotConnected,
+    /// A message other than Hello or Bye came before the peer's Hello.
+    #[error("{message} before hello")]
+    BeforeHello {
+        /// The message's kind.
+        message: &'static str,
+    },
+    /// A second Hello on one session.
+    #[error("second hello on one session")]
+    DuplicateHello,
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this node speaks {ours}")]
+    Version {
+        /// Ours.
+        ours: u32,
+        /// The peer's.
+        theirs: u32,
+    },
+    /// The Hello names a node other than the one the transport authenticated.
+    #[error("hello from node {got}, but the connection is with {expected}")]
+    WrongNode {
+        /// The authenticated peer.
+        expected: NodeId,
+        /// The id in the Hello.
+        got: NodeId,
+    },
+    /// An origin's events within one Events message are not consecutive ascending.
+    #[error("events of {origin} not contiguous within one message: seq {got} after {after}")]
+    NotContiguous {
+        /// The origin.
+        origin: NodeId,
+        /// The previous sequence number of that origin in the message.
+        after: u64,
+        /// The one that followed it.
+        got: u64,
+    },
+    /// An origin's events appear in two separate runs of one Events message.
+    #[error("events of {origin} in two separate runs of one message")]
+    OriginRepeated {
+        /// The origin.
+        origin: NodeId,
+    },
+}
+
+/// A peer's replication status, for `edgerep status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerView {
+    /// A session exists.
+    pub connected: bool,
+    /// The peer's Hello was accepted.
+    pub ready: bool,
+    /// What the peer holds durably, per origin, as far as we know (Hello, then Acks).
+    pub their_have: Have,
+    /// Per origin, how far we have sent.
+    pub sent: Have,
+    /// Per origin, how far the peer acknowledged.
+    pub acked: Have,
+    /// Events sent and not yet acknowledged.
+    pub in_flight_events: u64,
+    /// Events received from the peer waiting behind its pending Apply.
+    pub pending_apply_events: usize,
+    /// An Apply of the peer's events is outstanding.
+    pub applying: bool,
+    /// When the last message from the peer arrived (caller's milliseconds).
+    pub last_message_ms: Option<u64>,
+    /// Fingerprint differences found at the handshake.
+    pub mismatches: Vec<String>,
+    /// The reason the last Apply of the peer's events failed, until one succeeds.
+    pub last_apply_error: Option<String>,
+    /// The reason in the peer's Bye, if it sent one.
+    pub bye_reason: Option<String>,
+}
+
+/// A deliberate bug, for checking that the simulation catches it. Never use in a node.
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Acknowledge events as soon as they are handed out to apply, before they are durable.
+    AckBeforeApply,
+    /// Hand out events the node already holds or is already applying.
+    ApplyDuplicates,
+}
+
+/// What we know about one peer. The session is volatile; an outstanding Apply outlives it
+/// (the caller applies it anyway), so the peer's entry stays until both are gone.
+#[derive(Default)]
+struct Peer {
+    session: Option<Session>,
+    /// Per origin, the highest sequence number in the outstanding Apply of this peer's events.
+    applying: Option<Have>,
+    last_apply_error: Option<String>,
+}
+
+/// The replication core of one node: sans-IO, deterministic, one instance for all peers.
+pub struct Replica {
+    local: NodeId,
+    config: ReplicaConfig,
+    /// The durable per-origin have, as pushed by the caller.
+    local_have: Have,
+    /// Counts the changes of `local_have` (see `Session::idle_at`).
+    have_version: u64,
+    /// See the module invariants.
+    accepted: Have,
+    peers: BTreeMap<NodeId, Peer>,
+    outputs: VecDeque<Output>,
+    /// Round-robin cursors over peers: the last served with a control message, with events.
+    last_control: Option<NodeId>,
+    last_events: Option<NodeId>,
+    /// Reused buffer for measuring encoded event sizes.
+    scratch: Vec<u8>,
+    /// Deliberate bugs: always false unless the `fault-injection` feature turns them on.
+    ack_before_apply: bool,
+    apply_duplicates: bool,
+}
+
+/// `keys` in ascending order, starting after `cursor` and wrapping around.
+fn round_robin<'a, V>(map: &'a BTreeMap<NodeId, V>, cursor: Option<&NodeId>) -> Vec<&'a NodeId> {
+    match cursor {
+        None => map.keys().collect(),
+        Some(c) => map
+            .range::<NodeId, _>((Bound::Excluded(c), Bound::Unbounded))
+            .chain(map.range::<NodeId, _>(..=c))
+            .map(|(k, _)| k)
+            .collect(),
+    }
+}
+
+/// Checks that each origin's events form one run of consecutive ascending sequence numbers.
+fn check_contiguous(events: &[Event]) -> Result<(), ProtocolError> {
+    let mut done: Vec<&NodeId> = Vec::new();
+    for pair in events.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.origin == b.origin {
+            if b.seq != a.seq.wrapping_add(1) {
+                return Err(ProtocolError::NotContiguous {
+                    origin: a.origin.clone(),
+                    after: a.seq,
+                    got: b.seq,
+                });
+            }
+        } else {
+            done.push(&a.origin);
+            if done.contains(&&b.origin) {
+                return Err(ProtocolError::OriginRepeated {
+                    origin: b.origin.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Replica {
+    /// A replica for node `local`, with no peers and an empty local have (push the durable have
+    /// with [`Replica::set_local_have`] before connecting peers).
+    ///
+    /// # Panics
+    /// If `window_events`, `batch_events` or `batch_bytes` is 0, or the fingerprint names a
+    /// collection twice or a plugin twice within a collection.
+    pub fn new(local: NodeId, mut config: ReplicaConfig) -> Replica {
+        assert!(config.window_events > 0, "window_events must be positive");
+        assert!(config.batch_events > 0, "batch_events must be positive");
+        assert!(config.batch_bytes > 0, "batch_bytes must be positive");
+        fingerprint::normalize(&mut config.fingerprint);
+        Replica {
+            local,
+            config,
+            local_have: Have::new(),
+            have_version: 0,
+            accepted: Have::new(),
+            peers: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            last_control: None,
+            last_events: None,
+            scratch: Vec::new(),
+            ack_before_apply: false,
+            apply_duplicates: false,
+        }
+    }
+
+    /// Turns on a deliberate bug (for the simulation's self-test).
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn inject_fault(&mut self, fault: Fault) {
+        match fault {
+            Fault::AckBeforeApply => self.ack_before_apply = true,
+            Fault::ApplyDuplicates => self.apply_duplicates = true,
+        }
+    }
+
+    /// This node's id.
+    pub fn local(&self) -> &NodeId {
+        &self.local
+    }
+
+    /// The durable local have, as last pushed.
+    pub fn local_have(&self) -> &Have {
+        &self.local_have
+    }
+
+    /// Takes in the node's durable per-origin have: call at start and after every durable
+    /// commit (local writes) or apply. Cursors only move forward; lower values are ignored.
+    pub fn set_local_have(&mut self, have: &Have) {
+        if have::join(&mut self.local_have, have.iter().map(|(o, &s)| (o, s))) {
+            self.have_version += 1;
+        }
+        have::join(&mut self.accepted, have.iter().map(|(o, &s)| (o, s)));
+        for peer in self.peers.values_mut() {
+            if let Some(s) = peer.session.as_mut().filter(|s| s.ack_owed) {
+                s.ack_owed = false;
+                s.request_ack(false);
+            }
+        }
+    }
+
+    /// A session with `peer` opened (the transport authenticated it): our Hello is queued.
+    /// Replaces any previous session with the same peer.
+    ///
+    /// # Panics
+    /// If `peer` is this node.
+    pub fn connected(&mut self, peer: &NodeId, now: u64) {
+        assert!(*peer != self.local, "a node cannot peer with itself");
+        self.peers.entry(peer.clone()).or_default().session = Some(Session::new(now));
+    }
+
+    /// The session with `peer` closed: its volatile state is dropped. An outstanding Apply of
+    /// its events stays valid (apply it and report as usual).
+    pub fn disconnected(&mut self, peer: &NodeId, _now: u64) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.session = None;
+            if p.applying.is_none() {
+                self.peers.remove(peer);
+            }
+        }
+    }
+
+    /// Takes in one message from `peer`. An error means the peer broke the protocol: disconnect
+    /// it with the error as the reason (and then call [`Replica::disconnected`]).
+    pub fn handle(
+        &mut self,
+        peer: &NodeId,
+        message: Message,
+        now: u64,
+    ) -> Result<(), ProtocolError> {
+        let p = self
+            .peers
+            .get_mut(peer)
+            .ok_or(ProtocolError::NotConnected)?;
+        let applying = p.applying.is_some();
+        let s = p.session.as_mut().ok_or(ProtocolError::NotConnected)?;
+        s.last_message_ms = Some(now);
+        match message {
+            Message::Hello(hello) => {
+                if s.ready() {
+                    return Err(ProtocolError::DuplicateHello);
+                }
+                if hello.protocol != PROTOCOL_VERSION {
+                    return Err(ProtocolError::Version {
+                        ours: PROTOCOL_VERSION,
+                        theirs: hello.protocol,
+                    });
+                }
+                if hello.node != *peer {
+                    return Err(ProtocolError::WrongNode {
+                        expected: peer.clone(),
+                        got: hello.node,
+                    });
+                }
+                let differences =
+                    fingerprint::differences(&self.config.fingerprint, &hello.fingerprint);
+                s.mismatches = differences.clone();
+                s.start(hello.clone(), now);
+                if !differences.is_empty() {
+                    self.outputs.push_back(Output::Mismatch {
+                        peer: peer.clone(),
+                        differences,
+                    });
+                }
+                self.outputs.push_back(Output::PeerReady {
+                    peer: peer.clone(),
+                    hello,
+                });
+            }
+            Message::Events { events } => {
+                if !s.ready() {
+                    return Err(ProtocolError::BeforeHello { message: "events" });
+                }
+                check_contiguous(&events)?;
+                if events.is_empty() {
+                } else if applying {
+                    s.queued_events += events.len();
+                    s.queued.push_back(events);
+                } else {
+                    self.receive(peer, vec![events], now);
+                }
+            }
+            Message::Ack { have, rewind } => {
+                if !s.ready() {
+                    return Err(ProtocolError::BeforeHello { message: "ack" });
+                }
+                if s.on_ack(&have, rewind, now) {
+                    self.outputs.push_back(Output::Acked {
+                        peer: peer.clone(),
+                        have: s.acked.clone(),
+                    });
+                }
+            }
+            Message::Bye { reason } => s.bye = Some(reason),
+        }
+        Ok(())
+    }
+
+    /// Runs received events through the duplicate and gap filters; hands what continues the
+    /// accepted cursors out as one Apply. The peer has no outstanding Apply.
+    fn receive(&mut self, peer: &NodeId, batches: Vec<Vec<Event>>, now: u64) {
+        let (apply_duplicates, ack_before_apply) = (self.apply_duplicates, self.ack_before_apply);
+        let retransmit_after = self.config.retransmit_after_ms;
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let Some(s) = p.session.as_mut() else { return };
+        debug_assert!(p.applying.is_none());
+        let mut out = Vec::new();
+        let mut handed = Have::new();
+        // Per origin, the highest duplicate dropped; and the origins with a gap.
+        let mut duplicates = Have::new();
+        let mut gaps: Vec<NodeId> = Vec::new();
+        for event in batches.into_iter().flatten() {
+            let accepted = have::get(&self.accepted, &event.origin);
+            if event.seq <= accepted && !apply_duplicates {
+                have::raise(&mut duplicates, &event.origin, event.seq);
+            } else if event.seq > accepted + 1 {
+                // Later events of this origin in the batch are beyond the gap too.
+                if gaps.last() != Some(&event.origin) {
+                    gaps.push(event.origin.clone());
+                }
+            } else {
+                have::raise(&mut self.accepted, &event.origin, event.seq);
+                have::raise(&mut handed, &event.origin, event.seq);
+                s.rewinds.remove(&event.origin);
+                out.push(event);
+            }
+        }
+        for origin in gaps {
+            // Ask once per gap; ask again only if the rewind seems lost.
+            let asked = s.rewinds.get(&origin).copied();
+            if asked.is_none_or(|t| now >= t.saturating_add(retransmit_after)) {
+                s.rewinds.insert(origin, now);
+                s.request_ack(true);
+            }
+        }
+        if !duplicates.is_empty() {
+            let covered = duplicates
+                .iter()
+                .all(|(o, &seq)| have::get(&self.local_have, o) >= seq);
+            // Duplicates need an ack too, or the sender would resend them until it times out.
+            if !covered {
+                s.ack_owed = true;
+            } else if out.is_empty() {
+                s.request_ack(false);
+            }
+        }
+        if !out.is_empty() {
+            if ack_before_apply {
+                s.request_ack(false);
+            }
+            p.applying = Some(handed);
+            self.outputs.push_back(Output::Apply {
+                peer: peer.clone(),
+                events: out,
+            });
+        }
+    }
+
+    /// The caller durably applied the last Apply of `peer`'s events (and pushed the new local
+    /// have first). Acknowledges it and releases the peer's queued events.
+    pub fn applied(&mut self, peer: &NodeId, now: u64) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if p.applying.take().is_none() {
+            return;
+        }
+        p.last_apply_error = None;
+        let Some(s) = p.session.as_mut() else {
+            self.peers.remove(peer);
+            return;
+        };
+        s.request_ack(false);
+        if !s.queued.is_empty() {
+            let batches: Vec<_> = s.queued.drain(..).collect();
+            s.queued_events = 0;
+            self.receive(peer, batches, now);
+        }
+    }
+
+    /// Applying the last Apply of `peer`'s events failed (nothing of it is durable). Its events
+    /// are forgotten and the peer is asked to resend from the local have.
+    pub fn apply_failed(&mut self, peer: &NodeId, reason: &str, _now: u64) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if p.applying.take().is_none() {
+            return;
+        }
+        p.last_apply_error = Some(reason.to_owned());
+        match p.session.as_mut() {
+            Some(s) => {
+                // Queued events were sent after the failed ones: the rewind resends them too.
+                s.queued.clear();
+                s.queued_events = 0;
+                s.rewinds.clear();
+                s.request_ack(true);
+            }
+            None => {
+                self.peers.remove(peer);
+            }
+        }
+        // Recompute from what is durable plus what other peers' Applies still hand out.
+        self.accepted = self.local_have.clone();
+        for p in self.peers.values() {
+            if let Some(h) = &p.applying {
+                have::join(&mut self.accepted, h.iter().map(|(o, &s)| (o, s)));
+            }
+        }
+    }
+
+    /// Fires the go-back-N timers that are due.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let after = self.config.retransmit_after_ms;
+        for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
+            if s.deadline(after).is_some_and(|d| now >= d) {
+                s.go_back(now);
+            }
+        }
+    }
+
+    /// When [`Replica::handle_timeout`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.peers
+            .values()
+            .filter_map(|p| p.session.as_ref())
+            .filter_map(|s| s.deadline(self.config.retransmit_after_ms))
+            .min()
+    }
+
+    /// The next output for the caller, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next message to send, if any: control messages (Hello, Ack) first, then Events
+    /// batches, round-robin over peers and, within a peer, over origins.
+    pub fn poll_transmit(
+        &mut self,
+        now: u64,
+        log: &impl Log,
+    ) -> Result<Option<(NodeId, Message)>, LogError> {
+        if let Some(m) = self.next_control() {
+            return Ok(Some(m));
+        }
+        let (window, version) = (self.config.window_events, self.have_version);
+        let order: Vec<NodeId> = round_robin(&self.peers, self.last_events.as_ref())
+            .into_iter()
+            .filter(|p| {
+                self.peers[*p].session.as_ref().is_some_and(|s| {
+                    s.ready() && s.in_flight() < window && s.idle_at != Some(version)
+                })
+            })
+            .cloned()
+            .collect();
+        for peer in order {
+            if let Some(events) = self.next_batch(&peer, now, log)? {
+                self.last_events = Some(peer.clone());
+                return Ok(Some((peer, Message::Events { events })));
+            }
+        }
+        Ok(None)
+    }
+
+    fn next_control(&mut self) -> Option<(NodeId, Message)> {
+        let due = |p: &Peer| {
+            p.session
+                .as_ref()
+                .is_some_and(|s| s.hello_due || s.ack_due.is_some())
+        };
+        if !self.peers.values().any(due) {
+            return None;
+        }
+        let peer = round_robin(&self.peers, self.last_control.as_ref())
+            .into_iter()
+            .find(|p| due(&self.peers[*p]))?
+            .clone();
+        self.last_control = Some(peer.clone());
+        let s = self.peers.get_mut(&peer)?.session.as_mut()?;
+        let message = if s.hello_due {
+            s.hello_due = false;
+            Message::Hello(Hello {
+                protocol: PROTOCOL_VERSION,
+                node: self.local.clone(),
+                fingerprint: self.config.fingerprint.clone(),
+                have: have::to_wire(&self.local_have),
+            })
+        } else {
+            let rewind = s.ack_due.take().unwrap_or(false);
+            // The deliberate bug acknowledges what is merely handed out.
+            let have = if self.ack_before_apply {
+                &self.accepted
+            } else {
+                &self.local_have
+            };
+            Message::Ack {
+                have: have::to_wire(have),
+                rewind,
+            }
+        };
+        Some((peer, message))
+    }
+
+    /// The next Events batch for `peer`, if it is ready, its window has room and we hold events
+    /// it lacks.
+    fn next_batch(
+        &mut self,
+        peer: &NodeId,
+        now: u64,
+        log: &impl Log,
+    ) -> Result<Option<Vec<Event>>, LogError> {
+        let Replica {
+            config,
+            local_have,
+            have_version,
+            peers,
+            scratch,
+            ..
+        } = self;
+        let Some(s) = peers.get_mut(peer).and_then(|p| p.session.as_mut()) else {
+            return Ok(None);
+        };
+        let in_flight = s.in_flight();
+        if !s.ready() || in_flight >= config.window_events {
+            return Ok(None);
+        }
+        let mut budget = (config.batch_events.min(config.limits.max_events_per_batch) as u64)
+            .min(config.window_events - in_flight);
+        let mut bytes_left = config.batch_bytes;
+        let origins: Vec<NodeId> = round_robin(local_have, s.last_origin.as_ref())
+            .into_iter()
+            .filter(|o| local_have[*o] > have::get(&s.sent, o))
+            .cloned()
+            .collect();
+        let mut batch = Vec::new();
+        for origin in origins {
+            if budget == 0 || bytes_left == 0 {
+                break;
+            }
+            let after = have::get(&s.sent, &origin);
+            let want = budget.min(local_have[&origin] - after);
+            let events = log.read(&origin, after, want as usize, bytes_left)?;
+            let inconsistent = |reason: String| LogError::Inconsistent { reason };
+            if events.is_empty() || events.len() as u64 > want {
+                return Err(inconsistent(format!(
+                    "asked for up to {want} events of {origin} after {after} (held up to {}), got {}",
+                    local_have[&origin],
+                    events.len()
+                )));
+            }
+            for (i, e) in events.iter().enumerate() {
+                if e.origin != origin || e.seq != after + 1 + i as u64 {
+                    return Err(inconsistent(format!(
+                        "asked for events of {origin} after {after}, got {} {} at position {i}",
+                        e.origin, e.seq
+                    )));
+                }
+                scratch.clear();
+                e.encode_into(scratch);
+                bytes_left = bytes_left.saturating_sub(scratch.len());
+            }
+            if batch.is_empty() {
+                s.last_origin = Some(origin.clone());
+            }
+            budget -= events.len() as u64;
+            s.mark_sent(&origin, after + events.len() as u64, now);
+            batch.extend(events);
+        }
+        if batch.is_empty() {
+            s.idle_at = Some(*have_version);
+            return Ok(None);
+        }
+        Ok(Some(batch))
+    }
+
+    /// Events received from `peer` waiting behind its pending Apply. The caller stops reading
+    /// the peer's stream while this is above its limit: that is the backpressure.
+    pub fn pending_apply_events(&self, peer: &NodeId) -> usize {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.session.as_ref())
+            .map_or(0, |s| s.queued_events)
+    }
+
+    /// The peers with a session or an outstanding Apply.
+    pub fn peers(&self) -> impl Iterator<Item = &NodeId> {
+        self.peers.keys()
+    }
+
+    /// The replication status of `peer`, if it has a session or an outstanding Apply.
+    pub fn peer_view(&self, peer: &NodeId) -> Option<PeerView> {
+        let p = self.peers.get(peer)?;
+        let s = p.session.as_ref();
+        Some(PeerView {
+            connected: s.is_some(),
+            ready: s.is_some_and(Session::ready),
+            their_have: s.map(|s| s.their_have.clone()).unwrap_or_default(),
+            sent: s.map(|s| s.sent.clone()).unwrap_or_default(),
+            acked: s.map(|s| s.acked.clone()).unwrap_or_default(),
+            in_flight_events: s.map_or(0, Session::in_flight),
+            pending_apply_events: s.map_or(0, |s| s.queued_events),
+            applying: p.applying.is_some(),
+            last_message_ms: s.and_then(|s| s.last_message_ms),
+            mismatches: s.map(|s| s.mismatches.clone()).unwrap_or_default(),
+            last_apply_error: p.last_apply_error.clone(),
+            bye_reason: s.and_then(|s| s.bye.clone()),
+        })
+    }
+
+    /// Events `local_have` holds that `peer` has not acknowledged on the current session
+    /// (Σ over origins of local have − acked); 0 without a ready session.
+    pub fn lag_events(&self, peer: &NodeId, local_have: &Have) -> u64 {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.session.as_ref())
+            .filter(|s| s.ready())
+            .map_or(0, |s| have::distance(local_have, &s.acked))
+    }
+}
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;

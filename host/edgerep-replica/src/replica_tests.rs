@@ -1,0 +1,738 @@
+//! Session scenarios: one replica driven by hand, its outputs checked message by message.
+
+use super::*;
+use crate::message::CollectionFingerprint;
+use edgerep_wire::{Hlc, Op, Value, VersionVector};
+
+fn n(s: &str) -> NodeId {
+    NodeId::parse(s).unwrap()
+}
+
+fn ev(origin: &str, seq: u64) -> Event {
+    Event {
+        format: 1,
+        collection: "c".into(),
+        key: format!("k{seq}").into_bytes(),
+        op: Op::Put,
+        value: Some(Value::from_canonical(vec![0x01], &Default::default()).unwrap()),
+        hlc: Hlc::new(seq, 0),
+        origin: n(origin),
+        seq,
+        schema: 0,
+        meta: Default::default(),
+        context: VersionVector::new(),
+        extra: Default::default(),
+    }
+}
+
+fn evs(origin: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Event> {
+    seqs.map(|s| ev(origin, s)).collect()
+}
+
+/// A changelog in memory, the shape every caller's store has.
+#[derive(Default)]
+struct MemLog(BTreeMap<(NodeId, u64), Event>);
+
+impl MemLog {
+    fn with(events: &[Event]) -> MemLog {
+        MemLog(
+            events
+                .iter()
+                .map(|e| ((e.origin.clone(), e.seq), e.clone()))
+                .collect(),
+        )
+    }
+    fn have(&self) -> Have {
+        let mut h = Have::new();
+        for (o, s) in self.0.keys() {
+            have::raise(&mut h, o, *s);
+        }
+        h
+    }
+}
+
+impl Log for MemLog {
+    fn read(
+        &self,
+        origin: &NodeId,
+        after: u64,
+        max: usize,
+        _bytes: usize,
+    ) -> Result<Vec<Event>, LogError> {
+        Ok(self
+            .0
+            .range((origin.clone(), after + 1)..=(origin.clone(), u64::MAX))
+            .take(max)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+fn hello(node: &str, have: &[(&str, u64)]) -> Message {
+    Message::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        node: n(node),
+        fingerprint: vec![],
+        have: have.iter().map(|(o, s)| (n(o), *s)).collect(),
+    })
+}
+
+fn ack(have: &[(&str, u64)], rewind: bool) -> Message {
+    Message::Ack {
+        have: have.iter().map(|(o, s)| (n(o), *s)).collect(),
+        rewind,
+    }
+}
+
+fn have_of(pairs: &[(&str, u64)]) -> Have {
+    pairs.iter().map(|(o, s)| (n(o), *s)).collect()
+}
+
+fn config(window: u64, batch: usize) -> ReplicaConfig {
+    ReplicaConfig {
+        window_events: window,
+        batch_events: batch,
+        ..ReplicaConfig::default()
+    }
+}
+
+/// Replica "a" with `log`, connected and ready with each peer (whose Hello says it has nothing);
+/// our Hellos and the outputs are drained.
+fn ready(log: &MemLog, cfg: ReplicaConfig, peers: &[&str]) -> Replica {
+    let mut r = Replica::new(n("a"), cfg);
+    r.set_local_have(&log.have());
+    for p in peers {
+        r.connected(&n(p), 0);
+        r.handle(&n(p), hello(p, &[]), 0).unwrap();
+    }
+    for _ in peers {
+        assert!(matches!(
+            r.poll_transmit(0, log).unwrap(),
+            Some((_, Message::Hello(_)))
+        ));
+    }
+    while r.poll_output().is_some() {}
+    r
+}
+
+/// The (origin, seq) pairs of a transmitted Events message.
+fn sent_dots(m: Option<(NodeId, Message)>) -> (String, Vec<(String, u64)>) {
+    match m {
+        Some((to, Message::Events { events })) => (
+            to.to_string(),
+            events
+                .iter()
+                .map(|e| (e.origin.to_string(), e.seq))
+                .collect(),
+        ),
+        other => panic!("expected events, got {other:?}"),
+    }
+}
+
+fn dots(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+    pairs.iter().map(|(o, s)| (o.to_string(), *s)).collect()
+}
+
+#[test]
+fn handshake_sends_hello_with_local_have_and_reports_ready() {
+    let log = MemLog::with(&evs("a", 1..=3));
+    let mut r = Replica::new(n("a"), ReplicaConfig::default());
+    r.set_local_have(&log.have());
+    r.connected(&n("b"), 5);
+    assert_eq!(
+        r.poll_transmit(5, &log).unwrap(),
+        Some((n("b"), hello("a", &[("a", 3)])))
+    );
+    // Not ready: no events go out before the peer's Hello.
+    assert_eq!(r.poll_transmit(5, &log).unwrap(), None);
+    r.handle(&n("b"), hello("b", &[("a", 1)]), 6).unwrap();
+    let Some(Output::PeerReady { peer, hello: h }) = r.poll_output() else {
+        panic!()
+    };
+    assert_eq!((peer, h.have), (n("b"), vec![(n("a"), 1)]));
+    // Sending starts at the peer's have.
+    assert_eq!(
+        sent_dots(r.poll_transmit(6, &log).unwrap()).1,
+        dots(&[("a", 2), ("a", 3)])
+    );
+    let v = r.peer_view(&n("b")).unwrap();
+    assert!(v.connected && v.ready);
+    assert_eq!((v.in_flight_events, v.last_message_ms), (2, Some(6)));
+}
+
+#[test]
+fn fingerprint_differences_are_reported_not_fatal() {
+    let fp = |resolver: &str| CollectionFingerprint {
+        name: "c".into(),
+        resolver: resolver.into(),
+        transforms_on_apply: vec![],
+        plugins: vec![],
+    };
+    let cfg = ReplicaConfig {
+        fingerprint: vec![fp("lww")],
+        ..ReplicaConfig::default()
+    };
+    let mut r = Replica::new(n("a"), cfg);
+    r.connected(&n("b"), 0);
+    let m = Message::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        node: n("b"),
+        fingerprint: vec![fp("max")],
+        have: vec![],
+    });
+    r.handle(&n("b"), m, 0).unwrap();
+    assert_eq!(
+        r.poll_output(),
+        Some(Output::Mismatch {
+            peer: n("b"),
+            differences: vec!["collection c: resolver \"lww\" here, \"max\" on the peer".into()]
+        })
+    );
+    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
+    assert_eq!(r.peer_view(&n("b")).unwrap().mismatches.len(), 1);
+}
+
+#[test]
+fn protocol_violations_are_errors_naming_the_fault() {
+    let mut r = Replica::new(n("a"), ReplicaConfig::default());
+    assert_eq!(
+        r.handle(&n("b"), hello("b", &[]), 0),
+        Err(ProtocolError::NotConnected)
+    );
+    r.connected(&n("b"), 0);
+    let e = r
+        .handle(
+            &n("b"),
+            Message::Events {
+                events: evs("b", 1..=1),
+            },
+            0,
+        )
+        .unwrap_err();
+    assert_eq!(e.to_string(), "events before hello");
+    let e = r.handle(&n("b"), ack(&[], false), 0).unwrap_err();
+    assert_eq!(e.to_string(), "ack before hello");
+    let mut old = hello("b", &[]);
+    if let Message::Hello(h) = &mut old {
+        h.protocol = 7;
+    }
+    let e = r.handle(&n("b"), old, 0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "peer speaks protocol version 7, this node speaks 1"
+    );
+    let e = r.handle(&n("b"), hello("c", &[]), 0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "hello from node c, but the connection is with b"
+    );
+    r.handle(&n("b"), hello("b", &[]), 0).unwrap();
+    assert_eq!(
+        r.handle(&n("b"), hello("b", &[]), 0),
+        Err(ProtocolError::DuplicateHello)
+    );
+    let mut gap = evs("b", 1..=2);
+    gap.push(ev("b", 4));
+    let e = r
+        .handle(&n("b"), Message::Events { events: gap }, 0)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "events of b not contiguous within one message: seq 4 after 2"
+    );
+    let mut split = evs("b", 1..=1);
+    split.push(ev("c", 1));
+    split.push(ev("b", 2));
+    let e = r
+        .handle(&n("b"), Message::Events { events: split }, 0)
+        .unwrap_err();
+    assert_eq!(e, ProtocolError::OriginRepeated { origin: n("b") });
+    // A Bye is not an error; it is shown in the view.
+    r.handle(
+        &n("b"),
+        Message::Bye {
+            reason: "upgrade".into(),
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        r.peer_view(&n("b")).unwrap().bye_reason.as_deref(),
+        Some("upgrade")
+    );
+}
+
+#[test]
+fn window_bounds_in_flight_and_acks_open_it() {
+    let log = MemLog::with(&evs("a", 1..=10));
+    let mut r = ready(&log, config(4, 3), &["b"]);
+    assert_eq!(
+        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+        dots(&[("a", 1), ("a", 2), ("a", 3)])
+    );
+    assert_eq!(
+        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+        dots(&[("a", 4)])
+    );
+    assert_eq!(r.poll_transmit(0, &log).unwrap(), None);
+    assert_eq!(r.peer_view(&n("b")).unwrap().in_flight_events, 4);
+    r.handle(&n("b"), ack(&[("a", 2)], false), 1).unwrap();
+    assert_eq!(
+        r.poll_output(),
+        Some(Output::Acked {
+            peer: n("b"),
+            have: have_of(&[("a", 2)])
+        })
+    );
+    assert_eq!(r.lag_events(&n("b"), &log.have()), 8);
+    assert_eq!(
+        sent_dots(r.poll_transmit(1, &log).unwrap()).1,
+        dots(&[("a", 5), ("a", 6)])
+    );
+    assert_eq!(r.poll_transmit(1, &log).unwrap(), None);
+}
+
+#[test]
+fn origins_and_peers_are_served_round_robin() {
+    let mut all = evs("a", 1..=5);
+    all.extend(evs("x", 1..=5));
+    all.extend(evs("y", 1..=5));
+    let log = MemLog::with(&all);
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    let firsts: Vec<_> = (0..4)
+        .map(|_| sent_dots(r.poll_transmit(0, &log).unwrap()).1)
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            dots(&[("a", 1), ("a", 2)]),
+            dots(&[("x", 1), ("x", 2)]),
+            dots(&[("y", 1), ("y", 2)]),
+            dots(&[("a", 3), ("a", 4)])
+        ]
+    );
+    // A batch fills up from the next origins when one runs out.
+    let mut r = ready(&log, config(100, 7), &["b", "c"]);
+    let (to, d) = sent_dots(r.poll_transmit(0, &log).unwrap());
+    assert_eq!(to, "b");
+    assert_eq!(
+        d,
+        dots(&[
+            ("a", 1),
+            ("a", 2),
+            ("a", 3),
+            ("a", 4),
+            ("a", 5),
+            ("x", 1),
+            ("x", 2)
+        ])
+    );
+    // Peers alternate: one catching-up peer does not starve the other.
+    assert_eq!(sent_dots(r.poll_transmit(0, &log).unwrap()).0, "c");
+    assert_eq!(sent_dots(r.poll_transmit(0, &log).unwrap()).0, "b");
+}
+
+#[test]
+fn batches_stop_at_the_byte_budget() {
+    let mut both = evs("x", 1..=1);
+    both.extend(evs("y", 1..=1));
+    let log = MemLog::with(&both);
+    // Room for one event: the batch does not go on to the next origin.
+    let cfg = ReplicaConfig {
+        batch_bytes: ev("x", 1).encode().len(),
+        ..config(100, 100)
+    };
+    let mut r = ready(&log, cfg, &["b"]);
+    assert_eq!(
+        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+        dots(&[("x", 1)])
+    );
+    assert_eq!(
+        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+        dots(&[("y", 1)])
+    );
+}
+
+#[test]
+fn relayed_origins_are_forwarded() {
+    // "a" holds events of "x" (received from x); b lacks them and gets them from a.
+    let log = MemLog::with(&evs("x", 1..=2));
+    let mut r = ready(&log, ReplicaConfig::default(), &["b"]);
+    assert_eq!(
+        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+        dots(&[("x", 1), ("x", 2)])
+    );
+}
+
+#[test]
+fn an_inconsistent_log_is_an_error() {
+    let log = MemLog::with(&evs("a", 1..=2));
+    let mut r = ready(&log, ReplicaConfig::default(), &["b"]);
+    r.set_local_have(&have_of(&[("a", 5)]));
+    r.poll_transmit(0, &log).unwrap();
+    assert!(matches!(
+        r.poll_transmit(0, &log),
+        Err(LogError::Inconsistent { .. })
+    ));
+}
+
+#[test]
+fn ack_from_another_path_skips_what_the_peer_has() {
+    let log = MemLog::with(&evs("x", 1..=5));
+    let mut r = ready(&log, ReplicaConfig::default(), &["b"]);
+    r.handle(&n("b"), ack(&[("x", 4)], false), 0).unwrap();
+    assert_eq!(
+        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+        dots(&[("x", 5)])
+    );
+}
+
+#[test]
+fn rewind_and_timer_go_back_to_acked() {
+    let log = MemLog::with(&evs("a", 1..=4));
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    sent_dots(r.poll_transmit(10, &log).unwrap());
+    sent_dots(r.poll_transmit(10, &log).unwrap());
+    assert_eq!(r.poll_timeout(), Some(3010));
+    r.handle(&n("b"), ack(&[("a", 1)], true), 20).unwrap();
+    assert_eq!(
+        sent_dots(r.poll_transmit(20, &log).unwrap()).1,
+        dots(&[("a", 2), ("a", 3)])
+    );
+    assert_eq!(
+        sent_dots(r.poll_transmit(20, &log).unwrap()).1,
+        dots(&[("a", 4)])
+    );
+    assert_eq!(r.poll_transmit(20, &log).unwrap(), None);
+    // No progress for retransmit_after_ms: everything unacknowledged goes again.
+    assert_eq!(r.poll_timeout(), Some(3020));
+    r.handle_timeout(3019);
+    assert_eq!(r.poll_transmit(3019, &log).unwrap(), None);
+    r.handle_timeout(3020);
+    assert_eq!(
+        sent_dots(r.poll_transmit(3020, &log).unwrap()).1,
+        dots(&[("a", 2), ("a", 3)])
+    );
+    r.handle(&n("b"), ack(&[("a", 4)], false), 3030).unwrap();
+    assert_eq!(r.poll_timeout(), None);
+}
+
+/// Replica "a" (holding nothing) ready with peer "b".
+fn receiver(peers: &[&str]) -> (Replica, MemLog) {
+    let log = MemLog::default();
+    let r = ready(&log, ReplicaConfig::default(), peers);
+    (r, log)
+}
+
+fn apply_of(r: &mut Replica) -> (String, Vec<(String, u64)>) {
+    match r.poll_output() {
+        Some(Output::Apply { peer, events }) => (
+            peer.to_string(),
+            events
+                .iter()
+                .map(|e| (e.origin.to_string(), e.seq))
+                .collect(),
+        ),
+        other => panic!("expected apply, got {other:?}"),
+    }
+}
+
+#[test]
+fn received_events_are_applied_then_acked_and_later_ones_wait() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=2),
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
+    // While the apply is pending, more events wait (and count for backpressure).
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 3..=4),
+        },
+        2,
+    )
+    .unwrap();
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("y", 1..=1),
+        },
+        2,
+    )
+    .unwrap();
+    assert_eq!(r.poll_output(), None);
+    assert_eq!(r.pending_apply_events(&b), 3);
+    assert_eq!(
+        r.poll_transmit(2, &log).unwrap(),
+        None,
+        "no ack before the apply is durable"
+    );
+    r.set_local_have(&have_of(&[("x", 2)]));
+    r.applied(&b, 3);
+    assert_eq!(
+        r.poll_transmit(3, &log).unwrap(),
+        Some((b.clone(), ack(&[("x", 2)], false)))
+    );
+    // The waiting events go out together as the next apply.
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 3), ("x", 4), ("y", 1)]));
+    assert_eq!(r.pending_apply_events(&b), 0);
+}
+
+#[test]
+fn duplicates_are_dropped_and_acked() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.set_local_have(&have_of(&[("x", 3)]));
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 2..=5),
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 4), ("x", 5)]));
+    r.set_local_have(&have_of(&[("x", 5)]));
+    r.applied(&b, 1);
+    assert_eq!(
+        r.poll_transmit(1, &log).unwrap(),
+        Some((b.clone(), ack(&[("x", 5)], false)))
+    );
+    // Only duplicates: nothing to apply, but acknowledged so the sender moves on.
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=5),
+        },
+        2,
+    )
+    .unwrap();
+    assert_eq!(r.poll_output(), None);
+    assert_eq!(
+        r.poll_transmit(2, &log).unwrap(),
+        Some((b, ack(&[("x", 5)], false)))
+    );
+}
+
+#[test]
+fn a_gap_asks_for_one_rewind() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 3..=4),
+        },
+        1,
+    )
+    .unwrap();
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 5..=6),
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(r.poll_output(), None, "nothing beyond a gap is applied");
+    assert_eq!(
+        r.poll_transmit(1, &log).unwrap(),
+        Some((b.clone(), ack(&[], true)))
+    );
+    assert_eq!(
+        r.poll_transmit(1, &log).unwrap(),
+        None,
+        "one rewind per gap"
+    );
+    // If the resend does not come, ask again after the retransmit interval.
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 7..=7),
+        },
+        3001,
+    )
+    .unwrap();
+    assert_eq!(
+        r.poll_transmit(3001, &log).unwrap(),
+        Some((b.clone(), ack(&[], true)))
+    );
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=2),
+        },
+        3002,
+    )
+    .unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
+}
+
+#[test]
+fn events_from_two_peers_are_handed_out_once() {
+    let (mut r, log) = receiver(&["b", "c"]);
+    let (b, c) = (n("b"), n("c"));
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=3),
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        apply_of(&mut r),
+        ("b".into(), dots(&[("x", 1), ("x", 2), ("x", 3)]))
+    );
+    // c relays the same events and one more: only the new one is handed out, after b's.
+    r.handle(
+        &c,
+        Message::Events {
+            events: evs("x", 1..=4),
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(apply_of(&mut r), ("c".into(), dots(&[("x", 4)])));
+    // Once b's apply is durable, c gets the ack it was owed for its duplicates, b its ack.
+    r.set_local_have(&have_of(&[("x", 3)]));
+    r.applied(&b, 2);
+    let mut acks: Vec<_> = (0..2)
+        .map(|_| r.poll_transmit(2, &log).unwrap().unwrap())
+        .collect();
+    acks.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        acks,
+        [(b, ack(&[("x", 3)], false)), (c, ack(&[("x", 3)], false))]
+    );
+}
+
+#[test]
+fn a_failed_apply_is_forgotten_and_rewound() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=2),
+        },
+        1,
+    )
+    .unwrap();
+    apply_of(&mut r);
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 3..=3),
+        },
+        1,
+    )
+    .unwrap();
+    r.apply_failed(&b, "disk full", 2);
+    assert_eq!(
+        r.peer_view(&b).unwrap().last_apply_error.as_deref(),
+        Some("disk full")
+    );
+    assert_eq!(r.pending_apply_events(&b), 0);
+    assert_eq!(
+        r.poll_transmit(2, &log).unwrap(),
+        Some((b.clone(), ack(&[], true)))
+    );
+    // The resent events are accepted again.
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=3),
+        },
+        3,
+    )
+    .unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2), ("x", 3)]));
+    r.set_local_have(&have_of(&[("x", 3)]));
+    r.applied(&b, 4);
+    assert_eq!(r.peer_view(&b).unwrap().last_apply_error, None);
+}
+
+#[test]
+fn a_failure_keeps_other_peers_pending_events_accepted() {
+    let (mut r, _log) = receiver(&["b", "c"]);
+    let (b, c) = (n("b"), n("c"));
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=1),
+        },
+        1,
+    )
+    .unwrap();
+    r.handle(
+        &c,
+        Message::Events {
+            events: evs("y", 1..=1),
+        },
+        1,
+    )
+    .unwrap();
+    apply_of(&mut r);
+    apply_of(&mut r);
+    r.apply_failed(&b, "io", 2);
+    // c's y1 is still being applied: b resending y1 must not hand it out twice.
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("y", 1..=1),
+        },
+        3,
+    )
+    .unwrap();
+    assert_eq!(r.poll_output(), None);
+}
+
+#[test]
+fn an_apply_outlives_its_session() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=1),
+        },
+        1,
+    )
+    .unwrap();
+    apply_of(&mut r);
+    r.disconnected(&b, 2);
+    assert!(r.peer_view(&b).unwrap().applying);
+    r.connected(&b, 3);
+    r.handle(&b, hello("b", &[("x", 2)]), 3).unwrap();
+    // x1 is still being applied: the new session's x1..x2 yields only x2, after the apply.
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=2),
+        },
+        3,
+    )
+    .unwrap();
+    assert_eq!(r.pending_apply_events(&b), 2);
+    r.set_local_have(&have_of(&[("x", 1)]));
+    r.applied(&b, 4);
+    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 2)]));
+    let _ = log;
+    r.disconnected(&b, 5);
+    r.set_local_have(&have_of(&[("x", 2)]));
+    r.applied(&b, 5);
+    assert_eq!(
+        r.peer_view(&b),
+        None,
+        "the peer is forgotten once both are gone"
+    );
+}

@@ -1,0 +1,144 @@
+//! One peer session's volatile state: what we sent and what the peer acknowledged (the sending
+//! cursors and the go-back-N window), the control messages due, and the peer's events waiting
+//! behind an apply.
+//!
+//! Invariants: `acked <= sent` for every origin (so `in_flight` is their distance), and nothing
+//! here survives a disconnect.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use edgerep_wire::{Event, NodeId};
+
+use crate::have::{self, Have};
+use crate::message::Hello;
+
+pub(crate) struct Session {
+    /// Our Hello has not been transmitted yet.
+    pub(crate) hello_due: bool,
+    /// An Ack is due, with this `rewind` flag (several requests collapse into one Ack).
+    pub(crate) ack_due: Option<bool>,
+    /// We dropped duplicates the local have did not cover yet: ack on the next have change.
+    pub(crate) ack_owed: bool,
+    /// The peer's Hello; the session is ready once it is here.
+    pub(crate) hello: Option<Hello>,
+    /// The peer's have: from its Hello, raised by its Acks.
+    pub(crate) their_have: Have,
+    /// Per origin, the highest sequence number sent (or known held by the peer).
+    pub(crate) sent: Have,
+    /// Per origin, the highest sequence number the peer acknowledged as durable.
+    pub(crate) acked: Have,
+    /// Distance from `acked` to `sent` (kept up to date by every change of either).
+    in_flight: u64,
+    /// The local have version at which a batch was last found empty: until the local have or
+    /// the cursors change, there is still nothing to send (saves scanning every origin).
+    pub(crate) idle_at: Option<u64>,
+    /// When the go-back-N timer last restarted: acked moved, or sending began with nothing in flight.
+    pub(crate) progress_ms: u64,
+    /// The origin the last batch started with (round-robin cursor).
+    pub(crate) last_origin: Option<NodeId>,
+    /// Events messages received while an apply for this peer was pending, in order.
+    pub(crate) queued: VecDeque<Vec<Event>>,
+    /// Number of events in `queued`.
+    pub(crate) queued_events: usize,
+    /// Per origin with a gap, when we last asked this peer to rewind for it.
+    pub(crate) rewinds: BTreeMap<NodeId, u64>,
+    /// When the last message from the peer arrived.
+    pub(crate) last_message_ms: Option<u64>,
+    /// Fingerprint differences found at the handshake.
+    pub(crate) mismatches: Vec<String>,
+    /// The reason of the peer's Bye, if it sent one.
+    pub(crate) bye: Option<String>,
+}
+
+impl Session {
+    pub(crate) fn new(now: u64) -> Session {
+        Session {
+            hello_due: true,
+            ack_due: None,
+            ack_owed: false,
+            hello: None,
+            their_have: Have::new(),
+            sent: Have::new(),
+            acked: Have::new(),
+            in_flight: 0,
+            idle_at: None,
+            progress_ms: now,
+            last_origin: None,
+            queued: VecDeque::new(),
+            queued_events: 0,
+            rewinds: BTreeMap::new(),
+            last_message_ms: None,
+            mismatches: Vec::new(),
+            bye: None,
+        }
+    }
+
+    pub(crate) fn ready(&self) -> bool {
+        self.hello.is_some()
+    }
+
+    /// The handshake: the peer durably holds its `have`, so sending starts there.
+    pub(crate) fn start(&mut self, hello: Hello, now: u64) {
+        let have: Have = hello.have.iter().cloned().collect();
+        self.their_have = have.clone();
+        self.sent = have.clone();
+        self.acked = have;
+        self.in_flight = 0;
+        self.idle_at = None;
+        self.progress_ms = now;
+        self.hello = Some(hello);
+    }
+
+    /// Events sent but not acknowledged.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
+    /// Records that events of `origin` up to `seq` were sent.
+    pub(crate) fn mark_sent(&mut self, origin: &NodeId, seq: u64, now: u64) {
+        if self.in_flight == 0 {
+            self.progress_ms = now;
+        }
+        let before = have::get(&self.sent, origin);
+        if have::raise(&mut self.sent, origin, seq) {
+            self.in_flight += seq - before;
+        }
+    }
+
+    /// Takes in an Ack. Returns whether `acked` moved.
+    pub(crate) fn on_ack(&mut self, ack: &[(NodeId, u64)], rewind: bool, now: u64) -> bool {
+        let pairs = ack.iter().map(|(o, s)| (o, *s));
+        have::join(&mut self.their_have, pairs.clone());
+        // The peer may hold events it got through another path: no need to send them.
+        have::join(&mut self.sent, pairs.clone());
+        let moved = have::join(&mut self.acked, pairs);
+        self.in_flight = have::distance(&self.sent, &self.acked);
+        self.idle_at = None;
+        if moved {
+            self.progress_ms = now;
+        }
+        if rewind {
+            self.go_back(now);
+        }
+        moved
+    }
+
+    /// Go-back-N: resend everything not acknowledged.
+    pub(crate) fn go_back(&mut self, now: u64) {
+        self.sent = self.acked.clone();
+        self.in_flight = 0;
+        self.idle_at = None;
+        self.progress_ms = now;
+    }
+
+    /// When the go-back-N timer fires, if anything is in flight.
+    pub(crate) fn deadline(&self, retransmit_after_ms: u64) -> Option<u64> {
+        (self.ready() && self.in_flight > 0)
+            .then(|| self.progress_ms.saturating_add(retransmit_after_ms))
+    }
+
+    /// Asks for an Ack; a rewind request is never downgraded by a later plain one.
+    pub(crate) fn request_ack(&mut self, rewind: bool) {
+        self.ack_due = Some(self.ack_due.unwrap_or(false) || rewind);
+    }
+}

@@ -1,0 +1,1129 @@
+//! Deterministic simulation of the replication core: N replicas, each a real [`Replica`] over an
+//! in-memory durable store that applies events with the store's rules (the real
+//! `Versions::apply`, idempotent, gapless per origin, all or nothing), wired through a simulated
+//! network that loses, duplicates, reorders and delays messages, cuts and heals links, drops
+//! sessions and crashes nodes (also between a durable apply and its ack). Everything is driven by
+//! one seeded PRNG on one thread, so a seed replays a run exactly.
+//!
+//! After the chaos, every fault is healed and the cluster must become quiescent, with identical
+//! state, haves and changelogs everywhere, every local write everywhere, and no event applied twice.
+//!
+//! `SIM_SEED=<seed>` runs one seed (twice, checking the trace is the same); `SIM_SEEDS=<n>` runs
+//! n seeds instead of the default 200; `SIM_TRACE=1` prints every step of a `SIM_SEED` run.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use edgerep_replica::{
+    Fault, Have, Log, LogError, Message, MessageLimits, Output, Replica, ReplicaConfig,
+};
+use edgerep_store::Versions;
+use edgerep_wire::event::Dot;
+use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value, VersionVector};
+
+// ---------------------------------------------------------------------------------------------
+// Seeded randomness (splitmix64: small, fast, and the same on every platform).
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// True with probability `per_mille`/1000.
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// FNV-1a over the trace, to check that a seed replays exactly.
+struct Trace {
+    hash: u64,
+    print: bool,
+}
+
+impl Trace {
+    fn add(&mut self, now: u64, line: impl FnOnce() -> String, bytes: &[u8]) {
+        for b in now.to_le_bytes().iter().chain(bytes) {
+            self.hash = (self.hash ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+        if self.print {
+            println!("{now:>8} {}", line());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The durable store of one node.
+
+type Key = (String, Vec<u8>);
+
+/// What a node holds durably: survives crashes. Applies events by `Store::apply_events`' rules.
+#[derive(Default)]
+struct MemLog {
+    changelog: BTreeMap<(NodeId, u64), Event>,
+    /// Encoded size of each changelog event.
+    sizes: BTreeMap<(NodeId, u64), usize>,
+    have: Have,
+    state: BTreeMap<Key, Versions>,
+    hlc_last: Hlc,
+    /// Per event written by replication, how many times an apply wrote it.
+    applied: BTreeMap<(NodeId, u64), u32>,
+    /// Events handed to apply that were already held (the core failed to filter them).
+    duplicates: u64,
+    /// Applies refused for a gap.
+    gaps: u64,
+}
+
+impl MemLog {
+    fn seq(&self, origin: &NodeId) -> u64 {
+        self.have.get(origin).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, event: Event) {
+        self.have.insert(event.origin.clone(), event.seq);
+        self.state
+            .entry((event.collection.clone(), event.key.clone()))
+            .or_default()
+            .apply(event.clone());
+        self.sizes
+            .insert((event.origin.clone(), event.seq), event.encode().len());
+        self.changelog
+            .insert((event.origin.clone(), event.seq), event);
+    }
+
+    /// One durable transaction: idempotent, each origin gapless, else nothing is applied.
+    fn apply(&mut self, events: &[Event]) -> Result<(), String> {
+        let mut held = self.have.clone();
+        for e in events {
+            if self.changelog.contains_key(&(e.origin.clone(), e.seq)) {
+                continue;
+            }
+            let h = held.get(&e.origin).copied().unwrap_or(0);
+            if e.seq != h + 1 {
+                self.gaps += 1;
+                return Err(format!("gap: {} seq {} after {h}", e.origin, e.seq));
+            }
+            held.insert(e.origin.clone(), e.seq);
+        }
+        for e in events {
+            let dot = (e.origin.clone(), e.seq);
+            if self.changelog.contains_key(&dot) {
+                self.duplicates += 1;
+                continue;
+            }
+            *self.applied.entry(dot).or_default() += 1;
+            self.insert(e.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Log for MemLog {
+    fn read(
+        &self,
+        origin: &NodeId,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, LogError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (dot, e) in self
+            .changelog
+            .range((origin.clone(), after + 1)..=(origin.clone(), u64::MAX))
+            .take(max_events)
+        {
+            bytes += self.sizes[dot];
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster.
+
+struct Node {
+    id: NodeId,
+    log: MemLog,
+    /// `None` while the node is down.
+    replica: Option<Replica>,
+    /// Apply outputs not applied yet (volatile: lost in a crash).
+    applies: VecDeque<(NodeId, Vec<Event>)>,
+    down_until: u64,
+    /// Wall clock offset of this node, in ms.
+    skew: u64,
+}
+
+/// A message on the wire.
+struct Packet {
+    from: usize,
+    to: usize,
+    /// The session it belongs to: it dies with it.
+    epoch: u64,
+    bytes: Vec<u8>,
+}
+
+/// What one run varies.
+#[derive(Clone, Copy)]
+struct Knobs {
+    nodes: usize,
+    chaos_steps: u64,
+    write_per_mille: u64,
+    loss: u64,
+    duplicate: u64,
+    reorder: u64,
+    cut: u64,
+    disconnect: u64,
+    crash: u64,
+    crash_after_apply: u64,
+    apply_failure: u64,
+    /// Links never connected in the whole run.
+    cut_forever: &'static [(usize, usize)],
+    /// A node down from `absent_from` until `absent_until` (long-absence catch-up).
+    absent: Option<(usize, u64, u64)>,
+    /// During absence, writes per step on the other nodes (the backlog).
+    backlog_writes: u64,
+    fault: Option<Fault>,
+}
+
+impl Knobs {
+    fn random(rng: &mut Rng) -> Knobs {
+        let faulty = rng.chance(700);
+        let f = |rng: &mut Rng, max: u64| if faulty { rng.below(max + 1) } else { 0 };
+        Knobs {
+            nodes: rng.range(3, 5) as usize,
+            chaos_steps: rng.range(400, 1200),
+            write_per_mille: rng.range(100, 400),
+            loss: f(rng, 100),
+            duplicate: f(rng, 100),
+            reorder: f(rng, 150),
+            cut: f(rng, 8),
+            disconnect: f(rng, 8),
+            crash: f(rng, 4),
+            crash_after_apply: f(rng, 20),
+            apply_failure: if rng.chance(300) { rng.below(30) } else { 0 },
+            cut_forever: &[],
+            absent: None,
+            backlog_writes: 0,
+            fault: None,
+        }
+    }
+}
+
+/// Events a receiver may hold queued behind an apply before it stops reading that peer.
+const READ_LIMIT: usize = 64;
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    now: u64,
+    knobs: Knobs,
+    config: ReplicaConfig,
+    nodes: Vec<Node>,
+    /// Per unordered pair (i < j) with a session: its epoch.
+    sessions: BTreeMap<(usize, usize), u64>,
+    next_epoch: u64,
+    cut: BTreeSet<(usize, usize)>,
+    /// In flight, by (delivery time, send order).
+    wire: BTreeMap<(u64, u64), Packet>,
+    sent_packets: u64,
+    /// Per (from, to, epoch), when its Hello arrives: nothing of that session arrives earlier.
+    hello_at: BTreeMap<(usize, usize, u64), u64>,
+    /// Every local write (acknowledged to its client once committed).
+    written: Vec<Dot>,
+    injected_failures: u64,
+    trace: Trace,
+    stats: Stats,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Stats {
+    writes: u64,
+    delivered: u64,
+    lost: u64,
+    crashes: u64,
+    max_in_flight: u64,
+    max_pending: usize,
+    max_apply_events: usize,
+    rewinds: u64,
+    steps: u64,
+    heal_steps: u64,
+    /// Worst time for a live write of node 0 to reach node 1, while node 2 was catching up.
+    live_lag_ms: u64,
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+impl Sim {
+    fn new(seed: u64, knobs: Option<Knobs>, print: bool) -> Sim {
+        let mut rng = Rng::new(seed);
+        let knobs = knobs.unwrap_or_else(|| Knobs::random(&mut rng));
+        let config = ReplicaConfig {
+            window_events: rng.pick(&[4, 32, 256, 16384]),
+            batch_events: rng.pick(&[1, 3, 16, 1024]),
+            batch_bytes: rng.pick(&[200, 4096, 1 << 20]),
+            retransmit_after_ms: rng.pick(&[150, 600, 3000]),
+            ..ReplicaConfig::default()
+        };
+        let nodes = (0..knobs.nodes)
+            .map(|i| Node {
+                id: NodeId::parse(&format!("n{i}")).unwrap(),
+                log: MemLog::default(),
+                replica: None,
+                applies: VecDeque::new(),
+                down_until: 0,
+                skew: rng.below(50),
+            })
+            .collect();
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: 1_000_000,
+            knobs,
+            config,
+            nodes,
+            sessions: BTreeMap::new(),
+            next_epoch: 0,
+            cut: knobs.cut_forever.iter().map(|&(a, b)| pair(a, b)).collect(),
+            wire: BTreeMap::new(),
+            sent_packets: 0,
+            hello_at: BTreeMap::new(),
+            written: Vec::new(),
+            injected_failures: 0,
+            trace: Trace {
+                hash: 0xcbf2_9ce4_8422_2325,
+                print,
+            },
+            stats: Stats::default(),
+        };
+        for i in 0..sim.nodes.len() {
+            sim.start(i);
+        }
+        sim
+    }
+
+    fn fail(&self, what: String) -> String {
+        format!("seed {}: {what}", self.seed)
+    }
+
+    fn start(&mut self, i: usize) {
+        let mut r = Replica::new(self.nodes[i].id.clone(), self.config.clone());
+        if let Some(f) = self.knobs.fault {
+            r.inject_fault(f);
+        }
+        r.set_local_have(&self.nodes[i].log.have);
+        self.nodes[i].replica = Some(r);
+        let now = self.now;
+        self.trace.add(now, || format!("start n{i}"), &[1, i as u8]);
+    }
+
+    /// Crash: the replica and every volatile thing go; the durable log stays.
+    fn crash(&mut self, i: usize, down_ms: u64) {
+        if self.nodes[i].replica.is_none() {
+            return;
+        }
+        self.nodes[i].replica = None;
+        self.nodes[i].applies.clear();
+        self.nodes[i].down_until = self.now + down_ms;
+        self.stats.crashes += 1;
+        let now = self.now;
+        self.trace.add(now, || format!("crash n{i}"), &[2, i as u8]);
+        let gone: Vec<_> = self
+            .sessions
+            .keys()
+            .copied()
+            .filter(|&(a, b)| a == i || b == i)
+            .collect();
+        for p in gone {
+            self.drop_session(p);
+        }
+    }
+
+    fn drop_session(&mut self, p: (usize, usize)) {
+        let Some(epoch) = self.sessions.remove(&p) else {
+            return;
+        };
+        // What was on the wire dies with the connection.
+        self.wire.retain(|_, packet| packet.epoch != epoch);
+        let now = self.now;
+        for (me, other) in [(p.0, p.1), (p.1, p.0)] {
+            let peer = self.nodes[other].id.clone();
+            if let Some(r) = self.nodes[me].replica.as_mut() {
+                r.disconnected(&peer, now);
+            }
+        }
+        self.trace.add(
+            now,
+            || format!("disconnect n{}-n{}", p.0, p.1),
+            &[3, p.0 as u8, p.1 as u8],
+        );
+    }
+
+    fn connect(&mut self, p: (usize, usize)) {
+        self.next_epoch += 1;
+        self.sessions.insert(p, self.next_epoch);
+        let now = self.now;
+        for (me, other) in [(p.0, p.1), (p.1, p.0)] {
+            let peer = self.nodes[other].id.clone();
+            self.nodes[me]
+                .replica
+                .as_mut()
+                .unwrap()
+                .connected(&peer, now);
+        }
+        self.trace.add(
+            now,
+            || format!("connect n{}-n{}", p.0, p.1),
+            &[4, p.0 as u8, p.1 as u8],
+        );
+    }
+
+    /// A local write: the node commits it durably (acknowledging its client), then tells its replica.
+    fn write(&mut self, i: usize) {
+        let shared = self.rng.chance(500);
+        let key = if shared {
+            format!("s{}", self.rng.below(6))
+        } else {
+            format!("n{i}-{}", self.rng.below(20))
+        };
+        let collection = self.rng.pick(&["c1", "c2"]).to_owned();
+        let delete = self.rng.chance(150);
+        let value = self.rng.below(1000);
+        let node = &mut self.nodes[i];
+        let mut clock = HlcClock::new(node.log.hlc_last, 60_000);
+        let hlc = clock.now(self.now + node.skew);
+        node.log.hlc_last = clock.last();
+        let context = node
+            .log
+            .state
+            .get(&(collection.clone(), key.clone().into_bytes()))
+            .map_or_else(VersionVector::new, Versions::context);
+        let mut cbor = Vec::new();
+        minicbor::Encoder::new(&mut cbor).u64(value).unwrap();
+        let event = Event {
+            format: 1,
+            collection,
+            key: key.into_bytes(),
+            op: if delete { Op::Delete } else { Op::Put },
+            value: (!delete).then(|| Value::from_canonical(cbor, &Default::default()).unwrap()),
+            hlc,
+            origin: node.id.clone(),
+            seq: node.log.seq(&node.id) + 1,
+            schema: 0,
+            meta: BTreeMap::new(),
+            context,
+            extra: BTreeMap::new(),
+        };
+        self.written.push(event.dot());
+        node.log.insert(event);
+        let have = node.log.have.clone();
+        node.replica.as_mut().unwrap().set_local_have(&have);
+        self.stats.writes += 1;
+        let now = self.now;
+        self.trace.add(now, || format!("write n{i}"), &[5, i as u8]);
+    }
+
+    fn send(&mut self, from: usize, to: usize, message: &Message, chaos: bool) {
+        let Some(&epoch) = self.sessions.get(&pair(from, to)) else {
+            return;
+        };
+        let bytes = message.encode();
+        self.trace.add(
+            self.now,
+            || format!("n{from} -> n{to} {}", describe(message)),
+            &bytes,
+        );
+        self.sent_packets += 1;
+        let hello = matches!(message, Message::Hello(_));
+        // The transport is a QUIC stream: the Hello opens it and is never lost; the rest may be
+        // (the core must also survive what a stream never does).
+        if chaos && !hello && self.rng.chance(self.knobs.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let copies = if chaos && !hello && self.rng.chance(self.knobs.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut at = self.now + self.rng.range(1, 5);
+            if chaos && self.rng.chance(self.knobs.reorder) {
+                at += self.rng.range(5, 200);
+            }
+            let key = (from, to, epoch);
+            if hello {
+                self.hello_at.insert(key, at);
+            } else if let Some(&h) = self.hello_at.get(&key) {
+                at = at.max(h);
+            }
+            self.sent_packets += 1;
+            self.wire.insert(
+                (at, self.sent_packets),
+                Packet {
+                    from,
+                    to,
+                    epoch,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    /// Delivers what is due to node `i`, unless the receiver pushes back on that peer.
+    fn deliver(&mut self, i: usize) -> Result<(), String> {
+        let due: Vec<(u64, u64)> = self
+            .wire
+            .range(..=(self.now, u64::MAX))
+            .filter(|(_, p)| p.to == i)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            let from = self.wire[&k].from;
+            let peer = self.nodes[from].id.clone();
+            let live = self.sessions.get(&pair(from, i)) == Some(&self.wire[&k].epoch);
+            let Some(r) = self.nodes[i].replica.as_mut() else {
+                self.wire.remove(&k);
+                continue;
+            };
+            if !live {
+                self.wire.remove(&k);
+                continue;
+            }
+            // Backpressure: stop reading this peer's stream while its events wait.
+            if r.pending_apply_events(&peer) >= READ_LIMIT {
+                continue;
+            }
+            let packet = self.wire.remove(&k).unwrap();
+            let message = Message::decode(&packet.bytes, &MessageLimits::default())
+                .map_err(|e| format!("n{i} could not decode a message from n{from}: {e}"))?;
+            if let Message::Ack { rewind: true, .. } = message {
+                self.stats.rewinds += 1;
+            }
+            r.handle(&peer, message, self.now)
+                .map_err(|e| format!("n{i} refused a message from n{from}: {e}"))?;
+            let pending = r.pending_apply_events(&peer);
+            self.stats.max_pending = self.stats.max_pending.max(pending);
+            self.stats.delivered += 1;
+            self.outputs(i)?;
+        }
+        Ok(())
+    }
+
+    fn outputs(&mut self, i: usize) -> Result<(), String> {
+        let mut outs = Vec::new();
+        if let Some(r) = self.nodes[i].replica.as_mut() {
+            while let Some(out) = r.poll_output() {
+                outs.push(out);
+            }
+        }
+        for out in outs {
+            match out {
+                Output::Apply { peer, events } => {
+                    self.stats.max_apply_events = self.stats.max_apply_events.max(events.len());
+                    self.nodes[i].applies.push_back((peer, events));
+                }
+                Output::Acked { peer, have } => {
+                    // An acknowledgement the peer gave is durable there.
+                    let j = self.nodes.iter().position(|n| n.id == peer).unwrap();
+                    for (o, &s) in &have {
+                        let held = self.nodes[j].log.seq(o);
+                        if s > held {
+                            return Err(format!(
+                                "n{j} acknowledged {o}:{s} to n{i} but durably holds only {held}"
+                            ));
+                        }
+                    }
+                }
+                Output::PeerReady { .. } | Output::Mismatch { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies node `i`'s oldest pending Apply, maybe failing it or crashing right after it.
+    fn apply(&mut self, i: usize, chaos: bool) -> Result<(), String> {
+        let Some((peer, events)) = self.nodes[i].applies.pop_front() else {
+            return Ok(());
+        };
+        let now = self.now;
+        if chaos && self.rng.chance(self.knobs.apply_failure) {
+            self.injected_failures += 1;
+            self.trace.add(
+                now,
+                || format!("n{i} apply fails (injected)"),
+                &[6, i as u8],
+            );
+            self.nodes[i]
+                .replica
+                .as_mut()
+                .unwrap()
+                .apply_failed(&peer, "injected", now);
+            return self.outputs(i);
+        }
+        let result = self.nodes[i].log.apply(&events);
+        if self.nodes[i].log.duplicates > 0 {
+            return Err(format!(
+                "n{i} was handed {} events it already held (applied twice)",
+                self.nodes[i].log.duplicates
+            ));
+        }
+        match result {
+            Ok(()) => {
+                self.trace.add(
+                    now,
+                    || format!("n{i} applied {} from {peer}", events.len()),
+                    &[7, i as u8],
+                );
+                if chaos && self.rng.chance(self.knobs.crash_after_apply) {
+                    // Durable, never acknowledged.
+                    let down = self.rng.range(10, 500);
+                    self.crash(i, down);
+                    return Ok(());
+                }
+                let node = &mut self.nodes[i];
+                let have = node.log.have.clone();
+                let r = node.replica.as_mut().unwrap();
+                r.set_local_have(&have);
+                r.applied(&peer, now);
+            }
+            Err(e) => {
+                self.trace
+                    .add(now, || format!("n{i} apply refused: {e}"), &[8, i as u8]);
+                self.nodes[i]
+                    .replica
+                    .as_mut()
+                    .unwrap()
+                    .apply_failed(&peer, &e, now);
+            }
+        }
+        self.outputs(i)
+    }
+
+    /// Sends everything node `i` has to send, checking what the core promises about it.
+    fn transmit(&mut self, i: usize, chaos: bool) -> Result<bool, String> {
+        let mut any = false;
+        loop {
+            let node = &mut self.nodes[i];
+            let Some(r) = node.replica.as_mut() else {
+                return Ok(any);
+            };
+            let Some((peer, message)) = r
+                .poll_transmit(self.now, &node.log)
+                .map_err(|e| format!("n{i}: {e}"))?
+            else {
+                return Ok(any);
+            };
+            any = true;
+            if let Message::Ack { have, .. } = &message {
+                for (o, s) in have {
+                    let held = node.log.seq(o);
+                    if *s > held {
+                        return Err(format!(
+                            "n{i} sent an ack for {o}:{s} but durably holds only {held}"
+                        ));
+                    }
+                }
+            }
+            if let Message::Events { .. } = &message {
+                let in_flight = r.peer_view(&peer).unwrap().in_flight_events;
+                if in_flight > self.config.window_events {
+                    return Err(format!(
+                        "n{i} has {in_flight} events in flight to {peer}, over the window of {}",
+                        self.config.window_events
+                    ));
+                }
+                self.stats.max_in_flight = self.stats.max_in_flight.max(in_flight);
+            }
+            let to = self.nodes.iter().position(|n| n.id == peer).unwrap();
+            self.send(i, to, &message, chaos);
+        }
+    }
+
+    /// One step of the world. Returns whether anything was transmitted.
+    fn step(&mut self, chaos: bool) -> Result<bool, String> {
+        let n = self.nodes.len();
+        if chaos {
+            let k = self.knobs;
+            if self.rng.chance(k.cut) {
+                let p = pair(
+                    self.rng.below(n as u64) as usize,
+                    self.rng.below(n as u64) as usize,
+                );
+                if p.0 != p.1 && self.cut.insert(p) {
+                    self.drop_session(p);
+                }
+            }
+            if self.rng.chance(k.cut * 2) && !self.cut.is_empty() {
+                let healable: Vec<_> = self
+                    .cut
+                    .iter()
+                    .copied()
+                    .filter(|p| !k.cut_forever.iter().any(|&(a, b)| pair(a, b) == *p))
+                    .collect();
+                if !healable.is_empty() {
+                    let p = healable[self.rng.below(healable.len() as u64) as usize];
+                    self.cut.remove(&p);
+                }
+            }
+            if self.rng.chance(k.disconnect) && !self.sessions.is_empty() {
+                let keys: Vec<_> = self.sessions.keys().copied().collect();
+                let p = keys[self.rng.below(keys.len() as u64) as usize];
+                self.drop_session(p);
+            }
+            if self.rng.chance(k.crash) {
+                let i = self.rng.below(n as u64) as usize;
+                let down = self.rng.range(50, 3000);
+                self.crash(i, down);
+            }
+            if self.rng.chance(k.write_per_mille) {
+                let i = self.rng.below(n as u64) as usize;
+                for _ in 0..self.rng.range(1, 3) {
+                    if self.nodes[i].replica.is_some() {
+                        self.write(i);
+                    }
+                }
+            }
+        }
+        if let Some((absent, from, until)) = self.knobs.absent {
+            if self.now >= from && self.now < until && self.nodes[absent].replica.is_some() {
+                self.crash(absent, until - self.now);
+            }
+            if self.now < until {
+                for i in (0..n).filter(|&i| i != absent) {
+                    for _ in 0..self.knobs.backlog_writes {
+                        if self.nodes[i].replica.is_some() {
+                            self.write(i);
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            if self.nodes[i].replica.is_none() && self.now >= self.nodes[i].down_until {
+                self.start(i);
+            }
+        }
+        // Sessions come up between live nodes on uncut links.
+        for a in 0..n {
+            for b in a + 1..n {
+                let up = self.nodes[a].replica.is_some() && self.nodes[b].replica.is_some();
+                if up && !self.cut.contains(&(a, b)) && !self.sessions.contains_key(&(a, b)) {
+                    self.connect((a, b));
+                }
+            }
+        }
+        let mut any = false;
+        for i in 0..n {
+            if self.nodes[i].replica.is_none() {
+                continue;
+            }
+            self.deliver(i)?;
+            if self.nodes[i].replica.is_none() {
+                continue;
+            }
+            // Applying is slower than receiving now and then, so applies queue up.
+            if !chaos || self.rng.chance(700) {
+                self.apply(i, chaos)?;
+            }
+            if let Some(r) = self.nodes[i].replica.as_mut()
+                && r.poll_timeout().is_some_and(|t| t <= self.now)
+            {
+                r.handle_timeout(self.now);
+            }
+            any |= self.transmit(i, chaos)?;
+        }
+        Ok(any)
+    }
+
+    /// The next time something can happen without new writes.
+    fn next_time(&self) -> u64 {
+        let mut t = self.now + 50;
+        if let Some((&(at, _), _)) = self.wire.iter().next() {
+            t = t.min(at);
+        }
+        for node in &self.nodes {
+            if let Some(r) = &node.replica {
+                if let Some(d) = r.poll_timeout() {
+                    t = t.min(d);
+                }
+            } else {
+                t = t.min(node.down_until);
+            }
+        }
+        t.max(self.now + 1)
+    }
+
+    fn run(&mut self) -> Result<Stats, String> {
+        let chaos_steps = self.knobs.chaos_steps;
+        let absent_until = self.knobs.absent.map_or(0, |(_, _, u)| u);
+        let mut step = 0;
+        while step < chaos_steps || self.now < absent_until {
+            step += 1;
+            self.stats.steps += 1;
+            self.now += self.rng.range(1, 10);
+            self.step(true).map_err(|e| self.fail(e))?;
+            self.watch_live_lag();
+        }
+        // Heal: no new faults (the permanent cuts stay), every node up, until quiescent.
+        self.cut = self
+            .knobs
+            .cut_forever
+            .iter()
+            .map(|&(a, b)| pair(a, b))
+            .collect();
+        let mut quiet = 0;
+        for _ in 0..200_000 {
+            self.stats.heal_steps += 1;
+            let busy = self.step(false).map_err(|e| self.fail(e))?;
+            let settled = self
+                .nodes
+                .iter()
+                .all(|n| n.replica.is_some() && n.applies.is_empty())
+                && self.wire.is_empty()
+                && !busy
+                && self
+                    .nodes
+                    .windows(2)
+                    .all(|w| w[0].log.have == w[1].log.have);
+            quiet = if settled { quiet + 1 } else { 0 };
+            if quiet >= 2 {
+                self.check().map_err(|e| self.fail(e))?;
+                return Ok(self.stats);
+            }
+            self.now = self.next_time();
+        }
+        let haves: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{:?}", n.log.have))
+            .collect();
+        Err(self.fail(format!(
+            "not quiescent after 200000 steps; {} messages in flight; haves {haves:?}",
+            self.wire.len()
+        )))
+    }
+
+    /// During a long absence of node 2, how long node 0's writes take to reach node 1.
+    fn watch_live_lag(&mut self) {
+        let Some((absent, _, until)) = self.knobs.absent else {
+            return;
+        };
+        if self.nodes[absent].replica.is_none() || self.now < until {
+            return;
+        }
+        let (a, b) = (&self.nodes[0], &self.nodes[1]);
+        let got = b.log.seq(&a.id);
+        if let Some(e) = a.log.changelog.get(&(a.id.clone(), got + 1)) {
+            let age = (self.now + a.skew).saturating_sub(e.hlc.physical_ms);
+            self.stats.live_lag_ms = self.stats.live_lag_ms.max(age);
+        }
+    }
+
+    /// The end state every correct core must reach.
+    fn check(&self) -> Result<(), String> {
+        let first = &self.nodes[0];
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.log.have != first.log.have {
+                return Err(format!(
+                    "n{i} has {:?}, n0 has {:?}",
+                    node.log.have, first.log.have
+                ));
+            }
+            if node.log.changelog != first.log.changelog {
+                return Err(format!("n{i}'s changelog differs from n0's"));
+            }
+            if node.log.state.len() != first.log.state.len() {
+                return Err(format!(
+                    "n{i} has {} keys, n0 {}",
+                    node.log.state.len(),
+                    first.log.state.len()
+                ));
+            }
+            for ((key, v), (key0, v0)) in node.log.state.iter().zip(&first.log.state) {
+                if key != key0 || v.encode() != v0.encode() {
+                    return Err(format!("n{i} and n0 differ at {key:?} / {key0:?}"));
+                }
+            }
+            for dot in &self.written {
+                if !node
+                    .log
+                    .changelog
+                    .contains_key(&(dot.origin.clone(), dot.seq))
+                {
+                    return Err(format!(
+                        "n{i} lacks the acknowledged write {}:{}",
+                        dot.origin, dot.seq
+                    ));
+                }
+            }
+            if node.log.duplicates > 0 {
+                return Err(format!(
+                    "n{i} was handed {} events it already held (applied twice)",
+                    node.log.duplicates
+                ));
+            }
+            for ((o, s), e) in &node.log.changelog {
+                let times = node.log.applied.get(&(o.clone(), *s)).copied().unwrap_or(0);
+                let want = u32::from(e.origin != node.id);
+                if times != want {
+                    return Err(format!("n{i} applied {o}:{s} {times} times"));
+                }
+            }
+            if node.log.gaps > 0 && self.injected_failures == 0 {
+                return Err(format!(
+                    "n{i} was handed {} applies with a gap though no apply ever failed",
+                    node.log.gaps
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(m: &Message) -> String {
+    match m {
+        Message::Hello(h) => format!("hello have {:?}", h.have),
+        Message::Events { events } => {
+            let mut runs: Vec<(String, u64, u64)> = Vec::new();
+            for e in events {
+                match runs.last_mut() {
+                    Some((o, _, last)) if *o == e.origin.as_str() => *last = e.seq,
+                    _ => runs.push((e.origin.to_string(), e.seq, e.seq)),
+                }
+            }
+            format!("events {runs:?}")
+        }
+        Message::Ack { have, rewind } => format!("ack {have:?} rewind {rewind}"),
+        Message::Bye { reason } => format!("bye {reason}"),
+    }
+}
+
+/// Runs one seed; the error names the seed and how to reproduce it.
+fn run_seed(seed: u64, knobs: Option<Knobs>, print: bool) -> Result<(Stats, u64), String> {
+    let mut sim = Sim::new(seed, knobs, print);
+    let stats = sim.run()?;
+    Ok((stats, sim.trace.hash))
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number"))
+    })
+}
+
+/// Runs the seeds of `range` (or `SIM_SEED` alone), failing with every failing seed.
+fn run_seeds(
+    test: &str,
+    seeds: std::ops::Range<u64>,
+    knobs: impl Fn(u64) -> Option<Knobs>,
+) -> Vec<Stats> {
+    if let Some(seed) = env_u64("SIM_SEED") {
+        let print = std::env::var("SIM_TRACE").is_ok();
+        let (stats, hash) = run_seed(seed, knobs(seed), print).unwrap_or_else(|e| panic!("{e}"));
+        let (_, again) = run_seed(seed, knobs(seed), false).unwrap();
+        assert_eq!(hash, again, "seed {seed} did not replay the same trace");
+        println!("seed {seed}: {stats:?}");
+        return vec![stats];
+    }
+    let mut failures = Vec::new();
+    let mut all = Vec::new();
+    for seed in seeds {
+        match run_seed(seed, knobs(seed), false) {
+            Ok((stats, _)) => all.push(stats),
+            Err(e) => failures.push(format!(
+                "{e}\n  reproduce: SIM_SEED={seed} cargo test -p edgerep-replica --test sim {test}"
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    all
+}
+
+fn seed_count() -> u64 {
+    env_u64("SIM_SEEDS").unwrap_or(200)
+}
+
+#[test]
+fn random_clusters_converge() {
+    // Half the seeds here, half in the next test, so the two run in parallel.
+    let n = seed_count();
+    let stats = run_seeds("random_clusters_converge", 0..n / 2, |_| None);
+    assert!(stats.iter().map(|s| s.writes).sum::<u64>() > 0);
+}
+
+#[test]
+fn random_clusters_converge_more() {
+    let n = seed_count();
+    let stats = run_seeds("random_clusters_converge_more", n / 2..n, |_| None);
+    if stats.len() >= 20 {
+        // The chaos actually happened.
+        assert!(
+            stats
+                .iter()
+                .any(|s| s.lost > 0 && s.crashes > 0 && s.rewinds > 0)
+        );
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [1, 7, 42] {
+        let (_, a) = run_seed(seed, None, false).unwrap();
+        let (_, b) = run_seed(seed, None, false).unwrap();
+        assert_eq!(a, b, "seed {seed}");
+    }
+}
+
+/// n0–n2 never connect: n0's writes reach n2 only through n1.
+fn relay_knobs(seed: u64) -> Option<Knobs> {
+    let mut k = Knobs::random(&mut Rng::new(seed ^ 0xabc));
+    k.nodes = 3;
+    k.cut_forever = &[(0, 2)];
+    Some(k)
+}
+
+#[test]
+fn writes_relay_around_a_cut_link() {
+    let stats = run_seeds(
+        "writes_relay_around_a_cut_link",
+        10_000..10_020,
+        relay_knobs,
+    );
+    assert!(stats.iter().all(|s| s.writes > 0));
+}
+
+#[test]
+fn a_cut_link_carries_nothing() {
+    let mut sim = Sim::new(10_000, relay_knobs(10_000), false);
+    sim.run().unwrap();
+    assert!(!sim.sessions.contains_key(&(0, 2)));
+    let n0 = sim.nodes[0].id.clone();
+    assert!(sim.written.iter().any(|d| d.origin == n0), "n0 wrote");
+}
+
+#[test]
+fn long_absence_catches_up_within_bounds() {
+    let knobs = |_| {
+        Some(Knobs {
+            nodes: 3,
+            chaos_steps: 300,
+            write_per_mille: 300,
+            loss: 0,
+            duplicate: 0,
+            reorder: 0,
+            cut: 0,
+            disconnect: 0,
+            crash: 0,
+            crash_after_apply: 0,
+            apply_failure: 0,
+            cut_forever: &[],
+            // n2 is down from the start for ~2.5 s of simulated time while n0 and n1 write
+            // a backlog of thousands of events.
+            absent: Some((2, 0, 1_002_500)),
+            backlog_writes: 3,
+            fault: None,
+        })
+    };
+    for seed in 20_000..20_004 {
+        let mut sim = Sim::new(seed, knobs(seed), false);
+        sim.config = ReplicaConfig {
+            window_events: 256,
+            batch_events: 64,
+            batch_bytes: 1 << 20,
+            retransmit_after_ms: 3000,
+            ..ReplicaConfig::default()
+        };
+        for i in 0..3 {
+            sim.nodes[i].replica = None;
+            sim.start(i);
+        }
+        let stats = sim.run().unwrap_or_else(|e| panic!("{e}"));
+        assert!(stats.writes > 2000, "backlog of {} writes", stats.writes);
+        assert!(stats.max_in_flight <= 256, "{stats:?}");
+        assert!(
+            stats.max_in_flight > 64,
+            "the window was exercised: {stats:?}"
+        );
+        // Reading stops at READ_LIMIT queued events; one more message may land on top.
+        assert!(stats.max_pending <= READ_LIMIT + 64, "{stats:?}");
+        assert!(stats.max_apply_events <= READ_LIMIT + 2 * 64, "{stats:?}");
+        // Live writes between n0 and n1 keep flowing while n2 catches up.
+        assert!(stats.live_lag_ms < 200, "{stats:?}");
+    }
+}
+
+/// A deliberately broken core must fail the checks on some seed.
+fn broken_core_is_caught(fault: Fault, expect: &[&str]) {
+    let mut caught = 0;
+    let mut first = None;
+    for seed in 30_000..30_030 {
+        let mut k = Knobs::random(&mut Rng::new(seed));
+        k.fault = Some(fault);
+        if let Err(e) = run_seed(seed, Some(k), false) {
+            caught += 1;
+            first.get_or_insert(e);
+        }
+    }
+    let e = first.unwrap_or_else(|| panic!("{fault:?} was never caught"));
+    println!("{fault:?} caught on {caught} of 30 seeds, first: {e}");
+    assert!(
+        expect.iter().any(|x| e.contains(x)),
+        "{fault:?} caught, but by: {e}"
+    );
+    assert!(
+        caught >= 10,
+        "{fault:?} caught on only {caught} of 30 seeds"
+    );
+}
+
+#[test]
+fn acking_before_applying_is_caught() {
+    broken_core_is_caught(Fault::AckBeforeApply, &["but durably holds only"]);
+}
+
+#[test]
+fn applying_duplicates_is_caught() {
+    broken_core_is_caught(
+        Fault::ApplyDuplicates,
+        &[
+            "applied twice",
+            "times",
+            "with a gap though no apply ever failed",
+        ],
+    );
+}
