@@ -60,6 +60,8 @@ pub struct AppState {
     pub api_addr: SocketAddr,
     /// When the node started.
     pub started: Instant,
+    /// Replication, when peers are configured.
+    pub replication: Option<Arc<crate::replication::Replication>>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -742,6 +744,9 @@ async fn status(
         "hlc_last": s.hlc_last.to_string(),
         "dead_letters": s.dead_letters,
     });
+    if let Some(r) = &app.replication {
+        body["replication"] = json!(r.status());
+    }
     if let Json::Object(extra) = app.pipeline.status_json() {
         for (k, v) in extra {
             body[k] = v;

@@ -2,20 +2,40 @@
 //! in its queue (up to `max_events` events), commits them in one durable transaction, and only
 //! then answers each request.
 //!
+//! Events from peers come through here too ([`Committer::apply`]): one durable transaction per
+//! received batch, never mixed with local writes, so the store has a single writer.
+//!
 //! Invariants: a request is answered `Ok` only after the transaction holding all its events
 //! committed; a request's events are never split across transactions; a failed transaction fails
-//! every request in it and writes nothing.
+//! every request in it and writes nothing; after every commit the hook is told the per-origin
+//! highest sequence numbers the store now holds durably.
 
 use std::sync::Arc;
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use edgerep_store::{Committed, LocalWrite, Store};
-use edgerep_wire::HlcClock;
+use std::collections::BTreeMap;
+
+use edgerep_store::{Committed, LocalWrite, RemoteApply, Store};
+use edgerep_wire::{Event, HlcClock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests waiting for the committer, at most. Writers wait (backpressure) when it is full.
 const QUEUE_REQUESTS: usize = 4096;
+
+/// Per origin, the highest sequence number the store holds (its events are gapless).
+pub type Have = BTreeMap<String, u64>;
+
+/// Called on the committer thread after every durable commit with the store's new [`Have`].
+pub type CommitHook = Box<dyn Fn(&Have) + Send>;
+
+/// Called on the committer thread with the outcome of [`Committer::apply`].
+pub type ApplyReply = Box<dyn FnOnce(Result<RemoteApply, CommitError>) + Send>;
+
+enum Request {
+    Write(Pending),
+    Apply { events: Vec<Event>, reply: ApplyReply },
+}
 
 struct Pending {
     writes: Vec<LocalWrite>,
@@ -43,7 +63,7 @@ pub enum CommitError {
 /// Handle to the committer thread.
 #[derive(Debug, Clone)]
 pub struct Committer {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Request>,
 }
 
 /// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before 1970).
@@ -61,29 +81,58 @@ impl Committer {
         mut clock: HlcClock,
         max_events: usize,
         feed: watch::Sender<u64>,
-    ) -> (Committer, thread::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE_REQUESTS);
+        hook: CommitHook,
+    ) -> Result<(Committer, thread::JoinHandle<()>), edgerep_store::StoreError> {
+        let mut have: Have = store.status()?.origins;
+        let (tx, mut rx) = mpsc::channel::<Request>(QUEUE_REQUESTS);
         let thread = thread::Builder::new()
             .name("edgerep-committer".into())
             .spawn(move || {
                 let mut group: Vec<Pending> = Vec::new();
                 let mut writes: Vec<LocalWrite> = Vec::new();
                 let mut counts: Vec<usize> = Vec::new();
-                let mut held: Option<Pending> = None;
+                let mut held: Option<Request> = None;
+                let local = store.node().to_string();
                 while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
+                    let first = match first {
+                        Request::Write(p) => p,
+                        Request::Apply { events, reply } => {
+                            let last: Vec<(String, u64)> =
+                                events.iter().map(|e| (e.origin.to_string(), e.seq)).collect();
+                            let n = events.len();
+                            match store.apply_remote(events, &mut clock, wall_ms()) {
+                                Ok(out) => {
+                                    for (origin, seq) in last {
+                                        let held = have.entry(origin).or_insert(0);
+                                        *held = (*held).max(seq);
+                                    }
+                                    if let Ok(status) = store.status() {
+                                        feed.send_replace(status.feed_last);
+                                    }
+                                    hook(&have);
+                                    reply(Ok(out));
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, events = n, "applying a batch from a peer failed");
+                                    reply(Err(CommitError::Store(e.to_string())));
+                                }
+                            }
+                            continue;
+                        }
+                    };
                     let replay = first.dead_letters.clone();
                     let alone = !replay.is_empty();
                     group.push(first);
                     let mut events: usize = group[0].writes.len();
                     while !alone && events < max_events {
                         match rx.try_recv() {
-                            Ok(p) if !p.dead_letters.is_empty() => {
-                                held = Some(p);
-                                break;
-                            }
-                            Ok(p) => {
+                            Ok(Request::Write(p)) if p.dead_letters.is_empty() => {
                                 events += p.writes.len();
                                 group.push(p);
+                            }
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
                             }
                             Err(_) => break,
                         }
@@ -104,6 +153,8 @@ impl Committer {
                         Ok(committed) => {
                             if let Some(last) = committed.last() {
                                 feed.send_replace(last.position);
+                                have.insert(local.clone(), last.seq);
+                                hook(&have);
                             }
                             let mut rest = committed.as_slice();
                             for (p, &n) in group.drain(..).zip(&counts) {
@@ -129,7 +180,7 @@ impl Committer {
                 }
             })
             .expect("spawning the committer thread");
-        (Committer { queue: tx }, thread)
+        Ok((Committer { queue: tx }, thread))
     }
 
     /// Commits `writes` as one unit and returns where each landed, once durable.
@@ -145,13 +196,22 @@ impl Committer {
     ) -> Result<Vec<Committed>, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending {
+            .send(Request::Write(Pending {
                 writes,
                 dead_letters,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| CommitError::Closed)?;
         answer.await.map_err(|_| CommitError::Closed)?
+    }
+
+    /// Queues events received from a peer to be applied in one durable transaction (in the
+    /// order queued); `reply` is called on the committer thread once it committed or failed.
+    /// Blocks while the queue is full (call it from a plain thread, not an async task).
+    pub fn apply(&self, events: Vec<Event>, reply: ApplyReply) -> Result<(), CommitError> {
+        self.queue
+            .blocking_send(Request::Apply { events, reply })
+            .map_err(|_| CommitError::Closed)
     }
 }

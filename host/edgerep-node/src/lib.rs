@@ -9,6 +9,7 @@ pub mod committer;
 pub mod dead_letter;
 mod ingest;
 pub mod pipeline;
+pub mod replication;
 mod request;
 
 use std::net::SocketAddr;
@@ -54,6 +55,9 @@ pub enum NodeError {
     /// A plugin could not be loaded or does not fit how the config uses it.
     #[error("plugin: {0}")]
     Plugin(String),
+    /// Replication could not start (TLS identity, listener).
+    #[error("{0}")]
+    Replication(String),
     /// The HTTP server failed.
     #[error("api server failed: {0}")]
     Serve(std::io::Error),
@@ -86,6 +90,7 @@ pub struct RunningNode {
     pub api_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), NodeError>>,
+    replication: Option<Arc<replication::Replication>>,
     committer: std::thread::JoinHandle<()>,
 }
 
@@ -103,7 +108,11 @@ impl RunningNode {
             Ok(r) => r,
             Err(e) => Err(NodeError::Serve(std::io::Error::other(e))),
         };
-        // The server task held the last committer handles: the thread drains and ends.
+        // The replicator and the server task held the last committer handles: the thread
+        // drains and ends.
+        if let Some(r) = self.replication {
+            let _ = tokio::task::spawn_blocking(move || r.stop()).await;
+        }
         let committer = self.committer;
         let _ = tokio::task::spawn_blocking(move || committer.join()).await;
         result
@@ -130,8 +139,27 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let store = Arc::new(store);
     let clock = HlcClock::new(resume.hlc_last, config.node.max_clock_skew_ms);
     let (feed_tx, feed_rx) = watch::channel(resume.feed_last);
-    let (committer, committer_thread) =
-        Committer::spawn(store.clone(), clock, config.commit.max_events, feed_tx);
+    let (inbox, hook) = replication::inbox();
+    let (committer, committer_thread) = Committer::spawn(
+        store.clone(),
+        clock,
+        config.commit.max_events,
+        feed_tx,
+        Box::new(move |have| hook.have(have)),
+    )
+    .map_err(|source| NodeError::Store {
+        path: db_path.display().to_string(),
+        source,
+    })?;
+    let replication = replication::start(
+        &config,
+        store.clone(),
+        committer.clone(),
+        inbox,
+        tokio::runtime::Handle::current(),
+    )
+    .map_err(NodeError::Replication)?
+    .map(Arc::new);
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .map_err(|source| NodeError::Listen {
@@ -150,6 +178,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         shutdown: shutdown_rx.clone(),
         api_addr,
         started: std::time::Instant::now(),
+        replication: replication.clone(),
     });
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {
@@ -164,6 +193,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         api_addr,
         shutdown: shutdown_tx,
         server,
+        replication,
         committer: committer_thread,
     })
 }

@@ -1,7 +1,12 @@
-//! `edgerep demo`: the README's first command. Runs one node on a starter config, shows the API
-//! at work through real HTTP requests, then keeps serving until Ctrl-C (unless `--once`).
+//! `edgerep demo`: the README's first command. Writes a 3-node cluster on loopback
+//! (`init --cluster 3`: a CA, certificates, every node peered with the others), with a resolver
+//! plugin (`merge-counter`) on the `counters` collection. First the sites run cut off from each
+//! other and each writes, including concurrent updates of one key; then they connect, replicate
+//! over QUIC with mutual TLS, and converge: the demo shows the conflict settled by the plugin,
+//! the same value on every node, and equal state digests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use edgerep_config::Config;
@@ -16,7 +21,55 @@ fn expect_ok(step: &str, outcome: Outcome) -> anyhow::Result<Vec<u8>> {
 }
 
 fn show(label: &str, body: &[u8]) {
-    println!("  {label:<34} {}", String::from_utf8_lossy(body).trim_end());
+    println!("  {label:<38} {}", String::from_utf8_lossy(body).trim_end());
+}
+
+/// The repository's root, when this binary runs from a checkout (for the example plugin).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The merge-counter component: built with the project's own command on first use.
+fn merge_counter() -> anyhow::Result<PathBuf> {
+    let root = repo_root();
+    let wasm = root.join("target/plugins/rust/merge-counter.wasm");
+    if !wasm.exists() {
+        println!("building the example resolver plugin (first run only): cargo xtask build-plugins");
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+            .current_dir(&root)
+            .args(["xtask", "build-plugins", "--toolchain", "rust", "merge-counter"])
+            .status()
+            .context("running cargo xtask build-plugins")?;
+        if !status.success() || !wasm.exists() {
+            bail!("building merge-counter failed; run `cargo xtask build-plugins` in {}", root.display());
+        }
+    }
+    Ok(wasm.canonicalize()?)
+}
+
+fn sha256_hex(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path)?;
+    let runtime = edgerep_plugin::Runtime::new(None)?;
+    Ok(runtime.inspect(&bytes)?.sha256)
+}
+
+/// Adds the `counters` collection with the merge-counter resolver to a cluster config.
+fn add_resolver(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<()> {
+    let mut text = std::fs::read_to_string(config)?;
+    text.push_str(&format!(
+        "\n# The demo's resolver plugin: concurrent versions of a counters map merge key by key.\n\
+         [[collections.declared]]\nname = \"counters\"\nresolver = \"merge-counter\"\n\n\
+         [plugins.merge-counter]\npath = \"{}\"\nsha256 = \"{sha256}\"\n",
+        wasm.display()
+    ));
+    std::fs::write(config, text)?;
+    Config::load(config)?;
+    Ok(())
+}
+
+struct Site {
+    name: String,
+    config: Config,
 }
 
 pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
@@ -31,99 +84,114 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
             p
         }
     };
-    let config_path = dir.join("edgerep.toml");
-    if !config_path.exists() {
-        crate::write_starter(&dir, "demo-1", None, None, false)?;
+    let wasm = merge_counter()?;
+    let sha = sha256_hex(&wasm)?;
+    let paths = crate::cluster::write_cluster(&dir, 3, true)?;
+    let mut sites = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        add_resolver(p, &wasm, &sha)?;
+        sites.push(Site {
+            name: format!("node-{}", i + 1),
+            config: Config::load(p)?,
+        });
     }
-    let config = Config::load(&config_path)?;
+    println!("edgerep demo: a 3-node cluster in {}", dir.display());
+    println!("  (edgerep init --cluster 3: a CA, a certificate per node, loopback ports, all peered)\n");
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let node = rt.block_on(edgerep_node::start(config))?;
-    let c = Client::new(node.api_addr);
-    println!(
-        "edgerep demo: node demo-1 serving its local API on http://{}",
-        node.api_addr
-    );
-    println!("config: {}\n", config_path.display());
 
-    println!("writes (each answered after its durable commit):");
-    let b = expect_ok(
-        "put",
-        c.put_json("sensors", b"t-1", r#"{"celsius": 21.5, "site": "hall"}"#),
-    )?;
-    show("put sensors/t-1", &b);
-    for (k, v) in [
-        ("o-1", r#"{"item": "bolts", "qty": 40}"#),
-        ("o-2", r#"{"item": "nuts", "qty": 25}"#),
-        ("o-3", r#"{"item": "gears", "qty": 3}"#),
-    ] {
-        let b = expect_ok("put", c.put_json("orders", k.as_bytes(), v))?;
-        show(&format!("put orders/{k}"), &b);
+    println!("1. the sites are cut off from each other; each one takes writes:");
+    for (i, site) in sites.iter().enumerate() {
+        let mut alone = site.config.clone();
+        alone.peers.clear();
+        let node = rt.block_on(edgerep_node::start(alone))?;
+        let c = Client::new(node.api_addr);
+        let n = i + 1;
+        let b = expect_ok(
+            "put",
+            c.put_json("orders", format!("o-{n}").as_bytes(), &format!(r#"{{"item": "part-{n}", "qty": {}}}"#, 10 * n)),
+        )?;
+        show(&format!("{} put orders/o-{n}", site.name), &b);
+        // The same key on every site: concurrent versions, to be settled by the resolver.
+        let b = expect_ok(
+            "put",
+            c.put_json("counters", b"visits", &format!(r#"{{"{}": {}}}"#, site.name, 5 * n)),
+        )?;
+        show(&format!("{} put counters/visits", site.name), &b);
+        let b = expect_ok(
+            "put",
+            c.put_json("orders", b"status", &format!(r#""set at {}""#, site.name)),
+        )?;
+        show(&format!("{} put orders/status", site.name), &b);
+        rt.block_on(node.shutdown())?;
     }
-    let b = expect_ok("delete", c.delete("orders", b"o-2"))?;
-    show("del orders/o-2", &b);
-    let batch = br#"{"writes": [{"collection": "sensors", "key": "t-2", "value": {"celsius": 19.0}}, {"collection": "sensors", "key": "t-3", "value": {"celsius": 23.25}}]}"#;
-    let b = expect_ok("batch", c.batch(batch, false))?;
-    show("batch of 2 (all or nothing)", &b);
 
-    println!("\nreads:");
-    let b = expect_ok("get", c.get("sensors", b"t-1", false))?;
-    show("get sensors/t-1", &b);
-    match c.get("orders", b"o-2", false) {
-        Outcome::NotFound(m) => println!("  {:<34} absent ({m})", "get orders/o-2"),
-        other => bail!("deleted key still readable: {other:?}"),
+    println!("\n2. the sites connect (QUIC, mutual TLS) and replicate:");
+    let mut nodes = Vec::new();
+    for site in &sites {
+        let node = rt.block_on(edgerep_node::start(site.config.clone()))?;
+        println!(
+            "  {} api http://{}  replication {}",
+            site.name, node.api_addr, site.config.replication.listen
+        );
+        nodes.push(node);
     }
-    let b = expect_ok("scan", c.scan_page("orders", &[]))?;
-    show("scan orders", &b);
+    let clients: Vec<Client> = nodes.iter().map(|n| Client::new(n.api_addr)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let statuses = loop {
+        let all: Vec<serde_json::Value> = clients
+            .iter()
+            .map(|c| expect_ok("status", c.status(true)).and_then(|b| Ok(serde_json::from_slice(&b)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let converged = all.windows(2).all(|w| w[0]["digest"] == w[1]["digest"] && w[0]["origins"] == w[1]["origins"])
+            && all[0]["origins"].as_object().is_some_and(|o| o.len() == 3);
+        if converged {
+            break all;
+        }
+        if Instant::now() > deadline {
+            bail!("the nodes did not converge within 30 s: {}", serde_json::to_string_pretty(&all)?);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
 
-    println!("\nbad input is refused and writes nothing:");
-    for (label, outcome) in [
-        (
-            "put malformed JSON",
-            c.put_json("orders", b"o-9", "{not json"),
-        ),
-        ("put with an empty key", c.put_json("orders", b"", "1")),
-    ] {
-        match outcome {
-            Outcome::Refused(status, m) => println!("  {label:<34} {status}: {m}"),
-            other => bail!("{label} was not refused: {other:?}"),
+    println!("\n3. every node holds the same state:");
+    for (site, c) in sites.iter().zip(&clients) {
+        let b = expect_ok("get", c.get("counters", b"visits", false))?;
+        show(&format!("{} get counters/visits", site.name), &b);
+    }
+    println!("  (three concurrent versions, merged key by key by the merge-counter plugin)");
+    for (site, c) in sites.iter().zip(&clients) {
+        let b = expect_ok("get", c.get("orders", b"status", false))?;
+        show(&format!("{} get orders/status", site.name), &b);
+    }
+    println!("  (three concurrent versions, settled by last-writer-wins on the hybrid clock)");
+    for (site, s) in sites.iter().zip(&statuses) {
+        println!(
+            "  {} digest {} keys {} verified {}",
+            site.name, s["digest"], s["state_entries"], s["verified"]
+        );
+        if s["verified"] != serde_json::Value::Bool(true) {
+            bail!("store verification failed on {}: {}", site.name, s["verify_error"]);
         }
     }
-
-    println!("\nthe change feed (watch, resumable by position):");
-    let mut lines = Vec::new();
-    let outcome = c.watch(&[("after", "0".into()), ("follow", "false".into())], |l| {
-        lines.push(l.to_owned());
-        true
-    });
-    expect_ok("watch", outcome)?;
-    for l in &lines {
-        println!("  {l}");
-    }
-
-    let b = expect_ok("status", c.status(true))?;
-    let status: serde_json::Value = serde_json::from_slice(&b)?;
-    println!(
-        "\nstatus: digest {} over {} keys, store verified: {}",
-        status["digest"], status["state_entries"], status["verified"]
-    );
-    if status["verified"] != serde_json::Value::Bool(true) {
-        bail!("store verification failed: {}", status["verify_error"]);
-    }
+    println!("  equal digests: the nodes converged.");
 
     if !once {
-        println!("\nthe node keeps serving; try, in another terminal:");
+        println!("\nthe cluster keeps serving; try, in another terminal:");
         println!(
-            "  cargo run --release -p edgerep -- get --config {} sensors t-1",
-            config_path.display()
+            "  cargo run --release -p edgerep -- put --config {} orders o-9 '{{\"qty\": 1}}'",
+            paths[0].display()
         );
         println!(
-            "  cargo run --release -p edgerep -- watch --config {}",
-            config_path.display()
+            "  cargo run --release -p edgerep -- get --config {} orders o-9",
+            paths[2].display()
         );
+        println!("  cargo run --release -p edgerep -- status --config {}", paths[1].display());
         println!("Ctrl-C stops it.");
         rt.block_on(crate::wait_for_signal())?;
     }
-    rt.block_on(node.shutdown())?;
-    println!("demo node stopped");
+    for node in nodes {
+        rt.block_on(node.shutdown())?;
+    }
+    println!("demo cluster stopped");
     Ok(0)
 }

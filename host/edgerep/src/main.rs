@@ -5,7 +5,9 @@
 //! or failed; 5 a plugin failed (`plugin run`).
 
 mod bench;
+mod bench_replicate;
 mod client;
+mod cluster;
 mod demo;
 mod plugin_cmd;
 
@@ -37,10 +39,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a starter config DIR/edgerep.toml (loopback ports, any collection accepted).
+    /// Write a starter config DIR/edgerep.toml (loopback ports, any collection accepted), or with
+    /// --cluster N a local cluster: DIR/ca/ and DIR/node-1/edgerep.toml … DIR/node-N/edgerep.toml
+    /// with a fresh CA, certificates, loopback ports and every node peered with the others.
     Init {
         /// Directory for the config and the node's data.
         dir: PathBuf,
+        /// Write a cluster of N nodes (2 to 64) instead of one node.
+        #[arg(long, value_name = "N")]
+        cluster: Option<usize>,
         /// Node id (letters, digits, '.', '_', '-').
         #[arg(long, default_value = "node-1")]
         node_id: String,
@@ -53,6 +60,11 @@ enum Command {
         /// Overwrite an existing config.
         #[arg(long)]
         force: bool,
+    },
+    /// Mutual-TLS certificates for replication: a deployment CA and node certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Run a node in the foreground; logs go to stderr; stops on SIGINT or SIGTERM.
     Run {
@@ -188,6 +200,8 @@ enum BenchCommand {
     Ingest(bench::IngestArgs),
     /// Per-event cost of plugins, and ingest with a transform against ingest without plugins.
     Plugin(bench::PluginArgs),
+    /// Two nodes on loopback: end-to-end replication throughput and latency, against raw redb and raw quinn.
+    Replicate(bench_replicate::ReplicateArgs),
 }
 
 fn main() -> ExitCode {
@@ -286,10 +300,61 @@ pub(crate) fn write_starter(
     Ok(path)
 }
 
+/// `edgerep certs` subcommands.
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a deployment CA: DIR/ca.pem (give it to every node) and DIR/ca.key (keep private).
+    Ca {
+        /// Directory for the CA files.
+        dir: PathBuf,
+        /// The CA's name (its certificate's common name).
+        #[arg(long, default_value = "edgerep deployment CA")]
+        name: String,
+    },
+    /// Issue a node certificate: OUT/ca.pem, OUT/node.pem, OUT/node.key. Point the node's
+    /// [replication] ca/cert/key at them.
+    Node {
+        /// Directory holding the CA (ca.pem and ca.key).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's id (node.id in its config).
+        #[arg(long)]
+        node_id: String,
+        /// Directory for the node's files.
+        out: PathBuf,
+    },
+}
+
 fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Init {
             dir,
+            cluster: Some(n),
+            force,
+            ..
+        } => {
+            let paths = cluster::write_cluster(&dir, n, force)?;
+            for p in &paths {
+                println!("wrote {}", p.display());
+            }
+            println!("start each node with: edgerep run --config DIR/node-I/edgerep.toml");
+            Ok(0)
+        }
+        Command::Certs {
+            command: CertsCommand::Ca { dir, name },
+        } => {
+            cluster::new_ca(&dir, &name)?;
+            Ok(0)
+        }
+        Command::Certs {
+            command: CertsCommand::Node { ca, node_id, out },
+        } => {
+            cluster::issue(&ca, &node_id, &out)?;
+            Ok(0)
+        }
+        Command::Init {
+            dir,
+            cluster: None,
             node_id,
             api_port,
             replication_port,
@@ -424,6 +489,9 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Bench {
             command: BenchCommand::Plugin(args),
         } => bench::plugin(args),
+        Command::Bench {
+            command: BenchCommand::Replicate(args),
+        } => bench_replicate::replicate(args),
     }
 }
 

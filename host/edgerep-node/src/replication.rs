@@ -1,0 +1,791 @@
+//! Replication with the configured peers: drives the sans-IO [`edgerep_replica::Replica`] with
+//! real QUIC connections ([`edgerep_transport`]), the store's changelog, and the committer.
+//!
+//! Shape: one plain thread (the replicator) owns the `Replica` and is the only one to touch it;
+//! tokio tasks own the connections (one reader and one writer per peer) and talk to it through
+//! a channel. Received batches go to the committer, which applies them durably and calls back.
+//!
+//! Invariants: an `Ack` leaves only after the batch it covers is durable (the core guarantees
+//! it, given that the committer's hook reports the new have before the apply's reply); memory per
+//! peer is bounded by the core's window (sending) and by pausing a peer's reader while its
+//! queued applies exceed [`PAUSE_ABOVE_EVENTS`] (receiving); the changelog on disk is the buffer
+//! for a slow or absent peer.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use edgerep_config::Config;
+use edgerep_replica::{
+    CollectionFingerprint, Log, LogError, Message, MessageLimits, Output, Replica, ReplicaConfig,
+};
+use edgerep_store::{RemoteApply, Store};
+use edgerep_transport::certs::Identity;
+use edgerep_transport::frame::{FrameReader, FrameWriter};
+use edgerep_transport::tls::TransportConfig;
+use edgerep_transport::{CloseCode, PeerConnection, Transport};
+use edgerep_wire::{Event, NodeId};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::committer::{CommitError, Committer, Have};
+use crate::committer::wall_ms;
+
+/// A peer's reader stops reading while more events than this wait to be applied.
+pub const PAUSE_ABOVE_EVENTS: usize = 32_768;
+/// How often acknowledged cursors are saved to the store, at most.
+const SAVE_CURSORS_EVERY: Duration = Duration::from_secs(1);
+/// Dial retry back-off bounds.
+const DIAL_MIN: Duration = Duration::from_millis(100);
+const DIAL_MAX: Duration = Duration::from_secs(3);
+
+/// What connection tasks and the committer tell the replicator.
+enum Input {
+    Connected {
+        conn: PeerConnection,
+        id: u64,
+        frames: mpsc::UnboundedSender<Vec<u8>>,
+        paused: Arc<AtomicBool>,
+    },
+    Disconnected {
+        peer: NodeId,
+        id: u64,
+        reason: String,
+    },
+    Message {
+        peer: NodeId,
+        id: u64,
+        message: Message,
+    },
+    Applied {
+        peer: NodeId,
+        result: Result<RemoteApply, CommitError>,
+    },
+    Have(Have),
+    Stop,
+}
+
+/// One peer as `status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeerStatus {
+    /// The peer's node id.
+    pub id: String,
+    /// `host:port` from the config.
+    pub address: String,
+    /// A connection is up and the handshake is done.
+    pub connected: bool,
+    /// Milliseconds since the Unix epoch of the last message from the peer (`None`: never
+    /// since this node started).
+    pub last_contact_ms: Option<u64>,
+    /// What the peer acknowledged holding, per origin (persisted across restarts).
+    pub acked: BTreeMap<String, u64>,
+    /// What the peer said it holds at its last handshake, per origin.
+    pub peer_have: BTreeMap<String, u64>,
+    /// Events this node holds that the peer has not acknowledged.
+    pub lag_events: u64,
+    /// Age in seconds of the oldest event the peer lacks (0 when it lacks none).
+    pub lag_seconds: f64,
+    /// Events sent and not yet acknowledged.
+    pub in_flight: u64,
+    /// Differences between the peer's configuration and ours (collections, resolvers, plugin
+    /// hashes), as reported at the handshake.
+    pub mismatches: Vec<String>,
+    /// Why the last connection ended or failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// Replication as a whole, for `status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ReplicationStatus {
+    /// Address the QUIC endpoint listens on.
+    pub listen: Option<String>,
+    /// One entry per configured peer, in config order.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// The running replication: its status, and how to stop it.
+#[derive(Debug)]
+pub struct Replication {
+    status: Arc<Mutex<ReplicationStatus>>,
+    inbox: std_mpsc::Sender<Input>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
+    transport: Transport,
+}
+
+impl Replication {
+    /// A snapshot of the status.
+    pub fn status(&self) -> ReplicationStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The address the QUIC endpoint is bound to.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.transport.local_addr().ok()
+    }
+
+    /// Closes every connection (peers see an orderly close) and stops the replicator.
+    /// Idempotent; blocks until the replicator thread ended.
+    pub fn stop(&self) {
+        self.transport.close(CloseCode::Normal, "node shutting down");
+        let _ = self.inbox.send(Input::Stop);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The fingerprint of what this node runs, per collection, for the handshake.
+pub fn fingerprint(config: &Config) -> Vec<CollectionFingerprint> {
+    let mut out: Vec<CollectionFingerprint> = config
+        .collections
+        .declared
+        .iter()
+        .map(|c| {
+            let mut names: Vec<&String> = c.transforms_on_ingest.iter().collect();
+            names.extend(c.transforms_on_apply.iter());
+            if c.resolver != "lww" {
+                names.push(&c.resolver);
+            }
+            let mut plugins: Vec<(String, String)> = names
+                .into_iter()
+                .filter_map(|n| config.plugin(n).map(|p| (n.clone(), p.sha256.clone())))
+                .collect();
+            plugins.sort();
+            plugins.dedup();
+            CollectionFingerprint {
+                name: c.name.clone(),
+                resolver: c.resolver.clone(),
+                transforms_on_apply: c.transforms_on_apply.clone(),
+                plugins,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The changelog as the replica reads it.
+struct StoreLog(Arc<Store>);
+
+impl Log for StoreLog {
+    fn read(
+        &self,
+        origin: &NodeId,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, LogError> {
+        let events = self
+            .0
+            .changelog(origin.as_str(), after, max_events)
+            .map_err(|e| LogError::Storage {
+                reason: e.to_string(),
+            })?;
+        let mut bytes = 0usize;
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            // An estimate: the key, the value, and the fixed fields with room to spare.
+            let size = event.key.len() + event.value.as_ref().map_or(0, |v| v.len()) + 128;
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push(event);
+        }
+        Ok(out)
+    }
+}
+
+/// The replicator's inbox, made before the committer starts so that its hook can report every
+/// commit from the first one on.
+#[derive(Debug)]
+pub struct Inbox {
+    tx: std_mpsc::Sender<Input>,
+    rx: std_mpsc::Receiver<Input>,
+}
+
+/// A new inbox and the committer's hook into it.
+pub fn inbox() -> (Inbox, CommitHookSender) {
+    let (tx, rx) = std_mpsc::channel();
+    (Inbox { tx: tx.clone(), rx }, CommitHookSender(tx))
+}
+
+/// Starts replication: binds the QUIC endpoint, dials the peers this node dials (those with a
+/// greater id: exactly one side of each pair dials, so a pair never holds two sessions), and
+/// accepts the others. Returns `None` when no peers are configured.
+pub fn start(
+    config: &Config,
+    store: Arc<Store>,
+    committer: Committer,
+    inbox: Inbox,
+    runtime: tokio::runtime::Handle,
+) -> Result<Option<Replication>, String> {
+    if config.peers.is_empty() {
+        return Ok(None);
+    }
+    let tls = config
+        .replication
+        .tls
+        .as_ref()
+        .ok_or("replication: peers are configured but ca/cert/key are not")?;
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read_to_string(p)
+            .map_err(|e| format!("replication.{what}: cannot read {}: {e}", p.display()))
+    };
+    let identity = Identity::from_pem(
+        &read(&tls.ca, "ca")?,
+        &read(&tls.cert, "cert")?,
+        &read(&tls.key, "key")?,
+    )
+    .map_err(|e| format!("replication TLS identity: {e}"))?;
+    if identity.node_id() != &config.node.id {
+        return Err(format!(
+            "replication.cert names node {:?} but this node is {:?}",
+            identity.node_id().as_str(),
+            config.node.id.as_str()
+        ));
+    }
+    let peers: Vec<(NodeId, String)> = config
+        .peers
+        .iter()
+        .map(|p| (p.id.clone(), p.address.clone()))
+        .collect();
+    let transport = {
+        let _guard = runtime.enter();
+        Transport::bind(
+            config.replication.listen,
+            identity,
+            peers.clone(),
+            TransportConfig::default(),
+        )
+        .map_err(|e| format!("replication.listen: {e}"))?
+    };
+    let listen = transport.local_addr().ok().map(|a| a.to_string());
+    let Inbox { tx: inbox, rx } = inbox;
+    let have = store
+        .status()
+        .map_err(|e| format!("reading the store: {e}"))?
+        .origins;
+    let status = Arc::new(Mutex::new(ReplicationStatus {
+        listen: listen.clone(),
+        peers: Vec::new(),
+    }));
+    let limits = MessageLimits {
+        event: crate::event_limits(config),
+        ..MessageLimits::default()
+    };
+    let core_config = ReplicaConfig {
+        fingerprint: fingerprint(config),
+        limits,
+        ..ReplicaConfig::default()
+    };
+    let local = config.node.id.clone();
+    let mut replicator = Replicator {
+        core: Replica::new(local.clone(), core_config),
+        log: StoreLog(store.clone()),
+        store,
+        committer,
+        inbox: inbox.clone(),
+        conns: BTreeMap::new(),
+        peers: peers.clone(),
+        status: status.clone(),
+        started: Instant::now(),
+        have: BTreeMap::new(),
+        acked: BTreeMap::new(),
+        dirty: BTreeMap::new(),
+        last_contact: BTreeMap::new(),
+        last_error: BTreeMap::new(),
+        mismatches: BTreeMap::new(),
+        peer_have: BTreeMap::new(),
+        saved_at: Instant::now(),
+    };
+    replicator.load_cursors();
+    replicator.set_have(&have);
+    let thread = thread::Builder::new()
+        .name("edgerep-replicator".into())
+        .spawn(move || replicator.run(rx))
+        .map_err(|e| format!("cannot start the replicator thread: {e}"))?;
+
+    // Accept peers.
+    let accept_transport = transport.clone();
+    let accept_inbox = inbox.clone();
+    runtime.spawn(async move {
+        let mut next_id = 1u64 << 32;
+        while let Some(incoming) = accept_transport.accept().await {
+            next_id += 1;
+            let id = next_id;
+            let inbox = accept_inbox.clone();
+            tokio::spawn(async move {
+                match incoming.handshake().await {
+                    Ok(conn) => serve_connection(conn, id, false, inbox).await,
+                    Err(e) => tracing::debug!("refused a connection: {e}"),
+                }
+            });
+        }
+    });
+    // Dial the peers with a greater id.
+    for (peer, address) in peers {
+        if peer.as_str() <= local.as_str() {
+            continue;
+        }
+        let transport = transport.clone();
+        let inbox = inbox.clone();
+        runtime.spawn(async move {
+            let mut backoff = DIAL_MIN;
+            let mut id = 0u64;
+            loop {
+                match transport.connect(&peer, &address).await {
+                    Ok(conn) => {
+                        id += 1;
+                        backoff = DIAL_MIN;
+                        serve_connection(conn, id, true, inbox.clone()).await;
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        tracing::debug!(peer = %peer, "dial failed: {reason}");
+                        if inbox
+                            .send(Input::Disconnected {
+                                peer: peer.clone(),
+                                id: 0,
+                                reason,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(DIAL_MAX);
+            }
+        });
+    }
+    Ok(Some(Replication {
+        status,
+        inbox,
+        thread: Mutex::new(Some(thread)),
+        transport,
+    }))
+}
+
+/// The committer's hook into replication: tells the replicator each new durable have.
+#[derive(Debug, Clone)]
+pub struct CommitHookSender(std_mpsc::Sender<Input>);
+
+impl CommitHookSender {
+    /// Reports a new durable have (called on the committer thread after every commit).
+    pub fn have(&self, have: &Have) {
+        let _ = self.0.send(Input::Have(have.clone()));
+    }
+
+    /// Reports the outcome of applying a peer's batch.
+    fn applied(&self, peer: NodeId, result: Result<RemoteApply, CommitError>) {
+        let _ = self.0.send(Input::Applied { peer, result });
+    }
+}
+
+/// Runs one authenticated connection until it ends: the dialer opens the stream, the acceptor
+/// accepts it; frames are read into the replicator and written from its channel.
+async fn serve_connection(
+    conn: PeerConnection,
+    id: u64,
+    dialer: bool,
+    inbox: std_mpsc::Sender<Input>,
+) {
+    let peer = conn.peer.clone();
+    let stream = if dialer {
+        conn.conn.open_bi().await
+    } else {
+        conn.conn.accept_bi().await
+    };
+    let (mut send, mut recv) = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = inbox.send(Input::Disconnected {
+                peer,
+                id,
+                reason: format!("no stream: {e}"),
+            });
+            return;
+        }
+    };
+    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let paused = Arc::new(AtomicBool::new(false));
+    if inbox
+        .send(Input::Connected {
+            conn: conn.clone(),
+            id,
+            frames: frames_tx,
+            paused: paused.clone(),
+        })
+        .is_err()
+    {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        let mut w = FrameWriter::new(edgerep_transport::frame::DEFAULT_MAX_FRAME_BYTES);
+        while let Some(frame) = frames_rx.recv().await {
+            if w.push(&frame).is_err() {
+                break;
+            }
+            // Coalesce whatever else is queued into one write.
+            while w.buffered_bytes() < (1 << 20) {
+                match frames_rx.try_recv() {
+                    Ok(f) => {
+                        if w.push(&f).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if w.flush(&mut send).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+    });
+    let limits = MessageLimits::default();
+    let mut reader = FrameReader::new(limits.max_frame_bytes as u32);
+    let reason = loop {
+        while paused.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        match reader.read_frame(&mut recv).await {
+            Ok(Some(bytes)) => match Message::decode(&bytes, &limits) {
+                Ok(message) => {
+                    if inbox
+                        .send(Input::Message {
+                            peer: peer.clone(),
+                            id,
+                            message,
+                        })
+                        .is_err()
+                    {
+                        break "node stopping".to_owned();
+                    }
+                }
+                Err(e) => {
+                    let reason = format!("undecodable message: {e}");
+                    conn.close(CloseCode::Protocol, &reason);
+                    break reason;
+                }
+            },
+            Ok(None) => break "stream closed by peer".to_owned(),
+            Err(e) => {
+                let reason = format!("bad frame: {e}");
+                conn.close(CloseCode::BadFrame, &reason);
+                break reason;
+            }
+        }
+    };
+    writer.abort();
+    let reason = match conn.conn.close_reason() {
+        Some(r) => format!("{reason} ({})", edgerep_transport::endpoint::describe_close(&r)),
+        None => reason,
+    };
+    tracing::info!(peer = %peer, "connection ended: {reason}");
+    let _ = inbox.send(Input::Disconnected { peer, id, reason });
+}
+
+struct Live {
+    id: u64,
+    conn: PeerConnection,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    paused: Arc<AtomicBool>,
+}
+
+struct Replicator {
+    core: Replica,
+    log: StoreLog,
+    store: Arc<Store>,
+    committer: Committer,
+    inbox: std_mpsc::Sender<Input>,
+    conns: BTreeMap<NodeId, Live>,
+    peers: Vec<(NodeId, String)>,
+    status: Arc<Mutex<ReplicationStatus>>,
+    started: Instant,
+    have: BTreeMap<NodeId, u64>,
+    acked: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
+    dirty: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
+    last_contact: BTreeMap<NodeId, u64>,
+    last_error: BTreeMap<NodeId, String>,
+    mismatches: BTreeMap<NodeId, Vec<String>>,
+    peer_have: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
+    saved_at: Instant,
+}
+
+impl Replicator {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn load_cursors(&mut self) {
+        match self.store.peer_cursors() {
+            Ok(all) => {
+                for (peer, have) in all {
+                    let Ok(peer) = NodeId::parse(&peer) else { continue };
+                    let have = have
+                        .into_iter()
+                        .filter_map(|(o, s)| NodeId::parse(&o).ok().map(|o| (o, s)))
+                        .collect();
+                    self.acked.insert(peer, have);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read saved peer cursors: {e}"),
+        }
+    }
+
+    /// Haves only grow; a report older than one already taken changes nothing.
+    fn set_have(&mut self, have: &Have) {
+        for (origin, &seq) in have {
+            if let Ok(origin) = NodeId::parse(origin) {
+                let held = self.have.entry(origin).or_insert(0);
+                *held = (*held).max(seq);
+            }
+        }
+        self.core.set_local_have(&self.have);
+    }
+
+    fn run(mut self, rx: std_mpsc::Receiver<Input>) {
+        let mut published = Instant::now() - Duration::from_secs(1);
+        loop {
+            let now = self.now();
+            let wait = self
+                .core
+                .poll_timeout()
+                .map_or(100, |t| t.saturating_sub(now))
+                .clamp(1, 100);
+            match rx.recv_timeout(Duration::from_millis(wait)) {
+                Ok(Input::Stop) => break,
+                Ok(input) => {
+                    self.handle(input);
+                    // Take everything else waiting before doing IO.
+                    let mut stop = false;
+                    for _ in 0..1024 {
+                        match rx.try_recv() {
+                            Ok(Input::Stop) => {
+                                stop = true;
+                                break;
+                            }
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            let now = self.now();
+            self.core.handle_timeout(now);
+            self.drain_outputs();
+            self.transmit();
+            if self.saved_at.elapsed() >= SAVE_CURSORS_EVERY {
+                self.save_cursors();
+            }
+            if published.elapsed() >= Duration::from_millis(100) {
+                self.publish();
+                published = Instant::now();
+            }
+        }
+        self.save_cursors();
+        for live in self.conns.values() {
+            live.conn.close(CloseCode::Normal, "node shutting down");
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Connected {
+                conn,
+                id,
+                frames,
+                paused,
+            } => {
+                let peer = conn.peer.clone();
+                if let Some(old) = self.conns.remove(&peer) {
+                    old.conn.close(CloseCode::Normal, "replaced by a newer connection");
+                    self.core.disconnected(&peer, now);
+                }
+                tracing::info!(peer = %peer, remote = %conn.remote, "peer connected");
+                self.last_error.remove(&peer);
+                self.conns.insert(
+                    peer.clone(),
+                    Live {
+                        id,
+                        conn,
+                        frames,
+                        paused,
+                    },
+                );
+                self.core.connected(&peer, now);
+            }
+            Input::Disconnected { peer, id, reason } => {
+                if self.conns.get(&peer).is_some_and(|l| l.id == id) {
+                    self.conns.remove(&peer);
+                    self.core.disconnected(&peer, now);
+                }
+                self.last_error.insert(peer, reason);
+            }
+            Input::Message { peer, id, message } => {
+                if !self.conns.get(&peer).is_some_and(|l| l.id == id) {
+                    return;
+                }
+                self.last_contact.insert(peer.clone(), wall_ms());
+                if let Message::Hello(hello) = &message {
+                    self.peer_have
+                        .insert(peer.clone(), hello.have.iter().cloned().collect());
+                }
+                if let Err(e) = self.core.handle(&peer, message, now) {
+                    let reason = e.to_string();
+                    tracing::warn!(peer = %peer, "protocol error, disconnecting: {reason}");
+                    if let Some(live) = self.conns.remove(&peer) {
+                        live.conn.close(CloseCode::Protocol, &reason);
+                    }
+                    self.core.disconnected(&peer, now);
+                    self.last_error.insert(peer, reason);
+                }
+            }
+            Input::Applied { peer, result } => match result {
+                Ok(_) => self.core.applied(&peer, now),
+                Err(e) => self.core.apply_failed(&peer, &e.to_string(), now),
+            },
+            Input::Have(have) => self.set_have(&have),
+            Input::Stop => {}
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Apply { peer, events } => {
+                    let hook = CommitHookSender(self.inbox.clone());
+                    let to = peer.clone();
+                    let sent = self.committer.apply(
+                        events,
+                        Box::new(move |result| hook.applied(to, result)),
+                    );
+                    if let Err(e) = sent {
+                        self.core.apply_failed(&peer, &e.to_string(), self.now());
+                    }
+                }
+                Output::PeerReady { peer, .. } => {
+                    tracing::info!(peer = %peer, "replication session ready");
+                }
+                Output::Mismatch { peer, differences } => {
+                    for d in &differences {
+                        tracing::warn!(peer = %peer, "configuration differs: {d}");
+                    }
+                    self.mismatches.insert(peer, differences);
+                }
+                Output::Acked { peer, have } => {
+                    let have: BTreeMap<NodeId, u64> = have.into_iter().collect();
+                    self.acked.insert(peer.clone(), have.clone());
+                    self.dirty.insert(peer, have);
+                }
+            }
+        }
+        // Backpressure on receiving: pause readers whose applies pile up.
+        for (peer, live) in &self.conns {
+            let pending = self.core.pending_apply_events(peer);
+            live.paused
+                .store(pending > PAUSE_ABOVE_EVENTS, Ordering::Release);
+        }
+    }
+
+    fn transmit(&mut self) {
+        let now = self.now();
+        loop {
+            match self.core.poll_transmit(now, &self.log) {
+                Ok(Some((peer, message))) => {
+                    if let Some(live) = self.conns.get(&peer) {
+                        let _ = live.frames.send(message.encode());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("reading the changelog for replication failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn save_cursors(&mut self) {
+        self.saved_at = Instant::now();
+        for (peer, have) in std::mem::take(&mut self.dirty) {
+            let have: BTreeMap<String, u64> =
+                have.iter().map(|(o, s)| (o.to_string(), *s)).collect();
+            if let Err(e) = self.store.save_peer_cursor(peer.as_str(), &have) {
+                tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
+            }
+        }
+    }
+
+    /// The age of the oldest event `peer` lacks, in seconds.
+    fn lag_seconds(&self, acked: &BTreeMap<NodeId, u64>) -> f64 {
+        let now = wall_ms();
+        let mut oldest: Option<u64> = None;
+        for (origin, &held) in &self.have {
+            let theirs = acked.get(origin).copied().unwrap_or(0);
+            if held > theirs {
+                if let Ok(events) = self.log.read(origin, theirs, 1, usize::MAX) {
+                    if let Some(e) = events.first() {
+                        let t = e.hlc.physical_ms;
+                        oldest = Some(oldest.map_or(t, |o: u64| o.min(t)));
+                    }
+                }
+            }
+        }
+        oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0)
+    }
+
+    fn publish(&self) {
+        let empty = BTreeMap::new();
+        let peers = self
+            .peers
+            .iter()
+            .map(|(id, address)| {
+                let acked = self.acked.get(id).unwrap_or(&empty);
+                let lag_events = self
+                    .have
+                    .iter()
+                    .map(|(o, &s)| s.saturating_sub(acked.get(o).copied().unwrap_or(0)))
+                    .sum();
+                let view = self.core.peer_view(id);
+                PeerStatus {
+                    id: id.to_string(),
+                    address: address.clone(),
+                    connected: view.as_ref().is_some_and(|v| v.ready),
+                    last_contact_ms: self.last_contact.get(id).copied(),
+                    acked: acked.iter().map(|(o, s)| (o.to_string(), *s)).collect(),
+                    peer_have: self
+                        .peer_have
+                        .get(id)
+                        .map(|h| h.iter().map(|(o, s)| (o.to_string(), *s)).collect())
+                        .unwrap_or_default(),
+                    lag_events,
+                    lag_seconds: if lag_events == 0 {
+                        0.0
+                    } else {
+                        self.lag_seconds(acked)
+                    },
+                    in_flight: view.as_ref().map_or(0, |v| v.in_flight_events),
+                    mismatches: self.mismatches.get(id).cloned().unwrap_or_default(),
+                    last_error: self.last_error.get(id).cloned(),
+                }
+            })
+            .collect();
+        if let Ok(mut s) = self.status.lock() {
+            s.peers = peers;
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `edgerep certs` (a deployment CA and node certificates, no openssl needed) and
+//! `edgerep init --cluster N DIR` (N node configs on loopback, every node peered with the others).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use edgerep_config::{Config, starter_toml};
+use edgerep_transport::certs::{Ca, write_node_files};
+use edgerep_wire::NodeId;
+
+/// A free loopback UDP port (QUIC listens on UDP).
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Creates a CA in `dir` (`ca.pem`, `ca.key`).
+pub(crate) fn new_ca(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let ca = Ca::generate(name).context("generating the CA")?;
+    ca.write_files(dir)
+        .with_context(|| format!("writing the CA into {}", dir.display()))?;
+    println!("wrote {}/ca.pem and {}/ca.key (keep ca.key private)", dir.display(), dir.display());
+    Ok(())
+}
+
+/// Issues a certificate for `node_id` from the CA in `ca_dir` into `out` (`ca.pem`, `node.pem`,
+/// `node.key`).
+pub(crate) fn issue(ca_dir: &Path, node_id: &str, out: &Path) -> anyhow::Result<()> {
+    NodeId::parse(node_id).context("--node-id")?;
+    let ca = Ca::load(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"))
+        .with_context(|| format!("loading the CA from {}", ca_dir.display()))?;
+    let node = ca.issue_node(node_id).context("issuing the node certificate")?;
+    write_node_files(out, &ca, &node)
+        .with_context(|| format!("writing the node's files into {}", out.display()))?;
+    println!(
+        "wrote {0}/ca.pem, {0}/node.pem and {0}/node.key for node {node_id}",
+        out.display()
+    );
+    Ok(())
+}
+
+/// One node of a cluster being written.
+struct Member {
+    id: NodeId,
+    api: SocketAddr,
+    replication: SocketAddr,
+}
+
+/// Writes `dir/ca/` and `dir/node-1/edgerep.toml` … `dir/node-N/edgerep.toml`, each with its
+/// certificates in `certs/`, loopback ports, and every other node as a peer. Returns the config
+/// paths.
+pub(crate) fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result<Vec<PathBuf>> {
+    if !(2..=64).contains(&n) {
+        bail!("--cluster {n}: a cluster has 2 to 64 nodes");
+    }
+    let first = dir.join("node-1").join("edgerep.toml");
+    if first.exists() && !force {
+        bail!("{} already exists (use --force to overwrite)", first.display());
+    }
+    if force {
+        for sub in std::iter::once("ca".to_owned()).chain((1..=n).map(|i| format!("node-{i}"))) {
+            let p = dir.join(&sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+    }
+    let ca = Ca::generate("edgerep local cluster CA").context("generating the CA")?;
+    ca.write_files(&dir.join("ca"))
+        .with_context(|| format!("writing {}", dir.join("ca").display()))?;
+    let mut members = Vec::with_capacity(n);
+    let mut used = std::collections::BTreeSet::new();
+    for i in 1..=n {
+        let mut pick = |udp: bool| -> anyhow::Result<u16> {
+            loop {
+                let p = if udp {
+                    free_udp_port()?
+                } else {
+                    crate::free_port()?
+                };
+                if used.insert(p) {
+                    return Ok(p);
+                }
+            }
+        };
+        members.push(Member {
+            id: NodeId::parse(&format!("node-{i}"))?,
+            api: SocketAddr::from(([127, 0, 0, 1], pick(false)?)),
+            replication: SocketAddr::from(([127, 0, 0, 1], pick(true)?)),
+        });
+    }
+    let mut paths = Vec::with_capacity(n);
+    for me in &members {
+        let node_dir = dir.join(me.id.as_str());
+        let cert = ca.issue_node(me.id.as_str())?;
+        write_node_files(&node_dir.join("certs"), &ca, &cert)
+            .with_context(|| format!("writing {}", node_dir.join("certs").display()))?;
+        let mut text = starter_toml(&me.id, me.api, me.replication)
+            .replace("# ca = \"certs/ca.pem\"", "ca = \"certs/ca.pem\"")
+            .replace("# cert = \"certs/node.pem\"", "cert = \"certs/node.pem\"")
+            .replace("# key = \"certs/node.key\"", "key = \"certs/node.key\"");
+        text.push_str("\n# The other nodes of this cluster.\n");
+        for peer in members.iter().filter(|m| m.id != me.id) {
+            text.push_str(&format!(
+                "[[peers]]\nid = \"{}\"\naddress = \"{}\"\n\n",
+                peer.id, peer.replication
+            ));
+        }
+        let path = node_dir.join("edgerep.toml");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        let config = Config::load(&path)?;
+        if config.peers.len() != n - 1 || config.replication.tls.is_none() {
+            bail!("internal: the cluster config {} lacks peers or TLS", path.display());
+        }
+        paths.push(path);
+    }
+    Ok(paths)
+}

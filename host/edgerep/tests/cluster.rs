@@ -1,0 +1,319 @@
+//! Replication between real `edgerep run` processes on loopback, from `edgerep init --cluster`:
+//! convergence of writes made on every node, catch-up after SIGKILL, a healed partition, a
+//! peer from another CA refused, and garbage datagrams ignored.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Node, agent, edgerep, stderr};
+
+/// `edgerep init --cluster N DIR`, returning the config paths.
+fn cluster(dir: &Path, n: usize) -> Vec<PathBuf> {
+    let o = edgerep(&["init", "--cluster", &n.to_string(), dir.to_str().unwrap()]);
+    assert!(o.status.success(), "init --cluster failed: {}", stderr(&o));
+    (1..=n)
+        .map(|i| dir.join(format!("node-{i}/edgerep.toml")))
+        .collect()
+}
+
+fn put(node: &Node, collection: &str, key: &str, json: &str) -> u64 {
+    let mut r = agent()
+        .put(&node.url(&format!("/v1/kv/{collection}/{key}")))
+        .content_type("application/json")
+        .send(json.as_bytes())
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status(), 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    answer["seq"].as_u64().unwrap()
+}
+
+/// Writes `n` events in batches of 500 on `node`; returns the last seq.
+fn put_many(node: &Node, prefix: &str, n: usize) -> u64 {
+    let mut last = 0;
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(500);
+        let writes: Vec<String> = (i..i + k)
+            .map(|j| format!(r#"{{"collection":"bulk","key":"{prefix}-{j:07}","value":{{"j":{j}}}}}"#))
+            .collect();
+        let body = format!(r#"{{"writes":[{}]}}"#, writes.join(","));
+        let mut r = agent()
+            .post(&node.url("/v1/batch"))
+            .content_type("application/json")
+            .send(body.as_bytes())
+            .unwrap();
+        let text = r.body_mut().read_to_string().unwrap();
+        assert_eq!(r.status(), 200, "{text}");
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        last = answer["committed"].as_array().unwrap().last().unwrap()["seq"]
+            .as_u64()
+            .unwrap();
+        i += k;
+    }
+    last
+}
+
+fn status(node: &Node) -> serde_json::Value {
+    node.status()
+}
+
+/// Waits until every node reports the same digest and the same per-origin counts, and each
+/// store verifies; panics with the statuses after `limit`.
+fn converge(nodes: &[&Node], limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let all: Vec<serde_json::Value> = nodes.iter().map(|n| status(n)).collect();
+        let same = all
+            .windows(2)
+            .all(|w| w[0]["digest"] == w[1]["digest"] && w[0]["origins"] == w[1]["origins"]);
+        if same && all.iter().all(|s| s["verified"] == true) {
+            return all[0].clone();
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| std::fs::read_to_string(&n.log).unwrap_or_default())
+                .collect();
+            panic!(
+                "no convergence after {limit:?}:\n{}\nlogs:\n{}",
+                serde_json::to_string_pretty(&all).unwrap(),
+                logs.join("\n-----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn get(node: &Node, collection: &str, key: &str) -> (u16, String) {
+    let mut r = agent()
+        .get(&node.url(&format!("/v1/kv/{collection}/{key}")))
+        .call()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn three_nodes_converge_with_writes_and_a_conflict_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let nodes: Vec<Node> = configs.iter().map(|c| Node::start(c)).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        put_many(node, &format!("n{i}"), 700);
+        // The same key on every node, concurrently: a conflict every node must settle alike.
+        put(node, "orders", "shared", &format!(r#"{{"by":{i}}}"#));
+        put(node, "orders", &format!("own-{i}"), &format!(r#"{{"by":{i}}}"#));
+    }
+    let s = converge(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(60));
+    assert_eq!(s["origins"]["node-1"], 702);
+    assert_eq!(s["origins"]["node-3"], 702);
+    // Every node answers every key, and the conflicting key the same everywhere.
+    let answers: Vec<(u16, String)> = nodes.iter().map(|n| get(n, "orders", "shared")).collect();
+    assert!(answers.iter().all(|a| a == &answers[0] && a.0 == 200), "{answers:?}");
+    for node in &nodes {
+        for i in 0..3 {
+            assert_eq!(get(node, "orders", &format!("own-{i}")).0, 200);
+        }
+        let st = status(node);
+        let peers = st["replication"]["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2);
+        for p in peers {
+            assert_eq!(p["connected"], true, "{st}");
+            assert_eq!(p["lag_events"], 0, "{st}");
+        }
+    }
+}
+
+#[test]
+fn a_killed_node_catches_up_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let n3 = Node::start(&configs[2]);
+    // A stream of single writes on node 1 and node 3; node 3 is killed during it.
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = |url: String, tag: &'static str| {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let agent = agent();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let key = format!("{tag}-{i:06}");
+                let Ok(mut r) = agent
+                    .put(&format!("{url}/v1/kv/stream/{key}"))
+                    .content_type("application/json")
+                    .send(format!(r#"{{"i":{i}}}"#).as_bytes())
+                else {
+                    break;
+                };
+                if r.status() != 200 {
+                    break;
+                }
+                let _ = r.body_mut().read_to_string();
+                acked.lock().unwrap().insert(key, i);
+            }
+        })
+    };
+    let w1 = writer(n1.url(""), "a");
+    let w3 = writer(n3.url(""), "c");
+    while acked.lock().unwrap().len() < 300 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    n3.kill();
+    w3.join().unwrap();
+    // Node 1 keeps writing while node 3 is down.
+    std::thread::sleep(Duration::from_millis(500));
+    put_many(&n2, "while-down", 2000);
+    stop.store(true, Ordering::Relaxed);
+    w1.join().unwrap();
+    let n3 = Node::start(&configs[2]);
+    converge(&[&n1, &n2, &n3], Duration::from_secs(90));
+    let acked = acked.lock().unwrap();
+    assert!(acked.len() >= 300);
+    for node in [&n1, &n2, &n3] {
+        for key in acked.keys() {
+            let (code, body) = get(node, "stream", key);
+            assert_eq!(code, 200, "{key} missing on {}: {body}", node.config.display());
+        }
+    }
+}
+
+/// A UDP relay standing between two nodes: forwards datagrams both ways unless cut.
+struct Proxy {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(target: SocketAddr) -> Proxy {
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        front.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        back.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let addr = front.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
+        for (from, to, forward) in [(front, back, true), (back2, front2, false)] {
+            let (cut, stop, client) = (cut.clone(), stop.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, src)) = from.recv_from(&mut buf) else { continue };
+                    if cut.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    if forward {
+                        *client.lock().unwrap() = Some(src);
+                        let _ = to.send_to(&buf[..n], target);
+                    } else if let Some(c) = *client.lock().unwrap() {
+                        let _ = to.send_to(&buf[..n], c);
+                    }
+                }
+            });
+        }
+        Proxy { addr, cut, stop }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_partition_heals_and_both_sides_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    // node-1 dials node-2 (the lower id dials): route it through the proxy.
+    let n2_repl = edgerep_config::Config::load(&configs[1])
+        .unwrap()
+        .replication
+        .listen;
+    let proxy = Proxy::start(n2_repl);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    let text = text.replace(&format!("address = \"{n2_repl}\""), &format!("address = \"{}\"", proxy.addr));
+    std::fs::write(&configs[0], text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "orders", "before", r#"{"x":1}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+
+    proxy.cut.store(true, Ordering::Relaxed);
+    put_many(&n1, "left", 1500);
+    put_many(&n2, "right", 1500);
+    put(&n1, "orders", "both", r#"{"side":"left"}"#);
+    put(&n2, "orders", "both", r#"{"side":"right"}"#);
+    // Long enough for the connection to time out on both sides.
+    std::thread::sleep(Duration::from_secs(12));
+    let (s1, s2) = (status(&n1), status(&n2));
+    assert_ne!(s1["digest"], s2["digest"], "partitioned nodes cannot agree yet");
+    assert_eq!(s1["replication"]["peers"][0]["connected"], false, "{s1}");
+    assert!(s1["replication"]["peers"][0]["lag_events"].as_u64().unwrap() >= 1500, "{s1}");
+
+    proxy.cut.store(false, Ordering::Relaxed);
+    converge(&[&n1, &n2], Duration::from_secs(60));
+    assert_eq!(get(&n1, "orders", "both"), get(&n2, "orders", "both"));
+}
+
+#[test]
+fn a_node_from_another_ca_is_refused_and_garbage_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(&dir.path().join("good"), 2);
+    // An impostor: node-2's id and node-1's address, but certificates from another CA.
+    let other = cluster(&dir.path().join("other"), 2);
+    let n1_repl = edgerep_config::Config::load(&configs[0])
+        .unwrap()
+        .replication
+        .listen;
+    let text = std::fs::read_to_string(&other[0]).unwrap();
+    let other_n2 = edgerep_config::Config::load(&other[0]).unwrap();
+    let text = text.replace(
+        &format!("address = \"{}\"", other_n2.peers[0].address),
+        &format!("address = \"{n1_repl}\""),
+    );
+    // The impostor is node-1 of the other cluster dialing "node-2" at our node-1's address:
+    // our node-1 presents a certificate the impostor does not trust, and the impostor's
+    // certificate is not from our CA.
+    std::fs::write(&other[0], text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let impostor = Node::start(&other[0]);
+    // Garbage datagrams at node-1's QUIC port.
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for _ in 0..2000 {
+        let mut d = [0u8; 600];
+        for b in d.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        junk.send_to(&d, n1_repl).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let st = status(&impostor);
+    let peer = &st["replication"]["peers"][0];
+    assert_eq!(peer["connected"], false, "{st}");
+    let why = peer["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(!why.is_empty(), "{st}");
+    // The good peer still connects and replicates.
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "orders", "after-junk", r#"{"ok":true}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    drop(impostor);
+    assert_eq!(get(&n2, "orders", "after-junk").0, 200);
+}
