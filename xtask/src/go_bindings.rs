@@ -10,6 +10,18 @@
 //!   `go.mod` of ours. The Go module proxy does not serve that module (it answers 403), so the SDK
 //!   and the plugins point at this copy with a `replace` directive and nothing is fetched.
 //!
+//! The generator writes code for standard Go only; two edits, made here and nowhere else, make
+//! the same code build with TinyGo:
+//!
+//! - the bindings name the pinner `witRuntime.Pinner` instead of `runtime.Pinner` (TinyGo's
+//!   runtime has no `Pinner`), so their `"runtime"` import goes;
+//! - in the go-pkg copy, `wit/runtime/runtime.go` gets `//go:build !tinygo` (it links to
+//!   `runtime.sbrk`, which TinyGo lacks), and so do the async support files (futures, streams,
+//!   the async runtime: `runtime.Pinner` and runtime internals; the contract has no async
+//!   functions); two files of ours join the runtime package (`xtask/go-pkg/`): `pinner_go.go`
+//!   (`Pinner` is `runtime.Pinner`) and `runtime_tinygo.go` (TinyGo's `Pinner`, `Allocate` and
+//!   `cabi_realloc`).
+//!
 //! `--check` regenerates into a temporary directory and fails, naming the file, if anything
 //! differs from what is committed (a changed, missing or extra file).
 
@@ -60,7 +72,11 @@ fn generate(root: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
             .with_context(|| format!("generating the Go bindings of world {world}"))?;
         for (name, contents) in files.iter() {
             let contents = if name.ends_with(".go") {
-                gofmt(contents).with_context(|| format!("formatting {name}"))?
+                let source = std::str::from_utf8(contents)
+                    .with_context(|| format!("{name} is not UTF-8"))?;
+                let source =
+                    pinner_for_tinygo(source).with_context(|| format!("editing {name}"))?;
+                gofmt(source.as_bytes()).with_context(|| format!("formatting {name}"))?
             } else {
                 contents.to_vec()
             };
@@ -79,6 +95,48 @@ fn generate(root: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     }
     Ok(out)
 }
+
+/// Names the pinner `witRuntime.Pinner` instead of `runtime.Pinner` and drops the `"runtime"`
+/// import (see the module documentation). Fails if the code uses anything else of package
+/// runtime, or names the pinner without importing witRuntime: a newer generator needs a look.
+fn pinner_for_tinygo(source: &str) -> Result<String> {
+    if !source.contains("runtime.Pinner") {
+        return Ok(source.to_owned());
+    }
+    ensure!(
+        source.contains("witRuntime \"go.bytecodealliance.org/pkg/wit/runtime\""),
+        "uses runtime.Pinner without importing witRuntime"
+    );
+    let edited: String = source
+        .replace("runtime.Pinner", "witRuntime.Pinner")
+        .lines()
+        .filter(|line| line.trim() != "\"runtime\"")
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let bytes = edited.as_bytes();
+    for (i, _) in edited.match_indices("runtime.") {
+        let before = i.checked_sub(1).map(|j| bytes[j]);
+        ensure!(
+            before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "uses package runtime beyond its Pinner (at byte {i}): the TinyGo edit needs updating"
+        );
+    }
+    Ok(edited)
+}
+
+/// The go-pkg files that get `//go:build !tinygo`, and their package: `runtime.go` (TinyGo's
+/// version is ours), and the async support (futures, streams and the async runtime, which use
+/// `runtime.Pinner` and runtime internals; the contract has no async functions).
+const STANDARD_GO_ONLY: [(&str, &str); 4] = [
+    ("wit/runtime/runtime.go", "runtime"),
+    ("wit/async/async.go", "async"),
+    ("wit/types/future.go", "wit_types"),
+    ("wit/types/stream.go", "wit_types"),
+];
+
+/// Our files in the go-pkg copy (see the module documentation).
+const GO_PKG_PINNER_GO: &str = include_str!("../go-pkg/pinner_go.go");
+const GO_PKG_RUNTIME_TINYGO: &str = include_str!("../go-pkg/runtime_tinygo.go");
 
 /// The files of the go-pkg copy: its Go sources and LICENSE from the crate, and our go.mod.
 fn go_pkg(root: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
@@ -109,10 +167,31 @@ fn go_pkg(root: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
             if entry.file_type()?.is_dir() {
                 stack.push(rel);
             } else if rel.extension().is_some_and(|e| e == "go" || e == "s") {
-                files.push((rel.clone(), fs::read(src.join(&rel))?));
+                let mut contents = fs::read(src.join(&rel))?;
+                if let Some(package) = STANDARD_GO_ONLY
+                    .iter()
+                    .find(|(file, _)| rel == Path::new(file))
+                    .map(|(_, package)| package)
+                {
+                    ensure!(
+                        contents.starts_with(format!("package {package}\n").as_bytes()),
+                        "go-pkg's {} changed: the TinyGo edit needs a look",
+                        rel.display()
+                    );
+                    contents.splice(0..0, b"//go:build !tinygo\n\n".iter().copied());
+                }
+                files.push((rel.clone(), contents));
             }
         }
     }
+    files.push((
+        PathBuf::from("wit/runtime/pinner_go.go"),
+        GO_PKG_PINNER_GO.as_bytes().to_vec(),
+    ));
+    files.push((
+        PathBuf::from("wit/runtime/runtime_tinygo.go"),
+        GO_PKG_RUNTIME_TINYGO.as_bytes().to_vec(),
+    ));
     Ok(files)
 }
 

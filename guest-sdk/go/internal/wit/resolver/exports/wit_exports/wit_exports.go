@@ -10,13 +10,12 @@ import (
 	"github.com/edgerep/edgerep/guest-sdk/go/internal/wit/resolver/imports/edgerep_plugin_types"
 	witRuntime "go.bytecodealliance.org/pkg/wit/runtime"
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
-	"runtime"
 	"unsafe"
 )
 
-var staticPinner = runtime.Pinner{}
+var staticPinner = witRuntime.Pinner{}
 var exportReturnArea = uintptr(witRuntime.Allocate(&staticPinner, (5 * 4), 4))
-var syncExportPinner = runtime.Pinner{}
+var syncExportPinner = witRuntime.Pinner{}
 
 //go:wasmexport resolve
 func wasm_export_wit_world_resolve(arg0 uintptr, arg1 uint32, arg2 uintptr, arg3 uint32, arg4 uintptr, arg5 uint32) uintptr {

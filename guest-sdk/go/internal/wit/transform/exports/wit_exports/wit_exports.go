@@ -10,13 +10,12 @@ import (
 	"github.com/edgerep/edgerep/guest-sdk/go/internal/wit/transform/imports/edgerep_plugin_types"
 	witRuntime "go.bytecodealliance.org/pkg/wit/runtime"
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
-	"runtime"
 	"unsafe"
 )
 
-var staticPinner = runtime.Pinner{}
+var staticPinner = witRuntime.Pinner{}
 var exportReturnArea = uintptr(witRuntime.Allocate(&staticPinner, (3 * 4), 4))
-var syncExportPinner = runtime.Pinner{}
+var syncExportPinner = witRuntime.Pinner{}
 
 //go:wasmexport transform
 func wasm_export_wit_world_transform(arg0 uintptr) uintptr {

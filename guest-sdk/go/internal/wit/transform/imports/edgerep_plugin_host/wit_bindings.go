@@ -8,7 +8,6 @@ package edgerep_plugin_host
 import (
 	witRuntime "go.bytecodealliance.org/pkg/wit/runtime"
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
-	"runtime"
 	"unsafe"
 )
 
@@ -26,7 +25,7 @@ type Level = uint8
 func wasm_import_log(arg0 int32, arg1 uintptr, arg2 uint32)
 
 func Log(level Level, message string) {
-	pinner := &runtime.Pinner{}
+	pinner := &witRuntime.Pinner{}
 	defer pinner.Unpin()
 
 	utf8 := unsafe.Pointer(unsafe.StringData(message))
@@ -39,7 +38,7 @@ func Log(level Level, message string) {
 func wasm_import_param(arg0 uintptr, arg1 uint32, arg2 uintptr)
 
 func Param(name string) witTypes.Option[string] {
-	pinner := &runtime.Pinner{}
+	pinner := &witRuntime.Pinner{}
 	defer pinner.Unpin()
 
 	returnArea := uintptr(witRuntime.Allocate(pinner, (3 * 4), 4))
@@ -67,7 +66,7 @@ func Param(name string) witTypes.Option[string] {
 func wasm_import_params(arg0 uintptr)
 
 func Params() []witTypes.Tuple2[string, string] {
-	pinner := &runtime.Pinner{}
+	pinner := &witRuntime.Pinner{}
 	defer pinner.Unpin()
 
 	returnArea := uintptr(witRuntime.Allocate(pinner, (2 * 4), 4))
