@@ -266,3 +266,62 @@ pub fn check(bytes: &[u8], allow_wasi: bool) -> Result<Surface, BuildError> {
     }
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wasip1-style core module exporting the transform world's function (the canonical ABI
+    /// passes the event by pointer and returns a pointer to the result), with one WASI import as
+    /// a Go runtime would have.
+    fn core_module(export: &str) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module
+                (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+                (memory (export "memory") 1)
+                (func (export "_initialize"))
+                (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) i32.const 64)
+                (func (export "{export}") (param i32) (result i32) i32.const 16)
+                (func (export "cabi_post_{export}") (param i32))
+            )"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_wasip1_module_becomes_a_component_of_its_world() {
+        let core = core_module("transform");
+        assert_eq!(world_of_module(&core).unwrap(), "transform");
+        let wasm = from_wasip1_module(&core).unwrap();
+        let s = check(&wasm, true).unwrap();
+        assert!(s.exports.contains(&("transform".to_owned(), "func")));
+        assert!(s.imports_wasi(), "{:?}", s.imports);
+        // Without WASI allowed, the adapter's imports are refused.
+        let error = check(&wasm, false).unwrap_err().to_string();
+        assert!(
+            error.contains("imports outside edgerep:plugin/*"),
+            "{error}"
+        );
+        // The same bytes every time.
+        assert_eq!(from_wasip1_module(&core).unwrap(), wasm);
+    }
+
+    #[test]
+    fn the_world_comes_from_the_exports() {
+        let error = world_of_module(&core_module("run"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("exports neither `transform` nor `resolve`"),
+            "{error}"
+        );
+        let both =
+            wat::parse_str(r#"(module (func (export "transform")) (func (export "resolve")))"#)
+                .unwrap();
+        let error = world_of_module(&both).unwrap_err().to_string();
+        assert!(error.contains("both"), "{error}");
+        let error = from_module(b"not wasm").unwrap_err().to_string();
+        assert!(error.contains("reading the module"), "{error}");
+        assert!(surface(&core_module("transform")).is_err());
+    }
+}

@@ -6,7 +6,9 @@
 // (componentize-go issue 77, wasmtime PR 14319). The SDK turns the collector's own trigger off
 // at start and collects at the export boundary instead, where imports are allowed: after a
 // call, when CallsMax calls or BytesMax allocated bytes have passed since the last collection.
-// Resolvers run once per instance, so they never pay for a collection.
+// Resolvers run once per instance, so they never pay for a collection. The price: garbage made
+// during a call is collected only after the call, so all of one call's allocations count
+// against the plugin's memory cap.
 //
 // TinyGo's collector reads no clock and needs none of this (gc_tinygo.go). Building with the
 // tag edgerep_gc_unmanaged leaves the collector alone: only to show the bug in a soak test.
@@ -21,21 +23,26 @@ import (
 const (
 	// CallsMax is the most calls between two collections.
 	CallsMax = 1000
-	// BytesMax is the most bytes allocated between two collections.
+	// BytesMax is the most bytes allocated between two collections (give or take what the calls
+	// between two checks allocate: checks come more often for calls that allocate a lot).
 	BytesMax = 4 << 20
-	// checkEvery is how many calls pass between two reads of the allocation counter.
-	checkEvery = 16
+	// checkEveryMax is the most calls between two reads of the allocation counter.
+	checkEveryMax = 16
 )
 
 var (
-	calls     int
-	sample    = []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
-	allocated uint64 // the counter at the last collection
+	calls      int // since the last collection
+	sinceCheck int // calls since the last read of the counter
+	checkEvery = checkEveryMax
+	sample     = []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	// The allocation counter at the last collection and at the last read (0 until the first
+	// read: the first read of runtime/metrics costs hundreds of thousands of fuel, so it waits
+	// for the first check, which resolvers, one call per instance, never reach).
+	allocated, lastRead uint64
 )
 
 func init() {
 	debug.SetGCPercent(-1)
-	allocated = allocs()
 }
 
 func allocs() uint64 {
@@ -50,14 +57,21 @@ func allocs() uint64 {
 // lifted or lowered) and collects if it is time to.
 func AfterCall() {
 	calls++
-	if calls < CallsMax && calls%checkEvery != 0 {
+	sinceCheck++
+	if calls < CallsMax && sinceCheck < checkEvery {
 		return
 	}
 	now := allocs()
+	// Check again before another BytesMax/2 can pile up at the rate seen since the last check.
+	perCall := (now - lastRead) / uint64(sinceCheck)
+	lastRead, sinceCheck, checkEvery = now, 0, checkEveryMax
+	if perCall > 0 && BytesMax/2/perCall < checkEveryMax {
+		checkEvery = max(1, int(BytesMax/2/perCall))
+	}
 	if calls < CallsMax && now-allocated < BytesMax {
 		return
 	}
 	runtime.GC()
 	calls = 0
-	allocated = allocs()
+	allocated = now
 }
