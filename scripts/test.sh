@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of edgerep on a fresh machine: installs what the tests need, then checks
 # formatting, lints, and runs the whole test suite (unit, integration, real-process crash tests,
-# randomized decoder tests, a short benchmark smoke run).
+# randomized decoder tests, a short benchmark smoke run, the plugin conformance vectors on the
+# Rust, TinyGo and Go builds of every plugin, the Go plugin soak test).
 #
 # Tool installs are cached outside the repository (under $EDGEREP_CACHE, default ~/.cache/edgerep)
 # and reused on the next run.
@@ -26,6 +27,20 @@ for component in rustfmt clippy; do
 done
 cargo --version
 rustc --version
+# Standard Go (>= 1.24) builds the Go plugins and runs the Go SDK's tests.
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+fi
+if ! command -v go >/dev/null 2>&1; then
+    echo "go not found: install Go 1.24 or newer (https://go.dev/dl) and put its bin folder on PATH" >&2
+    exit 1
+fi
+go version
+
+step "tinygo (built once into \$EDGEREP_CACHE by scripts/install-tinygo.sh, then reused)"
+TINYGO="$(./scripts/install-tinygo.sh | tail -n 1)"
+export TINYGO
+"$TINYGO" version 2>/dev/null || true
 
 step "format"
 cargo fmt --all -- --check
@@ -33,7 +48,34 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "plugins: build (wasm32 targets installed if missing) into target/plugins/rust"
+step "go SDK: generated bindings up to date, format, vet, native tests"
+cargo xtask go-bindings --check
+unformatted="$(gofmt -l guest-sdk/go plugins/go)"
+if [ -n "$unformatted" ]; then
+    echo "gofmt -l lists files that are not formatted:" >&2
+    echo "$unformatted" >&2
+    exit 1
+fi
+(
+    cd guest-sdk/go
+    GOPROXY=off go mod tidy -diff # nothing to fetch: every dependency is a folder of this repository
+    # The generated bindings convert addresses to pointers by design: vet them without unsafeptr.
+    generated='/internal/wit/[a-z]*/(imports|exports/wit_exports)'
+    own="$(go list ./... | grep -Ev "$generated")"
+    go vet $own
+    GOOS=wasip1 GOARCH=wasm go vet $(grep -v /edgereptest <<<"$own")
+    GOOS=wasip1 GOARCH=wasm go vet -unsafeptr=false $(go list ./... | grep -E "$generated")
+    go test ./...
+)
+(
+    cd plugins/go
+    GOPROXY=off go mod tidy -diff
+    go vet ./...
+    GOOS=wasip1 GOARCH=wasm go vet ./...
+    go test ./...
+)
+
+step "plugins: build with rust, tinygo and go into target/plugins/<toolchain>"
 cargo xtask build-plugins
 cargo xtask check-plugins
 

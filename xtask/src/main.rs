@@ -1,17 +1,27 @@
-//! edgerep's build tasks, run as `cargo xtask <task>` (an alias in `.cargo/config.toml`).
+//! edgerep's build tasks, run as `cargo xtask <task>` (an alias in `.cargo/config.toml`). The
+//! build logic itself is the `edgerep-build` library; this is a thin caller.
 //!
-//! - `build-plugins [NAME...]`: builds the plugins in `plugins/` (all, or the named folders) in
-//!   release for `wasm32-unknown-unknown` (or the target a plugin asks for in
-//!   `[package.metadata.edgerep] target`, e.g. `wasi-probe` for `wasm32-wasip2`), with their own
-//!   target directory `target/plugins-build`, turns each core module into a component with
-//!   `wit-component` (validated), and writes `target/plugins/rust/<folder>.wasm` plus a
-//!   `SHA256SUMS` file; prints each output's path, size and sha256.
-//! - `check-plugins [FILE...]`: validates components (default: every `target/plugins/rust/*.wasm`)
-//!   and prints their top-level imports and exports; fails if one that is not a WASI plugin
-//!   imports anything outside `edgerep:plugin`, or if one exports neither `transform` nor
-//!   `resolve`.
+//! - `build-plugins [--toolchain rust,tinygo,go] [NAME...]`: builds the plugins (all, or the named
+//!   folders) with each toolchain (default: all three) and writes
+//!   `target/plugins/<toolchain>/<folder>.wasm` plus a `SHA256SUMS` file per toolchain; prints each
+//!   output's path, size and sha256.
+//!   - rust: the crates of `plugins/`, in release for `wasm32-unknown-unknown` (or the target a
+//!     plugin asks for in `[package.metadata.edgerep] target`, e.g. `wasi-probe` for
+//!     `wasm32-wasip2`), target directory `target/plugins-build`, made components with
+//!     `wit-component` (validated);
+//!   - go: the folders of `plugins/go/`, with the `go` on PATH (or `$GO`, Go >= 1.24), and
+//!   - tinygo: the same folders with TinyGo (`$TINYGO`, or the one `scripts/install-tinygo.sh`
+//!     installs in `$EDGEREP_CACHE`), both as wasip1 `c-shared` modules made components with the
+//!     `wasi_snapshot_preview1` reactor adapter.
+//! - `check-plugins [FILE...]`: validates components (default: every `target/plugins/*/*.wasm`)
+//!   and prints their top-level imports and exports; fails if one exports neither `transform`
+//!   nor `resolve`, if one imports anything outside `edgerep:plugin` (and, for Go, TinyGo and
+//!   WASI Rust plugins, `wasi:`), or if a Go or TinyGo build implements another world than the
+//!   Rust build of the same plugin.
 //! - `test-plugins`: format check, clippy (native and wasm32) and native tests of the two guest
 //!   workspaces (`guest-sdk/rust`, `plugins/`), which the root workspace does not include.
+//! - `go-bindings [--check]`: generates the Go SDK's bindings from `wit/` (see `go_bindings.rs`);
+//!   `--check` fails, naming the file, if the committed ones differ.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,15 +31,16 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
+use edgerep_build::Toolchain;
+use edgerep_build::component::{self, CONTRACT_PREFIX};
+use edgerep_build::go::{Go, GoToolchain, TinyGo};
+use edgerep_build::rust::{CargoBuild, DEFAULT_TARGET};
 use sha2::{Digest, Sha256};
-use wasmparser::{ComponentExternalKind, ComponentTypeRef, Encoding, Payload};
 
-/// The target a plugin is built for unless its manifest says otherwise.
-const DEFAULT_TARGET: &str = "wasm32-unknown-unknown";
+mod go_bindings;
+
 /// Targets `build-plugins` makes sure rustup has installed.
 const TARGETS: [&str; 2] = ["wasm32-unknown-unknown", "wasm32-wasip2"];
-/// The only import namespace a deterministic (non-WASI) plugin may use.
-const CONTRACT_PREFIX: &str = "edgerep:plugin/";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "edgerep's build tasks")]
@@ -41,18 +52,27 @@ struct Cli {
 #[derive(Subcommand)]
 #[allow(clippy::enum_variant_names)] // the variants are the command names: build-plugins, ...
 enum Task {
-    /// Build every plugin in plugins/ (or the named ones) into target/plugins/rust/NAME.wasm.
+    /// Build every plugin (or the named ones) into target/plugins/TOOLCHAIN/NAME.wasm.
     BuildPlugins {
+        /// Toolchains, comma-separated or repeated: rust, tinygo, go (default: all three).
+        #[arg(long = "toolchain", value_name = "TOOLCHAIN")]
+        toolchains: Vec<String>,
         /// Plugin folder names (default: all).
         names: Vec<String>,
     },
     /// Validate plugin components and print their imports and exports.
     CheckPlugins {
-        /// Component files (default: target/plugins/rust/*.wasm).
+        /// Component files (default: target/plugins/*/*.wasm).
         files: Vec<PathBuf>,
     },
     /// Format check, lints (native and wasm) and native tests of guest-sdk/rust and plugins/.
     TestPlugins,
+    /// Generate the Go SDK's bindings from wit/ (guest-sdk/go/internal/wit, third_party/go-pkg).
+    GoBindings {
+        /// Regenerate into a temporary folder and fail if anything differs from the committed files.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -61,9 +81,12 @@ fn main() -> Result<()> {
         .context("xtask has no parent directory")?
         .to_path_buf();
     match Cli::parse().task {
-        Task::BuildPlugins { names } => build_plugins(&root, &names),
+        Task::BuildPlugins { toolchains, names } => {
+            build_plugins(&root, &names, &parse_toolchains(&toolchains)?)
+        }
         Task::CheckPlugins { files } => check_plugins(&root, files),
         Task::TestPlugins => test_plugins(&root),
+        Task::GoBindings { check } => go_bindings::run(&root, check),
     }
 }
 
@@ -231,83 +254,133 @@ fn ensure_targets() -> Result<()> {
     Ok(())
 }
 
-/// `RUSTFLAGS` that keep this machine's paths out of the modules (panic messages name source
-/// files), so the same sources give the same bytes on every machine.
-fn remap_flags(root: &Path) -> String {
-    let mut flags = Vec::new();
-    if let Some(home) = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-    {
-        flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+/// Which toolchains `build-plugins` runs.
+fn parse_toolchains(list: &[String]) -> Result<Vec<Toolchain>> {
+    if list.is_empty() {
+        return Ok(Toolchain::ALL.to_vec());
     }
-    flags.push(format!("--remap-path-prefix={}=/edgerep", root.display()));
-    flags.join("\x1f")
+    let mut out = Vec::new();
+    for name in list.iter().flat_map(|l| l.split(',')) {
+        let t = Toolchain::parse(name.trim())
+            .with_context(|| format!("unknown toolchain {name:?} (have: rust, tinygo, go)"))?;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
 
-fn build_plugins(root: &Path, names: &[String]) -> Result<()> {
+fn build_plugins(root: &Path, names: &[String], toolchains: &[Toolchain]) -> Result<()> {
+    let mut lines = Vec::new();
+    for &toolchain in toolchains {
+        lines.extend(match toolchain {
+            Toolchain::Rust => build_rust_plugins(root, names)?,
+            Toolchain::Go | Toolchain::TinyGo => build_go_plugins(root, names, toolchain)?,
+        });
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Keeps the plugins named in `names` (all if empty), failing on a name that is not there.
+fn select<T>(
+    all: &mut Vec<T>,
+    names: &[String],
+    folder: impl Fn(&T) -> &str,
+    what: &str,
+) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let have: Vec<String> = all.iter().map(|p| folder(p).to_owned()).collect();
+    for name in names {
+        ensure!(
+            have.contains(name),
+            "no plugin named {name:?} in {what} (have: {})",
+            have.join(", ")
+        );
+    }
+    all.retain(|p| names.iter().any(|n| n == folder(p)));
+    Ok(())
+}
+
+/// Writes the components of one toolchain into `target/plugins/<toolchain>/`, with SHA256SUMS
+/// and without stale files when every plugin was built; returns one line per output.
+fn write_outputs(
+    root: &Path,
+    toolchain: Toolchain,
+    outputs: &[(String, Vec<u8>)],
+    complete: bool,
+) -> Result<Vec<String>> {
+    let out_dir = root.join("target/plugins").join(toolchain.as_str());
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut sums = String::new();
+    let mut lines = Vec::new();
+    for (folder, component) in outputs {
+        let out = out_dir.join(format!("{folder}.wasm"));
+        fs::write(&out, component).with_context(|| format!("writing {}", out.display()))?;
+        let sha = hex_sha256(component);
+        writeln!(sums, "{sha}  {folder}.wasm").expect("writing to a String");
+        let shown = out.strip_prefix(root).unwrap_or(&out).display().to_string();
+        lines.push(format!(
+            "{shown:<44} {:>9} bytes  sha256 {sha}",
+            component.len()
+        ));
+    }
+    if complete {
+        fs::write(out_dir.join("SHA256SUMS"), sums).context("writing SHA256SUMS")?;
+        // A full build leaves exactly the current plugins: drop outputs of removed ones.
+        for entry in fs::read_dir(&out_dir).context("listing the output directory")? {
+            let path = entry?.path();
+            let stale = path.extension().is_some_and(|e| e == "wasm")
+                && !outputs.iter().any(|(folder, _)| {
+                    path.file_stem()
+                        .is_some_and(|s| s.to_string_lossy() == folder.as_str())
+                });
+            if stale {
+                fs::remove_file(&path)
+                    .with_context(|| format!("removing stale {}", path.display()))?;
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// The Rust plugins: one `cargo build` per target for all of them, then a component each.
+fn build_rust_plugins(root: &Path, names: &[String]) -> Result<Vec<String>> {
     ensure_targets()?;
     let mut all = plugins_of(root)?;
-    if !names.is_empty() {
-        for name in names {
-            ensure!(
-                all.iter().any(|p| &p.folder == name),
-                "no plugin named {name:?} in plugins/ (have: {})",
-                all.iter()
-                    .map(|p| p.folder.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        all.retain(|p| names.contains(&p.folder));
-    }
+    select(&mut all, names, |p| &p.folder, "plugins/")?;
     let target_dir = root.join("target/plugins-build");
-    let out_dir = root.join("target/plugins/rust");
 
     // One cargo invocation per target, every plugin of that target at once.
     let mut by_target: BTreeMap<&str, Vec<&Plugin>> = BTreeMap::new();
     for p in &all {
         by_target.entry(&p.target).or_default().push(p);
     }
-    // The plugin build's flags are ours alone: ambient RUSTFLAGS are meant for the host build
-    // (say `-C target-cpu=native`) and would make the modules differ between machines.
-    let rustflags = remap_flags(root);
     for (target, plugins) in &by_target {
-        let mut cmd = Command::new(cargo());
-        cmd.current_dir(root.join("plugins"))
-            .args(["build", "--release", "--locked", "--target", target])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env("CARGO_ENCODED_RUSTFLAGS", &rustflags)
-            .env_remove("RUSTFLAGS");
-        for p in plugins {
-            cmd.args(["-p", &p.package]);
-        }
+        let build = |packages: Vec<String>, quiet: bool| CargoBuild {
+            dir: root.join("plugins"),
+            packages,
+            target: (*target).to_owned(),
+            target_dir: target_dir.clone(),
+            encoded_rustflags: edgerep_build::rust::remap_flags(root),
+            quiet,
+        };
         let list: Vec<&str> = plugins.iter().map(|p| p.folder.as_str()).collect();
         eprintln!("xtask: building {} for {target}", list.join(", "));
-        let status = cmd
-            .status()
-            .with_context(|| format!("running cargo build for {}", list.join(", ")))?;
-        if !status.success() {
+        if build(plugins.iter().map(|p| p.package.clone()).collect(), false)
+            .run()
+            .is_err()
+        {
             // Name the culprits: build each alone (the others are cached), quietly.
-            let mut failed = Vec::new();
-            for p in plugins {
-                let ok = Command::new(cargo())
-                    .current_dir(root.join("plugins"))
-                    .args(["build", "-q", "--release", "--locked", "--target", target])
-                    .arg("--target-dir")
-                    .arg(&target_dir)
-                    .args(["-p", &p.package])
-                    .env("CARGO_ENCODED_RUSTFLAGS", &rustflags)
-                    .env_remove("RUSTFLAGS")
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if !ok {
-                    failed.push(p.folder.as_str());
-                }
-            }
+            let failed: Vec<&str> = plugins
+                .iter()
+                .filter(|p| build(vec![p.package.clone()], true).run().is_err())
+                .map(|p| p.folder.as_str())
+                .collect();
             bail!(
                 "plugin(s) {} failed to build for {target} (see the errors above)",
                 if failed.is_empty() {
@@ -319,241 +392,167 @@ fn build_plugins(root: &Path, names: &[String]) -> Result<()> {
         }
     }
 
-    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let mut sums = String::new();
-    let mut lines = Vec::new();
+    let mut outputs = Vec::new();
     for p in &all {
-        let core = target_dir
-            .join(&p.target)
-            .join("release")
-            .join(format!("{}.wasm", p.lib));
+        let core = CargoBuild {
+            dir: root.join("plugins"),
+            packages: Vec::new(),
+            target: p.target.clone(),
+            target_dir: target_dir.clone(),
+            encoded_rustflags: String::new(),
+            quiet: true,
+        }
+        .core_path(&p.lib);
         let bytes = fs::read(&core)
             .with_context(|| format!("plugin {}: reading {}", p.folder, core.display()))?;
-        let component = if wasmparser::Parser::is_component(&bytes) {
-            bytes
-        } else {
-            componentize(&bytes).with_context(|| {
-                format!(
-                    "plugin {}: making a component of {}",
-                    p.folder,
-                    core.display()
-                )
-            })?
-        };
-        check_component(&component, p.target != DEFAULT_TARGET)
+        let component = component::from_module(&bytes).with_context(|| {
+            format!(
+                "plugin {}: making a component of {}",
+                p.folder,
+                core.display()
+            )
+        })?;
+        component::check(&component, p.target != DEFAULT_TARGET)
             .with_context(|| format!("plugin {}: checking the component", p.folder))?;
-        let out = out_dir.join(format!("{}.wasm", p.folder));
-        fs::write(&out, &component)
-            .with_context(|| format!("plugin {}: writing {}", p.folder, out.display()))?;
-        let sha = hex_sha256(&component);
-        writeln!(sums, "{sha}  {}.wasm", p.folder).expect("writing to a String");
-        let shown = out.strip_prefix(root).unwrap_or(&out).display().to_string();
-        lines.push(format!(
-            "{shown:<40} {:>8} bytes  sha256 {sha}",
-            component.len()
-        ));
+        outputs.push((p.folder.clone(), component));
     }
-    if names.is_empty() {
-        fs::write(out_dir.join("SHA256SUMS"), sums).context("writing SHA256SUMS")?;
-        // A full build leaves exactly the current plugins: drop outputs of removed ones.
-        for entry in fs::read_dir(&out_dir).context("listing the output directory")? {
-            let path = entry?.path();
-            let stale = path.extension().is_some_and(|e| e == "wasm")
-                && !all.iter().any(|p| {
-                    path.file_stem()
-                        .is_some_and(|s| s.to_string_lossy() == p.folder)
-                });
-            if stale {
-                fs::remove_file(&path)
-                    .with_context(|| format!("removing stale {}", path.display()))?;
-            }
-        }
-    }
-    for line in lines {
-        println!("{line}");
-    }
-    Ok(())
+    write_outputs(root, Toolchain::Rust, &outputs, names.is_empty())
 }
 
-/// Turns a core module carrying wit-bindgen's `component-type` custom sections into a component.
-fn componentize(module: &[u8]) -> Result<Vec<u8>> {
-    let module = drop_import_only_worlds(module)?;
-    wit_component::ComponentEncoder::default()
-        .module(&module)?
-        .validate(true)
-        .encode()
-}
-
-/// Drops the import-only `component-type` sections when the module has a complete one.
-///
-/// The SDK generates bindings for both worlds, and with `pub_export_macro` wit-bindgen emits, for
-/// each, a section with only the world's imports (the `transform` and `resolver` worlds without
-/// their exports); the plugin's `export_transform!`/`export_resolver!` emits the complete world
-/// ("imports and exports"). wit-component merges all of them, which is correct but leaves a
-/// transform importing the type `resolution` (and a resolver the type `change`): harmless
-/// type-equality imports, but noise. Keeping only the complete world gives each component
-/// exactly its world.
-fn drop_import_only_worlds(module: &[u8]) -> Result<Vec<u8>> {
-    let is_type_section = |name: &str| name.starts_with("component-type:");
-    let mut complete = false;
-    for payload in wasmparser::Parser::new(0).parse_all(module) {
-        if let Payload::CustomSection(c) = payload? {
-            complete |= is_type_section(c.name()) && c.name().ends_with(":imports and exports");
-        }
-    }
-    if !complete {
-        return Ok(module.to_vec());
-    }
-    let mut out = module[..8].to_vec();
-    for payload in wasmparser::Parser::new(0).parse_all(module) {
-        let payload = payload?;
-        if let Payload::CustomSection(c) = &payload
-            && is_type_section(c.name())
-            && !c.name().ends_with(":imports and exports")
+/// The Go plugins: the folders of `plugins/go/` that hold Go files.
+fn go_plugins_of(root: &Path) -> Result<Vec<PathBuf>> {
+    let dir = root.join("plugins/go");
+    let mut found = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir()
+            && fs::read_dir(&path)?
+                .filter_map(|e| e.ok())
+                .any(|e| e.path().extension().is_some_and(|x| x == "go"))
         {
-            continue;
-        }
-        if let Some((id, range)) = payload.as_section() {
-            let range = usize::try_from(range.start)?..usize::try_from(range.end)?;
-            out.push(id);
-            let mut len = range.len() as u64;
-            loop {
-                let byte = (len & 0x7f) as u8;
-                len >>= 7;
-                if len == 0 {
-                    out.push(byte);
-                    break;
-                }
-                out.push(byte | 0x80);
-            }
-            out.extend_from_slice(&module[range]);
+            found.push(path);
         }
     }
-    Ok(out)
+    found.sort();
+    Ok(found)
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::new(), |mut s, b| {
-            write!(s, "{b:02x}").expect("writing to a String");
-            s
-        })
+fn folder_name(path: &Path) -> &str {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
 }
 
-/// Top-level imports and exports of a component: (name, kind).
-struct Surface {
-    imports: Vec<(String, &'static str)>,
-    exports: Vec<(String, &'static str)>,
-}
-
-fn surface(bytes: &[u8]) -> Result<Surface> {
+/// The TinyGo to build with: `$TINYGO`, or the one `scripts/install-tinygo.sh` installs (or
+/// finds installed) in `$EDGEREP_CACHE`.
+fn tinygo(root: &Path) -> Result<TinyGo> {
+    if let Some(path) = std::env::var_os("TINYGO") {
+        return Ok(TinyGo::at(PathBuf::from(path)));
+    }
+    let script = root.join("scripts/install-tinygo.sh");
     ensure!(
-        wasmparser::Parser::is_component(bytes),
-        "not a component (a core module?)"
+        script.is_file(),
+        "no TinyGo: set TINYGO to a tinygo binary ({} is missing)",
+        script.display()
     );
-    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
-        .validate_all(bytes)
-        .context("component does not validate")?;
-    let mut depth = 0usize;
-    let mut s = Surface {
-        imports: Vec::new(),
-        exports: Vec::new(),
+    eprintln!(
+        "xtask: {} (installs TinyGo once, then reuses it)",
+        script.display()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}): see its output above; or set TINYGO to a tinygo binary",
+        script.display(),
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| PathBuf::from(l.trim()))
+        .with_context(|| format!("{} printed no tinygo path", script.display()))?;
+    ensure!(
+        path.is_file(),
+        "{} printed {}, which is not a file",
+        script.display(),
+        path.display()
+    );
+    Ok(TinyGo::at(path))
+}
+
+/// The Go plugins with standard Go or TinyGo: a core module each, then a component with the
+/// reactor adapter.
+fn build_go_plugins(root: &Path, names: &[String], toolchain: Toolchain) -> Result<Vec<String>> {
+    let mut all = go_plugins_of(root)?;
+    select(&mut all, names, |p| folder_name(p), "plugins/go/")?;
+    let work_dir = root.join("target/plugins-build").join(toolchain.as_str());
+    let builder = match toolchain {
+        Toolchain::Go => {
+            let go = Go::find()?;
+            eprintln!(
+                "xtask: building {} plugins with {} ({})",
+                all.len(),
+                go.version,
+                go.path.display()
+            );
+            GoToolchain::Go(go)
+        }
+        _ => {
+            let tinygo = tinygo(root)?;
+            eprintln!(
+                "xtask: building {} plugins with {}",
+                all.len(),
+                tinygo.version()?
+            );
+            GoToolchain::TinyGo(tinygo)
+        }
     };
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        match payload? {
-            Payload::Version { encoding, .. } => {
-                depth += 1;
-                ensure!(
-                    depth > 1 || encoding == Encoding::Component,
-                    "not a component"
-                );
-            }
-            Payload::End(_) => depth -= 1,
-            Payload::ComponentImportSection(reader) if depth == 1 => {
-                for import in reader {
-                    let import = import?;
-                    let kind = match import.ty {
-                        ComponentTypeRef::Instance(_) => "instance",
-                        ComponentTypeRef::Func(_) => "func",
-                        ComponentTypeRef::Type(_) => "type",
-                        ComponentTypeRef::Module(_) => "module",
-                        ComponentTypeRef::Component(_) => "component",
-                        ComponentTypeRef::Value(_) => "value",
-                    };
-                    s.imports.push((import.name.name.to_owned(), kind));
-                }
-            }
-            Payload::ComponentExportSection(reader) if depth == 1 => {
-                for export in reader {
-                    let export = export?;
-                    let kind = match export.kind {
-                        ComponentExternalKind::Instance => "instance",
-                        ComponentExternalKind::Func => "func",
-                        ComponentExternalKind::Type => "type",
-                        ComponentExternalKind::Module => "module",
-                        ComponentExternalKind::Component => "component",
-                        ComponentExternalKind::Value => "value",
-                    };
-                    s.exports.push((export.name.name.to_owned(), kind));
-                }
-            }
-            _ => {}
-        }
+    let mut outputs = Vec::new();
+    for dir in &all {
+        let folder = folder_name(dir);
+        eprintln!("xtask: {toolchain}: {folder}");
+        let component = builder
+            .build_component(dir, &work_dir)
+            .with_context(|| format!("plugin {folder} ({toolchain})"))?;
+        outputs.push((folder.to_owned(), component));
     }
-    Ok(s)
-}
-
-/// Checks a plugin component: valid, exports `transform` or `resolve`, and (unless `wasi`)
-/// imports nothing outside the contract.
-fn check_component(bytes: &[u8], wasi: bool) -> Result<Surface> {
-    let s = surface(bytes)?;
-    let funcs: Vec<&str> = s
-        .exports
-        .iter()
-        .filter(|(_, k)| *k == "func")
-        .map(|(n, _)| n.as_str())
-        .collect();
-    ensure!(
-        funcs.contains(&"transform") || funcs.contains(&"resolve"),
-        "exports neither `transform` nor `resolve` (exports: {funcs:?})"
-    );
-    if !wasi {
-        let foreign: Vec<&str> = s
-            .imports
-            .iter()
-            // Type imports (`event`, `change`, ...: the world's `use` of the contract's types)
-            // are equality bounds, not something a host supplies.
-            .filter(|(n, k)| *k != "type" && !n.starts_with(CONTRACT_PREFIX))
-            .map(|(n, _)| n.as_str())
-            .collect();
-        ensure!(
-            foreign.is_empty(),
-            "imports outside {CONTRACT_PREFIX}*: {foreign:?} (only wasm32-wasip2 plugins may import WASI)"
-        );
-    }
-    Ok(s)
+    write_outputs(root, toolchain, &outputs, names.is_empty())
 }
 
 fn check_plugins(root: &Path, files: Vec<PathBuf>) -> Result<()> {
     let files = if files.is_empty() {
-        let dir = root.join("target/plugins/rust");
-        let mut found: Vec<PathBuf> = fs::read_dir(&dir)
-            .with_context(|| {
-                format!(
-                    "reading {} (run `cargo xtask build-plugins` first)",
-                    dir.display()
-                )
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-            .collect();
-        found.sort();
+        let mut found = Vec::new();
+        for toolchain in Toolchain::ALL {
+            let dir = root.join("target/plugins").join(toolchain.as_str());
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut these: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .collect();
+            these.sort();
+            found.extend(these);
+        }
+        ensure!(
+            !found.is_empty(),
+            "no components in target/plugins/*/ (run `cargo xtask build-plugins` first)"
+        );
         found
     } else {
         files
     };
-    ensure!(!files.is_empty(), "no components to check");
+    // The Rust build's world of each plugin, which the Go and TinyGo builds must match.
+    let rust_world = |name: &str| -> Option<&'static str> {
+        let bytes = fs::read(root.join("target/plugins/rust").join(name)).ok()?;
+        world_of(&component::surface(&bytes).ok()?)
+    };
     let mut failed = Vec::new();
     for file in &files {
         let bytes = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
@@ -563,23 +562,39 @@ fn check_plugins(root: &Path, files: Vec<PathBuf>) -> Result<()> {
             bytes.len(),
             hex_sha256(&bytes)
         );
-        let s = match surface(&bytes) {
-            Ok(s) => s,
-            Err(e) => {
-                println!("  FAILED: {e:#}");
-                failed.push(file.display().to_string());
-                continue;
+        let toolchain = file
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|d| Toolchain::parse(&d.to_string_lossy()));
+        let go_build = matches!(toolchain, Some(Toolchain::Go | Toolchain::TinyGo));
+        let result = component::surface(&bytes).and_then(|s| {
+            for (name, kind) in &s.imports {
+                println!("  import {kind:<8} {name}");
             }
-        };
-        let wasi = s.imports.iter().any(|(n, _)| n.starts_with("wasi:"));
-        for (name, kind) in &s.imports {
-            println!("  import {kind:<8} {name}");
-        }
-        for (name, kind) in &s.exports {
-            println!("  export {kind:<8} {name}");
-        }
-        match check_component(&bytes, wasi) {
-            Ok(_) if wasi => println!("  ok (imports WASI: only for hosts that provide it)"),
+            for (name, kind) in &s.exports {
+                println!("  export {kind:<8} {name}");
+            }
+            component::check(&bytes, go_build || s.imports_wasi())
+        });
+        let outcome = result.map_err(anyhow::Error::from).and_then(|s| {
+            if go_build {
+                let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+                if let Some(want) = name.as_deref().and_then(rust_world) {
+                    let got = world_of(&s).unwrap_or("none");
+                    ensure!(
+                        got == want,
+                        "implements the {got} world, the Rust build of the plugin the {want} world"
+                    );
+                }
+            }
+            Ok(s)
+        });
+        match outcome {
+            Ok(s) if s.imports_wasi() => {
+                println!(
+                    "  ok (imports WASI: the host answers it deterministically, grants nothing)"
+                )
+            }
             Ok(_) => println!("  ok (no imports outside {CONTRACT_PREFIX}*)"),
             Err(e) => {
                 println!("  FAILED: {e:#}");
@@ -589,4 +604,27 @@ fn check_plugins(root: &Path, files: Vec<PathBuf>) -> Result<()> {
     }
     ensure!(failed.is_empty(), "check failed for: {}", failed.join(", "));
     Ok(())
+}
+
+/// The world a component's exports name.
+fn world_of(s: &component::Surface) -> Option<&'static str> {
+    let has = |n: &str| {
+        s.exports
+            .iter()
+            .any(|(name, kind)| name == n && *kind == "func")
+    };
+    match (has("transform"), has("resolve")) {
+        (true, false) => Some("transform"),
+        (false, true) => Some("resolver"),
+        _ => None,
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::new(), |mut s, b| {
+            write!(s, "{b:02x}").expect("writing to a String");
+            s
+        })
 }

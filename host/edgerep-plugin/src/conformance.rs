@@ -1,11 +1,18 @@
 //! The plugin conformance runner: runs the cases of `tests/vectors/plugins/` (format: that
 //! folder's README.md) against built components, so every build of a plugin (Rust, Go, TinyGo)
-//! can be held to the same outputs.
+//! is held to the same outputs.
 //!
 //! Each case loads `<wasm_dir>/<plugin>.wasm` with the case's params and limits, calls it once on a
 //! fresh instance and compares: changes field by field with values byte for byte (`value_hex`,
 //! `merge_hex`), or the failure kind (and the exact message for `plugin-error` if the case gives
-//! one). The README calls the host's `bad-output` kind `invalid-output`; both names are accepted.
+//! one). Every value the guest returns must already be in deterministic encoding, byte for byte
+//! (the host would canonicalize it, which would hide a guest codec that is not deterministic).
+//! The README calls the host's `bad-output` kind `invalid-output`; both names are accepted.
+//!
+//! Across builds ([`run_vector_file_across`], [`run_vector_dir_across`]), a case must pass on
+//! every build of its plugin, and the builds must agree with each other: the same changes or
+//! resolution, byte for byte, or the same failure kind (and the same message for
+//! `plugin-error`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -27,9 +34,69 @@ pub fn default_limits() -> Limits {
     Limits::default()
 }
 
+/// One build of the plugins: the toolchain's name and the folder of its components
+/// (`<wasm_dir>/<plugin>.wasm`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Build {
+    /// The toolchain (`rust`, `tinygo`, `go`): for messages.
+    pub toolchain: String,
+    /// The folder of the components.
+    pub wasm_dir: PathBuf,
+    /// What to run to make the components, for the message when one is missing.
+    pub build_hint: String,
+}
+
+impl Build {
+    /// The build of `toolchain` in `wasm_dir`, made by `cargo xtask build-plugins --toolchain
+    /// <toolchain>`.
+    pub fn new(toolchain: &str, wasm_dir: impl Into<PathBuf>) -> Build {
+        Build {
+            toolchain: toolchain.to_owned(),
+            wasm_dir: wasm_dir.into(),
+            build_hint: format!("cargo xtask build-plugins --toolchain {toolchain}"),
+        }
+    }
+}
+
+/// What one case gave on one build.
+#[derive(Clone, Debug)]
+pub struct CaseRun {
+    /// The build's toolchain.
+    pub toolchain: String,
+    /// The call's output, or its failure.
+    pub outcome: Result<Outcome, Failure>,
+    /// Fuel the call used (not counting instantiation).
+    pub fuel_used: u64,
+}
+
+/// What a successful call gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A transform's changes.
+    Changes(Vec<Change>),
+    /// A resolver's decision.
+    Resolution(Resolution),
+}
+
 /// Runs one case file against `<wasm_dir>/<plugin>.wasm`. `Err` says what differs, naming the
 /// file and the case's description.
 pub fn run_vector_file(runtime: &Runtime, wasm_dir: &Path, vector: &Path) -> Result<(), String> {
+    let build = Build {
+        toolchain: "component".into(),
+        wasm_dir: wasm_dir.to_path_buf(),
+        build_hint: "cargo xtask build-plugins".into(),
+    };
+    run_vector_file_across(runtime, std::slice::from_ref(&build), vector).map(|_| ())
+}
+
+/// Runs one case file against every build in `builds`: each must meet the case's expectation,
+/// and all must agree byte for byte (see the [module documentation](self)). Returns what each
+/// build gave; `Err` names the file, the case's description and the build.
+pub fn run_vector_file_across(
+    runtime: &Runtime,
+    builds: &[Build],
+    vector: &Path,
+) -> Result<Vec<CaseRun>, String> {
     let text = fs::read_to_string(vector).map_err(|e| format!("{}: {e}", vector.display()))?;
     let case: Json = serde_json::from_str(&text)
         .map_err(|e| format!("{}: invalid JSON: {e}", vector.display()))?;
@@ -38,7 +105,7 @@ pub fn run_vector_file(runtime: &Runtime, wasm_dir: &Path, vector: &Path) -> Res
         .and_then(Json::as_str)
         .unwrap_or("(no description)")
         .to_owned();
-    run_case(runtime, wasm_dir, vector, &case)
+    run_case_across(runtime, builds, vector, &case)
         .map_err(|e| format!("{} ({description}): {e}", vector.display()))
 }
 
@@ -56,6 +123,40 @@ pub fn run_vector_dir(
         .collect();
     if failures.is_empty() {
         Ok(files.len())
+    } else {
+        Err(format!(
+            "{} of {} plugin vectors failed:\n{}",
+            failures.len(),
+            files.len(),
+            failures.join("\n")
+        ))
+    }
+}
+
+/// Runs every `*.json` under `vectors_dir` against the builds `builds_of(plugin)` names for its
+/// plugin ([`run_vector_file_across`]), all of them even after a failure. Returns what every
+/// case gave on every build, or every failure, one per line.
+pub fn run_vector_dir_across(
+    runtime: &Runtime,
+    vectors_dir: &Path,
+    builds_of: impl Fn(&str) -> Vec<Build>,
+) -> Result<Vec<(PathBuf, Vec<CaseRun>)>, String> {
+    let files = vector_files(vectors_dir)?;
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    for file in &files {
+        let plugin = file
+            .parent()
+            .and_then(Path::file_name)
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match run_vector_file_across(runtime, &builds_of(&plugin), file) {
+            Ok(r) => runs.push((file.clone(), r)),
+            Err(e) => failures.push(e),
+        }
+    }
+    if failures.is_empty() {
+        Ok(runs)
     } else {
         Err(format!(
             "{} of {} plugin vectors failed:\n{}",
@@ -91,7 +192,15 @@ pub fn vector_files(vectors_dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-fn run_case(runtime: &Runtime, wasm_dir: &Path, vector: &Path, case: &Json) -> Result<(), String> {
+fn run_case_across(
+    runtime: &Runtime,
+    builds: &[Build],
+    vector: &Path,
+    case: &Json,
+) -> Result<Vec<CaseRun>, String> {
+    if builds.is_empty() {
+        return Err("no builds to run the case against".into());
+    }
     let o = object(case, "case")?;
     check_fields(
         o,
@@ -136,11 +245,82 @@ fn run_case(runtime: &Runtime, wasm_dir: &Path, vector: &Path, case: &Json) -> R
     }
     let expect = Expect::parse(o.get("expect").ok_or("missing expect")?, world)?;
 
-    let path = wasm_dir.join(format!("{plugin}.wasm"));
+    let input = o.get("input").ok_or("missing input")?;
+    let mut runs: Vec<CaseRun> = Vec::new();
+    for build in builds {
+        let run = run_on_build(runtime, build, plugin, world, &params, limits, input)
+            .map_err(|e| format!("{} build: {e}", build.toolchain))?;
+        if !run.canonical {
+            return Err(format!(
+                "{} build: the plugin returned a value that is not in deterministic encoding \
+                 (the host canonicalized it)",
+                build.toolchain
+            ));
+        }
+        let outcome = run.outcome;
+        expect
+            .check(outcome.clone())
+            .map_err(|e| format!("{} build: {e}", build.toolchain))?;
+        if let Some(first) = runs.first() {
+            agree(first, &build.toolchain, &outcome)?;
+        }
+        runs.push(CaseRun {
+            toolchain: build.toolchain.clone(),
+            outcome,
+            fuel_used: run.fuel_used,
+        });
+    }
+    Ok(runs)
+}
+
+/// Fails unless `outcome` (of the build `toolchain`) is the same as `first`'s: byte for byte on
+/// success, the same kind (and message, for plugin-error) on failure.
+fn agree(
+    first: &CaseRun,
+    toolchain: &str,
+    outcome: &Result<Outcome, Failure>,
+) -> Result<(), String> {
+    let same = match (&first.outcome, outcome) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(a), Err(b)) => {
+            a.kind == b.kind && (a.kind != FailureKind::PluginError || a.message == b.message)
+        }
+        _ => false,
+    };
+    if same {
+        return Ok(());
+    }
+    let show = |o: &Result<Outcome, Failure>| match o {
+        Ok(Outcome::Changes(c)) => Json::Array(c.iter().map(change_to_json).collect()).to_string(),
+        Ok(Outcome::Resolution(r)) => resolution_to_json(r).to_string(),
+        Err(f) => f.to_string(),
+    };
+    Err(format!(
+        "the builds disagree:\n  {:<9} {}\n  {:<9} {}",
+        first.toolchain,
+        show(&first.outcome),
+        toolchain,
+        show(outcome)
+    ))
+}
+
+/// Loads `<build>/<plugin>.wasm` and calls it once on a fresh instance. `Err` only for a build
+/// that cannot be loaded.
+fn run_on_build(
+    runtime: &Runtime,
+    build: &Build,
+    plugin: &str,
+    world: World,
+    params: &std::collections::BTreeMap<String, String>,
+    limits: Limits,
+    input: &Json,
+) -> Result<BuildRun, String> {
+    let path = build.wasm_dir.join(format!("{plugin}.wasm"));
     let wasm = fs::read(&path).map_err(|e| {
         format!(
-            "cannot read the component {}: {e} (build the plugins: `cargo xtask build-plugins`)",
-            path.display()
+            "cannot read the component {}: {e} (build the plugins: `{}`)",
+            path.display(),
+            build.build_hint
         )
     })?;
     let loaded = runtime
@@ -150,7 +330,7 @@ fn run_case(runtime: &Runtime, wasm_dir: &Path, vector: &Path, case: &Json) -> R
             wasm,
             expected_sha256: None,
             limits,
-            params,
+            params: params.clone(),
         })
         .map_err(|e| e.to_string())?;
     if loaded.world() != world {
@@ -160,27 +340,41 @@ fn run_case(runtime: &Runtime, wasm_dir: &Path, vector: &Path, case: &Json) -> R
             world.as_str()
         ));
     }
-    let input = o.get("input").ok_or("missing input")?;
     let got = match world {
         World::Transform => {
             let event = event_from_json(input).map_err(|e| format!("input: {e}"))?;
-            loaded.transform(&event, true).map(Outcome::Changes)
+            loaded
+                .transform_report(&event, true)
+                .map(|r| ((Outcome::Changes(r.output), r.canonical), r.fuel_used))
         }
         World::Resolver => {
             let (collection, key, versions) =
                 resolver_input_from_json(input).map_err(|e| format!("input: {e}"))?;
             loaded
-                .resolve(&collection, &key, &versions)
-                .map(Outcome::Resolution)
+                .resolve_report(&collection, &key, &versions)
+                .map(|r| ((Outcome::Resolution(r.output), r.canonical), r.fuel_used))
         }
     };
-    expect.check(got)
+    Ok(match got {
+        Ok(((outcome, canonical), fuel_used)) => BuildRun {
+            outcome: Ok(outcome),
+            canonical,
+            fuel_used,
+        },
+        Err(failure) => BuildRun {
+            fuel_used: failure.fuel_used,
+            outcome: Err(failure),
+            canonical: true,
+        },
+    })
 }
 
-/// What a call gave.
-enum Outcome {
-    Changes(Vec<Change>),
-    Resolution(Resolution),
+/// What [`run_on_build`] gave.
+struct BuildRun {
+    outcome: Result<Outcome, Failure>,
+    /// Whether the guest's values were already in deterministic encoding.
+    canonical: bool,
+    fuel_used: u64,
 }
 
 /// What a case expects.
@@ -329,4 +523,62 @@ fn expected_resolution(json: &Json) -> Result<Resolution, String> {
     value
         .map(|v| Resolution::Merge(Some(v)))
         .ok_or_else(|| "expect.ok needs pick or merge".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(toolchain: &str, outcome: Result<Outcome, Failure>) -> CaseRun {
+        CaseRun {
+            toolchain: toolchain.into(),
+            outcome,
+            fuel_used: 0,
+        }
+    }
+
+    fn failure(kind: FailureKind, message: &str) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+            fuel_used: 1,
+        }
+    }
+
+    #[test]
+    fn builds_must_agree_byte_for_byte() {
+        let value = |b: &[u8]| Value::from_canonical(b.to_vec(), &Default::default()).unwrap();
+        let merge = |b: &[u8]| Ok(Outcome::Resolution(Resolution::Merge(Some(value(b)))));
+        let rust = run("rust", merge(&[0x01]));
+        assert!(agree(&rust, "go", &merge(&[0x01])).is_ok());
+        let error = agree(&rust, "go", &merge(&[0x02])).unwrap_err();
+        assert!(
+            error.contains("the builds disagree") && error.contains("go"),
+            "{error}"
+        );
+        assert!(agree(&rust, "go", &Ok(Outcome::Resolution(Resolution::Pick(0)))).is_err());
+        assert!(agree(&rust, "go", &Err(failure(FailureKind::Trap, "x"))).is_err());
+
+        // Failures: the same kind; for plugin-error also the same message.
+        let trap = run("rust", Err(failure(FailureKind::Trap, "unreachable")));
+        assert!(agree(&trap, "go", &Err(failure(FailureKind::Trap, "exit(2)"))).is_ok());
+        assert!(agree(&trap, "go", &Err(failure(FailureKind::OutOfFuel, "x"))).is_err());
+        let refused = run("rust", Err(failure(FailureKind::PluginError, "no")));
+        assert!(
+            agree(
+                &refused,
+                "go",
+                &Err(failure(FailureKind::PluginError, "no"))
+            )
+            .is_ok()
+        );
+        assert!(
+            agree(
+                &refused,
+                "go",
+                &Err(failure(FailureKind::PluginError, "No"))
+            )
+            .is_err()
+        );
+    }
 }

@@ -69,5 +69,5 @@ pub use failure::{Failure, FailureKind};
 pub use limits::Limits;
 pub use metrics::{MetricsSnapshot, Summary};
 pub use output::{Change, MAX_CHANGES, MAX_OUTPUT_BYTES, Resolution};
-pub use plugin::{POOL_MAX_IDLE, Plugin};
+pub use plugin::{CallReport, POOL_MAX_IDLE, Plugin};
 pub use runtime::{Inspection, PluginSource, Runtime, World};

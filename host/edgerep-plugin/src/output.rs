@@ -78,13 +78,18 @@ fn op_to_wit(op: Op) -> wit::Op {
     }
 }
 
-/// Checks a value a guest returned and puts it in deterministic encoding.
-fn check_value(bytes: &[u8]) -> Result<Value, String> {
-    Value::canonicalize(bytes, &DecodeLimits::default()).map_err(|e| format!("invalid value: {e}"))
+/// Checks a value a guest returned and puts it in deterministic encoding; notes in `canonical`
+/// whether it already was.
+fn check_value(bytes: &[u8], canonical: &mut bool) -> Result<Value, String> {
+    let value = Value::canonicalize(bytes, &DecodeLimits::default())
+        .map_err(|e| format!("invalid value: {e}"))?;
+    *canonical &= value.as_bytes() == bytes;
+    Ok(value)
 }
 
-/// Checks and converts what a transform returned.
-pub(crate) fn check_changes(changes: Vec<wit::Change>) -> Result<Vec<Change>, String> {
+/// Checks and converts what a transform returned. The flag says whether every value was
+/// already in deterministic encoding (the conformance runner holds guests to it).
+pub(crate) fn check_changes(changes: Vec<wit::Change>) -> Result<(Vec<Change>, bool), String> {
     if changes.len() > MAX_CHANGES {
         return Err(format!(
             "{} changes, over the limit of {MAX_CHANGES}",
@@ -97,11 +102,15 @@ pub(crate) fn check_changes(changes: Vec<wit::Change>) -> Result<Vec<Change>, St
             "{total} bytes of changes, over the limit of {MAX_OUTPUT_BYTES}"
         ));
     }
-    changes
+    let mut canonical = true;
+    let checked = changes
         .into_iter()
         .enumerate()
-        .map(|(i, change)| check_change(change).map_err(|e| format!("change {i}: {e}")))
-        .collect()
+        .map(|(i, change)| {
+            check_change(change, &mut canonical).map_err(|e| format!("change {i}: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((checked, canonical))
 }
 
 /// The bytes a change carries.
@@ -116,7 +125,7 @@ fn change_bytes(change: &wit::Change) -> usize {
             .sum::<usize>()
 }
 
-fn check_change(change: wit::Change) -> Result<Change, String> {
+fn check_change(change: wit::Change, canonical: &mut bool) -> Result<Change, String> {
     // A change becomes an event every peer must decode, so the event decoder's limits apply.
     let limits = EventLimits::default();
     check_collection_name(&change.collection).map_err(|e| e.to_string())?;
@@ -135,7 +144,7 @@ fn check_change(change: wit::Change) -> Result<Change, String> {
         wit::Op::Delete => Op::Delete,
     };
     let value = match (op, change.value) {
-        (Op::Put, Some(bytes)) => Some(check_value(&bytes)?),
+        (Op::Put, Some(bytes)) => Some(check_value(&bytes, canonical)?),
         (Op::Delete, None) => None,
         (Op::Put, None) => return Err("put without a value".into()),
         (Op::Delete, Some(_)) => return Err("delete with a value".into()),
@@ -163,12 +172,14 @@ fn check_change(change: wit::Change) -> Result<Change, String> {
     })
 }
 
-/// Checks and converts what a resolver returned for `versions` versions.
+/// Checks and converts what a resolver returned for `versions` versions; the flag as for
+/// [`check_changes`].
 pub(crate) fn check_resolution(
     resolution: wit::Resolution,
     versions: usize,
-) -> Result<Resolution, String> {
-    match resolution {
+) -> Result<(Resolution, bool), String> {
+    let mut canonical = true;
+    let checked = match resolution {
         wit::Resolution::Pick(i) => {
             let i = i as usize;
             if i >= versions {
@@ -176,11 +187,14 @@ pub(crate) fn check_resolution(
                     "pick({i}) out of range: there are {versions} versions"
                 ));
             }
-            Ok(Resolution::Pick(i))
+            Resolution::Pick(i)
         }
-        wit::Resolution::Merge(None) => Ok(Resolution::Merge(None)),
-        wit::Resolution::Merge(Some(bytes)) => Ok(Resolution::Merge(Some(check_value(&bytes)?))),
-    }
+        wit::Resolution::Merge(None) => Resolution::Merge(None),
+        wit::Resolution::Merge(Some(bytes)) => {
+            Resolution::Merge(Some(check_value(&bytes, &mut canonical)?))
+        }
+    };
+    Ok((checked, canonical))
 }
 
 #[cfg(test)]
@@ -202,11 +216,17 @@ mod tests {
     fn non_canonical_values_are_fixed() {
         // {"b": 1, "a": 2} with the keys out of order and 1 as a two-byte integer.
         let raw = vec![0xa2, 0x61, b'b', 0x18, 0x01, 0x61, b'a', 0x02];
-        let out = check_changes(vec![put("c", b"k", Some(raw))]).unwrap();
+        let (out, canonical) = check_changes(vec![put("c", b"k", Some(raw))]).unwrap();
         assert_eq!(
             out[0].value.as_ref().unwrap().as_bytes(),
             [0xa2, 0x61, b'a', 0x02, 0x61, b'b', 0x01]
         );
+        assert!(!canonical);
+        let (_, canonical) = check_changes(vec![put("c", b"k", Some(vec![1]))]).unwrap();
+        assert!(canonical);
+        let (_, canonical) =
+            check_resolution(wit::Resolution::Merge(Some(vec![0x18, 1])), 1).unwrap();
+        assert!(!canonical);
     }
 
     #[test]
@@ -251,13 +271,13 @@ mod tests {
     fn picks_are_checked() {
         assert_eq!(
             check_resolution(wit::Resolution::Pick(1), 2),
-            Ok(Resolution::Pick(1))
+            Ok((Resolution::Pick(1), true))
         );
         assert!(check_resolution(wit::Resolution::Pick(2), 2).is_err());
         assert!(check_resolution(wit::Resolution::Merge(Some(vec![0xff])), 2).is_err());
         assert_eq!(
             check_resolution(wit::Resolution::Merge(None), 2),
-            Ok(Resolution::Merge(None))
+            Ok((Resolution::Merge(None), true))
         );
     }
 }

@@ -61,6 +61,20 @@ pub(crate) enum Bound {
 struct Live<I> {
     store: Store<HostState>,
     instance: I,
+    /// Fuel its instantiation used.
+    fuel: u64,
+}
+
+/// A successful call's output, with what the conformance runner and benchmarks look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallReport<T> {
+    /// The checked (and canonicalized) output.
+    pub output: T,
+    /// Fuel the call used (not counting instantiation).
+    pub fuel_used: u64,
+    /// Whether every value the guest returned was already in deterministic encoding, byte for
+    /// byte (the host canonicalizes values either way).
+    pub canonical: bool,
 }
 
 impl Plugin {
@@ -135,6 +149,17 @@ impl Plugin {
     /// Fuel counts the call only; instantiating gets a budget of its own.
     pub fn transform(&self, event: &Event, fresh: bool) -> Result<Vec<Change>, Failure> {
         self.measured(|| self.transform_once(event, fresh))
+            .map(|report| report.output)
+    }
+
+    /// [`Plugin::transform`], with the fuel the call used and whether the guest's values were
+    /// already in deterministic encoding (for the conformance runner and benchmarks).
+    pub fn transform_report(
+        &self,
+        event: &Event,
+        fresh: bool,
+    ) -> Result<CallReport<Vec<Change>>, Failure> {
+        self.measured(|| self.transform_once(event, fresh))
     }
 
     /// Runs the resolver on the concurrent `versions` of `key` in `collection`, always in a
@@ -147,6 +172,27 @@ impl Plugin {
         versions: &[Event],
     ) -> Result<Resolution, Failure> {
         self.measured(|| self.resolve_once(collection, key, versions))
+            .map(|report| report.output)
+    }
+
+    /// [`Plugin::resolve`], with the report of [`Plugin::transform_report`].
+    pub fn resolve_report(
+        &self,
+        collection: &str,
+        key: &[u8],
+        versions: &[Event],
+    ) -> Result<CallReport<Resolution>, Failure> {
+        self.measured(|| self.resolve_once(collection, key, versions))
+    }
+
+    /// Instantiates the plugin once, calling nothing, and returns the fuel instantiation used
+    /// (the guest's start-up: a Go runtime's initialization, say). Failures are those of a call.
+    pub fn instantiation_fuel(&self) -> Result<u64, Failure> {
+        let fuel = match &self.inner.bound {
+            Bound::Transform(pre) => self.instantiate(|store| pre.instantiate(store))?.fuel,
+            Bound::Resolver(pre) => self.instantiate(|store| pre.instantiate(store))?.fuel,
+        };
+        Ok(fuel)
     }
 
     /// The plugin's metrics so far (all clones together).
@@ -155,14 +201,17 @@ impl Plugin {
     }
 
     /// Runs one call and records it in the metrics.
-    fn measured<T>(&self, call: impl FnOnce() -> Result<(T, u64), Failure>) -> Result<T, Failure> {
+    fn measured<T>(
+        &self,
+        call: impl FnOnce() -> Result<CallReport<T>, Failure>,
+    ) -> Result<CallReport<T>, Failure> {
         let start = Instant::now();
         let result = call();
         let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         match result {
-            Ok((value, fuel)) => {
-                self.inner.metrics.record(None, fuel, nanos);
-                Ok(value)
+            Ok(report) => {
+                self.inner.metrics.record(None, report.fuel_used, nanos);
+                Ok(report)
             }
             Err(failure) => {
                 self.inner
@@ -173,7 +222,11 @@ impl Plugin {
         }
     }
 
-    fn transform_once(&self, event: &Event, fresh: bool) -> Result<(Vec<Change>, u64), Failure> {
+    fn transform_once(
+        &self,
+        event: &Event,
+        fresh: bool,
+    ) -> Result<CallReport<Vec<Change>>, Failure> {
         let Bound::Transform(pre) = &self.inner.bound else {
             return Err(self.wrong_world("transform"));
         };
@@ -186,7 +239,7 @@ impl Plugin {
         self.arm(&mut live.store);
         let outcome = live.instance.call_transform(&mut live.store, &input);
         let fuel_used = self.finish(&mut live.store);
-        let changes = match outcome {
+        let (changes, canonical) = match outcome {
             Err(error) => return Err(self.trapped(&live.store, &error, fuel_used, Phase::Call)),
             Ok(Err(message)) => return Err(failure(FailureKind::PluginError, &message, fuel_used)),
             Ok(Ok(changes)) => check_changes(changes)
@@ -196,7 +249,11 @@ impl Plugin {
         if pool.len() < POOL_MAX_IDLE {
             pool.push(live);
         }
-        Ok((changes, fuel_used))
+        Ok(CallReport {
+            output: changes,
+            fuel_used,
+            canonical,
+        })
     }
 
     fn resolve_once(
@@ -204,7 +261,7 @@ impl Plugin {
         collection: &str,
         key: &[u8],
         versions: &[Event],
-    ) -> Result<(Resolution, u64), Failure> {
+    ) -> Result<CallReport<Resolution>, Failure> {
         let Bound::Resolver(pre) = &self.inner.bound else {
             return Err(self.wrong_world("resolve"));
         };
@@ -219,7 +276,11 @@ impl Plugin {
             Err(error) => Err(self.trapped(&live.store, &error, fuel_used, Phase::Call)),
             Ok(Err(message)) => Err(failure(FailureKind::PluginError, &message, fuel_used)),
             Ok(Ok(resolution)) => check_resolution(resolution, versions.len())
-                .map(|r| (r, fuel_used))
+                .map(|(output, canonical)| CallReport {
+                    output,
+                    fuel_used,
+                    canonical,
+                })
                 .map_err(|message| failure(FailureKind::BadOutput, &message, fuel_used)),
         }
     }
@@ -240,7 +301,11 @@ impl Plugin {
         let instance = instantiate(&mut store);
         let fuel_used = self.finish(&mut store);
         match instance {
-            Ok(instance) => Ok(Live { store, instance }),
+            Ok(instance) => Ok(Live {
+                store,
+                instance,
+                fuel: fuel_used,
+            }),
             Err(error) => {
                 let mut failure = self.trapped(&store, &error, fuel_used, Phase::Instantiate);
                 failure.message = format!("instantiating: {}", failure.message);

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use edgerep_plugin::Runtime;
 
-use crate::common::{limits, load, order, source};
+use crate::common::{limits, load, order, source, toolchain_wasm_path};
 
 /// The cheapest possible transform, hand-written: it reads nothing and returns `ok([])`. Its
 /// per-call cost is the host's and wasmtime's share (handing the event over, calling, checking).
@@ -114,5 +114,65 @@ fn bench_per_call_cost() {
             },
         );
         assert!(pooled_ns < 1_000_000, "{plugin}: {pooled_ns} ns per call");
+    }
+}
+
+/// The same plugins built with each toolchain, side by side: component size, instantiation
+/// (fuel and time), and per call on reused instances (fuel and time).
+#[test]
+fn bench_toolchains_side_by_side() {
+    let runtime = Runtime::new(None).unwrap();
+    let input = order("o-1");
+    let calls: u32 = if cfg!(debug_assertions) {
+        2_000
+    } else {
+        20_000
+    };
+    println!(
+        "{:<12} {:<7} {:>10} {:>12} {:>12} {:>10} {:>10}   ({})",
+        "plugin",
+        "build",
+        "bytes",
+        "inst. fuel",
+        "inst. µs",
+        "fuel/call",
+        "µs/call",
+        if cfg!(debug_assertions) {
+            "debug build"
+        } else {
+            "release build"
+        }
+    );
+    for (plugin, params) in [
+        ("passthrough", &[][..]),
+        ("redact", &[("remove", "card"), ("mask", "email")][..]),
+    ] {
+        for toolchain in ["rust", "tinygo", "go"] {
+            let path = toolchain_wasm_path(toolchain, plugin);
+            let mut source = source(plugin, limits(100_000_000, 64 << 20), params);
+            source.wasm = std::fs::read(&path).unwrap();
+            source.path = path;
+            let size = source.wasm.len();
+            let p = runtime.load(source).unwrap();
+            let inst_fuel = p.instantiation_fuel().unwrap();
+            let start = Instant::now();
+            for _ in 0..20 {
+                p.instantiation_fuel().unwrap();
+            }
+            let inst_us = start.elapsed().as_secs_f64() * 1e6 / 20.0;
+            let first = p.transform(&input, false).unwrap();
+            for _ in 0..200 {
+                assert_eq!(p.transform(&input, false).unwrap(), first);
+            }
+            let start = Instant::now();
+            for _ in 0..calls {
+                p.transform(&input, false).unwrap();
+            }
+            let call_us = start.elapsed().as_secs_f64() * 1e6 / f64::from(calls);
+            println!(
+                "{plugin:<12} {toolchain:<7} {size:>10} {inst_fuel:>12} {inst_us:>12.0} {:>10} {call_us:>10.2}",
+                p.metrics().fuel_per_call.p50,
+            );
+        }
     }
 }

@@ -9,7 +9,38 @@ use edgerep_wire::Event;
 
 /// Where `cargo xtask build-plugins` puts the Rust components.
 pub(crate) fn wasm_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust")
+    toolchain_dir("rust")
+}
+
+/// Where `cargo xtask build-plugins` puts the components of `toolchain` (`rust`, `tinygo`, `go`).
+pub(crate) fn toolchain_dir(toolchain: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/plugins")
+        .join(toolchain)
+}
+
+/// The plugins that have a Go source (`plugins/go/<name>/`), built with TinyGo and standard Go.
+pub(crate) fn go_plugins() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/go");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The path of a plugin built with `toolchain`; panics (fails the test) if it was not built.
+pub(crate) fn toolchain_wasm_path(toolchain: &str, plugin: &str) -> PathBuf {
+    let path = toolchain_dir(toolchain).join(format!("{plugin}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask build-plugins --toolchain {toolchain}` first",
+        path.display()
+    );
+    path
 }
 
 /// The conformance vectors.

@@ -1,16 +1,50 @@
-//! The conformance vectors (tests/vectors/plugins) against the Rust components.
+//! The conformance vectors (tests/vectors/plugins) against every build of every plugin: Rust
+//! always, TinyGo and standard Go for the plugins with a Go source in plugins/go/. The builds
+//! must agree byte for byte.
 
+use std::collections::BTreeMap;
 use std::fs;
 
-use edgerep_plugin::Runtime;
-use edgerep_plugin::conformance::{run_vector_dir, run_vector_file, vector_files};
+use edgerep_plugin::conformance::{
+    Build, run_vector_dir_across, run_vector_file, run_vector_file_across, vector_files,
+};
+use edgerep_plugin::{FailureKind, Runtime};
 
-use crate::common::{vectors_dir, wasm_dir, wasm_path};
+use crate::common::{go_plugins, toolchain_dir, toolchain_wasm_path, vectors_dir, wasm_dir};
+
+/// The toolchains of the Go builds.
+const GO_TOOLCHAINS: [&str; 2] = ["tinygo", "go"];
+
+/// The plugins every toolchain builds (the hostile ones included).
+const ALL_TOOLCHAIN_PLUGINS: [&str; 8] = [
+    "balloon",
+    "enrich",
+    "filter",
+    "merge-counter",
+    "passthrough",
+    "redact",
+    "spin",
+    "trap",
+];
 
 #[test]
-fn every_vector_passes() {
+fn every_vector_passes_on_every_build() {
     let files = vector_files(&vectors_dir()).unwrap();
     assert!(files.len() >= 40, "only {} vectors", files.len());
+    let go = go_plugins();
+    for plugin in ALL_TOOLCHAIN_PLUGINS {
+        assert!(
+            go.iter().any(|p| p == plugin),
+            "plugins/go/{plugin} is missing"
+        );
+    }
+    let builds_of = |plugin: &str| -> Vec<Build> {
+        let mut builds = vec![Build::new("rust", toolchain_dir("rust"))];
+        if go.iter().any(|p| p == plugin) {
+            builds.extend(GO_TOOLCHAINS.map(|t| Build::new(t, toolchain_dir(t))));
+        }
+        builds
+    };
     // Fail with the build hint if any component is missing.
     for file in &files {
         let plugin = file
@@ -20,15 +54,75 @@ fn every_vector_passes() {
             .unwrap()
             .to_str()
             .unwrap();
-        wasm_path(plugin);
+        for build in builds_of(plugin) {
+            toolchain_wasm_path(&build.toolchain, plugin);
+        }
     }
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(Some(cache.path())).unwrap();
-    let ran =
-        run_vector_dir(&runtime, &wasm_dir(), &vectors_dir()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(ran, files.len());
-    // Nine components, compiled once each.
-    assert!(runtime.compilations() <= 9, "{}", runtime.compilations());
+    let runs = run_vector_dir_across(&runtime, &vectors_dir(), builds_of)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(runs.len(), files.len());
+
+    // Every case of the eight plugins ran on all three builds, and the hostile ones failed the
+    // same way on each (run_vector_dir_across checked the kinds against the vectors).
+    let mut fuel: BTreeMap<String, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
+    for (file, case_runs) in &runs {
+        let plugin = file
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let toolchains: Vec<&str> = case_runs.iter().map(|r| r.toolchain.as_str()).collect();
+        if ALL_TOOLCHAIN_PLUGINS.contains(&plugin) {
+            assert_eq!(toolchains, ["rust", "tinygo", "go"], "{}", file.display());
+        }
+        for run in case_runs {
+            fuel.entry(plugin.to_owned())
+                .or_default()
+                .entry(run.toolchain.clone())
+                .or_default()
+                .push(run.fuel_used);
+        }
+    }
+    for (plugin, kind) in [
+        ("spin", FailureKind::OutOfFuel),
+        ("balloon", FailureKind::MemoryLimit),
+        ("trap", FailureKind::Trap),
+    ] {
+        let (_, case_runs) = runs
+            .iter()
+            .find(|(f, _)| f.parent().unwrap().ends_with(plugin))
+            .unwrap();
+        for run in case_runs {
+            assert_eq!(
+                run.outcome.as_ref().map_err(|f| f.kind).err(),
+                Some(kind),
+                "{plugin} ({})",
+                run.toolchain
+            );
+        }
+    }
+    println!("fuel per call over the vectors (median, max), by plugin and toolchain:");
+    for (plugin, by_toolchain) in &fuel {
+        let cells: Vec<String> = ["rust", "tinygo", "go"]
+            .iter()
+            .filter_map(|t| {
+                let mut v = by_toolchain.get(*t)?.clone();
+                v.sort_unstable();
+                Some(format!("{t} {} / {}", v[v.len() / 2], v[v.len() - 1]))
+            })
+            .collect();
+        println!("  {plugin:<14} {}", cells.join("   "));
+    }
+    // Each component compiled once: the Rust ones, and two Go builds of eight plugins.
+    assert!(
+        runtime.compilations() <= 9 + 16,
+        "{}",
+        runtime.compilations()
+    );
 }
 
 #[test]
@@ -77,4 +171,31 @@ fn the_runner_reports_differences() {
     // A missing component says how to build it.
     let error = run_vector_file(&runtime, dir.path(), &original).unwrap_err();
     assert!(error.contains("cargo xtask build-plugins"), "{error}");
+}
+
+#[test]
+fn a_build_that_fails_a_case_is_named() {
+    // A "go build" of filter that is really passthrough: filter's missing-param case expects
+    // plugin-error, passthrough succeeds, and the runner blames that build.
+    let runtime = Runtime::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(
+        wasm_dir().join("passthrough.wasm"),
+        dir.path().join("filter.wasm"),
+    )
+    .unwrap();
+    let vector = vectors_dir().join("filter/missing-param.json");
+    let builds = [Build::new("rust", wasm_dir()), Build::new("go", dir.path())];
+    let error = run_vector_file_across(&runtime, &builds, &vector).unwrap_err();
+    assert!(
+        error.contains("go build: expected the failure plugin-error, the call succeeded"),
+        "{error}"
+    );
+    // A missing build says which command makes it.
+    let builds = [Build::new("tinygo", dir.path().join("nothing"))];
+    let error = run_vector_file_across(&runtime, &builds, &vector).unwrap_err();
+    assert!(
+        error.contains("cargo xtask build-plugins --toolchain tinygo"),
+        "{error}"
+    );
 }

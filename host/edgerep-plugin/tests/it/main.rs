@@ -12,4 +12,5 @@ mod determinism;
 mod hostile;
 mod loading;
 mod resolver;
+mod soak;
 mod wasi_probe;

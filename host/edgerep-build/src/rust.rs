@@ -1,0 +1,93 @@
+//! Rust plugins: `cargo build` of `cdylib` crates for a wasm target.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::BuildError;
+
+/// The target a Rust plugin is built for unless its manifest asks for another one
+/// (`[package.metadata.edgerep] target = "..."`).
+pub const DEFAULT_TARGET: &str = "wasm32-unknown-unknown";
+
+/// One `cargo build --release --locked --target <target>` of some packages of a workspace.
+#[derive(Clone, Debug)]
+pub struct CargoBuild {
+    /// The folder to run cargo in (the workspace, or a plugin crate).
+    pub dir: PathBuf,
+    /// Packages to build (`-p`); empty: the folder's package.
+    pub packages: Vec<String>,
+    /// The Rust target triple.
+    pub target: String,
+    /// The target directory.
+    pub target_dir: PathBuf,
+    /// `CARGO_ENCODED_RUSTFLAGS` (flags separated by 0x1f); ambient `RUSTFLAGS` are dropped, so
+    /// the modules do not depend on flags meant for the host build.
+    pub encoded_rustflags: String,
+    /// Quiet, with output discarded (to find which package of a failed build fails).
+    pub quiet: bool,
+}
+
+impl CargoBuild {
+    /// Runs the build.
+    pub fn run(&self) -> Result<(), BuildError> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&self.dir)
+            .args(["build", "--release", "--locked", "--target", &self.target])
+            .arg("--target-dir")
+            .arg(&self.target_dir)
+            .env("CARGO_ENCODED_RUSTFLAGS", &self.encoded_rustflags)
+            .env_remove("RUSTFLAGS");
+        for p in &self.packages {
+            cmd.args(["-p", p]);
+        }
+        if self.quiet {
+            cmd.arg("-q").stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let status = cmd.status().map_err(|e| BuildError::ToolMissing {
+            tool: cargo.clone(),
+            message: e.to_string(),
+            hint: "install Rust with rustup (https://rustup.rs)".into(),
+        })?;
+        if !status.success() {
+            return Err(BuildError::Failed {
+                what: format!(
+                    "cargo build --target {} {} (in {})",
+                    self.target,
+                    self.packages
+                        .iter()
+                        .map(|p| format!("-p {p}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    self.dir.display()
+                ),
+                status: status.to_string(),
+                output: String::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Where the core module of the library `lib` (its crate name, `-` as `_`) ends up.
+    pub fn core_path(&self, lib: &str) -> PathBuf {
+        self.target_dir
+            .join(&self.target)
+            .join("release")
+            .join(format!("{}.wasm", lib.replace('-', "_")))
+    }
+}
+
+/// `RUSTFLAGS` (encoded) that keep this machine's paths out of the modules (panic messages name
+/// source files), so the same sources give the same bytes on every machine: the cargo home
+/// becomes `/cargo` and `root` becomes `/edgerep`.
+pub fn remap_flags(root: &Path) -> String {
+    let mut flags = Vec::new();
+    if let Some(home) = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+    {
+        flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+    }
+    flags.push(format!("--remap-path-prefix={}=/edgerep", root.display()));
+    flags.join("\x1f")
+}
