@@ -218,8 +218,8 @@ impl Knobs {
         let f = |rng: &mut Rng, max: u64| if faulty { rng.below(max + 1) } else { 0 };
         Knobs {
             nodes: rng.range(3, 5) as usize,
-            chaos_steps: rng.range(400, 1200),
-            write_per_mille: rng.range(100, 400),
+            chaos_steps: rng.range(200, 600),
+            write_per_mille: rng.range(50, 250),
             loss: f(rng, 100),
             duplicate: f(rng, 100),
             reorder: f(rng, 150),
@@ -253,8 +253,9 @@ struct Sim {
     /// In flight, by (delivery time, send order).
     wire: BTreeMap<(u64, u64), Packet>,
     sent_packets: u64,
-    /// Per (from, to, epoch), when its Hello arrives: nothing of that session arrives earlier.
-    hello_at: BTreeMap<(usize, usize, u64), u64>,
+    /// Per stream (from, to, epoch): when its Hello arrives (nothing of it arrives earlier) and
+    /// when its last in-order message arrives (the next one arrives no earlier).
+    streams: BTreeMap<(usize, usize, u64), (u64, u64)>,
     /// Every local write (acknowledged to its client once committed).
     written: Vec<Dot>,
     injected_failures: u64,
@@ -315,7 +316,7 @@ impl Sim {
             cut: knobs.cut_forever.iter().map(|&(a, b)| pair(a, b)).collect(),
             wire: BTreeMap::new(),
             sent_packets: 0,
-            hello_at: BTreeMap::new(),
+            streams: BTreeMap::new(),
             written: Vec::new(),
             injected_failures: 0,
             trace: Trace {
@@ -475,15 +476,17 @@ impl Sim {
             1
         };
         for _ in 0..copies {
+            // A stream delivers in order; a reordered message may overtake or fall behind
+            // others, but never its session's Hello.
             let mut at = self.now + self.rng.range(1, 5);
-            if chaos && self.rng.chance(self.knobs.reorder) {
-                at += self.rng.range(5, 200);
-            }
             let key = (from, to, epoch);
-            if hello {
-                self.hello_at.insert(key, at);
-            } else if let Some(&h) = self.hello_at.get(&key) {
-                at = at.max(h);
+            let (hello_at, last_at) = self.streams.get(&key).copied().unwrap_or((0, 0));
+            if chaos && !hello && self.rng.chance(self.knobs.reorder) {
+                at = (at + self.rng.range(5, 200)).max(hello_at);
+            } else {
+                at = at.max(last_at);
+                let hello_at = if hello { at } else { hello_at };
+                self.streams.insert(key, (hello_at, at));
             }
             self.sent_packets += 1;
             self.wire.insert(
@@ -1060,7 +1063,7 @@ fn long_absence_catches_up_within_bounds() {
         })
     };
     for seed in 20_000..20_004 {
-        let mut sim = Sim::new(seed, knobs(seed), false);
+        let mut sim = Sim::new(seed, knobs(seed), std::env::var("SIM_TRACE").is_ok());
         sim.config = ReplicaConfig {
             window_events: 256,
             batch_events: 64,
@@ -1073,6 +1076,7 @@ fn long_absence_catches_up_within_bounds() {
             sim.start(i);
         }
         let stats = sim.run().unwrap_or_else(|e| panic!("{e}"));
+        println!("seed {seed}: {stats:?}");
         assert!(stats.writes > 2000, "backlog of {} writes", stats.writes);
         assert!(stats.max_in_flight <= 256, "{stats:?}");
         assert!(
@@ -1082,6 +1086,8 @@ fn long_absence_catches_up_within_bounds() {
         // Reading stops at READ_LIMIT queued events; one more message may land on top.
         assert!(stats.max_pending <= READ_LIMIT + 64, "{stats:?}");
         assert!(stats.max_apply_events <= READ_LIMIT + 2 * 64, "{stats:?}");
+        // A network that loses and reorders nothing needs no rewind.
+        assert_eq!(stats.rewinds, 0, "{stats:?}");
         // Live writes between n0 and n1 keep flowing while n2 catches up.
         assert!(stats.live_lag_ms < 200, "{stats:?}");
     }
@@ -1091,7 +1097,7 @@ fn long_absence_catches_up_within_bounds() {
 fn broken_core_is_caught(fault: Fault, expect: &[&str]) {
     let mut caught = 0;
     let mut first = None;
-    for seed in 30_000..30_030 {
+    for seed in 30_000..30_012 {
         let mut k = Knobs::random(&mut Rng::new(seed));
         k.fault = Some(fault);
         if let Err(e) = run_seed(seed, Some(k), false) {
@@ -1100,7 +1106,7 @@ fn broken_core_is_caught(fault: Fault, expect: &[&str]) {
         }
     }
     let e = first.unwrap_or_else(|| panic!("{fault:?} was never caught"));
-    println!("{fault:?} caught on {caught} of 30 seeds, first: {e}");
+    println!("{fault:?} caught on {caught} of 12 seeds, first: {e}");
     assert!(
         expect.iter().any(|x| e.contains(x)),
         "{fault:?} caught, but by: {e}"
