@@ -50,6 +50,8 @@ const META_FEED_LAST: &str = "feed_last";
 const META_DIGEST: &str = "digest";
 const META_ENTRIES: &str = "state_entries";
 const META_STORE_FORMAT: &str = "store_format";
+/// redb's page cache, at most.
+pub const CACHE_BYTES: usize = 32 << 20;
 /// Layout version of the tables above.
 const STORE_FORMAT: u64 = 1;
 
@@ -295,7 +297,11 @@ impl Store {
         node: &NodeId,
         limits: EventLimits,
     ) -> Result<(Store, Resume), StoreError> {
-        let db = Database::create(path)?;
+        // redb's default page cache is 1 GiB; a node at an edge site gets a bounded one, so its
+        // memory does not grow with the size of the store.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         Store::init(db, &path.display().to_string(), node, limits)
     }
 
