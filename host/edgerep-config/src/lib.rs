@@ -289,7 +289,11 @@ impl Config {
             },
             replication: ReplicationConfig {
                 listen: raw.replication.listen,
-                tls: match (&raw.replication.ca, &raw.replication.cert, &raw.replication.key) {
+                tls: match (
+                    &raw.replication.ca,
+                    &raw.replication.cert,
+                    &raw.replication.key,
+                ) {
                     (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
                         ca: resolve_data_dir(&source, ca),
                         cert: resolve_data_dir(&source, cert),

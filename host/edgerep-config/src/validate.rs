@@ -95,9 +95,17 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
             ));
         }
     }
-    let given: Vec<&str> = files.iter().filter(|f| f.1.is_some()).map(|f| f.0).collect();
+    let given: Vec<&str> = files
+        .iter()
+        .filter(|f| f.1.is_some())
+        .map(|f| f.0)
+        .collect();
     if !given.is_empty() && given.len() < 3 {
-        let missing: Vec<&str> = files.iter().filter(|f| f.1.is_none()).map(|f| f.0).collect();
+        let missing: Vec<&str> = files
+            .iter()
+            .filter(|f| f.1.is_none())
+            .map(|f| f.0)
+            .collect();
         return Err((
             vec![Seg::Key("replication"), Seg::Key(missing[0])],
             format!(

@@ -34,7 +34,10 @@ pub type ApplyReply = Box<dyn FnOnce(Result<RemoteApply, CommitError>) + Send>;
 
 enum Request {
     Write(Pending),
-    Apply { events: Vec<Event>, reply: ApplyReply },
+    Apply {
+        events: Vec<Event>,
+        reply: ApplyReply,
+    },
 }
 
 struct Pending {

@@ -31,8 +31,8 @@ use edgerep_wire::{Event, NodeId};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::committer::{CommitError, Committer, Have};
 use crate::committer::wall_ms;
+use crate::committer::{CommitError, Committer, Have};
 
 /// A peer's reader stops reading while more events than this wait to be applied.
 pub const PAUSE_ABOVE_EVENTS: usize = 32_768;
@@ -129,7 +129,8 @@ impl Replication {
     /// Closes every connection (peers see an orderly close) and stops the replicator.
     /// Idempotent; blocks until the replicator thread ended.
     pub fn stop(&self) {
-        self.transport.close(CloseCode::Normal, "node shutting down");
+        self.transport
+            .close(CloseCode::Normal, "node shutting down");
         let _ = self.inbox.send(Input::Stop);
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = thread {
@@ -485,7 +486,10 @@ async fn serve_connection(
     };
     writer.abort();
     let reason = match conn.conn.close_reason() {
-        Some(r) => format!("{reason} ({})", edgerep_transport::endpoint::describe_close(&r)),
+        Some(r) => format!(
+            "{reason} ({})",
+            edgerep_transport::endpoint::describe_close(&r)
+        ),
         None => reason,
     };
     tracing::info!(peer = %peer, "connection ended: {reason}");
@@ -528,7 +532,9 @@ impl Replicator {
         match self.store.peer_cursors() {
             Ok(all) => {
                 for (peer, have) in all {
-                    let Ok(peer) = NodeId::parse(&peer) else { continue };
+                    let Ok(peer) = NodeId::parse(&peer) else {
+                        continue;
+                    };
                     let have = have
                         .into_iter()
                         .filter_map(|(o, s)| NodeId::parse(&o).ok().map(|o| (o, s)))
@@ -612,7 +618,8 @@ impl Replicator {
             } => {
                 let peer = conn.peer.clone();
                 if let Some(old) = self.conns.remove(&peer) {
-                    old.conn.close(CloseCode::Normal, "replaced by a newer connection");
+                    old.conn
+                        .close(CloseCode::Normal, "replaced by a newer connection");
                     self.core.disconnected(&peer, now);
                 }
                 tracing::info!(peer = %peer, remote = %conn.remote, "peer connected");
@@ -669,10 +676,9 @@ impl Replicator {
                 Output::Apply { peer, events } => {
                     let hook = CommitHookSender(self.inbox.clone());
                     let to = peer.clone();
-                    let sent = self.committer.apply(
-                        events,
-                        Box::new(move |result| hook.applied(to, result)),
-                    );
+                    let sent = self
+                        .committer
+                        .apply(events, Box::new(move |result| hook.applied(to, result)));
                     if let Err(e) = sent {
                         self.core.apply_failed(&peer, &e.to_string(), self.now());
                     }

@@ -19,7 +19,11 @@ pub(crate) fn new_ca(dir: &Path, name: &str) -> anyhow::Result<()> {
     let ca = Ca::generate(name).context("generating the CA")?;
     ca.write_files(dir)
         .with_context(|| format!("writing the CA into {}", dir.display()))?;
-    println!("wrote {}/ca.pem and {}/ca.key (keep ca.key private)", dir.display(), dir.display());
+    println!(
+        "wrote {}/ca.pem and {}/ca.key (keep ca.key private)",
+        dir.display(),
+        dir.display()
+    );
     Ok(())
 }
 
@@ -29,7 +33,9 @@ pub(crate) fn issue(ca_dir: &Path, node_id: &str, out: &Path) -> anyhow::Result<
     NodeId::parse(node_id).context("--node-id")?;
     let ca = Ca::load(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"))
         .with_context(|| format!("loading the CA from {}", ca_dir.display()))?;
-    let node = ca.issue_node(node_id).context("issuing the node certificate")?;
+    let node = ca
+        .issue_node(node_id)
+        .context("issuing the node certificate")?;
     write_node_files(out, &ca, &node)
         .with_context(|| format!("writing the node's files into {}", out.display()))?;
     println!(
@@ -55,7 +61,10 @@ pub(crate) fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result
     }
     let first = dir.join("node-1").join("edgerep.toml");
     if first.exists() && !force {
-        bail!("{} already exists (use --force to overwrite)", first.display());
+        bail!(
+            "{} already exists (use --force to overwrite)",
+            first.display()
+        );
     }
     if force {
         for sub in std::iter::once("ca".to_owned()).chain((1..=n).map(|i| format!("node-{i}"))) {
@@ -110,7 +119,10 @@ pub(crate) fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         let config = Config::load(&path)?;
         if config.peers.len() != n - 1 || config.replication.tls.is_none() {
-            bail!("internal: the cluster config {} lacks peers or TLS", path.display());
+            bail!(
+                "internal: the cluster config {} lacks peers or TLS",
+                path.display()
+            );
         }
         paths.push(path);
     }

@@ -34,14 +34,25 @@ fn merge_counter() -> anyhow::Result<PathBuf> {
     let root = repo_root();
     let wasm = root.join("target/plugins/rust/merge-counter.wasm");
     if !wasm.exists() {
-        println!("building the example resolver plugin (first run only): cargo xtask build-plugins");
+        println!(
+            "building the example resolver plugin (first run only): cargo xtask build-plugins"
+        );
         let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
             .current_dir(&root)
-            .args(["xtask", "build-plugins", "--toolchain", "rust", "merge-counter"])
+            .args([
+                "xtask",
+                "build-plugins",
+                "--toolchain",
+                "rust",
+                "merge-counter",
+            ])
             .status()
             .context("running cargo xtask build-plugins")?;
         if !status.success() || !wasm.exists() {
-            bail!("building merge-counter failed; run `cargo xtask build-plugins` in {}", root.display());
+            bail!(
+                "building merge-counter failed; run `cargo xtask build-plugins` in {}",
+                root.display()
+            );
         }
     }
     Ok(wasm.canonicalize()?)
@@ -96,7 +107,9 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
         });
     }
     println!("edgerep demo: a 3-node cluster in {}", dir.display());
-    println!("  (edgerep init --cluster 3: a CA, a certificate per node, loopback ports, all peered)\n");
+    println!(
+        "  (edgerep init --cluster 3: a CA, a certificate per node, loopback ports, all peered)\n"
+    );
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
 
     println!("1. the sites are cut off from each other; each one takes writes:");
@@ -108,13 +121,21 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
         let n = i + 1;
         let b = expect_ok(
             "put",
-            c.put_json("orders", format!("o-{n}").as_bytes(), &format!(r#"{{"item": "part-{n}", "qty": {}}}"#, 10 * n)),
+            c.put_json(
+                "orders",
+                format!("o-{n}").as_bytes(),
+                &format!(r#"{{"item": "part-{n}", "qty": {}}}"#, 10 * n),
+            ),
         )?;
         show(&format!("{} put orders/o-{n}", site.name), &b);
         // The same key on every site: concurrent versions, to be settled by the resolver.
         let b = expect_ok(
             "put",
-            c.put_json("counters", b"visits", &format!(r#"{{"{}": {}}}"#, site.name, 5 * n)),
+            c.put_json(
+                "counters",
+                b"visits",
+                &format!(r#"{{"{}": {}}}"#, site.name, 5 * n),
+            ),
         )?;
         show(&format!("{} put counters/visits", site.name), &b);
         let b = expect_ok(
@@ -140,15 +161,22 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
     let statuses = loop {
         let all: Vec<serde_json::Value> = clients
             .iter()
-            .map(|c| expect_ok("status", c.status(true)).and_then(|b| Ok(serde_json::from_slice(&b)?)))
+            .map(|c| {
+                expect_ok("status", c.status(true)).and_then(|b| Ok(serde_json::from_slice(&b)?))
+            })
             .collect::<anyhow::Result<_>>()?;
-        let converged = all.windows(2).all(|w| w[0]["digest"] == w[1]["digest"] && w[0]["origins"] == w[1]["origins"])
+        let converged = all
+            .windows(2)
+            .all(|w| w[0]["digest"] == w[1]["digest"] && w[0]["origins"] == w[1]["origins"])
             && all[0]["origins"].as_object().is_some_and(|o| o.len() == 3);
         if converged {
             break all;
         }
         if Instant::now() > deadline {
-            bail!("the nodes did not converge within 30 s: {}", serde_json::to_string_pretty(&all)?);
+            bail!(
+                "the nodes did not converge within 30 s: {}",
+                serde_json::to_string_pretty(&all)?
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -170,7 +198,11 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
             site.name, s["digest"], s["state_entries"], s["verified"]
         );
         if s["verified"] != serde_json::Value::Bool(true) {
-            bail!("store verification failed on {}: {}", site.name, s["verify_error"]);
+            bail!(
+                "store verification failed on {}: {}",
+                site.name,
+                s["verify_error"]
+            );
         }
     }
     println!("  equal digests: the nodes converged.");
@@ -185,7 +217,10 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
             "  cargo run --release -p edgerep -- get --config {} orders o-9",
             paths[2].display()
         );
-        println!("  cargo run --release -p edgerep -- status --config {}", paths[1].display());
+        println!(
+            "  cargo run --release -p edgerep -- status --config {}",
+            paths[1].display()
+        );
         println!("Ctrl-C stops it.");
         rt.block_on(crate::wait_for_signal())?;
     }

@@ -41,7 +41,9 @@ fn put_many(node: &Node, prefix: &str, n: usize) -> u64 {
     while i < n {
         let k = (n - i).min(500);
         let writes: Vec<String> = (i..i + k)
-            .map(|j| format!(r#"{{"collection":"bulk","key":"{prefix}-{j:07}","value":{{"j":{j}}}}}"#))
+            .map(|j| {
+                format!(r#"{{"collection":"bulk","key":"{prefix}-{j:07}","value":{{"j":{j}}}}}"#)
+            })
             .collect();
         let body = format!(r#"{{"writes":[{}]}}"#, writes.join(","));
         let mut r = agent()
@@ -109,14 +111,22 @@ fn three_nodes_converge_with_writes_and_a_conflict_on_every_node() {
         put_many(node, &format!("n{i}"), 700);
         // The same key on every node, concurrently: a conflict every node must settle alike.
         put(node, "orders", "shared", &format!(r#"{{"by":{i}}}"#));
-        put(node, "orders", &format!("own-{i}"), &format!(r#"{{"by":{i}}}"#));
+        put(
+            node,
+            "orders",
+            &format!("own-{i}"),
+            &format!(r#"{{"by":{i}}}"#),
+        );
     }
     let s = converge(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(60));
     assert_eq!(s["origins"]["node-1"], 702);
     assert_eq!(s["origins"]["node-3"], 702);
     // Every node answers every key, and the conflicting key the same everywhere.
     let answers: Vec<(u16, String)> = nodes.iter().map(|n| get(n, "orders", "shared")).collect();
-    assert!(answers.iter().all(|a| a == &answers[0] && a.0 == 200), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a == &answers[0] && a.0 == 200),
+        "{answers:?}"
+    );
     for node in &nodes {
         for i in 0..3 {
             assert_eq!(get(node, "orders", &format!("own-{i}")).0, 200);
@@ -183,7 +193,12 @@ fn a_killed_node_catches_up_and_nothing_acknowledged_is_lost() {
     for node in [&n1, &n2, &n3] {
         for key in acked.keys() {
             let (code, body) = get(node, "stream", key);
-            assert_eq!(code, 200, "{key} missing on {}: {body}", node.config.display());
+            assert_eq!(
+                code,
+                200,
+                "{key} missing on {}: {body}",
+                node.config.display()
+            );
         }
     }
 }
@@ -199,8 +214,11 @@ impl Proxy {
     fn start(target: SocketAddr) -> Proxy {
         let front = UdpSocket::bind("127.0.0.1:0").unwrap();
         let back = UdpSocket::bind("127.0.0.1:0").unwrap();
-        front.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        back.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        front
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        back.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         let addr = front.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -211,7 +229,9 @@ impl Proxy {
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65_536];
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, src)) = from.recv_from(&mut buf) else { continue };
+                    let Ok((n, src)) = from.recv_from(&mut buf) else {
+                        continue;
+                    };
                     if cut.load(Ordering::Relaxed) {
                         continue;
                     }
@@ -245,7 +265,10 @@ fn a_partition_heals_and_both_sides_converge() {
         .listen;
     let proxy = Proxy::start(n2_repl);
     let text = std::fs::read_to_string(&configs[0]).unwrap();
-    let text = text.replace(&format!("address = \"{n2_repl}\""), &format!("address = \"{}\"", proxy.addr));
+    let text = text.replace(
+        &format!("address = \"{n2_repl}\""),
+        &format!("address = \"{}\"", proxy.addr),
+    );
     std::fs::write(&configs[0], text).unwrap();
     let n1 = Node::start(&configs[0]);
     let n2 = Node::start(&configs[1]);
@@ -260,9 +283,18 @@ fn a_partition_heals_and_both_sides_converge() {
     // Long enough for the connection to time out on both sides.
     std::thread::sleep(Duration::from_secs(12));
     let (s1, s2) = (status(&n1), status(&n2));
-    assert_ne!(s1["digest"], s2["digest"], "partitioned nodes cannot agree yet");
+    assert_ne!(
+        s1["digest"], s2["digest"],
+        "partitioned nodes cannot agree yet"
+    );
     assert_eq!(s1["replication"]["peers"][0]["connected"], false, "{s1}");
-    assert!(s1["replication"]["peers"][0]["lag_events"].as_u64().unwrap() >= 1500, "{s1}");
+    assert!(
+        s1["replication"]["peers"][0]["lag_events"]
+            .as_u64()
+            .unwrap()
+            >= 1500,
+        "{s1}"
+    );
 
     proxy.cut.store(false, Ordering::Relaxed);
     converge(&[&n1, &n2], Duration::from_secs(60));
@@ -375,7 +407,10 @@ fn a_node_back_from_a_long_absence_catches_up_a_million_events_with_bounded_memo
         written += w.join().unwrap();
     }
     assert_eq!(written, events);
-    println!("wrote {events} events in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "wrote {events} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let sender_rss_before = rss_bytes(n1.child.id());
 
     let n2 = Node::start(&configs[1]);
@@ -425,7 +460,10 @@ fn a_node_back_from_a_long_absence_catches_up_a_million_events_with_bounded_memo
         .build()
         .into();
     for node in [&n1, &n2] {
-        let mut r = slow.get(&node.url("/v1/status?verify=true")).call().unwrap();
+        let mut r = slow
+            .get(&node.url("/v1/status?verify=true"))
+            .call()
+            .unwrap();
         let s: serde_json::Value =
             serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
         assert_eq!(s["verified"], true, "{s}");
