@@ -643,7 +643,7 @@ impl Replicator {
                 self.last_error.insert(peer, reason);
             }
             Input::Message { peer, id, message } => {
-                if !self.conns.get(&peer).is_some_and(|l| l.id == id) {
+                if self.conns.get(&peer).is_none_or(|l| l.id != id) {
                     return;
                 }
                 self.last_contact.insert(peer.clone(), wall_ms());
@@ -742,13 +742,12 @@ impl Replicator {
         let mut oldest: Option<u64> = None;
         for (origin, &held) in &self.have {
             let theirs = acked.get(origin).copied().unwrap_or(0);
-            if held > theirs {
-                if let Ok(events) = self.log.read(origin, theirs, 1, usize::MAX) {
-                    if let Some(e) = events.first() {
-                        let t = e.hlc.physical_ms;
-                        oldest = Some(oldest.map_or(t, |o: u64| o.min(t)));
-                    }
-                }
+            if held > theirs
+                && let Ok(events) = self.log.read(origin, theirs, 1, usize::MAX)
+                && let Some(e) = events.first()
+            {
+                let t = e.hlc.physical_ms;
+                oldest = Some(oldest.map_or(t, |o: u64| o.min(t)));
             }
         }
         oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0)
