@@ -168,6 +168,9 @@ pub fn run_vector_dir_across(
     }
 }
 
+/// A vector file and its result: `Err` says what differs.
+pub type VectorResult = (PathBuf, Result<(), String>);
+
 /// Runs every `*.json` in `vectors_dir` and in its folders against the one component `wasm`
 /// (whatever the cases' `plugin`), all of them even after a failure: for a plugin author's own
 /// vectors. Returns each file with its result (`Err` says what differs), sorted by file.
@@ -175,7 +178,7 @@ pub fn run_vectors_on_component(
     runtime: &Runtime,
     wasm: &Path,
     vectors_dir: &Path,
-) -> Result<Vec<(PathBuf, Result<(), String>)>, String> {
+) -> Result<Vec<VectorResult>, String> {
     if !wasm.is_file() {
         return Err(format!("{} is not a file", wasm.display()));
     }
