@@ -40,7 +40,8 @@ pub fn default_limits() -> Limits {
 pub struct Build {
     /// The toolchain (`rust`, `tinygo`, `go`): for messages.
     pub toolchain: String,
-    /// The folder of the components.
+    /// The folder of the components; or one component file, run for every case whatever its
+    /// `plugin` (and then a case's folder need not be named after its plugin).
     pub wasm_dir: PathBuf,
     /// What to run to make the components, for the message when one is missing.
     pub build_hint: String,
@@ -167,6 +168,41 @@ pub fn run_vector_dir_across(
     }
 }
 
+/// A vector file and its result: `Err` says what differs.
+pub type VectorResult = (PathBuf, Result<(), String>);
+
+/// Runs every `*.json` in `vectors_dir` and in its folders against the one component `wasm`
+/// (whatever the cases' `plugin`), all of them even after a failure: for a plugin author's own
+/// vectors. Returns each file with its result (`Err` says what differs), sorted by file.
+pub fn run_vectors_on_component(
+    runtime: &Runtime,
+    wasm: &Path,
+    vectors_dir: &Path,
+) -> Result<Vec<VectorResult>, String> {
+    if !wasm.is_file() {
+        return Err(format!("{} is not a file", wasm.display()));
+    }
+    let build = Build {
+        toolchain: "component".into(),
+        wasm_dir: wasm.to_path_buf(),
+        build_hint: "edgerep plugin build".into(),
+    };
+    let mut files: Vec<PathBuf> = fs::read_dir(vectors_dir)
+        .map_err(|e| format!("{}: {e}", vectors_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.extend(vector_files(vectors_dir)?);
+    files.sort();
+    Ok(files
+        .into_iter()
+        .map(|file| {
+            let r = run_vector_file_across(runtime, std::slice::from_ref(&build), &file);
+            (file, r.map(|_| ()))
+        })
+        .collect())
+}
+
 /// The `*.json` files in the folders of `vectors_dir`, sorted.
 pub fn vector_files(vectors_dir: &Path) -> Result<Vec<PathBuf>, String> {
     let read = |dir: &Path| -> Result<Vec<PathBuf>, String> {
@@ -220,7 +256,8 @@ fn run_case_across(
         .parent()
         .and_then(Path::file_name)
         .and_then(|f| f.to_str());
-    if folder != Some(plugin) {
+    let single = builds.iter().all(|b| b.wasm_dir.is_file());
+    if !single && folder != Some(plugin) {
         return Err(format!(
             "plugin {plugin:?} is not the folder's name {folder:?}"
         ));
@@ -315,7 +352,11 @@ fn run_on_build(
     limits: Limits,
     input: &Json,
 ) -> Result<BuildRun, String> {
-    let path = build.wasm_dir.join(format!("{plugin}.wasm"));
+    let path = if build.wasm_dir.is_file() {
+        build.wasm_dir.clone()
+    } else {
+        build.wasm_dir.join(format!("{plugin}.wasm"))
+    };
     let wasm = fs::read(&path).map_err(|e| {
         format!(
             "cannot read the component {}: {e} (build the plugins: `{}`)",

@@ -12,6 +12,8 @@ use edgerep_plugin::json::{
 use edgerep_plugin::{Limits, PluginSource, Runtime, World};
 use serde_json::json;
 
+mod author;
+
 /// Exit status when the plugin failed (the failure kind is printed).
 pub(crate) const EXIT_PLUGIN_FAILED: u8 = 5;
 
@@ -45,6 +47,36 @@ pub(crate) enum PluginCommand {
         #[arg(long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
     },
+    /// Start a transform plugin in DIR/NAME: source, a README and a sample vector that passes.
+    New {
+        /// rust, tinygo or go (tinygo and go share one source).
+        #[arg(long, value_parser = author::parse_lang)]
+        lang: edgerep_build::Toolchain,
+        /// The plugin's name (lowercase letters, digits, '-').
+        name: String,
+        /// Where to make the folder NAME (default: here).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a plugin folder into a component; prints its path, sha256 and size.
+    Build {
+        /// rust, tinygo or go (default: rust with a Cargo.toml, else tinygo).
+        #[arg(long, value_parser = author::parse_lang)]
+        lang: Option<edgerep_build::Toolchain>,
+        /// The plugin folder.
+        dir: PathBuf,
+        /// The component to write (default: DIR/target/<name>.<lang>.wasm).
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+    },
+    /// Run every vector (*.json, in VECTORS and its folders) against a component; prints pass or
+    /// the difference per vector and exits 5 if any failed.
+    Test {
+        /// The component.
+        wasm: PathBuf,
+        /// The folder of vectors.
+        vectors: PathBuf,
+    },
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -59,6 +91,9 @@ fn read_wasm(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
 
 pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
     match command {
+        PluginCommand::New { lang, name, dir } => author::new(lang, &name, dir),
+        PluginCommand::Build { lang, dir, out } => author::build(lang, &dir, out),
+        PluginCommand::Test { wasm, vectors } => author::test(&wasm, &vectors),
         PluginCommand::Check { file } => {
             let wasm = read_wasm(&file)?;
             let runtime = Runtime::new(None)?;

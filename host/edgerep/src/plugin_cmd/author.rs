@@ -1,0 +1,261 @@
+//! `edgerep plugin new|build|test`: start a plugin from a template, build it into a component
+//! (with edgerep-build, as `cargo xtask build-plugins` does), run its vectors against it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail, ensure};
+use edgerep_build::Toolchain;
+use edgerep_build::component;
+use edgerep_build::go::{Go, GoToolchain, TinyGo};
+use edgerep_build::rust::{CargoBuild, DEFAULT_TARGET, remap_flags};
+use edgerep_plugin::Runtime;
+
+const RUST_CARGO_TOML: &str = include_str!("../../templates/rust_Cargo.toml");
+const RUST_LIB_RS: &str = include_str!("../../templates/rust_lib.rs");
+const GO_MAIN_GO: &str = include_str!("../../templates/go_main.go");
+const GO_MOD: &str = include_str!("../../templates/go.mod.txt");
+const SAMPLE_VECTOR: &str = include_str!("../../templates/sample.json");
+const README: &str = include_str!("../../templates/README.md");
+
+/// The edgerep checkout this binary was built from.
+fn checkout() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::path::absolute(&root)
+        .ok()
+        .and_then(|p| p.canonicalize().ok())
+        .unwrap_or(root)
+}
+
+pub(crate) fn parse_lang(s: &str) -> Result<Toolchain, String> {
+    Toolchain::parse(s).ok_or_else(|| format!("unknown language {s:?} (have: rust, tinygo, go)"))
+}
+
+fn fill(template: &str, vars: &[(&str, &str)]) -> String {
+    vars.iter().fold(template.to_owned(), |t, (k, v)| {
+        t.replace(&format!("{{{{{k}}}}}"), v)
+    })
+}
+
+/// `edgerep plugin new`.
+pub(crate) fn new(lang: Toolchain, name: &str, dir: Option<PathBuf>) -> anyhow::Result<u8> {
+    ensure!(
+        !name.is_empty()
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "a plugin name is lowercase letters, digits and '-', starting with a letter: {name:?}"
+    );
+    let folder = dir.unwrap_or_else(|| PathBuf::from(".")).join(name);
+    ensure!(!folder.exists(), "{} already exists", folder.display());
+    let root = checkout();
+    let folder_text = folder.display().to_string();
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    match lang {
+        Toolchain::Rust => {
+            let sdk = root.join("guest-sdk/rust").display().to_string();
+            let vars = [("name", name), ("sdk", sdk.as_str())];
+            files.push(("Cargo.toml".into(), fill(RUST_CARGO_TOML, &vars)));
+            files.push(("src/lib.rs".into(), fill(RUST_LIB_RS, &vars)));
+        }
+        Toolchain::TinyGo | Toolchain::Go => {
+            let sdk = root.join("guest-sdk/go").display().to_string();
+            let vars = [("name", name), ("sdk", sdk.as_str())];
+            files.push(("go.mod".into(), fill(GO_MOD, &vars)));
+            files.push(("main.go".into(), fill(GO_MAIN_GO, &vars)));
+        }
+    }
+    let vars = [
+        ("name", name),
+        ("lang", lang.as_str()),
+        ("dir", folder_text.as_str()),
+    ];
+    files.push(("README.md".into(), fill(README, &vars)));
+    files.push(("vectors/sample.json".into(), fill(SAMPLE_VECTOR, &vars)));
+    for (path, text) in files {
+        let path = folder.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{}", folder.display());
+    eprintln!(
+        "edgerep: made {folder_text}: build it with `edgerep plugin build --lang {lang} {folder_text}`"
+    );
+    Ok(0)
+}
+
+/// `edgerep plugin build`.
+pub(crate) fn build(
+    lang: Option<Toolchain>,
+    dir: &Path,
+    out: Option<PathBuf>,
+) -> anyhow::Result<u8> {
+    let dir = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
+    let lang = match lang {
+        Some(l) => l,
+        None if dir.join("Cargo.toml").is_file() => Toolchain::Rust,
+        None if dir.join("go.mod").is_file() => Toolchain::TinyGo,
+        None => bail!(
+            "{} has neither Cargo.toml nor go.mod: give --lang",
+            dir.display()
+        ),
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("a plugin folder has a name")?;
+    let wasm = match lang {
+        Toolchain::Rust => build_rust(&dir)?,
+        Toolchain::Go | Toolchain::TinyGo => {
+            let builder = match lang {
+                Toolchain::Go => GoToolchain::Go(Go::find()?),
+                _ => GoToolchain::TinyGo(tinygo()?),
+            };
+            builder
+                .build_component(&dir, &dir.join("target/edgerep-build").join(lang.as_str()))
+                .with_context(|| format!("building {} with {lang}", dir.display()))?
+        }
+    };
+    let out = out.unwrap_or_else(|| dir.join(format!("target/{name}.{lang}.wasm")));
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(&out, &wasm).with_context(|| format!("writing {}", out.display()))?;
+    let i = Runtime::new(None)?.inspect(&wasm)?;
+    println!("{}", out.display());
+    println!("sha256 {}", i.sha256);
+    println!("size {}", i.size);
+    Ok(0)
+}
+
+/// The package name in a Cargo.toml's `[package]` table.
+fn package_name(manifest: &str) -> Option<String> {
+    let mut in_package = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == "name"
+        {
+            return Some(v.trim().trim_matches('"').to_owned());
+        }
+    }
+    None
+}
+
+fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let manifest_path = dir.join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let package = package_name(&manifest)
+        .with_context(|| format!("{} names no package", manifest_path.display()))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    if !dir.join("Cargo.lock").is_file() {
+        // The build is --locked: make the lock file once, from what is cached if possible.
+        let offline = Command::new(&cargo)
+            .current_dir(dir)
+            .args(["generate-lockfile", "--offline", "-q"])
+            .status();
+        if !offline.is_ok_and(|s| s.success()) {
+            let status = Command::new(&cargo)
+                .current_dir(dir)
+                .args(["generate-lockfile"])
+                .status()
+                .with_context(|| format!("running {cargo}"))?;
+            ensure!(
+                status.success(),
+                "cargo generate-lockfile failed ({status})"
+            );
+        }
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("target"));
+    let cargo_build = CargoBuild {
+        dir: dir.to_path_buf(),
+        packages: Vec::new(),
+        target: DEFAULT_TARGET.to_owned(),
+        target_dir,
+        encoded_rustflags: remap_flags(dir),
+        quiet: false,
+    };
+    cargo_build.run()?;
+    let core = cargo_build.core_path(&package);
+    let bytes = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+    let wasm = component::from_module(&bytes)
+        .with_context(|| format!("making a component of {}", core.display()))?;
+    component::check(&wasm, false).context("checking the component")?;
+    Ok(wasm)
+}
+
+/// The TinyGo to build with, found as `cargo xtask build-plugins` finds it: `$TINYGO`, or the one
+/// the checkout's `scripts/install-tinygo.sh` installs (or finds installed) in `$EDGEREP_CACHE`.
+fn tinygo() -> anyhow::Result<TinyGo> {
+    if let Some(path) = std::env::var_os("TINYGO") {
+        return Ok(TinyGo::at(PathBuf::from(path)));
+    }
+    let script = checkout().join("scripts/install-tinygo.sh");
+    ensure!(
+        script.is_file(),
+        "no TinyGo: set TINYGO to a tinygo binary ({} is missing)",
+        script.display()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}); or set TINYGO to a tinygo binary",
+        script.display(),
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| PathBuf::from(l.trim()))
+        .with_context(|| format!("{} printed no tinygo path", script.display()))?;
+    ensure!(path.is_file(), "{} is not a file", path.display());
+    Ok(TinyGo::at(path))
+}
+
+/// `edgerep plugin test`: exit 0 if every vector passes, else 5.
+pub(crate) fn test(wasm: &Path, vectors: &Path) -> anyhow::Result<u8> {
+    let runtime = Runtime::new(None)?;
+    let results = edgerep_plugin::conformance::run_vectors_on_component(&runtime, wasm, vectors)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    ensure!(
+        !results.is_empty(),
+        "no *.json vectors in {}",
+        vectors.display()
+    );
+    let mut failed = 0;
+    for (file, result) in &results {
+        match result {
+            Ok(()) => println!("pass {}", file.display()),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {}: {e}", file.display());
+            }
+        }
+    }
+    println!(
+        "{} of {} vectors passed",
+        results.len() - failed,
+        results.len()
+    );
+    Ok(if failed == 0 {
+        0
+    } else {
+        super::EXIT_PLUGIN_FAILED
+    })
+}

@@ -1,0 +1,120 @@
+//! `edgerep plugin new|build|test`: a scaffold of each language builds and passes its sample
+//! vector out of the box, and a wrong expectation fails `plugin test` with exit 5.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn edgerep(args: &[&std::ffi::OsStr]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgerep"));
+    cmd.args(args);
+    // Rust scaffolds share one target folder, so the guest SDK builds once.
+    cmd.env("CARGO_TARGET_DIR", root().join("target/plugin-new"));
+    if let Some(t) = tinygo() {
+        cmd.env("TINYGO", t);
+    }
+    let out = cmd.output().expect("running edgerep");
+    eprintln!(
+        "edgerep {:?}: {}\n{}{}",
+        args,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// TinyGo as `cargo xtask build-plugins` finds it: `$TINYGO`, else what
+/// `scripts/install-tinygo.sh` installs or finds in `$EDGEREP_CACHE`.
+fn tinygo() -> Option<PathBuf> {
+    if let Some(t) = std::env::var_os("TINYGO") {
+        return Some(t.into());
+    }
+    let out = Command::new("bash")
+        .arg(root().join("scripts/install-tinygo.sh"))
+        .output()
+        .ok()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty())?;
+    out.status.success().then(|| PathBuf::from(line.trim()))
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+#[test]
+fn scaffolds_build_and_pass_their_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    for lang in ["rust", "tinygo", "go"] {
+        let name = format!("demo-{lang}");
+        let out = edgerep(&[
+            os("plugin"),
+            os("new"),
+            os("--lang"),
+            os(lang),
+            os(&name),
+            os("--dir"),
+            tmp.path().as_os_str(),
+        ]);
+        assert!(out.status.success(), "plugin new --lang {lang}");
+        let dir = tmp.path().join(&name);
+        let wasm = tmp.path().join(format!("{name}.wasm"));
+        let out = edgerep(&[
+            os("plugin"),
+            os("build"),
+            os("--lang"),
+            os(lang),
+            dir.as_os_str(),
+            os("-o"),
+            wasm.as_os_str(),
+        ]);
+        assert!(out.status.success(), "plugin build --lang {lang}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("sha256 ") && stdout.contains("size "),
+            "{stdout}"
+        );
+        assert!(wasm.is_file());
+
+        let vectors = dir.join("vectors");
+        let out = edgerep(&[
+            os("plugin"),
+            os("test"),
+            wasm.as_os_str(),
+            vectors.as_os_str(),
+        ]);
+        assert!(out.status.success(), "plugin test ({lang})");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("pass "));
+
+        // A wrong expected value fails, naming the file.
+        let sample = vectors.join("sample.json");
+        let text = std::fs::read_to_string(&sample).unwrap();
+        let broken = text.replace("65776f726c64\"", "65776f726c65\"");
+        assert_ne!(text, broken);
+        std::fs::write(vectors.join("broken.json"), broken).unwrap();
+        let out = edgerep(&[
+            os("plugin"),
+            os("test"),
+            wasm.as_os_str(),
+            vectors.as_os_str(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "plugin test with a broken vector ({lang})"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("FAIL") && stdout.contains("broken.json"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("pass ") && stdout.contains("sample.json"),
+            "{stdout}"
+        );
+    }
+}

