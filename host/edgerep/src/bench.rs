@@ -58,7 +58,7 @@ fn sample_event(value: Value) -> anyhow::Result<Event> {
 }
 
 /// A value whose event encodes to about `target` bytes.
-fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
+pub(crate) fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
     let limits = DecodeLimits::default();
     let mut pad = 0;
     loop {
@@ -75,7 +75,7 @@ fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
 }
 
 /// The raw limit: `events` written straight into redb, `per_commit` per durable transaction.
-fn raw_redb(
+pub(crate) fn raw_redb(
     dir: &std::path::Path,
     event: &[u8],
     value: &[u8],
@@ -169,7 +169,7 @@ fn verify_and_stop(
 }
 
 /// A CBOR batch body of `n` puts with keys unique to (client, counter).
-fn batch_body(
+pub(crate) fn batch_body(
     collection: &str,
     value: &[u8],
     client: usize,
@@ -207,7 +207,7 @@ struct Cell {
     requests: usize,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -434,6 +434,49 @@ pub(crate) struct PluginArgs {
     /// Concurrent clients in the ingest measurement.
     #[arg(long, default_value_t = 2)]
     clients: usize,
+    /// Toolchains compared side by side; their builds are in `<plugins>/../<toolchain>/`.
+    #[arg(long, value_delimiter = ',', default_value = "rust,tinygo,go")]
+    toolchains: Vec<String>,
+}
+
+/// One plugin's cost with one toolchain's build, for the side-by-side table.
+struct ToolchainCost {
+    toolchain: String,
+    plugin: &'static str,
+    bytes: u64,
+    instantiate_us: f64,
+    instantiate_fuel: u64,
+    cost: PluginCost,
+}
+
+/// Loads `dir/<name>.wasm` and measures its size and instantiation (time and fuel, best of 20).
+fn instantiation(dir: &std::path::Path, name: &str) -> anyhow::Result<(u64, f64, u64)> {
+    let path = dir.join(format!("{name}.wasm"));
+    let wasm = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = wasm.len() as u64;
+    let runtime = edgerep_plugin::Runtime::new(None)?;
+    let plugin = runtime.load(edgerep_plugin::PluginSource {
+        name: name.into(),
+        path,
+        wasm,
+        expected_sha256: None,
+        limits: edgerep_plugin::Limits {
+            fuel: 10_000_000,
+            memory_bytes: 16 << 20,
+            deadline: Duration::from_secs(1),
+        },
+        params: Default::default(),
+    })?;
+    let mut best = f64::MAX;
+    let mut fuel = 0;
+    for _ in 0..20 {
+        let t = Instant::now();
+        fuel = plugin
+            .instantiation_fuel()
+            .map_err(|f| anyhow::anyhow!("{name}: {f}"))?;
+        best = best.min(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((bytes, best, fuel))
 }
 
 struct PluginCost {
@@ -532,6 +575,55 @@ pub(crate) fn plugin(args: PluginArgs) -> anyhow::Result<u8> {
         println!(
             "{:>12} {:>14.0} {:>14.0} {:>22.0}",
             c.name, c.ns_per_event, c.fuel_per_event, c.fresh_ns_per_event
+        );
+    }
+
+    // The same plugins built with each toolchain, side by side.
+    let root = args
+        .plugins
+        .parent()
+        .map_or_else(|| std::path::PathBuf::from("."), |p| p.to_path_buf());
+    let mut side = Vec::new();
+    for toolchain in &args.toolchains {
+        let dir = root.join(toolchain);
+        if !dir.join("passthrough.wasm").exists() {
+            println!(
+                "{toolchain}: no builds in {} (cargo xtask build-plugins --toolchain {toolchain})",
+                dir.display()
+            );
+            continue;
+        }
+        for (name, params) in [
+            ("passthrough", &[][..]),
+            ("redact", &[("remove", "sensor"), ("mask", "site")][..]),
+        ] {
+            let (bytes, instantiate_us, instantiate_fuel) = instantiation(&dir, name)?;
+            let cost = plugin_cost(&dir, name, params, &event, args.calls)?;
+            side.push(ToolchainCost {
+                toolchain: toolchain.clone(),
+                plugin: name,
+                bytes,
+                instantiate_us,
+                instantiate_fuel,
+                cost,
+            });
+        }
+    }
+    println!("\nthe same plugins built with each toolchain (per event: a pooled instance):");
+    println!(
+        "{:>12} {:>8} {:>12} {:>12} {:>14} {:>12} {:>14}",
+        "plugin", "build", "bytes", "inst. us", "inst. fuel", "ns/event", "fuel/event"
+    );
+    for c in &side {
+        println!(
+            "{:>12} {:>8} {:>12} {:>12.1} {:>14} {:>12.0} {:>14.0}",
+            c.plugin,
+            c.toolchain,
+            c.bytes,
+            c.instantiate_us,
+            c.instantiate_fuel,
+            c.cost.ns_per_event,
+            c.cost.fuel_per_event
         );
     }
 

@@ -1,0 +1,56 @@
+//! Smoke test of `edgerep bench replicate`: a short run through the real binary (two child
+//! nodes peered over loopback QUIC) whose last line is one JSON object with positive figures.
+
+mod common;
+
+use common::{edgerep, stderr, stdout};
+
+#[test]
+fn bench_replicate_prints_positive_figures_as_json() {
+    let o = edgerep(&[
+        "bench",
+        "replicate",
+        "--events",
+        "2000",
+        "--seconds",
+        "1",
+        "--rates",
+        "200,2000",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "bench replicate failed:\n{out}\n{}",
+        stderr(&o)
+    );
+    assert!(out.contains("periodic-sync mode: not built"), "{out}");
+    let last = out.lines().last().unwrap_or_default();
+    let j: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {out}"));
+    assert_eq!(j["bench"], "replicate", "{j}");
+    assert_eq!(j["events"], 2000, "{j}");
+    for field in [
+        "raw_redb_events_per_s",
+        "raw_quinn_events_per_s",
+        "ingest_events_per_s",
+        "e2e_events_per_s",
+        "ratio",
+        "ratio_quinn",
+    ] {
+        let v = j[field].as_f64().unwrap_or(0.0);
+        assert!(v > 0.0, "{field} = {v}: {j}");
+    }
+    let lat = j["latency"].as_array().expect("latency array");
+    assert_eq!(lat.len(), 2, "{j}");
+    for l in lat {
+        assert!(l["events"].as_u64().unwrap_or(0) > 0, "{l}");
+        assert!(l["p50_ms"].as_f64().unwrap_or(0.0) > 0.0, "{l}");
+        assert!(
+            l["p99_ms"].as_f64().unwrap_or(0.0) >= l["p50_ms"].as_f64().unwrap(),
+            "{l}"
+        );
+    }
+    for node in ["node_a", "node_b"] {
+        assert!(j["rss_peak_mb"][node].as_f64().unwrap_or(0.0) > 0.0, "{j}");
+    }
+}
