@@ -271,8 +271,31 @@ fn parse_toolchains(list: &[String]) -> Result<Vec<Toolchain>> {
 }
 
 fn build_plugins(root: &Path, names: &[String], toolchains: &[Toolchain]) -> Result<()> {
+    // A name must be a plugin of some toolchain; each toolchain builds the named ones it has.
+    let rust: Vec<String> = plugins_of(root)?.into_iter().map(|p| p.folder).collect();
+    let go: Vec<String> = go_plugins_of(root)?
+        .iter()
+        .map(|p| folder_name(p).to_owned())
+        .collect();
+    for name in names {
+        ensure!(
+            rust.contains(name) || go.contains(name),
+            "no plugin named {name:?} in plugins/ (have: {}) or plugins/go/ (have: {})",
+            rust.join(", "),
+            go.join(", ")
+        );
+    }
     let mut lines = Vec::new();
     for &toolchain in toolchains {
+        let have = if toolchain == Toolchain::Rust {
+            &rust
+        } else {
+            &go
+        };
+        if !names.is_empty() && !names.iter().any(|n| have.contains(n)) {
+            eprintln!("xtask: {toolchain}: none of {} to build", names.join(", "));
+            continue;
+        }
         lines.extend(match toolchain {
             Toolchain::Rust => build_rust_plugins(root, names)?,
             Toolchain::Go | Toolchain::TinyGo => build_go_plugins(root, names, toolchain)?,
@@ -284,26 +307,11 @@ fn build_plugins(root: &Path, names: &[String], toolchains: &[Toolchain]) -> Res
     Ok(())
 }
 
-/// Keeps the plugins named in `names` (all if empty), failing on a name that is not there.
-fn select<T>(
-    all: &mut Vec<T>,
-    names: &[String],
-    folder: impl Fn(&T) -> &str,
-    what: &str,
-) -> Result<()> {
-    if names.is_empty() {
-        return Ok(());
+/// Keeps the plugins named in `names` (all if empty; `build_plugins` checked the names).
+fn select<T>(all: &mut Vec<T>, names: &[String], folder: impl Fn(&T) -> &str) {
+    if !names.is_empty() {
+        all.retain(|p| names.iter().any(|n| n == folder(p)));
     }
-    let have: Vec<String> = all.iter().map(|p| folder(p).to_owned()).collect();
-    for name in names {
-        ensure!(
-            have.contains(name),
-            "no plugin named {name:?} in {what} (have: {})",
-            have.join(", ")
-        );
-    }
-    all.retain(|p| names.iter().any(|n| n == folder(p)));
-    Ok(())
 }
 
 /// Writes the components of one toolchain into `target/plugins/<toolchain>/`, with SHA256SUMS
@@ -352,7 +360,7 @@ fn write_outputs(
 fn build_rust_plugins(root: &Path, names: &[String]) -> Result<Vec<String>> {
     ensure_targets()?;
     let mut all = plugins_of(root)?;
-    select(&mut all, names, |p| &p.folder, "plugins/")?;
+    select(&mut all, names, |p| &p.folder);
     let target_dir = root.join("target/plugins-build");
 
     // One cargo invocation per target, every plugin of that target at once.
@@ -490,7 +498,7 @@ fn tinygo(root: &Path) -> Result<TinyGo> {
 /// reactor adapter.
 fn build_go_plugins(root: &Path, names: &[String], toolchain: Toolchain) -> Result<Vec<String>> {
     let mut all = go_plugins_of(root)?;
-    select(&mut all, names, |p| folder_name(p), "plugins/go/")?;
+    select(&mut all, names, |p| folder_name(p));
     let work_dir = root.join("target/plugins-build").join(toolchain.as_str());
     let builder = match toolchain {
         Toolchain::Go => {
