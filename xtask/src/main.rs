@@ -454,44 +454,10 @@ fn folder_name(path: &Path) -> &str {
 /// The TinyGo to build with: `$TINYGO`, or the one `scripts/install-tinygo.sh` installs (or
 /// finds installed) in `$EDGEREP_CACHE`.
 fn tinygo(root: &Path) -> Result<TinyGo> {
-    if let Some(path) = std::env::var_os("TINYGO") {
-        return Ok(TinyGo::at(PathBuf::from(path)));
+    if std::env::var_os("TINYGO").is_none() {
+        eprintln!("xtask: scripts/install-tinygo.sh (installs TinyGo once, then reuses it)");
     }
-    let script = root.join("scripts/install-tinygo.sh");
-    ensure!(
-        script.is_file(),
-        "no TinyGo: set TINYGO to a tinygo binary ({} is missing)",
-        script.display()
-    );
-    eprintln!(
-        "xtask: {} (installs TinyGo once, then reuses it)",
-        script.display()
-    );
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): see its output above; or set TINYGO to a tinygo binary",
-        script.display(),
-        out.status
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| PathBuf::from(l.trim()))
-        .with_context(|| format!("{} printed no tinygo path", script.display()))?;
-    ensure!(
-        path.is_file(),
-        "{} printed {}, which is not a file",
-        script.display(),
-        path.display()
-    );
-    Ok(TinyGo::at(path))
+    Ok(TinyGo::locate(root)?)
 }
 
 /// The Go plugins with standard Go or TinyGo: a core module each, then a component with the

@@ -168,6 +168,51 @@ impl TinyGo {
         TinyGo { path, env_file }
     }
 
+    /// TinyGo as the project finds it: `$TINYGO` if set, otherwise what the checkout's
+    /// `scripts/install-tinygo.sh` installs (once, into a cache outside the repository) and
+    /// prints as its last line.
+    pub fn locate(checkout: &Path) -> Result<TinyGo, BuildError> {
+        if let Some(path) = std::env::var_os("TINYGO") {
+            return Ok(TinyGo::at(PathBuf::from(path)));
+        }
+        let script = checkout.join("scripts/install-tinygo.sh");
+        let failed = |message: String| BuildError::ToolMissing {
+            tool: "tinygo".to_owned(),
+            message,
+            hint: TINYGO_HINT.to_owned(),
+        };
+        if !script.is_file() {
+            return Err(failed(format!("{} is missing", script.display())));
+        }
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| failed(format!("running {}: {e}", script.display())))?;
+        if !out.status.success() {
+            return Err(failed(format!(
+                "{} failed ({}): see its output above",
+                script.display(),
+                out.status
+            )));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let path = stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| PathBuf::from(l.trim()))
+            .ok_or_else(|| failed(format!("{} printed no tinygo path", script.display())))?;
+        if !path.is_file() {
+            return Err(failed(format!(
+                "{} printed {}, which is not a file",
+                script.display(),
+                path.display()
+            )));
+        }
+        Ok(TinyGo::at(path))
+    }
+
     /// A command running `tinygo` with `args`, inside the environment of `env_file`.
     fn command(&self, args: &[&str]) -> Command {
         match &self.env_file {

@@ -197,35 +197,7 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
 /// The TinyGo to build with, found as `cargo xtask build-plugins` finds it: `$TINYGO`, or the one
 /// the checkout's `scripts/install-tinygo.sh` installs (or finds installed) in `$EDGEREP_CACHE`.
 fn tinygo() -> anyhow::Result<TinyGo> {
-    if let Some(path) = std::env::var_os("TINYGO") {
-        return Ok(TinyGo::at(PathBuf::from(path)));
-    }
-    let script = checkout().join("scripts/install-tinygo.sh");
-    ensure!(
-        script.is_file(),
-        "no TinyGo: set TINYGO to a tinygo binary ({} is missing)",
-        script.display()
-    );
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}); or set TINYGO to a tinygo binary",
-        script.display(),
-        out.status
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| PathBuf::from(l.trim()))
-        .with_context(|| format!("{} printed no tinygo path", script.display()))?;
-    ensure!(path.is_file(), "{} is not a file", path.display());
-    Ok(TinyGo::at(path))
+    Ok(TinyGo::locate(&checkout())?)
 }
 
 /// `edgerep plugin test`: exit 0 if every vector passes, else 5.
