@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 export EDGEREP_CACHE="${EDGEREP_CACHE:-$HOME/.cache/edgerep}"
 mkdir -p "$EDGEREP_CACHE"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's start is printed with the seconds since the script began, so a slow step shows.
+started=$SECONDS
+step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
 
 step "toolchain"
 if ! command -v cargo >/dev/null 2>&1; then
@@ -84,3 +86,5 @@ cargo xtask test-plugins
 
 step "tests"
 cargo test --workspace --locked
+
+step "done"

@@ -356,12 +356,22 @@ fn write_outputs(
     Ok(lines)
 }
 
+/// Where plugin builds keep their intermediate files: `plugins-build` in cargo's target
+/// directory (`CARGO_TARGET_DIR` when set, so a CI cache outside the checkout is reused).
+/// The finished components always go to `target/plugins/` of the checkout.
+fn build_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("plugins-build")
+}
+
 /// The Rust plugins: one `cargo build` per target for all of them, then a component each.
 fn build_rust_plugins(root: &Path, names: &[String]) -> Result<Vec<String>> {
     ensure_targets()?;
     let mut all = plugins_of(root)?;
     select(&mut all, names, |p| &p.folder);
-    let target_dir = root.join("target/plugins-build");
+    let target_dir = build_dir(root);
 
     // One cargo invocation per target, every plugin of that target at once.
     let mut by_target: BTreeMap<&str, Vec<&Plugin>> = BTreeMap::new();
@@ -465,7 +475,7 @@ fn tinygo(root: &Path) -> Result<TinyGo> {
 fn build_go_plugins(root: &Path, names: &[String], toolchain: Toolchain) -> Result<Vec<String>> {
     let mut all = go_plugins_of(root)?;
     select(&mut all, names, |p| folder_name(p));
-    let work_dir = root.join("target/plugins-build").join(toolchain.as_str());
+    let work_dir = build_dir(root).join(toolchain.as_str());
     let builder = match toolchain {
         Toolchain::Go => {
             let go = Go::find()?;

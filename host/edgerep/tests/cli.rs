@@ -192,8 +192,26 @@ fn demo_runs_to_the_end() {
     ]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("store verified: true"), "{out}");
-    assert!(out.contains("400: malformed JSON"), "{out}");
+    assert!(out.contains("equal digests: the nodes converged."), "{out}");
+    // Every node shows the plugin-merged counter and the same verified digest.
+    let merged = r#"{"node-1":5,"node-2":10,"node-3":15}"#;
+    let counters: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("get counters/visits"))
+        .collect();
+    assert_eq!(counters.len(), 3, "{out}");
+    assert!(counters.iter().all(|l| l.ends_with(merged)), "{out}");
+    let digests: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(" digest \""))
+        .map(|l| l.split('"').nth(1).unwrap())
+        .collect();
+    assert_eq!(digests.len(), 3, "{out}");
+    assert!(
+        digests.iter().all(|d| d.len() == 64 && *d == digests[0]),
+        "{out}"
+    );
+    assert_eq!(out.matches("verified true").count(), 3, "{out}");
 }
 
 #[test]

@@ -7,8 +7,12 @@ use std::process::{Command, Output};
 fn edgerep(args: &[&std::ffi::OsStr]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgerep"));
     cmd.args(args);
-    // Rust scaffolds share one target folder, so the guest SDK builds once.
-    cmd.env("CARGO_TARGET_DIR", root().join("target/plugin-new"));
+    // Rust scaffolds share one target folder, so the guest SDK builds once (inside cargo's
+    // target directory, which CI keeps outside the checkout).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    cmd.env("CARGO_TARGET_DIR", target.join("plugin-new"));
     if let Some(t) = tinygo() {
         cmd.env("TINYGO", t);
     }
