@@ -824,6 +824,15 @@ async fn dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError>
 async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
     let id = dead_letter_id(&uri)?.max(1);
     let d = find_dead_letter(&app, id).await?;
+    if d.stage != crate::dead_letter::STAGE_INGEST {
+        return Err(ApiError::bad_request(
+            "not-replayable",
+            format!(
+                "dead letter {id} is from stage {:?} (an event from a peer): it stays in the changelog as received and cannot be replayed as a local write",
+                d.stage
+            ),
+        ));
+    }
     request::check_collection(&app.config, &d.write.collection)?;
     let outcome = ingest::run_blocking(&app, vec![d.write], false).await?;
     if let Some(failed) = outcome.failed.first() {

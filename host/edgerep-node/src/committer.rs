@@ -16,8 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::collections::BTreeMap;
 
-use edgerep_store::{Committed, LocalWrite, RemoteApply, Store};
-use edgerep_wire::{Event, HlcClock};
+use edgerep_store::{Committed, LocalWrite, Received, RemoteApply, Store};
+use edgerep_wire::HlcClock;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests waiting for the committer, at most. Writers wait (backpressure) when it is full.
@@ -35,7 +35,8 @@ pub type ApplyReply = Box<dyn FnOnce(Result<RemoteApply, CommitError>) + Send>;
 enum Request {
     Write(Pending),
     Apply {
-        events: Vec<Event>,
+        events: Vec<Received>,
+        dead_letters: Vec<Vec<u8>>,
         reply: ApplyReply,
     },
 }
@@ -99,11 +100,22 @@ impl Committer {
                 while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
                     let first = match first {
                         Request::Write(p) => p,
-                        Request::Apply { events, reply } => {
-                            let last: Vec<(String, u64)> =
-                                events.iter().map(|e| (e.origin.to_string(), e.seq)).collect();
+                        Request::Apply {
+                            events,
+                            dead_letters,
+                            reply,
+                        } => {
+                            let last: Vec<(String, u64)> = events
+                                .iter()
+                                .map(|r| (r.event.origin.to_string(), r.event.seq))
+                                .collect();
                             let n = events.len();
-                            match store.apply_remote(events, &mut clock, wall_ms()) {
+                            match store.apply_remote(
+                                events,
+                                &dead_letters,
+                                &mut clock,
+                                wall_ms(),
+                            ) {
                                 Ok(out) => {
                                     for (origin, seq) in last {
                                         let held = have.entry(origin).or_insert(0);
@@ -210,11 +222,21 @@ impl Committer {
     }
 
     /// Queues events received from a peer to be applied in one durable transaction (in the
-    /// order queued); `reply` is called on the committer thread once it committed or failed.
-    /// Blocks while the queue is full (call it from a plain thread, not an async task).
-    pub fn apply(&self, events: Vec<Event>, reply: ApplyReply) -> Result<(), CommitError> {
+    /// order queued), with the dead letters of transforms that failed on them; `reply` is called
+    /// on the committer thread once it committed or failed. Blocks while the queue is full
+    /// (call it from a plain thread, not an async task).
+    pub fn apply(
+        &self,
+        events: Vec<Received>,
+        dead_letters: Vec<Vec<u8>>,
+        reply: ApplyReply,
+    ) -> Result<(), CommitError> {
         self.queue
-            .blocking_send(Request::Apply { events, reply })
+            .blocking_send(Request::Apply {
+                events,
+                dead_letters,
+                reply,
+            })
             .map_err(|_| CommitError::Closed)
     }
 }

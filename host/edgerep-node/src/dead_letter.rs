@@ -13,13 +13,16 @@ use edgerep_wire::{Op, Value};
 use minicbor::{Decoder, Encoder};
 use serde_json::{Value as Json, json};
 
-/// Where in the node the plugin failed.
+/// Where in the node the plugin failed: a transform on ingest (a local write; replay commits it).
 pub const STAGE_INGEST: &str = "ingest";
+/// A transform on apply (an event from a peer: it stays in the changelog as received and is
+/// relayed; only this node's state lacks it; it cannot be replayed as a local write).
+pub const STAGE_APPLY: &str = "apply";
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
-    /// `ingest` (transform at ingest) today; `apply` once replication runs transforms on apply.
+    /// [`STAGE_INGEST`] or [`STAGE_APPLY`].
     pub stage: String,
     /// The write as the client sent it (after the API's validation, before any plugin).
     pub write: LocalWrite,

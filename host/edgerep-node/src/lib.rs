@@ -5,6 +5,7 @@
 //! every request fully before handing it over, so a refused request writes nothing.
 
 pub mod api;
+mod apply;
 pub mod committer;
 pub mod dead_letter;
 mod ingest;
@@ -155,6 +156,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         &config,
         store.clone(),
         committer.clone(),
+        pipeline.clone(),
         inbox,
         tokio::runtime::Handle::current(),
     )

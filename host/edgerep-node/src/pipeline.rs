@@ -1,5 +1,5 @@
 //! The node's plugins at work: loads them at start, runs a collection's transform chain on
-//! ingest, resolves keys that hold concurrent versions, and halts collections whose plugin
+//! ingest and on apply (events from peers), resolves keys that hold concurrent versions, and halts collections whose plugin
 //! failed under the `halt` policy.
 //!
 //! Invariants: a write reaches the committer only after every transform of its collection
@@ -15,7 +15,7 @@ use edgerep_config::{Config, FailurePolicy};
 use edgerep_plugin::{
     Change, Failure, FailureKind, Limits, Plugin, PluginSource, Resolution, Runtime, World,
 };
-use edgerep_store::{LocalWrite, Versions};
+use edgerep_store::{LocalWrite, OnApply, Versions};
 use edgerep_wire::event::FORMAT_VERSION;
 use edgerep_wire::{Event, Hlc, NodeId, Op, Value, VersionVector};
 use serde_json::{Value as Json, json};
@@ -61,6 +61,7 @@ pub struct Pipeline {
     node: NodeId,
     plugins: BTreeMap<String, Loaded>,
     ingest: HashMap<String, Vec<String>>,
+    on_apply: HashMap<String, Vec<String>>,
     resolvers: HashMap<String, String>,
     halted: Mutex<BTreeMap<String, String>>,
 }
@@ -119,6 +120,7 @@ impl Pipeline {
             }
         }
         let mut ingest = HashMap::new();
+        let mut on_apply = HashMap::new();
         let mut resolvers = HashMap::new();
         for (i, c) in config.collections.declared.iter().enumerate() {
             for (list_name, list) in [
@@ -140,6 +142,9 @@ impl Pipeline {
             if !c.transforms_on_ingest.is_empty() {
                 ingest.insert(c.name.clone(), c.transforms_on_ingest.clone());
             }
+            if !c.transforms_on_apply.is_empty() {
+                on_apply.insert(c.name.clone(), c.transforms_on_apply.clone());
+            }
             if c.resolver != "lww" {
                 if plugins[&c.resolver].plugin.world() != World::Resolver {
                     return Err(plugin_error(
@@ -157,6 +162,7 @@ impl Pipeline {
             node: config.node.id.clone(),
             plugins,
             ingest,
+            on_apply,
             resolvers,
             halted: Mutex::new(BTreeMap::new()),
         })
@@ -251,6 +257,76 @@ impl Pipeline {
             current = next;
         }
         Ok(current)
+    }
+
+    /// Whether `collection` has transforms to run on events from peers.
+    pub fn has_on_apply(&self, collection: &str) -> bool {
+        self.on_apply.contains_key(collection)
+    }
+
+    /// Runs an event received from a peer through its collection's transforms on apply, each on
+    /// a fresh instance (so the outcome depends only on the event and the plugins' parameters,
+    /// and nodes with the same configuration reach the same state). A transform may keep the
+    /// event, change its value (or make it a delete), or drop it (no changes); a change to any
+    /// other key is refused (`bad-output`: routing belongs on ingest). Schema and metadata stay
+    /// the event's own. `check_value` validates a changed value against the node's limits.
+    pub fn run_apply(
+        &self,
+        event: &Event,
+        check_value: &dyn Fn(&Value) -> Result<(), String>,
+    ) -> Result<OnApply, Box<Rejection>> {
+        let Some(chain) = self.on_apply.get(&event.collection) else {
+            return Ok(OnApply::AsReceived);
+        };
+        let mut current = event.clone();
+        for name in chain {
+            let loaded = &self.plugins[name];
+            let reject = |failure: Failure| {
+                Box::new(Rejection {
+                    plugin: name.clone(),
+                    plugin_sha256: loaded.plugin.sha256().to_owned(),
+                    failure,
+                    policy: loaded.policy,
+                    event: current.encode(),
+                })
+            };
+            let bad = |message: String| {
+                reject(Failure {
+                    kind: FailureKind::BadOutput,
+                    message,
+                    fuel_used: 0,
+                })
+            };
+            let mut changes = loaded.plugin.transform(&current, true).map_err(reject)?;
+            let change = match changes.len() {
+                0 => return Ok(OnApply::Dropped),
+                1 => changes.remove(0),
+                n => {
+                    return Err(bad(format!(
+                        "on apply a transform returns at most one change (the event's own key); it returned {n}"
+                    )));
+                }
+            };
+            if change.collection != current.collection || change.key != current.key {
+                return Err(bad(format!(
+                    "on apply a transform may change only the event's own key ({}/{}), not {}/{}",
+                    current.collection,
+                    String::from_utf8_lossy(&current.key),
+                    change.collection,
+                    String::from_utf8_lossy(&change.key)
+                )));
+            }
+            let value = match change.op {
+                Op::Put => change.value,
+                Op::Delete => None,
+            };
+            if let Some(v) = &value {
+                check_value(v).map_err(|m| bad(format!("value refused by the node: {m}")))?;
+            }
+            current.op = if value.is_some() { Op::Put } else { Op::Delete };
+            current.value = value;
+        }
+        Ok(OnApply::Value(current.value))
     }
 
     /// The value of a key from its versions: the single version, or the collection's resolver

@@ -3,7 +3,9 @@
 //!
 //! Shape: one plain thread (the replicator) owns the `Replica` and is the only one to touch it;
 //! tokio tasks own the connections (one reader and one writer per peer) and talk to it through
-//! a channel. Received batches go to the committer, which applies them durably and calls back.
+//! a channel. Received batches run through the transforms on apply ([`crate::apply`]) and go to the
+//! committer, which applies them durably and calls back. A transform failing under the `halt`
+//! policy stops replication (every connection closed, none accepted) until the node restarts.
 //!
 //! Invariants: an `Ack` leaves only after the batch it covers is durable (the core guarantees
 //! it, given that the committer's hook reports the new have before the apply's reply); memory per
@@ -33,6 +35,8 @@ use tokio::sync::mpsc;
 
 use crate::committer::wall_ms;
 use crate::committer::{CommitError, Committer, Have};
+use crate::pipeline::Pipeline;
+use edgerep_wire::value::DecodeLimits;
 
 /// A peer's reader stops reading while more events than this wait to be applied.
 pub const PAUSE_ABOVE_EVENTS: usize = 32_768;
@@ -104,6 +108,9 @@ pub struct ReplicationStatus {
     pub listen: Option<String>,
     /// One entry per configured peer, in config order.
     pub peers: Vec<PeerStatus>,
+    /// Why replication stopped (a transform on apply failed under the `halt` policy); it
+    /// resumes when the node restarts.
+    pub halted: Option<String>,
 }
 
 /// The running replication: its status, and how to stop it.
@@ -222,6 +229,7 @@ pub fn start(
     config: &Config,
     store: Arc<Store>,
     committer: Committer,
+    pipeline: Arc<Pipeline>,
     inbox: Inbox,
     runtime: tokio::runtime::Handle,
 ) -> Result<Option<Replication>, String> {
@@ -274,6 +282,7 @@ pub fn start(
     let status = Arc::new(Mutex::new(ReplicationStatus {
         listen: listen.clone(),
         peers: Vec::new(),
+        halted: None,
     }));
     let limits = MessageLimits {
         event: crate::event_limits(config),
@@ -290,6 +299,9 @@ pub fn start(
         log: StoreLog(store.clone()),
         store,
         committer,
+        pipeline,
+        value_limits: crate::value_limits(config),
+        halted: None,
         inbox: inbox.clone(),
         conns: BTreeMap::new(),
         peers: peers.clone(),
@@ -508,6 +520,10 @@ struct Replicator {
     log: StoreLog,
     store: Arc<Store>,
     committer: Committer,
+    pipeline: Arc<Pipeline>,
+    value_limits: DecodeLimits,
+    /// Set when a transform on apply failed under `halt`: nothing more is applied.
+    halted: Option<String>,
     inbox: std_mpsc::Sender<Input>,
     conns: BTreeMap<NodeId, Live>,
     peers: Vec<(NodeId, String)>,
@@ -617,6 +633,10 @@ impl Replicator {
                 paused,
             } => {
                 let peer = conn.peer.clone();
+                if let Some(reason) = &self.halted {
+                    conn.close(CloseCode::Normal, &format!("replication halted: {reason}"));
+                    return;
+                }
                 if let Some(old) = self.conns.remove(&peer) {
                     old.conn
                         .close(CloseCode::Normal, "replaced by a newer connection");
@@ -674,11 +694,27 @@ impl Replicator {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Apply { peer, events } => {
+                    if let Some(reason) = &self.halted {
+                        let reason = reason.clone();
+                        self.core.apply_failed(&peer, &reason, self.now());
+                        continue;
+                    }
+                    let prepared =
+                        match crate::apply::prepare(&self.pipeline, &self.value_limits, events) {
+                            Ok(p) => p,
+                            Err(halt) => {
+                                self.core.apply_failed(&peer, &halt.reason, self.now());
+                                self.halt(halt);
+                                continue;
+                            }
+                        };
                     let hook = CommitHookSender(self.inbox.clone());
                     let to = peer.clone();
-                    let sent = self
-                        .committer
-                        .apply(events, Box::new(move |result| hook.applied(to, result)));
+                    let sent = self.committer.apply(
+                        prepared.events,
+                        prepared.dead_letters,
+                        Box::new(move |result| hook.applied(to, result)),
+                    );
                     if let Err(e) = sent {
                         self.core.apply_failed(&peer, &e.to_string(), self.now());
                     }
@@ -705,6 +741,22 @@ impl Replicator {
             live.paused
                 .store(pending > PAUSE_ABOVE_EVENTS, Ordering::Release);
         }
+    }
+
+    /// Stops replication: a transform on apply failed under the `halt` policy. The collection's
+    /// local writes stop too; nothing is lost (peers keep the events in their changelogs).
+    fn halt(&mut self, halt: crate::apply::Halt) {
+        tracing::error!(collection = %halt.collection, "replication halted: {}", halt.reason);
+        self.pipeline.halt(&halt.collection, halt.reason.clone());
+        let now = self.now();
+        for (peer, live) in std::mem::take(&mut self.conns) {
+            live.conn.close(
+                CloseCode::Normal,
+                &format!("replication halted: {}", halt.reason),
+            );
+            self.core.disconnected(&peer, now);
+        }
+        self.halted = Some(halt.reason);
     }
 
     fn transmit(&mut self) {
@@ -791,6 +843,7 @@ impl Replicator {
             .collect();
         if let Ok(mut s) = self.status.lock() {
             s.peers = peers;
+            s.halted = self.halted.clone();
         }
     }
 }

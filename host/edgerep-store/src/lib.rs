@@ -182,11 +182,47 @@ pub struct StoreStatus {
     pub dead_letters: u64,
 }
 
+/// What an event received from a peer does to this node's state. Its changelog entry is always
+/// the event as received (peers relay it unchanged, so every origin's sequence stays gapless
+/// everywhere); transforms on apply change only the state of the node that runs them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OnApply {
+    /// Applied to the state as received.
+    AsReceived,
+    /// Applied with this value instead (`None`: as a delete); origin, sequence number, timestamp
+    /// and causal context stay the event's own.
+    Value(Option<Value>),
+    /// Kept out of the state (a transform dropped it, or failed on it).
+    Dropped,
+}
+
+/// An event received from a peer, with what it does to the state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The event as its origin wrote it.
+    pub event: Event,
+    /// What it does to this node's state.
+    pub on_apply: OnApply,
+}
+
+impl Received {
+    /// An event applied as received.
+    pub fn as_received(event: Event) -> Received {
+        Received {
+            event,
+            on_apply: OnApply::AsReceived,
+        }
+    }
+}
+
 /// What [`Store::apply_remote`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteApply {
-    /// Per event, what it did to its key's versions.
+    /// Per event, what it did to its key's versions ([`Applied::Obsolete`] also for an event
+    /// kept out of the state by [`OnApply::Dropped`]).
     pub applied: Vec<Applied>,
+    /// Ids of the dead letters written with the batch.
+    pub dead_letters: Vec<u64>,
     /// Events whose timestamp was too far ahead of the wall clock to move the clock.
     pub skewed: usize,
 }
@@ -522,28 +558,37 @@ impl Store {
     /// which event is missing. Returns, per event, what it did to its key's versions
     /// ([`Applied::Duplicate`] also for an event already in the changelog).
     pub fn apply_events(&self, events: Vec<Event>) -> Result<Vec<Applied>, StoreError> {
-        self.apply_in(events, None)
+        let events = events.into_iter().map(Received::as_received).collect();
+        Ok(self.apply_in(events, &[], None)?.0)
     }
 
     /// [`Store::apply_events`] for events received from peers: `clock` observes each event's
     /// hybrid clock timestamp and its last value is saved in the same transaction, so the clock
     /// never goes back across a restart. A timestamp too far ahead of `wall_ms` is still applied
     /// (refusing it would stall its origin forever and break convergence) but does not move the
-    /// clock; it is counted in the returned [`RemoteApply::skewed`].
+    /// clock; it is counted in the returned [`RemoteApply::skewed`]. Each event's changelog
+    /// entry is the event as received; its effect on the state is its [`OnApply`]. The dead
+    /// letters `dead_letters` (records of transforms that failed on these events) are written in
+    /// the same transaction.
     pub fn apply_remote(
         &self,
-        events: Vec<Event>,
+        events: Vec<Received>,
+        dead_letters: &[Vec<u8>],
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<RemoteApply, StoreError> {
         let mut skewed = 0;
-        for event in &events {
-            if clock.observe(event.hlc, wall_ms).is_err() {
+        for r in &events {
+            if clock.observe(r.event.hlc, wall_ms).is_err() {
                 skewed += 1;
             }
         }
-        let applied = self.apply_in(events, Some(clock.last()))?;
-        Ok(RemoteApply { applied, skewed })
+        let (applied, dead_letters) = self.apply_in(events, dead_letters, Some(clock.last()))?;
+        Ok(RemoteApply {
+            applied,
+            skewed,
+            dead_letters,
+        })
     }
 
     /// Saves what a peer acknowledged holding (per origin, the highest sequence number).
@@ -593,12 +638,21 @@ impl Store {
 
     fn apply_in(
         &self,
-        events: Vec<Event>,
+        events: Vec<Received>,
+        dead_letters: &[Vec<u8>],
         hlc_last: Option<Hlc>,
-    ) -> Result<Vec<Applied>, StoreError> {
+    ) -> Result<(Vec<Applied>, Vec<u64>), StoreError> {
         let txn = self.db.begin_write()?;
         let mut out = Vec::with_capacity(events.len());
+        let mut dead_ids = Vec::with_capacity(dead_letters.len());
         {
+            let mut dead = txn.open_table(DEAD_LETTERS)?;
+            let first = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
+            for (id, record) in (first..).zip(dead_letters) {
+                dead.insert(id, record.as_slice())?;
+                dead_ids.push(id);
+            }
+            drop(dead);
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut feed = txn.open_table(FEED)?;
@@ -612,7 +666,7 @@ impl Store {
             // The feed run being built: (first position, origin, first seq, count).
             let mut run: Option<(u64, String, u64, u64)> = None;
             let mut bytes = Vec::with_capacity(256);
-            for event in events {
+            for Received { event, on_apply } in events {
                 let lkey = log_key(event.origin.as_str(), event.seq);
                 if changelog.get(lkey.as_slice())?.is_some() {
                     out.push(Applied::Duplicate);
@@ -644,6 +698,18 @@ impl Store {
                         Some((position, event.origin.to_string(), event.seq, 1))
                     }
                 };
+                let mut event = event;
+                match on_apply {
+                    OnApply::AsReceived => {}
+                    OnApply::Value(value) => {
+                        event.op = if value.is_some() { Op::Put } else { Op::Delete };
+                        event.value = value;
+                    }
+                    OnApply::Dropped => {
+                        out.push(Applied::Obsolete);
+                        continue;
+                    }
+                }
                 let skey = state_key(&event.collection, &event.key);
                 let old = state.get(skey.as_slice())?;
                 let mut versions = match &old {
@@ -682,7 +748,7 @@ impl Store {
             }
         }
         txn.commit()?;
-        Ok(out)
+        Ok((out, dead_ids))
     }
 
     /// The versions of one key (empty if the key was never written).

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use edgerep_store::{
-    Committed, Digest, LocalWrite, Resume, ScanPage, ScanRange, Store, StoreError, StoreStatus,
-    Versions,
+    Applied, Committed, Digest, LocalWrite, OnApply, Received, Resume, ScanPage, ScanRange, Store,
+    StoreError, StoreStatus, Versions,
 };
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value};
@@ -1196,7 +1196,8 @@ fn remote_apply_moves_the_clock_and_peer_cursors_persist() {
     let events = b.changelog("site-b", 0, 10).unwrap();
     let mut clock = HlcClock::new(Hlc::default(), 1_000);
     // Both applied; only the first moves the clock.
-    let out = store.apply_remote(events, &mut clock, 5_000).unwrap();
+    let events = events.into_iter().map(Received::as_received).collect();
+    let out = store.apply_remote(events, &[], &mut clock, 5_000).unwrap();
     assert_eq!(out.applied.len(), 2);
     assert_eq!(out.skewed, 1);
     assert_eq!(store.status().unwrap().origins["site-b"], 2);
@@ -1209,4 +1210,89 @@ fn remote_apply_moves_the_clock_and_peer_cursors_persist() {
     assert_eq!(resume.hlc_last.physical_ms, 5_000);
     assert_eq!(store.peer_cursors().unwrap()["site-c"], have);
     assert!(store.verify().unwrap().is_ok());
+}
+
+/// Transforms on apply decide what a peer's event does to this node's state; the changelog
+/// keeps the event exactly as received (it is what peers relay), and dead letters of the batch
+/// commit with it.
+#[test]
+fn on_apply_changes_the_state_never_the_changelog() {
+    let (b, _) = memory_store("site-b");
+    let mut b_clock = HlcClock::new(Hlc::default(), SKEW_MS);
+    b.commit_local(
+        vec![
+            put("c", b"kept", val(1)),
+            put("c", b"changed", val(2)),
+            put("c", b"dropped", val(3)),
+            put("c", b"deleted", val(4)),
+        ],
+        &mut b_clock,
+        1_000,
+    )
+    .unwrap();
+    let sent = b.changelog("site-b", 0, 10).unwrap();
+    let (a, _) = memory_store("site-a");
+    let mut clock = HlcClock::new(Hlc::default(), SKEW_MS);
+    let effects = [
+        OnApply::AsReceived,
+        OnApply::Value(Some(val(20))),
+        OnApply::Dropped,
+        OnApply::Value(None),
+    ];
+    let batch: Vec<Received> = sent
+        .iter()
+        .cloned()
+        .zip(effects)
+        .map(|(event, on_apply)| Received { event, on_apply })
+        .collect();
+    let out = a
+        .apply_remote(batch, &[b"why".to_vec()], &mut clock, 1_000)
+        .unwrap();
+    assert_eq!(
+        out.applied,
+        [
+            Applied::Added,
+            Applied::Added,
+            Applied::Obsolete,
+            Applied::Added
+        ]
+    );
+    assert_eq!(out.dead_letters, [1]);
+    assert_eq!(a.dead_letters(0, 10).unwrap(), [(1, b"why".to_vec())]);
+    // The changelog holds the events as their origin wrote them.
+    let held = a.changelog("site-b", 0, 10).unwrap();
+    assert_eq!(held, sent);
+    assert_eq!(a.status().unwrap().origins["site-b"], 4);
+    // The state holds what the transforms made of them, with the events' own identity.
+    let kept = a.get("c", b"kept").unwrap();
+    assert_eq!(kept.events()[0].value, Some(val(1)));
+    let changed = a.get("c", b"changed").unwrap();
+    assert_eq!(changed.events().len(), 1);
+    let e = &changed.events()[0];
+    assert_eq!(
+        (e.value.clone(), e.origin.as_str(), e.seq),
+        (Some(val(20)), "site-b", 2)
+    );
+    assert_eq!(e.hlc, sent[1].hlc);
+    assert!(a.get("c", b"dropped").unwrap().events().is_empty());
+    let deleted = a.get("c", b"deleted").unwrap();
+    assert_eq!(deleted.events()[0].op, Op::Delete);
+    assert_eq!(deleted.events()[0].value, None);
+    assert_verified(&a);
+    // A later write of the dropped key (whose context covers the dropped version) applies.
+    b.commit_local(vec![put("c", b"dropped", val(5))], &mut b_clock, 2_000)
+        .unwrap();
+    let next = b.changelog("site-b", 4, 10).unwrap();
+    a.apply_remote(
+        next.into_iter().map(Received::as_received).collect(),
+        &[],
+        &mut clock,
+        2_000,
+    )
+    .unwrap();
+    assert_eq!(
+        a.get("c", b"dropped").unwrap().events()[0].value,
+        Some(val(5))
+    );
+    assert_verified(&a);
 }

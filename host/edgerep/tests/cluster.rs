@@ -350,3 +350,179 @@ fn a_node_from_another_ca_is_refused_and_garbage_is_ignored() {
     drop(impostor);
     assert_eq!(get(&n2, "orders", "after-junk").0, 200);
 }
+
+/// Path and sha256 of a Rust example plugin built by `cargo xtask build-plugins`.
+fn example_plugin(name: &str) -> (PathBuf, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
+        .expect("target/plugins/rust/SHA256SUMS (run `cargo xtask build-plugins` first)");
+    let file = format!("{name}.wasm");
+    let sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix(&file).map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|| panic!("{file} not in SHA256SUMS"));
+    (dir.join(file).canonicalize().unwrap(), sha)
+}
+
+fn get_json(node: &Node, path: &str) -> (u16, serde_json::Value) {
+    let mut r = agent().get(&node.url(path)).call().unwrap();
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Waits until `node` holds `n` events from `origin`.
+fn wait_for_origin(node: &Node, origin: &str, n: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while status(node)["origins"][origin].as_u64().unwrap_or(0) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} events from {origin} not reached: {}",
+            n,
+            status(node)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn transforms_on_apply_shape_the_receiving_state_and_failures_follow_their_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (redact, redact_sha) = example_plugin("redact");
+    let (trap, trap_sha) = example_plugin("trap");
+    // node-2 redacts cards it receives, dead-letters what the trap plugin fails on, and halts
+    // replication when the same plugin fails on `halting`.
+    let mut text = std::fs::read_to_string(&configs[1]).unwrap();
+    text.push_str(&format!(
+        r#"
+[[collections.declared]]
+name = "cards"
+transforms_on_apply = ["redact"]
+
+[[collections.declared]]
+name = "broken"
+transforms_on_apply = ["trap"]
+
+[[collections.declared]]
+name = "halting"
+transforms_on_apply = ["trap-halt"]
+
+[plugins.redact]
+path = "{}"
+sha256 = "{redact_sha}"
+params = {{ remove = "card" }}
+
+[plugins.trap]
+path = "{}"
+sha256 = "{trap_sha}"
+on_failure = "dead-letter"
+
+[plugins.trap-halt]
+path = "{}"
+sha256 = "{trap_sha}"
+on_failure = "halt"
+"#,
+        redact.display(),
+        trap.display(),
+        trap.display()
+    ));
+    std::fs::write(&configs[1], text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+
+    put(&n1, "cards", "c-1", r#"{"name":"ada","card":"4111"}"#);
+    put(&n1, "broken", "b-1", r#"{"a":1}"#);
+    put(&n1, "plain", "p-1", r#"{"a":1}"#);
+    wait_for_origin(&n2, "node-1", 3, Duration::from_secs(30));
+
+    // The receiving state is what the transform made of the event; the sender keeps its own.
+    assert_eq!(get(&n2, "cards", "c-1"), (200, r#"{"name":"ada"}"#.into()));
+    assert_eq!(
+        get(&n1, "cards", "c-1"),
+        (200, r#"{"card":"4111","name":"ada"}"#.into())
+    );
+    assert_eq!(get(&n2, "plain", "p-1"), (200, r#"{"a":1}"#.into()));
+    // node-2's changelog holds the event as written (what it relays to others).
+    let (code, log) = get_json(&n2, "/v1/changelog/node-1");
+    assert_eq!(code, 200, "{log}");
+    assert_eq!(log["events"][0]["value"]["card"], "4111", "{log}");
+    // The event the trap plugin failed on is a dead letter, kept out of the state.
+    assert_eq!(get(&n2, "broken", "b-1").0, 404);
+    let (_, dl) = get_json(&n2, "/v1/dead-letters");
+    let list = dl["dead_letters"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{dl}");
+    assert_eq!(list[0]["stage"], "apply");
+    assert_eq!(list[0]["plugin"], "trap");
+    assert_eq!(list[0]["failure"], "trap");
+    // It cannot be replayed as a local write of node-2.
+    let id = list[0]["id"].as_u64().unwrap();
+    let mut r = agent()
+        .post(&n2.url(&format!("/v1/dead-letters/{id}/replay")))
+        .send_empty()
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status(), 400, "{body}");
+    assert!(body.contains("cannot be replayed"), "{body}");
+    // The handshake reported the differing configuration (status is published periodically).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(&n2);
+        let mismatches = st["replication"]["peers"][0]["mismatches"]
+            .as_array()
+            .unwrap();
+        if !mismatches.is_empty() {
+            assert!(
+                mismatches
+                    .iter()
+                    .any(|m| m.as_str().unwrap().contains("cards")),
+                "{st}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no mismatch reported: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Under `halt`, nothing more is applied and replication stops; node-2 keeps serving.
+    put(&n1, "halting", "h-1", r#"{"a":1}"#);
+    put(&n1, "plain", "p-2", r#"{"a":2}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = status(&n2);
+        if st["replication"]["halted"].is_string() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "replication did not halt: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let reason = st["replication"]["halted"].as_str().unwrap();
+    assert!(
+        reason.contains("trap-halt") && reason.contains("halt"),
+        "{reason}"
+    );
+    assert_eq!(
+        st["origins"]["node-1"], 3,
+        "nothing of the failed batch applied: {st}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status(&n2)["origins"]["node-1"], 3);
+    assert_eq!(get(&n2, "plain", "p-2").0, 404);
+    let mut r = agent()
+        .put(&n2.url("/v1/kv/halting/local"))
+        .content_type("application/json")
+        .send(b"{}".as_slice())
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    put(&n2, "plain", "local", "{}");
+    // node-1 still holds everything: a restart of node-2 with a fixed configuration resumes.
+    assert_eq!(status(&n1)["origins"]["node-1"], 5);
+}
