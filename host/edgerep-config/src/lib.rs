@@ -9,6 +9,7 @@
 //! id = "site-a"              # required, node id rules
 //! data_dir = "data"          # required; relative to the config file's directory
 //! max_clock_skew_ms = 60000  # optional, > 0
+//! sync_interval_ms = 100     # optional, 1..=60000: how often `periodic` collections sync
 //!
 //! [api]
 //! listen = "127.0.0.1:7070"  # required, IP:port of the local HTTP API
@@ -28,6 +29,7 @@
 //! transforms_on_ingest = ["redact"]  # plugin names, run in order before storing
 //! transforms_on_apply = []   # plugin names, run on events from peers
 //! resolver = "lww"           # or the name of a resolver plugin
+//! durability = "immediate"   # or "periodic": acknowledge before the disk sync (see Durability)
 //!
 //! [plugins.redact]           # zero or more
 //! path = "plugins/redact.wasm"  # relative to the config file's directory
@@ -100,6 +102,9 @@ pub struct NodeConfig {
     /// Remote hybrid-clock timestamps further ahead of wall time than this are refused (> 0,
     /// default 60000).
     pub max_clock_skew_ms: u64,
+    /// How often writes to `periodic` collections are synced to disk, in milliseconds
+    /// (1..=60000, default 100).
+    pub sync_interval_ms: u64,
 }
 
 /// `[api]`.
@@ -148,6 +153,30 @@ pub struct CollectionsConfig {
     pub accept_undeclared: bool,
     /// The declared collections, with unique names.
     pub declared: Vec<CollectionConfig>,
+}
+
+/// When a write to a collection is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After its transaction is synced to disk (the default): an acknowledged write survives
+    /// a crash.
+    #[default]
+    Immediate,
+    /// After its transaction commits, before the disk sync, which happens within
+    /// `node.sync_interval_ms` (like NATS JetStream's default): a crash of the node can lose
+    /// the last interval of acknowledged writes. Replication still ships a node's own events
+    /// only once they are synced, so no peer ever holds an event its origin lost.
+    Periodic,
+}
+
+impl Durability {
+    /// The name used in the config (`immediate`, `periodic`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Immediate => "immediate",
+            Durability::Periodic => "periodic",
+        }
+    }
 }
 
 /// What a node does with an event when a plugin fails on it (trap, fuel, memory, deadline, or
@@ -208,6 +237,8 @@ pub struct CollectionConfig {
     /// The conflict resolver: `"lww"` (last writer wins on the hybrid clock, ties broken by
     /// origin id) or the name of a resolver plugin from `[plugins]`.
     pub resolver: String,
+    /// When writes to the collection are acknowledged.
+    pub durability: Durability,
 }
 
 /// `[limits]`: every value is greater than 0, and `max_value_bytes <= max_request_bytes`.
@@ -282,6 +313,7 @@ impl Config {
                 id: raw.node.id,
                 data_dir,
                 max_clock_skew_ms: raw.node.max_clock_skew_ms,
+                sync_interval_ms: raw.node.sync_interval_ms,
             },
             source: source.clone(),
             api: ApiConfig {
@@ -321,6 +353,10 @@ impl Config {
                         transforms_on_ingest: c.transforms_on_ingest,
                         transforms_on_apply: c.transforms_on_apply,
                         resolver: c.resolver,
+                        durability: match c.durability {
+                            raw::RawDurability::Immediate => Durability::Immediate,
+                            raw::RawDurability::Periodic => Durability::Periodic,
+                        },
                     })
                     .collect(),
             },

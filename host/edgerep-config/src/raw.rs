@@ -114,6 +114,8 @@ pub(crate) struct RawNode {
     pub(crate) data_dir: String,
     #[serde(default = "default_max_clock_skew_ms")]
     pub(crate) max_clock_skew_ms: u64,
+    #[serde(default = "default_sync_interval_ms")]
+    pub(crate) sync_interval_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +165,17 @@ pub(crate) struct RawCollection {
     pub(crate) transforms_on_apply: Vec<String>,
     #[serde(default = "default_resolver")]
     pub(crate) resolver: String,
+    #[serde(default)]
+    pub(crate) durability: RawDurability,
+}
+
+/// `durability` of a collection.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawDurability {
+    #[default]
+    Immediate,
+    Periodic,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +221,13 @@ impl Default for RawCommit {
             max_events: default_commit_max_events(),
         }
     }
+}
+
+/// Default for `node.sync_interval_ms`.
+pub(crate) const DEFAULT_SYNC_INTERVAL_MS: u64 = 100;
+
+fn default_sync_interval_ms() -> u64 {
+    DEFAULT_SYNC_INTERVAL_MS
 }
 
 fn default_max_clock_skew_ms() -> u64 {

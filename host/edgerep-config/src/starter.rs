@@ -7,7 +7,7 @@ use edgerep_wire::event::NodeId;
 use crate::raw::{
     DEFAULT_COMMIT_MAX_EVENTS, DEFAULT_MAX_BATCH_EVENTS, DEFAULT_MAX_CLOCK_SKEW_MS,
     DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_META_ENTRIES, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VALUE_DEPTH,
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VALUE_DEPTH, DEFAULT_SYNC_INTERVAL_MS,
 };
 
 /// The text of a starter configuration, with comments explaining each key, as `edgerep init`
@@ -33,6 +33,8 @@ id = "{node_id}"
 data_dir = "data"
 # Remote hybrid-clock timestamps further ahead of this node's wall clock are refused.
 # max_clock_skew_ms = {DEFAULT_MAX_CLOCK_SKEW_MS}
+# How often writes to collections with durability = "periodic" are synced to disk.
+# sync_interval_ms = {DEFAULT_SYNC_INTERVAL_MS}
 
 [api]
 # The local HTTP API that applications talk to (IP address and port).
@@ -62,6 +64,8 @@ accept_undeclared = true
 # resolver = "lww"               # last writer wins, or the name of a resolver plugin
 # transforms_on_ingest = []      # plugin names, run in order before events are stored
 # transforms_on_apply = []       # plugin names, run in order on events from peers
+# durability = "immediate"       # acknowledge after the disk sync; "periodic": before it
+#                                # (faster; a crash may lose the last sync interval of writes)
 
 # A plugin: a WebAssembly component, pinned by its sha256 (`edgerep plugin check FILE.wasm`).
 # [plugins.redact]

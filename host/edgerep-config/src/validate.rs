@@ -33,6 +33,12 @@ fn check_node(raw: &RawConfig) -> Result<(), Violation> {
             "must be greater than 0".to_owned(),
         ));
     }
+    if !(1..=60_000).contains(&raw.node.sync_interval_ms) {
+        return Err((
+            vec![Seg::Key("node"), Seg::Key("sync_interval_ms")],
+            "must be between 1 and 60000 (milliseconds)".to_owned(),
+        ));
+    }
     Ok(())
 }
 

@@ -5,18 +5,26 @@
 //! Events from peers come through here too ([`Committer::apply`]): one durable transaction per
 //! received batch, never mixed with local writes, so the store has a single writer.
 //!
+//! Collections with `durability = "periodic"` ([`SyncPolicy`]): a transaction that touches only
+//! such collections commits without waiting for the disk, and the committer syncs the store
+//! within the policy's interval (and before it stops).
+//!
 //! Invariants: a request is answered `Ok` only after the transaction holding all its events
-//! committed; a request's events are never split across transactions; a failed transaction fails
-//! every request in it and writes nothing; after every commit the hook is told the per-origin
-//! highest sequence numbers the store now holds durably.
+//! committed (synced, unless every event is in a periodic collection); a request's events are
+//! never split across transactions; a failed transaction fails every request in it and writes
+//! nothing; after every commit the hook is told the per-origin highest sequence numbers the
+//! store holds, where this node's own origin counts only synced events: replication never
+//! ships an event its origin could still lose in a crash, so a sequence number reused after a
+//! crash was never seen by anyone.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::collections::BTreeMap;
-
-use edgerep_store::{Committed, LocalWrite, Received, RemoteApply, Store};
+use edgerep_config::{Config, Durability};
+use edgerep_store::{Committed, LocalWrite, Received, RemoteApply, Store, Sync};
 use edgerep_wire::HlcClock;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -32,8 +40,61 @@ pub type CommitHook = Box<dyn Fn(&Have) + Send>;
 /// Called on the committer thread with the outcome of [`Committer::apply`].
 pub type ApplyReply = Box<dyn FnOnce(Result<RemoteApply, CommitError>) + Send>;
 
+/// Which collections are acknowledged before the disk sync, and how often they are synced.
+#[derive(Debug, Clone)]
+pub struct SyncPolicy {
+    /// Collections declared with `durability = "periodic"`.
+    pub periodic: BTreeSet<String>,
+    /// How often deferred commits are synced.
+    pub interval: Duration,
+}
+
+impl SyncPolicy {
+    /// Every collection synced before its writes are acknowledged.
+    pub fn immediate() -> SyncPolicy {
+        SyncPolicy {
+            periodic: BTreeSet::new(),
+            interval: Duration::from_millis(100),
+        }
+    }
+
+    /// The policy the configuration declares.
+    pub fn from_config(config: &Config) -> SyncPolicy {
+        SyncPolicy {
+            periodic: config
+                .collections
+                .declared
+                .iter()
+                .filter(|c| c.durability == Durability::Periodic)
+                .map(|c| c.name.clone())
+                .collect(),
+            interval: Duration::from_millis(config.node.sync_interval_ms),
+        }
+    }
+
+    /// Deferred when every collection named is periodic, immediate otherwise.
+    fn sync_for<'a>(&self, mut collections: impl Iterator<Item = &'a str>) -> Sync {
+        if !self.periodic.is_empty() && collections.all(|c| self.periodic.contains(c)) {
+            Sync::Deferred
+        } else {
+            Sync::Immediate
+        }
+    }
+}
+
+/// The committer's view of what is on disk: deferred commits not yet synced, and this node's
+/// own highest sequence number committed and synced.
+struct Durable {
+    unsynced: bool,
+    /// Tells the flusher there is something to sync.
+    flush_wanted: Arc<AtomicBool>,
+    local_committed: u64,
+}
+
 enum Request {
     Write(Pending),
+    /// Sync deferred commits (sent by the flusher thread).
+    Sync,
     Apply {
         events: Vec<Received>,
         dead_letters: Vec<Vec<u8>>,
@@ -79,16 +140,30 @@ pub fn wall_ms() -> u64 {
 
 impl Committer {
     /// Starts the committer thread. `feed` is told the last feed position after each commit.
-    /// The thread ends when every handle is dropped.
+    /// The thread ends when every handle is dropped, after syncing deferred commits.
     pub fn spawn(
         store: Arc<Store>,
         mut clock: HlcClock,
         max_events: usize,
+        policy: SyncPolicy,
         feed: watch::Sender<u64>,
         hook: CommitHook,
     ) -> Result<(Committer, thread::JoinHandle<()>), edgerep_store::StoreError> {
         let mut have: Have = store.status()?.origins;
+        let local = store.node().to_string();
         let (tx, mut rx) = mpsc::channel::<Request>(QUEUE_REQUESTS);
+        let mut durable = Durable {
+            unsynced: false,
+            flush_wanted: Arc::new(AtomicBool::new(false)),
+            local_committed: have.get(&local).copied().unwrap_or(0),
+        };
+        if !policy.periodic.is_empty() {
+            spawn_flusher(
+                tx.downgrade(),
+                durable.flush_wanted.clone(),
+                policy.interval,
+            );
+        }
         let thread = thread::Builder::new()
             .name("edgerep-committer".into())
             .spawn(move || {
@@ -96,10 +171,36 @@ impl Committer {
                 let mut writes: Vec<LocalWrite> = Vec::new();
                 let mut counts: Vec<usize> = Vec::new();
                 let mut held: Option<Request> = None;
-                let local = store.node().to_string();
+                // After a commit: what is synced now, for the hook.
+                let synced = |durable: &mut Durable, have: &mut Have, sync: Sync| {
+                    if sync == Sync::Immediate {
+                        durable.unsynced = false;
+                        if durable.local_committed > 0 {
+                            have.insert(local.clone(), durable.local_committed);
+                        }
+                    } else {
+                        durable.unsynced = true;
+                        durable.flush_wanted.store(true, Ordering::Release);
+                    }
+                };
                 while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
                     let first = match first {
                         Request::Write(p) => p,
+                        Request::Sync => {
+                            if durable.unsynced {
+                                match store.sync() {
+                                    Ok(()) => {
+                                        synced(&mut durable, &mut have, Sync::Immediate);
+                                        hook(&have);
+                                    }
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "syncing deferred commits failed");
+                                        durable.flush_wanted.store(true, Ordering::Release);
+                                    }
+                                }
+                            }
+                            continue;
+                        }
                         Request::Apply {
                             events,
                             dead_letters,
@@ -110,17 +211,28 @@ impl Committer {
                                 .map(|r| (r.event.origin.to_string(), r.event.seq))
                                 .collect();
                             let n = events.len();
+                            let sync =
+                                policy.sync_for(events.iter().map(|r| r.event.collection.as_str()));
                             match store.apply_remote(
                                 events,
                                 &dead_letters,
+                                sync,
                                 &mut clock,
                                 wall_ms(),
                             ) {
                                 Ok(out) => {
                                     for (origin, seq) in last {
+                                        // This node's own events, sent back by a peer after
+                                        // a crash lost them here, are synced like local ones.
+                                        if origin == local {
+                                            durable.local_committed =
+                                                durable.local_committed.max(seq);
+                                            continue;
+                                        }
                                         let held = have.entry(origin).or_insert(0);
                                         *held = (*held).max(seq);
                                     }
+                                    synced(&mut durable, &mut have, sync);
                                     if let Ok(status) = store.status() {
                                         feed.send_replace(status.feed_last);
                                     }
@@ -159,16 +271,19 @@ impl Committer {
                         writes.append(&mut p.writes);
                     }
                     let total = writes.len();
+                    let sync = policy.sync_for(writes.iter().map(|w| w.collection.as_str()));
                     match store.commit_local_replacing(
                         std::mem::take(&mut writes),
                         &replay,
+                        sync,
                         &mut clock,
                         wall_ms(),
                     ) {
                         Ok(committed) => {
                             if let Some(last) = committed.last() {
                                 feed.send_replace(last.position);
-                                have.insert(local.clone(), last.seq);
+                                durable.local_committed = last.seq;
+                                synced(&mut durable, &mut have, sync);
                                 hook(&have);
                             }
                             let mut rest = committed.as_slice();
@@ -191,6 +306,12 @@ impl Committer {
                                 let _ = p.reply.send(Err(err));
                             }
                         }
+                    }
+                }
+                if durable.unsynced {
+                    match store.sync() {
+                        Ok(()) => tracing::debug!("deferred commits synced at shutdown"),
+                        Err(e) => tracing::error!(error = %e, "syncing deferred commits at shutdown failed"),
                     }
                 }
             })
@@ -239,4 +360,25 @@ impl Committer {
             })
             .map_err(|_| CommitError::Closed)
     }
+}
+
+/// Asks the committer to sync deferred commits every `interval` while there are some; ends
+/// when the committer's last handle is dropped.
+fn spawn_flusher(queue: mpsc::WeakSender<Request>, wanted: Arc<AtomicBool>, interval: Duration) {
+    thread::Builder::new()
+        .name("edgerep-flusher".into())
+        .spawn(move || {
+            loop {
+                thread::sleep(interval);
+                let Some(queue) = queue.upgrade() else {
+                    return;
+                };
+                if wanted.swap(false, Ordering::AcqRel)
+                    && queue.blocking_send(Request::Sync).is_err()
+                {
+                    return;
+                }
+            }
+        })
+        .expect("spawning the flusher thread");
 }

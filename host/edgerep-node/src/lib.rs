@@ -145,6 +145,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         store.clone(),
         clock,
         config.commit.max_events,
+        committer::SyncPolicy::from_config(&config),
         feed_tx,
         Box::new(move |have| hook.have(have)),
     )

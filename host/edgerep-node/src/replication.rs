@@ -7,8 +7,11 @@
 //! committer, which applies them durably and calls back. A transform failing under the `halt`
 //! policy stops replication (every connection closed, none accepted) until the node restarts.
 //!
-//! Invariants: an `Ack` leaves only after the batch it covers is durable (the core guarantees
-//! it, given that the committer's hook reports the new have before the apply's reply); memory per
+//! Invariants: an `Ack` leaves only after the batch it covers is committed (the core guarantees
+//! it, given that the committer's hook reports the new have before the apply's reply), synced
+//! unless all its events are in `periodic` collections (a crash may then lose them here; the
+//! peer resumes from what this node's next `Hello` says it holds); this node's own events are
+//! shipped only once synced (see [`crate::committer`]); memory per
 //! peer is bounded by the core's window (sending) and by pausing a peer's reader while its
 //! queued applies exceed [`PAUSE_ABOVE_EVENTS`] (receiving); the changelog on disk is the buffer
 //! for a slow or absent peer.

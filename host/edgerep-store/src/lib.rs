@@ -11,8 +11,9 @@
 //!
 //! Invariant: one write transaction changes state, changelog, feed, origins and meta together, so
 //! a write either fully happens or not at all, and the digest always matches the state.
-//! Every transaction commits with redb's immediate durability: once `commit_local` returns, the
-//! events survive a crash.
+//! Transactions commit with redb's immediate durability (once `commit_local` returns, the events
+//! survive a crash) unless the caller asks for [`Sync::Deferred`]: then they survive a crash only
+//! after the next immediate commit or [`Store::sync`] (commits reach the disk in order).
 
 mod digest;
 mod keys;
@@ -120,7 +121,8 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 fn corrupt(table: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -180,6 +182,25 @@ pub struct StoreStatus {
     pub hlc_last: Hlc,
     /// Number of dead letters.
     pub dead_letters: u64,
+}
+
+/// Whether a write transaction waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// The commit is durable when it returns.
+    Immediate,
+    /// The commit is visible when it returns and durable after the next immediate commit or
+    /// [`Store::sync`].
+    Deferred,
+}
+
+impl Sync {
+    fn redb(self) -> redb::Durability {
+        match self {
+            Sync::Immediate => redb::Durability::Immediate,
+            Sync::Deferred => redb::Durability::None,
+        }
+    }
 }
 
 /// What an event received from a peer does to this node's state. Its changelog entry is always
@@ -442,7 +463,7 @@ impl Store {
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, StoreError> {
-        self.commit_local_replacing(writes, &[], clock, wall_ms)
+        self.commit_local_replacing(writes, &[], Sync::Immediate, clock, wall_ms)
     }
 
     /// [`Store::commit_local`], and in the same transaction removes the dead letters
@@ -451,13 +472,15 @@ impl Store {
         &self,
         writes: Vec<LocalWrite>,
         dead_letters: &[u64],
+        sync: Sync,
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, StoreError> {
         if writes.is_empty() && dead_letters.is_empty() {
             return Ok(Vec::new());
         }
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(writes.len());
         {
             let mut dead = txn.open_table(DEAD_LETTERS)?;
@@ -559,7 +582,7 @@ impl Store {
     /// ([`Applied::Duplicate`] also for an event already in the changelog).
     pub fn apply_events(&self, events: Vec<Event>) -> Result<Vec<Applied>, StoreError> {
         let events = events.into_iter().map(Received::as_received).collect();
-        Ok(self.apply_in(events, &[], None)?.0)
+        Ok(self.apply_in(events, &[], Sync::Immediate, None)?.0)
     }
 
     /// [`Store::apply_events`] for events received from peers: `clock` observes each event's
@@ -574,6 +597,7 @@ impl Store {
         &self,
         events: Vec<Received>,
         dead_letters: &[Vec<u8>],
+        sync: Sync,
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<RemoteApply, StoreError> {
@@ -583,12 +607,21 @@ impl Store {
                 skewed += 1;
             }
         }
-        let (applied, dead_letters) = self.apply_in(events, dead_letters, Some(clock.last()))?;
+        let (applied, dead_letters) =
+            self.apply_in(events, dead_letters, sync, Some(clock.last()))?;
         Ok(RemoteApply {
             applied,
             skewed,
             dead_letters,
         })
+    }
+
+    /// Makes every earlier [`Sync::Deferred`] commit durable (an empty immediate commit).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// Saves what a peer acknowledged holding (per origin, the highest sequence number).
@@ -640,9 +673,11 @@ impl Store {
         &self,
         events: Vec<Received>,
         dead_letters: &[Vec<u8>],
+        sync: Sync,
         hlc_last: Option<Hlc>,
     ) -> Result<(Vec<Applied>, Vec<u64>), StoreError> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(events.len());
         let mut dead_ids = Vec::with_capacity(dead_letters.len());
         {

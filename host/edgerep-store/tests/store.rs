@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use edgerep_store::{
     Applied, Committed, Digest, LocalWrite, OnApply, Received, Resume, ScanPage, ScanRange, Store,
-    StoreError, StoreStatus, Versions,
+    StoreError, StoreStatus, Sync, Versions,
 };
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value};
@@ -1197,7 +1197,10 @@ fn remote_apply_moves_the_clock_and_peer_cursors_persist() {
     let mut clock = HlcClock::new(Hlc::default(), 1_000);
     // Both applied; only the first moves the clock.
     let events = events.into_iter().map(Received::as_received).collect();
-    let out = store.apply_remote(events, &[], &mut clock, 5_000).unwrap();
+    let out = store
+        .apply_remote(events, &[], Sync::Deferred, &mut clock, 5_000)
+        .unwrap();
+    store.sync().unwrap();
     assert_eq!(out.applied.len(), 2);
     assert_eq!(out.skewed, 1);
     assert_eq!(store.status().unwrap().origins["site-b"], 2);
@@ -1246,7 +1249,13 @@ fn on_apply_changes_the_state_never_the_changelog() {
         .map(|(event, on_apply)| Received { event, on_apply })
         .collect();
     let out = a
-        .apply_remote(batch, &[b"why".to_vec()], &mut clock, 1_000)
+        .apply_remote(
+            batch,
+            &[b"why".to_vec()],
+            Sync::Immediate,
+            &mut clock,
+            1_000,
+        )
         .unwrap();
     assert_eq!(
         out.applied,
@@ -1286,6 +1295,7 @@ fn on_apply_changes_the_state_never_the_changelog() {
     a.apply_remote(
         next.into_iter().map(Received::as_received).collect(),
         &[],
+        Sync::Immediate,
         &mut clock,
         2_000,
     )
@@ -1295,4 +1305,54 @@ fn on_apply_changes_the_state_never_the_changelog() {
         Some(val(5))
     );
     assert_verified(&a);
+}
+
+/// `Sync::Deferred` commits are visible at once and survive a crash only after `sync` (or the
+/// next immediate commit): what `durability = "periodic"` collections rely on.
+#[test]
+fn deferred_commits_are_durable_after_sync_or_the_next_immediate_commit() {
+    let backend = FaultyBackend::default();
+    let (store, resume) =
+        Store::open_with_backend(backend.clone(), "disk-0", &node(CRASH_NODE), limits()).unwrap();
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    store
+        .commit_local(vec![put("c", b"a", val(1))], &mut clock, 1_000)
+        .unwrap();
+    let crash = |backend: &FaultyBackend| {
+        let image = backend.disk().durable.clone();
+        let (s, _) = store_from_image(&image, CRASH_NODE).unwrap();
+        assert_verified(&s);
+        s.status()
+            .unwrap()
+            .origins
+            .get(CRASH_NODE)
+            .copied()
+            .unwrap_or(0)
+    };
+    let deferred = |store: &Store, clock: &mut HlcClock, key: &[u8]| {
+        store
+            .commit_local_replacing(
+                vec![put("c", key, val(2))],
+                &[],
+                Sync::Deferred,
+                clock,
+                2_000,
+            )
+            .unwrap()
+    };
+    deferred(&store, &mut clock, b"b");
+    assert_eq!(
+        store.status().unwrap().origins[CRASH_NODE],
+        2,
+        "visible at once"
+    );
+    assert_eq!(crash(&backend), 1, "a crash before the sync loses it");
+    store.sync().unwrap();
+    assert_eq!(crash(&backend), 2, "synced");
+    // A deferred commit followed by an immediate one: both durable.
+    deferred(&store, &mut clock, b"c");
+    store
+        .commit_local(vec![put("c", b"d", val(3))], &mut clock, 3_000)
+        .unwrap();
+    assert_eq!(crash(&backend), 4);
 }
