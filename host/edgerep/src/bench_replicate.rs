@@ -5,10 +5,14 @@
 //! carrying frames the size of a replication batch. Only ratios from one run compare: these
 //! machines are shared and noisy.
 //!
-//! Figures: end-to-end throughput (events written on A / time until B's status shows them all
-//! applied, `origins[A]`), replication latency p50/p99 at fixed offered rates (A's write
-//! acknowledgement to B's `/v1/watch` feed delivering the event, both timed by this process's
-//! monotonic clock), and each node's peak resident memory (`VmHWM` of its process).
+//! Figures, for each durability mode (`immediate`: every commit synced before it is
+//! acknowledged, the default; `periodic`: collections declared `durability = "periodic"`,
+//! acknowledged before the sync, synced every 100 ms): end-to-end throughput while A takes the
+//! writes (events written on A / time until B's status shows them all applied, `origins[A]`);
+//! catch-up throughput (B stopped while A takes the writes, then started: replication alone);
+//! replication latency p50/p99 at fixed offered rates (A's write acknowledgement to B's
+//! `/v1/watch` feed delivering the event, both timed by this process's monotonic clock); and each
+//! node's peak resident memory (`VmHWM` of its process).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -217,6 +221,7 @@ fn origin_seq(status: &Json, origin: &str) -> u64 {
 fn end_to_end(
     a: &NodeProcess,
     b: &NodeProcess,
+    collection: &str,
     value: &[u8],
     args: &ReplicateArgs,
 ) -> anyhow::Result<(f64, f64)> {
@@ -228,6 +233,7 @@ fn end_to_end(
     for _ in 0..args.clients.max(1) {
         // A client (and so a kept-alive connection) per writer.
         let (client, next, value) = (Client::new(a.api), next.clone(), value.to_vec());
+        let collection = collection.to_owned();
         let (events, batch) = (args.events, args.batch.max(1) as u64);
         // Each writer returns when its last batch was acknowledged.
         writers.push(std::thread::spawn(move || -> anyhow::Result<Instant> {
@@ -238,7 +244,7 @@ fn end_to_end(
                     return Ok(last);
                 }
                 let n = batch.min(events - first) as usize;
-                write_batch(&client, "bench", &value, first, n)?;
+                write_batch(&client, &collection, &value, first, n)?;
                 last = Instant::now();
             }
         }));
@@ -312,6 +318,7 @@ struct Latency {
 fn latency_at(
     a: &NodeProcess,
     b: &NodeProcess,
+    mode: Mode,
     value: &[u8],
     rate: u64,
     seconds: f64,
@@ -323,7 +330,7 @@ fn latency_at(
         .ceil()
         .max(1.0) as u64;
     let events = requests * per_request;
-    let collection = format!("lat{rate}");
+    let collection = mode.collection(&format!("lat{rate}"));
 
     // B's watch feed, from its current end, only this collection, until every event arrived.
     let after = b.status(false)?["feed_last"].as_u64().unwrap_or(0);
@@ -454,9 +461,6 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
         "edgerep bench replicate: events of {event_len} bytes encoded, {} events end to end, {} s per timed measurement",
         args.events, args.seconds
     );
-    println!(
-        "durability: durable commit per batch on both nodes; periodic-sync mode: not built, not measured"
-    );
 
     // 1. Raw redb, before (and again after) the nodes run; the higher is the reference.
     let raw_event = vec![0x5au8; event_len];
@@ -489,51 +493,82 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
         quinn.megabytes_per_second()
     );
 
-    // 3. Two nodes, peered over loopback QUIC with mutual TLS.
+    // 3. Two nodes, peered over loopback QUIC with mutual TLS; the periodic mode's collections
+    //    declared on both.
     let configs = crate::cluster::write_cluster(&dir.path().join("cluster"), 2, false)?;
+    let mut periodic = vec!["bench".to_owned(), "catchup".to_owned()];
+    periodic.extend(args.rates.iter().map(|r| format!("lat{r}")));
+    for config in &configs {
+        let mut text = std::fs::read_to_string(config)?;
+        for name in &periodic {
+            text.push_str(&format!(
+                "\n[[collections.declared]]\nname = \"{}\"\ndurability = \"periodic\"\n",
+                Mode::Periodic.collection(name)
+            ));
+        }
+        std::fs::write(config, text)?;
+        Config::load(config)?;
+    }
     let a = NodeProcess::start(&exe, &configs[0], "node-1 (A)")?;
-    let b = NodeProcess::start(&exe, &configs[1], "node-2 (B)")?;
-    let connected = |s: &Json| s["replication"]["peers"][0]["connected"] == json!(true);
-    wait_until(&a, &b, Duration::from_secs(30), "nodes peered", |sa, sb| {
-        connected(sa) && connected(sb)
-    })?;
+    let mut b = NodeProcess::start(&exe, &configs[1], "node-2 (B)")?;
+    wait_peered(&a, &b)?;
     println!("two nodes (child processes) peered over loopback QUIC with mutual TLS");
 
-    let (written_s, e2e_s) = end_to_end(&a, &b, value.as_bytes(), &args)?;
-    let ingest_eps = args.events as f64 / written_s;
-    let e2e_eps = args.events as f64 / e2e_s;
-    println!(
-        "writes on A ({} x {} clients, HTTP batch API): {ingest_eps:.0} events/s, all acknowledged after {written_s:.3} s",
-        args.batch, args.clients
-    );
-    println!(
-        "end to end (A's writes durably applied on B): {e2e_eps:.0} events/s, all on B after {e2e_s:.3} s ({:.3} s after A acknowledged the last)",
-        e2e_s - written_s
-    );
-
-    // 4. Latency at fixed offered rates.
-    let mut latencies = Vec::new();
-    for &rate in &args.rates {
-        let l = latency_at(&a, &b, value.as_bytes(), rate, args.seconds)?;
+    let mut modes = Vec::new();
+    for mode in [Mode::Immediate, Mode::Periodic] {
+        println!("\n-- durability {}: {}", mode.name(), mode.describe());
+        let (written_s, e2e_s) =
+            end_to_end(&a, &b, &mode.collection("bench"), value.as_bytes(), &args)?;
+        let ingest_eps = args.events as f64 / written_s;
+        let e2e_eps = args.events as f64 / e2e_s;
         println!(
-            "latency at {} events/s offered ({} events, {:.0}/s achieved, sender up to {:.1} ms behind schedule): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms{}",
-            l.rate,
-            l.events,
-            l.achieved,
-            l.behind_max_ms,
-            l.p50_ms,
-            l.p99_ms,
-            l.max_ms,
-            if l.negative > 0 {
-                format!(
-                    " ({} events seen on B before A's answer arrived)",
-                    l.negative
-                )
-            } else {
-                String::new()
-            }
+            "writes on A ({} x {} clients, HTTP batch API) while replicating: {ingest_eps:.0} events/s, all acknowledged after {written_s:.3} s",
+            args.batch, args.clients
         );
-        latencies.push(l);
+        println!(
+            "end to end (A's writes applied on B): {e2e_eps:.0} events/s, all on B after {e2e_s:.3} s ({:.3} s after A acknowledged the last)",
+            e2e_s - written_s
+        );
+        let (catchup_ingest_eps, catchup_eps, restarted) =
+            catch_up(&exe, &configs[1], &a, b, mode, value.as_bytes(), &args)?;
+        b = restarted;
+        println!(
+            "catch-up (B stopped while A took {} events at {catchup_ingest_eps:.0} events/s, then started): {catchup_eps:.0} events/s applied on B",
+            args.events
+        );
+        let mut latencies = Vec::new();
+        for &rate in &args.rates {
+            let l = latency_at(&a, &b, mode, value.as_bytes(), rate, args.seconds)?;
+            println!(
+                "latency at {} events/s offered ({} events, {:.0}/s achieved, sender up to {:.1} ms behind schedule): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms{}",
+                l.rate,
+                l.events,
+                l.achieved,
+                l.behind_max_ms,
+                l.p50_ms,
+                l.p99_ms,
+                l.max_ms,
+                if l.negative > 0 {
+                    format!(
+                        " ({} events seen on B before A's answer arrived)",
+                        l.negative
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            latencies.push(l);
+        }
+        modes.push(ModeFigures {
+            mode,
+            ingest_eps,
+            e2e_eps,
+            e2e_s,
+            written_s,
+            catchup_ingest_eps,
+            catchup_eps,
+            latencies,
+        });
     }
 
     // Both nodes converged and verified; then memory, then stop.
@@ -555,11 +590,11 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
     let (a_peak, a_rss) = a.memory_mb();
     let (b_peak, b_rss) = b.memory_mb();
     println!(
-        "converged: equal digests {}, stores verified; events on each node: {}",
+        "\nconverged: equal digests {}, stores verified; keys on each node: {}",
         sa["digest"], sa["state_entries"]
     );
     println!(
-        "resident memory, peak (VmHWM): node A {a_peak:.1} MB, node B {b_peak:.1} MB (at the end: {a_rss:.1} MB, {b_rss:.1} MB)"
+        "resident memory, peak (VmHWM): node A {a_peak:.1} MB, node B {b_peak:.1} MB (at the end: {a_rss:.1} MB, {b_rss:.1} MB; B restarted for each catch-up)"
     );
     a.stop()?;
     b.stop()?;
@@ -575,43 +610,171 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
     println!(
         "raw redb again after the nodes ran: {raw_after:.0} events/s; reference limit: {raw:.0} events/s (the higher)"
     );
-    let ratio = e2e_eps / raw;
-    let ratio_quinn = e2e_eps / quinn_eps;
-    println!(
-        "end to end {e2e_eps:.0} events/s = {ratio:.3} of raw redb, {ratio_quinn:.3} of raw quinn"
-    );
+    for m in &modes {
+        println!(
+            "{}: end to end {:.0} events/s = {:.3} of raw redb, {:.3} of raw quinn; catch-up {:.0} events/s = {:.3} of raw redb",
+            m.mode.name(),
+            m.e2e_eps,
+            m.e2e_eps / raw,
+            m.e2e_eps / quinn_eps,
+            m.catchup_eps,
+            m.catchup_eps / raw
+        );
+    }
     println!(
         "issue targets: >= 0.75 of raw redb; p99 <= 5 ms at 200/s and <= 20 ms at 10k/s; < 100 MB per node"
     );
+    let immediate = &modes[0];
+    let mode_json = |m: &ModeFigures| {
+        json!({
+            "ingest_events_per_s": m.ingest_eps.round(),
+            "e2e_events_per_s": m.e2e_eps.round(),
+            "e2e_seconds": round3(m.e2e_s),
+            "b_after_last_ack_seconds": round3(m.e2e_s - m.written_s),
+            "ratio": round3(m.e2e_eps / raw),
+            "catchup_ingest_events_per_s": m.catchup_ingest_eps.round(),
+            "catchup_events_per_s": m.catchup_eps.round(),
+            "catchup_ratio": round3(m.catchup_eps / raw),
+            "latency": m.latencies.iter().map(|l| json!({
+                "rate": l.rate,
+                "events": l.events,
+                "achieved_rate": l.achieved.round(),
+                "p50_ms": round3(l.p50_ms),
+                "p99_ms": round3(l.p99_ms),
+                "max_ms": round3(l.max_ms),
+            })).collect::<Vec<_>>(),
+        })
+    };
     let summary = json!({
         "bench": "replicate",
         "event_bytes": event_len,
         "events": args.events,
-        "durability": "durable",
-        "periodic_sync": "not built",
         "raw_redb_events_per_s": raw.round(),
         "raw_redb_before_after": [raw_before.round(), raw_after.round()],
         "raw_redb_events_per_commit": args.raw_commit_events,
         "raw_quinn_events_per_s": quinn_eps.round(),
         "raw_quinn_frame_bytes": frame_bytes,
         "raw_quinn_mb_per_s": round3(quinn.megabytes_per_second()),
-        "ingest_events_per_s": ingest_eps.round(),
-        "e2e_events_per_s": e2e_eps.round(),
-        "e2e_seconds": round3(e2e_s),
-        "b_after_last_ack_seconds": round3(e2e_s - written_s),
-        "latency": latencies.iter().map(|l| json!({
-            "rate": l.rate,
-            "events": l.events,
-            "achieved_rate": l.achieved.round(),
-            "p50_ms": round3(l.p50_ms),
-            "p99_ms": round3(l.p99_ms),
-            "max_ms": round3(l.max_ms),
-        })).collect::<Vec<_>>(),
+        "immediate": mode_json(immediate),
+        "periodic": mode_json(&modes[1]),
         "rss_peak_mb": {"node_a": round3(a_peak), "node_b": round3(b_peak)},
         "digest": sa["digest"],
-        "ratio_quinn": round3(ratio_quinn),
-        "ratio": round3(ratio),
+        "ratio_quinn": round3(immediate.e2e_eps / quinn_eps),
+        "ratio": round3(immediate.e2e_eps / raw),
     });
     println!("{summary}");
     Ok(0)
+}
+
+/// A durability mode of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Immediate,
+    Periodic,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Immediate => "immediate",
+            Mode::Periodic => "periodic",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::Immediate => "every commit synced before it is acknowledged, on A and on B",
+            Mode::Periodic => {
+                "acknowledged before the sync, synced every 100 ms (A ships its events once synced)"
+            }
+        }
+    }
+
+    /// The collection a measurement of this mode writes to.
+    fn collection(self, base: &str) -> String {
+        match self {
+            Mode::Immediate => base.to_owned(),
+            Mode::Periodic => format!("{base}-periodic"),
+        }
+    }
+}
+
+/// The figures of one durability mode.
+struct ModeFigures {
+    mode: Mode,
+    ingest_eps: f64,
+    e2e_eps: f64,
+    e2e_s: f64,
+    written_s: f64,
+    catchup_ingest_eps: f64,
+    catchup_eps: f64,
+    latencies: Vec<Latency>,
+}
+
+fn wait_peered(a: &NodeProcess, b: &NodeProcess) -> anyhow::Result<()> {
+    let connected = |s: &Json| s["replication"]["peers"][0]["connected"] == json!(true);
+    wait_until(a, b, Duration::from_secs(30), "nodes peered", |sa, sb| {
+        connected(sa) && connected(sb)
+    })?;
+    Ok(())
+}
+
+/// Stops B, writes `args.events` on A, starts B and times until B applied them all: replication
+/// alone, from A's changelog. Returns (A's write rate, B's catch-up rate, the restarted B).
+fn catch_up(
+    exe: &Path,
+    b_config: &Path,
+    a: &NodeProcess,
+    b: NodeProcess,
+    mode: Mode,
+    value: &[u8],
+    args: &ReplicateArgs,
+) -> anyhow::Result<(f64, f64, NodeProcess)> {
+    let name = b.name.clone();
+    b.stop()?;
+    let origin = "node-1";
+    let target = origin_seq(&a.status(false)?, origin) + args.events;
+    let collection = mode.collection("catchup");
+    let start = Instant::now();
+    let batch = args.batch.max(1) as u64;
+    let client = Client::new(a.api);
+    let mut first = 0;
+    while first < args.events {
+        let n = batch.min(args.events - first) as usize;
+        write_batch(&client, &collection, value, first, n)?;
+        first += n as u64;
+    }
+    let ingest_eps = args.events as f64 / start.elapsed().as_secs_f64();
+    // A's own events ship once synced: wait for that (at most one sync interval).
+    std::thread::sleep(Duration::from_millis(300));
+    let b = NodeProcess::start(exe, b_config, &name)?;
+    let start = Instant::now();
+    // Timed from B's start: its start-up and the handshake count.
+    while b.status(false).is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "{name} did not answer within 30 s of its start\n{}",
+                b.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let limit = Duration::from_secs(60) + Duration::from_secs_f64(args.events as f64 / 1000.0);
+    loop {
+        let sb = b.status(false)?;
+        if origin_seq(&sb, origin) >= target {
+            break;
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "catch-up: B has {} of {target} after {:?}\n{}",
+                origin_seq(&sb, origin),
+                limit,
+                b.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let catchup_eps = args.events as f64 / start.elapsed().as_secs_f64();
+    Ok((ingest_eps, catchup_eps, b))
 }
