@@ -702,3 +702,41 @@ fn tls_files_go_together() {
     let text = MINIMAL.replace("key = \"/secure/node.key\"", "key = \" \"");
     expect_error(&text, "replication.key");
 }
+
+#[test]
+fn durability_and_sync_interval() {
+    let config = parse(&with(
+        "[[collections.declared]]\nname = \"fast\"\ndurability = \"periodic\"\n\
+         [[collections.declared]]\nname = \"safe\"\n",
+    ))
+    .unwrap();
+    assert_eq!(config.node.sync_interval_ms, 100);
+    let d: Vec<_> = config
+        .collections
+        .declared
+        .iter()
+        .map(|c| (c.name.as_str(), c.durability))
+        .collect();
+    assert_eq!(
+        d,
+        [
+            ("fast", edgerep_config::Durability::Periodic),
+            ("safe", edgerep_config::Durability::Immediate)
+        ]
+    );
+    let err = expect_error(
+        &with("[[collections.declared]]\nname = \"x\"\ndurability = \"sometimes\"\n"),
+        "collections.declared[0].durability",
+    );
+    assert!(err.message.contains("immediate"), "{err}");
+    for bad in ["0", "60001"] {
+        let err = expect_error(
+            &MINIMAL.replace(
+                "data_dir = \"data\"",
+                &format!("data_dir = \"data\"\nsync_interval_ms = {bad}"),
+            ),
+            "node.sync_interval_ms",
+        );
+        assert!(err.message.contains("between 1 and 60000"), "{err}");
+    }
+}
