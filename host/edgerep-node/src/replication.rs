@@ -492,6 +492,8 @@ async fn serve_connection(
                 }
             },
             Ok(None) => break "stream closed by peer".to_owned(),
+            // The close reason (ours or the peer's) is added below.
+            Err(e) if e.is_connection_lost() => break "connection closed".to_owned(),
             Err(e) => {
                 let reason = format!("bad frame: {e}");
                 conn.close(CloseCode::BadFrame, &reason);

@@ -46,6 +46,18 @@ pub enum FrameError {
     Write(#[from] WriteError),
 }
 
+impl FrameError {
+    /// The connection itself ended (closed by either side, timed out, reset): not a fault of
+    /// the frames on it.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            FrameError::Read(ReadError::ConnectionLost(_))
+                | FrameError::Write(WriteError::ConnectionLost(_))
+        )
+    }
+}
+
 fn check_len(len: usize, max: u32) -> Result<u32, FrameError> {
     match u32::try_from(len) {
         Ok(n) if n <= max => Ok(n),
