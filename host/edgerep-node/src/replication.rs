@@ -623,6 +623,9 @@ impl Replicator {
             }
         }
         self.save_cursors();
+        if let Err(e) = self.store.sync() {
+            tracing::warn!("cannot sync the saved peer cursors: {e}");
+        }
         for live in self.conns.values() {
             live.conn.close(CloseCode::Normal, "node shutting down");
         }

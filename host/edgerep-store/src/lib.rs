@@ -624,13 +624,16 @@ impl Store {
         Ok(())
     }
 
-    /// Saves what a peer acknowledged holding (per origin, the highest sequence number).
+    /// Saves what a peer acknowledged holding (per origin, the highest sequence number), without
+    /// waiting for the disk: a cursor is advice (status, lag), never what a session resumes from
+    /// (the peer's `Hello` is), so losing the latest one in a crash costs nothing.
     pub fn save_peer_cursor(
         &self,
         peer: &str,
         have: &BTreeMap<String, u64>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
         {
             let mut peers = txn.open_table(PEERS)?;
             let mut bytes = Vec::new();

@@ -1208,6 +1208,8 @@ fn remote_apply_moves_the_clock_and_peer_cursors_persist() {
     have.insert("site-b".to_owned(), 2u64);
     have.insert("site-a".to_owned(), 7u64);
     store.save_peer_cursor("site-c", &have).unwrap();
+    // Cursors are saved without waiting for the disk; a sync makes them durable.
+    store.sync().unwrap();
     drop(store);
     let (store, resume) = Store::open(&path, &a, limits()).unwrap();
     assert_eq!(resume.hlc_last.physical_ms, 5_000);
