@@ -703,14 +703,24 @@ impl Store {
             } = Counters::load(&meta)?;
             // The feed run being built: (first position, origin, first seq, count).
             let mut run: Option<(u64, String, u64, u64)> = None;
+            // Per origin seen in the batch, the highest sequence number held (saved at the end).
+            let mut held_by_origin: BTreeMap<String, u64> = BTreeMap::new();
             let mut bytes = Vec::with_capacity(256);
             for Received { event, on_apply } in events {
-                let lkey = log_key(event.origin.as_str(), event.seq);
-                if changelog.get(lkey.as_slice())?.is_some() {
+                // Each origin's changelog is gapless (1..=held), so an event is already held
+                // exactly when its sequence number is at most `held`.
+                let held = match held_by_origin.get(event.origin.as_str()) {
+                    Some(&h) => h,
+                    None => {
+                        let h = origins.get(event.origin.as_str())?.map_or(0, |g| g.value());
+                        held_by_origin.insert(event.origin.to_string(), h);
+                        h
+                    }
+                };
+                if event.seq <= held {
                     out.push(Applied::Duplicate);
                     continue;
                 }
-                let held = origins.get(event.origin.as_str())?.map_or(0, |g| g.value());
                 if event.seq != held + 1 {
                     return Err(StoreError::Gap {
                         origin: event.origin.to_string(),
@@ -718,10 +728,13 @@ impl Store {
                         expected: held + 1,
                     });
                 }
+                let lkey = log_key(event.origin.as_str(), event.seq);
                 bytes.clear();
                 event.encode_into(&mut bytes);
                 changelog.insert(lkey.as_slice(), bytes.as_slice())?;
-                origins.insert(event.origin.as_str(), event.seq)?;
+                if let Some(h) = held_by_origin.get_mut(event.origin.as_str()) {
+                    *h = event.seq;
+                }
                 position += 1;
                 run = match run {
                     Some((start, origin, first, count))
@@ -771,6 +784,9 @@ impl Store {
                     state.insert(skey.as_slice(), new_bytes.as_slice())?;
                 }
                 out.push(applied);
+            }
+            for (origin, seq) in &held_by_origin {
+                origins.insert(origin.as_str(), *seq)?;
             }
             if let Some((start, origin, first, count)) = run {
                 feed.insert(start, (origin.as_str(), first, count))?;
