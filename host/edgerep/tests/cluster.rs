@@ -132,12 +132,20 @@ fn three_nodes_converge_with_writes_and_a_conflict_on_every_node() {
         for i in 0..3 {
             assert_eq!(get(node, "orders", &format!("own-{i}")).0, 200);
         }
-        let st = status(node);
-        let peers = st["replication"]["peers"].as_array().unwrap();
-        assert_eq!(peers.len(), 2);
-        for p in peers {
-            assert_eq!(p["connected"], true, "{st}");
-            assert_eq!(p["lag_events"], 0, "{st}");
+        // Acknowledgements trail the applies a little, and status is published every 100 ms.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = status(node);
+            let peers = st["replication"]["peers"].as_array().unwrap();
+            assert_eq!(peers.len(), 2);
+            if peers
+                .iter()
+                .all(|p| p["connected"] == true && p["lag_events"] == 0)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "peers not caught up: {st}");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
