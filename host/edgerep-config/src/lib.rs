@@ -9,7 +9,7 @@
 //! id = "site-a"              # required, node id rules
 //! data_dir = "data"          # required; relative to the config file's directory
 //! max_clock_skew_ms = 60000  # optional, > 0
-//! sync_interval_ms = 100     # optional, 1..=60000: how often `periodic` collections sync
+//! sync_interval_ms = 20      # optional, 1..=60000: how often `periodic` collections sync
 //!
 //! [api]
 //! listen = "127.0.0.1:7070"  # required, IP:port of the local HTTP API
@@ -103,7 +103,7 @@ pub struct NodeConfig {
     /// default 60000).
     pub max_clock_skew_ms: u64,
     /// How often writes to `periodic` collections are synced to disk, in milliseconds
-    /// (1..=60000, default 100).
+    /// (1..=60000, default 20).
     pub sync_interval_ms: u64,
 }
 

@@ -224,7 +224,7 @@ impl Default for RawCommit {
 }
 
 /// Default for `node.sync_interval_ms`.
-pub(crate) const DEFAULT_SYNC_INTERVAL_MS: u64 = 100;
+pub(crate) const DEFAULT_SYNC_INTERVAL_MS: u64 = 20;
 
 fn default_sync_interval_ms() -> u64 {
     DEFAULT_SYNC_INTERVAL_MS

@@ -710,7 +710,7 @@ fn durability_and_sync_interval() {
          [[collections.declared]]\nname = \"safe\"\n",
     ))
     .unwrap();
-    assert_eq!(config.node.sync_interval_ms, 100);
+    assert_eq!(config.node.sync_interval_ms, 20);
     let d: Vec<_> = config
         .collections
         .declared

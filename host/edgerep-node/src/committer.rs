@@ -54,7 +54,7 @@ impl SyncPolicy {
     pub fn immediate() -> SyncPolicy {
         SyncPolicy {
             periodic: BTreeSet::new(),
-            interval: Duration::from_millis(100),
+            interval: Duration::from_millis(20),
         }
     }
 

@@ -7,7 +7,7 @@
 //!
 //! Figures, for each durability mode (`immediate`: every commit synced before it is
 //! acknowledged, the default; `periodic`: collections declared `durability = "periodic"`,
-//! acknowledged before the sync, synced every 100 ms): end-to-end throughput while A takes the
+//! acknowledged before the sync, synced every 20 ms (the default sync_interval_ms)): end-to-end throughput while A takes the
 //! writes (events written on A / time until B's status shows them all applied, `origins[A]`);
 //! catch-up throughput (B stopped while A takes the writes, then started: replication alone);
 //! replication latency p50/p99 at fixed offered rates (A's write acknowledgement to B's
@@ -685,7 +685,7 @@ impl Mode {
         match self {
             Mode::Immediate => "every commit synced before it is acknowledged, on A and on B",
             Mode::Periodic => {
-                "acknowledged before the sync, synced every 100 ms (A ships its events once synced)"
+                "acknowledged before the sync, synced every 20 ms (the default sync_interval_ms) (A ships its events once synced)"
             }
         }
     }
