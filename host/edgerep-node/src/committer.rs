@@ -50,14 +50,6 @@ pub struct SyncPolicy {
 }
 
 impl SyncPolicy {
-    /// Every collection synced before its writes are acknowledged.
-    pub fn immediate() -> SyncPolicy {
-        SyncPolicy {
-            periodic: BTreeSet::new(),
-            interval: Duration::from_millis(20),
-        }
-    }
-
     /// The policy the configuration declares.
     pub fn from_config(config: &Config) -> SyncPolicy {
         SyncPolicy {
