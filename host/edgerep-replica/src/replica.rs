@@ -35,6 +35,10 @@ pub struct ReplicaConfig {
     pub batch_events: usize,
     /// Most encoded event bytes in one Events message (one event larger than this still goes alone).
     pub batch_bytes: usize,
+    /// Most events handed to the store in one Apply once a peer's received batches queue up
+    /// (whole batches; the rest wait for the next Apply). Below the window, so that the peer
+    /// keeps sending while this node applies, instead of the two taking turns.
+    pub apply_events: usize,
     /// Resend everything unacknowledged when acks make no progress for this long.
     pub retransmit_after_ms: u64,
     /// Limits the peers' messages are decoded with (batches are built within them too).
@@ -42,13 +46,15 @@ pub struct ReplicaConfig {
 }
 
 impl Default for ReplicaConfig {
-    /// A window of 16384 events, batches of 1024 events or 1 MiB, retransmit after 3 s.
+    /// A window of 16384 events, batches of 1024 events or 1 MiB, applies of up to 4096
+    /// events, retransmit after 3 s.
     fn default() -> ReplicaConfig {
         ReplicaConfig {
             fingerprint: Vec::new(),
             window_events: 16384,
             batch_events: 1024,
             batch_bytes: 1 << 20,
+            apply_events: 4096,
             retransmit_after_ms: 3000,
             limits: MessageLimits::default(),
         }
@@ -255,11 +261,12 @@ impl Replica {
     /// with [`Replica::set_local_have`] before connecting peers).
     ///
     /// # Panics
-    /// If `window_events`, `batch_events` or `batch_bytes` is 0, or the fingerprint names a
+    /// If `window_events`, `batch_events`, `apply_events` or `batch_bytes` is 0, or the fingerprint names a
     /// collection twice or a plugin twice within a collection.
     pub fn new(local: NodeId, mut config: ReplicaConfig) -> Replica {
         assert!(config.window_events > 0, "window_events must be positive");
         assert!(config.batch_events > 0, "batch_events must be positive");
+        assert!(config.apply_events > 0, "apply_events must be positive");
         assert!(config.batch_bytes > 0, "batch_bytes must be positive");
         fingerprint::normalize(&mut config.fingerprint);
         Replica {
@@ -487,9 +494,35 @@ impl Replica {
             return;
         };
         s.request_ack(false);
-        if !s.queued.is_empty() {
-            let batches: Vec<_> = s.queued.drain(..).collect();
-            s.queued_events = 0;
+        self.release_queued(peer, now);
+    }
+
+    /// Hands the next queued batches of `peer` (up to `apply_events` events, at least one
+    /// batch) to the store, until one Apply is outstanding or the queue is empty (batches that
+    /// hold only duplicates produce no Apply).
+    fn release_queued(&mut self, peer: &NodeId, now: u64) {
+        let cap = self.config.apply_events;
+        loop {
+            let Some(p) = self.peers.get_mut(peer) else {
+                return;
+            };
+            if p.applying.is_some() {
+                return;
+            }
+            let Some(s) = p.session.as_mut() else { return };
+            if s.queued.is_empty() {
+                return;
+            }
+            let mut batches = Vec::new();
+            let mut n = 0;
+            while let Some(front) = s.queued.front() {
+                if !batches.is_empty() && n + front.len() > cap {
+                    break;
+                }
+                n += front.len();
+                batches.extend(s.queued.pop_front());
+            }
+            s.queued_events -= n;
             self.receive(peer, batches, now);
         }
     }

@@ -485,6 +485,60 @@ fn received_events_are_applied_then_acked_and_later_ones_wait() {
     assert_eq!(r.pending_apply_events(&b), 0);
 }
 
+/// Queued batches go to the store in Applies of at most `apply_events` (whole batches, at least
+/// one), so the peer can keep sending while this node applies; duplicate-only batches are
+/// skipped without stalling the queue.
+#[test]
+fn queued_batches_are_released_in_capped_applies() {
+    let log = MemLog::default();
+    let cfg = ReplicaConfig {
+        apply_events: 3,
+        ..ReplicaConfig::default()
+    };
+    let mut r = ready(&log, cfg, &["b"]);
+    let b = n("b");
+    let send = |r: &mut Replica, range: std::ops::RangeInclusive<u64>| {
+        r.handle(
+            &b,
+            Message::Events {
+                events: evs("x", range),
+            },
+            1,
+        )
+        .unwrap();
+    };
+    send(&mut r, 1..=1);
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 1)]));
+    // Queued while the first apply is outstanding: 2..=3, 4..=5, 6..=6, 7..=10.
+    send(&mut r, 2..=3);
+    send(&mut r, 4..=5);
+    send(&mut r, 6..=6);
+    send(&mut r, 7..=10);
+    assert_eq!(r.pending_apply_events(&b), 9);
+    let mut applied = 1;
+    let mut step = |r: &mut Replica, want: &[(&str, u64)]| {
+        r.set_local_have(&have_of(&[("x", applied)]));
+        r.applied(&b, 2);
+        let got = apply_of(r).1;
+        assert_eq!(got, dots(want));
+        applied = got.last().unwrap().1;
+    };
+    step(&mut r, &[("x", 2), ("x", 3)]);
+    step(&mut r, &[("x", 4), ("x", 5), ("x", 6)]);
+    // A batch larger than the cap still goes, alone.
+    step(&mut r, &[("x", 7), ("x", 8), ("x", 9), ("x", 10)]);
+    assert_eq!(r.pending_apply_events(&b), 0);
+
+    // Batches that hold only duplicates do not stall the ones behind them.
+    send(&mut r, 11..=11);
+    send(&mut r, 5..=6);
+    send(&mut r, 8..=9);
+    send(&mut r, 12..=12);
+    step(&mut r, &[("x", 11)]);
+    step(&mut r, &[("x", 12)]);
+    assert_eq!(r.pending_apply_events(&b), 0);
+}
+
 #[test]
 fn duplicates_are_dropped_and_acked() {
     let (mut r, log) = receiver(&["b"]);

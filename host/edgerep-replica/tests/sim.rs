@@ -292,6 +292,7 @@ impl Sim {
             batch_events: rng.pick(&[1, 3, 16, 1024]),
             batch_bytes: rng.pick(&[200, 4096, 1 << 20]),
             retransmit_after_ms: rng.pick(&[150, 600, 3000]),
+            apply_events: rng.pick(&[1, 5, 64, 4096]),
             ..ReplicaConfig::default()
         };
         let nodes = (0..knobs.nodes)
