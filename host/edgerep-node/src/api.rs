@@ -612,6 +612,19 @@ async fn watch_feed(
     if let Some(c) = &q.collection {
         request::check_collection(&app.config, c)?;
     }
+    // Positions only come from the feed, so a cursor beyond its end means the node lost its last
+    // commits in a crash (collections with `durability = "periodic"`) and will number new events
+    // from its end again: following from the cursor would skip them.
+    let feed_last = *app.feed.borrow();
+    if q.after > feed_last {
+        return Err(ApiError::bad_request(
+            "cursor_ahead",
+            format!(
+                "after={} is beyond the end of this node's feed ({feed_last}): its last commits were lost in a crash (durability = \"periodic\"); watch again from after={feed_last} or rescan",
+                q.after
+            ),
+        ));
+    }
     struct Cursor {
         app: Arc<AppState>,
         after: u64,
