@@ -232,15 +232,7 @@ impl Pipeline {
             let mut next = Vec::new();
             for w in current {
                 let event = self.ingest_event(&w, wall_ms);
-                let reject = |failure: Failure| {
-                    Box::new(Rejection {
-                        plugin: name.clone(),
-                        plugin_sha256: loaded.plugin.sha256().to_owned(),
-                        failure,
-                        policy: loaded.policy,
-                        event: event.encode(),
-                    })
-                };
+                let reject = |failure: Failure| rejection(name, loaded, failure, &event);
                 let changes = loaded.plugin.transform(&event, false).map_err(reject)?;
                 for change in changes {
                     let out = change_to_write(change);
@@ -281,15 +273,7 @@ impl Pipeline {
         let mut current = event.clone();
         for name in chain {
             let loaded = &self.plugins[name];
-            let reject = |failure: Failure| {
-                Box::new(Rejection {
-                    plugin: name.clone(),
-                    plugin_sha256: loaded.plugin.sha256().to_owned(),
-                    failure,
-                    policy: loaded.policy,
-                    event: current.encode(),
-                })
-            };
+            let reject = |failure: Failure| rejection(name, loaded, failure, &current);
             let bad = |message: String| {
                 reject(Failure {
                     kind: FailureKind::BadOutput,
@@ -398,6 +382,17 @@ impl Pipeline {
 
 fn summary_json(s: &edgerep_plugin::Summary) -> Json {
     json!({"count": s.count, "min": s.min, "p50": s.p50, "p99": s.p99, "max": s.max})
+}
+
+/// The rejection of `event` by the plugin `name` that failed on it.
+fn rejection(name: &str, loaded: &Loaded, failure: Failure, event: &Event) -> Box<Rejection> {
+    Box::new(Rejection {
+        plugin: name.to_owned(),
+        plugin_sha256: loaded.plugin.sha256().to_owned(),
+        failure,
+        policy: loaded.policy,
+        event: event.encode(),
+    })
 }
 
 fn change_to_write(c: Change) -> LocalWrite {
