@@ -35,6 +35,10 @@ pub struct ReplicaConfig {
     pub batch_events: usize,
     /// Most encoded event bytes in one Events message (one event larger than this still goes alone).
     pub batch_bytes: usize,
+    /// How long an event of another origin waits before this node relays it to a peer (0: at
+    /// once). In a mesh a peer usually gets it from its origin first; its Acks (sent when its
+    /// have grows) then tell us not to send it. A peer cut off from the origin gets it after this.
+    pub relay_delay_ms: u64,
     /// Most events handed to the store in one Apply once a peer's received batches queue up
     /// (whole batches; the rest wait for the next Apply). Below the window, so that the peer
     /// keeps sending while this node applies, instead of the two taking turns.
@@ -47,7 +51,7 @@ pub struct ReplicaConfig {
 
 impl Default for ReplicaConfig {
     /// A window of 16384 events, batches of 1024 events or 1 MiB, applies of up to 4096
-    /// events, retransmit after 3 s.
+    /// events, relays after 500 ms, retransmit after 3 s.
     fn default() -> ReplicaConfig {
         ReplicaConfig {
             fingerprint: Vec::new(),
@@ -55,6 +59,7 @@ impl Default for ReplicaConfig {
             batch_events: 1024,
             batch_bytes: 1 << 20,
             apply_events: 4096,
+            relay_delay_ms: 500,
             retransmit_after_ms: 3000,
             limits: MessageLimits::default(),
         }
@@ -197,6 +202,15 @@ struct Peer {
     last_apply_error: Option<String>,
 }
 
+/// When events of one other origin arrived here, so that relaying them can wait.
+#[derive(Debug, Default)]
+struct Arrivals {
+    /// Events up to this sequence number may be relayed.
+    ready: u64,
+    /// (arrival time, highest sequence number then), oldest first.
+    pending: VecDeque<(u64, u64)>,
+}
+
 /// The replication core of one node: sans-IO, deterministic, one instance for all peers.
 pub struct Replica {
     local: NodeId,
@@ -207,6 +221,10 @@ pub struct Replica {
     have_version: u64,
     /// See the module invariants.
     accepted: Have,
+    /// The latest time given to any call.
+    now: u64,
+    /// Per origin other than this node: what may be relayed yet.
+    arrivals: BTreeMap<NodeId, Arrivals>,
     peers: BTreeMap<NodeId, Peer>,
     outputs: VecDeque<Output>,
     /// Round-robin cursors over peers: the last served with a control message, with events.
@@ -275,6 +293,8 @@ impl Replica {
             local_have: Have::new(),
             have_version: 0,
             accepted: Have::new(),
+            now: 0,
+            arrivals: BTreeMap::new(),
             peers: BTreeMap::new(),
             outputs: VecDeque::new(),
             last_control: None,
@@ -308,8 +328,31 @@ impl Replica {
     /// Takes in the node's durable per-origin have: call at start and after every durable
     /// commit (local writes) or apply. Cursors only move forward; lower values are ignored.
     pub fn set_local_have(&mut self, have: &Have) {
+        let (now, delay) = (self.now, self.config.relay_delay_ms);
+        let mut grew = false;
+        for (origin, &seq) in have {
+            if seq <= have::get(&self.local_have, origin) {
+                continue;
+            }
+            grew = true;
+            if *origin == self.local {
+                continue;
+            }
+            let a = self.arrivals.entry(origin.clone()).or_default();
+            // Before any time was given (start-up), what the store holds is old: relay it.
+            if delay == 0 || now == 0 {
+                a.ready = a.ready.max(seq);
+            } else {
+                a.pending.push_back((now, seq));
+            }
+        }
         if have::join(&mut self.local_have, have.iter().map(|(o, &s)| (o, s))) {
             self.have_version += 1;
+        }
+        if grew {
+            for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
+                s.gossip_due = true;
+            }
         }
         have::join(&mut self.accepted, have.iter().map(|(o, &s)| (o, s)));
         for peer in self.peers.values_mut() {
@@ -349,6 +392,7 @@ impl Replica {
         message: Message,
         now: u64,
     ) -> Result<(), ProtocolError> {
+        self.tick(now);
         let p = self
             .peers
             .get_mut(peer)
@@ -560,6 +604,7 @@ impl Replica {
 
     /// Fires the go-back-N timers that are due.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.tick(now);
         let after = self.config.retransmit_after_ms;
         for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
             if s.deadline(after).is_some_and(|d| now >= d) {
@@ -570,11 +615,56 @@ impl Replica {
 
     /// When [`Replica::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.peers
+        let delay = self.config.relay_delay_ms;
+        let sessions = self.peers.values().filter_map(|p| p.session.as_ref());
+        let retransmit = sessions
+            .clone()
+            .filter_map(|s| s.deadline(self.config.retransmit_after_ms));
+        let gossip = sessions
+            .filter(|s| s.ready() && s.gossip_due)
+            .map(|s| s.last_ack_ms.saturating_add(delay / 2));
+        let relay = self
+            .arrivals
             .values()
-            .filter_map(|p| p.session.as_ref())
-            .filter_map(|s| s.deadline(self.config.retransmit_after_ms))
-            .min()
+            .filter_map(|a| a.pending.front())
+            .map(|&(at, _)| at.saturating_add(delay));
+        retransmit.chain(gossip).chain(relay).min()
+    }
+
+    /// Takes in the time: what arrived `relay_delay_ms` ago may now be relayed.
+    fn tick(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        let (now, delay) = (self.now, self.config.relay_delay_ms);
+        let mut released = false;
+        for a in self.arrivals.values_mut() {
+            while let Some(&(at, seq)) = a.pending.front() {
+                if at.saturating_add(delay) > now {
+                    break;
+                }
+                a.ready = a.ready.max(seq);
+                a.pending.pop_front();
+                released = true;
+            }
+        }
+        if released {
+            // Sessions that found nothing to send must look again.
+            self.have_version += 1;
+        }
+    }
+
+    /// Per origin, how far events may be sent to peers now: all of this node's own, and
+    /// those of other origins that arrived at least `relay_delay_ms` ago.
+    fn sendable(&self) -> Have {
+        self.local_have
+            .iter()
+            .map(|(o, &seq)| {
+                let limit = match self.arrivals.get(o) {
+                    Some(a) if *o != self.local => seq.min(a.ready),
+                    _ => seq,
+                };
+                (o.clone(), limit)
+            })
+            .collect()
     }
 
     /// The next output for the caller, if any.
@@ -589,7 +679,15 @@ impl Replica {
         now: u64,
         log: &impl Log,
     ) -> Result<Option<(NodeId, Message)>, LogError> {
-        if let Some(m) = self.next_control() {
+        self.tick(now);
+        let gossip_every = self.config.relay_delay_ms / 2;
+        for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
+            if s.ready() && s.gossip_due && now >= s.last_ack_ms.saturating_add(gossip_every) {
+                s.gossip_due = false;
+                s.request_ack(false);
+            }
+        }
+        if let Some(m) = self.next_control(now) {
             return Ok(Some(m));
         }
         let (window, version) = (self.config.window_events, self.have_version);
@@ -611,7 +709,7 @@ impl Replica {
         Ok(None)
     }
 
-    fn next_control(&mut self) -> Option<(NodeId, Message)> {
+    fn next_control(&mut self, now: u64) -> Option<(NodeId, Message)> {
         let due = |p: &Peer| {
             p.session
                 .as_ref()
@@ -636,6 +734,9 @@ impl Replica {
             })
         } else {
             let rewind = s.ack_due.take().unwrap_or(false);
+            s.last_ack_ms = now;
+            // This Ack carries our whole have: no separate news needed.
+            s.gossip_due = false;
             // The deliberate bug acknowledges what is merely handed out.
             let have = if self.ack_before_apply {
                 &self.accepted
@@ -658,14 +759,15 @@ impl Replica {
         now: u64,
         log: &impl Log,
     ) -> Result<Option<Vec<Event>>, LogError> {
+        let sendable = self.sendable();
         let Replica {
             config,
-            local_have,
             have_version,
             peers,
             scratch,
             ..
         } = self;
+        let local_have = &sendable;
         let Some(s) = peers.get_mut(peer).and_then(|p| p.session.as_mut()) else {
             return Ok(None);
         };

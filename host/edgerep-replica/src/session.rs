@@ -48,6 +48,11 @@ pub(crate) struct Session {
     pub(crate) mismatches: Vec<String>,
     /// The reason of the peer's Bye, if it sent one.
     pub(crate) bye: Option<String>,
+    /// Our have grew since the last Ack we sent this peer: tell it (so that it stops relaying
+    /// us what we got elsewhere), at most every half relay delay.
+    pub(crate) gossip_due: bool,
+    /// When we last sent this peer an Ack.
+    pub(crate) last_ack_ms: u64,
 }
 
 impl Session {
@@ -70,6 +75,8 @@ impl Session {
             last_message_ms: None,
             mismatches: Vec::new(),
             bye: None,
+            gossip_due: false,
+            last_ack_ms: now,
         }
     }
 
