@@ -1072,7 +1072,7 @@ fn relays_wait_so_a_mesh_does_not_carry_every_event_twice() {
         fault: None,
     };
     let run = |relay_delay_ms: u64| {
-        let mut sim = Sim::new(40_000, Some(knobs.clone()), false);
+        let mut sim = Sim::new(40_000, Some(knobs), false);
         sim.config = ReplicaConfig {
             relay_delay_ms,
             ..ReplicaConfig::default()
