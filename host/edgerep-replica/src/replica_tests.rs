@@ -364,6 +364,42 @@ fn relayed_origins_are_forwarded() {
     );
 }
 
+/// Events of another origin that arrive while running wait `relay_delay_ms` before they are
+/// relayed; a peer whose Ack says it got them meanwhile is not sent them. Our own have growing
+/// is told to every peer in an Ack, at most every half delay.
+#[test]
+fn relays_wait_and_a_peer_that_has_them_is_skipped() {
+    let cfg = ReplicaConfig {
+        relay_delay_ms: 500,
+        ..ReplicaConfig::default()
+    };
+    let mut log = MemLog::with(&[]);
+    let mut r = ready(&log, cfg, &["b", "c"]);
+    // x's events 1..=3 arrive (from x itself) at t = 1000.
+    r.handle_timeout(1000);
+    log = MemLog::with(&evs("x", 1..=3));
+    r.set_local_have(&have_of(&[("x", 3)]));
+    // Half a delay after the last Ack (at t = 0), both peers are told our new have.
+    let mut told = Vec::new();
+    while let Some((peer, m)) = r.poll_transmit(1000, &log).unwrap() {
+        assert_eq!(m, ack(&[("x", 3)], false), "to {peer}");
+        told.push(peer.to_string());
+    }
+    assert_eq!(told, ["b", "c"]);
+    assert_eq!(r.poll_timeout(), Some(1500), "the relay becomes due");
+    r.handle_timeout(1499);
+    assert_eq!(r.poll_transmit(1499, &log).unwrap(), None, "not yet");
+    // c got x's events from x meanwhile and says so; b did not.
+    r.handle(&n("c"), ack(&[("x", 3)], false), 1499).unwrap();
+    r.handle_timeout(1500);
+    let (to, sent) = sent_dots(r.poll_transmit(1500, &log).unwrap());
+    assert_eq!(
+        (to.as_str(), sent),
+        ("b", dots(&[("x", 1), ("x", 2), ("x", 3)]))
+    );
+    assert_eq!(r.poll_transmit(1500, &log).unwrap(), None, "nothing for c");
+}
+
 #[test]
 fn an_inconsistent_log_is_an_error() {
     let log = MemLog::with(&evs("a", 1..=2));
