@@ -169,6 +169,21 @@ fn verify_and_stop(
 }
 
 /// A CBOR batch body of `n` puts with keys unique to (client, counter).
+/// Checks a CBOR batch answer `[first position, last position, committed, refused]`: all `n`
+/// events must be stored.
+pub(crate) fn check_batch_answer(answer: &[u8], n: usize) -> anyhow::Result<()> {
+    let mut d = minicbor::Decoder::new(answer);
+    let ok = d.array().ok() == Some(Some(4))
+        && d.u64().is_ok()
+        && d.u64().is_ok()
+        && d.u64().ok() == Some(n as u64)
+        && d.u64().ok() == Some(0);
+    if !ok {
+        bail!("benchmark batch not fully committed: {answer:?}");
+    }
+    Ok(())
+}
+
 pub(crate) fn batch_body(
     collection: &str,
     value: &[u8],
@@ -243,18 +258,7 @@ fn api_cell(
                 let body = batch_body(&collection, &value, tag, &mut counter, batch);
                 let t = Instant::now();
                 match client.batch(&body, true) {
-                    // [first position, last position, committed, refused]: all must be stored.
-                    Outcome::Ok(answer) => {
-                        let mut d = minicbor::Decoder::new(&answer);
-                        let ok = d.array().ok() == Some(Some(4))
-                            && d.u64().is_ok()
-                            && d.u64().is_ok()
-                            && d.u64().ok() == Some(batch as u64)
-                            && d.u64().ok() == Some(0);
-                        if !ok {
-                            bail!("benchmark batch not fully committed: {answer:?}");
-                        }
-                    }
+                    Outcome::Ok(answer) => check_batch_answer(&answer, batch)?,
                     other => bail!("benchmark write failed: {other:?}"),
                 }
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
@@ -449,10 +453,19 @@ struct ToolchainCost {
     cost: PluginCost,
 }
 
-/// Loads `dir/<name>.wasm` and measures its size and instantiation (time and fuel, best of 20).
-fn instantiation(dir: &std::path::Path, name: &str) -> anyhow::Result<(u64, f64, u64)> {
+/// Loads `dir/<name>.wasm` with the benchmark's limits; returns it and its size in bytes.
+fn load_plugin(
+    dir: &std::path::Path,
+    name: &str,
+    params: &[(&str, &str)],
+) -> anyhow::Result<(edgerep_plugin::Plugin, u64)> {
     let path = dir.join(format!("{name}.wasm"));
-    let wasm = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let wasm = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading {} (build it with `cargo xtask build-plugins`)",
+            path.display()
+        )
+    })?;
     let bytes = wasm.len() as u64;
     let runtime = edgerep_plugin::Runtime::new(None)?;
     let plugin = runtime.load(edgerep_plugin::PluginSource {
@@ -465,8 +478,17 @@ fn instantiation(dir: &std::path::Path, name: &str) -> anyhow::Result<(u64, f64,
             memory_bytes: 16 << 20,
             deadline: Duration::from_secs(1),
         },
-        params: Default::default(),
+        params: params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
     })?;
+    Ok((plugin, bytes))
+}
+
+/// Measures the size and instantiation (time and fuel, best of 20) of `dir/<name>.wasm`.
+fn instantiation(dir: &std::path::Path, name: &str) -> anyhow::Result<(u64, f64, u64)> {
+    let (plugin, bytes) = load_plugin(dir, name, &[])?;
     let mut best = f64::MAX;
     let mut fuel = 0;
     for _ in 0..20 {
@@ -495,29 +517,7 @@ fn plugin_cost(
     event: &Event,
     calls: usize,
 ) -> anyhow::Result<PluginCost> {
-    let path = dir.join(format!("{name}.wasm"));
-    let wasm = std::fs::read(&path).with_context(|| {
-        format!(
-            "reading {} (build it with `cargo xtask build-plugins`)",
-            path.display()
-        )
-    })?;
-    let runtime = edgerep_plugin::Runtime::new(None)?;
-    let plugin = runtime.load(edgerep_plugin::PluginSource {
-        name: name.into(),
-        path,
-        wasm,
-        expected_sha256: None,
-        limits: edgerep_plugin::Limits {
-            fuel: 10_000_000,
-            memory_bytes: 16 << 20,
-            deadline: Duration::from_secs(1),
-        },
-        params: params
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-    })?;
+    let (plugin, _) = load_plugin(dir, name, params)?;
     // Warm up the instance pool.
     for _ in 0..100 {
         plugin

@@ -25,7 +25,7 @@ use anyhow::{Context as _, bail};
 use edgerep_config::Config;
 use serde_json::{Value as Json, json};
 
-use crate::bench::{batch_body, percentile, raw_redb, sample_value};
+use crate::bench::{batch_body, check_batch_answer, percentile, raw_redb, sample_value};
 use crate::client::{Client, Outcome};
 
 /// Arguments of `edgerep bench replicate`.
@@ -182,20 +182,6 @@ fn wait_until(
     }
 }
 
-/// Checks a CBOR batch answer `[first position, last position, committed, refused]`.
-fn check_answer(answer: &[u8], n: usize) -> anyhow::Result<()> {
-    let mut d = minicbor::Decoder::new(answer);
-    let ok = d.array().ok() == Some(Some(4))
-        && d.u64().is_ok()
-        && d.u64().is_ok()
-        && d.u64().ok() == Some(n as u64)
-        && d.u64().ok() == Some(0);
-    if !ok {
-        bail!("benchmark batch not fully committed: {answer:?}");
-    }
-    Ok(())
-}
-
 /// Writes one batch of `n` events with keys `k-0-{first+1}` … on `client`, durably.
 fn write_batch(
     client: &Client,
@@ -207,7 +193,7 @@ fn write_batch(
     let mut counter = first;
     let body = batch_body(collection, value, 0, &mut counter, n);
     match client.batch(&body, true) {
-        Outcome::Ok(answer) => check_answer(&answer, n),
+        Outcome::Ok(answer) => check_batch_answer(&answer, n),
         other => bail!("benchmark write failed: {other:?}"),
     }
 }
@@ -464,13 +450,16 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
 
     // 1. Raw redb, before (and again after) the nodes run; the higher is the reference.
     let raw_event = vec![0x5au8; event_len];
-    let raw_before = raw_redb(
-        dir.path(),
-        &raw_event,
-        value.as_bytes(),
-        args.raw_commit_events,
-        args.seconds,
-    )?;
+    let raw_limit = || {
+        raw_redb(
+            dir.path(),
+            &raw_event,
+            value.as_bytes(),
+            args.raw_commit_events,
+            args.seconds,
+        )
+    };
+    let raw_before = raw_limit()?;
     println!(
         "raw redb, durable, {} events per commit: {raw_before:.0} events/s",
         args.raw_commit_events
@@ -599,13 +588,7 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
     a.stop()?;
     b.stop()?;
 
-    let raw_after = raw_redb(
-        dir.path(),
-        &raw_event,
-        value.as_bytes(),
-        args.raw_commit_events,
-        args.seconds,
-    )?;
+    let raw_after = raw_limit()?;
     let raw = raw_before.max(raw_after);
     println!(
         "raw redb again after the nodes ran: {raw_after:.0} events/s; reference limit: {raw:.0} events/s (the higher)"

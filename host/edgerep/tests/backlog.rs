@@ -4,39 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Node, agent, edgerep, stderr};
-
-/// `edgerep init --cluster N DIR`, returning the config paths.
-fn cluster(dir: &Path, n: usize) -> Vec<PathBuf> {
-    let o = edgerep(&["init", "--cluster", &n.to_string(), dir.to_str().unwrap()]);
-    assert!(o.status.success(), "init --cluster failed: {}", stderr(&o));
-    (1..=n)
-        .map(|i| dir.join(format!("node-{i}/edgerep.toml")))
-        .collect()
-}
-
-fn put(node: &Node, collection: &str, key: &str, json: &str) {
-    let mut r = agent()
-        .put(&node.url(&format!("/v1/kv/{collection}/{key}")))
-        .content_type("application/json")
-        .send(json.as_bytes())
-        .unwrap();
-    let body = r.body_mut().read_to_string().unwrap();
-    assert_eq!(r.status(), 200, "{body}");
-}
-
-/// Resident memory of a process, in bytes (from /proc).
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
+use common::{Node, agent, cluster, put, rss_bytes};
 
 #[test]
 fn a_node_back_from_a_long_absence_catches_up_a_million_events_with_bounded_memory() {

@@ -12,28 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, agent, edgerep, stderr};
-
-/// `edgerep init --cluster N DIR`, returning the config paths.
-fn cluster(dir: &Path, n: usize) -> Vec<PathBuf> {
-    let o = edgerep(&["init", "--cluster", &n.to_string(), dir.to_str().unwrap()]);
-    assert!(o.status.success(), "init --cluster failed: {}", stderr(&o));
-    (1..=n)
-        .map(|i| dir.join(format!("node-{i}/edgerep.toml")))
-        .collect()
-}
-
-fn put(node: &Node, collection: &str, key: &str, json: &str) -> u64 {
-    let mut r = agent()
-        .put(&node.url(&format!("/v1/kv/{collection}/{key}")))
-        .content_type("application/json")
-        .send(json.as_bytes())
-        .unwrap();
-    let body = r.body_mut().read_to_string().unwrap();
-    assert_eq!(r.status(), 200, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    answer["seq"].as_u64().unwrap()
-}
+use common::{Node, agent, cluster, put};
 
 /// Writes `n` events in batches of 500 on `node`; returns the last seq.
 fn put_many(node: &Node, prefix: &str, n: usize) -> u64 {

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{Node, agent};
+use common::{Node, agent, rss_bytes};
 
 const EVENTS: usize = 100_000;
 const BATCH: usize = 1_000;
@@ -33,15 +33,6 @@ fn sha256(path: &Path) -> String {
         .inspect(&bytes)
         .unwrap()
         .sha256
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn soak(toolchain: &str) {

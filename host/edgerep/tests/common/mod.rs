@@ -136,3 +136,35 @@ pub fn agent() -> ureq::Agent {
         .build()
         .into()
 }
+
+/// `edgerep init --cluster N DIR`, returning the config paths.
+pub fn cluster(dir: &Path, n: usize) -> Vec<PathBuf> {
+    let o = edgerep(&["init", "--cluster", &n.to_string(), dir.to_str().unwrap()]);
+    assert!(o.status.success(), "init --cluster failed: {}", stderr(&o));
+    (1..=n)
+        .map(|i| dir.join(format!("node-{i}/edgerep.toml")))
+        .collect()
+}
+
+/// PUTs a JSON value and returns the sequence number the node gave it; panics unless 200.
+pub fn put(node: &Node, collection: &str, key: &str, json: &str) -> u64 {
+    let mut r = agent()
+        .put(&node.url(&format!("/v1/kv/{collection}/{key}")))
+        .content_type("application/json")
+        .send(json.as_bytes())
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status(), 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    answer["seq"].as_u64().unwrap()
+}
+
+/// Resident memory of a process, in bytes (from /proc).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
