@@ -198,10 +198,6 @@ impl Committer {
                             dead_letters,
                             reply,
                         } => {
-                            let last: Vec<(String, u64)> = events
-                                .iter()
-                                .map(|r| (r.event.origin.to_string(), r.event.seq))
-                                .collect();
                             let n = events.len();
                             let sync =
                                 policy.sync_for(events.iter().map(|r| r.event.collection.as_str()));
@@ -213,21 +209,19 @@ impl Committer {
                                 wall_ms(),
                             ) {
                                 Ok(out) => {
-                                    for (origin, seq) in last {
+                                    for (origin, &seq) in &out.held {
                                         // This node's own events, sent back by a peer after
                                         // a crash lost them here, are synced like local ones.
-                                        if origin == local {
+                                        if *origin == local {
                                             durable.local_committed =
                                                 durable.local_committed.max(seq);
-                                            continue;
+                                        } else {
+                                            let held = have.entry(origin.clone()).or_insert(0);
+                                            *held = (*held).max(seq);
                                         }
-                                        let held = have.entry(origin).or_insert(0);
-                                        *held = (*held).max(seq);
                                     }
                                     synced(&mut durable, &mut have, sync);
-                                    if let Ok(status) = store.status() {
-                                        feed.send_replace(status.feed_last);
-                                    }
+                                    feed.send_replace(out.feed_last);
                                     hook(&have);
                                     reply(Ok(out));
                                 }

@@ -244,6 +244,10 @@ pub struct RemoteApply {
     pub applied: Vec<Applied>,
     /// Ids of the dead letters written with the batch.
     pub dead_letters: Vec<u64>,
+    /// Per origin of the batch, the highest sequence number the store now holds.
+    pub held: BTreeMap<String, u64>,
+    /// The feed's last position after the batch.
+    pub feed_last: u64,
     /// Events whose timestamp was too far ahead of the wall clock to move the clock.
     pub skewed: usize,
 }
@@ -582,7 +586,7 @@ impl Store {
     /// ([`Applied::Duplicate`] also for an event already in the changelog).
     pub fn apply_events(&self, events: Vec<Event>) -> Result<Vec<Applied>, StoreError> {
         let events = events.into_iter().map(Received::as_received).collect();
-        Ok(self.apply_in(events, &[], Sync::Immediate, None)?.0)
+        Ok(self.apply_in(events, &[], Sync::Immediate, None)?.applied)
     }
 
     /// [`Store::apply_events`] for events received from peers: `clock` observes each event's
@@ -607,13 +611,9 @@ impl Store {
                 skewed += 1;
             }
         }
-        let (applied, dead_letters) =
-            self.apply_in(events, dead_letters, sync, Some(clock.last()))?;
-        Ok(RemoteApply {
-            applied,
-            skewed,
-            dead_letters,
-        })
+        let mut out = self.apply_in(events, dead_letters, sync, Some(clock.last()))?;
+        out.skewed = skewed;
+        Ok(out)
     }
 
     /// Makes every earlier [`Sync::Deferred`] commit durable (an empty immediate commit).
@@ -678,12 +678,12 @@ impl Store {
         dead_letters: &[Vec<u8>],
         sync: Sync,
         hlc_last: Option<Hlc>,
-    ) -> Result<(Vec<Applied>, Vec<u64>), StoreError> {
+    ) -> Result<RemoteApply, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(events.len());
         let mut dead_ids = Vec::with_capacity(dead_letters.len());
-        {
+        let (held, feed_last) = {
             let mut dead = txn.open_table(DEAD_LETTERS)?;
             let first = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
             for (id, record) in (first..).zip(dead_letters) {
@@ -800,9 +800,16 @@ impl Store {
             if let Some(hlc) = hlc_last {
                 meta.insert(META_HLC, &hlc_bytes(hlc)[..])?;
             }
-        }
+            (held_by_origin, position)
+        };
         txn.commit()?;
-        Ok((out, dead_ids))
+        Ok(RemoteApply {
+            applied: out,
+            dead_letters: dead_ids,
+            held,
+            feed_last,
+            skewed: 0,
+        })
     }
 
     /// The versions of one key (empty if the key was never written).

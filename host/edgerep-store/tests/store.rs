@@ -1269,6 +1269,9 @@ fn on_apply_changes_the_state_never_the_changelog() {
         ]
     );
     assert_eq!(out.dead_letters, [1]);
+    // What the store holds after the batch, for the committer's have and the feed.
+    assert_eq!(out.held, BTreeMap::from([("site-b".to_owned(), 4)]));
+    assert_eq!(out.feed_last, 4);
     assert_eq!(a.dead_letters(0, 10).unwrap(), [(1, b"why".to_vec())]);
     // The changelog holds the events as their origin wrote them.
     let held = a.changelog("site-b", 0, 10).unwrap();
