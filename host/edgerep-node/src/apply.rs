@@ -38,11 +38,7 @@ pub(crate) fn prepare(
     limits: &DecodeLimits,
     events: Vec<Event>,
 ) -> Result<Prepared, Halt> {
-    let check_value = |v: &Value| {
-        Value::from_canonical(v.as_bytes().to_vec(), limits)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
+    let check_value = |v: &Value| crate::check_plugin_value(v, limits);
     let mut out = Prepared {
         events: Vec::with_capacity(events.len()),
         dead_letters: Vec::new(),

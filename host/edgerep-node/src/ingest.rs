@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use edgerep_config::FailurePolicy;
 use edgerep_store::LocalWrite;
-use edgerep_wire::Value;
 use serde_json::{Value as Json, json};
 
 use crate::api::{ApiError, AppState};
@@ -80,8 +79,7 @@ fn check_change(app: &AppState, w: &LocalWrite) -> Result<(), String> {
         ));
     }
     if let Some(v) = &w.value {
-        Value::from_canonical(v.as_bytes().to_vec(), &crate::value_limits(&app.config))
-            .map_err(|e| e.to_string())?;
+        crate::check_plugin_value(v, &crate::value_limits(&app.config))?;
     }
     Ok(())
 }

@@ -75,6 +75,16 @@ pub fn event_limits(config: &Config) -> EventLimits {
     }
 }
 
+/// Checks a value a plugin returned: deterministic CBOR within `limits`.
+pub(crate) fn check_plugin_value(
+    value: &edgerep_wire::Value,
+    limits: &DecodeLimits,
+) -> Result<(), String> {
+    edgerep_wire::Value::from_canonical(value.as_bytes().to_vec(), limits)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// The limits for decoding one application value, derived from the config.
 pub fn value_limits(config: &Config) -> DecodeLimits {
     DecodeLimits {
