@@ -652,21 +652,6 @@ impl Replica {
         }
     }
 
-    /// Per origin, how far events may be sent to peers now: all of this node's own, and
-    /// those of other origins that arrived at least `relay_delay_ms` ago.
-    fn sendable(&self) -> Have {
-        self.local_have
-            .iter()
-            .map(|(o, &seq)| {
-                let limit = match self.arrivals.get(o) {
-                    Some(a) if *o != self.local => seq.min(a.ready),
-                    _ => seq,
-                };
-                (o.clone(), limit)
-            })
-            .collect()
-    }
-
     /// The next output for the caller, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -759,15 +744,25 @@ impl Replica {
         now: u64,
         log: &impl Log,
     ) -> Result<Option<Vec<Event>>, LogError> {
-        let sendable = self.sendable();
         let Replica {
+            local,
             config,
+            local_have,
+            arrivals,
             have_version,
             peers,
             scratch,
             ..
         } = self;
-        let local_have = &sendable;
+        // How far each origin may be sent now: all of this node's own events, and those of
+        // other origins that arrived at least `relay_delay_ms` ago.
+        let sendable = |o: &NodeId| {
+            let held = local_have[o];
+            match arrivals.get(o) {
+                Some(a) if o != local => held.min(a.ready),
+                _ => held,
+            }
+        };
         let Some(s) = peers.get_mut(peer).and_then(|p| p.session.as_mut()) else {
             return Ok(None);
         };
@@ -780,7 +775,7 @@ impl Replica {
         let mut bytes_left = config.batch_bytes;
         let origins: Vec<NodeId> = round_robin(local_have, s.last_origin.as_ref())
             .into_iter()
-            .filter(|o| local_have[*o] > have::get(&s.sent, o))
+            .filter(|o| sendable(o) > have::get(&s.sent, o))
             .cloned()
             .collect();
         let mut batch = Vec::new();
@@ -789,7 +784,7 @@ impl Replica {
                 break;
             }
             let after = have::get(&s.sent, &origin);
-            let want = budget.min(local_have[&origin] - after);
+            let want = budget.min(sendable(&origin) - after);
             let events = log.read(&origin, after, want as usize, bytes_left)?;
             let inconsistent = |reason: String| LogError::Inconsistent { reason };
             if events.is_empty() || events.len() as u64 > want {
