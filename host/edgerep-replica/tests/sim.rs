@@ -213,6 +213,27 @@ struct Knobs {
 }
 
 impl Knobs {
+    /// Three nodes on a network that loses, duplicates, reorders, cuts and crashes nothing.
+    fn clean(chaos_steps: u64) -> Knobs {
+        Knobs {
+            nodes: 3,
+            chaos_steps,
+            write_per_mille: 300,
+            loss: 0,
+            duplicate: 0,
+            reorder: 0,
+            cut: 0,
+            disconnect: 0,
+            crash: 0,
+            crash_after_apply: 0,
+            apply_failure: 0,
+            cut_forever: &[],
+            absent: None,
+            backlog_writes: 1,
+            fault: None,
+        }
+    }
+
     fn random(rng: &mut Rng) -> Knobs {
         let faulty = rng.chance(700);
         let f = |rng: &mut Rng, max: u64| if faulty { rng.below(max + 1) } else { 0 };
@@ -1054,23 +1075,7 @@ fn a_cut_link_carries_nothing() {
 /// sends every event it gets on to every other peer.
 #[test]
 fn relays_wait_so_a_mesh_does_not_carry_every_event_twice() {
-    let knobs = Knobs {
-        nodes: 3,
-        chaos_steps: 400,
-        write_per_mille: 300,
-        loss: 0,
-        duplicate: 0,
-        reorder: 0,
-        cut: 0,
-        disconnect: 0,
-        crash: 0,
-        crash_after_apply: 0,
-        apply_failure: 0,
-        cut_forever: &[],
-        absent: None,
-        backlog_writes: 1,
-        fault: None,
-    };
+    let knobs = Knobs::clean(400);
     let run = |relay_delay_ms: u64| {
         let mut sim = Sim::new(40_000, Some(knobs), false);
         sim.config = ReplicaConfig {
@@ -1100,23 +1105,11 @@ fn relays_wait_so_a_mesh_does_not_carry_every_event_twice() {
 fn long_absence_catches_up_within_bounds() {
     let knobs = |_| {
         Some(Knobs {
-            nodes: 3,
-            chaos_steps: 300,
-            write_per_mille: 300,
-            loss: 0,
-            duplicate: 0,
-            reorder: 0,
-            cut: 0,
-            disconnect: 0,
-            crash: 0,
-            crash_after_apply: 0,
-            apply_failure: 0,
-            cut_forever: &[],
             // n2 is down from the start for ~2.5 s of simulated time while n0 and n1 write
             // a backlog of thousands of events.
             absent: Some((2, 0, 1_002_500)),
             backlog_writes: 3,
-            fault: None,
+            ..Knobs::clean(300)
         })
     };
     for seed in 20_000..20_004 {
