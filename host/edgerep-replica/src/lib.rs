@@ -6,16 +6,19 @@
 //!
 //! - [`message`]: the protocol's messages and their strict CBOR codec.
 //! - [`Replica`]: one node's state machine for all its peers.
-//! - [`Log`]: how it reads the node's changelog (it never writes: the caller applies).
+//! - [`Log`]: how it reads the node's changelog and state (it never writes: the caller applies).
 //!
 //! ```
-//! use edgerep_replica::{Log, LogError, Message, Replica, ReplicaConfig};
+//! use edgerep_replica::{Log, LogError, Message, Replica, ReplicaConfig, StateCursor, StatePage};
 //! use edgerep_wire::{Event, NodeId};
 //!
 //! struct Empty;
 //! impl Log for Empty {
 //!     fn read(&self, _: &NodeId, _: u64, _: usize, _: usize) -> Result<Vec<Event>, LogError> {
 //!         Ok(Vec::new())
+//!     }
+//!     fn state_page(&self, _: Option<&StateCursor>, _: usize, _: usize) -> Result<StatePage, LogError> {
+//!         Ok(StatePage::default())
 //!     }
 //! }
 //!
@@ -35,7 +38,7 @@ mod replica;
 mod session;
 
 pub use have::Have;
-pub use log::{Log, LogError};
+pub use log::{Log, LogError, StateCursor, StatePage};
 pub use message::{
     CollectionFingerprint, DecodeError, Hello, Message, MessageLimits, PROTOCOL_VERSION,
 };

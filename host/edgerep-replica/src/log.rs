@@ -1,6 +1,19 @@
-//! The storage seam: the replica reads the node's changelog through [`Log`] and never writes it.
+//! The storage seam: the replica reads the node's changelog and state through [`Log`] and never
+//! writes them.
 
 use edgerep_wire::{Event, NodeId};
+
+/// A position in the state, in (collection, key) order: a state page continues after it.
+pub type StateCursor = (String, Vec<u8>);
+
+/// One page of the state, for a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatePage {
+    /// The versions of whole keys, in key order.
+    pub versions: Vec<Event>,
+    /// Where the next page starts (the last key of this one); `None` when the state is done.
+    pub next: Option<StateCursor>,
+}
 
 /// Read access to the node's durable changelog (every event it holds, keyed by origin and sequence).
 pub trait Log {
@@ -14,6 +27,17 @@ pub trait Log {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, LogError>;
+
+    /// The versions of the keys after `after` (from the first key if `None`), whole keys only:
+    /// at most `max_events` versions and `max_bytes` of encoded versions, except that the first
+    /// key is returned even if it alone is larger. The state read must reflect at least every
+    /// event the durable local have covers (never an event a crash could take back).
+    fn state_page(
+        &self,
+        after: Option<&StateCursor>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<StatePage, LogError>;
 }
 
 /// Why the changelog could not be read.
@@ -25,6 +49,15 @@ pub enum LogError {
     Storage {
         /// The storage's error, as text.
         reason: String,
+    },
+    /// Events of `origin` up to `floor` were compacted away: a peer that lacks them needs a
+    /// snapshot of the state.
+    #[error("events of {origin} up to {floor} were compacted")]
+    Compacted {
+        /// The origin.
+        origin: NodeId,
+        /// The highest sequence number removed.
+        floor: u64,
     },
     /// The changelog returned something other than what the local have promises (a gap, a
     /// wrong origin, or nothing where events should be).

@@ -10,6 +10,8 @@
 //! | 1 | [`Message::Events`] | `[1, [event bytes…]]`, each an [`Event::encode`] in a byte string |
 //! | 2 | [`Message::Ack`] | `[2, have, rewind]` |
 //! | 3 | [`Message::Bye`] | `[3, reason]` |
+//! | 4 | [`Message::Snapshot`] | `[4, id, page, [event bytes…], done, have]` (`have` empty unless `done`) |
+//! | 5 | [`Message::SnapshotAck`] | `[5, id, page]` |
 //!
 //! `have` is `[[node, seq]…]`, strictly ascending by node id. A fingerprint is
 //! `[collection, resolver, [transform…], [[plugin, sha256 hex]…]]`; fingerprints are strictly
@@ -37,6 +39,8 @@ mod kind {
     pub(super) const EVENTS: u64 = 1;
     pub(super) const ACK: u64 = 2;
     pub(super) const BYE: u64 = 3;
+    pub(super) const SNAPSHOT: u64 = 4;
+    pub(super) const SNAPSHOT_ACK: u64 = 5;
 }
 
 /// What one side runs for one collection; peers compare these and report differences.
@@ -89,6 +93,28 @@ pub enum Message {
     Bye {
         /// Why, for the log.
         reason: String,
+    },
+    /// One page of the sender's state, for a receiver that needs events the sender compacted
+    /// away. Pages go one at a time (the next after the receiver's [`Message::SnapshotAck`]).
+    /// Merging a page is idempotent; only the last page's `have` moves the receiver's cursors.
+    Snapshot {
+        /// Which snapshot (the sender numbers them per session).
+        id: u64,
+        /// The page's number within the snapshot, from 0.
+        page: u64,
+        /// The versions of consecutive keys, in key order.
+        versions: Vec<Event>,
+        /// The last page: the state sent reflects at least every event up to `have`.
+        done: bool,
+        /// Per origin, strictly ascending; empty unless `done`.
+        have: Vec<(NodeId, u64)>,
+    },
+    /// The receiver durably merged the snapshot page.
+    SnapshotAck {
+        /// The snapshot.
+        id: u64,
+        /// The page.
+        page: u64,
     },
 }
 
@@ -214,14 +240,8 @@ impl Message {
             Message::Events { events } => {
                 let _ = Encoder::new(&mut *buf)
                     .array(2)
-                    .and_then(|e| e.u64(kind::EVENTS))
-                    .and_then(|e| e.array(events.len() as u64));
-                let mut scratch = Vec::new();
-                for ev in events {
-                    scratch.clear();
-                    ev.encode_into(&mut scratch);
-                    let _ = Encoder::new(&mut *buf).bytes(&scratch);
-                }
+                    .and_then(|e| e.u64(kind::EVENTS));
+                encode_events(buf, events);
             }
             Message::Ack { have, rewind } => {
                 let mut e = Encoder::new(&mut *buf);
@@ -234,6 +254,30 @@ impl Message {
                     .array(2)
                     .and_then(|e| e.u64(kind::BYE))
                     .and_then(|e| e.str(reason));
+            }
+            Message::Snapshot {
+                id,
+                page,
+                versions,
+                done,
+                have,
+            } => {
+                let _ = Encoder::new(&mut *buf)
+                    .array(6)
+                    .and_then(|e| e.u64(kind::SNAPSHOT))
+                    .and_then(|e| e.u64(*id))
+                    .and_then(|e| e.u64(*page));
+                encode_events(buf, versions);
+                let mut e = Encoder::new(&mut *buf);
+                let _ = e.bool(*done);
+                encode_have(&mut e, have);
+            }
+            Message::SnapshotAck { id, page } => {
+                let _ = Encoder::new(&mut *buf)
+                    .array(3)
+                    .and_then(|e| e.u64(kind::SNAPSHOT_ACK))
+                    .and_then(|e| e.u64(*id))
+                    .and_then(|e| e.u64(*page));
             }
         }
     }
@@ -261,6 +305,8 @@ impl Message {
             kind::EVENTS => (2, "events message"),
             kind::ACK => (3, "ack"),
             kind::BYE => (2, "bye"),
+            kind::SNAPSHOT => (6, "snapshot"),
+            kind::SNAPSHOT_ACK => (3, "snapshot ack"),
             other => return Err(DecodeError::UnknownType(other)),
         };
         if items != want {
@@ -278,12 +324,47 @@ impl Message {
                 have: decode_have(&mut r, "ack have")?,
                 rewind: r.bool("ack rewind")?,
             },
+            kind::SNAPSHOT => {
+                let id = r.u64("snapshot id")?;
+                let page = r.u64("snapshot page")?;
+                let versions = decode_events(&mut r, limits)?;
+                let done = r.bool("snapshot done")?;
+                let have = decode_have(&mut r, "snapshot have")?;
+                if !done && !have.is_empty() {
+                    return Err(DecodeError::Invalid {
+                        what: "snapshot have".into(),
+                        reason: "given on a page that is not the last".into(),
+                    });
+                }
+                Message::Snapshot {
+                    id,
+                    page,
+                    versions,
+                    done,
+                    have,
+                }
+            }
+            kind::SNAPSHOT_ACK => Message::SnapshotAck {
+                id: r.u64("snapshot ack id")?,
+                page: r.u64("snapshot ack page")?,
+            },
             _ => Message::Bye {
                 reason: text(&mut r, "bye reason")?.to_owned(),
             },
         };
         r.finish()?;
         Ok(message)
+    }
+}
+
+/// `[event bytes…]`.
+fn encode_events(buf: &mut Vec<u8>, events: &[Event]) {
+    let _ = Encoder::new(&mut *buf).array(events.len() as u64);
+    let mut scratch = Vec::new();
+    for ev in events {
+        scratch.clear();
+        ev.encode_into(&mut scratch);
+        let _ = Encoder::new(&mut *buf).bytes(&scratch);
     }
 }
 
@@ -517,6 +598,21 @@ mod tests {
             Message::Bye {
                 reason: "shutting down".into(),
             },
+            Message::Snapshot {
+                id: 3,
+                page: 0,
+                versions: vec![event("a", 4), event("b", 1)],
+                done: false,
+                have: vec![],
+            },
+            Message::Snapshot {
+                id: 3,
+                page: 1,
+                versions: vec![],
+                done: true,
+                have: vec![(node("a"), 4), (node("b"), 9)],
+            },
+            Message::SnapshotAck { id: 3, page: 1 },
         ]
     }
 
@@ -604,6 +700,26 @@ mod tests {
         refused(
             &cbor(|e| drop(e.array(2).and_then(|e| e.u64(3)).and_then(|e| e.u64(1)))),
             "bye reason: expected a text string",
+        );
+        // A snapshot page that is not the last may not claim a have.
+        let mut page = Message::Snapshot {
+            id: 1,
+            page: 0,
+            versions: vec![],
+            done: true,
+            have: vec![(node("a"), 1)],
+        }
+        .encode();
+        let done_at = page.len() - 6; // then [["a", 1]]: 5 bytes
+        assert_eq!(page[done_at], 0xf5, "the done flag");
+        page[done_at] = 0xf4;
+        refused(
+            &page,
+            "invalid snapshot have: given on a page that is not the last",
+        );
+        refused(
+            &cbor(|e| drop(e.array(3).and_then(|e| e.u64(5)).and_then(|e| e.str("x")))),
+            "snapshot ack id: expected an unsigned integer",
         );
         let long = "x".repeat(MAX_TEXT_BYTES + 1);
         refused(

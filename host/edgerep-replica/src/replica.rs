@@ -10,8 +10,11 @@
 //!   and each origin's handed-out events continue it without a gap (when the caller applies them
 //!   in the order yielded).
 //! - An Ack carries only the durable local have, so an acknowledged event survives a restart.
-//! - Per peer, at most one Apply is outstanding; the peer's later events wait behind it.
+//! - Per peer, at most one Apply or InstallSnapshot is outstanding; the peer's later messages
+//!   wait behind it.
 //! - The durable local have is the only state that must survive a restart.
+//! - A peer that needs events below the compacted floor of some origin gets a snapshot of the
+//!   state instead (pages merged idempotently; the last one moves its have), then events again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -22,7 +25,7 @@ use crate::fingerprint;
 use crate::have::{self, Have};
 use crate::log::{Log, LogError};
 use crate::message::{CollectionFingerprint, Hello, Message, MessageLimits, PROTOCOL_VERSION};
-use crate::session::Session;
+use crate::session::{PendingPage, Session};
 
 /// Tuning of a [`Replica`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +94,19 @@ pub enum Output {
         peer: NodeId,
         /// One sentence per difference.
         differences: Vec<String>,
+    },
+    /// Merge these versions (a page of a peer's state) into the state durably, in one
+    /// transaction, in order with the Applies; if `have` is given (the last page), also raise the
+    /// local have to it, giving up changelog entries below it (they are compacted at the
+    /// peer). Then call [`Replica::set_local_have`], [`Replica::set_compacted`] and
+    /// [`Replica::installed`], or [`Replica::install_failed`].
+    InstallSnapshot {
+        /// The peer the page came from.
+        peer: NodeId,
+        /// The versions of whole keys.
+        versions: Vec<Event>,
+        /// On the last page: per origin, what the snapshot reflects.
+        have: Option<Have>,
     },
     /// The peer acknowledged more: persist its cursor (e.g. for changelog retention).
     Acked {
@@ -179,6 +195,10 @@ pub struct PeerView {
     pub last_apply_error: Option<String>,
     /// The reason in the peer's Bye, if it sent one.
     pub bye_reason: Option<String>,
+    /// We are sending the peer a snapshot: the page being sent.
+    pub snapshot_sending_page: Option<u64>,
+    /// The peer is sending us a snapshot: the next page expected.
+    pub snapshot_receiving_page: Option<u64>,
 }
 
 /// A deliberate bug, for checking that the simulation catches it. Never use in a node.
@@ -199,7 +219,16 @@ struct Peer {
     session: Option<Session>,
     /// Per origin, the highest sequence number in the outstanding Apply of this peer's events.
     applying: Option<Have>,
+    /// The outstanding InstallSnapshot of this peer's page: (snapshot id, page, last page).
+    installing: Option<(u64, u64, bool)>,
     last_apply_error: Option<String>,
+}
+
+impl Peer {
+    /// An Apply or InstallSnapshot of this peer's is outstanding.
+    fn busy(&self) -> bool {
+        self.applying.is_some() || self.installing.is_some()
+    }
 }
 
 /// When events of one other origin arrived here, so that relaying them can wait.
@@ -221,6 +250,8 @@ pub struct Replica {
     have_version: u64,
     /// See the module invariants.
     accepted: Have,
+    /// Per origin, the highest sequence number compacted out of the changelog, as pushed.
+    compacted: Have,
     /// The latest time given to any call.
     now: u64,
     /// Per origin other than this node: what may be relayed yet.
@@ -293,6 +324,7 @@ impl Replica {
             local_have: Have::new(),
             have_version: 0,
             accepted: Have::new(),
+            compacted: Have::new(),
             now: 0,
             arrivals: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -363,6 +395,20 @@ impl Replica {
         }
     }
 
+    /// Takes in the changelog's compacted floors (per origin, the highest sequence number
+    /// removed): call at start and after every compaction or snapshot install. A peer that
+    /// lacks events at or below a floor gets a snapshot.
+    pub fn set_compacted(&mut self, compacted: &Have) {
+        if have::join(&mut self.compacted, compacted.iter().map(|(o, &s)| (o, s))) {
+            self.have_version += 1;
+        }
+    }
+
+    /// The compacted floors, as last pushed.
+    pub fn compacted(&self) -> &Have {
+        &self.compacted
+    }
+
     /// A session with `peer` opened (the transport authenticated it): our Hello is queued.
     /// Replaces any previous session with the same peer.
     ///
@@ -378,7 +424,7 @@ impl Replica {
     pub fn disconnected(&mut self, peer: &NodeId, _now: u64) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.session = None;
-            if p.applying.is_none() {
+            if !p.busy() {
                 self.peers.remove(peer);
             }
         }
@@ -397,7 +443,7 @@ impl Replica {
             .peers
             .get_mut(peer)
             .ok_or(ProtocolError::NotConnected)?;
-        let applying = p.applying.is_some();
+        let busy = p.busy();
         let s = p.session.as_mut().ok_or(ProtocolError::NotConnected)?;
         s.last_message_ms = Some(now);
         match message {
@@ -438,7 +484,7 @@ impl Replica {
                 }
                 check_contiguous(&events)?;
                 if events.is_empty() {
-                } else if applying {
+                } else if busy {
                     s.queued_events += events.len();
                     s.queued.push_back(events);
                 } else {
@@ -457,8 +503,127 @@ impl Replica {
                 }
             }
             Message::Bye { reason } => s.bye = Some(reason),
+            Message::Snapshot {
+                id,
+                page,
+                versions,
+                done,
+                have,
+            } => {
+                if !s.ready() {
+                    return Err(ProtocolError::BeforeHello {
+                        message: "snapshot",
+                    });
+                }
+                let accept = match s.snapshot_in {
+                    Some((cur, next)) if cur == id && page < next => {
+                        // A page we merged already (our SnapshotAck was lost): confirm again.
+                        s.snapshot_ack_due = Some((id, page));
+                        false
+                    }
+                    Some((cur, next)) if cur == id => page == next,
+                    _ => page == 0,
+                };
+                if accept && !s.pending_page.is_some() {
+                    s.snapshot_in = Some((id, page));
+                    let page = PendingPage {
+                        id,
+                        page,
+                        versions,
+                        have: done.then(|| have.into_iter().collect()),
+                    };
+                    if busy {
+                        s.pending_page = Some(page);
+                    } else {
+                        self.install(peer, page);
+                    }
+                }
+            }
+            Message::SnapshotAck { id, page } => {
+                if !s.ready() {
+                    return Err(ProtocolError::BeforeHello {
+                        message: "snapshot ack",
+                    });
+                }
+                let Some(out) = s.snapshot_out.as_mut() else {
+                    return Ok(());
+                };
+                if out.id != id || out.page != page || out.sent_at.is_none() {
+                    return Ok(());
+                }
+                if out.last {
+                    // The peer durably holds everything the snapshot reflects.
+                    let have = have::to_wire(&out.have);
+                    s.snapshot_out = None;
+                    if s.on_ack(&have, false, now) {
+                        self.outputs.push_back(Output::Acked {
+                            peer: peer.clone(),
+                            have: s.acked.clone(),
+                        });
+                    }
+                } else {
+                    out.page += 1;
+                    out.start = out.next.take();
+                    out.sent_at = None;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Hands a snapshot page of `peer` out to merge. The peer has nothing outstanding.
+    fn install(&mut self, peer: &NodeId, page: PendingPage) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        debug_assert!(!p.busy());
+        p.installing = Some((page.id, page.page, page.have.is_some()));
+        self.outputs.push_back(Output::InstallSnapshot {
+            peer: peer.clone(),
+            versions: page.versions,
+            have: page.have,
+        });
+    }
+
+    /// The caller durably merged the last snapshot page of `peer` (and pushed the new local
+    /// have and compacted floors first). Confirms it and releases what waited behind it.
+    pub fn installed(&mut self, peer: &NodeId, now: u64) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let Some((id, page, last)) = p.installing.take() else {
+            return;
+        };
+        p.last_apply_error = None;
+        let Some(s) = p.session.as_mut() else {
+            self.peers.remove(peer);
+            return;
+        };
+        if s.snapshot_in == Some((id, page)) {
+            s.snapshot_in = Some((id, page + 1));
+        }
+        s.snapshot_ack_due = Some((id, page));
+        if last {
+            s.request_ack(false);
+        }
+        self.release_queued(peer, now);
+    }
+
+    /// Merging the last snapshot page of `peer` failed (nothing of it is durable): the page is
+    /// expected again (the peer resends it when its SnapshotAck does not come).
+    pub fn install_failed(&mut self, peer: &NodeId, reason: &str, now: u64) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if p.installing.take().is_none() {
+            return;
+        }
+        p.last_apply_error = Some(reason.to_owned());
+        if p.session.is_none() {
+            self.peers.remove(peer);
+            return;
+        }
+        self.release_queued(peer, now);
     }
 
     /// Runs received events through the duplicate and gap filters; hands what continues the
@@ -469,8 +634,8 @@ impl Replica {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
+        debug_assert!(!p.busy());
         let Some(s) = p.session.as_mut() else { return };
-        debug_assert!(p.applying.is_none());
         let mut out = Vec::new();
         let mut handed = Have::new();
         // Per origin, the highest duplicate dropped; and the origins with a gap.
@@ -541,19 +706,24 @@ impl Replica {
         self.release_queued(peer, now);
     }
 
-    /// Hands the next queued batches of `peer` (up to `apply_events` events, at least one
-    /// batch) to the store, until one Apply is outstanding or the queue is empty (batches that
-    /// hold only duplicates produce no Apply).
+    /// Hands a waiting snapshot page of `peer`, else its next queued batches (up to
+    /// `apply_events` events, at least one batch), to the store, until one Apply or
+    /// InstallSnapshot is outstanding or nothing waits (batches that hold only duplicates
+    /// produce no Apply).
     fn release_queued(&mut self, peer: &NodeId, now: u64) {
         let cap = self.config.apply_events;
         loop {
             let Some(p) = self.peers.get_mut(peer) else {
                 return;
             };
-            if p.applying.is_some() {
+            if p.busy() {
                 return;
             }
             let Some(s) = p.session.as_mut() else { return };
+            if let Some(page) = s.pending_page.take() {
+                self.install(peer, page);
+                return;
+            }
             if s.queued.is_empty() {
                 return;
             }
@@ -593,6 +763,7 @@ impl Replica {
                 self.peers.remove(peer);
             }
         }
+        self.release_queued(peer, _now);
         // Recompute from what is durable plus what other peers' Applies still hand out.
         self.accepted = self.local_have.clone();
         for p in self.peers.values() {
@@ -610,6 +781,12 @@ impl Replica {
             if s.deadline(after).is_some_and(|d| now >= d) {
                 s.go_back(now);
             }
+            if s.snapshot_deadline(after).is_some_and(|d| now >= d) {
+                // Send the unconfirmed page again.
+                if let Some(out) = s.snapshot_out.as_mut() {
+                    out.sent_at = None;
+                }
+            }
         }
     }
 
@@ -617,9 +794,11 @@ impl Replica {
     pub fn poll_timeout(&self) -> Option<u64> {
         let delay = self.config.relay_delay_ms;
         let sessions = self.peers.values().filter_map(|p| p.session.as_ref());
+        let after = self.config.retransmit_after_ms;
         let retransmit = sessions
             .clone()
-            .filter_map(|s| s.deadline(self.config.retransmit_after_ms));
+            .flat_map(|s| [s.deadline(after), s.snapshot_deadline(after)])
+            .flatten();
         let gossip = sessions
             .filter(|s| s.ready() && s.gossip_due)
             .map(|s| s.last_ack_ms.saturating_add(delay / 2));
@@ -675,6 +854,9 @@ impl Replica {
         if let Some(m) = self.next_control(now) {
             return Ok(Some(m));
         }
+        if let Some(m) = self.next_snapshot_page(now, log)? {
+            return Ok(Some(m));
+        }
         let (window, version) = (self.config.window_events, self.have_version);
         let order: Vec<NodeId> = round_robin(&self.peers, self.last_events.as_ref())
             .into_iter()
@@ -698,7 +880,7 @@ impl Replica {
         let due = |p: &Peer| {
             p.session
                 .as_ref()
-                .is_some_and(|s| s.hello_due || s.ack_due.is_some())
+                .is_some_and(|s| s.hello_due || s.ack_due.is_some() || s.snapshot_ack_due.is_some())
         };
         if !self.peers.values().any(due) {
             return None;
@@ -717,6 +899,8 @@ impl Replica {
                 fingerprint: self.config.fingerprint.clone(),
                 have: have::to_wire(&self.local_have),
             })
+        } else if let Some((id, page)) = s.snapshot_ack_due.take() {
+            Message::SnapshotAck { id, page }
         } else {
             let rewind = s.ack_due.take().unwrap_or(false);
             s.last_ack_ms = now;
@@ -736,6 +920,44 @@ impl Replica {
         Some((peer, message))
     }
 
+    /// The next snapshot page for some peer: one whose snapshot page is not in flight.
+    fn next_snapshot_page(
+        &mut self,
+        now: u64,
+        log: &impl Log,
+    ) -> Result<Option<(NodeId, Message)>, LogError> {
+        let limits = &self.config.limits;
+        let max_events = self.config.batch_events.min(limits.max_events_per_batch);
+        for (peer, p) in &mut self.peers {
+            let Some(out) = p
+                .session
+                .as_mut()
+                .filter(|s| s.ready())
+                .and_then(|s| s.snapshot_out.as_mut())
+                .filter(|o| o.sent_at.is_none())
+            else {
+                continue;
+            };
+            let page = log.state_page(out.start.as_ref(), max_events, self.config.batch_bytes)?;
+            out.last = page.next.is_none();
+            out.next = page.next;
+            out.sent_at = Some(now);
+            let message = Message::Snapshot {
+                id: out.id,
+                page: out.page,
+                versions: page.versions,
+                done: out.last,
+                have: if out.last {
+                    have::to_wire(&out.have)
+                } else {
+                    Vec::new()
+                },
+            };
+            return Ok(Some((peer.clone(), message)));
+        }
+        Ok(None)
+    }
+
     /// The next Events batch for `peer`, if it is ready, its window has room and we hold events
     /// it lacks.
     fn next_batch(
@@ -748,6 +970,7 @@ impl Replica {
             local,
             config,
             local_have,
+            compacted,
             arrivals,
             have_version,
             peers,
@@ -767,7 +990,12 @@ impl Replica {
             return Ok(None);
         };
         let in_flight = s.in_flight();
-        if !s.ready() || in_flight >= config.window_events {
+        if !s.ready() || in_flight >= config.window_events || s.snapshot_out.is_some() {
+            return Ok(None);
+        }
+        // Events at or below a compacted floor are gone: the peer needs a snapshot.
+        if compacted.iter().any(|(o, &c)| have::get(&s.sent, o) < c) {
+            s.start_snapshot(local_have);
             return Ok(None);
         }
         let mut budget = (config.batch_events.min(config.limits.max_events_per_batch) as u64)
@@ -785,7 +1013,14 @@ impl Replica {
             }
             let after = have::get(&s.sent, &origin);
             let want = budget.min(sendable(&origin) - after);
-            let events = log.read(&origin, after, want as usize, bytes_left)?;
+            let events = match log.read(&origin, after, want as usize, bytes_left) {
+                Err(LogError::Compacted { .. }) => {
+                    // Compacted after the floors we were told: same remedy.
+                    s.start_snapshot(local_have);
+                    break;
+                }
+                other => other?,
+            };
             let inconsistent = |reason: String| LogError::Inconsistent { reason };
             if events.is_empty() || events.len() as u64 > want {
                 return Err(inconsistent(format!(
@@ -845,11 +1080,13 @@ impl Replica {
             acked: s.map(|s| s.acked.clone()).unwrap_or_default(),
             in_flight_events: s.map_or(0, Session::in_flight),
             pending_apply_events: s.map_or(0, |s| s.queued_events),
-            applying: p.applying.is_some(),
+            applying: p.busy(),
             last_message_ms: s.and_then(|s| s.last_message_ms),
             mismatches: s.map(|s| s.mismatches.clone()).unwrap_or_default(),
             last_apply_error: p.last_apply_error.clone(),
             bye_reason: s.and_then(|s| s.bye.clone()),
+            snapshot_sending_page: s.and_then(|s| s.snapshot_out.as_ref()).map(|o| o.page),
+            snapshot_receiving_page: s.and_then(|s| s.snapshot_in).map(|(_, next)| next),
         })
     }
 

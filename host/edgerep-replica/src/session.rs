@@ -10,7 +10,33 @@ use std::collections::{BTreeMap, VecDeque};
 use edgerep_wire::{Event, NodeId};
 
 use crate::have::{self, Have};
+use crate::log::StateCursor;
 use crate::message::Hello;
+
+/// A snapshot being sent to the peer, one page at a time.
+pub(crate) struct SnapshotOut {
+    pub(crate) id: u64,
+    /// The local have when the snapshot began: every page reflects at least this.
+    pub(crate) have: Have,
+    /// The page being sent (or to send next).
+    pub(crate) page: u64,
+    /// Where that page starts.
+    pub(crate) start: Option<StateCursor>,
+    /// Where the page after it starts, once it was read.
+    pub(crate) next: Option<StateCursor>,
+    /// The page was sent at this time and awaits its SnapshotAck.
+    pub(crate) sent_at: Option<u64>,
+    /// The page sent is the last.
+    pub(crate) last: bool,
+}
+
+/// A snapshot page received while an apply of the peer's events was outstanding.
+pub(crate) struct PendingPage {
+    pub(crate) id: u64,
+    pub(crate) page: u64,
+    pub(crate) versions: Vec<Event>,
+    pub(crate) have: Option<Have>,
+}
 
 pub(crate) struct Session {
     /// Our Hello has not been transmitted yet.
@@ -53,6 +79,16 @@ pub(crate) struct Session {
     pub(crate) gossip_due: bool,
     /// When we last sent this peer an Ack.
     pub(crate) last_ack_ms: u64,
+    /// The snapshot we are sending the peer (it lacks events we compacted away).
+    pub(crate) snapshot_out: Option<SnapshotOut>,
+    /// Numbers our snapshots on this session.
+    pub(crate) next_snapshot_id: u64,
+    /// The snapshot the peer is sending us: its id and the next page we expect.
+    pub(crate) snapshot_in: Option<(u64, u64)>,
+    /// A SnapshotAck (id, page) is due.
+    pub(crate) snapshot_ack_due: Option<(u64, u64)>,
+    /// A page that waits for the peer's outstanding apply.
+    pub(crate) pending_page: Option<PendingPage>,
 }
 
 impl Session {
@@ -77,7 +113,35 @@ impl Session {
             bye: None,
             gossip_due: false,
             last_ack_ms: now,
+            snapshot_out: None,
+            next_snapshot_id: 0,
+            snapshot_in: None,
+            snapshot_ack_due: None,
+            pending_page: None,
         }
+    }
+
+    /// Begins sending a snapshot of the state as of (at least) `have`, unless one is under way.
+    pub(crate) fn start_snapshot(&mut self, have: &Have) {
+        if self.snapshot_out.is_some() {
+            return;
+        }
+        self.snapshot_out = Some(SnapshotOut {
+            id: self.next_snapshot_id,
+            have: have.clone(),
+            page: 0,
+            start: None,
+            next: None,
+            sent_at: None,
+            last: false,
+        });
+        self.next_snapshot_id += 1;
+    }
+
+    /// When the snapshot page in flight should be sent again.
+    pub(crate) fn snapshot_deadline(&self, retransmit_after_ms: u64) -> Option<u64> {
+        let sent_at = self.snapshot_out.as_ref()?.sent_at?;
+        Some(sent_at.saturating_add(retransmit_after_ms))
     }
 
     pub(crate) fn ready(&self) -> bool {

@@ -7,7 +7,9 @@
 //!   one origin, so a group commit of local writes adds one feed row, not one per event;
 //! - `origins`: per origin, the highest sequence number held;
 //! - `dead_letters`: events a plugin refused, with the reason;
-//! - `meta`: node id, last hybrid clock timestamp, last feed position, state digest.
+//! - `compacted`: per origin, the highest sequence number removed from the changelog (see
+//!   [`retention`]: compaction, and state snapshots for peers that need removed events);
+//! - `meta`: node id, last hybrid clock timestamp, last feed position, feed floor, state digest.
 //!
 //! Invariant: one write transaction changes state, changelog, feed, origins and meta together, so
 //! a write either fully happens or not at all, and the digest always matches the state.
@@ -17,6 +19,7 @@
 
 mod digest;
 mod keys;
+pub mod retention;
 mod versions;
 
 use std::collections::BTreeMap;
@@ -32,6 +35,8 @@ use redb::{
 use keys::{log_key, log_seq, split_state_key, state_key};
 
 pub use digest::Digest;
+use retention::{COMPACTED, feed_floor};
+pub use retention::{Compaction, Installed, StatePage};
 pub use versions::{Applied, Versions};
 
 /// `collection 0x00 key` → encoded [`Versions`] (see [`keys`]).
@@ -97,6 +102,28 @@ pub enum StoreError {
         /// The next sequence number the store expects from that origin.
         expected: u64,
     },
+    /// Events of an origin below the asked position were compacted out of the changelog.
+    #[error(
+        "events of {origin} up to {floor} were compacted (every peer held them); read after {floor}"
+    )]
+    ChangelogCompacted {
+        /// The origin.
+        origin: String,
+        /// The highest sequence number removed.
+        floor: u64,
+    },
+    /// Feed positions up to `floor` can no longer be read (their events were compacted, or a
+    /// snapshot from a peer changed the state without feed positions).
+    #[error(
+        "feed positions up to {floor} were compacted or replaced by a snapshot: read the state, then watch after {floor}"
+    )]
+    FeedCompacted {
+        /// The highest position that can no longer be read.
+        floor: u64,
+    },
+    /// A snapshot page from a peer cannot be merged.
+    #[error("snapshot refused: {0}")]
+    SnapshotRefused(String),
     /// The database was written by a newer edgerep with a table layout this one does not know.
     #[error("store format {found} is newer than this edgerep supports ({supported})")]
     UnsupportedFormat {
@@ -182,6 +209,10 @@ pub struct StoreStatus {
     pub hlc_last: Hlc,
     /// Number of dead letters.
     pub dead_letters: u64,
+    /// Per origin, the highest sequence number compacted out of the changelog.
+    pub compacted: BTreeMap<String, u64>,
+    /// Feed positions up to this one can no longer be read.
+    pub feed_floor: u64,
 }
 
 /// Whether a write transaction waits for the disk.
@@ -425,6 +456,7 @@ impl Store {
             txn.open_table(ORIGINS)?;
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(PEERS)?;
+            txn.open_table(COMPACTED)?;
         }
         txn.commit()?;
         let store = Store {
@@ -886,6 +918,10 @@ impl Store {
         let txn = self.db.begin_read()?;
         let feed = txn.open_table(FEED)?;
         let changelog = txn.open_table(CHANGELOG)?;
+        let floor = feed_floor(&txn.open_table(META)?)?;
+        if after < floor {
+            return Err(StoreError::FeedCompacted { floor });
+        }
         let first = after.saturating_add(1);
         // The run holding `first` starts at or before it.
         let start = match feed.range(..=first)?.next_back() {
@@ -927,6 +963,16 @@ impl Store {
     ) -> Result<Vec<Event>, StoreError> {
         let txn = self.db.begin_read()?;
         let changelog = txn.open_table(CHANGELOG)?;
+        let floor = txn
+            .open_table(COMPACTED)?
+            .get(origin)?
+            .map_or(0, |g| g.value());
+        if after < floor {
+            return Err(StoreError::ChangelogCompacted {
+                origin: origin.to_owned(),
+                floor,
+            });
+        }
         let mut out = Vec::new();
         let from = log_key(origin, after.saturating_add(1));
         let to = log_key(origin, u64::MAX);
@@ -956,6 +1002,11 @@ impl Store {
             let (k, v) = row?;
             origins.insert(k.value().to_owned(), v.value());
         }
+        let mut compacted = BTreeMap::new();
+        for row in txn.open_table(COMPACTED)?.iter()? {
+            let (k, v) = row?;
+            compacted.insert(k.value().to_owned(), v.value());
+        }
         Ok(StoreStatus {
             digest: counters.digest,
             state_entries: counters.entries,
@@ -966,6 +1017,8 @@ impl Store {
                 None => Hlc::default(),
             },
             dead_letters: dead.len()?,
+            compacted,
+            feed_floor: feed_floor(&meta)?,
         })
     }
 
@@ -1017,9 +1070,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Checks invariants across tables: the feed is gapless from 1, every feed entry names an
-    /// event in the changelog, every origin's changelog is gapless from 1 up to its recorded
-    /// highest sequence, and the incremental digest equals a full recomputation.
+    /// Checks invariants across tables: the feed's runs are consecutive up to its last position
+    /// (runs at or below the feed floor may be missing: compaction removed them),
+    /// every feed entry above its origin's compacted floor names an event in the changelog,
+    /// every origin's changelog holds exactly the events after its compacted floor up to its
+    /// recorded highest sequence, and the incremental digest equals a full recomputation.
     /// Returns a description of the first violation found. Every check reads one snapshot, so
     /// commits running meanwhile cannot make a consistent store look inconsistent.
     pub fn verify(&self) -> Result<Result<(), String>, StoreError> {
@@ -1027,26 +1082,31 @@ impl Store {
         let status = Store::status_in(&txn)?;
         let feed = txn.open_table(FEED)?;
         let changelog = txn.open_table(CHANGELOG)?;
+        let compacted_of = |o: &str| status.compacted.get(o).copied().unwrap_or(0);
+        // Positions up to the floor may be missing (compacted runs); above it none may be.
+        let floor = status.feed_floor;
         let mut expected = 1;
         for row in feed.iter()? {
             let (start, run) = row?;
-            if start.value() != expected {
+            let start = start.value();
+            if start != expected && !(start > expected && start - 1 <= floor) {
                 return Ok(Err(format!(
-                    "feed gap: expected position {expected}, found {}",
-                    start.value()
+                    "feed gap: expected position {expected}, found {start} (floor {floor})"
                 )));
             }
             let (origin, first_seq, count) = run.value();
-            for seq in first_seq..first_seq + count {
+            for seq in (compacted_of(origin) + 1).max(first_seq)..first_seq + count {
                 if changelog.get(log_key(origin, seq).as_slice())?.is_none() {
                     return Ok(Err(format!(
-                        "feed run at {expected} names missing event {origin}:{seq}"
+                        "feed run at {start} names missing event {origin}:{seq}"
                     )));
                 }
             }
-            expected += count;
+            expected = start + count;
         }
-        if expected - 1 != status.feed_last {
+        if expected - 1 != status.feed_last
+            && !(expected - 1 < status.feed_last && status.feed_last <= floor)
+        {
             return Ok(Err(format!(
                 "feed ends at {} but meta says {}",
                 expected - 1,
@@ -1054,7 +1114,13 @@ impl Store {
             )));
         }
         for (origin, &last) in &status.origins {
-            let mut want = 1;
+            let floor = compacted_of(origin);
+            if floor > last {
+                return Ok(Err(format!(
+                    "{origin} compacted up to {floor} but held only up to {last}"
+                )));
+            }
+            let mut want = floor + 1;
             let (from, to) = (log_key(origin, 0), log_key(origin, u64::MAX));
             for row in changelog.range(from.as_slice()..=to.as_slice())? {
                 let (k, _) = row?;

@@ -1,0 +1,322 @@
+//! Changelog retention: compaction of changelog entries every peer holds, and the two sides of a
+//! state snapshot (reading the state in pages, merging a peer's pages).
+//!
+//! Invariants:
+//! - Per origin, the changelog holds exactly the events `compacted + 1 ..= held` (`held` in
+//!   `origins`, `compacted` in the `compacted` table, 0 when absent).
+//! - `meta.feed_floor` is at least the feed position of every compacted event, and is raised to
+//!   the feed's end whenever a snapshot page changes the state (changes that have no feed
+//!   position): a watch from below it must start over from a read of the state.
+//! - Merging a snapshot page applies each version by [`Versions::apply`], the rule events are
+//!   applied by. Causal contexts are transitive (a write's context covers everything the
+//!   versions it replaces covered), so merging the versions a peer holds gives the state that
+//!   applying the events behind them would give.
+
+use std::collections::BTreeMap;
+
+use edgerep_wire::{Event, Hlc};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::keys::{log_key, split_state_key, state_key};
+use crate::{
+    CHANGELOG, Counters, Digest, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
+    Versions, corrupt, hlc_bytes, u64_from,
+};
+
+/// Per origin, the highest sequence number removed from the changelog.
+pub(crate) const COMPACTED: TableDefinition<&str, u64> = TableDefinition::new("compacted");
+/// Feed positions up to this one can no longer be read (see the module invariants).
+pub(crate) const META_FEED_FLOOR: &str = "feed_floor";
+
+/// What [`Store::compact`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    /// Changelog entries removed.
+    pub removed: u64,
+    /// Every origin's compacted floor afterwards.
+    pub compacted: BTreeMap<String, u64>,
+}
+
+/// One page of the state (see [`Store::state_page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatePage {
+    /// The versions of whole keys, in (collection, key) order.
+    pub versions: Vec<Event>,
+    /// The (collection, key) the next page starts after; `None` when the state is done.
+    pub next: Option<(String, Vec<u8>)>,
+}
+
+/// What [`Store::install_snapshot`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// Keys whose versions changed.
+    pub changed: u64,
+    /// Every origin's highest sequence number held afterwards.
+    pub held: BTreeMap<String, u64>,
+    /// Every origin's compacted floor afterwards.
+    pub compacted: BTreeMap<String, u64>,
+}
+
+fn read_map(
+    table: &impl ReadableTable<&'static str, u64>,
+) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut out = BTreeMap::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        out.insert(k.value().to_owned(), v.value());
+    }
+    Ok(out)
+}
+
+pub(crate) fn feed_floor(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, StoreError> {
+    match meta.get(META_FEED_FLOOR)? {
+        Some(g) => u64_from(g.value(), "meta"),
+        None => Ok(0),
+    }
+}
+
+/// Removes `origin`'s changelog entries `from ..= to`; returns how many there were.
+fn remove_range(
+    changelog: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    origin: &str,
+    from: u64,
+    to: u64,
+) -> Result<u64, StoreError> {
+    if from > to {
+        return Ok(0);
+    }
+    let (lo, hi) = (log_key(origin, from), log_key(origin, to));
+    let mut removed = 0;
+    for row in changelog.extract_from_if(lo.as_slice()..=hi.as_slice(), |_, _| true)? {
+        row?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+impl Store {
+    /// Every origin's compacted floor (the highest sequence number removed from the changelog).
+    pub fn compacted(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        read_map(&txn.open_table(COMPACTED)?)
+    }
+
+    /// Removes changelog entries: per origin in `floors`, those up to the floor (capped at what
+    /// the store holds), at most `max_remove` entries in all (lower origins first; call again
+    /// for the rest). Feed rows whose events are all gone are removed and the feed floor
+    /// raised past every removed event. The caller decides the floors (what every peer holds).
+    pub fn compact(
+        &self,
+        floors: &BTreeMap<String, u64>,
+        max_remove: u64,
+        sync: Sync,
+    ) -> Result<Compaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(sync.redb())?;
+        let out = {
+            let mut changelog = txn.open_table(CHANGELOG)?;
+            let mut compacted_t = txn.open_table(COMPACTED)?;
+            let origins = txn.open_table(ORIGINS)?;
+            let mut budget = max_remove;
+            let mut removed = 0;
+            for (origin, &floor) in floors {
+                let held = origins.get(origin.as_str())?.map_or(0, |g| g.value());
+                let done = compacted_t.get(origin.as_str())?.map_or(0, |g| g.value());
+                let to = floor.min(held).min(done.saturating_add(budget));
+                if to <= done {
+                    continue;
+                }
+                let n = remove_range(&mut changelog, origin, done + 1, to)?;
+                if n != to - done {
+                    return Err(corrupt(
+                        "changelog",
+                        format!(
+                            "{origin} {}..={to}: {n} entries, expected {}",
+                            done + 1,
+                            to - done
+                        ),
+                    ));
+                }
+                compacted_t.insert(origin.as_str(), to)?;
+                budget -= n;
+                removed += n;
+            }
+            let compacted = read_map(&compacted_t)?;
+            drop((compacted_t, origins, changelog));
+            if removed > 0 {
+                trim_feed(&mut txn, &compacted)?;
+            }
+            Compaction { removed, compacted }
+        };
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// The versions of the keys after `after` (from the first if `None`), in (collection, key)
+    /// order: whole keys, at most `max_events` versions and `max_bytes` of encoded versions,
+    /// except that the first key always comes whole.
+    pub fn state_page(
+        &self,
+        after: Option<(&str, &[u8])>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<StatePage, StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        let lower = after.map(|(c, k)| state_key(c, k));
+        let rows = match &lower {
+            Some(l) => state.range::<&[u8]>((
+                std::ops::Bound::Excluded(l.as_slice()),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => state.range::<&[u8]>(..)?,
+        };
+        let (mut versions, mut bytes) = (Vec::new(), 0usize);
+        let mut last: Option<(String, Vec<u8>)> = None;
+        for row in rows {
+            let (k, v) = row?;
+            let v = Versions::decode(v.value(), &self.limits).map_err(|e| corrupt("state", e))?;
+            let size: usize = v.events().iter().map(|e| e.encode().len()).sum();
+            if last.is_some()
+                && (versions.len() + v.events().len() > max_events || bytes + size > max_bytes)
+            {
+                return Ok(StatePage {
+                    versions,
+                    next: last,
+                });
+            }
+            let (coll, key) = split_state_key(k.value())
+                .ok_or_else(|| corrupt("state", "key without separator"))?;
+            last = Some((coll.to_owned(), key.to_vec()));
+            bytes += size;
+            versions.extend(v.events().iter().cloned());
+        }
+        Ok(StatePage {
+            versions,
+            next: None,
+        })
+    }
+
+    /// Merges a page of a peer's state (its keys' versions) into the state, in one transaction:
+    /// each version is applied like an event, so the result is what the events behind both
+    /// states would give. On the last page, `have` (per origin, what the peer's state reflects)
+    /// raises this node's: for an origin where it is ahead, the changelog entries below it are
+    /// dropped and the compacted floor set to it. A snapshot claiming more of this node's own
+    /// events than it holds is refused (a peer can never hold those). `hlc_last` is saved like
+    /// in [`Store::apply_remote`].
+    pub fn install_snapshot(
+        &self,
+        versions: Vec<Event>,
+        have: Option<&BTreeMap<String, u64>>,
+        hlc_last: Option<Hlc>,
+        sync: Sync,
+    ) -> Result<Installed, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(sync.redb())?;
+        let out = {
+            let mut state = txn.open_table(STATE)?;
+            let mut meta = txn.open_table(META)?;
+            let mut counters = Counters::load(&meta)?;
+            let mut changed = 0;
+            for event in versions {
+                let skey = state_key(&event.collection, &event.key);
+                let old = state.get(skey.as_slice())?.map(|g| g.value().to_vec());
+                let mut current = match &old {
+                    Some(bytes) => {
+                        Versions::decode(bytes, &self.limits).map_err(|e| corrupt("state", e))?
+                    }
+                    None => Versions::new(),
+                };
+                let (collection, key) = (event.collection.clone(), event.key.clone());
+                if current.apply(event) != crate::Applied::Added {
+                    continue;
+                }
+                match &old {
+                    Some(bytes) => counters
+                        .digest
+                        .sub(Digest::of_entry(&collection, &key, bytes)),
+                    None => counters.entries += 1,
+                }
+                let new_bytes = current.encode();
+                counters
+                    .digest
+                    .add(Digest::of_entry(&collection, &key, &new_bytes));
+                state.insert(skey.as_slice(), new_bytes.as_slice())?;
+                changed += 1;
+            }
+            if changed > 0 {
+                counters.save(&mut meta)?;
+                // These changes have no feed position: a watch from before must start over.
+                meta.insert(META_FEED_FLOOR, &counters.position.to_be_bytes()[..])?;
+            }
+            if let Some(hlc) = hlc_last {
+                meta.insert(META_HLC, &hlc_bytes(hlc)[..])?;
+            }
+            drop((state, meta));
+            let mut origins = txn.open_table(ORIGINS)?;
+            let mut compacted_t = txn.open_table(COMPACTED)?;
+            let mut changelog = txn.open_table(CHANGELOG)?;
+            for (origin, &seq) in have.into_iter().flatten() {
+                let held = origins.get(origin.as_str())?.map_or(0, |g| g.value());
+                if seq <= held {
+                    continue;
+                }
+                if origin.as_str() == self.node.as_str() {
+                    return Err(StoreError::SnapshotRefused(format!(
+                        "it reflects this node's events up to {seq}, but this node holds only {held}"
+                    )));
+                }
+                let done = compacted_t.get(origin.as_str())?.map_or(0, |g| g.value());
+                remove_range(&mut changelog, origin, done + 1, held)?;
+                origins.insert(origin.as_str(), seq)?;
+                compacted_t.insert(origin.as_str(), seq)?;
+            }
+            let held = read_map(&origins)?;
+            let compacted = read_map(&compacted_t)?;
+            drop((origins, compacted_t, changelog));
+            if have.is_some() {
+                trim_feed(&mut txn, &compacted)?;
+            }
+            Installed {
+                changed,
+                held,
+                compacted,
+            }
+        };
+        txn.commit()?;
+        Ok(out)
+    }
+}
+
+/// Removes the feed rows whose events are all compacted and raises the feed floor past every
+/// compacted event a row names.
+fn trim_feed(
+    txn: &mut redb::WriteTransaction,
+    compacted: &BTreeMap<String, u64>,
+) -> Result<(), StoreError> {
+    let mut feed = txn.open_table(FEED)?;
+    let mut meta = txn.open_table(META)?;
+    let mut floor = feed_floor(&meta)?;
+    let mut gone = Vec::new();
+    for row in feed.iter()? {
+        let (start, run) = row?;
+        let start = start.value();
+        let (origin, first, count) = run.value();
+        let c = compacted.get(origin).copied().unwrap_or(0);
+        if c < first {
+            continue;
+        }
+        let covered = (c - first + 1).min(count);
+        floor = floor.max(start + covered - 1);
+        if covered == count {
+            gone.push(start);
+        }
+    }
+    for start in gone {
+        feed.remove(start)?;
+    }
+    meta.insert(META_FEED_FLOOR, &floor.to_be_bytes()[..])?;
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Retention: compaction of the changelog, and state snapshots for peers that need compacted
+//! events (a snapshot merged into a store gives the state the events behind it give).
+
+use std::collections::BTreeMap;
+
+use edgerep_store::{LocalWrite, Store, StoreError, Sync};
+use edgerep_wire::event::EventLimits;
+use edgerep_wire::{HlcClock, NodeId, Value};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redb::backends::InMemoryBackend;
+
+fn store(id: &str) -> Store {
+    let node = NodeId::parse(id).unwrap();
+    Store::open_with_backend(
+        InMemoryBackend::new(),
+        "memory",
+        &node,
+        EventLimits::default(),
+    )
+    .unwrap()
+    .0
+}
+
+fn write(store: &Store, clock: &mut HlcClock, at: u64, keys: &[(&str, i64)]) {
+    let writes = keys
+        .iter()
+        .map(|(k, n)| LocalWrite {
+            collection: "c".into(),
+            key: k.as_bytes().to_vec(),
+            value: (*n >= 0)
+                .then(|| Value::from_json(&serde_json::json!(n), &Default::default()).unwrap()),
+            schema: 0,
+            meta: BTreeMap::new(),
+        })
+        .collect();
+    store.commit_local(writes, clock, at).unwrap();
+}
+
+fn clock() -> HlcClock {
+    HlcClock::new(Default::default(), 60_000)
+}
+
+fn held(store: &Store, origin: &str) -> u64 {
+    store
+        .status()
+        .unwrap()
+        .origins
+        .get(origin)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Sends `to` the events of `origin` that `from` holds and `to` lacks.
+fn ship(from: &Store, to: &Store, origin: &str) {
+    let events = from
+        .changelog(origin, held(to, origin), usize::MAX)
+        .unwrap();
+    to.apply_events(events).unwrap();
+}
+
+fn assert_verified(store: &Store) {
+    assert_eq!(
+        store.verify().unwrap(),
+        Ok(()),
+        "verify of {}",
+        store.node()
+    );
+}
+
+/// Merges `from`'s whole state into `to`, in pages of at most `page_events` versions.
+fn install_all(from: &Store, to: &Store, page_events: usize) -> usize {
+    let have = from.status().unwrap().origins;
+    let mut after: Option<(String, Vec<u8>)> = None;
+    let mut pages = 0;
+    loop {
+        let page = from
+            .state_page(
+                after.as_ref().map(|(c, k)| (c.as_str(), k.as_slice())),
+                page_events,
+                usize::MAX,
+            )
+            .unwrap();
+        assert!(!page.versions.is_empty() || page.next.is_none());
+        pages += 1;
+        let last = page.next.is_none();
+        to.install_snapshot(page.versions, last.then_some(&have), None, Sync::Immediate)
+            .unwrap();
+        if last {
+            return pages;
+        }
+        after = page.next;
+    }
+}
+
+#[test]
+fn compaction_removes_what_is_asked_and_reads_below_it_say_so() {
+    let (a, b) = (store("a"), store("b"));
+    let (mut ca, mut cb) = (clock(), clock());
+    for i in 0..3 {
+        write(
+            &a,
+            &mut ca,
+            1000 + i,
+            &[("k1", i as i64), ("k2", 1), ("k3", 2), ("k4", 3), ("k5", 4)],
+        );
+        write(&b, &mut cb, 1000 + i, &[("k1", 10 + i as i64), ("k6", 1)]);
+        ship(&b, &a, "b");
+    }
+    let before = a.status().unwrap();
+    assert_eq!(
+        (before.origins["a"], before.origins["b"], before.feed_last),
+        (15, 6, 21)
+    );
+
+    // At most 4 entries per call: the first call stops within origin a.
+    let c = a
+        .compact(
+            &BTreeMap::from([("a".into(), 12), ("b".into(), 4)]),
+            4,
+            Sync::Immediate,
+        )
+        .unwrap();
+    assert_eq!(
+        (c.removed, c.compacted.clone()),
+        (4, BTreeMap::from([("a".into(), 4)]))
+    );
+    let c = a
+        .compact(
+            &BTreeMap::from([("a".into(), 12), ("b".into(), 4), ("z".into(), 9)]),
+            100,
+            Sync::Immediate,
+        )
+        .unwrap();
+    assert_eq!(c.removed, 8 + 4);
+    assert_eq!(
+        c.compacted,
+        BTreeMap::from([("a".into(), 12), ("b".into(), 4)]),
+        "capped at what is held"
+    );
+    assert_verified(&a);
+
+    let after = a.status().unwrap();
+    assert_eq!(
+        after.digest, before.digest,
+        "compaction leaves the state alone"
+    );
+    assert_eq!(after.compacted, c.compacted);
+    match a.changelog("a", 11, 10) {
+        Err(StoreError::ChangelogCompacted { origin, floor }) => {
+            assert_eq!((origin.as_str(), floor), ("a", 12))
+        }
+        other => panic!("expected ChangelogCompacted, got {other:?}"),
+    }
+    let rest: Vec<u64> = a
+        .changelog("a", 12, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(rest, vec![13, 14, 15]);
+    // Feed: [a1-5][b1-2][a6-10][b3-4][a11-15][b5-6] at positions 1..=21; a up to 12 and b up
+    // to 4 are gone, so positions up to 16 (a12) can no longer be read.
+    assert_eq!(after.feed_floor, 16);
+    assert!(matches!(
+        a.feed(15, 10),
+        Err(StoreError::FeedCompacted { floor: 16 })
+    ));
+    let feed: Vec<(u64, String, u64)> = a
+        .feed(16, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(p, e)| (p, e.origin.to_string(), e.seq))
+        .collect();
+    let want = [
+        (17, "a", 13),
+        (18, "a", 14),
+        (19, "a", 15),
+        (20, "b", 5),
+        (21, "b", 6),
+    ];
+    assert_eq!(feed, want.map(|(p, o, s)| (p, o.to_string(), s)));
+
+    // New events continue the changelog above the floor.
+    write(&a, &mut ca, 2000, &[("k9", 9)]);
+    assert_eq!(a.changelog("a", 12, 10).unwrap().last().unwrap().seq, 16);
+    assert_verified(&a);
+}
+
+/// Three origins write overlapping keys (concurrent versions, deletes), partly seeing each
+/// other's writes. A store that got every event, compacted its whole changelog, is the
+/// snapshot's sender; a store that got only some events merges the snapshot in pages and must
+/// hold the same state, byte for byte (equal digests), then carry on with events.
+#[test]
+fn a_snapshot_gives_the_state_the_events_give() {
+    for seed in 0..20u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let names = ["a", "b", "c"];
+        let stores: Vec<Store> = names.iter().map(|n| store(n)).collect();
+        let mut clocks = (0..3).map(|_| clock()).collect::<Vec<_>>();
+        for round in 0..30u64 {
+            let i = rng.random_range(0..3);
+            let keys: Vec<(String, i64)> = (0..rng.random_range(1..4))
+                .map(|_| {
+                    let n = rng.random_range(-1..100);
+                    (format!("k{}", rng.random_range(0..8)), n)
+                })
+                .collect();
+            let keys: Vec<(&str, i64)> = keys.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+            write(&stores[i], &mut clocks[i], 1000 + round, &keys);
+            // Now and then a node catches up with another origin.
+            if rng.random_bool(0.4) {
+                let (from, to) = (rng.random_range(0..3), rng.random_range(0..3));
+                if from != to {
+                    ship(&stores[from], &stores[to], names[from]);
+                }
+            }
+        }
+        // The sender holds everything and keeps none of its changelog.
+        let sender = store("s");
+        for (i, n) in names.iter().enumerate() {
+            ship(&stores[i], &sender, n);
+        }
+        let have = sender.status().unwrap().origins;
+        sender.compact(&have, u64::MAX, Sync::Immediate).unwrap();
+        assert_verified(&sender);
+
+        // c has all of its own events and some of the others': it merges the snapshot.
+        let c = &stores[2];
+        let before = c.status().unwrap().origins;
+        let pages = install_all(&sender, c, 1 + seed as usize % 4);
+        assert!(
+            pages >= 2,
+            "seed {seed}: pages of few versions make several pages"
+        );
+        let (cs, ss) = (c.status().unwrap(), sender.status().unwrap());
+        assert_eq!(
+            cs.digest, ss.digest,
+            "seed {seed}: snapshot state equals event state"
+        );
+        assert_eq!(cs.origins, ss.origins, "seed {seed}");
+        assert_verified(c);
+        for origin in ["a", "b"] {
+            let (had, sent) = (before.get(origin).copied().unwrap_or(0), ss.origins[origin]);
+            if had < sent {
+                // c skipped events it never got: its changelog starts after the snapshot.
+                assert_eq!(cs.compacted.get(origin), Some(&sent), "seed {seed}");
+                assert!(matches!(
+                    c.changelog(origin, sent - 1, 1),
+                    Err(StoreError::ChangelogCompacted { .. })
+                ));
+            } else {
+                assert_eq!(cs.compacted.get(origin), None, "seed {seed}");
+                assert_eq!(
+                    c.changelog(origin, 0, usize::MAX).unwrap().len() as u64,
+                    had
+                );
+            }
+        }
+        assert!(
+            cs.feed_floor == cs.feed_last,
+            "seed {seed}: watchers must start over"
+        );
+        // Merging the same snapshot again changes nothing.
+        install_all(&sender, c, 3);
+        assert_eq!(
+            c.status().unwrap().digest,
+            ss.digest,
+            "seed {seed}: idempotent"
+        );
+
+        // Events after the snapshot apply on top, on both.
+        write(&stores[0], &mut clocks[0], 5000, &[("k1", 7), ("k2", -1)]);
+        ship(&stores[0], c, "a");
+        ship(&stores[0], &sender, "a");
+        assert_eq!(
+            c.status().unwrap().digest,
+            sender.status().unwrap().digest,
+            "seed {seed}"
+        );
+        assert_verified(c);
+    }
+}
+
+#[test]
+fn a_snapshot_claiming_more_of_the_receivers_own_events_is_refused() {
+    let (a, b) = (store("a"), store("b"));
+    let mut ca = clock();
+    write(&a, &mut ca, 1000, &[("k", 1), ("j", 2)]);
+    ship(&a, &b, "a");
+    let page = b.state_page(None, 100, usize::MAX).unwrap();
+    let claim = BTreeMap::from([("a".to_string(), 3)]);
+    match a.install_snapshot(page.versions, Some(&claim), None, Sync::Immediate) {
+        Err(StoreError::SnapshotRefused(why)) => {
+            assert!(
+                why.contains("up to 3") && why.contains("holds only 2"),
+                "{why}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_verified(&a);
+}
