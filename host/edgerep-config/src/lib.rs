@@ -50,6 +50,12 @@
 //!
 //! [commit]
 //! max_events = 1000
+//!
+//! [retention]                # each optional
+//! compact = true             # remove changelog entries every peer acknowledged
+//! keep_events = 100000       # per origin, the newest entries kept even so
+//! interval_ms = 10000        # how often to compact, 100..=3600000
+//! peer_absent_ms = 604800000 # a peer unheard of this long stops holding entries back (0: never)
 //! ```
 
 mod error;
@@ -87,6 +93,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[commit]`: group commit.
     pub commit: CommitConfig,
+    /// `[retention]`: changelog compaction.
+    pub retention: RetentionConfig,
     /// `[plugins.NAME]` tables, sorted by name.
     pub plugins: Vec<PluginConfig>,
 }
@@ -265,6 +273,23 @@ pub struct CommitConfig {
     pub max_events: usize,
 }
 
+/// `[retention]`: which changelog entries a node may remove. A peer that needs removed entries
+/// (new, or back after `peer_absent_ms`) is brought up to date from a snapshot of the state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionConfig {
+    /// Remove entries every peer acknowledged (default true). Refused with transforms on
+    /// apply: this node's state is then not the events', so it must not be sent as a snapshot.
+    pub compact: bool,
+    /// Per origin, the newest entries kept even when acknowledged (default 100000), for
+    /// changelog and watch readers.
+    pub keep_events: u64,
+    /// How often to compact (default 10 s).
+    pub interval_ms: u64,
+    /// A peer not heard from for this long no longer holds entries back (default 7 days;
+    /// `None`: every configured peer always does).
+    pub peer_absent_ms: Option<u64>,
+}
+
 impl Config {
     /// Reads and parses the configuration file at `path`. A file that cannot be read is a
     /// [`ConfigError`] naming it, like every other error.
@@ -370,6 +395,13 @@ impl Config {
             },
             commit: CommitConfig {
                 max_events: raw.commit.max_events,
+            },
+            retention: RetentionConfig {
+                compact: raw.retention.compact,
+                keep_events: raw.retention.keep_events,
+                interval_ms: raw.retention.interval_ms,
+                peer_absent_ms: (raw.retention.peer_absent_ms > 0)
+                    .then_some(raw.retention.peer_absent_ms),
             },
             plugins,
         })

@@ -46,6 +46,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) commit: RawCommit,
     #[serde(default)]
+    pub(crate) retention: RawRetention,
+    #[serde(default)]
     pub(crate) plugins: BTreeMap<String, RawPlugin>,
 }
 
@@ -221,6 +223,45 @@ impl Default for RawCommit {
             max_events: default_commit_max_events(),
         }
     }
+}
+
+/// `[retention]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetention {
+    #[serde(default = "yes")]
+    pub(crate) compact: bool,
+    #[serde(default = "default_keep_events")]
+    pub(crate) keep_events: u64,
+    #[serde(default = "default_retention_interval_ms")]
+    pub(crate) interval_ms: u64,
+    #[serde(default = "default_peer_absent_ms")]
+    pub(crate) peer_absent_ms: u64,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            compact: true,
+            keep_events: default_keep_events(),
+            interval_ms: default_retention_interval_ms(),
+            peer_absent_ms: default_peer_absent_ms(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_keep_events() -> u64 {
+    100_000
+}
+fn default_retention_interval_ms() -> u64 {
+    10_000
+}
+/// Seven days.
+fn default_peer_absent_ms() -> u64 {
+    7 * 24 * 3600 * 1000
 }
 
 /// Default for `node.sync_interval_ms`.

@@ -89,6 +89,15 @@ accept_undeclared = true
 # Group commit: how many events at most go into one durable transaction.
 [commit]
 # max_events = {DEFAULT_COMMIT_MAX_EVENTS}
+
+# Changelog retention: entries every peer acknowledged are removed (keeping the newest
+# keep_events per origin); a peer that needs removed entries gets a snapshot of the state.
+# Must be false when a collection has transforms_on_apply. Defaults shown.
+[retention]
+# compact = true
+# keep_events = 100000
+# interval_ms = 10000
+# peer_absent_ms = 604800000     # a peer unheard of this long (7 days) stops holding entries back; 0: never
 "#
     )
 }

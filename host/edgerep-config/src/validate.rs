@@ -17,6 +17,35 @@ pub(crate) fn validate(raw: &RawConfig) -> Result<(), Violation> {
     check_plugins(raw)?;
     check_collections(raw)?;
     check_limits(raw)?;
+    check_retention(raw)?;
+    Ok(())
+}
+
+fn check_retention(raw: &RawConfig) -> Result<(), Violation> {
+    let r = &raw.retention;
+    if !(100..=3_600_000).contains(&r.interval_ms) {
+        return Err((
+            vec![Seg::Key("retention"), Seg::Key("interval_ms")],
+            "must be between 100 and 3600000 (milliseconds)".to_owned(),
+        ));
+    }
+    if r.compact
+        && let Some(c) = raw
+            .collections
+            .declared
+            .iter()
+            .find(|c| !c.transforms_on_apply.is_empty())
+    {
+        return Err((
+            vec![Seg::Key("retention"), Seg::Key("compact")],
+            format!(
+                "cannot compact the changelog while collection {:?} runs transforms_on_apply: \
+                 a peer brought up to date from this node's state would get its transformed \
+                 values instead of the events; set compact = false in [retention]",
+                c.name
+            ),
+        ));
+    }
     Ok(())
 }
 

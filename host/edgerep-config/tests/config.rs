@@ -740,3 +740,41 @@ fn durability_and_sync_interval() {
         assert!(err.message.contains("between 1 and 60000"), "{err}");
     }
 }
+
+#[test]
+fn retention_defaults_and_errors() {
+    let config = parse(MINIMAL).unwrap();
+    let r = &config.retention;
+    assert!(r.compact);
+    assert_eq!(
+        (r.keep_events, r.interval_ms, r.peer_absent_ms),
+        (100_000, 10_000, Some(604_800_000))
+    );
+    let config = parse(&with(
+        "[retention]\ncompact = false\nkeep_events = 0\ninterval_ms = 100\npeer_absent_ms = 0\n",
+    ))
+    .unwrap();
+    let r = &config.retention;
+    assert!(!r.compact);
+    assert_eq!(
+        (r.keep_events, r.interval_ms, r.peer_absent_ms),
+        (0, 100, None)
+    );
+    for bad in ["99", "3600001"] {
+        let err = expect_error(
+            &with(&format!("[retention]\ninterval_ms = {bad}\n")),
+            "retention.interval_ms",
+        );
+        assert!(err.message.contains("between 100 and 3600000"), "{err}");
+    }
+    expect_error(&with("[retention]\nkeep = 5\n"), "retention.keep");
+    // Compaction would send a transformed state as a snapshot: refused, naming the collection.
+    let apply = "[[collections.declared]]\nname = \"cards\"\ntransforms_on_apply = [\"redact\"]\n\
+                 [plugins.redact]\npath = \"r.wasm\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n";
+    let err = expect_error(&with(apply), "retention.compact");
+    assert!(
+        err.message.contains("\"cards\"") && err.message.contains("compact = false"),
+        "{err}"
+    );
+    parse(&with(&format!("{apply}[retention]\ncompact = false\n"))).unwrap();
+}

@@ -17,6 +17,9 @@
 //! Keys are path segments, percent-decoded to bytes, so any byte string can be a key.
 //! Writes are answered only after they are durable. Every refusal is a 4xx with
 //! `{"error": message, "kind": kind}` and writes nothing.
+//! Changelog retention removes old entries (see `[retention]`): reading a changelog or the watch
+//! feed from below what is kept is answered 410 `compacted`, naming where reading can resume
+//! (for watch: after a read of the state).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -190,6 +193,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
+        Ok(Err(
+            e @ (edgerep_store::StoreError::ChangelogCompacted { .. }
+            | edgerep_store::StoreError::FeedCompacted { .. }),
+        )) => Err(ApiError::new(StatusCode::GONE, "compacted", e.to_string())),
         Ok(Err(e)) => Err(ApiError::internal(format!("store: {e}"))),
         Err(e) => Err(ApiError::internal(format!("store task failed: {e}"))),
     }
@@ -625,6 +632,10 @@ async fn watch_feed(
             ),
         ));
     }
+    // Refuse a cursor below the feed floor now, with a clear answer, not mid-stream.
+    let store = app.store.clone();
+    let after = q.after;
+    blocking(move || store.feed(after, 0)).await?;
     struct Cursor {
         app: Arc<AppState>,
         after: u64,
@@ -756,6 +767,8 @@ async fn status(
         "origins": s.origins,
         "hlc_last": s.hlc_last.to_string(),
         "dead_letters": s.dead_letters,
+        "compacted": s.compacted,
+        "feed_floor": s.feed_floor,
     });
     if let Some(r) = &app.replication {
         body["replication"] = json!(r.status());

@@ -24,8 +24,10 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgerep_config::{Config, Durability};
-use edgerep_store::{Committed, LocalWrite, Received, RemoteApply, Store, Sync};
-use edgerep_wire::HlcClock;
+use edgerep_store::{
+    Committed, Compaction, Installed, LocalWrite, Received, RemoteApply, Store, Sync,
+};
+use edgerep_wire::{Event, HlcClock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests waiting for the committer, at most. Writers wait (backpressure) when it is full.
@@ -39,6 +41,16 @@ pub type CommitHook = Box<dyn Fn(&Have) + Send>;
 
 /// Called on the committer thread with the outcome of [`Committer::apply`].
 pub type ApplyReply = Box<dyn FnOnce(Result<RemoteApply, CommitError>) + Send>;
+
+/// Called on the committer thread with the outcome of [`Committer::install`].
+pub type InstallReply = Box<dyn FnOnce(Result<Installed, CommitError>) + Send>;
+
+/// Called on the committer thread with the outcome of [`Committer::compact`].
+pub type CompactReply = Box<dyn FnOnce(Result<Compaction, CommitError>) + Send>;
+
+/// Most changelog entries one compaction transaction removes (the rest wait for the next
+/// round), so local writes never wait long behind one.
+const COMPACT_MAX_REMOVE: u64 = 50_000;
 
 /// Which collections are acknowledged before the disk sync, and how often they are synced.
 #[derive(Debug, Clone)]
@@ -91,6 +103,17 @@ enum Request {
         events: Vec<Received>,
         dead_letters: Vec<Vec<u8>>,
         reply: ApplyReply,
+    },
+    /// Merge a page of a peer's state (a snapshot); the last page carries its have.
+    Install {
+        versions: Vec<Event>,
+        have: Option<Have>,
+        reply: InstallReply,
+    },
+    /// Remove changelog entries up to these floors.
+    Compact {
+        floors: Have,
+        reply: CompactReply,
     },
 }
 
@@ -232,6 +255,50 @@ impl Committer {
                             }
                             continue;
                         }
+                        Request::Install {
+                            versions,
+                            have: theirs,
+                            reply,
+                        } => {
+                            for v in &versions {
+                                // Like applied events: a timestamp too far ahead does not move
+                                // the clock.
+                                let _ = clock.observe(v.hlc, wall_ms());
+                            }
+                            let result = store.install_snapshot(
+                                versions,
+                                theirs.as_ref(),
+                                Some(clock.last()),
+                                Sync::Immediate,
+                            );
+                            match result {
+                                Ok(out) => {
+                                    for (origin, &seq) in &out.held {
+                                        if *origin != local {
+                                            let held = have.entry(origin.clone()).or_insert(0);
+                                            *held = (*held).max(seq);
+                                        }
+                                    }
+                                    synced(&mut durable, &mut have, Sync::Immediate);
+                                    hook(&have);
+                                    reply(Ok(out));
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "merging a snapshot page from a peer failed");
+                                    reply(Err(CommitError::Store(e.to_string())));
+                                }
+                            }
+                            continue;
+                        }
+                        Request::Compact { floors, reply } => {
+                            let result =
+                                store.compact(&floors, COMPACT_MAX_REMOVE, Sync::Immediate);
+                            if result.is_ok() {
+                                synced(&mut durable, &mut have, Sync::Immediate);
+                            }
+                            reply(result.map_err(|e| CommitError::Store(e.to_string())));
+                            continue;
+                        }
                     };
                     let replay = first.dead_letters.clone();
                     let alone = !replay.is_empty();
@@ -344,6 +411,33 @@ impl Committer {
                 dead_letters,
                 reply,
             })
+            .map_err(|_| CommitError::Closed)
+    }
+}
+
+impl Committer {
+    /// Queues a page of a peer's state to be merged in one durable transaction (in order with
+    /// the applies); `have` on the last page. Blocks while the queue is full.
+    pub fn install(
+        &self,
+        versions: Vec<Event>,
+        have: Option<Have>,
+        reply: InstallReply,
+    ) -> Result<(), CommitError> {
+        self.queue
+            .blocking_send(Request::Install {
+                versions,
+                have,
+                reply,
+            })
+            .map_err(|_| CommitError::Closed)
+    }
+
+    /// Queues a compaction of the changelog up to `floors` (at most [`COMPACT_MAX_REMOVE`]
+    /// entries per call). Blocks while the queue is full.
+    pub fn compact(&self, floors: Have, reply: CompactReply) -> Result<(), CommitError> {
+        self.queue
+            .blocking_send(Request::Compact { floors, reply })
             .map_err(|_| CommitError::Closed)
     }
 }

@@ -15,19 +15,27 @@
 //! peer is bounded by the core's window (sending) and by pausing a peer's reader while its
 //! queued applies exceed [`PAUSE_ABOVE_EVENTS`] (receiving); the changelog on disk is the buffer
 //! for a slow or absent peer.
+//!
+//! Retention: every `retention.interval_ms` the replicator computes, per origin, the highest
+//! sequence number every configured peer acknowledged (peers unheard of for `peer_absent_ms`
+//! excepted), less `keep_events`, and has the committer compact the changelog up to it. A peer
+//! that needs compacted events gets a snapshot of the state from the core; a snapshot page from
+//! a peer is merged through the committer, refused for collections with transforms on apply
+//! (their state here is not the events', so it must come from events).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use edgerep_config::Config;
+use edgerep_config::{Config, Durability, RetentionConfig};
 use edgerep_replica::{
     CollectionFingerprint, Log, LogError, Message, MessageLimits, Output, Replica, ReplicaConfig,
+    StateCursor, StatePage,
 };
-use edgerep_store::{RemoteApply, Store};
+use edgerep_store::{Compaction, Installed, RemoteApply, Store, StoreError};
 use edgerep_transport::certs::Identity;
 use edgerep_transport::frame::{FrameReader, FrameWriter};
 use edgerep_transport::tls::TransportConfig;
@@ -71,6 +79,11 @@ enum Input {
         peer: NodeId,
         result: Result<RemoteApply, CommitError>,
     },
+    Installed {
+        peer: NodeId,
+        result: Result<Installed, CommitError>,
+    },
+    Compacted(Result<Compaction, CommitError>),
     Have(Have),
     Stop,
 }
@@ -102,6 +115,9 @@ pub struct PeerStatus {
     pub mismatches: Vec<String>,
     /// Why the last connection ended or failed, if it did.
     pub last_error: Option<String>,
+    /// A snapshot under way with this peer ("sending page N" or "receiving page N"): it
+    /// needed events compacted here, or we needed events compacted there.
+    pub snapshot: Option<String>,
 }
 
 /// Replication as a whole, for `status`.
@@ -179,10 +195,41 @@ pub fn fingerprint(config: &Config) -> Vec<CollectionFingerprint> {
     out
 }
 
-/// The changelog as the replica reads it.
-struct StoreLog(Arc<Store>);
+/// The changelog and state as the replica reads them.
+struct StoreLog {
+    store: Arc<Store>,
+    /// Some collections commit without syncing: sync before reading a state page, so that a
+    /// snapshot never carries this node's own events a crash could take back.
+    sync_before_state: bool,
+}
 
 impl Log for StoreLog {
+    fn state_page(
+        &self,
+        after: Option<&StateCursor>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<StatePage, LogError> {
+        let storage = |e: StoreError| LogError::Storage {
+            reason: e.to_string(),
+        };
+        if self.sync_before_state {
+            self.store.sync().map_err(storage)?;
+        }
+        let page = self
+            .store
+            .state_page(
+                after.map(|(c, k)| (c.as_str(), k.as_slice())),
+                max_events,
+                max_bytes,
+            )
+            .map_err(storage)?;
+        Ok(StatePage {
+            versions: page.versions,
+            next: page.next,
+        })
+    }
+
     fn read(
         &self,
         origin: &NodeId,
@@ -191,10 +238,16 @@ impl Log for StoreLog {
         max_bytes: usize,
     ) -> Result<Vec<Event>, LogError> {
         let events = self
-            .0
+            .store
             .changelog(origin.as_str(), after, max_events)
-            .map_err(|e| LogError::Storage {
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                StoreError::ChangelogCompacted { floor, .. } => LogError::Compacted {
+                    origin: origin.clone(),
+                    floor,
+                },
+                other => LogError::Storage {
+                    reason: other.to_string(),
+                },
             })?;
         let mut bytes = 0usize;
         let mut out = Vec::with_capacity(events.len());
@@ -278,10 +331,10 @@ pub fn start(
     };
     let listen = transport.local_addr().ok().map(|a| a.to_string());
     let Inbox { tx: inbox, rx } = inbox;
-    let have = store
+    let store_status = store
         .status()
-        .map_err(|e| format!("reading the store: {e}"))?
-        .origins;
+        .map_err(|e| format!("reading the store: {e}"))?;
+    let have = store_status.origins;
     let status = Arc::new(Mutex::new(ReplicationStatus {
         listen: listen.clone(),
         peers: Vec::new(),
@@ -297,10 +350,25 @@ pub fn start(
         ..ReplicaConfig::default()
     };
     let local = config.node.id.clone();
+    let declared = &config.collections.declared;
     let mut replicator = Replicator {
         core: Replica::new(local.clone(), core_config),
-        log: StoreLog(store.clone()),
+        log: StoreLog {
+            store: store.clone(),
+            sync_before_state: declared
+                .iter()
+                .any(|c| c.durability == Durability::Periodic),
+        },
         store,
+        retention: config.retention.clone(),
+        transformed_on_apply: declared
+            .iter()
+            .filter(|c| !c.transforms_on_apply.is_empty())
+            .map(|c| c.name.clone())
+            .collect(),
+        compacting: false,
+        compacted_at: Instant::now(),
+        started_wall: wall_ms(),
         committer,
         pipeline,
         value_limits: crate::value_limits(config),
@@ -321,6 +389,7 @@ pub fn start(
     };
     replicator.load_cursors();
     replicator.set_have(&have);
+    replicator.set_compacted(&store_status.compacted);
     let thread = thread::Builder::new()
         .name("edgerep-replicator".into())
         .spawn(move || replicator.run(rx))
@@ -401,6 +470,16 @@ impl CommitHookSender {
     /// Reports the outcome of applying a peer's batch.
     fn applied(&self, peer: NodeId, result: Result<RemoteApply, CommitError>) {
         let _ = self.0.send(Input::Applied { peer, result });
+    }
+
+    /// Reports the outcome of merging a peer's snapshot page.
+    fn installed(&self, peer: NodeId, result: Result<Installed, CommitError>) {
+        let _ = self.0.send(Input::Installed { peer, result });
+    }
+
+    /// Reports the outcome of a compaction.
+    fn compacted(&self, result: Result<Compaction, CommitError>) {
+        let _ = self.0.send(Input::Compacted(result));
     }
 }
 
@@ -524,6 +603,14 @@ struct Replicator {
     core: Replica,
     log: StoreLog,
     store: Arc<Store>,
+    retention: RetentionConfig,
+    /// Collections with transforms on apply: snapshot pages for them are refused.
+    transformed_on_apply: BTreeSet<String>,
+    /// A compaction is queued at the committer.
+    compacting: bool,
+    compacted_at: Instant,
+    /// Wall clock at start: a peer never heard from counts as last heard from then.
+    started_wall: u64,
     committer: Committer,
     pipeline: Arc<Pipeline>,
     value_limits: DecodeLimits,
@@ -578,6 +665,71 @@ impl Replicator {
         self.core.set_local_have(&self.have);
     }
 
+    fn set_compacted(&mut self, compacted: &BTreeMap<String, u64>) {
+        let floors: BTreeMap<NodeId, u64> = compacted
+            .iter()
+            .filter_map(|(o, &s)| NodeId::parse(o).ok().map(|o| (o, s)))
+            .collect();
+        self.core.set_compacted(&floors);
+    }
+
+    /// Per origin, how far the changelog may be compacted now: what every configured peer
+    /// acknowledged (except peers unheard of for `peer_absent_ms`), less `keep_events`. Only
+    /// origins whose floor moved are listed.
+    fn compaction_floors(&self) -> Have {
+        let now = wall_ms();
+        let counted: Vec<&NodeId> = self
+            .peers
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| {
+                let last = self
+                    .last_contact
+                    .get(*p)
+                    .copied()
+                    .unwrap_or(self.started_wall);
+                self.conns.contains_key(*p)
+                    || self
+                        .retention
+                        .peer_absent_ms
+                        .is_none_or(|ms| now.saturating_sub(last) < ms)
+            })
+            .collect();
+        let mut floors = Have::new();
+        for (origin, &held) in &self.have {
+            let mut floor = held.saturating_sub(self.retention.keep_events);
+            for peer in &counted {
+                let acked = self.acked.get(*peer).and_then(|h| h.get(origin));
+                floor = floor.min(acked.copied().unwrap_or(0));
+            }
+            if floor > self.core.compacted().get(origin).copied().unwrap_or(0) {
+                floors.insert(origin.to_string(), floor);
+            }
+        }
+        floors
+    }
+
+    /// Queues a compaction when one is due and would remove something.
+    fn maybe_compact(&mut self) {
+        let interval = Duration::from_millis(self.retention.interval_ms);
+        if !self.retention.compact || self.compacting || self.compacted_at.elapsed() < interval {
+            return;
+        }
+        self.compacted_at = Instant::now();
+        let floors = self.compaction_floors();
+        if floors.is_empty() {
+            return;
+        }
+        let hook = CommitHookSender(self.inbox.clone());
+        match self
+            .committer
+            .compact(floors, Box::new(move |result| hook.compacted(result)))
+        {
+            Ok(()) => self.compacting = true,
+            Err(e) => tracing::warn!("cannot queue a compaction: {e}"),
+        }
+    }
+
     fn run(mut self, rx: std_mpsc::Receiver<Input>) {
         let mut published = Instant::now() - Duration::from_secs(1);
         loop {
@@ -612,6 +764,7 @@ impl Replicator {
             }
             let now = self.now();
             self.core.handle_timeout(now);
+            self.maybe_compact();
             self.drain_outputs();
             self.transmit();
             if self.saved_at.elapsed() >= SAVE_CURSORS_EVERY {
@@ -693,6 +846,36 @@ impl Replicator {
                 Ok(_) => self.core.applied(&peer, now),
                 Err(e) => self.core.apply_failed(&peer, &e.to_string(), now),
             },
+            Input::Installed { peer, result } => match result {
+                Ok(out) => {
+                    if out.compacted.is_empty() {
+                        tracing::debug!(peer = %peer, changed = out.changed, "merged a snapshot page");
+                    } else {
+                        tracing::info!(peer = %peer, changed = out.changed, "merged a snapshot page; changelog now starts after {:?}", out.compacted);
+                    }
+                    self.set_compacted(&out.compacted);
+                    self.core.installed(&peer, now);
+                }
+                Err(e) => {
+                    self.core.install_failed(&peer, &e.to_string(), now);
+                }
+            },
+            Input::Compacted(result) => {
+                self.compacting = false;
+                match result {
+                    Ok(c) => {
+                        if c.removed > 0 {
+                            tracing::info!(
+                                removed = c.removed,
+                                "changelog compacted up to {:?}",
+                                c.compacted
+                            );
+                        }
+                        self.set_compacted(&c.compacted);
+                    }
+                    Err(e) => tracing::error!("changelog compaction failed: {e}"),
+                }
+            }
             Input::Have(have) => self.set_have(&have),
             Input::Stop => {}
         }
@@ -727,8 +910,47 @@ impl Replicator {
                         self.core.apply_failed(&peer, &e.to_string(), self.now());
                     }
                 }
-                Output::PeerReady { peer, .. } => {
+                Output::PeerReady { peer, hello } => {
                     tracing::info!(peer = %peer, "replication session ready");
+                    // What the peer says it holds durably is what it acknowledges (lower than
+                    // the saved cursor if it lost data): compaction must go by it.
+                    let have: BTreeMap<NodeId, u64> = hello.have.into_iter().collect();
+                    self.acked.insert(peer.clone(), have.clone());
+                    self.dirty.insert(peer, have);
+                }
+                Output::InstallSnapshot {
+                    peer,
+                    versions,
+                    have,
+                } => {
+                    let now = self.now();
+                    if let Some(c) = versions
+                        .iter()
+                        .find(|v| self.transformed_on_apply.contains(v.collection.as_str()))
+                    {
+                        let reason = format!(
+                            "snapshot refused: collection {:?} runs transforms on apply here, so its state must be built from events; the peer compacted events this node lacks (set [retention] compact = false on peers of nodes with transforms on apply)",
+                            c.collection
+                        );
+                        tracing::error!(peer = %peer, "{reason}");
+                        self.core.install_failed(&peer, &reason, now);
+                        continue;
+                    }
+                    let have = have.map(|h| {
+                        h.into_iter()
+                            .map(|(o, s)| (o.to_string(), s))
+                            .collect::<Have>()
+                    });
+                    let hook = CommitHookSender(self.inbox.clone());
+                    let to = peer.clone();
+                    let sent = self.committer.install(
+                        versions,
+                        have,
+                        Box::new(move |result| hook.installed(to, result)),
+                    );
+                    if let Err(e) = sent {
+                        self.core.install_failed(&peer, &e.to_string(), now);
+                    }
                 }
                 Output::Mismatch { peer, differences } => {
                     for d in &differences {
@@ -845,7 +1067,19 @@ impl Replicator {
                     },
                     in_flight: view.as_ref().map_or(0, |v| v.in_flight_events),
                     mismatches: self.mismatches.get(id).cloned().unwrap_or_default(),
-                    last_error: self.last_error.get(id).cloned(),
+                    last_error: self
+                        .last_error
+                        .get(id)
+                        .cloned()
+                        .or_else(|| view.as_ref().and_then(|v| v.last_apply_error.clone())),
+                    snapshot: view.as_ref().and_then(|v| {
+                        v.snapshot_sending_page
+                            .map(|p| format!("sending page {p}"))
+                            .or_else(|| {
+                                v.snapshot_receiving_page
+                                    .map(|p| format!("receiving page {p}"))
+                            })
+                    }),
                 }
             })
             .collect();

@@ -27,6 +27,9 @@ use crate::log::{Log, LogError};
 use crate::message::{CollectionFingerprint, Hello, Message, MessageLimits, PROTOCOL_VERSION};
 use crate::session::{PendingPage, Session};
 
+/// The "next page" of a snapshot whose last page was merged.
+const SNAPSHOT_DONE: u64 = u64::MAX;
+
 /// Tuning of a [`Replica`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaConfig {
@@ -600,7 +603,9 @@ impl Replica {
             return;
         };
         if s.snapshot_in == Some((id, page)) {
-            s.snapshot_in = Some((id, page + 1));
+            // After the last page, every page of this snapshot is one we merged (a resent
+            // page is confirmed again); a new snapshot has a new id.
+            s.snapshot_in = Some((id, if last { SNAPSHOT_DONE } else { page + 1 }));
         }
         s.snapshot_ack_due = Some((id, page));
         if last {
@@ -1086,7 +1091,10 @@ impl Replica {
             last_apply_error: p.last_apply_error.clone(),
             bye_reason: s.and_then(|s| s.bye.clone()),
             snapshot_sending_page: s.and_then(|s| s.snapshot_out.as_ref()).map(|o| o.page),
-            snapshot_receiving_page: s.and_then(|s| s.snapshot_in).map(|(_, next)| next),
+            snapshot_receiving_page: s
+                .and_then(|s| s.snapshot_in)
+                .map(|(_, next)| next)
+                .filter(|&next| next != SNAPSHOT_DONE),
         })
     }
 
