@@ -222,9 +222,23 @@ struct Peer {
     session: Option<Session>,
     /// Per origin, the highest sequence number in the outstanding Apply of this peer's events.
     applying: Option<Have>,
-    /// The outstanding InstallSnapshot of this peer's page: (snapshot id, page, last page).
-    installing: Option<(u64, u64, bool)>,
+    /// The outstanding InstallSnapshot of this peer's page.
+    installing: Option<Installing>,
     last_apply_error: Option<String>,
+}
+
+/// An outstanding InstallSnapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Installing {
+    /// The snapshot.
+    id: u64,
+    /// The page.
+    page: u64,
+    /// The snapshot's last page.
+    last: bool,
+    /// Handed out on a session that was replaced since: snapshot ids start over per session, so
+    /// its id and page say nothing about the current session's snapshot.
+    old_session: bool,
 }
 
 impl Peer {
@@ -419,7 +433,11 @@ impl Replica {
     /// If `peer` is this node.
     pub fn connected(&mut self, peer: &NodeId, now: u64) {
         assert!(*peer != self.local, "a node cannot peer with itself");
-        self.peers.entry(peer.clone()).or_default().session = Some(Session::new(now));
+        let p = self.peers.entry(peer.clone()).or_default();
+        if let Some(i) = p.installing.as_mut() {
+            i.old_session = true;
+        }
+        p.session = Some(Session::new(now));
     }
 
     /// The session with `peer` closed: its volatile state is dropped. An outstanding Apply of
@@ -447,6 +465,11 @@ impl Replica {
             .get_mut(peer)
             .ok_or(ProtocolError::NotConnected)?;
         let busy = p.busy();
+        // The page of this session being merged, if any.
+        let installing = p
+            .installing
+            .filter(|i| !i.old_session)
+            .map(|i| (i.id, i.page));
         let s = p.session.as_mut().ok_or(ProtocolError::NotConnected)?;
         s.last_message_ms = Some(now);
         match message {
@@ -519,15 +542,22 @@ impl Replica {
                     });
                 }
                 let accept = match s.snapshot_in {
+                    // A late copy of a page of an earlier snapshot (ids grow per session): the
+                    // peer moved on; taken for a new snapshot it would stall the current one.
+                    Some((cur, _)) if id < cur => false,
                     Some((cur, next)) if cur == id && page < next => {
                         // A page we merged already (our SnapshotAck was lost): confirm again.
                         s.snapshot_ack_due = Some((id, page));
                         false
                     }
-                    Some((cur, next)) if cur == id => page == next,
+                    // The next page, unless it is the one being merged (its confirmation
+                    // follows the merge).
+                    Some((cur, next)) if cur == id => {
+                        page == next && installing != Some((id, page))
+                    }
                     _ => page == 0,
                 };
-                if accept && !s.pending_page.is_some() {
+                if accept && s.pending_page.is_none() {
                     s.snapshot_in = Some((id, page));
                     let page = PendingPage {
                         id,
@@ -567,6 +597,7 @@ impl Replica {
                 } else {
                     out.page += 1;
                     out.start = out.next.take();
+                    out.versions = None;
                     out.sent_at = None;
                 }
             }
@@ -580,7 +611,12 @@ impl Replica {
             return;
         };
         debug_assert!(!p.busy());
-        p.installing = Some((page.id, page.page, page.have.is_some()));
+        p.installing = Some(Installing {
+            id: page.id,
+            page: page.page,
+            last: page.have.is_some(),
+            old_session: false,
+        });
         self.outputs.push_back(Output::InstallSnapshot {
             peer: peer.clone(),
             versions: page.versions,
@@ -594,7 +630,7 @@ impl Replica {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        let Some((id, page, last)) = p.installing.take() else {
+        let Some(done) = p.installing.take() else {
             return;
         };
         p.last_apply_error = None;
@@ -602,6 +638,15 @@ impl Replica {
             self.peers.remove(peer);
             return;
         };
+        let Installing { id, page, last, .. } = done;
+        if done.old_session {
+            // Nothing to confirm on this session; the peer learns the new have from our Acks.
+            if last {
+                s.request_ack(false);
+            }
+            self.release_queued(peer, now);
+            return;
+        }
         if s.snapshot_in == Some((id, page)) {
             // After the last page, every page of this snapshot is one we merged (a resent
             // page is confirmed again); a new snapshot has a new id.
@@ -878,7 +923,9 @@ impl Replica {
                 return Ok(Some((peer, Message::Events { events })));
             }
         }
-        Ok(None)
+        // A peer just found behind a compacted floor: its first page goes now (nothing else
+        // would wake the caller for it).
+        self.next_snapshot_page(now, log)
     }
 
     fn next_control(&mut self, now: u64) -> Option<(NodeId, Message)> {
@@ -943,14 +990,23 @@ impl Replica {
             else {
                 continue;
             };
-            let page = log.state_page(out.start.as_ref(), max_events, self.config.batch_bytes)?;
-            out.last = page.next.is_none();
-            out.next = page.next;
+            let versions = match &out.versions {
+                // A resend: the page as first read (see `SnapshotOut::versions`).
+                Some(versions) => versions.clone(),
+                None => {
+                    let page =
+                        log.state_page(out.start.as_ref(), max_events, self.config.batch_bytes)?;
+                    out.last = page.next.is_none();
+                    out.next = page.next;
+                    out.versions = Some(page.versions.clone());
+                    page.versions
+                }
+            };
             out.sent_at = Some(now);
             let message = Message::Snapshot {
                 id: out.id,
                 page: out.page,
-                versions: page.versions,
+                versions,
                 done: out.last,
                 have: if out.last {
                     have::to_wire(&out.have)

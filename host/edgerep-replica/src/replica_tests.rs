@@ -1,6 +1,7 @@
 //! Session scenarios: one replica driven by hand, its outputs checked message by message.
 
 use super::*;
+use crate::log::{StateCursor, StatePage};
 use crate::message::CollectionFingerprint;
 use edgerep_wire::{Hlc, Op, Value, VersionVector};
 
@@ -29,25 +30,34 @@ fn evs(origin: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Event> {
     seqs.map(|s| ev(origin, s)).collect()
 }
 
-/// A changelog in memory, the shape every caller's store has.
+/// A changelog in memory, the shape every caller's store has. Its state is every event it
+/// holds, each a version of its key (nothing supersedes: enough to page through); events at or
+/// below a compacted floor stay in the state but can no longer be read from the changelog.
 #[derive(Default)]
-struct MemLog(BTreeMap<(NodeId, u64), Event>);
+struct MemLog {
+    events: BTreeMap<(NodeId, u64), Event>,
+    compacted: Have,
+}
 
 impl MemLog {
     fn with(events: &[Event]) -> MemLog {
-        MemLog(
-            events
+        MemLog {
+            events: events
                 .iter()
                 .map(|e| ((e.origin.clone(), e.seq), e.clone()))
                 .collect(),
-        )
+            compacted: Have::new(),
+        }
     }
     fn have(&self) -> Have {
         let mut h = Have::new();
-        for (o, s) in self.0.keys() {
+        for (o, s) in self.events.keys() {
             have::raise(&mut h, o, *s);
         }
         h
+    }
+    fn add(&mut self, e: Event) {
+        self.events.insert((e.origin.clone(), e.seq), e);
     }
 }
 
@@ -59,12 +69,45 @@ impl Log for MemLog {
         max: usize,
         _bytes: usize,
     ) -> Result<Vec<Event>, LogError> {
+        let floor = have::get(&self.compacted, origin);
+        if after < floor {
+            return Err(LogError::Compacted {
+                origin: origin.clone(),
+                floor,
+            });
+        }
         Ok(self
-            .0
+            .events
             .range((origin.clone(), after + 1)..=(origin.clone(), u64::MAX))
             .take(max)
             .map(|(_, e)| e.clone())
             .collect())
+    }
+
+    /// Whole keys after `after`, at most `max_events` versions (the first key always).
+    fn state_page(
+        &self,
+        after: Option<&StateCursor>,
+        max_events: usize,
+        _bytes: usize,
+    ) -> Result<StatePage, LogError> {
+        let mut keys: BTreeMap<StateCursor, Vec<Event>> = BTreeMap::new();
+        for e in self.events.values() {
+            let key = (e.collection.clone(), e.key.clone());
+            if after.is_none_or(|a| key > *a) {
+                keys.entry(key).or_default().push(e.clone());
+            }
+        }
+        let mut page = StatePage::default();
+        for (key, versions) in keys {
+            if page.next.is_some() && page.versions.len() + versions.len() > max_events {
+                return Ok(page);
+            }
+            page.versions.extend(versions);
+            page.next = Some(key);
+        }
+        page.next = None;
+        Ok(page)
     }
 }
 
@@ -824,5 +867,277 @@ fn an_apply_outlives_its_session() {
         r.peer_view(&b),
         None,
         "the peer is forgotten once both are gone"
+    );
+}
+
+/// A Snapshot message: the last page (`done`) if `have` is given.
+fn snapshot(id: u64, page: u64, versions: Vec<Event>, have: Option<&[(&str, u64)]>) -> Message {
+    Message::Snapshot {
+        id,
+        page,
+        versions,
+        done: have.is_some(),
+        have: have
+            .unwrap_or_default()
+            .iter()
+            .map(|(o, s)| (n(o), *s))
+            .collect(),
+    }
+}
+
+fn snapshot_ack(id: u64, page: u64) -> Message {
+    Message::SnapshotAck { id, page }
+}
+
+fn install_of(versions: Vec<Event>, have: Option<&[(&str, u64)]>) -> Option<Output> {
+    Some(Output::InstallSnapshot {
+        peer: n("b"),
+        versions,
+        have: have.map(have_of),
+    })
+}
+
+/// Everything `r` has to send now.
+fn drain(r: &mut Replica, now: u64, log: &MemLog) -> Vec<(NodeId, Message)> {
+    std::iter::from_fn(|| r.poll_transmit(now, log).unwrap()).collect()
+}
+
+/// A peer whose have is below our compacted floor gets the state in pages, one at a time and no
+/// events meanwhile, the last page carrying the have the snapshot began with; after that page's
+/// SnapshotAck the peer holds that have, and events continue from it.
+#[test]
+fn a_peer_behind_the_compacted_floor_gets_a_snapshot_then_events() {
+    let mut log = MemLog::with(&evs("a", 1..=6));
+    log.compacted = have_of(&[("a", 4)]);
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    r.set_compacted(&log.compacted);
+    let b = n("b");
+    assert_eq!(
+        r.poll_transmit(1, &log).unwrap(),
+        Some((b.clone(), snapshot(0, 0, evs("a", 1..=2), None)))
+    );
+    // One page at a time.
+    assert_eq!(r.poll_transmit(1, &log).unwrap(), None);
+    assert_eq!(r.peer_view(&b).unwrap().snapshot_sending_page, Some(0));
+    // A write meanwhile does not go out as events either: the state pages carry it.
+    log.add(ev("a", 7));
+    r.set_local_have(&log.have());
+    // An acknowledgement of another page changes nothing.
+    r.handle(&b, snapshot_ack(0, 1), 2).unwrap();
+    assert_eq!(r.poll_transmit(2, &log).unwrap(), None);
+    r.handle(&b, snapshot_ack(0, 0), 2).unwrap();
+    assert_eq!(
+        drain(&mut r, 2, &log),
+        [(b.clone(), snapshot(0, 1, evs("a", 3..=4), None))]
+    );
+    r.handle(&b, snapshot_ack(0, 1), 3).unwrap();
+    assert_eq!(
+        drain(&mut r, 3, &log),
+        [(b.clone(), snapshot(0, 2, evs("a", 5..=6), None))]
+    );
+    r.handle(&b, snapshot_ack(0, 2), 4).unwrap();
+    // The last page: the have is the one the snapshot began with (the state reflects more).
+    assert_eq!(
+        drain(&mut r, 4, &log),
+        [(
+            b.clone(),
+            snapshot(0, 3, evs("a", 7..=7), Some(&[("a", 6)]))
+        )]
+    );
+    assert_eq!(r.poll_output(), None, "nothing acknowledged yet");
+    r.handle(&b, snapshot_ack(0, 3), 5).unwrap();
+    assert_eq!(
+        r.poll_output(),
+        Some(Output::Acked {
+            peer: b.clone(),
+            have: have_of(&[("a", 6)])
+        })
+    );
+    assert_eq!(r.peer_view(&b).unwrap().snapshot_sending_page, None);
+    // Events continue from the snapshot's have.
+    assert_eq!(
+        sent_dots(r.poll_transmit(5, &log).unwrap()).1,
+        dots(&[("a", 7)])
+    );
+}
+
+/// A page whose SnapshotAck does not come is sent again after `retransmit_after_ms`, exactly as
+/// first sent even if the state changed meanwhile: the receiver confirms a page it merged already
+/// without merging it again, so a page read again (ending elsewhere) would leave keys unmerged.
+#[test]
+fn an_unacknowledged_snapshot_page_is_resent_as_it_was() {
+    let mut log = MemLog::with(&evs("a", 1..=4));
+    log.compacted = have_of(&[("a", 2)]);
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    r.set_compacted(&log.compacted);
+    let b = n("b");
+    let first = r.poll_transmit(10, &log).unwrap();
+    assert_eq!(
+        first,
+        Some((b.clone(), snapshot(0, 0, evs("a", 1..=2), None)))
+    );
+    assert_eq!(r.poll_timeout(), Some(3010));
+    // Key k1 gains a version: read again, page 0 would hold k1 alone.
+    log.add(Event {
+        key: b"k1".to_vec(),
+        ..ev("a", 5)
+    });
+    r.handle_timeout(3009);
+    assert_eq!(r.poll_transmit(3009, &log).unwrap(), None);
+    r.handle_timeout(3010);
+    assert_eq!(r.poll_transmit(3010, &log).unwrap(), first);
+    assert_eq!(r.poll_transmit(3010, &log).unwrap(), None);
+    assert_eq!(r.poll_timeout(), Some(6010));
+    // The ack of the resent page: the next page starts where the first read of page 0 ended.
+    r.handle(&b, snapshot_ack(0, 0), 3011).unwrap();
+    assert_eq!(
+        r.poll_transmit(3011, &log).unwrap(),
+        Some((b, snapshot(0, 1, evs("a", 3..=4), Some(&[("a", 4)]))))
+    );
+}
+
+/// The receiving side: pages become InstallSnapshot outputs in order, one at a time and behind
+/// an outstanding Apply; each is confirmed once durable; a page merged already (or being merged)
+/// is not merged again, and one merged already is confirmed again; the last page's install is
+/// followed by an Ack of the new have.
+#[test]
+fn snapshot_pages_are_installed_in_order_and_confirmed() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    // b holds what it sends (else, once our floor is at 9, we would send b a snapshot).
+    let have = [("x", 2), ("y", 9)];
+    r.handle(&b, ack(&have, false), 1).unwrap();
+    assert!(matches!(r.poll_output(), Some(Output::Acked { .. })));
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=2),
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
+    // Page 0 waits behind the apply.
+    let page0 = snapshot(0, 0, evs("y", 1..=2), None);
+    r.handle(&b, page0.clone(), 2).unwrap();
+    assert_eq!(r.poll_output(), None);
+    assert_eq!(r.peer_view(&b).unwrap().snapshot_receiving_page, Some(0));
+    r.set_local_have(&have_of(&[("x", 2)]));
+    r.applied(&b, 3);
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    // The same page while it is being merged: its confirmation follows the merge.
+    r.handle(&b, page0.clone(), 3).unwrap();
+    assert_eq!(r.poll_output(), None);
+    // Nothing confirmed before the merge is durable.
+    assert_eq!(
+        drain(&mut r, 3, &log),
+        [(b.clone(), ack(&[("x", 2)], false))]
+    );
+    r.installed(&b, 4);
+    assert_eq!(drain(&mut r, 4, &log), [(b.clone(), snapshot_ack(0, 0))]);
+    assert_eq!(r.poll_output(), None, "merged once");
+    // Our confirmation was lost: the page comes again, is confirmed again, not merged again.
+    r.handle(&b, page0, 5).unwrap();
+    assert_eq!(r.poll_output(), None);
+    assert_eq!(drain(&mut r, 5, &log), [(b.clone(), snapshot_ack(0, 0))]);
+    // A page beyond the next expected is ignored.
+    r.handle(&b, snapshot(0, 2, evs("y", 4..=4), None), 5)
+        .unwrap();
+    assert_eq!(r.poll_output(), None);
+    assert_eq!(drain(&mut r, 5, &log), []);
+    // The last page carries the snapshot's have.
+    let last = snapshot(0, 1, evs("y", 3..=3), Some(&have));
+    r.handle(&b, last.clone(), 6).unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 3..=3), Some(&have)));
+    r.set_local_have(&have_of(&have));
+    r.set_compacted(&have_of(&[("y", 9)]));
+    r.installed(&b, 7);
+    assert_eq!(
+        drain(&mut r, 7, &log),
+        [
+            (b.clone(), snapshot_ack(0, 1)),
+            (b.clone(), ack(&have, false))
+        ]
+    );
+    assert_eq!(r.peer_view(&b).unwrap().snapshot_receiving_page, None);
+    // The last page once more: confirmed again only.
+    r.handle(&b, last, 8).unwrap();
+    assert_eq!(r.poll_output(), None);
+    assert_eq!(drain(&mut r, 8, &log), [(b, snapshot_ack(0, 1))]);
+}
+
+/// A late copy of a page of an earlier snapshot (the sender numbers them upwards) is ignored:
+/// taken for the start of a snapshot, it would make the receiver refuse the current one's pages.
+#[test]
+fn a_page_of_an_earlier_snapshot_is_ignored() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    let old = snapshot(0, 0, evs("y", 1..=1), Some(&[("y", 1)]));
+    r.handle(&b, old.clone(), 1).unwrap();
+    assert_eq!(
+        r.poll_output(),
+        install_of(evs("y", 1..=1), Some(&[("y", 1)]))
+    );
+    r.set_local_have(&have_of(&[("y", 1)]));
+    r.installed(&b, 2);
+    drain(&mut r, 2, &log);
+    r.handle(&b, snapshot(1, 0, evs("y", 1..=2), None), 3)
+        .unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    r.installed(&b, 4);
+    assert_eq!(drain(&mut r, 4, &log), [(b.clone(), snapshot_ack(1, 0))]);
+    r.handle(&b, old, 5).unwrap();
+    assert_eq!(r.poll_output(), None);
+    assert_eq!(drain(&mut r, 5, &log), []);
+    r.handle(&b, snapshot(1, 1, evs("y", 3..=3), Some(&[("y", 3)])), 6)
+        .unwrap();
+    assert_eq!(
+        r.poll_output(),
+        install_of(evs("y", 3..=3), Some(&[("y", 3)]))
+    );
+}
+
+/// A merge handed out on a session that was replaced meanwhile is not confirmed on the new one
+/// (whose snapshots are numbered from 0 again): the new session's pages are merged and
+/// confirmed for themselves.
+#[test]
+fn a_merge_from_an_earlier_session_is_not_confirmed_on_the_new_one() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.handle(&b, snapshot(0, 0, evs("y", 1..=1), Some(&[("y", 1)])), 1)
+        .unwrap();
+    assert_eq!(
+        r.poll_output(),
+        install_of(evs("y", 1..=1), Some(&[("y", 1)]))
+    );
+    r.disconnected(&b, 2);
+    r.connected(&b, 2);
+    r.handle(&b, hello("b", &[]), 2).unwrap();
+    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
+    assert!(matches!(
+        r.poll_transmit(2, &log).unwrap(),
+        Some((_, Message::Hello(_)))
+    ));
+    // The new session's page 0 waits behind the old merge.
+    r.handle(&b, snapshot(0, 0, evs("y", 1..=2), None), 3)
+        .unwrap();
+    assert_eq!(r.poll_output(), None);
+    r.set_local_have(&have_of(&[("y", 1)]));
+    r.set_compacted(&have_of(&[("y", 1)]));
+    r.installed(&b, 4);
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    assert!(
+        drain(&mut r, 4, &log)
+            .iter()
+            .all(|(_, m)| !matches!(m, Message::SnapshotAck { .. })),
+        "the new page 0 is not merged yet"
+    );
+    r.installed(&b, 5);
+    assert_eq!(drain(&mut r, 5, &log), [(b.clone(), snapshot_ack(0, 0))]);
+    r.handle(&b, snapshot(0, 1, evs("y", 3..=3), Some(&[("y", 3)])), 6)
+        .unwrap();
+    assert_eq!(
+        r.poll_output(),
+        install_of(evs("y", 3..=3), Some(&[("y", 3)]))
     );
 }

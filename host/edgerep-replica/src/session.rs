@@ -24,6 +24,10 @@ pub(crate) struct SnapshotOut {
     pub(crate) start: Option<StateCursor>,
     /// Where the page after it starts, once it was read.
     pub(crate) next: Option<StateCursor>,
+    /// The page's versions, once it was read. A resend repeats them exactly: the receiver
+    /// confirms a page it merged already without merging it again, so a page read again (its
+    /// keys may have gained versions, moving where it ends) would leave keys unmerged.
+    pub(crate) versions: Option<Vec<Event>>,
     /// The page was sent at this time and awaits its SnapshotAck.
     pub(crate) sent_at: Option<u64>,
     /// The page sent is the last.
@@ -132,6 +136,7 @@ impl Session {
             page: 0,
             start: None,
             next: None,
+            versions: None,
             sent_at: None,
             last: false,
         });

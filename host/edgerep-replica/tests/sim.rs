@@ -2,21 +2,28 @@
 //! in-memory durable store that applies events with the store's rules (the real
 //! `Versions::apply`, idempotent, gapless per origin, all or nothing), wired through a simulated
 //! network that loses, duplicates, reorders and delays messages, cuts and heals links, drops
-//! sessions and crashes nodes (also between a durable apply and its ack). Everything is driven by
-//! one seeded PRNG on one thread, so a seed replays a run exactly.
+//! sessions and crashes nodes (also between a durable apply and its ack). Nodes compact their
+//! changelogs now and then (to any floor up to what they hold), so peers that fall behind a floor
+//! get snapshots of the state, merged by the store's rules (`Store::install_snapshot`). Everything
+//! is driven by one seeded PRNG on one thread, so a seed replays a run exactly.
 //!
 //! After the chaos, every fault is healed and the cluster must become quiescent, with identical
-//! state, haves and changelogs everywhere, every local write everywhere, and no event applied twice.
+//! state and haves everywhere, each changelog holding exactly the events above its compacted
+//! floors (the same events wherever two nodes hold one), every local write reflected everywhere,
+//! and no event applied twice.
 //!
 //! `SIM_SEED=<seed>` runs one seed (twice, checking the trace is the same); `SIM_SEEDS=<n>` runs
-//! n seeds instead of the default 200; `SIM_TRACE=1` prints every step of a `SIM_SEED` run.
+//! n random seeds instead of the default 200 (and n/5 instead of 40 with heavy compaction);
+//! `SIM_TRACE=1` prints every step of a `SIM_SEED` run.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
 
 use edgerep_replica::{
     Fault, Have, Log, LogError, Message, MessageLimits, Output, Replica, ReplicaConfig,
+    StateCursor, StatePage,
 };
-use edgerep_store::Versions;
+use edgerep_store::{Applied, Versions};
 use edgerep_wire::event::Dot;
 use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value, VersionVector};
 
@@ -79,26 +86,69 @@ impl Trace {
 
 type Key = (String, Vec<u8>);
 
-/// What a node holds durably: survives crashes. Applies events by `Store::apply_events`' rules.
-#[derive(Default)]
+/// What a node holds durably: survives crashes. Applies events by `Store::apply_events`' rules,
+/// compacts and installs snapshots by `Store::compact`'s and `Store::install_snapshot`'s.
+///
+/// Invariant: per origin, the changelog holds exactly the events `compacted + 1 ..= have`.
 struct MemLog {
+    /// The node whose store this is.
+    node: NodeId,
     changelog: BTreeMap<(NodeId, u64), Event>,
     /// Encoded size of each changelog event.
     sizes: BTreeMap<(NodeId, u64), usize>,
     have: Have,
+    /// Per origin, the highest sequence number removed from the changelog (compacted, or below
+    /// a snapshot's have).
+    compacted: Have,
     state: BTreeMap<Key, Versions>,
     hlc_last: Hlc,
     /// Per event written by replication, how many times an apply wrote it.
     applied: BTreeMap<(NodeId, u64), u32>,
-    /// Events handed to apply that were already held (the core failed to filter them).
+    /// Events handed to apply that were already held above the compacted floor (the core failed
+    /// to filter them).
     duplicates: u64,
     /// Applies refused for a gap.
     gaps: u64,
 }
 
 impl MemLog {
+    fn new(node: NodeId) -> MemLog {
+        MemLog {
+            node,
+            changelog: BTreeMap::new(),
+            sizes: BTreeMap::new(),
+            have: Have::new(),
+            compacted: Have::new(),
+            state: BTreeMap::new(),
+            hlc_last: Hlc::default(),
+            applied: BTreeMap::new(),
+            duplicates: 0,
+            gaps: 0,
+        }
+    }
+
     fn seq(&self, origin: &NodeId) -> u64 {
         self.have.get(origin).copied().unwrap_or(0)
+    }
+
+    /// The compacted floor of `origin`.
+    fn floor(&self, origin: &NodeId) -> u64 {
+        self.compacted.get(origin).copied().unwrap_or(0)
+    }
+
+    /// Removes `origin`'s changelog entries `from ..= to`, which must all be there.
+    fn remove_range(&mut self, origin: &NodeId, from: u64, to: u64) -> Result<(), String> {
+        for seq in from..=to {
+            let dot = (origin.clone(), seq);
+            if self.changelog.remove(&dot).is_none() {
+                return Err(format!(
+                    "{}'s changelog lacks {origin}:{seq} (removing {from}..={to})",
+                    self.node
+                ));
+            }
+            self.sizes.remove(&dot);
+        }
+        Ok(())
     }
 
     fn insert(&mut self, event: Event) {
@@ -113,11 +163,13 @@ impl MemLog {
             .insert((event.origin.clone(), event.seq), event);
     }
 
-    /// One durable transaction: idempotent, each origin gapless, else nothing is applied.
+    /// One durable transaction: idempotent (events the have covers are skipped: below the
+    /// compacted floor they are not in the changelog), each origin gapless, else nothing is
+    /// applied.
     fn apply(&mut self, events: &[Event]) -> Result<(), String> {
         let mut held = self.have.clone();
         for e in events {
-            if self.changelog.contains_key(&(e.origin.clone(), e.seq)) {
+            if e.seq <= self.seq(&e.origin) {
                 continue;
             }
             let h = held.get(&e.origin).copied().unwrap_or(0);
@@ -128,15 +180,68 @@ impl MemLog {
             held.insert(e.origin.clone(), e.seq);
         }
         for e in events {
-            let dot = (e.origin.clone(), e.seq);
-            if self.changelog.contains_key(&dot) {
-                self.duplicates += 1;
+            if e.seq <= self.seq(&e.origin) {
+                // At or below the floor, a snapshot installed after this Apply was handed out
+                // covered it: legitimately redundant. Above, the core handed out an event twice.
+                if e.seq > self.floor(&e.origin) {
+                    self.duplicates += 1;
+                }
                 continue;
             }
-            *self.applied.entry(dot).or_default() += 1;
+            *self.applied.entry((e.origin.clone(), e.seq)).or_default() += 1;
             self.insert(e.clone());
         }
         Ok(())
+    }
+
+    /// Removes the changelog entries of each origin up to its floor in `floors` (capped at what
+    /// is held), like `Store::compact`. Returns how many were removed.
+    fn compact(&mut self, floors: &Have) -> Result<u64, String> {
+        let mut removed = 0;
+        for (origin, &floor) in floors {
+            let (done, to) = (self.floor(origin), floor.min(self.seq(origin)));
+            if to <= done {
+                continue;
+            }
+            self.remove_range(origin, done + 1, to)?;
+            self.compacted.insert(origin.clone(), to);
+            removed += to - done;
+        }
+        Ok(removed)
+    }
+
+    /// Merges a page of a peer's state in one durable transaction, like
+    /// `Store::install_snapshot`: each version applied like an event; on the last page (`have`
+    /// given), for each origin where `have` is ahead, the changelog gives up its entries and
+    /// both the have and the compacted floor move to it. A snapshot claiming more of this node's
+    /// own events than it holds is refused (nothing changes). Returns the keys changed.
+    fn install(&mut self, versions: Vec<Event>, have: Option<&Have>) -> Result<u64, String> {
+        if let Some(&own) = have.and_then(|h| h.get(&self.node))
+            && own > self.seq(&self.node)
+        {
+            return Err(format!(
+                "snapshot refused: it reflects this node's events up to {own}, but this node \
+                 holds only {}",
+                self.seq(&self.node)
+            ));
+        }
+        let mut changed = 0;
+        for v in versions {
+            let key = (v.collection.clone(), v.key.clone());
+            if self.state.entry(key).or_default().apply(v) == Applied::Added {
+                changed += 1;
+            }
+        }
+        for (origin, &seq) in have.into_iter().flatten() {
+            let held = self.seq(origin);
+            if seq <= held {
+                continue;
+            }
+            self.remove_range(origin, self.floor(origin) + 1, held)?;
+            self.have.insert(origin.clone(), seq);
+            self.compacted.insert(origin.clone(), seq);
+        }
+        Ok(changed)
     }
 }
 
@@ -148,6 +253,13 @@ impl Log for MemLog {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, LogError> {
+        let floor = self.floor(origin);
+        if after < floor {
+            return Err(LogError::Compacted {
+                origin: origin.clone(),
+                floor,
+            });
+        }
         let mut out = Vec::new();
         let mut bytes = 0;
         for (dot, e) in self
@@ -163,18 +275,66 @@ impl Log for MemLog {
         }
         Ok(out)
     }
+
+    /// Like `Store::state_page`: whole keys in (collection, key) order, within the limits except
+    /// that the first key always comes.
+    fn state_page(
+        &self,
+        after: Option<&StateCursor>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<StatePage, LogError> {
+        let rows = match after {
+            Some(a) => self
+                .state
+                .range::<Key, _>((Bound::Excluded(a), Bound::Unbounded)),
+            None => self.state.range::<Key, _>(..),
+        };
+        let (mut versions, mut bytes) = (Vec::new(), 0usize);
+        let mut last: Option<Key> = None;
+        for (key, v) in rows {
+            let size: usize = v.events().iter().map(|e| e.encode().len()).sum();
+            if last.is_some()
+                && (versions.len() + v.events().len() > max_events || bytes + size > max_bytes)
+            {
+                return Ok(StatePage {
+                    versions,
+                    next: last,
+                });
+            }
+            last = Some(key.clone());
+            bytes += size;
+            versions.extend(v.events().iter().cloned());
+        }
+        Ok(StatePage {
+            versions,
+            next: None,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The cluster.
+
+/// Work the core handed a node's store, done one at a time in the order yielded.
+enum Work {
+    /// An [`Output::Apply`].
+    Apply { peer: NodeId, events: Vec<Event> },
+    /// An [`Output::InstallSnapshot`].
+    Install {
+        peer: NodeId,
+        versions: Vec<Event>,
+        have: Option<Have>,
+    },
+}
 
 struct Node {
     id: NodeId,
     log: MemLog,
     /// `None` while the node is down.
     replica: Option<Replica>,
-    /// Apply outputs not applied yet (volatile: lost in a crash).
-    applies: VecDeque<(NodeId, Vec<Event>)>,
+    /// Apply and InstallSnapshot outputs not done yet, in order (volatile: lost in a crash).
+    applies: VecDeque<Work>,
     down_until: u64,
     /// Wall clock offset of this node, in ms.
     skew: u64,
@@ -203,6 +363,9 @@ struct Knobs {
     crash: u64,
     crash_after_apply: u64,
     apply_failure: u64,
+    /// Per mille per step: a node compacts its changelog (each origin to a random floor up to
+    /// what it holds), forcing snapshots on peers behind the floors.
+    compact: u64,
     /// Links never connected in the whole run.
     cut_forever: &'static [(usize, usize)],
     /// A node down from `absent_from` until `absent_until` (long-absence catch-up).
@@ -227,6 +390,7 @@ impl Knobs {
             crash: 0,
             crash_after_apply: 0,
             apply_failure: 0,
+            compact: 0,
             cut_forever: &[],
             absent: None,
             backlog_writes: 1,
@@ -249,6 +413,7 @@ impl Knobs {
             crash: f(rng, 4),
             crash_after_apply: f(rng, 20),
             apply_failure: if rng.chance(300) { rng.below(30) } else { 0 },
+            compact: if rng.chance(500) { rng.below(21) } else { 0 },
             cut_forever: &[],
             absent: None,
             backlog_writes: 0,
@@ -277,8 +442,8 @@ struct Sim {
     /// Per stream (from, to, epoch): when its Hello arrives (nothing of it arrives earlier) and
     /// when its last in-order message arrives (the next one arrives no earlier).
     streams: BTreeMap<(usize, usize, u64), (u64, u64)>,
-    /// Every local write (acknowledged to its client once committed).
-    written: Vec<Dot>,
+    /// Every local write (acknowledged to its client once committed), with its key.
+    written: Vec<(Dot, Key)>,
     injected_failures: u64,
     trace: Trace,
     stats: Stats,
@@ -300,6 +465,13 @@ struct Stats {
     heal_steps: u64,
     /// Worst time for a live write of node 0 to reach node 1, while node 2 was catching up.
     live_lag_ms: u64,
+    /// Compactions that removed changelog entries.
+    compactions: u64,
+    /// Snapshot pages sent (resends included).
+    snapshot_pages_sent: u64,
+    /// Snapshot pages merged durably, and of those the last pages (whole snapshots).
+    snapshot_pages_installed: u64,
+    snapshots_installed: u64,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -327,7 +499,7 @@ impl Sim {
         let nodes = (0..knobs.nodes)
             .map(|i| Node {
                 id: NodeId::parse(&format!("n{i}")).unwrap(),
-                log: MemLog::default(),
+                log: MemLog::new(NodeId::parse(&format!("n{i}")).unwrap()),
                 replica: None,
                 applies: VecDeque::new(),
                 down_until: 0,
@@ -371,6 +543,7 @@ impl Sim {
             r.inject_fault(f);
         }
         r.set_local_have(&self.nodes[i].log.have);
+        r.set_compacted(&self.nodes[i].log.compacted);
         self.nodes[i].replica = Some(r);
         let now = self.now;
         self.trace.add(now, || format!("start n{i}"), &[1, i as u8]);
@@ -473,13 +646,50 @@ impl Sim {
             context,
             extra: BTreeMap::new(),
         };
-        self.written.push(event.dot());
+        self.written
+            .push((event.dot(), (event.collection.clone(), event.key.clone())));
         node.log.insert(event);
         let have = node.log.have.clone();
         node.replica.as_mut().unwrap().set_local_have(&have);
         self.stats.writes += 1;
         let now = self.now;
         self.trace.add(now, || format!("write n{i}"), &[5, i as u8]);
+    }
+
+    /// Compaction on node `i`, if it is up: each origin to a random floor between its current
+    /// one and its have. Any such floor is correct; a peer behind it then needs a snapshot.
+    fn compact(&mut self, i: usize) -> Result<(), String> {
+        if self.nodes[i].replica.is_none() {
+            return Ok(());
+        }
+        let held: Vec<(NodeId, u64, u64)> = {
+            let log = &self.nodes[i].log;
+            log.have
+                .iter()
+                .map(|(o, &h)| (o.clone(), log.floor(o), h))
+                .collect()
+        };
+        let floors: Have = held
+            .into_iter()
+            .map(|(o, floor, h)| (o, self.rng.range(floor, h)))
+            .collect();
+        let node = &mut self.nodes[i];
+        let removed = node
+            .log
+            .compact(&floors)
+            .map_err(|e| format!("n{i} could not compact: {e}"))?;
+        let compacted = node.log.compacted.clone();
+        node.replica.as_mut().unwrap().set_compacted(&compacted);
+        if removed > 0 {
+            self.stats.compactions += 1;
+        }
+        let now = self.now;
+        self.trace.add(
+            now,
+            || format!("n{i} compacts {removed} events, floors {compacted:?}"),
+            &[9, i as u8],
+        );
+        Ok(())
     }
 
     fn send(&mut self, from: usize, to: usize, message: &Message, chaos: bool) {
@@ -582,7 +792,20 @@ impl Sim {
             match out {
                 Output::Apply { peer, events } => {
                     self.stats.max_apply_events = self.stats.max_apply_events.max(events.len());
-                    self.nodes[i].applies.push_back((peer, events));
+                    self.nodes[i]
+                        .applies
+                        .push_back(Work::Apply { peer, events });
+                }
+                Output::InstallSnapshot {
+                    peer,
+                    versions,
+                    have,
+                } => {
+                    self.nodes[i].applies.push_back(Work::Install {
+                        peer,
+                        versions,
+                        have,
+                    });
                 }
                 Output::Acked { peer, have } => {
                     // An acknowledgement the peer gave is durable there.
@@ -602,11 +825,28 @@ impl Sim {
         Ok(())
     }
 
-    /// Applies node `i`'s oldest pending Apply, maybe failing it or crashing right after it.
+    /// Does node `i`'s oldest pending Apply or InstallSnapshot, maybe failing it or crashing
+    /// right after it.
     fn apply(&mut self, i: usize, chaos: bool) -> Result<(), String> {
-        let Some((peer, events)) = self.nodes[i].applies.pop_front() else {
-            return Ok(());
-        };
+        match self.nodes[i].applies.pop_front() {
+            None => Ok(()),
+            Some(Work::Apply { peer, events }) => self.apply_events(i, peer, events, chaos),
+            Some(Work::Install {
+                peer,
+                versions,
+                have,
+            }) => self.install(i, peer, versions, have, chaos),
+        }
+    }
+
+    /// Applies events the core handed node `i` out.
+    fn apply_events(
+        &mut self,
+        i: usize,
+        peer: NodeId,
+        events: Vec<Event>,
+        chaos: bool,
+    ) -> Result<(), String> {
         let now = self.now;
         if chaos && self.rng.chance(self.knobs.apply_failure) {
             self.injected_failures += 1;
@@ -661,6 +901,61 @@ impl Sim {
         self.outputs(i)
     }
 
+    /// Merges a snapshot page the core handed node `i` out.
+    fn install(
+        &mut self,
+        i: usize,
+        peer: NodeId,
+        versions: Vec<Event>,
+        have: Option<Have>,
+        chaos: bool,
+    ) -> Result<(), String> {
+        let now = self.now;
+        if chaos && self.rng.chance(self.knobs.apply_failure) {
+            self.injected_failures += 1;
+            self.trace.add(
+                now,
+                || format!("n{i} install fails (injected)"),
+                &[10, i as u8],
+            );
+            self.nodes[i]
+                .replica
+                .as_mut()
+                .unwrap()
+                .install_failed(&peer, "injected", now);
+            return self.outputs(i);
+        }
+        let (count, last) = (versions.len(), have.is_some());
+        // A peer never holds more of this node's events than this node: a refusal is a bug.
+        let changed = self.nodes[i]
+            .log
+            .install(versions, have.as_ref())
+            .map_err(|e| format!("n{i} could not install a snapshot page from {peer}: {e}"))?;
+        self.stats.snapshot_pages_installed += 1;
+        self.stats.snapshots_installed += u64::from(last);
+        self.trace.add(
+            now,
+            || {
+                format!(
+                    "n{i} installed {count} versions ({changed} keys changed) from {peer}, have {have:?}"
+                )
+            },
+            &[11, i as u8],
+        );
+        if chaos && self.rng.chance(self.knobs.crash_after_apply) {
+            // Durable, never acknowledged.
+            let down = self.rng.range(10, 500);
+            self.crash(i, down);
+            return Ok(());
+        }
+        let node = &mut self.nodes[i];
+        let r = node.replica.as_mut().unwrap();
+        r.set_local_have(&node.log.have);
+        r.set_compacted(&node.log.compacted);
+        r.installed(&peer, now);
+        self.outputs(i)
+    }
+
     /// Sends everything node `i` has to send, checking what the core promises about it.
     fn transmit(&mut self, i: usize, chaos: bool) -> Result<bool, String> {
         let mut any = false;
@@ -682,6 +977,18 @@ impl Sim {
                     if *s > held {
                         return Err(format!(
                             "n{i} sent an ack for {o}:{s} but durably holds only {held}"
+                        ));
+                    }
+                }
+            }
+            if let Message::Snapshot { have, .. } = &message {
+                self.stats.snapshot_pages_sent += 1;
+                // The state sent must reflect the have the snapshot claims.
+                for (o, s) in have {
+                    let held = node.log.seq(o);
+                    if *s > held {
+                        return Err(format!(
+                            "n{i} sent a snapshot reflecting {o}:{s} but durably holds only {held}"
                         ));
                     }
                 }
@@ -745,6 +1052,11 @@ impl Sim {
                         self.write(i);
                     }
                 }
+            }
+            // Drawn only when on, so that runs without compaction replay as before.
+            if k.compact > 0 && self.rng.chance(k.compact) {
+                let i = self.rng.below(n as u64) as usize;
+                self.compact(i)?;
             }
         }
         if let Some((absent, from, until)) = self.knobs.absent {
@@ -886,57 +1198,124 @@ impl Sim {
     fn check(&self) -> Result<(), String> {
         let first = &self.nodes[0];
         for (i, node) in self.nodes.iter().enumerate() {
-            if node.log.have != first.log.have {
+            let log = &node.log;
+            if log.have != first.log.have {
                 return Err(format!(
                     "n{i} has {:?}, n0 has {:?}",
-                    node.log.have, first.log.have
+                    log.have, first.log.have
                 ));
             }
-            if node.log.changelog != first.log.changelog {
-                return Err(format!("n{i}'s changelog differs from n0's"));
-            }
-            if node.log.state.len() != first.log.state.len() {
+            if log.state.len() != first.log.state.len() {
                 return Err(format!(
                     "n{i} has {} keys, n0 {}",
-                    node.log.state.len(),
+                    log.state.len(),
                     first.log.state.len()
                 ));
             }
-            for ((key, v), (key0, v0)) in node.log.state.iter().zip(&first.log.state) {
+            for ((key, v), (key0, v0)) in log.state.iter().zip(&first.log.state) {
                 if key != key0 || v.encode() != v0.encode() {
-                    return Err(format!("n{i} and n0 differ at {key:?} / {key0:?}"));
+                    // Each version as its dot and context.
+                    let show = |v: &Versions| {
+                        v.events()
+                            .iter()
+                            .map(|e| format!("{}:{} ctx {:?}", e.origin, e.seq, e.context))
+                            .collect::<Vec<_>>()
+                    };
+                    return Err(format!(
+                        "n{i} and n0 differ at {key:?} / {key0:?}: {:?} vs {:?}",
+                        show(v),
+                        show(v0)
+                    ));
                 }
             }
-            for dot in &self.written {
-                if !node
-                    .log
-                    .changelog
-                    .contains_key(&(dot.origin.clone(), dot.seq))
-                {
+            // Per origin, the changelog holds exactly the events above the compacted floor.
+            let mut expected = 0;
+            for (o, &floor) in &log.compacted {
+                if floor > log.seq(o) {
+                    return Err(format!(
+                        "n{i} compacted {o} to {floor} but holds only {}",
+                        log.seq(o)
+                    ));
+                }
+            }
+            for (o, &held) in &log.have {
+                let floor = log.floor(o);
+                let range = (o.clone(), floor + 1)..=(o.clone(), held);
+                let n = if held > floor {
+                    log.changelog.range(range).count() as u64
+                } else {
+                    0
+                };
+                if n != held - floor {
+                    return Err(format!(
+                        "n{i}'s changelog holds {n} events of {o} in {}..={held}, not all",
+                        floor + 1
+                    ));
+                }
+                expected += n;
+            }
+            if log.changelog.len() as u64 != expected {
+                return Err(format!(
+                    "n{i}'s changelog holds {} events, {expected} above its floors",
+                    log.changelog.len()
+                ));
+            }
+            // No acknowledged write lost: each is held, and reflected in its key's versions
+            // (one of them is the write, or supersedes it).
+            for (dot, key) in &self.written {
+                if log.seq(&dot.origin) < dot.seq {
                     return Err(format!(
                         "n{i} lacks the acknowledged write {}:{}",
                         dot.origin, dot.seq
                     ));
                 }
+                let reflected = log.state.get(key).is_some_and(|v| {
+                    v.events()
+                        .iter()
+                        .any(|e| e.dot() == *dot || e.context.covers(dot))
+                });
+                if !reflected {
+                    return Err(format!(
+                        "n{i}'s state does not reflect the acknowledged write {}:{} to {key:?}",
+                        dot.origin, dot.seq
+                    ));
+                }
             }
-            if node.log.duplicates > 0 {
+            if log.duplicates > 0 {
                 return Err(format!(
                     "n{i} was handed {} events it already held (applied twice)",
-                    node.log.duplicates
+                    log.duplicates
                 ));
             }
-            for ((o, s), e) in &node.log.changelog {
-                let times = node.log.applied.get(&(o.clone(), *s)).copied().unwrap_or(0);
+            // Applied exactly once: at most once ever; exactly once for the events of other
+            // origins the changelog still holds (snapshots bring the others' effects, not them).
+            for ((o, s), &times) in &log.applied {
+                if times > 1 {
+                    return Err(format!("n{i} applied {o}:{s} {times} times"));
+                }
+            }
+            for ((o, s), e) in &log.changelog {
+                let times = log.applied.get(&(o.clone(), *s)).copied().unwrap_or(0);
                 let want = u32::from(e.origin != node.id);
                 if times != want {
                     return Err(format!("n{i} applied {o}:{s} {times} times"));
                 }
             }
-            if node.log.gaps > 0 && self.injected_failures == 0 {
+            if log.gaps > 0 && self.injected_failures == 0 {
                 return Err(format!(
                     "n{i} was handed {} applies with a gap though no apply ever failed",
-                    node.log.gaps
+                    log.gaps
                 ));
+            }
+        }
+        // An event two nodes both hold is the same event.
+        for (i, a) in self.nodes.iter().enumerate() {
+            for (j, b) in self.nodes.iter().enumerate().skip(i + 1) {
+                for (dot, e) in &a.log.changelog {
+                    if b.log.changelog.get(dot).is_some_and(|f| f != e) {
+                        return Err(format!("n{i} and n{j} hold different {}:{}", dot.0, dot.1));
+                    }
+                }
             }
         }
         Ok(())
@@ -958,6 +1337,17 @@ fn describe(m: &Message) -> String {
         }
         Message::Ack { have, rewind } => format!("ack {have:?} rewind {rewind}"),
         Message::Bye { reason } => format!("bye {reason}"),
+        Message::Snapshot {
+            id,
+            page,
+            versions,
+            done,
+            have,
+        } => format!(
+            "snapshot {id} page {page}: {} versions, done {done}, have {have:?}",
+            versions.len()
+        ),
+        Message::SnapshotAck { id, page } => format!("snapshot ack {id} page {page}"),
     }
 }
 
@@ -1041,6 +1431,12 @@ fn a_seed_replays_exactly() {
         let (_, b) = run_seed(seed, None, false).unwrap();
         assert_eq!(a, b, "seed {seed}");
     }
+    // With snapshots too.
+    let seed = 50_000;
+    let (stats, a) = run_seed(seed, compaction_knobs(seed), false).unwrap();
+    let (_, b) = run_seed(seed, compaction_knobs(seed), false).unwrap();
+    assert!(stats.snapshot_pages_installed > 0, "{stats:?}");
+    assert_eq!(a, b, "seed {seed} with compaction");
 }
 
 /// n0–n2 never connect: n0's writes reach n2 only through n1.
@@ -1067,7 +1463,7 @@ fn a_cut_link_carries_nothing() {
     sim.run().unwrap();
     assert!(!sim.sessions.contains_key(&(0, 2)));
     let n0 = sim.nodes[0].id.clone();
-    assert!(sim.written.iter().any(|d| d.origin == n0), "n0 wrote");
+    assert!(sim.written.iter().any(|(d, _)| d.origin == n0), "n0 wrote");
 }
 
 /// In a full mesh on a clean network, each node gets most events from their origin: relays wait
@@ -1140,6 +1536,41 @@ fn long_absence_catches_up_within_bounds() {
         assert_eq!(stats.rewinds, 0, "{stats:?}");
         // Live writes between n0 and n1 keep flowing while n2 catches up.
         assert!(stats.live_lag_ms < 200, "{stats:?}");
+    }
+}
+
+/// The usual chaos, and a compaction every ~33 steps.
+fn compaction_knobs(seed: u64) -> Option<Knobs> {
+    let mut k = Knobs::random(&mut Rng::new(seed ^ 0xc0de));
+    k.compact = 30;
+    Some(k)
+}
+
+/// Compaction often, with the usual chaos: peers that fall behind a compacted floor (slow, cut
+/// off, restarted) get snapshots instead of events, and the cluster still converges with nothing
+/// lost and nothing applied twice.
+#[test]
+fn compaction_forces_snapshots_and_clusters_still_converge() {
+    let stats = run_seeds(
+        "compaction_forces_snapshots_and_clusters_still_converge",
+        50_000..50_000 + seed_count() / 5,
+        compaction_knobs,
+    );
+    let sum = |f: fn(&Stats) -> u64| stats.iter().map(f).sum::<u64>();
+    let (compactions, sent, pages, snapshots) = (
+        sum(|s| s.compactions),
+        sum(|s| s.snapshot_pages_sent),
+        sum(|s| s.snapshot_pages_installed),
+        sum(|s| s.snapshots_installed),
+    );
+    println!(
+        "{} seeds: {compactions} compactions, {sent} snapshot pages sent, {pages} installed, \
+         {snapshots} snapshots installed whole",
+        stats.len()
+    );
+    if stats.len() >= 20 {
+        // Snapshots actually happened, to the end.
+        assert!(compactions > 0 && pages > 0 && snapshots > 0);
     }
 }
 

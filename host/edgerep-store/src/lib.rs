@@ -739,8 +739,9 @@ impl Store {
             let mut held_by_origin: BTreeMap<String, u64> = BTreeMap::new();
             let mut bytes = Vec::with_capacity(256);
             for Received { event, on_apply } in events {
-                // Each origin's changelog is gapless (1..=held), so an event is already held
-                // exactly when its sequence number is at most `held`.
+                // Each origin's events up to `held` are held (in the changelog from its
+                // compacted floor on, in the state through a snapshot below it), so an event is
+                // already held exactly when its sequence number is at most `held`.
                 let held = match held_by_origin.get(event.origin.as_str()) {
                     Some(&h) => h,
                     None => {
