@@ -48,9 +48,9 @@ pub type InstallReply = Box<dyn FnOnce(Result<Installed, CommitError>) + Send>;
 /// Called on the committer thread with the outcome of [`Committer::compact`].
 pub type CompactReply = Box<dyn FnOnce(Result<Compaction, CommitError>) + Send>;
 
-/// Most changelog entries one compaction transaction removes (the rest wait for the next
-/// round), so local writes never wait long behind one.
-const COMPACT_MAX_REMOVE: u64 = 50_000;
+/// Most changelog entries one compaction transaction removes (the rest go in the next ones),
+/// so local writes never wait long behind one (a few milliseconds).
+pub const COMPACT_MAX_REMOVE: u64 = 5_000;
 
 /// Which collections are acknowledged before the disk sync, and how often they are synced.
 #[derive(Debug, Clone)]

@@ -865,11 +865,18 @@ impl Replicator {
                 match result {
                     Ok(c) => {
                         if c.removed > 0 {
-                            tracing::info!(
+                            tracing::debug!(
                                 removed = c.removed,
                                 "changelog compacted up to {:?}",
                                 c.compacted
                             );
+                        }
+                        if c.removed >= crate::committer::COMPACT_MAX_REMOVE {
+                            // More to remove: the next small transaction goes at once, between
+                            // writes, not a whole interval later.
+                            self.compacted_at = Instant::now()
+                                .checked_sub(Duration::from_millis(self.retention.interval_ms))
+                                .unwrap_or(self.compacted_at);
                         }
                         self.set_compacted(&c.compacted);
                     }
