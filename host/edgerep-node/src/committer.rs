@@ -291,10 +291,13 @@ impl Committer {
                             continue;
                         }
                         Request::Compact { floors, reply } => {
+                            // Without a sync of its own: a compaction lost in a crash is redone
+                            // (its floors are in the same transaction), so it rides on the next
+                            // synced commit instead of adding one.
                             let result =
-                                store.compact(&floors, COMPACT_MAX_REMOVE, Sync::Immediate);
+                                store.compact(&floors, COMPACT_MAX_REMOVE, Sync::Deferred);
                             if result.is_ok() {
-                                synced(&mut durable, &mut have, Sync::Immediate);
+                                synced(&mut durable, &mut have, Sync::Deferred);
                             }
                             reply(result.map_err(|e| CommitError::Store(e.to_string())));
                             continue;
