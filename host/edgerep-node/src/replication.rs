@@ -368,6 +368,7 @@ pub fn start(
             .collect(),
         compacting: false,
         compacted_at: Instant::now(),
+        compact_more: false,
         started_wall: wall_ms(),
         committer,
         pipeline,
@@ -609,6 +610,8 @@ struct Replicator {
     /// A compaction is queued at the committer.
     compacting: bool,
     compacted_at: Instant,
+    /// The last compaction stopped at its size cap: the next one is due at once.
+    compact_more: bool,
     /// Wall clock at start: a peer never heard from counts as last heard from then.
     started_wall: u64,
     committer: Committer,
@@ -712,9 +715,11 @@ impl Replicator {
     /// Queues a compaction when one is due and would remove something.
     fn maybe_compact(&mut self) {
         let interval = Duration::from_millis(self.retention.interval_ms);
-        if !self.retention.compact || self.compacting || self.compacted_at.elapsed() < interval {
+        let due = self.compact_more || self.compacted_at.elapsed() >= interval;
+        if !self.retention.compact || self.compacting || !due {
             return;
         }
+        self.compact_more = false;
         self.compacted_at = Instant::now();
         let floors = self.compaction_floors();
         if floors.is_empty() {
@@ -871,13 +876,9 @@ impl Replicator {
                                 c.compacted
                             );
                         }
-                        if c.removed >= crate::committer::COMPACT_MAX_REMOVE {
-                            // More to remove: the next small transaction goes at once, between
-                            // writes, not a whole interval later.
-                            self.compacted_at = Instant::now()
-                                .checked_sub(Duration::from_millis(self.retention.interval_ms))
-                                .unwrap_or(self.compacted_at);
-                        }
+                        // More to remove: the next small transaction goes at once, between
+                        // writes, not a whole interval later.
+                        self.compact_more = c.removed >= crate::committer::COMPACT_MAX_REMOVE;
                         self.set_compacted(&c.compacted);
                     }
                     Err(e) => tracing::error!("changelog compaction failed: {e}"),

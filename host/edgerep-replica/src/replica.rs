@@ -472,6 +472,17 @@ impl Replica {
             .map(|i| (i.id, i.page));
         let s = p.session.as_mut().ok_or(ProtocolError::NotConnected)?;
         s.last_message_ms = Some(now);
+        // Everything but Hello and Bye needs the handshake done.
+        let before_hello = match &message {
+            Message::Hello(_) | Message::Bye { .. } => None,
+            Message::Events { .. } => Some("events"),
+            Message::Ack { .. } => Some("ack"),
+            Message::Snapshot { .. } => Some("snapshot"),
+            Message::SnapshotAck { .. } => Some("snapshot ack"),
+        };
+        if let Some(message) = before_hello.filter(|_| !s.ready()) {
+            return Err(ProtocolError::BeforeHello { message });
+        }
         match message {
             Message::Hello(hello) => {
                 if s.ready() {
@@ -505,9 +516,6 @@ impl Replica {
                 });
             }
             Message::Events { events } => {
-                if !s.ready() {
-                    return Err(ProtocolError::BeforeHello { message: "events" });
-                }
                 check_contiguous(&events)?;
                 if events.is_empty() {
                 } else if busy {
@@ -518,9 +526,6 @@ impl Replica {
                 }
             }
             Message::Ack { have, rewind } => {
-                if !s.ready() {
-                    return Err(ProtocolError::BeforeHello { message: "ack" });
-                }
                 if s.on_ack(&have, rewind, now) {
                     self.outputs.push_back(Output::Acked {
                         peer: peer.clone(),
@@ -536,11 +541,6 @@ impl Replica {
                 done,
                 have,
             } => {
-                if !s.ready() {
-                    return Err(ProtocolError::BeforeHello {
-                        message: "snapshot",
-                    });
-                }
                 let accept = match s.snapshot_in {
                     // A late copy of a page of an earlier snapshot (ids grow per session): the
                     // peer moved on; taken for a new snapshot it would stall the current one.
@@ -573,11 +573,6 @@ impl Replica {
                 }
             }
             Message::SnapshotAck { id, page } => {
-                if !s.ready() {
-                    return Err(ProtocolError::BeforeHello {
-                        message: "snapshot ack",
-                    });
-                }
                 let Some(out) = s.snapshot_out.as_mut() else {
                     return Ok(());
                 };

@@ -8,7 +8,7 @@
 //! - `origins`: per origin, the highest sequence number held;
 //! - `dead_letters`: events a plugin refused, with the reason;
 //! - `compacted`: per origin, the highest sequence number removed from the changelog (see
-//!   [`retention`]: compaction, and state snapshots for peers that need removed events);
+//!   `retention.rs`: compaction, and state snapshots for peers that need removed events);
 //! - `meta`: node id, last hybrid clock timestamp, last feed position, feed floor, state digest.
 //!
 //! Invariant: one write transaction changes state, changelog, feed, origins and meta together, so
@@ -19,7 +19,7 @@
 
 mod digest;
 mod keys;
-pub mod retention;
+mod retention;
 mod versions;
 
 use std::collections::BTreeMap;
@@ -348,6 +348,40 @@ impl Counters {
         meta.insert(META_ENTRIES, &self.entries.to_be_bytes()[..])?;
         Ok(())
     }
+}
+
+/// Applies one event to its key's versions in `state` by the merge rule ([`Versions::apply`]),
+/// keeping the digest and the entry count up to date. Shared by received events and snapshot
+/// pages, so both merge exactly alike.
+fn apply_to_state(
+    state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    digest: &mut Digest,
+    entries: &mut u64,
+    limits: &EventLimits,
+    event: Event,
+) -> Result<Applied, StoreError> {
+    let skey = state_key(&event.collection, &event.key);
+    let old = state.get(skey.as_slice())?;
+    let mut versions = match &old {
+        Some(g) => Versions::decode(g.value(), limits).map_err(|e| corrupt("state", e))?,
+        None => Versions::new(),
+    };
+    let old_hash = old
+        .as_ref()
+        .map(|g| Digest::of_entry(&event.collection, &event.key, g.value()));
+    drop(old);
+    let (collection, key) = (event.collection.clone(), event.key.clone());
+    let applied = versions.apply(event);
+    if applied == Applied::Added {
+        match old_hash {
+            Some(h) => digest.sub(h),
+            None => *entries += 1,
+        }
+        let new_bytes = versions.encode();
+        digest.add(Digest::of_entry(&collection, &key, &new_bytes));
+        state.insert(skey.as_slice(), new_bytes.as_slice())?;
+    }
+    Ok(applied)
 }
 
 /// A node's store.
@@ -794,29 +828,13 @@ impl Store {
                         continue;
                     }
                 }
-                let skey = state_key(&event.collection, &event.key);
-                let old = state.get(skey.as_slice())?;
-                let mut versions = match &old {
-                    Some(g) => Versions::decode(g.value(), &self.limits)
-                        .map_err(|e| corrupt("state", e))?,
-                    None => Versions::new(),
-                };
-                let old_hash = old
-                    .as_ref()
-                    .map(|g| Digest::of_entry(&event.collection, &event.key, g.value()));
-                drop(old);
-                let (collection, key) = (event.collection.clone(), event.key.clone());
-                let applied = versions.apply(event);
-                if applied == Applied::Added {
-                    match old_hash {
-                        Some(h) => digest.sub(h),
-                        None => entries += 1,
-                    }
-                    let new_bytes = versions.encode();
-                    digest.add(Digest::of_entry(&collection, &key, &new_bytes));
-                    state.insert(skey.as_slice(), new_bytes.as_slice())?;
-                }
-                out.push(applied);
+                out.push(apply_to_state(
+                    &mut state,
+                    &mut digest,
+                    &mut entries,
+                    &self.limits,
+                    event,
+                )?);
             }
             for (origin, seq) in &held_by_origin {
                 origins.insert(origin.as_str(), *seq)?;

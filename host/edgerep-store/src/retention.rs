@@ -19,8 +19,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::keys::{log_key, split_state_key, state_key};
 use crate::{
-    CHANGELOG, Counters, Digest, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
-    Versions, corrupt, hlc_bytes, u64_from,
+    Applied, CHANGELOG, Counters, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
+    Versions, apply_to_state, corrupt, hlc_bytes, u64_from,
 };
 
 /// Per origin, the highest sequence number removed from the changelog.
@@ -49,7 +49,7 @@ pub struct StatePage {
 /// What [`Store::install_snapshot`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installed {
-    /// Keys whose versions changed.
+    /// Versions that changed their key (merged in, replacing what they supersede).
     pub changed: u64,
     /// Every origin's highest sequence number held afterwards.
     pub held: BTreeMap<String, u64>,
@@ -97,12 +97,6 @@ fn remove_range(
 }
 
 impl Store {
-    /// Every origin's compacted floor (the highest sequence number removed from the changelog).
-    pub fn compacted(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let txn = self.db.begin_read()?;
-        read_map(&txn.open_table(COMPACTED)?)
-    }
-
     /// Removes changelog entries: per origin in `floors`, those up to the floor (capped at what
     /// the store holds), at most `max_remove` entries in all (lower origins first; call again
     /// for the rest). Feed rows whose events are all gone are removed and the feed floor
@@ -177,8 +171,9 @@ impl Store {
         let mut last: Option<(String, Vec<u8>)> = None;
         for row in rows {
             let (k, v) = row?;
+            // The stored versions' length: their events' encodings plus a few header bytes.
+            let size = v.value().len();
             let v = Versions::decode(v.value(), &self.limits).map_err(|e| corrupt("state", e))?;
-            let size: usize = v.events().iter().map(|e| e.encode().len()).sum();
             if last.is_some()
                 && (versions.len() + v.events().len() > max_events || bytes + size > max_bytes)
             {
@@ -221,30 +216,16 @@ impl Store {
             let mut counters = Counters::load(&meta)?;
             let mut changed = 0;
             for event in versions {
-                let skey = state_key(&event.collection, &event.key);
-                let old = state.get(skey.as_slice())?.map(|g| g.value().to_vec());
-                let mut current = match &old {
-                    Some(bytes) => {
-                        Versions::decode(bytes, &self.limits).map_err(|e| corrupt("state", e))?
-                    }
-                    None => Versions::new(),
-                };
-                let (collection, key) = (event.collection.clone(), event.key.clone());
-                if current.apply(event) != crate::Applied::Added {
-                    continue;
+                let applied = apply_to_state(
+                    &mut state,
+                    &mut counters.digest,
+                    &mut counters.entries,
+                    &self.limits,
+                    event,
+                )?;
+                if applied == Applied::Added {
+                    changed += 1;
                 }
-                match &old {
-                    Some(bytes) => counters
-                        .digest
-                        .sub(Digest::of_entry(&collection, &key, bytes)),
-                    None => counters.entries += 1,
-                }
-                let new_bytes = current.encode();
-                counters
-                    .digest
-                    .add(Digest::of_entry(&collection, &key, &new_bytes));
-                state.insert(skey.as_slice(), new_bytes.as_slice())?;
-                changed += 1;
             }
             if changed > 0 {
                 counters.save(&mut meta)?;
