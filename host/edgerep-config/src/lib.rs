@@ -13,9 +13,16 @@
 //!
 //! [api]
 //! listen = "127.0.0.1:7070"  # required, IP:port of the local HTTP API
+//! token_file = "api.token"   # required unless listen is a loopback address: clients send
+//!                            # `authorization: Bearer <the file's text>`
+//! max_connections = 256      # optional, open connections at once
+//! request_timeout_ms = 30000 # optional, a request (not a watch stream) taking longer gets 408
+//! max_watch_streams = 64     # optional, open watch streams at once
+//! verify_interval_ms = 10000 # optional, least time between two `?verify=true` status reads
 //!
 //! [replication]
 //! listen = "127.0.0.1:7071"  # required, IP:port of the peer listener
+//! extra_origins = 16         # optional: origins accepted beyond this node and its peers
 //!
 //! [[peers]]                  # zero or more
 //! id = "site-b"
@@ -45,6 +52,7 @@
 //! max_value_bytes = 65536
 //! max_value_depth = 32
 //! max_meta_entries = 16
+//! max_meta_bytes = 4096      # metadata keys and values together
 //! max_batch_events = 10000
 //! max_request_bytes = 16777216
 //!
@@ -56,6 +64,13 @@
 //! keep_events = 100000       # per origin, the newest entries kept even so
 //! interval_ms = 10000        # how often to compact, 100..=3600000
 //! peer_absent_ms = 604800000 # a peer unheard of this long stops holding entries back (0: never)
+//!
+//! [authorization]            # optional; the same on every node (peers compare it)
+//! site-b = ["orders"]        # origin = collections it may write; origins not listed: all
+//!
+//! [[revoked]]                # zero or more: a node whose certificate is refused, and whose
+//! node = "site-c"            # events after `after_seq` are refused wherever they come from
+//! after_seq = 1200
 //! ```
 
 mod error;
@@ -73,6 +88,20 @@ pub use starter::starter_toml;
 
 use error::{line_col, locate, render_path, tidy_message};
 use raw::RawConfig;
+
+/// Most origins one causal context may name, on every node (a cluster-wide constant, so that
+/// an event one node accepts is never too large for another).
+pub const MAX_CONTEXT_ENTRIES: usize = 1024;
+
+/// The largest encoded event the limits allow: key, value and metadata at their limits, a causal
+/// context of [`MAX_CONTEXT_ENTRIES`] (at most 80 bytes each: an id of up to 64 bytes and a
+/// sequence number), and 4096 bytes for the fixed fields and CBOR heads.
+pub fn max_event_bytes(key: usize, value: usize, meta: usize) -> usize {
+    key.saturating_add(value)
+        .saturating_add(meta)
+        .saturating_add(MAX_CONTEXT_ENTRIES * 80)
+        .saturating_add(4096)
+}
 
 /// A node's whole configuration, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +126,20 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// `[plugins.NAME]` tables, sorted by name.
     pub plugins: Vec<PluginConfig>,
+    /// `[authorization]`: per origin, the collections it may write (origins not listed may
+    /// write every collection).
+    pub authorization: std::collections::BTreeMap<NodeId, Vec<String>>,
+    /// `[[revoked]]`: revoked nodes.
+    pub revoked: Vec<Revoked>,
+}
+
+/// One `[[revoked]]` entry: a node whose certificate is no longer accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// The node.
+    pub node: NodeId,
+    /// Its events up to this sequence number stay valid; later ones are refused everywhere.
+    pub after_seq: u64,
 }
 
 /// `[node]`.
@@ -113,6 +156,9 @@ pub struct NodeConfig {
     /// How often writes to `periodic` collections are synced to disk, in milliseconds
     /// (1..=60000, default 20).
     pub sync_interval_ms: u64,
+    /// Take writes at once, without first learning from a peer how far it holds this node's
+    /// own events (`edgerep run --alone`; never from the file).
+    pub alone: bool,
 }
 
 /// `[api]`.
@@ -120,6 +166,17 @@ pub struct NodeConfig {
 pub struct ApiConfig {
     /// Address of the local HTTP API.
     pub listen: SocketAddr,
+    /// The file holding the bearer token clients must send (required unless `listen` is a
+    /// loopback address).
+    pub token_file: Option<PathBuf>,
+    /// Most open connections at once (> 0, default 256).
+    pub max_connections: usize,
+    /// A request (other than a watch stream) taking longer is answered 408 (default 30 s).
+    pub request_timeout_ms: u64,
+    /// Most open watch streams at once (> 0, default 64).
+    pub max_watch_streams: usize,
+    /// Least time between two `?verify=true` status reads (default 10 s).
+    pub verify_interval_ms: u64,
 }
 
 /// `[replication]`.
@@ -129,6 +186,9 @@ pub struct ReplicationConfig {
     pub listen: SocketAddr,
     /// The node's TLS identity; required when `[[peers]]` are configured.
     pub tls: Option<TlsFiles>,
+    /// Origins accepted beyond this node and its configured peers (default 16); events of
+    /// further origins are refused.
+    pub extra_origins: usize,
 }
 
 /// `[replication]` `ca`, `cert`, `key`: the files of a node's mutual-TLS identity, resolved
@@ -260,6 +320,8 @@ pub struct LimitsConfig {
     pub max_value_depth: usize,
     /// Most metadata entries on one event (default 16).
     pub max_meta_entries: usize,
+    /// Most metadata bytes on one event, keys and values together (default 4096).
+    pub max_meta_bytes: usize,
     /// Most events in one API request (default 10000).
     pub max_batch_events: usize,
     /// Largest HTTP request body, in bytes (default 16 MiB).
@@ -339,10 +401,20 @@ impl Config {
                 data_dir,
                 max_clock_skew_ms: raw.node.max_clock_skew_ms,
                 sync_interval_ms: raw.node.sync_interval_ms,
+                alone: false,
             },
             source: source.clone(),
             api: ApiConfig {
                 listen: raw.api.listen,
+                token_file: raw
+                    .api
+                    .token_file
+                    .as_deref()
+                    .map(|f| resolve_data_dir(&source, f)),
+                max_connections: raw.api.max_connections,
+                request_timeout_ms: raw.api.request_timeout_ms,
+                max_watch_streams: raw.api.max_watch_streams,
+                verify_interval_ms: raw.api.verify_interval_ms,
             },
             replication: ReplicationConfig {
                 listen: raw.replication.listen,
@@ -358,6 +430,7 @@ impl Config {
                     }),
                     _ => None,
                 },
+                extra_origins: raw.replication.extra_origins,
             },
             peers: raw
                 .peers
@@ -390,6 +463,7 @@ impl Config {
                 max_value_bytes: raw.limits.max_value_bytes,
                 max_value_depth: raw.limits.max_value_depth,
                 max_meta_entries: raw.limits.max_meta_entries,
+                max_meta_bytes: raw.limits.max_meta_bytes,
                 max_batch_events: raw.limits.max_batch_events,
                 max_request_bytes: raw.limits.max_request_bytes,
             },
@@ -404,7 +478,58 @@ impl Config {
                     .then_some(raw.retention.peer_absent_ms),
             },
             plugins,
+            authorization: raw
+                .authorization
+                .into_iter()
+                .filter_map(|(origin, collections)| {
+                    NodeId::parse(&origin).ok().map(|o| (o, collections))
+                })
+                .collect(),
+            revoked: raw
+                .revoked
+                .into_iter()
+                .map(|r| Revoked {
+                    node: r.node,
+                    after_seq: r.after_seq,
+                })
+                .collect(),
         })
+    }
+
+    /// Most origins this node accepts events from: itself, its peers, and
+    /// `replication.extra_origins`.
+    pub fn max_origins(&self) -> usize {
+        1 + self.peers.len() + self.replication.extra_origins
+    }
+
+    /// Why event `seq` of `origin` is refused by `[[revoked]]`, if it is.
+    pub fn revocation(&self, origin: &NodeId, seq: u64) -> Option<String> {
+        let r = self
+            .revoked
+            .iter()
+            .find(|r| r.node == *origin && seq > r.after_seq)?;
+        Some(format!(
+            "node {:?} is revoked ([[revoked]] after_seq = {}): its event {seq} is refused",
+            origin.as_str(),
+            r.after_seq
+        ))
+    }
+
+    /// Whether `origin` may write to `collection` by `[authorization]`: Err names the rule.
+    pub fn write_allowed(&self, origin: &NodeId, collection: &str) -> Result<(), String> {
+        match self.authorization.get(origin) {
+            Some(allowed) if !allowed.iter().any(|c| c == collection) => Err(format!(
+                "origin {:?} may not write collection {collection:?} ([authorization] {} = {allowed:?})",
+                origin.as_str(),
+                origin
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `node` is revoked (its certificate is refused).
+    pub fn is_revoked(&self, node: &NodeId) -> bool {
+        self.revoked.iter().any(|r| r.node == *node)
     }
 
     /// Whether writes to collection `name` are accepted: Ok if it is declared, or if

@@ -22,6 +22,18 @@ pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 65_536;
 pub(crate) const DEFAULT_MAX_VALUE_DEPTH: usize = 32;
 /// Default for `limits.max_meta_entries`.
 pub(crate) const DEFAULT_MAX_META_ENTRIES: usize = 16;
+/// Default for `limits.max_meta_bytes`.
+pub(crate) const DEFAULT_MAX_META_BYTES: usize = 4096;
+/// Default for `replication.extra_origins`.
+pub(crate) const DEFAULT_EXTRA_ORIGINS: usize = 16;
+/// Default for `api.max_connections`.
+pub(crate) const DEFAULT_API_MAX_CONNECTIONS: usize = 256;
+/// Default for `api.request_timeout_ms`.
+pub(crate) const DEFAULT_API_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default for `api.max_watch_streams`.
+pub(crate) const DEFAULT_API_MAX_WATCH_STREAMS: usize = 64;
+/// Default for `api.verify_interval_ms`.
+pub(crate) const DEFAULT_API_VERIFY_INTERVAL_MS: u64 = 10_000;
 /// Default for `limits.max_batch_events`.
 pub(crate) const DEFAULT_MAX_BATCH_EVENTS: usize = 10_000;
 /// Default for `limits.max_request_bytes`.
@@ -35,7 +47,7 @@ pub(crate) const RESOLVER_LWW: &str = "lww";
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     pub(crate) node: RawNode,
-    pub(crate) api: RawListen,
+    pub(crate) api: RawApi,
     pub(crate) replication: RawReplication,
     #[serde(default)]
     pub(crate) peers: Vec<RawPeer>,
@@ -49,6 +61,20 @@ pub(crate) struct RawConfig {
     pub(crate) retention: RawRetention,
     #[serde(default)]
     pub(crate) plugins: BTreeMap<String, RawPlugin>,
+    #[serde(default)]
+    pub(crate) authorization: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub(crate) revoked: Vec<RawRevoked>,
+}
+
+/// One `[[revoked]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRevoked {
+    #[serde(deserialize_with = "node_id")]
+    pub(crate) node: NodeId,
+    #[serde(default)]
+    pub(crate) after_seq: u64,
 }
 
 /// One `[plugins.NAME]` table.
@@ -120,11 +146,40 @@ pub(crate) struct RawNode {
     pub(crate) sync_interval_ms: u64,
 }
 
+/// `[api]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawListen {
+pub(crate) struct RawApi {
     #[serde(deserialize_with = "socket_addr")]
     pub(crate) listen: SocketAddr,
+    pub(crate) token_file: Option<String>,
+    #[serde(default = "default_api_max_connections")]
+    pub(crate) max_connections: usize,
+    #[serde(default = "default_api_request_timeout_ms")]
+    pub(crate) request_timeout_ms: u64,
+    #[serde(default = "default_api_max_watch_streams")]
+    pub(crate) max_watch_streams: usize,
+    #[serde(default = "default_api_verify_interval_ms")]
+    pub(crate) verify_interval_ms: u64,
+}
+
+fn default_api_max_connections() -> usize {
+    DEFAULT_API_MAX_CONNECTIONS
+}
+fn default_api_request_timeout_ms() -> u64 {
+    DEFAULT_API_REQUEST_TIMEOUT_MS
+}
+fn default_api_max_watch_streams() -> usize {
+    DEFAULT_API_MAX_WATCH_STREAMS
+}
+fn default_api_verify_interval_ms() -> u64 {
+    DEFAULT_API_VERIFY_INTERVAL_MS
+}
+fn default_extra_origins() -> usize {
+    DEFAULT_EXTRA_ORIGINS
+}
+fn default_max_meta_bytes() -> usize {
+    DEFAULT_MAX_META_BYTES
 }
 
 /// `[replication]`.
@@ -136,6 +191,8 @@ pub(crate) struct RawReplication {
     pub(crate) ca: Option<String>,
     pub(crate) cert: Option<String>,
     pub(crate) key: Option<String>,
+    #[serde(default = "default_extra_origins")]
+    pub(crate) extra_origins: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +248,8 @@ pub(crate) struct RawLimits {
     pub(crate) max_value_depth: usize,
     #[serde(default = "default_max_meta_entries")]
     pub(crate) max_meta_entries: usize,
+    #[serde(default = "default_max_meta_bytes")]
+    pub(crate) max_meta_bytes: usize,
     #[serde(default = "default_max_batch_events")]
     pub(crate) max_batch_events: usize,
     #[serde(default = "default_max_request_bytes")]
@@ -204,6 +263,7 @@ impl Default for RawLimits {
             max_value_bytes: default_max_value_bytes(),
             max_value_depth: default_max_value_depth(),
             max_meta_entries: default_max_meta_entries(),
+            max_meta_bytes: default_max_meta_bytes(),
             max_batch_events: default_max_batch_events(),
             max_request_bytes: default_max_request_bytes(),
         }

@@ -18,6 +18,83 @@ pub(crate) fn validate(raw: &RawConfig) -> Result<(), Violation> {
     check_collections(raw)?;
     check_limits(raw)?;
     check_retention(raw)?;
+    check_api(raw)?;
+    check_authorization(raw)?;
+    Ok(())
+}
+
+/// The largest frame a peer message may take (the transport's limit).
+pub(crate) const MAX_FRAME_BYTES: usize = 8 << 20;
+
+fn check_api(raw: &RawConfig) -> Result<(), Violation> {
+    let api = &raw.api;
+    if api
+        .token_file
+        .as_deref()
+        .is_some_and(|f| f.trim().is_empty())
+    {
+        return Err((
+            vec![Seg::Key("api"), Seg::Key("token_file")],
+            "must not be empty: name a file holding the bearer token".to_owned(),
+        ));
+    }
+    if !api.listen.ip().is_loopback() && api.token_file.is_none() {
+        return Err((
+            vec![Seg::Key("api"), Seg::Key("listen")],
+            format!(
+                "{} is not a loopback address: anyone who can reach it could write and read                  every collection; set api.token_file to a file holding a bearer token (clients                  send `authorization: Bearer TOKEN`), or listen on 127.0.0.1",
+                api.listen
+            ),
+        ));
+    }
+    for (key, value) in [
+        ("max_connections", api.max_connections),
+        ("max_watch_streams", api.max_watch_streams),
+        ("request_timeout_ms", api.request_timeout_ms as usize),
+    ] {
+        if value == 0 {
+            return Err((
+                vec![Seg::Key("api"), Seg::Key(key)],
+                "must be greater than 0".to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_authorization(raw: &RawConfig) -> Result<(), Violation> {
+    for (origin, collections) in &raw.authorization {
+        let at = vec![Seg::Key("authorization"), Seg::Name(origin.clone())];
+        if let Err(e) = edgerep_wire::NodeId::parse(origin) {
+            return Err((at, format!("invalid origin (a node id): {e}")));
+        }
+        for (i, c) in collections.iter().enumerate() {
+            if let Err(e) = edgerep_wire::event::check_collection_name(c) {
+                let mut path = at.clone();
+                path.push(Seg::Index(i));
+                return Err((path, e.to_string()));
+            }
+        }
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in raw.revoked.iter().enumerate() {
+        if r.node == raw.node.id {
+            return Err((
+                vec![Seg::Key("revoked"), Seg::Index(i), Seg::Key("node")],
+                "is this node's own id: a revoked node must not run".to_owned(),
+            ));
+        }
+        if let Some(first) = seen.insert(r.node.as_str(), i) {
+            return Err((
+                vec![Seg::Key("revoked"), Seg::Index(i), Seg::Key("node")],
+                format!(
+                    "node {:?} is revoked twice (also at {})",
+                    r.node.as_str(),
+                    render_path(&[Seg::Key("revoked"), Seg::Index(first)])
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -252,6 +329,7 @@ fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
         ("max_value_bytes", limits.max_value_bytes),
         ("max_value_depth", limits.max_value_depth),
         ("max_meta_entries", limits.max_meta_entries),
+        ("max_meta_bytes", limits.max_meta_bytes),
         ("max_batch_events", limits.max_batch_events),
         ("max_request_bytes", limits.max_request_bytes),
     ] {
@@ -269,6 +347,23 @@ fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
                 "{} is larger than limits.max_request_bytes ({}); a value that big could never \
                  arrive in a request",
                 limits.max_value_bytes, limits.max_request_bytes
+            ),
+        ));
+    }
+    // One limit set: the largest event the API may accept must fit the largest frame a peer
+    // may send, or it could never replicate.
+    let event = crate::max_event_bytes(
+        limits.max_key_bytes,
+        limits.max_value_bytes,
+        limits.max_meta_bytes,
+    );
+    if event.saturating_add(4096) > MAX_FRAME_BYTES {
+        return Err((
+            vec![Seg::Key("limits"), Seg::Key("max_value_bytes")],
+            format!(
+                "events could reach {event} bytes (max_value_bytes + max_key_bytes + \
+                 max_meta_bytes + causal context), over what one peer message carries \
+                 ({MAX_FRAME_BYTES} bytes less 4096 of framing); lower the limits"
             ),
         ));
     }

@@ -65,6 +65,125 @@ pub struct AppState {
     pub started: Instant,
     /// Replication, when peers are configured.
     pub replication: Option<Arc<crate::replication::Replication>>,
+    /// Guards of an API reachable beyond loopback (token, limits).
+    pub guard: Arc<Guard>,
+}
+
+/// What protects the API: the bearer token (required when it listens beyond loopback), the
+/// number of open watch streams, and how often the store may be verified.
+#[derive(Debug)]
+pub struct Guard {
+    /// The token clients must send (`authorization: Bearer TOKEN`), if one is configured.
+    token: Option<String>,
+    watch_streams: Arc<tokio::sync::Semaphore>,
+    max_watch_streams: usize,
+    request_timeout: std::time::Duration,
+    /// Least time between two verifications (0 on a loopback API).
+    verify_interval: std::time::Duration,
+    last_verify: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Guard {
+    /// The guards `config` asks for; reads the token file.
+    pub fn from_config(config: &Config) -> Result<Guard, String> {
+        let api = &config.api;
+        let token = match &api.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("api.token_file: cannot read {}: {e}", path.display()))?;
+                let token = text.trim().to_owned();
+                if token.len() < 16 {
+                    return Err(format!(
+                        "api.token_file: {} holds a token of {} characters; use at least 16",
+                        path.display(),
+                        token.len()
+                    ));
+                }
+                Some(token)
+            }
+            None => None,
+        };
+        Ok(Guard {
+            token,
+            watch_streams: Arc::new(tokio::sync::Semaphore::new(api.max_watch_streams)),
+            max_watch_streams: api.max_watch_streams,
+            request_timeout: std::time::Duration::from_millis(api.request_timeout_ms),
+            verify_interval: if api.listen.ip().is_loopback() {
+                std::time::Duration::ZERO
+            } else {
+                std::time::Duration::from_millis(api.verify_interval_ms)
+            },
+            last_verify: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Whether the request carries the token (always true without one).
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compared in time that does not depend on where they differ.
+        given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    /// Takes the right to verify the store now, or says how long to wait.
+    fn verify_slot(&self) -> Result<(), std::time::Duration> {
+        if self.verify_interval.is_zero() {
+            return Ok(());
+        }
+        let mut last = self.last_verify.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = *last
+            && at.elapsed() < self.verify_interval
+        {
+            return Err(self.verify_interval - at.elapsed());
+        }
+        *last = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Refuses requests without the token, and answers 408 to a request whose answer takes longer
+/// than `api.request_timeout_ms` to start (a watch stream's body may then run on).
+async fn guard(
+    State(app): Shared,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !app.guard.authorized(req.headers()) {
+        let mut resp = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this API needs `authorization: Bearer TOKEN` with the token from api.token_file"
+                .into(),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    let timeout = app.guard.request_timeout;
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "no answer within {} ms (api.request_timeout_ms)",
+                timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 type Shared = State<Arc<AppState>>;
@@ -154,6 +273,14 @@ impl From<CommitError> for ApiError {
             CommitError::DeadLetterGone(_) => {
                 ApiError::new(StatusCode::CONFLICT, "dead_letter_gone", e.to_string())
             }
+            CommitError::Refused(_) => {
+                ApiError::new(StatusCode::CONFLICT, "write_refused", e.to_string())
+            }
+            CommitError::Unconfirmed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "origin_unconfirmed",
+                e.to_string(),
+            ),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -162,6 +289,7 @@ impl From<CommitError> for ApiError {
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_request_bytes;
+    let state = Arc::new(state);
     Router::new()
         .route("/v1/status", get(status))
         // An empty key matches no `{*key}`: route it to the handlers, which refuse it clearly.
@@ -184,7 +312,8 @@ pub fn router(state: AppState) -> Router {
             ApiError::not_found("no_such_route", format!("no such endpoint: {}", uri.path()))
         })
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(Arc::new(state))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
 }
 
 /// Runs blocking store work off the async threads.
@@ -636,7 +765,19 @@ async fn watch_feed(
     let store = app.store.clone();
     let after = q.after;
     blocking(move || store.feed(after, 0)).await?;
+    let Ok(permit) = app.guard.watch_streams.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_watches",
+            format!(
+                "{} watch streams are open, the most this node serves (api.max_watch_streams)",
+                app.guard.max_watch_streams
+            ),
+        ));
+    };
     struct Cursor {
+        /// Held while the stream lives.
+        _permit: tokio::sync::OwnedSemaphorePermit,
         app: Arc<AppState>,
         after: u64,
         remaining: u64,
@@ -646,6 +787,7 @@ async fn watch_feed(
         shutdown: watch::Receiver<bool>,
     }
     let cursor = Cursor {
+        _permit: permit,
         feed: app.feed.clone(),
         shutdown: app.shutdown.clone(),
         app,
@@ -725,6 +867,12 @@ async fn changelog(
         .strip_prefix("/v1/changelog/")
         .unwrap_or("")
         .to_owned();
+    edgerep_wire::NodeId::parse(&origin).map_err(|e| {
+        ApiError::bad_request(
+            "bad_origin",
+            format!("origin {origin:?} is not a node id: {e}"),
+        )
+    })?;
     let limit = q.limit.unwrap_or(1000).min(SCAN_LIMIT_MAX);
     let store = app.store.clone();
     let o2 = origin.clone();
@@ -745,6 +893,18 @@ async fn status(
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    if q.verify
+        && let Err(wait) = app.guard.verify_slot()
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "verify_rate_limited",
+            format!(
+                "the store was verified less than api.verify_interval_ms ago; try again in {} ms (or ask without verify=true)",
+                wait.as_millis()
+            ),
+        ));
+    }
     let store = app.store.clone();
     let (s, verified) = blocking(move || {
         let s = store.status()?;

@@ -8,10 +8,12 @@
 //! node restarts, so nothing is lost and the state never differs from what the configured
 //! plugins decide.
 
-use edgerep_config::FailurePolicy;
+use std::collections::{BTreeMap, BTreeSet};
+
+use edgerep_config::{Config, FailurePolicy};
 use edgerep_store::{LocalWrite, OnApply, Received};
 use edgerep_wire::value::DecodeLimits;
-use edgerep_wire::{Event, Value};
+use edgerep_wire::{Event, NodeId, Value};
 
 use crate::committer::wall_ms;
 use crate::dead_letter::{DeadLetter, STAGE_APPLY};
@@ -21,8 +23,181 @@ use crate::pipeline::Pipeline;
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) events: Vec<Received>,
-    /// Records of the transforms that failed under the `dead-letter` policy.
+    /// Records of the transforms that failed under the `dead-letter` policy, and of events
+    /// whose origin may not write their collection.
     pub(crate) dead_letters: Vec<Vec<u8>>,
+    /// Events refused outright (not stored, not relayed), with their origin's later events in
+    /// the batch: the store holds each origin gapless, so those wait behind the refused one.
+    pub(crate) refused: Vec<Refusal>,
+}
+
+/// An event this node does not admit (see [`Admission`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub(crate) origin: NodeId,
+    pub(crate) seq: u64,
+    pub(crate) reason: String,
+    /// The event may be admitted later (it waits for events it depends on): not an attack.
+    pub(crate) deferred: bool,
+}
+
+/// What this node admits from peers beyond what the wire format checks.
+///
+/// Not admitted (not stored, not relayed; the peer resends them later):
+/// - events of an origin beyond the bound on origins, and of a revoked node past its revocation
+///   (refused);
+/// - causal delivery: an event whose causal context names an event this node does not hold yet
+///   (deferred until it does). An honest context only names events its writer held, which reach
+///   every node in time; a forged one (naming events nobody wrote, such as this node's own
+///   sequence numbers far ahead) is never admitted anywhere, so it cannot spread;
+/// - while an origin has a session with this node, events of that origin relayed by other
+///   peers beyond what the origin itself says it holds (deferred): a peer cannot slip in
+///   events under the name of an origin that is connected here.
+///
+/// Kept in the changelog (relayed, decided alike on every node with the same policy) but out of
+/// the state, as a dead letter naming the rule: an event whose origin may not write its
+/// collection, or to an undeclared collection where `accept_undeclared` is false.
+pub(crate) struct Admission<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) local: &'a NodeId,
+    /// Per origin, what this node holds durably (this node's own origin: what it issued and
+    /// synced).
+    pub(crate) have: &'a BTreeMap<NodeId, u64>,
+    /// Per origin with a session here, how far it says it holds its own events.
+    pub(crate) own_claims: &'a BTreeMap<NodeId, u64>,
+    /// The peer the batch came from.
+    pub(crate) from: &'a NodeId,
+}
+
+/// Stage of a dead letter for an event refused by the write policy.
+pub(crate) const STAGE_POLICY: &str = "policy";
+
+impl Admission<'_> {
+    /// Splits `events` into those admitted and those refused (see [`Prepared::refused`]).
+    fn admit(&self, events: Vec<Event>) -> (Vec<Event>, Vec<Refusal>) {
+        let mut refused = Vec::new();
+        let mut blocked: BTreeSet<NodeId> = BTreeSet::new();
+        // What this node will hold once the events admitted so far are applied.
+        let mut held: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let held_of = |held: &BTreeMap<NodeId, u64>, o: &NodeId| {
+            held.get(o)
+                .or_else(|| self.have.get(o))
+                .copied()
+                .unwrap_or(0)
+        };
+        let max_origins = self.config.max_origins();
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            if blocked.contains(&event.origin) {
+                continue;
+            }
+            let known = self.have.contains_key(&event.origin)
+                || held.contains_key(&event.origin)
+                || event.origin == *self.local;
+            let origins =
+                self.have.len() + held.keys().filter(|o| !self.have.contains_key(*o)).count();
+            let refusal = |reason: String, deferred: bool| Refusal {
+                origin: event.origin.clone(),
+                seq: event.seq,
+                reason,
+                deferred,
+            };
+            let verdict = if !known && origins >= max_origins {
+                Some(refusal(
+                    format!(
+                        "origin {:?} would be origin number {} this node holds events of, over its bound of {max_origins} (itself, {} peers and replication.extra_origins = {})",
+                        event.origin.as_str(),
+                        origins + 1,
+                        self.config.peers.len(),
+                        self.config.replication.extra_origins
+                    ),
+                    false,
+                ))
+            } else if let Some(r) = self.config.revocation(&event.origin, event.seq) {
+                Some(refusal(r, false))
+            } else if let Some((o, seq)) = event
+                .context
+                .iter()
+                .find(|&(o, seq)| seq > held_of(&held, o))
+            {
+                let reason = if o == self.local {
+                    format!(
+                        "event {}:{} has a causal context naming this node at sequence {seq}, but this node issued only up to {}",
+                        event.origin,
+                        event.seq,
+                        held_of(&held, o)
+                    )
+                } else {
+                    format!(
+                        "event {}:{} depends on {o}:{seq}, and this node holds {o} only up to {}",
+                        event.origin,
+                        event.seq,
+                        held_of(&held, o)
+                    )
+                };
+                Some(refusal(reason, true))
+            } else if let Some(&claim) = self
+                .own_claims
+                .get(&event.origin)
+                .filter(|&&claim| event.origin != *self.from && event.seq > claim)
+            {
+                Some(refusal(
+                    format!(
+                        "event {}:{} relayed by {}, but {} itself says it holds its events only up to {claim}",
+                        event.origin, event.seq, self.from, event.origin
+                    ),
+                    true,
+                ))
+            } else {
+                None
+            };
+            match verdict {
+                Some(r) => {
+                    blocked.insert(event.origin.clone());
+                    refused.push(r);
+                }
+                None => {
+                    let h = held.entry(event.origin.clone()).or_insert(0);
+                    *h = (*h).max(event.seq);
+                    out.push(event);
+                }
+            }
+        }
+        (out, refused)
+    }
+
+    /// Why `event` must stay out of the state by the write policy, if it must.
+    fn policy_refusal(&self, event: &Event) -> Option<String> {
+        if let Err(reason) = self.config.write_allowed(&event.origin, &event.collection) {
+            return Some(reason);
+        }
+        self.config
+            .check_collection(&event.collection)
+            .err()
+            .map(|reason| format!("event {}:{} from a peer: {reason}", event.origin, event.seq))
+    }
+}
+
+/// The dead-letter record of an event kept out of the state by the write policy.
+fn policy_dead_letter(event: &Event, reason: String) -> Vec<u8> {
+    DeadLetter {
+        stage: STAGE_POLICY.into(),
+        write: LocalWrite {
+            collection: event.collection.clone(),
+            key: event.key.clone(),
+            value: event.value.clone(),
+            schema: event.schema,
+            meta: event.meta.clone(),
+        },
+        plugin: String::new(),
+        plugin_sha256: String::new(),
+        failure: "unauthorized".into(),
+        message: reason,
+        fuel_used: 0,
+        at_ms: wall_ms(),
+        event: event.encode(),
+    }
+    .encode()
 }
 
 /// A plugin with the `halt` policy failed: nothing of the batch may be applied.
@@ -36,14 +211,26 @@ pub(crate) struct Halt {
 pub(crate) fn prepare(
     pipeline: &Pipeline,
     limits: &DecodeLimits,
+    admission: &Admission<'_>,
     events: Vec<Event>,
 ) -> Result<Prepared, Halt> {
     let check_value = |v: &Value| crate::check_plugin_value(v, limits);
+    let (events, refused) = admission.admit(events);
     let mut out = Prepared {
         events: Vec::with_capacity(events.len()),
         dead_letters: Vec::new(),
+        refused,
     };
     for event in events {
+        if let Some(reason) = admission.policy_refusal(&event) {
+            tracing::warn!(origin = %event.origin, seq = event.seq, "event kept out of the state: {reason}");
+            out.dead_letters.push(policy_dead_letter(&event, reason));
+            out.events.push(Received {
+                event,
+                on_apply: OnApply::Dropped,
+            });
+            continue;
+        }
         if !pipeline.has_on_apply(&event.collection) {
             out.events.push(Received::as_received(event));
             continue;

@@ -138,13 +138,26 @@ pub enum CommitError {
     /// A replay named a dead letter that another replay already committed.
     #[error("dead letter {0} was already replayed")]
     DeadLetterGone(u64),
+    /// The store refused this write (the other writes committed with it were not affected).
+    #[error("write refused: {0}")]
+    Refused(String),
+    /// The node does not take writes yet: no peer has told it how far they hold its own
+    /// events (it could reuse sequence numbers after a restore from a backup).
+    #[error("{0}")]
+    Unconfirmed(String),
 }
 
 /// Handle to the committer thread.
 #[derive(Debug, Clone)]
 pub struct Committer {
     queue: mpsc::Sender<Request>,
+    /// Local writes wait while this is `Some(reason)`: the node has not yet learnt from a peer
+    /// how far its own origin goes (see [`crate::replication`]).
+    origin_gate: watch::Receiver<Option<String>>,
 }
+
+/// How long a local write waits for the origin check before it is refused.
+pub const ORIGIN_WAIT: Duration = Duration::from_secs(10);
 
 /// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before 1970).
 pub fn wall_ms() -> u64 {
@@ -163,6 +176,7 @@ impl Committer {
         policy: SyncPolicy,
         feed: watch::Sender<u64>,
         hook: CommitHook,
+        origin_gate: watch::Receiver<Option<String>>,
     ) -> Result<(Committer, thread::JoinHandle<()>), edgerep_store::StoreError> {
         let mut have: Have = store.status()?.origins;
         let local = store.node().to_string();
@@ -326,40 +340,76 @@ impl Committer {
                         counts.push(p.writes.len());
                         writes.append(&mut p.writes);
                     }
-                    let total = writes.len();
-                    let sync = policy.sync_for(writes.iter().map(|w| w.collection.as_str()));
-                    match store.commit_local_replacing(
-                        std::mem::take(&mut writes),
-                        &replay,
-                        sync,
-                        &mut clock,
-                        wall_ms(),
-                    ) {
-                        Ok(committed) => {
-                            if let Some(last) = committed.last() {
-                                feed.send_replace(last.position);
-                                durable.local_committed = last.seq;
-                                synced(&mut durable, &mut have, sync);
-                                hook(&have);
+                    // A write the store refuses (see `Store::commit_local_checked`) fails its own
+                    // request; the rest of the group is committed without it.
+                    loop {
+                        let total = writes.len();
+                        let sync = policy.sync_for(writes.iter().map(|w| w.collection.as_str()));
+                        match store.commit_local_checked(
+                            std::mem::take(&mut writes),
+                            &replay,
+                            sync,
+                            &mut clock,
+                            wall_ms(),
+                        ) {
+                            Ok(committed) => {
+                                if let Some(last) = committed.last() {
+                                    feed.send_replace(last.position);
+                                    durable.local_committed = last.seq;
+                                    synced(&mut durable, &mut have, sync);
+                                    hook(&have);
+                                }
+                                let mut rest = committed.as_slice();
+                                for (p, &n) in group.drain(..).zip(&counts) {
+                                    let (mine, tail) = rest.split_at(n.min(rest.len()));
+                                    rest = tail;
+                                    // A writer that gave up waiting is no reason to stop.
+                                    let _ = p.reply.send(Ok(mine.to_vec()));
+                                }
+                                break;
                             }
-                            let mut rest = committed.as_slice();
-                            for (p, &n) in group.drain(..).zip(&counts) {
-                                let (mine, tail) = rest.split_at(n);
-                                rest = tail;
-                                // A writer that gave up waiting is no reason to stop.
-                                let _ = p.reply.send(Ok(mine.to_vec()));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, events = total, "group commit failed");
-                            for p in group.drain(..) {
-                                let err = match &e {
-                                    edgerep_store::StoreError::NoSuchDeadLetter(id) => {
-                                        CommitError::DeadLetterGone(*id)
+                            Err(edgerep_store::LocalCommitError {
+                                error: edgerep_store::StoreError::WriteRefused { index, reason },
+                                writes: back,
+                            }) if back.len() == total => {
+                                tracing::warn!(events = total, "a local write was refused: {reason}");
+                                // The request holding write `index` fails; the others go again.
+                                let mut start = 0;
+                                let mut kept = Vec::with_capacity(back.len());
+                                let mut kept_counts = Vec::with_capacity(counts.len());
+                                let mut kept_group = Vec::with_capacity(group.len());
+                                let mut back = back.into_iter();
+                                for (p, &n) in group.drain(..).zip(&counts) {
+                                    let mine: Vec<LocalWrite> = back.by_ref().take(n).collect();
+                                    if (start..start + n).contains(&index) {
+                                        let _ = p.reply.send(Err(CommitError::Refused(reason.clone())));
+                                    } else {
+                                        kept.extend(mine);
+                                        kept_counts.push(n);
+                                        kept_group.push(p);
                                     }
-                                    other => CommitError::Store(other.to_string()),
-                                };
-                                let _ = p.reply.send(Err(err));
+                                    start += n;
+                                }
+                                group = kept_group;
+                                counts = kept_counts;
+                                writes = kept;
+                                if group.is_empty() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                let e = e.error;
+                                tracing::error!(error = %e, events = total, "group commit failed");
+                                for p in group.drain(..) {
+                                    let err = match &e {
+                                        edgerep_store::StoreError::NoSuchDeadLetter(id) => {
+                                            CommitError::DeadLetterGone(*id)
+                                        }
+                                        other => CommitError::Store(other.to_string()),
+                                    };
+                                    let _ = p.reply.send(Err(err));
+                                }
+                                break;
                             }
                         }
                     }
@@ -372,7 +422,13 @@ impl Committer {
                 }
             })
             .expect("spawning the committer thread");
-        Ok((Committer { queue: tx }, thread))
+        Ok((
+            Committer {
+                queue: tx,
+                origin_gate,
+            },
+            thread,
+        ))
     }
 
     /// Commits `writes` as one unit and returns where each landed, once durable.
@@ -386,6 +442,14 @@ impl Committer {
         writes: Vec<LocalWrite>,
         dead_letters: Vec<u64>,
     ) -> Result<Vec<Committed>, CommitError> {
+        if self.origin_gate.borrow().is_some() {
+            let mut gate = self.origin_gate.clone();
+            let opened = tokio::time::timeout(ORIGIN_WAIT, gate.wait_for(Option::is_none)).await;
+            if !matches!(opened, Ok(Ok(_))) {
+                let reason = self.origin_gate.borrow().clone().unwrap_or_default();
+                return Err(CommitError::Unconfirmed(reason));
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Request::Write(Pending {

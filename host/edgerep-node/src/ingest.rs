@@ -71,13 +71,7 @@ pub(crate) struct Outcome {
 fn check_change(app: &AppState, w: &LocalWrite) -> Result<(), String> {
     request::check_collection(&app.config, &w.collection).map_err(|e| e.message().to_owned())?;
     request::check_key(&app.config, &w.key).map_err(|e| e.message().to_owned())?;
-    if w.meta.len() > app.config.limits.max_meta_entries {
-        return Err(format!(
-            "{} metadata entries, over the limit of {}",
-            w.meta.len(),
-            app.config.limits.max_meta_entries
-        ));
-    }
+    request::meta_problem(&app.config, &w.meta)?;
     if let Some(v) = &w.value {
         crate::check_plugin_value(v, &crate::value_limits(&app.config))?;
     }

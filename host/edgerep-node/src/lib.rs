@@ -9,6 +9,7 @@ mod apply;
 pub mod committer;
 pub mod dead_letter;
 mod ingest;
+mod listener;
 pub mod pipeline;
 pub mod replication;
 mod request;
@@ -62,16 +63,25 @@ pub enum NodeError {
     /// The HTTP server failed.
     #[error("api server failed: {0}")]
     Serve(std::io::Error),
+    /// A file the config names cannot be used (the API token).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The limits for decoding events, derived from the config.
 pub fn event_limits(config: &Config) -> EventLimits {
+    let l = &config.limits;
     EventLimits {
-        max_event_bytes: config.limits.max_value_bytes + config.limits.max_key_bytes + 64 * 1024,
-        max_key_bytes: config.limits.max_key_bytes,
-        max_meta_entries: config.limits.max_meta_entries,
+        max_event_bytes: edgerep_config::max_event_bytes(
+            l.max_key_bytes,
+            l.max_value_bytes,
+            l.max_meta_bytes,
+        ),
+        max_key_bytes: l.max_key_bytes,
+        max_meta_entries: l.max_meta_entries,
+        max_meta_bytes: l.max_meta_bytes,
+        max_context_entries: edgerep_config::MAX_CONTEXT_ENTRIES,
         value: value_limits(config),
-        ..EventLimits::default()
     }
 }
 
@@ -137,6 +147,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         path: data_dir.display().to_string(),
         source,
     })?;
+    let guard = Arc::new(api::Guard::from_config(&config).map_err(NodeError::Config)?);
     // Plugins first: a bad plugin refuses to start before anything else is opened.
     let pipeline = Arc::new(pipeline::Pipeline::load(&config)?);
     let db_path = data_dir.join("edgerep.redb");
@@ -151,6 +162,15 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let clock = HlcClock::new(resume.hlc_last, config.node.max_clock_skew_ms);
     let (feed_tx, feed_rx) = watch::channel(resume.feed_last);
     let (inbox, hook) = replication::inbox();
+    // With peers, local writes wait until one of them said how far it holds this node's own
+    // events (replication opens the gate), unless the operator says this node is alone.
+    let (origin_gate, origin_gate_rx) =
+        watch::channel((!config.peers.is_empty() && !config.node.alone).then(|| {
+            "waiting for a peer to say how far it holds this node's own events (so that no \
+             sequence number is used twice after a restore); start with `edgerep run --alone` \
+             if no peer can be reached"
+                .to_owned()
+        }));
     let (committer, committer_thread) = Committer::spawn(
         store.clone(),
         clock,
@@ -158,6 +178,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         committer::SyncPolicy::from_config(&config),
         feed_tx,
         Box::new(move |have| hook.have(have)),
+        origin_gate_rx,
     )
     .map_err(|source| NodeError::Store {
         path: db_path.display().to_string(),
@@ -169,6 +190,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         committer.clone(),
         pipeline.clone(),
         inbox,
+        origin_gate,
         tokio::runtime::Handle::current(),
     )
     .map_err(NodeError::Replication)?
@@ -180,6 +202,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             source,
         })?;
     let api_addr = listener.local_addr().map_err(NodeError::Serve)?;
+    let listener = listener::Limited::new(listener, config.api.max_connections);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tracing::info!(node = %config.node.id, api = %api_addr, data = %db_path.display(), "node started");
     let app = api::router(api::AppState {
@@ -192,6 +215,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         api_addr,
         started: std::time::Instant::now(),
         replication: replication.clone(),
+        guard,
     });
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {

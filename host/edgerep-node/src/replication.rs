@@ -23,8 +23,9 @@
 //! a peer is merged through the committer, refused for collections with transforms on apply
 //! (their state here is not the events', so it must come from events).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -42,7 +43,7 @@ use edgerep_transport::tls::TransportConfig;
 use edgerep_transport::{CloseCode, PeerConnection, Transport};
 use edgerep_wire::{Event, NodeId};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::committer::wall_ms;
 use crate::committer::{CommitError, Committer, Have};
@@ -51,6 +52,19 @@ use edgerep_wire::value::DecodeLimits;
 
 /// A peer's reader stops reading while more events than this wait to be applied.
 pub const PAUSE_ABOVE_EVENTS: usize = 32_768;
+/// ... or while they take more bytes than this (about: key, value and metadata).
+pub const PAUSE_ABOVE_BYTES: usize = 64 << 20;
+/// A peer's reader stops reading while its messages not yet taken by the replicator take more
+/// bytes than this.
+const INBOX_MAX_BYTES: usize = 32 << 20;
+/// No more Events are made for a peer while the frames queued for it take more bytes than this
+/// (a peer that reads slowly or not at all costs at most this, plus one batch).
+pub const SEND_QUEUE_MAX_BYTES: usize = 16 << 20;
+/// Two instances of one node id that displace each other within this time are two machines
+/// using the same identity.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(60);
+/// Most fork and refusal reports kept for `status` (the counters count them all).
+const MAX_REPORTS: usize = 64;
 /// How often acknowledged cursors are saved to the store, at most.
 const SAVE_CURSORS_EVERY: Duration = Duration::from_secs(1);
 /// Dial retry back-off bounds.
@@ -63,7 +77,11 @@ enum Input {
         conn: PeerConnection,
         id: u64,
         frames: mpsc::UnboundedSender<Vec<u8>>,
+        /// Bytes in `frames` not yet written.
+        queued: Arc<AtomicUsize>,
         paused: Arc<AtomicBool>,
+        /// Bytes of this connection's messages sent to the replicator and not yet taken.
+        inbox_bytes: Arc<AtomicUsize>,
     },
     Disconnected {
         peer: NodeId,
@@ -74,6 +92,8 @@ enum Input {
         peer: NodeId,
         id: u64,
         message: Message,
+        /// The frame's size.
+        bytes: usize,
     },
     Applied {
         peer: NodeId,
@@ -118,6 +138,44 @@ pub struct PeerStatus {
     /// A snapshot under way with this peer ("sending page N" or "receiving page N"): it
     /// needed events compacted here, or we needed events compacted there.
     pub snapshot: Option<String>,
+    /// The instance number of the peer's running process (from its Hello).
+    pub instance: Option<String>,
+    /// Set when two machines were seen using this peer's node id (sessions refused for a while).
+    pub duplicate_id: Option<String>,
+    /// The peer is revoked in `[[revoked]]`: its connections are refused.
+    pub revoked: bool,
+}
+
+/// Two different events with the same origin and sequence number met here.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ForkReport {
+    /// The origin.
+    pub origin: String,
+    /// The sequence number.
+    pub seq: u64,
+    /// BLAKE3 of the event this node holds.
+    pub held_hash: String,
+    /// BLAKE3 of the different one a peer sent.
+    pub received_hash: String,
+    /// The peer that sent it.
+    pub from_peer: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Events a peer sent that this node refused (not stored, not relayed).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RefusalReport {
+    /// The peer that sent them.
+    pub from_peer: String,
+    /// The first refused event's origin and sequence number.
+    pub origin: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Why.
+    pub reason: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// Replication as a whole, for `status`.
@@ -130,6 +188,29 @@ pub struct ReplicationStatus {
     /// Why replication stopped (a transform on apply failed under the `halt` policy); it
     /// resumes when the node restarts.
     pub halted: Option<String>,
+    /// Why local writes wait, until a peer said how far it holds this node's own events.
+    pub origin_check: Option<String>,
+    /// Forks met (two different events with one origin and sequence number), newest last.
+    pub forks: Vec<ForkReport>,
+    /// Forks met since the node started.
+    pub forks_total: u64,
+    /// Refused events, newest last.
+    pub refused: Vec<RefusalReport>,
+    /// Events refused since the node started.
+    pub refused_total: u64,
+    /// Sessions closed because the peer broke the protocol, since the node started.
+    pub protocol_errors_total: u64,
+    /// Events held back until what they depend on arrives (causal delivery), since the node
+    /// started; they are sent again and applied then. A count that keeps growing for one
+    /// event is a context naming events that do not exist: see `deferred_last`.
+    pub deferred_total: u64,
+    /// Why the last event was held back.
+    pub deferred_last: Option<String>,
+    /// Snapshots a peer began that this node declined (it was not behind the peer's compacted
+    /// floors: a stale view, or a peer trying to replace what this node holds).
+    pub snapshots_declined_total: u64,
+    /// Origins whose changelog could not be read (they are not replicated; the others are).
+    pub unreadable: BTreeMap<String, String>,
 }
 
 /// The running replication: its status, and how to stop it.
@@ -193,6 +274,42 @@ pub fn fingerprint(config: &Config) -> Vec<CollectionFingerprint> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The policy peers must agree on, as (name, value) pairs sorted by name: the limits an event
+/// is checked against, write authorization and revocations (see `edgerep_replica::Hello`).
+pub fn policy(config: &Config) -> Vec<(String, String)> {
+    let l = &config.limits;
+    let mut out: Vec<(String, String)> = [
+        ("limits.max_key_bytes", l.max_key_bytes),
+        ("limits.max_meta_bytes", l.max_meta_bytes),
+        ("limits.max_meta_entries", l.max_meta_entries),
+        ("limits.max_value_bytes", l.max_value_bytes),
+        ("limits.max_value_depth", l.max_value_depth),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_string()))
+    .collect();
+    for (origin, collections) in &config.authorization {
+        let mut c = collections.clone();
+        c.sort();
+        c.dedup();
+        out.push((format!("authorization.{origin}"), c.join(",")));
+    }
+    for r in &config.revoked {
+        out.push((format!("revoked.{}", r.node), r.after_seq.to_string()));
+    }
+    out.sort();
+    out
+}
+
+/// A number that differs between two starts of a node, for the Hello's `instance`.
+fn instance_number() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one((
+        std::process::id(),
+        wall_ms(),
+        Instant::now(),
+    ))
 }
 
 /// The changelog and state as the replica reads them.
@@ -287,6 +404,7 @@ pub fn start(
     committer: Committer,
     pipeline: Arc<Pipeline>,
     inbox: Inbox,
+    origin_gate: watch::Sender<Option<String>>,
     runtime: tokio::runtime::Handle,
 ) -> Result<Option<Replication>, String> {
     if config.peers.is_empty() {
@@ -319,12 +437,18 @@ pub fn start(
         .iter()
         .map(|p| (p.id.clone(), p.address.clone()))
         .collect();
+    // A revoked node is no peer: its certificate is refused.
+    let trusted: Vec<(NodeId, String)> = peers
+        .iter()
+        .filter(|(p, _)| !config.is_revoked(p))
+        .cloned()
+        .collect();
     let transport = {
         let _guard = runtime.enter();
         Transport::bind(
             config.replication.listen,
             identity,
-            peers.clone(),
+            trusted.clone(),
             TransportConfig::default(),
         )
         .map_err(|e| format!("replication.listen: {e}"))?
@@ -337,8 +461,7 @@ pub fn start(
     let have = store_status.origins;
     let status = Arc::new(Mutex::new(ReplicationStatus {
         listen: listen.clone(),
-        peers: Vec::new(),
-        halted: None,
+        ..ReplicationStatus::default()
     }));
     let limits = MessageLimits {
         event: crate::event_limits(config),
@@ -347,6 +470,8 @@ pub fn start(
     let core_config = ReplicaConfig {
         fingerprint: fingerprint(config),
         limits,
+        instance: instance_number(),
+        policy: policy(config),
         ..ReplicaConfig::default()
     };
     let local = config.node.id.clone();
@@ -387,6 +512,15 @@ pub fn start(
         mismatches: BTreeMap::new(),
         peer_have: BTreeMap::new(),
         saved_at: Instant::now(),
+        config: config.clone(),
+        origin_gate: {
+            let closed = origin_gate.borrow().is_some();
+            closed.then_some(origin_gate)
+        },
+        reports: Reports::default(),
+        instances: BTreeMap::new(),
+        duplicates: BTreeMap::new(),
+        origin_claims: BTreeMap::new(),
     };
     replicator.load_cursors();
     replicator.set_have(&have);
@@ -407,19 +541,27 @@ pub fn start(
             let inbox = accept_inbox.clone();
             tokio::spawn(async move {
                 match incoming.handshake().await {
-                    Ok(conn) => serve_connection(conn, id, false, inbox).await,
+                    Ok(conn) => serve_connection(conn, id, false, inbox, limits).await,
                     Err(e) => tracing::debug!("refused a connection: {e}"),
                 }
             });
         }
     });
-    // Dial the peers with a greater id.
-    for (peer, address) in peers {
-        if peer.as_str() <= local.as_str() {
-            continue;
-        }
+    for (peer, address) in trusted {
         let transport = transport.clone();
         let inbox = inbox.clone();
+        if peer.as_str() < local.as_str() {
+            // The peer dials us; but after this node restarts, the peer may hold the dead
+            // connection of our previous run until QUIC's idle timeout. One dial at start
+            // replaces it at once (the peer takes a new connection over an old one).
+            runtime.spawn(async move {
+                if let Ok(conn) = transport.connect(&peer, &address).await {
+                    serve_connection(conn, 1u64 << 31, true, inbox, limits).await;
+                }
+            });
+            continue;
+        }
+        // Dial the peers with a greater id, again whenever the connection ends.
         runtime.spawn(async move {
             let mut backoff = DIAL_MIN;
             let mut id = 0u64;
@@ -428,7 +570,7 @@ pub fn start(
                     Ok(conn) => {
                         id += 1;
                         backoff = DIAL_MIN;
-                        serve_connection(conn, id, true, inbox.clone()).await;
+                        serve_connection(conn, id, true, inbox.clone(), limits).await;
                     }
                     Err(e) => {
                         let reason = e.to_string();
@@ -491,6 +633,7 @@ async fn serve_connection(
     id: u64,
     dialer: bool,
     inbox: std_mpsc::Sender<Input>,
+    limits: MessageLimits,
 ) {
     let peer = conn.peer.clone();
     let stream = if dialer {
@@ -510,13 +653,17 @@ async fn serve_connection(
         }
     };
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
     let paused = Arc::new(AtomicBool::new(false));
+    let inbox_bytes = Arc::new(AtomicUsize::new(0));
     if inbox
         .send(Input::Connected {
             conn: conn.clone(),
             id,
             frames: frames_tx,
+            queued: queued.clone(),
             paused: paused.clone(),
+            inbox_bytes: inbox_bytes.clone(),
         })
         .is_err()
     {
@@ -525,6 +672,7 @@ async fn serve_connection(
     let writer = tokio::spawn(async move {
         let mut w = FrameWriter::new(edgerep_transport::frame::DEFAULT_MAX_FRAME_BYTES);
         while let Some(frame) = frames_rx.recv().await {
+            let mut taken = frame.len();
             if w.push(&frame).is_err() {
                 break;
             }
@@ -532,6 +680,7 @@ async fn serve_connection(
             while w.buffered_bytes() < (1 << 20) {
                 match frames_rx.try_recv() {
                     Ok(f) => {
+                        taken += f.len();
                         if w.push(&f).is_err() {
                             return;
                         }
@@ -542,23 +691,27 @@ async fn serve_connection(
             if w.flush(&mut send).await.is_err() {
                 break;
             }
+            queued.fetch_sub(taken, Ordering::AcqRel);
         }
         let _ = send.finish();
     });
-    let limits = MessageLimits::default();
     let mut reader = FrameReader::new(limits.max_frame_bytes as u32);
     let reason = loop {
-        while paused.load(Ordering::Acquire) {
+        while paused.load(Ordering::Acquire)
+            || inbox_bytes.load(Ordering::Acquire) > INBOX_MAX_BYTES
+        {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         match reader.read_frame(&mut recv).await {
             Ok(Some(bytes)) => match Message::decode(&bytes, &limits) {
                 Ok(message) => {
+                    inbox_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                     if inbox
                         .send(Input::Message {
                             peer: peer.clone(),
                             id,
                             message,
+                            bytes: bytes.len(),
                         })
                         .is_err()
                     {
@@ -597,7 +750,45 @@ struct Live {
     id: u64,
     conn: PeerConnection,
     frames: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
     paused: Arc<AtomicBool>,
+    inbox_bytes: Arc<AtomicUsize>,
+}
+
+/// What `status` reports of forks and refusals.
+#[derive(Default)]
+struct Reports {
+    forks: VecDeque<ForkReport>,
+    forks_total: u64,
+    refused: VecDeque<RefusalReport>,
+    refused_total: u64,
+    protocol_errors_total: u64,
+    deferred_total: u64,
+    deferred_last: Option<String>,
+    snapshots_declined_total: u64,
+}
+
+impl Reports {
+    fn deferred(&mut self, reason: &str) {
+        self.deferred_total += 1;
+        self.deferred_last = Some(reason.to_owned());
+    }
+
+    fn fork(&mut self, report: ForkReport) {
+        self.forks_total += 1;
+        if self.forks.len() == MAX_REPORTS {
+            self.forks.pop_front();
+        }
+        self.forks.push_back(report);
+    }
+
+    fn refused(&mut self, report: RefusalReport, events: u64) {
+        self.refused_total += events;
+        if self.refused.len() == MAX_REPORTS {
+            self.refused.pop_front();
+        }
+        self.refused.push_back(report);
+    }
 }
 
 struct Replicator {
@@ -632,6 +823,22 @@ struct Replicator {
     mismatches: BTreeMap<NodeId, Vec<String>>,
     peer_have: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     saved_at: Instant,
+    config: Config,
+    /// Open (`None`) once a peer said how far it holds this node's own events and this node
+    /// holds at least that much; until then local writes wait (see `crate::committer`).
+    origin_gate: Option<watch::Sender<Option<String>>>,
+    reports: Reports,
+    /// Per peer, the instances of its last sessions, newest last (at most 3).
+    instances: BTreeMap<NodeId, VecDeque<(u64, Instant)>>,
+    /// Peers whose id two machines were seen using: when, and the report.
+    duplicates: BTreeMap<NodeId, (Instant, String)>,
+    /// Per peer, how far its Hello said it holds this node's own events (for the origin gate).
+    origin_claims: BTreeMap<NodeId, u64>,
+}
+
+/// Lowercase hex of a hash.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Replicator {
@@ -666,6 +873,129 @@ impl Replicator {
             }
         }
         self.core.set_local_have(&self.have);
+        self.check_origin();
+    }
+
+    /// Opens the origin gate once some peer said it holds this node's own events up to a
+    /// sequence number this node holds too (after a restore from a backup, its later events
+    /// come back from that peer first): then no sequence number can be used twice.
+    fn check_origin(&mut self) {
+        let Some(gate) = &self.origin_gate else {
+            return;
+        };
+        let local = self.core.local();
+        let held = self.have.get(local).copied().unwrap_or(0);
+        let confirmed = self.origin_claims.iter().find(|&(_, &claim)| claim <= held);
+        match confirmed {
+            Some((peer, claim)) => {
+                tracing::info!(peer = %peer, "peer holds this node's own events up to {claim}, this node up to {held}: taking writes");
+                gate.send_replace(None);
+                self.origin_gate = None;
+            }
+            None if !self.origin_claims.is_empty() => {
+                let waiting = format!(
+                    "this node holds its own events up to {held}, peers hold them up to {:?}: waiting for the missing ones to come back before taking writes",
+                    self.origin_claims
+                        .iter()
+                        .map(|(p, c)| (p.to_string(), *c))
+                        .collect::<BTreeMap<_, _>>()
+                );
+                gate.send_if_modified(|g| {
+                    let changed = g.as_deref() != Some(waiting.as_str());
+                    *g = Some(waiting.clone());
+                    changed
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// Tracks `peer`'s instances; when two alternate within [`DUPLICATE_WINDOW`], two machines
+    /// use its node id: the session is closed and the peer refused for a while. Returns whether
+    /// that happened.
+    fn duplicate_id(&mut self, peer: &NodeId, instance: u64) -> bool {
+        let seen = self.instances.entry(peer.clone()).or_default();
+        if seen.back().is_some_and(|&(i, _)| i == instance) {
+            return false;
+        }
+        seen.push_back((instance, Instant::now()));
+        while seen.len() > 3 {
+            seen.pop_front();
+        }
+        let alternating = seen.len() == 3
+            && seen[0].0 == seen[2].0
+            && seen[0].0 != seen[1].0
+            && seen[0].1.elapsed() < DUPLICATE_WINDOW;
+        if !alternating {
+            return false;
+        }
+        let remote = self
+            .conns
+            .get(peer)
+            .map(|l| l.conn.remote.to_string())
+            .unwrap_or_default();
+        let why = format!(
+            "two machines use node id {peer:?} (instances {:016x} and {:016x} displaced each other within {} s; the last from {remote}): sessions refused for {} s; give one of them a new identity",
+            seen[0].0,
+            seen[1].0,
+            DUPLICATE_WINDOW.as_secs(),
+            DUPLICATE_WINDOW.as_secs()
+        );
+        tracing::error!(peer = %peer, "{why}");
+        seen.clear();
+        self.duplicates
+            .insert(peer.clone(), (Instant::now(), why.clone()));
+        if let Some(live) = self.conns.remove(peer) {
+            live.conn.close(CloseCode::Protocol, &why);
+        }
+        self.core.disconnected(peer, self.now());
+        self.last_error.insert(peer.clone(), why);
+        true
+    }
+
+    /// Compares events a peer sent that this node already holds with what it holds: two
+    /// different events with one origin and sequence number are a fork, reported (the one held
+    /// stays; the other is dropped as the duplicate it claims to be).
+    fn check_forks(&mut self, peer: &NodeId, events: &[Event]) {
+        let compacted = self.core.compacted();
+        let held: Vec<&Event> = events
+            .iter()
+            .filter(|e| {
+                e.seq <= self.have.get(&e.origin).copied().unwrap_or(0)
+                    && e.seq > compacted.get(&e.origin).copied().unwrap_or(0)
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let wanted: Vec<(&str, u64)> = held.iter().map(|e| (e.origin.as_str(), e.seq)).collect();
+        let hashes = match self.store.event_hashes(&wanted) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("cannot compare received events with the changelog: {e}");
+                return;
+            }
+        };
+        for (event, stored) in held.iter().zip(hashes) {
+            let Some(stored) = stored else { continue };
+            let received = edgerep_store::event_hash(&event.encode());
+            if received != stored {
+                let report = ForkReport {
+                    origin: event.origin.to_string(),
+                    seq: event.seq,
+                    held_hash: hex(&stored),
+                    received_hash: hex(&received),
+                    from_peer: peer.to_string(),
+                    at_ms: wall_ms(),
+                };
+                tracing::error!(
+                    peer = %peer, origin = %event.origin, seq = event.seq,
+                    held = %report.held_hash, received = %report.received_hash,
+                    "fork: a peer sent a different event under an origin and sequence number this node holds"
+                );
+                self.reports.fork(report);
+            }
+        }
     }
 
     fn set_compacted(&mut self, compacted: &BTreeMap<String, u64>) {
@@ -796,11 +1126,19 @@ impl Replicator {
                 conn,
                 id,
                 frames,
+                queued,
                 paused,
+                inbox_bytes,
             } => {
                 let peer = conn.peer.clone();
                 if let Some(reason) = &self.halted {
                     conn.close(CloseCode::Normal, &format!("replication halted: {reason}"));
+                    return;
+                }
+                if let Some((at, why)) = self.duplicates.get(&peer)
+                    && at.elapsed() < DUPLICATE_WINDOW
+                {
+                    conn.close(CloseCode::Protocol, why);
                     return;
                 }
                 if let Some(old) = self.conns.remove(&peer) {
@@ -816,7 +1154,9 @@ impl Replicator {
                         id,
                         conn,
                         frames,
+                        queued,
                         paused,
+                        inbox_bytes,
                     },
                 );
                 self.core.connected(&peer, now);
@@ -828,17 +1168,28 @@ impl Replicator {
                 }
                 self.last_error.insert(peer, reason);
             }
-            Input::Message { peer, id, message } => {
-                if self.conns.get(&peer).is_none_or(|l| l.id != id) {
+            Input::Message {
+                peer,
+                id,
+                message,
+                bytes,
+            } => {
+                let Some(live) = self.conns.get(&peer).filter(|l| l.id == id) else {
                     return;
-                }
+                };
+                live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 self.last_contact.insert(peer.clone(), wall_ms());
-                if let Message::Hello(hello) = &message {
-                    self.peer_have
-                        .insert(peer.clone(), hello.have.iter().cloned().collect());
+                match &message {
+                    Message::Hello(hello) => {
+                        self.peer_have
+                            .insert(peer.clone(), hello.have.iter().cloned().collect());
+                    }
+                    Message::Events { events } => self.check_forks(&peer, events),
+                    _ => {}
                 }
                 if let Err(e) = self.core.handle(&peer, message, now) {
                     let reason = e.to_string();
+                    self.reports.protocol_errors_total += 1;
                     tracing::warn!(peer = %peer, "protocol error, disconnecting: {reason}");
                     if let Some(live) = self.conns.remove(&peer) {
                         live.conn.close(CloseCode::Protocol, &reason);
@@ -898,15 +1249,62 @@ impl Replicator {
                         self.core.apply_failed(&peer, &reason, self.now());
                         continue;
                     }
-                    let prepared =
-                        match crate::apply::prepare(&self.pipeline, &self.value_limits, events) {
-                            Ok(p) => p,
-                            Err(halt) => {
-                                self.core.apply_failed(&peer, &halt.reason, self.now());
-                                self.halt(halt);
-                                continue;
-                            }
-                        };
+                    // Per origin with a session here: how far it says it holds its own events.
+                    let own_claims: BTreeMap<NodeId, u64> = self
+                        .conns
+                        .keys()
+                        .filter_map(|o| {
+                            let claim = self.acked.get(o)?.get(o).copied().unwrap_or(0);
+                            self.core
+                                .peer_view(o)
+                                .filter(|v| v.ready)
+                                .map(|_| (o.clone(), claim))
+                        })
+                        .collect();
+                    let admission = crate::apply::Admission {
+                        config: &self.config,
+                        local: self.core.local(),
+                        have: &self.have,
+                        own_claims: &own_claims,
+                        from: &peer,
+                    };
+                    let prepared = match crate::apply::prepare(
+                        &self.pipeline,
+                        &self.value_limits,
+                        &admission,
+                        events,
+                    ) {
+                        Ok(p) => p,
+                        Err(halt) => {
+                            self.core.apply_failed(&peer, &halt.reason, self.now());
+                            self.halt(halt);
+                            continue;
+                        }
+                    };
+                    for r in &prepared.refused {
+                        if r.deferred {
+                            // Normal when events overtake what they depend on: sent again later.
+                            tracing::debug!(peer = %peer, origin = %r.origin, seq = r.seq, "event deferred: {}", r.reason);
+                            self.reports.deferred(&r.reason);
+                            continue;
+                        }
+                        tracing::warn!(peer = %peer, origin = %r.origin, seq = r.seq, "refused an event (and its origin's later ones in the batch): {}", r.reason);
+                        self.reports.refused(
+                            RefusalReport {
+                                from_peer: peer.to_string(),
+                                origin: r.origin.to_string(),
+                                seq: r.seq,
+                                reason: r.reason.clone(),
+                                at_ms: wall_ms(),
+                            },
+                            1,
+                        );
+                    }
+                    if prepared.events.is_empty() && prepared.dead_letters.is_empty() {
+                        // Everything was refused: nothing to commit.
+                        self.core.applied(&peer, self.now());
+                        continue;
+                    }
                     let hook = CommitHookSender(self.inbox.clone());
                     let to = peer.clone();
                     let sent = self.committer.apply(
@@ -919,7 +1317,17 @@ impl Replicator {
                     }
                 }
                 Output::PeerReady { peer, hello } => {
-                    tracing::info!(peer = %peer, "replication session ready");
+                    tracing::info!(peer = %peer, instance = hello.instance, "replication session ready");
+                    if self.duplicate_id(&peer, hello.instance) {
+                        continue;
+                    }
+                    let claim = hello
+                        .have
+                        .iter()
+                        .find(|(o, _)| o == self.core.local())
+                        .map_or(0, |&(_, seq)| seq);
+                    self.origin_claims.insert(peer.clone(), claim);
+                    self.check_origin();
                     // What the peer says it holds durably is what it acknowledges (lower than
                     // the saved cursor if it lost data): compaction must go by it.
                     let have: BTreeMap<NodeId, u64> = hello.have.into_iter().collect();
@@ -960,6 +1368,24 @@ impl Replicator {
                         self.core.install_failed(&peer, &e.to_string(), now);
                     }
                 }
+                Output::SnapshotDeclined {
+                    peer,
+                    id: _,
+                    reason,
+                } => {
+                    tracing::warn!(peer = %peer, "{reason}");
+                    self.reports.refused(
+                        RefusalReport {
+                            from_peer: peer.to_string(),
+                            origin: String::new(),
+                            seq: 0,
+                            reason,
+                            at_ms: wall_ms(),
+                        },
+                        0,
+                    );
+                    self.reports.snapshots_declined_total += 1;
+                }
                 Output::Mismatch { peer, differences } => {
                     for d in &differences {
                         tracing::warn!(peer = %peer, "configuration differs: {d}");
@@ -975,9 +1401,9 @@ impl Replicator {
         }
         // Backpressure on receiving: pause readers whose applies pile up.
         for (peer, live) in &self.conns {
-            let pending = self.core.pending_apply_events(peer);
-            live.paused
-                .store(pending > PAUSE_ABOVE_EVENTS, Ordering::Release);
+            let pending = self.core.pending_apply_events(peer) > PAUSE_ABOVE_EVENTS
+                || self.core.pending_apply_bytes(peer) > PAUSE_ABOVE_BYTES;
+            live.paused.store(pending, Ordering::Release);
         }
     }
 
@@ -999,11 +1425,23 @@ impl Replicator {
 
     fn transmit(&mut self) {
         let now = self.now();
+        // Backpressure on sending: no Events for a peer whose frames pile up unsent.
+        for (peer, live) in &self.conns {
+            let full = live.queued.load(Ordering::Acquire) > SEND_QUEUE_MAX_BYTES;
+            self.core.set_send_blocked(peer, full);
+        }
         loop {
             match self.core.poll_transmit(now, &self.log) {
                 Ok(Some((peer, message))) => {
                     if let Some(live) = self.conns.get(&peer) {
-                        let _ = live.frames.send(message.encode());
+                        let frame = message.encode();
+                        let queued = live.queued.fetch_add(frame.len(), Ordering::AcqRel);
+                        if live.frames.send(frame).is_err() {
+                            continue;
+                        }
+                        if queued > SEND_QUEUE_MAX_BYTES {
+                            self.core.set_send_blocked(&peer, true);
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -1080,6 +1518,17 @@ impl Replicator {
                         .get(id)
                         .cloned()
                         .or_else(|| view.as_ref().and_then(|v| v.last_apply_error.clone())),
+                    instance: self
+                        .instances
+                        .get(id)
+                        .and_then(|i| i.back())
+                        .map(|(i, _)| format!("{i:016x}")),
+                    duplicate_id: self
+                        .duplicates
+                        .get(id)
+                        .filter(|(at, _)| at.elapsed() < DUPLICATE_WINDOW)
+                        .map(|(_, why)| why.clone()),
+                    revoked: self.config.is_revoked(id),
                     snapshot: view.as_ref().and_then(|v| {
                         v.snapshot_sending_page
                             .map(|p| format!("sending page {p}"))
@@ -1094,6 +1543,21 @@ impl Replicator {
         if let Ok(mut s) = self.status.lock() {
             s.peers = peers;
             s.halted = self.halted.clone();
+            s.origin_check = self.origin_gate.as_ref().and_then(|g| g.borrow().clone());
+            s.forks = self.reports.forks.iter().cloned().collect();
+            s.forks_total = self.reports.forks_total;
+            s.refused = self.reports.refused.iter().cloned().collect();
+            s.refused_total = self.reports.refused_total;
+            s.protocol_errors_total = self.reports.protocol_errors_total;
+            s.deferred_total = self.reports.deferred_total;
+            s.deferred_last = self.reports.deferred_last.clone();
+            s.snapshots_declined_total = self.reports.snapshots_declined_total;
+            s.unreadable = self
+                .core
+                .unreadable()
+                .iter()
+                .map(|(o, why)| (o.to_string(), why.clone()))
+                .collect();
         }
     }
 }

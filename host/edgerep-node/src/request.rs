@@ -96,14 +96,26 @@ pub(crate) fn parse_value(
 }
 
 fn check_meta(config: &Config, meta: &BTreeMap<String, String>, at: &str) -> Result<(), ApiError> {
-    if meta.len() > config.limits.max_meta_entries {
-        return Err(ApiError::bad_request(
-            "bad_meta",
-            format!(
-                "{at}: {} metadata entries, over the limit of {} (limits.max_meta_entries)",
-                meta.len(),
-                config.limits.max_meta_entries
-            ),
+    meta_problem(config, meta)
+        .map_err(|problem| ApiError::bad_request("bad_meta", format!("{at}: {problem}")))
+}
+
+/// Whether metadata is within `limits.max_meta_entries` and `limits.max_meta_bytes`: Err says
+/// which limit it exceeds.
+pub(crate) fn meta_problem(config: &Config, meta: &BTreeMap<String, String>) -> Result<(), String> {
+    let limits = &config.limits;
+    if meta.len() > limits.max_meta_entries {
+        return Err(format!(
+            "{} metadata entries, over the limit of {} (limits.max_meta_entries)",
+            meta.len(),
+            limits.max_meta_entries
+        ));
+    }
+    let bytes: usize = meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > limits.max_meta_bytes {
+        return Err(format!(
+            "{bytes} bytes of metadata, over the limit of {} (limits.max_meta_bytes)",
+            limits.max_meta_bytes
         ));
     }
     Ok(())
@@ -199,7 +211,7 @@ fn parse_batch_json(
     config: &Config,
     limits: &DecodeLimits,
 ) -> Result<Vec<LocalWrite>, ApiError> {
-    let doc: serde_json::Value = serde_json::from_slice(body)
+    let doc = edgerep_wire::json::parse(body)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
     let obj = doc
         .as_object()

@@ -6,14 +6,17 @@
 //!
 //! | type | message | array |
 //! |---|---|---|
-//! | 0 | [`Hello`] | `[0, protocol, node, [fingerprint…], have]` |
+//! | 0 | [`Hello`] | `[0, protocol, node, instance, [fingerprint…], have, compacted, [[name, value]…]]` |
 //! | 1 | [`Message::Events`] | `[1, [event bytes…]]`, each an [`Event::encode`] in a byte string |
 //! | 2 | [`Message::Ack`] | `[2, have, rewind]` |
 //! | 3 | [`Message::Bye`] | `[3, reason]` |
-//! | 4 | [`Message::Snapshot`] | `[4, id, page, [event bytes…], done, have]` (`have` empty unless `done`) |
+//! | 4 | [`Message::Snapshot`] | `[4, id, page, floors, [event bytes…], done, have]` (`have` empty unless `done`) |
 //! | 5 | [`Message::SnapshotAck`] | `[5, id, page]` |
 //!
-//! `have` is `[[node, seq]…]`, strictly ascending by node id. A fingerprint is
+//! `have` (and `compacted`) is `[[node, seq]…]`, strictly ascending by node id, at most
+//! [`MAX_ORIGINS`] entries. The Hello's last item is the sender's policy (limits, write
+//! authorization, revocations) as `[name, value]` text pairs strictly ascending by name: peers
+//! must agree on it. A fingerprint is
 //! `[collection, resolver, [transform…], [[plugin, sha256 hex]…]]`; fingerprints are strictly
 //! ascending by collection, plugins strictly ascending by name (transforms keep their order: it
 //! is the order they run in).
@@ -28,7 +31,14 @@ use minicbor::Encoder;
 use crate::cbor::Reader;
 
 /// The protocol version this code speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Most origins a `have` list may name (the same on every node, so a list one node sends is
+/// never too long for another; each node bounds the origins it accepts events from lower).
+pub const MAX_ORIGINS: usize = 1024;
+
+/// Most entries in a Hello's policy.
+pub const MAX_POLICY_ENTRIES: usize = 4096;
 
 /// Longest text accepted for a resolver, transform or plugin name, or a `Bye` reason, in bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
@@ -64,11 +74,20 @@ pub struct Hello {
     pub protocol: u32,
     /// The sender's node id; must be the id the transport authenticated.
     pub node: NodeId,
+    /// Chosen at random each time the sender's process starts: two sessions under one node id
+    /// with different instances that alternate are two machines using the same identity.
+    pub instance: u64,
     /// What the sender runs, per collection, strictly ascending by collection name.
     pub fingerprint: Vec<CollectionFingerprint>,
     /// Per origin, the highest sequence number up to which the sender durably holds every event,
     /// strictly ascending by origin.
     pub have: Vec<(NodeId, u64)>,
+    /// Per origin, the highest sequence number the sender compacted out of its changelog: a
+    /// receiver below it may be sent a snapshot, and only then.
+    pub compacted: Vec<(NodeId, u64)>,
+    /// The sender's policy as (name, value) pairs, strictly ascending by name: limits, write
+    /// authorization and revocations. Peers with different policies do not replicate.
+    pub policy: Vec<(String, String)>,
 }
 
 /// One protocol message.
@@ -102,6 +121,9 @@ pub enum Message {
         id: u64,
         /// The page's number within the snapshot, from 0.
         page: u64,
+        /// The sender's compacted floors when the snapshot began (per origin, strictly
+        /// ascending): the receiver takes a new snapshot only if it is below one of them.
+        floors: Vec<(NodeId, u64)>,
         /// The versions of consecutive keys, in key order.
         versions: Vec<Event>,
         /// The last page: the state sent reflects at least every event up to `have`.
@@ -217,8 +239,9 @@ impl Message {
         match self {
             Message::Hello(h) => {
                 let mut e = Encoder::new(&mut *buf);
-                let _ = e.array(5).and_then(|e| e.u64(kind::HELLO));
+                let _ = e.array(8).and_then(|e| e.u64(kind::HELLO));
                 let _ = e.u32(h.protocol).and_then(|e| e.str(h.node.as_str()));
+                let _ = e.u64(h.instance);
                 let _ = e.array(h.fingerprint.len() as u64);
                 for f in &h.fingerprint {
                     let _ = e.array(4).and_then(|e| e.str(&f.name));
@@ -236,6 +259,14 @@ impl Message {
                     }
                 }
                 encode_have(&mut e, &h.have);
+                encode_have(&mut e, &h.compacted);
+                let _ = e.array(h.policy.len() as u64);
+                for (name, value) in &h.policy {
+                    let _ = e
+                        .array(2)
+                        .and_then(|e| e.str(name))
+                        .and_then(|e| e.str(value));
+                }
             }
             Message::Events { events } => {
                 let _ = Encoder::new(&mut *buf)
@@ -258,15 +289,18 @@ impl Message {
             Message::Snapshot {
                 id,
                 page,
+                floors,
                 versions,
                 done,
                 have,
             } => {
-                let _ = Encoder::new(&mut *buf)
-                    .array(6)
+                let mut e = Encoder::new(&mut *buf);
+                let _ = e
+                    .array(7)
                     .and_then(|e| e.u64(kind::SNAPSHOT))
                     .and_then(|e| e.u64(*id))
                     .and_then(|e| e.u64(*page));
+                encode_have(&mut e, floors);
                 encode_events(buf, versions);
                 let mut e = Encoder::new(&mut *buf);
                 let _ = e.bool(*done);
@@ -301,11 +335,11 @@ impl Message {
         }
         let ty = r.u64("message type")?;
         let (want, message) = match ty {
-            kind::HELLO => (5, "hello"),
+            kind::HELLO => (8, "hello"),
             kind::EVENTS => (2, "events message"),
             kind::ACK => (3, "ack"),
             kind::BYE => (2, "bye"),
-            kind::SNAPSHOT => (6, "snapshot"),
+            kind::SNAPSHOT => (7, "snapshot"),
             kind::SNAPSHOT_ACK => (3, "snapshot ack"),
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -327,6 +361,7 @@ impl Message {
             kind::SNAPSHOT => {
                 let id = r.u64("snapshot id")?;
                 let page = r.u64("snapshot page")?;
+                let floors = decode_have(&mut r, "snapshot floors")?;
                 let versions = decode_events(&mut r, limits)?;
                 let done = r.bool("snapshot done")?;
                 let have = decode_have(&mut r, "snapshot have")?;
@@ -339,6 +374,7 @@ impl Message {
                 Message::Snapshot {
                     id,
                     page,
+                    floors,
                     versions,
                     done,
                     have,
@@ -440,6 +476,13 @@ fn list_len(r: &mut Reader<'_>, what: &str) -> Result<usize, DecodeError> {
 
 fn decode_have(r: &mut Reader<'_>, what: &str) -> Result<Vec<(NodeId, u64)>, DecodeError> {
     let n = list_len(r, what)?;
+    if n > MAX_ORIGINS {
+        return Err(DecodeError::TooMany {
+            what: what.into(),
+            count: n as u64,
+            limit: MAX_ORIGINS as u64,
+        });
+    }
     let mut have = Vec::with_capacity(n);
     let mut previous = None;
     for _ in 0..n {
@@ -454,6 +497,7 @@ fn decode_have(r: &mut Reader<'_>, what: &str) -> Result<Vec<(NodeId, u64)>, Dec
 fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
     let protocol = r.u32("hello protocol")?;
     let node = node_id(r, "hello node")?;
+    let instance = r.u64("hello instance")?;
     let n = list_len(r, "hello fingerprint")?;
     let mut fingerprint = Vec::with_capacity(n);
     let mut previous = None;
@@ -495,11 +539,31 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
         });
     }
     let have = decode_have(r, "hello have")?;
+    let compacted = decode_have(r, "hello compacted")?;
+    let n = list_len(r, "hello policy")?;
+    if n > MAX_POLICY_ENTRIES {
+        return Err(DecodeError::TooMany {
+            what: "hello policy".into(),
+            count: n as u64,
+            limit: MAX_POLICY_ENTRIES as u64,
+        });
+    }
+    let mut policy = Vec::with_capacity(n);
+    let mut previous = None;
+    for _ in 0..n {
+        r.array_of(2, "policy entry")?;
+        let key = name(r, "policy name")?;
+        ascending(&mut previous, &key, "hello policy")?;
+        policy.push((key.to_owned(), text(r, "policy value")?.to_owned()));
+    }
     Ok(Hello {
         protocol,
         node,
+        instance,
         fingerprint,
         have,
+        compacted,
+        policy,
     })
 }
 
@@ -571,6 +635,12 @@ mod tests {
                 },
             ],
             have: vec![(node("a"), 7), (node("b"), 300), (node("c"), 70_000)],
+            instance: 0xdead_beef,
+            compacted: vec![(node("b"), 100)],
+            policy: vec![
+                ("limits.max_value_bytes".into(), "65536".into()),
+                ("revoked.x".into(), "12".into()),
+            ],
         }
     }
 
@@ -578,10 +648,13 @@ mod tests {
         vec![
             Message::Hello(hello()),
             Message::Hello(Hello {
-                protocol: 2,
+                protocol: 3,
                 node: node("z"),
+                instance: 0,
                 fingerprint: vec![],
                 have: vec![],
+                compacted: vec![],
+                policy: vec![],
             }),
             Message::Events {
                 events: vec![event("a", 1), event("a", 2), event("b", 9)],
@@ -601,6 +674,7 @@ mod tests {
             Message::Snapshot {
                 id: 3,
                 page: 0,
+                floors: vec![(node("b"), 7)],
                 versions: vec![event("a", 4), event("b", 1)],
                 done: false,
                 have: vec![],
@@ -608,6 +682,7 @@ mod tests {
             Message::Snapshot {
                 id: 3,
                 page: 1,
+                floors: vec![],
                 versions: vec![],
                 done: true,
                 have: vec![(node("a"), 4), (node("b"), 9)],
@@ -705,6 +780,7 @@ mod tests {
         let mut page = Message::Snapshot {
             id: 1,
             page: 0,
+            floors: vec![],
             versions: vec![],
             done: true,
             have: vec![(node("a"), 1)],
@@ -864,9 +940,21 @@ mod tests {
             "hello have: not strictly ascending",
         );
         refused(
+            &with(&|h| h.policy.reverse()),
+            "hello policy: not strictly ascending",
+        );
+        refused(
+            &with(&|h| {
+                h.have = (0..=MAX_ORIGINS)
+                    .map(|i| (node(&format!("n{i:05}")), 1))
+                    .collect()
+            }),
+            "hello have: 1025 entries, over the limit of 1024",
+        );
+        refused(
             &cbor(|e| {
                 drop(
-                    e.array(5)
+                    e.array(8)
                         .and_then(|e| e.u64(0))
                         .and_then(|e| e.u64(1 << 32)),
                 )
@@ -876,7 +964,7 @@ mod tests {
         refused(
             &cbor(|e| {
                 drop(
-                    e.array(5)
+                    e.array(8)
                         .and_then(|e| e.u64(0))
                         .and_then(|e| e.u64(1))
                         .and_then(|e| e.str("")),
@@ -886,7 +974,7 @@ mod tests {
         );
         refused(
             &cbor(|e| drop(e.array(4).and_then(|e| e.u64(0)))),
-            "hello: expected an array of 5 items, found 4",
+            "hello: expected an array of 8 items, found 4",
         );
     }
 

@@ -53,6 +53,11 @@ pub struct ReplicaConfig {
     pub retransmit_after_ms: u64,
     /// Limits the peers' messages are decoded with (batches are built within them too).
     pub limits: MessageLimits,
+    /// This process's instance number, sent in the Hello (random per start, chosen by the caller).
+    pub instance: u64,
+    /// This node's policy (limits, write authorization, revocations) as (name, value) pairs:
+    /// sent in the Hello; a peer whose policy differs is refused.
+    pub policy: Vec<(String, String)>,
 }
 
 impl Default for ReplicaConfig {
@@ -68,6 +73,8 @@ impl Default for ReplicaConfig {
             relay_delay_ms: 500,
             retransmit_after_ms: 3000,
             limits: MessageLimits::default(),
+            instance: 0,
+            policy: Vec::new(),
         }
     }
 }
@@ -110,6 +117,16 @@ pub enum Output {
         versions: Vec<Event>,
         /// On the last page: per origin, what the snapshot reflects.
         have: Option<Have>,
+    },
+    /// A snapshot the peer began was not merged: this node is not behind its compacted floors
+    /// (the peer's view was stale, or nobody asked for it). Reported, not fatal.
+    SnapshotDeclined {
+        /// The peer.
+        peer: NodeId,
+        /// The snapshot's id.
+        id: u64,
+        /// Why, for the log and status.
+        reason: String,
     },
     /// The peer acknowledged more: persist its cursor (e.g. for changelog retention).
     Acked {
@@ -161,6 +178,13 @@ pub enum ProtocolError {
         after: u64,
         /// The one that followed it.
         got: u64,
+    },
+    /// The peer's policy (limits, write authorization, revocations) differs from ours: the two
+    /// would decide the same events differently.
+    #[error("policy differs from this node's: {}", differences.join("; "))]
+    PolicyDiffers {
+        /// One sentence per difference.
+        differences: Vec<String>,
     },
     /// An origin's events appear in two separate runs of one Events message.
     #[error("events of {origin} in two separate runs of one message")]
@@ -280,6 +304,8 @@ pub struct Replica {
     last_events: Option<NodeId>,
     /// Reused buffer for measuring encoded event sizes.
     scratch: Vec<u8>,
+    /// Origins whose changelog read failed, with the reason (see [`Replica::unreadable`]).
+    unreadable: BTreeMap<NodeId, String>,
     /// Deliberate bugs: always false unless the `fault-injection` feature turns them on.
     ack_before_apply: bool,
     apply_duplicates: bool,
@@ -295,6 +321,17 @@ fn round_robin<'a, V>(map: &'a BTreeMap<NodeId, V>, cursor: Option<&NodeId>) -> 
             .map(|(k, _)| k)
             .collect(),
     }
+}
+
+/// About how much memory `events` hold: key, value and metadata bytes, and 128 for the rest.
+fn approx_bytes(events: &[Event]) -> usize {
+    events
+        .iter()
+        .map(|e| {
+            let meta: usize = e.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+            e.key.len() + e.value.as_ref().map_or(0, |v| v.len()) + meta + 128
+        })
+        .sum()
 }
 
 /// Checks that each origin's events form one run of consecutive ascending sequence numbers.
@@ -349,6 +386,7 @@ impl Replica {
             last_control: None,
             last_events: None,
             scratch: Vec::new(),
+            unreadable: BTreeMap::new(),
             ack_before_apply: false,
             apply_duplicates: false,
         }
@@ -500,6 +538,12 @@ impl Replica {
                         got: hello.node,
                     });
                 }
+                let policy = fingerprint::policy_differences(&self.config.policy, &hello.policy);
+                if !policy.is_empty() {
+                    return Err(ProtocolError::PolicyDiffers {
+                        differences: policy,
+                    });
+                }
                 let differences =
                     fingerprint::differences(&self.config.fingerprint, &hello.fingerprint);
                 s.mismatches = differences.clone();
@@ -520,6 +564,7 @@ impl Replica {
                 if events.is_empty() {
                 } else if busy {
                     s.queued_events += events.len();
+                    s.queued_bytes += approx_bytes(&events);
                     s.queued.push_back(events);
                 } else {
                     self.receive(peer, vec![events], now);
@@ -532,11 +577,23 @@ impl Replica {
                         have: s.acked.clone(),
                     });
                 }
+                // A snapshot the peer no longer needs (it got the events elsewhere meanwhile,
+                // and declined the snapshot): cancelled.
+                let caught_up = s.snapshot_out.as_ref().is_some_and(|out| {
+                    out.floors
+                        .iter()
+                        .all(|(o, &floor)| have::get(&s.acked, o) >= floor)
+                });
+                if caught_up {
+                    s.snapshot_out = None;
+                    s.idle_at = None;
+                }
             }
             Message::Bye { reason } => s.bye = Some(reason),
             Message::Snapshot {
                 id,
                 page,
+                floors,
                 versions,
                 done,
                 have,
@@ -557,6 +614,28 @@ impl Replica {
                     }
                     _ => page == 0,
                 };
+                // A new snapshot only when this node is below one of the peer's compacted
+                // floors: nobody may replace what this node holds unasked.
+                let new_snapshot = accept && s.snapshot_in.is_none_or(|(cur, _)| cur != id);
+                if new_snapshot {
+                    let local_have = &self.local_have;
+                    let behind = floors
+                        .iter()
+                        .any(|(o, floor)| have::get(local_have, o) < *floor);
+                    if !behind {
+                        // Unasked (or no longer needed): not merged. Our Ack tells the peer
+                        // what we hold, which cancels an honest peer's snapshot.
+                        s.request_ack(false);
+                        self.outputs.push_back(Output::SnapshotDeclined {
+                            peer: peer.clone(),
+                            id,
+                            reason: format!(
+                                "snapshot {id} declined: this node holds every origin up to the sender's compacted floors {floors:?}, so it needs no snapshot"
+                            ),
+                        });
+                        return Ok(());
+                    }
+                }
                 if accept && s.pending_page.is_none() {
                     s.snapshot_in = Some((id, page));
                     let page = PendingPage {
@@ -743,12 +822,27 @@ impl Replica {
             return;
         }
         p.last_apply_error = None;
-        let Some(s) = p.session.as_mut() else {
-            self.peers.remove(peer);
-            return;
-        };
-        s.request_ack(false);
+        match p.session.as_mut() {
+            Some(s) => s.request_ack(false),
+            None => {
+                self.peers.remove(peer);
+            }
+        }
+        // The caller may have applied less than it was handed (it refuses events it cannot
+        // admit, and their origin's later ones): what was not applied must be accepted again
+        // when a peer resends it.
+        self.recompute_accepted();
         self.release_queued(peer, now);
+    }
+
+    /// `accepted` from what is durable plus what outstanding Applies still hand out.
+    fn recompute_accepted(&mut self) {
+        self.accepted = self.local_have.clone();
+        for p in self.peers.values() {
+            if let Some(h) = &p.applying {
+                have::join(&mut self.accepted, h.iter().map(|(o, &s)| (o, s)));
+            }
+        }
     }
 
     /// Hands a waiting snapshot page of `peer`, else its next queued batches (up to
@@ -774,14 +868,17 @@ impl Replica {
             }
             let mut batches = Vec::new();
             let mut n = 0;
+            let mut bytes = 0;
             while let Some(front) = s.queued.front() {
                 if !batches.is_empty() && n + front.len() > cap {
                     break;
                 }
                 n += front.len();
+                bytes += approx_bytes(front);
                 batches.extend(s.queued.pop_front());
             }
             s.queued_events -= n;
+            s.queued_bytes = s.queued_bytes.saturating_sub(bytes);
             self.receive(peer, batches, now);
         }
     }
@@ -801,6 +898,7 @@ impl Replica {
                 // Queued events were sent after the failed ones: the rewind resends them too.
                 s.queued.clear();
                 s.queued_events = 0;
+                s.queued_bytes = 0;
                 s.rewinds.clear();
                 s.request_ack(true);
             }
@@ -809,13 +907,7 @@ impl Replica {
             }
         }
         self.release_queued(peer, _now);
-        // Recompute from what is durable plus what other peers' Applies still hand out.
-        self.accepted = self.local_have.clone();
-        for p in self.peers.values() {
-            if let Some(h) = &p.applying {
-                have::join(&mut self.accepted, h.iter().map(|(o, &s)| (o, s)));
-            }
-        }
+        self.recompute_accepted();
     }
 
     /// Fires the go-back-N timers that are due.
@@ -907,7 +999,10 @@ impl Replica {
             .into_iter()
             .filter(|p| {
                 self.peers[*p].session.as_ref().is_some_and(|s| {
-                    s.ready() && s.in_flight() < window && s.idle_at != Some(version)
+                    s.ready()
+                        && !s.send_blocked
+                        && s.in_flight() < window
+                        && s.idle_at != Some(version)
                 })
             })
             .cloned()
@@ -943,8 +1038,11 @@ impl Replica {
             Message::Hello(Hello {
                 protocol: PROTOCOL_VERSION,
                 node: self.local.clone(),
+                instance: self.config.instance,
                 fingerprint: self.config.fingerprint.clone(),
                 have: have::to_wire(&self.local_have),
+                compacted: have::to_wire(&self.compacted),
+                policy: self.config.policy.clone(),
             })
         } else if let Some((id, page)) = s.snapshot_ack_due.take() {
             Message::SnapshotAck { id, page }
@@ -979,7 +1077,7 @@ impl Replica {
             let Some(out) = p
                 .session
                 .as_mut()
-                .filter(|s| s.ready())
+                .filter(|s| s.ready() && !s.send_blocked)
                 .and_then(|s| s.snapshot_out.as_mut())
                 .filter(|o| o.sent_at.is_none())
             else {
@@ -1001,6 +1099,7 @@ impl Replica {
             let message = Message::Snapshot {
                 id: out.id,
                 page: out.page,
+                floors: have::to_wire(&out.floors),
                 versions,
                 done: out.last,
                 have: if out.last {
@@ -1031,6 +1130,7 @@ impl Replica {
             have_version,
             peers,
             scratch,
+            unreadable,
             ..
         } = self;
         // How far each origin may be sent now: all of this node's own events, and those of
@@ -1051,7 +1151,7 @@ impl Replica {
         }
         // Events at or below a compacted floor are gone: the peer needs a snapshot.
         if compacted.iter().any(|(o, &c)| have::get(&s.sent, o) < c) {
-            s.start_snapshot(local_have);
+            s.start_snapshot(local_have, compacted);
             return Ok(None);
         }
         let mut budget = (config.batch_events.min(config.limits.max_events_per_batch) as u64)
@@ -1072,26 +1172,43 @@ impl Replica {
             let events = match log.read(&origin, after, want as usize, bytes_left) {
                 Err(LogError::Compacted { .. }) => {
                     // Compacted after the floors we were told: same remedy.
-                    s.start_snapshot(local_have);
+                    s.start_snapshot(local_have, compacted);
                     break;
                 }
-                other => other?,
-            };
-            let inconsistent = |reason: String| LogError::Inconsistent { reason };
-            if events.is_empty() || events.len() as u64 > want {
-                return Err(inconsistent(format!(
-                    "asked for up to {want} events of {origin} after {after} (held up to {}), got {}",
-                    local_have[&origin],
-                    events.len()
-                )));
-            }
-            for (i, e) in events.iter().enumerate() {
-                if e.origin != origin || e.seq != after + 1 + i as u64 {
-                    return Err(inconsistent(format!(
-                        "asked for events of {origin} after {after}, got {} {} at position {i}",
-                        e.origin, e.seq
-                    )));
+                Err(e) => {
+                    // One origin that cannot be read must not stop the others.
+                    unreadable.insert(origin.clone(), e.to_string());
+                    continue;
                 }
+                Ok(events) => events,
+            };
+            let wrong = if events.is_empty() || events.len() as u64 > want {
+                Some(format!(
+                    "asked for up to {want} events of {origin} after {after} (held up to {}), got {}",
+                    have::get(local_have, &origin),
+                    events.len()
+                ))
+            } else {
+                events
+                    .iter()
+                    .enumerate()
+                    .find(|(i, e)| e.origin != origin || e.seq != after + 1 + *i as u64)
+                    .map(|(i, e)| {
+                        format!(
+                            "asked for events of {origin} after {after}, got {} {} at position {i}",
+                            e.origin, e.seq
+                        )
+                    })
+            };
+            if let Some(reason) = wrong {
+                unreadable.insert(
+                    origin.clone(),
+                    LogError::Inconsistent { reason }.to_string(),
+                );
+                continue;
+            }
+            unreadable.remove(&origin);
+            for e in &events {
                 scratch.clear();
                 e.encode_into(scratch);
                 bytes_left = bytes_left.saturating_sub(scratch.len());
@@ -1117,6 +1234,31 @@ impl Replica {
             .get(peer)
             .and_then(|p| p.session.as_ref())
             .map_or(0, |s| s.queued_events)
+    }
+
+    /// About how many bytes the events of [`Replica::pending_apply_events`] take.
+    pub fn pending_apply_bytes(&self, peer: &NodeId) -> usize {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.session.as_ref())
+            .map_or(0, |s| s.queued_bytes)
+    }
+
+    /// Stops (or resumes) sending `peer` Events and snapshot pages: the caller's queue of
+    /// frames for it is full (the peer reads slowly or not at all). Control messages still go.
+    pub fn set_send_blocked(&mut self, peer: &NodeId, blocked: bool) {
+        if let Some(s) = self.peers.get_mut(peer).and_then(|p| p.session.as_mut()) {
+            if s.send_blocked && !blocked {
+                s.idle_at = None;
+            }
+            s.send_blocked = blocked;
+        }
+    }
+
+    /// Origins whose changelog could not be read, with the reason: they are not sent (every
+    /// other origin still is) until a read succeeds.
+    pub fn unreadable(&self) -> &BTreeMap<NodeId, String> {
+        &self.unreadable
     }
 
     /// The peers with a session or an outstanding Apply.

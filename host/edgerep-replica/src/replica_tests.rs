@@ -112,13 +112,24 @@ impl Log for MemLog {
 }
 
 fn hello(node: &str, have: &[(&str, u64)]) -> Message {
+    hello_floors(node, have, &[])
+}
+
+/// A Hello whose sender compacted its changelog up to `compacted`.
+fn hello_floors(node: &str, have: &[(&str, u64)], compacted: &[(&str, u64)]) -> Message {
     Message::Hello(Hello {
         protocol: PROTOCOL_VERSION,
         node: n(node),
+        instance: 0,
         fingerprint: vec![],
         have: have.iter().map(|(o, s)| (n(o), *s)).collect(),
+        compacted: compacted.iter().map(|(o, s)| (n(o), *s)).collect(),
+        policy: vec![],
     })
 }
+
+/// What the peers of `receiver` compacted: a node behind it may be sent snapshots.
+const PEER_FLOORS: &[(&str, u64)] = &[("y", 1000)];
 
 fn ack(have: &[(&str, u64)], rewind: bool) -> Message {
     Message::Ack {
@@ -146,7 +157,8 @@ fn ready(log: &MemLog, cfg: ReplicaConfig, peers: &[&str]) -> Replica {
     r.set_local_have(&log.have());
     for p in peers {
         r.connected(&n(p), 0);
-        r.handle(&n(p), hello(p, &[]), 0).unwrap();
+        r.handle(&n(p), hello_floors(p, &[], PEER_FLOORS), 0)
+            .unwrap();
     }
     for _ in peers {
         assert!(matches!(
@@ -220,8 +232,11 @@ fn fingerprint_differences_are_reported_not_fatal() {
     let m = Message::Hello(Hello {
         protocol: PROTOCOL_VERSION,
         node: n("b"),
+        instance: 0,
         fingerprint: vec![fp("max")],
         have: vec![],
+        compacted: vec![],
+        policy: vec![],
     });
     r.handle(&n("b"), m, 0).unwrap();
     assert_eq!(
@@ -262,7 +277,7 @@ fn protocol_violations_are_errors_naming_the_fault() {
     let e = r.handle(&n("b"), old, 0).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "peer speaks protocol version 7, this node speaks 1"
+        "peer speaks protocol version 7, this node speaks 2"
     );
     let e = r.handle(&n("b"), hello("c", &[]), 0).unwrap_err();
     assert_eq!(
@@ -443,16 +458,20 @@ fn relays_wait_and_a_peer_that_has_them_is_skipped() {
     assert_eq!(r.poll_transmit(1500, &log).unwrap(), None, "nothing for c");
 }
 
+/// A changelog that returns less than the local have promises is reported for that origin
+/// (and nothing more of it is sent), not taken as the end of everything.
 #[test]
-fn an_inconsistent_log_is_an_error() {
+fn an_inconsistent_log_is_reported_for_its_origin() {
     let log = MemLog::with(&evs("a", 1..=2));
     let mut r = ready(&log, ReplicaConfig::default(), &["b"]);
     r.set_local_have(&have_of(&[("a", 5)]));
     r.poll_transmit(0, &log).unwrap();
-    assert!(matches!(
-        r.poll_transmit(0, &log),
-        Err(LogError::Inconsistent { .. })
-    ));
+    assert_eq!(r.poll_transmit(0, &log).unwrap(), None);
+    assert!(
+        r.unreadable()[&n("a")].contains("changelog inconsistent with the local have"),
+        "{:?}",
+        r.unreadable()
+    );
 }
 
 #[test]
@@ -875,6 +894,7 @@ fn snapshot(id: u64, page: u64, versions: Vec<Event>, have: Option<&[(&str, u64)
     Message::Snapshot {
         id,
         page,
+        floors: PEER_FLOORS.iter().map(|(o, s)| (n(o), *s)).collect(),
         versions,
         done: have.is_some(),
         have: have
@@ -883,6 +903,14 @@ fn snapshot(id: u64, page: u64, versions: Vec<Event>, have: Option<&[(&str, u64)
             .map(|(o, s)| (n(o), *s))
             .collect(),
     }
+}
+
+/// `m` (a Snapshot) as sent by a node that compacted up to `compacted`.
+fn with_floors(mut m: Message, compacted: &[(&str, u64)]) -> Message {
+    if let Message::Snapshot { floors, .. } = &mut m {
+        *floors = compacted.iter().map(|(o, s)| (n(o), *s)).collect();
+    }
+    m
 }
 
 fn snapshot_ack(id: u64, page: u64) -> Message {
@@ -912,6 +940,8 @@ fn a_peer_behind_the_compacted_floor_gets_a_snapshot_then_events() {
     let mut r = ready(&log, config(100, 2), &["b"]);
     r.set_compacted(&log.compacted);
     let b = n("b");
+    let snapshot =
+        |id, page, versions, have| with_floors(snapshot(id, page, versions, have), &[("a", 4)]);
     assert_eq!(
         r.poll_transmit(1, &log).unwrap(),
         Some((b.clone(), snapshot(0, 0, evs("a", 1..=2), None)))
@@ -971,6 +1001,8 @@ fn an_unacknowledged_snapshot_page_is_resent_as_it_was() {
     let mut r = ready(&log, config(100, 2), &["b"]);
     r.set_compacted(&log.compacted);
     let b = n("b");
+    let snapshot =
+        |id, page, versions, have| with_floors(snapshot(id, page, versions, have), &[("a", 2)]);
     let first = r.poll_transmit(10, &log).unwrap();
     assert_eq!(
         first,
@@ -1112,7 +1144,8 @@ fn a_merge_from_an_earlier_session_is_not_confirmed_on_the_new_one() {
     );
     r.disconnected(&b, 2);
     r.connected(&b, 2);
-    r.handle(&b, hello("b", &[]), 2).unwrap();
+    r.handle(&b, hello_floors("b", &[], PEER_FLOORS), 2)
+        .unwrap();
     assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
     assert!(matches!(
         r.poll_transmit(2, &log).unwrap(),
@@ -1139,5 +1172,200 @@ fn a_merge_from_an_earlier_session_is_not_confirmed_on_the_new_one() {
     assert_eq!(
         r.poll_output(),
         install_of(evs("y", 3..=3), Some(&[("y", 3)]))
+    );
+}
+
+/// A snapshot whose sender's compacted floors (y up to 5) are not above what this node holds
+/// (y up to 5) is declined: nothing is merged, it is reported, and the Ack that follows tells
+/// the sender what this node holds.
+#[test]
+fn an_unsolicited_snapshot_is_declined() {
+    let log = MemLog::default();
+    let mut r = Replica::new(n("a"), ReplicaConfig::default());
+    r.set_local_have(&have_of(&[("y", 5)]));
+    r.connected(&n("b"), 0);
+    r.handle(&n("b"), hello("b", &[]), 0).unwrap();
+    while r.poll_output().is_some() {}
+    let forged = Message::Snapshot {
+        id: 0,
+        page: 0,
+        floors: vec![(n("y"), 5)],
+        versions: evs("y", 1..=1),
+        done: true,
+        have: vec![(n("y"), 1_000_000_000_000)],
+    };
+    r.handle(&n("b"), forged, 1).unwrap();
+    assert!(
+        matches!(
+            r.poll_output(),
+            Some(Output::SnapshotDeclined { id: 0, .. })
+        ),
+        "declined and reported"
+    );
+    assert_eq!(r.poll_output(), None, "nothing handed out to merge");
+    assert_eq!(
+        drain(&mut r, 1, &log).last(),
+        Some(&(n("b"), ack(&[("y", 5)], false)))
+    );
+}
+
+/// Peers that disagree on their policy (limits, write authorization, revocations) do not
+/// replicate: the Hello is refused with every difference named.
+#[test]
+fn a_peer_with_another_policy_is_refused() {
+    let cfg = ReplicaConfig {
+        policy: vec![("limits.max_value_bytes".into(), "65536".into())],
+        ..ReplicaConfig::default()
+    };
+    let mut r = Replica::new(n("a"), cfg);
+    r.connected(&n("b"), 0);
+    let mut h = Hello {
+        protocol: PROTOCOL_VERSION,
+        node: n("b"),
+        instance: 9,
+        fingerprint: vec![],
+        have: vec![],
+        compacted: vec![],
+        policy: vec![("limits.max_value_bytes".into(), "1048576".into())],
+    };
+    let e = r.handle(&n("b"), Message::Hello(h.clone()), 0).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("limits.max_value_bytes: 65536 here, 1048576 on the peer"),
+        "{e}"
+    );
+    r.disconnected(&n("b"), 0);
+    r.connected(&n("b"), 1);
+    h.policy[0].1 = "65536".into();
+    r.handle(&n("b"), Message::Hello(h), 1).unwrap();
+}
+
+/// The caller may apply less than it was handed (it refuses events it does not admit): the
+/// events not applied are accepted again when the peer resends them.
+#[test]
+fn events_not_applied_are_accepted_again() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 1..=3),
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2), ("x", 3)]));
+    // Only x1 was admitted.
+    r.set_local_have(&have_of(&[("x", 1)]));
+    r.applied(&b, 2);
+    drain(&mut r, 2, &log);
+    r.handle(
+        &b,
+        Message::Events {
+            events: evs("x", 2..=3),
+        },
+        3,
+    )
+    .unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 2), ("x", 3)]));
+}
+
+/// A changelog whose one origin cannot be read: the other origins are still sent, and the
+/// unreadable one is reported.
+#[test]
+fn one_unreadable_origin_does_not_stop_the_others() {
+    struct Broken(MemLog);
+    impl Log for Broken {
+        fn read(
+            &self,
+            origin: &NodeId,
+            after: u64,
+            max: usize,
+            bytes: usize,
+        ) -> Result<Vec<Event>, LogError> {
+            if origin.as_str() == "x" {
+                return Err(LogError::Storage {
+                    reason: "corrupt record".into(),
+                });
+            }
+            self.0.read(origin, after, max, bytes)
+        }
+        fn state_page(
+            &self,
+            after: Option<&StateCursor>,
+            max_events: usize,
+            max_bytes: usize,
+        ) -> Result<StatePage, LogError> {
+            self.0.state_page(after, max_events, max_bytes)
+        }
+    }
+    let mut events = evs("x", 1..=2);
+    events.extend(evs("z", 1..=2));
+    let log = Broken(MemLog::with(&events));
+    let mut r = Replica::new(n("a"), ReplicaConfig::default());
+    r.set_local_have(&log.0.have());
+    r.connected(&n("b"), 0);
+    r.handle(&n("b"), hello("b", &[]), 0).unwrap();
+    assert!(matches!(
+        r.poll_transmit(0, &log).unwrap(),
+        Some((_, Message::Hello(_)))
+    ));
+    assert_eq!(
+        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+        dots(&[("z", 1), ("z", 2)])
+    );
+    assert!(r.unreadable()[&n("x")].contains("corrupt record"));
+}
+
+/// A peer whose frames pile up unsent (it reads slowly or not at all) gets no more Events
+/// until the caller unblocks it; control messages still go.
+#[test]
+fn a_blocked_peer_gets_no_events_until_unblocked() {
+    let log = MemLog::with(&evs("a", 1..=3));
+    let mut r = ready(&log, ReplicaConfig::default(), &["b"]);
+    r.set_send_blocked(&n("b"), true);
+    assert_eq!(r.poll_transmit(1, &log).unwrap(), None);
+    r.handle(
+        &n("b"),
+        Message::Events {
+            events: evs("x", 1..=1),
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 1)]));
+    r.set_local_have(&have_of(&[("a", 3), ("x", 1)]));
+    r.applied(&n("b"), 2);
+    assert!(matches!(
+        r.poll_transmit(2, &log).unwrap(),
+        Some((_, Message::Ack { .. }))
+    ));
+    assert_eq!(r.poll_transmit(2, &log).unwrap(), None);
+    r.set_send_blocked(&n("b"), false);
+    assert_eq!(
+        sent_dots(r.poll_transmit(3, &log).unwrap()).1,
+        dots(&[("a", 1), ("a", 2), ("a", 3)])
+    );
+}
+
+/// A peer we began a snapshot for that declines it (its Ack shows it holds everything up to our
+/// compacted floors: it got the events elsewhere meanwhile) gets events again, not the snapshot.
+#[test]
+fn a_declined_snapshot_is_cancelled_by_the_peers_ack() {
+    let mut log = MemLog::with(&evs("a", 1..=6));
+    log.compacted = have_of(&[("a", 4)]);
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    r.set_compacted(&log.compacted);
+    let b = n("b");
+    assert!(matches!(
+        r.poll_transmit(1, &log).unwrap(),
+        Some((_, Message::Snapshot { page: 0, .. }))
+    ));
+    r.handle(&b, ack(&[("a", 5)], false), 2).unwrap();
+    assert_eq!(r.peer_view(&b).unwrap().snapshot_sending_page, None);
+    assert!(matches!(r.poll_output(), Some(Output::Acked { .. })));
+    assert_eq!(
+        sent_dots(r.poll_transmit(3, &log).unwrap()).1,
+        dots(&[("a", 6)])
     );
 }

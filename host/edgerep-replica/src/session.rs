@@ -18,6 +18,8 @@ pub(crate) struct SnapshotOut {
     pub(crate) id: u64,
     /// The local have when the snapshot began: every page reflects at least this.
     pub(crate) have: Have,
+    /// The compacted floors when the snapshot began (the receiver checks it is below one).
+    pub(crate) floors: Have,
     /// The page being sent (or to send next).
     pub(crate) page: u64,
     /// Where that page starts.
@@ -70,6 +72,10 @@ pub(crate) struct Session {
     pub(crate) queued: VecDeque<Vec<Event>>,
     /// Number of events in `queued`.
     pub(crate) queued_events: usize,
+    /// About how many bytes they take.
+    pub(crate) queued_bytes: usize,
+    /// The caller's frame queue for this peer is full: no Events or snapshot pages.
+    pub(crate) send_blocked: bool,
     /// Per origin with a gap, when we last asked this peer to rewind for it.
     pub(crate) rewinds: BTreeMap<NodeId, u64>,
     /// When the last message from the peer arrived.
@@ -111,6 +117,8 @@ impl Session {
             last_origin: None,
             queued: VecDeque::new(),
             queued_events: 0,
+            queued_bytes: 0,
+            send_blocked: false,
             rewinds: BTreeMap::new(),
             last_message_ms: None,
             mismatches: Vec::new(),
@@ -126,13 +134,14 @@ impl Session {
     }
 
     /// Begins sending a snapshot of the state as of (at least) `have`, unless one is under way.
-    pub(crate) fn start_snapshot(&mut self, have: &Have) {
+    pub(crate) fn start_snapshot(&mut self, have: &Have, floors: &Have) {
         if self.snapshot_out.is_some() {
             return;
         }
         self.snapshot_out = Some(SnapshotOut {
             id: self.next_snapshot_id,
             have: have.clone(),
+            floors: floors.clone(),
             page: 0,
             start: None,
             next: None,

@@ -819,7 +819,9 @@ impl Sim {
                         }
                     }
                 }
-                Output::PeerReady { .. } | Output::Mismatch { .. } => {}
+                Output::PeerReady { .. }
+                | Output::Mismatch { .. }
+                | Output::SnapshotDeclined { .. } => {}
             }
         }
         Ok(())
@@ -1343,6 +1345,7 @@ fn describe(m: &Message) -> String {
             versions,
             done,
             have,
+            ..
         } => format!(
             "snapshot {id} page {page}: {} versions, done {done}, have {have:?}",
             versions.len()

@@ -124,6 +124,15 @@ pub enum StoreError {
     /// A snapshot page from a peer cannot be merged.
     #[error("snapshot refused: {0}")]
     SnapshotRefused(String),
+    /// One local write of a group cannot be committed as it stands (nothing of the group was
+    /// written; the others may be committed without it).
+    #[error("write {index} of the group refused: {reason}")]
+    WriteRefused {
+        /// Its position in the group.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
     /// The database was written by a newer edgerep with a table layout this one does not know.
     #[error("store format {found} is newer than this edgerep supports ({supported})")]
     UnsupportedFormat {
@@ -172,6 +181,22 @@ pub struct LocalWrite {
     pub schema: u32,
     /// Metadata.
     pub meta: BTreeMap<String, String>,
+}
+
+/// The hash that names one event's bytes in reports (forks): BLAKE3 of its deterministic
+/// encoding.
+pub fn event_hash(event_bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(event_bytes).as_bytes()
+}
+
+/// A group of local writes was not committed: why, and (for [`StoreError::WriteRefused`]) the
+/// writes, given back in order so that the others can be committed without the refused one.
+#[derive(Debug)]
+pub struct LocalCommitError {
+    /// Why.
+    pub error: StoreError,
+    /// The group's writes (empty unless the error is [`StoreError::WriteRefused`]).
+    pub writes: Vec<LocalWrite>,
 }
 
 /// Where a committed local write landed.
@@ -546,9 +571,57 @@ impl Store {
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, StoreError> {
+        self.commit_local_checked(writes, dead_letters, sync, clock, wall_ms)
+            .map_err(|e| e.error)
+    }
+
+    /// [`Store::commit_local_replacing`], giving the writes back when one of them is refused
+    /// ([`StoreError::WriteRefused`]: the event it would make could not be read back within the
+    /// store's limits, or a version the key holds already claims to supersede it), so that the
+    /// caller can commit the others without it. Nothing is written when it fails.
+    pub fn commit_local_checked(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: &[u64],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, LocalCommitError> {
         if writes.is_empty() && dead_letters.is_empty() {
             return Ok(Vec::new());
         }
+        let mut made: Vec<Event> = Vec::with_capacity(writes.len());
+        let mut rest = writes.into_iter();
+        let result = self.commit_local_in(&mut rest, &mut made, dead_letters, sync, clock, wall_ms);
+        result.map_err(|error| {
+            // Hand every write back, in order: those made into events, then the others.
+            let writes = match &error {
+                StoreError::WriteRefused { .. } => made
+                    .into_iter()
+                    .map(|e| LocalWrite {
+                        collection: e.collection,
+                        key: e.key,
+                        value: e.value,
+                        schema: e.schema,
+                        meta: e.meta,
+                    })
+                    .chain(rest)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            LocalCommitError { error, writes }
+        })
+    }
+
+    fn commit_local_in(
+        &self,
+        writes: &mut std::vec::IntoIter<LocalWrite>,
+        made: &mut Vec<Event>,
+        dead_letters: &[u64],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(writes.len());
@@ -573,23 +646,27 @@ impl Store {
                 mut entries,
             } = Counters::load(&meta)?;
             let mut event_bytes = Vec::with_capacity(256);
-            for w in writes {
+            for w in writes.by_ref() {
+                let index = made.len();
                 let skey = state_key(&w.collection, &w.key);
                 let old = state.get(skey.as_slice())?;
-                let mut versions = match &old {
+                let (versions, old_hash) = match &old {
                     Some(g) => {
                         let bytes = g.value();
-                        digest.sub(Digest::of_entry(&w.collection, &w.key, bytes));
-                        Versions::decode(bytes, &self.limits).map_err(|e| corrupt("state", e))?
+                        let versions = Versions::decode(bytes, &self.limits)
+                            .map_err(|e| corrupt("state", e))?;
+                        (
+                            versions,
+                            Some(Digest::of_entry(&w.collection, &w.key, bytes)),
+                        )
                     }
-                    None => {
-                        entries += 1;
-                        Versions::new()
-                    }
+                    None => (Versions::new(), None),
                 };
                 drop(old);
-                seq += 1;
-                position += 1;
+                seq = seq.checked_add(1).ok_or_else(|| StoreError::WriteRefused {
+                    index,
+                    reason: "this node's sequence numbers are exhausted".into(),
+                })?;
                 let hlc = clock.now(wall_ms);
                 let event = Event {
                     format: FORMAT_VERSION,
@@ -611,20 +688,48 @@ impl Store {
                 };
                 event_bytes.clear();
                 event.encode_into(&mut event_bytes);
+                // A local write supersedes every version: the key then holds exactly this event.
+                // A version whose context already covers this event's dot (a peer's claim that
+                // this node wrote more than it did) would make it obsolete: refuse the write
+                // rather than lose it.
+                let problem = if let Some(v) = versions
+                    .events()
+                    .iter()
+                    .find(|v| v.context.covers(&event.dot()))
+                {
+                    Some(format!(
+                        "key {:?} of collection {:?} holds version {}:{} whose causal context claims this node's sequence number {} already; this node never issued it (a peer sent a forged or corrupt context)",
+                        String::from_utf8_lossy(&event.key),
+                        event.collection,
+                        v.origin,
+                        v.seq,
+                        event.seq
+                    ))
+                } else {
+                    // An event that could not be read back would stop every reader of the key
+                    // and of the changelog: never write one.
+                    Event::decode(&event_bytes, &self.limits).err().map(|e| {
+                        format!("the event could not be read back within the store's limits: {e}")
+                    })
+                };
+                if let Some(reason) = problem {
+                    made.push(event);
+                    return Err(StoreError::WriteRefused { index, reason });
+                }
+                position += 1;
+                match old_hash {
+                    Some(h) => digest.sub(h),
+                    None => entries += 1,
+                }
                 changelog.insert(
                     log_key(self.node.as_str(), seq).as_slice(),
                     event_bytes.as_slice(),
                 )?;
                 let new_bytes = Versions::encode_single(&event_bytes);
                 digest.add(Digest::of_entry(&event.collection, &event.key, &new_bytes));
-                // A local write supersedes every version: the key now holds exactly this event.
-                let applied = versions.apply(event);
-                assert!(
-                    applied == Applied::Added && versions.events().len() == 1,
-                    "a local write supersedes every version"
-                );
                 state.insert(skey.as_slice(), new_bytes.as_slice())?;
                 out.push(Committed { seq, hlc, position });
+                made.push(event);
             }
             if let Some(first) = out.first() {
                 feed.insert(
@@ -1001,6 +1106,22 @@ impl Store {
         {
             let (_, v) = row?;
             out.push(Event::decode(v.value(), &self.limits).map_err(|e| corrupt("changelog", e))?);
+        }
+        Ok(out)
+    }
+
+    /// The hash ([`event_hash`]) of the stored bytes of each `(origin, seq)` asked for, `None`
+    /// where the changelog does not hold it (never written, or compacted). One read transaction.
+    pub fn event_hashes(
+        &self,
+        wanted: &[(&str, u64)],
+    ) -> Result<Vec<Option<[u8; 32]>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let changelog = txn.open_table(CHANGELOG)?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for (origin, seq) in wanted {
+            let row = changelog.get(log_key(origin, *seq).as_slice())?;
+            out.push(row.map(|g| event_hash(g.value())));
         }
         Ok(out)
     }

@@ -137,6 +137,11 @@ impl VersionVector {
         self.0.get(&dot.origin).is_some_and(|&seq| seq >= dot.seq)
     }
 
+    /// The highest sequence number of `origin` the vector covers, if it names `origin`.
+    pub fn get(&self, origin: &NodeId) -> Option<u64> {
+        self.0.get(origin).copied()
+    }
+
     /// Adds `dot` (and so every earlier write of its origin to the key).
     pub fn add(&mut self, dot: &Dot) {
         let entry = self.0.entry(dot.origin.clone()).or_insert(0);
@@ -207,6 +212,8 @@ pub struct EventLimits {
     pub max_key_bytes: usize,
     /// Most metadata entries.
     pub max_meta_entries: usize,
+    /// Most metadata bytes (the UTF-8 lengths of every key and value, summed).
+    pub max_meta_bytes: usize,
     /// Most origins in a causal context.
     pub max_context_entries: usize,
     /// Limits for the value (and unknown fields).
@@ -219,6 +226,7 @@ impl Default for EventLimits {
             max_event_bytes: 1 << 20,
             max_key_bytes: 1024,
             max_meta_entries: 16,
+            max_meta_bytes: 4096,
             max_context_entries: 1024,
             value: DecodeLimits::default(),
         }
@@ -467,9 +475,17 @@ impl Event {
                             limits.max_meta_entries
                         )));
                     }
+                    let mut meta_bytes = 0usize;
                     for _ in 0..n {
                         let k = d.str()?.to_owned();
                         let v = d.str()?.to_owned();
+                        meta_bytes = meta_bytes.saturating_add(k.len() + v.len());
+                        if meta_bytes > limits.max_meta_bytes {
+                            return Err(DecodeError::TooLarge(format!(
+                                "metadata of over {meta_bytes} bytes, over the limit of {}",
+                                limits.max_meta_bytes
+                            )));
+                        }
                         if meta.insert(k, v).is_some() {
                             return Err(DecodeError::Invalid("duplicate metadata key".into()));
                         }
@@ -535,6 +551,15 @@ impl Event {
             return Err(DecodeError::Invalid(
                 "sequence number 0 (they start at 1)".into(),
             ));
+        }
+        // An event supersedes only what its origin saw before writing it: never its own
+        // sequence number or a later one of its origin (such a context would make the origin's
+        // next writes to the key obsolete everywhere).
+        if let Some(c) = self.context.get(&self.origin).filter(|&c| c >= self.seq) {
+            return Err(DecodeError::Invalid(format!(
+                "causal context names its own origin at sequence {c}, not below the event's own {}",
+                self.seq
+            )));
         }
         match (self.op, &self.value) {
             (Op::Put, None) => Err(DecodeError::Invalid("put without a value".into())),

@@ -6,6 +6,7 @@
 
 pub mod event;
 pub mod hlc;
+pub mod json;
 pub mod value;
 
 pub use event::{Event, NodeId, Op, VersionVector};

@@ -264,8 +264,8 @@ impl Value {
     ///
     /// Malformed JSON is [`ValueError::Json`], whose message gives the line and column.
     pub fn from_json_str(text: &str, limits: &DecodeLimits) -> Result<Value, ValueError> {
-        let json: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| ValueError::Json(e.to_string()))?;
+        let json =
+            crate::json::parse(text.as_bytes()).map_err(|e| ValueError::Json(e.to_string()))?;
         Value::from_json(&json, limits)
     }
 

@@ -46,11 +46,27 @@ fn query_value(s: &str) -> String {
 impl Client {
     /// A client for the API at `addr`.
     pub(crate) fn new(addr: SocketAddr) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        Client::with_token(addr, None)
+    }
+
+    /// A client for the API at `addr` that sends `token` as its bearer token.
+    pub(crate) fn with_token(addr: SocketAddr, token: Option<String>) -> Client {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .build()
-            .into();
+            .timeout_connect(Some(Duration::from_secs(5)));
+        if let Some(value) =
+            token.and_then(|t| ureq::http::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            config = config.middleware(
+                move |mut req: ureq::http::Request<ureq::SendBody>,
+                      next: ureq::middleware::MiddlewareNext| {
+                    req.headers_mut()
+                        .insert(ureq::http::header::AUTHORIZATION, value.clone());
+                    next.handle(req)
+                },
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
         Client {
             base: format!("http://{addr}"),
             agent,

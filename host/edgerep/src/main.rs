@@ -88,6 +88,11 @@ enum Command {
         /// The node's config file.
         #[arg(long)]
         config: PathBuf,
+        /// Take writes at once, without first learning from a peer how far it holds this
+        /// node's own events (for a node that is alone; after a restore from a backup, only
+        /// when no peer ever held events this node lost).
+        #[arg(long)]
+        alone: bool,
     },
     /// Write a JSON value to a key.
     Put {
@@ -247,7 +252,58 @@ fn load(config: &Path) -> anyhow::Result<Config> {
 }
 
 fn client(config: &Path) -> anyhow::Result<Client> {
-    Ok(Client::new(load(config)?.api.listen))
+    let config = load(config)?;
+    let token = match &config.api.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("api.token_file: cannot read {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok(Client::with_token(config.api.listen, token))
+}
+
+/// Checks what the config names beyond its own text: the TLS identity must load and name this
+/// node, the API token file must be readable.
+fn check_files(config: &Config) -> Result<(), String> {
+    if let Some(tls) = &config.replication.tls {
+        let read = |p: &Path, key: &str| {
+            std::fs::read_to_string(p).map_err(|e| {
+                format!(
+                    "{}: replication.{key}: cannot read {}: {e}",
+                    config.source.display(),
+                    p.display()
+                )
+            })
+        };
+        let identity = edgerep_transport::certs::Identity::from_pem(
+            &read(&tls.ca, "ca")?,
+            &read(&tls.cert, "cert")?,
+            &read(&tls.key, "key")?,
+        )
+        .map_err(|e| format!("{}: replication: {e}", config.source.display()))?;
+        if identity.node_id() != &config.node.id {
+            return Err(format!(
+                "{}: replication.cert: {} names node {:?}, but node.id is {:?}",
+                config.source.display(),
+                tls.cert.display(),
+                identity.node_id().as_str(),
+                config.node.id.as_str()
+            ));
+        }
+    }
+    if let Some(path) = &config.api.token_file {
+        std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "{}: api.token_file: cannot read {}: {e}",
+                config.source.display(),
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Prints an outcome's body (or its problem) and maps it to an exit code.
@@ -386,9 +442,14 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Run { config } => {
+        Command::Run { config, alone } => {
             init_logging();
-            let config = load(&config)?;
+            let mut config = load(&config)?;
+            if let Err(e) = check_files(&config) {
+                eprintln!("{e}");
+                return Ok(EXIT_USAGE);
+            }
+            config.node.alone = alone;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async {
                 let node = match edgerep_node::start(config).await {
@@ -478,6 +539,10 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             command: ConfigCommand::Check { file },
         } => match Config::load(&file) {
             Ok(c) => {
+                if let Err(e) = check_files(&c) {
+                    eprintln!("{e}");
+                    return Ok(EXIT_USAGE);
+                }
                 println!(
                     "{}: ok (node {}, api {}, {} peers, {} declared collections{})",
                     file.display(),

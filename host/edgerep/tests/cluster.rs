@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, agent, cluster, put};
+use common::{Node, agent, cluster, converge, get, put, status};
 
 /// Writes `n` events in batches of 500 on `node`; returns the last seq.
 fn put_many(node: &Node, prefix: &str, n: usize) -> u64 {
@@ -49,46 +49,6 @@ fn with_retention(text: &str, keys: &str) -> String {
         "the starter config has a [retention] table"
     );
     text.replace("\n[retention]\n", &format!("\n[retention]\n{keys}\n"))
-}
-
-fn status(node: &Node) -> serde_json::Value {
-    node.status()
-}
-
-/// Waits until every node reports the same digest and the same per-origin counts, and each
-/// store verifies; panics with the statuses after `limit`.
-fn converge(nodes: &[&Node], limit: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let all: Vec<serde_json::Value> = nodes.iter().map(|n| status(n)).collect();
-        let same = all
-            .windows(2)
-            .all(|w| w[0]["digest"] == w[1]["digest"] && w[0]["origins"] == w[1]["origins"]);
-        if same && all.iter().all(|s| s["verified"] == true) {
-            return all[0].clone();
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = nodes
-                .iter()
-                .map(|n| std::fs::read_to_string(&n.log).unwrap_or_default())
-                .collect();
-            panic!(
-                "no convergence after {limit:?}:\n{}\nlogs:\n{}",
-                serde_json::to_string_pretty(&all).unwrap(),
-                logs.join("\n-----\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn get(node: &Node, collection: &str, key: &str) -> (u16, String) {
-    let mut r = agent()
-        .get(&node.url(&format!("/v1/kv/{collection}/{key}")))
-        .call()
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_to_string().unwrap())
 }
 
 #[test]

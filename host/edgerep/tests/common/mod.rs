@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod hostile;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -167,4 +169,44 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+pub fn status(node: &Node) -> serde_json::Value {
+    node.status()
+}
+
+/// Waits until every node reports the same digest and the same per-origin counts, and each
+/// store verifies; panics with the statuses after `limit`.
+pub fn converge(nodes: &[&Node], limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let all: Vec<serde_json::Value> = nodes.iter().map(|n| status(n)).collect();
+        let same = all
+            .windows(2)
+            .all(|w| w[0]["digest"] == w[1]["digest"] && w[0]["origins"] == w[1]["origins"]);
+        if same && all.iter().all(|s| s["verified"] == true) {
+            return all[0].clone();
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| std::fs::read_to_string(&n.log).unwrap_or_default())
+                .collect();
+            panic!(
+                "no convergence after {limit:?}:\n{}\nlogs:\n{}",
+                serde_json::to_string_pretty(&all).unwrap(),
+                logs.join("\n-----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn get(node: &Node, collection: &str, key: &str) -> (u16, String) {
+    let mut r = agent()
+        .get(&node.url(&format!("/v1/kv/{collection}/{key}")))
+        .call()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap())
 }

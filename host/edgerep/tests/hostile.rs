@@ -1,0 +1,327 @@
+//! A hostile peer against real `edgerep run` processes: it holds node-2's valid certificate
+//! (a stolen or buggy node) and speaks the protocol. For each attack: the attacked node keeps
+//! serving its clients and its other peers, nothing acknowledged is lost, the honest nodes
+//! converge to equal digests, and the attack is reported with a reason.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::hostile::{Hostile, event, with_context};
+use common::{Node, agent, cluster, converge, get, put, rss_bytes, status};
+use edgerep_replica::Message;
+use edgerep_wire::NodeId;
+
+/// node-1 and node-3 running (node-2's identity is the attacker's), converged on one write each.
+fn honest_pair(dir: &std::path::Path) -> (Vec<PathBuf>, Node, Node) {
+    let configs = cluster(dir, 3);
+    let n1 = Node::start(&configs[0]);
+    let n3 = Node::start(&configs[2]);
+    put(&n1, "c", "from-1", r#"{"v":1}"#);
+    put(&n3, "c", "from-3", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    (configs, n1, n3)
+}
+
+/// Connects as node-2 to node-1 and completes the handshake.
+fn attacker(configs: &[PathBuf], compacted: &[(&str, u64)]) -> Hostile {
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let hello = h.hello(&[], compacted);
+    h.send(&hello).unwrap();
+    assert!(
+        h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
+            .is_some(),
+        "node-1 answers the handshake"
+    );
+    h
+}
+
+fn replication(node: &Node) -> serde_json::Value {
+    status(node)["replication"].clone()
+}
+
+/// Waits until `check` holds on node's replication status.
+fn wait_status(node: &Node, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = replication(node);
+        if check(&r) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {r:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A causal context naming node-1's own sequence numbers far ahead: before, the next local
+/// write to the key tripped an assert and killed node-1's committer. Now the event is held back
+/// (it names events nobody wrote), node-1 keeps taking writes to that key, and it is reported.
+#[test]
+fn a_context_naming_this_nodes_future_is_held_back_and_the_committer_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let poisoned = with_context(
+        event("node-2", 1, "c", "k", 666),
+        &[("node-1", u64::MAX - 1)],
+    );
+    h.send(&Message::Events {
+        events: vec![poisoned],
+    })
+    .unwrap();
+    wait_status(&n1, "the event is held back with a reason", |r| {
+        r["deferred_total"].as_u64().unwrap_or(0) >= 1
+            && r["deferred_last"]
+                .as_str()
+                .is_some_and(|s| s.contains("this node issued only up to"))
+    });
+    // The key the poisoned event targets still takes writes, again and again.
+    for i in 0..3 {
+        put(&n1, "c", "k", &format!(r#"{{"v":{i}}}"#));
+    }
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    let s = converge(&[&n1, &n3], Duration::from_secs(30));
+    assert!(s["origins"].get("node-2").is_none(), "{s}");
+    assert_eq!(get(&n3, "c", "k").1, r#"{"v":2}"#);
+}
+
+/// A snapshot page nobody asked for, whose `have` claims node-3's events up to 10^12: before,
+/// node-1 dropped node-3's real events as duplicates from then on. Now it is declined (node-1 is
+/// not behind the sender's compacted floors), reported, and node-3's writes keep arriving.
+#[test]
+fn an_unsolicited_snapshot_is_declined_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    h.send(&Message::Snapshot {
+        id: 0,
+        page: 0,
+        floors: vec![],
+        versions: vec![event("node-3", 1, "c", "from-3", 999)],
+        done: true,
+        have: vec![(NodeId::parse("node-3").unwrap(), 1_000_000_000_000)],
+    })
+    .unwrap();
+    wait_status(&n1, "the snapshot is declined and reported", |r| {
+        r["snapshots_declined_total"] == 1
+            && r["refused"][0]["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("declined"))
+    });
+    for i in 0..20 {
+        put(&n3, "c", &format!("later-{i}"), r#"{"v":3}"#);
+    }
+    let s = converge(&[&n1, &n3], Duration::from_secs(30));
+    assert_eq!(s["origins"]["node-3"], 21, "{s}");
+    assert_eq!(get(&n1, "c", "from-3").1, r#"{"v":3}"#);
+}
+
+/// Events under the name of node-3 (connected to node-1) with the sequence numbers node-3 will
+/// use next: before, they were stored and node-3's real events were dropped as duplicates. Now
+/// they are held back (node-3 itself says it holds less), and node-3's real writes win.
+#[test]
+fn events_forged_under_a_connected_origins_name_are_held_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let forged: Vec<_> = (2..=4)
+        .map(|seq| event("node-3", seq, "c", &format!("x{seq}"), 666))
+        .collect();
+    h.send(&Message::Events { events: forged }).unwrap();
+    wait_status(&n1, "the forged events are held back", |r| {
+        r["deferred_last"]
+            .as_str()
+            .is_some_and(|s| s.contains("relayed by node-2"))
+    });
+    for seq in 2..=4 {
+        put(&n3, "c", &format!("x{seq}"), r#"{"v":3}"#);
+    }
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    for seq in 2..=4 {
+        assert_eq!(get(&n1, "c", &format!("x{seq}")).1, r#"{"v":3}"#);
+    }
+}
+
+/// The same origin and sequence number with different contents (node-2 restored from an old
+/// backup, or lying): the second is never applied, and the fork is reported with both hashes
+/// and the peer it came from.
+#[test]
+fn a_fork_is_detected_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    h.send(&Message::Events {
+        events: vec![event("node-2", 1, "c", "fork", 1)],
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&n1, "c", "fork").0 != 200 {
+        assert!(Instant::now() < deadline, "node-2:1 applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.send(&Message::Events {
+        events: vec![event("node-2", 1, "c", "fork", 2)],
+    })
+    .unwrap();
+    wait_status(&n1, "the fork is reported", |r| r["forks_total"] == 1);
+    let r = replication(&n1);
+    let fork = &r["forks"][0];
+    assert_eq!(fork["origin"], "node-2");
+    assert_eq!(fork["seq"], 1);
+    assert_eq!(fork["from_peer"], "node-2");
+    assert_ne!(fork["held_hash"], fork["received_hash"]);
+    assert_eq!(fork["held_hash"].as_str().unwrap().len(), 64);
+    assert_eq!(get(&n1, "c", "fork").1, r#"{"v":1}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
+/// Garbage where a message should be, and a frame over the limit: the session is closed with
+/// the reason, and node-1 keeps serving its clients and node-3.
+#[test]
+fn malformed_and_oversize_frames_close_only_that_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    h.send_raw(&[0x9f, 0xff, 0x00, 0x13]).unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("undecodable")),
+        "{reason:?}"
+    );
+    let mut h = attacker(&configs, &[]);
+    // A length prefix of 64 MiB.
+    h.send_bytes(&(64u32 << 20).to_be_bytes()).unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(reason.is_some(), "an oversize frame closes the session");
+    put(&n1, "c", "still", r#"{"v":1}"#);
+    put(&n3, "c", "still-3", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
+/// Events from a hundred made-up origins: node-1 holds events of at most itself, its two peers
+/// and `replication.extra_origins` (16) origins; the rest are refused and reported.
+#[test]
+fn a_flood_of_origins_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let events = (0..100)
+        .map(|i| event(&format!("made-up-{i:03}"), 1, "c", &format!("m{i}"), i))
+        .collect();
+    h.send(&Message::Events { events }).unwrap();
+    wait_status(&n1, "origins over the bound are refused", |r| {
+        r["refused_total"].as_u64().unwrap_or(0) >= 1
+            && r["refused"][0]["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("over its bound of 19"))
+    });
+    let origins = status(&n1)["origins"].as_object().unwrap().len();
+    assert!(origins <= 19, "node-1 holds {origins} origins");
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&n1, "c", "after").0 != 200 {
+        assert!(Instant::now() < deadline, "node-3's write reaches node-1");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A peer that completes the handshake and then never reads: node-1's memory for it is
+/// bounded (its frame queue stops at 16 MiB), and it keeps serving node-3 and its clients.
+#[test]
+fn a_peer_that_never_reads_costs_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    // 3000 events of 16 KiB: 48 MiB the silent peer lacks.
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(16 * 1024));
+    for i in 0..30 {
+        let writes: Vec<String> = (0..100)
+            .map(|j| format!(r#"{{"collection":"big","key":"b{i}-{j}","value":{big}}}"#))
+            .collect();
+        let body = format!(r#"{{"writes":[{}]}}"#, writes.join(","));
+        let r = agent()
+            .post(&n1.url("/v1/batch"))
+            .content_type("application/json")
+            .send(body.as_bytes())
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    converge(&[&n1, &n3], Duration::from_secs(60));
+    let before = rss_bytes(n1.child.id());
+    let _silent = attacker(&configs, &[]);
+    // Several go-back-N rounds (every 3 s) while nothing is read.
+    std::thread::sleep(Duration::from_secs(10));
+    let grown = rss_bytes(n1.child.id()).saturating_sub(before);
+    assert!(
+        grown < 40 << 20,
+        "node-1 grew by {} MiB for a peer that never reads",
+        grown >> 20
+    );
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
+/// After node-2 (the higher id of the pair) is killed and restarted, it is back in replication
+/// with node-1 within a second of starting to serve, not after QUIC's idle timeout.
+#[test]
+fn a_restarted_peer_is_back_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n2, "c", "before", r#"{"v":1}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    n2.kill();
+    let n2 = Node::start(&configs[1]);
+    let started = Instant::now();
+    put(&n2, "c", "after", r#"{"v":2}"#);
+    loop {
+        if get(&n1, "c", "after").0 == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "node-2's write did not reach node-1 within 1 s of its restart: {}",
+            replication(&n1)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A second machine running under node-2's id (a cloned device): the two displace each
+/// other's sessions at node-1; node-1 detects it, reports it, and refuses the id for a while.
+#[test]
+fn two_machines_under_one_node_id_are_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    // The clone: node-2's config and certificates, its own ports and data directory.
+    let original = std::fs::read_to_string(&configs[1]).unwrap();
+    let api = edgerep_config::Config::load(&configs[1]).unwrap();
+    let free = |_: u8| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let clone_text = original
+        .replace(&api.api.listen.port().to_string(), &free(0).to_string())
+        .replace(
+            &api.replication.listen.port().to_string(),
+            &free(1).to_string(),
+        )
+        .replace("data_dir = \"data\"", "data_dir = \"data-clone\"");
+    assert_ne!(clone_text, original);
+    let clone_config = configs[1].with_file_name("clone.toml");
+    std::fs::write(&clone_config, clone_text).unwrap();
+    let _clone = Node::start(&clone_config);
+    wait_status(&n1, "the duplicate id is reported", |r| {
+        r["peers"][0]["duplicate_id"]
+            .as_str()
+            .is_some_and(|s| s.contains("two machines use node id"))
+    });
+    let _ = n2;
+}
