@@ -97,6 +97,33 @@ pub(crate) fn differences(
     out
 }
 
+/// Every difference between our policy and the peer's (both sorted by name), one sentence each.
+/// Unlike collection fingerprints these are fatal: two nodes with different limits, write
+/// authorization or revocations would decide the same events differently.
+pub(crate) fn policy_differences(
+    ours: &[(String, String)],
+    theirs: &[(String, String)],
+) -> Vec<String> {
+    let mut by_name: BTreeMap<&str, (Option<&str>, Option<&str>)> = BTreeMap::new();
+    for (k, v) in ours {
+        by_name.entry(k).or_default().0 = Some(v);
+    }
+    for (k, v) in theirs {
+        by_name.entry(k).or_default().1 = Some(v);
+    }
+    by_name
+        .into_iter()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(name, (a, b))| {
+            format!(
+                "{name}: {} here, {} on the peer",
+                a.unwrap_or("(unset)"),
+                b.unwrap_or("(unset)")
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,29 +190,3 @@ mod tests {
     }
 }
 
-/// Every difference between our policy and the peer's (both sorted by name), one sentence each.
-/// Unlike collection fingerprints these are fatal: two nodes with different limits, write
-/// authorization or revocations would decide the same events differently.
-pub(crate) fn policy_differences(
-    ours: &[(String, String)],
-    theirs: &[(String, String)],
-) -> Vec<String> {
-    let mut by_name: BTreeMap<&str, (Option<&str>, Option<&str>)> = BTreeMap::new();
-    for (k, v) in ours {
-        by_name.entry(k).or_default().0 = Some(v);
-    }
-    for (k, v) in theirs {
-        by_name.entry(k).or_default().1 = Some(v);
-    }
-    by_name
-        .into_iter()
-        .filter(|(_, (a, b))| a != b)
-        .map(|(name, (a, b))| {
-            format!(
-                "{name}: {} here, {} on the peer",
-                a.unwrap_or("(unset)"),
-                b.unwrap_or("(unset)")
-            )
-        })
-        .collect()
-}

@@ -215,24 +215,34 @@ impl Drop for Proxy {
 fn a_partition_heals_and_both_sides_converge() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    // node-1 dials node-2 (the lower id dials): route it through the proxy.
-    let n2_repl = edgerep_config::Config::load(&configs[1])
-        .unwrap()
-        .replication
-        .listen;
-    let proxy = Proxy::start(n2_repl);
-    let text = std::fs::read_to_string(&configs[0]).unwrap();
-    let text = text.replace(
-        &format!("address = \"{n2_repl}\""),
-        &format!("address = \"{}\"", proxy.addr),
-    );
-    std::fs::write(&configs[0], text).unwrap();
+    // node-1 dials node-2 (the lower id dials), and node-2 dials node-1 once when it starts:
+    // route both through proxies, cut together.
+    let mut proxies = Vec::new();
+    for (from, to) in [(0, 1), (1, 0)] {
+        let listen = edgerep_config::Config::load(&configs[to])
+            .unwrap()
+            .replication
+            .listen;
+        let proxy = Proxy::start(listen);
+        let text = std::fs::read_to_string(&configs[from]).unwrap();
+        let text = text.replace(
+            &format!("address = \"{listen}\""),
+            &format!("address = \"{}\"", proxy.addr),
+        );
+        std::fs::write(&configs[from], text).unwrap();
+        proxies.push(proxy);
+    }
+    let cut = |on: bool| {
+        for p in &proxies {
+            p.cut.store(on, Ordering::Relaxed);
+        }
+    };
     let n1 = Node::start(&configs[0]);
     let n2 = Node::start(&configs[1]);
     put(&n1, "orders", "before", r#"{"x":1}"#);
     converge(&[&n1, &n2], Duration::from_secs(30));
 
-    proxy.cut.store(true, Ordering::Relaxed);
+    cut(true);
     put_many(&n1, "left", 1500);
     put_many(&n2, "right", 1500);
     put(&n1, "orders", "both", r#"{"side":"left"}"#);
@@ -253,7 +263,7 @@ fn a_partition_heals_and_both_sides_converge() {
         "{s1}"
     );
 
-    proxy.cut.store(false, Ordering::Relaxed);
+    cut(false);
     converge(&[&n1, &n2], Duration::from_secs(60));
     assert_eq!(get(&n1, "orders", "both"), get(&n2, "orders", "both"));
 }
