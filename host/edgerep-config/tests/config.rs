@@ -778,3 +778,85 @@ fn retention_defaults_and_errors() {
     );
     parse(&with(&format!("{apply}[retention]\ncompact = false\n"))).unwrap();
 }
+
+#[test]
+fn an_api_beyond_loopback_needs_a_token_file() {
+    let open = MINIMAL.replace("listen = \"127.0.0.1:7070\"", "listen = \"0.0.0.0:7070\"");
+    let err = expect_error(&open, "api.listen");
+    assert!(err.message.contains("not a loopback address"), "{err}");
+    assert!(err.message.contains("api.token_file"), "{err}");
+    let guarded = open.replace(
+        "listen = \"0.0.0.0:7070\"",
+        "listen = \"0.0.0.0:7070\"\ntoken_file = \"api.token\"",
+    );
+    let config = parse(&guarded).unwrap();
+    assert_eq!(
+        config.api.token_file.as_deref(),
+        Some(Path::new("/etc/edgerep/api.token"))
+    );
+    assert_eq!(config.api.max_connections, 256);
+    assert_eq!(config.api.max_watch_streams, 64);
+    let zero = guarded.replace(
+        "token_file = \"api.token\"",
+        "token_file = \"api.token\"\nmax_watch_streams = 0",
+    );
+    expect_error(&zero, "api.max_watch_streams");
+}
+
+#[test]
+fn limits_must_fit_a_peer_frame() {
+    let err = expect_error(
+        &with("[limits]\nmax_value_bytes = 9000000\nmax_request_bytes = 16000000"),
+        "limits.max_value_bytes",
+    );
+    assert!(
+        err.message.contains("over what one peer message carries"),
+        "{err}"
+    );
+    let config = parse(&with("[limits]\nmax_meta_bytes = 100")).unwrap();
+    assert_eq!(config.limits.max_meta_bytes, 100);
+    expect_error(
+        &with("[limits]\nmax_meta_bytes = 0"),
+        "limits.max_meta_bytes",
+    );
+}
+
+#[test]
+fn authorization_and_revocations() {
+    let config = parse(&with(
+        "[authorization]\nsite-b = [\"orders\"]\n\n[[revoked]]\nnode = \"site-c\"\nafter_seq = 12\n",
+    ))
+    .unwrap();
+    let (b, c, d) = (
+        NodeId::parse("site-b").unwrap(),
+        NodeId::parse("site-c").unwrap(),
+        NodeId::parse("site-d").unwrap(),
+    );
+    assert!(config.write_allowed(&b, "orders").is_ok());
+    let refused = config.write_allowed(&b, "stock").unwrap_err();
+    assert!(
+        refused.contains("may not write collection \"stock\""),
+        "{refused}"
+    );
+    assert!(
+        config.write_allowed(&d, "stock").is_ok(),
+        "origins not listed write all"
+    );
+    assert!(config.is_revoked(&c) && !config.is_revoked(&b));
+    assert_eq!(config.revocation(&c, 12), None);
+    assert!(config.revocation(&c, 13).unwrap().contains("revoked"));
+    assert_eq!(config.max_origins(), 1 + 16);
+    expect_error(
+        &with("[authorization]\n\"not an id\" = [\"orders\"]\n"),
+        "authorization.not an id",
+    );
+    expect_error(
+        &with("[authorization]\nsite-b = [\"bad name\"]\n"),
+        "authorization.site-b[0]",
+    );
+    expect_error(&with("[[revoked]]\nnode = \"site-a\"\n"), "revoked[0].node");
+    expect_error(
+        &with("[[revoked]]\nnode = \"site-c\"\n\n[[revoked]]\nnode = \"site-c\"\n"),
+        "revoked[1].node",
+    );
+}

@@ -1351,3 +1351,147 @@ fn scan_pages_through_keys_that_are_not_utf8() {
         &["not both"],
     );
 }
+
+/// An API with a token file: every request without the token (or with another) is refused 401,
+/// with it served; watch streams beyond `api.max_watch_streams` are refused 503.
+#[test]
+fn a_guarded_api_wants_its_token_and_bounds_watch_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("api.token"), "s3cret-token-0123456789\n").unwrap();
+    let node = {
+        let text = format!(
+            r#"
+[node]
+id = "site-a"
+data_dir = '{}'
+
+[api]
+listen = "127.0.0.1:0"
+token_file = "api.token"
+max_watch_streams = 1
+
+[replication]
+listen = "127.0.0.1:1"
+{OPEN}
+"#,
+            dir.path().join("data").display()
+        );
+        let config = Config::parse(&text, &dir.path().join("edgerep.toml")).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = rt.block_on(edgerep_node::start(config)).unwrap();
+        let base = format!("http://{}", running.api_addr);
+        Node {
+            rt,
+            running: Some(running),
+            base,
+            agent: agent(),
+        }
+    };
+    let r = node.get("/v1/status");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["kind"], "unauthorized");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let with = |token: &str, path: &str| {
+        finish(
+            node.agent
+                .get(node.url(path))
+                .header("authorization", &format!("Bearer {token}"))
+                .call(),
+            path,
+        )
+    };
+    assert_eq!(with("s3cret-token-012345678X", "/v1/status").status, 401);
+    assert_eq!(with("s3cret", "/v1/status").status, 401);
+    assert_eq!(with("s3cret-token-0123456789", "/v1/status").status, 200);
+    let put = finish(
+        node.agent
+            .put(node.url("/v1/kv/orders/o-1"))
+            .header("authorization", "Bearer s3cret-token-0123456789")
+            .header("content-type", "application/json")
+            .send(br#"{"qty": 1}"#.as_slice()),
+        "put",
+    );
+    assert_eq!(put.status, 200, "{}", put.text());
+    // One watch stream open (following): the second is refused until it ends.
+    let mut first = node
+        .agent
+        .get(node.url("/v1/watch?after=0&follow=true"))
+        .header("authorization", "Bearer s3cret-token-0123456789")
+        .call()
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let second = with("s3cret-token-0123456789", "/v1/watch?after=0&follow=false");
+    assert_eq!(second.status, 503, "{}", second.text());
+    assert_eq!(second.json()["kind"], "too_many_watches");
+    let mut line = String::new();
+    std::io::BufReader::new(first.body_mut().as_reader())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("o-1"), "{line}");
+    drop(first);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let again = with("s3cret-token-0123456789", "/v1/watch?after=0&follow=false");
+        if again.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot is given back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Small things a careless client runs into: a JSON object naming a key twice (CBOR maps
+/// already refused that), an origin that is not a node id, metadata over `max_meta_bytes`.
+#[test]
+fn duplicate_json_keys_bad_origins_and_large_metadata_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), OPEN);
+    node.refused(
+        "duplicate key in a value",
+        |n| n.put("/v1/kv/c/k", "application/json", br#"{"a": 1, "a": 2}"#),
+        400,
+        "malformed_json",
+        &["duplicate object key \"a\""],
+    );
+    node.refused(
+        "duplicate key in a batch",
+        |n| {
+            n.batch(
+                "application/json",
+                br#"{"writes": [{"collection": "c", "key": "k", "op": "put", "value": 1, "value": 2}]}"#,
+            )
+        },
+        400,
+        "malformed_json",
+        &["duplicate object key \"value\""],
+    );
+    node.refused(
+        "changelog of a made-up origin",
+        |n| n.get("/v1/changelog/..%2F..%2Fnot%20a%20node"),
+        400,
+        "bad_origin",
+        &["is not a node id"],
+    );
+    let meta: serde_json::Map<String, Json> = (0..2)
+        .map(|i| (format!("m{i}"), json!("x".repeat(3000))))
+        .collect();
+    node.refused(
+        "metadata over max_meta_bytes",
+        |n| {
+            n.batch_json(&json!({"writes": [
+                {"collection": "c", "key": "k", "op": "put", "value": 1, "meta": meta}
+            ]}))
+        },
+        400,
+        "bad_meta",
+        &["bytes of metadata", "limits.max_meta_bytes"],
+    );
+    assert_eq!(node.get("/v1/changelog/site-a").status, 200);
+}

@@ -189,4 +189,3 @@ mod tests {
         assert_eq!(f[1].plugins[0].0, "y");
     }
 }
-

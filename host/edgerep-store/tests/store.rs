@@ -12,7 +12,7 @@ use edgerep_store::{
     StoreError, StoreStatus, Sync, Versions,
 };
 use edgerep_wire::event::EventLimits;
-use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value};
+use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value, VersionVector};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redb::StorageBackend;
@@ -1360,4 +1360,75 @@ fn deferred_commits_are_durable_after_sync_or_the_next_immediate_commit() {
         .commit_local(vec![put("c", b"d", val(3))], &mut clock, 3_000)
         .unwrap();
     assert_eq!(crash(&backend), 4);
+}
+
+/// A local write the store cannot commit as it stands is refused alone, with every write of
+/// the group handed back in order: a version whose causal context claims this node's next
+/// sequence number already (a peer's forged context), or an event that could not be read back
+/// within the limits. Nothing of the group is written; the others commit without it.
+#[test]
+fn a_write_the_store_cannot_commit_is_refused_alone() {
+    let (store, _) = memory_store("site-a");
+    let mut clock = HlcClock::new(Hlc::default(), SKEW_MS);
+    let mut poisoned = Event {
+        format: 1,
+        collection: "c".into(),
+        key: b"k".to_vec(),
+        op: Op::Put,
+        value: Some(val(9)),
+        hlc: Hlc::new(1000, 0),
+        origin: node("site-b"),
+        seq: 1,
+        schema: 0,
+        meta: BTreeMap::new(),
+        context: VersionVector::new(),
+        extra: BTreeMap::new(),
+    };
+    poisoned.context.add(&edgerep_wire::event::Dot {
+        origin: node("site-a"),
+        seq: u64::MAX - 1,
+    });
+    store.apply_events(vec![poisoned]).unwrap();
+    let before = store.status().unwrap();
+    let group = vec![
+        put("c", b"k1", val(1)),
+        put("c", b"k", val(2)),
+        put("c", b"k3", val(3)),
+    ];
+    let err = store
+        .commit_local_checked(group.clone(), &[], Sync::Immediate, &mut clock, 2000)
+        .unwrap_err();
+    match &err.error {
+        StoreError::WriteRefused { index, reason } => {
+            assert_eq!(*index, 1);
+            assert!(reason.contains("never issued"), "{reason}");
+        }
+        other => panic!("expected WriteRefused, got {other}"),
+    }
+    assert_eq!(err.writes, group, "every write handed back, in order");
+    assert_eq!(store.status().unwrap(), before, "nothing written");
+    let mut rest = err.writes;
+    rest.remove(1);
+    let done = store
+        .commit_local_checked(rest, &[], Sync::Immediate, &mut clock, 2000)
+        .unwrap();
+    assert_eq!(done.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
+    // Metadata that would make the event unreadable under the store's limits.
+    let small = EventLimits {
+        max_meta_bytes: 16,
+        ..EventLimits::default()
+    };
+    let (tight, _) =
+        Store::open_with_backend(InMemoryBackend::new(), "memory", &node("site-a"), small).unwrap();
+    let mut w = put("c", b"m", val(1));
+    w.meta.insert("note".into(), "x".repeat(64));
+    let err = tight
+        .commit_local_checked(vec![w], &[], Sync::Immediate, &mut clock, 3000)
+        .unwrap_err();
+    assert!(
+        err.error.to_string().contains("could not be read back"),
+        "{}",
+        err.error
+    );
+    assert_verified(&store);
 }

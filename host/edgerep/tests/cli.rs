@@ -294,3 +294,33 @@ fn plugin_check_and_run() {
         assert_eq!(stdout(&o).trim(), kind, "{plugin}");
     }
 }
+
+/// A config whose certificate names another node: `config check` says so and exits 2, and
+/// `run` refuses to start with exit 2 (a usage error), not 4.
+#[test]
+fn a_certificate_of_another_node_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = common::cluster(dir.path(), 2);
+    let text = std::fs::read_to_string(&configs[0])
+        .unwrap()
+        .replace(
+            "cert = \"certs/node.pem\"",
+            "cert = \"../node-2/certs/node.pem\"",
+        )
+        .replace(
+            "key = \"certs/node.key\"",
+            "key = \"../node-2/certs/node.key\"",
+        );
+    std::fs::write(&configs[0], text).unwrap();
+    let c = configs[0].to_str().unwrap();
+    let o = edgerep(&["config", "check", c]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("names node \"node-2\", but node.id is \"node-1\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = edgerep(&["run", "--config", c]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("replication.cert"), "{}", stderr(&o));
+}
