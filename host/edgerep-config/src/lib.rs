@@ -23,6 +23,7 @@
 //! [replication]
 //! listen = "127.0.0.1:7071"  # required, IP:port of the peer listener
 //! extra_origins = 16         # optional: origins accepted beyond this node and its peers
+//! authenticate = true        # optional: off only to measure its cost; never in production
 //!
 //! [[peers]]                  # zero or more
 //! id = "site-b"
@@ -189,6 +190,10 @@ pub struct ReplicationConfig {
     /// Origins accepted beyond this node and its configured peers (default 16); events of
     /// further origins are refused.
     pub extra_origins: usize,
+    /// Origins sign their events and every node checks the seals (default true). Off only to
+    /// measure what authentication costs (`edgerep bench replicate`): every node of a cluster
+    /// must agree (it is part of the policy peers compare).
+    pub authenticate: bool,
 }
 
 /// `[replication]` `ca`, `cert`, `key`: the files of a node's mutual-TLS identity, resolved
@@ -431,6 +436,7 @@ impl Config {
                     _ => None,
                 },
                 extra_origins: raw.replication.extra_origins,
+                authenticate: raw.replication.authenticate,
             },
             peers: raw
                 .peers

@@ -193,6 +193,8 @@ pub(crate) struct RawReplication {
     pub(crate) key: Option<String>,
     #[serde(default = "default_extra_origins")]
     pub(crate) extra_origins: usize,
+    #[serde(default = "yes")]
+    pub(crate) authenticate: bool,
 }
 
 #[derive(Debug, Deserialize)]

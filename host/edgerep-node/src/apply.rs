@@ -213,9 +213,12 @@ pub(crate) fn prepare(
     limits: &DecodeLimits,
     admission: &Admission<'_>,
     events: Vec<Event>,
+    seals: &[edgerep_wire::Seal],
 ) -> Result<Prepared, Halt> {
     let check_value = |v: &Value| crate::check_plugin_value(v, limits);
-    let (events, refused) = admission.admit(events);
+    let (mut events, refused) = admission.admit(events);
+    // An origin's admitted events end where a refusal cut them: back to its last seal before.
+    edgerep_replica::trim_to_seals(&mut events, seals);
     let mut out = Prepared {
         events: Vec::with_capacity(events.len()),
         dead_letters: Vec::new(),

@@ -27,7 +27,7 @@ use edgerep_config::{Config, Durability};
 use edgerep_store::{
     Committed, Compaction, Installed, LocalWrite, Received, RemoteApply, Store, Sync,
 };
-use edgerep_wire::{Event, HlcClock};
+use edgerep_wire::{Event, HlcClock, NodeId, Seal};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests waiting for the committer, at most. Writers wait (backpressure) when it is full.
@@ -101,6 +101,8 @@ enum Request {
     Sync,
     Apply {
         events: Vec<Received>,
+        seals: Vec<Seal>,
+        certs: Vec<(NodeId, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
         reply: ApplyReply,
     },
@@ -108,6 +110,8 @@ enum Request {
     Install {
         versions: Vec<Event>,
         have: Option<Have>,
+        seals: Vec<Seal>,
+        certs: Vec<(NodeId, Vec<u8>)>,
         reply: InstallReply,
     },
     /// Remove changelog entries up to these floors.
@@ -138,6 +142,10 @@ pub enum CommitError {
     /// A replay named a dead letter that another replay already committed.
     #[error("dead letter {0} was already replayed")]
     DeadLetterGone(u64),
+    /// Events from a peer whose origin's seal is missing, mismatched or invalid: nothing of the
+    /// batch was applied.
+    #[error("{0}")]
+    Forged(String),
     /// The store refused this write (the other writes committed with it were not affected).
     #[error("write refused: {0}")]
     Refused(String),
@@ -232,14 +240,18 @@ impl Committer {
                         }
                         Request::Apply {
                             events,
+                            seals,
+                            certs,
                             dead_letters,
                             reply,
                         } => {
                             let n = events.len();
                             let sync =
                                 policy.sync_for(events.iter().map(|r| r.event.collection.as_str()));
-                            match store.apply_remote(
+                            match store.apply_sealed(
                                 events,
+                                &seals,
+                                &certs,
                                 &dead_letters,
                                 sync,
                                 &mut clock,
@@ -262,6 +274,9 @@ impl Committer {
                                     hook(&have);
                                     reply(Ok(out));
                                 }
+                                Err(e @ edgerep_store::StoreError::Forged { .. }) => {
+                                    reply(Err(CommitError::Forged(e.to_string())));
+                                }
                                 Err(e) => {
                                     tracing::error!(error = %e, events = n, "applying a batch from a peer failed");
                                     reply(Err(CommitError::Store(e.to_string())));
@@ -272,6 +287,8 @@ impl Committer {
                         Request::Install {
                             versions,
                             have: theirs,
+                            seals,
+                            certs,
                             reply,
                         } => {
                             for v in &versions {
@@ -279,16 +296,23 @@ impl Committer {
                                 // the clock.
                                 let _ = clock.observe(v.hlc, wall_ms());
                             }
-                            let result = store.install_snapshot(
+                            let result = store.install_sealed(
                                 versions,
                                 theirs.as_ref(),
+                                &seals,
+                                &certs,
                                 Some(clock.last()),
                                 Sync::Immediate,
                             );
                             match result {
                                 Ok(out) => {
                                     for (origin, &seq) in &out.held {
-                                        if *origin != local {
+                                        if *origin == local {
+                                            // Its own events a restore lost, back in a
+                                            // snapshot proven by its own seal.
+                                            durable.local_committed =
+                                                durable.local_committed.max(seq);
+                                        } else {
                                             let held = have.entry(origin.clone()).or_insert(0);
                                             *held = (*held).max(seq);
                                         }
@@ -469,12 +493,16 @@ impl Committer {
     pub fn apply(
         &self,
         events: Vec<Received>,
+        seals: Vec<Seal>,
+        certs: Vec<(NodeId, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
         reply: ApplyReply,
     ) -> Result<(), CommitError> {
         self.queue
             .blocking_send(Request::Apply {
                 events,
+                seals,
+                certs,
                 dead_letters,
                 reply,
             })
@@ -489,12 +517,16 @@ impl Committer {
         &self,
         versions: Vec<Event>,
         have: Option<Have>,
+        seals: Vec<Seal>,
+        certs: Vec<(NodeId, Vec<u8>)>,
         reply: InstallReply,
     ) -> Result<(), CommitError> {
         self.queue
             .blocking_send(Request::Install {
                 versions,
                 have,
+                seals,
+                certs,
                 reply,
             })
             .map_err(|_| CommitError::Closed)

@@ -9,6 +9,7 @@ mod apply;
 pub mod committer;
 pub mod dead_letter;
 mod ingest;
+pub mod keys;
 mod listener;
 pub mod pipeline;
 pub mod replication;
@@ -158,7 +159,28 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 source,
             }
         })?;
-    let store = Arc::new(store);
+    // With a TLS identity, this node signs its events' seals and checks its peers'.
+    let keys = match (&config.replication.tls, config.replication.authenticate) {
+        (Some(_), true) => {
+            let identity = replication::load_identity(&config).map_err(NodeError::Replication)?;
+            let keys = keys::NodeKeys::new(&identity, &config).map_err(NodeError::Replication)?;
+            let learnt = store.certs().map_err(|source| NodeError::Store {
+                path: db_path.display().to_string(),
+                source,
+            })?;
+            for (origin, der) in learnt {
+                if let Err(e) = edgerep_store::Keys::learn(&keys, &origin, &der) {
+                    tracing::warn!(origin = %origin, "a stored certificate is no longer valid: {e}");
+                }
+            }
+            Some(Arc::new(keys))
+        }
+        _ => None,
+    };
+    let store = Arc::new(match &keys {
+        Some(k) => store.with_keys(k.clone()),
+        None => store,
+    });
     let clock = HlcClock::new(resume.hlc_last, config.node.max_clock_skew_ms);
     let (feed_tx, feed_rx) = watch::channel(resume.feed_last);
     let (inbox, hook) = replication::inbox();
@@ -191,6 +213,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         pipeline.clone(),
         inbox,
         origin_gate,
+        keys.as_ref().map(|k| k.own_cert().to_vec()),
         tokio::runtime::Handle::current(),
     )
     .map_err(NodeError::Replication)?

@@ -33,15 +33,15 @@ use std::time::{Duration, Instant};
 
 use edgerep_config::{Config, Durability, RetentionConfig};
 use edgerep_replica::{
-    CollectionFingerprint, Log, LogError, Message, MessageLimits, Output, Replica, ReplicaConfig,
-    StateCursor, StatePage,
+    CollectionFingerprint, Log, LogError, Message, MessageLimits, Output, Read, Replica,
+    ReplicaConfig, StateCursor, StatePage,
 };
 use edgerep_store::{Compaction, Installed, RemoteApply, Store, StoreError};
 use edgerep_transport::certs::Identity;
 use edgerep_transport::frame::{FrameReader, FrameWriter};
 use edgerep_transport::tls::TransportConfig;
 use edgerep_transport::{CloseCode, PeerConnection, Transport};
-use edgerep_wire::{Event, NodeId};
+use edgerep_wire::{Event, NodeId, Seal};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
@@ -290,6 +290,10 @@ pub fn policy(config: &Config) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_string()))
     .collect();
+    out.push((
+        "replication.authenticate".to_owned(),
+        config.replication.authenticate.to_string(),
+    ));
     for (origin, collections) in &config.authorization {
         let mut c = collections.clone();
         c.sort();
@@ -301,6 +305,33 @@ pub fn policy(config: &Config) -> Vec<(String, String)> {
     }
     out.sort();
     out
+}
+
+/// This node's TLS identity from the files `[replication]` names; it must name this node.
+pub fn load_identity(config: &Config) -> Result<Identity, String> {
+    let tls = config
+        .replication
+        .tls
+        .as_ref()
+        .ok_or("replication: peers are configured but ca/cert/key are not")?;
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read_to_string(p)
+            .map_err(|e| format!("replication.{what}: cannot read {}: {e}", p.display()))
+    };
+    let identity = Identity::from_pem(
+        &read(&tls.ca, "ca")?,
+        &read(&tls.cert, "cert")?,
+        &read(&tls.key, "key")?,
+    )
+    .map_err(|e| format!("replication TLS identity: {e}"))?;
+    if identity.node_id() != &config.node.id {
+        return Err(format!(
+            "replication.cert names node {:?} but this node is {:?}",
+            identity.node_id().as_str(),
+            config.node.id.as_str()
+        ));
+    }
+    Ok(identity)
 }
 
 /// A number that differs between two starts of a node, for the Hello's `instance`.
@@ -315,6 +346,8 @@ fn instance_number() -> u64 {
 /// The changelog and state as the replica reads them.
 struct StoreLog {
     store: Arc<Store>,
+    /// This node's certificate (DER), sent with its seals; `None` when it signs none.
+    own_cert: Option<Vec<u8>>,
     /// Some collections commit without syncing: sync before reading a state page, so that a
     /// snapshot never carries this node's own events a crash could take back.
     sync_before_state: bool,
@@ -353,19 +386,20 @@ impl Log for StoreLog {
         after: u64,
         max_events: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<Read, LogError> {
+        let storage = |e: StoreError| match e {
+            StoreError::ChangelogCompacted { floor, .. } => LogError::Compacted {
+                origin: origin.clone(),
+                floor,
+            },
+            other => LogError::Storage {
+                reason: other.to_string(),
+            },
+        };
         let events = self
             .store
             .changelog(origin.as_str(), after, max_events)
-            .map_err(|e| match e {
-                StoreError::ChangelogCompacted { floor, .. } => LogError::Compacted {
-                    origin: origin.clone(),
-                    floor,
-                },
-                other => LogError::Storage {
-                    reason: other.to_string(),
-                },
-            })?;
+            .map_err(storage)?;
         let mut bytes = 0usize;
         let mut out = Vec::with_capacity(events.len());
         for event in events {
@@ -377,7 +411,46 @@ impl Log for StoreLog {
             bytes += size;
             out.push(event);
         }
-        Ok(out)
+        let Some(last) = out.last().map(|e| e.seq) else {
+            return Ok(Read::default());
+        };
+        let mut seals = self.store.seals(origin, after, last).map_err(storage)?;
+        match seals.last().map(|s| s.seq) {
+            // End at the last seal read.
+            Some(sealed) => out.truncate((sealed - after) as usize),
+            // No seal within the limits: read on to the next one (at most SEAL_EVERY_* more).
+            None => {
+                let Some(next) = self.store.next_seal(origin, last).map_err(storage)? else {
+                    return Err(LogError::Inconsistent {
+                        reason: format!("no seal of {origin} after {after}"),
+                    });
+                };
+                let more = self
+                    .store
+                    .changelog(origin.as_str(), last, (next.seq - last) as usize)
+                    .map_err(storage)?;
+                out.extend(more);
+                seals.push(next);
+            }
+        }
+        Ok(Read { events: out, seals })
+    }
+
+    fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
+        let seals = self
+            .store
+            .seals(origin, seq.saturating_sub(1), seq)
+            .map_err(|e| LogError::Storage {
+                reason: e.to_string(),
+            })?;
+        Ok(seals.into_iter().find(|s| s.seq == seq))
+    }
+
+    fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
+        if origin == self.store.node() {
+            return self.own_cert.clone();
+        }
+        self.store.cert(origin).ok().flatten()
     }
 }
 
@@ -405,33 +478,13 @@ pub fn start(
     pipeline: Arc<Pipeline>,
     inbox: Inbox,
     origin_gate: watch::Sender<Option<String>>,
+    own_cert: Option<Vec<u8>>,
     runtime: tokio::runtime::Handle,
 ) -> Result<Option<Replication>, String> {
     if config.peers.is_empty() {
         return Ok(None);
     }
-    let tls = config
-        .replication
-        .tls
-        .as_ref()
-        .ok_or("replication: peers are configured but ca/cert/key are not")?;
-    let read = |p: &std::path::Path, what: &str| {
-        std::fs::read_to_string(p)
-            .map_err(|e| format!("replication.{what}: cannot read {}: {e}", p.display()))
-    };
-    let identity = Identity::from_pem(
-        &read(&tls.ca, "ca")?,
-        &read(&tls.cert, "cert")?,
-        &read(&tls.key, "key")?,
-    )
-    .map_err(|e| format!("replication TLS identity: {e}"))?;
-    if identity.node_id() != &config.node.id {
-        return Err(format!(
-            "replication.cert names node {:?} but this node is {:?}",
-            identity.node_id().as_str(),
-            config.node.id.as_str()
-        ));
-    }
+    let identity = load_identity(config)?;
     let peers: Vec<(NodeId, String)> = config
         .peers
         .iter()
@@ -480,6 +533,7 @@ pub fn start(
         core: Replica::new(local.clone(), core_config),
         log: StoreLog {
             store: store.clone(),
+            own_cert,
             sync_before_state: declared
                 .iter()
                 .any(|c| c.durability == Durability::Periodic),
@@ -1184,7 +1238,7 @@ impl Replicator {
                         self.peer_have
                             .insert(peer.clone(), hello.have.iter().cloned().collect());
                     }
-                    Message::Events { events } => self.check_forks(&peer, events),
+                    Message::Events { events, .. } => self.check_forks(&peer, events),
                     _ => {}
                 }
                 if let Err(e) = self.core.handle(&peer, message, now) {
@@ -1200,6 +1254,27 @@ impl Replicator {
             }
             Input::Applied { peer, result } => match result {
                 Ok(_) => self.core.applied(&peer, now),
+                Err(CommitError::Forged(reason)) => {
+                    // What the peer sent is not what its origin wrote: nothing of the batch was
+                    // applied, and the peer is cut off (it is lying, or relays a liar's events).
+                    tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
+                    self.reports.refused(
+                        RefusalReport {
+                            from_peer: peer.to_string(),
+                            origin: String::new(),
+                            seq: 0,
+                            reason: reason.clone(),
+                            at_ms: wall_ms(),
+                        },
+                        1,
+                    );
+                    self.core.apply_failed(&peer, &reason, now);
+                    if let Some(live) = self.conns.remove(&peer) {
+                        live.conn.close(CloseCode::Protocol, &reason);
+                        self.core.disconnected(&peer, now);
+                    }
+                    self.last_error.insert(peer, reason);
+                }
                 Err(e) => self.core.apply_failed(&peer, &e.to_string(), now),
             },
             Input::Installed { peer, result } => match result {
@@ -1243,7 +1318,12 @@ impl Replicator {
     fn drain_outputs(&mut self) {
         while let Some(output) = self.core.poll_output() {
             match output {
-                Output::Apply { peer, events } => {
+                Output::Apply {
+                    peer,
+                    events,
+                    seals,
+                    certs,
+                } => {
                     if let Some(reason) = &self.halted {
                         let reason = reason.clone();
                         self.core.apply_failed(&peer, &reason, self.now());
@@ -1273,6 +1353,7 @@ impl Replicator {
                         &self.value_limits,
                         &admission,
                         events,
+                        &seals,
                     ) {
                         Ok(p) => p,
                         Err(halt) => {
@@ -1309,6 +1390,8 @@ impl Replicator {
                     let to = peer.clone();
                     let sent = self.committer.apply(
                         prepared.events,
+                        seals,
+                        certs,
                         prepared.dead_letters,
                         Box::new(move |result| hook.applied(to, result)),
                     );
@@ -1338,6 +1421,8 @@ impl Replicator {
                     peer,
                     versions,
                     have,
+                    seals,
+                    certs,
                 } => {
                     let now = self.now();
                     if let Some(c) = versions
@@ -1362,6 +1447,8 @@ impl Replicator {
                     let sent = self.committer.install(
                         versions,
                         have,
+                        seals,
+                        certs,
                         Box::new(move |result| hook.installed(to, result)),
                     );
                     if let Err(e) = sent {
@@ -1471,7 +1558,7 @@ impl Replicator {
         for (origin, &held) in &self.have {
             let theirs = acked.get(origin).copied().unwrap_or(0);
             if held > theirs
-                && let Ok(events) = self.log.read(origin, theirs, 1, usize::MAX)
+                && let Ok(events) = self.store.changelog(origin.as_str(), theirs, 1)
                 && let Some(e) = events.first()
             {
                 let t = e.hlc.physical_ms;

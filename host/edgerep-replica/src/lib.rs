@@ -9,13 +9,19 @@
 //! - [`Log`]: how it reads the node's changelog and state (it never writes: the caller applies).
 //!
 //! ```
-//! use edgerep_replica::{Log, LogError, Message, Replica, ReplicaConfig, StateCursor, StatePage};
-//! use edgerep_wire::{Event, NodeId};
+//! use edgerep_replica::{Log, LogError, Message, Read, Replica, ReplicaConfig, StateCursor, StatePage};
+//! use edgerep_wire::{NodeId, Seal};
 //!
 //! struct Empty;
 //! impl Log for Empty {
-//!     fn read(&self, _: &NodeId, _: u64, _: usize, _: usize) -> Result<Vec<Event>, LogError> {
-//!         Ok(Vec::new())
+//!     fn read(&self, _: &NodeId, _: u64, _: usize, _: usize) -> Result<Read, LogError> {
+//!         Ok(Read::default())
+//!     }
+//!     fn seal_at(&self, _: &NodeId, _: u64) -> Result<Option<Seal>, LogError> {
+//!         Ok(None)
+//!     }
+//!     fn cert(&self, _: &NodeId) -> Option<Vec<u8>> {
+//!         None
 //!     }
 //!     fn state_page(&self, _: Option<&StateCursor>, _: usize, _: usize) -> Result<StatePage, LogError> {
 //!         Ok(StatePage::default())
@@ -38,11 +44,11 @@ mod replica;
 mod session;
 
 pub use have::Have;
-pub use log::{Log, LogError, StateCursor, StatePage};
+pub use log::{Log, LogError, Read, StateCursor, StatePage};
 pub use message::{
     CollectionFingerprint, DecodeError, Hello, Message, MessageLimits, PROTOCOL_VERSION,
 };
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use replica::Fault;
-pub use replica::{Output, PeerView, ProtocolError, Replica, ReplicaConfig};
+pub use replica::{Output, PeerView, ProtocolError, Replica, ReplicaConfig, trim_to_seals};

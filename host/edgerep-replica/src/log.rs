@@ -1,7 +1,7 @@
 //! The storage seam: the replica reads the node's changelog and state through [`Log`] and never
 //! writes them.
 
-use edgerep_wire::{Event, NodeId};
+use edgerep_wire::{Event, NodeId, Seal};
 
 /// A position in the state, in (collection, key) order: a state page continues after it.
 pub type StateCursor = (String, Vec<u8>);
@@ -15,18 +15,34 @@ pub struct StatePage {
     pub next: Option<StateCursor>,
 }
 
+/// Events of one origin as read for a peer, with the origin's seals over them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Read {
+    /// Consecutive events of the origin.
+    pub events: Vec<Event>,
+    /// The origin's seals at sequence numbers within the events; the last event has one.
+    pub seals: Vec<Seal>,
+}
+
 /// Read access to the node's durable changelog (every event it holds, keyed by origin and sequence).
 pub trait Log {
-    /// Events of `origin` with sequence numbers after `after`, in order and without gaps: at most
-    /// `max_events`, and at most `max_bytes` of encoded events, except that the first event is
-    /// returned even if it alone is larger.
+    /// Events of `origin` with sequence numbers after `after`, in order and without gaps,
+    /// ending at one of the origin's seals, with the seals among them: at most `max_events` and
+    /// `max_bytes` of encoded events, except that the events up to the first seal are returned
+    /// even if they alone are more.
     fn read(
         &self,
         origin: &NodeId,
         after: u64,
         max_events: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Event>, LogError>;
+    ) -> Result<Read, LogError>;
+
+    /// The seal of `origin` at `seq`, if the node holds one.
+    fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError>;
+
+    /// The certificate (DER) that verifies `origin`'s seals, if the node has it.
+    fn cert(&self, origin: &NodeId) -> Option<Vec<u8>>;
 
     /// The versions of the keys after `after` (from the first key if `None`), whole keys only:
     /// at most `max_events` versions and `max_bytes` of encoded versions, except that the first

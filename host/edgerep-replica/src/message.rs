@@ -7,12 +7,15 @@
 //! | type | message | array |
 //! |---|---|---|
 //! | 0 | [`Hello`] | `[0, protocol, node, instance, [fingerprint…], have, compacted, [[name, value]…]]` |
-//! | 1 | [`Message::Events`] | `[1, [event bytes…]]`, each an [`Event::encode`] in a byte string |
+//! | 1 | [`Message::Events`] | `[1, [event bytes…], [seal…], [[origin, cert]…]]`, each event an [`Event::encode`] in a byte string |
 //! | 2 | [`Message::Ack`] | `[2, have, rewind]` |
 //! | 3 | [`Message::Bye`] | `[3, reason]` |
-//! | 4 | [`Message::Snapshot`] | `[4, id, page, floors, [event bytes…], done, have]` (`have` empty unless `done`) |
+//! | 4 | [`Message::Snapshot`] | `[4, id, page, floors, [event bytes…], done, have, [seal…], [[origin, cert]…]]` (`have`, seals and certs empty unless `done`) |
 //! | 5 | [`Message::SnapshotAck`] | `[5, id, page]` |
 //!
+//! A seal is `[origin, seq, chain (32 bytes), signature (bytes)]` (see `edgerep_wire::seal`): in
+//! an Events message, each origin's run ends at one of its seals; a cert is the origin's
+//! certificate (DER), sent once per session before the first seal it verifies.
 //! `have` (and `compacted`) is `[[node, seq]…]`, strictly ascending by node id, at most
 //! [`MAX_ORIGINS`] entries. The Hello's last item is the sender's policy (limits, write
 //! authorization, revocations) as `[name, value]` text pairs strictly ascending by name: peers
@@ -24,8 +27,9 @@
 //! Invariant: [`Message::decode`] never panics and allocates at most in proportion to its input,
 //! which is at most [`MessageLimits::max_frame_bytes`].
 
-use edgerep_wire::NodeId;
 use edgerep_wire::event::{self, Event, EventLimits, check_collection_name};
+use edgerep_wire::seal::{MAX_CERT_BYTES, MAX_SIGNATURE_BYTES};
+use edgerep_wire::{NodeId, Seal};
 use minicbor::Encoder;
 
 use crate::cbor::Reader;
@@ -100,6 +104,10 @@ pub enum Message {
     Events {
         /// The events.
         events: Vec<Event>,
+        /// The origins' seals over them: each origin's run ends at one.
+        seals: Vec<Seal>,
+        /// Certificates (DER) of origins whose seals the receiver may not be able to verify yet.
+        certs: Vec<(NodeId, Vec<u8>)>,
     },
     /// The receiver's durable per-origin have after applying.
     Ack {
@@ -130,6 +138,10 @@ pub enum Message {
         done: bool,
         /// Per origin, strictly ascending; empty unless `done`.
         have: Vec<(NodeId, u64)>,
+        /// On the last page, the seal of each origin of `have` at its sequence number there.
+        seals: Vec<Seal>,
+        /// On the last page, certificates (DER) of origins the seals name.
+        certs: Vec<(NodeId, Vec<u8>)>,
     },
     /// The receiver durably merged the snapshot page.
     SnapshotAck {
@@ -268,11 +280,16 @@ impl Message {
                         .and_then(|e| e.str(value));
                 }
             }
-            Message::Events { events } => {
+            Message::Events {
+                events,
+                seals,
+                certs,
+            } => {
                 let _ = Encoder::new(&mut *buf)
-                    .array(2)
+                    .array(4)
                     .and_then(|e| e.u64(kind::EVENTS));
                 encode_events(buf, events);
+                encode_seals(buf, seals, certs);
             }
             Message::Ack { have, rewind } => {
                 let mut e = Encoder::new(&mut *buf);
@@ -293,10 +310,12 @@ impl Message {
                 versions,
                 done,
                 have,
+                seals,
+                certs,
             } => {
                 let mut e = Encoder::new(&mut *buf);
                 let _ = e
-                    .array(7)
+                    .array(9)
                     .and_then(|e| e.u64(kind::SNAPSHOT))
                     .and_then(|e| e.u64(*id))
                     .and_then(|e| e.u64(*page));
@@ -305,6 +324,7 @@ impl Message {
                 let mut e = Encoder::new(&mut *buf);
                 let _ = e.bool(*done);
                 encode_have(&mut e, have);
+                encode_seals(buf, seals, certs);
             }
             Message::SnapshotAck { id, page } => {
                 let _ = Encoder::new(&mut *buf)
@@ -336,10 +356,10 @@ impl Message {
         let ty = r.u64("message type")?;
         let (want, message) = match ty {
             kind::HELLO => (8, "hello"),
-            kind::EVENTS => (2, "events message"),
+            kind::EVENTS => (4, "events message"),
             kind::ACK => (3, "ack"),
             kind::BYE => (2, "bye"),
-            kind::SNAPSHOT => (7, "snapshot"),
+            kind::SNAPSHOT => (9, "snapshot"),
             kind::SNAPSHOT_ACK => (3, "snapshot ack"),
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -351,9 +371,15 @@ impl Message {
         }
         let message = match ty {
             kind::HELLO => Message::Hello(decode_hello(&mut r)?),
-            kind::EVENTS => Message::Events {
-                events: decode_events(&mut r, limits)?,
-            },
+            kind::EVENTS => {
+                let events = decode_events(&mut r, limits)?;
+                let (seals, certs) = decode_seals(&mut r, limits, "events")?;
+                Message::Events {
+                    events,
+                    seals,
+                    certs,
+                }
+            }
             kind::ACK => Message::Ack {
                 have: decode_have(&mut r, "ack have")?,
                 rewind: r.bool("ack rewind")?,
@@ -365,7 +391,8 @@ impl Message {
                 let versions = decode_events(&mut r, limits)?;
                 let done = r.bool("snapshot done")?;
                 let have = decode_have(&mut r, "snapshot have")?;
-                if !done && !have.is_empty() {
+                let (seals, certs) = decode_seals(&mut r, limits, "snapshot")?;
+                if !done && !(have.is_empty() && seals.is_empty() && certs.is_empty()) {
                     return Err(DecodeError::Invalid {
                         what: "snapshot have".into(),
                         reason: "given on a page that is not the last".into(),
@@ -378,6 +405,8 @@ impl Message {
                     versions,
                     done,
                     have,
+                    seals,
+                    certs,
                 }
             }
             kind::SNAPSHOT_ACK => Message::SnapshotAck {
@@ -402,6 +431,93 @@ fn encode_events(buf: &mut Vec<u8>, events: &[Event]) {
         ev.encode_into(&mut scratch);
         let _ = Encoder::new(&mut *buf).bytes(&scratch);
     }
+}
+
+/// `[seal…], [[origin, cert]…]`.
+fn encode_seals(buf: &mut Vec<u8>, seals: &[Seal], certs: &[(NodeId, Vec<u8>)]) {
+    let mut e = Encoder::new(&mut *buf);
+    let _ = e.array(seals.len() as u64);
+    for s in seals {
+        let _ = e
+            .array(4)
+            .and_then(|e| e.str(s.origin.as_str()))
+            .and_then(|e| e.u64(s.seq))
+            .and_then(|e| e.bytes(&s.chain))
+            .and_then(|e| e.bytes(&s.signature));
+    }
+    let _ = e.array(certs.len() as u64);
+    for (origin, der) in certs {
+        let _ = e
+            .array(2)
+            .and_then(|e| e.str(origin.as_str()))
+            .and_then(|e| e.bytes(der));
+    }
+}
+
+fn decode_seals(
+    r: &mut Reader<'_>,
+    limits: &MessageLimits,
+    what: &str,
+) -> Result<(Vec<Seal>, Vec<(NodeId, Vec<u8>)>), DecodeError> {
+    let n = list_len(r, "seals")?;
+    if n > limits.max_events_per_batch.max(MAX_ORIGINS) {
+        return Err(DecodeError::TooMany {
+            what: format!("{what} seals"),
+            count: n as u64,
+            limit: limits.max_events_per_batch.max(MAX_ORIGINS) as u64,
+        });
+    }
+    let mut seals = Vec::with_capacity(n);
+    for _ in 0..n {
+        r.array_of(4, "seal")?;
+        let origin = node_id(r, "seal origin")?;
+        let seq = r.u64("seal seq")?;
+        let chain: [u8; 32] =
+            r.bytes("seal chain")?
+                .try_into()
+                .map_err(|_| DecodeError::Invalid {
+                    what: "seal chain".into(),
+                    reason: "not 32 bytes".into(),
+                })?;
+        let signature = r.bytes("seal signature")?;
+        if signature.len() > MAX_SIGNATURE_BYTES {
+            return Err(DecodeError::Invalid {
+                what: "seal signature".into(),
+                reason: format!(
+                    "{} bytes, over the limit of {MAX_SIGNATURE_BYTES}",
+                    signature.len()
+                ),
+            });
+        }
+        seals.push(Seal {
+            origin,
+            seq,
+            chain,
+            signature: signature.to_vec(),
+        });
+    }
+    let n = list_len(r, "certs")?;
+    if n > MAX_ORIGINS {
+        return Err(DecodeError::TooMany {
+            what: format!("{what} certs"),
+            count: n as u64,
+            limit: MAX_ORIGINS as u64,
+        });
+    }
+    let mut certs = Vec::with_capacity(n);
+    for _ in 0..n {
+        r.array_of(2, "cert")?;
+        let origin = node_id(r, "cert origin")?;
+        let der = r.bytes("cert")?;
+        if der.len() > MAX_CERT_BYTES {
+            return Err(DecodeError::Invalid {
+                what: "cert".into(),
+                reason: format!("{} bytes, over the limit of {MAX_CERT_BYTES}", der.len()),
+            });
+        }
+        certs.push((origin, der.to_vec()));
+    }
+    Ok((seals, certs))
 }
 
 fn encode_have(e: &mut Encoder<&mut Vec<u8>>, have: &[(NodeId, u64)]) {
@@ -658,8 +774,27 @@ mod tests {
             }),
             Message::Events {
                 events: vec![event("a", 1), event("a", 2), event("b", 9)],
+                seals: vec![
+                    Seal {
+                        origin: node("a"),
+                        seq: 2,
+                        chain: [7; 32],
+                        signature: vec![1, 2, 3],
+                    },
+                    Seal {
+                        origin: node("b"),
+                        seq: 9,
+                        chain: [8; 32],
+                        signature: vec![],
+                    },
+                ],
+                certs: vec![(node("a"), vec![0x30, 0x82])],
             },
-            Message::Events { events: vec![] },
+            Message::Events {
+                events: vec![],
+                seals: vec![],
+                certs: vec![],
+            },
             Message::Ack {
                 have: vec![(node("a"), 2), (node("b"), u64::MAX)],
                 rewind: true,
@@ -678,6 +813,8 @@ mod tests {
                 versions: vec![event("a", 4), event("b", 1)],
                 done: false,
                 have: vec![],
+                seals: vec![],
+                certs: vec![],
             },
             Message::Snapshot {
                 id: 3,
@@ -686,6 +823,13 @@ mod tests {
                 versions: vec![],
                 done: true,
                 have: vec![(node("a"), 4), (node("b"), 9)],
+                seals: vec![Seal {
+                    origin: node("a"),
+                    seq: 4,
+                    chain: [1; 32],
+                    signature: vec![9; 70],
+                }],
+                certs: vec![(node("a"), vec![1; 600])],
             },
             Message::SnapshotAck { id: 3, page: 1 },
         ]
@@ -784,9 +928,11 @@ mod tests {
             versions: vec![],
             done: true,
             have: vec![(node("a"), 1)],
+            seals: vec![],
+            certs: vec![],
         }
         .encode();
-        let done_at = page.len() - 6; // then [["a", 1]]: 5 bytes
+        let done_at = page.len() - 8; // then [["a", 1]]: 5 bytes, and two empty lists
         assert_eq!(page[done_at], 0xf5, "the done flag");
         page[done_at] = 0xf4;
         refused(
@@ -894,6 +1040,8 @@ mod tests {
         );
         let mut m = Message::Events {
             events: vec![event("a", 1)],
+            seals: vec![],
+            certs: vec![],
         }
         .encode();
         m.push(0);
@@ -1030,6 +1178,8 @@ mod tests {
         );
         let three = Message::Events {
             events: vec![event("a", 1), event("a", 2), event("a", 3)],
+            seals: vec![],
+            certs: vec![],
         };
         let limits = MessageLimits {
             max_frame_bytes: 1 << 20,
@@ -1048,6 +1198,8 @@ mod tests {
         let err = Message::decode(
             &Message::Events {
                 events: vec![event("a", 1)],
+                seals: vec![],
+                certs: vec![],
             }
             .encode(),
             &limits,

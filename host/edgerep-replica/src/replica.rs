@@ -19,13 +19,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
-use edgerep_wire::{Event, NodeId};
+use edgerep_wire::{Event, NodeId, Seal};
 
 use crate::fingerprint;
 use crate::have::{self, Have};
 use crate::log::{Log, LogError};
 use crate::message::{CollectionFingerprint, Hello, Message, MessageLimits, PROTOCOL_VERSION};
-use crate::session::{PendingPage, Session};
+use crate::session::{Batch, PendingPage, Session};
 
 /// The "next page" of a snapshot whose last page was merged.
 const SNAPSHOT_DONE: u64 = u64::MAX;
@@ -88,8 +88,13 @@ pub enum Output {
     Apply {
         /// The peer the events came from.
         peer: NodeId,
-        /// The events: per origin, consecutive and continuing the local have.
+        /// The events: per origin, consecutive, continuing the local have, and ending at one of
+        /// `seals`.
         events: Vec<Event>,
+        /// The origins' seals over them.
+        seals: Vec<Seal>,
+        /// Certificates the peer sent with them.
+        certs: Vec<(NodeId, Vec<u8>)>,
     },
     /// The peer's Hello was accepted: the session is ready.
     PeerReady {
@@ -117,6 +122,10 @@ pub enum Output {
         versions: Vec<Event>,
         /// On the last page: per origin, what the snapshot reflects.
         have: Option<Have>,
+        /// On the last page: each origin's seal at its sequence number in `have`.
+        seals: Vec<Seal>,
+        /// Certificates the peer sent with them.
+        certs: Vec<(NodeId, Vec<u8>)>,
     },
     /// A snapshot the peer began was not merged: this node is not behind its compacted floors
     /// (the peer's view was stale, or nobody asked for it). Reported, not fatal.
@@ -321,6 +330,28 @@ fn round_robin<'a, V>(map: &'a BTreeMap<NodeId, V>, cursor: Option<&NodeId>) -> 
             .map(|(k, _)| k)
             .collect(),
     }
+}
+
+/// Drops from `events` (one Events message: each origin's events one consecutive run) every
+/// origin's events after its last seal among `seals`: only what an origin sealed may be applied
+/// (the rest comes again, in a batch that ends at a seal). Returns how many were dropped.
+pub fn trim_to_seals(events: &mut Vec<Event>, seals: &[Seal]) -> usize {
+    // Per origin, the last of its events present, then the last seal at or before it.
+    let mut last_event: BTreeMap<NodeId, u64> = BTreeMap::new();
+    for e in events.iter() {
+        let l = last_event.entry(e.origin.clone()).or_insert(0);
+        *l = (*l).max(e.seq);
+    }
+    let mut keep: BTreeMap<NodeId, u64> = BTreeMap::new();
+    for s in seals {
+        if last_event.get(&s.origin).is_some_and(|&l| s.seq <= l) {
+            let k = keep.entry(s.origin.clone()).or_insert(0);
+            *k = (*k).max(s.seq);
+        }
+    }
+    let before = events.len();
+    events.retain(|e| keep.get(&e.origin).is_some_and(|&s| e.seq <= s));
+    before - events.len()
 }
 
 /// About how much memory `events` hold: key, value and metadata bytes, and 128 for the rest.
@@ -559,15 +590,25 @@ impl Replica {
                     hello,
                 });
             }
-            Message::Events { events } => {
+            Message::Events {
+                mut events,
+                seals,
+                certs,
+            } => {
                 check_contiguous(&events)?;
-                if events.is_empty() {
+                trim_to_seals(&mut events, &seals);
+                let batch = Batch {
+                    events,
+                    seals,
+                    certs,
+                };
+                if batch.events.is_empty() {
                 } else if busy {
-                    s.queued_events += events.len();
-                    s.queued_bytes += approx_bytes(&events);
-                    s.queued.push_back(events);
+                    s.queued_events += batch.events.len();
+                    s.queued_bytes += approx_bytes(&batch.events);
+                    s.queued.push_back(batch);
                 } else {
-                    self.receive(peer, vec![events], now);
+                    self.receive(peer, vec![batch], now);
                 }
             }
             Message::Ack { have, rewind } => {
@@ -597,6 +638,8 @@ impl Replica {
                 versions,
                 done,
                 have,
+                seals,
+                certs,
             } => {
                 let accept = match s.snapshot_in {
                     // A late copy of a page of an earlier snapshot (ids grow per session): the
@@ -643,6 +686,8 @@ impl Replica {
                         page,
                         versions,
                         have: done.then(|| have.into_iter().collect()),
+                        seals,
+                        certs,
                     };
                     if busy {
                         s.pending_page = Some(page);
@@ -695,6 +740,8 @@ impl Replica {
             peer: peer.clone(),
             versions: page.versions,
             have: page.have,
+            seals: page.seals,
+            certs: page.certs,
         });
     }
 
@@ -752,7 +799,7 @@ impl Replica {
 
     /// Runs received events through the duplicate and gap filters; hands what continues the
     /// accepted cursors out as one Apply. The peer has no outstanding Apply.
-    fn receive(&mut self, peer: &NodeId, batches: Vec<Vec<Event>>, now: u64) {
+    fn receive(&mut self, peer: &NodeId, batches: Vec<Batch>, now: u64) {
         let (apply_duplicates, ack_before_apply) = (self.apply_duplicates, self.ack_before_apply);
         let retransmit_after = self.config.retransmit_after_ms;
         let Some(p) = self.peers.get_mut(peer) else {
@@ -765,7 +812,17 @@ impl Replica {
         // Per origin, the highest duplicate dropped; and the origins with a gap.
         let mut duplicates = Have::new();
         let mut gaps: Vec<NodeId> = Vec::new();
-        for event in batches.into_iter().flatten() {
+        let mut seals: Vec<Seal> = Vec::new();
+        let mut certs: Vec<(NodeId, Vec<u8>)> = Vec::new();
+        let mut events = Vec::new();
+        for b in batches {
+            events.extend(b.events);
+            seals.extend(b.seals);
+            certs.extend(b.certs);
+        }
+        // Per origin, the first sequence number handed out (with `handed`, the seals' range).
+        let mut first: Have = Have::new();
+        for event in events {
             let accepted = have::get(&self.accepted, &event.origin);
             if event.seq <= accepted && !apply_duplicates {
                 have::raise(&mut duplicates, &event.origin, event.seq);
@@ -777,6 +834,7 @@ impl Replica {
             } else {
                 have::raise(&mut self.accepted, &event.origin, event.seq);
                 have::raise(&mut handed, &event.origin, event.seq);
+                first.entry(event.origin.clone()).or_insert(event.seq);
                 s.rewinds.remove(&event.origin);
                 out.push(event);
             }
@@ -804,10 +862,19 @@ impl Replica {
             if ack_before_apply {
                 s.request_ack(false);
             }
+            seals.retain(|seal| {
+                first
+                    .get(&seal.origin)
+                    .is_some_and(|&f| seal.seq >= f && seal.seq <= have::get(&handed, &seal.origin))
+            });
+            certs.sort_by(|a, b| a.0.cmp(&b.0));
+            certs.dedup_by(|a, b| a.0 == b.0);
             p.applying = Some(handed);
             self.outputs.push_back(Output::Apply {
                 peer: peer.clone(),
                 events: out,
+                seals,
+                certs,
             });
         }
     }
@@ -870,11 +937,11 @@ impl Replica {
             let mut n = 0;
             let mut bytes = 0;
             while let Some(front) = s.queued.front() {
-                if !batches.is_empty() && n + front.len() > cap {
+                if !batches.is_empty() && n + front.events.len() > cap {
                     break;
                 }
-                n += front.len();
-                bytes += approx_bytes(front);
+                n += front.events.len();
+                bytes += approx_bytes(&front.events);
                 batches.extend(s.queued.pop_front());
             }
             s.queued_events -= n;
@@ -1008,9 +1075,9 @@ impl Replica {
             .cloned()
             .collect();
         for peer in order {
-            if let Some(events) = self.next_batch(&peer, now, log)? {
+            if let Some(message) = self.next_batch(&peer, now, log)? {
                 self.last_events = Some(peer.clone());
-                return Ok(Some((peer, Message::Events { events })));
+                return Ok(Some((peer, message)));
             }
         }
         // A peer just found behind a compacted floor: its first page goes now (nothing else
@@ -1096,6 +1163,23 @@ impl Replica {
                 }
             };
             out.sent_at = Some(now);
+            // The last page proves its have with each origin's seal there; an origin without
+            // one (there is always one at the head, barring a store bug) is left out, and the
+            // peer gets its events as events instead.
+            let (mut seals, mut certs) = (Vec::new(), Vec::new());
+            if out.last {
+                let mut proven = Have::new();
+                for (origin, &seq) in &out.have {
+                    if let Some(seal) = log.seal_at(origin, seq)? {
+                        seals.push(seal);
+                        proven.insert(origin.clone(), seq);
+                        if let Some(cert) = log.cert(origin) {
+                            certs.push((origin.clone(), cert));
+                        }
+                    }
+                }
+                out.have = proven;
+            }
             let message = Message::Snapshot {
                 id: out.id,
                 page: out.page,
@@ -1107,6 +1191,8 @@ impl Replica {
                 } else {
                     Vec::new()
                 },
+                seals,
+                certs,
             };
             return Ok(Some((peer.clone(), message)));
         }
@@ -1120,7 +1206,7 @@ impl Replica {
         peer: &NodeId,
         now: u64,
         log: &impl Log,
-    ) -> Result<Option<Vec<Event>>, LogError> {
+    ) -> Result<Option<Message>, LogError> {
         let Replica {
             local,
             config,
@@ -1163,13 +1249,16 @@ impl Replica {
             .cloned()
             .collect();
         let mut batch = Vec::new();
+        let mut seals = Vec::new();
+        let mut certs = Vec::new();
         for origin in origins {
             if budget == 0 || bytes_left == 0 {
                 break;
             }
             let after = have::get(&s.sent, &origin);
-            let want = budget.min(sendable(&origin) - after);
-            let events = match log.read(&origin, after, want as usize, bytes_left) {
+            let upto = sendable(&origin);
+            let want = budget.min(upto - after);
+            let read = match log.read(&origin, after, want as usize, bytes_left) {
                 Err(LogError::Compacted { .. }) => {
                     // Compacted after the floors we were told: same remedy.
                     s.start_snapshot(local_have, compacted);
@@ -1180,13 +1269,20 @@ impl Replica {
                     unreadable.insert(origin.clone(), e.to_string());
                     continue;
                 }
-                Ok(events) => events,
+                Ok(read) => read,
             };
-            let wrong = if events.is_empty() || events.len() as u64 > want {
+            let events = read.events;
+            // The read may pass `want` to reach a seal, never what may be sent (a seal point).
+            let last = events.last().map(|e| e.seq);
+            let wrong = if events.is_empty() || events.len() as u64 > upto - after {
                 Some(format!(
                     "asked for up to {want} events of {origin} after {after} (held up to {}), got {}",
                     have::get(local_have, &origin),
                     events.len()
+                ))
+            } else if !read.seals.iter().any(|seal| Some(seal.seq) == last) {
+                Some(format!(
+                    "events of {origin} after {after} read up to {last:?} end at no seal"
                 ))
             } else {
                 events
@@ -1216,15 +1312,26 @@ impl Replica {
             if batch.is_empty() {
                 s.last_origin = Some(origin.clone());
             }
-            budget -= events.len() as u64;
+            budget = budget.saturating_sub(events.len() as u64);
             s.mark_sent(&origin, after + events.len() as u64, now);
+            if !s.certs_sent.contains(&origin)
+                && let Some(cert) = log.cert(&origin)
+            {
+                s.certs_sent.insert(origin.clone());
+                certs.push((origin.clone(), cert));
+            }
             batch.extend(events);
+            seals.extend(read.seals);
         }
         if batch.is_empty() {
             s.idle_at = Some(*have_version);
             return Ok(None);
         }
-        Ok(Some(batch))
+        Ok(Some(Message::Events {
+            events: batch,
+            seals,
+            certs,
+        }))
     }
 
     /// Events received from `peer` waiting behind its pending Apply. The caller stops reading

@@ -3,7 +3,7 @@
 use super::*;
 use crate::log::{StateCursor, StatePage};
 use crate::message::CollectionFingerprint;
-use edgerep_wire::{Hlc, Op, Value, VersionVector};
+use edgerep_wire::{Hlc, Op, Seal, Value, VersionVector};
 
 fn n(s: &str) -> NodeId {
     NodeId::parse(s).unwrap()
@@ -23,6 +23,26 @@ fn ev(origin: &str, seq: u64) -> Event {
         meta: Default::default(),
         context: VersionVector::new(),
         extra: Default::default(),
+    }
+}
+
+/// A seal over `e` (the core carries seals; the store checks them).
+fn seal_of(e: &Event) -> Seal {
+    Seal {
+        origin: e.origin.clone(),
+        seq: e.seq,
+        chain: [0; 32],
+        signature: Vec::new(),
+    }
+}
+
+/// An Events message with every event sealed.
+fn sealed(events: Vec<Event>) -> Message {
+    let seals = events.iter().map(seal_of).collect();
+    Message::Events {
+        events,
+        seals,
+        certs: Vec::new(),
     }
 }
 
@@ -68,7 +88,7 @@ impl Log for MemLog {
         after: u64,
         max: usize,
         _bytes: usize,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<crate::log::Read, LogError> {
         let floor = have::get(&self.compacted, origin);
         if after < floor {
             return Err(LogError::Compacted {
@@ -76,12 +96,23 @@ impl Log for MemLog {
                 floor,
             });
         }
-        Ok(self
+        let events: Vec<Event> = self
             .events
             .range((origin.clone(), after + 1)..=(origin.clone(), u64::MAX))
             .take(max)
             .map(|(_, e)| e.clone())
-            .collect())
+            .collect();
+        // Every event is a seal point here.
+        let seals = events.iter().map(seal_of).collect();
+        Ok(crate::log::Read { events, seals })
+    }
+
+    fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
+        Ok(self.events.get(&(origin.clone(), seq)).map(seal_of))
+    }
+
+    fn cert(&self, _: &NodeId) -> Option<Vec<u8>> {
+        None
     }
 
     /// Whole keys after `after`, at most `max_events` versions (the first key always).
@@ -173,7 +204,7 @@ fn ready(log: &MemLog, cfg: ReplicaConfig, peers: &[&str]) -> Replica {
 /// The (origin, seq) pairs of a transmitted Events message.
 fn sent_dots(m: Option<(NodeId, Message)>) -> (String, Vec<(String, u64)>) {
     match m {
-        Some((to, Message::Events { events })) => (
+        Some((to, Message::Events { events, .. })) => (
             to.to_string(),
             events
                 .iter()
@@ -258,15 +289,7 @@ fn protocol_violations_are_errors_naming_the_fault() {
         Err(ProtocolError::NotConnected)
     );
     r.connected(&n("b"), 0);
-    let e = r
-        .handle(
-            &n("b"),
-            Message::Events {
-                events: evs("b", 1..=1),
-            },
-            0,
-        )
-        .unwrap_err();
+    let e = r.handle(&n("b"), sealed(evs("b", 1..=1)), 0).unwrap_err();
     assert_eq!(e.to_string(), "events before hello");
     let e = r.handle(&n("b"), ack(&[], false), 0).unwrap_err();
     assert_eq!(e.to_string(), "ack before hello");
@@ -291,9 +314,7 @@ fn protocol_violations_are_errors_naming_the_fault() {
     );
     let mut gap = evs("b", 1..=2);
     gap.push(ev("b", 4));
-    let e = r
-        .handle(&n("b"), Message::Events { events: gap }, 0)
-        .unwrap_err();
+    let e = r.handle(&n("b"), sealed(gap), 0).unwrap_err();
     assert_eq!(
         e.to_string(),
         "events of b not contiguous within one message: seq 4 after 2"
@@ -301,9 +322,7 @@ fn protocol_violations_are_errors_naming_the_fault() {
     let mut split = evs("b", 1..=1);
     split.push(ev("c", 1));
     split.push(ev("b", 2));
-    let e = r
-        .handle(&n("b"), Message::Events { events: split }, 0)
-        .unwrap_err();
+    let e = r.handle(&n("b"), sealed(split), 0).unwrap_err();
     assert_eq!(e, ProtocolError::OriginRepeated { origin: n("b") });
     // A Bye is not an error; it is shown in the view.
     r.handle(
@@ -539,32 +558,11 @@ fn apply_of(r: &mut Replica) -> (String, Vec<(String, u64)>) {
 fn received_events_are_applied_then_acked_and_later_ones_wait() {
     let (mut r, log) = receiver(&["b"]);
     let b = n("b");
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=2),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
     // While the apply is pending, more events wait (and count for backpressure).
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 3..=4),
-        },
-        2,
-    )
-    .unwrap();
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("y", 1..=1),
-        },
-        2,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 3..=4)), 2).unwrap();
+    r.handle(&b, sealed(evs("y", 1..=1)), 2).unwrap();
     assert_eq!(r.poll_output(), None);
     assert_eq!(r.pending_apply_events(&b), 3);
     assert_eq!(
@@ -596,14 +594,7 @@ fn queued_batches_are_released_in_capped_applies() {
     let mut r = ready(&log, cfg, &["b"]);
     let b = n("b");
     let send = |r: &mut Replica, range: std::ops::RangeInclusive<u64>| {
-        r.handle(
-            &b,
-            Message::Events {
-                events: evs("x", range),
-            },
-            1,
-        )
-        .unwrap();
+        r.handle(&b, sealed(evs("x", range)), 1).unwrap();
     };
     send(&mut r, 1..=1);
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1)]));
@@ -642,14 +633,7 @@ fn duplicates_are_dropped_and_acked() {
     let (mut r, log) = receiver(&["b"]);
     let b = n("b");
     r.set_local_have(&have_of(&[("x", 3)]));
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 2..=5),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 2..=5)), 1).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 4), ("x", 5)]));
     r.set_local_have(&have_of(&[("x", 5)]));
     r.applied(&b, 1);
@@ -658,14 +642,7 @@ fn duplicates_are_dropped_and_acked() {
         Some((b.clone(), ack(&[("x", 5)], false)))
     );
     // Only duplicates: nothing to apply, but acknowledged so the sender moves on.
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=5),
-        },
-        2,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=5)), 2).unwrap();
     assert_eq!(r.poll_output(), None);
     assert_eq!(
         r.poll_transmit(2, &log).unwrap(),
@@ -677,22 +654,8 @@ fn duplicates_are_dropped_and_acked() {
 fn a_gap_asks_for_one_rewind() {
     let (mut r, log) = receiver(&["b"]);
     let b = n("b");
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 3..=4),
-        },
-        1,
-    )
-    .unwrap();
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 5..=6),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 3..=4)), 1).unwrap();
+    r.handle(&b, sealed(evs("x", 5..=6)), 1).unwrap();
     assert_eq!(r.poll_output(), None, "nothing beyond a gap is applied");
     assert_eq!(
         r.poll_transmit(1, &log).unwrap(),
@@ -704,26 +667,12 @@ fn a_gap_asks_for_one_rewind() {
         "one rewind per gap"
     );
     // If the resend does not come, ask again after the retransmit interval.
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 7..=7),
-        },
-        3001,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 7..=7)), 3001).unwrap();
     assert_eq!(
         r.poll_transmit(3001, &log).unwrap(),
         Some((b.clone(), ack(&[], true)))
     );
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=2),
-        },
-        3002,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=2)), 3002).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
 }
 
@@ -731,27 +680,13 @@ fn a_gap_asks_for_one_rewind() {
 fn events_from_two_peers_are_handed_out_once() {
     let (mut r, log) = receiver(&["b", "c"]);
     let (b, c) = (n("b"), n("c"));
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=3),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=3)), 1).unwrap();
     assert_eq!(
         apply_of(&mut r),
         ("b".into(), dots(&[("x", 1), ("x", 2), ("x", 3)]))
     );
     // c relays the same events and one more: only the new one is handed out, after b's.
-    r.handle(
-        &c,
-        Message::Events {
-            events: evs("x", 1..=4),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&c, sealed(evs("x", 1..=4)), 1).unwrap();
     assert_eq!(apply_of(&mut r), ("c".into(), dots(&[("x", 4)])));
     // Once b's apply is durable, c gets the ack it was owed for its duplicates, b its ack.
     r.set_local_have(&have_of(&[("x", 3)]));
@@ -770,23 +705,9 @@ fn events_from_two_peers_are_handed_out_once() {
 fn a_failed_apply_is_forgotten_and_rewound() {
     let (mut r, log) = receiver(&["b"]);
     let b = n("b");
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=2),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
     apply_of(&mut r);
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 3..=3),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 3..=3)), 1).unwrap();
     r.apply_failed(&b, "disk full", 2);
     assert_eq!(
         r.peer_view(&b).unwrap().last_apply_error.as_deref(),
@@ -798,14 +719,7 @@ fn a_failed_apply_is_forgotten_and_rewound() {
         Some((b.clone(), ack(&[], true)))
     );
     // The resent events are accepted again.
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=3),
-        },
-        3,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=3)), 3).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2), ("x", 3)]));
     r.set_local_have(&have_of(&[("x", 3)]));
     r.applied(&b, 4);
@@ -816,34 +730,13 @@ fn a_failed_apply_is_forgotten_and_rewound() {
 fn a_failure_keeps_other_peers_pending_events_accepted() {
     let (mut r, _log) = receiver(&["b", "c"]);
     let (b, c) = (n("b"), n("c"));
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=1),
-        },
-        1,
-    )
-    .unwrap();
-    r.handle(
-        &c,
-        Message::Events {
-            events: evs("y", 1..=1),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=1)), 1).unwrap();
+    r.handle(&c, sealed(evs("y", 1..=1)), 1).unwrap();
     apply_of(&mut r);
     apply_of(&mut r);
     r.apply_failed(&b, "io", 2);
     // c's y1 is still being applied: b resending y1 must not hand it out twice.
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("y", 1..=1),
-        },
-        3,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("y", 1..=1)), 3).unwrap();
     assert_eq!(r.poll_output(), None);
 }
 
@@ -851,28 +744,14 @@ fn a_failure_keeps_other_peers_pending_events_accepted() {
 fn an_apply_outlives_its_session() {
     let (mut r, log) = receiver(&["b"]);
     let b = n("b");
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=1),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=1)), 1).unwrap();
     apply_of(&mut r);
     r.disconnected(&b, 2);
     assert!(r.peer_view(&b).unwrap().applying);
     r.connected(&b, 3);
     r.handle(&b, hello("b", &[("x", 2)]), 3).unwrap();
     // x1 is still being applied: the new session's x1..x2 yields only x2, after the apply.
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=2),
-        },
-        3,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=2)), 3).unwrap();
     assert_eq!(r.pending_apply_events(&b), 2);
     r.set_local_have(&have_of(&[("x", 1)]));
     r.applied(&b, 4);
@@ -1040,14 +919,7 @@ fn snapshot_pages_are_installed_in_order_and_confirmed() {
     let have = [("x", 2), ("y", 9)];
     r.handle(&b, ack(&have, false), 1).unwrap();
     assert!(matches!(r.poll_output(), Some(Output::Acked { .. })));
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=2),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
     // Page 0 waits behind the apply.
     let page0 = snapshot(0, 0, evs("y", 1..=2), None);
@@ -1246,27 +1118,13 @@ fn a_peer_with_another_policy_is_refused() {
 fn events_not_applied_are_accepted_again() {
     let (mut r, log) = receiver(&["b"]);
     let b = n("b");
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 1..=3),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 1..=3)), 1).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2), ("x", 3)]));
     // Only x1 was admitted.
     r.set_local_have(&have_of(&[("x", 1)]));
     r.applied(&b, 2);
     drain(&mut r, 2, &log);
-    r.handle(
-        &b,
-        Message::Events {
-            events: evs("x", 2..=3),
-        },
-        3,
-    )
-    .unwrap();
+    r.handle(&b, sealed(evs("x", 2..=3)), 3).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 2), ("x", 3)]));
 }
 
@@ -1325,14 +1183,7 @@ fn a_blocked_peer_gets_no_events_until_unblocked() {
     let mut r = ready(&log, ReplicaConfig::default(), &["b"]);
     r.set_send_blocked(&n("b"), true);
     assert_eq!(r.poll_transmit(1, &log).unwrap(), None);
-    r.handle(
-        &n("b"),
-        Message::Events {
-            events: evs("x", 1..=1),
-        },
-        1,
-    )
-    .unwrap();
+    r.handle(&n("b"), sealed(evs("x", 1..=1)), 1).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1)]));
     r.set_local_have(&have_of(&[("a", 3), ("x", 1)]));
     r.applied(&n("b"), 2);

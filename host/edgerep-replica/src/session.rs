@@ -5,9 +5,9 @@
 //! Invariants: `acked <= sent` for every origin (so `in_flight` is their distance), and nothing
 //! here survives a disconnect.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use edgerep_wire::{Event, NodeId};
+use edgerep_wire::{Event, NodeId, Seal};
 
 use crate::have::{self, Have};
 use crate::log::StateCursor;
@@ -42,6 +42,15 @@ pub(crate) struct PendingPage {
     pub(crate) page: u64,
     pub(crate) versions: Vec<Event>,
     pub(crate) have: Option<Have>,
+    pub(crate) seals: Vec<Seal>,
+    pub(crate) certs: Vec<(NodeId, Vec<u8>)>,
+}
+
+/// One Events message of the peer's, as received (unsealed tails already dropped).
+pub(crate) struct Batch {
+    pub(crate) events: Vec<Event>,
+    pub(crate) seals: Vec<Seal>,
+    pub(crate) certs: Vec<(NodeId, Vec<u8>)>,
 }
 
 pub(crate) struct Session {
@@ -69,13 +78,15 @@ pub(crate) struct Session {
     /// The origin the last batch started with (round-robin cursor).
     pub(crate) last_origin: Option<NodeId>,
     /// Events messages received while an apply for this peer was pending, in order.
-    pub(crate) queued: VecDeque<Vec<Event>>,
+    pub(crate) queued: VecDeque<Batch>,
     /// Number of events in `queued`.
     pub(crate) queued_events: usize,
     /// About how many bytes they take.
     pub(crate) queued_bytes: usize,
     /// The caller's frame queue for this peer is full: no Events or snapshot pages.
     pub(crate) send_blocked: bool,
+    /// Origins whose certificate went to the peer on this session.
+    pub(crate) certs_sent: BTreeSet<NodeId>,
     /// Per origin with a gap, when we last asked this peer to rewind for it.
     pub(crate) rewinds: BTreeMap<NodeId, u64>,
     /// When the last message from the peer arrived.
@@ -119,6 +130,7 @@ impl Session {
             queued_events: 0,
             queued_bytes: 0,
             send_blocked: false,
+            certs_sent: BTreeSet::new(),
             rewinds: BTreeMap::new(),
             last_message_ms: None,
             mismatches: Vec::new(),

@@ -20,12 +20,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 
 use edgerep_replica::{
-    Fault, Have, Log, LogError, Message, MessageLimits, Output, Replica, ReplicaConfig,
+    Fault, Have, Log, LogError, Message, MessageLimits, Output, Read, Replica, ReplicaConfig,
     StateCursor, StatePage,
 };
 use edgerep_store::{Applied, Versions};
 use edgerep_wire::event::Dot;
-use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value, VersionVector};
+use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Seal, Value, VersionVector};
 
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness (splitmix64: small, fast, and the same on every platform).
@@ -245,6 +245,16 @@ impl MemLog {
     }
 }
 
+/// The simulation's seal over `e` (it checks no signatures).
+fn seal_of(e: &Event) -> Seal {
+    Seal {
+        origin: e.origin.clone(),
+        seq: e.seq,
+        chain: [0; 32],
+        signature: Vec::new(),
+    }
+}
+
 impl Log for MemLog {
     fn read(
         &self,
@@ -252,7 +262,7 @@ impl Log for MemLog {
         after: u64,
         max_events: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<Read, LogError> {
         let floor = self.floor(origin);
         if after < floor {
             return Err(LogError::Compacted {
@@ -273,7 +283,22 @@ impl Log for MemLog {
             }
             out.push(e.clone());
         }
-        Ok(out)
+        // The simulation checks no signatures: every event is a seal point.
+        let seals = out.iter().map(seal_of).collect();
+        Ok(Read { events: out, seals })
+    }
+
+    fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
+        Ok((seq > 0 && seq <= self.seq(origin)).then(|| Seal {
+            origin: origin.clone(),
+            seq,
+            chain: [0; 32],
+            signature: Vec::new(),
+        }))
+    }
+
+    fn cert(&self, _: &NodeId) -> Option<Vec<u8>> {
+        None
     }
 
     /// Like `Store::state_page`: whole keys in (collection, key) order, within the limits except
@@ -790,7 +815,7 @@ impl Sim {
         }
         for out in outs {
             match out {
-                Output::Apply { peer, events } => {
+                Output::Apply { peer, events, .. } => {
                     self.stats.max_apply_events = self.stats.max_apply_events.max(events.len());
                     self.nodes[i]
                         .applies
@@ -800,6 +825,7 @@ impl Sim {
                     peer,
                     versions,
                     have,
+                    ..
                 } => {
                     self.nodes[i].applies.push_back(Work::Install {
                         peer,
@@ -995,7 +1021,7 @@ impl Sim {
                     }
                 }
             }
-            if let Message::Events { events } = &message {
+            if let Message::Events { events, .. } = &message {
                 self.stats.events_sent += events.len() as u64;
                 let in_flight = r.peer_view(&peer).unwrap().in_flight_events;
                 if in_flight > self.config.window_events {
@@ -1327,7 +1353,7 @@ impl Sim {
 fn describe(m: &Message) -> String {
     match m {
         Message::Hello(h) => format!("hello have {:?}", h.have),
-        Message::Events { events } => {
+        Message::Events { events, .. } => {
             let mut runs: Vec<(String, u64, u64)> = Vec::new();
             for e in events {
                 match runs.last_mut() {

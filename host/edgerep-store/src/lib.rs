@@ -20,13 +20,16 @@
 mod digest;
 mod keys;
 mod retention;
+mod seals;
 mod versions;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use edgerep_wire::event::{EventLimits, FORMAT_VERSION};
-use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value};
+use edgerep_wire::seal::{ChainHash, SEAL_EVERY_BYTES, SEAL_EVERY_EVENTS, chain_next};
+use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Seal, Value};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -37,6 +40,8 @@ use keys::{log_key, log_seq, split_state_key, state_key};
 pub use digest::Digest;
 use retention::{COMPACTED, feed_floor};
 pub use retention::{Compaction, Installed, StatePage};
+pub use seals::Keys;
+use seals::{CERTS, CHAINS, SEALS};
 pub use versions::{Applied, Versions};
 
 /// `collection 0x00 key` → encoded [`Versions`] (see [`keys`]).
@@ -58,8 +63,8 @@ const META_ENTRIES: &str = "state_entries";
 const META_STORE_FORMAT: &str = "store_format";
 /// redb's page cache, at most.
 pub const CACHE_BYTES: usize = 32 << 20;
-/// Layout version of the tables above.
-const STORE_FORMAT: u64 = 1;
+/// Layout version of the tables above (2: origin chains and seals).
+const STORE_FORMAT: u64 = 2;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +137,25 @@ pub enum StoreError {
         index: usize,
         /// Why.
         reason: String,
+    },
+    /// Events from a peer whose seal is missing, does not match them, or does not verify: they
+    /// are not what their origin wrote (nothing of the batch was applied).
+    #[error("events of {origin} up to {seq} refused: {reason}")]
+    Forged {
+        /// The origin they claim.
+        origin: String,
+        /// The sequence number where the check failed.
+        seq: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The database was written by an older edgerep whose tables this one cannot continue.
+    #[error(
+        "store format {found} predates authenticated origins (format {STORE_FORMAT}): move the data directory away and start the node on an empty one; it catches up from its peers"
+    )]
+    OldFormat {
+        /// Format found in the file.
+        found: u64,
     },
     /// The database was written by a newer edgerep with a table layout this one does not know.
     #[error("store format {found} is newer than this edgerep supports ({supported})")]
@@ -410,11 +434,22 @@ fn apply_to_state(
 }
 
 /// A node's store.
-#[derive(Debug)]
 pub struct Store {
     db: Database,
     node: NodeId,
     limits: EventLimits,
+    /// Signs this node's seals and checks its peers'; `None`: seals are unsigned and not
+    /// checked (a node without peers, tests, and the benchmark's unauthenticated runs).
+    keys: Option<Arc<dyn Keys>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("node", &self.node)
+            .field("signs", &self.keys.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn u64_from(bytes: &[u8], table: &'static str) -> Result<u64, StoreError> {
@@ -506,6 +541,9 @@ impl Store {
                             supported: STORE_FORMAT,
                         });
                     }
+                    if found < STORE_FORMAT {
+                        return Err(StoreError::OldFormat { found });
+                    }
                 }
             }
             // Create every table so readers never meet a missing one.
@@ -516,12 +554,16 @@ impl Store {
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(PEERS)?;
             txn.open_table(COMPACTED)?;
+            txn.open_table(CHAINS)?;
+            txn.open_table(SEALS)?;
+            txn.open_table(CERTS)?;
         }
         txn.commit()?;
         let store = Store {
             db,
             node: node.clone(),
             limits,
+            keys: None,
         };
         let resume = store.resume()?;
         Ok((store, resume))
@@ -547,6 +589,26 @@ impl Store {
     /// The node this store belongs to.
     pub fn node(&self) -> &NodeId {
         &self.node
+    }
+
+    /// This store with `keys` signing this node's seals and checking its peers'.
+    pub fn with_keys(mut self, keys: Arc<dyn Keys>) -> Store {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// A seal over this node's chain at `seq`.
+    fn seal_own(&self, seq: u64, chain: ChainHash) -> Result<Seal, String> {
+        let signature = match &self.keys {
+            Some(keys) => keys.sign(&Seal::signed_bytes(&self.node, seq, &chain))?,
+            None => Vec::new(),
+        };
+        Ok(Seal {
+            origin: self.node.clone(),
+            seq,
+            chain,
+            signature,
+        })
     }
 
     /// Commits a group of local writes in one durable transaction, in order. Each becomes an
@@ -639,7 +701,18 @@ impl Store {
             let mut feed = txn.open_table(FEED)?;
             let mut origins = txn.open_table(ORIGINS)?;
             let mut meta = txn.open_table(META)?;
+            let mut chains = txn.open_table(CHAINS)?;
+            let mut seals_t = txn.open_table(SEALS)?;
             let mut seq = origins.get(self.node.as_str())?.map_or(0, |g| g.value());
+            let (head_seq, mut chain) = seals::head(&chains, &self.node)?;
+            if head_seq != seq {
+                return Err(corrupt(
+                    "chains",
+                    format!("this node's chain ends at {head_seq}, its events at {seq}"),
+                ));
+            }
+            // Events and bytes since the last seal: a seal at least every SEAL_EVERY_* of them.
+            let (mut unsealed, mut unsealed_bytes) = (0u64, 0usize);
             let Counters {
                 mut position,
                 mut digest,
@@ -725,6 +798,16 @@ impl Store {
                     log_key(self.node.as_str(), seq).as_slice(),
                     event_bytes.as_slice(),
                 )?;
+                chain = chain_next(&chain, &event_bytes);
+                unsealed += 1;
+                unsealed_bytes += event_bytes.len();
+                if unsealed >= SEAL_EVERY_EVENTS || unsealed_bytes >= SEAL_EVERY_BYTES {
+                    let seal = self
+                        .seal_own(seq, chain)
+                        .map_err(|reason| StoreError::WriteRefused { index, reason })?;
+                    seals::put(&mut seals_t, &seal)?;
+                    (unsealed, unsealed_bytes) = (0, 0);
+                }
                 let new_bytes = Versions::encode_single(&event_bytes);
                 digest.add(Digest::of_entry(&event.collection, &event.key, &new_bytes));
                 state.insert(skey.as_slice(), new_bytes.as_slice())?;
@@ -732,6 +815,19 @@ impl Store {
                 made.push(event);
             }
             if let Some(first) = out.first() {
+                if unsealed > 0 {
+                    let seal =
+                        self.seal_own(seq, chain)
+                            .map_err(|reason| StoreError::WriteRefused {
+                                index: out.len() - 1,
+                                reason,
+                            })?;
+                    seals::put(&mut seals_t, &seal)?;
+                }
+                chains.insert(
+                    self.node.as_str(),
+                    seals::encode_head(seq, &chain).as_slice(),
+                )?;
                 feed.insert(
                     first.position,
                     (self.node.as_str(), first.seq, out.len() as u64),
@@ -757,7 +853,9 @@ impl Store {
     /// ([`Applied::Duplicate`] also for an event already in the changelog).
     pub fn apply_events(&self, events: Vec<Event>) -> Result<Vec<Applied>, StoreError> {
         let events = events.into_iter().map(Received::as_received).collect();
-        Ok(self.apply_in(events, &[], Sync::Immediate, None)?.applied)
+        Ok(self
+            .apply_in(events, None, &[], Sync::Immediate, None)?
+            .applied)
     }
 
     /// [`Store::apply_events`] for events received from peers: `clock` observes each event's
@@ -782,8 +880,102 @@ impl Store {
                 skewed += 1;
             }
         }
-        let mut out = self.apply_in(events, dead_letters, sync, Some(clock.last()))?;
+        let mut out = self.apply_in(events, None, dead_letters, sync, Some(clock.last()))?;
         out.skewed = skewed;
+        Ok(out)
+    }
+
+    /// [`Store::apply_remote`] for events whose origins vouch for them: each origin's events in
+    /// the batch must end at one of `seals`, every seal must match the origin's chain over the
+    /// events (from the chain head this store holds) and verify with the origin's certificate
+    /// (`certs` brings certificates the store may lack). Otherwise nothing is applied:
+    /// [`StoreError::Forged`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_sealed(
+        &self,
+        events: Vec<Received>,
+        seals: &[Seal],
+        certs: &[(NodeId, Vec<u8>)],
+        dead_letters: &[Vec<u8>],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<RemoteApply, StoreError> {
+        let mut skewed = 0;
+        for r in &events {
+            if clock.observe(r.event.hlc, wall_ms).is_err() {
+                skewed += 1;
+            }
+        }
+        let mut out = self.apply_in(
+            events,
+            Some((seals, certs)),
+            dead_letters,
+            sync,
+            Some(clock.last()),
+        )?;
+        out.skewed = skewed;
+        Ok(out)
+    }
+
+    /// The seals of `origin` after `after` up to `upto`, in order.
+    pub fn seals(&self, origin: &NodeId, after: u64, upto: u64) -> Result<Vec<Seal>, StoreError> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SEALS)?;
+        let (lo, hi) = (
+            log_key(origin.as_str(), after + 1),
+            log_key(origin.as_str(), upto),
+        );
+        let mut out = Vec::new();
+        for row in table.range(lo.as_slice()..=hi.as_slice())? {
+            let (k, v) = row?;
+            let seq = log_seq(origin.as_str(), k.value())
+                .ok_or_else(|| corrupt("seals", "a key of another origin in range"))?;
+            out.push(seals::decode(origin, seq, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The first seal of `origin` after `after`, if any.
+    pub fn next_seal(&self, origin: &NodeId, after: u64) -> Result<Option<Seal>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SEALS)?;
+        let (lo, hi) = (
+            log_key(origin.as_str(), after.saturating_add(1)),
+            log_key(origin.as_str(), u64::MAX),
+        );
+        let mut rows = table.range(lo.as_slice()..=hi.as_slice())?;
+        match rows.next() {
+            Some(row) => {
+                let (k, v) = row?;
+                let seq = log_seq(origin.as_str(), k.value())
+                    .ok_or_else(|| corrupt("seals", "a key of another origin in range"))?;
+                Ok(Some(seals::decode(origin, seq, v.value())?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The certificate (DER) of `origin` this store learnt from peers, if any.
+    pub fn cert(&self, origin: &NodeId) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CERTS)?;
+        Ok(table.get(origin.as_str())?.map(|g| g.value().to_vec()))
+    }
+
+    /// Every certificate this store learnt from peers, by origin.
+    pub fn certs(&self) -> Result<Vec<(NodeId, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CERTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let origin = NodeId::parse(k.value()).map_err(|e| corrupt("certs", e))?;
+            out.push((origin, v.value().to_vec()));
+        }
         Ok(out)
     }
 
@@ -843,13 +1035,34 @@ impl Store {
         Ok(out)
     }
 
+    /// Applies `events` (see [`Store::apply_sealed`]); with `sealed` `None` the events are
+    /// trusted (tests, tools): their chains are computed and an unsigned seal ends each run.
     fn apply_in(
         &self,
         events: Vec<Received>,
+        sealed: Option<(&[Seal], &[(NodeId, Vec<u8>)])>,
         dead_letters: &[Vec<u8>],
         sync: Sync,
         hlc_last: Option<Hlc>,
     ) -> Result<RemoteApply, StoreError> {
+        let forged = |origin: &NodeId, seq: u64, reason: String| StoreError::Forged {
+            origin: origin.to_string(),
+            seq,
+            reason,
+        };
+        // Certificates first: the seals below may need them.
+        if let (Some(keys), Some((_, certs))) = (&self.keys, sealed) {
+            for (origin, der) in certs {
+                keys.learn(origin, der)
+                    .map_err(|reason| forged(origin, 0, format!("its certificate: {reason}")))?;
+            }
+        }
+        let seal_at: BTreeMap<(&str, u64), &Seal> = sealed
+            .map(|(seals, _)| seals)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| ((s.origin.as_str(), s.seq), s))
+            .collect();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(events.len());
@@ -867,6 +1080,16 @@ impl Store {
             let mut feed = txn.open_table(FEED)?;
             let mut origins = txn.open_table(ORIGINS)?;
             let mut meta = txn.open_table(META)?;
+            let mut chains = txn.open_table(CHAINS)?;
+            let mut seals_t = txn.open_table(SEALS)?;
+            if let Some((_, certs)) = sealed {
+                let mut certs_t = txn.open_table(CERTS)?;
+                for (origin, der) in certs {
+                    certs_t.insert(origin.as_str(), der.as_slice())?;
+                }
+            }
+            // Per origin given new events: its chain as far as applied, and the last seal met.
+            let mut heads: BTreeMap<NodeId, (u64, ChainHash, u64)> = BTreeMap::new();
             let Counters {
                 mut position,
                 mut digest,
@@ -907,6 +1130,41 @@ impl Store {
                 if let Some(h) = held_by_origin.get_mut(event.origin.as_str()) {
                     *h = event.seq;
                 }
+                let head = match heads.get_mut(&event.origin) {
+                    Some(h) => h,
+                    None => {
+                        let (seq, chain) = seals::head(&chains, &event.origin)?;
+                        if seq != held {
+                            return Err(corrupt(
+                                "chains",
+                                format!(
+                                    "{}'s chain ends at {seq}, its events at {held}",
+                                    event.origin
+                                ),
+                            ));
+                        }
+                        heads
+                            .entry(event.origin.clone())
+                            .or_insert((seq, chain, seq))
+                    }
+                };
+                head.0 = event.seq;
+                head.1 = chain_next(&head.1, &bytes);
+                if let Some(seal) = seal_at.get(&(event.origin.as_str(), event.seq)) {
+                    if seal.chain != head.1 {
+                        return Err(forged(
+                            &event.origin,
+                            event.seq,
+                            "its seal's chain hash does not match the events".into(),
+                        ));
+                    }
+                    if let Some(keys) = &self.keys {
+                        keys.verify(&event.origin, event.seq, &seal.message(), &seal.signature)
+                            .map_err(|reason| forged(&event.origin, event.seq, reason))?;
+                    }
+                    seals::put(&mut seals_t, seal)?;
+                    head.2 = event.seq;
+                }
                 position += 1;
                 run = match run {
                     Some((start, origin, first, count))
@@ -940,6 +1198,30 @@ impl Store {
                     &self.limits,
                     event,
                 )?);
+            }
+            for (origin, (seq, chain, sealed_upto)) in &heads {
+                if sealed_upto != seq {
+                    if sealed.is_some() {
+                        return Err(forged(
+                            origin,
+                            *seq,
+                            format!(
+                                "the batch ends at {seq}, after its last seal (at {sealed_upto})"
+                            ),
+                        ));
+                    }
+                    // Trusted events: an unsigned seal ends the run.
+                    seals::put(
+                        &mut seals_t,
+                        &Seal {
+                            origin: origin.clone(),
+                            seq: *seq,
+                            chain: *chain,
+                            signature: Vec::new(),
+                        },
+                    )?;
+                }
+                chains.insert(origin.as_str(), seals::encode_head(*seq, chain).as_slice())?;
             }
             for (origin, seq) in &held_by_origin {
                 origins.insert(origin.as_str(), *seq)?;

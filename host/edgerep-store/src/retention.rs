@@ -14,10 +14,11 @@
 
 use std::collections::BTreeMap;
 
-use edgerep_wire::{Event, Hlc};
+use edgerep_wire::{Event, Hlc, NodeId, Seal};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::keys::{log_key, split_state_key, state_key};
+use crate::seals::{self, CERTS, CHAINS, SEALS};
 use crate::{
     Applied, CHANGELOG, Counters, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
     Versions, apply_to_state, corrupt, hlc_bytes, u64_from,
@@ -112,6 +113,7 @@ impl Store {
         let out = {
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut compacted_t = txn.open_table(COMPACTED)?;
+            let mut seals_t = txn.open_table(SEALS)?;
             let origins = txn.open_table(ORIGINS)?;
             let mut budget = max_remove;
             let mut removed = 0;
@@ -123,6 +125,8 @@ impl Store {
                     continue;
                 }
                 let n = remove_range(&mut changelog, origin, done + 1, to)?;
+                // Seals below the floor go too (those at and above it prove what is held).
+                remove_range(&mut seals_t, origin, done + 1, to - 1)?;
                 if n != to - done {
                     return Err(corrupt(
                         "changelog",
@@ -138,7 +142,7 @@ impl Store {
                 removed += n;
             }
             let compacted = read_map(&compacted_t)?;
-            drop((compacted_t, origins, changelog));
+            drop((compacted_t, origins, changelog, seals_t));
             if removed > 0 {
                 trim_feed(&mut txn, &compacted)?;
             }
@@ -208,6 +212,41 @@ impl Store {
         hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
+        self.install_in(versions, have, None, hlc_last, sync)
+    }
+
+    /// [`Store::install_snapshot`] from a peer: the last page raises an origin's have only with
+    /// that origin's seal at the new sequence number (verified with its certificate, which
+    /// `certs` may bring), and that seal's chain hash becomes the origin's chain head. With a
+    /// verified seal this node's own origin may be raised too (its own events, lost here in a
+    /// restore, that peers held).
+    pub fn install_sealed(
+        &self,
+        versions: Vec<Event>,
+        have: Option<&BTreeMap<String, u64>>,
+        seals: &[Seal],
+        certs: &[(NodeId, Vec<u8>)],
+        hlc_last: Option<Hlc>,
+        sync: Sync,
+    ) -> Result<Installed, StoreError> {
+        self.install_in(versions, have, Some((seals, certs)), hlc_last, sync)
+    }
+
+    fn install_in(
+        &self,
+        versions: Vec<Event>,
+        have: Option<&BTreeMap<String, u64>>,
+        sealed: Option<(&[Seal], &[(NodeId, Vec<u8>)])>,
+        hlc_last: Option<Hlc>,
+        sync: Sync,
+    ) -> Result<Installed, StoreError> {
+        if let (Some(keys), Some((_, certs))) = (&self.keys, sealed) {
+            for (origin, der) in certs {
+                keys.learn(origin, der).map_err(|reason| {
+                    StoreError::SnapshotRefused(format!("the certificate of {origin}: {reason}"))
+                })?;
+            }
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let out = {
@@ -239,16 +278,56 @@ impl Store {
             let mut origins = txn.open_table(ORIGINS)?;
             let mut compacted_t = txn.open_table(COMPACTED)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
+            let mut chains = txn.open_table(CHAINS)?;
+            let mut seals_t = txn.open_table(SEALS)?;
+            if let Some((_, certs)) = sealed {
+                let mut certs_t = txn.open_table(CERTS)?;
+                for (origin, der) in certs {
+                    certs_t.insert(origin.as_str(), der.as_slice())?;
+                }
+            }
             for (origin, &seq) in have.into_iter().flatten() {
                 let held = origins.get(origin.as_str())?.map_or(0, |g| g.value());
                 if seq <= held {
                     continue;
                 }
-                if origin.as_str() == self.node.as_str() {
-                    return Err(StoreError::SnapshotRefused(format!(
-                        "it reflects this node's events up to {seq}, but this node holds only {held}"
-                    )));
-                }
+                let id = NodeId::parse(origin)
+                    .map_err(|e| StoreError::SnapshotRefused(format!("origin {origin:?}: {e}")))?;
+                let seal = sealed
+                    .and_then(|(seals, _)| seals.iter().find(|s| s.origin == id && s.seq == seq));
+                let chain = match (sealed, seal) {
+                    (Some(_), None) => {
+                        return Err(StoreError::SnapshotRefused(format!(
+                            "it claims {origin} up to {seq} without {origin}'s seal there"
+                        )));
+                    }
+                    (Some(_), Some(seal)) => {
+                        if let Some(keys) = &self.keys {
+                            keys.verify(&id, seq, &seal.message(), &seal.signature)
+                                .map_err(|reason| {
+                                    StoreError::SnapshotRefused(format!(
+                                        "{origin}'s seal at {seq}: {reason}"
+                                    ))
+                                })?;
+                        } else if origin.as_str() == self.node.as_str() {
+                            return Err(StoreError::SnapshotRefused(format!(
+                                "it reflects this node's events up to {seq}, but this node holds only {held} (and checks no signatures)"
+                            )));
+                        }
+                        seals::put(&mut seals_t, seal)?;
+                        seal.chain
+                    }
+                    (None, _) => {
+                        if origin.as_str() == self.node.as_str() {
+                            return Err(StoreError::SnapshotRefused(format!(
+                                "it reflects this node's events up to {seq}, but this node holds only {held}"
+                            )));
+                        }
+                        // Trusted (tests and tools): no chain is known past the snapshot.
+                        [0; 32]
+                    }
+                };
+                chains.insert(origin.as_str(), seals::encode_head(seq, &chain).as_slice())?;
                 let done = compacted_t.get(origin.as_str())?.map_or(0, |g| g.value());
                 remove_range(&mut changelog, origin, done + 1, held)?;
                 origins.insert(origin.as_str(), seq)?;
@@ -256,7 +335,7 @@ impl Store {
             }
             let held = read_map(&origins)?;
             let compacted = read_map(&compacted_t)?;
-            drop((origins, compacted_t, changelog));
+            drop((origins, compacted_t, changelog, chains, seals_t));
             if have.is_some() {
                 trim_feed(&mut txn, &compacted)?;
             }

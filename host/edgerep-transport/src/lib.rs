@@ -38,6 +38,7 @@ pub mod bench;
 pub mod certs;
 pub mod endpoint;
 pub mod frame;
+pub mod seal;
 pub mod tls;
 
 pub use endpoint::{

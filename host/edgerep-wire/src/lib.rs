@@ -7,8 +7,10 @@
 pub mod event;
 pub mod hlc;
 pub mod json;
+pub mod seal;
 pub mod value;
 
 pub use event::{Event, NodeId, Op, VersionVector};
 pub use hlc::{Hlc, HlcClock};
+pub use seal::Seal;
 pub use value::{DecodeLimits, Value, ValueError};

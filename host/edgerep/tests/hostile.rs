@@ -12,6 +12,7 @@ use common::hostile::{Hostile, event, with_context};
 use common::{Node, agent, cluster, converge, get, put, rss_bytes, status};
 use edgerep_replica::Message;
 use edgerep_wire::NodeId;
+use edgerep_wire::Seal;
 
 /// node-1 and node-3 running (node-2's identity is the attacker's), converged on one write each.
 fn honest_pair(dir: &std::path::Path) -> (Vec<PathBuf>, Node, Node) {
@@ -66,10 +67,8 @@ fn a_context_naming_this_nodes_future_is_held_back_and_the_committer_lives() {
         event("node-2", 1, "c", "k", 666),
         &[("node-1", u64::MAX - 1)],
     );
-    h.send(&Message::Events {
-        events: vec![poisoned],
-    })
-    .unwrap();
+    let m = h.sealed(vec![poisoned]);
+    h.send(&m).unwrap();
     wait_status(&n1, "the event is held back with a reason", |r| {
         r["deferred_total"].as_u64().unwrap_or(0) >= 1
             && r["deferred_last"]
@@ -101,6 +100,8 @@ fn an_unsolicited_snapshot_is_declined_and_reported() {
         versions: vec![event("node-3", 1, "c", "from-3", 999)],
         done: true,
         have: vec![(NodeId::parse("node-3").unwrap(), 1_000_000_000_000)],
+        seals: vec![],
+        certs: vec![],
     })
     .unwrap();
     wait_status(&n1, "the snapshot is declined and reported", |r| {
@@ -128,7 +129,8 @@ fn events_forged_under_a_connected_origins_name_are_held_back() {
     let forged: Vec<_> = (2..=4)
         .map(|seq| event("node-3", seq, "c", &format!("x{seq}"), 666))
         .collect();
-    h.send(&Message::Events { events: forged }).unwrap();
+    let m = h.sealed(forged);
+    h.send(&m).unwrap();
     wait_status(&n1, "the forged events are held back", |r| {
         r["deferred_last"]
             .as_str()
@@ -151,19 +153,16 @@ fn a_fork_is_detected_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, n1, n3) = honest_pair(dir.path());
     let mut h = attacker(&configs, &[]);
-    h.send(&Message::Events {
-        events: vec![event("node-2", 1, "c", "fork", 1)],
-    })
-    .unwrap();
+    let m = h.sealed(vec![event("node-2", 1, "c", "fork", 1)]);
+    h.send(&m).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(&n1, "c", "fork").0 != 200 {
         assert!(Instant::now() < deadline, "node-2:1 applied");
         std::thread::sleep(Duration::from_millis(20));
     }
-    h.send(&Message::Events {
-        events: vec![event("node-2", 1, "c", "fork", 2)],
-    })
-    .unwrap();
+    // The same sequence number again, validly sealed too: a restored node-2, or a liar.
+    let m = h.sealed(vec![event("node-2", 1, "c", "fork", 2)]);
+    h.send(&m).unwrap();
     wait_status(&n1, "the fork is reported", |r| r["forks_total"] == 1);
     let r = replication(&n1);
     let fork = &r["forks"][0];
@@ -209,7 +208,8 @@ fn a_flood_of_origins_is_bounded() {
     let events = (0..100)
         .map(|i| event(&format!("made-up-{i:03}"), 1, "c", &format!("m{i}"), i))
         .collect();
-    h.send(&Message::Events { events }).unwrap();
+    let m = h.sealed(events);
+    h.send(&m).unwrap();
     wait_status(&n1, "origins over the bound are refused", |r| {
         r["refused_total"].as_u64().unwrap_or(0) >= 1
             && r["refused"][0]["reason"]
@@ -331,4 +331,86 @@ fn two_machines_under_one_node_id_are_detected() {
             .is_some_and(|s| s.contains("two machines use node id"))
     });
     let _ = n2;
+}
+
+/// Events under the name of node-3 while node-3 is not connected to node-1 (it is down): the
+/// stolen identity cannot make node-3's seal. Before seals, node-1 stored and relayed them, and
+/// node-3's real events were dropped as duplicates. Now nothing of the batch is applied, the
+/// session is closed, the refusal is reported, and node-3's real events win when it is back.
+#[test]
+fn events_forged_under_another_origins_name_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    put(&n1, "c", "from-1", r#"{"v":1}"#);
+    let mut h = attacker(&configs, &[]);
+    let forged: Vec<_> = (1..=3)
+        .map(|seq| event("node-3", seq, "c", &format!("x{seq}"), 666))
+        .collect();
+    let m = h.sealed(forged);
+    h.send(&m).unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("node-3")),
+        "{reason:?}"
+    );
+    wait_status(&n1, "the forgery is reported", |r| {
+        r["refused"].as_array().is_some_and(|l| {
+            l.iter().any(|x| {
+                x["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("events of node-3 up to"))
+            })
+        })
+    });
+    assert!(status(&n1)["origins"].get("node-3").is_none());
+    let n3 = Node::start(&configs[2]);
+    for seq in 1..=3 {
+        put(&n3, "c", &format!("x{seq}"), r#"{"v":3}"#);
+    }
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    for seq in 1..=3 {
+        assert_eq!(get(&n1, "c", &format!("x{seq}")).1, r#"{"v":3}"#);
+    }
+}
+
+/// A snapshot that claims node-3's events up to 10^12 with a seal node-2 made (and floors that
+/// make node-1 look behind): node-1 raises no have it cannot prove, and node-3's writes keep
+/// arriving.
+#[test]
+fn a_snapshot_have_without_its_origins_seal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let node3 = NodeId::parse("node-3").unwrap();
+    let seq = 1_000_000_000_000;
+    let chain = [7; 32];
+    let signature = h
+        .signer
+        .sign(&Seal::signed_bytes(&node3, seq, &chain))
+        .unwrap();
+    h.send(&Message::Snapshot {
+        id: 0,
+        page: 0,
+        floors: vec![(node3.clone(), seq)],
+        versions: vec![event("node-3", 1, "c", "from-3", 999)],
+        done: true,
+        have: vec![(node3.clone(), seq)],
+        seals: vec![Seal {
+            origin: node3,
+            seq,
+            chain,
+            signature,
+        }],
+        certs: vec![],
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let s = status(&n1);
+    assert_eq!(s["origins"]["node-3"], 1, "{s}");
+    for i in 0..20 {
+        put(&n3, "c", &format!("later-{i}"), r#"{"v":3}"#);
+    }
+    let s = converge(&[&n1, &n3], Duration::from_secs(30));
+    assert_eq!(s["origins"]["node-3"], 21, "{s}");
 }

@@ -3,6 +3,7 @@
 //! forged origins, forks, unsolicited snapshots, extreme causal contexts, oversize or malformed
 //! frames, floods of origins, or nothing at all (a peer that never reads).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,9 +12,11 @@ use edgerep_replica::{Hello, Message, MessageLimits, PROTOCOL_VERSION};
 use edgerep_transport::certs::Identity;
 use edgerep_transport::frame::{FrameReader, write_frame};
 use edgerep_transport::quinn::{RecvStream, SendStream};
+use edgerep_transport::seal::Signer;
 use edgerep_transport::tls::TransportConfig;
 use edgerep_transport::{PeerConnection, Transport};
-use edgerep_wire::{Event, Hlc, NodeId, Op, Value, VersionVector};
+use edgerep_wire::seal::{ChainHash, chain_next, chain_start};
+use edgerep_wire::{Event, Hlc, NodeId, Op, Seal, Value, VersionVector};
 
 /// One connection from a hostile node to a real one.
 pub struct Hostile {
@@ -26,6 +29,10 @@ pub struct Hostile {
     recv: RecvStream,
     reader: FrameReader,
     _transport: Transport,
+    /// Signs with the stolen identity's key.
+    pub signer: Signer,
+    /// Every chain hash this peer computed, by (origin, seq).
+    chains: BTreeMap<(NodeId, u64), ChainHash>,
 }
 
 impl Hostile {
@@ -38,6 +45,7 @@ impl Hostile {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
         let identity =
             Identity::from_pem(&read(&tls.ca), &read(&tls.cert), &read(&tls.key)).unwrap();
+        let signer = Signer::new(&identity).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let address = target.replication.listen.to_string();
         let peers = vec![(target.node.id.clone(), address.clone())];
@@ -62,6 +70,50 @@ impl Hostile {
             recv,
             reader: FrameReader::new(MessageLimits::default().max_frame_bytes as u32),
             _transport: transport,
+            signer,
+            chains: BTreeMap::new(),
+        }
+    }
+
+    /// An Events message of `events` with a seal at the end of each origin's run, signed with
+    /// this peer's key (valid for its own events, a forgery for any other origin's), chained
+    /// from what this peer sent before under that origin (or the start of its chain), and this
+    /// peer's certificate.
+    pub fn sealed(&mut self, events: Vec<Event>) -> Message {
+        let mut seals = Vec::new();
+        let mut i = 0;
+        while i < events.len() {
+            let origin = events[i].origin.clone();
+            let first = events[i].seq;
+            let mut chain = if first <= 1 {
+                chain_start(&origin)
+            } else {
+                self.chains
+                    .get(&(origin.clone(), first - 1))
+                    .copied()
+                    .unwrap_or([0; 32])
+            };
+            while i < events.len() && events[i].origin == origin {
+                chain = chain_next(&chain, &events[i].encode());
+                self.chains.insert((origin.clone(), events[i].seq), chain);
+                i += 1;
+            }
+            let seq = events[i - 1].seq;
+            let signature = self
+                .signer
+                .sign(&Seal::signed_bytes(&origin, seq, &chain))
+                .unwrap();
+            seals.push(Seal {
+                origin,
+                seq,
+                chain,
+                signature,
+            });
+        }
+        Message::Events {
+            events,
+            seals,
+            certs: vec![(self.id.clone(), self.signer.cert().to_vec())],
         }
     }
 

@@ -1,0 +1,99 @@
+//! This node's [`edgerep_store::Keys`]: it signs seals with the key of its TLS identity and
+//! checks its peers' seals against their certificates, which must chain to the deployment CA,
+//! name the origin, and (for a revoked node) cover only events up to its revocation point.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use edgerep_config::Config;
+use edgerep_transport::certs::Identity;
+use edgerep_transport::seal::{NodeKey, Signer, Verifier};
+use edgerep_wire::NodeId;
+
+/// Signs and verifies seals (see the module docs).
+pub struct NodeKeys {
+    node: NodeId,
+    signer: Signer,
+    verifier: Verifier,
+    /// Per origin, the key of its certificate, once checked.
+    known: Mutex<BTreeMap<NodeId, NodeKey>>,
+    /// Per revoked node, the last sequence number it may still vouch for.
+    revoked: BTreeMap<NodeId, u64>,
+}
+
+impl std::fmt::Debug for NodeKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKeys")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeKeys {
+    /// The keys of `identity`, with the revocations of `config`.
+    pub fn new(identity: &Identity, config: &Config) -> Result<NodeKeys, String> {
+        let signer = Signer::new(identity)?;
+        let verifier = Verifier::new(identity)?;
+        let own = verifier
+            .check_cert(signer.cert())
+            .map_err(|e| format!("this node's own certificate: {e}"))?;
+        let node = own.node.clone();
+        let known = Mutex::new(BTreeMap::from([(node.clone(), own)]));
+        Ok(NodeKeys {
+            node,
+            signer,
+            verifier,
+            known,
+            revoked: config
+                .revoked
+                .iter()
+                .map(|r| (r.node.clone(), r.after_seq))
+                .collect(),
+        })
+    }
+
+    /// This node's certificate (DER).
+    pub fn own_cert(&self) -> &[u8] {
+        self.signer.cert()
+    }
+}
+
+impl edgerep_store::Keys for NodeKeys {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.signer.sign(message)
+    }
+
+    fn verify(
+        &self,
+        origin: &NodeId,
+        seq: u64,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), String> {
+        if let Some(&after) = self.revoked.get(origin)
+            && seq > after
+        {
+            return Err(format!(
+                "{origin} is revoked after its event {after}: its seal at {seq} is refused"
+            ));
+        }
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let key = known
+            .get(origin)
+            .ok_or_else(|| format!("no certificate of {origin} to check its seal at {seq} with"))?;
+        self.verifier.verify(key, message, signature)
+    }
+
+    fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), String> {
+        let key = self.verifier.check_cert(cert)?;
+        if key.node != *origin {
+            return Err(format!(
+                "the certificate sent for {origin} names {}",
+                key.node
+            ));
+        }
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.insert(origin.clone(), key);
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+//! Origin seals in the store (see `edgerep_wire::seal`): per origin the head of its chain (the
+//! chain hash at the highest sequence number held), the seals at the origin's seal points, and
+//! the certificates that verify them.
+//!
+//! Invariants: an origin's chain head is at the sequence number the store holds of it, and a
+//! seal exists at that number (every batch from a peer ends at a seal, every local commit ends
+//! with one, a snapshot raises a have only with one), so this node can always send a peer what
+//! proves the end of a batch or of a snapshot. Seals below an origin's compacted floor are
+//! removed with its changelog entries; the one at the floor stays.
+
+use edgerep_wire::NodeId;
+use edgerep_wire::seal::{ChainHash, Seal, chain_start};
+use redb::{ReadableTable, TableDefinition};
+
+use crate::keys::log_key;
+use crate::{StoreError, corrupt};
+
+/// `origin` → sequence number (8 bytes, big endian) and chain hash (32 bytes).
+pub(crate) const CHAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("chains");
+/// `origin 0x00 sequence` → chain hash (32 bytes) and signature.
+pub(crate) const SEALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("seals");
+/// `origin` → its certificate (DER), as learnt from peers.
+pub(crate) const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+
+/// What signs this node's seals and checks its peers' (the node implements it with the
+/// deployment CA's certificates; the store never sees a key or a certificate format).
+pub trait Keys: Send + Sync {
+    /// Signs `message` as this node.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+    /// Checks `signature` over `message` by `origin`, for its event `seq`.
+    fn verify(
+        &self,
+        origin: &NodeId,
+        seq: u64,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), String>;
+    /// Takes in `origin`'s certificate (DER) after checking it chains to the deployment CA and
+    /// names `origin`.
+    fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), String>;
+}
+
+/// The chain head of `origin`: (sequence number, chain hash); the start of its chain when the
+/// store holds none of its events.
+pub(crate) fn head(
+    chains: &impl ReadableTable<&'static str, &'static [u8]>,
+    origin: &NodeId,
+) -> Result<(u64, ChainHash), StoreError> {
+    match chains.get(origin.as_str())? {
+        Some(g) => decode_head(g.value()),
+        None => Ok((0, chain_start(origin))),
+    }
+}
+
+pub(crate) fn decode_head(bytes: &[u8]) -> Result<(u64, ChainHash), StoreError> {
+    if bytes.len() != 40 {
+        return Err(corrupt("chains", "a head is not 40 bytes"));
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&bytes[..8]);
+    let mut chain = [0u8; 32];
+    chain.copy_from_slice(&bytes[8..]);
+    Ok((u64::from_be_bytes(seq), chain))
+}
+
+pub(crate) fn encode_head(seq: u64, chain: &ChainHash) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&seq.to_be_bytes());
+    out[8..].copy_from_slice(chain);
+    out
+}
+
+/// Stores `seal` (its chain hash and signature under its origin and sequence number).
+pub(crate) fn put(
+    seals: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    seal: &Seal,
+) -> Result<(), StoreError> {
+    let mut value = Vec::with_capacity(32 + seal.signature.len());
+    value.extend_from_slice(&seal.chain);
+    value.extend_from_slice(&seal.signature);
+    seals.insert(
+        log_key(seal.origin.as_str(), seal.seq).as_slice(),
+        value.as_slice(),
+    )?;
+    Ok(())
+}
+
+/// The seal stored under (`origin`, `seq`), if any.
+pub(crate) fn decode(origin: &NodeId, seq: u64, value: &[u8]) -> Result<Seal, StoreError> {
+    if value.len() < 32 {
+        return Err(corrupt("seals", "a seal shorter than its chain hash"));
+    }
+    let mut chain = [0u8; 32];
+    chain.copy_from_slice(&value[..32]);
+    Ok(Seal {
+        origin: origin.clone(),
+        seq,
+        chain,
+        signature: value[32..].to_vec(),
+    })
+}

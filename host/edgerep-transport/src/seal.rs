@@ -1,0 +1,163 @@
+//! Signing and verifying origin seals (see `edgerep_wire::seal`) with the node keys and
+//! certificates of the deployment CA: a node signs with the key of its TLS identity, and a
+//! seal verifies against the certificate of its origin, which must chain to the same CA and
+//! name the origin. Certificates travel with what they sign, so a node can verify origins it
+//! never connected to.
+
+use std::sync::Arc;
+
+use edgerep_wire::event::NodeId;
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::server::ParsedCertificate;
+use rustls::sign::SigningKey;
+use rustls::{RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
+
+use crate::certs::{Identity, crypto_provider, node_id_of};
+
+/// The scheme node keys sign with (`edgerep certs` makes ECDSA P-256 keys).
+const SCHEME: SignatureScheme = SignatureScheme::ECDSA_NISTP256_SHA256;
+
+/// Signs seals as this node.
+pub struct Signer {
+    key: Arc<dyn SigningKey>,
+    cert: Vec<u8>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// A signer with `identity`'s key.
+    pub fn new(identity: &Identity) -> Result<Signer, String> {
+        let key = crypto_provider()
+            .key_provider
+            .load_private_key(identity.key().clone_key())
+            .map_err(|e| format!("the node key cannot sign: {e}"))?;
+        if key.choose_scheme(&[SCHEME]).is_none() {
+            return Err("the node key is not an ECDSA P-256 key".into());
+        }
+        Ok(Signer {
+            key,
+            cert: identity.cert().to_vec(),
+        })
+    }
+
+    /// The signature of `message`.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        let signer = self
+            .key
+            .choose_scheme(&[SCHEME])
+            .ok_or("the node key cannot sign ECDSA P-256")?;
+        signer.sign(message).map_err(|e| e.to_string())
+    }
+
+    /// This node's certificate (DER), which verifies its signatures.
+    pub fn cert(&self) -> &[u8] {
+        &self.cert
+    }
+}
+
+/// Checks certificates against the deployment CA and signatures against certificates.
+pub struct Verifier {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
+}
+
+/// A certificate that chains to the CA, with what verifying a signature needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeKey {
+    /// The node the certificate names.
+    pub node: NodeId,
+    /// The subject public key (the contents of the certificate's public key bit string).
+    pub public_key: Vec<u8>,
+}
+
+impl Verifier {
+    /// A verifier trusting `identity`'s CA.
+    pub fn new(identity: &Identity) -> Result<Verifier, String> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(identity.ca_cert().clone())
+            .map_err(|e| format!("the CA certificate: {e}"))?;
+        Ok(Verifier {
+            roots: Arc::new(roots),
+            algorithms: crypto_provider().signature_verification_algorithms,
+        })
+    }
+
+    /// Checks a certificate (DER): it chains to the CA, is valid now and names one node.
+    pub fn check_cert(&self, der: &[u8]) -> Result<NodeKey, String> {
+        let cert = CertificateDer::from(der.to_vec());
+        let parsed = ParsedCertificate::try_from(&cert).map_err(|e| e.to_string())?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            &[],
+            UnixTime::now(),
+            self.algorithms.all,
+        )
+        .map_err(|e| format!("not a certificate of this deployment: {e}"))?;
+        let node = node_id_of(der).map_err(|e| e.to_string())?;
+        let (_, x509) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+        let public_key = x509.public_key().subject_public_key.data.to_vec();
+        Ok(NodeKey { node, public_key })
+    }
+
+    /// Verifies `signature` over `message` by `key`.
+    pub fn verify(&self, key: &NodeKey, message: &[u8], signature: &[u8]) -> Result<(), String> {
+        let algs: &[&dyn SignatureVerificationAlgorithm] = self
+            .algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == SCHEME)
+            .map(|(_, algs)| *algs)
+            .ok_or("no ECDSA P-256 verifier")?;
+        if algs.iter().any(|alg| {
+            alg.verify_signature(&key.public_key, message, signature)
+                .is_ok()
+        }) {
+            Ok(())
+        } else {
+            Err(format!("signature by {} does not verify", key.node))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::Ca;
+
+    #[test]
+    fn a_signature_verifies_only_with_its_signers_certificate() {
+        let ca = Ca::generate("test").unwrap();
+        let a = Identity::new(&ca, &ca.issue_node("a").unwrap()).unwrap();
+        let b = Identity::new(&ca, &ca.issue_node("b").unwrap()).unwrap();
+        let verifier = Verifier::new(&a).unwrap();
+        let signer = Signer::new(&a).unwrap();
+        let sig = signer.sign(b"seal").unwrap();
+        let key_a = verifier.check_cert(signer.cert()).unwrap();
+        assert_eq!(key_a.node.as_str(), "a");
+        verifier.verify(&key_a, b"seal", &sig).unwrap();
+        assert!(verifier.verify(&key_a, b"seat", &sig).is_err());
+        let key_b = verifier.check_cert(b.cert()).unwrap();
+        assert!(verifier.verify(&key_b, b"seal", &sig).is_err());
+        // A certificate from another CA is refused.
+        let other = Ca::generate("other").unwrap();
+        let stranger = Identity::new(&other, &other.issue_node("a").unwrap()).unwrap();
+        let e = verifier.check_cert(stranger.cert()).unwrap_err();
+        assert!(e.contains("not a certificate of this deployment"), "{e}");
+        assert!(verifier.check_cert(b"garbage").is_err());
+    }
+}
