@@ -16,8 +16,9 @@ fn a_node_back_from_a_long_absence_catches_up_a_million_events_with_bounded_memo
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    let n1 = Node::start(&configs[0]);
-    // node-2 is down while node-1 takes the whole backlog.
+    // node-2 is down while node-1 takes the whole backlog: node-1 is alone (no peer ever held
+    // its events), so it takes writes without waiting for a peer to confirm its origin.
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
     let started = Instant::now();
     let mut written = 0;
     let writers: Vec<_> = (0..2)

@@ -50,6 +50,11 @@ pub struct Node {
 impl Node {
     /// Starts `edgerep run --config CONFIG` and waits until its API answers.
     pub fn start(config: &Path) -> Node {
+        Node::start_with(config, &[])
+    }
+
+    /// [`Node::start`] with more arguments for `run` (such as `--alone`).
+    pub fn start_with(config: &Path, args: &[&str]) -> Node {
         let log = config.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -58,6 +63,7 @@ impl Node {
             .unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config", config.to_str().unwrap()])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
