@@ -1019,7 +1019,7 @@ mod tests {
         refused(
             &cbor(|e| {
                 drop(
-                    e.array(2)
+                    e.array(4)
                         .and_then(|e| e.u64(1))
                         .and_then(|e| e.array(1))
                         .and_then(|e| e.str("x")),
@@ -1030,7 +1030,7 @@ mod tests {
         refused(
             &cbor(|e| {
                 drop(
-                    e.array(2)
+                    e.array(4)
                         .and_then(|e| e.u64(1))
                         .and_then(|e| e.array(1))
                         .and_then(|e| e.bytes(b"\xa0")),
@@ -1148,8 +1148,9 @@ mod tests {
         );
         // An event byte string (over 23 bytes) with a two-byte length.
         let ev = event("a", 1).encode();
-        let mut bytes = vec![0x82, 0x01, 0x81, 0x59, 0x00, ev.len() as u8];
+        let mut bytes = vec![0x84, 0x01, 0x81, 0x59, 0x00, ev.len() as u8];
         bytes.extend_from_slice(&ev);
+        bytes.extend_from_slice(&[0x80, 0x80]);
         refused(&bytes, "event is not in deterministic encoding");
         // Indefinite-length text.
         refused(

@@ -543,7 +543,7 @@ fn receiver(peers: &[&str]) -> (Replica, MemLog) {
 
 fn apply_of(r: &mut Replica) -> (String, Vec<(String, u64)>) {
     match r.poll_output() {
-        Some(Output::Apply { peer, events }) => (
+        Some(Output::Apply { peer, events, .. }) => (
             peer.to_string(),
             events
                 .iter()
@@ -781,7 +781,14 @@ fn snapshot(id: u64, page: u64, versions: Vec<Event>, have: Option<&[(&str, u64)
             .iter()
             .map(|(o, s)| (n(o), *s))
             .collect(),
+        seals: seals_of(have.unwrap_or_default()),
+        certs: Vec::new(),
     }
+}
+
+/// The (test) seals of each origin at its sequence number in `have`.
+fn seals_of(have: &[(&str, u64)]) -> Vec<Seal> {
+    have.iter().map(|(o, s)| seal_of(&ev(o, *s))).collect()
 }
 
 /// `m` (a Snapshot) as sent by a node that compacted up to `compacted`.
@@ -801,6 +808,8 @@ fn install_of(versions: Vec<Event>, have: Option<&[(&str, u64)]>) -> Option<Outp
         peer: n("b"),
         versions,
         have: have.map(have_of),
+        seals: seals_of(have.unwrap_or_default()),
+        certs: Vec::new(),
     })
 }
 
@@ -1065,6 +1074,8 @@ fn an_unsolicited_snapshot_is_declined() {
         versions: evs("y", 1..=1),
         done: true,
         have: vec![(n("y"), 1_000_000_000_000)],
+        seals: Vec::new(),
+        certs: Vec::new(),
     };
     r.handle(&n("b"), forged, 1).unwrap();
     assert!(
@@ -1140,7 +1151,7 @@ fn one_unreadable_origin_does_not_stop_the_others() {
             after: u64,
             max: usize,
             bytes: usize,
-        ) -> Result<Vec<Event>, LogError> {
+        ) -> Result<crate::log::Read, LogError> {
             if origin.as_str() == "x" {
                 return Err(LogError::Storage {
                     reason: "corrupt record".into(),
@@ -1155,6 +1166,12 @@ fn one_unreadable_origin_does_not_stop_the_others() {
             max_bytes: usize,
         ) -> Result<StatePage, LogError> {
             self.0.state_page(after, max_events, max_bytes)
+        }
+        fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
+            self.0.seal_at(origin, seq)
+        }
+        fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
+            self.0.cert(origin)
         }
     }
     let mut events = evs("x", 1..=2);
