@@ -12,7 +12,10 @@
 //! catch-up throughput (B stopped while A takes the writes, then started: replication alone);
 //! replication latency p50/p99 at fixed offered rates (A's write acknowledgement to B's
 //! `/v1/watch` feed delivering the event, both timed by this process's monotonic clock); and each
-//! node's peak resident memory (`VmHWM` of its process).
+//! node's peak resident memory (`VmHWM` of its process). Then what authentication costs: a
+//! second pair of nodes with `replication.authenticate = false` (no origin seals signed or
+//! checked) runs the immediate end-to-end throughput and the latency at the first rate again,
+//! and both are printed side by side.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -588,6 +591,59 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
     a.stop()?;
     b.stop()?;
 
+    // The same pair without authentication: what signing and checking origin seals costs.
+    let plain = crate::cluster::write_cluster(&dir.path().join("plain"), 2, false)?;
+    for config in &plain {
+        let text = std::fs::read_to_string(config)?.replacen(
+            "[replication]\n",
+            "[replication]\nauthenticate = false\n",
+            1,
+        );
+        std::fs::write(config, text)?;
+        Config::load(config)?;
+    }
+    let pa = NodeProcess::start(&exe, &plain[0], "node-1 (A, unauthenticated)")?;
+    let pb = NodeProcess::start(&exe, &plain[1], "node-2 (B, unauthenticated)")?;
+    wait_peered(&pa, &pb)?;
+    println!(
+        "\n-- authentication off (replication.authenticate = false): no seals signed or checked"
+    );
+    let (_, plain_e2e_s) = end_to_end(&pa, &pb, "bench", value.as_bytes(), &args)?;
+    let plain_e2e_eps = args.events as f64 / plain_e2e_s;
+    let rate = args.rates.first().copied().unwrap_or(200);
+    let plain_latency = latency_at(
+        &pa,
+        &pb,
+        Mode::Immediate,
+        value.as_bytes(),
+        rate,
+        args.seconds,
+    )?;
+    pa.stop()?;
+    pb.stop()?;
+    let with_latency = modes[0]
+        .latencies
+        .iter()
+        .find(|l| l.rate == rate)
+        .map_or(f64::NAN, |l| l.p50_ms);
+    let auth = AuthCost {
+        with_eps: modes[0].e2e_eps,
+        without_eps: plain_e2e_eps,
+        rate,
+        with_p50_ms: with_latency,
+        without_p50_ms: plain_latency.p50_ms,
+    };
+    println!(
+        "authentication cost (immediate): end to end {:.0} events/s with, {:.0} without = {:.3} of it ({:.1}% less; bound 10%); p50 at {rate}/s {:.3} ms with, {:.3} ms without (+{:.3} ms; bound 0.5 ms)",
+        auth.with_eps,
+        auth.without_eps,
+        auth.with_eps / auth.without_eps,
+        100.0 * (1.0 - auth.with_eps / auth.without_eps),
+        auth.with_p50_ms,
+        auth.without_p50_ms,
+        auth.with_p50_ms - auth.without_p50_ms
+    );
+
     let raw_after = raw_limit()?;
     let raw = raw_before.max(raw_after);
     println!(
@@ -642,11 +698,28 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
         "periodic": mode_json(&modes[1]),
         "rss_peak_mb": {"node_a": round3(a_peak), "node_b": round3(b_peak)},
         "digest": sa["digest"],
+        "authentication": {
+            "e2e_events_per_s_with": auth.with_eps.round(),
+            "e2e_events_per_s_without": auth.without_eps.round(),
+            "e2e_ratio": round3(auth.with_eps / auth.without_eps),
+            "latency_rate": auth.rate,
+            "p50_ms_with": round3(auth.with_p50_ms),
+            "p50_ms_without": round3(auth.without_p50_ms),
+        },
         "ratio_quinn": round3(immediate.e2e_eps / quinn_eps),
         "ratio": round3(immediate.e2e_eps / raw),
     });
     println!("{summary}");
     Ok(0)
+}
+
+/// Authenticated against unauthenticated replication (immediate durability).
+struct AuthCost {
+    with_eps: f64,
+    without_eps: f64,
+    rate: u64,
+    with_p50_ms: f64,
+    without_p50_ms: f64,
 }
 
 /// A durability mode of the benchmark.

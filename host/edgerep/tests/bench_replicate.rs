@@ -63,6 +63,19 @@ fn bench_replicate_prints_positive_figures_as_json() {
         }
     }
     assert_eq!(j["ratio"], j["immediate"]["ratio"], "{j}");
+    // The cost of authentication: the same measurements without it, side by side.
+    let auth = &j["authentication"];
+    for field in [
+        "e2e_events_per_s_with",
+        "e2e_events_per_s_without",
+        "e2e_ratio",
+        "p50_ms_with",
+        "p50_ms_without",
+    ] {
+        assert!(auth[field].as_f64().unwrap_or(0.0) > 0.0, "{field}: {j}");
+    }
+    assert_eq!(auth["latency_rate"], 200, "{j}");
+    assert!(out.contains("authentication cost (immediate)"), "{out}");
     for node in ["node_a", "node_b"] {
         assert!(j["rss_peak_mb"][node].as_f64().unwrap_or(0.0) > 0.0, "{j}");
     }

@@ -405,11 +405,15 @@ fn a_snapshot_have_without_its_origins_seal_is_refused() {
         certs: vec![],
     })
     .unwrap();
-    wait_status(&n1, "the install is refused for want of node-3's seal", |r| {
-        r["peers"][0]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("node-3's seal at 1000000000000"))
-    });
+    wait_status(
+        &n1,
+        "the install is refused for want of node-3's seal",
+        |r| {
+            r["peers"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("node-3's seal at 1000000000000"))
+        },
+    );
     let s = status(&n1);
     assert_eq!(s["origins"]["node-3"], 1, "{s}");
     for i in 0..20 {
