@@ -181,6 +181,19 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         Some(k) => store.with_keys(k.clone()),
         None => store,
     });
+    // Events this node wrote before it had a TLS identity carry unsigned seals: sign them now.
+    let signed = store
+        .sign_unsigned_seals()
+        .map_err(|source| NodeError::Store {
+            path: db_path.display().to_string(),
+            source,
+        })?;
+    if signed > 0 {
+        tracing::info!(
+            seals = signed,
+            "signed the seals of events written before this node had keys"
+        );
+    }
     let clock = HlcClock::new(resume.hlc_last, config.node.max_clock_skew_ms);
     let (feed_tx, feed_rx) = watch::channel(resume.feed_last);
     let (inbox, hook) = replication::inbox();

@@ -12,6 +12,14 @@
 //! floors (the same events wherever two nodes hold one), every local write reflected everywhere,
 //! and no event applied twice.
 //!
+//! Origins seal their events (a hash chain, "signed" with a per-origin keyed hash standing in
+//! for the node key: only the origin's own code computes it), and stores check the seals of
+//! what they apply and of a snapshot's have, as the real store does. With a byzantine node
+//! (`Knobs::byzantine`), that node tampers with what it sends during the chaos: it changes
+//! events it relays, appends events under other origins' names, strips seals, and claims
+//! compacted floors and snapshot haves it cannot prove. The honest nodes must still converge,
+//! and every event any node holds must be the one its origin wrote.
+//!
 //! `SIM_SEED=<seed>` runs one seed (twice, checking the trace is the same); `SIM_SEEDS=<n>` runs
 //! n random seeds instead of the default 200 (and n/5 instead of 40 with heavy compaction);
 //! `SIM_TRACE=1` prints every step of a `SIM_SEED` run.
@@ -25,6 +33,7 @@ use edgerep_replica::{
 };
 use edgerep_store::{Applied, Versions};
 use edgerep_wire::event::Dot;
+use edgerep_wire::seal::{ChainHash, chain_next, chain_start};
 use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Seal, Value, VersionVector};
 
 // ---------------------------------------------------------------------------------------------
@@ -109,6 +118,27 @@ struct MemLog {
     duplicates: u64,
     /// Applies refused for a gap.
     gaps: u64,
+    /// Per origin, the chain head at `have` (kept across compaction).
+    heads: BTreeMap<NodeId, (u64, ChainHash)>,
+    /// The chain hash after each changelog event.
+    chains: BTreeMap<(NodeId, u64), ChainHash>,
+    /// Applies and snapshot pages refused because a seal was missing, wrong or not the origin's.
+    forged: u64,
+}
+
+/// The stand-in for an origin's signature: a hash keyed by the origin. In this model only the
+/// origin's own code calls it for its own events; a byzantine node uses it with its own id.
+fn sign_as(origin: &NodeId, seq: u64, chain: &ChainHash) -> Vec<u8> {
+    chain_next(
+        &chain_start(origin),
+        &Seal::signed_bytes(origin, seq, chain),
+    )
+    .to_vec()
+}
+
+/// Whether `seal` verifies as its origin's.
+fn seal_valid(seal: &Seal) -> bool {
+    seal.signature == sign_as(&seal.origin, seal.seq, &seal.chain)
 }
 
 impl MemLog {
@@ -124,6 +154,9 @@ impl MemLog {
             applied: BTreeMap::new(),
             duplicates: 0,
             gaps: 0,
+            heads: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            forged: 0,
         }
     }
 
@@ -151,7 +184,35 @@ impl MemLog {
         Ok(())
     }
 
+    /// The chain head of `origin` (its start when nothing of it is held).
+    fn head(&self, origin: &NodeId) -> (u64, ChainHash) {
+        self.heads
+            .get(origin)
+            .copied()
+            .unwrap_or_else(|| (0, chain_start(origin)))
+    }
+
+    /// The origin's seal at `seq`, if this node holds the chain there.
+    fn seal(&self, origin: &NodeId, seq: u64) -> Option<Seal> {
+        let (head_seq, head) = self.head(origin);
+        let chain = if seq == head_seq && seq > 0 {
+            head
+        } else {
+            *self.chains.get(&(origin.clone(), seq))?
+        };
+        Some(Seal {
+            origin: origin.clone(),
+            seq,
+            chain,
+            signature: sign_as(origin, seq, &chain),
+        })
+    }
+
     fn insert(&mut self, event: Event) {
+        let (_, head) = self.head(&event.origin);
+        let chain = chain_next(&head, &event.encode());
+        self.heads.insert(event.origin.clone(), (event.seq, chain));
+        self.chains.insert((event.origin.clone(), event.seq), chain);
         self.have.insert(event.origin.clone(), event.seq);
         self.state
             .entry((event.collection.clone(), event.key.clone()))
@@ -166,7 +227,7 @@ impl MemLog {
     /// One durable transaction: idempotent (events the have covers are skipped: below the
     /// compacted floor they are not in the changelog), each origin gapless, else nothing is
     /// applied.
-    fn apply(&mut self, events: &[Event]) -> Result<(), String> {
+    fn apply(&mut self, events: &[Event], seals: &[Seal]) -> Result<(), String> {
         let mut held = self.have.clone();
         for e in events {
             if e.seq <= self.seq(&e.origin) {
@@ -179,11 +240,45 @@ impl MemLog {
             }
             held.insert(e.origin.clone(), e.seq);
         }
+        // Like `Store::apply_sealed`: the chain over each origin's new events must match its
+        // seals, each seal must be the origin's, and each origin's new events end at one.
+        let at: BTreeMap<(&NodeId, u64), &Seal> =
+            seals.iter().map(|s| ((&s.origin, s.seq), s)).collect();
+        let mut chains: BTreeMap<&NodeId, (u64, ChainHash, u64)> = BTreeMap::new();
+        for e in events {
+            if e.seq <= self.seq(&e.origin) {
+                continue;
+            }
+            let c = chains.entry(&e.origin).or_insert_with(|| {
+                let (seq, chain) = self.head(&e.origin);
+                (seq, chain, seq)
+            });
+            c.0 = e.seq;
+            c.1 = chain_next(&c.1, &e.encode());
+            if let Some(seal) = at.get(&(&e.origin, e.seq)) {
+                if seal.chain != c.1 || !seal_valid(seal) {
+                    self.forged += 1;
+                    return Err(format!("forged: {}:{} has no valid seal", e.origin, e.seq));
+                }
+                c.2 = e.seq;
+            }
+        }
+        if let Some((o, c)) = chains.iter().find(|(_, c)| c.0 != c.2) {
+            self.forged += 1;
+            return Err(format!(
+                "forged: {o}'s events end at {} after its last seal",
+                c.0
+            ));
+        }
         for e in events {
             if e.seq <= self.seq(&e.origin) {
                 // At or below the floor, a snapshot installed after this Apply was handed out
-                // covered it: legitimately redundant. Above, the core handed out an event twice.
-                if e.seq > self.floor(&e.origin) {
+                // covered it: legitimately redundant. Above, the core handed out an event twice,
+                // unless it is this node's own: a peer may send those back (a node restored from
+                // a backup takes them), and a local write may take the number meanwhile (only
+                // a byzantine peer sends events of this node it never wrote; the seal check
+                // refuses them when they come first).
+                if e.seq > self.floor(&e.origin) && e.origin != self.node {
                     self.duplicates += 1;
                 }
                 continue;
@@ -215,7 +310,25 @@ impl MemLog {
     /// given), for each origin where `have` is ahead, the changelog gives up its entries and
     /// both the have and the compacted floor move to it. A snapshot claiming more of this node's
     /// own events than it holds is refused (nothing changes). Returns the keys changed.
-    fn install(&mut self, versions: Vec<Event>, have: Option<&Have>) -> Result<u64, String> {
+    fn install(
+        &mut self,
+        versions: Vec<Event>,
+        have: Option<&Have>,
+        seals: &[Seal],
+    ) -> Result<u64, String> {
+        // Like `Store::install_sealed`: a have moves only with its origin's seal there.
+        for (origin, &seq) in have.into_iter().flatten() {
+            if seq > self.seq(origin)
+                && !seals
+                    .iter()
+                    .any(|s| s.origin == *origin && s.seq == seq && seal_valid(s))
+            {
+                self.forged += 1;
+                return Err(format!(
+                    "forged: snapshot claims {origin} up to {seq} without its seal"
+                ));
+            }
+        }
         if let Some(&own) = have.and_then(|h| h.get(&self.node))
             && own > self.seq(&self.node)
         {
@@ -240,18 +353,11 @@ impl MemLog {
             self.remove_range(origin, self.floor(origin) + 1, held)?;
             self.have.insert(origin.clone(), seq);
             self.compacted.insert(origin.clone(), seq);
+            if let Some(seal) = seals.iter().find(|s| s.origin == *origin && s.seq == seq) {
+                self.heads.insert(origin.clone(), (seq, seal.chain));
+            }
         }
         Ok(changed)
-    }
-}
-
-/// The simulation's seal over `e` (it checks no signatures).
-fn seal_of(e: &Event) -> Seal {
-    Seal {
-        origin: e.origin.clone(),
-        seq: e.seq,
-        chain: [0; 32],
-        signature: Vec::new(),
     }
 }
 
@@ -283,18 +389,16 @@ impl Log for MemLog {
             }
             out.push(e.clone());
         }
-        // The simulation checks no signatures: every event is a seal point.
-        let seals = out.iter().map(seal_of).collect();
+        // Every event is a seal point here.
+        let seals = out
+            .iter()
+            .filter_map(|e| self.seal(&e.origin, e.seq))
+            .collect();
         Ok(Read { events: out, seals })
     }
 
     fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
-        Ok((seq > 0 && seq <= self.seq(origin)).then(|| Seal {
-            origin: origin.clone(),
-            seq,
-            chain: [0; 32],
-            signature: Vec::new(),
-        }))
+        Ok(self.seal(origin, seq))
     }
 
     fn cert(&self, _: &NodeId) -> Option<Vec<u8>> {
@@ -344,12 +448,17 @@ impl Log for MemLog {
 /// Work the core handed a node's store, done one at a time in the order yielded.
 enum Work {
     /// An [`Output::Apply`].
-    Apply { peer: NodeId, events: Vec<Event> },
+    Apply {
+        peer: NodeId,
+        events: Vec<Event>,
+        seals: Vec<Seal>,
+    },
     /// An [`Output::InstallSnapshot`].
     Install {
         peer: NodeId,
         versions: Vec<Event>,
         have: Option<Have>,
+        seals: Vec<Seal>,
     },
 }
 
@@ -398,6 +507,8 @@ struct Knobs {
     /// During absence, writes per step on the other nodes (the backlog).
     backlog_writes: u64,
     fault: Option<Fault>,
+    /// This node tampers with what it sends during the chaos (see the module docs).
+    byzantine: Option<usize>,
 }
 
 impl Knobs {
@@ -420,6 +531,7 @@ impl Knobs {
             absent: None,
             backlog_writes: 1,
             fault: None,
+            byzantine: None,
         }
     }
 
@@ -443,6 +555,7 @@ impl Knobs {
             absent: None,
             backlog_writes: 0,
             fault: None,
+            byzantine: None,
         }
     }
 }
@@ -469,6 +582,10 @@ struct Sim {
     streams: BTreeMap<(usize, usize, u64), (u64, u64)>,
     /// Every local write (acknowledged to its client once committed), with its key.
     written: Vec<(Dot, Key)>,
+    /// Every local write as its origin wrote it.
+    written_events: BTreeMap<(NodeId, u64), Event>,
+    /// Messages the byzantine node tampered with.
+    tampered: u64,
     injected_failures: u64,
     trace: Trace,
     stats: Stats,
@@ -497,6 +614,10 @@ struct Stats {
     /// Snapshot pages merged durably, and of those the last pages (whole snapshots).
     snapshot_pages_installed: u64,
     snapshots_installed: u64,
+    /// Applies and snapshot pages refused for a missing, wrong or foreign seal.
+    forged_refused: u64,
+    /// Messages the byzantine node tampered with.
+    tampered: u64,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -545,6 +666,8 @@ impl Sim {
             sent_packets: 0,
             streams: BTreeMap::new(),
             written: Vec::new(),
+            written_events: BTreeMap::new(),
+            tampered: 0,
             injected_failures: 0,
             trace: Trace {
                 hash: 0xcbf2_9ce4_8422_2325,
@@ -673,6 +796,8 @@ impl Sim {
         };
         self.written
             .push((event.dot(), (event.collection.clone(), event.key.clone())));
+        self.written_events
+            .insert((event.origin.clone(), event.seq), event.clone());
         node.log.insert(event);
         let have = node.log.have.clone();
         node.replica.as_mut().unwrap().set_local_have(&have);
@@ -728,6 +853,19 @@ impl Sim {
             &bytes,
         );
         self.sent_packets += 1;
+        let tampered;
+        let message = if chaos
+            && self.knobs.byzantine == Some(from)
+            && self.rng.chance(400)
+            && let Some(m) = self.tamper(from, to, message)
+        {
+            self.tampered += 1;
+            tampered = m;
+            &tampered
+        } else {
+            message
+        };
+        let bytes = message.encode();
         let hello = matches!(message, Message::Hello(_));
         // The transport is a QUIC stream: the Hello opens it and is never lost; the rest may be
         // (the core must also survive what a stream never does).
@@ -764,6 +902,108 @@ impl Sim {
                 },
             );
         }
+    }
+
+    /// What the byzantine node `from` sends `to` instead of `message`, if it lies this time.
+    /// It lies about everything but its own origin (its own history is its to write).
+    fn tamper(&mut self, from: usize, to: usize, message: &Message) -> Option<Message> {
+        let me = self.nodes[from].id.clone();
+        let mut m = message.clone();
+        match &mut m {
+            Message::Events { events, seals, .. } => match self.rng.below(3) {
+                // Change an event of another origin it relays (its seal no longer matches).
+                0 => {
+                    let e = events.iter_mut().find(|e| e.origin != me)?;
+                    let mut cbor = Vec::new();
+                    minicbor::Encoder::new(&mut cbor).u64(999_999).ok()?;
+                    e.op = Op::Put;
+                    e.value = Some(Value::from_canonical(cbor, &Default::default()).ok()?);
+                }
+                // Append events under an honest origin's name that origin never wrote,
+                // "sealed" with its own key.
+                1 => {
+                    let victims: Vec<usize> = (0..self.nodes.len())
+                        .filter(|&j| {
+                            j != from && !events.iter().any(|e| e.origin == self.nodes[j].id)
+                        })
+                        .collect();
+                    let victim = self.nodes[*victims.first()?].id.clone();
+                    let next = self.nodes[to].log.seq(&victim) + 1;
+                    let mut chain = self.nodes[to].log.head(&victim).1;
+                    for seq in next..next + 2 {
+                        let mut cbor = Vec::new();
+                        minicbor::Encoder::new(&mut cbor).u64(seq).ok()?;
+                        let forged = Event {
+                            format: 1,
+                            collection: "c1".into(),
+                            key: b"forged".to_vec(),
+                            op: Op::Put,
+                            value: Some(Value::from_canonical(cbor, &Default::default()).ok()?),
+                            hlc: Hlc::new(self.now, 0),
+                            origin: victim.clone(),
+                            seq,
+                            schema: 0,
+                            meta: BTreeMap::new(),
+                            context: VersionVector::new(),
+                            extra: BTreeMap::new(),
+                        };
+                        chain = chain_next(&chain, &forged.encode());
+                        events.push(forged);
+                    }
+                    let seq = next + 1;
+                    seals.push(Seal {
+                        origin: victim,
+                        seq,
+                        chain,
+                        signature: sign_as(&me, seq, &chain),
+                    });
+                }
+                // Strip the seals.
+                _ => seals.clear(),
+            },
+            // Claim compacted floors far above what anyone holds, inviting snapshots.
+            Message::Hello(h) => {
+                for (o, s) in h.have.clone() {
+                    if o != me && s > 0 {
+                        h.compacted.push((o, s + 1000));
+                    }
+                }
+                h.compacted.sort();
+                h.compacted.dedup_by(|a, b| a.0 == b.0);
+            }
+            // Claim other origins far ahead, with floors that make the peer look behind and
+            // seals of its own making.
+            Message::Snapshot {
+                floors,
+                have,
+                seals,
+                done,
+                ..
+            } => {
+                for (o, s) in floors.iter_mut() {
+                    if *o != me {
+                        *s += 1000;
+                    }
+                }
+                if *done {
+                    for (o, s) in have.iter_mut() {
+                        if *o != me {
+                            *s += 1000;
+                            let chain = [7; 32];
+                            seals.retain(|x| x.origin != *o);
+                            seals.push(Seal {
+                                origin: o.clone(),
+                                seq: *s,
+                                chain,
+                                signature: sign_as(&me, *s, &chain),
+                            });
+                        }
+                    }
+                }
+            }
+            _ => return None,
+        }
+        Some(m)
     }
 
     /// Delivers what is due to node `i`, unless the receiver pushes back on that peer.
@@ -815,22 +1055,31 @@ impl Sim {
         }
         for out in outs {
             match out {
-                Output::Apply { peer, events, .. } => {
+                Output::Apply {
+                    peer,
+                    events,
+                    seals,
+                    ..
+                } => {
                     self.stats.max_apply_events = self.stats.max_apply_events.max(events.len());
-                    self.nodes[i]
-                        .applies
-                        .push_back(Work::Apply { peer, events });
+                    self.nodes[i].applies.push_back(Work::Apply {
+                        peer,
+                        events,
+                        seals,
+                    });
                 }
                 Output::InstallSnapshot {
                     peer,
                     versions,
                     have,
+                    seals,
                     ..
                 } => {
                     self.nodes[i].applies.push_back(Work::Install {
                         peer,
                         versions,
                         have,
+                        seals,
                     });
                 }
                 Output::Acked { peer, have } => {
@@ -858,12 +1107,17 @@ impl Sim {
     fn apply(&mut self, i: usize, chaos: bool) -> Result<(), String> {
         match self.nodes[i].applies.pop_front() {
             None => Ok(()),
-            Some(Work::Apply { peer, events }) => self.apply_events(i, peer, events, chaos),
+            Some(Work::Apply {
+                peer,
+                events,
+                seals,
+            }) => self.apply_events(i, peer, events, &seals, chaos),
             Some(Work::Install {
                 peer,
                 versions,
                 have,
-            }) => self.install(i, peer, versions, have, chaos),
+                seals,
+            }) => self.install(i, peer, versions, have, &seals, chaos),
         }
     }
 
@@ -873,6 +1127,7 @@ impl Sim {
         i: usize,
         peer: NodeId,
         events: Vec<Event>,
+        seals: &[Seal],
         chaos: bool,
     ) -> Result<(), String> {
         let now = self.now;
@@ -890,7 +1145,7 @@ impl Sim {
                 .apply_failed(&peer, "injected", now);
             return self.outputs(i);
         }
-        let result = self.nodes[i].log.apply(&events);
+        let result = self.nodes[i].log.apply(&events, seals);
         if self.nodes[i].log.duplicates > 0 {
             return Err(format!(
                 "n{i} was handed {} events it already held (applied twice)",
@@ -936,6 +1191,7 @@ impl Sim {
         peer: NodeId,
         versions: Vec<Event>,
         have: Option<Have>,
+        seals: &[Seal],
         chaos: bool,
     ) -> Result<(), String> {
         let now = self.now;
@@ -954,11 +1210,26 @@ impl Sim {
             return self.outputs(i);
         }
         let (count, last) = (versions.len(), have.is_some());
-        // A peer never holds more of this node's events than this node: a refusal is a bug.
-        let changed = self.nodes[i]
-            .log
-            .install(versions, have.as_ref())
-            .map_err(|e| format!("n{i} could not install a snapshot page from {peer}: {e}"))?;
+        // A peer never holds more of this node's events than this node: a refusal is a bug,
+        // unless the page claims a have without its seal (only a byzantine node sends that).
+        let changed = match self.nodes[i].log.install(versions, have.as_ref(), seals) {
+            Ok(changed) => changed,
+            Err(e) if e.starts_with("forged") && self.knobs.byzantine.is_some() => {
+                self.trace
+                    .add(now, || format!("n{i} install refused: {e}"), &[12, i as u8]);
+                self.nodes[i]
+                    .replica
+                    .as_mut()
+                    .unwrap()
+                    .install_failed(&peer, &e, now);
+                return self.outputs(i);
+            }
+            Err(e) => {
+                return Err(format!(
+                    "n{i} could not install a snapshot page from {peer}: {e}"
+                ));
+            }
+        };
         self.stats.snapshot_pages_installed += 1;
         self.stats.snapshots_installed += u64::from(last);
         self.trace.add(
@@ -1191,6 +1462,8 @@ impl Sim {
             quiet = if settled { quiet + 1 } else { 0 };
             if quiet >= 2 {
                 self.check().map_err(|e| self.fail(e))?;
+                self.stats.forged_refused = self.nodes.iter().map(|n| n.log.forged).sum();
+                self.stats.tampered = self.tampered;
                 return Ok(self.stats);
             }
             self.now = self.next_time();
@@ -1329,11 +1602,25 @@ impl Sim {
                     return Err(format!("n{i} applied {o}:{s} {times} times"));
                 }
             }
-            if log.gaps > 0 && self.injected_failures == 0 {
+            let refused: u64 = self.nodes.iter().map(|n| n.log.forged).sum();
+            if log.gaps > 0 && self.injected_failures == 0 && refused == 0 {
                 return Err(format!(
                     "n{i} was handed {} applies with a gap though no apply ever failed",
                     log.gaps
                 ));
+            }
+        }
+        // Every event any node holds is the one its origin wrote.
+        for (i, node) in self.nodes.iter().enumerate() {
+            for (dot, e) in &node.log.changelog {
+                if let Some(w) = self.written_events.get(dot)
+                    && w != e
+                {
+                    return Err(format!(
+                        "n{i} holds {}:{} but not as its origin wrote it",
+                        dot.0, dot.1
+                    ));
+                }
             }
         }
         // An event two nodes both hold is the same event.
@@ -1642,4 +1929,38 @@ fn applying_duplicates_is_caught() {
             "with a gap though no apply ever failed",
         ],
     );
+}
+
+/// One node of every cluster lies during the chaos (see the module docs): the others refuse
+/// what it cannot prove, converge, and hold every event exactly as its origin wrote it.
+fn byzantine_knobs(seed: u64) -> Option<Knobs> {
+    let mut k = Knobs::random(&mut Rng::new(seed ^ 0xb12));
+    k.byzantine = Some(k.nodes - 1);
+    if seed % 2 == 0 {
+        // Half the runs with compaction, so snapshots (and lies about them) happen.
+        k.compact = 10;
+    }
+    Some(k)
+}
+
+#[test]
+fn a_byzantine_node_cannot_rewrite_history() {
+    let n = seed_count() / 4;
+    let stats = run_seeds(
+        "a_byzantine_node_cannot_rewrite_history",
+        70_000..70_000 + n,
+        byzantine_knobs,
+    );
+    if stats.len() >= 10 {
+        let tampered: u64 = stats.iter().map(|s| s.tampered).sum();
+        let refused: u64 = stats.iter().map(|s| s.forged_refused).sum();
+        println!(
+            "{} seeds: {tampered} messages tampered with, {refused} applies or pages refused",
+            stats.len()
+        );
+        assert!(
+            tampered > 0 && refused > 0,
+            "the byzantine node lied, and was refused"
+        );
+    }
 }

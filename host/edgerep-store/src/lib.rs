@@ -939,6 +939,50 @@ impl Store {
         Ok(out)
     }
 
+    /// Signs this node's own seals made while it had no keys (before it had a TLS identity), so
+    /// that peers can check its earlier events too. Returns how many it signed.
+    pub fn sign_unsigned_seals(&self) -> Result<u64, StoreError> {
+        let Some(keys) = &self.keys else {
+            return Ok(0);
+        };
+        let mut signed = 0;
+        loop {
+            let txn = self.db.begin_write()?;
+            let mut n = 0;
+            {
+                let mut table = txn.open_table(SEALS)?;
+                let (lo, hi) = (
+                    log_key(self.node.as_str(), 0),
+                    log_key(self.node.as_str(), u64::MAX),
+                );
+                let mut unsigned = Vec::new();
+                for row in table.range(lo.as_slice()..=hi.as_slice())? {
+                    let (k, v) = row?;
+                    if v.value().len() == 32 {
+                        let seq = log_seq(self.node.as_str(), k.value())
+                            .ok_or_else(|| corrupt("seals", "a key of another origin in range"))?;
+                        unsigned.push(seals::decode(&self.node, seq, v.value())?);
+                        if unsigned.len() == 10_000 {
+                            break;
+                        }
+                    }
+                }
+                for mut seal in unsigned {
+                    seal.signature = keys
+                        .sign(&seal.message())
+                        .map_err(|e| corrupt("seals", format!("cannot sign: {e}")))?;
+                    seals::put(&mut table, &seal)?;
+                    n += 1;
+                }
+            }
+            txn.commit()?;
+            signed += n;
+            if n < 10_000 {
+                return Ok(signed);
+            }
+        }
+    }
+
     /// The first seal of `origin` after `after`, if any.
     pub fn next_seal(&self, origin: &NodeId, after: u64) -> Result<Option<Seal>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -1504,6 +1548,8 @@ impl Store {
         let status = Store::status_in(&txn)?;
         let feed = txn.open_table(FEED)?;
         let changelog = txn.open_table(CHANGELOG)?;
+        let chains = txn.open_table(CHAINS)?;
+        let seals_t = txn.open_table(SEALS)?;
         let compacted_of = |o: &str| status.compacted.get(o).copied().unwrap_or(0);
         // Positions up to the floor may be missing (compacted runs); above it none may be.
         let floor = status.feed_floor;
@@ -1560,6 +1606,27 @@ impl Store {
                     "changelog of {origin} ends at {} but origins says {last}",
                     want - 1
                 )));
+            }
+            // The chain head is at the have, and a seal proves it (see `seals`).
+            let id = NodeId::parse(origin).map_err(|e| corrupt("origins", e))?;
+            let (head, chain) = seals::head(&chains, &id)?;
+            if last > 0 && head != last {
+                return Ok(Err(format!(
+                    "{origin}'s chain ends at {head} but its events at {last}"
+                )));
+            }
+            match seals_t.get(log_key(origin, last).as_slice())? {
+                Some(g) if last > 0 => {
+                    if seals::decode(&id, last, g.value())?.chain != chain {
+                        return Ok(Err(format!(
+                            "{origin}'s seal at {last} does not match its chain head"
+                        )));
+                    }
+                }
+                None if last > 0 => {
+                    return Ok(Err(format!("no seal of {origin} at its have {last}")));
+                }
+                _ => {}
             }
         }
         let full = Store::recompute_digest_in(&txn)?;

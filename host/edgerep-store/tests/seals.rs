@@ -1,0 +1,256 @@
+//! Origin seals in the store: local commits seal their events, a receiving store applies a
+//! batch only when its seals match the chain over the events and verify, and a snapshot raises
+//! a have only with the origin's seal. The keys here are stand-ins (a keyed hash per node) for
+//! the node's certificate keys: what matters to the store is only that one node cannot make
+//! another's signature.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use edgerep_store::{Keys, LocalWrite, Received, Store, StoreError, Sync};
+use edgerep_wire::event::EventLimits;
+use edgerep_wire::seal::SEAL_EVERY_EVENTS;
+use edgerep_wire::{Event, HlcClock, NodeId, Seal, Value};
+use redb::backends::InMemoryBackend;
+
+/// Signs as `me` with a keyed hash; checks any node's signature the same way.
+struct TestKeys {
+    me: NodeId,
+}
+
+fn mac(node: &NodeId, message: &[u8]) -> Vec<u8> {
+    let key = blake3::hash(node.as_str().as_bytes());
+    blake3::keyed_hash(key.as_bytes(), message)
+        .as_bytes()
+        .to_vec()
+}
+
+impl Keys for TestKeys {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(mac(&self.me, message))
+    }
+    fn verify(&self, origin: &NodeId, _: u64, message: &[u8], sig: &[u8]) -> Result<(), String> {
+        if mac(origin, message) == sig {
+            Ok(())
+        } else {
+            Err(format!("signature by {origin} does not verify"))
+        }
+    }
+    fn learn(&self, _: &NodeId, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn node(id: &str) -> NodeId {
+    NodeId::parse(id).unwrap()
+}
+
+fn store(id: &str) -> Store {
+    let (store, _) = Store::open_with_backend(
+        InMemoryBackend::new(),
+        "memory",
+        &node(id),
+        EventLimits::default(),
+    )
+    .unwrap();
+    store.with_keys(Arc::new(TestKeys { me: node(id) }))
+}
+
+fn writes(prefix: &str, n: usize) -> Vec<LocalWrite> {
+    (0..n)
+        .map(|i| LocalWrite {
+            collection: "c".into(),
+            key: format!("{prefix}{i}").into_bytes(),
+            value: Some(
+                Value::from_json(&serde_json::json!({ "i": i }), &Default::default()).unwrap(),
+            ),
+            schema: 0,
+            meta: BTreeMap::new(),
+        })
+        .collect()
+}
+
+fn clock() -> HlcClock {
+    HlcClock::new(Default::default(), 60_000)
+}
+
+/// `origin`'s events after `after` up to `upto` and the seals among them, as a peer sends them.
+fn batch(from: &Store, origin: &str, after: u64, upto: u64) -> (Vec<Event>, Vec<Seal>) {
+    let events = from
+        .changelog(origin, after, (upto - after) as usize)
+        .unwrap();
+    let seals = from.seals(&node(origin), after, upto).unwrap();
+    (events, seals)
+}
+
+fn apply(to: &Store, events: Vec<Event>, seals: &[Seal]) -> Result<(), StoreError> {
+    let events = events.into_iter().map(Received::as_received).collect();
+    to.apply_sealed(events, seals, &[], &[], Sync::Immediate, &mut clock(), 1)
+        .map(drop)
+}
+
+#[test]
+fn local_commits_are_sealed_at_their_end_and_every_256_events() {
+    let a = store("a");
+    let mut c = clock();
+    a.commit_local(writes("x", 3), &mut c, 1).unwrap();
+    a.commit_local(writes("y", 600), &mut c, 2).unwrap();
+    let seqs: Vec<u64> = a
+        .seals(&node("a"), 0, 603)
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    let every = SEAL_EVERY_EVENTS;
+    assert_eq!(seqs, [3, 3 + every, 3 + 2 * every, 603]);
+    for s in a.seals(&node("a"), 0, 603).unwrap() {
+        assert_eq!(s.signature, mac(&node("a"), &s.message()), "signed by a");
+    }
+}
+
+#[test]
+fn a_sealed_batch_applies_and_a_forged_one_changes_nothing() {
+    let (a, b) = (store("a"), store("b"));
+    let mut c = clock();
+    a.commit_local(writes("x", 10), &mut c, 1).unwrap();
+    a.commit_local(writes("y", 10), &mut c, 2).unwrap();
+    let before = b.status().unwrap();
+
+    // A changed value: the chain over the events no longer matches the seal.
+    let (mut events, seals) = batch(&a, "a", 0, 10);
+    events[4].value = Some(Value::from_json(&serde_json::json!(666), &Default::default()).unwrap());
+    let e = apply(&b, events, &seals).unwrap_err();
+    assert!(e.to_string().contains("chain hash does not match"), "{e}");
+    // A seal with the right chain hash, signed by another node.
+    let (events, mut seals) = batch(&a, "a", 0, 10);
+    seals[0].signature = mac(&node("b"), &seals[0].message());
+    let e = apply(&b, events, &seals).unwrap_err();
+    assert!(e.to_string().contains("does not verify"), "{e}");
+    // Events past the last seal.
+    let (mut events, seals) = batch(&a, "a", 0, 10);
+    events.extend(a.changelog("a", 10, 3).unwrap());
+    let e = apply(&b, events, &seals).unwrap_err();
+    assert!(e.to_string().contains("after its last seal"), "{e}");
+    assert!(matches!(e, StoreError::Forged { .. }));
+    assert_eq!(
+        b.status().unwrap(),
+        before,
+        "nothing of a forged batch is applied"
+    );
+
+    // The real thing, in two batches: the second continues the chain from the stored head.
+    let (events, seals) = batch(&a, "a", 0, 10);
+    apply(&b, events, &seals).unwrap();
+    let (events, seals) = batch(&a, "a", 10, 20);
+    apply(&b, events, &seals).unwrap();
+    assert_eq!(b.status().unwrap().digest, a.status().unwrap().digest);
+    // b now holds a's seals too, and can prove a's events to a third store.
+    let third = store("c");
+    let (events, seals) = batch(&b, "a", 0, 20);
+    assert_eq!(seals.last().map(|s| s.seq), Some(20));
+    apply(&third, events, &seals).unwrap();
+}
+
+#[test]
+fn a_snapshot_raises_a_have_only_with_the_origins_seal() {
+    let (a, b) = (store("a"), store("b"));
+    let mut c = clock();
+    a.commit_local(writes("x", 5), &mut c, 1).unwrap();
+    let page = a.state_page(None, 100, 1 << 20).unwrap();
+    let have: BTreeMap<String, u64> = [("a".to_owned(), 5)].into();
+    let e = b
+        .install_sealed(
+            page.versions.clone(),
+            Some(&have),
+            &[],
+            &[],
+            None,
+            Sync::Immediate,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("without a's seal"), "{e}");
+    let mut forged = a.seals(&node("a"), 4, 5).unwrap();
+    forged[0].signature = mac(&node("b"), &forged[0].message());
+    let e = b
+        .install_sealed(
+            page.versions.clone(),
+            Some(&have),
+            &forged,
+            &[],
+            None,
+            Sync::Immediate,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("does not verify"), "{e}");
+    let seals = a.seals(&node("a"), 4, 5).unwrap();
+    b.install_sealed(
+        page.versions,
+        Some(&have),
+        &seals,
+        &[],
+        None,
+        Sync::Immediate,
+    )
+    .unwrap();
+    assert_eq!(b.status().unwrap().origins["a"], 5);
+    // Later events of a continue the chain from the snapshot's seal.
+    a.commit_local(writes("y", 3), &mut c, 2).unwrap();
+    let (events, seals) = batch(&a, "a", 5, 8);
+    apply(&b, events, &seals).unwrap();
+    assert_eq!(b.status().unwrap().digest, a.status().unwrap().digest);
+}
+
+#[test]
+fn a_restored_node_takes_its_own_events_back_from_a_sealed_snapshot() {
+    // a wrote 5 events that b holds; a lost them (a wiped store under the same id).
+    let (a, b) = (store("a"), store("b"));
+    let mut c = clock();
+    a.commit_local(writes("x", 5), &mut c, 1).unwrap();
+    let (events, seals) = batch(&a, "a", 0, 5);
+    apply(&b, events, &seals).unwrap();
+    let restored = store("a");
+    let page = b.state_page(None, 100, 1 << 20).unwrap();
+    let have: BTreeMap<String, u64> = [("a".to_owned(), 5)].into();
+    let seals = b.seals(&node("a"), 4, 5).unwrap();
+    restored
+        .install_sealed(
+            page.versions,
+            Some(&have),
+            &seals,
+            &[],
+            None,
+            Sync::Immediate,
+        )
+        .unwrap();
+    // Its next write continues after 5, its chain from the seal: no sequence number reused.
+    let done = restored.commit_local(writes("z", 1), &mut c, 2).unwrap();
+    assert_eq!(done[0].seq, 6);
+    let (events, seals) = batch(&restored, "a", 5, 6);
+    apply(&b, events, &seals).unwrap();
+}
+
+#[test]
+fn seals_made_before_the_node_had_keys_are_signed_when_it_gets_them() {
+    let (bare, _) = Store::open_with_backend(
+        InMemoryBackend::new(),
+        "memory",
+        &node("a"),
+        EventLimits::default(),
+    )
+    .unwrap();
+    let mut c = clock();
+    bare.commit_local(writes("x", 3), &mut c, 1).unwrap();
+    assert!(
+        bare.seals(&node("a"), 0, 3).unwrap()[0]
+            .signature
+            .is_empty()
+    );
+    let a = bare.with_keys(Arc::new(TestKeys { me: node("a") }));
+    assert_eq!(a.sign_unsigned_seals().unwrap(), 1);
+    assert_eq!(a.sign_unsigned_seals().unwrap(), 0);
+    let b = store("b");
+    let (events, seals) = batch(&a, "a", 0, 3);
+    apply(&b, events, &seals).unwrap();
+    assert_eq!(b.verify().unwrap(), Ok(()));
+    assert_eq!(a.verify().unwrap(), Ok(()));
+}
