@@ -224,9 +224,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         store.clone(),
         committer.clone(),
         pipeline.clone(),
-        inbox,
-        origin_gate,
-        keys.as_ref().map(|k| k.own_cert().to_vec()),
+        replication::Wiring {
+            inbox,
+            origin_gate,
+            own_cert: keys.as_ref().map(|k| k.own_cert().to_vec()),
+        },
         tokio::runtime::Handle::current(),
     )
     .map_err(NodeError::Replication)?

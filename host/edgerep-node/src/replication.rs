@@ -476,11 +476,14 @@ pub fn start(
     store: Arc<Store>,
     committer: Committer,
     pipeline: Arc<Pipeline>,
-    inbox: Inbox,
-    origin_gate: watch::Sender<Option<String>>,
-    own_cert: Option<Vec<u8>>,
+    wiring: Wiring,
     runtime: tokio::runtime::Handle,
 ) -> Result<Option<Replication>, String> {
+    let Wiring {
+        inbox,
+        origin_gate,
+        own_cert,
+    } = wiring;
     if config.peers.is_empty() {
         return Ok(None);
     }
@@ -652,6 +655,17 @@ pub fn start(
         thread: Mutex::new(Some(thread)),
         transport,
     }))
+}
+
+/// What replication is wired to besides the store, the committer and the plugins.
+#[derive(Debug)]
+pub struct Wiring {
+    /// Its inbox (the committer's hook reports into it).
+    pub inbox: Inbox,
+    /// Opened once a peer said how far it holds this node's own events.
+    pub origin_gate: watch::Sender<Option<String>>,
+    /// This node's certificate (DER), sent with its seals; `None` when it signs none.
+    pub own_cert: Option<Vec<u8>>,
 }
 
 /// The committer's hook into replication: tells the replicator each new durable have.

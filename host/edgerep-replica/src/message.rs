@@ -392,7 +392,8 @@ impl Message {
                 let done = r.bool("snapshot done")?;
                 let have = decode_have(&mut r, "snapshot have")?;
                 let (seals, certs) = decode_seals(&mut r, limits, "snapshot")?;
-                if !done && !(have.is_empty() && seals.is_empty() && certs.is_empty()) {
+                let last_page_only = !have.is_empty() || !seals.is_empty() || !certs.is_empty();
+                if !done && last_page_only {
                     return Err(DecodeError::Invalid {
                         what: "snapshot have".into(),
                         reason: "given on a page that is not the last".into(),
@@ -433,6 +434,9 @@ fn encode_events(buf: &mut Vec<u8>, events: &[Event]) {
     }
 }
 
+/// Certificates (DER) by origin.
+pub type Certs = Vec<(NodeId, Vec<u8>)>;
+
 /// `[seal…], [[origin, cert]…]`.
 fn encode_seals(buf: &mut Vec<u8>, seals: &[Seal], certs: &[(NodeId, Vec<u8>)]) {
     let mut e = Encoder::new(&mut *buf);
@@ -458,7 +462,7 @@ fn decode_seals(
     r: &mut Reader<'_>,
     limits: &MessageLimits,
     what: &str,
-) -> Result<(Vec<Seal>, Vec<(NodeId, Vec<u8>)>), DecodeError> {
+) -> Result<(Vec<Seal>, Certs), DecodeError> {
     let n = list_len(r, "seals")?;
     if n > limits.max_events_per_batch.max(MAX_ORIGINS) {
         return Err(DecodeError::TooMany {

@@ -826,7 +826,7 @@ impl Replica {
             let accepted = have::get(&self.accepted, &event.origin);
             if event.seq <= accepted && !apply_duplicates {
                 have::raise(&mut duplicates, &event.origin, event.seq);
-            } else if event.seq > accepted + 1 {
+            } else if event.seq > accepted.saturating_add(1) {
                 // Later events of this origin in the batch are beyond the gap too.
                 if gaps.last() != Some(&event.origin) {
                     gaps.push(event.origin.clone());

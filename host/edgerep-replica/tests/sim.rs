@@ -1936,7 +1936,7 @@ fn applying_duplicates_is_caught() {
 fn byzantine_knobs(seed: u64) -> Option<Knobs> {
     let mut k = Knobs::random(&mut Rng::new(seed ^ 0xb12));
     k.byzantine = Some(k.nodes - 1);
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         // Half the runs with compaction, so snapshots (and lies about them) happen.
         k.compact = 10;
     }

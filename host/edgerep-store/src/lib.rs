@@ -1084,7 +1084,7 @@ impl Store {
     fn apply_in(
         &self,
         events: Vec<Received>,
-        sealed: Option<(&[Seal], &[(NodeId, Vec<u8>)])>,
+        sealed: Option<seals::Sealed<'_>>,
         dead_letters: &[Vec<u8>],
         sync: Sync,
         hlc_last: Option<Hlc>,
@@ -1160,11 +1160,11 @@ impl Store {
                     out.push(Applied::Duplicate);
                     continue;
                 }
-                if event.seq != held + 1 {
+                if Some(event.seq) != held.checked_add(1) {
                     return Err(StoreError::Gap {
                         origin: event.origin.to_string(),
                         seq: event.seq,
-                        expected: held + 1,
+                        expected: held.saturating_add(1),
                     });
                 }
                 let lkey = log_key(event.origin.as_str(), event.seq);
@@ -1615,18 +1615,18 @@ impl Store {
                     "{origin}'s chain ends at {head} but its events at {last}"
                 )));
             }
-            match seals_t.get(log_key(origin, last).as_slice())? {
-                Some(g) if last > 0 => {
-                    if seals::decode(&id, last, g.value())?.chain != chain {
-                        return Ok(Err(format!(
-                            "{origin}'s seal at {last} does not match its chain head"
-                        )));
+            if last > 0 {
+                let seal = match seals_t.get(log_key(origin, last).as_slice())? {
+                    Some(g) => seals::decode(&id, last, g.value())?,
+                    None => {
+                        return Ok(Err(format!("no seal of {origin} at its have {last}")));
                     }
+                };
+                if seal.chain != chain {
+                    return Ok(Err(format!(
+                        "{origin}'s seal at {last} does not match its chain head"
+                    )));
                 }
-                None if last > 0 => {
-                    return Ok(Err(format!("no seal of {origin} at its have {last}")));
-                }
-                _ => {}
             }
         }
         let full = Store::recompute_digest_in(&txn)?;

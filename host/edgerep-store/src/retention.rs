@@ -236,7 +236,7 @@ impl Store {
         &self,
         versions: Vec<Event>,
         have: Option<&BTreeMap<String, u64>>,
-        sealed: Option<(&[Seal], &[(NodeId, Vec<u8>)])>,
+        sealed: Option<seals::Sealed<'_>>,
         hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {

@@ -22,6 +22,9 @@ pub(crate) const SEALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("se
 /// `origin` → its certificate (DER), as learnt from peers.
 pub(crate) const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 
+/// Seals and certificates that came with events or a snapshot page from a peer.
+pub(crate) type Sealed<'a> = (&'a [Seal], &'a [(NodeId, Vec<u8>)]);
+
 /// What signs this node's seals and checks its peers' (the node implements it with the
 /// deployment CA's certificates; the store never sees a key or a certificate format).
 pub trait Keys: Send + Sync {
