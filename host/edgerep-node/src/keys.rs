@@ -17,8 +17,17 @@ pub struct NodeKeys {
     verifier: Verifier,
     /// Per origin, the key of its certificate, once checked.
     known: Mutex<BTreeMap<NodeId, NodeKey>>,
-    /// Per revoked node, the last sequence number it may still vouch for.
-    revoked: BTreeMap<NodeId, u64>,
+    /// Per revoked node, the last sequence number it may still vouch for (replaced on reload).
+    revoked: Mutex<BTreeMap<NodeId, u64>>,
+}
+
+/// Per revoked node, the last sequence number it may still vouch for.
+fn revocations(config: &Config) -> BTreeMap<NodeId, u64> {
+    config
+        .revoked
+        .iter()
+        .map(|r| (r.node.clone(), r.after_seq))
+        .collect()
 }
 
 impl std::fmt::Debug for NodeKeys {
@@ -44,12 +53,13 @@ impl NodeKeys {
             signer,
             verifier,
             known,
-            revoked: config
-                .revoked
-                .iter()
-                .map(|r| (r.node.clone(), r.after_seq))
-                .collect(),
+            revoked: Mutex::new(revocations(config)),
         })
+    }
+
+    /// Takes in the revocations of a reloaded config.
+    pub fn set_revoked(&self, config: &Config) {
+        *self.revoked.lock().unwrap_or_else(|e| e.into_inner()) = revocations(config);
     }
 
     /// This node's certificate (DER).
@@ -70,7 +80,13 @@ impl edgerep_store::Keys for NodeKeys {
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), String> {
-        if let Some(&after) = self.revoked.get(origin)
+        let after = self
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(origin)
+            .copied();
+        if let Some(after) = after
             && seq > after
         {
             return Err(format!(

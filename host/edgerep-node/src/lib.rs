@@ -114,9 +114,30 @@ pub struct RunningNode {
     server: tokio::task::JoinHandle<Result<(), NodeError>>,
     replication: Option<Arc<replication::Replication>>,
     committer: std::thread::JoinHandle<()>,
+    keys: Option<Arc<keys::NodeKeys>>,
+    node: edgerep_wire::NodeId,
 }
 
 impl RunningNode {
+    /// Applies what of a reloaded config takes effect without a restart: the revocations
+    /// (`[[revoked]]`). The config must be this node's.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        if config.node.id != self.node {
+            return Err(format!(
+                "the reloaded config is node {:?}'s, not this node's ({:?})",
+                config.node.id.as_str(),
+                self.node.as_str()
+            ));
+        }
+        if let Some(keys) = &self.keys {
+            keys.set_revoked(config);
+        }
+        if let Some(r) = &self.replication {
+            r.revoke(config.revoked.clone());
+        }
+        Ok(())
+    }
+
     /// Stops accepting requests, lets requests in flight finish, ends watch streams, waits for
     /// the last group commit, and closes the store.
     pub async fn shutdown(self) -> Result<(), NodeError> {
@@ -144,6 +165,7 @@ impl RunningNode {
 /// Opens the store, starts the committer and serves the local API.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let data_dir = config.node.data_dir.clone();
+    let node = config.node.id.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir {
         path: data_dir.display().to_string(),
         source,
@@ -270,5 +292,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         server,
         replication,
         committer: committer_thread,
+        keys,
+        node,
     })
 }

@@ -105,6 +105,8 @@ enum Input {
     },
     Compacted(Result<Compaction, CommitError>),
     Have(Have),
+    /// A reloaded config's revocations.
+    Revoked(Vec<edgerep_config::Revoked>),
     Stop,
 }
 
@@ -231,6 +233,13 @@ impl Replication {
     /// The address the QUIC endpoint is bound to.
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
         self.transport.local_addr().ok()
+    }
+
+    /// Takes in the `[[revoked]]` of a reloaded config: sessions with newly revoked peers are
+    /// closed, their connections refused from now on, and their events past the revocation
+    /// point refused (wherever they come from).
+    pub fn revoke(&self, revoked: Vec<edgerep_config::Revoked>) {
+        let _ = self.inbox.send(Input::Revoked(revoked));
     }
 
     /// Closes every connection (peers see an orderly close) and stops the replicator.
@@ -1209,6 +1218,10 @@ impl Replicator {
                     conn.close(CloseCode::Protocol, why);
                     return;
                 }
+                if self.config.is_revoked(&peer) {
+                    conn.close(CloseCode::Protocol, "this node is revoked ([[revoked]])");
+                    return;
+                }
                 if let Some(old) = self.conns.remove(&peer) {
                     old.conn
                         .close(CloseCode::Normal, "replaced by a newer connection");
@@ -1325,6 +1338,26 @@ impl Replicator {
                 }
             }
             Input::Have(have) => self.set_have(&have),
+            Input::Revoked(revoked) => {
+                self.config.revoked = revoked;
+                self.core.set_policy(policy(&self.config));
+                let gone: Vec<NodeId> = self
+                    .conns
+                    .keys()
+                    .filter(|p| self.config.is_revoked(p))
+                    .cloned()
+                    .collect();
+                for peer in gone {
+                    tracing::warn!(peer = %peer, "revoked: closing its session");
+                    if let Some(live) = self.conns.remove(&peer) {
+                        live.conn
+                            .close(CloseCode::Protocol, "this node is revoked ([[revoked]])");
+                    }
+                    self.core.disconnected(&peer, now);
+                    self.last_error
+                        .insert(peer, "revoked ([[revoked]] in the config)".into());
+                }
+            }
             Input::Stop => {}
         }
     }

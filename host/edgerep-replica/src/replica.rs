@@ -490,6 +490,12 @@ impl Replica {
         }
     }
 
+    /// Replaces the policy sent in Hellos and required of peers from now on (a reloaded
+    /// config); sessions already up keep going.
+    pub fn set_policy(&mut self, policy: Vec<(String, String)>) {
+        self.config.policy = policy;
+    }
+
     /// The compacted floors, as last pushed.
     pub fn compacted(&self) -> &Have {
         &self.compacted

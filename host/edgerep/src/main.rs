@@ -444,6 +444,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         }
         Command::Run { config, alone } => {
             init_logging();
+            let config_path = config.clone();
             let mut config = load(&config)?;
             if let Err(e) = check_files(&config) {
                 eprintln!("{e}");
@@ -459,7 +460,19 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                         return Ok(EXIT_FAILED);
                     }
                 };
-                wait_for_signal().await?;
+                // SIGHUP reloads what takes effect without a restart ([[revoked]]).
+                while wait_for_signal().await? == Signal::Reload {
+                    match Config::load(&config_path) {
+                        Ok(reloaded) => match node.reload(&reloaded) {
+                            Ok(()) => tracing::info!(
+                                revoked = reloaded.revoked.len(),
+                                "config reloaded: revocations applied"
+                            ),
+                            Err(e) => tracing::error!("config not reloaded: {e}"),
+                        },
+                        Err(e) => tracing::error!("config not reloaded: {e}"),
+                    }
+                }
                 tracing::info!("stopping");
                 node.shutdown().await?;
                 tracing::info!("stopped");
@@ -624,12 +637,25 @@ fn scan(
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// What a signal asks of a running node.
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT or SIGTERM.
+    Stop,
+    /// SIGHUP: reload the config.
+    Reload,
+}
+
+async fn wait_for_signal() -> anyhow::Result<Signal> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    Ok(tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            r.context("waiting for SIGINT")?;
+            Signal::Stop
+        }
+        _ = term.recv() => Signal::Stop,
+        _ = hup.recv() => Signal::Reload,
+    })
 }

@@ -422,3 +422,54 @@ fn a_snapshot_have_without_its_origins_seal_is_refused() {
     let s = converge(&[&n1, &n3], Duration::from_secs(30));
     assert_eq!(s["origins"]["node-3"], 21, "{s}");
 }
+
+/// A stolen node is revoked while it is connected: the operator adds `[[revoked]]` to every
+/// node's config and sends SIGHUP. Its session is closed at once, its reconnection refused,
+/// and the honest nodes go on replicating with each other.
+#[test]
+fn a_revoked_node_is_cut_off_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let m = h.sealed(vec![event("node-2", 1, "c", "before", 1)]);
+    h.send(&m).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&n1, "c", "before").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "node-2:1 applied before the revocation"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (config, node) in [(&configs[0], &n1), (&configs[2], &n3)] {
+        let text = std::fs::read_to_string(config).unwrap();
+        std::fs::write(
+            config,
+            format!("{text}\n[[revoked]]\nnode = \"node-2\"\nafter_seq = 1\n"),
+        )
+        .unwrap();
+        common::send_signal(node.child.id() as i32, "HUP");
+    }
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("revoked")),
+        "{reason:?}"
+    );
+    wait_status(&n1, "the peer shows as revoked", |r| {
+        r["peers"][0]["revoked"] == true
+    });
+    // Back with the same certificate: refused.
+    let mut again = Hostile::connect(&configs[1], &configs[0]);
+    let hello = again.hello(&[], &[]);
+    let _ = again.send(&hello);
+    assert!(
+        again
+            .closed_within(Duration::from_secs(5))
+            .is_some_and(|r| r.contains("revoked")),
+        "a revoked node cannot come back"
+    );
+    // The honest pair, both reloaded, still replicate; node-2's event up to after_seq stays.
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    assert_eq!(get(&n1, "c", "before").0, 200);
+}
