@@ -597,6 +597,18 @@ impl Store {
         self
     }
 
+    /// Has the keys check and take in the certificates that came with `sealed`; Err names the
+    /// origin whose certificate was refused, and why.
+    fn learn_certs(&self, sealed: Option<seals::Sealed<'_>>) -> Result<(), (NodeId, String)> {
+        if let (Some(keys), Some((_, certs))) = (&self.keys, sealed) {
+            for (origin, der) in certs {
+                keys.learn(origin, der)
+                    .map_err(|reason| (origin.clone(), reason))?;
+            }
+        }
+        Ok(())
+    }
+
     /// A seal over this node's chain at `seq`.
     fn seal_own(&self, seq: u64, chain: ChainHash) -> Result<Seal, String> {
         let signature = match &self.keys {
@@ -874,13 +886,27 @@ impl Store {
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<RemoteApply, StoreError> {
+        self.apply_observed(events, None, dead_letters, sync, clock, wall_ms)
+    }
+
+    /// Has `clock` observe the events' timestamps, then applies them (see
+    /// [`Store::apply_remote`]).
+    fn apply_observed(
+        &self,
+        events: Vec<Received>,
+        sealed: Option<seals::Sealed<'_>>,
+        dead_letters: &[Vec<u8>],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<RemoteApply, StoreError> {
         let mut skewed = 0;
         for r in &events {
             if clock.observe(r.event.hlc, wall_ms).is_err() {
                 skewed += 1;
             }
         }
-        let mut out = self.apply_in(events, None, dead_letters, sync, Some(clock.last()))?;
+        let mut out = self.apply_in(events, sealed, dead_letters, sync, Some(clock.last()))?;
         out.skewed = skewed;
         Ok(out)
     }
@@ -901,21 +927,14 @@ impl Store {
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<RemoteApply, StoreError> {
-        let mut skewed = 0;
-        for r in &events {
-            if clock.observe(r.event.hlc, wall_ms).is_err() {
-                skewed += 1;
-            }
-        }
-        let mut out = self.apply_in(
+        self.apply_observed(
             events,
             Some((seals, certs)),
             dead_letters,
             sync,
-            Some(clock.last()),
-        )?;
-        out.skewed = skewed;
-        Ok(out)
+            clock,
+            wall_ms,
+        )
     }
 
     /// The seals of `origin` after `after` up to `upto`, in order.
@@ -1095,12 +1114,8 @@ impl Store {
             reason,
         };
         // Certificates first: the seals below may need them.
-        if let (Some(keys), Some((_, certs))) = (&self.keys, sealed) {
-            for (origin, der) in certs {
-                keys.learn(origin, der)
-                    .map_err(|reason| forged(origin, 0, format!("its certificate: {reason}")))?;
-            }
-        }
+        self.learn_certs(sealed)
+            .map_err(|(origin, reason)| forged(&origin, 0, format!("its certificate: {reason}")))?;
         let seal_at: BTreeMap<(&str, u64), &Seal> = sealed
             .map(|(seals, _)| seals)
             .unwrap_or_default()
@@ -1126,12 +1141,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
-            if let Some((_, certs)) = sealed {
-                let mut certs_t = txn.open_table(CERTS)?;
-                for (origin, der) in certs {
-                    certs_t.insert(origin.as_str(), der.as_slice())?;
-                }
-            }
+            seals::put_certs(&txn, sealed)?;
             // Per origin given new events: its chain as far as applied, and the last seal met.
             let mut heads: BTreeMap<NodeId, (u64, ChainHash, u64)> = BTreeMap::new();
             let Counters {

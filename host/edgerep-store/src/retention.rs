@@ -18,7 +18,7 @@ use edgerep_wire::{Event, Hlc, NodeId, Seal};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::keys::{log_key, split_state_key, state_key};
-use crate::seals::{self, CERTS, CHAINS, SEALS};
+use crate::seals::{self, CHAINS, SEALS};
 use crate::{
     Applied, CHANGELOG, Counters, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
     Versions, apply_to_state, corrupt, hlc_bytes, u64_from,
@@ -240,13 +240,9 @@ impl Store {
         hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
-        if let (Some(keys), Some((_, certs))) = (&self.keys, sealed) {
-            for (origin, der) in certs {
-                keys.learn(origin, der).map_err(|reason| {
-                    StoreError::SnapshotRefused(format!("the certificate of {origin}: {reason}"))
-                })?;
-            }
-        }
+        self.learn_certs(sealed).map_err(|(origin, reason)| {
+            StoreError::SnapshotRefused(format!("the certificate of {origin}: {reason}"))
+        })?;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let out = {
@@ -280,12 +276,7 @@ impl Store {
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
-            if let Some((_, certs)) = sealed {
-                let mut certs_t = txn.open_table(CERTS)?;
-                for (origin, der) in certs {
-                    certs_t.insert(origin.as_str(), der.as_slice())?;
-                }
-            }
+            seals::put_certs(&txn, sealed)?;
             for (origin, &seq) in have.into_iter().flatten() {
                 let held = origins.get(origin.as_str())?.map_or(0, |g| g.value());
                 if seq <= held {

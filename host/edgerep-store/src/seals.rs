@@ -73,6 +73,20 @@ pub(crate) fn encode_head(seq: u64, chain: &ChainHash) -> [u8; 40] {
     out
 }
 
+/// Stores the certificates that came with `sealed` (checked by the keys before).
+pub(crate) fn put_certs(
+    txn: &redb::WriteTransaction,
+    sealed: Option<Sealed<'_>>,
+) -> Result<(), StoreError> {
+    if let Some((_, certs)) = sealed {
+        let mut table = txn.open_table(CERTS)?;
+        for (origin, der) in certs {
+            table.insert(origin.as_str(), der.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
 /// Stores `seal` (its chain hash and signature under its origin and sequence number).
 pub(crate) fn put(
     seals: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
