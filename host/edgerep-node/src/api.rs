@@ -142,10 +142,11 @@ impl Guard {
             return Ok(());
         }
         let mut last = self.last_verify.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = *last
-            && at.elapsed() < self.verify_interval
-        {
-            return Err(self.verify_interval - at.elapsed());
+        if let Some(at) = *last {
+            let since = at.elapsed();
+            if since < self.verify_interval {
+                return Err(self.verify_interval.saturating_sub(since));
+            }
         }
         *last = Some(Instant::now());
         Ok(())

@@ -216,9 +216,14 @@ pub(crate) fn prepare(
     seals: &[edgerep_wire::Seal],
 ) -> Result<Prepared, Halt> {
     let check_value = |v: &Value| crate::check_plugin_value(v, limits);
-    let (mut events, refused) = admission.admit(events);
-    // An origin's admitted events end where a refusal cut them: back to its last seal before.
-    edgerep_replica::trim_to_seals(&mut events, seals);
+    // An origin's admitted events end where a refusal cut them: back to its last seal before
+    // that. What was admitted counting on the events trimmed away is judged again.
+    let (mut events, mut refused) = admission.admit(events);
+    while edgerep_replica::trim_to_seals(&mut events, seals) > 0 {
+        let (again, more) = admission.admit(events);
+        events = again;
+        refused.extend(more);
+    }
     let mut out = Prepared {
         events: Vec::with_capacity(events.len()),
         dead_letters: Vec::new(),

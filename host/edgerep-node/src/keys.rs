@@ -15,8 +15,8 @@ pub struct NodeKeys {
     node: NodeId,
     signer: Signer,
     verifier: Verifier,
-    /// Per origin, the key of its certificate, once checked.
-    known: Mutex<BTreeMap<NodeId, NodeKey>>,
+    /// Per origin, the key of its certificate, once checked, and the certificate (DER).
+    known: Mutex<BTreeMap<NodeId, (NodeKey, Vec<u8>)>>,
     /// Per revoked node, the last sequence number it may still vouch for (replaced on reload).
     revoked: Mutex<BTreeMap<NodeId, u64>>,
 }
@@ -47,7 +47,10 @@ impl NodeKeys {
             .check_cert(signer.cert())
             .map_err(|e| format!("this node's own certificate: {e}"))?;
         let node = own.node.clone();
-        let known = Mutex::new(BTreeMap::from([(node.clone(), own)]));
+        let known = Mutex::new(BTreeMap::from([(
+            node.clone(),
+            (own, signer.cert().to_vec()),
+        )]));
         Ok(NodeKeys {
             node,
             signer,
@@ -65,6 +68,13 @@ impl NodeKeys {
     /// This node's certificate (DER).
     pub fn own_cert(&self) -> &[u8] {
         self.signer.cert()
+    }
+
+    /// The certificate (DER) of `origin`, if it was learnt (from the store at start, or from a
+    /// peer's message since).
+    pub fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(origin).map(|(_, der)| der.clone())
     }
 }
 
@@ -94,7 +104,7 @@ impl edgerep_store::Keys for NodeKeys {
             ));
         }
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let key = known
+        let (key, _) = known
             .get(origin)
             .ok_or_else(|| format!("no certificate of {origin} to check its seal at {seq} with"))?;
         self.verifier.verify(key, message, signature)
@@ -109,7 +119,15 @@ impl edgerep_store::Keys for NodeKeys {
             ));
         }
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.insert(origin.clone(), key);
+        known.insert(origin.clone(), (key, cert.to_vec()));
         Ok(())
+    }
+
+    fn vouches_up_to(&self, origin: &NodeId) -> Option<u64> {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(origin)
+            .copied()
     }
 }

@@ -249,7 +249,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         replication::Wiring {
             inbox,
             origin_gate,
-            own_cert: keys.as_ref().map(|k| k.own_cert().to_vec()),
+            keys: keys.clone(),
         },
         tokio::runtime::Handle::current(),
     )

@@ -355,8 +355,9 @@ fn instance_number() -> u64 {
 /// The changelog and state as the replica reads them.
 struct StoreLog {
     store: Arc<Store>,
-    /// This node's certificate (DER), sent with its seals; `None` when it signs none.
-    own_cert: Option<Vec<u8>>,
+    /// This node's keys (its certificate goes with its seals, and peers' certificates learnt
+    /// from their messages go with their origins' seals); `None` when it signs none.
+    keys: Option<Arc<crate::keys::NodeKeys>>,
     /// Some collections commit without syncing: sync before reading a state page, so that a
     /// snapshot never carries this node's own events a crash could take back.
     sync_before_state: bool,
@@ -456,10 +457,15 @@ impl Log for StoreLog {
     }
 
     fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
+        let keys = self.keys.as_ref()?;
         if origin == self.store.node() {
-            return self.own_cert.clone();
+            return Some(keys.own_cert().to_vec());
         }
-        self.store.cert(origin).ok().flatten()
+        self.store
+            .cert(origin)
+            .ok()
+            .flatten()
+            .or_else(|| keys.cert(origin))
     }
 }
 
@@ -491,7 +497,7 @@ pub fn start(
     let Wiring {
         inbox,
         origin_gate,
-        own_cert,
+        keys,
     } = wiring;
     if config.peers.is_empty() {
         return Ok(None);
@@ -545,7 +551,7 @@ pub fn start(
         core: Replica::new(local.clone(), core_config),
         log: StoreLog {
             store: store.clone(),
-            own_cert,
+            keys: keys.clone(),
             sync_before_state: declared
                 .iter()
                 .any(|c| c.durability == Durability::Periodic),
@@ -673,8 +679,8 @@ pub struct Wiring {
     pub inbox: Inbox,
     /// Opened once a peer said how far it holds this node's own events.
     pub origin_gate: watch::Sender<Option<String>>,
-    /// This node's certificate (DER), sent with its seals; `None` when it signs none.
-    pub own_cert: Option<Vec<u8>>,
+    /// This node's keys; `None` when it signs none.
+    pub keys: Option<Arc<crate::keys::NodeKeys>>,
 }
 
 /// The committer's hook into replication: tells the replicator each new durable have.
@@ -777,6 +783,10 @@ async fn serve_connection(
         while paused.load(Ordering::Acquire)
             || inbox_bytes.load(Ordering::Acquire) > INBOX_MAX_BYTES
         {
+            // A connection dropped while paused (replaced, refused, revoked) ends its reader.
+            if conn.conn.close_reason().is_some() {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         match reader.read_frame(&mut recv).await {
@@ -1030,6 +1040,18 @@ impl Replicator {
         true
     }
 
+    /// Takes in the certificates a peer sent as they arrive (checked against the CA and the
+    /// origin's name; a bad one is ignored here and refused with the seals it would verify), so
+    /// that they serve even when the events they came with are not applied now.
+    fn learn_certs(&self, certs: &[(NodeId, Vec<u8>)]) {
+        let Some(keys) = &self.log.keys else { return };
+        for (origin, der) in certs {
+            if let Err(e) = edgerep_store::Keys::learn(keys.as_ref(), origin, der) {
+                tracing::debug!(origin = %origin, "a certificate a peer sent was refused: {e}");
+            }
+        }
+    }
+
     /// Compares events a peer sent that this node already holds with what it holds: two
     /// different events with one origin and sequence number are a fork, reported (the one held
     /// stays; the other is dropped as the duplicate it claims to be).
@@ -1265,7 +1287,11 @@ impl Replicator {
                         self.peer_have
                             .insert(peer.clone(), hello.have.iter().cloned().collect());
                     }
-                    Message::Events { events, .. } => self.check_forks(&peer, events),
+                    Message::Events { events, certs, .. } => {
+                        self.learn_certs(certs);
+                        self.check_forks(&peer, events);
+                    }
+                    Message::Snapshot { certs, .. } => self.learn_certs(certs),
                     _ => {}
                 }
                 if let Err(e) = self.core.handle(&peer, message, now) {

@@ -360,7 +360,14 @@ fn approx_bytes(events: &[Event]) -> usize {
         .iter()
         .map(|e| {
             let meta: usize = e.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
-            e.key.len() + e.value.as_ref().map_or(0, |v| v.len()) + meta + 128
+            let extra: usize = e.extra.values().map(|v| v.len()).sum();
+            // A causal context entry takes up to about 80 bytes.
+            e.key.len()
+                + e.value.as_ref().map_or(0, |v| v.len())
+                + meta
+                + extra
+                + e.context.len() * 80
+                + 128
         })
         .sum()
 }

@@ -810,6 +810,15 @@ impl Store {
                     log_key(self.node.as_str(), seq).as_slice(),
                     event_bytes.as_slice(),
                 )?;
+                // A run between seals stays within SEAL_EVERY_BYTES, or is one event alone: seal
+                // what came before an event that would push it past.
+                if unsealed > 0 && unsealed_bytes + event_bytes.len() > SEAL_EVERY_BYTES {
+                    let seal = self
+                        .seal_own(seq - 1, chain)
+                        .map_err(|reason| StoreError::WriteRefused { index, reason })?;
+                    seals::put(&mut seals_t, &seal)?;
+                    (unsealed, unsealed_bytes) = (0, 0);
+                }
                 chain = chain_next(&chain, &event_bytes);
                 unsealed += 1;
                 unsealed_bytes += event_bytes.len();

@@ -125,8 +125,9 @@ impl Store {
                     continue;
                 }
                 let n = remove_range(&mut changelog, origin, done + 1, to)?;
-                // Seals below the floor go too (those at and above it prove what is held).
-                remove_range(&mut seals_t, origin, done + 1, to - 1)?;
+                // Seals below the new floor go too, the old floor's included (those at and
+                // above the new floor prove what is held).
+                remove_range(&mut seals_t, origin, done, to - 1)?;
                 if n != to - done {
                     return Err(corrupt(
                         "changelog",
@@ -284,6 +285,13 @@ impl Store {
                 }
                 let id = NodeId::parse(origin)
                     .map_err(|e| StoreError::SnapshotRefused(format!("origin {origin:?}: {e}")))?;
+                // A revoked origin is not raised past its revocation point; the rest of the
+                // snapshot stands (refusing it all would leave this node behind for good).
+                if let Some(limit) = self.keys.as_ref().and_then(|k| k.vouches_up_to(&id))
+                    && seq > limit
+                {
+                    continue;
+                }
                 let seal = sealed
                     .and_then(|(seals, _)| seals.iter().find(|s| s.origin == id && s.seq == seq));
                 let chain = match (sealed, seal) {
@@ -332,6 +340,7 @@ impl Store {
                 chains.insert(origin.as_str(), seals::encode_head(seq, &chain).as_slice())?;
                 let done = compacted_t.get(origin.as_str())?.map_or(0, |g| g.value());
                 remove_range(&mut changelog, origin, done + 1, held)?;
+                remove_range(&mut seals_t, origin, done, held)?;
                 origins.insert(origin.as_str(), seq)?;
                 compacted_t.insert(origin.as_str(), seq)?;
             }

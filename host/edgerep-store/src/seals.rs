@@ -41,6 +41,10 @@ pub trait Keys: Send + Sync {
     /// Takes in `origin`'s certificate (DER) after checking it chains to the deployment CA and
     /// names `origin`.
     fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), String>;
+    /// The last sequence number `origin` may still vouch for (a revoked node), if limited.
+    fn vouches_up_to(&self, _origin: &NodeId) -> Option<u64> {
+        None
+    }
 }
 
 /// The chain head of `origin`: (sequence number, chain hash); the start of its chain when the

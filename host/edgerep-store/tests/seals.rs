@@ -254,3 +254,58 @@ fn seals_made_before_the_node_had_keys_are_signed_when_it_gets_them() {
     assert_eq!(b.verify().unwrap(), Ok(()));
     assert_eq!(a.verify().unwrap(), Ok(()));
 }
+
+#[test]
+fn a_run_between_seals_is_at_most_a_mebibyte_or_one_event() {
+    let a = store("a");
+    let mut c = clock();
+    let big = |i: usize| LocalWrite {
+        collection: "c".into(),
+        key: format!("big{i}").into_bytes(),
+        value: Some(
+            Value::from_json(&serde_json::json!("x".repeat(600_000)), &Default::default()).unwrap(),
+        ),
+        schema: 0,
+        meta: BTreeMap::new(),
+    };
+    // One transaction of two 600 KB events: sealed after the first, so that no run between
+    // seals passes 1 MiB (a peer's frame holds a run whole).
+    a.commit_local(vec![big(0), big(1)], &mut c, 1).unwrap();
+    let seqs: Vec<u64> = a
+        .seals(&node("a"), 0, 2)
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+}
+
+#[test]
+fn compaction_removes_the_seals_below_the_floor() {
+    let a = store("a");
+    let mut c = clock();
+    for i in 0..5 {
+        a.commit_local(writes(&format!("w{i}-"), 2), &mut c, 1)
+            .unwrap();
+    }
+    assert_eq!(a.seals(&node("a"), 0, 10).unwrap().len(), 5);
+    let floors: BTreeMap<String, u64> = [("a".to_owned(), 6)].into();
+    a.compact(&floors, 100, Sync::Immediate).unwrap();
+    let left: Vec<u64> = a
+        .seals(&node("a"), 0, 10)
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert_eq!(left, [6, 8, 10]);
+    let floors: BTreeMap<String, u64> = [("a".to_owned(), 9)].into();
+    a.compact(&floors, 100, Sync::Immediate).unwrap();
+    let left: Vec<u64> = a
+        .seals(&node("a"), 0, 10)
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert_eq!(left, [10]);
+    assert_eq!(a.verify().unwrap(), Ok(()));
+}
