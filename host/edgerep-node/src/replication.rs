@@ -155,9 +155,10 @@ pub struct ForkReport {
     pub origin: String,
     /// The sequence number.
     pub seq: u64,
-    /// BLAKE3 of the event this node holds.
+    /// BLAKE3 of the event this node holds (or, for a fork found by its seal, this node's
+    /// chain hash there).
     pub held_hash: String,
-    /// BLAKE3 of the different one a peer sent.
+    /// BLAKE3 of the different one a peer sent (or the chain hash its seal names).
     pub received_hash: String,
     /// The peer that sent it.
     pub from_peer: String,
@@ -853,6 +854,8 @@ struct Reports {
     deferred_total: u64,
     deferred_last: Option<String>,
     snapshots_declined_total: u64,
+    /// Forks reported already (by origin and sequence number).
+    seen_forks: BTreeSet<(String, u64)>,
 }
 
 impl Reports {
@@ -1306,7 +1309,34 @@ impl Replicator {
                 }
             }
             Input::Applied { peer, result } => match result {
-                Ok(_) => self.core.applied(&peer, now),
+                Ok(out) => {
+                    for fork in out.forks {
+                        // Another history the origin signed, or events the peer changed
+                        // under the origin's genuine seal: this node keeps what it holds; the
+                        // session goes on for every other origin.
+                        if !self
+                            .reports
+                            .seen_forks
+                            .insert((fork.origin.clone(), fork.seq))
+                        {
+                            continue;
+                        }
+                        let report = ForkReport {
+                            origin: fork.origin,
+                            seq: fork.seq,
+                            held_hash: hex(&fork.held_chain),
+                            received_hash: hex(&fork.received_chain),
+                            from_peer: peer.to_string(),
+                            at_ms: wall_ms(),
+                        };
+                        tracing::error!(
+                            peer = %peer, origin = %report.origin, seq = report.seq,
+                            "fork: a peer sent events of the origin that do not chain to its seal from the history this node holds (another history the origin signed, or events changed by the peer); left out"
+                        );
+                        self.reports.fork(report);
+                    }
+                    self.core.applied(&peer, now)
+                }
                 Err(CommitError::Forged(reason)) => {
                     // What the peer sent is not what its origin wrote: nothing of the batch was
                     // applied, and the peer is cut off (it is lying, or relays a liar's events).

@@ -330,6 +330,24 @@ pub struct RemoteApply {
     pub feed_last: u64,
     /// Events whose timestamp was too far ahead of the wall clock to move the clock.
     pub skewed: usize,
+    /// Origins whose events in the batch do not chain, from this node's history, to a seal of
+    /// theirs that verifies: another history the origin signed, or events changed under a
+    /// genuine seal. Left out, reported.
+    pub forks: Vec<Fork>,
+}
+
+/// Where a batch's seal of an origin verified but its events did not chain to it from this
+/// node's history: two histories the origin signed, or events changed under a genuine seal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    /// The origin.
+    pub origin: String,
+    /// The sequence number of the seal.
+    pub seq: u64,
+    /// The chain hash there over this node's history.
+    pub held_chain: ChainHash,
+    /// The chain hash the seal names.
+    pub received_chain: ChainHash,
 }
 
 /// Which keys of a collection a scan returns.
@@ -1135,7 +1153,7 @@ impl Store {
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(events.len());
         let mut dead_ids = Vec::with_capacity(dead_letters.len());
-        let (held, feed_last) = {
+        let (held, feed_last, forks) = {
             let mut dead = txn.open_table(DEAD_LETTERS)?;
             let first = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
             for (id, record) in (first..).zip(dead_letters) {
@@ -1151,6 +1169,62 @@ impl Store {
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
             seals::put_certs(&txn, sealed)?;
+            // Before anything is written, each origin's chain over its new events is checked
+            // against the batch's seals: a seal that does not verify is a forgery (nothing is
+            // applied); one that verifies but that the events do not chain to from this node's
+            // history is a fork (two histories the origin signed) or events changed under a
+            // genuine seal; the two look alike here. That origin's events are left out, the
+            // rest applied.
+            let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(events.len());
+            let mut forks: BTreeMap<NodeId, Fork> = BTreeMap::new();
+            if sealed.is_some() {
+                let mut walk: BTreeMap<NodeId, (u64, ChainHash)> = BTreeMap::new();
+                for r in &events {
+                    let e = &r.event;
+                    let bytes = e.encode();
+                    if !forks.contains_key(&e.origin) {
+                        if !walk.contains_key(&e.origin) {
+                            let held = origins.get(e.origin.as_str())?.map_or(0, |g| g.value());
+                            let (_, chain) = seals::head(&chains, &e.origin)?;
+                            walk.insert(e.origin.clone(), (held, chain));
+                        }
+                        if let Some(w) = walk.get_mut(&e.origin)
+                            && Some(e.seq) == w.0.checked_add(1)
+                        {
+                            w.0 = e.seq;
+                            w.1 = chain_next(&w.1, &bytes);
+                            if let Some(seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
+                                let signed = match &self.keys {
+                                    Some(keys) => keys.verify(
+                                        &e.origin,
+                                        e.seq,
+                                        &seal.message(),
+                                        &seal.signature,
+                                    ),
+                                    None if seal.chain == w.1 => Ok(()),
+                                    None => Err("its seal's chain hash does not match the events"
+                                        .to_owned()),
+                                };
+                                if let Err(reason) = signed {
+                                    return Err(forged(&e.origin, e.seq, reason));
+                                }
+                                if seal.chain != w.1 {
+                                    forks.insert(
+                                        e.origin.clone(),
+                                        Fork {
+                                            origin: e.origin.to_string(),
+                                            seq: e.seq,
+                                            held_chain: w.1,
+                                            received_chain: seal.chain,
+                                        },
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    encoded.push(bytes);
+                }
+            }
             // Per origin given new events: its chain as far as applied, and the last seal met.
             let mut heads: BTreeMap<NodeId, (u64, ChainHash, u64)> = BTreeMap::new();
             let Counters {
@@ -1163,7 +1237,14 @@ impl Store {
             // Per origin seen in the batch, the highest sequence number held (saved at the end).
             let mut held_by_origin: BTreeMap<String, u64> = BTreeMap::new();
             let mut bytes = Vec::with_capacity(256);
+            let mut encoded = encoded.into_iter();
             for Received { event, on_apply } in events {
+                let precomputed = encoded.next();
+                if forks.contains_key(&event.origin) {
+                    // The other history of a forked origin: not this node's to take.
+                    out.push(Applied::Obsolete);
+                    continue;
+                }
                 // Each origin's events up to `held` are held (in the changelog from its
                 // compacted floor on, in the state through a snapshot below it), so an event is
                 // already held exactly when its sequence number is at most `held`.
@@ -1187,8 +1268,13 @@ impl Store {
                     });
                 }
                 let lkey = log_key(event.origin.as_str(), event.seq);
-                bytes.clear();
-                event.encode_into(&mut bytes);
+                match precomputed {
+                    Some(b) => bytes = b,
+                    None => {
+                        bytes.clear();
+                        event.encode_into(&mut bytes);
+                    }
+                }
                 changelog.insert(lkey.as_slice(), bytes.as_slice())?;
                 if let Some(h) = held_by_origin.get_mut(event.origin.as_str()) {
                     *h = event.seq;
@@ -1213,6 +1299,7 @@ impl Store {
                 };
                 head.0 = event.seq;
                 head.1 = chain_next(&head.1, &bytes);
+                // Checked above (signature and chain); the chain again, as computed here.
                 if let Some(seal) = seal_at.get(&(event.origin.as_str(), event.seq)) {
                     if seal.chain != head.1 {
                         return Err(forged(
@@ -1220,10 +1307,6 @@ impl Store {
                             event.seq,
                             "its seal's chain hash does not match the events".into(),
                         ));
-                    }
-                    if let Some(keys) = &self.keys {
-                        keys.verify(&event.origin, event.seq, &seal.message(), &seal.signature)
-                            .map_err(|reason| forged(&event.origin, event.seq, reason))?;
                     }
                     seals::put(&mut seals_t, seal)?;
                     head.2 = event.seq;
@@ -1301,7 +1384,7 @@ impl Store {
             if let Some(hlc) = hlc_last {
                 meta.insert(META_HLC, &hlc_bytes(hlc)[..])?;
             }
-            (held_by_origin, position)
+            (held_by_origin, position, forks)
         };
         txn.commit()?;
         Ok(RemoteApply {
@@ -1310,6 +1393,7 @@ impl Store {
             held,
             feed_last,
             skewed: 0,
+            forks: forks.into_values().collect(),
         })
     }
 

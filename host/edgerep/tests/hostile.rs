@@ -473,3 +473,45 @@ fn a_revoked_node_is_cut_off_on_sighup() {
     converge(&[&n1, &n3], Duration::from_secs(30));
     assert_eq!(get(&n1, "c", "before").0, 200);
 }
+
+/// node-2 signs a second history of its own (events chained from another event 2 than the one
+/// node-1 holds): a fork, not a forgery. node-1 keeps what it holds, reports the fork, and the
+/// session stays up for everything else.
+#[test]
+fn a_second_signed_history_is_reported_and_the_session_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let first = h.sealed(vec![
+        event("node-2", 1, "c", "h1", 1),
+        event("node-2", 2, "c", "h2", 2),
+    ]);
+    h.send(&first).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&n1, "c", "h2").0 != 200 {
+        assert!(Instant::now() < deadline, "node-2:1..2 applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another event 2, never sent: events 3..4 chain from it, under node-2's valid seal.
+    let _ = h.sealed(vec![event("node-2", 2, "c", "h2", 222)]);
+    let second = h.sealed(vec![
+        event("node-2", 3, "c", "h3", 3),
+        event("node-2", 4, "c", "h4", 4),
+    ]);
+    h.send(&second).unwrap();
+    wait_status(&n1, "the fork is reported", |r| {
+        r["forks"].as_array().is_some_and(|f| {
+            f.iter()
+                .any(|x| x["origin"] == "node-2" && x["seq"] == 4 && x["from_peer"] == "node-2")
+        })
+    });
+    assert_eq!(
+        h.closed_within(Duration::from_millis(500)),
+        None,
+        "session up"
+    );
+    assert_eq!(get(&n1, "c", "h3").0, 404, "the other history is not taken");
+    assert_eq!(status(&n1)["origins"]["node-2"], 2);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
