@@ -86,6 +86,8 @@ impl Admission<'_> {
                 .unwrap_or(0)
         };
         let max_origins = self.config.max_origins();
+        // Origins admitted in this batch that this node held nothing of.
+        let mut new_origins = 0;
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             if blocked.contains(&event.origin) {
@@ -94,8 +96,7 @@ impl Admission<'_> {
             let known = self.have.contains_key(&event.origin)
                 || held.contains_key(&event.origin)
                 || event.origin == *self.local;
-            let origins =
-                self.have.len() + held.keys().filter(|o| !self.have.contains_key(*o)).count();
+            let origins = self.have.len() + new_origins;
             let refusal = |reason: String, deferred: bool| Refusal {
                 origin: event.origin.clone(),
                 seq: event.seq,
@@ -157,6 +158,7 @@ impl Admission<'_> {
                     refused.push(r);
                 }
                 None => {
+                    new_origins += usize::from(!known);
                     let h = held.entry(event.origin.clone()).or_insert(0);
                     *h = (*h).max(event.seq);
                     out.push(event);
@@ -182,13 +184,7 @@ impl Admission<'_> {
 fn policy_dead_letter(event: &Event, reason: String) -> Vec<u8> {
     DeadLetter {
         stage: STAGE_POLICY.into(),
-        write: LocalWrite {
-            collection: event.collection.clone(),
-            key: event.key.clone(),
-            value: event.value.clone(),
-            schema: event.schema,
-            meta: event.meta.clone(),
-        },
+        write: LocalWrite::from(event.clone()),
         plugin: String::new(),
         plugin_sha256: String::new(),
         failure: "unauthorized".into(),
@@ -270,13 +266,7 @@ pub(crate) fn prepare(
                     FailurePolicy::DeadLetter => {
                         let record = DeadLetter {
                             stage: STAGE_APPLY.into(),
-                            write: LocalWrite {
-                                collection: event.collection.clone(),
-                                key: event.key.clone(),
-                                value: event.value.clone(),
-                                schema: event.schema,
-                                meta: event.meta.clone(),
-                            },
+                            write: LocalWrite::from(event.clone()),
                             plugin: r.plugin,
                             plugin_sha256: r.plugin_sha256,
                             failure: r.failure.kind.as_str().into(),

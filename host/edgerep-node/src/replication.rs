@@ -1436,12 +1436,10 @@ impl Replicator {
                     let own_claims: BTreeMap<NodeId, u64> = self
                         .conns
                         .keys()
+                        .filter(|o| self.core.is_ready(o))
                         .filter_map(|o| {
                             let claim = self.acked.get(o)?.get(o).copied().unwrap_or(0);
-                            self.core
-                                .peer_view(o)
-                                .filter(|v| v.ready)
-                                .map(|_| (o.clone(), claim))
+                            Some((o.clone(), claim))
                         })
                         .collect();
                     let admission = crate::apply::Admission {

@@ -41,6 +41,11 @@ accept_undeclared = true
 "#;
 
 fn config(dir: &Path, extra: &str) -> Config {
+    config_with_api(dir, "", extra)
+}
+
+/// [`config`] with `api` added to the `[api]` table.
+fn config_with_api(dir: &Path, api: &str, extra: &str) -> Config {
     let text = format!(
         r#"
 [node]
@@ -49,6 +54,7 @@ data_dir = '{}'
 
 [api]
 listen = "127.0.0.1:0"
+{api}
 
 [replication]
 # Never bound by these tests; it only has to differ from api.listen.
@@ -138,13 +144,17 @@ fn agent() -> ureq::Agent {
 
 impl Node {
     fn start(dir: &Path, extra: &str) -> Node {
+        Node::start_config(config(dir, extra))
+    }
+
+    fn start_config(config: Config) -> Node {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime");
         let running = rt
-            .block_on(edgerep_node::start(config(dir, extra)))
+            .block_on(edgerep_node::start(config))
             .expect("node starts");
         let base = format!("http://{}", running.api_addr);
         Node {
@@ -1358,39 +1368,11 @@ fn scan_pages_through_keys_that_are_not_utf8() {
 fn a_guarded_api_wants_its_token_and_bounds_watch_streams() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("api.token"), "s3cret-token-0123456789\n").unwrap();
-    let node = {
-        let text = format!(
-            r#"
-[node]
-id = "site-a"
-data_dir = '{}'
-
-[api]
-listen = "127.0.0.1:0"
-token_file = "api.token"
-max_watch_streams = 1
-
-[replication]
-listen = "127.0.0.1:1"
-{OPEN}
-"#,
-            dir.path().join("data").display()
-        );
-        let config = Config::parse(&text, &dir.path().join("edgerep.toml")).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let running = rt.block_on(edgerep_node::start(config)).unwrap();
-        let base = format!("http://{}", running.api_addr);
-        Node {
-            rt,
-            running: Some(running),
-            base,
-            agent: agent(),
-        }
-    };
+    let node = Node::start_config(config_with_api(
+        dir.path(),
+        "token_file = \"api.token\"\nmax_watch_streams = 1",
+        OPEN,
+    ));
     let r = node.get("/v1/status");
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json()["kind"], "unauthorized");

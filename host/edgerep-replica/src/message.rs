@@ -1164,6 +1164,42 @@ mod tests {
     }
 
     #[test]
+    fn seal_and_certificate_fields_are_checked() {
+        let with = |seal_chain: Vec<u8>, signature: Vec<u8>, cert: Vec<u8>| {
+            cbor(|e| {
+                drop(
+                    e.array(4)
+                        .and_then(|e| e.u64(1))
+                        .and_then(|e| e.array(0))
+                        .and_then(|e| e.array(1))
+                        .and_then(|e| e.array(4))
+                        .and_then(|e| e.str("a"))
+                        .and_then(|e| e.u64(1))
+                        .and_then(|e| e.bytes(&seal_chain))
+                        .and_then(|e| e.bytes(&signature))
+                        .and_then(|e| e.array(1))
+                        .and_then(|e| e.array(2))
+                        .and_then(|e| e.str("a"))
+                        .and_then(|e| e.bytes(&cert)),
+                )
+            })
+        };
+        assert!(decode(&with(vec![0; 32], vec![1; 70], vec![2; 600])).is_ok());
+        refused(
+            &with(vec![0; 31], vec![1; 70], vec![2; 600]),
+            "seal chain: not 32 bytes",
+        );
+        refused(
+            &with(vec![0; 32], vec![1; MAX_SIGNATURE_BYTES + 1], vec![2; 600]),
+            "invalid seal signature",
+        );
+        refused(
+            &with(vec![0; 32], vec![1; 70], vec![2; MAX_CERT_BYTES + 1]),
+            "invalid cert",
+        );
+    }
+
+    #[test]
     fn oversized_input_is_refused() {
         let limits = MessageLimits {
             max_frame_bytes: 100,

@@ -1381,6 +1381,14 @@ impl Replica {
         &self.unreadable
     }
 
+    /// Whether `peer` has a session whose handshake is done.
+    pub fn is_ready(&self, peer: &NodeId) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.session.as_ref())
+            .is_some_and(Session::ready)
+    }
+
     /// The peers with a session or an outstanding Apply.
     pub fn peers(&self) -> impl Iterator<Item = &NodeId> {
         self.peers.keys()

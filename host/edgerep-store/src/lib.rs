@@ -223,6 +223,19 @@ pub struct LocalCommitError {
     pub writes: Vec<LocalWrite>,
 }
 
+impl From<Event> for LocalWrite {
+    /// The write an event makes (its collection, key, value, schema and metadata).
+    fn from(e: Event) -> LocalWrite {
+        LocalWrite {
+            collection: e.collection,
+            key: e.key,
+            value: e.value,
+            schema: e.schema,
+            meta: e.meta,
+        }
+    }
+}
+
 /// Where a committed local write landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
@@ -334,6 +347,28 @@ pub struct RemoteApply {
     /// theirs that verifies: another history the origin signed, or events changed under a
     /// genuine seal. Left out, reported.
     pub forks: Vec<Fork>,
+}
+
+/// One origin's chain walked over the new events of a batch (see `Store::apply_in`).
+struct ChainWalk<'a> {
+    /// What the store held of the origin before the batch.
+    held: u64,
+    /// The last event walked, and the chain hash after it.
+    seq: u64,
+    chain: ChainHash,
+    /// The batch's seals met on the way, each matching the chain.
+    sealed: Vec<&'a Seal>,
+}
+
+impl ChainWalk<'_> {
+    fn new(held: u64, chain: ChainHash) -> Self {
+        ChainWalk {
+            held,
+            seq: held,
+            chain,
+            sealed: Vec::new(),
+        }
+    }
 }
 
 /// Where a batch's seal of an origin verified but its events did not chain to it from this
@@ -688,17 +723,9 @@ impl Store {
         result.map_err(|error| {
             // Hand every write back, in order: those made into events, then the others.
             let writes = match &error {
-                StoreError::WriteRefused { .. } => made
-                    .into_iter()
-                    .map(|e| LocalWrite {
-                        collection: e.collection,
-                        key: e.key,
-                        value: e.value,
-                        schema: e.schema,
-                        meta: e.meta,
-                    })
-                    .chain(rest)
-                    .collect(),
+                StoreError::WriteRefused { .. } => {
+                    made.into_iter().map(LocalWrite::from).chain(rest).collect()
+                }
                 _ => Vec::new(),
             };
             LocalCommitError { error, writes }
@@ -1169,64 +1196,70 @@ impl Store {
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
             seals::put_certs(&txn, sealed)?;
-            // Before anything is written, each origin's chain over its new events is checked
-            // against the batch's seals: a seal that does not verify is a forgery (nothing is
-            // applied); one that verifies but that the events do not chain to from this node's
-            // history is a fork (two histories the origin signed) or events changed under a
-            // genuine seal; the two look alike here. That origin's events are left out, the
-            // rest applied.
+            // Before anything is written, one pass encodes each event and walks each origin's
+            // chain over its new events, checking the batch's seals on the way: a seal that
+            // does not verify is a forgery (nothing is applied); one that verifies but that
+            // the events do not chain to from this node's history is a fork (two histories the
+            // origin signed) or events changed under a genuine seal; the two look alike here.
+            // That origin's events are left out, the rest applied.
             let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(events.len());
             let mut forks: BTreeMap<NodeId, Fork> = BTreeMap::new();
-            if sealed.is_some() {
-                let mut walk: BTreeMap<NodeId, (u64, ChainHash)> = BTreeMap::new();
-                for r in &events {
-                    let e = &r.event;
-                    let bytes = e.encode();
-                    if !forks.contains_key(&e.origin) {
-                        if !walk.contains_key(&e.origin) {
-                            let held = origins.get(e.origin.as_str())?.map_or(0, |g| g.value());
-                            let (_, chain) = seals::head(&chains, &e.origin)?;
-                            walk.insert(e.origin.clone(), (held, chain));
+            let mut walks: BTreeMap<NodeId, ChainWalk<'_>> = BTreeMap::new();
+            for r in &events {
+                let e = &r.event;
+                let bytes = e.encode();
+                if !forks.contains_key(&e.origin) {
+                    if !walks.contains_key(&e.origin) {
+                        let held = origins.get(e.origin.as_str())?.map_or(0, |g| g.value());
+                        let (head, chain) = seals::head(&chains, &e.origin)?;
+                        if head != held {
+                            return Err(corrupt(
+                                "chains",
+                                format!(
+                                    "{}'s chain ends at {head}, its events at {held}",
+                                    e.origin
+                                ),
+                            ));
                         }
-                        if let Some(w) = walk.get_mut(&e.origin)
-                            && Some(e.seq) == w.0.checked_add(1)
-                        {
-                            w.0 = e.seq;
-                            w.1 = chain_next(&w.1, &bytes);
-                            if let Some(seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
-                                let signed = match &self.keys {
-                                    Some(keys) => keys.verify(
-                                        &e.origin,
-                                        e.seq,
-                                        &seal.message(),
-                                        &seal.signature,
-                                    ),
-                                    None if seal.chain == w.1 => Ok(()),
-                                    None => Err("its seal's chain hash does not match the events"
-                                        .to_owned()),
-                                };
-                                if let Err(reason) = signed {
-                                    return Err(forged(&e.origin, e.seq, reason));
+                        walks.insert(e.origin.clone(), ChainWalk::new(held, chain));
+                    }
+                    if let Some(w) = walks.get_mut(&e.origin)
+                        && Some(e.seq) == w.seq.checked_add(1)
+                    {
+                        w.seq = e.seq;
+                        w.chain = chain_next(&w.chain, &bytes);
+                        if let Some(&seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
+                            let signed = match &self.keys {
+                                Some(keys) => {
+                                    keys.verify(&e.origin, e.seq, &seal.message(), &seal.signature)
                                 }
-                                if seal.chain != w.1 {
-                                    forks.insert(
-                                        e.origin.clone(),
-                                        Fork {
-                                            origin: e.origin.to_string(),
-                                            seq: e.seq,
-                                            held_chain: w.1,
-                                            received_chain: seal.chain,
-                                        },
-                                    );
+                                None if seal.chain == w.chain => Ok(()),
+                                None => {
+                                    Err("its seal's chain hash does not match the events"
+                                        .to_owned())
                                 }
+                            };
+                            if let Err(reason) = signed {
+                                return Err(forged(&e.origin, e.seq, reason));
+                            }
+                            if seal.chain == w.chain {
+                                w.sealed.push(seal);
+                            } else {
+                                forks.insert(
+                                    e.origin.clone(),
+                                    Fork {
+                                        origin: e.origin.to_string(),
+                                        seq: e.seq,
+                                        held_chain: w.chain,
+                                        received_chain: seal.chain,
+                                    },
+                                );
                             }
                         }
                     }
-                    encoded.push(bytes);
                 }
+                encoded.push(bytes);
             }
-            // Per origin given new events: its chain as far as applied, and the last seal met.
-            let mut heads: BTreeMap<NodeId, (u64, ChainHash, u64)> = BTreeMap::new();
             let Counters {
                 mut position,
                 mut digest,
@@ -1236,7 +1269,6 @@ impl Store {
             let mut run: Option<(u64, String, u64, u64)> = None;
             // Per origin seen in the batch, the highest sequence number held (saved at the end).
             let mut held_by_origin: BTreeMap<String, u64> = BTreeMap::new();
-            let mut bytes = Vec::with_capacity(256);
             let mut encoded = encoded.into_iter();
             for Received { event, on_apply } in events {
                 let precomputed = encoded.next();
@@ -1268,48 +1300,12 @@ impl Store {
                     });
                 }
                 let lkey = log_key(event.origin.as_str(), event.seq);
-                match precomputed {
-                    Some(b) => bytes = b,
-                    None => {
-                        bytes.clear();
-                        event.encode_into(&mut bytes);
-                    }
-                }
+                let Some(bytes) = precomputed else {
+                    return Err(corrupt("changelog", "an event lost its encoding"));
+                };
                 changelog.insert(lkey.as_slice(), bytes.as_slice())?;
                 if let Some(h) = held_by_origin.get_mut(event.origin.as_str()) {
                     *h = event.seq;
-                }
-                let head = match heads.get_mut(&event.origin) {
-                    Some(h) => h,
-                    None => {
-                        let (seq, chain) = seals::head(&chains, &event.origin)?;
-                        if seq != held {
-                            return Err(corrupt(
-                                "chains",
-                                format!(
-                                    "{}'s chain ends at {seq}, its events at {held}",
-                                    event.origin
-                                ),
-                            ));
-                        }
-                        heads
-                            .entry(event.origin.clone())
-                            .or_insert((seq, chain, seq))
-                    }
-                };
-                head.0 = event.seq;
-                head.1 = chain_next(&head.1, &bytes);
-                // Checked above (signature and chain); the chain again, as computed here.
-                if let Some(seal) = seal_at.get(&(event.origin.as_str(), event.seq)) {
-                    if seal.chain != head.1 {
-                        return Err(forged(
-                            &event.origin,
-                            event.seq,
-                            "its seal's chain hash does not match the events".into(),
-                        ));
-                    }
-                    seals::put(&mut seals_t, seal)?;
-                    head.2 = event.seq;
                 }
                 position += 1;
                 run = match run {
@@ -1345,29 +1341,41 @@ impl Store {
                     event,
                 )?);
             }
-            for (origin, (seq, chain, sealed_upto)) in &heads {
-                if sealed_upto != seq {
+            // Each origin given new events ends at one of the batch's seals (trusted events: an
+            // unsigned seal ends the run); its chain head moves to the end.
+            for (origin, w) in &walks {
+                if w.seq == w.held || forks.contains_key(origin) {
+                    continue;
+                }
+                for seal in &w.sealed {
+                    seals::put(&mut seals_t, seal)?;
+                }
+                let sealed_upto = w.sealed.last().map_or(w.held, |s| s.seq);
+                if sealed_upto != w.seq {
                     if sealed.is_some() {
                         return Err(forged(
                             origin,
-                            *seq,
+                            w.seq,
                             format!(
-                                "the batch ends at {seq}, after its last seal (at {sealed_upto})"
+                                "the batch ends at {}, after its last seal (at {sealed_upto})",
+                                w.seq
                             ),
                         ));
                     }
-                    // Trusted events: an unsigned seal ends the run.
                     seals::put(
                         &mut seals_t,
                         &Seal {
                             origin: origin.clone(),
-                            seq: *seq,
-                            chain: *chain,
+                            seq: w.seq,
+                            chain: w.chain,
                             signature: Vec::new(),
                         },
                     )?;
                 }
-                chains.insert(origin.as_str(), seals::encode_head(*seq, chain).as_slice())?;
+                chains.insert(
+                    origin.as_str(),
+                    seals::encode_head(w.seq, &w.chain).as_slice(),
+                )?;
             }
             for (origin, seq) in &held_by_origin {
                 origins.insert(origin.as_str(), *seq)?;

@@ -83,6 +83,16 @@ fn batch(from: &Store, origin: &str, after: u64, upto: u64) -> (Vec<Event>, Vec<
     (events, seals)
 }
 
+/// The sequence numbers of `origin` that `store` holds seals at, up to `upto`.
+fn sealed_at(store: &Store, origin: &str, upto: u64) -> Vec<u64> {
+    store
+        .seals(&node(origin), 0, upto)
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect()
+}
+
 fn apply(to: &Store, events: Vec<Event>, seals: &[Seal]) -> Result<(), StoreError> {
     let events = events.into_iter().map(Received::as_received).collect();
     to.apply_sealed(events, seals, &[], &[], Sync::Immediate, &mut clock(), 1)
@@ -95,12 +105,7 @@ fn local_commits_are_sealed_at_their_end_and_every_256_events() {
     let mut c = clock();
     a.commit_local(writes("x", 3), &mut c, 1).unwrap();
     a.commit_local(writes("y", 600), &mut c, 2).unwrap();
-    let seqs: Vec<u64> = a
-        .seals(&node("a"), 0, 603)
-        .unwrap()
-        .iter()
-        .map(|s| s.seq)
-        .collect();
+    let seqs = sealed_at(&a, "a", 603);
     let every = SEAL_EVERY_EVENTS;
     assert_eq!(seqs, [3, 3 + every, 3 + 2 * every, 603]);
     for s in a.seals(&node("a"), 0, 603).unwrap() {
@@ -277,12 +282,7 @@ fn a_run_between_seals_is_at_most_a_mebibyte_or_one_event() {
     // One transaction of two 600 KB events: sealed after the first, so that no run between
     // seals passes 1 MiB (a peer's frame holds a run whole).
     a.commit_local(vec![big(0), big(1)], &mut c, 1).unwrap();
-    let seqs: Vec<u64> = a
-        .seals(&node("a"), 0, 2)
-        .unwrap()
-        .iter()
-        .map(|s| s.seq)
-        .collect();
+    let seqs = sealed_at(&a, "a", 2);
     assert_eq!(seqs, [1, 2]);
 }
 
@@ -297,21 +297,11 @@ fn compaction_removes_the_seals_below_the_floor() {
     assert_eq!(a.seals(&node("a"), 0, 10).unwrap().len(), 5);
     let floors: BTreeMap<String, u64> = [("a".to_owned(), 6)].into();
     a.compact(&floors, 100, Sync::Immediate).unwrap();
-    let left: Vec<u64> = a
-        .seals(&node("a"), 0, 10)
-        .unwrap()
-        .iter()
-        .map(|s| s.seq)
-        .collect();
+    let left = sealed_at(&a, "a", 10);
     assert_eq!(left, [6, 8, 10]);
     let floors: BTreeMap<String, u64> = [("a".to_owned(), 9)].into();
     a.compact(&floors, 100, Sync::Immediate).unwrap();
-    let left: Vec<u64> = a
-        .seals(&node("a"), 0, 10)
-        .unwrap()
-        .iter()
-        .map(|s| s.seq)
-        .collect();
+    let left = sealed_at(&a, "a", 10);
     assert_eq!(left, [10]);
     assert_eq!(a.verify().unwrap(), Ok(()));
 }

@@ -38,6 +38,15 @@ fn attacker(configs: &[PathBuf], compacted: &[(&str, u64)]) -> Hostile {
     h
 }
 
+/// Waits until key `key` of collection `c` can be read on `node`.
+fn wait_for_key(node: &Node, key: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(node, "c", key).0 != 200 {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn replication(node: &Node) -> serde_json::Value {
     status(node)["replication"].clone()
 }
@@ -155,11 +164,7 @@ fn a_fork_is_detected_and_reported() {
     let mut h = attacker(&configs, &[]);
     let m = h.sealed(vec![event("node-2", 1, "c", "fork", 1)]);
     h.send(&m).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&n1, "c", "fork").0 != 200 {
-        assert!(Instant::now() < deadline, "node-2:1 applied");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_key(&n1, "fork", "node-2:1 applied");
     // The same sequence number again, validly sealed too: a restored node-2, or a liar.
     let m = h.sealed(vec![event("node-2", 1, "c", "fork", 2)]);
     h.send(&m).unwrap();
@@ -219,11 +224,7 @@ fn a_flood_of_origins_is_bounded() {
     let origins = status(&n1)["origins"].as_object().unwrap().len();
     assert!(origins <= 19, "node-1 holds {origins} origins");
     put(&n3, "c", "after", r#"{"v":3}"#);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&n1, "c", "after").0 != 200 {
-        assert!(Instant::now() < deadline, "node-3's write reaches node-1");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_key(&n1, "after", "node-3's write reaches node-1");
 }
 
 /// A peer that completes the handshake and then never reads: node-1's memory for it is
@@ -433,14 +434,15 @@ fn a_revoked_node_is_cut_off_on_sighup() {
     let mut h = attacker(&configs, &[]);
     let m = h.sealed(vec![event("node-2", 1, "c", "before", 1)]);
     h.send(&m).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&n1, "c", "before").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "node-2:1 applied before the revocation"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_key(&n1, "before", "node-2:1 applied before the revocation");
+    // A broken config on SIGHUP changes nothing: logged, the node serves on, node-2 stays.
+    let good = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(&configs[0], format!("{good}\n[[revoked]]\nnode = 7\n")).unwrap();
+    common::send_signal(n1.child.id() as i32, "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(h.closed_within(Duration::from_millis(200)), None);
+    assert_eq!(get(&n1, "c", "before").0, 200, "node-1 serves on");
+    std::fs::write(&configs[0], &good).unwrap();
     for (config, node) in [(&configs[0], &n1), (&configs[2], &n3)] {
         let text = std::fs::read_to_string(config).unwrap();
         std::fs::write(
@@ -487,11 +489,7 @@ fn a_second_signed_history_is_reported_and_the_session_stays_up() {
         event("node-2", 2, "c", "h2", 2),
     ]);
     h.send(&first).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&n1, "c", "h2").0 != 200 {
-        assert!(Instant::now() < deadline, "node-2:1..2 applied");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_key(&n1, "h2", "node-2:1..2 applied");
     // Another event 2, never sent: events 3..4 chain from it, under node-2's valid seal.
     let _ = h.sealed(vec![event("node-2", 2, "c", "h2", 222)]);
     let second = h.sealed(vec![
@@ -512,6 +510,31 @@ fn a_second_signed_history_is_reported_and_the_session_stays_up() {
     );
     assert_eq!(get(&n1, "c", "h3").0, 404, "the other history is not taken");
     assert_eq!(status(&n1)["origins"]["node-2"], 2);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
+/// A certificate that does not chain to the cluster's CA, sent as another origin's with that
+/// peer's own (valid) events: the batch is refused, the session closed, the refusal reported.
+#[test]
+fn a_certificate_from_outside_the_deployment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let mut m = h.sealed(vec![event("node-2", 1, "c", "k", 1)]);
+    if let Message::Events { certs, .. } = &mut m {
+        certs.push((
+            NodeId::parse("node-3").unwrap(),
+            vec![0x30, 0x82, 0x01, 0x00, 7, 7],
+        ));
+    }
+    h.send(&m).unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("certificate")),
+        "{reason:?}"
+    );
+    assert_eq!(get(&n1, "c", "k").0, 404);
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
