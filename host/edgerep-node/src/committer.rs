@@ -27,6 +27,7 @@ use edgerep_config::{Config, Durability};
 use edgerep_store::{
     Committed, Compaction, Installed, LocalWrite, Received, RemoteApply, Store, Sync,
 };
+use edgerep_wire::seal::Proof;
 use edgerep_wire::{Event, HlcClock, NodeId, Seal};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -109,6 +110,7 @@ enum Request {
     /// Merge a page of a peer's state (a snapshot); the last page carries its have.
     Install {
         versions: Vec<Event>,
+        proofs: Vec<Proof>,
         have: Option<Have>,
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
@@ -286,6 +288,7 @@ impl Committer {
                         }
                         Request::Install {
                             versions,
+                            proofs,
                             have: theirs,
                             seals,
                             certs,
@@ -298,6 +301,7 @@ impl Committer {
                             }
                             let result = store.install_sealed(
                                 versions,
+                                &proofs,
                                 theirs.as_ref(),
                                 &seals,
                                 &certs,
@@ -320,6 +324,9 @@ impl Committer {
                                     synced(&mut durable, &mut have, Sync::Immediate);
                                     hook(&have);
                                     reply(Ok(out));
+                                }
+                                Err(e @ edgerep_store::StoreError::SnapshotRefused(_)) => {
+                                    reply(Err(CommitError::Forged(e.to_string())));
                                 }
                                 Err(e) => {
                                     tracing::error!(error = %e, "merging a snapshot page from a peer failed");
@@ -516,6 +523,7 @@ impl Committer {
     pub fn install(
         &self,
         versions: Vec<Event>,
+        proofs: Vec<Proof>,
         have: Option<Have>,
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
@@ -524,6 +532,7 @@ impl Committer {
         self.queue
             .blocking_send(Request::Install {
                 versions,
+                proofs,
                 have,
                 seals,
                 certs,

@@ -387,6 +387,8 @@ impl Log for StoreLog {
             .map_err(storage)?;
         Ok(StatePage {
             versions: page.versions,
+            proofs: page.proofs,
+            seals: page.seals,
             next: page.next,
         })
     }
@@ -1100,6 +1102,25 @@ impl Replicator {
         }
     }
 
+    /// Refuses what `peer` sent as not its origins' (reported), and closes its connection.
+    fn cut_off(&mut self, peer: NodeId, reason: String, now: u64) {
+        self.reports.refused(
+            RefusalReport {
+                from_peer: peer.to_string(),
+                origin: String::new(),
+                seq: 0,
+                reason: reason.clone(),
+                at_ms: wall_ms(),
+            },
+            1,
+        );
+        if let Some(live) = self.conns.remove(&peer) {
+            live.conn.close(CloseCode::Protocol, &reason);
+            self.core.disconnected(&peer, now);
+        }
+        self.last_error.insert(peer, reason);
+    }
+
     fn set_compacted(&mut self, compacted: &BTreeMap<String, u64>) {
         let floors: BTreeMap<NodeId, u64> = compacted
             .iter()
@@ -1341,22 +1362,8 @@ impl Replicator {
                     // What the peer sent is not what its origin wrote: nothing of the batch was
                     // applied, and the peer is cut off (it is lying, or relays a liar's events).
                     tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
-                    self.reports.refused(
-                        RefusalReport {
-                            from_peer: peer.to_string(),
-                            origin: String::new(),
-                            seq: 0,
-                            reason: reason.clone(),
-                            at_ms: wall_ms(),
-                        },
-                        1,
-                    );
                     self.core.apply_failed(&peer, &reason, now);
-                    if let Some(live) = self.conns.remove(&peer) {
-                        live.conn.close(CloseCode::Protocol, &reason);
-                        self.core.disconnected(&peer, now);
-                    }
-                    self.last_error.insert(peer, reason);
+                    self.cut_off(peer, reason, now);
                 }
                 Err(e) => self.core.apply_failed(&peer, &e.to_string(), now),
             },
@@ -1369,6 +1376,13 @@ impl Replicator {
                     }
                     self.set_compacted(&out.compacted);
                     self.core.installed(&peer, now);
+                }
+                Err(CommitError::Forged(reason)) => {
+                    // A version (or a have) its origin did not seal: nothing of the page was
+                    // merged, and the peer is cut off like for forged events.
+                    tracing::error!(peer = %peer, "snapshot page refused, disconnecting: {reason}");
+                    self.core.install_failed(&peer, &reason, now);
+                    self.cut_off(peer, reason, now);
                 }
                 Err(e) => {
                     self.core.install_failed(&peer, &e.to_string(), now);
@@ -1521,6 +1535,7 @@ impl Replicator {
                 Output::InstallSnapshot {
                     peer,
                     versions,
+                    proofs,
                     have,
                     seals,
                     certs,
@@ -1547,6 +1562,7 @@ impl Replicator {
                     let to = peer.clone();
                     let sent = self.committer.install(
                         versions,
+                        proofs,
                         have,
                         seals,
                         certs,

@@ -1,6 +1,7 @@
 //! The storage seam: the replica reads the node's changelog and state through [`Log`] and never
 //! writes them.
 
+use edgerep_wire::seal::Proof;
 use edgerep_wire::{Event, NodeId, Seal};
 
 /// A position in the state, in (collection, key) order: a state page continues after it.
@@ -9,8 +10,12 @@ pub type StateCursor = (String, Vec<u8>);
 /// One page of the state, for a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatePage {
-    /// The versions of whole keys, in key order.
+    /// The versions of whole keys, in key order, each as its origin sent it.
     pub versions: Vec<Event>,
+    /// Per version, what proves it is its origin's.
+    pub proofs: Vec<Proof>,
+    /// The seals the proofs name, once each.
+    pub seals: Vec<Seal>,
     /// Where the next page starts (the last key of this one); `None` when the state is done.
     pub next: Option<StateCursor>,
 }

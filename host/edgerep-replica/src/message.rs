@@ -10,12 +10,15 @@
 //! | 1 | [`Message::Events`] | `[1, [event bytes…], [seal…], [[origin, cert]…]]`, each event an [`Event::encode`] in a byte string |
 //! | 2 | [`Message::Ack`] | `[2, have, rewind]` |
 //! | 3 | [`Message::Bye`] | `[3, reason]` |
-//! | 4 | [`Message::Snapshot`] | `[4, id, page, floors, [event bytes…], done, have, [seal…], [[origin, cert]…]]` (`have`, seals and certs empty unless `done`) |
+//! | 4 | [`Message::Snapshot`] | `[4, id, page, floors, [event bytes…], done, have, [seal…], [[origin, cert]…], [proof…]]` (`have` empty unless `done`; one proof per event) |
 //! | 5 | [`Message::SnapshotAck`] | `[5, id, page]` |
 //!
-//! A seal is `[origin, seq, chain (32 bytes), signature (bytes)]` (see `edgerep_wire::seal`): in
-//! an Events message, each origin's run ends at one of its seals; a cert is the origin's
-//! certificate (DER), sent once per session before the first seal it verifies.
+//! A seal is `[origin, seq, first, chain (32 bytes), root (32 bytes), signature (bytes)]` (see
+//! `edgerep_wire::seal`): in an Events message, each origin's run ends at one of its seals; a
+//! cert is the origin's certificate (DER), sent once per session before the first seal it
+//! verifies. A proof is `[seal seq, path]`, the path its hashes concatenated (32 bytes each, at
+//! most `MAX_PATH_HASHES`): the event beside it is proven by its origin's seal at that sequence
+//! number, which the same message carries.
 //! `have` (and `compacted`) is `[[node, seq]…]`, strictly ascending by node id, at most
 //! [`MAX_ORIGINS`] entries. The Hello's last item is the sender's policy (limits, write
 //! authorization, revocations) as `[name, value]` text pairs strictly ascending by name: peers
@@ -28,14 +31,14 @@
 //! which is at most [`MessageLimits::max_frame_bytes`].
 
 use edgerep_wire::event::{self, Event, EventLimits, check_collection_name};
-use edgerep_wire::seal::{MAX_CERT_BYTES, MAX_SIGNATURE_BYTES};
+use edgerep_wire::seal::{MAX_CERT_BYTES, MAX_PATH_HASHES, MAX_SIGNATURE_BYTES, Proof};
 use edgerep_wire::{NodeId, Seal};
 use minicbor::Encoder;
 
 use crate::cbor::Reader;
 
 /// The protocol version this code speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Most origins a `have` list may name (the same on every node, so a list one node sends is
 /// never too long for another; each node bounds the origins it accepts events from lower).
@@ -132,15 +135,18 @@ pub enum Message {
         /// The sender's compacted floors when the snapshot began (per origin, strictly
         /// ascending): the receiver takes a new snapshot only if it is below one of them.
         floors: Vec<(NodeId, u64)>,
-        /// The versions of consecutive keys, in key order.
+        /// The versions of consecutive keys, in key order, each as its origin sent it.
         versions: Vec<Event>,
+        /// Per version, what proves it is its origin's.
+        proofs: Vec<Proof>,
         /// The last page: the state sent reflects at least every event up to `have`.
         done: bool,
         /// Per origin, strictly ascending; empty unless `done`.
         have: Vec<(NodeId, u64)>,
-        /// On the last page, the seal of each origin of `have` at its sequence number there.
+        /// The seals the proofs name and, on the last page, the seal of each origin of `have`
+        /// at its sequence number there.
         seals: Vec<Seal>,
-        /// On the last page, certificates (DER) of origins the seals name.
+        /// Certificates (DER) of origins the seals name.
         certs: Vec<(NodeId, Vec<u8>)>,
     },
     /// The receiver durably merged the snapshot page.
@@ -308,6 +314,7 @@ impl Message {
                 page,
                 floors,
                 versions,
+                proofs,
                 done,
                 have,
                 seals,
@@ -315,7 +322,7 @@ impl Message {
             } => {
                 let mut e = Encoder::new(&mut *buf);
                 let _ = e
-                    .array(9)
+                    .array(10)
                     .and_then(|e| e.u64(kind::SNAPSHOT))
                     .and_then(|e| e.u64(*id))
                     .and_then(|e| e.u64(*page));
@@ -325,6 +332,14 @@ impl Message {
                 let _ = e.bool(*done);
                 encode_have(&mut e, have);
                 encode_seals(buf, seals, certs);
+                let mut e = Encoder::new(&mut *buf);
+                let _ = e.array(proofs.len() as u64);
+                for p in proofs {
+                    let _ = e
+                        .array(2)
+                        .and_then(|e| e.u64(p.seal))
+                        .and_then(|e| e.bytes(&p.path.concat()));
+                }
             }
             Message::SnapshotAck { id, page } => {
                 let _ = Encoder::new(&mut *buf)
@@ -359,7 +374,7 @@ impl Message {
             kind::EVENTS => (4, "events message"),
             kind::ACK => (3, "ack"),
             kind::BYE => (2, "bye"),
-            kind::SNAPSHOT => (9, "snapshot"),
+            kind::SNAPSHOT => (10, "snapshot"),
             kind::SNAPSHOT_ACK => (3, "snapshot ack"),
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -392,8 +407,8 @@ impl Message {
                 let done = r.bool("snapshot done")?;
                 let have = decode_have(&mut r, "snapshot have")?;
                 let (seals, certs) = decode_seals(&mut r, limits, "snapshot")?;
-                let last_page_only = !have.is_empty() || !seals.is_empty() || !certs.is_empty();
-                if !done && last_page_only {
+                let proofs = decode_proofs(&mut r, versions.len())?;
+                if !done && !have.is_empty() {
                     return Err(DecodeError::Invalid {
                         what: "snapshot have".into(),
                         reason: "given on a page that is not the last".into(),
@@ -404,6 +419,7 @@ impl Message {
                     page,
                     floors,
                     versions,
+                    proofs,
                     done,
                     have,
                     seals,
@@ -443,10 +459,12 @@ fn encode_seals(buf: &mut Vec<u8>, seals: &[Seal], certs: &[(NodeId, Vec<u8>)]) 
     let _ = e.array(seals.len() as u64);
     for s in seals {
         let _ = e
-            .array(4)
+            .array(6)
             .and_then(|e| e.str(s.origin.as_str()))
             .and_then(|e| e.u64(s.seq))
+            .and_then(|e| e.u64(s.first))
             .and_then(|e| e.bytes(&s.chain))
+            .and_then(|e| e.bytes(&s.root))
             .and_then(|e| e.bytes(&s.signature));
     }
     let _ = e.array(certs.len() as u64);
@@ -456,6 +474,52 @@ fn encode_seals(buf: &mut Vec<u8>, seals: &[Seal], certs: &[(NodeId, Vec<u8>)]) 
             .and_then(|e| e.str(origin.as_str()))
             .and_then(|e| e.bytes(der));
     }
+}
+
+fn hash32(r: &mut Reader<'_>, what: &str) -> Result<[u8; 32], DecodeError> {
+    r.bytes(what)?
+        .try_into()
+        .map_err(|_| DecodeError::Invalid {
+            what: what.into(),
+            reason: "not 32 bytes".into(),
+        })
+}
+
+/// A snapshot page's proofs: exactly one per version.
+fn decode_proofs(r: &mut Reader<'_>, versions: usize) -> Result<Vec<Proof>, DecodeError> {
+    let n = list_len(r, "snapshot proofs")?;
+    if n != versions {
+        return Err(DecodeError::Invalid {
+            what: "snapshot proofs".into(),
+            reason: format!("{n} proofs for {versions} versions"),
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        r.array_of(2, "proof")?;
+        let seal = r.u64("proof seal")?;
+        let bytes = r.bytes("proof path")?;
+        if bytes.len() % 32 != 0 || bytes.len() > 32 * MAX_PATH_HASHES {
+            return Err(DecodeError::Invalid {
+                what: "proof path".into(),
+                reason: format!(
+                    "{} bytes, not a multiple of 32 up to {}",
+                    bytes.len(),
+                    32 * MAX_PATH_HASHES
+                ),
+            });
+        }
+        let path = bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect();
+        out.push(Proof { seal, path });
+    }
+    Ok(out)
 }
 
 fn decode_seals(
@@ -473,16 +537,18 @@ fn decode_seals(
     }
     let mut seals = Vec::with_capacity(n);
     for _ in 0..n {
-        r.array_of(4, "seal")?;
+        r.array_of(6, "seal")?;
         let origin = node_id(r, "seal origin")?;
         let seq = r.u64("seal seq")?;
-        let chain: [u8; 32] =
-            r.bytes("seal chain")?
-                .try_into()
-                .map_err(|_| DecodeError::Invalid {
-                    what: "seal chain".into(),
-                    reason: "not 32 bytes".into(),
-                })?;
+        let first = r.u64("seal first")?;
+        if first == 0 || first > seq {
+            return Err(DecodeError::Invalid {
+                what: "seal first".into(),
+                reason: format!("{first} is not a block's first sequence number up to {seq}"),
+            });
+        }
+        let chain = hash32(r, "seal chain")?;
+        let root = hash32(r, "seal root")?;
         let signature = r.bytes("seal signature")?;
         if signature.len() > MAX_SIGNATURE_BYTES {
             return Err(DecodeError::Invalid {
@@ -496,7 +562,9 @@ fn decode_seals(
         seals.push(Seal {
             origin,
             seq,
+            first,
             chain,
+            root,
             signature: signature.to_vec(),
         });
     }
@@ -782,13 +850,17 @@ mod tests {
                     Seal {
                         origin: node("a"),
                         seq: 2,
+                        first: 1,
                         chain: [7; 32],
+                        root: [6; 32],
                         signature: vec![1, 2, 3],
                     },
                     Seal {
                         origin: node("b"),
                         seq: 9,
+                        first: 9,
                         chain: [8; 32],
+                        root: [5; 32],
                         signature: vec![],
                     },
                 ],
@@ -815,21 +887,41 @@ mod tests {
                 page: 0,
                 floors: vec![(node("b"), 7)],
                 versions: vec![event("a", 4), event("b", 1)],
+                proofs: vec![
+                    Proof {
+                        seal: 4,
+                        path: vec![[3; 32], [4; 32]],
+                    },
+                    Proof {
+                        seal: 1,
+                        path: vec![],
+                    },
+                ],
                 done: false,
                 have: vec![],
-                seals: vec![],
-                certs: vec![],
+                seals: vec![Seal {
+                    origin: node("b"),
+                    seq: 1,
+                    first: 1,
+                    chain: [1; 32],
+                    root: [2; 32],
+                    signature: vec![9; 70],
+                }],
+                certs: vec![(node("b"), vec![1; 60])],
             },
             Message::Snapshot {
                 id: 3,
                 page: 1,
                 floors: vec![],
                 versions: vec![],
+                proofs: vec![],
                 done: true,
                 have: vec![(node("a"), 4), (node("b"), 9)],
                 seals: vec![Seal {
                     origin: node("a"),
                     seq: 4,
+                    first: 3,
+                    root: [3; 32],
                     chain: [1; 32],
                     signature: vec![9; 70],
                 }],
@@ -930,18 +1022,51 @@ mod tests {
             page: 0,
             floors: vec![],
             versions: vec![],
+            proofs: vec![],
             done: true,
             have: vec![(node("a"), 1)],
             seals: vec![],
             certs: vec![],
         }
         .encode();
-        let done_at = page.len() - 8; // then [["a", 1]]: 5 bytes, and two empty lists
+        let done_at = page.len() - 9; // then [["a", 1]]: 5 bytes, and three empty lists
         assert_eq!(page[done_at], 0xf5, "the done flag");
         page[done_at] = 0xf4;
         refused(
             &page,
             "invalid snapshot have: given on a page that is not the last",
+        );
+        // One proof per version, each path whole hashes and not too long.
+        let page = |proofs: Vec<Proof>| {
+            Message::Snapshot {
+                id: 1,
+                page: 0,
+                floors: vec![],
+                versions: vec![event("a", 1)],
+                proofs,
+                done: false,
+                have: vec![],
+                seals: vec![],
+                certs: vec![],
+            }
+            .encode()
+        };
+        refused(
+            &page(vec![]),
+            "invalid snapshot proofs: 0 proofs for 1 versions",
+        );
+        let proof = |hashes: usize| Proof {
+            seal: 1,
+            path: vec![[1; 32]; hashes],
+        };
+        refused(
+            &page(vec![proof(1), proof(1)]),
+            "invalid snapshot proofs: 2 proofs for 1 versions",
+        );
+        assert!(decode(&page(vec![proof(MAX_PATH_HASHES)])).is_ok());
+        refused(
+            &page(vec![proof(MAX_PATH_HASHES + 1)]),
+            "invalid proof path",
         );
         refused(
             &cbor(|e| drop(e.array(3).and_then(|e| e.u64(5)).and_then(|e| e.str("x")))),
@@ -1165,17 +1290,19 @@ mod tests {
 
     #[test]
     fn seal_and_certificate_fields_are_checked() {
-        let with = |seal_chain: Vec<u8>, signature: Vec<u8>, cert: Vec<u8>| {
+        let with_first = |first: u64, seal_chain: Vec<u8>, signature: Vec<u8>, cert: Vec<u8>| {
             cbor(|e| {
                 drop(
                     e.array(4)
                         .and_then(|e| e.u64(1))
                         .and_then(|e| e.array(0))
                         .and_then(|e| e.array(1))
-                        .and_then(|e| e.array(4))
+                        .and_then(|e| e.array(6))
                         .and_then(|e| e.str("a"))
-                        .and_then(|e| e.u64(1))
+                        .and_then(|e| e.u64(3))
+                        .and_then(|e| e.u64(first))
                         .and_then(|e| e.bytes(&seal_chain))
+                        .and_then(|e| e.bytes(&[5; 32]))
                         .and_then(|e| e.bytes(&signature))
                         .and_then(|e| e.array(1))
                         .and_then(|e| e.array(2))
@@ -1184,7 +1311,17 @@ mod tests {
                 )
             })
         };
+        let with = |seal_chain, signature, cert| with_first(2, seal_chain, signature, cert);
         assert!(decode(&with(vec![0; 32], vec![1; 70], vec![2; 600])).is_ok());
+        // A block's first event is within 1..=seq.
+        refused(
+            &with_first(0, vec![0; 32], vec![1; 70], vec![2; 600]),
+            "invalid seal first",
+        );
+        refused(
+            &with_first(4, vec![0; 32], vec![1; 70], vec![2; 600]),
+            "invalid seal first",
+        );
         refused(
             &with(vec![0; 31], vec![1; 70], vec![2; 600]),
             "seal chain: not 32 bytes",

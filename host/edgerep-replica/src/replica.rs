@@ -19,11 +19,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
+use edgerep_wire::seal::Proof;
 use edgerep_wire::{Event, NodeId, Seal};
 
 use crate::fingerprint;
 use crate::have::{self, Have};
-use crate::log::{Log, LogError};
+use crate::log::{Log, LogError, StatePage};
 use crate::message::{CollectionFingerprint, Hello, Message, MessageLimits, PROTOCOL_VERSION};
 use crate::session::{Batch, PendingPage, Session};
 
@@ -120,9 +121,12 @@ pub enum Output {
         peer: NodeId,
         /// The versions of whole keys.
         versions: Vec<Event>,
+        /// Per version, what proves it is its origin's (unchecked: the store checks).
+        proofs: Vec<Proof>,
         /// On the last page: per origin, what the snapshot reflects.
         have: Option<Have>,
-        /// On the last page: each origin's seal at its sequence number in `have`.
+        /// The seals the proofs name and, on the last page, each origin's seal at its
+        /// sequence number in `have`.
         seals: Vec<Seal>,
         /// Certificates the peer sent with them.
         certs: Vec<(NodeId, Vec<u8>)>,
@@ -649,6 +653,7 @@ impl Replica {
                 page,
                 floors,
                 versions,
+                proofs,
                 done,
                 have,
                 seals,
@@ -698,6 +703,7 @@ impl Replica {
                         id,
                         page,
                         versions,
+                        proofs,
                         have: done.then(|| have.into_iter().collect()),
                         seals,
                         certs,
@@ -752,6 +758,7 @@ impl Replica {
         self.outputs.push_back(Output::InstallSnapshot {
             peer: peer.clone(),
             versions: page.versions,
+            proofs: page.proofs,
             have: page.have,
             seals: page.seals,
             certs: page.certs,
@@ -1163,41 +1170,55 @@ impl Replica {
             else {
                 continue;
             };
-            let versions = match &out.versions {
+            let page = match &out.versions {
                 // A resend: the page as first read (see `SnapshotOut::versions`).
-                Some(versions) => versions.clone(),
+                Some(page) => page.clone(),
                 None => {
                     let page =
                         log.state_page(out.start.as_ref(), max_events, self.config.batch_bytes)?;
                     out.last = page.next.is_none();
-                    out.next = page.next;
-                    out.versions = Some(page.versions.clone());
-                    page.versions
+                    out.next = page.next.clone();
+                    out.versions = Some(page.clone());
+                    page
                 }
             };
             out.sent_at = Some(now);
+            let StatePage {
+                versions,
+                proofs,
+                mut seals,
+                ..
+            } = page;
             // The last page proves its have with each origin's seal there; an origin without
             // one (there is always one at the head, barring a store bug) is left out, and the
             // peer gets its events as events instead.
-            let (mut seals, mut certs) = (Vec::new(), Vec::new());
             if out.last {
                 let mut proven = Have::new();
                 for (origin, &seq) in &out.have {
                     if let Some(seal) = log.seal_at(origin, seq)? {
-                        seals.push(seal);
-                        proven.insert(origin.clone(), seq);
-                        if let Some(cert) = log.cert(origin) {
-                            certs.push((origin.clone(), cert));
+                        if !seals.iter().any(|s| s.origin == seal.origin && s.seq == seq) {
+                            seals.push(seal);
                         }
+                        proven.insert(origin.clone(), seq);
                     }
                 }
                 out.have = proven;
+            }
+            // The certificates of the origins the seals name, once each.
+            let mut certs: Vec<(NodeId, Vec<u8>)> = Vec::new();
+            for seal in &seals {
+                if !certs.iter().any(|(o, _)| *o == seal.origin)
+                    && let Some(cert) = log.cert(&seal.origin)
+                {
+                    certs.push((seal.origin.clone(), cert));
+                }
             }
             let message = Message::Snapshot {
                 id: out.id,
                 page: out.page,
                 floors: have::to_wire(&out.floors),
                 versions,
+                proofs,
                 done: out.last,
                 have: if out.last {
                     have::to_wire(&out.have)

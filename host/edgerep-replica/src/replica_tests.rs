@@ -31,9 +31,34 @@ fn seal_of(e: &Event) -> Seal {
     Seal {
         origin: e.origin.clone(),
         seq: e.seq,
+        first: e.seq,
         chain: [0; 32],
+        root: [0; 32],
         signature: Vec::new(),
     }
+}
+
+/// The (test) proofs of snapshot versions: each its own block.
+fn proofs_of(versions: &[Event]) -> Vec<Proof> {
+    versions
+        .iter()
+        .map(|v| Proof {
+            seal: v.seq,
+            path: Vec::new(),
+        })
+        .collect()
+}
+
+/// The seals a snapshot page carries: its versions' (once each), then those of `have`.
+fn page_seals(versions: &[Event], have: &[(&str, u64)]) -> Vec<Seal> {
+    let mut out: Vec<Seal> = Vec::new();
+    let more = have.iter().map(|(o, s)| ev(o, *s));
+    for e in versions.iter().cloned().chain(more) {
+        if !out.iter().any(|s| s.origin == e.origin && s.seq == e.seq) {
+            out.push(seal_of(&e));
+        }
+    }
+    out
 }
 
 /// An Events message with every event sealed.
@@ -132,12 +157,16 @@ impl Log for MemLog {
         let mut page = StatePage::default();
         for (key, versions) in keys {
             if page.next.is_some() && page.versions.len() + versions.len() > max_events {
+                page.proofs = proofs_of(&page.versions);
+                page.seals = page_seals(&page.versions, &[]);
                 return Ok(page);
             }
             page.versions.extend(versions);
             page.next = Some(key);
         }
         page.next = None;
+        page.proofs = proofs_of(&page.versions);
+        page.seals = page_seals(&page.versions, &[]);
         Ok(page)
     }
 }
@@ -300,7 +329,7 @@ fn protocol_violations_are_errors_naming_the_fault() {
     let e = r.handle(&n("b"), old, 0).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "peer speaks protocol version 7, this node speaks 2"
+        "peer speaks protocol version 7, this node speaks 3"
     );
     let e = r.handle(&n("b"), hello("c", &[]), 0).unwrap_err();
     assert_eq!(
@@ -774,6 +803,8 @@ fn snapshot(id: u64, page: u64, versions: Vec<Event>, have: Option<&[(&str, u64)
         id,
         page,
         floors: PEER_FLOORS.iter().map(|(o, s)| (n(o), *s)).collect(),
+        proofs: proofs_of(&versions),
+        seals: page_seals(&versions, have.unwrap_or_default()),
         versions,
         done: have.is_some(),
         have: have
@@ -781,14 +812,8 @@ fn snapshot(id: u64, page: u64, versions: Vec<Event>, have: Option<&[(&str, u64)
             .iter()
             .map(|(o, s)| (n(o), *s))
             .collect(),
-        seals: seals_of(have.unwrap_or_default()),
         certs: Vec::new(),
     }
-}
-
-/// The (test) seals of each origin at its sequence number in `have`.
-fn seals_of(have: &[(&str, u64)]) -> Vec<Seal> {
-    have.iter().map(|(o, s)| seal_of(&ev(o, *s))).collect()
 }
 
 /// `m` (a Snapshot) as sent by a node that compacted up to `compacted`.
@@ -806,9 +831,10 @@ fn snapshot_ack(id: u64, page: u64) -> Message {
 fn install_of(versions: Vec<Event>, have: Option<&[(&str, u64)]>) -> Option<Output> {
     Some(Output::InstallSnapshot {
         peer: n("b"),
+        proofs: proofs_of(&versions),
+        seals: page_seals(&versions, have.unwrap_or_default()),
         versions,
         have: have.map(have_of),
-        seals: seals_of(have.unwrap_or_default()),
         certs: Vec::new(),
     })
 }
@@ -1072,6 +1098,7 @@ fn an_unsolicited_snapshot_is_declined() {
         page: 0,
         floors: vec![(n("y"), 5)],
         versions: evs("y", 1..=1),
+        proofs: proofs_of(&evs("y", 1..=1)),
         done: true,
         have: vec![(n("y"), 1_000_000_000_000)],
         seals: Vec::new(),

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use edgerep_wire::seal::Proof;
 use edgerep_wire::{Event, NodeId, Seal};
 
 use crate::have::{self, Have};
@@ -29,7 +30,7 @@ pub(crate) struct SnapshotOut {
     /// The page's versions, once it was read. A resend repeats them exactly: the receiver
     /// confirms a page it merged already without merging it again, so a page read again (its
     /// keys may have gained versions, moving where it ends) would leave keys unmerged.
-    pub(crate) versions: Option<Vec<Event>>,
+    pub(crate) versions: Option<crate::log::StatePage>,
     /// The page was sent at this time and awaits its SnapshotAck.
     pub(crate) sent_at: Option<u64>,
     /// The page sent is the last.
@@ -41,6 +42,7 @@ pub(crate) struct PendingPage {
     pub(crate) id: u64,
     pub(crate) page: u64,
     pub(crate) versions: Vec<Event>,
+    pub(crate) proofs: Vec<Proof>,
     pub(crate) have: Option<Have>,
     pub(crate) seals: Vec<Seal>,
     pub(crate) certs: Vec<(NodeId, Vec<u8>)>,

@@ -33,7 +33,9 @@ use edgerep_replica::{
 };
 use edgerep_store::{Applied, Versions};
 use edgerep_wire::event::Dot;
-use edgerep_wire::seal::{ChainHash, chain_next, chain_start};
+use edgerep_wire::seal::{
+    ChainHash, Proof, chain_link, chain_next, chain_start, event_leaf, merkle_root,
+};
 use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Seal, Value, VersionVector};
 
 // ---------------------------------------------------------------------------------------------
@@ -124,21 +126,41 @@ struct MemLog {
     chains: BTreeMap<(NodeId, u64), ChainHash>,
     /// Applies and snapshot pages refused because a seal was missing, wrong or not the origin's.
     forged: u64,
+    /// The seal of each event held, also of versions that came in a snapshot (every event is
+    /// its own block in this model), and the seal of each have a snapshot raised.
+    seals: BTreeMap<(NodeId, u64), Seal>,
 }
 
-/// The stand-in for an origin's signature: a hash keyed by the origin. In this model only the
+/// The stand-in for an origin's signature: a hash keyed by the signer. In this model only the
 /// origin's own code calls it for its own events; a byzantine node uses it with its own id.
-fn sign_as(origin: &NodeId, seq: u64, chain: &ChainHash) -> Vec<u8> {
-    chain_next(
-        &chain_start(origin),
-        &Seal::signed_bytes(origin, seq, chain),
-    )
-    .to_vec()
+fn sign_as(signer: &NodeId, seal: &Seal) -> Vec<u8> {
+    chain_next(&chain_start(signer), &seal.message()).to_vec()
+}
+
+/// A seal of `origin` over the block `first..=seq` signed by `signer`.
+fn seal_by(
+    signer: &NodeId,
+    origin: &NodeId,
+    first: u64,
+    seq: u64,
+    chain: ChainHash,
+    root: ChainHash,
+) -> Seal {
+    let mut seal = Seal {
+        origin: origin.clone(),
+        seq,
+        first,
+        chain,
+        root,
+        signature: Vec::new(),
+    };
+    seal.signature = sign_as(signer, &seal);
+    seal
 }
 
 /// Whether `seal` verifies as its origin's.
 fn seal_valid(seal: &Seal) -> bool {
-    seal.signature == sign_as(&seal.origin, seal.seq, &seal.chain)
+    seal.signature == sign_as(&seal.origin, seal)
 }
 
 impl MemLog {
@@ -157,6 +179,7 @@ impl MemLog {
             heads: BTreeMap::new(),
             chains: BTreeMap::new(),
             forged: 0,
+            seals: BTreeMap::new(),
         }
     }
 
@@ -192,25 +215,19 @@ impl MemLog {
             .unwrap_or_else(|| (0, chain_start(origin)))
     }
 
-    /// The origin's seal at `seq`, if this node holds the chain there.
+    /// The origin's seal at `seq`, if this node holds one there.
     fn seal(&self, origin: &NodeId, seq: u64) -> Option<Seal> {
-        let (head_seq, head) = self.head(origin);
-        let chain = if seq == head_seq && seq > 0 {
-            head
-        } else {
-            *self.chains.get(&(origin.clone(), seq))?
-        };
-        Some(Seal {
-            origin: origin.clone(),
-            seq,
-            chain,
-            signature: sign_as(origin, seq, &chain),
-        })
+        self.seals.get(&(origin.clone(), seq)).cloned()
     }
 
     fn insert(&mut self, event: Event) {
         let (_, head) = self.head(&event.origin);
-        let chain = chain_next(&head, &event.encode());
+        let leaf = event_leaf(&event.encode());
+        let chain = chain_link(&head, &leaf);
+        // What the origin signed (honest code only ever inserts what verified as the origin's,
+        // or the node's own writes).
+        let seal = seal_by(&event.origin, &event.origin, event.seq, event.seq, chain, leaf);
+        self.seals.insert((event.origin.clone(), event.seq), seal);
         self.heads.insert(event.origin.clone(), (event.seq, chain));
         self.chains.insert((event.origin.clone(), event.seq), chain);
         self.have.insert(event.origin.clone(), event.seq);
@@ -244,23 +261,32 @@ impl MemLog {
         // seals, each seal must be the origin's, and each origin's new events end at one.
         let at: BTreeMap<(&NodeId, u64), &Seal> =
             seals.iter().map(|s| ((&s.origin, s.seq), s)).collect();
-        let mut chains: BTreeMap<&NodeId, (u64, ChainHash, u64)> = BTreeMap::new();
+        // Per origin: last event walked, chain there, last seal met, the block's leaves since.
+        let mut chains: BTreeMap<&NodeId, (u64, ChainHash, u64, Vec<ChainHash>)> =
+            BTreeMap::new();
         for e in events {
             if e.seq <= self.seq(&e.origin) {
                 continue;
             }
             let c = chains.entry(&e.origin).or_insert_with(|| {
                 let (seq, chain) = self.head(&e.origin);
-                (seq, chain, seq)
+                (seq, chain, seq, Vec::new())
             });
             c.0 = e.seq;
-            c.1 = chain_next(&c.1, &e.encode());
+            let leaf = event_leaf(&e.encode());
+            c.1 = chain_link(&c.1, &leaf);
+            c.3.push(leaf);
             if let Some(seal) = at.get(&(&e.origin, e.seq)) {
-                if seal.chain != c.1 || !seal_valid(seal) {
+                if seal.chain != c.1
+                    || !seal_valid(seal)
+                    || seal.first != c.2 + 1
+                    || seal.root != merkle_root(&c.3)
+                {
                     self.forged += 1;
                     return Err(format!("forged: {}:{} has no valid seal", e.origin, e.seq));
                 }
                 c.2 = e.seq;
+                c.3.clear();
             }
         }
         if let Some((o, c)) = chains.iter().find(|(_, c)| c.0 != c.2) {
@@ -313,9 +339,26 @@ impl MemLog {
     fn install(
         &mut self,
         versions: Vec<Event>,
+        proofs: &[Proof],
         have: Option<&Have>,
         seals: &[Seal],
     ) -> Result<u64, String> {
+        // Like `Store::install_sealed`: every version proven its origin's, or nothing merged.
+        let at: BTreeMap<(&NodeId, u64), &Seal> =
+            seals.iter().map(|s| ((&s.origin, s.seq), s)).collect();
+        if proofs.len() != versions.len() {
+            self.forged += 1;
+            return Err("forged: a version without a proof".into());
+        }
+        for (v, p) in versions.iter().zip(proofs) {
+            match at.get(&(&v.origin, p.seal)) {
+                Some(seal) if seal_valid(seal) && seal.proves(v.seq, &v.encode(), &p.path) => {}
+                _ => {
+                    self.forged += 1;
+                    return Err(format!("forged: version {}:{} is not proven", v.origin, v.seq));
+                }
+            }
+        }
         // Like `Store::install_sealed`: a have moves only with its origin's seal there.
         for (origin, &seq) in have.into_iter().flatten() {
             if seq > self.seq(origin)
@@ -339,10 +382,13 @@ impl MemLog {
             ));
         }
         let mut changed = 0;
-        for v in versions {
+        for (v, p) in versions.into_iter().zip(proofs) {
             let key = (v.collection.clone(), v.key.clone());
+            let dot = (v.origin.clone(), v.seq);
             if self.state.entry(key).or_default().apply(v) == Applied::Added {
                 changed += 1;
+                let seal = at[&(&dot.0, p.seal)].clone();
+                self.seals.insert(dot, seal);
             }
         }
         for (origin, &seq) in have.into_iter().flatten() {
@@ -355,6 +401,7 @@ impl MemLog {
             self.compacted.insert(origin.clone(), seq);
             if let Some(seal) = seals.iter().find(|s| s.origin == *origin && s.seq == seq) {
                 self.heads.insert(origin.clone(), (seq, seal.chain));
+                self.seals.insert((origin.clone(), seq), seal.clone());
             }
         }
         Ok(changed)
@@ -421,23 +468,36 @@ impl Log for MemLog {
         };
         let (mut versions, mut bytes) = (Vec::new(), 0usize);
         let mut last: Option<Key> = None;
+        let mut next = None;
         for (key, v) in rows {
-            let size: usize = v.events().iter().map(|e| e.encode().len()).sum();
+            let size: usize = v.events().iter().map(|e| e.encode().len() + 300).sum();
             if last.is_some()
                 && (versions.len() + v.events().len() > max_events || bytes + size > max_bytes)
             {
-                return Ok(StatePage {
-                    versions,
-                    next: last,
-                });
+                next = last;
+                break;
             }
             last = Some(key.clone());
             bytes += size;
             versions.extend(v.events().iter().cloned());
         }
+        // Every event is its own block here: its seal proves it with an empty path.
+        let (mut proofs, mut seals) = (Vec::new(), Vec::new());
+        for v in &versions {
+            let seal = self.seal(&v.origin, v.seq).ok_or_else(|| LogError::Inconsistent {
+                reason: format!("{} holds version {}:{} without its seal", self.node, v.origin, v.seq),
+            })?;
+            proofs.push(Proof {
+                seal: v.seq,
+                path: Vec::new(),
+            });
+            seals.push(seal);
+        }
         Ok(StatePage {
             versions,
-            next: None,
+            proofs,
+            seals,
+            next,
         })
     }
 }
@@ -457,6 +517,7 @@ enum Work {
     Install {
         peer: NodeId,
         versions: Vec<Event>,
+        proofs: Vec<Proof>,
         have: Option<Have>,
         seals: Vec<Seal>,
     },
@@ -930,6 +991,7 @@ impl Sim {
                     let victim = self.nodes[*victims.first()?].id.clone();
                     let next = self.nodes[to].log.seq(&victim) + 1;
                     let mut chain = self.nodes[to].log.head(&victim).1;
+                    let mut leaves = Vec::new();
                     for seq in next..next + 2 {
                         let mut cbor = Vec::new();
                         minicbor::Encoder::new(&mut cbor).u64(seq).ok()?;
@@ -947,16 +1009,19 @@ impl Sim {
                             context: VersionVector::new(),
                             extra: BTreeMap::new(),
                         };
-                        chain = chain_next(&chain, &forged.encode());
+                        let leaf = event_leaf(&forged.encode());
+                        chain = chain_link(&chain, &leaf);
+                        leaves.push(leaf);
                         events.push(forged);
                     }
-                    let seq = next + 1;
-                    seals.push(Seal {
-                        origin: victim,
-                        seq,
+                    seals.push(seal_by(
+                        &me,
+                        &victim,
+                        next,
+                        next + 1,
                         chain,
-                        signature: sign_as(&me, seq, &chain),
-                    });
+                        merkle_root(&leaves),
+                    ));
                 }
                 // Strip the seals.
                 _ => seals.clear(),
@@ -978,6 +1043,7 @@ impl Sim {
                 have,
                 seals,
                 done,
+                versions,
                 ..
             } => {
                 for (o, s) in floors.iter_mut() {
@@ -985,18 +1051,22 @@ impl Sim {
                         *s += 1000;
                     }
                 }
+                // Change a version of another origin (its proof no longer leads to the root
+                // its origin signed).
+                if self.rng.chance(500)
+                    && let Some(v) = versions.iter_mut().find(|v| v.origin != me)
+                {
+                    let mut cbor = Vec::new();
+                    minicbor::Encoder::new(&mut cbor).u64(777_777).ok()?;
+                    v.op = Op::Put;
+                    v.value = Some(Value::from_canonical(cbor, &Default::default()).ok()?);
+                }
                 if *done {
                     for (o, s) in have.iter_mut() {
                         if *o != me {
                             *s += 1000;
-                            let chain = [7; 32];
-                            seals.retain(|x| x.origin != *o);
-                            seals.push(Seal {
-                                origin: o.clone(),
-                                seq: *s,
-                                chain,
-                                signature: sign_as(&me, *s, &chain),
-                            });
+                            seals.retain(|x| !(x.origin == *o && x.seq == *s));
+                            seals.push(seal_by(&me, o, *s, *s, [7; 32], [6; 32]));
                         }
                     }
                 }
@@ -1071,6 +1141,7 @@ impl Sim {
                 Output::InstallSnapshot {
                     peer,
                     versions,
+                    proofs,
                     have,
                     seals,
                     ..
@@ -1078,6 +1149,7 @@ impl Sim {
                     self.nodes[i].applies.push_back(Work::Install {
                         peer,
                         versions,
+                        proofs,
                         have,
                         seals,
                     });
@@ -1115,9 +1187,10 @@ impl Sim {
             Some(Work::Install {
                 peer,
                 versions,
+                proofs,
                 have,
                 seals,
-            }) => self.install(i, peer, versions, have, &seals, chaos),
+            }) => self.install(i, peer, versions, &proofs, have, &seals, chaos),
         }
     }
 
@@ -1185,11 +1258,13 @@ impl Sim {
     }
 
     /// Merges a snapshot page the core handed node `i` out.
+    #[allow(clippy::too_many_arguments)]
     fn install(
         &mut self,
         i: usize,
         peer: NodeId,
         versions: Vec<Event>,
+        proofs: &[Proof],
         have: Option<Have>,
         seals: &[Seal],
         chaos: bool,
@@ -1212,7 +1287,10 @@ impl Sim {
         let (count, last) = (versions.len(), have.is_some());
         // A peer never holds more of this node's events than this node: a refusal is a bug,
         // unless the page claims a have without its seal (only a byzantine node sends that).
-        let changed = match self.nodes[i].log.install(versions, have.as_ref(), seals) {
+        let changed = match self.nodes[i]
+            .log
+            .install(versions, proofs, have.as_ref(), seals)
+        {
             Ok(changed) => changed,
             Err(e) if e.starts_with("forged") && self.knobs.byzantine.is_some() => {
                 self.trace

@@ -19,6 +19,7 @@
 
 mod digest;
 mod keys;
+mod proofs;
 mod retention;
 mod seals;
 mod versions;
@@ -28,7 +29,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use edgerep_wire::event::{EventLimits, FORMAT_VERSION};
-use edgerep_wire::seal::{ChainHash, SEAL_EVERY_BYTES, SEAL_EVERY_EVENTS, chain_next};
+use edgerep_wire::seal::{
+    Block, ChainHash, SEAL_EVERY_BYTES, SEAL_EVERY_EVENTS, chain_link, event_leaf,
+};
 use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Seal, Value};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -63,8 +66,9 @@ const META_ENTRIES: &str = "state_entries";
 const META_STORE_FORMAT: &str = "store_format";
 /// redb's page cache, at most.
 pub const CACHE_BYTES: usize = 32 << 20;
-/// Layout version of the tables above (2: origin chains and seals).
-const STORE_FORMAT: u64 = 2;
+/// Layout version of the tables above (2: origin chains and seals; 3: seals name their block
+/// and its Merkle root, proofs of compacted live versions).
+const STORE_FORMAT: u64 = 3;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +155,7 @@ pub enum StoreError {
     },
     /// The database was written by an older edgerep whose tables this one cannot continue.
     #[error(
-        "store format {found} predates authenticated origins (format {STORE_FORMAT}): move the data directory away and start the node on an empty one; it catches up from its peers"
+        "store format {found} predates this edgerep's origin seals (format {STORE_FORMAT}): move the data directory away and start the node on an empty one; it catches up from its peers"
     )]
     OldFormat {
         /// Format found in the file.
@@ -356,8 +360,10 @@ struct ChainWalk<'a> {
     /// The last event walked, and the chain hash after it.
     seq: u64,
     chain: ChainHash,
-    /// The batch's seals met on the way, each matching the chain.
+    /// The batch's seals met on the way, each matching the chain and its block.
     sealed: Vec<&'a Seal>,
+    /// The leaves since the last seal met.
+    block: Block,
 }
 
 impl ChainWalk<'_> {
@@ -367,6 +373,7 @@ impl ChainWalk<'_> {
             seq: held,
             chain,
             sealed: Vec::new(),
+            block: Block::default(),
         }
     }
 }
@@ -610,6 +617,7 @@ impl Store {
             txn.open_table(CHAINS)?;
             txn.open_table(SEALS)?;
             txn.open_table(CERTS)?;
+            txn.open_table(proofs::PROOFS)?;
         }
         txn.commit()?;
         let store = Store {
@@ -662,18 +670,20 @@ impl Store {
         Ok(())
     }
 
-    /// A seal over this node's chain at `seq`.
-    fn seal_own(&self, seq: u64, chain: ChainHash) -> Result<Seal, String> {
-        let signature = match &self.keys {
-            Some(keys) => keys.sign(&Seal::signed_bytes(&self.node, seq, &chain))?,
-            None => Vec::new(),
-        };
-        Ok(Seal {
+    /// A seal over this node's chain at `seq`, ending `block`.
+    fn seal_own(&self, seq: u64, chain: ChainHash, block: &Block) -> Result<Seal, String> {
+        let mut seal = Seal {
             origin: self.node.clone(),
             seq,
+            first: block.first,
             chain,
-            signature,
-        })
+            root: block.root(),
+            signature: Vec::new(),
+        };
+        if let Some(keys) = &self.keys {
+            seal.signature = keys.sign(&seal.message())?;
+        }
+        Ok(seal)
     }
 
     /// Commits a group of local writes in one durable transaction, in order. Each becomes an
@@ -770,6 +780,7 @@ impl Store {
             }
             // Events and bytes since the last seal: a seal at least every SEAL_EVERY_* of them.
             let (mut unsealed, mut unsealed_bytes) = (0u64, 0usize);
+            let mut block = Block::default();
             let Counters {
                 mut position,
                 mut digest,
@@ -859,20 +870,24 @@ impl Store {
                 // what came before an event that would push it past.
                 if unsealed > 0 && unsealed_bytes + event_bytes.len() > SEAL_EVERY_BYTES {
                     let seal = self
-                        .seal_own(seq - 1, chain)
+                        .seal_own(seq - 1, chain, &block)
                         .map_err(|reason| StoreError::WriteRefused { index, reason })?;
                     seals::put(&mut seals_t, &seal)?;
                     (unsealed, unsealed_bytes) = (0, 0);
+                    block.clear();
                 }
-                chain = chain_next(&chain, &event_bytes);
+                let leaf = event_leaf(&event_bytes);
+                chain = chain_link(&chain, &leaf);
+                block.push(seq, leaf);
                 unsealed += 1;
                 unsealed_bytes += event_bytes.len();
                 if unsealed >= SEAL_EVERY_EVENTS || unsealed_bytes >= SEAL_EVERY_BYTES {
                     let seal = self
-                        .seal_own(seq, chain)
+                        .seal_own(seq, chain, &block)
                         .map_err(|reason| StoreError::WriteRefused { index, reason })?;
                     seals::put(&mut seals_t, &seal)?;
                     (unsealed, unsealed_bytes) = (0, 0);
+                    block.clear();
                 }
                 let new_bytes = Versions::encode_single(&event_bytes);
                 digest.add(Digest::of_entry(&event.collection, &event.key, &new_bytes));
@@ -883,7 +898,7 @@ impl Store {
             if let Some(first) = out.first() {
                 if unsealed > 0 {
                     let seal =
-                        self.seal_own(seq, chain)
+                        self.seal_own(seq, chain, &block)
                             .map_err(|reason| StoreError::WriteRefused {
                                 index: out.len() - 1,
                                 reason,
@@ -1031,7 +1046,7 @@ impl Store {
                 let mut unsigned = Vec::new();
                 for row in table.range(lo.as_slice()..=hi.as_slice())? {
                     let (k, v) = row?;
-                    if v.value().len() == 32 {
+                    if v.value().len() == 72 {
                         let seq = log_seq(self.node.as_str(), k.value())
                             .ok_or_else(|| corrupt("seals", "a key of another origin in range"))?;
                         unsigned.push(seals::decode(&self.node, seq, v.value())?);
@@ -1227,7 +1242,9 @@ impl Store {
                         && Some(e.seq) == w.seq.checked_add(1)
                     {
                         w.seq = e.seq;
-                        w.chain = chain_next(&w.chain, &bytes);
+                        let leaf = event_leaf(&bytes);
+                        w.chain = chain_link(&w.chain, &leaf);
+                        w.block.push(e.seq, leaf);
                         if let Some(&seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
                             let signed = match &self.keys {
                                 Some(keys) => {
@@ -1243,6 +1260,16 @@ impl Store {
                                 return Err(forged(&e.origin, e.seq, reason));
                             }
                             if seal.chain == w.chain {
+                                // The chain is the origin's; a block it describes wrongly
+                                // would make every proof of these events fail later.
+                                if seal.first != w.block.first || seal.root != w.block.root() {
+                                    return Err(forged(
+                                        &e.origin,
+                                        e.seq,
+                                        "its seal names another block than its events".into(),
+                                    ));
+                                }
+                                w.block.clear();
                                 w.sealed.push(seal);
                             } else {
                                 forks.insert(
@@ -1367,7 +1394,9 @@ impl Store {
                         &Seal {
                             origin: origin.clone(),
                             seq: w.seq,
+                            first: w.block.first,
                             chain: w.chain,
+                            root: w.block.root(),
                             signature: Vec::new(),
                         },
                     )?;
@@ -1736,6 +1765,33 @@ impl Store {
                 if seal.chain != chain {
                     return Ok(Err(format!(
                         "{origin}'s seal at {last} does not match its chain head"
+                    )));
+                }
+            }
+        }
+        // Every version whose event left the changelog is proven by a kept proof.
+        let state = txn.open_table(STATE)?;
+        let proofs_t = txn.open_table(proofs::PROOFS)?;
+        for row in state.iter()? {
+            let (_, v) = row?;
+            let versions = Versions::decode(v.value(), &self.limits).map_err(|e| corrupt("state", e))?;
+            for version in versions.events() {
+                if version.seq > compacted_of(version.origin.as_str()) {
+                    continue;
+                }
+                let key = log_key(version.origin.as_str(), version.seq);
+                let Some(g) = proofs_t.get(key.as_slice())? else {
+                    return Ok(Err(format!(
+                        "version {}:{} is compacted and has no proof",
+                        version.origin, version.seq
+                    )));
+                };
+                let kept = proofs::Kept::decode(&version.origin, g.value())?;
+                let bytes = kept.original.clone().unwrap_or_else(|| version.encode());
+                if !kept.seal.proves(version.seq, &bytes, &kept.path) {
+                    return Ok(Err(format!(
+                        "the kept proof of version {}:{} does not prove it",
+                        version.origin, version.seq
                     )));
                 }
             }

@@ -14,10 +14,12 @@
 
 use std::collections::BTreeMap;
 
+use edgerep_wire::seal::{Proof, event_leaf};
 use edgerep_wire::{Event, Hlc, NodeId, Seal};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::keys::{log_key, split_state_key, state_key};
+use crate::keys::{log_key, log_seq, split_state_key, state_key};
+use crate::proofs::{self, PROOFS, PageProofs};
 use crate::seals::{self, CHAINS, SEALS};
 use crate::{
     Applied, CHANGELOG, Counters, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
@@ -41,8 +43,13 @@ pub struct Compaction {
 /// One page of the state (see [`Store::state_page`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatePage {
-    /// The versions of whole keys, in (collection, key) order.
+    /// The versions of whole keys, in (collection, key) order, each as its origin sent it (a
+    /// transform on apply may have changed what this node holds).
     pub versions: Vec<Event>,
+    /// Per version, what proves it is its origin's.
+    pub proofs: Vec<Proof>,
+    /// The seals the proofs name, once each.
+    pub seals: Vec<Seal>,
     /// The (collection, key) the next page starts after; `None` when the state is done.
     pub next: Option<(String, Vec<u8>)>,
 }
@@ -75,6 +82,50 @@ pub(crate) fn feed_floor(
     match meta.get(META_FEED_FLOOR)? {
         Some(g) => u64_from(g.value(), "meta"),
         None => Ok(0),
+    }
+}
+
+/// The highest sequence number of a seal of `origin` in `from..=to`.
+fn last_seal_in(
+    seals_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    origin: &NodeId,
+    from: u64,
+    to: u64,
+) -> Result<Option<u64>, StoreError> {
+    seal_in(seals_t, origin, from, to, true)
+}
+
+/// The lowest sequence number of a seal of `origin` in `from..=to`.
+fn first_seal_in(
+    seals_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    origin: &NodeId,
+    from: u64,
+    to: u64,
+) -> Result<Option<u64>, StoreError> {
+    seal_in(seals_t, origin, from, to, false)
+}
+
+fn seal_in(
+    seals_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    origin: &NodeId,
+    from: u64,
+    to: u64,
+    last: bool,
+) -> Result<Option<u64>, StoreError> {
+    if from > to {
+        return Ok(None);
+    }
+    let (lo, hi) = (log_key(origin.as_str(), from), log_key(origin.as_str(), to));
+    let mut rows = seals_t.range(lo.as_slice()..=hi.as_slice())?;
+    let row = if last { rows.next_back() } else { rows.next() };
+    match row {
+        Some(row) => {
+            let (k, _) = row?;
+            let seq = log_seq(origin.as_str(), k.value())
+                .ok_or_else(|| corrupt("seals", "a key of another origin in range"))?;
+            Ok(Some(seq))
+        }
+        None => Ok(None),
     }
 }
 
@@ -114,16 +165,47 @@ impl Store {
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut compacted_t = txn.open_table(COMPACTED)?;
             let mut seals_t = txn.open_table(SEALS)?;
+            let mut proofs_t = txn.open_table(PROOFS)?;
+            let state = txn.open_table(STATE)?;
             let origins = txn.open_table(ORIGINS)?;
             let mut budget = max_remove;
             let mut removed = 0;
             for (origin, &floor) in floors {
+                if budget == 0 {
+                    break;
+                }
                 let held = origins.get(origin.as_str())?.map_or(0, |g| g.value());
                 let done = compacted_t.get(origin.as_str())?.map_or(0, |g| g.value());
-                let to = floor.min(held).min(done.saturating_add(budget));
+                let limit = floor.min(held);
+                if limit <= done {
+                    continue;
+                }
+                // Whole blocks only (a live version's proof needs every leaf of its block): up
+                // to the last seal within the budget, or the first block alone if it is larger.
+                let id = NodeId::parse(origin).map_err(|e| corrupt("origins", e))?;
+                let within = done.saturating_add(budget).min(limit);
+                let to = match last_seal_in(&seals_t, &id, done + 1, within)? {
+                    Some(to) => to,
+                    None => match last_seal_in(&seals_t, &id, done + 1, limit)? {
+                        Some(_) => first_seal_in(&seals_t, &id, done + 1, limit)?.unwrap_or(done),
+                        None => done,
+                    },
+                };
                 if to <= done {
                     continue;
                 }
+                proofs::keep(
+                    &mut proofs::Tables {
+                        state: &state,
+                        changelog: &changelog,
+                        seals: &seals_t,
+                        proofs: &mut proofs_t,
+                    },
+                    &self.limits,
+                    &id,
+                    done + 1,
+                    to,
+                )?;
                 let n = remove_range(&mut changelog, origin, done + 1, to)?;
                 // Seals below the new floor go too, the old floor's included (those at and
                 // above the new floor prove what is held).
@@ -139,14 +221,15 @@ impl Store {
                     ));
                 }
                 compacted_t.insert(origin.as_str(), to)?;
-                budget -= n;
+                budget = budget.saturating_sub(n);
                 removed += n;
             }
             let compacted = read_map(&compacted_t)?;
-            drop((compacted_t, origins, changelog, seals_t));
+            drop((compacted_t, origins, changelog, seals_t, proofs_t, state));
             if removed > 0 {
                 trim_feed(&mut txn, &compacted)?;
             }
+            proofs::sweep(&txn, &self.limits, max_remove.max(1))?;
             Compaction { removed, compacted }
         };
         txn.commit()?;
@@ -164,6 +247,10 @@ impl Store {
     ) -> Result<StatePage, StoreError> {
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
+        let changelog = txn.open_table(CHANGELOG)?;
+        let seals_t = txn.open_table(SEALS)?;
+        let proofs_t = txn.open_table(PROOFS)?;
+        let mut proven = PageProofs::default();
         let lower = after.map(|(c, k)| state_key(c, k));
         let rows = match &lower {
             Some(l) => state.range::<&[u8]>((
@@ -172,30 +259,38 @@ impl Store {
             ))?,
             None => state.range::<&[u8]>(..)?,
         };
-        let (mut versions, mut bytes) = (Vec::new(), 0usize);
+        let (mut count, mut bytes) = (0usize, 0usize);
         let mut last: Option<(String, Vec<u8>)> = None;
+        // Whether the state goes on after this page.
+        let mut more = false;
         for row in rows {
             let (k, v) = row?;
-            // The stored versions' length: their events' encodings plus a few header bytes.
-            let size = v.value().len();
+            // The stored versions' length (their events' encodings plus a few header bytes)
+            // and their proofs.
+            let stored = v.value().len();
             let v = Versions::decode(v.value(), &self.limits).map_err(|e| corrupt("state", e))?;
-            if last.is_some()
-                && (versions.len() + v.events().len() > max_events || bytes + size > max_bytes)
+            let size = stored + v.events().len() * proofs::PROOF_BYTES;
+            if last.is_some() && (count + v.events().len() > max_events || bytes + size > max_bytes)
             {
-                return Ok(StatePage {
-                    versions,
-                    next: last,
-                });
+                more = true;
+                break;
             }
             let (coll, key) = split_state_key(k.value())
                 .ok_or_else(|| corrupt("state", "key without separator"))?;
             last = Some((coll.to_owned(), key.to_vec()));
             bytes += size;
-            versions.extend(v.events().iter().cloned());
+            count += v.events().len();
+            for version in v.events().iter().cloned() {
+                proven.add(&changelog, &seals_t, &proofs_t, &self.limits, version)?;
+            }
         }
+        let next = if more { last } else { None };
+        let (versions, proofs) = proven.versions.into_iter().unzip();
         Ok(StatePage {
             versions,
-            next: None,
+            proofs,
+            seals: proven.seals,
+            next,
         })
     }
 
@@ -213,29 +308,34 @@ impl Store {
         hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
-        self.install_in(versions, have, None, hlc_last, sync)
+        self.install_in(versions, None, have, None, hlc_last, sync)
     }
 
-    /// [`Store::install_snapshot`] from a peer: the last page raises an origin's have only with
-    /// that origin's seal at the new sequence number (verified with its certificate, which
-    /// `certs` may bring), and that seal's chain hash becomes the origin's chain head. With a
-    /// verified seal this node's own origin may be raised too (its own events, lost here in a
-    /// restore, that peers held).
+    /// [`Store::install_snapshot`] from a peer. Every version must be proven its origin's by
+    /// `proofs` (one per version) and `seals` (verified with the origins' certificates, which
+    /// `certs` may bring), or the page is refused whole; a revoked origin's versions past its
+    /// revocation are left out. The last page raises an origin's have only with that origin's
+    /// seal at the new sequence number, and that seal's chain hash becomes the origin's chain
+    /// head. With a verified seal this node's own origin may be raised too (its own events,
+    /// lost here in a restore, that peers held).
+    #[allow(clippy::too_many_arguments)]
     pub fn install_sealed(
         &self,
         versions: Vec<Event>,
+        proofs: &[Proof],
         have: Option<&BTreeMap<String, u64>>,
         seals: &[Seal],
         certs: &[(NodeId, Vec<u8>)],
         hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
-        self.install_in(versions, have, Some((seals, certs)), hlc_last, sync)
+        self.install_in(versions, Some(proofs), have, Some((seals, certs)), hlc_last, sync)
     }
 
     fn install_in(
         &self,
         versions: Vec<Event>,
+        proofs: Option<&[Proof]>,
         have: Option<&BTreeMap<String, u64>>,
         sealed: Option<seals::Sealed<'_>>,
         hlc_last: Option<Hlc>,
@@ -244,14 +344,60 @@ impl Store {
         self.learn_certs(sealed).map_err(|(origin, reason)| {
             StoreError::SnapshotRefused(format!("the certificate of {origin}: {reason}"))
         })?;
+        // Each version with the proof kept for it once merged: from a peer, its block's seal
+        // (checked here, before anything is written) and path; trusted, a block of its own.
+        let mut proven: Vec<(Event, Seal, Vec<edgerep_wire::seal::ChainHash>)> =
+            Vec::with_capacity(versions.len());
+        match (proofs, sealed) {
+            (Some(proofs), Some((seals, _))) => {
+                let named = proofs::check_page(&versions, proofs, seals)
+                    .map_err(StoreError::SnapshotRefused)?;
+                let mut verified = std::collections::BTreeSet::new();
+                for ((v, p), seal) in versions.into_iter().zip(proofs).zip(named) {
+                    if let Some(keys) = &self.keys {
+                        if let Some(limit) = keys.vouches_up_to(&v.origin)
+                            && seal.seq > limit
+                        {
+                            continue;
+                        }
+                        if verified.insert((seal.origin.clone(), seal.seq)) {
+                            keys.verify(&seal.origin, seal.seq, &seal.message(), &seal.signature)
+                                .map_err(|reason| {
+                                    StoreError::SnapshotRefused(format!(
+                                        "{}'s seal at {}: {reason}",
+                                        seal.origin, seal.seq
+                                    ))
+                                })?;
+                        }
+                    }
+                    proven.push((v, seal.clone(), p.path.clone()));
+                }
+            }
+            _ => {
+                for v in versions {
+                    let seal = Seal {
+                        origin: v.origin.clone(),
+                        seq: v.seq,
+                        first: v.seq,
+                        chain: [0; 32],
+                        root: event_leaf(&v.encode()),
+                        signature: Vec::new(),
+                    };
+                    proven.push((v, seal, Vec::new()));
+                }
+            }
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let out = {
             let mut state = txn.open_table(STATE)?;
             let mut meta = txn.open_table(META)?;
+            let mut proofs_t = txn.open_table(PROOFS)?;
             let mut counters = Counters::load(&meta)?;
             let mut changed = 0;
-            for event in versions {
+            for (event, seal, path) in proven {
+                let lkey = log_key(event.origin.as_str(), event.seq);
+                let skey = state_key(&event.collection, &event.key);
                 let applied = apply_to_state(
                     &mut state,
                     &mut counters.digest,
@@ -261,6 +407,13 @@ impl Store {
                 )?;
                 if applied == Applied::Added {
                     changed += 1;
+                    let kept = proofs::Kept {
+                        state_key: skey,
+                        seal,
+                        path,
+                        original: None,
+                    };
+                    proofs_t.insert(lkey.as_slice(), kept.encode().as_slice())?;
                 }
             }
             if changed > 0 {
@@ -271,7 +424,7 @@ impl Store {
             if let Some(hlc) = hlc_last {
                 meta.insert(META_HLC, &hlc_bytes(hlc)[..])?;
             }
-            drop((state, meta));
+            drop(meta);
             let mut origins = txn.open_table(ORIGINS)?;
             let mut compacted_t = txn.open_table(COMPACTED)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
@@ -330,7 +483,9 @@ impl Store {
                             &Seal {
                                 origin: id.clone(),
                                 seq,
+                                first: held + 1,
                                 chain,
+                                root: [0; 32],
                                 signature: Vec::new(),
                             },
                         )?;
@@ -339,6 +494,19 @@ impl Store {
                 };
                 chains.insert(origin.as_str(), seals::encode_head(seq, &chain).as_slice())?;
                 let done = compacted_t.get(origin.as_str())?.map_or(0, |g| g.value());
+                // The live versions among the events that leave keep their proofs.
+                proofs::keep(
+                    &mut proofs::Tables {
+                        state: &state,
+                        changelog: &changelog,
+                        seals: &seals_t,
+                        proofs: &mut proofs_t,
+                    },
+                    &self.limits,
+                    &id,
+                    done + 1,
+                    held,
+                )?;
                 remove_range(&mut changelog, origin, done + 1, held)?;
                 remove_range(&mut seals_t, origin, done, held)?;
                 origins.insert(origin.as_str(), seq)?;
@@ -346,7 +514,7 @@ impl Store {
             }
             let held = read_map(&origins)?;
             let compacted = read_map(&compacted_t)?;
-            drop((origins, compacted_t, changelog, chains, seals_t));
+            drop((origins, compacted_t, changelog, chains, seals_t, proofs_t, state));
             if have.is_some() {
                 trim_feed(&mut txn, &compacted)?;
             }

@@ -17,7 +17,8 @@ use crate::{StoreError, corrupt};
 
 /// `origin` → sequence number (8 bytes, big endian) and chain hash (32 bytes).
 pub(crate) const CHAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("chains");
-/// `origin 0x00 sequence` → chain hash (32 bytes) and signature.
+/// `origin 0x00 sequence` → the block's first sequence number (8 bytes, big endian), chain hash
+/// (32 bytes), Merkle root (32 bytes) and signature.
 pub(crate) const SEALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("seals");
 /// `origin` → its certificate (DER), as learnt from peers.
 pub(crate) const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
@@ -96,9 +97,7 @@ pub(crate) fn put(
     seals: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     seal: &Seal,
 ) -> Result<(), StoreError> {
-    let mut value = Vec::with_capacity(32 + seal.signature.len());
-    value.extend_from_slice(&seal.chain);
-    value.extend_from_slice(&seal.signature);
+    let value = encode(seal);
     seals.insert(
         log_key(seal.origin.as_str(), seal.seq).as_slice(),
         value.as_slice(),
@@ -106,17 +105,34 @@ pub(crate) fn put(
     Ok(())
 }
 
-/// The seal stored under (`origin`, `seq`), if any.
+/// A seal's stored bytes (without its origin and sequence number, which are its key).
+pub(crate) fn encode(seal: &Seal) -> Vec<u8> {
+    let mut value = Vec::with_capacity(72 + seal.signature.len());
+    value.extend_from_slice(&seal.first.to_be_bytes());
+    value.extend_from_slice(&seal.chain);
+    value.extend_from_slice(&seal.root);
+    value.extend_from_slice(&seal.signature);
+    value
+}
+
+/// The seal of (`origin`, `seq`) from its stored bytes.
 pub(crate) fn decode(origin: &NodeId, seq: u64, value: &[u8]) -> Result<Seal, StoreError> {
-    if value.len() < 32 {
-        return Err(corrupt("seals", "a seal shorter than its chain hash"));
+    if value.len() < 72 {
+        return Err(corrupt("seals", "a seal shorter than its fixed fields"));
     }
-    let mut chain = [0u8; 32];
-    chain.copy_from_slice(&value[..32]);
+    let hash = |at: usize| {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(&value[at..at + 32]);
+        h
+    };
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&value[..8]);
     Ok(Seal {
         origin: origin.clone(),
         seq,
-        chain,
-        signature: value[32..].to_vec(),
+        first: u64::from_be_bytes(first),
+        chain: hash(8),
+        root: hash(40),
+        signature: value[72..].to_vec(),
     })
 }

@@ -113,7 +113,8 @@ fn compaction_removes_what_is_asked_and_reads_below_it_say_so() {
         (15, 6, 21)
     );
 
-    // At most 4 entries per call: the first call stops within origin a.
+    // At most 4 entries per call, but compaction removes whole blocks (a block is one commit
+    // here, 5 events of a or 2 of b): the first call removes a's first block alone.
     let c = a
         .compact(
             &BTreeMap::from([("a".into(), 12), ("b".into(), 4)]),
@@ -123,8 +124,9 @@ fn compaction_removes_what_is_asked_and_reads_below_it_say_so() {
         .unwrap();
     assert_eq!(
         (c.removed, c.compacted.clone()),
-        (4, BTreeMap::from([("a".into(), 4)]))
+        (5, BTreeMap::from([("a".into(), 5)]))
     );
+    // A floor inside a block stops before the block (a: 12 is inside 11..=15).
     let c = a
         .compact(
             &BTreeMap::from([("a".into(), 12), ("b".into(), 4), ("z".into(), 9)]),
@@ -132,11 +134,11 @@ fn compaction_removes_what_is_asked_and_reads_below_it_say_so() {
             Sync::Immediate,
         )
         .unwrap();
-    assert_eq!(c.removed, 8 + 4);
+    assert_eq!(c.removed, 5 + 4);
     assert_eq!(
         c.compacted,
-        BTreeMap::from([("a".into(), 12), ("b".into(), 4)]),
-        "capped at what is held"
+        BTreeMap::from([("a".into(), 10), ("b".into(), 4)]),
+        "whole blocks, capped at what is held"
     );
     assert_verified(&a);
 
@@ -146,33 +148,35 @@ fn compaction_removes_what_is_asked_and_reads_below_it_say_so() {
         "compaction leaves the state alone"
     );
     assert_eq!(after.compacted, c.compacted);
-    match a.changelog("a", 11, 10) {
+    match a.changelog("a", 9, 10) {
         Err(StoreError::ChangelogCompacted { origin, floor }) => {
-            assert_eq!((origin.as_str(), floor), ("a", 12))
+            assert_eq!((origin.as_str(), floor), ("a", 10))
         }
         other => panic!("expected ChangelogCompacted, got {other:?}"),
     }
     let rest: Vec<u64> = a
-        .changelog("a", 12, 10)
+        .changelog("a", 10, 10)
         .unwrap()
         .iter()
         .map(|e| e.seq)
         .collect();
-    assert_eq!(rest, vec![13, 14, 15]);
-    // Feed: [a1-5][b1-2][a6-10][b3-4][a11-15][b5-6] at positions 1..=21; a up to 12 and b up
-    // to 4 are gone, so positions up to 16 (a12) can no longer be read.
-    assert_eq!(after.feed_floor, 16);
+    assert_eq!(rest, vec![11, 12, 13, 14, 15]);
+    // Feed: [a1-5][b1-2][a6-10][b3-4][a11-15][b5-6] at positions 1..=21; a up to 10 and b up
+    // to 4 are gone, so positions up to 14 (b4) can no longer be read.
+    assert_eq!(after.feed_floor, 14);
     assert!(matches!(
-        a.feed(15, 10),
-        Err(StoreError::FeedCompacted { floor: 16 })
+        a.feed(13, 10),
+        Err(StoreError::FeedCompacted { floor: 14 })
     ));
     let feed: Vec<(u64, String, u64)> = a
-        .feed(16, 10)
+        .feed(14, 10)
         .unwrap()
         .into_iter()
         .map(|(p, e)| (p, e.origin.to_string(), e.seq))
         .collect();
     let want = [
+        (15, "a", 11),
+        (16, "a", 12),
         (17, "a", 13),
         (18, "a", 14),
         (19, "a", 15),

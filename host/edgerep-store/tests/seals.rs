@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edgerep_store::{Keys, LocalWrite, Received, Store, StoreError, Sync};
+use edgerep_store::{Keys, LocalWrite, Received, StatePage, Store, StoreError, Sync};
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::SEAL_EVERY_EVENTS;
 use edgerep_wire::{Event, HlcClock, NodeId, Seal, Value};
@@ -162,6 +162,26 @@ fn a_sealed_batch_applies_and_a_forged_one_changes_nothing() {
     apply(&third, events, &seals).unwrap();
 }
 
+/// Installs `page` from a peer with its proofs and seals, and `extra` seals (for the have).
+fn install(
+    to: &Store,
+    page: &StatePage,
+    have: Option<&BTreeMap<String, u64>>,
+    extra: &[Seal],
+) -> Result<edgerep_store::Installed, StoreError> {
+    let mut seals = page.seals.clone();
+    seals.extend(extra.iter().cloned());
+    to.install_sealed(
+        page.versions.clone(),
+        &page.proofs,
+        have,
+        &seals,
+        &[],
+        None,
+        Sync::Immediate,
+    )
+}
+
 #[test]
 fn a_snapshot_raises_a_have_only_with_the_origins_seal() {
     let (a, b) = (store("a"), store("b"));
@@ -169,40 +189,32 @@ fn a_snapshot_raises_a_have_only_with_the_origins_seal() {
     a.commit_local(writes("x", 5), &mut c, 1).unwrap();
     let page = a.state_page(None, 100, 1 << 20).unwrap();
     let have: BTreeMap<String, u64> = [("a".to_owned(), 5)].into();
+    // Versions without the seal their proofs name.
     let e = b
         .install_sealed(
             page.versions.clone(),
+            &page.proofs,
             Some(&have),
             &[],
             &[],
             None,
             Sync::Immediate,
         )
+        .unwrap_err();
+    assert!(e.to_string().contains("which the page lacks"), "{e}");
+    // A have without the seal there.
+    let e = b
+        .install_sealed(vec![], &[], Some(&have), &[], &[], None, Sync::Immediate)
         .unwrap_err();
     assert!(e.to_string().contains("without a's seal"), "{e}");
     let mut forged = a.seals(&node("a"), 4, 5).unwrap();
     forged[0].signature = mac(&node("b"), &forged[0].message());
     let e = b
-        .install_sealed(
-            page.versions.clone(),
-            Some(&have),
-            &forged,
-            &[],
-            None,
-            Sync::Immediate,
-        )
+        .install_sealed(vec![], &[], Some(&have), &forged, &[], None, Sync::Immediate)
         .unwrap_err();
     assert!(e.to_string().contains("does not verify"), "{e}");
-    let seals = a.seals(&node("a"), 4, 5).unwrap();
-    b.install_sealed(
-        page.versions,
-        Some(&have),
-        &seals,
-        &[],
-        None,
-        Sync::Immediate,
-    )
-    .unwrap();
+    assert_eq!(b.status().unwrap().origins.get("a"), None);
+    install(&b, &page, Some(&have), &[]).unwrap();
     assert_eq!(b.status().unwrap().origins["a"], 5);
     // Later events of a continue the chain from the snapshot's seal.
     a.commit_local(writes("y", 3), &mut c, 2).unwrap();
@@ -222,22 +234,98 @@ fn a_restored_node_takes_its_own_events_back_from_a_sealed_snapshot() {
     let restored = store("a");
     let page = b.state_page(None, 100, 1 << 20).unwrap();
     let have: BTreeMap<String, u64> = [("a".to_owned(), 5)].into();
-    let seals = b.seals(&node("a"), 4, 5).unwrap();
-    restored
-        .install_sealed(
-            page.versions,
-            Some(&have),
-            &seals,
-            &[],
-            None,
-            Sync::Immediate,
-        )
-        .unwrap();
+    install(&restored, &page, Some(&have), &[]).unwrap();
     // Its next write continues after 5, its chain from the seal: no sequence number reused.
     let done = restored.commit_local(writes("z", 1), &mut c, 2).unwrap();
     assert_eq!(done[0].seq, 6);
     let (events, seals) = batch(&restored, "a", 5, 6);
     apply(&b, events, &seals).unwrap();
+}
+
+/// Every version of a snapshot page is proven one by one: from the changelog while its block
+/// is there, from the proof kept when compaction removed it, and again from a store that only
+/// ever had it from a snapshot. A changed version, a proof of another position, or a seal of
+/// another block is refused whole.
+#[test]
+fn snapshot_versions_are_proven_one_by_one_also_after_compaction() {
+    let (a, b) = (store("a"), store("b"));
+    let mut c = clock();
+    // Blocks of several events; later blocks overwrite some keys of earlier ones, so the live
+    // versions sit scattered across blocks.
+    a.commit_local(writes("k", 10), &mut c, 1).unwrap();
+    a.commit_local(writes("k", 3), &mut c, 2).unwrap();
+    a.commit_local(writes("m", 4), &mut c, 3).unwrap();
+    a.commit_local(writes("k", 1), &mut c, 4).unwrap();
+    let (events, seals) = batch(&a, "a", 0, 18);
+    apply(&b, events, &seals).unwrap();
+    let all: BTreeMap<String, u64> = [("a".to_owned(), 18)].into();
+
+    // From the changelog.
+    let page = b.state_page(None, 100, 1 << 20).unwrap();
+    assert_eq!(page.versions.len(), 14);
+    let fresh = store("c");
+    install(&fresh, &page, None, &[]).unwrap();
+    assert_eq!(fresh.status().unwrap().digest, a.status().unwrap().digest);
+
+    // After compaction: only whole blocks go (a floor inside the first block removes nothing).
+    let out = b.compact(&[("a".to_owned(), 7)].into(), 1000, Sync::Immediate).unwrap();
+    assert_eq!((out.removed, out.compacted.get("a").copied()), (0, None));
+    let out = b.compact(&all, 1000, Sync::Immediate).unwrap();
+    assert_eq!(out.removed, 18);
+    let page = b.state_page(None, 100, 1 << 20).unwrap();
+    assert_eq!(page.versions.len(), 14);
+    let c_store = store("c");
+    install(&c_store, &page, Some(&all), &b.seals(&node("a"), 17, 18).unwrap()).unwrap();
+    assert_eq!(c_store.status().unwrap().digest, a.status().unwrap().digest);
+    assert_eq!(b.verify().unwrap(), Ok(()));
+
+    // A third hop: c never held a's events, only the snapshot; its page proves them too.
+    let page = c_store.state_page(None, 100, 1 << 20).unwrap();
+    let d = store("d");
+    install(&d, &page, Some(&all), &c_store.seals(&node("a"), 17, 18).unwrap()).unwrap();
+    assert_eq!(d.status().unwrap().digest, a.status().unwrap().digest);
+
+    // Lies, each refused whole (nothing merged).
+    let e_store = store("e");
+    let mut changed = page.clone();
+    changed.versions[3].value =
+        Some(Value::from_json(&serde_json::json!(666), &Default::default()).unwrap());
+    let e = install(&e_store, &changed, None, &[]).unwrap_err();
+    assert!(e.to_string().contains("is not what a sealed"), "{e}");
+    let mut moved = page.clone();
+    moved.proofs.swap(0, 1);
+    assert!(install(&e_store, &moved, None, &[]).is_err());
+    let mut short = page.clone();
+    short.proofs.pop();
+    let e = install(&e_store, &short, None, &[]).unwrap_err();
+    assert!(e.to_string().contains("proofs"), "{e}");
+    let mut other_seal = page.clone();
+    let first_seal = other_seal.proofs[0].seal;
+    other_seal.proofs[0].seal = other_seal
+        .seals
+        .iter()
+        .map(|s| s.seq)
+        .find(|&s| s != first_seal)
+        .unwrap();
+    assert!(install(&e_store, &other_seal, None, &[]).is_err());
+    let mut resigned = page.clone();
+    resigned.seals[0].signature = mac(&node("e"), &resigned.seals[0].message());
+    let e = install(&e_store, &resigned, None, &[]).unwrap_err();
+    assert!(e.to_string().contains("does not verify"), "{e}");
+    assert_eq!(e_store.status().unwrap().state_entries, 0);
+
+    // A version superseded after compaction loses its kept proof (swept by compaction); the
+    // state's pages stay provable.
+    a.commit_local(writes("m", 2), &mut c, 5).unwrap();
+    let (events, seals) = batch(&a, "a", 18, 20);
+    apply(&b, events, &seals).unwrap();
+    b.compact(&[("a".to_owned(), 20)].into(), 1000, Sync::Immediate).unwrap();
+    let page = b.state_page(None, 100, 1 << 20).unwrap();
+    let f = store("f");
+    let upto: BTreeMap<String, u64> = [("a".to_owned(), 20)].into();
+    install(&f, &page, Some(&upto), &b.seals(&node("a"), 19, 20).unwrap()).unwrap();
+    assert_eq!(f.status().unwrap().digest, a.status().unwrap().digest);
+    assert_eq!(b.verify().unwrap(), Ok(()));
 }
 
 #[test]
@@ -299,10 +387,13 @@ fn compaction_removes_the_seals_below_the_floor() {
     a.compact(&floors, 100, Sync::Immediate).unwrap();
     let left = sealed_at(&a, "a", 10);
     assert_eq!(left, [6, 8, 10]);
+    // A floor inside a block (9 is in 9..=10) stops at the block before it.
     let floors: BTreeMap<String, u64> = [("a".to_owned(), 9)].into();
     a.compact(&floors, 100, Sync::Immediate).unwrap();
-    let left = sealed_at(&a, "a", 10);
-    assert_eq!(left, [10]);
+    assert_eq!(sealed_at(&a, "a", 10), [8, 10]);
+    let floors: BTreeMap<String, u64> = [("a".to_owned(), 10)].into();
+    a.compact(&floors, 100, Sync::Immediate).unwrap();
+    assert_eq!(sealed_at(&a, "a", 10), [10]);
     assert_eq!(a.verify().unwrap(), Ok(()));
 }
 

@@ -12,7 +12,9 @@ use common::hostile::{Hostile, event, with_context};
 use common::{Node, agent, cluster, converge, get, put, rss_bytes, status};
 use edgerep_replica::Message;
 use edgerep_wire::NodeId;
-use edgerep_wire::Seal;
+use edgerep_wire::seal::{
+    Proof, chain_link, chain_start, event_leaf, merkle_path, merkle_root,
+};
 
 /// node-1 and node-3 running (node-2's identity is the attacker's), converged on one write each.
 fn honest_pair(dir: &std::path::Path) -> (Vec<PathBuf>, Node, Node) {
@@ -107,6 +109,10 @@ fn an_unsolicited_snapshot_is_declined_and_reported() {
         page: 0,
         floors: vec![],
         versions: vec![event("node-3", 1, "c", "from-3", 999)],
+        proofs: vec![Proof {
+            seal: 1,
+            path: vec![],
+        }],
         done: true,
         have: vec![(NodeId::parse("node-3").unwrap(), 1_000_000_000_000)],
         seals: vec![],
@@ -385,36 +391,32 @@ fn a_snapshot_have_without_its_origins_seal_is_refused() {
     let mut h = attacker(&configs, &[]);
     let node3 = NodeId::parse("node-3").unwrap();
     let seq = 1_000_000_000_000;
-    let chain = [7; 32];
-    let signature = h
-        .signer
-        .sign(&Seal::signed_bytes(&node3, seq, &chain))
-        .unwrap();
+    // Signed with node-2's key under node-3's name.
+    let seal = h.seal(node3.clone(), seq, seq, [7; 32], [8; 32]);
     h.send(&Message::Snapshot {
         id: 0,
         page: 0,
         floors: vec![(node3.clone(), seq)],
-        versions: vec![event("node-3", 1, "c", "from-3", 999)],
+        versions: vec![],
+        proofs: vec![],
         done: true,
         have: vec![(node3.clone(), seq)],
-        seals: vec![Seal {
-            origin: node3,
-            seq,
-            chain,
-            signature,
-        }],
-        certs: vec![],
+        seals: vec![seal],
+        certs: vec![(h.id.clone(), h.signer.cert().to_vec())],
     })
     .unwrap();
-    wait_status(
-        &n1,
-        "the install is refused for want of node-3's seal",
-        |r| {
-            r["peers"][0]["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("node-3's seal at 1000000000000"))
-        },
+    let reason = h.closed_within(Duration::from_secs(10));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("node-3's seal at 1000000000000")),
+        "{reason:?}"
     );
+    wait_status(&n1, "the refusal is reported", |r| {
+        r["refused"][0]["reason"]
+            .as_str()
+            .is_some_and(|e| e.contains("node-3's seal at 1000000000000"))
+    });
     let s = status(&n1);
     assert_eq!(s["origins"]["node-3"], 1, "{s}");
     for i in 0..20 {
@@ -422,6 +424,105 @@ fn a_snapshot_have_without_its_origins_seal_is_refused() {
     }
     let s = converge(&[&n1, &n3], Duration::from_secs(30));
     assert_eq!(s["origins"]["node-3"], 21, "{s}");
+}
+
+/// A snapshot page whose version of node-3's key carries a proof under node-3's name signed
+/// with node-2's key (node-1 is behind the page's floors, so it takes the snapshot): refused
+/// whole before anything is written, the sender cut off and reported; node-3's value stands.
+#[test]
+fn a_snapshot_version_under_another_origins_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let node3 = NodeId::parse("node-3").unwrap();
+    let forged = event("node-3", 1, "c", "from-3", 999);
+    let leaf = event_leaf(&forged.encode());
+    let seal = h.seal(node3.clone(), 1, 1, chain_link(&chain_start(&node3), &leaf), leaf);
+    h.send(&Message::Snapshot {
+        id: 0,
+        page: 0,
+        floors: vec![(node3.clone(), 50)],
+        versions: vec![forged],
+        proofs: vec![Proof {
+            seal: 1,
+            path: vec![],
+        }],
+        done: false,
+        have: vec![],
+        seals: vec![seal],
+        certs: vec![(h.id.clone(), h.signer.cert().to_vec())],
+    })
+    .unwrap();
+    let reason = h.closed_within(Duration::from_secs(10));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("node-3's seal at 1")),
+        "{reason:?}"
+    );
+    wait_status(&n1, "the refusal is reported", |r| {
+        r["refused"][0]["reason"]
+            .as_str()
+            .is_some_and(|e| e.contains("node-3's seal at 1"))
+    });
+    assert_eq!(get(&n1, "c", "from-3").1, r#"{"v":3}"#);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    let s = converge(&[&n1, &n3], Duration::from_secs(30));
+    assert_eq!(s["origins"]["node-3"], 2, "{s}");
+}
+
+/// node-2's own genuine seal over a block of its events, and one of those events changed in a
+/// snapshot page: the Merkle path no longer leads to the signed root. Refused, nothing merged.
+#[test]
+fn a_changed_version_under_its_origins_genuine_seal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let node2 = h.id.clone();
+    let events: Vec<_> = (1..=5)
+        .map(|seq| event("node-2", seq, "c", &format!("k{seq}"), seq))
+        .collect();
+    let leaves: Vec<_> = events.iter().map(|e| event_leaf(&e.encode())).collect();
+    let mut chain = chain_start(&node2);
+    for leaf in &leaves {
+        chain = chain_link(&chain, leaf);
+    }
+    let seal = h.seal(node2.clone(), 1, 5, chain, merkle_root(&leaves));
+    let mut changed = events[2].clone();
+    changed.value = event("node-2", 3, "c", "k3", 1_000_000).value;
+    h.send(&Message::Snapshot {
+        id: 0,
+        page: 0,
+        floors: vec![(node2.clone(), 5)],
+        versions: vec![events[1].clone(), changed],
+        proofs: vec![
+            Proof {
+                seal: 5,
+                path: merkle_path(&leaves, 1),
+            },
+            Proof {
+                seal: 5,
+                path: merkle_path(&leaves, 2),
+            },
+        ],
+        done: false,
+        have: vec![],
+        seals: vec![seal],
+        certs: vec![(node2.clone(), h.signer.cert().to_vec())],
+    })
+    .unwrap();
+    let reason = h.closed_within(Duration::from_secs(10));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("version node-2:3") && r.contains("is not what node-2 sealed")),
+        "{reason:?}"
+    );
+    // Nothing of the page was merged, not even its genuine version.
+    assert_eq!(get(&n1, "c", "k2").0, 404);
+    assert_eq!(get(&n1, "c", "k3").0, 404);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
 /// A stolen node is revoked while it is connected: the operator adds `[[revoked]]` to every

@@ -15,7 +15,7 @@ use edgerep_transport::quinn::{RecvStream, SendStream};
 use edgerep_transport::seal::Signer;
 use edgerep_transport::tls::TransportConfig;
 use edgerep_transport::{PeerConnection, Transport};
-use edgerep_wire::seal::{ChainHash, chain_next, chain_start};
+use edgerep_wire::seal::{ChainHash, chain_link, chain_start, event_leaf, merkle_root};
 use edgerep_wire::{Event, Hlc, NodeId, Op, Seal, Value, VersionVector};
 
 /// One connection from a hostile node to a real one.
@@ -93,27 +93,44 @@ impl Hostile {
                     .copied()
                     .unwrap_or([0; 32])
             };
+            let mut leaves = Vec::new();
             while i < events.len() && events[i].origin == origin {
-                chain = chain_next(&chain, &events[i].encode());
+                let leaf = event_leaf(&events[i].encode());
+                chain = chain_link(&chain, &leaf);
+                leaves.push(leaf);
                 self.chains.insert((origin.clone(), events[i].seq), chain);
                 i += 1;
             }
             let seq = events[i - 1].seq;
-            let signature = self
-                .signer
-                .sign(&Seal::signed_bytes(&origin, seq, &chain))
-                .unwrap();
-            seals.push(Seal {
-                origin,
-                seq,
-                chain,
-                signature,
-            });
+            seals.push(self.seal(origin, first, seq, chain, merkle_root(&leaves)));
         }
         Message::Events {
             events,
             seals,
             certs: vec![(self.id.clone(), self.signer.cert().to_vec())],
+        }
+    }
+
+    /// A seal signed with this peer's key (valid for its own origin only).
+    pub fn seal(
+        &self,
+        origin: NodeId,
+        first: u64,
+        seq: u64,
+        chain: ChainHash,
+        root: ChainHash,
+    ) -> Seal {
+        let signature = self
+            .signer
+            .sign(&Seal::signed_bytes(&origin, seq, first, &chain, &root))
+            .unwrap();
+        Seal {
+            origin,
+            seq,
+            first,
+            chain,
+            root,
+            signature,
         }
     }
 
