@@ -1060,7 +1060,11 @@ impl Replicator {
     /// Compares events a peer sent that this node already holds with what it holds: two
     /// different events with one origin and sequence number are a fork, reported (the one held
     /// stays; the other is dropped as the duplicate it claims to be).
-    fn check_forks(&mut self, peer: &NodeId, events: &[Event]) {
+    /// Compares the events of a batch this node already holds with what it holds. A different
+    /// event its origin sealed (the batch carries the seal and its whole block, the block's
+    /// root matches and the signature verifies) is a fork: reported, never applied. A different
+    /// event without that proof was changed by the peer: returns why, and the peer is cut off.
+    fn check_forks(&mut self, peer: &NodeId, events: &[Event], seals: &[Seal]) -> Option<String> {
         let compacted = self.core.compacted();
         let held: Vec<&Event> = events
             .iter()
@@ -1070,20 +1074,26 @@ impl Replicator {
             })
             .collect();
         if held.is_empty() {
-            return;
+            return None;
         }
         let wanted: Vec<(&str, u64)> = held.iter().map(|e| (e.origin.as_str(), e.seq)).collect();
         let hashes = match self.store.event_hashes(&wanted) {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!("cannot compare received events with the changelog: {e}");
-                return;
+                return None;
             }
         };
         for (event, stored) in held.iter().zip(hashes) {
             let Some(stored) = stored else { continue };
             let received = edgerep_store::event_hash(&event.encode());
             if received != stored {
+                if !self.sealed_in_batch(event, events, seals) {
+                    return Some(format!(
+                        "event {}:{} differs from the one this node holds and its origin's seal does not prove it: the peer changed it",
+                        event.origin, event.seq
+                    ));
+                }
                 let report = ForkReport {
                     origin: event.origin.to_string(),
                     seq: event.seq,
@@ -1095,10 +1105,50 @@ impl Replicator {
                 tracing::error!(
                     peer = %peer, origin = %event.origin, seq = event.seq,
                     held = %report.held_hash, received = %report.received_hash,
-                    "fork: a peer sent a different event under an origin and sequence number this node holds"
+                    "fork: a peer sent a different event its origin sealed under an origin and sequence number this node holds"
                 );
                 self.reports.fork(report);
             }
+        }
+        None
+    }
+
+    /// Whether `event` is proven its origin's by the batch alone: a seal of the batch covers
+    /// it, the batch holds that seal's whole block, the block's Merkle root matches and the
+    /// signature verifies (with keys; without, the root must still match).
+    fn sealed_in_batch(&self, event: &Event, events: &[Event], seals: &[Seal]) -> bool {
+        let Some(seal) = seals
+            .iter()
+            .find(|s| s.origin == event.origin && s.covers(event.seq))
+        else {
+            return false;
+        };
+        let mut block: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.origin == event.origin && seal.covers(e.seq))
+            .collect();
+        block.sort_by_key(|e| e.seq);
+        block.dedup_by_key(|e| e.seq);
+        if block.len() as u64 != seal.seq - seal.first + 1 {
+            return false;
+        }
+        let leaves: Vec<_> = block
+            .iter()
+            .map(|e| edgerep_wire::seal::event_leaf(&e.encode()))
+            .collect();
+        if edgerep_wire::seal::merkle_root(&leaves) != seal.root {
+            return false;
+        }
+        match &self.log.keys {
+            Some(keys) => edgerep_store::Keys::verify(
+                keys.as_ref(),
+                &seal.origin,
+                seal.seq,
+                &seal.message(),
+                &seal.signature,
+            )
+            .is_ok(),
+            None => true,
         }
     }
 
@@ -1311,9 +1361,17 @@ impl Replicator {
                         self.peer_have
                             .insert(peer.clone(), hello.have.iter().cloned().collect());
                     }
-                    Message::Events { events, certs, .. } => {
+                    Message::Events {
+                        events,
+                        seals,
+                        certs,
+                    } => {
                         self.learn_certs(certs);
-                        self.check_forks(&peer, events);
+                        if let Some(reason) = self.check_forks(&peer, events, seals) {
+                            tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
+                            self.cut_off(peer, reason, now);
+                            return;
+                        }
                     }
                     Message::Snapshot { certs, .. } => self.learn_certs(certs),
                     _ => {}

@@ -477,12 +477,10 @@ fn encode_seals(buf: &mut Vec<u8>, seals: &[Seal], certs: &[(NodeId, Vec<u8>)]) 
 }
 
 fn hash32(r: &mut Reader<'_>, what: &str) -> Result<[u8; 32], DecodeError> {
-    r.bytes(what)?
-        .try_into()
-        .map_err(|_| DecodeError::Invalid {
-            what: what.into(),
-            reason: "not 32 bytes".into(),
-        })
+    r.bytes(what)?.try_into().map_err(|_| DecodeError::Invalid {
+        what: what.into(),
+        reason: "not 32 bytes".into(),
+    })
 }
 
 /// A snapshot page's proofs: exactly one per version.

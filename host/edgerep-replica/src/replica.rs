@@ -1196,7 +1196,10 @@ impl Replica {
                 let mut proven = Have::new();
                 for (origin, &seq) in &out.have {
                     if let Some(seal) = log.seal_at(origin, seq)? {
-                        if !seals.iter().any(|s| s.origin == seal.origin && s.seq == seq) {
+                        if !seals
+                            .iter()
+                            .any(|s| s.origin == seal.origin && s.seq == seq)
+                        {
                             seals.push(seal);
                         }
                         proven.insert(origin.clone(), seq);

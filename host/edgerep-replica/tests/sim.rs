@@ -226,7 +226,14 @@ impl MemLog {
         let chain = chain_link(&head, &leaf);
         // What the origin signed (honest code only ever inserts what verified as the origin's,
         // or the node's own writes).
-        let seal = seal_by(&event.origin, &event.origin, event.seq, event.seq, chain, leaf);
+        let seal = seal_by(
+            &event.origin,
+            &event.origin,
+            event.seq,
+            event.seq,
+            chain,
+            leaf,
+        );
         self.seals.insert((event.origin.clone(), event.seq), seal);
         self.heads.insert(event.origin.clone(), (event.seq, chain));
         self.chains.insert((event.origin.clone(), event.seq), chain);
@@ -262,8 +269,7 @@ impl MemLog {
         let at: BTreeMap<(&NodeId, u64), &Seal> =
             seals.iter().map(|s| ((&s.origin, s.seq), s)).collect();
         // Per origin: last event walked, chain there, last seal met, the block's leaves since.
-        let mut chains: BTreeMap<&NodeId, (u64, ChainHash, u64, Vec<ChainHash>)> =
-            BTreeMap::new();
+        let mut chains: BTreeMap<&NodeId, (u64, ChainHash, u64, Vec<ChainHash>)> = BTreeMap::new();
         for e in events {
             if e.seq <= self.seq(&e.origin) {
                 continue;
@@ -355,7 +361,10 @@ impl MemLog {
                 Some(seal) if seal_valid(seal) && seal.proves(v.seq, &v.encode(), &p.path) => {}
                 _ => {
                     self.forged += 1;
-                    return Err(format!("forged: version {}:{} is not proven", v.origin, v.seq));
+                    return Err(format!(
+                        "forged: version {}:{} is not proven",
+                        v.origin, v.seq
+                    ));
                 }
             }
         }
@@ -484,9 +493,14 @@ impl Log for MemLog {
         // Every event is its own block here: its seal proves it with an empty path.
         let (mut proofs, mut seals) = (Vec::new(), Vec::new());
         for v in &versions {
-            let seal = self.seal(&v.origin, v.seq).ok_or_else(|| LogError::Inconsistent {
-                reason: format!("{} holds version {}:{} without its seal", self.node, v.origin, v.seq),
-            })?;
+            let seal = self
+                .seal(&v.origin, v.seq)
+                .ok_or_else(|| LogError::Inconsistent {
+                    reason: format!(
+                        "{} holds version {}:{} without its seal",
+                        self.node, v.origin, v.seq
+                    ),
+                })?;
             proofs.push(Proof {
                 seal: v.seq,
                 path: Vec::new(),

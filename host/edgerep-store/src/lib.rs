@@ -897,12 +897,12 @@ impl Store {
             }
             if let Some(first) = out.first() {
                 if unsealed > 0 {
-                    let seal =
-                        self.seal_own(seq, chain, &block)
-                            .map_err(|reason| StoreError::WriteRefused {
-                                index: out.len() - 1,
-                                reason,
-                            })?;
+                    let seal = self.seal_own(seq, chain, &block).map_err(|reason| {
+                        StoreError::WriteRefused {
+                            index: out.len() - 1,
+                            reason,
+                        }
+                    })?;
                     seals::put(&mut seals_t, &seal)?;
                 }
                 chains.insert(
@@ -1774,7 +1774,8 @@ impl Store {
         let proofs_t = txn.open_table(proofs::PROOFS)?;
         for row in state.iter()? {
             let (_, v) = row?;
-            let versions = Versions::decode(v.value(), &self.limits).map_err(|e| corrupt("state", e))?;
+            let versions =
+                Versions::decode(v.value(), &self.limits).map_err(|e| corrupt("state", e))?;
             for version in versions.events() {
                 if version.seq > compacted_of(version.origin.as_str()) {
                     continue;

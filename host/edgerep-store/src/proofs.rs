@@ -63,7 +63,9 @@ impl Kept {
         let bad = || corrupt("proofs", "a row shorter than its fields");
         let mut at = 0usize;
         let mut take = |n: usize| -> Result<&[u8], StoreError> {
-            let out = bytes.get(at..at.checked_add(n).ok_or_else(bad)?).ok_or_else(bad)?;
+            let out = bytes
+                .get(at..at.checked_add(n).ok_or_else(bad)?)
+                .ok_or_else(bad)?;
             at += n;
             Ok(out)
         };
@@ -158,7 +160,10 @@ pub(crate) fn keep(
         if events.len() as u64 != seal.seq - seal.first + 1 {
             return Err(corrupt(
                 "changelog",
-                format!("{origin}'s block {}..={} is not whole", seal.first, seal.seq),
+                format!(
+                    "{origin}'s block {}..={} is not whole",
+                    seal.first, seal.seq
+                ),
             ));
         }
         let leaves: Vec<ChainHash> = events.iter().map(|e| event_leaf(e)).collect();
@@ -233,8 +238,7 @@ pub(crate) fn sweep(
         let kept = Kept::decode(&id, v.value())?;
         let live = match state.get(kept.state_key.as_slice())? {
             Some(g) => holds(
-                &Versions::decode(g.value(), limits)
-                    .map_err(|e| corrupt("state", e))?,
+                &Versions::decode(g.value(), limits).map_err(|e| corrupt("state", e))?,
                 origin,
                 seq,
             ),
@@ -292,7 +296,9 @@ impl PageProofs {
             Some(g) => {
                 let kept = Kept::decode(&origin, g.value())?;
                 let original = match &kept.original {
-                    Some(bytes) => Event::decode(bytes, limits).map_err(|e| corrupt("proofs", e))?,
+                    Some(bytes) => {
+                        Event::decode(bytes, limits).map_err(|e| corrupt("proofs", e))?
+                    }
                     None => version,
                 };
                 let proof = kept.proof();

@@ -329,7 +329,14 @@ impl Store {
         hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
-        self.install_in(versions, Some(proofs), have, Some((seals, certs)), hlc_last, sync)
+        self.install_in(
+            versions,
+            Some(proofs),
+            have,
+            Some((seals, certs)),
+            hlc_last,
+            sync,
+        )
     }
 
     fn install_in(
@@ -514,7 +521,15 @@ impl Store {
             }
             let held = read_map(&origins)?;
             let compacted = read_map(&compacted_t)?;
-            drop((origins, compacted_t, changelog, chains, seals_t, proofs_t, state));
+            drop((
+                origins,
+                compacted_t,
+                changelog,
+                chains,
+                seals_t,
+                proofs_t,
+                state,
+            ));
             if have.is_some() {
                 trim_feed(&mut txn, &compacted)?;
             }

@@ -210,7 +210,15 @@ fn a_snapshot_raises_a_have_only_with_the_origins_seal() {
     let mut forged = a.seals(&node("a"), 4, 5).unwrap();
     forged[0].signature = mac(&node("b"), &forged[0].message());
     let e = b
-        .install_sealed(vec![], &[], Some(&have), &forged, &[], None, Sync::Immediate)
+        .install_sealed(
+            vec![],
+            &[],
+            Some(&have),
+            &forged,
+            &[],
+            None,
+            Sync::Immediate,
+        )
         .unwrap_err();
     assert!(e.to_string().contains("does not verify"), "{e}");
     assert_eq!(b.status().unwrap().origins.get("a"), None);
@@ -268,21 +276,35 @@ fn snapshot_versions_are_proven_one_by_one_also_after_compaction() {
     assert_eq!(fresh.status().unwrap().digest, a.status().unwrap().digest);
 
     // After compaction: only whole blocks go (a floor inside the first block removes nothing).
-    let out = b.compact(&[("a".to_owned(), 7)].into(), 1000, Sync::Immediate).unwrap();
+    let out = b
+        .compact(&[("a".to_owned(), 7)].into(), 1000, Sync::Immediate)
+        .unwrap();
     assert_eq!((out.removed, out.compacted.get("a").copied()), (0, None));
     let out = b.compact(&all, 1000, Sync::Immediate).unwrap();
     assert_eq!(out.removed, 18);
     let page = b.state_page(None, 100, 1 << 20).unwrap();
     assert_eq!(page.versions.len(), 14);
     let c_store = store("c");
-    install(&c_store, &page, Some(&all), &b.seals(&node("a"), 17, 18).unwrap()).unwrap();
+    install(
+        &c_store,
+        &page,
+        Some(&all),
+        &b.seals(&node("a"), 17, 18).unwrap(),
+    )
+    .unwrap();
     assert_eq!(c_store.status().unwrap().digest, a.status().unwrap().digest);
     assert_eq!(b.verify().unwrap(), Ok(()));
 
     // A third hop: c never held a's events, only the snapshot; its page proves them too.
     let page = c_store.state_page(None, 100, 1 << 20).unwrap();
     let d = store("d");
-    install(&d, &page, Some(&all), &c_store.seals(&node("a"), 17, 18).unwrap()).unwrap();
+    install(
+        &d,
+        &page,
+        Some(&all),
+        &c_store.seals(&node("a"), 17, 18).unwrap(),
+    )
+    .unwrap();
     assert_eq!(d.status().unwrap().digest, a.status().unwrap().digest);
 
     // Lies, each refused whole (nothing merged).
@@ -319,11 +341,18 @@ fn snapshot_versions_are_proven_one_by_one_also_after_compaction() {
     a.commit_local(writes("m", 2), &mut c, 5).unwrap();
     let (events, seals) = batch(&a, "a", 18, 20);
     apply(&b, events, &seals).unwrap();
-    b.compact(&[("a".to_owned(), 20)].into(), 1000, Sync::Immediate).unwrap();
+    b.compact(&[("a".to_owned(), 20)].into(), 1000, Sync::Immediate)
+        .unwrap();
     let page = b.state_page(None, 100, 1 << 20).unwrap();
     let f = store("f");
     let upto: BTreeMap<String, u64> = [("a".to_owned(), 20)].into();
-    install(&f, &page, Some(&upto), &b.seals(&node("a"), 19, 20).unwrap()).unwrap();
+    install(
+        &f,
+        &page,
+        Some(&upto),
+        &b.seals(&node("a"), 19, 20).unwrap(),
+    )
+    .unwrap();
     assert_eq!(f.status().unwrap().digest, a.status().unwrap().digest);
     assert_eq!(b.verify().unwrap(), Ok(()));
 }

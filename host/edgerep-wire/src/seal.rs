@@ -141,7 +141,10 @@ pub fn root_from_path(
     if index < k {
         Some(node(&root_from_path(leaf, index, k, rest)?, sibling))
     } else {
-        Some(node(sibling, &root_from_path(leaf, index - k, size - k, rest)?))
+        Some(node(
+            sibling,
+            &root_from_path(leaf, index - k, size - k, rest)?,
+        ))
     }
 }
 

@@ -12,9 +12,7 @@ use common::hostile::{Hostile, event, with_context};
 use common::{Node, agent, cluster, converge, get, put, rss_bytes, status};
 use edgerep_replica::Message;
 use edgerep_wire::NodeId;
-use edgerep_wire::seal::{
-    Proof, chain_link, chain_start, event_leaf, merkle_path, merkle_root,
-};
+use edgerep_wire::seal::{Proof, chain_link, chain_start, event_leaf, merkle_path, merkle_root};
 
 /// node-1 and node-3 running (node-2's identity is the attacker's), converged on one write each.
 fn honest_pair(dir: &std::path::Path) -> (Vec<PathBuf>, Node, Node) {
@@ -183,6 +181,36 @@ fn a_fork_is_detected_and_reported() {
     assert_ne!(fork["held_hash"], fork["received_hash"]);
     assert_eq!(fork["held_hash"].as_str().unwrap().len(), 64);
     assert_eq!(get(&n1, "c", "fork").1, r#"{"v":1}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
+/// A changed copy of node-3's event 1, which node-1 holds, sent without node-3's seal over it
+/// (under a seal node-2 made): before, it was reported as a fork, so any peer could raise a
+/// false alarm. Now a fork is reported only when the origin's seal proves the other event; this
+/// is a change by the peer: refused, the peer cut off, no fork reported.
+#[test]
+fn a_changed_copy_of_a_held_event_is_refused_not_reported_as_a_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let m = h.sealed(vec![event("node-3", 1, "c", "from-3", 666)]);
+    h.send(&m).unwrap();
+    let reason = h.closed_within(Duration::from_secs(10));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("node-3:1 differs") && r.contains("the peer changed it")),
+        "{reason:?}"
+    );
+    wait_status(&n1, "the refusal is reported", |r| {
+        r["refused"][0]["reason"]
+            .as_str()
+            .is_some_and(|e| e.contains("node-3:1 differs"))
+    });
+    let r = replication(&n1);
+    assert_eq!(r["forks_total"], 0, "{r}");
+    assert_eq!(get(&n1, "c", "from-3").1, r#"{"v":3}"#);
+    put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
@@ -437,7 +465,13 @@ fn a_snapshot_version_under_another_origins_name_is_refused() {
     let node3 = NodeId::parse("node-3").unwrap();
     let forged = event("node-3", 1, "c", "from-3", 999);
     let leaf = event_leaf(&forged.encode());
-    let seal = h.seal(node3.clone(), 1, 1, chain_link(&chain_start(&node3), &leaf), leaf);
+    let seal = h.seal(
+        node3.clone(),
+        1,
+        1,
+        chain_link(&chain_start(&node3), &leaf),
+        leaf,
+    );
     h.send(&Message::Snapshot {
         id: 0,
         page: 0,
@@ -513,9 +547,9 @@ fn a_changed_version_under_its_origins_genuine_seal_is_refused() {
     .unwrap();
     let reason = h.closed_within(Duration::from_secs(10));
     assert!(
-        reason
-            .as_deref()
-            .is_some_and(|r| r.contains("version node-2:3") && r.contains("is not what node-2 sealed")),
+        reason.as_deref().is_some_and(
+            |r| r.contains("version node-2:3") && r.contains("is not what node-2 sealed")
+        ),
         "{reason:?}"
     );
     // Nothing of the page was merged, not even its genuine version.
