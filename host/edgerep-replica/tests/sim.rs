@@ -126,6 +126,8 @@ struct MemLog {
     chains: BTreeMap<(NodeId, u64), ChainHash>,
     /// Applies and snapshot pages refused because a seal was missing, wrong or not the origin's.
     forged: u64,
+    /// Of those, snapshot pages refused because a version was not proven its origin's.
+    forged_versions: u64,
     /// The seal of each event held, also of versions that came in a snapshot (every event is
     /// its own block in this model), and the seal of each have a snapshot raised.
     seals: BTreeMap<(NodeId, u64), Seal>,
@@ -179,6 +181,7 @@ impl MemLog {
             heads: BTreeMap::new(),
             chains: BTreeMap::new(),
             forged: 0,
+            forged_versions: 0,
             seals: BTreeMap::new(),
         }
     }
@@ -361,6 +364,7 @@ impl MemLog {
                 Some(seal) if seal_valid(seal) && seal.proves(v.seq, &v.encode(), &p.path) => {}
                 _ => {
                     self.forged += 1;
+                    self.forged_versions += 1;
                     return Err(format!(
                         "forged: version {}:{} is not proven",
                         v.origin, v.seq
@@ -691,6 +695,8 @@ struct Stats {
     snapshots_installed: u64,
     /// Applies and snapshot pages refused for a missing, wrong or foreign seal.
     forged_refused: u64,
+    /// Of those, snapshot pages with a version not proven its origin's.
+    versions_refused: u64,
     /// Messages the byzantine node tampered with.
     tampered: u64,
 }
@@ -1555,6 +1561,8 @@ impl Sim {
             if quiet >= 2 {
                 self.check().map_err(|e| self.fail(e))?;
                 self.stats.forged_refused = self.nodes.iter().map(|n| n.log.forged).sum();
+                self.stats.versions_refused =
+                    self.nodes.iter().map(|n| n.log.forged_versions).sum();
                 self.stats.tampered = self.tampered;
                 return Ok(self.stats);
             }
@@ -2046,13 +2054,17 @@ fn a_byzantine_node_cannot_rewrite_history() {
     if stats.len() >= 10 {
         let tampered: u64 = stats.iter().map(|s| s.tampered).sum();
         let refused: u64 = stats.iter().map(|s| s.forged_refused).sum();
+        let versions: u64 = stats.iter().map(|s| s.versions_refused).sum();
         println!(
-            "{} seeds: {tampered} messages tampered with, {refused} applies or pages refused",
+            "{} seeds: {tampered} messages tampered with, {refused} applies or pages refused ({versions} pages for a version not proven its origin's)",
             stats.len()
         );
         assert!(
             tampered > 0 && refused > 0,
             "the byzantine node lied, and was refused"
         );
+        if stats.len() >= 50 {
+            assert!(versions > 0, "snapshot versions were changed, and refused");
+        }
     }
 }
