@@ -24,6 +24,8 @@
 //! listen = "127.0.0.1:7071"  # required, IP:port of the peer listener
 //! extra_origins = 16         # optional: origins accepted beyond this node and its peers
 //! authenticate = true        # optional: off only to measure its cost; never in production
+//! anti_entropy_interval_ms = 60000 # optional: compare states with each peer this often
+//!                            # (jittered; 0: only on demand, `edgerep reconcile`)
 //!
 //! [[peers]]                  # zero or more
 //! id = "site-b"
@@ -194,6 +196,9 @@ pub struct ReplicationConfig {
     /// measure what authentication costs (`edgerep bench replicate`): every node of a cluster
     /// must agree (it is part of the policy peers compare).
     pub authenticate: bool,
+    /// How often this node compares its state with each peer's (anti-entropy), jittered by up
+    /// to a quarter; 0: only on demand (default 60 s).
+    pub anti_entropy_interval_ms: u64,
 }
 
 /// `[replication]` `ca`, `cert`, `key`: the files of a node's mutual-TLS identity, resolved
@@ -437,6 +442,7 @@ impl Config {
                 },
                 extra_origins: raw.replication.extra_origins,
                 authenticate: raw.replication.authenticate,
+                anti_entropy_interval_ms: raw.replication.anti_entropy_interval_ms,
             },
             peers: raw
                 .peers

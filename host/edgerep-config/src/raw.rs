@@ -178,6 +178,9 @@ fn default_api_verify_interval_ms() -> u64 {
 fn default_extra_origins() -> usize {
     DEFAULT_EXTRA_ORIGINS
 }
+fn default_anti_entropy_interval_ms() -> u64 {
+    60_000
+}
 fn default_max_meta_bytes() -> usize {
     DEFAULT_MAX_META_BYTES
 }
@@ -195,6 +198,8 @@ pub(crate) struct RawReplication {
     pub(crate) extra_origins: usize,
     #[serde(default = "yes")]
     pub(crate) authenticate: bool,
+    #[serde(default = "default_anti_entropy_interval_ms")]
+    pub(crate) anti_entropy_interval_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -309,6 +309,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/{id}", get(dead_letter))
         .route("/v1/dead-letters/{id}/replay", post(replay_dead_letter))
+        .route("/v1/reconcile", post(reconcile))
         .fallback(|uri: Uri| async move {
             ApiError::not_found("no_such_route", format!("no such endpoint: {}", uri.path()))
         })
@@ -946,6 +947,49 @@ async fn status(
         }
     }
     Ok(axum::Json(body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileQuery {
+    peer: Option<String>,
+}
+
+/// Runs anti-entropy now with one peer (`?peer=ID`) or every connected peer, and answers with
+/// what each session found and repaired once they end.
+async fn reconcile(
+    State(app): Shared,
+    query: Result<Query<ReconcileQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Some(replication) = &app.replication else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_peers",
+            "this node has no [[peers]] to compare its state with".into(),
+        ));
+    };
+    let peer = match q.peer {
+        Some(p) => {
+            let id = edgerep_wire::NodeId::parse(&p)
+                .map_err(|e| ApiError::bad_request("bad_query", format!("peer {p:?}: {e}")))?;
+            if !app.config.peers.iter().any(|c| c.id == id) {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_peer",
+                    format!("{p:?} is not one of this node's [[peers]]"),
+                ));
+            }
+            Some(id)
+        }
+        None => None,
+    };
+    let rx = replication.reconcile(peer);
+    let reports = tokio::time::timeout(std::time::Duration::from_secs(60), rx)
+        .await
+        .map_err(|_| ApiError::internal("anti-entropy sessions did not end within 60 s".into()))?
+        .map_err(|_| ApiError::internal("the replicator stopped".into()))?;
+    Ok(axum::Json(json!({ "sessions": reports })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -116,6 +116,14 @@ enum Request {
         certs: Vec<(NodeId, Vec<u8>)>,
         reply: InstallReply,
     },
+    /// Merge versions a peer sent in anti-entropy repair.
+    Repair {
+        versions: Vec<Event>,
+        proofs: Vec<Proof>,
+        seals: Vec<Seal>,
+        certs: Vec<(NodeId, Vec<u8>)>,
+        reply: InstallReply,
+    },
     /// Remove changelog entries up to these floors.
     Compact {
         floors: Have,
@@ -335,6 +343,34 @@ impl Committer {
                             }
                             continue;
                         }
+                        Request::Repair {
+                            versions,
+                            proofs,
+                            seals,
+                            certs,
+                            reply,
+                        } => {
+                            for v in &versions {
+                                let _ = clock.observe(v.hlc, wall_ms());
+                            }
+                            match store.repair_sealed(
+                                versions,
+                                &proofs,
+                                &seals,
+                                &certs,
+                                Sync::Immediate,
+                            ) {
+                                Ok(out) => reply(Ok(out)),
+                                Err(e @ edgerep_store::StoreError::SnapshotRefused(_)) => {
+                                    reply(Err(CommitError::Forged(e.to_string())));
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "merging a repair from a peer failed");
+                                    reply(Err(CommitError::Store(e.to_string())));
+                                }
+                            }
+                            continue;
+                        }
                         Request::Compact { floors, reply } => {
                             // Without a sync of its own: a compaction lost in a crash is redone
                             // (its floors are in the same transaction), so it rides on the next
@@ -534,6 +570,26 @@ impl Committer {
                 versions,
                 proofs,
                 have,
+                seals,
+                certs,
+                reply,
+            })
+            .map_err(|_| CommitError::Closed)
+    }
+
+    /// Queues a merge of versions a peer sent in anti-entropy repair.
+    pub fn repair(
+        &self,
+        versions: Vec<Event>,
+        proofs: Vec<Proof>,
+        seals: Vec<Seal>,
+        certs: Vec<(NodeId, Vec<u8>)>,
+        reply: InstallReply,
+    ) -> Result<(), CommitError> {
+        self.queue
+            .blocking_send(Request::Repair {
+                versions,
+                proofs,
                 seals,
                 certs,
                 reply,

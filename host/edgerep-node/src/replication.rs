@@ -47,7 +47,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::committer::wall_ms;
 use crate::committer::{CommitError, Committer, Have};
+
+mod anti_entropy;
+
 use crate::pipeline::Pipeline;
+use anti_entropy::AntiEntropy;
+pub use anti_entropy::{AntiEntropyStatus, SessionReport};
 use edgerep_wire::value::DecodeLimits;
 
 /// A peer's reader stops reading while more events than this wait to be applied.
@@ -104,6 +109,17 @@ enum Input {
         result: Result<Installed, CommitError>,
     },
     Compacted(Result<Compaction, CommitError>),
+    /// The committer merged (or refused) versions a peer sent in anti-entropy repair.
+    Repaired {
+        peer: NodeId,
+        id: u64,
+        result: Result<Installed, CommitError>,
+    },
+    /// Run anti-entropy now with one peer (or all) and reply with the sessions' reports.
+    Reconcile {
+        peer: Option<NodeId>,
+        reply: tokio::sync::oneshot::Sender<Vec<SessionReport>>,
+    },
     Have(Have),
     /// A reloaded config's revocations.
     Revoked(Vec<edgerep_config::Revoked>),
@@ -146,6 +162,9 @@ pub struct PeerStatus {
     pub duplicate_id: Option<String>,
     /// The peer is revoked in `[[revoked]]`: its connections are refused.
     pub revoked: bool,
+    /// Anti-entropy with this peer: the last comparison, and what the comparisons found and
+    /// repaired since the node started.
+    pub anti_entropy: AntiEntropyStatus,
 }
 
 /// Two different events with the same origin and sequence number met here.
@@ -234,6 +253,17 @@ impl Replication {
     /// The address the QUIC endpoint is bound to.
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
         self.transport.local_addr().ok()
+    }
+
+    /// Runs anti-entropy now with `peer` (or every connected peer); the reports arrive once the
+    /// sessions end (empty when no peer is connected).
+    pub fn reconcile(
+        &self,
+        peer: Option<NodeId>,
+    ) -> tokio::sync::oneshot::Receiver<Vec<SessionReport>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let _ = self.inbox.send(Input::Reconcile { peer, reply });
+        rx
     }
 
     /// Takes in the `[[revoked]]` of a reloaded config: sessions with newly revoked peers are
@@ -541,10 +571,11 @@ pub fn start(
         event: crate::event_limits(config),
         ..MessageLimits::default()
     };
+    let instance = instance_number();
     let core_config = ReplicaConfig {
         fingerprint: fingerprint(config),
         limits,
-        instance: instance_number(),
+        instance,
         policy: policy(config),
         ..ReplicaConfig::default()
     };
@@ -596,6 +627,7 @@ pub fn start(
         instances: BTreeMap::new(),
         duplicates: BTreeMap::new(),
         origin_claims: BTreeMap::new(),
+        anti_entropy: AntiEntropy::new(config.replication.anti_entropy_interval_ms, instance),
     };
     replicator.load_cursors();
     replicator.set_have(&have);
@@ -926,6 +958,8 @@ struct Replicator {
     duplicates: BTreeMap<NodeId, (Instant, String)>,
     /// Per peer, how far its Hello said it holds this node's own events (for the origin gate).
     origin_claims: BTreeMap<NodeId, u64>,
+    /// Anti-entropy sessions and what they found.
+    anti_entropy: AntiEntropy,
 }
 
 /// Lowercase hex of a hash.
@@ -1152,6 +1186,18 @@ impl Replicator {
         }
     }
 
+    /// `peer` broke the protocol: its connection is closed with the reason.
+    fn protocol_error(&mut self, peer: NodeId, reason: String, now: u64) {
+        self.reports.protocol_errors_total += 1;
+        tracing::warn!(peer = %peer, "protocol error, disconnecting: {reason}");
+        if let Some(live) = self.conns.remove(&peer) {
+            live.conn.close(CloseCode::Protocol, &reason);
+        }
+        self.core.disconnected(&peer, now);
+        self.aae_disconnected(&peer);
+        self.last_error.insert(peer, reason);
+    }
+
     /// Refuses what `peer` sent as not its origins' (reported), and closes its connection.
     fn cut_off(&mut self, peer: NodeId, reason: String, now: u64) {
         self.reports.refused(
@@ -1272,6 +1318,7 @@ impl Replicator {
             }
             let now = self.now();
             self.core.handle_timeout(now);
+            self.aae_tick();
             self.maybe_compact();
             self.drain_outputs();
             self.transmit();
@@ -1342,6 +1389,7 @@ impl Replicator {
                 if self.conns.get(&peer).is_some_and(|l| l.id == id) {
                     self.conns.remove(&peer);
                     self.core.disconnected(&peer, now);
+                    self.aae_disconnected(&peer);
                 }
                 self.last_error.insert(peer, reason);
             }
@@ -1374,17 +1422,24 @@ impl Replicator {
                         }
                     }
                     Message::Snapshot { certs, .. } => self.learn_certs(certs),
+                    Message::Reconcile { .. } | Message::Repair { .. } => {
+                        // The core checks only that it follows the handshake; anti-entropy
+                        // takes the message itself.
+                        let probe = Message::Reconcile {
+                            id: 0,
+                            fingerprints: Vec::new(),
+                            items: Vec::new(),
+                        };
+                        match self.core.handle(&peer, probe, now) {
+                            Ok(()) => self.aae_message(&peer, message, bytes),
+                            Err(e) => self.protocol_error(peer, e.to_string(), now),
+                        }
+                        return;
+                    }
                     _ => {}
                 }
                 if let Err(e) = self.core.handle(&peer, message, now) {
-                    let reason = e.to_string();
-                    self.reports.protocol_errors_total += 1;
-                    tracing::warn!(peer = %peer, "protocol error, disconnecting: {reason}");
-                    if let Some(live) = self.conns.remove(&peer) {
-                        live.conn.close(CloseCode::Protocol, &reason);
-                    }
-                    self.core.disconnected(&peer, now);
-                    self.last_error.insert(peer, reason);
+                    self.protocol_error(peer, e.to_string(), now);
                 }
             }
             Input::Applied { peer, result } => match result {
@@ -1446,6 +1501,8 @@ impl Replicator {
                     self.core.install_failed(&peer, &e.to_string(), now);
                 }
             },
+            Input::Repaired { peer, id, result } => self.aae_repaired(peer, id, result, now),
+            Input::Reconcile { peer, reply } => self.aae_on_demand(peer, reply),
             Input::Compacted(result) => {
                 self.compacting = false;
                 match result {
@@ -1791,6 +1848,12 @@ impl Replicator {
                         .filter(|(at, _)| at.elapsed() < DUPLICATE_WINDOW)
                         .map(|(_, why)| why.clone()),
                     revoked: self.config.is_revoked(id),
+                    anti_entropy: self
+                        .anti_entropy
+                        .status
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_default(),
                     snapshot: view.as_ref().and_then(|v| {
                         v.snapshot_sending_page
                             .map(|p| format!("sending page {p}"))

@@ -40,6 +40,7 @@ mod fingerprint;
 mod have;
 mod log;
 pub mod message;
+pub mod reconcile;
 mod replica;
 mod session;
 

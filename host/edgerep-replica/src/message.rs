@@ -12,6 +12,8 @@
 //! | 3 | [`Message::Bye`] | `[3, reason]` |
 //! | 4 | [`Message::Snapshot`] | `[4, id, page, floors, [event bytes…], done, have, [seal…], [[origin, cert]…], [proof…]]` (`have` empty unless `done`; one proof per event) |
 //! | 5 | [`Message::SnapshotAck`] | `[5, id, page]` |
+//! | 6 | [`Message::Reconcile`] | `[6, id, [[level, prefix, fingerprint (16 bytes), count]…], [[level, prefix, [[state key, hash (16 bytes)]…]]…]]` |
+//! | 7 | [`Message::Repair`] | `[7, id, [event bytes…], [proof…], [seal…], [[origin, cert]…], [state key…]]` (one proof per event) |
 //!
 //! A seal is `[origin, seq, first, chain (32 bytes), root (32 bytes), signature (bytes)]` (see
 //! `edgerep_wire::seal`): in an Events message, each origin's run ends at one of its seals; a
@@ -36,6 +38,8 @@ use edgerep_wire::{NodeId, Seal};
 use minicbor::Encoder;
 
 use crate::cbor::Reader;
+use crate::reconcile::{MAX_KEYS, MAX_RANGES, RangeFingerprint, RangeItems};
+use edgerep_wire::aae::{LEAF_LEVEL, Node, bucket_of};
 
 /// The protocol version this code speaks.
 pub const PROTOCOL_VERSION: u32 = 3;
@@ -58,6 +62,8 @@ mod kind {
     pub(super) const BYE: u64 = 3;
     pub(super) const SNAPSHOT: u64 = 4;
     pub(super) const SNAPSHOT_ACK: u64 = 5;
+    pub(super) const RECONCILE: u64 = 6;
+    pub(super) const REPAIR: u64 = 7;
 }
 
 /// What one side runs for one collection; peers compare these and report differences.
@@ -155,6 +161,31 @@ pub enum Message {
         id: u64,
         /// The page.
         page: u64,
+    },
+    /// Anti-entropy: ranges of the sender's state to compare (see [`crate::reconcile`]).
+    Reconcile {
+        /// The session (chosen by the side that opened it).
+        id: u64,
+        /// Ranges with the sender's fingerprints.
+        fingerprints: Vec<RangeFingerprint>,
+        /// Ranges with the sender's entries.
+        items: Vec<RangeItems>,
+    },
+    /// Anti-entropy: the sender's versions of keys that differ, proven like snapshot versions,
+    /// and the keys whose versions it wants.
+    Repair {
+        /// The session.
+        id: u64,
+        /// The versions, each as its origin sent it.
+        versions: Vec<Event>,
+        /// Per version, what proves it is its origin's.
+        proofs: Vec<Proof>,
+        /// The seals the proofs name.
+        seals: Vec<Seal>,
+        /// Certificates (DER) of origins the seals name.
+        certs: Vec<(NodeId, Vec<u8>)>,
+        /// State keys (`collection 0x00 key`) whose versions the sender wants.
+        want: Vec<Vec<u8>>,
     },
 }
 
@@ -332,14 +363,7 @@ impl Message {
                 let _ = e.bool(*done);
                 encode_have(&mut e, have);
                 encode_seals(buf, seals, certs);
-                let mut e = Encoder::new(&mut *buf);
-                let _ = e.array(proofs.len() as u64);
-                for p in proofs {
-                    let _ = e
-                        .array(2)
-                        .and_then(|e| e.u64(p.seal))
-                        .and_then(|e| e.bytes(&p.path.concat()));
-                }
+                encode_proofs(buf, proofs);
             }
             Message::SnapshotAck { id, page } => {
                 let _ = Encoder::new(&mut *buf)
@@ -347,6 +371,58 @@ impl Message {
                     .and_then(|e| e.u64(kind::SNAPSHOT_ACK))
                     .and_then(|e| e.u64(*id))
                     .and_then(|e| e.u64(*page));
+            }
+            Message::Reconcile {
+                id,
+                fingerprints,
+                items,
+            } => {
+                let mut e = Encoder::new(&mut *buf);
+                let _ = e
+                    .array(4)
+                    .and_then(|e| e.u64(kind::RECONCILE))
+                    .and_then(|e| e.u64(*id))
+                    .and_then(|e| e.array(fingerprints.len() as u64));
+                for f in fingerprints {
+                    let _ = e
+                        .array(4)
+                        .and_then(|e| e.u64(u64::from(f.node.level)))
+                        .and_then(|e| e.u64(u64::from(f.node.prefix)))
+                        .and_then(|e| e.bytes(&f.fingerprint))
+                        .and_then(|e| e.u64(f.count));
+                }
+                let _ = e.array(items.len() as u64);
+                for range in items {
+                    let _ = e
+                        .array(3)
+                        .and_then(|e| e.u64(u64::from(range.node.level)))
+                        .and_then(|e| e.u64(u64::from(range.node.prefix)))
+                        .and_then(|e| e.array(range.items.len() as u64));
+                    for (k, h) in &range.items {
+                        let _ = e.array(2).and_then(|e| e.bytes(k)).and_then(|e| e.bytes(h));
+                    }
+                }
+            }
+            Message::Repair {
+                id,
+                versions,
+                proofs,
+                seals,
+                certs,
+                want,
+            } => {
+                let _ = Encoder::new(&mut *buf)
+                    .array(7)
+                    .and_then(|e| e.u64(kind::REPAIR))
+                    .and_then(|e| e.u64(*id));
+                encode_events(buf, versions);
+                encode_proofs(buf, proofs);
+                encode_seals(buf, seals, certs);
+                let mut e = Encoder::new(&mut *buf);
+                let _ = e.array(want.len() as u64);
+                for k in want {
+                    let _ = e.bytes(k);
+                }
             }
         }
     }
@@ -376,6 +452,8 @@ impl Message {
             kind::BYE => (2, "bye"),
             kind::SNAPSHOT => (10, "snapshot"),
             kind::SNAPSHOT_ACK => (3, "snapshot ack"),
+            kind::RECONCILE => (4, "reconcile"),
+            kind::REPAIR => (7, "repair"),
             other => return Err(DecodeError::UnknownType(other)),
         };
         if items != want {
@@ -430,6 +508,41 @@ impl Message {
                 id: r.u64("snapshot ack id")?,
                 page: r.u64("snapshot ack page")?,
             },
+            kind::RECONCILE => {
+                let id = r.u64("reconcile id")?;
+                let (fingerprints, items) = decode_ranges(&mut r, limits)?;
+                Message::Reconcile {
+                    id,
+                    fingerprints,
+                    items,
+                }
+            }
+            kind::REPAIR => {
+                let id = r.u64("repair id")?;
+                let versions = decode_events(&mut r, limits)?;
+                let proofs = decode_proofs(&mut r, versions.len())?;
+                let (seals, certs) = decode_seals(&mut r, limits, "repair")?;
+                let n = list_len(&mut r, "repair want")?;
+                if n > MAX_KEYS {
+                    return Err(DecodeError::TooMany {
+                        what: "repair want".into(),
+                        count: n as u64,
+                        limit: MAX_KEYS as u64,
+                    });
+                }
+                let mut want = Vec::with_capacity(n);
+                for _ in 0..n {
+                    want.push(state_key(&mut r, limits, "repair want")?);
+                }
+                Message::Repair {
+                    id,
+                    versions,
+                    proofs,
+                    seals,
+                    certs,
+                    want,
+                }
+            }
             _ => Message::Bye {
                 reason: text(&mut r, "bye reason")?.to_owned(),
             },
@@ -437,6 +550,124 @@ impl Message {
         r.finish()?;
         Ok(message)
     }
+}
+
+/// `[[seal seq, path]…]`.
+fn encode_proofs(buf: &mut Vec<u8>, proofs: &[Proof]) {
+    let mut e = Encoder::new(&mut *buf);
+    let _ = e.array(proofs.len() as u64);
+    for p in proofs {
+        let _ = e
+            .array(2)
+            .and_then(|e| e.u64(p.seal))
+            .and_then(|e| e.bytes(&p.path.concat()));
+    }
+}
+
+/// A state key (`collection 0x00 key`) within the event limits.
+fn state_key(
+    r: &mut Reader<'_>,
+    limits: &MessageLimits,
+    what: &str,
+) -> Result<Vec<u8>, DecodeError> {
+    let k = r.bytes(what)?;
+    let most = limits.event.max_key_bytes + 256;
+    if k.len() > most || !k.contains(&0) {
+        return Err(DecodeError::Invalid {
+            what: what.into(),
+            reason: format!(
+                "{} bytes, not a collection, a 0x00 byte and a key within {most} bytes",
+                k.len()
+            ),
+        });
+    }
+    Ok(k.to_vec())
+}
+
+fn tree_node(r: &mut Reader<'_>, what: &str) -> Result<Node, DecodeError> {
+    let level = r.u64(what)?;
+    let prefix = r.u64(what)?;
+    let node = Node {
+        level: u8::try_from(level).unwrap_or(u8::MAX),
+        prefix: u16::try_from(prefix).unwrap_or(u16::MAX),
+    };
+    if level > u64::from(LEAF_LEVEL) || prefix > u64::from(u16::MAX) || !node.is_valid() {
+        return Err(DecodeError::Invalid {
+            what: what.into(),
+            reason: format!("no tree node at level {level} with prefix {prefix}"),
+        });
+    }
+    Ok(node)
+}
+
+fn hash16(r: &mut Reader<'_>, what: &str) -> Result<[u8; 16], DecodeError> {
+    r.bytes(what)?.try_into().map_err(|_| DecodeError::Invalid {
+        what: what.into(),
+        reason: "not 16 bytes".into(),
+    })
+}
+
+/// A Reconcile message's ranges.
+fn decode_ranges(
+    r: &mut Reader<'_>,
+    limits: &MessageLimits,
+) -> Result<(Vec<RangeFingerprint>, Vec<RangeItems>), DecodeError> {
+    let n = list_len(r, "reconcile fingerprints")?;
+    let m_items = |n: usize, what: &str| {
+        if n > MAX_RANGES {
+            Err(DecodeError::TooMany {
+                what: what.into(),
+                count: n as u64,
+                limit: MAX_RANGES as u64,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    m_items(n, "reconcile fingerprints")?;
+    let mut fingerprints = Vec::with_capacity(n);
+    for _ in 0..n {
+        r.array_of(4, "range fingerprint")?;
+        let node = tree_node(r, "range")?;
+        let fingerprint = hash16(r, "range fingerprint")?;
+        let count = r.u64("range count")?;
+        fingerprints.push(RangeFingerprint {
+            node,
+            fingerprint,
+            count,
+        });
+    }
+    let n = list_len(r, "reconcile items")?;
+    m_items(n, "reconcile items")?;
+    let mut items = Vec::with_capacity(n);
+    let mut keys = 0usize;
+    for _ in 0..n {
+        r.array_of(3, "range items")?;
+        let node = tree_node(r, "range")?;
+        let k = list_len(r, "range items")?;
+        keys += k;
+        if keys > MAX_KEYS {
+            return Err(DecodeError::TooMany {
+                what: "reconcile items".into(),
+                count: keys as u64,
+                limit: MAX_KEYS as u64,
+            });
+        }
+        let mut list = Vec::with_capacity(k);
+        for _ in 0..k {
+            r.array_of(2, "range item")?;
+            let key = state_key(r, limits, "range item key")?;
+            if !node.covers(bucket_of(&key)) {
+                return Err(DecodeError::Invalid {
+                    what: "range item key".into(),
+                    reason: "outside its range".into(),
+                });
+            }
+            list.push((key, hash16(r, "range item hash")?));
+        }
+        items.push(RangeItems { node, items: list });
+    }
+    Ok((fingerprints, items))
 }
 
 /// `[event bytes…]`.
@@ -926,6 +1157,37 @@ mod tests {
                 certs: vec![(node("a"), vec![1; 600])],
             },
             Message::SnapshotAck { id: 3, page: 1 },
+            Message::Reconcile {
+                id: 9,
+                fingerprints: vec![RangeFingerprint {
+                    node: Node {
+                        level: 2,
+                        prefix: 255,
+                    },
+                    fingerprint: [4; 16],
+                    count: 1_000_000,
+                }],
+                items: vec![RangeItems {
+                    node: Node::ROOT,
+                    items: vec![(b"c\0k".to_vec(), [5; 16])],
+                }],
+            },
+            Message::Reconcile {
+                id: 9,
+                fingerprints: vec![],
+                items: vec![],
+            },
+            Message::Repair {
+                id: 9,
+                versions: vec![event("a", 4)],
+                proofs: vec![Proof {
+                    seal: 4,
+                    path: vec![[1; 32]],
+                }],
+                seals: vec![],
+                certs: vec![],
+                want: vec![b"c\0k".to_vec()],
+            },
         ]
     }
 
@@ -1062,6 +1324,61 @@ mod tests {
             "invalid snapshot proofs: 2 proofs for 1 versions",
         );
         assert!(decode(&page(vec![proof(MAX_PATH_HASHES)])).is_ok());
+        // Reconcile ranges must be nodes of the tree, and listed keys inside their range.
+        let reconcile = |node: Node, key: &[u8]| {
+            Message::Reconcile {
+                id: 1,
+                fingerprints: vec![],
+                items: vec![RangeItems {
+                    node,
+                    items: vec![(key.to_vec(), [0; 16])],
+                }],
+            }
+            .encode()
+        };
+        refused(
+            &reconcile(
+                Node {
+                    level: 5,
+                    prefix: 0,
+                },
+                b"c\0k",
+            ),
+            "invalid range: no tree node at level 5",
+        );
+        refused(
+            &reconcile(
+                Node {
+                    level: 1,
+                    prefix: 16,
+                },
+                b"c\0k",
+            ),
+            "invalid range: no tree node at level 1 with prefix 16",
+        );
+        let bucket = bucket_of(b"c\0k");
+        let elsewhere = Node {
+            level: 4,
+            prefix: bucket.wrapping_add(1),
+        };
+        refused(
+            &reconcile(elsewhere, b"c\0k"),
+            "range item key: outside its range",
+        );
+        refused(
+            &reconcile(Node::ROOT, b"no separator"),
+            "invalid range item key",
+        );
+        assert!(
+            decode(&reconcile(
+                Node {
+                    level: 4,
+                    prefix: bucket
+                },
+                b"c\0k"
+            ))
+            .is_ok()
+        );
         refused(
             &page(vec![proof(MAX_PATH_HASHES + 1)]),
             "invalid proof path",

@@ -565,6 +565,8 @@ impl Replica {
             Message::Ack { .. } => Some("ack"),
             Message::Snapshot { .. } => Some("snapshot"),
             Message::SnapshotAck { .. } => Some("snapshot ack"),
+            Message::Reconcile { .. } => Some("reconcile"),
+            Message::Repair { .. } => Some("repair"),
         };
         if let Some(message) = before_hello.filter(|_| !s.ready()) {
             return Err(ProtocolError::BeforeHello { message });
@@ -715,6 +717,9 @@ impl Replica {
                     }
                 }
             }
+            // Anti-entropy is the caller's (see `reconcile`): the core only checks that it comes
+            // after the handshake.
+            Message::Reconcile { .. } | Message::Repair { .. } => {}
             Message::SnapshotAck { id, page } => {
                 let Some(out) = s.snapshot_out.as_mut() else {
                     return Ok(());

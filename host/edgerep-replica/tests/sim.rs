@@ -1752,6 +1752,8 @@ fn describe(m: &Message) -> String {
         }
         Message::Ack { have, rewind } => format!("ack {have:?} rewind {rewind}"),
         Message::Bye { reason } => format!("bye {reason}"),
+        Message::Reconcile { id, .. } => format!("reconcile {id}"),
+        Message::Repair { id, versions, .. } => format!("repair {id}: {} versions", versions.len()),
         Message::Snapshot {
             id,
             page,

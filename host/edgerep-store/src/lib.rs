@@ -17,6 +17,7 @@
 //! survive a crash) unless the caller asks for [`Sync::Deferred`]: then they survive a crash only
 //! after the next immediate commit or [`Store::sync`] (commits reach the disk in order).
 
+pub mod aae;
 mod digest;
 mod keys;
 mod proofs;
@@ -153,6 +154,9 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// A request the store cannot answer as asked (names what was wrong).
+    #[error("invalid request: {0}")]
+    Invalid(String),
     /// The database was written by an older edgerep whose tables this one cannot continue.
     #[error(
         "store format {found} predates this edgerep's origin seals (format {STORE_FORMAT}): move the data directory away and start the node on an empty one; it catches up from its peers"
@@ -464,6 +468,7 @@ impl Counters {
 /// pages, so both merge exactly alike.
 fn apply_to_state(
     state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    index: &mut aae::Writes<'_>,
     digest: &mut Digest,
     entries: &mut u64,
     limits: &EventLimits,
@@ -487,10 +492,54 @@ fn apply_to_state(
             None => *entries += 1,
         }
         let new_bytes = versions.encode();
-        digest.add(Digest::of_entry(&collection, &key, &new_bytes));
+        let new_hash = Digest::of_entry(&collection, &key, &new_bytes);
+        digest.add(new_hash);
+        index.set(&skey, old_hash, new_hash)?;
         state.insert(skey.as_slice(), new_bytes.as_slice())?;
     }
     Ok(applied)
+}
+
+/// [`apply_to_state`] for anti-entropy repair of a damaged store: a key that does not decode is
+/// replaced, and a version with the event's origin and sequence number but other bytes is
+/// dropped before the event is applied (the event was proven its origin's; that version was
+/// not). Returns what applying did and whether something damaged was replaced.
+fn repair_in_state(
+    state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    index: &mut aae::Writes<'_>,
+    digest: &mut Digest,
+    entries: &mut u64,
+    limits: &EventLimits,
+    event: Event,
+) -> Result<(Applied, bool), StoreError> {
+    let skey = state_key(&event.collection, &event.key);
+    let old = state.get(skey.as_slice())?;
+    let old_hash = old
+        .as_ref()
+        .map(|g| Digest::of_entry(&event.collection, &event.key, g.value()));
+    let (mut versions, mut damaged) = match &old {
+        Some(g) => match Versions::decode(g.value(), limits) {
+            Ok(v) => (v, false),
+            Err(_) => (Versions::new(), true),
+        },
+        None => (Versions::new(), false),
+    };
+    drop(old);
+    damaged |= versions.drop_other_bytes(&event);
+    let (collection, key) = (event.collection.clone(), event.key.clone());
+    let applied = versions.apply(event);
+    if applied == Applied::Added || damaged {
+        match old_hash {
+            Some(h) => digest.sub(h),
+            None => *entries += 1,
+        }
+        let new_bytes = versions.encode();
+        let new_hash = Digest::of_entry(&collection, &key, &new_bytes);
+        digest.add(new_hash);
+        index.set(&skey, old_hash, new_hash)?;
+        state.insert(skey.as_slice(), new_bytes.as_slice())?;
+    }
+    Ok((applied, damaged))
 }
 
 /// A node's store.
@@ -501,6 +550,10 @@ pub struct Store {
     /// Signs this node's seals and checks its peers'; `None`: seals are unsigned and not
     /// checked (a node without peers, tests, and the benchmark's unauthenticated runs).
     keys: Option<Arc<dyn Keys>>,
+    /// The anti-entropy sums (see `aae`).
+    aae: aae::Sums,
+    /// What the anti-entropy index check found at open.
+    open_check: aae::OpenCheck,
 }
 
 impl std::fmt::Debug for Store {
@@ -618,13 +671,17 @@ impl Store {
             txn.open_table(SEALS)?;
             txn.open_table(CERTS)?;
             txn.open_table(proofs::PROOFS)?;
+            txn.open_table(aae::AAE)?;
         }
         txn.commit()?;
+        let (sums, open_check) = aae::open(&db)?;
         let store = Store {
             db,
             node: node.clone(),
             limits,
             keys: None,
+            aae: sums,
+            open_check,
         };
         let resume = store.resume()?;
         Ok((store, resume))
@@ -754,7 +811,7 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(writes.len());
-        {
+        let deltas = {
             let mut dead = txn.open_table(DEAD_LETTERS)?;
             for &id in dead_letters {
                 if dead.remove(id)?.is_none() {
@@ -770,6 +827,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
+            let mut aae_rows = aae::Writes::open(&txn)?;
             let mut seq = origins.get(self.node.as_str())?.map_or(0, |g| g.value());
             let (head_seq, mut chain) = seals::head(&chains, &self.node)?;
             if head_seq != seq {
@@ -890,7 +948,9 @@ impl Store {
                     block.clear();
                 }
                 let new_bytes = Versions::encode_single(&event_bytes);
-                digest.add(Digest::of_entry(&event.collection, &event.key, &new_bytes));
+                let new_hash = Digest::of_entry(&event.collection, &event.key, &new_bytes);
+                digest.add(new_hash);
+                aae_rows.set(&skey, old_hash, new_hash)?;
                 state.insert(skey.as_slice(), new_bytes.as_slice())?;
                 out.push(Committed { seq, hlc, position });
                 made.push(event);
@@ -922,8 +982,10 @@ impl Store {
                 .save(&mut meta)?;
                 meta.insert(META_HLC, &hlc_bytes(clock.last())[..])?;
             }
-        }
+            std::mem::take(&mut aae_rows.deltas)
+        };
         txn.commit()?;
+        self.aae.apply(&deltas);
         Ok(out)
     }
 
@@ -1195,7 +1257,7 @@ impl Store {
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(events.len());
         let mut dead_ids = Vec::with_capacity(dead_letters.len());
-        let (held, feed_last, forks) = {
+        let (held, feed_last, forks, deltas) = {
             let mut dead = txn.open_table(DEAD_LETTERS)?;
             let first = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
             for (id, record) in (first..).zip(dead_letters) {
@@ -1210,6 +1272,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
+            let mut index = aae::Writes::open(&txn)?;
             seals::put_certs(&txn, sealed)?;
             // Before anything is written, one pass encodes each event and walks each origin's
             // chain over its new events, checking the batch's seals on the way: a seal that
@@ -1362,6 +1425,7 @@ impl Store {
                 }
                 out.push(apply_to_state(
                     &mut state,
+                    &mut index,
                     &mut digest,
                     &mut entries,
                     &self.limits,
@@ -1421,9 +1485,15 @@ impl Store {
             if let Some(hlc) = hlc_last {
                 meta.insert(META_HLC, &hlc_bytes(hlc)[..])?;
             }
-            (held_by_origin, position, forks)
+            (
+                held_by_origin,
+                position,
+                forks,
+                std::mem::take(&mut index.deltas),
+            )
         };
         txn.commit()?;
+        self.aae.apply(&deltas);
         Ok(RemoteApply {
             applied: out,
             dead_letters: dead_ids,
@@ -1773,9 +1843,16 @@ impl Store {
         let state = txn.open_table(STATE)?;
         let proofs_t = txn.open_table(proofs::PROOFS)?;
         for row in state.iter()? {
-            let (_, v) = row?;
-            let versions =
-                Versions::decode(v.value(), &self.limits).map_err(|e| corrupt("state", e))?;
+            let (k, v) = row?;
+            let versions = match Versions::decode(v.value(), &self.limits) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "state entry {:?} cannot be read: {e}",
+                        String::from_utf8_lossy(k.value())
+                    )));
+                }
+            };
             for version in versions.events() {
                 if version.seq > compacted_of(version.origin.as_str()) {
                     continue;

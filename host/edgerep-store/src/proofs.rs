@@ -277,11 +277,14 @@ pub(crate) struct PageProofs {
     blocks: std::collections::BTreeMap<(String, u64), Vec<ChainHash>>,
     /// Seals already in `seals`.
     named: std::collections::BTreeSet<(String, u64)>,
+    /// Versions left out: nothing here proves them (a damaged store).
+    pub(crate) unproven: u64,
 }
 
 impl PageProofs {
     /// Adds `version` with its proof: a kept row when its event left the changelog, else its
-    /// block read from the changelog.
+    /// block read from the changelog. A version nothing here proves (a damaged store) is left
+    /// out and counted: sent on, it would get this node cut off as a forger.
     pub(crate) fn add(
         &mut self,
         changelog: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -290,74 +293,83 @@ impl PageProofs {
         limits: &EventLimits,
         version: Event,
     ) -> Result<(), StoreError> {
+        match self.prove(changelog, seals_t, proofs, limits, version)? {
+            Some((original, seal, proof))
+                if seal.proves(original.seq, &original.encode(), &proof.path) =>
+            {
+                if self.named.insert((seal.origin.to_string(), seal.seq)) {
+                    self.seals.push(seal);
+                }
+                self.versions.push((original, proof));
+            }
+            _ => self.unproven += 1,
+        }
+        Ok(())
+    }
+
+    /// The origin's event behind `version`, the seal of its block and its path, if this store
+    /// holds them.
+    fn prove(
+        &mut self,
+        changelog: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        seals_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        proofs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        limits: &EventLimits,
+        version: Event,
+    ) -> Result<Option<(Event, Seal, Proof)>, StoreError> {
         let origin = version.origin.clone();
         let lkey = log_key(origin.as_str(), version.seq);
-        let (original, seal, proof) = match proofs.get(lkey.as_slice())? {
-            Some(g) => {
-                let kept = Kept::decode(&origin, g.value())?;
-                let original = match &kept.original {
-                    Some(bytes) => {
-                        Event::decode(bytes, limits).map_err(|e| corrupt("proofs", e))?
-                    }
-                    None => version,
-                };
-                let proof = kept.proof();
-                (original, kept.seal, proof)
-            }
-            None => {
-                let Some(bytes) = changelog.get(lkey.as_slice())? else {
-                    return Err(corrupt(
-                        "proofs",
-                        format!(
-                            "version {origin}:{} is neither in the changelog nor proven",
-                            version.seq
-                        ),
-                    ));
-                };
-                let original =
-                    Event::decode(bytes.value(), limits).map_err(|e| corrupt("changelog", e))?;
-                drop(bytes);
-                let hi = log_key(origin.as_str(), u64::MAX);
-                let seal = match seals_t.range(lkey.as_slice()..=hi.as_slice())?.next() {
-                    Some(row) => {
-                        let (k, v) = row?;
-                        let seq = log_seq(origin.as_str(), k.value())
-                            .ok_or_else(|| corrupt("seals", "a key of another origin"))?;
-                        seals::decode(&origin, seq, v.value())?
-                    }
-                    None => {
-                        return Err(corrupt(
-                            "seals",
-                            format!("{origin}:{} is past its origin's last seal", version.seq),
-                        ));
-                    }
-                };
-                let block = (origin.to_string(), seal.seq);
-                if !self.blocks.contains_key(&block) {
-                    let (lo, hi) = (
-                        log_key(origin.as_str(), seal.first),
-                        log_key(origin.as_str(), seal.seq),
-                    );
-                    let mut leaves = Vec::new();
-                    for row in changelog.range(lo.as_slice()..=hi.as_slice())? {
-                        leaves.push(event_leaf(row?.1.value()));
-                    }
-                    self.blocks.insert(block.clone(), leaves);
-                }
-                let leaves = &self.blocks[&block];
-                let index = (version.seq - seal.first) as usize;
-                let proof = Proof {
-                    seal: seal.seq,
-                    path: merkle_path(leaves, index),
-                };
-                (original, seal, proof)
-            }
-        };
-        if self.named.insert((origin.to_string(), seal.seq)) {
-            self.seals.push(seal);
+        if let Some(g) = proofs.get(lkey.as_slice())? {
+            let kept = Kept::decode(&origin, g.value())?;
+            let original = match &kept.original {
+                Some(bytes) => match Event::decode(bytes, limits) {
+                    Ok(e) => e,
+                    Err(_) => return Ok(None),
+                },
+                None => version,
+            };
+            let proof = kept.proof();
+            return Ok(Some((original, kept.seal, proof)));
         }
-        self.versions.push((original, proof));
-        Ok(())
+        let Some(bytes) = changelog.get(lkey.as_slice())? else {
+            return Ok(None);
+        };
+        let Ok(original) = Event::decode(bytes.value(), limits) else {
+            return Ok(None);
+        };
+        drop(bytes);
+        let hi = log_key(origin.as_str(), u64::MAX);
+        let seal = match seals_t.range(lkey.as_slice()..=hi.as_slice())?.next() {
+            Some(row) => {
+                let (k, v) = row?;
+                let seq = log_seq(origin.as_str(), k.value())
+                    .ok_or_else(|| corrupt("seals", "a key of another origin"))?;
+                seals::decode(&origin, seq, v.value())?
+            }
+            None => return Ok(None),
+        };
+        if !seal.covers(version.seq) {
+            return Ok(None);
+        }
+        let block = (origin.to_string(), seal.seq);
+        if !self.blocks.contains_key(&block) {
+            let (lo, hi) = (
+                log_key(origin.as_str(), seal.first),
+                log_key(origin.as_str(), seal.seq),
+            );
+            let mut leaves = Vec::new();
+            for row in changelog.range(lo.as_slice()..=hi.as_slice())? {
+                leaves.push(event_leaf(row?.1.value()));
+            }
+            self.blocks.insert(block.clone(), leaves);
+        }
+        let leaves = &self.blocks[&block];
+        let index = (version.seq - seal.first) as usize;
+        let proof = Proof {
+            seal: seal.seq,
+            path: merkle_path(leaves, index),
+        };
+        Ok(Some((original, seal, proof)))
     }
 }
 

@@ -23,7 +23,7 @@ use crate::proofs::{self, PROOFS, PageProofs};
 use crate::seals::{self, CHAINS, SEALS};
 use crate::{
     Applied, CHANGELOG, Counters, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
-    Versions, apply_to_state, corrupt, hlc_bytes, u64_from,
+    Versions, aae, apply_to_state, corrupt, hlc_bytes, repair_in_state, u64_from,
 };
 
 /// Per origin, the highest sequence number removed from the changelog.
@@ -50,15 +50,23 @@ pub struct StatePage {
     pub proofs: Vec<Proof>,
     /// The seals the proofs name, once each.
     pub seals: Vec<Seal>,
+    /// Versions left out because nothing this node holds proves them (a damaged store).
+    pub unproven: u64,
     /// The (collection, key) the next page starts after; `None` when the state is done.
     pub next: Option<(String, Vec<u8>)>,
 }
 
-/// What [`Store::install_snapshot`] did.
+/// What [`Store::install_snapshot`] (or [`Store::repair_sealed`]) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installed {
     /// Versions that changed their key (merged in, replacing what they supersede).
     pub changed: u64,
+    /// Of those, versions of an origin up to where this node's have already covered it: what
+    /// this node should have held already (drift), not writes still in flight.
+    pub covered: u64,
+    /// Versions that replaced a damaged one (same origin and sequence number, other bytes) or
+    /// a damaged key this node could not read (repair only).
+    pub replaced: u64,
     /// Every origin's highest sequence number held afterwards.
     pub held: BTreeMap<String, u64>,
     /// Every origin's compacted floor afterwards.
@@ -290,7 +298,39 @@ impl Store {
             versions,
             proofs,
             seals: proven.seals,
+            unproven: proven.unproven,
             next,
+        })
+    }
+
+    /// The versions of the keys `state_keys` (`collection 0x00 key`) with their proofs, as a
+    /// page: what anti-entropy sends a peer for keys that differ. Keys this node does not hold,
+    /// or cannot read, are left out.
+    pub fn versions_of(&self, state_keys: &[Vec<u8>]) -> Result<StatePage, StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        let changelog = txn.open_table(CHANGELOG)?;
+        let seals_t = txn.open_table(SEALS)?;
+        let proofs_t = txn.open_table(PROOFS)?;
+        let mut proven = PageProofs::default();
+        for k in state_keys {
+            let Some(g) = state.get(k.as_slice())? else {
+                continue;
+            };
+            let Ok(v) = Versions::decode(g.value(), &self.limits) else {
+                continue;
+            };
+            for version in v.events().iter().cloned() {
+                proven.add(&changelog, &seals_t, &proofs_t, &self.limits, version)?;
+            }
+        }
+        let (versions, proofs) = proven.versions.into_iter().unzip();
+        Ok(StatePage {
+            versions,
+            proofs,
+            seals: proven.seals,
+            unproven: proven.unproven,
+            next: None,
         })
     }
 
@@ -308,7 +348,7 @@ impl Store {
         hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
-        self.install_in(versions, None, have, None, hlc_last, sync)
+        self.install_in(versions, None, have, None, hlc_last, sync, false)
     }
 
     /// [`Store::install_snapshot`] from a peer. Every version must be proven its origin's by
@@ -336,9 +376,34 @@ impl Store {
             Some((seals, certs)),
             hlc_last,
             sync,
+            false,
         )
     }
 
+    /// Merges versions a peer sent in anti-entropy repair: checked like a snapshot page
+    /// ([`Store::install_sealed`], no have), and merged by the ordinary rule, except that a
+    /// version proven its origin's replaces a version this node holds with the same origin and
+    /// sequence number but other bytes, and a key this node cannot read (both: damage here).
+    pub fn repair_sealed(
+        &self,
+        versions: Vec<Event>,
+        proofs: &[Proof],
+        seals: &[Seal],
+        certs: &[(NodeId, Vec<u8>)],
+        sync: Sync,
+    ) -> Result<Installed, StoreError> {
+        self.install_in(
+            versions,
+            Some(proofs),
+            None,
+            Some((seals, certs)),
+            None,
+            sync,
+            true,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn install_in(
         &self,
         versions: Vec<Event>,
@@ -347,6 +412,7 @@ impl Store {
         sealed: Option<seals::Sealed<'_>>,
         hlc_last: Option<Hlc>,
         sync: Sync,
+        repair: bool,
     ) -> Result<Installed, StoreError> {
         self.learn_certs(sealed).map_err(|(origin, reason)| {
             StoreError::SnapshotRefused(format!("the certificate of {origin}: {reason}"))
@@ -396,24 +462,43 @@ impl Store {
         }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
-        let out = {
+        let (out, deltas) = {
             let mut state = txn.open_table(STATE)?;
             let mut meta = txn.open_table(META)?;
             let mut proofs_t = txn.open_table(PROOFS)?;
+            let mut index = aae::Writes::open(&txn)?;
             let mut counters = Counters::load(&meta)?;
-            let mut changed = 0;
+            let held_before = read_map(&txn.open_table(ORIGINS)?)?;
+            let (mut changed, mut covered, mut replaced) = (0, 0, 0);
             for (event, seal, path) in proven {
                 let lkey = log_key(event.origin.as_str(), event.seq);
                 let skey = state_key(&event.collection, &event.key);
-                let applied = apply_to_state(
-                    &mut state,
-                    &mut counters.digest,
-                    &mut counters.entries,
-                    &self.limits,
-                    event,
-                )?;
+                let within_have =
+                    held_before.get(event.origin.as_str()).copied().unwrap_or(0) >= event.seq;
+                let applied = if repair {
+                    let (applied, was_damaged) = repair_in_state(
+                        &mut state,
+                        &mut index,
+                        &mut counters.digest,
+                        &mut counters.entries,
+                        &self.limits,
+                        event,
+                    )?;
+                    replaced += u64::from(was_damaged);
+                    applied
+                } else {
+                    apply_to_state(
+                        &mut state,
+                        &mut index,
+                        &mut counters.digest,
+                        &mut counters.entries,
+                        &self.limits,
+                        event,
+                    )?
+                };
                 if applied == Applied::Added {
                     changed += 1;
+                    covered += u64::from(within_have);
                     let kept = proofs::Kept {
                         state_key: skey,
                         seal,
@@ -521,6 +606,7 @@ impl Store {
             }
             let held = read_map(&origins)?;
             let compacted = read_map(&compacted_t)?;
+            let deltas = std::mem::take(&mut index.deltas);
             drop((
                 origins,
                 compacted_t,
@@ -529,17 +615,24 @@ impl Store {
                 seals_t,
                 proofs_t,
                 state,
+                index,
             ));
             if have.is_some() {
                 trim_feed(&mut txn, &compacted)?;
             }
-            Installed {
-                changed,
-                held,
-                compacted,
-            }
+            (
+                Installed {
+                    changed,
+                    covered,
+                    replaced,
+                    held,
+                    compacted,
+                },
+                deltas,
+            )
         };
         txn.commit()?;
+        self.aae.apply(&deltas);
         Ok(out)
     }
 }

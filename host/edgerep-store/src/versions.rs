@@ -62,6 +62,15 @@ impl Versions {
         Applied::Added
     }
 
+    /// Drops a version with `event`'s origin and sequence number but other bytes; returns
+    /// whether there was one.
+    pub fn drop_other_bytes(&mut self, event: &Event) -> bool {
+        let before = self.0.len();
+        self.0
+            .retain(|v| !(v.origin == event.origin && v.seq == event.seq && v != event));
+        self.0.len() != before
+    }
+
     /// The causal context for a new write that supersedes every current version.
     pub fn context(&self) -> VersionVector {
         let mut vv = VersionVector::new();

@@ -4,6 +4,7 @@
 //! Invariant: this crate does no IO and reads no clock. Everything here is a pure function of its
 //! inputs, so the same event is the same bytes on every node.
 
+pub mod aae;
 pub mod event;
 pub mod hlc;
 pub mod json;

@@ -167,6 +167,15 @@ impl Client {
         Self::finish(self.agent.get(&url).call())
     }
 
+    /// Runs anti-entropy now with `peer` (or every connected peer).
+    pub(crate) fn reconcile(&self, peer: Option<&str>) -> Outcome {
+        let url = match peer {
+            Some(p) => format!("{}/v1/reconcile?peer={}", self.base, query_value(p)),
+            None => format!("{}/v1/reconcile", self.base),
+        };
+        Self::finish(self.agent.post(&url).send_empty())
+    }
+
     /// A page of dead letters.
     pub(crate) fn dead_letters(&self, after: u64, limit: usize) -> Outcome {
         let url = format!("{}/v1/dead-letters?after={after}&limit={limit}", self.base);

@@ -176,6 +176,21 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Compare this node's state with a peer's (or every connected peer's) now, repair what
+    /// differs, and print what was found: anti-entropy on demand.
+    Reconcile {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this peer.
+        #[arg(long)]
+        peer: Option<String>,
+    },
+    /// Tools for drills and diagnosis; they act on a stopped node's store.
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
     /// Config file tools.
     Config {
         #[command(subcommand)]
@@ -204,6 +219,27 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// Damage one key's stored state behind the store's bookkeeping (a drill: the restarted
+    /// node finds the damage, and anti-entropy repairs it from a peer). Refuses while the node
+    /// runs.
+    Damage {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The key's collection.
+        #[arg(long)]
+        collection: String,
+        /// The key.
+        #[arg(long)]
+        key: String,
+        /// Flip the last byte of the stored versions instead of removing them.
+        #[arg(long)]
+        flip_byte: bool,
     },
 }
 
@@ -249,6 +285,46 @@ fn init_logging() {
 
 fn load(config: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(config)?)
+}
+
+/// `edgerep debug damage`: opens the stopped node's store and damages one key.
+fn debug_damage(config: &Path, collection: &str, key: &str, flip: bool) -> anyhow::Result<u8> {
+    let config = load(config)?;
+    let path = config.node.data_dir.join("edgerep.redb");
+    if !path.exists() {
+        eprintln!("{}: no store here (has the node run?)", path.display());
+        return Ok(EXIT_USAGE);
+    }
+    let store = match edgerep_store::Store::open(
+        &path,
+        &config.node.id,
+        edgerep_node::event_limits(&config),
+    ) {
+        Ok((store, _)) => store,
+        Err(edgerep_store::StoreError::Storage(redb::Error::DatabaseAlreadyOpen)) => {
+            eprintln!(
+                "{}: the store is open: stop the node first (the damage must happen behind its back, not under it)",
+                path.display()
+            );
+            return Ok(EXIT_USAGE);
+        }
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
+    };
+    let how = if flip {
+        edgerep_store::aae::Damage::FlipByte
+    } else {
+        edgerep_store::aae::Damage::Remove
+    };
+    if store.damage(collection, key.as_bytes(), how)? {
+        println!(
+            "{collection}/{key}: {} (the digest and the index still say otherwise; the node finds it at its next start)",
+            if flip { "last byte flipped" } else { "removed" }
+        );
+        Ok(0)
+    } else {
+        eprintln!("{collection}/{key}: no such key in the store");
+        Ok(EXIT_USAGE)
+    }
 }
 
 fn client(config: &Path) -> anyhow::Result<Client> {
@@ -539,6 +615,22 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 |_| {},
             ))
         }
+        Command::Reconcile { config, peer } => Ok(report(
+            client(&config)?.reconcile(peer.as_deref()),
+            |body| match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
+                Err(_) => print_body(body),
+            },
+        )),
+        Command::Debug {
+            command:
+                DebugCommand::Damage {
+                    config,
+                    collection,
+                    key,
+                    flip_byte,
+                },
+        } => debug_damage(&config, &collection, &key, flip_byte),
         Command::Status { config, verify } => {
             Ok(report(
                 client(&config)?.status(verify),

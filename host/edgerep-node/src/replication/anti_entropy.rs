@@ -1,0 +1,607 @@
+//! Anti-entropy in the replicator: sessions of range-based reconciliation with each peer
+//! (`edgerep_replica::reconcile`) over the store's index (`edgerep_store::aae`), and repair of
+//! the keys that differ (versions proven their origins', merged by the committer).
+//!
+//! Invariants:
+//! - Of a pair of peers, the one with the lower id starts the periodic sessions; either starts
+//!   one on demand. One session of ours per peer at a time; answering a peer's session keeps
+//!   no state.
+//! - What repair merges is checked like a snapshot page (every version proven by its origin's
+//!   seal); a peer that sends an unproven version is cut off like a forger.
+//! - A repaired version this node's have already covered is drift (it should have been here);
+//!   one beyond it was still in flight, and only counted as repaired.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use edgerep_replica::Message;
+use edgerep_replica::reconcile::{self, Tree};
+use edgerep_store::Installed;
+use edgerep_wire::NodeId;
+use edgerep_wire::aae::Node;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::{CommitHookSender, Input, Replicator, wall_ms};
+use crate::committer::CommitError;
+
+/// A session of ours that gets no answer for this long ends, reported as timed out.
+pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per peer, what `status` shows of anti-entropy.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AntiEntropyStatus {
+    /// When the last session of ours with this peer ended (ms since the Unix epoch).
+    pub last_at_ms: Option<u64>,
+    /// Whether that session found the two states equal.
+    pub agreed: Option<bool>,
+    /// When a session of ours last ended in agreement.
+    pub last_agreed_at_ms: Option<u64>,
+    /// Sessions of ours with this peer since the node started.
+    pub sessions_total: u64,
+    /// Reconcile and repair messages exchanged (both ways, either side's sessions).
+    pub messages_total: u64,
+    /// Bytes of those messages this node sent.
+    pub bytes_sent_total: u64,
+    /// Bytes of those messages this node received.
+    pub bytes_received_total: u64,
+    /// Entries compared key by key here.
+    pub keys_compared_total: u64,
+    /// Keys found different here (either side lacked them or held other versions).
+    pub differing_total: u64,
+    /// Versions merged from this peer that changed a key.
+    pub repaired_in_total: u64,
+    /// Versions sent to this peer for keys that differed.
+    pub repaired_out_total: u64,
+    /// Of `repaired_in_total`, versions this node's have already covered: drift (it held
+    /// them by its bookkeeping, but its state did not).
+    pub drift_total: u64,
+    /// Versions (or keys) held here damaged and replaced by the peer's.
+    pub replaced_total: u64,
+    /// Versions of this node's that it could not prove (damaged here), left out of repair.
+    pub unproven_total: u64,
+}
+
+/// One finished session of ours, as `edgerep reconcile` prints it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SessionReport {
+    /// The peer.
+    pub peer: String,
+    /// Whether the two states were equal (nothing differed).
+    pub agreed: bool,
+    /// Whether the session ended for want of an answer.
+    pub timed_out: bool,
+    /// Messages sent and received.
+    pub messages: u64,
+    /// Round trips: Reconcile messages this node sent.
+    pub round_trips: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Entries compared key by key here.
+    pub keys_compared: u64,
+    /// Keys found different here.
+    pub differing: u64,
+    /// Versions merged from the peer that changed a key.
+    pub repaired_in: u64,
+    /// Versions sent to the peer.
+    pub repaired_out: u64,
+    /// Of `repaired_in`, drift.
+    pub drift: u64,
+    /// Damaged versions or keys replaced.
+    pub replaced: u64,
+    /// How long the session took.
+    pub millis: u64,
+}
+
+struct Session {
+    id: u64,
+    started: Instant,
+    last_heard: Instant,
+    report: SessionReport,
+    /// The ping-pong of ranges is over.
+    compared: bool,
+    /// Repairs not done yet: versions asked of the peer, and merges in the committer.
+    pending: u32,
+}
+
+/// A caller of `edgerep reconcile` waiting for sessions to end.
+struct Waiter {
+    peers: BTreeSet<NodeId>,
+    reports: Vec<SessionReport>,
+    reply: oneshot::Sender<Vec<SessionReport>>,
+}
+
+/// The replicator's anti-entropy state.
+pub(super) struct AntiEntropy {
+    interval: Option<Duration>,
+    next_at: BTreeMap<NodeId, Instant>,
+    sessions: BTreeMap<NodeId, Session>,
+    next_id: u64,
+    pub(super) status: BTreeMap<NodeId, AntiEntropyStatus>,
+    waiters: Vec<Waiter>,
+    /// Per peer, a small deterministic jitter source.
+    jitter: u64,
+}
+
+impl AntiEntropy {
+    pub(super) fn new(interval_ms: u64, seed: u64) -> AntiEntropy {
+        AntiEntropy {
+            interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
+            next_at: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_id: seed.max(1),
+            status: BTreeMap::new(),
+            waiters: Vec::new(),
+            jitter: seed | 1,
+        }
+    }
+
+    /// The interval plus up to a quarter of it, varied per call.
+    fn jittered(&mut self, interval: Duration) -> Duration {
+        // xorshift: no randomness source needed, and varied enough to spread sessions.
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let quarter = interval.as_millis() as u64 / 4;
+        interval + Duration::from_millis(self.jitter % quarter.max(1))
+    }
+}
+
+/// The store's anti-entropy index as reconciliation reads it.
+pub(super) struct StoreTree<'a>(pub(super) &'a edgerep_store::Store);
+
+impl Tree for StoreTree<'_> {
+    fn fingerprint(&self, node: Node) -> Result<([u8; 16], u64), edgerep_replica::LogError> {
+        let f = self
+            .0
+            .aae_fingerprint(node)
+            .map_err(|e| edgerep_replica::LogError::Storage {
+                reason: e.to_string(),
+            })?;
+        Ok((f.short(), f.count))
+    }
+
+    fn items(&self, node: Node) -> Result<Vec<reconcile::Entry>, edgerep_replica::LogError> {
+        let items = self
+            .0
+            .aae_items(node)
+            .map_err(|e| edgerep_replica::LogError::Storage {
+                reason: e.to_string(),
+            })?;
+        Ok(items
+            .into_iter()
+            .map(|i| {
+                let mut h = [0u8; 16];
+                h.copy_from_slice(&i.hash[..16]);
+                (i.state_key, h)
+            })
+            .collect())
+    }
+}
+
+impl CommitHookSender {
+    /// Reports the outcome of merging versions a peer sent in repair.
+    pub(super) fn repaired(&self, peer: NodeId, id: u64, result: Result<Installed, CommitError>) {
+        let _ = self.0.send(Input::Repaired { peer, id, result });
+    }
+}
+
+impl Replicator {
+    /// Sends `message` to `peer`; returns its size (0 when the peer is not connected).
+    fn aae_send(&mut self, peer: &NodeId, message: Message) -> u64 {
+        let Some(live) = self.conns.get(peer) else {
+            return 0;
+        };
+        let frame = message.encode();
+        let n = frame.len();
+        live.queued
+            .fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+        if live.frames.send(frame).is_err() {
+            return 0;
+        }
+        let s = self.anti_entropy.status.entry(peer.clone()).or_default();
+        s.messages_total += 1;
+        s.bytes_sent_total += n as u64;
+        if let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
+            session.report.messages += 1;
+            session.report.bytes_sent += n as u64;
+        }
+        n as u64
+    }
+
+    /// Starts periodic sessions that are due, ends sessions that timed out.
+    pub(super) fn aae_tick(&mut self) {
+        let now = Instant::now();
+        if let Some(interval) = self.anti_entropy.interval {
+            let local = self.core.local().clone();
+            let due: Vec<NodeId> = self
+                .conns
+                .keys()
+                .filter(|p| local < **p && self.core.is_ready(p))
+                .filter(|p| !self.anti_entropy.sessions.contains_key(*p))
+                .cloned()
+                .collect();
+            for peer in due {
+                match self.anti_entropy.next_at.get(&peer) {
+                    Some(&at) if at > now => {}
+                    Some(_) => {
+                        let next = self.anti_entropy.jittered(interval);
+                        self.anti_entropy.next_at.insert(peer.clone(), now + next);
+                        self.aae_start(&peer);
+                    }
+                    None => {
+                        // The first session a while after connecting: ordinary replication
+                        // catches up first.
+                        let next = self.anti_entropy.jittered(interval);
+                        self.anti_entropy.next_at.insert(peer, now + next);
+                    }
+                }
+            }
+        }
+        let stale: Vec<NodeId> = self
+            .anti_entropy
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_heard.elapsed() > SESSION_TIMEOUT)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in stale {
+            if let Some(s) = self.anti_entropy.sessions.get_mut(&peer) {
+                s.report.timed_out = true;
+            }
+            self.aae_finish(&peer);
+        }
+    }
+
+    /// Starts a session of ours with `peer` now (if it is connected and none is under way).
+    pub(super) fn aae_start(&mut self, peer: &NodeId) -> bool {
+        if self.anti_entropy.sessions.contains_key(peer)
+            || !self.conns.contains_key(peer)
+            || !self.core.is_ready(peer)
+        {
+            return false;
+        }
+        let step = match reconcile::open(&StoreTree(&self.store)) {
+            Ok(step) => step,
+            Err(e) => {
+                tracing::warn!(peer = %peer, "anti-entropy cannot read the index: {e}");
+                return false;
+            }
+        };
+        self.anti_entropy.next_id += 1;
+        let id = self.anti_entropy.next_id;
+        self.anti_entropy.sessions.insert(
+            peer.clone(),
+            Session {
+                id,
+                started: Instant::now(),
+                last_heard: Instant::now(),
+                report: SessionReport {
+                    peer: peer.to_string(),
+                    agreed: true,
+                    ..SessionReport::default()
+                },
+                compared: false,
+                pending: 0,
+            },
+        );
+        if let Some(s) = self.anti_entropy.sessions.get_mut(peer) {
+            s.report.round_trips += 1;
+        }
+        self.aae_send(
+            peer,
+            Message::Reconcile {
+                id,
+                fingerprints: step.fingerprints,
+                items: step.items,
+            },
+        );
+        true
+    }
+
+    /// Starts sessions now with `peer` (or every connected peer) and replies with their
+    /// reports once they end.
+    pub(super) fn aae_on_demand(
+        &mut self,
+        peer: Option<NodeId>,
+        reply: oneshot::Sender<Vec<SessionReport>>,
+    ) {
+        let peers: Vec<NodeId> = match peer {
+            Some(p) => vec![p],
+            None => self.conns.keys().cloned().collect(),
+        };
+        let mut waiting = BTreeSet::new();
+        for p in peers {
+            if self.anti_entropy.sessions.contains_key(&p) || self.aae_start(&p) {
+                waiting.insert(p);
+            }
+        }
+        if waiting.is_empty() {
+            let _ = reply.send(Vec::new());
+            return;
+        }
+        self.anti_entropy.waiters.push(Waiter {
+            peers: waiting,
+            reports: Vec::new(),
+            reply,
+        });
+    }
+
+    /// A Reconcile or Repair message from `peer` (the core checked it follows the handshake).
+    pub(super) fn aae_message(&mut self, peer: &NodeId, message: Message, bytes: usize) {
+        let s = self.anti_entropy.status.entry(peer.clone()).or_default();
+        s.messages_total += 1;
+        s.bytes_received_total += bytes as u64;
+        let ours = |aae: &mut AntiEntropy, id: u64| {
+            aae.sessions
+                .get_mut(peer)
+                .filter(|s| s.id == id)
+                .map(|s| {
+                    s.last_heard = Instant::now();
+                    s.report.messages += 1;
+                    s.report.bytes_received += bytes as u64;
+                })
+                .is_some()
+        };
+        match message {
+            Message::Reconcile {
+                id,
+                fingerprints,
+                items,
+            } => {
+                let mine = ours(&mut self.anti_entropy, id);
+                let had_ranges = !fingerprints.is_empty() || !items.is_empty();
+                let step = match reconcile::answer(&StoreTree(&self.store), &fingerprints, &items) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        tracing::warn!(peer = %peer, "anti-entropy cannot read the index: {e}");
+                        return;
+                    }
+                };
+                let differing = {
+                    let mut keys: BTreeSet<&Vec<u8>> = step.send.iter().collect();
+                    keys.extend(step.want.iter());
+                    keys.len() as u64
+                };
+                let s = self.anti_entropy.status.entry(peer.clone()).or_default();
+                s.keys_compared_total += step.compared;
+                s.differing_total += differing;
+                if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
+                    session.report.keys_compared += step.compared;
+                    session.report.differing += differing;
+                    // The peer names ranges only where its fingerprint differed from ours.
+                    if differing > 0 || had_ranges {
+                        session.report.agreed = false;
+                    }
+                }
+                if !step.send.is_empty() || !step.want.is_empty() {
+                    self.aae_repair_send(peer, id, &step.send, step.want.clone());
+                }
+                if had_ranges {
+                    let more = step.has_ranges();
+                    if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
+                        if more {
+                            session.report.round_trips += 1;
+                        } else {
+                            session.compared = true;
+                        }
+                    }
+                    self.aae_send(
+                        peer,
+                        Message::Reconcile {
+                            id,
+                            fingerprints: step.fingerprints,
+                            items: step.items,
+                        },
+                    );
+                } else if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
+                    session.compared = true;
+                }
+            }
+            Message::Repair {
+                id,
+                versions,
+                proofs,
+                seals,
+                certs,
+                want,
+            } => {
+                let mine = ours(&mut self.anti_entropy, id);
+                if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
+                    session.report.agreed = false;
+                    if want.is_empty() {
+                        // The answer to the keys we asked for.
+                        session.pending = session.pending.saturating_sub(1);
+                    }
+                }
+                if !want.is_empty() {
+                    self.aae_repair_send(peer, id, &want, Vec::new());
+                }
+                if !versions.is_empty() {
+                    self.learn_certs(&certs);
+                    if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
+                        session.pending += 1;
+                    }
+                    let hook = CommitHookSender(self.inbox.clone());
+                    let to = peer.clone();
+                    let sent = self.committer.repair(
+                        versions,
+                        proofs,
+                        seals,
+                        certs,
+                        Box::new(move |result| hook.repaired(to, id, result)),
+                    );
+                    if let Err(e) = sent {
+                        tracing::warn!(peer = %peer, "cannot queue a repair: {e}");
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.aae_maybe_finish(peer);
+    }
+
+    /// Sends `peer` this node's versions of `keys`, and names the keys it wants.
+    fn aae_repair_send(&mut self, peer: &NodeId, id: u64, keys: &[Vec<u8>], want: Vec<Vec<u8>>) {
+        let page = if keys.is_empty() {
+            Ok(edgerep_store::StatePage {
+                versions: Vec::new(),
+                proofs: Vec::new(),
+                seals: Vec::new(),
+                unproven: 0,
+                next: None,
+            })
+        } else {
+            self.store.versions_of(keys)
+        };
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(peer = %peer, "anti-entropy cannot read versions to repair: {e}");
+                return;
+            }
+        };
+        if page.unproven > 0 {
+            tracing::warn!(peer = %peer, unproven = page.unproven, "versions held here that nothing here proves (damage) left out of a repair");
+        }
+        let mut certs: Vec<(NodeId, Vec<u8>)> = Vec::new();
+        for seal in &page.seals {
+            if !certs.iter().any(|(o, _)| *o == seal.origin)
+                && let Some(cert) = edgerep_replica::Log::cert(&self.log, &seal.origin)
+            {
+                certs.push((seal.origin.clone(), cert));
+            }
+        }
+        let sent = page.versions.len() as u64;
+        let s = self.anti_entropy.status.entry(peer.clone()).or_default();
+        s.repaired_out_total += sent;
+        s.unproven_total += page.unproven;
+        if let Some(session) = self
+            .anti_entropy
+            .sessions
+            .get_mut(peer)
+            .filter(|s| s.id == id)
+        {
+            session.report.repaired_out += sent;
+            if !want.is_empty() {
+                session.pending += 1;
+            }
+        }
+        self.aae_send(
+            peer,
+            Message::Repair {
+                id,
+                versions: page.versions,
+                proofs: page.proofs,
+                seals: page.seals,
+                certs,
+                want,
+            },
+        );
+    }
+
+    /// The committer merged (or refused) versions `peer` sent in repair.
+    pub(super) fn aae_repaired(
+        &mut self,
+        peer: NodeId,
+        id: u64,
+        result: Result<Installed, CommitError>,
+        now: u64,
+    ) {
+        let mine = self
+            .anti_entropy
+            .sessions
+            .get(&peer)
+            .is_some_and(|s| s.id == id);
+        match result {
+            Ok(out) => {
+                if out.covered > 0 || out.replaced > 0 {
+                    tracing::warn!(
+                        peer = %peer, drift = out.covered, replaced = out.replaced,
+                        "anti-entropy repaired drift: this node's state lacked versions its bookkeeping says it held, or held damaged ones"
+                    );
+                }
+                let s = self.anti_entropy.status.entry(peer.clone()).or_default();
+                s.repaired_in_total += out.changed;
+                s.drift_total += out.covered;
+                s.replaced_total += out.replaced;
+                if mine && let Some(session) = self.anti_entropy.sessions.get_mut(&peer) {
+                    session.report.repaired_in += out.changed;
+                    session.report.drift += out.covered;
+                    session.report.replaced += out.replaced;
+                    session.pending = session.pending.saturating_sub(1);
+                }
+            }
+            Err(CommitError::Forged(reason)) => {
+                tracing::error!(peer = %peer, "repair refused, disconnecting: {reason}");
+                if let Some(session) = self.anti_entropy.sessions.get_mut(&peer) {
+                    session.pending = 0;
+                    session.compared = true;
+                }
+                self.cut_off(peer.clone(), reason, now);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %peer, "merging a repair failed: {e}");
+                if mine && let Some(session) = self.anti_entropy.sessions.get_mut(&peer) {
+                    session.pending = session.pending.saturating_sub(1);
+                }
+            }
+        }
+        self.aae_maybe_finish(&peer);
+    }
+
+    fn aae_maybe_finish(&mut self, peer: &NodeId) {
+        if self
+            .anti_entropy
+            .sessions
+            .get(peer)
+            .is_some_and(|s| s.compared && s.pending == 0)
+        {
+            self.aae_finish(peer);
+        }
+    }
+
+    /// Ends our session with `peer`: its report goes to status and to whoever waits for it.
+    pub(super) fn aae_finish(&mut self, peer: &NodeId) {
+        let Some(session) = self.anti_entropy.sessions.remove(peer) else {
+            return;
+        };
+        let mut report = session.report;
+        report.millis = session.started.elapsed().as_millis() as u64;
+        if report.timed_out {
+            report.agreed = false;
+        }
+        let at = wall_ms();
+        let s = self.anti_entropy.status.entry(peer.clone()).or_default();
+        s.sessions_total += 1;
+        s.last_at_ms = Some(at);
+        s.agreed = Some(report.agreed);
+        if report.agreed {
+            s.last_agreed_at_ms = Some(at);
+        }
+        tracing::debug!(peer = %peer, ?report, "anti-entropy session ended");
+        let mut done = Vec::new();
+        for (i, w) in self.anti_entropy.waiters.iter_mut().enumerate() {
+            if w.peers.remove(peer) {
+                w.reports.push(report.clone());
+                if w.peers.is_empty() {
+                    done.push(i);
+                }
+            }
+        }
+        for i in done.into_iter().rev() {
+            let w = self.anti_entropy.waiters.remove(i);
+            let _ = w.reply.send(w.reports);
+        }
+    }
+
+    /// `peer` is gone: a session of ours with it ends.
+    pub(super) fn aae_disconnected(&mut self, peer: &NodeId) {
+        if let Some(s) = self.anti_entropy.sessions.get_mut(peer) {
+            s.report.timed_out = true;
+        }
+        self.aae_finish(peer);
+    }
+}

@@ -1,0 +1,262 @@
+//! Anti-entropy between two peers, sans IO: range-based reconciliation of their states over the
+//! 16-ary bucket tree of `edgerep_wire::aae` (see `docs/design.md`, "Anti-entropy").
+//!
+//! A session is a ping-pong of [`crate::Message::Reconcile`] messages. Each names ranges (tree
+//! nodes) with the sender's fingerprint of each, or the sender's whole list of entries (state
+//! key and entry hash) in a range. The receiver answers every range whose fingerprint differs
+//! from its own: with the fingerprints of the range's 16 children, or with its own entries of
+//! the range when it holds at most [`ITEMS_UP_TO`] there (or the range is a single bucket). An
+//! entry list is compared key by key: keys whose entries differ are repaired by
+//! [`crate::Message::Repair`] (each side sends its versions of them, proven like snapshot
+//! versions, and names the keys it wants). Equal ranges end; a message that needs no answer is
+//! answered by an empty one, and an empty one is not answered: the session is over.
+//!
+//! Invariant: answering is a pure function of the message and the local tree, so a responder
+//! keeps no state per session; work per message is bounded by the message's size and
+//! [`MAX_RANGES`], [`MAX_KEYS`].
+
+use std::collections::BTreeMap;
+
+use edgerep_wire::aae::Node;
+
+use crate::log::LogError;
+
+/// A range's entries are listed instead of split when the sender holds at most this many there.
+pub const ITEMS_UP_TO: u64 = 32;
+/// Most ranges (fingerprints and entry lists) in one message.
+pub const MAX_RANGES: usize = 4096;
+/// Most keys one side lists in one message (entries, or keys wanted in a repair).
+pub const MAX_KEYS: usize = 16384;
+
+/// One entry as a range lists it: (state key `collection 0x00 key`, the first 16 bytes of the
+/// entry hash).
+pub type Entry = (Vec<u8>, [u8; 16]);
+
+/// A range and the sender's fingerprint of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeFingerprint {
+    /// The range: a node of the bucket tree.
+    pub node: Node,
+    /// The first 16 bytes of BLAKE3(sum of entry hashes ‖ count).
+    pub fingerprint: [u8; 16],
+    /// How many entries the sender holds in the range.
+    pub count: u64,
+}
+
+/// A range and every entry the sender holds in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeItems {
+    /// The range.
+    pub node: Node,
+    /// (state key `collection 0x00 key`, the first 16 bytes of the entry hash), in (bucket,
+    /// state key) order.
+    pub items: Vec<Entry>,
+}
+
+/// The local side of the comparison: the node's anti-entropy index.
+pub trait Tree {
+    /// The fingerprint of `node` and how many entries it holds.
+    fn fingerprint(&self, node: Node) -> Result<([u8; 16], u64), LogError>;
+    /// The entries under `node`: (state key, first 16 bytes of the entry hash).
+    fn items(&self, node: Node) -> Result<Vec<Entry>, LogError>;
+}
+
+/// What to send after a Reconcile message, and what it found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Ranges to send with their fingerprints.
+    pub fingerprints: Vec<RangeFingerprint>,
+    /// Ranges to send with their entries.
+    pub items: Vec<RangeItems>,
+    /// Keys whose versions this side should send (it holds them, the peer lacks them or holds
+    /// others).
+    pub send: Vec<Vec<u8>>,
+    /// Keys whose versions this side wants from the peer.
+    pub want: Vec<Vec<u8>>,
+    /// Entries compared key by key.
+    pub compared: u64,
+}
+
+impl Step {
+    /// Whether the step has ranges to send.
+    pub fn has_ranges(&self) -> bool {
+        !self.fingerprints.is_empty() || !self.items.is_empty()
+    }
+}
+
+/// How one side describes `node` to the other: its entries when few (or a single bucket), else
+/// its children's fingerprints.
+fn describe(tree: &impl Tree, node: Node, count: u64, step: &mut Step) -> Result<(), LogError> {
+    if count <= ITEMS_UP_TO || node.children().is_empty() {
+        step.items.push(RangeItems {
+            node,
+            items: tree.items(node)?,
+        });
+        return Ok(());
+    }
+    for child in node.children() {
+        let (fingerprint, count) = tree.fingerprint(child)?;
+        step.fingerprints.push(RangeFingerprint {
+            node: child,
+            fingerprint,
+            count,
+        });
+    }
+    Ok(())
+}
+
+/// The first message of a session: the whole tree described from the root.
+pub fn open(tree: &impl Tree) -> Result<Step, LogError> {
+    let mut step = Step::default();
+    let (_, count) = tree.fingerprint(Node::ROOT)?;
+    describe(tree, Node::ROOT, count, &mut step)?;
+    Ok(step)
+}
+
+/// Answers a Reconcile message's ranges.
+pub fn answer(
+    tree: &impl Tree,
+    fingerprints: &[RangeFingerprint],
+    items: &[RangeItems],
+) -> Result<Step, LogError> {
+    let mut step = Step::default();
+    for theirs in fingerprints {
+        let (mine, count) = tree.fingerprint(theirs.node)?;
+        if mine != theirs.fingerprint {
+            describe(tree, theirs.node, count, &mut step)?;
+        }
+    }
+    for theirs in items {
+        let mine: BTreeMap<Vec<u8>, [u8; 16]> = tree.items(theirs.node)?.into_iter().collect();
+        let other: BTreeMap<&[u8], &[u8; 16]> = theirs
+            .items
+            .iter()
+            .map(|(k, h)| (k.as_slice(), h))
+            .collect();
+        step.compared += (mine.len() + other.len()) as u64;
+        for (k, h) in &mine {
+            if other.get(k.as_slice()) != Some(&h) && step.send.len() < MAX_KEYS {
+                step.send.push(k.clone());
+            }
+        }
+        for (k, h) in &other {
+            if mine.get(*k) != Some(*h) && step.want.len() < MAX_KEYS {
+                step.want.push(k.to_vec());
+            }
+        }
+    }
+    Ok(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgerep_wire::aae::bucket_of;
+
+    /// A tree over a map of state key → entry hash, fingerprinted like the store does (the sum
+    /// of hashes, here as a u128 for brevity, and the count).
+    struct MapTree(BTreeMap<Vec<u8>, [u8; 16]>);
+
+    impl Tree for MapTree {
+        fn fingerprint(&self, node: Node) -> Result<([u8; 16], u64), LogError> {
+            let (mut sum, mut count) = (0u128, 0u64);
+            for (k, h) in &self.0 {
+                if node.covers(bucket_of(k)) {
+                    sum = sum.wrapping_add(u128::from_le_bytes(*h));
+                    count += 1;
+                }
+            }
+            let mut fp = [0u8; 16];
+            fp.copy_from_slice(
+                &blake3::hash(&[&sum.to_le_bytes()[..], &count.to_le_bytes()].concat()).as_bytes()
+                    [..16],
+            );
+            Ok((fp, count))
+        }
+        fn items(&self, node: Node) -> Result<Vec<Entry>, LogError> {
+            let mut out: Vec<_> = self
+                .0
+                .iter()
+                .filter(|(k, _)| node.covers(bucket_of(k)))
+                .map(|(k, h)| (k.clone(), *h))
+                .collect();
+            out.sort_by_key(|(k, _)| (bucket_of(k), k.clone()));
+            Ok(out)
+        }
+    }
+
+    fn hash(s: &str) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h.copy_from_slice(&blake3::hash(s.as_bytes()).as_bytes()[..16]);
+        h
+    }
+
+    fn tree(n: usize) -> MapTree {
+        MapTree(
+            (0..n)
+                .map(|i| (format!("c\0k{i}").into_bytes(), hash(&format!("v{i}"))))
+                .collect(),
+        )
+    }
+
+    /// Runs a session between `a` (opening) and `b`; returns (keys a sends, keys b sends,
+    /// messages exchanged).
+    fn session(a: &MapTree, b: &MapTree) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, usize) {
+        let (mut a_sends, mut b_sends) = (Vec::new(), Vec::new());
+        let mut step = open(a).unwrap();
+        let mut messages = 1;
+        let mut turn_b = true;
+        loop {
+            let (me, sends, other) = if turn_b {
+                (b, &mut b_sends, &mut a_sends)
+            } else {
+                (a, &mut a_sends, &mut b_sends)
+            };
+            let next = answer(me, &step.fingerprints, &step.items).unwrap();
+            // The side that compares entries sends its versions and names those it wants,
+            // which the other side then sends.
+            sends.extend(next.send.iter().cloned());
+            other.extend(next.want.iter().cloned());
+            if !step.has_ranges() {
+                break;
+            }
+            messages += 1;
+            step = next;
+            turn_b = !turn_b;
+        }
+        a_sends.sort();
+        b_sends.sort();
+        (a_sends, b_sends, messages)
+    }
+
+    #[test]
+    fn equal_trees_agree_in_one_round_trip() {
+        let (a, b) = (tree(5000), tree(5000));
+        let (x, y, messages) = session(&a, &b);
+        assert!(x.is_empty() && y.is_empty());
+        assert_eq!(messages, 2, "the opening and its empty answer");
+    }
+
+    #[test]
+    fn every_difference_is_found_on_the_side_that_holds_it() {
+        let a = tree(20_000);
+        let mut b = tree(20_000);
+        // b lacks one key, holds another differently, and holds one a lacks.
+        b.0.remove(b"c\0k17".as_slice());
+        b.0.insert(b"c\0k99".to_vec(), hash("other"));
+        b.0.insert(b"c\0extra".to_vec(), hash("x"));
+        let (a_sends, b_sends, messages) = session(&a, &b);
+        assert_eq!(a_sends, vec![b"c\0k17".to_vec(), b"c\0k99".to_vec()]);
+        assert_eq!(b_sends, vec![b"c\0extra".to_vec(), b"c\0k99".to_vec()]);
+        assert!(messages <= 6, "{messages} messages");
+    }
+
+    #[test]
+    fn small_and_empty_sides_exchange_entry_lists_at_once() {
+        let (a, b) = (tree(10), MapTree(BTreeMap::new()));
+        let (a_sends, b_sends, messages) = session(&a, &b);
+        assert_eq!(a_sends.len(), 10);
+        assert!(b_sends.is_empty());
+        assert!(messages <= 3, "{messages}");
+    }
+}
