@@ -932,6 +932,12 @@ async fn status(
         "compacted": s.compacted,
         "feed_floor": s.feed_floor,
     });
+    let check = app.store.open_check();
+    body["store_check_at_open"] = json!({
+        "entries_fixed": check.entries_fixed,
+        "rows_removed": check.rows_removed,
+        "digest_fixed": check.digest_fixed,
+    });
     if let Some(r) = &app.replication {
         body["replication"] = json!(r.status());
     }

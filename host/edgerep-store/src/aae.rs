@@ -364,8 +364,48 @@ impl crate::Store {
     /// Returns whether the key existed. The next open finds the damage (see [`OpenCheck`]) and
     /// anti-entropy repairs it from peers.
     pub fn damage(&self, collection: &str, key: &[u8], how: Damage) -> Result<bool, StoreError> {
+        damage_in(&self.db, collection, key, how)
+    }
+
+    /// [`crate::Store::damage`] on the store file at `path` of node `node`, opened without the
+    /// check at open (which would find and absorb earlier damage). Fails while a node has the
+    /// file open.
+    pub fn damage_file(
+        path: &std::path::Path,
+        node: &edgerep_wire::NodeId,
+        collection: &str,
+        key: &[u8],
+        how: Damage,
+    ) -> Result<bool, StoreError> {
+        let db = redb::Database::open(path)?;
+        {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let stored = meta
+                .get(crate::META_NODE_ID)?
+                .map(|g| g.value().to_vec())
+                .unwrap_or_default();
+            if stored != node.as_str().as_bytes() {
+                return Err(StoreError::WrongNode {
+                    path: path.display().to_string(),
+                    stored: String::from_utf8_lossy(&stored).into_owned(),
+                    configured: node.to_string(),
+                });
+            }
+        }
+        damage_in(&db, collection, key, how)
+    }
+}
+
+fn damage_in(
+    db: &redb::Database,
+    collection: &str,
+    key: &[u8],
+    how: Damage,
+) -> Result<bool, StoreError> {
+    {
         let skey = crate::keys::state_key(collection, key);
-        let txn = self.db.begin_write()?;
+        let txn = db.begin_write()?;
         let existed = {
             let mut state = txn.open_table(STATE)?;
             let old = state.get(skey.as_slice())?.map(|g| g.value().to_vec());

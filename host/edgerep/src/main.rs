@@ -295,12 +295,19 @@ fn debug_damage(config: &Path, collection: &str, key: &str, flip: bool) -> anyho
         eprintln!("{}: no store here (has the node run?)", path.display());
         return Ok(EXIT_USAGE);
     }
-    let store = match edgerep_store::Store::open(
+    let how = if flip {
+        edgerep_store::aae::Damage::FlipByte
+    } else {
+        edgerep_store::aae::Damage::Remove
+    };
+    let damaged = match edgerep_store::Store::damage_file(
         &path,
         &config.node.id,
-        edgerep_node::event_limits(&config),
+        collection,
+        key.as_bytes(),
+        how,
     ) {
-        Ok((store, _)) => store,
+        Ok(d) => d,
         Err(edgerep_store::StoreError::Storage(redb::Error::DatabaseAlreadyOpen)) => {
             eprintln!(
                 "{}: the store is open: stop the node first (the damage must happen behind its back, not under it)",
@@ -310,12 +317,7 @@ fn debug_damage(config: &Path, collection: &str, key: &str, flip: bool) -> anyho
         }
         Err(e) => anyhow::bail!("{}: {e}", path.display()),
     };
-    let how = if flip {
-        edgerep_store::aae::Damage::FlipByte
-    } else {
-        edgerep_store::aae::Damage::Remove
-    };
-    if store.damage(collection, key.as_bytes(), how)? {
+    if damaged {
         println!(
             "{collection}/{key}: {} (the digest and the index still say otherwise; the node finds it at its next start)",
             if flip { "last byte flipped" } else { "removed" }
