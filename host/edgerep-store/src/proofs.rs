@@ -4,11 +4,14 @@
 //!
 //! Invariants:
 //! - Every version in the state whose event is no longer in the changelog (its origin's
-//!   compacted floor is at or above it) has a row in `proofs`: its block's seal, its Merkle path,
-//!   and the event as the origin sent it when the version differs (a transform on apply changed
-//!   it here). Compaction writes the rows of the live versions of the blocks it removes (it
-//!   removes whole blocks only), a snapshot page the rows of the versions it merges.
-//! - Rows of versions superseded since are garbage, swept a few at a time by compaction.
+//!   compacted floor is at or above it) is proven by a row in `blocks` or in `proofs`.
+//!   Compaction (which removes whole blocks only) keeps each removed block that holds a live
+//!   version in `blocks`: its seal, all its leaves (32 bytes per event), and which events were
+//!   live, with the origin's event where the version held here differs (a transform on apply).
+//!   A snapshot page or a repair brings single versions with their paths: each merged version
+//!   gets a row in `proofs` (its block's seal, its path).
+//! - Rows whose versions were all superseded since are garbage, swept a few at a time by
+//!   compaction.
 
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::{ChainHash, MAX_PATH_HASHES, Proof, event_leaf, merkle_path};
@@ -19,10 +22,15 @@ use crate::keys::{log_key, log_seq, state_key};
 use crate::seals;
 use crate::{META, STATE, StoreError, Versions, corrupt};
 
-/// `origin 0x00 sequence` → a [`Kept`] proof of a live version whose event left the changelog.
+/// `origin 0x00 sequence` → a [`Kept`] proof of a live version merged from a snapshot page or a
+/// repair (its block's other leaves are not known here).
 pub(crate) const PROOFS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("proofs");
+/// `origin 0x00 seal sequence` → a [`KeptBlock`]: a compacted block with live versions.
+pub(crate) const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocks");
 /// The `proofs` key the last sweep ended at.
 const META_PROOF_SWEEP: &str = "proof_sweep";
+/// The `blocks` key the last sweep ended at.
+const META_BLOCK_SWEEP: &str = "block_sweep";
 
 /// A kept proof: which key the version belongs to, its block's seal, its path, and the origin's
 /// event when the version in the state differs from it.
@@ -108,17 +116,142 @@ fn holds(versions: &Versions, origin: &str, seq: u64) -> bool {
         .any(|v| v.seq == seq && v.origin.as_str() == origin)
 }
 
+/// A compacted block that still holds live versions: its seal and every leaf (so any of its
+/// events can be proven), and which of its events were live versions when it was compacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeptBlock {
+    pub(crate) seal: Seal,
+    pub(crate) leaves: Vec<ChainHash>,
+    pub(crate) live: Vec<LiveEvent>,
+}
+
+/// An event of a kept block that was a live version: its index in the block, its state key,
+/// and the origin's event when the version held here differs from it (a transform on apply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LiveEvent {
+    pub(crate) index: u32,
+    pub(crate) state_key: Vec<u8>,
+    pub(crate) original: Option<Vec<u8>>,
+}
+
+/// Reads a row's fields in order.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| corrupt("blocks", "a row shorter than its fields"))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> Result<usize, StoreError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&(n as u32).to_be_bytes());
+}
+
+impl KeptBlock {
+    /// `u32 len, seal, u32 n, n leaves, u32 m, m × (u32 index, u32 len, state key, u32 len,
+    /// original event or nothing)`.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let seal = seals::encode(&self.seal);
+        let mut out = Vec::with_capacity(12 + seal.len() + 32 * self.leaves.len());
+        put_u32(&mut out, seal.len());
+        out.extend_from_slice(&seal);
+        put_u32(&mut out, self.leaves.len());
+        for l in &self.leaves {
+            out.extend_from_slice(l);
+        }
+        put_u32(&mut out, self.live.len());
+        for e in &self.live {
+            out.extend_from_slice(&e.index.to_be_bytes());
+            put_u32(&mut out, e.state_key.len());
+            out.extend_from_slice(&e.state_key);
+            let original = e.original.as_deref().unwrap_or_default();
+            put_u32(&mut out, original.len());
+            out.extend_from_slice(original);
+        }
+        out
+    }
+
+    pub(crate) fn decode(origin: &NodeId, seq: u64, bytes: &[u8]) -> Result<KeptBlock, StoreError> {
+        let mut c = Cursor { bytes, at: 0 };
+        let n = c.u32()?;
+        let seal = seals::decode(origin, seq, c.take(n)?)?;
+        let n = c.u32()?;
+        let mut leaves = Vec::with_capacity(n.min(1 << 16));
+        for _ in 0..n {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c.take(32)?);
+            leaves.push(h);
+        }
+        let m = c.u32()?;
+        let mut live = Vec::with_capacity(m.min(1 << 16));
+        for _ in 0..m {
+            let index = c.u32()? as u32;
+            let k = c.u32()?;
+            let state_key = c.take(k)?.to_vec();
+            let o = c.u32()?;
+            let original = c.take(o)?.to_vec();
+            live.push(LiveEvent {
+                index,
+                state_key,
+                original: (!original.is_empty()).then_some(original),
+            });
+        }
+        Ok(KeptBlock { seal, leaves, live })
+    }
+}
+
 /// The tables that keeping proofs reads and writes, open in one write transaction.
 pub(crate) struct Tables<'a, 't> {
     pub(crate) state: &'a redb::Table<'t, &'static [u8], &'static [u8]>,
     pub(crate) changelog: &'a redb::Table<'t, &'static [u8], &'static [u8]>,
     pub(crate) seals: &'a redb::Table<'t, &'static [u8], &'static [u8]>,
-    pub(crate) proofs: &'a mut redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub(crate) blocks: &'a mut redb::Table<'t, &'static [u8], &'static [u8]>,
 }
 
-/// Before `origin`'s events `from..=to` leave the changelog: writes the proof of each of them
-/// that is a live version. `from..=to` must be whole blocks (`from` a block's first event, `to`
-/// a seal).
+/// Whether the event `bytes` (`event` decoded) is a live version in `state`, and if so the
+/// origin's event when the version differs from it.
+fn live_in(
+    state: &redb::Table<'_, &'static [u8], &'static [u8]>,
+    limits: &EventLimits,
+    state_key: &[u8],
+    event: &Event,
+    bytes: &[u8],
+) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+    let Some(g) = state.get(state_key)? else {
+        return Ok(None);
+    };
+    // The common case without decoding: the key holds exactly this event.
+    if g.value() == Versions::encode_single(bytes).as_slice() {
+        return Ok(Some(None));
+    }
+    let Ok(versions) = Versions::decode(g.value(), limits) else {
+        return Ok(None);
+    };
+    Ok(versions
+        .events()
+        .iter()
+        .find(|v| v.seq == event.seq && v.origin == event.origin)
+        .map(|v| (v.encode() != bytes).then(|| bytes.to_vec())))
+}
+
+/// Before `origin`'s events `from..=to` leave the changelog: keeps each of their blocks that
+/// holds a live version (its seal, its leaves, its live events). `from..=to` must be whole
+/// blocks (`from` a block's first event, `to` a seal).
 pub(crate) fn keep(
     t: &mut Tables<'_, '_>,
     limits: &EventLimits,
@@ -153,11 +286,27 @@ pub(crate) fn keep(
             log_key(origin.as_str(), seal.first),
             log_key(origin.as_str(), seal.seq),
         );
-        let mut events = Vec::new();
-        for row in t.changelog.range(lo.as_slice()..=hi.as_slice())? {
-            events.push(row?.1.value().to_vec());
+        let mut leaves = Vec::new();
+        let mut live = Vec::new();
+        for (i, row) in t
+            .changelog
+            .range(lo.as_slice()..=hi.as_slice())?
+            .enumerate()
+        {
+            let (_, v) = row?;
+            let bytes = v.value();
+            leaves.push(event_leaf(bytes));
+            let event = Event::decode(bytes, limits).map_err(|e| corrupt("changelog", e))?;
+            let skey = state_key(&event.collection, &event.key);
+            if let Some(original) = live_in(t.state, limits, &skey, &event, bytes)? {
+                live.push(LiveEvent {
+                    index: i as u32,
+                    state_key: skey,
+                    original,
+                });
+            }
         }
-        if events.len() as u64 != seal.seq - seal.first + 1 {
+        if leaves.len() as u64 != seal.seq - seal.first + 1 {
             return Err(corrupt(
                 "changelog",
                 format!(
@@ -166,32 +315,10 @@ pub(crate) fn keep(
                 ),
             ));
         }
-        let leaves: Vec<ChainHash> = events.iter().map(|e| event_leaf(e)).collect();
-        for (i, bytes) in events.into_iter().enumerate() {
-            let event = Event::decode(&bytes, limits).map_err(|e| corrupt("changelog", e))?;
-            let skey = state_key(&event.collection, &event.key);
-            let Some(g) = t.state.get(skey.as_slice())? else {
-                continue;
-            };
-            let versions = Versions::decode(g.value(), limits).map_err(|e| corrupt("state", e))?;
-            let Some(version) = versions
-                .events()
-                .iter()
-                .find(|v| v.seq == event.seq && v.origin == event.origin)
-            else {
-                continue;
-            };
-            let original = (version.encode() != bytes).then_some(bytes);
-            let kept = Kept {
-                state_key: skey,
-                seal: seal.clone(),
-                path: merkle_path(&leaves, i),
-                original,
-            };
-            t.proofs.insert(
-                log_key(origin.as_str(), event.seq).as_slice(),
-                kept.encode().as_slice(),
-            )?;
+        if !live.is_empty() {
+            let key = log_key(origin.as_str(), seal.seq);
+            let block = KeptBlock { seal, leaves, live };
+            t.blocks.insert(key.as_slice(), block.encode().as_slice())?;
         }
     }
     if next != to + 1 {
@@ -203,67 +330,144 @@ pub(crate) fn keep(
     Ok(())
 }
 
-/// Removes up to `limit` rows of superseded versions, going on from where the last sweep ended.
+/// The origin and sequence number of a `proofs` or `blocks` key.
+fn split_key(key: &[u8], table: &'static str) -> Result<(NodeId, u64), StoreError> {
+    let split = key
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| corrupt(table, "a key without separator"))?;
+    let origin = std::str::from_utf8(&key[..split])
+        .map_err(|_| corrupt(table, "an origin that is not UTF-8"))?;
+    let seq = log_seq(origin, key).ok_or_else(|| corrupt(table, "a malformed key"))?;
+    Ok((NodeId::parse(origin).map_err(|e| corrupt(table, e))?, seq))
+}
+
+/// Whether `state` holds the event (`origin`, `seq`) as a version of `state_key`.
+fn is_live(
+    state: &redb::Table<'_, &'static [u8], &'static [u8]>,
+    limits: &EventLimits,
+    state_key: &[u8],
+    origin: &NodeId,
+    seq: u64,
+) -> Result<bool, StoreError> {
+    Ok(match state.get(state_key)? {
+        Some(g) => {
+            Versions::decode(g.value(), limits).is_ok_and(|v| holds(&v, origin.as_str(), seq))
+        }
+        None => false,
+    })
+}
+
+/// What sweeping one row decided.
+enum Swept {
+    Keep,
+    Remove,
+    Rewrite(Vec<u8>),
+}
+
+/// Visits up to `limit` rows of `table` after the key saved under `cursor` (wrapping to the
+/// start), applying `decide`; saves where it stopped. Returns the rows removed.
+fn sweep_table(
+    table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    cursor: &str,
+    limit: u64,
+    mut decide: impl FnMut(&[u8], &[u8]) -> Result<Swept, StoreError>,
+) -> Result<u64, StoreError> {
+    let start = meta.get(cursor)?.map(|g| g.value().to_vec());
+    let mut changes = Vec::new();
+    let (mut last, mut seen) = (None, 0);
+    {
+        let rows = match &start {
+            Some(s) => table.range::<&[u8]>((
+                std::ops::Bound::Excluded(s.as_slice()),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => table.range::<&[u8]>(..)?,
+        };
+        for row in rows {
+            let (k, v) = row?;
+            seen += 1;
+            match decide(k.value(), v.value())? {
+                Swept::Keep => {}
+                other => changes.push((k.value().to_vec(), other)),
+            }
+            last = Some(k.value().to_vec());
+            if seen >= limit {
+                break;
+            }
+        }
+    }
+    let mut removed = 0;
+    for (k, change) in changes {
+        match change {
+            Swept::Remove => {
+                table.remove(k.as_slice())?;
+                removed += 1;
+            }
+            Swept::Rewrite(v) => {
+                table.insert(k.as_slice(), v.as_slice())?;
+            }
+            Swept::Keep => {}
+        }
+    }
+    match last {
+        Some(k) if seen >= limit => {
+            meta.insert(cursor, k.as_slice())?;
+        }
+        _ => {
+            meta.remove(cursor)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes up to `limit` rows of `proofs` and of `blocks` whose versions were all superseded,
+/// going on from where the last sweep ended. Returns the rows removed.
 pub(crate) fn sweep(
     txn: &redb::WriteTransaction,
     limits: &EventLimits,
     limit: u64,
 ) -> Result<u64, StoreError> {
     let mut proofs = txn.open_table(PROOFS)?;
+    let mut blocks = txn.open_table(BLOCKS)?;
     let mut meta = txn.open_table(META)?;
     let state = txn.open_table(STATE)?;
-    let start = meta.get(META_PROOF_SWEEP)?.map(|g| g.value().to_vec());
-    let mut stale = Vec::new();
-    let mut last = None;
-    let mut seen = 0;
-    let rows = match &start {
-        Some(s) => proofs.range::<&[u8]>((
-            std::ops::Bound::Excluded(s.as_slice()),
-            std::ops::Bound::Unbounded,
-        ))?,
-        None => proofs.range::<&[u8]>(..)?,
-    };
-    for row in rows {
-        let (k, v) = row?;
-        seen += 1;
-        let key = k.value().to_vec();
-        let split = key
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| corrupt("proofs", "a key without separator"))?;
-        let origin = std::str::from_utf8(&key[..split])
-            .map_err(|_| corrupt("proofs", "an origin that is not UTF-8"))?;
-        let seq = log_seq(origin, &key).ok_or_else(|| corrupt("proofs", "a malformed key"))?;
-        let id = NodeId::parse(origin).map_err(|e| corrupt("proofs", e))?;
-        let kept = Kept::decode(&id, v.value())?;
-        let live = match state.get(kept.state_key.as_slice())? {
-            Some(g) => holds(
-                &Versions::decode(g.value(), limits).map_err(|e| corrupt("state", e))?,
-                origin,
-                seq,
-            ),
-            None => false,
-        };
-        if !live {
-            stale.push(key.clone());
+    let mut removed = sweep_table(&mut proofs, &mut meta, META_PROOF_SWEEP, limit, |k, v| {
+        let (origin, seq) = split_key(k, "proofs")?;
+        let kept = Kept::decode(&origin, v)?;
+        Ok(if is_live(&state, limits, &kept.state_key, &origin, seq)? {
+            Swept::Keep
+        } else {
+            Swept::Remove
+        })
+    })?;
+    removed += sweep_table(&mut blocks, &mut meta, META_BLOCK_SWEEP, limit, |k, v| {
+        let (origin, seq) = split_key(k, "blocks")?;
+        let mut block = KeptBlock::decode(&origin, seq, v)?;
+        let before = block.live.len();
+        let first = block.seal.first;
+        let mut still = Vec::with_capacity(before);
+        for e in block.live.drain(..) {
+            if is_live(
+                &state,
+                limits,
+                &e.state_key,
+                &origin,
+                first + u64::from(e.index),
+            )? {
+                still.push(e);
+            }
         }
-        last = Some(key);
-        if seen >= limit {
-            break;
-        }
-    }
-    let removed = stale.len() as u64;
-    for k in stale {
-        proofs.remove(k.as_slice())?;
-    }
-    match last {
-        Some(k) if seen >= limit => {
-            meta.insert(META_PROOF_SWEEP, k.as_slice())?;
-        }
-        _ => {
-            meta.remove(META_PROOF_SWEEP)?;
-        }
-    }
+        block.live = still;
+        Ok(if block.live.is_empty() {
+            Swept::Remove
+        } else if block.live.len() < before {
+            Swept::Rewrite(block.encode())
+        } else {
+            Swept::Keep
+        })
+    })?;
     Ok(removed)
 }
 
@@ -290,10 +494,11 @@ impl PageProofs {
         changelog: &impl ReadableTable<&'static [u8], &'static [u8]>,
         seals_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
         proofs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         limits: &EventLimits,
         version: Event,
     ) -> Result<(), StoreError> {
-        match self.prove(changelog, seals_t, proofs, limits, version)? {
+        match self.prove(changelog, seals_t, proofs, blocks, limits, version)? {
             Some((original, seal, proof))
                 if seal.proves(original.seq, &original.encode(), &proof.path) =>
             {
@@ -314,6 +519,7 @@ impl PageProofs {
         changelog: &impl ReadableTable<&'static [u8], &'static [u8]>,
         seals_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
         proofs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         limits: &EventLimits,
         version: Event,
     ) -> Result<Option<(Event, Seal, Proof)>, StoreError> {
@@ -332,7 +538,7 @@ impl PageProofs {
             return Ok(Some((original, kept.seal, proof)));
         }
         let Some(bytes) = changelog.get(lkey.as_slice())? else {
-            return Ok(None);
+            return self.from_block(blocks, limits, version);
         };
         let Ok(original) = Event::decode(bytes.value(), limits) else {
             return Ok(None);
@@ -370,6 +576,47 @@ impl PageProofs {
             path: merkle_path(leaves, index),
         };
         Ok(Some((original, seal, proof)))
+    }
+
+    /// `version` proven from the compacted block that holds its event, if one was kept.
+    fn from_block(
+        &mut self,
+        blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        limits: &EventLimits,
+        version: Event,
+    ) -> Result<Option<(Event, Seal, Proof)>, StoreError> {
+        let origin = version.origin.clone();
+        let (lo, hi) = (
+            log_key(origin.as_str(), version.seq),
+            log_key(origin.as_str(), u64::MAX),
+        );
+        let Some(row) = blocks.range(lo.as_slice()..=hi.as_slice())?.next() else {
+            return Ok(None);
+        };
+        let (k, v) = row?;
+        let (_, seq) = split_key(k.value(), "blocks")?;
+        let block = KeptBlock::decode(&origin, seq, v.value())?;
+        if !block.seal.covers(version.seq) {
+            return Ok(None);
+        }
+        let index = version.seq - block.seal.first;
+        let original = match block
+            .live
+            .iter()
+            .find(|e| u64::from(e.index) == index)
+            .and_then(|e| e.original.as_ref())
+        {
+            Some(bytes) => match Event::decode(bytes, limits) {
+                Ok(e) => e,
+                Err(_) => return Ok(None),
+            },
+            None => version,
+        };
+        let proof = Proof {
+            seal: block.seal.seq,
+            path: merkle_path(&block.leaves, index as usize),
+        };
+        Ok(Some((original, block.seal, proof)))
     }
 }
 

@@ -19,13 +19,15 @@ use edgerep_wire::{Event, Hlc, NodeId, Seal};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::keys::{log_key, log_seq, split_state_key, state_key};
-use crate::proofs::{self, PROOFS, PageProofs};
+use crate::proofs::{self, BLOCKS, PROOFS, PageProofs};
 use crate::seals::{self, CHAINS, SEALS};
 use crate::{
     Applied, CHANGELOG, Counters, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
     Versions, aae, apply_to_state, corrupt, hlc_bytes, repair_in_state, u64_from,
 };
 
+/// Rows of kept proofs and blocks a compaction checks for superseded versions.
+const SWEEP_ROWS: u64 = 256;
 /// Per origin, the highest sequence number removed from the changelog.
 pub(crate) const COMPACTED: TableDefinition<&str, u64> = TableDefinition::new("compacted");
 /// Feed positions up to this one can no longer be read (see the module invariants).
@@ -173,7 +175,7 @@ impl Store {
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut compacted_t = txn.open_table(COMPACTED)?;
             let mut seals_t = txn.open_table(SEALS)?;
-            let mut proofs_t = txn.open_table(PROOFS)?;
+            let mut blocks_t = txn.open_table(BLOCKS)?;
             let state = txn.open_table(STATE)?;
             let origins = txn.open_table(ORIGINS)?;
             let mut budget = max_remove;
@@ -207,7 +209,7 @@ impl Store {
                         state: &state,
                         changelog: &changelog,
                         seals: &seals_t,
-                        proofs: &mut proofs_t,
+                        blocks: &mut blocks_t,
                     },
                     &self.limits,
                     &id,
@@ -233,11 +235,11 @@ impl Store {
                 removed += n;
             }
             let compacted = read_map(&compacted_t)?;
-            drop((compacted_t, origins, changelog, seals_t, proofs_t, state));
+            drop((compacted_t, origins, changelog, seals_t, blocks_t, state));
             if removed > 0 {
                 trim_feed(&mut txn, &compacted)?;
             }
-            proofs::sweep(&txn, &self.limits, max_remove.max(1))?;
+            proofs::sweep(&txn, &self.limits, SWEEP_ROWS)?;
             Compaction { removed, compacted }
         };
         txn.commit()?;
@@ -258,6 +260,7 @@ impl Store {
         let changelog = txn.open_table(CHANGELOG)?;
         let seals_t = txn.open_table(SEALS)?;
         let proofs_t = txn.open_table(PROOFS)?;
+        let blocks_t = txn.open_table(BLOCKS)?;
         let mut proven = PageProofs::default();
         let lower = after.map(|(c, k)| state_key(c, k));
         let rows = match &lower {
@@ -289,7 +292,14 @@ impl Store {
             bytes += size;
             count += v.events().len();
             for version in v.events().iter().cloned() {
-                proven.add(&changelog, &seals_t, &proofs_t, &self.limits, version)?;
+                proven.add(
+                    &changelog,
+                    &seals_t,
+                    &proofs_t,
+                    &blocks_t,
+                    &self.limits,
+                    version,
+                )?;
             }
         }
         let next = if more { last } else { None };
@@ -312,6 +322,7 @@ impl Store {
         let changelog = txn.open_table(CHANGELOG)?;
         let seals_t = txn.open_table(SEALS)?;
         let proofs_t = txn.open_table(PROOFS)?;
+        let blocks_t = txn.open_table(BLOCKS)?;
         let mut proven = PageProofs::default();
         for k in state_keys {
             let Some(g) = state.get(k.as_slice())? else {
@@ -321,7 +332,14 @@ impl Store {
                 continue;
             };
             for version in v.events().iter().cloned() {
-                proven.add(&changelog, &seals_t, &proofs_t, &self.limits, version)?;
+                proven.add(
+                    &changelog,
+                    &seals_t,
+                    &proofs_t,
+                    &blocks_t,
+                    &self.limits,
+                    version,
+                )?;
             }
         }
         let (versions, proofs) = proven.versions.into_iter().unzip();
@@ -466,6 +484,7 @@ impl Store {
             let mut state = txn.open_table(STATE)?;
             let mut meta = txn.open_table(META)?;
             let mut proofs_t = txn.open_table(PROOFS)?;
+            let mut blocks_t = txn.open_table(BLOCKS)?;
             let mut index = aae::Writes::open(&txn)?;
             let mut counters = Counters::load(&meta)?;
             let held_before = read_map(&txn.open_table(ORIGINS)?)?;
@@ -592,7 +611,7 @@ impl Store {
                         state: &state,
                         changelog: &changelog,
                         seals: &seals_t,
-                        proofs: &mut proofs_t,
+                        blocks: &mut blocks_t,
                     },
                     &self.limits,
                     &id,
@@ -614,6 +633,7 @@ impl Store {
                 chains,
                 seals_t,
                 proofs_t,
+                blocks_t,
                 state,
                 index,
             ));
