@@ -934,9 +934,11 @@ async fn status(
     });
     let check = app.store.open_check();
     body["store_check_at_open"] = json!({
-        "entries_fixed": check.entries_fixed,
-        "rows_removed": check.rows_removed,
+        "damage_found": check.found_damage(),
         "digest_fixed": check.digest_fixed,
+        "entries_recorded": check.entries_recorded,
+        "entries": check.entries,
+        "unreadable": check.unreadable,
     });
     if let Some(r) = &app.replication {
         body["replication"] = json!(r.status());

@@ -182,12 +182,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             }
         })?;
     let check = store.open_check();
-    if check != &edgerep_store::aae::OpenCheck::default() {
+    if check.found_damage() {
         tracing::warn!(
-            entries_fixed = check.entries_fixed,
-            rows_removed = check.rows_removed,
             digest_fixed = check.digest_fixed,
-            "the store's state changed behind its back (damage): its index now follows what it holds, and anti-entropy repairs it from peers"
+            entries_recorded = ?check.entries_recorded,
+            entries = check.entries,
+            unreadable = check.unreadable,
+            "the store's state changed behind its back (damage): its digest now follows what it holds, and anti-entropy repairs it from peers"
         );
     }
     // With a TLS identity, this node signs its events' seals and checks its peers'.

@@ -57,8 +57,9 @@ pub struct RangeItems {
 pub trait Tree {
     /// The fingerprint of `node` and how many entries it holds.
     fn fingerprint(&self, node: Node) -> Result<([u8; 16], u64), LogError>;
-    /// The entries under `node`: (state key, first 16 bytes of the entry hash).
-    fn items(&self, node: Node) -> Result<Vec<Entry>, LogError>;
+    /// The entries under each of `nodes`: (state key, first 16 bytes of the entry hash), in
+    /// (bucket, state key) order. Called once per message, with every range it needs.
+    fn items_of(&self, nodes: &[Node]) -> Result<Vec<Vec<Entry>>, LogError>;
 }
 
 /// What to send after a Reconcile message, and what it found.
@@ -85,14 +86,10 @@ impl Step {
 }
 
 /// How one side describes `node` to the other: its entries when few (or a single bucket), else
-/// its children's fingerprints.
-fn describe(tree: &impl Tree, node: Node, count: u64, step: &mut Step) -> Result<(), LogError> {
+/// its children's fingerprints. Returns whether it lists entries (filled in later, in one pass).
+fn describe(tree: &impl Tree, node: Node, count: u64, step: &mut Step) -> Result<bool, LogError> {
     if count <= ITEMS_UP_TO || node.children().is_empty() {
-        step.items.push(RangeItems {
-            node,
-            items: tree.items(node)?,
-        });
-        return Ok(());
+        return Ok(true);
     }
     for child in node.children() {
         let (fingerprint, count) = tree.fingerprint(child)?;
@@ -102,14 +99,20 @@ fn describe(tree: &impl Tree, node: Node, count: u64, step: &mut Step) -> Result
             count,
         });
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The first message of a session: the whole tree described from the root.
 pub fn open(tree: &impl Tree) -> Result<Step, LogError> {
     let mut step = Step::default();
     let (_, count) = tree.fingerprint(Node::ROOT)?;
-    describe(tree, Node::ROOT, count, &mut step)?;
+    if describe(tree, Node::ROOT, count, &mut step)? {
+        let items = tree.items_of(&[Node::ROOT])?.pop().unwrap_or_default();
+        step.items.push(RangeItems {
+            node: Node::ROOT,
+            items,
+        });
+    }
     Ok(step)
 }
 
@@ -120,14 +123,26 @@ pub fn answer(
     items: &[RangeItems],
 ) -> Result<Step, LogError> {
     let mut step = Step::default();
+    // Ranges this side lists, then ranges the peer listed: their entries read in one pass.
+    let mut listed = Vec::new();
     for theirs in fingerprints {
         let (mine, count) = tree.fingerprint(theirs.node)?;
-        if mine != theirs.fingerprint {
-            describe(tree, theirs.node, count, &mut step)?;
+        if mine != theirs.fingerprint && describe(tree, theirs.node, count, &mut step)? {
+            listed.push(theirs.node);
         }
     }
+    let mut wanted = listed.clone();
+    wanted.extend(items.iter().map(|r| r.node));
+    let mut entries = tree.items_of(&wanted)?.into_iter();
+    for node in listed {
+        step.items.push(RangeItems {
+            node,
+            items: entries.next().unwrap_or_default(),
+        });
+    }
     for theirs in items {
-        let mine: BTreeMap<Vec<u8>, [u8; 16]> = tree.items(theirs.node)?.into_iter().collect();
+        let mine: BTreeMap<Vec<u8>, [u8; 16]> =
+            entries.next().unwrap_or_default().into_iter().collect();
         let other: BTreeMap<&[u8], &[u8; 16]> = theirs
             .items
             .iter()
@@ -173,15 +188,20 @@ mod tests {
             );
             Ok((fp, count))
         }
-        fn items(&self, node: Node) -> Result<Vec<Entry>, LogError> {
-            let mut out: Vec<_> = self
-                .0
+        fn items_of(&self, nodes: &[Node]) -> Result<Vec<Vec<Entry>>, LogError> {
+            Ok(nodes
                 .iter()
-                .filter(|(k, _)| node.covers(bucket_of(k)))
-                .map(|(k, h)| (k.clone(), *h))
-                .collect();
-            out.sort_by_key(|(k, _)| (bucket_of(k), k.clone()));
-            Ok(out)
+                .map(|node| {
+                    let mut out: Vec<_> = self
+                        .0
+                        .iter()
+                        .filter(|(k, _)| node.covers(bucket_of(k)))
+                        .map(|(k, h)| (k.clone(), *h))
+                        .collect();
+                    out.sort_by_key(|(k, _)| (bucket_of(k), k.clone()));
+                    out
+                })
+                .collect())
         }
     }
 

@@ -468,7 +468,7 @@ impl Counters {
 /// pages, so both merge exactly alike.
 fn apply_to_state(
     state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
-    index: &mut aae::Writes<'_>,
+    index: &mut aae::Writes,
     digest: &mut Digest,
     entries: &mut u64,
     limits: &EventLimits,
@@ -494,7 +494,7 @@ fn apply_to_state(
         let new_bytes = versions.encode();
         let new_hash = Digest::of_entry(&collection, &key, &new_bytes);
         digest.add(new_hash);
-        index.set(&skey, old_hash, new_hash)?;
+        index.set(&skey, old_hash, new_hash);
         state.insert(skey.as_slice(), new_bytes.as_slice())?;
     }
     Ok(applied)
@@ -506,7 +506,7 @@ fn apply_to_state(
 /// not). Returns what applying did and whether something damaged was replaced.
 fn repair_in_state(
     state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
-    index: &mut aae::Writes<'_>,
+    index: &mut aae::Writes,
     digest: &mut Digest,
     entries: &mut u64,
     limits: &EventLimits,
@@ -536,7 +536,7 @@ fn repair_in_state(
         let new_bytes = versions.encode();
         let new_hash = Digest::of_entry(&collection, &key, &new_bytes);
         digest.add(new_hash);
-        index.set(&skey, old_hash, new_hash)?;
+        index.set(&skey, old_hash, new_hash);
         state.insert(skey.as_slice(), new_bytes.as_slice())?;
     }
     Ok((applied, damaged))
@@ -672,10 +672,9 @@ impl Store {
             txn.open_table(CERTS)?;
             txn.open_table(proofs::PROOFS)?;
             txn.open_table(proofs::BLOCKS)?;
-            txn.open_table(aae::AAE)?;
         }
         txn.commit()?;
-        let (sums, open_check) = aae::open(&db)?;
+        let (sums, open_check) = aae::open(&db, &limits)?;
         let store = Store {
             db,
             node: node.clone(),
@@ -828,7 +827,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
-            let mut aae_rows = aae::Writes::open(&txn)?;
+            let mut aae_rows = aae::Writes::default();
             let mut seq = origins.get(self.node.as_str())?.map_or(0, |g| g.value());
             let (head_seq, mut chain) = seals::head(&chains, &self.node)?;
             if head_seq != seq {
@@ -951,7 +950,7 @@ impl Store {
                 let new_bytes = Versions::encode_single(&event_bytes);
                 let new_hash = Digest::of_entry(&event.collection, &event.key, &new_bytes);
                 digest.add(new_hash);
-                aae_rows.set(&skey, old_hash, new_hash)?;
+                aae_rows.set(&skey, old_hash, new_hash);
                 state.insert(skey.as_slice(), new_bytes.as_slice())?;
                 out.push(Committed { seq, hlc, position });
                 made.push(event);
@@ -1273,7 +1272,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
-            let mut index = aae::Writes::open(&txn)?;
+            let mut index = aae::Writes::default();
             seals::put_certs(&txn, sealed)?;
             // Before anything is written, one pass encodes each event and walks each origin's
             // chain over its new events, checking the batch's seals on the way: a seal that

@@ -538,7 +538,7 @@ impl PageProofs {
             return Ok(Some((original, kept.seal, proof)));
         }
         let Some(bytes) = changelog.get(lkey.as_slice())? else {
-            return self.from_block(blocks, limits, version);
+            return self.prove_from_block(blocks, limits, version);
         };
         let Ok(original) = Event::decode(bytes.value(), limits) else {
             return Ok(None);
@@ -579,7 +579,7 @@ impl PageProofs {
     }
 
     /// `version` proven from the compacted block that holds its event, if one was kept.
-    fn from_block(
+    fn prove_from_block(
         &mut self,
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         limits: &EventLimits,

@@ -79,8 +79,9 @@ fn damage_is_found_at_restart_and_repaired_on_demand() {
     assert!(o.status.success(), "{}", stderr(&o));
     let n2 = Node::start(&configs[1]);
     let s = status(&n2);
-    assert_eq!(s["store_check_at_open"]["digest_fixed"], true, "{s}");
-    assert_eq!(s["store_check_at_open"]["rows_removed"], 1, "{s}");
+    assert_eq!(s["store_check_at_open"]["damage_found"], true, "{s}");
+    assert_eq!(s["store_check_at_open"]["entries_recorded"], 40, "{s}");
+    assert_eq!(s["store_check_at_open"]["unreadable"], 1, "{s}");
     assert_eq!(get(&n2, "c", "k7").0, 404, "the damage is real");
     // Bookkeeping says node-2 holds everything: replication alone never repairs it.
     assert_eq!(s["origins"]["node-1"], 40, "{s}");

@@ -163,19 +163,27 @@ impl Tree for StoreTree<'_> {
         Ok((f.short(), f.count))
     }
 
-    fn items(&self, node: Node) -> Result<Vec<reconcile::Entry>, edgerep_replica::LogError> {
-        let items = self
+    fn items_of(
+        &self,
+        nodes: &[Node],
+    ) -> Result<Vec<Vec<reconcile::Entry>>, edgerep_replica::LogError> {
+        let lists = self
             .0
-            .aae_items(node)
+            .aae_items_of(nodes)
             .map_err(|e| edgerep_replica::LogError::Storage {
                 reason: e.to_string(),
             })?;
-        Ok(items
+        Ok(lists
             .into_iter()
-            .map(|i| {
-                let mut h = [0u8; 16];
-                h.copy_from_slice(&i.hash[..16]);
-                (i.state_key, h)
+            .map(|items| {
+                items
+                    .into_iter()
+                    .map(|i| {
+                        let mut h = [0u8; 16];
+                        h.copy_from_slice(&i.hash[..16]);
+                        (i.state_key, h)
+                    })
+                    .collect()
             })
             .collect())
     }
@@ -419,6 +427,12 @@ impl Replicator {
                 if !want.is_empty() {
                     self.aae_repair_send(peer, id, &want, Vec::new());
                 }
+                // Collections with transforms on apply are left out of repair (see above).
+                let (versions, proofs): (Vec<_>, Vec<_>) = versions
+                    .into_iter()
+                    .zip(proofs)
+                    .filter(|(v, _)| !self.transformed_on_apply.contains(v.collection.as_str()))
+                    .unzip();
                 if !versions.is_empty() {
                     self.learn_certs(&certs);
                     if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
@@ -443,8 +457,25 @@ impl Replicator {
         self.aae_maybe_finish(peer);
     }
 
+    /// Whether the state key belongs to a collection with transforms on apply (its values may
+    /// differ between nodes by design: left out of repair).
+    fn aae_transformed(&self, state_key: &[u8]) -> bool {
+        let collection = state_key.split(|&b| b == 0).next().unwrap_or_default();
+        std::str::from_utf8(collection).is_ok_and(|c| self.transformed_on_apply.contains(c))
+    }
+
     /// Sends `peer` this node's versions of `keys`, and names the keys it wants.
     fn aae_repair_send(&mut self, peer: &NodeId, id: u64, keys: &[Vec<u8>], want: Vec<Vec<u8>>) {
+        let keys: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| !self.aae_transformed(k))
+            .cloned()
+            .collect();
+        let want: Vec<Vec<u8>> = want
+            .into_iter()
+            .filter(|k| !self.aae_transformed(k))
+            .collect();
+        let keys = keys.as_slice();
         let page = if keys.is_empty() {
             Ok(edgerep_store::StatePage {
                 versions: Vec::new(),
