@@ -1414,6 +1414,9 @@ impl Replicator {
                         seals,
                         certs,
                     } => {
+                        if !events.is_empty() {
+                            self.anti_entropy.heard_events(&peer);
+                        }
                         self.learn_certs(certs);
                         if let Some(reason) = self.check_forks(&peer, events, seals) {
                             tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");

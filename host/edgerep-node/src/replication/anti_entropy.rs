@@ -27,6 +27,11 @@ use crate::committer::CommitError;
 
 /// A session of ours that gets no answer for this long ends, reported as timed out.
 pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// A periodic session waits until the peer sent no events for this long (and acknowledged
+/// everything this node holds): differences while events are in flight are replication's.
+const QUIET: Duration = Duration::from_secs(1);
+/// Most keys one repair message carries versions of (the rest are found by later sessions).
+const REPAIR_KEYS: usize = 1024;
 
 /// Per peer, what `status` shows of anti-entropy.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -123,6 +128,8 @@ pub(super) struct AntiEntropy {
     waiters: Vec<Waiter>,
     /// Per peer, a small deterministic jitter source.
     jitter: u64,
+    /// Per peer, when it last sent events.
+    events_at: BTreeMap<NodeId, Instant>,
 }
 
 impl AntiEntropy {
@@ -135,7 +142,13 @@ impl AntiEntropy {
             status: BTreeMap::new(),
             waiters: Vec::new(),
             jitter: seed | 1,
+            events_at: BTreeMap::new(),
         }
+    }
+
+    /// `peer` sent events just now.
+    pub(super) fn heard_events(&mut self, peer: &NodeId) {
+        self.events_at.insert(peer.clone(), Instant::now());
     }
 
     /// The interval plus up to a quarter of it, varied per call.
@@ -229,6 +242,7 @@ impl Replicator {
                 .keys()
                 .filter(|p| local < **p && self.core.is_ready(p))
                 .filter(|p| !self.anti_entropy.sessions.contains_key(*p))
+                .filter(|p| self.aae_quiet(p))
                 .cloned()
                 .collect();
             for peer in due {
@@ -261,6 +275,22 @@ impl Replicator {
             }
             self.aae_finish(&peer);
         }
+    }
+
+    /// Whether replication with `peer` is idle: it acknowledged everything this node holds and
+    /// sent no events for a while. Periodic sessions wait for that (on-demand ones do not).
+    fn aae_quiet(&self, peer: &NodeId) -> bool {
+        let acked = self.acked.get(peer);
+        let caught_up = self
+            .have
+            .iter()
+            .all(|(o, &s)| o == peer || acked.and_then(|a| a.get(o)).copied().unwrap_or(0) >= s);
+        caught_up
+            && self
+                .anti_entropy
+                .events_at
+                .get(peer)
+                .is_none_or(|at| at.elapsed() >= QUIET)
     }
 
     /// Starts a session of ours with `peer` now (if it is connected and none is under way).
@@ -427,11 +457,15 @@ impl Replicator {
                 if !want.is_empty() {
                     self.aae_repair_send(peer, id, &want, Vec::new());
                 }
-                // Collections with transforms on apply are left out of repair (see above).
+                // Collections with transforms on apply are left out of repair (see above), and
+                // so are versions beyond this node's have: in flight, replication brings them.
                 let (versions, proofs): (Vec<_>, Vec<_>) = versions
                     .into_iter()
                     .zip(proofs)
-                    .filter(|(v, _)| !self.transformed_on_apply.contains(v.collection.as_str()))
+                    .filter(|(v, _)| {
+                        !self.transformed_on_apply.contains(v.collection.as_str())
+                            && self.have.get(&v.origin).copied().unwrap_or(0) >= v.seq
+                    })
                     .unzip();
                 if !versions.is_empty() {
                     self.learn_certs(&certs);
@@ -469,6 +503,7 @@ impl Replicator {
         let keys: Vec<Vec<u8>> = keys
             .iter()
             .filter(|k| !self.aae_transformed(k))
+            .take(REPAIR_KEYS)
             .cloned()
             .collect();
         let want: Vec<Vec<u8>> = want
@@ -487,13 +522,22 @@ impl Replicator {
         } else {
             self.store.versions_of(keys)
         };
-        let page = match page {
+        let mut page = match page {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(peer = %peer, "anti-entropy cannot read versions to repair: {e}");
                 return;
             }
         };
+        // Versions the peer has not acknowledged are in flight: replication brings them.
+        let acked = self.acked.get(peer);
+        let (versions, proofs): (Vec<_>, Vec<_>) = std::mem::take(&mut page.versions)
+            .into_iter()
+            .zip(std::mem::take(&mut page.proofs))
+            .filter(|(v, _)| acked.and_then(|a| a.get(&v.origin)).copied().unwrap_or(0) >= v.seq)
+            .unzip();
+        page.versions = versions;
+        page.proofs = proofs;
         if page.unproven > 0 {
             tracing::warn!(peer = %peer, unproven = page.unproven, "versions held here that nothing here proves (damage) left out of a repair");
         }
