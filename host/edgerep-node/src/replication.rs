@@ -995,7 +995,10 @@ impl Replicator {
         for (origin, &seq) in have {
             if let Ok(origin) = NodeId::parse(origin) {
                 let held = self.have.entry(origin).or_insert(0);
-                *held = (*held).max(seq);
+                if seq > *held {
+                    *held = seq;
+                    self.anti_entropy.changed_here();
+                }
             }
         }
         self.core.set_local_have(&self.have);

@@ -225,15 +225,32 @@ impl crate::Store {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut out: Vec<Vec<(u16, Item)>> = vec![Vec::new(); nodes.len()];
+        // Distinct nodes only: tree nodes nest or are disjoint, so a bucket is then covered by
+        // at most one node per level (a peer naming the root 4,096 times costs no more).
+        let mut distinct: Vec<Node> = nodes.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        let mut out: Vec<Vec<(u16, Item)>> = vec![Vec::new(); distinct.len()];
+        // Per bucket, the nodes that cover it: one lookup per state row.
+        let mut covering: std::collections::HashMap<u16, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, n) in distinct.iter().enumerate() {
+            let (lo, hi) = n.buckets();
+            for b in lo..=hi {
+                covering.entry(b).or_default().push(i);
+            }
+        }
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         for row in state.iter()? {
             let (k, v) = row?;
             let bucket = bucket_of(k.value());
+            let Some(wanted) = covering.get(&bucket) else {
+                continue;
+            };
             let mut hash = None;
-            for (i, n) in nodes.iter().enumerate() {
-                if n.covers(bucket) {
+            for &i in wanted {
+                {
                     let h = *hash.get_or_insert_with(|| {
                         let (collection, key) =
                             split_state_key(k.value()).unwrap_or(("", k.value()));
@@ -249,11 +266,20 @@ impl crate::Store {
                 }
             }
         }
-        Ok(out
+        let lists: Vec<Vec<Item>> = out
             .into_iter()
             .map(|mut items| {
                 items.sort_by(|a, b| (a.0, &a.1.state_key).cmp(&(b.0, &b.1.state_key)));
                 items.into_iter().map(|(_, i)| i).collect()
+            })
+            .collect();
+        Ok(nodes
+            .iter()
+            .map(|n| {
+                distinct
+                    .binary_search(n)
+                    .map(|i| lists[i].clone())
+                    .unwrap_or_default()
             })
             .collect())
     }

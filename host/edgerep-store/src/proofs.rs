@@ -362,7 +362,6 @@ fn is_live(
 enum Swept {
     Keep,
     Remove,
-    Rewrite(Vec<u8>),
 }
 
 /// Visits up to `limit` rows of `table` after the key saved under `cursor` (wrapping to the
@@ -400,15 +399,9 @@ fn sweep_table(
     }
     let mut removed = 0;
     for (k, change) in changes {
-        match change {
-            Swept::Remove => {
-                table.remove(k.as_slice())?;
-                removed += 1;
-            }
-            Swept::Rewrite(v) => {
-                table.insert(k.as_slice(), v.as_slice())?;
-            }
-            Swept::Keep => {}
+        if let Swept::Remove = change {
+            table.remove(k.as_slice())?;
+            removed += 1;
         }
     }
     match last {
@@ -442,13 +435,13 @@ pub(crate) fn sweep(
             Swept::Remove
         })
     })?;
+    // A block stays while one of its events is live: the check stops at the first live one
+    // (the list is not rewritten; an entry gone stale only names a key to look at).
     removed += sweep_table(&mut blocks, &mut meta, META_BLOCK_SWEEP, limit, |k, v| {
         let (origin, seq) = split_key(k, "blocks")?;
-        let mut block = KeptBlock::decode(&origin, seq, v)?;
-        let before = block.live.len();
+        let block = KeptBlock::decode(&origin, seq, v)?;
         let first = block.seal.first;
-        let mut still = Vec::with_capacity(before);
-        for e in block.live.drain(..) {
+        for e in &block.live {
             if is_live(
                 &state,
                 limits,
@@ -456,17 +449,10 @@ pub(crate) fn sweep(
                 &origin,
                 first + u64::from(e.index),
             )? {
-                still.push(e);
+                return Ok(Swept::Keep);
             }
         }
-        block.live = still;
-        Ok(if block.live.is_empty() {
-            Swept::Remove
-        } else if block.live.len() < before {
-            Swept::Rewrite(block.encode())
-        } else {
-            Swept::Keep
-        })
+        Ok(Swept::Remove)
     })?;
     Ok(removed)
 }

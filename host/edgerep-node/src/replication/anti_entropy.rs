@@ -32,6 +32,9 @@ pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(1);
 /// Most keys one repair message carries versions of (the rest are found by later sessions).
 const REPAIR_KEYS: usize = 1024;
+/// A periodic session runs even while replication is busy once none ran for this many
+/// intervals.
+const BUSY_LIMIT: u32 = 5;
 
 /// Per peer, what `status` shows of anti-entropy.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -130,6 +133,10 @@ pub(super) struct AntiEntropy {
     jitter: u64,
     /// Per peer, when it last sent events.
     events_at: BTreeMap<NodeId, Instant>,
+    /// When this node's have last moved (a write here or an apply).
+    changed_at: Option<Instant>,
+    /// Per peer, when a session of ours last started.
+    started_at: BTreeMap<NodeId, Instant>,
 }
 
 impl AntiEntropy {
@@ -143,7 +150,14 @@ impl AntiEntropy {
             waiters: Vec::new(),
             jitter: seed | 1,
             events_at: BTreeMap::new(),
+            changed_at: None,
+            started_at: BTreeMap::new(),
         }
+    }
+
+    /// This node's have just moved.
+    pub(super) fn changed_here(&mut self) {
+        self.changed_at = Some(Instant::now());
     }
 
     /// `peer` sent events just now.
@@ -277,20 +291,28 @@ impl Replicator {
         }
     }
 
-    /// Whether replication with `peer` is idle: it acknowledged everything this node holds and
-    /// sent no events for a while. Periodic sessions wait for that (on-demand ones do not).
+    /// Whether replication with `peer` is idle: it acknowledged everything this node holds,
+    /// and neither it nor this node wrote anything for a while. Periodic sessions wait for
+    /// that (on-demand ones do not), unless none ran for [`BUSY_LIMIT`] intervals: a node that is
+    /// never idle is still compared (what is in flight is kept out of repair).
     fn aae_quiet(&self, peer: &NodeId) -> bool {
+        let overdue = match (
+            self.anti_entropy.interval,
+            self.anti_entropy.started_at.get(peer),
+        ) {
+            (Some(i), Some(at)) => at.elapsed() >= i * BUSY_LIMIT,
+            _ => false,
+        };
         let acked = self.acked.get(peer);
         let caught_up = self
             .have
             .iter()
             .all(|(o, &s)| o == peer || acked.and_then(|a| a.get(o)).copied().unwrap_or(0) >= s);
-        caught_up
-            && self
-                .anti_entropy
-                .events_at
-                .get(peer)
-                .is_none_or(|at| at.elapsed() >= QUIET)
+        let still = |at: Option<&Instant>| at.is_none_or(|at| at.elapsed() >= QUIET);
+        overdue
+            || (caught_up
+                && still(self.anti_entropy.events_at.get(peer))
+                && still(self.anti_entropy.changed_at.as_ref()))
     }
 
     /// Starts a session of ours with `peer` now (if it is connected and none is under way).
@@ -310,6 +332,9 @@ impl Replicator {
         };
         self.anti_entropy.next_id += 1;
         let id = self.anti_entropy.next_id;
+        self.anti_entropy
+            .started_at
+            .insert(peer.clone(), Instant::now());
         self.anti_entropy.sessions.insert(
             peer.clone(),
             Session {
