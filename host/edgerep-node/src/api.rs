@@ -755,13 +755,28 @@ async fn watch_feed(
     // from its end again: following from the cursor would skip them.
     let feed_last = *app.feed.borrow();
     if q.after > feed_last {
-        return Err(ApiError::bad_request(
-            "cursor_ahead",
-            format!(
-                "after={} is beyond the end of this node's feed ({feed_last}): its last commits were lost in a crash (durability = \"periodic\"); watch again from after={feed_last} or rescan",
-                q.after
-            ),
-        ));
+        // A position committed but not yet synced (what `status` shows as feed_last) is not a
+        // loss: wait for the sync instead of telling the client its data was lost.
+        let store = app.store.clone();
+        let committed = blocking(move || Ok(store.status()?.feed_last)).await?;
+        let mut feed = app.feed.clone();
+        let synced = q.after <= committed
+            && tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                feed.wait_for(|&f| f >= q.after),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !synced {
+            let feed_last = *app.feed.borrow();
+            return Err(ApiError::bad_request(
+                "cursor_ahead",
+                format!(
+                    "after={} is beyond the end of this node's feed ({feed_last}): its last commits were lost in a crash (durability = \"periodic\"); watch again from after={feed_last} or rescan",
+                    q.after
+                ),
+            ));
+        }
     }
     // Refuse a cursor below the feed floor now, with a clear answer, not mid-stream.
     let store = app.store.clone();

@@ -1859,15 +1859,7 @@ impl Store {
                 if version.seq > compacted_of(version.origin.as_str()) {
                     continue;
                 }
-                proven.add(
-                    &changelog,
-                    &seals_t,
-                    &proofs_t,
-                    &blocks_t,
-                    &self.limits,
-                    version.clone(),
-                )?;
-                if proven.unproven > 0 {
+                if !proven.proves(&proofs_t, &blocks_t, &self.limits, version)? {
                     return Ok(Err(format!(
                         "version {}:{} is compacted and nothing here proves it",
                         version.origin, version.seq

@@ -14,7 +14,7 @@
 //!   compaction.
 
 use edgerep_wire::event::EventLimits;
-use edgerep_wire::seal::{ChainHash, MAX_PATH_HASHES, Proof, event_leaf, merkle_path};
+use edgerep_wire::seal::{ChainHash, MAX_PATH_HASHES, Proof, event_leaf, merkle_path, merkle_root};
 use edgerep_wire::{Event, NodeId, Seal};
 use redb::{ReadableTable, TableDefinition};
 
@@ -465,6 +465,9 @@ pub(crate) struct PageProofs {
     pub(crate) seals: Vec<Seal>,
     /// Blocks read from the changelog for this page: (origin, seal seq) → leaves.
     blocks: std::collections::BTreeMap<(String, u64), Vec<ChainHash>>,
+    /// Kept blocks read for this page: (origin, seal seq) → the block, and whether its leaves
+    /// give its seal's root (checked once).
+    kept: std::collections::BTreeMap<(String, u64), (KeptBlock, bool)>,
     /// Seals already in `seals`.
     named: std::collections::BTreeSet<(String, u64)>,
     /// Versions left out: nothing here proves them (a damaged store).
@@ -581,7 +584,16 @@ impl PageProofs {
         };
         let (k, v) = row?;
         let (_, seq) = split_key(k.value(), "blocks")?;
-        let block = KeptBlock::decode(&origin, seq, v.value())?;
+        let key = (origin.to_string(), seq);
+        if !self.kept.contains_key(&key) {
+            if self.kept.len() >= 64 {
+                self.kept.clear();
+            }
+            let block = KeptBlock::decode(&origin, seq, v.value())?;
+            let root_ok = merkle_root(&block.leaves) == block.seal.root;
+            self.kept.insert(key.clone(), (block, root_ok));
+        }
+        let (block, _) = &self.kept[&key];
         if !block.seal.covers(version.seq) {
             return Ok(None);
         }
@@ -602,7 +614,61 @@ impl PageProofs {
             seal: block.seal.seq,
             path: merkle_path(&block.leaves, index as usize),
         };
-        Ok(Some((original, block.seal, proof)))
+        Ok(Some((original, block.seal.clone(), proof)))
+    }
+
+    /// Whether this store proves the compacted `version` (`Store::verify`): like
+    /// [`PageProofs::add`], without computing paths for kept blocks (the leaf is compared, and
+    /// the block's root checked once) and without keeping anything.
+    pub(crate) fn proves(
+        &mut self,
+        proofs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        limits: &EventLimits,
+        version: &Event,
+    ) -> Result<bool, StoreError> {
+        let origin = &version.origin;
+        let lkey = log_key(origin.as_str(), version.seq);
+        if let Some(g) = proofs.get(lkey.as_slice())? {
+            let kept = Kept::decode(origin, g.value())?;
+            let bytes = kept.original.clone().unwrap_or_else(|| version.encode());
+            return Ok(kept.seal.proves(version.seq, &bytes, &kept.path));
+        }
+        let hi = log_key(origin.as_str(), u64::MAX);
+        let Some(row) = blocks.range(lkey.as_slice()..=hi.as_slice())?.next() else {
+            return Ok(false);
+        };
+        let (k, v) = row?;
+        let (_, seq) = split_key(k.value(), "blocks")?;
+        let key = (origin.to_string(), seq);
+        if !self.kept.contains_key(&key) {
+            if self.kept.len() >= 64 {
+                self.kept.clear();
+            }
+            let block = KeptBlock::decode(origin, seq, v.value())?;
+            let root_ok = merkle_root(&block.leaves) == block.seal.root;
+            self.kept.insert(key.clone(), (block, root_ok));
+        }
+        let (block, root_ok) = &self.kept[&key];
+        if !root_ok || !block.seal.covers(version.seq) {
+            return Ok(false);
+        }
+        let index = version.seq - block.seal.first;
+        let bytes = match block
+            .live
+            .iter()
+            .find(|e| u64::from(e.index) == index)
+            .and_then(|e| e.original.clone())
+        {
+            Some(original) => {
+                if Event::decode(&original, limits).is_err() {
+                    return Ok(false);
+                }
+                original
+            }
+            None => version.encode(),
+        };
+        Ok(block.leaves.get(index as usize) == Some(&event_leaf(&bytes)))
     }
 }
 
