@@ -1372,6 +1372,7 @@ impl Replicator {
                     old.conn
                         .close(CloseCode::Normal, "replaced by a newer connection");
                     self.core.disconnected(&peer, now);
+                    self.aae_disconnected(&peer);
                 }
                 tracing::info!(peer = %peer, remote = %conn.remote, "peer connected");
                 self.last_error.remove(&peer);

@@ -333,6 +333,48 @@ impl crate::Store {
     }
 }
 
+impl crate::Store {
+    /// Removes the state rows of `keys` of `collection` from the store file at `path` behind
+    /// its bookkeeping, in one transaction (benchmarks: many keys at once). Returns how many
+    /// existed. Fails while a node has the file open.
+    pub fn damage_keys_file(
+        path: &std::path::Path,
+        node: &edgerep_wire::NodeId,
+        collection: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<u64, StoreError> {
+        let db = redb::Database::open(path)?;
+        {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let stored = meta
+                .get(crate::META_NODE_ID)?
+                .map(|g| g.value().to_vec())
+                .unwrap_or_default();
+            if stored != node.as_str().as_bytes() {
+                return Err(StoreError::WrongNode {
+                    path: path.display().to_string(),
+                    stored: String::from_utf8_lossy(&stored).into_owned(),
+                    configured: node.to_string(),
+                });
+            }
+        }
+        let txn = db.begin_write()?;
+        let mut removed = 0;
+        {
+            let mut state = txn.open_table(STATE)?;
+            for k in keys {
+                let skey = crate::keys::state_key(collection, k);
+                if state.remove(skey.as_slice())?.is_some() {
+                    removed += 1;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(removed)
+    }
+}
+
 fn damage_in(
     db: &redb::Database,
     collection: &str,

@@ -62,16 +62,16 @@ pub(crate) struct ReplicateArgs {
 }
 
 /// One `edgerep run` child process.
-struct NodeProcess {
+pub(crate) struct NodeProcess {
     name: String,
     child: std::process::Child,
     api: SocketAddr,
-    client: Client,
+    pub(crate) client: Client,
     log: PathBuf,
 }
 
 impl NodeProcess {
-    fn start(exe: &Path, config: &Path, name: &str) -> anyhow::Result<NodeProcess> {
+    pub(crate) fn start(exe: &Path, config: &Path, name: &str) -> anyhow::Result<NodeProcess> {
         let api: SocketAddr = Config::load(config)?.api.listen;
         let log = config.with_file_name("node.log");
         let log_file = std::fs::File::create(&log)?;
@@ -122,7 +122,7 @@ impl NodeProcess {
     }
 
     /// SIGTERM, then waits for a clean exit (SIGKILL after 15 s).
-    fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -159,7 +159,7 @@ fn proc_kb(status: &str, field: &str) -> f64 {
 }
 
 /// Waits until `f` holds for the statuses of both nodes, or fails with both statuses and logs.
-fn wait_until(
+pub(crate) fn wait_until(
     a: &NodeProcess,
     b: &NodeProcess,
     limit: Duration,
@@ -186,7 +186,7 @@ fn wait_until(
 }
 
 /// Writes one batch of `n` events with keys `k-0-{first+1}` … on `client`, durably.
-fn write_batch(
+pub(crate) fn write_batch(
     client: &Client,
     collection: &str,
     value: &[u8],
@@ -767,7 +767,7 @@ struct ModeFigures {
     latencies: Vec<Latency>,
 }
 
-fn wait_peered(a: &NodeProcess, b: &NodeProcess) -> anyhow::Result<()> {
+pub(crate) fn wait_peered(a: &NodeProcess, b: &NodeProcess) -> anyhow::Result<()> {
     let connected = |s: &Json| s["replication"]["peers"][0]["connected"] == json!(true);
     wait_until(a, b, Duration::from_secs(30), "nodes peered", |sa, sb| {
         connected(sa) && connected(sb)

@@ -5,6 +5,7 @@
 //! or failed; 5 a plugin failed (`plugin run`).
 
 mod bench;
+mod bench_reconcile;
 mod bench_replicate;
 mod client;
 mod cluster;
@@ -258,6 +259,9 @@ enum BenchCommand {
     Ingest(bench::IngestArgs),
     /// Per-event cost of plugins, and ingest with a transform against ingest without plugins.
     Plugin(bench::PluginArgs),
+    /// Anti-entropy between two nodes with many keys, some removed from one: sessions, round
+    /// trips, bytes and time to agreement, against sending the whole state as a snapshot.
+    Reconcile(bench_reconcile::ReconcileArgs),
     /// Two nodes on loopback: end-to-end replication throughput and latency, against raw redb and raw quinn.
     Replicate(bench_replicate::ReplicateArgs),
 }
@@ -682,6 +686,9 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Bench {
             command: BenchCommand::Replicate(args),
         } => bench_replicate::replicate(args),
+        Command::Bench {
+            command: BenchCommand::Reconcile(args),
+        } => bench_reconcile::reconcile(args),
     }
 }
 
