@@ -27,9 +27,9 @@ pub const ITEMS_UP_TO: u64 = 32;
 pub const MAX_RANGES: usize = 4096;
 /// Most keys one side lists in one message (entries, or keys wanted in a repair).
 pub const MAX_KEYS: usize = 16384;
-/// Most differing ranges one answer goes into (each becomes 16 fingerprints or an entry list);
-/// the rest are found by the next session. Bounds a session's cost when many keys differ.
-pub const MAX_DIFFERING: usize = 256;
+/// Most differing ranges one answer goes into (each becomes 16 fingerprints or an entry list,
+/// within [`MAX_RANGES`] and [`MAX_KEYS`] per message); the rest are found by the next session.
+pub const MAX_DIFFERING: usize = 2048;
 
 /// One entry as a range lists it: (state key `collection 0x00 key`, the first 16 bytes of the
 /// entry hash).
@@ -128,15 +128,26 @@ pub fn answer(
     let mut step = Step::default();
     // Ranges this side lists, then ranges the peer listed: their entries read in one pass.
     let mut listed = Vec::new();
-    let mut differing = 0;
+    let (mut differing, mut listed_keys) = (0, 0u64);
     for theirs in fingerprints {
         let (mine, count) = tree.fingerprint(theirs.node)?;
         if mine == theirs.fingerprint || differing >= MAX_DIFFERING {
             continue;
         }
+        // Room in the answer: 16 fingerprints, or one entry list of `count` keys.
+        let lists = count <= ITEMS_UP_TO || theirs.node.children().is_empty();
+        let fits = if lists {
+            step.items.len() + listed.len() < MAX_RANGES && listed_keys + count <= MAX_KEYS as u64
+        } else {
+            step.fingerprints.len() + 16 <= MAX_RANGES
+        };
+        if !fits {
+            continue;
+        }
         differing += 1;
         if describe(tree, theirs.node, count, &mut step)? {
             listed.push(theirs.node);
+            listed_keys += count;
         }
     }
     let mut wanted = listed.clone();

@@ -137,6 +137,18 @@ impl OpenCheck {
     }
 }
 
+/// Whether the stored digest differs from `total`'s sum.
+fn stored_digest_differs(
+    txn: &redb::ReadTransaction,
+    total: &Fingerprint,
+) -> Result<bool, StoreError> {
+    let meta = txn.open_table(META)?;
+    Ok(match meta.get(META_DIGEST)? {
+        Some(g) => g.value() != total.sum.to_bytes().as_slice(),
+        None => total.count > 0,
+    })
+}
+
 /// Computes the bucket sums from `state`, and corrects the stored digest and entry count where
 /// they disagree with it.
 pub(crate) fn open(
@@ -159,8 +171,14 @@ pub(crate) fn open(
             b.count += 1;
             total.sum.add(hash);
             total.count += 1;
-            if crate::Versions::decode(v.value(), limits).is_err() {
-                check.unreadable += 1;
+        }
+        if stored_digest_differs(&txn, &total)? {
+            // Damage: only then is each entry decoded, to count those that cannot be read.
+            for row in state.iter()? {
+                let (_, v) = row?;
+                if crate::Versions::decode(v.value(), limits).is_err() {
+                    check.unreadable += 1;
+                }
             }
         }
         let meta = txn.open_table(META)?;

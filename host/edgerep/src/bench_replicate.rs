@@ -93,7 +93,7 @@ impl NodeProcess {
         })
     }
 
-    fn status(&self, verify: bool) -> anyhow::Result<Json> {
+    pub(crate) fn status(&self, verify: bool) -> anyhow::Result<Json> {
         match self.client.status(verify) {
             Outcome::Ok(b) => Ok(serde_json::from_slice(&b)?),
             other => bail!("{}: status failed: {other:?}", self.name),

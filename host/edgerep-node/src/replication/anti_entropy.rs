@@ -31,7 +31,7 @@ pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// everything this node holds): differences while events are in flight are replication's.
 const QUIET: Duration = Duration::from_secs(1);
 /// Most keys one repair message carries versions of (the rest are found by later sessions).
-const REPAIR_KEYS: usize = 1024;
+const REPAIR_KEYS: usize = 4096;
 /// A periodic session runs even while replication is busy once none ran for this many
 /// intervals.
 const BUSY_LIMIT: u32 = 5;
@@ -585,9 +585,9 @@ impl Replicator {
             .filter(|s| s.id == id)
         {
             session.report.repaired_out += sent;
-            if !want.is_empty() {
-                session.pending += 1;
-            }
+            // Expected back: the peer's answer to `want`, and its word that it merged ours
+            // (so the next session does not find the same keys again).
+            session.pending += u32::from(!want.is_empty()) + u32::from(sent > 0);
         }
         self.aae_send(
             peer,
@@ -615,6 +615,20 @@ impl Replicator {
             .sessions
             .get(&peer)
             .is_some_and(|s| s.id == id);
+        if !mine && !matches!(result, Err(CommitError::Forged(_))) {
+            // The peer's session waits for our word that its versions are merged.
+            self.aae_send(
+                &peer,
+                Message::Repair {
+                    id,
+                    versions: Vec::new(),
+                    proofs: Vec::new(),
+                    seals: Vec::new(),
+                    certs: Vec::new(),
+                    want: Vec::new(),
+                },
+            );
+        }
         match result {
             Ok(out) => {
                 if out.covered > 0 || out.replaced > 0 {
