@@ -673,3 +673,102 @@ fn a_certificate_from_outside_the_deployment_is_refused() {
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
+
+/// Anti-entropy repair is no back door: versions of node-3's key that node-1 holds, "repaired"
+/// by node-2 with a seal it made under node-3's name, are refused whole, the peer cut off and
+/// reported, and node-3's value stands.
+#[test]
+fn a_forged_repair_is_refused_and_the_peer_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let node3 = NodeId::parse("node-3").unwrap();
+    let forged = event("node-3", 1, "c", "from-3", 999);
+    let leaf = event_leaf(&forged.encode());
+    let seal = h.seal(
+        node3.clone(),
+        1,
+        1,
+        chain_link(&chain_start(&node3), &leaf),
+        leaf,
+    );
+    h.send(&Message::Repair {
+        id: 77,
+        versions: vec![forged],
+        proofs: vec![Proof {
+            seal: 1,
+            path: vec![],
+        }],
+        seals: vec![seal],
+        certs: vec![(h.id.clone(), h.signer.cert().to_vec())],
+        want: vec![],
+    })
+    .unwrap();
+    let reason = h.closed_within(Duration::from_secs(10));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("node-3's seal at 1")),
+        "{reason:?}"
+    );
+    wait_status(&n1, "the refusal is reported", |r| {
+        r["refused"][0]["reason"]
+            .as_str()
+            .is_some_and(|e| e.contains("node-3's seal at 1"))
+    });
+    assert_eq!(get(&n1, "c", "from-3").1, r#"{"v":3}"#);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
+/// Anti-entropy messages that are not what the protocol allows (a range outside the tree, a
+/// Reconcile before the handshake) close that session only; node-1 serves on.
+#[test]
+fn malformed_anti_entropy_messages_close_only_that_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    // Before the handshake.
+    let mut h = common::hostile::Hostile::connect(&configs[1], &configs[0]);
+    h.send(&Message::Reconcile {
+        id: 1,
+        fingerprints: vec![],
+        items: vec![],
+    })
+    .unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("before")),
+        "{reason:?}"
+    );
+    // A range at level 9: refused by the decoder, with the reason.
+    let mut h = attacker(&configs, &[]);
+    let mut frame = Message::Reconcile {
+        id: 1,
+        fingerprints: vec![edgerep_replica::reconcile::RangeFingerprint {
+            node: edgerep_wire::aae::Node {
+                level: 4,
+                prefix: 0,
+            },
+            fingerprint: [0; 16],
+            count: 1,
+        }],
+        items: vec![],
+    }
+    .encode();
+    // [6, 1, [[4, 0, fp, 1]], []]: the level follows the heads of the list (0x81) and of the
+    // range (0x84).
+    let at = frame.windows(2).position(|w| w == [0x81, 0x84]).unwrap() + 2;
+    assert_eq!(frame[at], 4);
+    frame[at] = 9;
+    h.send_raw(&frame).unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no tree node at level 9")),
+        "{reason:?}"
+    );
+    assert_eq!(get(&n1, "c", "from-3").0, 200);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
