@@ -50,8 +50,9 @@ pub type InstallReply = Box<dyn FnOnce(Result<Installed, CommitError>) + Send>;
 pub type CompactReply = Box<dyn FnOnce(Result<Compaction, CommitError>) + Send>;
 
 /// Most changelog entries one compaction transaction removes (the rest go in the next ones),
-/// so local writes never wait long behind one (a few milliseconds).
-pub const COMPACT_MAX_REMOVE: u64 = 5_000;
+/// so local writes never wait long behind one (a few milliseconds: each removed event is
+/// decoded and its key looked up, to keep the blocks that still hold live versions).
+pub const COMPACT_MAX_REMOVE: u64 = 1_024;
 
 /// Which collections are acknowledged before the disk sync, and how often they are synced.
 #[derive(Debug, Clone)]
