@@ -72,14 +72,25 @@ pub(crate) struct Delta {
 }
 
 /// The entry changes of a write transaction, applied to the sums once it commits.
-#[derive(Default)]
 pub(crate) struct Writes {
     pub(crate) deltas: Vec<Delta>,
+    /// Off only to measure what keeping the sums costs (see `Store::without_fingerprints`).
+    enabled: bool,
 }
 
 impl Writes {
+    pub(crate) fn new(enabled: bool) -> Writes {
+        Writes {
+            deltas: Vec::new(),
+            enabled,
+        }
+    }
+
     /// Entry `state_key` now hashes to `new` (it hashed to `old`, or did not exist).
     pub(crate) fn set(&mut self, state_key: &[u8], old: Option<Digest>, new: Digest) {
+        if !self.enabled {
+            return;
+        }
         self.deltas.push(Delta {
             bucket: bucket_of(state_key),
             old,
@@ -219,6 +230,13 @@ impl crate::Store {
     /// What the check found when this store was opened.
     pub fn open_check(&self) -> &OpenCheck {
         &self.open_check
+    }
+
+    /// This store without keeping the anti-entropy sums up to date: only for `bench ingest` to
+    /// print what keeping them costs. Its fingerprints are wrong until it is opened again.
+    pub fn without_fingerprints(mut self) -> crate::Store {
+        self.fingerprints = false;
+        self
     }
 
     /// The fingerprint of `node`.

@@ -554,6 +554,8 @@ pub struct Store {
     aae: aae::Sums,
     /// What the anti-entropy index check found at open.
     open_check: aae::OpenCheck,
+    /// Whether the anti-entropy sums are kept (always, but for one benchmark).
+    fingerprints: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -682,6 +684,7 @@ impl Store {
             keys: None,
             aae: sums,
             open_check,
+            fingerprints: true,
         };
         let resume = store.resume()?;
         Ok((store, resume))
@@ -827,7 +830,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
-            let mut aae_rows = aae::Writes::default();
+            let mut aae_rows = aae::Writes::new(self.fingerprints);
             let mut seq = origins.get(self.node.as_str())?.map_or(0, |g| g.value());
             let (head_seq, mut chain) = seals::head(&chains, &self.node)?;
             if head_seq != seq {
@@ -1272,7 +1275,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
-            let mut index = aae::Writes::default();
+            let mut index = aae::Writes::new(self.fingerprints);
             seals::put_certs(&txn, sealed)?;
             // Before anything is written, one pass encodes each event and walks each origin's
             // chain over its new events, checking the batch's seals on the way: a seal that

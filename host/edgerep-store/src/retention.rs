@@ -485,7 +485,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut proofs_t = txn.open_table(PROOFS)?;
             let mut blocks_t = txn.open_table(BLOCKS)?;
-            let mut index = aae::Writes::default();
+            let mut index = aae::Writes::new(self.fingerprints);
             let mut counters = Counters::load(&meta)?;
             let held_before = read_map(&txn.open_table(ORIGINS)?)?;
             let (mut changed, mut covered, mut replaced) = (0, 0, 0);
