@@ -153,8 +153,9 @@ pub struct NodeConfig {
     /// The data directory, already resolved against the config file's directory when the file
     /// gave a relative path.
     pub data_dir: PathBuf,
-    /// Remote hybrid-clock timestamps further ahead of wall time than this are refused (> 0,
-    /// default 60000).
+    /// Remote hybrid-clock timestamps further ahead of wall time than this do not move this
+    /// node's clock (the changes themselves are applied: acceptance never depends on a node's
+    /// wall clock) (> 0, default 60000).
     pub max_clock_skew_ms: u64,
     /// How often writes to `periodic` collections are synced to disk, in milliseconds
     /// (1..=60000, default 20).

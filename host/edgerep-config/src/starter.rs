@@ -31,7 +31,8 @@ pub fn starter_toml(
 id = "{node_id}"
 # Where the node keeps its database. A relative path is relative to this file's directory.
 data_dir = "data"
-# Remote hybrid-clock timestamps further ahead of this node's wall clock are refused.
+# A peer's change whose hybrid-clock timestamp is further ahead of this node's wall clock is
+# applied, but does not move this node's clock.
 # max_clock_skew_ms = {DEFAULT_MAX_CLOCK_SKEW_MS}
 # How often writes to collections with durability = "periodic" are synced to disk.
 # sync_interval_ms = {DEFAULT_SYNC_INTERVAL_MS}

@@ -94,7 +94,8 @@ impl HlcClock {
     }
 
     /// Merges a timestamp received from a peer, so later local timestamps order after it.
-    /// Refuses (and ignores) a timestamp more than `max_skew_ms` ahead of `wall_ms`.
+    /// A timestamp more than `max_skew_ms` ahead of `wall_ms` is not merged (Err); the event
+    /// that carried it is still applied by the caller.
     pub fn observe(&mut self, remote: Hlc, wall_ms: u64) -> Result<(), SkewError> {
         let ahead_ms = remote.physical_ms.saturating_sub(wall_ms);
         if ahead_ms > self.max_skew_ms {
