@@ -331,12 +331,17 @@ pub enum Damage {
 }
 
 impl crate::Store {
-    /// Damages one key's state row behind the store's bookkeeping (the digest, the index, the
-    /// changelog stay as they were), for drills and tests: what a failing disk or a bug could do.
-    /// Returns whether the key existed. The next open finds the damage (see [`OpenCheck`]) and
-    /// anti-entropy repairs it from peers.
-    pub fn damage(&self, collection: &str, key: &[u8], how: Damage) -> Result<bool, StoreError> {
-        damage_in(&self.db, collection, key, how)
+    /// Damages the state rows of `keys` of `collection` behind the store's bookkeeping (the
+    /// digest, the sums, the changelog stay as they were), in one transaction, for drills, tests
+    /// and benchmarks: what a failing disk or a bug could do. Returns how many existed. The next
+    /// open finds the damage (see [`OpenCheck`]) and anti-entropy repairs it from peers.
+    pub fn damage(
+        &self,
+        collection: &str,
+        keys: &[Vec<u8>],
+        how: Damage,
+    ) -> Result<u64, StoreError> {
+        damage_in(&self.db, collection, keys, how)
     }
 
     /// [`crate::Store::damage`] on the store file at `path` of node `node`, opened without the
@@ -346,38 +351,8 @@ impl crate::Store {
         path: &std::path::Path,
         node: &edgerep_wire::NodeId,
         collection: &str,
-        key: &[u8],
-        how: Damage,
-    ) -> Result<bool, StoreError> {
-        let db = redb::Database::open(path)?;
-        {
-            let txn = db.begin_read()?;
-            let meta = txn.open_table(META)?;
-            let stored = meta
-                .get(crate::META_NODE_ID)?
-                .map(|g| g.value().to_vec())
-                .unwrap_or_default();
-            if stored != node.as_str().as_bytes() {
-                return Err(StoreError::WrongNode {
-                    path: path.display().to_string(),
-                    stored: String::from_utf8_lossy(&stored).into_owned(),
-                    configured: node.to_string(),
-                });
-            }
-        }
-        damage_in(&db, collection, key, how)
-    }
-}
-
-impl crate::Store {
-    /// Removes the state rows of `keys` of `collection` from the store file at `path` behind
-    /// its bookkeeping, in one transaction (benchmarks: many keys at once). Returns how many
-    /// existed. Fails while a node has the file open.
-    pub fn damage_keys_file(
-        path: &std::path::Path,
-        node: &edgerep_wire::NodeId,
-        collection: &str,
         keys: &[Vec<u8>],
+        how: Damage,
     ) -> Result<u64, StoreError> {
         let db = redb::Database::open(path)?;
         {
@@ -395,50 +370,39 @@ impl crate::Store {
                 });
             }
         }
-        let txn = db.begin_write()?;
-        let mut removed = 0;
-        {
-            let mut state = txn.open_table(STATE)?;
-            for k in keys {
-                let skey = crate::keys::state_key(collection, k);
-                if state.remove(skey.as_slice())?.is_some() {
-                    removed += 1;
-                }
-            }
-        }
-        txn.commit()?;
-        Ok(removed)
+        damage_in(&db, collection, keys, how)
     }
 }
 
 fn damage_in(
     db: &redb::Database,
     collection: &str,
-    key: &[u8],
+    keys: &[Vec<u8>],
     how: Damage,
-) -> Result<bool, StoreError> {
+) -> Result<u64, StoreError> {
+    let txn = db.begin_write()?;
+    let mut existed = 0;
     {
-        let skey = crate::keys::state_key(collection, key);
-        let txn = db.begin_write()?;
-        let existed = {
-            let mut state = txn.open_table(STATE)?;
-            let old = state.get(skey.as_slice())?.map(|g| g.value().to_vec());
-            match (old, how) {
-                (None, _) => false,
-                (Some(_), Damage::Remove) => {
+        let mut state = txn.open_table(STATE)?;
+        for key in keys {
+            let skey = crate::keys::state_key(collection, key);
+            let Some(mut bytes) = state.get(skey.as_slice())?.map(|g| g.value().to_vec()) else {
+                continue;
+            };
+            existed += 1;
+            match how {
+                Damage::Remove => {
                     state.remove(skey.as_slice())?;
-                    true
                 }
-                (Some(mut bytes), Damage::FlipByte) => {
+                Damage::FlipByte => {
                     if let Some(b) = bytes.last_mut() {
                         *b = !*b;
                     }
                     state.insert(skey.as_slice(), bytes.as_slice())?;
-                    true
                 }
             }
-        };
-        txn.commit()?;
-        Ok(existed)
+        }
     }
+    txn.commit()?;
+    Ok(existed)
 }

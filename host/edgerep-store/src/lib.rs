@@ -464,8 +464,11 @@ impl Counters {
 }
 
 /// Applies one event to its key's versions in `state` by the merge rule ([`Versions::apply`]),
-/// keeping the digest and the entry count up to date. Shared by received events and snapshot
-/// pages, so both merge exactly alike.
+/// keeping the digest, the entry count and the anti-entropy sums up to date. Shared by received
+/// events, snapshot pages and repairs, so all merge exactly alike. With `repair` (anti-entropy
+/// on a damaged store, the event proven its origin's) a key that does not decode is replaced,
+/// and a version with the event's origin and sequence number but other bytes is dropped
+/// first. Returns what applying did and whether something damaged was replaced.
 fn apply_to_state(
     state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     index: &mut aae::Writes,
@@ -473,44 +476,7 @@ fn apply_to_state(
     entries: &mut u64,
     limits: &EventLimits,
     event: Event,
-) -> Result<Applied, StoreError> {
-    let skey = state_key(&event.collection, &event.key);
-    let old = state.get(skey.as_slice())?;
-    let mut versions = match &old {
-        Some(g) => Versions::decode(g.value(), limits).map_err(|e| corrupt("state", e))?,
-        None => Versions::new(),
-    };
-    let old_hash = old
-        .as_ref()
-        .map(|g| Digest::of_entry(&event.collection, &event.key, g.value()));
-    drop(old);
-    let (collection, key) = (event.collection.clone(), event.key.clone());
-    let applied = versions.apply(event);
-    if applied == Applied::Added {
-        match old_hash {
-            Some(h) => digest.sub(h),
-            None => *entries += 1,
-        }
-        let new_bytes = versions.encode();
-        let new_hash = Digest::of_entry(&collection, &key, &new_bytes);
-        digest.add(new_hash);
-        index.set(&skey, old_hash, new_hash);
-        state.insert(skey.as_slice(), new_bytes.as_slice())?;
-    }
-    Ok(applied)
-}
-
-/// [`apply_to_state`] for anti-entropy repair of a damaged store: a key that does not decode is
-/// replaced, and a version with the event's origin and sequence number but other bytes is
-/// dropped before the event is applied (the event was proven its origin's; that version was
-/// not). Returns what applying did and whether something damaged was replaced.
-fn repair_in_state(
-    state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
-    index: &mut aae::Writes,
-    digest: &mut Digest,
-    entries: &mut u64,
-    limits: &EventLimits,
-    event: Event,
+    repair: bool,
 ) -> Result<(Applied, bool), StoreError> {
     let skey = state_key(&event.collection, &event.key);
     let old = state.get(skey.as_slice())?;
@@ -520,12 +486,15 @@ fn repair_in_state(
     let (mut versions, mut damaged) = match &old {
         Some(g) => match Versions::decode(g.value(), limits) {
             Ok(v) => (v, false),
-            Err(_) => (Versions::new(), true),
+            Err(_) if repair => (Versions::new(), true),
+            Err(e) => return Err(corrupt("state", e)),
         },
         None => (Versions::new(), false),
     };
     drop(old);
-    damaged |= versions.drop_other_bytes(&event);
+    if repair {
+        damaged |= versions.drop_other_bytes(&event);
+    }
     let (collection, key) = (event.collection.clone(), event.key.clone());
     let applied = versions.apply(event);
     if applied == Applied::Added || damaged {
@@ -1426,14 +1395,18 @@ impl Store {
                         continue;
                     }
                 }
-                out.push(apply_to_state(
-                    &mut state,
-                    &mut index,
-                    &mut digest,
-                    &mut entries,
-                    &self.limits,
-                    event,
-                )?);
+                out.push(
+                    apply_to_state(
+                        &mut state,
+                        &mut index,
+                        &mut digest,
+                        &mut entries,
+                        &self.limits,
+                        event,
+                        false,
+                    )?
+                    .0,
+                );
             }
             // Each origin given new events ends at one of the batch's seals (trusted events: an
             // unsigned seal ends the run); its chain head moves to the end.

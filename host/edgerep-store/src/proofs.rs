@@ -163,6 +163,14 @@ fn put_u32(out: &mut Vec<u8>, n: usize) {
 }
 
 impl KeptBlock {
+    /// The origin's event at `index` when the version held here differs from it.
+    fn original(&self, index: u64) -> Option<&Vec<u8>> {
+        self.live
+            .iter()
+            .find(|e| u64::from(e.index) == index)
+            .and_then(|e| e.original.as_ref())
+    }
+
     /// `u32 len, seal, u32 n, n leaves, u32 m, m × (u32 index, u32 len, state key, u32 len,
     /// original event or nothing)`.
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -567,14 +575,14 @@ impl PageProofs {
         Ok(Some((original, seal, proof)))
     }
 
-    /// `version` proven from the compacted block that holds its event, if one was kept.
-    fn prove_from_block(
+    /// The kept block holding `version`'s event (cached for the page), whether its leaves give
+    /// its seal's root, and the event's index in it; `None` when no kept block holds it.
+    fn kept_block(
         &mut self,
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        limits: &EventLimits,
-        version: Event,
-    ) -> Result<Option<(Event, Seal, Proof)>, StoreError> {
-        let origin = version.origin.clone();
+        version: &Event,
+    ) -> Result<Option<(&KeptBlock, bool, u64)>, StoreError> {
+        let origin = &version.origin;
         let (lo, hi) = (
             log_key(origin.as_str(), version.seq),
             log_key(origin.as_str(), u64::MAX),
@@ -589,21 +597,28 @@ impl PageProofs {
             if self.kept.len() >= 64 {
                 self.kept.clear();
             }
-            let block = KeptBlock::decode(&origin, seq, v.value())?;
+            let block = KeptBlock::decode(origin, seq, v.value())?;
             let root_ok = merkle_root(&block.leaves) == block.seal.root;
             self.kept.insert(key.clone(), (block, root_ok));
         }
-        let (block, _) = &self.kept[&key];
+        let (block, root_ok) = &self.kept[&key];
         if !block.seal.covers(version.seq) {
             return Ok(None);
         }
-        let index = version.seq - block.seal.first;
-        let original = match block
-            .live
-            .iter()
-            .find(|e| u64::from(e.index) == index)
-            .and_then(|e| e.original.as_ref())
-        {
+        Ok(Some((block, *root_ok, version.seq - block.seal.first)))
+    }
+
+    /// `version` proven from the compacted block that holds its event, if one was kept.
+    fn prove_from_block(
+        &mut self,
+        blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        limits: &EventLimits,
+        version: Event,
+    ) -> Result<Option<(Event, Seal, Proof)>, StoreError> {
+        let Some((block, _, index)) = self.kept_block(blocks, &version)? else {
+            return Ok(None);
+        };
+        let original = match block.original(index) {
             Some(bytes) => match Event::decode(bytes, limits) {
                 Ok(e) => e,
                 Err(_) => return Ok(None),
@@ -627,48 +642,21 @@ impl PageProofs {
         limits: &EventLimits,
         version: &Event,
     ) -> Result<bool, StoreError> {
-        let origin = &version.origin;
-        let lkey = log_key(origin.as_str(), version.seq);
+        let lkey = log_key(version.origin.as_str(), version.seq);
         if let Some(g) = proofs.get(lkey.as_slice())? {
-            let kept = Kept::decode(origin, g.value())?;
+            let kept = Kept::decode(&version.origin, g.value())?;
             let bytes = kept.original.clone().unwrap_or_else(|| version.encode());
             return Ok(kept.seal.proves(version.seq, &bytes, &kept.path));
         }
-        let hi = log_key(origin.as_str(), u64::MAX);
-        let Some(row) = blocks.range(lkey.as_slice()..=hi.as_slice())?.next() else {
+        let Some((block, root_ok, index)) = self.kept_block(blocks, version)? else {
             return Ok(false);
         };
-        let (k, v) = row?;
-        let (_, seq) = split_key(k.value(), "blocks")?;
-        let key = (origin.to_string(), seq);
-        if !self.kept.contains_key(&key) {
-            if self.kept.len() >= 64 {
-                self.kept.clear();
-            }
-            let block = KeptBlock::decode(origin, seq, v.value())?;
-            let root_ok = merkle_root(&block.leaves) == block.seal.root;
-            self.kept.insert(key.clone(), (block, root_ok));
-        }
-        let (block, root_ok) = &self.kept[&key];
-        if !root_ok || !block.seal.covers(version.seq) {
-            return Ok(false);
-        }
-        let index = version.seq - block.seal.first;
-        let bytes = match block
-            .live
-            .iter()
-            .find(|e| u64::from(e.index) == index)
-            .and_then(|e| e.original.clone())
-        {
-            Some(original) => {
-                if Event::decode(&original, limits).is_err() {
-                    return Ok(false);
-                }
-                original
-            }
+        let bytes = match block.original(index) {
+            Some(original) if Event::decode(original, limits).is_err() => return Ok(false),
+            Some(original) => original.clone(),
             None => version.encode(),
         };
-        Ok(block.leaves.get(index as usize) == Some(&event_leaf(&bytes)))
+        Ok(root_ok && block.leaves.get(index as usize) == Some(&event_leaf(&bytes)))
     }
 }
 
@@ -716,4 +704,68 @@ pub(crate) fn check_page<'s>(
         out.push(seal);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use edgerep_wire::{HlcClock, NodeId, Value};
+    use redb::ReadableTable as _;
+    use redb::backends::InMemoryBackend;
+
+    use super::BLOCKS;
+    use crate::{LocalWrite, Store, Sync};
+
+    /// `verify` proves every compacted version; a kept block gone (or changed) is found.
+    #[test]
+    fn verify_finds_a_compacted_version_nothing_proves() {
+        let (store, _) = Store::open_with_backend(
+            InMemoryBackend::new(),
+            "memory",
+            &NodeId::parse("a").unwrap(),
+            Default::default(),
+        )
+        .unwrap();
+        let mut clock = HlcClock::new(Default::default(), 60_000);
+        let writes = (0..10)
+            .map(|i| LocalWrite {
+                collection: "c".into(),
+                key: format!("k{i}").into_bytes(),
+                value: Some(Value::from_json(&serde_json::json!(i), &Default::default()).unwrap()),
+                schema: 0,
+                meta: BTreeMap::new(),
+            })
+            .collect();
+        store.commit_local(writes, &mut clock, 1).unwrap();
+        store
+            .compact(&[("a".to_owned(), 10)].into(), 100, Sync::Immediate)
+            .unwrap();
+        assert_eq!(store.verify().unwrap(), Ok(()));
+        // One leaf of the kept block changed: the version at that index is no longer proven.
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut blocks = txn.open_table(BLOCKS).unwrap();
+            let (k, v) = {
+                let (k, v) = blocks.first().unwrap().unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            };
+            let mut block = super::KeptBlock::decode(&NodeId::parse("a").unwrap(), 10, &v).unwrap();
+            block.leaves[3] = [7; 32];
+            blocks
+                .insert(k.as_slice(), block.encode().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        let problem = store.verify().unwrap().unwrap_err();
+        assert!(problem.contains("nothing here proves it"), "{problem}");
+        // The block gone altogether: the same.
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(BLOCKS)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+        txn.commit().unwrap();
+        assert!(store.verify().unwrap().is_err());
+    }
 }

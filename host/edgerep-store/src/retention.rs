@@ -23,7 +23,7 @@ use crate::proofs::{self, BLOCKS, PROOFS, PageProofs};
 use crate::seals::{self, CHAINS, SEALS};
 use crate::{
     Applied, CHANGELOG, Counters, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
-    Versions, aae, apply_to_state, corrupt, hlc_bytes, repair_in_state, u64_from,
+    Versions, aae, apply_to_state, corrupt, hlc_bytes, u64_from,
 };
 
 /// Rows of kept proofs and blocks a compaction checks for superseded versions.
@@ -494,27 +494,16 @@ impl Store {
                 let skey = state_key(&event.collection, &event.key);
                 let within_have =
                     held_before.get(event.origin.as_str()).copied().unwrap_or(0) >= event.seq;
-                let applied = if repair {
-                    let (applied, was_damaged) = repair_in_state(
-                        &mut state,
-                        &mut index,
-                        &mut counters.digest,
-                        &mut counters.entries,
-                        &self.limits,
-                        event,
-                    )?;
-                    replaced += u64::from(was_damaged);
-                    applied
-                } else {
-                    apply_to_state(
-                        &mut state,
-                        &mut index,
-                        &mut counters.digest,
-                        &mut counters.entries,
-                        &self.limits,
-                        event,
-                    )?
-                };
+                let (applied, was_damaged) = apply_to_state(
+                    &mut state,
+                    &mut index,
+                    &mut counters.digest,
+                    &mut counters.entries,
+                    &self.limits,
+                    event,
+                    repair,
+                )?;
+                replaced += u64::from(was_damaged);
                 if applied == Applied::Added {
                     changed += 1;
                     covered += u64::from(within_have);

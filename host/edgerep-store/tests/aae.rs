@@ -158,9 +158,15 @@ fn damage_behind_the_stores_back_is_found_at_open_and_repaired_from_a_peer() {
         let b = on_disk(&path, "b");
         ship(&a, &b, "a");
         assert_eq!(b.status().unwrap().digest, a.status().unwrap().digest);
-        assert!(b.damage("c", b"k7", Damage::Remove).unwrap());
-        assert!(b.damage("c", b"k8", Damage::FlipByte).unwrap());
-        assert!(!b.damage("c", b"nope", Damage::Remove).unwrap());
+        assert_eq!(b.damage("c", &[b"k7".to_vec()], Damage::Remove).unwrap(), 1);
+        assert_eq!(
+            b.damage("c", &[b"k8".to_vec()], Damage::FlipByte).unwrap(),
+            1
+        );
+        assert_eq!(
+            b.damage("c", &[b"nope".to_vec()], Damage::Remove).unwrap(),
+            0
+        );
     }
     let b = on_disk(&path, "b");
     let check = b.open_check().clone();

@@ -167,11 +167,12 @@ pub(crate) fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
                 })
                 .collect();
             next_key += d * 7919 + 1;
-            let removed = edgerep_store::Store::damage_keys_file(
+            let removed = edgerep_store::Store::damage_file(
                 &b_store,
                 &b_config.node.id,
                 "bench",
                 &keys,
+                edgerep_store::aae::Damage::Remove,
             )?;
             b = NodeProcess::start(&exe, &configs[1], "node-2 (B)")?;
             crate::bench_replicate::wait_peered(&a, &b)?;

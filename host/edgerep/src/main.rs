@@ -308,7 +308,7 @@ fn debug_damage(config: &Path, collection: &str, key: &str, flip: bool) -> anyho
         &path,
         &config.node.id,
         collection,
-        key.as_bytes(),
+        &[key.as_bytes().to_vec()],
         how,
     ) {
         Ok(d) => d,
@@ -321,7 +321,7 @@ fn debug_damage(config: &Path, collection: &str, key: &str, flip: bool) -> anyho
         }
         Err(e) => anyhow::bail!("{}: {e}", path.display()),
     };
-    if damaged {
+    if damaged > 0 {
         println!(
             "{collection}/{key}: {} (the digest and the index still say otherwise; the node finds it at its next start)",
             if flip { "last byte flipped" } else { "removed" }
