@@ -13,6 +13,7 @@
 //! | `GET /v1/dead-letters?after=&limit=` | events plugins failed on, with the reason |
 //! | `GET /v1/dead-letters/{id}` | one dead letter in full |
 //! | `POST /v1/dead-letters/{id}/replay` | run it through the current plugins again; on success it is committed and removed, in one transaction |
+//! | `GET /v1/disagreements?after=&limit=` | keys this node and a peer resolved differently over the same versions (both then hold the last-writer-wins default) |
 //!
 //! Keys are path segments, percent-decoded to bytes, so any byte string can be a key.
 //! Writes are answered only after they are durable. Every refusal is a 4xx with
@@ -307,6 +308,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/watch", get(watch_feed))
         .route("/v1/changelog/{origin}", get(changelog))
         .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/disagreements", get(disagreements))
         .route("/v1/dead-letters/{id}", get(dead_letter))
         .route("/v1/dead-letters/{id}/replay", post(replay_dead_letter))
         .route("/v1/reconcile", post(reconcile))
@@ -517,8 +519,8 @@ async fn get_key(
     let (c2, k2) = (collection.clone(), key.clone());
     // Reading and resolving (which may call a resolver plugin) happen off the async threads.
     let (versions, resolved) = blocking(move || {
-        let versions = app2.store.get(&c2, &k2)?;
-        let resolved = app2.pipeline.resolve(&c2, &k2, &versions);
+        let (versions, kept) = app2.store.get_resolved(&c2, &k2)?;
+        let resolved = app2.pipeline.resolve(&c2, &k2, &versions, kept.as_ref());
         Ok((versions, resolved))
     })
     .await?;
@@ -690,7 +692,12 @@ async fn scan(
             .entries
             .iter()
             .map(|(key, versions)| {
-                scan_item(key, versions, &app2.pipeline.resolve(&c2, key, versions))
+                let kept = page.resolutions.get(key);
+                scan_item(
+                    key,
+                    versions,
+                    &app2.pipeline.resolve(&c2, key, versions, kept),
+                )
             })
             .collect();
         Ok((items, page.next))
@@ -923,14 +930,14 @@ async fn status(
         ));
     }
     let store = app.store.clone();
-    let (s, verified) = blocking(move || {
+    let (s, verified, disagreements) = blocking(move || {
         let s = store.status()?;
         let verified = if q.verify {
             Some(store.verify()?)
         } else {
             None
         };
-        Ok((s, verified))
+        Ok((s, verified, store.disagreements_count()?))
     })
     .await?;
     let mut body = json!({
@@ -944,6 +951,7 @@ async fn status(
         "origins": s.origins,
         "hlc_last": s.hlc_last.to_string(),
         "dead_letters": s.dead_letters,
+        "disagreements": disagreements,
         "compacted": s.compacted,
         "feed_floor": s.feed_floor,
     });
@@ -1041,6 +1049,36 @@ async fn dead_letters(
         list.push(read_dead_letter(*id, bytes)?.to_json(*id, false));
     }
     Ok(axum::Json(json!({"dead_letters": list})).into_response())
+}
+
+async fn disagreements(
+    State(app): Shared,
+    query: Result<Query<DeadLettersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, SCAN_LIMIT_MAX);
+    let store = app.store.clone();
+    let rows = blocking(move || store.disagreements(q.after, limit)).await?;
+    let list: Vec<Json> = rows
+        .into_iter()
+        .map(|(id, d)| {
+            let mut o = json!({
+                "id": id,
+                "collection": d.collection,
+                "peer": d.peer,
+                "versions_blake3": d.versions,
+                "here": {"resolved_by": d.here_by, "resolution_blake3": d.here_resolution, "resolver_sha256": d.here_build},
+                "on_peer": {"resolution_blake3": d.peer_resolution, "resolver_sha256": d.peer_build},
+                "now_resolved_by": edgerep_store::BY_DEFAULT_AFTER_DISAGREEMENT,
+                "at_ms": d.at_ms,
+            });
+            if let Some(obj) = o.as_object_mut() {
+                key_json(obj, &d.key);
+            }
+            o
+        })
+        .collect();
+    Ok(axum::Json(json!({"disagreements": list})).into_response())
 }
 
 fn dead_letter_id(uri: &Uri) -> Result<u64, ApiError> {

@@ -249,6 +249,20 @@ pub(crate) fn prepare(
                     message = %r.failure.message, policy = r.policy.as_str(),
                     "plugin failed on an event from a peer"
                 );
+                // A deadline is wall time, not the same on every node: dead-lettering or
+                // skipping here what another node applied would make the states differ.
+                if r.failure.kind == edgerep_plugin::FailureKind::Deadline {
+                    return Err(Halt {
+                        collection: event.collection.clone(),
+                        reason: format!(
+                            "plugin {:?} ran past its deadline on event {}/{} from a peer, each of {} tries; a deadline depends on this machine's speed, so the event is neither applied nor set aside here (raise the plugin's time limit; replication resumes when the node restarts)",
+                            r.plugin,
+                            event.origin,
+                            event.seq,
+                            1 + crate::pipeline::DEADLINE_RETRIES,
+                        ),
+                    });
+                }
                 match r.policy {
                     FailurePolicy::Halt => {
                         return Err(Halt {

@@ -119,10 +119,7 @@ enum Request {
     },
     /// Merge versions a peer sent in anti-entropy repair.
     Repair {
-        versions: Vec<Event>,
-        proofs: Vec<Proof>,
-        seals: Vec<Seal>,
-        certs: Vec<(NodeId, Vec<u8>)>,
+        repair: Repair,
         reply: InstallReply,
     },
     /// Remove changelog entries up to these floors.
@@ -344,21 +341,17 @@ impl Committer {
                             }
                             continue;
                         }
-                        Request::Repair {
-                            versions,
-                            proofs,
-                            seals,
-                            certs,
-                            reply,
-                        } => {
-                            for v in &versions {
+                        Request::Repair { repair, reply } => {
+                            for v in &repair.versions {
                                 let _ = clock.observe(v.hlc, wall_ms());
                             }
                             match store.repair_sealed(
-                                versions,
-                                &proofs,
-                                &seals,
-                                &certs,
+                                repair.versions,
+                                &repair.proofs,
+                                &repair.seals,
+                                &repair.certs,
+                                &repair.resolutions,
+                                &repair.peer,
                                 Sync::Immediate,
                             ) {
                                 Ok(out) => reply(Ok(out)),
@@ -579,22 +572,9 @@ impl Committer {
     }
 
     /// Queues a merge of versions a peer sent in anti-entropy repair.
-    pub fn repair(
-        &self,
-        versions: Vec<Event>,
-        proofs: Vec<Proof>,
-        seals: Vec<Seal>,
-        certs: Vec<(NodeId, Vec<u8>)>,
-        reply: InstallReply,
-    ) -> Result<(), CommitError> {
+    pub fn repair(&self, repair: Repair, reply: InstallReply) -> Result<(), CommitError> {
         self.queue
-            .blocking_send(Request::Repair {
-                versions,
-                proofs,
-                seals,
-                certs,
-                reply,
-            })
+            .blocking_send(Request::Repair { repair, reply })
             .map_err(|_| CommitError::Closed)
     }
 
@@ -605,6 +585,22 @@ impl Committer {
             .blocking_send(Request::Compact { floors, reply })
             .map_err(|_| CommitError::Closed)
     }
+}
+
+/// What a peer sent in anti-entropy repair (see `edgerep_store::Store::repair_sealed`).
+pub struct Repair {
+    /// The peer.
+    pub peer: NodeId,
+    /// Its versions of keys that differed.
+    pub versions: Vec<Event>,
+    /// Per version, what proves it.
+    pub proofs: Vec<Proof>,
+    /// The seals the proofs name.
+    pub seals: Vec<Seal>,
+    /// Certificates of the origins the seals name.
+    pub certs: Vec<(NodeId, Vec<u8>)>,
+    /// How the peer resolved the keys with concurrent versions.
+    pub resolutions: Vec<edgerep_wire::aae::KeyResolution>,
 }
 
 /// Asks the committer to sync deferred commits every `interval` while there are some; ends

@@ -209,6 +209,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         }
         _ => None,
     };
+    let store = store.with_resolver(pipeline.clone());
     let store = Arc::new(match &keys {
         Some(k) => store.with_keys(k.clone()),
         None => store,

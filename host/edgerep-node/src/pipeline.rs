@@ -56,6 +56,10 @@ pub struct Resolved {
     pub by: String,
 }
 
+/// How many times a call that ran past its wall-clock deadline is tried again before the
+/// failure counts: the deadline is the one plugin limit that is not the same on every node.
+pub(crate) const DEADLINE_RETRIES: u32 = 2;
+
 /// The loaded plugins and the per-collection wiring.
 pub struct Pipeline {
     node: NodeId,
@@ -281,7 +285,17 @@ impl Pipeline {
                     fuel_used: 0,
                 })
             };
-            let mut changes = loaded.plugin.transform(&current, true).map_err(reject)?;
+            let mut outcome = loaded.plugin.transform(&current, true);
+            for _ in 0..DEADLINE_RETRIES {
+                match &outcome {
+                    Err(f) if f.kind == FailureKind::Deadline => {
+                        tracing::warn!(plugin = %name, collection = %event.collection, "transform on apply ran past its deadline; trying again");
+                        outcome = loaded.plugin.transform(&current, true);
+                    }
+                    _ => break,
+                }
+            }
+            let mut changes = outcome.map_err(reject)?;
             let change = match changes.len() {
                 0 => return Ok(OnApply::Dropped),
                 1 => changes.remove(0),
@@ -313,10 +327,33 @@ impl Pipeline {
         Ok(OnApply::Value(current.value))
     }
 
+    /// The value of a key from its versions, as reads serve it: the resolution the store kept
+    /// (decided when the versions last changed, the same on every node), else the single
+    /// version, last-writer-wins, or the collection's resolver plugin over concurrent versions
+    /// (a key written before resolutions were kept).
+    pub fn resolve(
+        &self,
+        collection: &str,
+        key: &[u8],
+        versions: &Versions,
+        kept: Option<&edgerep_store::Resolution>,
+    ) -> Resolved {
+        if let Some(r) = kept {
+            return Resolved {
+                value: r.value.clone(),
+                winner: r.winner,
+                by: r.by.clone(),
+            };
+        }
+        self.resolve_now(collection, key, versions)
+    }
+
     /// The value of a key from its versions: the single version, or the collection's resolver
-    /// (plugin or last-writer-wins) over concurrent ones. A failing resolver plugin falls back
-    /// to last-writer-wins, logs it and counts it.
-    pub fn resolve(&self, collection: &str, key: &[u8], versions: &Versions) -> Resolved {
+    /// (plugin or last-writer-wins) over concurrent ones. A resolver that runs past its
+    /// deadline (wall time, which differs between nodes) is tried again; one that still fails
+    /// falls back to last-writer-wins, logged and counted. A fallback on one node only is
+    /// found by anti-entropy as a disagreement.
+    fn resolve_now(&self, collection: &str, key: &[u8], versions: &Versions) -> Resolved {
         let events = versions.events();
         let lww = |by: String| {
             let winner = versions.lww_winner();
@@ -334,7 +371,17 @@ impl Pipeline {
         };
         let loaded = &self.plugins[name];
         // Versions are sorted by dot: the canonical order every node shares.
-        match loaded.plugin.resolve(collection, key, events) {
+        let mut outcome = loaded.plugin.resolve(collection, key, events);
+        for _ in 0..DEADLINE_RETRIES {
+            match &outcome {
+                Err(f) if f.kind == FailureKind::Deadline => {
+                    tracing::warn!(plugin = %name, collection, "resolver ran past its deadline; trying again");
+                    outcome = loaded.plugin.resolve(collection, key, events);
+                }
+                _ => break,
+            }
+        }
+        match outcome {
             Ok(Resolution::Pick(i)) => Resolved {
                 value: events[i].value.clone(),
                 winner: Some(i),
@@ -377,6 +424,34 @@ impl Pipeline {
             "plugins": plugins,
             "halted_collections": *self.halted.lock().unwrap_or_else(|e| e.into_inner()),
         })
+    }
+}
+
+/// Resolutions the store keeps, decided as versions change (see `edgerep_store::Resolver`).
+impl edgerep_store::Resolver for Pipeline {
+    fn resolves(&self, collection: &str) -> bool {
+        self.resolvers.contains_key(collection)
+    }
+
+    fn resolve(
+        &self,
+        collection: &str,
+        key: &[u8],
+        versions: &Versions,
+    ) -> edgerep_store::Resolution {
+        let r = self.resolve_now(collection, key, versions);
+        edgerep_store::Resolution {
+            by: r.by,
+            value: r.value,
+            winner: r.winner,
+        }
+    }
+
+    fn build(&self, collection: &str) -> String {
+        self.resolvers
+            .get(collection)
+            .map(|name| self.plugins[name].plugin.sha256().to_owned())
+            .unwrap_or_default()
     }
 }
 

@@ -13,7 +13,7 @@
 //! | 4 | [`Message::Snapshot`] | `[4, id, page, floors, [event bytes…], done, have, [seal…], [[origin, cert]…], [proof…]]` (`have` empty unless `done`; one proof per event) |
 //! | 5 | [`Message::SnapshotAck`] | `[5, id, page]` |
 //! | 6 | [`Message::Reconcile`] | `[6, id, [[level, prefix, fingerprint (16 bytes), count]…], [[level, prefix, [[state key, hash (16 bytes)]…]]…]]` |
-//! | 7 | [`Message::Repair`] | `[7, id, [event bytes…], [proof…], [seal…], [[origin, cert]…], [state key…]]` (one proof per event) |
+//! | 7 | [`Message::Repair`] | `[7, id, [event bytes…], [proof…], [seal…], [[origin, cert]…], [state key…], [[state key, versions hash (32 bytes), resolution hash (32 bytes), build]…]]` (one proof per event) |
 //!
 //! A seal is `[origin, seq, first, chain (32 bytes), root (32 bytes), signature (bytes)]` (see
 //! `edgerep_wire::seal`): in an Events message, each origin's run ends at one of its seals; a
@@ -39,10 +39,10 @@ use minicbor::Encoder;
 
 use crate::cbor::Reader;
 use crate::reconcile::{MAX_KEYS, MAX_RANGES, RangeFingerprint, RangeItems};
-use edgerep_wire::aae::{LEAF_LEVEL, Node, bucket_of};
+use edgerep_wire::aae::{KeyResolution, LEAF_LEVEL, Node, bucket_of};
 
 /// The protocol version this code speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Most origins a `have` list may name (the same on every node, so a list one node sends is
 /// never too long for another; each node bounds the origins it accepts events from lower).
@@ -186,6 +186,8 @@ pub enum Message {
         certs: Vec<(NodeId, Vec<u8>)>,
         /// State keys (`collection 0x00 key`) whose versions the sender wants.
         want: Vec<Vec<u8>>,
+        /// How the sender resolved the keys it sends that hold concurrent versions.
+        resolutions: Vec<KeyResolution>,
     },
 }
 
@@ -410,9 +412,10 @@ impl Message {
                 seals,
                 certs,
                 want,
+                resolutions,
             } => {
                 let _ = Encoder::new(&mut *buf)
-                    .array(7)
+                    .array(8)
                     .and_then(|e| e.u64(kind::REPAIR))
                     .and_then(|e| e.u64(*id));
                 encode_events(buf, versions);
@@ -422,6 +425,15 @@ impl Message {
                 let _ = e.array(want.len() as u64);
                 for k in want {
                     let _ = e.bytes(k);
+                }
+                let _ = e.array(resolutions.len() as u64);
+                for r in resolutions {
+                    let _ = e
+                        .array(4)
+                        .and_then(|e| e.bytes(&r.state_key))
+                        .and_then(|e| e.bytes(&r.versions))
+                        .and_then(|e| e.bytes(&r.resolution))
+                        .and_then(|e| e.str(&r.build));
                 }
             }
         }
@@ -453,7 +465,7 @@ impl Message {
             kind::SNAPSHOT => (10, "snapshot"),
             kind::SNAPSHOT_ACK => (3, "snapshot ack"),
             kind::RECONCILE => (4, "reconcile"),
-            kind::REPAIR => (7, "repair"),
+            kind::REPAIR => (8, "repair"),
             other => return Err(DecodeError::UnknownType(other)),
         };
         if items != want {
@@ -534,6 +546,34 @@ impl Message {
                 for _ in 0..n {
                     want.push(state_key(&mut r, limits, "repair want")?);
                 }
+                let n = list_len(&mut r, "repair resolutions")?;
+                if n > MAX_KEYS {
+                    return Err(DecodeError::TooMany {
+                        what: "repair resolutions".into(),
+                        count: n as u64,
+                        limit: MAX_KEYS as u64,
+                    });
+                }
+                let mut resolutions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    r.array_of(4, "repair resolution")?;
+                    let state_key = state_key(&mut r, limits, "repair resolution key")?;
+                    let versions = hash32(&mut r, "repair resolution versions")?;
+                    let resolution = hash32(&mut r, "repair resolution hash")?;
+                    let build = text(&mut r, "repair resolution build")?;
+                    if build.len() > 128 {
+                        return Err(DecodeError::Invalid {
+                            what: "repair resolution build".into(),
+                            reason: format!("{} bytes, at most 128", build.len()),
+                        });
+                    }
+                    resolutions.push(KeyResolution {
+                        state_key,
+                        versions,
+                        resolution,
+                        build: build.to_owned(),
+                    });
+                }
                 Message::Repair {
                     id,
                     versions,
@@ -541,6 +581,7 @@ impl Message {
                     seals,
                     certs,
                     want,
+                    resolutions,
                 }
             }
             _ => Message::Bye {
@@ -1187,6 +1228,12 @@ mod tests {
                 seals: vec![],
                 certs: vec![],
                 want: vec![b"c\0k".to_vec()],
+                resolutions: vec![KeyResolution {
+                    state_key: b"c\0k".to_vec(),
+                    versions: [2; 32],
+                    resolution: [3; 32],
+                    build: "ab".into(),
+                }],
             },
         ]
     }

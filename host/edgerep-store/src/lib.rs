@@ -1,5 +1,7 @@
 //! edgerep's store: one redb file per node holding
-//! - `state`: per (collection, key) the key's current [`Versions`];
+//! - `state`: per (collection, key) the key's current [`Versions`], and for a key with
+//!   concurrent versions in a collection resolved by a plugin, its [`Resolution`]
+//!   (see `resolution.rs`);
 //! - `changelog`: every event this node holds, keyed by (origin, origin sequence), so "all events
 //!   from origin X after sequence N" is one range scan;
 //! - `feed`: this node's local order of arrival, which `watch` follows, stored as runs: a row
@@ -7,6 +9,7 @@
 //!   one origin, so a group commit of local writes adds one feed row, not one per event;
 //! - `origins`: per origin, the highest sequence number held;
 //! - `dead_letters`: events a plugin refused, with the reason;
+//! - `disagreements`: keys whose resolution differed from a peer's over the same versions;
 //! - `compacted`: per origin, the highest sequence number removed from the changelog (see
 //!   `retention.rs`: compaction, and state snapshots for peers that need removed events);
 //! - `meta`: node id, last hybrid clock timestamp, last feed position, feed floor, state digest.
@@ -21,11 +24,12 @@ pub mod aae;
 mod digest;
 mod keys;
 mod proofs;
+mod resolution;
 mod retention;
 mod seals;
 mod versions;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -42,6 +46,7 @@ use redb::{
 use keys::{log_key, log_seq, split_state_key, state_key};
 
 pub use digest::Digest;
+pub use resolution::{BY_DEFAULT_AFTER_DISAGREEMENT, Disagreement, Resolution, Resolver};
 use retention::{COMPACTED, feed_floor};
 pub use retention::{Compaction, Installed, StatePage};
 pub use seals::Keys;
@@ -55,6 +60,7 @@ const CHANGELOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("changelog
 const FEED: TableDefinition<u64, (&str, u64, u64)> = TableDefinition::new("feed");
 const ORIGINS: TableDefinition<&str, u64> = TableDefinition::new("origins");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+const DISAGREEMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("disagreements");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Per peer, what it acknowledged holding: a CBOR map origin -> highest seq.
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
@@ -415,6 +421,8 @@ pub struct ScanPage {
     /// (key, versions) in key order. A key whose last-writer-wins version is a delete is left
     /// out, unless it holds concurrent versions (a conflict is always listed).
     pub entries: Vec<(Vec<u8>, Versions)>,
+    /// The kept resolutions of the entries that have one (see [`Store::get_resolved`]).
+    pub resolutions: BTreeMap<Vec<u8>, Resolution>,
     /// The cursor for the next page (`ScanRange::after`), `None` when the scan is complete.
     pub next: Option<Vec<u8>>,
 }
@@ -469,6 +477,7 @@ impl Counters {
 /// on a damaged store, the event proven its origin's) a key that does not decode is replaced,
 /// and a version with the event's origin and sequence number but other bytes is dropped
 /// first. Returns what applying did and whether something damaged was replaced.
+#[allow(clippy::too_many_arguments)]
 fn apply_to_state(
     state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     index: &mut aae::Writes,
@@ -477,6 +486,7 @@ fn apply_to_state(
     limits: &EventLimits,
     event: Event,
     repair: bool,
+    unresolved: &mut Unresolved<'_>,
 ) -> Result<(Applied, bool), StoreError> {
     let skey = state_key(&event.collection, &event.key);
     let old = state.get(skey.as_slice())?;
@@ -507,8 +517,85 @@ fn apply_to_state(
         digest.add(new_hash);
         index.set(&skey, old_hash, new_hash);
         state.insert(skey.as_slice(), new_bytes.as_slice())?;
+        if versions.events().len() > 1
+            && unresolved.resolver.is_some_and(|r| r.resolves(&collection))
+        {
+            unresolved.keys.insert(skey);
+        }
     }
     Ok((applied, damaged))
+}
+
+/// The keys of one transaction whose versions changed to concurrent ones, to resolve once
+/// before it commits (after every event of the batch, not after each).
+struct Unresolved<'a> {
+    resolver: Option<&'a dyn Resolver>,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+impl<'a> Unresolved<'a> {
+    fn new(resolver: Option<&'a dyn Resolver>) -> Unresolved<'a> {
+        Unresolved {
+            resolver,
+            keys: BTreeSet::new(),
+        }
+    }
+
+    /// Resolves every key collected and writes its row with the resolution.
+    fn resolve(
+        self,
+        state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        index: &mut aae::Writes,
+        digest: &mut Digest,
+        limits: &EventLimits,
+    ) -> Result<(), StoreError> {
+        let Some(resolver) = self.resolver else {
+            return Ok(());
+        };
+        for skey in self.keys {
+            let Some((collection, key)) = split_state_key(&skey) else {
+                return Err(corrupt("state", "key without separator"));
+            };
+            let Some(row) = state.get(skey.as_slice())?.map(|g| g.value().to_vec()) else {
+                continue;
+            };
+            let split = resolution::split_row(&row).map_err(|e| corrupt("state", e))?;
+            let versions =
+                Versions::decode(split.versions, limits).map_err(|e| corrupt("state", e))?;
+            if versions.events().len() < 2 {
+                continue;
+            }
+            let r = resolver.resolve(collection, key, &versions);
+            let new_row = resolution::join_row(split.versions, Some(&r));
+            write_row(state, index, digest, &skey, collection, key, &row, &new_row)?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces a state row that exists (`old`) with `new`, keeping the digest and the
+/// anti-entropy sums in step.
+#[allow(clippy::too_many_arguments)]
+fn write_row(
+    state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    index: &mut aae::Writes,
+    digest: &mut Digest,
+    skey: &[u8],
+    collection: &str,
+    key: &[u8],
+    old: &[u8],
+    new: &[u8],
+) -> Result<(), StoreError> {
+    if old == new {
+        return Ok(());
+    }
+    let old_hash = Digest::of_entry(collection, key, old);
+    let new_hash = Digest::of_entry(collection, key, new);
+    digest.sub(old_hash);
+    digest.add(new_hash);
+    index.set(skey, Some(old_hash), new_hash);
+    state.insert(skey, new)?;
+    Ok(())
 }
 
 /// A node's store.
@@ -525,6 +612,9 @@ pub struct Store {
     open_check: aae::OpenCheck,
     /// Whether the anti-entropy sums are kept (always, but for one benchmark).
     fingerprints: bool,
+    /// Resolves keys with concurrent versions when they change (`None`: nothing is kept, reads
+    /// resolve; tools and tests).
+    resolver: Option<Arc<dyn Resolver>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -636,6 +726,7 @@ impl Store {
             txn.open_table(FEED)?;
             txn.open_table(ORIGINS)?;
             txn.open_table(DEAD_LETTERS)?;
+            txn.open_table(DISAGREEMENTS)?;
             txn.open_table(PEERS)?;
             txn.open_table(COMPACTED)?;
             txn.open_table(CHAINS)?;
@@ -654,6 +745,7 @@ impl Store {
             aae: sums,
             open_check,
             fingerprints: true,
+            resolver: None,
         };
         let resume = store.resume()?;
         Ok((store, resume))
@@ -684,6 +776,13 @@ impl Store {
     /// This store with `keys` signing this node's seals and checking its peers'.
     pub fn with_keys(mut self, keys: Arc<dyn Keys>) -> Store {
         self.keys = Some(keys);
+        self
+    }
+
+    /// Has `resolver` decide, as each change is applied, what keys with concurrent versions
+    /// resolve to; the resolution is kept in the state (see `resolution.rs`).
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Store {
+        self.resolver = Some(resolver);
         self
     }
 
@@ -1245,6 +1344,7 @@ impl Store {
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
             let mut index = aae::Writes::new(self.fingerprints);
+            let mut unresolved = Unresolved::new(self.resolver.as_deref());
             seals::put_certs(&txn, sealed)?;
             // Before anything is written, one pass encodes each event and walks each origin's
             // chain over its new events, checking the batch's seals on the way: a seal that
@@ -1404,10 +1504,12 @@ impl Store {
                         &self.limits,
                         event,
                         false,
+                        &mut unresolved,
                     )?
                     .0,
                 );
             }
+            unresolved.resolve(&mut state, &mut index, &mut digest, &self.limits)?;
             // Each origin given new events ends at one of the batch's seals (trusted events: an
             // unsigned seal ends the run); its chain head moves to the end.
             for (origin, w) in &walks {
@@ -1480,6 +1582,33 @@ impl Store {
         })
     }
 
+    /// The versions of one key and its kept resolution, if any (see `resolution.rs`).
+    pub fn get_resolved(
+        &self,
+        collection: &str,
+        key: &[u8],
+    ) -> Result<(Versions, Option<Resolution>), StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        match state.get(state_key(collection, key).as_slice())? {
+            Some(g) => self.decode_row(g.value()),
+            None => Ok((Versions::new(), None)),
+        }
+    }
+
+    /// A state row's versions and resolution.
+    fn decode_row(&self, row: &[u8]) -> Result<(Versions, Option<Resolution>), StoreError> {
+        let split = resolution::split_row(row).map_err(|e| corrupt("state", e))?;
+        let versions =
+            Versions::decode(split.versions, &self.limits).map_err(|e| corrupt("state", e))?;
+        let resolution = split
+            .resolution
+            .map(|r| Resolution::decode(r, versions.events().len(), &self.limits.value))
+            .transpose()
+            .map_err(|e| corrupt("state", e))?;
+        Ok((versions, resolution))
+    }
+
     /// The versions of one key (empty if the key was never written).
     pub fn get(&self, collection: &str, key: &[u8]) -> Result<Versions, StoreError> {
         let txn = self.db.begin_read()?;
@@ -1509,6 +1638,7 @@ impl Store {
             _ => (state_key(collection, &lower), false),
         };
         let mut entries = Vec::new();
+        let mut resolutions = BTreeMap::new();
         let mut last_seen = None;
         for row in state.range(lower_key.as_slice()..)? {
             let (k, v) = row?;
@@ -1521,30 +1651,36 @@ impl Store {
             if coll != collection || !key.starts_with(&range.prefix) {
                 return Ok(ScanPage {
                     entries,
+                    resolutions,
                     next: None,
                 });
             }
             if range.end.as_deref().is_some_and(|end| key >= end) {
                 return Ok(ScanPage {
                     entries,
+                    resolutions,
                     next: None,
                 });
             }
             if entries.len() == limit {
                 return Ok(ScanPage {
                     entries,
+                    resolutions,
                     next: last_seen,
                 });
             }
             last_seen = Some(key.to_vec());
-            let versions =
-                Versions::decode(v.value(), &self.limits).map_err(|e| corrupt("state", e))?;
+            let (versions, resolution) = self.decode_row(v.value())?;
             if versions.lww_value().is_some() || versions.events().len() > 1 {
+                if let Some(r) = resolution {
+                    resolutions.insert(key.to_vec(), r);
+                }
                 entries.push((key.to_vec(), versions));
             }
         }
         Ok(ScanPage {
             entries,
+            resolutions,
             next: None,
         })
     }
@@ -1720,6 +1856,30 @@ impl Store {
             out.push((k.value(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// The disagreements recorded after `after`, at most `limit`, with their ids.
+    pub fn disagreements(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, resolution::Disagreement)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DISAGREEMENTS)?;
+        let mut out = Vec::new();
+        for row in table.range((after.saturating_add(1))..)?.take(limit) {
+            let (k, v) = row?;
+            let d = resolution::Disagreement::decode(v.value())
+                .map_err(|e| corrupt("disagreements", e))?;
+            out.push((k.value(), d));
+        }
+        Ok(out)
+    }
+
+    /// How many disagreements are recorded.
+    pub fn disagreements_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DISAGREEMENTS)?.len()?)
     }
 
     /// Checks invariants across tables: the feed's runs are consecutive up to its last position

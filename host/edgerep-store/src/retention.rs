@@ -22,9 +22,17 @@ use crate::keys::{log_key, log_seq, split_state_key, state_key};
 use crate::proofs::{self, BLOCKS, PROOFS, PageProofs};
 use crate::seals::{self, CHAINS, SEALS};
 use crate::{
-    Applied, CHANGELOG, Counters, FEED, META, META_HLC, ORIGINS, STATE, Store, StoreError, Sync,
-    Versions, aae, apply_to_state, corrupt, hlc_bytes, u64_from,
+    Applied, CHANGELOG, Counters, DISAGREEMENTS, FEED, META, META_HLC, ORIGINS, STATE, Store,
+    StoreError, Sync, Unresolved, Versions, aae, apply_to_state, corrupt, hlc_bytes, resolution,
+    u64_from,
 };
+use edgerep_wire::aae::KeyResolution;
+
+/// A repair in progress: the peer's resolutions to compare with this node's.
+struct Repairing<'a> {
+    resolutions: &'a [KeyResolution],
+    peer: &'a NodeId,
+}
 
 /// Rows of kept proofs and blocks a compaction checks for superseded versions.
 const SWEEP_ROWS: u64 = 256;
@@ -69,6 +77,9 @@ pub struct Installed {
     /// Versions that replaced a damaged one (same origin and sequence number, other bytes) or
     /// a damaged key this node could not read (repair only).
     pub replaced: u64,
+    /// Keys whose resolution differed from the peer's over the same versions, now resolved by
+    /// the deterministic default (repair only).
+    pub disagreements: u64,
     /// Every origin's highest sequence number held afterwards.
     pub held: BTreeMap<String, u64>,
     /// Every origin's compacted floor afterwards.
@@ -352,6 +363,36 @@ impl Store {
         })
     }
 
+    /// For the keys among `state_keys` that hold a resolution, what a peer is told of it in
+    /// repair (see [`Store::repair_sealed`]).
+    pub fn resolutions_of(&self, state_keys: &[Vec<u8>]) -> Result<Vec<KeyResolution>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        let mut out = Vec::new();
+        for k in state_keys {
+            let Some(g) = state.get(k.as_slice())? else {
+                continue;
+            };
+            let Ok(row) = resolution::split_row(g.value()) else {
+                continue;
+            };
+            let Some(record) = row.resolution else {
+                continue;
+            };
+            let build = match (split_state_key(k), self.resolver.as_deref()) {
+                (Some((collection, _)), Some(r)) => r.build(collection),
+                _ => String::new(),
+            };
+            out.push(KeyResolution {
+                state_key: k.clone(),
+                versions: resolution::hash_of(Some(row.versions)),
+                resolution: resolution::hash_of(Some(record)),
+                build,
+            });
+        }
+        Ok(out)
+    }
+
     /// Merges a page of a peer's state (its keys' versions) into the state, in one transaction:
     /// each version is applied like an event, so the result is what the events behind both
     /// states would give. On the last page, `have` (per origin, what the peer's state reflects)
@@ -366,7 +407,7 @@ impl Store {
         hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
-        self.install_in(versions, None, have, None, hlc_last, sync, false)
+        self.install_in(versions, None, have, None, hlc_last, sync, None)
     }
 
     /// [`Store::install_snapshot`] from a peer. Every version must be proven its origin's by
@@ -394,7 +435,7 @@ impl Store {
             Some((seals, certs)),
             hlc_last,
             sync,
-            false,
+            None,
         )
     }
 
@@ -402,12 +443,19 @@ impl Store {
     /// ([`Store::install_sealed`], no have), and merged by the ordinary rule, except that a
     /// version proven its origin's replaces a version this node holds with the same origin and
     /// sequence number but other bytes, and a key this node cannot read (both: damage here).
+    ///
+    /// `resolutions` are the peer's, for keys with concurrent versions: where this node holds
+    /// the same versions but resolved them otherwise, the disagreement is recorded and the key
+    /// takes the deterministic default ([`crate::Resolution::default_of`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn repair_sealed(
         &self,
         versions: Vec<Event>,
         proofs: &[Proof],
         seals: &[Seal],
         certs: &[(NodeId, Vec<u8>)],
+        resolutions: &[KeyResolution],
+        peer: &NodeId,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
         self.install_in(
@@ -417,7 +465,7 @@ impl Store {
             Some((seals, certs)),
             None,
             sync,
-            true,
+            Some(Repairing { resolutions, peer }),
         )
     }
 
@@ -430,8 +478,9 @@ impl Store {
         sealed: Option<seals::Sealed<'_>>,
         hlc_last: Option<Hlc>,
         sync: Sync,
-        repair: bool,
+        repairing: Option<Repairing<'_>>,
     ) -> Result<Installed, StoreError> {
+        let repair = repairing.is_some();
         self.learn_certs(sealed).map_err(|(origin, reason)| {
             StoreError::SnapshotRefused(format!("the certificate of {origin}: {reason}"))
         })?;
@@ -486,6 +535,7 @@ impl Store {
             let mut proofs_t = txn.open_table(PROOFS)?;
             let mut blocks_t = txn.open_table(BLOCKS)?;
             let mut index = aae::Writes::new(self.fingerprints);
+            let mut unresolved = Unresolved::new(self.resolver.as_deref());
             let mut counters = Counters::load(&meta)?;
             let held_before = read_map(&txn.open_table(ORIGINS)?)?;
             let (mut changed, mut covered, mut replaced) = (0, 0, 0);
@@ -502,6 +552,7 @@ impl Store {
                     &self.limits,
                     event,
                     repair,
+                    &mut unresolved,
                 )?;
                 replaced += u64::from(was_damaged);
                 if applied == Applied::Added {
@@ -516,7 +567,24 @@ impl Store {
                     proofs_t.insert(lkey.as_slice(), kept.encode().as_slice())?;
                 }
             }
-            if changed > 0 {
+            unresolved.resolve(&mut state, &mut index, &mut counters.digest, &self.limits)?;
+            let mut disagreements = 0;
+            if let (Some(r), Some(resolver)) = (&repairing, self.resolver.as_deref()) {
+                let mut table = txn.open_table(DISAGREEMENTS)?;
+                disagreements = resolution::settle(
+                    &mut resolution::SettleTables {
+                        state: &mut state,
+                        disagreements: &mut table,
+                        index: &mut index,
+                        digest: &mut counters.digest,
+                    },
+                    &self.limits,
+                    resolver,
+                    r.resolutions,
+                    r.peer,
+                )?;
+            }
+            if changed > 0 || disagreements > 0 {
                 counters.save(&mut meta)?;
                 // These changes have no feed position: a watch from before must start over.
                 meta.insert(META_FEED_FLOOR, &counters.position.to_be_bytes()[..])?;
@@ -634,6 +702,7 @@ impl Store {
                     changed,
                     covered,
                     replaced,
+                    disagreements,
                     held,
                     compacted,
                 },

@@ -110,9 +110,129 @@ fn repair(from: &Store, to: &Store) -> edgerep_store::Installed {
         &page.proofs,
         &page.seals,
         &[],
+        &to.resolutions_of(&keys).unwrap(),
+        from.node(),
         Sync::Immediate,
     )
     .unwrap()
+}
+
+/// A resolver that picks version `pick` (a stand-in for a plugin; two nodes given different
+/// `pick`s resolve the same versions differently, as two builds of one plugin could).
+struct Pick(usize);
+
+impl edgerep_store::Resolver for Pick {
+    fn resolves(&self, collection: &str) -> bool {
+        collection == "c"
+    }
+
+    fn resolve(
+        &self,
+        _collection: &str,
+        _key: &[u8],
+        versions: &edgerep_store::Versions,
+    ) -> edgerep_store::Resolution {
+        let i = self.0.min(versions.events().len() - 1);
+        edgerep_store::Resolution {
+            by: "plugin:pick".into(),
+            value: versions.events()[i].value.clone(),
+            winner: Some(i),
+        }
+    }
+
+    fn build(&self, _collection: &str) -> String {
+        format!("build-{}", self.0)
+    }
+}
+
+#[test]
+fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree() {
+    let with = |id: &str, pick: usize| memory(id).with_resolver(std::sync::Arc::new(Pick(pick)));
+    // x and y write the same key concurrently; a and b receive both, and resolve them
+    // differently (a picks the first version, b the second).
+    let (x, y) = (memory("x"), memory("y"));
+    let (a, b) = (with("a", 0), with("b", 1));
+    let mut c = clock();
+    x.commit_local(writes("k", 1, 1), &mut c, 1).unwrap();
+    y.commit_local(writes("k", 1, 2), &mut c, 2).unwrap();
+    x.commit_local(writes("solo", 1, 3), &mut c, 3).unwrap();
+    for s in [&a, &b] {
+        ship(&x, s, "x");
+        ship(&y, s, "y");
+    }
+    let (va, ra) = a.get_resolved("c", b"k0").unwrap();
+    let (vb, rb) = b.get_resolved("c", b"k0").unwrap();
+    assert_eq!(va, vb, "the same versions");
+    assert_eq!(va.events().len(), 2);
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!((ra.winner, rb.winner), (Some(0), Some(1)));
+    // A single version keeps no resolution.
+    assert!(a.get_resolved("c", b"solo0").unwrap().1.is_none());
+    // The rows differ, so the fingerprints do: anti-entropy finds the key.
+    assert_ne!(a.status().unwrap().digest, b.status().unwrap().digest);
+    let leaves = differing_leaves(&a, &b);
+    assert_eq!(leaves.len(), 1);
+    // Each side tells the other how it resolved the key; neither has versions to send.
+    let key = vec![b"c\0k0".to_vec()];
+    let (from_a, from_b) = (
+        a.resolutions_of(&key).unwrap(),
+        b.resolutions_of(&key).unwrap(),
+    );
+    assert_eq!(from_a.len(), 1);
+    assert_eq!(from_a[0].build, "build-0");
+    assert_eq!(from_a[0].versions, from_b[0].versions);
+    assert_ne!(from_a[0].resolution, from_b[0].resolution);
+    let settle = |to: &Store, theirs, peer: &Store| {
+        to.repair_sealed(
+            Vec::new(),
+            &[],
+            &[],
+            &[],
+            theirs,
+            peer.node(),
+            Sync::Immediate,
+        )
+        .unwrap()
+    };
+    assert_eq!(settle(&b, &from_a, &a).disagreements, 1);
+    assert_eq!(settle(&a, &from_b, &b).disagreements, 1);
+    // Both now hold the deterministic default, and agree.
+    for s in [&a, &b] {
+        let (v, r) = s.get_resolved("c", b"k0").unwrap();
+        let r = r.unwrap();
+        assert_eq!(r.by, edgerep_store::BY_DEFAULT_AFTER_DISAGREEMENT);
+        assert_eq!(r.value.as_ref(), v.lww_value());
+        assert_eq!(s.verify().unwrap(), Ok(()));
+    }
+    assert_eq!(a.status().unwrap().digest, b.status().unwrap().digest);
+    assert!(differing_leaves(&a, &b).is_empty());
+    // Each recorded the disagreement, naming the key, the peer and both builds.
+    let (_, d) = b.disagreements(0, 10).unwrap().remove(0);
+    assert_eq!((d.collection.as_str(), d.key.as_slice()), ("c", &b"k0"[..]));
+    assert_eq!(
+        (
+            d.peer.as_str(),
+            d.here_build.as_str(),
+            d.peer_build.as_str()
+        ),
+        ("a", "build-1", "build-0")
+    );
+    assert_eq!(a.disagreements_count().unwrap(), 1);
+    // Settling again changes nothing; what a peer says of versions this node does not hold
+    // alike is ignored.
+    assert_eq!(settle(&b, &from_a, &a).disagreements, 0);
+    let mut lie = from_a.clone();
+    lie[0].versions = [7; 32];
+    assert_eq!(settle(&b, &lie, &a).disagreements, 0);
+    // A new version changes the key: it is resolved again by the plugin.
+    ship(&x, &a, "x");
+    x.commit_local(writes("k", 1, 4), &mut c, 4).unwrap();
+    ship(&x, &a, "x");
+    assert_eq!(a.get_resolved("c", b"k0").unwrap().0.events().len(), 2);
+    assert_eq!(
+        a.get_resolved("c", b"k0").unwrap().1.unwrap().by,
+        "plugin:pick"
+    );
 }
 
 #[test]
@@ -225,6 +345,8 @@ fn a_version_changed_in_place_is_replaced_by_the_proven_one() {
             &page.proofs,
             &page.seals,
             &[],
+            &[],
+            a.node(),
             Sync::Immediate,
         )
         .unwrap();

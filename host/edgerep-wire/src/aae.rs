@@ -2,6 +2,21 @@
 //! 65,536 buckets by a hash of their state key (`collection 0x00 key`), and the buckets form a
 //! 16-ary tree of 5 levels. Pure code: every node computes the same bucket for the same key.
 
+/// What a node tells a peer in repair of how it resolved a key with concurrent versions: both
+/// hold the same versions when `versions` match, and then must hold the same `resolution`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyResolution {
+    /// The state key (`collection 0x00 key`).
+    pub state_key: Vec<u8>,
+    /// BLAKE3 of the encoded versions the sender holds.
+    pub versions: [u8; 32],
+    /// BLAKE3 of the sender's resolution record.
+    pub resolution: [u8; 32],
+    /// The SHA-256 (lowercase hex) of the sender's resolver build, for the record of a
+    /// disagreement.
+    pub build: String,
+}
+
 /// The deepest level of the tree: one node per bucket.
 pub const LEAF_LEVEL: u8 = 4;
 /// The bucket of a state key.

@@ -141,3 +141,151 @@ fn periodic_anti_entropy_repairs_a_node_nobody_asked_about() {
         a["drift_total"] == 1
     });
 }
+
+/// Path and sha256 of a Rust plugin built by `cargo xtask build-plugins`.
+fn built_plugin(name: &str) -> (std::path::PathBuf, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
+        .expect("target/plugins/rust/SHA256SUMS (run `cargo xtask build-plugins` first)");
+    let file = format!("{name}.wasm");
+    let sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix(&file).map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|| panic!("{file} not in SHA256SUMS"));
+    (dir.join(file).canonicalize().unwrap(), sha)
+}
+
+/// GET of a key: (body, the `x-edgerep-resolved-by` header).
+fn read(node: &Node, key: &str) -> (String, String) {
+    let mut r = common::agent()
+        .get(&node.url(&format!("/v1/kv/tally/{key}")))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let by = r
+        .headers()
+        .get("x-edgerep-resolved-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (r.body_mut().read_to_string().unwrap(), by)
+}
+
+fn disagreements(node: &Node) -> serde_json::Value {
+    let mut r = common::agent()
+        .get(&node.url("/v1/disagreements"))
+        .call()
+        .unwrap();
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+#[test]
+fn nodes_that_resolve_the_same_versions_differently_settle_on_the_default_and_record_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (wasm, sha) = built_plugin("slow-pick");
+    // The same resolver build, fuel and params on both nodes; node-2's deadline for it is too
+    // short for the call, so node-2 falls back to last-writer-wins while node-1 picks the
+    // first version: the same versions, resolved differently.
+    for (config, deadline_ms) in [(&configs[0], 60_000), (&configs[1], 1)] {
+        let mut text = std::fs::read_to_string(config).unwrap();
+        text = text.replacen(
+            "[replication]\n",
+            "[replication]\nanti_entropy_interval_ms = 0\n",
+            1,
+        );
+        text.push_str(&format!(
+            r#"
+[[collections.declared]]
+name = "tally"
+resolver = "slowpick"
+
+[plugins.slowpick]
+path = "{}"
+sha256 = "{sha}"
+fuel = 4000000000
+deadline_ms = {deadline_ms}
+"#,
+            wasm.display()
+        ));
+        std::fs::write(config, text).unwrap();
+    }
+    // Concurrent writes of one key: node-1's first, node-2's later (the later clock wins
+    // under last-writer-wins), each while the other node is down.
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    put(&n1, "tally", "k", r#"{"from":"node-1"}"#);
+    n1.terminate();
+    let n2 = Node::start_with(&configs[1], &["--alone"]);
+    put(&n2, "tally", "k", r#"{"from":"node-2"}"#);
+    let n1 = Node::start(&configs[0]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while [&n1, &n2].iter().any(|n| {
+        let s = status(n);
+        s["origins"]["node-1"] != 1 || s["origins"]["node-2"] != 1
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            status(&n1),
+            status(&n2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each node resolved the key when its versions changed, and kept the answer.
+    let (v1, by1) = read(&n1, "k");
+    let (v2, by2) = read(&n2, "k");
+    assert_eq!(
+        (v1.as_str(), by1.as_str()),
+        (r#"{"from":"node-1"}"#, "plugin:slowpick")
+    );
+    assert_eq!(
+        (v2.as_str(), by2.as_str()),
+        (r#"{"from":"node-2"}"#, "lww-fallback:slowpick")
+    );
+    // The states differ (bookkeeping agrees: both hold every event).
+    assert_ne!(status(&n1)["digest"], status(&n2)["digest"]);
+    let o = edgerep(&["reconcile", "--config", configs[0].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let session = &report["sessions"][0];
+    assert_eq!(session["agreed"], false, "{report}");
+    assert_eq!(session["disagreements"], 1, "{report}");
+    // Both settle on the deterministic default and agree.
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    for n in [&n1, &n2] {
+        assert_eq!(
+            read(n, "k"),
+            (
+                r#"{"from":"node-2"}"#.to_owned(),
+                "lww-after-disagreement".to_owned()
+            )
+        );
+        let d = disagreements(n);
+        let list = d["disagreements"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "{d}");
+        assert_eq!(list[0]["collection"], "tally", "{d}");
+        assert_eq!(list[0]["key"], "k", "{d}");
+        assert_eq!(list[0]["here"]["resolver_sha256"], sha.as_str(), "{d}");
+        assert_eq!(list[0]["on_peer"]["resolver_sha256"], sha.as_str(), "{d}");
+        assert_ne!(
+            list[0]["here"]["resolution_blake3"], list[0]["on_peer"]["resolution_blake3"],
+            "{d}"
+        );
+        assert_eq!(status(n)["disagreements"], 1);
+    }
+    assert_eq!(
+        disagreements(&n1)["disagreements"][0]["here"]["resolved_by"],
+        "plugin:slowpick"
+    );
+    assert_eq!(
+        disagreements(&n2)["disagreements"][0]["here"]["resolved_by"],
+        "lww-fallback:slowpick"
+    );
+    wait_aae(&n1, "node-2", "disagreement counted", |a| {
+        a["disagreements_total"] == 1
+    });
+    // A second session finds the states equal.
+    let o = edgerep(&["reconcile", "--config", configs[0].to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["sessions"][0]["agreed"], true, "{report}");
+}

@@ -702,6 +702,7 @@ fn a_forged_repair_is_refused_and_the_peer_cut_off() {
         seals: vec![seal],
         certs: vec![(h.id.clone(), h.signer.cert().to_vec())],
         want: vec![],
+        resolutions: vec![],
     })
     .unwrap();
     let reason = h.closed_within(Duration::from_secs(10));

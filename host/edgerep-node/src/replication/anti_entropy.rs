@@ -68,6 +68,9 @@ pub struct AntiEntropyStatus {
     pub replaced_total: u64,
     /// Versions of this node's that it could not prove (damaged here), left out of repair.
     pub unproven_total: u64,
+    /// Keys this node resolved differently from this peer over the same versions (now the
+    /// last-writer-wins default; recorded in `GET /v1/disagreements`).
+    pub disagreements_total: u64,
 }
 
 /// One finished session of ours, as `edgerep reconcile` prints it.
@@ -99,6 +102,8 @@ pub struct SessionReport {
     pub drift: u64,
     /// Damaged versions or keys replaced.
     pub replaced: u64,
+    /// Keys resolved differently here and on the peer over the same versions.
+    pub disagreements: u64,
     /// How long the session took.
     pub millis: u64,
 }
@@ -470,6 +475,7 @@ impl Replicator {
                 seals,
                 certs,
                 want,
+                resolutions,
             } => {
                 let mine = ours(&mut self.anti_entropy, id);
                 if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
@@ -482,6 +488,7 @@ impl Replicator {
                 if !want.is_empty() {
                     self.aae_repair_send(peer, id, &want, Vec::new());
                 }
+                let had_payload = !versions.is_empty() || !resolutions.is_empty();
                 // Collections with transforms on apply are left out of repair (see above), and
                 // so are versions beyond this node's have: in flight, replication brings them.
                 let (versions, proofs): (Vec<_>, Vec<_>) = versions
@@ -492,7 +499,12 @@ impl Replicator {
                             && self.have.get(&v.origin).copied().unwrap_or(0) >= v.seq
                     })
                     .unzip();
-                if !versions.is_empty() {
+                // Resolutions of collections with transforms on apply are not compared either.
+                let resolutions: Vec<_> = resolutions
+                    .into_iter()
+                    .filter(|r| !self.aae_transformed(&r.state_key))
+                    .collect();
+                if !versions.is_empty() || !resolutions.is_empty() {
                     self.learn_certs(&certs);
                     if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
                         session.pending += 1;
@@ -500,15 +512,33 @@ impl Replicator {
                     let hook = CommitHookSender(self.inbox.clone());
                     let to = peer.clone();
                     let sent = self.committer.repair(
-                        versions,
-                        proofs,
-                        seals,
-                        certs,
+                        crate::committer::Repair {
+                            peer: peer.clone(),
+                            versions,
+                            proofs,
+                            seals,
+                            certs,
+                            resolutions,
+                        },
                         Box::new(move |result| hook.repaired(to, id, result)),
                     );
                     if let Err(e) = sent {
                         tracing::warn!(peer = %peer, "cannot queue a repair: {e}");
                     }
+                } else if had_payload && !mine {
+                    // Nothing to merge here: the peer's session still waits for our word.
+                    self.aae_send(
+                        peer,
+                        Message::Repair {
+                            id,
+                            versions: Vec::new(),
+                            proofs: Vec::new(),
+                            seals: Vec::new(),
+                            certs: Vec::new(),
+                            want: Vec::new(),
+                            resolutions: Vec::new(),
+                        },
+                    );
                 }
             }
             _ => {}
@@ -574,6 +604,15 @@ impl Replicator {
                 certs.push((seal.origin.clone(), cert));
             }
         }
+        // How this node resolved the keys it sends: the peer compares them with its own.
+        let resolutions = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.store.resolutions_of(keys).unwrap_or_else(|e| {
+                tracing::warn!(peer = %peer, "anti-entropy cannot read resolutions: {e}");
+                Vec::new()
+            })
+        };
         let sent = page.versions.len() as u64;
         let s = self.anti_entropy.status.entry(peer.clone()).or_default();
         s.repaired_out_total += sent;
@@ -587,7 +626,8 @@ impl Replicator {
             session.report.repaired_out += sent;
             // Expected back: the peer's answer to `want`, and its word that it merged ours
             // (so the next session does not find the same keys again).
-            session.pending += u32::from(!want.is_empty()) + u32::from(sent > 0);
+            session.pending +=
+                u32::from(!want.is_empty()) + u32::from(sent > 0 || !resolutions.is_empty());
         }
         self.aae_send(
             peer,
@@ -598,6 +638,7 @@ impl Replicator {
                 seals: page.seals,
                 certs,
                 want,
+                resolutions,
             },
         );
     }
@@ -626,11 +667,18 @@ impl Replicator {
                     seals: Vec::new(),
                     certs: Vec::new(),
                     want: Vec::new(),
+                    resolutions: Vec::new(),
                 },
             );
         }
         match result {
             Ok(out) => {
+                if out.disagreements > 0 {
+                    tracing::warn!(
+                        peer = %peer, keys = out.disagreements,
+                        "this node and a peer resolved the same versions differently (a resolver that is not deterministic, or different builds): those keys now hold the last-writer-wins default on both; see GET /v1/disagreements"
+                    );
+                }
                 if out.covered > 0 || out.replaced > 0 {
                     tracing::warn!(
                         peer = %peer, drift = out.covered, replaced = out.replaced,
@@ -641,7 +689,9 @@ impl Replicator {
                 s.repaired_in_total += out.changed;
                 s.drift_total += out.covered;
                 s.replaced_total += out.replaced;
+                s.disagreements_total += out.disagreements;
                 if mine && let Some(session) = self.anti_entropy.sessions.get_mut(&peer) {
+                    session.report.disagreements += out.disagreements;
                     session.report.repaired_in += out.changed;
                     session.report.drift += out.covered;
                     session.report.replaced += out.replaced;

@@ -1,0 +1,371 @@
+//! Resolutions kept in the state: what a key holding concurrent versions resolves to, decided
+//! once, when its versions change, and stored after them in the key's state row.
+//!
+//! A state row is the key's versions (see `versions`), then, for a key with concurrent versions
+//! in a collection whose resolver is a plugin, one resolution record. The state digest and the
+//! anti-entropy fingerprints hash the whole row, so two nodes that hold the same versions but
+//! resolved them differently (a resolver that is not deterministic, different builds, a
+//! deadline hit on one node only) differ, and anti-entropy finds them. Reads serve the stored
+//! resolution: a read never runs a plugin whose answer the other nodes did not also reach.
+//!
+//! Invariant: a record is only ever computed from the row's versions, by the collection's
+//! resolver or by the deterministic default ([`Resolution::default_of`]) after a disagreement;
+//! versions changing drop it and a new one is computed in the same transaction.
+
+use edgerep_wire::aae::KeyResolution;
+use edgerep_wire::event::EventLimits;
+use edgerep_wire::value::DecodeLimits;
+use edgerep_wire::{NodeId, Value};
+use minicbor::data::Type;
+use minicbor::{Decoder, Encoder};
+use redb::{ReadableTable, Table};
+
+use crate::keys::split_state_key;
+use crate::{Digest, StoreError, Versions, aae, corrupt, write_row};
+
+/// What [`Resolution::by`] says after two nodes disagreed: the last-writer-wins version, the
+/// deterministic default every node computes alike.
+pub const BY_DEFAULT_AFTER_DISAGREEMENT: &str = "lww-after-disagreement";
+
+/// The value a key with concurrent versions resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// Who decided it: `plugin:NAME`, `lww-fallback:NAME` (the plugin failed),
+    /// [`BY_DEFAULT_AFTER_DISAGREEMENT`].
+    pub by: String,
+    /// The resolved value (`None`: the key reads as deleted).
+    pub value: Option<Value>,
+    /// The version picked, as an index into the versions (`None`: a merged value).
+    pub winner: Option<usize>,
+}
+
+impl Resolution {
+    /// The deterministic default over `versions`: the last-writer-wins version.
+    pub fn default_of(versions: &Versions) -> Resolution {
+        let events = versions.events();
+        let winner = versions
+            .lww_winner()
+            .and_then(|w| events.iter().position(|e| std::ptr::eq(e, w)));
+        Resolution {
+            by: BY_DEFAULT_AFTER_DISAGREEMENT.into(),
+            value: versions.lww_value().cloned(),
+            winner,
+        }
+    }
+
+    /// `[by, value bytes or null, winner or null]`, canonical CBOR.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut e = Encoder::new(&mut buf);
+        // Writing into a Vec cannot fail.
+        let _ = e.array(3).and_then(|e| e.str(&self.by));
+        let _ = match &self.value {
+            Some(v) => e.bytes(v.as_bytes()),
+            None => e.null(),
+        };
+        let _ = match self.winner {
+            Some(i) => e.u64(i as u64),
+            None => e.null(),
+        };
+        buf
+    }
+
+    /// Decodes what [`Resolution::encode`] wrote; `versions` is how many versions the row
+    /// holds (a winner must name one of them).
+    pub fn decode(
+        bytes: &[u8],
+        versions: usize,
+        limits: &DecodeLimits,
+    ) -> Result<Resolution, String> {
+        let mut d = Decoder::new(bytes);
+        let bad = |e: minicbor::decode::Error| format!("resolution record: {e}");
+        if d.array().map_err(bad)? != Some(3) {
+            return Err("resolution record: expected an array of 3".into());
+        }
+        let by = d.str().map_err(bad)?.to_owned();
+        let value = if d.datatype().map_err(bad)? == Type::Null {
+            d.skip().map_err(bad)?;
+            None
+        } else {
+            let raw = d.bytes().map_err(bad)?.to_vec();
+            Some(Value::from_canonical(raw, limits).map_err(|e| format!("resolution value: {e}"))?)
+        };
+        let winner = if d.datatype().map_err(bad)? == Type::Null {
+            d.skip().map_err(bad)?;
+            None
+        } else {
+            let i = d.u64().map_err(bad)?;
+            if i >= versions as u64 {
+                return Err(format!(
+                    "resolution record: winner {i} of {versions} versions"
+                ));
+            }
+            Some(i as usize)
+        };
+        if d.position() != bytes.len() {
+            return Err("resolution record: trailing bytes".into());
+        }
+        Ok(Resolution { by, value, winner })
+    }
+}
+
+/// Decides resolutions for the store (the node's pipeline of resolver plugins).
+pub trait Resolver: Send + Sync {
+    /// Whether keys of `collection` with concurrent versions keep a resolution (its resolver is
+    /// a plugin; last-writer-wins needs none, it is read from the versions).
+    fn resolves(&self, collection: &str) -> bool;
+    /// Resolves `versions` (at least two) of `key`. Must depend on nothing but its arguments
+    /// and the configured plugin: every node computes it for itself.
+    fn resolve(&self, collection: &str, key: &[u8], versions: &Versions) -> Resolution;
+    /// The SHA-256 of the build that resolves `collection` (named in disagreement records).
+    fn build(&self, collection: &str) -> String;
+}
+
+/// A state row split into its versions and its resolution record.
+pub(crate) struct Row<'a> {
+    /// The encoded versions.
+    pub(crate) versions: &'a [u8],
+    /// The resolution record, if the row holds one.
+    pub(crate) resolution: Option<&'a [u8]>,
+}
+
+/// Splits a state row (see the module comment).
+pub(crate) fn split_row(row: &[u8]) -> Result<Row<'_>, String> {
+    let mut d = Decoder::new(row);
+    let n = d
+        .array()
+        .map_err(|e| format!("versions: {e}"))?
+        .ok_or("versions: indefinite length")?;
+    for _ in 0..n {
+        d.bytes().map_err(|e| format!("versions: {e}"))?;
+    }
+    let end = d.position();
+    Ok(Row {
+        versions: &row[..end],
+        resolution: (end < row.len()).then(|| &row[end..]),
+    })
+}
+
+/// A row from its encoded versions and resolution record.
+pub(crate) fn join_row(versions: &[u8], resolution: Option<&Resolution>) -> Vec<u8> {
+    match resolution {
+        None => versions.to_vec(),
+        Some(r) => {
+            let mut out = versions.to_vec();
+            out.extend_from_slice(&r.encode());
+            out
+        }
+    }
+}
+
+/// The hash a peer is told of a row's versions (to know whether both hold the same) and of
+/// its resolution (absent: all zeros).
+pub(crate) fn hash_of(bytes: Option<&[u8]>) -> [u8; 32] {
+    bytes.map_or([0; 32], |b| *blake3::hash(b).as_bytes())
+}
+
+/// A key whose resolution differed from a peer's over the same versions (kept in the
+/// `disagreements` table; both nodes then hold the deterministic default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// The collection.
+    pub collection: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The peer whose resolution differed.
+    pub peer: String,
+    /// BLAKE3 of the versions both held (hex).
+    pub versions: String,
+    /// Who resolved the key here, and BLAKE3 of the record (hex).
+    pub here_by: String,
+    /// BLAKE3 of this node's resolution record (hex).
+    pub here_resolution: String,
+    /// SHA-256 of this node's resolver build.
+    pub here_build: String,
+    /// BLAKE3 of the peer's resolution record (hex).
+    pub peer_resolution: String,
+    /// SHA-256 of the peer's resolver build.
+    pub peer_build: String,
+    /// When this node found it (ms since the Unix epoch; local information, never compared).
+    pub at_ms: u64,
+}
+
+const DISAGREEMENT_FIELDS: u64 = 10;
+
+impl Disagreement {
+    /// A CBOR array of the fields in declaration order.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut e = Encoder::new(&mut buf);
+        // Writing into a Vec cannot fail.
+        let _ = e
+            .array(DISAGREEMENT_FIELDS)
+            .and_then(|e| e.str(&self.collection))
+            .and_then(|e| e.bytes(&self.key))
+            .and_then(|e| e.str(&self.peer))
+            .and_then(|e| e.str(&self.versions))
+            .and_then(|e| e.str(&self.here_by))
+            .and_then(|e| e.str(&self.here_resolution))
+            .and_then(|e| e.str(&self.here_build))
+            .and_then(|e| e.str(&self.peer_resolution))
+            .and_then(|e| e.str(&self.peer_build))
+            .and_then(|e| e.u64(self.at_ms));
+        buf
+    }
+
+    /// Decodes what [`Disagreement::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Disagreement, String> {
+        let mut d = Decoder::new(bytes);
+        let bad = |e: minicbor::decode::Error| format!("disagreement record: {e}");
+        if d.array().map_err(bad)? != Some(DISAGREEMENT_FIELDS) {
+            return Err("disagreement record: wrong number of fields".into());
+        }
+        let mut s = || d.str().map(str::to_owned).map_err(bad);
+        let collection = s()?;
+        let key = d.bytes().map_err(bad)?.to_vec();
+        let mut s = || d.str().map(str::to_owned).map_err(bad);
+        Ok(Disagreement {
+            collection,
+            key,
+            peer: s()?,
+            versions: s()?,
+            here_by: s()?,
+            here_resolution: s()?,
+            here_build: s()?,
+            peer_resolution: s()?,
+            peer_build: s()?,
+            at_ms: d.u64().map_err(bad)?,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The tables [`settle`] writes.
+pub(crate) struct SettleTables<'a, 't> {
+    pub(crate) state: &'a mut Table<'t, &'static [u8], &'static [u8]>,
+    pub(crate) disagreements: &'a mut Table<'t, u64, &'static [u8]>,
+    pub(crate) index: &'a mut aae::Writes,
+    pub(crate) digest: &'a mut Digest,
+}
+
+/// Compares a peer's resolutions with this node's: where both hold the same versions of a key
+/// but resolved them differently, records the disagreement and gives the key the
+/// deterministic default here (the peer does the same when it gets this node's resolution).
+/// Returns how many keys moved to the default. What the peer says is checked against this
+/// node's own state only: a key it names that this node does not hold alike is left alone.
+pub(crate) fn settle(
+    t: &mut SettleTables<'_, '_>,
+    limits: &EventLimits,
+    resolver: &dyn Resolver,
+    theirs: &[KeyResolution],
+    peer: &NodeId,
+) -> Result<u64, StoreError> {
+    let mut moved = 0;
+    for their in theirs {
+        let Some((collection, key)) = split_state_key(&their.state_key) else {
+            continue;
+        };
+        if !resolver.resolves(collection) {
+            continue;
+        }
+        let Some(row) = t
+            .state
+            .get(their.state_key.as_slice())?
+            .map(|g| g.value().to_vec())
+        else {
+            continue;
+        };
+        let Ok(split) = split_row(&row) else {
+            continue;
+        };
+        let Some(ours) = split.resolution else {
+            continue;
+        };
+        let versions_hash = hash_of(Some(split.versions));
+        let our_hash = hash_of(Some(ours));
+        if versions_hash != their.versions || our_hash == their.resolution {
+            continue;
+        }
+        let versions = Versions::decode(split.versions, limits).map_err(|e| corrupt("state", e))?;
+        let default = Resolution::default_of(&versions).encode();
+        if default == ours {
+            // Already the default here: the peer moves when it gets this node's resolution.
+            continue;
+        }
+        let here_by = Resolution::decode(ours, versions.events().len(), &limits.value)
+            .map_or_else(|e| format!("unreadable ({e})"), |r| r.by);
+        let record = Disagreement {
+            collection: collection.to_owned(),
+            key: key.to_vec(),
+            peer: peer.to_string(),
+            versions: hex(&versions_hash),
+            here_by,
+            here_resolution: hex(&our_hash),
+            here_build: resolver.build(collection),
+            peer_resolution: hex(&their.resolution),
+            peer_build: their.build.clone(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let id = t.disagreements.last()?.map_or(1, |(k, _)| k.value() + 1);
+        t.disagreements.insert(id, record.encode().as_slice())?;
+        let mut new_row = split.versions.to_vec();
+        new_row.extend_from_slice(&default);
+        write_row(
+            t.state,
+            t.index,
+            t.digest,
+            &their.state_key,
+            collection,
+            key,
+            &row,
+            &new_row,
+        )?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_and_rows_split() {
+        let limits = DecodeLimits::default();
+        let v = Value::from_json_str("{\"n\":3}", &limits).unwrap();
+        let r = Resolution {
+            by: "plugin:merge".into(),
+            value: Some(v),
+            winner: None,
+        };
+        assert_eq!(Resolution::decode(&r.encode(), 2, &limits).unwrap(), r);
+        let picked = Resolution {
+            by: "plugin:pick".into(),
+            value: None,
+            winner: Some(1),
+        };
+        assert_eq!(
+            Resolution::decode(&picked.encode(), 2, &limits).unwrap(),
+            picked
+        );
+        assert!(
+            Resolution::decode(&picked.encode(), 1, &limits).is_err(),
+            "winner out of range"
+        );
+        let mut trailing = picked.encode();
+        trailing.push(0);
+        assert!(Resolution::decode(&trailing, 2, &limits).is_err());
+
+        let versions = Versions::new().encode();
+        let row = join_row(&versions, Some(&r));
+        let split = split_row(&row).unwrap();
+        assert_eq!(split.versions, versions.as_slice());
+        assert_eq!(split.resolution, Some(r.encode().as_slice()));
+        assert!(split_row(&versions).unwrap().resolution.is_none());
+    }
+}
