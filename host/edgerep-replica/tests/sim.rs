@@ -20,6 +20,13 @@
 //! compacted floors and snapshot haves it cannot prove. The honest nodes must still converge,
 //! and every event any node holds must be the one its origin wrote.
 //!
+//! Anti-entropy (`sim/aae.rs`) runs once the cluster is quiescent. In a run without drift
+//! faults it must find nothing (clean runs report zero drift). With drift faults (`Knobs::damage`:
+//! a key lost from a node's state or a version's bytes changed in place, behind the
+//! bookkeeping's back; `Knobs::disagreeing`: a node whose resolver answers differently), the
+//! states differ where replication cannot see it, and anti-entropy must find and repair every
+//! difference before the end state is checked (resolutions included).
+//!
 //! `SIM_SEED=<seed>` runs one seed (twice, checking the trace is the same); `SIM_SEEDS=<n>` runs
 //! n random seeds instead of the default 200 (and n/5 instead of 40 with heavy compaction);
 //! `SIM_TRACE=1` prints every step of a `SIM_SEED` run.
@@ -37,6 +44,9 @@ use edgerep_wire::seal::{
     ChainHash, Proof, chain_link, chain_next, chain_start, event_leaf, merkle_root,
 };
 use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Seal, Value, VersionVector};
+
+#[path = "sim/aae.rs"]
+mod aae;
 
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness (splitmix64: small, fast, and the same on every platform).
@@ -131,6 +141,9 @@ struct MemLog {
     /// The seal of each event held, also of versions that came in a snapshot (every event is
     /// its own block in this model), and the seal of each have a snapshot raised.
     seals: BTreeMap<(NodeId, u64), Seal>,
+    /// Keys whose resolution two nodes found they disagreed on, with the hash of the versions
+    /// then held: resolved by the last-writer-wins default while they stay (see `sim/aae.rs`).
+    settled: BTreeMap<Key, [u8; 32]>,
 }
 
 /// The stand-in for an origin's signature: a hash keyed by the signer. In this model only the
@@ -183,7 +196,19 @@ impl MemLog {
             forged: 0,
             forged_versions: 0,
             seals: BTreeMap::new(),
+            settled: BTreeMap::new(),
         }
+    }
+
+    /// `version` as its origin wrote it, if this store can prove it (like the store's proofs:
+    /// the changelog's event, else the version itself when its seal names it).
+    fn provable(&self, version: &Event) -> Option<Event> {
+        let dot = (version.origin.clone(), version.seq);
+        if let Some(e) = self.changelog.get(&dot) {
+            return Some(e.clone());
+        }
+        let seal = self.seals.get(&dot)?;
+        (seal.root == event_leaf(&version.encode()) && seal_valid(seal)).then(|| version.clone())
     }
 
     fn seq(&self, origin: &NodeId) -> u64 {
@@ -492,7 +517,9 @@ impl Log for MemLog {
             }
             last = Some(key.clone());
             bytes += size;
-            versions.extend(v.events().iter().cloned());
+            // Each version as its origin wrote it; one nothing here proves (changed in place,
+            // its event compacted: damage) is left out, as the store leaves it out.
+            versions.extend(v.events().iter().filter_map(|e| self.provable(e)));
         }
         // Every event is its own block here: its seal proves it with an empty path.
         let (mut proofs, mut seals) = (Vec::new(), Vec::new());
@@ -588,6 +615,11 @@ struct Knobs {
     fault: Option<Fault>,
     /// This node tampers with what it sends during the chaos (see the module docs).
     byzantine: Option<usize>,
+    /// Per mille per chaos step: a node's state loses a key or has a version changed in place,
+    /// behind the bookkeeping's back.
+    damage: u64,
+    /// This node's resolver picks another version than the others'.
+    disagreeing: Option<usize>,
 }
 
 impl Knobs {
@@ -611,6 +643,8 @@ impl Knobs {
             backlog_writes: 1,
             fault: None,
             byzantine: None,
+            damage: 0,
+            disagreeing: None,
         }
     }
 
@@ -635,6 +669,8 @@ impl Knobs {
             backlog_writes: 0,
             fault: None,
             byzantine: None,
+            damage: 0,
+            disagreeing: None,
         }
     }
 }
@@ -666,6 +702,12 @@ struct Sim {
     /// Messages the byzantine node tampered with.
     tampered: u64,
     injected_failures: u64,
+    /// Drift faults injected (`Knobs::damage`).
+    damaged: u64,
+    /// Keys damaged on a node: that node writes them no more. Its next write there would carry
+    /// a context built from what is left (see `damage`), which can supersede versions nobody
+    /// holds any more; that loss is real, and not what anti-entropy can repair.
+    damaged_keys: BTreeSet<(usize, Key)>,
     trace: Trace,
     stats: Stats,
 }
@@ -699,6 +741,16 @@ struct Stats {
     versions_refused: u64,
     /// Messages the byzantine node tampered with.
     tampered: u64,
+    /// Drift faults injected.
+    damaged: u64,
+    /// Anti-entropy sessions, their messages, and the keys they found different.
+    aae_sessions: u64,
+    aae_messages: u64,
+    aae_differing: u64,
+    /// Versions repair merged that the receiver's have covered (drift).
+    drift_repaired: u64,
+    /// Keys two nodes resolved differently, settled on the default.
+    disagreements: u64,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -750,6 +802,8 @@ impl Sim {
             written_events: BTreeMap::new(),
             tampered: 0,
             injected_failures: 0,
+            damaged: 0,
+            damaged_keys: BTreeSet::new(),
             trace: Trace {
                 hash: 0xcbf2_9ce4_8422_2325,
                 print,
@@ -850,6 +904,12 @@ impl Sim {
         let collection = self.rng.pick(&["c1", "c2"]).to_owned();
         let delete = self.rng.chance(150);
         let value = self.rng.below(1000);
+        if self
+            .damaged_keys
+            .contains(&(i, (collection.clone(), key.clone().into_bytes())))
+        {
+            return;
+        }
         let node = &mut self.nodes[i];
         let mut clock = HlcClock::new(node.log.hlc_last, 60_000);
         let hlc = clock.now(self.now + node.skew);
@@ -1534,6 +1594,9 @@ impl Sim {
             self.stats.steps += 1;
             self.now += self.rng.range(1, 10);
             self.step(true).map_err(|e| self.fail(e))?;
+            if self.knobs.damage > 0 && self.rng.chance(self.knobs.damage) {
+                self.damage();
+            }
             self.watch_live_lag();
         }
         // Heal: no new faults (the permanent cuts stay), every node up, until quiescent.
@@ -1559,7 +1622,22 @@ impl Sim {
                     .all(|w| w[0].log.have == w[1].log.have);
             quiet = if settled { quiet + 1 } else { 0 };
             if quiet >= 2 {
-                self.check().map_err(|e| self.fail(e))?;
+                if self.damaged > 0 || self.knobs.disagreeing.is_some() {
+                    // Replication is done and cannot see these differences: anti-entropy must
+                    // find and repair them all.
+                    self.anti_entropy().map_err(|e| self.fail(e))?;
+                    self.check().map_err(|e| self.fail(e))?;
+                } else {
+                    self.check().map_err(|e| self.fail(e))?;
+                    self.anti_entropy().map_err(|e| self.fail(e))?;
+                    if self.stats.aae_differing + self.stats.drift_repaired > 0 {
+                        return Err(self.fail(format!(
+                            "anti-entropy found {} differing keys (drift {}) in a run without drift faults",
+                            self.stats.aae_differing, self.stats.drift_repaired
+                        )));
+                    }
+                }
+                self.stats.damaged = self.damaged;
                 self.stats.forged_refused = self.nodes.iter().map(|n| n.log.forged).sum();
                 self.stats.versions_refused =
                     self.nodes.iter().map(|n| n.log.forged_versions).sum();
@@ -1577,6 +1655,93 @@ impl Sim {
             "not quiescent after 200000 steps; {} messages in flight; haves {haves:?}",
             self.wire.len()
         )))
+    }
+
+    /// A drift fault: a random node's state loses a random key, or has one of its versions
+    /// changed in place. Node 0 is never damaged: anti-entropy repairs from a peer's state,
+    /// and a version damaged on every node that holds it has no good copy left to repair from.
+    /// A damaged node writes the key no more: with version-vector contexts, its next write
+    /// there would claim every earlier version of its own, superseding (on every node) what
+    /// those had superseded, although its state no longer shows them: a real loss, which the
+    /// real node risks too if it writes a damaged key before anti-entropy repairs it.
+    fn damage(&mut self) {
+        let i = 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize;
+        let n = self.nodes[i].log.state.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let at = self.rng.below(n) as usize;
+        let flip = self.rng.chance(500);
+        let Some(key) = self.nodes[i].log.state.keys().nth(at).cloned() else {
+            return;
+        };
+        let what = aae::damage(&mut self.nodes[i].log, &key, flip);
+        self.damaged += 1;
+        self.damaged_keys.insert((i, key.clone()));
+        let now = self.now;
+        self.trace.add(
+            now,
+            || format!("damage n{i} {key:?}: {what}"),
+            &[9, i as u8, u8::from(flip)],
+        );
+    }
+
+    /// Anti-entropy between every pair of nodes not cut for good, in rounds, until a round
+    /// finds nothing.
+    fn anti_entropy(&mut self) -> Result<(), String> {
+        const ROUNDS: usize = 8;
+        let mut last = String::new();
+        for _ in 0..ROUNDS {
+            let mut found = false;
+            for i in 0..self.nodes.len() {
+                for j in i + 1..self.nodes.len() {
+                    if self.cut.contains(&(i, j)) {
+                        continue;
+                    }
+                    let (bi, bj) = (
+                        self.knobs.disagreeing == Some(i),
+                        self.knobs.disagreeing == Some(j),
+                    );
+                    let (keys, messages) = aae::session(
+                        &aae::ModelTree::of(&self.nodes[i].log, bi),
+                        &aae::ModelTree::of(&self.nodes[j].log, bj),
+                    )?;
+                    self.stats.aae_sessions += 1;
+                    self.stats.aae_messages += messages;
+                    self.stats.aae_differing += keys.len() as u64;
+                    found |= !keys.is_empty();
+                    if let Some(k) = keys.first() {
+                        let all: Vec<String> = self
+                            .nodes
+                            .iter()
+                            .enumerate()
+                            .map(|(n, node)| {
+                                let b = self.knobs.disagreeing == Some(n);
+                                format!("n{n}: {}", aae::describe(&node.log, b, k))
+                            })
+                            .collect();
+                        last = format!(
+                            "n{i} and n{j} differ at {:?}; {}",
+                            String::from_utf8_lossy(k),
+                            all.join("; ")
+                        );
+                    }
+                    let (left, right) = self.nodes.split_at_mut(j);
+                    let (a, b) = (&mut left[i].log, &mut right[0].log);
+                    for k in &keys {
+                        let r = aae::repair(a, bi, b, bj, k);
+                        self.stats.drift_repaired += r.drift;
+                        self.stats.disagreements += r.disagreements;
+                    }
+                }
+            }
+            if !found {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "anti-entropy still finds differences after {ROUNDS} rounds; the last: {last}"
+        ))
     }
 
     /// During a long absence of node 2, how long node 0's writes take to reach node 1.
@@ -1613,7 +1778,16 @@ impl Sim {
                     first.log.state.len()
                 ));
             }
+            let (bi, b0) = (
+                self.knobs.disagreeing == Some(i),
+                self.knobs.disagreeing == Some(0),
+            );
             for ((key, v), (key0, v0)) in log.state.iter().zip(&first.log.state) {
+                if key == key0
+                    && aae::resolution(log, bi, key, v) != aae::resolution(&first.log, b0, key0, v0)
+                {
+                    return Err(format!("n{i} and n0 resolve {key:?} differently"));
+                }
                 if key != key0 || v.encode() != v0.encode() {
                     // Each version as its dot and context.
                     let show = |v: &Versions| {
@@ -1676,9 +1850,21 @@ impl Sim {
                         .any(|e| e.dot() == *dot || e.context.covers(dot))
                 });
                 if !reflected {
+                    let sk = aae::state_key(key);
+                    let all: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(n, node)| {
+                            let b = self.knobs.disagreeing == Some(n);
+                            format!("n{n}: {}", aae::describe(&node.log, b, &sk))
+                        })
+                        .collect();
                     return Err(format!(
-                        "n{i}'s state does not reflect the acknowledged write {}:{} to {key:?}",
-                        dot.origin, dot.seq
+                        "n{i}'s state does not reflect the acknowledged write {}:{} to {key:?} ({})",
+                        dot.origin,
+                        dot.seq,
+                        all.join("; ")
                     ));
                 }
             }
@@ -2068,5 +2254,49 @@ fn a_byzantine_node_cannot_rewrite_history() {
         if stats.len() >= 50 {
             assert!(versions > 0, "snapshot versions were changed, and refused");
         }
+    }
+}
+
+/// Drift faults during the chaos (see the module docs): keys lost and versions changed in
+/// place behind the bookkeeping's back, and node 1 resolving concurrent versions differently.
+fn drift_knobs(seed: u64) -> Option<Knobs> {
+    let mut rng = Rng::new(seed ^ 0xd21f7);
+    let mut k = Knobs::random(&mut rng);
+    k.damage = rng.range(5, 40);
+    k.disagreeing = Some(1);
+    // No compaction: a snapshot copies its sender's state, damage included, so a key lost on
+    // the sender and changed in place on the only other holder (whose changelog no longer
+    // has the event) would have no good copy left anywhere. Anti-entropy repairs from a
+    // good copy; it cannot make one.
+    k.compact = 0;
+    Some(k)
+}
+
+#[test]
+fn anti_entropy_finds_and_repairs_what_bookkeeping_cannot_see() {
+    let n = seed_count() / 4;
+    let stats = run_seeds(
+        "anti_entropy_finds_and_repairs_what_bookkeeping_cannot_see",
+        90_000..90_000 + n,
+        drift_knobs,
+    );
+    let sum = |f: fn(&Stats) -> u64| stats.iter().map(f).sum::<u64>();
+    println!(
+        "{} seeds: {} damages, {} anti-entropy sessions ({} messages) found {} differing keys, repaired {} versions of drift, settled {} disagreements",
+        stats.len(),
+        sum(|s| s.damaged),
+        sum(|s| s.aae_sessions),
+        sum(|s| s.aae_messages),
+        sum(|s| s.aae_differing),
+        sum(|s| s.drift_repaired),
+        sum(|s| s.disagreements),
+    );
+    if stats.len() >= 10 {
+        assert!(sum(|s| s.damaged) > 0, "damage was injected");
+        assert!(sum(|s| s.drift_repaired) > 0, "and repaired as drift");
+        assert!(
+            sum(|s| s.disagreements) > 0,
+            "the biased resolver disagreed"
+        );
     }
 }
