@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use edgerep_config::{Config, Durability, RetentionConfig};
 use edgerep_replica::{
-    CollectionFingerprint, Log, LogError, Message, MessageLimits, Output, Read, Replica,
-    ReplicaConfig, StateCursor, StatePage,
+    CollectionFingerprint, Log, LogError, Message, MessageLimits, Output, PluginFingerprint, Read,
+    Replica, ReplicaConfig, StateCursor, StatePage,
 };
 use edgerep_store::{Compaction, Installed, RemoteApply, Store, StoreError};
 use edgerep_transport::certs::Identity;
@@ -298,9 +298,9 @@ pub fn fingerprint(config: &Config) -> Vec<CollectionFingerprint> {
             if c.resolver != "lww" {
                 names.push(&c.resolver);
             }
-            let mut plugins: Vec<(String, String)> = names
+            let mut plugins: Vec<PluginFingerprint> = names
                 .into_iter()
-                .filter_map(|n| config.plugin(n).map(|p| (n.clone(), p.sha256.clone())))
+                .filter_map(|n| config.plugin(n).map(plugin_fingerprint))
                 .collect();
             plugins.sort();
             plugins.dedup();
@@ -314,6 +314,30 @@ pub fn fingerprint(config: &Config) -> Vec<CollectionFingerprint> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// What decides what a plugin does, for the handshake: its build and the settings that change
+/// its output. Parameters go as a hash (they may hold secrets); the deadline is left out (it is
+/// per machine: calls past it are retried, then halt or are found by anti-entropy).
+fn plugin_fingerprint(p: &edgerep_config::PluginConfig) -> PluginFingerprint {
+    let mut params = blake3::Hasher::new();
+    for (k, v) in &p.params {
+        params.update(&(k.len() as u64).to_le_bytes());
+        params.update(k.as_bytes());
+        params.update(&(v.len() as u64).to_le_bytes());
+        params.update(v.as_bytes());
+    }
+    PluginFingerprint {
+        name: p.name.clone(),
+        sha256: p.sha256.clone(),
+        settings: format!(
+            "fuel={} memory_bytes={} on_failure={} params=blake3:{}",
+            p.fuel,
+            p.memory_bytes,
+            p.on_failure.as_str(),
+            &params.finalize().to_hex()[..32]
+        ),
+    }
 }
 
 /// The policy peers must agree on, as (name, value) pairs sorted by name: the limits an event

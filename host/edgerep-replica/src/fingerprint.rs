@@ -22,20 +22,33 @@ pub(crate) fn normalize(fingerprint: &mut [CollectionFingerprint]) {
         f.plugins.sort();
         for pair in f.plugins.windows(2) {
             assert!(
-                pair[0].0 != pair[1].0,
+                pair[0].name != pair[1].name,
                 "plugin {:?} listed twice for {:?}",
-                pair[0].0,
+                pair[0].name,
                 f.name
             );
         }
     }
 }
 
-/// Every difference between our fingerprint and the peer's, one sentence each, in collection order.
+/// One difference between our fingerprint and the peer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Difference {
+    /// One sentence.
+    pub(crate) text: String,
+    /// Whether the two nodes would decide the same events differently: their resolvers
+    /// differ (name, build or settings). Such a session does not start (replication with that
+    /// peer pauses, with the reason in status) rather than let the states part. Transforms on
+    /// apply may differ by design (those collections are compared on the versions) and
+    /// transforms on ingest only shape a node's own writes: reported, not pausing.
+    pub(crate) pauses: bool,
+}
+
+/// Every difference between our fingerprint and the peer's, in collection order.
 pub(crate) fn differences(
     ours: &[CollectionFingerprint],
     theirs: &[CollectionFingerprint],
-) -> Vec<String> {
+) -> Vec<Difference> {
     let mut by_name: BTreeMap<
         &str,
         (
@@ -50,44 +63,74 @@ pub(crate) fn differences(
         by_name.entry(&f.name).or_default().1 = Some(f);
     }
     let mut out = Vec::new();
+    let mut say = |text: String, pauses: bool| out.push(Difference { text, pauses });
     for (name, pair) in by_name {
         match pair {
-            (Some(_), None) => out.push(format!(
-                "collection {name}: configured here, not on the peer"
-            )),
-            (None, Some(_)) => out.push(format!(
-                "collection {name}: configured on the peer, not here"
-            )),
+            (Some(a), None) => say(
+                format!("collection {name}: configured here, not on the peer"),
+                a.resolver != "lww",
+            ),
+            (None, Some(b)) => say(
+                format!("collection {name}: configured on the peer, not here"),
+                b.resolver != "lww",
+            ),
             (Some(a), Some(b)) => {
                 if a.resolver != b.resolver {
-                    out.push(format!(
-                        "collection {name}: resolver {:?} here, {:?} on the peer",
-                        a.resolver, b.resolver
-                    ));
+                    say(
+                        format!(
+                            "collection {name}: resolver {:?} here, {:?} on the peer",
+                            a.resolver, b.resolver
+                        ),
+                        true,
+                    );
                 }
                 if a.transforms_on_apply != b.transforms_on_apply {
-                    out.push(format!(
-                        "collection {name}: transforms on apply {:?} here, {:?} on the peer",
-                        a.transforms_on_apply, b.transforms_on_apply
-                    ));
+                    say(
+                        format!(
+                            "collection {name}: transforms on apply {:?} here, {:?} on the peer",
+                            a.transforms_on_apply, b.transforms_on_apply
+                        ),
+                        false,
+                    );
                 }
-                let ap: BTreeMap<_, _> = a.plugins.iter().map(|(n, h)| (n, h)).collect();
-                let bp: BTreeMap<_, _> = b.plugins.iter().map(|(n, h)| (n, h)).collect();
+                let ap: BTreeMap<_, _> = a.plugins.iter().map(|p| (&p.name, p)).collect();
+                let bp: BTreeMap<_, _> = b.plugins.iter().map(|p| (&p.name, p)).collect();
                 let mut plugins: Vec<_> = ap.keys().chain(bp.keys()).collect();
                 plugins.sort();
                 plugins.dedup();
                 for p in plugins {
+                    // The resolver both sides name (a different name was said above).
+                    let resolver = a.resolver == **p && b.resolver == **p;
                     match (ap.get(p), bp.get(p)) {
-                        (Some(x), Some(y)) if x != y => out.push(format!(
-                            "collection {name}: plugin {p} has sha256 {x} here, {y} on the peer"
-                        )),
-                        (Some(_), None) => out.push(format!(
-                            "collection {name}: plugin {p} here, not on the peer"
-                        )),
-                        (None, Some(_)) => out.push(format!(
-                            "collection {name}: plugin {p} on the peer, not here"
-                        )),
-                        _ => {}
+                        (Some(x), Some(y)) => {
+                            if x.sha256 != y.sha256 {
+                                say(
+                                    format!(
+                                        "collection {name}: plugin {p} has sha256 {} here, {} on the peer",
+                                        x.sha256, y.sha256
+                                    ),
+                                    resolver,
+                                );
+                            }
+                            if x.settings != y.settings {
+                                say(
+                                    format!(
+                                        "collection {name}: plugin {p} has settings {:?} here, {:?} on the peer",
+                                        x.settings, y.settings
+                                    ),
+                                    resolver,
+                                );
+                            }
+                        }
+                        (Some(_), None) => say(
+                            format!("collection {name}: plugin {p} here, not on the peer"),
+                            false,
+                        ),
+                        (None, Some(_)) => say(
+                            format!("collection {name}: plugin {p} on the peer, not here"),
+                            false,
+                        ),
+                        (None, None) => {}
                     }
                 }
             }
@@ -127,6 +170,7 @@ pub(crate) fn policy_differences(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::PluginFingerprint;
 
     fn fp(
         name: &str,
@@ -140,7 +184,11 @@ mod tests {
             transforms_on_apply: transforms.iter().map(|t| t.to_string()).collect(),
             plugins: plugins
                 .iter()
-                .map(|(n, c)| (n.to_string(), c.to_string().repeat(64)))
+                .map(|(n, c)| PluginFingerprint {
+                    name: n.to_string(),
+                    sha256: c.to_string().repeat(64),
+                    settings: format!("fuel={c}"),
+                })
                 .collect(),
         }
     }
@@ -161,7 +209,10 @@ mod tests {
             fp("b", "lww", &[], &[]),
             fp("c", "max", &["y", "x"], &[("p", 'c'), ("r", 'b')]),
         ];
-        let got = differences(&ours, &theirs);
+        let got: Vec<String> = differences(&ours, &theirs)
+            .into_iter()
+            .map(|d| d.text)
+            .collect();
         let want = [
             "collection a: configured here, not on the peer",
             "collection b: configured on the peer, not here",
@@ -172,6 +223,7 @@ mod tests {
                 "a".repeat(64),
                 "c".repeat(64)
             ),
+            "collection c: plugin p has settings \"fuel=a\" here, \"fuel=c\" on the peer",
             "collection c: plugin q here, not on the peer",
             "collection c: plugin r on the peer, not here",
         ];
@@ -186,6 +238,36 @@ mod tests {
         ];
         normalize(&mut f);
         assert_eq!(f[0].name, "a");
-        assert_eq!(f[1].plugins[0].0, "y");
+        assert_eq!(f[1].plugins[0].name, "y");
+    }
+
+    #[test]
+    fn only_resolver_differences_pause() {
+        let pauses = |ours: &[CollectionFingerprint], theirs: &[CollectionFingerprint]| {
+            differences(ours, theirs)
+                .into_iter()
+                .map(|d| d.pauses)
+                .collect::<Vec<_>>()
+        };
+        // A resolver build or its settings.
+        let a = vec![fp("c", "m", &[], &[("m", 'a')])];
+        assert_eq!(
+            pauses(&a, &[fp("c", "m", &[], &[("m", 'b')])]),
+            [true, true]
+        );
+        // Another resolver; a collection with a plugin resolver on one side only.
+        assert_eq!(pauses(&a, &[fp("c", "lww", &[], &[])]), [true, false]);
+        assert_eq!(pauses(&a, &[]), [true]);
+        assert_eq!(pauses(&[fp("c", "lww", &[], &[])], &[]), [false]);
+        // Transforms on apply (and their builds) differ by design.
+        let t = vec![fp("c", "lww", &["t"], &[("t", 'a')])];
+        assert_eq!(
+            pauses(&t, &[fp("c", "lww", &["u"], &[("u", 'a')])]),
+            [false, false, false]
+        );
+        assert_eq!(
+            pauses(&t, &[fp("c", "lww", &["t"], &[("t", 'b')])]),
+            [false, false]
+        );
     }
 }

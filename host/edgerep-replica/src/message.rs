@@ -25,7 +25,7 @@
 //! [`MAX_ORIGINS`] entries. The Hello's last item is the sender's policy (limits, write
 //! authorization, revocations) as `[name, value]` text pairs strictly ascending by name: peers
 //! must agree on it. A fingerprint is
-//! `[collection, resolver, [transform…], [[plugin, sha256 hex]…]]`; fingerprints are strictly
+//! `[collection, resolver, [transform…], [[plugin, sha256 hex, settings]…]]`; fingerprints are strictly
 //! ascending by collection, plugins strictly ascending by name (transforms keep their order: it
 //! is the order they run in).
 //!
@@ -75,10 +75,24 @@ pub struct CollectionFingerprint {
     pub resolver: String,
     /// The transforms run on events applied from peers, in the order they run.
     pub transforms_on_apply: Vec<String>,
-    /// The plugins the collection uses: (name, SHA-256 of the component in lowercase hex),
-    /// strictly ascending by name.
-    pub plugins: Vec<(String, String)>,
+    /// The plugins the collection uses, strictly ascending by name.
+    pub plugins: Vec<PluginFingerprint>,
 }
+
+/// One plugin in a [`CollectionFingerprint`]: what decides what it does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PluginFingerprint {
+    /// The plugin's name in the config.
+    pub name: String,
+    /// SHA-256 of the component, lowercase hex.
+    pub sha256: String,
+    /// Its settings that change its output, as `key=value` words (fuel, memory, failure
+    /// policy, a hash of its parameters); not its wall-clock deadline, which is per machine.
+    pub settings: String,
+}
+
+/// Longest [`PluginFingerprint::settings`].
+pub const MAX_PLUGIN_SETTINGS_BYTES: usize = 512;
 
 /// The first message on a session, from each side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,11 +316,12 @@ impl Message {
                         let _ = e.str(t);
                     }
                     let _ = e.array(f.plugins.len() as u64);
-                    for (name, hash) in &f.plugins {
+                    for p in &f.plugins {
                         let _ = e
-                            .array(2)
-                            .and_then(|e| e.str(name))
-                            .and_then(|e| e.str(hash));
+                            .array(3)
+                            .and_then(|e| e.str(&p.name))
+                            .and_then(|e| e.str(&p.sha256))
+                            .and_then(|e| e.str(&p.settings));
                     }
                 }
                 encode_have(&mut e, &h.have);
@@ -977,7 +992,7 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
         let mut plugins = Vec::with_capacity(p);
         let mut previous_plugin = None;
         for _ in 0..p {
-            r.array_of(2, "fingerprint plugin")?;
+            r.array_of(3, "fingerprint plugin")?;
             let plugin = name(r, "fingerprint plugin name")?;
             ascending(&mut previous_plugin, &plugin, "fingerprint plugins")?;
             let hash = r.str("fingerprint plugin sha256")?;
@@ -987,7 +1002,21 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
                     reason: "not 64 lowercase hex digits".into(),
                 });
             }
-            plugins.push((plugin.to_owned(), hash.to_owned()));
+            let settings = r.str("fingerprint plugin settings")?;
+            if settings.len() > MAX_PLUGIN_SETTINGS_BYTES {
+                return Err(DecodeError::Invalid {
+                    what: "fingerprint plugin settings".into(),
+                    reason: format!(
+                        "{} bytes, at most {MAX_PLUGIN_SETTINGS_BYTES}",
+                        settings.len()
+                    ),
+                });
+            }
+            plugins.push(PluginFingerprint {
+                name: plugin.to_owned(),
+                sha256: hash.to_owned(),
+                settings: settings.to_owned(),
+            });
         }
         fingerprint.push(CollectionFingerprint {
             name: name_.to_owned(),
@@ -1081,8 +1110,16 @@ mod tests {
                     resolver: "lww".into(),
                     transforms_on_apply: vec!["redact".into(), "audit".into()],
                     plugins: vec![
-                        ("audit".into(), "ab".repeat(32)),
-                        ("redact".into(), "0".repeat(64)),
+                        PluginFingerprint {
+                            name: "audit".into(),
+                            sha256: "ab".repeat(32),
+                            settings: "fuel=10".into(),
+                        },
+                        PluginFingerprint {
+                            name: "redact".into(),
+                            sha256: "0".repeat(64),
+                            settings: String::new(),
+                        },
                     ],
                 },
                 CollectionFingerprint {
@@ -1555,12 +1592,16 @@ mod tests {
             "fingerprint plugins: not strictly ascending",
         );
         refused(
-            &with(&|h| h.fingerprint[0].plugins[0].1 = "AB".repeat(32)),
+            &with(&|h| h.fingerprint[0].plugins[0].sha256 = "AB".repeat(32)),
             "fingerprint plugin sha256: not 64 lowercase hex",
         );
         refused(
-            &with(&|h| h.fingerprint[0].plugins[0].1 = "ab".into()),
+            &with(&|h| h.fingerprint[0].plugins[0].sha256 = "ab".into()),
             "fingerprint plugin sha256",
+        );
+        refused(
+            &with(&|h| h.fingerprint[0].plugins[0].settings = "x".repeat(513)),
+            "fingerprint plugin settings",
         );
         refused(
             &with(&|h| h.fingerprint[0].name = "bad name".into()),

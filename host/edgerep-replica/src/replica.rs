@@ -199,6 +199,14 @@ pub enum ProtocolError {
         /// One sentence per difference.
         differences: Vec<String>,
     },
+    /// The peer resolves some collection's concurrent versions otherwise (another resolver,
+    /// build or settings): the two would hold the same versions with different values.
+    /// Replication with that peer pauses until the configs agree.
+    #[error("resolvers differ from this node's (replication with this peer pauses until the configs agree): {}", differences.join("; "))]
+    ResolversDiffer {
+        /// One sentence per difference.
+        differences: Vec<String>,
+    },
     /// An origin's events appear in two separate runs of one Events message.
     #[error("events of {origin} in two separate runs of one message")]
     OriginRepeated {
@@ -594,8 +602,18 @@ impl Replica {
                         differences: policy,
                     });
                 }
-                let differences =
-                    fingerprint::differences(&self.config.fingerprint, &hello.fingerprint);
+                let found = fingerprint::differences(&self.config.fingerprint, &hello.fingerprint);
+                let pausing: Vec<String> = found
+                    .iter()
+                    .filter(|d| d.pauses)
+                    .map(|d| d.text.clone())
+                    .collect();
+                if !pausing.is_empty() {
+                    return Err(ProtocolError::ResolversDiffer {
+                        differences: pausing,
+                    });
+                }
+                let differences: Vec<String> = found.into_iter().map(|d| d.text).collect();
                 s.mismatches = differences.clone();
                 s.start(hello.clone(), now);
                 if !differences.is_empty() {

@@ -276,38 +276,52 @@ fn handshake_sends_hello_with_local_have_and_reports_ready() {
 }
 
 #[test]
-fn fingerprint_differences_are_reported_not_fatal() {
-    let fp = |resolver: &str| CollectionFingerprint {
+fn transform_differences_are_reported_and_resolver_differences_pause() {
+    let fp = |resolver: &str, apply: &[&str]| CollectionFingerprint {
         name: "c".into(),
         resolver: resolver.into(),
-        transforms_on_apply: vec![],
+        transforms_on_apply: apply.iter().map(|t| t.to_string()).collect(),
         plugins: vec![],
     };
     let cfg = ReplicaConfig {
-        fingerprint: vec![fp("lww")],
+        fingerprint: vec![fp("lww", &[])],
         ..ReplicaConfig::default()
     };
-    let mut r = Replica::new(n("a"), cfg);
+    let hello = |f: CollectionFingerprint| {
+        Message::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            node: n("b"),
+            instance: 0,
+            fingerprint: vec![f],
+            have: vec![],
+            compacted: vec![],
+            policy: vec![],
+        })
+    };
+    // Transforms on apply may differ by design: reported, the session goes on.
+    let mut r = Replica::new(n("a"), cfg.clone());
     r.connected(&n("b"), 0);
-    let m = Message::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        node: n("b"),
-        instance: 0,
-        fingerprint: vec![fp("max")],
-        have: vec![],
-        compacted: vec![],
-        policy: vec![],
-    });
-    r.handle(&n("b"), m, 0).unwrap();
+    r.handle(&n("b"), hello(fp("lww", &["t"])), 0).unwrap();
     assert_eq!(
         r.poll_output(),
         Some(Output::Mismatch {
             peer: n("b"),
-            differences: vec!["collection c: resolver \"lww\" here, \"max\" on the peer".into()]
+            differences: vec![
+                "collection c: transforms on apply [] here, [\"t\"] on the peer".into()
+            ]
         })
     );
     assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
     assert_eq!(r.peer_view(&n("b")).unwrap().mismatches.len(), 1);
+    // Another resolver would give the same versions other values: the session does not start.
+    let mut r = Replica::new(n("a"), cfg);
+    r.connected(&n("b"), 0);
+    assert_eq!(
+        r.handle(&n("b"), hello(fp("max", &[])), 0),
+        Err(ProtocolError::ResolversDiffer {
+            differences: vec!["collection c: resolver \"lww\" here, \"max\" on the peer".into()]
+        })
+    );
 }
 
 #[test]

@@ -289,3 +289,111 @@ deadline_ms = {deadline_ms}
     let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(report["sessions"][0]["agreed"], true, "{report}");
 }
+
+#[test]
+fn nodes_whose_resolvers_differ_pause_replication_with_the_reason_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (wasm, sha) = built_plugin("merge-counter");
+    let with_fuel = |fuel: u64| {
+        format!(
+            r#"
+[[collections.declared]]
+name = "tally"
+resolver = "counter"
+
+[plugins.counter]
+path = "{}"
+sha256 = "{sha}"
+fuel = {fuel}
+"#,
+            wasm.display()
+        )
+    };
+    let base: Vec<String> = configs
+        .iter()
+        .map(|c| std::fs::read_to_string(c).unwrap())
+        .collect();
+    // The same resolver build with another fuel budget on node-2: it could resolve the same
+    // versions otherwise (one runs out of fuel where the other does not).
+    std::fs::write(&configs[0], format!("{}{}", base[0], with_fuel(10_000_000))).unwrap();
+    std::fs::write(&configs[1], format!("{}{}", base[1], with_fuel(20_000_000))).unwrap();
+    // Neither can confirm its own history with the other: both start alone.
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    let n2 = Node::start_with(&configs[1], &["--alone"]);
+    put(&n1, "tally", "k", r#"{"node-1":1}"#);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let why = loop {
+        let s = status(&n1);
+        let peer = &s["replication"]["peers"][0];
+        if let Some(e) = peer["last_error"].as_str()
+            && e.contains("resolvers differ")
+        {
+            break e.to_owned();
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(why.contains("plugin counter has settings"), "{why}");
+    assert!(
+        why.contains("fuel=10000000") && why.contains("fuel=20000000"),
+        "{why}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        status(&n2)["origins"]["node-1"].as_u64().unwrap_or(0) == 0,
+        "nothing replicates while the resolvers differ"
+    );
+    // node-2 gets node-1's config for the collection: replication resumes.
+    n2.terminate();
+    std::fs::write(&configs[1], format!("{}{}", base[1], with_fuel(10_000_000))).unwrap();
+    let n2 = Node::start(&configs[1]);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    assert_eq!(get(&n2, "tally", "k").1, r#"{"node-1":1}"#);
+}
+
+#[test]
+fn a_transform_on_apply_past_its_deadline_halts_instead_of_dead_lettering() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (wasm, sha) = built_plugin("spin");
+    // node-2 runs a transform on apply that loops; its fuel would last seconds, its deadline is
+    // 5 ms: the call ends on the deadline, which depends on the machine. Its policy says
+    // dead-letter, but setting aside here an event another node applied would make the
+    // states part: replication halts instead, and nothing is dead-lettered.
+    let mut text = std::fs::read_to_string(&configs[1]).unwrap();
+    text = text.replacen("[retention]\n", "[retention]\ncompact = false\n", 1);
+    text.push_str(&format!(
+        r#"
+[[collections.declared]]
+name = "slow"
+transforms_on_apply = ["spin"]
+
+[plugins.spin]
+path = "{}"
+sha256 = "{sha}"
+fuel = 4000000000
+deadline_ms = 5
+on_failure = "dead-letter"
+"#,
+        wasm.display()
+    ));
+    std::fs::write(&configs[1], text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "slow", "k", r#"{"a":1}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = status(&n2);
+        if st["replication"]["halted"].is_string() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "{st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reason = st["replication"]["halted"].as_str().unwrap();
+    assert!(reason.contains("ran past its deadline"), "{reason}");
+    assert!(reason.contains("each of 3 tries"), "{reason}");
+    assert_eq!(st["dead_letters"], 0, "{st}");
+    assert_eq!(st["origins"]["node-1"].as_u64().unwrap_or(0), 0, "{st}");
+}
