@@ -19,6 +19,8 @@
 //! request_timeout_ms = 30000 # optional, a request (not a watch stream) taking longer gets 408
 //! max_watch_streams = 64     # optional, open watch streams at once
 //! verify_interval_ms = 10000 # optional, least time between two `?verify=true` status reads
+//! idempotency_window_ms = 86400000 # optional, > 0: how long a write's idempotency key is kept
+//! idempotency_max_keys = 100000    # optional, > 0: most idempotency keys kept (oldest go first)
 //!
 //! [replication]
 //! listen = "127.0.0.1:7071"  # required, IP:port of the peer listener
@@ -181,6 +183,10 @@ pub struct ApiConfig {
     pub max_watch_streams: usize,
     /// Least time between two `?verify=true` status reads (default 10 s).
     pub verify_interval_ms: u64,
+    /// How long an idempotency key is kept after the write it came with (default 24 h).
+    pub idempotency_window_ms: u64,
+    /// Most idempotency keys kept; the oldest go first (default 100,000).
+    pub idempotency_max_keys: u64,
 }
 
 /// `[replication]`.
@@ -426,6 +432,8 @@ impl Config {
                 request_timeout_ms: raw.api.request_timeout_ms,
                 max_watch_streams: raw.api.max_watch_streams,
                 verify_interval_ms: raw.api.verify_interval_ms,
+                idempotency_window_ms: raw.api.idempotency_window_ms,
+                idempotency_max_keys: raw.api.idempotency_max_keys,
             },
             replication: ReplicationConfig {
                 listen: raw.replication.listen,

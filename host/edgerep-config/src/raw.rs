@@ -161,6 +161,10 @@ pub(crate) struct RawApi {
     pub(crate) max_watch_streams: usize,
     #[serde(default = "default_api_verify_interval_ms")]
     pub(crate) verify_interval_ms: u64,
+    #[serde(default = "default_api_idempotency_window_ms")]
+    pub(crate) idempotency_window_ms: u64,
+    #[serde(default = "default_api_idempotency_max_keys")]
+    pub(crate) idempotency_max_keys: u64,
 }
 
 fn default_api_max_connections() -> usize {
@@ -174,6 +178,12 @@ fn default_api_max_watch_streams() -> usize {
 }
 fn default_api_verify_interval_ms() -> u64 {
     DEFAULT_API_VERIFY_INTERVAL_MS
+}
+fn default_api_idempotency_window_ms() -> u64 {
+    24 * 3600 * 1000
+}
+fn default_api_idempotency_max_keys() -> u64 {
+    100_000
 }
 fn default_extra_origins() -> usize {
     DEFAULT_EXTRA_ORIGINS

@@ -51,6 +51,8 @@ fn check_api(raw: &RawConfig) -> Result<(), Violation> {
         ("max_connections", api.max_connections),
         ("max_watch_streams", api.max_watch_streams),
         ("request_timeout_ms", api.request_timeout_ms as usize),
+        ("idempotency_window_ms", api.idempotency_window_ms as usize),
+        ("idempotency_max_keys", api.idempotency_max_keys as usize),
     ] {
         if value == 0 {
             return Err((

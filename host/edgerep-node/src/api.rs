@@ -35,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use edgerep_config::Config;
+use edgerep_store::idempotency::Receipt;
 use edgerep_store::{Committed, LocalWrite, ScanRange, Store, Versions};
 use edgerep_wire::event::{Event, Op};
 use serde::Deserialize;
@@ -42,6 +43,7 @@ use serde_json::{Value as Json, json};
 use tokio::sync::watch;
 
 use crate::committer::{CommitError, Committer};
+use crate::idempotency;
 use crate::ingest;
 use crate::request::{self, Format};
 
@@ -68,6 +70,8 @@ pub struct AppState {
     pub replication: Option<Arc<crate::replication::Replication>>,
     /// Guards of an API reachable beyond loopback (token, limits).
     pub guard: Arc<Guard>,
+    /// Idempotency keys answered, refused.
+    pub idempotency: Arc<crate::idempotency::Counters>,
 }
 
 /// What protects the API: the bearer token (required when it listens beyond loopback), the
@@ -201,7 +205,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: String) -> ApiError {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: String) -> ApiError {
         ApiError {
             status,
             kind,
@@ -278,6 +282,11 @@ impl From<CommitError> for ApiError {
             CommitError::Refused(_) => {
                 ApiError::new(StatusCode::CONFLICT, "write_refused", e.to_string())
             }
+            CommitError::KeyInUse(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                e.to_string(),
+            ),
             CommitError::Unconfirmed(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "origin_unconfirmed",
@@ -460,31 +469,106 @@ async fn put_key(
         schema: 0,
         meta: Default::default(),
     };
-    write_one(&app, write).await
+    write_one(&app, write, idempotency::from_headers(&headers)?).await
 }
 
 /// Runs one write through ingest and commits it. The answer is `{"seq", "hlc", "position"}`
 /// when it became one event (the usual case), else `{"committed": [...]}` (a transform dropped
-/// or split it).
-async fn write_one(app: &Arc<AppState>, write: LocalWrite) -> Result<Response, ApiError> {
+/// or split it). With an idempotency key, a retry gets the first answer (see `idempotency`).
+async fn write_one(
+    app: &Arc<AppState>,
+    write: LocalWrite,
+    key: Option<String>,
+) -> Result<Response, ApiError> {
+    let body = idempotency::body_hash(std::slice::from_ref(&write));
+    if let Some(k) = &key
+        && let idempotency::Lookup::Replay(r) = lookup(app, k, body).await?
+    {
+        let extra = idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?;
+        let indexes: Vec<usize> = extra.indexes.iter().map(|&i| i as usize).collect();
+        return Ok(replayed(one_answer(&r.committed, &indexes).into_response()));
+    }
     let outcome = ingest::run_blocking(app, vec![write], true).await?;
     if let Some(failed) = outcome.failed.first() {
         return Err(failed.to_error());
     }
     let (indexes, writes): (Vec<usize>, Vec<LocalWrite>) = outcome.accepted.into_iter().unzip();
-    let committed = app.committer.commit(writes).await?;
+    let receipts = match key {
+        Some(key) if !writes.is_empty() => vec![Receipt {
+            key,
+            body,
+            first: 0,
+            count: writes.len(),
+            extra: idempotency::Extra {
+                indexes: indexes.iter().map(|&i| i as u64).collect(),
+                rejected: Vec::new(),
+            }
+            .encode(),
+        }],
+        _ => Vec::new(),
+    };
+    let committed = commit_keyed(app, writes, receipts).await?;
+    Ok(one_answer(&committed, &indexes).into_response())
+}
+
+/// The answer to one write: `{"seq", "hlc", "position"}`, or `{"committed": [...]}`.
+fn one_answer(committed: &[Committed], indexes: &[usize]) -> axum::Json<Json> {
     if committed.len() == 1 {
-        return Ok(axum::Json(committed_json(&committed[0])).into_response());
+        return axum::Json(committed_json(&committed[0]));
     }
     let list: Vec<Json> = indexes
         .iter()
-        .zip(&committed)
+        .zip(committed)
         .map(|(i, c)| json!({"write": i, "seq": c.seq, "hlc": c.hlc.to_string(), "position": c.position}))
         .collect();
-    Ok(axum::Json(json!({"committed": list})).into_response())
+    axum::Json(json!({"committed": list}))
 }
 
-async fn delete_key(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
+/// Marks an answer given from an idempotency record.
+fn replayed(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(idempotency::REPLAYED, HeaderValue::from_static("true"));
+    r
+}
+
+/// Looks an idempotency key up (see `idempotency::lookup`).
+async fn lookup(
+    app: &Arc<AppState>,
+    key: &str,
+    body: [u8; 32],
+) -> Result<idempotency::Lookup, ApiError> {
+    let (app, key) = (app.clone(), key.to_owned());
+    tokio::task::spawn_blocking(move || {
+        idempotency::lookup(&app.store, &app.idempotency, &key, &body)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+}
+
+/// Commits `writes` with `receipts`; counts a key a concurrent request recorded first.
+async fn commit_keyed(
+    app: &Arc<AppState>,
+    writes: Vec<LocalWrite>,
+    receipts: Vec<Receipt>,
+) -> Result<Vec<Committed>, ApiError> {
+    app.committer
+        .commit_keyed(writes, Vec::new(), receipts)
+        .await
+        .map_err(|e| {
+            if matches!(e, CommitError::KeyInUse(_)) {
+                app.idempotency
+                    .in_use
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            ApiError::from(e)
+        })
+}
+
+async fn delete_key(
+    State(app): Shared,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
     request::check_collection(&app.config, &collection)?;
     request::check_key(&app.config, &key)?;
@@ -495,7 +579,7 @@ async fn delete_key(State(app): Shared, uri: Uri) -> Result<Response, ApiError> 
         schema: 0,
         meta: Default::default(),
     };
-    write_one(&app, write).await
+    write_one(&app, write, idempotency::from_headers(&headers)?).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -573,24 +657,222 @@ async fn batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let format = request_format(&headers)?;
+    let request_key = idempotency::from_headers(&headers)?;
     let body = body_bytes(body, app.config.limits.max_request_bytes)?;
     let app2 = app.clone();
-    // Parsing a large batch and running transforms is CPU work: keep it off the async threads.
-    let outcome = tokio::task::spawn_blocking(move || {
-        let writes = request::parse_batch(
+    // Parsing a large batch, looking its keys up and running transforms is CPU and disk work:
+    // keep it off the async threads.
+    let prepared = tokio::task::spawn_blocking(move || -> Result<PreparedBatch, ApiError> {
+        let batch = request::parse_batch(
             &body,
             format,
             &app2.config,
             &crate::value_limits(&app2.config),
         )?;
-        ingest::run(&app2, writes, true)
+        prepare_batch(&app2, batch, request_key)
     })
     .await
     .map_err(|e| ApiError::internal(format!("parse task failed: {e}")))??;
-    let failed = outcome.failed;
-    let (indexes, writes): (Vec<usize>, Vec<LocalWrite>) = outcome.accepted.into_iter().unzip();
-    let committed = app.committer.commit(writes).await?;
-    if wants_cbor(&headers) {
+    let (committed, indexes, failed, replays) = match prepared {
+        PreparedBatch::Replay { committed, extra } => {
+            let indexes: Vec<usize> = extra.indexes.iter().map(|&i| i as usize).collect();
+            let r = batch_answer(&headers, &committed, &indexes, &extra.rejected);
+            return Ok(replayed(r));
+        }
+        PreparedBatch::Run {
+            outcome,
+            original,
+            receipts,
+            replays,
+        } => {
+            let failed: Vec<Json> = outcome
+                .failed
+                .iter()
+                .map(|f| {
+                    let mut j = f.to_json();
+                    j["write"] = json!(original[f.write]);
+                    j
+                })
+                .collect();
+            let (indexes, writes): (Vec<usize>, Vec<LocalWrite>) = outcome
+                .accepted
+                .into_iter()
+                .map(|(i, w)| (original[i], w))
+                .unzip();
+            let mut receipts = receipts;
+            if let Some(r) = receipts.first_mut()
+                && r.first == usize::MAX
+            {
+                // The request's own key: all its commits, and what plugins refused.
+                r.first = 0;
+                r.count = writes.len();
+                r.extra = idempotency::Extra {
+                    indexes: indexes.iter().map(|&i| i as u64).collect(),
+                    rejected: failed.clone(),
+                }
+                .encode();
+                if writes.is_empty() {
+                    receipts.clear();
+                }
+            } else {
+                receipts = per_write_receipts(receipts, &indexes);
+            }
+            let committed = commit_keyed(&app, writes, receipts).await?;
+            (committed, indexes, failed, replays)
+        }
+    };
+    // Writes answered from their own records join the answer in write order.
+    let (committed, indexes) = if replays.is_empty() {
+        (committed, indexes)
+    } else {
+        let mut all: Vec<(usize, Committed)> = indexes.into_iter().zip(committed).collect();
+        for (i, r) in &replays {
+            all.extend(r.committed.iter().map(|c| (*i, *c)));
+        }
+        all.sort_by_key(|(i, c)| (*i, c.seq));
+        let (indexes, committed): (Vec<usize>, Vec<Committed>) = all.into_iter().unzip();
+        (committed, indexes)
+    };
+    let r = batch_answer(&headers, &committed, &indexes, &failed);
+    if replays.is_empty() {
+        Ok(r)
+    } else {
+        Ok(replayed(r))
+    }
+}
+
+/// A batch after its keys were looked up and its writes ran through ingest.
+enum PreparedBatch {
+    /// The request's key is recorded with this request: its answer.
+    Replay {
+        committed: Vec<Committed>,
+        extra: idempotency::Extra,
+    },
+    /// Writes to commit.
+    Run {
+        /// The ingest outcome over the writes not answered from records.
+        outcome: ingest::Outcome,
+        /// For each of those, its index in the request.
+        original: Vec<usize>,
+        /// The request's key (`first == usize::MAX`, filled in once committed), or one
+        /// receipt per keyed write (`first`: its index in the request, filled in later).
+        receipts: Vec<Receipt>,
+        /// Writes answered from their records: (index in the request, record).
+        replays: Vec<(usize, edgerep_store::idempotency::Recorded)>,
+    },
+}
+
+/// Looks a batch's keys up and runs the writes that need it through ingest (blocking).
+fn prepare_batch(
+    app: &Arc<AppState>,
+    batch: request::Batch,
+    request_key: Option<String>,
+) -> Result<PreparedBatch, ApiError> {
+    let request::Batch { writes, keys } = batch;
+    if let Some(key) = request_key {
+        if keys.iter().any(Option::is_some) {
+            return Err(ApiError::bad_request(
+                "bad_idempotency_key",
+                "give the batch an Idempotency-Key header or its writes idempotency_key fields, not both".into(),
+            ));
+        }
+        let body = idempotency::body_hash(&writes);
+        if let idempotency::Lookup::Replay(r) =
+            idempotency::lookup(&app.store, &app.idempotency, &key, &body)?
+        {
+            let extra = idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?;
+            return Ok(PreparedBatch::Replay {
+                committed: r.committed,
+                extra,
+            });
+        }
+        let original = (0..writes.len()).collect();
+        let outcome = ingest::run(app, writes, true)?;
+        return Ok(PreparedBatch::Run {
+            outcome,
+            original,
+            receipts: vec![Receipt {
+                key,
+                body,
+                first: usize::MAX,
+                count: 0,
+                extra: Vec::new(),
+            }],
+            replays: Vec::new(),
+        });
+    }
+    // Per-write keys: every key is looked up before anything runs (one reused key refuses the
+    // whole batch, nothing written).
+    let mut replays = Vec::new();
+    let mut receipts = Vec::new();
+    let mut run = Vec::with_capacity(writes.len());
+    let mut original = Vec::with_capacity(writes.len());
+    for (i, (w, key)) in writes.into_iter().zip(keys).enumerate() {
+        if let Some(key) = key {
+            let body = idempotency::body_hash(std::slice::from_ref(&w));
+            match idempotency::lookup(&app.store, &app.idempotency, &key, &body)
+                .map_err(|e| e.at(&format!("writes[{i}]")))?
+            {
+                idempotency::Lookup::Replay(r) => {
+                    replays.push((i, r));
+                    continue;
+                }
+                idempotency::Lookup::New => receipts.push(Receipt {
+                    key,
+                    body,
+                    first: i,
+                    count: 0,
+                    extra: Vec::new(),
+                }),
+            }
+        }
+        original.push(i);
+        run.push(w);
+    }
+    let outcome = if run.is_empty() {
+        ingest::Outcome::default()
+    } else {
+        ingest::run(app, run, true)?
+    };
+    Ok(PreparedBatch::Run {
+        outcome,
+        original,
+        receipts,
+        replays,
+    })
+}
+
+/// Per-write receipts (`first` = the write's index in the request) made to name their commits:
+/// the commits of one write are consecutive (ingest keeps write order). A write a plugin
+/// dropped or refused committed nothing and records nothing.
+fn per_write_receipts(receipts: Vec<Receipt>, indexes: &[usize]) -> Vec<Receipt> {
+    receipts
+        .into_iter()
+        .filter_map(|mut r| {
+            let write = r.first;
+            let first = indexes.iter().position(|&i| i == write)?;
+            let count = indexes[first..].iter().take_while(|&&i| i == write).count();
+            r.first = first;
+            r.count = count;
+            r.extra = idempotency::Extra {
+                indexes: vec![write as u64; count],
+                rejected: Vec::new(),
+            }
+            .encode();
+            Some(r)
+        })
+        .collect()
+}
+
+/// The answer to a batch: JSON `{"committed": [...], "rejected": [...]}`, or the compact CBOR
+/// form for clients that ask for it.
+fn batch_answer(
+    headers: &HeaderMap,
+    committed: &[Committed],
+    indexes: &[usize],
+    rejected: &[Json],
+) -> Response {
+    if wants_cbor(headers) {
         // Compact answer for high-rate clients:
         // [first position, last position, events committed, writes refused by plugins].
         let first = committed.first().map_or(0, |c| c.position);
@@ -601,21 +883,20 @@ async fn batch(
             .and_then(|e| e.u64(first))
             .and_then(|e| e.u64(last))
             .and_then(|e| e.u64(committed.len() as u64))
-            .and_then(|e| e.u64(failed.len() as u64));
+            .and_then(|e| e.u64(rejected.len() as u64));
         let mut r = Response::new(Body::from(buf));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/cbor"),
         );
-        return Ok(r);
+        return r;
     }
     let list: Vec<Json> = indexes
         .iter()
-        .zip(&committed)
+        .zip(committed)
         .map(|(i, c)| json!({"write": i, "seq": c.seq, "hlc": c.hlc.to_string(), "position": c.position}))
         .collect();
-    let rejected: Vec<Json> = failed.iter().map(ingest::Failed::to_json).collect();
-    Ok(axum::Json(json!({"committed": list, "rejected": rejected})).into_response())
+    axum::Json(json!({"committed": list, "rejected": rejected})).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -930,14 +1211,19 @@ async fn status(
         ));
     }
     let store = app.store.clone();
-    let (s, verified, disagreements) = blocking(move || {
+    let (s, verified, disagreements, keys_held) = blocking(move || {
         let s = store.status()?;
         let verified = if q.verify {
             Some(store.verify()?)
         } else {
             None
         };
-        Ok((s, verified, store.disagreements_count()?))
+        Ok((
+            s,
+            verified,
+            store.disagreements_count()?,
+            store.idempotency_count()?,
+        ))
     })
     .await?;
     let mut body = json!({
@@ -952,6 +1238,7 @@ async fn status(
         "hlc_last": s.hlc_last.to_string(),
         "dead_letters": s.dead_letters,
         "disagreements": disagreements,
+        "idempotency": app.idempotency.to_json(keys_held),
         "compacted": s.compacted,
         "feed_floor": s.feed_floor,
     });

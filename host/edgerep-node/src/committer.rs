@@ -24,6 +24,7 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgerep_config::{Config, Durability};
+use edgerep_store::idempotency::Receipt;
 use edgerep_store::{
     Committed, Compaction, Installed, LocalWrite, Received, RemoteApply, Store, Sync,
 };
@@ -131,6 +132,9 @@ enum Request {
 
 struct Pending {
     writes: Vec<LocalWrite>,
+    /// Idempotency keys to record with the request's writes (`first` counts from the
+    /// request's own first write).
+    receipts: Vec<Receipt>,
     /// Dead letters this commit replays (removed in the same transaction). A replay is
     /// committed in a group of its own: if its dead letter is gone, only the replay fails.
     dead_letters: Vec<u64>,
@@ -157,6 +161,10 @@ pub enum CommitError {
     /// The store refused this write (the other writes committed with it were not affected).
     #[error("write refused: {0}")]
     Refused(String),
+    /// The request's idempotency key was recorded by another request meanwhile (nothing of
+    /// this one was written; a retry gets that request's answer).
+    #[error("idempotency key {0:?} was recorded by a concurrent request; retry to get its answer")]
+    KeyInUse(String),
     /// The node does not take writes yet: no peer has told it how far they hold its own
     /// events (it could reuse sequence numbers after a restore from a backup).
     #[error("{0}")]
@@ -401,14 +409,30 @@ impl Committer {
                         counts.push(p.writes.len());
                         writes.append(&mut p.writes);
                     }
+                    // The group's receipts, their writes counted from the group's first.
+                    let receipts_of = |group: &[Pending], counts: &[usize]| -> Vec<Receipt> {
+                        let mut out = Vec::new();
+                        let mut offset = 0;
+                        for (p, &n) in group.iter().zip(counts) {
+                            for r in &p.receipts {
+                                let mut r = r.clone();
+                                r.first += offset;
+                                out.push(r);
+                            }
+                            offset += n;
+                        }
+                        out
+                    };
                     // A write the store refuses (see `Store::commit_local_checked`) fails its own
                     // request; the rest of the group is committed without it.
                     loop {
                         let total = writes.len();
                         let sync = policy.sync_for(writes.iter().map(|w| w.collection.as_str()));
-                        match store.commit_local_checked(
+                        let receipts = receipts_of(&group, &counts);
+                        match store.commit_local_keyed(
                             std::mem::take(&mut writes),
                             &replay,
+                            &receipts,
                             sync,
                             &mut clock,
                             wall_ms(),
@@ -429,11 +453,24 @@ impl Committer {
                                 }
                                 break;
                             }
-                            Err(edgerep_store::LocalCommitError {
-                                error: edgerep_store::StoreError::WriteRefused { index, reason },
-                                writes: back,
-                            }) if back.len() == total => {
-                                tracing::warn!(events = total, "a local write was refused: {reason}");
+                            Err(edgerep_store::LocalCommitError { error, writes: back })
+                                if back.len() == total
+                                    && matches!(
+                                        error,
+                                        edgerep_store::StoreError::WriteRefused { .. }
+                                            | edgerep_store::StoreError::KeyInUse { .. }
+                                    ) =>
+                            {
+                                let (index, failure) = match error {
+                                    edgerep_store::StoreError::WriteRefused { index, reason } => {
+                                        tracing::warn!(events = total, "a local write was refused: {reason}");
+                                        (index, CommitError::Refused(reason))
+                                    }
+                                    edgerep_store::StoreError::KeyInUse { index, key } => {
+                                        (index, CommitError::KeyInUse(key))
+                                    }
+                                    _ => unreachable!("matched above"),
+                                };
                                 // The request holding write `index` fails; the others go again.
                                 let mut start = 0;
                                 let mut kept = Vec::with_capacity(back.len());
@@ -443,7 +480,7 @@ impl Committer {
                                 for (p, &n) in group.drain(..).zip(&counts) {
                                     let mine: Vec<LocalWrite> = back.by_ref().take(n).collect();
                                     if (start..start + n).contains(&index) {
-                                        let _ = p.reply.send(Err(CommitError::Refused(reason.clone())));
+                                        let _ = p.reply.send(Err(failure.clone()));
                                     } else {
                                         kept.extend(mine);
                                         kept_counts.push(n);
@@ -503,6 +540,17 @@ impl Committer {
         writes: Vec<LocalWrite>,
         dead_letters: Vec<u64>,
     ) -> Result<Vec<Committed>, CommitError> {
+        self.commit_keyed(writes, dead_letters, Vec::new()).await
+    }
+
+    /// Commits `writes` and records `receipts` (idempotency keys, their writes counted from
+    /// the first of `writes`) with them, in one transaction.
+    pub async fn commit_keyed(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: Vec<u64>,
+        receipts: Vec<Receipt>,
+    ) -> Result<Vec<Committed>, CommitError> {
         if self.origin_gate.borrow().is_some() {
             let mut gate = self.origin_gate.clone();
             let opened = tokio::time::timeout(ORIGIN_WAIT, gate.wait_for(Option::is_none)).await;
@@ -515,6 +563,7 @@ impl Committer {
         self.queue
             .send(Request::Write(Pending {
                 writes,
+                receipts,
                 dead_letters,
                 reply,
             }))

@@ -8,6 +8,7 @@ pub mod api;
 mod apply;
 pub mod committer;
 pub mod dead_letter;
+pub mod idempotency;
 mod ingest;
 pub mod keys;
 mod listener;
@@ -209,7 +210,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         }
         _ => None,
     };
-    let store = store.with_resolver(pipeline.clone());
+    let store = store
+        .with_resolver(pipeline.clone())
+        .with_idempotency_window(edgerep_store::idempotency::Window {
+            keep_ms: config.api.idempotency_window_ms,
+            keep_keys: config.api.idempotency_max_keys,
+        });
     let store = Arc::new(match &keys {
         Some(k) => store.with_keys(k.clone()),
         None => store,
@@ -287,6 +293,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         started: std::time::Instant::now(),
         replication: replication.clone(),
         guard,
+        idempotency: Arc::new(idempotency::Counters::default()),
     });
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {

@@ -133,15 +133,33 @@ pub(crate) fn parse_batch(
     format: Format,
     config: &Config,
     limits: &DecodeLimits,
-) -> Result<Vec<LocalWrite>, ApiError> {
-    let writes = match format {
+) -> Result<Batch, ApiError> {
+    let batch = match format {
         Format::Json => parse_batch_json(body, config, limits)?,
         Format::Cbor => parse_batch_cbor(body, config, limits)?,
     };
-    if writes.is_empty() {
+    if batch.writes.is_empty() {
         return Err(bad("writes", "the batch is empty".into()));
     }
-    Ok(writes)
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, k) in batch.keys.iter().enumerate() {
+        if let Some(k) = k {
+            crate::idempotency::check_key(k).map_err(|e| e.at(&format!("writes[{i}]")))?;
+            if !seen.insert(k) {
+                return Err(bad(
+                    &format!("writes[{i}]"),
+                    format!("idempotency_key {k:?} is given to two writes of the batch"),
+                ));
+            }
+        }
+    }
+    Ok(batch)
+}
+
+/// A parsed batch: its writes, and each write's idempotency key if it has one.
+pub(crate) struct Batch {
+    pub(crate) writes: Vec<LocalWrite>,
+    pub(crate) keys: Vec<Option<String>>,
 }
 
 fn check_count(n: usize, config: &Config) -> Result<(), ApiError> {
@@ -166,6 +184,7 @@ struct RawWrite {
     value: Option<Value>,
     schema: u32,
     meta: BTreeMap<String, String>,
+    idempotency_key: Option<String>,
 }
 
 impl RawWrite {
@@ -210,7 +229,7 @@ fn parse_batch_json(
     body: &[u8],
     config: &Config,
     limits: &DecodeLimits,
-) -> Result<Vec<LocalWrite>, ApiError> {
+) -> Result<Batch, ApiError> {
     let doc = edgerep_wire::json::parse(body)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
     let obj = doc
@@ -227,6 +246,7 @@ fn parse_batch_json(
         .ok_or_else(|| bad("body", "\"writes\" must be an array".into()))?;
     check_count(items.len(), config)?;
     let mut out = Vec::with_capacity(items.len());
+    let mut keys = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = format!("writes[{i}]");
         let fields = item
@@ -295,12 +315,20 @@ fn parse_batch_json(
                         w.meta.insert(mk.clone(), mv.to_owned());
                     }
                 }
+                "idempotency_key" => {
+                    w.idempotency_key = Some(
+                        v.as_str()
+                            .ok_or_else(|| bad(&at, "\"idempotency_key\" must be a string".into()))?
+                            .to_owned(),
+                    )
+                }
                 other => return Err(bad(&at, format!("unknown field {other:?}"))),
             }
         }
+        keys.push(w.idempotency_key.take());
         out.push(w.finish(config, &at)?);
     }
-    Ok(out)
+    Ok(Batch { writes: out, keys })
 }
 
 fn cbor_err(at: &str, e: impl std::fmt::Display) -> ApiError {
@@ -311,7 +339,7 @@ fn parse_batch_cbor(
     body: &[u8],
     config: &Config,
     limits: &DecodeLimits,
-) -> Result<Vec<LocalWrite>, ApiError> {
+) -> Result<Batch, ApiError> {
     // Canonicalize the whole body first: that checks well-formedness, depth and size in one
     // place, and lets the walk below slice each value out with canonical_item_len.
     let whole_limits = DecodeLimits {
@@ -335,6 +363,7 @@ fn parse_batch_cbor(
     let mut d = Decoder::new(bytes);
     let n = d.map().map_err(|e| cbor_err("body", e))?.unwrap_or(0);
     let mut out = Vec::new();
+    let mut keys = Vec::new();
     for _ in 0..n {
         let field = d.str().map_err(|e| cbor_err("body", e))?;
         if field != "writes" {
@@ -380,11 +409,15 @@ fn parse_batch_cbor(
                             w.meta.insert(k, v);
                         }
                     }
+                    "idempotency_key" => {
+                        w.idempotency_key = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned())
+                    }
                     other => return Err(bad(&at, format!("unknown field {other:?}"))),
                 }
             }
+            keys.push(w.idempotency_key.take());
             out.push(w.finish(config, &at)?);
         }
     }
-    Ok(out)
+    Ok(Batch { writes: out, keys })
 }

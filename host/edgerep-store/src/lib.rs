@@ -10,6 +10,8 @@
 //! - `origins`: per origin, the highest sequence number held;
 //! - `dead_letters`: events a plugin refused, with the reason;
 //! - `disagreements`: keys whose resolution differed from a peer's over the same versions;
+//! - `idempotency`, `idempotency_order`: clients' idempotency keys with the answers of the writes
+//!   they committed (see `idempotency.rs`);
 //! - `compacted`: per origin, the highest sequence number removed from the changelog (see
 //!   `retention.rs`: compaction, and state snapshots for peers that need removed events);
 //! - `meta`: node id, last hybrid clock timestamp, last feed position, feed floor, state digest.
@@ -22,6 +24,7 @@
 
 pub mod aae;
 mod digest;
+pub mod idempotency;
 mod keys;
 mod proofs;
 mod resolution;
@@ -140,6 +143,16 @@ pub enum StoreError {
     /// A snapshot page from a peer cannot be merged.
     #[error("snapshot refused: {0}")]
     SnapshotRefused(String),
+    /// A request's idempotency key is recorded already (a request under the same key
+    /// committed first): nothing of the group was written; the others may be committed
+    /// without that request.
+    #[error("idempotency key {key:?} is recorded already (a request with it committed meanwhile)")]
+    KeyInUse {
+        /// The position in the group of the request's first write.
+        index: usize,
+        /// The key.
+        key: String,
+    },
     /// One local write of a group cannot be committed as it stands (nothing of the group was
     /// written; the others may be committed without it).
     #[error("write {index} of the group refused: {reason}")]
@@ -615,6 +628,8 @@ pub struct Store {
     /// Resolves keys with concurrent versions when they change (`None`: nothing is kept, reads
     /// resolve; tools and tests).
     resolver: Option<Arc<dyn Resolver>>,
+    /// How long and how many idempotency records are kept.
+    idempotency_window: idempotency::Window,
 }
 
 impl std::fmt::Debug for Store {
@@ -727,6 +742,8 @@ impl Store {
             txn.open_table(ORIGINS)?;
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(DISAGREEMENTS)?;
+            txn.open_table(idempotency::IDEMPOTENCY)?;
+            txn.open_table(idempotency::IDEMPOTENCY_ORDER)?;
             txn.open_table(PEERS)?;
             txn.open_table(COMPACTED)?;
             txn.open_table(CHAINS)?;
@@ -746,6 +763,7 @@ impl Store {
             open_check,
             fingerprints: true,
             resolver: None,
+            idempotency_window: idempotency::Window::default(),
         };
         let resume = store.resume()?;
         Ok((store, resume))
@@ -777,6 +795,24 @@ impl Store {
     pub fn with_keys(mut self, keys: Arc<dyn Keys>) -> Store {
         self.keys = Some(keys);
         self
+    }
+
+    /// Keeps idempotency records within `window`.
+    pub fn with_idempotency_window(mut self, window: idempotency::Window) -> Store {
+        self.idempotency_window = window;
+        self
+    }
+
+    /// What the idempotency key `key` was recorded with, if it is held.
+    pub fn idempotency(&self, key: &str) -> Result<Option<idempotency::Recorded>, StoreError> {
+        let txn = self.db.begin_read()?;
+        idempotency::get(&txn.open_table(idempotency::IDEMPOTENCY)?, key)
+    }
+
+    /// How many idempotency keys are held.
+    pub fn idempotency_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(idempotency::IDEMPOTENCY)?.len()?)
     }
 
     /// Has `resolver` decide, as each change is applied, what keys with concurrent versions
@@ -852,16 +888,39 @@ impl Store {
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, LocalCommitError> {
+        self.commit_local_keyed(writes, dead_letters, &[], sync, clock, wall_ms)
+    }
+
+    /// [`Store::commit_local_checked`] that also records each receipt's idempotency key with
+    /// its writes' commits, in the same transaction ([`StoreError::KeyInUse`] when one is
+    /// recorded already), and removes expired records.
+    pub fn commit_local_keyed(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: &[u64],
+        receipts: &[idempotency::Receipt],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, LocalCommitError> {
         if writes.is_empty() && dead_letters.is_empty() {
             return Ok(Vec::new());
         }
         let mut made: Vec<Event> = Vec::with_capacity(writes.len());
         let mut rest = writes.into_iter();
-        let result = self.commit_local_in(&mut rest, &mut made, dead_letters, sync, clock, wall_ms);
+        let result = self.commit_local_in(
+            &mut rest,
+            &mut made,
+            dead_letters,
+            receipts,
+            sync,
+            clock,
+            wall_ms,
+        );
         result.map_err(|error| {
             // Hand every write back, in order: those made into events, then the others.
             let writes = match &error {
-                StoreError::WriteRefused { .. } => {
+                StoreError::WriteRefused { .. } | StoreError::KeyInUse { .. } => {
                     made.into_iter().map(LocalWrite::from).chain(rest).collect()
                 }
                 _ => Vec::new(),
@@ -870,11 +929,13 @@ impl Store {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn commit_local_in(
         &self,
         writes: &mut std::vec::IntoIter<LocalWrite>,
         made: &mut Vec<Event>,
         dead_letters: &[u64],
+        receipts: &[idempotency::Receipt],
         sync: Sync,
         clock: &mut HlcClock,
         wall_ms: u64,
@@ -1052,6 +1113,16 @@ impl Store {
                 }
                 .save(&mut meta)?;
                 meta.insert(META_HLC, &hlc_bytes(clock.last())[..])?;
+            }
+            if !receipts.is_empty() {
+                idempotency::record(
+                    &mut txn.open_table(idempotency::IDEMPOTENCY)?,
+                    &mut txn.open_table(idempotency::IDEMPOTENCY_ORDER)?,
+                    receipts,
+                    &out,
+                    self.idempotency_window,
+                    wall_ms,
+                )?;
             }
             std::mem::take(&mut aae_rows.deltas)
         };

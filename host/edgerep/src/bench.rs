@@ -236,6 +236,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+#[allow(clippy::too_many_arguments)]
 fn api_cell(
     client: &Client,
     collection: &str,
@@ -244,6 +245,7 @@ fn api_cell(
     clients: usize,
     seconds: f64,
     round: usize,
+    keyed: bool,
 ) -> anyhow::Result<Cell> {
     let stop = Arc::new(AtomicBool::new(false));
     let events = Arc::new(AtomicU64::new(0));
@@ -262,8 +264,10 @@ fn api_cell(
             let tag = round * 1000 + id;
             while !stop.load(Ordering::Relaxed) {
                 let body = batch_body(&collection, &value, tag, &mut counter, batch);
+                // A fresh idempotency key per request (what a client that retries sends).
+                let key = keyed.then(|| format!("bench-{tag}-{counter}"));
                 let t = Instant::now();
-                match client.batch(&body, true) {
+                match client.batch_keyed(&body, true, key.as_deref()) {
                     Outcome::Ok(answer) => check_batch_answer(&answer, batch)?,
                     other => bail!("benchmark write failed: {other:?}"),
                 }
@@ -379,6 +383,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             clients,
             args.seconds,
             round,
+            false,
         )?;
         println!(
             "{:>7} {:>8} {:>12.0} {:>9.3} {:>9.3} {:>9} {:>9.3}",
@@ -391,6 +396,39 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             cell.eps / raw_before
         );
         cells.push(cell);
+    }
+    // What idempotency keys cost: a fresh key per request against none, on small requests
+    // (where a key weighs most) and larger ones, alternated twice, the better of each.
+    let mut keys_cost = Vec::new();
+    let mut round = 10_000;
+    for (batch, clients) in [(1usize, 4usize), (100, 4)] {
+        let (mut with, mut without) = (0f64, 0f64);
+        for _ in 0..2 {
+            for keyed in [true, false] {
+                round += 1;
+                let cell = api_cell(
+                    &client,
+                    "bench",
+                    value.as_bytes(),
+                    batch,
+                    clients,
+                    args.seconds,
+                    round,
+                    keyed,
+                )?;
+                if keyed {
+                    with = with.max(cell.eps);
+                } else {
+                    without = without.max(cell.eps);
+                }
+            }
+        }
+        println!(
+            "idempotency keys, batch {batch} x {clients} clients, a key per request: {with:.0} events/s with, {without:.0} without = {:.3} of it ({:+.1}%; target at most -5%)",
+            with / without,
+            (with / without - 1.0) * 100.0
+        );
+        keys_cost.push(json!({"batch": batch, "clients": clients, "with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": with / without}));
     }
     let status = verify_and_stop(&rt, node, &client)?;
     let raw_after = raw_redb(
@@ -440,6 +478,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "raw_redb_events_per_commit": args.raw_commit_events,
         "store_only_events_per_s": store_eps.round(),
         "fingerprints": {"with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": with / without},
+        "idempotency_keys": keys_cost,
         "api_events_per_s": best.eps.round(),
         "api_batch": best.batch,
         "api_clients": best.clients,
@@ -696,6 +735,7 @@ pub(crate) fn plugin(args: PluginArgs) -> anyhow::Result<u8> {
             args.clients,
             args.seconds,
             round,
+            false,
         )?;
         println!(
             "ingest into {collection:>5} (batch {} x {} clients): {:.0} events/s",

@@ -108,17 +108,39 @@ impl Client {
 
     /// PUT a JSON value.
     pub(crate) fn put_json(&self, collection: &str, key: &[u8], json: &str) -> Outcome {
-        Self::finish(
-            self.agent
-                .put(&self.kv_url(collection, key))
-                .content_type("application/json")
-                .send(json.as_bytes()),
-        )
+        self.put_json_keyed(collection, key, json, None)
     }
 
-    /// DELETE a key.
-    pub(crate) fn delete(&self, collection: &str, key: &[u8]) -> Outcome {
-        Self::finish(self.agent.delete(&self.kv_url(collection, key)).call())
+    /// PUT a JSON value, with an idempotency key if given.
+    pub(crate) fn put_json_keyed(
+        &self,
+        collection: &str,
+        key: &[u8],
+        json: &str,
+        idempotency_key: Option<&str>,
+    ) -> Outcome {
+        let mut req = self
+            .agent
+            .put(&self.kv_url(collection, key))
+            .content_type("application/json");
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        Self::finish(req.send(json.as_bytes()))
+    }
+
+    /// DELETE a key, with an idempotency key if given.
+    pub(crate) fn delete(
+        &self,
+        collection: &str,
+        key: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> Outcome {
+        let mut req = self.agent.delete(&self.kv_url(collection, key));
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        Self::finish(req.call())
     }
 
     /// GET a key's value as JSON (or all its versions).
@@ -132,6 +154,16 @@ impl Client {
 
     /// POST a batch body (JSON or CBOR).
     pub(crate) fn batch(&self, body: &[u8], cbor: bool) -> Outcome {
+        self.batch_keyed(body, cbor, None)
+    }
+
+    /// POST a batch body, with an idempotency key for the whole request if given.
+    pub(crate) fn batch_keyed(
+        &self,
+        body: &[u8],
+        cbor: bool,
+        idempotency_key: Option<&str>,
+    ) -> Outcome {
         let ct = if cbor {
             "application/cbor"
         } else {
@@ -143,6 +175,9 @@ impl Client {
             .content_type(ct);
         if cbor {
             req = req.header("accept", "application/cbor");
+        }
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
         }
         Self::finish(req.send(body))
     }

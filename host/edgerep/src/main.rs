@@ -106,6 +106,10 @@ enum Command {
         key: String,
         /// The value, as JSON text.
         json_value: String,
+        /// Send this idempotency key: a retry with the same key (after a timeout, a crash of
+        /// the node) gets the first answer and writes nothing again.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Print a key's value as JSON (exit 1 when absent).
     Get {
@@ -129,6 +133,9 @@ enum Command {
         collection: String,
         /// Key.
         key: String,
+        /// Send this idempotency key (see `put`).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Print the live keys of a collection, one JSON object a line, in key order.
     Scan {
@@ -566,8 +573,14 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             collection,
             key,
             json_value,
+            idempotency_key,
         } => Ok(report(
-            client(&config)?.put_json(&collection, key.as_bytes(), &json_value),
+            client(&config)?.put_json_keyed(
+                &collection,
+                key.as_bytes(),
+                &json_value,
+                idempotency_key.as_deref(),
+            ),
             print_body,
         )),
         Command::Get {
@@ -583,8 +596,9 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             config,
             collection,
             key,
+            idempotency_key,
         } => Ok(report(
-            client(&config)?.delete(&collection, key.as_bytes()),
+            client(&config)?.delete(&collection, key.as_bytes(), idempotency_key.as_deref()),
             print_body,
         )),
         Command::Scan {

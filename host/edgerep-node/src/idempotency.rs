@@ -1,0 +1,188 @@
+//! Idempotency keys on the local API: a client that did not get its answer (a timeout, a
+//! crash of the node) retries with the same key and gets the first answer, with nothing
+//! written twice.
+//!
+//! A write request may carry a key (`Idempotency-Key` header: the whole request; or
+//! `idempotency_key` on writes of a batch: each such write alone). The committer records the
+//! key with the request's commits in the transaction that commits them
+//! (`edgerep_store::idempotency`). Before a request runs (transforms, commit), its keys are
+//! looked up: a key recorded with the same request is answered from the record (header
+//! `idempotent-replayed: true`) and writes nothing; with another request, 409
+//! `idempotency_key_reused`. Two requests with one key at the same time: the first to commit
+//! records it; the other gets 409 `idempotency_key_in_use`, and its retry the first's answer.
+//!
+//! What identifies "the same request" is a hash of the writes as the client sent them
+//! (collection, key, operation, value, schema, metadata), before transforms run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::{HeaderMap, StatusCode};
+use edgerep_store::LocalWrite;
+use edgerep_store::idempotency::{MAX_KEY_BYTES, Recorded};
+use minicbor::{Decoder, Encoder};
+use serde_json::{Value as Json, json};
+
+use crate::api::ApiError;
+
+/// The request header carrying a key.
+pub(crate) const HEADER: &str = "idempotency-key";
+/// The answer header of a replayed answer.
+pub(crate) const REPLAYED: &str = "idempotent-replayed";
+
+/// What the status shows.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests (or batch writes) answered from a record.
+    pub replays: AtomicU64,
+    /// Keys sent again with another request (409).
+    pub reused: AtomicU64,
+    /// Keys that a concurrent request recorded first (409, retryable).
+    pub in_use: AtomicU64,
+}
+
+impl Counters {
+    /// As JSON, with the number of keys held.
+    pub(crate) fn to_json(&self, held: u64) -> Json {
+        json!({
+            "keys_held": held,
+            "replays_total": self.replays.load(Ordering::Relaxed),
+            "reused_total": self.reused.load(Ordering::Relaxed),
+            "in_use_total": self.in_use.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// A key must be 1 to 255 visible ASCII characters.
+pub(crate) fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(
+            "bad_idempotency_key",
+            format!(
+                "an idempotency key is 1 to {MAX_KEY_BYTES} visible ASCII characters (no spaces); got {} bytes",
+                key.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The request's `Idempotency-Key`, if it has one.
+pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(HEADER) else {
+        return Ok(None);
+    };
+    let key = v.to_str().map_err(|_| {
+        ApiError::bad_request(
+            "bad_idempotency_key",
+            "the Idempotency-Key header is not visible ASCII".into(),
+        )
+    })?;
+    check_key(key)?;
+    Ok(Some(key.to_owned()))
+}
+
+/// The hash that identifies a request: its writes as the client sent them.
+pub(crate) fn body_hash(writes: &[LocalWrite]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    let mut field = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    for w in writes {
+        field(w.collection.as_bytes());
+        field(&w.key);
+        match &w.value {
+            Some(v) => {
+                field(b"put");
+                field(v.as_bytes());
+            }
+            None => field(b"delete"),
+        }
+        field(&w.schema.to_le_bytes());
+        for (k, v) in &w.meta {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
+        field(b"end");
+    }
+    *h.finalize().as_bytes()
+}
+
+/// What a request's answer is rebuilt from besides its commits: for each commit, the index of
+/// the request's write it came from, and the writes plugins refused (as the answer listed
+/// them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Extra {
+    pub(crate) indexes: Vec<u64>,
+    pub(crate) rejected: Vec<Json>,
+}
+
+impl Extra {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut e = Encoder::new(&mut buf);
+        // Writing into a Vec cannot fail.
+        let _ = e.array(2).and_then(|e| e.array(self.indexes.len() as u64));
+        for i in &self.indexes {
+            let _ = e.u64(*i);
+        }
+        let _ = e.str(&Json::Array(self.rejected.clone()).to_string());
+        buf
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Extra, String> {
+        let mut d = Decoder::new(bytes);
+        let bad = |e: minicbor::decode::Error| format!("idempotency answer: {e}");
+        if d.array().map_err(bad)? != Some(2) {
+            return Err("idempotency answer: expected 2 fields".into());
+        }
+        let n = d.array().map_err(bad)?.ok_or("indefinite list")?;
+        let mut indexes = Vec::new();
+        for _ in 0..n {
+            indexes.push(d.u64().map_err(bad)?);
+        }
+        let rejected = match serde_json::from_str(d.str().map_err(bad)?) {
+            Ok(Json::Array(list)) => list,
+            _ => return Err("idempotency answer: rejected writes are not a JSON list".into()),
+        };
+        Ok(Extra { indexes, rejected })
+    }
+}
+
+/// What the store holds of a key, as seen by a request with hash `body`.
+pub(crate) enum Lookup {
+    /// Not recorded: run the request.
+    New,
+    /// Recorded with this request: answer from the record.
+    Replay(Recorded),
+}
+
+/// Looks `key` up; Err(409) when it was recorded with another request.
+pub(crate) fn lookup(
+    store: &edgerep_store::Store,
+    counters: &Counters,
+    key: &str,
+    body: &[u8; 32],
+) -> Result<Lookup, ApiError> {
+    match store
+        .idempotency(key)
+        .map_err(|e| ApiError::internal(format!("store: {e}")))?
+    {
+        None => Ok(Lookup::New),
+        Some(r) if r.body == *body => {
+            counters.replays.fetch_add(1, Ordering::Relaxed);
+            Ok(Lookup::Replay(r))
+        }
+        Some(r) => {
+            counters.reused.fetch_add(1, Ordering::Relaxed);
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                format!(
+                    "idempotency key {key:?} was used at {} ms (Unix time) with another request; nothing was written (a retry must send the same writes, or use a new key)",
+                    r.at_ms
+                ),
+            ))
+        }
+    }
+}

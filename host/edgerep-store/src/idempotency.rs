@@ -1,0 +1,227 @@
+//! Idempotency keys of local writes: a client's key for a request, recorded with the request's
+//! answer in the transaction that commits its events, so a retry after a timeout or a crash
+//! gets the original answer instead of committing the writes again.
+//!
+//! Tables: `idempotency` (key -> record) and `idempotency_order` (insertion number -> key, with
+//! the time it was recorded), which the committer trims in each transaction that records keys:
+//! records older than the window's time or beyond its count go, oldest first, at most
+//! [`EXPIRE_PER_COMMIT`] per transaction.
+//!
+//! Invariant: a key is recorded only with the events it committed, in one transaction; a key
+//! already recorded refuses a second commit under it ([`crate::StoreError::KeyInUse`]).
+
+use minicbor::{Decoder, Encoder};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+
+use crate::{Committed, StoreError, corrupt};
+use edgerep_wire::Hlc;
+
+pub(crate) const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+pub(crate) const IDEMPOTENCY_ORDER: TableDefinition<u64, (u64, &str)> =
+    TableDefinition::new("idempotency_order");
+
+/// Most expired records one transaction removes.
+pub const EXPIRE_PER_COMMIT: usize = 256;
+
+/// Longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// How long, and how many, idempotency records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Records older than this (ms) are removed.
+    pub keep_ms: u64,
+    /// At most this many records are kept (the oldest go first).
+    pub keep_keys: u64,
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window {
+            keep_ms: 24 * 3600 * 1000,
+            keep_keys: 100_000,
+        }
+    }
+}
+
+/// A request's key, to record with the events it commits: writes `first .. first + count` of
+/// the transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The client's key.
+    pub key: String,
+    /// A hash of the request as the client sent it: a retry must send the same.
+    pub body: [u8; 32],
+    /// The first of its writes in the transaction.
+    pub first: usize,
+    /// How many writes.
+    pub count: usize,
+    /// Whatever else the caller needs to rebuild its answer (opaque here).
+    pub extra: Vec<u8>,
+}
+
+/// What a key was recorded with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The request's hash.
+    pub body: [u8; 32],
+    /// When it was recorded (ms since the Unix epoch, this node's clock).
+    pub at_ms: u64,
+    /// Where its writes landed.
+    pub committed: Vec<Committed>,
+    /// The caller's extra.
+    pub extra: Vec<u8>,
+}
+
+impl Recorded {
+    fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut e = Encoder::new(&mut buf);
+        // Writing into a Vec cannot fail.
+        let _ = e
+            .array(4)
+            .and_then(|e| e.bytes(&self.body))
+            .and_then(|e| e.u64(self.at_ms))
+            .and_then(|e| e.array(self.committed.len() as u64));
+        for c in &self.committed {
+            let _ = e
+                .array(4)
+                .and_then(|e| e.u64(c.seq))
+                .and_then(|e| e.u64(c.hlc.physical_ms))
+                .and_then(|e| e.u32(c.hlc.logical))
+                .and_then(|e| e.u64(c.position));
+        }
+        let _ = e.bytes(&self.extra);
+        buf
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Recorded, String> {
+        let mut d = Decoder::new(bytes);
+        let bad = |e: minicbor::decode::Error| format!("idempotency record: {e}");
+        if d.array().map_err(bad)? != Some(4) {
+            return Err("idempotency record: expected 4 fields".into());
+        }
+        let body: [u8; 32] = d
+            .bytes()
+            .map_err(bad)?
+            .try_into()
+            .map_err(|_| "idempotency record: body hash is not 32 bytes".to_owned())?;
+        let at_ms = d.u64().map_err(bad)?;
+        let n = d
+            .array()
+            .map_err(bad)?
+            .ok_or("idempotency record: indefinite list")?;
+        let mut committed = Vec::new();
+        for _ in 0..n {
+            if d.array().map_err(bad)? != Some(4) {
+                return Err("idempotency record: expected a commit of 4 fields".into());
+            }
+            let seq = d.u64().map_err(bad)?;
+            let physical = d.u64().map_err(bad)?;
+            let logical = d.u32().map_err(bad)?;
+            let position = d.u64().map_err(bad)?;
+            committed.push(Committed {
+                seq,
+                hlc: Hlc::new(physical, logical),
+                position,
+            });
+        }
+        let extra = d.bytes().map_err(bad)?.to_vec();
+        Ok(Recorded {
+            body,
+            at_ms,
+            committed,
+            extra,
+        })
+    }
+}
+
+/// The record of `key`, if any.
+pub(crate) fn get(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<Recorded>, StoreError> {
+    match table.get(key)? {
+        Some(g) => Recorded::decode(g.value())
+            .map(Some)
+            .map_err(|e| corrupt("idempotency", e)),
+        None => Ok(None),
+    }
+}
+
+/// Records each receipt with its writes' commits (`out`, the transaction's commits in write
+/// order), then trims the tables to `window`. Err([`StoreError::KeyInUse`]) when a key is
+/// recorded already (a concurrent request under the same key committed first).
+pub(crate) fn record(
+    table: &mut Table<'_, &'static str, &'static [u8]>,
+    order: &mut Table<'_, u64, (u64, &'static str)>,
+    receipts: &[Receipt],
+    out: &[Committed],
+    window: Window,
+    wall_ms: u64,
+) -> Result<(), StoreError> {
+    let first = order.last()?.map_or(1, |(k, _)| k.value() + 1);
+    for (next, r) in (first..).zip(receipts) {
+        if table.get(r.key.as_str())?.is_some() {
+            return Err(StoreError::KeyInUse {
+                index: r.first,
+                key: r.key.clone(),
+            });
+        }
+        let committed = out
+            .get(r.first..r.first + r.count)
+            .ok_or_else(|| {
+                corrupt(
+                    "idempotency",
+                    "a receipt names writes the transaction lacks",
+                )
+            })?
+            .to_vec();
+        let record = Recorded {
+            body: r.body,
+            at_ms: wall_ms,
+            committed,
+            extra: r.extra.clone(),
+        };
+        table.insert(r.key.as_str(), record.encode().as_slice())?;
+        order.insert(next, (wall_ms, r.key.as_str()))?;
+    }
+    let mut held = table.len()?;
+    let cutoff = wall_ms.saturating_sub(window.keep_ms);
+    let mut expired: Vec<(u64, String)> = Vec::new();
+    for row in order.iter()?.take(EXPIRE_PER_COMMIT) {
+        let (n, v) = row?;
+        let (at, key) = v.value();
+        if at >= cutoff && held <= window.keep_keys {
+            break;
+        }
+        expired.push((n.value(), key.to_owned()));
+        held = held.saturating_sub(1);
+    }
+    for (n, key) in expired {
+        order.remove(n)?;
+        table.remove(key.as_str())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let r = Recorded {
+            body: [7; 32],
+            at_ms: 12,
+            committed: vec![Committed {
+                seq: 3,
+                hlc: Hlc::new(99, 2),
+                position: 40,
+            }],
+            extra: vec![1, 2],
+        };
+        assert_eq!(Recorded::decode(&r.encode()).unwrap(), r);
+        assert!(Recorded::decode(&r.encode()[..10]).is_err());
+    }
+}
