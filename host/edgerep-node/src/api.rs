@@ -531,18 +531,14 @@ fn replayed(mut r: Response) -> Response {
     r
 }
 
-/// Looks an idempotency key up (see `idempotency::lookup`).
+/// Looks an idempotency key up (see `idempotency::lookup`). One point read of a small
+/// table, on the async thread: handing it to a blocking thread cost more than the read.
 async fn lookup(
     app: &Arc<AppState>,
     key: &str,
     body: [u8; 32],
 ) -> Result<idempotency::Lookup, ApiError> {
-    let (app, key) = (app.clone(), key.to_owned());
-    tokio::task::spawn_blocking(move || {
-        idempotency::lookup(&app.store, &app.idempotency, &key, &body)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+    idempotency::lookup(&app.store, &app.idempotency, key, &body)
 }
 
 /// Commits `writes` with `receipts`; counts a key a concurrent request recorded first.

@@ -2,23 +2,29 @@
 //! answer in the transaction that commits its events, so a retry after a timeout or a crash
 //! gets the original answer instead of committing the writes again.
 //!
-//! Tables: `idempotency` (key -> record) and `idempotency_order` (insertion number -> key, with
-//! the time it was recorded), which the committer trims in each transaction that records keys:
-//! records older than the window's time or beyond its count go, oldest first, at most
-//! [`EXPIRE_PER_COMMIT`] per transaction.
+//! One table, `idempotency`: insertion number -> (key, at_ms, record), appended in order, so a commit
+//! that records keys dirties the table's last page only (a table keyed by the client's key took
+//! a random page per commit: 11% of single-write throughput). Lookups by key go through an
+//! index in memory (key -> insertion number), built from the table at open and changed after
+//! each commit by the committer, the table's only writer. Records older than the window's time
+//! or beyond its count go from the front, oldest first, at most [`EXPIRE_PER_COMMIT`] per
+//! transaction.
 //!
 //! Invariant: a key is recorded only with the events it committed, in one transaction; a key
-//! already recorded refuses a second commit under it ([`crate::StoreError::KeyInUse`]).
+//! already recorded refuses a second commit under it ([`crate::StoreError::KeyInUse`]); the
+//! index holds exactly the table's keys once the committing call returns.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use minicbor::{Decoder, Encoder};
-use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+use redb::{ReadableTable, Table, TableDefinition};
 
 use crate::{Committed, StoreError, corrupt};
 use edgerep_wire::Hlc;
 
-pub(crate) const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
-pub(crate) const IDEMPOTENCY_ORDER: TableDefinition<u64, (u64, &str)> =
-    TableDefinition::new("idempotency_order");
+pub(crate) const IDEMPOTENCY: TableDefinition<u64, (&str, u64, &[u8])> =
+    TableDefinition::new("idempotency");
 
 /// Most expired records one transaction removes.
 pub const EXPIRE_PER_COMMIT: usize = 256;
@@ -136,73 +142,135 @@ impl Recorded {
     }
 }
 
-/// The record of `key`, if any.
-pub(crate) fn get(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<Option<Recorded>, StoreError> {
-    match table.get(key)? {
-        Some(g) => Recorded::decode(g.value())
-            .map(Some)
-            .map_err(|e| corrupt("idempotency", e)),
-        None => Ok(None),
-    }
+/// The index in memory: key -> insertion number.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    by_key: Mutex<HashMap<String, u64>>,
 }
 
-/// Records each receipt with its writes' commits (`out`, the transaction's commits in write
-/// order), then trims the tables to `window`. Err([`StoreError::KeyInUse`]) when a key is
-/// recorded already (a concurrent request under the same key committed first).
-pub(crate) fn record(
-    table: &mut Table<'_, &'static str, &'static [u8]>,
-    order: &mut Table<'_, u64, (u64, &'static str)>,
-    receipts: &[Receipt],
-    out: &[Committed],
-    window: Window,
-    wall_ms: u64,
-) -> Result<(), StoreError> {
-    let first = order.last()?.map_or(1, |(k, _)| k.value() + 1);
-    for (next, r) in (first..).zip(receipts) {
-        if table.get(r.key.as_str())?.is_some() {
-            return Err(StoreError::KeyInUse {
-                index: r.first,
-                key: r.key.clone(),
-            });
+/// What a commit did to the index (applied once it is durable).
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    added: Vec<(String, u64)>,
+    removed: Vec<String>,
+}
+
+impl Index {
+    /// Reads every key of the table.
+    pub(crate) fn load(
+        table: &impl ReadableTable<u64, (&'static str, u64, &'static [u8])>,
+    ) -> Result<Index, StoreError> {
+        let mut by_key = HashMap::new();
+        for row in table.iter()? {
+            let (n, v) = row?;
+            by_key.insert(v.value().0.to_owned(), n.value());
         }
-        let committed = out
-            .get(r.first..r.first + r.count)
-            .ok_or_else(|| {
-                corrupt(
-                    "idempotency",
-                    "a receipt names writes the transaction lacks",
-                )
-            })?
-            .to_vec();
-        let record = Recorded {
-            body: r.body,
-            at_ms: wall_ms,
-            committed,
-            extra: r.extra.clone(),
+        Ok(Index {
+            by_key: Mutex::new(by_key),
+        })
+    }
+
+    fn number(&self, key: &str) -> Option<u64> {
+        self.by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// How many keys are held.
+    pub(crate) fn len(&self) -> u64 {
+        self.by_key.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    /// Takes in what a committed transaction did.
+    pub(crate) fn apply(&self, changes: Changes) {
+        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        for k in changes.removed {
+            by_key.remove(&k);
+        }
+        by_key.extend(changes.added);
+    }
+
+    /// The record of `key`, if any.
+    pub(crate) fn get(
+        &self,
+        table: &impl ReadableTable<u64, (&'static str, u64, &'static [u8])>,
+        key: &str,
+    ) -> Result<Option<Recorded>, StoreError> {
+        let Some(n) = self.number(key) else {
+            return Ok(None);
         };
-        table.insert(r.key.as_str(), record.encode().as_slice())?;
-        order.insert(next, (wall_ms, r.key.as_str()))?;
-    }
-    let mut held = table.len()?;
-    let cutoff = wall_ms.saturating_sub(window.keep_ms);
-    let mut expired: Vec<(u64, String)> = Vec::new();
-    for row in order.iter()?.take(EXPIRE_PER_COMMIT) {
-        let (n, v) = row?;
-        let (at, key) = v.value();
-        if at >= cutoff && held <= window.keep_keys {
-            break;
+        match table.get(n)? {
+            Some(g) if g.value().0 == key => Recorded::decode(g.value().2)
+                .map(Some)
+                .map_err(|e| corrupt("idempotency", e)),
+            // Expired meanwhile (the index changes after the commit).
+            _ => Ok(None),
         }
-        expired.push((n.value(), key.to_owned()));
-        held = held.saturating_sub(1);
     }
-    for (n, key) in expired {
-        order.remove(n)?;
-        table.remove(key.as_str())?;
+
+    /// Appends each receipt with its writes' commits (`out`, the transaction's commits in
+    /// write order), then removes what the window no longer keeps. Err([`StoreError::KeyInUse`])
+    /// when a key is recorded already (a concurrent request under the same key committed
+    /// first). The returned changes go to [`Index::apply`] once the transaction commits.
+    pub(crate) fn record(
+        &self,
+        table: &mut Table<'_, u64, (&'static str, u64, &'static [u8])>,
+        receipts: &[Receipt],
+        out: &[Committed],
+        window: Window,
+        wall_ms: u64,
+    ) -> Result<Changes, StoreError> {
+        let mut changes = Changes::default();
+        let first = table.last()?.map_or(1, |(k, _)| k.value() + 1);
+        for (n, r) in (first..).zip(receipts) {
+            if self.number(&r.key).is_some() || changes.added.iter().any(|(k, _)| *k == r.key) {
+                return Err(StoreError::KeyInUse {
+                    index: r.first,
+                    key: r.key.clone(),
+                });
+            }
+            let committed = out
+                .get(r.first..r.first + r.count)
+                .ok_or_else(|| {
+                    corrupt(
+                        "idempotency",
+                        "a receipt names writes the transaction lacks",
+                    )
+                })?
+                .to_vec();
+            let record = Recorded {
+                body: r.body,
+                at_ms: wall_ms,
+                committed,
+                extra: r.extra.clone(),
+            };
+            table.insert(n, (r.key.as_str(), wall_ms, record.encode().as_slice()))?;
+            changes.added.push((r.key.clone(), n));
+        }
+        let mut held = self.len() + changes.added.len() as u64;
+        let cutoff = wall_ms.saturating_sub(window.keep_ms);
+        let mut expired: Vec<u64> = Vec::new();
+        for row in table.iter()?.take(EXPIRE_PER_COMMIT) {
+            let (n, v) = row?;
+            let (key, at, _) = v.value();
+            if at >= cutoff && held <= window.keep_keys {
+                break;
+            }
+            expired.push(n.value());
+            changes.removed.push(key.to_owned());
+            held = held.saturating_sub(1);
+        }
+        for n in expired {
+            table.remove(n)?;
+        }
+        // A key removed and added in one call stays.
+        changes
+            .removed
+            .retain(|k| !changes.added.iter().any(|(a, _)| a == k));
+        Ok(changes)
     }
-    Ok(())
 }
 
 #[cfg(test)]

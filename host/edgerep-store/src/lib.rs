@@ -51,7 +51,7 @@ use keys::{log_key, log_seq, split_state_key, state_key};
 pub use digest::Digest;
 pub use resolution::{BY_DEFAULT_AFTER_DISAGREEMENT, Disagreement, Resolution, Resolver};
 use retention::{COMPACTED, feed_floor};
-pub use retention::{Compaction, Installed, StatePage};
+pub use retention::{CollectionCounts, Compaction, Installed, StatePage};
 pub use seals::Keys;
 use seals::{CERTS, CHAINS, SEALS};
 pub use versions::{Applied, Versions};
@@ -630,6 +630,8 @@ pub struct Store {
     resolver: Option<Arc<dyn Resolver>>,
     /// How long and how many idempotency records are kept.
     idempotency_window: idempotency::Window,
+    /// Idempotency keys held, in memory (see `idempotency.rs`).
+    idempotency_index: idempotency::Index,
 }
 
 impl std::fmt::Debug for Store {
@@ -743,7 +745,6 @@ impl Store {
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(DISAGREEMENTS)?;
             txn.open_table(idempotency::IDEMPOTENCY)?;
-            txn.open_table(idempotency::IDEMPOTENCY_ORDER)?;
             txn.open_table(PEERS)?;
             txn.open_table(COMPACTED)?;
             txn.open_table(CHAINS)?;
@@ -754,6 +755,8 @@ impl Store {
         }
         txn.commit()?;
         let (sums, open_check) = aae::open(&db, &limits)?;
+        let idempotency_index =
+            idempotency::Index::load(&db.begin_read()?.open_table(idempotency::IDEMPOTENCY)?)?;
         let store = Store {
             db,
             node: node.clone(),
@@ -764,6 +767,7 @@ impl Store {
             fingerprints: true,
             resolver: None,
             idempotency_window: idempotency::Window::default(),
+            idempotency_index,
         };
         let resume = store.resume()?;
         Ok((store, resume))
@@ -806,13 +810,13 @@ impl Store {
     /// What the idempotency key `key` was recorded with, if it is held.
     pub fn idempotency(&self, key: &str) -> Result<Option<idempotency::Recorded>, StoreError> {
         let txn = self.db.begin_read()?;
-        idempotency::get(&txn.open_table(idempotency::IDEMPOTENCY)?, key)
+        self.idempotency_index
+            .get(&txn.open_table(idempotency::IDEMPOTENCY)?, key)
     }
 
     /// How many idempotency keys are held.
     pub fn idempotency_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(idempotency::IDEMPOTENCY)?.len()?)
+        Ok(self.idempotency_index.len())
     }
 
     /// Has `resolver` decide, as each change is applied, what keys with concurrent versions
@@ -1114,20 +1118,24 @@ impl Store {
                 .save(&mut meta)?;
                 meta.insert(META_HLC, &hlc_bytes(clock.last())[..])?;
             }
-            if !receipts.is_empty() {
-                idempotency::record(
+            let keys = if receipts.is_empty() {
+                None
+            } else {
+                Some(self.idempotency_index.record(
                     &mut txn.open_table(idempotency::IDEMPOTENCY)?,
-                    &mut txn.open_table(idempotency::IDEMPOTENCY_ORDER)?,
                     receipts,
                     &out,
                     self.idempotency_window,
                     wall_ms,
-                )?;
-            }
-            std::mem::take(&mut aae_rows.deltas)
+                )?)
+            };
+            (std::mem::take(&mut aae_rows.deltas), keys)
         };
         txn.commit()?;
-        self.aae.apply(&deltas);
+        self.aae.apply(&deltas.0);
+        if let Some(keys) = deltas.1 {
+            self.idempotency_index.apply(keys);
+        }
         Ok(out)
     }
 

@@ -262,6 +262,7 @@ pub(crate) fn settle(
     resolver: &dyn Resolver,
     theirs: &[KeyResolution],
     peer: &NodeId,
+    by_collection: &mut std::collections::BTreeMap<String, crate::retention::CollectionCounts>,
 ) -> Result<u64, StoreError> {
     let mut moved = 0;
     for their in theirs {
@@ -326,6 +327,10 @@ pub(crate) fn settle(
             &new_row,
         )?;
         moved += 1;
+        by_collection
+            .entry(collection.to_owned())
+            .or_default()
+            .disagreements += 1;
     }
     Ok(moved)
 }

@@ -66,6 +66,17 @@ pub struct StatePage {
     pub next: Option<(String, Vec<u8>)>,
 }
 
+/// What a merge did to one collection (see [`Installed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollectionCounts {
+    /// Versions that changed a key.
+    pub changed: u64,
+    /// Of those, versions this node's have already covered (drift).
+    pub covered: u64,
+    /// Keys settled on the default after a disagreement.
+    pub disagreements: u64,
+}
+
 /// What [`Store::install_snapshot`] (or [`Store::repair_sealed`]) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installed {
@@ -80,6 +91,8 @@ pub struct Installed {
     /// Keys whose resolution differed from the peer's over the same versions, now resolved by
     /// the deterministic default (repair only).
     pub disagreements: u64,
+    /// `changed`, `covered` and `disagreements` per collection.
+    pub by_collection: BTreeMap<String, CollectionCounts>,
     /// Every origin's highest sequence number held afterwards.
     pub held: BTreeMap<String, u64>,
     /// Every origin's compacted floor afterwards.
@@ -539,9 +552,11 @@ impl Store {
             let mut counters = Counters::load(&meta)?;
             let held_before = read_map(&txn.open_table(ORIGINS)?)?;
             let (mut changed, mut covered, mut replaced) = (0, 0, 0);
+            let mut by_collection: BTreeMap<String, CollectionCounts> = BTreeMap::new();
             for (event, seal, path) in proven {
                 let lkey = log_key(event.origin.as_str(), event.seq);
                 let skey = state_key(&event.collection, &event.key);
+                let collection = event.collection.clone();
                 let within_have =
                     held_before.get(event.origin.as_str()).copied().unwrap_or(0) >= event.seq;
                 let (applied, was_damaged) = apply_to_state(
@@ -558,6 +573,9 @@ impl Store {
                 if applied == Applied::Added {
                     changed += 1;
                     covered += u64::from(within_have);
+                    let c = by_collection.entry(collection).or_default();
+                    c.changed += 1;
+                    c.covered += u64::from(within_have);
                     let kept = proofs::Kept {
                         state_key: skey,
                         seal,
@@ -582,6 +600,7 @@ impl Store {
                     resolver,
                     r.resolutions,
                     r.peer,
+                    &mut by_collection,
                 )?;
             }
             if changed > 0 || disagreements > 0 {
@@ -703,6 +722,7 @@ impl Store {
                     covered,
                     replaced,
                     disagreements,
+                    by_collection,
                     held,
                     compacted,
                 },

@@ -100,7 +100,10 @@ fn damage_is_found_at_restart_and_repaired_on_demand() {
     assert!(session["round_trips"].as_u64().unwrap() <= 5, "{report}");
     // node-2 merged node-1's versions: drift (its have covered them), one key replaced.
     wait_aae(&n2, "node-1", "node-2 repaired", |a| {
-        a["drift_total"] == 2 && a["replaced_total"] == 1
+        a["drift_total"] == 2
+            && a["replaced_total"] == 1
+            && a["collections"]["c"]["drift_total"] == 2
+            && a["collections"]["c"]["repaired_in_total"] == 2
     });
     converge(&[&n1, &n2], Duration::from_secs(30));
     assert_eq!(get(&n2, "c", "k7").1, r#"{"v":7}"#);
@@ -282,7 +285,7 @@ deadline_ms = {deadline_ms}
         "lww-fallback:slowpick"
     );
     wait_aae(&n1, "node-2", "disagreement counted", |a| {
-        a["disagreements_total"] == 1
+        a["disagreements_total"] == 1 && a["collections"]["tally"]["disagreements_total"] == 1
     });
     // A second session finds the states equal.
     let o = edgerep(&["reconcile", "--config", configs[0].to_str().unwrap()]);

@@ -71,6 +71,32 @@ pub struct AntiEntropyStatus {
     /// Keys this node resolved differently from this peer over the same versions (now the
     /// last-writer-wins default; recorded in `GET /v1/disagreements`).
     pub disagreements_total: u64,
+    /// The same counts per collection (collections where anything differed).
+    pub collections: BTreeMap<String, CollectionDrift>,
+}
+
+/// Per collection, what anti-entropy with one peer found and repaired.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CollectionDrift {
+    /// Keys found different here.
+    pub differing_total: u64,
+    /// Versions merged from the peer that changed a key.
+    pub repaired_in_total: u64,
+    /// Versions sent to the peer.
+    pub repaired_out_total: u64,
+    /// Of `repaired_in_total`, versions this node's have already covered.
+    pub drift_total: u64,
+    /// Keys settled on the default after a disagreement.
+    pub disagreements_total: u64,
+}
+
+/// The collection of a state key (`collection 0x00 key`).
+fn collection_of(state_key: &[u8]) -> String {
+    let end = state_key
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(state_key.len());
+    String::from_utf8_lossy(&state_key[..end]).into_owned()
 }
 
 /// One finished session of ours, as `edgerep reconcile` prints it.
@@ -428,12 +454,16 @@ impl Replicator {
                         return;
                     }
                 };
-                let differing = {
-                    let mut keys: BTreeSet<&Vec<u8>> = step.send.iter().collect();
-                    keys.extend(step.want.iter());
-                    keys.len() as u64
-                };
+                let mut keys: BTreeSet<&Vec<u8>> = step.send.iter().collect();
+                keys.extend(step.want.iter());
+                let differing = keys.len() as u64;
                 let s = self.anti_entropy.status.entry(peer.clone()).or_default();
+                for k in keys {
+                    s.collections
+                        .entry(collection_of(k))
+                        .or_default()
+                        .differing_total += 1;
+                }
                 s.keys_compared_total += step.compared;
                 s.differing_total += differing;
                 if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
@@ -616,6 +646,12 @@ impl Replicator {
         let sent = page.versions.len() as u64;
         let s = self.anti_entropy.status.entry(peer.clone()).or_default();
         s.repaired_out_total += sent;
+        for v in &page.versions {
+            s.collections
+                .entry(v.collection.clone())
+                .or_default()
+                .repaired_out_total += 1;
+        }
         s.unproven_total += page.unproven;
         if let Some(session) = self
             .anti_entropy
@@ -690,6 +726,12 @@ impl Replicator {
                 s.drift_total += out.covered;
                 s.replaced_total += out.replaced;
                 s.disagreements_total += out.disagreements;
+                for (c, n) in &out.by_collection {
+                    let d = s.collections.entry(c.clone()).or_default();
+                    d.repaired_in_total += n.changed;
+                    d.drift_total += n.covered;
+                    d.disagreements_total += n.disagreements;
+                }
                 if mine && let Some(session) = self.anti_entropy.sessions.get_mut(&peer) {
                     session.report.disagreements += out.disagreements;
                     session.report.repaired_in += out.changed;
