@@ -50,6 +50,11 @@ pub type InstallReply = Box<dyn FnOnce(Result<Installed, CommitError>) + Send>;
 /// Called on the committer thread with the outcome of [`Committer::compact`].
 pub type CompactReply = Box<dyn FnOnce(Result<Compaction, CommitError>) + Send>;
 
+/// Longest a group commit waits for more requests when fewer than the last group's are queued.
+const LINGER: Duration = Duration::from_micros(400);
+/// How often it looks while it waits.
+const LINGER_STEP: Duration = Duration::from_micros(25);
+
 /// Most changelog entries one compaction transaction removes (the rest go in the next ones),
 /// so local writes never wait long behind one (a few milliseconds: each removed event is
 /// decoded and its key looked up, to keep the blocks that still hold live versions).
@@ -224,6 +229,8 @@ impl Committer {
                 let mut writes: Vec<LocalWrite> = Vec::new();
                 let mut counts: Vec<usize> = Vec::new();
                 let mut held: Option<Request> = None;
+                // Requests in the last group commit (see the linger below).
+                let mut last_group: usize = 1;
                 // After a commit: what is synced now, for the hook.
                 let synced = |durable: &mut Durable, have: &mut Have, sync: Sync| {
                     if sync == Sync::Immediate {
@@ -390,6 +397,11 @@ impl Committer {
                     let alone = !replay.is_empty();
                     group.push(first);
                     let mut events: usize = group[0].writes.len();
+                    // Linger: the writers the last commit answered are likely to write again
+                    // at once; wait a little (at most LINGER) until as many requests are here,
+                    // so many small writers share one commit instead of alternating between a
+                    // full one and a nearly empty one.
+                    let linger_until = std::time::Instant::now() + LINGER;
                     while !alone && events < max_events {
                         match rx.try_recv() {
                             Ok(Request::Write(p)) if p.dead_letters.is_empty() => {
@@ -400,9 +412,17 @@ impl Committer {
                                 held = Some(other);
                                 break;
                             }
-                            Err(_) => break,
+                            Err(_) => {
+                                if group.len() >= last_group
+                                    || std::time::Instant::now() >= linger_until
+                                {
+                                    break;
+                                }
+                                thread::sleep(LINGER_STEP);
+                            }
                         }
                     }
+                    last_group = group.len();
                     writes.clear();
                     counts.clear();
                     for p in &mut group {
