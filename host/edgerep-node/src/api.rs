@@ -12,6 +12,7 @@
 //! | `GET /v1/status?verify=true` | node status, state digest, plugin metrics; `verify` rechecks the store |
 //! | `GET /v1/dead-letters?after=&limit=` | events plugins failed on, with the reason |
 //! | `GET /v1/dead-letters/{id}` | one dead letter in full |
+//! | `DELETE /v1/dead-letters/{id}` | drop a dead letter for good |
 //! | `POST /v1/dead-letters/{id}/replay` | run it through the current plugins again; on success it is committed and removed, in one transaction |
 //! | `GET /v1/disagreements?after=&limit=` | keys this node and a peer resolved differently over the same versions (both then hold the last-writer-wins default) |
 //!
@@ -318,7 +319,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/changelog/{origin}", get(changelog))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/disagreements", get(disagreements))
-        .route("/v1/dead-letters/{id}", get(dead_letter))
+        .route(
+            "/v1/dead-letters/{id}",
+            get(dead_letter).delete(delete_dead_letter),
+        )
         .route("/v1/dead-letters/{id}/replay", post(replay_dead_letter))
         .route("/v1/reconcile", post(reconcile))
         .fallback(|uri: Uri| async move {
@@ -511,10 +515,17 @@ async fn write_one(
     Ok(one_answer(&committed, &indexes).into_response())
 }
 
-/// The answer to one write: `{"seq", "hlc", "position"}`, or `{"committed": [...]}`.
+/// The answer to one write: `{"seq", "hlc", "position"}`, or `{"committed": [...]}` (with
+/// `"dropped"` saying so when a transform on ingest dropped the write).
 fn one_answer(committed: &[Committed], indexes: &[usize]) -> axum::Json<Json> {
     if committed.len() == 1 {
         return axum::Json(committed_json(&committed[0]));
+    }
+    if committed.is_empty() {
+        return axum::Json(json!({
+            "committed": [],
+            "dropped": "the collection's transforms on ingest dropped the write: nothing was written",
+        }));
     }
     let list: Vec<Json> = indexes
         .iter()
@@ -1396,6 +1407,19 @@ async fn dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError>
 /// Re-runs a dead letter's write through the collection's current transforms. If they accept
 /// it, its changes are committed and the dead letter removed in the same transaction (so a
 /// replay commits at most once); if a plugin fails again, nothing changes and the answer says why.
+async fn delete_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
+    let id = dead_letter_id(&uri)?;
+    let store = app.store.clone();
+    if !blocking(move || store.remove_dead_letter(id)).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_dead_letter",
+            format!("no dead letter {id} (deleted or replayed already?)"),
+        ));
+    }
+    Ok(axum::Json(json!({"deleted": id})).into_response())
+}
+
 async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
     let id = dead_letter_id(&uri)?.max(1);
     let d = find_dead_letter(&app, id).await?;
@@ -1411,7 +1435,7 @@ async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
     request::check_collection(&app.config, &d.write.collection)?;
     let outcome = ingest::run_blocking(&app, vec![d.write], false).await?;
     if let Some(failed) = outcome.failed.first() {
-        return Err(failed.to_error());
+        return Err(failed.to_replay_error(id));
     }
     let writes: Vec<LocalWrite> = outcome.accepted.into_iter().map(|(_, w)| w).collect();
     let committed = app.committer.commit_replacing(writes, vec![id]).await?;

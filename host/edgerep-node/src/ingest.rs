@@ -40,13 +40,22 @@ impl Failed {
         })
     }
 
-    /// The answer to a single write (PUT, DELETE, replay) that failed.
+    /// The answer to a single write (PUT, DELETE) that failed.
     pub(crate) fn to_error(&self) -> ApiError {
-        let r = &self.rejection;
         let kept = match self.dead_letter {
             Some(id) => format!("; kept as dead letter {id}"),
             None => "; dropped (policy skip)".to_owned(),
         };
+        self.error_with(&kept)
+    }
+
+    /// The answer to a replay of dead letter `id` that failed again (the entry stays).
+    pub(crate) fn to_replay_error(&self, id: u64) -> ApiError {
+        self.error_with(&format!("; dead letter {id} stays (nothing written)"))
+    }
+
+    fn error_with(&self, kept: &str) -> ApiError {
+        let r = &self.rejection;
         ApiError::plugin_failed(
             format!(
                 "plugin {:?} failed on the write ({}): {}{kept}",

@@ -86,11 +86,20 @@ impl Pipeline {
     /// Loads every configured plugin (checking its sha256 and its world against how the
     /// collections use it). Any problem refuses to start, with a message naming the file.
     pub fn load(config: &Config) -> Result<Pipeline, NodeError> {
+        Pipeline::load_with(config, Some(&config.node.data_dir.join("plugin-cache")))
+    }
+
+    /// [`Pipeline::load`] without writing anything (no compilation cache in the data
+    /// directory): what `edgerep config check` runs, so a wrong sha256, a missing file or a
+    /// plugin used in the wrong role is found before the node starts.
+    pub fn check(config: &Config) -> Result<(), NodeError> {
+        Pipeline::load_with(config, None).map(|_| ())
+    }
+
+    fn load_with(config: &Config, cache: Option<&std::path::Path>) -> Result<Pipeline, NodeError> {
         let mut plugins = BTreeMap::new();
         if !config.plugins.is_empty() {
-            let cache = config.node.data_dir.join("plugin-cache");
-            let runtime =
-                Runtime::new(Some(&cache)).map_err(|e| plugin_error(config, e.to_string()))?;
+            let runtime = Runtime::new(cache).map_err(|e| plugin_error(config, e.to_string()))?;
             for p in &config.plugins {
                 let wasm = std::fs::read(&p.path).map_err(|e| {
                     plugin_error(

@@ -306,6 +306,11 @@ fn replay_commits_once_with_the_current_plugins() {
     // Replaying with the same plugins fails again and keeps the dead letter.
     let again = node.post(&format!("/v1/dead-letters/{id}/replay"), json!(null));
     assert_eq!(again.status, 422, "{}", again.body);
+    let message = again.body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("dead letter {id} stays")) && !message.contains("policy skip"),
+        "{message}"
+    );
     assert_eq!(node.get(&format!("/v1/dead-letters/{id}")).status, 200);
     node.stop();
 
@@ -339,6 +344,13 @@ fn replay_commits_once_with_the_current_plugins() {
     let r = node.put("/v1/kv/readings/r2", json!({"status": "drop"}));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["committed"], json!([]));
+    assert!(
+        r.body["dropped"]
+            .as_str()
+            .is_some_and(|d| d.contains("dropped the write")),
+        "the answer says the write was dropped: {}",
+        r.body
+    );
     assert_eq!(node.get("/v1/kv/readings/r2").status, 404);
     node.stop();
 }

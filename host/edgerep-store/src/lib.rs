@@ -1921,6 +1921,14 @@ impl Store {
         Ok(id)
     }
 
+    /// Removes dead letter `id`; whether it was there.
+    pub fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(DEAD_LETTERS)?.remove(id)?.is_some();
+        txn.commit()?;
+        Ok(removed)
+    }
+
     /// Dead-letter records with ids after `after`, at most `limit`.
     pub fn dead_letters(
         &self,

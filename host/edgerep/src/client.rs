@@ -227,6 +227,15 @@ impl Client {
     }
 
     /// Replays one dead letter.
+    /// DELETE a dead letter.
+    pub(crate) fn delete_dead_letter(&self, id: u64) -> Outcome {
+        Self::finish(
+            self.agent
+                .delete(&format!("{}/v1/dead-letters/{id}", self.base))
+                .call(),
+        )
+    }
+
     pub(crate) fn replay_dead_letter(&self, id: u64) -> Outcome {
         Self::finish(
             self.agent

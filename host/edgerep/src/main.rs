@@ -426,6 +426,12 @@ fn print_pretty(body: &[u8]) {
 
 fn print_body(body: &[u8]) {
     println!("{}", String::from_utf8_lossy(body).trim_end());
+    // A write a transform dropped succeeds with nothing written: say so where people look.
+    if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(why) = answer.get("dropped").and_then(|d| d.as_str())
+    {
+        eprintln!("note: {why}");
+    }
 }
 
 /// A free loopback port (the OS picks one; it is released for the node to take).
@@ -665,6 +671,11 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         } => match Config::load(&file) {
             Ok(c) => {
                 if let Err(e) = check_files(&c) {
+                    eprintln!("{e}");
+                    return Ok(EXIT_USAGE);
+                }
+                // Every plugin: its file, its sha256, its world against how it is used.
+                if let Err(e) = edgerep_node::pipeline::Pipeline::check(&c) {
                     eprintln!("{e}");
                     return Ok(EXIT_USAGE);
                 }

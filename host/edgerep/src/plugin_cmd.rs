@@ -210,9 +210,26 @@ pub(crate) enum DeadLetterCommand {
         /// Its id.
         id: u64,
     },
-    /// Run a dead letter through the collection's current plugins again; on success its
-    /// changes are committed and it is removed, in one transaction.
+    /// Run a dead letter (or every one, `--all`) through the collection's current plugins
+    /// again; on success its changes are committed and it is removed, in one transaction; on
+    /// failure it stays.
     Replay {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Its id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Every dead letter written through the API (those of events from peers cannot be
+        /// replayed), one at a time; prints a line for each, exit 1 if any failed.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this collection's.
+        #[arg(long, requires = "all")]
+        collection: Option<String>,
+    },
+    /// Drop a dead letter for good (its write is not committed).
+    Delete {
         /// The node's config file.
         #[arg(long)]
         config: PathBuf,
@@ -240,9 +257,58 @@ pub(crate) fn dead_letters(command: DeadLetterCommand) -> anyhow::Result<u8> {
             let c = crate::client(&config)?;
             Ok(crate::report(c.dead_letter(id), crate::print_pretty))
         }
-        DeadLetterCommand::Replay { config, id } => {
+        DeadLetterCommand::Replay {
+            config,
+            id: Some(id),
+            ..
+        } => {
             let c = crate::client(&config)?;
             Ok(crate::report(c.replay_dead_letter(id), crate::print_body))
         }
+        DeadLetterCommand::Replay {
+            config,
+            id: None,
+            collection,
+            ..
+        } => replay_all(&crate::client(&config)?, collection.as_deref()),
+        DeadLetterCommand::Delete { config, id } => {
+            let c = crate::client(&config)?;
+            Ok(crate::report(c.delete_dead_letter(id), crate::print_body))
+        }
     }
+}
+
+/// `dead-letters replay --all`: every replayable dead letter (of `collection`), one at a time.
+fn replay_all(c: &crate::client::Client, collection: Option<&str>) -> anyhow::Result<u8> {
+    use crate::client::Outcome;
+    let (mut after, mut replayed, mut failed) = (0u64, 0u64, 0u64);
+    loop {
+        let list = match c.dead_letters(after, 100) {
+            Outcome::Ok(body) => serde_json::from_slice::<serde_json::Value>(&body)?,
+            other => return Ok(crate::report(other, |_| {})),
+        };
+        let items = list["dead_letters"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            break;
+        }
+        for d in items {
+            let id = d["id"].as_u64().unwrap_or(0);
+            after = after.max(id);
+            if collection.is_some_and(|want| d["collection"] != want) || d["stage"] != "ingest" {
+                continue;
+            }
+            match c.replay_dead_letter(id) {
+                Outcome::Ok(_) => {
+                    replayed += 1;
+                    println!("{id}: replayed");
+                }
+                Outcome::NotFound(m) | Outcome::Refused(_, m) | Outcome::Failed(m) => {
+                    failed += 1;
+                    println!("{id}: failed, stays: {m}");
+                }
+            }
+        }
+    }
+    eprintln!("{replayed} replayed, {failed} failed (they stay)");
+    Ok(u8::from(failed > 0))
 }

@@ -324,3 +324,140 @@ fn a_certificate_of_another_node_is_a_config_error() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("replication.cert"), "{}", stderr(&o));
 }
+
+/// `config check` loads every plugin as `run` would: a wrong sha256, a missing file and a
+/// resolver listed as a transform are found before the node starts, and nothing is written.
+#[test]
+fn config_check_loads_every_plugin() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
+    let wasm = dir.join("merge-counter.wasm").canonicalize().unwrap();
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let sha = sums
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix("merge-counter.wasm")
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = init(tmp.path(), "cfg-plugins");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let check = |extra: String| {
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+        (o.status.code(), stderr(&o))
+    };
+    let plugin = |path: &std::path::Path, sha: &str, role: &str| {
+        format!(
+            "\n[[collections.declared]]\nname = \"tally\"\n{role}\n\n[plugins.counter]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+            path.display()
+        )
+    };
+    let (code, err) = check(plugin(&wasm, &sha, "resolver = \"counter\""));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(plugin(&wasm, &"0".repeat(64), "resolver = \"counter\""));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("plugins.counter") && err.contains("sha256"),
+        "{err}"
+    );
+    let (code, err) = check(plugin(
+        &tmp.path().join("nope.wasm"),
+        &sha,
+        "resolver = \"counter\"",
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot read"), "{err}");
+    let (code, err) = check(plugin(&wasm, &sha, "transforms_on_ingest = [\"counter\"]"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("is a resolver, not a transform"), "{err}");
+    assert!(
+        !tmp.path().join("data").exists(),
+        "config check writes nothing"
+    );
+}
+
+/// `dead-letters delete` and `replay --all [--collection]` against a running node.
+#[test]
+fn dead_letters_are_deleted_and_replayed_all_at_once() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
+    let wasm = dir.join("filter.wasm").canonicalize().unwrap();
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix("filter.wasm").map(|h| h.trim().to_owned()))
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = init(tmp.path(), "dl-node");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let with_params = |params: &str| {
+        format!(
+            "{base}\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[[collections.declared]]\nname = \"other\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\n{params}\n",
+            wasm.display()
+        )
+    };
+    // The filter without its params fails on every write: each becomes a dead letter.
+    std::fs::write(&config, with_params("")).unwrap();
+    let c = config.to_str().unwrap();
+    let node = Node::start(&config);
+    for (coll, key) in [("readings", "r1"), ("readings", "r2"), ("other", "o1")] {
+        let o = edgerep(&["put", "--config", c, coll, key, r#"{"status":"ok"}"#]);
+        assert_eq!(o.status.code(), Some(3), "refused: {}", stderr(&o));
+    }
+    let list = |c: &str| -> Vec<serde_json::Value> {
+        stdout(&edgerep(&["dead-letters", "list", "--config", c]))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    assert_eq!(list(c).len(), 3);
+    // Replaying with the same plugins fails; the entries stay.
+    let o = edgerep(&[
+        "dead-letters",
+        "replay",
+        "--config",
+        c,
+        "--all",
+        "--collection",
+        "readings",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).matches("failed, stays").count(),
+        2,
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("0 replayed, 2 failed"),
+        "{}",
+        stderr(&o)
+    );
+    // One is dropped for good.
+    let first = list(c)[0]["id"].as_u64().unwrap().to_string();
+    let o = edgerep(&["dead-letters", "delete", "--config", c, &first]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(list(c).len(), 2);
+    let o = edgerep(&["dead-letters", "delete", "--config", c, &first]);
+    assert_eq!(o.status.code(), Some(1), "deleting twice: {}", stderr(&o));
+    drop(node);
+    // Fixed params: every remaining one is replayed and removed.
+    std::fs::write(
+        &config,
+        with_params("params = { field = \"status\", equals = \"drop\" }"),
+    )
+    .unwrap();
+    let node = Node::start(&config);
+    let o = edgerep(&["dead-letters", "replay", "--config", c, "--all"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        stdout(&o).matches(": replayed").count(),
+        2,
+        "{}",
+        stdout(&o)
+    );
+    assert!(list(c).is_empty());
+    let o = edgerep(&["get", "--config", c, "other", "o1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(node);
+}
