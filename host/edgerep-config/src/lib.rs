@@ -42,6 +42,7 @@
 //! transforms_on_apply = []   # plugin names, run on events from peers
 //! resolver = "lww"           # or the name of a resolver plugin
 //! durability = "immediate"   # or "periodic": acknowledge before the disk sync (see Durability)
+//! compare = "values"          # or "versions": what anti-entropy compares (see CollectionConfig)
 //!
 //! [plugins.redact]           # zero or more
 //! path = "plugins/redact.wasm"  # relative to the config file's directory
@@ -324,6 +325,11 @@ pub struct CollectionConfig {
     pub resolver: String,
     /// When writes to the collection are acknowledged.
     pub durability: Durability,
+    /// Anti-entropy compares the collection on its versions only (their dots and causal
+    /// contexts), not their values: values differ between nodes by design (transforms on
+    /// apply). Always true with transforms on apply; `compare = "versions"` on the nodes that
+    /// hold the collection without them (default: values).
+    pub compare_on_versions: bool,
 }
 
 /// `[limits]`: every value is greater than 0, and `max_value_bytes <= max_request_bytes`.
@@ -468,6 +474,8 @@ impl Config {
                     .declared
                     .into_iter()
                     .map(|c| CollectionConfig {
+                        compare_on_versions: !c.transforms_on_apply.is_empty()
+                            || c.compare == Some(raw::RawCompare::Versions),
                         name: c.name,
                         transforms_on_ingest: c.transforms_on_ingest,
                         transforms_on_apply: c.transforms_on_apply,

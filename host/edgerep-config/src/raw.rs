@@ -243,6 +243,15 @@ pub(crate) struct RawCollection {
     pub(crate) resolver: String,
     #[serde(default)]
     pub(crate) durability: RawDurability,
+    pub(crate) compare: Option<RawCompare>,
+}
+
+/// `compare` of a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawCompare {
+    Values,
+    Versions,
 }
 
 /// `durability` of a collection.

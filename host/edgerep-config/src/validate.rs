@@ -274,6 +274,14 @@ fn check_collections(raw: &RawConfig) -> Result<(), Violation> {
                 Seg::Key(key),
             ]
         };
+        if collection.compare == Some(crate::raw::RawCompare::Values)
+            && !collection.transforms_on_apply.is_empty()
+        {
+            return Err((
+                at("compare"),
+                "\"values\" with transforms on apply: this node's values are what its transforms make of the events, which other nodes need not share; anti-entropy compares such a collection on its versions (remove the key, or set \"versions\")".to_owned(),
+            ));
+        }
         if let Some(first) = seen.insert(collection.name.as_str(), i) {
             let first = render_path(&[
                 Seg::Key("collections"),

@@ -357,6 +357,35 @@ fn transforms_must_name_defined_plugins() {
 }
 
 #[test]
+fn what_anti_entropy_compares() {
+    let parsed = |extra: &str| {
+        parse(&with(&format!(
+            "[plugins.redact]\npath = \"r.wasm\"\nsha256 = \"{SHA}\"\n[[collections.declared]]\nname = \"orders\"\n{extra}"
+        )))
+    };
+    let c = parsed("").unwrap();
+    assert!(
+        !c.collections.declared[0].compare_on_versions,
+        "values by default"
+    );
+    let c = parsed("compare = \"versions\"\n").unwrap();
+    assert!(c.collections.declared[0].compare_on_versions);
+    let c = parsed("transforms_on_apply = [\"redact\"]\n[retention]\ncompact = false\n").unwrap();
+    assert!(
+        c.collections.declared[0].compare_on_versions,
+        "versions with transforms on apply"
+    );
+    let err = expect_error(
+        &with(&format!(
+            "[plugins.redact]\npath = \"r.wasm\"\nsha256 = \"{SHA}\"\n[[collections.declared]]\nname = \"orders\"\ntransforms_on_apply = [\"redact\"]\ncompare = \"values\"\n"
+        )),
+        "collections.declared[0].compare",
+    );
+    assert!(err.message.contains("transforms on apply"), "{err}");
+    assert!(parsed("compare = \"both\"\n").is_err());
+}
+
+#[test]
 fn plugins_parse_with_defaults_and_resolved_paths() {
     let text = with(&format!(
         "[plugins.redact]\npath = \"plugins/redact.wasm\"\nsha256 = \"{}\"\non_failure = \"halt\"\n\

@@ -367,6 +367,7 @@ impl Committer {
                                 &repair.certs,
                                 &repair.resolutions,
                                 &repair.peer,
+                                &repair.transformed,
                                 Sync::Immediate,
                             ) {
                                 Ok(out) => reply(Ok(out)),
@@ -670,6 +671,8 @@ pub struct Repair {
     pub certs: Vec<(NodeId, Vec<u8>)>,
     /// How the peer resolved the keys with concurrent versions.
     pub resolutions: Vec<edgerep_wire::aae::KeyResolution>,
+    /// What this node's transforms on apply made of versions of collections that have them.
+    pub transformed: BTreeMap<(String, u64), edgerep_store::OnApply>,
 }
 
 /// Asks the committer to sync deferred commits every `interval` while there are some; ends

@@ -175,13 +175,24 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // Plugins first: a bad plugin refuses to start before anything else is opened.
     let pipeline = Arc::new(pipeline::Pipeline::load(&config)?);
     let db_path = data_dir.join("edgerep.redb");
+    // Collections with transforms on apply hold values that differ between nodes by design:
+    // their rows hash on their versions only (see `edgerep_store::HashRule`).
+    let rule = edgerep_store::HashRule::versions_only(
+        config
+            .collections
+            .declared
+            .iter()
+            .filter(|c| c.compare_on_versions)
+            .map(|c| c.name.clone())
+            .collect(),
+    );
     let (store, resume) =
-        Store::open(&db_path, &config.node.id, event_limits(&config)).map_err(|source| {
-            NodeError::Store {
+        Store::open_with_rule(&db_path, &config.node.id, event_limits(&config), rule).map_err(
+            |source| NodeError::Store {
                 path: db_path.display().to_string(),
                 source,
-            }
-        })?;
+            },
+        )?;
     let check = store.open_check();
     if check.found_damage() {
         tracing::warn!(

@@ -139,6 +139,9 @@ pub struct OpenCheck {
     pub entries: u64,
     /// Entries that cannot be read (damaged): anti-entropy replaces them from a peer.
     pub unreadable: u64,
+    /// The collections hashed on their versions only changed since the last open (the
+    /// digest was recomputed under the new rule).
+    pub rule_changed: bool,
 }
 
 impl OpenCheck {
@@ -165,6 +168,8 @@ fn stored_digest_differs(
 pub(crate) fn open(
     db: &redb::Database,
     limits: &EventLimits,
+    rule: &crate::HashRule,
+    rule_changed: bool,
 ) -> Result<(Sums, OpenCheck), StoreError> {
     let mut sums = vec![Fingerprint::default(); 1 << 16];
     let mut check = OpenCheck::default();
@@ -176,7 +181,7 @@ pub(crate) fn open(
             let (k, v) = row?;
             let (collection, key) = split_state_key(k.value())
                 .ok_or_else(|| corrupt("state", "key without separator"))?;
-            let hash = Digest::of_entry(collection, key, v.value());
+            let hash = rule.entry(collection, key, v.value(), limits);
             let b = &mut sums[usize::from(bucket_of(k.value()))];
             b.sum.add(hash);
             b.count += 1;
@@ -210,11 +215,14 @@ pub(crate) fn open(
         (digest, entries)
     };
     check.entries = total.count;
-    check.digest_fixed = stored_digest != total.sum;
+    // A new hash rule (collections given or relieved of transforms on apply) changes the
+    // digest of an intact state: recomputed, not damage.
+    check.digest_fixed = stored_digest != total.sum && !rule_changed;
+    check.rule_changed = rule_changed;
     if stored_entries != total.count {
         check.entries_recorded = Some(stored_entries);
     }
-    if check.digest_fixed || check.entries_recorded.is_some() {
+    if stored_digest != total.sum || check.entries_recorded.is_some() {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -290,7 +298,9 @@ impl crate::Store {
                     let h = *hash.get_or_insert_with(|| {
                         let (collection, key) =
                             split_state_key(k.value()).unwrap_or(("", k.value()));
-                        Digest::of_entry(collection, key, v.value()).to_bytes()
+                        self.rule
+                            .entry(collection, key, v.value(), &self.limits)
+                            .to_bytes()
                     });
                     out[i].push((
                         bucket,

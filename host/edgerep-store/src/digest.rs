@@ -70,6 +70,69 @@ impl Digest {
     }
 }
 
+/// How a state row hashes into the digest and the anti-entropy fingerprints.
+///
+/// A row hashes whole ([`Digest::of_entry`]: its versions with their values, and the kept
+/// resolution), except in collections whose values differ between nodes by design (transforms
+/// on apply, which may differ per node): there it hashes only what every node holds alike, each
+/// version's dot and causal context ([`HashRule::versions_only`]), so nodes that hold the same
+/// versions agree however their transforms shaped the values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashRule {
+    versions_only: std::collections::BTreeSet<String>,
+}
+
+impl HashRule {
+    /// Rows of `collections` hash on their versions' dots and contexts only.
+    pub fn versions_only(collections: std::collections::BTreeSet<String>) -> HashRule {
+        HashRule {
+            versions_only: collections,
+        }
+    }
+
+    /// The collections hashed on their versions only.
+    pub fn collections(&self) -> &std::collections::BTreeSet<String> {
+        &self.versions_only
+    }
+
+    /// The hash of one state row.
+    pub(crate) fn entry(
+        &self,
+        collection: &str,
+        key: &[u8],
+        row: &[u8],
+        limits: &edgerep_wire::event::EventLimits,
+    ) -> Digest {
+        if !self.versions_only.contains(collection) {
+            return Digest::of_entry(collection, key, row);
+        }
+        // A row that cannot be read hashes whole: it differs from every peer's, as it should.
+        match crate::Versions::decode(row, limits) {
+            Ok(versions) => {
+                let mut h = blake3::Hasher::new();
+                h.update(b"versions-only");
+                h.update(&(collection.len() as u64).to_le_bytes());
+                h.update(collection.as_bytes());
+                h.update(&(key.len() as u64).to_le_bytes());
+                h.update(key);
+                for v in versions.events() {
+                    h.update(&(v.origin.as_str().len() as u64).to_le_bytes());
+                    h.update(v.origin.as_str().as_bytes());
+                    h.update(&v.seq.to_le_bytes());
+                    for (origin, seq) in v.context.iter() {
+                        h.update(&(origin.as_str().len() as u64).to_le_bytes());
+                        h.update(origin.as_str().as_bytes());
+                        h.update(&seq.to_le_bytes());
+                    }
+                    h.update(b"|");
+                }
+                Digest::from_bytes(h.finalize().as_bytes())
+            }
+            Err(_) => Digest::of_entry(collection, key, row),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,7 +48,7 @@ use redb::{
 
 use keys::{log_key, log_seq, split_state_key, state_key};
 
-pub use digest::Digest;
+pub use digest::{Digest, HashRule};
 pub use resolution::{BY_DEFAULT_AFTER_DISAGREEMENT, Disagreement, Resolution, Resolver};
 use retention::{COMPACTED, feed_floor};
 pub use retention::{CollectionCounts, Compaction, Installed, StatePage};
@@ -74,6 +74,7 @@ const META_FEED_LAST: &str = "feed_last";
 const META_DIGEST: &str = "digest";
 const META_ENTRIES: &str = "state_entries";
 const META_STORE_FORMAT: &str = "store_format";
+const META_VERSIONS_ONLY: &str = "versions_only";
 /// redb's page cache, at most.
 pub const CACHE_BYTES: usize = 32 << 20;
 /// Layout version of the tables above (2: origin chains and seals; 3: seals name their block
@@ -503,9 +504,11 @@ fn apply_to_state(
 ) -> Result<(Applied, bool), StoreError> {
     let skey = state_key(&event.collection, &event.key);
     let old = state.get(skey.as_slice())?;
-    let old_hash = old
-        .as_ref()
-        .map(|g| Digest::of_entry(&event.collection, &event.key, g.value()));
+    let old_hash = old.as_ref().map(|g| {
+        unresolved
+            .rule
+            .entry(&event.collection, &event.key, g.value(), limits)
+    });
     let (mut versions, mut damaged) = match &old {
         Some(g) => match Versions::decode(g.value(), limits) {
             Ok(v) => (v, false),
@@ -526,7 +529,7 @@ fn apply_to_state(
             None => *entries += 1,
         }
         let new_bytes = versions.encode();
-        let new_hash = Digest::of_entry(&collection, &key, &new_bytes);
+        let new_hash = unresolved.rule.entry(&collection, &key, &new_bytes, limits);
         digest.add(new_hash);
         index.set(&skey, old_hash, new_hash);
         state.insert(skey.as_slice(), new_bytes.as_slice())?;
@@ -543,13 +546,16 @@ fn apply_to_state(
 /// before it commits (after every event of the batch, not after each).
 struct Unresolved<'a> {
     resolver: Option<&'a dyn Resolver>,
+    /// How rows hash (carried here: every state write of the transaction needs it).
+    rule: &'a HashRule,
     keys: BTreeSet<Vec<u8>>,
 }
 
 impl<'a> Unresolved<'a> {
-    fn new(resolver: Option<&'a dyn Resolver>) -> Unresolved<'a> {
+    fn new(resolver: Option<&'a dyn Resolver>, rule: &'a HashRule) -> Unresolved<'a> {
         Unresolved {
             resolver,
+            rule,
             keys: BTreeSet::new(),
         }
     }
@@ -580,30 +586,35 @@ impl<'a> Unresolved<'a> {
             }
             let r = resolver.resolve(collection, key, &versions);
             let new_row = resolution::join_row(split.versions, Some(&r));
-            write_row(state, index, digest, &skey, collection, key, &row, &new_row)?;
+            let hash = |row: &[u8]| self.rule.entry(collection, key, row, limits);
+            write_row(
+                state,
+                index,
+                digest,
+                &skey,
+                (hash(&row), hash(&new_row)),
+                &new_row,
+            )?;
         }
         Ok(())
     }
 }
 
-/// Replaces a state row that exists (`old`) with `new`, keeping the digest and the
-/// anti-entropy sums in step.
-#[allow(clippy::too_many_arguments)]
+/// Replaces a state row that exists with `new`, keeping the digest and the anti-entropy sums
+/// in step (`hashes`: the old row's and the new row's).
 fn write_row(
     state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     index: &mut aae::Writes,
     digest: &mut Digest,
     skey: &[u8],
-    collection: &str,
-    key: &[u8],
-    old: &[u8],
+    hashes: (Digest, Digest),
     new: &[u8],
 ) -> Result<(), StoreError> {
-    if old == new {
+    let (old_hash, new_hash) = hashes;
+    if old_hash == new_hash {
+        state.insert(skey, new)?;
         return Ok(());
     }
-    let old_hash = Digest::of_entry(collection, key, old);
-    let new_hash = Digest::of_entry(collection, key, new);
     digest.sub(old_hash);
     digest.add(new_hash);
     index.set(skey, Some(old_hash), new_hash);
@@ -632,6 +643,8 @@ pub struct Store {
     idempotency_window: idempotency::Window,
     /// Idempotency keys held, in memory (see `idempotency.rs`).
     idempotency_index: idempotency::Index,
+    /// How state rows hash.
+    rule: HashRule,
 }
 
 impl std::fmt::Debug for Store {
@@ -676,10 +689,23 @@ impl Store {
     ) -> Result<(Store, Resume), StoreError> {
         // redb's default page cache is 1 GiB; a node at an edge site gets a bounded one, so its
         // memory does not grow with the size of the store.
+        Store::open_with_rule(path, node, limits, HashRule::default())
+    }
+
+    /// [`Store::open`], with rows of some collections hashed on their versions only (see
+    /// [`HashRule`]: collections with transforms on apply).
+    pub fn open_with_rule(
+        path: &Path,
+        node: &NodeId,
+        limits: EventLimits,
+        rule: HashRule,
+    ) -> Result<(Store, Resume), StoreError> {
+        // redb's default page cache is 1 GiB; a node at an edge site gets a bounded one, so its
+        // memory does not grow with the size of the store.
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
-        Store::init(db, &path.display().to_string(), node, limits)
+        Store::init(db, &path.display().to_string(), node, limits, rule)
     }
 
     /// Opens (or creates) the store kept in `backend`, a redb storage backend, for node `node`:
@@ -694,7 +720,7 @@ impl Store {
         limits: EventLimits,
     ) -> Result<(Store, Resume), StoreError> {
         let db = redb::Builder::new().create_with_backend(backend)?;
-        Store::init(db, name, node, limits)
+        Store::init(db, name, node, limits, HashRule::default())
     }
 
     /// Shared by the constructors: checks (or records) the node id and the store format, creates
@@ -704,10 +730,23 @@ impl Store {
         name: &str,
         node: &NodeId,
         limits: EventLimits,
+        rule: HashRule,
     ) -> Result<(Store, Resume), StoreError> {
         let txn = db.begin_write()?;
+        let rule_changed;
         {
             let mut meta = txn.open_table(META)?;
+            // The collections hashed on their versions only, as one line each.
+            let wanted: Vec<u8> = rule
+                .collections()
+                .iter()
+                .flat_map(|c| c.bytes().chain(std::iter::once(b'\n')))
+                .collect();
+            let held = meta.get(META_VERSIONS_ONLY)?.map(|g| g.value().to_vec());
+            rule_changed = held.unwrap_or_default() != wanted;
+            if rule_changed {
+                meta.insert(META_VERSIONS_ONLY, wanted.as_slice())?;
+            }
             let stored = meta.get(META_NODE_ID)?.map(|g| g.value().to_vec());
             match stored {
                 None => {
@@ -754,7 +793,7 @@ impl Store {
             txn.open_table(proofs::BLOCKS)?;
         }
         txn.commit()?;
-        let (sums, open_check) = aae::open(&db, &limits)?;
+        let (sums, open_check) = aae::open(&db, &limits, &rule, rule_changed)?;
         let idempotency_index =
             idempotency::Index::load(&db.begin_read()?.open_table(idempotency::IDEMPOTENCY)?)?;
         let store = Store {
@@ -768,6 +807,7 @@ impl Store {
             resolver: None,
             idempotency_window: idempotency::Window::default(),
             idempotency_index,
+            rule,
         };
         let resume = store.resume()?;
         Ok((store, resume))
@@ -992,7 +1032,7 @@ impl Store {
                             .map_err(|e| corrupt("state", e))?;
                         (
                             versions,
-                            Some(Digest::of_entry(&w.collection, &w.key, bytes)),
+                            Some(self.rule.entry(&w.collection, &w.key, bytes, &self.limits)),
                         )
                     }
                     None => (Versions::new(), None),
@@ -1084,7 +1124,9 @@ impl Store {
                     block.clear();
                 }
                 let new_bytes = Versions::encode_single(&event_bytes);
-                let new_hash = Digest::of_entry(&event.collection, &event.key, &new_bytes);
+                let new_hash =
+                    self.rule
+                        .entry(&event.collection, &event.key, &new_bytes, &self.limits);
                 digest.add(new_hash);
                 aae_rows.set(&skey, old_hash, new_hash);
                 state.insert(skey.as_slice(), new_bytes.as_slice())?;
@@ -1423,7 +1465,7 @@ impl Store {
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
             let mut index = aae::Writes::new(self.fingerprints);
-            let mut unresolved = Unresolved::new(self.resolver.as_deref());
+            let mut unresolved = Unresolved::new(self.resolver.as_deref(), &self.rule);
             seals::put_certs(&txn, sealed)?;
             // Before anything is written, one pass encodes each event and walks each origin's
             // chain over its new events, checking the batch's seals on the way: a seal that
@@ -1891,18 +1933,18 @@ impl Store {
 
     /// Recomputes the digest from the whole state table (to check the incremental one).
     pub fn recompute_digest(&self) -> Result<Digest, StoreError> {
-        Store::recompute_digest_in(&self.db.begin_read()?)
+        self.recompute_digest_in(&self.db.begin_read()?)
     }
 
     /// [`Store::recompute_digest`] as of the snapshot `txn` reads.
-    fn recompute_digest_in(txn: &ReadTransaction) -> Result<Digest, StoreError> {
+    fn recompute_digest_in(&self, txn: &ReadTransaction) -> Result<Digest, StoreError> {
         let state = txn.open_table(STATE)?;
         let mut digest = Digest::default();
         for row in state.iter()? {
             let (k, v) = row?;
             let (coll, key) = split_state_key(k.value())
                 .ok_or_else(|| corrupt("state", "key without separator"))?;
-            digest.add(Digest::of_entry(coll, key, v.value()));
+            digest.add(self.rule.entry(coll, key, v.value(), &self.limits));
         }
         Ok(digest)
     }
@@ -2090,7 +2132,7 @@ impl Store {
                 }
             }
         }
-        let full = Store::recompute_digest_in(&txn)?;
+        let full = self.recompute_digest_in(&txn)?;
         if full != status.digest {
             return Ok(Err(format!(
                 "incremental digest {} differs from recomputed {}",

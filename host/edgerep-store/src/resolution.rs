@@ -259,6 +259,7 @@ pub(crate) struct SettleTables<'a, 't> {
 pub(crate) fn settle(
     t: &mut SettleTables<'_, '_>,
     limits: &EventLimits,
+    rule: &crate::HashRule,
     resolver: &dyn Resolver,
     theirs: &[KeyResolution],
     peer: &NodeId,
@@ -316,14 +317,13 @@ pub(crate) fn settle(
         t.disagreements.insert(id, record.encode().as_slice())?;
         let mut new_row = split.versions.to_vec();
         new_row.extend_from_slice(&default);
+        let hash = |r: &[u8]| rule.entry(collection, key, r, limits);
         write_row(
             t.state,
             t.index,
             t.digest,
             &their.state_key,
-            collection,
-            key,
-            &row,
+            (hash(&row), hash(&new_row)),
             &new_row,
         )?;
         moved += 1;

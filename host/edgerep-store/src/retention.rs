@@ -28,10 +28,12 @@ use crate::{
 };
 use edgerep_wire::aae::KeyResolution;
 
-/// A repair in progress: the peer's resolutions to compare with this node's.
+/// A repair in progress: the peer's resolutions to compare with this node's, and what this
+/// node's transforms on apply made of versions of collections that have them.
 struct Repairing<'a> {
     resolutions: &'a [KeyResolution],
     peer: &'a NodeId,
+    transformed: &'a BTreeMap<(String, u64), crate::OnApply>,
 }
 
 /// Rows of kept proofs and blocks a compaction checks for superseded versions.
@@ -457,6 +459,8 @@ impl Store {
     /// version proven its origin's replaces a version this node holds with the same origin and
     /// sequence number but other bytes, and a key this node cannot read (both: damage here).
     ///
+    /// `transformed` says, per version (origin, seq) of a collection with transforms on apply
+    /// here, what those made of it: the state takes that, the proof keeps the origin's event.
     /// `resolutions` are the peer's, for keys with concurrent versions: where this node holds
     /// the same versions but resolved them otherwise, the disagreement is recorded and the key
     /// takes the deterministic default ([`crate::Resolution::default_of`]).
@@ -469,6 +473,7 @@ impl Store {
         certs: &[(NodeId, Vec<u8>)],
         resolutions: &[KeyResolution],
         peer: &NodeId,
+        transformed: &BTreeMap<(String, u64), crate::OnApply>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
         self.install_in(
@@ -478,7 +483,11 @@ impl Store {
             Some((seals, certs)),
             None,
             sync,
-            Some(Repairing { resolutions, peer }),
+            Some(Repairing {
+                resolutions,
+                peer,
+                transformed,
+            }),
         )
     }
 
@@ -548,7 +557,7 @@ impl Store {
             let mut proofs_t = txn.open_table(PROOFS)?;
             let mut blocks_t = txn.open_table(BLOCKS)?;
             let mut index = aae::Writes::new(self.fingerprints);
-            let mut unresolved = Unresolved::new(self.resolver.as_deref());
+            let mut unresolved = Unresolved::new(self.resolver.as_deref(), &self.rule);
             let mut counters = Counters::load(&meta)?;
             let held_before = read_map(&txn.open_table(ORIGINS)?)?;
             let (mut changed, mut covered, mut replaced) = (0, 0, 0);
@@ -559,6 +568,24 @@ impl Store {
                 let collection = event.collection.clone();
                 let within_have =
                     held_before.get(event.origin.as_str()).copied().unwrap_or(0) >= event.seq;
+                let shaped = repairing
+                    .as_ref()
+                    .and_then(|r| r.transformed.get(&(event.origin.to_string(), event.seq)));
+                let (event, original) = match shaped {
+                    None | Some(crate::OnApply::AsReceived) => (event, None),
+                    Some(crate::OnApply::Dropped) => continue,
+                    Some(crate::OnApply::Value(value)) => {
+                        let original = event.encode();
+                        let mut e = event;
+                        e.op = if value.is_some() {
+                            edgerep_wire::Op::Put
+                        } else {
+                            edgerep_wire::Op::Delete
+                        };
+                        e.value = value.clone();
+                        (e, Some(original))
+                    }
+                };
                 let (applied, was_damaged) = apply_to_state(
                     &mut state,
                     &mut index,
@@ -580,7 +607,7 @@ impl Store {
                         state_key: skey,
                         seal,
                         path,
-                        original: None,
+                        original,
                     };
                     proofs_t.insert(lkey.as_slice(), kept.encode().as_slice())?;
                 }
@@ -597,6 +624,7 @@ impl Store {
                         digest: &mut counters.digest,
                     },
                     &self.limits,
+                    &self.rule,
                     resolver,
                     r.resolutions,
                     r.peer,

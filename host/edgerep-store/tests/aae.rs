@@ -112,6 +112,7 @@ fn repair(from: &Store, to: &Store) -> edgerep_store::Installed {
         &[],
         &to.resolutions_of(&keys).unwrap(),
         from.node(),
+        &Default::default(),
         Sync::Immediate,
     )
     .unwrap()
@@ -190,6 +191,7 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
             &[],
             theirs,
             peer.node(),
+            &Default::default(),
             Sync::Immediate,
         )
         .unwrap()
@@ -347,10 +349,79 @@ fn a_version_changed_in_place_is_replaced_by_the_proven_one() {
             &[],
             &[],
             a.node(),
+            &Default::default(),
             Sync::Immediate,
         )
         .unwrap();
     assert_eq!((out.changed, out.replaced), (1, 1), "{out:?}");
     assert_eq!(other.get("c", b"k1").unwrap(), a.get("c", b"k1").unwrap());
     assert!(!versions.is_empty());
+}
+
+#[test]
+fn a_collection_compared_on_versions_hashes_without_values_and_a_new_rule_is_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let rule = |on: bool| {
+        edgerep_store::HashRule::versions_only(if on {
+            ["c".to_owned()].into()
+        } else {
+            Default::default()
+        })
+    };
+    let open = |on: bool| {
+        Store::open_with_rule(&path, &node("b"), EventLimits::default(), rule(on))
+            .unwrap()
+            .0
+    };
+    let a = memory("a");
+    let mut c = clock();
+    a.commit_local(writes("k", 20, 1), &mut c, 1).unwrap();
+    {
+        let b = open(false);
+        ship(&a, &b, "a");
+        assert_eq!(b.status().unwrap().digest, a.status().unwrap().digest);
+    }
+    // Reopened under the other rule: the digest is recomputed, and that is not damage.
+    let b = open(true);
+    let check = b.open_check().clone();
+    assert!(check.rule_changed && !check.found_damage(), "{check:?}");
+    assert_ne!(b.status().unwrap().digest, a.status().unwrap().digest);
+    assert_eq!(b.verify().unwrap(), Ok(()));
+    // Two stores under "versions" that hold the same versions, one with a value a transform on
+    // apply changed: equal digests (under "values" they would differ).
+    let twin = |on: bool, transform: bool| {
+        let name = format!("t-{on}-{transform}.redb");
+        let s = Store::open_with_rule(
+            &dir.path().join(name),
+            &node("t"),
+            EventLimits::default(),
+            rule(on),
+        )
+        .unwrap()
+        .0;
+        let events = a.changelog("a", 0, usize::MAX).unwrap();
+        let received = events
+            .into_iter()
+            .map(|e| {
+                let on_apply = if transform && e.key == b"k3" {
+                    edgerep_store::OnApply::Value(Some(
+                        Value::from_json(&serde_json::json!("redacted"), &Default::default())
+                            .unwrap(),
+                    ))
+                } else {
+                    edgerep_store::OnApply::AsReceived
+                };
+                edgerep_store::Received { event: e, on_apply }
+            })
+            .collect();
+        s.apply_remote(received, &[], Sync::Immediate, &mut clock(), 1)
+            .unwrap();
+        s.status().unwrap().digest
+    };
+    assert_eq!(twin(true, false), twin(true, true));
+    assert_ne!(twin(false, false), twin(false, true));
+    drop(b);
+    let b = open(false);
+    assert!(b.open_check().rule_changed && !b.open_check().found_damage());
 }

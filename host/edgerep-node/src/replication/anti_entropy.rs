@@ -519,16 +519,15 @@ impl Replicator {
                     self.aae_repair_send(peer, id, &want, Vec::new());
                 }
                 let had_payload = !versions.is_empty() || !resolutions.is_empty();
-                // Collections with transforms on apply are left out of repair (see above), and
-                // so are versions beyond this node's have: in flight, replication brings them.
+                // Versions beyond this node's have are in flight: replication brings them.
                 let (versions, proofs): (Vec<_>, Vec<_>) = versions
                     .into_iter()
                     .zip(proofs)
-                    .filter(|(v, _)| {
-                        !self.transformed_on_apply.contains(v.collection.as_str())
-                            && self.have.get(&v.origin).copied().unwrap_or(0) >= v.seq
-                    })
+                    .filter(|(v, _)| self.have.get(&v.origin).copied().unwrap_or(0) >= v.seq)
                     .unzip();
+                // In collections with transforms on apply, the state holds what this node's
+                // transforms make of each version, as when the event first came.
+                let transformed = self.aae_shape(peer, &versions);
                 // Resolutions of collections with transforms on apply are not compared either.
                 let resolutions: Vec<_> = resolutions
                     .into_iter()
@@ -549,6 +548,7 @@ impl Replicator {
                             seals,
                             certs,
                             resolutions,
+                            transformed,
                         },
                         Box::new(move |result| hook.repaired(to, id, result)),
                     );
@@ -583,18 +583,40 @@ impl Replicator {
         std::str::from_utf8(collection).is_ok_and(|c| self.transformed_on_apply.contains(c))
     }
 
+    /// What this node's transforms on apply make of the repaired `versions` of collections
+    /// that have them. A version a transform fails on is left as the origin wrote it out of
+    /// the state here: dropped, logged (replication's failure policies do not apply to a
+    /// repair; the next session finds the key again).
+    fn aae_shape(
+        &self,
+        peer: &NodeId,
+        versions: &[edgerep_wire::Event],
+    ) -> BTreeMap<(String, u64), edgerep_store::OnApply> {
+        let check = |v: &edgerep_wire::Value| crate::check_plugin_value(v, &self.value_limits);
+        let mut out = BTreeMap::new();
+        for v in versions
+            .iter()
+            .filter(|v| self.transformed_on_apply.contains(v.collection.as_str()))
+        {
+            let shaped = match self.pipeline.run_apply(v, &check) {
+                Ok(on_apply) => on_apply,
+                Err(rejection) => {
+                    tracing::warn!(
+                        peer = %peer, plugin = %rejection.plugin, origin = %v.origin, seq = v.seq,
+                        failure = rejection.failure.kind.as_str(),
+                        "a transform on apply failed on a version anti-entropy repairs: left out of the state"
+                    );
+                    edgerep_store::OnApply::Dropped
+                }
+            };
+            out.insert((v.origin.to_string(), v.seq), shaped);
+        }
+        out
+    }
+
     /// Sends `peer` this node's versions of `keys`, and names the keys it wants.
     fn aae_repair_send(&mut self, peer: &NodeId, id: u64, keys: &[Vec<u8>], want: Vec<Vec<u8>>) {
-        let keys: Vec<Vec<u8>> = keys
-            .iter()
-            .filter(|k| !self.aae_transformed(k))
-            .take(REPAIR_KEYS)
-            .cloned()
-            .collect();
-        let want: Vec<Vec<u8>> = want
-            .into_iter()
-            .filter(|k| !self.aae_transformed(k))
-            .collect();
+        let keys: Vec<Vec<u8>> = keys.iter().take(REPAIR_KEYS).cloned().collect();
         let keys = keys.as_slice();
         let page = if keys.is_empty() {
             Ok(edgerep_store::StatePage {
