@@ -187,12 +187,18 @@ pub fn run_vectors_on_component(
         wasm_dir: wasm.to_path_buf(),
         build_hint: "edgerep plugin build".into(),
     };
-    let mut files: Vec<PathBuf> = fs::read_dir(vectors_dir)
-        .map_err(|e| format!("{}: {e}", vectors_dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.extend(vector_files(vectors_dir)?);
+    // One vector file, or a folder of them (and its folders).
+    let mut files: Vec<PathBuf> = if vectors_dir.is_file() {
+        vec![vectors_dir.to_path_buf()]
+    } else {
+        let mut files: Vec<PathBuf> = fs::read_dir(vectors_dir)
+            .map_err(|e| format!("{}: {e}", vectors_dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.extend(vector_files(vectors_dir)?);
+        files
+    };
     files.sort();
     Ok(files
         .into_iter()
@@ -285,19 +291,27 @@ fn run_case_across(
     let input = o.get("input").ok_or("missing input")?;
     let mut runs: Vec<CaseRun> = Vec::new();
     for build in builds {
+        // With several builds, say which one; with one (a single component) there is no other.
+        let which = |e: String| {
+            if builds.len() > 1 {
+                format!("{} build: {e}", build.toolchain)
+            } else {
+                e
+            }
+        };
         let run = run_on_build(runtime, build, plugin, world, &params, limits, input)
-            .map_err(|e| format!("{} build: {e}", build.toolchain))?;
+            .map_err(|e| which(e.to_string()))?;
         if !run.canonical {
-            return Err(format!(
-                "{} build: the plugin returned a value that is not in deterministic encoding \
-                 (the host canonicalized it)",
-                build.toolchain
+            return Err(which(
+                "the plugin returned a value that is not in deterministic encoding \
+                 (the host canonicalized it)"
+                    .to_owned(),
             ));
         }
         let outcome = run.outcome;
         expect
             .check(outcome.clone())
-            .map_err(|e| format!("{} build: {e}", build.toolchain))?;
+            .map_err(|e| which(e.to_string()))?;
         if let Some(first) = runs.first() {
             agree(first, &build.toolchain, &outcome)?;
         }

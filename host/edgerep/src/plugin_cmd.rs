@@ -69,12 +69,13 @@ pub(crate) enum PluginCommand {
         #[arg(short = 'o', long = "out")]
         out: Option<PathBuf>,
     },
-    /// Run every vector (*.json, in VECTORS and its folders) against a component; prints pass or
-    /// the difference per vector and exits 5 if any failed.
+    /// Run every vector (*.json, in VECTORS and its folders, or VECTORS itself if it is one
+    /// file) against a component; prints pass or the difference per vector and exits 5 if any
+    /// failed.
     Test {
         /// The component.
         wasm: PathBuf,
-        /// The folder of vectors.
+        /// A vector file, or a folder of vectors.
         vectors: PathBuf,
     },
 }

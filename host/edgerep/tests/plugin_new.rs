@@ -120,5 +120,20 @@ fn scaffolds_build_and_pass_their_vectors() {
             stdout.contains("pass ") && stdout.contains("sample.json"),
             "{stdout}"
         );
+        assert_eq!(
+            stdout.matches("broken.json").count(),
+            1,
+            "the path once: {stdout}"
+        );
+        assert!(!stdout.contains("component build"), "{stdout}");
+        // One vector file alone.
+        let out = edgerep(&[
+            os("plugin"),
+            os("test"),
+            wasm.as_os_str(),
+            sample.as_os_str(),
+        ]);
+        assert!(out.status.success(), "plugin test FILE ({lang})");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 of 1 vectors passed"));
     }
 }
