@@ -286,11 +286,19 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    init_logging_with("info");
+}
+
+/// Logs to stderr at `default` (or `RUST_LOG`), with colours only on a terminal (a log file
+/// gets plain text).
+pub(crate) fn init_logging_with(default: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -91,6 +91,8 @@ fn read_wasm(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
 }
 
 pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
+    // What a plugin logs (`log` in the SDKs) is shown: the author's window into the plugin.
+    crate::init_logging_with("warn,edgerep_plugin::guest=debug");
     match command {
         PluginCommand::New { lang, name, dir } => author::new(lang, &name, dir),
         PluginCommand::Build { lang, dir, out } => author::build(lang, &dir, out),

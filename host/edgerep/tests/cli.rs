@@ -292,6 +292,13 @@ fn plugin_check_and_run() {
         let o = edgerep(&args);
         assert_eq!(o.status.code(), Some(5), "{plugin}: {}", stderr(&o));
         assert_eq!(stdout(&o).trim(), kind, "{plugin}");
+        if plugin == "trap" {
+            // What the plugin logged (its panic message) reaches the author, without colour
+            // codes when stderr is not a terminal.
+            let err = stderr(&o);
+            assert!(err.contains("deliberate panic on key"), "{err}");
+            assert!(!err.contains('\u{1b}'), "{err}");
+        }
     }
 }
 
