@@ -213,7 +213,8 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Plugin author tools: check a component, run it once.
+    /// Plugin author tools: start a plugin (new), build it into a component (build), run its
+    /// vectors (test), check a component (check), run it once on an input (run).
     Plugin {
         #[command(subcommand)]
         command: plugin_cmd::PluginCommand,

@@ -47,11 +47,15 @@ pub(crate) enum PluginCommand {
         #[arg(long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
     },
-    /// Start a transform plugin in DIR/NAME: source, a README and a sample vector that passes.
+    /// Start a plugin in DIR/NAME: source (with native tests in Rust), a README and a sample
+    /// vector that passes.
     New {
         /// rust, tinygo or go (tinygo and go share one source).
         #[arg(long, value_parser = author::parse_lang)]
         lang: edgerep_build::Toolchain,
+        /// transform (filter, redact, enrich, route) or resolver (decides concurrent writes).
+        #[arg(long, value_parser = author::parse_world, default_value = "transform")]
+        world: World,
         /// The plugin's name (lowercase letters, digits, '-').
         name: String,
         /// Where to make the folder NAME (default: here).
@@ -94,7 +98,12 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
     // What a plugin logs (`log` in the SDKs) is shown: the author's window into the plugin.
     crate::init_logging_with("warn,edgerep_plugin::guest=debug");
     match command {
-        PluginCommand::New { lang, name, dir } => author::new(lang, &name, dir),
+        PluginCommand::New {
+            lang,
+            world,
+            name,
+            dir,
+        } => author::new(lang, world, &name, dir),
         PluginCommand::Build { lang, dir, out } => author::build(lang, &dir, out),
         PluginCommand::Test { wasm, vectors } => author::test(&wasm, &vectors),
         PluginCommand::Check { file } => {

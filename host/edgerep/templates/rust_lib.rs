@@ -19,3 +19,20 @@ impl Transform for Plugin {
 }
 
 edgerep_guest::export_transform!(Plugin);
+
+#[cfg(test)]
+mod tests {
+    //! Native tests: `cargo test` in this folder runs the plugin's code without a node.
+    use super::*;
+    use edgerep_guest::cbor::Value;
+
+    #[test]
+    fn sets_hello_in_maps_and_passes_the_rest() {
+        let value: Value = [("name", "x")].into_iter().collect();
+        let changes = Plugin::transform(Event::put("things", "t-1", &value)).unwrap();
+        let out = changes[0].value_cbor().unwrap().unwrap();
+        assert_eq!(out.get("hello").and_then(|v| v.as_str()), Some("world"));
+        let deleted = Plugin::transform(Event::delete("things", "t-1")).unwrap();
+        assert!(deleted[0].value_cbor().unwrap().is_none());
+    }
+}

@@ -51,6 +51,73 @@ fn os(s: &str) -> &std::ffi::OsStr {
 }
 
 #[test]
+fn resolver_scaffolds_build_and_pass_their_vectors_and_native_tests() {
+    let tmp = tempfile::tempdir().unwrap();
+    for lang in ["rust", "tinygo", "go"] {
+        let name = format!("pick-{lang}");
+        let out = edgerep(&[
+            os("plugin"),
+            os("new"),
+            os("--lang"),
+            os(lang),
+            os("--world"),
+            os("resolver"),
+            os(&name),
+            os("--dir"),
+            tmp.path().as_os_str(),
+        ]);
+        assert!(
+            out.status.success(),
+            "plugin new --world resolver --lang {lang}"
+        );
+        let dir = tmp.path().join(&name);
+        let wasm = tmp.path().join(format!("{name}.wasm"));
+        let out = edgerep(&[
+            os("plugin"),
+            os("build"),
+            os("--lang"),
+            os(lang),
+            dir.as_os_str(),
+            os("-o"),
+            wasm.as_os_str(),
+        ]);
+        assert!(out.status.success(), "plugin build ({lang})");
+        let out = edgerep(&[os("plugin"), os("check"), wasm.as_os_str()]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("\"world\": \"resolver\""));
+        let out = edgerep(&[
+            os("plugin"),
+            os("test"),
+            wasm.as_os_str(),
+            dir.join("vectors").as_os_str(),
+        ]);
+        assert!(out.status.success(), "plugin test ({lang})");
+        if lang == "rust" {
+            native_tests_pass(&dir);
+        }
+    }
+}
+
+/// The scaffold's native tests pass as made (`cargo test` in its folder).
+fn native_tests_pass(dir: &Path) {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["test", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target.join("plugin-new"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo test in the scaffold: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn scaffolds_build_and_pass_their_vectors() {
     let tmp = tempfile::tempdir().unwrap();
     for lang in ["rust", "tinygo", "go"] {
@@ -93,6 +160,9 @@ fn scaffolds_build_and_pass_their_vectors() {
         ]);
         assert!(out.status.success(), "plugin test ({lang})");
         assert!(String::from_utf8_lossy(&out.stdout).contains("pass "));
+        if lang == "rust" {
+            native_tests_pass(&dir);
+        }
 
         // A wrong expected value fails, naming the file.
         let sample = vectors.join("sample.json");

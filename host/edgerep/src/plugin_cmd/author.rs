@@ -9,11 +9,14 @@ use edgerep_build::Toolchain;
 use edgerep_build::component;
 use edgerep_build::go::{Go, GoToolchain, TinyGo};
 use edgerep_build::rust::{CargoBuild, DEFAULT_TARGET, remap_flags};
-use edgerep_plugin::Runtime;
+use edgerep_plugin::{Runtime, World};
 
 const RUST_CARGO_TOML: &str = include_str!("../../templates/rust_Cargo.toml");
 const RUST_LIB_RS: &str = include_str!("../../templates/rust_lib.rs");
+const RUST_RESOLVER_LIB_RS: &str = include_str!("../../templates/rust_resolver_lib.rs");
 const GO_MAIN_GO: &str = include_str!("../../templates/go_main.go");
+const GO_RESOLVER_MAIN_GO: &str = include_str!("../../templates/go_resolver_main.go");
+const SAMPLE_RESOLVER_VECTOR: &str = include_str!("../../templates/sample_resolver.json");
 const GO_MOD: &str = include_str!("../../templates/go.mod.txt");
 const SAMPLE_VECTOR: &str = include_str!("../../templates/sample.json");
 const README: &str = include_str!("../../templates/README.md");
@@ -38,7 +41,12 @@ fn fill(template: &str, vars: &[(&str, &str)]) -> String {
 }
 
 /// `edgerep plugin new`.
-pub(crate) fn new(lang: Toolchain, name: &str, dir: Option<PathBuf>) -> anyhow::Result<u8> {
+pub(crate) fn new(
+    lang: Toolchain,
+    world: World,
+    name: &str,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<u8> {
     ensure!(
         !name.is_empty()
             && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -55,24 +63,43 @@ pub(crate) fn new(lang: Toolchain, name: &str, dir: Option<PathBuf>) -> anyhow::
     match lang {
         Toolchain::Rust => {
             let sdk = root.join("guest-sdk/rust").display().to_string();
-            let vars = [("name", name), ("sdk", sdk.as_str())];
+            let vars = [
+                ("name", name),
+                ("sdk", sdk.as_str()),
+                ("world", world.as_str()),
+                ("does", does(world)),
+            ];
             files.push(("Cargo.toml".into(), fill(RUST_CARGO_TOML, &vars)));
-            files.push(("src/lib.rs".into(), fill(RUST_LIB_RS, &vars)));
+            let lib = match world {
+                World::Transform => RUST_LIB_RS,
+                World::Resolver => RUST_RESOLVER_LIB_RS,
+            };
+            files.push(("src/lib.rs".into(), fill(lib, &vars)));
         }
         Toolchain::TinyGo | Toolchain::Go => {
             let sdk = root.join("guest-sdk/go").display().to_string();
             let vars = [("name", name), ("sdk", sdk.as_str())];
             files.push(("go.mod".into(), fill(GO_MOD, &vars)));
-            files.push(("main.go".into(), fill(GO_MAIN_GO, &vars)));
+            let main = match world {
+                World::Transform => GO_MAIN_GO,
+                World::Resolver => GO_RESOLVER_MAIN_GO,
+            };
+            files.push(("main.go".into(), fill(main, &vars)));
         }
     }
     let vars = [
         ("name", name),
         ("lang", lang.as_str()),
         ("dir", folder_text.as_str()),
+        ("world", world.as_str()),
+        ("does", does(world)),
     ];
     files.push(("README.md".into(), fill(README, &vars)));
-    files.push(("vectors/sample.json".into(), fill(SAMPLE_VECTOR, &vars)));
+    let sample = match world {
+        World::Transform => SAMPLE_VECTOR,
+        World::Resolver => SAMPLE_RESOLVER_VECTOR,
+    };
+    files.push(("vectors/sample.json".into(), fill(sample, &vars)));
     for (path, text) in files {
         let path = folder.join(path);
         if let Some(parent) = path.parent() {
@@ -86,6 +113,25 @@ pub(crate) fn new(lang: Toolchain, name: &str, dir: Option<PathBuf>) -> anyhow::
         "edgerep: made {folder_text}: build it with `edgerep plugin build --lang {lang} {folder_text}`"
     );
     Ok(0)
+}
+
+/// What the scaffold of `world` does, for its README and Cargo.toml.
+fn does(world: World) -> &'static str {
+    match world {
+        World::Transform => "sets the field `hello` to `\"world\"` in map values",
+        World::Resolver => {
+            "picks the concurrent version with the largest `rank` (ties: the later version)"
+        }
+    }
+}
+
+/// `World` from `--world`.
+pub(crate) fn parse_world(s: &str) -> Result<World, String> {
+    match s {
+        "transform" => Ok(World::Transform),
+        "resolver" => Ok(World::Resolver),
+        other => Err(format!("expected transform or resolver, got {other:?}")),
+    }
 }
 
 /// `edgerep plugin build`.
