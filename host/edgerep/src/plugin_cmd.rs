@@ -72,6 +72,10 @@ pub(crate) enum PluginCommand {
         /// The component to write (default: DIR/target/<name>.<lang>.wasm).
         #[arg(short = 'o', long = "out")]
         out: Option<PathBuf>,
+        /// Write the new sha256 into this node config, in every [plugins.NAME] whose path is
+        /// the component (keeping the file's comments and layout).
+        #[arg(long, value_name = "FILE")]
+        update_config: Option<PathBuf>,
     },
     /// Run every vector (*.json, in VECTORS and its folders, or VECTORS itself if it is one
     /// file) against a component; prints pass or the difference per vector and exits 5 if any
@@ -104,7 +108,12 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
             name,
             dir,
         } => author::new(lang, world, &name, dir),
-        PluginCommand::Build { lang, dir, out } => author::build(lang, &dir, out),
+        PluginCommand::Build {
+            lang,
+            dir,
+            out,
+            update_config,
+        } => author::build(lang, &dir, out, update_config.as_deref()),
         PluginCommand::Test { wasm, vectors } => author::test(&wasm, &vectors),
         PluginCommand::Check { file } => {
             let wasm = read_wasm(&file)?;

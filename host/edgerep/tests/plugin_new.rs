@@ -162,6 +162,7 @@ fn scaffolds_build_and_pass_their_vectors() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("pass "));
         if lang == "rust" {
             native_tests_pass(&dir);
+            update_config_writes_the_new_hash(&tmp.path().join("node"), &dir, &wasm);
         }
 
         // A wrong expected value fails, naming the file.
@@ -206,4 +207,67 @@ fn scaffolds_build_and_pass_their_vectors() {
         assert!(out.status.success(), "plugin test FILE ({lang})");
         assert!(String::from_utf8_lossy(&out.stdout).contains("1 of 1 vectors passed"));
     }
+}
+
+/// `plugin build --update-config`: the node config names the component with a stale sha256; the
+/// build writes the new one in place, keeping the file's comments, and the config checks.
+fn update_config_writes_the_new_hash(node: &Path, dir: &Path, wasm: &Path) {
+    let out = edgerep(&[os("init"), node.as_os_str()]);
+    assert!(out.status.success());
+    let config = node.join("edgerep.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n# the plugin under work\n[plugins.demo]\npath = \"{}\"\nsha256 = \"{}\"\n",
+        wasm.display(),
+        "0".repeat(64)
+    ));
+    std::fs::write(&config, &text).unwrap();
+    let out = edgerep(&[os("config"), os("check"), config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2), "the stale hash is refused");
+    let out = edgerep(&[
+        os("plugin"),
+        os("build"),
+        dir.as_os_str(),
+        os("-o"),
+        wasm.as_os_str(),
+        os("--update-config"),
+        config.as_os_str(),
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let sha = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 "))
+        .unwrap()
+        .to_owned();
+    let updated = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        updated.contains(&format!("sha256 = \"{sha}\"")),
+        "{updated}"
+    );
+    assert!(updated.contains("# the plugin under work"), "comments kept");
+    let out = edgerep(&[os("config"), os("check"), config.as_os_str()]);
+    assert!(out.status.success(), "the config checks with the new hash");
+    // A config that does not name the component is left alone.
+    let other = node.join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(node.join("edgerep.toml"))
+            .unwrap()
+            .replace("[plugins.demo]", "[plugins.demo2]")
+            .replace(&wasm.display().to_string(), "/nowhere.wasm"),
+    )
+    .unwrap();
+    let before = std::fs::read_to_string(&other).unwrap();
+    let out = edgerep(&[
+        os("plugin"),
+        os("build"),
+        dir.as_os_str(),
+        os("-o"),
+        wasm.as_os_str(),
+        os("--update-config"),
+        other.as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), before);
 }

@@ -139,6 +139,7 @@ pub(crate) fn build(
     lang: Option<Toolchain>,
     dir: &Path,
     out: Option<PathBuf>,
+    update_config: Option<&Path>,
 ) -> anyhow::Result<u8> {
     let dir = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
     let lang = match lang {
@@ -176,7 +177,60 @@ pub(crate) fn build(
     println!("{}", out.display());
     println!("sha256 {}", i.sha256);
     println!("size {}", i.size);
+    if let Some(config) = update_config {
+        for name in update_sha256(config, &out, &i.sha256)? {
+            eprintln!(
+                "edgerep: {}: plugins.{name}.sha256 is now {} (restart the node to load the new build)",
+                config.display(),
+                i.sha256
+            );
+        }
+    }
     Ok(0)
+}
+
+/// Writes `sha256` into every `[plugins.NAME]` of the node config `config` whose `path` is the
+/// component `wasm`, keeping the file's comments and layout; returns their names. Refuses
+/// (changing nothing) when none names it, or when the result is not a valid config.
+fn update_sha256(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", config.display()))?;
+    let base = config.parent().unwrap_or(Path::new("."));
+    let target =
+        std::fs::canonicalize(wasm).with_context(|| format!("resolving {}", wasm.display()))?;
+    let mut updated = Vec::new();
+    if let Some(plugins) = doc.get_mut("plugins").and_then(|p| p.as_table_like_mut()) {
+        for (name, table) in plugins.iter_mut() {
+            let Some(t) = table.as_table_like_mut() else {
+                continue;
+            };
+            let Some(path) = t.get("path").and_then(|p| p.as_str()) else {
+                continue;
+            };
+            if std::fs::canonicalize(base.join(path)).is_ok_and(|p| p == target) {
+                t.insert("sha256", toml_edit::value(sha256));
+                updated.push(name.to_string());
+            }
+        }
+    }
+    ensure!(
+        !updated.is_empty(),
+        "no [plugins.NAME] table of {} has path {} (nothing changed)",
+        config.display(),
+        wasm.display()
+    );
+    let new_text = doc.to_string();
+    let tmp = config.with_extension("toml.new");
+    std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Err(e) = edgerep_config::Config::load(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("the updated config would not load (nothing changed): {e}");
+    }
+    std::fs::rename(&tmp, config).with_context(|| format!("replacing {}", config.display()))?;
+    Ok(updated)
 }
 
 /// The package name in a Cargo.toml's `[package]` table.
