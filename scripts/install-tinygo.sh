@@ -120,7 +120,11 @@ tinygo_ok() {
 }
 
 finish() {
-    log "tinygo $TINYGO_VERSION ready at $ROOT ($(cat "$ROOT/.edgerep-info" 2>/dev/null || true))"
+    # A caller that only wants the path (`edgerep plugin build`) sets EDGEREP_TINYGO_QUIET=1: an
+    # installation that was already there then goes unmentioned.
+    if [ "${1:-}" != ready ] || [ -z "${EDGEREP_TINYGO_QUIET:-}" ]; then
+        log "tinygo $TINYGO_VERSION ready at $ROOT ($(cat "$ROOT/.edgerep-info" 2>/dev/null || true))"
+    fi
     echo "$ROOT/bin/tinygo" >&3
     exit 0
 }
@@ -139,12 +143,12 @@ fast_path() {
 }
 
 mkdir -p "$CACHE"
-if fast_path; then finish; fi
+if fast_path; then finish ready; fi
 
 # --- slow path: build, under a lock --------------------------------------------------------------
 exec 9>"$CACHE/.tinygo-$TINYGO_VERSION.lock"
 flock 9
-if fast_path; then finish; fi # another run finished it while we waited
+if fast_path; then finish ready; fi # another run finished it while we waited
 log "installing TinyGo $TINYGO_VERSION (LLVM $LLVM_MAJOR, Go $GO_VERSION) into $ROOT"
 
 for stale in "$CACHE/.tinygo-$TINYGO_VERSION.tmp."*; do

@@ -186,6 +186,7 @@ impl TinyGo {
         }
         let out = Command::new("bash")
             .arg(&script)
+            .env("EDGEREP_TINYGO_QUIET", "1")
             .stderr(Stdio::inherit())
             .output()
             .map_err(|e| failed(format!("running {}: {e}", script.display())))?;
