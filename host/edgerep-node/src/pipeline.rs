@@ -68,6 +68,8 @@ pub struct Pipeline {
     on_apply: HashMap<String, Vec<String>>,
     resolvers: HashMap<String, String>,
     halted: Mutex<BTreeMap<String, String>>,
+    /// The node's limits on a value (a merged resolution is checked against them).
+    value_limits: edgerep_wire::value::DecodeLimits,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -178,6 +180,7 @@ impl Pipeline {
             on_apply,
             resolvers,
             halted: Mutex::new(BTreeMap::new()),
+            value_limits: crate::value_limits(config),
         })
     }
 
@@ -448,7 +451,26 @@ impl edgerep_store::Resolver for Pipeline {
         key: &[u8],
         versions: &Versions,
     ) -> edgerep_store::Resolution {
-        let r = self.resolve_now(collection, key, versions);
+        let mut r = self.resolve_now(collection, key, versions);
+        // A merged value is stored, and read back within the node's value limits: one past
+        // them is a failure of the plugin (decided alike on every node: the limits are policy).
+        if r.winner.is_none()
+            && let Some(v) = &r.value
+            && let Err(e) = crate::check_plugin_value(v, &self.value_limits)
+        {
+            let name = self.resolvers.get(collection).cloned().unwrap_or_default();
+            tracing::warn!(plugin = %name, collection, "resolver merged a value past the node's limits ({e}); used last-writer-wins instead");
+            if let Some(loaded) = self.plugins.get(&name) {
+                loaded.fallbacks.fetch_add(1, Ordering::Relaxed);
+            }
+            let events = versions.events();
+            let winner = versions.lww_winner();
+            r = Resolved {
+                value: winner.and_then(|e| e.value.clone()),
+                winner: winner.and_then(|w| events.iter().position(|e| std::ptr::eq(e, w))),
+                by: format!("lww-fallback:{name}"),
+            };
+        }
         edgerep_store::Resolution {
             by: r.by,
             value: r.value,
