@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use edgerep_wire::aae::Node;
+use edgerep_wire::aae::{Node, bucket_of};
 
 use crate::log::LogError;
 
@@ -182,47 +182,48 @@ pub fn answer(
     Ok(step)
 }
 
+/// A tree over a map of state key → entry hash (the first 16 bytes), kept in memory: for tests
+/// and models (the simulation's). Fingerprinted like the store's tree, but with the sum of the
+/// hashes as a u128.
+#[derive(Debug, Clone, Default)]
+pub struct MapTree(pub BTreeMap<Vec<u8>, [u8; 16]>);
+
+impl Tree for MapTree {
+    fn fingerprint(&self, node: Node) -> Result<([u8; 16], u64), LogError> {
+        let (mut sum, mut count) = (0u128, 0u64);
+        for (k, h) in &self.0 {
+            if node.covers(bucket_of(k)) {
+                sum = sum.wrapping_add(u128::from_le_bytes(*h));
+                count += 1;
+            }
+        }
+        let mut fp = [0u8; 16];
+        fp.copy_from_slice(
+            &blake3::hash(&[&sum.to_le_bytes()[..], &count.to_le_bytes()].concat()).as_bytes()
+                [..16],
+        );
+        Ok((fp, count))
+    }
+    fn items_of(&self, nodes: &[Node]) -> Result<Vec<Vec<Entry>>, LogError> {
+        Ok(nodes
+            .iter()
+            .map(|node| {
+                let mut out: Vec<_> = self
+                    .0
+                    .iter()
+                    .filter(|(k, _)| node.covers(bucket_of(k)))
+                    .map(|(k, h)| (k.clone(), *h))
+                    .collect();
+                out.sort_by_key(|(k, _)| (bucket_of(k), k.clone()));
+                out
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgerep_wire::aae::bucket_of;
-
-    /// A tree over a map of state key → entry hash, fingerprinted like the store does (the sum
-    /// of hashes, here as a u128 for brevity, and the count).
-    struct MapTree(BTreeMap<Vec<u8>, [u8; 16]>);
-
-    impl Tree for MapTree {
-        fn fingerprint(&self, node: Node) -> Result<([u8; 16], u64), LogError> {
-            let (mut sum, mut count) = (0u128, 0u64);
-            for (k, h) in &self.0 {
-                if node.covers(bucket_of(k)) {
-                    sum = sum.wrapping_add(u128::from_le_bytes(*h));
-                    count += 1;
-                }
-            }
-            let mut fp = [0u8; 16];
-            fp.copy_from_slice(
-                &blake3::hash(&[&sum.to_le_bytes()[..], &count.to_le_bytes()].concat()).as_bytes()
-                    [..16],
-            );
-            Ok((fp, count))
-        }
-        fn items_of(&self, nodes: &[Node]) -> Result<Vec<Vec<Entry>>, LogError> {
-            Ok(nodes
-                .iter()
-                .map(|node| {
-                    let mut out: Vec<_> = self
-                        .0
-                        .iter()
-                        .filter(|(k, _)| node.covers(bucket_of(k)))
-                        .map(|(k, h)| (k.clone(), *h))
-                        .collect();
-                    out.sort_by_key(|(k, _)| (bucket_of(k), k.clone()));
-                    out
-                })
-                .collect())
-        }
-    }
 
     fn hash(s: &str) -> [u8; 16] {
         let mut h = [0u8; 16];

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Node, cluster, converge, edgerep, get, put, status, stderr, stdout};
+use common::{Node, built_plugin, cluster, converge, edgerep, get, put, status, stderr, stdout};
 
 /// Writes `n` keys on `node` and waits until both nodes hold them.
 fn fill(n1: &Node, n2: &Node, n: usize) {
@@ -143,19 +143,6 @@ fn periodic_anti_entropy_repairs_a_node_nobody_asked_about() {
     wait_aae(&n2, "node-1", "drift reported on node-2", |a| {
         a["drift_total"] == 1
     });
-}
-
-/// Path and sha256 of a Rust plugin built by `cargo xtask build-plugins`.
-fn built_plugin(name: &str) -> (std::path::PathBuf, String) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
-    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
-        .expect("target/plugins/rust/SHA256SUMS (run `cargo xtask build-plugins` first)");
-    let file = format!("{name}.wasm");
-    let sha = sums
-        .lines()
-        .find_map(|l| l.strip_suffix(&file).map(|h| h.trim().to_owned()))
-        .unwrap_or_else(|| panic!("{file} not in SHA256SUMS"));
-    (dir.join(file).canonicalize().unwrap(), sha)
 }
 
 /// GET of a key: (body, the `x-edgerep-resolved-by` header).

@@ -7,12 +7,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, agent, cluster, converge, get, put, status};
+use common::{Node, agent, built_plugin, cluster, converge, get, put, status};
 
 /// Writes `n` events in batches of 500 on `node`; returns the last seq.
 fn put_many(node: &Node, prefix: &str, n: usize) -> u64 {
@@ -317,19 +316,6 @@ fn a_node_from_another_ca_is_refused_and_garbage_is_ignored() {
     assert_eq!(get(&n2, "orders", "after-junk").0, 200);
 }
 
-/// Path and sha256 of a Rust example plugin built by `cargo xtask build-plugins`.
-fn example_plugin(name: &str) -> (PathBuf, String) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
-    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
-        .expect("target/plugins/rust/SHA256SUMS (run `cargo xtask build-plugins` first)");
-    let file = format!("{name}.wasm");
-    let sha = sums
-        .lines()
-        .find_map(|l| l.strip_suffix(&file).map(|h| h.trim().to_owned()))
-        .unwrap_or_else(|| panic!("{file} not in SHA256SUMS"));
-    (dir.join(file).canonicalize().unwrap(), sha)
-}
-
 fn get_json(node: &Node, path: &str) -> (u16, serde_json::Value) {
     let mut r = agent().get(&node.url(path)).call().unwrap();
     let status = r.status().as_u16();
@@ -358,8 +344,8 @@ fn wait_for_origin(node: &Node, origin: &str, n: u64, limit: Duration) {
 fn transforms_on_apply_shape_the_receiving_state_and_failures_follow_their_policy() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    let (redact, redact_sha) = example_plugin("redact");
-    let (trap, trap_sha) = example_plugin("trap");
+    let (redact, redact_sha) = built_plugin("redact");
+    let (trap, trap_sha) = built_plugin("trap");
     // node-2 redacts cards it receives, dead-letters what the trap plugin fails on, and halts
     // replication when the same plugin fails on `halting`.
     let mut text = std::fs::read_to_string(&configs[1]).unwrap();

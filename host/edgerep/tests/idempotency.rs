@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Node, agent, edgerep, stderr, stdout};
+use common::{Node, agent, built_plugin, edgerep, stderr, stdout};
 
 /// A one-node config from `edgerep init`, with `extra` appended.
 fn one_node(dir: &Path, extra: &str) -> PathBuf {
@@ -306,17 +306,4 @@ sha256 = "{sha}"
     assert!(kills > 10, "the run killed the node {kills} times");
     let st = node.status();
     assert_eq!(st["verified"], true, "{st}");
-}
-
-/// Path and sha256 of a Rust plugin built by `cargo xtask build-plugins`.
-fn built_plugin(name: &str) -> (PathBuf, String) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
-    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
-        .expect("target/plugins/rust/SHA256SUMS (run `cargo xtask build-plugins` first)");
-    let file = format!("{name}.wasm");
-    let sha = sums
-        .lines()
-        .find_map(|l| l.strip_suffix(&file).map(|h| h.trim().to_owned()))
-        .unwrap_or_else(|| panic!("{file} not in SHA256SUMS"));
-    (dir.join(file).canonicalize().unwrap(), sha)
 }

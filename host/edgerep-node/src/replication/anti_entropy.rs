@@ -207,6 +207,19 @@ impl AntiEntropy {
     }
 }
 
+/// The empty Repair that tells the owner of session `id` its versions are merged.
+fn merged_word(id: u64) -> Message {
+    Message::Repair {
+        id,
+        versions: Vec::new(),
+        proofs: Vec::new(),
+        seals: Vec::new(),
+        certs: Vec::new(),
+        want: Vec::new(),
+        resolutions: Vec::new(),
+    }
+}
+
 /// The store's anti-entropy index as reconciliation reads it.
 pub(super) struct StoreTree<'a>(pub(super) &'a edgerep_store::Store);
 
@@ -557,18 +570,7 @@ impl Replicator {
                     }
                 } else if had_payload && !mine {
                     // Nothing to merge here: the peer's session still waits for our word.
-                    self.aae_send(
-                        peer,
-                        Message::Repair {
-                            id,
-                            versions: Vec::new(),
-                            proofs: Vec::new(),
-                            seals: Vec::new(),
-                            certs: Vec::new(),
-                            want: Vec::new(),
-                            resolutions: Vec::new(),
-                        },
-                    );
+                    self.aae_send(peer, merged_word(id));
                 }
             }
             _ => {}
@@ -716,18 +718,7 @@ impl Replicator {
             .is_some_and(|s| s.id == id);
         if !mine && !matches!(result, Err(CommitError::Forged(_))) {
             // The peer's session waits for our word that its versions are merged.
-            self.aae_send(
-                &peer,
-                Message::Repair {
-                    id,
-                    versions: Vec::new(),
-                    proofs: Vec::new(),
-                    seals: Vec::new(),
-                    certs: Vec::new(),
-                    want: Vec::new(),
-                    resolutions: Vec::new(),
-                },
-            );
+            self.aae_send(&peer, merged_word(id));
         }
         match result {
             Ok(out) => {

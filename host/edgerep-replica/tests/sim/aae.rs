@@ -11,12 +11,10 @@
 //! ordinary rule, replacing a version held with the same dot but other bytes; where both sides
 //! then hold the same versions but resolve them differently, both take the default.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use edgerep_replica::LogError;
-use edgerep_replica::reconcile::{self, Entry, Tree};
+use edgerep_replica::reconcile::{self, MapTree};
 use edgerep_store::{Applied, Versions};
-use edgerep_wire::aae::{Node as Range, bucket_of};
 use edgerep_wire::seal::event_leaf;
 use edgerep_wire::{Event, Op, Value};
 
@@ -61,12 +59,13 @@ pub(crate) fn resolution(log: &MemLog, biased: bool, key: &Key, v: &Versions) ->
     format!("plugin:{pick}").into_bytes()
 }
 
-/// A node's state as reconciliation sees it: state key -> entry hash.
-pub(crate) struct ModelTree(BTreeMap<Vec<u8>, [u8; 16]>);
+/// A node's state as reconciliation sees it: state key -> entry hash (the store's shape: the
+/// key, the versions, the resolution).
+pub(crate) struct ModelTree;
 
 impl ModelTree {
-    pub(crate) fn of(log: &MemLog, biased: bool) -> ModelTree {
-        ModelTree(
+    pub(crate) fn of(log: &MemLog, biased: bool) -> MapTree {
+        MapTree(
             log.state
                 .iter()
                 .map(|(key, v)| {
@@ -84,43 +83,9 @@ impl ModelTree {
     }
 }
 
-impl Tree for ModelTree {
-    fn fingerprint(&self, node: Range) -> Result<([u8; 16], u64), LogError> {
-        let (mut sum, mut count) = (0u128, 0u64);
-        for (k, h) in &self.0 {
-            if node.covers(bucket_of(k)) {
-                sum = sum.wrapping_add(u128::from_le_bytes(*h));
-                count += 1;
-            }
-        }
-        let mut fp = [0u8; 16];
-        fp.copy_from_slice(
-            &blake3::hash(&[&sum.to_le_bytes()[..], &count.to_le_bytes()].concat()).as_bytes()
-                [..16],
-        );
-        Ok((fp, count))
-    }
-
-    fn items_of(&self, nodes: &[Range]) -> Result<Vec<Vec<Entry>>, LogError> {
-        Ok(nodes
-            .iter()
-            .map(|node| {
-                let mut out: Vec<Entry> = self
-                    .0
-                    .iter()
-                    .filter(|(k, _)| node.covers(bucket_of(k)))
-                    .map(|(k, h)| (k.clone(), *h))
-                    .collect();
-                out.sort_by_key(|(k, _)| (bucket_of(k), k.clone()));
-                out
-            })
-            .collect())
-    }
-}
-
 /// One session between `a` (opening) and `b`: the state keys found different, and the
 /// messages it took.
-pub(crate) fn session(a: &ModelTree, b: &ModelTree) -> Result<(BTreeSet<Vec<u8>>, u64), String> {
+pub(crate) fn session(a: &MapTree, b: &MapTree) -> Result<(BTreeSet<Vec<u8>>, u64), String> {
     let mut keys = BTreeSet::new();
     let mut step = reconcile::open(a).map_err(|e| e.to_string())?;
     let mut messages = 1;

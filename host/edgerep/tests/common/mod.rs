@@ -216,3 +216,16 @@ pub fn get(node: &Node, collection: &str, key: &str) -> (u16, String) {
     let status = r.status().as_u16();
     (status, r.body_mut().read_to_string().unwrap())
 }
+
+/// Path and sha256 of a Rust plugin built by `cargo xtask build-plugins`.
+pub fn built_plugin(name: &str) -> (PathBuf, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
+        .expect("target/plugins/rust/SHA256SUMS (run `cargo xtask build-plugins` first)");
+    let file = format!("{name}.wasm");
+    let sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix(&file).map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|| panic!("{file} not in SHA256SUMS"));
+    (dir.join(file).canonicalize().unwrap(), sha)
+}
