@@ -14,6 +14,7 @@
 //! | `GET /v1/dead-letters/{id}` | one dead letter in full |
 //! | `DELETE /v1/dead-letters/{id}` | drop a dead letter for good |
 //! | `POST /v1/dead-letters/{id}/replay` | run it through the current plugins again; on success it is committed and removed, in one transaction |
+//! | `GET /metrics` | the status as OpenMetrics text, for Prometheus |
 //! | `GET /v1/disagreements?after=&limit=` | keys this node and a peer resolved differently over the same versions (both then hold the last-writer-wins default) |
 //!
 //! Keys are path segments, percent-decoded to bytes, so any byte string can be a key.
@@ -304,6 +305,7 @@ pub fn router(state: AppState) -> Router {
     let state = Arc::new(state);
     Router::new()
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         // An empty key matches no `{*key}`: route it to the handlers, which refuse it clearly.
         .route(
             "/v1/kv/{collection}/",
@@ -1343,6 +1345,36 @@ async fn dead_letters(
         list.push(read_dead_letter(*id, bytes)?.to_json(*id, false));
     }
     Ok(axum::Json(json!({"dead_letters": list})).into_response())
+}
+
+async fn metrics(State(app): Shared) -> Result<Response, ApiError> {
+    let store = app.store.clone();
+    let (s, disagreements, keys) = blocking(move || {
+        Ok((
+            store.status()?,
+            store.disagreements_count()?,
+            store.idempotency_count()?,
+        ))
+    })
+    .await?;
+    let replication = app.replication.as_ref().map(|r| r.status());
+    let plugins = app.pipeline.status_json();
+    let text = crate::metrics::render(&crate::metrics::Figures {
+        store: &s,
+        disagreements,
+        idempotency_keys: keys,
+        idempotency: &app.idempotency,
+        replication: replication.as_ref(),
+        plugins: &plugins,
+        uptime_seconds: app.started.elapsed().as_secs_f64(),
+        now_ms: crate::committer::wall_ms(),
+    });
+    let mut r = Response::new(Body::from(text));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(r)
 }
 
 async fn disagreements(

@@ -12,6 +12,7 @@ pub mod idempotency;
 mod ingest;
 pub mod keys;
 mod listener;
+mod metrics;
 pub mod pipeline;
 pub mod replication;
 mod request;

@@ -1,0 +1,242 @@
+//! `GET /metrics`: what `status` reports, in the OpenMetrics text format Prometheus scrapes
+//! (encoded by `prometheus-client`). Every scrape builds the registry afresh from the node's
+//! current figures: nothing here is on the write path.
+//!
+//! Names: `edgerep_` prefix; counters end in `_total` (added by the encoder), durations are
+//! `_seconds`, timestamps `_timestamp_seconds`. Per-peer metrics carry `peer`, per-origin ones
+//! `origin`, per-plugin ones `plugin`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::replication::ReplicationStatus;
+
+/// Label pairs.
+type Labels = Vec<(String, String)>;
+
+/// The figures a scrape reports.
+pub(crate) struct Figures<'a> {
+    pub(crate) store: &'a edgerep_store::StoreStatus,
+    pub(crate) disagreements: u64,
+    pub(crate) idempotency_keys: u64,
+    pub(crate) idempotency: &'a crate::idempotency::Counters,
+    pub(crate) replication: Option<&'a ReplicationStatus>,
+    pub(crate) plugins: &'a serde_json::Value,
+    pub(crate) uptime_seconds: f64,
+    pub(crate) now_ms: u64,
+}
+
+/// A registry being filled.
+struct Metrics(Registry);
+
+impl Metrics {
+    fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+        g.set(value);
+        self.0.register(name, help, g);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        let c: Counter = Counter::default();
+        c.inc_by(value);
+        self.0.register(name, help, c);
+    }
+
+    fn gauges(&mut self, name: &str, help: &str, values: Vec<(Labels, f64)>) {
+        let f: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+        for (labels, v) in values {
+            f.get_or_create(&labels).set(v);
+        }
+        self.0.register(name, help, f);
+    }
+
+    fn counters(&mut self, name: &str, help: &str, values: Vec<(Labels, u64)>) {
+        let f: Family<Labels, Counter> = Family::default();
+        for (labels, v) in values {
+            f.get_or_create(&labels).inc_by(v);
+        }
+        self.0.register(name, help, f);
+    }
+}
+
+fn label(name: &str, value: &str) -> Labels {
+    vec![(name.to_owned(), value.to_owned())]
+}
+
+/// The OpenMetrics text of `f`.
+pub(crate) fn render(f: &Figures<'_>) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut m = Metrics(Registry::default());
+    m.gauge(
+        "edgerep_uptime_seconds",
+        "Seconds since the node started",
+        f.uptime_seconds,
+    );
+    m.gauge(
+        "edgerep_feed_position",
+        "Last position of this node's feed (events committed here, local and from peers)",
+        f.store.feed_last as f64,
+    );
+    m.gauge(
+        "edgerep_state_entries",
+        "Keys in the state",
+        f.store.state_entries as f64,
+    );
+    m.gauges(
+        "edgerep_origin_held_seq",
+        "Per origin, the highest sequence number this node holds",
+        f.store
+            .origins
+            .iter()
+            .map(|(o, s)| (label("origin", o), *s as f64))
+            .collect(),
+    );
+    m.gauge(
+        "edgerep_dead_letters",
+        "Dead letters held (writes or events a plugin failed on)",
+        f.store.dead_letters as f64,
+    );
+    m.gauge(
+        "edgerep_disagreements",
+        "Keys recorded as resolved differently by a peer over the same versions",
+        f.disagreements as f64,
+    );
+    m.gauge(
+        "edgerep_idempotency_keys",
+        "Idempotency keys held",
+        f.idempotency_keys as f64,
+    );
+    m.counter(
+        "edgerep_idempotency_replays",
+        "Requests answered from an idempotency record",
+        f.idempotency.replays.load(Relaxed),
+    );
+    m.counter(
+        "edgerep_idempotency_refused",
+        "Idempotency keys refused: reused with another request, or in use by a concurrent one",
+        f.idempotency.reused.load(Relaxed) + f.idempotency.in_use.load(Relaxed),
+    );
+    if let Some(r) = f.replication {
+        let per_peer = |v: &dyn Fn(&crate::replication::PeerStatus) -> Option<f64>| {
+            r.peers
+                .iter()
+                .filter_map(|p| v(p).map(|x| (label("peer", &p.id), x)))
+                .collect::<Vec<_>>()
+        };
+        m.gauges(
+            "edgerep_peer_connected",
+            "Whether a session with the peer is up (1) or not (0)",
+            per_peer(&|p| Some(f64::from(u8::from(p.connected)))),
+        );
+        m.gauges(
+            "edgerep_peer_last_contact_age_seconds",
+            "Seconds since the peer was last heard from",
+            per_peer(&|p| {
+                p.last_contact_ms
+                    .map(|t| f.now_ms.saturating_sub(t) as f64 / 1000.0)
+            }),
+        );
+        m.gauges(
+            "edgerep_peer_lag_events",
+            "Events this node holds that the peer has not acknowledged",
+            per_peer(&|p| Some(p.lag_events as f64)),
+        );
+        m.gauges(
+            "edgerep_peer_lag_seconds",
+            "Age of the oldest event the peer has not acknowledged",
+            per_peer(&|p| Some(p.lag_seconds)),
+        );
+        m.gauges(
+            "edgerep_peer_in_flight_events",
+            "Events sent to the peer and not yet acknowledged",
+            per_peer(&|p| Some(p.in_flight as f64)),
+        );
+        let ae = |v: &dyn Fn(&crate::replication::AntiEntropyStatus) -> u64| {
+            r.peers
+                .iter()
+                .map(|p| (label("peer", &p.id), v(&p.anti_entropy)))
+                .collect::<Vec<_>>()
+        };
+        m.counters(
+            "edgerep_anti_entropy_sessions",
+            "Anti-entropy sessions this node opened with the peer",
+            ae(&|a| a.sessions_total),
+        );
+        m.counters(
+            "edgerep_anti_entropy_differing_keys",
+            "Keys anti-entropy found different with the peer",
+            ae(&|a| a.differing_total),
+        );
+        m.counters(
+            "edgerep_anti_entropy_drift_versions",
+            "Versions repaired from the peer that this node's bookkeeping said it held (drift)",
+            ae(&|a| a.drift_total),
+        );
+        m.counters(
+            "edgerep_anti_entropy_disagreements",
+            "Keys resolved differently here and on the peer, settled on the default",
+            ae(&|a| a.disagreements_total),
+        );
+        m.gauges(
+            "edgerep_anti_entropy_last_agreed_timestamp_seconds",
+            "When a session with the peer last ended in agreement",
+            per_peer(&|p| p.anti_entropy.last_agreed_at_ms.map(|t| t as f64 / 1000.0)),
+        );
+        m.counter(
+            "edgerep_forks",
+            "Forks detected (an origin's two different events under one sequence number)",
+            r.forks_total,
+        );
+        m.counter(
+            "edgerep_refused",
+            "Batches, pages or repairs refused from peers (forged or unproven)",
+            r.refused_total,
+        );
+        m.counter(
+            "edgerep_protocol_errors",
+            "Sessions closed for a protocol error",
+            r.protocol_errors_total,
+        );
+        m.gauge(
+            "edgerep_replication_halted",
+            "Whether replication halted (a transform on apply failed under halt, or ran past its deadline)",
+            f64::from(u8::from(r.halted.is_some())),
+        );
+    }
+    let plugins = f.plugins["plugins"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let per_plugin = |field: &str| {
+        plugins
+            .iter()
+            .map(|(name, p)| (label("plugin", name), p[field].as_u64().unwrap_or(0)))
+            .collect::<Vec<_>>()
+    };
+    m.counters("edgerep_plugin_calls", "Plugin calls", per_plugin("calls"));
+    m.counters(
+        "edgerep_plugin_fuel",
+        "Fuel plugin calls used",
+        per_plugin("fuel_total"),
+    );
+    let mut errors = Vec::new();
+    for (name, p) in &plugins {
+        for (kind, n) in p["errors"].as_object().into_iter().flatten() {
+            let mut l = label("plugin", name);
+            l.push(("kind".to_owned(), kind.clone()));
+            errors.push((l, n.as_u64().unwrap_or(0)));
+        }
+    }
+    m.counters(
+        "edgerep_plugin_errors",
+        "Plugin calls that failed, by kind",
+        errors,
+    );
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &m.0);
+    out
+}

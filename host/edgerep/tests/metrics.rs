@@ -1,0 +1,94 @@
+//! `GET /metrics` on real processes: OpenMetrics text a Prometheus scrape reads, whose values
+//! move as writes replicate.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Node, agent, cluster, put};
+
+fn scrape(node: &Node) -> (String, String) {
+    let mut r = agent().get(&node.url("/metrics")).call().unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (ct, r.body_mut().read_to_string().unwrap())
+}
+
+/// The value of the sample `name{labels}` (exactly as written), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_are_scraped_and_move_as_writes_replicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "c", "first", "1");
+    let held = r#"edgerep_origin_held_seq{origin="node-1"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (ct, before) = loop {
+        let (ct, text) = scrape(&n2);
+        if sample(&text, held) == Some(1.0)
+            && sample(&text, r#"edgerep_peer_connected{peer="node-1"}"#) == Some(1.0)
+        {
+            break (ct, text);
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    assert!(before.trim_end().ends_with("# EOF"), "{before}");
+    // Every sample is edgerep's, counters end in _total.
+    for line in before.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("edgerep_"), "{line}");
+    }
+    assert!(
+        before.contains("# TYPE edgerep_idempotency_replays counter"),
+        "{before}"
+    );
+    assert!(
+        sample(&before, "edgerep_idempotency_replays_total").is_some(),
+        "{before}"
+    );
+    let position = sample(&before, "edgerep_feed_position").unwrap();
+    for i in 0..5 {
+        put(&n1, "c", &format!("k{i}"), "2");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = scrape(&n2);
+        if sample(&text, held) == Some(6.0) {
+            assert_eq!(sample(&text, "edgerep_feed_position"), Some(position + 5.0));
+            assert_eq!(sample(&text, "edgerep_state_entries"), Some(6.0));
+            assert!(
+                sample(
+                    &text,
+                    r#"edgerep_peer_last_contact_age_seconds{peer="node-1"}"#
+                )
+                .is_some_and(|age| age < 30.0),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // On the writer, the peer's lag goes back to zero once it acknowledged everything.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&scrape(&n1).1, r#"edgerep_peer_lag_events{peer="node-2"}"#) != Some(0.0) {
+        assert!(Instant::now() < deadline, "{}", scrape(&n1).1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
