@@ -1007,7 +1007,7 @@ async fn scan(
     Ok(axum::Json(body).into_response())
 }
 
-fn scan_item(key: &[u8], versions: &Versions, resolved: &crate::pipeline::Resolved) -> Json {
+fn scan_item(key: &[u8], versions: &Versions, resolved: &edgerep_store::Resolution) -> Json {
     let mut o = serde_json::Map::new();
     key_json(&mut o, key);
     o.insert(

@@ -15,7 +15,7 @@ use edgerep_config::{Config, FailurePolicy};
 use edgerep_plugin::{
     Change, Failure, FailureKind, Limits, Plugin, PluginSource, Resolution, Runtime, World,
 };
-use edgerep_store::{LocalWrite, OnApply, Versions};
+use edgerep_store::{LocalWrite, OnApply, Resolution as StoreResolution, Versions};
 use edgerep_wire::event::FORMAT_VERSION;
 use edgerep_wire::{Event, Hlc, NodeId, Op, Value, VersionVector};
 use serde_json::{Value as Json, json};
@@ -43,17 +43,6 @@ pub struct Rejection {
     pub policy: FailurePolicy,
     /// The event the plugin was given, encoded.
     pub event: Vec<u8>,
-}
-
-/// How a key's value was decided.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Resolved {
-    /// The value (`None`: the key is absent or deleted).
-    pub value: Option<Value>,
-    /// The version the value comes from, when it is one of the versions.
-    pub winner: Option<usize>,
-    /// `single`, `lww`, `plugin:NAME` or `lww-fallback:NAME`.
-    pub by: String,
 }
 
 /// How many times a call that ran past its wall-clock deadline is tried again before the
@@ -348,33 +337,23 @@ impl Pipeline {
         collection: &str,
         key: &[u8],
         versions: &Versions,
-        kept: Option<&edgerep_store::Resolution>,
-    ) -> Resolved {
-        if let Some(r) = kept {
-            return Resolved {
-                value: r.value.clone(),
-                winner: r.winner,
-                by: r.by.clone(),
-            };
+        kept: Option<&StoreResolution>,
+    ) -> StoreResolution {
+        match kept {
+            Some(r) => r.clone(),
+            None => self.resolve_now(collection, key, versions),
         }
-        self.resolve_now(collection, key, versions)
     }
 
     /// The value of a key from its versions: the single version, or the collection's resolver
     /// (plugin or last-writer-wins) over concurrent ones. A resolver that runs past its
     /// deadline (wall time, which differs between nodes) is tried again; one that still fails
     /// falls back to last-writer-wins, logged and counted. A fallback on one node only is
-    /// found by anti-entropy as a disagreement.
-    fn resolve_now(&self, collection: &str, key: &[u8], versions: &Versions) -> Resolved {
+    /// found by anti-entropy as a disagreement. A merged value past the node's value limits
+    /// (it could not be stored and read back) is a failure like the others.
+    fn resolve_now(&self, collection: &str, key: &[u8], versions: &Versions) -> StoreResolution {
         let events = versions.events();
-        let lww = |by: String| {
-            let winner = versions.lww_winner();
-            Resolved {
-                value: winner.and_then(|e| e.value.clone()),
-                winner: winner.and_then(|w| events.iter().position(|e| std::ptr::eq(e, w))),
-                by,
-            }
-        };
+        let lww = |by: String| StoreResolution::lww(versions, by);
         if events.len() <= 1 {
             return lww("single".into());
         }
@@ -393,13 +372,24 @@ impl Pipeline {
                 _ => break,
             }
         }
+        let outcome = outcome.and_then(|r| match r {
+            Resolution::Merge(Some(v)) => match crate::check_plugin_value(&v, &self.value_limits) {
+                Ok(()) => Ok(Resolution::Merge(Some(v))),
+                Err(e) => Err(Failure {
+                    kind: FailureKind::BadOutput,
+                    message: format!("merged a value past the node's limits: {e}"),
+                    fuel_used: 0,
+                }),
+            },
+            other => Ok(other),
+        });
         match outcome {
-            Ok(Resolution::Pick(i)) => Resolved {
+            Ok(Resolution::Pick(i)) => StoreResolution {
                 value: events[i].value.clone(),
                 winner: Some(i),
                 by: format!("plugin:{name}"),
             },
-            Ok(Resolution::Merge(value)) => Resolved {
+            Ok(Resolution::Merge(value)) => StoreResolution {
                 value,
                 winner: None,
                 by: format!("plugin:{name}"),
@@ -445,37 +435,8 @@ impl edgerep_store::Resolver for Pipeline {
         self.resolvers.contains_key(collection)
     }
 
-    fn resolve(
-        &self,
-        collection: &str,
-        key: &[u8],
-        versions: &Versions,
-    ) -> edgerep_store::Resolution {
-        let mut r = self.resolve_now(collection, key, versions);
-        // A merged value is stored, and read back within the node's value limits: one past
-        // them is a failure of the plugin (decided alike on every node: the limits are policy).
-        if r.winner.is_none()
-            && let Some(v) = &r.value
-            && let Err(e) = crate::check_plugin_value(v, &self.value_limits)
-        {
-            let name = self.resolvers.get(collection).cloned().unwrap_or_default();
-            tracing::warn!(plugin = %name, collection, "resolver merged a value past the node's limits ({e}); used last-writer-wins instead");
-            if let Some(loaded) = self.plugins.get(&name) {
-                loaded.fallbacks.fetch_add(1, Ordering::Relaxed);
-            }
-            let events = versions.events();
-            let winner = versions.lww_winner();
-            r = Resolved {
-                value: winner.and_then(|e| e.value.clone()),
-                winner: winner.and_then(|w| events.iter().position(|e| std::ptr::eq(e, w))),
-                by: format!("lww-fallback:{name}"),
-            };
-        }
-        edgerep_store::Resolution {
-            by: r.by,
-            value: r.value,
-            winner: r.winner,
-        }
+    fn resolve(&self, collection: &str, key: &[u8], versions: &Versions) -> StoreResolution {
+        self.resolve_now(collection, key, versions)
     }
 
     fn build(&self, collection: &str) -> String {

@@ -1328,6 +1328,63 @@ mod tests {
         }
     }
 
+    /// What a peer says of its resolutions in a Repair is checked before anything reads it.
+    #[test]
+    fn repair_resolutions_are_checked() {
+        let repair = |r: KeyResolution| {
+            Message::Repair {
+                id: 1,
+                versions: vec![],
+                proofs: vec![],
+                seals: vec![],
+                certs: vec![],
+                want: vec![],
+                resolutions: vec![r],
+            }
+            .encode()
+        };
+        let good = KeyResolution {
+            state_key: b"c\0k".to_vec(),
+            versions: [1; 32],
+            resolution: [2; 32],
+            build: "ab".repeat(32),
+        };
+        assert!(decode(&repair(good.clone())).is_ok());
+        refused(
+            &repair(KeyResolution {
+                state_key: b"no-separator".to_vec(),
+                ..good.clone()
+            }),
+            "repair resolution key",
+        );
+        refused(
+            &repair(KeyResolution {
+                build: "x".repeat(129),
+                ..good.clone()
+            }),
+            "repair resolution build",
+        );
+        // A hash of another length: re-encode by hand with 31 bytes.
+        let mut short = repair(good.clone());
+        let at = short
+            .windows(34)
+            .position(|w| w[..2] == [0x58, 32] && w[2..] == [1; 32])
+            .unwrap();
+        short.splice(at..at + 34, [[0x58, 31].as_slice(), &[1; 31]].concat());
+        refused(&short, "repair resolution versions");
+        let too_many = Message::Repair {
+            id: 1,
+            versions: vec![],
+            proofs: vec![],
+            seals: vec![],
+            certs: vec![],
+            want: vec![],
+            resolutions: vec![good; MAX_KEYS + 1],
+        }
+        .encode();
+        refused(&too_many, "repair resolutions");
+    }
+
     #[test]
     fn malformed_forms_are_refused_naming_the_part() {
         refused(&[], "message");

@@ -40,17 +40,18 @@ pub struct Resolution {
 }
 
 impl Resolution {
-    /// The deterministic default over `versions`: the last-writer-wins version.
-    pub fn default_of(versions: &Versions) -> Resolution {
-        let events = versions.events();
-        let winner = versions
-            .lww_winner()
-            .and_then(|w| events.iter().position(|e| std::ptr::eq(e, w)));
+    /// The last-writer-wins version of `versions`, decided `by`.
+    pub fn lww(versions: &Versions, by: String) -> Resolution {
         Resolution {
-            by: BY_DEFAULT_AFTER_DISAGREEMENT.into(),
+            by,
             value: versions.lww_value().cloned(),
-            winner,
+            winner: versions.lww_index(),
         }
+    }
+
+    /// The deterministic default over `versions` after a disagreement: last-writer-wins.
+    pub fn default_of(versions: &Versions) -> Resolution {
+        Resolution::lww(versions, BY_DEFAULT_AFTER_DISAGREEMENT.into())
     }
 
     /// `[by, value bytes or null, winner or null]`, canonical CBOR.

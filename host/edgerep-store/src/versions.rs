@@ -84,9 +84,16 @@ impl Versions {
     /// The built-in resolution, last writer wins: the version with the highest hybrid clock
     /// timestamp, ties broken by the higher origin id. `None` when there are no versions.
     pub fn lww_winner(&self) -> Option<&Event> {
+        self.lww_index().map(|i| &self.0[i])
+    }
+
+    /// The position of [`Versions::lww_winner`] among the versions.
+    pub fn lww_index(&self) -> Option<usize> {
         self.0
             .iter()
-            .max_by(|a, b| (a.hlc, &a.origin).cmp(&(b.hlc, &b.origin)))
+            .enumerate()
+            .max_by(|(_, a), (_, b)| (a.hlc, &a.origin).cmp(&(b.hlc, &b.origin)))
+            .map(|(i, _)| i)
     }
 
     /// The key's value under last-writer-wins: `None` if absent or the winner is a delete.

@@ -50,10 +50,7 @@ pub(crate) fn resolution(log: &MemLog, biased: bool, key: &Key, v: &Versions) ->
         return Vec::new();
     }
     if log.settled.get(key) == Some(&versions_hash(v)) {
-        let lww = v
-            .lww_winner()
-            .and_then(|w| events.iter().position(|e| std::ptr::eq(e, w)));
-        return format!("default:{lww:?}").into_bytes();
+        return format!("default:{:?}", v.lww_index()).into_bytes();
     }
     let pick = if biased { 0 } else { events.len() - 1 };
     format!("plugin:{pick}").into_bytes()
