@@ -50,9 +50,11 @@ pub(crate) struct Refusal {
 ///   (deferred until it does). An honest context only names events its writer held, which reach
 ///   every node in time; a forged one (naming events nobody wrote, such as this node's own
 ///   sequence numbers far ahead) is never admitted anywhere, so it cannot spread;
-/// - while an origin has a session with this node, events of that origin relayed by other
-///   peers beyond what the origin itself says it holds (deferred): a peer cannot slip in
-///   events under the name of an origin that is connected here.
+/// - without authentication (`replication.authenticate = false`, unsigned seals), while an
+///   origin has a session with this node, events of that origin relayed by other peers beyond
+///   what the origin itself says it holds (deferred): a peer cannot slip in events under the
+///   name of an origin that is connected here. With authentication the origin's signature
+///   decides, whoever relays.
 ///
 /// Kept in the changelog (relayed, decided alike on every node with the same policy) but out of
 /// the state, as a dead letter naming the rule: an event whose origin may not write its

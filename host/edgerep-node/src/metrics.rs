@@ -154,6 +154,37 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             "Events sent to the peer and not yet acknowledged",
             per_peer(&|p| Some(p.in_flight as f64)),
         );
+        let traffic = |v: &dyn Fn(&crate::replication::PeerTraffic) -> u64| {
+            r.peers
+                .iter()
+                .map(|p| (label("peer", &p.id), v(&p.traffic)))
+                .collect::<Vec<_>>()
+        };
+        m.counters(
+            "edgerep_peer_sent_bytes",
+            "Bytes of messages sent to the peer",
+            traffic(&|t| t.bytes_sent),
+        );
+        m.counters(
+            "edgerep_peer_received_bytes",
+            "Bytes of messages received from the peer",
+            traffic(&|t| t.bytes_received),
+        );
+        m.counters(
+            "edgerep_peer_sent_events",
+            "Events sent to the peer",
+            traffic(&|t| t.events_sent),
+        );
+        m.counters(
+            "edgerep_peer_received_events",
+            "Events received from the peer",
+            traffic(&|t| t.events_received),
+        );
+        m.counters(
+            "edgerep_peer_duplicate_events",
+            "Events received from the peer that this node already held (dropped)",
+            traffic(&|t| t.duplicates_received),
+        );
         let ae = |v: &dyn Fn(&crate::replication::AntiEntropyStatus) -> u64| {
             r.peers
                 .iter()

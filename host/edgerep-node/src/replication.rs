@@ -165,6 +165,36 @@ pub struct PeerStatus {
     /// Anti-entropy with this peer: the last comparison, and what the comparisons found and
     /// repaired since the node started.
     pub anti_entropy: AntiEntropyStatus,
+    /// What went over the link since the node started, and the relay tree on it.
+    pub traffic: PeerTraffic,
+}
+
+/// What this node and one peer exchanged since the node started (all connections).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PeerTraffic {
+    /// Messages (frames) sent.
+    pub messages_sent: u64,
+    /// Messages received.
+    pub messages_received: u64,
+    /// Bytes of the messages sent.
+    pub bytes_sent: u64,
+    /// Bytes of the messages received.
+    pub bytes_received: u64,
+    /// Events sent in Events messages.
+    pub events_sent: u64,
+    /// Events received in Events messages.
+    pub events_received: u64,
+    /// Received events this node already held or was applying (dropped): what a relay
+    /// tree keeps low.
+    pub duplicates_received: u64,
+    /// Origins this node asked the peer to stop pushing (it got them first elsewhere).
+    pub prunes_sent: u64,
+    /// Origins this node asked the peer to push again (they stopped arriving elsewhere).
+    pub grafts_sent: u64,
+    /// Origins whose events this node does not push to the peer now (the peer pruned them).
+    pub not_pushed_to_peer: Vec<String>,
+    /// Origins whose events the peer does not push to this node now (this node pruned them).
+    pub not_pushed_by_peer: Vec<String>,
 }
 
 /// Two different events with the same origin and sequence number met here.
@@ -638,6 +668,7 @@ pub fn start(
         acked: BTreeMap::new(),
         dirty: BTreeMap::new(),
         last_contact: BTreeMap::new(),
+        frames: BTreeMap::new(),
         last_error: BTreeMap::new(),
         mismatches: BTreeMap::new(),
         peer_have: BTreeMap::new(),
@@ -967,6 +998,8 @@ struct Replicator {
     acked: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     dirty: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     last_contact: BTreeMap<NodeId, u64>,
+    /// Per peer: (messages sent, bytes sent, messages received, bytes received).
+    frames: BTreeMap<NodeId, [u64; 4]>,
     last_error: BTreeMap<NodeId, String>,
     mismatches: BTreeMap<NodeId, Vec<String>>,
     peer_have: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
@@ -1432,6 +1465,9 @@ impl Replicator {
                 };
                 live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 self.last_contact.insert(peer.clone(), wall_ms());
+                let f = self.frames.entry(peer.clone()).or_default();
+                f[2] += 1;
+                f[3] += bytes as u64;
                 match &message {
                     Message::Hello(hello) => {
                         self.peer_have
@@ -1593,9 +1629,13 @@ impl Replicator {
                         continue;
                     }
                     // Per origin with a session here: how far it says it holds its own events.
+                    // Only without authentication: with it, the origin's signed seal proves its
+                    // events whoever relays them, and holding relays back would stall an
+                    // origin whose link went silent until the connection times out.
                     let own_claims: BTreeMap<NodeId, u64> = self
                         .conns
                         .keys()
+                        .filter(|_| !self.config.replication.authenticate)
                         .filter(|o| self.core.is_ready(o))
                         .filter_map(|o| {
                             let claim = self.acked.get(o)?.get(o).copied().unwrap_or(0);
@@ -1785,6 +1825,9 @@ impl Replicator {
                 Ok(Some((peer, message))) => {
                     if let Some(live) = self.conns.get(&peer) {
                         let frame = message.encode();
+                        let f = self.frames.entry(peer.clone()).or_default();
+                        f[0] += 1;
+                        f[1] += frame.len() as u64;
                         let queued = live.queued.fetch_add(frame.len(), Ordering::AcqRel);
                         if live.frames.send(frame).is_err() {
                             continue;
@@ -1844,7 +1887,29 @@ impl Replicator {
                     .map(|(o, &s)| s.saturating_sub(acked.get(o).copied().unwrap_or(0)))
                     .sum();
                 let view = self.core.peer_view(id);
+                let counters = self.core.counters(id);
+                let [messages_sent, bytes_sent, messages_received, bytes_received] =
+                    self.frames.get(id).copied().unwrap_or_default();
+                let names = |o: &[NodeId]| o.iter().map(|o| o.to_string()).collect();
+                let traffic = PeerTraffic {
+                    messages_sent,
+                    messages_received,
+                    bytes_sent,
+                    bytes_received,
+                    events_sent: counters.events_sent,
+                    events_received: counters.events_received,
+                    duplicates_received: counters.duplicates_received,
+                    prunes_sent: counters.prunes_sent,
+                    grafts_sent: counters.grafts_sent,
+                    not_pushed_to_peer: view
+                        .as_ref()
+                        .map_or(Vec::new(), |v| names(&v.lazy_origins)),
+                    not_pushed_by_peer: view
+                        .as_ref()
+                        .map_or(Vec::new(), |v| names(&v.pruned_origins)),
+                };
                 PeerStatus {
+                    traffic,
                     id: id.to_string(),
                     address: address.clone(),
                     connected: view.as_ref().is_some_and(|v| v.ready),

@@ -14,6 +14,8 @@
 //! | 5 | [`Message::SnapshotAck`] | `[5, id, page]` |
 //! | 6 | [`Message::Reconcile`] | `[6, id, [[level, prefix, fingerprint (16 bytes), count]…], [[level, prefix, [[state key, hash (16 bytes)]…]]…]]` |
 //! | 7 | [`Message::Repair`] | `[7, id, [event bytes…], [proof…], [seal…], [[origin, cert]…], [state key…], [[state key, versions hash (32 bytes), resolution hash (32 bytes), build]…]]` (one proof per event) |
+//! | 8 | [`Message::Prune`] | `[8, [origin…]]` (strictly ascending, at most [`MAX_ORIGINS`]) |
+//! | 9 | [`Message::Graft`] | `[9, [origin…]]` (likewise) |
 //!
 //! A seal is `[origin, seq, first, chain (32 bytes), root (32 bytes), signature (bytes)]` (see
 //! `edgerep_wire::seal`): in an Events message, each origin's run ends at one of its seals; a
@@ -42,7 +44,7 @@ use crate::reconcile::{MAX_KEYS, MAX_RANGES, RangeFingerprint, RangeItems};
 use edgerep_wire::aae::{KeyResolution, LEAF_LEVEL, Node, bucket_of};
 
 /// The protocol version this code speaks.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Most origins a `have` list may name (the same on every node, so a list one node sends is
 /// never too long for another; each node bounds the origins it accepts events from lower).
@@ -64,6 +66,8 @@ mod kind {
     pub(super) const SNAPSHOT_ACK: u64 = 5;
     pub(super) const RECONCILE: u64 = 6;
     pub(super) const REPAIR: u64 = 7;
+    pub(super) const PRUNE: u64 = 8;
+    pub(super) const GRAFT: u64 = 9;
 }
 
 /// What one side runs for one collection; peers compare these and report differences.
@@ -175,6 +179,18 @@ pub enum Message {
         id: u64,
         /// The page.
         page: u64,
+    },
+    /// The relay tree: stop pushing the events of these origins to the sender (it got them
+    /// first elsewhere); the receiver's Acks keep announcing what it holds of them.
+    Prune {
+        /// Strictly ascending.
+        origins: Vec<NodeId>,
+    },
+    /// The relay tree: push the events of these origins to the sender again (they stopped
+    /// arriving by the other paths).
+    Graft {
+        /// Strictly ascending.
+        origins: Vec<NodeId>,
     },
     /// Anti-entropy: ranges of the sender's state to compare (see [`crate::reconcile`]).
     Reconcile {
@@ -382,6 +398,21 @@ impl Message {
                 encode_seals(buf, seals, certs);
                 encode_proofs(buf, proofs);
             }
+            Message::Prune { origins } | Message::Graft { origins } => {
+                let ty = if matches!(self, Message::Prune { .. }) {
+                    kind::PRUNE
+                } else {
+                    kind::GRAFT
+                };
+                let mut e = Encoder::new(&mut *buf);
+                let _ = e
+                    .array(2)
+                    .and_then(|e| e.u64(ty))
+                    .and_then(|e| e.array(origins.len() as u64));
+                for o in origins {
+                    let _ = e.str(o.as_str());
+                }
+            }
             Message::SnapshotAck { id, page } => {
                 let _ = Encoder::new(&mut *buf)
                     .array(3)
@@ -481,6 +512,8 @@ impl Message {
             kind::SNAPSHOT_ACK => (3, "snapshot ack"),
             kind::RECONCILE => (4, "reconcile"),
             kind::REPAIR => (8, "repair"),
+            kind::PRUNE => (2, "prune"),
+            kind::GRAFT => (2, "graft"),
             other => return Err(DecodeError::UnknownType(other)),
         };
         if items != want {
@@ -531,6 +564,12 @@ impl Message {
                     certs,
                 }
             }
+            kind::PRUNE => Message::Prune {
+                origins: decode_origins(&mut r, "prune origins")?,
+            },
+            kind::GRAFT => Message::Graft {
+                origins: decode_origins(&mut r, "graft origins")?,
+            },
             kind::SNAPSHOT_ACK => Message::SnapshotAck {
                 id: r.u64("snapshot ack id")?,
                 page: r.u64("snapshot ack page")?,
@@ -967,6 +1006,26 @@ fn decode_have(r: &mut Reader<'_>, what: &str) -> Result<Vec<(NodeId, u64)>, Dec
     Ok(have)
 }
 
+/// `[origin…]`, strictly ascending, at most [`MAX_ORIGINS`].
+fn decode_origins(r: &mut Reader<'_>, what: &str) -> Result<Vec<NodeId>, DecodeError> {
+    let n = list_len(r, what)?;
+    if n > MAX_ORIGINS {
+        return Err(DecodeError::TooMany {
+            what: what.into(),
+            count: n as u64,
+            limit: MAX_ORIGINS as u64,
+        });
+    }
+    let mut origins = Vec::with_capacity(n);
+    let mut previous = None;
+    for _ in 0..n {
+        let node = node_id(r, what)?;
+        ascending(&mut previous, &node, what)?;
+        origins.push(node);
+    }
+    Ok(origins)
+}
+
 fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
     let protocol = r.u32("hello protocol")?;
     let node = node_id(r, "hello node")?;
@@ -1235,6 +1294,10 @@ mod tests {
                 certs: vec![(node("a"), vec![1; 600])],
             },
             Message::SnapshotAck { id: 3, page: 1 },
+            Message::Prune {
+                origins: vec![node("a"), node("b")],
+            },
+            Message::Graft { origins: vec![] },
             Message::Reconcile {
                 id: 9,
                 fingerprints: vec![RangeFingerprint {
@@ -1395,8 +1458,8 @@ mod tests {
         refused(&cbor(|e| drop(e.array(0))), "empty array");
         refused(&[0x9f, 0x03, 0x60, 0xff], "indefinite length");
         refused(
-            &cbor(|e| drop(e.array(2).and_then(|e| e.u64(9)).and_then(|e| e.u64(0)))),
-            "unknown message type 9",
+            &cbor(|e| drop(e.array(2).and_then(|e| e.u64(99)).and_then(|e| e.u64(0)))),
+            "unknown message type 99",
         );
         refused(
             &cbor(|e| drop(e.array(2).and_then(|e| e.str("x")))),
@@ -1600,7 +1663,17 @@ mod tests {
                 rewind: false,
             };
             refused(&m.encode(), "ack have: not strictly ascending");
+            let m = Message::Prune {
+                origins: vec![node(a), node(b)],
+            };
+            refused(&m.encode(), "prune origins: not strictly ascending");
         }
+        let m = Message::Graft {
+            origins: (0..=MAX_ORIGINS)
+                .map(|i| node(&format!("n{i:05}")))
+                .collect(),
+        };
+        refused(&m.encode(), "graft origins");
         refused(
             &cbor(|e| {
                 drop(

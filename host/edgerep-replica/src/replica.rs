@@ -15,6 +15,16 @@
 //! - The durable local have is the only state that must survive a restart.
 //! - A peer that needs events below the compacted floor of some origin gets a snapshot of the
 //!   state instead (pages merged idempotently; the last one moves its have), then events again.
+//!
+//! Relaying follows the epidemic broadcast tree (Plumtree): every node pushes every event it
+//! holds to every peer at once, except the origins a peer pruned. A node prunes, on every other
+//! link, the origins it has a link with (their events come on it), and prunes a peer for an
+//! origin when that peer sent it only events of the origin another peer had delivered (another
+//! path was faster); never the origin itself on its own link. Its Acks still announce what it
+//! holds (the lazy links). When an origin's events stop arriving while a pruned peer announces
+//! more of them, the node grafts that peer back after `graft_after_ms`, and at once, on every
+//! link, for an origin whose own link went down. In a mesh each event then crosses each link
+//! about once.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -42,10 +52,12 @@ pub struct ReplicaConfig {
     pub batch_events: usize,
     /// Most encoded event bytes in one Events message (one event larger than this still goes alone).
     pub batch_bytes: usize,
-    /// How long an event of another origin waits before this node relays it to a peer (0: at
-    /// once). In a mesh a peer usually gets it from its origin first; its Acks (sent when its
-    /// have grows) then tell us not to send it. A peer cut off from the origin gets it after this.
-    pub relay_delay_ms: u64,
+    /// How often at most this node tells each peer its have when it grows (an Ack): the lazy
+    /// announcements of the relay tree, and what stops peers sending what it got elsewhere.
+    pub announce_every_ms: u64,
+    /// How long an origin's events may make no progress here while a peer this node pruned
+    /// for that origin announces more of them, before the peer is grafted back.
+    pub graft_after_ms: u64,
     /// Most events handed to the store in one Apply once a peer's received batches queue up
     /// (whole batches; the rest wait for the next Apply). Below the window, so that the peer
     /// keeps sending while this node applies, instead of the two taking turns.
@@ -63,7 +75,7 @@ pub struct ReplicaConfig {
 
 impl Default for ReplicaConfig {
     /// A window of 16384 events, batches of 1024 events or 1 MiB, applies of up to 4096
-    /// events, relays after 500 ms, retransmit after 3 s.
+    /// events, announcements every 100 ms, grafts after 400 ms, retransmit after 3 s.
     fn default() -> ReplicaConfig {
         ReplicaConfig {
             fingerprint: Vec::new(),
@@ -71,7 +83,8 @@ impl Default for ReplicaConfig {
             batch_events: 1024,
             batch_bytes: 1 << 20,
             apply_events: 4096,
-            relay_delay_ms: 500,
+            announce_every_ms: 100,
+            graft_after_ms: 400,
             retransmit_after_ms: 3000,
             limits: MessageLimits::default(),
             instance: 0,
@@ -247,6 +260,10 @@ pub struct PeerView {
     pub snapshot_sending_page: Option<u64>,
     /// The peer is sending us a snapshot: the next page expected.
     pub snapshot_receiving_page: Option<u64>,
+    /// Origins the peer pruned: we do not push their events to it (it gets them elsewhere).
+    pub lazy_origins: Vec<NodeId>,
+    /// Origins we pruned on the peer: it does not push their events to us.
+    pub pruned_origins: Vec<NodeId>,
 }
 
 /// A deliberate bug, for checking that the simulation catches it. Never use in a node.
@@ -293,13 +310,20 @@ impl Peer {
     }
 }
 
-/// When events of one other origin arrived here, so that relaying them can wait.
-#[derive(Debug, Default)]
-struct Arrivals {
-    /// Events up to this sequence number may be relayed.
-    ready: u64,
-    /// (arrival time, highest sequence number then), oldest first.
-    pending: VecDeque<(u64, u64)>,
+/// What this node exchanged with one peer since it started (all sessions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerCounters {
+    /// Events sent in Events messages.
+    pub events_sent: u64,
+    /// Events received in Events messages (after dropping unsealed tails).
+    pub events_received: u64,
+    /// Of those, events this node already held or was applying (dropped).
+    pub duplicates_received: u64,
+    /// Origins this node pruned on the peer (asked it to stop pushing them).
+    pub prunes_sent: u64,
+    /// Origins this node grafted back on the peer.
+    pub grafts_sent: u64,
 }
 
 /// The replication core of one node: sans-IO, deterministic, one instance for all peers.
@@ -316,9 +340,15 @@ pub struct Replica {
     compacted: Have,
     /// The latest time given to any call.
     now: u64,
-    /// Per origin other than this node: what may be relayed yet.
-    arrivals: BTreeMap<NodeId, Arrivals>,
+    /// Per origin, the peer whose events of it were last handed out to apply: duplicates from
+    /// another peer mean that peer's path is slower (a prune), from this one a resend.
+    delivered_by: BTreeMap<NodeId, NodeId>,
+    /// Per origin whose events a pruned peer announces beyond what this node holds: since
+    /// when its events made no progress here (graft when that lasts `graft_after_ms`).
+    stalled: BTreeMap<NodeId, u64>,
     peers: BTreeMap<NodeId, Peer>,
+    /// Per peer ever connected (configured peers only, so bounded), what was exchanged.
+    counters: BTreeMap<NodeId, PeerCounters>,
     outputs: VecDeque<Output>,
     /// Round-robin cursors over peers: the last served with a control message, with events.
     last_control: Option<NodeId>,
@@ -430,8 +460,10 @@ impl Replica {
             accepted: Have::new(),
             compacted: Have::new(),
             now: 0,
-            arrivals: BTreeMap::new(),
+            delivered_by: BTreeMap::new(),
+            stalled: BTreeMap::new(),
             peers: BTreeMap::new(),
+            counters: BTreeMap::new(),
             outputs: VecDeque::new(),
             last_control: None,
             last_events: None,
@@ -465,22 +497,16 @@ impl Replica {
     /// Takes in the node's durable per-origin have: call at start and after every durable
     /// commit (local writes) or apply. Cursors only move forward; lower values are ignored.
     pub fn set_local_have(&mut self, have: &Have) {
-        let (now, delay) = (self.now, self.config.relay_delay_ms);
+        let now = self.now;
         let mut grew = false;
         for (origin, &seq) in have {
             if seq <= have::get(&self.local_have, origin) {
                 continue;
             }
             grew = true;
-            if *origin == self.local {
-                continue;
-            }
-            let a = self.arrivals.entry(origin.clone()).or_default();
-            // Before any time was given (start-up), what the store holds is old: relay it.
-            if delay == 0 || now == 0 {
-                a.ready = a.ready.max(seq);
-            } else {
-                a.pending.push_back((now, seq));
+            // Progress: the tree still delivers this origin, however slowly.
+            if let Some(since) = self.stalled.get_mut(origin) {
+                *since = now;
             }
         }
         if have::join(&mut self.local_have, have.iter().map(|(o, &s)| (o, s))) {
@@ -527,6 +553,7 @@ impl Replica {
     /// If `peer` is this node.
     pub fn connected(&mut self, peer: &NodeId, now: u64) {
         assert!(*peer != self.local, "a node cannot peer with itself");
+        self.counters.entry(peer.clone()).or_default();
         let p = self.peers.entry(peer.clone()).or_default();
         if let Some(i) = p.installing.as_mut() {
             i.old_session = true;
@@ -541,6 +568,17 @@ impl Replica {
             p.session = None;
             if !p.busy() {
                 self.peers.remove(peer);
+            }
+        }
+        // The peer's own events now come only by relays: graft every peer pruned for them.
+        for (other, s) in self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, p)| Some((id, p.session.as_mut()?)))
+        {
+            if s.pruned.remove(peer) {
+                s.graft_due.insert(peer.clone());
+                self.counters.entry(other.clone()).or_default().grafts_sent += 1;
             }
         }
     }
@@ -574,6 +612,8 @@ impl Replica {
             Message::Snapshot { .. } => Some("snapshot"),
             Message::SnapshotAck { .. } => Some("snapshot ack"),
             Message::Reconcile { .. } => Some("reconcile"),
+            Message::Prune { .. } => Some("prune"),
+            Message::Graft { .. } => Some("graft"),
             Message::Repair { .. } => Some("repair"),
         };
         if let Some(message) = before_hello.filter(|_| !s.ready()) {
@@ -616,6 +656,7 @@ impl Replica {
                 let differences: Vec<String> = found.into_iter().map(|d| d.text).collect();
                 s.mismatches = differences.clone();
                 s.start(hello.clone(), now);
+                s.own_until = have::get(&self.local_have, peer);
                 if !differences.is_empty() {
                     self.outputs.push_back(Output::Mismatch {
                         peer: peer.clone(),
@@ -626,6 +667,7 @@ impl Replica {
                     peer: peer.clone(),
                     hello,
                 });
+                self.prune_direct(peer);
             }
             Message::Events {
                 mut events,
@@ -634,6 +676,10 @@ impl Replica {
             } => {
                 check_contiguous(&events)?;
                 trim_to_seals(&mut events, &seals);
+                self.counters
+                    .entry(peer.clone())
+                    .or_default()
+                    .events_received += events.len() as u64;
                 let batch = Batch {
                     events,
                     seals,
@@ -648,7 +694,29 @@ impl Replica {
                     self.receive(peer, vec![batch], now);
                 }
             }
+            Message::Prune { origins } => {
+                // A prune of our own events is ignored (we are the root of their tree); one of
+                // an origin we hold nothing of too (so the set stays within the origins held).
+                let local_have = &self.local_have;
+                s.lazy.extend(
+                    origins
+                        .into_iter()
+                        .filter(|o| *o != self.local && local_have.contains_key(o)),
+                );
+            }
+            Message::Graft { origins } => {
+                for o in origins {
+                    s.lazy.remove(&o);
+                }
+                s.idle_at = None;
+            }
             Message::Ack { have, rewind } => {
+                // A pruned peer announcing more of an origin than we hold: watch for a stall.
+                for (o, seq) in &have {
+                    if s.pruned.contains(o) && *seq > have::get(&self.accepted, o) {
+                        self.stalled.entry(o.clone()).or_insert(now);
+                    }
+                }
                 if s.on_ack(&have, rewind, now) {
                     self.outputs.push_back(Output::Acked {
                         peer: peer.clone(),
@@ -766,6 +834,34 @@ impl Replica {
         Ok(())
     }
 
+    /// A session with `peer` is ready: its events come on its own link, so no other peer needs
+    /// to push them to us, and the new link needs to push no origin we have a link with.
+    fn prune_direct(&mut self, peer: &NodeId) {
+        let direct: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| *id != peer && p.session.as_ref().is_some_and(Session::ready))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for (id, p) in &mut self.peers {
+            let Some(s) = p.session.as_mut().filter(|s| s.ready()) else {
+                continue;
+            };
+            let origins: Vec<&NodeId> = if id == peer {
+                direct.iter().collect()
+            } else {
+                vec![peer]
+            };
+            for origin in origins {
+                if s.pruned.insert(origin.clone()) {
+                    s.graft_due.remove(origin);
+                    s.prune_due.insert(origin.clone());
+                    self.counters.entry(id.clone()).or_default().prunes_sent += 1;
+                }
+            }
+        }
+    }
+
     /// Hands a snapshot page of `peer` out to merge. The peer has nothing outstanding.
     fn install(&mut self, peer: &NodeId, page: PendingPage) {
         let Some(p) = self.peers.get_mut(peer) else {
@@ -850,6 +946,7 @@ impl Replica {
         };
         debug_assert!(!p.busy());
         let Some(s) = p.session.as_mut() else { return };
+        let counters = self.counters.entry(peer.clone()).or_default();
         let mut out = Vec::new();
         let mut handed = Have::new();
         // Per origin, the highest duplicate dropped; and the origins with a gap.
@@ -869,6 +966,7 @@ impl Replica {
             let accepted = have::get(&self.accepted, &event.origin);
             if event.seq <= accepted && !apply_duplicates {
                 have::raise(&mut duplicates, &event.origin, event.seq);
+                counters.duplicates_received += 1;
             } else if event.seq > accepted.saturating_add(1) {
                 // Later events of this origin in the batch are beyond the gap too.
                 if gaps.last() != Some(&event.origin) {
@@ -888,6 +986,23 @@ impl Replica {
             if asked.is_none_or(|t| now >= t.saturating_add(retransmit_after)) {
                 s.rewinds.insert(origin, now);
                 s.request_ack(true);
+            }
+        }
+        // An origin of which the peer sent only what another peer delivered: that path is
+        // faster, so this peer stops pushing it (never the peer's own events on its own link).
+        for origin in handed.keys() {
+            self.delivered_by.insert(origin.clone(), peer.clone());
+        }
+        for origin in duplicates.keys() {
+            let elsewhere = self.delivered_by.get(origin).is_some_and(|by| by != peer);
+            if origin != peer
+                && elsewhere
+                && !handed.contains_key(origin)
+                && s.pruned.insert(origin.clone())
+            {
+                s.graft_due.remove(origin);
+                s.prune_due.insert(origin.clone());
+                counters.prunes_sent += 1;
             }
         }
         if !duplicates.is_empty() {
@@ -1039,7 +1154,7 @@ impl Replica {
 
     /// When [`Replica::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let delay = self.config.relay_delay_ms;
+        let every = self.config.announce_every_ms;
         let sessions = self.peers.values().filter_map(|p| p.session.as_ref());
         let after = self.config.retransmit_after_ms;
         let retransmit = sessions
@@ -1048,34 +1163,52 @@ impl Replica {
             .flatten();
         let gossip = sessions
             .filter(|s| s.ready() && s.gossip_due)
-            .map(|s| s.last_ack_ms.saturating_add(delay / 2));
-        let relay = self
-            .arrivals
+            .map(|s| s.last_ack_ms.saturating_add(every));
+        let graft_after = self.config.graft_after_ms;
+        let graft = self
+            .stalled
             .values()
-            .filter_map(|a| a.pending.front())
-            .map(|&(at, _)| at.saturating_add(delay));
-        retransmit.chain(gossip).chain(relay).min()
+            .map(|&t| t.saturating_add(graft_after));
+        retransmit.chain(gossip).chain(graft).min()
     }
 
-    /// Takes in the time: what arrived `relay_delay_ms` ago may now be relayed.
+    /// Takes in the time: grafts back, for each origin stalled `graft_after_ms`, the pruned
+    /// peer that announces most of it (one per origin and period, so a dead one is passed by).
     fn tick(&mut self, now: u64) {
         self.now = self.now.max(now);
-        let (now, delay) = (self.now, self.config.relay_delay_ms);
-        let mut released = false;
-        for a in self.arrivals.values_mut() {
-            while let Some(&(at, seq)) = a.pending.front() {
-                if at.saturating_add(delay) > now {
-                    break;
+        let now = self.now;
+        let graft_after = self.config.graft_after_ms;
+        let Replica {
+            stalled,
+            peers,
+            accepted,
+            counters,
+            ..
+        } = self;
+        stalled.retain(|origin, since| {
+            let held = have::get(accepted, origin);
+            let best = peers
+                .iter()
+                .filter_map(|(id, p)| Some((id, p.session.as_ref()?)))
+                .filter(|(_, s)| s.pruned.contains(origin))
+                .map(|(id, s)| (have::get(&s.their_have, origin), id))
+                .filter(|&(seq, _)| seq > held)
+                .max();
+            let Some((_, id)) = best else {
+                return false;
+            };
+            if now >= since.saturating_add(graft_after) {
+                let id = id.clone();
+                if let Some(s) = peers.get_mut(&id).and_then(|p| p.session.as_mut()) {
+                    s.pruned.remove(origin);
+                    s.prune_due.remove(origin);
+                    s.graft_due.insert(origin.clone());
                 }
-                a.ready = a.ready.max(seq);
-                a.pending.pop_front();
-                released = true;
+                counters.entry(id).or_default().grafts_sent += 1;
+                *since = now;
             }
-        }
-        if released {
-            // Sessions that found nothing to send must look again.
-            self.have_version += 1;
-        }
+            true
+        });
     }
 
     /// The next output for the caller, if any.
@@ -1091,7 +1224,7 @@ impl Replica {
         log: &impl Log,
     ) -> Result<Option<(NodeId, Message)>, LogError> {
         self.tick(now);
-        let gossip_every = self.config.relay_delay_ms / 2;
+        let gossip_every = self.config.announce_every_ms;
         for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
             if s.ready() && s.gossip_due && now >= s.last_ack_ms.saturating_add(gossip_every) {
                 s.gossip_due = false;
@@ -1130,9 +1263,13 @@ impl Replica {
 
     fn next_control(&mut self, now: u64) -> Option<(NodeId, Message)> {
         let due = |p: &Peer| {
-            p.session
-                .as_ref()
-                .is_some_and(|s| s.hello_due || s.ack_due.is_some() || s.snapshot_ack_due.is_some())
+            p.session.as_ref().is_some_and(|s| {
+                s.hello_due
+                    || s.ack_due.is_some()
+                    || s.snapshot_ack_due.is_some()
+                    || !s.prune_due.is_empty()
+                    || !s.graft_due.is_empty()
+            })
         };
         if !self.peers.values().any(due) {
             return None;
@@ -1156,6 +1293,14 @@ impl Replica {
             })
         } else if let Some((id, page)) = s.snapshot_ack_due.take() {
             Message::SnapshotAck { id, page }
+        } else if !s.prune_due.is_empty() {
+            Message::Prune {
+                origins: std::mem::take(&mut s.prune_due).into_iter().collect(),
+            }
+        } else if !s.graft_due.is_empty() {
+            Message::Graft {
+                origins: std::mem::take(&mut s.graft_due).into_iter().collect(),
+            }
         } else {
             let rewind = s.ack_due.take().unwrap_or(false);
             s.last_ack_ms = now;
@@ -1272,24 +1417,26 @@ impl Replica {
             config,
             local_have,
             compacted,
-            arrivals,
             have_version,
             peers,
             scratch,
             unreadable,
+            counters,
             ..
         } = self;
-        // How far each origin may be sent now: all of this node's own events, and those of
-        // other origins that arrived at least `relay_delay_ms` ago.
-        let sendable = |o: &NodeId| {
-            let held = local_have[o];
-            match arrivals.get(o) {
-                Some(a) if o != local => held.min(a.ready),
-                _ => held,
-            }
-        };
         let Some(s) = peers.get_mut(peer).and_then(|p| p.session.as_mut()) else {
             return Ok(None);
+        };
+        // Everything held, but not the origins the peer pruned (this node's own never are),
+        // and of the peer's own events only what it may have lost.
+        let sendable = |s: &Session, o: &NodeId| {
+            if o == peer {
+                local_have[o].min(s.own_until)
+            } else if o != local && s.lazy.contains(o) {
+                0
+            } else {
+                local_have[o]
+            }
         };
         let in_flight = s.in_flight();
         if !s.ready() || in_flight >= config.window_events || s.snapshot_out.is_some() {
@@ -1305,7 +1452,7 @@ impl Replica {
         let mut bytes_left = config.batch_bytes;
         let origins: Vec<NodeId> = round_robin(local_have, s.last_origin.as_ref())
             .into_iter()
-            .filter(|o| sendable(o) > have::get(&s.sent, o))
+            .filter(|o| sendable(s, o) > have::get(&s.sent, o))
             .cloned()
             .collect();
         let mut batch = Vec::new();
@@ -1316,7 +1463,7 @@ impl Replica {
                 break;
             }
             let after = have::get(&s.sent, &origin);
-            let upto = sendable(&origin);
+            let upto = sendable(s, &origin);
             let want = budget.min(upto - after);
             let read = match log.read(&origin, after, want as usize, bytes_left) {
                 Err(LogError::Compacted { .. }) => {
@@ -1387,6 +1534,7 @@ impl Replica {
             s.idle_at = Some(*have_version);
             return Ok(None);
         }
+        counters.entry(peer.clone()).or_default().events_sent += batch.len() as u64;
         Ok(Some(Message::Events {
             events: batch,
             seals,
@@ -1463,7 +1611,18 @@ impl Replica {
                 .and_then(|s| s.snapshot_in)
                 .map(|(_, next)| next)
                 .filter(|&next| next != SNAPSHOT_DONE),
+            lazy_origins: s
+                .map(|s| s.lazy.iter().cloned().collect())
+                .unwrap_or_default(),
+            pruned_origins: s
+                .map(|s| s.pruned.iter().cloned().collect())
+                .unwrap_or_default(),
         })
+    }
+
+    /// What this node exchanged with `peer` since it started (zero for a peer never connected).
+    pub fn counters(&self, peer: &NodeId) -> PeerCounters {
+        self.counters.get(peer).copied().unwrap_or_default()
     }
 
     /// Events `local_have` holds that `peer` has not acknowledged on the current session

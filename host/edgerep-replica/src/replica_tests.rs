@@ -211,7 +211,8 @@ fn config(window: u64, batch: usize) -> ReplicaConfig {
 }
 
 /// Replica "a" with `log`, connected and ready with each peer (whose Hello says it has nothing);
-/// our Hellos and the outputs are drained.
+/// our Hellos, the prunes of the peers' own events on the other links, and the outputs are
+/// drained.
 fn ready(log: &MemLog, cfg: ReplicaConfig, peers: &[&str]) -> Replica {
     let mut r = Replica::new(n("a"), cfg);
     r.set_local_have(&log.have());
@@ -225,6 +226,16 @@ fn ready(log: &MemLog, cfg: ReplicaConfig, peers: &[&str]) -> Replica {
             r.poll_transmit(0, log).unwrap(),
             Some((_, Message::Hello(_)))
         ));
+    }
+    if peers.len() > 1 {
+        for _ in peers {
+            let m = r.poll_transmit(0, log).unwrap();
+            let Some((to, Message::Prune { origins })) = m else {
+                panic!("expected a prune, got {m:?}");
+            };
+            let others: Vec<NodeId> = peers.iter().map(|p| n(p)).filter(|p| *p != to).collect();
+            assert_eq!(origins, others, "to {to}");
+        }
     }
     while r.poll_output().is_some() {}
     r
@@ -343,7 +354,7 @@ fn protocol_violations_are_errors_naming_the_fault() {
     let e = r.handle(&n("b"), old, 0).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "peer speaks protocol version 7, this node speaks 4"
+        "peer speaks protocol version 7, this node speaks 5"
     );
     let e = r.handle(&n("b"), hello("c", &[]), 0).unwrap_err();
     assert_eq!(
@@ -484,44 +495,160 @@ fn relayed_origins_are_forwarded() {
     );
 }
 
-/// Events of another origin that arrive while running wait `relay_delay_ms` before they are
-/// relayed; a peer whose Ack says it got them meanwhile is not sent them. Our own have growing
-/// is told to every peer in an Ack, at most every half delay.
+/// Events of other origins are relayed at once, to every peer but those that pruned their
+/// origin: those only hear of them in our Acks (at most every `announce_every_ms`) until they
+/// graft it back. A prune of our own events is ignored.
 #[test]
-fn relays_wait_and_a_peer_that_has_them_is_skipped() {
-    let cfg = ReplicaConfig {
-        relay_delay_ms: 500,
-        ..ReplicaConfig::default()
-    };
+fn relays_go_at_once_except_to_peers_that_pruned_the_origin() {
     let mut log = MemLog::with(&[]);
-    let mut r = ready(&log, cfg, &["b", "c"]);
-    // x's events 1..=3 arrive (from x itself) at t = 1000.
-    r.handle_timeout(1000);
+    let mut r = ready(&log, ReplicaConfig::default(), &["b", "c"]);
     log = MemLog::with(&evs("x", 1..=3));
     r.set_local_have(&have_of(&[("x", 3)]));
-    // Half a delay after the last Ack (at t = 0), both peers are told our new have.
+    let mut to = Vec::new();
+    for _ in 0..2 {
+        let (peer, sent) = sent_dots(r.poll_transmit(1, &log).unwrap());
+        assert_eq!(sent, dots(&[("x", 1), ("x", 2), ("x", 3)]));
+        to.push(peer);
+    }
+    to.sort();
+    assert_eq!(to, ["b", "c"], "relayed at once to both");
+    let prune = |o: &[&str]| Message::Prune {
+        origins: o.iter().map(|o| n(o)).collect(),
+    };
+    // Our own origin and one we hold nothing of are ignored.
+    r.handle(&n("b"), prune(&["a", "x", "z"]), 2).unwrap();
+    for e in evs("x", 4..=5).into_iter().chain(evs("a", 1..=1)) {
+        log.add(e);
+    }
+    r.set_local_have(&have_of(&[("a", 1), ("x", 5)]));
+    let mut sent = Vec::new();
+    while let Some(m) = r.poll_transmit(2, &log).unwrap() {
+        let (peer, mut dots) = sent_dots(Some(m));
+        dots.sort();
+        sent.push((peer, dots));
+    }
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            ("b".to_string(), dots(&[("a", 1)])),
+            ("c".to_string(), dots(&[("a", 1), ("x", 4), ("x", 5)]))
+        ],
+        "b pruned x (not a, our own)"
+    );
+    assert_eq!(r.peer_view(&n("b")).unwrap().lazy_origins, [n("x")]);
+    // The announcement: every peer hears of our have, b included.
     let mut told = Vec::new();
-    while let Some((peer, m)) = r.poll_transmit(1000, &log).unwrap() {
-        assert_eq!(m, ack(&[("x", 3)], false), "to {peer}");
+    while let Some((peer, m)) = r.poll_transmit(100, &log).unwrap() {
+        assert_eq!(m, ack(&[("a", 1), ("x", 5)], false), "to {peer}");
         told.push(peer.to_string());
     }
     assert_eq!(told, ["b", "c"]);
-    assert_eq!(r.poll_timeout(), Some(1500), "the relay becomes due");
-    r.handle_timeout(1499);
-    assert_eq!(r.poll_transmit(1499, &log).unwrap(), None, "not yet");
-    // c got x's events from x meanwhile and says so; b did not.
-    r.handle(&n("c"), ack(&[("x", 3)], false), 1499).unwrap();
-    r.handle_timeout(1500);
-    let (to, sent) = sent_dots(r.poll_transmit(1500, &log).unwrap());
+    // b grafts x back: it gets what it lacks of it.
+    r.handle(
+        &n("b"),
+        Message::Graft {
+            origins: vec![n("x")],
+        },
+        101,
+    )
+    .unwrap();
     assert_eq!(
-        (to.as_str(), sent),
-        ("b", dots(&[("x", 1), ("x", 2), ("x", 3)]))
+        sent_dots(r.poll_transmit(101, &log).unwrap()),
+        ("b".to_string(), dots(&[("x", 4), ("x", 5)]))
     );
-    assert_eq!(r.poll_transmit(1500, &log).unwrap(), None, "nothing for c");
+    assert_eq!(r.counters(&n("b")).events_sent, 6);
 }
 
-/// A changelog that returns less than the local have promises is reported for that origin
-/// (and nothing more of it is sent), not taken as the end of everything.
+/// All control messages due at `now`, in order.
+fn controls(r: &mut Replica, log: &MemLog, now: u64) -> Vec<(String, Message)> {
+    let mut out = Vec::new();
+    while let Some((peer, m)) = r.poll_transmit(now, log).unwrap() {
+        out.push((peer.to_string(), m));
+    }
+    out
+}
+
+/// A peer that sent only events of an origin another peer delivered is pruned for that origin
+/// (never the origin on its own link, and not a peer resending what it delivered itself), as
+/// every other link is for the origins we have a link with. When the origin stalls here while
+/// the pruned peer announces more of it, the peer is grafted back after `graft_after_ms`
+/// without progress; for a peer's own events at once when its link goes down.
+#[test]
+fn a_peer_sending_only_duplicates_is_pruned_and_grafted_back_on_a_stall() {
+    let (mut r, log) = receiver(&["b", "c", "x"]);
+    let (b, c, x, y) = (n("b"), n("c"), n("x"), n("y"));
+    assert_eq!(
+        r.peer_view(&c).unwrap().pruned_origins,
+        [b.clone(), x.clone()]
+    );
+    r.handle(&b, sealed(evs("y", 1..=3)), 1).unwrap();
+    assert_eq!(apply_of(&mut r).0, "b");
+    r.handle(&x, sealed(evs("x", 1..=2)), 1).unwrap();
+    r.set_local_have(&have_of(&[("x", 2), ("y", 3)]));
+    r.applied(&b, 1);
+    assert_eq!(apply_of(&mut r).0, "x");
+    r.applied(&x, 1);
+    r.handle(&c, sealed(evs("y", 2..=3)), 2).unwrap();
+    r.handle(&x, sealed(evs("x", 1..=2)), 2).unwrap();
+    let sent = controls(&mut r, &log, 2);
+    let prune = |o: &NodeId| Message::Prune {
+        origins: vec![o.clone()],
+    };
+    assert!(sent.contains(&("c".into(), prune(&y))), "{sent:?}");
+    assert!(
+        !sent
+            .iter()
+            .any(|(p, m)| p == "x" && matches!(m, Message::Prune { .. })),
+        "the origin's own link is never pruned: {sent:?}"
+    );
+    assert_eq!(
+        r.peer_view(&c).unwrap().pruned_origins,
+        [b.clone(), x.clone(), y.clone()]
+    );
+    let counters = r.counters(&c);
+    assert_eq!(
+        (counters.events_received, counters.duplicates_received),
+        (2, 2)
+    );
+
+    // c announces y's events up to 6; b delivers 4 at t = 300 (progress), then nothing.
+    let graft = |o: &NodeId| Message::Graft {
+        origins: vec![o.clone()],
+    };
+    r.handle(&c, ack(&[("y", 6)], false), 10).unwrap();
+    assert!(matches!(r.poll_output(), Some(Output::Acked { .. })));
+    r.handle(&b, sealed(evs("y", 4..=4)), 300).unwrap();
+    apply_of(&mut r);
+    r.set_local_have(&have_of(&[("y", 4)]));
+    r.applied(&b, 300);
+    r.handle_timeout(410);
+    assert!(
+        !controls(&mut r, &log, 410)
+            .iter()
+            .any(|(_, m)| *m == graft(&y))
+    );
+    assert_eq!(
+        r.poll_timeout(),
+        Some(700),
+        "400 ms after the last progress"
+    );
+    r.handle_timeout(700);
+    let sent = controls(&mut r, &log, 700);
+    assert!(sent.contains(&("c".into(), graft(&y))), "{sent:?}");
+    assert_eq!(
+        r.peer_view(&c).unwrap().pruned_origins,
+        [b.clone(), x.clone()]
+    );
+
+    // x's link going down: b and c push x's events again.
+    r.disconnected(&x, 801);
+    let sent = controls(&mut r, &log, 801);
+    assert!(sent.contains(&("b".into(), graft(&x))), "{sent:?}");
+    assert!(sent.contains(&("c".into(), graft(&x))), "{sent:?}");
+    assert_eq!(r.counters(&c).grafts_sent, 2);
+}
+
 #[test]
 fn an_inconsistent_log_is_reported_for_its_origin() {
     let log = MemLog::with(&evs("a", 1..=2));

@@ -98,10 +98,21 @@ pub(crate) struct Session {
     /// The reason of the peer's Bye, if it sent one.
     pub(crate) bye: Option<String>,
     /// Our have grew since the last Ack we sent this peer: tell it (so that it stops relaying
-    /// us what we got elsewhere), at most every half relay delay.
+    /// us what we got elsewhere, and learns what it may miss), at most every
+    /// `announce_every_ms`.
     pub(crate) gossip_due: bool,
     /// When we last sent this peer an Ack.
     pub(crate) last_ack_ms: u64,
+    /// How far the peer's own events go back to it: what we held of them when its Hello came
+    /// (a restored peer gets back what it lost; what it writes later it has).
+    pub(crate) own_until: u64,
+    /// Origins the peer pruned: their events are not pushed to it.
+    pub(crate) lazy: BTreeSet<NodeId>,
+    /// Origins we pruned on the peer (it sent us only events of them we had).
+    pub(crate) pruned: BTreeSet<NodeId>,
+    /// Prune and Graft messages due, by origin.
+    pub(crate) prune_due: BTreeSet<NodeId>,
+    pub(crate) graft_due: BTreeSet<NodeId>,
     /// The snapshot we are sending the peer (it lacks events we compacted away).
     pub(crate) snapshot_out: Option<SnapshotOut>,
     /// Numbers our snapshots on this session.
@@ -139,6 +150,11 @@ impl Session {
             bye: None,
             gossip_due: false,
             last_ack_ms: now,
+            own_until: 0,
+            lazy: BTreeSet::new(),
+            pruned: BTreeSet::new(),
+            prune_due: BTreeSet::new(),
+            graft_due: BTreeSet::new(),
             snapshot_out: None,
             next_snapshot_id: 0,
             snapshot_in: None,

@@ -93,6 +93,11 @@ impl NodeProcess {
         })
     }
 
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn status(&self, verify: bool) -> anyhow::Result<Json> {
         match self.client.status(verify) {
             Outcome::Ok(b) => Ok(serde_json::from_slice(&b)?),

@@ -7,6 +7,7 @@
 mod bench;
 mod bench_reconcile;
 mod bench_replicate;
+mod bench_topology;
 mod client;
 mod cluster;
 mod demo;
@@ -272,6 +273,9 @@ enum BenchCommand {
     Reconcile(bench_reconcile::ReconcileArgs),
     /// Two nodes on loopback: end-to-end replication throughput and latency, against raw redb and raw quinn.
     Replicate(bench_replicate::ReplicateArgs),
+    /// Nodes on loopback peered as a chain, a star and meshes: latency per relay hop, and
+    /// deliveries per write (ideal N−1), duplicates and CPU per event under a burst.
+    Topology(bench_topology::TopologyArgs),
 }
 
 fn main() -> ExitCode {
@@ -723,6 +727,9 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Bench {
             command: BenchCommand::Reconcile(args),
         } => bench_reconcile::reconcile(args),
+        Command::Bench {
+            command: BenchCommand::Topology(args),
+        } => bench_topology::topology(args),
     }
 }
 

@@ -267,6 +267,98 @@ fn a_partition_heals_and_both_sides_converge() {
     assert_eq!(get(&n1, "orders", "both"), get(&n2, "orders", "both"));
 }
 
+/// Per node, the sum over its peers of a `traffic` counter.
+fn traffic(s: &serde_json::Value, field: &str) -> u64 {
+    s["replication"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["traffic"][field].as_u64().unwrap())
+        .sum()
+}
+
+/// The relay tree on real processes: in a mesh of three each write crosses each link once
+/// (node-3 gets node-1's events from node-1, and node-2 does not relay them to it). When the
+/// node-1 ↔ node-3 link goes silent (its datagrams dropped, the QUIC connection not yet timed
+/// out), node-3 sees node-1's events stall while node-2 announces them, grafts node-2, and
+/// gets them through it long before the connection's 10 s idle timeout.
+#[test]
+fn a_mesh_sends_each_write_once_per_link_and_a_silent_link_is_routed_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    // The node-1 ↔ node-3 link, both ways, through proxies that can drop everything.
+    let mut proxies = Vec::new();
+    for (from, to) in [(0, 2), (2, 0)] {
+        let listen = edgerep_config::Config::load(&configs[to])
+            .unwrap()
+            .replication
+            .listen;
+        let proxy = Proxy::start(listen);
+        let text = std::fs::read_to_string(&configs[from]).unwrap();
+        let text = text.replace(
+            &format!("address = \"{listen}\""),
+            &format!("address = \"{}\"", proxy.addr),
+        );
+        std::fs::write(&configs[from], text).unwrap();
+        proxies.push(proxy);
+    }
+    let nodes: Vec<Node> = configs.iter().map(|c| Node::start(c)).collect();
+    put(&nodes[0], "orders", "first", r#"{"x":1}"#);
+    converge(&[&nodes[0], &nodes[1], &nodes[2]], Duration::from_secs(30));
+    // Let the start-up connection replacements settle, then count from here.
+    std::thread::sleep(Duration::from_secs(2));
+    let before: Vec<serde_json::Value> = nodes.iter().map(status).collect();
+    put_many(&nodes[0], "mesh", 1000);
+    converge(&[&nodes[0], &nodes[1], &nodes[2]], Duration::from_secs(30));
+    let after: Vec<serde_json::Value> = nodes.iter().map(status).collect();
+    let delta = |field: &str| -> u64 {
+        after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| traffic(a, field) - traffic(b, field))
+            .sum()
+    };
+    let received = delta("events_received");
+    assert!(
+        (2000..=2400).contains(&received),
+        "1000 writes to two other nodes: {received} events received (ideal 2000), {} duplicates",
+        delta("duplicates_received")
+    );
+    let s3 = &after[2];
+    let peer = |s: &serde_json::Value, id: &str| {
+        s["replication"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        peer(s3, "node-2")["traffic"]["not_pushed_by_peer"],
+        serde_json::json!(["node-1"]),
+        "node-3 gets node-1's events on its own link: {s3}"
+    );
+
+    for p in &proxies {
+        p.cut.store(true, Ordering::Relaxed);
+    }
+    let started = Instant::now();
+    let last = put_many(&nodes[0], "silent", 200);
+    wait_for_origin(&nodes[2], "node-1", last, Duration::from_secs(8));
+    let took = started.elapsed();
+    let s3 = status(&nodes[2]);
+    assert!(
+        peer(&s3, "node-2")["traffic"]["grafts_sent"].as_u64().unwrap() >= 1,
+        "node-3 grafted node-2: {s3}"
+    );
+    println!("node-1's events reached node-3 around the silent link in {took:?}");
+    for p in &proxies {
+        p.cut.store(false, Ordering::Relaxed);
+    }
+    converge(&[&nodes[0], &nodes[1], &nodes[2]], Duration::from_secs(60));
+}
+
 #[test]
 fn a_node_from_another_ca_is_refused_and_garbage_is_ignored() {
     let dir = tempfile::tempdir().unwrap();

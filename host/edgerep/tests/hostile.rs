@@ -133,9 +133,9 @@ fn an_unsolicited_snapshot_is_declined_and_reported() {
 
 /// Events under the name of node-3 (connected to node-1) with the sequence numbers node-3 will
 /// use next: before, they were stored and node-3's real events were dropped as duplicates. Now
-/// they are held back (node-3 itself says it holds less), and node-3's real writes win.
+/// their seal, not node-3's, refuses them and cuts the peer off, and node-3's real writes win.
 #[test]
-fn events_forged_under_a_connected_origins_name_are_held_back() {
+fn events_forged_under_a_connected_origins_name_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, n1, n3) = honest_pair(dir.path());
     let mut h = attacker(&configs, &[]);
@@ -144,10 +144,19 @@ fn events_forged_under_a_connected_origins_name_are_held_back() {
         .collect();
     let m = h.sealed(forged);
     h.send(&m).unwrap();
-    wait_status(&n1, "the forged events are held back", |r| {
-        r["deferred_last"]
-            .as_str()
-            .is_some_and(|s| s.contains("relayed by node-2"))
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("node-3")),
+        "{reason:?}"
+    );
+    wait_status(&n1, "the forgery is reported", |r| {
+        r["refused"].as_array().is_some_and(|l| {
+            l.iter().any(|x| {
+                x["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("events of node-3 up to"))
+            })
+        })
     });
     for seq in 2..=4 {
         put(&n3, "c", &format!("x{seq}"), r#"{"v":3}"#);
