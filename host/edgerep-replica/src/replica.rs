@@ -695,14 +695,14 @@ impl Replica {
                 }
             }
             Message::Prune { origins } => {
-                // A prune of our own events is ignored (we are the root of their tree); one of
-                // an origin we hold nothing of too (so the set stays within the origins held).
-                let local_have = &self.local_have;
-                s.lazy.extend(
-                    origins
-                        .into_iter()
-                        .filter(|o| *o != self.local && local_have.contains_key(o)),
-                );
+                // A prune of our own events is ignored (we are the root of their tree). The set
+                // holds at most as many origins as a have may.
+                for o in origins.into_iter().filter(|o| *o != self.local) {
+                    if s.lazy.len() >= crate::message::MAX_ORIGINS {
+                        break;
+                    }
+                    s.lazy.insert(o);
+                }
             }
             Message::Graft { origins } => {
                 for o in origins {

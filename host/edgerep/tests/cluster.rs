@@ -349,7 +349,10 @@ fn a_mesh_sends_each_write_once_per_link_and_a_silent_link_is_routed_around() {
     let took = started.elapsed();
     let s3 = status(&nodes[2]);
     assert!(
-        peer(&s3, "node-2")["traffic"]["grafts_sent"].as_u64().unwrap() >= 1,
+        peer(&s3, "node-2")["traffic"]["grafts_sent"]
+            .as_u64()
+            .unwrap()
+            >= 1,
         "node-3 grafted node-2: {s3}"
     );
     println!("node-1's events reached node-3 around the silent link in {took:?}");
