@@ -849,6 +849,11 @@ impl Store {
 
     /// What the idempotency key `key` was recorded with, if it is held.
     pub fn idempotency(&self, key: &str) -> Result<Option<idempotency::Recorded>, StoreError> {
+        // A new key (the common case) is answered by the index alone, without a read
+        // transaction.
+        if !self.idempotency_index.contains(key) {
+            return Ok(None);
+        }
         let txn = self.db.begin_read()?;
         self.idempotency_index
             .get(&txn.open_table(idempotency::IDEMPOTENCY)?, key)

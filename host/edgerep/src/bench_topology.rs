@@ -157,32 +157,6 @@ fn traffic_sum(status: &Json, field: &str) -> u64 {
     })
 }
 
-/// user + system CPU seconds of the process `pid`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which is in parentheses and may hold spaces).
-    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name and state.
-    (ticks(11) + ticks(12)) / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// The burst: every writer writes `burst` events at once; returns the figures line.
 fn burst(
     name: &str,
@@ -196,7 +170,7 @@ fn burst(
         .iter()
         .map(|n| n.status(false))
         .collect::<Result<_, _>>()?;
-    let cpu_before: Vec<f64> = nodes.iter().map(|n| cpu_seconds(n.pid())).collect();
+    let cpu_before: Vec<f64> = nodes.iter().map(NodeProcess::cpu_seconds).collect();
     let start = Instant::now();
     let mut threads = Vec::new();
     for &w in writers {
@@ -271,7 +245,7 @@ fn burst(
     let cpu: f64 = nodes
         .iter()
         .zip(&cpu_before)
-        .map(|(n, b)| cpu_seconds(n.pid()) - b)
+        .map(|(n, b)| n.cpu_seconds() - b)
         .sum();
     let delta = |field: &str| -> u64 {
         after
