@@ -2,7 +2,8 @@
 # Runs every test of edgerep on a fresh machine: installs what the tests need, then checks
 # formatting, lints, and runs the whole test suite (unit, integration, real-process crash tests,
 # randomized decoder tests, a short benchmark smoke run, the plugin conformance vectors on the
-# Rust, TinyGo and Go builds of every plugin, the Go plugin soak test).
+# Rust, TinyGo and Go builds of every plugin, the Go plugin soak test, the status page in
+# headless chromium).
 #
 # Tool installs are cached outside the repository (under $EDGEREP_CACHE, default ~/.cache/edgerep)
 # and reused on the next run.
@@ -43,6 +44,16 @@ step "tinygo (built once into \$EDGEREP_CACHE by scripts/install-tinygo.sh, then
 TINYGO="$(./scripts/install-tinygo.sh | tail -n 1)"
 export TINYGO
 "$TINYGO" version 2>/dev/null || true
+
+step "chromium and chromedriver (Debian's, for the status page's browser test)"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    sudo_if_needed=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_if_needed="sudo"; fi
+    $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+        || { $sudo_if_needed apt-get update -q && $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+fi
+/usr/bin/chromium --version
+/usr/bin/chromedriver --version
 
 step "format"
 cargo fmt --all -- --check

@@ -332,7 +332,29 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        // The status page holds no data (it reads the API, with the token if one is set), so
+        // it is served without the guard.
+        .route("/ui", get(ui))
         .with_state(state)
+}
+
+/// The status page (`/ui`): one HTML file embedded in the binary, reading `/v1/status` and
+/// `/v1/dead-letters` every second.
+async fn ui() -> Response {
+    let mut r = Response::new(Body::from(include_str!("ui/index.html")));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
 }
 
 /// Runs blocking store work off the async threads.
@@ -1250,6 +1272,7 @@ async fn status(
         "idempotency": app.idempotency.to_json(keys_held),
         "compacted": s.compacted,
         "feed_floor": s.feed_floor,
+        "collections": collections_json(&app.config.collections),
     });
     let check = app.store.open_check();
     body["store_check_at_open"] = json!({
@@ -1274,6 +1297,28 @@ async fn status(
         }
     }
     Ok(axum::Json(body).into_response())
+}
+
+/// The configured collections, for `status`.
+fn collections_json(c: &edgerep_config::CollectionsConfig) -> Json {
+    let declared: Vec<Json> = c
+        .declared
+        .iter()
+        .map(|d| {
+            json!({
+                "name": d.name,
+                "resolver": d.resolver,
+                "transforms_on_ingest": d.transforms_on_ingest,
+                "transforms_on_apply": d.transforms_on_apply,
+                "durability": match d.durability {
+                    edgerep_config::Durability::Immediate => "immediate",
+                    edgerep_config::Durability::Periodic => "periodic",
+                },
+                "compare": if d.compare_on_versions { "versions" } else { "values" },
+            })
+        })
+        .collect();
+    json!({"accept_undeclared": c.accept_undeclared, "declared": declared})
 }
 
 #[derive(Debug, Deserialize)]

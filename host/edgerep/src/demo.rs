@@ -221,6 +221,10 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
             "  cargo run --release -p edgerep -- status --config {}",
             paths[1].display()
         );
+        println!("or open a node's status page in a browser:");
+        for (site, node) in sites.iter().zip(&nodes) {
+            println!("  {} http://{}/ui", site.name, node.api_addr);
+        }
         println!("Ctrl-C stops it.");
         rt.block_on(crate::wait_for_signal())?;
     }
