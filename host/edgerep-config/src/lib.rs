@@ -71,6 +71,9 @@
 //! interval_ms = 10000        # how often to compact, 100..=3600000
 //! peer_absent_ms = 604800000 # a peer unheard of this long stops holding entries back (0: never)
 //!
+//! [tracing]                  # optional
+//! otlp_endpoint = "http://127.0.0.1:4318/v1/traces"  # export spans over OTLP/HTTP (JSON)
+//!
 //! [authorization]            # optional; the same on every node (peers compare it)
 //! site-b = ["orders"]        # origin = collections it may write; origins not listed: all
 //!
@@ -130,6 +133,8 @@ pub struct Config {
     pub commit: CommitConfig,
     /// `[retention]`: changelog compaction.
     pub retention: RetentionConfig,
+    /// `[tracing]`: where trace spans go.
+    pub tracing: TracingConfig,
     /// `[plugins.NAME]` tables, sorted by name.
     pub plugins: Vec<PluginConfig>,
     /// `[authorization]`: per origin, the collections it may write (origins not listed may
@@ -358,6 +363,16 @@ pub struct CommitConfig {
     pub max_events: usize,
 }
 
+/// `[tracing]`: the spans of writes (the origin's commit, each peer's apply) go to an
+/// OpenTelemetry collector when an endpoint is set; the W3C trace context of a write travels
+/// in its event's metadata either way.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TracingConfig {
+    /// The OTLP/HTTP traces endpoint (`http://` or `https://`, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`); `None`: no spans are exported.
+    pub otlp_endpoint: Option<String>,
+}
+
 /// `[retention]`: which changelog entries a node may remove. A peer that needs removed entries
 /// (new, or back after `peer_absent_ms`) is brought up to date from a snapshot of the state.
 #[derive(Debug, Clone, PartialEq)]
@@ -498,6 +513,9 @@ impl Config {
             },
             commit: CommitConfig {
                 max_events: raw.commit.max_events,
+            },
+            tracing: TracingConfig {
+                otlp_endpoint: raw.tracing.otlp_endpoint.clone(),
             },
             retention: RetentionConfig {
                 compact: raw.retention.compact,

@@ -60,6 +60,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) retention: RawRetention,
     #[serde(default)]
+    pub(crate) tracing: RawTracing,
+    #[serde(default)]
     pub(crate) plugins: BTreeMap<String, RawPlugin>,
     #[serde(default)]
     pub(crate) authorization: BTreeMap<String, Vec<String>>,
@@ -309,6 +311,13 @@ impl Default for RawCommit {
             max_events: default_commit_max_events(),
         }
     }
+}
+
+/// `[tracing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    pub(crate) otlp_endpoint: Option<String>,
 }
 
 /// `[retention]`.

@@ -18,6 +18,7 @@ pub(crate) fn validate(raw: &RawConfig) -> Result<(), Violation> {
     check_collections(raw)?;
     check_limits(raw)?;
     check_retention(raw)?;
+    check_tracing(raw)?;
     check_api(raw)?;
     check_authorization(raw)?;
     Ok(())
@@ -93,6 +94,23 @@ fn check_authorization(raw: &RawConfig) -> Result<(), Violation> {
                     "node {:?} is revoked twice (also at {})",
                     r.node.as_str(),
                     render_path(&[Seg::Key("revoked"), Seg::Index(first)])
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_tracing(raw: &RawConfig) -> Result<(), Violation> {
+    if let Some(e) = &raw.tracing.otlp_endpoint {
+        let rest = e
+            .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+            return Err((
+                vec![Seg::Key("tracing"), Seg::Key("otlp_endpoint")],
+                format!(
+                    "{e:?} is not an http:// or https:// URL (the collector's OTLP/HTTP traces endpoint, e.g. \"http://127.0.0.1:4318/v1/traces\")"
                 ),
             ));
         }

@@ -771,6 +771,30 @@ fn durability_and_sync_interval() {
 }
 
 #[test]
+fn tracing_endpoint_is_optional_and_checked() {
+    assert_eq!(parse(MINIMAL).unwrap().tracing.otlp_endpoint, None);
+    let config = parse(&with(
+        "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.tracing.otlp_endpoint.as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    for bad in ["127.0.0.1:4318", "http://", "ftp://x", "http://a b"] {
+        let err = expect_error(
+            &with(&format!("[tracing]\notlp_endpoint = \"{bad}\"\n")),
+            "tracing.otlp_endpoint",
+        );
+        assert!(
+            err.message.contains("not an http:// or https:// URL"),
+            "{err}"
+        );
+    }
+    expect_error(&with("[tracing]\nendpoint = \"x\"\n"), "tracing.endpoint");
+}
+
+#[test]
 fn retention_defaults_and_errors() {
     let config = parse(MINIMAL).unwrap();
     let r = &config.retention;

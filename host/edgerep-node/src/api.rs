@@ -48,6 +48,7 @@ use crate::committer::{CommitError, Committer};
 use crate::idempotency;
 use crate::ingest;
 use crate::request::{self, Format};
+use crate::trace::{ClientTrace, TRACEPARENT};
 
 /// Everything the handlers share.
 #[derive(Debug, Clone)]
@@ -74,6 +75,8 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// Idempotency keys answered, refused.
     pub idempotency: Arc<crate::idempotency::Counters>,
+    /// Trace spans of writes (see `trace`).
+    pub traces: Arc<crate::trace::Traces>,
 }
 
 /// What protects the API: the bearer token (required when it listens beyond loopback), the
@@ -497,7 +500,13 @@ async fn put_key(
         schema: 0,
         meta: Default::default(),
     };
-    write_one(&app, write, idempotency::from_headers(&headers)?).await
+    write_one(
+        &app,
+        write,
+        idempotency::from_headers(&headers)?,
+        trace_header(&headers)?,
+    )
+    .await
 }
 
 /// Runs one write through ingest and commits it. The answer is `{"seq", "hlc", "position"}`
@@ -507,6 +516,7 @@ async fn write_one(
     app: &Arc<AppState>,
     write: LocalWrite,
     key: Option<String>,
+    trace: Option<ClientTrace>,
 ) -> Result<Response, ApiError> {
     let body = idempotency::body_hash(std::slice::from_ref(&write));
     if let Some(k) = &key
@@ -535,7 +545,7 @@ async fn write_one(
         }],
         _ => Vec::new(),
     };
-    let committed = commit_keyed(app, writes, receipts).await?;
+    let committed = commit_keyed(app, writes, receipts, trace.as_ref()).await?;
     Ok(one_answer(&committed, &indexes).into_response())
 }
 
@@ -577,22 +587,73 @@ async fn lookup(
 }
 
 /// Commits `writes` with `receipts`; counts a key a concurrent request recorded first.
+/// Commits `writes` with `receipts`; counts a key a concurrent request recorded first. A traced
+/// request (`trace`) is committed under a commit span whose context each event carries in its
+/// metadata (`traceparent`; see `trace`).
 async fn commit_keyed(
     app: &Arc<AppState>,
-    writes: Vec<LocalWrite>,
+    mut writes: Vec<LocalWrite>,
     receipts: Vec<Receipt>,
+    trace: Option<&ClientTrace>,
 ) -> Result<Vec<Committed>, ApiError> {
-    app.committer
-        .commit_keyed(writes, Vec::new(), receipts)
-        .await
-        .map_err(|e| {
-            if matches!(e, CommitError::KeyInUse(_)) {
-                app.idempotency
-                    .in_use
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span = match trace {
+        Some(t) if !writes.is_empty() => {
+            let span = app.traces.commit_span(t, writes.len());
+            for (i, w) in writes.iter_mut().enumerate() {
+                w.meta
+                    .insert(TRACEPARENT.to_owned(), span.traceparent.clone());
+                if let Err(problem) = request::meta_problem(&app.config, &w.meta) {
+                    span.end(Err("refused"));
+                    return Err(ApiError::bad_request(
+                        "bad_meta",
+                        format!(
+                            "write {i}: with the traceparent header added to its metadata, {problem}"
+                        ),
+                    ));
+                }
             }
-            ApiError::from(e)
-        })
+            tracing::info!(trace_id = %span.trace_id, events = writes.len(), "committing a traced write");
+            Some(span)
+        }
+        _ => None,
+    };
+    let result = app
+        .committer
+        .commit_keyed(writes, Vec::new(), receipts)
+        .await;
+    if let Some(span) = span {
+        match &result {
+            Ok(c) => span.end(Ok((
+                c.first().map_or(0, |c| c.seq),
+                c.last().map_or(0, |c| c.seq),
+            ))),
+            Err(e) => span.end(Err(&e.to_string())),
+        }
+    }
+    result.map_err(|e| {
+        if matches!(e, CommitError::KeyInUse(_)) {
+            app.idempotency
+                .in_use
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ApiError::from(e)
+    })
+}
+
+/// The request's W3C `traceparent` header, checked, if it has one.
+fn trace_header(headers: &HeaderMap) -> Result<Option<ClientTrace>, ApiError> {
+    let Some(v) = headers.get(TRACEPARENT) else {
+        return Ok(None);
+    };
+    let text = v.to_str().map_err(|_| {
+        ApiError::bad_request(
+            "bad_traceparent",
+            "the traceparent header is not visible ASCII".into(),
+        )
+    })?;
+    crate::trace::Traces::parse_header(text)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("bad_traceparent", e))
 }
 
 async fn delete_key(
@@ -610,7 +671,13 @@ async fn delete_key(
         schema: 0,
         meta: Default::default(),
     };
-    write_one(&app, write, idempotency::from_headers(&headers)?).await
+    write_one(
+        &app,
+        write,
+        idempotency::from_headers(&headers)?,
+        trace_header(&headers)?,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -689,6 +756,7 @@ async fn batch(
 ) -> Result<Response, ApiError> {
     let format = request_format(&headers)?;
     let request_key = idempotency::from_headers(&headers)?;
+    let trace = trace_header(&headers)?;
     let body = body_bytes(body, app.config.limits.max_request_bytes)?;
     let app2 = app.clone();
     // Parsing a large batch, looking its keys up and running transforms is CPU and disk work:
@@ -748,7 +816,7 @@ async fn batch(
             } else {
                 receipts = per_write_receipts(receipts, &indexes);
             }
-            let committed = commit_keyed(&app, writes, receipts).await?;
+            let committed = commit_keyed(&app, writes, receipts, trace.as_ref()).await?;
             (committed, indexes, failed, replays)
         }
     };

@@ -16,6 +16,7 @@ mod metrics;
 pub mod pipeline;
 pub mod replication;
 mod request;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -118,6 +119,7 @@ pub struct RunningNode {
     committer: std::thread::JoinHandle<()>,
     keys: Option<Arc<keys::NodeKeys>>,
     node: edgerep_wire::NodeId,
+    traces: Arc<trace::Traces>,
 }
 
 impl RunningNode {
@@ -160,6 +162,8 @@ impl RunningNode {
         }
         let committer = self.committer;
         let _ = tokio::task::spawn_blocking(move || committer.join()).await;
+        let traces = self.traces;
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         result
     }
 }
@@ -173,6 +177,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         source,
     })?;
     let guard = Arc::new(api::Guard::from_config(&config).map_err(NodeError::Config)?);
+    let traces = Arc::new(trace::Traces::new(&config).map_err(NodeError::Config)?);
     // Plugins first: a bad plugin refuses to start before anything else is opened.
     let pipeline = Arc::new(pipeline::Pipeline::load(&config)?);
     let db_path = data_dir.join("edgerep.redb");
@@ -279,6 +284,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             inbox,
             origin_gate,
             keys: keys.clone(),
+            traces: traces.clone(),
         },
         tokio::runtime::Handle::current(),
     )
@@ -306,6 +312,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         replication: replication.clone(),
         guard,
         idempotency: Arc::new(idempotency::Counters::default()),
+        traces: traces.clone(),
     });
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {
@@ -324,5 +331,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         committer: committer_thread,
         keys,
         node,
+        traces,
     })
 }

@@ -585,6 +585,7 @@ pub fn start(
         inbox,
         origin_gate,
         keys,
+        traces,
     } = wiring;
     if config.peers.is_empty() {
         return Ok(None);
@@ -668,6 +669,8 @@ pub fn start(
         acked: BTreeMap::new(),
         dirty: BTreeMap::new(),
         last_contact: BTreeMap::new(),
+        traces,
+        traced: BTreeMap::new(),
         frames: BTreeMap::new(),
         last_error: BTreeMap::new(),
         mismatches: BTreeMap::new(),
@@ -771,6 +774,8 @@ pub struct Wiring {
     pub origin_gate: watch::Sender<Option<String>>,
     /// This node's keys; `None` when it signs none.
     pub keys: Option<Arc<crate::keys::NodeKeys>>,
+    /// Where the apply spans of traced events go.
+    pub traces: Arc<crate::trace::Traces>,
 }
 
 /// The committer's hook into replication: tells the replicator each new durable have.
@@ -797,6 +802,14 @@ impl CommitHookSender {
     fn compacted(&self, result: Result<Compaction, CommitError>) {
         let _ = self.0.send(Input::Compacted(result));
     }
+}
+
+/// An event of an outstanding apply that carries a trace context.
+struct TracedEvent {
+    traceparent: String,
+    origin: String,
+    seq: u64,
+    collection: String,
 }
 
 /// Runs one authenticated connection until it ends: the dialer opens the stream, the acceptor
@@ -998,6 +1011,10 @@ struct Replicator {
     acked: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     dirty: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     last_contact: BTreeMap<NodeId, u64>,
+    /// Where apply spans go, and per peer the traced events of its outstanding apply: when it
+    /// went to the committer, and (traceparent, origin, seq, collection) of each.
+    traces: Arc<crate::trace::Traces>,
+    traced: BTreeMap<NodeId, (std::time::SystemTime, Vec<TracedEvent>)>,
     /// Per peer: (messages sent, bytes sent, messages received, bytes received).
     frames: BTreeMap<NodeId, [u64; 4]>,
     last_error: BTreeMap<NodeId, String>,
@@ -1536,6 +1553,23 @@ impl Replicator {
                         );
                         self.reports.fork(report);
                     }
+                    if let Some((started, events)) = self.traced.remove(&peer) {
+                        for t in events {
+                            tracing::info!(
+                                trace_id = %t.traceparent.get(3..35).unwrap_or(""),
+                                peer = %peer, origin = %t.origin, seq = t.seq,
+                                "applied a traced event"
+                            );
+                            self.traces.apply_span(
+                                &t.traceparent,
+                                started,
+                                peer.as_str(),
+                                &t.origin,
+                                t.seq,
+                                &t.collection,
+                            );
+                        }
+                    }
                     self.core.applied(&peer, now)
                 }
                 Err(CommitError::Forged(reason)) => {
@@ -1686,6 +1720,25 @@ impl Replicator {
                         // Everything was refused: nothing to commit.
                         self.core.applied(&peer, self.now());
                         continue;
+                    }
+                    let traced: Vec<TracedEvent> = prepared
+                        .events
+                        .iter()
+                        .filter_map(|r| {
+                            let e = &r.event;
+                            Some(TracedEvent {
+                                traceparent: e.meta.get(crate::trace::TRACEPARENT)?.clone(),
+                                origin: e.origin.to_string(),
+                                seq: e.seq,
+                                collection: e.collection.clone(),
+                            })
+                        })
+                        .collect();
+                    // One apply per peer is outstanding: what an earlier, failed one left goes.
+                    self.traced.remove(&peer);
+                    if !traced.is_empty() {
+                        self.traced
+                            .insert(peer.clone(), (std::time::SystemTime::now(), traced));
                     }
                     let hook = CommitHookSender(self.inbox.clone());
                     let to = peer.clone();
