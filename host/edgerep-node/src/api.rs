@@ -77,6 +77,8 @@ pub struct AppState {
     pub idempotency: Arc<crate::idempotency::Counters>,
     /// Trace spans of writes (see `trace`).
     pub traces: Arc<crate::trace::Traces>,
+    /// Commit durations and per-collection counts (see `metrics`).
+    pub commit_metrics: Arc<crate::metrics::CommitMetrics>,
 }
 
 /// What protects the API: the bearer token (required when it listens beyond loopback), the
@@ -1481,6 +1483,7 @@ async fn metrics(State(app): Shared) -> Result<Response, ApiError> {
         plugins: &plugins,
         uptime_seconds: app.started.elapsed().as_secs_f64(),
         now_ms: crate::committer::wall_ms(),
+        commits: &app.commit_metrics,
     });
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

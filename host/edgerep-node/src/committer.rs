@@ -206,6 +206,7 @@ impl Committer {
         feed: watch::Sender<u64>,
         hook: CommitHook,
         origin_gate: watch::Receiver<Option<String>>,
+        metrics: Arc<crate::metrics::CommitMetrics>,
     ) -> Result<(Committer, thread::JoinHandle<()>), edgerep_store::StoreError> {
         let mut have: Have = store.status()?.origins;
         let local = store.node().to_string();
@@ -248,8 +249,10 @@ impl Committer {
                         Request::Write(p) => p,
                         Request::Sync => {
                             if durable.unsynced {
+                                let started = std::time::Instant::now();
                                 match store.sync() {
                                     Ok(()) => {
+                                        metrics.sync(started.elapsed().as_secs_f64());
                                         synced(&mut durable, &mut have, Sync::Immediate);
                                         hook(&have);
                                     }
@@ -271,6 +274,12 @@ impl Committer {
                             let n = events.len();
                             let sync =
                                 policy.sync_for(events.iter().map(|r| r.event.collection.as_str()));
+                            let per_collection: Vec<(String, u64)> =
+                                count_by(events.iter().map(|r| r.event.collection.as_str()))
+                                    .into_iter()
+                                    .map(|(c, k)| (c.to_owned(), k))
+                                    .collect();
+                            let started = std::time::Instant::now();
                             match store.apply_sealed(
                                 events,
                                 &seals,
@@ -281,6 +290,10 @@ impl Committer {
                                 wall_ms(),
                             ) {
                                 Ok(out) => {
+                                    metrics.commit("apply", started.elapsed().as_secs_f64());
+                                    for (c, k) in &per_collection {
+                                        metrics.events(c, *k, false);
+                                    }
                                     for (origin, &seq) in &out.held {
                                         // This node's own events, sent back by a peer after
                                         // a crash lost them here, are synced like local ones.
@@ -450,6 +463,12 @@ impl Committer {
                         let total = writes.len();
                         let sync = policy.sync_for(writes.iter().map(|w| w.collection.as_str()));
                         let receipts = receipts_of(&group, &counts);
+                        let per_collection: Vec<(String, u64)> =
+                            count_by(writes.iter().map(|w| w.collection.as_str()))
+                                .into_iter()
+                                .map(|(c, k)| (c.to_owned(), k))
+                                .collect();
+                        let started = std::time::Instant::now();
                         match store.commit_local_keyed(
                             std::mem::take(&mut writes),
                             &replay,
@@ -459,6 +478,10 @@ impl Committer {
                             wall_ms(),
                         ) {
                             Ok(committed) => {
+                                metrics.commit("local", started.elapsed().as_secs_f64());
+                                for (c, k) in &per_collection {
+                                    metrics.events(c, *k, true);
+                                }
                                 if let Some(last) = committed.last() {
                                     feed.send_replace(last.position);
                                     durable.local_committed = last.seq;
@@ -677,6 +700,18 @@ pub struct Repair {
 
 /// Asks the committer to sync deferred commits every `interval` while there are some; ends
 /// when the committer's last handle is dropped.
+/// How many of `names` are each name (in first-seen order; few distinct names per commit).
+fn count_by<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(&'a str, u64)> {
+    let mut out: Vec<(&str, u64)> = Vec::new();
+    for n in names {
+        match out.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, k)) => *k += 1,
+            None => out.push((n, 1)),
+        }
+    }
+    out
+}
+
 fn spawn_flusher(queue: mpsc::WeakSender<Request>, wanted: Arc<AtomicBool>, interval: Duration) {
     thread::Builder::new()
         .name("edgerep-flusher".into())

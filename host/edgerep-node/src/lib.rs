@@ -12,7 +12,7 @@ pub mod idempotency;
 mod ingest;
 pub mod keys;
 mod listener;
-mod metrics;
+pub mod metrics;
 pub mod pipeline;
 pub mod replication;
 mod request;
@@ -262,6 +262,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
              if no peer can be reached"
                 .to_owned()
         }));
+    let commit_metrics = Arc::new(metrics::CommitMetrics::default());
     let (committer, committer_thread) = Committer::spawn(
         store.clone(),
         clock,
@@ -270,6 +271,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         feed_tx,
         Box::new(move |have| hook.have(have)),
         origin_gate_rx,
+        commit_metrics.clone(),
     )
     .map_err(|source| NodeError::Store {
         path: db_path.display().to_string(),
@@ -313,6 +315,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         guard,
         idempotency: Arc::new(idempotency::Counters::default()),
         traces: traces.clone(),
+        commit_metrics,
     });
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {

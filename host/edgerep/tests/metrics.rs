@@ -72,6 +72,43 @@ fn metrics_are_scraped_and_move_as_writes_replicate() {
         if sample(&text, held) == Some(6.0) {
             assert_eq!(sample(&text, "edgerep_feed_position"), Some(position + 5.0));
             assert_eq!(sample(&text, "edgerep_state_entries"), Some(6.0));
+            // node-2 applied node-1's six events of `c`, in transactions it timed.
+            assert_eq!(
+                sample(
+                    &text,
+                    r#"edgerep_collection_applied_events_total{collection="c"}"#
+                ),
+                Some(6.0),
+                "{text}"
+            );
+            assert!(
+                sample(
+                    &text,
+                    r#"edgerep_commit_duration_seconds_count{kind="apply"}"#
+                )
+                .is_some_and(|n| n >= 1.0),
+                "{text}"
+            );
+            assert!(
+                sample(
+                    &text,
+                    r#"edgerep_commit_duration_seconds_bucket{le="+Inf",kind="apply"}"#
+                )
+                .is_some()
+                    || text.contains(
+                        r#"edgerep_commit_duration_seconds_bucket{kind="apply",le="+Inf"}"#
+                    ),
+                "{text}"
+            );
+            // And the peer's traffic: bytes and events received from node-1.
+            assert!(
+                sample(
+                    &text,
+                    r#"edgerep_peer_received_events_total{peer="node-1"}"#
+                )
+                .is_some_and(|n| n >= 6.0),
+                "{text}"
+            );
             assert!(
                 sample(
                     &text,
@@ -85,6 +122,24 @@ fn metrics_are_scraped_and_move_as_writes_replicate() {
         assert!(Instant::now() < deadline, "{text}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // On the writer: six local writes of `c` in timed local transactions.
+    let (_, text) = scrape(&n1);
+    assert_eq!(
+        sample(
+            &text,
+            r#"edgerep_collection_written_events_total{collection="c"}"#
+        ),
+        Some(6.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            r#"edgerep_commit_duration_seconds_count{kind="local"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     // On the writer, the peer's lag goes back to zero once it acknowledged everything.
     let deadline = Instant::now() + Duration::from_secs(30);
     while sample(&scrape(&n1).1, r#"edgerep_peer_lag_events{peer="node-2"}"#) != Some(0.0) {
