@@ -41,6 +41,18 @@ pub type Have = BTreeMap<String, u64>;
 /// Called on the committer thread after every durable commit with the store's new [`Have`].
 pub type CommitHook = Box<dyn Fn(&Have) + Send>;
 
+/// What the committer reports to and waits on.
+pub struct Links {
+    /// Told the last feed position after each commit.
+    pub feed: watch::Sender<u64>,
+    /// Told each new durable have.
+    pub hook: CommitHook,
+    /// Local writes wait while it holds a reason (see the origin check in `replication`).
+    pub origin_gate: watch::Receiver<Option<String>>,
+    /// Commit durations and per-collection counts.
+    pub metrics: Arc<crate::metrics::CommitMetrics>,
+}
+
 /// Called on the committer thread with the outcome of [`Committer::apply`].
 pub type ApplyReply = Box<dyn FnOnce(Result<RemoteApply, CommitError>) + Send>;
 
@@ -196,18 +208,21 @@ pub fn wall_ms() -> u64 {
 }
 
 impl Committer {
-    /// Starts the committer thread. `feed` is told the last feed position after each commit.
-    /// The thread ends when every handle is dropped, after syncing deferred commits.
+    /// Starts the committer thread (see [`Links`] for what it reports to). The thread ends
+    /// when every handle is dropped, after syncing deferred commits.
     pub fn spawn(
         store: Arc<Store>,
         mut clock: HlcClock,
         max_events: usize,
         policy: SyncPolicy,
-        feed: watch::Sender<u64>,
-        hook: CommitHook,
-        origin_gate: watch::Receiver<Option<String>>,
-        metrics: Arc<crate::metrics::CommitMetrics>,
+        links: Links,
     ) -> Result<(Committer, thread::JoinHandle<()>), edgerep_store::StoreError> {
+        let Links {
+            feed,
+            hook,
+            origin_gate,
+            metrics,
+        } = links;
         let mut have: Have = store.status()?.origins;
         let local = store.node().to_string();
         let (tx, mut rx) = mpsc::channel::<Request>(QUEUE_REQUESTS);

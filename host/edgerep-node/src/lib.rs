@@ -268,10 +268,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         clock,
         config.commit.max_events,
         committer::SyncPolicy::from_config(&config),
-        feed_tx,
-        Box::new(move |have| hook.have(have)),
-        origin_gate_rx,
-        commit_metrics.clone(),
+        committer::Links {
+            feed: feed_tx,
+            hook: Box::new(move |have| hook.have(have)),
+            origin_gate: origin_gate_rx,
+            metrics: commit_metrics.clone(),
+        },
     )
     .map_err(|source| NodeError::Store {
         path: db_path.display().to_string(),
