@@ -49,7 +49,10 @@
 //   - package edgereptest (native builds only): set parameters and read logs in `go test`.
 //
 // A panic in a plugin (standard Go) is logged through the host's log at error level, then the
-// call fails: the host sees a trap, never a half-finished result. The standard Go runtime's
+// call fails: the host sees a trap, never a half-finished result. Under TinyGo, which cannot
+// recover a panic, the runtime prints the panic's message before aborting; the host keeps a
+// call's last output lines. Either way the failure (the client's error, the log, the dead
+// letter) says "(the plugin said: ...)" with the message. The standard Go runtime's
 // garbage collector is driven by the SDK (see internal/gc): plugin authors need do nothing.
 package edgerep
 

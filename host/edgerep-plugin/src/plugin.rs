@@ -338,7 +338,18 @@ impl Plugin {
         fuel_used: u64,
         phase: Phase,
     ) -> Failure {
-        let (kind, message) = classify(error, store.data().limiter.refused(), phase);
+        let (kind, mut message) = classify(error, store.data().limiter.refused(), phase);
+        // A trap: what the plugin said before it (a panic's message) goes on its first line.
+        if kind == FailureKind::Trap
+            && let Some(said) = store.data().said()
+        {
+            let (first, rest) = message.split_once('\n').unwrap_or((message.as_str(), ""));
+            message = if rest.is_empty() {
+                format!("{first} (the plugin said: {said})")
+            } else {
+                format!("{first} (the plugin said: {said})\n{rest}")
+            };
+        }
         let failure = failure(kind, &message, fuel_used);
         tracing::debug!(
             plugin = %self.name(),

@@ -586,6 +586,10 @@ pub(crate) struct HostState {
     log_suppressed: u64,
     /// Created on first use, so plugins that do not import WASI never pay for it.
     wasi: Option<WasiState>,
+    /// The call's stdout and stderr (their last bytes), and its last error-level log line:
+    /// what the plugin said before it failed.
+    output: crate::wasi::OutputTail,
+    last_error_log: Option<String>,
 }
 
 impl HostState {
@@ -596,13 +600,30 @@ impl HostState {
             log_lines: 0,
             log_suppressed: 0,
             wasi: None,
+            output: Default::default(),
+            last_error_log: None,
         }
+    }
+
+    /// What the plugin said in the current call before failing: its last error-level log line
+    /// (the SDKs log a panic's message so), else the last lines it printed (a TinyGo panic
+    /// prints its message, then aborts).
+    pub(crate) fn said(&self) -> Option<String> {
+        self.last_error_log
+            .clone()
+            .or_else(|| self.output.last_lines())
+            .map(|s| {
+                let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+                truncate(&one_line, 512).into_owned()
+            })
     }
 
     /// Resets the per-call state: the log budget and the record of a refused grow.
     pub(crate) fn begin_call(&mut self) {
         self.log_lines = 0;
         self.log_suppressed = 0;
+        self.last_error_log = None;
+        self.output.clear();
         self.limiter.begin_call();
     }
 
@@ -620,7 +641,9 @@ impl HostState {
     }
 
     pub(crate) fn wasi(&mut self) -> &mut WasiState {
-        self.wasi.get_or_insert_with(WasiState::new)
+        let output = &self.output;
+        self.wasi
+            .get_or_insert_with(|| WasiState::new(output.clone()))
     }
 }
 
@@ -636,6 +659,9 @@ impl WasiView for HostState {
 
 impl Host for HostState {
     fn log(&mut self, level: Level, message: String) {
+        if matches!(level, Level::Error) {
+            self.last_error_log = Some(truncate(&message, LOG_LINE_MAX_BYTES).into_owned());
+        }
         if self.log_lines >= LOG_LINES_PER_CALL {
             self.log_suppressed += 1;
             return;

@@ -1,8 +1,9 @@
 //! WASI preview 2 for plugins that import it (Go and `wasm32-wasip2` builds): a context that grants
 //! nothing and answers every question deterministically, so every node computes the same result.
 //!
-//! - No arguments, environment, preopened directories or network; stdin is closed, stdout and
-//!   stderr are discarded.
+//! - No arguments, environment, preopened directories or network; stdin is closed; stdout and
+//!   stderr go to an [`OutputTail`] that keeps their last bytes (what a TinyGo `panic` prints
+//!   before it aborts: the host names it in the failure).
 //! - The wall clock always reads [`WALL_CLOCK_SECS`] (2020-01-01T00:00:00Z).
 //! - The monotonic clock is virtual: it starts at 0 and every read advances it by
 //!   [`MONOTONIC_STEP_NS`]. Sleeping (a pollable from `subscribe-duration`/`subscribe-instant`)
@@ -40,6 +41,104 @@ const MAX_RANDOM_BYTES: u64 = 1 << 20;
 /// every semver-compatible `0.2.x` import from it.
 const MONOTONIC_CLOCK_INTERFACE: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
+/// How many of a call's last output bytes (stdout and stderr together) are kept.
+const OUTPUT_TAIL_BYTES: usize = 2048;
+
+/// The plugin's stdout and stderr: the last [`OUTPUT_TAIL_BYTES`] written, the rest dropped
+/// (writing never fails or blocks, however much the plugin prints).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OutputTail(Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>);
+
+impl OutputTail {
+    fn push(&self, bytes: &[u8]) {
+        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = &bytes[bytes.len().saturating_sub(OUTPUT_TAIL_BYTES)..];
+        let over = (tail.len() + bytes.len()).saturating_sub(OUTPUT_TAIL_BYTES);
+        tail.drain(..over);
+        tail.extend(bytes);
+    }
+
+    /// Forgets what was written (at the start of a call).
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The last non-empty lines written, at most 3 (lossy UTF-8), if any.
+    pub(crate) fn last_lines(&self) -> Option<String> {
+        let tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes: Vec<u8> = tail.iter().copied().collect();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let last = lines[lines.len().saturating_sub(3)..].join(" | ");
+        (!last.is_empty()).then_some(last)
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for OutputTail {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for OutputTail {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl wasmtime_wasi::p2::OutputStream for OutputTail {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for OutputTail {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for OutputTail {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.push(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// The WASI state of one instance.
 pub(crate) struct WasiState {
     pub(crate) ctx: WasiCtx,
@@ -48,9 +147,11 @@ pub(crate) struct WasiState {
 }
 
 impl WasiState {
-    pub(crate) fn new() -> WasiState {
+    pub(crate) fn new(output: OutputTail) -> WasiState {
         let clock = Arc::new(VirtualClock::default());
         let ctx = WasiCtxBuilder::new()
+            .stdout(output.clone())
+            .stderr(output)
             .wall_clock(FixedWallClock)
             .monotonic_clock(SharedClock(clock.clone()))
             .secure_random(SplitMix64::new(RANDOM_SEED))

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use edgerep_plugin::{FailureKind, Limits, Runtime};
+use edgerep_plugin::{FailureKind, Limits, PluginSource, Runtime};
 use edgerep_wire::{DecodeLimits, Value};
 
-use crate::common::{event, limits, load, order};
+use crate::common::{event, limits, load, order, toolchain_wasm_path};
 
 /// Calls `plugin` twice on pooled instances (`fresh = false`) and once on a fresh one; every call
 /// must fail with `kind` and the same fuel. A broken instance that was reused would fail
@@ -80,6 +80,41 @@ fn balloon_hits_the_memory_limit() {
         limits(1_000_000_000, 16 << 20),
         FailureKind::MemoryLimit,
     );
+}
+
+/// A panic's message reaches the failure, from every toolchain: the Rust SDK and standard Go
+/// log it (error level) before the trap; TinyGo, which cannot recover a panic, prints it to its
+/// stdout before aborting.
+#[test]
+fn a_panics_message_is_in_the_failure_on_every_toolchain() {
+    let runtime = Runtime::new(None).unwrap();
+    for toolchain in ["rust", "tinygo", "go"] {
+        let path = toolchain_wasm_path(toolchain, "trap");
+        let p = runtime
+            .load(PluginSource {
+                name: "trap".into(),
+                wasm: std::fs::read(&path).unwrap(),
+                path,
+                expected_sha256: None,
+                limits: limits(100_000_000, 64 << 20),
+                params: Default::default(),
+            })
+            .unwrap();
+        for key in ["o-1", "o-2"] {
+            let failure = p.transform(&order(key), false).unwrap_err();
+            assert_eq!(failure.kind, FailureKind::Trap, "{toolchain}: {failure}");
+            // On the failure's first line, after the trap.
+            let first = failure.message.lines().next().unwrap_or("");
+            let said = first
+                .split_once("(the plugin said: ")
+                .map_or("", |(_, s)| s);
+            assert!(
+                said.contains("trap plugin: deliberate panic on key") && said.contains(key),
+                "{toolchain}: {}",
+                failure.message
+            );
+        }
+    }
 }
 
 #[test]
