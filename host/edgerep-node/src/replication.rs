@@ -272,6 +272,8 @@ pub struct Replication {
     inbox: std_mpsc::Sender<Input>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
     transport: Transport,
+    /// The accepting and dialing tasks (aborted at `stop`).
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Replication {
@@ -308,6 +310,14 @@ impl Replication {
     pub fn stop(&self) {
         self.transport
             .close(CloseCode::Normal, "node shutting down");
+        for t in self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+        {
+            t.abort();
+        }
         let _ = self.inbox.send(Input::Stop);
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = thread {
@@ -698,7 +708,10 @@ pub fn start(
     // Accept peers.
     let accept_transport = transport.clone();
     let accept_inbox = inbox.clone();
-    runtime.spawn(async move {
+    // The endpoint's tasks hold clones of the transport: they are aborted at `stop`, so the
+    // UDP port is free again (a node restarted in the same process binds it anew).
+    let mut tasks = Vec::new();
+    tasks.push(runtime.spawn(async move {
         let mut next_id = 1u64 << 32;
         while let Some(incoming) = accept_transport.accept().await {
             next_id += 1;
@@ -711,7 +724,7 @@ pub fn start(
                 }
             });
         }
-    });
+    }));
     for (peer, address) in trusted {
         let transport = transport.clone();
         let inbox = inbox.clone();
@@ -719,15 +732,15 @@ pub fn start(
             // The peer dials us; but after this node restarts, the peer may hold the dead
             // connection of our previous run until QUIC's idle timeout. One dial at start
             // replaces it at once (the peer takes a new connection over an old one).
-            runtime.spawn(async move {
+            tasks.push(runtime.spawn(async move {
                 if let Ok(conn) = transport.connect(&peer, &address).await {
                     serve_connection(conn, 1u64 << 31, true, inbox, limits).await;
                 }
-            });
+            }));
             continue;
         }
         // Dial the peers with a greater id, again whenever the connection ends.
-        runtime.spawn(async move {
+        tasks.push(runtime.spawn(async move {
             let mut backoff = DIAL_MIN;
             let mut id = 0u64;
             loop {
@@ -755,13 +768,14 @@ pub fn start(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(DIAL_MAX);
             }
-        });
+        }));
     }
     Ok(Some(Replication {
         status,
         inbox,
         thread: Mutex::new(Some(thread)),
         transport,
+        tasks: Mutex::new(tasks),
     }))
 }
 

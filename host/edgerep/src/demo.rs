@@ -1,9 +1,13 @@
 //! `edgerep demo`: the README's first command. Writes a 3-node cluster on loopback
 //! (`init --cluster 3`: a CA, certificates, every node peered with the others), with a resolver
-//! plugin (`merge-counter`) on the `counters` collection. First the sites run cut off from each
+//! plugin (`merge-counter`) on the `counters` collection and a transform (`filter`, its
+//! parameters missing at first) on node-1's `readings`. First the sites run cut off from each
 //! other and each writes, including concurrent updates of one key; then they connect, replicate
 //! over QUIC with mutual TLS, and converge: the demo shows the conflict settled by the plugin,
-//! the same value on every node, and equal state digests.
+//! the same value on every node, and equal state digests. Then: a site offline while the others
+//! write, and back; a write the plugin fails on, kept as a dead letter and replayed once the
+//! plugin is fixed; a store damaged behind its node's back, found at start and repaired from a
+//! peer by anti-entropy. The nodes' logs go to a file the demo names.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,14 +33,14 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The merge-counter component: built with the project's own command on first use.
-fn merge_counter() -> anyhow::Result<PathBuf> {
+/// The demo's plugin components (merge-counter, filter): built with the project's own command
+/// on first use.
+fn example_plugins() -> anyhow::Result<(PathBuf, PathBuf)> {
     let root = repo_root();
-    let wasm = root.join("target/plugins/rust/merge-counter.wasm");
-    if !wasm.exists() {
-        println!(
-            "building the example resolver plugin (first run only): cargo xtask build-plugins"
-        );
+    let dir = root.join("target/plugins/rust");
+    let (merge, filter) = (dir.join("merge-counter.wasm"), dir.join("filter.wasm"));
+    if !merge.exists() || !filter.exists() {
+        println!("building the example plugins (first run only): cargo xtask build-plugins");
         let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
             .current_dir(&root)
             .args([
@@ -45,17 +49,72 @@ fn merge_counter() -> anyhow::Result<PathBuf> {
                 "--toolchain",
                 "rust",
                 "merge-counter",
+                "filter",
             ])
             .status()
             .context("running cargo xtask build-plugins")?;
-        if !status.success() || !wasm.exists() {
+        if !status.success() || !merge.exists() || !filter.exists() {
             bail!(
-                "building merge-counter failed; run `cargo xtask build-plugins` in {}",
+                "building the example plugins failed; run `cargo xtask build-plugins` in {}",
                 root.display()
             );
         }
     }
-    Ok(wasm.canonicalize()?)
+    Ok((merge.canonicalize()?, filter.canonicalize()?))
+}
+
+/// node-1's `readings` collection, through the filter transform (`params` its TOML line).
+fn filter_section(wasm: &Path, sha256: &str, params: &str) -> String {
+    format!(
+        "\n# The demo's transform on node-1: drops readings whose status is \"drop\".\n\
+         [[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n\
+         [plugins.filter]\npath = \"{}\"\nsha256 = \"{sha256}\"\n{params}\n",
+        wasm.display()
+    )
+}
+
+/// Waits until every node shows the same digest and origins (and `until` holds on them).
+fn wait_converged(
+    clients: &[Client],
+    what: &str,
+    until: impl Fn(&[serde_json::Value]) -> bool,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all: Vec<serde_json::Value> = clients
+            .iter()
+            .map(|c| {
+                expect_ok("status", c.status(false)).and_then(|b| Ok(serde_json::from_slice(&b)?))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let converged = all
+            .windows(2)
+            .all(|w| w[0]["digest"] == w[1]["digest"] && w[0]["origins"] == w[1]["origins"]);
+        if converged && until(&all) {
+            return Ok(all);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: not reached within 30 s: {}",
+                serde_json::to_string_pretty(&all)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Logs to `path` (the nodes run in this process): the walkthrough stays readable.
+fn log_to_file(path: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("creating the log file {}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .try_init();
+    Ok(())
 }
 
 fn sha256_hex(path: &Path) -> anyhow::Result<String> {
@@ -78,13 +137,30 @@ fn add_resolver(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Starts a site's node again in this process: its UDP port is free once the stopped node's
+/// connections have closed, which may take a moment.
+fn restart(rt: &tokio::runtime::Runtime, site: &Site) -> anyhow::Result<edgerep_node::RunningNode> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match rt.block_on(edgerep_node::start(site.config.clone())) {
+            Ok(node) => return Ok(node),
+            Err(e)
+                if e.to_string().contains("Address already in use")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 struct Site {
     name: String,
     config: Config,
 }
 
 pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
-    crate::init_logging();
     let _temp;
     let dir = match dir {
         Some(d) => d,
@@ -95,12 +171,21 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
             p
         }
     };
-    let wasm = merge_counter()?;
+    let (wasm, filter) = example_plugins()?;
     let sha = sha256_hex(&wasm)?;
+    let filter_sha = sha256_hex(&filter)?;
     let paths = crate::cluster::write_cluster(&dir, 3, true)?;
+    let log = dir.join("nodes.log");
+    log_to_file(&log)?;
     let mut sites = Vec::new();
     for (i, p) in paths.iter().enumerate() {
         add_resolver(p, &wasm, &sha)?;
+        if i == 0 {
+            // The filter without its parameters: it fails on every write (scene 5 fixes it).
+            let mut text = std::fs::read_to_string(p)?;
+            text.push_str(&filter_section(&filter, &filter_sha, ""));
+            std::fs::write(p, text)?;
+        }
         sites.push(Site {
             name: format!("node-{}", i + 1),
             config: Config::load(p)?,
@@ -108,8 +193,9 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
     }
     println!("edgerep demo: a 3-node cluster in {}", dir.display());
     println!(
-        "  (edgerep init --cluster 3: a CA, a certificate per node, loopback ports, all peered)\n"
+        "  (edgerep init --cluster 3: a CA, a certificate per node, loopback ports, all peered)"
     );
+    println!("  the nodes' logs: {}\n", log.display());
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
 
     println!("1. the sites are cut off from each other; each one takes writes:");
@@ -206,6 +292,121 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
         }
     }
     println!("  equal digests: the nodes converged.");
+
+    println!("\n4. node-3 goes offline; node-1 and node-2 keep taking writes:");
+    let n3 = nodes.remove(2);
+    rt.block_on(n3.shutdown())?;
+    for (i, c) in clients[..2].iter().enumerate() {
+        let n = i + 1;
+        let b = expect_ok(
+            "put",
+            c.put_json(
+                "orders",
+                format!("late-{n}").as_bytes(),
+                &format!(r#"{{"item": "part-{n}", "qty": 1}}"#),
+            ),
+        )?;
+        show(&format!("{} put orders/late-{n}", sites[i].name), &b);
+    }
+    let seen = wait_converged(&clients[..2], "node-1 and node-2 agree", |all| {
+        all[0]["replication"]["peers"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["id"] == "node-3"))
+            .is_some_and(|p| p["connected"] == false && p["lag_events"].as_u64() >= Some(2))
+    })?;
+    if let Some(p) = seen[0]["replication"]["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["id"] == "node-3"))
+    {
+        println!(
+            "  node-1 sees node-3: connected {}, {} events it lacks",
+            p["connected"], p["lag_events"]
+        );
+    }
+    nodes.insert(2, restart(&rt, &sites[2])?);
+    wait_converged(&clients, "node-3 caught up", |_| true)?;
+    let b = expect_ok("get", clients[2].get("orders", b"late-1", false))?;
+    show("node-3 get orders/late-1 (back)", &b);
+    println!("  node-3 is back and caught up: equal digests again.");
+
+    println!("\n5. a plugin fails on a write; the write is kept as a dead letter:");
+    match clients[0].put_json("readings", b"r-1", r#"{"status": "ok", "temp": 21.5}"#) {
+        Outcome::Refused(status, message) => {
+            println!("  node-1 put readings/r-1                 refused ({status}): {message}")
+        }
+        other => bail!("the failing plugin should have refused the write: {other:?}"),
+    }
+    let list: serde_json::Value =
+        serde_json::from_slice(&expect_ok("dead letters", clients[0].dead_letters(0, 10))?)?;
+    let letter = list["dead_letters"][0].clone();
+    let id = letter["id"]
+        .as_u64()
+        .context("the failed write is a dead letter")?;
+    println!(
+        "  node-1 dead letter {id}: collection {}, key {}, plugin {}, {}",
+        letter["collection"], letter["key"], letter["plugin"], letter["failure"]
+    );
+    println!("  the operator gives the plugin its parameters, restarts node-1 and replays it:");
+    let text = std::fs::read_to_string(&paths[0])?.replace(
+        &filter_section(&filter, &filter_sha, ""),
+        &filter_section(
+            &filter,
+            &filter_sha,
+            "params = { field = \"status\", equals = \"drop\" }",
+        ),
+    );
+    std::fs::write(&paths[0], text)?;
+    sites[0].config = Config::load(&paths[0])?;
+    let n1 = nodes.remove(0);
+    rt.block_on(n1.shutdown())?;
+    nodes.insert(0, restart(&rt, &sites[0])?);
+    let b = expect_ok("replay", clients[0].replay_dead_letter(id))?;
+    show(&format!("node-1 dead-letters replay {id}"), &b);
+    wait_converged(&clients, "the replayed write replicated", |all| {
+        all.iter().all(|s| s["dead_letters"] == 0)
+    })?;
+    let b = expect_ok("get", clients[2].get("readings", b"r-1", false))?;
+    show("node-3 get readings/r-1", &b);
+
+    println!(
+        "\n6. node-2's store is damaged behind its back (orders/o-1's row removed while stopped):"
+    );
+    let n2 = nodes.remove(1);
+    rt.block_on(n2.shutdown())?;
+    let store = sites[1].config.node.data_dir.join("edgerep.redb");
+    edgerep_store::Store::damage_file(
+        &store,
+        &sites[1].config.node.id,
+        "orders",
+        &[b"o-1".to_vec()],
+        edgerep_store::aae::Damage::Remove,
+    )?;
+    nodes.insert(1, restart(&rt, &sites[1])?);
+    let s: serde_json::Value =
+        serde_json::from_slice(&expect_ok("status", clients[1].status(false))?)?;
+    println!(
+        "  node-2 at start: the store check found damage: {}",
+        s["store_check_at_open"]["damage_found"]
+    );
+    match clients[1].get("orders", b"o-1", false) {
+        Outcome::NotFound(_) => println!("  node-2 get orders/o-1                   not found"),
+        other => println!("  node-2 get orders/o-1                   {other:?}"),
+    }
+    let reports: serde_json::Value =
+        serde_json::from_slice(&expect_ok("reconcile", clients[1].reconcile(None))?)?;
+    for r in reports["sessions"].as_array().into_iter().flatten() {
+        println!(
+            "  node-2 reconcile with {}: {} versions repaired here",
+            r["peer"], r["repaired_in"]
+        );
+    }
+    let b = expect_ok("get", clients[1].get("orders", b"o-1", false))?;
+    show("node-2 get orders/o-1 (repaired)", &b);
+    let all = wait_converged(&clients, "the repaired store agrees", |_| true)?;
+    println!(
+        "  anti-entropy repaired it from a peer: equal digests {} on every node.",
+        all[0]["digest"]
+    );
 
     if !once {
         println!("\nthe cluster keeps serving; try, in another terminal:");

@@ -212,6 +212,38 @@ fn demo_runs_to_the_end() {
         "{out}"
     );
     assert_eq!(out.matches("verified true").count(), 3, "{out}");
+    // The later scenes: an offline site caught up, a dead letter replayed after the plugin's
+    // fix, a damaged store repaired by anti-entropy; node logs in a file, not in the output.
+    assert!(out.contains("node-3 get orders/late-1 (back)"), "{out}");
+    assert!(
+        out.contains("refused (422)") && out.contains("kept as dead letter"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"node-3 get readings/r-1                {"temp":21.5,"status":"ok"}"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"node-2 get orders/o-1 (repaired)       {"qty":10,"item":"part-1"}"#),
+        "{out}"
+    );
+    assert!(
+        out.contains("anti-entropy repaired it from a peer: equal digests"),
+        "{out}"
+    );
+    assert!(
+        !stderr(&o).contains(" INFO "),
+        "node logs on stderr: {}",
+        stderr(&o)
+    );
+    let log = dir.path().join("demo/nodes.log");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("node started"),
+        "{}",
+        log.display()
+    );
 }
 
 #[test]
