@@ -168,6 +168,33 @@ impl RunningNode {
     }
 }
 
+/// Checks that the API's TCP address and the replication UDP address can be bound (binding
+/// and releasing them; the TCP one with `SO_REUSEADDR`, as the listener itself is, so
+/// connections of a previous run in TIME_WAIT do not count).
+fn ports_free(config: &Config) -> Result<(), NodeError> {
+    let addr = config.api.listen;
+    let listen_error = |source| NodeError::Listen { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(listen_error)?;
+    socket.set_reuseaddr(true).map_err(listen_error)?;
+    socket.bind(addr).map_err(listen_error)?;
+    // Bound is not enough to tell: a listener already there is found by listening.
+    drop(socket.listen(1).map_err(listen_error)?);
+    if !config.peers.is_empty() {
+        let listen = config.replication.listen;
+        std::net::UdpSocket::bind(listen).map_err(|e| {
+            NodeError::Replication(format!(
+                "replication.listen: cannot listen for peers on {listen} (UDP): {e}"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Opens the store, starts the committer and serves the local API.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let data_dir = config.node.data_dir.clone();
@@ -178,6 +205,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     })?;
     let guard = Arc::new(api::Guard::from_config(&config).map_err(NodeError::Config)?);
     let traces = Arc::new(trace::Traces::new(&config).map_err(NodeError::Config)?);
+    // The addresses first: a start that fails on a port in use must not have opened the store,
+    // whose check at open would fix (and so no longer report) damage it found.
+    ports_free(&config)?;
     // Plugins first: a bad plugin refuses to start before anything else is opened.
     let pipeline = Arc::new(pipeline::Pipeline::load(&config)?);
     let db_path = data_dir.join("edgerep.redb");

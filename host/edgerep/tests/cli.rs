@@ -181,6 +181,29 @@ fn init_refuses_to_overwrite_and_help_works() {
     assert_eq!(edgerep(&["no-such-verb"]).status.code(), Some(2));
 }
 
+/// A node whose replication port is taken fails to start, naming the port, before it opens its
+/// store (a store opened and closed by a failed start would have its check at open fix, and
+/// so stop reporting, damage it found).
+#[test]
+fn a_port_in_use_fails_the_start_before_the_store_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = common::cluster(dir.path(), 2);
+    let listen = edgerep_config::Config::load(&configs[0])
+        .unwrap()
+        .replication
+        .listen;
+    let _taken = std::net::UdpSocket::bind(listen).unwrap();
+    let o = edgerep(&["run", "--config", configs[0].to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("cannot listen for peers on {listen}")),
+        "{}",
+        stderr(&o)
+    );
+    let store = configs[0].parent().unwrap().join("data/edgerep.redb");
+    assert!(!store.exists(), "{} was created", store.display());
+}
+
 #[test]
 fn demo_runs_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -231,6 +254,7 @@ fn demo_runs_to_the_end() {
         out.contains("anti-entropy repaired it from a peer: equal digests"),
         "{out}"
     );
+    assert!(out.contains("the store check found damage: true"), "{out}");
     assert!(
         !stderr(&o).contains(" INFO "),
         "node logs on stderr: {}",
