@@ -310,19 +310,27 @@ fn a_mesh_sends_each_write_once_per_link_and_a_silent_link_is_routed_around() {
     let before: Vec<serde_json::Value> = nodes.iter().map(status).collect();
     put_many(&nodes[0], "mesh", 1000);
     converge(&[&nodes[0], &nodes[1], &nodes[2]], Duration::from_secs(30));
-    let after: Vec<serde_json::Value> = nodes.iter().map(status).collect();
-    let delta = |field: &str| -> u64 {
+    // Replication publishes its status a little after the store's: wait for the counts.
+    let delta = |after: &[serde_json::Value], field: &str| -> u64 {
         after
             .iter()
             .zip(&before)
             .map(|(a, b)| traffic(a, field) - traffic(b, field))
             .sum()
     };
-    let received = delta("events_received");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let after: Vec<serde_json::Value> = nodes.iter().map(status).collect();
+        if delta(&after, "events_received") >= 2000 || Instant::now() > deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let received = delta(&after, "events_received");
     assert!(
         (2000..=2400).contains(&received),
         "1000 writes to two other nodes: {received} events received (ideal 2000), {} duplicates",
-        delta("duplicates_received")
+        delta(&after, "duplicates_received")
     );
     let s3 = &after[2];
     let peer = |s: &serde_json::Value, id: &str| {
@@ -347,14 +355,19 @@ fn a_mesh_sends_each_write_once_per_link_and_a_silent_link_is_routed_around() {
     let last = put_many(&nodes[0], "silent", 200);
     wait_for_origin(&nodes[2], "node-1", last, Duration::from_secs(8));
     let took = started.elapsed();
-    let s3 = status(&nodes[2]);
-    assert!(
-        peer(&s3, "node-2")["traffic"]["grafts_sent"]
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s3 = status(&nodes[2]);
+        if peer(&s3, "node-2")["traffic"]["grafts_sent"]
             .as_u64()
             .unwrap()
-            >= 1,
-        "node-3 grafted node-2: {s3}"
-    );
+            >= 1
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-3 grafted node-2: {s3}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     println!("node-1's events reached node-3 around the silent link in {took:?}");
     for p in &proxies {
         p.cut.store(false, Ordering::Relaxed);

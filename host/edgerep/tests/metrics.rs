@@ -100,15 +100,7 @@ fn metrics_are_scraped_and_move_as_writes_replicate() {
                     ),
                 "{text}"
             );
-            // And the peer's traffic: bytes and events received from node-1.
-            assert!(
-                sample(
-                    &text,
-                    r#"edgerep_peer_received_events_total{peer="node-1"}"#
-                )
-                .is_some_and(|n| n >= 6.0),
-                "{text}"
-            );
+
             assert!(
                 sample(
                     &text,
@@ -120,6 +112,14 @@ fn metrics_are_scraped_and_move_as_writes_replicate() {
             break;
         }
         assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The peer's traffic (replication publishes its status a little after the store's): the
+    // six events received from node-1.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let received = r#"edgerep_peer_received_events_total{peer="node-1"}"#;
+    while !sample(&scrape(&n2).1, received).is_some_and(|n| n >= 6.0) {
+        assert!(Instant::now() < deadline, "{}", scrape(&n2).1);
         std::thread::sleep(Duration::from_millis(100));
     }
     // On the writer: six local writes of `c` in timed local transactions.
