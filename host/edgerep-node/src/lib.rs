@@ -208,6 +208,15 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // The addresses first: a start that fails on a port in use must not have opened the store,
     // whose check at open would fix (and so no longer report) damage it found.
     ports_free(&config)?;
+    // With a TLS identity, this node signs its events' seals and checks its peers' (loaded
+    // before the store too, for the same reason).
+    let node_keys = match (&config.replication.tls, config.replication.authenticate) {
+        (Some(_), true) => {
+            let identity = replication::load_identity(&config).map_err(NodeError::Replication)?;
+            Some(keys::NodeKeys::new(&identity, &config).map_err(NodeError::Replication)?)
+        }
+        _ => None,
+    };
     // Plugins first: a bad plugin refuses to start before anything else is opened.
     let pipeline = Arc::new(pipeline::Pipeline::load(&config)?);
     let db_path = data_dir.join("edgerep.redb");
@@ -239,11 +248,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             "the store's state changed behind its back (damage): its digest now follows what it holds, and anti-entropy repairs it from peers"
         );
     }
-    // With a TLS identity, this node signs its events' seals and checks its peers'.
-    let keys = match (&config.replication.tls, config.replication.authenticate) {
-        (Some(_), true) => {
-            let identity = replication::load_identity(&config).map_err(NodeError::Replication)?;
-            let keys = keys::NodeKeys::new(&identity, &config).map_err(NodeError::Replication)?;
+    // The certificates this node learnt before.
+    let keys = match node_keys {
+        Some(keys) => {
             let learnt = store.certs().map_err(|source| NodeError::Store {
                 path: db_path.display().to_string(),
                 source,
