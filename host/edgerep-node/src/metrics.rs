@@ -258,6 +258,16 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             traffic(&|t| t.events_received),
         );
         m.counters(
+            "edgerep_peer_resent_events",
+            "Events sent to the peer again (a rewind, or no acknowledgement in time)",
+            traffic(&|t| t.events_resent),
+        );
+        m.counters(
+            "edgerep_peer_snapshot_pages_sent",
+            "Snapshot pages sent to the peer",
+            traffic(&|t| t.snapshot_pages_sent),
+        );
+        m.counters(
             "edgerep_peer_duplicate_events",
             "Events received from the peer that this node already held (dropped)",
             traffic(&|t| t.duplicates_received),
@@ -292,6 +302,21 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             "edgerep_anti_entropy_last_agreed_timestamp_seconds",
             "When a session with the peer last ended in agreement",
             per_peer(&|p| p.anti_entropy.last_agreed_at_ms.map(|t| t as f64 / 1000.0)),
+        );
+        m.counter(
+            "edgerep_snapshot_pages_merged",
+            "Snapshot pages from peers merged into this node's state",
+            r.snapshot_pages_merged_total,
+        );
+        m.counter(
+            "edgerep_compactions",
+            "Changelog compaction transactions run",
+            r.compactions_total,
+        );
+        m.counter(
+            "edgerep_compacted_events",
+            "Changelog entries removed by compaction",
+            r.compacted_events_total,
         );
         m.counter(
             "edgerep_forks",

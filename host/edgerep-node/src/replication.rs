@@ -191,6 +191,11 @@ pub struct PeerTraffic {
     pub prunes_sent: u64,
     /// Origins this node asked the peer to push again (they stopped arriving elsewhere).
     pub grafts_sent: u64,
+    /// Events sent to the peer again (after a rewind it asked for, or no acknowledgement in
+    /// time).
+    pub events_resent: u64,
+    /// Snapshot pages sent to the peer.
+    pub snapshot_pages_sent: u64,
     /// Origins whose events this node does not push to the peer now (the peer pruned them).
     pub not_pushed_to_peer: Vec<String>,
     /// Origins whose events the peer does not push to this node now (this node pruned them).
@@ -261,6 +266,12 @@ pub struct ReplicationStatus {
     /// Snapshots a peer began that this node declined (it was not behind the peer's compacted
     /// floors: a stale view, or a peer trying to replace what this node holds).
     pub snapshots_declined_total: u64,
+    /// Snapshot pages from peers merged here, since the node started.
+    pub snapshot_pages_merged_total: u64,
+    /// Compaction transactions run, and changelog entries they removed, since the node started.
+    pub compactions_total: u64,
+    /// See `compactions_total`.
+    pub compacted_events_total: u64,
     /// Origins whose changelog could not be read (they are not replicated; the others are).
     pub unreadable: BTreeMap<String, String>,
 }
@@ -970,6 +981,9 @@ struct Reports {
     deferred_total: u64,
     deferred_last: Option<String>,
     snapshots_declined_total: u64,
+    snapshot_pages_merged_total: u64,
+    compactions_total: u64,
+    compacted_events_total: u64,
     /// Forks reported already (by origin and sequence number).
     seen_forks: BTreeSet<(String, u64)>,
 }
@@ -1597,6 +1611,7 @@ impl Replicator {
             },
             Input::Installed { peer, result } => match result {
                 Ok(out) => {
+                    self.reports.snapshot_pages_merged_total += 1;
                     if out.compacted.is_empty() {
                         tracing::debug!(peer = %peer, changed = out.changed, "merged a snapshot page");
                     } else {
@@ -1622,6 +1637,8 @@ impl Replicator {
                 self.compacting = false;
                 match result {
                     Ok(c) => {
+                        self.reports.compactions_total += 1;
+                        self.reports.compacted_events_total += c.removed;
                         if c.removed > 0 {
                             tracing::debug!(
                                 removed = c.removed,
@@ -1968,6 +1985,8 @@ impl Replicator {
                     duplicates_received: counters.duplicates_received,
                     prunes_sent: counters.prunes_sent,
                     grafts_sent: counters.grafts_sent,
+                    events_resent: counters.events_resent,
+                    snapshot_pages_sent: counters.snapshot_pages_sent,
                     not_pushed_to_peer: view
                         .as_ref()
                         .map_or(Vec::new(), |v| names(&v.lazy_origins)),
@@ -2040,6 +2059,9 @@ impl Replicator {
             s.deferred_total = self.reports.deferred_total;
             s.deferred_last = self.reports.deferred_last.clone();
             s.snapshots_declined_total = self.reports.snapshots_declined_total;
+            s.snapshot_pages_merged_total = self.reports.snapshot_pages_merged_total;
+            s.compactions_total = self.reports.compactions_total;
+            s.compacted_events_total = self.reports.compacted_events_total;
             s.unreadable = self
                 .core
                 .unreadable()

@@ -324,6 +324,11 @@ pub struct PeerCounters {
     pub prunes_sent: u64,
     /// Origins this node grafted back on the peer.
     pub grafts_sent: u64,
+    /// Events sent again on a session (after a go-back: a rewind asked for, or no
+    /// acknowledgement in time).
+    pub events_resent: u64,
+    /// Snapshot pages sent (first sends and resends).
+    pub snapshot_pages_sent: u64,
 }
 
 /// The replication core of one node: sans-IO, deterministic, one instance for all peers.
@@ -1384,6 +1389,10 @@ impl Replica {
                     certs.push((seal.origin.clone(), cert));
                 }
             }
+            self.counters
+                .entry(peer.clone())
+                .or_default()
+                .snapshot_pages_sent += 1;
             let message = Message::Snapshot {
                 id: out.id,
                 page: out.page,
@@ -1520,7 +1529,13 @@ impl Replica {
                 s.last_origin = Some(origin.clone());
             }
             budget = budget.saturating_sub(events.len() as u64);
-            s.mark_sent(&origin, after + events.len() as u64, now);
+            let upto = after + events.len() as u64;
+            // Below the session's highest send: these went before (a go-back).
+            let before = have::get(&s.sent_max, &origin);
+            counters.entry(peer.clone()).or_default().events_resent +=
+                upto.min(before).saturating_sub(after);
+            have::raise(&mut s.sent_max, &origin, upto);
+            s.mark_sent(&origin, upto, now);
             if !s.certs_sent.contains(&origin)
                 && let Some(cert) = log.cert(&origin)
             {

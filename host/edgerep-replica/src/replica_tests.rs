@@ -702,6 +702,9 @@ fn rewind_and_timer_go_back_to_acked() {
     );
     r.handle(&n("b"), ack(&[("a", 4)], false), 3030).unwrap();
     assert_eq!(r.poll_timeout(), None);
+    // 4 first sends; 3 again after the rewind, 2 after the timer.
+    let c = r.counters(&n("b"));
+    assert_eq!((c.events_sent, c.events_resent), (9, 5));
 }
 
 /// Replica "a" (holding nothing) ready with peer "b".

@@ -70,6 +70,9 @@ pub(crate) struct Session {
     pub(crate) sent: Have,
     /// Per origin, the highest sequence number the peer acknowledged as durable.
     pub(crate) acked: Have,
+    /// Per origin, the highest sequence number ever sent on this session (`sent` goes back on
+    /// a go-back; this does not): what is sent below it is a resend.
+    pub(crate) sent_max: Have,
     /// Distance from `acked` to `sent` (kept up to date by every change of either).
     in_flight: u64,
     /// The local have version at which a batch was last found empty: until the local have or
@@ -135,6 +138,7 @@ impl Session {
             their_have: Have::new(),
             sent: Have::new(),
             acked: Have::new(),
+            sent_max: Have::new(),
             in_flight: 0,
             idle_at: None,
             progress_ms: now,

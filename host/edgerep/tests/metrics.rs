@@ -122,6 +122,16 @@ fn metrics_are_scraped_and_move_as_writes_replicate() {
         assert!(Instant::now() < deadline, "{}", scrape(&n2).1);
         std::thread::sleep(Duration::from_millis(100));
     }
+    let text = scrape(&n2).1;
+    for series in [
+        r#"edgerep_peer_resent_events_total{peer="node-1"}"#,
+        r#"edgerep_peer_snapshot_pages_sent_total{peer="node-1"}"#,
+        "edgerep_snapshot_pages_merged_total",
+        "edgerep_compactions_total",
+        "edgerep_compacted_events_total",
+    ] {
+        assert!(sample(&text, series).is_some(), "{series} in {text}");
+    }
     // On the writer: six local writes of `c` in timed local transactions.
     let (_, text) = scrape(&n1);
     assert_eq!(
