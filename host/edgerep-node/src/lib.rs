@@ -58,6 +58,14 @@ pub enum NodeError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// The replication address could not be bound (checked before the store opens).
+    #[error("replication.listen: cannot listen for peers on {addr} (UDP): {source}")]
+    ReplicationListen {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
     /// A plugin could not be loaded or does not fit how the config uses it.
     #[error("plugin: {0}")]
     Plugin(String),
@@ -185,12 +193,9 @@ fn ports_free(config: &Config) -> Result<(), NodeError> {
     // Bound is not enough to tell: a listener already there is found by listening.
     drop(socket.listen(1).map_err(listen_error)?);
     if !config.peers.is_empty() {
-        let listen = config.replication.listen;
-        std::net::UdpSocket::bind(listen).map_err(|e| {
-            NodeError::Replication(format!(
-                "replication.listen: cannot listen for peers on {listen} (UDP): {e}"
-            ))
-        })?;
+        let addr = config.replication.listen;
+        std::net::UdpSocket::bind(addr)
+            .map_err(|source| NodeError::ReplicationListen { addr, source })?;
     }
     Ok(())
 }

@@ -231,73 +231,71 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             "Events sent to the peer and not yet acknowledged",
             per_peer(&|p| Some(p.in_flight as f64)),
         );
-        let traffic = |v: &dyn Fn(&crate::replication::PeerTraffic) -> u64| {
-            r.peers
+        // Per-peer counters: (name, help, the count in the peer's status).
+        type Count = fn(&crate::replication::PeerStatus) -> u64;
+        let counts: [(&str, &str, Count); 11] = [
+            (
+                "edgerep_peer_sent_bytes",
+                "Bytes of messages sent to the peer",
+                |p| p.traffic.bytes_sent,
+            ),
+            (
+                "edgerep_peer_received_bytes",
+                "Bytes of messages received from the peer",
+                |p| p.traffic.bytes_received,
+            ),
+            ("edgerep_peer_sent_events", "Events sent to the peer", |p| {
+                p.traffic.events_sent
+            }),
+            (
+                "edgerep_peer_received_events",
+                "Events received from the peer",
+                |p| p.traffic.events_received,
+            ),
+            (
+                "edgerep_peer_resent_events",
+                "Events sent to the peer again (a rewind, or no acknowledgement in time)",
+                |p| p.traffic.events_resent,
+            ),
+            (
+                "edgerep_peer_snapshot_pages_sent",
+                "Snapshot pages sent to the peer",
+                |p| p.traffic.snapshot_pages_sent,
+            ),
+            (
+                "edgerep_peer_duplicate_events",
+                "Events received from the peer that this node already held (dropped)",
+                |p| p.traffic.duplicates_received,
+            ),
+            (
+                "edgerep_anti_entropy_sessions",
+                "Anti-entropy sessions this node opened with the peer",
+                |p| p.anti_entropy.sessions_total,
+            ),
+            (
+                "edgerep_anti_entropy_differing_keys",
+                "Keys anti-entropy found different with the peer",
+                |p| p.anti_entropy.differing_total,
+            ),
+            (
+                "edgerep_anti_entropy_drift_versions",
+                "Versions repaired from the peer that this node's bookkeeping said it held (drift)",
+                |p| p.anti_entropy.drift_total,
+            ),
+            (
+                "edgerep_anti_entropy_disagreements",
+                "Keys resolved differently here and on the peer, settled on the default",
+                |p| p.anti_entropy.disagreements_total,
+            ),
+        ];
+        for (name, help, count) in counts {
+            let values = r
+                .peers
                 .iter()
-                .map(|p| (label("peer", &p.id), v(&p.traffic)))
-                .collect::<Vec<_>>()
-        };
-        m.counters(
-            "edgerep_peer_sent_bytes",
-            "Bytes of messages sent to the peer",
-            traffic(&|t| t.bytes_sent),
-        );
-        m.counters(
-            "edgerep_peer_received_bytes",
-            "Bytes of messages received from the peer",
-            traffic(&|t| t.bytes_received),
-        );
-        m.counters(
-            "edgerep_peer_sent_events",
-            "Events sent to the peer",
-            traffic(&|t| t.events_sent),
-        );
-        m.counters(
-            "edgerep_peer_received_events",
-            "Events received from the peer",
-            traffic(&|t| t.events_received),
-        );
-        m.counters(
-            "edgerep_peer_resent_events",
-            "Events sent to the peer again (a rewind, or no acknowledgement in time)",
-            traffic(&|t| t.events_resent),
-        );
-        m.counters(
-            "edgerep_peer_snapshot_pages_sent",
-            "Snapshot pages sent to the peer",
-            traffic(&|t| t.snapshot_pages_sent),
-        );
-        m.counters(
-            "edgerep_peer_duplicate_events",
-            "Events received from the peer that this node already held (dropped)",
-            traffic(&|t| t.duplicates_received),
-        );
-        let ae = |v: &dyn Fn(&crate::replication::AntiEntropyStatus) -> u64| {
-            r.peers
-                .iter()
-                .map(|p| (label("peer", &p.id), v(&p.anti_entropy)))
-                .collect::<Vec<_>>()
-        };
-        m.counters(
-            "edgerep_anti_entropy_sessions",
-            "Anti-entropy sessions this node opened with the peer",
-            ae(&|a| a.sessions_total),
-        );
-        m.counters(
-            "edgerep_anti_entropy_differing_keys",
-            "Keys anti-entropy found different with the peer",
-            ae(&|a| a.differing_total),
-        );
-        m.counters(
-            "edgerep_anti_entropy_drift_versions",
-            "Versions repaired from the peer that this node's bookkeeping said it held (drift)",
-            ae(&|a| a.drift_total),
-        );
-        m.counters(
-            "edgerep_anti_entropy_disagreements",
-            "Keys resolved differently here and on the peer, settled on the default",
-            ae(&|a| a.disagreements_total),
-        );
+                .map(|p| (label("peer", &p.id), count(p)))
+                .collect();
+            m.counters(name, help, values);
+        }
         m.gauges(
             "edgerep_anti_entropy_last_agreed_timestamp_seconds",
             "When a session with the peer last ended in agreement",

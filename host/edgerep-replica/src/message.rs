@@ -987,14 +987,7 @@ fn list_len(r: &mut Reader<'_>, what: &str) -> Result<usize, DecodeError> {
 }
 
 fn decode_have(r: &mut Reader<'_>, what: &str) -> Result<Vec<(NodeId, u64)>, DecodeError> {
-    let n = list_len(r, what)?;
-    if n > MAX_ORIGINS {
-        return Err(DecodeError::TooMany {
-            what: what.into(),
-            count: n as u64,
-            limit: MAX_ORIGINS as u64,
-        });
-    }
+    let n = origins_len(r, what)?;
     let mut have = Vec::with_capacity(n);
     let mut previous = None;
     for _ in 0..n {
@@ -1006,8 +999,8 @@ fn decode_have(r: &mut Reader<'_>, what: &str) -> Result<Vec<(NodeId, u64)>, Dec
     Ok(have)
 }
 
-/// `[origin…]`, strictly ascending, at most [`MAX_ORIGINS`].
-fn decode_origins(r: &mut Reader<'_>, what: &str) -> Result<Vec<NodeId>, DecodeError> {
+/// The length of a list with one item per origin: at most [`MAX_ORIGINS`].
+fn origins_len(r: &mut Reader<'_>, what: &str) -> Result<usize, DecodeError> {
     let n = list_len(r, what)?;
     if n > MAX_ORIGINS {
         return Err(DecodeError::TooMany {
@@ -1016,6 +1009,12 @@ fn decode_origins(r: &mut Reader<'_>, what: &str) -> Result<Vec<NodeId>, DecodeE
             limit: MAX_ORIGINS as u64,
         });
     }
+    Ok(n)
+}
+
+/// `[origin…]`, strictly ascending, at most [`MAX_ORIGINS`].
+fn decode_origins(r: &mut Reader<'_>, what: &str) -> Result<Vec<NodeId>, DecodeError> {
+    let n = origins_len(r, what)?;
     let mut origins = Vec::with_capacity(n);
     let mut previous = None;
     for _ in 0..n {

@@ -560,6 +560,33 @@ fn relays_go_at_once_except_to_peers_that_pruned_the_origin() {
     assert_eq!(r.counters(&n("b")).events_sent, 6);
 }
 
+/// A peer pruning ever more origins (each message within the decoder's limit) holds at most
+/// `MAX_ORIGINS` of them in the session: its prunes cannot grow this node's memory unbounded.
+#[test]
+fn a_peers_prunes_are_bounded() {
+    let log = MemLog::with(&[]);
+    let mut r = ready(&log, ReplicaConfig::default(), &["b"]);
+    for round in 0..3 {
+        let origins = (0..1000).map(|i| n(&format!("o{round}-{i:04}"))).collect();
+        r.handle(&n("b"), Message::Prune { origins }, 1).unwrap();
+    }
+    let lazy = r.peer_view(&n("b")).unwrap().lazy_origins;
+    assert_eq!(lazy.len(), crate::message::MAX_ORIGINS);
+    // A graft of one of them still works.
+    r.handle(
+        &n("b"),
+        Message::Graft {
+            origins: vec![lazy[0].clone()],
+        },
+        2,
+    )
+    .unwrap();
+    assert_eq!(
+        r.peer_view(&n("b")).unwrap().lazy_origins.len(),
+        crate::message::MAX_ORIGINS - 1
+    );
+}
+
 /// All control messages due at `now`, in order.
 fn controls(r: &mut Replica, log: &MemLog, now: u64) -> Vec<(String, Message)> {
     let mut out = Vec::new();

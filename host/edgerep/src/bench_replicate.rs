@@ -216,6 +216,44 @@ pub(crate) fn wait_until(
     }
 }
 
+/// When each event of a watch arrived: (N of its key `k-0-N`, time).
+pub(crate) type Arrivals = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+/// Watches `node`'s feed on a thread, from its current end, for `events` events of
+/// `collection`: when each arrived, and (on the channel) the watch's outcome once all did.
+pub(crate) fn watch_arrivals(
+    node: &NodeProcess,
+    collection: &str,
+    events: u64,
+) -> anyhow::Result<(Arrivals, std::sync::mpsc::Receiver<Outcome>)> {
+    let after = node.status(false)?["feed_last"].as_u64().unwrap_or(0);
+    let seen: Arrivals = Arc::default();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (client, kept, collection) = (node.client.clone(), seen.clone(), collection.to_owned());
+    std::thread::spawn(move || {
+        let params = [
+            ("after", after.to_string()),
+            ("collection", collection),
+            ("limit", events.to_string()),
+        ];
+        let outcome = client.watch(&params, |line| {
+            let t = Instant::now();
+            let index = serde_json::from_str::<Json>(line).ok().and_then(|j| {
+                j["key"]
+                    .as_str()
+                    .and_then(|k| k.strip_prefix("k-0-"))
+                    .and_then(|n| n.parse::<u64>().ok())
+            });
+            if let (Some(i), Ok(mut s)) = (index, kept.lock()) {
+                s.push((i, t));
+            }
+            true
+        });
+        let _ = done_tx.send(outcome);
+    });
+    Ok((seen, done_rx))
+}
+
 /// Writes one batch of `n` events with keys `k-0-{first+1}` … on `client`, durably.
 pub(crate) fn write_batch(
     client: &Client,
@@ -353,33 +391,7 @@ fn latency_at(
     let collection = mode.collection(&format!("lat{rate}"));
 
     // B's watch feed, from its current end, only this collection, until every event arrived.
-    let after = b.status(false)?["feed_last"].as_u64().unwrap_or(0);
-    let seen: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    {
-        let (client, seen, collection) = (b.client.clone(), seen.clone(), collection.clone());
-        std::thread::spawn(move || {
-            let params = [
-                ("after", after.to_string()),
-                ("collection", collection),
-                ("limit", events.to_string()),
-            ];
-            let outcome = client.watch(&params, |line| {
-                let t = Instant::now();
-                let index = serde_json::from_str::<Json>(line).ok().and_then(|j| {
-                    j["key"]
-                        .as_str()
-                        .and_then(|k| k.strip_prefix("k-0-"))
-                        .and_then(|n| n.parse::<u64>().ok())
-                });
-                if let (Some(i), Ok(mut s)) = (index, seen.lock()) {
-                    s.push((i, t));
-                }
-                true
-            });
-            let _ = done_tx.send(outcome);
-        });
-    }
+    let (seen, done_rx) = watch_arrivals(b, &collection, events)?;
     std::thread::sleep(Duration::from_millis(200));
 
     let acks: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();

@@ -12,7 +12,6 @@
 //!   (user + system of every node, from `/proc`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -20,7 +19,7 @@ use edgerep_config::Config;
 use serde_json::Value as Json;
 
 use crate::bench::{batch_body, check_batch_answer, percentile, sample_value};
-use crate::bench_replicate::NodeProcess;
+use crate::bench_replicate::{NodeProcess, watch_arrivals};
 use crate::client::Outcome;
 
 /// Arguments of `edgerep bench topology`.
@@ -284,30 +283,7 @@ fn chain_latency(nodes: &[NodeProcess], value: &[u8], args: &TopologyArgs) -> an
     let collection = "chain";
     let mut watchers = Vec::new();
     for node in &nodes[1..] {
-        let after = node.status(false)?["feed_last"].as_u64().unwrap_or(0);
-        let seen: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
-        let (client, seen2) = (node.client.clone(), seen.clone());
-        let handle = std::thread::spawn(move || {
-            let params = [
-                ("after", after.to_string()),
-                ("collection", collection.to_owned()),
-                ("limit", events.to_string()),
-            ];
-            client.watch(&params, |line| {
-                let t = Instant::now();
-                let index = serde_json::from_str::<Json>(line).ok().and_then(|j| {
-                    j["key"]
-                        .as_str()
-                        .and_then(|k| k.strip_prefix("k-0-"))
-                        .and_then(|n| n.parse::<u64>().ok())
-                });
-                if let (Some(i), Ok(mut s)) = (index, seen2.lock()) {
-                    s.push((i, t));
-                }
-                true
-            })
-        });
-        watchers.push((seen, handle));
+        watchers.push(watch_arrivals(node, collection, events)?);
     }
     std::thread::sleep(Duration::from_millis(200));
     let interval = Duration::from_secs_f64(1.0 / args.chain_rate.max(1) as f64);
@@ -327,11 +303,11 @@ fn chain_latency(nodes: &[NodeProcess], value: &[u8], args: &TopologyArgs) -> an
         acked.push(Instant::now());
     }
     let mut p50s = Vec::new();
-    for (hop, (seen, handle)) in watchers.into_iter().enumerate() {
-        match handle.join() {
+    for (hop, (seen, done)) in watchers.into_iter().enumerate() {
+        match done.recv_timeout(Duration::from_secs(30)) {
             Ok(Outcome::Ok(_)) => {}
             Ok(other) => bail!("watching node-{} failed: {other:?}", hop + 2),
-            Err(_) => bail!("watcher panicked"),
+            Err(_) => bail!("node-{} did not deliver every event within 30 s", hop + 2),
         }
         let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mut lat: Vec<f64> = seen

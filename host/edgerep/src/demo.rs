@@ -144,10 +144,10 @@ fn restart(rt: &tokio::runtime::Runtime, site: &Site) -> anyhow::Result<edgerep_
     loop {
         match rt.block_on(edgerep_node::start(site.config.clone())) {
             Ok(node) => return Ok(node),
-            Err(e)
-                if e.to_string().contains("Address already in use")
-                    && Instant::now() < deadline =>
-            {
+            Err(
+                edgerep_node::NodeError::Listen { source, .. }
+                | edgerep_node::NodeError::ReplicationListen { source, .. },
+            ) if source.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => return Err(e.into()),

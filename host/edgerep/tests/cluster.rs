@@ -210,27 +210,35 @@ impl Drop for Proxy {
     }
 }
 
+/// Routes each `(from, to)` link through a [`Proxy`]: `from`'s config names the proxy as
+/// `to`'s address.
+fn proxied(configs: &[std::path::PathBuf], links: &[(usize, usize)]) -> Vec<Proxy> {
+    links
+        .iter()
+        .map(|&(from, to)| {
+            let listen = edgerep_config::Config::load(&configs[to])
+                .unwrap()
+                .replication
+                .listen;
+            let proxy = Proxy::start(listen);
+            let text = std::fs::read_to_string(&configs[from]).unwrap();
+            let text = text.replace(
+                &format!("address = \"{listen}\""),
+                &format!("address = \"{}\"", proxy.addr),
+            );
+            std::fs::write(&configs[from], text).unwrap();
+            proxy
+        })
+        .collect()
+}
+
 #[test]
 fn a_partition_heals_and_both_sides_converge() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
     // node-1 dials node-2 (the lower id dials), and node-2 dials node-1 once when it starts:
     // route both through proxies, cut together.
-    let mut proxies = Vec::new();
-    for (from, to) in [(0, 1), (1, 0)] {
-        let listen = edgerep_config::Config::load(&configs[to])
-            .unwrap()
-            .replication
-            .listen;
-        let proxy = Proxy::start(listen);
-        let text = std::fs::read_to_string(&configs[from]).unwrap();
-        let text = text.replace(
-            &format!("address = \"{listen}\""),
-            &format!("address = \"{}\"", proxy.addr),
-        );
-        std::fs::write(&configs[from], text).unwrap();
-        proxies.push(proxy);
-    }
+    let proxies = proxied(&configs, &[(0, 1), (1, 0)]);
     let cut = |on: bool| {
         for p in &proxies {
             p.cut.store(on, Ordering::Relaxed);
@@ -287,21 +295,7 @@ fn a_mesh_sends_each_write_once_per_link_and_a_silent_link_is_routed_around() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
     // The node-1 ↔ node-3 link, both ways, through proxies that can drop everything.
-    let mut proxies = Vec::new();
-    for (from, to) in [(0, 2), (2, 0)] {
-        let listen = edgerep_config::Config::load(&configs[to])
-            .unwrap()
-            .replication
-            .listen;
-        let proxy = Proxy::start(listen);
-        let text = std::fs::read_to_string(&configs[from]).unwrap();
-        let text = text.replace(
-            &format!("address = \"{listen}\""),
-            &format!("address = \"{}\"", proxy.addr),
-        );
-        std::fs::write(&configs[from], text).unwrap();
-        proxies.push(proxy);
-    }
+    let proxies = proxied(&configs, &[(0, 2), (2, 0)]);
     let nodes: Vec<Node> = configs.iter().map(|c| Node::start(c)).collect();
     put(&nodes[0], "orders", "first", r#"{"x":1}"#);
     converge(&[&nodes[0], &nodes[1], &nodes[2]], Duration::from_secs(30));

@@ -131,6 +131,27 @@ fn an_unsolicited_snapshot_is_declined_and_reported() {
     assert_eq!(get(&n1, "c", "from-3").1, r#"{"v":3}"#);
 }
 
+/// Sends `forged` (events of node-3, sealed with the attacker's key): the connection is closed
+/// naming node-3, and node-1 reports the refusal.
+fn forgery_is_refused(h: &mut Hostile, n1: &Node, forged: Vec<edgerep_wire::Event>) {
+    let m = h.sealed(forged);
+    h.send(&m).unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("node-3")),
+        "{reason:?}"
+    );
+    wait_status(n1, "the forgery is reported", |r| {
+        r["refused"].as_array().is_some_and(|l| {
+            l.iter().any(|x| {
+                x["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("events of node-3 up to"))
+            })
+        })
+    });
+}
+
 /// Events under the name of node-3 (connected to node-1) with the sequence numbers node-3 will
 /// use next: before, they were stored and node-3's real events were dropped as duplicates. Now
 /// their seal, not node-3's, refuses them and cuts the peer off, and node-3's real writes win.
@@ -142,22 +163,7 @@ fn events_forged_under_a_connected_origins_name_are_refused() {
     let forged: Vec<_> = (2..=4)
         .map(|seq| event("node-3", seq, "c", &format!("x{seq}"), 666))
         .collect();
-    let m = h.sealed(forged);
-    h.send(&m).unwrap();
-    let reason = h.closed_within(Duration::from_secs(5));
-    assert!(
-        reason.as_deref().is_some_and(|r| r.contains("node-3")),
-        "{reason:?}"
-    );
-    wait_status(&n1, "the forgery is reported", |r| {
-        r["refused"].as_array().is_some_and(|l| {
-            l.iter().any(|x| {
-                x["reason"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("events of node-3 up to"))
-            })
-        })
-    });
+    forgery_is_refused(&mut h, &n1, forged);
     for seq in 2..=4 {
         put(&n3, "c", &format!("x{seq}"), r#"{"v":3}"#);
     }
@@ -391,22 +397,7 @@ fn events_forged_under_another_origins_name_are_refused() {
     let forged: Vec<_> = (1..=3)
         .map(|seq| event("node-3", seq, "c", &format!("x{seq}"), 666))
         .collect();
-    let m = h.sealed(forged);
-    h.send(&m).unwrap();
-    let reason = h.closed_within(Duration::from_secs(5));
-    assert!(
-        reason.as_deref().is_some_and(|r| r.contains("node-3")),
-        "{reason:?}"
-    );
-    wait_status(&n1, "the forgery is reported", |r| {
-        r["refused"].as_array().is_some_and(|l| {
-            l.iter().any(|x| {
-                x["reason"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("events of node-3 up to"))
-            })
-        })
-    });
+    forgery_is_refused(&mut h, &n1, forged);
     assert!(status(&n1)["origins"].get("node-3").is_none());
     let n3 = Node::start(&configs[2]);
     for seq in 1..=3 {
