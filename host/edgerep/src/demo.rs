@@ -392,6 +392,24 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
         Outcome::NotFound(_) => println!("  node-2 get orders/o-1                   not found"),
         other => println!("  node-2 get orders/o-1                   {other:?}"),
     }
+    // Anti-entropy runs with the peers connected now: wait for node-2's sessions first (it
+    // just started).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s: serde_json::Value =
+            serde_json::from_slice(&expect_ok("status", clients[1].status(false))?)?;
+        let peers = s["replication"]["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !peers.is_empty() && peers.iter().all(|p| p["connected"] == true) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("node-2 did not reconnect to its peers within 30 s: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let reports: serde_json::Value =
         serde_json::from_slice(&expect_ok("reconcile", clients[1].reconcile(None))?)?;
     for r in reports["sessions"].as_array().into_iter().flatten() {
