@@ -96,7 +96,7 @@ pub use error::ConfigError;
 pub use starter::starter_toml;
 
 use error::{line_col, locate, render_path, tidy_message};
-use raw::RawConfig;
+use raw::{RESOLVER_LWW, RawConfig};
 
 /// Most origins one causal context may name, on every node (a cluster-wide constant, so that
 /// an event one node accepts is never too large for another).
@@ -335,6 +335,80 @@ pub struct CollectionConfig {
     /// apply). Always true with transforms on apply; `compare = "versions"` on the nodes that
     /// hold the collection without them (default: values).
     pub compare_on_versions: bool,
+    /// Changes of what decides the collection's state (resolver, transforms on apply), each
+    /// in force for events from its hybrid-clock time on; strictly ascending by time.
+    /// `resolver` and `transforms_on_apply` above decide events before the first.
+    pub upgrades: Vec<Upgrade>,
+}
+
+/// One `[[collections.declared.upgrades]]` entry, with what it leaves unchanged filled in from
+/// the entry before it. Every node applies the same version to the same events, however
+/// long a rollout takes: an event is decided by the upgrade in force at its hybrid-clock time,
+/// a key's concurrent versions by the one in force at the newest of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Milliseconds since the Unix epoch (compared with an event's hybrid-clock time).
+    pub from_ms: u64,
+    /// The resolver from then on.
+    pub resolver: String,
+    /// The transforms on apply from then on.
+    pub transforms_on_apply: Vec<String>,
+}
+
+impl CollectionConfig {
+    /// The resolver and transforms on apply in force for an event at hybrid-clock time
+    /// `physical_ms`, with the time they took effect (0: the first).
+    pub fn deciding_at(&self, physical_ms: u64) -> (u64, &str, &[String]) {
+        match self
+            .upgrades
+            .iter()
+            .rev()
+            .find(|u| u.from_ms <= physical_ms)
+        {
+            Some(u) => (u.from_ms, &u.resolver, &u.transforms_on_apply),
+            None => (0, &self.resolver, &self.transforms_on_apply),
+        }
+    }
+
+    /// Every (from, resolver, transforms on apply) in time order, the first from 0.
+    pub fn epochs(&self) -> impl Iterator<Item = (u64, &str, &[String])> {
+        std::iter::once((
+            0,
+            self.resolver.as_str(),
+            self.transforms_on_apply.as_slice(),
+        ))
+        .chain(self.upgrades.iter().map(|u| {
+            (
+                u.from_ms,
+                u.resolver.as_str(),
+                u.transforms_on_apply.as_slice(),
+            )
+        }))
+    }
+
+    /// The plugins that decide the collection's state in some epoch (resolvers and transforms
+    /// on apply), without repeats.
+    pub fn deciding_plugins(&self) -> std::collections::BTreeSet<&str> {
+        let mut out = std::collections::BTreeSet::new();
+        for (_, resolver, transforms) in self.epochs() {
+            if resolver != RESOLVER_LWW {
+                out.insert(resolver);
+            }
+            out.extend(transforms.iter().map(String::as_str));
+        }
+        out
+    }
+}
+
+/// A time in milliseconds since the Unix epoch as RFC 3339 text (UTC), for messages.
+pub fn format_ms(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// `[limits]`: every value is greater than 0, and `max_value_bytes <= max_request_bytes`.
@@ -490,7 +564,13 @@ impl Config {
                     .into_iter()
                     .map(|c| CollectionConfig {
                         compare_on_versions: !c.transforms_on_apply.is_empty()
+                            || c.upgrades.iter().any(|u| {
+                                u.transforms_on_apply
+                                    .as_ref()
+                                    .is_some_and(|t| !t.is_empty())
+                            })
                             || c.compare == Some(raw::RawCompare::Versions),
+                        upgrades: upgrades(&c),
                         name: c.name,
                         transforms_on_ingest: c.transforms_on_ingest,
                         transforms_on_apply: c.transforms_on_apply,
@@ -682,6 +762,29 @@ fn resolve_data_dir(source: &Path, data_dir: &str) -> PathBuf {
     joined
         .components()
         .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+/// A collection's upgrades with what each leaves unchanged filled in (the config was
+/// validated: every time parses).
+fn upgrades(c: &raw::RawCollection) -> Vec<Upgrade> {
+    let mut resolver = c.resolver.clone();
+    let mut transforms = c.transforms_on_apply.clone();
+    c.upgrades
+        .iter()
+        .map(|u| {
+            if let Some(r) = &u.resolver {
+                resolver = r.clone();
+            }
+            if let Some(t) = &u.transforms_on_apply {
+                transforms = t.clone();
+            }
+            Upgrade {
+                from_ms: u.effective_from.millis().unwrap_or_default(),
+                resolver: resolver.clone(),
+                transforms_on_apply: transforms.clone(),
+            }
+        })
         .collect()
 }
 

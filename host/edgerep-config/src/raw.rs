@@ -246,6 +246,48 @@ pub(crate) struct RawCollection {
     #[serde(default)]
     pub(crate) durability: RawDurability,
     pub(crate) compare: Option<RawCompare>,
+    #[serde(default)]
+    pub(crate) upgrades: Vec<RawUpgrade>,
+}
+
+/// One `[[collections.declared.upgrades]]` entry: what decides the collection's state from a
+/// hybrid-clock time on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpgrade {
+    pub(crate) effective_from: RawTime,
+    pub(crate) resolver: Option<String>,
+    pub(crate) transforms_on_apply: Option<Vec<String>>,
+}
+
+/// A point in time: RFC 3339 text, or milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawTime {
+    Millis(u64),
+    Text(String),
+}
+
+impl RawTime {
+    /// Milliseconds since the Unix epoch, or why the value is not a time.
+    pub(crate) fn millis(&self) -> Result<u64, String> {
+        match self {
+            RawTime::Millis(ms) => Ok(*ms),
+            RawTime::Text(text) => {
+                let t = time::OffsetDateTime::parse(
+                    text,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|e| {
+                    format!(
+                        "{text:?} is not an RFC 3339 time such as \"2026-12-03T18:00:00Z\" ({e}); milliseconds since the Unix epoch work too"
+                    )
+                })?;
+                u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+                    .map_err(|_| format!("{text:?} is before 1970"))
+            }
+        }
+    }
 }
 
 /// `compare` of a collection.

@@ -127,11 +127,14 @@ fn check_retention(raw: &RawConfig) -> Result<(), Violation> {
         ));
     }
     if r.compact
-        && let Some(c) = raw
-            .collections
-            .declared
-            .iter()
-            .find(|c| !c.transforms_on_apply.is_empty())
+        && let Some(c) = raw.collections.declared.iter().find(|c| {
+            !c.transforms_on_apply.is_empty()
+                || c.upgrades.iter().any(|u| {
+                    u.transforms_on_apply
+                        .as_ref()
+                        .is_some_and(|t| !t.is_empty())
+                })
+        })
     {
         return Err((
             vec![Seg::Key("retention"), Seg::Key("compact")],
@@ -293,7 +296,12 @@ fn check_collections(raw: &RawConfig) -> Result<(), Violation> {
             ]
         };
         if collection.compare == Some(crate::raw::RawCompare::Values)
-            && !collection.transforms_on_apply.is_empty()
+            && (!collection.transforms_on_apply.is_empty()
+                || collection.upgrades.iter().any(|u| {
+                    u.transforms_on_apply
+                        .as_ref()
+                        .is_some_and(|t| !t.is_empty())
+                }))
         {
             return Err((
                 at("compare"),
@@ -335,6 +343,7 @@ fn check_collections(raw: &RawConfig) -> Result<(), Violation> {
                 }
             }
         }
+        check_upgrades(raw, i, collection, &defined)?;
         if collection.resolver != RESOLVER_LWW && !raw.plugins.contains_key(&collection.resolver) {
             return Err((
                 at("resolver"),
@@ -345,6 +354,73 @@ fn check_collections(raw: &RawConfig) -> Result<(), Violation> {
                     defined()
                 ),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// `[[collections.declared.upgrades]]` of collection `i`: times that parse, strictly
+/// ascending; each entry changes something; every plugin it names is defined.
+fn check_upgrades(
+    raw: &RawConfig,
+    i: usize,
+    collection: &crate::raw::RawCollection,
+    defined: &dyn Fn() -> String,
+) -> Result<(), Violation> {
+    let mut previous: Option<u64> = None;
+    for (j, u) in collection.upgrades.iter().enumerate() {
+        let at = |key: &'static str| {
+            vec![
+                Seg::Key("collections"),
+                Seg::Key("declared"),
+                Seg::Index(i),
+                Seg::Key("upgrades"),
+                Seg::Index(j),
+                Seg::Key(key),
+            ]
+        };
+        let from = u
+            .effective_from
+            .millis()
+            .map_err(|m| (at("effective_from"), m))?;
+        if let Some(p) = previous
+            && from <= p
+        {
+            return Err((
+                at("effective_from"),
+                format!(
+                    "{} is not after the previous upgrade's {}: upgrades are listed in time order",
+                    crate::format_ms(from),
+                    crate::format_ms(p)
+                ),
+            ));
+        }
+        previous = Some(from);
+        if u.resolver.is_none() && u.transforms_on_apply.is_none() {
+            return Err((
+                at("effective_from"),
+                "this upgrade changes nothing: give it a resolver or transforms_on_apply"
+                    .to_owned(),
+            ));
+        }
+        if let Some(r) = &u.resolver
+            && r != RESOLVER_LWW
+            && !raw.plugins.contains_key(r)
+        {
+            return Err((
+                at("resolver"),
+                format!(
+                    "unknown resolver {r:?}: use \"{RESOLVER_LWW}\" or the name of a resolver plugin; {}",
+                    defined()
+                ),
+            ));
+        }
+        for (k, name) in u.transforms_on_apply.iter().flatten().enumerate() {
+            if !raw.plugins.contains_key(name) {
+                let mut path = at("transforms_on_apply");
+                path.push(Seg::Index(k));
+                return Err((path, format!("unknown plugin {name:?}; {}", defined())));
+            }
         }
     }
     Ok(())

@@ -913,3 +913,71 @@ fn authorization_and_revocations() {
         "revoked[1].node",
     );
 }
+
+#[test]
+fn upgrades_fill_in_what_they_leave_unchanged_and_are_checked() {
+    let text = |upgrades: &str| {
+        with(&format!(
+            "[plugins.v1]\npath = \"v1.wasm\"\nsha256 = \"{SHA}\"\n\
+             [plugins.v2]\npath = \"v2.wasm\"\nsha256 = \"{SHA}\"\n\
+             [plugins.t]\npath = \"t.wasm\"\nsha256 = \"{SHA}\"\n\
+             [retention]\ncompact = false\n\
+             [[collections.declared]]\nname = \"counters\"\nresolver = \"v1\"\n{upgrades}"
+        ))
+    };
+    let c = parse(&text(
+        "[[collections.declared.upgrades]]\neffective_from = \"2026-12-03T18:00:00Z\"\nresolver = \"v2\"\n\
+         [[collections.declared.upgrades]]\neffective_from = 1796407200000\ntransforms_on_apply = [\"t\"]\n",
+    ))
+    .unwrap();
+    let counters = &c.collections.declared[0];
+    assert_eq!(counters.upgrades.len(), 2);
+    assert_eq!(counters.upgrades[0].from_ms, 1_796_320_800_000);
+    assert_eq!(counters.upgrades[0].resolver, "v2");
+    assert!(counters.upgrades[0].transforms_on_apply.is_empty());
+    assert_eq!(
+        counters.upgrades[1].resolver, "v2",
+        "kept from the upgrade before"
+    );
+    assert_eq!(counters.upgrades[1].transforms_on_apply, ["t"]);
+    assert!(
+        counters.compare_on_versions,
+        "transforms on apply in some epoch"
+    );
+    assert_eq!(counters.deciding_at(1_796_320_799_999).1, "v1");
+    assert_eq!(counters.deciding_at(1_796_320_800_000).1, "v2");
+    assert_eq!(
+        counters.deciding_plugins().into_iter().collect::<Vec<_>>(),
+        ["t", "v1", "v2"]
+    );
+    assert_eq!(
+        edgerep_config::format_ms(1_796_320_800_000),
+        "2026-12-03T18:00:00Z"
+    );
+
+    let err = expect_error(
+        &text(
+            "[[collections.declared.upgrades]]\neffective_from = 2000\nresolver = \"v2\"\n\
+             [[collections.declared.upgrades]]\neffective_from = 1000\nresolver = \"v1\"\n",
+        ),
+        "collections.declared[0].upgrades[1].effective_from",
+    );
+    assert!(err.message.contains("time order"), "{err}");
+    let err = expect_error(
+        &text(
+            "[[collections.declared.upgrades]]\neffective_from = \"tomorrow\"\nresolver = \"v2\"\n",
+        ),
+        "collections.declared[0].upgrades[0].effective_from",
+    );
+    assert!(err.message.contains("RFC 3339"), "{err}");
+    let err = expect_error(
+        &text("[[collections.declared.upgrades]]\neffective_from = 5\n"),
+        "collections.declared[0].upgrades[0].effective_from",
+    );
+    assert!(err.message.contains("changes nothing"), "{err}");
+    let err = expect_error(
+        &text("[[collections.declared.upgrades]]\neffective_from = 5\nresolver = \"v3\"\n"),
+        "collections.declared[0].upgrades[0].resolver",
+    );
+    assert!(err.message.contains("unknown resolver"), "{err}");
+}

@@ -53,8 +53,8 @@ use crate::trace::{ClientTrace, TRACEPARENT};
 /// Everything the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The node's config.
-    pub config: Arc<Config>,
+    /// The node's config, as last (re)loaded.
+    pub reloader: Arc<crate::reload::Reloader>,
     /// The store (read directly; written only through the committer).
     pub store: Arc<Store>,
     /// The group committer.
@@ -79,6 +79,13 @@ pub struct AppState {
     pub traces: Arc<crate::trace::Traces>,
     /// Commit durations and per-collection counts (see `metrics`).
     pub commit_metrics: Arc<crate::metrics::CommitMetrics>,
+}
+
+impl AppState {
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.reloader.config()
+    }
 }
 
 /// What protects the API: the bearer token (required when it listens beyond loopback), the
@@ -306,7 +313,7 @@ impl From<CommitError> for ApiError {
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.limits.max_request_bytes;
+    let body_limit = state.config().limits.max_request_bytes;
     let state = Arc::new(state);
     Router::new()
         .route("/v1/status", get(status))
@@ -332,6 +339,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/dead-letters/{id}/replay", post(replay_dead_letter))
         .route("/v1/reconcile", post(reconcile))
+        .route("/v1/reload", post(reload))
         .fallback(|uri: Uri| async move {
             ApiError::not_found("no_such_route", format!("no such endpoint: {}", uri.path()))
         })
@@ -490,11 +498,11 @@ async fn put_key(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
-    request::check_collection(&app.config, &collection)?;
-    request::check_key(&app.config, &key)?;
+    request::check_collection(&app.config(), &collection)?;
+    request::check_key(&app.config(), &key)?;
     let format = request_format(&headers)?;
-    let body = body_bytes(body, app.config.limits.max_request_bytes)?;
-    let value = request::parse_value(&body, format, &crate::value_limits(&app.config))?;
+    let body = body_bytes(body, app.config().limits.max_request_bytes)?;
+    let value = request::parse_value(&body, format, &crate::value_limits(&app.config()))?;
     let write = LocalWrite {
         collection,
         key,
@@ -604,7 +612,7 @@ async fn commit_keyed(
             for (i, w) in writes.iter_mut().enumerate() {
                 w.meta
                     .insert(TRACEPARENT.to_owned(), span.traceparent.clone());
-                if let Err(problem) = request::meta_problem(&app.config, &w.meta) {
+                if let Err(problem) = request::meta_problem(&app.config(), &w.meta) {
                     span.end(Err("refused"));
                     return Err(ApiError::bad_request(
                         "bad_meta",
@@ -664,8 +672,8 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
-    request::check_collection(&app.config, &collection)?;
-    request::check_key(&app.config, &key)?;
+    request::check_collection(&app.config(), &collection)?;
+    request::check_key(&app.config(), &key)?;
     let write = LocalWrite {
         collection,
         key,
@@ -697,8 +705,8 @@ async fn get_key(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let (collection, key) = collection_and_key(&uri)?;
-    request::check_collection(&app.config, &collection)?;
-    request::check_key(&app.config, &key)?;
+    request::check_collection(&app.config(), &collection)?;
+    request::check_key(&app.config(), &key)?;
     let app2 = app.clone();
     let (c2, k2) = (collection.clone(), key.clone());
     // Reading and resolving (which may call a resolver plugin) happen off the async threads.
@@ -759,7 +767,7 @@ async fn batch(
     let format = request_format(&headers)?;
     let request_key = idempotency::from_headers(&headers)?;
     let trace = trace_header(&headers)?;
-    let body = body_bytes(body, app.config.limits.max_request_bytes)?;
+    let body = body_bytes(body, app.config().limits.max_request_bytes)?;
     let app2 = app.clone();
     // Parsing a large batch, looking its keys up and running transforms is CPU and disk work:
     // keep it off the async threads.
@@ -767,8 +775,8 @@ async fn batch(
         let batch = request::parse_batch(
             &body,
             format,
-            &app2.config,
-            &crate::value_limits(&app2.config),
+            &app2.config(),
+            &crate::value_limits(&app2.config()),
         )?;
         prepare_batch(&app2, batch, request_key)
     })
@@ -1052,7 +1060,7 @@ async fn scan(
             ApiError::bad_request("bad_collection", "collection name is not UTF-8".into())
         })?
         .into_owned();
-    request::check_collection(&app.config, &collection)?;
+    request::check_collection(&app.config(), &collection)?;
     let limit = q.limit.unwrap_or(1000);
     if limit == 0 || limit > SCAN_LIMIT_MAX {
         return Err(ApiError::bad_request(
@@ -1137,7 +1145,7 @@ async fn watch_feed(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     if let Some(c) = &q.collection {
-        request::check_collection(&app.config, c)?;
+        request::check_collection(&app.config(), c)?;
     }
     // Positions only come from the feed, so a cursor beyond its end means the node lost its last
     // commits in a crash (collections with `durability = "periodic"`) and will number new events
@@ -1328,7 +1336,7 @@ async fn status(
     })
     .await?;
     let mut body = json!({
-        "node_id": app.config.node.id.to_string(),
+        "node_id": app.config().node.id.to_string(),
         "version": env!("CARGO_PKG_VERSION"),
         "api": app.api_addr.to_string(),
         "uptime_s": app.started.elapsed().as_secs(),
@@ -1342,7 +1350,7 @@ async fn status(
         "idempotency": app.idempotency.to_json(keys_held),
         "compacted": s.compacted,
         "feed_floor": s.feed_floor,
-        "collections": collections_json(&app.config.collections),
+        "collections": collections_json(&app.config().collections),
     });
     let check = app.store.open_check();
     body["store_check_at_open"] = json!({
@@ -1415,7 +1423,7 @@ async fn reconcile(
         Some(p) => {
             let id = edgerep_wire::NodeId::parse(&p)
                 .map_err(|e| ApiError::bad_request("bad_query", format!("peer {p:?}: {e}")))?;
-            if !app.config.peers.iter().any(|c| c.id == id) {
+            if !app.config().peers.iter().any(|c| c.id == id) {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "unknown_peer",
@@ -1432,6 +1440,17 @@ async fn reconcile(
         .map_err(|_| ApiError::internal("anti-entropy sessions did not end within 60 s".into()))?
         .map_err(|_| ApiError::internal("the replicator stopped".into()))?;
     Ok(axum::Json(json!({ "sessions": reports })).into_response())
+}
+
+/// `POST /v1/reload`: reads the node's config file again and takes in what changed (see
+/// `reload.rs`); 422 with the reasons when it cannot be taken in without a restart.
+async fn reload(State(app): Shared) -> Result<Response, ApiError> {
+    let reloaded = app
+        .reloader
+        .reload_file()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_reloaded", e))?;
+    Ok(axum::Json(json!({ "reloaded": reloaded })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -1580,7 +1599,7 @@ async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
             ),
         ));
     }
-    request::check_collection(&app.config, &d.write.collection)?;
+    request::check_collection(&app.config(), &d.write.collection)?;
     let outcome = ingest::run_blocking(&app, vec![d.write], false).await?;
     if let Some(failed) = outcome.failed.first() {
         return Err(failed.to_replay_error(id));

@@ -46,6 +46,9 @@ pub(crate) struct Refusal {
 /// Not admitted (not stored, not relayed; the peer resends them later):
 /// - events of an origin beyond the bound on origins, and of a revoked node past its revocation
 ///   (refused);
+/// - events of a paused collection from the time of an upgrade a peer runs and this node's
+///   config lacks (deferred until a reload brings the upgrade; the origin's later events wait
+///   behind them, since the store holds each origin gapless);
 /// - causal delivery: an event whose causal context names an event this node does not hold yet
 ///   (deferred until it does). An honest context only names events its writer held, which reach
 ///   every node in time; a forged one (naming events nobody wrote, such as this node's own
@@ -69,6 +72,8 @@ pub(crate) struct Admission<'a> {
     pub(crate) own_claims: &'a BTreeMap<NodeId, u64>,
     /// The peer the batch came from.
     pub(crate) from: &'a NodeId,
+    /// Its paused collections (see [`Pipeline::pause`]).
+    pub(crate) pipeline: &'a Pipeline,
 }
 
 /// Stage of a dead letter for an event refused by the write policy.
@@ -118,6 +123,14 @@ impl Admission<'_> {
                 ))
             } else if let Some(r) = self.config.revocation(&event.origin, event.seq) {
                 Some(refusal(r, false))
+            } else if let Some(reason) = self
+                .pipeline
+                .paused_at(&event.collection, event.hlc.physical_ms)
+            {
+                Some(refusal(
+                    format!("event {}:{}: {reason}", event.origin, event.seq),
+                    true,
+                ))
             } else if let Some((o, seq)) = event
                 .context
                 .iter()

@@ -145,6 +145,11 @@ enum Request {
         floors: Have,
         reply: CompactReply,
     },
+    /// Decide the kept resolutions of a collection again (its resolver changed by a reload).
+    ReResolve {
+        collection: String,
+        reply: oneshot::Sender<Result<u64, CommitError>>,
+    },
 }
 
 struct Pending {
@@ -421,6 +426,13 @@ impl Committer {
                             reply(result.map_err(|e| CommitError::Store(e.to_string())));
                             continue;
                         }
+                        Request::ReResolve { collection, reply } => {
+                            let result = store
+                                .re_resolve(&collection)
+                                .map_err(|e| CommitError::Store(e.to_string()));
+                            let _ = reply.send(result);
+                            continue;
+                        }
                     };
                     let replay = first.dead_letters.clone();
                     let alone = !replay.is_empty();
@@ -626,6 +638,17 @@ impl Committer {
                 dead_letters,
                 reply,
             }))
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        answer.await.map_err(|_| CommitError::Closed)?
+    }
+
+    /// Decides again every kept resolution of `collection` with the resolver as it is now
+    /// (see `Store::re_resolve`); returns how many keys changed.
+    pub async fn re_resolve(&self, collection: String) -> Result<u64, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::ReResolve { collection, reply })
             .await
             .map_err(|_| CommitError::Closed)?;
         answer.await.map_err(|_| CommitError::Closed)?

@@ -78,11 +78,11 @@ pub(crate) struct Outcome {
 
 /// Checks a change a transform returned against the node's own rules.
 fn check_change(app: &AppState, w: &LocalWrite) -> Result<(), String> {
-    request::check_collection(&app.config, &w.collection).map_err(|e| e.message().to_owned())?;
-    request::check_key(&app.config, &w.key).map_err(|e| e.message().to_owned())?;
-    request::meta_problem(&app.config, &w.meta)?;
+    request::check_collection(&app.config(), &w.collection).map_err(|e| e.message().to_owned())?;
+    request::check_key(&app.config(), &w.key).map_err(|e| e.message().to_owned())?;
+    request::meta_problem(&app.config(), &w.meta)?;
     if let Some(v) = &w.value {
-        crate::check_plugin_value(v, &crate::value_limits(&app.config))?;
+        crate::check_plugin_value(v, &crate::value_limits(&app.config()))?;
     }
     Ok(())
 }
@@ -95,12 +95,12 @@ pub(crate) fn run(
     writes: Vec<LocalWrite>,
     record_failures: bool,
 ) -> Result<Outcome, ApiError> {
+    let wall = wall_ms();
     for w in &writes {
-        if let Some(reason) = app.pipeline.halted(&w.collection) {
+        if let Some(reason) = app.pipeline.halted(&w.collection, wall) {
             return Err(ApiError::halted(&w.collection, &reason));
         }
     }
-    let wall = wall_ms();
     let mut out = Outcome::default();
     let check = |w: &LocalWrite| check_change(app, w);
     let mut halt: Option<(String, String)> = None;

@@ -14,6 +14,7 @@ pub mod keys;
 mod listener;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod replication;
 mod request;
 pub mod trace;
@@ -125,29 +126,20 @@ pub struct RunningNode {
     server: tokio::task::JoinHandle<Result<(), NodeError>>,
     replication: Option<Arc<replication::Replication>>,
     committer: std::thread::JoinHandle<()>,
-    keys: Option<Arc<keys::NodeKeys>>,
-    node: edgerep_wire::NodeId,
+    reloader: Arc<reload::Reloader>,
     traces: Arc<trace::Traces>,
 }
 
 impl RunningNode {
-    /// Applies what of a reloaded config takes effect without a restart: the revocations
-    /// (`[[revoked]]`). The config must be this node's.
-    pub fn reload(&self, config: &Config) -> Result<(), String> {
-        if config.node.id != self.node {
-            return Err(format!(
-                "the reloaded config is node {:?}'s, not this node's ({:?})",
-                config.node.id.as_str(),
-                self.node.as_str()
-            ));
-        }
-        if let Some(keys) = &self.keys {
-            keys.set_revoked(config);
-        }
-        if let Some(r) = &self.replication {
-            r.revoke(config.revoked.clone());
-        }
-        Ok(())
+    /// Takes in a changed config without a restart (see [`reload`]); on an error nothing
+    /// changed.
+    pub async fn reload(&self, config: Config) -> Result<reload::Reloaded, String> {
+        self.reloader.reload(config).await
+    }
+
+    /// Reads the node's config file again and takes it in (SIGHUP).
+    pub async fn reload_file(&self) -> Result<reload::Reloaded, String> {
+        self.reloader.reload_file().await
     }
 
     /// Stops accepting requests, lets requests in flight finish, ends watch streams, waits for
@@ -203,7 +195,6 @@ fn ports_free(config: &Config) -> Result<(), NodeError> {
 /// Opens the store, starts the committer and serves the local API.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let data_dir = config.node.data_dir.clone();
-    let node = config.node.id.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir {
         path: data_dir.display().to_string(),
         source,
@@ -346,8 +337,15 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let listener = listener::Limited::new(listener, config.api.max_connections);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tracing::info!(node = %config.node.id, api = %api_addr, data = %db_path.display(), "node started");
+    let reloader = Arc::new(reload::Reloader::new(
+        config,
+        pipeline.clone(),
+        keys,
+        replication.clone(),
+        committer.clone(),
+    ));
     let app = api::router(api::AppState {
-        config: Arc::new(config),
+        reloader: reloader.clone(),
         store,
         committer,
         pipeline,
@@ -376,8 +374,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         server,
         replication,
         committer: committer_thread,
-        keys,
-        node,
+        reloader,
         traces,
     })
 }

@@ -7,11 +7,11 @@
 //! the plugin's failure policy); a failing resolver falls back to last-writer-wins and says so.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use edgerep_config::{Config, FailurePolicy};
+use edgerep_config::{Config, FailurePolicy, PluginConfig};
 use edgerep_plugin::{
     Change, Failure, FailureKind, Limits, Plugin, PluginSource, Resolution, Runtime, World,
 };
@@ -26,6 +26,8 @@ use crate::NodeError;
 struct Loaded {
     plugin: Plugin,
     policy: FailurePolicy,
+    /// What it was loaded from (a reload keeps the loaded plugin when this is unchanged).
+    config: PluginConfig,
     /// Times this resolver failed and last-writer-wins was used instead.
     fallbacks: AtomicU64,
 }
@@ -49,14 +51,52 @@ pub struct Rejection {
 /// failure counts: the deadline is the one plugin limit that is not the same on every node.
 pub(crate) const DEADLINE_RETRIES: u32 = 2;
 
+/// What decides a collection's state from one hybrid-clock time on (see
+/// `edgerep_config::Upgrade`).
+#[derive(Debug, Clone)]
+struct Epoch {
+    from_ms: u64,
+    /// A resolver plugin (`None`: last-writer-wins).
+    resolver: Option<String>,
+    on_apply: Vec<String>,
+}
+
+/// The plugins as one config wires them; replaced whole by a reload.
+struct Wiring {
+    plugins: BTreeMap<String, Arc<Loaded>>,
+    ingest: HashMap<String, Vec<String>>,
+    /// Per collection with a resolver plugin or transforms on apply in some epoch, its epochs
+    /// in time order (the first from 0).
+    deciding: HashMap<String, Vec<Epoch>>,
+}
+
+impl Wiring {
+    /// The epoch of `collection` in force at hybrid-clock time `physical_ms`.
+    fn epoch(&self, collection: &str, physical_ms: u64) -> Option<&Epoch> {
+        self.deciding
+            .get(collection)?
+            .iter()
+            .rev()
+            .find(|e| e.from_ms <= physical_ms)
+    }
+}
+
+/// Why a collection is paused: a peer decides its events from `from_ms` on with an upgrade this
+/// node's config does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    /// Events of the collection at or after this hybrid-clock time wait.
+    pub from_ms: u64,
+    /// One sentence naming the peer and the upgrade.
+    pub reason: String,
+}
+
 /// The loaded plugins and the per-collection wiring.
 pub struct Pipeline {
     node: NodeId,
-    plugins: BTreeMap<String, Loaded>,
-    ingest: HashMap<String, Vec<String>>,
-    on_apply: HashMap<String, Vec<String>>,
-    resolvers: HashMap<String, String>,
+    current: RwLock<Arc<Wiring>>,
     halted: Mutex<BTreeMap<String, String>>,
+    paused: Mutex<BTreeMap<String, Pause>>,
     /// The node's limits on a value (a merged resolution is checked against them).
     value_limits: edgerep_wire::value::DecodeLimits,
 }
@@ -64,7 +104,7 @@ pub struct Pipeline {
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
+            .field("plugins", &self.wiring().plugins.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -77,123 +117,109 @@ impl Pipeline {
     /// Loads every configured plugin (checking its sha256 and its world against how the
     /// collections use it). Any problem refuses to start, with a message naming the file.
     pub fn load(config: &Config) -> Result<Pipeline, NodeError> {
-        Pipeline::load_with(config, Some(&config.node.data_dir.join("plugin-cache")))
+        let wiring = wire(config, Some(&cache_dir(config)), &BTreeMap::new())?;
+        Ok(Pipeline {
+            node: config.node.id.clone(),
+            current: RwLock::new(Arc::new(wiring)),
+            halted: Mutex::new(BTreeMap::new()),
+            paused: Mutex::new(BTreeMap::new()),
+            value_limits: crate::value_limits(config),
+        })
     }
 
     /// [`Pipeline::load`] without writing anything (no compilation cache in the data
     /// directory): what `edgerep config check` runs, so a wrong sha256, a missing file or a
     /// plugin used in the wrong role is found before the node starts.
     pub fn check(config: &Config) -> Result<(), NodeError> {
-        Pipeline::load_with(config, None).map(|_| ())
+        wire(config, None, &BTreeMap::new()).map(drop)
     }
 
-    fn load_with(config: &Config, cache: Option<&std::path::Path>) -> Result<Pipeline, NodeError> {
-        let mut plugins = BTreeMap::new();
-        if !config.plugins.is_empty() {
-            let runtime = Runtime::new(cache).map_err(|e| plugin_error(config, e.to_string()))?;
-            for p in &config.plugins {
-                let wasm = std::fs::read(&p.path).map_err(|e| {
-                    plugin_error(
-                        config,
-                        format!("plugins.{}: cannot read {}: {e}", p.name, p.path.display()),
-                    )
-                })?;
-                let plugin = runtime
-                    .load(PluginSource {
-                        name: p.name.clone(),
-                        path: p.path.clone(),
-                        wasm,
-                        expected_sha256: Some(p.sha256.clone()),
-                        limits: Limits {
-                            fuel: p.fuel,
-                            memory_bytes: p.memory_bytes,
-                            deadline: Duration::from_millis(p.deadline_ms),
-                        },
-                        params: p.params.clone(),
-                    })
-                    .map_err(|e| plugin_error(config, format!("plugins.{}: {e}", p.name)))?;
-                tracing::info!(plugin = %p.name, sha256 = %plugin.sha256(), world = ?plugin.world(), "plugin loaded");
-                plugins.insert(
-                    p.name.clone(),
-                    Loaded {
-                        plugin,
-                        policy: p.on_failure,
-                        fallbacks: AtomicU64::new(0),
-                    },
-                );
-            }
-        }
-        let mut ingest = HashMap::new();
-        let mut on_apply = HashMap::new();
-        let mut resolvers = HashMap::new();
-        for (i, c) in config.collections.declared.iter().enumerate() {
-            for (list_name, list) in [
-                ("transforms_on_ingest", &c.transforms_on_ingest),
-                ("transforms_on_apply", &c.transforms_on_apply),
-            ] {
-                for name in list {
-                    // The config checked that every name is a defined plugin.
-                    if plugins[name].plugin.world() != World::Transform {
-                        return Err(plugin_error(
-                            config,
-                            format!(
-                                "collections.declared[{i}].{list_name}: plugin {name:?} is a resolver, not a transform"
-                            ),
-                        ));
-                    }
-                }
-            }
-            if !c.transforms_on_ingest.is_empty() {
-                ingest.insert(c.name.clone(), c.transforms_on_ingest.clone());
-            }
-            if !c.transforms_on_apply.is_empty() {
-                on_apply.insert(c.name.clone(), c.transforms_on_apply.clone());
-            }
-            if c.resolver != "lww" {
-                if plugins[&c.resolver].plugin.world() != World::Resolver {
-                    return Err(plugin_error(
-                        config,
-                        format!(
-                            "collections.declared[{i}].resolver: plugin {:?} is a transform, not a resolver",
-                            c.resolver
-                        ),
-                    ));
-                }
-                resolvers.insert(c.name.clone(), c.resolver.clone());
-            }
-        }
-        Ok(Pipeline {
-            node: config.node.id.clone(),
-            plugins,
-            ingest,
-            on_apply,
-            resolvers,
-            halted: Mutex::new(BTreeMap::new()),
-            value_limits: crate::value_limits(config),
-        })
+    /// Replaces the wiring with `config`'s: plugins whose config is unchanged are kept as
+    /// loaded (with their counters), the others loaded anew. On any error nothing changes.
+    /// Halted collections resume (the reload is the operator's answer), and so do paused ones
+    /// whose config now has the upgrade they waited for (one still missing a later upgrade is
+    /// paused again at the peer's next handshake). Returns the plugins (re)loaded.
+    pub fn reload(&self, config: &Config) -> Result<Vec<String>, NodeError> {
+        let old = self.wiring();
+        let wiring = wire(config, Some(&cache_dir(config)), &old.plugins)?;
+        let loaded: Vec<String> = wiring
+            .plugins
+            .iter()
+            .filter(|(name, l)| old.plugins.get(*name).is_none_or(|o| !Arc::ptr_eq(o, l)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(wiring);
+        self.halted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|collection, pause| {
+                !config
+                    .collection(collection)
+                    .is_some_and(|c| c.upgrades.iter().any(|u| u.from_ms == pause.from_ms))
+            });
+        Ok(loaded)
+    }
+
+    fn wiring(&self) -> Arc<Wiring> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether `collection` has transforms to run on ingest.
     pub fn has_ingest(&self, collection: &str) -> bool {
-        self.ingest.contains_key(collection)
+        self.wiring().ingest.contains_key(collection)
     }
 
-    /// Why writes to `collection` are stopped, if a plugin with the `halt` policy failed.
-    pub fn halted(&self, collection: &str) -> Option<String> {
-        self.halted
+    /// Why writes to `collection` are stopped, if a plugin with the `halt` policy failed, or
+    /// why a write at hybrid-clock time `now_ms` must wait (the collection is paused).
+    pub fn halted(&self, collection: &str, now_ms: u64) -> Option<String> {
+        if let Some(reason) = self
+            .halted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(collection)
-            .cloned()
+        {
+            return Some(reason.clone());
+        }
+        self.paused_at(collection, now_ms)
     }
 
-    /// Stops writes to `collection` until the node restarts.
+    /// Stops writes to `collection` until the node restarts or reloads its config.
     pub fn halt(&self, collection: &str, reason: String) {
         tracing::error!(collection, %reason, "collection halted");
         self.halted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(collection.to_owned(), reason);
+    }
+
+    /// Pauses `collection` for events at or after `pause.from_ms` (the earliest pause wins).
+    pub fn pause(&self, collection: &str, pause: Pause) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if paused
+            .get(collection)
+            .is_some_and(|p| p.from_ms <= pause.from_ms)
+        {
+            return;
+        }
+        tracing::warn!(collection, reason = %pause.reason, "collection paused");
+        paused.insert(collection.to_owned(), pause);
+    }
+
+    /// Why an event of `collection` at hybrid-clock time `physical_ms` must wait, if it must.
+    pub fn paused_at(&self, collection: &str, physical_ms: u64) -> Option<String> {
+        self.paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(collection)
+            .filter(|p| p.from_ms <= physical_ms)
+            .map(|p| p.reason.clone())
     }
 
     /// The event a transform sees at ingest: this node as origin, sequence 0 (numbered when
@@ -228,12 +254,13 @@ impl Pipeline {
         wall_ms: u64,
         check: &dyn Fn(&LocalWrite) -> Result<(), String>,
     ) -> Result<Vec<LocalWrite>, Box<Rejection>> {
-        let Some(chain) = self.ingest.get(&write.collection) else {
+        let wiring = self.wiring();
+        let Some(chain) = wiring.ingest.get(&write.collection) else {
             return Ok(vec![write]);
         };
         let mut current = vec![write];
         for name in chain {
-            let loaded = &self.plugins[name];
+            let loaded = &wiring.plugins[name];
             let mut next = Vec::new();
             for w in current {
                 let event = self.ingest_event(&w, wall_ms);
@@ -256,9 +283,12 @@ impl Pipeline {
         Ok(current)
     }
 
-    /// Whether `collection` has transforms to run on events from peers.
+    /// Whether `collection` has transforms to run on events from peers (in some epoch).
     pub fn has_on_apply(&self, collection: &str) -> bool {
-        self.on_apply.contains_key(collection)
+        self.wiring()
+            .deciding
+            .get(collection)
+            .is_some_and(|epochs| epochs.iter().any(|e| !e.on_apply.is_empty()))
     }
 
     /// Runs an event received from a peer through its collection's transforms on apply, each on
@@ -267,17 +297,22 @@ impl Pipeline {
     /// event, change its value (or make it a delete), or drop it (no changes); a change to any
     /// other key is refused (`bad-output`: routing belongs on ingest). Schema and metadata stay
     /// the event's own. `check_value` validates a changed value against the node's limits.
+    /// The chain is the one in force at the event's hybrid-clock time (see `Upgrade`).
     pub fn run_apply(
         &self,
         event: &Event,
         check_value: &dyn Fn(&Value) -> Result<(), String>,
     ) -> Result<OnApply, Box<Rejection>> {
-        let Some(chain) = self.on_apply.get(&event.collection) else {
+        let wiring = self.wiring();
+        let Some(epoch) = wiring
+            .epoch(&event.collection, event.hlc.physical_ms)
+            .filter(|e| !e.on_apply.is_empty())
+        else {
             return Ok(OnApply::AsReceived);
         };
         let mut current = event.clone();
-        for name in chain {
-            let loaded = &self.plugins[name];
+        for name in &epoch.on_apply {
+            let loaded = &wiring.plugins[name];
             let reject = |failure: Failure| rejection(name, loaded, failure, &current);
             let bad = |message: String| {
                 reject(Failure {
@@ -350,17 +385,24 @@ impl Pipeline {
     /// deadline (wall time, which differs between nodes) is tried again; one that still fails
     /// falls back to last-writer-wins, logged and counted. A fallback on one node only is
     /// found by anti-entropy as a disagreement. A merged value past the node's value limits
-    /// (it could not be stored and read back) is a failure like the others.
+    /// (it could not be stored and read back) is a failure like the others. The resolver is
+    /// the one in force at the newest version's hybrid-clock time: a function of the versions
+    /// alone, so every node with the same upgrades picks the same one.
     fn resolve_now(&self, collection: &str, key: &[u8], versions: &Versions) -> StoreResolution {
         let events = versions.events();
         let lww = |by: String| StoreResolution::lww(versions, by);
         if events.len() <= 1 {
             return lww("single".into());
         }
-        let Some(name) = self.resolvers.get(collection) else {
+        let newest = events.iter().map(|e| e.hlc.physical_ms).max().unwrap_or(0);
+        let wiring = self.wiring();
+        let Some(name) = wiring
+            .epoch(collection, newest)
+            .and_then(|e| e.resolver.as_ref())
+        else {
             return lww("lww".into());
         };
-        let loaded = &self.plugins[name];
+        let loaded = &wiring.plugins[name];
         // Versions are sorted by dot: the canonical order every node shares.
         let mut outcome = loaded.plugin.resolve(collection, key, events);
         for _ in 0..DEADLINE_RETRIES {
@@ -405,7 +447,8 @@ impl Pipeline {
     /// Per-plugin status and metrics, and the halted collections.
     pub fn status_json(&self) -> Json {
         let mut plugins = serde_json::Map::new();
-        for (name, l) in &self.plugins {
+        let wiring = self.wiring();
+        for (name, l) in &wiring.plugins {
             let m = l.plugin.metrics();
             let mut o = json!({
                 "world": match l.plugin.world() { World::Transform => "transform", World::Resolver => "resolver" },
@@ -422,9 +465,22 @@ impl Pipeline {
             }
             plugins.insert(name.clone(), o);
         }
+        let paused: BTreeMap<String, Json> = self
+            .paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(c, p)| {
+                (
+                    c.clone(),
+                    json!({"from": edgerep_config::format_ms(p.from_ms), "from_ms": p.from_ms, "reason": p.reason}),
+                )
+            })
+            .collect();
         json!({
             "plugins": plugins,
             "halted_collections": *self.halted.lock().unwrap_or_else(|e| e.into_inner()),
+            "paused_collections": paused,
         })
     }
 }
@@ -432,7 +488,10 @@ impl Pipeline {
 /// Resolutions the store keeps, decided as versions change (see `edgerep_store::Resolver`).
 impl edgerep_store::Resolver for Pipeline {
     fn resolves(&self, collection: &str) -> bool {
-        self.resolvers.contains_key(collection)
+        self.wiring()
+            .deciding
+            .get(collection)
+            .is_some_and(|epochs| epochs.iter().any(|e| e.resolver.is_some()))
     }
 
     fn resolve(&self, collection: &str, key: &[u8], versions: &Versions) -> StoreResolution {
@@ -440,11 +499,140 @@ impl edgerep_store::Resolver for Pipeline {
     }
 
     fn build(&self, collection: &str) -> String {
-        self.resolvers
+        let wiring = self.wiring();
+        wiring
+            .deciding
             .get(collection)
-            .map(|name| self.plugins[name].plugin.sha256().to_owned())
+            .and_then(|epochs| epochs.last())
+            .and_then(|e| e.resolver.as_ref())
+            .map(|name| wiring.plugins[name].plugin.sha256().to_owned())
             .unwrap_or_default()
     }
+}
+
+/// Where a node keeps compiled plugins.
+fn cache_dir(config: &Config) -> std::path::PathBuf {
+    config.node.data_dir.join("plugin-cache")
+}
+
+/// Loads `config`'s plugins (those in `keep` with the same config are reused as loaded) and
+/// wires them to the collections, checking each is used in its world.
+fn wire(
+    config: &Config,
+    cache: Option<&std::path::Path>,
+    keep: &BTreeMap<String, Arc<Loaded>>,
+) -> Result<Wiring, NodeError> {
+    let mut plugins = BTreeMap::new();
+    let mut runtime = None;
+    for p in &config.plugins {
+        if let Some(kept) = keep.get(&p.name).filter(|l| l.config == *p) {
+            plugins.insert(p.name.clone(), kept.clone());
+            continue;
+        }
+        let runtime = match &mut runtime {
+            Some(r) => r,
+            None => runtime
+                .insert(Runtime::new(cache).map_err(|e| plugin_error(config, e.to_string()))?),
+        };
+        let wasm = std::fs::read(&p.path).map_err(|e| {
+            plugin_error(
+                config,
+                format!("plugins.{}: cannot read {}: {e}", p.name, p.path.display()),
+            )
+        })?;
+        let plugin = runtime
+            .load(PluginSource {
+                name: p.name.clone(),
+                path: p.path.clone(),
+                wasm,
+                expected_sha256: Some(p.sha256.clone()),
+                limits: Limits {
+                    fuel: p.fuel,
+                    memory_bytes: p.memory_bytes,
+                    deadline: Duration::from_millis(p.deadline_ms),
+                },
+                params: p.params.clone(),
+            })
+            .map_err(|e| plugin_error(config, format!("plugins.{}: {e}", p.name)))?;
+        tracing::info!(plugin = %p.name, sha256 = %plugin.sha256(), world = ?plugin.world(), "plugin loaded");
+        plugins.insert(
+            p.name.clone(),
+            Arc::new(Loaded {
+                plugin,
+                policy: p.on_failure,
+                config: p.clone(),
+                fallbacks: AtomicU64::new(0),
+            }),
+        );
+    }
+    let world_of = |name: &str| plugins[name].plugin.world();
+    let mut ingest = HashMap::new();
+    let mut deciding = HashMap::new();
+    for (i, c) in config.collections.declared.iter().enumerate() {
+        let at = |j: usize, key: &str| {
+            if j == 0 {
+                format!("collections.declared[{i}].{key}")
+            } else {
+                format!("collections.declared[{i}].upgrades[{}].{key}", j - 1)
+            }
+        };
+        for name in &c.transforms_on_ingest {
+            // The config checked that every name is a defined plugin.
+            if world_of(name) != World::Transform {
+                return Err(plugin_error(
+                    config,
+                    format!(
+                        "collections.declared[{i}].transforms_on_ingest: plugin {name:?} is a resolver, not a transform"
+                    ),
+                ));
+            }
+        }
+        let mut epochs = Vec::new();
+        for (j, (from_ms, resolver, on_apply)) in c.epochs().enumerate() {
+            for name in on_apply {
+                if world_of(name) != World::Transform {
+                    return Err(plugin_error(
+                        config,
+                        format!(
+                            "{}: plugin {name:?} is a resolver, not a transform",
+                            at(j, "transforms_on_apply")
+                        ),
+                    ));
+                }
+            }
+            let resolver = (resolver != "lww").then(|| resolver.to_owned());
+            if let Some(name) = &resolver
+                && world_of(name) != World::Resolver
+            {
+                return Err(plugin_error(
+                    config,
+                    format!(
+                        "{}: plugin {name:?} is a transform, not a resolver",
+                        at(j, "resolver")
+                    ),
+                ));
+            }
+            epochs.push(Epoch {
+                from_ms,
+                resolver,
+                on_apply: on_apply.to_vec(),
+            });
+        }
+        if !c.transforms_on_ingest.is_empty() {
+            ingest.insert(c.name.clone(), c.transforms_on_ingest.clone());
+        }
+        if epochs
+            .iter()
+            .any(|e| e.resolver.is_some() || !e.on_apply.is_empty())
+        {
+            deciding.insert(c.name.clone(), epochs);
+        }
+    }
+    Ok(Wiring {
+        plugins,
+        ingest,
+        deciding,
+    })
 }
 
 fn summary_json(s: &edgerep_plugin::Summary) -> Json {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use edgerep_config::{Config, Durability, RetentionConfig};
 use edgerep_replica::{
     CollectionFingerprint, Log, LogError, Message, MessageLimits, Output, PluginFingerprint, Read,
-    Replica, ReplicaConfig, StateCursor, StatePage,
+    Replica, ReplicaConfig, StateCursor, StatePage, UpgradeFingerprint,
 };
 use edgerep_store::{Compaction, Installed, RemoteApply, Store, StoreError};
 use edgerep_transport::certs::Identity;
@@ -121,8 +121,11 @@ enum Input {
         reply: tokio::sync::oneshot::Sender<Vec<SessionReport>>,
     },
     Have(Have),
-    /// A reloaded config's revocations.
-    Revoked(Vec<edgerep_config::Revoked>),
+    /// A reloaded config; with `restart`, every session handshakes again.
+    Reload {
+        config: Box<Config>,
+        restart: bool,
+    },
     Stop,
 }
 
@@ -309,11 +312,15 @@ impl Replication {
         rx
     }
 
-    /// Takes in the `[[revoked]]` of a reloaded config: sessions with newly revoked peers are
+    /// Takes in a reloaded config (see `reload.rs`): sessions with newly revoked peers are
     /// closed, their connections refused from now on, and their events past the revocation
-    /// point refused (wherever they come from).
-    pub fn revoke(&self, revoked: Vec<edgerep_config::Revoked>) {
-        let _ = self.inbox.send(Input::Revoked(revoked));
+    /// point refused (wherever they come from); with `restart` (what the handshake compares
+    /// changed), every other session is closed too, and its peer and this node handshake again.
+    pub fn reload(&self, config: Config, restart: bool) {
+        let _ = self.inbox.send(Input::Reload {
+            config: Box::new(config),
+            restart,
+        });
     }
 
     /// Closes every connection (peers see an orderly close) and stops the replicator.
@@ -344,11 +351,8 @@ pub fn fingerprint(config: &Config) -> Vec<CollectionFingerprint> {
         .declared
         .iter()
         .map(|c| {
-            let mut names: Vec<&String> = c.transforms_on_ingest.iter().collect();
-            names.extend(c.transforms_on_apply.iter());
-            if c.resolver != "lww" {
-                names.push(&c.resolver);
-            }
+            let mut names: Vec<&str> = c.transforms_on_ingest.iter().map(String::as_str).collect();
+            names.extend(c.deciding_plugins());
             let mut plugins: Vec<PluginFingerprint> = names
                 .into_iter()
                 .filter_map(|n| config.plugin(n).map(plugin_fingerprint))
@@ -360,11 +364,31 @@ pub fn fingerprint(config: &Config) -> Vec<CollectionFingerprint> {
                 resolver: c.resolver.clone(),
                 transforms_on_apply: c.transforms_on_apply.clone(),
                 plugins,
+                upgrades: c
+                    .upgrades
+                    .iter()
+                    .map(|u| UpgradeFingerprint {
+                        from_ms: u.from_ms,
+                        resolver: u.resolver.clone(),
+                        transforms_on_apply: u.transforms_on_apply.clone(),
+                    })
+                    .collect(),
             }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The collections whose values this node's transforms on apply shape (in some epoch).
+fn transformed_on_apply(config: &Config) -> BTreeSet<String> {
+    config
+        .collections
+        .declared
+        .iter()
+        .filter(|c| c.epochs().any(|(_, _, t)| !t.is_empty()))
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// What decides what a plugin does, for the handshake: its build and the settings that change
@@ -668,11 +692,7 @@ pub fn start(
         },
         store,
         retention: config.retention.clone(),
-        transformed_on_apply: declared
-            .iter()
-            .filter(|c| !c.transforms_on_apply.is_empty())
-            .map(|c| c.name.clone())
-            .collect(),
+        transformed_on_apply: transformed_on_apply(config),
         compacting: false,
         compacted_at: Instant::now(),
         compact_more: false,
@@ -1655,15 +1675,30 @@ impl Replicator {
                 }
             }
             Input::Have(have) => self.set_have(&have),
-            Input::Revoked(revoked) => {
-                self.config.revoked = revoked;
+            Input::Reload { config, restart } => {
+                self.config = *config;
                 self.core.set_policy(policy(&self.config));
+                self.core.set_fingerprint(fingerprint(&self.config));
+                self.transformed_on_apply = transformed_on_apply(&self.config);
+                if let Some(reason) = self.halted.take() {
+                    tracing::info!(%reason, "replication resumes after a config reload");
+                }
                 let gone: Vec<NodeId> = self
                     .conns
                     .keys()
                     .filter(|p| self.config.is_revoked(p))
                     .cloned()
                     .collect();
+                if restart {
+                    for (peer, live) in &self.conns {
+                        if gone.contains(peer) {
+                            continue;
+                        }
+                        tracing::info!(peer = %peer, "config reloaded: handshaking again");
+                        live.conn
+                            .close(CloseCode::Normal, "config reloaded: handshaking again");
+                    }
+                }
                 for peer in gone {
                     tracing::warn!(peer = %peer, "revoked: closing its session");
                     if let Some(live) = self.conns.remove(&peer) {
@@ -1713,6 +1748,7 @@ impl Replicator {
                         have: &self.have,
                         own_claims: &own_claims,
                         from: &peer,
+                        pipeline: &self.pipeline,
                     };
                     let prepared = match crate::apply::prepare(
                         &self.pipeline,
@@ -1859,6 +1895,23 @@ impl Replicator {
                         0,
                     );
                     self.reports.snapshots_declined_total += 1;
+                }
+                Output::UpgradeMissing {
+                    peer,
+                    collection,
+                    from_ms,
+                    text: _,
+                } => {
+                    self.pipeline.pause(
+                        &collection,
+                        crate::pipeline::Pause {
+                            from_ms,
+                            reason: format!(
+                                "peer {peer} decides collection {collection:?} from {} on with an upgrade (collections.declared.upgrades) this node's config does not have; its events from then on wait here until this node's config has the same upgrade (edit the config, then `edgerep reload`)",
+                                edgerep_config::format_ms(from_ms)
+                            ),
+                        },
+                    );
                 }
                 Output::Mismatch { peer, differences } => {
                     for d in &differences {

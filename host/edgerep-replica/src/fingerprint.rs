@@ -37,11 +37,28 @@ pub(crate) struct Difference {
     /// One sentence.
     pub(crate) text: String,
     /// Whether the two nodes would decide the same events differently: their resolvers
-    /// differ (name, build or settings). Such a session does not start (replication with that
-    /// peer pauses, with the reason in status) rather than let the states part. Transforms on
-    /// apply may differ by design (those collections are compared on the versions) and
-    /// transforms on ingest only shape a node's own writes: reported, not pausing.
+    /// differ (name, build or settings) for some time both have configured. Such a session
+    /// does not start (replication with that peer pauses, with the reason in status) rather
+    /// than let the states part. Transforms on apply may differ by design (those collections
+    /// are compared on the versions) and transforms on ingest only shape a node's own writes:
+    /// reported, not pausing.
     pub(crate) pauses: bool,
+    /// The peer decides the collection's events from this time on with an upgrade this node
+    /// does not have (its upgrades are ours and more): the collection pauses here from then.
+    pub(crate) lacks_upgrade: Option<(String, u64)>,
+}
+
+/// A collection's epochs: (from, resolver, transforms on apply), the first from 0.
+fn epochs(f: &CollectionFingerprint) -> Vec<(u64, &str, &[String])> {
+    std::iter::once((0, f.resolver.as_str(), f.transforms_on_apply.as_slice()))
+        .chain(f.upgrades.iter().map(|u| {
+            (
+                u.from_ms,
+                u.resolver.as_str(),
+                u.transforms_on_apply.as_slice(),
+            )
+        }))
+        .collect()
 }
 
 /// Every difference between our fingerprint and the peer's, in collection order.
@@ -63,35 +80,89 @@ pub(crate) fn differences(
         by_name.entry(&f.name).or_default().1 = Some(f);
     }
     let mut out = Vec::new();
-    let mut say = |text: String, pauses: bool| out.push(Difference { text, pauses });
+    let say = |out: &mut Vec<Difference>, text: String, pauses: bool| {
+        out.push(Difference {
+            text,
+            pauses,
+            lacks_upgrade: None,
+        })
+    };
+    let deciding = |f: &CollectionFingerprint| epochs(f).iter().any(|e| e.1 != "lww");
     for (name, pair) in by_name {
         match pair {
             (Some(a), None) => say(
+                &mut out,
                 format!("collection {name}: configured here, not on the peer"),
-                a.resolver != "lww",
+                deciding(a),
             ),
             (None, Some(b)) => say(
+                &mut out,
                 format!("collection {name}: configured on the peer, not here"),
-                b.resolver != "lww",
+                deciding(b),
             ),
             (Some(a), Some(b)) => {
-                if a.resolver != b.resolver {
-                    say(
-                        format!(
-                            "collection {name}: resolver {:?} here, {:?} on the peer",
-                            a.resolver, b.resolver
-                        ),
-                        true,
-                    );
+                let (ea, eb) = (epochs(a), epochs(b));
+                // The resolvers both sides run for some time (their builds must agree too).
+                let mut shared_resolvers: Vec<&str> = Vec::new();
+                for (i, (x, y)) in ea.iter().zip(eb.iter()).enumerate() {
+                    let which = if i == 0 {
+                        String::new()
+                    } else {
+                        format!("upgrade {i}: ")
+                    };
+                    if x.0 != y.0 {
+                        say(
+                            &mut out,
+                            format!(
+                                "collection {name}: {which}in force from {} ms here, {} ms on the peer",
+                                x.0, y.0
+                            ),
+                            true,
+                        );
+                        break;
+                    }
+                    if x.1 != y.1 {
+                        say(
+                            &mut out,
+                            format!(
+                                "collection {name}: {which}resolver {:?} here, {:?} on the peer",
+                                x.1, y.1
+                            ),
+                            true,
+                        );
+                    } else {
+                        shared_resolvers.push(x.1);
+                    }
+                    if x.2 != y.2 {
+                        say(
+                            &mut out,
+                            format!(
+                                "collection {name}: {which}transforms on apply {:?} here, {:?} on the peer",
+                                x.2, y.2
+                            ),
+                            false,
+                        );
+                    }
                 }
-                if a.transforms_on_apply != b.transforms_on_apply {
-                    say(
-                        format!(
-                            "collection {name}: transforms on apply {:?} here, {:?} on the peer",
-                            a.transforms_on_apply, b.transforms_on_apply
-                        ),
-                        false,
-                    );
+                let common = ea.len().min(eb.len());
+                if ea[..common] == eb[..common] {
+                    if let Some(&(from, resolver, transforms)) = eb.get(common) {
+                        out.push(Difference {
+                            text: format!(
+                                "collection {name}: the peer decides events from {from} ms on with an upgrade (resolver {resolver:?}, transforms on apply {transforms:?}) this node's config does not have"
+                            ),
+                            pauses: false,
+                            lacks_upgrade: Some((name.to_owned(), from)),
+                        });
+                    } else if let Some(&(from, _, _)) = ea.get(common) {
+                        out.push(Difference {
+                            text: format!(
+                                "collection {name}: this node decides events from {from} ms on with an upgrade the peer's config does not have"
+                            ),
+                            pauses: false,
+                            lacks_upgrade: None,
+                        });
+                    }
                 }
                 let ap: BTreeMap<_, _> = a.plugins.iter().map(|p| (&p.name, p)).collect();
                 let bp: BTreeMap<_, _> = b.plugins.iter().map(|p| (&p.name, p)).collect();
@@ -99,12 +170,13 @@ pub(crate) fn differences(
                 plugins.sort();
                 plugins.dedup();
                 for p in plugins {
-                    // The resolver both sides name (a different name was said above).
-                    let resolver = a.resolver == **p && b.resolver == **p;
+                    // A resolver both sides run for the same events.
+                    let resolver = shared_resolvers.contains(&p.as_str());
                     match (ap.get(p), bp.get(p)) {
                         (Some(x), Some(y)) => {
                             if x.sha256 != y.sha256 {
                                 say(
+                                    &mut out,
                                     format!(
                                         "collection {name}: plugin {p} has sha256 {} here, {} on the peer",
                                         x.sha256, y.sha256
@@ -114,6 +186,7 @@ pub(crate) fn differences(
                             }
                             if x.settings != y.settings {
                                 say(
+                                    &mut out,
                                     format!(
                                         "collection {name}: plugin {p} has settings {:?} here, {:?} on the peer",
                                         x.settings, y.settings
@@ -123,10 +196,12 @@ pub(crate) fn differences(
                             }
                         }
                         (Some(_), None) => say(
+                            &mut out,
                             format!("collection {name}: plugin {p} here, not on the peer"),
                             false,
                         ),
                         (None, Some(_)) => say(
+                            &mut out,
                             format!("collection {name}: plugin {p} on the peer, not here"),
                             false,
                         ),
@@ -190,6 +265,7 @@ mod tests {
                     settings: format!("fuel={c}"),
                 })
                 .collect(),
+            upgrades: Vec::new(),
         }
     }
 
@@ -268,6 +344,74 @@ mod tests {
         assert_eq!(
             pauses(&t, &[fp("c", "lww", &["t"], &[("t", 'b')])]),
             [false, false]
+        );
+    }
+
+    #[test]
+    fn an_upgrade_the_peer_has_and_we_lack_pauses_the_collection_not_the_session() {
+        use crate::message::UpgradeFingerprint;
+        let upgrade = |from_ms: u64, resolver: &str| UpgradeFingerprint {
+            from_ms,
+            resolver: resolver.into(),
+            transforms_on_apply: Vec::new(),
+        };
+        let base = fp("c", "v1", &[], &[("v1", 'a')]);
+        let mut upgraded = fp("c", "v1", &[], &[("v1", 'a'), ("v2", 'b')]);
+        upgraded.upgrades = vec![upgrade(5000, "v2")];
+
+        let found = differences(std::slice::from_ref(&base), std::slice::from_ref(&upgraded));
+        assert!(found.iter().all(|d| !d.pauses), "{found:?}");
+        assert_eq!(
+            found
+                .iter()
+                .filter_map(|d| d.lacks_upgrade.clone())
+                .collect::<Vec<_>>(),
+            [("c".to_owned(), 5000)]
+        );
+        // The upgraded side only reports it.
+        let found = differences(std::slice::from_ref(&upgraded), std::slice::from_ref(&base));
+        assert!(
+            found.iter().all(|d| !d.pauses && d.lacks_upgrade.is_none()),
+            "{found:?}"
+        );
+        // Equal schedules: nothing.
+        assert!(
+            differences(
+                std::slice::from_ref(&upgraded),
+                std::slice::from_ref(&upgraded)
+            )
+            .is_empty()
+        );
+        // The same upgrade at another time, or another resolver from the same time: the
+        // nodes would decide the same events differently.
+        let mut other_time = upgraded.clone();
+        other_time.upgrades = vec![upgrade(6000, "v2")];
+        assert!(
+            differences(std::slice::from_ref(&upgraded), &[other_time])
+                .iter()
+                .any(|d| d.pauses)
+        );
+        let mut other_resolver = upgraded.clone();
+        other_resolver.upgrades = vec![upgrade(5000, "v1")];
+        assert!(
+            differences(std::slice::from_ref(&upgraded), &[other_resolver])
+                .iter()
+                .any(|d| d.pauses)
+        );
+        // A build that differs for a resolver only the peer's upgrade runs does not pause.
+        let mut later = upgraded.clone();
+        later.upgrades.push(upgrade(9000, "v3"));
+        later.plugins.push(PluginFingerprint {
+            name: "v3".into(),
+            sha256: "d".repeat(64),
+            settings: String::new(),
+        });
+        let found = differences(std::slice::from_ref(&upgraded), &[later]);
+        assert!(found.iter().all(|d| !d.pauses), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|d| d.lacks_upgrade == Some(("c".into(), 9000)))
         );
     }
 }

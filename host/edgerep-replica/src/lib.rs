@@ -48,7 +48,7 @@ pub use have::Have;
 pub use log::{Log, LogError, Read, StateCursor, StatePage};
 pub use message::{
     CollectionFingerprint, DecodeError, Hello, Message, MessageLimits, PROTOCOL_VERSION,
-    PluginFingerprint,
+    PluginFingerprint, UpgradeFingerprint,
 };
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]

@@ -27,9 +27,10 @@
 //! [`MAX_ORIGINS`] entries. The Hello's last item is the sender's policy (limits, write
 //! authorization, revocations) as `[name, value]` text pairs strictly ascending by name: peers
 //! must agree on it. A fingerprint is
-//! `[collection, resolver, [transform…], [[plugin, sha256 hex, settings]…]]`; fingerprints are strictly
-//! ascending by collection, plugins strictly ascending by name (transforms keep their order: it
-//! is the order they run in).
+//! `[collection, resolver, [transform…], [[plugin, sha256 hex, settings]…], [[from ms, resolver, [transform…]]…]]`
+//! (the last list: the collection's upgrades, strictly ascending by time, at most
+//! [`MAX_UPGRADES`]); fingerprints are strictly ascending by collection, plugins strictly
+//! ascending by name (transforms keep their order: it is the order they run in).
 //!
 //! Invariant: [`Message::decode`] never panics and allocates at most in proportion to its input,
 //! which is at most [`MessageLimits::max_frame_bytes`].
@@ -44,7 +45,10 @@ use crate::reconcile::{MAX_KEYS, MAX_RANGES, RangeFingerprint, RangeItems};
 use edgerep_wire::aae::{KeyResolution, LEAF_LEVEL, Node, bucket_of};
 
 /// The protocol version this code speaks.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
+
+/// Most upgrades one collection's fingerprint may list.
+pub const MAX_UPGRADES: usize = 64;
 
 /// Most origins a `have` list may name (the same on every node, so a list one node sends is
 /// never too long for another; each node bounds the origins it accepts events from lower).
@@ -81,6 +85,20 @@ pub struct CollectionFingerprint {
     pub transforms_on_apply: Vec<String>,
     /// The plugins the collection uses, strictly ascending by name.
     pub plugins: Vec<PluginFingerprint>,
+    /// What decides the collection's events from later hybrid-clock times on, in time order
+    /// (`resolver` and `transforms_on_apply` above decide the events before the first).
+    pub upgrades: Vec<UpgradeFingerprint>,
+}
+
+/// One upgrade in a [`CollectionFingerprint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeFingerprint {
+    /// In force for events at or after this hybrid-clock time (ms since the Unix epoch).
+    pub from_ms: u64,
+    /// The resolver from then on.
+    pub resolver: String,
+    /// The transforms on apply from then on.
+    pub transforms_on_apply: Vec<String>,
 }
 
 /// One plugin in a [`CollectionFingerprint`]: what decides what it does.
@@ -325,7 +343,7 @@ impl Message {
                 let _ = e.u64(h.instance);
                 let _ = e.array(h.fingerprint.len() as u64);
                 for f in &h.fingerprint {
-                    let _ = e.array(4).and_then(|e| e.str(&f.name));
+                    let _ = e.array(5).and_then(|e| e.str(&f.name));
                     let _ = e.str(&f.resolver);
                     let _ = e.array(f.transforms_on_apply.len() as u64);
                     for t in &f.transforms_on_apply {
@@ -338,6 +356,17 @@ impl Message {
                             .and_then(|e| e.str(&p.name))
                             .and_then(|e| e.str(&p.sha256))
                             .and_then(|e| e.str(&p.settings));
+                    }
+                    let _ = e.array(f.upgrades.len() as u64);
+                    for u in &f.upgrades {
+                        let _ = e
+                            .array(3)
+                            .and_then(|e| e.u64(u.from_ms))
+                            .and_then(|e| e.str(&u.resolver))
+                            .and_then(|e| e.array(u.transforms_on_apply.len() as u64));
+                        for t in &u.transforms_on_apply {
+                            let _ = e.str(t);
+                        }
                     }
                 }
                 encode_have(&mut e, &h.have);
@@ -1033,7 +1062,7 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
     let mut fingerprint = Vec::with_capacity(n);
     let mut previous = None;
     for _ in 0..n {
-        r.array_of(4, "collection fingerprint")?;
+        r.array_of(5, "collection fingerprint")?;
         let name_ = r.str("fingerprint collection")?;
         check_collection_name(name_).map_err(|e| DecodeError::Invalid {
             what: "fingerprint collection".into(),
@@ -1076,11 +1105,42 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
                 settings: settings.to_owned(),
             });
         }
+        let u = list_len(r, "fingerprint upgrades")?;
+        if u > MAX_UPGRADES {
+            return Err(DecodeError::TooMany {
+                what: "fingerprint upgrades".into(),
+                count: u as u64,
+                limit: MAX_UPGRADES as u64,
+            });
+        }
+        let mut upgrades: Vec<UpgradeFingerprint> = Vec::with_capacity(u);
+        for _ in 0..u {
+            r.array_of(3, "fingerprint upgrade")?;
+            let from_ms = r.u64("fingerprint upgrade time")?;
+            if upgrades.last().is_some_and(|p| p.from_ms >= from_ms) {
+                return Err(DecodeError::Invalid {
+                    what: "fingerprint upgrades".into(),
+                    reason: "not strictly ascending by time".into(),
+                });
+            }
+            let resolver = name(r, "fingerprint upgrade resolver")?.to_owned();
+            let t = list_len(r, "fingerprint upgrade transforms")?;
+            let mut transforms_on_apply = Vec::with_capacity(t);
+            for _ in 0..t {
+                transforms_on_apply.push(name(r, "fingerprint upgrade transform")?.to_owned());
+            }
+            upgrades.push(UpgradeFingerprint {
+                from_ms,
+                resolver,
+                transforms_on_apply,
+            });
+        }
         fingerprint.push(CollectionFingerprint {
             name: name_.to_owned(),
             resolver,
             transforms_on_apply,
             plugins,
+            upgrades,
         });
     }
     let have = decode_have(r, "hello have")?;
@@ -1179,12 +1239,25 @@ mod tests {
                             settings: String::new(),
                         },
                     ],
+                    upgrades: vec![],
                 },
                 CollectionFingerprint {
                     name: "users".into(),
                     resolver: "max".into(),
                     transforms_on_apply: vec![],
                     plugins: vec![],
+                    upgrades: vec![
+                        UpgradeFingerprint {
+                            from_ms: 1_796_320_800_000,
+                            resolver: "max-v2".into(),
+                            transforms_on_apply: vec!["audit".into()],
+                        },
+                        UpgradeFingerprint {
+                            from_ms: 1_796_320_800_001,
+                            resolver: "lww".into(),
+                            transforms_on_apply: vec![],
+                        },
+                    ],
                 },
             ],
             have: vec![(node("a"), 7), (node("b"), 300), (node("c"), 70_000)],
@@ -1743,6 +1816,22 @@ mod tests {
         refused(
             &with(&|h| h.fingerprint[0].transforms_on_apply[0] = String::new()),
             "fingerprint transform: empty",
+        );
+        refused(
+            &with(&|h| h.fingerprint[1].upgrades.reverse()),
+            "fingerprint upgrades: not strictly ascending by time",
+        );
+        refused(
+            &with(&|h| {
+                let u = h.fingerprint[1].upgrades[0].clone();
+                h.fingerprint[1].upgrades = (0..=MAX_UPGRADES as u64)
+                    .map(|i| UpgradeFingerprint {
+                        from_ms: i,
+                        ..u.clone()
+                    })
+                    .collect();
+            }),
+            "fingerprint upgrades: 65 entries, over the limit of 64",
         );
         refused(
             &with(&|h| h.have.swap(0, 1)),

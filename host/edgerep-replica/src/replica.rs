@@ -117,6 +117,19 @@ pub enum Output {
         /// Its Hello (its `have` is durable on the peer, like an acknowledgement).
         hello: Hello,
     },
+    /// The peer decides a collection's events from `from_ms` on with an upgrade this node's
+    /// config lacks: hold that collection's events from then on (they would be decided
+    /// differently here) until the config has it. Comes before the `Mismatch` naming it.
+    UpgradeMissing {
+        /// The peer.
+        peer: NodeId,
+        /// The collection.
+        collection: String,
+        /// The upgrade's hybrid-clock time.
+        from_ms: u64,
+        /// One sentence.
+        text: String,
+    },
     /// The peer runs something different for some collections (reported, not fatal).
     Mismatch {
         /// The peer.
@@ -546,6 +559,16 @@ impl Replica {
         self.config.policy = policy;
     }
 
+    /// Replaces the fingerprint sent in Hellos and compared with peers' from now on (a
+    /// reloaded config); sessions already up keep going.
+    ///
+    /// # Panics
+    /// If the fingerprint names a collection twice, or a collection lists a plugin twice.
+    pub fn set_fingerprint(&mut self, mut fingerprint: Vec<CollectionFingerprint>) {
+        fingerprint::normalize(&mut fingerprint);
+        self.config.fingerprint = fingerprint;
+    }
+
     /// The compacted floors, as last pushed.
     pub fn compacted(&self) -> &Have {
         &self.compacted
@@ -657,6 +680,16 @@ impl Replica {
                     return Err(ProtocolError::ResolversDiffer {
                         differences: pausing,
                     });
+                }
+                for d in &found {
+                    if let Some((collection, from_ms)) = &d.lacks_upgrade {
+                        self.outputs.push_back(Output::UpgradeMissing {
+                            peer: peer.clone(),
+                            collection: collection.clone(),
+                            from_ms: *from_ms,
+                            text: d.text.clone(),
+                        });
+                    }
                 }
                 let differences: Vec<String> = found.into_iter().map(|d| d.text).collect();
                 s.mismatches = differences.clone();

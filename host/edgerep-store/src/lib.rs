@@ -871,6 +871,66 @@ impl Store {
         self
     }
 
+    /// Decides again the kept resolution of every key of `collection` that holds concurrent
+    /// versions, with the resolver as it is now (after a config reload changed what resolves
+    /// the collection: keys resolved before by the old wiring get what every node with the new
+    /// one computes). One transaction; returns how many rows changed.
+    pub fn re_resolve(&self, collection: &str) -> Result<u64, StoreError> {
+        let Some(resolver) = self.resolver.as_deref() else {
+            return Ok(0);
+        };
+        let resolves = resolver.resolves(collection);
+        let prefix = state_key(collection, b"");
+        let txn = self.db.begin_write()?;
+        let (changed, deltas) = {
+            let mut state = txn.open_table(STATE)?;
+            let mut meta = txn.open_table(META)?;
+            let mut index = aae::Writes::new(self.fingerprints);
+            let mut counters = Counters::load(&meta)?;
+            let mut rows = Vec::new();
+            for row in state.range(prefix.as_slice()..)? {
+                let (k, v) = row?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                rows.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            let mut changed = 0;
+            for (skey, row) in rows {
+                let split = resolution::split_row(&row).map_err(|e| corrupt("state", e))?;
+                let versions = Versions::decode(split.versions, &self.limits)
+                    .map_err(|e| corrupt("state", e))?;
+                if versions.events().len() < 2 {
+                    continue;
+                }
+                let key = &skey[prefix.len()..];
+                let r = resolves.then(|| resolver.resolve(collection, key, &versions));
+                let new_row = resolution::join_row(split.versions, r.as_ref());
+                if new_row == row {
+                    continue;
+                }
+                let hash = |row: &[u8]| self.rule.entry(collection, key, row, &self.limits);
+                write_row(
+                    &mut state,
+                    &mut index,
+                    &mut counters.digest,
+                    &skey,
+                    (hash(&row), hash(&new_row)),
+                    &new_row,
+                )?;
+                changed += 1;
+            }
+            if changed > 0 {
+                counters.save(&mut meta)?;
+            }
+            let deltas = std::mem::take(&mut index.deltas);
+            (changed, deltas)
+        };
+        txn.commit()?;
+        self.aae.apply(&deltas);
+        Ok(changed)
+    }
+
     /// Has the keys check and take in the certificates that came with `sealed`; Err names the
     /// origin whose certificate was refused, and why.
     fn learn_certs(&self, sealed: Option<seals::Sealed<'_>>) -> Result<(), (NodeId, String)> {

@@ -203,6 +203,14 @@ impl Client {
     }
 
     /// Runs anti-entropy now with `peer` (or every connected peer).
+    pub(crate) fn reload(&self) -> Outcome {
+        Self::finish(
+            self.agent
+                .post(format!("{}/v1/reload", self.base))
+                .send_empty(),
+        )
+    }
+
     pub(crate) fn reconcile(&self, peer: Option<&str>) -> Outcome {
         let url = match peer {
             Some(p) => format!("{}/v1/reconcile?peer={}", self.base, query_value(p)),

@@ -185,6 +185,15 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Have a running node take in its changed config file without a restart: plugins, transforms
+    /// on ingest, new collections, upgrades (`effective_from`), authorization and revocations.
+    /// The file is checked here first (as `config check` does); the node then reads it again and
+    /// refuses, naming what, any change that needs a restart. SIGHUP does the same.
+    Reload {
+        /// The node's config file (the one it was started with, edited).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Compare this node's state with a peer's (or every connected peer's) now, repair what
     /// differs, and print what was found: anti-entropy on demand.
     Reconcile {
@@ -552,7 +561,6 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         }
         Command::Run { config, alone } => {
             init_logging();
-            let config_path = config.clone();
             let mut config = load(&config)?;
             if let Err(e) = check_files(&config) {
                 eprintln!("{e}");
@@ -568,17 +576,10 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                         return Ok(EXIT_FAILED);
                     }
                 };
-                // SIGHUP reloads what takes effect without a restart ([[revoked]]).
+                // SIGHUP reloads the config file (what takes effect without a restart).
                 while wait_for_signal().await? == Signal::Reload {
-                    match Config::load(&config_path) {
-                        Ok(reloaded) => match node.reload(&reloaded) {
-                            Ok(()) => tracing::info!(
-                                revoked = reloaded.revoked.len(),
-                                "config reloaded: revocations applied"
-                            ),
-                            Err(e) => tracing::error!("config not reloaded: {e}"),
-                        },
-                        Err(e) => tracing::error!("config not reloaded: {e}"),
+                    if let Err(e) = node.reload_file().await {
+                        tracing::error!("config not reloaded: {e}");
                     }
                 }
                 tracing::info!("stopping");
@@ -653,6 +654,28 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 }),
                 |_| {},
             ))
+        }
+        Command::Reload { config } => {
+            let c = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            if let Err(e) = check_files(&c)
+                .map_err(|e| e.to_string())
+                .and_then(|()| edgerep_node::pipeline::Pipeline::check(&c).map_err(|e| e.to_string()))
+            {
+                eprintln!("{e}");
+                return Ok(EXIT_USAGE);
+            }
+            Ok(report(client(&config)?.reload(), |body| {
+                match serde_json::from_slice::<serde_json::Value>(body) {
+                    Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
+                    Err(_) => print_body(body),
+                }
+            }))
         }
         Command::Reconcile { config, peer } => Ok(report(
             client(&config)?.reconcile(peer.as_deref()),

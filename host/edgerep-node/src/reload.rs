@@ -1,0 +1,256 @@
+//! A changed config taken in without a restart (`edgerep reload`, `POST /reload`, SIGHUP).
+//!
+//! What takes effect: plugins (new ones, and new builds or parameters of plugins that decide
+//! no collection's state), transforms on ingest, new collections, upgrades appended to a
+//! collection (`[[collections.declared.upgrades]]`, each from an `effective_from` time), write
+//! authorization and revocations. Sessions re-handshake when what the handshake compares
+//! changed (the collections' fingerprints, the policy); otherwise they keep going.
+//!
+//! Invariant: what decided an event before the reload decides it after. A plugin that decides
+//! some collection's state cannot change in place (a new build or new parameters come as a
+//! new plugin named in an upgrade), a collection's upgrades can only be appended, and the rest
+//! of the config (addresses, TLS, peers, limits, durability, retention, ...) needs a restart:
+//! a reload that changes any of it is refused whole, naming what, and nothing changes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use edgerep_config::Config;
+use serde::Serialize;
+
+use crate::committer::Committer;
+use crate::keys::NodeKeys;
+use crate::pipeline::Pipeline;
+use crate::replication::Replication;
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The file read.
+    pub file: String,
+    /// Plugins loaded anew (new, or a new build or parameters).
+    pub plugins_loaded: Vec<String>,
+    /// Upgrades that are new, as `collection from TIME`.
+    pub upgrades_added: Vec<String>,
+    /// Per collection whose resolver changed, the keys whose kept resolution changed.
+    pub keys_re_resolved: BTreeMap<String, u64>,
+    /// Whether sessions with peers handshake again (what they compare changed).
+    pub sessions_restarted: bool,
+}
+
+/// The node's current config and what a reload changes.
+pub struct Reloader {
+    config: RwLock<Arc<Config>>,
+    pipeline: Arc<Pipeline>,
+    keys: Option<Arc<NodeKeys>>,
+    replication: Option<Arc<Replication>>,
+    committer: Committer,
+    /// One reload at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("file", &self.config().source)
+            .finish()
+    }
+}
+
+impl Reloader {
+    pub(crate) fn new(
+        config: Config,
+        pipeline: Arc<Pipeline>,
+        keys: Option<Arc<NodeKeys>>,
+        replication: Option<Arc<Replication>>,
+        committer: Committer,
+    ) -> Reloader {
+        Reloader {
+            config: RwLock::new(Arc::new(config)),
+            pipeline,
+            keys,
+            replication,
+            committer,
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the config file the node started with again and takes it in.
+    pub async fn reload_file(&self) -> Result<Reloaded, String> {
+        let path = self.config().source.clone();
+        let config = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.reload(config).await
+    }
+
+    /// Takes in `new` (see the module comment); on any error nothing changed.
+    pub async fn reload(&self, mut new: Config) -> Result<Reloaded, String> {
+        let _one = self.busy.lock().await;
+        let old = self.config();
+        // Set from the command line, not the file.
+        new.node.alone = old.node.alone;
+        reloadable(&old, &new)?;
+        let pipeline = self.pipeline.clone();
+        let wired = new.clone();
+        let plugins_loaded = tokio::task::spawn_blocking(move || pipeline.reload(&wired))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if let Some(keys) = &self.keys {
+            keys.set_revoked(&new);
+        }
+        let sessions_restarted = crate::replication::fingerprint(&old)
+            != crate::replication::fingerprint(&new)
+            || crate::replication::policy(&old) != crate::replication::policy(&new);
+        if let Some(r) = &self.replication {
+            r.reload(new.clone(), sessions_restarted);
+        }
+        let mut upgrades_added = Vec::new();
+        let mut changed_resolution = Vec::new();
+        for c in &new.collections.declared {
+            let before = old
+                .collection(&c.name)
+                .map_or(0, |o| o.upgrades.len());
+            for u in &c.upgrades[before..] {
+                upgrades_added.push(format!(
+                    "{} from {}",
+                    c.name,
+                    edgerep_config::format_ms(u.from_ms)
+                ));
+            }
+            if c.upgrades.len() > before {
+                changed_resolution.push(c.name.clone());
+            }
+        }
+        let file = new.source.display().to_string();
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        // Keys resolved before by the old wiring (an upgrade that came late to this node)
+        // get what the new one decides, the same as on every other node.
+        let mut keys_re_resolved = BTreeMap::new();
+        for collection in changed_resolution {
+            let n = self
+                .committer
+                .re_resolve(collection.clone())
+                .await
+                .map_err(|e| format!("collection {collection:?}: resolving again: {e}"))?;
+            keys_re_resolved.insert(collection, n);
+        }
+        let reloaded = Reloaded {
+            file,
+            plugins_loaded,
+            upgrades_added,
+            keys_re_resolved,
+            sessions_restarted,
+        };
+        tracing::info!(?reloaded, "config reloaded");
+        Ok(reloaded)
+    }
+}
+
+/// Why `new` cannot be taken in without a restart, if it cannot (see the module comment).
+pub fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
+    if new.node.id != old.node.id {
+        return Err(format!(
+            "the reloaded config is node {:?}'s, not this node's ({:?})",
+            new.node.id.as_str(),
+            old.node.id.as_str()
+        ));
+    }
+    let mut restart = Vec::new();
+    let mut differs = |name: &str, same: bool| {
+        if !same {
+            restart.push(name.to_owned());
+        }
+    };
+    differs("[node]", old.node == new.node);
+    differs("[api]", old.api == new.api);
+    differs("[replication]", old.replication == new.replication);
+    differs("[[peers]]", old.peers == new.peers);
+    differs("[limits]", old.limits == new.limits);
+    differs("[commit]", old.commit == new.commit);
+    differs("[retention]", old.retention == new.retention);
+    differs("[tracing]", old.tracing == new.tracing);
+    differs(
+        "collections.accept_undeclared",
+        old.collections.accept_undeclared == new.collections.accept_undeclared,
+    );
+    let mut problems = Vec::new();
+    if !restart.is_empty() {
+        problems.push(format!(
+            "{} changed, which takes effect only at a restart",
+            restart.join(", ")
+        ));
+    }
+    for (i, o) in old.collections.declared.iter().enumerate() {
+        let Some(n) = new.collection(&o.name) else {
+            problems.push(format!(
+                "collection {:?} is gone (removing a collection takes a restart)",
+                o.name
+            ));
+            continue;
+        };
+        let at = format!("collections.declared[{i}] ({:?})", o.name);
+        if n.durability != o.durability || n.compare_on_versions != o.compare_on_versions {
+            problems.push(format!(
+                "{at}: durability or what anti-entropy compares changed (takes a restart)"
+            ));
+        }
+        if n.resolver != o.resolver || n.transforms_on_apply != o.transforms_on_apply {
+            problems.push(format!(
+                "{at}: resolver or transforms_on_apply changed in place, which would decide events already applied differently on nodes that reload at different times; keep them and add a [[collections.declared.upgrades]] entry with effective_from"
+            ));
+        }
+        if n.upgrades.len() < o.upgrades.len() || n.upgrades[..o.upgrades.len()] != o.upgrades[..]
+        {
+            problems.push(format!(
+                "{at}: upgrades already in force changed or were removed; upgrades can only be appended"
+            ));
+        }
+        if let Some(first_new) = n.upgrades.get(o.upgrades.len())
+            && o.upgrades.last().is_some_and(|l| l.from_ms >= first_new.from_ms)
+        {
+            problems.push(format!("{at}: a new upgrade must come after the last one"));
+        }
+    }
+    // A plugin that decides some collection's state keeps what decides its output.
+    for o in &old.collections.declared {
+        for name in o.deciding_plugins() {
+            let (Some(a), Some(b)) = (old.plugin(name), new.plugin(name)) else {
+                problems.push(format!(
+                    "plugins.{name} is gone, but it decides collection {:?}",
+                    o.name
+                ));
+                continue;
+            };
+            if (&a.sha256, a.fuel, a.memory_bytes, a.on_failure, &a.params)
+                != (&b.sha256, b.fuel, b.memory_bytes, b.on_failure, &b.params)
+            {
+                problems.push(format!(
+                    "plugins.{name}: its build, parameters or limits changed, but it decides collection {:?}: nodes reloading at different times would decide the same events differently; add the new version as a new plugin and name it in a [[collections.declared.upgrades]] entry with effective_from",
+                    o.name
+                ));
+            }
+        }
+    }
+    problems.sort();
+    problems.dedup();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: not reloaded (nothing changed): {}",
+            new.source.display(),
+            problems.join("; ")
+        ))
+    }
+}
