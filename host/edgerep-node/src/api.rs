@@ -1393,6 +1393,12 @@ fn collections_json(c: &edgerep_config::CollectionsConfig) -> Json {
                     edgerep_config::Durability::Periodic => "periodic",
                 },
                 "compare": if d.compare_on_versions { "versions" } else { "values" },
+                "upgrades": d.upgrades.iter().map(|u| json!({
+                    "effective_from": edgerep_config::format_ms(u.from_ms),
+                    "from_ms": u.from_ms,
+                    "resolver": u.resolver,
+                    "transforms_on_apply": u.transforms_on_apply,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

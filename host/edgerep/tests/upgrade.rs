@@ -1,0 +1,346 @@
+//! Upgrades without restarts and without drift, with real processes: a resolver upgraded on a
+//! running cluster node by node (`edgerep reload`) while writes go on, one node late; what
+//! a reload refuses.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Node, agent, built_plugin, cluster, converge, edgerep, status, stderr, stdout};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The `tally` collection resolved by `counter-v1`; with `upgrade_at`, `counter-v2` (the same
+/// build with another parameter, so another plugin to the cluster) from then on.
+fn tally(wasm: &std::path::Path, sha: &str, upgrade_at: Option<u64>) -> String {
+    let mut t = format!(
+        r#"
+[[collections.declared]]
+name = "tally"
+resolver = "counter-v1"
+"#
+    );
+    if let Some(at) = upgrade_at {
+        t.push_str(&format!(
+            r#"
+[[collections.declared.upgrades]]
+effective_from = {at}
+resolver = "counter-v2"
+"#
+        ));
+    }
+    t.push_str(&format!(
+        r#"
+[plugins.counter-v1]
+path = "{0}"
+sha256 = "{sha}"
+params = {{ version = "1" }}
+"#,
+        wasm.display()
+    ));
+    if upgrade_at.is_some() {
+        t.push_str(&format!(
+            r#"
+[plugins.counter-v2]
+path = "{0}"
+sha256 = "{sha}"
+params = {{ version = "2" }}
+"#,
+            wasm.display()
+        ));
+    }
+    t
+}
+
+/// `edgerep reload --config CONFIG`, returning its stdout; panics unless it succeeds.
+fn reload(config: &std::path::Path) -> serde_json::Value {
+    let o = edgerep(&["reload", "--config", config.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "reload failed: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+#[test]
+fn a_rolling_resolver_upgrade_with_writes_going_on_ends_without_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let (wasm, sha) = built_plugin("merge-counter");
+    let base: Vec<String> = configs
+        .iter()
+        .map(|c| std::fs::read_to_string(c).unwrap())
+        .collect();
+    for (c, b) in configs.iter().zip(&base) {
+        std::fs::write(c, format!("{b}{}", tally(&wasm, &sha, None))).unwrap();
+    }
+    let nodes: Vec<Arc<Node>> = configs.iter().map(|c| Arc::new(Node::start(c))).collect();
+
+    // Concurrent versions decided before the upgrade: every node writes each `early-*` key at
+    // the same moment (before any of them can have the others' write).
+    let upgrade_at = now_ms() + 8_000;
+    burst(&nodes, "early");
+    // Writers on every node all along, on keys of their own and shared ones; each node counts
+    // its own writes into the key's map, so concurrent versions of a key meet and a resolver
+    // decides them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let (node, stop, refused) = (node.clone(), stop.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = format!("busy-{}", n % 5);
+                    let r = agent
+                        .put(node.url(&format!("/v1/kv/tally/{key}")))
+                        .content_type("application/json")
+                        .send(format!(r#"{{"node-{}":{n}}}"#, i + 1).as_bytes())
+                        .unwrap();
+                    match r.status().as_u16() {
+                        200 => {}
+                        // The late node while it lacks the upgrade: told why, nothing written.
+                        503 => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        s => panic!("write answered {s}"),
+                    }
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            })
+        })
+        .collect();
+
+    // node-1 and node-2 take the upgrade before its time, node-3 only after it.
+    let upgraded: Vec<String> = base
+        .iter()
+        .map(|b| format!("{b}{}", tally(&wasm, &sha, Some(upgrade_at))))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..2 {
+        std::fs::write(&configs[i], &upgraded[i]).unwrap();
+        let r = reload(&configs[i]);
+        assert_eq!(r["reloaded"]["plugins_loaded"], serde_json::json!(["counter-v2"]), "{r}");
+        assert_eq!(r["reloaded"]["sessions_restarted"], true, "{r}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Past the upgrade's time, node-3 (which has not got it) pauses the collection, saying why.
+    while now_ms() < upgrade_at + 1_500 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let paused = loop {
+        let s = status(&nodes[2]);
+        if let Some(p) = s["paused_collections"]["tally"].as_object() {
+            break p.clone();
+        }
+        assert!(Instant::now() < deadline, "node-3 did not pause: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(paused["from_ms"], upgrade_at, "{paused:?}");
+    let reason = paused["reason"].as_str().unwrap();
+    assert!(reason.contains("upgrade") && reason.contains("edgerep reload"), "{reason}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "node-3's writes after the upgrade's time wait while it lacks the upgrade"
+    );
+    std::fs::write(&configs[2], &upgraded[2]).unwrap();
+    let r = reload(&configs[2]);
+    assert_eq!(
+        r["reloaded"]["upgrades_added"][0].as_str().unwrap().split(' ').next(),
+        Some("tally"),
+        "{r}"
+    );
+    let s = status(&nodes[2]);
+    assert!(
+        s["paused_collections"]["tally"].is_null(),
+        "the reload brought the upgrade: {s}"
+    );
+    // Concurrent versions decided after the upgrade's time.
+    burst(&nodes, "late");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+
+    let refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    converge(&refs, Duration::from_secs(60));
+    // Every key with concurrent versions is resolved by the resolver in force at its newest
+    // version's time, on every node alike.
+    let mut by = std::collections::BTreeMap::<String, u64>::new();
+    for node in &nodes {
+        for k in 0..BURST_KEYS {
+            for prefix in ["early", "late", "busy"] {
+                let key = format!("{prefix}-{k}");
+                let mut r = agent()
+                    .get(node.url(&format!("/v1/kv/tally/{key}?versions=true")))
+                    .call()
+                    .unwrap();
+                if r.status() == 404 {
+                    continue;
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                let versions = v["versions"].as_array().unwrap();
+                if versions.is_empty() {
+                    continue;
+                }
+                let newest = versions
+                    .iter()
+                    .map(|e| {
+                        let hlc = e["hlc"].as_str().unwrap();
+                        hlc.split('.').next().unwrap().parse::<u64>().unwrap()
+                    })
+                    .max()
+                    .unwrap();
+                let mut r = agent()
+                    .get(node.url(&format!("/v1/kv/tally/{key}")))
+                    .call()
+                    .unwrap();
+                assert_eq!(
+                    r.status(),
+                    200,
+                    "{key}: {}",
+                    r.body_mut().read_to_string().unwrap()
+                );
+                let resolved_by = r
+                    .headers()
+                    .get("x-edgerep-resolved-by")
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                if versions.len() > 1 {
+                    let want = if newest >= upgrade_at {
+                        "plugin:counter-v2"
+                    } else {
+                        "plugin:counter-v1"
+                    };
+                    assert_eq!(resolved_by, want, "{key} on {}: {v}", node.addr);
+                }
+                *by.entry(resolved_by).or_default() += 1;
+            }
+        }
+    }
+    eprintln!("keys by resolution (3 nodes): {by:?}");
+    assert!(
+        by.contains_key("plugin:counter-v1") && by.contains_key("plugin:counter-v2"),
+        "both versions decided some keys: {by:?}"
+    );
+}
+
+/// Keys each burst writes.
+const BURST_KEYS: usize = 8;
+
+/// Every node writes each key `PREFIX-k` at the same moment (threads released together), so
+/// the versions are concurrent: each committed before any other node's write could arrive.
+fn burst(nodes: &[Arc<Node>], prefix: &str) {
+    for k in 0..BURST_KEYS {
+        let gate = Arc::new(std::sync::Barrier::new(nodes.len()));
+        let threads: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let (node, gate) = (node.clone(), gate.clone());
+                let key = format!("{prefix}-{k}");
+                let agent = agent();
+                std::thread::spawn(move || {
+                    gate.wait();
+                    let r = agent
+                        .put(node.url(&format!("/v1/kv/tally/{key}")))
+                        .content_type("application/json")
+                        .send(format!(r#"{{"node-{}":{k}}}"#, i + 1).as_bytes())
+                        .unwrap();
+                    assert_eq!(r.status(), 200, "{key} on node-{}", i + 1);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = [common::init(dir.path(), "node-1")];
+    let (wasm, sha) = built_plugin("merge-counter");
+    let base = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(&configs[0], format!("{base}{}", tally(&wasm, &sha, None))).unwrap();
+    let node = Node::start(&configs[0]);
+
+    // The resolver's parameters changed in place: refused, naming the way to do it.
+    let in_place = format!("{base}{}", tally(&wasm, &sha, None)).replace(
+        "version = \"1\"",
+        "version = \"1b\"",
+    );
+    std::fs::write(&configs[0], &in_place).unwrap();
+    let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(!o.status.success());
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        said.contains("plugins.counter-v1") && said.contains("effective_from"),
+        "{said}"
+    );
+    // A limit: needs a restart.
+    std::fs::write(
+        &configs[0],
+        format!("{base}{}", tally(&wasm, &sha, None))
+            .replace("[limits]\n", "[limits]\nmax_key_bytes = 100\n"),
+    )
+    .unwrap();
+    let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(!o.status.success());
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(said.contains("[limits]") && said.contains("restart"), "{said}");
+    // A broken file is caught before the node is asked.
+    std::fs::write(&configs[0], "[node\n").unwrap();
+    let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // Nothing changed: the node runs what it started with.
+    let s = status(&node);
+    assert!(s["plugins"]["counter-v1"].is_object(), "{s}");
+    // SIGHUP takes in an allowed change: a new collection and an upgrade.
+    std::fs::write(
+        &configs[0],
+        format!(
+            "{base}{}\n[[collections.declared]]\nname = \"extra\"\n",
+            tally(&wasm, &sha, Some(now_ms() + 60_000))
+        ),
+    )
+    .unwrap();
+    common::send_signal(node.child.id() as i32, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&node);
+        // The plugins are swapped first, then the config.
+        if s["plugins"]["counter-v2"].is_object()
+            && s["collections"].to_string().contains("\"extra\"")
+        {
+            assert_eq!(
+                s["collections"]["declared"][0]["upgrades"][0]["resolver"],
+                "counter-v2",
+                "{s}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
