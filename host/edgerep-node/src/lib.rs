@@ -155,8 +155,9 @@ impl RunningNode {
             Ok(r) => r,
             Err(e) => Err(NodeError::Serve(std::io::Error::other(e))),
         };
-        // The replicator and the server task held the last committer handles: the thread
-        // drains and ends.
+        // The replicator, the server task and the reloader held the last committer handles:
+        // the thread drains and ends.
+        drop(self.reloader);
         if let Some(r) = self.replication {
             let _ = tokio::task::spawn_blocking(move || r.stop()).await;
         }

@@ -118,9 +118,7 @@ impl Reloader {
         let mut upgrades_added = Vec::new();
         let mut changed_resolution = Vec::new();
         for c in &new.collections.declared {
-            let before = old
-                .collection(&c.name)
-                .map_or(0, |o| o.upgrades.len());
+            let before = old.collection(&c.name).map_or(0, |o| o.upgrades.len());
             for u in &c.upgrades[before..] {
                 upgrades_added.push(format!(
                     "{} from {}",
@@ -210,14 +208,15 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
                 "{at}: resolver or transforms_on_apply changed in place, which would decide events already applied differently on nodes that reload at different times; keep them and add a [[collections.declared.upgrades]] entry with effective_from"
             ));
         }
-        if n.upgrades.len() < o.upgrades.len() || n.upgrades[..o.upgrades.len()] != o.upgrades[..]
-        {
+        if n.upgrades.len() < o.upgrades.len() || n.upgrades[..o.upgrades.len()] != o.upgrades[..] {
             problems.push(format!(
                 "{at}: upgrades already in force changed or were removed; upgrades can only be appended"
             ));
         }
         if let Some(first_new) = n.upgrades.get(o.upgrades.len())
-            && o.upgrades.last().is_some_and(|l| l.from_ms >= first_new.from_ms)
+            && o.upgrades
+                .last()
+                .is_some_and(|l| l.from_ms >= first_new.from_ms)
         {
             problems.push(format!("{at}: a new upgrade must come after the last one"));
         }

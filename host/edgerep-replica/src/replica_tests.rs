@@ -293,6 +293,7 @@ fn transform_differences_are_reported_and_resolver_differences_pause() {
         resolver: resolver.into(),
         transforms_on_apply: apply.iter().map(|t| t.to_string()).collect(),
         plugins: vec![],
+        upgrades: vec![],
     };
     let cfg = ReplicaConfig {
         fingerprint: vec![fp("lww", &[])],

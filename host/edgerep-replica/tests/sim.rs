@@ -1244,6 +1244,7 @@ impl Sim {
                 }
                 Output::PeerReady { .. }
                 | Output::Mismatch { .. }
+                | Output::UpgradeMissing { .. }
                 | Output::SnapshotDeclined { .. } => {}
             }
         }

@@ -663,19 +663,19 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                     return Ok(EXIT_USAGE);
                 }
             };
-            if let Err(e) = check_files(&c)
-                .map_err(|e| e.to_string())
-                .and_then(|()| edgerep_node::pipeline::Pipeline::check(&c).map_err(|e| e.to_string()))
-            {
+            if let Err(e) = check_files(&c).map_err(|e| e.to_string()).and_then(|()| {
+                edgerep_node::pipeline::Pipeline::check(&c).map_err(|e| e.to_string())
+            }) {
                 eprintln!("{e}");
                 return Ok(EXIT_USAGE);
             }
-            Ok(report(client(&config)?.reload(), |body| {
-                match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(report(
+                client(&config)?.reload(),
+                |body| match serde_json::from_slice::<serde_json::Value>(body) {
                     Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
                     Err(_) => print_body(body),
-                }
-            }))
+                },
+            ))
         }
         Command::Reconcile { config, peer } => Ok(report(
             client(&config)?.reconcile(peer.as_deref()),

@@ -133,7 +133,11 @@ fn a_rolling_resolver_upgrade_with_writes_going_on_ends_without_drift() {
     for i in 0..2 {
         std::fs::write(&configs[i], &upgraded[i]).unwrap();
         let r = reload(&configs[i]);
-        assert_eq!(r["reloaded"]["plugins_loaded"], serde_json::json!(["counter-v2"]), "{r}");
+        assert_eq!(
+            r["reloaded"]["plugins_loaded"],
+            serde_json::json!(["counter-v2"]),
+            "{r}"
+        );
         assert_eq!(r["reloaded"]["sessions_restarted"], true, "{r}");
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -152,7 +156,10 @@ fn a_rolling_resolver_upgrade_with_writes_going_on_ends_without_drift() {
     };
     assert_eq!(paused["from_ms"], upgrade_at, "{paused:?}");
     let reason = paused["reason"].as_str().unwrap();
-    assert!(reason.contains("upgrade") && reason.contains("edgerep reload"), "{reason}");
+    assert!(
+        reason.contains("upgrade") && reason.contains("edgerep reload"),
+        "{reason}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         refused.load(Ordering::Relaxed) > 0,
@@ -161,7 +168,11 @@ fn a_rolling_resolver_upgrade_with_writes_going_on_ends_without_drift() {
     std::fs::write(&configs[2], &upgraded[2]).unwrap();
     let r = reload(&configs[2]);
     assert_eq!(
-        r["reloaded"]["upgrades_added"][0].as_str().unwrap().split(' ').next(),
+        r["reloaded"]["upgrades_added"][0]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .next(),
         Some("tally"),
         "{r}"
     );
@@ -286,10 +297,8 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
     let node = Node::start(&configs[0]);
 
     // The resolver's parameters changed in place: refused, naming the way to do it.
-    let in_place = format!("{base}{}", tally(&wasm, &sha, None)).replace(
-        "version = \"1\"",
-        "version = \"1b\"",
-    );
+    let in_place = format!("{base}{}", tally(&wasm, &sha, None))
+        .replace("version = \"1\"", "version = \"1b\"");
     std::fs::write(&configs[0], &in_place).unwrap();
     let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
     assert!(!o.status.success());
@@ -308,7 +317,10 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
     let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
     assert!(!o.status.success());
     let said = format!("{}{}", stdout(&o), stderr(&o));
-    assert!(said.contains("[limits]") && said.contains("restart"), "{said}");
+    assert!(
+        said.contains("[limits]") && said.contains("restart"),
+        "{said}"
+    );
     // A broken file is caught before the node is asked.
     std::fs::write(&configs[0], "[node\n").unwrap();
     let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
@@ -334,8 +346,7 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
             && s["collections"].to_string().contains("\"extra\"")
         {
             assert_eq!(
-                s["collections"]["declared"][0]["upgrades"][0]["resolver"],
-                "counter-v2",
+                s["collections"]["declared"][0]["upgrades"][0]["resolver"], "counter-v2",
                 "{s}"
             );
             break;
