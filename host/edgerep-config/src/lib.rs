@@ -44,6 +44,10 @@
 //! durability = "immediate"   # or "periodic": acknowledge before the disk sync (see Durability)
 //! compare = "values"          # or "versions": what anti-entropy compares (see CollectionConfig)
 //!
+//! [[collections.declared.upgrades]]  # zero or more, in time order (see `Upgrade`)
+//! effective_from = "2027-01-01T00:00:00Z"  # or ms since the Unix epoch
+//! resolver = "v2"            # and/or transforms_on_apply = [...]
+//!
 //! [plugins.redact]           # zero or more
 //! path = "plugins/redact.wasm"  # relative to the config file's directory
 //! sha256 = "..."             # required, 64 hex digits

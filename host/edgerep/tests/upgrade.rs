@@ -20,13 +20,12 @@ fn now_ms() -> u64 {
 /// The `tally` collection resolved by `counter-v1`; with `upgrade_at`, `counter-v2` (the same
 /// build with another parameter, so another plugin to the cluster) from then on.
 fn tally(wasm: &std::path::Path, sha: &str, upgrade_at: Option<u64>) -> String {
-    let mut t = format!(
-        r#"
+    let mut t = r#"
 [[collections.declared]]
 name = "tally"
 resolver = "counter-v1"
 "#
-    );
+    .to_owned();
     if let Some(at) = upgrade_at {
         t.push_str(&format!(
             r#"
