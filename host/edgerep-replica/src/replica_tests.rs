@@ -355,7 +355,7 @@ fn protocol_violations_are_errors_naming_the_fault() {
     let e = r.handle(&n("b"), old, 0).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "peer speaks protocol version 7, this node speaks 5"
+        format!("peer speaks protocol version 7, this node speaks {PROTOCOL_VERSION}")
     );
     let e = r.handle(&n("b"), hello("c", &[]), 0).unwrap_err();
     assert_eq!(
