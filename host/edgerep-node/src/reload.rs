@@ -1,15 +1,16 @@
 //! A changed config taken in without a restart (`edgerep reload`, `POST /reload`, SIGHUP).
 //!
-//! What takes effect: plugins (new ones, and new builds or parameters of plugins that decide
-//! no collection's state), transforms on ingest, new collections, upgrades appended to a
-//! collection (`[[collections.declared.upgrades]]`, each from an `effective_from` time), write
+//! What takes effect: peers added, removed or moved (while there is at least one), plugins
+//! (new ones, and new builds or parameters of plugins that decide no collection's state),
+//! transforms on ingest, new collections, upgrades appended to a collection
+//! (`[[collections.declared.upgrades]]`, each from an `effective_from` time), write
 //! authorization and revocations. Sessions re-handshake when what the handshake compares
 //! changed (the collections' fingerprints, the policy); otherwise they keep going.
 //!
 //! Invariant: what decided an event before the reload decides it after. A plugin that decides
 //! some collection's state cannot change in place (a new build or new parameters come as a
 //! new plugin named in an upgrade), a collection's upgrades can only be appended, and the rest
-//! of the config (addresses, TLS, peers, limits, durability, retention, ...) needs a restart:
+//! of the config (addresses, TLS, limits, durability, retention, ...) needs a restart:
 //! a reload that changes any of it is refused whole, naming what, and nothing changes.
 
 use std::collections::BTreeMap;
@@ -173,7 +174,6 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
     differs("[node]", old.node == new.node);
     differs("[api]", old.api == new.api);
     differs("[replication]", old.replication == new.replication);
-    differs("[[peers]]", old.peers == new.peers);
     differs("[limits]", old.limits == new.limits);
     differs("[commit]", old.commit == new.commit);
     differs("[retention]", old.retention == new.retention);
@@ -183,6 +183,11 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
         old.collections.accept_undeclared == new.collections.accept_undeclared,
     );
     let mut problems = Vec::new();
+    if old.peers.is_empty() != new.peers.is_empty() {
+        problems.push(
+            "[[peers]]: going from no peers to some (or back) starts or stops replication, which takes a restart".to_owned(),
+        );
+    }
     if !restart.is_empty() {
         problems.push(format!(
             "{} changed, which takes effect only at a restart",

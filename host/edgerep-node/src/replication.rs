@@ -286,8 +286,14 @@ pub struct Replication {
     inbox: std_mpsc::Sender<Input>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
     transport: Transport,
-    /// The accepting and dialing tasks (aborted at `stop`).
+    /// The accepting task (aborted at `stop`).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Per configured peer, its address and the task dialing it (replaced by a reload that
+    /// changes the peers; aborted at `stop`).
+    dialers: Mutex<BTreeMap<NodeId, (String, tokio::task::JoinHandle<()>)>>,
+    runtime: tokio::runtime::Handle,
+    limits: MessageLimits,
+    local: NodeId,
 }
 
 impl Replication {
@@ -316,7 +322,41 @@ impl Replication {
     /// closed, their connections refused from now on, and their events past the revocation
     /// point refused (wherever they come from); with `restart` (what the handshake compares
     /// changed), every other session is closed too, and its peer and this node handshake again.
+    /// Peers added are dialed (and may connect); peers removed are no longer dialed nor
+    /// accepted, and their sessions are closed.
     pub fn reload(&self, config: Config, restart: bool) {
+        let trusted: BTreeMap<NodeId, String> = config
+            .peers
+            .iter()
+            .filter(|p| !config.is_revoked(&p.id))
+            .map(|p| (p.id.clone(), p.address.clone()))
+            .collect();
+        self.transport.set_peers(trusted.keys().cloned());
+        if let Ok(mut dialers) = self.dialers.lock() {
+            dialers.retain(|peer, (address, task)| {
+                let keep = trusted.get(peer) == Some(address);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for (peer, address) in trusted {
+                if dialers.contains_key(&peer) {
+                    continue;
+                }
+                tracing::info!(peer = %peer, %address, "config reloaded: a new peer");
+                let task = spawn_dialer(
+                    &self.runtime,
+                    self.transport.clone(),
+                    self.inbox.clone(),
+                    &self.local,
+                    peer.clone(),
+                    address.clone(),
+                    self.limits,
+                );
+                dialers.insert(peer, (address, task));
+            }
+        }
         let _ = self.inbox.send(Input::Reload {
             config: Box::new(config),
             restart,
@@ -335,6 +375,15 @@ impl Replication {
             .unwrap_or_default()
         {
             t.abort();
+        }
+        for (_, task) in self
+            .dialers
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
+            .into_values()
+        {
+            task.abort();
         }
         let _ = self.inbox.send(Input::Stop);
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
@@ -756,58 +805,84 @@ pub fn start(
             });
         }
     }));
-    for (peer, address) in trusted {
-        let transport = transport.clone();
-        let inbox = inbox.clone();
-        if peer.as_str() < local.as_str() {
-            // The peer dials us; but after this node restarts, the peer may hold the dead
-            // connection of our previous run until QUIC's idle timeout. One dial at start
-            // replaces it at once (the peer takes a new connection over an old one).
-            tasks.push(runtime.spawn(async move {
-                if let Ok(conn) = transport.connect(&peer, &address).await {
-                    serve_connection(conn, 1u64 << 31, true, inbox, limits).await;
-                }
-            }));
-            continue;
-        }
-        // Dial the peers with a greater id, again whenever the connection ends.
-        tasks.push(runtime.spawn(async move {
-            let mut backoff = DIAL_MIN;
-            let mut id = 0u64;
-            loop {
-                match transport.connect(&peer, &address).await {
-                    Ok(conn) => {
-                        id += 1;
-                        backoff = DIAL_MIN;
-                        serve_connection(conn, id, true, inbox.clone(), limits).await;
-                    }
-                    Err(e) => {
-                        let reason = e.to_string();
-                        tracing::debug!(peer = %peer, "dial failed: {reason}");
-                        if inbox
-                            .send(Input::Disconnected {
-                                peer: peer.clone(),
-                                id: 0,
-                                reason,
-                            })
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(DIAL_MAX);
-            }
-        }));
-    }
+    let dialers = trusted
+        .into_iter()
+        .map(|(peer, address)| {
+            let task = spawn_dialer(
+                &runtime,
+                transport.clone(),
+                inbox.clone(),
+                &local,
+                peer.clone(),
+                address.clone(),
+                limits,
+            );
+            (peer, (address, task))
+        })
+        .collect();
     Ok(Some(Replication {
         status,
         inbox,
         thread: Mutex::new(Some(thread)),
         transport,
         tasks: Mutex::new(tasks),
+        dialers: Mutex::new(dialers),
+        runtime,
+        limits,
+        local,
     }))
+}
+
+/// Dials `peer` at `address`: again whenever the connection ends when this node is the one of
+/// the pair that dials (the greater id), else once (see below).
+fn spawn_dialer(
+    runtime: &tokio::runtime::Handle,
+    transport: Transport,
+    inbox: std_mpsc::Sender<Input>,
+    local: &NodeId,
+    peer: NodeId,
+    address: String,
+    limits: MessageLimits,
+) -> tokio::task::JoinHandle<()> {
+    if peer.as_str() < local.as_str() {
+        // The peer dials us; but after this node restarts, the peer may hold the dead
+        // connection of our previous run until QUIC's idle timeout. One dial at start
+        // replaces it at once (the peer takes a new connection over an old one).
+        return runtime.spawn(async move {
+            if let Ok(conn) = transport.connect(&peer, &address).await {
+                serve_connection(conn, 1u64 << 31, true, inbox, limits).await;
+            }
+        });
+    }
+    runtime.spawn(async move {
+        let mut backoff = DIAL_MIN;
+        let mut id = 0u64;
+        loop {
+            match transport.connect(&peer, &address).await {
+                Ok(conn) => {
+                    id += 1;
+                    backoff = DIAL_MIN;
+                    serve_connection(conn, id, true, inbox.clone(), limits).await;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::debug!(peer = %peer, "dial failed: {reason}");
+                    if inbox
+                        .send(Input::Disconnected {
+                            peer: peer.clone(),
+                            id: 0,
+                            reason,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(DIAL_MAX);
+        }
+    })
 }
 
 /// What replication is wired to besides the store, the committer and the plugins.
@@ -1490,6 +1565,11 @@ impl Replicator {
                     conn.close(CloseCode::Protocol, "this node is revoked ([[revoked]])");
                     return;
                 }
+                // A connection that was up before a reload removed the peer.
+                if !self.peers.iter().any(|(id, _)| *id == peer) {
+                    conn.close(CloseCode::UnknownPeer, "no longer a peer of this node");
+                    return;
+                }
                 if let Some(old) = self.conns.remove(&peer) {
                     old.conn
                         .close(CloseCode::Normal, "replaced by a newer connection");
@@ -1682,6 +1762,27 @@ impl Replicator {
                 self.transformed_on_apply = transformed_on_apply(&self.config);
                 if let Some(reason) = self.halted.take() {
                     tracing::info!(%reason, "replication resumes after a config reload");
+                }
+                self.peers = self
+                    .config
+                    .peers
+                    .iter()
+                    .map(|p| (p.id.clone(), p.address.clone()))
+                    .collect();
+                let removed: Vec<NodeId> = self
+                    .conns
+                    .keys()
+                    .filter(|p| !self.peers.iter().any(|(id, _)| id == *p))
+                    .cloned()
+                    .collect();
+                for peer in removed {
+                    tracing::info!(peer = %peer, "config reloaded: no longer a peer; closing its session");
+                    if let Some(live) = self.conns.remove(&peer) {
+                        live.conn
+                            .close(CloseCode::Normal, "no longer a peer of this node");
+                    }
+                    self.core.disconnected(&peer, now);
+                    self.aae_disconnected(&peer);
                 }
                 let gone: Vec<NodeId> = self
                     .conns

@@ -295,9 +295,12 @@ fn describe_alert(alert: AlertDescription, unknown_ca: &str) -> String {
 pub struct Transport {
     endpoint: quinn::Endpoint,
     identity: Arc<Identity>,
-    peers: Arc<BTreeSet<NodeId>>,
+    peers: Peers,
     config: Arc<TransportConfig>,
 }
+
+/// The ids that may connect (replaced when the node's config is reloaded).
+type Peers = Arc<std::sync::RwLock<BTreeSet<NodeId>>>;
 
 impl Transport {
     /// Binds the UDP socket `listen` (port 0 picks a free port; see [`Transport::local_addr`])
@@ -316,9 +319,17 @@ impl Transport {
         Ok(Transport {
             endpoint,
             identity: Arc::new(identity),
-            peers: Arc::new(peers.into_iter().map(|(id, _)| id).collect()),
+            peers: Arc::new(std::sync::RwLock::new(
+                peers.into_iter().map(|(id, _)| id).collect(),
+            )),
             config: Arc::new(config),
         })
+    }
+
+    /// Replaces the ids that may connect from now on (connections already up stay; the
+    /// caller closes those it no longer wants).
+    pub fn set_peers(&self, peers: impl IntoIterator<Item = NodeId>) {
+        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers.into_iter().collect();
     }
 
     /// The address the socket is bound to.
@@ -499,7 +510,7 @@ fn connect_failure(
 #[derive(Debug)]
 pub struct Incoming {
     incoming: quinn::Incoming,
-    peers: Arc<BTreeSet<NodeId>>,
+    peers: Peers,
 }
 
 impl Incoming {
@@ -549,7 +560,12 @@ impl Incoming {
                 });
             }
         };
-        if !self.peers.contains(&id) {
+        let known = self
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id);
+        if !known {
             let reason = format!("unknown peer {id:?}");
             conn.close(CloseCode::UnknownPeer.code(), reason.as_bytes());
             return Err(AcceptError::UnknownPeer { remote, id });

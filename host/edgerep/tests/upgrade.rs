@@ -1,6 +1,6 @@
 //! Upgrades without restarts and without drift, with real processes: a resolver upgraded on a
-//! running cluster node by node (`edgerep reload`) while writes go on, one node late; what
-//! a reload refuses.
+//! running cluster node by node (`edgerep reload`) while writes go on, one node late; peers
+//! added and removed; what a reload refuses.
 
 mod common;
 
@@ -353,4 +353,74 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
         assert!(Instant::now() < deadline, "SIGHUP did not reload: {s}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `text` without its `[[peers]]` entry for `id`.
+fn without_peer(text: &str, id: &str) -> String {
+    let entry = format!("[[peers]]\nid = \"{id}\"\n");
+    let at = text.find(&entry).expect("the peer's entry");
+    let end = text[at + entry.len()..]
+        .find('\n')
+        .map_or(text.len(), |i| at + entry.len() + i + 1);
+    format!("{}{}", &text[..at], &text[end..])
+}
+
+#[test]
+fn peers_are_added_and_removed_by_a_reload_while_the_others_keep_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let full: Vec<String> = configs
+        .iter()
+        .map(|c| std::fs::read_to_string(c).unwrap())
+        .collect();
+    // node-1 and node-2 start without node-3 among their peers.
+    for i in 0..2 {
+        std::fs::write(&configs[i], without_peer(&full[i], "node-3")).unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    for k in 0..50 {
+        common::put(&n1, "orders", &format!("k{k}"), "{\"n\":1}");
+    }
+    converge(&[&n1, &n2], Duration::from_secs(20));
+    // node-3 knows them, they do not know it: refused.
+    let n3 = Node::start_with(&configs[2], &["--alone"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        status(&n3)["origins"]["node-1"].as_u64().unwrap_or(0),
+        0,
+        "an unknown peer gets nothing"
+    );
+    let sessions_before = status(&n1)["replication"]["peers"][0]["connected"].clone();
+    assert_eq!(sessions_before, true);
+
+    // Adding it: node-1 and node-2 reload; it catches up.
+    for i in 0..2 {
+        std::fs::write(&configs[i], &full[i]).unwrap();
+        let r = reload(&configs[i]);
+        assert_eq!(r["reloaded"]["sessions_restarted"], false, "{r}");
+    }
+    converge(&[&n1, &n2, &n3], Duration::from_secs(30));
+
+    // Removing node-2 from node-1 (and node-1 from node-2): their link closes, node-3 relays.
+    std::fs::write(&configs[0], without_peer(&full[0], "node-2")).unwrap();
+    reload(&configs[0]);
+    std::fs::write(&configs[1], without_peer(&full[1], "node-1")).unwrap();
+    reload(&configs[1]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&n1);
+        let peers = s["replication"]["peers"].as_array().unwrap().clone();
+        let ids: Vec<&str> = peers.iter().map(|p| p["id"].as_str().unwrap()).collect();
+        if ids == ["node-3"] && peers[0]["connected"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-1 still lists {ids:?}: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for k in 0..50 {
+        common::put(&n1, "orders", &format!("after-{k}"), "{\"n\":2}");
+    }
+    converge(&[&n1, &n2, &n3], Duration::from_secs(30));
+    assert_eq!(common::get(&n2, "orders", "after-49").0, 200);
 }
