@@ -325,13 +325,15 @@ impl Replication {
     /// Peers added are dialed (and may connect); peers removed are no longer dialed nor
     /// accepted, and their sessions are closed.
     pub fn reload(&self, config: Config, restart: bool) {
+        // A revoked peer may still connect: the replicator closes its session saying why.
+        self.transport
+            .set_peers(config.peers.iter().map(|p| p.id.clone()));
         let trusted: BTreeMap<NodeId, String> = config
             .peers
             .iter()
             .filter(|p| !config.is_revoked(&p.id))
             .map(|p| (p.id.clone(), p.address.clone()))
             .collect();
-        self.transport.set_peers(trusted.keys().cloned());
         if let Ok(mut dialers) = self.dialers.lock() {
             dialers.retain(|peer, (address, task)| {
                 let keep = trusted.get(peer) == Some(address);
