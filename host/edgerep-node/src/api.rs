@@ -1509,6 +1509,8 @@ async fn metrics(State(app): Shared) -> Result<Response, ApiError> {
         uptime_seconds: app.started.elapsed().as_secs_f64(),
         now_ms: crate::committer::wall_ms(),
         commits: &app.commit_metrics,
+        conflicts: &app.store.conflict_tally(),
+        plugin_metrics: &app.pipeline.plugin_metrics(),
     });
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

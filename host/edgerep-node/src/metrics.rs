@@ -103,6 +103,59 @@ pub(crate) struct Figures<'a> {
     pub(crate) uptime_seconds: f64,
     pub(crate) now_ms: u64,
     pub(crate) commits: &'a CommitMetrics,
+    pub(crate) conflicts: &'a edgerep_store::ConflictTally,
+    pub(crate) plugin_metrics: &'a [(String, edgerep_plugin::MetricsSnapshot)],
+}
+
+/// Histograms whose buckets were counted elsewhere (the plugin runtime's), one per label set.
+#[derive(Debug)]
+struct Counted(Vec<(Labels, CountedHistogram)>);
+
+#[derive(Debug)]
+struct CountedHistogram {
+    sum: f64,
+    count: u64,
+    /// `(upper bound, values in the range)`, not cumulative; the last bound is +Inf.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl prometheus_client::encoding::EncodeMetric for Counted {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (labels, h) in &self.0 {
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    h.sum, h.count, &h.buckets, None,
+                )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+/// A plugin runtime's ranges as histogram buckets, the bounds scaled by `scale`.
+fn counted(sum: f64, count: u64, ranges: &[(u64, u64)], scale: f64) -> CountedHistogram {
+    CountedHistogram {
+        sum,
+        count,
+        buckets: ranges
+            .iter()
+            .map(|&(bound, n)| {
+                let le = if bound == u64::MAX {
+                    f64::INFINITY
+                } else {
+                    bound as f64 * scale
+                };
+                (le, n)
+            })
+            .collect(),
+    }
 }
 
 /// A registry being filled.
@@ -347,6 +400,58 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             .map(|(name, p)| (label("plugin", name), p[field].as_u64().unwrap_or(0)))
             .collect::<Vec<_>>()
     };
+    m.counters(
+        "edgerep_conflicts",
+        "Versions from peers that left their key holding concurrent versions, per collection",
+        f.conflicts
+            .conflicts
+            .iter()
+            .map(|(c, n)| (label("collection", c), *n))
+            .collect(),
+    );
+    m.counters(
+        "edgerep_resolutions",
+        "Keys with concurrent versions resolved, per collection and by whom (lww, plugin:NAME, lww-fallback:NAME)",
+        f.conflicts
+            .resolutions
+            .iter()
+            .map(|((c, by), n)| {
+                let mut l = label("collection", c);
+                l.push(("by".to_owned(), by.clone()));
+                (l, *n)
+            })
+            .collect(),
+    );
+    m.0.register(
+        "edgerep_plugin_fuel_per_call",
+        "Fuel per plugin call",
+        Counted(
+            f.plugin_metrics
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        label("plugin", name),
+                        counted(s.fuel_total as f64, s.calls, &s.fuel_buckets, 1.0),
+                    )
+                })
+                .collect(),
+        ),
+    );
+    m.0.register(
+        "edgerep_plugin_call_duration_seconds",
+        "Wall-clock time per plugin call (with instantiation for fresh instances)",
+        Counted(
+            f.plugin_metrics
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        label("plugin", name),
+                        counted(s.nanos_total as f64 / 1e9, s.calls, &s.nanos_buckets, 1e-9),
+                    )
+                })
+                .collect(),
+        ),
+    );
     m.counters("edgerep_plugin_calls", "Plugin calls", per_plugin("calls"));
     m.counters(
         "edgerep_plugin_fuel",

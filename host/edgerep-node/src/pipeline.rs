@@ -444,6 +444,15 @@ impl Pipeline {
         }
     }
 
+    /// Each plugin's metrics, by name.
+    pub fn plugin_metrics(&self) -> Vec<(String, edgerep_plugin::MetricsSnapshot)> {
+        self.wiring()
+            .plugins
+            .iter()
+            .map(|(name, l)| (name.clone(), l.plugin.metrics()))
+            .collect()
+    }
+
     /// Per-plugin status and metrics, and the halted collections.
     pub fn status_json(&self) -> Json {
         let mut plugins = serde_json::Map::new();

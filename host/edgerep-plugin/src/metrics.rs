@@ -19,7 +19,21 @@ pub struct MetricsSnapshot {
     pub fuel_per_call: Summary,
     /// Wall-clock nanoseconds per call, including instantiation for fresh instances.
     pub nanos_per_call: Summary,
+    /// Wall-clock nanoseconds of all calls together.
+    pub nanos_total: u64,
+    /// Calls per range of fuel: `(bound, calls)` counts the calls that used less than `bound`
+    /// and at least the previous bound, at [`FUEL_BOUNDS`] (powers of four), then the rest
+    /// under `u64::MAX`. Exact: the histogram's buckets split at every power of two.
+    pub fuel_buckets: Vec<(u64, u64)>,
+    /// Likewise for nanoseconds per call, at [`NANOS_BOUNDS`].
+    pub nanos_buckets: Vec<(u64, u64)>,
 }
+
+/// Where [`MetricsSnapshot::fuel_buckets`] split: 2^10 (1 Ki) to 2^30 (1 Gi) fuel.
+pub const FUEL_BOUNDS: [u32; 11] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+
+/// Where [`MetricsSnapshot::nanos_buckets`] split: 2^13 ns (8.2 µs) to 2^33 ns (8.6 s).
+pub const NANOS_BOUNDS: [u32; 11] = [13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33];
 
 /// A summary of a distribution. `min` and `max` are exact; the percentiles are the upper bound of
 /// the histogram bucket they fall in (within 12.5% above the true value), clamped to `max`.
@@ -109,6 +123,25 @@ impl Histogram {
         self.max
     }
 
+    /// Values per range: below `2^e` (and at least the previous bound) for each exponent `e` of
+    /// `exponents` (ascending, at least 4), then the rest (bound `u64::MAX`).
+    fn ranges(&self, exponents: &[u32]) -> Vec<(u64, u64)> {
+        let mut out = Vec::with_capacity(exponents.len() + 1);
+        let mut i = 0;
+        for &e in exponents {
+            let bound = 1u64 << e;
+            let mut n = 0;
+            // Every bucket lies wholly below or wholly at or above a power of two.
+            while i < BUCKETS && Self::upper_bound(i) < bound {
+                n += self.counts[i];
+                i += 1;
+            }
+            out.push((bound, n));
+        }
+        out.push((u64::MAX, self.counts[i..].iter().sum()));
+        out
+    }
+
     fn summary(&self) -> Summary {
         if self.count == 0 {
             return Summary::default();
@@ -132,6 +165,7 @@ struct Inner {
     calls: u64,
     errors: [u64; FailureKind::ALL.len()],
     fuel_total: u64,
+    nanos_total: u64,
     fuel: Histogram,
     nanos: Histogram,
 }
@@ -143,6 +177,7 @@ impl Metrics {
                 calls: 0,
                 errors: [0; FailureKind::ALL.len()],
                 fuel_total: 0,
+                nanos_total: 0,
                 fuel: Histogram::new(),
                 nanos: Histogram::new(),
             }),
@@ -157,6 +192,7 @@ impl Metrics {
             m.errors[kind as usize] += 1;
         }
         m.fuel_total = m.fuel_total.saturating_add(fuel);
+        m.nanos_total = m.nanos_total.saturating_add(nanos);
         m.fuel.record(fuel);
         m.nanos.record(nanos);
     }
@@ -174,6 +210,9 @@ impl Metrics {
             fuel_total: m.fuel_total,
             fuel_per_call: m.fuel.summary(),
             nanos_per_call: m.nanos.summary(),
+            nanos_total: m.nanos_total,
+            fuel_buckets: m.fuel.ranges(&FUEL_BOUNDS),
+            nanos_buckets: m.nanos.ranges(&NANOS_BOUNDS),
         }
     }
 }
@@ -201,6 +240,21 @@ mod tests {
                 assert!(Histogram::upper_bound(i - 1) < v);
             }
         }
+    }
+
+    #[test]
+    fn ranges_split_exactly_at_powers_of_two() {
+        let mut h = Histogram::new();
+        for v in [0, 1023, 1024, 4095, 4096, 5000, 1 << 30, u64::MAX] {
+            h.record(v);
+        }
+        let r = h.ranges(&[10, 12, 30]);
+        assert_eq!(
+            r,
+            [(1 << 10, 2), (1 << 12, 2), (1 << 30, 2), (u64::MAX, 2)],
+            "below 1024: 0, 1023; below 4096: 1024, 4095; below 2^30: 4096, 5000"
+        );
+        assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), h.count);
     }
 
     #[test]

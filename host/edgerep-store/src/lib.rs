@@ -533,10 +533,21 @@ fn apply_to_state(
         digest.add(new_hash);
         index.set(&skey, old_hash, new_hash);
         state.insert(skey.as_slice(), new_bytes.as_slice())?;
-        if versions.events().len() > 1
-            && unresolved.resolver.is_some_and(|r| r.resolves(&collection))
-        {
-            unresolved.keys.insert(skey);
+        if versions.events().len() > 1 && applied == Applied::Added {
+            *unresolved
+                .tally
+                .conflicts
+                .entry(collection.clone())
+                .or_default() += 1;
+            if unresolved.resolver.is_some_and(|r| r.resolves(&collection)) {
+                unresolved.keys.insert(skey);
+            } else {
+                *unresolved
+                    .tally
+                    .resolutions
+                    .entry((collection, "lww".to_owned()))
+                    .or_default() += 1;
+            }
         }
     }
     Ok((applied, damaged))
@@ -549,6 +560,31 @@ struct Unresolved<'a> {
     /// How rows hash (carried here: every state write of the transaction needs it).
     rule: &'a HashRule,
     keys: BTreeSet<Vec<u8>>,
+    /// What the transaction's conflicts came to (added to the store's once it commits).
+    tally: ConflictTally,
+}
+
+/// Conflicts met and how they were resolved, per collection, since the store opened (in
+/// memory: a figure for metrics, not state).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConflictTally {
+    /// Versions applied that left their key holding concurrent versions.
+    pub conflicts: BTreeMap<String, u64>,
+    /// Per (collection, who decided: `lww`, `plugin:NAME`, `lww-fallback:NAME`), keys with
+    /// concurrent versions resolved.
+    pub resolutions: BTreeMap<(String, String), u64>,
+}
+
+impl ConflictTally {
+    /// Adds `other` to this tally.
+    fn add(&mut self, other: ConflictTally) {
+        for (c, n) in other.conflicts {
+            *self.conflicts.entry(c).or_default() += n;
+        }
+        for (k, n) in other.resolutions {
+            *self.resolutions.entry(k).or_default() += n;
+        }
+    }
 }
 
 impl<'a> Unresolved<'a> {
@@ -557,19 +593,21 @@ impl<'a> Unresolved<'a> {
             resolver,
             rule,
             keys: BTreeSet::new(),
+            tally: ConflictTally::default(),
         }
     }
 
-    /// Resolves every key collected and writes its row with the resolution.
+    /// Resolves every key collected and writes its row with the resolution; returns the
+    /// transaction's tally of conflicts.
     fn resolve(
-        self,
+        mut self,
         state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
         index: &mut aae::Writes,
         digest: &mut Digest,
         limits: &EventLimits,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ConflictTally, StoreError> {
         let Some(resolver) = self.resolver else {
-            return Ok(());
+            return Ok(self.tally);
         };
         for skey in self.keys {
             let Some((collection, key)) = split_state_key(&skey) else {
@@ -585,6 +623,11 @@ impl<'a> Unresolved<'a> {
                 continue;
             }
             let r = resolver.resolve(collection, key, &versions);
+            *self
+                .tally
+                .resolutions
+                .entry((collection.to_owned(), r.by.clone()))
+                .or_default() += 1;
             let new_row = resolution::join_row(split.versions, Some(&r));
             let hash = |row: &[u8]| self.rule.entry(collection, key, row, limits);
             write_row(
@@ -596,7 +639,7 @@ impl<'a> Unresolved<'a> {
                 &new_row,
             )?;
         }
-        Ok(())
+        Ok(self.tally)
     }
 }
 
@@ -632,6 +675,8 @@ pub struct Store {
     keys: Option<Arc<dyn Keys>>,
     /// The anti-entropy sums (see `aae`).
     aae: aae::Sums,
+    /// Conflicts met since the store opened (see [`ConflictTally`]).
+    conflicts: std::sync::Mutex<ConflictTally>,
     /// What the anti-entropy index check found at open.
     open_check: aae::OpenCheck,
     /// Whether the anti-entropy sums are kept (always, but for one benchmark).
@@ -802,6 +847,7 @@ impl Store {
             limits,
             keys: None,
             aae: sums,
+            conflicts: std::sync::Mutex::default(),
             open_check,
             fingerprints: true,
             resolver: None,
@@ -869,6 +915,21 @@ impl Store {
     pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Store {
         self.resolver = Some(resolver);
         self
+    }
+
+    fn add_conflicts(&self, tally: ConflictTally) {
+        self.conflicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(tally);
+    }
+
+    /// Conflicts met and how they were resolved since the store opened.
+    pub fn conflict_tally(&self) -> ConflictTally {
+        self.conflicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Decides again the kept resolution of every key of `collection` that holds concurrent
@@ -1514,6 +1575,7 @@ impl Store {
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(events.len());
         let mut dead_ids = Vec::with_capacity(dead_letters.len());
+        let tally;
         let (held, feed_last, forks, deltas) = {
             let mut dead = txn.open_table(DEAD_LETTERS)?;
             let first = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
@@ -1695,7 +1757,7 @@ impl Store {
                     .0,
                 );
             }
-            unresolved.resolve(&mut state, &mut index, &mut digest, &self.limits)?;
+            tally = unresolved.resolve(&mut state, &mut index, &mut digest, &self.limits)?;
             // Each origin given new events ends at one of the batch's seals (trusted events: an
             // unsigned seal ends the run); its chain head moves to the end.
             for (origin, w) in &walks {
@@ -1758,6 +1820,7 @@ impl Store {
         };
         txn.commit()?;
         self.aae.apply(&deltas);
+        self.add_conflicts(tally);
         Ok(RemoteApply {
             applied: out,
             dead_letters: dead_ids,

@@ -551,7 +551,7 @@ impl Store {
         }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
-        let (out, deltas) = {
+        let (out, deltas, tally) = {
             let mut state = txn.open_table(STATE)?;
             let mut meta = txn.open_table(META)?;
             let mut proofs_t = txn.open_table(PROOFS)?;
@@ -612,7 +612,8 @@ impl Store {
                     proofs_t.insert(lkey.as_slice(), kept.encode().as_slice())?;
                 }
             }
-            unresolved.resolve(&mut state, &mut index, &mut counters.digest, &self.limits)?;
+            let tally =
+                unresolved.resolve(&mut state, &mut index, &mut counters.digest, &self.limits)?;
             let mut disagreements = 0;
             if let (Some(r), Some(resolver)) = (&repairing, self.resolver.as_deref()) {
                 let mut table = txn.open_table(DISAGREEMENTS)?;
@@ -755,10 +756,12 @@ impl Store {
                     compacted,
                 },
                 deltas,
+                tally,
             )
         };
         txn.commit()?;
         self.aae.apply(&deltas);
+        self.add_conflicts(tally);
         Ok(out)
     }
 }

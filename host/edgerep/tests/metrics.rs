@@ -137,3 +137,96 @@ fn metrics_are_scraped_and_move_as_writes_replicate() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Both nodes write each key at the same moment (threads released together): the versions
+/// are concurrent, each committed before the other node's could arrive.
+fn concurrent_writes(nodes: &[&Node], collection: &str, keys: usize) {
+    for k in 0..keys {
+        let gate = std::sync::Arc::new(std::sync::Barrier::new(nodes.len()));
+        std::thread::scope(|s| {
+            for (i, node) in nodes.iter().enumerate() {
+                let gate = gate.clone();
+                let url = node.url(&format!("/v1/kv/{collection}/k{k}"));
+                s.spawn(move || {
+                    let agent = agent();
+                    gate.wait();
+                    let r = agent
+                        .put(&url)
+                        .content_type("application/json")
+                        .send(format!(r#"{{"node-{}":{k}}}"#, i + 1).as_bytes())
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn conflicts_resolutions_and_plugin_costs_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (wasm, sha) = common::built_plugin("merge-counter");
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        std::fs::write(
+            c,
+            format!(
+                "{text}\n[[collections.declared]]\nname = \"tally\"\nresolver = \"counter\"\n\
+                 [plugins.counter]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+                wasm.display()
+            ),
+        )
+        .unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "tally", "warm", r#"{"node-1":0}"#);
+    common::converge(&[&n1, &n2], Duration::from_secs(30));
+    concurrent_writes(&[&n1, &n2], "tally", 8);
+    concurrent_writes(&[&n1, &n2], "plain", 8);
+    common::converge(&[&n1, &n2], Duration::from_secs(30));
+    let total = |series: &str| {
+        [&n1, &n2]
+            .iter()
+            .map(|n| sample(&scrape(n).1, series).unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let conflicts = total(r#"edgerep_conflicts_total{collection="tally"}"#);
+    let by_plugin = total(r#"edgerep_resolutions_total{collection="tally",by="plugin:counter"}"#);
+    let plain = total(r#"edgerep_conflicts_total{collection="plain"}"#);
+    let by_lww = total(r#"edgerep_resolutions_total{collection="plain",by="lww"}"#);
+    eprintln!("conflicts: tally {conflicts} (plugin {by_plugin}), plain {plain} (lww {by_lww})");
+    assert!(
+        conflicts >= 1.0 && by_plugin >= 1.0,
+        "tally: {conflicts} {by_plugin}"
+    );
+    assert!(plain >= 1.0 && by_lww == plain, "plain: {plain} {by_lww}");
+    // The resolver's calls, in histograms of fuel and time whose counts add up.
+    let text = scrape(&n1).1;
+    let calls = sample(&text, r#"edgerep_plugin_calls_total{plugin="counter"}"#).unwrap();
+    let fuel = sample(&text, r#"edgerep_plugin_fuel_total{plugin="counter"}"#).unwrap();
+    for (histogram, sum) in [
+        ("edgerep_plugin_fuel_per_call", Some(fuel)),
+        ("edgerep_plugin_call_duration_seconds", None),
+    ] {
+        let count = sample(&text, &format!("{histogram}_count{{plugin=\"counter\"}}"));
+        let inf = sample(
+            &text,
+            &format!("{histogram}_bucket{{le=\"+Inf\",plugin=\"counter\"}}"),
+        );
+        assert_eq!(count, Some(calls), "{histogram} in {text}");
+        assert_eq!(inf, Some(calls), "{histogram} in {text}");
+        if let Some(sum) = sum {
+            assert_eq!(
+                sample(&text, &format!("{histogram}_sum{{plugin=\"counter\"}}")),
+                Some(sum),
+                "{text}"
+            );
+        }
+    }
+    assert!(
+        text.contains("# TYPE edgerep_plugin_call_duration_seconds histogram"),
+        "{text}"
+    );
+}
