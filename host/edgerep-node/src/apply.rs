@@ -29,6 +29,8 @@ pub(crate) struct Prepared {
     /// Events refused outright (not stored, not relayed), with their origin's later events in
     /// the batch: the store holds each origin gapless, so those wait behind the refused one.
     pub(crate) refused: Vec<Refusal>,
+    /// The plugin calls on traced events (those with a `traceparent`), by origin and seq.
+    pub(crate) traced_calls: BTreeMap<(NodeId, u64), Vec<crate::pipeline::PluginCall>>,
 }
 
 /// An event this node does not admit (see [`Admission`]).
@@ -239,6 +241,7 @@ pub(crate) fn prepare(
         events: Vec::with_capacity(events.len()),
         dead_letters: Vec::new(),
         refused,
+        traced_calls: BTreeMap::new(),
     };
     for event in events {
         if let Some(reason) = admission.policy_refusal(&event) {
@@ -254,7 +257,13 @@ pub(crate) fn prepare(
             out.events.push(Received::as_received(event));
             continue;
         }
-        let on_apply = match pipeline.run_apply(&event, &check_value) {
+        let mut calls = Vec::new();
+        let outcome = pipeline.run_apply_timed(&event, &check_value, &mut calls);
+        if event.meta.contains_key(crate::trace::TRACEPARENT) && !calls.is_empty() {
+            out.traced_calls
+                .insert((event.origin.clone(), event.seq), calls);
+        }
+        let on_apply = match outcome {
             Ok(on_apply) => on_apply,
             Err(rejection) => {
                 let r = *rejection;

@@ -81,6 +81,19 @@ impl Wiring {
     }
 }
 
+/// One plugin call on an event, for its trace.
+#[derive(Debug, Clone)]
+pub struct PluginCall {
+    /// The plugin.
+    pub plugin: String,
+    /// When the call (with its retries) started and ended.
+    pub start: std::time::SystemTime,
+    /// See `start`.
+    pub end: std::time::SystemTime,
+    /// The failure kind, if it failed.
+    pub failure: Option<String>,
+}
+
 /// Why a collection is paused: a peer decides its events from `from_ms` on with an upgrade this
 /// node's config does not have.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,6 +316,16 @@ impl Pipeline {
         event: &Event,
         check_value: &dyn Fn(&Value) -> Result<(), String>,
     ) -> Result<OnApply, Box<Rejection>> {
+        self.run_apply_timed(event, check_value, &mut Vec::new())
+    }
+
+    /// [`Pipeline::run_apply`], recording each plugin call in `calls` (for trace spans).
+    pub fn run_apply_timed(
+        &self,
+        event: &Event,
+        check_value: &dyn Fn(&Value) -> Result<(), String>,
+        calls: &mut Vec<PluginCall>,
+    ) -> Result<OnApply, Box<Rejection>> {
         let wiring = self.wiring();
         let Some(epoch) = wiring
             .epoch(&event.collection, event.hlc.physical_ms)
@@ -321,6 +344,7 @@ impl Pipeline {
                     fuel_used: 0,
                 })
             };
+            let start = std::time::SystemTime::now();
             let mut outcome = loaded.plugin.transform(&current, true);
             for _ in 0..DEADLINE_RETRIES {
                 match &outcome {
@@ -331,6 +355,12 @@ impl Pipeline {
                     _ => break,
                 }
             }
+            calls.push(PluginCall {
+                plugin: name.clone(),
+                start,
+                end: std::time::SystemTime::now(),
+                failure: outcome.as_ref().err().map(|f| f.kind.as_str().to_owned()),
+            });
             let mut changes = outcome.map_err(reject)?;
             let change = match changes.len() {
                 0 => return Ok(OnApply::Dropped),

@@ -932,6 +932,8 @@ struct TracedEvent {
     origin: String,
     seq: u64,
     collection: String,
+    /// Its transforms on apply.
+    plugins: Vec<crate::pipeline::PluginCall>,
 }
 
 /// Runs one authenticated connection until it ends: the dialer opens the stream, the acceptor
@@ -1693,10 +1695,13 @@ impl Replicator {
                             self.traces.apply_span(
                                 &t.traceparent,
                                 started,
-                                peer.as_str(),
-                                &t.origin,
-                                t.seq,
-                                &t.collection,
+                                crate::trace::Applied {
+                                    peer: peer.as_str(),
+                                    origin: &t.origin,
+                                    seq: t.seq,
+                                    collection: &t.collection,
+                                    plugins: &t.plugins,
+                                },
                             );
                         }
                     }
@@ -1901,6 +1906,11 @@ impl Replicator {
                                 origin: e.origin.to_string(),
                                 seq: e.seq,
                                 collection: e.collection.clone(),
+                                plugins: prepared
+                                    .traced_calls
+                                    .get(&(e.origin.clone(), e.seq))
+                                    .cloned()
+                                    .unwrap_or_default(),
                             })
                         })
                         .collect();

@@ -148,18 +148,17 @@ impl Traces {
         }
     }
 
-    /// Records the apply span of one event from `peer` (origin `origin`, sequence `seq`),
-    /// from `started` to now, a child of the span its `traceparent` names. A traceparent that
-    /// does not parse (an origin's bug or a client's oddity) records nothing.
-    pub fn apply_span(
-        &self,
-        traceparent: &str,
-        started: SystemTime,
-        peer: &str,
-        origin: &str,
-        seq: u64,
-        collection: &str,
-    ) {
+    /// Records the apply span of one event, from `started` to now, a child of the span its
+    /// `traceparent` names, with a child span per plugin call on it (`edgerep.plugin`). A
+    /// traceparent that does not parse (an origin's bug or a client's oddity) records nothing.
+    pub fn apply_span(&self, traceparent: &str, started: SystemTime, applied: Applied<'_>) {
+        let Applied {
+            peer,
+            origin,
+            seq,
+            collection,
+            plugins,
+        } = applied;
         let Some((_, tracer)) = &self.exporter else {
             return;
         };
@@ -179,8 +178,42 @@ impl Traces {
                 KeyValue::new("edgerep.collection", collection.to_owned()),
             ])
             .start_with_context(tracer, &parent);
+        let cx = Context::new().with_remote_span_context(span.span_context().clone());
+        for call in plugins {
+            let mut attributes = vec![
+                KeyValue::new("edgerep.node", self.node.clone()),
+                KeyValue::new("edgerep.plugin", call.plugin.clone()),
+            ];
+            if let Some(kind) = &call.failure {
+                attributes.push(KeyValue::new("edgerep.failure", kind.clone()));
+            }
+            let mut child = tracer
+                .span_builder("edgerep.plugin")
+                .with_kind(SpanKind::Internal)
+                .with_start_time(call.start)
+                .with_attributes(attributes)
+                .start_with_context(tracer, &cx);
+            if let Some(kind) = &call.failure {
+                child.set_status(opentelemetry::trace::Status::error(kind.clone()));
+            }
+            child.end_with_timestamp(call.end);
+        }
         span.end();
     }
+}
+
+/// One applied event, for [`Traces::apply_span`].
+pub struct Applied<'a> {
+    /// The peer it came from.
+    pub peer: &'a str,
+    /// Its origin.
+    pub origin: &'a str,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its collection.
+    pub collection: &'a str,
+    /// The transforms on apply that ran on it.
+    pub plugins: &'a [crate::pipeline::PluginCall],
 }
 
 impl CommitSpan {

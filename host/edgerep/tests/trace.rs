@@ -2,7 +2,8 @@
 //! OTLP/HTTP (JSON) to a receiver inside this test. A write on node-1 with a W3C `traceparent`
 //! gives node-1's commit span (a child of the client's span) and an apply span on node-2 and on
 //! node-3 (children of the commit span); every event carries the commit span's context in its
-//! metadata; the log lines carry the trace id; a malformed header is refused and writes nothing.
+//! metadata; node-3's transform on apply is a child span of its apply; the log lines carry the
+//! trace id; a malformed header is refused and writes nothing.
 
 mod common;
 
@@ -90,12 +91,24 @@ fn a_traced_write_is_one_trace_from_the_client_to_every_site() {
     let receiver = Receiver::start();
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
-    for c in &configs {
+    // node-3 runs a transform on the events it applies: its call is a span of the trace too.
+    let (pass, sha) = common::built_plugin("passthrough");
+    for (i, c) in configs.iter().enumerate() {
         let text = std::fs::read_to_string(c).unwrap();
+        let orders = if i == 2 {
+            format!(
+                "[[collections.declared]]\nname = \"orders\"\ntransforms_on_apply = [\"pass\"]\n\
+                 [plugins.pass]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+                pass.display()
+            )
+        } else {
+            "[[collections.declared]]\nname = \"orders\"\ncompare = \"versions\"\n".to_owned()
+        };
         std::fs::write(
             c,
             format!(
-                "{text}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{}/v1/traces\"\n",
+                "{}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{}/v1/traces\"\n{orders}",
+                text.replace("[retention]\n", "[retention]\ncompact = false\n"),
                 receiver.port
             ),
         )
@@ -126,8 +139,12 @@ fn a_traced_write_is_one_trace_from_the_client_to_every_site() {
 
     // The commit span on node-1, then an apply span on each other node under it.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (commit, applies) = loop {
+    let (commit, applies, plugin) = loop {
         let spans = receiver.spans();
+        let plugin = spans
+            .iter()
+            .find(|s| s.1 == "edgerep.plugin" && s.2 == TRACE)
+            .cloned();
         let commit = spans
             .iter()
             .find(|s| s.1 == "edgerep.commit" && s.2 == TRACE)
@@ -137,8 +154,8 @@ fn a_traced_write_is_one_trace_from_the_client_to_every_site() {
             .filter(|s| s.1 == "edgerep.apply" && s.2 == TRACE)
             .cloned()
             .collect();
-        if let Some(commit) = commit.filter(|_| applies.len() >= 2) {
-            break (commit, applies);
+        if let (Some(commit), Some(plugin)) = (commit.filter(|_| applies.len() >= 2), plugin) {
+            break (commit, applies, plugin);
         }
         assert!(
             Instant::now() < deadline,
@@ -164,6 +181,13 @@ fn a_traced_write_is_one_trace_from_the_client_to_every_site() {
             "an apply span's parent is the commit span: {a:?}"
         );
     }
+    println!("plugin span: {plugin:?}");
+    let node3_apply = applies.iter().find(|a| a.0 == "node-3").unwrap();
+    assert_eq!(plugin.0, "node-3");
+    assert_eq!(
+        plugin.4, node3_apply.3,
+        "the transform's span is a child of node-3's apply span"
+    );
     // Untraced writes make no spans.
     assert!(
         receiver.spans().iter().all(|s| s.2 == TRACE),
