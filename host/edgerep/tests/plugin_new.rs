@@ -1,6 +1,8 @@
 //! `edgerep plugin new|build|test`: a scaffold of each language builds and passes its sample
 //! vector out of the box, and a wrong expectation fails `plugin test` with exit 5.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -209,6 +211,66 @@ fn scaffolds_build_and_pass_their_vectors() {
     }
 }
 
+/// The author's loop on a running node: the plugin transforms writes on ingest; its source
+/// changes, `plugin build --update-config` writes the new hash, `edgerep reload` takes it in,
+/// and the same process transforms the next write with the new build.
+fn deployed_plugin_is_rebuilt_and_reloaded(config: &Path, dir: &Path, wasm: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        format!("{text}\n[[collections.declared]]\nname = \"things\"\ntransforms_on_ingest = [\"demo\"]\n"),
+    )
+    .unwrap();
+    let node = common::Node::start(config);
+    let pid = node.child.id();
+    let hello = |key: &str| {
+        common::put(&node, "things", key, r#"{"name":"x"}"#);
+        let (status, body) = common::get(&node, "things", key);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["hello"].clone()
+    };
+    assert_eq!(hello("t-1"), "world");
+    let lib = dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(
+        &lib,
+        source.replace(
+            r#"value.set("hello", "world")"#,
+            r#"value.set("hello", "again")"#,
+        ),
+    )
+    .unwrap();
+    let out = edgerep(&[
+        os("plugin"),
+        os("build"),
+        dir.as_os_str(),
+        os("-o"),
+        wasm.as_os_str(),
+        os("--update-config"),
+        config.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = edgerep(&[os("reload"), os("--config"), config.as_os_str()]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("\"demo\""),
+        "the new build was loaded: {said}"
+    );
+    assert_eq!(hello("t-2"), "again", "the same node, the new build");
+    assert_eq!(node.child.id(), pid);
+    std::fs::write(&lib, source).unwrap();
+    node.terminate();
+}
+
 /// `plugin build --update-config`: the node config names the component with a stale sha256; the
 /// build writes the new one in place, keeping the file's comments, and the config checks.
 fn update_config_writes_the_new_hash(node: &Path, dir: &Path, wasm: &Path) {
@@ -248,6 +310,7 @@ fn update_config_writes_the_new_hash(node: &Path, dir: &Path, wasm: &Path) {
     assert!(updated.contains("# the plugin under work"), "comments kept");
     let out = edgerep(&[os("config"), os("check"), config.as_os_str()]);
     assert!(out.status.success(), "the config checks with the new hash");
+    deployed_plugin_is_rebuilt_and_reloaded(&config, dir, wasm);
     // A config that does not name the component is left alone.
     let other = node.join("other.toml");
     std::fs::write(
@@ -270,4 +333,65 @@ fn update_config_writes_the_new_hash(node: &Path, dir: &Path, wasm: &Path) {
     ]);
     assert!(!out.status.success());
     assert_eq!(std::fs::read_to_string(&other).unwrap(), before);
+}
+
+/// Without `CARGO_TARGET_DIR`, Rust plugins build in one directory shared by every plugin
+/// (`$EDGEREP_CACHE/plugin-target`), not each in its own `target/`: a new plugin reuses the
+/// SDK's compiled dependencies.
+#[test]
+fn rust_plugins_share_one_target_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Kept between runs (inside cargo's target directory), so only the first run compiles the
+    // SDK's dependencies.
+    let cache = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("plugin-shared-cache");
+    for name in ["shared-one", "shared-two"] {
+        let run = |args: &[&std::ffi::OsStr]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_edgerep"))
+                .args(args)
+                .env_remove("CARGO_TARGET_DIR")
+                .env("EDGEREP_CACHE", &cache)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            os("plugin"),
+            os("new"),
+            os("--lang"),
+            os("rust"),
+            os(name),
+            os("--dir"),
+            tmp.path().as_os_str(),
+        ]);
+        let dir = tmp.path().join(name);
+        let wasm = tmp.path().join(format!("{name}.wasm"));
+        run(&[
+            os("plugin"),
+            os("build"),
+            dir.as_os_str(),
+            os("-o"),
+            wasm.as_os_str(),
+        ]);
+        assert!(wasm.is_file());
+        assert!(
+            cache
+                .join(format!(
+                    "plugin-target/wasm32-unknown-unknown/release/{}.wasm",
+                    name.replace('-', "_")
+                ))
+                .is_file(),
+            "built in the shared directory"
+        );
+        assert!(
+            !dir.join("target/wasm32-unknown-unknown").exists(),
+            "no target directory of its own"
+        );
+    }
 }

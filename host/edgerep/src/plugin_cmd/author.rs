@@ -274,9 +274,7 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
             );
         }
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.join("target"));
+    let target_dir = shared_target_dir().unwrap_or_else(|| dir.join("target"));
     let cargo_build = CargoBuild {
         dir: dir.to_path_buf(),
         packages: Vec::new(),
@@ -292,6 +290,19 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("making a component of {}", core.display()))?;
     component::check(&wasm, false).context("checking the component")?;
     Ok(wasm)
+}
+
+/// Where Rust plugins build: `$CARGO_TARGET_DIR` if set, else one directory shared by every
+/// plugin on the machine, `${EDGEREP_CACHE:-~/.cache/edgerep}/plugin-target`, so a new plugin
+/// reuses its SDK's compiled dependencies instead of building them again (`None`: no home).
+fn shared_target_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let cache = std::env::var_os("EDGEREP_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/edgerep")))?;
+    Some(cache.join("plugin-target"))
 }
 
 /// The TinyGo to build with, found as `cargo xtask build-plugins` finds it: `$TINYGO`, or the one
