@@ -432,6 +432,9 @@ fn build_rust_plugins(root: &Path, names: &[String]) -> Result<Vec<String>> {
         })?;
         component::check(&component, p.target != DEFAULT_TARGET)
             .with_context(|| format!("plugin {}: checking the component", p.folder))?;
+        let component =
+            edgerep_build::params::embed(component, &root.join("plugins").join(&p.folder))
+                .with_context(|| format!("plugin {}: its declared parameters", p.folder))?;
         outputs.push((p.folder.clone(), component));
     }
     write_outputs(root, Toolchain::Rust, &outputs, names.is_empty())

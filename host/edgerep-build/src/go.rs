@@ -319,7 +319,7 @@ impl GoToolchain {
         let core = self.build_core(dir, work_dir)?;
         let wasm = component::from_wasip1_module(&core)?;
         component::check(&wasm, true)?;
-        Ok(wasm)
+        crate::params::embed(wasm, dir)
     }
 }
 

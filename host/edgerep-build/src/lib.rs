@@ -30,6 +30,7 @@ use std::path::PathBuf;
 
 pub mod component;
 pub mod go;
+pub mod params;
 pub mod rust;
 
 /// The toolchains a plugin can be built with.

@@ -292,16 +292,20 @@ fn hostile_plugins_land_in_dead_letters_and_the_node_keeps_serving() {
 #[test]
 fn replay_commits_once_with_the_current_plugins() {
     let dir = tempfile::tempdir().unwrap();
-    // filter without its params fails with plugin-error.
+    // filter with too little fuel fails with out-of-fuel.
     let broken = [
-        plugin_table("filter", "filter", ""),
+        plugin_table(
+            "filter",
+            "filter",
+            "params = { field = \"status\", equals = \"drop\" }\nfuel = 100",
+        ),
         collection("readings", &["filter"], "lww"),
     ]
     .concat();
     let node = Node::start(config(dir.path(), &broken));
     let r = node.put("/v1/kv/readings/r1", json!({"status": "ok", "v": 1}));
     assert_eq!(r.status, 422, "{}", r.body);
-    assert_eq!(r.body["failure"], "plugin-error");
+    assert_eq!(r.body["failure"], "out-of-fuel");
     let id = r.body["dead_letter"].as_u64().unwrap();
     // Replaying with the same plugins fails again and keeps the dead letter.
     let again = node.post(&format!("/v1/dead-letters/{id}/replay"), json!(null));
@@ -314,7 +318,7 @@ fn replay_commits_once_with_the_current_plugins() {
     assert_eq!(node.get(&format!("/v1/dead-letters/{id}")).status, 200);
     node.stop();
 
-    // The operator fixes the params and restarts: the replay commits and removes the entry.
+    // The operator gives it its fuel and restarts: the replay commits and removes the entry.
     let fixed = [
         plugin_table(
             "filter",

@@ -61,6 +61,15 @@ pub enum LoadError {
         /// The plugin.
         plugin: String,
     },
+    /// The config's parameters do not fit what the plugin declares (or its declaration is
+    /// unreadable).
+    #[error("plugin {plugin}: {reason}")]
+    Params {
+        /// The plugin.
+        plugin: String,
+        /// What is wrong, with what the plugin declares.
+        reason: String,
+    },
     /// The component does not compile (invalid, or uses features the engine does not enable).
     #[error("plugin {plugin}: invalid component: {message}")]
     Compile {

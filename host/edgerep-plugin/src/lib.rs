@@ -54,6 +54,7 @@
 
 mod bindings;
 pub mod conformance;
+pub mod declared;
 mod error;
 mod failure;
 pub mod json;

@@ -78,6 +78,8 @@ pub struct Inspection {
     /// Why [`Runtime::load`] would refuse it (empty when it would load): refused imports, no
     /// world, exports or imports of the wrong type.
     pub problems: Vec<String>,
+    /// The parameters it declares (`None`: it declares none).
+    pub params: Option<Vec<edgerep_wire::params::DeclaredParam>>,
 }
 
 /// The plugin runtime of one node: a wasmtime engine configured for deterministic execution, an
@@ -166,6 +168,22 @@ impl Runtime {
         }
         check_header(&source.wasm, &plugin)?;
         let component = self.compile(&source.wasm, &sha256, &plugin)?;
+        // The config's parameters against what the component declares (its sections parse:
+        // it compiled).
+        let mut source = source;
+        let declared =
+            crate::declared::of_component(&source.wasm).map_err(|reason| LoadError::Params {
+                plugin: plugin.clone(),
+                reason,
+            })?;
+        if let Some(declared) = &declared {
+            source.params = crate::declared::apply(declared, &source.params).map_err(|reason| {
+                LoadError::Params {
+                    plugin: plugin.clone(),
+                    reason,
+                }
+            })?;
+        }
         let shape = Shape::of(&self.engine, &component);
         let refused = shape.refused_imports();
         if !refused.is_empty() {
@@ -227,6 +245,16 @@ impl Runtime {
                 None
             }
         };
+        let params = crate::declared::of_component(wasm).unwrap_or_else(|reason| {
+            problems.push(
+                LoadError::Params {
+                    plugin: "component".to_owned(),
+                    reason,
+                }
+                .to_string(),
+            );
+            None
+        });
         Ok(Inspection {
             world,
             exports: shape.export_names(),
@@ -234,6 +262,7 @@ impl Runtime {
             sha256: sha256_hex(wasm),
             size: wasm.len(),
             problems,
+            params,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod aae;
 pub mod event;
 pub mod hlc;
 pub mod json;
+pub mod params;
 pub mod seal;
 pub mod value;
 

@@ -1,13 +1,14 @@
 //! `edgerep demo`: the README's first command. Writes a 3-node cluster on loopback
 //! (`init --cluster 3`: a CA, certificates, every node peered with the others), with a resolver
-//! plugin (`merge-counter`) on the `counters` collection and a transform (`filter`, its
-//! parameters missing at first) on node-1's `readings`. First the sites run cut off from each
-//! other and each writes, including concurrent updates of one key; then they connect, replicate
-//! over QUIC with mutual TLS, and converge: the demo shows the conflict settled by the plugin,
-//! the same value on every node, and equal state digests. Then: a site offline while the others
-//! write, and back; a write the plugin fails on, kept as a dead letter and replayed once the
-//! plugin is fixed; a store damaged behind its node's back, found at start and repaired from a
-//! peer by anti-entropy. The nodes' logs go to a file the demo names.
+//! plugin (`merge-counter`) on the `counters` collection and a transform (`filter`, its fuel
+//! too small at first) on node-1's `readings`. First the sites run cut off from each other and
+//! each writes, including concurrent updates of one key; then they connect, replicate over QUIC
+//! with mutual TLS, and converge: the demo shows the conflict settled by the plugin, the same
+//! value on every node, and equal state digests. Then: a site offline while the others write,
+//! and back; a write the plugin fails on, kept as a dead letter and replayed once a config
+//! reload (no restart) gives the plugin its fuel; a store damaged behind its node's back, found
+//! at start and repaired from a peer by anti-entropy. The nodes' logs go to a file the demo
+//! names.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -63,12 +64,17 @@ fn example_plugins() -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((merge.canonicalize()?, filter.canonicalize()?))
 }
 
-/// node-1's `readings` collection, through the filter transform (`params` its TOML line).
-fn filter_section(wasm: &Path, sha256: &str, params: &str) -> String {
+/// The filter's fuel line at first: far too little for a call (scene 5 raises it).
+const FILTER_STARVED: &str = "fuel = 100";
+
+/// node-1's `readings` collection, through the filter transform (`fuel` its fuel line, or
+/// nothing for the default).
+fn filter_section(wasm: &Path, sha256: &str, fuel: &str) -> String {
     format!(
         "\n# The demo's transform on node-1: drops readings whose status is \"drop\".\n\
          [[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n\
-         [plugins.filter]\npath = \"{}\"\nsha256 = \"{sha256}\"\n{params}\n",
+         [plugins.filter]\npath = \"{}\"\nsha256 = \"{sha256}\"\n\
+         params = {{ field = \"status\", equals = \"drop\" }}\n{fuel}\n",
         wasm.display()
     )
 }
@@ -181,9 +187,9 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
     for (i, p) in paths.iter().enumerate() {
         add_resolver(p, &wasm, &sha)?;
         if i == 0 {
-            // The filter without its parameters: it fails on every write (scene 5 fixes it).
+            // The filter with too little fuel: it fails on every write (scene 5 fixes it).
             let mut text = std::fs::read_to_string(p)?;
-            text.push_str(&filter_section(&filter, &filter_sha, ""));
+            text.push_str(&filter_section(&filter, &filter_sha, FILTER_STARVED));
             std::fs::write(p, text)?;
         }
         sites.push(Site {
@@ -346,20 +352,22 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
         "  node-1 dead letter {id}: collection {}, key {}, plugin {}, {}",
         letter["collection"], letter["key"], letter["plugin"], letter["failure"]
     );
-    println!("  the operator gives the plugin its parameters, restarts node-1 and replays it:");
+    println!(
+        "  the operator gives the plugin its default fuel, reloads node-1's config (no restart) and replays it:"
+    );
     let text = std::fs::read_to_string(&paths[0])?.replace(
+        &filter_section(&filter, &filter_sha, FILTER_STARVED),
         &filter_section(&filter, &filter_sha, ""),
-        &filter_section(
-            &filter,
-            &filter_sha,
-            "params = { field = \"status\", equals = \"drop\" }",
-        ),
     );
     std::fs::write(&paths[0], text)?;
     sites[0].config = Config::load(&paths[0])?;
-    let n1 = nodes.remove(0);
-    rt.block_on(n1.shutdown())?;
-    nodes.insert(0, restart(&rt, &sites[0])?);
+    let reloaded = rt
+        .block_on(nodes[0].reload(sites[0].config.clone()))
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "  node-1 reload                           plugins loaded anew: {:?}",
+        reloaded.plugins_loaded
+    );
     let b = expect_ok("replay", clients[0].replay_dead_letter(id))?;
     show(&format!("node-1 dead-letters replay {id}"), &b);
     wait_converged(&clients, "the replayed write replicated", |all| {

@@ -129,6 +129,12 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
                 "imports": i.imports,
                 "exports": i.exports,
                 "problems": i.problems,
+                "params": i.params.as_ref().map(|list| list.iter().map(|p| json!({
+                    "name": p.name,
+                    "required": p.required,
+                    "default": p.default,
+                    "description": p.description,
+                })).collect::<Vec<_>>()),
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !i.problems.is_empty() || i.world.is_none() {

@@ -440,6 +440,66 @@ fn config_check_loads_every_plugin() {
     );
 }
 
+/// A plugin declares its parameters (`params.toml`, embedded by the build): `plugin check`
+/// shows them, and `config check` refuses a config that misses a required one or names one the
+/// plugin does not declare (a typo), before the node runs.
+#[test]
+fn declared_parameters_are_shown_and_checked_before_the_node_runs() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins");
+    for toolchain in ["rust", "tinygo", "go"] {
+        let wasm = dir.join(toolchain).join("filter.wasm");
+        if toolchain != "rust" && !wasm.exists() {
+            continue;
+        }
+        let o = edgerep(&["plugin", "check", wasm.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let names: Vec<&str> = report["params"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{toolchain}: {report}"))
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["equals", "field"], "{toolchain}");
+        assert_eq!(report["params"][1]["required"], true);
+    }
+    let wasm = dir.join("rust/filter.wasm").canonicalize().unwrap();
+    let sums = std::fs::read_to_string(dir.join("rust/SHA256SUMS")).unwrap();
+    let sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix("filter.wasm").map(|h| h.trim().to_owned()))
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = init(tmp.path(), "params-node");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let check = |params: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "{base}\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\n{params}\n",
+                wasm.display()
+            ),
+        )
+        .unwrap();
+        let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+        (o.status.code(), stderr(&o))
+    };
+    let (code, err) = check("params = { field = \"status\", equals = \"drop\" }");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check("params = { field = \"status\" }");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("plugins.filter") && err.contains("\"equals\"") && err.contains("missing"),
+        "{err}"
+    );
+    let (code, err) = check("params = { field = \"status\", equals = \"drop\", feild = \"x\" }");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("\"feild\"") && err.contains("field (required)"),
+        "{err}"
+    );
+}
+
 /// `dead-letters delete` and `replay --all [--collection]` against a running node.
 #[test]
 fn dead_letters_are_deleted_and_replayed_all_at_once() {
@@ -459,8 +519,12 @@ fn dead_letters_are_deleted_and_replayed_all_at_once() {
             wasm.display()
         )
     };
-    // The filter without its params fails on every write: each becomes a dead letter.
-    std::fs::write(&config, with_params("")).unwrap();
+    // The filter with too little fuel fails on every write: each becomes a dead letter.
+    std::fs::write(
+        &config,
+        with_params("params = { field = \"status\", equals = \"drop\" }\nfuel = 100"),
+    )
+    .unwrap();
     let c = config.to_str().unwrap();
     let node = Node::start(&config);
     for (coll, key) in [("readings", "r1"), ("readings", "r2"), ("other", "o1")] {
@@ -504,7 +568,7 @@ fn dead_letters_are_deleted_and_replayed_all_at_once() {
     let o = edgerep(&["dead-letters", "delete", "--config", c, &first]);
     assert_eq!(o.status.code(), Some(1), "deleting twice: {}", stderr(&o));
     drop(node);
-    // Fixed params: every remaining one is replayed and removed.
+    // Its fuel given: every remaining one is replayed and removed.
     std::fs::write(
         &config,
         with_params("params = { field = \"status\", equals = \"drop\" }"),

@@ -145,7 +145,14 @@ async fn the_status_page_shows_a_peer_going_down_and_back_and_replays_a_dead_let
         )
     };
     let base1 = std::fs::read_to_string(&configs[0]).unwrap();
-    std::fs::write(&configs[0], format!("{base1}{}", declare(""))).unwrap();
+    std::fs::write(
+        &configs[0],
+        format!(
+            "{base1}{}",
+            declare("params = { field = \"status\", equals = \"drop\" }\nfuel = 100")
+        ),
+    )
+    .unwrap();
     let base2 = std::fs::read_to_string(&configs[1]).unwrap();
     std::fs::write(
         &configs[1],
@@ -153,7 +160,7 @@ async fn the_status_page_shows_a_peer_going_down_and_back_and_replays_a_dead_let
     )
     .unwrap();
 
-    // A write the filter (without its params) fails: a dead letter on node-1.
+    // A write the filter (with too little fuel) fails: a dead letter on node-1.
     let n1 = Node::start(&configs[0]);
     let mut n2 = Some(Node::start(&configs[1]));
     let r = common::agent()
@@ -162,7 +169,7 @@ async fn the_status_page_shows_a_peer_going_down_and_back_and_replays_a_dead_let
         .send(r#"{"status":"ok"}"#.as_bytes())
         .unwrap();
     assert_eq!(r.status(), 422);
-    // The plugin's params fixed: a replay will pass.
+    // The plugin's fuel given: a replay will pass.
     drop(n1);
     std::fs::write(
         &configs[0],

@@ -20,6 +20,7 @@ const SAMPLE_RESOLVER_VECTOR: &str = include_str!("../../templates/sample_resolv
 const GO_MOD: &str = include_str!("../../templates/go.mod.txt");
 const SAMPLE_VECTOR: &str = include_str!("../../templates/sample.json");
 const README: &str = include_str!("../../templates/README.md");
+const PARAMS_TOML: &str = include_str!("../../templates/params.toml");
 
 /// The edgerep checkout this binary was built from.
 fn checkout() -> PathBuf {
@@ -95,6 +96,7 @@ pub(crate) fn new(
         ("does", does(world)),
     ];
     files.push(("README.md".into(), fill(README, &vars)));
+    files.push(("params.toml".into(), PARAMS_TOML.to_owned()));
     let sample = match world {
         World::Transform => SAMPLE_VECTOR,
         World::Resolver => SAMPLE_RESOLVER_VECTOR,
@@ -289,7 +291,7 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let wasm = component::from_module(&bytes)
         .with_context(|| format!("making a component of {}", core.display()))?;
     component::check(&wasm, false).context("checking the component")?;
-    Ok(wasm)
+    Ok(edgerep_build::params::embed(wasm, dir)?)
 }
 
 /// Where Rust plugins build: `$CARGO_TARGET_DIR` if set, else one directory shared by every

@@ -1,0 +1,126 @@
+//! The parameters a component declares (the `edgerep:params` custom section its build embeds,
+//! see `edgerep_wire::params`), and a config's parameters checked against them at load.
+
+use std::collections::BTreeMap;
+
+use edgerep_wire::params::{self, DeclaredParam};
+
+/// The parameters `wasm` declares (`None`: it declares none, and any parameters are passed
+/// through unchecked). Only the component's own top-level sections count.
+pub fn of_component(wasm: &[u8]) -> Result<Option<Vec<DeclaredParam>>, String> {
+    let mut found = None;
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        let payload = payload.map_err(|e| format!("reading the component's sections: {e}"))?;
+        match payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::CustomSection(c) if depth == 0 && c.name() == params::SECTION => {
+                if found.is_some() {
+                    return Err(format!(
+                        "the component has two {:?} sections",
+                        params::SECTION
+                    ));
+                }
+                found = Some(params::decode(c.data())?);
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// `given` checked against `declared`: every name declared, every required one given; the
+/// defaults of those not given filled in. Err says what is wrong and what is declared.
+pub fn apply(
+    declared: &[DeclaredParam],
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let names = || {
+        declared
+            .iter()
+            .map(|p| {
+                let mut s = p.name.clone();
+                if p.required {
+                    s.push_str(" (required)");
+                } else if let Some(d) = &p.default {
+                    s.push_str(&format!(" (default {d:?})"));
+                }
+                s
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let unknown: Vec<&str> = given
+        .keys()
+        .filter(|k| !declared.iter().any(|p| &p.name == *k))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "params {unknown:?} are not parameters of this plugin; it declares: {}",
+            if declared.is_empty() {
+                "none".to_owned()
+            } else {
+                names()
+            }
+        ));
+    }
+    let missing: Vec<&str> = declared
+        .iter()
+        .filter(|p| p.required && !given.contains_key(&p.name))
+        .map(|p| p.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "required params {missing:?} missing (add them to the plugin's params); it declares: {}",
+            names()
+        ));
+    }
+    let mut out = given.clone();
+    for p in declared {
+        if let Some(d) = &p.default {
+            out.entry(p.name.clone()).or_insert_with(|| d.clone());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_parameters_are_checked_and_defaults_filled_in() {
+        let declared = vec![
+            DeclaredParam {
+                name: "equals".into(),
+                required: true,
+                default: None,
+                description: String::new(),
+            },
+            DeclaredParam {
+                name: "field".into(),
+                required: false,
+                default: Some("status".into()),
+                description: String::new(),
+            },
+        ];
+        let given = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let out = apply(&declared, &given(&[("equals", "x")])).unwrap();
+        assert_eq!(out, given(&[("equals", "x"), ("field", "status")]));
+        let e = apply(&declared, &given(&[])).unwrap_err();
+        assert!(e.contains("\"equals\"") && e.contains("missing"), "{e}");
+        let e = apply(&declared, &given(&[("equals", "x"), ("feild", "y")])).unwrap_err();
+        assert!(
+            e.contains("\"feild\"") && e.contains("field (default"),
+            "{e}"
+        );
+    }
+}
