@@ -341,6 +341,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let reloader = Arc::new(reload::Reloader::new(
         config,
         pipeline.clone(),
+        store.clone(),
         keys,
         replication.clone(),
         committer.clone(),

@@ -111,7 +111,7 @@ pub struct Pipeline {
     halted: Mutex<BTreeMap<String, String>>,
     paused: Mutex<BTreeMap<String, Pause>>,
     /// The node's limits on a value (a merged resolution is checked against them).
-    value_limits: edgerep_wire::value::DecodeLimits,
+    value_limits: RwLock<edgerep_wire::value::DecodeLimits>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -136,7 +136,7 @@ impl Pipeline {
             current: RwLock::new(Arc::new(wiring)),
             halted: Mutex::new(BTreeMap::new()),
             paused: Mutex::new(BTreeMap::new()),
-            value_limits: crate::value_limits(config),
+            value_limits: RwLock::new(crate::value_limits(config)),
         })
     }
 
@@ -162,6 +162,7 @@ impl Pipeline {
             .map(|(name, _)| name.clone())
             .collect();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(wiring);
+        *self.value_limits.write().unwrap_or_else(|e| e.into_inner()) = crate::value_limits(config);
         self.halted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -175,6 +176,10 @@ impl Pipeline {
                     .is_some_and(|c| c.upgrades.iter().any(|u| u.from_ms == pause.from_ms))
             });
         Ok(loaded)
+    }
+
+    fn value_limits(&self) -> edgerep_wire::value::DecodeLimits {
+        *self.value_limits.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn wiring(&self) -> Arc<Wiring> {
@@ -445,7 +450,8 @@ impl Pipeline {
             }
         }
         let outcome = outcome.and_then(|r| match r {
-            Resolution::Merge(Some(v)) => match crate::check_plugin_value(&v, &self.value_limits) {
+            Resolution::Merge(Some(v)) => match crate::check_plugin_value(&v, &self.value_limits())
+            {
                 Ok(()) => Ok(Resolution::Merge(Some(v))),
                 Err(e) => Err(Failure {
                     kind: FailureKind::BadOutput,

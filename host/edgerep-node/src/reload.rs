@@ -1,6 +1,7 @@
 //! A changed config taken in without a restart (`edgerep reload`, `POST /reload`, SIGHUP).
 //!
-//! What takes effect: peers added, removed or moved (while there is at least one), plugins
+//! What takes effect: peers added, removed or moved (while there is at least one), limits
+//! raised (`max_request_bytes` aside: the HTTP layer's), plugins
 //! (new ones, and new builds or parameters of plugins that decide no collection's state),
 //! transforms on ingest, new collections, upgrades appended to a collection
 //! (`[[collections.declared.upgrades]]`, each from an `effective_from` time), write
@@ -10,7 +11,7 @@
 //! Invariant: what decided an event before the reload decides it after. A plugin that decides
 //! some collection's state cannot change in place (a new build or new parameters come as a
 //! new plugin named in an upgrade), a collection's upgrades can only be appended, and the rest
-//! of the config (addresses, TLS, limits, durability, retention, ...) needs a restart:
+//! of the config (addresses, TLS, lower limits, durability, retention, ...) needs a restart:
 //! a reload that changes any of it is refused whole, naming what, and nothing changes.
 
 use std::collections::BTreeMap;
@@ -43,6 +44,7 @@ pub struct Reloaded {
 pub struct Reloader {
     config: RwLock<Arc<Config>>,
     pipeline: Arc<Pipeline>,
+    store: Arc<edgerep_store::Store>,
     keys: Option<Arc<NodeKeys>>,
     replication: Option<Arc<Replication>>,
     committer: Committer,
@@ -62,6 +64,7 @@ impl Reloader {
     pub(crate) fn new(
         config: Config,
         pipeline: Arc<Pipeline>,
+        store: Arc<edgerep_store::Store>,
         keys: Option<Arc<NodeKeys>>,
         replication: Option<Arc<Replication>>,
         committer: Committer,
@@ -69,6 +72,7 @@ impl Reloader {
         Reloader {
             config: RwLock::new(Arc::new(config)),
             pipeline,
+            store,
             keys,
             replication,
             committer,
@@ -107,12 +111,18 @@ impl Reloader {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        // Checked above: only raised.
+        self.store.raise_limits(crate::event_limits(&new))?;
         if let Some(keys) = &self.keys {
             keys.set_revoked(&new);
         }
-        let sessions_restarted = crate::replication::fingerprint(&old)
-            != crate::replication::fingerprint(&new)
-            || crate::replication::policy(&old) != crate::replication::policy(&new);
+        // What peers compare to decide whether they may replicate: the deciding part of the
+        // fingerprint and the policy. (A transform on ingest only shapes this node's writes:
+        // its new build reaches peers at their next handshake.)
+        let sessions_restarted = self.replication.is_some()
+            && (crate::replication::deciding_fingerprint(&old)
+                != crate::replication::deciding_fingerprint(&new)
+                || crate::replication::policy(&old) != crate::replication::policy(&new));
         if let Some(r) = &self.replication {
             r.reload(new.clone(), sessions_restarted);
         }
@@ -174,7 +184,10 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
     differs("[node]", old.node == new.node);
     differs("[api]", old.api == new.api);
     differs("[replication]", old.replication == new.replication);
-    differs("[limits]", old.limits == new.limits);
+    differs(
+        "limits.max_request_bytes",
+        old.limits.max_request_bytes == new.limits.max_request_bytes,
+    );
     differs("[commit]", old.commit == new.commit);
     differs("[retention]", old.retention == new.retention);
     differs("[tracing]", old.tracing == new.tracing);
@@ -183,6 +196,23 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
         old.collections.accept_undeclared == new.collections.accept_undeclared,
     );
     let mut problems = Vec::new();
+    let (o, n) = (&old.limits, &new.limits);
+    let lowered: Vec<&str> = [
+        ("max_key_bytes", n.max_key_bytes < o.max_key_bytes),
+        ("max_value_bytes", n.max_value_bytes < o.max_value_bytes),
+        ("max_value_depth", n.max_value_depth < o.max_value_depth),
+        ("max_meta_entries", n.max_meta_entries < o.max_meta_entries),
+        ("max_meta_bytes", n.max_meta_bytes < o.max_meta_bytes),
+    ]
+    .into_iter()
+    .filter(|(_, lower)| *lower)
+    .map(|(name, _)| name)
+    .collect();
+    if !lowered.is_empty() {
+        problems.push(format!(
+            "[limits] {lowered:?} lowered: a reload only raises limits (events stored under the old ones must stay readable; lowering takes a restart)"
+        ));
+    }
     if old.peers.is_empty() != new.peers.is_empty() {
         problems.push(
             "[[peers]]: going from no peers to some (or back) starts or stops replication, which takes a restart".to_owned(),

@@ -292,8 +292,15 @@ pub struct Replication {
     /// changes the peers; aborted at `stop`).
     dialers: Mutex<BTreeMap<NodeId, (String, tokio::task::JoinHandle<()>)>>,
     runtime: tokio::runtime::Handle,
-    limits: MessageLimits,
+    limits: SharedLimits,
     local: NodeId,
+}
+
+/// The message limits new connections decode against.
+type SharedLimits = Arc<Mutex<MessageLimits>>;
+
+fn current(limits: &SharedLimits) -> MessageLimits {
+    *limits.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Replication {
@@ -325,6 +332,10 @@ impl Replication {
     /// Peers added are dialed (and may connect); peers removed are no longer dialed nor
     /// accepted, and their sessions are closed.
     pub fn reload(&self, config: Config, restart: bool) {
+        {
+            let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+            limits.event = crate::event_limits(&config);
+        }
         // A revoked peer may still connect: the replicator closes its session saying why.
         self.transport
             .set_peers(config.peers.iter().map(|p| p.id.clone()));
@@ -354,7 +365,7 @@ impl Replication {
                     &self.local,
                     peer.clone(),
                     address.clone(),
-                    self.limits,
+                    self.limits.clone(),
                 );
                 dialers.insert(peer, (address, task));
             }
@@ -428,6 +439,20 @@ pub fn fingerprint(config: &Config) -> Vec<CollectionFingerprint> {
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// [`fingerprint`] without the plugins that decide no collection's state (transforms on
+/// ingest only): what a change of makes peers handshake again on a reload.
+pub(crate) fn deciding_fingerprint(config: &Config) -> Vec<CollectionFingerprint> {
+    let mut out = fingerprint(config);
+    for f in &mut out {
+        let deciding = config
+            .collection(&f.name)
+            .map(|c| c.deciding_plugins())
+            .unwrap_or_default();
+        f.plugins.retain(|p| deciding.contains(p.name.as_str()));
+    }
     out
 }
 
@@ -790,6 +815,9 @@ pub fn start(
     // Accept peers.
     let accept_transport = transport.clone();
     let accept_inbox = inbox.clone();
+    // Read at each new connection: a reload that raises the limits reaches new sessions.
+    let shared_limits: SharedLimits = Arc::new(Mutex::new(limits));
+    let accept_limits = shared_limits.clone();
     // The endpoint's tasks hold clones of the transport: they are aborted at `stop`, so the
     // UDP port is free again (a node restarted in the same process binds it anew).
     let mut tasks = Vec::new();
@@ -799,6 +827,7 @@ pub fn start(
             next_id += 1;
             let id = next_id;
             let inbox = accept_inbox.clone();
+            let limits = current(&accept_limits);
             tokio::spawn(async move {
                 match incoming.handshake().await {
                     Ok(conn) => serve_connection(conn, id, false, inbox, limits).await,
@@ -817,7 +846,7 @@ pub fn start(
                 &local,
                 peer.clone(),
                 address.clone(),
-                limits,
+                shared_limits.clone(),
             );
             (peer, (address, task))
         })
@@ -830,7 +859,7 @@ pub fn start(
         tasks: Mutex::new(tasks),
         dialers: Mutex::new(dialers),
         runtime,
-        limits,
+        limits: shared_limits,
         local,
     }))
 }
@@ -844,7 +873,7 @@ fn spawn_dialer(
     local: &NodeId,
     peer: NodeId,
     address: String,
-    limits: MessageLimits,
+    limits: SharedLimits,
 ) -> tokio::task::JoinHandle<()> {
     if peer.as_str() < local.as_str() {
         // The peer dials us; but after this node restarts, the peer may hold the dead
@@ -852,7 +881,7 @@ fn spawn_dialer(
         // replaces it at once (the peer takes a new connection over an old one).
         return runtime.spawn(async move {
             if let Ok(conn) = transport.connect(&peer, &address).await {
-                serve_connection(conn, 1u64 << 31, true, inbox, limits).await;
+                serve_connection(conn, 1u64 << 31, true, inbox, current(&limits)).await;
             }
         });
     }
@@ -864,7 +893,7 @@ fn spawn_dialer(
                 Ok(conn) => {
                     id += 1;
                     backoff = DIAL_MIN;
-                    serve_connection(conn, id, true, inbox.clone(), limits).await;
+                    serve_connection(conn, id, true, inbox.clone(), current(&limits)).await;
                 }
                 Err(e) => {
                     let reason = e.to_string();
@@ -1766,6 +1795,11 @@ impl Replicator {
                 self.config = *config;
                 self.core.set_policy(policy(&self.config));
                 self.core.set_fingerprint(fingerprint(&self.config));
+                self.core.set_limits(MessageLimits {
+                    event: crate::event_limits(&self.config),
+                    ..MessageLimits::default()
+                });
+                self.value_limits = crate::value_limits(&self.config);
                 self.transformed_on_apply = transformed_on_apply(&self.config);
                 if let Some(reason) = self.halted.take() {
                     tracing::info!(%reason, "replication resumes after a config reload");

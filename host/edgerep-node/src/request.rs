@@ -24,13 +24,18 @@ pub(crate) enum Format {
 /// Maps a value decoding error to the API error the client sees.
 pub(crate) fn value_error(e: ValueError, format: Format) -> ApiError {
     match e {
-        ValueError::TooLarge { .. } => {
-            ApiError::too_large("value_too_large", format!("value refused: {e}"))
-        }
+        ValueError::TooLarge { .. } => ApiError::too_large(
+            "value_too_large",
+            format!("value refused: {e} (limits.max_value_bytes)"),
+        ),
         ValueError::Json(m) => {
             ApiError::bad_request("malformed_json", format!("malformed JSON: {m}"))
         }
-        other @ (ValueError::TooDeep { .. } | ValueError::TooManyItems { .. }) => {
+        other @ ValueError::TooDeep { .. } => ApiError::bad_request(
+            "bad_value",
+            format!("value refused: {other} (limits.max_value_depth)"),
+        ),
+        other @ ValueError::TooManyItems { .. } => {
             ApiError::bad_request("bad_value", format!("value refused: {other}"))
         }
         other => {

@@ -559,6 +559,11 @@ impl Replica {
         self.config.policy = policy;
     }
 
+    /// Replaces the limits messages are decoded against (a reloaded config that raised them).
+    pub fn set_limits(&mut self, limits: crate::MessageLimits) {
+        self.config.limits = limits;
+    }
+
     /// Replaces the fingerprint sent in Hellos and compared with peers' from now on (a
     /// reloaded config); sessions already up keep going.
     ///

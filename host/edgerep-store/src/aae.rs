@@ -299,7 +299,7 @@ impl crate::Store {
                         let (collection, key) =
                             split_state_key(k.value()).unwrap_or(("", k.value()));
                         self.rule
-                            .entry(collection, key, v.value(), &self.limits)
+                            .entry(collection, key, v.value(), &self.limits())
                             .to_bytes()
                     });
                     out[i].push((

@@ -669,7 +669,8 @@ fn write_row(
 pub struct Store {
     db: Database,
     node: NodeId,
-    limits: EventLimits,
+    /// What events and state rows are decoded against (raised, never lowered, by a reload).
+    limits: std::sync::RwLock<EventLimits>,
     /// Signs this node's seals and checks its peers'; `None`: seals are unsigned and not
     /// checked (a node without peers, tests, and the benchmark's unauthenticated runs).
     keys: Option<Arc<dyn Keys>>,
@@ -844,7 +845,7 @@ impl Store {
         let store = Store {
             db,
             node: node.clone(),
-            limits,
+            limits: std::sync::RwLock::new(limits),
             keys: None,
             aae: sums,
             conflicts: std::sync::Mutex::default(),
@@ -917,6 +918,38 @@ impl Store {
         self
     }
 
+    /// The limits events and state rows are decoded against.
+    pub fn limits(&self) -> EventLimits {
+        *self.limits.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Raises the limits (a reloaded config). Lower limits are refused: events stored under
+    /// the old ones must stay readable.
+    pub fn raise_limits(&self, limits: EventLimits) -> Result<(), String> {
+        let mut current = self.limits.write().unwrap_or_else(|e| e.into_inner());
+        let (c, n) = (&*current, &limits);
+        let lower = [
+            ("max_event_bytes", n.max_event_bytes < c.max_event_bytes),
+            ("max_key_bytes", n.max_key_bytes < c.max_key_bytes),
+            ("max_meta_entries", n.max_meta_entries < c.max_meta_entries),
+            ("max_meta_bytes", n.max_meta_bytes < c.max_meta_bytes),
+            (
+                "max_context_entries",
+                n.max_context_entries < c.max_context_entries,
+            ),
+            ("max_value_bytes", n.value.max_bytes < c.value.max_bytes),
+            ("max_value_depth", n.value.max_depth < c.value.max_depth),
+        ];
+        let lowered: Vec<&str> = lower.iter().filter(|(_, l)| *l).map(|(k, _)| *k).collect();
+        if !lowered.is_empty() {
+            return Err(format!(
+                "limits {lowered:?} would be lowered: events stored under the old limits must stay readable (a restart with lower limits checks the store)"
+            ));
+        }
+        *current = limits;
+        Ok(())
+    }
+
     fn add_conflicts(&self, tally: ConflictTally) {
         self.conflicts
             .lock()
@@ -959,7 +992,7 @@ impl Store {
             let mut changed = 0;
             for (skey, row) in rows {
                 let split = resolution::split_row(&row).map_err(|e| corrupt("state", e))?;
-                let versions = Versions::decode(split.versions, &self.limits)
+                let versions = Versions::decode(split.versions, &self.limits())
                     .map_err(|e| corrupt("state", e))?;
                 if versions.events().len() < 2 {
                     continue;
@@ -970,7 +1003,7 @@ impl Store {
                 if new_row == row {
                     continue;
                 }
-                let hash = |row: &[u8]| self.rule.entry(collection, key, row, &self.limits);
+                let hash = |row: &[u8]| self.rule.entry(collection, key, row, &self.limits());
                 write_row(
                     &mut state,
                     &mut index,
@@ -1154,11 +1187,14 @@ impl Store {
                 let (versions, old_hash) = match &old {
                     Some(g) => {
                         let bytes = g.value();
-                        let versions = Versions::decode(bytes, &self.limits)
+                        let versions = Versions::decode(bytes, &self.limits())
                             .map_err(|e| corrupt("state", e))?;
                         (
                             versions,
-                            Some(self.rule.entry(&w.collection, &w.key, bytes, &self.limits)),
+                            Some(
+                                self.rule
+                                    .entry(&w.collection, &w.key, bytes, &self.limits()),
+                            ),
                         )
                     }
                     None => (Versions::new(), None),
@@ -1209,7 +1245,7 @@ impl Store {
                 } else {
                     // An event that could not be read back would stop every reader of the key
                     // and of the changelog: never write one.
-                    Event::decode(&event_bytes, &self.limits).err().map(|e| {
+                    Event::decode(&event_bytes, &self.limits()).err().map(|e| {
                         format!("the event could not be read back within the store's limits: {e}")
                     })
                 };
@@ -1252,7 +1288,7 @@ impl Store {
                 let new_bytes = Versions::encode_single(&event_bytes);
                 let new_hash =
                     self.rule
-                        .entry(&event.collection, &event.key, &new_bytes, &self.limits);
+                        .entry(&event.collection, &event.key, &new_bytes, &self.limits());
                 digest.add(new_hash);
                 aae_rows.set(&skey, old_hash, new_hash);
                 state.insert(skey.as_slice(), new_bytes.as_slice())?;
@@ -1749,7 +1785,7 @@ impl Store {
                         &mut index,
                         &mut digest,
                         &mut entries,
-                        &self.limits,
+                        &self.limits(),
                         event,
                         false,
                         &mut unresolved,
@@ -1757,7 +1793,7 @@ impl Store {
                     .0,
                 );
             }
-            tally = unresolved.resolve(&mut state, &mut index, &mut digest, &self.limits)?;
+            tally = unresolved.resolve(&mut state, &mut index, &mut digest, &self.limits())?;
             // Each origin given new events ends at one of the batch's seals (trusted events: an
             // unsigned seal ends the run); its chain head moves to the end.
             for (origin, w) in &walks {
@@ -1849,10 +1885,10 @@ impl Store {
     fn decode_row(&self, row: &[u8]) -> Result<(Versions, Option<Resolution>), StoreError> {
         let split = resolution::split_row(row).map_err(|e| corrupt("state", e))?;
         let versions =
-            Versions::decode(split.versions, &self.limits).map_err(|e| corrupt("state", e))?;
+            Versions::decode(split.versions, &self.limits()).map_err(|e| corrupt("state", e))?;
         let resolution = split
             .resolution
-            .map(|r| Resolution::decode(r, versions.events().len(), &self.limits.value))
+            .map(|r| Resolution::decode(r, versions.events().len(), &self.limits().value))
             .transpose()
             .map_err(|e| corrupt("state", e))?;
         Ok((versions, resolution))
@@ -1863,7 +1899,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         match state.get(state_key(collection, key).as_slice())? {
-            Some(g) => Versions::decode(g.value(), &self.limits).map_err(|e| corrupt("state", e)),
+            Some(g) => Versions::decode(g.value(), &self.limits()).map_err(|e| corrupt("state", e)),
             None => Ok(Versions::new()),
         }
     }
@@ -1967,7 +2003,7 @@ impl Store {
                             format!("position {pos} names missing event {origin}:{seq}"),
                         )
                     })?;
-                let event = Event::decode(bytes.value(), &self.limits)
+                let event = Event::decode(bytes.value(), &self.limits())
                     .map_err(|e| corrupt("changelog", e))?;
                 out.push((pos, event));
             }
@@ -2002,7 +2038,9 @@ impl Store {
             .take(limit)
         {
             let (_, v) = row?;
-            out.push(Event::decode(v.value(), &self.limits).map_err(|e| corrupt("changelog", e))?);
+            out.push(
+                Event::decode(v.value(), &self.limits()).map_err(|e| corrupt("changelog", e))?,
+            );
         }
         Ok(out)
     }
@@ -2072,7 +2110,7 @@ impl Store {
             let (k, v) = row?;
             let (coll, key) = split_state_key(k.value())
                 .ok_or_else(|| corrupt("state", "key without separator"))?;
-            digest.add(self.rule.entry(coll, key, v.value(), &self.limits));
+            digest.add(self.rule.entry(coll, key, v.value(), &self.limits()));
         }
         Ok(digest)
     }
@@ -2239,7 +2277,7 @@ impl Store {
         let mut proven = proofs::PageProofs::default();
         for row in state.iter()? {
             let (k, v) = row?;
-            let versions = match Versions::decode(v.value(), &self.limits) {
+            let versions = match Versions::decode(v.value(), &self.limits()) {
                 Ok(v) => v,
                 Err(e) => {
                     return Ok(Err(format!(
@@ -2252,7 +2290,7 @@ impl Store {
                 if version.seq > compacted_of(version.origin.as_str()) {
                     continue;
                 }
-                if !proven.proves(&proofs_t, &blocks_t, &self.limits, version)? {
+                if !proven.proves(&proofs_t, &blocks_t, &self.limits(), version)? {
                     return Ok(Err(format!(
                         "version {}:{} is compacted and nothing here proves it",
                         version.origin, version.seq

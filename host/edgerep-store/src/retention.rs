@@ -237,7 +237,7 @@ impl Store {
                         seals: &seals_t,
                         blocks: &mut blocks_t,
                     },
-                    &self.limits,
+                    &self.limits(),
                     &id,
                     done + 1,
                     to,
@@ -265,7 +265,7 @@ impl Store {
             if removed > 0 {
                 trim_feed(&mut txn, &compacted)?;
             }
-            proofs::sweep(&txn, &self.limits, SWEEP_ROWS)?;
+            proofs::sweep(&txn, &self.limits(), SWEEP_ROWS)?;
             Compaction { removed, compacted }
         };
         txn.commit()?;
@@ -305,7 +305,7 @@ impl Store {
             // The stored versions' length (their events' encodings plus a few header bytes)
             // and their proofs.
             let stored = v.value().len();
-            let v = Versions::decode(v.value(), &self.limits).map_err(|e| corrupt("state", e))?;
+            let v = Versions::decode(v.value(), &self.limits()).map_err(|e| corrupt("state", e))?;
             let size = stored + v.events().len() * proofs::PROOF_BYTES;
             if last.is_some() && (count + v.events().len() > max_events || bytes + size > max_bytes)
             {
@@ -323,7 +323,7 @@ impl Store {
                     &seals_t,
                     &proofs_t,
                     &blocks_t,
-                    &self.limits,
+                    &self.limits(),
                     version,
                 )?;
             }
@@ -354,7 +354,7 @@ impl Store {
             let Some(g) = state.get(k.as_slice())? else {
                 continue;
             };
-            let Ok(v) = Versions::decode(g.value(), &self.limits) else {
+            let Ok(v) = Versions::decode(g.value(), &self.limits()) else {
                 continue;
             };
             for version in v.events().iter().cloned() {
@@ -363,7 +363,7 @@ impl Store {
                     &seals_t,
                     &proofs_t,
                     &blocks_t,
-                    &self.limits,
+                    &self.limits(),
                     version,
                 )?;
             }
@@ -591,7 +591,7 @@ impl Store {
                     &mut index,
                     &mut counters.digest,
                     &mut counters.entries,
-                    &self.limits,
+                    &self.limits(),
                     event,
                     repair,
                     &mut unresolved,
@@ -613,7 +613,7 @@ impl Store {
                 }
             }
             let tally =
-                unresolved.resolve(&mut state, &mut index, &mut counters.digest, &self.limits)?;
+                unresolved.resolve(&mut state, &mut index, &mut counters.digest, &self.limits())?;
             let mut disagreements = 0;
             if let (Some(r), Some(resolver)) = (&repairing, self.resolver.as_deref()) {
                 let mut table = txn.open_table(DISAGREEMENTS)?;
@@ -624,7 +624,7 @@ impl Store {
                         index: &mut index,
                         digest: &mut counters.digest,
                     },
-                    &self.limits,
+                    &self.limits(),
                     &self.rule,
                     resolver,
                     r.resolutions,
@@ -718,7 +718,7 @@ impl Store {
                         seals: &seals_t,
                         blocks: &mut blocks_t,
                     },
-                    &self.limits,
+                    &self.limits(),
                     &id,
                     done + 1,
                     held,

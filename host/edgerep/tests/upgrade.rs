@@ -424,3 +424,51 @@ fn peers_are_added_and_removed_by_a_reload_while_the_others_keep_going() {
     converge(&[&n1, &n2, &n3], Duration::from_secs(30));
     assert_eq!(common::get(&n2, "orders", "after-49").0, 200);
 }
+
+#[test]
+fn limits_are_raised_by_a_reload_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let nodes: Vec<Node> = configs.iter().map(|c| Node::start(c)).collect();
+    // A 100 KB value: over the default max_value_bytes (64 KiB).
+    let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(100_000));
+    let put = |node: &Node, key: &str| {
+        let mut r = agent()
+            .put(node.url(&format!("/v1/kv/files/{key}")))
+            .content_type("application/json")
+            .send(big.as_bytes())
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let (status, body) = put(&nodes[0], "f-1");
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("max_value_bytes"), "{body}");
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        std::fs::write(
+            c,
+            text.replace("[limits]\n", "[limits]\nmax_value_bytes = 262144\n"),
+        )
+        .unwrap();
+        let r = reload(c);
+        assert_eq!(
+            r["reloaded"]["sessions_restarted"], true,
+            "the policy changed: {r}"
+        );
+    }
+    let (status, body) = put(&nodes[0], "f-1");
+    assert_eq!(status, 200, "{body}");
+    converge(&[&nodes[0], &nodes[1]], Duration::from_secs(30));
+    let (status, body) = common::get(&nodes[1], "files", "f-1");
+    assert_eq!((status, body.len()), (200, big.len()), "replicated whole");
+    // Lowering is refused: what is stored must stay readable.
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        text.replace("max_value_bytes = 262144", "max_value_bytes = 1000"),
+    )
+    .unwrap();
+    let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("lowered"), "{}", stderr(&o));
+}

@@ -182,9 +182,10 @@ pub(crate) fn build(
     if let Some(config) = update_config {
         for name in update_sha256(config, &out, &i.sha256)? {
             eprintln!(
-                "edgerep: {}: plugins.{name}.sha256 is now {} (restart the node to load the new build)",
+                "edgerep: {}: plugins.{name}.sha256 is now {} (a running node loads the new build with `edgerep reload --config {}`)",
                 config.display(),
-                i.sha256
+                i.sha256,
+                config.display()
             );
         }
     }
