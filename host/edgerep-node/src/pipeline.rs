@@ -96,8 +96,14 @@ pub struct PluginCall {
 
 /// Why a collection is paused: a peer decides its events from `from_ms` on with an upgrade this
 /// node's config does not have.
+///
+/// A peer is authenticated, not trusted: a pause is kept per announcing peer, its status names
+/// the peer, and it ends when this node's config gets the upgrade or stops listing the peer
+/// (removed or `[[revoked]]`): one lying peer cannot pause a collection for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pause {
+    /// The peer that announced the upgrade.
+    pub peer: NodeId,
     /// Events of the collection at or after this hybrid-clock time wait.
     pub from_ms: u64,
     /// One sentence naming the peer and the upgrade.
@@ -109,7 +115,8 @@ pub struct Pipeline {
     node: NodeId,
     current: RwLock<Arc<Wiring>>,
     halted: Mutex<BTreeMap<String, String>>,
-    paused: Mutex<BTreeMap<String, Pause>>,
+    /// Per collection, per announcing peer.
+    paused: Mutex<BTreeMap<String, BTreeMap<NodeId, Pause>>>,
     /// The node's limits on a value (a merged resolution is checked against them).
     value_limits: RwLock<edgerep_wire::value::DecodeLimits>,
 }
@@ -167,14 +174,19 @@ impl Pipeline {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        self.paused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|collection, pause| {
-                !config
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        for (collection, by_peer) in paused.iter_mut() {
+            by_peer.retain(|peer, pause| {
+                let has_it = config
                     .collection(collection)
-                    .is_some_and(|c| c.upgrades.iter().any(|u| u.from_ms == pause.from_ms))
+                    .is_some_and(|c| c.upgrades.iter().any(|u| u.from_ms == pause.from_ms));
+                let still_a_peer =
+                    config.peers.iter().any(|p| p.id == *peer) && !config.is_revoked(peer);
+                !has_it && still_a_peer
             });
+        }
+        paused.retain(|_, by_peer| !by_peer.is_empty());
+        drop(paused);
         Ok(loaded)
     }
 
@@ -217,26 +229,28 @@ impl Pipeline {
             .insert(collection.to_owned(), reason);
     }
 
-    /// Pauses `collection` for events at or after `pause.from_ms` (the earliest pause wins).
+    /// Pauses `collection` for events at or after `pause.from_ms`, as `pause.peer` announced
+    /// (its latest announcement replaces its earlier one).
     pub fn pause(&self, collection: &str, pause: Pause) {
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        if paused
-            .get(collection)
-            .is_some_and(|p| p.from_ms <= pause.from_ms)
-        {
+        let by_peer = paused.entry(collection.to_owned()).or_default();
+        if by_peer.get(&pause.peer) == Some(&pause) {
             return;
         }
-        tracing::warn!(collection, reason = %pause.reason, "collection paused");
-        paused.insert(collection.to_owned(), pause);
+        tracing::warn!(collection, peer = %pause.peer, reason = %pause.reason, "collection paused");
+        by_peer.insert(pause.peer.clone(), pause);
     }
 
-    /// Why an event of `collection` at hybrid-clock time `physical_ms` must wait, if it must.
+    /// Why an event of `collection` at hybrid-clock time `physical_ms` must wait, if it must
+    /// (the earliest pause in force).
     pub fn paused_at(&self, collection: &str, physical_ms: u64) -> Option<String> {
         self.paused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(collection)
+            .get(collection)?
+            .values()
             .filter(|p| p.from_ms <= physical_ms)
+            .min_by_key(|p| p.from_ms)
             .map(|p| p.reason.clone())
     }
 
@@ -515,11 +529,14 @@ impl Pipeline {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(c, p)| {
-                (
+            .filter_map(|(c, by_peer)| {
+                // The earliest pause first: what holds the collection now.
+                let p = by_peer.values().min_by_key(|p| p.from_ms)?;
+                let peers: Vec<&str> = by_peer.keys().map(NodeId::as_str).collect();
+                Some((
                     c.clone(),
-                    json!({"from": edgerep_config::format_ms(p.from_ms), "from_ms": p.from_ms, "reason": p.reason}),
-                )
+                    json!({"from": edgerep_config::format_ms(p.from_ms), "from_ms": p.from_ms, "reason": p.reason, "peers": peers}),
+                ))
             })
             .collect();
         json!({

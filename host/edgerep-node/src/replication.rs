@@ -2052,6 +2052,7 @@ impl Replicator {
                     self.pipeline.pause(
                         &collection,
                         crate::pipeline::Pause {
+                            peer: peer.clone(),
                             from_ms,
                             reason: format!(
                                 "peer {peer} decides collection {collection:?} from {} on with an upgrade (collections.declared.upgrades) this node's config does not have; its events from then on wait here until this node's config has the same upgrade (edit the config, then `edgerep reload`)",

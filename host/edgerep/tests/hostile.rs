@@ -773,3 +773,64 @@ fn malformed_anti_entropy_messages_close_only_that_session() {
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
+
+/// A peer announces an upgrade nobody configured (a transform on apply for `c` from the start
+/// of time): node-1 pauses `c` as an honest rollout would, names the peer in its status, and
+/// the pause ends when the operator revokes that peer; it never pauses for good.
+#[test]
+fn a_peer_announcing_an_upgrade_nobody_configured_pauses_only_until_it_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        format!("{text}\n[[collections.declared]]\nname = \"c\"\n"),
+    )
+    .unwrap();
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    put(&n1, "c", "before", r#"{"v":1}"#);
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let hello = h.hello_with(
+        &[],
+        &[],
+        vec![edgerep_replica::CollectionFingerprint {
+            name: "c".into(),
+            resolver: "lww".into(),
+            transforms_on_apply: vec![],
+            plugins: vec![],
+            upgrades: vec![edgerep_replica::UpgradeFingerprint {
+                from_ms: 1,
+                resolver: "lww".into(),
+                transforms_on_apply: vec!["evil".into()],
+            }],
+        }],
+    );
+    h.send(&hello).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let paused = loop {
+        let s = status(&n1);
+        if s["paused_collections"]["c"].is_object() {
+            break s["paused_collections"]["c"].clone();
+        }
+        assert!(Instant::now() < deadline, "no pause: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(paused["peers"], serde_json::json!(["node-2"]), "{paused}");
+    let r = common::agent()
+        .put(&n1.url("/v1/kv/c/during"))
+        .content_type("application/json")
+        .send(br#"{"v":2}"#.as_slice())
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The operator revokes the lying peer: its pause ends with the reload.
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        format!("{text}\n[[revoked]]\nnode = \"node-2\"\nafter_seq = 0\n"),
+    )
+    .unwrap();
+    let o = common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(status(&n1)["paused_collections"]["c"].is_null());
+    put(&n1, "c", "after", r#"{"v":3}"#);
+}

@@ -157,6 +157,16 @@ impl Hostile {
 
     /// A valid Hello from this node holding `have`, having compacted up to `compacted`.
     pub fn hello(&self, have: &[(&str, u64)], compacted: &[(&str, u64)]) -> Message {
+        self.hello_with(have, compacted, Vec::new())
+    }
+
+    /// [`Hostile::hello`] claiming to run `fingerprint`.
+    pub fn hello_with(
+        &self,
+        have: &[(&str, u64)],
+        compacted: &[(&str, u64)],
+        fingerprint: Vec<edgerep_replica::CollectionFingerprint>,
+    ) -> Message {
         let list = |l: &[(&str, u64)]| {
             l.iter()
                 .map(|(o, s)| (NodeId::parse(o).unwrap(), *s))
@@ -166,7 +176,7 @@ impl Hostile {
             protocol: PROTOCOL_VERSION,
             node: self.id.clone(),
             instance: 7,
-            fingerprint: vec![],
+            fingerprint,
             have: list(have),
             compacted: list(compacted),
             policy: self.policy.clone(),
