@@ -62,6 +62,9 @@ pub type InstallReply = Box<dyn FnOnce(Result<Installed, CommitError>) + Send>;
 /// Called on the committer thread with the outcome of [`Committer::compact`].
 pub type CompactReply = Box<dyn FnOnce(Result<Compaction, CommitError>) + Send>;
 
+/// State rows one re-resolving transaction reads (so writes wait behind it briefly).
+pub const RE_RESOLVE_ROWS: usize = 2048;
+
 /// Longest a group commit waits for more requests when fewer than the last group's are queued.
 const LINGER: Duration = Duration::from_micros(400);
 /// How often it looks while it waits.
@@ -148,7 +151,8 @@ enum Request {
     /// Decide the kept resolutions of a collection again (its resolver changed by a reload).
     ReResolve {
         collection: String,
-        reply: oneshot::Sender<Result<u64, CommitError>>,
+        after: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<(u64, Option<Vec<u8>>), CommitError>>,
     },
 }
 
@@ -426,9 +430,13 @@ impl Committer {
                             reply(result.map_err(|e| CommitError::Store(e.to_string())));
                             continue;
                         }
-                        Request::ReResolve { collection, reply } => {
+                        Request::ReResolve {
+                            collection,
+                            after,
+                            reply,
+                        } => {
                             let result = store
-                                .re_resolve(&collection)
+                                .re_resolve(&collection, after.as_deref(), RE_RESOLVE_ROWS)
                                 .map_err(|e| CommitError::Store(e.to_string()));
                             let _ = reply.send(result);
                             continue;
@@ -644,14 +652,28 @@ impl Committer {
     }
 
     /// Decides again every kept resolution of `collection` with the resolver as it is now
-    /// (see `Store::re_resolve`); returns how many keys changed.
+    /// (see `Store::re_resolve`), [`RE_RESOLVE_ROWS`] rows per transaction between the other
+    /// requests; returns how many keys changed.
     pub async fn re_resolve(&self, collection: String) -> Result<u64, CommitError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request::ReResolve { collection, reply })
-            .await
-            .map_err(|_| CommitError::Closed)?;
-        answer.await.map_err(|_| CommitError::Closed)?
+        let mut after = None;
+        let mut changed = 0;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.queue
+                .send(Request::ReResolve {
+                    collection: collection.clone(),
+                    after,
+                    reply,
+                })
+                .await
+                .map_err(|_| CommitError::Closed)?;
+            let (n, next) = answer.await.map_err(|_| CommitError::Closed)??;
+            changed += n;
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(changed),
+            }
+        }
     }
 
     /// Queues events received from a peer to be applied in one durable transaction (in the

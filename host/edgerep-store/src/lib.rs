@@ -968,13 +968,22 @@ impl Store {
     /// Decides again the kept resolution of every key of `collection` that holds concurrent
     /// versions, with the resolver as it is now (after a config reload changed what resolves
     /// the collection: keys resolved before by the old wiring get what every node with the new
-    /// one computes). One transaction; returns how many rows changed.
-    pub fn re_resolve(&self, collection: &str) -> Result<u64, StoreError> {
+    /// one computes). One transaction over at most `max_rows` rows after `after` (a state key;
+    /// `None`: from the collection's first); returns how many rows changed and where to go on
+    /// (`None`: the collection is done).
+    pub fn re_resolve(
+        &self,
+        collection: &str,
+        after: Option<&[u8]>,
+        max_rows: usize,
+    ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
         let Some(resolver) = self.resolver.as_deref() else {
-            return Ok(0);
+            return Ok((0, None));
         };
         let resolves = resolver.resolves(collection);
         let prefix = state_key(collection, b"");
+        let start = after.map_or_else(|| prefix.clone(), <[u8]>::to_vec);
+        let mut next = None;
         let txn = self.db.begin_write()?;
         let (changed, deltas) = {
             let mut state = txn.open_table(STATE)?;
@@ -982,9 +991,16 @@ impl Store {
             let mut index = aae::Writes::new(self.fingerprints);
             let mut counters = Counters::load(&meta)?;
             let mut rows = Vec::new();
-            for row in state.range(prefix.as_slice()..)? {
+            for row in state.range(start.as_slice()..)? {
                 let (k, v) = row?;
                 if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                if after == Some(k.value()) {
+                    continue;
+                }
+                if rows.len() == max_rows {
+                    next = rows.last().map(|(k, _): &(Vec<u8>, Vec<u8>)| k.clone());
                     break;
                 }
                 rows.push((k.value().to_vec(), v.value().to_vec()));
@@ -1022,7 +1038,7 @@ impl Store {
         };
         txn.commit()?;
         self.aae.apply(&deltas);
-        Ok(changed)
+        Ok((changed, next))
     }
 
     /// Has the keys check and take in the certificates that came with `sealed`; Err names the

@@ -425,3 +425,68 @@ fn a_collection_compared_on_versions_hashes_without_values_and_a_new_rule_is_not
     let b = open(false);
     assert!(b.open_check().rule_changed && !b.open_check().found_damage());
 }
+
+/// A resolver whose pick can change (a reload naming another build).
+struct Switch(std::sync::atomic::AtomicUsize);
+
+impl edgerep_store::Resolver for Switch {
+    fn resolves(&self, collection: &str) -> bool {
+        collection == "c"
+    }
+
+    fn resolve(
+        &self,
+        collection: &str,
+        key: &[u8],
+        versions: &edgerep_store::Versions,
+    ) -> edgerep_store::Resolution {
+        Pick(self.0.load(std::sync::atomic::Ordering::Relaxed)).resolve(collection, key, versions)
+    }
+
+    fn build(&self, _collection: &str) -> String {
+        "switch".into()
+    }
+}
+
+#[test]
+fn kept_resolutions_are_decided_again_page_by_page_after_the_resolver_changes() {
+    use edgerep_store::Resolver as _;
+    let switch = std::sync::Arc::new(Switch(0.into()));
+    let a = memory("a").with_resolver(switch.clone());
+    let b = memory("b").with_resolver(std::sync::Arc::new(Pick(1)));
+    let (x, y) = (memory("x"), memory("y"));
+    let mut c = clock();
+    // Five keys written concurrently by x and y: five keys with two versions each.
+    x.commit_local(writes("k", 5, 1), &mut c, 1).unwrap();
+    y.commit_local(writes("k", 5, 2), &mut c, 2).unwrap();
+    for s in [&a, &b] {
+        ship(&x, s, "x");
+        ship(&y, s, "y");
+    }
+    let tally = a.conflict_tally();
+    assert_eq!(tally.conflicts.get("c"), Some(&5));
+    assert_eq!(
+        tally
+            .resolutions
+            .get(&("c".to_owned(), "plugin:pick".to_owned())),
+        Some(&5)
+    );
+    assert_ne!(a.status().unwrap().digest, b.status().unwrap().digest);
+    // a's resolver changes to b's: two rows per transaction, three transactions.
+    switch.0.store(1, std::sync::atomic::Ordering::Relaxed);
+    let (mut after, mut changed, mut pages) = (None, 0, 0);
+    loop {
+        let (n, next) = a.re_resolve("c", after.as_deref(), 2).unwrap();
+        changed += n;
+        pages += 1;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!((changed, pages), (5, 3));
+    assert_eq!(a.status().unwrap().digest, b.status().unwrap().digest);
+    assert_eq!(a.verify().unwrap(), Ok(()));
+    // Nothing left to change.
+    assert_eq!(a.re_resolve("c", None, 100).unwrap(), (0, None));
+}
