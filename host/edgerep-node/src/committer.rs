@@ -62,6 +62,9 @@ pub type InstallReply = Box<dyn FnOnce(Result<Installed, CommitError>) + Send>;
 /// Called on the committer thread with the outcome of [`Committer::compact`].
 pub type CompactReply = Box<dyn FnOnce(Result<Compaction, CommitError>) + Send>;
 
+/// One re-resolving transaction's outcome: rows changed, and the state key to go on after.
+type ReResolved = (u64, Option<Vec<u8>>);
+
 /// State rows one re-resolving transaction reads (so writes wait behind it briefly).
 pub const RE_RESOLVE_ROWS: usize = 2048;
 
@@ -152,7 +155,7 @@ enum Request {
     ReResolve {
         collection: String,
         after: Option<Vec<u8>>,
-        reply: oneshot::Sender<Result<(u64, Option<Vec<u8>>), CommitError>>,
+        reply: oneshot::Sender<Result<ReResolved, CommitError>>,
     },
 }
 
