@@ -450,7 +450,6 @@ impl edgerep_store::Resolver for Switch {
 
 #[test]
 fn kept_resolutions_are_decided_again_page_by_page_after_the_resolver_changes() {
-    use edgerep_store::Resolver as _;
     let switch = std::sync::Arc::new(Switch(0.into()));
     let a = memory("a").with_resolver(switch.clone());
     let b = memory("b").with_resolver(std::sync::Arc::new(Pick(1)));
