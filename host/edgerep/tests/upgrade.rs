@@ -472,3 +472,72 @@ fn limits_are_raised_by_a_reload_on_every_node() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("lowered"), "{}", stderr(&o));
 }
+
+/// An upgrade that reaches two nodes only after its time, while no node that had it was
+/// connected (so nothing paused them): their concurrent writes after that time were resolved
+/// by the old resolver; the reload decides them again, and a third node that had the upgrade
+/// all along agrees with them.
+#[test]
+fn keys_resolved_before_an_upgrade_arrived_are_resolved_again_by_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let (wasm, sha) = built_plugin("merge-counter");
+    let base: Vec<String> = configs
+        .iter()
+        .map(|c| std::fs::read_to_string(c).unwrap())
+        .collect();
+    for i in 1..3 {
+        std::fs::write(
+            &configs[i],
+            format!("{}{}", base[i], tally(&wasm, &sha, None)),
+        )
+        .unwrap();
+    }
+    let nodes: Vec<Arc<Node>> = configs[1..]
+        .iter()
+        .map(|c| Arc::new(Node::start(c)))
+        .collect();
+    let upgrade_at = now_ms();
+    std::thread::sleep(Duration::from_millis(50));
+    burst(&nodes, "late");
+    let refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    converge(&refs, Duration::from_secs(30));
+    let resolved_by = |node: &Node, key: &str| {
+        let r = agent()
+            .get(node.url(&format!("/v1/kv/tally/{key}")))
+            .call()
+            .unwrap();
+        let by = r.headers().get("x-edgerep-resolved-by").unwrap();
+        by.to_str().unwrap().to_owned()
+    };
+    let concurrent: Vec<String> = (0..BURST_KEYS)
+        .map(|k| format!("late-{k}"))
+        .filter(|k| resolved_by(&nodes[0], k) == "plugin:counter-v1")
+        .collect();
+    assert!(!concurrent.is_empty(), "some keys hold concurrent versions");
+    // Both take the upgrade, already past its time: the kept resolutions are decided again.
+    let upgraded: Vec<String> = base
+        .iter()
+        .map(|b| format!("{b}{}", tally(&wasm, &sha, Some(upgrade_at))))
+        .collect();
+    for (i, node) in nodes.iter().enumerate() {
+        std::fs::write(&configs[i + 1], &upgraded[i + 1]).unwrap();
+        let r = reload(&configs[i + 1]);
+        assert_eq!(
+            r["reloaded"]["keys_re_resolved"]["tally"],
+            concurrent.len(),
+            "{r}"
+        );
+        for k in &concurrent {
+            assert_eq!(resolved_by(node, k), "plugin:counter-v2", "{k}");
+        }
+    }
+    converge(&refs, Duration::from_secs(30));
+    // node-1, upgraded from the start, joins and agrees.
+    std::fs::write(&configs[0], &upgraded[0]).unwrap();
+    let n1 = Node::start(&configs[0]);
+    converge(&[&n1, &nodes[0], &nodes[1]], Duration::from_secs(30));
+    for k in &concurrent {
+        assert_eq!(resolved_by(&n1, k), "plugin:counter-v2", "{k}");
+    }
+}
