@@ -73,10 +73,15 @@ impl Client {
         }
     }
 
-    fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Outcome {
+    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Outcome {
         let mut resp = match r {
             Ok(r) => r,
-            Err(e) => return Outcome::Failed(format!("cannot reach the node: {e}")),
+            Err(e) => {
+                return Outcome::Failed(format!(
+                    "cannot reach the node at {} (is it running? the address is api.listen in its config): {e}",
+                    self.base
+                ));
+            }
         };
         let status = resp.status().as_u16();
         let body = match resp.body_mut().with_config().limit(1 << 30).read_to_vec() {
@@ -126,7 +131,7 @@ impl Client {
         if let Some(k) = idempotency_key {
             req = req.header("idempotency-key", k);
         }
-        Self::finish(req.send(json.as_bytes()))
+        self.finish(req.send(json.as_bytes()))
     }
 
     /// DELETE a key, with an idempotency key if given.
@@ -140,7 +145,7 @@ impl Client {
         if let Some(k) = idempotency_key {
             req = req.header("idempotency-key", k);
         }
-        Self::finish(req.call())
+        self.finish(req.call())
     }
 
     /// GET a key's value as JSON (or all its versions).
@@ -149,7 +154,7 @@ impl Client {
         if versions {
             url.push_str("?versions=true");
         }
-        Self::finish(self.agent.get(&url).call())
+        self.finish(self.agent.get(&url).call())
     }
 
     /// POST a batch body (JSON or CBOR).
@@ -179,7 +184,7 @@ impl Client {
         if let Some(k) = idempotency_key {
             req = req.header("idempotency-key", k);
         }
-        Self::finish(req.send(body))
+        self.finish(req.send(body))
     }
 
     /// One page of a scan.
@@ -189,7 +194,7 @@ impl Client {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(&format!("{k}={}", query_value(v)));
         }
-        Self::finish(self.agent.get(&url).call())
+        self.finish(self.agent.get(&url).call())
     }
 
     /// Status JSON.
@@ -199,12 +204,12 @@ impl Client {
             self.base,
             if verify { "?verify=true" } else { "" }
         );
-        Self::finish(self.agent.get(&url).call())
+        self.finish(self.agent.get(&url).call())
     }
 
     /// Runs anti-entropy now with `peer` (or every connected peer).
     pub(crate) fn reload(&self) -> Outcome {
-        Self::finish(
+        self.finish(
             self.agent
                 .post(format!("{}/v1/reload", self.base))
                 .send_empty(),
@@ -216,18 +221,18 @@ impl Client {
             Some(p) => format!("{}/v1/reconcile?peer={}", self.base, query_value(p)),
             None => format!("{}/v1/reconcile", self.base),
         };
-        Self::finish(self.agent.post(&url).send_empty())
+        self.finish(self.agent.post(&url).send_empty())
     }
 
     /// A page of dead letters.
     pub(crate) fn dead_letters(&self, after: u64, limit: usize) -> Outcome {
         let url = format!("{}/v1/dead-letters?after={after}&limit={limit}", self.base);
-        Self::finish(self.agent.get(&url).call())
+        self.finish(self.agent.get(&url).call())
     }
 
     /// One dead letter.
     pub(crate) fn dead_letter(&self, id: u64) -> Outcome {
-        Self::finish(
+        self.finish(
             self.agent
                 .get(&format!("{}/v1/dead-letters/{id}", self.base))
                 .call(),
@@ -237,7 +242,7 @@ impl Client {
     /// Replays one dead letter.
     /// DELETE a dead letter.
     pub(crate) fn delete_dead_letter(&self, id: u64) -> Outcome {
-        Self::finish(
+        self.finish(
             self.agent
                 .delete(&format!("{}/v1/dead-letters/{id}", self.base))
                 .call(),
@@ -245,7 +250,7 @@ impl Client {
     }
 
     pub(crate) fn replay_dead_letter(&self, id: u64) -> Outcome {
-        Self::finish(
+        self.finish(
             self.agent
                 .post(&format!("{}/v1/dead-letters/{id}/replay", self.base))
                 .send_empty(),
@@ -266,7 +271,7 @@ impl Client {
         }
         let resp = match self.agent.get(&url).call() {
             Ok(r) if r.status().is_success() => r,
-            other => return Self::finish(other),
+            other => return self.finish(other),
         };
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
         for l in reader.lines() {
