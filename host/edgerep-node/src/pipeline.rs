@@ -117,6 +117,8 @@ pub struct Pipeline {
     halted: Mutex<BTreeMap<String, String>>,
     /// Per collection, per announcing peer.
     paused: Mutex<BTreeMap<String, BTreeMap<NodeId, Pause>>>,
+    /// Whether `paused` holds anything (read per event on the apply path without the lock).
+    any_paused: std::sync::atomic::AtomicBool,
     /// The node's limits on a value (a merged resolution is checked against them).
     value_limits: RwLock<edgerep_wire::value::DecodeLimits>,
 }
@@ -143,6 +145,7 @@ impl Pipeline {
             current: RwLock::new(Arc::new(wiring)),
             halted: Mutex::new(BTreeMap::new()),
             paused: Mutex::new(BTreeMap::new()),
+            any_paused: std::sync::atomic::AtomicBool::new(false),
             value_limits: RwLock::new(crate::value_limits(config)),
         })
     }
@@ -186,6 +189,7 @@ impl Pipeline {
             });
         }
         paused.retain(|_, by_peer| !by_peer.is_empty());
+        self.any_paused.store(!paused.is_empty(), Ordering::Release);
         drop(paused);
         Ok(loaded)
     }
@@ -239,11 +243,15 @@ impl Pipeline {
         }
         tracing::warn!(collection, peer = %pause.peer, reason = %pause.reason, "collection paused");
         by_peer.insert(pause.peer.clone(), pause);
+        self.any_paused.store(true, Ordering::Release);
     }
 
     /// Why an event of `collection` at hybrid-clock time `physical_ms` must wait, if it must
     /// (the earliest pause in force).
     pub fn paused_at(&self, collection: &str, physical_ms: u64) -> Option<String> {
+        if !self.any_paused.load(Ordering::Acquire) {
+            return None;
+        }
         self.paused
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -263,6 +263,7 @@ impl crate::Store {
     /// The entries under each of `nodes`, in (bucket, state key) order: one pass over the
     /// state for all of them.
     pub fn aae_items_of(&self, nodes: &[Node]) -> Result<Vec<Vec<Item>>, StoreError> {
+        let limits = self.limits();
         if let Some(n) = nodes.iter().find(|n| !n.is_valid()) {
             return Err(StoreError::Invalid(format!("no tree node {n:?}")));
         }
@@ -299,7 +300,7 @@ impl crate::Store {
                         let (collection, key) =
                             split_state_key(k.value()).unwrap_or(("", k.value()));
                         self.rule
-                            .entry(collection, key, v.value(), &self.limits())
+                            .entry(collection, key, v.value(), &limits)
                             .to_bytes()
                     });
                     out[i].push((

@@ -1159,6 +1159,7 @@ impl Store {
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, StoreError> {
+        let limits = self.limits();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(writes.len());
@@ -1203,14 +1204,11 @@ impl Store {
                 let (versions, old_hash) = match &old {
                     Some(g) => {
                         let bytes = g.value();
-                        let versions = Versions::decode(bytes, &self.limits())
-                            .map_err(|e| corrupt("state", e))?;
+                        let versions =
+                            Versions::decode(bytes, &limits).map_err(|e| corrupt("state", e))?;
                         (
                             versions,
-                            Some(
-                                self.rule
-                                    .entry(&w.collection, &w.key, bytes, &self.limits()),
-                            ),
+                            Some(self.rule.entry(&w.collection, &w.key, bytes, &limits)),
                         )
                     }
                     None => (Versions::new(), None),
@@ -1261,7 +1259,7 @@ impl Store {
                 } else {
                     // An event that could not be read back would stop every reader of the key
                     // and of the changelog: never write one.
-                    Event::decode(&event_bytes, &self.limits()).err().map(|e| {
+                    Event::decode(&event_bytes, &limits).err().map(|e| {
                         format!("the event could not be read back within the store's limits: {e}")
                     })
                 };
@@ -1302,9 +1300,9 @@ impl Store {
                     block.clear();
                 }
                 let new_bytes = Versions::encode_single(&event_bytes);
-                let new_hash =
-                    self.rule
-                        .entry(&event.collection, &event.key, &new_bytes, &self.limits());
+                let new_hash = self
+                    .rule
+                    .entry(&event.collection, &event.key, &new_bytes, &limits);
                 digest.add(new_hash);
                 aae_rows.set(&skey, old_hash, new_hash);
                 state.insert(skey.as_slice(), new_bytes.as_slice())?;
@@ -1609,6 +1607,7 @@ impl Store {
         sync: Sync,
         hlc_last: Option<Hlc>,
     ) -> Result<RemoteApply, StoreError> {
+        let limits = self.limits();
         let forged = |origin: &NodeId, seq: u64, reason: String| StoreError::Forged {
             origin: origin.to_string(),
             seq,
@@ -1801,7 +1800,7 @@ impl Store {
                         &mut index,
                         &mut digest,
                         &mut entries,
-                        &self.limits(),
+                        &limits,
                         event,
                         false,
                         &mut unresolved,
@@ -1809,7 +1808,7 @@ impl Store {
                     .0,
                 );
             }
-            tally = unresolved.resolve(&mut state, &mut index, &mut digest, &self.limits())?;
+            tally = unresolved.resolve(&mut state, &mut index, &mut digest, &limits)?;
             // Each origin given new events ends at one of the batch's seals (trusted events: an
             // unsigned seal ends the run); its chain head moves to the end.
             for (origin, w) in &walks {
