@@ -1498,14 +1498,12 @@ async fn metrics(State(app): Shared) -> Result<Response, ApiError> {
     })
     .await?;
     let replication = app.replication.as_ref().map(|r| r.status());
-    let plugins = app.pipeline.status_json();
     let text = crate::metrics::render(&crate::metrics::Figures {
         store: &s,
         disagreements,
         idempotency_keys: keys,
         idempotency: &app.idempotency,
         replication: replication.as_ref(),
-        plugins: &plugins,
         uptime_seconds: app.started.elapsed().as_secs_f64(),
         now_ms: crate::committer::wall_ms(),
         commits: &app.commit_metrics,

@@ -99,7 +99,6 @@ pub(crate) struct Figures<'a> {
     pub(crate) idempotency_keys: u64,
     pub(crate) idempotency: &'a crate::idempotency::Counters,
     pub(crate) replication: Option<&'a ReplicationStatus>,
-    pub(crate) plugins: &'a serde_json::Value,
     pub(crate) uptime_seconds: f64,
     pub(crate) now_ms: u64,
     pub(crate) commits: &'a CommitMetrics,
@@ -390,14 +389,10 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             f64::from(u8::from(r.halted.is_some())),
         );
     }
-    let plugins = f.plugins["plugins"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let per_plugin = |field: &str| {
-        plugins
+    let per_plugin = |count: fn(&edgerep_plugin::MetricsSnapshot) -> u64| {
+        f.plugin_metrics
             .iter()
-            .map(|(name, p)| (label("plugin", name), p[field].as_u64().unwrap_or(0)))
+            .map(|(name, s)| (label("plugin", name), count(s)))
             .collect::<Vec<_>>()
     };
     m.counters(
@@ -452,18 +447,22 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
                 .collect(),
         ),
     );
-    m.counters("edgerep_plugin_calls", "Plugin calls", per_plugin("calls"));
+    m.counters(
+        "edgerep_plugin_calls",
+        "Plugin calls",
+        per_plugin(|s| s.calls),
+    );
     m.counters(
         "edgerep_plugin_fuel",
         "Fuel plugin calls used",
-        per_plugin("fuel_total"),
+        per_plugin(|s| s.fuel_total),
     );
     let mut errors = Vec::new();
-    for (name, p) in &plugins {
-        for (kind, n) in p["errors"].as_object().into_iter().flatten() {
+    for (name, s) in f.plugin_metrics {
+        for (kind, n) in &s.errors {
             let mut l = label("plugin", name);
-            l.push(("kind".to_owned(), kind.clone()));
-            errors.push((l, n.as_u64().unwrap_or(0)));
+            l.push(("kind".to_owned(), (*kind).to_owned()));
+            errors.push((l, *n));
         }
     }
     m.counters(
