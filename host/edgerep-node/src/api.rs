@@ -510,13 +510,7 @@ async fn put_key(
         schema: 0,
         meta: Default::default(),
     };
-    write_one(
-        &app,
-        write,
-        idempotency::from_headers(&headers)?,
-        trace_header(&headers)?,
-    )
-    .await
+    write_one(&app, write, &headers).await
 }
 
 /// Runs one write through ingest and commits it. The answer is `{"seq", "hlc", "position"}`
@@ -525,9 +519,10 @@ async fn put_key(
 async fn write_one(
     app: &Arc<AppState>,
     write: LocalWrite,
-    key: Option<String>,
-    trace: Option<ClientTrace>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let key = idempotency::from_headers(headers)?;
+    let trace = trace_header(headers)?;
     let body = idempotency::body_hash(std::slice::from_ref(&write));
     if let Some(k) = &key
         && let idempotency::Lookup::Replay(r) = lookup(app, k, body).await?
@@ -652,18 +647,27 @@ async fn commit_keyed(
 
 /// The request's W3C `traceparent` header, checked, if it has one.
 fn trace_header(headers: &HeaderMap) -> Result<Option<ClientTrace>, ApiError> {
-    let Some(v) = headers.get(TRACEPARENT) else {
+    let Some(text) = header_text(headers, TRACEPARENT, "bad_traceparent")? else {
         return Ok(None);
     };
-    let text = v.to_str().map_err(|_| {
-        ApiError::bad_request(
-            "bad_traceparent",
-            "the traceparent header is not visible ASCII".into(),
-        )
-    })?;
     crate::trace::Traces::parse_header(text)
         .map(Some)
         .map_err(|e| ApiError::bad_request("bad_traceparent", e))
+}
+
+/// The text of header `name`, if the request has it; refused as `kind` when it is not visible
+/// ASCII.
+pub(crate) fn header_text<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    kind: &'static str,
+) -> Result<Option<&'h str>, ApiError> {
+    let Some(v) = headers.get(name) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(kind, format!("the {name} header is not visible ASCII")))
 }
 
 async fn delete_key(
@@ -681,13 +685,7 @@ async fn delete_key(
         schema: 0,
         meta: Default::default(),
     };
-    write_one(
-        &app,
-        write,
-        idempotency::from_headers(&headers)?,
-        trace_header(&headers)?,
-    )
-    .await
+    write_one(&app, write, &headers).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -68,15 +68,9 @@ pub(crate) fn check_key(key: &str) -> Result<(), ApiError> {
 
 /// The request's `Idempotency-Key`, if it has one.
 pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get(HEADER) else {
+    let Some(key) = crate::api::header_text(headers, HEADER, "bad_idempotency_key")? else {
         return Ok(None);
     };
-    let key = v.to_str().map_err(|_| {
-        ApiError::bad_request(
-            "bad_idempotency_key",
-            "the Idempotency-Key header is not visible ASCII".into(),
-        )
-    })?;
     check_key(key)?;
     Ok(Some(key.to_owned()))
 }

@@ -165,6 +165,9 @@ fn a_key_reused_with_another_request_is_refused_and_writes_nothing() {
     assert!(body.contains("bad_idempotency_key"), "{body}");
     let long = "x".repeat(256);
     assert_eq!(put_keyed(&node, "/v1/kv/c/k", &long, "1").0, 400);
+    let (code, body, _) = put_keyed(&node, "/v1/kv/c/k", "clé", r#"{"v":1}"#);
+    assert_eq!(code, 400, "a header that is not ASCII: {body}");
+    assert!(body.contains("bad_idempotency_key"), "{body}");
 
     // A batch under one key: replayed whole, with what plugins refused.
     let batch = r#"{"writes":[{"collection":"c","key":"b1","value":1},{"collection":"c","key":"b2","value":2}]}"#;

@@ -126,6 +126,13 @@ fn a_traced_write_is_one_trace_from_the_client_to_every_site() {
         .send(br#"{"n":1}"#.as_slice())
         .unwrap();
     assert_eq!(r.status(), 400);
+    let r = agent()
+        .put(&nodes[0].url("/v1/kv/orders/bad"))
+        .header("traceparent", "00-é")
+        .content_type("application/json")
+        .send(br#"{"n":1}"#.as_slice())
+        .unwrap();
+    assert_eq!(r.status(), 400, "a header that is not ASCII");
     assert_eq!(common::get(&nodes[0], "orders", "bad").0, 404);
 
     let r = agent()
