@@ -617,26 +617,12 @@ impl Message {
                 let versions = decode_events(&mut r, limits)?;
                 let proofs = decode_proofs(&mut r, versions.len())?;
                 let (seals, certs) = decode_seals(&mut r, limits, "repair")?;
-                let n = list_len(&mut r, "repair want")?;
-                if n > MAX_KEYS {
-                    return Err(DecodeError::TooMany {
-                        what: "repair want".into(),
-                        count: n as u64,
-                        limit: MAX_KEYS as u64,
-                    });
-                }
+                let n = bounded_len(&mut r, "repair want", MAX_KEYS)?;
                 let mut want = Vec::with_capacity(n);
                 for _ in 0..n {
                     want.push(state_key(&mut r, limits, "repair want")?);
                 }
-                let n = list_len(&mut r, "repair resolutions")?;
-                if n > MAX_KEYS {
-                    return Err(DecodeError::TooMany {
-                        what: "repair resolutions".into(),
-                        count: n as u64,
-                        limit: MAX_KEYS as u64,
-                    });
-                }
+                let n = bounded_len(&mut r, "repair resolutions", MAX_KEYS)?;
                 let mut resolutions = Vec::with_capacity(n);
                 for _ in 0..n {
                     r.array_of(4, "repair resolution")?;
@@ -1030,15 +1016,30 @@ fn decode_have(r: &mut Reader<'_>, what: &str) -> Result<Vec<(NodeId, u64)>, Dec
 
 /// The length of a list with one item per origin: at most [`MAX_ORIGINS`].
 fn origins_len(r: &mut Reader<'_>, what: &str) -> Result<usize, DecodeError> {
+    bounded_len(r, what, MAX_ORIGINS)
+}
+
+/// The length of a list of at most `max` items.
+fn bounded_len(r: &mut Reader<'_>, what: &str, max: usize) -> Result<usize, DecodeError> {
     let n = list_len(r, what)?;
-    if n > MAX_ORIGINS {
+    if n > max {
         return Err(DecodeError::TooMany {
             what: what.into(),
             count: n as u64,
-            limit: MAX_ORIGINS as u64,
+            limit: max as u64,
         });
     }
     Ok(n)
+}
+
+/// `[name…]` (transforms, in the order they run).
+fn names(r: &mut Reader<'_>, list: &str, item: &str) -> Result<Vec<String>, DecodeError> {
+    let n = list_len(r, list)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(name(r, item)?.to_owned());
+    }
+    Ok(out)
 }
 
 /// `[origin…]`, strictly ascending, at most [`MAX_ORIGINS`].
@@ -1070,11 +1071,7 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
         })?;
         ascending(&mut previous, &name_, "hello fingerprint")?;
         let resolver = name(r, "fingerprint resolver")?.to_owned();
-        let t = list_len(r, "fingerprint transforms")?;
-        let mut transforms_on_apply = Vec::with_capacity(t);
-        for _ in 0..t {
-            transforms_on_apply.push(name(r, "fingerprint transform")?.to_owned());
-        }
+        let transforms_on_apply = names(r, "fingerprint transforms", "fingerprint transform")?;
         let p = list_len(r, "fingerprint plugins")?;
         let mut plugins = Vec::with_capacity(p);
         let mut previous_plugin = None;
@@ -1105,14 +1102,7 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
                 settings: settings.to_owned(),
             });
         }
-        let u = list_len(r, "fingerprint upgrades")?;
-        if u > MAX_UPGRADES {
-            return Err(DecodeError::TooMany {
-                what: "fingerprint upgrades".into(),
-                count: u as u64,
-                limit: MAX_UPGRADES as u64,
-            });
-        }
+        let u = bounded_len(r, "fingerprint upgrades", MAX_UPGRADES)?;
         let mut upgrades: Vec<UpgradeFingerprint> = Vec::with_capacity(u);
         for _ in 0..u {
             r.array_of(3, "fingerprint upgrade")?;
@@ -1124,11 +1114,11 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
                 });
             }
             let resolver = name(r, "fingerprint upgrade resolver")?.to_owned();
-            let t = list_len(r, "fingerprint upgrade transforms")?;
-            let mut transforms_on_apply = Vec::with_capacity(t);
-            for _ in 0..t {
-                transforms_on_apply.push(name(r, "fingerprint upgrade transform")?.to_owned());
-            }
+            let transforms_on_apply = names(
+                r,
+                "fingerprint upgrade transforms",
+                "fingerprint upgrade transform",
+            )?;
             upgrades.push(UpgradeFingerprint {
                 from_ms,
                 resolver,
@@ -1145,14 +1135,7 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
     }
     let have = decode_have(r, "hello have")?;
     let compacted = decode_have(r, "hello compacted")?;
-    let n = list_len(r, "hello policy")?;
-    if n > MAX_POLICY_ENTRIES {
-        return Err(DecodeError::TooMany {
-            what: "hello policy".into(),
-            count: n as u64,
-            limit: MAX_POLICY_ENTRIES as u64,
-        });
-    }
+    let n = bounded_len(r, "hello policy", MAX_POLICY_ENTRIES)?;
     let mut policy = Vec::with_capacity(n);
     let mut previous = None;
     for _ in 0..n {
