@@ -58,6 +58,30 @@ params = {{ version = "2" }}
     t
 }
 
+/// The text of each config file.
+fn texts(configs: &[std::path::PathBuf]) -> Vec<String> {
+    configs
+        .iter()
+        .map(|c| std::fs::read_to_string(c).unwrap())
+        .collect()
+}
+
+/// Who resolved `tally/KEY` on `node` (`x-edgerep-resolved-by`); panics unless it reads 200.
+fn resolved_by(node: &Node, key: &str) -> String {
+    let mut r = agent()
+        .get(node.url(&format!("/v1/kv/tally/{key}")))
+        .call()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "{key}: {}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    let by = r.headers().get("x-edgerep-resolved-by").unwrap();
+    by.to_str().unwrap().to_owned()
+}
+
 /// `edgerep reload --config CONFIG`, returning its stdout; panics unless it succeeds.
 fn reload(config: &std::path::Path) -> serde_json::Value {
     let o = edgerep(&["reload", "--config", config.to_str().unwrap()]);
@@ -75,10 +99,7 @@ fn a_rolling_resolver_upgrade_with_writes_going_on_ends_without_drift() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
     let (wasm, sha) = built_plugin("merge-counter");
-    let base: Vec<String> = configs
-        .iter()
-        .map(|c| std::fs::read_to_string(c).unwrap())
-        .collect();
+    let base = texts(&configs);
     for (c, b) in configs.iter().zip(&base) {
         std::fs::write(c, format!("{b}{}", tally(&wasm, &sha, None))).unwrap();
     }
@@ -218,23 +239,7 @@ fn a_rolling_resolver_upgrade_with_writes_going_on_ends_without_drift() {
                     })
                     .max()
                     .unwrap();
-                let mut r = agent()
-                    .get(node.url(&format!("/v1/kv/tally/{key}")))
-                    .call()
-                    .unwrap();
-                assert_eq!(
-                    r.status(),
-                    200,
-                    "{key}: {}",
-                    r.body_mut().read_to_string().unwrap()
-                );
-                let resolved_by = r
-                    .headers()
-                    .get("x-edgerep-resolved-by")
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_owned();
+                let resolved_by = resolved_by(node, &key);
                 if versions.len() > 1 {
                     let want = if newest >= upgrade_at {
                         "plugin:counter-v2"
@@ -369,10 +374,7 @@ fn without_peer(text: &str, id: &str) -> String {
 fn peers_are_added_and_removed_by_a_reload_while_the_others_keep_going() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
-    let full: Vec<String> = configs
-        .iter()
-        .map(|c| std::fs::read_to_string(c).unwrap())
-        .collect();
+    let full = texts(&configs);
     // node-1 and node-2 start without node-3 among their peers.
     for i in 0..2 {
         std::fs::write(&configs[i], without_peer(&full[i], "node-3")).unwrap();
@@ -482,10 +484,7 @@ fn keys_resolved_before_an_upgrade_arrived_are_resolved_again_by_the_reload() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
     let (wasm, sha) = built_plugin("merge-counter");
-    let base: Vec<String> = configs
-        .iter()
-        .map(|c| std::fs::read_to_string(c).unwrap())
-        .collect();
+    let base = texts(&configs);
     for i in 1..3 {
         std::fs::write(
             &configs[i],
@@ -502,14 +501,6 @@ fn keys_resolved_before_an_upgrade_arrived_are_resolved_again_by_the_reload() {
     burst(&nodes, "late");
     let refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
     converge(&refs, Duration::from_secs(30));
-    let resolved_by = |node: &Node, key: &str| {
-        let r = agent()
-            .get(node.url(&format!("/v1/kv/tally/{key}")))
-            .call()
-            .unwrap();
-        let by = r.headers().get("x-edgerep-resolved-by").unwrap();
-        by.to_str().unwrap().to_owned()
-    };
     let concurrent: Vec<String> = (0..BURST_KEYS)
         .map(|k| format!("late-{k}"))
         .filter(|k| resolved_by(&nodes[0], k) == "plugin:counter-v1")
