@@ -211,6 +211,19 @@ fn scaffolds_build_and_pass_their_vectors() {
     }
 }
 
+/// `plugin build DIR -o WASM --update-config CONFIG`.
+fn build_updating(dir: &Path, wasm: &Path, config: &Path) -> Output {
+    edgerep(&[
+        os("plugin"),
+        os("build"),
+        dir.as_os_str(),
+        os("-o"),
+        wasm.as_os_str(),
+        os("--update-config"),
+        config.as_os_str(),
+    ])
+}
+
 /// The author's loop on a running node: the plugin transforms writes on ingest; its source
 /// changes, `plugin build --update-config` writes the new hash, `edgerep reload` takes it in,
 /// and the same process transforms the next write with the new build.
@@ -240,15 +253,7 @@ fn deployed_plugin_is_rebuilt_and_reloaded(config: &Path, dir: &Path, wasm: &Pat
         ),
     )
     .unwrap();
-    let out = edgerep(&[
-        os("plugin"),
-        os("build"),
-        dir.as_os_str(),
-        os("-o"),
-        wasm.as_os_str(),
-        os("--update-config"),
-        config.as_os_str(),
-    ]);
+    let out = build_updating(dir, wasm, config);
     assert!(
         out.status.success(),
         "{}",
@@ -286,15 +291,7 @@ fn update_config_writes_the_new_hash(node: &Path, dir: &Path, wasm: &Path) {
     std::fs::write(&config, &text).unwrap();
     let out = edgerep(&[os("config"), os("check"), config.as_os_str()]);
     assert_eq!(out.status.code(), Some(2), "the stale hash is refused");
-    let out = edgerep(&[
-        os("plugin"),
-        os("build"),
-        dir.as_os_str(),
-        os("-o"),
-        wasm.as_os_str(),
-        os("--update-config"),
-        config.as_os_str(),
-    ]);
+    let out = build_updating(dir, wasm, &config);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let sha = stdout
@@ -322,15 +319,7 @@ fn update_config_writes_the_new_hash(node: &Path, dir: &Path, wasm: &Path) {
     )
     .unwrap();
     let before = std::fs::read_to_string(&other).unwrap();
-    let out = edgerep(&[
-        os("plugin"),
-        os("build"),
-        dir.as_os_str(),
-        os("-o"),
-        wasm.as_os_str(),
-        os("--update-config"),
-        other.as_os_str(),
-    ]);
+    let out = build_updating(dir, wasm, &other);
     assert!(!out.status.success());
     assert_eq!(std::fs::read_to_string(&other).unwrap(), before);
 }
