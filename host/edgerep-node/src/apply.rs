@@ -253,10 +253,7 @@ pub(crate) fn prepare(
             });
             continue;
         }
-        if !pipeline.has_on_apply(&event.collection) {
-            out.events.push(Received::as_received(event));
-            continue;
-        }
+        // AsReceived at once when no transform is in force for the event's collection and time.
         let mut calls = Vec::new();
         let outcome = pipeline.run_apply_timed(&event, &check_value, &mut calls);
         if event.meta.contains_key(crate::trace::TRACEPARENT) && !calls.is_empty() {

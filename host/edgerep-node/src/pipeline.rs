@@ -323,14 +323,6 @@ impl Pipeline {
         Ok(current)
     }
 
-    /// Whether `collection` has transforms to run on events from peers (in some epoch).
-    pub fn has_on_apply(&self, collection: &str) -> bool {
-        self.wiring()
-            .deciding
-            .get(collection)
-            .is_some_and(|epochs| epochs.iter().any(|e| !e.on_apply.is_empty()))
-    }
-
     /// Runs an event received from a peer through its collection's transforms on apply, each on
     /// a fresh instance (so the outcome depends only on the event and the plugins' parameters,
     /// and nodes with the same configuration reach the same state). A transform may keep the
