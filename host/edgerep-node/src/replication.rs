@@ -717,7 +717,8 @@ pub fn start(
         .iter()
         .map(|p| (p.id.clone(), p.address.clone()))
         .collect();
-    // A revoked node is no peer: its certificate is refused.
+    // A revoked node is not dialed; when it connects, the replicator closes its session saying
+    // why (as after a reload that revokes it).
     let trusted: Vec<(NodeId, String)> = peers
         .iter()
         .filter(|(p, _)| !config.is_revoked(p))
@@ -728,7 +729,7 @@ pub fn start(
         Transport::bind(
             config.replication.listen,
             identity,
-            trusted.clone(),
+            peers.clone(),
             TransportConfig::default(),
         )
         .map_err(|e| format!("replication.listen: {e}"))?
