@@ -210,3 +210,59 @@ fn inspect_reports_the_shape() {
     );
     assert!(inspection.problems.is_empty(), "{:?}", inspection.problems);
 }
+
+/// `wasm` with a custom section `name` holding `data` appended (a section is its id 0, its
+/// size, the name's length and bytes, then the data; sizes as LEB128).
+fn with_section(mut wasm: Vec<u8>, name: &str, data: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(data);
+    wasm.push(0);
+    leb(body.len(), &mut wasm);
+    wasm.extend_from_slice(&body);
+    wasm
+}
+
+#[test]
+fn declared_parameters_that_are_malformed_twice_declared_or_unmet_are_refused() {
+    use edgerep_wire::params::{DeclaredParam, SECTION, encode};
+    let runtime = Runtime::new(None).unwrap();
+    let declared = encode(&[DeclaredParam {
+        name: "x".into(),
+        required: true,
+        default: None,
+        description: String::new(),
+    }]);
+    let garbage = with_section(wasm("passthrough"), SECTION, &[0xff, 0x00, 0x13]);
+    let error = load_bytes(&runtime, garbage).unwrap_err();
+    assert!(matches!(error, LoadError::Params { .. }), "{error:?}");
+    assert!(error.to_string().contains("declared parameters"), "{error}");
+    let twice = with_section(
+        with_section(wasm("passthrough"), SECTION, &declared),
+        SECTION,
+        &declared,
+    );
+    let error = load_bytes(&runtime, twice).unwrap_err();
+    assert!(error.to_string().contains("two"), "{error}");
+    // A well-formed declaration the config does not meet (no params given).
+    let unmet = with_section(wasm("passthrough"), SECTION, &declared);
+    let error = load_bytes(&runtime, unmet.clone()).unwrap_err();
+    assert!(
+        error.to_string().contains("required params [\"x\"]"),
+        "{error}"
+    );
+    let shown = runtime.inspect(&unmet).unwrap();
+    assert_eq!(shown.params.unwrap()[0].name, "x");
+}
