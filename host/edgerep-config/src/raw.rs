@@ -261,11 +261,36 @@ pub(crate) struct RawUpgrade {
 }
 
 /// A point in time: RFC 3339 text, or milliseconds since the Unix epoch.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub(crate) enum RawTime {
     Millis(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawTime, D::Error> {
+        struct Time;
+        impl serde::de::Visitor<'_> for Time {
+            type Value = RawTime;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a time: RFC 3339 text such as \"2026-12-03T18:00:00Z\", or milliseconds since the Unix epoch",
+                )
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawTime, E> {
+                Ok(RawTime::Millis(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawTime, E> {
+                u64::try_from(v)
+                    .map(RawTime::Millis)
+                    .map_err(|_| E::custom(format!("{v} is before 1970: a time is RFC 3339 text or milliseconds since the Unix epoch")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawTime, E> {
+                Ok(RawTime::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Time)
+    }
 }
 
 impl RawTime {

@@ -970,6 +970,15 @@ fn upgrades_fill_in_what_they_leave_unchanged_and_are_checked() {
         "collections.declared[0].upgrades[0].effective_from",
     );
     assert!(err.message.contains("RFC 3339"), "{err}");
+    for (bad, says) in [("-5", "before 1970"), ("true", "a time: RFC 3339")] {
+        let err = expect_error(
+            &text(&format!(
+                "[[collections.declared.upgrades]]\neffective_from = {bad}\nresolver = \"v2\"\n"
+            )),
+            "collections.declared[0].upgrades[0].effective_from",
+        );
+        assert!(err.message.contains(says), "{err}");
+    }
     let err = expect_error(
         &text("[[collections.declared.upgrades]]\neffective_from = 5\n"),
         "collections.declared[0].upgrades[0].effective_from",
