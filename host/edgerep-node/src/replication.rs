@@ -2048,7 +2048,6 @@ impl Replicator {
                     peer,
                     collection,
                     from_ms,
-                    text: _,
                 } => {
                     self.pipeline.pause(
                         &collection,

@@ -127,8 +127,6 @@ pub enum Output {
         collection: String,
         /// The upgrade's hybrid-clock time.
         from_ms: u64,
-        /// One sentence.
-        text: String,
     },
     /// The peer runs something different for some collections (reported, not fatal).
     Mismatch {
@@ -692,7 +690,6 @@ impl Replica {
                             peer: peer.clone(),
                             collection: collection.clone(),
                             from_ms: *from_ms,
-                            text: d.text.clone(),
                         });
                     }
                 }
