@@ -1604,12 +1604,12 @@ impl Replicator {
                     conn.close(CloseCode::UnknownPeer, "no longer a peer of this node");
                     return;
                 }
-                if let Some(old) = self.conns.remove(&peer) {
-                    old.conn
-                        .close(CloseCode::Normal, "replaced by a newer connection");
-                    self.core.disconnected(&peer, now);
-                    self.aae_disconnected(&peer);
-                }
+                self.end_session(
+                    &peer,
+                    CloseCode::Normal,
+                    "replaced by a newer connection",
+                    now,
+                );
                 tracing::info!(peer = %peer, remote = %conn.remote, "peer connected");
                 self.last_error.remove(&peer);
                 self.conns.insert(
@@ -1819,12 +1819,12 @@ impl Replicator {
                     .collect();
                 for peer in removed {
                     tracing::info!(peer = %peer, "config reloaded: no longer a peer; closing its session");
-                    if let Some(live) = self.conns.remove(&peer) {
-                        live.conn
-                            .close(CloseCode::Normal, "no longer a peer of this node");
-                    }
-                    self.core.disconnected(&peer, now);
-                    self.aae_disconnected(&peer);
+                    self.end_session(
+                        &peer,
+                        CloseCode::Normal,
+                        "no longer a peer of this node",
+                        now,
+                    );
                 }
                 let gone: Vec<NodeId> = self
                     .conns
@@ -1844,17 +1844,29 @@ impl Replicator {
                 }
                 for peer in gone {
                     tracing::warn!(peer = %peer, "revoked: closing its session");
-                    if let Some(live) = self.conns.remove(&peer) {
-                        live.conn
-                            .close(CloseCode::Protocol, "this node is revoked ([[revoked]])");
-                    }
-                    self.core.disconnected(&peer, now);
+                    self.end_session(
+                        &peer,
+                        CloseCode::Protocol,
+                        "this node is revoked ([[revoked]])",
+                        now,
+                    );
                     self.last_error
                         .insert(peer, "revoked ([[revoked]] in the config)".into());
                 }
             }
             Input::Stop => {}
         }
+    }
+
+    /// Closes the session with `peer` (if one is up) saying why, and tells the core and
+    /// anti-entropy it ended.
+    fn end_session(&mut self, peer: &NodeId, code: CloseCode, reason: &str, now: u64) {
+        let Some(live) = self.conns.remove(peer) else {
+            return;
+        };
+        live.conn.close(code, reason);
+        self.core.disconnected(peer, now);
+        self.aae_disconnected(peer);
     }
 
     fn drain_outputs(&mut self) {
