@@ -138,19 +138,13 @@ fn drop_import_only_worlds(module: &[u8]) -> Result<Vec<u8>, wasmparser::BinaryR
             else {
                 unreachable!("a section of a module in memory lies in memory")
             };
-            let range = start..end;
-            out.push(id);
-            let mut len = range.len() as u64;
-            loop {
-                let byte = (len & 0x7f) as u8;
-                len >>= 7;
-                if len == 0 {
-                    out.push(byte);
-                    break;
-                }
-                out.push(byte | 0x80);
-            }
-            out.extend_from_slice(&module[range]);
+            wasm_encoder::Section::append_to(
+                &wasm_encoder::RawSection {
+                    id,
+                    data: &module[start..end],
+                },
+                &mut out,
+            );
         }
     }
     Ok(out)

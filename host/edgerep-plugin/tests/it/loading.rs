@@ -211,27 +211,14 @@ fn inspect_reports_the_shape() {
     assert!(inspection.problems.is_empty(), "{:?}", inspection.problems);
 }
 
-/// `wasm` with a custom section `name` holding `data` appended (a section is its id 0, its
-/// size, the name's length and bytes, then the data; sizes as LEB128).
+/// `wasm` with a custom section `name` holding `data` appended.
 fn with_section(mut wasm: Vec<u8>, name: &str, data: &[u8]) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
+    use wasm_encoder::ComponentSection as _;
+    wasm_encoder::CustomSection {
+        name: name.into(),
+        data: data.into(),
     }
-    let mut body = Vec::new();
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name.as_bytes());
-    body.extend_from_slice(data);
-    wasm.push(0);
-    leb(body.len(), &mut wasm);
-    wasm.extend_from_slice(&body);
+    .append_to_component(&mut wasm);
     wasm
 }
 
