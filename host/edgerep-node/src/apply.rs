@@ -256,7 +256,7 @@ pub(crate) fn prepare(
         // AsReceived at once when no transform is in force for the event's collection and time.
         let mut calls = Vec::new();
         let outcome = pipeline.run_apply_timed(&event, &check_value, &mut calls);
-        if event.meta.contains_key(crate::trace::TRACEPARENT) && !calls.is_empty() {
+        if !calls.is_empty() && event.meta.contains_key(crate::trace::TRACEPARENT) {
             out.traced_calls
                 .insert((event.origin.clone(), event.seq), calls);
         }
