@@ -240,13 +240,26 @@ impl ApiError {
     }
     /// 503: writes to the collection are stopped by a plugin's halt policy.
     pub(crate) fn halted(collection: &str, reason: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "collection_halted",
-            format!(
-                "writes to collection {collection:?} are stopped: {reason}; fix the plugin or its policy and restart the node"
-            ),
+        ApiError::stopped(
+            collection,
+            &crate::pipeline::Stopped::Halted(reason.to_owned()),
         )
+    }
+    pub(crate) fn stopped(collection: &str, why: &crate::pipeline::Stopped) -> ApiError {
+        use crate::pipeline::Stopped;
+        let (kind, message) = match why {
+            Stopped::Halted(reason) => (
+                "collection_halted",
+                format!(
+                    "writes to collection {collection:?} are stopped: {reason}; fix the plugin or its policy, then reload the config or restart the node"
+                ),
+            ),
+            Stopped::Paused(reason) => (
+                "collection_paused",
+                format!("writes to collection {collection:?} wait: {reason}"),
+            ),
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, kind, message)
     }
     pub(crate) fn bad_request(kind: &'static str, message: String) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, kind, message)

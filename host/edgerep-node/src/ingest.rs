@@ -97,8 +97,8 @@ pub(crate) fn run(
 ) -> Result<Outcome, ApiError> {
     let wall = wall_ms();
     for w in &writes {
-        if let Some(reason) = app.pipeline.halted(&w.collection, wall) {
-            return Err(ApiError::halted(&w.collection, &reason));
+        if let Some(why) = app.pipeline.stopped(&w.collection, wall) {
+            return Err(ApiError::stopped(&w.collection, &why));
         }
     }
     let mut out = Outcome::default();

@@ -81,6 +81,15 @@ impl Wiring {
     }
 }
 
+/// Why a collection takes no writes (see [`Pipeline::stopped`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// A plugin with the `halt` policy failed (the reason); a reload or restart resumes it.
+    Halted(String),
+    /// A peer runs an upgrade this node lacks (the reason names it; see [`Pause`]).
+    Paused(String),
+}
+
 /// One plugin call on an event, for its trace.
 #[derive(Debug, Clone)]
 pub struct PluginCall {
@@ -210,18 +219,18 @@ impl Pipeline {
         self.wiring().ingest.contains_key(collection)
     }
 
-    /// Why writes to `collection` are stopped, if a plugin with the `halt` policy failed, or
-    /// why a write at hybrid-clock time `now_ms` must wait (the collection is paused).
-    pub fn halted(&self, collection: &str, now_ms: u64) -> Option<String> {
+    /// Why writes to `collection` at hybrid-clock time `now_ms` must not go on, if they must
+    /// not.
+    pub fn stopped(&self, collection: &str, now_ms: u64) -> Option<Stopped> {
         if let Some(reason) = self
             .halted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(collection)
         {
-            return Some(reason.clone());
+            return Some(Stopped::Halted(reason.clone()));
         }
-        self.paused_at(collection, now_ms)
+        self.paused_at(collection, now_ms).map(Stopped::Paused)
     }
 
     /// Stops writes to `collection` until the node restarts or reloads its config.

@@ -816,12 +816,17 @@ fn a_peer_announcing_an_upgrade_nobody_configured_pauses_only_until_it_is_revoke
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(paused["peers"], serde_json::json!(["node-2"]), "{paused}");
-    let r = common::agent()
+    let mut r = common::agent()
         .put(&n1.url("/v1/kv/c/during"))
         .content_type("application/json")
         .send(br#"{"v":2}"#.as_slice())
         .unwrap();
     assert_eq!(r.status(), 503);
+    let body = r.body_mut().read_to_string().unwrap();
+    assert!(
+        body.contains("collection_paused") && body.contains("node-2"),
+        "{body}"
+    );
     // The operator revokes the lying peer: its pause ends with the reload.
     let text = std::fs::read_to_string(&configs[0]).unwrap();
     std::fs::write(
