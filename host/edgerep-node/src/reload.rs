@@ -98,7 +98,9 @@ impl Reloader {
         self.reload(config).await
     }
 
-    /// Takes in `new` (see the module comment); on any error nothing changed.
+    /// Takes in `new` (see the module comment). An error in checking it or loading its plugins
+    /// changes nothing; resolving kept resolutions again runs after the new config took effect,
+    /// and a store error there is reported as the reload's error.
     pub async fn reload(&self, mut new: Config) -> Result<Reloaded, String> {
         let _one = self.busy.lock().await;
         let old = self.config();
