@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use edgerep_config::{Config, FailurePolicy};
 use edgerep_store::{LocalWrite, OnApply, Received};
 use edgerep_wire::value::DecodeLimits;
-use edgerep_wire::{Event, NodeId, Value};
+use edgerep_wire::{EncodedEvent, Event, NodeId, Value};
 
 use crate::committer::wall_ms;
 use crate::dead_letter::{DeadLetter, STAGE_APPLY};
@@ -83,7 +83,7 @@ pub(crate) const STAGE_POLICY: &str = "policy";
 
 impl Admission<'_> {
     /// Splits `events` into those admitted and those refused (see [`Prepared::refused`]).
-    fn admit(&self, events: Vec<Event>) -> (Vec<Event>, Vec<Refusal>) {
+    fn admit(&self, events: Vec<EncodedEvent>) -> (Vec<EncodedEvent>, Vec<Refusal>) {
         let mut refused = Vec::new();
         let mut blocked: BTreeSet<NodeId> = BTreeSet::new();
         // What this node will hold once the events admitted so far are applied.
@@ -225,7 +225,7 @@ pub(crate) fn prepare(
     pipeline: &Pipeline,
     limits: &DecodeLimits,
     admission: &Admission<'_>,
-    events: Vec<Event>,
+    events: Vec<EncodedEvent>,
     seals: &[edgerep_wire::Seal],
 ) -> Result<Prepared, Halt> {
     let check_value = |v: &Value| crate::check_plugin_value(v, limits);
@@ -301,7 +301,7 @@ pub(crate) fn prepare(
                     FailurePolicy::DeadLetter => {
                         let record = DeadLetter {
                             stage: STAGE_APPLY.into(),
-                            write: LocalWrite::from(event.clone()),
+                            write: LocalWrite::from(event.event().clone()),
                             plugin: r.plugin,
                             plugin_sha256: r.plugin_sha256,
                             failure: r.failure.kind.as_str().into(),

@@ -29,7 +29,7 @@ use edgerep_store::{
     Committed, Compaction, Installed, LocalWrite, Received, RemoteApply, Store, Sync,
 };
 use edgerep_wire::seal::Proof;
-use edgerep_wire::{Event, HlcClock, NodeId, Seal};
+use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Seal};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests waiting for the committer, at most. Writers wait (backpressure) when it is full.
@@ -134,7 +134,7 @@ enum Request {
     },
     /// Merge a page of a peer's state (a snapshot); the last page carries its have.
     Install {
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         proofs: Vec<Proof>,
         have: Option<Have>,
         seals: Vec<Seal>,
@@ -708,7 +708,7 @@ impl Committer {
     /// the applies); `have` on the last page. Blocks while the queue is full.
     pub fn install(
         &self,
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         proofs: Vec<Proof>,
         have: Option<Have>,
         seals: Vec<Seal>,
@@ -748,7 +748,7 @@ pub struct Repair {
     /// The peer.
     pub peer: NodeId,
     /// Its versions of keys that differed.
-    pub versions: Vec<Event>,
+    pub versions: Vec<EncodedEvent>,
     /// Per version, what proves it.
     pub proofs: Vec<Proof>,
     /// The seals the proofs name.

@@ -41,7 +41,7 @@ use edgerep_transport::certs::Identity;
 use edgerep_transport::frame::{FrameReader, FrameWriter};
 use edgerep_transport::tls::TransportConfig;
 use edgerep_transport::{CloseCode, PeerConnection, Transport};
-use edgerep_wire::{Event, NodeId, Seal};
+use edgerep_wire::{EncodedEvent, NodeId, Seal};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
@@ -1047,7 +1047,7 @@ async fn serve_connection(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         match reader.read_frame(&mut recv).await {
-            Ok(Some(bytes)) => match Message::decode(&bytes, &limits) {
+            Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
                 Ok(message) => {
                     inbox_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                     if inbox
@@ -1332,9 +1332,14 @@ impl Replicator {
     /// event its origin sealed (the batch carries the seal and its whole block, the block's
     /// root matches and the signature verifies) is a fork: reported, never applied. A different
     /// event without that proof was changed by the peer: returns why, and the peer is cut off.
-    fn check_forks(&mut self, peer: &NodeId, events: &[Event], seals: &[Seal]) -> Option<String> {
+    fn check_forks(
+        &mut self,
+        peer: &NodeId,
+        events: &[EncodedEvent],
+        seals: &[Seal],
+    ) -> Option<String> {
         let compacted = self.core.compacted();
-        let held: Vec<&Event> = events
+        let held: Vec<&EncodedEvent> = events
             .iter()
             .filter(|e| {
                 e.seq <= self.have.get(&e.origin).copied().unwrap_or(0)
@@ -1354,7 +1359,7 @@ impl Replicator {
         };
         for (event, stored) in held.iter().zip(hashes) {
             let Some(stored) = stored else { continue };
-            let received = edgerep_store::event_hash(&event.encode());
+            let received = edgerep_store::event_hash(event.bytes());
             if received != stored {
                 if !self.sealed_in_batch(event, events, seals) {
                     return Some(format!(
@@ -1384,14 +1389,19 @@ impl Replicator {
     /// Whether `event` is proven its origin's by the batch alone: a seal of the batch covers
     /// it, the batch holds that seal's whole block, the block's Merkle root matches and the
     /// signature verifies (with keys; without, the root must still match).
-    fn sealed_in_batch(&self, event: &Event, events: &[Event], seals: &[Seal]) -> bool {
+    fn sealed_in_batch(
+        &self,
+        event: &EncodedEvent,
+        events: &[EncodedEvent],
+        seals: &[Seal],
+    ) -> bool {
         let Some(seal) = seals
             .iter()
             .find(|s| s.origin == event.origin && s.covers(event.seq))
         else {
             return false;
         };
-        let mut block: Vec<&Event> = events
+        let mut block: Vec<&EncodedEvent> = events
             .iter()
             .filter(|e| e.origin == event.origin && seal.covers(e.seq))
             .collect();
@@ -1402,7 +1412,7 @@ impl Replicator {
         }
         let leaves: Vec<_> = block
             .iter()
-            .map(|e| edgerep_wire::seal::event_leaf(&e.encode()))
+            .map(|e| edgerep_wire::seal::event_leaf(e.bytes()))
             .collect();
         if edgerep_wire::seal::merkle_root(&leaves) != seal.root {
             return false;

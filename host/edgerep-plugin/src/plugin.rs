@@ -169,7 +169,7 @@ impl Plugin {
         &self,
         collection: &str,
         key: &[u8],
-        versions: &[Event],
+        versions: &[impl AsRef<Event>],
     ) -> Result<Resolution, Failure> {
         self.measured(|| self.resolve_once(collection, key, versions))
             .map(|report| report.output)
@@ -180,7 +180,7 @@ impl Plugin {
         &self,
         collection: &str,
         key: &[u8],
-        versions: &[Event],
+        versions: &[impl AsRef<Event>],
     ) -> Result<CallReport<Resolution>, Failure> {
         self.measured(|| self.resolve_once(collection, key, versions))
     }
@@ -260,13 +260,13 @@ impl Plugin {
         &self,
         collection: &str,
         key: &[u8],
-        versions: &[Event],
+        versions: &[impl AsRef<Event>],
     ) -> Result<CallReport<Resolution>, Failure> {
         let Bound::Resolver(pre) = &self.inner.bound else {
             return Err(self.wrong_world("resolve"));
         };
         let mut live: Live<Resolver> = self.instantiate(|store| pre.instantiate(store))?;
-        let input: Vec<_> = versions.iter().map(event_to_wit).collect();
+        let input: Vec<_> = versions.iter().map(|v| event_to_wit(v.as_ref())).collect();
         self.arm(&mut live.store);
         let outcome = live
             .instance

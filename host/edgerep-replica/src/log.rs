@@ -2,7 +2,7 @@
 //! writes them.
 
 use edgerep_wire::seal::Proof;
-use edgerep_wire::{Event, NodeId, Seal};
+use edgerep_wire::{EncodedEvent, NodeId, Seal};
 
 /// A position in the state, in (collection, key) order: a state page continues after it.
 pub type StateCursor = (String, Vec<u8>);
@@ -11,7 +11,7 @@ pub type StateCursor = (String, Vec<u8>);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatePage {
     /// The versions of whole keys, in key order, each as its origin sent it.
-    pub versions: Vec<Event>,
+    pub versions: Vec<EncodedEvent>,
     /// Per version, what proves it is its origin's.
     pub proofs: Vec<Proof>,
     /// The seals the proofs name, once each.
@@ -24,7 +24,7 @@ pub struct StatePage {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Read {
     /// Consecutive events of the origin.
-    pub events: Vec<Event>,
+    pub events: Vec<EncodedEvent>,
     /// The origin's seals at sequence numbers within the events; the last event has one.
     pub seals: Vec<Seal>,
 }

@@ -7,7 +7,7 @@
 //! | type | message | array |
 //! |---|---|---|
 //! | 0 | [`Hello`] | `[0, protocol, node, instance, [fingerprint…], have, compacted, [[name, value]…]]` |
-//! | 1 | [`Message::Events`] | `[1, [event bytes…], [seal…], [[origin, cert]…]]`, each event an [`Event::encode`] in a byte string |
+//! | 1 | [`Message::Events`] | `[1, [event bytes…], [seal…], [[origin, cert]…]]`, each event's canonical bytes ([`EncodedEvent`]) in a byte string |
 //! | 2 | [`Message::Ack`] | `[2, have, rewind]` |
 //! | 3 | [`Message::Bye`] | `[3, reason]` |
 //! | 4 | [`Message::Snapshot`] | `[4, id, page, floors, [event bytes…], done, have, [seal…], [[origin, cert]…], [proof…]]` (`have` empty unless `done`; one proof per event) |
@@ -35,7 +35,9 @@
 //! Invariant: [`Message::decode`] never panics and allocates at most in proportion to its input,
 //! which is at most [`MessageLimits::max_frame_bytes`].
 
-use edgerep_wire::event::{self, Event, EventLimits, check_collection_name};
+use bytes::Bytes;
+use edgerep_wire::EncodedEvent;
+use edgerep_wire::event::{self, EventLimits, check_collection_name};
 use edgerep_wire::seal::{MAX_CERT_BYTES, MAX_PATH_HASHES, MAX_SIGNATURE_BYTES, Proof};
 use edgerep_wire::{NodeId, Seal};
 use minicbor::Encoder;
@@ -148,7 +150,7 @@ pub enum Message {
     /// consecutive ascending sequence numbers.
     Events {
         /// The events.
-        events: Vec<Event>,
+        events: Vec<EncodedEvent>,
         /// The origins' seals over them: each origin's run ends at one.
         seals: Vec<Seal>,
         /// Certificates (DER) of origins whose seals the receiver may not be able to verify yet.
@@ -178,7 +180,7 @@ pub enum Message {
         /// ascending): the receiver takes a new snapshot only if it is below one of them.
         floors: Vec<(NodeId, u64)>,
         /// The versions of consecutive keys, in key order, each as its origin sent it.
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         /// Per version, what proves it is its origin's.
         proofs: Vec<Proof>,
         /// The last page: the state sent reflects at least every event up to `have`.
@@ -225,7 +227,7 @@ pub enum Message {
         /// The session.
         id: u64,
         /// The versions, each as its origin sent it.
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         /// Per version, what proves it is its origin's.
         proofs: Vec<Proof>,
         /// The seals the proofs name.
@@ -517,6 +519,20 @@ impl Message {
     /// Decodes one message from untrusted bytes. Never panics; refuses anything over `limits`,
     /// anything malformed or not in deterministic encoding, and trailing bytes.
     pub fn decode(bytes: &[u8], limits: &MessageLimits) -> Result<Message, DecodeError> {
+        Message::decode_in(bytes, None, limits)
+    }
+
+    /// [`Message::decode`] of a received frame: the events a message carries keep their bytes
+    /// as slices of `frame` (shared, not copied).
+    pub fn decode_frame(frame: &Bytes, limits: &MessageLimits) -> Result<Message, DecodeError> {
+        Message::decode_in(frame, Some(frame), limits)
+    }
+
+    fn decode_in(
+        bytes: &[u8],
+        frame: Option<&Bytes>,
+        limits: &MessageLimits,
+    ) -> Result<Message, DecodeError> {
         if bytes.len() > limits.max_frame_bytes {
             return Err(DecodeError::TooLarge {
                 size: bytes.len(),
@@ -554,7 +570,7 @@ impl Message {
         let message = match ty {
             kind::HELLO => Message::Hello(decode_hello(&mut r)?),
             kind::EVENTS => {
-                let events = decode_events(&mut r, limits)?;
+                let events = decode_events(&mut r, frame, limits)?;
                 let (seals, certs) = decode_seals(&mut r, limits, "events")?;
                 Message::Events {
                     events,
@@ -570,7 +586,7 @@ impl Message {
                 let id = r.u64("snapshot id")?;
                 let page = r.u64("snapshot page")?;
                 let floors = decode_have(&mut r, "snapshot floors")?;
-                let versions = decode_events(&mut r, limits)?;
+                let versions = decode_events(&mut r, frame, limits)?;
                 let done = r.bool("snapshot done")?;
                 let have = decode_have(&mut r, "snapshot have")?;
                 let (seals, certs) = decode_seals(&mut r, limits, "snapshot")?;
@@ -614,7 +630,7 @@ impl Message {
             }
             kind::REPAIR => {
                 let id = r.u64("repair id")?;
-                let versions = decode_events(&mut r, limits)?;
+                let versions = decode_events(&mut r, frame, limits)?;
                 let proofs = decode_proofs(&mut r, versions.len())?;
                 let (seals, certs) = decode_seals(&mut r, limits, "repair")?;
                 let n = bounded_len(&mut r, "repair want", MAX_KEYS)?;
@@ -781,13 +797,11 @@ fn decode_ranges(
 }
 
 /// `[event bytes…]`.
-fn encode_events(buf: &mut Vec<u8>, events: &[Event]) {
-    let _ = Encoder::new(&mut *buf).array(events.len() as u64);
-    let mut scratch = Vec::new();
+fn encode_events(buf: &mut Vec<u8>, events: &[EncodedEvent]) {
+    let mut e = Encoder::new(&mut *buf);
+    let _ = e.array(events.len() as u64);
     for ev in events {
-        scratch.clear();
-        ev.encode_into(&mut scratch);
-        let _ = Encoder::new(&mut *buf).bytes(&scratch);
+        let _ = e.bytes(ev.bytes());
     }
 }
 
@@ -1155,7 +1169,12 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
     })
 }
 
-fn decode_events(r: &mut Reader<'_>, limits: &MessageLimits) -> Result<Vec<Event>, DecodeError> {
+/// `[event bytes…]`, each kept as a slice of `frame` when the message is one.
+fn decode_events(
+    r: &mut Reader<'_>,
+    frame: Option<&Bytes>,
+    limits: &MessageLimits,
+) -> Result<Vec<EncodedEvent>, DecodeError> {
     let n = r.array("events")?;
     if n > limits.max_events_per_batch as u64 {
         return Err(DecodeError::TooMany {
@@ -1168,8 +1187,11 @@ fn decode_events(r: &mut Reader<'_>, limits: &MessageLimits) -> Result<Vec<Event
     for index in 0..n as usize {
         let bytes = r.bytes("event")?;
         events.push(
-            Event::decode(bytes, &limits.event)
-                .map_err(|source| DecodeError::Event { index, source })?,
+            match frame {
+                Some(frame) => EncodedEvent::decode(frame.slice_ref(bytes), &limits.event),
+                None => EncodedEvent::decode_slice(bytes, &limits.event),
+            }
+            .map_err(|source| DecodeError::Event { index, source })?,
         );
     }
     Ok(events)
@@ -1178,14 +1200,14 @@ fn decode_events(r: &mut Reader<'_>, limits: &MessageLimits) -> Result<Vec<Event
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgerep_wire::{Hlc, Op, Value, VersionVector};
+    use edgerep_wire::{Event, Hlc, Op, Value, VersionVector};
 
     fn node(s: &str) -> NodeId {
         NodeId::parse(s).unwrap()
     }
 
-    fn event(origin: &str, seq: u64) -> Event {
-        Event {
+    fn event(origin: &str, seq: u64) -> EncodedEvent {
+        EncodedEvent::new(Event {
             format: 1,
             collection: "c".into(),
             key: b"k".to_vec(),
@@ -1198,7 +1220,7 @@ mod tests {
             meta: Default::default(),
             context: VersionVector::new(),
             extra: Default::default(),
-        }
+        })
     }
 
     fn hello() -> Hello {
@@ -1880,7 +1902,7 @@ mod tests {
             "have seq is not in deterministic encoding",
         );
         // An event byte string (over 23 bytes) with a two-byte length.
-        let ev = event("a", 1).encode();
+        let ev = event("a", 1).bytes().to_vec();
         let mut bytes = vec![0x84, 0x01, 0x81, 0x59, 0x00, ev.len() as u8];
         bytes.extend_from_slice(&ev);
         bytes.extend_from_slice(&[0x80, 0x80]);

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
 use edgerep_wire::seal::Proof;
-use edgerep_wire::{Event, NodeId, Seal};
+use edgerep_wire::{EncodedEvent, NodeId, Seal};
 
 use crate::fingerprint;
 use crate::have::{self, Have};
@@ -104,7 +104,7 @@ pub enum Output {
         peer: NodeId,
         /// The events: per origin, consecutive, continuing the local have, and ending at one of
         /// `seals`.
-        events: Vec<Event>,
+        events: Vec<EncodedEvent>,
         /// The origins' seals over them.
         seals: Vec<Seal>,
         /// Certificates the peer sent with them.
@@ -144,7 +144,7 @@ pub enum Output {
         /// The peer the page came from.
         peer: NodeId,
         /// The versions of whole keys.
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         /// Per version, what proves it is its origin's (unchecked: the store checks).
         proofs: Vec<Proof>,
         /// On the last page: per origin, what the snapshot reflects.
@@ -369,8 +369,6 @@ pub struct Replica {
     /// Round-robin cursors over peers: the last served with a control message, with events.
     last_control: Option<NodeId>,
     last_events: Option<NodeId>,
-    /// Reused buffer for measuring encoded event sizes.
-    scratch: Vec<u8>,
     /// Origins whose changelog read failed, with the reason (see [`Replica::unreadable`]).
     unreadable: BTreeMap<NodeId, String>,
     /// Deliberate bugs: always false unless the `fault-injection` feature turns them on.
@@ -393,7 +391,7 @@ fn round_robin<'a, V>(map: &'a BTreeMap<NodeId, V>, cursor: Option<&NodeId>) -> 
 /// Drops from `events` (one Events message: each origin's events one consecutive run) every
 /// origin's events after its last seal among `seals`: only what an origin sealed may be applied
 /// (the rest comes again, in a batch that ends at a seal). Returns how many were dropped.
-pub fn trim_to_seals(events: &mut Vec<Event>, seals: &[Seal]) -> usize {
+pub fn trim_to_seals(events: &mut Vec<EncodedEvent>, seals: &[Seal]) -> usize {
     // Per origin, the last of its events present, then the last seal at or before it.
     let mut last_event: BTreeMap<NodeId, u64> = BTreeMap::new();
     for e in events.iter() {
@@ -412,26 +410,17 @@ pub fn trim_to_seals(events: &mut Vec<Event>, seals: &[Seal]) -> usize {
     before - events.len()
 }
 
-/// About how much memory `events` hold: key, value and metadata bytes, and 128 for the rest.
-fn approx_bytes(events: &[Event]) -> usize {
+/// About how much memory `events` hold: the canonical bytes, the parsed copy of about as many
+/// (key, value, metadata), up to about 80 bytes per causal context entry, and 128 for the rest.
+fn approx_bytes(events: &[EncodedEvent]) -> usize {
     events
         .iter()
-        .map(|e| {
-            let meta: usize = e.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
-            let extra: usize = e.extra.values().map(|v| v.len()).sum();
-            // A causal context entry takes up to about 80 bytes.
-            e.key.len()
-                + e.value.as_ref().map_or(0, |v| v.len())
-                + meta
-                + extra
-                + e.context.len() * 80
-                + 128
-        })
+        .map(|e| 2 * e.encoded_len() + e.context.len() * 80 + 128)
         .sum()
 }
 
 /// Checks that each origin's events form one run of consecutive ascending sequence numbers.
-fn check_contiguous(events: &[Event]) -> Result<(), ProtocolError> {
+fn check_contiguous(events: &[EncodedEvent]) -> Result<(), ProtocolError> {
     let mut done: Vec<&NodeId> = Vec::new();
     for pair in events.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
@@ -483,7 +472,6 @@ impl Replica {
             outputs: VecDeque::new(),
             last_control: None,
             last_events: None,
-            scratch: Vec::new(),
             unreadable: BTreeMap::new(),
             ack_before_apply: false,
             apply_duplicates: false,
@@ -1463,7 +1451,6 @@ impl Replica {
             compacted,
             have_version,
             peers,
-            scratch,
             unreadable,
             counters,
             ..
@@ -1556,9 +1543,7 @@ impl Replica {
             }
             unreadable.remove(&origin);
             for e in &events {
-                scratch.clear();
-                e.encode_into(scratch);
-                bytes_left = bytes_left.saturating_sub(scratch.len());
+                bytes_left = bytes_left.saturating_sub(e.encoded_len());
             }
             if batch.is_empty() {
                 s.last_origin = Some(origin.clone());

@@ -3,14 +3,14 @@
 use super::*;
 use crate::log::{StateCursor, StatePage};
 use crate::message::CollectionFingerprint;
-use edgerep_wire::{Hlc, Op, Seal, Value, VersionVector};
+use edgerep_wire::{Event, Hlc, Op, Seal, Value, VersionVector};
 
 fn n(s: &str) -> NodeId {
     NodeId::parse(s).unwrap()
 }
 
-fn ev(origin: &str, seq: u64) -> Event {
-    Event {
+fn ev(origin: &str, seq: u64) -> EncodedEvent {
+    EncodedEvent::new(Event {
         format: 1,
         collection: "c".into(),
         key: format!("k{seq}").into_bytes(),
@@ -23,11 +23,11 @@ fn ev(origin: &str, seq: u64) -> Event {
         meta: Default::default(),
         context: VersionVector::new(),
         extra: Default::default(),
-    }
+    })
 }
 
 /// A seal over `e` (the core carries seals; the store checks them).
-fn seal_of(e: &Event) -> Seal {
+fn seal_of(e: &EncodedEvent) -> Seal {
     Seal {
         origin: e.origin.clone(),
         seq: e.seq,
@@ -39,7 +39,7 @@ fn seal_of(e: &Event) -> Seal {
 }
 
 /// The (test) proofs of snapshot versions: each its own block.
-fn proofs_of(versions: &[Event]) -> Vec<Proof> {
+fn proofs_of(versions: &[EncodedEvent]) -> Vec<Proof> {
     versions
         .iter()
         .map(|v| Proof {
@@ -50,7 +50,7 @@ fn proofs_of(versions: &[Event]) -> Vec<Proof> {
 }
 
 /// The seals a snapshot page carries: its versions' (once each), then those of `have`.
-fn page_seals(versions: &[Event], have: &[(&str, u64)]) -> Vec<Seal> {
+fn page_seals(versions: &[EncodedEvent], have: &[(&str, u64)]) -> Vec<Seal> {
     let mut out: Vec<Seal> = Vec::new();
     let more = have.iter().map(|(o, s)| ev(o, *s));
     for e in versions.iter().cloned().chain(more) {
@@ -62,7 +62,7 @@ fn page_seals(versions: &[Event], have: &[(&str, u64)]) -> Vec<Seal> {
 }
 
 /// An Events message with every event sealed.
-fn sealed(events: Vec<Event>) -> Message {
+fn sealed(events: Vec<EncodedEvent>) -> Message {
     let seals = events.iter().map(seal_of).collect();
     Message::Events {
         events,
@@ -71,7 +71,7 @@ fn sealed(events: Vec<Event>) -> Message {
     }
 }
 
-fn evs(origin: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Event> {
+fn evs(origin: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<EncodedEvent> {
     seqs.map(|s| ev(origin, s)).collect()
 }
 
@@ -80,12 +80,12 @@ fn evs(origin: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Event> {
 /// below a compacted floor stay in the state but can no longer be read from the changelog.
 #[derive(Default)]
 struct MemLog {
-    events: BTreeMap<(NodeId, u64), Event>,
+    events: BTreeMap<(NodeId, u64), EncodedEvent>,
     compacted: Have,
 }
 
 impl MemLog {
-    fn with(events: &[Event]) -> MemLog {
+    fn with(events: &[EncodedEvent]) -> MemLog {
         MemLog {
             events: events
                 .iter()
@@ -101,7 +101,7 @@ impl MemLog {
         }
         h
     }
-    fn add(&mut self, e: Event) {
+    fn add(&mut self, e: EncodedEvent) {
         self.events.insert((e.origin.clone(), e.seq), e);
     }
 }
@@ -121,7 +121,7 @@ impl Log for MemLog {
                 floor,
             });
         }
-        let events: Vec<Event> = self
+        let events: Vec<EncodedEvent> = self
             .events
             .range((origin.clone(), after + 1)..=(origin.clone(), u64::MAX))
             .take(max)
@@ -147,7 +147,7 @@ impl Log for MemLog {
         max_events: usize,
         _bytes: usize,
     ) -> Result<StatePage, LogError> {
-        let mut keys: BTreeMap<StateCursor, Vec<Event>> = BTreeMap::new();
+        let mut keys: BTreeMap<StateCursor, Vec<EncodedEvent>> = BTreeMap::new();
         for e in self.events.values() {
             let key = (e.collection.clone(), e.key.clone());
             if after.is_none_or(|a| key > *a) {
@@ -471,7 +471,7 @@ fn batches_stop_at_the_byte_budget() {
     let log = MemLog::with(&both);
     // Room for one event: the batch does not go on to the next origin.
     let cfg = ReplicaConfig {
-        batch_bytes: ev("x", 1).encode().len(),
+        batch_bytes: ev("x", 1).encoded_len(),
         ..config(100, 100)
     };
     let mut r = ready(&log, cfg, &["b"]);
@@ -970,7 +970,12 @@ fn an_apply_outlives_its_session() {
 }
 
 /// A Snapshot message: the last page (`done`) if `have` is given.
-fn snapshot(id: u64, page: u64, versions: Vec<Event>, have: Option<&[(&str, u64)]>) -> Message {
+fn snapshot(
+    id: u64,
+    page: u64,
+    versions: Vec<EncodedEvent>,
+    have: Option<&[(&str, u64)]>,
+) -> Message {
     Message::Snapshot {
         id,
         page,
@@ -1000,7 +1005,7 @@ fn snapshot_ack(id: u64, page: u64) -> Message {
     Message::SnapshotAck { id, page }
 }
 
-fn install_of(versions: Vec<Event>, have: Option<&[(&str, u64)]>) -> Option<Output> {
+fn install_of(versions: Vec<EncodedEvent>, have: Option<&[(&str, u64)]>) -> Option<Output> {
     Some(Output::InstallSnapshot {
         peer: n("b"),
         proofs: proofs_of(&versions),
@@ -1096,10 +1101,10 @@ fn an_unacknowledged_snapshot_page_is_resent_as_it_was() {
     );
     assert_eq!(r.poll_timeout(), Some(3010));
     // Key k1 gains a version: read again, page 0 would hold k1 alone.
-    log.add(Event {
+    log.add(EncodedEvent::new(Event {
         key: b"k1".to_vec(),
-        ..ev("a", 5)
-    });
+        ..ev("a", 5).into_event()
+    }));
     r.handle_timeout(3009);
     assert_eq!(r.poll_transmit(3009, &log).unwrap(), None);
     r.handle_timeout(3010);

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use edgerep_wire::seal::Proof;
-use edgerep_wire::{Event, NodeId, Seal};
+use edgerep_wire::{EncodedEvent, NodeId, Seal};
 
 use crate::have::{self, Have};
 use crate::log::StateCursor;
@@ -41,7 +41,7 @@ pub(crate) struct SnapshotOut {
 pub(crate) struct PendingPage {
     pub(crate) id: u64,
     pub(crate) page: u64,
-    pub(crate) versions: Vec<Event>,
+    pub(crate) versions: Vec<EncodedEvent>,
     pub(crate) proofs: Vec<Proof>,
     pub(crate) have: Option<Have>,
     pub(crate) seals: Vec<Seal>,
@@ -50,7 +50,7 @@ pub(crate) struct PendingPage {
 
 /// One Events message of the peer's, as received (unsealed tails already dropped).
 pub(crate) struct Batch {
-    pub(crate) events: Vec<Event>,
+    pub(crate) events: Vec<EncodedEvent>,
     pub(crate) seals: Vec<Seal>,
     pub(crate) certs: Vec<(NodeId, Vec<u8>)>,
 }

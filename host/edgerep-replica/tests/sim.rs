@@ -43,7 +43,7 @@ use edgerep_wire::event::Dot;
 use edgerep_wire::seal::{
     ChainHash, Proof, chain_link, chain_next, chain_start, event_leaf, merkle_root,
 };
-use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Seal, Value, VersionVector};
+use edgerep_wire::{EncodedEvent, Event, Hlc, HlcClock, NodeId, Op, Seal, Value, VersionVector};
 
 #[path = "sim/aae.rs"]
 mod aae;
@@ -114,7 +114,7 @@ type Key = (String, Vec<u8>);
 struct MemLog {
     /// The node whose store this is.
     node: NodeId,
-    changelog: BTreeMap<(NodeId, u64), Event>,
+    changelog: BTreeMap<(NodeId, u64), EncodedEvent>,
     /// Encoded size of each changelog event.
     sizes: BTreeMap<(NodeId, u64), usize>,
     have: Have,
@@ -202,13 +202,13 @@ impl MemLog {
 
     /// `version` as its origin wrote it, if this store can prove it (like the store's proofs:
     /// the changelog's event, else the version itself when its seal names it).
-    fn provable(&self, version: &Event) -> Option<Event> {
+    fn provable(&self, version: &EncodedEvent) -> Option<EncodedEvent> {
         let dot = (version.origin.clone(), version.seq);
         if let Some(e) = self.changelog.get(&dot) {
             return Some(e.clone());
         }
         let seal = self.seals.get(&dot)?;
-        (seal.root == event_leaf(&version.encode()) && seal_valid(seal)).then(|| version.clone())
+        (seal.root == event_leaf(version.bytes()) && seal_valid(seal)).then(|| version.clone())
     }
 
     fn seq(&self, origin: &NodeId) -> u64 {
@@ -248,9 +248,9 @@ impl MemLog {
         self.seals.get(&(origin.clone(), seq)).cloned()
     }
 
-    fn insert(&mut self, event: Event) {
+    fn insert(&mut self, event: EncodedEvent) {
         let (_, head) = self.head(&event.origin);
-        let leaf = event_leaf(&event.encode());
+        let leaf = event_leaf(event.bytes());
         let chain = chain_link(&head, &leaf);
         // What the origin signed (honest code only ever inserts what verified as the origin's,
         // or the node's own writes).
@@ -271,7 +271,7 @@ impl MemLog {
             .or_default()
             .apply(event.clone());
         self.sizes
-            .insert((event.origin.clone(), event.seq), event.encode().len());
+            .insert((event.origin.clone(), event.seq), event.encoded_len());
         self.changelog
             .insert((event.origin.clone(), event.seq), event);
     }
@@ -279,7 +279,7 @@ impl MemLog {
     /// One durable transaction: idempotent (events the have covers are skipped: below the
     /// compacted floor they are not in the changelog), each origin gapless, else nothing is
     /// applied.
-    fn apply(&mut self, events: &[Event], seals: &[Seal]) -> Result<(), String> {
+    fn apply(&mut self, events: &[EncodedEvent], seals: &[Seal]) -> Result<(), String> {
         let mut held = self.have.clone();
         for e in events {
             if e.seq <= self.seq(&e.origin) {
@@ -307,7 +307,7 @@ impl MemLog {
                 (seq, chain, seq, Vec::new())
             });
             c.0 = e.seq;
-            let leaf = event_leaf(&e.encode());
+            let leaf = event_leaf(e.bytes());
             c.1 = chain_link(&c.1, &leaf);
             c.3.push(leaf);
             if let Some(seal) = at.get(&(&e.origin, e.seq)) {
@@ -372,7 +372,7 @@ impl MemLog {
     /// own events than it holds is refused (nothing changes). Returns the keys changed.
     fn install(
         &mut self,
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         proofs: &[Proof],
         have: Option<&Have>,
         seals: &[Seal],
@@ -386,7 +386,7 @@ impl MemLog {
         }
         for (v, p) in versions.iter().zip(proofs) {
             match at.get(&(&v.origin, p.seal)) {
-                Some(seal) if seal_valid(seal) && seal.proves(v.seq, &v.encode(), &p.path) => {}
+                Some(seal) if seal_valid(seal) && seal.proves(v.seq, v.bytes(), &p.path) => {}
                 _ => {
                     self.forged += 1;
                     self.forged_versions += 1;
@@ -508,7 +508,7 @@ impl Log for MemLog {
         let mut last: Option<Key> = None;
         let mut next = None;
         for (key, v) in rows {
-            let size: usize = v.events().iter().map(|e| e.encode().len() + 300).sum();
+            let size: usize = v.events().iter().map(|e| e.encoded_len() + 300).sum();
             if last.is_some()
                 && (versions.len() + v.events().len() > max_events || bytes + size > max_bytes)
             {
@@ -555,13 +555,13 @@ enum Work {
     /// An [`Output::Apply`].
     Apply {
         peer: NodeId,
-        events: Vec<Event>,
+        events: Vec<EncodedEvent>,
         seals: Vec<Seal>,
     },
     /// An [`Output::InstallSnapshot`].
     Install {
         peer: NodeId,
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         proofs: Vec<Proof>,
         have: Option<Have>,
         seals: Vec<Seal>,
@@ -698,7 +698,7 @@ struct Sim {
     /// Every local write (acknowledged to its client once committed), with its key.
     written: Vec<(Dot, Key)>,
     /// Every local write as its origin wrote it.
-    written_events: BTreeMap<(NodeId, u64), Event>,
+    written_events: BTreeMap<(NodeId, u64), EncodedEvent>,
     /// Messages the byzantine node tampered with.
     tampered: u64,
     injected_failures: u64,
@@ -917,7 +917,7 @@ impl Sim {
             .map_or_else(VersionVector::new, Versions::context);
         let mut cbor = Vec::new();
         minicbor::Encoder::new(&mut cbor).u64(value).unwrap();
-        let event = Event {
+        let event = EncodedEvent::new(Event {
             format: 1,
             collection,
             key: key.into_bytes(),
@@ -930,7 +930,7 @@ impl Sim {
             meta: BTreeMap::new(),
             context,
             extra: BTreeMap::new(),
-        };
+        });
         self.written
             .push((event.dot(), (event.collection.clone(), event.key.clone())));
         self.written_events
@@ -1053,8 +1053,10 @@ impl Sim {
                     let e = events.iter_mut().find(|e| e.origin != me)?;
                     let mut cbor = Vec::new();
                     minicbor::Encoder::new(&mut cbor).u64(999_999).ok()?;
-                    e.op = Op::Put;
-                    e.value = Some(Value::from_canonical(cbor, &Default::default()).ok()?);
+                    let mut changed = e.clone().into_event();
+                    changed.op = Op::Put;
+                    changed.value = Some(Value::from_canonical(cbor, &Default::default()).ok()?);
+                    *e = EncodedEvent::new(changed);
                 }
                 // Append events under an honest origin's name that origin never wrote,
                 // "sealed" with its own key.
@@ -1071,7 +1073,7 @@ impl Sim {
                     for seq in next..next + 2 {
                         let mut cbor = Vec::new();
                         minicbor::Encoder::new(&mut cbor).u64(seq).ok()?;
-                        let forged = Event {
+                        let forged = EncodedEvent::new(Event {
                             format: 1,
                             collection: "c1".into(),
                             key: b"forged".to_vec(),
@@ -1084,8 +1086,8 @@ impl Sim {
                             meta: BTreeMap::new(),
                             context: VersionVector::new(),
                             extra: BTreeMap::new(),
-                        };
-                        let leaf = event_leaf(&forged.encode());
+                        });
+                        let leaf = event_leaf(forged.bytes());
                         chain = chain_link(&chain, &leaf);
                         leaves.push(leaf);
                         events.push(forged);
@@ -1134,8 +1136,10 @@ impl Sim {
                 {
                     let mut cbor = Vec::new();
                     minicbor::Encoder::new(&mut cbor).u64(777_777).ok()?;
-                    v.op = Op::Put;
-                    v.value = Some(Value::from_canonical(cbor, &Default::default()).ok()?);
+                    let mut changed = v.clone().into_event();
+                    changed.op = Op::Put;
+                    changed.value = Some(Value::from_canonical(cbor, &Default::default()).ok()?);
+                    *v = EncodedEvent::new(changed);
                 }
                 if *done {
                     for (o, s) in have.iter_mut() {
@@ -1276,7 +1280,7 @@ impl Sim {
         &mut self,
         i: usize,
         peer: NodeId,
-        events: Vec<Event>,
+        events: Vec<EncodedEvent>,
         seals: &[Seal],
         chaos: bool,
     ) -> Result<(), String> {
@@ -1340,7 +1344,7 @@ impl Sim {
         &mut self,
         i: usize,
         peer: NodeId,
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         proofs: &[Proof],
         have: Option<Have>,
         seals: &[Seal],

@@ -40,7 +40,7 @@ use edgerep_wire::event::{EventLimits, FORMAT_VERSION};
 use edgerep_wire::seal::{
     Block, ChainHash, SEAL_EVERY_BYTES, SEAL_EVERY_EVENTS, chain_link, event_leaf,
 };
-use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Seal, Value};
+use edgerep_wire::{EncodedEvent, Event, Hlc, HlcClock, NodeId, Op, Seal, Value};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -341,17 +341,17 @@ pub enum OnApply {
 /// An event received from a peer, with what it does to the state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Received {
-    /// The event as its origin wrote it.
-    pub event: Event,
+    /// The event as its origin wrote it, with its canonical bytes (what the changelog stores).
+    pub event: EncodedEvent,
     /// What it does to this node's state.
     pub on_apply: OnApply,
 }
 
 impl Received {
     /// An event applied as received.
-    pub fn as_received(event: Event) -> Received {
+    pub fn as_received(event: impl Into<EncodedEvent>) -> Received {
         Received {
-            event,
+            event: event.into(),
             on_apply: OnApply::AsReceived,
         }
     }
@@ -498,7 +498,7 @@ fn apply_to_state(
     digest: &mut Digest,
     entries: &mut u64,
     limits: &EventLimits,
-    event: Event,
+    event: EncodedEvent,
     repair: bool,
     unresolved: &mut Unresolved<'_>,
 ) -> Result<(Applied, bool), StoreError> {
@@ -1362,7 +1362,10 @@ impl Store {
     /// come without gaps (sequence `n + 1` after `n`), else nothing is applied and the error says
     /// which event is missing. Returns, per event, what it did to its key's versions
     /// ([`Applied::Duplicate`] also for an event already in the changelog).
-    pub fn apply_events(&self, events: Vec<Event>) -> Result<Vec<Applied>, StoreError> {
+    pub fn apply_events<E: Into<EncodedEvent>>(
+        &self,
+        events: Vec<E>,
+    ) -> Result<Vec<Applied>, StoreError> {
         let events = events.into_iter().map(Received::as_received).collect();
         Ok(self
             .apply_in(events, None, &[], Sync::Immediate, None)?
@@ -1645,18 +1648,16 @@ impl Store {
             let mut index = aae::Writes::new(self.fingerprints);
             let mut unresolved = Unresolved::new(self.resolver.as_deref(), &self.rule);
             seals::put_certs(&txn, sealed)?;
-            // Before anything is written, one pass encodes each event and walks each origin's
-            // chain over its new events, checking the batch's seals on the way: a seal that
+            // Before anything is written, one pass walks each origin's chain over its new
+            // events (their canonical bytes, as received), checking the batch's seals on the way: a seal that
             // does not verify is a forgery (nothing is applied); one that verifies but that
             // the events do not chain to from this node's history is a fork (two histories the
             // origin signed) or events changed under a genuine seal; the two look alike here.
             // That origin's events are left out, the rest applied.
-            let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(events.len());
             let mut forks: BTreeMap<NodeId, Fork> = BTreeMap::new();
             let mut walks: BTreeMap<NodeId, ChainWalk<'_>> = BTreeMap::new();
             for r in &events {
                 let e = &r.event;
-                let bytes = e.encode();
                 if !forks.contains_key(&e.origin) {
                     if !walks.contains_key(&e.origin) {
                         let held = origins.get(e.origin.as_str())?.map_or(0, |g| g.value());
@@ -1676,7 +1677,7 @@ impl Store {
                         && Some(e.seq) == w.seq.checked_add(1)
                     {
                         w.seq = e.seq;
-                        let leaf = event_leaf(&bytes);
+                        let leaf = event_leaf(e.bytes());
                         w.chain = chain_link(&w.chain, &leaf);
                         w.block.push(e.seq, leaf);
                         if let Some(&seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
@@ -1719,7 +1720,6 @@ impl Store {
                         }
                     }
                 }
-                encoded.push(bytes);
             }
             let Counters {
                 mut position,
@@ -1730,9 +1730,7 @@ impl Store {
             let mut run: Option<(u64, String, u64, u64)> = None;
             // Per origin seen in the batch, the highest sequence number held (saved at the end).
             let mut held_by_origin: BTreeMap<String, u64> = BTreeMap::new();
-            let mut encoded = encoded.into_iter();
             for Received { event, on_apply } in events {
-                let precomputed = encoded.next();
                 if forks.contains_key(&event.origin) {
                     // The other history of a forked origin: not this node's to take.
                     out.push(Applied::Obsolete);
@@ -1761,10 +1759,7 @@ impl Store {
                     });
                 }
                 let lkey = log_key(event.origin.as_str(), event.seq);
-                let Some(bytes) = precomputed else {
-                    return Err(corrupt("changelog", "an event lost its encoding"));
-                };
-                changelog.insert(lkey.as_slice(), bytes.as_slice())?;
+                changelog.insert(lkey.as_slice(), event.bytes())?;
                 if let Some(h) = held_by_origin.get_mut(event.origin.as_str()) {
                     *h = event.seq;
                 }
@@ -1782,18 +1777,21 @@ impl Store {
                         Some((position, event.origin.to_string(), event.seq, 1))
                     }
                 };
-                let mut event = event;
-                match on_apply {
-                    OnApply::AsReceived => {}
+                let event = match on_apply {
+                    OnApply::AsReceived => event,
                     OnApply::Value(value) => {
+                        // This node's version of the event (a transform on apply decided it):
+                        // the one event encoded again on this path.
+                        let mut event = event.into_event();
                         event.op = if value.is_some() { Op::Put } else { Op::Delete };
                         event.value = value;
+                        EncodedEvent::new(event)
                     }
                     OnApply::Dropped => {
                         out.push(Applied::Obsolete);
                         continue;
                     }
-                }
+                };
                 out.push(
                     apply_to_state(
                         &mut state,
@@ -1986,7 +1984,7 @@ impl Store {
     }
 
     /// Events of this node's feed after position `after`, at most `limit`, with their positions.
-    pub fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+    pub fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StoreError> {
         let txn = self.db.begin_read()?;
         let feed = txn.open_table(FEED)?;
         let changelog = txn.open_table(CHANGELOG)?;
@@ -2018,7 +2016,7 @@ impl Store {
                             format!("position {pos} names missing event {origin}:{seq}"),
                         )
                     })?;
-                let event = Event::decode(bytes.value(), &self.limits())
+                let event = EncodedEvent::decode_slice(bytes.value(), &self.limits())
                     .map_err(|e| corrupt("changelog", e))?;
                 out.push((pos, event));
             }
@@ -2032,7 +2030,7 @@ impl Store {
         origin: &str,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<Vec<EncodedEvent>, StoreError> {
         let txn = self.db.begin_read()?;
         let changelog = txn.open_table(CHANGELOG)?;
         let floor = txn
@@ -2054,7 +2052,8 @@ impl Store {
         {
             let (_, v) = row?;
             out.push(
-                Event::decode(v.value(), &self.limits()).map_err(|e| corrupt("changelog", e))?,
+                EncodedEvent::decode_slice(v.value(), &self.limits())
+                    .map_err(|e| corrupt("changelog", e))?,
             );
         }
         Ok(out)

@@ -15,7 +15,7 @@
 
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::{ChainHash, MAX_PATH_HASHES, Proof, event_leaf, merkle_path, merkle_root};
-use edgerep_wire::{Event, NodeId, Seal};
+use edgerep_wire::{EncodedEvent, Event, NodeId, Seal};
 use redb::{ReadableTable, TableDefinition};
 
 use crate::keys::{log_key, log_seq, state_key};
@@ -254,7 +254,7 @@ fn live_in(
         .events()
         .iter()
         .find(|v| v.seq == event.seq && v.origin == event.origin)
-        .map(|v| (v.encode() != bytes).then(|| bytes.to_vec())))
+        .map(|v| (v.bytes() != bytes).then(|| bytes.to_vec())))
 }
 
 /// Before `origin`'s events `from..=to` leave the changelog: keeps each of their blocks that
@@ -469,7 +469,7 @@ pub(crate) fn sweep(
 #[derive(Default)]
 pub(crate) struct PageProofs {
     /// Per version: the event as its origin sent it, and its proof.
-    pub(crate) versions: Vec<(Event, Proof)>,
+    pub(crate) versions: Vec<(EncodedEvent, Proof)>,
     pub(crate) seals: Vec<Seal>,
     /// Blocks read from the changelog for this page: (origin, seal seq) → leaves.
     blocks: std::collections::BTreeMap<(String, u64), Vec<ChainHash>>,
@@ -493,11 +493,11 @@ impl PageProofs {
         proofs: &impl ReadableTable<&'static [u8], &'static [u8]>,
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         limits: &EventLimits,
-        version: Event,
+        version: EncodedEvent,
     ) -> Result<(), StoreError> {
         match self.prove(changelog, seals_t, proofs, blocks, limits, version)? {
             Some((original, seal, proof))
-                if seal.proves(original.seq, &original.encode(), &proof.path) =>
+                if seal.proves(original.seq, original.bytes(), &proof.path) =>
             {
                 if self.named.insert((seal.origin.to_string(), seal.seq)) {
                     self.seals.push(seal);
@@ -518,14 +518,14 @@ impl PageProofs {
         proofs: &impl ReadableTable<&'static [u8], &'static [u8]>,
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         limits: &EventLimits,
-        version: Event,
-    ) -> Result<Option<(Event, Seal, Proof)>, StoreError> {
+        version: EncodedEvent,
+    ) -> Result<Option<(EncodedEvent, Seal, Proof)>, StoreError> {
         let origin = version.origin.clone();
         let lkey = log_key(origin.as_str(), version.seq);
         if let Some(g) = proofs.get(lkey.as_slice())? {
             let kept = Kept::decode(&origin, g.value())?;
             let original = match &kept.original {
-                Some(bytes) => match Event::decode(bytes, limits) {
+                Some(bytes) => match EncodedEvent::decode_slice(bytes, limits) {
                     Ok(e) => e,
                     Err(_) => return Ok(None),
                 },
@@ -537,7 +537,7 @@ impl PageProofs {
         let Some(bytes) = changelog.get(lkey.as_slice())? else {
             return self.prove_from_block(blocks, limits, version);
         };
-        let Ok(original) = Event::decode(bytes.value(), limits) else {
+        let Ok(original) = EncodedEvent::decode_slice(bytes.value(), limits) else {
             return Ok(None);
         };
         drop(bytes);
@@ -580,7 +580,7 @@ impl PageProofs {
     fn kept_block(
         &mut self,
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        version: &Event,
+        version: &EncodedEvent,
     ) -> Result<Option<(&KeptBlock, bool, u64)>, StoreError> {
         let origin = &version.origin;
         let (lo, hi) = (
@@ -613,13 +613,13 @@ impl PageProofs {
         &mut self,
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         limits: &EventLimits,
-        version: Event,
-    ) -> Result<Option<(Event, Seal, Proof)>, StoreError> {
+        version: EncodedEvent,
+    ) -> Result<Option<(EncodedEvent, Seal, Proof)>, StoreError> {
         let Some((block, _, index)) = self.kept_block(blocks, &version)? else {
             return Ok(None);
         };
         let original = match block.original(index) {
-            Some(bytes) => match Event::decode(bytes, limits) {
+            Some(bytes) => match EncodedEvent::decode_slice(bytes, limits) {
                 Ok(e) => e,
                 Err(_) => return Ok(None),
             },
@@ -640,21 +640,26 @@ impl PageProofs {
         proofs: &impl ReadableTable<&'static [u8], &'static [u8]>,
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         limits: &EventLimits,
-        version: &Event,
+        version: &EncodedEvent,
     ) -> Result<bool, StoreError> {
         let lkey = log_key(version.origin.as_str(), version.seq);
         if let Some(g) = proofs.get(lkey.as_slice())? {
             let kept = Kept::decode(&version.origin, g.value())?;
-            let bytes = kept.original.clone().unwrap_or_else(|| version.encode());
+            let bytes = kept
+                .original
+                .clone()
+                .unwrap_or_else(|| version.bytes().to_vec());
             return Ok(kept.seal.proves(version.seq, &bytes, &kept.path));
         }
         let Some((block, root_ok, index)) = self.kept_block(blocks, version)? else {
             return Ok(false);
         };
         let bytes = match block.original(index) {
-            Some(original) if Event::decode(original, limits).is_err() => return Ok(false),
+            Some(original) if EncodedEvent::decode_slice(original, limits).is_err() => {
+                return Ok(false);
+            }
             Some(original) => original.clone(),
-            None => version.encode(),
+            None => version.bytes().to_vec(),
         };
         Ok(root_ok && block.leaves.get(index as usize) == Some(&event_leaf(&bytes)))
     }
@@ -667,7 +672,7 @@ pub(crate) const PROOF_BYTES: usize = 32 * MAX_PATH_HASHES / 2 + 8 + 8 + 64 + 12
 /// Whether `seals` (by origin and sequence number) prove each of `versions` by `proofs`; the
 /// first that is not, with why.
 pub(crate) fn check_page<'s>(
-    versions: &[Event],
+    versions: &[EncodedEvent],
     proofs: &[Proof],
     seals: &'s [Seal],
 ) -> Result<Vec<&'s Seal>, String> {
@@ -690,7 +695,7 @@ pub(crate) fn check_page<'s>(
                 v.origin, v.seq, v.origin, p.seal
             ));
         };
-        if !seal.proves(v.seq, &v.encode(), &p.path) {
+        if !seal.proves(v.seq, v.bytes(), &p.path) {
             return Err(format!(
                 "version {}:{} of key {:?} in collection {:?} is not what {} sealed at {}",
                 v.origin,

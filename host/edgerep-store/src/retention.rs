@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use edgerep_wire::seal::{Proof, event_leaf};
-use edgerep_wire::{Event, Hlc, NodeId, Seal};
+use edgerep_wire::{EncodedEvent, Hlc, NodeId, Seal};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::keys::{log_key, log_seq, split_state_key, state_key};
@@ -57,7 +57,7 @@ pub struct Compaction {
 pub struct StatePage {
     /// The versions of whole keys, in (collection, key) order, each as its origin sent it (a
     /// transform on apply may have changed what this node holds).
-    pub versions: Vec<Event>,
+    pub versions: Vec<EncodedEvent>,
     /// Per version, what proves it is its origin's.
     pub proofs: Vec<Proof>,
     /// The seals the proofs name, once each.
@@ -417,7 +417,7 @@ impl Store {
     /// in [`Store::apply_remote`].
     pub fn install_snapshot(
         &self,
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         have: Option<&BTreeMap<String, u64>>,
         hlc_last: Option<Hlc>,
         sync: Sync,
@@ -435,7 +435,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub fn install_sealed(
         &self,
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         proofs: &[Proof],
         have: Option<&BTreeMap<String, u64>>,
         seals: &[Seal],
@@ -467,7 +467,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub fn repair_sealed(
         &self,
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         proofs: &[Proof],
         seals: &[Seal],
         certs: &[(NodeId, Vec<u8>)],
@@ -494,7 +494,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     fn install_in(
         &self,
-        versions: Vec<Event>,
+        versions: Vec<EncodedEvent>,
         proofs: Option<&[Proof]>,
         have: Option<&BTreeMap<String, u64>>,
         sealed: Option<seals::Sealed<'_>>,
@@ -508,7 +508,7 @@ impl Store {
         })?;
         // Each version with the proof kept for it once merged: from a peer, its block's seal
         // (checked here, before anything is written) and path; trusted, a block of its own.
-        let mut proven: Vec<(Event, Seal, Vec<edgerep_wire::seal::ChainHash>)> =
+        let mut proven: Vec<(EncodedEvent, Seal, Vec<edgerep_wire::seal::ChainHash>)> =
             Vec::with_capacity(versions.len());
         match (proofs, sealed) {
             (Some(proofs), Some((seals, _))) => {
@@ -542,7 +542,7 @@ impl Store {
                         seq: v.seq,
                         first: v.seq,
                         chain: [0; 32],
-                        root: event_leaf(&v.encode()),
+                        root: event_leaf(v.bytes()),
                         signature: Vec::new(),
                     };
                     proven.push((v, seal, Vec::new()));
@@ -575,15 +575,15 @@ impl Store {
                     None | Some(crate::OnApply::AsReceived) => (event, None),
                     Some(crate::OnApply::Dropped) => continue,
                     Some(crate::OnApply::Value(value)) => {
-                        let original = event.encode();
-                        let mut e = event;
+                        let original = event.bytes().to_vec();
+                        let mut e = event.into_event();
                         e.op = if value.is_some() {
                             edgerep_wire::Op::Put
                         } else {
                             edgerep_wire::Op::Delete
                         };
                         e.value = value.clone();
-                        (e, Some(original))
+                        (EncodedEvent::new(e), Some(original))
                     }
                 };
                 let (applied, was_damaged) = apply_to_state(

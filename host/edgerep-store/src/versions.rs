@@ -5,7 +5,7 @@
 //! has seen the same events stores the same bytes.
 
 use edgerep_wire::event::{DecodeError, Dot, EventLimits};
-use edgerep_wire::{Event, Op, Value, VersionVector};
+use edgerep_wire::{EncodedEvent, Op, Value, VersionVector};
 use minicbor::{Decoder, Encoder};
 
 /// What applying one event did to a key's versions.
@@ -21,7 +21,7 @@ pub enum Applied {
 
 /// The current versions of one key, sorted by dot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Versions(Vec<Event>);
+pub struct Versions(Vec<EncodedEvent>);
 
 impl Versions {
     /// No versions (a key never written).
@@ -30,7 +30,7 @@ impl Versions {
     }
 
     /// The versions, sorted by dot.
-    pub fn events(&self) -> &[Event] {
+    pub fn events(&self) -> &[EncodedEvent] {
         &self.0
     }
 
@@ -41,7 +41,7 @@ impl Versions {
 
     /// Applies one event: it replaces every version its context covers, unless it is already
     /// held or already superseded.
-    pub fn apply(&mut self, event: Event) -> Applied {
+    pub fn apply(&mut self, event: EncodedEvent) -> Applied {
         let dot = event.dot();
         if self
             .0
@@ -64,7 +64,7 @@ impl Versions {
 
     /// Drops a version with `event`'s origin and sequence number but other bytes; returns
     /// whether there was one.
-    pub fn drop_other_bytes(&mut self, event: &Event) -> bool {
+    pub fn drop_other_bytes(&mut self, event: &EncodedEvent) -> bool {
         let before = self.0.len();
         self.0
             .retain(|v| !(v.origin == event.origin && v.seq == event.seq && v != event));
@@ -83,7 +83,7 @@ impl Versions {
 
     /// The built-in resolution, last writer wins: the version with the highest hybrid clock
     /// timestamp, ties broken by the higher origin id. `None` when there are no versions.
-    pub fn lww_winner(&self) -> Option<&Event> {
+    pub fn lww_winner(&self) -> Option<&EncodedEvent> {
         self.lww_index().map(|i| &self.0[i])
     }
 
@@ -103,14 +103,16 @@ impl Versions {
             .and_then(|e| e.value.as_ref())
     }
 
-    /// Deterministic encoding: a CBOR array of the events' encodings (byte strings), by dot.
+    /// Deterministic encoding: a CBOR array of the events' canonical bytes (byte strings), by
+    /// dot. The events are not encoded again: their bytes are copied.
     pub fn encode(&self) -> Vec<u8> {
-        let mut buf = Vec::new();
+        let len: usize = self.0.iter().map(|e| e.encoded_len() + 9).sum();
+        let mut buf = Vec::with_capacity(len + 9);
         let mut e = Encoder::new(&mut buf);
         // Writing into a Vec cannot fail.
         let _ = e.array(self.0.len() as u64);
         for event in &self.0 {
-            let _ = e.bytes(&event.encode());
+            let _ = e.bytes(event.bytes());
         }
         buf
     }
@@ -133,23 +135,23 @@ impl Versions {
             .ok_or_else(|| DecodeError::Malformed("indefinite-length versions".into()))?;
         let mut events = Vec::new();
         for _ in 0..n {
-            events.push(Event::decode(d.bytes()?, limits)?);
+            events.push(EncodedEvent::decode_slice(d.bytes()?, limits)?);
         }
         Ok(Versions(events))
     }
 
     /// The dots of the versions.
     pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
-        self.0.iter().map(Event::dot)
+        self.0.iter().map(|e| e.dot())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgerep_wire::{Hlc, NodeId};
+    use edgerep_wire::{Event, Hlc, NodeId};
 
-    fn ev(origin: &str, seq: u64, hlc: u64, ctx: &[(&str, u64)], value: i64) -> Event {
+    fn ev(origin: &str, seq: u64, hlc: u64, ctx: &[(&str, u64)], value: i64) -> EncodedEvent {
         let mut context = VersionVector::new();
         for (o, s) in ctx {
             context.add(&Dot {
@@ -157,7 +159,7 @@ mod tests {
                 seq: *s,
             });
         }
-        Event {
+        EncodedEvent::new(Event {
             format: 1,
             collection: "c".into(),
             key: b"k".to_vec(),
@@ -170,7 +172,7 @@ mod tests {
             meta: Default::default(),
             context,
             extra: Default::default(),
-        }
+        })
     }
 
     #[test]
@@ -234,7 +236,7 @@ mod tests {
         let e = ev("a", 1, 10, &[], 1);
         let mut v = Versions::new();
         v.apply(e.clone());
-        assert_eq!(Versions::encode_single(&e.encode()), v.encode());
+        assert_eq!(Versions::encode_single(e.bytes()), v.encode());
     }
 
     #[test]

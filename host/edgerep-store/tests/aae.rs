@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use edgerep_store::aae::{Damage, Node};
 use edgerep_store::{LocalWrite, Store, Sync};
 use edgerep_wire::event::EventLimits;
-use edgerep_wire::{HlcClock, NodeId, Value};
+use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Value};
 use redb::backends::InMemoryBackend;
 
 fn node(id: &str) -> NodeId {
@@ -332,8 +332,9 @@ fn a_version_changed_in_place_is_replaced_by_the_proven_one() {
     // b's copy of k1 holds another value under the same origin and sequence number: merged by
     // the ordinary rule it would stay (a duplicate); repair drops it for the proven one.
     let mut versions = b.get("c", b"k1").unwrap();
-    let mut changed = versions.events()[0].clone();
+    let mut changed = versions.events()[0].clone().into_event();
     changed.value = Some(Value::from_json(&serde_json::json!(666), &Default::default()).unwrap());
+    let changed = EncodedEvent::new(changed);
     versions = edgerep_store::Versions::new();
     versions.apply(changed.clone());
     let other = memory("x");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use edgerep_store::{Keys, LocalWrite, Received, StatePage, Store, StoreError, Sync};
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::SEAL_EVERY_EVENTS;
-use edgerep_wire::{Event, HlcClock, NodeId, Seal, Value};
+use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Seal, Value};
 use redb::backends::InMemoryBackend;
 
 /// Signs as `me` with a keyed hash; checks any node's signature the same way.
@@ -75,7 +75,7 @@ fn clock() -> HlcClock {
 }
 
 /// `origin`'s events after `after` up to `upto` and the seals among them, as a peer sends them.
-fn batch(from: &Store, origin: &str, after: u64, upto: u64) -> (Vec<Event>, Vec<Seal>) {
+fn batch(from: &Store, origin: &str, after: u64, upto: u64) -> (Vec<EncodedEvent>, Vec<Seal>) {
     let events = from
         .changelog(origin, after, (upto - after) as usize)
         .unwrap();
@@ -93,7 +93,7 @@ fn sealed_at(store: &Store, origin: &str, upto: u64) -> Vec<u64> {
         .collect()
 }
 
-fn apply(to: &Store, events: Vec<Event>, seals: &[Seal]) -> Result<(), StoreError> {
+fn apply(to: &Store, events: Vec<EncodedEvent>, seals: &[Seal]) -> Result<(), StoreError> {
     let events = events.into_iter().map(Received::as_received).collect();
     to.apply_sealed(events, seals, &[], &[], Sync::Immediate, &mut clock(), 1)
         .map(drop)
@@ -124,7 +124,9 @@ fn a_sealed_batch_applies_and_a_forged_one_changes_nothing() {
     // origin's events are left out (reported as a fork or a change: the two look alike here),
     // nothing else changes.
     let (mut events, seals) = batch(&a, "a", 0, 10);
-    events[4].value = Some(Value::from_json(&serde_json::json!(666), &Default::default()).unwrap());
+    let mut changed = events[4].clone().into_event();
+    changed.value = Some(Value::from_json(&serde_json::json!(666), &Default::default()).unwrap());
+    events[4] = EncodedEvent::new(changed);
     let received = events.into_iter().map(Received::as_received).collect();
     let out = b
         .apply_sealed(received, &seals, &[], &[], Sync::Immediate, &mut clock(), 1)
@@ -310,8 +312,9 @@ fn snapshot_versions_are_proven_one_by_one_also_after_compaction() {
     // Lies, each refused whole (nothing merged).
     let e_store = store("e");
     let mut changed = page.clone();
-    changed.versions[3].value =
-        Some(Value::from_json(&serde_json::json!(666), &Default::default()).unwrap());
+    let mut v3 = changed.versions[3].clone().into_event();
+    v3.value = Some(Value::from_json(&serde_json::json!(666), &Default::default()).unwrap());
+    changed.versions[3] = EncodedEvent::new(v3);
     let e = install(&e_store, &changed, None, &[]).unwrap_err();
     assert!(e.to_string().contains("is not what a sealed"), "{e}");
     let mut moved = page.clone();

@@ -12,7 +12,7 @@ use edgerep_store::{
     StoreError, StoreStatus, Sync, Versions,
 };
 use edgerep_wire::event::EventLimits;
-use edgerep_wire::{Event, Hlc, HlcClock, NodeId, Op, Value, VersionVector};
+use edgerep_wire::{EncodedEvent, Event, Hlc, HlcClock, NodeId, Op, Value, VersionVector};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redb::StorageBackend;
@@ -113,8 +113,8 @@ fn full_scan(store: &Store, collection: &str, limit: usize) -> Vec<(Vec<u8>, Val
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     status: StoreStatus,
-    feed: Vec<(u64, Event)>,
-    changelog: Vec<Event>,
+    feed: Vec<(u64, EncodedEvent)>,
+    changelog: Vec<EncodedEvent>,
     gets: Vec<Versions>,
     scans: Vec<ScanPage>,
     paged: Vec<Vec<(Vec<u8>, Value)>>,
@@ -815,8 +815,8 @@ fn crash_group(big: bool) -> Vec<LocalWrite> {
 struct Outcome {
     status: StoreStatus,
     scans: Vec<Vec<(Vec<u8>, Value)>>,
-    changelog: Vec<Event>,
-    feed: Vec<(u64, Event)>,
+    changelog: Vec<EncodedEvent>,
+    feed: Vec<(u64, EncodedEvent)>,
 }
 
 fn outcome(store: &Store) -> Outcome {
@@ -1100,7 +1100,7 @@ fn remote_events_converge_whatever_the_delivery_order() {
     println!("seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     // Each site writes some keys of its own and the shared key "k" without seeing the others.
-    let mut per_origin: Vec<Vec<Event>> = Vec::new();
+    let mut per_origin: Vec<Vec<EncodedEvent>> = Vec::new();
     for (i, site) in ["site-a", "site-b", "site-c"].iter().enumerate() {
         let (store, resume) = memory_store(site);
         let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);

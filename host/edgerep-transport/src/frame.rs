@@ -173,17 +173,14 @@ impl FrameReader {
     ///
     /// Use the same reader for every frame of a stream: it may have read past the frame it
     /// returns.
-    pub async fn read_frame(
-        &mut self,
-        recv: &mut RecvStream,
-    ) -> Result<Option<Vec<u8>>, FrameError> {
+    pub async fn read_frame(&mut self, recv: &mut RecvStream) -> Result<Option<Bytes>, FrameError> {
         loop {
             let needed = match self.announced_len()? {
                 Some(len) => {
                     let total = HEADER_BYTES + len as usize;
                     if self.buf.len() >= total {
                         self.buf.advance(HEADER_BYTES);
-                        return Ok(Some(self.buf.split_to(len as usize).to_vec()));
+                        return Ok(Some(self.buf.split_to(len as usize).freeze()));
                     }
                     total
                 }

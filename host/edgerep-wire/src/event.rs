@@ -203,6 +203,12 @@ pub struct Event {
     pub extra: BTreeMap<u64, Value>,
 }
 
+impl AsRef<Event> for Event {
+    fn as_ref(&self) -> &Event {
+        self
+    }
+}
+
 /// Limits applied when decoding an event from untrusted bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventLimits {

@@ -5,6 +5,7 @@
 //! inputs, so the same event is the same bytes on every node.
 
 pub mod aae;
+pub mod encoded;
 pub mod event;
 pub mod hlc;
 pub mod json;
@@ -12,6 +13,7 @@ pub mod params;
 pub mod seal;
 pub mod value;
 
+pub use encoded::EncodedEvent;
 pub use event::{Event, NodeId, Op, VersionVector};
 pub use hlc::{Hlc, HlcClock};
 pub use seal::Seal;

@@ -106,7 +106,7 @@ fn an_unsolicited_snapshot_is_declined_and_reported() {
         id: 0,
         page: 0,
         floors: vec![],
-        versions: vec![event("node-3", 1, "c", "from-3", 999)],
+        versions: vec![event("node-3", 1, "c", "from-3", 999).into()],
         proofs: vec![Proof {
             seal: 1,
             path: vec![],
@@ -476,7 +476,7 @@ fn a_snapshot_version_under_another_origins_name_is_refused() {
         id: 0,
         page: 0,
         floors: vec![(node3.clone(), 50)],
-        versions: vec![forged],
+        versions: vec![forged.into()],
         proofs: vec![Proof {
             seal: 1,
             path: vec![],
@@ -528,7 +528,7 @@ fn a_changed_version_under_its_origins_genuine_seal_is_refused() {
         id: 0,
         page: 0,
         floors: vec![(node2.clone(), 5)],
-        versions: vec![events[1].clone(), changed],
+        versions: vec![events[1].clone().into(), changed.into()],
         proofs: vec![
             Proof {
                 seal: 5,
@@ -694,7 +694,7 @@ fn a_forged_repair_is_refused_and_the_peer_cut_off() {
     );
     h.send(&Message::Repair {
         id: 77,
-        versions: vec![forged],
+        versions: vec![forged.into()],
         proofs: vec![Proof {
             seal: 1,
             path: vec![],

@@ -592,7 +592,7 @@ impl Replicator {
     fn aae_shape(
         &self,
         peer: &NodeId,
-        versions: &[edgerep_wire::Event],
+        versions: &[edgerep_wire::EncodedEvent],
     ) -> BTreeMap<(String, u64), edgerep_store::OnApply> {
         let check = |v: &edgerep_wire::Value| crate::check_plugin_value(v, &self.value_limits);
         let mut out = BTreeMap::new();

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use edgerep_replica::reconcile::{self, MapTree};
 use edgerep_store::{Applied, Versions};
 use edgerep_wire::seal::event_leaf;
-use edgerep_wire::{Event, Op, Value};
+use edgerep_wire::{EncodedEvent, Op, Value};
 
 use super::{Key, MemLog, seal_valid};
 
@@ -108,10 +108,10 @@ pub(crate) fn session(a: &MapTree, b: &MapTree) -> Result<(BTreeSet<Vec<u8>>, u6
 
 /// Whether `v`, as `log` holds it, is its origin's event (the model's stand-in for a proof:
 /// the seal `log` holds for it names its leaf and verifies).
-fn proven(log: &MemLog, v: &Event) -> bool {
+fn proven(log: &MemLog, v: &EncodedEvent) -> bool {
     log.seals
         .get(&(v.origin.clone(), v.seq))
-        .is_some_and(|s| s.root == event_leaf(&v.encode()) && seal_valid(s))
+        .is_some_and(|s| s.root == event_leaf(v.bytes()) && seal_valid(s))
 }
 
 /// What repairing one key did.
@@ -135,8 +135,8 @@ pub(crate) fn repair(
 ) -> Repaired {
     let key = split(state_key);
     let mut out = Repaired::default();
-    let from_a: Vec<Event> = sendable(a, &key);
-    let from_b: Vec<Event> = sendable(b, &key);
+    let from_a: Vec<EncodedEvent> = sendable(a, &key);
+    let from_b: Vec<EncodedEvent> = sendable(b, &key);
     out.drift += merge(b, &key, from_a);
     out.drift += merge(a, &key, from_b);
     let (va, vb) = (a.state.get(&key).cloned(), b.state.get(&key).cloned());
@@ -153,7 +153,7 @@ pub(crate) fn repair(
 }
 
 /// `log`'s versions of `key`, as their origins wrote them, that it can prove.
-fn sendable(log: &MemLog, key: &Key) -> Vec<Event> {
+fn sendable(log: &MemLog, key: &Key) -> Vec<EncodedEvent> {
     log.state
         .get(key)
         .map(|v| v.events().iter().filter_map(|e| log.provable(e)).collect())
@@ -162,7 +162,7 @@ fn sendable(log: &MemLog, key: &Key) -> Vec<Event> {
 
 /// Merges `versions` into `to`'s versions of `key`; returns how many changed it and were
 /// covered by its have.
-fn merge(to: &mut MemLog, key: &Key, versions: Vec<Event>) -> u64 {
+fn merge(to: &mut MemLog, key: &Key, versions: Vec<EncodedEvent>) -> u64 {
     let mut drift = 0;
     for v in versions {
         if to.seq(&v.origin) < v.seq {
@@ -187,9 +187,10 @@ pub(crate) fn damage(log: &mut MemLog, key: &Key, flip: bool) -> &'static str {
     let Some(v) = log.state.get_mut(key) else {
         return "nothing";
     };
-    let mut e = v.events()[0].clone();
+    let mut e = v.events()[0].clone().into_event();
     e.op = Op::Put;
     e.value = Some(Value::from_json_str("666", &Default::default()).expect("a JSON number"));
+    let e = EncodedEvent::new(e);
     v.drop_other_bytes(&e);
     v.apply(e);
     "flipped"

@@ -16,7 +16,7 @@ use edgerep_transport::seal::Signer;
 use edgerep_transport::tls::TransportConfig;
 use edgerep_transport::{PeerConnection, Transport};
 use edgerep_wire::seal::{ChainHash, chain_link, chain_start, event_leaf, merkle_root};
-use edgerep_wire::{Event, Hlc, NodeId, Op, Seal, Value, VersionVector};
+use edgerep_wire::{EncodedEvent, Event, Hlc, NodeId, Op, Seal, Value, VersionVector};
 
 /// One connection from a hostile node to a real one.
 pub struct Hostile {
@@ -105,7 +105,7 @@ impl Hostile {
             seals.push(self.seal(origin, first, seq, chain, merkle_root(&leaves)));
         }
         Message::Events {
-            events,
+            events: events.into_iter().map(EncodedEvent::new).collect(),
             seals,
             certs: vec![(self.id.clone(), self.signer.cert().to_vec())],
         }

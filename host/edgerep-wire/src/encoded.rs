@@ -1,0 +1,141 @@
+//! An event together with its canonical bytes: what the changelog stores, what messages carry,
+//! what a key's versions keep, and what hashes and seals are computed over.
+//!
+//! Invariant: `bytes` is always [`Event::encode`] of `event`. The only ways to make an
+//! [`EncodedEvent`] are encoding an event ([`EncodedEvent::new`]) and a checking decode
+//! ([`EncodedEvent::decode`]), so code holding one never encodes the event again, and bytes
+//! taken from storage or the network are checked exactly once, where they enter.
+
+use std::fmt;
+use std::ops::Deref;
+
+use bytes::Bytes;
+
+use crate::event::{DecodeError, Event, EventLimits};
+
+/// An event and its canonical encoding. Cloning shares the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedEvent {
+    event: Event,
+    bytes: Bytes,
+}
+
+impl EncodedEvent {
+    /// Encodes `event` (the one encode an event gets, at the node that wrote it).
+    pub fn new(event: Event) -> EncodedEvent {
+        let bytes = Bytes::from(event.encode());
+        EncodedEvent { event, bytes }
+    }
+
+    /// Decodes untrusted bytes ([`Event::decode`]: bounded, and refused unless canonical),
+    /// keeping `bytes` as they are: a slice of a received frame or of a stored row is not copied.
+    pub fn decode(bytes: Bytes, limits: &EventLimits) -> Result<EncodedEvent, DecodeError> {
+        let event = Event::decode(&bytes, limits)?;
+        Ok(EncodedEvent { event, bytes })
+    }
+
+    /// [`EncodedEvent::decode`] of borrowed bytes (copied once, into the result).
+    pub fn decode_slice(bytes: &[u8], limits: &EventLimits) -> Result<EncodedEvent, DecodeError> {
+        EncodedEvent::decode(Bytes::copy_from_slice(bytes), limits)
+    }
+
+    /// The parsed event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The canonical bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The canonical bytes, shared.
+    pub fn shared_bytes(&self) -> Bytes {
+        self.bytes.clone()
+    }
+
+    /// The encoded length.
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The parsed event, without its bytes.
+    pub fn into_event(self) -> Event {
+        self.event
+    }
+}
+
+impl From<Event> for EncodedEvent {
+    fn from(event: Event) -> EncodedEvent {
+        EncodedEvent::new(event)
+    }
+}
+
+impl AsRef<Event> for EncodedEvent {
+    fn as_ref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl Deref for EncodedEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl fmt::Debug for EncodedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.event.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Hlc, NodeId, Op, Value, VersionVector};
+
+    fn event() -> Event {
+        Event {
+            format: 1,
+            collection: "c".into(),
+            key: b"k".to_vec(),
+            op: Op::Put,
+            value: Some(
+                Value::from_json(&serde_json::json!({"a": 1}), &Default::default()).unwrap(),
+            ),
+            hlc: Hlc::new(5, 0),
+            origin: NodeId::parse("n1").unwrap(),
+            seq: 1,
+            schema: 0,
+            meta: Default::default(),
+            context: VersionVector::new(),
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_bytes_are_the_encoding_and_a_decode_keeps_them_without_copying() {
+        let encoded = EncodedEvent::new(event());
+        assert_eq!(encoded.bytes(), event().encode().as_slice());
+        let frame = Bytes::from([&[0xffu8][..], encoded.bytes(), &[0xff]].concat());
+        let inner = frame.slice(1..frame.len() - 1);
+        let decoded = EncodedEvent::decode(inner.clone(), &EventLimits::default()).unwrap();
+        assert_eq!(decoded, encoded);
+        assert_eq!(decoded.bytes().as_ptr(), inner.as_ptr());
+        assert_eq!(decoded.seq, 1);
+    }
+
+    #[test]
+    fn a_checking_decode_refuses_what_is_not_canonical() {
+        let mut bytes = event().encode();
+        // The format field (1) written as a two-byte integer: valid CBOR, not the canonical form.
+        assert_eq!(&bytes[1..3], &[0x00, 0x01]);
+        bytes.splice(2..3, [0x18, 0x01]);
+        assert_eq!(
+            EncodedEvent::decode_slice(&bytes, &EventLimits::default()),
+            Err(DecodeError::NonCanonical)
+        );
+    }
+}
