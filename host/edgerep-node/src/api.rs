@@ -1593,8 +1593,12 @@ async fn dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError>
 /// replay commits at most once); if a plugin fails again, nothing changes and the answer says why.
 async fn delete_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
     let id = dead_letter_id(&uri)?;
-    let store = app.store.clone();
-    if !blocking(move || store.remove_dead_letter(id)).await? {
+    let removed = app
+        .committer
+        .remove_dead_letter(id)
+        .await
+        .map_err(|e| ApiError::internal(format!("store: {e}")))?;
+    if !removed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no_such_dead_letter",

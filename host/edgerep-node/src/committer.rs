@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use edgerep_config::{Config, Durability};
 use edgerep_store::idempotency::Receipt;
 use edgerep_store::{
-    Committed, Compaction, Installed, LocalWrite, Received, RemoteApply, Store, Sync,
+    Committed, Compaction, Installed, LocalWrite, Received, RemoteApply, StoreWriter, Sync,
 };
 use edgerep_wire::seal::Proof;
 use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Seal};
@@ -151,6 +151,26 @@ enum Request {
         floors: Have,
         reply: CompactReply,
     },
+    /// Sync everything committed so far (replication, before it reads a state page for a
+    /// snapshot, and at shutdown), then answer.
+    SyncNow {
+        reply: oneshot::Sender<Result<(), CommitError>>,
+    },
+    /// Save what a peer acknowledged holding (advice for status and lag; not synced).
+    SavePeerCursor {
+        peer: NodeId,
+        have: Have,
+    },
+    /// Record a dead letter (an ingest transform failed on a local write).
+    AddDeadLetter {
+        record: Vec<u8>,
+        reply: oneshot::Sender<Result<u64, CommitError>>,
+    },
+    /// Remove a dead letter without replaying it.
+    RemoveDeadLetter {
+        id: u64,
+        reply: oneshot::Sender<Result<bool, CommitError>>,
+    },
     /// Decide the kept resolutions of a collection again (its resolver changed by a reload).
     ReResolve {
         collection: String,
@@ -223,7 +243,7 @@ impl Committer {
     /// Starts the committer thread (see [`Links`] for what it reports to). The thread ends
     /// when every handle is dropped, after syncing deferred commits.
     pub fn spawn(
-        store: Arc<Store>,
+        store: StoreWriter,
         mut clock: HlcClock,
         max_events: usize,
         policy: SyncPolicy,
@@ -433,6 +453,39 @@ impl Committer {
                             reply(result.map_err(|e| CommitError::Store(e.to_string())));
                             continue;
                         }
+                        Request::SyncNow { reply } => {
+                            let started = std::time::Instant::now();
+                            let result = store.sync();
+                            if result.is_ok() {
+                                metrics.sync(started.elapsed().as_secs_f64());
+                                if durable.unsynced {
+                                    synced(&mut durable, &mut have, Sync::Immediate);
+                                    hook(&have);
+                                }
+                            }
+                            let _ = reply.send(result.map_err(|e| CommitError::Store(e.to_string())));
+                            continue;
+                        }
+                        Request::SavePeerCursor { peer, have: theirs } => {
+                            if let Err(e) = store.save_peer_cursor(peer.as_str(), &theirs) {
+                                tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
+                            }
+                            continue;
+                        }
+                        Request::AddDeadLetter { record, reply } => {
+                            let result = store
+                                .add_dead_letter(&record)
+                                .map_err(|e| CommitError::Store(e.to_string()));
+                            let _ = reply.send(result);
+                            continue;
+                        }
+                        Request::RemoveDeadLetter { id, reply } => {
+                            let result = store
+                                .remove_dead_letter(id)
+                                .map_err(|e| CommitError::Store(e.to_string()));
+                            let _ = reply.send(result);
+                            continue;
+                        }
                         Request::ReResolve {
                             collection,
                             after,
@@ -495,7 +548,7 @@ impl Committer {
                         }
                         out
                     };
-                    // A write the store refuses (see `Store::commit_local_checked`) fails its own
+                    // A write the store refuses (see `StoreWriter::commit_local_checked`) fails its own
                     // request; the rest of the group is committed without it.
                     loop {
                         let total = writes.len();
@@ -655,7 +708,7 @@ impl Committer {
     }
 
     /// Decides again every kept resolution of `collection` with the resolver as it is now
-    /// (see `Store::re_resolve`), [`RE_RESOLVE_ROWS`] rows per transaction between the other
+    /// (see `StoreWriter::re_resolve`), [`RE_RESOLVE_ROWS`] rows per transaction between the other
     /// requests; returns how many keys changed.
     pub async fn re_resolve(&self, collection: String) -> Result<u64, CommitError> {
         let mut after = None;
@@ -734,6 +787,43 @@ impl Committer {
             .map_err(|_| CommitError::Closed)
     }
 
+    /// Syncs everything committed so far; returns once it is on disk. Blocks (call it from a
+    /// plain thread, not an async task).
+    pub fn sync_blocking(&self) -> Result<(), CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .blocking_send(Request::SyncNow { reply })
+            .map_err(|_| CommitError::Closed)?;
+        answer.blocking_recv().map_err(|_| CommitError::Closed)?
+    }
+
+    /// Queues saving what `peer` acknowledged holding (not synced: a cursor is advice, never
+    /// what a session resumes from). Blocks while the queue is full.
+    pub fn save_peer_cursor(&self, peer: NodeId, have: Have) -> Result<(), CommitError> {
+        self.queue
+            .blocking_send(Request::SavePeerCursor { peer, have })
+            .map_err(|_| CommitError::Closed)
+    }
+
+    /// Records a dead letter; returns its id. Blocks (call it from a blocking thread).
+    pub fn add_dead_letter_blocking(&self, record: Vec<u8>) -> Result<u64, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .blocking_send(Request::AddDeadLetter { record, reply })
+            .map_err(|_| CommitError::Closed)?;
+        answer.blocking_recv().map_err(|_| CommitError::Closed)?
+    }
+
+    /// Removes dead letter `id` without replaying it; whether it was there.
+    pub async fn remove_dead_letter(&self, id: u64) -> Result<bool, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::RemoveDeadLetter { id, reply })
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        answer.await.map_err(|_| CommitError::Closed)?
+    }
+
     /// Queues a compaction of the changelog up to `floors` (at most [`COMPACT_MAX_REMOVE`]
     /// entries per call). Blocks while the queue is full.
     pub fn compact(&self, floors: Have, reply: CompactReply) -> Result<(), CommitError> {
@@ -743,7 +833,7 @@ impl Committer {
     }
 }
 
-/// What a peer sent in anti-entropy repair (see `edgerep_store::Store::repair_sealed`).
+/// What a peer sent in anti-entropy repair (see `edgerep_store::StoreWriter::repair_sealed`).
 pub struct Repair {
     /// The peer.
     pub peer: NodeId,

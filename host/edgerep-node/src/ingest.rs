@@ -133,8 +133,8 @@ pub(crate) fn run(
                         event: rejection.event.clone(),
                     };
                     Some(
-                        app.store
-                            .add_dead_letter(&record.encode())
+                        app.committer
+                            .add_dead_letter_blocking(record.encode())
                             .map_err(|e| ApiError::internal(format!("store: {e}")))?,
                     )
                 } else {

@@ -267,12 +267,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             keep_ms: config.api.idempotency_window_ms,
             keep_keys: config.api.idempotency_max_keys,
         });
-    let store = Arc::new(match &keys {
+    // The store's one writer goes to the committer; everything else reads.
+    let writer = edgerep_store::StoreWriter::new(match &keys {
         Some(k) => store.with_keys(k.clone()),
         None => store,
     });
+    let store = writer.reader();
     // Events this node wrote before it had a TLS identity carry unsigned seals: sign them now.
-    let signed = store
+    let signed = writer
         .sign_unsigned_seals()
         .map_err(|source| NodeError::Store {
             path: db_path.display().to_string(),
@@ -298,7 +300,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         }));
     let commit_metrics = Arc::new(metrics::CommitMetrics::default());
     let (committer, committer_thread) = Committer::spawn(
-        store.clone(),
+        writer,
         clock,
         config.commit.max_events,
         committer::SyncPolicy::from_config(&config),

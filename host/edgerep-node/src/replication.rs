@@ -567,6 +567,8 @@ struct StoreLog {
     /// Some collections commit without syncing: sync before reading a state page, so that a
     /// snapshot never carries this node's own events a crash could take back.
     sync_before_state: bool,
+    /// Syncs (the store's writer is the committer's).
+    committer: Committer,
 }
 
 impl Log for StoreLog {
@@ -580,7 +582,11 @@ impl Log for StoreLog {
             reason: e.to_string(),
         };
         if self.sync_before_state {
-            self.store.sync().map_err(storage)?;
+            self.committer
+                .sync_blocking()
+                .map_err(|e| LogError::Storage {
+                    reason: format!("syncing before a state page: {e}"),
+                })?;
         }
         let page = self
             .store
@@ -766,6 +772,7 @@ pub fn start(
             sync_before_state: declared
                 .iter()
                 .any(|c| c.durability == Durability::Periodic),
+            committer: committer.clone(),
         },
         store,
         retention: config.retention.clone(),
@@ -1575,7 +1582,7 @@ impl Replicator {
             }
         }
         self.save_cursors();
-        if let Err(e) = self.store.sync() {
+        if let Err(e) = self.committer.sync_blocking() {
             tracing::warn!("cannot sync the saved peer cursors: {e}");
         }
         for live in self.conns.values() {
@@ -2158,7 +2165,7 @@ impl Replicator {
         for (peer, have) in std::mem::take(&mut self.dirty) {
             let have: BTreeMap<String, u64> =
                 have.iter().map(|(o, s)| (o.to_string(), *s)).collect();
-            if let Err(e) = self.store.save_peer_cursor(peer.as_str(), &have) {
+            if let Err(e) = self.committer.save_peer_cursor(peer.clone(), have) {
                 tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
             }
         }

@@ -451,6 +451,7 @@ fn resolver_plugin_merges_concurrent_versions_and_failures_fall_back_to_lww() {
             EventLimits::default(),
         )
         .unwrap();
+        let store = edgerep_store::StoreWriter::new(store);
         let mut bad = counter_event("site-f", json!("not a counter map"), 50);
         bad.collection = "broken".into();
         store

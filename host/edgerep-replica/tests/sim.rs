@@ -4,7 +4,7 @@
 //! network that loses, duplicates, reorders and delays messages, cuts and heals links, drops
 //! sessions and crashes nodes (also between a durable apply and its ack). Nodes compact their
 //! changelogs now and then (to any floor up to what they hold), so peers that fall behind a floor
-//! get snapshots of the state, merged by the store's rules (`Store::install_snapshot`). Everything
+//! get snapshots of the state, merged by the store's rules (`StoreWriter::install_snapshot`). Everything
 //! is driven by one seeded PRNG on one thread, so a seed replays a run exactly.
 //!
 //! After the chaos, every fault is healed and the cluster must become quiescent, with identical
@@ -107,8 +107,8 @@ impl Trace {
 
 type Key = (String, Vec<u8>);
 
-/// What a node holds durably: survives crashes. Applies events by `Store::apply_events`' rules,
-/// compacts and installs snapshots by `Store::compact`'s and `Store::install_snapshot`'s.
+/// What a node holds durably: survives crashes. Applies events by `StoreWriter::apply_events`' rules,
+/// compacts and installs snapshots by `StoreWriter::compact`'s and `StoreWriter::install_snapshot`'s.
 ///
 /// Invariant: per origin, the changelog holds exactly the events `compacted + 1 ..= have`.
 struct MemLog {
@@ -292,7 +292,7 @@ impl MemLog {
             }
             held.insert(e.origin.clone(), e.seq);
         }
-        // Like `Store::apply_sealed`: the chain over each origin's new events must match its
+        // Like `StoreWriter::apply_sealed`: the chain over each origin's new events must match its
         // seals, each seal must be the origin's, and each origin's new events end at one.
         let at: BTreeMap<(&NodeId, u64), &Seal> =
             seals.iter().map(|s| ((&s.origin, s.seq), s)).collect();
@@ -350,7 +350,7 @@ impl MemLog {
     }
 
     /// Removes the changelog entries of each origin up to its floor in `floors` (capped at what
-    /// is held), like `Store::compact`. Returns how many were removed.
+    /// is held), like `StoreWriter::compact`. Returns how many were removed.
     fn compact(&mut self, floors: &Have) -> Result<u64, String> {
         let mut removed = 0;
         for (origin, &floor) in floors {
@@ -366,7 +366,7 @@ impl MemLog {
     }
 
     /// Merges a page of a peer's state in one durable transaction, like
-    /// `Store::install_snapshot`: each version applied like an event; on the last page (`have`
+    /// `StoreWriter::install_snapshot`: each version applied like an event; on the last page (`have`
     /// given), for each origin where `have` is ahead, the changelog gives up its entries and
     /// both the have and the compacted floor move to it. A snapshot claiming more of this node's
     /// own events than it holds is refused (nothing changes). Returns the keys changed.
@@ -377,7 +377,7 @@ impl MemLog {
         have: Option<&Have>,
         seals: &[Seal],
     ) -> Result<u64, String> {
-        // Like `Store::install_sealed`: every version proven its origin's, or nothing merged.
+        // Like `StoreWriter::install_sealed`: every version proven its origin's, or nothing merged.
         let at: BTreeMap<(&NodeId, u64), &Seal> =
             seals.iter().map(|s| ((&s.origin, s.seq), s)).collect();
         if proofs.len() != versions.len() {
@@ -397,7 +397,7 @@ impl MemLog {
                 }
             }
         }
-        // Like `Store::install_sealed`: a have moves only with its origin's seal there.
+        // Like `StoreWriter::install_sealed`: a have moves only with its origin's seal there.
         for (origin, &seq) in have.into_iter().flatten() {
             if seq > self.seq(origin)
                 && !seals

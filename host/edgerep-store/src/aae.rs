@@ -332,7 +332,7 @@ impl crate::Store {
     }
 }
 
-/// How [`crate::Store::damage`] damages a key.
+/// How [`crate::StoreWriter::damage`] damages a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Damage {
     /// Remove the key's state row.
@@ -341,7 +341,7 @@ pub enum Damage {
     FlipByte,
 }
 
-impl crate::Store {
+impl crate::StoreWriter {
     /// Damages the state rows of `keys` of `collection` behind the store's bookkeeping (the
     /// digest, the sums, the changelog stay as they were), in one transaction, for drills, tests
     /// and benchmarks: what a failing disk or a bug could do. Returns how many existed. The next
@@ -355,7 +355,7 @@ impl crate::Store {
         damage_in(&self.db, collection, keys, how)
     }
 
-    /// [`crate::Store::damage`] on the store file at `path` of node `node`, opened without the
+    /// [`crate::StoreWriter::damage`] on the store file at `path` of node `node`, opened without the
     /// check at open (which would find and absorb earlier damage). Fails while a node has the
     /// file open.
     pub fn damage_file(

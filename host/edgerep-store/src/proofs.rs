@@ -720,12 +720,12 @@ mod tests {
     use redb::backends::InMemoryBackend;
 
     use super::BLOCKS;
-    use crate::{LocalWrite, Store, Sync};
+    use crate::{LocalWrite, StoreWriter, Sync};
 
     /// `verify` proves every compacted version; a kept block gone (or changed) is found.
     #[test]
     fn verify_finds_a_compacted_version_nothing_proves() {
-        let (store, _) = Store::open_with_backend(
+        let (store, _) = StoreWriter::open_with_backend(
             InMemoryBackend::new(),
             "memory",
             &NodeId::parse("a").unwrap(),

@@ -23,8 +23,8 @@ use crate::proofs::{self, BLOCKS, PROOFS, PageProofs};
 use crate::seals::{self, CHAINS, SEALS};
 use crate::{
     Applied, CHANGELOG, Counters, DISAGREEMENTS, FEED, META, META_HLC, ORIGINS, STATE, Store,
-    StoreError, Sync, Unresolved, Versions, aae, apply_to_state, corrupt, hlc_bytes, resolution,
-    u64_from,
+    StoreError, StoreWriter, Sync, Unresolved, Versions, aae, apply_to_state, corrupt, hlc_bytes,
+    resolution, u64_from,
 };
 use edgerep_wire::aae::KeyResolution;
 
@@ -43,7 +43,7 @@ pub(crate) const COMPACTED: TableDefinition<&str, u64> = TableDefinition::new("c
 /// Feed positions up to this one can no longer be read (see the module invariants).
 pub(crate) const META_FEED_FLOOR: &str = "feed_floor";
 
-/// What [`Store::compact`] did.
+/// What [`StoreWriter::compact`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compaction {
     /// Changelog entries removed.
@@ -79,7 +79,7 @@ pub struct CollectionCounts {
     pub disagreements: u64,
 }
 
-/// What [`Store::install_snapshot`] (or [`Store::repair_sealed`]) did.
+/// What [`StoreWriter::install_snapshot`] (or [`StoreWriter::repair_sealed`]) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installed {
     /// Versions that changed their key (merged in, replacing what they supersede).
@@ -185,93 +185,6 @@ fn remove_range(
 }
 
 impl Store {
-    /// Removes changelog entries: per origin in `floors`, those up to the floor (capped at what
-    /// the store holds), at most `max_remove` entries in all (lower origins first; call again
-    /// for the rest). Feed rows whose events are all gone are removed and the feed floor
-    /// raised past every removed event. The caller decides the floors (what every peer holds).
-    pub fn compact(
-        &self,
-        floors: &BTreeMap<String, u64>,
-        max_remove: u64,
-        sync: Sync,
-    ) -> Result<Compaction, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(sync.redb())?;
-        let out = {
-            let mut changelog = txn.open_table(CHANGELOG)?;
-            let mut compacted_t = txn.open_table(COMPACTED)?;
-            let mut seals_t = txn.open_table(SEALS)?;
-            let mut blocks_t = txn.open_table(BLOCKS)?;
-            let state = txn.open_table(STATE)?;
-            let origins = txn.open_table(ORIGINS)?;
-            let mut budget = max_remove;
-            let mut removed = 0;
-            for (origin, &floor) in floors {
-                if budget == 0 {
-                    break;
-                }
-                let held = origins.get(origin.as_str())?.map_or(0, |g| g.value());
-                let done = compacted_t.get(origin.as_str())?.map_or(0, |g| g.value());
-                let limit = floor.min(held);
-                if limit <= done {
-                    continue;
-                }
-                // Whole blocks only (a live version's proof needs every leaf of its block): up
-                // to the last seal within the budget, or the first block alone if it is larger.
-                let id = NodeId::parse(origin).map_err(|e| corrupt("origins", e))?;
-                let within = done.saturating_add(budget).min(limit);
-                let to = match last_seal_in(&seals_t, &id, done + 1, within)? {
-                    Some(to) => to,
-                    None => match last_seal_in(&seals_t, &id, done + 1, limit)? {
-                        Some(_) => first_seal_in(&seals_t, &id, done + 1, limit)?.unwrap_or(done),
-                        None => done,
-                    },
-                };
-                if to <= done {
-                    continue;
-                }
-                proofs::keep(
-                    &mut proofs::Tables {
-                        state: &state,
-                        changelog: &changelog,
-                        seals: &seals_t,
-                        blocks: &mut blocks_t,
-                    },
-                    &self.limits(),
-                    &id,
-                    done + 1,
-                    to,
-                )?;
-                let n = remove_range(&mut changelog, origin, done + 1, to)?;
-                // Seals below the new floor go too, the old floor's included (those at and
-                // above the new floor prove what is held).
-                remove_range(&mut seals_t, origin, done, to - 1)?;
-                if n != to - done {
-                    return Err(corrupt(
-                        "changelog",
-                        format!(
-                            "{origin} {}..={to}: {n} entries, expected {}",
-                            done + 1,
-                            to - done
-                        ),
-                    ));
-                }
-                compacted_t.insert(origin.as_str(), to)?;
-                budget = budget.saturating_sub(n);
-                removed += n;
-            }
-            let compacted = read_map(&compacted_t)?;
-            drop((compacted_t, origins, changelog, seals_t, blocks_t, state));
-            if removed > 0 {
-                trim_feed(&mut txn, &compacted)?;
-            }
-            proofs::sweep(&txn, &self.limits(), SWEEP_ROWS)?;
-            Compaction { removed, compacted }
-        };
-        txn.commit()?;
-        Ok(out)
-    }
-
     /// The versions of the keys after `after` (from the first if `None`), in (collection, key)
     /// order: whole keys, at most `max_events` versions and `max_bytes` of encoded versions,
     /// except that the first key always comes whole.
@@ -379,7 +292,7 @@ impl Store {
     }
 
     /// For the keys among `state_keys` that hold a resolution, what a peer is told of it in
-    /// repair (see [`Store::repair_sealed`]).
+    /// repair (see [`StoreWriter::repair_sealed`]).
     pub fn resolutions_of(&self, state_keys: &[Vec<u8>]) -> Result<Vec<KeyResolution>, StoreError> {
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
@@ -407,6 +320,95 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+impl StoreWriter {
+    /// Removes changelog entries: per origin in `floors`, those up to the floor (capped at what
+    /// the store holds), at most `max_remove` entries in all (lower origins first; call again
+    /// for the rest). Feed rows whose events are all gone are removed and the feed floor
+    /// raised past every removed event. The caller decides the floors (what every peer holds).
+    pub fn compact(
+        &self,
+        floors: &BTreeMap<String, u64>,
+        max_remove: u64,
+        sync: Sync,
+    ) -> Result<Compaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(sync.redb())?;
+        let out = {
+            let mut changelog = txn.open_table(CHANGELOG)?;
+            let mut compacted_t = txn.open_table(COMPACTED)?;
+            let mut seals_t = txn.open_table(SEALS)?;
+            let mut blocks_t = txn.open_table(BLOCKS)?;
+            let state = txn.open_table(STATE)?;
+            let origins = txn.open_table(ORIGINS)?;
+            let mut budget = max_remove;
+            let mut removed = 0;
+            for (origin, &floor) in floors {
+                if budget == 0 {
+                    break;
+                }
+                let held = origins.get(origin.as_str())?.map_or(0, |g| g.value());
+                let done = compacted_t.get(origin.as_str())?.map_or(0, |g| g.value());
+                let limit = floor.min(held);
+                if limit <= done {
+                    continue;
+                }
+                // Whole blocks only (a live version's proof needs every leaf of its block): up
+                // to the last seal within the budget, or the first block alone if it is larger.
+                let id = NodeId::parse(origin).map_err(|e| corrupt("origins", e))?;
+                let within = done.saturating_add(budget).min(limit);
+                let to = match last_seal_in(&seals_t, &id, done + 1, within)? {
+                    Some(to) => to,
+                    None => match last_seal_in(&seals_t, &id, done + 1, limit)? {
+                        Some(_) => first_seal_in(&seals_t, &id, done + 1, limit)?.unwrap_or(done),
+                        None => done,
+                    },
+                };
+                if to <= done {
+                    continue;
+                }
+                proofs::keep(
+                    &mut proofs::Tables {
+                        state: &state,
+                        changelog: &changelog,
+                        seals: &seals_t,
+                        blocks: &mut blocks_t,
+                    },
+                    &self.limits(),
+                    &id,
+                    done + 1,
+                    to,
+                )?;
+                let n = remove_range(&mut changelog, origin, done + 1, to)?;
+                // Seals below the new floor go too, the old floor's included (those at and
+                // above the new floor prove what is held).
+                remove_range(&mut seals_t, origin, done, to - 1)?;
+                if n != to - done {
+                    return Err(corrupt(
+                        "changelog",
+                        format!(
+                            "{origin} {}..={to}: {n} entries, expected {}",
+                            done + 1,
+                            to - done
+                        ),
+                    ));
+                }
+                compacted_t.insert(origin.as_str(), to)?;
+                budget = budget.saturating_sub(n);
+                removed += n;
+            }
+            let compacted = read_map(&compacted_t)?;
+            drop((compacted_t, origins, changelog, seals_t, blocks_t, state));
+            if removed > 0 {
+                trim_feed(&mut txn, &compacted)?;
+            }
+            proofs::sweep(&txn, &self.limits(), SWEEP_ROWS)?;
+            Compaction { removed, compacted }
+        };
+        txn.commit()?;
+        Ok(out)
+    }
 
     /// Merges a page of a peer's state (its keys' versions) into the state, in one transaction:
     /// each version is applied like an event, so the result is what the events behind both
@@ -414,7 +416,7 @@ impl Store {
     /// raises this node's: for an origin where it is ahead, the changelog entries below it are
     /// dropped and the compacted floor set to it. A snapshot claiming more of this node's own
     /// events than it holds is refused (a peer can never hold those). `hlc_last` is saved like
-    /// in [`Store::apply_remote`].
+    /// in [`StoreWriter::apply_remote`].
     pub fn install_snapshot(
         &self,
         versions: Vec<EncodedEvent>,
@@ -425,7 +427,7 @@ impl Store {
         self.install_in(versions, None, have, None, hlc_last, sync, None)
     }
 
-    /// [`Store::install_snapshot`] from a peer. Every version must be proven its origin's by
+    /// [`StoreWriter::install_snapshot`] from a peer. Every version must be proven its origin's by
     /// `proofs` (one per version) and `seals` (verified with the origins' certificates, which
     /// `certs` may bring), or the page is refused whole; a revoked origin's versions past its
     /// revocation are left out. The last page raises an origin's have only with that origin's
@@ -455,7 +457,7 @@ impl Store {
     }
 
     /// Merges versions a peer sent in anti-entropy repair: checked like a snapshot page
-    /// ([`Store::install_sealed`], no have), and merged by the ordinary rule, except that a
+    /// ([`StoreWriter::install_sealed`], no have), and merged by the ordinary rule, except that a
     /// version proven its origin's replaces a version this node holds with the same origin and
     /// sequence number but other bytes, and a key this node cannot read (both: damage here).
     ///

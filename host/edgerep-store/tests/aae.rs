@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use edgerep_store::aae::{Damage, Node};
-use edgerep_store::{LocalWrite, Store, Sync};
+use edgerep_store::{LocalWrite, Store, StoreWriter, Sync};
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Value};
 use redb::backends::InMemoryBackend;
@@ -14,7 +14,12 @@ fn node(id: &str) -> NodeId {
     NodeId::parse(id).unwrap()
 }
 
-fn memory(id: &str) -> Store {
+fn memory(id: &str) -> StoreWriter {
+    StoreWriter::new(memory_store(id))
+}
+
+/// An in-memory store still to configure (then made a [`StoreWriter`]).
+fn memory_store(id: &str) -> Store {
     Store::open_with_backend(
         InMemoryBackend::new(),
         "memory",
@@ -25,8 +30,8 @@ fn memory(id: &str) -> Store {
     .0
 }
 
-fn on_disk(path: &std::path::Path, id: &str) -> Store {
-    Store::open(path, &node(id), EventLimits::default())
+fn on_disk(path: &std::path::Path, id: &str) -> StoreWriter {
+    StoreWriter::open(path, &node(id), EventLimits::default())
         .unwrap()
         .0
 }
@@ -50,7 +55,7 @@ fn clock() -> HlcClock {
 }
 
 /// Sends `to` every event of `origin` that `from` holds beyond what `to` holds.
-fn ship(from: &Store, to: &Store, origin: &str) {
+fn ship(from: &StoreWriter, to: &StoreWriter, origin: &str) {
     let after = to
         .status()
         .unwrap()
@@ -64,7 +69,7 @@ fn ship(from: &Store, to: &Store, origin: &str) {
 
 /// The leaves (single buckets) whose fingerprints differ, found by descending from the root
 /// only where the fingerprints differ (what a reconciliation session does).
-fn differing_leaves(a: &Store, b: &Store) -> Vec<Node> {
+fn differing_leaves(a: &StoreWriter, b: &StoreWriter) -> Vec<Node> {
     let mut out = Vec::new();
     let mut todo = vec![Node::ROOT];
     while let Some(n) = todo.pop() {
@@ -82,7 +87,7 @@ fn differing_leaves(a: &Store, b: &Store) -> Vec<Node> {
 
 /// Repairs `to` from `from` over the differing leaves: the keys whose entries differ, with
 /// `from`'s versions and proofs, merged by `repair_sealed`.
-fn repair(from: &Store, to: &Store) -> edgerep_store::Installed {
+fn repair(from: &StoreWriter, to: &StoreWriter) -> edgerep_store::Installed {
     let mut keys = Vec::new();
     for leaf in differing_leaves(from, to) {
         let mine: BTreeMap<_, _> = from
@@ -148,7 +153,9 @@ impl edgerep_store::Resolver for Pick {
 
 #[test]
 fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree() {
-    let with = |id: &str, pick: usize| memory(id).with_resolver(std::sync::Arc::new(Pick(pick)));
+    let with = |id: &str, pick: usize| {
+        StoreWriter::new(memory_store(id).with_resolver(std::sync::Arc::new(Pick(pick))))
+    };
     // x and y write the same key concurrently; a and b receive both, and resolve them
     // differently (a picks the first version, b the second).
     let (x, y) = (memory("x"), memory("y"));
@@ -183,7 +190,7 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
     assert_eq!(from_a[0].build, "build-0");
     assert_eq!(from_a[0].versions, from_b[0].versions);
     assert_ne!(from_a[0].resolution, from_b[0].resolution);
-    let settle = |to: &Store, theirs, peer: &Store| {
+    let settle = |to: &StoreWriter, theirs, peer: &StoreWriter| {
         to.repair_sealed(
             Vec::new(),
             &[],
@@ -371,7 +378,7 @@ fn a_collection_compared_on_versions_hashes_without_values_and_a_new_rule_is_not
         })
     };
     let open = |on: bool| {
-        Store::open_with_rule(&path, &node("b"), EventLimits::default(), rule(on))
+        StoreWriter::open_with_rule(&path, &node("b"), EventLimits::default(), rule(on))
             .unwrap()
             .0
     };
@@ -393,7 +400,7 @@ fn a_collection_compared_on_versions_hashes_without_values_and_a_new_rule_is_not
     // apply changed: equal digests (under "values" they would differ).
     let twin = |on: bool, transform: bool| {
         let name = format!("t-{on}-{transform}.redb");
-        let s = Store::open_with_rule(
+        let s = StoreWriter::open_with_rule(
             &dir.path().join(name),
             &node("t"),
             EventLimits::default(),
@@ -452,8 +459,8 @@ impl edgerep_store::Resolver for Switch {
 #[test]
 fn kept_resolutions_are_decided_again_page_by_page_after_the_resolver_changes() {
     let switch = std::sync::Arc::new(Switch(0.into()));
-    let a = memory("a").with_resolver(switch.clone());
-    let b = memory("b").with_resolver(std::sync::Arc::new(Pick(1)));
+    let a = StoreWriter::new(memory_store("a").with_resolver(switch.clone()));
+    let b = StoreWriter::new(memory_store("b").with_resolver(std::sync::Arc::new(Pick(1))));
     let (x, y) = (memory("x"), memory("y"));
     let mut c = clock();
     // Five keys written concurrently by x and y: five keys with two versions each.

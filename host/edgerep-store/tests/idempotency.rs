@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use edgerep_store::idempotency::{Receipt, Window};
-use edgerep_store::{LocalWrite, Store, StoreError, Sync};
+use edgerep_store::{LocalWrite, Store, StoreError, StoreWriter, Sync};
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::{HlcClock, NodeId, Value};
 
@@ -28,11 +28,10 @@ fn receipt(key: &str, first: usize, count: usize) -> Receipt {
     }
 }
 
-fn open(path: &std::path::Path, window: Window) -> Store {
-    Store::open(path, &NodeId::parse("a").unwrap(), EventLimits::default())
-        .unwrap()
-        .0
-        .with_idempotency_window(window)
+fn open(path: &std::path::Path, window: Window) -> StoreWriter {
+    let (store, _) =
+        Store::open(path, &NodeId::parse("a").unwrap(), EventLimits::default()).unwrap();
+    StoreWriter::new(store.with_idempotency_window(window))
 }
 
 #[test]

@@ -3,16 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use edgerep_store::{LocalWrite, Store, StoreError, Sync};
+use edgerep_store::{LocalWrite, StoreError, StoreWriter, Sync};
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::{HlcClock, NodeId, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redb::backends::InMemoryBackend;
 
-fn store(id: &str) -> Store {
+fn store(id: &str) -> StoreWriter {
     let node = NodeId::parse(id).unwrap();
-    Store::open_with_backend(
+    StoreWriter::open_with_backend(
         InMemoryBackend::new(),
         "memory",
         &node,
@@ -22,7 +22,7 @@ fn store(id: &str) -> Store {
     .0
 }
 
-fn write(store: &Store, clock: &mut HlcClock, at: u64, keys: &[(&str, i64)]) {
+fn write(store: &StoreWriter, clock: &mut HlcClock, at: u64, keys: &[(&str, i64)]) {
     let writes = keys
         .iter()
         .map(|(k, n)| LocalWrite {
@@ -41,7 +41,7 @@ fn clock() -> HlcClock {
     HlcClock::new(Default::default(), 60_000)
 }
 
-fn held(store: &Store, origin: &str) -> u64 {
+fn held(store: &StoreWriter, origin: &str) -> u64 {
     store
         .status()
         .unwrap()
@@ -52,14 +52,14 @@ fn held(store: &Store, origin: &str) -> u64 {
 }
 
 /// Sends `to` the events of `origin` that `from` holds and `to` lacks.
-fn ship(from: &Store, to: &Store, origin: &str) {
+fn ship(from: &StoreWriter, to: &StoreWriter, origin: &str) {
     let events = from
         .changelog(origin, held(to, origin), usize::MAX)
         .unwrap();
     to.apply_events(events).unwrap();
 }
 
-fn assert_verified(store: &Store) {
+fn assert_verified(store: &StoreWriter) {
     assert_eq!(
         store.verify().unwrap(),
         Ok(()),
@@ -69,7 +69,7 @@ fn assert_verified(store: &Store) {
 }
 
 /// Merges `from`'s whole state into `to`, in pages of at most `page_events` versions.
-fn install_all(from: &Store, to: &Store, page_events: usize) -> usize {
+fn install_all(from: &StoreWriter, to: &StoreWriter, page_events: usize) -> usize {
     let have = from.status().unwrap().origins;
     let mut after: Option<(String, Vec<u8>)> = None;
     let mut pages = 0;
@@ -200,7 +200,7 @@ fn a_snapshot_gives_the_state_the_events_give() {
     for seed in 0..20u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let names = ["a", "b", "c"];
-        let stores: Vec<Store> = names.iter().map(|n| store(n)).collect();
+        let stores: Vec<StoreWriter> = names.iter().map(|n| store(n)).collect();
         let mut clocks = (0..3).map(|_| clock()).collect::<Vec<_>>();
         for round in 0..30u64 {
             let i = rng.random_range(0..3);

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edgerep_store::{Keys, LocalWrite, Received, StatePage, Store, StoreError, Sync};
+use edgerep_store::{Keys, LocalWrite, Received, StatePage, Store, StoreError, StoreWriter, Sync};
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::SEAL_EVERY_EVENTS;
 use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Seal, Value};
@@ -45,7 +45,7 @@ fn node(id: &str) -> NodeId {
     NodeId::parse(id).unwrap()
 }
 
-fn store(id: &str) -> Store {
+fn store(id: &str) -> StoreWriter {
     let (store, _) = Store::open_with_backend(
         InMemoryBackend::new(),
         "memory",
@@ -53,7 +53,7 @@ fn store(id: &str) -> Store {
         EventLimits::default(),
     )
     .unwrap();
-    store.with_keys(Arc::new(TestKeys { me: node(id) }))
+    StoreWriter::new(store.with_keys(Arc::new(TestKeys { me: node(id) })))
 }
 
 fn writes(prefix: &str, n: usize) -> Vec<LocalWrite> {
@@ -75,7 +75,12 @@ fn clock() -> HlcClock {
 }
 
 /// `origin`'s events after `after` up to `upto` and the seals among them, as a peer sends them.
-fn batch(from: &Store, origin: &str, after: u64, upto: u64) -> (Vec<EncodedEvent>, Vec<Seal>) {
+fn batch(
+    from: &StoreWriter,
+    origin: &str,
+    after: u64,
+    upto: u64,
+) -> (Vec<EncodedEvent>, Vec<Seal>) {
     let events = from
         .changelog(origin, after, (upto - after) as usize)
         .unwrap();
@@ -84,7 +89,7 @@ fn batch(from: &Store, origin: &str, after: u64, upto: u64) -> (Vec<EncodedEvent
 }
 
 /// The sequence numbers of `origin` that `store` holds seals at, up to `upto`.
-fn sealed_at(store: &Store, origin: &str, upto: u64) -> Vec<u64> {
+fn sealed_at(store: &StoreWriter, origin: &str, upto: u64) -> Vec<u64> {
     store
         .seals(&node(origin), 0, upto)
         .unwrap()
@@ -93,7 +98,7 @@ fn sealed_at(store: &Store, origin: &str, upto: u64) -> Vec<u64> {
         .collect()
 }
 
-fn apply(to: &Store, events: Vec<EncodedEvent>, seals: &[Seal]) -> Result<(), StoreError> {
+fn apply(to: &StoreWriter, events: Vec<EncodedEvent>, seals: &[Seal]) -> Result<(), StoreError> {
     let events = events.into_iter().map(Received::as_received).collect();
     to.apply_sealed(events, seals, &[], &[], Sync::Immediate, &mut clock(), 1)
         .map(drop)
@@ -166,7 +171,7 @@ fn a_sealed_batch_applies_and_a_forged_one_changes_nothing() {
 
 /// Installs `page` from a peer with its proofs and seals, and `extra` seals (for the have).
 fn install(
-    to: &Store,
+    to: &StoreWriter,
     page: &StatePage,
     have: Option<&BTreeMap<String, u64>>,
     extra: &[Seal],
@@ -362,13 +367,9 @@ fn snapshot_versions_are_proven_one_by_one_also_after_compaction() {
 
 #[test]
 fn seals_made_before_the_node_had_keys_are_signed_when_it_gets_them() {
-    let (bare, _) = Store::open_with_backend(
-        InMemoryBackend::new(),
-        "memory",
-        &node("a"),
-        EventLimits::default(),
-    )
-    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let (bare, _) = StoreWriter::open(&path, &node("a"), EventLimits::default()).unwrap();
     let mut c = clock();
     bare.commit_local(writes("x", 3), &mut c, 1).unwrap();
     assert!(
@@ -376,7 +377,10 @@ fn seals_made_before_the_node_had_keys_are_signed_when_it_gets_them() {
             .signature
             .is_empty()
     );
-    let a = bare.with_keys(Arc::new(TestKeys { me: node("a") }));
+    drop(bare);
+    // The node restarts with keys.
+    let (a, _) = Store::open(&path, &node("a"), EventLimits::default()).unwrap();
+    let a = StoreWriter::new(a.with_keys(Arc::new(TestKeys { me: node("a") })));
     assert_eq!(a.sign_unsigned_seals().unwrap(), 1);
     assert_eq!(a.sign_unsigned_seals().unwrap(), 0);
     let b = store("b");

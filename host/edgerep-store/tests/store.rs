@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use edgerep_store::{
-    Applied, Committed, Digest, LocalWrite, OnApply, Received, Resume, ScanPage, ScanRange, Store,
-    StoreError, StoreStatus, Sync, Versions,
+    Applied, Committed, Digest, LocalWrite, OnApply, Received, Resume, ScanPage, ScanRange,
+    StoreError, StoreStatus, StoreWriter, Sync, Versions,
 };
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::{EncodedEvent, Event, Hlc, HlcClock, NodeId, Op, Value, VersionVector};
@@ -65,19 +65,19 @@ fn del(collection: &str, key: &[u8]) -> LocalWrite {
 }
 
 /// A store on a fresh in-memory image.
-fn memory_store(id: &str) -> (Store, Resume) {
-    Store::open_with_backend(InMemoryBackend::new(), "memory", &node(id), limits()).unwrap()
+fn memory_store(id: &str) -> (StoreWriter, Resume) {
+    StoreWriter::open_with_backend(InMemoryBackend::new(), "memory", &node(id), limits()).unwrap()
 }
 
 /// A store on a copy of `image` (a crashed disk's bytes).
-fn store_from_image(image: &[u8], id: &str) -> Result<(Store, Resume), StoreError> {
+fn store_from_image(image: &[u8], id: &str) -> Result<(StoreWriter, Resume), StoreError> {
     let backend = InMemoryBackend::new();
     backend.set_len(image.len() as u64).unwrap();
     backend.write(0, image).unwrap();
-    Store::open_with_backend(backend, "crash image", &node(id), limits())
+    StoreWriter::open_with_backend(backend, "crash image", &node(id), limits())
 }
 
-fn assert_verified(store: &Store) {
+fn assert_verified(store: &StoreWriter) {
     assert_eq!(store.verify().unwrap(), Ok(()), "verify");
     assert_eq!(
         store.recompute_digest().unwrap(),
@@ -86,7 +86,7 @@ fn assert_verified(store: &Store) {
 }
 
 /// Every live (key, value) of a collection, paging through `scan` with `limit`.
-fn full_scan(store: &Store, collection: &str, limit: usize) -> Vec<(Vec<u8>, Value)> {
+fn full_scan(store: &StoreWriter, collection: &str, limit: usize) -> Vec<(Vec<u8>, Value)> {
     let mut out = Vec::new();
     let mut range = ScanRange::default();
     for _ in 0..100_000 {
@@ -120,7 +120,7 @@ struct Snapshot {
     paged: Vec<Vec<(Vec<u8>, Value)>>,
 }
 
-fn snapshot(store: &Store, keys: &[(&str, &[u8])], collections: &[&str]) -> Snapshot {
+fn snapshot(store: &StoreWriter, keys: &[(&str, &[u8])], collections: &[&str]) -> Snapshot {
     Snapshot {
         status: store.status().unwrap(),
         feed: store.feed(0, usize::MAX).unwrap(),
@@ -141,7 +141,7 @@ fn restart_keeps_everything_and_continues_numbering() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.redb");
     let me = node("edge-1");
-    let (store, resume) = Store::open(&path, &me, limits()).unwrap();
+    let (store, resume) = StoreWriter::open(&path, &me, limits()).unwrap();
     assert_eq!(
         resume,
         Resume {
@@ -234,7 +234,7 @@ fn restart_keeps_everything_and_continues_numbering() {
     let before = snapshot(&store, &keys, &collections);
     drop(store);
 
-    let (store, resume) = Store::open(&path, &me, limits()).unwrap();
+    let (store, resume) = StoreWriter::open(&path, &me, limits()).unwrap();
     assert_eq!(
         resume,
         Resume {
@@ -271,7 +271,7 @@ fn restart_keeps_everything_and_continues_numbering() {
     assert_verified(&store);
     drop(store);
     // And once more: the second session's writes persisted too.
-    let (store, resume) = Store::open(&path, &me, limits()).unwrap();
+    let (store, resume) = StoreWriter::open(&path, &me, limits()).unwrap();
     assert_eq!(resume.feed_last, n + 2);
     assert_eq!(resume.hlc_last, next[1].hlc);
     assert_eq!(store.get("orders", b"a").unwrap().lww_value(), None);
@@ -401,7 +401,7 @@ fn random_bytes(rng: &mut StdRng, min: usize, max: usize) -> Vec<u8> {
 
 type Model = BTreeMap<(String, Vec<u8>), Option<Value>>;
 
-fn check_get(store: &Store, model: &Model, coll: &str, key: &[u8]) {
+fn check_get(store: &StoreWriter, model: &Model, coll: &str, key: &[u8]) {
     let versions = store.get(coll, key).unwrap();
     let entry = model.get(&(coll.to_owned(), key.to_vec()));
     assert_eq!(
@@ -413,7 +413,7 @@ fn check_get(store: &Store, model: &Model, coll: &str, key: &[u8]) {
     assert_eq!(versions.events().len(), usize::from(entry.is_some()));
 }
 
-fn check_random_scan(store: &Store, model: &Model, rng: &mut StdRng) {
+fn check_random_scan(store: &StoreWriter, model: &Model, rng: &mut StdRng) {
     let coll = MODEL_COLLECTIONS[rng.random_range(0..MODEL_COLLECTIONS.len())];
     let mut range = ScanRange {
         prefix: random_bytes(rng, 0, 2),
@@ -558,7 +558,7 @@ fn random_groups_match_a_model() {
 // Digest
 
 fn digest_after(path: &Path, id: &str, groups: &[(u64, Vec<LocalWrite>)]) -> Digest {
-    let (store, resume) = Store::open(path, &node(id), limits()).unwrap();
+    let (store, resume) = StoreWriter::open(path, &node(id), limits()).unwrap();
     let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
     for (wall, writes) in groups {
         store
@@ -618,7 +618,7 @@ fn digest_depends_on_state_only() {
         }
     }
     // The digest persisted: reopening gives the same, and it still matches the state.
-    let (store, _) = Store::open(&file("one.redb"), &node("d"), limits()).unwrap();
+    let (store, _) = StoreWriter::open(&file("one.redb"), &node("d"), limits()).unwrap();
     assert_eq!(store.status().unwrap().digest, d1);
     assert_eq!(store.recompute_digest().unwrap(), d1);
 }
@@ -631,13 +631,13 @@ fn reopening_with_another_node_id_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.redb");
     {
-        let (store, resume) = Store::open(&path, &node("alpha"), limits()).unwrap();
+        let (store, resume) = StoreWriter::open(&path, &node("alpha"), limits()).unwrap();
         let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
         store
             .commit_local(vec![put("c", b"k", val(1))], &mut clock, 5)
             .unwrap();
     }
-    let err = Store::open(&path, &node("beta"), limits()).unwrap_err();
+    let err = StoreWriter::open(&path, &node("beta"), limits()).unwrap_err();
     match &err {
         StoreError::WrongNode {
             path: p,
@@ -656,7 +656,7 @@ fn reopening_with_another_node_id_is_refused() {
         "{message}"
     );
     // The refused open changed nothing: the owner still opens it, with its data.
-    let (store, resume) = Store::open(&path, &node("alpha"), limits()).unwrap();
+    let (store, resume) = StoreWriter::open(&path, &node("alpha"), limits()).unwrap();
     assert_eq!(resume.feed_last, 1);
     assert_eq!(store.get("c", b"k").unwrap().lww_value(), Some(&val(1)));
     assert_verified(&store);
@@ -664,9 +664,12 @@ fn reopening_with_another_node_id_is_refused() {
 
     // The same through a backend: the name given stands for the storage in the message.
     let backend = FaultyBackend::default();
-    drop(Store::open_with_backend(backend.clone(), "disk-0", &node("alpha"), limits()).unwrap());
-    let err =
-        Store::open_with_backend(backend.clone(), "disk-0", &node("gamma"), limits()).unwrap_err();
+    drop(
+        StoreWriter::open_with_backend(backend.clone(), "disk-0", &node("alpha"), limits())
+            .unwrap(),
+    );
+    let err = StoreWriter::open_with_backend(backend.clone(), "disk-0", &node("gamma"), limits())
+        .unwrap_err();
     assert!(
         matches!(&err, StoreError::WrongNode { path, stored, configured }
             if path == "disk-0" && stored == "alpha" && configured == "gamma"),
@@ -819,7 +822,7 @@ struct Outcome {
     feed: Vec<(u64, EncodedEvent)>,
 }
 
-fn outcome(store: &Store) -> Outcome {
+fn outcome(store: &StoreWriter) -> Outcome {
     Outcome {
         status: store.status().unwrap(),
         scans: ["c", "d"]
@@ -844,7 +847,8 @@ fn crash_session(
 ) -> (Result<Vec<Committed>, StoreError>, u64, FaultyBackend) {
     let backend = FaultyBackend::from_image(image);
     let (store, resume) =
-        Store::open_with_backend(backend.clone(), "faulty", &node(CRASH_NODE), limits()).unwrap();
+        StoreWriter::open_with_backend(backend.clone(), "faulty", &node(CRASH_NODE), limits())
+            .unwrap();
     let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
     store
         .commit_local(crash_pre(), &mut clock, PRE_WALL)
@@ -904,7 +908,7 @@ fn run_crash_series(big: bool, max_cases: u64) {
     let backend = FaultyBackend::default();
     {
         let (store, resume) =
-            Store::open_with_backend(backend.clone(), "faulty", &node(CRASH_NODE), limits())
+            StoreWriter::open_with_backend(backend.clone(), "faulty", &node(CRASH_NODE), limits())
                 .unwrap();
         let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
         store
@@ -922,7 +926,7 @@ fn run_crash_series(big: bool, max_cases: u64) {
     let without = {
         let backend = FaultyBackend::from_image(&baseline);
         let (store, resume) =
-            Store::open_with_backend(backend, "faulty", &node(CRASH_NODE), limits()).unwrap();
+            StoreWriter::open_with_backend(backend, "faulty", &node(CRASH_NODE), limits()).unwrap();
         let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
         store
             .commit_local(crash_pre(), &mut clock, PRE_WALL)
@@ -1047,7 +1051,7 @@ fn dead_letters_are_kept_in_order_and_survive_reopen() {
         vec![7; 5000],
     ];
     {
-        let (store, _) = Store::open(&path, &me, limits()).unwrap();
+        let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
         assert_eq!(store.status().unwrap().dead_letters, 0);
         assert!(store.dead_letters(0, 10).unwrap().is_empty());
         let ids: Vec<u64> = records
@@ -1060,7 +1064,7 @@ fn dead_letters_are_kept_in_order_and_survive_reopen() {
         assert_eq!(store.status().unwrap().feed_last, 0);
         assert_eq!(store.status().unwrap().state_entries, 0);
     }
-    let (store, _) = Store::open(&path, &me, limits()).unwrap();
+    let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
     let all = store.dead_letters(0, usize::MAX).unwrap();
     let want: Vec<(u64, Vec<u8>)> = (1..).zip(records.iter().cloned()).collect();
     assert_eq!(all, want);
@@ -1185,7 +1189,7 @@ fn remote_apply_moves_the_clock_and_peer_cursors_persist() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.redb");
     let a = NodeId::parse("site-a").unwrap();
-    let (store, _) = Store::open(&path, &a, limits()).unwrap();
+    let (store, _) = StoreWriter::open(&path, &a, limits()).unwrap();
     // Two events written at site-b, the second one far in the future.
     let (b, _) = memory_store("site-b");
     let mut b_clock = HlcClock::new(Hlc::default(), u64::MAX / 2);
@@ -1211,7 +1215,7 @@ fn remote_apply_moves_the_clock_and_peer_cursors_persist() {
     // Cursors are saved without waiting for the disk; a sync makes them durable.
     store.sync().unwrap();
     drop(store);
-    let (store, resume) = Store::open(&path, &a, limits()).unwrap();
+    let (store, resume) = StoreWriter::open(&path, &a, limits()).unwrap();
     assert_eq!(resume.hlc_last.physical_ms, 5_000);
     assert_eq!(store.peer_cursors().unwrap()["site-c"], have);
     assert!(store.verify().unwrap().is_ok());
@@ -1318,7 +1322,8 @@ fn on_apply_changes_the_state_never_the_changelog() {
 fn deferred_commits_are_durable_after_sync_or_the_next_immediate_commit() {
     let backend = FaultyBackend::default();
     let (store, resume) =
-        Store::open_with_backend(backend.clone(), "disk-0", &node(CRASH_NODE), limits()).unwrap();
+        StoreWriter::open_with_backend(backend.clone(), "disk-0", &node(CRASH_NODE), limits())
+            .unwrap();
     let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
     store
         .commit_local(vec![put("c", b"a", val(1))], &mut clock, 1_000)
@@ -1334,7 +1339,7 @@ fn deferred_commits_are_durable_after_sync_or_the_next_immediate_commit() {
             .copied()
             .unwrap_or(0)
     };
-    let deferred = |store: &Store, clock: &mut HlcClock, key: &[u8]| {
+    let deferred = |store: &StoreWriter, clock: &mut HlcClock, key: &[u8]| {
         store
             .commit_local_replacing(
                 vec![put("c", key, val(2))],
@@ -1419,7 +1424,8 @@ fn a_write_the_store_cannot_commit_is_refused_alone() {
         ..EventLimits::default()
     };
     let (tight, _) =
-        Store::open_with_backend(InMemoryBackend::new(), "memory", &node("site-a"), small).unwrap();
+        StoreWriter::open_with_backend(InMemoryBackend::new(), "memory", &node("site-a"), small)
+            .unwrap();
     let mut w = put("c", b"m", val(1));
     w.meta.insert("note".into(), "x".repeat(64));
     let err = tight

@@ -108,7 +108,7 @@ pub(crate) fn raw_redb(
     Ok(eps)
 }
 
-/// The store's own cost: local writes committed straight through `Store::commit_local`, without
+/// The store's own cost: local writes committed straight through `StoreWriter::commit_local`, without
 /// HTTP, parsing or the committer thread. Tells the API's overhead apart from the store's.
 fn store_only(
     dir: &std::path::Path,
@@ -120,11 +120,11 @@ fn store_only(
     let node = NodeId::parse("bench-store")?;
     let path = dir.join("store-only.redb");
     let (store, resume) = edgerep_store::Store::open(&path, &node, Default::default())?;
-    let store = if fingerprints {
+    let store = edgerep_store::StoreWriter::new(if fingerprints {
         store
     } else {
         store.without_fingerprints()
-    };
+    });
     let mut clock = edgerep_wire::HlcClock::new(resume.hlc_last, 60_000);
     let start = Instant::now();
     let mut n: u64 = 0;

@@ -167,7 +167,7 @@ pub(crate) fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
                 })
                 .collect();
             next_key += d * 7919 + 1;
-            let removed = edgerep_store::Store::damage_file(
+            let removed = edgerep_store::StoreWriter::damage_file(
                 &b_store,
                 &b_config.node.id,
                 "bench",
@@ -223,6 +223,7 @@ pub(crate) fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
         &edgerep_wire::NodeId::parse("fresh")?,
         edgerep_node::event_limits(&a_config),
     )?;
+    let fresh = edgerep_store::StoreWriter::new(fresh);
     let t0 = Instant::now();
     let (mut bytes, mut pages, mut versions) = (0u64, 0u64, 0u64);
     let mut after: Option<(String, Vec<u8>)> = None;

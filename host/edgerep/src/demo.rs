@@ -382,7 +382,7 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
     let n2 = nodes.remove(1);
     rt.block_on(n2.shutdown())?;
     let store = sites[1].config.node.data_dir.join("edgerep.redb");
-    edgerep_store::Store::damage_file(
+    edgerep_store::StoreWriter::damage_file(
         &store,
         &sites[1].config.node.id,
         "orders",

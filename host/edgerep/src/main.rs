@@ -333,7 +333,7 @@ fn debug_damage(config: &Path, collection: &str, key: &str, flip: bool) -> anyho
     } else {
         edgerep_store::aae::Damage::Remove
     };
-    let damaged = match edgerep_store::Store::damage_file(
+    let damaged = match edgerep_store::StoreWriter::damage_file(
         &path,
         &config.node.id,
         collection,

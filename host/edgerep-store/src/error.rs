@@ -1,0 +1,143 @@
+//! The store's errors.
+
+use crate::STORE_FORMAT;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// redb failed (IO error, full disk, corruption detected by redb).
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+    /// The data directory belongs to another node.
+    #[error(
+        "the data in {path} belongs to node {stored:?}, but the config says node {configured:?}"
+    )]
+    WrongNode {
+        /// The database file.
+        path: String,
+        /// Node id recorded in the database.
+        stored: String,
+        /// Node id from the config.
+        configured: String,
+    },
+    /// A stored record does not decode: the file was changed behind redb's back or by a bug.
+    #[error("corrupt record in table {table}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What failed.
+        reason: String,
+    },
+    /// A replay named a dead letter that is not (or no longer) in the table.
+    #[error("dead letter {0} does not exist (already replayed?)")]
+    NoSuchDeadLetter(u64),
+    /// An event from a peer skips sequence numbers of its origin: the store holds each origin's
+    /// events without gaps, so the earlier ones must be applied first.
+    #[error("event {origin}:{seq} arrived before {origin}:{expected}")]
+    Gap {
+        /// The event's origin.
+        origin: String,
+        /// The event's sequence number.
+        seq: u64,
+        /// The next sequence number the store expects from that origin.
+        expected: u64,
+    },
+    /// Events of an origin below the asked position were compacted out of the changelog.
+    #[error(
+        "events of {origin} up to {floor} were compacted (every peer held them); read after {floor}"
+    )]
+    ChangelogCompacted {
+        /// The origin.
+        origin: String,
+        /// The highest sequence number removed.
+        floor: u64,
+    },
+    /// Feed positions up to `floor` can no longer be read (their events were compacted, or a
+    /// snapshot from a peer changed the state without feed positions).
+    #[error(
+        "feed positions up to {floor} were compacted or replaced by a snapshot: read the state, then watch after {floor}"
+    )]
+    FeedCompacted {
+        /// The highest position that can no longer be read.
+        floor: u64,
+    },
+    /// A snapshot page from a peer cannot be merged.
+    #[error("snapshot refused: {0}")]
+    SnapshotRefused(String),
+    /// A request's idempotency key is recorded already (a request under the same key
+    /// committed first): nothing of the group was written; the others may be committed
+    /// without that request.
+    #[error("idempotency key {key:?} is recorded already (a request with it committed meanwhile)")]
+    KeyInUse {
+        /// The position in the group of the request's first write.
+        index: usize,
+        /// The key.
+        key: String,
+    },
+    /// One local write of a group cannot be committed as it stands (nothing of the group was
+    /// written; the others may be committed without it).
+    #[error("write {index} of the group refused: {reason}")]
+    WriteRefused {
+        /// Its position in the group.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Events from a peer whose seal is missing, does not match them, or does not verify: they
+    /// are not what their origin wrote (nothing of the batch was applied).
+    #[error("events of {origin} up to {seq} refused: {reason}")]
+    Forged {
+        /// The origin they claim.
+        origin: String,
+        /// The sequence number where the check failed.
+        seq: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A request the store cannot answer as asked (names what was wrong).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The database was written by an older edgerep whose tables this one cannot continue.
+    #[error(
+        "store format {found} predates this edgerep's origin seals (format {STORE_FORMAT}): move the data directory away and start the node on an empty one; it catches up from its peers"
+    )]
+    OldFormat {
+        /// Format found in the file.
+        found: u64,
+    },
+    /// The database was written by a newer edgerep with a table layout this one does not know.
+    #[error("store format {found} is newer than this edgerep supports ({supported})")]
+    UnsupportedFormat {
+        /// Format found in the file.
+        found: u64,
+        /// Highest format this code reads.
+        supported: u64,
+    },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> StoreError {
+                StoreError::Storage(e.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+pub(crate) fn corrupt(table: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        reason: e.to_string(),
+    }
+}

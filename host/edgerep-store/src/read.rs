@@ -1,0 +1,381 @@
+//! Reads: keys, scans, the feed, the changelog, seals and certificates, status, dead letters.
+//! Each read is one redb read transaction (a consistent snapshot).
+
+use super::*;
+
+impl Store {
+    /// What the idempotency key `key` was recorded with, if it is held.
+    pub fn idempotency(&self, key: &str) -> Result<Option<idempotency::Recorded>, StoreError> {
+        // A new key (the common case) is answered by the index alone, without a read
+        // transaction.
+        if !self.idempotency_index.contains(key) {
+            return Ok(None);
+        }
+        let txn = self.db.begin_read()?;
+        self.idempotency_index
+            .get(&txn.open_table(idempotency::IDEMPOTENCY)?, key)
+    }
+
+    /// How many idempotency keys are held.
+    pub fn idempotency_count(&self) -> Result<u64, StoreError> {
+        Ok(self.idempotency_index.len())
+    }
+
+    /// The seals of `origin` after `after` up to `upto`, in order.
+    pub fn seals(&self, origin: &NodeId, after: u64, upto: u64) -> Result<Vec<Seal>, StoreError> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SEALS)?;
+        let (lo, hi) = (
+            log_key(origin.as_str(), after + 1),
+            log_key(origin.as_str(), upto),
+        );
+        let mut out = Vec::new();
+        for row in table.range(lo.as_slice()..=hi.as_slice())? {
+            let (k, v) = row?;
+            let seq = log_seq(origin.as_str(), k.value())
+                .ok_or_else(|| corrupt("seals", "a key of another origin in range"))?;
+            out.push(seals::decode(origin, seq, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The first seal of `origin` after `after`, if any.
+    pub fn next_seal(&self, origin: &NodeId, after: u64) -> Result<Option<Seal>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SEALS)?;
+        let (lo, hi) = (
+            log_key(origin.as_str(), after.saturating_add(1)),
+            log_key(origin.as_str(), u64::MAX),
+        );
+        let mut rows = table.range(lo.as_slice()..=hi.as_slice())?;
+        match rows.next() {
+            Some(row) => {
+                let (k, v) = row?;
+                let seq = log_seq(origin.as_str(), k.value())
+                    .ok_or_else(|| corrupt("seals", "a key of another origin in range"))?;
+                Ok(Some(seals::decode(origin, seq, v.value())?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The certificate (DER) of `origin` this store learnt from peers, if any.
+    pub fn cert(&self, origin: &NodeId) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CERTS)?;
+        Ok(table.get(origin.as_str())?.map(|g| g.value().to_vec()))
+    }
+
+    /// Every certificate this store learnt from peers, by origin.
+    pub fn certs(&self) -> Result<Vec<(NodeId, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CERTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let origin = NodeId::parse(k.value()).map_err(|e| corrupt("certs", e))?;
+            out.push((origin, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every peer's saved cursor (see [`StoreWriter::save_peer_cursor`]).
+    pub fn peer_cursors(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let peers = txn.open_table(PEERS)?;
+        let mut out = BTreeMap::new();
+        for row in peers.iter()? {
+            let (k, v) = row?;
+            let mut d = minicbor::Decoder::new(v.value());
+            let n = d
+                .map()
+                .map_err(|e| corrupt("peers", e))?
+                .ok_or_else(|| corrupt("peers", "indefinite map"))?;
+            let mut have = BTreeMap::new();
+            for _ in 0..n {
+                let origin = d.str().map_err(|e| corrupt("peers", e))?.to_owned();
+                let seq = d.u64().map_err(|e| corrupt("peers", e))?;
+                have.insert(origin, seq);
+            }
+            out.insert(k.value().to_owned(), have);
+        }
+        Ok(out)
+    }
+
+    /// The versions of one key and its kept resolution, if any (see `resolution.rs`).
+    pub fn get_resolved(
+        &self,
+        collection: &str,
+        key: &[u8],
+    ) -> Result<(Versions, Option<Resolution>), StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        match state.get(state_key(collection, key).as_slice())? {
+            Some(g) => self.decode_row(g.value()),
+            None => Ok((Versions::new(), None)),
+        }
+    }
+
+    /// A state row's versions and resolution.
+    pub(crate) fn decode_row(
+        &self,
+        row: &[u8],
+    ) -> Result<(Versions, Option<Resolution>), StoreError> {
+        let split = resolution::split_row(row).map_err(|e| corrupt("state", e))?;
+        let versions =
+            Versions::decode(split.versions, &self.limits()).map_err(|e| corrupt("state", e))?;
+        let resolution = split
+            .resolution
+            .map(|r| Resolution::decode(r, versions.events().len(), &self.limits().value))
+            .transpose()
+            .map_err(|e| corrupt("state", e))?;
+        Ok((versions, resolution))
+    }
+
+    /// The versions of one key (empty if the key was never written).
+    pub fn get(&self, collection: &str, key: &[u8]) -> Result<Versions, StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        match state.get(state_key(collection, key).as_slice())? {
+            Some(g) => Versions::decode(g.value(), &self.limits()).map_err(|e| corrupt("state", e)),
+            None => Ok(Versions::new()),
+        }
+    }
+
+    /// One page of the live keys of a collection, in key order.
+    pub fn scan(
+        &self,
+        collection: &str,
+        range: &ScanRange,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError> {
+        assert!(limit > 0, "a scan page holds at least one key");
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        let mut lower: Vec<u8> = range.prefix.clone();
+        if let Some(start) = &range.start {
+            lower = lower.max(start.clone());
+        }
+        let (lower_key, skip_equal) = match &range.after {
+            Some(after) if *after >= lower => (state_key(collection, after), true),
+            _ => (state_key(collection, &lower), false),
+        };
+        let mut entries = Vec::new();
+        let mut resolutions = BTreeMap::new();
+        let mut last_seen = None;
+        for row in state.range(lower_key.as_slice()..)? {
+            let (k, v) = row?;
+            if skip_equal && k.value() == lower_key.as_slice() {
+                continue;
+            }
+            let Some((coll, key)) = split_state_key(k.value()) else {
+                return Err(corrupt("state", "key without separator"));
+            };
+            if coll != collection || !key.starts_with(&range.prefix) {
+                return Ok(ScanPage {
+                    entries,
+                    resolutions,
+                    next: None,
+                });
+            }
+            if range.end.as_deref().is_some_and(|end| key >= end) {
+                return Ok(ScanPage {
+                    entries,
+                    resolutions,
+                    next: None,
+                });
+            }
+            if entries.len() == limit {
+                return Ok(ScanPage {
+                    entries,
+                    resolutions,
+                    next: last_seen,
+                });
+            }
+            last_seen = Some(key.to_vec());
+            let (versions, resolution) = self.decode_row(v.value())?;
+            if versions.lww_value().is_some() || versions.events().len() > 1 {
+                if let Some(r) = resolution {
+                    resolutions.insert(key.to_vec(), r);
+                }
+                entries.push((key.to_vec(), versions));
+            }
+        }
+        Ok(ScanPage {
+            entries,
+            resolutions,
+            next: None,
+        })
+    }
+
+    /// Events of this node's feed after position `after`, at most `limit`, with their positions.
+    pub fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let feed = txn.open_table(FEED)?;
+        let changelog = txn.open_table(CHANGELOG)?;
+        let floor = feed_floor(&txn.open_table(META)?)?;
+        if after < floor {
+            return Err(StoreError::FeedCompacted { floor });
+        }
+        let first = after.saturating_add(1);
+        // The run holding `first` starts at or before it.
+        let start = match feed.range(..=first)?.next_back() {
+            Some(row) => row?.0.value(),
+            None => first,
+        };
+        let mut out = Vec::new();
+        for row in feed.range(start..)? {
+            let (run_start, run) = row?;
+            let run_start = run_start.value();
+            let (origin, first_seq, count) = run.value();
+            for i in first.saturating_sub(run_start)..count {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                let (pos, seq) = (run_start + i, first_seq + i);
+                let bytes = changelog
+                    .get(log_key(origin, seq).as_slice())?
+                    .ok_or_else(|| {
+                        corrupt(
+                            "feed",
+                            format!("position {pos} names missing event {origin}:{seq}"),
+                        )
+                    })?;
+                let event = EncodedEvent::decode_slice(bytes.value(), &self.limits())
+                    .map_err(|e| corrupt("changelog", e))?;
+                out.push((pos, event));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events from `origin` with sequence numbers after `after`, at most `limit`, in order.
+    pub fn changelog(
+        &self,
+        origin: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EncodedEvent>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let changelog = txn.open_table(CHANGELOG)?;
+        let floor = txn
+            .open_table(COMPACTED)?
+            .get(origin)?
+            .map_or(0, |g| g.value());
+        if after < floor {
+            return Err(StoreError::ChangelogCompacted {
+                origin: origin.to_owned(),
+                floor,
+            });
+        }
+        let mut out = Vec::new();
+        let from = log_key(origin, after.saturating_add(1));
+        let to = log_key(origin, u64::MAX);
+        for row in changelog
+            .range(from.as_slice()..=to.as_slice())?
+            .take(limit)
+        {
+            let (_, v) = row?;
+            out.push(
+                EncodedEvent::decode_slice(v.value(), &self.limits())
+                    .map_err(|e| corrupt("changelog", e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The hash ([`event_hash`]) of the stored bytes of each `(origin, seq)` asked for, `None`
+    /// where the changelog does not hold it (never written, or compacted). One read transaction.
+    pub fn event_hashes(
+        &self,
+        wanted: &[(&str, u64)],
+    ) -> Result<Vec<Option<[u8; 32]>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let changelog = txn.open_table(CHANGELOG)?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for (origin, seq) in wanted {
+            let row = changelog.get(log_key(origin, *seq).as_slice())?;
+            out.push(row.map(|g| event_hash(g.value())));
+        }
+        Ok(out)
+    }
+
+    /// Summary counters and the digest.
+    pub fn status(&self) -> Result<StoreStatus, StoreError> {
+        Store::status_in(&self.db.begin_read()?)
+    }
+
+    /// [`Store::status`] as of the snapshot `txn` reads.
+    pub(crate) fn status_in(txn: &ReadTransaction) -> Result<StoreStatus, StoreError> {
+        let meta = txn.open_table(META)?;
+        let origins_t = txn.open_table(ORIGINS)?;
+        let dead = txn.open_table(DEAD_LETTERS)?;
+        let counters = Counters::load(&meta)?;
+        let mut origins = BTreeMap::new();
+        for row in origins_t.iter()? {
+            let (k, v) = row?;
+            origins.insert(k.value().to_owned(), v.value());
+        }
+        let mut compacted = BTreeMap::new();
+        for row in txn.open_table(COMPACTED)?.iter()? {
+            let (k, v) = row?;
+            compacted.insert(k.value().to_owned(), v.value());
+        }
+        Ok(StoreStatus {
+            digest: counters.digest,
+            state_entries: counters.entries,
+            feed_last: counters.position,
+            origins,
+            hlc_last: match meta.get(META_HLC)? {
+                Some(g) => hlc_from(g.value())?,
+                None => Hlc::default(),
+            },
+            dead_letters: dead.len()?,
+            compacted,
+            feed_floor: feed_floor(&meta)?,
+        })
+    }
+
+    /// Dead-letter records with ids after `after`, at most `limit`.
+    pub fn dead_letters(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let dead = txn.open_table(DEAD_LETTERS)?;
+        let mut out = Vec::new();
+        for row in dead.range((after.saturating_add(1))..)?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The disagreements recorded after `after`, at most `limit`, with their ids.
+    pub fn disagreements(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, resolution::Disagreement)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DISAGREEMENTS)?;
+        let mut out = Vec::new();
+        for row in table.range((after.saturating_add(1))..)?.take(limit) {
+            let (k, v) = row?;
+            let d = resolution::Disagreement::decode(v.value())
+                .map_err(|e| corrupt("disagreements", e))?;
+            out.push((k.value(), d));
+        }
+        Ok(out)
+    }
+
+    /// How many disagreements are recorded.
+    pub fn disagreements_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DISAGREEMENTS)?.len()?)
+    }
+}

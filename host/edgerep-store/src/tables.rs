@@ -1,0 +1,113 @@
+//! The tables (see the crate's documentation) and the small records every transaction keeps.
+
+use edgerep_wire::Hlc;
+use redb::{ReadableTable, TableDefinition};
+
+use crate::{Digest, StoreError, corrupt};
+
+/// `collection 0x00 key` → encoded [`Versions`] (see [`keys`]).
+pub(crate) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+
+/// `origin 0x00 sequence` → encoded event (see [`keys`]).
+pub(crate) const CHANGELOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("changelog");
+
+pub(crate) const FEED: TableDefinition<u64, (&str, u64, u64)> = TableDefinition::new("feed");
+
+pub(crate) const ORIGINS: TableDefinition<&str, u64> = TableDefinition::new("origins");
+
+pub(crate) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+
+pub(crate) const DISAGREEMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("disagreements");
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Per peer, what it acknowledged holding: a CBOR map origin -> highest seq.
+pub(crate) const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
+
+pub(crate) const META_NODE_ID: &str = "node_id";
+
+pub(crate) const META_HLC: &str = "hlc_last";
+
+pub(crate) const META_FEED_LAST: &str = "feed_last";
+
+pub(crate) const META_DIGEST: &str = "digest";
+
+pub(crate) const META_ENTRIES: &str = "state_entries";
+
+pub(crate) const META_STORE_FORMAT: &str = "store_format";
+
+pub(crate) const META_VERSIONS_ONLY: &str = "versions_only";
+
+/// redb's page cache, at most.
+pub const CACHE_BYTES: usize = 32 << 20;
+
+/// Layout version of the tables above (2: origin chains and seals; 3: seals name their block
+/// and its Merkle root, proofs of compacted live versions).
+pub(crate) const STORE_FORMAT: u64 = 3;
+
+/// The meta counters every write transaction keeps up to date: last feed position, state
+/// digest, number of state entries.
+pub(crate) struct Counters {
+    pub(crate) position: u64,
+    pub(crate) digest: Digest,
+    pub(crate) entries: u64,
+}
+
+impl Counters {
+    pub(crate) fn load(
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Counters, StoreError> {
+        let read_u64 = |key: &str| -> Result<u64, StoreError> {
+            match meta.get(key)? {
+                Some(g) => u64_from(g.value(), "meta"),
+                None => Ok(0),
+            }
+        };
+        let digest = match meta.get(META_DIGEST)? {
+            Some(g) => Digest::from_bytes(
+                g.value()
+                    .try_into()
+                    .map_err(|_| corrupt("meta", "digest is not 32 bytes"))?,
+            ),
+            None => Digest::default(),
+        };
+        Ok(Counters {
+            position: read_u64(META_FEED_LAST)?,
+            digest,
+            entries: read_u64(META_ENTRIES)?,
+        })
+    }
+
+    pub(crate) fn save(
+        &self,
+        meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    ) -> Result<(), StoreError> {
+        meta.insert(META_FEED_LAST, &self.position.to_be_bytes()[..])?;
+        meta.insert(META_DIGEST, &self.digest.to_bytes()[..])?;
+        meta.insert(META_ENTRIES, &self.entries.to_be_bytes()[..])?;
+        Ok(())
+    }
+}
+
+pub(crate) fn u64_from(bytes: &[u8], table: &'static str) -> Result<u64, StoreError> {
+    let b: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(table, "expected 8 bytes"))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+pub(crate) fn hlc_bytes(h: Hlc) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..8].copy_from_slice(&h.physical_ms.to_be_bytes());
+    out[8..].copy_from_slice(&h.logical.to_be_bytes());
+    out
+}
+
+pub(crate) fn hlc_from(bytes: &[u8]) -> Result<Hlc, StoreError> {
+    if bytes.len() != 12 {
+        return Err(corrupt("meta", "hlc_last is not 12 bytes"));
+    }
+    let p = u64_from(&bytes[..8], "meta")?;
+    let l = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    Ok(Hlc::new(p, l))
+}

@@ -1,0 +1,1083 @@
+//! Everything that writes, on the one [`StoreWriter`]: local commits, peers' batches (their
+//! seals checked), resolutions decided again, dead letters, peer cursors and syncs. Snapshot
+//! merges, repairs and compaction are in `retention.rs`, also on the writer.
+//!
+//! Invariant: one write transaction changes every table together; the digest, the entry count
+//! and the anti-entropy sums change with the rows they cover.
+
+use super::*;
+
+/// One origin's chain walked over the new events of a batch (see `StoreWriter::apply_in`).
+pub(crate) struct ChainWalk<'a> {
+    /// What the store held of the origin before the batch.
+    pub(crate) held: u64,
+    /// The last event walked, and the chain hash after it.
+    pub(crate) seq: u64,
+    pub(crate) chain: ChainHash,
+    /// The batch's seals met on the way, each matching the chain and its block.
+    pub(crate) sealed: Vec<&'a Seal>,
+    /// The leaves since the last seal met.
+    pub(crate) block: Block,
+}
+
+impl ChainWalk<'_> {
+    pub(crate) fn new(held: u64, chain: ChainHash) -> Self {
+        ChainWalk {
+            held,
+            seq: held,
+            chain,
+            sealed: Vec::new(),
+            block: Block::default(),
+        }
+    }
+}
+
+/// Applies one event to its key's versions in `state` by the merge rule ([`Versions::apply`]),
+/// keeping the digest, the entry count and the anti-entropy sums up to date. Shared by received
+/// events, snapshot pages and repairs, so all merge exactly alike. With `repair` (anti-entropy
+/// on a damaged store, the event proven its origin's) a key that does not decode is replaced,
+/// and a version with the event's origin and sequence number but other bytes is dropped
+/// first. Returns what applying did and whether something damaged was replaced.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply_to_state(
+    state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    index: &mut aae::Writes,
+    digest: &mut Digest,
+    entries: &mut u64,
+    limits: &EventLimits,
+    event: EncodedEvent,
+    repair: bool,
+    unresolved: &mut Unresolved<'_>,
+) -> Result<(Applied, bool), StoreError> {
+    let skey = state_key(&event.collection, &event.key);
+    let old = state.get(skey.as_slice())?;
+    let old_hash = old.as_ref().map(|g| {
+        unresolved
+            .rule
+            .entry(&event.collection, &event.key, g.value(), limits)
+    });
+    let (mut versions, mut damaged) = match &old {
+        Some(g) => match Versions::decode(g.value(), limits) {
+            Ok(v) => (v, false),
+            Err(_) if repair => (Versions::new(), true),
+            Err(e) => return Err(corrupt("state", e)),
+        },
+        None => (Versions::new(), false),
+    };
+    drop(old);
+    if repair {
+        damaged |= versions.drop_other_bytes(&event);
+    }
+    let (collection, key) = (event.collection.clone(), event.key.clone());
+    let applied = versions.apply(event);
+    if applied == Applied::Added || damaged {
+        match old_hash {
+            Some(h) => digest.sub(h),
+            None => *entries += 1,
+        }
+        let new_bytes = versions.encode();
+        let new_hash = unresolved.rule.entry(&collection, &key, &new_bytes, limits);
+        digest.add(new_hash);
+        index.set(&skey, old_hash, new_hash);
+        state.insert(skey.as_slice(), new_bytes.as_slice())?;
+        if versions.events().len() > 1 && applied == Applied::Added {
+            *unresolved
+                .tally
+                .conflicts
+                .entry(collection.clone())
+                .or_default() += 1;
+            if unresolved.resolver.is_some_and(|r| r.resolves(&collection)) {
+                unresolved.keys.insert(skey);
+            } else {
+                *unresolved
+                    .tally
+                    .resolutions
+                    .entry((collection, "lww".to_owned()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    Ok((applied, damaged))
+}
+
+/// The keys of one transaction whose versions changed to concurrent ones, to resolve once
+/// before it commits (after every event of the batch, not after each).
+pub(crate) struct Unresolved<'a> {
+    pub(crate) resolver: Option<&'a dyn Resolver>,
+    /// How rows hash (carried here: every state write of the transaction needs it).
+    pub(crate) rule: &'a HashRule,
+    pub(crate) keys: BTreeSet<Vec<u8>>,
+    /// What the transaction's conflicts came to (added to the store's once it commits).
+    pub(crate) tally: ConflictTally,
+}
+
+/// Conflicts met and how they were resolved, per collection, since the store opened (in
+/// memory: a figure for metrics, not state).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConflictTally {
+    /// Versions applied that left their key holding concurrent versions.
+    pub conflicts: BTreeMap<String, u64>,
+    /// Per (collection, who decided: `lww`, `plugin:NAME`, `lww-fallback:NAME`), keys with
+    /// concurrent versions resolved.
+    pub resolutions: BTreeMap<(String, String), u64>,
+}
+
+impl ConflictTally {
+    /// Adds `other` to this tally.
+    pub(crate) fn add(&mut self, other: ConflictTally) {
+        for (c, n) in other.conflicts {
+            *self.conflicts.entry(c).or_default() += n;
+        }
+        for (k, n) in other.resolutions {
+            *self.resolutions.entry(k).or_default() += n;
+        }
+    }
+}
+
+impl<'a> Unresolved<'a> {
+    pub(crate) fn new(resolver: Option<&'a dyn Resolver>, rule: &'a HashRule) -> Unresolved<'a> {
+        Unresolved {
+            resolver,
+            rule,
+            keys: BTreeSet::new(),
+            tally: ConflictTally::default(),
+        }
+    }
+
+    /// Resolves every key collected and writes its row with the resolution; returns the
+    /// transaction's tally of conflicts.
+    pub(crate) fn resolve(
+        mut self,
+        state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        index: &mut aae::Writes,
+        digest: &mut Digest,
+        limits: &EventLimits,
+    ) -> Result<ConflictTally, StoreError> {
+        let Some(resolver) = self.resolver else {
+            return Ok(self.tally);
+        };
+        for skey in self.keys {
+            let Some((collection, key)) = split_state_key(&skey) else {
+                return Err(corrupt("state", "key without separator"));
+            };
+            let Some(row) = state.get(skey.as_slice())?.map(|g| g.value().to_vec()) else {
+                continue;
+            };
+            let split = resolution::split_row(&row).map_err(|e| corrupt("state", e))?;
+            let versions =
+                Versions::decode(split.versions, limits).map_err(|e| corrupt("state", e))?;
+            if versions.events().len() < 2 {
+                continue;
+            }
+            let r = resolver.resolve(collection, key, &versions);
+            *self
+                .tally
+                .resolutions
+                .entry((collection.to_owned(), r.by.clone()))
+                .or_default() += 1;
+            let new_row = resolution::join_row(split.versions, Some(&r));
+            let hash = |row: &[u8]| self.rule.entry(collection, key, row, limits);
+            write_row(
+                state,
+                index,
+                digest,
+                &skey,
+                (hash(&row), hash(&new_row)),
+                &new_row,
+            )?;
+        }
+        Ok(self.tally)
+    }
+}
+
+/// Replaces a state row that exists with `new`, keeping the digest and the anti-entropy sums
+/// in step (`hashes`: the old row's and the new row's).
+pub(crate) fn write_row(
+    state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    index: &mut aae::Writes,
+    digest: &mut Digest,
+    skey: &[u8],
+    hashes: (Digest, Digest),
+    new: &[u8],
+) -> Result<(), StoreError> {
+    let (old_hash, new_hash) = hashes;
+    if old_hash == new_hash {
+        state.insert(skey, new)?;
+        return Ok(());
+    }
+    digest.sub(old_hash);
+    digest.add(new_hash);
+    index.set(skey, Some(old_hash), new_hash);
+    state.insert(skey, new)?;
+    Ok(())
+}
+
+impl StoreWriter {
+    pub(crate) fn add_conflicts(&self, tally: ConflictTally) {
+        self.conflicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(tally);
+    }
+
+    /// Decides again the kept resolution of every key of `collection` that holds concurrent
+    /// versions, with the resolver as it is now (after a config reload changed what resolves
+    /// the collection: keys resolved before by the old wiring get what every node with the new
+    /// one computes). One transaction over at most `max_rows` rows after `after` (a state key;
+    /// `None`: from the collection's first); returns how many rows changed and where to go on
+    /// (`None`: the collection is done).
+    pub fn re_resolve(
+        &self,
+        collection: &str,
+        after: Option<&[u8]>,
+        max_rows: usize,
+    ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        let Some(resolver) = self.resolver.as_deref() else {
+            return Ok((0, None));
+        };
+        let resolves = resolver.resolves(collection);
+        let prefix = state_key(collection, b"");
+        let start = after.map_or_else(|| prefix.clone(), <[u8]>::to_vec);
+        let mut next = None;
+        let txn = self.db.begin_write()?;
+        let (changed, deltas) = {
+            let mut state = txn.open_table(STATE)?;
+            let mut meta = txn.open_table(META)?;
+            let mut index = aae::Writes::new(self.fingerprints);
+            let mut counters = Counters::load(&meta)?;
+            let mut rows = Vec::new();
+            for row in state.range(start.as_slice()..)? {
+                let (k, v) = row?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                if after == Some(k.value()) {
+                    continue;
+                }
+                if rows.len() == max_rows {
+                    next = rows.last().map(|(k, _): &(Vec<u8>, Vec<u8>)| k.clone());
+                    break;
+                }
+                rows.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            let mut changed = 0;
+            for (skey, row) in rows {
+                let split = resolution::split_row(&row).map_err(|e| corrupt("state", e))?;
+                let versions = Versions::decode(split.versions, &self.limits())
+                    .map_err(|e| corrupt("state", e))?;
+                if versions.events().len() < 2 {
+                    continue;
+                }
+                let key = &skey[prefix.len()..];
+                let r = resolves.then(|| resolver.resolve(collection, key, &versions));
+                let new_row = resolution::join_row(split.versions, r.as_ref());
+                if new_row == row {
+                    continue;
+                }
+                let hash = |row: &[u8]| self.rule.entry(collection, key, row, &self.limits());
+                write_row(
+                    &mut state,
+                    &mut index,
+                    &mut counters.digest,
+                    &skey,
+                    (hash(&row), hash(&new_row)),
+                    &new_row,
+                )?;
+                changed += 1;
+            }
+            if changed > 0 {
+                counters.save(&mut meta)?;
+            }
+            let deltas = std::mem::take(&mut index.deltas);
+            (changed, deltas)
+        };
+        txn.commit()?;
+        self.aae.apply(&deltas);
+        Ok((changed, next))
+    }
+
+    /// Has the keys check and take in the certificates that came with `sealed`; Err names the
+    /// origin whose certificate was refused, and why.
+    pub(crate) fn learn_certs(
+        &self,
+        sealed: Option<seals::Sealed<'_>>,
+    ) -> Result<(), (NodeId, String)> {
+        if let (Some(keys), Some((_, certs))) = (&self.keys, sealed) {
+            for (origin, der) in certs {
+                keys.learn(origin, der)
+                    .map_err(|reason| (origin.clone(), reason))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A seal over this node's chain at `seq`, ending `block`.
+    pub(crate) fn seal_own(
+        &self,
+        seq: u64,
+        chain: ChainHash,
+        block: &Block,
+    ) -> Result<Seal, String> {
+        let mut seal = Seal {
+            origin: self.node.clone(),
+            seq,
+            first: block.first,
+            chain,
+            root: block.root(),
+            signature: Vec::new(),
+        };
+        if let Some(keys) = &self.keys {
+            seal.signature = keys.sign(&seal.message())?;
+        }
+        Ok(seal)
+    }
+
+    /// Commits a group of local writes in one durable transaction, in order. Each becomes an
+    /// event from this node with the next sequence number, a fresh timestamp from `clock`, and a
+    /// causal context that supersedes every version the key holds. All or nothing.
+    pub fn commit_local(
+        &self,
+        writes: Vec<LocalWrite>,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, StoreError> {
+        self.commit_local_replacing(writes, &[], Sync::Immediate, clock, wall_ms)
+    }
+
+    /// [`StoreWriter::commit_local`], and in the same transaction removes the dead letters
+    /// `dead_letters` (a replay: the events that failed before are committed now, exactly once).
+    pub fn commit_local_replacing(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: &[u64],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, StoreError> {
+        self.commit_local_checked(writes, dead_letters, sync, clock, wall_ms)
+            .map_err(|e| e.error)
+    }
+
+    /// [`StoreWriter::commit_local_replacing`], giving the writes back when one of them is refused
+    /// ([`StoreError::WriteRefused`]: the event it would make could not be read back within the
+    /// store's limits, or a version the key holds already claims to supersede it), so that the
+    /// caller can commit the others without it. Nothing is written when it fails.
+    pub fn commit_local_checked(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: &[u64],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, LocalCommitError> {
+        self.commit_local_keyed(writes, dead_letters, &[], sync, clock, wall_ms)
+    }
+
+    /// [`StoreWriter::commit_local_checked`] that also records each receipt's idempotency key with
+    /// its writes' commits, in the same transaction ([`StoreError::KeyInUse`] when one is
+    /// recorded already), and removes expired records.
+    pub fn commit_local_keyed(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: &[u64],
+        receipts: &[idempotency::Receipt],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, LocalCommitError> {
+        if writes.is_empty() && dead_letters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut made: Vec<Event> = Vec::with_capacity(writes.len());
+        let mut rest = writes.into_iter();
+        let result = self.commit_local_in(
+            &mut rest,
+            &mut made,
+            dead_letters,
+            receipts,
+            sync,
+            clock,
+            wall_ms,
+        );
+        result.map_err(|error| {
+            // Hand every write back, in order: those made into events, then the others.
+            let writes = match &error {
+                StoreError::WriteRefused { .. } | StoreError::KeyInUse { .. } => {
+                    made.into_iter().map(LocalWrite::from).chain(rest).collect()
+                }
+                _ => Vec::new(),
+            };
+            LocalCommitError { error, writes }
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn commit_local_in(
+        &self,
+        writes: &mut std::vec::IntoIter<LocalWrite>,
+        made: &mut Vec<Event>,
+        dead_letters: &[u64],
+        receipts: &[idempotency::Receipt],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, StoreError> {
+        let limits = self.limits();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(sync.redb())?;
+        let mut out = Vec::with_capacity(writes.len());
+        let deltas = {
+            let mut dead = txn.open_table(DEAD_LETTERS)?;
+            for &id in dead_letters {
+                if dead.remove(id)?.is_none() {
+                    // Replayed already (or never existed): abort, so a replay happens once.
+                    return Err(StoreError::NoSuchDeadLetter(id));
+                }
+            }
+            drop(dead);
+            let mut state = txn.open_table(STATE)?;
+            let mut changelog = txn.open_table(CHANGELOG)?;
+            let mut feed = txn.open_table(FEED)?;
+            let mut origins = txn.open_table(ORIGINS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut chains = txn.open_table(CHAINS)?;
+            let mut seals_t = txn.open_table(SEALS)?;
+            let mut aae_rows = aae::Writes::new(self.fingerprints);
+            let mut seq = origins.get(self.node.as_str())?.map_or(0, |g| g.value());
+            let (head_seq, mut chain) = seals::head(&chains, &self.node)?;
+            if head_seq != seq {
+                return Err(corrupt(
+                    "chains",
+                    format!("this node's chain ends at {head_seq}, its events at {seq}"),
+                ));
+            }
+            // Events and bytes since the last seal: a seal at least every SEAL_EVERY_* of them.
+            let (mut unsealed, mut unsealed_bytes) = (0u64, 0usize);
+            let mut block = Block::default();
+            let Counters {
+                mut position,
+                mut digest,
+                mut entries,
+            } = Counters::load(&meta)?;
+            let mut event_bytes = Vec::with_capacity(256);
+            for w in writes.by_ref() {
+                let index = made.len();
+                let skey = state_key(&w.collection, &w.key);
+                let old = state.get(skey.as_slice())?;
+                let (versions, old_hash) = match &old {
+                    Some(g) => {
+                        let bytes = g.value();
+                        let versions =
+                            Versions::decode(bytes, &limits).map_err(|e| corrupt("state", e))?;
+                        (
+                            versions,
+                            Some(self.rule.entry(&w.collection, &w.key, bytes, &limits)),
+                        )
+                    }
+                    None => (Versions::new(), None),
+                };
+                drop(old);
+                seq = seq.checked_add(1).ok_or_else(|| StoreError::WriteRefused {
+                    index,
+                    reason: "this node's sequence numbers are exhausted".into(),
+                })?;
+                let hlc = clock.now(wall_ms);
+                let event = Event {
+                    format: FORMAT_VERSION,
+                    collection: w.collection,
+                    key: w.key,
+                    op: if w.value.is_some() {
+                        Op::Put
+                    } else {
+                        Op::Delete
+                    },
+                    value: w.value,
+                    hlc,
+                    origin: self.node.clone(),
+                    seq,
+                    schema: w.schema,
+                    meta: w.meta,
+                    context: versions.context(),
+                    extra: BTreeMap::new(),
+                };
+                event_bytes.clear();
+                event.encode_into(&mut event_bytes);
+                // A local write supersedes every version: the key then holds exactly this event.
+                // A version whose context already covers this event's dot (a peer's claim that
+                // this node wrote more than it did) would make it obsolete: refuse the write
+                // rather than lose it.
+                let problem = if let Some(v) = versions
+                    .events()
+                    .iter()
+                    .find(|v| v.context.covers(&event.dot()))
+                {
+                    Some(format!(
+                        "key {:?} of collection {:?} holds version {}:{} whose causal context claims this node's sequence number {} already; this node never issued it (a peer sent a forged or corrupt context)",
+                        String::from_utf8_lossy(&event.key),
+                        event.collection,
+                        v.origin,
+                        v.seq,
+                        event.seq
+                    ))
+                } else {
+                    // An event that could not be read back would stop every reader of the key
+                    // and of the changelog: never write one.
+                    Event::decode(&event_bytes, &limits).err().map(|e| {
+                        format!("the event could not be read back within the store's limits: {e}")
+                    })
+                };
+                if let Some(reason) = problem {
+                    made.push(event);
+                    return Err(StoreError::WriteRefused { index, reason });
+                }
+                position += 1;
+                match old_hash {
+                    Some(h) => digest.sub(h),
+                    None => entries += 1,
+                }
+                changelog.insert(
+                    log_key(self.node.as_str(), seq).as_slice(),
+                    event_bytes.as_slice(),
+                )?;
+                // A run between seals stays within SEAL_EVERY_BYTES, or is one event alone: seal
+                // what came before an event that would push it past.
+                if unsealed > 0 && unsealed_bytes + event_bytes.len() > SEAL_EVERY_BYTES {
+                    let seal = self
+                        .seal_own(seq - 1, chain, &block)
+                        .map_err(|reason| StoreError::WriteRefused { index, reason })?;
+                    seals::put(&mut seals_t, &seal)?;
+                    (unsealed, unsealed_bytes) = (0, 0);
+                    block.clear();
+                }
+                let leaf = event_leaf(&event_bytes);
+                chain = chain_link(&chain, &leaf);
+                block.push(seq, leaf);
+                unsealed += 1;
+                unsealed_bytes += event_bytes.len();
+                if unsealed >= SEAL_EVERY_EVENTS || unsealed_bytes >= SEAL_EVERY_BYTES {
+                    let seal = self
+                        .seal_own(seq, chain, &block)
+                        .map_err(|reason| StoreError::WriteRefused { index, reason })?;
+                    seals::put(&mut seals_t, &seal)?;
+                    (unsealed, unsealed_bytes) = (0, 0);
+                    block.clear();
+                }
+                let new_bytes = Versions::encode_single(&event_bytes);
+                let new_hash = self
+                    .rule
+                    .entry(&event.collection, &event.key, &new_bytes, &limits);
+                digest.add(new_hash);
+                aae_rows.set(&skey, old_hash, new_hash);
+                state.insert(skey.as_slice(), new_bytes.as_slice())?;
+                out.push(Committed { seq, hlc, position });
+                made.push(event);
+            }
+            if let Some(first) = out.first() {
+                if unsealed > 0 {
+                    let seal = self.seal_own(seq, chain, &block).map_err(|reason| {
+                        StoreError::WriteRefused {
+                            index: out.len() - 1,
+                            reason,
+                        }
+                    })?;
+                    seals::put(&mut seals_t, &seal)?;
+                }
+                chains.insert(
+                    self.node.as_str(),
+                    seals::encode_head(seq, &chain).as_slice(),
+                )?;
+                feed.insert(
+                    first.position,
+                    (self.node.as_str(), first.seq, out.len() as u64),
+                )?;
+                origins.insert(self.node.as_str(), seq)?;
+                Counters {
+                    position,
+                    digest,
+                    entries,
+                }
+                .save(&mut meta)?;
+                meta.insert(META_HLC, &hlc_bytes(clock.last())[..])?;
+            }
+            let keys = if receipts.is_empty() {
+                None
+            } else {
+                Some(self.idempotency_index.record(
+                    &mut txn.open_table(idempotency::IDEMPOTENCY)?,
+                    receipts,
+                    &out,
+                    self.idempotency_window,
+                    wall_ms,
+                )?)
+            };
+            (std::mem::take(&mut aae_rows.deltas), keys)
+        };
+        txn.commit()?;
+        self.aae.apply(&deltas.0);
+        if let Some(keys) = deltas.1 {
+            self.idempotency_index.apply(keys);
+        }
+        Ok(out)
+    }
+
+    /// Applies events written at other nodes (received by replication) in one durable
+    /// transaction. Idempotent: an event already held changes nothing. Each origin's events must
+    /// come without gaps (sequence `n + 1` after `n`), else nothing is applied and the error says
+    /// which event is missing. Returns, per event, what it did to its key's versions
+    /// ([`Applied::Duplicate`] also for an event already in the changelog).
+    pub fn apply_events<E: Into<EncodedEvent>>(
+        &self,
+        events: Vec<E>,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let events = events.into_iter().map(Received::as_received).collect();
+        Ok(self
+            .apply_in(events, None, &[], Sync::Immediate, None)?
+            .applied)
+    }
+
+    /// [`StoreWriter::apply_events`] for events received from peers: `clock` observes each event's
+    /// hybrid clock timestamp and its last value is saved in the same transaction, so the clock
+    /// never goes back across a restart. A timestamp too far ahead of `wall_ms` is still applied
+    /// (refusing it would stall its origin forever and break convergence) but does not move the
+    /// clock; it is counted in the returned [`RemoteApply::skewed`]. Each event's changelog
+    /// entry is the event as received; its effect on the state is its [`OnApply`]. The dead
+    /// letters `dead_letters` (records of transforms that failed on these events) are written in
+    /// the same transaction.
+    pub fn apply_remote(
+        &self,
+        events: Vec<Received>,
+        dead_letters: &[Vec<u8>],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<RemoteApply, StoreError> {
+        self.apply_observed(events, None, dead_letters, sync, clock, wall_ms)
+    }
+
+    /// Has `clock` observe the events' timestamps, then applies them (see
+    /// [`StoreWriter::apply_remote`]).
+    pub(crate) fn apply_observed(
+        &self,
+        events: Vec<Received>,
+        sealed: Option<seals::Sealed<'_>>,
+        dead_letters: &[Vec<u8>],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<RemoteApply, StoreError> {
+        let mut skewed = 0;
+        for r in &events {
+            if clock.observe(r.event.hlc, wall_ms).is_err() {
+                skewed += 1;
+            }
+        }
+        let mut out = self.apply_in(events, sealed, dead_letters, sync, Some(clock.last()))?;
+        out.skewed = skewed;
+        Ok(out)
+    }
+
+    /// [`StoreWriter::apply_remote`] for events whose origins vouch for them: each origin's events in
+    /// the batch must end at one of `seals`, every seal must match the origin's chain over the
+    /// events (from the chain head this store holds) and verify with the origin's certificate
+    /// (`certs` brings certificates the store may lack). Otherwise nothing is applied:
+    /// [`StoreError::Forged`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_sealed(
+        &self,
+        events: Vec<Received>,
+        seals: &[Seal],
+        certs: &[(NodeId, Vec<u8>)],
+        dead_letters: &[Vec<u8>],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<RemoteApply, StoreError> {
+        self.apply_observed(
+            events,
+            Some((seals, certs)),
+            dead_letters,
+            sync,
+            clock,
+            wall_ms,
+        )
+    }
+
+    /// Signs this node's own seals made while it had no keys (before it had a TLS identity), so
+    /// that peers can check its earlier events too. Returns how many it signed.
+    pub fn sign_unsigned_seals(&self) -> Result<u64, StoreError> {
+        let Some(keys) = &self.keys else {
+            return Ok(0);
+        };
+        let mut signed = 0;
+        loop {
+            let txn = self.db.begin_write()?;
+            let mut n = 0;
+            {
+                let mut table = txn.open_table(SEALS)?;
+                let (lo, hi) = (
+                    log_key(self.node.as_str(), 0),
+                    log_key(self.node.as_str(), u64::MAX),
+                );
+                let mut unsigned = Vec::new();
+                for row in table.range(lo.as_slice()..=hi.as_slice())? {
+                    let (k, v) = row?;
+                    if v.value().len() == 72 {
+                        let seq = log_seq(self.node.as_str(), k.value())
+                            .ok_or_else(|| corrupt("seals", "a key of another origin in range"))?;
+                        unsigned.push(seals::decode(&self.node, seq, v.value())?);
+                        if unsigned.len() == 10_000 {
+                            break;
+                        }
+                    }
+                }
+                for mut seal in unsigned {
+                    seal.signature = keys
+                        .sign(&seal.message())
+                        .map_err(|e| corrupt("seals", format!("cannot sign: {e}")))?;
+                    seals::put(&mut table, &seal)?;
+                    n += 1;
+                }
+            }
+            txn.commit()?;
+            signed += n;
+            if n < 10_000 {
+                return Ok(signed);
+            }
+        }
+    }
+
+    /// Makes every earlier [`Sync::Deferred`] commit durable (an empty immediate commit).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Saves what a peer acknowledged holding (per origin, the highest sequence number), without
+    /// waiting for the disk: a cursor is advice (status, lag), never what a session resumes from
+    /// (the peer's `Hello` is), so losing the latest one in a crash costs nothing.
+    pub fn save_peer_cursor(
+        &self,
+        peer: &str,
+        have: &BTreeMap<String, u64>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        {
+            let mut peers = txn.open_table(PEERS)?;
+            let mut bytes = Vec::new();
+            let mut e = minicbor::Encoder::new(&mut bytes);
+            e.map(have.len() as u64).map_err(|e| corrupt("peers", e))?;
+            for (origin, seq) in have {
+                e.str(origin).map_err(|e| corrupt("peers", e))?;
+                e.u64(*seq).map_err(|e| corrupt("peers", e))?;
+            }
+            peers.insert(peer, bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Applies `events` (see [`StoreWriter::apply_sealed`]); with `sealed` `None` the events are
+    /// trusted (tests, tools): their chains are computed and an unsigned seal ends each run.
+    pub(crate) fn apply_in(
+        &self,
+        events: Vec<Received>,
+        sealed: Option<seals::Sealed<'_>>,
+        dead_letters: &[Vec<u8>],
+        sync: Sync,
+        hlc_last: Option<Hlc>,
+    ) -> Result<RemoteApply, StoreError> {
+        let limits = self.limits();
+        let forged = |origin: &NodeId, seq: u64, reason: String| StoreError::Forged {
+            origin: origin.to_string(),
+            seq,
+            reason,
+        };
+        // Certificates first: the seals below may need them.
+        self.learn_certs(sealed)
+            .map_err(|(origin, reason)| forged(&origin, 0, format!("its certificate: {reason}")))?;
+        let seal_at: BTreeMap<(&str, u64), &Seal> = sealed
+            .map(|(seals, _)| seals)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| ((s.origin.as_str(), s.seq), s))
+            .collect();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(sync.redb())?;
+        let mut out = Vec::with_capacity(events.len());
+        let mut dead_ids = Vec::with_capacity(dead_letters.len());
+        let tally;
+        let (held, feed_last, forks, deltas) = {
+            let mut dead = txn.open_table(DEAD_LETTERS)?;
+            let first = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
+            for (id, record) in (first..).zip(dead_letters) {
+                dead.insert(id, record.as_slice())?;
+                dead_ids.push(id);
+            }
+            drop(dead);
+            let mut state = txn.open_table(STATE)?;
+            let mut changelog = txn.open_table(CHANGELOG)?;
+            let mut feed = txn.open_table(FEED)?;
+            let mut origins = txn.open_table(ORIGINS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut chains = txn.open_table(CHAINS)?;
+            let mut seals_t = txn.open_table(SEALS)?;
+            let mut index = aae::Writes::new(self.fingerprints);
+            let mut unresolved = Unresolved::new(self.resolver.as_deref(), &self.rule);
+            seals::put_certs(&txn, sealed)?;
+            // Before anything is written, one pass walks each origin's chain over its new
+            // events (their canonical bytes, as received), checking the batch's seals on the way: a seal that
+            // does not verify is a forgery (nothing is applied); one that verifies but that
+            // the events do not chain to from this node's history is a fork (two histories the
+            // origin signed) or events changed under a genuine seal; the two look alike here.
+            // That origin's events are left out, the rest applied.
+            let mut forks: BTreeMap<NodeId, Fork> = BTreeMap::new();
+            let mut walks: BTreeMap<NodeId, ChainWalk<'_>> = BTreeMap::new();
+            for r in &events {
+                let e = &r.event;
+                if !forks.contains_key(&e.origin) {
+                    if !walks.contains_key(&e.origin) {
+                        let held = origins.get(e.origin.as_str())?.map_or(0, |g| g.value());
+                        let (head, chain) = seals::head(&chains, &e.origin)?;
+                        if head != held {
+                            return Err(corrupt(
+                                "chains",
+                                format!(
+                                    "{}'s chain ends at {head}, its events at {held}",
+                                    e.origin
+                                ),
+                            ));
+                        }
+                        walks.insert(e.origin.clone(), ChainWalk::new(held, chain));
+                    }
+                    if let Some(w) = walks.get_mut(&e.origin)
+                        && Some(e.seq) == w.seq.checked_add(1)
+                    {
+                        w.seq = e.seq;
+                        let leaf = event_leaf(e.bytes());
+                        w.chain = chain_link(&w.chain, &leaf);
+                        w.block.push(e.seq, leaf);
+                        if let Some(&seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
+                            let signed = match &self.keys {
+                                Some(keys) => {
+                                    keys.verify(&e.origin, e.seq, &seal.message(), &seal.signature)
+                                }
+                                None if seal.chain == w.chain => Ok(()),
+                                None => {
+                                    Err("its seal's chain hash does not match the events"
+                                        .to_owned())
+                                }
+                            };
+                            if let Err(reason) = signed {
+                                return Err(forged(&e.origin, e.seq, reason));
+                            }
+                            if seal.chain == w.chain {
+                                // The chain is the origin's; a block it describes wrongly
+                                // would make every proof of these events fail later.
+                                if seal.first != w.block.first || seal.root != w.block.root() {
+                                    return Err(forged(
+                                        &e.origin,
+                                        e.seq,
+                                        "its seal names another block than its events".into(),
+                                    ));
+                                }
+                                w.block.clear();
+                                w.sealed.push(seal);
+                            } else {
+                                forks.insert(
+                                    e.origin.clone(),
+                                    Fork {
+                                        origin: e.origin.to_string(),
+                                        seq: e.seq,
+                                        held_chain: w.chain,
+                                        received_chain: seal.chain,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            let Counters {
+                mut position,
+                mut digest,
+                mut entries,
+            } = Counters::load(&meta)?;
+            // The feed run being built: (first position, origin, first seq, count).
+            let mut run: Option<(u64, String, u64, u64)> = None;
+            // Per origin seen in the batch, the highest sequence number held (saved at the end).
+            let mut held_by_origin: BTreeMap<String, u64> = BTreeMap::new();
+            for Received { event, on_apply } in events {
+                if forks.contains_key(&event.origin) {
+                    // The other history of a forked origin: not this node's to take.
+                    out.push(Applied::Obsolete);
+                    continue;
+                }
+                // Each origin's events up to `held` are held (in the changelog from its
+                // compacted floor on, in the state through a snapshot below it), so an event is
+                // already held exactly when its sequence number is at most `held`.
+                let held = match held_by_origin.get(event.origin.as_str()) {
+                    Some(&h) => h,
+                    None => {
+                        let h = origins.get(event.origin.as_str())?.map_or(0, |g| g.value());
+                        held_by_origin.insert(event.origin.to_string(), h);
+                        h
+                    }
+                };
+                if event.seq <= held {
+                    out.push(Applied::Duplicate);
+                    continue;
+                }
+                if Some(event.seq) != held.checked_add(1) {
+                    return Err(StoreError::Gap {
+                        origin: event.origin.to_string(),
+                        seq: event.seq,
+                        expected: held.saturating_add(1),
+                    });
+                }
+                let lkey = log_key(event.origin.as_str(), event.seq);
+                changelog.insert(lkey.as_slice(), event.bytes())?;
+                if let Some(h) = held_by_origin.get_mut(event.origin.as_str()) {
+                    *h = event.seq;
+                }
+                position += 1;
+                run = match run {
+                    Some((start, origin, first, count))
+                        if origin == event.origin.as_str() && first + count == event.seq =>
+                    {
+                        Some((start, origin, first, count + 1))
+                    }
+                    other => {
+                        if let Some((start, origin, first, count)) = other {
+                            feed.insert(start, (origin.as_str(), first, count))?;
+                        }
+                        Some((position, event.origin.to_string(), event.seq, 1))
+                    }
+                };
+                let event = match on_apply {
+                    OnApply::AsReceived => event,
+                    OnApply::Value(value) => {
+                        // This node's version of the event (a transform on apply decided it):
+                        // the one event encoded again on this path.
+                        let mut event = event.into_event();
+                        event.op = if value.is_some() { Op::Put } else { Op::Delete };
+                        event.value = value;
+                        EncodedEvent::new(event)
+                    }
+                    OnApply::Dropped => {
+                        out.push(Applied::Obsolete);
+                        continue;
+                    }
+                };
+                out.push(
+                    apply_to_state(
+                        &mut state,
+                        &mut index,
+                        &mut digest,
+                        &mut entries,
+                        &limits,
+                        event,
+                        false,
+                        &mut unresolved,
+                    )?
+                    .0,
+                );
+            }
+            tally = unresolved.resolve(&mut state, &mut index, &mut digest, &limits)?;
+            // Each origin given new events ends at one of the batch's seals (trusted events: an
+            // unsigned seal ends the run); its chain head moves to the end.
+            for (origin, w) in &walks {
+                if w.seq == w.held || forks.contains_key(origin) {
+                    continue;
+                }
+                for seal in &w.sealed {
+                    seals::put(&mut seals_t, seal)?;
+                }
+                let sealed_upto = w.sealed.last().map_or(w.held, |s| s.seq);
+                if sealed_upto != w.seq {
+                    if sealed.is_some() {
+                        return Err(forged(
+                            origin,
+                            w.seq,
+                            format!(
+                                "the batch ends at {}, after its last seal (at {sealed_upto})",
+                                w.seq
+                            ),
+                        ));
+                    }
+                    seals::put(
+                        &mut seals_t,
+                        &Seal {
+                            origin: origin.clone(),
+                            seq: w.seq,
+                            first: w.block.first,
+                            chain: w.chain,
+                            root: w.block.root(),
+                            signature: Vec::new(),
+                        },
+                    )?;
+                }
+                chains.insert(
+                    origin.as_str(),
+                    seals::encode_head(w.seq, &w.chain).as_slice(),
+                )?;
+            }
+            for (origin, seq) in &held_by_origin {
+                origins.insert(origin.as_str(), *seq)?;
+            }
+            if let Some((start, origin, first, count)) = run {
+                feed.insert(start, (origin.as_str(), first, count))?;
+                Counters {
+                    position,
+                    digest,
+                    entries,
+                }
+                .save(&mut meta)?;
+            }
+            if let Some(hlc) = hlc_last {
+                meta.insert(META_HLC, &hlc_bytes(hlc)[..])?;
+            }
+            (
+                held_by_origin,
+                position,
+                forks,
+                std::mem::take(&mut index.deltas),
+            )
+        };
+        txn.commit()?;
+        self.aae.apply(&deltas);
+        self.add_conflicts(tally);
+        Ok(RemoteApply {
+            applied: out,
+            dead_letters: dead_ids,
+            held,
+            feed_last,
+            skewed: 0,
+            forks: forks.into_values().collect(),
+        })
+    }
+
+    /// Appends a dead-letter record (opaque bytes; the plugin runtime defines their content) and
+    /// returns its id.
+    pub fn add_dead_letter(&self, record: &[u8]) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let id;
+        {
+            let mut dead = txn.open_table(DEAD_LETTERS)?;
+            id = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
+            dead.insert(id, record)?;
+        }
+        txn.commit()?;
+        Ok(id)
+    }
+
+    /// Removes dead letter `id`; whether it was there.
+    pub fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(DEAD_LETTERS)?.remove(id)?.is_some();
+        txn.commit()?;
+        Ok(removed)
+    }
+}
