@@ -35,8 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Requests waiting for the committer, at most. Writers wait (backpressure) when it is full.
 const QUEUE_REQUESTS: usize = 4096;
 
-/// Per origin, the highest sequence number the store holds (its events are gapless).
-pub type Have = BTreeMap<String, u64>;
+pub use edgerep_wire::Have;
 
 /// Called on the committer thread after every durable commit with the store's new [`Have`].
 pub type CommitHook = Box<dyn Fn(&Have) + Send>;
@@ -256,7 +255,7 @@ impl Committer {
             metrics,
         } = links;
         let mut have: Have = store.status()?.origins;
-        let local = store.node().to_string();
+        let local = store.node().clone();
         let (tx, mut rx) = mpsc::channel::<Request>(QUEUE_REQUESTS);
         let mut durable = Durable {
             unsynced: false,

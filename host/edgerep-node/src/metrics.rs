@@ -220,7 +220,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         f.store
             .origins
             .iter()
-            .map(|(o, s)| (label("origin", o), *s as f64))
+            .map(|(o, s)| (label("origin", o.as_str()), *s as f64))
             .collect(),
     );
     m.gauge(

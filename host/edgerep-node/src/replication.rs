@@ -142,9 +142,9 @@ pub struct PeerStatus {
     /// since this node started).
     pub last_contact_ms: Option<u64>,
     /// What the peer acknowledged holding, per origin (persisted across restarts).
-    pub acked: BTreeMap<String, u64>,
+    pub acked: Have,
     /// What the peer said it holds at its last handshake, per origin.
-    pub peer_have: BTreeMap<String, u64>,
+    pub peer_have: Have,
     /// Events this node holds that the peer has not acknowledged.
     pub lag_events: u64,
     /// Age in seconds of the oldest event the peer lacks (0 when it lacks none).
@@ -1214,13 +1214,6 @@ impl Replicator {
         match self.store.peer_cursors() {
             Ok(all) => {
                 for (peer, have) in all {
-                    let Ok(peer) = NodeId::parse(&peer) else {
-                        continue;
-                    };
-                    let have = have
-                        .into_iter()
-                        .filter_map(|(o, s)| NodeId::parse(&o).ok().map(|o| (o, s)))
-                        .collect();
                     self.acked.insert(peer, have);
                 }
             }
@@ -1231,12 +1224,10 @@ impl Replicator {
     /// Haves only grow; a report older than one already taken changes nothing.
     fn set_have(&mut self, have: &Have) {
         for (origin, &seq) in have {
-            if let Ok(origin) = NodeId::parse(origin) {
-                let held = self.have.entry(origin).or_insert(0);
-                if seq > *held {
-                    *held = seq;
-                    self.anti_entropy.changed_here();
-                }
+            let held = self.have.entry(origin.clone()).or_insert(0);
+            if seq > *held {
+                *held = seq;
+                self.anti_entropy.changed_here();
             }
         }
         self.core.set_local_have(&self.have);
@@ -1468,12 +1459,8 @@ impl Replicator {
         self.last_error.insert(peer, reason);
     }
 
-    fn set_compacted(&mut self, compacted: &BTreeMap<String, u64>) {
-        let floors: BTreeMap<NodeId, u64> = compacted
-            .iter()
-            .filter_map(|(o, &s)| NodeId::parse(o).ok().map(|o| (o, s)))
-            .collect();
-        self.core.set_compacted(&floors);
+    fn set_compacted(&mut self, compacted: &Have) {
+        self.core.set_compacted(compacted);
     }
 
     /// Per origin, how far the changelog may be compacted now: what every configured peer
@@ -1506,7 +1493,7 @@ impl Replicator {
                 floor = floor.min(acked.copied().unwrap_or(0));
             }
             if floor > self.core.compacted().get(origin).copied().unwrap_or(0) {
-                floors.insert(origin.to_string(), floor);
+                floors.insert(origin.clone(), floor);
             }
         }
         floors
@@ -2036,11 +2023,6 @@ impl Replicator {
                         self.core.install_failed(&peer, &reason, now);
                         continue;
                     }
-                    let have = have.map(|h| {
-                        h.into_iter()
-                            .map(|(o, s)| (o.to_string(), s))
-                            .collect::<Have>()
-                    });
                     let hook = CommitHookSender(self.inbox.clone());
                     let to = peer.clone();
                     let sent = self.committer.install(
@@ -2163,8 +2145,6 @@ impl Replicator {
     fn save_cursors(&mut self) {
         self.saved_at = Instant::now();
         for (peer, have) in std::mem::take(&mut self.dirty) {
-            let have: BTreeMap<String, u64> =
-                have.iter().map(|(o, s)| (o.to_string(), *s)).collect();
             if let Err(e) = self.committer.save_peer_cursor(peer.clone(), have) {
                 tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
             }
@@ -2230,12 +2210,8 @@ impl Replicator {
                     address: address.clone(),
                     connected: view.as_ref().is_some_and(|v| v.ready),
                     last_contact_ms: self.last_contact.get(id).copied(),
-                    acked: acked.iter().map(|(o, s)| (o.to_string(), *s)).collect(),
-                    peer_have: self
-                        .peer_have
-                        .get(id)
-                        .map(|h| h.iter().map(|(o, s)| (o.to_string(), *s)).collect())
-                        .unwrap_or_default(),
+                    acked: acked.clone(),
+                    peer_have: self.peer_have.get(id).cloned().unwrap_or_default(),
                     lag_events,
                     lag_seconds: if lag_events == 0 {
                         0.0

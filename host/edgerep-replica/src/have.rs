@@ -1,12 +1,9 @@
 //! Per-origin cursors: for each origin node, a sequence number (every event of that origin up to
 //! it is covered). Absent origins count as 0.
 
-use std::collections::BTreeMap;
-
 use edgerep_wire::NodeId;
 
-/// Per origin, the highest sequence number up to which every event is held (or sent, or acked).
-pub type Have = BTreeMap<NodeId, u64>;
+pub use edgerep_wire::Have;
 
 /// The cursor for `origin` (0 when absent).
 pub(crate) fn get(have: &Have, origin: &NodeId) -> u64 {

@@ -141,3 +141,8 @@ pub(crate) fn corrupt(table: &'static str, e: impl std::fmt::Display) -> StoreEr
         reason: e.to_string(),
     }
 }
+
+/// An origin's id as a table keys it; one that does not parse is a corrupt record.
+pub(crate) fn parse_origin(id: &str) -> Result<edgerep_wire::NodeId, StoreError> {
+    edgerep_wire::NodeId::parse(id).map_err(|e| corrupt("origins", format!("origin {id:?}: {e}")))
+}

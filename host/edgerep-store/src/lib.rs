@@ -59,7 +59,7 @@ use edgerep_wire::event::{EventLimits, FORMAT_VERSION};
 use edgerep_wire::seal::{
     Block, ChainHash, SEAL_EVERY_BYTES, SEAL_EVERY_EVENTS, chain_link, event_leaf,
 };
-use edgerep_wire::{EncodedEvent, Event, Hlc, HlcClock, NodeId, Op, Seal, Value};
+use edgerep_wire::{EncodedEvent, Event, Have, Hlc, HlcClock, NodeId, Op, Seal, Value};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use keys::{log_key, log_seq, split_state_key, state_key};
@@ -67,13 +67,13 @@ use tables::*;
 use write::{Unresolved, apply_to_state, write_row};
 
 pub use error::StoreError;
-use error::corrupt;
+use error::{corrupt, parse_origin};
 pub use tables::CACHE_BYTES;
 pub use write::ConflictTally;
 
 pub use digest::{Digest, HashRule};
 pub use resolution::{BY_DEFAULT_AFTER_DISAGREEMENT, Disagreement, Resolution, Resolver};
-use retention::{COMPACTED, feed_floor};
+use retention::{COMPACTED, feed_floor, read_map};
 pub use retention::{CollectionCounts, Compaction, Installed, StatePage};
 pub use seals::Keys;
 use seals::{CERTS, CHAINS, SEALS};
@@ -153,13 +153,13 @@ pub struct StoreStatus {
     /// Last feed position.
     pub feed_last: u64,
     /// Per origin, the highest sequence number held.
-    pub origins: BTreeMap<String, u64>,
+    pub origins: Have,
     /// Highest hybrid clock timestamp issued or observed.
     pub hlc_last: Hlc,
     /// Number of dead letters.
     pub dead_letters: u64,
     /// Per origin, the highest sequence number compacted out of the changelog.
-    pub compacted: BTreeMap<String, u64>,
+    pub compacted: Have,
     /// Feed positions up to this one can no longer be read.
     pub feed_floor: u64,
 }
@@ -225,7 +225,7 @@ pub struct RemoteApply {
     /// Ids of the dead letters written with the batch.
     pub dead_letters: Vec<u64>,
     /// Per origin of the batch, the highest sequence number the store now holds.
-    pub held: BTreeMap<String, u64>,
+    pub held: Have,
     /// The feed's last position after the batch.
     pub feed_last: u64,
     /// Events whose timestamp was too far ahead of the wall clock to move the clock.

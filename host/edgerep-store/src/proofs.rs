@@ -744,7 +744,11 @@ mod tests {
             .collect();
         store.commit_local(writes, &mut clock, 1).unwrap();
         store
-            .compact(&[("a".to_owned(), 10)].into(), 100, Sync::Immediate)
+            .compact(
+                &[(NodeId::parse("a").unwrap(), 10)].into(),
+                100,
+                Sync::Immediate,
+            )
             .unwrap();
         assert_eq!(store.verify().unwrap(), Ok(()));
         // One leaf of the kept block changed: the version at that index is no longer proven.

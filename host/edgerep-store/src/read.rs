@@ -83,7 +83,7 @@ impl Store {
     }
 
     /// Every peer's saved cursor (see [`StoreWriter::save_peer_cursor`]).
-    pub fn peer_cursors(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>, StoreError> {
+    pub fn peer_cursors(&self) -> Result<BTreeMap<NodeId, Have>, StoreError> {
         let txn = self.db.begin_read()?;
         let peers = txn.open_table(PEERS)?;
         let mut out = BTreeMap::new();
@@ -94,13 +94,13 @@ impl Store {
                 .map()
                 .map_err(|e| corrupt("peers", e))?
                 .ok_or_else(|| corrupt("peers", "indefinite map"))?;
-            let mut have = BTreeMap::new();
+            let mut have = Have::new();
             for _ in 0..n {
-                let origin = d.str().map_err(|e| corrupt("peers", e))?.to_owned();
+                let origin = parse_origin(d.str().map_err(|e| corrupt("peers", e))?)?;
                 let seq = d.u64().map_err(|e| corrupt("peers", e))?;
                 have.insert(origin, seq);
             }
-            out.insert(k.value().to_owned(), have);
+            out.insert(parse_origin(k.value())?, have);
         }
         Ok(out)
     }
@@ -314,16 +314,8 @@ impl Store {
         let origins_t = txn.open_table(ORIGINS)?;
         let dead = txn.open_table(DEAD_LETTERS)?;
         let counters = Counters::load(&meta)?;
-        let mut origins = BTreeMap::new();
-        for row in origins_t.iter()? {
-            let (k, v) = row?;
-            origins.insert(k.value().to_owned(), v.value());
-        }
-        let mut compacted = BTreeMap::new();
-        for row in txn.open_table(COMPACTED)?.iter()? {
-            let (k, v) = row?;
-            compacted.insert(k.value().to_owned(), v.value());
-        }
+        let origins = read_map(&origins_t)?;
+        let compacted = read_map(&txn.open_table(COMPACTED)?)?;
         Ok(StoreStatus {
             digest: counters.digest,
             state_entries: counters.entries,

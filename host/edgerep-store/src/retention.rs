@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use edgerep_wire::seal::{Proof, event_leaf};
-use edgerep_wire::{EncodedEvent, Hlc, NodeId, Seal};
+use edgerep_wire::{EncodedEvent, Have, Hlc, NodeId, Seal};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::keys::{log_key, log_seq, split_state_key, state_key};
@@ -24,7 +24,7 @@ use crate::seals::{self, CHAINS, SEALS};
 use crate::{
     Applied, CHANGELOG, Counters, DISAGREEMENTS, FEED, META, META_HLC, ORIGINS, STATE, Store,
     StoreError, StoreWriter, Sync, Unresolved, Versions, aae, apply_to_state, corrupt, hlc_bytes,
-    resolution, u64_from,
+    parse_origin, resolution, u64_from,
 };
 use edgerep_wire::aae::KeyResolution;
 
@@ -49,7 +49,7 @@ pub struct Compaction {
     /// Changelog entries removed.
     pub removed: u64,
     /// Every origin's compacted floor afterwards.
-    pub compacted: BTreeMap<String, u64>,
+    pub compacted: Have,
 }
 
 /// One page of the state (see [`Store::state_page`]).
@@ -96,18 +96,16 @@ pub struct Installed {
     /// `changed`, `covered` and `disagreements` per collection.
     pub by_collection: BTreeMap<String, CollectionCounts>,
     /// Every origin's highest sequence number held afterwards.
-    pub held: BTreeMap<String, u64>,
+    pub held: Have,
     /// Every origin's compacted floor afterwards.
-    pub compacted: BTreeMap<String, u64>,
+    pub compacted: Have,
 }
 
-fn read_map(
-    table: &impl ReadableTable<&'static str, u64>,
-) -> Result<BTreeMap<String, u64>, StoreError> {
-    let mut out = BTreeMap::new();
+pub(crate) fn read_map(table: &impl ReadableTable<&'static str, u64>) -> Result<Have, StoreError> {
+    let mut out = Have::new();
     for row in table.iter()? {
         let (k, v) = row?;
-        out.insert(k.value().to_owned(), v.value());
+        out.insert(parse_origin(k.value())?, v.value());
     }
     Ok(out)
 }
@@ -329,7 +327,7 @@ impl StoreWriter {
     /// raised past every removed event. The caller decides the floors (what every peer holds).
     pub fn compact(
         &self,
-        floors: &BTreeMap<String, u64>,
+        floors: &Have,
         max_remove: u64,
         sync: Sync,
     ) -> Result<Compaction, StoreError> {
@@ -356,12 +354,13 @@ impl StoreWriter {
                 }
                 // Whole blocks only (a live version's proof needs every leaf of its block): up
                 // to the last seal within the budget, or the first block alone if it is larger.
-                let id = NodeId::parse(origin).map_err(|e| corrupt("origins", e))?;
                 let within = done.saturating_add(budget).min(limit);
-                let to = match last_seal_in(&seals_t, &id, done + 1, within)? {
+                let to = match last_seal_in(&seals_t, origin, done + 1, within)? {
                     Some(to) => to,
-                    None => match last_seal_in(&seals_t, &id, done + 1, limit)? {
-                        Some(_) => first_seal_in(&seals_t, &id, done + 1, limit)?.unwrap_or(done),
+                    None => match last_seal_in(&seals_t, origin, done + 1, limit)? {
+                        Some(_) => {
+                            first_seal_in(&seals_t, origin, done + 1, limit)?.unwrap_or(done)
+                        }
                         None => done,
                     },
                 };
@@ -376,14 +375,14 @@ impl StoreWriter {
                         blocks: &mut blocks_t,
                     },
                     &self.limits(),
-                    &id,
+                    origin,
                     done + 1,
                     to,
                 )?;
-                let n = remove_range(&mut changelog, origin, done + 1, to)?;
+                let n = remove_range(&mut changelog, origin.as_str(), done + 1, to)?;
                 // Seals below the new floor go too, the old floor's included (those at and
                 // above the new floor prove what is held).
-                remove_range(&mut seals_t, origin, done, to - 1)?;
+                remove_range(&mut seals_t, origin.as_str(), done, to - 1)?;
                 if n != to - done {
                     return Err(corrupt(
                         "changelog",
@@ -420,7 +419,7 @@ impl StoreWriter {
     pub fn install_snapshot(
         &self,
         versions: Vec<EncodedEvent>,
-        have: Option<&BTreeMap<String, u64>>,
+        have: Option<&Have>,
         hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
@@ -439,7 +438,7 @@ impl StoreWriter {
         &self,
         versions: Vec<EncodedEvent>,
         proofs: &[Proof],
-        have: Option<&BTreeMap<String, u64>>,
+        have: Option<&Have>,
         seals: &[Seal],
         certs: &[(NodeId, Vec<u8>)],
         hlc_last: Option<Hlc>,
@@ -498,7 +497,7 @@ impl StoreWriter {
         &self,
         versions: Vec<EncodedEvent>,
         proofs: Option<&[Proof]>,
-        have: Option<&BTreeMap<String, u64>>,
+        have: Option<&Have>,
         sealed: Option<seals::Sealed<'_>>,
         hlc_last: Option<Hlc>,
         sync: Sync,
@@ -568,8 +567,7 @@ impl StoreWriter {
                 let lkey = log_key(event.origin.as_str(), event.seq);
                 let skey = state_key(&event.collection, &event.key);
                 let collection = event.collection.clone();
-                let within_have =
-                    held_before.get(event.origin.as_str()).copied().unwrap_or(0) >= event.seq;
+                let within_have = held_before.get(&event.origin).copied().unwrap_or(0) >= event.seq;
                 let shaped = repairing
                     .as_ref()
                     .and_then(|r| r.transformed.get(&(event.origin.to_string(), event.seq)));
@@ -654,17 +652,16 @@ impl StoreWriter {
                 if seq <= held {
                     continue;
                 }
-                let id = NodeId::parse(origin)
-                    .map_err(|e| StoreError::SnapshotRefused(format!("origin {origin:?}: {e}")))?;
                 // A revoked origin is not raised past its revocation point; the rest of the
                 // snapshot stands (refusing it all would leave this node behind for good).
-                if let Some(limit) = self.keys.as_ref().and_then(|k| k.vouches_up_to(&id))
+                if let Some(limit) = self.keys.as_ref().and_then(|k| k.vouches_up_to(origin))
                     && seq > limit
                 {
                     continue;
                 }
-                let seal = sealed
-                    .and_then(|(seals, _)| seals.iter().find(|s| s.origin == id && s.seq == seq));
+                let seal = sealed.and_then(|(seals, _)| {
+                    seals.iter().find(|s| s.origin == *origin && s.seq == seq)
+                });
                 let chain = match (sealed, seal) {
                     (Some(_), None) => {
                         return Err(StoreError::SnapshotRefused(format!(
@@ -673,7 +670,7 @@ impl StoreWriter {
                     }
                     (Some(_), Some(seal)) => {
                         if let Some(keys) = &self.keys {
-                            keys.verify(&id, seq, &seal.message(), &seal.signature)
+                            keys.verify(origin, seq, &seal.message(), &seal.signature)
                                 .map_err(|reason| {
                                     StoreError::SnapshotRefused(format!(
                                         "{origin}'s seal at {seq}: {reason}"
@@ -699,7 +696,7 @@ impl StoreWriter {
                         seals::put(
                             &mut seals_t,
                             &Seal {
-                                origin: id.clone(),
+                                origin: origin.clone(),
                                 seq,
                                 first: held + 1,
                                 chain,
@@ -721,12 +718,12 @@ impl StoreWriter {
                         blocks: &mut blocks_t,
                     },
                     &self.limits(),
-                    &id,
+                    origin,
                     done + 1,
                     held,
                 )?;
-                remove_range(&mut changelog, origin, done + 1, held)?;
-                remove_range(&mut seals_t, origin, done, held)?;
+                remove_range(&mut changelog, origin.as_str(), done + 1, held)?;
+                remove_range(&mut seals_t, origin.as_str(), done, held)?;
                 origins.insert(origin.as_str(), seq)?;
                 compacted_t.insert(origin.as_str(), seq)?;
             }
@@ -770,10 +767,7 @@ impl StoreWriter {
 
 /// Removes the feed rows whose events are all compacted and raises the feed floor past every
 /// compacted event a row names.
-fn trim_feed(
-    txn: &mut redb::WriteTransaction,
-    compacted: &BTreeMap<String, u64>,
-) -> Result<(), StoreError> {
+fn trim_feed(txn: &mut redb::WriteTransaction, compacted: &Have) -> Result<(), StoreError> {
     let mut feed = txn.open_table(FEED)?;
     let mut meta = txn.open_table(META)?;
     let mut floor = feed_floor(&meta)?;

@@ -68,17 +68,20 @@ impl Store {
             )));
         }
         for (origin, &last) in &status.origins {
-            let floor = compacted_of(origin);
+            let floor = compacted_of(origin.as_str());
             if floor > last {
                 return Ok(Err(format!(
                     "{origin} compacted up to {floor} but held only up to {last}"
                 )));
             }
             let mut want = floor + 1;
-            let (from, to) = (log_key(origin, 0), log_key(origin, u64::MAX));
+            let (from, to) = (
+                log_key(origin.as_str(), 0),
+                log_key(origin.as_str(), u64::MAX),
+            );
             for row in changelog.range(from.as_slice()..=to.as_slice())? {
                 let (k, _) = row?;
-                let seq = log_seq(origin, k.value())
+                let seq = log_seq(origin.as_str(), k.value())
                     .ok_or_else(|| corrupt("changelog", "key of another origin in range"))?;
                 if seq != want {
                     return Ok(Err(format!(
@@ -94,16 +97,15 @@ impl Store {
                 )));
             }
             // The chain head is at the have, and a seal proves it (see `seals`).
-            let id = NodeId::parse(origin).map_err(|e| corrupt("origins", e))?;
-            let (head, chain) = seals::head(&chains, &id)?;
+            let (head, chain) = seals::head(&chains, origin)?;
             if last > 0 && head != last {
                 return Ok(Err(format!(
                     "{origin}'s chain ends at {head} but its events at {last}"
                 )));
             }
             if last > 0 {
-                let seal = match seals_t.get(log_key(origin, last).as_slice())? {
-                    Some(g) => seals::decode(&id, last, g.value())?,
+                let seal = match seals_t.get(log_key(origin.as_str(), last).as_slice())? {
+                    Some(g) => seals::decode(origin, last, g.value())?,
                     None => {
                         return Ok(Err(format!("no seal of {origin} at its have {last}")));
                     }

@@ -757,11 +757,7 @@ impl StoreWriter {
     /// Saves what a peer acknowledged holding (per origin, the highest sequence number), without
     /// waiting for the disk: a cursor is advice (status, lag), never what a session resumes from
     /// (the peer's `Hello` is), so losing the latest one in a crash costs nothing.
-    pub fn save_peer_cursor(
-        &self,
-        peer: &str,
-        have: &BTreeMap<String, u64>,
-    ) -> Result<(), StoreError> {
+    pub fn save_peer_cursor(&self, peer: &str, have: &Have) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
         {
@@ -770,7 +766,7 @@ impl StoreWriter {
             let mut e = minicbor::Encoder::new(&mut bytes);
             e.map(have.len() as u64).map_err(|e| corrupt("peers", e))?;
             for (origin, seq) in have {
-                e.str(origin).map_err(|e| corrupt("peers", e))?;
+                e.str(origin.as_str()).map_err(|e| corrupt("peers", e))?;
                 e.u64(*seq).map_err(|e| corrupt("peers", e))?;
             }
             peers.insert(peer, bytes.as_slice())?;
@@ -908,7 +904,7 @@ impl StoreWriter {
             // The feed run being built: (first position, origin, first seq, count).
             let mut run: Option<(u64, String, u64, u64)> = None;
             // Per origin seen in the batch, the highest sequence number held (saved at the end).
-            let mut held_by_origin: BTreeMap<String, u64> = BTreeMap::new();
+            let mut held_by_origin: Have = Have::new();
             for Received { event, on_apply } in events {
                 if forks.contains_key(&event.origin) {
                     // The other history of a forked origin: not this node's to take.
@@ -918,11 +914,11 @@ impl StoreWriter {
                 // Each origin's events up to `held` are held (in the changelog from its
                 // compacted floor on, in the state through a snapshot below it), so an event is
                 // already held exactly when its sequence number is at most `held`.
-                let held = match held_by_origin.get(event.origin.as_str()) {
+                let held = match held_by_origin.get(&event.origin) {
                     Some(&h) => h,
                     None => {
                         let h = origins.get(event.origin.as_str())?.map_or(0, |g| g.value());
-                        held_by_origin.insert(event.origin.to_string(), h);
+                        held_by_origin.insert(event.origin.clone(), h);
                         h
                     }
                 };
@@ -939,7 +935,7 @@ impl StoreWriter {
                 }
                 let lkey = log_key(event.origin.as_str(), event.seq);
                 changelog.insert(lkey.as_slice(), event.bytes())?;
-                if let Some(h) = held_by_origin.get_mut(event.origin.as_str()) {
+                if let Some(h) = held_by_origin.get_mut(&event.origin) {
                     *h = event.seq;
                 }
                 position += 1;

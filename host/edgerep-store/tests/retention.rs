@@ -117,19 +117,26 @@ fn compaction_removes_what_is_asked_and_reads_below_it_say_so() {
     // here, 5 events of a or 2 of b): the first call removes a's first block alone.
     let c = a
         .compact(
-            &BTreeMap::from([("a".into(), 12), ("b".into(), 4)]),
+            &BTreeMap::from([
+                (NodeId::parse("a").unwrap(), 12),
+                (NodeId::parse("b").unwrap(), 4),
+            ]),
             4,
             Sync::Immediate,
         )
         .unwrap();
     assert_eq!(
         (c.removed, c.compacted.clone()),
-        (5, BTreeMap::from([("a".into(), 5)]))
+        (5, BTreeMap::from([(NodeId::parse("a").unwrap(), 5)]))
     );
     // A floor inside a block stops before the block (a: 12 is inside 11..=15).
     let c = a
         .compact(
-            &BTreeMap::from([("a".into(), 12), ("b".into(), 4), ("z".into(), 9)]),
+            &BTreeMap::from([
+                (NodeId::parse("a").unwrap(), 12),
+                (NodeId::parse("b").unwrap(), 4),
+                (NodeId::parse("z").unwrap(), 9),
+            ]),
             100,
             Sync::Immediate,
         )
@@ -137,7 +144,10 @@ fn compaction_removes_what_is_asked_and_reads_below_it_say_so() {
     assert_eq!(c.removed, 5 + 4);
     assert_eq!(
         c.compacted,
-        BTreeMap::from([("a".into(), 10), ("b".into(), 4)]),
+        BTreeMap::from([
+            (NodeId::parse("a").unwrap(), 10),
+            (NodeId::parse("b").unwrap(), 4)
+        ]),
         "whole blocks, capped at what is held"
     );
     assert_verified(&a);
@@ -293,7 +303,7 @@ fn a_snapshot_claiming_more_of_the_receivers_own_events_is_refused() {
     write(&a, &mut ca, 1000, &[("k", 1), ("j", 2)]);
     ship(&a, &b, "a");
     let page = b.state_page(None, 100, usize::MAX).unwrap();
-    let claim = BTreeMap::from([("a".to_string(), 3)]);
+    let claim = BTreeMap::from([(NodeId::parse("a").unwrap(), 3)]);
     match a.install_snapshot(page.versions, Some(&claim), None, Sync::Immediate) {
         Err(StoreError::SnapshotRefused(why)) => {
             assert!(

@@ -173,7 +173,7 @@ fn a_sealed_batch_applies_and_a_forged_one_changes_nothing() {
 fn install(
     to: &StoreWriter,
     page: &StatePage,
-    have: Option<&BTreeMap<String, u64>>,
+    have: Option<&edgerep_wire::Have>,
     extra: &[Seal],
 ) -> Result<edgerep_store::Installed, StoreError> {
     let mut seals = page.seals.clone();
@@ -195,7 +195,7 @@ fn a_snapshot_raises_a_have_only_with_the_origins_seal() {
     let mut c = clock();
     a.commit_local(writes("x", 5), &mut c, 1).unwrap();
     let page = a.state_page(None, 100, 1 << 20).unwrap();
-    let have: BTreeMap<String, u64> = [("a".to_owned(), 5)].into();
+    let have: edgerep_wire::Have = [(NodeId::parse("a").unwrap(), 5)].into();
     // Versions without the seal their proofs name.
     let e = b
         .install_sealed(
@@ -248,7 +248,7 @@ fn a_restored_node_takes_its_own_events_back_from_a_sealed_snapshot() {
     apply(&b, events, &seals).unwrap();
     let restored = store("a");
     let page = b.state_page(None, 100, 1 << 20).unwrap();
-    let have: BTreeMap<String, u64> = [("a".to_owned(), 5)].into();
+    let have: edgerep_wire::Have = [(NodeId::parse("a").unwrap(), 5)].into();
     install(&restored, &page, Some(&have), &[]).unwrap();
     // Its next write continues after 5, its chain from the seal: no sequence number reused.
     let done = restored.commit_local(writes("z", 1), &mut c, 2).unwrap();
@@ -273,7 +273,7 @@ fn snapshot_versions_are_proven_one_by_one_also_after_compaction() {
     a.commit_local(writes("k", 1), &mut c, 4).unwrap();
     let (events, seals) = batch(&a, "a", 0, 18);
     apply(&b, events, &seals).unwrap();
-    let all: BTreeMap<String, u64> = [("a".to_owned(), 18)].into();
+    let all: edgerep_wire::Have = [(NodeId::parse("a").unwrap(), 18)].into();
 
     // From the changelog.
     let page = b.state_page(None, 100, 1 << 20).unwrap();
@@ -284,7 +284,11 @@ fn snapshot_versions_are_proven_one_by_one_also_after_compaction() {
 
     // After compaction: only whole blocks go (a floor inside the first block removes nothing).
     let out = b
-        .compact(&[("a".to_owned(), 7)].into(), 1000, Sync::Immediate)
+        .compact(
+            &[(NodeId::parse("a").unwrap(), 7)].into(),
+            1000,
+            Sync::Immediate,
+        )
         .unwrap();
     assert_eq!((out.removed, out.compacted.get("a").copied()), (0, None));
     let out = b.compact(&all, 1000, Sync::Immediate).unwrap();
@@ -349,11 +353,15 @@ fn snapshot_versions_are_proven_one_by_one_also_after_compaction() {
     a.commit_local(writes("m", 2), &mut c, 5).unwrap();
     let (events, seals) = batch(&a, "a", 18, 20);
     apply(&b, events, &seals).unwrap();
-    b.compact(&[("a".to_owned(), 20)].into(), 1000, Sync::Immediate)
-        .unwrap();
+    b.compact(
+        &[(NodeId::parse("a").unwrap(), 20)].into(),
+        1000,
+        Sync::Immediate,
+    )
+    .unwrap();
     let page = b.state_page(None, 100, 1 << 20).unwrap();
     let f = store("f");
-    let upto: BTreeMap<String, u64> = [("a".to_owned(), 20)].into();
+    let upto: edgerep_wire::Have = [(NodeId::parse("a").unwrap(), 20)].into();
     install(
         &f,
         &page,
@@ -419,15 +427,15 @@ fn compaction_removes_the_seals_below_the_floor() {
             .unwrap();
     }
     assert_eq!(a.seals(&node("a"), 0, 10).unwrap().len(), 5);
-    let floors: BTreeMap<String, u64> = [("a".to_owned(), 6)].into();
+    let floors: edgerep_wire::Have = [(NodeId::parse("a").unwrap(), 6)].into();
     a.compact(&floors, 100, Sync::Immediate).unwrap();
     let left = sealed_at(&a, "a", 10);
     assert_eq!(left, [6, 8, 10]);
     // A floor inside a block (9 is in 9..=10) stops at the block before it.
-    let floors: BTreeMap<String, u64> = [("a".to_owned(), 9)].into();
+    let floors: edgerep_wire::Have = [(NodeId::parse("a").unwrap(), 9)].into();
     a.compact(&floors, 100, Sync::Immediate).unwrap();
     assert_eq!(sealed_at(&a, "a", 10), [8, 10]);
-    let floors: BTreeMap<String, u64> = [("a".to_owned(), 10)].into();
+    let floors: edgerep_wire::Have = [(NodeId::parse("a").unwrap(), 10)].into();
     a.compact(&floors, 100, Sync::Immediate).unwrap();
     assert_eq!(sealed_at(&a, "a", 10), [10]);
     assert_eq!(a.verify().unwrap(), Ok(()));

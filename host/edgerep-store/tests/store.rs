@@ -215,7 +215,7 @@ fn restart_keeps_everything_and_continues_numbering() {
     let status = store.status().unwrap();
     assert_eq!(status.state_entries, 7);
     assert_eq!(status.feed_last, n);
-    assert_eq!(status.origins, BTreeMap::from([(me.to_string(), n)]));
+    assert_eq!(status.origins, BTreeMap::from([(me.clone(), n)]));
     assert_eq!(status.hlc_last, clock.last());
     assert_eq!(status.hlc_last, committed.last().unwrap().hlc);
     assert_verified(&store);
@@ -528,7 +528,7 @@ fn random_groups_match_a_model() {
         assert_eq!(status.hlc_last, last_hlc);
         assert_eq!(
             status.origins,
-            BTreeMap::from([("model-node".to_owned(), total)])
+            BTreeMap::from([(NodeId::parse("model-node").unwrap(), total)])
         );
     }
     // Every key of the key space, every collection in full.
@@ -1209,8 +1209,8 @@ fn remote_apply_moves_the_clock_and_peer_cursors_persist() {
     assert_eq!(out.skewed, 1);
     assert_eq!(store.status().unwrap().origins["site-b"], 2);
     let mut have = BTreeMap::new();
-    have.insert("site-b".to_owned(), 2u64);
-    have.insert("site-a".to_owned(), 7u64);
+    have.insert(NodeId::parse("site-b").unwrap(), 2u64);
+    have.insert(NodeId::parse("site-a").unwrap(), 7u64);
     store.save_peer_cursor("site-c", &have).unwrap();
     // Cursors are saved without waiting for the disk; a sync makes them durable.
     store.sync().unwrap();
@@ -1274,7 +1274,10 @@ fn on_apply_changes_the_state_never_the_changelog() {
     );
     assert_eq!(out.dead_letters, [1]);
     // What the store holds after the batch, for the committer's have and the feed.
-    assert_eq!(out.held, BTreeMap::from([("site-b".to_owned(), 4)]));
+    assert_eq!(
+        out.held,
+        BTreeMap::from([(NodeId::parse("site-b").unwrap(), 4)])
+    );
     assert_eq!(out.feed_last, 4);
     assert_eq!(a.dead_letters(0, 10).unwrap(), [(1, b"why".to_vec())]);
     // The changelog holds the events as their origin wrote them.
@@ -1427,7 +1430,7 @@ fn a_write_the_store_cannot_commit_is_refused_alone() {
         StoreWriter::open_with_backend(InMemoryBackend::new(), "memory", &node("site-a"), small)
             .unwrap();
     let mut w = put("c", b"m", val(1));
-    w.meta.insert("note".into(), "x".repeat(64));
+    w.meta.insert("note".to_owned(), "x".repeat(64));
     let err = tight
         .commit_local_checked(vec![w], &[], Sync::Immediate, &mut clock, 3000)
         .unwrap_err();

@@ -76,6 +76,21 @@ impl NodeId {
     }
 }
 
+/// Maps keyed by node id ([`Have`]) are looked up by `&str` too: the id orders, compares and
+/// hashes exactly as its text.
+impl std::borrow::Borrow<str> for NodeId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A node id serializes as its text (a JSON object keyed by node ids keys by the ids).
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -171,6 +186,11 @@ impl VersionVector {
         self.0.is_empty()
     }
 }
+
+/// Per origin, the highest sequence number up to which every event is held (or sent, or
+/// acknowledged): what the store records, the committer reports and the replica compares.
+/// An origin left out counts as 0.
+pub type Have = BTreeMap<NodeId, u64>;
 
 /// One change event. Built by the node that accepted the write and never changed afterwards: the
 /// bytes from [`Event::encode`] are what every node stores, ships and hashes.

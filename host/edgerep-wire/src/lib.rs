@@ -14,7 +14,7 @@ pub mod seal;
 pub mod value;
 
 pub use encoded::EncodedEvent;
-pub use event::{Event, NodeId, Op, VersionVector};
+pub use event::{Event, Have, NodeId, Op, VersionVector};
 pub use hlc::{Hlc, HlcClock};
 pub use seal::Seal;
 pub use value::{DecodeLimits, Value, ValueError};
