@@ -1194,6 +1194,13 @@ fn decode_events(
             .map_err(|source| DecodeError::Event { index, source })?,
         );
     }
+    // Events keep their slices of the frame only when they are most of it: a few small events
+    // in a large frame (seals, certificates, or a peer padding on purpose) would otherwise keep
+    // the whole frame in memory while they wait to be applied.
+    let held: usize = events.iter().map(EncodedEvent::encoded_len).sum();
+    if frame.is_some_and(|f| held.saturating_mul(2) < f.len()) {
+        events = events.into_iter().map(EncodedEvent::detached).collect();
+    }
     Ok(events)
 }
 
@@ -1221,6 +1228,42 @@ mod tests {
             context: VersionVector::new(),
             extra: Default::default(),
         })
+    }
+
+    #[test]
+    fn events_share_a_frame_they_fill_and_copy_out_of_one_they_do_not() {
+        let limits = MessageLimits::default();
+        let full = Bytes::from(
+            Message::Events {
+                events: vec![event("a", 1), event("a", 2)],
+                seals: vec![],
+                certs: vec![],
+            }
+            .encode(),
+        );
+        let Message::Events { events, .. } = Message::decode_frame(&full, &limits).unwrap() else {
+            panic!("an events message");
+        };
+        let inside = |e: &EncodedEvent, f: &Bytes| {
+            let range = f.as_ptr() as usize..f.as_ptr() as usize + f.len();
+            range.contains(&(e.bytes().as_ptr() as usize))
+        };
+        assert!(events.iter().all(|e| inside(e, &full)));
+        // One small event and a large certificate: the event gets bytes of its own.
+        let padded = Bytes::from(
+            Message::Events {
+                events: vec![event("a", 1)],
+                seals: vec![],
+                certs: vec![(node("a"), vec![7; 4096])],
+            }
+            .encode(),
+        );
+        let Message::Events { events, .. } = Message::decode_frame(&padded, &limits).unwrap()
+        else {
+            panic!("an events message");
+        };
+        assert_eq!(events, vec![event("a", 1)]);
+        assert!(!inside(&events[0], &padded));
     }
 
     fn hello() -> Hello {

@@ -39,6 +39,15 @@ impl EncodedEvent {
         EncodedEvent::decode(Bytes::copy_from_slice(bytes), limits)
     }
 
+    /// The same event with bytes of its own: a slice of a larger buffer keeps all of that
+    /// buffer alive, this copy only the event.
+    pub fn detached(self) -> EncodedEvent {
+        EncodedEvent {
+            bytes: Bytes::copy_from_slice(&self.bytes),
+            event: self.event,
+        }
+    }
+
     /// The parsed event.
     pub fn event(&self) -> &Event {
         &self.event
