@@ -86,6 +86,15 @@ impl AppState {
     pub fn config(&self) -> Arc<Config> {
         self.reloader.config()
     }
+
+    /// The ingest step with the pipeline, committer and config of this node.
+    pub(crate) fn ingest_step(&self) -> ingest::Ingest<'_> {
+        ingest::Ingest {
+            pipeline: &self.pipeline,
+            committer: &self.committer,
+            config: self.config(),
+        }
+    }
 }
 
 /// What protects the API: the bearer token (required when it listens beyond loopback), the
@@ -227,10 +236,6 @@ impl ApiError {
             detail: None,
         }
     }
-    /// The message, for callers that fold it into another error.
-    pub(crate) fn message(&self) -> &str {
-        &self.message
-    }
     /// 422: a plugin failed on the write (the detail says which, how, and where it was kept).
     pub(crate) fn plugin_failed(message: String, detail: Json) -> ApiError {
         ApiError {
@@ -267,9 +272,6 @@ impl ApiError {
     pub(crate) fn too_large(kind: &'static str, message: String) -> ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, kind, message)
     }
-    pub(crate) fn forbidden(kind: &'static str, message: String) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, kind, message)
-    }
     fn not_found(kind: &'static str, message: String) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, kind, message)
     }
@@ -292,6 +294,58 @@ impl IntoResponse for ApiError {
             }
         }
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<request::Refused> for ApiError {
+    fn from(r: request::Refused) -> ApiError {
+        let status = match r.class {
+            request::Class::Invalid => StatusCode::BAD_REQUEST,
+            request::Class::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            request::Class::Forbidden => StatusCode::FORBIDDEN,
+        };
+        ApiError::new(status, r.kind, r.message)
+    }
+}
+
+impl From<ingest::IngestError> for ApiError {
+    fn from(e: ingest::IngestError) -> ApiError {
+        use ingest::IngestError;
+        match e {
+            IngestError::Stopped { collection, why } => ApiError::stopped(&collection, &why),
+            IngestError::Halted { collection, reason } => ApiError::halted(&collection, &reason),
+            IngestError::DeadLetter(e) => ApiError::internal(format!("store: {e}")),
+        }
+    }
+}
+
+/// How a write a plugin failed on is answered.
+impl ingest::Failed {
+    /// The answer to a single write (PUT, DELETE) that failed.
+    pub(crate) fn to_error(&self) -> ApiError {
+        let kept = match self.dead_letter {
+            Some(id) => format!("; kept as dead letter {id}"),
+            None => "; dropped (policy skip)".to_owned(),
+        };
+        self.error_with(&kept)
+    }
+
+    /// The answer to a replay of dead letter `id` that failed again (the entry stays).
+    pub(crate) fn to_replay_error(&self, id: u64) -> ApiError {
+        self.error_with(&format!("; dead letter {id} stays (nothing written)"))
+    }
+
+    fn error_with(&self, kept: &str) -> ApiError {
+        let r = &self.rejection;
+        ApiError::plugin_failed(
+            format!(
+                "plugin {:?} failed on the write ({}): {}{kept}",
+                r.plugin,
+                r.failure.kind.as_str(),
+                r.failure.message
+            ),
+            self.to_json(),
+        )
     }
 }
 
@@ -381,6 +435,24 @@ async fn ui() -> Response {
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
+}
+
+/// Runs the ingest step of `writes` (see [`ingest::run`]), on a blocking thread when a plugin
+/// may run.
+async fn run_ingest(
+    app: &Arc<AppState>,
+    writes: Vec<LocalWrite>,
+    record_failures: bool,
+) -> Result<ingest::Outcome, ApiError> {
+    // Without transforms nothing blocks (no plugin call, no dead letter): stay on this thread.
+    if !ingest::may_block(&app.pipeline, &writes) {
+        return Ok(ingest::run(&app.ingest_step(), writes, record_failures)?);
+    }
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || ingest::run(&app.ingest_step(), writes, record_failures))
+        .await
+        .map_err(|e| ApiError::internal(format!("ingest task failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// Runs blocking store work off the async threads.
@@ -544,7 +616,7 @@ async fn write_one(
         let indexes: Vec<usize> = extra.indexes.iter().map(|&i| i as usize).collect();
         return Ok(replayed(one_answer(&r.committed, &indexes).into_response()));
     }
-    let outcome = ingest::run_blocking(app, vec![write], true).await?;
+    let outcome = run_ingest(app, vec![write], true).await?;
     if let Some(failed) = outcome.failed.first() {
         return Err(failed.to_error());
     }
@@ -907,7 +979,7 @@ fn prepare_batch(
             });
         }
         let original = (0..writes.len()).collect();
-        let outcome = ingest::run(app, writes, true)?;
+        let outcome = ingest::run(&app.ingest_step(), writes, true)?;
         return Ok(PreparedBatch::Run {
             outcome,
             original,
@@ -952,7 +1024,7 @@ fn prepare_batch(
     let outcome = if run.is_empty() {
         ingest::Outcome::default()
     } else {
-        ingest::run(app, run, true)?
+        ingest::run(&app.ingest_step(), run, true)?
     };
     Ok(PreparedBatch::Run {
         outcome,
@@ -1621,7 +1693,7 @@ async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
         ));
     }
     request::check_collection(&app.config(), &d.write.collection)?;
-    let outcome = ingest::run_blocking(&app, vec![d.write], false).await?;
+    let outcome = run_ingest(&app, vec![d.write], false).await?;
     if let Some(failed) = outcome.failed.first() {
         return Err(failed.to_replay_error(id));
     }

@@ -53,9 +53,9 @@ impl Counters {
 }
 
 /// A key must be 1 to 255 visible ASCII characters.
-pub(crate) fn check_key(key: &str) -> Result<(), ApiError> {
+pub(crate) fn check_key(key: &str) -> Result<(), crate::request::Refused> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request(
+        return Err(crate::request::Refused::bad_request(
             "bad_idempotency_key",
             format!(
                 "an idempotency key is 1 to {MAX_KEY_BYTES} visible ASCII characters (no spaces); got {} bytes",

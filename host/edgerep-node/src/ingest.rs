@@ -5,17 +5,37 @@
 //! transforms produced goes to the committer, or none does and the failure is recorded as its
 //! policy says (a dead letter is durable before the client hears about it).
 
-use std::sync::Arc;
-
-use edgerep_config::FailurePolicy;
+use edgerep_config::{Config, FailurePolicy};
 use edgerep_store::LocalWrite;
 use serde_json::{Value as Json, json};
 
-use crate::api::{ApiError, AppState};
-use crate::committer::wall_ms;
+use crate::committer::{CommitError, Committer, wall_ms};
 use crate::dead_letter::{DeadLetter, STAGE_INGEST};
-use crate::pipeline::Rejection;
+use crate::pipeline::{Pipeline, Rejection, Stopped};
 use crate::request;
+
+/// What the ingest step works with.
+pub(crate) struct Ingest<'a> {
+    pub(crate) pipeline: &'a Pipeline,
+    /// Records dead letters.
+    pub(crate) committer: &'a Committer,
+    /// The config in force.
+    pub(crate) config: std::sync::Arc<Config>,
+}
+
+/// Why a request's writes were not taken (nothing of it was written).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IngestError {
+    /// Writes to the collection are stopped: a halt, or a pause for a missing upgrade.
+    #[error("writes to collection {collection:?} are stopped")]
+    Stopped { collection: String, why: Stopped },
+    /// A plugin whose policy is halt failed on one of the writes: the collection is halted.
+    #[error("writes to collection {collection:?} are halted: {reason}")]
+    Halted { collection: String, reason: String },
+    /// A failed write's dead letter could not be recorded.
+    #[error("recording a dead letter: {0}")]
+    DeadLetter(CommitError),
+}
 
 /// A write that a plugin failed on, and what became of it.
 #[derive(Debug)]
@@ -39,33 +59,6 @@ impl Failed {
             "dead_letter": self.dead_letter,
         })
     }
-
-    /// The answer to a single write (PUT, DELETE) that failed.
-    pub(crate) fn to_error(&self) -> ApiError {
-        let kept = match self.dead_letter {
-            Some(id) => format!("; kept as dead letter {id}"),
-            None => "; dropped (policy skip)".to_owned(),
-        };
-        self.error_with(&kept)
-    }
-
-    /// The answer to a replay of dead letter `id` that failed again (the entry stays).
-    pub(crate) fn to_replay_error(&self, id: u64) -> ApiError {
-        self.error_with(&format!("; dead letter {id} stays (nothing written)"))
-    }
-
-    fn error_with(&self, kept: &str) -> ApiError {
-        let r = &self.rejection;
-        ApiError::plugin_failed(
-            format!(
-                "plugin {:?} failed on the write ({}): {}{kept}",
-                r.plugin,
-                r.failure.kind.as_str(),
-                r.failure.message
-            ),
-            self.to_json(),
-        )
-    }
 }
 
 /// What the ingest step decided for a request.
@@ -77,12 +70,12 @@ pub(crate) struct Outcome {
 }
 
 /// Checks a change a transform returned against the node's own rules.
-fn check_change(app: &AppState, w: &LocalWrite) -> Result<(), String> {
-    request::check_collection(&app.config(), &w.collection).map_err(|e| e.message().to_owned())?;
-    request::check_key(&app.config(), &w.key).map_err(|e| e.message().to_owned())?;
-    request::meta_problem(&app.config(), &w.meta)?;
+fn check_change(config: &Config, w: &LocalWrite) -> Result<(), String> {
+    request::check_collection(config, &w.collection).map_err(|e| e.message)?;
+    request::check_key(config, &w.key).map_err(|e| e.message)?;
+    request::meta_problem(config, &w.meta)?;
     if let Some(v) = &w.value {
-        crate::check_plugin_value(v, &crate::value_limits(&app.config()))?;
+        crate::check_plugin_value(v, &crate::value_limits(config))?;
     }
     Ok(())
 }
@@ -91,26 +84,29 @@ fn check_change(app: &AppState, w: &LocalWrite) -> Result<(), String> {
 /// `record_failures`, failed writes are handled by their plugin's policy (dead letter, halt);
 /// without it (a replay) they are only reported.
 pub(crate) fn run(
-    app: &AppState,
+    step: &Ingest<'_>,
     writes: Vec<LocalWrite>,
     record_failures: bool,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, IngestError> {
     let wall = wall_ms();
     for w in &writes {
-        if let Some(why) = app.pipeline.stopped(&w.collection, wall) {
-            return Err(ApiError::stopped(&w.collection, &why));
+        if let Some(why) = step.pipeline.stopped(&w.collection, wall) {
+            return Err(IngestError::Stopped {
+                collection: w.collection.clone(),
+                why,
+            });
         }
     }
     let mut out = Outcome::default();
-    let check = |w: &LocalWrite| check_change(app, w);
+    let check = |w: &LocalWrite| check_change(&step.config, w);
     let mut halt: Option<(String, String)> = None;
     for (i, w) in writes.into_iter().enumerate() {
-        if !app.pipeline.has_ingest(&w.collection) {
+        if !step.pipeline.has_ingest(&w.collection) {
             out.accepted.push((i, w));
             continue;
         }
         let original = w.clone();
-        match app.pipeline.run_ingest(w, wall, &check) {
+        match step.pipeline.run_ingest(w, wall, &check) {
             Ok(changes) => out.accepted.extend(changes.into_iter().map(|c| (i, c))),
             Err(rejection) => {
                 let rejection = *rejection;
@@ -133,9 +129,9 @@ pub(crate) fn run(
                         event: rejection.event.clone(),
                     };
                     Some(
-                        app.committer
+                        step.committer
                             .add_dead_letter_blocking(record.encode())
-                            .map_err(|e| ApiError::internal(format!("store: {e}")))?,
+                            .map_err(IngestError::DeadLetter)?,
                     )
                 } else {
                     None
@@ -160,27 +156,14 @@ pub(crate) fn run(
         }
     }
     if let Some((collection, reason)) = halt {
-        app.pipeline.halt(&collection, reason.clone());
-        return Err(ApiError::halted(&collection, &reason));
+        step.pipeline.halt(&collection, reason.clone());
+        return Err(IngestError::Halted { collection, reason });
     }
     Ok(out)
 }
 
-/// Runs the ingest step off the async threads.
-pub(crate) async fn run_blocking(
-    app: &Arc<AppState>,
-    writes: Vec<LocalWrite>,
-    record_failures: bool,
-) -> Result<Outcome, ApiError> {
-    // Without transforms nothing blocks (no plugin call, no dead letter): stay on this thread.
-    if !writes
-        .iter()
-        .any(|w| app.pipeline.has_ingest(&w.collection))
-    {
-        return run(app, writes, record_failures);
-    }
-    let app2 = app.clone();
-    tokio::task::spawn_blocking(move || run(&app2, writes, record_failures))
-        .await
-        .map_err(|e| ApiError::internal(format!("ingest task failed: {e}")))?
+/// Whether running the ingest step on `writes` may block (a plugin runs, or a dead letter is
+/// recorded): then it belongs on a blocking thread.
+pub(crate) fn may_block(pipeline: &Pipeline, writes: &[LocalWrite]) -> bool {
+    writes.iter().any(|w| pipeline.has_ingest(&w.collection))
 }

@@ -12,7 +12,55 @@ use edgerep_store::LocalWrite;
 use edgerep_wire::value::{DecodeLimits, Value, ValueError, canonical_item_len};
 use minicbor::Decoder;
 
-use crate::api::ApiError;
+/// Why a write request is refused: what was wrong (`message`, naming where), a stable `kind`
+/// for programs, and the class of refusal. The HTTP layer maps it (`Refused::from`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Refused {
+    pub(crate) class: Class,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+}
+
+/// The classes of refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Malformed or invalid.
+    Invalid,
+    /// Over a limit.
+    TooLarge,
+    /// Not allowed here (a collection the node does not take).
+    Forbidden,
+}
+
+impl Refused {
+    pub(crate) fn bad_request(kind: &'static str, message: String) -> Refused {
+        Refused {
+            class: Class::Invalid,
+            kind,
+            message,
+        }
+    }
+    pub(crate) fn too_large(kind: &'static str, message: String) -> Refused {
+        Refused {
+            class: Class::TooLarge,
+            kind,
+            message,
+        }
+    }
+    pub(crate) fn forbidden(kind: &'static str, message: String) -> Refused {
+        Refused {
+            class: Class::Forbidden,
+            kind,
+            message,
+        }
+    }
+    /// Prefixes the message with where in the request the problem is.
+    pub(crate) fn at(mut self, at: &str) -> Refused {
+        self.message = format!("{at}: {}", self.message);
+        self
+    }
+}
 
 /// The body formats the API reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,22 +69,22 @@ pub(crate) enum Format {
     Cbor,
 }
 
-/// Maps a value decoding error to the API error the client sees.
-pub(crate) fn value_error(e: ValueError, format: Format) -> ApiError {
+/// Maps a value decoding error to the refusal the client sees.
+pub(crate) fn value_error(e: ValueError, format: Format) -> Refused {
     match e {
-        ValueError::TooLarge { .. } => ApiError::too_large(
+        ValueError::TooLarge { .. } => Refused::too_large(
             "value_too_large",
             format!("value refused: {e} (limits.max_value_bytes)"),
         ),
         ValueError::Json(m) => {
-            ApiError::bad_request("malformed_json", format!("malformed JSON: {m}"))
+            Refused::bad_request("malformed_json", format!("malformed JSON: {m}"))
         }
-        other @ ValueError::TooDeep { .. } => ApiError::bad_request(
+        other @ ValueError::TooDeep { .. } => Refused::bad_request(
             "bad_value",
             format!("value refused: {other} (limits.max_value_depth)"),
         ),
         other @ ValueError::TooManyItems { .. } => {
-            ApiError::bad_request("bad_value", format!("value refused: {other}"))
+            Refused::bad_request("bad_value", format!("value refused: {other}"))
         }
         other => {
             let kind = if format == Format::Cbor {
@@ -44,31 +92,31 @@ pub(crate) fn value_error(e: ValueError, format: Format) -> ApiError {
             } else {
                 "bad_value"
             };
-            ApiError::bad_request(kind, format!("value refused: {other}"))
+            Refused::bad_request(kind, format!("value refused: {other}"))
         }
     }
 }
 
 /// Checks that the config accepts writes to `collection`.
 /// An invalid name is a bad request (400); a valid name the config does not allow is forbidden (403).
-pub(crate) fn check_collection(config: &Config, collection: &str) -> Result<(), ApiError> {
+pub(crate) fn check_collection(config: &Config, collection: &str) -> Result<(), Refused> {
     edgerep_wire::event::check_collection_name(collection)
-        .map_err(|e| ApiError::bad_request("bad_collection", e.to_string()))?;
+        .map_err(|e| Refused::bad_request("bad_collection", e.to_string()))?;
     config
         .check_collection(collection)
-        .map_err(|m| ApiError::forbidden("collection_not_allowed", m))
+        .map_err(|m| Refused::forbidden("collection_not_allowed", m))
 }
 
 /// Checks a key against the limits.
-pub(crate) fn check_key(config: &Config, key: &[u8]) -> Result<(), ApiError> {
+pub(crate) fn check_key(config: &Config, key: &[u8]) -> Result<(), Refused> {
     if key.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(Refused::bad_request(
             "bad_key",
             "key must not be empty".into(),
         ));
     }
     if key.len() > config.limits.max_key_bytes {
-        return Err(ApiError::bad_request(
+        return Err(Refused::bad_request(
             "bad_key",
             format!(
                 "key is {} bytes, over the limit of {} (limits.max_key_bytes)",
@@ -85,11 +133,11 @@ pub(crate) fn parse_value(
     body: &[u8],
     format: Format,
     limits: &DecodeLimits,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refused> {
     match format {
         Format::Json => {
             let text = std::str::from_utf8(body).map_err(|e| {
-                ApiError::bad_request(
+                Refused::bad_request(
                     "malformed_json",
                     format!("malformed JSON: body is not UTF-8: {e}"),
                 )
@@ -100,9 +148,9 @@ pub(crate) fn parse_value(
     }
 }
 
-fn check_meta(config: &Config, meta: &BTreeMap<String, String>, at: &str) -> Result<(), ApiError> {
+fn check_meta(config: &Config, meta: &BTreeMap<String, String>, at: &str) -> Result<(), Refused> {
     meta_problem(config, meta)
-        .map_err(|problem| ApiError::bad_request("bad_meta", format!("{at}: {problem}")))
+        .map_err(|problem| Refused::bad_request("bad_meta", format!("{at}: {problem}")))
 }
 
 /// Whether metadata is within `limits.max_meta_entries` and `limits.max_meta_bytes`: Err says
@@ -126,8 +174,8 @@ pub(crate) fn meta_problem(config: &Config, meta: &BTreeMap<String, String>) -> 
     Ok(())
 }
 
-fn bad(at: &str, what: String) -> ApiError {
-    ApiError::bad_request("bad_batch", format!("{at}: {what}"))
+fn bad(at: &str, what: String) -> Refused {
+    Refused::bad_request("bad_batch", format!("{at}: {what}"))
 }
 
 /// Parses and validates a batch body: `{"writes": [{"collection", "key" | "key_base64", "op",
@@ -138,7 +186,7 @@ pub(crate) fn parse_batch(
     format: Format,
     config: &Config,
     limits: &DecodeLimits,
-) -> Result<Batch, ApiError> {
+) -> Result<Batch, Refused> {
     let batch = match format {
         Format::Json => parse_batch_json(body, config, limits)?,
         Format::Cbor => parse_batch_cbor(body, config, limits)?,
@@ -167,9 +215,9 @@ pub(crate) struct Batch {
     pub(crate) keys: Vec<Option<String>>,
 }
 
-fn check_count(n: usize, config: &Config) -> Result<(), ApiError> {
+fn check_count(n: usize, config: &Config) -> Result<(), Refused> {
     if n > config.limits.max_batch_events {
-        return Err(ApiError::too_large(
+        return Err(Refused::too_large(
             "batch_too_large",
             format!(
                 "{n} writes in one batch, over the limit of {} (limits.max_batch_events)",
@@ -194,7 +242,7 @@ struct RawWrite {
 
 impl RawWrite {
     /// Validates the write at position `at` of the batch.
-    fn finish(self, config: &Config, at: &str) -> Result<LocalWrite, ApiError> {
+    fn finish(self, config: &Config, at: &str) -> Result<LocalWrite, Refused> {
         let collection = self
             .collection
             .ok_or_else(|| bad(at, "missing \"collection\"".into()))?;
@@ -230,13 +278,9 @@ impl RawWrite {
     }
 }
 
-fn parse_batch_json(
-    body: &[u8],
-    config: &Config,
-    limits: &DecodeLimits,
-) -> Result<Batch, ApiError> {
+fn parse_batch_json(body: &[u8], config: &Config, limits: &DecodeLimits) -> Result<Batch, Refused> {
     let doc = edgerep_wire::json::parse(body)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
+        .map_err(|e| Refused::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
     let obj = doc
         .as_object()
         .ok_or_else(|| bad("body", "expected an object with \"writes\"".into()))?;
@@ -336,15 +380,11 @@ fn parse_batch_json(
     Ok(Batch { writes: out, keys })
 }
 
-fn cbor_err(at: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request("malformed_cbor", format!("{at}: malformed CBOR batch: {e}"))
+fn cbor_err(at: &str, e: impl std::fmt::Display) -> Refused {
+    Refused::bad_request("malformed_cbor", format!("{at}: malformed CBOR batch: {e}"))
 }
 
-fn parse_batch_cbor(
-    body: &[u8],
-    config: &Config,
-    limits: &DecodeLimits,
-) -> Result<Batch, ApiError> {
+fn parse_batch_cbor(body: &[u8], config: &Config, limits: &DecodeLimits) -> Result<Batch, Refused> {
     // Canonicalize the whole body first: that checks well-formedness, depth and size in one
     // place, and lets the walk below slice each value out with canonical_item_len.
     let whole_limits = DecodeLimits {
@@ -355,7 +395,7 @@ fn parse_batch_cbor(
     // Values sit three levels down (body map, writes array, write map): a body too deep means
     // some value is too deep.
     let canonical = Value::canonicalize(body, &whole_limits).map_err(|e| match e {
-        ValueError::TooDeep { .. } => ApiError::bad_request(
+        ValueError::TooDeep { .. } => Refused::bad_request(
             "bad_value",
             format!(
                 "a value in the batch is nested deeper than {} levels (limits.max_value_depth)",
