@@ -116,6 +116,13 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the store file is open already (by a running node, or another process).
+    pub fn is_already_open(&self) -> bool {
+        matches!(self, StoreError::Storage(redb::Error::DatabaseAlreadyOpen))
+    }
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {

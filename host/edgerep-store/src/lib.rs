@@ -37,6 +37,7 @@
 //!   snapshots, repair), `aae.rs` (anti-entropy sums), `idempotency.rs`, `digest.rs`.
 
 pub mod aae;
+pub mod bench;
 mod digest;
 mod error;
 pub mod idempotency;

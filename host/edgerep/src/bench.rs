@@ -13,7 +13,6 @@ use edgerep_wire::event::{Event, FORMAT_VERSION, Op};
 use edgerep_wire::value::{DecodeLimits, Value};
 use edgerep_wire::{Hlc, NodeId, VersionVector};
 use minicbor::Encoder;
-use redb::TableDefinition;
 use serde_json::json;
 
 use crate::client::{Client, Outcome};
@@ -74,7 +73,8 @@ pub(crate) fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
     }
 }
 
-/// The raw limit: `events` written straight into redb, `per_commit` per durable transaction.
+/// The raw limit: events written straight into redb, `per_commit` per durable transaction
+/// (see [`edgerep_store::bench::raw_redb_throughput`]).
 pub(crate) fn raw_redb(
     dir: &std::path::Path,
     event: &[u8],
@@ -82,30 +82,9 @@ pub(crate) fn raw_redb(
     per_commit: usize,
     seconds: f64,
 ) -> anyhow::Result<f64> {
-    const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
-    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-    let path = dir.join(format!("raw-{per_commit}.redb"));
-    let db = redb::Database::create(&path)?;
-    let start = Instant::now();
-    let mut n: u64 = 0;
-    while start.elapsed().as_secs_f64() < seconds {
-        let txn = db.begin_write()?;
-        {
-            let mut data = txn.open_table(DATA)?;
-            let mut log = txn.open_table(LOG)?;
-            for _ in 0..per_commit {
-                n += 1;
-                let key = format!("k-raw-{n:09}");
-                data.insert(key.as_bytes(), value)?;
-                log.insert(n, event)?;
-            }
-        }
-        txn.commit()?;
-    }
-    let eps = n as f64 / start.elapsed().as_secs_f64();
-    drop(db);
-    let _ = std::fs::remove_file(&path);
-    Ok(eps)
+    Ok(edgerep_store::bench::raw_redb_throughput(
+        dir, event, value, per_commit, seconds,
+    )?)
 }
 
 /// The store's own cost: local writes committed straight through `StoreWriter::commit_local`, without

@@ -341,7 +341,7 @@ fn debug_damage(config: &Path, collection: &str, key: &str, flip: bool) -> anyho
         how,
     ) {
         Ok(d) => d,
-        Err(edgerep_store::StoreError::Storage(redb::Error::DatabaseAlreadyOpen)) => {
+        Err(e) if e.is_already_open() => {
             eprintln!(
                 "{}: the store is open: stop the node first (the damage must happen behind its back, not under it)",
                 path.display()
