@@ -41,8 +41,8 @@ impl std::fmt::Debug for NodeKeys {
 impl NodeKeys {
     /// The keys of `identity`, with the revocations of `config`.
     pub fn new(identity: &Identity, config: &Config) -> Result<NodeKeys, String> {
-        let signer = Signer::new(identity)?;
-        let verifier = Verifier::new(identity)?;
+        let signer = Signer::new(identity).map_err(|e| e.to_string())?;
+        let verifier = Verifier::new(identity).map_err(|e| e.to_string())?;
         let own = verifier
             .check_cert(signer.cert())
             .map_err(|e| format!("this node's own certificate: {e}"))?;
@@ -80,7 +80,7 @@ impl NodeKeys {
 
 impl edgerep_store::Keys for NodeKeys {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        self.signer.sign(message)
+        self.signer.sign(message).map_err(|e| e.to_string())
     }
 
     fn verify(
@@ -107,11 +107,13 @@ impl edgerep_store::Keys for NodeKeys {
         let (key, _) = known
             .get(origin)
             .ok_or_else(|| format!("no certificate of {origin} to check its seal at {seq} with"))?;
-        self.verifier.verify(key, message, signature)
+        self.verifier
+            .verify(key, message, signature)
+            .map_err(|e| e.to_string())
     }
 
     fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), String> {
-        let key = self.verifier.check_cert(cert)?;
+        let key = self.verifier.check_cert(cert).map_err(|e| e.to_string())?;
         if key.node != *origin {
             return Err(format!(
                 "the certificate sent for {origin} names {}",

@@ -114,7 +114,9 @@ impl Reloader {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         // Checked above: only raised.
-        self.store.raise_limits(crate::event_limits(&new))?;
+        self.store
+            .raise_limits(crate::event_limits(&new))
+            .map_err(|e| e.to_string())?;
         if let Some(keys) = &self.keys {
             keys.set_revoked(&new);
         }

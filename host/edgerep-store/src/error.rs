@@ -98,6 +98,15 @@ pub enum StoreError {
     /// A request the store cannot answer as asked (names what was wrong).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// New limits would lower some of the store's: events stored under the old limits must stay
+    /// readable (a restart with lower limits checks the store).
+    #[error(
+        "limits {limits:?} would be lowered: events stored under the old limits must stay readable (a restart with lower limits checks the store)"
+    )]
+    LimitsLowered {
+        /// The limits that would be lowered.
+        limits: Vec<&'static str>,
+    },
     /// The database was written by an older edgerep whose tables this one cannot continue.
     #[error(
         "store format {found} predates this edgerep's origin seals (format {STORE_FORMAT}): move the data directory away and start the node on an empty one; it catches up from its peers"

@@ -560,7 +560,7 @@ impl Store {
 
     /// Raises the limits (a reloaded config). Lower limits are refused: events stored under
     /// the old ones must stay readable.
-    pub fn raise_limits(&self, limits: EventLimits) -> Result<(), String> {
+    pub fn raise_limits(&self, limits: EventLimits) -> Result<(), StoreError> {
         let mut current = self.limits.write().unwrap_or_else(|e| e.into_inner());
         let (c, n) = (&*current, &limits);
         let lower = [
@@ -575,11 +575,10 @@ impl Store {
             ("max_value_bytes", n.value.max_bytes < c.value.max_bytes),
             ("max_value_depth", n.value.max_depth < c.value.max_depth),
         ];
-        let lowered: Vec<&str> = lower.iter().filter(|(_, l)| *l).map(|(k, _)| *k).collect();
+        let lowered: Vec<&'static str> =
+            lower.iter().filter(|(_, l)| *l).map(|(k, _)| *k).collect();
         if !lowered.is_empty() {
-            return Err(format!(
-                "limits {lowered:?} would be lowered: events stored under the old limits must stay readable (a restart with lower limits checks the store)"
-            ));
+            return Err(StoreError::LimitsLowered { limits: lowered });
         }
         *current = limits;
         Ok(())

@@ -19,6 +19,39 @@ use crate::certs::{Identity, crypto_provider, node_id_of};
 /// The scheme node keys sign with (`edgerep certs` makes ECDSA P-256 keys).
 const SCHEME: SignatureScheme = SignatureScheme::ECDSA_NISTP256_SHA256;
 
+/// Why a key, a certificate or a signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The node's private key cannot be loaded for signing.
+    #[error("the node key cannot sign: {0}")]
+    KeyUnusable(String),
+    /// The node's key is of another kind than the deployment signs with.
+    #[error("the node key is not an ECDSA P-256 key")]
+    NotP256,
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    SignFailed(String),
+    /// The deployment CA's certificate is unusable.
+    #[error("the CA certificate: {0}")]
+    BadCa(String),
+    /// The bytes are not a certificate.
+    #[error("not a certificate: {0}")]
+    NotACertificate(String),
+    /// The certificate does not chain to the deployment CA, or is not valid now.
+    #[error("not a certificate of this deployment: {0}")]
+    NotOfDeployment(String),
+    /// The certificate names no node (or not one node).
+    #[error("{0}")]
+    NoNode(String),
+    /// No verifier for the deployment's signature scheme.
+    #[error("no ECDSA P-256 verifier")]
+    NoVerifier,
+    /// The signature is not the named node's over the message.
+    #[error("signature by {0} does not verify")]
+    BadSignature(NodeId),
+}
+
 /// Signs seals as this node.
 pub struct Signer {
     key: Arc<dyn SigningKey>,
@@ -33,13 +66,13 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     /// A signer with `identity`'s key.
-    pub fn new(identity: &Identity) -> Result<Signer, String> {
+    pub fn new(identity: &Identity) -> Result<Signer, SealError> {
         let key = crypto_provider()
             .key_provider
             .load_private_key(identity.key().clone_key())
-            .map_err(|e| format!("the node key cannot sign: {e}"))?;
+            .map_err(|e| SealError::KeyUnusable(e.to_string()))?;
         if key.choose_scheme(&[SCHEME]).is_none() {
-            return Err("the node key is not an ECDSA P-256 key".into());
+            return Err(SealError::NotP256);
         }
         Ok(Signer {
             key,
@@ -48,12 +81,14 @@ impl Signer {
     }
 
     /// The signature of `message`.
-    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SealError> {
         let signer = self
             .key
             .choose_scheme(&[SCHEME])
-            .ok_or("the node key cannot sign ECDSA P-256")?;
-        signer.sign(message).map_err(|e| e.to_string())
+            .ok_or(SealError::NotP256)?;
+        signer
+            .sign(message)
+            .map_err(|e| SealError::SignFailed(e.to_string()))
     }
 
     /// This node's certificate (DER), which verifies its signatures.
@@ -85,11 +120,11 @@ pub struct NodeKey {
 
 impl Verifier {
     /// A verifier trusting `identity`'s CA.
-    pub fn new(identity: &Identity) -> Result<Verifier, String> {
+    pub fn new(identity: &Identity) -> Result<Verifier, SealError> {
         let mut roots = RootCertStore::empty();
         roots
             .add(identity.ca_cert().clone())
-            .map_err(|e| format!("the CA certificate: {e}"))?;
+            .map_err(|e| SealError::BadCa(e.to_string()))?;
         Ok(Verifier {
             roots: Arc::new(roots),
             algorithms: crypto_provider().signature_verification_algorithms,
@@ -97,9 +132,10 @@ impl Verifier {
     }
 
     /// Checks a certificate (DER): it chains to the CA, is valid now and names one node.
-    pub fn check_cert(&self, der: &[u8]) -> Result<NodeKey, String> {
+    pub fn check_cert(&self, der: &[u8]) -> Result<NodeKey, SealError> {
         let cert = CertificateDer::from(der.to_vec());
-        let parsed = ParsedCertificate::try_from(&cert).map_err(|e| e.to_string())?;
+        let parsed = ParsedCertificate::try_from(&cert)
+            .map_err(|e| SealError::NotACertificate(e.to_string()))?;
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
             &self.roots,
@@ -107,29 +143,30 @@ impl Verifier {
             UnixTime::now(),
             self.algorithms.all,
         )
-        .map_err(|e| format!("not a certificate of this deployment: {e}"))?;
-        let node = node_id_of(der).map_err(|e| e.to_string())?;
-        let (_, x509) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+        .map_err(|e| SealError::NotOfDeployment(e.to_string()))?;
+        let node = node_id_of(der).map_err(|e| SealError::NoNode(e.to_string()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| SealError::NotACertificate(e.to_string()))?;
         let public_key = x509.public_key().subject_public_key.data.to_vec();
         Ok(NodeKey { node, public_key })
     }
 
     /// Verifies `signature` over `message` by `key`.
-    pub fn verify(&self, key: &NodeKey, message: &[u8], signature: &[u8]) -> Result<(), String> {
+    pub fn verify(&self, key: &NodeKey, message: &[u8], signature: &[u8]) -> Result<(), SealError> {
         let algs: &[&dyn SignatureVerificationAlgorithm] = self
             .algorithms
             .mapping
             .iter()
             .find(|(scheme, _)| *scheme == SCHEME)
             .map(|(_, algs)| *algs)
-            .ok_or("no ECDSA P-256 verifier")?;
+            .ok_or(SealError::NoVerifier)?;
         if algs.iter().any(|alg| {
             alg.verify_signature(&key.public_key, message, signature)
                 .is_ok()
         }) {
             Ok(())
         } else {
-            Err(format!("signature by {} does not verify", key.node))
+            Err(SealError::BadSignature(key.node.clone()))
         }
     }
 }
@@ -150,14 +187,28 @@ mod tests {
         let key_a = verifier.check_cert(signer.cert()).unwrap();
         assert_eq!(key_a.node.as_str(), "a");
         verifier.verify(&key_a, b"seal", &sig).unwrap();
-        assert!(verifier.verify(&key_a, b"seat", &sig).is_err());
+        assert_eq!(
+            verifier.verify(&key_a, b"seat", &sig),
+            Err(SealError::BadSignature(key_a.node.clone()))
+        );
         let key_b = verifier.check_cert(b.cert()).unwrap();
-        assert!(verifier.verify(&key_b, b"seal", &sig).is_err());
+        assert!(matches!(
+            verifier.verify(&key_b, b"seal", &sig),
+            Err(SealError::BadSignature(_))
+        ));
         // A certificate from another CA is refused.
         let other = Ca::generate("other").unwrap();
         let stranger = Identity::new(&other, &other.issue_node("a").unwrap()).unwrap();
         let e = verifier.check_cert(stranger.cert()).unwrap_err();
-        assert!(e.contains("not a certificate of this deployment"), "{e}");
-        assert!(verifier.check_cert(b"garbage").is_err());
+        assert!(matches!(e, SealError::NotOfDeployment(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("not a certificate of this deployment"),
+            "{e}"
+        );
+        assert!(matches!(
+            verifier.check_cert(b"garbage"),
+            Err(SealError::NotACertificate(_))
+        ));
     }
 }
