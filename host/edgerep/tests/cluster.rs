@@ -625,6 +625,46 @@ fn periodic_durability_survives_a_crash_without_divergence() {
     eprintln!("periodic: acknowledged {acked}, kept after SIGKILL {kept}");
 }
 
+/// A snapshot served by nodes whose collection is `durability = "periodic"`: before each state
+/// page the serving node has its committer (the store's one writer) sync, so the page never
+/// carries its own events a crash could take back; the late node gets the whole state.
+#[test]
+fn a_snapshot_of_a_periodic_collection_is_synced_by_the_committer_and_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    for c in &configs {
+        let mut text = std::fs::read_to_string(c).unwrap();
+        text.push_str("\n[[collections.declared]]\nname = \"bulk\"\ndurability = \"periodic\"\n");
+        let keys = "keep_events = 0\ninterval_ms = 200\npeer_absent_ms = 1500";
+        std::fs::write(c, with_retention(&text, keys)).unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let last1 = put_many(&n1, "a", 2000);
+    let last2 = put_many(&n2, "b", 500);
+    converge(&[&n1, &n2], Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in [&n1, &n2] {
+        loop {
+            let s = status(n);
+            if s["compacted"]["node-1"] == last1 && s["compacted"]["node-2"] == last2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no full compaction: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let n3 = Node::start(&configs[2]);
+    let s = converge(&[&n1, &n2, &n3], Duration::from_secs(60));
+    assert_eq!(s["origins"]["node-1"], last1);
+    assert_eq!(s["origins"]["node-2"], last2);
+    assert_eq!(status(&n3)["compacted"]["node-1"], last1);
+    assert_eq!(get(&n3, "bulk", "a-0001999").1, r#"{"j":1999}"#);
+    assert_eq!(get(&n3, "bulk", "b-0000499").1, r#"{"j":499}"#);
+    let log3 = std::fs::read_to_string(&n3.log).unwrap();
+    assert!(log3.contains("merged a snapshot page"), "{log3}");
+}
+
 /// Retention: node-3 stays away longer than `peer_absent_ms`, so node-1 and node-2 compact
 /// everything both hold; when node-3 comes back the events it needs are gone, and it is brought
 /// up to date from a snapshot of the state (then replication goes on with events).
