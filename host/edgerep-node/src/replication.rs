@@ -38,7 +38,6 @@ use edgerep_replica::{
 };
 use edgerep_store::{Compaction, Installed, RemoteApply, Store, StoreError};
 use edgerep_transport::certs::Identity;
-use edgerep_transport::frame::{FrameReader, FrameWriter};
 use edgerep_transport::tls::TransportConfig;
 use edgerep_transport::{CloseCode, PeerConnection, Transport};
 use edgerep_wire::{EncodedEvent, NodeId, Seal};
@@ -983,18 +982,19 @@ async fn serve_connection(
     limits: MessageLimits,
 ) {
     let peer = conn.peer.clone();
-    let stream = if dialer {
-        conn.conn.open_bi().await
+    let max_frame = limits.max_frame_bytes as u32;
+    let link = if dialer {
+        conn.open_link(max_frame).await
     } else {
-        conn.conn.accept_bi().await
+        conn.accept_link(max_frame).await
     };
-    let (mut send, mut recv) = match stream {
-        Ok(s) => s,
+    let (mut send, mut recv) = match link {
+        Ok(l) => l,
         Err(e) => {
             let _ = inbox.send(Input::Disconnected {
                 peer,
                 id,
-                reason: format!("no stream: {e}"),
+                reason: e.to_string(),
             });
             return;
         }
@@ -1017,43 +1017,41 @@ async fn serve_connection(
         return;
     }
     let writer = tokio::spawn(async move {
-        let mut w = FrameWriter::new(edgerep_transport::frame::DEFAULT_MAX_FRAME_BYTES);
         while let Some(frame) = frames_rx.recv().await {
             let mut taken = frame.len();
-            if w.push(&frame).is_err() {
+            if send.push(&frame).is_err() {
                 break;
             }
             // Coalesce whatever else is queued into one write.
-            while w.buffered_bytes() < (1 << 20) {
+            while send.buffered_bytes() < (1 << 20) {
                 match frames_rx.try_recv() {
                     Ok(f) => {
                         taken += f.len();
-                        if w.push(&f).is_err() {
+                        if send.push(&f).is_err() {
                             return;
                         }
                     }
                     Err(_) => break,
                 }
             }
-            if w.flush(&mut send).await.is_err() {
+            if send.flush().await.is_err() {
                 break;
             }
             queued.fetch_sub(taken, Ordering::AcqRel);
         }
-        let _ = send.finish();
+        send.finish();
     });
-    let mut reader = FrameReader::new(limits.max_frame_bytes as u32);
     let reason = loop {
         while paused.load(Ordering::Acquire)
             || inbox_bytes.load(Ordering::Acquire) > INBOX_MAX_BYTES
         {
             // A connection dropped while paused (replaced, refused, revoked) ends its reader.
-            if conn.conn.close_reason().is_some() {
+            if conn.close_reason().is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        match reader.read_frame(&mut recv).await {
+        match recv.recv().await {
             Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
                 Ok(message) => {
                     inbox_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
@@ -1086,11 +1084,8 @@ async fn serve_connection(
         }
     };
     writer.abort();
-    let reason = match conn.conn.close_reason() {
-        Some(r) => format!(
-            "{reason} ({})",
-            edgerep_transport::endpoint::describe_close(&r)
-        ),
+    let reason = match conn.close_reason() {
+        Some(why) => format!("{reason} ({why})"),
         None => reason,
     };
     tracing::info!(peer = %peer, "connection ended: {reason}");

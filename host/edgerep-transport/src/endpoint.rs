@@ -63,11 +63,18 @@ pub struct PeerConnection {
     pub peer: NodeId,
     /// The peer's UDP address.
     pub remote: SocketAddr,
-    /// The QUIC connection: open or accept streams on it.
-    pub conn: quinn::Connection,
+    /// The QUIC connection (replication runs on its link: see `link.rs`).
+    pub(crate) conn: quinn::Connection,
 }
 
 impl PeerConnection {
+    /// The QUIC connection itself, for the transport's own tests of what lies under the link.
+    #[cfg(feature = "raw-quic")]
+    #[doc(hidden)]
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
     /// Closes the connection at once with `code` and `reason` (sent to the peer, at most a few
     /// hundred bytes of it), abandoning unsent data.
     pub fn close(&self, code: CloseCode, reason: &str) {

@@ -12,6 +12,8 @@
 //! - [`endpoint`]: [`Transport`], one UDP socket that listens and dials, and [`PeerConnection`],
 //!   an authenticated connection to a known peer.
 //! - [`frame`]: length-prefixed frames on quinn streams, bounded in size.
+//! - [`link`]: a peer link, the stream of frames replication runs on ([`PeerConnection::open_link`],
+//!   [`PeerConnection::accept_link`]).
 //! - [`bench`]: the raw stream throughput the replication benchmark compares itself with.
 //!
 //! ```no_run
@@ -26,18 +28,19 @@
 //! let peers = vec![(NodeId::parse("site-b")?, "10.0.0.2:7071".to_owned())];
 //! let transport = Transport::bind("0.0.0.0:7071".parse()?, identity, peers, TransportConfig::default())?;
 //! let site_b = transport.connect(&NodeId::parse("site-b")?, "10.0.0.2:7071").await?;
-//! let (mut send, _recv) = site_b.conn.open_bi().await?;
-//! edgerep_transport::frame::write_frame(&mut send, b"hello").await?;
+//! let (mut send, _recv) = site_b.open_link(1 << 20).await?;
+//! send.send(b"hello").await?;
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! This crate and its users share one quinn: it is re-exported as [`quinn`].
+//! quinn stays inside: users see peer connections and links, not QUIC streams.
 
 pub mod bench;
 pub mod certs;
 pub mod endpoint;
 pub mod frame;
+pub mod link;
 pub mod seal;
 pub mod tls;
 
@@ -45,4 +48,4 @@ pub use endpoint::{
     AcceptError, BindError, CloseCode, ConnectError, Incoming, PeerConnection, Transport,
     describe_close,
 };
-pub use quinn;
+pub use link::{LinkError, LinkReceiver, LinkSender};

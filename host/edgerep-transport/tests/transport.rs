@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use edgerep_transport::certs::{Ca, Identity, NodeCert};
 use edgerep_transport::frame::{FrameError, FrameReader, FrameWriter, write_frame};
-use edgerep_transport::quinn::{self, ConnectionError};
 use edgerep_transport::tls::{ALPN, TransportConfig};
 use edgerep_transport::{
     AcceptError, CloseCode, ConnectError, PeerConnection, Transport, describe_close,
 };
 use edgerep_wire::event::NodeId;
+use quinn::ConnectionError;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -101,7 +101,7 @@ impl Node {
 /// Serves one bi stream: every frame read is written back; the write side ends with the read side.
 fn echo(conn: PeerConnection) -> tokio::task::JoinHandle<Result<usize, FrameError>> {
     tokio::spawn(async move {
-        let (mut send, mut recv) = conn.conn.accept_bi().await.expect("a stream");
+        let (mut send, mut recv) = conn.quic().accept_bi().await.expect("a stream");
         let mut reader = FrameReader::default();
         let mut writer = FrameWriter::default();
         let mut frames = 0;
@@ -127,7 +127,7 @@ fn echo(conn: PeerConnection) -> tokio::task::JoinHandle<Result<usize, FrameErro
 
 /// Sends `frames` on a new stream of `conn` and checks they come back.
 async fn exchange(conn: &PeerConnection, frames: &[Vec<u8>]) {
-    let (mut send, mut recv) = conn.conn.open_bi().await.unwrap();
+    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
     let mut reader = FrameReader::default();
     for frame in frames {
         write_frame(&mut send, frame).await.unwrap();
@@ -387,7 +387,7 @@ async fn a_valid_certificate_of_an_unknown_peer_is_refused_with_its_id() {
     // end of its handshake).
     let why = match outcome {
         Ok(conn) => {
-            let closed = timeout(WAIT, conn.conn.closed()).await.unwrap();
+            let closed = timeout(WAIT, conn.quic().closed()).await.unwrap();
             let ConnectionError::ApplicationClosed(close) = &closed else {
                 panic!("expected an application close, got {closed}");
             };
@@ -483,14 +483,14 @@ async fn bad_frames_are_errors_and_the_listener_serves_others() {
             .await
             .unwrap();
         let served = echo(b.next().await.unwrap());
-        let (mut send, _recv) = conn.conn.open_bi().await.unwrap();
+        let (mut send, _recv) = conn.quic().open_bi().await.unwrap();
         send.write_all(&bytes).await.unwrap();
         // The server may already have closed the connection.
         let _ = send.finish();
         let err = timeout(WAIT, served).await.unwrap().unwrap().unwrap_err();
         assert_eq!(err, expected);
         // The server closed the connection and said why.
-        let closed = timeout(WAIT, conn.conn.closed()).await.unwrap();
+        let closed = timeout(WAIT, conn.quic().closed()).await.unwrap();
         let why = describe_close(&closed);
         assert!(why.starts_with("closed by the peer: bad frame: "), "{why}");
     }

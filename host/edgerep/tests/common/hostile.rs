@@ -11,12 +11,12 @@ use edgerep_config::Config;
 use edgerep_replica::{Hello, Message, MessageLimits, PROTOCOL_VERSION};
 use edgerep_transport::certs::Identity;
 use edgerep_transport::frame::{FrameReader, write_frame};
-use edgerep_transport::quinn::{RecvStream, SendStream};
 use edgerep_transport::seal::Signer;
 use edgerep_transport::tls::TransportConfig;
 use edgerep_transport::{PeerConnection, Transport};
 use edgerep_wire::seal::{ChainHash, chain_link, chain_start, event_leaf, merkle_root};
 use edgerep_wire::{EncodedEvent, Event, Hlc, NodeId, Op, Seal, Value, VersionVector};
+use quinn::{RecvStream, SendStream};
 
 /// One connection from a hostile node to a real one.
 pub struct Hostile {
@@ -58,7 +58,7 @@ impl Hostile {
             )
             .unwrap();
             let conn = transport.connect(&target.node.id, &address).await.unwrap();
-            let (send, recv) = conn.conn.open_bi().await.unwrap();
+            let (send, recv) = conn.quic().open_bi().await.unwrap();
             (transport, conn, send, recv)
         });
         Hostile {
@@ -218,17 +218,11 @@ impl Hostile {
     pub fn closed_within(&mut self, wait: Duration) -> Option<String> {
         let deadline = std::time::Instant::now() + wait;
         while std::time::Instant::now() < deadline {
-            if let Some(reason) = self.conn.conn.close_reason() {
-                return Some(edgerep_transport::endpoint::describe_close(&reason));
+            if let Some(reason) = self.conn.close_reason() {
+                return Some(reason);
             }
             if let Err(e) = self.recv(Duration::from_millis(50)) {
-                return Some(
-                    self.conn
-                        .conn
-                        .close_reason()
-                        .map(|r| edgerep_transport::endpoint::describe_close(&r))
-                        .unwrap_or(e),
-                );
+                return Some(self.conn.close_reason().unwrap_or(e));
             }
         }
         None
