@@ -1,0 +1,194 @@
+//! One connection's tasks: the dialer that keeps a configured peer connected, and the reader
+//! and writer of a peer link that carry frames between it and the replicator thread.
+
+use super::*;
+
+/// A peer's reader stops reading while its messages not yet taken by the replicator take more
+/// bytes than this.
+const INBOX_MAX_BYTES: usize = 32 << 20;
+
+/// Dial retry back-off bounds.
+const DIAL_MIN: Duration = Duration::from_millis(100);
+
+const DIAL_MAX: Duration = Duration::from_secs(3);
+
+/// Dials `peer` at `address`: again whenever the connection ends when this node is the one of
+/// the pair that dials (the greater id), else once (see below).
+pub(super) fn spawn_dialer(
+    runtime: &tokio::runtime::Handle,
+    transport: Transport,
+    inbox: std_mpsc::Sender<Input>,
+    local: &NodeId,
+    peer: NodeId,
+    address: String,
+    limits: SharedLimits,
+) -> tokio::task::JoinHandle<()> {
+    if peer.as_str() < local.as_str() {
+        // The peer dials us; but after this node restarts, the peer may hold the dead
+        // connection of our previous run until QUIC's idle timeout. One dial at start
+        // replaces it at once (the peer takes a new connection over an old one).
+        return runtime.spawn(async move {
+            if let Ok(conn) = transport.connect(&peer, &address).await {
+                serve_connection(conn, 1u64 << 31, true, inbox, current(&limits)).await;
+            }
+        });
+    }
+    runtime.spawn(async move {
+        let mut backoff = DIAL_MIN;
+        let mut id = 0u64;
+        loop {
+            match transport.connect(&peer, &address).await {
+                Ok(conn) => {
+                    id += 1;
+                    backoff = DIAL_MIN;
+                    serve_connection(conn, id, true, inbox.clone(), current(&limits)).await;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::debug!(peer = %peer, "dial failed: {reason}");
+                    if inbox
+                        .send(Input::Disconnected {
+                            peer: peer.clone(),
+                            id: 0,
+                            reason,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(DIAL_MAX);
+        }
+    })
+}
+
+/// Runs one authenticated connection until it ends: the dialer opens the stream, the acceptor
+/// accepts it; frames are read into the replicator and written from its channel.
+pub(super) async fn serve_connection(
+    conn: PeerConnection,
+    id: u64,
+    dialer: bool,
+    inbox: std_mpsc::Sender<Input>,
+    limits: MessageLimits,
+) {
+    let peer = conn.peer.clone();
+    let max_frame = limits.max_frame_bytes as u32;
+    let link = if dialer {
+        conn.open_link(max_frame).await
+    } else {
+        conn.accept_link(max_frame).await
+    };
+    let (mut send, mut recv) = match link {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = inbox.send(Input::Disconnected {
+                peer,
+                id,
+                reason: e.to_string(),
+            });
+            return;
+        }
+    };
+    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let paused = Arc::new(AtomicBool::new(false));
+    let inbox_bytes = Arc::new(AtomicUsize::new(0));
+    if inbox
+        .send(Input::Connected {
+            conn: conn.clone(),
+            id,
+            frames: frames_tx,
+            queued: queued.clone(),
+            paused: paused.clone(),
+            inbox_bytes: inbox_bytes.clone(),
+        })
+        .is_err()
+    {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = frames_rx.recv().await {
+            let mut taken = frame.len();
+            if send.push(&frame).is_err() {
+                break;
+            }
+            // Coalesce whatever else is queued into one write.
+            while send.buffered_bytes() < (1 << 20) {
+                match frames_rx.try_recv() {
+                    Ok(f) => {
+                        taken += f.len();
+                        if send.push(&f).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if send.flush().await.is_err() {
+                break;
+            }
+            queued.fetch_sub(taken, Ordering::AcqRel);
+        }
+        send.finish();
+    });
+    let reason = loop {
+        while paused.load(Ordering::Acquire)
+            || inbox_bytes.load(Ordering::Acquire) > INBOX_MAX_BYTES
+        {
+            // A connection dropped while paused (replaced, refused, revoked) ends its reader.
+            if conn.close_reason().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        match recv.recv().await {
+            Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
+                Ok(message) => {
+                    inbox_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+                    if inbox
+                        .send(Input::Message {
+                            peer: peer.clone(),
+                            id,
+                            message,
+                            bytes: bytes.len(),
+                        })
+                        .is_err()
+                    {
+                        break "node stopping".to_owned();
+                    }
+                }
+                Err(e) => {
+                    let reason = format!("undecodable message: {e}");
+                    conn.close(CloseCode::Protocol, &reason);
+                    break reason;
+                }
+            },
+            Ok(None) => break "stream closed by peer".to_owned(),
+            // The close reason (ours or the peer's) is added below.
+            Err(e) if e.is_connection_lost() => break "connection closed".to_owned(),
+            Err(e) => {
+                let reason = format!("bad frame: {e}");
+                conn.close(CloseCode::BadFrame, &reason);
+                break reason;
+            }
+        }
+    };
+    writer.abort();
+    let reason = match conn.close_reason() {
+        Some(why) => format!("{reason} ({why})"),
+        None => reason,
+    };
+    tracing::info!(peer = %peer, "connection ended: {reason}");
+    let _ = inbox.send(Input::Disconnected { peer, id, reason });
+}
+
+pub(super) struct Live {
+    pub(super) id: u64,
+    pub(super) conn: PeerConnection,
+    pub(super) frames: mpsc::UnboundedSender<Vec<u8>>,
+    pub(super) queued: Arc<AtomicUsize>,
+    pub(super) paused: Arc<AtomicBool>,
+    pub(super) inbox_bytes: Arc<AtomicUsize>,
+}

@@ -1,0 +1,195 @@
+//! What replication reports: per peer (connection, traffic, lag), forks and refusals, and the
+//! whole (`ReplicationStatus`, read by the status API and the metrics).
+
+use super::*;
+
+/// One peer as `status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeerStatus {
+    /// The peer's node id.
+    pub id: String,
+    /// `host:port` from the config.
+    pub address: String,
+    /// A connection is up and the handshake is done.
+    pub connected: bool,
+    /// Milliseconds since the Unix epoch of the last message from the peer (`None`: never
+    /// since this node started).
+    pub last_contact_ms: Option<u64>,
+    /// What the peer acknowledged holding, per origin (persisted across restarts).
+    pub acked: Have,
+    /// What the peer said it holds at its last handshake, per origin.
+    pub peer_have: Have,
+    /// Events this node holds that the peer has not acknowledged.
+    pub lag_events: u64,
+    /// Age in seconds of the oldest event the peer lacks (0 when it lacks none).
+    pub lag_seconds: f64,
+    /// Events sent and not yet acknowledged.
+    pub in_flight: u64,
+    /// Differences between the peer's configuration and ours (collections, resolvers, plugin
+    /// hashes), as reported at the handshake.
+    pub mismatches: Vec<String>,
+    /// Why the last connection ended or failed, if it did.
+    pub last_error: Option<String>,
+    /// A snapshot under way with this peer ("sending page N" or "receiving page N"): it
+    /// needed events compacted here, or we needed events compacted there.
+    pub snapshot: Option<String>,
+    /// The instance number of the peer's running process (from its Hello).
+    pub instance: Option<String>,
+    /// Set when two machines were seen using this peer's node id (sessions refused for a while).
+    pub duplicate_id: Option<String>,
+    /// The peer is revoked in `[[revoked]]`: its connections are refused.
+    pub revoked: bool,
+    /// Anti-entropy with this peer: the last comparison, and what the comparisons found and
+    /// repaired since the node started.
+    pub anti_entropy: AntiEntropyStatus,
+    /// What went over the link since the node started, and the relay tree on it.
+    pub traffic: PeerTraffic,
+}
+
+/// What this node and one peer exchanged since the node started (all connections).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PeerTraffic {
+    /// Messages (frames) sent.
+    pub messages_sent: u64,
+    /// Messages received.
+    pub messages_received: u64,
+    /// Bytes of the messages sent.
+    pub bytes_sent: u64,
+    /// Bytes of the messages received.
+    pub bytes_received: u64,
+    /// Events sent in Events messages.
+    pub events_sent: u64,
+    /// Events received in Events messages.
+    pub events_received: u64,
+    /// Received events this node already held or was applying (dropped): what a relay
+    /// tree keeps low.
+    pub duplicates_received: u64,
+    /// Origins this node asked the peer to stop pushing (it got them first elsewhere).
+    pub prunes_sent: u64,
+    /// Origins this node asked the peer to push again (they stopped arriving elsewhere).
+    pub grafts_sent: u64,
+    /// Events sent to the peer again (after a rewind it asked for, or no acknowledgement in
+    /// time).
+    pub events_resent: u64,
+    /// Snapshot pages sent to the peer.
+    pub snapshot_pages_sent: u64,
+    /// Origins whose events this node does not push to the peer now (the peer pruned them).
+    pub not_pushed_to_peer: Vec<String>,
+    /// Origins whose events the peer does not push to this node now (this node pruned them).
+    pub not_pushed_by_peer: Vec<String>,
+}
+
+/// Two different events with the same origin and sequence number met here.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ForkReport {
+    /// The origin.
+    pub origin: String,
+    /// The sequence number.
+    pub seq: u64,
+    /// BLAKE3 of the event this node holds (or, for a fork found by its seal, this node's
+    /// chain hash there).
+    pub held_hash: String,
+    /// BLAKE3 of the different one a peer sent (or the chain hash its seal names).
+    pub received_hash: String,
+    /// The peer that sent it.
+    pub from_peer: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Events a peer sent that this node refused (not stored, not relayed).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RefusalReport {
+    /// The peer that sent them.
+    pub from_peer: String,
+    /// The first refused event's origin and sequence number.
+    pub origin: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Why.
+    pub reason: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Replication as a whole, for `status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ReplicationStatus {
+    /// Address the QUIC endpoint listens on.
+    pub listen: Option<String>,
+    /// One entry per configured peer, in config order.
+    pub peers: Vec<PeerStatus>,
+    /// Why replication stopped (a transform on apply failed under the `halt` policy); it
+    /// resumes when the node restarts.
+    pub halted: Option<String>,
+    /// Why local writes wait, until a peer said how far it holds this node's own events.
+    pub origin_check: Option<String>,
+    /// Forks met (two different events with one origin and sequence number), newest last.
+    pub forks: Vec<ForkReport>,
+    /// Forks met since the node started.
+    pub forks_total: u64,
+    /// Refused events, newest last.
+    pub refused: Vec<RefusalReport>,
+    /// Events refused since the node started.
+    pub refused_total: u64,
+    /// Sessions closed because the peer broke the protocol, since the node started.
+    pub protocol_errors_total: u64,
+    /// Events held back until what they depend on arrives (causal delivery), since the node
+    /// started; they are sent again and applied then. A count that keeps growing for one
+    /// event is a context naming events that do not exist: see `deferred_last`.
+    pub deferred_total: u64,
+    /// Why the last event was held back.
+    pub deferred_last: Option<String>,
+    /// Snapshots a peer began that this node declined (it was not behind the peer's compacted
+    /// floors: a stale view, or a peer trying to replace what this node holds).
+    pub snapshots_declined_total: u64,
+    /// Snapshot pages from peers merged here, since the node started.
+    pub snapshot_pages_merged_total: u64,
+    /// Compaction transactions run, and changelog entries they removed, since the node started.
+    pub compactions_total: u64,
+    /// See `compactions_total`.
+    pub compacted_events_total: u64,
+    /// Origins whose changelog could not be read (they are not replicated; the others are).
+    pub unreadable: BTreeMap<String, String>,
+}
+
+/// What `status` reports of forks and refusals.
+#[derive(Default)]
+pub(super) struct Reports {
+    pub(super) forks: VecDeque<ForkReport>,
+    pub(super) forks_total: u64,
+    pub(super) refused: VecDeque<RefusalReport>,
+    pub(super) refused_total: u64,
+    pub(super) protocol_errors_total: u64,
+    pub(super) deferred_total: u64,
+    pub(super) deferred_last: Option<String>,
+    pub(super) snapshots_declined_total: u64,
+    pub(super) snapshot_pages_merged_total: u64,
+    pub(super) compactions_total: u64,
+    pub(super) compacted_events_total: u64,
+    /// Forks reported already (by origin and sequence number).
+    pub(super) seen_forks: BTreeSet<(String, u64)>,
+}
+
+impl Reports {
+    pub(super) fn deferred(&mut self, reason: &str) {
+        self.deferred_total += 1;
+        self.deferred_last = Some(reason.to_owned());
+    }
+
+    pub(super) fn fork(&mut self, report: ForkReport) {
+        self.forks_total += 1;
+        if self.forks.len() == MAX_REPORTS {
+            self.forks.pop_front();
+        }
+        self.forks.push_back(report);
+    }
+
+    pub(super) fn refused(&mut self, report: RefusalReport, events: u64) {
+        self.refused_total += events;
+        if self.refused.len() == MAX_REPORTS {
+            self.refused.pop_front();
+        }
+        self.refused.push_back(report);
+    }
+}
