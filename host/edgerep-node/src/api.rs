@@ -1534,11 +1534,13 @@ async fn reconcile(
 /// `POST /v1/reload`: reads the node's config file again and takes in what changed (see
 /// `reload.rs`); 422 with the reasons when it cannot be taken in without a restart.
 async fn reload(State(app): Shared) -> Result<Response, ApiError> {
-    let reloaded = app
-        .reloader
-        .reload_file()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_reloaded", e))?;
+    let reloaded = app.reloader.reload_file().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_reloaded",
+            e.to_string(),
+        )
+    })?;
     Ok(axum::Json(json!({ "reloaded": reloaded })).into_response())
 }
 

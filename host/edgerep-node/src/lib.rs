@@ -133,12 +133,12 @@ pub struct RunningNode {
 impl RunningNode {
     /// Takes in a changed config without a restart (see [`reload`]); on an error nothing
     /// changed.
-    pub async fn reload(&self, config: Config) -> Result<reload::Reloaded, String> {
+    pub async fn reload(&self, config: Config) -> Result<reload::Reloaded, reload::ReloadError> {
         self.reloader.reload(config).await
     }
 
     /// Reads the node's config file again and takes it in (SIGHUP).
-    pub async fn reload_file(&self) -> Result<reload::Reloaded, String> {
+    pub async fn reload_file(&self) -> Result<reload::Reloaded, reload::ReloadError> {
         self.reloader.reload_file().await
     }
 

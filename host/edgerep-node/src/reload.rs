@@ -25,6 +25,48 @@ use crate::keys::NodeKeys;
 use crate::pipeline::Pipeline;
 use crate::replication::Replication;
 
+/// Why a reload was refused or failed. Every case but the last two changed nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The config file cannot be read or is not valid.
+    #[error("{0}")]
+    Config(#[from] edgerep_config::ConfigError),
+    /// The file is another node's config.
+    #[error("the reloaded config is node {theirs:?}'s, not this node's ({ours:?})")]
+    OtherNode {
+        /// The node the file names.
+        theirs: String,
+        /// This node.
+        ours: String,
+    },
+    /// Changes that take a restart (or cannot be made at all), each named.
+    #[error("{file}: not reloaded (nothing changed): {}", problems.join("; "))]
+    NeedsRestart {
+        /// The config file.
+        file: String,
+        /// What changed that a reload cannot take in.
+        problems: Vec<String>,
+    },
+    /// The new plugins could not be loaded.
+    #[error("{0}")]
+    Plugins(String),
+    /// The store refused the new limits.
+    #[error(transparent)]
+    Store(#[from] edgerep_store::StoreError),
+    /// After the new config took effect, resolving a collection's keys again failed.
+    #[error("collection {collection:?}: resolving again: {source}")]
+    ReResolve {
+        /// The collection.
+        collection: String,
+        /// Why.
+        source: crate::committer::CommitError,
+    },
+    /// A blocking task of the reload did not finish.
+    #[error("reload task failed: {0}")]
+    Task(String),
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Reloaded {
@@ -89,19 +131,18 @@ impl Reloader {
     }
 
     /// Reads the config file the node started with again and takes it in.
-    pub async fn reload_file(&self) -> Result<Reloaded, String> {
+    pub async fn reload_file(&self) -> Result<Reloaded, ReloadError> {
         let path = self.config().source.clone();
         let config = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReloadError::Task(e.to_string()))??;
         self.reload(config).await
     }
 
     /// Takes in `new` (see the module comment). An error in checking it or loading its plugins
     /// changes nothing; resolving kept resolutions again runs after the new config took effect,
     /// and a store error there is reported as the reload's error.
-    pub async fn reload(&self, mut new: Config) -> Result<Reloaded, String> {
+    pub async fn reload(&self, mut new: Config) -> Result<Reloaded, ReloadError> {
         let _one = self.busy.lock().await;
         let old = self.config();
         // Set from the command line, not the file.
@@ -111,12 +152,10 @@ impl Reloader {
         let wired = new.clone();
         let plugins_loaded = tokio::task::spawn_blocking(move || pipeline.reload(&wired))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReloadError::Task(e.to_string()))?
+            .map_err(|e| ReloadError::Plugins(e.to_string()))?;
         // Checked above: only raised.
-        self.store
-            .raise_limits(crate::event_limits(&new))
-            .map_err(|e| e.to_string())?;
+        self.store.raise_limits(crate::event_limits(&new))?;
         if let Some(keys) = &self.keys {
             keys.set_revoked(&new);
         }
@@ -155,7 +194,10 @@ impl Reloader {
                 .committer
                 .re_resolve(collection.clone())
                 .await
-                .map_err(|e| format!("collection {collection:?}: resolving again: {e}"))?;
+                .map_err(|source| ReloadError::ReResolve {
+                    collection: collection.clone(),
+                    source,
+                })?;
             keys_re_resolved.insert(collection, n);
         }
         let reloaded = Reloaded {
@@ -171,13 +213,12 @@ impl Reloader {
 }
 
 /// Why `new` cannot be taken in without a restart, if it cannot (see the module comment).
-pub fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
+pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
     if new.node.id != old.node.id {
-        return Err(format!(
-            "the reloaded config is node {:?}'s, not this node's ({:?})",
-            new.node.id.as_str(),
-            old.node.id.as_str()
-        ));
+        return Err(ReloadError::OtherNode {
+            theirs: new.node.id.to_string(),
+            ours: old.node.id.to_string(),
+        });
     }
     let mut restart = Vec::new();
     let mut differs = |name: &str, same: bool| {
@@ -285,10 +326,9 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "{}: not reloaded (nothing changed): {}",
-            new.source.display(),
-            problems.join("; ")
-        ))
+        Err(ReloadError::NeedsRestart {
+            file: new.source.display().to_string(),
+            problems,
+        })
     }
 }
