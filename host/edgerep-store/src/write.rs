@@ -100,6 +100,20 @@ pub(crate) fn apply_to_state(
     Ok((applied, damaged))
 }
 
+/// Appends `records` to the dead letters, each under the next id; returns their ids.
+pub(crate) fn append_dead_letters<'r>(
+    dead: &mut redb::Table<'_, u64, &'static [u8]>,
+    records: impl IntoIterator<Item = &'r [u8]>,
+) -> Result<Vec<u64>, StoreError> {
+    let first = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
+    let mut ids = Vec::new();
+    for (id, record) in (first..).zip(records) {
+        dead.insert(id, record)?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
 /// The keys of one transaction whose versions changed to concurrent ones, to resolve once
 /// before it commits (after every event of the batch, not after each).
 pub(crate) struct Unresolved<'a> {
@@ -803,16 +817,13 @@ impl StoreWriter {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(events.len());
-        let mut dead_ids = Vec::with_capacity(dead_letters.len());
+        let dead_ids;
         let tally;
         let (held, feed_last, forks, deltas) = {
-            let mut dead = txn.open_table(DEAD_LETTERS)?;
-            let first = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
-            for (id, record) in (first..).zip(dead_letters) {
-                dead.insert(id, record.as_slice())?;
-                dead_ids.push(id);
-            }
-            drop(dead);
+            dead_ids = append_dead_letters(
+                &mut txn.open_table(DEAD_LETTERS)?,
+                dead_letters.iter().map(Vec::as_slice),
+            )?;
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut feed = txn.open_table(FEED)?;
@@ -1059,14 +1070,11 @@ impl StoreWriter {
     /// returns its id.
     pub fn add_dead_letter(&self, record: &[u8]) -> Result<u64, StoreError> {
         let txn = self.db.begin_write()?;
-        let id;
-        {
-            let mut dead = txn.open_table(DEAD_LETTERS)?;
-            id = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
-            dead.insert(id, record)?;
-        }
+        let ids = append_dead_letters(&mut txn.open_table(DEAD_LETTERS)?, [record])?;
         txn.commit()?;
-        Ok(id)
+        ids.first()
+            .copied()
+            .ok_or_else(|| corrupt("dead_letters", "a dead letter appended got no id"))
     }
 
     /// Removes dead letter `id`; whether it was there.

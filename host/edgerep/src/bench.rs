@@ -73,20 +73,6 @@ pub(crate) fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
     }
 }
 
-/// The raw limit: events written straight into redb, `per_commit` per durable transaction
-/// (see [`edgerep_store::bench::raw_redb_throughput`]).
-pub(crate) fn raw_redb(
-    dir: &std::path::Path,
-    event: &[u8],
-    value: &[u8],
-    per_commit: usize,
-    seconds: f64,
-) -> anyhow::Result<f64> {
-    Ok(edgerep_store::bench::raw_redb_throughput(
-        dir, event, value, per_commit, seconds,
-    )?)
-}
-
 /// The store's own cost: local writes committed straight through `StoreWriter::commit_local`, without
 /// HTTP, parsing or the committer thread. Tells the API's overhead apart from the store's.
 fn store_only(
@@ -292,7 +278,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
     // reference: the disk's fsync time drifts on shared machines, and the higher limit is the
     // harder one to meet.
     let sample_event = vec![0x5au8; event_len];
-    let raw_before = raw_redb(
+    let raw_before = edgerep_store::bench::raw_redb_throughput(
         dir.path(),
         &sample_event,
         value.as_bytes(),
@@ -431,7 +417,7 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         keys_cost.push(json!({"batch": batch, "clients": clients, "with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": ratio}));
     }
     let status = verify_and_stop(&rt, node, &client)?;
-    let raw_after = raw_redb(
+    let raw_after = edgerep_store::bench::raw_redb_throughput(
         dir.path(),
         &sample_event,
         value.as_bytes(),

@@ -28,7 +28,7 @@ use anyhow::{Context as _, bail};
 use edgerep_config::Config;
 use serde_json::{Value as Json, json};
 
-use crate::bench::{batch_body, check_batch_answer, percentile, raw_redb, sample_value};
+use crate::bench::{batch_body, check_batch_answer, percentile, sample_value};
 use crate::client::{Client, Outcome};
 
 /// Arguments of `edgerep bench replicate`.
@@ -497,7 +497,7 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
     // 1. Raw redb, before (and again after) the nodes run; the higher is the reference.
     let raw_event = vec![0x5au8; event_len];
     let raw_limit = || {
-        raw_redb(
+        edgerep_store::bench::raw_redb_throughput(
             dir.path(),
             &raw_event,
             value.as_bytes(),
