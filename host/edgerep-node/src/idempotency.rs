@@ -116,9 +116,21 @@ impl Extra {
         let mut buf = Vec::new();
         let mut e = Encoder::new(&mut buf);
         // Writing into a Vec cannot fail.
-        let _ = e.array(2).and_then(|e| e.array(self.indexes.len() as u64));
-        for i in &self.indexes {
-            let _ = e.u64(*i);
+        let _ = e.array(2);
+        // Writes committed one for one, in order (no transform dropped or split one): just
+        // their number.
+        if self
+            .indexes
+            .iter()
+            .copied()
+            .eq(0..self.indexes.len() as u64)
+        {
+            let _ = e.u64(self.indexes.len() as u64);
+        } else {
+            let _ = e.array(self.indexes.len() as u64);
+            for i in &self.indexes {
+                let _ = e.u64(*i);
+            }
         }
         let _ = e.str(&Json::Array(self.rejected.clone()).to_string());
         buf
@@ -130,11 +142,20 @@ impl Extra {
         if d.array().map_err(bad)? != Some(2) {
             return Err("idempotency answer: expected 2 fields".into());
         }
-        let n = d.array().map_err(bad)?.ok_or("indefinite list")?;
-        let mut indexes = Vec::new();
-        for _ in 0..n {
-            indexes.push(d.u64().map_err(bad)?);
-        }
+        let indexes = if d.datatype().map_err(bad)? == minicbor::data::Type::Array {
+            let n = d.array().map_err(bad)?.ok_or("indefinite list")?;
+            let mut indexes = Vec::new();
+            for _ in 0..n {
+                indexes.push(d.u64().map_err(bad)?);
+            }
+            indexes
+        } else {
+            let n = d.u64().map_err(bad)?;
+            if n > u64::from(u32::MAX) {
+                return Err(format!("idempotency answer: {n} writes"));
+            }
+            (0..n).collect()
+        };
         let rejected = match serde_json::from_str(d.str().map_err(bad)?) {
             Ok(Json::Array(list)) => list,
             _ => return Err("idempotency answer: rejected writes are not a JSON list".into()),
@@ -178,5 +199,35 @@ pub(crate) fn lookup(
                 ),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_round_trip_and_writes_in_order_are_just_counted() {
+        let in_order = Extra {
+            indexes: (0..100).collect(),
+            rejected: vec![],
+        };
+        let bytes = in_order.encode();
+        assert!(
+            bytes.len() < 10,
+            "100 writes in order took {} bytes",
+            bytes.len()
+        );
+        assert_eq!(Extra::decode(&bytes).unwrap(), in_order);
+        let reordered = Extra {
+            indexes: vec![0, 2, 2, 5],
+            rejected: vec![json!({"index": 1, "reason": "filtered"})],
+        };
+        assert_eq!(Extra::decode(&reordered.encode()).unwrap(), reordered);
+        assert_eq!(
+            Extra::decode(&Extra::default().encode()).unwrap(),
+            Extra::default()
+        );
+        assert!(Extra::decode(&bytes[..1]).is_err());
     }
 }

@@ -86,7 +86,12 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// `[body, at_ms, runs, extra]`, the commits as runs `[seq, physical, logical, position,
+    /// count]` of commits one after another (seq, position and the HLC's logical part each one
+    /// more than the last, same physical time): a request's writes committed in one
+    /// transaction are usually one run, so a record of a 100-write batch stays small.
     fn encode(&self) -> Vec<u8> {
+        let runs = runs(&self.committed);
         let mut buf = Vec::new();
         let mut e = Encoder::new(&mut buf);
         // Writing into a Vec cannot fail.
@@ -94,14 +99,15 @@ impl Recorded {
             .array(4)
             .and_then(|e| e.bytes(&self.body))
             .and_then(|e| e.u64(self.at_ms))
-            .and_then(|e| e.array(self.committed.len() as u64));
-        for c in &self.committed {
+            .and_then(|e| e.array(runs.len() as u64));
+        for (c, count) in runs {
             let _ = e
-                .array(4)
+                .array(5)
                 .and_then(|e| e.u64(c.seq))
                 .and_then(|e| e.u64(c.hlc.physical_ms))
                 .and_then(|e| e.u32(c.hlc.logical))
-                .and_then(|e| e.u64(c.position));
+                .and_then(|e| e.u64(c.position))
+                .and_then(|e| e.u64(count));
         }
         let _ = e.bytes(&self.extra);
         buf
@@ -125,18 +131,37 @@ impl Recorded {
             .ok_or("idempotency record: indefinite list")?;
         let mut committed = Vec::new();
         for _ in 0..n {
-            if d.array().map_err(bad)? != Some(4) {
-                return Err("idempotency record: expected a commit of 4 fields".into());
+            // A run of 5 fields; records written before runs hold single commits of 4.
+            let fields = d.array().map_err(bad)?;
+            if fields != Some(4) && fields != Some(5) {
+                return Err("idempotency record: expected a run of 5 fields".into());
             }
             let seq = d.u64().map_err(bad)?;
             let physical = d.u64().map_err(bad)?;
             let logical = d.u32().map_err(bad)?;
             let position = d.u64().map_err(bad)?;
-            committed.push(Committed {
-                seq,
-                hlc: Hlc::new(physical, logical),
-                position,
-            });
+            let count = if fields == Some(5) {
+                d.u64().map_err(bad)?
+            } else {
+                1
+            };
+            if count == 0 || count > MAX_RUN {
+                return Err(format!("idempotency record: a run of {count} commits"));
+            }
+            for i in 0..count {
+                let (Some(seq), Some(position), Some(logical)) = (
+                    seq.checked_add(i),
+                    position.checked_add(i),
+                    u32::try_from(i).ok().and_then(|i| logical.checked_add(i)),
+                ) else {
+                    return Err("idempotency record: a run overflows".into());
+                };
+                committed.push(Committed {
+                    seq,
+                    hlc: Hlc::new(physical, logical),
+                    position,
+                });
+            }
         }
         let extra = d.bytes().map_err(bad)?.to_vec();
         Ok(Recorded {
@@ -148,10 +173,38 @@ impl Recorded {
     }
 }
 
+/// Longest run a record may hold (more than any transaction commits).
+const MAX_RUN: u64 = 1 << 24;
+
+/// `commits` as runs: each run's first commit and how many follow it one after another.
+fn runs(commits: &[Committed]) -> Vec<(Committed, u64)> {
+    let mut out: Vec<(Committed, u64)> = Vec::new();
+    for c in commits {
+        if let Some((first, count)) = out.last_mut() {
+            let next = *count;
+            let follows = first.seq.checked_add(next) == Some(c.seq)
+                && first.position.checked_add(next) == Some(c.position)
+                && c.hlc.physical_ms == first.hlc.physical_ms
+                && u32::try_from(next)
+                    .ok()
+                    .and_then(|n| first.hlc.logical.checked_add(n))
+                    == Some(c.hlc.logical);
+            if follows && next < MAX_RUN {
+                *count += 1;
+                continue;
+            }
+        }
+        out.push((*c, 1));
+    }
+    out
+}
+
 /// The index in memory: key -> insertion number.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     by_key: Mutex<HashMap<String, u64>>,
+    /// The insertion number of the next record (one more than the table's last, ever).
+    next: std::sync::atomic::AtomicU64,
     /// The wall time (ms) from which the next commit looks for records past the window's time.
     next_expiry_ms: std::sync::atomic::AtomicU64,
 }
@@ -169,12 +222,15 @@ impl Index {
         table: &impl ReadableTable<u64, (&'static str, u64, &'static [u8])>,
     ) -> Result<Index, StoreError> {
         let mut by_key = HashMap::new();
+        let mut next = 1;
         for row in table.iter()? {
             let (n, v) = row?;
             by_key.insert(v.value().0.to_owned(), n.value());
+            next = n.value() + 1;
         }
         Ok(Index {
             by_key: Mutex::new(by_key),
+            next: std::sync::atomic::AtomicU64::new(next),
             next_expiry_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -202,6 +258,10 @@ impl Index {
         let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         for k in changes.removed {
             by_key.remove(&k);
+        }
+        if let Some(last) = changes.added.iter().map(|(_, n)| *n).max() {
+            self.next
+                .fetch_max(last + 1, std::sync::atomic::Ordering::Relaxed);
         }
         by_key.extend(changes.added);
     }
@@ -237,14 +297,21 @@ impl Index {
         wall_ms: u64,
     ) -> Result<Changes, StoreError> {
         let mut changes = Changes::default();
-        let first = table.last()?.map_or(1, |(k, _)| k.value() + 1);
-        for (n, r) in (first..).zip(receipts) {
-            if self.number(&r.key).is_some() || changes.added.iter().any(|(k, _)| *k == r.key) {
-                return Err(StoreError::KeyInUse {
-                    index: r.first,
-                    key: r.key.clone(),
-                });
+        {
+            let by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, r) in receipts.iter().enumerate() {
+                if by_key.contains_key(&r.key) || receipts[..i].iter().any(|o| o.key == r.key) {
+                    return Err(StoreError::KeyInUse {
+                        index: r.first,
+                        key: r.key.clone(),
+                    });
+                }
             }
+        }
+        // Numbers are taken from memory, not the table's last row: the index changes only
+        // after a commit, so a transaction that failed leaves them to the next.
+        let first = self.next.load(std::sync::atomic::Ordering::Relaxed);
+        for (n, r) in (first..).zip(receipts) {
             let committed = out
                 .get(r.first..r.first + r.count)
                 .ok_or_else(|| {
@@ -316,5 +383,110 @@ mod tests {
         };
         assert_eq!(Recorded::decode(&r.encode()).unwrap(), r);
         assert!(Recorded::decode(&r.encode()[..10]).is_err());
+    }
+
+    fn batch(n: u64, at: impl Fn(u64) -> Hlc) -> Recorded {
+        Recorded {
+            body: [1; 32],
+            at_ms: 5,
+            committed: (0..n)
+                .map(|i| Committed {
+                    seq: 10 + i,
+                    hlc: at(i),
+                    position: 700 + i,
+                })
+                .collect(),
+            extra: vec![],
+        }
+    }
+
+    #[test]
+    fn a_batch_committed_in_a_row_is_one_run_and_round_trips() {
+        let r = batch(100, |i| Hlc::new(1_790_000_000_000, i as u32));
+        let bytes = r.encode();
+        assert!(
+            bytes.len() < 80,
+            "a run of 100 commits took {} bytes",
+            bytes.len()
+        );
+        assert_eq!(Recorded::decode(&bytes).unwrap(), r);
+        // The clock's millisecond turning mid-batch starts a second run.
+        let r = batch(100, |i| {
+            if i < 60 {
+                Hlc::new(1_790_000_000_000, 7 + i as u32)
+            } else {
+                Hlc::new(1_790_000_000_001, (i - 60) as u32)
+            }
+        });
+        assert_eq!(runs(&r.committed).len(), 2);
+        assert_eq!(Recorded::decode(&r.encode()).unwrap(), r);
+        // Commits not one after another stay apart.
+        let mut r = batch(3, |i| Hlc::new(9, i as u32));
+        r.committed[1].position += 5;
+        assert_eq!(runs(&r.committed).len(), 3);
+        assert_eq!(Recorded::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn records_of_single_commits_still_decode_and_bad_runs_are_refused() {
+        // The earlier form: each commit alone, 4 fields.
+        let mut buf = Vec::new();
+        let mut e = Encoder::new(&mut buf);
+        e.array(4)
+            .unwrap()
+            .bytes(&[2; 32])
+            .unwrap()
+            .u64(8)
+            .unwrap()
+            .array(2)
+            .unwrap();
+        for (seq, position) in [(3u64, 40u64), (9, 41)] {
+            e.array(4)
+                .unwrap()
+                .u64(seq)
+                .unwrap()
+                .u64(99)
+                .unwrap()
+                .u32(0)
+                .unwrap()
+                .u64(position)
+                .unwrap();
+        }
+        e.bytes(&[]).unwrap();
+        let r = Recorded::decode(&buf).unwrap();
+        assert_eq!(
+            r.committed
+                .iter()
+                .map(|c| (c.seq, c.position))
+                .collect::<Vec<_>>(),
+            vec![(3, 40), (9, 41)]
+        );
+        // A run that would overflow, and an empty run.
+        for (seq, count) in [(u64::MAX, 2u64), (1, 0)] {
+            let mut buf = Vec::new();
+            let mut e = Encoder::new(&mut buf);
+            e.array(4)
+                .unwrap()
+                .bytes(&[2; 32])
+                .unwrap()
+                .u64(8)
+                .unwrap()
+                .array(1)
+                .unwrap();
+            e.array(5)
+                .unwrap()
+                .u64(seq)
+                .unwrap()
+                .u64(1)
+                .unwrap()
+                .u32(0)
+                .unwrap()
+                .u64(1)
+                .unwrap()
+                .u64(count)
+                .unwrap();
+            e.bytes(&[]).unwrap();
+            assert!(Recorded::decode(&buf).is_err(), "seq {seq} count {count}");
+        }
     }
 }

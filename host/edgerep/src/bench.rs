@@ -81,6 +81,7 @@ fn store_only(
     per_commit: usize,
     seconds: f64,
     fingerprints: bool,
+    keyed: bool,
 ) -> anyhow::Result<f64> {
     let node = NodeId::parse("bench-store")?;
     let path = dir.join("store-only.redb");
@@ -106,11 +107,30 @@ fn store_only(
                 meta: Default::default(),
             });
         }
-        store.commit_local(
-            std::mem::take(&mut writes),
-            &mut clock,
-            edgerep_node::committer::wall_ms(),
-        )?;
+        // With keys: one per write, as from single-write requests each with its key.
+        let receipts: Vec<edgerep_store::idempotency::Receipt> = if keyed {
+            (0..per_commit)
+                .map(|i| edgerep_store::idempotency::Receipt {
+                    key: format!("bench-key-{}", n - (per_commit - 1 - i) as u64),
+                    body: [7; 32],
+                    first: i,
+                    count: 1,
+                    extra: vec![0x82, 0x01, 0x62, b'[', b']'],
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        store
+            .commit_local_keyed(
+                std::mem::take(&mut writes),
+                &[],
+                &receipts,
+                edgerep_store::Sync::Immediate,
+                &mut clock,
+                edgerep_node::committer::wall_ms(),
+            )
+            .map_err(|e| e.error)?;
     }
     let eps = n as f64 / start.elapsed().as_secs_f64();
     drop(store);
@@ -301,12 +321,14 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             args.raw_commit_events,
             args.seconds,
             true,
+            false,
         )?);
         without = without.max(store_only(
             dir.path(),
             &value,
             args.raw_commit_events,
             args.seconds,
+            false,
             false,
         )?);
     }
@@ -372,6 +394,37 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         v.sort_by(f64::total_cmp);
         (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
     };
+    // The store's part of it, without HTTP or the committer's grouping: commits of 4 writes
+    // each with its key against the same without keys.
+    {
+        let (mut with_all, mut without_all, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 0..4 {
+            let (mut with, mut without) = (0f64, 0f64);
+            for keyed in [pair % 2 == 0, pair % 2 != 0] {
+                let eps = store_only(dir.path(), &value, 4, args.seconds, true, keyed)?;
+                if keyed {
+                    with = eps;
+                } else {
+                    without = eps;
+                }
+            }
+            with_all.push(with);
+            without_all.push(without);
+            ratios.push(with / without);
+        }
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let (with, without, ratio) = (
+            median(&mut with_all),
+            median(&mut without_all),
+            median(&mut ratios),
+        );
+        println!(
+            "idempotency keys in the store alone, 4 writes per durable commit, a key per write: {with:.0} events/s with, {without:.0} without (medians of 4 pairs); ratio per pair {}, median {ratio:.3} ({:+.1}%)",
+            shown.join(", "),
+            (ratio - 1.0) * 100.0
+        );
+        keys_cost.push(json!({"store_alone": true, "batch": 1, "per_commit": 4, "with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": ratio}));
+    }
     for (batch, clients) in [(1usize, 4usize), (100, 4)] {
         let (mut with_all, mut without_all, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for pair in 0..4 {
