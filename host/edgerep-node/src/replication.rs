@@ -59,7 +59,7 @@ use handshake::transformed_on_apply;
 pub use handshake::{fingerprint, policy};
 use status::Reports;
 pub use status::{ForkReport, PeerStatus, PeerTraffic, RefusalReport, ReplicationStatus};
-use store_log::StoreLog;
+pub use store_log::StoreLog;
 
 use crate::pipeline::Pipeline;
 use anti_entropy::AntiEntropy;
@@ -380,13 +380,16 @@ pub fn start(
     let declared = &config.collections.declared;
     let mut replicator = Replicator {
         core: Replica::new(local.clone(), core_config),
-        log: StoreLog {
-            store: store.clone(),
-            keys: keys.clone(),
-            sync_before_state: declared
+        log: {
+            let log = StoreLog::new(store.clone()).with_keys(keys.clone());
+            if declared
                 .iter()
-                .any(|c| c.durability == Durability::Periodic),
-            committer: committer.clone(),
+                .any(|c| c.durability == Durability::Periodic)
+            {
+                log.syncing_before_state(committer.clone())
+            } else {
+                log
+            }
         },
         store,
         retention: config.retention.clone(),

@@ -406,6 +406,20 @@ impl Store {
         Store::init(db, &path.display().to_string(), node, limits, rule)
     }
 
+    /// A store held in memory only (redb's in-memory backend), for simulations and tests: the
+    /// same tables, rules and checks as a file's, gone with the store.
+    pub fn open_in_memory(
+        node: &NodeId,
+        limits: EventLimits,
+    ) -> Result<(Store, Resume), StoreError> {
+        Store::open_with_backend(
+            redb::backends::InMemoryBackend::new(),
+            &format!("memory of {node}"),
+            node,
+            limits,
+        )
+    }
+
     /// Opens (or creates) the store kept in `backend`, a redb storage backend, for node `node`:
     /// the same as [`Store::open`] but on storage other than a plain file, for tests (an
     /// in-memory image, a disk that fails on demand) and tools. `name` stands for the storage in

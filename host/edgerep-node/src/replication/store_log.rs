@@ -4,16 +4,40 @@
 use super::*;
 
 /// The changelog and state as the replica reads them.
-pub(super) struct StoreLog {
-    pub(super) store: Arc<Store>,
+pub struct StoreLog {
+    store: Arc<Store>,
     /// This node's keys (its certificate goes with its seals, and peers' certificates learnt
     /// from their messages go with their origins' seals); `None` when it signs none.
     pub(super) keys: Option<Arc<crate::keys::NodeKeys>>,
-    /// Some collections commit without syncing: sync before reading a state page, so that a
-    /// snapshot never carries this node's own events a crash could take back.
-    pub(super) sync_before_state: bool,
-    /// Syncs (the store's writer is the committer's).
-    pub(super) committer: Committer,
+    /// Set when some collections commit without syncing: the committer syncs before a state
+    /// page is read, so that a snapshot never carries this node's own events a crash could
+    /// take back.
+    sync_before_state: Option<Committer>,
+}
+
+impl StoreLog {
+    /// The log over `store`, for a store whose every commit is durable and whose seals carry
+    /// no certificates (a node's store adds both with [`StoreLog::with_keys`] and
+    /// [`StoreLog::syncing_before_state`]; the simulation runs on this alone).
+    pub fn new(store: Arc<Store>) -> StoreLog {
+        StoreLog {
+            store,
+            keys: None,
+            sync_before_state: None,
+        }
+    }
+
+    /// Sends this node's certificate with its seals, and peers' certificates with theirs.
+    pub fn with_keys(mut self, keys: Option<Arc<crate::keys::NodeKeys>>) -> StoreLog {
+        self.keys = keys;
+        self
+    }
+
+    /// Has `committer` sync the store before each state page is read.
+    pub fn syncing_before_state(mut self, committer: Committer) -> StoreLog {
+        self.sync_before_state = Some(committer);
+        self
+    }
 }
 
 impl Log for StoreLog {
@@ -26,12 +50,10 @@ impl Log for StoreLog {
         let storage = |e: StoreError| LogError::Storage {
             reason: e.to_string(),
         };
-        if self.sync_before_state {
-            self.committer
-                .sync_blocking()
-                .map_err(|e| LogError::Storage {
-                    reason: format!("syncing before a state page: {e}"),
-                })?;
+        if let Some(committer) = &self.sync_before_state {
+            committer.sync_blocking().map_err(|e| LogError::Storage {
+                reason: format!("syncing before a state page: {e}"),
+            })?;
         }
         let page = self
             .store
