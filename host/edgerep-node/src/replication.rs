@@ -407,7 +407,6 @@ pub fn start(
         peers: peers.clone(),
         status: status.clone(),
         started: Instant::now(),
-        have: BTreeMap::new(),
         acked: BTreeMap::new(),
         dirty: BTreeMap::new(),
         last_contact: BTreeMap::new(),
@@ -562,7 +561,6 @@ struct Replicator {
     peers: Vec<(NodeId, String)>,
     status: Arc<Mutex<ReplicationStatus>>,
     started: Instant,
-    have: BTreeMap<NodeId, u64>,
     acked: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     dirty: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     last_contact: BTreeMap<NodeId, u64>,
@@ -612,16 +610,17 @@ impl Replicator {
         }
     }
 
-    /// Haves only grow; a report older than one already taken changes nothing.
+    /// Haves only grow; a report older than one already taken changes nothing. The core holds
+    /// the local have; this driver reads it there.
     fn set_have(&mut self, have: &Have) {
-        for (origin, &seq) in have {
-            let held = self.have.entry(origin.clone()).or_insert(0);
-            if seq > *held {
-                *held = seq;
-                self.anti_entropy.changed_here();
-            }
+        let held = self.core.local_have();
+        if have
+            .iter()
+            .any(|(origin, &seq)| seq > held.get(origin).copied().unwrap_or(0))
+        {
+            self.anti_entropy.changed_here();
         }
-        self.core.set_local_have(&self.have);
+        self.core.set_local_have(have);
         self.check_origin();
     }
 
@@ -633,7 +632,7 @@ impl Replicator {
             return;
         };
         let local = self.core.local();
-        let held = self.have.get(local).copied().unwrap_or(0);
+        let held = self.core.local_have().get(local).copied().unwrap_or(0);
         let confirmed = self.origin_claims.iter().find(|&(_, &claim)| claim <= held);
         match confirmed {
             Some((peer, claim)) => {
@@ -731,7 +730,7 @@ impl Replicator {
         let held: Vec<&EncodedEvent> = events
             .iter()
             .filter(|e| {
-                e.seq <= self.have.get(&e.origin).copied().unwrap_or(0)
+                e.seq <= self.core.local_have().get(&e.origin).copied().unwrap_or(0)
                     && e.seq > compacted.get(&e.origin).copied().unwrap_or(0)
             })
             .collect();
@@ -877,7 +876,7 @@ impl Replicator {
             })
             .collect();
         let mut floors = Have::new();
-        for (origin, &held) in &self.have {
+        for (origin, &held) in self.core.local_have() {
             let mut floor = held.saturating_sub(self.retention.keep_events);
             for peer in &counted {
                 let acked = self.acked.get(*peer).and_then(|h| h.get(origin));
@@ -1295,7 +1294,7 @@ impl Replicator {
                     let admission = crate::apply::Admission {
                         config: &self.config,
                         local: self.core.local(),
-                        have: &self.have,
+                        have: self.core.local_have(),
                         own_claims: &own_claims,
                         from: &peer,
                         pipeline: &self.pipeline,
@@ -1546,7 +1545,7 @@ impl Replicator {
     fn lag_seconds(&self, acked: &BTreeMap<NodeId, u64>) -> f64 {
         let now = wall_ms();
         let mut oldest: Option<u64> = None;
-        for (origin, &held) in &self.have {
+        for (origin, &held) in self.core.local_have() {
             let theirs = acked.get(origin).copied().unwrap_or(0);
             if held > theirs
                 && let Ok(events) = self.store.changelog(origin.as_str(), theirs, 1)
@@ -1567,7 +1566,8 @@ impl Replicator {
             .map(|(id, address)| {
                 let acked = self.acked.get(id).unwrap_or(&empty);
                 let lag_events = self
-                    .have
+                    .core
+                    .local_have()
                     .iter()
                     .map(|(o, &s)| s.saturating_sub(acked.get(o).copied().unwrap_or(0)))
                     .sum();

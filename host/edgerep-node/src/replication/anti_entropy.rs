@@ -348,10 +348,10 @@ impl Replicator {
             _ => false,
         };
         let acked = self.acked.get(peer);
-        let caught_up = self
-            .have
-            .iter()
-            .all(|(o, &s)| o == peer || acked.and_then(|a| a.get(o)).copied().unwrap_or(0) >= s);
+        let caught_up =
+            self.core.local_have().iter().all(|(o, &s)| {
+                o == peer || acked.and_then(|a| a.get(o)).copied().unwrap_or(0) >= s
+            });
         let still = |at: Option<&Instant>| at.is_none_or(|at| at.elapsed() >= QUIET);
         overdue
             || (caught_up
@@ -536,7 +536,9 @@ impl Replicator {
                 let (versions, proofs): (Vec<_>, Vec<_>) = versions
                     .into_iter()
                     .zip(proofs)
-                    .filter(|(v, _)| self.have.get(&v.origin).copied().unwrap_or(0) >= v.seq)
+                    .filter(|(v, _)| {
+                        self.core.local_have().get(&v.origin).copied().unwrap_or(0) >= v.seq
+                    })
                     .unzip();
                 // In collections with transforms on apply, the state holds what this node's
                 // transforms make of each version, as when the event first came.
