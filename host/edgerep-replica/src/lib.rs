@@ -35,7 +35,6 @@
 //! assert!(to == b && matches!(hello, Message::Hello(_)));
 //! ```
 
-mod cbor;
 mod fingerprint;
 mod have;
 mod log;

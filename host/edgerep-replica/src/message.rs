@@ -42,9 +42,9 @@ use edgerep_wire::seal::{MAX_CERT_BYTES, MAX_PATH_HASHES, MAX_SIGNATURE_BYTES, P
 use edgerep_wire::{NodeId, Seal};
 use minicbor::Encoder;
 
-use crate::cbor::Reader;
 use crate::reconcile::{MAX_KEYS, MAX_RANGES, RangeFingerprint, RangeItems};
 use edgerep_wire::aae::{KeyResolution, LEAF_LEVEL, Node, bucket_of};
+use edgerep_wire::cbor::{CborError, Reader};
 
 /// The protocol version this code speaks.
 pub const PROTOCOL_VERSION: u32 = 6;
@@ -324,6 +324,17 @@ pub enum DecodeError {
         /// How many.
         count: usize,
     },
+}
+
+impl From<CborError> for DecodeError {
+    fn from(e: CborError) -> DecodeError {
+        match e {
+            CborError::Malformed { what, reason } => DecodeError::Malformed { what, reason },
+            CborError::NonCanonical { what } => DecodeError::NonCanonical { what },
+            CborError::Invalid { what, reason } => DecodeError::Invalid { what, reason },
+            CborError::TrailingBytes { count } => DecodeError::TrailingBytes { count },
+        }
+    }
 }
 
 impl Message {

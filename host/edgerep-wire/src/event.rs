@@ -105,7 +105,9 @@ impl fmt::Debug for NodeId {
 
 use std::collections::BTreeMap;
 
-use minicbor::{Decoder, Encoder};
+use minicbor::Encoder;
+
+use crate::cbor::Reader;
 
 use crate::hlc::Hlc;
 use crate::value::{DecodeLimits, Value, ValueError, canonical_item_len};
@@ -291,6 +293,24 @@ impl From<minicbor::decode::Error> for DecodeError {
     }
 }
 
+impl From<crate::cbor::CborError> for DecodeError {
+    fn from(e: crate::cbor::CborError) -> DecodeError {
+        use crate::cbor::CborError;
+        match e {
+            CborError::NonCanonical { .. } => DecodeError::NonCanonical,
+            CborError::Invalid { what, reason } => {
+                DecodeError::Invalid(format!("{what}: {reason}"))
+            }
+            CborError::Malformed { what, reason } => {
+                DecodeError::Malformed(format!("{what}: {reason}"))
+            }
+            CborError::TrailingBytes { count } => {
+                DecodeError::Malformed(format!("{count} trailing bytes after the event"))
+            }
+        }
+    }
+}
+
 impl From<EventError> for DecodeError {
     fn from(e: EventError) -> DecodeError {
         DecodeError::Invalid(e.to_string())
@@ -319,6 +339,16 @@ fn canonical_text_order<'a, V>(entries: impl Iterator<Item = (&'a str, V)>) -> V
     let mut v: Vec<_> = entries.collect();
     v.sort_by(|a, b| (a.0.len(), a.0.as_bytes()).cmp(&(b.0.len(), b.0.as_bytes())));
     v
+}
+
+/// Errors unless `key` comes after `last` in deterministic order (shorter first, then
+/// bytewise); `duplicate` names an equal one.
+fn in_text_order(last: Option<&str>, key: &str, duplicate: &str) -> Result<(), DecodeError> {
+    match last.map(|l| (l.len(), l.as_bytes()).cmp(&(key.len(), key.as_bytes()))) {
+        Some(std::cmp::Ordering::Equal) => Err(DecodeError::Invalid(duplicate.into())),
+        Some(std::cmp::Ordering::Greater) => Err(DecodeError::NonCanonical),
+        _ => Ok(()),
+    }
 }
 
 impl Event {
@@ -410,10 +440,12 @@ impl Event {
                 limits.max_event_bytes
             )));
         }
-        let mut d = Decoder::new(bytes);
-        let fields = d
-            .map()?
-            .ok_or_else(|| DecodeError::Malformed("indefinite-length map".into()))?;
+        // One strict pass: every head the shortest, every length definite, fields and map keys
+        // in deterministic order, optional fields present only when the encoder writes them.
+        // What it accepts is exactly what `encode` gives back (checked in debug builds and by
+        // `strict_decoding_accepts_exactly_the_encoder_s_bytes`), so nothing is re-encoded.
+        let mut r = Reader::new(bytes);
+        let fields = r.map("event")?;
         let mut format = None;
         let mut collection = None;
         let mut key = None;
@@ -428,20 +460,20 @@ impl Event {
         let mut extra = BTreeMap::new();
         let mut previous: Option<u64> = None;
         for _ in 0..fields {
-            let number = d.u64()?;
+            let number = r.u64("field number")?;
             if previous.is_some_and(|p| p >= number) {
                 return Err(DecodeError::NonCanonical);
             }
             previous = Some(number);
             match number {
-                field::FORMAT => format = Some(d.u64()?),
+                field::FORMAT => format = Some(r.u64("format")?),
                 field::COLLECTION => {
-                    let name = d.str()?;
+                    let name = r.str("collection")?;
                     check_collection_name(name)?;
                     collection = Some(name.to_owned());
                 }
                 field::KEY => {
-                    let k = d.bytes()?;
+                    let k = r.bytes("key")?;
                     if k.is_empty() {
                         return Err(DecodeError::Invalid("empty key".into()));
                     }
@@ -455,7 +487,7 @@ impl Event {
                     key = Some(k.to_vec());
                 }
                 field::OP => {
-                    op = Some(match d.u64()? {
+                    op = Some(match r.u64("op")? {
                         0 => Op::Put,
                         1 => Op::Delete,
                         other => {
@@ -464,16 +496,14 @@ impl Event {
                     })
                 }
                 field::VALUE | field::FIRST_UNKNOWN.. => {
-                    let start = d.position();
-                    let len =
-                        canonical_item_len(&bytes[start..], &limits.value).map_err(|source| {
-                            DecodeError::Value {
-                                field: number,
-                                source,
-                            }
-                        })?;
-                    let item = Value::from_canonical_unchecked(bytes[start..start + len].to_vec());
-                    d.set_position(start + len);
+                    let len = canonical_item_len(r.rest(), &limits.value).map_err(|source| {
+                        DecodeError::Value {
+                            field: number,
+                            source,
+                        }
+                    })?;
+                    let item = Value::from_canonical_unchecked(r.rest()[..len].to_vec());
+                    r.skip(len, "value")?;
                     if number == field::VALUE {
                         value = Some(item);
                     } else {
@@ -481,20 +511,24 @@ impl Event {
                     }
                 }
                 field::HLC => {
-                    if d.array()? != Some(2) {
-                        return Err(DecodeError::Malformed(
-                            "hlc is not a 2-element array".into(),
-                        ));
-                    }
-                    hlc = Some(Hlc::new(d.u64()?, d.u32()?));
+                    r.array_of(2, "hlc")?;
+                    hlc = Some(Hlc::new(r.u64("hlc time")?, r.u32("hlc counter")?));
                 }
-                field::ORIGIN => origin = Some(NodeId::parse(d.str()?)?),
-                field::SEQ => seq = Some(d.u64()?),
-                field::SCHEMA => schema = d.u32()?,
+                field::ORIGIN => origin = Some(NodeId::parse(r.str("origin")?)?),
+                field::SEQ => seq = Some(r.u64("seq")?),
+                field::SCHEMA => {
+                    schema = r.u32("schema")?;
+                    // The encoder leaves schema 0 out.
+                    if schema == 0 {
+                        return Err(DecodeError::NonCanonical);
+                    }
+                }
                 field::META => {
-                    let n = d
-                        .map()?
-                        .ok_or_else(|| DecodeError::Malformed("indefinite-length map".into()))?;
+                    let n = r.map("metadata")?;
+                    if n == 0 {
+                        // The encoder leaves empty metadata out.
+                        return Err(DecodeError::NonCanonical);
+                    }
                     if n as usize > limits.max_meta_entries {
                         return Err(DecodeError::TooLarge(format!(
                             "{n} metadata entries, over the limit of {}",
@@ -502,9 +536,12 @@ impl Event {
                         )));
                     }
                     let mut meta_bytes = 0usize;
+                    let mut last: Option<&str> = None;
                     for _ in 0..n {
-                        let k = d.str()?.to_owned();
-                        let v = d.str()?.to_owned();
+                        let k = r.str("metadata key")?;
+                        let v = r.str("metadata value")?;
+                        in_text_order(last, k, "duplicate metadata key")?;
+                        last = Some(k);
                         meta_bytes = meta_bytes.saturating_add(k.len() + v.len());
                         if meta_bytes > limits.max_meta_bytes {
                             return Err(DecodeError::TooLarge(format!(
@@ -512,37 +549,36 @@ impl Event {
                                 limits.max_meta_bytes
                             )));
                         }
-                        if meta.insert(k, v).is_some() {
-                            return Err(DecodeError::Invalid("duplicate metadata key".into()));
-                        }
+                        meta.insert(k.to_owned(), v.to_owned());
                     }
                 }
                 field::CONTEXT => {
-                    let n = d
-                        .map()?
-                        .ok_or_else(|| DecodeError::Malformed("indefinite-length map".into()))?;
+                    let n = r.map("causal context")?;
+                    if n == 0 {
+                        // The encoder leaves an empty context out.
+                        return Err(DecodeError::NonCanonical);
+                    }
                     if n as usize > limits.max_context_entries {
                         return Err(DecodeError::TooLarge(format!(
                             "{n} causal context entries, over the limit of {}",
                             limits.max_context_entries
                         )));
                     }
+                    let mut last: Option<&str> = None;
                     for _ in 0..n {
-                        let origin = NodeId::parse(d.str()?)?;
-                        let s = d.u64()?;
-                        if context.0.insert(origin, s).is_some() {
-                            return Err(DecodeError::Invalid(
-                                "duplicate causal context origin".into(),
-                            ));
-                        }
+                        let name = r.str("causal context origin")?;
+                        in_text_order(last, name, "duplicate causal context origin")?;
+                        last = Some(name);
+                        let s = r.u64("causal context sequence number")?;
+                        context.0.insert(NodeId::parse(name)?, s);
                     }
                 }
             }
         }
-        if d.position() != bytes.len() {
+        if r.remaining() > 0 {
             return Err(DecodeError::Malformed(format!(
                 "trailing bytes after the event at byte {}",
-                d.position()
+                r.position()
             )));
         }
         let missing = |name: &str| DecodeError::Invalid(format!("missing field {name}"));
@@ -561,10 +597,10 @@ impl Event {
             extra,
         };
         event.check()?;
-        // The universal determinism check: re-encoding must give back the same bytes.
-        if event.encode() != bytes {
-            return Err(DecodeError::NonCanonical);
-        }
+        debug_assert!(
+            event.encode() == bytes,
+            "the strict decoder accepted bytes the encoder does not give"
+        );
         Ok(event)
     }
 

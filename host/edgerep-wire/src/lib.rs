@@ -5,6 +5,7 @@
 //! inputs, so the same event is the same bytes on every node.
 
 pub mod aae;
+pub mod cbor;
 pub mod encoded;
 pub mod event;
 pub mod hlc;
