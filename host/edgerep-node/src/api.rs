@@ -737,7 +737,7 @@ fn trace_header(headers: &HeaderMap) -> Result<Option<ClientTrace>, ApiError> {
     };
     crate::trace::Traces::parse_header(text)
         .map(Some)
-        .map_err(|e| ApiError::bad_request("bad_traceparent", e))
+        .map_err(|e| ApiError::bad_request("bad_traceparent", e.to_string()))
 }
 
 /// The text of header `name`, if the request has it; refused as `kind` when it is not visible

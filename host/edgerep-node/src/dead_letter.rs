@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use edgerep_store::LocalWrite;
+use edgerep_wire::cbor::{CborError, Reader};
 use edgerep_wire::value::{DecodeLimits, canonical_item_len};
 use edgerep_wire::{Op, Value};
-use minicbor::{Decoder, Encoder};
+use minicbor::Encoder;
 use serde_json::{Value as Json, json};
 
 /// Where in the node the plugin failed: a transform on ingest (a local write; replay commits it).
@@ -82,59 +83,55 @@ impl DeadLetter {
         buf
     }
 
-    /// Reads a record written by [`DeadLetter::encode`].
-    pub fn decode(bytes: &[u8]) -> Result<DeadLetter, String> {
-        let err = |e: minicbor::decode::Error| format!("dead-letter record: {e}");
-        let mut d = Decoder::new(bytes);
-        let n = d
-            .map()
-            .map_err(err)?
-            .ok_or("dead-letter record: indefinite map")?;
+    /// Reads a record written by [`DeadLetter::encode`] (with the strict reader: a record is
+    /// this node's own writing, so anything else is damage).
+    pub fn decode(bytes: &[u8]) -> Result<DeadLetter, CborError> {
+        let bad = |reason: String| CborError::Invalid {
+            what: "dead-letter record".into(),
+            reason,
+        };
+        let mut r = Reader::new(bytes);
+        let n = r.map("dead-letter record")?;
         let mut f: BTreeMap<String, Field> = BTreeMap::new();
         for _ in 0..n {
-            let name = d.str().map_err(err)?.to_owned();
+            let name = r.str("dead-letter field name")?.to_owned();
             let field = match name.as_str() {
-                "v" | "schema" | "fuel_used" | "at_ms" => Field::U(d.u64().map_err(err)?),
-                "key" | "event" => Field::B(d.bytes().map_err(err)?.to_vec()),
+                "v" | "schema" | "fuel_used" | "at_ms" => Field::U(r.u64("dead-letter number")?),
+                "key" | "event" => Field::B(r.bytes("dead-letter bytes")?.to_vec()),
                 "value" => {
-                    let start = d.position();
-                    let len = canonical_item_len(&bytes[start..], &DecodeLimits::default())
-                        .map_err(|e| format!("dead-letter value: {e}"))?;
-                    d.set_position(start + len);
-                    Field::V(
-                        Value::from_canonical(
-                            bytes[start..start + len].to_vec(),
-                            &DecodeLimits::default(),
-                        )
-                        .map_err(|e| format!("dead-letter value: {e}"))?,
-                    )
+                    let len = canonical_item_len(r.rest(), &DecodeLimits::default())
+                        .map_err(|e| bad(format!("value: {e}")))?;
+                    let value =
+                        Value::from_canonical(r.rest()[..len].to_vec(), &DecodeLimits::default())
+                            .map_err(|e| bad(format!("value: {e}")))?;
+                    r.skip(len, "dead-letter value")?;
+                    Field::V(value)
                 }
                 "meta" => {
-                    let m = d.map().map_err(err)?.unwrap_or(0);
+                    let m = r.map("dead-letter metadata")?;
                     let mut meta = BTreeMap::new();
                     for _ in 0..m {
-                        let k = d.str().map_err(err)?.to_owned();
-                        meta.insert(k, d.str().map_err(err)?.to_owned());
+                        let k = r.str("dead-letter metadata key")?.to_owned();
+                        meta.insert(k, r.str("dead-letter metadata value")?.to_owned());
                     }
                     Field::M(meta)
                 }
-                _ => Field::S(d.str().map_err(err)?.to_owned()),
+                _ => Field::S(r.str("dead-letter text")?.to_owned()),
             };
             f.insert(name, field);
         }
+        r.finish()?;
         let text = |f: &mut BTreeMap<String, Field>, k: &str| match f.remove(k) {
             Some(Field::S(s)) => Ok(s),
-            _ => Err(format!("dead-letter record: missing {k}")),
+            _ => Err(bad(format!("missing {k}"))),
         };
         let num = |f: &mut BTreeMap<String, Field>, k: &str| match f.remove(k) {
             Some(Field::U(u)) => Ok(u),
-            _ => Err(format!("dead-letter record: missing {k}")),
+            _ => Err(bad(format!("missing {k}"))),
         };
         let version = num(&mut f, "v")?;
         if version != VERSION {
-            return Err(format!(
-                "dead-letter record version {version} is not supported"
-            ));
+            return Err(bad(format!("version {version} is not supported")));
         }
         let op = text(&mut f, "op")?;
         let value = match f.remove("value") {
@@ -142,11 +139,11 @@ impl DeadLetter {
             _ => None,
         };
         if (op == "put") != value.is_some() {
-            return Err("dead-letter record: op and value disagree".into());
+            return Err(bad("op and value disagree".into()));
         }
         let key = match f.remove("key") {
             Some(Field::B(b)) => b,
-            _ => return Err("dead-letter record: missing key".into()),
+            _ => return Err(bad("missing key".into())),
         };
         let event = match f.remove("event") {
             Some(Field::B(b)) => b,
@@ -163,7 +160,7 @@ impl DeadLetter {
                 key,
                 value,
                 schema: u32::try_from(num(&mut f, "schema")?)
-                    .map_err(|_| "dead-letter record: schema too large")?,
+                    .map_err(|_| bad("schema too large".into()))?,
                 meta,
             },
             plugin: text(&mut f, "plugin")?,

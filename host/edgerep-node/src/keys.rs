@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use edgerep_config::Config;
 use edgerep_transport::certs::Identity;
-use edgerep_transport::seal::{NodeKey, Signer, Verifier};
+use edgerep_transport::seal::{NodeKey, SealError, Signer, Verifier};
 use edgerep_wire::NodeId;
 
 /// Signs and verifies seals (see the module docs).
@@ -38,14 +38,26 @@ impl std::fmt::Debug for NodeKeys {
     }
 }
 
+/// Why a node's keys could not be made from its identity.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeysError {
+    /// The signing key or the CA's roots are unusable.
+    #[error("seal keys: {0}")]
+    Keys(#[from] SealError),
+    /// The node's own certificate does not check against its CA.
+    #[error("this node's own certificate: {0}")]
+    OwnCert(SealError),
+}
+
 impl NodeKeys {
     /// The keys of `identity`, with the revocations of `config`.
-    pub fn new(identity: &Identity, config: &Config) -> Result<NodeKeys, String> {
-        let signer = Signer::new(identity).map_err(|e| e.to_string())?;
-        let verifier = Verifier::new(identity).map_err(|e| e.to_string())?;
+    pub fn new(identity: &Identity, config: &Config) -> Result<NodeKeys, KeysError> {
+        let signer = Signer::new(identity)?;
+        let verifier = Verifier::new(identity)?;
         let own = verifier
             .check_cert(signer.cert())
-            .map_err(|e| format!("this node's own certificate: {e}"))?;
+            .map_err(KeysError::OwnCert)?;
         let node = own.node.clone();
         let known = Mutex::new(BTreeMap::from([(
             node.clone(),

@@ -70,9 +70,18 @@ pub enum NodeError {
     /// A plugin could not be loaded or does not fit how the config uses it.
     #[error("plugin: {0}")]
     Plugin(String),
-    /// Replication could not start (TLS identity, listener).
+    /// Replication could not start (listener, peers).
     #[error("{0}")]
     Replication(String),
+    /// Tracing could not start.
+    #[error(transparent)]
+    Trace(#[from] trace::TraceError),
+    /// This node's TLS identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] replication::IdentityError),
+    /// This node's seal keys could not be made from its identity.
+    #[error(transparent)]
+    Keys(#[from] keys::KeysError),
     /// The HTTP server failed.
     #[error("api server failed: {0}")]
     Serve(std::io::Error),
@@ -201,7 +210,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         source,
     })?;
     let guard = Arc::new(api::Guard::from_config(&config).map_err(NodeError::Config)?);
-    let traces = Arc::new(trace::Traces::new(&config).map_err(NodeError::Config)?);
+    let traces = Arc::new(trace::Traces::new(&config)?);
     // The addresses first: a start that fails on a port in use must not have opened the store,
     // whose check at open would fix (and so no longer report) damage it found.
     ports_free(&config)?;
@@ -209,8 +218,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // before the store too, for the same reason).
     let node_keys = match (&config.replication.tls, config.replication.authenticate) {
         (Some(_), true) => {
-            let identity = replication::load_identity(&config).map_err(NodeError::Replication)?;
-            Some(keys::NodeKeys::new(&identity, &config).map_err(NodeError::Replication)?)
+            let identity = replication::load_identity(&config)?;
+            Some(keys::NodeKeys::new(&identity, &config)?)
         }
         _ => None,
     };

@@ -60,9 +60,28 @@ pub struct CommitSpan {
     pub trace_id: String,
 }
 
+/// Why tracing could not start, or a client's trace header was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraceError {
+    /// The OTLP exporter could not be built for the configured endpoint.
+    #[error("tracing.otlp_endpoint {endpoint:?}: {reason}")]
+    Exporter {
+        /// The configured endpoint.
+        endpoint: String,
+        /// What the exporter said.
+        reason: String,
+    },
+    /// A `traceparent` header that is not a W3C trace context.
+    #[error(
+        "traceparent {0:?} is not a W3C trace context (00-<32 hex trace id>-<16 hex span id>-<2 hex flags>, ids not all zero)"
+    )]
+    BadHeader(String),
+}
+
 impl Traces {
     /// Exports spans to `config.tracing.otlp_endpoint` if set (batched, every 500 ms).
-    pub fn new(config: &edgerep_config::Config) -> Result<Traces, String> {
+    pub fn new(config: &edgerep_config::Config) -> Result<Traces, TraceError> {
         let node = config.node.id.to_string();
         let Some(endpoint) = &config.tracing.otlp_endpoint else {
             return Ok(Traces {
@@ -76,7 +95,10 @@ impl Traces {
             .with_endpoint(endpoint.clone())
             .with_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| format!("tracing.otlp_endpoint {endpoint:?}: {e}"))?;
+            .map_err(|e| TraceError::Exporter {
+                endpoint: endpoint.clone(),
+                reason: e.to_string(),
+            })?;
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
                 BatchConfigBuilder::default()
@@ -109,12 +131,10 @@ impl Traces {
     }
 
     /// The client's `traceparent` header checked: Err names what is wrong.
-    pub fn parse_header(value: &str) -> Result<ClientTrace, String> {
+    pub fn parse_header(value: &str) -> Result<ClientTrace, TraceError> {
         let cx = extract(value);
         if !cx.span().span_context().is_valid() {
-            return Err(format!(
-                "traceparent {value:?} is not a W3C trace context (00-<32 hex trace id>-<16 hex span id>-<2 hex flags>, ids not all zero)"
-            ));
+            return Err(TraceError::BadHeader(value.to_owned()));
         }
         Ok(ClientTrace {
             cx,
@@ -267,7 +287,14 @@ mod tests {
             "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             let e = Traces::parse_header(bad).unwrap_err();
-            assert!(e.contains("not a W3C trace context"), "{bad}: {e}");
+            assert!(
+                matches!(&e, TraceError::BadHeader(h) if h == bad),
+                "{bad}: {e}"
+            );
+            assert!(
+                e.to_string().contains("not a W3C trace context"),
+                "{bad}: {e}"
+            );
         }
     }
 }
