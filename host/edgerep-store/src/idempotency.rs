@@ -19,7 +19,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use minicbor::{Decoder, Encoder};
+use edgerep_wire::cbor::{CborError, Reader};
+use minicbor::Encoder;
 use redb::{ReadableTable, Table, TableDefinition};
 
 use crate::{Committed, StoreError, corrupt};
@@ -113,40 +114,33 @@ impl Recorded {
         buf
     }
 
-    fn decode(bytes: &[u8]) -> Result<Recorded, String> {
-        let mut d = Decoder::new(bytes);
-        let bad = |e: minicbor::decode::Error| format!("idempotency record: {e}");
-        if d.array().map_err(bad)? != Some(4) {
-            return Err("idempotency record: expected 4 fields".into());
-        }
-        let body: [u8; 32] = d
-            .bytes()
-            .map_err(bad)?
+    fn decode(bytes: &[u8]) -> Result<Recorded, CborError> {
+        let bad = |reason: String| CborError::Invalid {
+            what: "idempotency record".into(),
+            reason,
+        };
+        let mut r = Reader::new(bytes);
+        r.array_of(4, "idempotency record")?;
+        let body: [u8; 32] = r
+            .bytes("idempotency body hash")?
             .try_into()
-            .map_err(|_| "idempotency record: body hash is not 32 bytes".to_owned())?;
-        let at_ms = d.u64().map_err(bad)?;
-        let n = d
-            .array()
-            .map_err(bad)?
-            .ok_or("idempotency record: indefinite list")?;
+            .map_err(|_| bad("body hash is not 32 bytes".into()))?;
+        let at_ms = r.u64("idempotency time")?;
+        let n = r.array("idempotency commits")?;
         let mut committed = Vec::new();
         for _ in 0..n {
             // A run of 5 fields; records written before runs hold single commits of 4.
-            let fields = d.array().map_err(bad)?;
-            if fields != Some(4) && fields != Some(5) {
-                return Err("idempotency record: expected a run of 5 fields".into());
+            let fields = r.array("idempotency run")?;
+            if fields != 4 && fields != 5 {
+                return Err(bad(format!("a run of {fields} fields")));
             }
-            let seq = d.u64().map_err(bad)?;
-            let physical = d.u64().map_err(bad)?;
-            let logical = d.u32().map_err(bad)?;
-            let position = d.u64().map_err(bad)?;
-            let count = if fields == Some(5) {
-                d.u64().map_err(bad)?
-            } else {
-                1
-            };
+            let seq = r.u64("run seq")?;
+            let physical = r.u64("run hlc time")?;
+            let logical = r.u32("run hlc counter")?;
+            let position = r.u64("run position")?;
+            let count = if fields == 5 { r.u64("run length")? } else { 1 };
             if count == 0 || count > MAX_RUN {
-                return Err(format!("idempotency record: a run of {count} commits"));
+                return Err(bad(format!("a run of {count} commits")));
             }
             for i in 0..count {
                 let (Some(seq), Some(position), Some(logical)) = (
@@ -154,7 +148,7 @@ impl Recorded {
                     position.checked_add(i),
                     u32::try_from(i).ok().and_then(|i| logical.checked_add(i)),
                 ) else {
-                    return Err("idempotency record: a run overflows".into());
+                    return Err(bad("a run overflows".into()));
                 };
                 committed.push(Committed {
                     seq,
@@ -163,7 +157,8 @@ impl Recorded {
                 });
             }
         }
-        let extra = d.bytes().map_err(bad)?.to_vec();
+        let extra = r.bytes("idempotency answer")?.to_vec();
+        r.finish()?;
         Ok(Recorded {
             body,
             at_ms,

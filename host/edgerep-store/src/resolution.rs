@@ -13,6 +13,7 @@
 //! versions changing drop it and a new one is computed in the same transaction.
 
 use edgerep_wire::aae::KeyResolution;
+use edgerep_wire::cbor::{CborError, Reader};
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::value::DecodeLimits;
 use edgerep_wire::{NodeId, Value};
@@ -214,29 +215,27 @@ impl Disagreement {
         buf
     }
 
-    /// Decodes what [`Disagreement::encode`] wrote.
-    pub fn decode(bytes: &[u8]) -> Result<Disagreement, String> {
-        let mut d = Decoder::new(bytes);
-        let bad = |e: minicbor::decode::Error| format!("disagreement record: {e}");
-        if d.array().map_err(bad)? != Some(DISAGREEMENT_FIELDS) {
-            return Err("disagreement record: wrong number of fields".into());
-        }
-        let mut s = || d.str().map(str::to_owned).map_err(bad);
-        let collection = s()?;
-        let key = d.bytes().map_err(bad)?.to_vec();
-        let mut s = || d.str().map(str::to_owned).map_err(bad);
-        Ok(Disagreement {
+    /// Decodes what [`Disagreement::encode`] wrote (with the strict reader).
+    pub fn decode(bytes: &[u8]) -> Result<Disagreement, CborError> {
+        let mut r = Reader::new(bytes);
+        r.array_of(DISAGREEMENT_FIELDS, "disagreement record")?;
+        let collection = r.str("disagreement collection")?.to_owned();
+        let key = r.bytes("disagreement key")?.to_vec();
+        let mut s = |what| r.str(what).map(str::to_owned);
+        let d = Disagreement {
             collection,
             key,
-            peer: s()?,
-            versions: s()?,
-            here_by: s()?,
-            here_resolution: s()?,
-            here_build: s()?,
-            peer_resolution: s()?,
-            peer_build: s()?,
-            at_ms: d.u64().map_err(bad)?,
-        })
+            peer: s("disagreement peer")?,
+            versions: s("disagreement versions")?,
+            here_by: s("disagreement resolver here")?,
+            here_resolution: s("disagreement resolution here")?,
+            here_build: s("disagreement build here")?,
+            peer_resolution: s("disagreement resolution at the peer")?,
+            peer_build: s("disagreement build at the peer")?,
+            at_ms: r.u64("disagreement time")?,
+        };
+        r.finish()?;
+        Ok(d)
     }
 }
 
