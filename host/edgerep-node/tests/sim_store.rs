@@ -472,7 +472,9 @@ impl Sim {
     }
 
     /// What the byzantine node `from` sends instead of `message`, if it can change it: a
-    /// well-formed lie, canonical and within limits, that only the origins' seals expose.
+    /// well-formed lie, canonical and within limits: events and versions changed under their
+    /// origins' seals, seals stripped, compacted floors nobody has (inviting snapshots), and
+    /// acknowledgements of events never received (false cursors).
     fn tamper(&mut self, from: usize, message: &Message) -> Option<Message> {
         let me = self.nodes[from].id.clone();
         let mut cbor = Vec::new();
@@ -495,6 +497,23 @@ impl Sim {
             }
             Message::Snapshot { versions, .. } => {
                 change(versions.iter_mut().find(|e| e.origin != me)?);
+            }
+            // Claim compacted floors far above what anyone holds, inviting a snapshot nobody
+            // needs.
+            Message::Hello(h) => {
+                for (o, s) in h.have.clone() {
+                    if o != me && s > 0 {
+                        h.compacted.push((o, s + 1000));
+                    }
+                }
+                h.compacted.sort();
+                h.compacted.dedup_by(|a, b| a.0 == b.0);
+            }
+            // A false cursor: acknowledge far more than was received.
+            Message::Ack { have, .. } => {
+                for (_, s) in have.iter_mut() {
+                    *s += 1000;
+                }
             }
             _ => return None,
         }
@@ -572,8 +591,11 @@ impl Sim {
                     certs,
                 }),
                 Output::Acked { peer, have } => {
-                    // An acknowledgement is durable at the peer that gave it.
+                    // An acknowledgement is durable at the (honest) peer that gave it.
                     let j = self.nodes.iter().position(|n| n.id == peer).unwrap();
+                    if self.knobs.byzantine == Some(j) {
+                        continue;
+                    }
                     let held = self.nodes[j].status().origins;
                     for (o, &s) in &have {
                         let h = held.get(o).copied().unwrap_or(0);
@@ -896,10 +918,9 @@ impl Sim {
                 .all(|n| n.replica.is_some() && n.work.is_empty())
                 && self.wire.is_empty()
                 && !busy
-                && self
-                    .nodes
-                    .windows(2)
-                    .all(|w| w[0].status().origins == w[1].status().origins);
+                && self.honest().windows(2).all(|w| {
+                    self.nodes[w[0]].status().origins == self.nodes[w[1]].status().origins
+                });
             quiet = if settled { quiet + 1 } else { 0 };
             if quiet >= 2 {
                 self.check().map_err(|e| self.fail(e))?;
@@ -918,6 +939,16 @@ impl Sim {
         )))
     }
 
+    /// The nodes that never lie. A liar's false acknowledgements make its peers believe it
+    /// holds what it lacks: it hurts only itself (until its sessions restart, or anti-entropy,
+    /// which this simulation does not run, repairs it), so the end checks leave it out; it
+    /// must not hurt anyone else.
+    fn honest(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.knobs.byzantine != Some(i))
+            .collect()
+    }
+
     fn fail(&self, what: String) -> String {
         format!(
             "seed {}: {what} (knobs {:?}, {:?})",
@@ -925,25 +956,29 @@ impl Sim {
         )
     }
 
-    /// The end state: one state everywhere, each store sound, every write everywhere, every
-    /// event byte-identical to what its origin wrote.
+    /// The end state: one state on every honest node, each store sound, every write (the
+    /// liar's too) on every honest node, every event byte-identical to what its origin wrote.
     fn check(&self) -> Result<(), String> {
         let statuses: Vec<_> = self.nodes.iter().map(Node::status).collect();
-        for (i, s) in statuses.iter().enumerate().skip(1) {
-            if s.origins != statuses[0].origins {
+        let honest = self.honest();
+        let first = honest[0];
+        for &i in &honest[1..] {
+            let (s, f) = (&statuses[i], &statuses[first]);
+            if s.origins != f.origins {
                 return Err(format!(
-                    "haves differ: n0 {:?}, n{i} {:?}",
-                    statuses[0].origins, s.origins
+                    "haves differ: n{first} {:?}, n{i} {:?}",
+                    f.origins, s.origins
                 ));
             }
-            if (s.digest, s.state_entries) != (statuses[0].digest, statuses[0].state_entries) {
+            if (s.digest, s.state_entries) != (f.digest, f.state_entries) {
                 return Err(format!(
-                    "states differ: n0 {} keys digest {:?}, n{i} {} keys digest {:?}",
-                    statuses[0].state_entries, statuses[0].digest, s.state_entries, s.digest
+                    "states differ: n{first} {} keys digest {:?}, n{i} {} keys digest {:?}",
+                    f.state_entries, f.digest, s.state_entries, s.digest
                 ));
             }
         }
-        for (i, node) in self.nodes.iter().enumerate() {
+        for &i in &honest {
+            let node = &self.nodes[i];
             match node.store.verify() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(format!("n{i}'s store fails verification: {e}")),
