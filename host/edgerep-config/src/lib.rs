@@ -647,13 +647,13 @@ impl Config {
     }
 
     /// Whether `origin` may write to `collection` by `[authorization]`: Err names the rule.
-    pub fn write_allowed(&self, origin: &NodeId, collection: &str) -> Result<(), String> {
+    pub fn write_allowed(&self, origin: &NodeId, collection: &str) -> Result<(), NotAuthorized> {
         match self.authorization.get(origin) {
-            Some(allowed) if !allowed.iter().any(|c| c == collection) => Err(format!(
-                "origin {:?} may not write collection {collection:?} ([authorization] {} = {allowed:?})",
-                origin.as_str(),
-                origin
-            )),
+            Some(allowed) if !allowed.iter().any(|c| c == collection) => Err(NotAuthorized {
+                origin: origin.clone(),
+                collection: collection.to_owned(),
+                allowed: allowed.clone(),
+            }),
             _ => Ok(()),
         }
     }
@@ -666,18 +666,18 @@ impl Config {
     /// Whether writes to collection `name` are accepted: Ok if it is declared, or if
     /// `collections.accept_undeclared` is true and `name` is a valid collection name; otherwise
     /// Err with a message saying why.
-    pub fn check_collection(&self, name: &str) -> Result<(), String> {
+    pub fn check_collection(&self, name: &str) -> Result<(), CollectionRefused> {
         if self.collection(name).is_some() {
             return Ok(());
         }
-        check_collection_name(name).map_err(|e| e.to_string())?;
+        check_collection_name(name)?;
         if self.collections.accept_undeclared {
             Ok(())
         } else {
-            Err(format!(
-                "collection {name:?} is not declared in {} and collections.accept_undeclared is false",
-                self.source.display()
-            ))
+            Err(CollectionRefused::Undeclared {
+                name: name.to_owned(),
+                file: self.source.clone(),
+            })
         }
     }
 
@@ -690,6 +690,41 @@ impl Config {
     pub fn collection(&self, name: &str) -> Option<&CollectionConfig> {
         self.collections.declared.iter().find(|c| c.name == name)
     }
+}
+
+/// An origin that `[authorization]` does not let write a collection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "origin {:?} may not write collection {collection:?} ([authorization] {origin} = {allowed:?})",
+    origin.as_str()
+)]
+pub struct NotAuthorized {
+    /// The origin.
+    pub origin: NodeId,
+    /// The collection it wrote.
+    pub collection: String,
+    /// The collections it may write.
+    pub allowed: Vec<String>,
+}
+
+/// Why the config does not accept writes to a collection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectionRefused {
+    /// Not a valid collection name.
+    #[error(transparent)]
+    BadName(#[from] edgerep_wire::event::EventError),
+    /// Valid, but not declared, and undeclared collections are not accepted.
+    #[error(
+        "collection {name:?} is not declared in {} and collections.accept_undeclared is false",
+        file.display()
+    )]
+    Undeclared {
+        /// The collection.
+        name: String,
+        /// The config file.
+        file: PathBuf,
+    },
 }
 
 /// Runs serde over the text, turning TOML and serde errors into [`ConfigError`]s with the key

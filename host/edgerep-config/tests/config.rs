@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use edgerep_config::{Config, ConfigError, starter_toml};
+use edgerep_config::{CollectionRefused, Config, ConfigError, starter_toml};
 use edgerep_wire::event::NodeId;
 
 const FILE: &str = "/etc/edgerep/edgerep.toml";
@@ -599,15 +599,27 @@ fn check_collection_closed_policy() {
     assert_eq!(config.check_collection("orders"), Ok(()));
     assert!(config.collection("orders").is_some());
     assert!(config.collection("stock").is_none());
-    let err = config.check_collection("stock").unwrap_err();
+    let refused = config.check_collection("stock").unwrap_err();
+    assert!(
+        matches!(&refused, CollectionRefused::Undeclared { name, .. } if name == "stock"),
+        "{refused:?}"
+    );
+    let err = refused.to_string();
     assert!(err.contains("\"stock\""), "{err}");
     assert!(err.contains(FILE), "{err}");
     assert!(
         err.contains("collections.accept_undeclared is false"),
         "{err}"
     );
-    let err = config.check_collection("bad/name").unwrap_err();
-    assert!(err.contains("invalid collection name"), "{err}");
+    let refused = config.check_collection("bad/name").unwrap_err();
+    assert!(
+        matches!(refused, CollectionRefused::BadName(_)),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("invalid collection name"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -617,7 +629,7 @@ fn check_collection_open_policy() {
     assert_eq!(config.check_collection("stock"), Ok(()));
     assert!(config.collection("stock").is_none());
     for bad in ["", "bad/name", "-x", &"x".repeat(65)] {
-        let err = config.check_collection(bad).unwrap_err();
+        let err = config.check_collection(bad).unwrap_err().to_string();
         assert!(err.contains("invalid collection name"), "{bad:?}: {err}");
     }
 }
@@ -887,8 +899,14 @@ fn authorization_and_revocations() {
     );
     assert!(config.write_allowed(&b, "orders").is_ok());
     let refused = config.write_allowed(&b, "stock").unwrap_err();
+    assert_eq!(
+        (refused.origin.as_str(), refused.collection.as_str()),
+        ("site-b", "stock")
+    );
     assert!(
-        refused.contains("may not write collection \"stock\""),
+        refused
+            .to_string()
+            .contains("may not write collection \"stock\""),
         "{refused}"
     );
     assert!(

@@ -188,7 +188,7 @@ impl Admission<'_> {
     /// Why `event` must stay out of the state by the write policy, if it must.
     fn policy_refusal(&self, event: &Event) -> Option<String> {
         if let Err(reason) = self.config.write_allowed(&event.origin, &event.collection) {
-            return Some(reason);
+            return Some(reason.to_string());
         }
         self.config
             .check_collection(&event.collection)

@@ -104,7 +104,7 @@ pub(crate) fn check_collection(config: &Config, collection: &str) -> Result<(), 
         .map_err(|e| Refused::bad_request("bad_collection", e.to_string()))?;
     config
         .check_collection(collection)
-        .map_err(|m| Refused::forbidden("collection_not_allowed", m))
+        .map_err(|m| Refused::forbidden("collection_not_allowed", m.to_string()))
 }
 
 /// Checks a key against the limits.
