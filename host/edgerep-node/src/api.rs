@@ -968,6 +968,16 @@ fn prepare_batch(
                 "give the batch an Idempotency-Key header or its writes idempotency_key fields, not both".into(),
             ));
         }
+        if writes.len() as u64 > edgerep_store::idempotency::MAX_RECORD_WRITES {
+            return Err(ApiError::bad_request(
+                "bad_idempotency_key",
+                format!(
+                    "a batch of {} writes cannot carry an Idempotency-Key (at most {})",
+                    writes.len(),
+                    edgerep_store::idempotency::MAX_RECORD_WRITES
+                ),
+            ));
+        }
         let body = idempotency::body_hash(&writes);
         if let idempotency::Lookup::Replay(r) =
             idempotency::lookup(&app.store, &app.idempotency, &key, &body)?

@@ -151,7 +151,8 @@ impl Extra {
             indexes
         } else {
             let n = d.u64().map_err(bad)?;
-            if n > u64::from(u32::MAX) {
+            // Bounded before anything is allocated: a damaged record must not claim millions.
+            if n > edgerep_store::idempotency::MAX_RECORD_WRITES {
                 return Err(format!("idempotency answer: {n} writes"));
             }
             (0..n).collect()
@@ -229,5 +230,13 @@ mod tests {
             Extra::default()
         );
         assert!(Extra::decode(&bytes[..1]).is_err());
+        // A damaged answer claiming more writes than a record may hold.
+        let mut huge = Vec::new();
+        minicbor::Encoder::new(&mut huge)
+            .array(2)
+            .and_then(|e| e.u64(u64::from(u32::MAX)))
+            .and_then(|e| e.str("[]"))
+            .expect("writing to a Vec");
+        assert!(Extra::decode(&huge).is_err());
     }
 }

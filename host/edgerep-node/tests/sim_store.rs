@@ -34,34 +34,10 @@ use edgerep_store::{Keys, LocalWrite, Received, Store, StoreError, StoreWriter, 
 use edgerep_wire::seal::{chain_next, chain_start};
 use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Op, Seal, Value};
 
-/// splitmix64: small, fast, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
+// The simulations' shared seeded generator.
+#[path = "../../edgerep-replica/tests/sim/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// The stand-in for a node's signing key: a hash keyed by the signer, deterministic so that a
 /// seed replays byte for byte (real keys sign with random nonces). The store signs its own seals
@@ -623,6 +599,28 @@ impl Sim {
         Ok(())
     }
 
+    /// Tells node `i`'s core that its Apply (or, with `install`, its snapshot page) of `peer`'s
+    /// did not become durable, as the node's driver does, and passes on what follows.
+    fn not_done(
+        &mut self,
+        i: usize,
+        peer: &NodeId,
+        install: bool,
+        why: &str,
+    ) -> Result<(), String> {
+        let now = self.now;
+        let r = self.nodes[i]
+            .replica
+            .as_mut()
+            .expect("a node with queued work is up");
+        if install {
+            r.install_failed(peer, why, now);
+        } else {
+            r.apply_failed(peer, why, now);
+        }
+        self.outputs(i)
+    }
+
     /// Does node `i`'s oldest queued work on its store, maybe failing it, or crashing right
     /// after it is durable.
     fn work(&mut self, i: usize, chaos: bool) -> Result<(), String> {
@@ -644,11 +642,7 @@ impl Sim {
                 certs,
             } => {
                 if fail {
-                    node.replica
-                        .as_mut()
-                        .unwrap()
-                        .apply_failed(&peer, "injected", now);
-                    return self.outputs(i);
+                    return self.not_done(i, &peer, false, "injected");
                 }
                 // Nothing handed out twice: an event of another origin above the floor that the
                 // store holds already was filtered out by the core, or it is a bug.
@@ -698,21 +692,12 @@ impl Sim {
                             || self.stats.forks + self.stats.forged_refused > 0 =>
                     {
                         self.stats.gaps += 1;
-                        node.replica
-                            .as_mut()
-                            .unwrap()
-                            .apply_failed(&peer, &e.to_string(), now);
-                        return self.outputs(i);
+                        return self.not_done(i, &peer, false, &e.to_string());
                     }
                     // Only the byzantine node's lies are refused as forged.
                     Err(e @ StoreError::Forged { .. }) if liar.as_ref() == Some(&peer) => {
                         self.stats.forged_refused += 1;
-                        let node = &mut self.nodes[i];
-                        node.replica
-                            .as_mut()
-                            .unwrap()
-                            .apply_failed(&peer, &e.to_string(), now);
-                        return self.outputs(i);
+                        return self.not_done(i, &peer, false, &e.to_string());
                     }
                     Err(e) => {
                         return Err(format!("n{i}'s store refused an apply from {peer}: {e}"));
@@ -738,11 +723,7 @@ impl Sim {
                 certs,
             } => {
                 if fail {
-                    node.replica
-                        .as_mut()
-                        .unwrap()
-                        .install_failed(&peer, "injected", now);
-                    return self.outputs(i);
+                    return self.not_done(i, &peer, true, "injected");
                 }
                 for v in &versions {
                     let _ = node.clock.observe(v.hlc, wall);
@@ -768,11 +749,7 @@ impl Sim {
                         if liar.as_ref() == Some(&peer) =>
                     {
                         self.stats.forged_refused += 1;
-                        node.replica
-                            .as_mut()
-                            .unwrap()
-                            .install_failed(&peer, &e.to_string(), now);
-                        return self.outputs(i);
+                        return self.not_done(i, &peer, true, &e.to_string());
                     }
                     Err(e) => {
                         return Err(format!(

@@ -47,43 +47,9 @@ use edgerep_wire::{EncodedEvent, Event, Hlc, HlcClock, NodeId, Op, Seal, Value, 
 
 #[path = "sim/aae.rs"]
 mod aae;
-
-// ---------------------------------------------------------------------------------------------
-// Seeded randomness (splitmix64: small, fast, and the same on every platform).
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True with probability `per_mille`/1000.
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
+#[path = "sim/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// FNV-1a over the trace, to check that a seed replays exactly.
 struct Trace {

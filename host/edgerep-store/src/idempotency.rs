@@ -36,6 +36,10 @@ pub const EXPIRE_PER_COMMIT: usize = 256;
 /// clock the commits pass), unless the last look left some.
 pub const EXPIRE_EVERY_MS: u64 = 1000;
 
+/// Most writes one key's record holds: a request of more cannot carry a key
+/// ([`crate::StoreError::Invalid`]), and a record claiming more is damage.
+pub const MAX_RECORD_WRITES: u64 = 1 << 20;
+
 /// Longest idempotency key, in bytes.
 pub const MAX_KEY_BYTES: usize = 255;
 
@@ -139,8 +143,12 @@ impl Recorded {
             let logical = r.u32("run hlc counter")?;
             let position = r.u64("run position")?;
             let count = if fields == 5 { r.u64("run length")? } else { 1 };
-            if count == 0 || count > MAX_RUN {
-                return Err(bad(format!("a run of {count} commits")));
+            // Bounded before anything is allocated: a damaged row must not claim millions.
+            if count == 0 || count > MAX_RECORD_WRITES - committed.len() as u64 {
+                return Err(bad(format!(
+                    "a run of {count} commits after {} (at most {MAX_RECORD_WRITES} in a record)",
+                    committed.len()
+                )));
             }
             for i in 0..count {
                 let (Some(seq), Some(position), Some(logical)) = (
@@ -168,9 +176,6 @@ impl Recorded {
     }
 }
 
-/// Longest run a record may hold (more than any transaction commits).
-const MAX_RUN: u64 = 1 << 24;
-
 /// `commits` as runs: each run's first commit and how many follow it one after another.
 fn runs(commits: &[Committed]) -> Vec<(Committed, u64)> {
     let mut out: Vec<(Committed, u64)> = Vec::new();
@@ -184,7 +189,7 @@ fn runs(commits: &[Committed]) -> Vec<(Committed, u64)> {
                     .ok()
                     .and_then(|n| first.hlc.logical.checked_add(n))
                     == Some(c.hlc.logical);
-            if follows && next < MAX_RUN {
+            if follows && next < MAX_RECORD_WRITES {
                 *count += 1;
                 continue;
             }
@@ -294,12 +299,19 @@ impl Index {
         let mut changes = Changes::default();
         {
             let by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, r) in receipts.iter().enumerate() {
-                if by_key.contains_key(&r.key) || receipts[..i].iter().any(|o| o.key == r.key) {
+            let mut in_this = std::collections::HashSet::with_capacity(receipts.len());
+            for r in receipts {
+                if by_key.contains_key(&r.key) || !in_this.insert(r.key.as_str()) {
                     return Err(StoreError::KeyInUse {
                         index: r.first,
                         key: r.key.clone(),
                     });
+                }
+                if r.count as u64 > MAX_RECORD_WRITES {
+                    return Err(StoreError::Invalid(format!(
+                        "a request of {} writes cannot carry an idempotency key (at most {MAX_RECORD_WRITES})",
+                        r.count
+                    )));
                 }
             }
         }
@@ -456,8 +468,14 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(3, 40), (9, 41)]
         );
-        // A run that would overflow, and an empty run.
-        for (seq, count) in [(u64::MAX, 2u64), (1, 0)] {
+        // A run that would overflow, an empty run, and a damaged one claiming more commits than
+        // a record may hold (refused before anything is allocated).
+        for (seq, count) in [
+            (u64::MAX, 2u64),
+            (1, 0),
+            (1, MAX_RECORD_WRITES + 1),
+            (1, u64::MAX),
+        ] {
             let mut buf = Vec::new();
             let mut e = Encoder::new(&mut buf);
             e.array(4)

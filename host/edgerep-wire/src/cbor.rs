@@ -145,10 +145,18 @@ impl<'b> Reader<'b> {
     /// A definite-length array; returns its length.
     pub fn array(&mut self, what: &str) -> Result<u64, CborError> {
         self.expect(&[Type::Array], "an array", what)?;
+        self.length(what, |d| d.array())
+    }
+
+    /// The head of a definite-length array or map (its type already checked) read by `read`:
+    /// its length, if the head is the shortest.
+    fn length(
+        &mut self,
+        what: &str,
+        read: impl FnOnce(&mut Decoder<'b>) -> Result<Option<u64>, minicbor::decode::Error>,
+    ) -> Result<u64, CborError> {
         let start = self.d.position();
-        let n = self
-            .d
-            .array()
+        let n = read(&mut self.d)
             .map_err(Self::malformed(what))?
             .ok_or_else(|| CborError::Malformed {
                 what: what.to_owned(),
@@ -174,17 +182,7 @@ impl<'b> Reader<'b> {
     /// A definite-length map; returns its number of entries.
     pub fn map(&mut self, what: &str) -> Result<u64, CborError> {
         self.expect(&[Type::Map], "a map", what)?;
-        let start = self.d.position();
-        let n = self
-            .d
-            .map()
-            .map_err(Self::malformed(what))?
-            .ok_or_else(|| CborError::Malformed {
-                what: what.to_owned(),
-                reason: "indefinite length".into(),
-            })?;
-        self.shortest(start, 0, n, what)?;
-        Ok(n)
+        self.length(what, |d| d.map())
     }
 
     /// An unsigned integer.

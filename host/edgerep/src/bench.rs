@@ -73,6 +73,40 @@ pub(crate) fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
     }
 }
 
+/// Four pairs of measurements with (`measure(true)`) and without (`measure(false)`) keys, each
+/// pair back to back, the order alternating so that a drift of the machine favours neither
+/// side. Returns the medians of each side and of the pairs' ratios, and the ratios as text.
+fn keyed_pairs(
+    mut measure: impl FnMut(bool) -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64, f64, String)> {
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
+    };
+    let (mut with_all, mut without_all, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..4 {
+        let (mut with, mut without) = (0f64, 0f64);
+        for keyed in [pair % 2 == 0, pair % 2 != 0] {
+            let eps = measure(keyed)?;
+            if keyed {
+                with = eps;
+            } else {
+                without = eps;
+            }
+        }
+        with_all.push(with);
+        without_all.push(without);
+        ratios.push(with / without);
+    }
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    Ok((
+        median(&mut with_all),
+        median(&mut without_all),
+        median(&mut ratios),
+        shown.join(", "),
+    ))
+}
+
 /// The store's own cost: local writes committed straight through `StoreWriter::commit_local`, without
 /// HTTP, parsing or the committer thread. Tells the API's overhead apart from the store's.
 fn store_only(
@@ -390,81 +424,32 @@ pub(crate) fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
     // the medians of the pairs' ratios and of each side.
     let mut keys_cost = Vec::new();
     let mut round = 10_000;
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
-    };
     // The store's part of it, without HTTP or the committer's grouping: commits of 4 writes
     // each with its key against the same without keys.
-    {
-        let (mut with_all, mut without_all, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for pair in 0..4 {
-            let (mut with, mut without) = (0f64, 0f64);
-            for keyed in [pair % 2 == 0, pair % 2 != 0] {
-                let eps = store_only(dir.path(), &value, 4, args.seconds, true, keyed)?;
-                if keyed {
-                    with = eps;
-                } else {
-                    without = eps;
-                }
-            }
-            with_all.push(with);
-            without_all.push(without);
-            ratios.push(with / without);
-        }
-        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-        let (with, without, ratio) = (
-            median(&mut with_all),
-            median(&mut without_all),
-            median(&mut ratios),
-        );
-        println!(
-            "idempotency keys in the store alone, 4 writes per durable commit, a key per write: {with:.0} events/s with, {without:.0} without (medians of 4 pairs); ratio per pair {}, median {ratio:.3} ({:+.1}%)",
-            shown.join(", "),
-            (ratio - 1.0) * 100.0
-        );
-        keys_cost.push(json!({"store_alone": true, "batch": 1, "per_commit": 4, "with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": ratio}));
-    }
+    let (with, without, ratio, shown) =
+        keyed_pairs(|keyed| store_only(dir.path(), &value, 4, args.seconds, true, keyed))?;
+    println!(
+        "idempotency keys in the store alone, 4 writes per durable commit, a key per write: {with:.0} events/s with, {without:.0} without (medians of 4 pairs); ratio per pair {shown}, median {ratio:.3} ({:+.1}%)",
+        (ratio - 1.0) * 100.0
+    );
+    keys_cost.push(json!({"store_alone": true, "batch": 1, "per_commit": 4, "with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": ratio}));
     for (batch, clients) in [(1usize, 4usize), (100, 4)] {
-        let (mut with_all, mut without_all, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for pair in 0..4 {
-            let (mut with, mut without) = (0f64, 0f64);
-            let order = if pair % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for keyed in order {
-                round += 1;
-                let cell = api_cell(
-                    &client,
-                    "bench",
-                    value.as_bytes(),
-                    batch,
-                    clients,
-                    args.seconds,
-                    round,
-                    keyed,
-                )?;
-                if keyed {
-                    with = cell.eps;
-                } else {
-                    without = cell.eps;
-                }
-            }
-            with_all.push(with);
-            without_all.push(without);
-            ratios.push(with / without);
-        }
-        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-        let (with, without, ratio) = (
-            median(&mut with_all),
-            median(&mut without_all),
-            median(&mut ratios),
-        );
+        let (with, without, ratio, shown) = keyed_pairs(|keyed| {
+            round += 1;
+            let cell = api_cell(
+                &client,
+                "bench",
+                value.as_bytes(),
+                batch,
+                clients,
+                args.seconds,
+                round,
+                keyed,
+            )?;
+            Ok(cell.eps)
+        })?;
         println!(
-            "idempotency keys, batch {batch} x {clients} clients, a key per request: {with:.0} events/s with, {without:.0} without (medians of 4 pairs); ratio per pair {}, median {ratio:.3} ({:+.1}%; target at most -5%)",
-            shown.join(", "),
+            "idempotency keys, batch {batch} x {clients} clients, a key per request: {with:.0} events/s with, {without:.0} without (medians of 4 pairs); ratio per pair {shown}, median {ratio:.3} ({:+.1}%; target at most -5%)",
             (ratio - 1.0) * 100.0
         );
         keys_cost.push(json!({"batch": batch, "clients": clients, "with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": ratio}));
