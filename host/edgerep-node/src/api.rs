@@ -1445,14 +1445,17 @@ async fn status(
         "feed_floor": s.feed_floor,
         "collections": collections_json(&app.config().collections),
     });
-    let check = app.store.open_check();
-    body["store_check_at_open"] = json!({
-        "damage_found": check.found_damage(),
-        "digest_fixed": check.digest_fixed,
-        "entries_recorded": check.entries_recorded,
-        "entries": check.entries,
-        "unreadable": check.unreadable,
-    });
+    body["store_check_at_open"] = match app.store.open_check_now() {
+        Some(Ok(check)) => json!({
+            "damage_found": check.found_damage(),
+            "digest_fixed": check.digest_fixed,
+            "entries_recorded": check.entries_recorded,
+            "entries": check.entries,
+            "unreadable": check.unreadable,
+        }),
+        Some(Err(e)) => json!({ "failed": e }),
+        None => json!({ "running": true }),
+    };
     if let Some(r) = &app.replication {
         body["replication"] = json!(r.status());
     }

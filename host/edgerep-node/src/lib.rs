@@ -244,16 +244,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 source,
             },
         )?;
-    let check = store.open_check();
-    if check.found_damage() {
-        tracing::warn!(
-            digest_fixed = check.digest_fixed,
-            entries_recorded = ?check.entries_recorded,
-            entries = check.entries,
-            unreadable = check.unreadable,
-            "the store's state changed behind its back (damage): its digest now follows what it holds, and anti-entropy repairs it from peers"
-        );
-    }
     // The certificates this node learnt before.
     let keys = match node_keys {
         Some(keys) => {
@@ -282,6 +272,24 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         None => store,
     });
     let store = writer.reader();
+    // The store checks its state beside the first writes; its finding is logged when it has one.
+    {
+        let store = Arc::downgrade(&store);
+        std::thread::spawn(move || {
+            let Some(store) = store.upgrade() else { return };
+            match store.open_check() {
+                Ok(check) if check.found_damage() => tracing::warn!(
+                    digest_fixed = check.digest_fixed,
+                    entries_recorded = ?check.entries_recorded,
+                    entries = check.entries,
+                    unreadable = check.unreadable,
+                    "the store's state changed behind its back (damage): its digest now follows what it holds, and anti-entropy repairs it from peers"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "the store's check at open failed"),
+            }
+        });
+    }
     // Events this node wrote before it had a TLS identity carry unsigned seals: sign them now.
     let signed = writer
         .sign_unsigned_seals()

@@ -18,7 +18,8 @@
 //!   replication's throughput when measured. Listing a bucket's entries reads the state (one
 //!   pass for all the buckets a message needs), which happens only where fingerprints differ.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use edgerep_wire::event::EventLimits;
 use redb::{ReadableDatabase, ReadableTable};
@@ -26,7 +27,7 @@ use redb::{ReadableDatabase, ReadableTable};
 pub use edgerep_wire::aae::{LEAF_LEVEL, Node, bucket_of};
 
 use crate::keys::split_state_key;
-use crate::{Digest, META, META_DIGEST, META_ENTRIES, STATE, StoreError, corrupt};
+use crate::{Digest, META, META_DIGEST, STATE, StoreError, corrupt};
 
 /// A node's fingerprint: the sum of its entries' hashes and how many there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,15 +100,34 @@ impl Writes {
     }
 }
 
-/// The in-memory sums of the buckets.
-pub(crate) struct Sums(Mutex<Vec<Fingerprint>>);
+/// The in-memory sums of the buckets, and what the check at open found.
+///
+/// At open the sums start at zero and a thread ([`OpenScan`]) hashes the state as of a snapshot
+/// taken before the store's first write; the writes committed meanwhile apply their deltas as
+/// always. Sums are additive and a delta is the exact change of one entry, so once the thread
+/// adds what it found, the sums are those of the whole state: a start does not wait for a pass
+/// over the state (0.4 s per 200,000 keys when measured). Fingerprints wait for the thread.
+pub(crate) struct Sums {
+    inner: Mutex<Inner>,
+    checked: Condvar,
+}
+
+struct Inner {
+    buckets: Vec<Fingerprint>,
+    /// What the check at open found; `None` while it runs, `Err` if it could not run.
+    check: Option<Result<OpenCheck, String>>,
+}
 
 impl Sums {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Applies a committed transaction's deltas.
     pub(crate) fn apply(&self, deltas: &[Delta]) {
-        let mut sums = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.lock();
         for d in deltas {
-            let bucket = &mut sums[usize::from(d.bucket)];
+            let bucket = &mut inner.buckets[usize::from(d.bucket)];
             match d.old {
                 Some(old) => bucket.sum.sub(old),
                 None => bucket.count += 1,
@@ -116,15 +136,45 @@ impl Sums {
         }
     }
 
-    /// The fingerprint of a node: the sum over its buckets.
-    pub(crate) fn fingerprint(&self, node: Node) -> Fingerprint {
-        let sums = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// The check at open, once it has run (waits for it).
+    pub(crate) fn wait_check(&self) -> Result<OpenCheck, StoreError> {
+        let mut inner = self.lock();
+        loop {
+            match &inner.check {
+                Some(Ok(check)) => return Ok(check.clone()),
+                Some(Err(e)) => return Err(corrupt("state", format!("check at open: {e}"))),
+                None => inner = self.checked.wait(inner).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// The check at open if it has run.
+    pub(crate) fn check_now(&self) -> Option<Result<OpenCheck, String>> {
+        self.lock().check.clone()
+    }
+
+    /// The fingerprint of a node: the sum over its buckets (waits for the check at open).
+    pub(crate) fn fingerprint(&self, node: Node) -> Result<Fingerprint, StoreError> {
+        self.wait_check()?;
+        let inner = self.lock();
         let (lo, hi) = node.buckets();
         let mut out = Fingerprint::default();
-        for f in &sums[usize::from(lo)..=usize::from(hi)] {
+        for f in &inner.buckets[usize::from(lo)..=usize::from(hi)] {
             out.add(f);
         }
-        out
+        Ok(out)
+    }
+
+    /// Adds the state's sums as of the snapshot the check read, and publishes the check.
+    fn finish(&self, found: Result<(Vec<Fingerprint>, OpenCheck), String>) {
+        let mut inner = self.lock();
+        inner.check = Some(found.map(|(scanned, check)| {
+            for (bucket, s) in inner.buckets.iter_mut().zip(&scanned) {
+                bucket.add(s);
+            }
+            check
+        }));
+        self.checked.notify_all();
     }
 }
 
@@ -151,6 +201,132 @@ impl OpenCheck {
     }
 }
 
+/// The thread of the check at open; dropping it stops the thread and waits for it, so the
+/// database file is closed when the store is.
+pub(crate) struct OpenScan {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for OpenScan {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the check at open: must be called before the store's first write, since it reads
+/// the state as of now and the sums it returns count only the writes after it.
+pub(crate) fn open(
+    db: &Arc<redb::Database>,
+    limits: &EventLimits,
+    rule: &crate::HashRule,
+    rule_changed: bool,
+) -> Result<(Arc<Sums>, OpenScan), StoreError> {
+    let sums = Arc::new(Sums {
+        inner: Mutex::new(Inner {
+            buckets: vec![Fingerprint::default(); 1 << 16],
+            check: None,
+        }),
+        checked: Condvar::new(),
+    });
+    let snapshot = db.begin_read()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (db, sums, stop) = (db.clone(), sums.clone(), stop.clone());
+        let (limits, rule) = (limits.clone(), rule.clone());
+        std::thread::Builder::new()
+            .name("store-open-check".into())
+            .spawn(move || {
+                let found = check(&db, snapshot, &limits, &rule, rule_changed, &stop)
+                    .map_err(|e| e.to_string());
+                sums.finish(found);
+            })
+            .map_err(|e| corrupt("state", format!("cannot start the check at open: {e}")))?
+    };
+    Ok((
+        sums,
+        OpenScan {
+            stop,
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// Computes the bucket sums of the state `snapshot` holds, and corrects the stored digest and
+/// entry count where they disagree with it. The correction is written as a difference
+/// (what the state held minus what the bookkeeping said, both as of `snapshot`), so it holds
+/// whatever the writer committed since.
+fn check(
+    db: &redb::Database,
+    snapshot: redb::ReadTransaction,
+    limits: &EventLimits,
+    rule: &crate::HashRule,
+    rule_changed: bool,
+    stop: &AtomicBool,
+) -> Result<(Vec<Fingerprint>, OpenCheck), StoreError> {
+    let mut sums = vec![Fingerprint::default(); 1 << 16];
+    let mut check = OpenCheck::default();
+    let mut total = Fingerprint::default();
+    let (stored_digest, stored_entries) = {
+        let state = snapshot.open_table(STATE)?;
+        for (i, row) in state.iter()?.enumerate() {
+            if i % 4096 == 0 && stop.load(Ordering::Relaxed) {
+                return Err(corrupt("state", "the store was closed during the check"));
+            }
+            let (k, v) = row?;
+            let (collection, key) = split_state_key(k.value())
+                .ok_or_else(|| corrupt("state", "key without separator"))?;
+            let hash = rule.entry(collection, key, v.value(), limits);
+            let b = &mut sums[usize::from(bucket_of(k.value()))];
+            b.sum.add(hash);
+            b.count += 1;
+            total.sum.add(hash);
+            total.count += 1;
+        }
+        if stored_digest_differs(&snapshot, &total)? {
+            // Damage: only then is each entry decoded, to count those that cannot be read.
+            for row in state.iter()? {
+                let (_, v) = row?;
+                if crate::Versions::decode(v.value(), limits).is_err() {
+                    check.unreadable += 1;
+                }
+            }
+        }
+        let meta = snapshot.open_table(META)?;
+        let counters = crate::tables::Counters::load(&meta)?;
+        (counters.digest, counters.entries)
+    };
+    drop(snapshot);
+    check.entries = total.count;
+    // A new hash rule (collections given or relieved of transforms on apply) changes the
+    // digest of an intact state: recomputed, not damage.
+    check.digest_fixed = stored_digest != total.sum && !rule_changed;
+    check.rule_changed = rule_changed;
+    if stored_entries != total.count {
+        check.entries_recorded = Some(stored_entries);
+    }
+    if stored_digest != total.sum || check.entries_recorded.is_some() {
+        // The one write outside the writer: a difference, so it commutes with the writer's
+        // transactions (redb runs write transactions one at a time).
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut counters = crate::tables::Counters::load(&meta)?;
+            counters.digest.add(total.sum);
+            counters.digest.sub(stored_digest);
+            counters.entries = counters
+                .entries
+                .wrapping_add(total.count.wrapping_sub(stored_entries));
+            counters.save(&mut meta)?;
+        }
+        txn.commit()?;
+    }
+    Ok((sums, check))
+}
+
 /// Whether the stored digest differs from `total`'s sum.
 fn stored_digest_differs(
     txn: &redb::ReadTransaction,
@@ -163,81 +339,15 @@ fn stored_digest_differs(
     })
 }
 
-/// Computes the bucket sums from `state`, and corrects the stored digest and entry count where
-/// they disagree with it.
-pub(crate) fn open(
-    db: &redb::Database,
-    limits: &EventLimits,
-    rule: &crate::HashRule,
-    rule_changed: bool,
-) -> Result<(Sums, OpenCheck), StoreError> {
-    let mut sums = vec![Fingerprint::default(); 1 << 16];
-    let mut check = OpenCheck::default();
-    let mut total = Fingerprint::default();
-    let (stored_digest, stored_entries) = {
-        let txn = db.begin_read()?;
-        let state = txn.open_table(STATE)?;
-        for row in state.iter()? {
-            let (k, v) = row?;
-            let (collection, key) = split_state_key(k.value())
-                .ok_or_else(|| corrupt("state", "key without separator"))?;
-            let hash = rule.entry(collection, key, v.value(), limits);
-            let b = &mut sums[usize::from(bucket_of(k.value()))];
-            b.sum.add(hash);
-            b.count += 1;
-            total.sum.add(hash);
-            total.count += 1;
-        }
-        if stored_digest_differs(&txn, &total)? {
-            // Damage: only then is each entry decoded, to count those that cannot be read.
-            for row in state.iter()? {
-                let (_, v) = row?;
-                if crate::Versions::decode(v.value(), limits).is_err() {
-                    check.unreadable += 1;
-                }
-            }
-        }
-        let meta = txn.open_table(META)?;
-        let digest = match meta.get(META_DIGEST)? {
-            Some(g) => {
-                let b: [u8; 32] = g
-                    .value()
-                    .try_into()
-                    .map_err(|_| corrupt("meta", "digest is not 32 bytes"))?;
-                Digest::from_bytes(&b)
-            }
-            None => Digest::default(),
-        };
-        let entries = match meta.get(META_ENTRIES)? {
-            Some(g) => crate::u64_from(g.value(), "meta")?,
-            None => 0,
-        };
-        (digest, entries)
-    };
-    check.entries = total.count;
-    // A new hash rule (collections given or relieved of transforms on apply) changes the
-    // digest of an intact state: recomputed, not damage.
-    check.digest_fixed = stored_digest != total.sum && !rule_changed;
-    check.rule_changed = rule_changed;
-    if stored_entries != total.count {
-        check.entries_recorded = Some(stored_entries);
-    }
-    if stored_digest != total.sum || check.entries_recorded.is_some() {
-        let txn = db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(META_DIGEST, &total.sum.to_bytes()[..])?;
-            meta.insert(META_ENTRIES, &total.count.to_be_bytes()[..])?;
-        }
-        txn.commit()?;
-    }
-    Ok((Sums(Mutex::new(sums)), check))
-}
-
 impl crate::Store {
-    /// What the check found when this store was opened.
-    pub fn open_check(&self) -> &OpenCheck {
-        &self.open_check
+    /// What the check at open found (waits for it: it runs beside the store's first writes).
+    pub fn open_check(&self) -> Result<OpenCheck, StoreError> {
+        self.aae.wait_check()
+    }
+
+    /// What the check at open found, if it has finished: `Err` names why it could not run.
+    pub fn open_check_now(&self) -> Option<Result<OpenCheck, String>> {
+        self.aae.check_now()
     }
 
     /// This store without keeping the anti-entropy sums up to date: only for `bench ingest` to
@@ -252,7 +362,7 @@ impl crate::Store {
         if !node.is_valid() {
             return Err(StoreError::Invalid(format!("no tree node {node:?}")));
         }
-        Ok(self.aae.fingerprint(node))
+        self.aae.fingerprint(node)
     }
 
     /// The entries under `node`, in (bucket, state key) order.

@@ -278,7 +278,7 @@ pub struct ScanPage {
 
 /// A node's store.
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     node: NodeId,
     /// What events and state rows are decoded against (raised, never lowered, by a reload).
     limits: std::sync::RwLock<EventLimits>,
@@ -286,11 +286,11 @@ pub struct Store {
     /// checked (a node without peers, tests, and the benchmark's unauthenticated runs).
     keys: Option<Arc<dyn Keys>>,
     /// The anti-entropy sums (see `aae`).
-    aae: aae::Sums,
+    aae: Arc<aae::Sums>,
+    /// The check at open, running beside the first writes (stopped and joined on drop).
+    _open_scan: aae::OpenScan,
     /// Conflicts met since the store opened (see [`ConflictTally`]).
     conflicts: std::sync::Mutex<ConflictTally>,
-    /// What the anti-entropy index check found at open.
-    open_check: aae::OpenCheck,
     /// Whether the anti-entropy sums are kept (always, but for one benchmark).
     fingerprints: bool,
     /// Resolves keys with concurrent versions when they change (`None`: nothing is kept, reads
@@ -505,7 +505,8 @@ impl Store {
             txn.open_table(proofs::BLOCKS)?;
         }
         txn.commit()?;
-        let (sums, open_check) = aae::open(&db, &limits, &rule, rule_changed)?;
+        let db = Arc::new(db);
+        let (sums, open_scan) = aae::open(&db, &limits, &rule, rule_changed)?;
         let idempotency_index =
             idempotency::Index::load(&db.begin_read()?.open_table(idempotency::IDEMPOTENCY)?)?;
         let store = Store {
@@ -514,8 +515,8 @@ impl Store {
             limits: std::sync::RwLock::new(limits),
             keys: None,
             aae: sums,
+            _open_scan: open_scan,
             conflicts: std::sync::Mutex::default(),
-            open_check,
             fingerprints: true,
             resolver: None,
             idempotency_window: idempotency::Window::default(),

@@ -298,7 +298,7 @@ fn damage_behind_the_stores_back_is_found_at_open_and_repaired_from_a_peer() {
         );
     }
     let b = on_disk(&path, "b");
-    let check = b.open_check().clone();
+    let check = b.open_check().unwrap();
     assert_eq!(
         (check.entries_recorded, check.entries, check.unreadable),
         (Some(300), 299, 1),
@@ -327,7 +327,10 @@ fn damage_behind_the_stores_back_is_found_at_open_and_repaired_from_a_peer() {
     assert_eq!(again.changed, 0);
     drop(b);
     let b = on_disk(&path, "b");
-    assert!(!b.open_check().found_damage(), "a clean open finds nothing");
+    assert!(
+        !b.open_check().unwrap().found_damage(),
+        "a clean open finds nothing"
+    );
 }
 
 #[test]
@@ -392,7 +395,7 @@ fn a_collection_compared_on_versions_hashes_without_values_and_a_new_rule_is_not
     }
     // Reopened under the other rule: the digest is recomputed, and that is not damage.
     let b = open(true);
-    let check = b.open_check().clone();
+    let check = b.open_check().unwrap();
     assert!(check.rule_changed && !check.found_damage(), "{check:?}");
     assert_ne!(b.status().unwrap().digest, a.status().unwrap().digest);
     assert_eq!(b.verify().unwrap(), Ok(()));
@@ -431,7 +434,7 @@ fn a_collection_compared_on_versions_hashes_without_values_and_a_new_rule_is_not
     assert_ne!(twin(false, false), twin(false, true));
     drop(b);
     let b = open(false);
-    assert!(b.open_check().rule_changed && !b.open_check().found_damage());
+    assert!(b.open_check().unwrap().rule_changed && !b.open_check().unwrap().found_damage());
 }
 
 /// A resolver whose pick can change (a reload naming another build).
@@ -496,4 +499,86 @@ fn kept_resolutions_are_decided_again_page_by_page_after_the_resolver_changes() 
     assert_eq!(a.verify().unwrap(), Ok(()));
     // Nothing left to change.
     assert_eq!(a.re_resolve("c", None, 100).unwrap(), (0, None));
+}
+
+/// The check at open runs beside the first writes: writes committed while it hashes the state
+/// (new keys and changed ones) count once in the sums, and its correction of damaged
+/// bookkeeping holds them too. Equal to what a later open computes from the state alone.
+#[test]
+fn writes_during_the_check_at_open_count_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let open = |path: &std::path::Path| {
+        let (store, resume) = StoreWriter::open(path, &node("a"), EventLimits::default()).unwrap();
+        (store, HlcClock::new(resume.hlc_last, 60_000))
+    };
+    const BATCHES: usize = 100;
+    {
+        let (a, mut c) = open(&path);
+        for b in 0..BATCHES {
+            a.commit_local(writes(&format!("k{b}-"), 1000, 1), &mut c, 1)
+                .unwrap();
+        }
+        assert_eq!(
+            a.damage("c", &[b"k0-7".to_vec()], Damage::Remove).unwrap(),
+            1
+        );
+    }
+    let (a, mut c) = open(&path);
+    // Changed keys and new ones, committed at once.
+    a.commit_local(writes("k1-", 500, 2), &mut c, 1).unwrap();
+    let overlapped = a.open_check_now().is_none();
+    a.commit_local(writes("new-", 500, 2), &mut c, 1).unwrap();
+    let check = a.open_check().unwrap();
+    assert_eq!(
+        (check.entries_recorded, check.entries),
+        (Some(BATCHES as u64 * 1000), BATCHES as u64 * 1000 - 1),
+        "{check:?}"
+    );
+    assert!(check.found_damage(), "{check:?}");
+    let entries = BATCHES as u64 * 1000 - 1 + 500;
+    let status = a.status().unwrap();
+    assert_eq!(status.state_entries, entries);
+    let root = a.aae_fingerprint(Node::ROOT).unwrap();
+    assert_eq!(root.count, entries);
+    let children: Vec<_> = Node::ROOT
+        .children()
+        .into_iter()
+        .map(|n| a.aae_fingerprint(n).unwrap())
+        .collect();
+    drop(a);
+    let (a, _) = open(&path);
+    let fresh = a.open_check().unwrap();
+    assert!(!fresh.found_damage(), "{fresh:?}");
+    assert_eq!(a.aae_fingerprint(Node::ROOT).unwrap(), root);
+    for (n, f) in Node::ROOT.children().into_iter().zip(&children) {
+        assert_eq!(a.aae_fingerprint(n).unwrap(), *f, "{n:?}");
+    }
+    assert_eq!(a.status().unwrap().digest, status.digest);
+    assert_eq!(a.verify().unwrap(), Ok(()));
+    assert!(
+        overlapped,
+        "the first write committed after the check had finished: this test showed nothing"
+    );
+}
+
+/// A store dropped while its check at open runs closes its file: it opens again at once.
+#[test]
+fn a_store_closed_during_its_check_opens_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    {
+        let a = on_disk(&path, "a");
+        let mut c = clock();
+        for b in 0..20 {
+            a.commit_local(writes(&format!("k{b}-"), 1000, 1), &mut c, 1)
+                .unwrap();
+        }
+    }
+    for _ in 0..5 {
+        drop(on_disk(&path, "a"));
+    }
+    let a = on_disk(&path, "a");
+    assert!(!a.open_check().unwrap().found_damage());
+    assert_eq!(a.aae_fingerprint(Node::ROOT).unwrap().count, 20_000);
 }

@@ -390,8 +390,16 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
         edgerep_store::aae::Damage::Remove,
     )?;
     nodes.insert(1, restart(&rt, &sites[1])?);
-    let s: serde_json::Value =
-        serde_json::from_slice(&expect_ok("status", clients[1].status(false))?)?;
+    // The check at open runs beside the node's start: wait for its finding.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s: serde_json::Value =
+            serde_json::from_slice(&expect_ok("status", clients[1].status(false))?)?;
+        if s["store_check_at_open"]["running"] != true || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     println!(
         "  node-2 at start: the store check found damage: {}",
         s["store_check_at_open"]["damage_found"]

@@ -78,7 +78,16 @@ fn damage_is_found_at_restart_and_repaired_on_demand() {
     let o = damage(&configs[1], "k8", true);
     assert!(o.status.success(), "{}", stderr(&o));
     let n2 = Node::start(&configs[1]);
-    let s = status(&n2);
+    // The check at open runs beside the node's start: wait for its finding.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let s = loop {
+        let s = status(&n2);
+        if s["store_check_at_open"]["running"] != true {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(s["store_check_at_open"]["damage_found"], true, "{s}");
     assert_eq!(s["store_check_at_open"]["entries_recorded"], 40, "{s}");
     assert_eq!(s["store_check_at_open"]["unreadable"], 1, "{s}");
