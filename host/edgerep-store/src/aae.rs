@@ -236,7 +236,7 @@ pub(crate) fn open(
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let (db, sums, stop) = (db.clone(), sums.clone(), stop.clone());
-        let (limits, rule) = (limits.clone(), rule.clone());
+        let (limits, rule) = (*limits, rule.clone());
         std::thread::Builder::new()
             .name("store-open-check".into())
             .spawn(move || {
