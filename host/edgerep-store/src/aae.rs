@@ -104,9 +104,10 @@ impl Writes {
 ///
 /// At open the sums start at zero and a thread ([`OpenScan`]) hashes the state as of a snapshot
 /// taken before the store's first write; the writes committed meanwhile apply their deltas as
-/// always. Sums are additive and a delta is the exact change of one entry, so once the thread
-/// adds what it found, the sums are those of the whole state: a start does not wait for a pass
-/// over the state (0.4 s per 200,000 keys when measured). Fingerprints wait for the thread.
+/// always, and the thread adds each entry it reads. Sums are additive and a delta is the exact
+/// change of one entry, so once the thread is done the sums are those of the whole state: a
+/// start does not wait for a pass over the state (`bench replicate`: B answered its API 523 ms
+/// after its start with the pass first, 11 ms with it beside). Fingerprints wait for the thread.
 pub(crate) struct Sums {
     inner: Mutex<Inner>,
     checked: Condvar,
@@ -165,15 +166,20 @@ impl Sums {
         Ok(out)
     }
 
-    /// Adds the state's sums as of the snapshot the check read, and publishes the check.
-    fn finish(&self, found: Result<(Vec<Fingerprint>, OpenCheck), String>) {
+    /// Adds the hashes of entries the check at open read (any order, any time before it
+    /// finishes: sums are additive).
+    fn add_scanned(&self, scanned: &[(u16, Digest)]) {
         let mut inner = self.lock();
-        inner.check = Some(found.map(|(scanned, check)| {
-            for (bucket, s) in inner.buckets.iter_mut().zip(&scanned) {
-                bucket.add(s);
-            }
-            check
-        }));
+        for (bucket, hash) in scanned {
+            let b = &mut inner.buckets[usize::from(*bucket)];
+            b.sum.add(*hash);
+            b.count += 1;
+        }
+    }
+
+    /// Publishes what the check at open found: the sums hold the whole state from now on.
+    fn finish(&self, found: Result<OpenCheck, String>) {
+        self.lock().check = Some(found);
         self.checked.notify_all();
     }
 }
@@ -240,7 +246,7 @@ pub(crate) fn open(
         std::thread::Builder::new()
             .name("store-open-check".into())
             .spawn(move || {
-                let found = check(&db, snapshot, &limits, &rule, rule_changed, &stop)
+                let found = check(&db, snapshot, &sums, &limits, &rule, rule_changed, &stop)
                     .map_err(|e| e.to_string());
                 sums.finish(found);
             })
@@ -255,37 +261,43 @@ pub(crate) fn open(
     ))
 }
 
-/// Computes the bucket sums of the state `snapshot` holds, and corrects the stored digest and
-/// entry count where they disagree with it. The correction is written as a difference
-/// (what the state held minus what the bookkeeping said, both as of `snapshot`), so it holds
-/// whatever the writer committed since.
+/// Adds the entries of the state `snapshot` holds to `sums`, and corrects the stored digest and
+/// entry count where they disagree with it. The correction is written as a difference (what
+/// the state held minus what the bookkeeping said, both as of `snapshot`), so it holds whatever
+/// the writer committed since.
 fn check(
     db: &redb::Database,
     snapshot: redb::ReadTransaction,
+    sums: &Sums,
     limits: &EventLimits,
     rule: &crate::HashRule,
     rule_changed: bool,
     stop: &AtomicBool,
-) -> Result<(Vec<Fingerprint>, OpenCheck), StoreError> {
-    let mut sums = vec![Fingerprint::default(); 1 << 16];
+) -> Result<OpenCheck, StoreError> {
+    /// Entries hashed between two takes of the sums' lock.
+    const CHUNK: usize = 1024;
     let mut check = OpenCheck::default();
     let mut total = Fingerprint::default();
+    let mut chunk = Vec::with_capacity(CHUNK);
     let (stored_digest, stored_entries) = {
         let state = snapshot.open_table(STATE)?;
         for (i, row) in state.iter()?.enumerate() {
-            if i % 4096 == 0 && stop.load(Ordering::Relaxed) {
-                return Err(corrupt("state", "the store was closed during the check"));
+            if i % CHUNK == 0 {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(corrupt("state", "the store was closed during the check"));
+                }
+                sums.add_scanned(&chunk);
+                chunk.clear();
             }
             let (k, v) = row?;
             let (collection, key) = split_state_key(k.value())
                 .ok_or_else(|| corrupt("state", "key without separator"))?;
             let hash = rule.entry(collection, key, v.value(), limits);
-            let b = &mut sums[usize::from(bucket_of(k.value()))];
-            b.sum.add(hash);
-            b.count += 1;
+            chunk.push((bucket_of(k.value()), hash));
             total.sum.add(hash);
             total.count += 1;
         }
+        sums.add_scanned(&chunk);
         if stored_digest_differs(&snapshot, &total)? {
             // Damage: only then is each entry decoded, to count those that cannot be read.
             for row in state.iter()? {
@@ -324,7 +336,7 @@ fn check(
         }
         txn.commit()?;
     }
-    Ok((sums, check))
+    Ok(check)
 }
 
 /// Whether the stored digest differs from `total`'s sum.

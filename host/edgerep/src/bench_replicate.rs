@@ -573,12 +573,13 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
             "CPU time per replicated event (user + system, from /proc): node A {:.1} µs (taking the writes and sending), node B {:.1} µs (applying)",
             cpu_us.0, cpu_us.1
         );
-        let (catchup_ingest_eps, catchup_eps, restarted) =
+        let (catchup_ingest_eps, catchup_eps, answered, restarted) =
             catch_up(&exe, &configs[1], &a, b, mode, value.as_bytes(), &args)?;
         b = restarted;
         println!(
-            "catch-up (B stopped while A took {} events at {catchup_ingest_eps:.0} events/s, then started): {catchup_eps:.0} events/s applied on B",
-            args.events
+            "catch-up (B stopped while A took {} events at {catchup_ingest_eps:.0} events/s, then started): {catchup_eps:.0} events/s applied on B, timed from B's start (B answered its API {:.0} ms after it)",
+            args.events,
+            answered.as_secs_f64() * 1e3
         );
         let mut latencies = Vec::new();
         for &rate in &args.rates {
@@ -832,7 +833,8 @@ pub(crate) fn wait_peered(a: &NodeProcess, b: &NodeProcess) -> anyhow::Result<()
 }
 
 /// Stops B, writes `args.events` on A, starts B and times until B applied them all: replication
-/// alone, from A's changelog. Returns (A's write rate, B's catch-up rate, the restarted B).
+/// alone, from A's changelog. Returns (A's write rate, B's catch-up rate, how long B took to
+/// answer its API, the restarted B).
 fn catch_up(
     exe: &Path,
     b_config: &Path,
@@ -841,7 +843,7 @@ fn catch_up(
     mode: Mode,
     value: &[u8],
     args: &ReplicateArgs,
-) -> anyhow::Result<(f64, f64, NodeProcess)> {
+) -> anyhow::Result<(f64, f64, Duration, NodeProcess)> {
     let name = b.name.clone();
     b.stop()?;
     let origin = "node-1";
@@ -871,6 +873,7 @@ fn catch_up(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    let answered = start.elapsed();
     let limit = Duration::from_secs(60) + Duration::from_secs_f64(args.events as f64 / 1000.0);
     loop {
         let sb = b.status(false)?;
@@ -888,5 +891,5 @@ fn catch_up(
         std::thread::sleep(Duration::from_millis(5));
     }
     let catchup_eps = args.events as f64 / start.elapsed().as_secs_f64();
-    Ok((ingest_eps, catchup_eps, b))
+    Ok((ingest_eps, catchup_eps, answered, b))
 }
