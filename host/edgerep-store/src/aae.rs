@@ -369,7 +369,12 @@ impl crate::Store {
         self
     }
 
-    /// The fingerprint of `node`.
+    /// Whether the anti-entropy sums hold the whole state (the check at open has finished).
+    pub fn aae_ready(&self) -> bool {
+        self.aae.lock().check.is_some()
+    }
+
+    /// The fingerprint of `node` (waits for the check at open).
     pub fn aae_fingerprint(&self, node: Node) -> Result<Fingerprint, StoreError> {
         if !node.is_valid() {
             return Err(StoreError::Invalid(format!("no tree node {node:?}")));

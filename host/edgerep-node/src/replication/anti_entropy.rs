@@ -168,6 +168,9 @@ pub(super) struct AntiEntropy {
     changed_at: Option<Instant>,
     /// Per peer, when a session of ours last started.
     started_at: BTreeMap<NodeId, Instant>,
+    /// On-demand requests that came while the store's check at open ran (its sums are not
+    /// whole until it ends): started at the first tick after it.
+    deferred: Vec<(Option<NodeId>, oneshot::Sender<Vec<SessionReport>>)>,
 }
 
 impl AntiEntropy {
@@ -183,6 +186,7 @@ impl AntiEntropy {
             events_at: BTreeMap::new(),
             changed_at: None,
             started_at: BTreeMap::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -225,6 +229,13 @@ pub(super) struct StoreTree<'a>(pub(super) &'a edgerep_store::Store);
 
 impl Tree for StoreTree<'_> {
     fn fingerprint(&self, node: Node) -> Result<([u8; 16], u64), edgerep_replica::LogError> {
+        // Not waited for: the replicator must not stall while the store's check at open runs
+        // (the peer's session times out and a later one compares).
+        if !self.0.aae_ready() {
+            return Err(edgerep_replica::LogError::Storage {
+                reason: "the store's check at open is still running".into(),
+            });
+        }
         let f = self
             .0
             .aae_fingerprint(node)
@@ -292,6 +303,12 @@ impl Replicator {
 
     /// Starts periodic sessions that are due, ends sessions that timed out.
     pub(super) fn aae_tick(&mut self) {
+        if !self.store.aae_ready() {
+            return;
+        }
+        for (peer, reply) in std::mem::take(&mut self.anti_entropy.deferred) {
+            self.aae_on_demand(peer, reply);
+        }
         let now = Instant::now();
         if let Some(interval) = self.anti_entropy.interval {
             let local = self.core.local().clone();
@@ -415,6 +432,10 @@ impl Replicator {
         peer: Option<NodeId>,
         reply: oneshot::Sender<Vec<SessionReport>>,
     ) {
+        if !self.store.aae_ready() {
+            self.anti_entropy.deferred.push((peer, reply));
+            return;
+        }
         let peers: Vec<NodeId> = match peer {
             Some(p) => vec![p],
             None => self.conns.keys().cloned().collect(),
