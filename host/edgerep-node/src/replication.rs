@@ -22,6 +22,14 @@
 //! that needs compacted events gets a snapshot of the state from the core; a snapshot page from
 //! a peer is merged through the committer, refused for collections with transforms on apply
 //! (their state here is not the events', so it must come from events).
+//!
+//! This file holds the replicator's loop: its inputs (connections, the committer's callbacks,
+//! commands) and the core's outputs. The rest, by job: `connection` (a peer link's tasks),
+//! `handshake` (what a Hello carries), `store_log` (the core's `Log` over the store),
+//! `applying` (peers' batches and snapshot pages to the committer and back), `trust`
+//! (the origin gate, duplicate ids, forks, cutting a peer off), `retention` (acknowledged
+//! cursors and compaction), `anti_entropy` (reconciliation and repair), `status` (what it
+//! reports), `identity` (this node's TLS identity).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::BuildHasher;
@@ -37,10 +45,9 @@ use edgerep_replica::{
     Replica, ReplicaConfig, StateCursor, StatePage, UpgradeFingerprint,
 };
 use edgerep_store::{Compaction, Installed, RemoteApply, Store, StoreError};
-use edgerep_transport::certs::Identity;
 use edgerep_transport::tls::TransportConfig;
 use edgerep_transport::{CloseCode, PeerConnection, Transport};
-use edgerep_wire::{EncodedEvent, NodeId, Seal};
+use edgerep_wire::{NodeId, Seal};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
@@ -48,15 +55,20 @@ use crate::committer::wall_ms;
 use crate::committer::{CommitError, Committer, Have};
 
 mod anti_entropy;
+mod applying;
 mod connection;
 mod handshake;
+mod identity;
+mod retention;
 mod status;
 mod store_log;
+mod trust;
 
 use connection::{Live, serve_connection, spawn_dialer};
 pub(crate) use handshake::deciding_fingerprint;
 use handshake::transformed_on_apply;
 pub use handshake::{fingerprint, policy};
+pub use identity::{IdentityError, load_identity};
 use status::Reports;
 pub use status::{ForkReport, PeerStatus, PeerTraffic, RefusalReport, ReplicationStatus};
 pub use store_log::StoreLog;
@@ -259,64 +271,6 @@ impl Replication {
             let _ = t.join();
         }
     }
-}
-
-/// Why this node's TLS identity could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum IdentityError {
-    /// Peers are configured but no identity files are.
-    #[error("replication: peers are configured but ca/cert/key are not")]
-    NotConfigured,
-    /// A file could not be read.
-    #[error("replication.{setting}: cannot read {}: {source}", path.display())]
-    Read {
-        /// The setting naming the file (`ca`, `cert` or `key`).
-        setting: &'static str,
-        /// The file.
-        path: std::path::PathBuf,
-        /// The IO error.
-        source: std::io::Error,
-    },
-    /// The files do not make an identity (not PEM, wrong key, not signed by the CA).
-    #[error("replication TLS identity: {0}")]
-    Invalid(#[from] edgerep_transport::certs::CertError),
-    /// The certificate is another node's.
-    #[error("replication.cert names node {cert:?} but this node is {node:?}")]
-    OtherNode {
-        /// The node the certificate names.
-        cert: String,
-        /// This node.
-        node: String,
-    },
-}
-
-/// This node's TLS identity from the files `[replication]` names; it must name this node.
-pub fn load_identity(config: &Config) -> Result<Identity, IdentityError> {
-    let tls = config
-        .replication
-        .tls
-        .as_ref()
-        .ok_or(IdentityError::NotConfigured)?;
-    let read = |path: &std::path::Path, setting: &'static str| {
-        std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
-            setting,
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let identity = Identity::from_pem(
-        &read(&tls.ca, "ca")?,
-        &read(&tls.cert, "cert")?,
-        &read(&tls.key, "key")?,
-    )?;
-    if identity.node_id() != &config.node.id {
-        return Err(IdentityError::OtherNode {
-            cert: identity.node_id().as_str().to_owned(),
-            node: config.node.id.as_str().to_owned(),
-        });
-    }
-    Ok(identity)
 }
 
 /// A number that differs between two starts of a node, for the Hello's `instance`.
@@ -558,16 +512,6 @@ impl CommitHookSender {
     }
 }
 
-/// An event of an outstanding apply that carries a trace context.
-struct TracedEvent {
-    traceparent: String,
-    origin: String,
-    seq: u64,
-    collection: String,
-    /// Its transforms on apply.
-    plugins: Vec<crate::pipeline::PluginCall>,
-}
-
 struct Replicator {
     core: Replica,
     log: StoreLog,
@@ -598,7 +542,7 @@ struct Replicator {
     /// Where apply spans go, and per peer the traced events of its outstanding apply: when it
     /// went to the committer, and (traceparent, origin, seq, collection) of each.
     traces: Arc<crate::trace::Traces>,
-    traced: BTreeMap<NodeId, (std::time::SystemTime, Vec<TracedEvent>)>,
+    traced: BTreeMap<NodeId, (std::time::SystemTime, Vec<applying::TracedEvent>)>,
     /// Per peer: (messages sent, bytes sent, messages received, bytes received).
     frames: BTreeMap<NodeId, [u64; 4]>,
     last_error: BTreeMap<NodeId, String>,
@@ -620,25 +564,9 @@ struct Replicator {
     anti_entropy: AntiEntropy,
 }
 
-/// Lowercase hex of a hash.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Replicator {
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
-    }
-
-    fn load_cursors(&mut self) {
-        match self.store.peer_cursors() {
-            Ok(all) => {
-                for (peer, have) in all {
-                    self.acked.insert(peer, have);
-                }
-            }
-            Err(e) => tracing::warn!("cannot read saved peer cursors: {e}"),
-        }
     }
 
     /// Haves only grow; a report older than one already taken changes nothing. The core holds
@@ -653,294 +581,6 @@ impl Replicator {
         }
         self.core.set_local_have(have);
         self.check_origin();
-    }
-
-    /// Opens the origin gate once some peer said it holds this node's own events up to a
-    /// sequence number this node holds too (after a restore from a backup, its later events
-    /// come back from that peer first): then no sequence number can be used twice.
-    fn check_origin(&mut self) {
-        let Some(gate) = &self.origin_gate else {
-            return;
-        };
-        let local = self.core.local();
-        let held = self.core.local_have().get(local).copied().unwrap_or(0);
-        let confirmed = self.origin_claims.iter().find(|&(_, &claim)| claim <= held);
-        match confirmed {
-            Some((peer, claim)) => {
-                tracing::info!(peer = %peer, "peer holds this node's own events up to {claim}, this node up to {held}: taking writes");
-                gate.send_replace(None);
-                self.origin_gate = None;
-            }
-            None if !self.origin_claims.is_empty() => {
-                let waiting = format!(
-                    "this node holds its own events up to {held}, peers hold them up to {:?}: waiting for the missing ones to come back before taking writes",
-                    self.origin_claims
-                        .iter()
-                        .map(|(p, c)| (p.to_string(), *c))
-                        .collect::<BTreeMap<_, _>>()
-                );
-                gate.send_if_modified(|g| {
-                    let changed = g.as_deref() != Some(waiting.as_str());
-                    *g = Some(waiting.clone());
-                    changed
-                });
-            }
-            None => {}
-        }
-    }
-
-    /// Tracks `peer`'s instances; when two alternate within [`DUPLICATE_WINDOW`], two machines
-    /// use its node id: the session is closed and the peer refused for a while. Returns whether
-    /// that happened.
-    fn duplicate_id(&mut self, peer: &NodeId, instance: u64) -> bool {
-        let seen = self.instances.entry(peer.clone()).or_default();
-        if seen.back().is_some_and(|&(i, _)| i == instance) {
-            return false;
-        }
-        seen.push_back((instance, Instant::now()));
-        while seen.len() > 3 {
-            seen.pop_front();
-        }
-        let alternating = seen.len() == 3
-            && seen[0].0 == seen[2].0
-            && seen[0].0 != seen[1].0
-            && seen[0].1.elapsed() < DUPLICATE_WINDOW;
-        if !alternating {
-            return false;
-        }
-        let remote = self
-            .conns
-            .get(peer)
-            .map(|l| l.conn.remote.to_string())
-            .unwrap_or_default();
-        let why = format!(
-            "two machines use node id {peer:?} (instances {:016x} and {:016x} displaced each other within {} s; the last from {remote}): sessions refused for {} s; give one of them a new identity",
-            seen[0].0,
-            seen[1].0,
-            DUPLICATE_WINDOW.as_secs(),
-            DUPLICATE_WINDOW.as_secs()
-        );
-        tracing::error!(peer = %peer, "{why}");
-        seen.clear();
-        self.duplicates
-            .insert(peer.clone(), (Instant::now(), why.clone()));
-        if let Some(live) = self.conns.remove(peer) {
-            live.conn.close(CloseCode::Protocol, &why);
-        }
-        self.core.disconnected(peer, self.now());
-        self.last_error.insert(peer.clone(), why);
-        true
-    }
-
-    /// Takes in the certificates a peer sent as they arrive (checked against the CA and the
-    /// origin's name; a bad one is ignored here and refused with the seals it would verify), so
-    /// that they serve even when the events they came with are not applied now.
-    fn learn_certs(&self, certs: &[(NodeId, Vec<u8>)]) {
-        let Some(keys) = &self.log.keys else { return };
-        for (origin, der) in certs {
-            if let Err(e) = edgerep_store::Keys::learn(keys.as_ref(), origin, der) {
-                tracing::debug!(origin = %origin, "a certificate a peer sent was refused: {e}");
-            }
-        }
-    }
-
-    /// Compares events a peer sent that this node already holds with what it holds: two
-    /// different events with one origin and sequence number are a fork, reported (the one held
-    /// stays; the other is dropped as the duplicate it claims to be).
-    /// Compares the events of a batch this node already holds with what it holds. A different
-    /// event its origin sealed (the batch carries the seal and its whole block, the block's
-    /// root matches and the signature verifies) is a fork: reported, never applied. A different
-    /// event without that proof was changed by the peer: returns why, and the peer is cut off.
-    fn check_forks(
-        &mut self,
-        peer: &NodeId,
-        events: &[EncodedEvent],
-        seals: &[Seal],
-    ) -> Option<String> {
-        let compacted = self.core.compacted();
-        let held: Vec<&EncodedEvent> = events
-            .iter()
-            .filter(|e| {
-                e.seq <= self.core.local_have().get(&e.origin).copied().unwrap_or(0)
-                    && e.seq > compacted.get(&e.origin).copied().unwrap_or(0)
-            })
-            .collect();
-        if held.is_empty() {
-            return None;
-        }
-        let wanted: Vec<(&str, u64)> = held.iter().map(|e| (e.origin.as_str(), e.seq)).collect();
-        let hashes = match self.store.event_hashes(&wanted) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("cannot compare received events with the changelog: {e}");
-                return None;
-            }
-        };
-        for (event, stored) in held.iter().zip(hashes) {
-            let Some(stored) = stored else { continue };
-            let received = edgerep_store::event_hash(event.bytes());
-            if received != stored {
-                if !self.sealed_in_batch(event, events, seals) {
-                    return Some(format!(
-                        "event {}:{} differs from the one this node holds and its origin's seal does not prove it: the peer changed it",
-                        event.origin, event.seq
-                    ));
-                }
-                let report = ForkReport {
-                    origin: event.origin.to_string(),
-                    seq: event.seq,
-                    held_hash: hex(&stored),
-                    received_hash: hex(&received),
-                    from_peer: peer.to_string(),
-                    at_ms: wall_ms(),
-                };
-                tracing::error!(
-                    peer = %peer, origin = %event.origin, seq = event.seq,
-                    held = %report.held_hash, received = %report.received_hash,
-                    "fork: a peer sent a different event its origin sealed under an origin and sequence number this node holds"
-                );
-                self.reports.fork(report);
-            }
-        }
-        None
-    }
-
-    /// Whether `event` is proven its origin's by the batch alone: a seal of the batch covers
-    /// it, the batch holds that seal's whole block, the block's Merkle root matches and the
-    /// signature verifies (with keys; without, the root must still match).
-    fn sealed_in_batch(
-        &self,
-        event: &EncodedEvent,
-        events: &[EncodedEvent],
-        seals: &[Seal],
-    ) -> bool {
-        let Some(seal) = seals
-            .iter()
-            .find(|s| s.origin == event.origin && s.covers(event.seq))
-        else {
-            return false;
-        };
-        let mut block: Vec<&EncodedEvent> = events
-            .iter()
-            .filter(|e| e.origin == event.origin && seal.covers(e.seq))
-            .collect();
-        block.sort_by_key(|e| e.seq);
-        block.dedup_by_key(|e| e.seq);
-        if block.len() as u64 != seal.seq - seal.first + 1 {
-            return false;
-        }
-        let leaves: Vec<_> = block
-            .iter()
-            .map(|e| edgerep_wire::seal::event_leaf(e.bytes()))
-            .collect();
-        if edgerep_wire::seal::merkle_root(&leaves) != seal.root {
-            return false;
-        }
-        match &self.log.keys {
-            Some(keys) => edgerep_store::Keys::verify(
-                keys.as_ref(),
-                &seal.origin,
-                seal.seq,
-                &seal.message(),
-                &seal.signature,
-            )
-            .is_ok(),
-            None => true,
-        }
-    }
-
-    /// `peer` broke the protocol: its connection is closed with the reason.
-    fn protocol_error(&mut self, peer: NodeId, reason: String, now: u64) {
-        self.reports.protocol_errors_total += 1;
-        tracing::warn!(peer = %peer, "protocol error, disconnecting: {reason}");
-        if let Some(live) = self.conns.remove(&peer) {
-            live.conn.close(CloseCode::Protocol, &reason);
-        }
-        self.core.disconnected(&peer, now);
-        self.aae_disconnected(&peer);
-        self.last_error.insert(peer, reason);
-    }
-
-    /// Refuses what `peer` sent as not its origins' (reported), and closes its connection.
-    fn cut_off(&mut self, peer: NodeId, reason: String, now: u64) {
-        self.reports.refused(
-            RefusalReport {
-                from_peer: peer.to_string(),
-                origin: String::new(),
-                seq: 0,
-                reason: reason.clone(),
-                at_ms: wall_ms(),
-            },
-            1,
-        );
-        if let Some(live) = self.conns.remove(&peer) {
-            live.conn.close(CloseCode::Protocol, &reason);
-            self.core.disconnected(&peer, now);
-        }
-        self.last_error.insert(peer, reason);
-    }
-
-    fn set_compacted(&mut self, compacted: &Have) {
-        self.core.set_compacted(compacted);
-    }
-
-    /// Per origin, how far the changelog may be compacted now: what every configured peer
-    /// acknowledged (except peers unheard of for `peer_absent_ms`), less `keep_events`. Only
-    /// origins whose floor moved are listed.
-    fn compaction_floors(&self) -> Have {
-        let now = wall_ms();
-        let counted: Vec<&NodeId> = self
-            .peers
-            .iter()
-            .map(|(p, _)| p)
-            .filter(|p| {
-                let last = self
-                    .last_contact
-                    .get(*p)
-                    .copied()
-                    .unwrap_or(self.started_wall);
-                self.conns.contains_key(*p)
-                    || self
-                        .retention
-                        .peer_absent_ms
-                        .is_none_or(|ms| now.saturating_sub(last) < ms)
-            })
-            .collect();
-        let mut floors = Have::new();
-        for (origin, &held) in self.core.local_have() {
-            let mut floor = held.saturating_sub(self.retention.keep_events);
-            for peer in &counted {
-                let acked = self.acked.get(*peer).and_then(|h| h.get(origin));
-                floor = floor.min(acked.copied().unwrap_or(0));
-            }
-            if floor > self.core.compacted().get(origin).copied().unwrap_or(0) {
-                floors.insert(origin.clone(), floor);
-            }
-        }
-        floors
-    }
-
-    /// Queues a compaction when one is due and would remove something.
-    fn maybe_compact(&mut self) {
-        let interval = Duration::from_millis(self.retention.interval_ms);
-        let due = self.compact_more || self.compacted_at.elapsed() >= interval;
-        if !self.retention.compact || self.compacting || !due {
-            return;
-        }
-        self.compact_more = false;
-        self.compacted_at = Instant::now();
-        let floors = self.compaction_floors();
-        if floors.is_empty() {
-            return;
-        }
-        let hook = CommitHookSender(self.inbox.clone());
-        match self
-            .committer
-            .compact(floors, Box::new(move |result| hook.compacted(result)))
-        {
-            Ok(()) => self.compacting = true,
-            Err(e) => tracing::warn!("cannot queue a compaction: {e}"),
-        }
     }
 
     fn run(mut self, rx: std_mpsc::Receiver<Input>) {
@@ -1008,48 +648,17 @@ impl Replicator {
                 queued,
                 paused,
                 inbox_bytes,
-            } => {
-                let peer = conn.peer.clone();
-                if let Some(reason) = &self.halted {
-                    conn.close(CloseCode::Normal, &format!("replication halted: {reason}"));
-                    return;
-                }
-                if let Some((at, why)) = self.duplicates.get(&peer)
-                    && at.elapsed() < DUPLICATE_WINDOW
-                {
-                    conn.close(CloseCode::Protocol, why);
-                    return;
-                }
-                if self.config.is_revoked(&peer) {
-                    conn.close(CloseCode::Protocol, "this node is revoked ([[revoked]])");
-                    return;
-                }
-                // A connection that was up before a reload removed the peer.
-                if !self.peers.iter().any(|(id, _)| *id == peer) {
-                    conn.close(CloseCode::UnknownPeer, "no longer a peer of this node");
-                    return;
-                }
-                self.end_session(
-                    &peer,
-                    CloseCode::Normal,
-                    "replaced by a newer connection",
-                    now,
-                );
-                tracing::info!(peer = %peer, remote = %conn.remote, "peer connected");
-                self.last_error.remove(&peer);
-                self.conns.insert(
-                    peer.clone(),
-                    Live {
-                        id,
-                        conn,
-                        frames,
-                        queued,
-                        paused,
-                        inbox_bytes,
-                    },
-                );
-                self.core.connected(&peer, now);
-            }
+            } => self.connected(
+                Live {
+                    id,
+                    conn,
+                    frames,
+                    queued,
+                    paused,
+                    inbox_bytes,
+                },
+                now,
+            ),
             Input::Disconnected { peer, id, reason } => {
                 if self.conns.get(&peer).is_some_and(|l| l.id == id) {
                     self.conns.remove(&peer);
@@ -1063,223 +672,170 @@ impl Replicator {
                 id,
                 message,
                 bytes,
-            } => {
-                let Some(live) = self.conns.get(&peer).filter(|l| l.id == id) else {
-                    return;
-                };
-                live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
-                self.last_contact.insert(peer.clone(), wall_ms());
-                let f = self.frames.entry(peer.clone()).or_default();
-                f[2] += 1;
-                f[3] += bytes as u64;
-                match &message {
-                    Message::Hello(hello) => {
-                        self.peer_have
-                            .insert(peer.clone(), hello.have.iter().cloned().collect());
-                    }
-                    Message::Events {
-                        events,
-                        seals,
-                        certs,
-                    } => {
-                        if !events.is_empty() {
-                            self.anti_entropy.heard_events(&peer);
-                        }
-                        self.learn_certs(certs);
-                        if let Some(reason) = self.check_forks(&peer, events, seals) {
-                            tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
-                            self.cut_off(peer, reason, now);
-                            return;
-                        }
-                    }
-                    Message::Snapshot { certs, .. } => self.learn_certs(certs),
-                    Message::Reconcile { .. } | Message::Repair { .. } => {
-                        // The core checks only that it follows the handshake; anti-entropy
-                        // takes the message itself.
-                        let probe = Message::Reconcile {
-                            id: 0,
-                            fingerprints: Vec::new(),
-                            items: Vec::new(),
-                        };
-                        match self.core.handle(&peer, probe, now) {
-                            Ok(()) => self.aae_message(&peer, message, bytes),
-                            Err(e) => self.protocol_error(peer, e.to_string(), now),
-                        }
-                        return;
-                    }
-                    _ => {}
-                }
-                if let Err(e) = self.core.handle(&peer, message, now) {
-                    self.protocol_error(peer, e.to_string(), now);
-                }
-            }
-            Input::Applied { peer, result } => match result {
-                Ok(out) => {
-                    for fork in out.forks {
-                        // Another history the origin signed, or events the peer changed
-                        // under the origin's genuine seal: this node keeps what it holds; the
-                        // session goes on for every other origin.
-                        if !self
-                            .reports
-                            .seen_forks
-                            .insert((fork.origin.clone(), fork.seq))
-                        {
-                            continue;
-                        }
-                        let report = ForkReport {
-                            origin: fork.origin,
-                            seq: fork.seq,
-                            held_hash: hex(&fork.held_chain),
-                            received_hash: hex(&fork.received_chain),
-                            from_peer: peer.to_string(),
-                            at_ms: wall_ms(),
-                        };
-                        tracing::error!(
-                            peer = %peer, origin = %report.origin, seq = report.seq,
-                            "fork: a peer sent events of the origin that do not chain to its seal from the history this node holds (another history the origin signed, or events changed by the peer); left out"
-                        );
-                        self.reports.fork(report);
-                    }
-                    if let Some((started, events)) = self.traced.remove(&peer) {
-                        for t in events {
-                            tracing::info!(
-                                trace_id = %t.traceparent.get(3..35).unwrap_or(""),
-                                peer = %peer, origin = %t.origin, seq = t.seq,
-                                "applied a traced event"
-                            );
-                            self.traces.apply_span(
-                                &t.traceparent,
-                                started,
-                                crate::trace::Applied {
-                                    peer: peer.as_str(),
-                                    origin: &t.origin,
-                                    seq: t.seq,
-                                    collection: &t.collection,
-                                    plugins: &t.plugins,
-                                },
-                            );
-                        }
-                    }
-                    self.core.applied(&peer, now)
-                }
-                Err(CommitError::Forged(reason)) => {
-                    // What the peer sent is not what its origin wrote: nothing of the batch was
-                    // applied, and the peer is cut off (it is lying, or relays a liar's events).
-                    tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
-                    self.core.apply_failed(&peer, &reason, now);
-                    self.cut_off(peer, reason, now);
-                }
-                Err(e) => self.core.apply_failed(&peer, &e.to_string(), now),
-            },
-            Input::Installed { peer, result } => match result {
-                Ok(out) => {
-                    self.reports.snapshot_pages_merged_total += 1;
-                    if out.compacted.is_empty() {
-                        tracing::debug!(peer = %peer, changed = out.changed, "merged a snapshot page");
-                    } else {
-                        tracing::info!(peer = %peer, changed = out.changed, "merged a snapshot page; changelog now starts after {:?}", out.compacted);
-                    }
-                    self.set_compacted(&out.compacted);
-                    self.core.installed(&peer, now);
-                }
-                Err(CommitError::Forged(reason)) => {
-                    // A version (or a have) its origin did not seal: nothing of the page was
-                    // merged, and the peer is cut off like for forged events.
-                    tracing::error!(peer = %peer, "snapshot page refused, disconnecting: {reason}");
-                    self.core.install_failed(&peer, &reason, now);
-                    self.cut_off(peer, reason, now);
-                }
-                Err(e) => {
-                    self.core.install_failed(&peer, &e.to_string(), now);
-                }
-            },
+            } => self.received(peer, id, message, bytes, now),
+            Input::Applied { peer, result } => self.applied(peer, result, now),
+            Input::Installed { peer, result } => self.installed(peer, result, now),
             Input::Repaired { peer, id, result } => self.aae_repaired(peer, id, result, now),
             Input::Reconcile { peer, reply } => self.aae_on_demand(peer, reply),
-            Input::Compacted(result) => {
-                self.compacting = false;
-                match result {
-                    Ok(c) => {
-                        self.reports.compactions_total += 1;
-                        self.reports.compacted_events_total += c.removed;
-                        if c.removed > 0 {
-                            tracing::debug!(
-                                removed = c.removed,
-                                "changelog compacted up to {:?}",
-                                c.compacted
-                            );
-                        }
-                        // More to remove: the next small transaction goes at once, between
-                        // writes, not a whole interval later.
-                        self.compact_more = c.removed >= crate::committer::COMPACT_MAX_REMOVE;
-                        self.set_compacted(&c.compacted);
-                    }
-                    Err(e) => tracing::error!("changelog compaction failed: {e}"),
-                }
-            }
+            Input::Compacted(result) => self.compacted(result),
             Input::Have(have) => self.set_have(&have),
-            Input::Reload { config, restart } => {
-                self.config = *config;
-                self.core.set_policy(policy(&self.config));
-                self.core.set_fingerprint(fingerprint(&self.config));
-                self.core.set_limits(MessageLimits {
-                    event: crate::event_limits(&self.config),
-                    ..MessageLimits::default()
-                });
-                self.value_limits = crate::value_limits(&self.config);
-                self.transformed_on_apply = transformed_on_apply(&self.config);
-                if let Some(reason) = self.halted.take() {
-                    tracing::info!(%reason, "replication resumes after a config reload");
+            Input::Reload { config, restart } => self.reload(*config, restart, now),
+            Input::Stop => {}
+        }
+    }
+
+    /// A peer link is up: it replaces the peer's session, unless replication is halted or the
+    /// peer is refused (its id used by two machines, revoked, or no longer configured).
+    fn connected(&mut self, live: Live, now: u64) {
+        let peer = live.conn.peer.clone();
+        if let Some(reason) = &self.halted {
+            live.conn
+                .close(CloseCode::Normal, &format!("replication halted: {reason}"));
+            return;
+        }
+        if let Some((at, why)) = self.duplicates.get(&peer)
+            && at.elapsed() < DUPLICATE_WINDOW
+        {
+            live.conn.close(CloseCode::Protocol, why);
+            return;
+        }
+        if self.config.is_revoked(&peer) {
+            live.conn
+                .close(CloseCode::Protocol, "this node is revoked ([[revoked]])");
+            return;
+        }
+        // A connection that was up before a reload removed the peer.
+        if !self.peers.iter().any(|(id, _)| *id == peer) {
+            live.conn
+                .close(CloseCode::UnknownPeer, "no longer a peer of this node");
+            return;
+        }
+        self.end_session(
+            &peer,
+            CloseCode::Normal,
+            "replaced by a newer connection",
+            now,
+        );
+        tracing::info!(peer = %peer, remote = %live.conn.remote, "peer connected");
+        self.last_error.remove(&peer);
+        self.conns.insert(peer.clone(), live);
+        self.core.connected(&peer, now);
+    }
+
+    /// A message from `peer` on link `id` (stale links' messages are dropped).
+    fn received(&mut self, peer: NodeId, id: u64, message: Message, bytes: usize, now: u64) {
+        let Some(live) = self.conns.get(&peer).filter(|l| l.id == id) else {
+            return;
+        };
+        live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.last_contact.insert(peer.clone(), wall_ms());
+        let f = self.frames.entry(peer.clone()).or_default();
+        f[2] += 1;
+        f[3] += bytes as u64;
+        match &message {
+            Message::Hello(hello) => {
+                self.peer_have
+                    .insert(peer.clone(), hello.have.iter().cloned().collect());
+            }
+            Message::Events {
+                events,
+                seals,
+                certs,
+            } => {
+                if !events.is_empty() {
+                    self.anti_entropy.heard_events(&peer);
                 }
-                self.peers = self
-                    .config
-                    .peers
-                    .iter()
-                    .map(|p| (p.id.clone(), p.address.clone()))
-                    .collect();
-                let removed: Vec<NodeId> = self
-                    .conns
-                    .keys()
-                    .filter(|p| !self.peers.iter().any(|(id, _)| id == *p))
-                    .cloned()
-                    .collect();
-                for peer in removed {
-                    tracing::info!(peer = %peer, "config reloaded: no longer a peer; closing its session");
-                    self.end_session(
-                        &peer,
-                        CloseCode::Normal,
-                        "no longer a peer of this node",
-                        now,
-                    );
-                }
-                let gone: Vec<NodeId> = self
-                    .conns
-                    .keys()
-                    .filter(|p| self.config.is_revoked(p))
-                    .cloned()
-                    .collect();
-                if restart {
-                    for (peer, live) in &self.conns {
-                        if gone.contains(peer) {
-                            continue;
-                        }
-                        tracing::info!(peer = %peer, "config reloaded: handshaking again");
-                        live.conn
-                            .close(CloseCode::Normal, "config reloaded: handshaking again");
-                    }
-                }
-                for peer in gone {
-                    tracing::warn!(peer = %peer, "revoked: closing its session");
-                    self.end_session(
-                        &peer,
-                        CloseCode::Protocol,
-                        "this node is revoked ([[revoked]])",
-                        now,
-                    );
-                    self.last_error
-                        .insert(peer, "revoked ([[revoked]] in the config)".into());
+                self.learn_certs(certs);
+                if let Some(reason) = self.check_forks(&peer, events, seals) {
+                    tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
+                    self.cut_off(peer, reason, now);
+                    return;
                 }
             }
-            Input::Stop => {}
+            Message::Snapshot { certs, .. } => self.learn_certs(certs),
+            Message::Reconcile { .. } | Message::Repair { .. } => {
+                // The core checks only that it follows the handshake; anti-entropy
+                // takes the message itself.
+                let probe = Message::Reconcile {
+                    id: 0,
+                    fingerprints: Vec::new(),
+                    items: Vec::new(),
+                };
+                match self.core.handle(&peer, probe, now) {
+                    Ok(()) => self.aae_message(&peer, message, bytes),
+                    Err(e) => self.protocol_error(peer, e.to_string(), now),
+                }
+                return;
+            }
+            _ => {}
+        }
+        if let Err(e) = self.core.handle(&peer, message, now) {
+            self.protocol_error(peer, e.to_string(), now);
+        }
+    }
+
+    /// The config was reloaded: the core's policy, fingerprint and limits follow it; removed
+    /// and revoked peers' sessions end; with `restart`, every other session handshakes again.
+    fn reload(&mut self, config: Config, restart: bool, now: u64) {
+        self.config = config;
+        self.core.set_policy(policy(&self.config));
+        self.core.set_fingerprint(fingerprint(&self.config));
+        self.core.set_limits(MessageLimits {
+            event: crate::event_limits(&self.config),
+            ..MessageLimits::default()
+        });
+        self.value_limits = crate::value_limits(&self.config);
+        self.transformed_on_apply = transformed_on_apply(&self.config);
+        if let Some(reason) = self.halted.take() {
+            tracing::info!(%reason, "replication resumes after a config reload");
+        }
+        self.peers = self
+            .config
+            .peers
+            .iter()
+            .map(|p| (p.id.clone(), p.address.clone()))
+            .collect();
+        let removed: Vec<NodeId> = self
+            .conns
+            .keys()
+            .filter(|p| !self.peers.iter().any(|(id, _)| id == *p))
+            .cloned()
+            .collect();
+        for peer in removed {
+            tracing::info!(peer = %peer, "config reloaded: no longer a peer; closing its session");
+            self.end_session(
+                &peer,
+                CloseCode::Normal,
+                "no longer a peer of this node",
+                now,
+            );
+        }
+        let gone: Vec<NodeId> = self
+            .conns
+            .keys()
+            .filter(|p| self.config.is_revoked(p))
+            .cloned()
+            .collect();
+        if restart {
+            for (peer, live) in &self.conns {
+                if gone.contains(peer) {
+                    continue;
+                }
+                tracing::info!(peer = %peer, "config reloaded: handshaking again");
+                live.conn
+                    .close(CloseCode::Normal, "config reloaded: handshaking again");
+            }
+        }
+        for peer in gone {
+            tracing::warn!(peer = %peer, "revoked: closing its session");
+            self.end_session(
+                &peer,
+                CloseCode::Protocol,
+                "this node is revoked ([[revoked]])",
+                now,
+            );
+            self.last_error
+                .insert(peer, "revoked ([[revoked]] in the config)".into());
         }
     }
 
@@ -1302,109 +858,7 @@ impl Replicator {
                     events,
                     seals,
                     certs,
-                } => {
-                    if let Some(reason) = &self.halted {
-                        let reason = reason.clone();
-                        self.core.apply_failed(&peer, &reason, self.now());
-                        continue;
-                    }
-                    // Per origin with a session here: how far it says it holds its own events.
-                    // Only without authentication: with it, the origin's signed seal proves its
-                    // events whoever relays them, and holding relays back would stall an
-                    // origin whose link went silent until the connection times out.
-                    let own_claims: BTreeMap<NodeId, u64> = self
-                        .conns
-                        .keys()
-                        .filter(|_| !self.config.replication.authenticate)
-                        .filter(|o| self.core.is_ready(o))
-                        .filter_map(|o| {
-                            let claim = self.acked.get(o)?.get(o).copied().unwrap_or(0);
-                            Some((o.clone(), claim))
-                        })
-                        .collect();
-                    let admission = crate::apply::Admission {
-                        config: &self.config,
-                        local: self.core.local(),
-                        have: self.core.local_have(),
-                        own_claims: &own_claims,
-                        from: &peer,
-                        pipeline: &self.pipeline,
-                    };
-                    let prepared = match crate::apply::prepare(
-                        &self.pipeline,
-                        &self.value_limits,
-                        &admission,
-                        events,
-                        &seals,
-                    ) {
-                        Ok(p) => p,
-                        Err(halt) => {
-                            self.core.apply_failed(&peer, &halt.reason, self.now());
-                            self.halt(halt);
-                            continue;
-                        }
-                    };
-                    for r in &prepared.refused {
-                        if r.deferred {
-                            // Normal when events overtake what they depend on: sent again later.
-                            tracing::debug!(peer = %peer, origin = %r.origin, seq = r.seq, "event deferred: {}", r.reason);
-                            self.reports.deferred(&r.reason);
-                            continue;
-                        }
-                        tracing::warn!(peer = %peer, origin = %r.origin, seq = r.seq, "refused an event (and its origin's later ones in the batch): {}", r.reason);
-                        self.reports.refused(
-                            RefusalReport {
-                                from_peer: peer.to_string(),
-                                origin: r.origin.to_string(),
-                                seq: r.seq,
-                                reason: r.reason.clone(),
-                                at_ms: wall_ms(),
-                            },
-                            1,
-                        );
-                    }
-                    if prepared.events.is_empty() && prepared.dead_letters.is_empty() {
-                        // Everything was refused: nothing to commit.
-                        self.core.applied(&peer, self.now());
-                        continue;
-                    }
-                    let traced: Vec<TracedEvent> = prepared
-                        .events
-                        .iter()
-                        .filter_map(|r| {
-                            let e = &r.event;
-                            Some(TracedEvent {
-                                traceparent: e.meta.get(crate::trace::TRACEPARENT)?.clone(),
-                                origin: e.origin.to_string(),
-                                seq: e.seq,
-                                collection: e.collection.clone(),
-                                plugins: prepared
-                                    .traced_calls
-                                    .get(&(e.origin.clone(), e.seq))
-                                    .cloned()
-                                    .unwrap_or_default(),
-                            })
-                        })
-                        .collect();
-                    // One apply per peer is outstanding: what an earlier, failed one left goes.
-                    self.traced.remove(&peer);
-                    if !traced.is_empty() {
-                        self.traced
-                            .insert(peer.clone(), (std::time::SystemTime::now(), traced));
-                    }
-                    let hook = CommitHookSender(self.inbox.clone());
-                    let to = peer.clone();
-                    let sent = self.committer.apply(
-                        prepared.events,
-                        seals,
-                        certs,
-                        prepared.dead_letters,
-                        Box::new(move |result| hook.applied(to, result)),
-                    );
-                    if let Err(e) = sent {
-                        self.core.apply_failed(&peer, &e.to_string(), self.now());
-                    }
-                }
+                } => self.apply_batch(peer, events, seals, certs),
                 Output::PeerReady { peer, hello } => {
                     tracing::info!(peer = %peer, instance = hello.instance, "replication session ready");
                     if self.duplicate_id(&peer, hello.instance) {
@@ -1430,34 +884,7 @@ impl Replicator {
                     have,
                     seals,
                     certs,
-                } => {
-                    let now = self.now();
-                    if let Some(c) = versions
-                        .iter()
-                        .find(|v| self.transformed_on_apply.contains(v.collection.as_str()))
-                    {
-                        let reason = format!(
-                            "snapshot refused: collection {:?} runs transforms on apply here, so its state must be built from events; the peer compacted events this node lacks (set [retention] compact = false on peers of nodes with transforms on apply)",
-                            c.collection
-                        );
-                        tracing::error!(peer = %peer, "{reason}");
-                        self.core.install_failed(&peer, &reason, now);
-                        continue;
-                    }
-                    let hook = CommitHookSender(self.inbox.clone());
-                    let to = peer.clone();
-                    let sent = self.committer.install(
-                        versions,
-                        proofs,
-                        have,
-                        seals,
-                        certs,
-                        Box::new(move |result| hook.installed(to, result)),
-                    );
-                    if let Err(e) = sent {
-                        self.core.install_failed(&peer, &e.to_string(), now);
-                    }
-                }
+                } => self.install_snapshot(peer, versions, proofs, have, seals, certs),
                 Output::SnapshotDeclined {
                     peer,
                     id: _,
@@ -1560,142 +987,6 @@ impl Replicator {
                     break;
                 }
             }
-        }
-    }
-
-    fn save_cursors(&mut self) {
-        self.saved_at = Instant::now();
-        for (peer, have) in std::mem::take(&mut self.dirty) {
-            if let Err(e) = self.committer.save_peer_cursor(peer.clone(), have) {
-                tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
-            }
-        }
-    }
-
-    /// The age of the oldest event `peer` lacks, in seconds.
-    fn lag_seconds(&self, acked: &BTreeMap<NodeId, u64>) -> f64 {
-        let now = wall_ms();
-        let mut oldest: Option<u64> = None;
-        for (origin, &held) in self.core.local_have() {
-            let theirs = acked.get(origin).copied().unwrap_or(0);
-            if held > theirs
-                && let Ok(events) = self.store.changelog(origin.as_str(), theirs, 1)
-                && let Some(e) = events.first()
-            {
-                let t = e.hlc.physical_ms;
-                oldest = Some(oldest.map_or(t, |o: u64| o.min(t)));
-            }
-        }
-        oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0)
-    }
-
-    fn publish(&self) {
-        let empty = BTreeMap::new();
-        let peers = self
-            .peers
-            .iter()
-            .map(|(id, address)| {
-                let acked = self.acked.get(id).unwrap_or(&empty);
-                let lag_events = self
-                    .core
-                    .local_have()
-                    .iter()
-                    .map(|(o, &s)| s.saturating_sub(acked.get(o).copied().unwrap_or(0)))
-                    .sum();
-                let view = self.core.peer_view(id);
-                let counters = self.core.counters(id);
-                let [messages_sent, bytes_sent, messages_received, bytes_received] =
-                    self.frames.get(id).copied().unwrap_or_default();
-                let names = |o: &[NodeId]| o.iter().map(|o| o.to_string()).collect();
-                let traffic = PeerTraffic {
-                    messages_sent,
-                    messages_received,
-                    bytes_sent,
-                    bytes_received,
-                    events_sent: counters.events_sent,
-                    events_received: counters.events_received,
-                    duplicates_received: counters.duplicates_received,
-                    prunes_sent: counters.prunes_sent,
-                    grafts_sent: counters.grafts_sent,
-                    events_resent: counters.events_resent,
-                    snapshot_pages_sent: counters.snapshot_pages_sent,
-                    not_pushed_to_peer: view
-                        .as_ref()
-                        .map_or(Vec::new(), |v| names(&v.lazy_origins)),
-                    not_pushed_by_peer: view
-                        .as_ref()
-                        .map_or(Vec::new(), |v| names(&v.pruned_origins)),
-                };
-                PeerStatus {
-                    traffic,
-                    id: id.to_string(),
-                    address: address.clone(),
-                    connected: view.as_ref().is_some_and(|v| v.ready),
-                    last_contact_ms: self.last_contact.get(id).copied(),
-                    acked: acked.clone(),
-                    peer_have: self.peer_have.get(id).cloned().unwrap_or_default(),
-                    lag_events,
-                    lag_seconds: if lag_events == 0 {
-                        0.0
-                    } else {
-                        self.lag_seconds(acked)
-                    },
-                    in_flight: view.as_ref().map_or(0, |v| v.in_flight_events),
-                    mismatches: self.mismatches.get(id).cloned().unwrap_or_default(),
-                    last_error: self
-                        .last_error
-                        .get(id)
-                        .cloned()
-                        .or_else(|| view.as_ref().and_then(|v| v.last_apply_error.clone())),
-                    instance: self
-                        .instances
-                        .get(id)
-                        .and_then(|i| i.back())
-                        .map(|(i, _)| format!("{i:016x}")),
-                    duplicate_id: self
-                        .duplicates
-                        .get(id)
-                        .filter(|(at, _)| at.elapsed() < DUPLICATE_WINDOW)
-                        .map(|(_, why)| why.clone()),
-                    revoked: self.config.is_revoked(id),
-                    anti_entropy: self
-                        .anti_entropy
-                        .status
-                        .get(id)
-                        .cloned()
-                        .unwrap_or_default(),
-                    snapshot: view.as_ref().and_then(|v| {
-                        v.snapshot_sending_page
-                            .map(|p| format!("sending page {p}"))
-                            .or_else(|| {
-                                v.snapshot_receiving_page
-                                    .map(|p| format!("receiving page {p}"))
-                            })
-                    }),
-                }
-            })
-            .collect();
-        if let Ok(mut s) = self.status.lock() {
-            s.peers = peers;
-            s.halted = self.halted.clone();
-            s.origin_check = self.origin_gate.as_ref().and_then(|g| g.borrow().clone());
-            s.forks = self.reports.forks.iter().cloned().collect();
-            s.forks_total = self.reports.forks_total;
-            s.refused = self.reports.refused.iter().cloned().collect();
-            s.refused_total = self.reports.refused_total;
-            s.protocol_errors_total = self.reports.protocol_errors_total;
-            s.deferred_total = self.reports.deferred_total;
-            s.deferred_last = self.reports.deferred_last.clone();
-            s.snapshots_declined_total = self.reports.snapshots_declined_total;
-            s.snapshot_pages_merged_total = self.reports.snapshot_pages_merged_total;
-            s.compactions_total = self.reports.compactions_total;
-            s.compacted_events_total = self.reports.compacted_events_total;
-            s.unreadable = self
-                .core
-                .unreadable()
-                .iter()
-                .map(|(o, why)| (o.to_string(), why.clone()))
-                .collect();
         }
     }
 }

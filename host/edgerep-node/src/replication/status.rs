@@ -193,3 +193,132 @@ impl Reports {
         self.refused.push_back(report);
     }
 }
+
+impl super::Replicator {
+    /// The age of the oldest event `peer` lacks, in seconds.
+    pub(super) fn lag_seconds(&self, acked: &BTreeMap<NodeId, u64>) -> f64 {
+        let now = wall_ms();
+        let mut oldest: Option<u64> = None;
+        for (origin, &held) in self.core.local_have() {
+            let theirs = acked.get(origin).copied().unwrap_or(0);
+            if held > theirs
+                && let Ok(events) = self.store.changelog(origin.as_str(), theirs, 1)
+                && let Some(e) = events.first()
+            {
+                let t = e.hlc.physical_ms;
+                oldest = Some(oldest.map_or(t, |o: u64| o.min(t)));
+            }
+        }
+        oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0)
+    }
+
+    pub(super) fn publish(&self) {
+        let empty = BTreeMap::new();
+        let peers = self
+            .peers
+            .iter()
+            .map(|(id, address)| {
+                let acked = self.acked.get(id).unwrap_or(&empty);
+                let lag_events = self
+                    .core
+                    .local_have()
+                    .iter()
+                    .map(|(o, &s)| s.saturating_sub(acked.get(o).copied().unwrap_or(0)))
+                    .sum();
+                let view = self.core.peer_view(id);
+                let counters = self.core.counters(id);
+                let [messages_sent, bytes_sent, messages_received, bytes_received] =
+                    self.frames.get(id).copied().unwrap_or_default();
+                let names = |o: &[NodeId]| o.iter().map(|o| o.to_string()).collect();
+                let traffic = PeerTraffic {
+                    messages_sent,
+                    messages_received,
+                    bytes_sent,
+                    bytes_received,
+                    events_sent: counters.events_sent,
+                    events_received: counters.events_received,
+                    duplicates_received: counters.duplicates_received,
+                    prunes_sent: counters.prunes_sent,
+                    grafts_sent: counters.grafts_sent,
+                    events_resent: counters.events_resent,
+                    snapshot_pages_sent: counters.snapshot_pages_sent,
+                    not_pushed_to_peer: view
+                        .as_ref()
+                        .map_or(Vec::new(), |v| names(&v.lazy_origins)),
+                    not_pushed_by_peer: view
+                        .as_ref()
+                        .map_or(Vec::new(), |v| names(&v.pruned_origins)),
+                };
+                PeerStatus {
+                    traffic,
+                    id: id.to_string(),
+                    address: address.clone(),
+                    connected: view.as_ref().is_some_and(|v| v.ready),
+                    last_contact_ms: self.last_contact.get(id).copied(),
+                    acked: acked.clone(),
+                    peer_have: self.peer_have.get(id).cloned().unwrap_or_default(),
+                    lag_events,
+                    lag_seconds: if lag_events == 0 {
+                        0.0
+                    } else {
+                        self.lag_seconds(acked)
+                    },
+                    in_flight: view.as_ref().map_or(0, |v| v.in_flight_events),
+                    mismatches: self.mismatches.get(id).cloned().unwrap_or_default(),
+                    last_error: self
+                        .last_error
+                        .get(id)
+                        .cloned()
+                        .or_else(|| view.as_ref().and_then(|v| v.last_apply_error.clone())),
+                    instance: self
+                        .instances
+                        .get(id)
+                        .and_then(|i| i.back())
+                        .map(|(i, _)| format!("{i:016x}")),
+                    duplicate_id: self
+                        .duplicates
+                        .get(id)
+                        .filter(|(at, _)| at.elapsed() < DUPLICATE_WINDOW)
+                        .map(|(_, why)| why.clone()),
+                    revoked: self.config.is_revoked(id),
+                    anti_entropy: self
+                        .anti_entropy
+                        .status
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_default(),
+                    snapshot: view.as_ref().and_then(|v| {
+                        v.snapshot_sending_page
+                            .map(|p| format!("sending page {p}"))
+                            .or_else(|| {
+                                v.snapshot_receiving_page
+                                    .map(|p| format!("receiving page {p}"))
+                            })
+                    }),
+                }
+            })
+            .collect();
+        if let Ok(mut s) = self.status.lock() {
+            s.peers = peers;
+            s.halted = self.halted.clone();
+            s.origin_check = self.origin_gate.as_ref().and_then(|g| g.borrow().clone());
+            s.forks = self.reports.forks.iter().cloned().collect();
+            s.forks_total = self.reports.forks_total;
+            s.refused = self.reports.refused.iter().cloned().collect();
+            s.refused_total = self.reports.refused_total;
+            s.protocol_errors_total = self.reports.protocol_errors_total;
+            s.deferred_total = self.reports.deferred_total;
+            s.deferred_last = self.reports.deferred_last.clone();
+            s.snapshots_declined_total = self.reports.snapshots_declined_total;
+            s.snapshot_pages_merged_total = self.reports.snapshot_pages_merged_total;
+            s.compactions_total = self.reports.compactions_total;
+            s.compacted_events_total = self.reports.compacted_events_total;
+            s.unreadable = self
+                .core
+                .unreadable()
+                .iter()
+                .map(|(o, why)| (o.to_string(), why.clone()))
+                .collect();
+        }
+    }
+}

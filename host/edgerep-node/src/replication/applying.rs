@@ -1,0 +1,272 @@
+//! Batches from peers on their way to the store: through the transforms on apply
+//! ([`crate::apply`]) to the committer, and the committer's answers back to the core (forks
+//! reported, traced events' apply spans, forged batches cutting their sender off). Snapshot
+//! pages take the same road without transforms: refused for collections that have them.
+
+use std::collections::BTreeMap;
+
+use edgerep_store::{Installed, RemoteApply};
+use edgerep_wire::{EncodedEvent, NodeId, Seal};
+
+use super::trust::hex;
+use super::{CommitHookSender, ForkReport, RefusalReport, Replicator};
+use crate::committer::{CommitError, wall_ms};
+
+/// An event of an outstanding apply that carries a trace context.
+pub(super) struct TracedEvent {
+    traceparent: String,
+    origin: String,
+    seq: u64,
+    collection: String,
+    /// Its transforms on apply.
+    plugins: Vec<crate::pipeline::PluginCall>,
+}
+
+impl Replicator {
+    /// A batch the core hands out for applying.
+    pub(super) fn apply_batch(
+        &mut self,
+        peer: NodeId,
+        events: Vec<EncodedEvent>,
+        seals: Vec<Seal>,
+        certs: Vec<(NodeId, Vec<u8>)>,
+    ) {
+        if let Some(reason) = &self.halted {
+            let reason = reason.clone();
+            self.core.apply_failed(&peer, &reason, self.now());
+            return;
+        }
+        // Per origin with a session here: how far it says it holds its own events.
+        // Only without authentication: with it, the origin's signed seal proves its
+        // events whoever relays them, and holding relays back would stall an
+        // origin whose link went silent until the connection times out.
+        let own_claims: BTreeMap<NodeId, u64> = self
+            .conns
+            .keys()
+            .filter(|_| !self.config.replication.authenticate)
+            .filter(|o| self.core.is_ready(o))
+            .filter_map(|o| {
+                let claim = self.acked.get(o)?.get(o).copied().unwrap_or(0);
+                Some((o.clone(), claim))
+            })
+            .collect();
+        let admission = crate::apply::Admission {
+            config: &self.config,
+            local: self.core.local(),
+            have: self.core.local_have(),
+            own_claims: &own_claims,
+            from: &peer,
+            pipeline: &self.pipeline,
+        };
+        let prepared = match crate::apply::prepare(
+            &self.pipeline,
+            &self.value_limits,
+            &admission,
+            events,
+            &seals,
+        ) {
+            Ok(p) => p,
+            Err(halt) => {
+                self.core.apply_failed(&peer, &halt.reason, self.now());
+                self.halt(halt);
+                return;
+            }
+        };
+        for r in &prepared.refused {
+            if r.deferred {
+                // Normal when events overtake what they depend on: sent again later.
+                tracing::debug!(peer = %peer, origin = %r.origin, seq = r.seq, "event deferred: {}", r.reason);
+                self.reports.deferred(&r.reason);
+                return;
+            }
+            tracing::warn!(peer = %peer, origin = %r.origin, seq = r.seq, "refused an event (and its origin's later ones in the batch): {}", r.reason);
+            self.reports.refused(
+                RefusalReport {
+                    from_peer: peer.to_string(),
+                    origin: r.origin.to_string(),
+                    seq: r.seq,
+                    reason: r.reason.clone(),
+                    at_ms: wall_ms(),
+                },
+                1,
+            );
+        }
+        if prepared.events.is_empty() && prepared.dead_letters.is_empty() {
+            // Everything was refused: nothing to commit.
+            self.core.applied(&peer, self.now());
+            return;
+        }
+        let traced: Vec<TracedEvent> = prepared
+            .events
+            .iter()
+            .filter_map(|r| {
+                let e = &r.event;
+                Some(TracedEvent {
+                    traceparent: e.meta.get(crate::trace::TRACEPARENT)?.clone(),
+                    origin: e.origin.to_string(),
+                    seq: e.seq,
+                    collection: e.collection.clone(),
+                    plugins: prepared
+                        .traced_calls
+                        .get(&(e.origin.clone(), e.seq))
+                        .cloned()
+                        .unwrap_or_default(),
+                })
+            })
+            .collect();
+        // One apply per peer is outstanding: what an earlier, failed one left goes.
+        self.traced.remove(&peer);
+        if !traced.is_empty() {
+            self.traced
+                .insert(peer.clone(), (std::time::SystemTime::now(), traced));
+        }
+        let hook = CommitHookSender(self.inbox.clone());
+        let to = peer.clone();
+        let sent = self.committer.apply(
+            prepared.events,
+            seals,
+            certs,
+            prepared.dead_letters,
+            Box::new(move |result| hook.applied(to, result)),
+        );
+        if let Err(e) = sent {
+            self.core.apply_failed(&peer, &e.to_string(), self.now());
+        }
+    }
+
+    /// The committer's answer to a batch of `peer`'s.
+    pub(super) fn applied(
+        &mut self,
+        peer: NodeId,
+        result: Result<RemoteApply, CommitError>,
+        now: u64,
+    ) {
+        match result {
+            Ok(out) => {
+                for fork in out.forks {
+                    // Another history the origin signed, or events the peer changed
+                    // under the origin's genuine seal: this node keeps what it holds; the
+                    // session goes on for every other origin.
+                    if !self
+                        .reports
+                        .seen_forks
+                        .insert((fork.origin.clone(), fork.seq))
+                    {
+                        continue;
+                    }
+                    let report = ForkReport {
+                        origin: fork.origin,
+                        seq: fork.seq,
+                        held_hash: hex(&fork.held_chain),
+                        received_hash: hex(&fork.received_chain),
+                        from_peer: peer.to_string(),
+                        at_ms: wall_ms(),
+                    };
+                    tracing::error!(
+                        peer = %peer, origin = %report.origin, seq = report.seq,
+                        "fork: a peer sent events of the origin that do not chain to its seal from the history this node holds (another history the origin signed, or events changed by the peer); left out"
+                    );
+                    self.reports.fork(report);
+                }
+                if let Some((started, events)) = self.traced.remove(&peer) {
+                    for t in events {
+                        tracing::info!(
+                            trace_id = %t.traceparent.get(3..35).unwrap_or(""),
+                            peer = %peer, origin = %t.origin, seq = t.seq,
+                            "applied a traced event"
+                        );
+                        self.traces.apply_span(
+                            &t.traceparent,
+                            started,
+                            crate::trace::Applied {
+                                peer: peer.as_str(),
+                                origin: &t.origin,
+                                seq: t.seq,
+                                collection: &t.collection,
+                                plugins: &t.plugins,
+                            },
+                        );
+                    }
+                }
+                self.core.applied(&peer, now)
+            }
+            Err(CommitError::Forged(reason)) => {
+                // What the peer sent is not what its origin wrote: nothing of the batch was
+                // applied, and the peer is cut off (it is lying, or relays a liar's events).
+                tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
+                self.core.apply_failed(&peer, &reason, now);
+                self.cut_off(peer, reason, now);
+            }
+            Err(e) => self.core.apply_failed(&peer, &e.to_string(), now),
+        }
+    }
+
+    /// A snapshot page the core hands out for merging.
+    pub(super) fn install_snapshot(
+        &mut self,
+        peer: NodeId,
+        versions: Vec<EncodedEvent>,
+        proofs: Vec<edgerep_wire::seal::Proof>,
+        have: Option<edgerep_replica::Have>,
+        seals: Vec<Seal>,
+        certs: Vec<(NodeId, Vec<u8>)>,
+    ) {
+        let now = self.now();
+        if let Some(c) = versions
+            .iter()
+            .find(|v| self.transformed_on_apply.contains(v.collection.as_str()))
+        {
+            let reason = format!(
+                "snapshot refused: collection {:?} runs transforms on apply here, so its state must be built from events; the peer compacted events this node lacks (set [retention] compact = false on peers of nodes with transforms on apply)",
+                c.collection
+            );
+            tracing::error!(peer = %peer, "{reason}");
+            self.core.install_failed(&peer, &reason, now);
+            return;
+        }
+        let hook = CommitHookSender(self.inbox.clone());
+        let to = peer.clone();
+        let sent = self.committer.install(
+            versions,
+            proofs,
+            have,
+            seals,
+            certs,
+            Box::new(move |result| hook.installed(to, result)),
+        );
+        if let Err(e) = sent {
+            self.core.install_failed(&peer, &e.to_string(), now);
+        }
+    }
+
+    /// The committer's answer to a snapshot page of `peer`'s.
+    pub(super) fn installed(
+        &mut self,
+        peer: NodeId,
+        result: Result<Installed, CommitError>,
+        now: u64,
+    ) {
+        match result {
+            Ok(out) => {
+                self.reports.snapshot_pages_merged_total += 1;
+                if out.compacted.is_empty() {
+                    tracing::debug!(peer = %peer, changed = out.changed, "merged a snapshot page");
+                } else {
+                    tracing::info!(peer = %peer, changed = out.changed, "merged a snapshot page; changelog now starts after {:?}", out.compacted);
+                }
+                self.set_compacted(&out.compacted);
+                self.core.installed(&peer, now);
+            }
+            Err(CommitError::Forged(reason)) => {
+                // A version (or a have) its origin did not seal: nothing of the page was
+                // merged, and the peer is cut off like for forged events.
+                tracing::error!(peer = %peer, "snapshot page refused, disconnecting: {reason}");
+                self.core.install_failed(&peer, &reason, now);
+                self.cut_off(peer, reason, now);
+            }
+            Err(e) => {
+                self.core.install_failed(&peer, &e.to_string(), now);
+            }
+        }
+    }
+}

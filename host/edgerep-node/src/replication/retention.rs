@@ -1,0 +1,120 @@
+//! What peers acknowledged, kept across restarts, and the changelog compaction it allows:
+//! every `retention.interval_ms`, per origin, the highest sequence number every configured peer
+//! acknowledged (peers unheard of for `peer_absent_ms` excepted), less `keep_events`.
+
+use std::time::{Duration, Instant};
+
+use edgerep_store::Compaction;
+
+use super::{CommitHookSender, Replicator};
+use edgerep_wire::NodeId;
+
+use crate::committer::{CommitError, Have, wall_ms};
+
+impl Replicator {
+    pub(super) fn load_cursors(&mut self) {
+        match self.store.peer_cursors() {
+            Ok(all) => {
+                for (peer, have) in all {
+                    self.acked.insert(peer, have);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read saved peer cursors: {e}"),
+        }
+    }
+
+    pub(super) fn save_cursors(&mut self) {
+        self.saved_at = Instant::now();
+        for (peer, have) in std::mem::take(&mut self.dirty) {
+            if let Err(e) = self.committer.save_peer_cursor(peer.clone(), have) {
+                tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
+            }
+        }
+    }
+
+    pub(super) fn set_compacted(&mut self, compacted: &Have) {
+        self.core.set_compacted(compacted);
+    }
+
+    /// Per origin, how far the changelog may be compacted now: what every configured peer
+    /// acknowledged (except peers unheard of for `peer_absent_ms`), less `keep_events`. Only
+    /// origins whose floor moved are listed.
+    pub(super) fn compaction_floors(&self) -> Have {
+        let now = wall_ms();
+        let counted: Vec<&NodeId> = self
+            .peers
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| {
+                let last = self
+                    .last_contact
+                    .get(*p)
+                    .copied()
+                    .unwrap_or(self.started_wall);
+                self.conns.contains_key(*p)
+                    || self
+                        .retention
+                        .peer_absent_ms
+                        .is_none_or(|ms| now.saturating_sub(last) < ms)
+            })
+            .collect();
+        let mut floors = Have::new();
+        for (origin, &held) in self.core.local_have() {
+            let mut floor = held.saturating_sub(self.retention.keep_events);
+            for peer in &counted {
+                let acked = self.acked.get(*peer).and_then(|h| h.get(origin));
+                floor = floor.min(acked.copied().unwrap_or(0));
+            }
+            if floor > self.core.compacted().get(origin).copied().unwrap_or(0) {
+                floors.insert(origin.clone(), floor);
+            }
+        }
+        floors
+    }
+
+    /// Queues a compaction when one is due and would remove something.
+    pub(super) fn maybe_compact(&mut self) {
+        let interval = Duration::from_millis(self.retention.interval_ms);
+        let due = self.compact_more || self.compacted_at.elapsed() >= interval;
+        if !self.retention.compact || self.compacting || !due {
+            return;
+        }
+        self.compact_more = false;
+        self.compacted_at = Instant::now();
+        let floors = self.compaction_floors();
+        if floors.is_empty() {
+            return;
+        }
+        let hook = CommitHookSender(self.inbox.clone());
+        match self
+            .committer
+            .compact(floors, Box::new(move |result| hook.compacted(result)))
+        {
+            Ok(()) => self.compacting = true,
+            Err(e) => tracing::warn!("cannot queue a compaction: {e}"),
+        }
+    }
+
+    /// The committer's answer to a compaction.
+    pub(super) fn compacted(&mut self, result: Result<Compaction, CommitError>) {
+        self.compacting = false;
+        match result {
+            Ok(c) => {
+                self.reports.compactions_total += 1;
+                self.reports.compacted_events_total += c.removed;
+                if c.removed > 0 {
+                    tracing::debug!(
+                        removed = c.removed,
+                        "changelog compacted up to {:?}",
+                        c.compacted
+                    );
+                }
+                // More to remove: the next small transaction goes at once, between
+                // writes, not a whole interval later.
+                self.compact_more = c.removed >= crate::committer::COMPACT_MAX_REMOVE;
+                self.set_compacted(&c.compacted);
+            }
+            Err(e) => tracing::error!("changelog compaction failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! What the replicator does not take on a peer's word: its own origin's history (the origin
+//! gate after a restore), one machine per node id, certificates, events it already holds
+//! (forks against changes by the peer), and how a peer that broke the protocol or lied is cut
+//! off.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use edgerep_transport::CloseCode;
+use edgerep_wire::{EncodedEvent, NodeId, Seal};
+
+use super::{DUPLICATE_WINDOW, ForkReport, RefusalReport, Replicator};
+use crate::committer::wall_ms;
+
+/// Lowercase hex of a hash.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Replicator {
+    /// Opens the origin gate once some peer said it holds this node's own events up to a
+    /// sequence number this node holds too (after a restore from a backup, its later events
+    /// come back from that peer first): then no sequence number can be used twice.
+    pub(super) fn check_origin(&mut self) {
+        let Some(gate) = &self.origin_gate else {
+            return;
+        };
+        let local = self.core.local();
+        let held = self.core.local_have().get(local).copied().unwrap_or(0);
+        let confirmed = self.origin_claims.iter().find(|&(_, &claim)| claim <= held);
+        match confirmed {
+            Some((peer, claim)) => {
+                tracing::info!(peer = %peer, "peer holds this node's own events up to {claim}, this node up to {held}: taking writes");
+                gate.send_replace(None);
+                self.origin_gate = None;
+            }
+            None if !self.origin_claims.is_empty() => {
+                let waiting = format!(
+                    "this node holds its own events up to {held}, peers hold them up to {:?}: waiting for the missing ones to come back before taking writes",
+                    self.origin_claims
+                        .iter()
+                        .map(|(p, c)| (p.to_string(), *c))
+                        .collect::<BTreeMap<_, _>>()
+                );
+                gate.send_if_modified(|g| {
+                    let changed = g.as_deref() != Some(waiting.as_str());
+                    *g = Some(waiting.clone());
+                    changed
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// Tracks `peer`'s instances; when two alternate within [`DUPLICATE_WINDOW`], two machines
+    /// use its node id: the session is closed and the peer refused for a while. Returns whether
+    /// that happened.
+    pub(super) fn duplicate_id(&mut self, peer: &NodeId, instance: u64) -> bool {
+        let seen = self.instances.entry(peer.clone()).or_default();
+        if seen.back().is_some_and(|&(i, _)| i == instance) {
+            return false;
+        }
+        seen.push_back((instance, Instant::now()));
+        while seen.len() > 3 {
+            seen.pop_front();
+        }
+        let alternating = seen.len() == 3
+            && seen[0].0 == seen[2].0
+            && seen[0].0 != seen[1].0
+            && seen[0].1.elapsed() < DUPLICATE_WINDOW;
+        if !alternating {
+            return false;
+        }
+        let remote = self
+            .conns
+            .get(peer)
+            .map(|l| l.conn.remote.to_string())
+            .unwrap_or_default();
+        let why = format!(
+            "two machines use node id {peer:?} (instances {:016x} and {:016x} displaced each other within {} s; the last from {remote}): sessions refused for {} s; give one of them a new identity",
+            seen[0].0,
+            seen[1].0,
+            DUPLICATE_WINDOW.as_secs(),
+            DUPLICATE_WINDOW.as_secs()
+        );
+        tracing::error!(peer = %peer, "{why}");
+        seen.clear();
+        self.duplicates
+            .insert(peer.clone(), (Instant::now(), why.clone()));
+        if let Some(live) = self.conns.remove(peer) {
+            live.conn.close(CloseCode::Protocol, &why);
+        }
+        self.core.disconnected(peer, self.now());
+        self.last_error.insert(peer.clone(), why);
+        true
+    }
+
+    /// Takes in the certificates a peer sent as they arrive (checked against the CA and the
+    /// origin's name; a bad one is ignored here and refused with the seals it would verify), so
+    /// that they serve even when the events they came with are not applied now.
+    pub(super) fn learn_certs(&self, certs: &[(NodeId, Vec<u8>)]) {
+        let Some(keys) = &self.log.keys else { return };
+        for (origin, der) in certs {
+            if let Err(e) = edgerep_store::Keys::learn(keys.as_ref(), origin, der) {
+                tracing::debug!(origin = %origin, "a certificate a peer sent was refused: {e}");
+            }
+        }
+    }
+
+    /// Compares events a peer sent that this node already holds with what it holds: two
+    /// different events with one origin and sequence number are a fork, reported (the one held
+    /// stays; the other is dropped as the duplicate it claims to be).
+    /// Compares the events of a batch this node already holds with what it holds. A different
+    /// event its origin sealed (the batch carries the seal and its whole block, the block's
+    /// root matches and the signature verifies) is a fork: reported, never applied. A different
+    /// event without that proof was changed by the peer: returns why, and the peer is cut off.
+    pub(super) fn check_forks(
+        &mut self,
+        peer: &NodeId,
+        events: &[EncodedEvent],
+        seals: &[Seal],
+    ) -> Option<String> {
+        let compacted = self.core.compacted();
+        let held: Vec<&EncodedEvent> = events
+            .iter()
+            .filter(|e| {
+                e.seq <= self.core.local_have().get(&e.origin).copied().unwrap_or(0)
+                    && e.seq > compacted.get(&e.origin).copied().unwrap_or(0)
+            })
+            .collect();
+        if held.is_empty() {
+            return None;
+        }
+        let wanted: Vec<(&str, u64)> = held.iter().map(|e| (e.origin.as_str(), e.seq)).collect();
+        let hashes = match self.store.event_hashes(&wanted) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("cannot compare received events with the changelog: {e}");
+                return None;
+            }
+        };
+        for (event, stored) in held.iter().zip(hashes) {
+            let Some(stored) = stored else { continue };
+            let received = edgerep_store::event_hash(event.bytes());
+            if received != stored {
+                if !self.sealed_in_batch(event, events, seals) {
+                    return Some(format!(
+                        "event {}:{} differs from the one this node holds and its origin's seal does not prove it: the peer changed it",
+                        event.origin, event.seq
+                    ));
+                }
+                let report = ForkReport {
+                    origin: event.origin.to_string(),
+                    seq: event.seq,
+                    held_hash: hex(&stored),
+                    received_hash: hex(&received),
+                    from_peer: peer.to_string(),
+                    at_ms: wall_ms(),
+                };
+                tracing::error!(
+                    peer = %peer, origin = %event.origin, seq = event.seq,
+                    held = %report.held_hash, received = %report.received_hash,
+                    "fork: a peer sent a different event its origin sealed under an origin and sequence number this node holds"
+                );
+                self.reports.fork(report);
+            }
+        }
+        None
+    }
+
+    /// Whether `event` is proven its origin's by the batch alone: a seal of the batch covers
+    /// it, the batch holds that seal's whole block, the block's Merkle root matches and the
+    /// signature verifies (with keys; without, the root must still match).
+    pub(super) fn sealed_in_batch(
+        &self,
+        event: &EncodedEvent,
+        events: &[EncodedEvent],
+        seals: &[Seal],
+    ) -> bool {
+        let Some(seal) = seals
+            .iter()
+            .find(|s| s.origin == event.origin && s.covers(event.seq))
+        else {
+            return false;
+        };
+        let mut block: Vec<&EncodedEvent> = events
+            .iter()
+            .filter(|e| e.origin == event.origin && seal.covers(e.seq))
+            .collect();
+        block.sort_by_key(|e| e.seq);
+        block.dedup_by_key(|e| e.seq);
+        if block.len() as u64 != seal.seq - seal.first + 1 {
+            return false;
+        }
+        let leaves: Vec<_> = block
+            .iter()
+            .map(|e| edgerep_wire::seal::event_leaf(e.bytes()))
+            .collect();
+        if edgerep_wire::seal::merkle_root(&leaves) != seal.root {
+            return false;
+        }
+        match &self.log.keys {
+            Some(keys) => edgerep_store::Keys::verify(
+                keys.as_ref(),
+                &seal.origin,
+                seal.seq,
+                &seal.message(),
+                &seal.signature,
+            )
+            .is_ok(),
+            None => true,
+        }
+    }
+
+    /// `peer` broke the protocol: its connection is closed with the reason.
+    pub(super) fn protocol_error(&mut self, peer: NodeId, reason: String, now: u64) {
+        self.reports.protocol_errors_total += 1;
+        tracing::warn!(peer = %peer, "protocol error, disconnecting: {reason}");
+        if let Some(live) = self.conns.remove(&peer) {
+            live.conn.close(CloseCode::Protocol, &reason);
+        }
+        self.core.disconnected(&peer, now);
+        self.aae_disconnected(&peer);
+        self.last_error.insert(peer, reason);
+    }
+
+    /// Refuses what `peer` sent as not its origins' (reported), and closes its connection.
+    pub(super) fn cut_off(&mut self, peer: NodeId, reason: String, now: u64) {
+        self.reports.refused(
+            RefusalReport {
+                from_peer: peer.to_string(),
+                origin: String::new(),
+                seq: 0,
+                reason: reason.clone(),
+                at_ms: wall_ms(),
+            },
+            1,
+        );
+        if let Some(live) = self.conns.remove(&peer) {
+            live.conn.close(CloseCode::Protocol, &reason);
+            self.core.disconnected(&peer, now);
+        }
+        self.last_error.insert(peer, reason);
+    }
+}
