@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use edgerep_config::Config;
 
-use crate::client::{Client, Outcome};
+use edgerep_client::client::{Client, Outcome};
 
 fn expect_ok(step: &str, outcome: Outcome) -> anyhow::Result<Vec<u8>> {
     match outcome {
@@ -180,7 +180,7 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
     let (wasm, filter) = example_plugins()?;
     let sha = sha256_hex(&wasm)?;
     let filter_sha = sha256_hex(&filter)?;
-    let paths = crate::cluster::write_cluster(&dir, 3, true)?;
+    let paths = edgerep_client::cluster::write_cluster(&dir, 3, true)?;
     let log = dir.join("nodes.log");
     log_to_file(&log)?;
     let mut sites = Vec::new();

@@ -4,25 +4,20 @@
 //! 3 the node refused the request (bad input, with its message); 4 the node could not be reached
 //! or failed; 5 a plugin failed (`plugin run`).
 
-mod bench;
-mod bench_reconcile;
-mod bench_replicate;
-mod bench_topology;
-mod client;
-mod cluster;
 mod demo;
 mod plugin_cmd;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use edgerep_config::{Config, starter_toml};
-use edgerep_wire::NodeId;
+use edgerep_config::Config;
 
-use crate::client::{Client, Outcome};
+use edgerep_bench as bench;
+use edgerep_client::client::{Client, Outcome};
+use edgerep_client::cluster;
+use edgerep_client::starter::write_starter;
 
 /// Caps glibc's malloc at two arenas. By default glibc gives threads that allocate at the same
 /// time arenas of their own (up to 8 per core) and keeps what is freed in each: a node that took
@@ -274,17 +269,17 @@ enum ConfigCommand {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Events per second through the local API into the store, against raw redb.
-    Ingest(bench::IngestArgs),
+    Ingest(bench::ingest::IngestArgs),
     /// Per-event cost of plugins, and ingest with a transform against ingest without plugins.
-    Plugin(bench::PluginArgs),
+    Plugin(bench::plugin::PluginArgs),
     /// Anti-entropy between two nodes with many keys, some removed from one: sessions, round
     /// trips, bytes and time to agreement, against sending the whole state as a snapshot.
-    Reconcile(bench_reconcile::ReconcileArgs),
+    Reconcile(bench::reconcile::ReconcileArgs),
     /// Two nodes on loopback: end-to-end replication throughput and latency, against raw redb and raw quinn.
-    Replicate(bench_replicate::ReplicateArgs),
+    Replicate(bench::replicate::ReplicateArgs),
     /// Nodes on loopback peered as a chain, a star and meshes: latency per relay hop, and
     /// deliveries per write (ideal N−1), duplicates and CPU per event under a burst.
-    Topology(bench_topology::TopologyArgs),
+    Topology(bench::topology::TopologyArgs),
 }
 
 fn main() -> ExitCode {
@@ -454,41 +449,6 @@ fn print_body(body: &[u8]) {
     {
         eprintln!("note: {why}");
     }
-}
-
-/// A free loopback port (the OS picks one; it is released for the node to take).
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Writes a starter config into `dir` and returns its path.
-pub(crate) fn write_starter(
-    dir: &Path,
-    node_id: &str,
-    api_port: Option<u16>,
-    replication_port: Option<u16>,
-    force: bool,
-) -> anyhow::Result<PathBuf> {
-    let id = NodeId::parse(node_id).context("--node-id")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("edgerep.toml");
-    if path.exists() && !force {
-        bail!(
-            "{} already exists (use --force to overwrite)",
-            path.display()
-        );
-    }
-    let api = SocketAddr::from(([127, 0, 0, 1], api_port.map_or_else(free_port, Ok)?));
-    let mut repl_port = replication_port.map_or_else(free_port, Ok)?;
-    while repl_port == api.port() {
-        repl_port = free_port()?;
-    }
-    let repl = SocketAddr::from(([127, 0, 0, 1], repl_port));
-    std::fs::write(&path, starter_toml(&id, api, repl))
-        .with_context(|| format!("writing {}", path.display()))?;
-    // The starter must pass its own check.
-    Config::load(&path)?;
-    Ok(path)
 }
 
 /// `edgerep certs` subcommands.
@@ -740,19 +700,19 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::DeadLetters { command } => plugin_cmd::dead_letters(command),
         Command::Bench {
             command: BenchCommand::Ingest(args),
-        } => bench::ingest(args),
+        } => bench::ingest::ingest(args),
         Command::Bench {
             command: BenchCommand::Plugin(args),
-        } => bench::plugin(args),
+        } => bench::plugin::plugin(args),
         Command::Bench {
             command: BenchCommand::Replicate(args),
-        } => bench_replicate::replicate(args),
+        } => bench::replicate::replicate(args),
         Command::Bench {
             command: BenchCommand::Reconcile(args),
-        } => bench_reconcile::reconcile(args),
+        } => bench::reconcile::reconcile(args),
         Command::Bench {
             command: BenchCommand::Topology(args),
-        } => bench_topology::topology(args),
+        } => bench::topology::topology(args),
     }
 }
 

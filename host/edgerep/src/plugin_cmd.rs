@@ -306,8 +306,8 @@ pub(crate) fn dead_letters(command: DeadLetterCommand) -> anyhow::Result<u8> {
 }
 
 /// `dead-letters replay --all`: every replayable dead letter (of `collection`), one at a time.
-fn replay_all(c: &crate::client::Client, collection: Option<&str>) -> anyhow::Result<u8> {
-    use crate::client::Outcome;
+fn replay_all(c: &edgerep_client::client::Client, collection: Option<&str>) -> anyhow::Result<u8> {
+    use edgerep_client::client::Outcome;
     let (mut after, mut replayed, mut failed) = (0u64, 0u64, 0u64);
     loop {
         let list = match c.dead_letters(after, 100) {

@@ -14,13 +14,13 @@ use anyhow::{Context as _, bail};
 use edgerep_config::Config;
 use serde_json::{Value as Json, json};
 
-use crate::bench::sample_value;
-use crate::bench_replicate::{NodeProcess, write_batch};
-use crate::client::Outcome;
+use crate::ingest::sample_value;
+use crate::replicate::{NodeProcess, write_batch};
+use edgerep_client::client::Outcome;
 
 /// Arguments of `edgerep bench reconcile`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct ReconcileArgs {
+pub struct ReconcileArgs {
     /// Keys both nodes hold.
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
@@ -105,7 +105,8 @@ fn until_agreed(a: &NodeProcess, max_sessions: u64) -> anyhow::Result<Totals> {
     Ok(t)
 }
 
-pub(crate) fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
+/// Runs `edgerep bench reconcile` and prints its figures; returns the exit code.
+pub fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let dir = tempfile::Builder::new()
         .prefix("edgerep-bench-reconcile-")
@@ -115,7 +116,7 @@ pub(crate) fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
         "edgerep bench reconcile: {} keys of {event_len}-byte events on two nodes; keys removed from node B's store: {:?}",
         args.keys, args.diffs
     );
-    let configs = crate::cluster::write_cluster(&dir.path().join("cluster"), 2, false)?;
+    let configs = edgerep_client::cluster::write_cluster(&dir.path().join("cluster"), 2, false)?;
     for config in &configs {
         // Sessions only on demand, so each measurement counts exactly its own.
         let text = std::fs::read_to_string(config)?.replacen(
@@ -128,7 +129,7 @@ pub(crate) fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
     }
     let a = NodeProcess::start(&exe, &configs[0], "node-1 (A)")?;
     let mut b = NodeProcess::start(&exe, &configs[1], "node-2 (B)")?;
-    crate::bench_replicate::wait_peered(&a, &b)?;
+    crate::replicate::wait_peered(&a, &b)?;
     let started = Instant::now();
     let batch = 1000usize;
     let mut written = 0u64;
@@ -137,7 +138,7 @@ pub(crate) fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
         write_batch(&a.client, "bench", value.as_bytes(), written, n)?;
         written += n as u64;
     }
-    crate::bench_replicate::wait_until(
+    crate::replicate::wait_until(
         &a,
         &b,
         Duration::from_secs(600),
@@ -175,14 +176,14 @@ pub(crate) fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
                 edgerep_store::aae::Damage::Remove,
             )?;
             b = NodeProcess::start(&exe, &configs[1], "node-2 (B)")?;
-            crate::bench_replicate::wait_peered(&a, &b)?;
+            crate::replicate::wait_peered(&a, &b)?;
             if removed != d {
                 println!("({removed} of the {d} keys chosen were distinct and removed)");
             }
         }
         let found_before = found_by(&b)?;
         let t = until_agreed(&a, args.max_sessions)?;
-        crate::bench_replicate::wait_until(
+        crate::replicate::wait_until(
             &a,
             &b,
             Duration::from_secs(60),

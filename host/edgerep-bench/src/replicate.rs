@@ -28,12 +28,12 @@ use anyhow::{Context as _, bail};
 use edgerep_config::Config;
 use serde_json::{Value as Json, json};
 
-use crate::bench::{batch_body, check_batch_answer, percentile, sample_value};
-use crate::client::{Client, Outcome};
+use crate::ingest::{batch_body, check_batch_answer, percentile, sample_value};
+use edgerep_client::client::{Client, Outcome};
 
 /// Arguments of `edgerep bench replicate`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct ReplicateArgs {
+pub struct ReplicateArgs {
     /// Events written on node A for the end-to-end throughput (the raw quinn stream carries as many).
     #[arg(long, default_value_t = 200_000)]
     events: u64,
@@ -483,7 +483,8 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
+/// Runs `edgerep bench replicate` and prints its figures; returns the exit code.
+pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let dir = tempfile::Builder::new()
         .prefix("edgerep-bench-replicate-")
@@ -530,7 +531,7 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
 
     // 3. Two nodes, peered over loopback QUIC with mutual TLS; the periodic mode's collections
     //    declared on both.
-    let configs = crate::cluster::write_cluster(&dir.path().join("cluster"), 2, false)?;
+    let configs = edgerep_client::cluster::write_cluster(&dir.path().join("cluster"), 2, false)?;
     let mut periodic = vec!["bench".to_owned(), "catchup".to_owned()];
     periodic.extend(args.rates.iter().map(|r| format!("lat{r}")));
     for config in &configs {
@@ -646,7 +647,7 @@ pub(crate) fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
     b.stop()?;
 
     // The same pair without authentication: what signing and checking origin seals costs.
-    let plain = crate::cluster::write_cluster(&dir.path().join("plain"), 2, false)?;
+    let plain = edgerep_client::cluster::write_cluster(&dir.path().join("plain"), 2, false)?;
     for config in &plain {
         let text = std::fs::read_to_string(config)?.replacen(
             "[replication]\n",

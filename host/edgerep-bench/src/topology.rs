@@ -18,13 +18,13 @@ use anyhow::{Context as _, bail};
 use edgerep_config::Config;
 use serde_json::Value as Json;
 
-use crate::bench::{batch_body, check_batch_answer, percentile, sample_value};
-use crate::bench_replicate::{NodeProcess, watch_arrivals};
-use crate::client::Outcome;
+use crate::ingest::{batch_body, check_batch_answer, percentile, sample_value};
+use crate::replicate::{NodeProcess, watch_arrivals};
+use edgerep_client::client::Outcome;
 
 /// Arguments of `edgerep bench topology`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct TopologyArgs {
+pub struct TopologyArgs {
     /// Events each writing node writes in the burst.
     #[arg(long, default_value_t = 2000)]
     burst: u64,
@@ -74,7 +74,7 @@ fn links(name: &str) -> anyhow::Result<(usize, Vec<(usize, usize)>)> {
 
 /// Writes a cluster of `n` nodes whose configs keep only the peers `links` names.
 fn write_topology(dir: &Path, n: usize, links: &[(usize, usize)]) -> anyhow::Result<Vec<PathBuf>> {
-    let configs = crate::cluster::write_cluster(dir, n, false)?;
+    let configs = edgerep_client::cluster::write_cluster(dir, n, false)?;
     for (i, path) in configs.iter().enumerate() {
         let me = i + 1;
         let text = std::fs::read_to_string(path)?;
@@ -355,7 +355,8 @@ fn chain_latency(nodes: &[NodeProcess], value: &[u8], args: &TopologyArgs) -> an
     Ok(())
 }
 
-pub(crate) fn topology(args: TopologyArgs) -> anyhow::Result<u8> {
+/// Runs `edgerep bench topology` and prints its figures; returns the exit code.
+pub fn topology(args: TopologyArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let (value, event_len) = sample_value(args.event_bytes)?;
     println!(

@@ -15,7 +15,7 @@ fn free_udp_port() -> anyhow::Result<u16> {
 }
 
 /// Creates a CA in `dir` (`ca.pem`, `ca.key`).
-pub(crate) fn new_ca(dir: &Path, name: &str) -> anyhow::Result<()> {
+pub fn new_ca(dir: &Path, name: &str) -> anyhow::Result<()> {
     let ca = Ca::generate(name).context("generating the CA")?;
     ca.write_files(dir)
         .with_context(|| format!("writing the CA into {}", dir.display()))?;
@@ -29,7 +29,7 @@ pub(crate) fn new_ca(dir: &Path, name: &str) -> anyhow::Result<()> {
 
 /// Issues a certificate for `node_id` from the CA in `ca_dir` into `out` (`ca.pem`, `node.pem`,
 /// `node.key`).
-pub(crate) fn issue(ca_dir: &Path, node_id: &str, out: &Path) -> anyhow::Result<()> {
+pub fn issue(ca_dir: &Path, node_id: &str, out: &Path) -> anyhow::Result<()> {
     NodeId::parse(node_id).context("--node-id")?;
     let ca = Ca::load(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"))
         .with_context(|| format!("loading the CA from {}", ca_dir.display()))?;
@@ -55,7 +55,7 @@ struct Member {
 /// Writes `dir/ca/` and `dir/node-1/edgerep.toml` … `dir/node-N/edgerep.toml`, each with its
 /// certificates in `certs/`, loopback ports, and every other node as a peer. Returns the config
 /// paths.
-pub(crate) fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result<Vec<PathBuf>> {
+pub fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result<Vec<PathBuf>> {
     if !(2..=64).contains(&n) {
         bail!("--cluster {n}: a cluster has 2 to 64 nodes");
     }
@@ -85,7 +85,7 @@ pub(crate) fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result
                 let p = if udp {
                     free_udp_port()?
                 } else {
-                    crate::free_port()?
+                    crate::starter::free_port()?
                 };
                 if used.insert(p) {
                     return Ok(p);

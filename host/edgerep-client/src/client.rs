@@ -16,7 +16,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// How a request ended.
 #[derive(Debug)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// 2xx, with the body.
     Ok(Vec<u8>),
     /// 404 for a missing key (or other not-found).
@@ -29,13 +29,13 @@ pub(crate) enum Outcome {
 
 /// A client for one node's local API.
 #[derive(Debug, Clone)]
-pub(crate) struct Client {
+pub struct Client {
     base: String,
     agent: ureq::Agent,
 }
 
 /// Percent-encodes one path segment.
-pub(crate) fn segment(s: &[u8]) -> String {
+pub fn segment(s: &[u8]) -> String {
     percent_encoding::percent_encode(s, SEGMENT).to_string()
 }
 
@@ -45,12 +45,12 @@ fn query_value(s: &str) -> String {
 
 impl Client {
     /// A client for the API at `addr`.
-    pub(crate) fn new(addr: SocketAddr) -> Client {
+    pub fn new(addr: SocketAddr) -> Client {
         Client::with_token(addr, None)
     }
 
     /// A client for the API at `addr` that sends `token` as its bearer token.
-    pub(crate) fn with_token(addr: SocketAddr, token: Option<String>) -> Client {
+    pub fn with_token(addr: SocketAddr, token: Option<String>) -> Client {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)));
@@ -112,12 +112,12 @@ impl Client {
     }
 
     /// PUT a JSON value.
-    pub(crate) fn put_json(&self, collection: &str, key: &[u8], json: &str) -> Outcome {
+    pub fn put_json(&self, collection: &str, key: &[u8], json: &str) -> Outcome {
         self.put_json_keyed(collection, key, json, None)
     }
 
     /// PUT a JSON value, with an idempotency key if given.
-    pub(crate) fn put_json_keyed(
+    pub fn put_json_keyed(
         &self,
         collection: &str,
         key: &[u8],
@@ -135,12 +135,7 @@ impl Client {
     }
 
     /// DELETE a key, with an idempotency key if given.
-    pub(crate) fn delete(
-        &self,
-        collection: &str,
-        key: &[u8],
-        idempotency_key: Option<&str>,
-    ) -> Outcome {
+    pub fn delete(&self, collection: &str, key: &[u8], idempotency_key: Option<&str>) -> Outcome {
         let mut req = self.agent.delete(&self.kv_url(collection, key));
         if let Some(k) = idempotency_key {
             req = req.header("idempotency-key", k);
@@ -149,7 +144,7 @@ impl Client {
     }
 
     /// GET a key's value as JSON (or all its versions).
-    pub(crate) fn get(&self, collection: &str, key: &[u8], versions: bool) -> Outcome {
+    pub fn get(&self, collection: &str, key: &[u8], versions: bool) -> Outcome {
         let mut url = self.kv_url(collection, key);
         if versions {
             url.push_str("?versions=true");
@@ -158,17 +153,12 @@ impl Client {
     }
 
     /// POST a batch body (JSON or CBOR).
-    pub(crate) fn batch(&self, body: &[u8], cbor: bool) -> Outcome {
+    pub fn batch(&self, body: &[u8], cbor: bool) -> Outcome {
         self.batch_keyed(body, cbor, None)
     }
 
     /// POST a batch body, with an idempotency key for the whole request if given.
-    pub(crate) fn batch_keyed(
-        &self,
-        body: &[u8],
-        cbor: bool,
-        idempotency_key: Option<&str>,
-    ) -> Outcome {
+    pub fn batch_keyed(&self, body: &[u8], cbor: bool, idempotency_key: Option<&str>) -> Outcome {
         let ct = if cbor {
             "application/cbor"
         } else {
@@ -188,7 +178,7 @@ impl Client {
     }
 
     /// One page of a scan.
-    pub(crate) fn scan_page(&self, collection: &str, params: &[(&str, &str)]) -> Outcome {
+    pub fn scan_page(&self, collection: &str, params: &[(&str, &str)]) -> Outcome {
         let mut url = format!("{}/v1/scan/{}", self.base, segment(collection.as_bytes()));
         for (i, (k, v)) in params.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
@@ -198,7 +188,7 @@ impl Client {
     }
 
     /// Status JSON.
-    pub(crate) fn status(&self, verify: bool) -> Outcome {
+    pub fn status(&self, verify: bool) -> Outcome {
         let url = format!(
             "{}/v1/status{}",
             self.base,
@@ -208,7 +198,7 @@ impl Client {
     }
 
     /// Runs anti-entropy now with `peer` (or every connected peer).
-    pub(crate) fn reload(&self) -> Outcome {
+    pub fn reload(&self) -> Outcome {
         self.finish(
             self.agent
                 .post(format!("{}/v1/reload", self.base))
@@ -216,7 +206,8 @@ impl Client {
         )
     }
 
-    pub(crate) fn reconcile(&self, peer: Option<&str>) -> Outcome {
+    /// POST /v1/reconcile (anti-entropy now, with one peer or every connected one).
+    pub fn reconcile(&self, peer: Option<&str>) -> Outcome {
         let url = match peer {
             Some(p) => format!("{}/v1/reconcile?peer={}", self.base, query_value(p)),
             None => format!("{}/v1/reconcile", self.base),
@@ -225,13 +216,13 @@ impl Client {
     }
 
     /// A page of dead letters.
-    pub(crate) fn dead_letters(&self, after: u64, limit: usize) -> Outcome {
+    pub fn dead_letters(&self, after: u64, limit: usize) -> Outcome {
         let url = format!("{}/v1/dead-letters?after={after}&limit={limit}", self.base);
         self.finish(self.agent.get(&url).call())
     }
 
     /// One dead letter.
-    pub(crate) fn dead_letter(&self, id: u64) -> Outcome {
+    pub fn dead_letter(&self, id: u64) -> Outcome {
         self.finish(
             self.agent
                 .get(&format!("{}/v1/dead-letters/{id}", self.base))
@@ -241,7 +232,7 @@ impl Client {
 
     /// Replays one dead letter.
     /// DELETE a dead letter.
-    pub(crate) fn delete_dead_letter(&self, id: u64) -> Outcome {
+    pub fn delete_dead_letter(&self, id: u64) -> Outcome {
         self.finish(
             self.agent
                 .delete(&format!("{}/v1/dead-letters/{id}", self.base))
@@ -249,7 +240,8 @@ impl Client {
         )
     }
 
-    pub(crate) fn replay_dead_letter(&self, id: u64) -> Outcome {
+    /// Replays dead letter `id`.
+    pub fn replay_dead_letter(&self, id: u64) -> Outcome {
         self.finish(
             self.agent
                 .post(&format!("{}/v1/dead-letters/{id}/replay", self.base))
@@ -259,11 +251,7 @@ impl Client {
 
     /// Streams the watch feed, calling `line` for each JSON line until it returns false or the
     /// stream ends.
-    pub(crate) fn watch(
-        &self,
-        params: &[(&str, String)],
-        mut line: impl FnMut(&str) -> bool,
-    ) -> Outcome {
+    pub fn watch(&self, params: &[(&str, String)], mut line: impl FnMut(&str) -> bool) -> Outcome {
         let mut url = format!("{}/v1/watch", self.base);
         for (i, (k, v)) in params.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
