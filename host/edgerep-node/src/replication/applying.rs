@@ -77,7 +77,7 @@ impl Replicator {
                 // Normal when events overtake what they depend on: sent again later.
                 tracing::debug!(peer = %peer, origin = %r.origin, seq = r.seq, "event deferred: {}", r.reason);
                 self.reports.deferred(&r.reason);
-                return;
+                continue;
             }
             tracing::warn!(peer = %peer, origin = %r.origin, seq = r.seq, "refused an event (and its origin's later ones in the batch): {}", r.reason);
             self.reports.refused(
