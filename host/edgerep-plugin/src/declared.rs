@@ -3,25 +3,37 @@
 
 use std::collections::BTreeMap;
 
-use edgerep_wire::params::{self, DeclaredParam};
+use edgerep_wire::params::{self, DeclaredParam, ParamsError};
+
+/// Why a component's declared parameters cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeclaredError {
+    /// Its sections do not parse.
+    #[error("reading the component's sections: {0}")]
+    Sections(#[from] wasmparser::BinaryReaderError),
+    /// It has the section twice.
+    #[error("the component has two {:?} sections", params::SECTION)]
+    TwoSections,
+    /// The section is not a valid list.
+    #[error("declared parameters: {0}")]
+    Params(#[from] ParamsError),
+}
 
 /// The parameters `wasm` declares (`None`: it declares none, and any parameters are passed
 /// through unchecked). Only the component's own top-level sections count.
-pub fn of_component(wasm: &[u8]) -> Result<Option<Vec<DeclaredParam>>, String> {
+pub fn of_component(wasm: &[u8]) -> Result<Option<Vec<DeclaredParam>>, DeclaredError> {
     let mut found = None;
     let mut depth = 0usize;
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(|e| format!("reading the component's sections: {e}"))?;
+        let payload = payload?;
         match payload {
             wasmparser::Payload::ModuleSection { .. }
             | wasmparser::Payload::ComponentSection { .. } => depth += 1,
             wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
             wasmparser::Payload::CustomSection(c) if depth == 0 && c.name() == params::SECTION => {
                 if found.is_some() {
-                    return Err(format!(
-                        "the component has two {:?} sections",
-                        params::SECTION
-                    ));
+                    return Err(DeclaredError::TwoSections);
                 }
                 found = Some(params::decode(c.data())?);
             }

@@ -172,9 +172,9 @@ impl Runtime {
         // it compiled).
         let mut source = source;
         let declared =
-            crate::declared::of_component(&source.wasm).map_err(|reason| LoadError::Params {
+            crate::declared::of_component(&source.wasm).map_err(|e| LoadError::Params {
                 plugin: plugin.clone(),
-                reason,
+                reason: e.to_string(),
             })?;
         if let Some(declared) = &declared {
             source.params = crate::declared::apply(declared, &source.params).map_err(|reason| {
@@ -245,11 +245,11 @@ impl Runtime {
                 None
             }
         };
-        let params = crate::declared::of_component(wasm).unwrap_or_else(|reason| {
+        let params = crate::declared::of_component(wasm).unwrap_or_else(|e| {
             problems.push(
                 LoadError::Params {
                     plugin: "component".to_owned(),
-                    reason,
+                    reason: e.to_string(),
                 }
                 .to_string(),
             );

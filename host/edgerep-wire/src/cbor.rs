@@ -207,6 +207,16 @@ impl<'b> Reader<'b> {
         })
     }
 
+    /// Whether the next item is null; a null is read past, anything else is left to read.
+    pub fn null(&mut self, what: &str) -> Result<bool, CborError> {
+        let found = self.d.datatype().map_err(Self::malformed(what))?;
+        if found != Type::Null {
+            return Ok(false);
+        }
+        self.d.skip().map_err(Self::malformed(what))?;
+        Ok(true)
+    }
+
     /// A boolean.
     pub fn bool(&mut self, what: &str) -> Result<bool, CborError> {
         self.expect(&[Type::Bool], "a boolean", what)?;

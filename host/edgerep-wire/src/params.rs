@@ -3,8 +3,9 @@
 //! description]…]`, strictly ascending by name. The sha256 a config pins covers it, so what a
 //! plugin declares is part of the build a node runs.
 
-use minicbor::data::Type;
-use minicbor::{Decoder, Encoder};
+use minicbor::Encoder;
+
+use crate::cbor::{CborError, Reader};
 
 /// The custom section's name.
 pub const SECTION: &str = "edgerep:params";
@@ -28,10 +29,53 @@ pub struct DeclaredParam {
     pub description: String,
 }
 
+/// Why a parameter list, or the section holding one, is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParamsError {
+    /// More than [`MAX_PARAMS`].
+    #[error("{count} parameters, at most {MAX_PARAMS}")]
+    TooMany {
+        /// How many.
+        count: u64,
+    },
+    /// A name with characters other than lowercase letters, digits, `_` and `-` (or empty).
+    #[error("parameter {name:?}: a name is lowercase letters, digits, '_' and '-'")]
+    BadName {
+        /// The name.
+        name: String,
+    },
+    /// Names not strictly ascending (a duplicate, or out of order).
+    #[error("parameter {name:?}: names must be strictly ascending")]
+    NotAscending {
+        /// The first name out of order.
+        name: String,
+    },
+    /// A required parameter with a default.
+    #[error("parameter {name:?}: a required parameter has no default")]
+    RequiredWithDefault {
+        /// The parameter.
+        name: String,
+    },
+    /// A name, default or description over [`MAX_TEXT_BYTES`].
+    #[error("parameter {name:?}: a text of {len} bytes, at most {MAX_TEXT_BYTES}")]
+    TextTooLong {
+        /// The parameter.
+        name: String,
+        /// The text's length.
+        len: usize,
+    },
+    /// The section is not what [`encode`] writes.
+    #[error(transparent)]
+    Encoding(#[from] CborError),
+}
+
 /// Why a parameter list is not valid.
-pub fn check(params: &[DeclaredParam]) -> Result<(), String> {
+pub fn check(params: &[DeclaredParam]) -> Result<(), ParamsError> {
     if params.len() > MAX_PARAMS {
-        return Err(format!("{} parameters, at most {MAX_PARAMS}", params.len()));
+        return Err(ParamsError::TooMany {
+            count: params.len() as u64,
+        });
     }
     for (i, p) in params.iter().enumerate() {
         if p.name.is_empty()
@@ -40,33 +84,29 @@ pub fn check(params: &[DeclaredParam]) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         {
-            return Err(format!(
-                "parameter {:?}: a name is lowercase letters, digits, '_' and '-'",
-                p.name
-            ));
+            return Err(ParamsError::BadName {
+                name: p.name.clone(),
+            });
         }
         if i > 0 && params[i - 1].name >= p.name {
-            return Err(format!(
-                "parameter {:?}: names must be strictly ascending",
-                p.name
-            ));
+            return Err(ParamsError::NotAscending {
+                name: p.name.clone(),
+            });
         }
         if p.required && p.default.is_some() {
-            return Err(format!(
-                "parameter {:?}: a required parameter has no default",
-                p.name
-            ));
+            return Err(ParamsError::RequiredWithDefault {
+                name: p.name.clone(),
+            });
         }
         for text in [Some(&p.name), p.default.as_ref(), Some(&p.description)]
             .into_iter()
             .flatten()
         {
             if text.len() > MAX_TEXT_BYTES {
-                return Err(format!(
-                    "parameter {:?}: a text of {} bytes, at most {MAX_TEXT_BYTES}",
-                    p.name,
-                    text.len()
-                ));
+                return Err(ParamsError::TextTooLong {
+                    name: p.name.clone(),
+                    len: text.len(),
+                });
             }
         }
     }
@@ -93,34 +133,25 @@ pub fn encode(params: &[DeclaredParam]) -> Vec<u8> {
     buf
 }
 
-/// Reads what [`encode`] wrote, refusing anything else (trailing bytes, other shapes, a list
-/// that fails [`check`]).
-pub fn decode(bytes: &[u8]) -> Result<Vec<DeclaredParam>, String> {
-    let mut d = Decoder::new(bytes);
-    let bad = |e: minicbor::decode::Error| format!("declared parameters: {e}");
-    let n = d
-        .array()
-        .map_err(bad)?
-        .ok_or("declared parameters: indefinite length")?;
+/// Reads what [`encode`] wrote, with the strict reader, refusing anything else (trailing
+/// bytes, other shapes, longer heads, a list that fails [`check`]).
+pub fn decode(bytes: &[u8]) -> Result<Vec<DeclaredParam>, ParamsError> {
+    let mut r = Reader::new(bytes);
+    let n = r.array("declared parameters")?;
     if n > MAX_PARAMS as u64 {
-        return Err(format!(
-            "declared parameters: {n} entries, at most {MAX_PARAMS}"
-        ));
+        return Err(ParamsError::TooMany { count: n });
     }
     let mut out = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        if d.array().map_err(bad)? != Some(4) {
-            return Err("declared parameters: an entry is not an array of 4".into());
-        }
-        let name = d.str().map_err(bad)?.to_owned();
-        let required = d.bool().map_err(bad)?;
-        let default = if d.datatype().map_err(bad)? == Type::Null {
-            d.skip().map_err(bad)?;
+        r.array_of(4, "declared parameter")?;
+        let name = r.str("parameter name")?.to_owned();
+        let required = r.bool("parameter required")?;
+        let default = if r.null("parameter default")? {
             None
         } else {
-            Some(d.str().map_err(bad)?.to_owned())
+            Some(r.str("parameter default")?.to_owned())
         };
-        let description = d.str().map_err(bad)?.to_owned();
+        let description = r.str("parameter description")?.to_owned();
         out.push(DeclaredParam {
             name,
             required,
@@ -128,10 +159,8 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<DeclaredParam>, String> {
             description,
         });
     }
-    if d.position() != bytes.len() {
-        return Err("declared parameters: trailing bytes".into());
-    }
-    check(&out).map_err(|e| format!("declared parameters: {e}"))?;
+    r.finish()?;
+    check(&out)?;
     Ok(out)
 }
 
@@ -155,19 +184,37 @@ mod tests {
         assert_eq!(decode(&encode(&[])).unwrap(), []);
         let mut trailing = encode(&list);
         trailing.push(0);
-        assert!(decode(&trailing).unwrap_err().contains("trailing"));
+        assert_eq!(
+            decode(&trailing),
+            Err(ParamsError::Encoding(CborError::TrailingBytes { count: 1 }))
+        );
         let unsorted = vec![list[1].clone(), list[0].clone()];
-        assert!(
-            decode(&encode(&unsorted))
-                .unwrap_err()
-                .contains("ascending")
+        assert_eq!(
+            decode(&encode(&unsorted)),
+            Err(ParamsError::NotAscending {
+                name: "equals".into()
+            })
+        );
+        let e = check(&[p("x", true, Some("d"))]).unwrap_err();
+        assert_eq!(e, ParamsError::RequiredWithDefault { name: "x".into() });
+        assert!(e.to_string().contains("no default"), "{e}");
+        assert_eq!(
+            check(&[p("Bad Name", false, None)]),
+            Err(ParamsError::BadName {
+                name: "Bad Name".into()
+            })
         );
         assert!(
-            check(&[p("x", true, Some("d"))])
-                .unwrap_err()
-                .contains("no default")
+            matches!(decode(&[0x9f]), Err(ParamsError::Encoding(_))),
+            "indefinite length"
         );
-        assert!(check(&[p("Bad Name", false, None)]).is_err());
-        assert!(decode(&[0x9f]).is_err(), "indefinite length");
+        // A longer head than needed (the count 2 written in two bytes) is refused.
+        let mut long = encode(&list);
+        long[0] = 0x98;
+        long.insert(1, 2);
+        assert!(matches!(
+            decode(&long),
+            Err(ParamsError::Encoding(CborError::NonCanonical { .. }))
+        ));
     }
 }
