@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use edgerep_config::Config;
+use edgerep_store::KeyError;
 use edgerep_transport::certs::Identity;
 use edgerep_transport::seal::{NodeKey, SealError, Signer, Verifier};
 use edgerep_wire::NodeId;
@@ -91,8 +92,10 @@ impl NodeKeys {
 }
 
 impl edgerep_store::Keys for NodeKeys {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        self.signer.sign(message).map_err(|e| e.to_string())
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.signer
+            .sign(message)
+            .map_err(|e| KeyError::Sign(e.to_string()))
     }
 
     fn verify(
@@ -101,7 +104,7 @@ impl edgerep_store::Keys for NodeKeys {
         seq: u64,
         message: &[u8],
         signature: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), KeyError> {
         let after = self
             .revoked
             .lock()
@@ -111,26 +114,32 @@ impl edgerep_store::Keys for NodeKeys {
         if let Some(after) = after
             && seq > after
         {
-            return Err(format!(
-                "{origin} is revoked after its event {after}: its seal at {seq} is refused"
-            ));
+            return Err(KeyError::Revoked {
+                origin: origin.clone(),
+                after,
+                seq,
+            });
         }
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let (key, _) = known
-            .get(origin)
-            .ok_or_else(|| format!("no certificate of {origin} to check its seal at {seq} with"))?;
+        let (key, _) = known.get(origin).ok_or_else(|| KeyError::NoCertificate {
+            origin: origin.clone(),
+            seq,
+        })?;
         self.verifier
             .verify(key, message, signature)
-            .map_err(|e| e.to_string())
+            .map_err(|e| KeyError::BadSignature(e.to_string()))
     }
 
-    fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), String> {
-        let key = self.verifier.check_cert(cert).map_err(|e| e.to_string())?;
+    fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), KeyError> {
+        let key = self
+            .verifier
+            .check_cert(cert)
+            .map_err(|e| KeyError::BadCertificate(e.to_string()))?;
         if key.node != *origin {
-            return Err(format!(
-                "the certificate sent for {origin} names {}",
-                key.node
-            ));
+            return Err(KeyError::OtherNode {
+                origin: origin.clone(),
+                named: key.node.clone(),
+            });
         }
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.insert(origin.clone(), (key, cert.to_vec()));

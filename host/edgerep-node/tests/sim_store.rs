@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use edgerep_node::replication::StoreLog;
 use edgerep_replica::{Fault, Have, Message, MessageLimits, Output, Replica, ReplicaConfig};
-use edgerep_store::{Keys, LocalWrite, Received, Store, StoreError, StoreWriter, Sync};
+use edgerep_store::{KeyError, Keys, LocalWrite, Received, Store, StoreError, StoreWriter, Sync};
 use edgerep_wire::seal::{chain_next, chain_start};
 use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Op, Seal, Value};
 
@@ -49,7 +49,7 @@ fn stand_in_signature(signer: &NodeId, message: &[u8]) -> Vec<u8> {
 }
 
 impl Keys for SimKeys {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         Ok(stand_in_signature(&self.0, message))
     }
 
@@ -59,15 +59,17 @@ impl Keys for SimKeys {
         _seq: u64,
         message: &[u8],
         signature: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), KeyError> {
         if signature == stand_in_signature(origin, message) {
             Ok(())
         } else {
-            Err(format!("the signature is not {origin}'s"))
+            Err(KeyError::BadSignature(format!(
+                "the signature is not {origin}'s"
+            )))
         }
     }
 
-    fn learn(&self, _origin: &NodeId, _cert: &[u8]) -> Result<(), String> {
+    fn learn(&self, _origin: &NodeId, _cert: &[u8]) -> Result<(), KeyError> {
         Ok(())
     }
 }

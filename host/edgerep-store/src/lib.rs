@@ -76,8 +76,8 @@ pub use digest::{Digest, HashRule};
 pub use resolution::{BY_DEFAULT_AFTER_DISAGREEMENT, Disagreement, Resolution, Resolver};
 use retention::{COMPACTED, feed_floor, read_map};
 pub use retention::{CollectionCounts, Compaction, Installed, StatePage};
-pub use seals::Keys;
 use seals::{CERTS, CHAINS, SEALS};
+pub use seals::{KeyError, Keys};
 pub use versions::{Applied, Versions};
 
 /// One local write, validated by the caller (collection allowed, key and value within limits).

@@ -26,11 +26,52 @@ pub(crate) const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("cer
 /// Seals and certificates that came with events or a snapshot page from a peer.
 pub(crate) type Sealed<'a> = (&'a [Seal], &'a [(NodeId, Vec<u8>)]);
 
+/// Why [`Keys`] could not sign, or refused a seal or a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Signing failed.
+    #[error("{0}")]
+    Sign(String),
+    /// The origin was revoked after its event `after`: its seals beyond are refused.
+    #[error("{origin} is revoked after its event {after}: its seal at {seq} is refused")]
+    Revoked {
+        /// The origin.
+        origin: NodeId,
+        /// Its last event still vouched for.
+        after: u64,
+        /// The seal's sequence number.
+        seq: u64,
+    },
+    /// No certificate of the origin is known to check its seal with.
+    #[error("no certificate of {origin} to check its seal at {seq} with")]
+    NoCertificate {
+        /// The origin.
+        origin: NodeId,
+        /// The seal's sequence number.
+        seq: u64,
+    },
+    /// The signature does not verify (what the verifier said).
+    #[error("{0}")]
+    BadSignature(String),
+    /// A certificate does not chain to the deployment CA or is not valid (what the check said).
+    #[error("{0}")]
+    BadCertificate(String),
+    /// A certificate sent for `origin` names another node.
+    #[error("the certificate sent for {origin} names {named}")]
+    OtherNode {
+        /// The origin it was sent for.
+        origin: NodeId,
+        /// The node it names.
+        named: NodeId,
+    },
+}
+
 /// What signs this node's seals and checks its peers' (the node implements it with the
 /// deployment CA's certificates; the store never sees a key or a certificate format).
 pub trait Keys: Send + Sync {
     /// Signs `message` as this node.
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError>;
     /// Checks `signature` over `message` by `origin`, for its event `seq`.
     fn verify(
         &self,
@@ -38,10 +79,10 @@ pub trait Keys: Send + Sync {
         seq: u64,
         message: &[u8],
         signature: &[u8],
-    ) -> Result<(), String>;
+    ) -> Result<(), KeyError>;
     /// Takes in `origin`'s certificate (DER) after checking it chains to the deployment CA and
     /// names `origin`.
-    fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), String>;
+    fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), KeyError>;
     /// The last sequence number `origin` may still vouch for (a revoked node), if limited.
     fn vouches_up_to(&self, _origin: &NodeId) -> Option<u64> {
         None

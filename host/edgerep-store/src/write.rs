@@ -319,7 +319,7 @@ impl StoreWriter {
         if let (Some(keys), Some((_, certs))) = (&self.keys, sealed) {
             for (origin, der) in certs {
                 keys.learn(origin, der)
-                    .map_err(|reason| (origin.clone(), reason))?;
+                    .map_err(|reason| (origin.clone(), reason.to_string()))?;
             }
         }
         Ok(())
@@ -341,7 +341,7 @@ impl StoreWriter {
             signature: Vec::new(),
         };
         if let Some(keys) = &self.keys {
-            seal.signature = keys.sign(&seal.message())?;
+            seal.signature = keys.sign(&seal.message()).map_err(|e| e.to_string())?;
         }
         Ok(seal)
     }
@@ -867,16 +867,15 @@ impl StoreWriter {
                         w.chain = chain_link(&w.chain, &leaf);
                         w.block.push(e.seq, leaf);
                         if let Some(&seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
-                            let signed = match &self.keys {
-                                Some(keys) => {
-                                    keys.verify(&e.origin, e.seq, &seal.message(), &seal.signature)
-                                }
-                                None if seal.chain == w.chain => Ok(()),
-                                None => {
-                                    Err("its seal's chain hash does not match the events"
-                                        .to_owned())
-                                }
-                            };
+                            let signed =
+                                match &self.keys {
+                                    Some(keys) => keys
+                                        .verify(&e.origin, e.seq, &seal.message(), &seal.signature)
+                                        .map_err(|e| e.to_string()),
+                                    None if seal.chain == w.chain => Ok(()),
+                                    None => Err("its seal's chain hash does not match the events"
+                                        .to_owned()),
+                                };
                             if let Err(reason) = signed {
                                 return Err(forged(&e.origin, e.seq, reason));
                             }

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edgerep_store::{Keys, LocalWrite, Received, StatePage, Store, StoreError, StoreWriter, Sync};
+use edgerep_store::{
+    KeyError, Keys, LocalWrite, Received, StatePage, Store, StoreError, StoreWriter, Sync,
+};
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::SEAL_EVERY_EVENTS;
 use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Seal, Value};
@@ -26,17 +28,19 @@ fn mac(node: &NodeId, message: &[u8]) -> Vec<u8> {
 }
 
 impl Keys for TestKeys {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         Ok(mac(&self.me, message))
     }
-    fn verify(&self, origin: &NodeId, _: u64, message: &[u8], sig: &[u8]) -> Result<(), String> {
+    fn verify(&self, origin: &NodeId, _: u64, message: &[u8], sig: &[u8]) -> Result<(), KeyError> {
         if mac(origin, message) == sig {
             Ok(())
         } else {
-            Err(format!("signature by {origin} does not verify"))
+            Err(KeyError::BadSignature(format!(
+                "signature by {origin} does not verify"
+            )))
         }
     }
-    fn learn(&self, _: &NodeId, _: &[u8]) -> Result<(), String> {
+    fn learn(&self, _: &NodeId, _: &[u8]) -> Result<(), KeyError> {
         Ok(())
     }
 }
