@@ -333,6 +333,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
     // reference: the disk's fsync time drifts on shared machines, and the higher limit is the
     // harder one to meet.
     let sample_event = vec![0x5au8; event_len];
+    let machine = crate::machine::Watch::start();
     let raw_before = edgerep_store::bench::raw_redb_throughput(
         dir.path(),
         &sample_event,
@@ -467,6 +468,8 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
     println!(
         "raw redb again after the API runs: {raw_after:.0} events/s; reference limit: {raw:.0} events/s (the higher)"
     );
+    let verdict = machine.verdict(raw_before, raw_after);
+    println!("{}", verdict.line());
 
     let best = cells
         .iter()
@@ -500,6 +503,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "seconds_per_cell": args.seconds,
         "raw_redb_events_per_s": raw.round(),
         "raw_redb_before_after": [raw_before.round(), raw_after.round()],
+        "machine_check": verdict.json(),
         "raw_redb_events_per_commit": args.raw_commit_events,
         "store_only_events_per_s": store_eps.round(),
         "fingerprints": {"with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": with / without},

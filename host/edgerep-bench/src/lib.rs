@@ -6,6 +6,7 @@
 //! meshes of real processes).
 
 pub mod ingest;
+mod machine;
 pub mod plugin;
 pub mod reconcile;
 pub mod replicate;

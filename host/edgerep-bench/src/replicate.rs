@@ -506,6 +506,7 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
             args.seconds,
         )
     };
+    let machine = crate::machine::Watch::start();
     let raw_before = raw_limit()?;
     println!(
         "raw redb, durable, {} events per commit: {raw_before:.0} events/s",
@@ -704,6 +705,8 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
     println!(
         "raw redb again after the nodes ran: {raw_after:.0} events/s; reference limit: {raw:.0} events/s (the higher)"
     );
+    let verdict = machine.verdict(raw_before, raw_after);
+    println!("{}", verdict.line());
     for m in &modes {
         println!(
             "{}: end to end {:.0} events/s = {:.3} of raw redb, {:.3} of raw quinn; catch-up {:.0} events/s = {:.3} of raw redb",
@@ -746,6 +749,7 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
         "events": args.events,
         "raw_redb_events_per_s": raw.round(),
         "raw_redb_before_after": [raw_before.round(), raw_after.round()],
+        "machine_check": verdict.json(),
         "raw_redb_events_per_commit": args.raw_commit_events,
         "raw_quinn_events_per_s": quinn_eps.round(),
         "raw_quinn_frame_bytes": frame_bytes,

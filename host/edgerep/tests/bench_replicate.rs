@@ -79,4 +79,13 @@ fn bench_replicate_prints_positive_figures_as_json() {
     for node in ["node_a", "node_b"] {
         assert!(j["rss_peak_mb"][node].as_f64().unwrap_or(0.0) > 0.0, "{j}");
     }
+    // The run says whether the machine was quiet enough, and why not when it was not.
+    let check = &j["machine_check"];
+    let quiet = check["quiet"].as_bool().expect("machine_check.quiet");
+    assert_eq!(
+        quiet,
+        check["reasons"].as_array().is_some_and(|r| r.is_empty()),
+        "{j}"
+    );
+    assert!(out.contains("machine check: "), "{out}");
 }
