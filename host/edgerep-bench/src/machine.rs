@@ -61,6 +61,16 @@ impl Watch {
     /// The verdict at the end of the run; `limit_before` and `limit_after` are the limit the
     /// run compares with, measured at both ends.
     pub(crate) fn verdict(&self, limit_before: f64, limit_after: f64) -> Verdict {
+        self.verdict_of(Some((limit_before, limit_after)))
+    }
+
+    /// The verdict of a run that compares figures taken together, without a limit measured
+    /// at both ends (the load before it and the steal during it only).
+    pub(crate) fn verdict_alone(&self) -> Verdict {
+        self.verdict_of(None)
+    }
+
+    fn verdict_of(&self, limit: Option<(f64, f64)>) -> Verdict {
         let steal = match (&self.start, cpu_ticks()) {
             (Some(a), Some(b)) => {
                 let (_, steal, total) = delta(a, &b);
@@ -68,12 +78,14 @@ impl Watch {
             }
             _ => None,
         };
-        let higher = limit_before.max(limit_after);
-        let spread = if higher > 0.0 {
-            (limit_before - limit_after).abs() / higher
-        } else {
-            0.0
-        };
+        let spread = limit.map(|(before, after)| {
+            let higher = before.max(after);
+            if higher > 0.0 {
+                (before - after).abs() / higher
+            } else {
+                0.0
+            }
+        });
         let mut reasons = Vec::new();
         if let Some(b) = self.busy_before.filter(|b| *b > BUSY_BEFORE_MAX) {
             reasons.push(format!(
@@ -89,9 +101,11 @@ impl Watch {
                 STEAL_MAX * 100.0
             ));
         }
-        if spread > LIMIT_SPREAD_MAX {
+        if let (Some(spread), Some((before, after))) = (spread, limit)
+            && spread > LIMIT_SPREAD_MAX
+        {
             reasons.push(format!(
-                "the limit moved {:.0}% between the start and the end ({limit_before:.0} and {limit_after:.0} events/s; at most {:.0}%)",
+                "the limit moved {:.0}% between the start and the end ({before:.0} and {after:.0} events/s; at most {:.0}%)",
                 spread * 100.0,
                 LIMIT_SPREAD_MAX * 100.0
             ));
@@ -109,7 +123,7 @@ impl Watch {
 pub(crate) struct Verdict {
     busy_before: Option<f64>,
     steal: Option<f64>,
-    spread: f64,
+    spread: Option<f64>,
     /// Why the figures may not mean much; empty when the machine was quiet enough.
     pub(crate) reasons: Vec<String>,
 }
@@ -118,12 +132,14 @@ impl Verdict {
     /// One line for the report.
     pub(crate) fn line(&self) -> String {
         let pct = |x: Option<f64>| x.map_or("unknown".to_owned(), |x| format!("{:.1}%", x * 100.0));
-        let measured = format!(
-            "busy before the run {}, steal during it {}, the limit moved {:.1}%",
+        let mut measured = format!(
+            "busy before the run {}, steal during it {}",
             pct(self.busy_before),
-            pct(self.steal),
-            self.spread * 100.0
+            pct(self.steal)
         );
+        if let Some(spread) = self.spread {
+            measured.push_str(&format!(", the limit moved {:.1}%", spread * 100.0));
+        }
         if self.reasons.is_empty() {
             format!("machine check: quiet enough ({measured})")
         } else {
@@ -168,6 +184,9 @@ mod tests {
         }
         .verdict(100.0, 100.0);
         assert!(busy.reasons[0].contains("90% busy"), "{:?}", busy.reasons);
+        let alone = watch.verdict_alone();
+        assert!(alone.reasons.is_empty());
+        assert!(!alone.line().contains("limit"), "{}", alone.line());
     }
 
     #[test]

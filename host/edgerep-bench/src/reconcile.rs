@@ -111,6 +111,7 @@ pub fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
     let dir = tempfile::Builder::new()
         .prefix("edgerep-bench-reconcile-")
         .tempdir()?;
+    let machine = crate::machine::Watch::start();
     let (value, event_len) = sample_value(args.event_bytes)?;
     println!(
         "edgerep bench reconcile: {} keys of {event_len}-byte events on two nodes; keys removed from node B's store: {:?}",
@@ -265,12 +266,15 @@ pub fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
             f["round_trips"], f["bytes_a_to_b"], f["bytes_b_to_a"], one["round_trips"]
         );
     }
+    let verdict = machine.verdict_alone();
+    println!("{}", verdict.line());
     println!(
         "{}",
         json!({
             "bench": "reconcile", "keys": args.keys, "event_bytes": event_len,
             "measurements": rows,
             "snapshot": {"pages": pages, "versions": versions, "bytes": bytes, "seconds": snapshot_s},
+            "machine_check": verdict.json(),
         })
     );
     Ok(0)

@@ -362,6 +362,7 @@ pub fn topology(args: TopologyArgs) -> anyhow::Result<u8> {
     println!(
         "edgerep bench topology: events of {event_len} bytes encoded; nodes are child processes on loopback QUIC with mutual TLS"
     );
+    let machine = crate::machine::Watch::start();
     for name in &args.only {
         let (n, links) = links(name)?;
         let dir = tempfile::Builder::new()
@@ -388,5 +389,6 @@ pub fn topology(args: TopologyArgs) -> anyhow::Result<u8> {
             node.stop()?;
         }
     }
+    println!("{}", machine.verdict_alone().line());
     Ok(0)
 }
