@@ -1414,12 +1414,14 @@ async fn status(
     }
     let store = app.store.clone();
     let (s, verified, disagreements, keys_held) = blocking(move || {
-        let s = store.status()?;
+        // Verify first: it waits for the store's check at open, so the counters read after it
+        // include that check's correction.
         let verified = if q.verify {
             Some(store.verify()?)
         } else {
             None
         };
+        let s = store.status()?;
         Ok((
             s,
             verified,
