@@ -137,16 +137,26 @@ impl Sums {
         }
     }
 
-    /// The check at open, once it has run (waits for it).
-    pub(crate) fn wait_check(&self) -> Result<OpenCheck, StoreError> {
+    /// The sums once the check at open has run (waits for it); Err if it could not run.
+    fn when_checked(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
         let mut inner = self.lock();
         loop {
             match &inner.check {
-                Some(Ok(check)) => return Ok(check.clone()),
+                Some(Ok(_)) => return Ok(inner),
                 Some(Err(e)) => return Err(corrupt("state", format!("check at open: {e}"))),
                 None => inner = self.checked.wait(inner).unwrap_or_else(|e| e.into_inner()),
             }
         }
+    }
+
+    /// The check at open, once it has run (waits for it).
+    pub(crate) fn wait_check(&self) -> Result<OpenCheck, StoreError> {
+        let inner = self.when_checked()?;
+        Ok(match &inner.check {
+            Some(Ok(check)) => check.clone(),
+            // `when_checked` returns only once the check succeeded.
+            _ => OpenCheck::default(),
+        })
     }
 
     /// The check at open if it has run.
@@ -156,8 +166,7 @@ impl Sums {
 
     /// The fingerprint of a node: the sum over its buckets (waits for the check at open).
     pub(crate) fn fingerprint(&self, node: Node) -> Result<Fingerprint, StoreError> {
-        self.wait_check()?;
-        let inner = self.lock();
+        let inner = self.when_checked()?;
         let (lo, hi) = node.buckets();
         let mut out = Fingerprint::default();
         for f in &inner.buckets[usize::from(lo)..=usize::from(hi)] {

@@ -315,11 +315,11 @@ impl StoreWriter {
     pub(crate) fn learn_certs(
         &self,
         sealed: Option<seals::Sealed<'_>>,
-    ) -> Result<(), (NodeId, String)> {
+    ) -> Result<(), (NodeId, KeyError)> {
         if let (Some(keys), Some((_, certs))) = (&self.keys, sealed) {
             for (origin, der) in certs {
                 keys.learn(origin, der)
-                    .map_err(|reason| (origin.clone(), reason.to_string()))?;
+                    .map_err(|reason| (origin.clone(), reason))?;
             }
         }
         Ok(())
@@ -331,7 +331,7 @@ impl StoreWriter {
         seq: u64,
         chain: ChainHash,
         block: &Block,
-    ) -> Result<Seal, String> {
+    ) -> Result<Seal, KeyError> {
         let mut seal = Seal {
             origin: self.node.clone(),
             seq,
@@ -341,7 +341,7 @@ impl StoreWriter {
             signature: Vec::new(),
         };
         if let Some(keys) = &self.keys {
-            seal.signature = keys.sign(&seal.message()).map_err(|e| e.to_string())?;
+            seal.signature = keys.sign(&seal.message())?;
         }
         Ok(seal)
     }
@@ -556,9 +556,12 @@ impl StoreWriter {
                 // A run between seals stays within SEAL_EVERY_BYTES, or is one event alone: seal
                 // what came before an event that would push it past.
                 if unsealed > 0 && unsealed_bytes + event_bytes.len() > SEAL_EVERY_BYTES {
-                    let seal = self
-                        .seal_own(seq - 1, chain, &block)
-                        .map_err(|reason| StoreError::WriteRefused { index, reason })?;
+                    let seal = self.seal_own(seq - 1, chain, &block).map_err(|e| {
+                        StoreError::WriteRefused {
+                            index,
+                            reason: e.to_string(),
+                        }
+                    })?;
                     seals::put(&mut seals_t, &seal)?;
                     (unsealed, unsealed_bytes) = (0, 0);
                     block.clear();
@@ -569,9 +572,12 @@ impl StoreWriter {
                 unsealed += 1;
                 unsealed_bytes += event_bytes.len();
                 if unsealed >= SEAL_EVERY_EVENTS || unsealed_bytes >= SEAL_EVERY_BYTES {
-                    let seal = self
-                        .seal_own(seq, chain, &block)
-                        .map_err(|reason| StoreError::WriteRefused { index, reason })?;
+                    let seal = self.seal_own(seq, chain, &block).map_err(|e| {
+                        StoreError::WriteRefused {
+                            index,
+                            reason: e.to_string(),
+                        }
+                    })?;
                     seals::put(&mut seals_t, &seal)?;
                     (unsealed, unsealed_bytes) = (0, 0);
                     block.clear();
@@ -588,10 +594,10 @@ impl StoreWriter {
             }
             if let Some(first) = out.first() {
                 if unsealed > 0 {
-                    let seal = self.seal_own(seq, chain, &block).map_err(|reason| {
+                    let seal = self.seal_own(seq, chain, &block).map_err(|e| {
                         StoreError::WriteRefused {
                             index: out.len() - 1,
-                            reason,
+                            reason: e.to_string(),
                         }
                     })?;
                     seals::put(&mut seals_t, &seal)?;

@@ -18,20 +18,7 @@ fn fill(n1: &Node, n2: &Node, n: usize) {
 }
 
 fn damage(config: &Path, key: &str, flip: bool) -> std::process::Output {
-    let mut args = vec![
-        "debug",
-        "damage",
-        "--config",
-        config.to_str().unwrap(),
-        "--collection",
-        "c",
-        "--key",
-        key,
-    ];
-    if flip {
-        args.push("--flip-byte");
-    }
-    edgerep(&args)
+    common::damage(config, "c", key, flip)
 }
 
 /// Waits until `check` holds on `node`'s anti-entropy status for `peer`.
@@ -451,16 +438,7 @@ fn a_collection_transformed_on_apply_is_compared_on_its_versions_and_repaired_th
     assert_eq!(report["sessions"][0]["agreed"], true, "{report}");
     // A key lost on node-2 behind its bookkeeping comes back redacted.
     n2.terminate();
-    let o = edgerep(&[
-        "debug",
-        "damage",
-        "--config",
-        configs[1].to_str().unwrap(),
-        "--collection",
-        "cards",
-        "--key",
-        "c-3",
-    ]);
+    let o = common::damage(&configs[1], "cards", "c-3", false);
     assert!(o.status.success(), "{}", stderr(&o));
     let n2 = Node::start(&configs[1]);
     assert_eq!(get(&n2, "cards", "c-3").0, 404, "the damage is real");

@@ -19,20 +19,11 @@ fn put_many(node: &Node, prefix: &str, n: usize) -> u64 {
     let mut i = 0;
     while i < n {
         let k = (n - i).min(500);
-        let writes: Vec<String> = (i..i + k)
-            .map(|j| {
-                format!(r#"{{"collection":"bulk","key":"{prefix}-{j:07}","value":{{"j":{j}}}}}"#)
-            })
-            .collect();
-        let body = format!(r#"{{"writes":[{}]}}"#, writes.join(","));
-        let mut r = agent()
-            .post(&node.url("/v1/batch"))
-            .content_type("application/json")
-            .send(body.as_bytes())
-            .unwrap();
-        let text = r.body_mut().read_to_string().unwrap();
-        assert_eq!(r.status(), 200, "{text}");
-        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let answer = common::batch(
+            node,
+            "bulk",
+            (i..i + k).map(|j| (format!("{prefix}-{j:07}"), format!(r#"{{"j":{j}}}"#))),
+        );
         last = answer["committed"].as_array().unwrap().last().unwrap()["seq"]
             .as_u64()
             .unwrap();

@@ -146,18 +146,13 @@ fn sigkill_mid_stream_loses_no_acknowledged_write() {
 fn put_range(node: &Node, prefix: &str, range: std::ops::Range<usize>, v: u64) {
     let ids: Vec<usize> = range.collect();
     for chunk in ids.chunks(1000) {
-        let writes: Vec<String> = chunk
-            .iter()
-            .map(|j| format!(r#"{{"collection":"c","key":"{prefix}-{j}","value":{{"v":{v}}}}}"#))
-            .collect();
-        let body = format!(r#"{{"writes":[{}]}}"#, writes.join(","));
-        let mut r = agent()
-            .post(&node.url("/v1/batch"))
-            .content_type("application/json")
-            .send(body.as_bytes())
-            .unwrap();
-        let text = r.body_mut().read_to_string().unwrap();
-        assert_eq!(r.status(), 200, "{text}");
+        common::batch(
+            node,
+            "c",
+            chunk
+                .iter()
+                .map(|j| (format!("{prefix}-{j}"), format!(r#"{{"v":{v}}}"#))),
+        );
     }
 }
 
@@ -175,16 +170,7 @@ fn sigkill_during_the_check_at_open_leaves_the_bookkeeping_right() {
     let node = Node::start(&config);
     put_range(&node, "k", 0..KEYS, 1);
     node.terminate();
-    let o = common::edgerep(&[
-        "debug",
-        "damage",
-        "--config",
-        config.to_str().unwrap(),
-        "--collection",
-        "c",
-        "--key",
-        "k-199999",
-    ]);
+    let o = common::damage(&config, "c", "k-199999", false);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let mut beside = 0;
     for round in 0..ROUNDS {

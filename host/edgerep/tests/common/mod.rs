@@ -229,3 +229,46 @@ pub fn built_plugin(name: &str) -> (PathBuf, String) {
         .unwrap_or_else(|| panic!("{file} not in SHA256SUMS"));
     (dir.join(file).canonicalize().unwrap(), sha)
 }
+
+/// POSTs one JSON batch to `node`: each of `writes` a (key, value as JSON) of `collection`.
+/// Returns the answer; panics unless it is 200.
+pub fn batch(
+    node: &Node,
+    collection: &str,
+    writes: impl IntoIterator<Item = (String, String)>,
+) -> serde_json::Value {
+    let writes: Vec<String> = writes
+        .into_iter()
+        .map(|(key, value)| {
+            format!(r#"{{"collection":"{collection}","key":"{key}","value":{value}}}"#)
+        })
+        .collect();
+    let body = format!(r#"{{"writes":[{}]}}"#, writes.join(","));
+    let mut r = agent()
+        .post(&node.url("/v1/batch"))
+        .content_type("application/json")
+        .send(body.as_bytes())
+        .unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status(), 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `edgerep debug damage` on a stopped node's store: removes `key` of `collection` behind the
+/// store's bookkeeping, or with `flip` makes its row unreadable.
+pub fn damage(config: &Path, collection: &str, key: &str, flip: bool) -> Output {
+    let mut args = vec![
+        "debug",
+        "damage",
+        "--config",
+        config.to_str().unwrap(),
+        "--collection",
+        collection,
+        "--key",
+        key,
+    ];
+    if flip {
+        args.push("--flip-byte");
+    }
+    edgerep(&args)
+}
