@@ -62,8 +62,22 @@ fn check_api(raw: &RawConfig) -> Result<(), Violation> {
             ));
         }
     }
+    for (key, value) in [
+        ("max_connections", api.max_connections),
+        ("max_watch_streams", api.max_watch_streams),
+    ] {
+        if value > MAX_API_PERMITS {
+            return Err((
+                vec![Seg::Key("api"), Seg::Key(key)],
+                format!("{value} is over {MAX_API_PERMITS}"),
+            ));
+        }
+    }
     Ok(())
 }
+
+/// Most connections or watch streams the API may be configured to hold at once.
+const MAX_API_PERMITS: usize = 1_000_000;
 
 fn check_authorization(raw: &RawConfig) -> Result<(), Violation> {
     for (origin, collections) in &raw.authorization {
@@ -443,6 +457,17 @@ fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
                 "must be greater than 0".to_owned(),
             ));
         }
+    }
+    if limits.max_value_depth > edgerep_wire::value::MAX_DEPTH_ALLOWED {
+        return Err((
+            vec![Seg::Key("limits"), Seg::Key("max_value_depth")],
+            format!(
+                "{} is over {}: values are canonicalized by recursion, and nesting that deep \
+                 could exhaust a thread's stack",
+                limits.max_value_depth,
+                edgerep_wire::value::MAX_DEPTH_ALLOWED
+            ),
+        ));
     }
     if limits.max_value_bytes > limits.max_request_bytes {
         return Err((

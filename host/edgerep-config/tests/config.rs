@@ -513,6 +513,26 @@ fn zero_limits() {
     assert!(err.message.contains("greater than 0"), "{err}");
 }
 
+/// Limits that pass "greater than 0" but would break the node at run time: nesting deep enough
+/// to exhaust an API worker's stack while canonicalizing, and more permits than tokio's
+/// semaphore holds (which panicked at start).
+#[test]
+fn limits_too_large_for_the_node() {
+    assert!(parse(&with("[limits]\nmax_value_depth = 128\n")).is_ok());
+    let err = expect_error(
+        &with("[limits]\nmax_value_depth = 129\n"),
+        "limits.max_value_depth",
+    );
+    assert!(err.message.contains("128"), "{err}");
+    assert!(err.message.contains("stack"), "{err}");
+    for key in ["max_connections", "max_watch_streams"] {
+        let text = MINIMAL.replace("[api]\n", &format!("[api]\n{key} = 2305843009213693952\n"));
+        assert_ne!(text, MINIMAL, "the test's config has an [api] table");
+        let err = expect_error(&text, &format!("api.{key}"));
+        assert!(err.message.contains("is over 1000000"), "{err}");
+    }
+}
+
 #[test]
 fn negative_limit() {
     expect_error(

@@ -5,7 +5,7 @@
 //! | `PUT /v1/kv/{collection}/{key}` | write the body (JSON, or CBOR with `content-type: application/cbor`) |
 //! | `DELETE /v1/kv/{collection}/{key}` | delete the key |
 //! | `GET /v1/kv/{collection}/{key}` | the value (JSON, or CBOR with `accept: application/cbor`); `?versions=true` lists every concurrent version |
-//! | `POST /v1/batch` | several writes, committed all or nothing |
+//! | `POST /v1/batch` | several writes, committed all or nothing (except writes a transform plugin fails on: those are left out, dead-lettered by default, and listed under `rejected`) |
 //! | `GET /v1/scan/{collection}?prefix=&start=&end=&after=&limit=` | one page of live keys, with the cursor of the next (`next`, or `next_base64` for a key that is not UTF-8; each bound also as `*_base64`) |
 //! | `GET /v1/watch?after=N&collection=&follow=&limit=` | the changes after feed position N, one JSON object a line, resumable |
 //! | `GET /v1/changelog/{origin}?after=N&limit=` | the events of one origin after sequence N |
@@ -1660,19 +1660,21 @@ async fn find_dead_letter(
     app: &Arc<AppState>,
     id: u64,
 ) -> Result<crate::dead_letter::DeadLetter, ApiError> {
+    let not_found = || ApiError::not_found("dead_letter_not_found", format!("no dead letter {id}"));
+    // Ids start at 1: there is no dead letter 0 (reading after 0 - 1 would wrap).
+    let Some(after) = id.checked_sub(1) else {
+        return Err(not_found());
+    };
     let store = app.store.clone();
-    let rows = blocking(move || store.dead_letters(id - 1, 1)).await?;
+    let rows = blocking(move || store.dead_letters(after, 1)).await?;
     match rows.first() {
         Some((found, bytes)) if *found == id => read_dead_letter(id, bytes),
-        _ => Err(ApiError::not_found(
-            "dead_letter_not_found",
-            format!("no dead letter {id}"),
-        )),
+        _ => Err(not_found()),
     }
 }
 
 async fn dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
-    let id = dead_letter_id(&uri)?.max(1);
+    let id = dead_letter_id(&uri)?;
     let d = find_dead_letter(&app, id).await?;
     Ok(axum::Json(d.to_json(id, true)).into_response())
 }
@@ -1698,7 +1700,7 @@ async fn delete_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
 }
 
 async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
-    let id = dead_letter_id(&uri)?.max(1);
+    let id = dead_letter_id(&uri)?;
     let d = find_dead_letter(&app, id).await?;
     if d.stage != crate::dead_letter::STAGE_INGEST {
         return Err(ApiError::bad_request(

@@ -343,6 +343,51 @@ fn cbor_batch(writes: &[(&str, &[u8], &str, Option<u64>)]) -> Vec<u8> {
     buf
 }
 
+/// At the deepest nesting a config may allow, values canonicalize and read back on the API's
+/// worker threads; nesting far deeper is refused with 400 and the node keeps serving (before
+/// the config capped `max_value_depth`, a large one let a 64 KB CBOR body overflow a worker's
+/// stack and kill the process).
+#[test]
+fn the_deepest_allowed_values_do_not_exhaust_a_worker_stack() {
+    let depth = edgerep_wire::value::MAX_DEPTH_ALLOWED;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &format!("{OPEN}\n[limits]\nmax_value_depth = {depth}\n"),
+    );
+    // `depth` arrays, one inside the other, around a 0.
+    let mut deepest = vec![0x81u8; depth];
+    deepest.push(0x00);
+    node.put_cbor("/v1/kv/c/deep", &deepest).ok_json();
+    let mut expected = json!(0);
+    for _ in 0..depth {
+        expected = json!([expected]);
+    }
+    assert_eq!(node.value("/v1/kv/c/deep")["value"], expected);
+    node.put_json("/v1/kv/c/deep-json", &expected).ok_json();
+    let cbor = node.get_cbor("/v1/kv/c/deep-json");
+    assert_eq!(cbor.status, 200, "{}", cbor.text());
+
+    let mut deeper = vec![0x81u8; 60_000];
+    deeper.push(0x00);
+    node.refused(
+        "CBOR value nested 60,000 deep",
+        |n| n.put_cbor("/v1/kv/c/deeper", &deeper),
+        400,
+        "bad_value",
+        &[&format!("nested deeper than {depth} levels")],
+    );
+    let mut body = b"{\"writes\": [{\"collection\": \"c\", \"key\": \"k\", \"value\": ".to_vec();
+    body.extend(std::iter::repeat_n(b'[', 60_000));
+    body.push(b'0');
+    body.extend(std::iter::repeat_n(b']', 60_000));
+    body.extend(b"}]}");
+    let r = node.batch("application/json", &body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(node.value("/v1/kv/c/deep")["value"], expected);
+    node.stop();
+}
+
 #[test]
 fn refused_requests_answer_4xx_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();

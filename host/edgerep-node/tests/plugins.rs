@@ -316,6 +316,12 @@ fn replay_commits_once_with_the_current_plugins() {
         "{message}"
     );
     assert_eq!(node.get(&format!("/v1/dead-letters/{id}")).status, 200);
+    // Ids start at 1: id 0 names no dead letter (it used to read, and replay, dead letter 1).
+    assert_eq!(id, 1, "the first dead letter of this node");
+    assert_eq!(node.get("/v1/dead-letters/0").status, 404);
+    let zero = node.post("/v1/dead-letters/0/replay", json!(null));
+    assert_eq!(zero.status, 404, "{}", zero.body);
+    assert_eq!(node.get(&format!("/v1/dead-letters/{id}")).status, 200);
     node.stop();
 
     // The operator gives it its fuel and restarts: the replay commits and removes the entry.

@@ -804,7 +804,40 @@ fn decode_ranges(
         }
         items.push(RangeItems { node, items: list });
     }
+    disjoint(
+        fingerprints
+            .iter()
+            .map(|f| f.node)
+            .chain(items.iter().map(|i| i.node)),
+    )?;
     Ok((fingerprints, items))
+}
+
+/// The ranges of one Reconcile message cover disjoint buckets: an honest side describes each
+/// differing range once, by its children's fingerprints or by its entries. Overlapping ranges
+/// would have the receiver read and compare the same entries once per range (a message naming
+/// the root 4,096 times asked for 4,096 copies of the whole state).
+fn disjoint(nodes: impl Iterator<Item = Node>) -> Result<(), DecodeError> {
+    let mut spans: Vec<(u16, u16, Node)> = nodes
+        .map(|n| {
+            let (lo, hi) = n.buckets();
+            (lo, hi, n)
+        })
+        .collect();
+    spans.sort_unstable_by_key(|&(lo, hi, _)| (lo, hi));
+    for pair in spans.windows(2) {
+        let ((_, hi, a), (lo, _, b)) = (pair[0], pair[1]);
+        if lo <= hi {
+            return Err(DecodeError::Invalid {
+                what: "reconcile ranges".into(),
+                reason: format!(
+                    "range {}/{:x} overlaps range {}/{:x} (each range is named once, and ranges are disjoint)",
+                    a.level, a.prefix, b.level, b.prefix
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `[event bytes…]`.
@@ -1431,16 +1464,20 @@ mod tests {
             Message::Graft { origins: vec![] },
             Message::Reconcile {
                 id: 9,
+                // Disjoint ranges: the level-1 node beside the key's, and the key's bucket.
                 fingerprints: vec![RangeFingerprint {
                     node: Node {
-                        level: 2,
-                        prefix: 255,
+                        level: 1,
+                        prefix: (bucket_of(b"c\0k") >> 12) ^ 1,
                     },
                     fingerprint: [4; 16],
                     count: 1_000_000,
                 }],
                 items: vec![RangeItems {
-                    node: Node::ROOT,
+                    node: Node {
+                        level: LEAF_LEVEL,
+                        prefix: bucket_of(b"c\0k"),
+                    },
                     items: vec![(b"c\0k".to_vec(), [5; 16])],
                 }],
             },
@@ -1704,6 +1741,45 @@ mod tests {
             &reconcile(Node::ROOT, b"no separator"),
             "invalid range item key",
         );
+        // Ranges overlap: named twice, or one inside another (fingerprint and items alike).
+        let leaf = Node {
+            level: LEAF_LEVEL,
+            prefix: bucket,
+        };
+        let overlapping = |fingerprints: Vec<Node>, items: Vec<Node>| {
+            Message::Reconcile {
+                id: 1,
+                fingerprints: fingerprints
+                    .into_iter()
+                    .map(|node| RangeFingerprint {
+                        node,
+                        fingerprint: [0; 16],
+                        count: 1,
+                    })
+                    .collect(),
+                items: items
+                    .into_iter()
+                    .map(|node| RangeItems {
+                        node,
+                        items: vec![],
+                    })
+                    .collect(),
+            }
+            .encode()
+        };
+        refused(
+            &overlapping(vec![], vec![Node::ROOT, Node::ROOT]),
+            "invalid reconcile ranges: range 0/0 overlaps range 0/0",
+        );
+        refused(
+            &overlapping(vec![Node::ROOT], vec![leaf]),
+            "invalid reconcile ranges: range ",
+        );
+        refused(
+            &overlapping(vec![leaf, elsewhere, leaf], vec![]),
+            "overlaps",
+        );
+        assert!(decode(&overlapping(vec![elsewhere], vec![leaf])).is_ok());
         assert!(
             decode(&reconcile(
                 Node {

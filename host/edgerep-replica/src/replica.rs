@@ -787,7 +787,7 @@ impl Replica {
                     // The next page, unless it is the one being merged (its confirmation
                     // follows the merge).
                     Some((cur, next)) if cur == id => {
-                        page == next && installing != Some((id, page))
+                        next != SNAPSHOT_DONE && page == next && installing != Some((id, page))
                     }
                     _ => page == 0,
                 };
@@ -938,7 +938,15 @@ impl Replica {
         if s.snapshot_in == Some((id, page)) {
             // After the last page, every page of this snapshot is one we merged (a resent
             // page is confirmed again); a new snapshot has a new id.
-            s.snapshot_in = Some((id, if last { SNAPSHOT_DONE } else { page + 1 }));
+            // (`page` is below SNAPSHOT_DONE: a page numbered so is never accepted.)
+            s.snapshot_in = Some((
+                id,
+                if last {
+                    SNAPSHOT_DONE
+                } else {
+                    page.saturating_add(1)
+                },
+            ));
         }
         s.snapshot_ack_due = Some((id, page));
         if last {

@@ -1179,7 +1179,17 @@ fn snapshot_pages_are_installed_in_order_and_confirmed() {
     // The last page once more: confirmed again only.
     r.handle(&b, last, 8).unwrap();
     assert_eq!(r.poll_output(), None);
-    assert_eq!(drain(&mut r, 8, &log), [(b, snapshot_ack(0, 1))]);
+    assert_eq!(drain(&mut r, 8, &log), [(b.clone(), snapshot_ack(0, 1))]);
+    // A page numbered u64::MAX of the finished snapshot (the number that marks it finished) is
+    // not merged: counting past it overflowed (a panic with overflow checks, else page 0 of
+    // the same snapshot taken again without the floor check).
+    r.handle(&b, snapshot(0, u64::MAX, evs("y", 4..=4), None), 9)
+        .unwrap();
+    assert_eq!(r.poll_output(), None);
+    assert_eq!(r.peer_view(&b).unwrap().snapshot_receiving_page, None);
+    r.handle(&b, snapshot(0, 0, evs("y", 4..=4), None), 9)
+        .unwrap();
+    assert_eq!(r.poll_output(), None, "page 0 again is a resent page");
 }
 
 /// A late copy of a page of an earlier snapshot (the sender numbers them upwards) is ignored:

@@ -449,19 +449,23 @@ impl crate::Store {
                 }
             }
         }
-        let lists: Vec<Vec<Item>> = out
+        let mut lists: Vec<Option<Vec<Item>>> = out
             .into_iter()
             .map(|mut items| {
                 items.sort_by(|a, b| (a.0, &a.1.state_key).cmp(&(b.0, &b.1.state_key)));
-                items.into_iter().map(|(_, i)| i).collect()
+                Some(items.into_iter().map(|(_, i)| i).collect())
             })
             .collect();
+        // Each list once: a node named again gets an empty list, not a copy (the replica
+        // refuses messages whose ranges overlap; this keeps a caller that does not from
+        // holding one copy of the state per name).
         Ok(nodes
             .iter()
             .map(|n| {
                 distinct
                     .binary_search(n)
-                    .map(|i| lists[i].clone())
+                    .ok()
+                    .and_then(|i| lists[i].take())
                     .unwrap_or_default()
             })
             .collect())

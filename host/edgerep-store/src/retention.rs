@@ -254,6 +254,17 @@ impl Store {
     /// page: what anti-entropy sends a peer for keys that differ. Keys this node does not hold,
     /// or cannot read, are left out.
     pub fn versions_of(&self, state_keys: &[Vec<u8>]) -> Result<StatePage, StoreError> {
+        Ok(self.versions_within(state_keys, usize::MAX)?.0)
+    }
+
+    /// [`Store::versions_of`] of the first keys of `state_keys` whose state rows come to about
+    /// `max_bytes` (at least one key): returns the page and how many keys it covers. What a
+    /// peer asked for beyond that waits for a later session.
+    pub fn versions_within(
+        &self,
+        state_keys: &[Vec<u8>],
+        max_bytes: usize,
+    ) -> Result<(StatePage, usize), StoreError> {
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         let changelog = txn.open_table(CHANGELOG)?;
@@ -261,10 +272,16 @@ impl Store {
         let proofs_t = txn.open_table(PROOFS)?;
         let blocks_t = txn.open_table(BLOCKS)?;
         let mut proven = PageProofs::default();
+        let (mut bytes, mut covered) = (0usize, 0usize);
         for k in state_keys {
+            if covered > 0 && bytes >= max_bytes {
+                break;
+            }
+            covered += 1;
             let Some(g) = state.get(k.as_slice())? else {
                 continue;
             };
+            bytes = bytes.saturating_add(g.value().len());
             let Ok(v) = Versions::decode(g.value(), &self.limits()) else {
                 continue;
             };
@@ -280,13 +297,16 @@ impl Store {
             }
         }
         let (versions, proofs) = proven.versions.into_iter().unzip();
-        Ok(StatePage {
-            versions,
-            proofs,
-            seals: proven.seals,
-            unproven: proven.unproven,
-            next: None,
-        })
+        Ok((
+            StatePage {
+                versions,
+                proofs,
+                seals: proven.seals,
+                unproven: proven.unproven,
+                next: None,
+            },
+            covered,
+        ))
     }
 
     /// For the keys among `state_keys` that hold a resolution, what a peer is told of it in

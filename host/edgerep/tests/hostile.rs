@@ -774,6 +774,75 @@ fn malformed_anti_entropy_messages_close_only_that_session() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
+/// Anti-entropy requests that repeat themselves cost one answer, not one per repetition: a
+/// Repair naming one 60 KiB key 16,384 times got 4,096 copies of its versions (about 250 MB,
+/// and a frame too large to send); a Reconcile naming the root 4,096 times had node-1 read and
+/// keep 4,096 copies of its whole state. Now the repair answers the key once, and the
+/// reconcile is refused as overlapping ranges, closing only that session.
+#[test]
+fn anti_entropy_requests_that_repeat_themselves_cost_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(60 * 1024));
+    put(&n1, "c", "big", &big);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    // node-1 wrote from-1 (seq 1) and big (seq 2); the attacker acknowledges both, so node-1
+    // may send it their versions in repair.
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let hello = h.hello(&[("node-1", 2), ("node-3", 1)], &[]);
+    h.send(&hello).unwrap();
+    assert!(
+        h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
+            .is_some(),
+        "node-1 answers the handshake"
+    );
+    let before = rss_bytes(n1.child.id());
+    h.send(&Message::Repair {
+        id: 7,
+        versions: vec![],
+        proofs: vec![],
+        seals: vec![],
+        certs: vec![],
+        want: vec![b"c\0big".to_vec(); 16_384],
+        resolutions: vec![],
+    })
+    .unwrap();
+    let answer = h.wait_for(Duration::from_secs(10), |m| {
+        matches!(m, Message::Repair { id: 7, .. })
+    });
+    let Some(Message::Repair { versions, .. }) = answer else {
+        panic!("node-1 answers the repair request once: {answer:?}");
+    };
+    assert_eq!(versions.len(), 1, "the key's one version, once");
+    assert_eq!(versions[0].key, b"big");
+    let after = rss_bytes(n1.child.id());
+    assert!(
+        after.saturating_sub(before) < 32 << 20,
+        "node-1 grew by {} MiB answering one repair",
+        after.saturating_sub(before) >> 20
+    );
+
+    let mut h = attacker(&configs, &[]);
+    let root = edgerep_replica::reconcile::RangeItems {
+        node: edgerep_wire::aae::Node::ROOT,
+        items: vec![],
+    };
+    h.send(&Message::Reconcile {
+        id: 8,
+        fingerprints: vec![],
+        items: vec![root; 4096],
+    })
+    .unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("overlaps")),
+        "{reason:?}"
+    );
+    assert_eq!(get(&n1, "c", "big").0, 200);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
 /// A peer announces an upgrade nobody configured (a transform on apply for `c` from the start
 /// of time): node-1 pauses `c` as an honest rollout would, names the peer in its status, and
 /// the pause ends when the operator revokes that peer; it never pauses for good.

@@ -22,7 +22,7 @@ use edgerep_wire::aae::Node;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{CommitHookSender, Input, Replicator, wall_ms};
+use super::{CommitHookSender, Input, Replicator, SEND_QUEUE_MAX_BYTES, wall_ms};
 use crate::committer::CommitError;
 
 /// A session of ours that gets no answer for this long ends, reported as timed out.
@@ -32,6 +32,8 @@ pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(1);
 /// Most keys one repair message carries versions of (the rest are found by later sessions).
 const REPAIR_KEYS: usize = 4096;
+/// Most bytes of state rows one repair answer carries (a frame holds at most 8 MiB).
+const REPAIR_BYTES: usize = 4 << 20;
 /// A periodic session runs even while replication is busy once none ran for this many
 /// intervals.
 const BUSY_LIMIT: u32 = 5;
@@ -71,6 +73,8 @@ pub struct AntiEntropyStatus {
     /// Keys this node resolved differently from this peer over the same versions (now the
     /// last-writer-wins default; recorded in `GET /v1/disagreements`).
     pub disagreements_total: u64,
+    /// Anti-entropy messages not sent because the peer's queue of unsent frames was full.
+    pub dropped_total: u64,
     /// The same counts per collection (collections where anything differed).
     pub collections: BTreeMap<String, CollectionDrift>,
 }
@@ -284,6 +288,17 @@ impl Replicator {
         let Some(live) = self.conns.get(peer) else {
             return 0;
         };
+        // A peer whose frames pile up unsent (it reads slowly, or not at all while it keeps
+        // asking) gets no more anti-entropy messages until they drain: its session times out
+        // and a later one compares again. Events stop at the same bound.
+        if live.queued.load(std::sync::atomic::Ordering::Acquire) > SEND_QUEUE_MAX_BYTES {
+            self.anti_entropy
+                .status
+                .entry(peer.clone())
+                .or_default()
+                .dropped_total += 1;
+            return 0;
+        }
         let frame = message.encode();
         let n = frame.len();
         live.queued
@@ -641,21 +656,34 @@ impl Replicator {
 
     /// Sends `peer` this node's versions of `keys`, and names the keys it wants.
     fn aae_repair_send(&mut self, peer: &NodeId, id: u64, keys: &[Vec<u8>], want: Vec<Vec<u8>>) {
-        let keys: Vec<Vec<u8>> = keys.iter().take(REPAIR_KEYS).cloned().collect();
-        let keys = keys.as_slice();
+        // Each key once (a peer naming one key 16,384 times asked for as many copies of its
+        // versions), and an answer of at most REPAIR_BYTES: the rest waits for a later session.
+        let mut seen = BTreeSet::new();
+        let mut keys: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| seen.insert(k.as_slice()))
+            .take(REPAIR_KEYS)
+            .cloned()
+            .collect();
         let page = if keys.is_empty() {
-            Ok(edgerep_store::StatePage {
-                versions: Vec::new(),
-                proofs: Vec::new(),
-                seals: Vec::new(),
-                unproven: 0,
-                next: None,
-            })
+            Ok((
+                edgerep_store::StatePage {
+                    versions: Vec::new(),
+                    proofs: Vec::new(),
+                    seals: Vec::new(),
+                    unproven: 0,
+                    next: None,
+                },
+                0,
+            ))
         } else {
-            self.store.versions_of(keys)
+            self.store.versions_within(&keys, REPAIR_BYTES)
         };
         let mut page = match page {
-            Ok(p) => p,
+            Ok((p, covered)) => {
+                keys.truncate(covered);
+                p
+            }
             Err(e) => {
                 tracing::warn!(peer = %peer, "anti-entropy cannot read versions to repair: {e}");
                 return;
@@ -685,7 +713,7 @@ impl Replicator {
         let resolutions = if keys.is_empty() {
             Vec::new()
         } else {
-            self.store.resolutions_of(keys).unwrap_or_else(|e| {
+            self.store.resolutions_of(&keys).unwrap_or_else(|e| {
                 tracing::warn!(peer = %peer, "anti-entropy cannot read resolutions: {e}");
                 Vec::new()
             })
