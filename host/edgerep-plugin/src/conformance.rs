@@ -20,14 +20,253 @@ use std::path::{Path, PathBuf};
 use edgerep_wire::Value;
 use serde_json::{Map, Value as Json};
 
+use crate::error::LoadError;
 use crate::failure::{Failure, FailureKind};
 use crate::json::{
-    change_to_json, check_fields, event_from_json, key_of, meta_of, object, resolution_to_json,
-    resolver_input_from_json, text, uint, value_of,
+    JsonError, change_to_json, check_fields, event_from_json, key_of, meta_of, object,
+    resolution_to_json, resolver_input_from_json, text, uint, value_of,
 };
 use crate::limits::Limits;
 use crate::output::{Change, Resolution};
 use crate::runtime::{PluginSource, Runtime, World};
+
+/// Why a case, a vector file or a folder of them did not pass (the message says what differs).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConformanceError {
+    /// A file or folder cannot be read.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why it cannot be read.
+        error: std::io::Error,
+    },
+    /// A vector file is not JSON.
+    #[error("{path}: invalid JSON: {error}")]
+    InvalidJson {
+        /// The vector file.
+        path: PathBuf,
+        /// Why it is not JSON.
+        error: serde_json::Error,
+    },
+    /// A case did not pass.
+    #[error("{path} ({description}): {error}")]
+    Case {
+        /// The vector file.
+        path: PathBuf,
+        /// The case's description.
+        description: String,
+        /// What differs.
+        error: Box<ConformanceError>,
+    },
+    /// A case did not pass on one of several builds.
+    #[error("{toolchain} build: {error}")]
+    Build {
+        /// The build's toolchain.
+        toolchain: String,
+        /// What differs.
+        error: Box<ConformanceError>,
+    },
+    /// Some of the vector files did not pass (all of them ran).
+    #[error(
+        "{} of {} plugin vectors failed:\n{}",
+        .failures.len(),
+        .total,
+        lines(.failures)
+    )]
+    Failed {
+        /// Why each failing file did not pass.
+        failures: Vec<ConformanceError>,
+        /// How many vector files ran.
+        total: usize,
+    },
+    /// The component to run is not a file.
+    #[error("{path} is not a file")]
+    NotAFile {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// No builds were given.
+    #[error("no builds to run the case against")]
+    NoBuilds,
+    /// The case is not valid (a field is missing, unknown or of the wrong type).
+    #[error(transparent)]
+    InvalidCase(#[from] JsonError),
+    /// The case's `params` are not valid.
+    #[error("params: {0}")]
+    Params(JsonError),
+    /// The case's `input` is not valid.
+    #[error("input: {0}")]
+    Input(JsonError),
+    /// The case's `plugin` is not the name of its folder.
+    #[error("plugin {plugin:?} is not the folder's name {folder:?}")]
+    PluginNotFolder {
+        /// The case's `plugin`.
+        plugin: String,
+        /// The name of the case file's folder.
+        folder: Option<String>,
+    },
+    /// The case's `world` is neither `transform` nor `resolver`.
+    #[error("unknown world {world:?}")]
+    UnknownWorld {
+        /// The case's `world`.
+        world: String,
+    },
+    /// The case's `limits.memory_bytes` does not fit in a `usize`.
+    #[error("memory_bytes is too large")]
+    MemoryTooLarge,
+    /// A build's component cannot be read.
+    #[error("cannot read the component {path}: {error} (build the plugins: `{build_hint}`)")]
+    ReadComponent {
+        /// The component file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        error: std::io::Error,
+        /// What to run to make it.
+        build_hint: String,
+    },
+    /// A build's component does not load.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A build's component implements the other world.
+    #[error(
+        "the component implements the {} world, the case says {}",
+        .component.as_str(),
+        .case.as_str()
+    )]
+    WrongWorld {
+        /// The world the component implements.
+        component: World,
+        /// The world the case says.
+        case: World,
+    },
+    /// The plugin returned a value not in deterministic encoding.
+    #[error(
+        "the plugin returned a value that is not in deterministic encoding \
+         (the host canonicalized it)"
+    )]
+    NotCanonical,
+    /// Two builds gave different outcomes.
+    #[error("the builds disagree:\n  {first_toolchain:<9} {first}\n  {toolchain:<9} {other}")]
+    Disagree {
+        /// The first build's toolchain.
+        first_toolchain: String,
+        /// The first build's outcome, as JSON (or the failure).
+        first: String,
+        /// The other build's toolchain.
+        toolchain: String,
+        /// The other build's outcome, as JSON (or the failure).
+        other: String,
+    },
+    /// The case's `expect.ok` is not a list for a transform.
+    #[error("expect.ok of a transform is not a list")]
+    ExpectOkNotList,
+    /// One of the case's expected changes is not valid.
+    #[error("expect.ok[{index}]: {error}")]
+    ExpectedChange {
+        /// Its position in `expect.ok`.
+        index: usize,
+        /// Why it is not valid.
+        error: Box<ConformanceError>,
+    },
+    /// The case's `expect.error` is not a failure kind.
+    #[error("unknown error kind {kind:?}")]
+    UnknownErrorKind {
+        /// The case's `expect.error`.
+        kind: String,
+    },
+    /// The case's `expect` has not exactly one of `ok` and `error`.
+    #[error("expect needs exactly one of ok or error (message only with error)")]
+    ExpectNotOkOrError,
+    /// The transform returned other changes than expected.
+    #[error(
+        "changes differ:\n  expected {}\n  got      {}",
+        changes_json(.expected),
+        changes_json(.got)
+    )]
+    ChangesDiffer {
+        /// The changes expected.
+        expected: Vec<Change>,
+        /// The changes returned.
+        got: Vec<Change>,
+    },
+    /// The resolver returned another resolution than expected.
+    #[error(
+        "resolutions differ: expected {}, got {}",
+        resolution_to_json(.expected),
+        resolution_to_json(.got)
+    )]
+    ResolutionsDiffer {
+        /// The resolution expected.
+        expected: Resolution,
+        /// The resolution returned.
+        got: Resolution,
+    },
+    /// The call failed with another kind than expected.
+    #[error("expected the failure {expected}, got {}: {}", .got.kind, .got.message)]
+    WrongFailure {
+        /// The kind expected.
+        expected: FailureKind,
+        /// The failure.
+        got: Failure,
+    },
+    /// The call failed with the expected kind but another message.
+    #[error("expected the message {expected:?}, got {got:?}")]
+    WrongMessage {
+        /// The message expected.
+        expected: String,
+        /// The failure's message.
+        got: String,
+    },
+    /// The call succeeded where a failure was expected.
+    #[error("expected the failure {expected}, the call succeeded")]
+    UnexpectedSuccess {
+        /// The kind expected.
+        expected: FailureKind,
+    },
+    /// The call failed where success was expected.
+    #[error("expected success, got {failure}")]
+    UnexpectedFailure {
+        /// The failure.
+        failure: Failure,
+    },
+    /// The call's outcome is of the other world than the expectation.
+    #[error("the outcome does not match the world")]
+    OutcomeNotWorld,
+    /// An expected change's `op` is neither `put` nor `delete`.
+    #[error("unknown op {op:?}")]
+    UnknownOp {
+        /// The `op` given, if it is text.
+        op: Option<String>,
+    },
+    /// An expected put has no value, or an expected delete has one.
+    #[error("a put has a value, a delete none")]
+    OpValueMismatch,
+    /// The expected `pick` does not fit in a `usize`.
+    #[error("pick is too large")]
+    PickTooLarge,
+    /// The expected merge is null (a delete) but has a `merge_hex`.
+    #[error("merge null (a delete) has no merge_hex")]
+    MergeNullWithHex,
+    /// The expected resolution has neither `pick` nor `merge`.
+    #[error("expect.ok needs pick or merge")]
+    NoPickOrMerge,
+}
+
+/// The messages of `errors`, one per line.
+fn lines(errors: &[ConformanceError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Changes as a JSON list, for messages.
+fn changes_json(changes: &[Change]) -> Json {
+    Json::Array(changes.iter().map(change_to_json).collect())
+}
 
 /// The limits a case gets where it does not say: [`Limits::default`].
 pub fn default_limits() -> Limits {
@@ -81,7 +320,11 @@ pub enum Outcome {
 
 /// Runs one case file against `<wasm_dir>/<plugin>.wasm`. `Err` says what differs, naming the
 /// file and the case's description.
-pub fn run_vector_file(runtime: &Runtime, wasm_dir: &Path, vector: &Path) -> Result<(), String> {
+pub fn run_vector_file(
+    runtime: &Runtime,
+    wasm_dir: &Path,
+    vector: &Path,
+) -> Result<(), ConformanceError> {
     let build = Build {
         toolchain: "component".into(),
         wasm_dir: wasm_dir.to_path_buf(),
@@ -97,17 +340,26 @@ pub fn run_vector_file_across(
     runtime: &Runtime,
     builds: &[Build],
     vector: &Path,
-) -> Result<Vec<CaseRun>, String> {
-    let text = fs::read_to_string(vector).map_err(|e| format!("{}: {e}", vector.display()))?;
-    let case: Json = serde_json::from_str(&text)
-        .map_err(|e| format!("{}: invalid JSON: {e}", vector.display()))?;
+) -> Result<Vec<CaseRun>, ConformanceError> {
+    let text = fs::read_to_string(vector).map_err(|error| ConformanceError::Io {
+        path: vector.to_path_buf(),
+        error,
+    })?;
+    let case: Json =
+        serde_json::from_str(&text).map_err(|error| ConformanceError::InvalidJson {
+            path: vector.to_path_buf(),
+            error,
+        })?;
     let description = case
         .get("description")
         .and_then(Json::as_str)
         .unwrap_or("(no description)")
         .to_owned();
-    run_case_across(runtime, builds, vector, &case)
-        .map_err(|e| format!("{} ({description}): {e}", vector.display()))
+    run_case_across(runtime, builds, vector, &case).map_err(|e| ConformanceError::Case {
+        path: vector.to_path_buf(),
+        description,
+        error: Box::new(e),
+    })
 }
 
 /// Runs every `*.json` under `vectors_dir` (one folder per plugin), all of them even after a
@@ -116,21 +368,19 @@ pub fn run_vector_dir(
     runtime: &Runtime,
     wasm_dir: &Path,
     vectors_dir: &Path,
-) -> Result<usize, String> {
+) -> Result<usize, ConformanceError> {
     let files = vector_files(vectors_dir)?;
-    let failures: Vec<String> = files
+    let failures: Vec<ConformanceError> = files
         .iter()
         .filter_map(|file| run_vector_file(runtime, wasm_dir, file).err())
         .collect();
     if failures.is_empty() {
         Ok(files.len())
     } else {
-        Err(format!(
-            "{} of {} plugin vectors failed:\n{}",
-            failures.len(),
-            files.len(),
-            failures.join("\n")
-        ))
+        Err(ConformanceError::Failed {
+            failures,
+            total: files.len(),
+        })
     }
 }
 
@@ -141,7 +391,7 @@ pub fn run_vector_dir_across(
     runtime: &Runtime,
     vectors_dir: &Path,
     builds_of: impl Fn(&str) -> Vec<Build>,
-) -> Result<Vec<(PathBuf, Vec<CaseRun>)>, String> {
+) -> Result<Vec<(PathBuf, Vec<CaseRun>)>, ConformanceError> {
     let files = vector_files(vectors_dir)?;
     let mut runs = Vec::new();
     let mut failures = Vec::new();
@@ -159,17 +409,15 @@ pub fn run_vector_dir_across(
     if failures.is_empty() {
         Ok(runs)
     } else {
-        Err(format!(
-            "{} of {} plugin vectors failed:\n{}",
-            failures.len(),
-            files.len(),
-            failures.join("\n")
-        ))
+        Err(ConformanceError::Failed {
+            failures,
+            total: files.len(),
+        })
     }
 }
 
 /// A vector file and its result: `Err` says what differs.
-pub type VectorResult = (PathBuf, Result<(), String>);
+pub type VectorResult = (PathBuf, Result<(), ConformanceError>);
 
 /// Runs every `*.json` in `vectors_dir` and in its folders against the one component `wasm`
 /// (whatever the cases' `plugin`), all of them even after a failure: for a plugin author's own
@@ -178,9 +426,11 @@ pub fn run_vectors_on_component(
     runtime: &Runtime,
     wasm: &Path,
     vectors_dir: &Path,
-) -> Result<Vec<VectorResult>, String> {
+) -> Result<Vec<VectorResult>, ConformanceError> {
     if !wasm.is_file() {
-        return Err(format!("{} is not a file", wasm.display()));
+        return Err(ConformanceError::NotAFile {
+            path: wasm.to_path_buf(),
+        });
     }
     let build = Build {
         toolchain: "component".into(),
@@ -192,7 +442,10 @@ pub fn run_vectors_on_component(
         vec![vectors_dir.to_path_buf()]
     } else {
         let mut files: Vec<PathBuf> = fs::read_dir(vectors_dir)
-            .map_err(|e| format!("{}: {e}", vectors_dir.display()))?
+            .map_err(|error| ConformanceError::Io {
+                path: vectors_dir.to_path_buf(),
+                error,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
             .collect();
@@ -210,14 +463,20 @@ pub fn run_vectors_on_component(
 }
 
 /// The `*.json` files in the folders of `vectors_dir`, sorted.
-pub fn vector_files(vectors_dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let read = |dir: &Path| -> Result<Vec<PathBuf>, String> {
+pub fn vector_files(vectors_dir: &Path) -> Result<Vec<PathBuf>, ConformanceError> {
+    let read = |dir: &Path| -> Result<Vec<PathBuf>, ConformanceError> {
         let mut paths = fs::read_dir(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .map_err(|error| ConformanceError::Io {
+                path: dir.to_path_buf(),
+                error,
+            })?
             .map(|entry| {
                 entry
                     .map(|e| e.path())
-                    .map_err(|e| format!("{}: {e}", dir.display()))
+                    .map_err(|error| ConformanceError::Io {
+                        path: dir.to_path_buf(),
+                        error,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         paths.sort();
@@ -239,9 +498,9 @@ fn run_case_across(
     builds: &[Build],
     vector: &Path,
     case: &Json,
-) -> Result<Vec<CaseRun>, String> {
+) -> Result<Vec<CaseRun>, ConformanceError> {
     if builds.is_empty() {
-        return Err("no builds to run the case against".into());
+        return Err(ConformanceError::NoBuilds);
     }
     let o = object(case, "case")?;
     check_fields(
@@ -257,23 +516,28 @@ fn run_case_across(
         ],
         "case",
     )?;
-    let plugin = text(o, "plugin")?.ok_or("missing plugin")?;
+    let plugin = text(o, "plugin")?.ok_or(JsonError::Missing { field: "plugin" })?;
     let folder = vector
         .parent()
         .and_then(Path::file_name)
         .and_then(|f| f.to_str());
     let single = builds.iter().all(|b| b.wasm_dir.is_file());
     if !single && folder != Some(plugin) {
-        return Err(format!(
-            "plugin {plugin:?} is not the folder's name {folder:?}"
-        ));
+        return Err(ConformanceError::PluginNotFolder {
+            plugin: plugin.to_owned(),
+            folder: folder.map(str::to_owned),
+        });
     }
-    let world = match text(o, "world")?.ok_or("missing world")? {
+    let world = match text(o, "world")?.ok_or(JsonError::Missing { field: "world" })? {
         "transform" => World::Transform,
         "resolver" => World::Resolver,
-        other => return Err(format!("unknown world {other:?}")),
+        other => {
+            return Err(ConformanceError::UnknownWorld {
+                world: other.to_owned(),
+            });
+        }
     };
-    let params = meta_of(o.get("params")).map_err(|e| format!("params: {e}"))?;
+    let params = meta_of(o.get("params")).map_err(ConformanceError::Params)?;
     let mut limits = default_limits();
     if let Some(l) = o.get("limits") {
         let l = object(l, "limits")?;
@@ -283,35 +547,38 @@ fn run_case_across(
         }
         if let Some(bytes) = uint(l, "memory_bytes")? {
             limits.memory_bytes =
-                usize::try_from(bytes).map_err(|_| "memory_bytes is too large")?;
+                usize::try_from(bytes).map_err(|_| ConformanceError::MemoryTooLarge)?;
         }
     }
-    let expect = Expect::parse(o.get("expect").ok_or("missing expect")?, world)?;
+    let expect = Expect::parse(
+        o.get("expect")
+            .ok_or(JsonError::Missing { field: "expect" })?,
+        world,
+    )?;
 
-    let input = o.get("input").ok_or("missing input")?;
+    let input = o
+        .get("input")
+        .ok_or(JsonError::Missing { field: "input" })?;
     let mut runs: Vec<CaseRun> = Vec::new();
     for build in builds {
         // With several builds, say which one; with one (a single component) there is no other.
-        let which = |e: String| {
+        let which = |e: ConformanceError| {
             if builds.len() > 1 {
-                format!("{} build: {e}", build.toolchain)
+                ConformanceError::Build {
+                    toolchain: build.toolchain.clone(),
+                    error: Box::new(e),
+                }
             } else {
                 e
             }
         };
-        let run = run_on_build(runtime, build, plugin, world, &params, limits, input)
-            .map_err(|e| which(e.to_string()))?;
+        let run =
+            run_on_build(runtime, build, plugin, world, &params, limits, input).map_err(which)?;
         if !run.canonical {
-            return Err(which(
-                "the plugin returned a value that is not in deterministic encoding \
-                 (the host canonicalized it)"
-                    .to_owned(),
-            ));
+            return Err(which(ConformanceError::NotCanonical));
         }
         let outcome = run.outcome;
-        expect
-            .check(outcome.clone())
-            .map_err(|e| which(e.to_string()))?;
+        expect.check(outcome.clone()).map_err(which)?;
         if let Some(first) = runs.first() {
             agree(first, &build.toolchain, &outcome)?;
         }
@@ -330,7 +597,7 @@ fn agree(
     first: &CaseRun,
     toolchain: &str,
     outcome: &Result<Outcome, Failure>,
-) -> Result<(), String> {
+) -> Result<(), ConformanceError> {
     let same = match (&first.outcome, outcome) {
         (Ok(a), Ok(b)) => a == b,
         (Err(a), Err(b)) => {
@@ -346,13 +613,12 @@ fn agree(
         Ok(Outcome::Resolution(r)) => resolution_to_json(r).to_string(),
         Err(f) => f.to_string(),
     };
-    Err(format!(
-        "the builds disagree:\n  {:<9} {}\n  {:<9} {}",
-        first.toolchain,
-        show(&first.outcome),
-        toolchain,
-        show(outcome)
-    ))
+    Err(ConformanceError::Disagree {
+        first_toolchain: first.toolchain.clone(),
+        first: show(&first.outcome),
+        toolchain: toolchain.to_owned(),
+        other: show(outcome),
+    })
 }
 
 /// Loads `<build>/<plugin>.wasm` and calls it once on a fresh instance. `Err` only for a build
@@ -365,46 +631,41 @@ fn run_on_build(
     params: &std::collections::BTreeMap<String, String>,
     limits: Limits,
     input: &Json,
-) -> Result<BuildRun, String> {
+) -> Result<BuildRun, ConformanceError> {
     let path = if build.wasm_dir.is_file() {
         build.wasm_dir.clone()
     } else {
         build.wasm_dir.join(format!("{plugin}.wasm"))
     };
-    let wasm = fs::read(&path).map_err(|e| {
-        format!(
-            "cannot read the component {}: {e} (build the plugins: `{}`)",
-            path.display(),
-            build.build_hint
-        )
+    let wasm = fs::read(&path).map_err(|error| ConformanceError::ReadComponent {
+        path: path.clone(),
+        error,
+        build_hint: build.build_hint.clone(),
     })?;
-    let loaded = runtime
-        .load(PluginSource {
-            name: plugin.to_owned(),
-            path,
-            wasm,
-            expected_sha256: None,
-            limits,
-            params: params.clone(),
-        })
-        .map_err(|e| e.to_string())?;
+    let loaded = runtime.load(PluginSource {
+        name: plugin.to_owned(),
+        path,
+        wasm,
+        expected_sha256: None,
+        limits,
+        params: params.clone(),
+    })?;
     if loaded.world() != world {
-        return Err(format!(
-            "the component implements the {} world, the case says {}",
-            loaded.world().as_str(),
-            world.as_str()
-        ));
+        return Err(ConformanceError::WrongWorld {
+            component: loaded.world(),
+            case: world,
+        });
     }
     let got = match world {
         World::Transform => {
-            let event = event_from_json(input).map_err(|e| format!("input: {e}"))?;
+            let event = event_from_json(input).map_err(ConformanceError::Input)?;
             loaded
                 .transform_report(&event, true)
                 .map(|r| ((Outcome::Changes(r.output), r.canonical), r.fuel_used))
         }
         World::Resolver => {
             let (collection, key, versions) =
-                resolver_input_from_json(input).map_err(|e| format!("input: {e}"))?;
+                resolver_input_from_json(input).map_err(ConformanceError::Input)?;
             loaded
                 .resolve_report(&collection, &key, &versions)
                 .map(|r| ((Outcome::Resolution(r.output), r.canonical), r.fuel_used))
@@ -443,17 +704,22 @@ enum Expect {
 }
 
 impl Expect {
-    fn parse(json: &Json, world: World) -> Result<Expect, String> {
+    fn parse(json: &Json, world: World) -> Result<Expect, ConformanceError> {
         let o = object(json, "expect")?;
         check_fields(o, &["ok", "error", "message"], "expect")?;
         match (o.get("ok"), text(o, "error")?) {
             (Some(ok), None) if !o.contains_key("message") => match world {
                 World::Transform => ok
                     .as_array()
-                    .ok_or("expect.ok of a transform is not a list")?
+                    .ok_or(ConformanceError::ExpectOkNotList)?
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| expected_change(c).map_err(|e| format!("expect.ok[{i}]: {e}")))
+                    .map(|(i, c)| {
+                        expected_change(c).map_err(|e| ConformanceError::ExpectedChange {
+                            index: i,
+                            error: Box::new(e),
+                        })
+                    })
                     .collect::<Result<_, _>>()
                     .map(Expect::Changes),
                 World::Resolver => expected_resolution(ok).map(Expect::Resolution),
@@ -461,63 +727,64 @@ impl Expect {
             (None, Some(kind)) => Ok(Expect::Failure {
                 kind: match kind {
                     "invalid-output" => FailureKind::BadOutput,
-                    other => FailureKind::parse(other)
-                        .ok_or_else(|| format!("unknown error kind {other:?}"))?,
+                    other => FailureKind::parse(other).ok_or_else(|| {
+                        ConformanceError::UnknownErrorKind {
+                            kind: other.to_owned(),
+                        }
+                    })?,
                 },
                 message: text(o, "message")?.map(str::to_owned),
             }),
-            _ => Err("expect needs exactly one of ok or error (message only with error)".into()),
+            _ => Err(ConformanceError::ExpectNotOkOrError),
         }
     }
 
-    fn check(&self, got: Result<Outcome, Failure>) -> Result<(), String> {
+    fn check(&self, got: Result<Outcome, Failure>) -> Result<(), ConformanceError> {
         match (self, got) {
             (Expect::Changes(want), Ok(Outcome::Changes(got))) => {
                 if want == &got {
                     return Ok(());
                 }
-                Err(format!(
-                    "changes differ:\n  expected {}\n  got      {}",
-                    Json::Array(want.iter().map(change_to_json).collect()),
-                    Json::Array(got.iter().map(change_to_json).collect()),
-                ))
+                Err(ConformanceError::ChangesDiffer {
+                    expected: want.clone(),
+                    got,
+                })
             }
             (Expect::Resolution(want), Ok(Outcome::Resolution(got))) => {
                 if want == &got {
                     return Ok(());
                 }
-                Err(format!(
-                    "resolutions differ: expected {}, got {}",
-                    resolution_to_json(want),
-                    resolution_to_json(&got)
-                ))
+                Err(ConformanceError::ResolutionsDiffer {
+                    expected: want.clone(),
+                    got,
+                })
             }
             (Expect::Failure { kind, message }, Err(failure)) => {
                 if failure.kind != *kind {
-                    return Err(format!(
-                        "expected the failure {kind}, got {}: {}",
-                        failure.kind, failure.message
-                    ));
+                    return Err(ConformanceError::WrongFailure {
+                        expected: *kind,
+                        got: failure,
+                    });
                 }
                 match message {
-                    Some(m) if *m != failure.message => Err(format!(
-                        "expected the message {m:?}, got {:?}",
-                        failure.message
-                    )),
+                    Some(m) if *m != failure.message => Err(ConformanceError::WrongMessage {
+                        expected: m.clone(),
+                        got: failure.message,
+                    }),
                     _ => Ok(()),
                 }
             }
             (Expect::Failure { kind, .. }, Ok(_)) => {
-                Err(format!("expected the failure {kind}, the call succeeded"))
+                Err(ConformanceError::UnexpectedSuccess { expected: *kind })
             }
-            (_, Err(failure)) => Err(format!("expected success, got {failure}")),
-            (_, Ok(_)) => Err("the outcome does not match the world".into()),
+            (_, Err(failure)) => Err(ConformanceError::UnexpectedFailure { failure }),
+            (_, Ok(_)) => Err(ConformanceError::OutcomeNotWorld),
         }
     }
 }
 
 /// An expected change: every field is required, `value_hex` (authoritative) or `value` on puts.
-fn expected_change(json: &Json) -> Result<Change, String> {
+fn expected_change(json: &Json) -> Result<Change, ConformanceError> {
     let o = object(json, "change")?;
     check_fields(
         o,
@@ -535,49 +802,55 @@ fn expected_change(json: &Json) -> Result<Change, String> {
     )?;
     for field in ["collection", "op", "schema", "meta"] {
         if !o.contains_key(field) {
-            return Err(format!("missing {field}"));
+            return Err(JsonError::Missing { field }.into());
         }
     }
     let op = match text(o, "op")? {
         Some("put") => edgerep_wire::Op::Put,
         Some("delete") => edgerep_wire::Op::Delete,
-        other => return Err(format!("unknown op {other:?}")),
+        other => {
+            return Err(ConformanceError::UnknownOp {
+                op: other.map(str::to_owned),
+            });
+        }
     };
     let value = value_of(o, "value", "value_hex")?;
     if (op == edgerep_wire::Op::Put) != value.is_some() {
-        return Err("a put has a value, a delete none".into());
+        return Err(ConformanceError::OpValueMismatch);
     }
     Ok(Change {
         collection: text(o, "collection")?.unwrap_or_default().to_owned(),
-        key: key_of(o)?.ok_or("missing key (or key_base64)")?,
+        key: key_of(o)?.ok_or(JsonError::Missing {
+            field: "key (or key_base64)",
+        })?,
         op,
         value,
         schema: u32::try_from(uint(o, "schema")?.unwrap_or_default())
-            .map_err(|_| "schema is over u32")?,
+            .map_err(|_| JsonError::SchemaOverU32)?,
         meta: meta_of(o.get("meta"))?,
     })
 }
 
 /// An expected resolution: `{"pick": i}`, `{"merge": json, "merge_hex": hex}` or `{"merge": null}`.
-fn expected_resolution(json: &Json) -> Result<Resolution, String> {
+fn expected_resolution(json: &Json) -> Result<Resolution, ConformanceError> {
     let o: &Map<String, Json> = object(json, "expect.ok")?;
     if let Some(i) = uint(o, "pick")? {
         check_fields(o, &["pick"], "expect.ok")?;
         return Ok(Resolution::Pick(
-            usize::try_from(i).map_err(|_| "pick is too large")?,
+            usize::try_from(i).map_err(|_| ConformanceError::PickTooLarge)?,
         ));
     }
     check_fields(o, &["merge", "merge_hex"], "expect.ok")?;
     if o.get("merge").is_some_and(Json::is_null) {
         if o.contains_key("merge_hex") {
-            return Err("merge null (a delete) has no merge_hex".into());
+            return Err(ConformanceError::MergeNullWithHex);
         }
         return Ok(Resolution::Merge(None));
     }
     let value: Option<Value> = value_of(o, "merge", "merge_hex")?;
     value
         .map(|v| Resolution::Merge(Some(v)))
-        .ok_or_else(|| "expect.ok needs pick or merge".into())
+        .ok_or(ConformanceError::NoPickOrMerge)
 }
 
 #[cfg(test)]
@@ -606,7 +879,7 @@ mod tests {
         let merge = |b: &[u8]| Ok(Outcome::Resolution(Resolution::Merge(Some(value(b)))));
         let rust = run("rust", merge(&[0x01]));
         assert!(agree(&rust, "go", &merge(&[0x01])).is_ok());
-        let error = agree(&rust, "go", &merge(&[0x02])).unwrap_err();
+        let error = agree(&rust, "go", &merge(&[0x02])).unwrap_err().to_string();
         assert!(
             error.contains("the builds disagree") && error.contains("go"),
             "{error}"

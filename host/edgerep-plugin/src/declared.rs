@@ -20,6 +20,34 @@ pub enum DeclaredError {
     Params(#[from] ParamsError),
 }
 
+/// Why a config's parameters do not fit what a component declares ([`apply`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// Parameters are given that the component does not declare.
+    #[error(
+        "params {unknown:?} are not parameters of this plugin; it declares: {}",
+        names(.declared)
+    )]
+    Unknown {
+        /// The names given that are not declared.
+        unknown: Vec<String>,
+        /// What the component declares.
+        declared: Vec<DeclaredParam>,
+    },
+    /// Required parameters are not given.
+    #[error(
+        "required params {missing:?} missing (add them to the plugin's params); it declares: {}",
+        names(.declared)
+    )]
+    Missing {
+        /// The names of the required parameters not given.
+        missing: Vec<String>,
+        /// What the component declares.
+        declared: Vec<DeclaredParam>,
+    },
+}
+
 /// The parameters `wasm` declares (`None`: it declares none, and any parameters are passed
 /// through unchecked). Only the component's own top-level sections count.
 pub fn of_component(wasm: &[u8]) -> Result<Option<Vec<DeclaredParam>>, DeclaredError> {
@@ -48,47 +76,28 @@ pub fn of_component(wasm: &[u8]) -> Result<Option<Vec<DeclaredParam>>, DeclaredE
 pub fn apply(
     declared: &[DeclaredParam],
     given: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, String> {
-    let names = || {
-        declared
-            .iter()
-            .map(|p| {
-                let mut s = p.name.clone();
-                if p.required {
-                    s.push_str(" (required)");
-                } else if let Some(d) = &p.default {
-                    s.push_str(&format!(" (default {d:?})"));
-                }
-                s
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let unknown: Vec<&str> = given
+) -> Result<BTreeMap<String, String>, ApplyError> {
+    let unknown: Vec<String> = given
         .keys()
         .filter(|k| !declared.iter().any(|p| &p.name == *k))
-        .map(String::as_str)
+        .cloned()
         .collect();
     if !unknown.is_empty() {
-        return Err(format!(
-            "params {unknown:?} are not parameters of this plugin; it declares: {}",
-            if declared.is_empty() {
-                "none".to_owned()
-            } else {
-                names()
-            }
-        ));
+        return Err(ApplyError::Unknown {
+            unknown,
+            declared: declared.to_vec(),
+        });
     }
-    let missing: Vec<&str> = declared
+    let missing: Vec<String> = declared
         .iter()
         .filter(|p| p.required && !given.contains_key(&p.name))
-        .map(|p| p.name.as_str())
+        .map(|p| p.name.clone())
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "required params {missing:?} missing (add them to the plugin's params); it declares: {}",
-            names()
-        ));
+        return Err(ApplyError::Missing {
+            missing,
+            declared: declared.to_vec(),
+        });
     }
     let mut out = given.clone();
     for p in declared {
@@ -97,6 +106,26 @@ pub fn apply(
         }
     }
     Ok(out)
+}
+
+/// The declared parameters as [`ApplyError`] lists them (`none` if there are none).
+fn names(declared: &[DeclaredParam]) -> String {
+    if declared.is_empty() {
+        return "none".to_owned();
+    }
+    declared
+        .iter()
+        .map(|p| {
+            let mut s = p.name.clone();
+            if p.required {
+                s.push_str(" (required)");
+            } else if let Some(d) = &p.default {
+                s.push_str(&format!(" (default {d:?})"));
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -127,9 +156,11 @@ mod tests {
         };
         let out = apply(&declared, &given(&[("equals", "x")])).unwrap();
         assert_eq!(out, given(&[("equals", "x"), ("field", "status")]));
-        let e = apply(&declared, &given(&[])).unwrap_err();
+        let e = apply(&declared, &given(&[])).unwrap_err().to_string();
         assert!(e.contains("\"equals\"") && e.contains("missing"), "{e}");
-        let e = apply(&declared, &given(&[("equals", "x"), ("feild", "y")])).unwrap_err();
+        let e = apply(&declared, &given(&[("equals", "x"), ("feild", "y")]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("\"feild\"") && e.contains("field (default"),
             "{e}"

@@ -22,12 +22,156 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use edgerep_wire::event::{FORMAT_VERSION, check_collection_name};
-use edgerep_wire::{DecodeLimits, Event, Hlc, NodeId, Op, Value, VersionVector};
+use edgerep_wire::event::{EventError, FORMAT_VERSION, check_collection_name};
+use edgerep_wire::{DecodeLimits, Event, Hlc, NodeId, Op, Value, ValueError, VersionVector};
 use serde_json::{Map, Value as Json, json};
 
 use crate::failure::Failure;
 use crate::output::{Change, Resolution};
+
+/// Why a JSON form is refused (the message names the field).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JsonError {
+    /// Something that must be a JSON object is not.
+    #[error("{what} is not a JSON object")]
+    NotObject {
+        /// What it is (`event`, `hlc`, ...).
+        what: &'static str,
+    },
+    /// An object has a field it may not have.
+    #[error("{what}: unknown field {field:?} (known: {})", .known.join(", "))]
+    UnknownField {
+        /// The object (`event`, `hlc`, ...).
+        what: &'static str,
+        /// The unknown field.
+        field: String,
+        /// The fields it may have.
+        known: &'static [&'static str],
+    },
+    /// A field that must be text is not.
+    #[error("{field} is not text")]
+    NotText {
+        /// The field.
+        field: &'static str,
+    },
+    /// A field that must be a non-negative integer is not.
+    #[error("{field} is not a non-negative integer")]
+    NotUint {
+        /// The field.
+        field: &'static str,
+    },
+    /// A required field is missing.
+    #[error("missing {field}")]
+    Missing {
+        /// The field (`key (or key_base64)` where either will do).
+        field: &'static str,
+    },
+    /// A required field of a part is missing.
+    #[error("{what}: missing {field}")]
+    MissingIn {
+        /// The part (`resolver input`, `context entry`, `hlc`).
+        what: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// `key_base64` is not standard base64.
+    #[error("key_base64: {0}")]
+    KeyBase64(base64::DecodeError),
+    /// Both `key` and `key_base64` are given.
+    #[error("both key and key_base64")]
+    BothKeys,
+    /// A collection name or node id is not valid.
+    #[error(transparent)]
+    InvalidName(#[from] EventError),
+    /// The key is empty.
+    #[error("empty key")]
+    EmptyKey,
+    /// `op` is neither `put` nor `delete`.
+    #[error("unknown op {op:?} (put or delete)")]
+    UnknownOp {
+        /// The op given.
+        op: String,
+    },
+    /// A put has neither `value` nor `value_hex`.
+    #[error("a put needs value or value_hex")]
+    PutWithoutValue,
+    /// A delete has a value.
+    #[error("a delete has no value")]
+    DeleteWithValue,
+    /// `context` is not a list.
+    #[error("context is not a list")]
+    ContextNotList,
+    /// A resolver input's `versions` is not a list.
+    #[error("resolver input: versions is not a list")]
+    VersionsNotList,
+    /// `schema` does not fit in 32 bits.
+    #[error("schema is over u32")]
+    SchemaOverU32,
+    /// The JSON form of a value is not a valid value.
+    #[error("{field}: {error}")]
+    InvalidValue {
+        /// The field (`value`, `merge`).
+        field: &'static str,
+        /// Why the value is refused.
+        error: ValueError,
+    },
+    /// The hex of a value is not hex.
+    #[error("{field}: {error}")]
+    InvalidHex {
+        /// The field (`value_hex`, `merge_hex`).
+        field: &'static str,
+        /// Why the hex is refused.
+        error: hex::FromHexError,
+    },
+    /// The hex of a value is not one data item in deterministic CBOR.
+    #[error("{field}: {error}")]
+    InvalidCbor {
+        /// The field (`value_hex`, `merge_hex`).
+        field: &'static str,
+        /// Why the bytes are refused.
+        error: ValueError,
+    },
+    /// The JSON form and the hex of a value are different values.
+    #[error(
+        "{hex_field} {} is not the deterministic encoding of {json_field} (that is {})",
+        hex::encode(.from_hex.as_bytes()),
+        hex::encode(.from_json.as_bytes())
+    )]
+    HexMismatch {
+        /// The field of the JSON form (`value`, `merge`).
+        json_field: &'static str,
+        /// The field of the hex (`value_hex`, `merge_hex`).
+        hex_field: &'static str,
+        /// The value of the JSON form.
+        from_json: Value,
+        /// The value of the hex.
+        from_hex: Value,
+    },
+    /// `hlc` is text but not `"physical_ms.logical"`.
+    #[error("hlc {hlc:?} is not \"physical_ms.logical\"")]
+    HlcFormat {
+        /// The text given.
+        hlc: String,
+    },
+    /// The logical part of `hlc` does not fit in 32 bits.
+    #[error("hlc logical is over u32")]
+    HlcLogicalOverU32,
+    /// A metadata value is not text.
+    #[error("meta {key:?} is not text")]
+    MetaNotText {
+        /// Its key.
+        key: String,
+    },
+    /// One of a resolver input's versions is refused.
+    #[error("versions[{index}]: {error}")]
+    Version {
+        /// Its position in `versions`.
+        index: usize,
+        /// Why it is refused.
+        error: Box<JsonError>,
+    },
+}
 
 /// The fields an event may have.
 const EVENT_FIELDS: [&str; 12] = [
@@ -46,13 +190,13 @@ const EVENT_FIELDS: [&str; 12] = [
 ];
 
 /// An event from its JSON form (see the [module documentation](self) for fields and defaults).
-pub fn event_from_json(json: &Json) -> Result<Event, String> {
+pub fn event_from_json(json: &Json) -> Result<Event, JsonError> {
     event_with_defaults(json, None)
 }
 
 /// A resolver's input: `{"collection", "key" | "key_base64", "versions": [event, ...]}`, where
 /// each version defaults its `collection` and `key` to the input's.
-pub fn resolver_input_from_json(json: &Json) -> Result<(String, Vec<u8>, Vec<Event>), String> {
+pub fn resolver_input_from_json(json: &Json) -> Result<(String, Vec<u8>, Vec<Event>), JsonError> {
     let o = object(json, "resolver input")?;
     check_fields(
         o,
@@ -60,61 +204,90 @@ pub fn resolver_input_from_json(json: &Json) -> Result<(String, Vec<u8>, Vec<Eve
         "resolver input",
     )?;
     let collection = text(o, "collection")?
-        .ok_or("resolver input: missing collection")?
+        .ok_or(JsonError::MissingIn {
+            what: "resolver input",
+            field: "collection",
+        })?
         .to_owned();
-    check_collection_name(&collection).map_err(|e| e.to_string())?;
-    let key = key_of(o)?.ok_or("resolver input: missing key (or key_base64)")?;
+    check_collection_name(&collection)?;
+    let key = key_of(o)?.ok_or(JsonError::MissingIn {
+        what: "resolver input",
+        field: "key (or key_base64)",
+    })?;
     let versions = o
         .get("versions")
-        .ok_or("resolver input: missing versions")?
+        .ok_or(JsonError::MissingIn {
+            what: "resolver input",
+            field: "versions",
+        })?
         .as_array()
-        .ok_or("resolver input: versions is not a list")?
+        .ok_or(JsonError::VersionsNotList)?
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            event_with_defaults(v, Some((&collection, &key)))
-                .map_err(|e| format!("versions[{i}]: {e}"))
+            event_with_defaults(v, Some((&collection, &key))).map_err(|e| JsonError::Version {
+                index: i,
+                error: Box::new(e),
+            })
         })
         .collect::<Result<_, _>>()?;
     Ok((collection, key, versions))
 }
 
-fn event_with_defaults(json: &Json, inherit: Option<(&str, &[u8])>) -> Result<Event, String> {
+fn event_with_defaults(json: &Json, inherit: Option<(&str, &[u8])>) -> Result<Event, JsonError> {
     let o = object(json, "event")?;
     check_fields(o, &EVENT_FIELDS, "event")?;
     let collection = match text(o, "collection")? {
         Some(c) => c.to_owned(),
-        None => inherit.ok_or("missing collection")?.0.to_owned(),
+        None => inherit
+            .ok_or(JsonError::Missing {
+                field: "collection",
+            })?
+            .0
+            .to_owned(),
     };
-    check_collection_name(&collection).map_err(|e| e.to_string())?;
+    check_collection_name(&collection)?;
     let key = match key_of(o)? {
         Some(k) => k,
-        None => inherit.ok_or("missing key (or key_base64)")?.1.to_vec(),
+        None => inherit
+            .ok_or(JsonError::Missing {
+                field: "key (or key_base64)",
+            })?
+            .1
+            .to_vec(),
     };
     if key.is_empty() {
-        return Err("empty key".into());
+        return Err(JsonError::EmptyKey);
     }
     let op = match text(o, "op")? {
         None | Some("put") => Op::Put,
         Some("delete") => Op::Delete,
-        Some(other) => return Err(format!("unknown op {other:?} (put or delete)")),
+        Some(other) => {
+            return Err(JsonError::UnknownOp {
+                op: other.to_owned(),
+            });
+        }
     };
     let value = value_of(o, "value", "value_hex")?;
     match (op, &value) {
-        (Op::Put, None) => return Err("a put needs value or value_hex".into()),
-        (Op::Delete, Some(_)) => return Err("a delete has no value".into()),
+        (Op::Put, None) => return Err(JsonError::PutWithoutValue),
+        (Op::Delete, Some(_)) => return Err(JsonError::DeleteWithValue),
         _ => {}
     }
-    let origin =
-        NodeId::parse(text(o, "origin")?.unwrap_or("vector")).map_err(|e| e.to_string())?;
+    let origin = NodeId::parse(text(o, "origin")?.unwrap_or("vector"))?;
     let mut context = VersionVector::new();
     if let Some(c) = o.get("context") {
-        for dot in c.as_array().ok_or("context is not a list")? {
+        for dot in c.as_array().ok_or(JsonError::ContextNotList)? {
             let d = object(dot, "context entry")?;
             check_fields(d, &["origin", "seq"], "context entry")?;
-            let origin = NodeId::parse(text(d, "origin")?.ok_or("context entry: missing origin")?)
-                .map_err(|e| e.to_string())?;
-            let seq = uint(d, "seq")?.ok_or("context entry: missing seq")?;
+            let origin = NodeId::parse(text(d, "origin")?.ok_or(JsonError::MissingIn {
+                what: "context entry",
+                field: "origin",
+            })?)?;
+            let seq = uint(d, "seq")?.ok_or(JsonError::MissingIn {
+                what: "context entry",
+                field: "seq",
+            })?;
             context.add(&edgerep_wire::event::Dot { origin, seq });
         }
     }
@@ -127,7 +300,8 @@ fn event_with_defaults(json: &Json, inherit: Option<(&str, &[u8])>) -> Result<Ev
         hlc: hlc_of(o.get("hlc"))?,
         origin,
         seq: uint(o, "seq")?.unwrap_or(1),
-        schema: u32::try_from(uint(o, "schema")?.unwrap_or(0)).map_err(|_| "schema is over u32")?,
+        schema: u32::try_from(uint(o, "schema")?.unwrap_or(0))
+            .map_err(|_| JsonError::SchemaOverU32)?,
         meta: meta_of(o.get("meta"))?,
         context,
         extra: BTreeMap::new(),
@@ -183,50 +357,50 @@ fn op_name(op: Op) -> &'static str {
     }
 }
 
-pub(crate) fn object<'a>(json: &'a Json, what: &str) -> Result<&'a Map<String, Json>, String> {
-    json.as_object()
-        .ok_or_else(|| format!("{what} is not a JSON object"))
+pub(crate) fn object<'a>(
+    json: &'a Json,
+    what: &'static str,
+) -> Result<&'a Map<String, Json>, JsonError> {
+    json.as_object().ok_or(JsonError::NotObject { what })
 }
 
 pub(crate) fn check_fields(
     o: &Map<String, Json>,
-    allowed: &[&str],
-    what: &str,
-) -> Result<(), String> {
+    allowed: &'static [&'static str],
+    what: &'static str,
+) -> Result<(), JsonError> {
     match o.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(format!(
-            "{what}: unknown field {k:?} (known: {})",
-            allowed.join(", ")
-        )),
+        Some(k) => Err(JsonError::UnknownField {
+            what,
+            field: k.clone(),
+            known: allowed,
+        }),
         None => Ok(()),
     }
 }
 
-pub(crate) fn text<'a>(o: &'a Map<String, Json>, field: &str) -> Result<Option<&'a str>, String> {
+pub(crate) fn text<'a>(
+    o: &'a Map<String, Json>,
+    field: &'static str,
+) -> Result<Option<&'a str>, JsonError> {
     o.get(field)
-        .map(|v| v.as_str().ok_or_else(|| format!("{field} is not text")))
+        .map(|v| v.as_str().ok_or(JsonError::NotText { field }))
         .transpose()
 }
 
-pub(crate) fn uint(o: &Map<String, Json>, field: &str) -> Result<Option<u64>, String> {
+pub(crate) fn uint(o: &Map<String, Json>, field: &'static str) -> Result<Option<u64>, JsonError> {
     o.get(field)
-        .map(|v| {
-            v.as_u64()
-                .ok_or_else(|| format!("{field} is not a non-negative integer"))
-        })
+        .map(|v| v.as_u64().ok_or(JsonError::NotUint { field }))
         .transpose()
 }
 
 /// `key` (text) or `key_base64`, if either is given.
-pub(crate) fn key_of(o: &Map<String, Json>) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn key_of(o: &Map<String, Json>) -> Result<Option<Vec<u8>>, JsonError> {
     match (text(o, "key")?, text(o, "key_base64")?) {
         (Some(key), None) => Ok(Some(key.as_bytes().to_vec())),
-        (None, Some(b64)) => BASE64
-            .decode(b64)
-            .map(Some)
-            .map_err(|e| format!("key_base64: {e}")),
+        (None, Some(b64)) => BASE64.decode(b64).map(Some).map_err(JsonError::KeyBase64),
         (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err("both key and key_base64".into()),
+        (Some(_), Some(_)) => Err(JsonError::BothKeys),
     }
 }
 
@@ -234,53 +408,68 @@ pub(crate) fn key_of(o: &Map<String, Json>) -> Result<Option<Vec<u8>>, String> {
 /// when both are given they must be the same value (JSON `null` is the CBOR null).
 pub(crate) fn value_of(
     o: &Map<String, Json>,
-    json_field: &str,
-    hex_field: &str,
-) -> Result<Option<Value>, String> {
+    json_field: &'static str,
+    hex_field: &'static str,
+) -> Result<Option<Value>, JsonError> {
     let limits = DecodeLimits::default();
     let from_json = o
         .get(json_field)
-        .map(|j| Value::from_json(j, &limits).map_err(|e| format!("{json_field}: {e}")))
+        .map(|j| {
+            Value::from_json(j, &limits).map_err(|error| JsonError::InvalidValue {
+                field: json_field,
+                error,
+            })
+        })
         .transpose()?;
     let from_hex = text(o, hex_field)?
         .map(|h| {
-            let bytes = hex::decode(h).map_err(|e| format!("{hex_field}: {e}"))?;
-            Value::from_canonical(bytes, &limits).map_err(|e| format!("{hex_field}: {e}"))
+            let bytes = hex::decode(h).map_err(|error| JsonError::InvalidHex {
+                field: hex_field,
+                error,
+            })?;
+            Value::from_canonical(bytes, &limits).map_err(|error| JsonError::InvalidCbor {
+                field: hex_field,
+                error,
+            })
         })
         .transpose()?;
     match (from_json, from_hex) {
-        (Some(a), Some(b)) if a != b => Err(format!(
-            "{hex_field} {} is not the deterministic encoding of {json_field} (that is {})",
-            hex::encode(b.as_bytes()),
-            hex::encode(a.as_bytes())
-        )),
+        (Some(a), Some(b)) if a != b => Err(JsonError::HexMismatch {
+            json_field,
+            hex_field,
+            from_json: a,
+            from_hex: b,
+        }),
         (a, b) => Ok(b.or(a)),
     }
 }
 
-fn hlc_of(json: Option<&Json>) -> Result<Hlc, String> {
+fn hlc_of(json: Option<&Json>) -> Result<Hlc, JsonError> {
     match json {
         None => Ok(Hlc::default()),
         Some(Json::String(s)) => {
             let parsed = s
                 .split_once('.')
                 .and_then(|(p, l)| Some(Hlc::new(p.parse().ok()?, l.parse().ok()?)));
-            parsed.ok_or_else(|| format!("hlc {s:?} is not \"physical_ms.logical\""))
+            parsed.ok_or_else(|| JsonError::HlcFormat { hlc: s.clone() })
         }
         Some(j) => {
             let o = object(j, "hlc")?;
             check_fields(o, &["physical_ms", "logical"], "hlc")?;
-            let physical_ms = uint(o, "physical_ms")?.ok_or("hlc: missing physical_ms")?;
+            let physical_ms = uint(o, "physical_ms")?.ok_or(JsonError::MissingIn {
+                what: "hlc",
+                field: "physical_ms",
+            })?;
             let logical = uint(o, "logical")?.unwrap_or(0);
             Ok(Hlc::new(
                 physical_ms,
-                u32::try_from(logical).map_err(|_| "hlc logical is over u32")?,
+                u32::try_from(logical).map_err(|_| JsonError::HlcLogicalOverU32)?,
             ))
         }
     }
 }
 
-pub(crate) fn meta_of(json: Option<&Json>) -> Result<BTreeMap<String, String>, String> {
+pub(crate) fn meta_of(json: Option<&Json>) -> Result<BTreeMap<String, String>, JsonError> {
     let Some(json) = json else {
         return Ok(BTreeMap::new());
     };
@@ -289,7 +478,7 @@ pub(crate) fn meta_of(json: Option<&Json>) -> Result<BTreeMap<String, String>, S
         .map(|(k, v)| {
             let v = v
                 .as_str()
-                .ok_or_else(|| format!("meta {k:?} is not text"))?;
+                .ok_or_else(|| JsonError::MetaNotText { key: k.clone() })?;
             Ok((k.clone(), v.to_owned()))
         })
         .collect()
@@ -377,7 +566,7 @@ mod tests {
                 "hlc",
             ),
         ] {
-            let error = event_from_json(&bad).unwrap_err();
+            let error = event_from_json(&bad).unwrap_err().to_string();
             assert!(
                 error.contains(expected),
                 "{bad}: {error:?} lacks {expected:?}"

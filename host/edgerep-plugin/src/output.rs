@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use edgerep_wire::event::{EventLimits, check_collection_name};
-use edgerep_wire::{DecodeLimits, Event, Op, Value};
+use edgerep_wire::event::{EventError, EventLimits, check_collection_name};
+use edgerep_wire::{DecodeLimits, Event, Op, Value, ValueError};
 
 use crate::bindings::wit;
 
@@ -39,6 +39,73 @@ pub enum Resolution {
     Pick(usize),
     /// A merged value: `Some` for a put (canonicalized by the host), `None` for a delete.
     Merge(Option<Value>),
+}
+
+/// Why what a plugin returned is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OutputError {
+    /// A value is not valid CBOR, or is over the decoder's limits.
+    #[error("invalid value: {0}")]
+    InvalidValue(ValueError),
+    /// More than [`MAX_CHANGES`] changes.
+    #[error("{count} changes, over the limit of {MAX_CHANGES}")]
+    TooManyChanges {
+        /// How many changes.
+        count: usize,
+    },
+    /// More than [`MAX_OUTPUT_BYTES`] bytes of changes.
+    #[error("{total} bytes of changes, over the limit of {MAX_OUTPUT_BYTES}")]
+    TooManyBytes {
+        /// How many bytes.
+        total: usize,
+    },
+    /// One of the changes is refused.
+    #[error("change {index}: {error}")]
+    InvalidChange {
+        /// Its position in the list.
+        index: usize,
+        /// Why it is refused.
+        error: Box<OutputError>,
+    },
+    /// A change's collection name is not valid.
+    #[error(transparent)]
+    Collection(#[from] EventError),
+    /// A change's key is empty.
+    #[error("empty key")]
+    EmptyKey,
+    /// A change's key is over the event decoder's limit.
+    #[error("key is {len} bytes, over the limit of {max}")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A put has no value.
+    #[error("put without a value")]
+    PutWithoutValue,
+    /// A delete has a value.
+    #[error("delete with a value")]
+    DeleteWithValue,
+    /// A change has more metadata entries than the event decoder allows.
+    #[error("{count} metadata entries, over the limit of {max}")]
+    TooManyMeta {
+        /// How many entries.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A change has the same metadata key twice.
+    #[error("duplicate metadata key")]
+    DuplicateMetaKey,
+    /// A resolver picked a version that is not there.
+    #[error("pick({index}) out of range: there are {versions} versions")]
+    PickOutOfRange {
+        /// The index picked.
+        index: usize,
+        /// How many versions there are.
+        versions: usize,
+    },
 }
 
 /// An event as the guest sees it.
@@ -80,34 +147,34 @@ fn op_to_wit(op: Op) -> wit::Op {
 
 /// Checks a value a guest returned and puts it in deterministic encoding; notes in `canonical`
 /// whether it already was.
-fn check_value(bytes: &[u8], canonical: &mut bool) -> Result<Value, String> {
-    let value = Value::canonicalize(bytes, &DecodeLimits::default())
-        .map_err(|e| format!("invalid value: {e}"))?;
+fn check_value(bytes: &[u8], canonical: &mut bool) -> Result<Value, OutputError> {
+    let value =
+        Value::canonicalize(bytes, &DecodeLimits::default()).map_err(OutputError::InvalidValue)?;
     *canonical &= value.as_bytes() == bytes;
     Ok(value)
 }
 
 /// Checks and converts what a transform returned. The flag says whether every value was
 /// already in deterministic encoding (the conformance runner holds guests to it).
-pub(crate) fn check_changes(changes: Vec<wit::Change>) -> Result<(Vec<Change>, bool), String> {
+pub(crate) fn check_changes(changes: Vec<wit::Change>) -> Result<(Vec<Change>, bool), OutputError> {
     if changes.len() > MAX_CHANGES {
-        return Err(format!(
-            "{} changes, over the limit of {MAX_CHANGES}",
-            changes.len()
-        ));
+        return Err(OutputError::TooManyChanges {
+            count: changes.len(),
+        });
     }
     let total: usize = changes.iter().map(change_bytes).sum();
     if total > MAX_OUTPUT_BYTES {
-        return Err(format!(
-            "{total} bytes of changes, over the limit of {MAX_OUTPUT_BYTES}"
-        ));
+        return Err(OutputError::TooManyBytes { total });
     }
     let mut canonical = true;
     let checked = changes
         .into_iter()
         .enumerate()
         .map(|(i, change)| {
-            check_change(change, &mut canonical).map_err(|e| format!("change {i}: {e}"))
+            check_change(change, &mut canonical).map_err(|e| OutputError::InvalidChange {
+                index: i,
+                error: Box::new(e),
+            })
         })
         .collect::<Result<_, _>>()?;
     Ok((checked, canonical))
@@ -125,19 +192,18 @@ fn change_bytes(change: &wit::Change) -> usize {
             .sum::<usize>()
 }
 
-fn check_change(change: wit::Change, canonical: &mut bool) -> Result<Change, String> {
+fn check_change(change: wit::Change, canonical: &mut bool) -> Result<Change, OutputError> {
     // A change becomes an event every peer must decode, so the event decoder's limits apply.
     let limits = EventLimits::default();
-    check_collection_name(&change.collection).map_err(|e| e.to_string())?;
+    check_collection_name(&change.collection)?;
     if change.key.is_empty() {
-        return Err("empty key".into());
+        return Err(OutputError::EmptyKey);
     }
     if change.key.len() > limits.max_key_bytes {
-        return Err(format!(
-            "key is {} bytes, over the limit of {}",
-            change.key.len(),
-            limits.max_key_bytes
-        ));
+        return Err(OutputError::KeyTooLong {
+            len: change.key.len(),
+            max: limits.max_key_bytes,
+        });
     }
     let op = match change.op {
         wit::Op::Put => Op::Put,
@@ -146,20 +212,19 @@ fn check_change(change: wit::Change, canonical: &mut bool) -> Result<Change, Str
     let value = match (op, change.value) {
         (Op::Put, Some(bytes)) => Some(check_value(&bytes, canonical)?),
         (Op::Delete, None) => None,
-        (Op::Put, None) => return Err("put without a value".into()),
-        (Op::Delete, Some(_)) => return Err("delete with a value".into()),
+        (Op::Put, None) => return Err(OutputError::PutWithoutValue),
+        (Op::Delete, Some(_)) => return Err(OutputError::DeleteWithValue),
     };
     if change.meta.len() > limits.max_meta_entries {
-        return Err(format!(
-            "{} metadata entries, over the limit of {}",
-            change.meta.len(),
-            limits.max_meta_entries
-        ));
+        return Err(OutputError::TooManyMeta {
+            count: change.meta.len(),
+            max: limits.max_meta_entries,
+        });
     }
     let mut meta = BTreeMap::new();
     for (k, v) in change.meta {
         if meta.insert(k, v).is_some() {
-            return Err("duplicate metadata key".into());
+            return Err(OutputError::DuplicateMetaKey);
         }
     }
     Ok(Change {
@@ -177,15 +242,13 @@ fn check_change(change: wit::Change, canonical: &mut bool) -> Result<Change, Str
 pub(crate) fn check_resolution(
     resolution: wit::Resolution,
     versions: usize,
-) -> Result<(Resolution, bool), String> {
+) -> Result<(Resolution, bool), OutputError> {
     let mut canonical = true;
     let checked = match resolution {
         wit::Resolution::Pick(i) => {
             let i = i as usize;
             if i >= versions {
-                return Err(format!(
-                    "pick({i}) out of range: there are {versions} versions"
-                ));
+                return Err(OutputError::PickOutOfRange { index: i, versions });
             }
             Resolution::Pick(i)
         }
@@ -260,11 +323,16 @@ mod tests {
             ),
         ];
         for (change, expected) in cases {
-            let error = check_changes(vec![change]).unwrap_err();
+            let error = check_changes(vec![change]).unwrap_err().to_string();
             assert!(error.contains(expected), "{error:?} lacks {expected:?}");
         }
         let many = vec![put("c", b"k", Some(vec![1])); MAX_CHANGES + 1];
-        assert!(check_changes(many).unwrap_err().contains("10001 changes"));
+        assert!(
+            check_changes(many)
+                .unwrap_err()
+                .to_string()
+                .contains("10001 changes")
+        );
     }
 
     #[test]

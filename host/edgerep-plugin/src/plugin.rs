@@ -243,7 +243,7 @@ impl Plugin {
             Err(error) => return Err(self.trapped(&live.store, &error, fuel_used, Phase::Call)),
             Ok(Err(message)) => return Err(failure(FailureKind::PluginError, &message, fuel_used)),
             Ok(Ok(changes)) => check_changes(changes)
-                .map_err(|message| failure(FailureKind::BadOutput, &message, fuel_used))?,
+                .map_err(|error| failure(FailureKind::BadOutput, &error.to_string(), fuel_used))?,
         };
         let mut pool = self.lock_pool();
         if pool.len() < POOL_MAX_IDLE {
@@ -281,7 +281,7 @@ impl Plugin {
                     fuel_used,
                     canonical,
                 })
-                .map_err(|message| failure(FailureKind::BadOutput, &message, fuel_used)),
+                .map_err(|error| failure(FailureKind::BadOutput, &error.to_string(), fuel_used)),
         }
     }
 

@@ -177,10 +177,10 @@ impl Runtime {
                 reason: e.to_string(),
             })?;
         if let Some(declared) = &declared {
-            source.params = crate::declared::apply(declared, &source.params).map_err(|reason| {
+            source.params = crate::declared::apply(declared, &source.params).map_err(|e| {
                 LoadError::Params {
                     plugin: plugin.clone(),
-                    reason,
+                    reason: e.to_string(),
                 }
             })?;
         }
@@ -192,7 +192,7 @@ impl Runtime {
         let world = shape.world().map_err(|reason| LoadError::World {
             plugin: plugin.clone(),
             exports: shape.export_names(),
-            reason,
+            reason: reason.to_string(),
         })?;
         let bound = self.bind(&component, world, &shape, &plugin)?;
         Ok(Plugin::new(
@@ -238,7 +238,7 @@ impl Runtime {
                     LoadError::World {
                         plugin,
                         exports: shape.export_names(),
-                        reason,
+                        reason: reason.to_string(),
                     }
                     .to_string(),
                 );
@@ -411,6 +411,17 @@ fn check_header(wasm: &[u8], plugin: &str) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Why a component's exports name no single world.
+#[derive(Debug, thiserror::Error)]
+enum WorldError {
+    /// It exports both worlds' functions.
+    #[error("it exports both `transform` and `resolve`")]
+    Both,
+    /// It exports neither world's function.
+    #[error("it exports neither `transform` nor `resolve`")]
+    Neither,
+}
+
 /// A component's imports and exports.
 struct Shape {
     imports: Vec<String>,
@@ -452,7 +463,7 @@ impl Shape {
     }
 
     /// The world whose export the component has.
-    fn world(&self) -> Result<World, String> {
+    fn world(&self) -> Result<World, WorldError> {
         let exports_func = |wanted: &str| {
             self.exports
                 .iter()
@@ -461,8 +472,8 @@ impl Shape {
         match (exports_func("transform"), exports_func("resolve")) {
             (true, false) => Ok(World::Transform),
             (false, true) => Ok(World::Resolver),
-            (true, true) => Err("it exports both `transform` and `resolve`".into()),
-            (false, false) => Err("it exports neither `transform` nor `resolve`".into()),
+            (true, true) => Err(WorldError::Both),
+            (false, false) => Err(WorldError::Neither),
         }
     }
 }
@@ -500,24 +511,44 @@ mod cache {
     /// First bytes of every cache file, before the SHA-256 of the rest.
     const MAGIC: &[u8; 16] = b"edgerep-cwasm-1\n";
 
+    /// Why a cache file is unusable.
+    #[derive(Debug, thiserror::Error)]
+    pub(super) enum CacheError {
+        /// It cannot be read.
+        #[error(transparent)]
+        Io(std::io::Error),
+        /// It does not start with `MAGIC`.
+        #[error("not an edgerep cache file")]
+        NotCacheFile,
+        /// It is too short to hold the checksum.
+        #[error("truncated")]
+        Truncated,
+        /// The rest is not what the checksum says.
+        #[error("checksum mismatch")]
+        ChecksumMismatch,
+        /// wasmtime refuses the compiled component.
+        #[error("{}", describe(.0))]
+        Deserialize(wasmtime::Error),
+    }
+
     /// The compiled component in `path`, `None` if there is no such file, an error if the file
     /// is there but unusable (torn, corrupt, or from another engine).
     #[allow(unsafe_code)]
-    pub(super) fn load(engine: &Engine, path: &Path) -> Result<Option<Component>, String> {
+    pub(super) fn load(engine: &Engine, path: &Path) -> Result<Option<Component>, CacheError> {
         let file = match fs::read(path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(CacheError::Io(e)),
         };
         let body = file
             .strip_prefix(MAGIC.as_slice())
-            .ok_or("not an edgerep cache file")?;
+            .ok_or(CacheError::NotCacheFile)?;
         if body.len() < 32 {
-            return Err("truncated".into());
+            return Err(CacheError::Truncated);
         }
         let (digest, artifact) = body.split_at(32);
         if Sha256::digest(artifact).as_slice() != digest {
-            return Err("checksum mismatch".into());
+            return Err(CacheError::ChecksumMismatch);
         }
         // SAFETY: `Component::deserialize` trusts its input to be an artifact wasmtime produced,
         // since it maps it as executable code. We only load files we wrote: they sit in the
@@ -527,7 +558,7 @@ mod cache {
         // just verified, so a torn or corrupted write is refused above. wasmtime itself checks
         // the version and engine settings recorded in the artifact.
         let component =
-            unsafe { Component::deserialize(engine, artifact) }.map_err(|e| describe(&e))?;
+            unsafe { Component::deserialize(engine, artifact) }.map_err(CacheError::Deserialize)?;
         Ok(Some(component))
     }
 

@@ -140,7 +140,9 @@ fn the_runner_reports_differences() {
     case["expect"]["ok"][0]["value_hex"] =
         "a3637174791829646974656d65626f6c7473657072696365f93400".into();
     fs::write(&file, case.to_string()).unwrap();
-    let error = run_vector_file(&runtime, &wasm_dir(), &file).unwrap_err();
+    let error = run_vector_file(&runtime, &wasm_dir(), &file)
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("changed.json") && error.contains("changes differ"),
         "{error}"
@@ -150,13 +152,17 @@ fn the_runner_reports_differences() {
     case["expect"]["ok"][0]["value_hex"] =
         "a3637174791828646974656d65626f6c7473657072696365f93400".into();
     fs::write(&file, case.to_string()).unwrap();
-    let error = run_vector_file(&runtime, &wasm_dir(), &file).unwrap_err();
+    let error = run_vector_file(&runtime, &wasm_dir(), &file)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("not the deterministic encoding"), "{error}");
 
     // An unexpected failure kind.
     case["expect"] = serde_json::json!({"error": "trap"});
     fs::write(&file, case.to_string()).unwrap();
-    let error = run_vector_file(&runtime, &wasm_dir(), &file).unwrap_err();
+    let error = run_vector_file(&runtime, &wasm_dir(), &file)
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("expected the failure trap, the call succeeded"),
         "{error}"
@@ -165,11 +171,15 @@ fn the_runner_reports_differences() {
     // A typo in a field.
     case["expekt"] = case["expect"].take();
     fs::write(&file, case.to_string()).unwrap();
-    let error = run_vector_file(&runtime, &wasm_dir(), &file).unwrap_err();
+    let error = run_vector_file(&runtime, &wasm_dir(), &file)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("unknown field \"expekt\""), "{error}");
 
     // A missing component says how to build it.
-    let error = run_vector_file(&runtime, dir.path(), &original).unwrap_err();
+    let error = run_vector_file(&runtime, dir.path(), &original)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("cargo xtask build-plugins"), "{error}");
 }
 
@@ -186,12 +196,16 @@ fn a_build_that_fails_a_case_is_named() {
     .unwrap();
     let vector = vectors_dir().join("filter/drop-text.json");
     let builds = [Build::new("rust", wasm_dir()), Build::new("go", dir.path())];
-    let error = run_vector_file_across(&runtime, &builds, &vector).unwrap_err();
+    let error = run_vector_file_across(&runtime, &builds, &vector)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("go build: "), "{error}");
     assert!(!error.contains("rust build"), "{error}");
     // A missing build says which command makes it.
     let builds = [Build::new("tinygo", dir.path().join("nothing"))];
-    let error = run_vector_file_across(&runtime, &builds, &vector).unwrap_err();
+    let error = run_vector_file_across(&runtime, &builds, &vector)
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("cargo xtask build-plugins --toolchain tinygo"),
         "{error}"
