@@ -60,7 +60,7 @@
 //! [limits]                   # each optional, > 0
 //! max_key_bytes = 1024
 //! max_value_bytes = 65536
-//! max_value_depth = 32
+//! max_value_depth = 32        # at most 100
 //! max_meta_entries = 16
 //! max_meta_bytes = 4096      # metadata keys and values together
 //! max_batch_events = 10000

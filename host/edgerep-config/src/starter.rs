@@ -82,7 +82,7 @@ accept_undeclared = true
 [limits]
 # max_key_bytes = {DEFAULT_MAX_KEY_BYTES}
 # max_value_bytes = {DEFAULT_MAX_VALUE_BYTES}        # deterministic CBOR encoding of one value
-# max_value_depth = {DEFAULT_MAX_VALUE_DEPTH}
+# max_value_depth = {DEFAULT_MAX_VALUE_DEPTH}      # at most 100
 # max_meta_entries = {DEFAULT_MAX_META_ENTRIES}
 # max_batch_events = {DEFAULT_MAX_BATCH_EVENTS}      # events in one API request
 # max_request_bytes = {DEFAULT_MAX_REQUEST_BYTES}  # HTTP request body

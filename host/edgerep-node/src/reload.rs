@@ -130,6 +130,38 @@ impl Reloader {
             .clone()
     }
 
+    /// A collection declared by this reload that the node took undeclared before (last writer
+    /// wins, no transforms on apply) and whose events it holds keeps those settings: deciding
+    /// them otherwise in place would decide the events already applied differently on nodes
+    /// that reload at different times, as for a declared collection (see [`reloadable`]).
+    fn declared_in_place(&self, old: &Config, new: &Config) -> Result<(), ReloadError> {
+        if !old.collections.accept_undeclared {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        for (i, c) in new.collections.declared.iter().enumerate() {
+            let decides_otherwise =
+                c.resolver != "lww" || !c.transforms_on_apply.is_empty() || c.compare_on_versions;
+            if old.collection(&c.name).is_some() || !decides_otherwise {
+                continue;
+            }
+            if self.store.holds_collection(&c.name)? {
+                problems.push(format!(
+                    "collections.declared[{i}] ({:?}): the node holds events of this collection, taken undeclared (last writer wins, no transforms on apply); declaring it with another resolver or transforms_on_apply in place would decide them differently on nodes that reload at different times; declare it with resolver = \"lww\" and no transforms_on_apply, and add a [[collections.declared.upgrades]] entry with effective_from",
+                    c.name
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ReloadError::NeedsRestart {
+                file: new.source.display().to_string(),
+                problems,
+            })
+        }
+    }
+
     /// Reads the config file the node started with again and takes it in.
     pub async fn reload_file(&self) -> Result<Reloaded, ReloadError> {
         let path = self.config().source.clone();
@@ -148,6 +180,7 @@ impl Reloader {
         // Set from the command line, not the file.
         new.node.alone = old.node.alone;
         reloadable(&old, &new)?;
+        self.declared_in_place(&old, &new)?;
         let pipeline = self.pipeline.clone();
         let wired = new.clone();
         let plugins_loaded = tokio::task::spawn_blocking(move || pipeline.reload(&wired))

@@ -363,7 +363,7 @@ fn the_deepest_allowed_values_do_not_exhaust_a_worker_stack() {
     for _ in 0..depth {
         expected = json!([expected]);
     }
-    assert_eq!(node.value("/v1/kv/c/deep")["value"], expected);
+    assert_eq!(node.value("/v1/kv/c/deep"), expected);
     node.put_json("/v1/kv/c/deep-json", &expected).ok_json();
     let cbor = node.get_cbor("/v1/kv/c/deep-json");
     assert_eq!(cbor.status, 200, "{}", cbor.text());
@@ -384,7 +384,7 @@ fn the_deepest_allowed_values_do_not_exhaust_a_worker_stack() {
     body.extend(b"}]}");
     let r = node.batch("application/json", &body);
     assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(node.value("/v1/kv/c/deep")["value"], expected);
+    assert_eq!(node.value("/v1/kv/c/deep"), expected);
     node.stop();
 }
 

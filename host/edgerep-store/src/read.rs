@@ -145,6 +145,18 @@ impl Store {
         }
     }
 
+    /// Whether the state holds any key of `collection` (deleted ones included).
+    pub fn holds_collection(&self, collection: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        let first = state_key(collection, b"");
+        let Some(row) = state.range(first.as_slice()..)?.next() else {
+            return Ok(false);
+        };
+        let (k, _) = row?;
+        Ok(k.value().starts_with(&first))
+    }
+
     /// One page of the live keys of a collection, in key order.
     pub fn scan(
         &self,

@@ -100,6 +100,147 @@ pub(crate) fn apply_to_state(
     Ok((applied, damaged))
 }
 
+/// Each origin's walk over a batch, and the origins whose events fork from what is held.
+pub(crate) type Walked<'s> = (BTreeMap<NodeId, ChainWalk<'s>>, BTreeMap<NodeId, Fork>);
+
+/// Walks each origin's chain over its new events among `events` (their canonical bytes, as
+/// received) from the head the store holds, checking the seals met on the way (`seal_at`): a
+/// seal that does not verify is a forgery ([`StoreError::Forged`]: nothing may be applied);
+/// one that verifies but that the events do not chain to is a fork (two histories the origin
+/// signed) or events changed under a genuine seal; the two look alike here. Returns each
+/// origin's walk and the forks (their events are left out, the rest applied).
+pub(crate) fn walk_chains<'e, 's>(
+    events: impl IntoIterator<Item = &'e EncodedEvent>,
+    seal_at: &BTreeMap<(&str, u64), &'s Seal>,
+    origins: &impl ReadableTable<&'static str, u64>,
+    chains: &impl ReadableTable<&'static str, &'static [u8]>,
+    keys: Option<&dyn Keys>,
+) -> Result<Walked<'s>, StoreError> {
+    let forged = |origin: &NodeId, seq: u64, reason: String| StoreError::Forged {
+        origin: origin.to_string(),
+        seq,
+        reason,
+    };
+    let mut forks: BTreeMap<NodeId, Fork> = BTreeMap::new();
+    let mut walks: BTreeMap<NodeId, ChainWalk<'s>> = BTreeMap::new();
+    for e in events {
+        if !forks.contains_key(&e.origin) {
+            if !walks.contains_key(&e.origin) {
+                let held = origins.get(e.origin.as_str())?.map_or(0, |g| g.value());
+                let (head, chain) = seals::head(chains, &e.origin)?;
+                if head != held {
+                    return Err(corrupt(
+                        "chains",
+                        format!("{}'s chain ends at {head}, its events at {held}", e.origin),
+                    ));
+                }
+                walks.insert(e.origin.clone(), ChainWalk::new(held, chain));
+            }
+            if let Some(w) = walks.get_mut(&e.origin)
+                && Some(e.seq) == w.seq.checked_add(1)
+            {
+                w.seq = e.seq;
+                let leaf = event_leaf(e.bytes());
+                w.chain = chain_link(&w.chain, &leaf);
+                w.block.push(e.seq, leaf);
+                if let Some(&seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
+                    let signed = match keys {
+                        Some(keys) => keys
+                            .verify(&e.origin, e.seq, &seal.message(), &seal.signature)
+                            .map_err(|e| e.to_string()),
+                        None if seal.chain == w.chain => Ok(()),
+                        None => Err("its seal's chain hash does not match the events".to_owned()),
+                    };
+                    if let Err(reason) = signed {
+                        return Err(forged(&e.origin, e.seq, reason));
+                    }
+                    if seal.chain == w.chain {
+                        // The chain is the origin's; a block it describes wrongly
+                        // would make every proof of these events fail later.
+                        if seal.first != w.block.first || seal.root != w.block.root() {
+                            return Err(forged(
+                                &e.origin,
+                                e.seq,
+                                "its seal names another block than its events".into(),
+                            ));
+                        }
+                        w.block.clear();
+                        w.sealed.push(seal);
+                    } else {
+                        forks.insert(
+                            e.origin.clone(),
+                            Fork {
+                                origin: e.origin.to_string(),
+                                seq: e.seq,
+                                held_chain: w.chain,
+                                received_chain: seal.chain,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok((walks, forks))
+}
+
+impl Store {
+    /// Whether `events` are their origins' as `seals` vouch for them, read against what this
+    /// store holds now (the check [`StoreWriter::apply_sealed`] makes before writing, without
+    /// writing): [`StoreError::Forged`] for a seal that does not verify, a block described
+    /// wrongly, a batch going past its last seal, or events that do not chain to what the
+    /// store holds under a seal that verifies (a fork, or events changed under a genuine
+    /// seal). Events not next to what the store holds are not checked (they would not apply).
+    /// For decisions that must not be taken on a peer's word alone, such as halting
+    /// replication because a transform failed on an event.
+    pub fn check_sealed(
+        &self,
+        events: &[EncodedEvent],
+        seals: &[Seal],
+        certs: &[(NodeId, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        if let Some(keys) = &self.keys {
+            for (origin, der) in certs {
+                keys.learn(origin, der).map_err(|e| StoreError::Forged {
+                    origin: origin.to_string(),
+                    seq: 0,
+                    reason: format!("its certificate: {e}"),
+                })?;
+            }
+        }
+        let seal_at: BTreeMap<(&str, u64), &Seal> = seals
+            .iter()
+            .map(|s| ((s.origin.as_str(), s.seq), s))
+            .collect();
+        let txn = self.db.begin_read()?;
+        let origins = txn.open_table(ORIGINS)?;
+        let chains = txn.open_table(CHAINS)?;
+        let (walks, forks) =
+            walk_chains(events, &seal_at, &origins, &chains, self.keys.as_deref())?;
+        if let Some(fork) = forks.values().next() {
+            return Err(StoreError::Forged {
+                origin: fork.origin.clone(),
+                seq: fork.seq,
+                reason: "its events do not chain to what this node holds under a seal that verifies (a second history, or events changed under a genuine seal)".into(),
+            });
+        }
+        for (origin, w) in &walks {
+            let sealed_upto = w.sealed.last().map_or(w.held, |s| s.seq);
+            if w.seq != w.held && sealed_upto != w.seq {
+                return Err(StoreError::Forged {
+                    origin: origin.to_string(),
+                    seq: w.seq,
+                    reason: format!(
+                        "the batch ends at {}, after its last seal (at {sealed_upto})",
+                        w.seq
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Appends `records` to the dead letters, each under the next id; returns their ids.
 pub(crate) fn append_dead_letters<'r>(
     dead: &mut redb::Table<'_, u64, &'static [u8]>,
@@ -846,72 +987,13 @@ impl StoreWriter {
             // the events do not chain to from this node's history is a fork (two histories the
             // origin signed) or events changed under a genuine seal; the two look alike here.
             // That origin's events are left out, the rest applied.
-            let mut forks: BTreeMap<NodeId, Fork> = BTreeMap::new();
-            let mut walks: BTreeMap<NodeId, ChainWalk<'_>> = BTreeMap::new();
-            for r in &events {
-                let e = &r.event;
-                if !forks.contains_key(&e.origin) {
-                    if !walks.contains_key(&e.origin) {
-                        let held = origins.get(e.origin.as_str())?.map_or(0, |g| g.value());
-                        let (head, chain) = seals::head(&chains, &e.origin)?;
-                        if head != held {
-                            return Err(corrupt(
-                                "chains",
-                                format!(
-                                    "{}'s chain ends at {head}, its events at {held}",
-                                    e.origin
-                                ),
-                            ));
-                        }
-                        walks.insert(e.origin.clone(), ChainWalk::new(held, chain));
-                    }
-                    if let Some(w) = walks.get_mut(&e.origin)
-                        && Some(e.seq) == w.seq.checked_add(1)
-                    {
-                        w.seq = e.seq;
-                        let leaf = event_leaf(e.bytes());
-                        w.chain = chain_link(&w.chain, &leaf);
-                        w.block.push(e.seq, leaf);
-                        if let Some(&seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
-                            let signed =
-                                match &self.keys {
-                                    Some(keys) => keys
-                                        .verify(&e.origin, e.seq, &seal.message(), &seal.signature)
-                                        .map_err(|e| e.to_string()),
-                                    None if seal.chain == w.chain => Ok(()),
-                                    None => Err("its seal's chain hash does not match the events"
-                                        .to_owned()),
-                                };
-                            if let Err(reason) = signed {
-                                return Err(forged(&e.origin, e.seq, reason));
-                            }
-                            if seal.chain == w.chain {
-                                // The chain is the origin's; a block it describes wrongly
-                                // would make every proof of these events fail later.
-                                if seal.first != w.block.first || seal.root != w.block.root() {
-                                    return Err(forged(
-                                        &e.origin,
-                                        e.seq,
-                                        "its seal names another block than its events".into(),
-                                    ));
-                                }
-                                w.block.clear();
-                                w.sealed.push(seal);
-                            } else {
-                                forks.insert(
-                                    e.origin.clone(),
-                                    Fork {
-                                        origin: e.origin.to_string(),
-                                        seq: e.seq,
-                                        held_chain: w.chain,
-                                        received_chain: seal.chain,
-                                    },
-                                );
-                            }
-                        }
-                    }
-                }
-            }
+            let (walks, forks) = walk_chains(
+                events.iter().map(|r| &r.event),
+                &seal_at,
+                &origins,
+                &chains,
+                self.keys.as_deref(),
+            )?;
             let Counters {
                 mut position,
                 mut digest,

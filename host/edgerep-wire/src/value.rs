@@ -320,8 +320,10 @@ pub fn canonical_item_len(bytes: &[u8], limits: &DecodeLimits) -> Result<usize, 
 
 /// The deepest nesting a configuration may allow ([`DecodeLimits::max_depth`]): canonicalizing
 /// and converting recurse once per level on the caller's stack (an API worker's is 2 MiB), so
-/// the limit is kept far below what would exhaust it. JSON bodies stop at the same depth.
-pub const MAX_DEPTH_ALLOWED: usize = 128;
+/// the limit is kept far below what would exhaust it, and below JSON parsers' own limits
+/// (serde_json's is 127 levels), so any value stored reads back as JSON, and JSON and CBOR
+/// bodies are held to the same depth.
+pub const MAX_DEPTH_ALLOWED: usize = 100;
 
 /// No limits, for re-checking bytes that were validated under the caller's limits.
 const UNLIMITED: DecodeLimits = DecodeLimits {

@@ -822,6 +822,9 @@ fn anti_entropy_requests_that_repeat_themselves_cost_one_copy() {
         after.saturating_sub(before) >> 20
     );
 
+    // One connection as node-2 at a time: a second would displace the first.
+    drop(h);
+    std::thread::sleep(Duration::from_millis(300));
     let mut h = attacker(&configs, &[]);
     let root = edgerep_replica::reconcile::RangeItems {
         node: edgerep_wire::aae::Node::ROOT,

@@ -325,6 +325,25 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
         said.contains("[limits]") && said.contains("restart"),
         "{said}"
     );
+    // A collection the node took undeclared (last writer wins) and holds events of, declared
+    // with a resolver plugin in place: refused like the same change to a declared collection.
+    common::put(&node, "loose", "k", r#"{"n":1}"#);
+    let declare = |name: &str| {
+        format!(
+            "{base}{}\n[[collections.declared]]\nname = \"{name}\"\nresolver = \"counter-v1\"\n",
+            tally(&wasm, &sha, None)
+        )
+    };
+    std::fs::write(&configs[0], declare("loose")).unwrap();
+    let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(!o.status.success());
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        said.contains("\"loose\"")
+            && said.contains("holds events")
+            && said.contains("effective_from"),
+        "{said}"
+    );
     // A broken file is caught before the node is asked.
     std::fs::write(&configs[0], "[node\n").unwrap();
     let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);

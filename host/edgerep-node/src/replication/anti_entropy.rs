@@ -34,6 +34,9 @@ const QUIET: Duration = Duration::from_secs(1);
 const REPAIR_KEYS: usize = 4096;
 /// Most bytes of state rows one repair answer carries (a frame holds at most 8 MiB).
 const REPAIR_BYTES: usize = 4 << 20;
+/// Most repairs of one peer's queued at the committer at once; more are not merged (an honest
+/// session sends one a round; the keys are found again by a later session).
+const REPAIRS_IN_FLIGHT: usize = 4;
 /// A periodic session runs even while replication is busy once none ran for this many
 /// intervals.
 const BUSY_LIMIT: u32 = 5;
@@ -73,7 +76,8 @@ pub struct AntiEntropyStatus {
     /// Keys this node resolved differently from this peer over the same versions (now the
     /// last-writer-wins default; recorded in `GET /v1/disagreements`).
     pub disagreements_total: u64,
-    /// Anti-entropy messages not sent because the peer's queue of unsent frames was full.
+    /// Anti-entropy messages not sent because the peer's queue of unsent frames was full, and
+    /// the peer's repairs not merged because too many of its were merging already.
     pub dropped_total: u64,
     /// The same counts per collection (collections where anything differed).
     pub collections: BTreeMap<String, CollectionDrift>,
@@ -175,6 +179,9 @@ pub(super) struct AntiEntropy {
     /// On-demand requests that came while the store's check at open ran (its sums are not
     /// whole until it ends): started at the first tick after it.
     deferred: Vec<(Option<NodeId>, oneshot::Sender<Vec<SessionReport>>)>,
+    /// Per peer, its repairs queued at the committer and not yet merged (at most
+    /// [`REPAIRS_IN_FLIGHT`]: each is a durable transaction every other write waits behind).
+    merging: BTreeMap<NodeId, usize>,
 }
 
 impl AntiEntropy {
@@ -191,6 +198,7 @@ impl AntiEntropy {
             changed_at: None,
             started_at: BTreeMap::new(),
             deferred: Vec::new(),
+            merging: BTreeMap::new(),
         }
     }
 
@@ -584,7 +592,16 @@ impl Replicator {
                     .into_iter()
                     .filter(|r| !self.aae_transformed(&r.state_key))
                     .collect();
-                if !versions.is_empty() || !resolutions.is_empty() {
+                let merging = self.anti_entropy.merging.get(peer).copied().unwrap_or(0);
+                if (!versions.is_empty() || !resolutions.is_empty()) && merging >= REPAIRS_IN_FLIGHT
+                {
+                    tracing::warn!(peer = %peer, "a repair came while {merging} of the peer's were still merging: not merged (a later session finds its keys again)");
+                    self.anti_entropy
+                        .status
+                        .entry(peer.clone())
+                        .or_default()
+                        .dropped_total += 1;
+                } else if !versions.is_empty() || !resolutions.is_empty() {
                     self.learn_certs(&certs);
                     if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
                         session.pending += 1;
@@ -603,8 +620,9 @@ impl Replicator {
                         },
                         Box::new(move |result| hook.repaired(to, id, result)),
                     );
-                    if let Err(e) = sent {
-                        tracing::warn!(peer = %peer, "cannot queue a repair: {e}");
+                    match sent {
+                        Ok(()) => *self.anti_entropy.merging.entry(peer.clone()).or_default() += 1,
+                        Err(e) => tracing::warn!(peer = %peer, "cannot queue a repair: {e}"),
                     }
                 } else if had_payload && !mine {
                     // Nothing to merge here: the peer's session still waits for our word.
@@ -762,6 +780,12 @@ impl Replicator {
         result: Result<Installed, CommitError>,
         now: u64,
     ) {
+        if let Some(n) = self.anti_entropy.merging.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.anti_entropy.merging.remove(&peer);
+            }
+        }
         let mine = self
             .anti_entropy
             .sessions

@@ -58,6 +58,12 @@ impl Replicator {
             from: &peer,
             pipeline: &self.pipeline,
         };
+        // Transforms on apply run before the committer checks the seals: keep the batch to
+        // check them with before a transform's failure may halt replication.
+        let copy = events
+            .iter()
+            .any(|e| self.transformed_on_apply.contains(e.collection.as_str()))
+            .then(|| events.clone());
         let prepared = match crate::apply::prepare(
             &self.pipeline,
             &self.value_limits,
@@ -67,8 +73,31 @@ impl Replicator {
         ) {
             Ok(p) => p,
             Err(halt) => {
-                self.core.apply_failed(&peer, &halt.reason, self.now());
-                self.halt(halt);
+                // A halt on a peer's word would let one forged event stop replication with
+                // every peer: only events their origins vouch for may halt it.
+                let checked = match &copy {
+                    Some(events) => self.store.check_sealed(events, &seals, &certs),
+                    None => Ok(()),
+                };
+                match checked {
+                    Err(edgerep_store::StoreError::Forged {
+                        origin,
+                        seq,
+                        reason,
+                    }) => {
+                        let reason = format!(
+                            "event {origin}/{seq} is forged ({reason}); a transform on apply failed on the batch, which halts nothing since the batch is not its origins'"
+                        );
+                        tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
+                        let now = self.now();
+                        self.core.apply_failed(&peer, &reason, now);
+                        self.cut_off(peer, reason, now);
+                    }
+                    _ => {
+                        self.core.apply_failed(&peer, &halt.reason, self.now());
+                        self.halt(halt);
+                    }
+                }
                 return;
             }
         };
