@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::hostile::{Hostile, event, with_context};
-use common::{Node, agent, cluster, converge, get, put, rss_bytes, status};
+use common::{Node, agent, built_plugin, cluster, converge, get, put, rss_bytes, status};
 use edgerep_replica::Message;
 use edgerep_wire::NodeId;
 use edgerep_wire::seal::{Proof, chain_link, chain_start, event_leaf, merkle_path, merkle_root};
@@ -844,6 +844,57 @@ fn anti_entropy_requests_that_repeat_themselves_cost_one_copy() {
     assert_eq!(get(&n1, "c", "big").0, 200);
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
+/// An event forged under node-3's name in a collection whose transform on apply runs past its
+/// deadline on node-1. A deadline halts replication (it depends on the machine, so the event
+/// may be neither applied nor set aside), but only for events their origin vouches for:
+/// before, the transform ran before any seal was checked, and one forged event halted node-1's
+/// replication with every peer. Now the batch is checked against its seals first, refused as
+/// forged, the attacker cut off, and node-3's writes keep arriving.
+#[test]
+fn a_forged_event_a_transform_fails_on_does_not_halt_replication() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let (wasm, sha) = built_plugin("spin");
+    let mut text = std::fs::read_to_string(&configs[0]).unwrap();
+    text = text.replacen("[retention]\n", "[retention]\ncompact = false\n", 1);
+    text.push_str(&format!(
+        r#"
+[[collections.declared]]
+name = "slow"
+transforms_on_apply = ["spin"]
+
+[plugins.spin]
+path = "{}"
+sha256 = "{sha}"
+fuel = 4000000000
+deadline_ms = 5
+"#,
+        wasm.display()
+    ));
+    std::fs::write(&configs[0], text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n3 = Node::start(&configs[2]);
+    put(&n1, "c", "from-1", r#"{"v":1}"#);
+    put(&n3, "c", "from-3", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    let mut h = attacker(&configs, &[]);
+    let m = h.sealed(vec![event("node-3", 2, "slow", "x", 666)]);
+    h.send(&m).unwrap();
+    let reason = h.closed_within(Duration::from_secs(10));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("node-3/2 is forged")),
+        "{reason:?}"
+    );
+    let st = status(&n1);
+    assert!(st["replication"]["halted"].is_null(), "{st}");
+    assert_eq!(st["origins"]["node-3"], 1, "{st}");
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    assert!(status(&n1)["replication"]["halted"].is_null());
 }
 
 /// A peer announces an upgrade nobody configured (a transform on apply for `c` from the start
