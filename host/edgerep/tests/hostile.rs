@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::hostile::{Hostile, event, with_context};
-use common::{Node, agent, built_plugin, cluster, converge, get, put, rss_bytes, status};
+use common::{
+    Node, agent, built_plugin, cluster, converge, edgerep, get, put, rss_bytes, status, stderr,
+    stdout,
+};
 use edgerep_replica::Message;
 use edgerep_wire::NodeId;
 use edgerep_wire::seal::{Proof, chain_link, chain_start, event_leaf, merkle_path, merkle_root};
@@ -895,6 +898,63 @@ deadline_ms = 5
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
     assert!(status(&n1)["replication"]["halted"].is_null());
+}
+
+/// A peer that answers every comparison with a root that differs never lets a session of
+/// node-1's end by itself: `edgerep reconcile` waited 60 s and failed. Now node-1 gives the
+/// session up after its round-trip bound and says so in the report.
+#[test]
+fn a_peer_that_never_stops_differing_ends_the_session_it_is_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let config = configs[0].clone();
+    let asked = std::thread::spawn(move || {
+        let started = Instant::now();
+        let o = edgerep(&[
+            "reconcile",
+            "--config",
+            config.to_str().unwrap(),
+            "--peer",
+            "node-2",
+        ]);
+        (o, started.elapsed())
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut answered = 0;
+    while Instant::now() < deadline && !asked.is_finished() {
+        let Some(Message::Reconcile { id, .. }) = h.wait_for(Duration::from_millis(200), |m| {
+            matches!(m, Message::Reconcile { .. })
+        }) else {
+            continue;
+        };
+        // The root again, with a sum nobody holds and more entries than are listed at once.
+        h.send(&Message::Reconcile {
+            id,
+            fingerprints: vec![edgerep_replica::reconcile::RangeFingerprint {
+                node: edgerep_wire::aae::Node::ROOT,
+                fingerprint: [answered as u8; 16],
+                count: 1_000_000,
+            }],
+            items: vec![],
+        })
+        .unwrap();
+        answered += 1;
+    }
+    let (o, took) = asked.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let session = &report["sessions"][0];
+    assert_eq!(session["gave_up"], true, "{report}");
+    assert_eq!(session["agreed"], false, "{report}");
+    assert!(
+        (32..=34).contains(&session["round_trips"].as_u64().unwrap_or(0)),
+        "{report}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(answered >= 32, "{answered}");
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
 /// A peer announces an upgrade nobody configured (a transform on apply for `c` from the start

@@ -32,6 +32,9 @@ pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(1);
 /// Most keys one repair message carries versions of (the rest are found by later sessions).
 const REPAIR_KEYS: usize = 4096;
+/// Most round trips one session of ours makes: an honest comparison descends one level of the
+/// tree (five levels) a round trip.
+pub(super) const MAX_ROUND_TRIPS: u64 = 32;
 /// Most bytes of state rows one repair answer carries (a frame holds at most 8 MiB).
 const REPAIR_BYTES: usize = 4 << 20;
 /// Most repairs of one peer's queued at the committer at once; more are not merged (an honest
@@ -116,6 +119,9 @@ pub struct SessionReport {
     pub agreed: bool,
     /// Whether the session ended for want of an answer.
     pub timed_out: bool,
+    /// Whether it was given up after [`MAX_ROUND_TRIPS`] round trips (the peer kept naming
+    /// differing ranges).
+    pub gave_up: bool,
     /// Messages sent and received.
     pub messages: u64,
     /// Round trips: Reconcile messages this node sent.
@@ -536,12 +542,24 @@ impl Replicator {
                 }
                 if had_ranges {
                     let more = step.has_ranges();
+                    let mut give_up = false;
                     if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
                         if more {
                             session.report.round_trips += 1;
+                            give_up = session.report.round_trips > MAX_ROUND_TRIPS;
                         } else {
                             session.compared = true;
                         }
+                    }
+                    if give_up {
+                        // An honest comparison reaches the leaves of the tree in a few round
+                        // trips; a peer that keeps naming differing ranges is not comparing.
+                        tracing::warn!(peer = %peer, "anti-entropy session given up after {MAX_ROUND_TRIPS} round trips: the peer keeps naming differing ranges");
+                        if let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
+                            session.report.gave_up = true;
+                        }
+                        self.aae_finish(peer);
+                        return;
                     }
                     self.aae_send(
                         peer,
@@ -864,7 +882,7 @@ impl Replicator {
         };
         let mut report = session.report;
         report.millis = session.started.elapsed().as_millis() as u64;
-        if report.timed_out {
+        if report.timed_out || report.gave_up {
             report.agreed = false;
         }
         let at = wall_ms();
