@@ -67,6 +67,17 @@ pub fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result<Vec<Pa
         );
     }
     if force {
+        // --force replaces configs and certificates, never a node's store: a careless rerun
+        // over a cluster that ran would delete every node's data (and under running nodes).
+        for i in 1..=n {
+            let data = dir.join(format!("node-{i}")).join("data");
+            if data.exists() {
+                bail!(
+                    "{} holds a node's data; --force replaces configs and certificates, not stores (stop the nodes and remove their data directories yourself to start over)",
+                    data.display()
+                );
+            }
+        }
         for sub in std::iter::once("ca".to_owned()).chain((1..=n).map(|i| format!("node-{i}"))) {
             let p = dir.join(&sub);
             if p.exists() {

@@ -315,6 +315,9 @@ impl From<ingest::IngestError> for ApiError {
             IngestError::Stopped { collection, why } => ApiError::stopped(&collection, &why),
             IngestError::Halted { collection, reason } => ApiError::halted(&collection, &reason),
             IngestError::DeadLetter(e) => ApiError::internal(format!("store: {e}")),
+            e @ IngestError::TooMany { .. } => {
+                ApiError::too_large("too_many_writes", e.to_string())
+            }
         }
     }
 }

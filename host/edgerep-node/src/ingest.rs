@@ -35,6 +35,11 @@ pub(crate) enum IngestError {
     /// A failed write's dead letter could not be recorded.
     #[error("recording a dead letter: {0}")]
     DeadLetter(CommitError),
+    /// The request's writes, as the transforms made them, are more than one request may hold.
+    #[error(
+        "the transforms on ingest made {made} writes of this request, over limits.max_batch_events ({limit}); nothing was written"
+    )]
+    TooMany { made: usize, limit: usize },
 }
 
 /// A write that a plugin failed on, and what became of it.
@@ -106,8 +111,15 @@ pub(crate) fn run(
             continue;
         }
         let original = w.clone();
-        match step.pipeline.run_ingest(w, wall, &check) {
-            Ok(changes) => out.accepted.extend(changes.into_iter().map(|c| (i, c))),
+        let limit = step.config.limits.max_batch_events;
+        match step.pipeline.run_ingest(w, wall, limit, &check) {
+            Ok(changes) => {
+                let made = out.accepted.len() + changes.len();
+                if made > limit {
+                    return Err(IngestError::TooMany { made, limit });
+                }
+                out.accepted.extend(changes.into_iter().map(|c| (i, c)));
+            }
             Err(rejection) => {
                 let rejection = *rejection;
                 tracing::warn!(
@@ -158,6 +170,13 @@ pub(crate) fn run(
     if let Some((collection, reason)) = halt {
         step.pipeline.halt(&collection, reason.clone());
         return Err(IngestError::Halted { collection, reason });
+    }
+    let limit = step.config.limits.max_batch_events;
+    if out.accepted.len() > limit {
+        return Err(IngestError::TooMany {
+            made: out.accepted.len(),
+            limit,
+        });
     }
     Ok(out)
 }

@@ -296,11 +296,14 @@ impl Pipeline {
 
     /// Runs `write` through its collection's ingest chain. `check` validates each change a
     /// plugin returns against the node's rules (collection allowed, key and value limits); a
-    /// change it refuses is the plugin's fault (`bad-output`).
+    /// change it refuses is the plugin's fault (`bad-output`), and so are more than
+    /// `max_writes` writes made from the one write at any step of the chain (each call is
+    /// bounded, but a chain multiplies: two transforms could make 10^8 writes of one).
     pub fn run_ingest(
         &self,
         write: LocalWrite,
         wall_ms: u64,
+        max_writes: usize,
         check: &dyn Fn(&LocalWrite) -> Result<(), String>,
     ) -> Result<Vec<LocalWrite>, Box<Rejection>> {
         let wiring = self.wiring();
@@ -315,6 +318,15 @@ impl Pipeline {
                 let event = self.ingest_event(&w, wall_ms);
                 let reject = |failure: Failure| rejection(name, loaded, failure, &event);
                 let changes = loaded.plugin.transform(&event, false).map_err(reject)?;
+                if next.len() + changes.len() > max_writes {
+                    return Err(reject(Failure {
+                        kind: FailureKind::BadOutput,
+                        message: format!(
+                            "the transforms made more than {max_writes} writes of one write (limits.max_batch_events)"
+                        ),
+                        fuel_used: 0,
+                    }));
+                }
                 for change in changes {
                     let out = change_to_write(change);
                     if let Err(message) = check(&out) {

@@ -133,6 +133,60 @@ impl Node {
     }
 }
 
+/// Transforms on ingest that fan out: each call stays within the per-call limits, but a chain
+/// multiplies (two `fanout`s of 10 make 100 writes of one), and a batch adds up. Before, nothing
+/// bounded the total: one request could build writes without end. Now one write's chain may
+/// make at most `limits.max_batch_events` writes (else the plugin's fault, bad-output), and
+/// one request's writes as made at most as many (else 413, nothing written).
+#[test]
+fn transforms_that_fan_out_are_bounded_by_the_batch_limit() {
+    let start = |max: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let body = [
+            plugin_table("fan-a", "fanout", ""),
+            plugin_table("fan-b", "fanout", ""),
+            collection("fan", &["fan-a", "fan-b"], "lww"),
+            format!("[limits]\nmax_batch_events = {max}\n"),
+        ]
+        .concat();
+        (Node::start(config(dir.path(), &body)), dir)
+    };
+    // 100 writes of one write: over a limit of 50, the chain's fault.
+    let (node, _dir) = start(50);
+    let r = node.put("/v1/kv/fan/k", json!({"n": 1}));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["failure"], "bad-output", "{}", r.body);
+    let message = r.body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("more than 50 writes of one write"),
+        "{message}"
+    );
+    assert_eq!(node.get("/v1/kv/fan/k-0-0").status, 404);
+    node.stop();
+
+    // Within a limit of 250: one write makes 100; a batch of three would make 300.
+    let (node, _dir) = start(250);
+    let r = node.put("/v1/kv/fan/k", json!({"n": 1}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["committed"].as_array().map(Vec::len), Some(100));
+    assert_eq!(node.get("/v1/kv/fan/k-9-9").status, 200);
+    let before = node.get("/v1/status").body["feed_last"].clone();
+    let writes: Vec<Json> = (0..3)
+        .map(|i| json!({"collection": "fan", "key": format!("b{i}"), "value": i}))
+        .collect();
+    let r = node.post("/v1/batch", json!({ "writes": writes }));
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.body["kind"], "too_many_writes", "{}", r.body);
+    let message = r.body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("made 300 writes of this request"),
+        "{message}"
+    );
+    assert_eq!(node.get("/v1/status").body["feed_last"], before);
+    assert_eq!(node.get("/v1/kv/fan/b0-0-0").status, 404);
+    node.stop();
+}
+
 fn hostile_config(dir: &Path) -> Config {
     let body = [
         plugin_table("spin", "spin", "fuel = 2000000"),

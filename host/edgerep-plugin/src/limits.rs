@@ -15,7 +15,8 @@ pub struct Limits {
     /// Fuel (roughly, WebAssembly instructions) per call. Instantiating a fresh instance gets a
     /// budget of its own of the same size.
     pub fuel: u64,
-    /// Most linear memory one instance may hold, in bytes, all its memories together.
+    /// Most linear memory one instance may hold, in bytes, all its memories together, and its
+    /// tables (8 bytes an element).
     pub memory_bytes: usize,
     /// Wall-clock backstop per call, checked about every millisecond.
     pub deadline: Duration,
@@ -35,9 +36,11 @@ impl Default for Limits {
 /// The error a refused memory grow becomes: the call fails at once, classified as memory-limit.
 #[derive(Clone, Copy, Debug, thiserror::Error)]
 #[error(
-    "memory limit: growing linear memory to {desired} bytes would hold {total} bytes in all, over the limit of {limit}"
+    "memory limit: growing {what} to {desired} bytes would hold {total} bytes in all, over the limit of {limit}"
 )]
 pub(crate) struct MemoryLimitHit {
+    /// What grew: "linear memory" or "a table".
+    what: &'static str,
     /// Size the guest asked for, of the memory that grew.
     desired: usize,
     /// What all memories of the instance would hold together.
@@ -51,6 +54,7 @@ impl MemoryLimitHit {
     #[cfg(test)]
     pub(crate) fn new(desired: usize, total: usize, limit: usize) -> MemoryLimitHit {
         MemoryLimitHit {
+            what: "linear memory",
             desired,
             total,
             limit,
@@ -84,6 +88,8 @@ impl MemoryLimiter {
     const TABLES: usize = 64;
     /// Elements allowed per table.
     const TABLE_ELEMENTS: usize = 1_000_000;
+    /// Bytes a table element is counted as (a reference: one pointer).
+    const TABLE_ELEMENT_BYTES: usize = 8;
     /// Core instances allowed per store (a component is a handful of core instances).
     const INSTANCES: usize = 64;
 
@@ -115,7 +121,7 @@ impl MemoryLimiter {
         self.refused.as_ref()
     }
 
-    /// Bytes held by all memories of the store.
+    /// Bytes held by all memories and tables of the store.
     pub(crate) fn total(&self) -> usize {
         self.total
     }
@@ -131,6 +137,7 @@ impl ResourceLimiter for MemoryLimiter {
         let total = self.total.saturating_add(desired.saturating_sub(current));
         let refuse = |this: &mut MemoryLimiter| {
             let hit = MemoryLimitHit {
+                what: "linear memory",
                 desired,
                 total,
                 limit: this.limit,
@@ -158,16 +165,44 @@ impl ResourceLimiter for MemoryLimiter {
         self.inner.memory_grow_failed(error)
     }
 
+    /// Tables count against the same cap as memories, at [`Self::TABLE_ELEMENT_BYTES`] an
+    /// element: a component may declare tables as large as it likes, and fill them for little
+    /// fuel.
     fn table_growing(
         &mut self,
         current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
+        let added = desired
+            .saturating_sub(current)
+            .saturating_mul(Self::TABLE_ELEMENT_BYTES);
+        let total = self.total.saturating_add(added);
+        let refuse = |this: &mut MemoryLimiter| {
+            let hit = MemoryLimitHit {
+                what: "a table",
+                desired: desired.saturating_mul(Self::TABLE_ELEMENT_BYTES),
+                total,
+                limit: this.limit,
+            };
+            this.refused = Some(hit);
+            Err(wasmtime::Error::new(hit))
+        };
+        if total > self.limit {
+            return refuse(self);
+        }
+        match self.inner.table_growing(current, desired, maximum) {
+            Ok(true) => {
+                self.last_grow = added;
+                self.total = total;
+                Ok(true)
+            }
+            Ok(false) | Err(_) => refuse(self),
+        }
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.total -= std::mem::take(&mut self.last_grow);
         self.inner.table_grow_failed(error)
     }
 
@@ -212,5 +247,24 @@ mod tests {
 
         // A memory's own declared maximum counts as the limit too.
         assert!(limiter.memory_growing(0, 2 << 16, Some(1 << 16)).is_err());
+    }
+
+    /// Tables count against the cap: a component's 64 tables of a million elements each were
+    /// allowed whatever `memory_bytes` said (512 MiB of references).
+    #[test]
+    fn tables_count_against_the_cap() {
+        let mut limiter = MemoryLimiter::new(1 << 20);
+        assert!(limiter.memory_growing(0, 1 << 19, None).unwrap());
+        assert!(limiter.table_growing(0, 50_000, None).unwrap());
+        assert_eq!(limiter.total(), (1 << 19) + 400_000);
+        let error = limiter.table_growing(50_000, 100_000, None).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("growing a table to 800000 bytes"),
+            "{error}"
+        );
+        assert!(limiter.refused().is_some());
+        assert_eq!(limiter.total(), (1 << 19) + 400_000);
     }
 }

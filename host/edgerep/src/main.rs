@@ -71,7 +71,8 @@ enum Command {
         /// Peer (replication) port (default: a free loopback port).
         #[arg(long)]
         replication_port: Option<u16>,
-        /// Overwrite an existing config.
+        /// Overwrite an existing config (with --cluster: the CA, configs and certificates;
+        /// never a node's data, refused while a node directory holds some).
         #[arg(long)]
         force: bool,
     },

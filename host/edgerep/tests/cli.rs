@@ -181,6 +181,40 @@ fn init_refuses_to_overwrite_and_help_works() {
     assert_eq!(edgerep(&["no-such-verb"]).status.code(), Some(2));
 }
 
+/// `init --cluster N --force` over a cluster that ran replaces nothing: it used to delete each
+/// node's directory, stores included (and `demo --dir` over a cluster did the same, always).
+/// Without stores it rewrites the configs and certificates.
+#[test]
+fn init_force_never_deletes_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().to_str().unwrap();
+    let o = edgerep(&["init", "--cluster", "2", at]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data = dir.path().join("node-2").join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("store.redb"), b"a node's data").unwrap();
+    let ca_before = std::fs::read(dir.path().join("ca").join("ca.pem")).unwrap();
+    let o = edgerep(&["init", "--cluster", "2", "--force", at]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("holds a node's data"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(data.join("store.redb")).unwrap(),
+        b"a node's data"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("ca").join("ca.pem")).unwrap(),
+        ca_before,
+        "nothing was rewritten"
+    );
+    std::fs::remove_dir_all(&data).unwrap();
+    let o = edgerep(&["init", "--cluster", "2", "--force", at]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(
+        std::fs::read(dir.path().join("ca").join("ca.pem")).unwrap(),
+        ca_before
+    );
+}
+
 /// A node whose replication port is taken fails to start, naming the port, before it opens its
 /// store (a store opened and closed by a failed start would have its check at open fix, and
 /// so stop reporting, damage it found).
