@@ -178,6 +178,16 @@ pub(crate) fn run(
             limit,
         });
     }
+    // A change routed to another collection is held to that collection's stop (a halt, or a
+    // pause for an upgrade this node lacks) like a write to it: a route must not get around it.
+    for (_, w) in &out.accepted {
+        if let Some(why) = step.pipeline.stopped(&w.collection, wall) {
+            return Err(IngestError::Stopped {
+                collection: w.collection.clone(),
+                why,
+            });
+        }
+    }
     Ok(out)
 }
 

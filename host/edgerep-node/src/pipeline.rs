@@ -3,7 +3,9 @@
 //! failed under the `halt` policy.
 //!
 //! Invariants: a write reaches the committer only after every transform of its collection
-//! accepted it; a plugin failure never takes the node down (it becomes a [`Rejection`] handled by
+//! accepted it (a change a transform routes to another collection is checked against that
+//! collection's rules, allowed and not stopped, but does not run its transforms: chains could
+//! route in circles); a plugin failure never takes the node down (it becomes a [`Rejection`] handled by
 //! the plugin's failure policy); a failing resolver falls back to last-writer-wins and says so.
 
 use std::collections::{BTreeMap, HashMap};

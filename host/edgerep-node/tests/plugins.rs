@@ -204,6 +204,11 @@ fn hostile_config(dir: &Path) -> Config {
         plugin_table("trap-skip", "trap", "on_failure = \"skip\""),
         plugin_table("trap-halt", "trap", "on_failure = \"halt\""),
         plugin_table("redact", "redact", "params = { remove = \"card\" }"),
+        plugin_table(
+            "route-to-halting",
+            "fanout",
+            "params = { copies = \"1\", to = \"halting\" }",
+        ),
         collection("spin", &["spin"], "lww"),
         collection("balloon", &["balloon"], "lww"),
         collection("trap", &["trap"], "lww"),
@@ -211,6 +216,7 @@ fn hostile_config(dir: &Path) -> Config {
         collection("skipping", &["trap-skip"], "lww"),
         collection("halting", &["trap-halt"], "lww"),
         collection("orders", &["redact"], "lww"),
+        collection("routed", &["route-to-halting"], "lww"),
     ]
     .concat();
     config(dir, &body)
@@ -298,6 +304,12 @@ fn hostile_plugins_land_in_dead_letters_and_the_node_keeps_serving() {
         "{}",
         r.body
     );
+    // Nor through a transform of another collection that routes its writes there (before,
+    // they were committed into the halted collection).
+    let r = node.put("/v1/kv/routed/k3", json!(3));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["kind"], "collection_halted", "{}", r.body);
+    assert_eq!(node.get("/v1/kv/halting/k3-0").status, 404);
     assert_eq!(node.put("/v1/kv/plain/x", json!(1)).status, 200);
     assert_eq!(
         node.get("/v1/dead-letters").body["dead_letters"]
