@@ -1311,13 +1311,17 @@ async fn watch_feed(
             if c.remaining == 0 || *c.shutdown.borrow() {
                 return None;
             }
-            // Mark the current position seen before reading, so no commit is missed.
-            c.feed.borrow_and_update();
+            // Mark the current position seen before reading, so no commit is missed; serve
+            // only up to it (synced: a position a crash can take back is never shown).
+            let synced = *c.feed.borrow_and_update();
             let store = c.app.store.clone();
             let after = c.after;
             let chunk =
                 match tokio::task::spawn_blocking(move || store.feed(after, WATCH_CHUNK)).await {
-                    Ok(Ok(chunk)) => chunk,
+                    Ok(Ok(mut chunk)) => {
+                        chunk.retain(|(pos, _)| *pos <= synced);
+                        chunk
+                    }
                     Ok(Err(e)) => return Some((Err(std::io::Error::other(e.to_string())), c)),
                     Err(e) => return Some((Err(std::io::Error::other(e.to_string())), c)),
                 };

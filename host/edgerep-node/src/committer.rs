@@ -42,7 +42,8 @@ pub type CommitHook = Box<dyn Fn(&Have) + Send>;
 
 /// What the committer reports to and waits on.
 pub struct Links {
-    /// Told the last feed position after each commit.
+    /// Told the last synced feed position: after each durable commit, and after the sync of
+    /// deferred ones (watchers never see a position a crash could take back).
     pub feed: watch::Sender<u64>,
     /// Told each new durable have.
     pub hook: CommitHook,
@@ -118,6 +119,8 @@ struct Durable {
     /// Tells the flusher there is something to sync.
     flush_wanted: Arc<AtomicBool>,
     local_committed: u64,
+    /// The last feed position committed (synced or not).
+    feed_committed: u64,
 }
 
 enum Request {
@@ -261,6 +264,7 @@ impl Committer {
             unsynced: false,
             flush_wanted: Arc::new(AtomicBool::new(false)),
             local_committed: have.get(&local).copied().unwrap_or(0),
+            feed_committed: *feed.borrow(),
         };
         if !policy.periodic.is_empty() {
             spawn_flusher(
@@ -278,13 +282,17 @@ impl Committer {
                 let mut held: Option<Request> = None;
                 // Requests in the last group commit (see the linger below).
                 let mut last_group: usize = 1;
-                // After a commit: what is synced now, for the hook.
+                // After a commit: what is synced now, for the hook, and the feed's end for
+                // watchers (only synced positions: a crash loses unsynced commits and numbers
+                // new events from the last synced one again, so a watcher that saw them would
+                // skip what comes there next).
                 let synced = |durable: &mut Durable, have: &mut Have, sync: Sync| {
                     if sync == Sync::Immediate {
                         durable.unsynced = false;
                         if durable.local_committed > 0 {
                             have.insert(local.clone(), durable.local_committed);
                         }
+                        feed.send_replace(durable.feed_committed);
                     } else {
                         durable.unsynced = true;
                         durable.flush_wanted.store(true, Ordering::Release);
@@ -351,8 +359,8 @@ impl Committer {
                                             *held = (*held).max(seq);
                                         }
                                     }
+                                    durable.feed_committed = out.feed_last;
                                     synced(&mut durable, &mut have, sync);
-                                    feed.send_replace(out.feed_last);
                                     hook(&have);
                                     reply(Ok(out));
                                 }
@@ -573,7 +581,7 @@ impl Committer {
                                     metrics.events(c, *k, true);
                                 }
                                 if let Some(last) = committed.last() {
-                                    feed.send_replace(last.position);
+                                    durable.feed_committed = last.position;
                                     durable.local_committed = last.seq;
                                     synced(&mut durable, &mut have, sync);
                                     hook(&have);
