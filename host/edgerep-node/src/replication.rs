@@ -382,7 +382,6 @@ pub fn start(
         compacting: false,
         compacted_at: Instant::now(),
         compact_more: false,
-        started_wall: wall_ms(),
         committer,
         pipeline,
         value_limits: crate::value_limits(config),
@@ -395,6 +394,7 @@ pub fn start(
         acked: BTreeMap::new(),
         dirty: BTreeMap::new(),
         last_contact: BTreeMap::new(),
+        heard_at: BTreeMap::new(),
         traces,
         traced: BTreeMap::new(),
         frames: BTreeMap::new(),
@@ -524,8 +524,6 @@ struct Replicator {
     compacted_at: Instant,
     /// The last compaction stopped at its size cap: the next one is due at once.
     compact_more: bool,
-    /// Wall clock at start: a peer never heard from counts as last heard from then.
-    started_wall: u64,
     committer: Committer,
     pipeline: Arc<Pipeline>,
     value_limits: DecodeLimits,
@@ -538,7 +536,11 @@ struct Replicator {
     started: Instant,
     acked: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     dirty: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
+    /// Per peer, when it was last heard from: the wall clock (for status) and the monotonic
+    /// clock (for `peer_absent_ms`, which a step of the wall clock must not shorten; a peer never
+    /// heard from counts from `started`).
     last_contact: BTreeMap<NodeId, u64>,
+    heard_at: BTreeMap<NodeId, Instant>,
     /// Where apply spans go, and per peer the traced events of its outstanding apply: when it
     /// went to the committer, and (traceparent, origin, seq, collection) of each.
     traces: Arc<crate::trace::Traces>,
@@ -729,6 +731,7 @@ impl Replicator {
         };
         live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.last_contact.insert(peer.clone(), wall_ms());
+        self.heard_at.insert(peer.clone(), Instant::now());
         let f = self.frames.entry(peer.clone()).or_default();
         f[2] += 1;
         f[3] += bytes as u64;

@@ -9,7 +9,7 @@ use edgerep_store::Compaction;
 use super::{CommitHookSender, Replicator};
 use edgerep_wire::NodeId;
 
-use crate::committer::{CommitError, Have, wall_ms};
+use crate::committer::{CommitError, Have};
 
 impl Replicator {
     pub(super) fn load_cursors(&mut self) {
@@ -40,22 +40,17 @@ impl Replicator {
     /// acknowledged (except peers unheard of for `peer_absent_ms`), less `keep_events`. Only
     /// origins whose floor moved are listed.
     pub(super) fn compaction_floors(&self) -> Have {
-        let now = wall_ms();
         let counted: Vec<&NodeId> = self
             .peers
             .iter()
             .map(|(p, _)| p)
             .filter(|p| {
-                let last = self
-                    .last_contact
-                    .get(*p)
-                    .copied()
-                    .unwrap_or(self.started_wall);
+                let last = self.heard_at.get(*p).copied().unwrap_or(self.started);
                 self.conns.contains_key(*p)
                     || self
                         .retention
                         .peer_absent_ms
-                        .is_none_or(|ms| now.saturating_sub(last) < ms)
+                        .is_none_or(|ms| last.elapsed() < Duration::from_millis(ms))
             })
             .collect();
         let mut floors = Have::new();
