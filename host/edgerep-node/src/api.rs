@@ -285,16 +285,38 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The answer's status and JSON body.
+    pub(crate) fn parts(&self) -> (u16, Json) {
         let mut body = json!({"error": self.message, "kind": self.kind});
-        if let Some(Json::Object(extra)) = self.detail {
+        if let Some(Json::Object(extra)) = &self.detail {
             for (k, v) in extra {
-                body[k] = v;
+                body[k] = v.clone();
             }
         }
-        (self.status, axum::Json(body)).into_response()
+        (self.status.as_u16(), body)
     }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.parts();
+        (
+            StatusCode::from_u16(status).unwrap_or(self.status),
+            axum::Json(body),
+        )
+            .into_response()
+    }
+}
+
+/// An error answer recorded with an idempotency key (`{"status", "body"}`), given again.
+fn failed_answer(failed: &Json) -> Response {
+    let status = failed["status"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+    (status, axum::Json(failed["body"].clone())).into_response()
 }
 
 impl From<request::Refused> for ApiError {
@@ -616,12 +638,41 @@ async fn write_one(
         && let idempotency::Lookup::Replay(r) = lookup(app, k, body).await?
     {
         let extra = idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?;
+        if let Some(failed) = extra.failed {
+            return Ok(replayed(failed_answer(&failed)));
+        }
         let indexes: Vec<usize> = extra.indexes.iter().map(|&i| i as usize).collect();
         return Ok(replayed(one_answer(&r.committed, &indexes).into_response()));
     }
     let outcome = run_ingest(app, vec![write], true).await?;
     if let Some(failed) = outcome.failed.first() {
-        return Err(failed.to_error());
+        let error = failed.to_error();
+        if let Some(key) = key {
+            // The key is recorded with the failure (and its dead letter), in a transaction of
+            // its own right after the dead letter's: a retry gets this answer, and does not
+            // set the write aside a second time (a replay of each would commit it twice). A
+            // crash between the two, or a concurrent request with the key, leaves that to
+            // happen again.
+            let (status, answer) = error.parts();
+            let receipt = Receipt {
+                key,
+                body,
+                first: 0,
+                count: 0,
+                extra: idempotency::Extra {
+                    failed: Some(json!({"status": status, "body": answer})),
+                    ..idempotency::Extra::default()
+                }
+                .encode(),
+            };
+            if let Err(e) = commit_keyed(app, Vec::new(), vec![receipt], None).await {
+                tracing::warn!(
+                    "recording an idempotency key with the failure it answered: {}",
+                    e.message
+                );
+            }
+        }
+        return Err(error);
     }
     let (indexes, writes): (Vec<usize>, Vec<LocalWrite>) = outcome.accepted.into_iter().unzip();
     let receipts = match key {
@@ -633,6 +684,7 @@ async fn write_one(
             extra: idempotency::Extra {
                 indexes: indexes.iter().map(|&i| i as u64).collect(),
                 rejected: Vec::new(),
+                failed: None,
             }
             .encode(),
         }],
@@ -904,11 +956,11 @@ async fn batch(
                 r.extra = idempotency::Extra {
                     indexes: indexes.iter().map(|&i| i as u64).collect(),
                     rejected: failed.clone(),
+                    failed: None,
                 }
                 .encode();
-                if writes.is_empty() {
-                    receipts.clear();
-                }
+                // Nothing to commit (plugins refused every write): the key is still recorded
+                // with this answer, so a retry does not set the writes aside once more.
             } else {
                 receipts = per_write_receipts(receipts, &indexes);
             }
@@ -1062,6 +1114,7 @@ fn per_write_receipts(receipts: Vec<Receipt>, indexes: &[usize]) -> Vec<Receipt>
             r.extra = idempotency::Extra {
                 indexes: vec![write as u64; count],
                 rejected: Vec::new(),
+                failed: None,
             }
             .encode();
             Some(r)

@@ -104,11 +104,13 @@ pub(crate) fn body_hash(writes: &[LocalWrite]) -> [u8; 32] {
 
 /// What a request's answer is rebuilt from besides its commits: for each commit, the index of
 /// the request's write it came from, and the writes plugins refused (as the answer listed
-/// them).
+/// them); for a single write a plugin failed on, the error answer (`{"status", "body"}`): its
+/// retry gets that answer again instead of running the plugins, and setting aside, once more.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Extra {
     pub(crate) indexes: Vec<u64>,
     pub(crate) rejected: Vec<Json>,
+    pub(crate) failed: Option<Json>,
 }
 
 impl Extra {
@@ -116,7 +118,7 @@ impl Extra {
         let mut buf = Vec::new();
         let mut e = Encoder::new(&mut buf);
         // Writing into a Vec cannot fail.
-        let _ = e.array(2);
+        let _ = e.array(if self.failed.is_some() { 3 } else { 2 });
         // Writes committed one for one, in order (no transform dropped or split one): just
         // their number.
         if self
@@ -133,14 +135,18 @@ impl Extra {
             }
         }
         let _ = e.str(&Json::Array(self.rejected.clone()).to_string());
+        if let Some(failed) = &self.failed {
+            let _ = e.str(&failed.to_string());
+        }
         buf
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Extra, String> {
         let mut d = Decoder::new(bytes);
         let bad = |e: minicbor::decode::Error| format!("idempotency answer: {e}");
-        if d.array().map_err(bad)? != Some(2) {
-            return Err("idempotency answer: expected 2 fields".into());
+        let fields = d.array().map_err(bad)?;
+        if fields != Some(2) && fields != Some(3) {
+            return Err("idempotency answer: expected 2 or 3 fields".into());
         }
         let indexes = if d.datatype().map_err(bad)? == minicbor::data::Type::Array {
             let n = d.array().map_err(bad)?.ok_or("indefinite list")?;
@@ -161,7 +167,19 @@ impl Extra {
             Ok(Json::Array(list)) => list,
             _ => return Err("idempotency answer: rejected writes are not a JSON list".into()),
         };
-        Ok(Extra { indexes, rejected })
+        let failed = if fields == Some(3) {
+            match serde_json::from_str(d.str().map_err(bad)?) {
+                Ok(failed @ Json::Object(_)) => Some(failed),
+                _ => return Err("idempotency answer: the failure is not a JSON object".into()),
+            }
+        } else {
+            None
+        };
+        Ok(Extra {
+            indexes,
+            rejected,
+            failed,
+        })
     }
 }
 
@@ -212,6 +230,7 @@ mod tests {
         let in_order = Extra {
             indexes: (0..100).collect(),
             rejected: vec![],
+            failed: None,
         };
         let bytes = in_order.encode();
         assert!(
@@ -223,8 +242,14 @@ mod tests {
         let reordered = Extra {
             indexes: vec![0, 2, 2, 5],
             rejected: vec![json!({"index": 1, "reason": "filtered"})],
+            failed: None,
         };
         assert_eq!(Extra::decode(&reordered.encode()).unwrap(), reordered);
+        let failed = Extra {
+            failed: Some(json!({"status": 422, "body": {"kind": "plugin_failed"}})),
+            ..Extra::default()
+        };
+        assert_eq!(Extra::decode(&failed.encode()).unwrap(), failed);
         assert_eq!(
             Extra::decode(&Extra::default().encode()).unwrap(),
             Extra::default()

@@ -133,6 +133,68 @@ impl Node {
     }
 }
 
+/// A keyed write a plugin fails on is set aside once: the key is recorded with the failure, so
+/// a retry (its answer lost, say) gets the same answer, marked replayed, instead of running the
+/// plugin and keeping a second dead letter (replaying both would commit the write twice). The
+/// same for a keyed batch whose every write failed.
+#[test]
+fn a_retried_keyed_write_a_plugin_failed_on_is_set_aside_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(hostile_config(dir.path()));
+    let keyed = |method: &str, path: &str, key: &str, body: Json| {
+        let url = node.url(path);
+        let request = if method == "PUT" {
+            node.agent.put(&url)
+        } else {
+            node.agent.post(&url)
+        };
+        Node::finish(
+            request
+                .header("idempotency-key", key)
+                .content_type("application/json")
+                .send(body.to_string().as_bytes()),
+        )
+    };
+    let dead_letters = || {
+        node.get("/v1/dead-letters").body["dead_letters"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let first = keyed("PUT", "/v1/kv/trap/k", "retry-1", json!({"n": 1}));
+    assert_eq!(first.status, 422, "{}", first.body);
+    assert_eq!(first.body["dead_letter"], 1, "{}", first.body);
+    for _ in 0..3 {
+        let again = keyed("PUT", "/v1/kv/trap/k", "retry-1", json!({"n": 1}));
+        assert_eq!(again.status, 422, "{}", again.body);
+        assert_eq!(again.body, first.body);
+        assert_eq!(
+            again.headers.get("idempotent-replayed").map(String::as_str),
+            Some("true")
+        );
+    }
+    assert_eq!(dead_letters(), 1, "set aside once");
+    // The same key with another body is refused, as for a committed write.
+    let other = keyed("PUT", "/v1/kv/trap/k", "retry-1", json!({"n": 2}));
+    assert_eq!(other.status, 409, "{}", other.body);
+
+    let writes = json!({"writes": [
+        {"collection": "trap", "key": "b1", "value": 1},
+        {"collection": "trap", "key": "b2", "value": 2},
+    ]});
+    let first = keyed("POST", "/v1/batch", "retry-2", writes.clone());
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["rejected"].as_array().map(Vec::len), Some(2));
+    let again = keyed("POST", "/v1/batch", "retry-2", writes);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        again.headers.get("idempotent-replayed").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(dead_letters(), 3);
+    node.stop();
+}
+
 /// Transforms on ingest that fan out: each call stays within the per-call limits, but a chain
 /// multiplies (two `fanout`s of 10 make 100 writes of one), and a batch adds up. Before, nothing
 /// bounded the total: one request could build writes without end. Now one write's chain may

@@ -540,7 +540,9 @@ impl StoreWriter {
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, LocalCommitError> {
-        if writes.is_empty() && dead_letters.is_empty() {
+        // (Receipts alone are recorded: a request whose every write a plugin refused keeps
+        // its answer under its key.)
+        if writes.is_empty() && dead_letters.is_empty() && receipts.is_empty() {
             return Ok(Vec::new());
         }
         let mut made: Vec<Event> = Vec::with_capacity(writes.len());
