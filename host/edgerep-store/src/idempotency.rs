@@ -207,6 +207,11 @@ pub(crate) struct Index {
     next: std::sync::atomic::AtomicU64,
     /// The wall time (ms) from which the next commit looks for records past the window's time.
     next_expiry_ms: std::sync::atomic::AtomicU64,
+    /// The records this process made (insertion number, when on the monotonic clock), oldest
+    /// first: one is expired by time only when it is past the window on both clocks, so a
+    /// forward step of the wall clock (NTP on a box that booted without a real-time clock)
+    /// does not expire at once the keys a client may be retrying now.
+    recorded_here: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
 }
 
 /// What a commit did to the index (applied once it is durable).
@@ -232,6 +237,7 @@ impl Index {
             by_key: Mutex::new(by_key),
             next: std::sync::atomic::AtomicU64::new(next),
             next_expiry_ms: std::sync::atomic::AtomicU64::new(0),
+            recorded_here: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -263,6 +269,9 @@ impl Index {
             self.next
                 .fetch_max(last + 1, std::sync::atomic::Ordering::Relaxed);
         }
+        let now = std::time::Instant::now();
+        let mut here = self.recorded_here.lock().unwrap_or_else(|e| e.into_inner());
+        here.extend(changes.added.iter().map(|(_, n)| (*n, now)));
         by_key.extend(changes.added);
     }
 
@@ -343,11 +352,20 @@ impl Index {
             return Ok(changes);
         }
         let cutoff = wall_ms.saturating_sub(window.keep_ms);
+        let keep = std::time::Duration::from_millis(window.keep_ms);
+        let mut here = self.recorded_here.lock().unwrap_or_else(|e| e.into_inner());
         let mut expired: Vec<u64> = Vec::new();
         for row in table.iter()?.take(EXPIRE_PER_COMMIT) {
             let (n, v) = row?;
             let (key, at, _) = v.value();
-            if at >= cutoff && held <= window.keep_keys {
+            // Records gone already are behind the table's first.
+            while here.front().is_some_and(|&(h, _)| h < n.value()) {
+                here.pop_front();
+            }
+            let recent_here = here
+                .front()
+                .is_some_and(|&(h, when)| h == n.value() && when.elapsed() < keep);
+            if (at >= cutoff || recent_here) && held <= window.keep_keys {
                 break;
             }
             expired.push(n.value());

@@ -1,5 +1,6 @@
 //! Idempotency records: written with the commit, found again after a reopen, refused twice,
-//! and expired by time and by count, oldest first.
+//! and expired by time (on the wall clock, and for records of this process on the monotonic
+//! clock too) and by count, oldest first.
 
 use std::collections::BTreeMap;
 
@@ -94,7 +95,11 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
     assert_eq!(s.idempotency_count().unwrap(), 3);
     assert!(s.idempotency("K1").unwrap().is_none());
     assert!(s.idempotency("K2").unwrap().is_some());
-    // Past the window's time, everything older goes with the next commit that records a key.
+    // Past the window's time on the wall clock, the next commit that records a key removes
+    // what is older: K2, recorded before the reopen. K3 and K4, recorded by this process less
+    // than the window ago on its monotonic clock, stay: the wall clock stepping forward (NTP
+    // on a box that booted without a real-time clock) must not expire at once the keys a
+    // client may be retrying now.
     s.commit_local_keyed(
         vec![write("w")],
         &[],
@@ -104,11 +109,27 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
         11_200,
     )
     .unwrap();
-    let held: Vec<bool> = ["K2", "K3", "K4", "K5"]
-        .iter()
-        .map(|k| s.idempotency(k).unwrap().is_some())
-        .collect();
-    assert_eq!(held, [false, false, false, true]);
+    let held = |keys: &[&str]| -> Vec<bool> {
+        keys.iter()
+            .map(|k| s.idempotency(k).unwrap().is_some())
+            .collect()
+    };
+    assert_eq!(held(&["K2", "K3", "K4", "K5"]), [false, true, true, true]);
+    // Once the window has passed on both clocks, they go too.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    s.commit_local_keyed(
+        vec![write("v")],
+        &[],
+        &[receipt("K6", 0, 1)],
+        Sync::Immediate,
+        &mut clock,
+        12_300,
+    )
+    .unwrap();
+    assert_eq!(
+        held(&["K2", "K3", "K4", "K5", "K6"]),
+        [false, false, false, false, true]
+    );
     assert_eq!(s.idempotency_count().unwrap(), 1);
     assert_eq!(s.verify().unwrap(), Ok(()));
 }
