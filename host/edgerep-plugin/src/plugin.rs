@@ -239,6 +239,9 @@ impl Plugin {
         self.arm(&mut live.store);
         let outcome = live.instance.call_transform(&mut live.store, &input);
         let fuel_used = self.finish(&mut live.store);
+        if let Some(failure) = self.over_budget(fuel_used) {
+            return Err(failure);
+        }
         let (changes, canonical) = match outcome {
             Err(error) => return Err(self.trapped(&live.store, &error, fuel_used, Phase::Call)),
             Ok(Err(message)) => return Err(failure(FailureKind::PluginError, &message, fuel_used)),
@@ -272,6 +275,9 @@ impl Plugin {
             .instance
             .call_resolve(&mut live.store, collection, key, &input);
         let fuel_used = self.finish(&mut live.store);
+        if let Some(failure) = self.over_budget(fuel_used) {
+            return Err(failure);
+        }
         match outcome {
             Err(error) => Err(self.trapped(&live.store, &error, fuel_used, Phase::Call)),
             Ok(Err(message)) => Err(failure(FailureKind::PluginError, &message, fuel_used)),
@@ -300,6 +306,10 @@ impl Plugin {
         self.arm(&mut store);
         let instance = instantiate(&mut store);
         let fuel_used = self.finish(&mut store);
+        if let Some(mut failure) = self.over_budget(fuel_used) {
+            failure.message = format!("instantiating: {}", failure.message);
+            return Err(failure);
+        }
         match instance {
             Ok(instance) => Ok(Live {
                 store,
@@ -323,11 +333,34 @@ impl Plugin {
         store.data_mut().begin_call();
     }
 
-    /// Ends a call: reports suppressed log lines and returns the fuel used.
+    /// Ends a call: reports suppressed log lines and returns the fuel used: the instructions
+    /// wasmtime counted and the host's work for the plugin (a unit a random byte), which
+    /// wasmtime does not count, so that a call that asks the host for much work runs out of
+    /// fuel, on every node alike, rather than into its deadline.
     fn finish(&self, store: &mut Store<HostState>) -> u64 {
         store.data_mut().end_call();
         let remaining = store.get_fuel().unwrap_or(0);
-        self.inner.limits.fuel.saturating_sub(remaining)
+        let debt = store.data_mut().take_host_debt();
+        self.inner
+            .limits
+            .fuel
+            .saturating_sub(remaining)
+            .saturating_add(debt)
+    }
+
+    /// The out-of-fuel failure of a call whose fuel, host work included, went past its budget
+    /// (whatever else happened: it ran past the budget first, on every node).
+    fn over_budget(&self, fuel_used: u64) -> Option<Failure> {
+        (fuel_used > self.inner.limits.fuel).then(|| {
+            failure(
+                FailureKind::OutOfFuel,
+                &format!(
+                    "out of fuel: {fuel_used} used, over the budget of {}, counting the host's work for the plugin (a unit a random byte)",
+                    self.inner.limits.fuel
+                ),
+                fuel_used,
+            )
+        })
     }
 
     /// The failure for an error from wasmtime (a trap, a limit, a host error).

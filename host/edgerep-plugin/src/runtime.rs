@@ -700,6 +700,11 @@ impl HostState {
         }
     }
 
+    /// Fuel for host work done for the plugin since the last call (see `WasiState::take_debt`).
+    pub(crate) fn take_host_debt(&mut self) -> u64 {
+        self.wasi.as_ref().map_or(0, WasiState::take_debt)
+    }
+
     pub(crate) fn wasi(&mut self) -> &mut WasiState {
         let output = &self.output;
         self.wasi

@@ -144,18 +144,30 @@ pub(crate) struct WasiState {
     pub(crate) ctx: WasiCtx,
     pub(crate) table: ResourceTable,
     clock: Arc<VirtualClock>,
+    /// Fuel the host's work for the plugin costs (one unit a random byte) and wasmtime does not
+    /// charge (it counts instructions): added to the call's fuel when it ends.
+    debt: Arc<AtomicU64>,
 }
 
 impl WasiState {
+    /// Takes the host work charged since the last call.
+    pub(crate) fn take_debt(&self) -> u64 {
+        self.debt.swap(0, Ordering::Relaxed)
+    }
+
     pub(crate) fn new(output: OutputTail) -> WasiState {
         let clock = Arc::new(VirtualClock::default());
+        let debt = Arc::new(AtomicU64::new(0));
         let ctx = WasiCtxBuilder::new()
             .stdout(output.clone())
             .stderr(output)
             .wall_clock(FixedWallClock)
             .monotonic_clock(SharedClock(clock.clone()))
-            .secure_random(SplitMix64::new(RANDOM_SEED))
-            .insecure_random(SplitMix64::new(RANDOM_SEED ^ 0x5555_5555_5555_5555))
+            .secure_random(SplitMix64::new(RANDOM_SEED, debt.clone()))
+            .insecure_random(SplitMix64::new(
+                RANDOM_SEED ^ 0x5555_5555_5555_5555,
+                debt.clone(),
+            ))
             .insecure_random_seed(u128::from(RANDOM_SEED) << 64 | u128::from(!RANDOM_SEED))
             .max_random_size(MAX_RANDOM_BYTES)
             .allow_tcp(false)
@@ -166,6 +178,7 @@ impl WasiState {
             ctx,
             table: ResourceTable::new(),
             clock,
+            debt,
         }
     }
 }
@@ -264,11 +277,17 @@ impl HostMonotonicClock for SharedClock {
 /// plugin gets never change with a dependency's version. Not for secrets: plugins have none.
 struct SplitMix64 {
     state: u64,
+    /// Charged a unit of fuel a byte handed out (see [`WasiState::take_debt`]).
+    debt: Arc<AtomicU64>,
 }
 
 impl SplitMix64 {
-    fn new(seed: u64) -> SplitMix64 {
-        SplitMix64 { state: seed }
+    fn new(seed: u64, debt: Arc<AtomicU64>) -> SplitMix64 {
+        SplitMix64 { state: seed, debt }
+    }
+
+    fn charge(&self, bytes: usize) {
+        self.debt.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn next(&mut self) -> u64 {
@@ -284,14 +303,17 @@ impl rand_core::TryRng for SplitMix64 {
     type Error = Infallible;
 
     fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        self.charge(4);
         Ok((self.next() >> 32) as u32)
     }
 
     fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        self.charge(8);
         Ok(self.next())
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        self.charge(dst.len());
         for chunk in dst.chunks_mut(8) {
             let bytes = self.next().to_le_bytes();
             chunk.copy_from_slice(&bytes[..chunk.len()]);
@@ -380,13 +402,13 @@ mod tests {
     #[test]
     fn splitmix_is_the_reference_sequence() {
         // First outputs for seed 1234567 from the reference implementation.
-        let mut rng = SplitMix64::new(1234567);
+        let mut rng = SplitMix64::new(1234567, Default::default());
         assert_eq!(rng.next_u64(), 6457827717110365317);
         assert_eq!(rng.next_u64(), 3203168211198807973);
         let mut a = [0u8; 13];
         let mut b = [0u8; 13];
-        SplitMix64::new(RANDOM_SEED).fill_bytes(&mut a);
-        SplitMix64::new(RANDOM_SEED).fill_bytes(&mut b);
+        SplitMix64::new(RANDOM_SEED, Default::default()).fill_bytes(&mut a);
+        SplitMix64::new(RANDOM_SEED, Default::default()).fill_bytes(&mut b);
         assert_eq!(a, b);
     }
 

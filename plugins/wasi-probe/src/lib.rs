@@ -4,7 +4,8 @@
 //! `{"wall_ms": uint, "mono_ns": uint, "random_hex": text}`:
 //! - `wall_ms`: `SystemTime::now()` in milliseconds since the Unix epoch (0 if before it);
 //! - `mono_ns`: nanoseconds an `Instant` measured across a short loop;
-//! - `random_hex`: 16 bytes from `getrandom`, as 32 lowercase hex digits.
+//! - `random_hex`: 16 bytes from `getrandom`, as 32 lowercase hex digits (the first 16 of
+//!   `random_bytes`, a param: 16 by default; more asks the host for that much work).
 //!
 //! A host that answers WASI deterministically (fixed clocks, seeded random) gets the same output
 //! from every call on a fresh instance.
@@ -13,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use edgerep_guest::cbor::Value;
-use edgerep_guest::{Change, Event, Transform};
+use edgerep_guest::{Change, Event, Transform, param_or};
 
 /// The plugin.
 pub struct WasiProbe;
@@ -31,9 +32,12 @@ impl Transform for WasiProbe {
         }
         let mono_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
 
-        let mut random = [0u8; 16];
+        let n: usize = param_or("random_bytes", "16")
+            .parse()
+            .map_err(|e| format!("wasi-probe: param random_bytes: {e}"))?;
+        let mut random = vec![0u8; n.max(16)];
         getrandom::fill(&mut random).map_err(|e| format!("wasi-probe: getrandom: {e}"))?;
-        let random_hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let random_hex: String = random[..16].iter().map(|b| format!("{b:02x}")).collect();
 
         let value: Value = [
             ("wall_ms", Value::from(wall_ms)),

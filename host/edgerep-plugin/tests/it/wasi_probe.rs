@@ -54,3 +54,48 @@ fn wasi_answers_are_deterministic() {
         );
     }
 }
+
+/// The host's work for a plugin costs fuel: a unit a random byte. wasmtime charges only
+/// instructions, so a plugin asking the host for 1 MiB of randomness a call for a handful of
+/// instructions ran on host time, towards its deadline (a wall-clock outcome that differs
+/// between nodes), whatever its fuel. Now such a call is out of fuel, on every node alike.
+#[test]
+fn host_work_for_the_plugin_costs_fuel() {
+    let runtime = Runtime::new(None).unwrap();
+    let small = load(
+        &runtime,
+        "wasi-probe",
+        limits(100_000_000, 32 << 20),
+        &[("random_bytes", "16")],
+    );
+    let cheap = small.transform_report(&order("o-1"), true).unwrap();
+    let big = load(
+        &runtime,
+        "wasi-probe",
+        limits(100_000_000, 32 << 20),
+        &[("random_bytes", "1048576")],
+    );
+    let dear = big.transform_report(&order("o-1"), true).unwrap();
+    assert!(
+        dear.fuel_used >= cheap.fuel_used + (1 << 20) - 16,
+        "1 MiB of randomness cost {} fuel, 16 bytes {}",
+        dear.fuel_used,
+        cheap.fuel_used
+    );
+    // A budget the call's own instructions fit in (what it used less the 1 MiB of host work),
+    // with half a MiB to spare, but not the host's work.
+    let budget = dear.fuel_used - (1 << 20) + (1 << 19);
+    let tight = load(
+        &runtime,
+        "wasi-probe",
+        limits(budget, 32 << 20),
+        &[("random_bytes", "1048576")],
+    );
+    let failure = tight.transform(&order("o-1"), true).unwrap_err();
+    assert_eq!(
+        failure.kind,
+        edgerep_plugin::FailureKind::OutOfFuel,
+        "{failure:?}"
+    );
+    assert!(failure.message.contains("host's work"), "{failure:?}");
+}
