@@ -348,10 +348,10 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
     let raw = raw_before;
     // What keeping the anti-entropy sums costs on the write path: the store alone with and
     // without them, alternated twice, the better of each.
-    let mut with = 0f64;
-    let mut without = 0f64;
+    let mut fp_with = 0f64;
+    let mut fp_without = 0f64;
     for _ in 0..2 {
-        with = with.max(store_only(
+        fp_with = fp_with.max(store_only(
             dir.path(),
             &value,
             args.raw_commit_events,
@@ -359,7 +359,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             true,
             false,
         )?);
-        without = without.max(store_only(
+        fp_without = fp_without.max(store_only(
             dir.path(),
             &value,
             args.raw_commit_events,
@@ -368,16 +368,16 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             false,
         )?);
     }
-    let store_eps = with;
+    let store_eps = fp_with;
     println!(
         "edgerep store without the API, {} events per commit: {store_eps:.0} events/s ({:.3} of raw)",
         args.raw_commit_events,
         store_eps / raw
     );
     println!(
-        "anti-entropy fingerprints on the write path: {with:.0} events/s with, {without:.0} without = {:.3} of it ({:+.1}%; target at most -5%)",
-        with / without,
-        (with / without - 1.0) * 100.0
+        "anti-entropy fingerprints on the write path: {fp_with:.0} events/s with, {fp_without:.0} without = {:.3} of it ({:+.1}%; target at most -5%)",
+        fp_with / fp_without,
+        (fp_with / fp_without - 1.0) * 100.0
     );
 
     let node_dir = dir.path().join("node");
@@ -506,7 +506,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "machine_check": verdict.json(),
         "raw_redb_events_per_commit": args.raw_commit_events,
         "store_only_events_per_s": store_eps.round(),
-        "fingerprints": {"with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": with / without},
+        "fingerprints": {"with_events_per_s": fp_with.round(), "without_events_per_s": fp_without.round(), "ratio": fp_with / fp_without},
         "idempotency_keys": keys_cost,
         "api_events_per_s": best.eps.round(),
         "api_batch": best.batch,

@@ -324,6 +324,20 @@ fn bench_ingest_prints_figures_and_a_json_last_line() {
     assert!(last["ratio"].as_f64().unwrap() > 0.0);
     assert!(last["single_event_p99_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(last["cells"].as_array().unwrap().len(), 4);
+    // The JSON says what the lines said (its fingerprints once held the keys' figures).
+    assert_eq!(
+        last["fingerprints"]["with_events_per_s"], last["store_only_events_per_s"],
+        "{last}"
+    );
+    let fp_line = out
+        .lines()
+        .find(|l| l.starts_with("anti-entropy fingerprints on the write path:"))
+        .unwrap();
+    let with = last["fingerprints"]["with_events_per_s"].as_f64().unwrap();
+    assert!(
+        fp_line.contains(&format!("{with:.0} events/s with")),
+        "{fp_line}"
+    );
 }
 
 /// The plugin author's verbs against the real components (built by `cargo xtask build-plugins`).
