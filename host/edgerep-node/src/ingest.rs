@@ -105,6 +105,9 @@ pub(crate) fn run(
     let mut out = Outcome::default();
     let check = |w: &LocalWrite| check_change(&step.config, w);
     let mut halt: Option<(String, String)> = None;
+    // Dead letters to keep (index into `out.failed`, record), written once no halt refuses the
+    // request.
+    let mut to_keep: Vec<(usize, Vec<u8>)> = Vec::new();
     for (i, w) in writes.into_iter().enumerate() {
         if !step.pipeline.has_ingest(&w.collection) {
             out.accepted.push((i, w));
@@ -127,8 +130,11 @@ pub(crate) fn run(
                     failure = rejection.failure.kind.as_str(), message = %rejection.failure.message,
                     policy = rejection.policy.as_str(), "plugin failed on a write"
                 );
-                let keep = record_failures && rejection.policy != FailurePolicy::Skip;
-                let dead_letter = if keep {
+                // Kept once the whole request is known not to halt: a halted request is refused
+                // as a whole (503, to be retried once the plugin is fixed), so keeping its writes
+                // as well would commit them twice, by the retry and by a replay.
+                let keep = record_failures && rejection.policy == FailurePolicy::DeadLetter;
+                if keep {
                     let record = DeadLetter {
                         stage: STAGE_INGEST.into(),
                         write: original.clone(),
@@ -140,14 +146,8 @@ pub(crate) fn run(
                         at_ms: wall,
                         event: rejection.event.clone(),
                     };
-                    Some(
-                        step.committer
-                            .add_dead_letter_blocking(record.encode())
-                            .map_err(IngestError::DeadLetter)?,
-                    )
-                } else {
-                    None
-                };
+                    to_keep.push((out.failed.len(), record.encode()));
+                }
                 if record_failures && rejection.policy == FailurePolicy::Halt && halt.is_none() {
                     halt = Some((
                         original.collection.clone(),
@@ -162,7 +162,7 @@ pub(crate) fn run(
                 out.failed.push(Failed {
                     write: i,
                     rejection,
-                    dead_letter,
+                    dead_letter: None,
                 });
             }
         }
@@ -187,6 +187,14 @@ pub(crate) fn run(
                 why,
             });
         }
+    }
+    // The request stands: keep what plugins failed on.
+    for (failed, record) in to_keep {
+        let id = step
+            .committer
+            .add_dead_letter_blocking(record)
+            .map_err(IngestError::DeadLetter)?;
+        out.failed[failed].dead_letter = Some(id);
     }
     Ok(out)
 }

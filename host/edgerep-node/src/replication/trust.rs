@@ -236,10 +236,8 @@ impl Replicator {
             },
             1,
         );
-        if let Some(live) = self.conns.remove(&peer) {
-            live.conn.close(CloseCode::Protocol, &reason);
-            self.core.disconnected(&peer, now);
-        }
+        // Anti-entropy's session with it ends too (it used to run on to its timeout).
+        self.end_session(&peer, CloseCode::Protocol, &reason, now);
         self.last_error.insert(peer, reason);
     }
 }
