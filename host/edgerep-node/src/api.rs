@@ -962,13 +962,20 @@ async fn batch(
                 // Nothing to commit (plugins refused every write): the key is still recorded
                 // with this answer, so a retry does not set the writes aside once more.
             } else {
-                receipts = per_write_receipts(receipts, &indexes);
+                receipts = per_write_receipts(receipts, &indexes, &failed);
             }
             let committed = commit_keyed(&app, writes, receipts, trace.as_ref()).await?;
             (committed, indexes, failed, replays)
         }
     };
-    // Writes answered from their own records join the answer in write order.
+    // Writes answered from their own records join the answer in write order, what plugins
+    // refused of them too.
+    let mut failed = failed;
+    for (_, r) in &replays {
+        let extra = idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?;
+        failed.extend(extra.rejected);
+    }
+    failed.sort_by_key(|f| f["write"].as_u64());
     let (committed, indexes) = if replays.is_empty() {
         (committed, indexes)
     } else {
@@ -1101,13 +1108,28 @@ fn prepare_batch(
 
 /// Per-write receipts (`first` = the write's index in the request) made to name their commits:
 /// the commits of one write are consecutive (ingest keeps write order). A write a plugin
-/// dropped or refused committed nothing and records nothing.
-fn per_write_receipts(receipts: Vec<Receipt>, indexes: &[usize]) -> Vec<Receipt> {
+/// refused records its refusal (`failed`, as the answer lists it) and no commits, so a retry
+/// gets that answer and does not set the write aside again; one a plugin dropped records
+/// nothing.
+fn per_write_receipts(receipts: Vec<Receipt>, indexes: &[usize], failed: &[Json]) -> Vec<Receipt> {
     receipts
         .into_iter()
         .filter_map(|mut r| {
             let write = r.first;
-            let first = indexes.iter().position(|&i| i == write)?;
+            let Some(first) = indexes.iter().position(|&i| i == write) else {
+                let refused = failed
+                    .iter()
+                    .find(|f| f["write"].as_u64() == Some(write as u64))?;
+                r.first = 0;
+                r.count = 0;
+                r.extra = idempotency::Extra {
+                    indexes: Vec::new(),
+                    rejected: vec![refused.clone()],
+                    failed: None,
+                }
+                .encode();
+                return Some(r);
+            };
             let count = indexes[first..].iter().take_while(|&&i| i == write).count();
             r.first = first;
             r.count = count;

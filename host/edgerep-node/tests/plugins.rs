@@ -192,6 +192,26 @@ fn a_retried_keyed_write_a_plugin_failed_on_is_set_aside_once() {
         Some("true")
     );
     assert_eq!(dead_letters(), 3);
+
+    // Per-write keys: the write that committed and the one refused each answer from their own
+    // record on a retry; nothing is set aside again.
+    let writes = json!({"writes": [
+        {"collection": "plain", "key": "p1", "value": 1, "idempotency_key": "w-1"},
+        {"collection": "trap", "key": "t1", "value": 2, "idempotency_key": "w-2"},
+    ]});
+    let first = node.post("/v1/batch", writes.clone());
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["committed"].as_array().map(Vec::len), Some(1));
+    assert_eq!(first.body["rejected"][0]["write"], 1, "{}", first.body);
+    assert_eq!(dead_letters(), 4);
+    let again = node.post("/v1/batch", writes);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        again.headers.get("idempotent-replayed").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(dead_letters(), 4, "set aside once");
     node.stop();
 }
 
