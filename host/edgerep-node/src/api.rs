@@ -145,6 +145,42 @@ impl Guard {
         })
     }
 
+    /// What a web page in the operator's browser must not do to a node that trusts loopback
+    /// (no token): send it a request from another origin (`Origin` is not this API's own: a
+    /// form or `fetch` posting writes, replays or reloads), or reach it under another name than
+    /// a loopback one (`Host`: DNS rebinding, which would also let the page read).
+    fn browser_refusal(&self, headers: &HeaderMap) -> Option<ApiError> {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if self.token.is_none()
+            && let Some(host) = host
+            && !loopback_name(host)
+        {
+            return Some(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "bad_host",
+                format!(
+                    "Host {host:?} is not a loopback name: without api.token_file this API answers only requests addressed to a loopback address, localhost or a one-label name (a web page could reach it under a name of its own by DNS rebinding)"
+                ),
+            ));
+        }
+        let origin = headers.get(header::ORIGIN)?;
+        let own = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(scheme, rest)| scheme == "http" && Some(rest) == host);
+        (!own).then(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                format!(
+                    "a request from a web page of another origin ({}) is refused: only this node's own status page may use its API from a browser",
+                    String::from_utf8_lossy(origin.as_bytes())
+                ),
+            )
+        })
+    }
+
     /// Whether the request carries the token (always true without one).
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(token) = &self.token else {
@@ -188,6 +224,9 @@ async fn guard(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if let Some(refused) = app.guard.browser_refusal(req.headers()) {
+        return refused.into_response();
+    }
     if !app.guard.authorized(req.headers()) {
         let mut resp = ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -216,6 +255,21 @@ async fn guard(
 }
 
 type Shared = State<Arc<AppState>>;
+
+/// Whether `host` (a Host header: name or address, and maybe a port) is one a web page cannot
+/// rebind: a loopback address, `localhost` (or a name under it), or a name of one label (this
+/// machine's own name; public DNS names, which a page's owner controls, have dots).
+fn loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => name == "localhost" || name.ends_with(".localhost") || !name.contains('.'),
+    }
+}
 
 /// A refusal or failure, sent as `{"error": ..., "kind": ...}`.
 #[derive(Debug)]

@@ -267,7 +267,7 @@ pub(crate) fn prepare(
                 tracing::warn!(
                     plugin = %r.plugin, collection = %event.collection, origin = %event.origin,
                     seq = event.seq, failure = r.failure.kind.as_str(),
-                    message = %r.failure.message, policy = r.policy.as_str(),
+                    message = %edgerep_wire::text::one_line(&r.failure.message), policy = r.policy.as_str(),
                     "plugin failed on an event from a peer"
                 );
                 // A deadline is wall time, not the same on every node: dead-lettering or

@@ -127,7 +127,7 @@ pub(crate) fn run(
                 let rejection = *rejection;
                 tracing::warn!(
                     plugin = %rejection.plugin, collection = %original.collection,
-                    failure = rejection.failure.kind.as_str(), message = %rejection.failure.message,
+                    failure = rejection.failure.kind.as_str(), message = %edgerep_wire::text::one_line(&rejection.failure.message),
                     policy = rejection.policy.as_str(), "plugin failed on a write"
                 );
                 // Kept once the whole request is known not to halt: a halted request is refused

@@ -925,7 +925,7 @@ impl Replicator {
                 }
                 Output::Mismatch { peer, differences } => {
                     for d in &differences {
-                        tracing::warn!(peer = %peer, "configuration differs: {d}");
+                        tracing::warn!(peer = %peer, "configuration differs: {}", edgerep_wire::text::one_line(&d.to_string()));
                     }
                     self.mismatches.insert(peer, differences);
                 }

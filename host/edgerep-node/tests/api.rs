@@ -1096,6 +1096,64 @@ fn scan_pages_filters_and_skips_deleted_keys() {
     node.stop();
 }
 
+/// Raw HTTP/1.1 with the given headers (the client library sets Host itself): the status code.
+fn raw_status(addr: &str, request_line: &str, headers: &[(&str, &str)], body: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut text = format!("{request_line} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A web page in the operator's browser cannot use a node that trusts loopback: a request from
+/// another origin (a form or `fetch` posting a batch, a replay or a reload) is refused, and so
+/// is one addressed to the node under a name that is not a loopback one (DNS rebinding, which
+/// would also let the page read). Before, both were served: nothing checked Origin or Host.
+#[test]
+fn a_web_page_of_another_origin_cannot_use_a_loopback_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), OPEN);
+    let addr = node.base.trim_start_matches("http://").to_owned();
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    let batch = r#"{"writes": [{"collection": "c", "key": "k", "value": 1}]}"#;
+    let before = node.snapshot();
+    let post = |headers: &[(&str, &str)]| raw_status(&addr, "POST /v1/batch", headers, batch);
+    assert_eq!(
+        post(&[("host", &addr), ("origin", "http://evil.example")]),
+        403
+    );
+    assert_eq!(post(&[("host", &addr), ("origin", "null")]), 403);
+    let rebound = format!("evil.example:{port}");
+    assert_eq!(post(&[("host", &rebound)]), 403);
+    assert_eq!(
+        raw_status(&addr, "GET /v1/kv/c/k", &[("host", &rebound)], ""),
+        403
+    );
+    assert_eq!(node.snapshot(), before, "nothing written");
+    // The node's own page (same origin), and clients that send no Origin, are served.
+    let own = format!("http://{addr}");
+    assert_eq!(post(&[("host", &addr), ("origin", &own)]), 200);
+    let local = format!("localhost:{port}");
+    assert_eq!(
+        raw_status(&addr, "GET /v1/kv/c/k", &[("host", &local)], ""),
+        200
+    );
+    node.stop();
+}
+
 /// The watch serves only synced positions: a commit of a periodic collection is acknowledged
 /// before its sync, and a crash before the sync loses it and numbers the next events from the
 /// last synced position again, so a watcher that had seen it would skip what came there next.

@@ -733,6 +733,8 @@ impl Host for HostState {
         }
         self.log_lines += 1;
         let message = truncate(&message, LOG_LINE_MAX_BYTES);
+        // One line: a plugin's text must not pass for lines the node wrote.
+        let message = edgerep_wire::text::one_line(&message);
         let plugin = &self.identity.name;
         match level {
             Level::Debug => tracing::debug!(target: "edgerep_plugin::guest", %plugin, "{message}"),

@@ -393,7 +393,8 @@ impl Transport {
             Ok(conn) => conn,
             Err(error) => {
                 let err = connect_failure(peer, address, remote, verifier.refusal(), &error);
-                tracing::warn!(peer = %peer, %remote, "{err}");
+                let text = err.to_string();
+                tracing::warn!(peer = %peer, %remote, "{}", edgerep_wire::text::one_line(&text));
                 return Err(err);
             }
         };
@@ -539,7 +540,10 @@ impl Incoming {
         let remote = self.incoming.remote_address();
         let result = self.complete(remote).await;
         if let Err(err) = &result {
-            tracing::warn!(%remote, "{err}");
+            // The reason may be the remote's own words (its close frame), sent before any
+            // certificate: one line.
+            let err = err.to_string();
+            tracing::warn!(%remote, "{}", edgerep_wire::text::one_line(&err));
         }
         result
     }

@@ -12,6 +12,7 @@ pub mod hlc;
 pub mod json;
 pub mod params;
 pub mod seal;
+pub mod text;
 pub mod value;
 
 pub use encoded::EncodedEvent;

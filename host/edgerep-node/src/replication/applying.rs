@@ -200,7 +200,7 @@ impl Replicator {
                 if let Some((started, events)) = self.traced.remove(&peer) {
                     for t in events {
                         tracing::info!(
-                            trace_id = %t.traceparent.get(3..35).unwrap_or(""),
+                            trace_id = %edgerep_wire::text::one_line(t.traceparent.get(3..35).unwrap_or("")),
                             peer = %peer, origin = %t.origin, seq = t.seq,
                             "applied a traced event"
                         );

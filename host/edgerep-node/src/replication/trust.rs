@@ -215,7 +215,7 @@ impl Replicator {
     /// `peer` broke the protocol: its connection is closed with the reason.
     pub(super) fn protocol_error(&mut self, peer: NodeId, reason: String, now: u64) {
         self.reports.protocol_errors_total += 1;
-        tracing::warn!(peer = %peer, "protocol error, disconnecting: {reason}");
+        tracing::warn!(peer = %peer, "protocol error, disconnecting: {}", edgerep_wire::text::one_line(&reason));
         if let Some(live) = self.conns.remove(&peer) {
             live.conn.close(CloseCode::Protocol, &reason);
         }
