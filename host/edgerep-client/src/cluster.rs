@@ -11,7 +11,7 @@ use edgerep_wire::NodeId;
 
 /// A free loopback UDP port (QUIC listens on UDP).
 fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    crate::starter::free_port_for(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// Creates a CA in `dir` (`ca.pem`, `ca.key`).

@@ -7,8 +7,37 @@ use anyhow::{Context as _, bail};
 use edgerep_config::{Config, starter_toml};
 use edgerep_wire::NodeId;
 
-/// A free loopback port (the OS picks one; it is released for the node to take).
+/// A free loopback TCP port for a node to take (see [`free_port_for`]).
 pub fn free_port() -> anyhow::Result<u16> {
+    free_port_for(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// A loopback port that `free` says is free now, chosen below the kernel's range of ephemeral
+/// ports (`/proc/sys/net/ipv4/ip_local_port_range`). A port the OS handed out from that range
+/// and that was released for the node to take could be handed again, before the node starts,
+/// to any socket bound to port 0 (a QUIC client's, say): the node then could not listen.
+pub fn free_port_for(free: impl Fn(u16) -> bool) -> anyhow::Result<u16> {
+    const LOWEST: u16 = 10_000;
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_from > LOWEST + 1_000 {
+        let span = u32::from(ephemeral_from - LOWEST);
+        // Where to start looking: differs between processes and calls, so that nodes set up at
+        // once do not all try the same ports.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        for i in 0..span.min(2_000) {
+            let port = LOWEST + ((seed.wrapping_add(i.wrapping_mul(7_919))) % span) as u16;
+            if free(port) {
+                return Ok(port);
+            }
+        }
+    }
+    // No room below the ephemeral range: let the OS pick.
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
