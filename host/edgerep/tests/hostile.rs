@@ -957,6 +957,40 @@ fn a_peer_that_never_stops_differing_ends_the_session_it_is_in() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
+/// A peer's words reach node-1's log on one line: a close reason holding a line break and a
+/// made-up log line stays inside the line node-1 writes ("connection ended: …"), escaped, so it
+/// cannot pass for a line node-1 wrote.
+#[test]
+fn a_peers_words_cannot_forge_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let h = attacker(&configs, &[]);
+    let forged = "2026-12-04T00:00:00.000000Z ERROR edgerep: store damaged, wiping";
+    h.conn.close(
+        edgerep_transport::CloseCode::Normal,
+        &format!("bye\n{forged}"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&n1.log).unwrap_or_default();
+        if log.contains("bye\\n2026-12-04") {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the close is not in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !log.lines().any(|l| l.starts_with(forged)),
+        "a forged line:\n{log}"
+    );
+    drop(h);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
 /// A peer announces an upgrade nobody configured (a transform on apply for `c` from the start
 /// of time): node-1 pauses `c` as an honest rollout would, names the peer in its status, and
 /// the pause ends when the operator revokes that peer; it never pauses for good.

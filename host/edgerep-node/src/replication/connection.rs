@@ -45,7 +45,7 @@ pub(super) fn spawn_dialer(
                 }
                 Err(e) => {
                     let reason = e.to_string();
-                    tracing::debug!(peer = %peer, "dial failed: {reason}");
+                    tracing::debug!(peer = %peer, "dial failed: {}", edgerep_wire::text::one_line(&reason.to_string()));
                     if inbox
                         .send(Input::Disconnected {
                             peer: peer.clone(),
@@ -180,7 +180,8 @@ pub(super) async fn serve_connection(
         Some(why) => format!("{reason} ({why})"),
         None => reason,
     };
-    tracing::info!(peer = %peer, "connection ended: {reason}");
+    // The reason may be the peer's own words (its close frame): one line.
+    tracing::info!(peer = %peer, "connection ended: {}", edgerep_wire::text::one_line(&reason));
     let _ = inbox.send(Input::Disconnected { peer, id, reason });
 }
 
