@@ -94,12 +94,22 @@ pub(crate) fn run(
     record_failures: bool,
 ) -> Result<Outcome, IngestError> {
     let wall = wall_ms();
-    for w in &writes {
-        if let Some(why) = step.pipeline.stopped(&w.collection, wall) {
-            return Err(IngestError::Stopped {
-                collection: w.collection.clone(),
+    // Each collection's stop is looked at once: the request's own here, routed ones below.
+    let mut checked: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let stopped = |collection: &str| {
+        step.pipeline
+            .stopped(collection, wall)
+            .map(|why| IngestError::Stopped {
+                collection: collection.to_owned(),
                 why,
-            });
+            })
+    };
+    for w in &writes {
+        if !checked.contains(&w.collection) {
+            if let Some(e) = stopped(&w.collection) {
+                return Err(e);
+            }
+            checked.insert(w.collection.clone());
         }
     }
     let mut out = Outcome::default();
@@ -181,11 +191,11 @@ pub(crate) fn run(
     // A change routed to another collection is held to that collection's stop (a halt, or a
     // pause for an upgrade this node lacks) like a write to it: a route must not get around it.
     for (_, w) in &out.accepted {
-        if let Some(why) = step.pipeline.stopped(&w.collection, wall) {
-            return Err(IngestError::Stopped {
-                collection: w.collection.clone(),
-                why,
-            });
+        if !checked.contains(&w.collection) {
+            if let Some(e) = stopped(&w.collection) {
+                return Err(e);
+            }
+            checked.insert(w.collection.clone());
         }
     }
     // The request stands: keep what plugins failed on.

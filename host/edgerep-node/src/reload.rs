@@ -152,14 +152,7 @@ impl Reloader {
                 ));
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ReloadError::NeedsRestart {
-                file: new.source.display().to_string(),
-                problems,
-            })
-        }
+        refused_if_any(new, problems)
     }
 
     /// Reads the config file the node started with again and takes it in.
@@ -356,6 +349,11 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
     }
     problems.sort();
     problems.dedup();
+    refused_if_any(new, problems)
+}
+
+/// [`ReloadError::NeedsRestart`] naming `problems`, if there are any.
+fn refused_if_any(new: &Config, problems: Vec<String>) -> Result<(), ReloadError> {
     if problems.is_empty() {
         Ok(())
     } else {

@@ -127,6 +127,36 @@ impl MemoryLimiter {
     }
 }
 
+impl MemoryLimiter {
+    /// One grow of `what` adding `added` bytes (to `desired_bytes`) against the cap on all
+    /// memories and tables together; `inner` is wasmtime's own check of it, asked only when
+    /// the cap allows. Refused: the call fails at once, and the refusal is recorded.
+    fn grow(
+        &mut self,
+        what: &'static str,
+        added: usize,
+        desired_bytes: usize,
+        inner: impl FnOnce(&mut StoreLimits) -> wasmtime::Result<bool>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.total.saturating_add(added);
+        // `trap_on_grow_failure(true)` makes StoreLimits answer with an error, never `false`;
+        // both mean the same here.
+        if total <= self.limit && matches!(inner(&mut self.inner), Ok(true)) {
+            self.last_grow = added;
+            self.total = total;
+            return Ok(true);
+        }
+        let hit = MemoryLimitHit {
+            what,
+            desired: desired_bytes,
+            total,
+            limit: self.limit,
+        };
+        self.refused = Some(hit);
+        Err(wasmtime::Error::new(hit))
+    }
+}
+
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
@@ -134,30 +164,12 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self.total.saturating_add(desired.saturating_sub(current));
-        let refuse = |this: &mut MemoryLimiter| {
-            let hit = MemoryLimitHit {
-                what: "linear memory",
-                desired,
-                total,
-                limit: this.limit,
-            };
-            this.refused = Some(hit);
-            Err(wasmtime::Error::new(hit))
-        };
-        if total > self.limit {
-            return refuse(self);
-        }
-        match self.inner.memory_growing(current, desired, maximum) {
-            Ok(true) => {
-                self.last_grow = total - self.total;
-                self.total = total;
-                Ok(true)
-            }
-            // `trap_on_grow_failure(true)` makes StoreLimits answer with an error, never `false`;
-            // both mean the same here.
-            Ok(false) | Err(_) => refuse(self),
-        }
+        self.grow(
+            "linear memory",
+            desired.saturating_sub(current),
+            desired,
+            |inner| inner.memory_growing(current, desired, maximum),
+        )
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -174,31 +186,14 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let added = desired
-            .saturating_sub(current)
-            .saturating_mul(Self::TABLE_ELEMENT_BYTES);
-        let total = self.total.saturating_add(added);
-        let refuse = |this: &mut MemoryLimiter| {
-            let hit = MemoryLimitHit {
-                what: "a table",
-                desired: desired.saturating_mul(Self::TABLE_ELEMENT_BYTES),
-                total,
-                limit: this.limit,
-            };
-            this.refused = Some(hit);
-            Err(wasmtime::Error::new(hit))
-        };
-        if total > self.limit {
-            return refuse(self);
-        }
-        match self.inner.table_growing(current, desired, maximum) {
-            Ok(true) => {
-                self.last_grow = added;
-                self.total = total;
-                Ok(true)
-            }
-            Ok(false) | Err(_) => refuse(self),
-        }
+        self.grow(
+            "a table",
+            desired
+                .saturating_sub(current)
+                .saturating_mul(Self::TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(Self::TABLE_ELEMENT_BYTES),
+            |inner| inner.table_growing(current, desired, maximum),
+        )
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {

@@ -60,10 +60,11 @@ impl Replicator {
         };
         // Transforms on apply run before the committer checks the seals: keep the batch to
         // check them with before a transform's failure may halt replication.
-        let copy = events
-            .iter()
-            .any(|e| self.transformed_on_apply.contains(e.collection.as_str()))
-            .then(|| events.clone());
+        let copy = (!self.transformed_on_apply.is_empty()
+            && events
+                .iter()
+                .any(|e| self.transformed_on_apply.contains(e.collection.as_str())))
+        .then(|| events.clone());
         let prepared = match crate::apply::prepare(
             &self.pipeline,
             &self.value_limits,
