@@ -1025,9 +1025,13 @@ async fn batch(
     // Writes answered from their own records join the answer in write order, what plugins
     // refused of them too.
     let mut failed = failed;
-    for (_, r) in &replays {
+    for (i, r) in &replays {
         let extra = idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?;
-        failed.extend(extra.rejected);
+        // Numbered as in this request (the first one may have held it elsewhere).
+        failed.extend(extra.rejected.into_iter().map(|mut f| {
+            f["write"] = serde_json::json!(i);
+            f
+        }));
     }
     failed.sort_by_key(|f| f["write"].as_u64());
     let (committed, indexes) = if replays.is_empty() {

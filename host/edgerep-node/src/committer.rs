@@ -603,32 +603,46 @@ impl Committer {
                                             | edgerep_store::StoreError::KeyInUse { .. }
                                     ) =>
                             {
-                                let (index, failure) = match error {
+                                // The request that fails: the one holding the refused write,
+                                // or the one whose receipt names the key in use (a receipt may
+                                // cover no write, so it is found by its own position).
+                                let (culprit, failure) = match error {
                                     edgerep_store::StoreError::WriteRefused { index, reason } => {
                                         tracing::warn!(events = total, "a local write was refused: {reason}");
-                                        (index, CommitError::Refused(reason))
+                                        let mut start = 0;
+                                        let at = counts.iter().position(|&n| {
+                                            let holds = (start..start + n).contains(&index);
+                                            start += n;
+                                            holds
+                                        });
+                                        (at, CommitError::Refused(reason))
                                     }
-                                    edgerep_store::StoreError::KeyInUse { index, key } => {
-                                        (index, CommitError::KeyInUse(key))
+                                    edgerep_store::StoreError::KeyInUse { receipt, key } => {
+                                        let at = group
+                                            .iter()
+                                            .enumerate()
+                                            .flat_map(|(i, p)| p.receipts.iter().map(move |_| i))
+                                            .nth(receipt);
+                                        (at, CommitError::KeyInUse(key))
                                     }
                                     _ => unreachable!("matched above"),
                                 };
-                                // The request holding write `index` fails; the others go again.
-                                let mut start = 0;
+                                // No request to blame would retry the same group for ever:
+                                // all of it fails instead.
+                                let culprit = culprit.map_or(usize::MAX, |c| c);
                                 let mut kept = Vec::with_capacity(back.len());
                                 let mut kept_counts = Vec::with_capacity(counts.len());
                                 let mut kept_group = Vec::with_capacity(group.len());
                                 let mut back = back.into_iter();
-                                for (p, &n) in group.drain(..).zip(&counts) {
+                                for (i, (p, &n)) in group.drain(..).zip(&counts).enumerate() {
                                     let mine: Vec<LocalWrite> = back.by_ref().take(n).collect();
-                                    if (start..start + n).contains(&index) {
+                                    if i == culprit || culprit == usize::MAX {
                                         let _ = p.reply.send(Err(failure.clone()));
                                     } else {
                                         kept.extend(mine);
                                         kept_counts.push(n);
                                         kept_group.push(p);
                                     }
-                                    start += n;
                                 }
                                 group = kept_group;
                                 counts = kept_counts;

@@ -68,6 +68,14 @@ pub(crate) fn check_key(key: &str) -> Result<(), crate::request::Refused> {
 
 /// The request's `Idempotency-Key`, if it has one.
 pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    // Two keys on one request (a client library and a proxy both adding one) name no one
+    // request: refused rather than the first taken silently.
+    if headers.get_all(HEADER).iter().nth(1).is_some() {
+        return Err(ApiError::bad_request(
+            "bad_idempotency_key",
+            format!("the {HEADER} header is given more than once"),
+        ));
+    }
     let Some(key) = crate::api::header_text(headers, HEADER, "bad_idempotency_key")? else {
         return Ok(None);
     };

@@ -156,7 +156,7 @@ impl Reloader {
     }
 
     /// Reads the config file the node started with again and takes it in.
-    pub async fn reload_file(&self) -> Result<Reloaded, ReloadError> {
+    pub async fn reload_file(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
         let path = self.config().source.clone();
         let config = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
@@ -167,7 +167,18 @@ impl Reloader {
     /// Takes in `new` (see the module comment). An error in checking it or loading its plugins
     /// changes nothing; resolving kept resolutions again runs after the new config took effect,
     /// and a store error there is reported as the reload's error.
-    pub async fn reload(&self, mut new: Config) -> Result<Reloaded, ReloadError> {
+    ///
+    /// Runs to its end in a task of its own even when the caller stops waiting (a request
+    /// timed out, a client went away): stopped halfway, the pipeline would decide by the new
+    /// config while the node's config, replication and keys kept the old.
+    pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Reloaded, ReloadError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.reload_whole(new).await })
+            .await
+            .map_err(|e| ReloadError::Task(e.to_string()))?
+    }
+
+    async fn reload_whole(&self, mut new: Config) -> Result<Reloaded, ReloadError> {
         let _one = self.busy.lock().await;
         let old = self.config();
         // Set from the command line, not the file.

@@ -85,6 +85,13 @@ pub const PAUSE_ABOVE_BYTES: usize = 64 << 20;
 /// No more Events are made for a peer while the frames queued for it take more bytes than this
 /// (a peer that reads slowly or not at all costs at most this, plus one batch).
 pub const SEND_QUEUE_MAX_BYTES: usize = 16 << 20;
+
+/// Bytes queued for a peer past which its link is closed: Events stop at
+/// [`SEND_QUEUE_MAX_BYTES`], but control messages do not, so only a peer that sends and does
+/// not read gets here (an honest slow reader stays below: at most one frame, 16 MiB at most,
+/// goes past the soft bound).
+pub const SEND_QUEUE_HARD_BYTES: usize = 4 * SEND_QUEUE_MAX_BYTES;
+
 /// Two instances of one node id that displace each other within this time are two machines
 /// using the same identity.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(60);
@@ -963,9 +970,25 @@ impl Replicator {
     fn transmit(&mut self) {
         let now = self.now();
         // Backpressure on sending: no Events for a peer whose frames pile up unsent.
+        let mut not_reading = Vec::new();
         for (peer, live) in &self.conns {
-            let full = live.queued.load(Ordering::Acquire) > SEND_QUEUE_MAX_BYTES;
-            self.core.set_send_blocked(peer, full);
+            let queued = live.queued.load(Ordering::Acquire);
+            self.core
+                .set_send_blocked(peer, queued > SEND_QUEUE_MAX_BYTES);
+            if queued > SEND_QUEUE_HARD_BYTES {
+                not_reading.push((peer.clone(), queued));
+            }
+        }
+        // Control messages (Acks, answers) are not held back: a peer that sends requests and
+        // never reads the answers would grow the queue without end. Past the hard bound the
+        // link goes (the peer may dial again and resume).
+        for (peer, queued) in not_reading {
+            let reason = format!(
+                "the peer is not reading: {queued} bytes queued unsent (at most {SEND_QUEUE_HARD_BYTES})"
+            );
+            tracing::warn!(peer = %peer, "{reason}");
+            self.last_error.insert(peer.clone(), reason.clone());
+            self.end_session(&peer, CloseCode::Protocol, &reason, now);
         }
         loop {
             match self.core.poll_transmit(now, &self.log) {

@@ -1626,3 +1626,48 @@ fn duplicate_json_keys_bad_origins_and_large_metadata_are_refused() {
     );
     assert_eq!(node.get("/v1/changelog/site-a").status, 200);
 }
+
+/// A reload whose caller stops waiting (the API's request timeout, a client gone, a signal)
+/// still runs to its end: stopped at its first wait, the pipeline took the new config and the
+/// node kept the old one for ever (here: a raised value limit never took effect).
+#[test]
+fn a_reload_whose_caller_stops_waiting_runs_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        "[collections]\naccept_undeclared = true\n[limits]\nmax_value_bytes = 256\n",
+    );
+    let big = json!({"note": "x".repeat(1000)});
+    assert_eq!(node.put_json("/v1/kv/c/k", &big).status, 413);
+    let raised = config(
+        dir.path(),
+        "[collections]\naccept_undeclared = true\n[limits]\nmax_value_bytes = 4096\n",
+    );
+    let running = node.running.as_ref().unwrap();
+    // Not waited for at all: the first poll starts it, the timeout drops the caller.
+    let dropped = node.rt.block_on(async {
+        tokio::select! {
+            biased;
+            r = running.reload(raised) => Some(r),
+            () = std::future::ready(()) => None,
+        }
+    });
+    assert!(
+        dropped.is_none(),
+        "the reload was meant to be cut off: {dropped:?}"
+    );
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let r = node.put_json("/v1/kv/c/k", &big);
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the raised limit never took effect: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.stop();
+}

@@ -212,6 +212,27 @@ fn a_retried_keyed_write_a_plugin_failed_on_is_set_aside_once() {
         Some("true")
     );
     assert_eq!(dead_letters(), 4, "set aside once");
+    // The refused write retried alone: its refusal is numbered as in this request.
+    let alone = json!({"writes": [
+        {"collection": "trap", "key": "t1", "value": 2, "idempotency_key": "w-2"},
+    ]});
+    let again = node.post("/v1/batch", alone);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["rejected"].as_array().map(Vec::len), Some(1));
+    assert_eq!(again.body["rejected"][0]["write"], 0, "{}", again.body);
+    assert_eq!(dead_letters(), 4, "set aside once");
+    // Two keys on one request: refused, nothing set aside or written.
+    let twice = Node::finish(
+        node.agent
+            .put(&node.url("/v1/kv/plain/two-keys"))
+            .header("idempotency-key", "one")
+            .header("idempotency-key", "two")
+            .content_type("application/json")
+            .send(json!({"n": 1}).to_string().as_bytes()),
+    );
+    assert_eq!(twice.status, 400, "{}", twice.body);
+    assert_eq!(twice.body["kind"], "bad_idempotency_key", "{}", twice.body);
+    assert_eq!(node.get("/v1/kv/plain/two-keys").status, 404);
     node.stop();
 }
 

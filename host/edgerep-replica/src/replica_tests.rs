@@ -1451,3 +1451,34 @@ fn a_declined_snapshot_is_cancelled_by_the_peers_ack() {
         dots(&[("a", 6)])
     );
 }
+
+/// A peer naming new origins Ack after Ack (each Ack within the decoder's limit) holds at most
+/// `MAX_ORIGINS` of them in the session: its Acks cannot grow this node's maps (and what each
+/// Ack copies) without end. Origins it named before still move.
+#[test]
+fn a_peers_acks_are_bounded() {
+    let log = MemLog::with(&[]);
+    let mut r = ready(&log, ReplicaConfig::default(), &["b"]);
+    for round in 0..3 {
+        let have: Vec<(NodeId, u64)> = (0..1000)
+            .map(|i| (n(&format!("o{round}-{i:04}")), 1))
+            .collect();
+        r.handle(
+            &n("b"),
+            Message::Ack {
+                have,
+                rewind: false,
+            },
+            1,
+        )
+        .unwrap();
+    }
+    let view = r.peer_view(&n("b")).unwrap();
+    assert!(view.their_have.len() <= crate::message::MAX_ORIGINS);
+    assert!(view.acked.len() <= crate::message::MAX_ORIGINS);
+    assert!(view.sent.len() <= crate::message::MAX_ORIGINS);
+    let first = n("o0-0000");
+    assert_eq!(view.acked.get(&first), Some(&1));
+    r.handle(&n("b"), ack(&[("o0-0000", 7)], false), 2).unwrap();
+    assert_eq!(r.peer_view(&n("b")).unwrap().acked.get(&first), Some(&7));
+}

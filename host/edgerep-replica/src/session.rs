@@ -226,7 +226,26 @@ impl Session {
 
     /// Takes in an Ack. Returns whether `acked` moved.
     pub(crate) fn on_ack(&mut self, ack: &[(NodeId, u64)], rewind: bool, now: u64) -> bool {
-        let pairs = ack.iter().map(|(o, s)| (o, *s));
+        // A have names at most MAX_ORIGINS origins in one message, and so in a session: a peer
+        // naming new ones Ack after Ack would grow these maps (and what each Ack copies)
+        // without end. Origins past the bound are ignored.
+        let mut room =
+            crate::message::MAX_ORIGINS.saturating_sub(self.their_have.len().max(self.sent.len()));
+        let kept: Vec<(NodeId, u64)> = ack
+            .iter()
+            .filter(|(o, _)| {
+                if self.their_have.contains_key(o) && self.sent.contains_key(o) {
+                    true
+                } else if room > 0 {
+                    room -= 1;
+                    true
+                } else {
+                    false
+                }
+            })
+            .cloned()
+            .collect();
+        let pairs = kept.iter().map(|(o, s)| (o, *s));
         have::join(&mut self.their_have, pairs.clone());
         // The peer may hold events it got through another path: no need to send them.
         have::join(&mut self.sent, pairs.clone());

@@ -70,8 +70,9 @@ pub enum StoreError {
     /// without that request.
     #[error("idempotency key {key:?} is recorded already (a request with it committed meanwhile)")]
     KeyInUse {
-        /// The position in the group of the request's first write.
-        index: usize,
+        /// The receipt's position in the list given to the commit (a receipt may cover no
+        /// write: a request whose writes all failed records only its answer).
+        receipt: usize,
         /// The key.
         key: String,
     },

@@ -7,10 +7,12 @@
 //! a random page per commit: 11% of single-write throughput). Lookups by key go through an
 //! index in memory (key -> insertion number), built from the table at open and changed after
 //! each commit by the committer, the table's only writer. Records beyond the window's count go
-//! from the front at the commit that passes it; records older than its time at most every
-//! [`EXPIRE_EVERY_MS`] (removing from the front dirties the table's first pages as well, which
-//! on every commit cost about 5% of small-request throughput); oldest first, at most
-//! [`EXPIRE_PER_COMMIT`] per transaction.
+//! from the front at the commit that passes it, however many (never the commit's own);
+//! records older than its time at most every [`EXPIRE_EVERY_MS`] (removing from the front
+//! dirties the table's first pages as well, which on every commit cost about 5% of
+//! small-request throughput), oldest first, at most [`EXPIRE_PER_COMMIT`] per transaction. A
+//! record past the window's time is not served even before it is removed, and its key may be
+//! recorded anew.
 //!
 //! Invariant: a key is recorded only with the events it committed, in one transaction; a key
 //! already recorded refuses a second commit under it ([`crate::StoreError::KeyInUse`]); the
@@ -275,19 +277,41 @@ impl Index {
         by_key.extend(changes.added);
     }
 
-    /// The record of `key`, if any.
+    /// Whether record `n`, made at `at_ms` on the wall clock, is past the window's time at
+    /// `wall_ms`: on the wall clock, and on the monotonic clock too when this process made it.
+    fn past_time(&self, n: u64, at_ms: u64, wall_ms: u64, window: Window) -> bool {
+        if at_ms >= wall_ms.saturating_sub(window.keep_ms) {
+            return false;
+        }
+        let here = self.recorded_here.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = std::time::Duration::from_millis(window.keep_ms);
+        match here.binary_search_by_key(&n, |&(h, _)| h) {
+            Ok(i) => here[i].1.elapsed() >= keep,
+            Err(_) => true,
+        }
+    }
+
+    /// The record of `key`, if one is held within the window at `wall_ms` (one past it is
+    /// gone for the client even before a commit removes it).
     pub(crate) fn get(
         &self,
         table: &impl ReadableTable<u64, (&'static str, u64, &'static [u8])>,
         key: &str,
+        window: Window,
+        wall_ms: u64,
     ) -> Result<Option<Recorded>, StoreError> {
         let Some(n) = self.number(key) else {
             return Ok(None);
         };
         match table.get(n)? {
-            Some(g) if g.value().0 == key => Recorded::decode(g.value().2)
-                .map(Some)
-                .map_err(|e| corrupt("idempotency", e)),
+            Some(g) if g.value().0 == key => {
+                if self.past_time(n, g.value().1, wall_ms, window) {
+                    return Ok(None);
+                }
+                Recorded::decode(g.value().2)
+                    .map(Some)
+                    .map_err(|e| corrupt("idempotency", e))
+            }
             // Expired meanwhile (the index changes after the commit).
             _ => Ok(None),
         }
@@ -295,8 +319,13 @@ impl Index {
 
     /// Appends each receipt with its writes' commits (`out`, the transaction's commits in
     /// write order), then removes what the window no longer keeps. Err([`StoreError::KeyInUse`])
-    /// when a key is recorded already (a concurrent request under the same key committed
-    /// first). The returned changes go to [`Index::apply`] once the transaction commits.
+    /// when a key is recorded already and within the window's time (a concurrent request
+    /// under the same key committed first); a key held past it is removed and recorded anew.
+    /// The returned changes go to [`Index::apply`] once the transaction commits.
+    ///
+    /// Bound: after the commit the table holds at most `keep_keys` records, or this commit's
+    /// own if they are more (a commit never removes what it records: its clients would not
+    /// find them on retry).
     pub(crate) fn record(
         &self,
         table: &mut Table<'_, u64, (&'static str, u64, &'static [u8])>,
@@ -307,14 +336,34 @@ impl Index {
     ) -> Result<Changes, StoreError> {
         let mut changes = Changes::default();
         {
-            let by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+            let held_numbers: Vec<Option<u64>> = {
+                let by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+                receipts
+                    .iter()
+                    .map(|r| by_key.get(&r.key).copied())
+                    .collect()
+            };
             let mut in_this = std::collections::HashSet::with_capacity(receipts.len());
-            for r in receipts {
-                if by_key.contains_key(&r.key) || !in_this.insert(r.key.as_str()) {
+            for (i, (r, held)) in receipts.iter().zip(held_numbers).enumerate() {
+                if !in_this.insert(r.key.as_str()) {
                     return Err(StoreError::KeyInUse {
-                        index: r.first,
+                        receipt: i,
                         key: r.key.clone(),
                     });
+                }
+                if let Some(n) = held {
+                    let past = match table.get(n)? {
+                        Some(g) => self.past_time(n, g.value().1, wall_ms, window),
+                        None => true,
+                    };
+                    if !past {
+                        return Err(StoreError::KeyInUse {
+                            receipt: i,
+                            key: r.key.clone(),
+                        });
+                    }
+                    table.remove(n)?;
+                    changes.removed.push(r.key.clone());
                 }
                 if r.count as u64 > MAX_RECORD_WRITES {
                     return Err(StoreError::Invalid(format!(
@@ -346,26 +395,28 @@ impl Index {
             table.insert(n, (r.key.as_str(), wall_ms, record.encode().as_slice()))?;
             changes.added.push((r.key.clone(), n));
         }
-        let mut held = self.len() + changes.added.len() as u64;
+        // Records held after this commit: the earlier ones (less the re-recorded keys' old
+        // rows) and this one's.
+        let mut held = (self.len() as usize).saturating_sub(changes.removed.len()) as u64
+            + changes.added.len() as u64;
         use std::sync::atomic::Ordering::Relaxed;
         if held <= window.keep_keys && wall_ms < self.next_expiry_ms.load(Relaxed) {
             return Ok(changes);
         }
-        let cutoff = wall_ms.saturating_sub(window.keep_ms);
-        let keep = std::time::Duration::from_millis(window.keep_ms);
-        let mut here = self.recorded_here.lock().unwrap_or_else(|e| e.into_inner());
+        // Over the count: as many earlier records as it takes, however many (the table stays
+        // bounded even when each commit records more keys than EXPIRE_PER_COMMIT). Past the
+        // time: at most EXPIRE_PER_COMMIT per commit, the rest at the next.
         let mut expired: Vec<u64> = Vec::new();
-        for row in table.iter()?.take(EXPIRE_PER_COMMIT) {
+        let mut by_time = 0;
+        for row in table.range(..first)? {
             let (n, v) = row?;
             let (key, at, _) = v.value();
-            // Records gone already are behind the table's first.
-            while here.front().is_some_and(|&(h, _)| h < n.value()) {
-                here.pop_front();
-            }
-            let recent_here = here
-                .front()
-                .is_some_and(|&(h, when)| h == n.value() && when.elapsed() < keep);
-            if (at >= cutoff || recent_here) && held <= window.keep_keys {
+            if held > window.keep_keys {
+                // Over the count.
+            } else if by_time < EXPIRE_PER_COMMIT && self.past_time(n.value(), at, wall_ms, window)
+            {
+                by_time += 1;
+            } else {
                 break;
             }
             expired.push(n.value());
@@ -373,7 +424,7 @@ impl Index {
             held = held.saturating_sub(1);
         }
         // Look again at the next commit if this one left expired records.
-        let next = if expired.len() == EXPIRE_PER_COMMIT {
+        let next = if by_time == EXPIRE_PER_COMMIT {
             wall_ms
         } else {
             wall_ms.saturating_add(EXPIRE_EVERY_MS)
@@ -382,10 +433,15 @@ impl Index {
         for n in expired {
             table.remove(n)?;
         }
-        // A key removed and added in one call stays.
-        changes
-            .removed
-            .retain(|k| !changes.added.iter().any(|(a, _)| a == k));
+        // The monotonic times of records gone from the front are no longer needed.
+        let front = table.first()?.map(|(n, _)| n.value());
+        let mut here = self.recorded_here.lock().unwrap_or_else(|e| e.into_inner());
+        while here
+            .front()
+            .is_some_and(|&(h, _)| front.is_none_or(|f| h < f) && h < first)
+        {
+            here.pop_front();
+        }
         Ok(changes)
     }
 }

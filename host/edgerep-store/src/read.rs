@@ -4,16 +4,33 @@
 use super::*;
 
 impl Store {
-    /// What the idempotency key `key` was recorded with, if it is held.
+    /// What the idempotency key `key` was recorded with, if it is held within the window (by
+    /// this node's wall clock now; see [`idempotency::Window`]).
     pub fn idempotency(&self, key: &str) -> Result<Option<idempotency::Recorded>, StoreError> {
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.idempotency_at(key, wall_ms)
+    }
+
+    /// [`Store::idempotency`] as of the wall clock at `wall_ms`.
+    pub fn idempotency_at(
+        &self,
+        key: &str,
+        wall_ms: u64,
+    ) -> Result<Option<idempotency::Recorded>, StoreError> {
         // A new key (the common case) is answered by the index alone, without a read
         // transaction.
         if !self.idempotency_index.contains(key) {
             return Ok(None);
         }
         let txn = self.db.begin_read()?;
-        self.idempotency_index
-            .get(&txn.open_table(idempotency::IDEMPOTENCY)?, key)
+        self.idempotency_index.get(
+            &txn.open_table(idempotency::IDEMPOTENCY)?,
+            key,
+            self.idempotency_window,
+            wall_ms,
+        )
     }
 
     /// How many idempotency keys are held.

@@ -57,7 +57,7 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
                 10_000,
             )
             .unwrap();
-        let r = s.idempotency("K2").unwrap().unwrap();
+        let r = s.idempotency_at("K2", 10_000).unwrap().unwrap();
         assert_eq!(r.committed, vec![out[1]]);
         assert_eq!((r.at_ms, r.extra.as_slice()), (10_000, &b"K2"[..]));
         // The same key again: refused, nothing written.
@@ -72,14 +72,14 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
                 10_001,
             )
             .unwrap_err();
-        assert!(matches!(e.error, StoreError::KeyInUse { index: 0, ref key } if key == "K1"));
+        assert!(matches!(e.error, StoreError::KeyInUse { receipt: 0, ref key } if key == "K1"));
         assert_eq!(e.writes.len(), 1, "the writes come back");
         assert_eq!(s.status().unwrap().feed_last, before);
     }
     // After a reopen the index is rebuilt from the table.
     let s = open(&path, window);
     assert_eq!(s.idempotency_count().unwrap(), 2);
-    assert!(s.idempotency("K1").unwrap().is_some());
+    assert!(s.idempotency_at("K1", 10_050).unwrap().is_some());
     // Two more keys: over the count of 3, the oldest (K1) goes.
     for (i, k) in ["K3", "K4"].iter().enumerate() {
         s.commit_local_keyed(
@@ -93,8 +93,8 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
         .unwrap();
     }
     assert_eq!(s.idempotency_count().unwrap(), 3);
-    assert!(s.idempotency("K1").unwrap().is_none());
-    assert!(s.idempotency("K2").unwrap().is_some());
+    assert!(s.idempotency_at("K1", 10_101).unwrap().is_none());
+    assert!(s.idempotency_at("K2", 10_101).unwrap().is_some());
     // Past the window's time on the wall clock, the next commit that records a key removes
     // what is older: K2, recorded before the reopen. K3 and K4, recorded by this process less
     // than the window ago on its monotonic clock, stay: the wall clock stepping forward (NTP
@@ -109,12 +109,15 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
         11_200,
     )
     .unwrap();
-    let held = |keys: &[&str]| -> Vec<bool> {
+    let held = |keys: &[&str], at: u64| -> Vec<bool> {
         keys.iter()
-            .map(|k| s.idempotency(k).unwrap().is_some())
+            .map(|k| s.idempotency_at(k, at).unwrap().is_some())
             .collect()
     };
-    assert_eq!(held(&["K2", "K3", "K4", "K5"]), [false, true, true, true]);
+    assert_eq!(
+        held(&["K2", "K3", "K4", "K5"], 11_200),
+        [false, true, true, true]
+    );
     // Once the window has passed on both clocks, they go too.
     std::thread::sleep(std::time::Duration::from_millis(1_100));
     s.commit_local_keyed(
@@ -127,9 +130,121 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
     )
     .unwrap();
     assert_eq!(
-        held(&["K2", "K3", "K4", "K5", "K6"]),
+        held(&["K2", "K3", "K4", "K5", "K6"], 12_300),
         [false, false, false, false, true]
     );
+    assert_eq!(s.idempotency_count().unwrap(), 1);
+    assert_eq!(s.verify().unwrap(), Ok(()));
+}
+
+/// The count bound holds however many keys each commit records (it once removed at most 256
+/// per commit, so commits of 1,000 keys grew the table without end), and a commit never
+/// removes its own records (it once could, leaving their keys in the index without rows: a
+/// retry then got "in use" for ever, and after a restart committed again).
+#[test]
+fn the_count_bound_holds_for_large_commits_and_spares_the_commit_s_own_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let mut clock = HlcClock::new(Default::default(), 60_000);
+    let s = open(
+        &path,
+        Window {
+            keep_ms: 3_600_000,
+            keep_keys: 300,
+        },
+    );
+    let commit = |s: &StoreWriter, clock: &mut HlcClock, prefix: &str, n: usize, at: u64| {
+        let writes = (0..n).map(|i| write(&format!("{prefix}{i}"))).collect();
+        let receipts: Vec<Receipt> = (0..n)
+            .map(|i| receipt(&format!("{prefix}{i}"), i, 1))
+            .collect();
+        s.commit_local_keyed(writes, &[], &receipts, Sync::Immediate, clock, at)
+            .unwrap();
+    };
+    commit(&s, &mut clock, "a", 300, 10_000);
+    commit(&s, &mut clock, "b", 300, 10_001);
+    assert_eq!(s.idempotency_count().unwrap(), 300);
+    assert!(s.idempotency_at("a299", 10_002).unwrap().is_none());
+    assert!(s.idempotency_at("b0", 10_002).unwrap().is_some());
+    // One commit of more keys than the window keeps: all of them stay, the earlier go.
+    commit(&s, &mut clock, "c", 400, 10_003);
+    assert_eq!(s.idempotency_count().unwrap(), 400);
+    for k in ["c0", "c399"] {
+        assert!(s.idempotency_at(k, 10_004).unwrap().is_some(), "{k}");
+    }
+    commit(&s, &mut clock, "d", 1, 10_005);
+    assert_eq!(s.idempotency_count().unwrap(), 300);
+    assert!(s.idempotency_at("c100", 10_006).unwrap().is_none());
+    assert!(s.idempotency_at("c101", 10_006).unwrap().is_some());
+    // What the index holds is what a reopen reads from the table.
+    drop(s);
+    let s = open(
+        &path,
+        Window {
+            keep_ms: 3_600_000,
+            keep_keys: 300,
+        },
+    );
+    assert_eq!(s.idempotency_count().unwrap(), 300);
+    assert!(s.idempotency_at("c101", 10_006).unwrap().is_some());
+    assert_eq!(s.verify().unwrap(), Ok(()));
+}
+
+/// A record past the window's time is not served, and its key can be recorded again, before
+/// any commit has removed it (a key sent rarely was answered from a record a day old).
+#[test]
+fn a_record_past_the_window_is_gone_for_the_client_before_it_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let window = Window {
+        keep_ms: 1_000,
+        keep_keys: 100,
+    };
+    let mut clock = HlcClock::new(Default::default(), 60_000);
+    {
+        let s = open(&path, window);
+        s.commit_local_keyed(
+            vec![write("x")],
+            &[],
+            &[receipt("K", 0, 1)],
+            Sync::Immediate,
+            &mut clock,
+            10_000,
+        )
+        .unwrap();
+    }
+    // Reopened (a record of an earlier run is judged by the wall clock alone).
+    let s = open(&path, window);
+    assert!(s.idempotency_at("K", 10_999).unwrap().is_some());
+    assert!(s.idempotency_at("K", 11_001).unwrap().is_none());
+    // Recorded anew: the old row goes in the same transaction, the count stays one.
+    let out = s
+        .commit_local_keyed(
+            vec![write("y")],
+            &[],
+            &[receipt("K", 0, 1)],
+            Sync::Immediate,
+            &mut clock,
+            11_001,
+        )
+        .unwrap();
+    assert_eq!(s.idempotency_count().unwrap(), 1);
+    let r = s.idempotency_at("K", 11_002).unwrap().unwrap();
+    assert_eq!((r.committed.clone(), r.at_ms), (out, 11_001));
+    // Within the window (and made by this process) it is in use.
+    let e = s
+        .commit_local_keyed(
+            vec![write("z")],
+            &[],
+            &[receipt("K", 0, 1)],
+            Sync::Immediate,
+            &mut clock,
+            11_500,
+        )
+        .unwrap_err();
+    assert!(matches!(e.error, StoreError::KeyInUse { .. }));
+    drop(s);
+    let s = open(&path, window);
     assert_eq!(s.idempotency_count().unwrap(), 1);
     assert_eq!(s.verify().unwrap(), Ok(()));
 }

@@ -80,7 +80,8 @@ pub struct AntiEntropyStatus {
     /// last-writer-wins default; recorded in `GET /v1/disagreements`).
     pub disagreements_total: u64,
     /// Anti-entropy messages not sent because the peer's queue of unsent frames was full, and
-    /// the peer's repairs not merged because too many of its were merging already.
+    /// the peer's repairs not merged because too many of its were merging already, and its
+    /// Reconcile messages not answered (its queue full, or past its budget of listings).
     pub dropped_total: u64,
     /// The same counts per collection (collections where anything differed).
     pub collections: BTreeMap<String, CollectionDrift>,
@@ -188,9 +189,36 @@ pub(super) struct AntiEntropy {
     /// Per peer, its repairs queued at the committer and not yet merged (at most
     /// [`REPAIRS_IN_FLIGHT`]: each is a durable transaction every other write waits behind).
     merging: BTreeMap<NodeId, usize>,
+    /// Per peer, its budget of Reconcile answers that list entries (each reads the whole
+    /// state table): tokens left and when last refilled.
+    listing_budget: BTreeMap<NodeId, (f64, Instant)>,
 }
 
+/// Reconcile answers that list entries a peer may ask for at once, and per second after: an
+/// honest session lists at its leaves, a few times (a whole session's round trips fit in the
+/// burst); a peer asking in a loop would keep the replicator reading the state.
+const LISTINGS_BURST: f64 = MAX_ROUND_TRIPS as f64;
+const LISTINGS_PER_SECOND: f64 = 8.0;
+
 impl AntiEntropy {
+    /// Takes one listing from `peer`'s budget; false when none is left.
+    fn take_listing(&mut self, peer: &NodeId) -> bool {
+        let now = Instant::now();
+        let (tokens, at) = self
+            .listing_budget
+            .entry(peer.clone())
+            .or_insert((LISTINGS_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * LISTINGS_PER_SECOND)
+            .min(LISTINGS_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     pub(super) fn new(interval_ms: u64, seed: u64) -> AntiEntropy {
         AntiEntropy {
             interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
@@ -202,6 +230,7 @@ impl AntiEntropy {
             jitter: seed | 1,
             events_at: BTreeMap::new(),
             changed_at: None,
+            listing_budget: BTreeMap::new(),
             started_at: BTreeMap::new(),
             deferred: Vec::new(),
             merging: BTreeMap::new(),
@@ -510,6 +539,22 @@ impl Replicator {
             } => {
                 let mine = ours(&mut self.anti_entropy, id);
                 let had_ranges = !fingerprints.is_empty() || !items.is_empty();
+                // Nothing is read for a peer whose frames pile up unsent (the answer could
+                // not go), nor past its budget of listings: dropped, its session times out.
+                let queued = self
+                    .conns
+                    .get(peer)
+                    .map_or(0, |l| l.queued.load(std::sync::atomic::Ordering::Acquire));
+                if queued > SEND_QUEUE_MAX_BYTES
+                    || (!items.is_empty() && !self.anti_entropy.take_listing(peer))
+                {
+                    self.anti_entropy
+                        .status
+                        .entry(peer.clone())
+                        .or_default()
+                        .dropped_total += 1;
+                    return;
+                }
                 let step = match reconcile::answer(&StoreTree(&self.store), &fingerprints, &items) {
                     Ok(step) => step,
                     Err(e) => {
