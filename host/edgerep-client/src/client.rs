@@ -43,17 +43,33 @@ fn query_value(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
+/// How long a request waits for its answer by default: longer than the node's own default
+/// request timeout (30 s), after which it answers 408.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
 impl Client {
     /// A client for the API at `addr`.
     pub fn new(addr: SocketAddr) -> Client {
         Client::with_token(addr, None)
     }
 
-    /// A client for the API at `addr` that sends `token` as its bearer token.
+    /// A client for the API at `addr` that sends `token` as its bearer token; a request (not a
+    /// watch stream) gets no more than [`ANSWER_WITHIN`] for its answer.
     pub fn with_token(addr: SocketAddr, token: Option<String>) -> Client {
+        Client::with_timeout(addr, token, ANSWER_WITHIN)
+    }
+
+    /// [`Client::with_token`], waiting at most `answer_within` for an answer (a node stopped
+    /// or wedged must not hang the caller for ever).
+    pub fn with_timeout(
+        addr: SocketAddr,
+        token: Option<String>,
+        answer_within: Duration,
+    ) -> Client {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)));
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_global(Some(answer_within));
         if let Some(value) =
             token.and_then(|t| ureq::http::HeaderValue::from_str(&format!("Bearer {t}")).ok())
         {
@@ -76,6 +92,12 @@ impl Client {
     fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Outcome {
         let mut resp = match r {
             Ok(r) => r,
+            Err(ureq::Error::Timeout(_)) => {
+                return Outcome::Failed(format!(
+                    "no answer from the node at {} in time (is it stopped or overloaded?): whether the request took effect is unknown",
+                    self.base
+                ));
+            }
             Err(e) => {
                 return Outcome::Failed(format!(
                     "cannot reach the node at {} (is it running? the address is api.listen in its config): {e}",
@@ -97,6 +119,11 @@ impl Client {
         match status {
             200..=299 => Outcome::Ok(body),
             404 => Outcome::NotFound(message()),
+            // Not a refusal: a write queued before the node's timeout may still commit.
+            408 => Outcome::Failed(format!(
+                "the node did not answer in time, so whether the request took effect is unknown (a write may still commit; retry it with the same --idempotency-key to be sure it happens once): {}",
+                message()
+            )),
             400..=499 => Outcome::Refused(status, message()),
             _ => Outcome::Failed(format!("node answered {status}: {}", message())),
         }
@@ -257,7 +284,15 @@ impl Client {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(&format!("{k}={}", query_value(v)));
         }
-        let resp = match self.agent.get(&url).call() {
+        // A watch stream runs for as long as the caller wants.
+        let resp = match self
+            .agent
+            .get(&url)
+            .config()
+            .timeout_global(None)
+            .build()
+            .call()
+        {
             Ok(r) if r.status().is_success() => r,
             other => return self.finish(other),
         };
@@ -273,5 +308,28 @@ impl Client {
             }
         }
         Outcome::Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that takes the connection and never answers (stopped, wedged, out of
+    /// connections): the call ends within its timeout, saying the outcome is unknown. It
+    /// once waited for ever.
+    #[test]
+    fn a_node_that_never_answers_does_not_hang_the_caller() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = Client::with_timeout(addr, None, Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        let outcome = client.status(false);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        match outcome {
+            Outcome::Failed(m) => assert!(m.contains("unknown"), "{m}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        drop(listener);
     }
 }

@@ -461,7 +461,11 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
             println!("  {} http://{}/ui", site.name, node.api_addr);
         }
         println!("Ctrl-C stops it.");
-        rt.block_on(crate::wait_for_signal())?;
+        rt.block_on(async {
+            let mut signals = crate::Signals::install()?;
+            signals.stop().await;
+            anyhow::Ok(())
+        })?;
     }
     for node in nodes {
         rt.block_on(node.shutdown())?;

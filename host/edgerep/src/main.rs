@@ -369,7 +369,14 @@ fn client(config: &Path) -> anyhow::Result<Client> {
         ),
         None => None,
     };
-    Ok(Client::with_token(config.api.listen, token))
+    // Longer than the node's own timeout, which answers 408 first.
+    let answer_within = std::time::Duration::from_millis(config.api.request_timeout_ms)
+        + std::time::Duration::from_secs(30);
+    Ok(Client::with_timeout(
+        config.api.listen,
+        token,
+        answer_within,
+    ))
 }
 
 /// Checks what the config names beyond its own text: the TLS identity must load and name this
@@ -530,6 +537,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             config.node.alone = alone;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async {
+                let mut signals = Signals::install()?;
                 let node = match edgerep_node::start(config).await {
                     Ok(n) => n,
                     Err(e) => {
@@ -537,14 +545,32 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                         return Ok(EXIT_FAILED);
                     }
                 };
-                // SIGHUP reloads the config file (what takes effect without a restart).
-                while wait_for_signal().await? == Signal::Reload {
-                    if let Err(e) = node.reload_file().await {
-                        tracing::error!("config not reloaded: {e}");
+                // SIGHUP reloads the config file (what takes effect without a restart); a stop
+                // signal during a reload is not lost (the reload runs on to its end in its own
+                // task).
+                while signals.next().await == Signal::Reload {
+                    tokio::select! {
+                        r = node.reload_file() => {
+                            if let Err(e) = r {
+                                tracing::error!("config not reloaded: {e}");
+                            }
+                        }
+                        () = signals.stop() => break,
                     }
                 }
-                tracing::info!("stopping");
-                node.shutdown().await?;
+                tracing::info!("stopping (a second SIGINT or SIGTERM exits at once)");
+                tokio::select! {
+                    r = node.shutdown() => {
+                        if let Err(e) = r {
+                            tracing::error!("stopping failed: {e}");
+                            return Ok(EXIT_FAILED);
+                        }
+                    }
+                    () = signals.stop() => {
+                        tracing::warn!("stopped by a second signal before the shutdown finished (the store is crash-safe: what was acknowledged is kept)");
+                        return Ok(EXIT_FAILED);
+                    }
+                }
                 tracing::info!("stopped");
                 Ok(0)
             })
@@ -772,16 +798,39 @@ enum Signal {
     Reload,
 }
 
-async fn wait_for_signal() -> anyhow::Result<Signal> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    Ok(tokio::select! {
-        r = tokio::signal::ctrl_c() => {
-            r.context("waiting for SIGINT")?;
-            Signal::Stop
+/// The node's signal handlers, installed once for the whole run (before the node starts, so
+/// that a SIGHUP while plugins compile does not kill the process with the default action):
+/// a signal that comes while nobody waits is kept for the next wait, not lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
-        _ = term.recv() => Signal::Stop,
-        _ = hup.recv() => Signal::Reload,
-    })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }

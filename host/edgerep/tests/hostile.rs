@@ -1064,3 +1064,19 @@ fn a_peer_announcing_an_upgrade_nobody_configured_pauses_only_until_it_is_revoke
     assert!(status(&n1)["paused_collections"]["c"].is_null());
     put(&n1, "c", "after", r#"{"v":3}"#);
 }
+
+/// A peer that completes the TLS handshake and never opens the stream is closed after 10 s
+/// (its connection and task were held for ever: keep-alives kept it from idling out), and
+/// node-1 keeps serving node-3 meanwhile.
+#[test]
+fn a_connection_that_never_opens_its_stream_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    // Connected, the stream opened on this side but nothing sent: node-1 sees no stream.
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    put(&n3, "c", "meanwhile", r#"{"v":3}"#);
+    wait_for_key(&n1, "meanwhile", "node-1 serves node-3 meanwhile");
+    let reason = h.closed_within(Duration::from_secs(25));
+    let reason = reason.expect("node-1 closes the connection");
+    assert!(reason.contains("no stream opened"), "{reason}");
+}

@@ -12,6 +12,25 @@ const DIAL_MIN: Duration = Duration::from_millis(100);
 
 const DIAL_MAX: Duration = Duration::from_secs(3);
 
+/// A connection that lasted less than this is a failed dial for the back-off: a peer that
+/// closes every session right after the handshake (another policy, a duplicate id, halted)
+/// is not dialled ten times a second.
+const DIAL_LASTED: Duration = Duration::from_secs(10);
+
+/// A connection whose stream is not opened within this is closed (a peer that completes the
+/// handshake and stops there would hold the connection, and its task, for ever: keep-alives
+/// keep it from idling out).
+const LINK_WITHIN: Duration = Duration::from_secs(10);
+
+/// `d` stretched by a factor in [0.5, 1.5) drawn from the clock: peers that lost a hub at the
+/// same moment do not dial it again in lockstep.
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
+}
+
 /// Dials `peer` at `address`: again whenever the connection ends when this node is the one of
 /// the pair that dials (the greater id), else once (see below).
 pub(super) fn spawn_dialer(
@@ -40,8 +59,11 @@ pub(super) fn spawn_dialer(
             match transport.connect(&peer, &address).await {
                 Ok(conn) => {
                     id += 1;
-                    backoff = DIAL_MIN;
+                    let began = Instant::now();
                     serve_connection(conn, id, true, inbox.clone(), current(&limits)).await;
+                    if began.elapsed() >= DIAL_LASTED {
+                        backoff = DIAL_MIN;
+                    }
                 }
                 Err(e) => {
                     let reason = e.to_string();
@@ -58,7 +80,7 @@ pub(super) fn spawn_dialer(
                     }
                 }
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(DIAL_MAX);
         }
     })
@@ -76,18 +98,24 @@ pub(super) async fn serve_connection(
     let peer = conn.peer.clone();
     let max_frame = limits.max_frame_bytes as u32;
     let link = if dialer {
-        conn.open_link(max_frame).await
+        tokio::time::timeout(LINK_WITHIN, conn.open_link(max_frame)).await
     } else {
-        conn.accept_link(max_frame).await
+        tokio::time::timeout(LINK_WITHIN, conn.accept_link(max_frame)).await
     };
     let (mut send, mut recv) = match link {
-        Ok(l) => l,
-        Err(e) => {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
             let _ = inbox.send(Input::Disconnected {
                 peer,
                 id,
                 reason: e.to_string(),
             });
+            return;
+        }
+        Err(_) => {
+            let reason = format!("no stream opened within {} s", LINK_WITHIN.as_secs());
+            conn.close(CloseCode::Protocol, &reason);
+            let _ = inbox.send(Input::Disconnected { peer, id, reason });
             return;
         }
     };
