@@ -51,6 +51,9 @@ pub struct Links {
     pub origin_gate: watch::Receiver<Option<String>>,
     /// Commit durations and per-collection counts.
     pub metrics: Arc<crate::metrics::CommitMetrics>,
+    /// Told why, when the disk failed under the store: every later write would fail too
+    /// until the store is opened again, so the node stops (see `edgerep_node::start`).
+    pub disk_failed: watch::Sender<Option<String>>,
 }
 
 /// Called on the committer thread with the outcome of [`Committer::apply`].
@@ -256,7 +259,19 @@ impl Committer {
             hook,
             origin_gate,
             metrics,
+            disk_failed,
         } = links;
+        let failed = move |e: &edgerep_store::StoreError| {
+            if e.is_disk_failure() {
+                disk_failed.send_if_modified(|f| {
+                    let first = f.is_none();
+                    if first {
+                        *f = Some(e.to_string());
+                    }
+                    first
+                });
+            }
+        };
         let mut have: Have = store.status()?.origins;
         let local = store.node().clone();
         let (tx, mut rx) = mpsc::channel::<Request>(QUEUE_REQUESTS);
@@ -312,6 +327,7 @@ impl Committer {
                                     }
                                     Err(e) => {
                                         tracing::error!(error = %e, "syncing deferred commits failed");
+                                        failed(&e);
                                         durable.flush_wanted.store(true, Ordering::Release);
                                     }
                                 }
@@ -369,6 +385,7 @@ impl Committer {
                                 }
                                 Err(e) => {
                                     tracing::error!(error = %e, events = n, "applying a batch from a peer failed");
+                                    failed(&e);
                                     reply(Err(CommitError::Store(e.to_string())));
                                 }
                             }
@@ -418,6 +435,7 @@ impl Committer {
                                 }
                                 Err(e) => {
                                     tracing::error!(error = %e, "merging a snapshot page from a peer failed");
+                                    failed(&e);
                                     reply(Err(CommitError::Store(e.to_string())));
                                 }
                             }
@@ -443,6 +461,7 @@ impl Committer {
                                 }
                                 Err(e) => {
                                     tracing::error!(error = %e, "merging a repair from a peer failed");
+                                    failed(&e);
                                     reply(Err(CommitError::Store(e.to_string())));
                                 }
                             }
@@ -654,6 +673,7 @@ impl Committer {
                             Err(e) => {
                                 let e = e.error;
                                 tracing::error!(error = %e, events = total, "group commit failed");
+                                failed(&e);
                                 for p in group.drain(..) {
                                     let err = match &e {
                                         edgerep_store::StoreError::NoSuchDeadLetter(id) => {

@@ -43,6 +43,12 @@ pub enum NodeError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// The disk failed under the store while the node ran: it stopped (restart it once the
+    /// disk is fixed: what was acknowledged is on disk).
+    #[error(
+        "the disk failed under the store, so the node stopped (restart it once the disk is fixed, e.g. space freed): {0}"
+    )]
+    DiskFailed(String),
     /// The store could not be opened.
     #[error("cannot open store {path}: {source}")]
     Store {
@@ -137,6 +143,7 @@ pub struct RunningNode {
     committer: std::thread::JoinHandle<()>,
     reloader: Arc<reload::Reloader>,
     traces: Arc<trace::Traces>,
+    disk_failed: watch::Receiver<Option<String>>,
 }
 
 impl RunningNode {
@@ -149,6 +156,12 @@ impl RunningNode {
     /// Reads the node's config file again and takes it in (SIGHUP).
     pub async fn reload_file(&self) -> Result<reload::Reloaded, reload::ReloadError> {
         self.reloader.reload_file().await
+    }
+
+    /// Returns when the node begins to stop on its own (its disk failed): the caller should
+    /// then call [`RunningNode::shutdown`], which reports why.
+    pub async fn stopping(&self) {
+        let _ = self.shutdown.subscribe().wait_for(|&s| s).await;
     }
 
     /// Stops accepting requests, lets requests in flight finish, ends watch streams, waits for
@@ -174,6 +187,9 @@ impl RunningNode {
         let _ = tokio::task::spawn_blocking(move || committer.join()).await;
         let traces = self.traces;
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        if let Some(reason) = self.disk_failed.borrow().clone() {
+            return Err(NodeError::DiskFailed(reason));
+        }
         result
     }
 }
@@ -316,6 +332,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 .to_owned()
         }));
     let commit_metrics = Arc::new(metrics::CommitMetrics::default());
+    let (disk_failed_tx, disk_failed) = watch::channel(None);
     let (committer, committer_thread) = Committer::spawn(
         writer,
         clock,
@@ -326,6 +343,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             hook: Box::new(move |have| hook.have(have)),
             origin_gate: origin_gate_rx,
             metrics: commit_metrics.clone(),
+            disk_failed: disk_failed_tx,
         },
     )
     .map_err(|source| NodeError::Store {
@@ -380,6 +398,22 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         traces: traces.clone(),
         commit_metrics,
     });
+    // A disk that failed under the store fails every later write until the store is opened
+    // again: the node stops, so that its supervisor restarts it, instead of answering 500 for
+    // ever while it looks alive.
+    {
+        let mut failed = disk_failed.clone();
+        let stop = shutdown_tx.clone();
+        tokio::spawn(async move {
+            if let Ok(reason) = failed.wait_for(Option::is_some).await {
+                tracing::error!(
+                    "the disk failed under the store: stopping (restart the node once the disk is fixed): {}",
+                    reason.as_deref().unwrap_or_default()
+                );
+                let _ = stop.send(true);
+            }
+        });
+    }
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -397,5 +431,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         committer: committer_thread,
         reloader,
         traces,
+        disk_failed,
     })
 }

@@ -39,7 +39,21 @@ fn committer(dir: &std::path::Path) -> (Committer, std::thread::JoinHandle<()>) 
         EventLimits::default(),
     )
     .unwrap();
+    let (c, thread, _) = spawn(store, resume);
+    (c, thread)
+}
+
+/// A committer over `store`, and what it says when the disk fails.
+fn spawn(
+    store: Store,
+    resume: edgerep_store::Resume,
+) -> (
+    Committer,
+    std::thread::JoinHandle<()>,
+    watch::Receiver<Option<String>>,
+) {
     let (feed, _) = watch::channel(resume.feed_last);
+    let (disk_failed, failed) = watch::channel(None);
     // Leaked so the gate stays open (no reason held) for the test's life.
     let (gate_tx, gate) = watch::channel(None);
     std::mem::forget(gate_tx);
@@ -56,8 +70,10 @@ fn committer(dir: &std::path::Path) -> (Committer, std::thread::JoinHandle<()>) 
             hook: Box::new(|_| {}),
             origin_gate: gate,
             metrics: Arc::new(Default::default()),
+            disk_failed,
         },
     )
+    .map(|(c, t)| (c, t, failed))
     .unwrap()
 }
 
@@ -92,4 +108,72 @@ async fn a_key_in_use_on_a_request_of_no_writes_fails_that_request_only() {
         let plain = plain.expect("the unkeyed write commits");
         assert_eq!(plain.len(), 1);
     }
+}
+
+/// An in-memory disk that can be told to fail every write and sync.
+#[derive(Debug, Clone, Default)]
+struct FailingDisk {
+    inner: Arc<redb::backends::InMemoryBackend>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FailingDisk {
+    fn check(&self) -> std::io::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected disk failure"));
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for FailingDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A disk that fails under the store (full, say) is reported once, with its reason, so the
+/// node stops instead of answering 500 for ever: redb refuses every later operation until
+/// the file is opened again, even once the disk is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fails_under_the_store_is_reported() {
+    let disk = FailingDisk::default();
+    let (store, resume) = Store::open_with_backend(
+        disk.clone(),
+        "disk",
+        &NodeId::parse("a").unwrap(),
+        EventLimits::default(),
+    )
+    .unwrap();
+    let (c, _thread, failed) = spawn(store, resume);
+    within(c.commit(vec![write("before")])).await.unwrap();
+    assert_eq!(*failed.borrow(), None);
+    disk.failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = within(c.commit(vec![write("during")])).await.unwrap_err();
+    assert!(matches!(e, CommitError::Store(_)), "{e:?}");
+    let reason = failed.borrow().clone().expect("the failure is reported");
+    assert!(reason.contains("injected disk failure"), "{reason}");
+    // Healed, the store still refuses (redb wants a reopen): hence the node stops.
+    disk.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(within(c.commit(vec![write("after")])).await.is_err());
 }

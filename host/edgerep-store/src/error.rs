@@ -131,6 +131,16 @@ impl StoreError {
     pub fn is_already_open(&self) -> bool {
         matches!(self, StoreError::Storage(redb::Error::DatabaseAlreadyOpen))
     }
+
+    /// Whether the disk failed under the store (a write or sync error, or one before it): redb
+    /// refuses every later operation until the file is opened again, so the process must
+    /// reopen it (restart) once the disk is fixed.
+    pub fn is_disk_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Storage(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
 }
 
 macro_rules! from_redb {

@@ -548,7 +548,15 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 // SIGHUP reloads the config file (what takes effect without a restart); a stop
                 // signal during a reload is not lost (the reload runs on to its end in its own
                 // task).
-                while signals.next().await == Signal::Reload {
+                loop {
+                    let signal = tokio::select! {
+                        s = signals.next() => s,
+                        // The node stops on its own (its disk failed): shutdown says why.
+                        () = node.stopping() => Signal::Stop,
+                    };
+                    if signal != Signal::Reload {
+                        break;
+                    }
                     tokio::select! {
                         r = node.reload_file() => {
                             if let Err(e) = r {
@@ -562,7 +570,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 tokio::select! {
                     r = node.shutdown() => {
                         if let Err(e) = r {
-                            tracing::error!("stopping failed: {e}");
+                            tracing::error!("{e}");
                             return Ok(EXIT_FAILED);
                         }
                     }
