@@ -78,10 +78,24 @@ pub fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result<Vec<Pa
                 );
             }
         }
-        for sub in std::iter::once("ca".to_owned()).chain((1..=n).map(|i| format!("node-{i}"))) {
-            let p = dir.join(&sub);
-            if p.exists() {
-                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        // Only what this writes goes: the CA, each node's config and certificates. Anything
+        // else an operator keeps in a node's directory (plugins, a token, a store under a
+        // data_dir of its own) stays.
+        let ca = dir.join("ca");
+        if ca.exists() {
+            std::fs::remove_dir_all(&ca).with_context(|| format!("removing {}", ca.display()))?;
+        }
+        for i in 1..=n {
+            let node_dir = dir.join(format!("node-{i}"));
+            let certs = node_dir.join("certs");
+            if certs.exists() {
+                std::fs::remove_dir_all(&certs)
+                    .with_context(|| format!("removing {}", certs.display()))?;
+            }
+            let config = node_dir.join("edgerep.toml");
+            if config.exists() {
+                std::fs::remove_file(&config)
+                    .with_context(|| format!("removing {}", config.display()))?;
             }
         }
     }

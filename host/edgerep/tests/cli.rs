@@ -207,12 +207,18 @@ fn init_force_never_deletes_a_store() {
         "nothing was rewritten"
     );
     std::fs::remove_dir_all(&data).unwrap();
+    // What else an operator keeps in a node's directory (a store under a data_dir of its own,
+    // a plugin, a token) stays: only the configs and certificates are rewritten.
+    let kept = dir.path().join("node-1").join("store").join("edgerep.redb");
+    std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+    std::fs::write(&kept, b"a store elsewhere").unwrap();
     let o = edgerep(&["init", "--cluster", "2", "--force", at]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(
         std::fs::read(dir.path().join("ca").join("ca.pem")).unwrap(),
         ca_before
     );
+    assert_eq!(std::fs::read(&kept).unwrap(), b"a store elsewhere");
 }
 
 /// A node whose replication port is taken fails to start, naming the port, before it opens its
