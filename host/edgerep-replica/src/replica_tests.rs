@@ -1482,3 +1482,41 @@ fn a_peers_acks_are_bounded() {
     r.handle(&n("b"), ack(&[("o0-0000", 7)], false), 2).unwrap();
     assert_eq!(r.peer_view(&n("b")).unwrap().acked.get(&first), Some(&7));
 }
+
+/// On a link slower than the go-back-N timer (a batch takes longer to arrive than the timer
+/// runs, more wait in the send buffers), each timer go-back doubles the timer, up to 8 times
+/// it, so the link is not filled with a copy of everything in flight every period; once the
+/// peer acknowledged everything the timer is back to its period.
+#[test]
+fn the_go_back_timer_backs_off_until_everything_is_acknowledged() {
+    let mut log = MemLog::with(&evs("a", 1..=4));
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    sent_dots(r.poll_transmit(10, &log).unwrap());
+    sent_dots(r.poll_transmit(10, &log).unwrap());
+    let mut at = 10;
+    for period in [3000, 6000, 12_000, 24_000, 24_000] {
+        assert_eq!(r.poll_timeout(), Some(at + period));
+        at += period;
+        r.handle_timeout(at);
+        assert_eq!(
+            sent_dots(r.poll_transmit(at, &log).unwrap()).1,
+            dots(&[("a", 1), ("a", 2)])
+        );
+        sent_dots(r.poll_transmit(at, &log).unwrap());
+    }
+    // A partial acknowledgement restarts the timer at its doubled period.
+    r.handle(&n("b"), ack(&[("a", 2)], false), at + 5).unwrap();
+    assert_eq!(r.poll_timeout(), Some(at + 5 + 24_000));
+    // All acknowledged: the next send is timed with the base period again.
+    r.handle(&n("b"), ack(&[("a", 4)], false), at + 6).unwrap();
+    assert_eq!(r.poll_timeout(), None);
+    log.add(ev("a", 5));
+    r.set_local_have(&log.have());
+    let sent = controls(&mut r, &log, at + 7);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| matches!(m, Message::Events { .. })),
+        "{sent:?}"
+    );
+    assert_eq!(r.poll_timeout(), Some(at + 7 + 3000));
+}
