@@ -527,6 +527,10 @@ async fn run_ingest(
     if !ingest::may_block(&app.pipeline, &writes) {
         return Ok(ingest::run(&app.ingest_step(), writes, record_failures)?);
     }
+    // A write that could not commit yet (no peer confirmed this node's own events) is refused
+    // before plugins run: their failures would be set aside as dead letters for a request
+    // the client is told to retry, once per retry.
+    app.committer.origin_confirmed().await?;
     let app = app.clone();
     tokio::task::spawn_blocking(move || ingest::run(&app.ingest_step(), writes, record_failures))
         .await

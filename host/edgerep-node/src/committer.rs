@@ -719,14 +719,10 @@ impl Committer {
         self.commit_keyed(writes, dead_letters, Vec::new()).await
     }
 
-    /// Commits `writes` and records `receipts` (idempotency keys, their writes counted from
-    /// the first of `writes`) with them, in one transaction.
-    pub async fn commit_keyed(
-        &self,
-        writes: Vec<LocalWrite>,
-        dead_letters: Vec<u64>,
-        receipts: Vec<Receipt>,
-    ) -> Result<Vec<Committed>, CommitError> {
+    /// Waits (at most [`ORIGIN_WAIT`]) until local writes may commit: with peers, once one
+    /// said how far it holds this node's own events. Err([`CommitError::Unconfirmed`]) if not
+    /// by then.
+    pub async fn origin_confirmed(&self) -> Result<(), CommitError> {
         if self.origin_gate.borrow().is_some() {
             let mut gate = self.origin_gate.clone();
             let opened = tokio::time::timeout(ORIGIN_WAIT, gate.wait_for(Option::is_none)).await;
@@ -735,6 +731,18 @@ impl Committer {
                 return Err(CommitError::Unconfirmed(reason));
             }
         }
+        Ok(())
+    }
+
+    /// Commits `writes` and records `receipts` (idempotency keys, their writes counted from
+    /// the first of `writes`) with them, in one transaction.
+    pub async fn commit_keyed(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: Vec<u64>,
+        receipts: Vec<Receipt>,
+    ) -> Result<Vec<Committed>, CommitError> {
+        self.origin_confirmed().await?;
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Request::Write(Pending {

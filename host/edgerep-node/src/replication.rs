@@ -168,10 +168,16 @@ pub struct Replication {
     runtime: tokio::runtime::Handle,
     limits: SharedLimits,
     local: NodeId,
+    accepted: Accepted,
 }
 
 /// The message limits new connections decode against.
 type SharedLimits = Arc<Mutex<MessageLimits>>;
+
+/// Per peer, the last connection it made to this node: the dialer does not dial a peer whose
+/// connection is open (its new connection would replace that one, ending every exchange on
+/// it midway).
+type Accepted = Arc<Mutex<BTreeMap<NodeId, PeerConnection>>>;
 
 fn current(limits: &SharedLimits) -> MessageLimits {
     *limits.lock().unwrap_or_else(|e| e.into_inner())
@@ -240,6 +246,7 @@ impl Replication {
                     peer.clone(),
                     address.clone(),
                     self.limits.clone(),
+                    self.accepted.clone(),
                 );
                 dialers.insert(peer, (address, task));
             }
@@ -434,6 +441,8 @@ pub fn start(
     // Read at each new connection: a reload that raises the limits reaches new sessions.
     let shared_limits: SharedLimits = Arc::new(Mutex::new(limits));
     let accept_limits = shared_limits.clone();
+    let accepted_conns: Accepted = Arc::default();
+    let accepted = accepted_conns.clone();
     // The endpoint's tasks hold clones of the transport: they are aborted at `stop`, so the
     // UDP port is free again (a node restarted in the same process binds it anew).
     let mut tasks = Vec::new();
@@ -444,9 +453,16 @@ pub fn start(
             let id = next_id;
             let inbox = accept_inbox.clone();
             let limits = current(&accept_limits);
+            let accepted = accepted.clone();
             tokio::spawn(async move {
                 match incoming.handshake().await {
-                    Ok(conn) => serve_connection(conn, id, false, inbox, limits).await,
+                    Ok(conn) => {
+                        accepted
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(conn.peer.clone(), conn.clone());
+                        serve_connection(conn, id, false, inbox, limits).await
+                    }
                     Err(e) => tracing::debug!("refused a connection: {e}"),
                 }
             });
@@ -463,6 +479,7 @@ pub fn start(
                 peer.clone(),
                 address.clone(),
                 shared_limits.clone(),
+                accepted_conns.clone(),
             );
             (peer, (address, task))
         })
@@ -477,6 +494,7 @@ pub fn start(
         runtime,
         limits: shared_limits,
         local,
+        accepted: accepted_conns,
     }))
 }
 

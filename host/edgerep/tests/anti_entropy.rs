@@ -454,6 +454,12 @@ fn a_collection_transformed_on_apply_is_compared_on_its_versions_and_repaired_th
     );
     assert_eq!(get(&n1, "cards", "c-3").1, r#"{"card":"4113","name":"n3"}"#);
     let report = reconcile(&configs[0]);
-    assert_eq!(report["sessions"][0]["agreed"], true, "{report}");
+    assert_eq!(
+        report["sessions"][0]["agreed"],
+        true,
+        "{report}\n{}\n-----\n{}",
+        std::fs::read_to_string(&n1.log).unwrap_or_default(),
+        std::fs::read_to_string(&n2.log).unwrap_or_default()
+    );
     assert_eq!(status(&n2)["verified"], true);
 }

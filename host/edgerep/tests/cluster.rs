@@ -733,3 +733,70 @@ fn a_peer_back_after_compaction_is_brought_up_to_date_from_a_snapshot() {
     assert_eq!(s["origins"]["node-3"], 300);
     assert_eq!(get(&n3, "bulk", "a-0000007").1, r#"{"from":"node-1"}"#);
 }
+
+/// A reload that changes a peer's address ends the session on the old connection whole: it
+/// used to stop the connection's reader only, so node-1 went on counting node-2 connected
+/// (sending into a stream node-2 no longer read) until the new address answered, maybe never.
+#[test]
+fn a_peer_address_changed_by_reload_ends_the_old_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    // node-2 first: its one dial at start finds nobody, so the session runs on the
+    // connection node-1's dialer makes (the one a reload of its address stops).
+    let n2 = Node::start(&configs[1]);
+    let n1 = Node::start(&configs[0]);
+    put(&n1, "c", "k", r#"{"v":1}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    // node-2 moved to an address where nothing listens.
+    let nowhere = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let moved = nowhere.local_addr().unwrap();
+    drop(nowhere);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    let old = edgerep_config::Config::load(&configs[0]).unwrap().peers[0]
+        .address
+        .clone();
+    std::fs::write(&configs[0], text.replace(&old, &moved.to_string())).unwrap();
+    let o = common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s1, s2) = (status(&n1), status(&n2));
+        let connected = |s: &serde_json::Value| s["replication"]["peers"][0]["connected"] == true;
+        if !connected(&s1) && !connected(&s2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old session lives on:\n{s1}\n{s2}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node whose peers are all away takes no local write until one confirms how far it holds
+/// the node's own events (503 `origin_unconfirmed` after 10 s): a write a transform fails on is
+/// refused so before the plugin runs. It used to run first and set the write aside as a dead
+/// letter, once per retry of a request the client was told to retry (replaying them would
+/// commit it as many times).
+#[test]
+fn a_write_refused_while_no_peer_confirmed_sets_nothing_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (trap, trap_sha) = built_plugin("trap");
+    let mut text = std::fs::read_to_string(&configs[0]).unwrap();
+    text.push_str(&format!(
+        "\n[[collections.declared]]\nname = \"broken\"\ntransforms_on_ingest = [\"trap\"]\n\n[plugins.trap]\npath = \"{}\"\nsha256 = \"{trap_sha}\"\non_failure = \"dead-letter\"\n",
+        trap.display()
+    ));
+    std::fs::write(&configs[0], text).unwrap();
+    // node-2 is never started.
+    let n1 = Node::start(&configs[0]);
+    let r = agent()
+        .put(&n1.url("/v1/kv/broken/k"))
+        .header("idempotency-key", "retry-me")
+        .content_type("application/json")
+        .send(br#"{"v":1}"#)
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(status(&n1)["dead_letters"], 0, "{}", status(&n1));
+}

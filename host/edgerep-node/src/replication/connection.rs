@@ -41,6 +41,7 @@ pub(super) fn spawn_dialer(
     peer: NodeId,
     address: String,
     limits: SharedLimits,
+    accepted: Accepted,
 ) -> tokio::task::JoinHandle<()> {
     if peer.as_str() < local.as_str() {
         // The peer dials us; but after this node restarts, the peer may hold the dead
@@ -56,7 +57,25 @@ pub(super) fn spawn_dialer(
         let mut backoff = DIAL_MIN;
         let mut id = 0u64;
         loop {
+            // The peer connected to us meanwhile (it restarted and dialed once): dial again
+            // only once that connection has ended.
+            let connected_to_us = || {
+                accepted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&peer)
+                    .is_some_and(|c| c.close_reason().is_none())
+            };
+            while connected_to_us() {
+                tokio::time::sleep(DIAL_MIN).await;
+            }
             match transport.connect(&peer, &address).await {
+                // A dial that began while the peer was down completes once it is up, maybe
+                // after the peer's own connection: closed before any stream, it replaces
+                // nothing.
+                Ok(conn) if connected_to_us() => {
+                    conn.close(CloseCode::Normal, "the peer connected already");
+                }
                 Ok(conn) => {
                     id += 1;
                     let began = Instant::now();
@@ -136,6 +155,15 @@ pub(super) async fn serve_connection(
     {
         return;
     }
+    // Stopped from outside (its dialer aborted: the peer's address changed), the connection
+    // still ends whole: closed, and the replicator told, so no session outlives its reader.
+    let mut ended = Ended {
+        conn: conn.clone(),
+        inbox: inbox.clone(),
+        peer: peer.clone(),
+        id: Some(id),
+        writer: None,
+    };
     let writer = tokio::spawn(async move {
         while let Some(frame) = frames_rx.recv().await {
             let mut taken = frame.len();
@@ -161,6 +189,7 @@ pub(super) async fn serve_connection(
         }
         send.finish();
     });
+    ended.writer = Some(writer.abort_handle());
     let reason = loop {
         while paused.load(Ordering::Acquire)
             || inbox_bytes.load(Ordering::Acquire) > INBOX_MAX_BYTES
@@ -211,6 +240,35 @@ pub(super) async fn serve_connection(
     // The reason may be the peer's own words (its close frame): one line.
     tracing::info!(peer = %peer, "connection ended: {}", edgerep_wire::text::one_line(&reason));
     let _ = inbox.send(Input::Disconnected { peer, id, reason });
+    ended.id = None;
+}
+
+/// Ends a connection whose task was stopped before it ended by itself (see
+/// `serve_connection`); disarmed (`id` None) once it ended by itself.
+struct Ended {
+    conn: PeerConnection,
+    inbox: std_mpsc::Sender<Input>,
+    peer: NodeId,
+    id: Option<u64>,
+    writer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        if let Some(w) = self.writer.take() {
+            w.abort();
+        }
+        let reason = "the connection's task was stopped (its peer's address changed)".to_owned();
+        self.conn.close(CloseCode::Normal, &reason);
+        let _ = self.inbox.send(Input::Disconnected {
+            peer: self.peer.clone(),
+            id,
+            reason,
+        });
+    }
 }
 
 pub(super) struct Live {
