@@ -240,13 +240,15 @@ impl Replication {
                 tracing::info!(peer = %peer, %address, "config reloaded: a new peer");
                 let task = spawn_dialer(
                     &self.runtime,
-                    self.transport.clone(),
-                    self.inbox.clone(),
+                    connection::Links {
+                        transport: self.transport.clone(),
+                        inbox: self.inbox.clone(),
+                        limits: self.limits.clone(),
+                        accepted: self.accepted.clone(),
+                    },
                     &self.local,
                     peer.clone(),
                     address.clone(),
-                    self.limits.clone(),
-                    self.accepted.clone(),
                 );
                 dialers.insert(peer, (address, task));
             }
@@ -473,13 +475,15 @@ pub fn start(
         .map(|(peer, address)| {
             let task = spawn_dialer(
                 &runtime,
-                transport.clone(),
-                inbox.clone(),
+                connection::Links {
+                    transport: transport.clone(),
+                    inbox: inbox.clone(),
+                    limits: shared_limits.clone(),
+                    accepted: accepted_conns.clone(),
+                },
                 &local,
                 peer.clone(),
                 address.clone(),
-                shared_limits.clone(),
-                accepted_conns.clone(),
             );
             (peer, (address, task))
         })

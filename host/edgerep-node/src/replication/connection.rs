@@ -31,18 +31,30 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
 }
 
+/// What every dialer shares with the node's replication.
+#[derive(Clone)]
+pub(super) struct Links {
+    pub(super) transport: Transport,
+    pub(super) inbox: std_mpsc::Sender<Input>,
+    pub(super) limits: SharedLimits,
+    pub(super) accepted: Accepted,
+}
+
 /// Dials `peer` at `address`: again whenever the connection ends when this node is the one of
 /// the pair that dials (the greater id), else once (see below).
 pub(super) fn spawn_dialer(
     runtime: &tokio::runtime::Handle,
-    transport: Transport,
-    inbox: std_mpsc::Sender<Input>,
+    links: Links,
     local: &NodeId,
     peer: NodeId,
     address: String,
-    limits: SharedLimits,
-    accepted: Accepted,
 ) -> tokio::task::JoinHandle<()> {
+    let Links {
+        transport,
+        inbox,
+        limits,
+        accepted,
+    } = links;
     if peer.as_str() < local.as_str() {
         // The peer dials us; but after this node restarts, the peer may hold the dead
         // connection of our previous run until QUIC's idle timeout. One dial at start
