@@ -273,7 +273,33 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
         ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut addresses: HashMap<&str, usize> = HashMap::new();
+    let own = raw.replication.listen;
     for (i, peer) in raw.peers.iter().enumerate() {
+        let at = vec![Seg::Key("peers"), Seg::Index(i), Seg::Key("address")];
+        if let Some(first) = addresses.insert(peer.address.as_str(), i) {
+            let first = render_path(&[Seg::Key("peers"), Seg::Index(first), Seg::Key("address")]);
+            return Err((
+                at,
+                format!(
+                    "address \"{}\" is already the address of another peer ({first}): each node listens on its own",
+                    peer.address
+                ),
+            ));
+        }
+        // This node's own replication address: the node would dial itself.
+        if let Ok(addr) = peer.address.parse::<std::net::SocketAddr>()
+            && addr.port() == own.port()
+            && (addr.ip() == own.ip() || (own.ip().is_unspecified() && addr.ip().is_loopback()))
+        {
+            return Err((
+                at,
+                format!(
+                    "address \"{}\" is this node's own replication.listen; a peer's address is where that peer listens",
+                    peer.address
+                ),
+            ));
+        }
         let path = vec![Seg::Key("peers"), Seg::Index(i), Seg::Key("id")];
         if peer.id == raw.node.id {
             return Err((

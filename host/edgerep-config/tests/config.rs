@@ -1028,3 +1028,28 @@ fn upgrades_fill_in_what_they_leave_unchanged_and_are_checked() {
     );
     assert!(err.message.contains("unknown resolver"), "{err}");
 }
+
+#[test]
+fn two_peers_at_one_address_or_a_peer_at_this_nodes_own_are_refused() {
+    let err = expect_error(
+        &with(
+            "[[peers]]\nid = \"site-b\"\naddress = \"10.0.0.2:7071\"\n\
+             [[peers]]\nid = \"site-c\"\naddress = \"10.0.0.2:7071\"\n",
+        ),
+        "peers[1].address",
+    );
+    assert!(err.message.contains("peers[0].address"), "{err}");
+    // replication.listen is 127.0.0.1:7071.
+    let err = expect_error(
+        &with("[[peers]]\nid = \"site-b\"\naddress = \"127.0.0.1:7071\"\n"),
+        "peers[0].address",
+    );
+    assert!(err.message.contains("own replication.listen"), "{err}");
+    // Another port of this host is another node.
+    assert!(
+        parse(&with(
+            "[[peers]]\nid = \"site-b\"\naddress = \"127.0.0.1:7072\"\n"
+        ))
+        .is_ok()
+    );
+}

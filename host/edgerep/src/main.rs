@@ -408,15 +408,9 @@ fn check_files(config: &Config) -> Result<(), String> {
             ));
         }
     }
-    if let Some(path) = &config.api.token_file {
-        std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "{}: api.token_file: cannot read {}: {e}",
-                config.source.display(),
-                path.display()
-            )
-        })?;
-    }
+    // The token file, checked as `run` checks it (readable, at least 16 characters).
+    edgerep_node::api::Guard::from_config(config)
+        .map_err(|e| format!("{}: {e}", config.source.display()))?;
     Ok(())
 }
 

@@ -153,6 +153,29 @@ fn config_check_names_file_and_key() {
     assert!(stderr(&o).contains("max_keys"));
 }
 
+/// `config check` refuses a token file `run` would refuse (under 16 characters): it used to
+/// pass it, and the node then failed to start.
+#[test]
+fn config_check_refuses_a_token_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-t");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "short\n").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[api]\n",
+        &format!("[api]\ntoken_file = '{}'\n", token.display()),
+        1,
+    );
+    assert!(text.contains("token_file"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("at least 16"), "{}", stderr(&o));
+    std::fs::write(&token, "a-token-of-enough-length\n").unwrap();
+    let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
 #[test]
 fn init_refuses_to_overwrite_and_help_works() {
     let dir = tempfile::tempdir().unwrap();

@@ -69,14 +69,20 @@ pub(super) fn spawn_dialer(
         let mut backoff = DIAL_MIN;
         let mut id = 0u64;
         loop {
-            // The peer connected to us meanwhile (it restarted and dialed once): dial again
-            // only once that connection has ended.
+            // The peer connected to us meanwhile from the address we dial (it restarted and
+            // dialed once: its endpoint dials from the port it listens on): dial again only
+            // once that connection has ended. A connection under its id from elsewhere (a
+            // clone of the node) does not stop the dialer: the two displace each other and the
+            // replicator reports the duplicate id.
+            let dialed: Option<std::net::SocketAddr> = address.parse().ok();
             let connected_to_us = || {
                 accepted
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&peer)
-                    .is_some_and(|c| c.close_reason().is_none())
+                    .is_some_and(|c| {
+                        c.close_reason().is_none() && Some(c.quic().remote_address()) == dialed
+                    })
             };
             while connected_to_us() {
                 tokio::time::sleep(DIAL_MIN).await;
