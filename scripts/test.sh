@@ -61,6 +61,11 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The binary alone, as `cargo run -p edgerep` builds it: the workspace's test targets turn on
+# features of its dependencies (raw-quic) that the binary must not need.
+step "the edgerep binary without test features"
+cargo check -p edgerep --bin edgerep --locked
+
 step "go SDK: generated bindings up to date, format, vet, native tests"
 cargo xtask go-bindings --check
 unformatted="$(gofmt -l guest-sdk/go plugins/go)"

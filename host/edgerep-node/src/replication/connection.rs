@@ -81,7 +81,7 @@ pub(super) fn spawn_dialer(
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&peer)
                     .is_some_and(|c| {
-                        c.close_reason().is_none() && Some(c.quic().remote_address()) == dialed
+                        c.close_reason().is_none() && Some(c.remote) == dialed
                     })
             };
             while connected_to_us() {
