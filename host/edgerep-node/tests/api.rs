@@ -1637,25 +1637,33 @@ fn a_reload_whose_caller_stops_waiting_runs_to_its_end() {
         dir.path(),
         "[collections]\naccept_undeclared = true\n[limits]\nmax_value_bytes = 256\n",
     );
-    let big = json!({"note": "x".repeat(1000)});
-    assert_eq!(node.put_json("/v1/kv/c/k", &big).status, 413);
-    let raised = config(
-        dir.path(),
-        "[collections]\naccept_undeclared = true\n[limits]\nmax_value_bytes = 4096\n",
-    );
     let running = node.running.as_ref().unwrap();
-    // Not waited for at all: the first poll starts it, the timeout drops the caller.
-    let dropped = node.rt.block_on(async {
-        tokio::select! {
-            biased;
-            r = running.reload(raised) => Some(r),
-            () = std::future::ready(()) => None,
+    // Each try raises the limit by 100 bytes; its caller is dropped after the first poll.
+    // A reload fast enough to end within that poll (no plugin to load) is not cut off: try
+    // again with the next limit until one is.
+    let mut limit = 256;
+    let cut_off = loop {
+        limit += 100;
+        assert!(limit < 20_000, "no reload was cut off");
+        let raised = config(
+            dir.path(),
+            &format!(
+                "[collections]\naccept_undeclared = true\n[limits]\nmax_value_bytes = {limit}\n"
+            ),
+        );
+        let dropped = node.rt.block_on(async {
+            tokio::select! {
+                biased;
+                r = running.reload(raised) => Some(r),
+                () = std::future::ready(()) => None,
+            }
+        });
+        if dropped.is_none() {
+            break limit;
         }
-    });
-    assert!(
-        dropped.is_none(),
-        "the reload was meant to be cut off: {dropped:?}"
-    );
+    };
+    // Over the limit before the cut-off reload, within it after.
+    let big = json!({"note": "x".repeat(cut_off - 60)});
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let r = node.put_json("/v1/kv/c/k", &big);
