@@ -658,13 +658,37 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 eprintln!("{e}");
                 return Ok(EXIT_USAGE);
             }
-            Ok(report(
+            let mut reloaded_file = None;
+            let code = report(
                 client(&config)?.reload(),
                 |body| match serde_json::from_slice::<serde_json::Value>(body) {
-                    Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
+                    Ok(j) => {
+                        reloaded_file = j["reloaded"]["file"].as_str().map(PathBuf::from);
+                        println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default())
+                    }
                     Err(_) => print_body(body),
                 },
-            ))
+            );
+            // The node reads the file it was started with, not the one named here: a copy
+            // edited elsewhere would be checked, then silently not taken. (Told apart by
+            // content where the node's file can be read here: the same file may show under
+            // another path, or none, from a container.)
+            if let Some(file) = reloaded_file {
+                let differs = match (std::fs::read(&file), std::fs::read(&config)) {
+                    (Ok(theirs), Ok(ours)) => theirs != ours,
+                    _ => false,
+                };
+                if differs {
+                    eprintln!(
+                        "edgerep: the node reloaded {}, the file it was started with, not {}: edit that file, or restart the node with --config {}",
+                        file.display(),
+                        config.display(),
+                        config.display()
+                    );
+                    return Ok(EXIT_USAGE);
+                }
+            }
+            Ok(code)
         }
         Command::Reconcile { config, peer } => Ok(report(
             client(&config)?.reconcile(peer.as_deref()),

@@ -665,3 +665,28 @@ fn dead_letters_are_deleted_and_replayed_all_at_once() {
     assert!(o.status.success(), "{}", stderr(&o));
     drop(node);
 }
+
+/// `edgerep reload --config B` for a node started with A: the node reloads A (the file it was
+/// started with), so a change made in B is not taken; the verb says so and exits 2 instead of
+/// reporting success.
+#[test]
+fn reload_names_the_file_the_node_reads_when_another_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-r");
+    let node = Node::start(&config);
+    let c = config.to_str().unwrap();
+    let o = edgerep(&["reload", "--config", c]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let copy = dir.path().join("edited-copy.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &copy,
+        format!("{text}\n# edited here, not in the node's file\n"),
+    )
+    .unwrap();
+    let o = edgerep(&["reload", "--config", copy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("edited-copy.toml") && err.contains(c), "{err}");
+    drop(node);
+}
