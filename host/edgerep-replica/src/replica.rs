@@ -1177,7 +1177,7 @@ impl Replica {
         let after = self.config.retransmit_after_ms;
         for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
             if s.deadline(after).is_some_and(|d| now >= d) {
-                s.timer_go_back(now);
+                s.go_back(now);
             }
             if s.snapshot_deadline(after).is_some_and(|d| now >= d) {
                 // Send the unconfirmed page again.

@@ -80,11 +80,6 @@ pub(crate) struct Session {
     pub(crate) idle_at: Option<u64>,
     /// When the go-back-N timer last restarted: acked moved, or sending began with nothing in flight.
     pub(crate) progress_ms: u64,
-    /// Go-backs the timer made since everything sent was last acknowledged: each doubles the
-    /// timer (at most [`TIMER_BACKOFF_MAX`] times). On a slow link a batch can take longer than
-    /// the timer to arrive while more wait in the send buffers; resending them all every
-    /// period would fill the link with copies.
-    pub(crate) timer_backoff: u32,
     /// The origin the last batch started with (round-robin cursor).
     pub(crate) last_origin: Option<NodeId>,
     /// Events messages received while an apply for this peer was pending, in order.
@@ -133,9 +128,6 @@ pub(crate) struct Session {
     pub(crate) pending_page: Option<PendingPage>,
 }
 
-/// Most doublings of the go-back-N timer (3 s becomes at most 24 s).
-pub(crate) const TIMER_BACKOFF_MAX: u32 = 3;
-
 impl Session {
     pub(crate) fn new(now: u64) -> Session {
         Session {
@@ -150,7 +142,6 @@ impl Session {
             in_flight: 0,
             idle_at: None,
             progress_ms: now,
-            timer_backoff: 0,
             last_origin: None,
             queued: VecDeque::new(),
             queued_events: 0,
@@ -260,9 +251,6 @@ impl Session {
         have::join(&mut self.sent, pairs.clone());
         let moved = have::join(&mut self.acked, pairs);
         self.in_flight = have::distance(&self.sent, &self.acked);
-        if self.in_flight == 0 {
-            self.timer_backoff = 0;
-        }
         self.idle_at = None;
         if moved {
             self.progress_ms = now;
@@ -283,17 +271,8 @@ impl Session {
 
     /// When the go-back-N timer fires, if anything is in flight.
     pub(crate) fn deadline(&self, retransmit_after_ms: u64) -> Option<u64> {
-        (self.ready() && self.in_flight > 0).then(|| {
-            self.progress_ms
-                .saturating_add(retransmit_after_ms.saturating_mul(1 << self.timer_backoff))
-        })
-    }
-
-    /// The go-back-N timer fired: everything unacknowledged goes again, and the timer doubles
-    /// until the peer has acknowledged everything.
-    pub(crate) fn timer_go_back(&mut self, now: u64) {
-        self.go_back(now);
-        self.timer_backoff = (self.timer_backoff + 1).min(TIMER_BACKOFF_MAX);
+        (self.ready() && self.in_flight > 0)
+            .then(|| self.progress_ms.saturating_add(retransmit_after_ms))
     }
 
     /// Asks for an Ack; a rewind request is never downgraded by a later plain one.
