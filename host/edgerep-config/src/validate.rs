@@ -276,9 +276,9 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
     let mut addresses: HashMap<&str, usize> = HashMap::new();
     let own = raw.replication.listen;
     for (i, peer) in raw.peers.iter().enumerate() {
-        let at = vec![Seg::Key("peers"), Seg::Index(i), Seg::Key("address")];
+        let at = peer_key(i, "address");
         if let Some(first) = addresses.insert(peer.address.as_str(), i) {
-            let first = render_path(&[Seg::Key("peers"), Seg::Index(first), Seg::Key("address")]);
+            let first = render_path(&peer_key(first, "address"));
             return Err((
                 at,
                 format!(
@@ -300,7 +300,7 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
                 ),
             ));
         }
-        let path = vec![Seg::Key("peers"), Seg::Index(i), Seg::Key("id")];
+        let path = peer_key(i, "id");
         if peer.id == raw.node.id {
             return Err((
                 path,
@@ -311,7 +311,7 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
             ));
         }
         if let Some(first) = seen.insert(peer.id.as_str(), i) {
-            let first = render_path(&[Seg::Key("peers"), Seg::Index(first), Seg::Key("id")]);
+            let first = render_path(&peer_key(first, "id"));
             return Err((
                 path,
                 format!(
@@ -322,6 +322,11 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// The path of `key` in the `i`th `[[peers]]` table.
+fn peer_key(i: usize, key: &'static str) -> Vec<Seg> {
+    vec![Seg::Key("peers"), Seg::Index(i), Seg::Key(key)]
 }
 
 fn check_collections(raw: &RawConfig) -> Result<(), Violation> {

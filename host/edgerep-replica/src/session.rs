@@ -231,19 +231,16 @@ impl Session {
         // without end. Origins past the bound are ignored.
         let mut room =
             crate::message::MAX_ORIGINS.saturating_sub(self.their_have.len().max(self.sent.len()));
-        let kept: Vec<(NodeId, u64)> = ack
+        let kept: Vec<&(NodeId, u64)> = ack
             .iter()
             .filter(|(o, _)| {
-                if self.their_have.contains_key(o) && self.sent.contains_key(o) {
-                    true
-                } else if room > 0 {
+                let known = self.their_have.contains_key(o) && self.sent.contains_key(o);
+                let admitted = known || room > 0;
+                if !known && admitted {
                     room -= 1;
-                    true
-                } else {
-                    false
                 }
+                admitted
             })
-            .cloned()
             .collect();
         let pairs = kept.iter().map(|(o, s)| (o, *s));
         have::join(&mut self.their_have, pairs.clone());

@@ -411,13 +411,12 @@ impl Index {
         for row in table.range(..first)? {
             let (n, v) = row?;
             let (key, at, _) = v.value();
-            if held > window.keep_keys {
-                // Over the count.
-            } else if by_time < EXPIRE_PER_COMMIT && self.past_time(n.value(), at, wall_ms, window)
-            {
+            if held <= window.keep_keys {
+                // Within the count: only what is past the time goes.
+                if by_time == EXPIRE_PER_COMMIT || !self.past_time(n.value(), at, wall_ms, window) {
+                    break;
+                }
                 by_time += 1;
-            } else {
-                break;
             }
             expired.push(n.value());
             changes.removed.push(key.to_owned());

@@ -962,3 +962,30 @@ impl Replicator {
         self.aae_finish(peer);
     }
 }
+
+#[cfg(test)]
+mod listing_budget_tests {
+    use super::*;
+
+    /// A peer asking for listings in a loop gets the burst, then none until time refills it
+    /// (each listing reads the whole state table on the replicator thread).
+    #[test]
+    fn a_peer_s_listings_stop_at_its_budget() {
+        let mut aae = AntiEntropy::new(0, 1);
+        let peer = NodeId::parse("node-2").expect("a valid id");
+        let granted = (0..1000).filter(|_| aae.take_listing(&peer)).count();
+        // The burst, and at most a few refilled while the loop ran.
+        assert!(
+            (LISTINGS_BURST as usize..LISTINGS_BURST as usize + 3).contains(&granted),
+            "{granted}"
+        );
+        // Another peer has its own budget.
+        let other = NodeId::parse("node-3").expect("a valid id");
+        assert!(aae.take_listing(&other));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            aae.take_listing(&peer),
+            "refilled at {LISTINGS_PER_SECOND} a second"
+        );
+    }
+}
