@@ -75,6 +75,8 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// Idempotency keys answered, refused.
     pub idempotency: Arc<crate::idempotency::Counters>,
+    /// Idempotency keys of requests running now.
+    pub claims: Arc<crate::idempotency::Claims>,
     /// Trace spans of writes (see `trace`).
     pub traces: Arc<crate::trace::Traces>,
     /// Commit durations and per-collection counts (see `metrics`).
@@ -691,9 +693,14 @@ async fn write_one(
 ) -> Result<Response, ApiError> {
     let key = idempotency::from_headers(headers)?;
     let trace = trace_header(headers)?;
-    let body = idempotency::body_hash(std::slice::from_ref(&write));
+    let body = idempotency::body_hash(idempotency::Shape::One, std::slice::from_ref(&write));
+    // Held until answered: a concurrent try of this request is refused before its plugins run.
+    let _claim = match &key {
+        Some(k) => Some(app.claims.claim([k.as_str()], &app.idempotency)?),
+        None => None,
+    };
     if let Some(k) = &key
-        && let idempotency::Lookup::Replay(r) = lookup(app, k, body).await?
+        && let idempotency::Lookup::Replay(r) = lookup(app, k, &body).await?
     {
         let extra = idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?;
         if let Some(failed) = extra.failed {
@@ -714,7 +721,7 @@ async fn write_one(
             let (status, answer) = error.parts();
             let receipt = Receipt {
                 key,
-                body,
+                body: body.now,
                 first: 0,
                 count: 0,
                 extra: idempotency::Extra {
@@ -733,20 +740,21 @@ async fn write_one(
         return Err(error);
     }
     let (indexes, writes): (Vec<usize>, Vec<LocalWrite>) = outcome.accepted.into_iter().unzip();
+    // A write a transform dropped records its key too (no commits): its retry is answered
+    // "dropped" from the record, even if the transform was changed in between.
     let receipts = match key {
-        Some(key) if !writes.is_empty() => vec![Receipt {
+        Some(key) => vec![Receipt {
             key,
-            body,
+            body: body.now,
             first: 0,
             count: writes.len(),
             extra: idempotency::Extra {
                 indexes: indexes.iter().map(|&i| i as u64).collect(),
-                rejected: Vec::new(),
-                failed: None,
+                ..idempotency::Extra::default()
             }
             .encode(),
         }],
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let committed = commit_keyed(app, writes, receipts, trace.as_ref()).await?;
     Ok(one_answer(&committed, &indexes).into_response())
@@ -784,9 +792,9 @@ fn replayed(mut r: Response) -> Response {
 async fn lookup(
     app: &Arc<AppState>,
     key: &str,
-    body: [u8; 32],
+    body: &idempotency::Hashes,
 ) -> Result<idempotency::Lookup, ApiError> {
-    idempotency::lookup(&app.store, &app.idempotency, key, &body)
+    idempotency::lookup(&app.store, &app.idempotency, key, body)
 }
 
 /// Commits `writes` with `receipts`; counts a key a concurrent request recorded first.
@@ -989,6 +997,7 @@ async fn batch(
             original,
             receipts,
             replays,
+            _claim,
         } => {
             let failed: Vec<Json> = outcome
                 .failed
@@ -1014,7 +1023,7 @@ async fn batch(
                 r.extra = idempotency::Extra {
                     indexes: indexes.iter().map(|&i| i as u64).collect(),
                     rejected: failed.clone(),
-                    failed: None,
+                    ..idempotency::Extra::default()
                 }
                 .encode();
                 // Nothing to commit (plugins refused every write): the key is still recorded
@@ -1075,6 +1084,8 @@ enum PreparedBatch {
         receipts: Vec<Receipt>,
         /// Writes answered from their records: (index in the request, record).
         replays: Vec<(usize, edgerep_store::idempotency::Recorded)>,
+        /// The request's keys, held until it is answered.
+        _claim: idempotency::Claim,
     },
 }
 
@@ -1102,7 +1113,8 @@ fn prepare_batch(
                 ),
             ));
         }
-        let body = idempotency::body_hash(&writes);
+        let body = idempotency::body_hash(idempotency::Shape::Batch, &writes);
+        let claim = app.claims.claim([key.as_str()], &app.idempotency)?;
         if let idempotency::Lookup::Replay(r) =
             idempotency::lookup(&app.store, &app.idempotency, &key, &body)?
         {
@@ -1119,23 +1131,28 @@ fn prepare_batch(
             original,
             receipts: vec![Receipt {
                 key,
-                body,
+                body: body.now,
                 first: usize::MAX,
                 count: 0,
                 extra: Vec::new(),
             }],
             replays: Vec::new(),
+            _claim: claim,
         });
     }
     // Per-write keys: every key is looked up before anything runs (one reused key refuses the
     // whole batch, nothing written).
+    let claim = app
+        .claims
+        .claim(keys.iter().flatten().map(String::as_str), &app.idempotency)?;
     let mut replays = Vec::new();
     let mut receipts = Vec::new();
     let mut run = Vec::with_capacity(writes.len());
     let mut original = Vec::with_capacity(writes.len());
     for (i, (w, key)) in writes.into_iter().zip(keys).enumerate() {
         if let Some(key) = key {
-            let body = idempotency::body_hash(std::slice::from_ref(&w));
+            let body =
+                idempotency::body_hash(idempotency::Shape::BatchWrite, std::slice::from_ref(&w));
             match idempotency::lookup(&app.store, &app.idempotency, &key, &body)
                 .map_err(|e| e.at(&format!("writes[{i}]")))?
             {
@@ -1145,7 +1162,7 @@ fn prepare_batch(
                 }
                 idempotency::Lookup::New => receipts.push(Receipt {
                     key,
-                    body,
+                    body: body.now,
                     first: i,
                     count: 0,
                     extra: Vec::new(),
@@ -1165,43 +1182,42 @@ fn prepare_batch(
         original,
         receipts,
         replays,
+        _claim: claim,
     })
 }
 
 /// Per-write receipts (`first` = the write's index in the request) made to name their commits:
 /// the commits of one write are consecutive (ingest keeps write order). A write a plugin
-/// refused records its refusal (`failed`, as the answer lists it) and no commits, so a retry
-/// gets that answer and does not set the write aside again; one a plugin dropped records
-/// nothing.
+/// refused records its refusal (`rejected`, as the answer lists it) and no commits, so a retry
+/// gets that answer and does not set the write aside again; one a transform dropped records
+/// no commits and no refusal, so its retry is answered the same even if the transform changed.
 fn per_write_receipts(receipts: Vec<Receipt>, indexes: &[usize], failed: &[Json]) -> Vec<Receipt> {
     receipts
         .into_iter()
-        .filter_map(|mut r| {
+        .map(|mut r| {
             let write = r.first;
             let Some(first) = indexes.iter().position(|&i| i == write) else {
                 let refused = failed
                     .iter()
-                    .find(|f| f["write"].as_u64() == Some(write as u64))?;
+                    .find(|f| f["write"].as_u64() == Some(write as u64));
                 r.first = 0;
                 r.count = 0;
                 r.extra = idempotency::Extra {
-                    indexes: Vec::new(),
-                    rejected: vec![refused.clone()],
-                    failed: None,
+                    rejected: refused.into_iter().cloned().collect(),
+                    ..idempotency::Extra::default()
                 }
                 .encode();
-                return Some(r);
+                return r;
             };
             let count = indexes[first..].iter().take_while(|&&i| i == write).count();
             r.first = first;
             r.count = count;
             r.extra = idempotency::Extra {
                 indexes: vec![write as u64; count],
-                rejected: Vec::new(),
-                failed: None,
+                ..idempotency::Extra::default()
             }
             .encode();
-            Some(r)
+            r
         })
         .collect()
 }

@@ -11,10 +11,16 @@
 //! `idempotency_key_reused`. Two requests with one key at the same time: the first to commit
 //! records it; the other gets 409 `idempotency_key_in_use`, and its retry the first's answer.
 //!
-//! What identifies "the same request" is a hash of the writes as the client sent them
-//! (collection, key, operation, value, schema, metadata), before transforms run.
+//! A key is claimed while its request runs ([`Claims`]): a second request with a key in flight
+//! gets 409 `idempotency_key_in_use` before its plugins run, so two concurrent tries of one
+//! request cannot both set a failing write aside.
+//!
+//! What identifies "the same request" is a hash of its shape ([`Shape`]) and its writes as the
+//! client sent them (collection, key, operation, value, schema, metadata), before transforms run.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, StatusCode};
 use edgerep_store::LocalWrite;
@@ -52,6 +58,71 @@ impl Counters {
     }
 }
 
+/// The keys of requests running now (looked up, not yet answered).
+#[derive(Debug, Default)]
+pub struct Claims {
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Keys claimed by one request, given back when it is answered (dropped).
+#[must_use]
+pub(crate) struct Claim {
+    running: Arc<Mutex<HashSet<String>>>,
+    keys: Vec<String>,
+}
+
+impl Claims {
+    /// Claims `keys` for one request: all of them, or none and a 409 naming the first held by
+    /// another request (counted in `in_use`).
+    pub(crate) fn claim<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+        counters: &Counters,
+    ) -> Result<Claim, ApiError> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut claim = Claim {
+            running: self.running.clone(),
+            keys: Vec::new(),
+        };
+        for key in keys {
+            if running.contains(key) {
+                // (Emptied: `claim` drops while `running` is still locked.)
+                for k in claim.keys.drain(..) {
+                    running.remove(&k);
+                }
+                counters.in_use.fetch_add(1, Ordering::Relaxed);
+                return Err(in_use(key));
+            }
+            running.insert(key.to_owned());
+            claim.keys.push(key.to_owned());
+        }
+        Ok(claim)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            running.remove(k);
+        }
+    }
+}
+
+/// The answer to a key another request holds: retryable.
+fn in_use(key: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_in_use",
+        format!(
+            "idempotency key {key:?} is held by a request running now; nothing was written: retry to get its answer"
+        ),
+    )
+}
+
 /// A key must be 1 to 255 visible ASCII characters.
 pub(crate) fn check_key(key: &str) -> Result<(), crate::request::Refused> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -83,13 +154,56 @@ pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiErr
     Ok(Some(key.to_owned()))
 }
 
-/// The hash that identifies a request: its writes as the client sent them.
-pub(crate) fn body_hash(writes: &[LocalWrite]) -> [u8; 32] {
+/// What a key names: the shape of the request is part of what a retry must repeat, so a key
+/// recorded with a single write (`PUT`/`DELETE` on a key) is not replayed as a batch of that
+/// one write, nor as one write of a batch: their answers differ (a batch lists what plugins
+/// refused; a single write's refusal is an error answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// `PUT`/`DELETE /v1/collections/{c}/keys/{k}` with an `Idempotency-Key` header.
+    One,
+    /// A batch with an `Idempotency-Key` header: the whole batch.
+    Batch,
+    /// One write of a batch with its own `idempotency_key`.
+    BatchWrite,
+}
+
+impl Shape {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            Shape::One => b"one",
+            Shape::Batch => b"batch",
+            Shape::BatchWrite => b"batch-write",
+        }
+    }
+}
+
+/// The hash that identifies a request: its shape and its writes as the client sent them.
+pub(crate) fn body_hash(shape: Shape, writes: &[LocalWrite]) -> Hashes {
+    Hashes {
+        now: hash_writes(Some(shape), writes),
+        legacy: hash_writes(None, writes),
+    }
+}
+
+/// A request's hash, and the hash records written before shapes were hashed (`legacy`, no
+/// shape) hold for it: a retry across that upgrade still gets its answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hashes {
+    pub(crate) now: [u8; 32],
+    legacy: [u8; 32],
+}
+
+fn hash_writes(shape: Option<Shape>, writes: &[LocalWrite]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     let mut field = |b: &[u8]| {
         h.update(&(b.len() as u64).to_le_bytes());
         h.update(b);
     };
+    if let Some(shape) = shape {
+        field(b"shape");
+        field(shape.tag());
+    }
     for w in writes {
         field(w.collection.as_bytes());
         field(&w.key);
@@ -114,11 +228,16 @@ pub(crate) fn body_hash(writes: &[LocalWrite]) -> [u8; 32] {
 /// the request's write it came from, and the writes plugins refused (as the answer listed
 /// them); for a single write a plugin failed on, the error answer (`{"status", "body"}`): its
 /// retry gets that answer again instead of running the plugins, and setting aside, once more.
+///
+/// Encoded `[indexes, rejected, failed or null, 1]`; records written before the request's
+/// shape was hashed hold `[indexes, rejected]` or `[indexes, rejected, failed]` (`legacy`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Extra {
     pub(crate) indexes: Vec<u64>,
     pub(crate) rejected: Vec<Json>,
     pub(crate) failed: Option<Json>,
+    /// Decoded from a record whose body hash has no shape (see [`Hashes`]).
+    pub(crate) legacy: bool,
 }
 
 impl Extra {
@@ -126,7 +245,7 @@ impl Extra {
         let mut buf = Vec::new();
         let mut e = Encoder::new(&mut buf);
         // Writing into a Vec cannot fail.
-        let _ = e.array(if self.failed.is_some() { 3 } else { 2 });
+        let _ = e.array(4);
         // Writes committed one for one, in order (no transform dropped or split one): just
         // their number.
         if self
@@ -143,9 +262,11 @@ impl Extra {
             }
         }
         let _ = e.str(&Json::Array(self.rejected.clone()).to_string());
-        if let Some(failed) = &self.failed {
-            let _ = e.str(&failed.to_string());
-        }
+        let _ = match &self.failed {
+            Some(failed) => e.str(&failed.to_string()),
+            None => e.null(),
+        };
+        let _ = e.u8(1);
         buf
     }
 
@@ -153,8 +274,8 @@ impl Extra {
         let mut d = Decoder::new(bytes);
         let bad = |e: minicbor::decode::Error| format!("idempotency answer: {e}");
         let fields = d.array().map_err(bad)?;
-        if fields != Some(2) && fields != Some(3) {
-            return Err("idempotency answer: expected 2 or 3 fields".into());
+        if !matches!(fields, Some(2..=4)) {
+            return Err("idempotency answer: expected 2 to 4 fields".into());
         }
         let indexes = if d.datatype().map_err(bad)? == minicbor::data::Type::Array {
             let n = d.array().map_err(bad)?.ok_or("indefinite list")?;
@@ -175,18 +296,25 @@ impl Extra {
             Ok(Json::Array(list)) => list,
             _ => return Err("idempotency answer: rejected writes are not a JSON list".into()),
         };
-        let failed = if fields == Some(3) {
-            match serde_json::from_str(d.str().map_err(bad)?) {
+        let failed = match fields {
+            Some(4) if d.datatype().map_err(bad)? == minicbor::data::Type::Null => {
+                d.skip().map_err(bad)?;
+                None
+            }
+            Some(3 | 4) => match serde_json::from_str(d.str().map_err(bad)?) {
                 Ok(failed @ Json::Object(_)) => Some(failed),
                 _ => return Err("idempotency answer: the failure is not a JSON object".into()),
-            }
-        } else {
-            None
+            },
+            _ => None,
         };
+        if fields == Some(4) && d.u8().map_err(bad)? != 1 {
+            return Err("idempotency answer: unknown version".into());
+        }
         Ok(Extra {
             indexes,
             rejected,
             failed,
+            legacy: fields != Some(4),
         })
     }
 }
@@ -204,29 +332,29 @@ pub(crate) fn lookup(
     store: &edgerep_store::Store,
     counters: &Counters,
     key: &str,
-    body: &[u8; 32],
+    body: &Hashes,
 ) -> Result<Lookup, ApiError> {
-    match store
+    let Some(r) = store
         .idempotency(key)
         .map_err(|e| ApiError::internal(format!("store: {e}")))?
-    {
-        None => Ok(Lookup::New),
-        Some(r) if r.body == *body => {
-            counters.replays.fetch_add(1, Ordering::Relaxed);
-            Ok(Lookup::Replay(r))
-        }
-        Some(r) => {
-            counters.reused.fetch_add(1, Ordering::Relaxed);
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_reused",
-                format!(
-                    "idempotency key {key:?} was used at {} ms (Unix time) with another request; nothing was written (a retry must send the same writes, or use a new key)",
-                    r.at_ms
-                ),
-            ))
-        }
+    else {
+        return Ok(Lookup::New);
+    };
+    let same = r.body == body.now
+        || (r.body == body.legacy && Extra::decode(&r.extra).is_ok_and(|e| e.legacy));
+    if same {
+        counters.replays.fetch_add(1, Ordering::Relaxed);
+        return Ok(Lookup::Replay(r));
     }
+    counters.reused.fetch_add(1, Ordering::Relaxed);
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_reused",
+        format!(
+            "idempotency key {key:?} was used at {} ms (Unix time) with another request; nothing was written (a retry must send the same writes, in the same form: a single write, a batch, or one write of a batch; or use a new key)",
+            r.at_ms
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -239,6 +367,7 @@ mod tests {
             indexes: (0..100).collect(),
             rejected: vec![],
             failed: None,
+            legacy: false,
         };
         let bytes = in_order.encode();
         assert!(
@@ -251,6 +380,7 @@ mod tests {
             indexes: vec![0, 2, 2, 5],
             rejected: vec![json!({"index": 1, "reason": "filtered"})],
             failed: None,
+            legacy: false,
         };
         assert_eq!(Extra::decode(&reordered.encode()).unwrap(), reordered);
         let failed = Extra {
@@ -271,5 +401,37 @@ mod tests {
             .and_then(|e| e.str("[]"))
             .expect("writing to a Vec");
         assert!(Extra::decode(&huge).is_err());
+        // Records from before shapes were hashed: two or three fields, read as legacy.
+        let mut old = Vec::new();
+        minicbor::Encoder::new(&mut old)
+            .array(3)
+            .and_then(|e| e.u64(1))
+            .and_then(|e| e.str("[]"))
+            .and_then(|e| e.str(r#"{"status":422}"#))
+            .expect("writing to a Vec");
+        let old = Extra::decode(&old).unwrap();
+        assert!(old.legacy);
+        assert_eq!(old.failed, Some(json!({"status": 422})));
+    }
+
+    #[test]
+    fn one_write_a_batch_of_it_and_a_batch_write_hash_apart() {
+        let write = LocalWrite {
+            collection: "c".into(),
+            key: b"k".to_vec(),
+            value: None,
+            schema: 0,
+            meta: Default::default(),
+        };
+        let one = body_hash(Shape::One, std::slice::from_ref(&write));
+        let batch = body_hash(Shape::Batch, std::slice::from_ref(&write));
+        let batch_write = body_hash(Shape::BatchWrite, std::slice::from_ref(&write));
+        assert_ne!(one.now, batch.now);
+        assert_ne!(one.now, batch_write.now);
+        assert_ne!(batch.now, batch_write.now);
+        // What records written before shapes were hashed hold, for all three.
+        assert_eq!(one.legacy, batch.legacy);
+        assert_eq!(one.legacy, batch_write.legacy);
+        assert_ne!(one.legacy, one.now);
     }
 }

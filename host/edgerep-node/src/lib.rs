@@ -395,6 +395,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         replication: replication.clone(),
         guard,
         idempotency: Arc::new(idempotency::Counters::default()),
+        claims: Arc::new(idempotency::Claims::default()),
         traces: traces.clone(),
         commit_metrics,
     });

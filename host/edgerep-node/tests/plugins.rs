@@ -236,6 +236,157 @@ fn a_retried_keyed_write_a_plugin_failed_on_is_set_aside_once() {
     node.stop();
 }
 
+/// A request sent with `Idempotency-Key` as a header or a field.
+fn keyed(node: &Node, method: &str, path: &str, key: Option<&str>, body: Json) -> Resp {
+    let url = node.url(path);
+    let mut request = if method == "PUT" {
+        node.agent.put(&url)
+    } else {
+        node.agent.post(&url)
+    };
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    Node::finish(
+        request
+            .content_type("application/json")
+            .send(body.to_string().as_bytes()),
+    )
+}
+
+fn replayed(r: &Resp) -> bool {
+    r.headers.get("idempotent-replayed").map(String::as_str) == Some("true")
+}
+
+/// A key names one request in one shape, and one try of it at a time: a batch of one write is
+/// not answered from a single write's record (the single write's refusal would come back as an
+/// empty success), a write a transform dropped is answered "dropped" from its record, and
+/// concurrent tries of a keyed request a plugin fails on set it aside once.
+#[test]
+fn a_key_names_one_shape_of_request_and_one_try_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = [
+        plugin_table("trap", "trap", ""),
+        plugin_table("spin", "spin", "fuel = 50000000"),
+        plugin_table(
+            "filter",
+            "filter",
+            "params = { field = \"drop\", equals = \"yes\" }",
+        ),
+        collection("trap", &["trap"], "lww"),
+        collection("spin", &["spin"], "lww"),
+        collection("filtered", &["filter"], "lww"),
+    ]
+    .concat();
+    let node = Node::start(config(dir.path(), &body));
+    let dead_letters = || {
+        node.get("/v1/dead-letters").body["dead_letters"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+
+    // One write refused by a plugin, its key then sent on a batch of that write.
+    let one = keyed(
+        &node,
+        "PUT",
+        "/v1/kv/trap/s",
+        Some("shape"),
+        json!({"n": 1}),
+    );
+    assert_eq!(one.status, 422, "{}", one.body);
+    let write = json!({"collection": "trap", "key": "s", "value": {"n": 1}});
+    let batch = keyed(
+        &node,
+        "POST",
+        "/v1/batch",
+        Some("shape"),
+        json!({"writes": [write.clone()]}),
+    );
+    assert_eq!(batch.status, 409, "{}", batch.body);
+    assert_eq!(
+        batch.body["kind"], "idempotency_key_reused",
+        "{}",
+        batch.body
+    );
+    let mut field = write.clone();
+    field["idempotency_key"] = json!("shape");
+    let per_write = keyed(&node, "POST", "/v1/batch", None, json!({"writes": [field]}));
+    assert_eq!(per_write.status, 409, "{}", per_write.body);
+    // The batch's own key, then sent with one write of a batch: also another request.
+    let b = keyed(
+        &node,
+        "POST",
+        "/v1/batch",
+        Some("batch-shape"),
+        json!({"writes": [write.clone()]}),
+    );
+    assert_eq!(b.status, 200, "{}", b.body);
+    let mut field = write.clone();
+    field["idempotency_key"] = json!("batch-shape");
+    let per_write = keyed(&node, "POST", "/v1/batch", None, json!({"writes": [field]}));
+    assert_eq!(per_write.status, 409, "{}", per_write.body);
+    assert_eq!(dead_letters(), 2, "one for the PUT, one for the batch");
+
+    // Dropped by a transform: the retry is answered from the record.
+    let dropped = keyed(
+        &node,
+        "PUT",
+        "/v1/kv/filtered/d",
+        Some("drop-1"),
+        json!({"drop": "yes"}),
+    );
+    assert_eq!(dropped.status, 200, "{}", dropped.body);
+    assert!(dropped.body["dropped"].is_string(), "{}", dropped.body);
+    assert!(!replayed(&dropped));
+    let again = keyed(
+        &node,
+        "PUT",
+        "/v1/kv/filtered/d",
+        Some("drop-1"),
+        json!({"drop": "yes"}),
+    );
+    assert_eq!(again.body, dropped.body);
+    assert!(replayed(&again), "the dropped write's key was recorded");
+    let writes = json!({"writes": [
+        {"collection": "filtered", "key": "d2", "value": {"drop": "yes"}, "idempotency_key": "drop-2"},
+    ]});
+    let first = keyed(&node, "POST", "/v1/batch", None, writes.clone());
+    assert_eq!(first.status, 200, "{}", first.body);
+    let again = keyed(&node, "POST", "/v1/batch", None, writes);
+    assert_eq!(again.body, first.body);
+    assert!(
+        replayed(&again),
+        "the dropped batch write's key was recorded"
+    );
+    assert_eq!(node.get("/v1/kv/filtered/d").status, 404);
+
+    // Eight tries of one keyed write at once, each running out of fuel in the plugin: one
+    // runs; the others are refused as in use (retryable) or answered from its record.
+    let before = dead_letters();
+    let answers: Vec<Resp> = std::thread::scope(|s| {
+        let tries: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| keyed(&node, "PUT", "/v1/kv/spin/r", Some("race"), json!({"n": 1})))
+            })
+            .collect();
+        tries.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let ran: Vec<&Resp> = answers
+        .iter()
+        .filter(|r| r.status == 422 && !replayed(r))
+        .collect();
+    assert_eq!(ran.len(), 1, "one try ran the plugin");
+    for r in &answers {
+        match r.status {
+            422 => assert_eq!(r.body, ran[0].body),
+            409 => assert_eq!(r.body["kind"], "idempotency_key_in_use", "{}", r.body),
+            other => panic!("status {other}: {}", r.body),
+        }
+    }
+    assert_eq!(dead_letters(), before + 1, "set aside once");
+    node.stop();
+}
+
 /// Transforms on ingest that fan out: each call stays within the per-call limits, but a chain
 /// multiplies (two `fanout`s of 10 make 100 writes of one), and a batch adds up. Before, nothing
 /// bounded the total: one request could build writes without end. Now one write's chain may
