@@ -700,7 +700,13 @@ async fn write_one(
         None => None,
     };
     if let Some(k) = &key
-        && let idempotency::Lookup::Replay(r) = lookup(app, k, &body).await?
+        && let idempotency::Lookup::Replay(r) = idempotency::lookup(
+            &app.store,
+            &app.idempotency,
+            k,
+            &body,
+            std::slice::from_ref(&write),
+        )?
     {
         let extra = idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?;
         if let Some(failed) = extra.failed {
@@ -721,7 +727,7 @@ async fn write_one(
             let (status, answer) = error.parts();
             let receipt = Receipt {
                 key,
-                body: body.now,
+                body,
                 first: 0,
                 count: 0,
                 extra: idempotency::Extra {
@@ -745,7 +751,7 @@ async fn write_one(
     let receipts = match key {
         Some(key) => vec![Receipt {
             key,
-            body: body.now,
+            body,
             first: 0,
             count: writes.len(),
             extra: idempotency::Extra {
@@ -785,16 +791,6 @@ fn replayed(mut r: Response) -> Response {
     r.headers_mut()
         .insert(idempotency::REPLAYED, HeaderValue::from_static("true"));
     r
-}
-
-/// Looks an idempotency key up (see `idempotency::lookup`). One point read of a small
-/// table, on the async thread: handing it to a blocking thread cost more than the read.
-async fn lookup(
-    app: &Arc<AppState>,
-    key: &str,
-    body: &idempotency::Hashes,
-) -> Result<idempotency::Lookup, ApiError> {
-    idempotency::lookup(&app.store, &app.idempotency, key, body)
 }
 
 /// Commits `writes` with `receipts`; counts a key a concurrent request recorded first.
@@ -1116,7 +1112,7 @@ fn prepare_batch(
         let body = idempotency::body_hash(idempotency::Shape::Batch, &writes);
         let claim = app.claims.claim([key.as_str()], &app.idempotency)?;
         if let idempotency::Lookup::Replay(r) =
-            idempotency::lookup(&app.store, &app.idempotency, &key, &body)?
+            idempotency::lookup(&app.store, &app.idempotency, &key, &body, &writes)?
         {
             let extra = idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?;
             return Ok(PreparedBatch::Replay {
@@ -1131,7 +1127,7 @@ fn prepare_batch(
             original,
             receipts: vec![Receipt {
                 key,
-                body: body.now,
+                body,
                 first: usize::MAX,
                 count: 0,
                 extra: Vec::new(),
@@ -1153,8 +1149,14 @@ fn prepare_batch(
         if let Some(key) = key {
             let body =
                 idempotency::body_hash(idempotency::Shape::BatchWrite, std::slice::from_ref(&w));
-            match idempotency::lookup(&app.store, &app.idempotency, &key, &body)
-                .map_err(|e| e.at(&format!("writes[{i}]")))?
+            match idempotency::lookup(
+                &app.store,
+                &app.idempotency,
+                &key,
+                &body,
+                std::slice::from_ref(&w),
+            )
+            .map_err(|e| e.at(&format!("writes[{i}]")))?
             {
                 idempotency::Lookup::Replay(r) => {
                     replays.push((i, r));
@@ -1162,7 +1164,7 @@ fn prepare_batch(
                 }
                 idempotency::Lookup::New => receipts.push(Receipt {
                     key,
-                    body: body.now,
+                    body,
                     first: i,
                     count: 0,
                     extra: Vec::new(),

@@ -179,19 +179,13 @@ impl Shape {
 }
 
 /// The hash that identifies a request: its shape and its writes as the client sent them.
-pub(crate) fn body_hash(shape: Shape, writes: &[LocalWrite]) -> Hashes {
-    Hashes {
-        now: hash_writes(Some(shape), writes),
-        legacy: hash_writes(None, writes),
-    }
+pub(crate) fn body_hash(shape: Shape, writes: &[LocalWrite]) -> [u8; 32] {
+    hash_writes(Some(shape), writes)
 }
 
-/// A request's hash, and the hash records written before shapes were hashed (`legacy`, no
-/// shape) hold for it: a retry across that upgrade still gets its answer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Hashes {
-    pub(crate) now: [u8; 32],
-    legacy: [u8; 32],
+/// The hash records written before shapes were hashed hold for `writes` (no shape).
+fn legacy_hash(writes: &[LocalWrite]) -> [u8; 32] {
+    hash_writes(None, writes)
 }
 
 fn hash_writes(shape: Option<Shape>, writes: &[LocalWrite]) -> [u8; 32] {
@@ -236,7 +230,7 @@ pub(crate) struct Extra {
     pub(crate) indexes: Vec<u64>,
     pub(crate) rejected: Vec<Json>,
     pub(crate) failed: Option<Json>,
-    /// Decoded from a record whose body hash has no shape (see [`Hashes`]).
+    /// Decoded from a record whose body hash has no shape (see [`lookup`]).
     pub(crate) legacy: bool,
 }
 
@@ -327,12 +321,16 @@ pub(crate) enum Lookup {
     Replay(Recorded),
 }
 
-/// Looks `key` up; Err(409) when it was recorded with another request.
+/// Looks `key` up for the request of hash `body` (see [`body_hash`]) and `writes`; Err(409)
+/// when it was recorded with another request. A record written before shapes were hashed
+/// matches the request's writes without their shape, so a retry across that upgrade still
+/// gets its answer.
 pub(crate) fn lookup(
     store: &edgerep_store::Store,
     counters: &Counters,
     key: &str,
-    body: &Hashes,
+    body: &[u8; 32],
+    writes: &[LocalWrite],
 ) -> Result<Lookup, ApiError> {
     let Some(r) = store
         .idempotency(key)
@@ -340,8 +338,8 @@ pub(crate) fn lookup(
     else {
         return Ok(Lookup::New);
     };
-    let same = r.body == body.now
-        || (r.body == body.legacy && Extra::decode(&r.extra).is_ok_and(|e| e.legacy));
+    let same = r.body == *body
+        || (Extra::decode(&r.extra).is_ok_and(|e| e.legacy) && r.body == legacy_hash(writes));
     if same {
         counters.replays.fetch_add(1, Ordering::Relaxed);
         return Ok(Lookup::Replay(r));
@@ -426,12 +424,10 @@ mod tests {
         let one = body_hash(Shape::One, std::slice::from_ref(&write));
         let batch = body_hash(Shape::Batch, std::slice::from_ref(&write));
         let batch_write = body_hash(Shape::BatchWrite, std::slice::from_ref(&write));
-        assert_ne!(one.now, batch.now);
-        assert_ne!(one.now, batch_write.now);
-        assert_ne!(batch.now, batch_write.now);
+        assert_ne!(one, batch);
+        assert_ne!(one, batch_write);
+        assert_ne!(batch, batch_write);
         // What records written before shapes were hashed hold, for all three.
-        assert_eq!(one.legacy, batch.legacy);
-        assert_eq!(one.legacy, batch_write.legacy);
-        assert_ne!(one.legacy, one.now);
+        assert_ne!(legacy_hash(std::slice::from_ref(&write)), one);
     }
 }

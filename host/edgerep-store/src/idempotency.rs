@@ -2,15 +2,19 @@
 //! answer in the transaction that commits its events, so a retry after a timeout or a crash
 //! gets the original answer instead of committing the writes again.
 //!
-//! One table, `idempotency`: insertion number -> (key, at_ms, record), appended in order, so a commit
-//! that records keys dirties the table's last page only (a table keyed by the client's key took
-//! a random page per commit: 11% of single-write throughput). Lookups by key go through an
-//! index in memory (key -> insertion number), built from the table at open and changed after
-//! each commit by the committer, the table's only writer. Records beyond the window's count go
-//! from the front at the commit that passes it, however many (never the commit's own);
-//! records older than its time at most every [`EXPIRE_EVERY_MS`] (removing from the front
-//! dirties the table's first pages as well, which on every commit cost about 5% of
-//! small-request throughput), oldest first, at most [`EXPIRE_PER_COMMIT`] per transaction. A
+//! One table, `idempotency`: insertion number -> (key, at_ms, record), appended in order.
+//! The newest records wait in the `meta` table under [`META_PENDING`] (meta's page is written
+//! by every commit anyway) and move to the table together once they weigh [`PENDING_BYTES`]:
+//! most commits that record keys dirty no page of their own (the table's last page on every
+//! commit cost 5–9% of small-request throughput; a table keyed by the client's key, a random
+//! page per commit, 11%). Lookups by key go through an index in memory (key -> insertion
+//! number), built from both at open and changed after each commit by the committer, the
+//! table's only writer.
+//!
+//! Records go from the front, oldest first. By count: once more than the window's count are
+//! held, as many as it takes to come back to the count less 1/32 of it (so the front's pages
+//! are written once per 1/32 of the window, not on every commit), never the commit's own. By
+//! time: at most every [`EXPIRE_EVERY_MS`], at most [`EXPIRE_PER_COMMIT`] per transaction. A
 //! record past the window's time is not served even before it is removed, and its key may be
 //! recorded anew.
 //!
@@ -30,6 +34,13 @@ use edgerep_wire::Hlc;
 
 pub(crate) const IDEMPOTENCY: TableDefinition<u64, (&str, u64, &[u8])> =
     TableDefinition::new("idempotency");
+
+/// The key in the `meta` table of the records waiting to move to the table: their rows
+/// `[n, key, at_ms, record]` one after another, oldest first, all newer than the table's.
+pub(crate) const META_PENDING: &str = "idempotency_pending";
+
+/// Records wait in `meta` until they weigh this many bytes, then move to the table.
+pub const PENDING_BYTES: usize = 2048;
 
 /// Most expired records one transaction removes.
 pub const EXPIRE_PER_COMMIT: usize = 256;
@@ -201,6 +212,118 @@ fn runs(commits: &[Committed]) -> Vec<(Committed, u64)> {
     out
 }
 
+/// A record as held: its insertion number, key, time and encoded [`Recorded`].
+#[derive(Debug, Clone)]
+struct Row {
+    n: u64,
+    key: String,
+    at_ms: u64,
+    record: Vec<u8>,
+}
+
+fn encode_rows(rows: &[Row], buf: &mut Vec<u8>) {
+    let mut e = Encoder::new(buf);
+    for r in rows {
+        // Writing into a Vec cannot fail.
+        let _ = e
+            .array(4)
+            .and_then(|e| e.u64(r.n))
+            .and_then(|e| e.str(&r.key))
+            .and_then(|e| e.u64(r.at_ms))
+            .and_then(|e| e.bytes(&r.record));
+    }
+}
+
+fn decode_rows(bytes: &[u8]) -> Result<Vec<Row>, CborError> {
+    let mut r = Reader::new(bytes);
+    let mut rows = Vec::new();
+    while r.remaining() > 0 {
+        r.array_of(4, "pending idempotency record")?;
+        rows.push(Row {
+            n: r.u64("pending record number")?,
+            key: r.str("pending record key")?.to_owned(),
+            at_ms: r.u64("pending record time")?,
+            record: r.bytes("pending record")?.to_vec(),
+        });
+    }
+    Ok(rows)
+}
+
+type Records<'t> = Table<'t, u64, (&'static str, u64, &'static [u8])>;
+
+/// The records waiting in `meta`.
+fn pending(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Vec<Row>, StoreError> {
+    match meta.get(META_PENDING)? {
+        Some(g) => decode_rows(g.value()).map_err(|e| corrupt("meta", e)),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// One transaction's view of the records: the table, and those waiting in `meta` (newest).
+struct Held<'a, 't> {
+    table: &'a mut Records<'t>,
+    pending: Vec<Row>,
+    pending_changed: bool,
+}
+
+impl Held<'_, '_> {
+    /// Record `n`'s time and key.
+    fn get(&self, n: u64) -> Result<Option<(String, u64)>, StoreError> {
+        if let Some(r) = self.pending.iter().find(|r| r.n == n) {
+            return Ok(Some((r.key.clone(), r.at_ms)));
+        }
+        Ok(self
+            .table
+            .get(n)?
+            .map(|g| (g.value().0.to_owned(), g.value().1)))
+    }
+
+    fn remove(&mut self, n: u64) -> Result<(), StoreError> {
+        if let Some(i) = self.pending.iter().position(|r| r.n == n) {
+            self.pending.remove(i);
+            self.pending_changed = true;
+        } else {
+            self.table.remove(n)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, row: Row) {
+        self.pending.push(row);
+        self.pending_changed = true;
+    }
+
+    /// Moves every waiting record to the table.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for r in self.pending.drain(..) {
+            self.table
+                .insert(r.n, (r.key.as_str(), r.at_ms, r.record.as_slice()))?;
+            self.pending_changed = true;
+        }
+        Ok(())
+    }
+
+    /// Writes what waits back to `meta`, or moves it to the table once it weighs
+    /// [`PENDING_BYTES`].
+    fn save(mut self, meta: &mut Table<'_, &'static str, &'static [u8]>) -> Result<(), StoreError> {
+        if !self.pending_changed {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        encode_rows(&self.pending, &mut buf);
+        if buf.len() >= PENDING_BYTES {
+            self.flush()?;
+            buf.clear();
+        }
+        if buf.is_empty() {
+            meta.remove(META_PENDING)?;
+        } else {
+            meta.insert(META_PENDING, buf.as_slice())?;
+        }
+        Ok(())
+    }
+}
+
 /// The index in memory: key -> insertion number.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
@@ -224,9 +347,10 @@ pub(crate) struct Changes {
 }
 
 impl Index {
-    /// Reads every key of the table.
+    /// Reads every key of the table and of the records waiting in `meta`.
     pub(crate) fn load(
         table: &impl ReadableTable<u64, (&'static str, u64, &'static [u8])>,
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
     ) -> Result<Index, StoreError> {
         let mut by_key = HashMap::new();
         let mut next = 1;
@@ -234,6 +358,19 @@ impl Index {
             let (n, v) = row?;
             by_key.insert(v.value().0.to_owned(), n.value());
             next = n.value() + 1;
+        }
+        for r in pending(meta)? {
+            if r.n < next {
+                return Err(corrupt(
+                    "meta",
+                    format!(
+                        "a waiting idempotency record numbered {} is older than the table's last",
+                        r.n
+                    ),
+                ));
+            }
+            next = r.n + 1;
+            by_key.insert(r.key, r.n);
         }
         Ok(Index {
             by_key: Mutex::new(by_key),
@@ -296,6 +433,7 @@ impl Index {
     pub(crate) fn get(
         &self,
         table: &impl ReadableTable<u64, (&'static str, u64, &'static [u8])>,
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
         key: &str,
         window: Window,
         wall_ms: u64,
@@ -303,12 +441,19 @@ impl Index {
         let Some(n) = self.number(key) else {
             return Ok(None);
         };
-        match table.get(n)? {
-            Some(g) if g.value().0 == key => {
-                if self.past_time(n, g.value().1, wall_ms, window) {
+        let found = match table.get(n)? {
+            Some(g) => Some((g.value().0.to_owned(), g.value().1, g.value().2.to_vec())),
+            None => pending(meta)?
+                .into_iter()
+                .find(|r| r.n == n)
+                .map(|r| (r.key, r.at_ms, r.record)),
+        };
+        match found {
+            Some((k, at_ms, record)) if k == key => {
+                if self.past_time(n, at_ms, wall_ms, window) {
                     return Ok(None);
                 }
-                Recorded::decode(g.value().2)
+                Recorded::decode(&record)
                     .map(Some)
                     .map_err(|e| corrupt("idempotency", e))
             }
@@ -328,7 +473,26 @@ impl Index {
     /// find them on retry).
     pub(crate) fn record(
         &self,
-        table: &mut Table<'_, u64, (&'static str, u64, &'static [u8])>,
+        table: &mut Records<'_>,
+        meta: &mut Table<'_, &'static str, &'static [u8]>,
+        receipts: &[Receipt],
+        out: &[Committed],
+        window: Window,
+        wall_ms: u64,
+    ) -> Result<Changes, StoreError> {
+        let mut held_rows = Held {
+            pending: pending(meta)?,
+            table,
+            pending_changed: false,
+        };
+        let changes = self.record_in(&mut held_rows, receipts, out, window, wall_ms)?;
+        held_rows.save(meta)?;
+        Ok(changes)
+    }
+
+    fn record_in(
+        &self,
+        table: &mut Held<'_, '_>,
         receipts: &[Receipt],
         out: &[Committed],
         window: Window,
@@ -353,7 +517,7 @@ impl Index {
                 }
                 if let Some(n) = held {
                     let past = match table.get(n)? {
-                        Some(g) => self.past_time(n, g.value().1, wall_ms, window),
+                        Some((_, at_ms)) => self.past_time(n, at_ms, wall_ms, window),
                         None => true,
                     };
                     if !past {
@@ -392,7 +556,12 @@ impl Index {
                 committed,
                 extra: r.extra.clone(),
             };
-            table.insert(n, (r.key.as_str(), wall_ms, record.encode().as_slice()))?;
+            table.push(Row {
+                n,
+                key: r.key.clone(),
+                at_ms: wall_ms,
+                record: record.encode(),
+            });
             changes.added.push((r.key.clone(), n));
         }
         // Records held after this commit: the earlier ones (less the re-recorded keys' old
@@ -403,15 +572,24 @@ impl Index {
         if held <= window.keep_keys && wall_ms < self.next_expiry_ms.load(Relaxed) {
             return Ok(changes);
         }
-        // Over the count: as many earlier records as it takes, however many (the table stays
-        // bounded even when each commit records more keys than EXPIRE_PER_COMMIT). Past the
-        // time: at most EXPIRE_PER_COMMIT per commit, the rest at the next.
+        // The front is looked at: what waits in meta moves to the table first, so that every
+        // record is in one place, in order.
+        table.flush()?;
+        // Over the count: as many earlier records as it takes to come back to the count less
+        // 1/32 of it, however many (the table stays bounded even when each commit records more
+        // keys than EXPIRE_PER_COMMIT). Past the time: at most EXPIRE_PER_COMMIT per commit,
+        // the rest at the next.
+        let count_goal = if held > window.keep_keys {
+            window.keep_keys - window.keep_keys / 32
+        } else {
+            window.keep_keys
+        };
         let mut expired: Vec<u64> = Vec::new();
         let mut by_time = 0;
-        for row in table.range(..first)? {
+        for row in table.table.range(..first)? {
             let (n, v) = row?;
             let (key, at, _) = v.value();
-            if held <= window.keep_keys {
+            if held <= count_goal {
                 // Within the count: only what is past the time goes.
                 if by_time == EXPIRE_PER_COMMIT || !self.past_time(n.value(), at, wall_ms, window) {
                     break;
@@ -433,7 +611,7 @@ impl Index {
             table.remove(n)?;
         }
         // The monotonic times of records gone from the front are no longer needed.
-        let front = table.first()?.map(|(n, _)| n.value());
+        let front = table.table.first()?.map(|(n, _)| n.value());
         let mut here = self.recorded_here.lock().unwrap_or_else(|e| e.into_inner());
         while here
             .front()

@@ -507,8 +507,13 @@ impl Store {
         txn.commit()?;
         let db = Arc::new(db);
         let (sums, open_scan) = aae::open(&db, &limits, &rule, rule_changed)?;
-        let idempotency_index =
-            idempotency::Index::load(&db.begin_read()?.open_table(idempotency::IDEMPOTENCY)?)?;
+        let idempotency_index = {
+            let txn = db.begin_read()?;
+            idempotency::Index::load(
+                &txn.open_table(idempotency::IDEMPOTENCY)?,
+                &txn.open_table(META)?,
+            )?
+        };
         let store = Store {
             db,
             node: node.clone(),

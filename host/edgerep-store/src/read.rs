@@ -27,6 +27,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         self.idempotency_index.get(
             &txn.open_table(idempotency::IDEMPOTENCY)?,
+            &txn.open_table(crate::tables::META)?,
             key,
             self.idempotency_window,
             wall_ms,

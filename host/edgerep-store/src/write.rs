@@ -767,6 +767,7 @@ impl StoreWriter {
             } else {
                 Some(self.idempotency_index.record(
                     &mut txn.open_table(idempotency::IDEMPOTENCY)?,
+                    &mut meta,
                     receipts,
                     &out,
                     self.idempotency_window,

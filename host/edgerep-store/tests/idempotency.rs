@@ -140,7 +140,8 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
 /// The count bound holds however many keys each commit records (it once removed at most 256
 /// per commit, so commits of 1,000 keys grew the table without end), and a commit never
 /// removes its own records (it once could, leaving their keys in the index without rows: a
-/// retry then got "in use" for ever, and after a restart committed again).
+/// retry then got "in use" for ever, and after a restart committed again). Past the count,
+/// records go down to the count less 1/32 of it (300 - 9 = 291).
 #[test]
 fn the_count_bound_holds_for_large_commits_and_spares_the_commit_s_own_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,6 +163,8 @@ fn the_count_bound_holds_for_large_commits_and_spares_the_commit_s_own_records()
             .unwrap();
     };
     commit(&s, &mut clock, "a", 300, 10_000);
+    assert_eq!(s.idempotency_count().unwrap(), 300, "at the count: none go");
+    // Every earlier record goes; the commit's own 300 stay.
     commit(&s, &mut clock, "b", 300, 10_001);
     assert_eq!(s.idempotency_count().unwrap(), 300);
     assert!(s.idempotency_at("a299", 10_002).unwrap().is_none());
@@ -173,9 +176,9 @@ fn the_count_bound_holds_for_large_commits_and_spares_the_commit_s_own_records()
         assert!(s.idempotency_at(k, 10_004).unwrap().is_some(), "{k}");
     }
     commit(&s, &mut clock, "d", 1, 10_005);
-    assert_eq!(s.idempotency_count().unwrap(), 300);
-    assert!(s.idempotency_at("c100", 10_006).unwrap().is_none());
-    assert!(s.idempotency_at("c101", 10_006).unwrap().is_some());
+    assert_eq!(s.idempotency_count().unwrap(), 291);
+    assert!(s.idempotency_at("c109", 10_006).unwrap().is_none());
+    assert!(s.idempotency_at("c110", 10_006).unwrap().is_some());
     // What the index holds is what a reopen reads from the table.
     drop(s);
     let s = open(
@@ -185,8 +188,106 @@ fn the_count_bound_holds_for_large_commits_and_spares_the_commit_s_own_records()
             keep_keys: 300,
         },
     );
-    assert_eq!(s.idempotency_count().unwrap(), 300);
-    assert!(s.idempotency_at("c101", 10_006).unwrap().is_some());
+    assert_eq!(s.idempotency_count().unwrap(), 291);
+    assert!(s.idempotency_at("c110", 10_006).unwrap().is_some());
+    assert!(s.idempotency_at("d0", 10_006).unwrap().is_some());
+    assert_eq!(s.verify().unwrap(), Ok(()));
+}
+
+/// The newest records wait in the meta table and move to the table in groups: across those
+/// moves every key is found, refused a second commit, kept through a reopen (whether it waits
+/// or has moved), and expired by count and time from either place.
+#[test]
+fn records_waiting_to_move_to_the_table_are_found_kept_and_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let window = Window {
+        keep_ms: 1_000,
+        keep_keys: 64,
+    };
+    let mut clock = HlcClock::new(Default::default(), 60_000);
+    let s = open(&path, window);
+    // 50 commits of one key each: several groups move, the last ones wait.
+    let mut commits = Vec::new();
+    for i in 0..50u64 {
+        let out = s
+            .commit_local_keyed(
+                vec![write(&format!("w{i}"))],
+                &[],
+                &[receipt(&format!("key-{i}"), 0, 1)],
+                Sync::Immediate,
+                &mut clock,
+                10_000 + i,
+            )
+            .unwrap();
+        commits.push(out[0]);
+    }
+    let check = |s: &StoreWriter| {
+        assert_eq!(s.idempotency_count().unwrap(), 50);
+        for (i, c) in commits.iter().enumerate() {
+            let r = s
+                .idempotency_at(&format!("key-{i}"), 10_100)
+                .unwrap()
+                .unwrap_or_else(|| panic!("key-{i}"));
+            assert_eq!(r.committed, vec![*c], "key-{i}");
+        }
+    };
+    check(&s);
+    for i in [0, 49] {
+        let e = s
+            .commit_local_keyed(
+                vec![write("again")],
+                &[],
+                &[receipt(&format!("key-{i}"), 0, 1)],
+                Sync::Immediate,
+                &mut clock,
+                10_100,
+            )
+            .unwrap_err();
+        assert!(matches!(e.error, StoreError::KeyInUse { .. }), "key-{i}");
+    }
+    drop(s);
+    let s = open(&path, window);
+    check(&s);
+    // Past the count (64): down to 62, the oldest first, the new ones kept.
+    for i in 50..70u64 {
+        s.commit_local_keyed(
+            vec![write(&format!("w{i}"))],
+            &[],
+            &[receipt(&format!("key-{i}"), 0, 1)],
+            Sync::Immediate,
+            &mut clock,
+            10_100 + i,
+        )
+        .unwrap();
+    }
+    let held = s.idempotency_count().unwrap();
+    assert!((62..=64).contains(&held), "{held} held");
+    assert!(s.idempotency_at("key-0", 10_200).unwrap().is_none());
+    assert!(s.idempotency_at("key-69", 10_200).unwrap().is_some());
+    // Past the time (the records of an earlier run are judged by the wall clock alone): all
+    // go at the first commit after a reopen, from the table and from meta.
+    drop(s);
+    let s = open(&path, window);
+    assert!(s.idempotency_at("key-69", 12_000).unwrap().is_none());
+    s.commit_local_keyed(
+        vec![write("late")],
+        &[],
+        &[receipt("late", 0, 1)],
+        Sync::Immediate,
+        &mut clock,
+        12_000,
+    )
+    .unwrap();
+    assert_eq!(
+        s.idempotency_count().unwrap(),
+        1,
+        "only the late key is held"
+    );
+    drop(s);
+    let s = open(&path, window);
+    assert_eq!(s.idempotency_count().unwrap(), 1);
+    assert!(s.idempotency_at("late", 12_000).unwrap().is_some());
     assert_eq!(s.verify().unwrap(), Ok(()));
 }
 
