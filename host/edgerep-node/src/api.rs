@@ -93,7 +93,7 @@ impl AppState {
     pub(crate) fn ingest_step(&self) -> ingest::Ingest<'_> {
         ingest::Ingest {
             pipeline: &self.pipeline,
-            committer: &self.committer,
+            store: &self.store,
             config: self.config(),
         }
     }
@@ -392,7 +392,6 @@ impl From<ingest::IngestError> for ApiError {
         match e {
             IngestError::Stopped { collection, why } => ApiError::stopped(&collection, &why),
             IngestError::Halted { collection, reason } => ApiError::halted(&collection, &reason),
-            IngestError::DeadLetter(e) => ApiError::internal(format!("store: {e}")),
             e @ IngestError::TooMany { .. } => {
                 ApiError::too_large("too_many_writes", e.to_string())
             }
@@ -718,30 +717,29 @@ async fn write_one(
     let outcome = run_ingest(app, vec![write], true).await?;
     if let Some(failed) = outcome.failed.first() {
         let error = failed.to_error();
-        if let Some(key) = key {
-            // The key is recorded with the failure (and its dead letter), in a transaction of
-            // its own right after the dead letter's: a retry gets this answer, and does not
-            // set the write aside a second time (a replay of each would commit it twice). A
-            // crash between the two, or a concurrent request with the key, leaves that to
-            // happen again.
-            let (status, answer) = error.parts();
-            let receipt = Receipt {
-                key,
-                body,
-                first: 0,
-                count: 0,
-                extra: idempotency::Extra {
-                    failed: Some(json!({"status": status, "body": answer})),
-                    ..idempotency::Extra::default()
+        // The dead letter (if the policy keeps one) and the key with this answer, in one
+        // transaction: a retry gets this answer, and does not set the write aside a second
+        // time (a replay of each would commit it twice). If that transaction fails, neither
+        // was kept and the client hears why.
+        let receipts: Vec<Receipt> = key
+            .map(|key| {
+                let (status, answer) = error.parts();
+                Receipt {
+                    key,
+                    body,
+                    first: 0,
+                    count: 0,
+                    extra: idempotency::Extra {
+                        failed: Some(json!({"status": status, "body": answer})),
+                        ..idempotency::Extra::default()
+                    }
+                    .encode(),
                 }
-                .encode(),
-            };
-            if let Err(e) = commit_keyed(app, Vec::new(), vec![receipt], None).await {
-                tracing::warn!(
-                    "recording an idempotency key with the failure it answered: {}",
-                    e.message
-                );
-            }
+            })
+            .into_iter()
+            .collect();
+        if !outcome.set_aside.is_empty() || !receipts.is_empty() {
+            commit_keyed(app, Vec::new(), outcome.set_aside, receipts, None).await?;
         }
         return Err(error);
     }
@@ -762,7 +760,7 @@ async fn write_one(
         }],
         None => Vec::new(),
     };
-    let committed = commit_keyed(app, writes, receipts, trace.as_ref()).await?;
+    let committed = commit_keyed(app, writes, outcome.set_aside, receipts, trace.as_ref()).await?;
     Ok(one_answer(&committed, &indexes).into_response())
 }
 
@@ -793,13 +791,14 @@ fn replayed(mut r: Response) -> Response {
     r
 }
 
-/// Commits `writes` with `receipts`; counts a key a concurrent request recorded first.
-/// Commits `writes` with `receipts`; counts a key a concurrent request recorded first. A traced
+/// Commits `writes` with the request's dead letters (`set_aside`) and `receipts`, in one
+/// transaction; counts a key a concurrent request recorded first. A traced
 /// request (`trace`) is committed under a commit span whose context each event carries in its
 /// metadata (`traceparent`; see `trace`).
 async fn commit_keyed(
     app: &Arc<AppState>,
     mut writes: Vec<LocalWrite>,
+    set_aside: Vec<(u64, Vec<u8>)>,
     receipts: Vec<Receipt>,
     trace: Option<&ClientTrace>,
 ) -> Result<Vec<Committed>, ApiError> {
@@ -826,7 +825,7 @@ async fn commit_keyed(
     };
     let result = app
         .committer
-        .commit_keyed(writes, Vec::new(), receipts)
+        .commit_setting_aside(writes, Vec::new(), set_aside, receipts)
         .await;
     if let Some(span) = span {
         match &result {
@@ -1027,7 +1026,8 @@ async fn batch(
             } else {
                 receipts = per_write_receipts(receipts, &indexes, &failed);
             }
-            let committed = commit_keyed(&app, writes, receipts, trace.as_ref()).await?;
+            let committed =
+                commit_keyed(&app, writes, outcome.set_aside, receipts, trace.as_ref()).await?;
             (committed, indexes, failed, replays)
         }
     };

@@ -166,11 +166,6 @@ enum Request {
         peer: NodeId,
         have: Have,
     },
-    /// Record a dead letter (an ingest transform failed on a local write).
-    AddDeadLetter {
-        record: Vec<u8>,
-        reply: oneshot::Sender<Result<u64, CommitError>>,
-    },
     /// Remove a dead letter without replaying it.
     RemoveDeadLetter {
         id: u64,
@@ -192,6 +187,9 @@ struct Pending {
     /// Dead letters this commit replays (removed in the same transaction). A replay is
     /// committed in a group of its own: if its dead letter is gone, only the replay fails.
     dead_letters: Vec<u64>,
+    /// Dead letters of the request's writes a plugin failed on (ids reserved), kept in the
+    /// transaction that commits its writes and key: all of them or nothing.
+    set_aside: Vec<(u64, Vec<u8>)>,
     reply: oneshot::Sender<Result<Vec<Committed>, CommitError>>,
 }
 
@@ -498,13 +496,6 @@ impl Committer {
                             }
                             continue;
                         }
-                        Request::AddDeadLetter { record, reply } => {
-                            let result = store
-                                .add_dead_letter(&record)
-                                .map_err(|e| CommitError::Store(e.to_string()));
-                            let _ = reply.send(result);
-                            continue;
-                        }
                         Request::RemoveDeadLetter { id, reply } => {
                             let result = store
                                 .remove_dead_letter(id)
@@ -578,7 +569,15 @@ impl Committer {
                     // request; the rest of the group is committed without it.
                     loop {
                         let total = writes.len();
-                        let sync = policy.sync_for(writes.iter().map(|w| w.collection.as_str()));
+                        let set_aside: Vec<(u64, Vec<u8>)> =
+                            group.iter().flat_map(|p| p.set_aside.iter().cloned()).collect();
+                        // A dead letter is durable before its client hears of it, whatever
+                        // the collection's sync policy.
+                        let sync = if set_aside.is_empty() {
+                            policy.sync_for(writes.iter().map(|w| w.collection.as_str()))
+                        } else {
+                            edgerep_store::Sync::Immediate
+                        };
                         let receipts = receipts_of(&group, &counts);
                         let per_collection: Vec<(String, u64)> =
                             count_by(writes.iter().map(|w| w.collection.as_str()))
@@ -586,9 +585,10 @@ impl Committer {
                                 .map(|(c, k)| (c.to_owned(), k))
                                 .collect();
                         let started = std::time::Instant::now();
-                        match store.commit_local_keyed(
+                        match store.commit_local_setting_aside(
                             std::mem::take(&mut writes),
                             &replay,
+                            &set_aside,
                             &receipts,
                             sync,
                             &mut clock,
@@ -742,6 +742,19 @@ impl Committer {
         dead_letters: Vec<u64>,
         receipts: Vec<Receipt>,
     ) -> Result<Vec<Committed>, CommitError> {
+        self.commit_setting_aside(writes, dead_letters, Vec::new(), receipts)
+            .await
+    }
+
+    /// [`Committer::commit_keyed`] that also keeps `set_aside` (the request's dead letters,
+    /// ids reserved) in the same transaction.
+    pub async fn commit_setting_aside(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: Vec<u64>,
+        set_aside: Vec<(u64, Vec<u8>)>,
+        receipts: Vec<Receipt>,
+    ) -> Result<Vec<Committed>, CommitError> {
         self.origin_confirmed().await?;
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -749,6 +762,7 @@ impl Committer {
                 writes,
                 receipts,
                 dead_letters,
+                set_aside,
                 reply,
             }))
             .await
@@ -852,15 +866,6 @@ impl Committer {
         self.queue
             .blocking_send(Request::SavePeerCursor { peer, have })
             .map_err(|_| CommitError::Closed)
-    }
-
-    /// Records a dead letter; returns its id. Blocks (call it from a blocking thread).
-    pub fn add_dead_letter_blocking(&self, record: Vec<u8>) -> Result<u64, CommitError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .blocking_send(Request::AddDeadLetter { record, reply })
-            .map_err(|_| CommitError::Closed)?;
-        answer.blocking_recv().map_err(|_| CommitError::Closed)?
     }
 
     /// Removes dead letter `id` without replaying it; whether it was there.

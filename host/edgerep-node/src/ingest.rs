@@ -3,13 +3,15 @@
 //!
 //! Invariant: a refused or failed write is never half-written: either every change its
 //! transforms produced goes to the committer, or none does and the failure is recorded as its
-//! policy says (a dead letter is durable before the client hears about it).
+//! policy says. A dead letter goes to the committer with the request's writes and key
+//! ([`Outcome::set_aside`], its id reserved here so the answer can name it): the three are
+//! durable together, before the client hears about any of them, or not at all.
 
 use edgerep_config::{Config, FailurePolicy};
 use edgerep_store::LocalWrite;
 use serde_json::{Value as Json, json};
 
-use crate::committer::{CommitError, Committer, wall_ms};
+use crate::committer::wall_ms;
 use crate::dead_letter::{DeadLetter, STAGE_INGEST};
 use crate::pipeline::{Pipeline, Rejection, Stopped};
 use crate::request;
@@ -17,8 +19,8 @@ use crate::request;
 /// What the ingest step works with.
 pub(crate) struct Ingest<'a> {
     pub(crate) pipeline: &'a Pipeline,
-    /// Records dead letters.
-    pub(crate) committer: &'a Committer,
+    /// Reserves dead letters' ids.
+    pub(crate) store: &'a edgerep_store::Store,
     /// The config in force.
     pub(crate) config: std::sync::Arc<Config>,
 }
@@ -32,9 +34,6 @@ pub(crate) enum IngestError {
     /// A plugin whose policy is halt failed on one of the writes: the collection is halted.
     #[error("writes to collection {collection:?} are halted: {reason}")]
     Halted { collection: String, reason: String },
-    /// A failed write's dead letter could not be recorded.
-    #[error("recording a dead letter: {0}")]
-    DeadLetter(CommitError),
     /// The request's writes, as the transforms made them, are more than one request may hold.
     #[error(
         "the transforms on ingest made {made} writes of this request, over limits.max_batch_events ({limit}); nothing was written"
@@ -72,6 +71,8 @@ pub(crate) struct Outcome {
     /// (index of the request's write, a write to commit) in request order.
     pub(crate) accepted: Vec<(usize, LocalWrite)>,
     pub(crate) failed: Vec<Failed>,
+    /// Dead letters to keep, (reserved id, record): commit them with the accepted writes.
+    pub(crate) set_aside: Vec<(u64, Vec<u8>)>,
 }
 
 /// Checks a change a transform returned against the node's own rules.
@@ -198,13 +199,11 @@ pub(crate) fn run(
             checked.insert(w.collection.clone());
         }
     }
-    // The request stands: keep what plugins failed on.
-    for (failed, record) in to_keep {
-        let id = step
-            .committer
-            .add_dead_letter_blocking(record)
-            .map_err(IngestError::DeadLetter)?;
+    // The request stands: what plugins failed on is to be kept, under ids reserved now.
+    let first = step.store.reserve_dead_letter_ids(to_keep.len() as u64);
+    for ((failed, record), id) in to_keep.into_iter().zip(first..) {
         out.failed[failed].dead_letter = Some(id);
+        out.set_aside.push((id, record));
     }
     Ok(out)
 }

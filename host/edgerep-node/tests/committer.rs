@@ -33,19 +33,29 @@ fn failure_receipt(key: &str) -> Receipt {
 }
 
 fn committer(dir: &std::path::Path) -> (Committer, std::thread::JoinHandle<()>) {
+    let (c, thread, _) = committer_reading(dir);
+    (c, thread)
+}
+
+/// [`committer`] and a reader of its store.
+fn committer_reading(
+    dir: &std::path::Path,
+) -> (Committer, std::thread::JoinHandle<()>, Arc<Store>) {
     let (store, resume) = Store::open(
         &dir.join("s.redb"),
         &NodeId::parse("a").unwrap(),
         EventLimits::default(),
     )
     .unwrap();
-    let (c, thread, _) = spawn(store, resume);
-    (c, thread)
+    let writer = StoreWriter::new(store);
+    let reader = writer.reader();
+    let (c, thread, _) = spawn(writer, resume);
+    (c, thread, reader)
 }
 
 /// A committer over `store`, and what it says when the disk fails.
 fn spawn(
-    store: Store,
+    store: StoreWriter,
     resume: edgerep_store::Resume,
 ) -> (
     Committer,
@@ -58,7 +68,7 @@ fn spawn(
     let (gate_tx, gate) = watch::channel(None);
     std::mem::forget(gate_tx);
     Committer::spawn(
-        StoreWriter::new(store),
+        store,
         HlcClock::new(resume.hlc_last, 60_000),
         1000,
         SyncPolicy {
@@ -108,6 +118,52 @@ async fn a_key_in_use_on_a_request_of_no_writes_fails_that_request_only() {
         let plain = plain.expect("the unkeyed write commits");
         assert_eq!(plain.len(), 1);
     }
+}
+
+/// A request's dead letters are kept in the transaction of its writes and key: a request
+/// refused (its key in use) keeps none, and one committed keeps them under the ids its answer
+/// named. (They were once kept in a transaction of their own before the key's: a crash between
+/// the two, or a refusal of the second, left a dead letter whose retry set the write aside
+/// again, and a replay of each committed it twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _thread, store) = committer_reading(dir.path());
+    within(c.commit_keyed(vec![], vec![], vec![failure_receipt("K")]))
+        .await
+        .expect("first record committed");
+    let id = store.reserve_dead_letter_ids(1);
+    let refused = within(c.commit_setting_aside(
+        vec![write("beside")],
+        vec![],
+        vec![(id, b"set aside".to_vec())],
+        vec![failure_receipt("K")],
+    ))
+    .await;
+    assert_eq!(refused, Err(CommitError::KeyInUse("K".into())));
+    assert!(
+        store.dead_letters(0, 10).unwrap().is_empty(),
+        "nothing kept"
+    );
+    assert_eq!(store.status().unwrap().feed_last, 0, "nothing written");
+    // Committed: the dead letters under their reserved ids (the refused one's id is skipped),
+    // the write and the key together.
+    let first = store.reserve_dead_letter_ids(2);
+    assert_eq!(first, id + 1);
+    let committed = within(c.commit_setting_aside(
+        vec![write("beside")],
+        vec![],
+        vec![(first, b"one".to_vec()), (first + 1, b"two".to_vec())],
+        vec![failure_receipt("K2")],
+    ))
+    .await
+    .expect("committed");
+    assert_eq!(committed.len(), 1);
+    assert_eq!(
+        store.dead_letters(0, 10).unwrap(),
+        vec![(first, b"one".to_vec()), (first + 1, b"two".to_vec())]
+    );
+    assert!(store.idempotency("K2").unwrap().is_some());
 }
 
 /// An in-memory disk that can be told to fail every write and sync.
@@ -163,7 +219,7 @@ async fn a_disk_that_fails_under_the_store_is_reported() {
         EventLimits::default(),
     )
     .unwrap();
-    let (c, _thread, failed) = spawn(store, resume);
+    let (c, _thread, failed) = spawn(StoreWriter::new(store), resume);
     within(c.commit(vec![write("before")])).await.unwrap();
     assert_eq!(*failed.borrow(), None);
     disk.failing

@@ -300,6 +300,10 @@ pub struct Store {
     idempotency_window: idempotency::Window,
     /// Idempotency keys held, in memory (see `idempotency.rs`).
     idempotency_index: idempotency::Index,
+    /// The next dead letter's id: ids are reserved here (by the API, before the commit that
+    /// keeps the dead letter, so its answer can name it), never twice in one process; one
+    /// reserved and not committed is skipped.
+    dead_letter_next: std::sync::atomic::AtomicU64,
     /// How state rows hash.
     rule: HashRule,
 }
@@ -507,12 +511,17 @@ impl Store {
         txn.commit()?;
         let db = Arc::new(db);
         let (sums, open_scan) = aae::open(&db, &limits, &rule, rule_changed)?;
-        let idempotency_index = {
+        let (idempotency_index, dead_letter_next) = {
             let txn = db.begin_read()?;
-            idempotency::Index::load(
+            let index = idempotency::Index::load(
                 &txn.open_table(idempotency::IDEMPOTENCY)?,
                 &txn.open_table(META)?,
-            )?
+            )?;
+            let next = txn
+                .open_table(DEAD_LETTERS)?
+                .last()?
+                .map_or(1, |(k, _)| k.value() + 1);
+            (index, std::sync::atomic::AtomicU64::new(next))
         };
         let store = Store {
             db,
@@ -526,6 +535,7 @@ impl Store {
             resolver: None,
             idempotency_window: idempotency::Window::default(),
             idempotency_index,
+            dead_letter_next,
             rule,
         };
         let resume = store.resume()?;

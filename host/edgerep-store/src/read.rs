@@ -34,6 +34,14 @@ impl Store {
         )
     }
 
+    /// Reserves `n` dead-letter ids and returns the first: a request's dead letters are named
+    /// in its answer and committed with its writes (see
+    /// [`crate::StoreWriter::commit_local_setting_aside`]).
+    pub fn reserve_dead_letter_ids(&self, n: u64) -> u64 {
+        self.dead_letter_next
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many idempotency keys are held.
     pub fn idempotency_count(&self) -> Result<u64, StoreError> {
         Ok(self.idempotency_index.len())

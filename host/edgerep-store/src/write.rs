@@ -243,16 +243,32 @@ impl Store {
 
 /// Appends `records` to the dead letters, each under the next id; returns their ids.
 pub(crate) fn append_dead_letters<'r>(
+    store: &Store,
     dead: &mut redb::Table<'_, u64, &'static [u8]>,
-    records: impl IntoIterator<Item = &'r [u8]>,
+    records: impl ExactSizeIterator<Item = &'r [u8]>,
 ) -> Result<Vec<u64>, StoreError> {
-    let first = dead.last()?.map_or(1, |(k, _)| k.value() + 1);
+    let first = store.reserve_dead_letter_ids(records.len() as u64);
     let mut ids = Vec::new();
     for (id, record) in (first..).zip(records) {
-        dead.insert(id, record)?;
+        insert_dead_letter(dead, id, record)?;
         ids.push(id);
     }
     Ok(ids)
+}
+
+/// Inserts dead letter `id` (reserved by [`Store::reserve_dead_letter_ids`]).
+fn insert_dead_letter(
+    dead: &mut redb::Table<'_, u64, &'static [u8]>,
+    id: u64,
+    record: &[u8],
+) -> Result<(), StoreError> {
+    if dead.insert(id, record)?.is_some() {
+        return Err(corrupt(
+            "dead_letters",
+            format!("dead letter {id} was there already (ids are reserved once)"),
+        ));
+    }
+    Ok(())
 }
 
 /// The keys of one transaction whose versions changed to concurrent ones, to resolve once
@@ -528,21 +544,26 @@ impl StoreWriter {
         self.commit_local_keyed(writes, dead_letters, &[], sync, clock, wall_ms)
     }
 
-    /// [`StoreWriter::commit_local_checked`] that also records each receipt's idempotency key with
-    /// its writes' commits, in the same transaction ([`StoreError::KeyInUse`] when one is
-    /// recorded already), and removes expired records.
-    pub fn commit_local_keyed(
+    /// [`StoreWriter::commit_local_keyed`] that also keeps `set_aside` (dead letters of the
+    /// request's writes a plugin failed on, under ids from [`Store::reserve_dead_letter_ids`])
+    /// in the same transaction: a request's dead letters, writes and key are written together
+    /// or not at all.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_local_setting_aside(
         &self,
         writes: Vec<LocalWrite>,
         dead_letters: &[u64],
+        set_aside: &[(u64, Vec<u8>)],
         receipts: &[idempotency::Receipt],
         sync: Sync,
         clock: &mut HlcClock,
         wall_ms: u64,
     ) -> Result<Vec<Committed>, LocalCommitError> {
-        // (Receipts alone are recorded: a request whose every write a plugin refused keeps
-        // its answer under its key.)
-        if writes.is_empty() && dead_letters.is_empty() && receipts.is_empty() {
+        if writes.is_empty()
+            && dead_letters.is_empty()
+            && set_aside.is_empty()
+            && receipts.is_empty()
+        {
             return Ok(Vec::new());
         }
         let mut made: Vec<Event> = Vec::with_capacity(writes.len());
@@ -551,6 +572,7 @@ impl StoreWriter {
             &mut rest,
             &mut made,
             dead_letters,
+            set_aside,
             receipts,
             sync,
             clock,
@@ -568,12 +590,30 @@ impl StoreWriter {
         })
     }
 
+    /// [`StoreWriter::commit_local_checked`] that also records each receipt's idempotency key with
+    /// its writes' commits, in the same transaction ([`StoreError::KeyInUse`] when one is
+    /// recorded already), and removes expired records.
+    pub fn commit_local_keyed(
+        &self,
+        writes: Vec<LocalWrite>,
+        dead_letters: &[u64],
+        receipts: &[idempotency::Receipt],
+        sync: Sync,
+        clock: &mut HlcClock,
+        wall_ms: u64,
+    ) -> Result<Vec<Committed>, LocalCommitError> {
+        // (Receipts alone are recorded: a request whose every write a plugin refused keeps
+        // its answer under its key.)
+        self.commit_local_setting_aside(writes, dead_letters, &[], receipts, sync, clock, wall_ms)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn commit_local_in(
         &self,
         writes: &mut std::vec::IntoIter<LocalWrite>,
         made: &mut Vec<Event>,
         dead_letters: &[u64],
+        set_aside: &[(u64, Vec<u8>)],
         receipts: &[idempotency::Receipt],
         sync: Sync,
         clock: &mut HlcClock,
@@ -590,6 +630,9 @@ impl StoreWriter {
                     // Replayed already (or never existed): abort, so a replay happens once.
                     return Err(StoreError::NoSuchDeadLetter(id));
                 }
+            }
+            for (id, record) in set_aside {
+                insert_dead_letter(&mut dead, *id, record)?;
             }
             drop(dead);
             let mut state = txn.open_table(STATE)?;
@@ -971,6 +1014,7 @@ impl StoreWriter {
         let tally;
         let (held, feed_last, forks, deltas) = {
             dead_ids = append_dead_letters(
+                self,
                 &mut txn.open_table(DEAD_LETTERS)?,
                 dead_letters.iter().map(Vec::as_slice),
             )?;
@@ -1160,7 +1204,11 @@ impl StoreWriter {
     /// returns its id.
     pub fn add_dead_letter(&self, record: &[u8]) -> Result<u64, StoreError> {
         let txn = self.db.begin_write()?;
-        let ids = append_dead_letters(&mut txn.open_table(DEAD_LETTERS)?, [record])?;
+        let ids = append_dead_letters(
+            self,
+            &mut txn.open_table(DEAD_LETTERS)?,
+            [record].into_iter(),
+        )?;
         txn.commit()?;
         ids.first()
             .copied()
