@@ -692,6 +692,38 @@ async fn write_one(
 ) -> Result<Response, ApiError> {
     let key = idempotency::from_headers(headers)?;
     let trace = trace_header(headers)?;
+    if key.is_none() {
+        return write_one_run(app, write, None, trace).await;
+    }
+    detached(write_one_run_owned(app.clone(), write, key, trace)).await
+}
+
+/// Runs `f` to its end in a task of its own. A keyed request runs so, holding its keys: a
+/// client that stops waiting (a timeout, a closed connection) does not free its keys while its
+/// plugins run or its commit waits, so a retry cannot run them a second time meanwhile.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+}
+
+async fn write_one_run_owned(
+    app: Arc<AppState>,
+    write: LocalWrite,
+    key: Option<String>,
+    trace: Option<ClientTrace>,
+) -> Result<Response, ApiError> {
+    write_one_run(&app, write, key, trace).await
+}
+
+async fn write_one_run(
+    app: &Arc<AppState>,
+    write: LocalWrite,
+    key: Option<String>,
+    trace: Option<ClientTrace>,
+) -> Result<Response, ApiError> {
     let body = idempotency::body_hash(idempotency::Shape::One, std::slice::from_ref(&write));
     // Held until answered: a concurrent try of this request is refused before its plugins run.
     let _claim = match &key {
@@ -703,6 +735,7 @@ async fn write_one(
             &app.store,
             &app.idempotency,
             k,
+            idempotency::Shape::One,
             &body,
             std::slice::from_ref(&write),
         )?
@@ -798,7 +831,7 @@ fn replayed(mut r: Response) -> Response {
 async fn commit_keyed(
     app: &Arc<AppState>,
     mut writes: Vec<LocalWrite>,
-    set_aside: Vec<(u64, Vec<u8>)>,
+    set_aside: edgerep_store::SetAside,
     receipts: Vec<Receipt>,
     trace: Option<&ClientTrace>,
 ) -> Result<Vec<Committed>, ApiError> {
@@ -967,6 +1000,19 @@ async fn batch(
     let request_key = idempotency::from_headers(&headers)?;
     let trace = trace_header(&headers)?;
     let body = body_bytes(body, app.config().limits.max_request_bytes)?;
+    // Its keys (the header's, or its writes') are known once it is parsed: every batch runs
+    // to its end (see `detached`).
+    detached(batch_run(app, headers, body, format, request_key, trace)).await
+}
+
+async fn batch_run(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+    format: Format,
+    request_key: Option<String>,
+    trace: Option<ClientTrace>,
+) -> Result<Response, ApiError> {
     let app2 = app.clone();
     // Parsing a large batch, looking its keys up and running transforms is CPU and disk work:
     // keep it off the async threads.
@@ -1111,9 +1157,14 @@ fn prepare_batch(
         }
         let body = idempotency::body_hash(idempotency::Shape::Batch, &writes);
         let claim = app.claims.claim([key.as_str()], &app.idempotency)?;
-        if let idempotency::Lookup::Replay(r) =
-            idempotency::lookup(&app.store, &app.idempotency, &key, &body, &writes)?
-        {
+        if let idempotency::Lookup::Replay(r) = idempotency::lookup(
+            &app.store,
+            &app.idempotency,
+            &key,
+            idempotency::Shape::Batch,
+            &body,
+            &writes,
+        )? {
             let extra = idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?;
             return Ok(PreparedBatch::Replay {
                 committed: r.committed,
@@ -1153,6 +1204,7 @@ fn prepare_batch(
                 &app.store,
                 &app.idempotency,
                 &key,
+                idempotency::Shape::BatchWrite,
                 &body,
                 std::slice::from_ref(&w),
             )

@@ -189,8 +189,21 @@ struct Pending {
     dead_letters: Vec<u64>,
     /// Dead letters of the request's writes a plugin failed on (ids reserved), kept in the
     /// transaction that commits its writes and key: all of them or nothing.
-    set_aside: Vec<(u64, Vec<u8>)>,
+    set_aside: edgerep_store::SetAside,
     reply: oneshot::Sender<Result<Vec<Committed>, CommitError>>,
+}
+
+impl Pending {
+    /// Answers the writer. The dead letters' ids are settled first (committed or given up), so
+    /// a listing made once the writer has its answer shows them.
+    fn answer(self, result: Result<Vec<Committed>, CommitError>) {
+        let Pending {
+            reply, set_aside, ..
+        } = self;
+        drop(set_aside);
+        // A writer that gave up waiting is no reason to stop.
+        let _ = reply.send(result);
+    }
 }
 
 /// Why a group of writes was not committed.
@@ -570,10 +583,11 @@ impl Committer {
                     loop {
                         let total = writes.len();
                         let set_aside: Vec<(u64, Vec<u8>)> =
-                            group.iter().flat_map(|p| p.set_aside.iter().cloned()).collect();
+                            group.iter().flat_map(|p| p.set_aside.records.iter().cloned()).collect();
                         // A dead letter is durable before its client hears of it, whatever
-                        // the collection's sync policy.
-                        let sync = if set_aside.is_empty() {
+                        // the collection's sync policy; so is a key recorded with no writes
+                        // (no collection to ask).
+                        let sync = if set_aside.is_empty() && !writes.is_empty() {
                             policy.sync_for(writes.iter().map(|w| w.collection.as_str()))
                         } else {
                             edgerep_store::Sync::Immediate
@@ -610,7 +624,7 @@ impl Committer {
                                     let (mine, tail) = rest.split_at(n.min(rest.len()));
                                     rest = tail;
                                     // A writer that gave up waiting is no reason to stop.
-                                    let _ = p.reply.send(Ok(mine.to_vec()));
+                                    p.answer(Ok(mine.to_vec()));
                                 }
                                 break;
                             }
@@ -656,7 +670,7 @@ impl Committer {
                                 for (i, (p, &n)) in group.drain(..).zip(&counts).enumerate() {
                                     let mine: Vec<LocalWrite> = back.by_ref().take(n).collect();
                                     if i == culprit || culprit == usize::MAX {
-                                        let _ = p.reply.send(Err(failure.clone()));
+                                        p.answer(Err(failure.clone()));
                                     } else {
                                         kept.extend(mine);
                                         kept_counts.push(n);
@@ -681,7 +695,7 @@ impl Committer {
                                         }
                                         other => CommitError::Store(other.to_string()),
                                     };
-                                    let _ = p.reply.send(Err(err));
+                                    p.answer(Err(err));
                                 }
                                 break;
                             }
@@ -742,7 +756,7 @@ impl Committer {
         dead_letters: Vec<u64>,
         receipts: Vec<Receipt>,
     ) -> Result<Vec<Committed>, CommitError> {
-        self.commit_setting_aside(writes, dead_letters, Vec::new(), receipts)
+        self.commit_setting_aside(writes, dead_letters, Default::default(), receipts)
             .await
     }
 
@@ -752,7 +766,7 @@ impl Committer {
         &self,
         writes: Vec<LocalWrite>,
         dead_letters: Vec<u64>,
-        set_aside: Vec<(u64, Vec<u8>)>,
+        set_aside: edgerep_store::SetAside,
         receipts: Vec<Receipt>,
     ) -> Result<Vec<Committed>, CommitError> {
         self.origin_confirmed().await?;

@@ -329,6 +329,7 @@ pub(crate) fn lookup(
     store: &edgerep_store::Store,
     counters: &Counters,
     key: &str,
+    shape: Shape,
     body: &[u8; 32],
     writes: &[LocalWrite],
 ) -> Result<Lookup, ApiError> {
@@ -338,8 +339,11 @@ pub(crate) fn lookup(
     else {
         return Ok(Lookup::New);
     };
+    // (A legacy record of a failure is a single write's error answer: it answers no batch.)
     let same = r.body == *body
-        || (Extra::decode(&r.extra).is_ok_and(|e| e.legacy) && r.body == legacy_hash(writes));
+        || (Extra::decode(&r.extra)
+            .is_ok_and(|e| e.legacy && (e.failed.is_none() || shape == Shape::One))
+            && r.body == legacy_hash(writes));
     if same {
         counters.replays.fetch_add(1, Ordering::Relaxed);
         return Ok(Lookup::Replay(r));

@@ -71,8 +71,8 @@ pub(crate) struct Outcome {
     /// (index of the request's write, a write to commit) in request order.
     pub(crate) accepted: Vec<(usize, LocalWrite)>,
     pub(crate) failed: Vec<Failed>,
-    /// Dead letters to keep, (reserved id, record): commit them with the accepted writes.
-    pub(crate) set_aside: Vec<(u64, Vec<u8>)>,
+    /// Dead letters to keep, under reserved ids: commit them with the accepted writes.
+    pub(crate) set_aside: edgerep_store::SetAside,
 }
 
 /// Checks a change a transform returned against the node's own rules.
@@ -200,10 +200,10 @@ pub(crate) fn run(
         }
     }
     // The request stands: what plugins failed on is to be kept, under ids reserved now.
-    let first = step.store.reserve_dead_letter_ids(to_keep.len() as u64);
-    for ((failed, record), id) in to_keep.into_iter().zip(first..) {
-        out.failed[failed].dead_letter = Some(id);
-        out.set_aside.push((id, record));
+    let (failed, records): (Vec<usize>, Vec<Vec<u8>>) = to_keep.into_iter().unzip();
+    out.set_aside = step.store.set_aside(records);
+    for (failed, (id, _)) in failed.into_iter().zip(&out.set_aside.records) {
+        out.failed[failed].dead_letter = Some(*id);
     }
     Ok(out)
 }

@@ -132,11 +132,12 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
     within(c.commit_keyed(vec![], vec![], vec![failure_receipt("K")]))
         .await
         .expect("first record committed");
-    let id = store.reserve_dead_letter_ids(1);
+    let refused_set = store.set_aside(vec![b"set aside".to_vec()]);
+    let id = refused_set.records[0].0;
     let refused = within(c.commit_setting_aside(
         vec![write("beside")],
         vec![],
-        vec![(id, b"set aside".to_vec())],
+        refused_set,
         vec![failure_receipt("K")],
     ))
     .await;
@@ -148,12 +149,24 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
     assert_eq!(store.status().unwrap().feed_last, 0, "nothing written");
     // Committed: the dead letters under their reserved ids (the refused one's id is skipped),
     // the write and the key together.
-    let first = store.reserve_dead_letter_ids(2);
+    let set = store.set_aside(vec![b"one".to_vec(), b"two".to_vec()]);
+    let first = set.records[0].0;
     assert_eq!(first, id + 1);
+    // Reserved later and committed first: held back from listings until the earlier ones are
+    // settled, so a client paging with `after` does not skip them.
+    let late = store.set_aside(vec![b"three".to_vec()]);
+    within(c.commit_setting_aside(vec![], vec![], late, vec![]))
+        .await
+        .expect("committed");
+    let held = store.set_aside(vec![b"four".to_vec()]);
+    assert!(
+        store.dead_letters(0, 10).unwrap().is_empty(),
+        "{first} is still reserved"
+    );
     let committed = within(c.commit_setting_aside(
         vec![write("beside")],
         vec![],
-        vec![(first, b"one".to_vec()), (first + 1, b"two".to_vec())],
+        set,
         vec![failure_receipt("K2")],
     ))
     .await
@@ -161,8 +174,15 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
     assert_eq!(committed.len(), 1);
     assert_eq!(
         store.dead_letters(0, 10).unwrap(),
-        vec![(first, b"one".to_vec()), (first + 1, b"two".to_vec())]
+        vec![
+            (first, b"one".to_vec()),
+            (first + 1, b"two".to_vec()),
+            (first + 2, b"three".to_vec())
+        ],
+        "listed up to the one still reserved"
     );
+    drop(held);
+    assert_eq!(store.dead_letters(first + 1, 10).unwrap().len(), 1);
     assert!(store.idempotency("K2").unwrap().is_some());
 }
 

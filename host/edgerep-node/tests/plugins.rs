@@ -387,6 +387,51 @@ fn a_key_names_one_shape_of_request_and_one_try_at_a_time() {
     node.stop();
 }
 
+/// A keyed write whose client stopped waiting (the node's request timeout) runs on holding its
+/// key: a retry meanwhile is refused as in use at once, not run a second time beside it; once
+/// the first is done, the retry gets its answer.
+#[test]
+fn a_keyed_write_whose_client_stopped_waiting_keeps_its_key_until_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = [
+        plugin_table("spin", "spin", "fuel = 100000000000\ndeadline_ms = 1500"),
+        collection("spin", &["spin"], "lww"),
+    ]
+    .concat();
+    let text = config_text(dir.path(), &body).replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nrequest_timeout_ms = 300\n",
+    );
+    let config = Config::parse(&text, &dir.path().join("edgerep.toml")).expect("config parses");
+    let node = Node::start(config);
+    let first = keyed(&node, "PUT", "/v1/kv/spin/k", Some("slow"), json!({"n": 1}));
+    assert_eq!(first.status, 408, "{}", first.body);
+    let again = keyed(&node, "PUT", "/v1/kv/spin/k", Some("slow"), json!({"n": 1}));
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(
+        again.body["kind"], "idempotency_key_in_use",
+        "{}",
+        again.body
+    );
+    // The first try ends (its plugin's deadline): its answer is recorded with its dead letter.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let last = loop {
+        let r = keyed(&node, "PUT", "/v1/kv/spin/k", Some("slow"), json!({"n": 1}));
+        if r.status != 409 && r.status != 408 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.body);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(last.status, 422, "{}", last.body);
+    assert!(replayed(&last), "answered from the first try's record");
+    let dead = node.get("/v1/dead-letters").body["dead_letters"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(dead, 1);
+    node.stop();
+}
+
 /// Transforms on ingest that fan out: each call stays within the per-call limits, but a chain
 /// multiplies (two `fanout`s of 10 make 100 writes of one), and a batch adds up. Before, nothing
 /// bounded the total: one request could build writes without end. Now one write's chain may

@@ -4,7 +4,9 @@
 //!
 //! One table, `idempotency`: insertion number -> (key, at_ms, record), appended in order.
 //! The newest records wait in the `meta` table under [`META_PENDING`] (meta's page is written
-//! by every commit anyway) and move to the table together once they weigh [`PENDING_BYTES`]:
+//! by every commit anyway) and move to the table together once they weigh [`PENDING_BYTES`],
+//! or when a commit looks at the front for expired records (at most every
+//! [`EXPIRE_EVERY_MS`], so at a low rate of keys they move about once a second):
 //! most commits that record keys dirty no page of their own (the table's last page on every
 //! commit cost 5–9% of small-request throughput; a table keyed by the client's key, a random
 //! page per commit, 11%). Lookups by key go through an index in memory (key -> insertion
@@ -20,7 +22,8 @@
 //!
 //! Invariant: a key is recorded only with the events it committed, in one transaction; a key
 //! already recorded refuses a second commit under it ([`crate::StoreError::KeyInUse`]); the
-//! index holds exactly the table's keys once the committing call returns.
+//! index holds exactly the keys of the table and of the records waiting in `meta` once the
+//! committing call returns.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -328,7 +331,8 @@ impl Held<'_, '_> {
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     by_key: Mutex<HashMap<String, u64>>,
-    /// The insertion number of the next record (one more than the table's last, ever).
+    /// The insertion number of the next record (one more than the last ever recorded, in the
+    /// table or waiting in `meta`).
     next: std::sync::atomic::AtomicU64,
     /// The wall time (ms) from which the next commit looks for records past the window's time.
     next_expiry_ms: std::sync::atomic::AtomicU64,
@@ -337,6 +341,9 @@ pub(crate) struct Index {
     /// forward step of the wall clock (NTP on a box that booted without a real-time clock)
     /// does not expire at once the keys a client may be retrying now.
     recorded_here: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
+    /// The records waiting in `meta` at open were stale (see [`Index::load`]): the first
+    /// keyed commit drops them.
+    stale_pending: std::sync::atomic::AtomicBool,
 }
 
 /// What a commit did to the index (applied once it is durable).
@@ -344,6 +351,8 @@ pub(crate) struct Index {
 pub(crate) struct Changes {
     added: Vec<(String, u64)>,
     removed: Vec<String>,
+    /// The stale records waiting in `meta` are gone.
+    stale_dropped: bool,
 }
 
 impl Index {
@@ -359,24 +368,23 @@ impl Index {
             by_key.insert(v.value().0.to_owned(), n.value());
             next = n.value() + 1;
         }
-        for r in pending(meta)? {
-            if r.n < next {
-                return Err(corrupt(
-                    "meta",
-                    format!(
-                        "a waiting idempotency record numbered {} is older than the table's last",
-                        r.n
-                    ),
-                ));
+        let waiting = pending(meta)?;
+        // Records numbered below the table's next: an older edgerep, which does not know they
+        // wait here, ran on this store and numbered its own past them. They are dropped (that
+        // edgerep did not know their keys either), here and at the next keyed commit.
+        let stale = waiting.first().is_some_and(|r| r.n < next);
+        if !stale {
+            for r in waiting {
+                next = r.n + 1;
+                by_key.insert(r.key, r.n);
             }
-            next = r.n + 1;
-            by_key.insert(r.key, r.n);
         }
         Ok(Index {
             by_key: Mutex::new(by_key),
             next: std::sync::atomic::AtomicU64::new(next),
             next_expiry_ms: std::sync::atomic::AtomicU64::new(0),
             recorded_here: Mutex::new(std::collections::VecDeque::new()),
+            stale_pending: std::sync::atomic::AtomicBool::new(stale),
         })
     }
 
@@ -400,6 +408,10 @@ impl Index {
 
     /// Takes in what a committed transaction did.
     pub(crate) fn apply(&self, changes: Changes) {
+        if changes.stale_dropped {
+            self.stale_pending
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         for k in changes.removed {
             by_key.remove(&k);
@@ -468,8 +480,8 @@ impl Index {
     /// under the same key committed first); a key held past it is removed and recorded anew.
     /// The returned changes go to [`Index::apply`] once the transaction commits.
     ///
-    /// Bound: after the commit the table holds at most `keep_keys` records, or this commit's
-    /// own if they are more (a commit never removes what it records: its clients would not
+    /// Bound: after the commit at most `keep_keys` records are held (table and `meta`), or this
+    /// commit's own if they are more (a commit never removes what it records: its clients would not
     /// find them on retry).
     pub(crate) fn record(
         &self,
@@ -480,13 +492,17 @@ impl Index {
         window: Window,
         wall_ms: u64,
     ) -> Result<Changes, StoreError> {
+        let stale = self
+            .stale_pending
+            .load(std::sync::atomic::Ordering::Relaxed);
         let mut held_rows = Held {
-            pending: pending(meta)?,
+            pending: if stale { Vec::new() } else { pending(meta)? },
             table,
-            pending_changed: false,
+            pending_changed: stale,
         };
-        let changes = self.record_in(&mut held_rows, receipts, out, window, wall_ms)?;
+        let mut changes = self.record_in(&mut held_rows, receipts, out, window, wall_ms)?;
         held_rows.save(meta)?;
+        changes.stale_dropped = stale;
         Ok(changes)
     }
 
@@ -626,6 +642,86 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An older edgerep ran on the store after a newer one left records waiting in `meta`: it
+    /// numbered its own records over theirs. They are dropped, at open and at the next keyed
+    /// commit, instead of refusing to open or writing over the table's rows.
+    #[test]
+    fn records_left_waiting_before_an_older_edgerep_ran_are_dropped() {
+        use redb::ReadableDatabase;
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let row = |n: u64, key: &str| Row {
+            n,
+            key: key.into(),
+            at_ms: 5,
+            record: Recorded {
+                body: [1; 32],
+                at_ms: 5,
+                committed: vec![],
+                extra: vec![],
+            }
+            .encode(),
+        };
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(crate::tables::META).unwrap();
+            let mut buf = Vec::new();
+            encode_rows(&[row(1, "new-1"), row(2, "new-2")], &mut buf);
+            meta.insert(META_PENDING, buf.as_slice()).unwrap();
+            let mut table = txn.open_table(IDEMPOTENCY).unwrap();
+            for (n, key) in [(1u64, "old-1"), (2, "old-2"), (3, "old-3")] {
+                table
+                    .insert(n, (key, 5u64, row(n, key).record.as_slice()))
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let txn = db.begin_read().unwrap();
+        let index = Index::load(
+            &txn.open_table(IDEMPOTENCY).unwrap(),
+            &txn.open_table(crate::tables::META).unwrap(),
+        )
+        .unwrap();
+        drop(txn);
+        assert_eq!(index.len(), 3);
+        assert!(index.contains("old-1") && !index.contains("new-1"));
+        let txn = db.begin_write().unwrap();
+        let changes = {
+            let mut meta = txn.open_table(crate::tables::META).unwrap();
+            let mut table = txn.open_table(IDEMPOTENCY).unwrap();
+            let receipt = Receipt {
+                key: "next".into(),
+                body: [2; 32],
+                first: 0,
+                count: 0,
+                extra: vec![],
+            };
+            let changes = index
+                .record(&mut table, &mut meta, &[receipt], &[], Window::default(), 6)
+                .unwrap();
+            // (The first keyed commit after an open looks at the front: what waits moves.)
+            assert!(pending(&meta).unwrap().is_empty());
+            let keys: Vec<(u64, String)> = table
+                .iter()
+                .unwrap()
+                .map(|r| {
+                    let (n, v) = r.unwrap();
+                    (n.value(), v.value().0.to_owned())
+                })
+                .collect();
+            assert_eq!(
+                keys,
+                [(1, "old-1"), (2, "old-2"), (3, "old-3"), (4, "next")]
+                    .map(|(n, k)| (n, k.to_owned()))
+            );
+            changes
+        };
+        txn.commit().unwrap();
+        index.apply(changes);
+        assert!(index.contains("next") && index.contains("old-3"));
+    }
 
     #[test]
     fn records_round_trip() {

@@ -34,10 +34,12 @@
 //! - `verify.rs`: the self-check ([`Store::verify`]);
 //! - `versions.rs` (the merge rule), `resolution.rs` (kept resolutions), `seals.rs` (origin
 //!   chains and seals), `proofs.rs` (proofs of compacted versions), `retention.rs` (compaction,
-//!   snapshots, repair), `aae.rs` (anti-entropy sums), `idempotency.rs`, `digest.rs`.
+//!   snapshots, repair), `aae.rs` (anti-entropy sums), `idempotency.rs`, `dead_letters.rs`
+//!   (dead letters' ids), `digest.rs`.
 
 pub mod aae;
 pub mod bench;
+mod dead_letters;
 mod digest;
 mod error;
 pub mod idempotency;
@@ -67,6 +69,7 @@ use keys::{log_key, log_seq, split_state_key, state_key};
 use tables::*;
 use write::{Unresolved, apply_to_state, write_row};
 
+pub use dead_letters::SetAside;
 pub use error::StoreError;
 use error::{corrupt, parse_origin};
 pub use tables::CACHE_BYTES;
@@ -300,10 +303,8 @@ pub struct Store {
     idempotency_window: idempotency::Window,
     /// Idempotency keys held, in memory (see `idempotency.rs`).
     idempotency_index: idempotency::Index,
-    /// The next dead letter's id: ids are reserved here (by the API, before the commit that
-    /// keeps the dead letter, so its answer can name it), never twice in one process; one
-    /// reserved and not committed is skipped.
-    dead_letter_next: std::sync::atomic::AtomicU64,
+    /// Dead letters' ids (see `dead_letters.rs`).
+    dead_letter_ids: dead_letters::Ids,
     /// How state rows hash.
     rule: HashRule,
 }
@@ -511,17 +512,21 @@ impl Store {
         txn.commit()?;
         let db = Arc::new(db);
         let (sums, open_scan) = aae::open(&db, &limits, &rule, rule_changed)?;
-        let (idempotency_index, dead_letter_next) = {
+        let (idempotency_index, dead_letter_ids) = {
             let txn = db.begin_read()?;
             let index = idempotency::Index::load(
                 &txn.open_table(idempotency::IDEMPOTENCY)?,
                 &txn.open_table(META)?,
             )?;
-            let next = txn
+            let last = txn
                 .open_table(DEAD_LETTERS)?
                 .last()?
-                .map_or(1, |(k, _)| k.value() + 1);
-            (index, std::sync::atomic::AtomicU64::new(next))
+                .map_or(0, |(k, _)| k.value());
+            let high = match txn.open_table(META)?.get(META_DEAD_LETTER_HIGH)? {
+                Some(g) => u64_from(g.value(), "meta")?,
+                None => 0,
+            };
+            (index, dead_letters::Ids::new(last.max(high) + 1))
         };
         let store = Store {
             db,
@@ -535,7 +540,7 @@ impl Store {
             resolver: None,
             idempotency_window: idempotency::Window::default(),
             idempotency_index,
-            dead_letter_next,
+            dead_letter_ids,
             rule,
         };
         let resume = store.resume()?;

@@ -34,12 +34,11 @@ impl Store {
         )
     }
 
-    /// Reserves `n` dead-letter ids and returns the first: a request's dead letters are named
+    /// `records` under dead-letter ids reserved for them: a request's dead letters are named
     /// in its answer and committed with its writes (see
     /// [`crate::StoreWriter::commit_local_setting_aside`]).
-    pub fn reserve_dead_letter_ids(&self, n: u64) -> u64 {
-        self.dead_letter_next
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+    pub fn set_aside(&self, records: Vec<Vec<u8>>) -> crate::SetAside {
+        self.dead_letter_ids.reserve(records)
     }
 
     /// How many idempotency keys are held.
@@ -369,16 +368,22 @@ impl Store {
         })
     }
 
-    /// Dead-letter records with ids after `after`, at most `limit`.
+    /// Dead-letter records with ids after `after`, at most `limit`; none at or above an id
+    /// reserved and not yet committed (see `dead_letters.rs`): paging with `after` skips none.
     pub fn dead_letters(
         &self,
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        // Read before the table: an id settled after this was committed before the snapshot.
+        let below = self.dead_letter_ids.lowest_open().unwrap_or(u64::MAX);
         let txn = self.db.begin_read()?;
         let dead = txn.open_table(DEAD_LETTERS)?;
         let mut out = Vec::new();
-        for row in dead.range((after.saturating_add(1))..)?.take(limit) {
+        for row in dead
+            .range((after.saturating_add(1))..below.max(after.saturating_add(1)))?
+            .take(limit)
+        {
             let (k, v) = row?;
             out.push((k.value(), v.value().to_vec()));
         }

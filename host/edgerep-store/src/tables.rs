@@ -38,6 +38,10 @@ pub(crate) const META_STORE_FORMAT: &str = "store_format";
 
 pub(crate) const META_VERSIONS_ONLY: &str = "versions_only";
 
+/// The highest dead-letter id given, kept when dead letters are removed (so the top one is not
+/// given again after a restart).
+pub(crate) const META_DEAD_LETTER_HIGH: &str = "dead_letter_high";
+
 /// redb's page cache, at most.
 pub const CACHE_BYTES: usize = 32 << 20;
 

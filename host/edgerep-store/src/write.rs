@@ -247,7 +247,7 @@ pub(crate) fn append_dead_letters<'r>(
     dead: &mut redb::Table<'_, u64, &'static [u8]>,
     records: impl ExactSizeIterator<Item = &'r [u8]>,
 ) -> Result<Vec<u64>, StoreError> {
-    let first = store.reserve_dead_letter_ids(records.len() as u64);
+    let first = store.dead_letter_ids.take(records.len() as u64);
     let mut ids = Vec::new();
     for (id, record) in (first..).zip(records) {
         insert_dead_letter(dead, id, record)?;
@@ -256,7 +256,16 @@ pub(crate) fn append_dead_letters<'r>(
     Ok(ids)
 }
 
-/// Inserts dead letter `id` (reserved by [`Store::reserve_dead_letter_ids`]).
+/// Keeps the highest dead-letter id given, in a transaction that removes dead letters.
+fn keep_dead_letter_high(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    high: u64,
+) -> Result<(), StoreError> {
+    meta.insert(META_DEAD_LETTER_HIGH, &high.to_be_bytes()[..])?;
+    Ok(())
+}
+
+/// Inserts dead letter `id` (reserved by [`Store::set_aside`]).
 fn insert_dead_letter(
     dead: &mut redb::Table<'_, u64, &'static [u8]>,
     id: u64,
@@ -545,7 +554,7 @@ impl StoreWriter {
     }
 
     /// [`StoreWriter::commit_local_keyed`] that also keeps `set_aside` (dead letters of the
-    /// request's writes a plugin failed on, under ids from [`Store::reserve_dead_letter_ids`])
+    /// request's writes a plugin failed on, under ids from [`Store::set_aside`])
     /// in the same transaction: a request's dead letters, writes and key are written together
     /// or not at all.
     #[allow(clippy::too_many_arguments)]
@@ -635,6 +644,9 @@ impl StoreWriter {
                 insert_dead_letter(&mut dead, *id, record)?;
             }
             drop(dead);
+            if !dead_letters.is_empty() {
+                keep_dead_letter_high(&mut txn.open_table(META)?, self.dead_letter_ids.high())?;
+            }
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut feed = txn.open_table(FEED)?;
@@ -1219,6 +1231,7 @@ impl StoreWriter {
     pub fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
         let removed = txn.open_table(DEAD_LETTERS)?.remove(id)?.is_some();
+        keep_dead_letter_high(&mut txn.open_table(META)?, self.dead_letter_ids.high())?;
         txn.commit()?;
         Ok(removed)
     }

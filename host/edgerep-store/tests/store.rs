@@ -1089,6 +1089,12 @@ fn dead_letters_are_kept_in_order_and_survive_reopen() {
     );
     assert_eq!(store.status().unwrap().dead_letters, 5);
     assert_verified(&store);
+    // The top one removed: its id is not given again, after a restart either (an answer that
+    // named dead letter 5 must not come to name another write's).
+    assert!(store.remove_dead_letter(5).unwrap());
+    drop(store);
+    let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
+    assert_eq!(store.add_dead_letter(b"sixth").unwrap(), 6);
 }
 
 /// Events written at three sites (with the real local write path, so causal contexts are real),
