@@ -103,8 +103,9 @@ impl AppState {
 /// number of open watch streams, and how often the store may be verified.
 #[derive(Debug)]
 pub struct Guard {
-    /// The token clients must send (`authorization: Bearer TOKEN`), if one is configured.
-    token: Option<String>,
+    /// The token clients must send (`authorization: Bearer TOKEN`), if one is configured; a
+    /// reload reads its file again (a token is rotated by writing the file and reloading).
+    token: std::sync::RwLock<Option<Arc<str>>>,
     watch_streams: Arc<tokio::sync::Semaphore>,
     max_watch_streams: usize,
     request_timeout: std::time::Duration,
@@ -114,27 +115,39 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The token `config`'s `api.token_file` holds, if it names one.
+    pub(crate) fn read_token(config: &Config) -> Result<Option<Arc<str>>, String> {
+        let Some(path) = &config.api.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("api.token_file: cannot read {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(format!(
+                "api.token_file: {} holds a token of {} characters; use at least 16",
+                path.display(),
+                token.len()
+            ));
+        }
+        Ok(Some(token.into()))
+    }
+
+    /// Takes in the token a reload read (the file's path is unchanged: that takes a restart).
+    pub(crate) fn set_token(&self, token: Option<Arc<str>>) {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+    }
+
+    fn token(&self) -> Option<Arc<str>> {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The guards `config` asks for; reads the token file.
     pub fn from_config(config: &Config) -> Result<Guard, String> {
         let api = &config.api;
-        let token = match &api.token_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("api.token_file: cannot read {}: {e}", path.display()))?;
-                let token = text.trim().to_owned();
-                if token.len() < 16 {
-                    return Err(format!(
-                        "api.token_file: {} holds a token of {} characters; use at least 16",
-                        path.display(),
-                        token.len()
-                    ));
-                }
-                Some(token)
-            }
-            None => None,
-        };
+        let token = Guard::read_token(config)?;
         Ok(Guard {
-            token,
+            token: std::sync::RwLock::new(token),
             watch_streams: Arc::new(tokio::sync::Semaphore::new(api.max_watch_streams)),
             max_watch_streams: api.max_watch_streams,
             request_timeout: std::time::Duration::from_millis(api.request_timeout_ms),
@@ -153,7 +166,7 @@ impl Guard {
     /// a loopback one (`Host`: DNS rebinding, which would also let the page read).
     fn browser_refusal(&self, headers: &HeaderMap) -> Option<ApiError> {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        if self.token.is_none()
+        if self.token().is_none()
             && let Some(host) = host
             && !loopback_name(host)
         {
@@ -185,7 +198,7 @@ impl Guard {
 
     /// Whether the request carries the token (always true without one).
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else {
+        let Some(token) = self.token() else {
             return true;
         };
         let given = headers

@@ -382,6 +382,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         keys,
         replication.clone(),
         committer.clone(),
+        guard.clone(),
     ));
     let app = api::router(api::AppState {
         reloader: reloader.clone(),

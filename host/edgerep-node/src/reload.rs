@@ -65,6 +65,9 @@ pub enum ReloadError {
     /// A blocking task of the reload did not finish.
     #[error("reload task failed: {0}")]
     Task(String),
+    /// The API's token file cannot be read again, or holds no good token.
+    #[error("{0} (nothing changed)")]
+    Token(String),
 }
 
 /// What a reload did.
@@ -90,6 +93,8 @@ pub struct Reloader {
     keys: Option<Arc<NodeKeys>>,
     replication: Option<Arc<Replication>>,
     committer: Committer,
+    /// The API's guard, whose token a reload reads again.
+    guard: Arc<crate::api::Guard>,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -110,6 +115,7 @@ impl Reloader {
         keys: Option<Arc<NodeKeys>>,
         replication: Option<Arc<Replication>>,
         committer: Committer,
+        guard: Arc<crate::api::Guard>,
     ) -> Reloader {
         Reloader {
             config: RwLock::new(Arc::new(config)),
@@ -118,6 +124,7 @@ impl Reloader {
             keys,
             replication,
             committer,
+            guard,
             busy: tokio::sync::Mutex::new(()),
         }
     }
@@ -185,6 +192,9 @@ impl Reloader {
         new.node.alone = old.node.alone;
         reloadable(&old, &new)?;
         self.declared_in_place(&old, &new)?;
+        // Read before anything changes: a token file now unreadable or too short fails the
+        // whole reload.
+        let token = crate::api::Guard::read_token(&new).map_err(ReloadError::Token)?;
         let pipeline = self.pipeline.clone();
         let wired = new.clone();
         let plugins_loaded = tokio::task::spawn_blocking(move || pipeline.reload(&wired))
@@ -223,6 +233,7 @@ impl Reloader {
         }
         let file = new.source.display().to_string();
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        self.guard.set_token(token);
         // Keys resolved before by the old wiring (an upgrade that came late to this node)
         // get what the new one decides, the same as on every other node.
         let mut keys_re_resolved = BTreeMap::new();

@@ -63,6 +63,8 @@ listen = "127.0.0.1:1"
 "#,
         dir.join("data").display()
     );
+    // On disk as well: a reload reads it.
+    std::fs::write(dir.join("edgerep.toml"), &text).expect("writing the test config");
     Config::parse(&text, &dir.join("edgerep.toml")).expect("test config parses")
 }
 
@@ -1512,7 +1514,9 @@ fn scan_pages_through_keys_that_are_not_utf8() {
 }
 
 /// An API with a token file: every request without the token (or with another) is refused 401,
-/// with it served; watch streams beyond `api.max_watch_streams` are refused 503.
+/// with it served; watch streams beyond `api.max_watch_streams` are refused 503; a reload reads
+/// the token file again (a rotation once took effect only at a restart, the old token still
+/// good after a reload that said it succeeded).
 #[test]
 fn a_guarded_api_wants_its_token_and_bounds_watch_streams() {
     let dir = tempfile::tempdir().unwrap();
@@ -1576,6 +1580,31 @@ fn a_guarded_api_wants_its_token_and_bounds_watch_streams() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A token rotated by writing its file and reloading: the old one is refused from then on.
+    // A file left with a bad token fails the reload, and the token in force stays.
+    let reload = |token: &str| {
+        finish(
+            node.agent
+                .post(node.url("/v1/reload"))
+                .header("authorization", &format!("Bearer {token}"))
+                .send_empty(),
+            "reload",
+        )
+    };
+    std::fs::write(dir.path().join("api.token"), "short\n").unwrap();
+    let refused = reload("s3cret-token-0123456789");
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(
+        refused.text().contains("api.token_file"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(with("s3cret-token-0123456789", "/v1/status").status, 200);
+    std::fs::write(dir.path().join("api.token"), "rotated-token-9876543210\n").unwrap();
+    let r = reload("s3cret-token-0123456789");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(with("s3cret-token-0123456789", "/v1/status").status, 401);
+    assert_eq!(with("rotated-token-9876543210", "/v1/status").status, 200);
 }
 
 /// Small things a careless client runs into: a JSON object naming a key twice (CBOR maps
