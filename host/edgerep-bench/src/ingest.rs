@@ -78,39 +78,64 @@ pub(crate) fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
 /// the store alone have read anywhere from +7% to -11%), so many short pairs and the median.
 const KEY_PAIRS: usize = 8;
 
+/// What [`keyed_pairs`] measured: medians of each side and of the pairs' ratios.
+struct KeyCost {
+    with: f64,
+    without: f64,
+    ratio: f64,
+    /// The pairs' ratios, as text.
+    shown: String,
+    /// CPU time of this process (the node and its clients) per event, µs, with and without
+    /// keys, and the median of the pairs' ratios: less sensitive than throughput to the
+    /// disk's sync time drifting on a shared machine.
+    cpu_with_us: f64,
+    cpu_without_us: f64,
+    cpu_ratio: f64,
+}
+
 /// [`KEY_PAIRS`] pairs of measurements with (`measure(true)`) and without (`measure(false)`)
 /// keys, each pair back to back, the order alternating so that a drift of the machine favours
-/// neither side. Returns the medians of each side and of the pairs' ratios, and the ratios as
-/// text.
+/// neither side; `measure` returns events/s over `seconds`.
 fn keyed_pairs(
+    seconds: f64,
     mut measure: impl FnMut(bool) -> anyhow::Result<f64>,
-) -> anyhow::Result<(f64, f64, f64, String)> {
+) -> anyhow::Result<KeyCost> {
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
     };
     let (mut with_all, mut without_all, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_with, mut cpu_without, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
     for pair in 0..KEY_PAIRS {
-        let (mut with, mut without) = (0f64, 0f64);
+        let (mut with, mut without) = ((0f64, 0f64), (0f64, 0f64));
         for keyed in [pair % 2 == 0, pair % 2 != 0] {
+            let cpu = crate::replicate::cpu_seconds_of("self");
             let eps = measure(keyed)?;
+            let cpu = crate::replicate::cpu_seconds_of("self") - cpu;
+            let us_per_event = cpu * 1e6 / (eps * seconds).max(1.0);
             if keyed {
-                with = eps;
+                with = (eps, us_per_event);
             } else {
-                without = eps;
+                without = (eps, us_per_event);
             }
         }
-        with_all.push(with);
-        without_all.push(without);
-        ratios.push(with / without);
+        with_all.push(with.0);
+        without_all.push(without.0);
+        ratios.push(with.0 / without.0);
+        cpu_with.push(with.1);
+        cpu_without.push(without.1);
+        cpu_ratios.push(with.1 / without.1);
     }
     let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-    Ok((
-        median(&mut with_all),
-        median(&mut without_all),
-        median(&mut ratios),
-        shown.join(", "),
-    ))
+    Ok(KeyCost {
+        with: median(&mut with_all),
+        without: median(&mut without_all),
+        ratio: median(&mut ratios),
+        shown: shown.join(", "),
+        cpu_with_us: median(&mut cpu_with),
+        cpu_without_us: median(&mut cpu_without),
+        cpu_ratio: median(&mut cpu_ratios),
+    })
 }
 
 /// The store's own cost: local writes committed straight through `StoreWriter::commit_local`, without
@@ -435,15 +460,23 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
     let mut round = 10_000;
     // The store's part of it, without HTTP or the committer's grouping: commits of 4 writes
     // each with its key against the same without keys.
-    let (with, without, ratio, shown) =
-        keyed_pairs(|keyed| store_only(dir.path(), &value, 4, pair_seconds, true, keyed))?;
+    let c = keyed_pairs(pair_seconds, |keyed| {
+        store_only(dir.path(), &value, 4, pair_seconds, true, keyed)
+    })?;
     println!(
-        "idempotency keys in the store alone, 4 writes per durable commit, a key per write: {with:.0} events/s with, {without:.0} without (medians of {KEY_PAIRS} pairs of {pair_seconds} s); ratio per pair {shown}, median {ratio:.3} ({:+.1}%)",
-        (ratio - 1.0) * 100.0
+        "idempotency keys in the store alone, 4 writes per durable commit, a key per write: {:.0} events/s with, {:.0} without (medians of {KEY_PAIRS} pairs of {pair_seconds} s); ratio per pair {}, median {:.3} ({:+.1}%); CPU per event {:.1} µs with, {:.1} without (median ratio {:.3})",
+        c.with,
+        c.without,
+        c.shown,
+        c.ratio,
+        (c.ratio - 1.0) * 100.0,
+        c.cpu_with_us,
+        c.cpu_without_us,
+        c.cpu_ratio
     );
-    keys_cost.push(json!({"store_alone": true, "batch": 1, "per_commit": 4, "with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": ratio}));
+    keys_cost.push(json!({"store_alone": true, "batch": 1, "per_commit": 4, "with_events_per_s": c.with.round(), "without_events_per_s": c.without.round(), "ratio": c.ratio, "cpu_us_per_event_with": c.cpu_with_us, "cpu_us_per_event_without": c.cpu_without_us, "cpu_ratio": c.cpu_ratio}));
     for (batch, clients) in [(1usize, 4usize), (100, 4)] {
-        let (with, without, ratio, shown) = keyed_pairs(|keyed| {
+        let c = keyed_pairs(pair_seconds, |keyed| {
             round += 1;
             let cell = api_cell(
                 &client,
@@ -458,10 +491,17 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             Ok(cell.eps)
         })?;
         println!(
-            "idempotency keys, batch {batch} x {clients} clients, a key per request: {with:.0} events/s with, {without:.0} without (medians of {KEY_PAIRS} pairs of {pair_seconds} s); ratio per pair {shown}, median {ratio:.3} ({:+.1}%; target at most -5%)",
-            (ratio - 1.0) * 100.0
+            "idempotency keys, batch {batch} x {clients} clients, a key per request: {:.0} events/s with, {:.0} without (medians of {KEY_PAIRS} pairs of {pair_seconds} s); ratio per pair {}, median {:.3} ({:+.1}%; target at most -5%); CPU per event {:.1} µs with, {:.1} without (median ratio {:.3})",
+            c.with,
+            c.without,
+            c.shown,
+            c.ratio,
+            (c.ratio - 1.0) * 100.0,
+            c.cpu_with_us,
+            c.cpu_without_us,
+            c.cpu_ratio
         );
-        keys_cost.push(json!({"batch": batch, "clients": clients, "with_events_per_s": with.round(), "without_events_per_s": without.round(), "ratio": ratio}));
+        keys_cost.push(json!({"batch": batch, "clients": clients, "with_events_per_s": c.with.round(), "without_events_per_s": c.without.round(), "ratio": c.ratio, "cpu_us_per_event_with": c.cpu_with_us, "cpu_us_per_event_without": c.cpu_without_us, "cpu_ratio": c.cpu_ratio}));
     }
     let status = verify_and_stop(&rt, node, &client)?;
     let raw_after = edgerep_store::bench::raw_redb_throughput(

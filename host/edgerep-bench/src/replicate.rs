@@ -95,19 +95,7 @@ impl NodeProcess {
 
     /// user + system CPU seconds the process used so far (from `/proc/PID/stat`).
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        let text =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // The fields after the command name (in parentheses, which may hold spaces): utime and
-        // stime are the 14th and 15th of the line, the 12th and 13th after the name.
-        let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / clock_ticks_per_second()
+        cpu_seconds_of(&self.child.id().to_string())
     }
 
     pub(crate) fn status(&self, verify: bool) -> anyhow::Result<Json> {
@@ -167,6 +155,22 @@ impl Drop for NodeProcess {
 }
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 if it cannot be read).
+/// user + system CPU seconds process `pid` (or `self`) used so far (from `/proc/PID/stat`).
+pub(crate) fn cpu_seconds_of(pid: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, which may hold spaces): utime and
+    // stime are the 14th and 15th of the line, the 12th and 13th after the name.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
 fn clock_ticks_per_second() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
