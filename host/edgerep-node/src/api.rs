@@ -198,20 +198,9 @@ impl Guard {
 
     /// Whether the request carries the token (always true without one).
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        match self.token() {
-            Some(token) => Guard::carries(headers, &token),
-            None => true,
-        }
-    }
-
-    /// Whether the request carries the token `config`'s token file holds now. A reload may be
-    /// asked with it: the CLI sends the file's token, and after a rotation that is the new one.
-    fn carries_file_token(&self, headers: &HeaderMap, config: &Config) -> bool {
-        matches!(Guard::read_token(config), Ok(Some(token)) if Guard::carries(headers, &token))
-    }
-
-    /// Whether the request's `authorization` header carries `token`.
-    fn carries(headers: &HeaderMap, token: &str) -> bool {
+        let Some(token) = self.token() else {
+            return true;
+        };
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -253,10 +242,7 @@ async fn guard(
     if let Some(refused) = app.guard.browser_refusal(req.headers()) {
         return refused.into_response();
     }
-    let reload = req.method() == axum::http::Method::POST && req.uri().path() == "/v1/reload";
-    let authorized = app.guard.authorized(req.headers())
-        || (reload && app.guard.carries_file_token(req.headers(), &app.config()));
-    if !authorized {
+    if !app.guard.authorized(req.headers()) {
         let mut resp = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
