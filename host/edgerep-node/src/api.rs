@@ -106,6 +106,10 @@ pub struct Guard {
     /// The token clients must send (`authorization: Bearer TOKEN`), if one is configured; a
     /// reload reads its file again (a token is rotated by writing the file and reloading).
     token: std::sync::RwLock<Option<Arc<str>>>,
+    /// Counts token changes: a watch stream ends when the token it was opened with changes.
+    token_changes: watch::Sender<u64>,
+    /// Requests running on in tasks of their own (see `detached`), at most `max_connections`.
+    detached: Arc<tokio::sync::Semaphore>,
     watch_streams: Arc<tokio::sync::Semaphore>,
     max_watch_streams: usize,
     request_timeout: std::time::Duration,
@@ -123,6 +127,12 @@ impl Guard {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("api.token_file: cannot read {}: {e}", path.display()))?;
         let token = text.trim();
+        if !token.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(format!(
+                "api.token_file: {} holds characters a header cannot carry (visible ASCII and spaces only)",
+                path.display()
+            ));
+        }
         if token.len() < 16 {
             return Err(format!(
                 "api.token_file: {} holds a token of {} characters; use at least 16",
@@ -135,7 +145,11 @@ impl Guard {
 
     /// Takes in the token a reload read (the file's path is unchanged: that takes a restart).
     pub(crate) fn set_token(&self, token: Option<Arc<str>>) {
-        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+        let mut held = self.token.write().unwrap_or_else(|e| e.into_inner());
+        if *held != token {
+            *held = token;
+            self.token_changes.send_modify(|n| *n += 1);
+        }
     }
 
     fn token(&self) -> Option<Arc<str>> {
@@ -148,6 +162,8 @@ impl Guard {
         let token = Guard::read_token(config)?;
         Ok(Guard {
             token: std::sync::RwLock::new(token),
+            token_changes: watch::channel(0).0,
+            detached: Arc::new(tokio::sync::Semaphore::new(api.max_connections)),
             watch_streams: Arc::new(tokio::sync::Semaphore::new(api.max_watch_streams)),
             max_watch_streams: api.max_watch_streams,
             request_timeout: std::time::Duration::from_millis(api.request_timeout_ms),
@@ -708,18 +724,41 @@ async fn write_one(
     if key.is_none() {
         return write_one_run(app, write, None, trace).await;
     }
-    detached(write_one_run_owned(app.clone(), write, key, trace)).await
+    detached(app, write_one_run_owned(app.clone(), write, key, trace)).await
 }
 
 /// Runs `f` to its end in a task of its own. A keyed request runs so, holding its keys: a
 /// client that stops waiting (a timeout, a closed connection) does not free its keys while its
-/// plugins run or its commit waits, so a retry cannot run them a second time meanwhile.
+/// plugins run or its commit waits, so a retry cannot run them a second time meanwhile. At most
+/// `api.max_connections` such tasks run (a client that sends and hangs up must not pile them
+/// up: 503 beyond), and none starts once the node is stopping.
 async fn detached<T: Send + 'static>(
+    app: &AppState,
     f: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::spawn(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+    if *app.shutdown.borrow() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is stopping; nothing was written: retry once it is back".into(),
+        ));
+    }
+    let permit = app.guard.detached.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_writes",
+            format!(
+                "{} write requests are running (api.max_connections), some of them for clients that stopped waiting; nothing was written: retry",
+                app.config().api.max_connections
+            ),
+        )
+    })?;
+    tokio::spawn(async move {
+        let _permit = permit;
+        f.await
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
 }
 
 async fn write_one_run_owned(
@@ -1015,7 +1054,11 @@ async fn batch(
     let body = body_bytes(body, app.config().limits.max_request_bytes)?;
     // Its keys (the header's, or its writes') are known once it is parsed: every batch runs
     // to its end (see `detached`).
-    detached(batch_run(app, headers, body, format, request_key, trace)).await
+    detached(
+        &app,
+        batch_run(app.clone(), headers, body, format, request_key, trace),
+    )
+    .await
 }
 
 async fn batch_run(
@@ -1515,11 +1558,15 @@ async fn watch_feed(
         follow: bool,
         feed: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
+        /// Changes when the API's token does (a rotation): the stream, opened with the old
+        /// one, ends.
+        token: watch::Receiver<u64>,
     }
     let cursor = Cursor {
         _permit: permit,
         feed: app.feed.clone(),
         shutdown: app.shutdown.clone(),
+        token: app.guard.token_changes.subscribe(),
         app,
         after: q.after,
         remaining: q.limit.unwrap_or(u64::MAX),
@@ -1528,7 +1575,7 @@ async fn watch_feed(
     };
     let stream = futures_util::stream::unfold(cursor, |mut c| async move {
         loop {
-            if c.remaining == 0 || *c.shutdown.borrow() {
+            if c.remaining == 0 || *c.shutdown.borrow() || c.token.has_changed().unwrap_or(true) {
                 return None;
             }
             // Mark the current position seen before reading, so no commit is missed; serve
@@ -1571,6 +1618,7 @@ async fn watch_feed(
             tokio::select! {
                 changed = c.feed.changed() => if changed.is_err() { return None },
                 _ = c.shutdown.changed() => return None,
+                _ = c.token.changed() => return None,
             }
         }
     });

@@ -619,6 +619,11 @@ impl Committer {
                                     synced(&mut durable, &mut have, sync);
                                     hook(&have);
                                 }
+                                // Every dead-letter id of the group is settled before anyone
+                                // is answered: a writer listing at once sees all of them.
+                                for p in &mut group {
+                                    drop(std::mem::take(&mut p.set_aside));
+                                }
                                 let mut rest = committed.as_slice();
                                 for (p, &n) in group.drain(..).zip(&counts) {
                                     let (mine, tail) = rest.split_at(n.min(rest.len()));

@@ -25,7 +25,7 @@ use crate::keys::NodeKeys;
 use crate::pipeline::Pipeline;
 use crate::replication::Replication;
 
-/// Why a reload was refused or failed. Every case but the last two changed nothing.
+/// Why a reload was refused or failed. Every case but `ReResolve` and `Task` changed nothing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {

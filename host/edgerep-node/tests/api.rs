@@ -1600,11 +1600,53 @@ fn a_guarded_api_wants_its_token_and_bounds_watch_streams() {
         refused.text()
     );
     assert_eq!(with("s3cret-token-0123456789", "/v1/status").status, 200);
+    // A watch stream opened with the old token (and idle, following) ends at the rotation.
+    let mut open = node
+        .agent
+        .get(node.url("/v1/watch?after=1&follow=true"))
+        .header("authorization", "Bearer s3cret-token-0123456789")
+        .call()
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let (ended_tx, ended) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let read = std::io::Read::read_to_string(&mut open.body_mut().as_reader(), &mut rest);
+        let _ = ended_tx.send(read.map(|_| rest));
+    });
     std::fs::write(dir.path().join("api.token"), "rotated-token-9876543210\n").unwrap();
     let r = reload("s3cret-token-0123456789");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(with("s3cret-token-0123456789", "/v1/status").status, 401);
     assert_eq!(with("rotated-token-9876543210", "/v1/status").status, 200);
+    let rest = ended
+        .recv_timeout(TIMEOUT)
+        .expect("the old token's watch stream ended")
+        .expect("ended cleanly");
+    assert!(rest.is_empty(), "{rest}");
+    reader.join().unwrap();
+    // A reload that leaves the token as it was ends no stream.
+    let mut kept = node
+        .agent
+        .get(node.url("/v1/watch?after=1&follow=true"))
+        .header("authorization", "Bearer rotated-token-9876543210")
+        .call()
+        .unwrap();
+    assert_eq!(reload("rotated-token-9876543210").status, 200);
+    let put = finish(
+        node.agent
+            .put(node.url("/v1/kv/orders/o-2"))
+            .header("authorization", "Bearer rotated-token-9876543210")
+            .header("content-type", "application/json")
+            .send(br#"{"qty": 2}"#.as_slice()),
+        "put",
+    );
+    assert_eq!(put.status, 200, "{}", put.text());
+    let mut line = String::new();
+    std::io::BufReader::new(kept.body_mut().as_reader())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("o-2"), "{line}");
 }
 
 /// Small things a careless client runs into: a JSON object naming a key twice (CBOR maps

@@ -432,6 +432,56 @@ fn a_keyed_write_whose_client_stopped_waiting_keeps_its_key_until_done() {
     node.stop();
 }
 
+/// Write requests whose clients stopped waiting run on in tasks of their own, at most
+/// `api.max_connections` of them: beyond, a write is refused (503, nothing written) rather than
+/// piling up tasks for clients that hang up.
+#[test]
+fn writes_running_on_for_clients_that_left_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = [
+        plugin_table("spin", "spin", "fuel = 100000000000\ndeadline_ms = 1500"),
+        collection("spin", &["spin"], "lww"),
+    ]
+    .concat();
+    let text = config_text(dir.path(), &body).replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nrequest_timeout_ms = 300\nmax_connections = 2\n",
+    );
+    let config = Config::parse(&text, &dir.path().join("edgerep.toml")).expect("config parses");
+    let node = Node::start(config);
+    for key in ["left-1", "left-2"] {
+        let r = keyed(&node, "PUT", "/v1/kv/spin/k", Some(key), json!({"n": 1}));
+        assert_eq!(r.status, 408, "{}", r.body);
+    }
+    let refused = keyed(
+        &node,
+        "PUT",
+        "/v1/kv/spin/k",
+        Some("third"),
+        json!({"n": 1}),
+    );
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.body["kind"], "too_many_writes", "{}", refused.body);
+    // Once they end, writes run again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = keyed(
+            &node,
+            "PUT",
+            "/v1/kv/plain/k",
+            Some("later"),
+            json!({"n": 1}),
+        );
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(std::time::Instant::now() < deadline, "{}", r.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.stop();
+}
+
 /// Transforms on ingest that fan out: each call stays within the per-call limits, but a chain
 /// multiplies (two `fanout`s of 10 make 100 writes of one), and a batch adds up. Before, nothing
 /// bounded the total: one request could build writes without end. Now one write's chain may
