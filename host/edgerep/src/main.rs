@@ -659,16 +659,23 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 return Ok(EXIT_USAGE);
             }
             let mut reloaded_file = None;
-            let code = report(
-                client(&config)?.reload(),
-                |body| match serde_json::from_slice::<serde_json::Value>(body) {
+            let outcome = client(&config)?.reload();
+            if let (Outcome::Refused(401, _), Some(token)) = (&outcome, &c.api.token_file) {
+                // After a rotation the file holds a token the node does not know yet.
+                eprintln!(
+                    "edgerep: the node does not take the token in {}: if it was rotated, reload the node with SIGHUP (kill -HUP <pid>) so that it reads the file",
+                    token.display()
+                );
+            }
+            let code = report(outcome, |body| {
+                match serde_json::from_slice::<serde_json::Value>(body) {
                     Ok(j) => {
                         reloaded_file = j["reloaded"]["file"].as_str().map(PathBuf::from);
                         println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default())
                     }
                     Err(_) => print_body(body),
-                },
-            );
+                }
+            });
             // The node reads the file it was started with, not the one named here: a copy
             // edited elsewhere would be checked, then silently not taken. (Told apart by
             // content where the node's file can be read here: the same file may show under

@@ -690,3 +690,46 @@ fn reload_names_the_file_the_node_reads_when_another_is_given() {
     assert!(err.contains("edited-copy.toml") && err.contains(c), "{err}");
     drop(node);
 }
+
+/// A token rotated by writing its file: `edgerep reload` (which sends the file's token) is
+/// refused and says to reload with SIGHUP; after SIGHUP the CLI works with the new token and the
+/// old one is refused.
+#[test]
+fn a_rotated_token_is_taken_in_by_sighup_and_the_reload_verb_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-rot");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token-0123456789\n").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[api]\n",
+        &format!("[api]\ntoken_file = '{}'\n", token.display()),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let node = Node::start(&config);
+    let c = config.to_str().unwrap();
+    let o = edgerep(&["status", "--config", c]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::write(&token, "second-token-0123456789\n").unwrap();
+    let o = edgerep(&["reload", "--config", c]);
+    assert_eq!(o.status.code(), Some(3), "{}", stdout(&o));
+    assert!(stderr(&o).contains("SIGHUP"), "{}", stderr(&o));
+    // SIGHUP: the node reads the file again.
+    send_signal(node.child.id() as i32, "HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let o = edgerep(&["status", "--config", c]);
+        if o.status.code() == Some(0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", stderr(&o));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let old = common::agent()
+        .get(&node.url("/v1/status"))
+        .header("authorization", "Bearer first-token-0123456789")
+        .call()
+        .unwrap();
+    assert_eq!(old.status().as_u16(), 401);
+    drop(node);
+}

@@ -82,8 +82,9 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(20);
         let agent = agent();
         while Instant::now() < deadline {
+            // (401: the API answers, and wants a token.)
             if let Ok(r) = agent.get(&format!("http://{}/v1/status", self.addr)).call()
-                && r.status() == 200
+                && (r.status() == 200 || r.status() == 401)
             {
                 return;
             }
