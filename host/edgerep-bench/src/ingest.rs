@@ -13,7 +13,7 @@ use edgerep_wire::event::{Event, FORMAT_VERSION, Op};
 use edgerep_wire::value::{DecodeLimits, Value};
 use edgerep_wire::{Hlc, NodeId, VersionVector};
 use minicbor::Encoder;
-use serde_json::json;
+use serde_json::{Value as Json, json};
 
 use edgerep_client::client::{Client, Outcome};
 
@@ -91,6 +91,34 @@ struct KeyCost {
     cpu_with_us: f64,
     cpu_without_us: f64,
     cpu_ratio: f64,
+}
+
+impl KeyCost {
+    /// The figures as printed (`target`: appended to the percentage).
+    fn line(&self, pair_seconds: f64, target: &str) -> String {
+        format!(
+            "{:.0} events/s with, {:.0} without (medians of {KEY_PAIRS} pairs of {pair_seconds} s); ratio per pair {}, median {:.3} ({:+.1}%{target}); CPU per event {:.1} µs with, {:.1} without (median ratio {:.3})",
+            self.with,
+            self.without,
+            self.shown,
+            self.ratio,
+            (self.ratio - 1.0) * 100.0,
+            self.cpu_with_us,
+            self.cpu_without_us,
+            self.cpu_ratio
+        )
+    }
+
+    /// `what` (a JSON object naming the measurement) with the figures added.
+    fn json(&self, mut what: Json) -> Json {
+        what["with_events_per_s"] = json!(self.with.round());
+        what["without_events_per_s"] = json!(self.without.round());
+        what["ratio"] = json!(self.ratio);
+        what["cpu_us_per_event_with"] = json!(self.cpu_with_us);
+        what["cpu_us_per_event_without"] = json!(self.cpu_without_us);
+        what["cpu_ratio"] = json!(self.cpu_ratio);
+        what
+    }
 }
 
 /// [`KEY_PAIRS`] pairs of measurements with (`measure(true)`) and without (`measure(false)`)
@@ -464,17 +492,10 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         store_only(dir.path(), &value, 4, pair_seconds, true, keyed)
     })?;
     println!(
-        "idempotency keys in the store alone, 4 writes per durable commit, a key per write: {:.0} events/s with, {:.0} without (medians of {KEY_PAIRS} pairs of {pair_seconds} s); ratio per pair {}, median {:.3} ({:+.1}%); CPU per event {:.1} µs with, {:.1} without (median ratio {:.3})",
-        c.with,
-        c.without,
-        c.shown,
-        c.ratio,
-        (c.ratio - 1.0) * 100.0,
-        c.cpu_with_us,
-        c.cpu_without_us,
-        c.cpu_ratio
+        "idempotency keys in the store alone, 4 writes per durable commit, a key per write: {}",
+        c.line(pair_seconds, "")
     );
-    keys_cost.push(json!({"store_alone": true, "batch": 1, "per_commit": 4, "with_events_per_s": c.with.round(), "without_events_per_s": c.without.round(), "ratio": c.ratio, "cpu_us_per_event_with": c.cpu_with_us, "cpu_us_per_event_without": c.cpu_without_us, "cpu_ratio": c.cpu_ratio}));
+    keys_cost.push(c.json(json!({"store_alone": true, "batch": 1, "per_commit": 4})));
     for (batch, clients) in [(1usize, 4usize), (100, 4)] {
         let c = keyed_pairs(pair_seconds, |keyed| {
             round += 1;
@@ -491,17 +512,10 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             Ok(cell.eps)
         })?;
         println!(
-            "idempotency keys, batch {batch} x {clients} clients, a key per request: {:.0} events/s with, {:.0} without (medians of {KEY_PAIRS} pairs of {pair_seconds} s); ratio per pair {}, median {:.3} ({:+.1}%; target at most -5%); CPU per event {:.1} µs with, {:.1} without (median ratio {:.3})",
-            c.with,
-            c.without,
-            c.shown,
-            c.ratio,
-            (c.ratio - 1.0) * 100.0,
-            c.cpu_with_us,
-            c.cpu_without_us,
-            c.cpu_ratio
+            "idempotency keys, batch {batch} x {clients} clients, a key per request: {}",
+            c.line(pair_seconds, "; target at most -5%")
         );
-        keys_cost.push(json!({"batch": batch, "clients": clients, "with_events_per_s": c.with.round(), "without_events_per_s": c.without.round(), "ratio": c.ratio, "cpu_us_per_event_with": c.cpu_with_us, "cpu_us_per_event_without": c.cpu_without_us, "cpu_ratio": c.cpu_ratio}));
+        keys_cost.push(c.json(json!({"batch": batch, "clients": clients})));
     }
     let status = verify_and_stop(&rt, node, &client)?;
     let raw_after = edgerep_store::bench::raw_redb_throughput(

@@ -720,7 +720,11 @@ async fn write_one(
     if key.is_none() {
         return write_one_run(app, write, None, trace).await;
     }
-    detached(app, write_one_run_owned(app.clone(), write, key, trace)).await
+    let owned = app.clone();
+    detached(app, async move {
+        write_one_run(&owned, write, key, trace).await
+    })
+    .await
 }
 
 /// Runs `f` to its end in a task of its own. A keyed request runs so, holding its keys: a
@@ -755,15 +759,6 @@ async fn detached<T: Send + 'static>(
     })
     .await
     .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
-}
-
-async fn write_one_run_owned(
-    app: Arc<AppState>,
-    write: LocalWrite,
-    key: Option<String>,
-    trace: Option<ClientTrace>,
-) -> Result<Response, ApiError> {
-    write_one_run(&app, write, key, trace).await
 }
 
 async fn write_one_run(

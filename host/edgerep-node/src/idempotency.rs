@@ -413,6 +413,16 @@ mod tests {
             .expect("writing to a Vec");
         let old = Extra::decode(&old).unwrap();
         assert!(old.legacy);
+        // A version this edgerep does not know: refused, not read as something else.
+        let mut next = Vec::new();
+        minicbor::Encoder::new(&mut next)
+            .array(4)
+            .and_then(|e| e.u64(1))
+            .and_then(|e| e.str("[]"))
+            .and_then(|e| e.null())
+            .and_then(|e| e.u8(2))
+            .expect("writing to a Vec");
+        assert!(Extra::decode(&next).is_err());
         assert_eq!(old.failed, Some(json!({"status": 422})));
     }
 

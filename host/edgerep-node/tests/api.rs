@@ -1591,6 +1591,16 @@ fn a_guarded_api_wants_its_token_and_bounds_watch_streams() {
             "reload",
         )
     };
+    // A token a header cannot carry: refused by name, nothing changed.
+    std::fs::write(
+        dir.path().join("api.token"),
+        "tok\u{e9}n-0123456789abcdef\n",
+    )
+    .unwrap();
+    let refused = reload("s3cret-token-0123456789");
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(refused.text().contains("header"), "{}", refused.text());
+    assert_eq!(with("s3cret-token-0123456789", "/v1/status").status, 200);
     std::fs::write(dir.path().join("api.token"), "short\n").unwrap();
     let refused = reload("s3cret-token-0123456789");
     assert_eq!(refused.status, 422, "{}", refused.text());

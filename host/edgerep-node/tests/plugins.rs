@@ -387,23 +387,28 @@ fn a_key_names_one_shape_of_request_and_one_try_at_a_time() {
     node.stop();
 }
 
+/// A node whose API answers 408 after 300 ms, with collection `spin` whose plugin spins until
+/// its 1.5 s deadline; `api` adds lines to `[api]`.
+fn slow_spin_node(dir: &Path, api: &str) -> Node {
+    let body = [
+        plugin_table("spin", "spin", "fuel = 100000000000\ndeadline_ms = 1500"),
+        collection("spin", &["spin"], "lww"),
+    ]
+    .concat();
+    let text = config_text(dir, &body).replace(
+        "listen = \"127.0.0.1:0\"\n",
+        &format!("listen = \"127.0.0.1:0\"\nrequest_timeout_ms = 300\n{api}"),
+    );
+    Node::start(Config::parse(&text, &dir.join("edgerep.toml")).expect("config parses"))
+}
+
 /// A keyed write whose client stopped waiting (the node's request timeout) runs on holding its
 /// key: a retry meanwhile is refused as in use at once, not run a second time beside it; once
 /// the first is done, the retry gets its answer.
 #[test]
 fn a_keyed_write_whose_client_stopped_waiting_keeps_its_key_until_done() {
     let dir = tempfile::tempdir().unwrap();
-    let body = [
-        plugin_table("spin", "spin", "fuel = 100000000000\ndeadline_ms = 1500"),
-        collection("spin", &["spin"], "lww"),
-    ]
-    .concat();
-    let text = config_text(dir.path(), &body).replace(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\nrequest_timeout_ms = 300\n",
-    );
-    let config = Config::parse(&text, &dir.path().join("edgerep.toml")).expect("config parses");
-    let node = Node::start(config);
+    let node = slow_spin_node(dir.path(), "");
     let first = keyed(&node, "PUT", "/v1/kv/spin/k", Some("slow"), json!({"n": 1}));
     assert_eq!(first.status, 408, "{}", first.body);
     let again = keyed(&node, "PUT", "/v1/kv/spin/k", Some("slow"), json!({"n": 1}));
@@ -438,17 +443,7 @@ fn a_keyed_write_whose_client_stopped_waiting_keeps_its_key_until_done() {
 #[test]
 fn writes_running_on_for_clients_that_left_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let body = [
-        plugin_table("spin", "spin", "fuel = 100000000000\ndeadline_ms = 1500"),
-        collection("spin", &["spin"], "lww"),
-    ]
-    .concat();
-    let text = config_text(dir.path(), &body).replace(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\nrequest_timeout_ms = 300\nmax_connections = 2\n",
-    );
-    let config = Config::parse(&text, &dir.path().join("edgerep.toml")).expect("config parses");
-    let node = Node::start(config);
+    let node = slow_spin_node(dir.path(), "max_connections = 2\n");
     for key in ["left-1", "left-2"] {
         let r = keyed(&node, "PUT", "/v1/kv/spin/k", Some(key), json!({"n": 1}));
         assert_eq!(r.status, 408, "{}", r.body);

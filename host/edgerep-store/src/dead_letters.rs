@@ -54,7 +54,7 @@ impl Ids {
         drop(open);
         SetAside {
             records: (first..).zip(records).collect(),
-            _held: Some(Held {
+            _reserved: Some(Reserved {
                 ids: first..first + n,
                 open: self.open.clone(),
             }),
@@ -83,7 +83,7 @@ impl Ids {
 pub struct SetAside {
     /// (id, record), ids one after another.
     pub records: Vec<(u64, Vec<u8>)>,
-    _held: Option<Held>,
+    _reserved: Option<Reserved>,
 }
 
 impl SetAside {
@@ -94,12 +94,12 @@ impl SetAside {
 }
 
 #[derive(Debug)]
-struct Held {
+struct Reserved {
     ids: std::ops::Range<u64>,
     open: Arc<Mutex<BTreeSet<u64>>>,
 }
 
-impl Drop for Held {
+impl Drop for Reserved {
     fn drop(&mut self) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         for id in self.ids.clone() {

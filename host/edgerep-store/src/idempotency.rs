@@ -721,6 +721,22 @@ mod tests {
         txn.commit().unwrap();
         index.apply(changes);
         assert!(index.contains("next") && index.contains("old-3"));
+        // Damaged bytes waiting in meta: a clear error naming the table, at open.
+        let txn = db.begin_write().unwrap();
+        txn.open_table(crate::tables::META)
+            .unwrap()
+            .insert(META_PENDING, &[0x84, 0x01, 0x61][..])
+            .unwrap();
+        txn.commit().unwrap();
+        let txn = db.begin_read().unwrap();
+        let damaged = Index::load(
+            &txn.open_table(IDEMPOTENCY).unwrap(),
+            &txn.open_table(crate::tables::META).unwrap(),
+        );
+        assert!(
+            matches!(damaged, Err(StoreError::Corrupt { table: "meta", .. })),
+            "{damaged:?}"
+        );
     }
 
     #[test]

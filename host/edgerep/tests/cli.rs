@@ -153,21 +153,27 @@ fn config_check_names_file_and_key() {
     assert!(stderr(&o).contains("max_keys"));
 }
 
+/// Writes `content` to a token file beside `config` and names it in `[api]`; returns its path.
+fn with_token_file(config: &std::path::Path, content: &str) -> std::path::PathBuf {
+    let token = config.with_file_name("token");
+    std::fs::write(&token, content).unwrap();
+    let text = std::fs::read_to_string(config).unwrap().replacen(
+        "[api]\n",
+        &format!("[api]\ntoken_file = '{}'\n", token.display()),
+        1,
+    );
+    assert!(text.contains("token_file"), "{text}");
+    std::fs::write(config, text).unwrap();
+    token
+}
+
 /// `config check` refuses a token file `run` would refuse (under 16 characters): it used to
 /// pass it, and the node then failed to start.
 #[test]
 fn config_check_refuses_a_token_run_would_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let config = init(dir.path(), "cfg-t");
-    let token = dir.path().join("token");
-    std::fs::write(&token, "short\n").unwrap();
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[api]\n",
-        &format!("[api]\ntoken_file = '{}'\n", token.display()),
-        1,
-    );
-    assert!(text.contains("token_file"), "{text}");
-    std::fs::write(&config, text).unwrap();
+    let token = with_token_file(&config, "short\n");
     let o = edgerep(&["config", "check", config.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     assert!(stderr(&o).contains("at least 16"), "{}", stderr(&o));
@@ -698,14 +704,7 @@ fn reload_names_the_file_the_node_reads_when_another_is_given() {
 fn a_rotated_token_is_taken_in_by_sighup_and_the_reload_verb_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let config = init(dir.path(), "cfg-rot");
-    let token = dir.path().join("token");
-    std::fs::write(&token, "first-token-0123456789\n").unwrap();
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[api]\n",
-        &format!("[api]\ntoken_file = '{}'\n", token.display()),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    let token = with_token_file(&config, "first-token-0123456789\n");
     let node = Node::start(&config);
     let c = config.to_str().unwrap();
     let o = edgerep(&["status", "--config", c]);
