@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use edgerep_config::{Config, Durability, RetentionConfig};
 use edgerep_replica::{
-    CollectionFingerprint, Log, LogError, Message, MessageLimits, Output, PluginFingerprint, Read,
-    Replica, ReplicaConfig, StateCursor, StatePage, UpgradeFingerprint,
+    CollectionFingerprint, Log, LogError, Message, MessageLimits, Output, PluginFingerprint,
+    ProtocolError, Read, Replica, ReplicaConfig, StateCursor, StatePage, UpgradeFingerprint,
 };
 use edgerep_store::{Compaction, Installed, RemoteApply, Store, StoreError};
 use edgerep_transport::tls::TransportConfig;
@@ -428,6 +428,7 @@ pub fn start(
         duplicates: BTreeMap::new(),
         origin_claims: BTreeMap::new(),
         anti_entropy: AntiEntropy::new(config.replication.anti_entropy_interval_ms, instance),
+        runtime: runtime.clone(),
     };
     replicator.load_cursors();
     replicator.set_have(&have);
@@ -542,6 +543,8 @@ impl CommitHookSender {
 }
 
 struct Replicator {
+    /// Runs what waits (a connection refused for its config closes after a grace).
+    runtime: tokio::runtime::Handle,
     core: Replica,
     log: StoreLog,
     store: Arc<Store>,
@@ -801,7 +804,32 @@ impl Replicator {
             }
             _ => {}
         }
+        // How far the peer holds this node's own events, as its Hello says.
+        let own_claim = match &message {
+            Message::Hello(hello) => Some(
+                hello
+                    .have
+                    .iter()
+                    .find(|(o, _)| o == self.core.local())
+                    .map_or(0, |&(_, seq)| seq),
+            ),
+            _ => None,
+        };
         if let Err(e) = self.core.handle(&peer, message, now) {
+            // A peer refused for its config (another policy or resolver: an operator changed
+            // one node and restarted it) still said, under its own certificate and node id,
+            // how far it holds this node's events: that opens the origin gate as a session
+            // would, so the node takes local writes while its operator aligns the configs.
+            if let (
+                Some(claim),
+                ProtocolError::PolicyDiffers { .. } | ProtocolError::ResolversDiffer { .. },
+            ) = (own_claim, &e)
+            {
+                self.origin_claims.insert(peer.clone(), claim);
+                self.check_origin();
+                self.refuse_config(peer, e.to_string(), now);
+                return;
+            }
             self.protocol_error(peer, e.to_string(), now);
         }
     }
@@ -989,7 +1017,7 @@ impl Replicator {
         self.halted = Some(halt.reason);
     }
 
-    fn transmit(&mut self) {
+    pub(super) fn transmit(&mut self) {
         let now = self.now();
         // Backpressure on sending: no Events for a peer whose frames pile up unsent.
         let mut not_reading = Vec::new();

@@ -800,3 +800,58 @@ fn a_write_refused_while_no_peer_confirmed_sets_nothing_aside() {
     assert_eq!(r.status(), 503);
     assert_eq!(status(&n1)["dead_letters"], 0, "{}", status(&n1));
 }
+
+/// An operator changed one node's policy (a limit) and restarted it. Its peer refuses the
+/// session (the two would decide events differently), but it said at the handshake, under its
+/// certificate, how far it holds the restarted node's own events: the node takes local writes
+/// instead of answering 503 `origin_unconfirmed` with a hint to run `--alone`, and its status
+/// names the difference.
+#[test]
+fn a_node_restarted_with_another_policy_takes_writes_and_names_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "c", "k", r#"{"v":1}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    n1.terminate();
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    let changed = text.replace("# max_value_bytes = 65536", "max_value_bytes = 32768");
+    assert_ne!(text, changed);
+    std::fs::write(&configs[0], changed).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let r = agent()
+        .put(&n1.url("/v1/kv/c/k2"))
+        .content_type("application/json")
+        .send(br#"{"v":2}"#)
+        .unwrap();
+    let status_code = r.status().as_u16();
+    let body = r.into_body().read_to_string().unwrap();
+    assert_eq!(
+        status_code,
+        200,
+        "{body}\n{}\n{}",
+        status(&n1),
+        std::fs::read_to_string(&n1.log).unwrap_or_default()
+    );
+    // The session is refused on every try; between tries the error may be cleared.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(&n1);
+        let peer = &s["replication"]["peers"][0];
+        assert_ne!(peer["connected"], true, "{s}");
+        let error = peer["last_error"].as_str().unwrap_or_default();
+        if error.contains("policy differs") && error.contains("max_value_bytes") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error names the policy: {s}\n{}\n{}",
+            std::fs::read_to_string(&n1.log).unwrap_or_default(),
+            std::fs::read_to_string(&n2.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // node-2 did not take node-1's new write.
+    assert_eq!(get(&n2, "c", "k2").0, 404);
+}

@@ -4,7 +4,7 @@
 //! off.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use edgerep_transport::CloseCode;
 use edgerep_wire::{EncodedEvent, NodeId, Seal};
@@ -16,6 +16,9 @@ use crate::committer::wall_ms;
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// How long a connection refused for its config stays open (see `refuse_config`).
+const CONFIG_REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
 impl Replicator {
     /// Opens the origin gate once some peer said it holds this node's own events up to a
@@ -218,6 +221,32 @@ impl Replicator {
         tracing::warn!(peer = %peer, "protocol error, disconnecting: {}", edgerep_wire::text::one_line(&reason));
         if let Some(live) = self.conns.remove(&peer) {
             live.conn.close(CloseCode::Protocol, &reason);
+        }
+        self.core.disconnected(&peer, now);
+        self.aae_disconnected(&peer);
+        self.last_error.insert(peer, reason);
+    }
+
+    /// Ends the session of a peer whose config differs (another policy or resolver): a
+    /// mistake of an operator, not a lie. The connection closes after
+    /// [`CONFIG_REFUSAL_GRACE`], so the peer still reads this node's Hello (how far this node
+    /// holds the peer's own events: that opens the peer's origin gate after a restart) and
+    /// learns why; nothing the peer sends meanwhile is read.
+    pub(super) fn refuse_config(&mut self, peer: NodeId, reason: String, now: u64) {
+        self.reports.protocol_errors_total += 1;
+        tracing::warn!(peer = %peer, "configs differ, disconnecting: {}", edgerep_wire::text::one_line(&reason));
+        // This node's Hello may still be queued in the core (the peer's came in the same
+        // batch as the connection): it goes out first.
+        self.transmit();
+        if let Some(live) = self.conns.remove(&peer) {
+            let why = reason.clone();
+            // The link is kept whole until the close (dropped, its writer would end the stream
+            // first, and the peer would see that instead of the reason).
+            self.runtime.spawn(async move {
+                let live = live; // the whole link, not only its connection
+                tokio::time::sleep(CONFIG_REFUSAL_GRACE).await;
+                live.conn.close(CloseCode::Protocol, &why);
+            });
         }
         self.core.disconnected(&peer, now);
         self.aae_disconnected(&peer);
