@@ -1080,3 +1080,49 @@ fn a_connection_that_never_opens_its_stream_is_closed() {
     let reason = reason.expect("node-1 closes the connection");
     assert!(reason.contains("no stream opened"), "{reason}");
 }
+
+/// A peer naming, again and again, one leaf of the tree with a sum node-1 does not hold: each
+/// answer lists the leaf, and a listing reads node-1's whole state table on its replicator
+/// thread. Only messages that listed ranges themselves were charged to the peer's listing
+/// budget, so these 40-byte messages were all answered. Now they are charged too: past the
+/// budget they are dropped, and node-1 goes on replicating with its honest peer.
+#[test]
+fn a_peer_naming_differing_leaves_in_a_loop_is_held_to_its_listing_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    for i in 0..2000u64 {
+        h.send(&Message::Reconcile {
+            // Not a session of node-1's: the peer's own.
+            id: 1_000_000 + i,
+            fingerprints: vec![edgerep_replica::reconcile::RangeFingerprint {
+                node: edgerep_wire::aae::Node {
+                    level: edgerep_wire::aae::LEAF_LEVEL,
+                    prefix: (i % 16) as u16,
+                },
+                fingerprint: [7; 16],
+                count: 0,
+            }],
+            items: vec![],
+        })
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(&n1);
+        let peer = st["replication"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "node-2")
+            .cloned()
+            .unwrap_or_default();
+        if peer["anti_entropy"]["dropped_total"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing dropped: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}

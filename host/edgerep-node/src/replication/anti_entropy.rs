@@ -541,12 +541,17 @@ impl Replicator {
                 let had_ranges = !fingerprints.is_empty() || !items.is_empty();
                 // Nothing is read for a peer whose frames pile up unsent (the answer could
                 // not go), nor past its budget of listings: dropped, its session times out.
+                // A range the answer lists costs a listing whether the peer listed it or only
+                // named a leaf whose sum differs (each listing reads the whole state table), so
+                // every message of the peer's sessions with ranges is charged; this node's own
+                // sessions are bounded by their round trips.
                 let queued = self
                     .conns
                     .get(peer)
                     .map_or(0, |l| l.queued.load(std::sync::atomic::Ordering::Acquire));
+                let charged = if mine { !items.is_empty() } else { had_ranges };
                 if queued > SEND_QUEUE_MAX_BYTES
-                    || (!items.is_empty() && !self.anti_entropy.take_listing(peer))
+                    || (charged && !self.anti_entropy.take_listing(peer))
                 {
                     self.anti_entropy
                         .status
