@@ -621,7 +621,7 @@ impl Config {
                 .into_iter()
                 .map(|r| Revoked {
                     node: r.node,
-                    after_seq: r.after_seq,
+                    after_seq: r.after_seq.unwrap_or_default(),
                 })
                 .collect(),
         })

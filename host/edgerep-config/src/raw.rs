@@ -75,8 +75,9 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawRevoked {
     #[serde(deserialize_with = "node_id")]
     pub(crate) node: NodeId,
-    #[serde(default)]
-    pub(crate) after_seq: u64,
+    /// Required (checked in `validate`): left out, it silently meant 0, refusing the node's
+    /// whole history, which nodes that lack it could then never get.
+    pub(crate) after_seq: Option<u64>,
 }
 
 /// One `[plugins.NAME]` table.

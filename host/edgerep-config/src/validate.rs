@@ -101,6 +101,17 @@ fn check_authorization(raw: &RawConfig) -> Result<(), Violation> {
                 "is this node's own id: a revoked node must not run".to_owned(),
             ));
         }
+        if r.after_seq.is_none() {
+            return Err((
+                vec![Seg::Key("revoked"), Seg::Index(i), Seg::Key("after_seq")],
+                format!(
+                    "missing: the last of {:?}'s events to keep (its later events are refused \
+                     wherever they come from); `after_seq = 0` refuses all of them, and nodes \
+                     that lack them then never get them",
+                    r.node.as_str()
+                ),
+            ));
+        }
         if let Some(first) = seen.insert(r.node.as_str(), i) {
             return Err((
                 vec![Seg::Key("revoked"), Seg::Index(i), Seg::Key("node")],

@@ -945,11 +945,22 @@ fn authorization_and_revocations() {
         &with("[authorization]\nsite-b = [\"bad name\"]\n"),
         "authorization.site-b[0]",
     );
-    expect_error(&with("[[revoked]]\nnode = \"site-a\"\n"), "revoked[0].node");
     expect_error(
-        &with("[[revoked]]\nnode = \"site-c\"\n\n[[revoked]]\nnode = \"site-c\"\n"),
+        &with("[[revoked]]\nnode = \"site-a\"\nafter_seq = 0\n"),
+        "revoked[0].node",
+    );
+    expect_error(
+        &with(
+            "[[revoked]]\nnode = \"site-c\"\nafter_seq = 1\n\n[[revoked]]\nnode = \"site-c\"\nafter_seq = 2\n",
+        ),
         "revoked[1].node",
     );
+    // Left out, after_seq silently meant 0 (the node's whole history refused).
+    let e = expect_error(
+        &with("[[revoked]]\nnode = \"site-c\"\n"),
+        "revoked[0].after_seq",
+    );
+    assert!(e.to_string().contains("after_seq = 0"), "{e}");
 }
 
 #[test]
