@@ -1126,3 +1126,73 @@ fn a_peer_naming_differing_leaves_in_a_loop_is_held_to_its_listing_budget() {
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
+
+/// A snapshot that leaves versions out. The attacker (node-2) gives node-3 its events 1..5,
+/// then sends node-1 a snapshot whose floors say node-1 is behind, with node-2's genuine seal at
+/// 5 and none of the five versions. node-1 takes the have (the seal is real; that nothing is
+/// missing is the sender's word, as are the floors) and holds none of the keys. It compares
+/// with node-3 at once, not at the next interval (60 s), and repairs them from it.
+#[test]
+fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut to_n1 = attacker(&configs, &[]);
+    let mut to_n3 = common::hostile::Hostile::connect(&configs[1], &configs[2]);
+    let hello = to_n3.hello(&[], &[]);
+    to_n3.send(&hello).unwrap();
+    assert!(
+        to_n3
+            .wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
+            .is_some()
+    );
+    let events = (1..=5)
+        .map(|i| event("node-2", i, "c", &format!("left-out-{i}"), i))
+        .collect();
+    let m = to_n3.sealed(events);
+    let Message::Events { seals, .. } = &m else {
+        unreachable!()
+    };
+    let seal = seals[0].clone();
+    to_n3.send(&m).unwrap();
+    wait_for_key(&n3, "left-out-5", "node-3 holds node-2's five events");
+    let node2 = NodeId::parse("node-2").unwrap();
+    to_n1
+        .send(&Message::Snapshot {
+            id: 0,
+            page: 0,
+            floors: vec![(node2.clone(), 5)],
+            versions: vec![],
+            proofs: vec![],
+            done: true,
+            have: vec![(node2, 5)],
+            seals: vec![seal],
+            certs: vec![(to_n1.id.clone(), to_n1.signer.cert().to_vec())],
+        })
+        .unwrap();
+    wait_status(&n1, "node-1 took the snapshot", |r| {
+        r["snapshot_pages_merged_total"] == 1
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&n1, "c", "left-out-3").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the left-out versions are not repaired: {}\n{}",
+            status(&n1),
+            std::fs::read_to_string(&n1.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_status(&n1, "repaired from node-3", |r| {
+        r["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "node-3" && p["anti_entropy"]["repaired_in_total"] == 5)
+    });
+    for i in 1..=5 {
+        assert_eq!(
+            get(&n1, "c", &format!("left-out-{i}")).1,
+            format!(r#"{{"v":{i}}}"#)
+        );
+    }
+}

@@ -186,6 +186,9 @@ pub(super) struct AntiEntropy {
     /// On-demand requests that came while the store's check at open ran (its sums are not
     /// whole until it ends): started at the first tick after it.
     deferred: Vec<(Option<NodeId>, oneshot::Sender<Vec<SessionReport>>)>,
+    /// Peers to compare with after a snapshot raised this node's floors, and when: once this
+    /// node's Acks told them its new have (a peer repairs only what this node acknowledged).
+    after_snapshot: BTreeMap<NodeId, Instant>,
     /// Per peer, its repairs queued at the committer and not yet merged (at most
     /// [`REPAIRS_IN_FLIGHT`]: each is a durable transaction every other write waits behind).
     merging: BTreeMap<NodeId, usize>,
@@ -233,6 +236,7 @@ impl AntiEntropy {
             listing_budget: BTreeMap::new(),
             started_at: BTreeMap::new(),
             deferred: Vec::new(),
+            after_snapshot: BTreeMap::new(),
             merging: BTreeMap::new(),
         }
     }
@@ -359,6 +363,25 @@ impl Replicator {
         n as u64
     }
 
+    /// A snapshot of `from` raised this node's floors: each version it carried was proven its
+    /// origin's, but that none was left out is the sender's word (the floors it named are
+    /// too). Every other ready peer is compared with now, not at the next interval (and even
+    /// with periodic comparisons off), so versions a lying sender left out are found and
+    /// repaired from the others within seconds.
+    pub(super) fn aae_after_snapshot(&mut self, from: &NodeId) {
+        let at = Instant::now() + QUIET;
+        let others: Vec<NodeId> = self
+            .conns
+            .keys()
+            .filter(|p| *p != from && self.core.is_ready(p))
+            .cloned()
+            .collect();
+        for peer in others {
+            tracing::info!(peer = %peer, "comparing with {peer} in {} ms: a snapshot from {from} raised this node's floors", QUIET.as_millis());
+            self.anti_entropy.after_snapshot.insert(peer, at);
+        }
+    }
+
     /// Starts periodic sessions that are due, ends sessions that timed out.
     pub(super) fn aae_tick(&mut self) {
         if !self.store.aae_ready() {
@@ -368,6 +391,17 @@ impl Replicator {
             self.aae_on_demand(peer, reply);
         }
         let now = Instant::now();
+        let due: Vec<NodeId> = self
+            .anti_entropy
+            .after_snapshot
+            .iter()
+            .filter(|&(_, &at)| at <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in due {
+            self.anti_entropy.after_snapshot.remove(&peer);
+            self.aae_start(&peer);
+        }
         if let Some(interval) = self.anti_entropy.interval {
             let local = self.core.local().clone();
             let due: Vec<NodeId> = self

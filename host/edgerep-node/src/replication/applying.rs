@@ -284,8 +284,12 @@ impl Replicator {
                 } else {
                     tracing::info!(peer = %peer, changed = out.changed, "merged a snapshot page; changelog now starts after {:?}", out.compacted);
                 }
+                let raised = out.compacted != *self.core.compacted();
                 self.set_compacted(&out.compacted);
                 self.core.installed(&peer, now);
+                if raised {
+                    self.aae_after_snapshot(&peer);
+                }
             }
             Err(CommitError::Forged(reason)) => {
                 // A version (or a have) its origin did not seal: nothing of the page was
