@@ -218,8 +218,40 @@ fn ports_free(config: &Config) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// The files holding this node's secrets (the TLS private key, the API token) that others
+/// than their owner may read, one sentence each: whoever can read the key can sign events as
+/// this node, and whoever can read the token can write through its API. Warned about at start
+/// and by `edgerep config check`, not refused (a node's files may be readable by a group on
+/// purpose).
+pub fn secrets_open_to_others(config: &Config) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let files = [
+        (
+            "replication.key",
+            config.replication.tls.as_ref().map(|t| t.key.clone()),
+        ),
+        ("api.token_file", config.api.token_file.clone()),
+    ];
+    files
+        .into_iter()
+        .filter_map(|(setting, path)| {
+            let path = path?;
+            let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then(|| {
+                format!(
+                    "{setting}: {} can be read by others than its owner (mode {mode:o}): `chmod 600` it",
+                    path.display()
+                )
+            })
+        })
+        .collect()
+}
+
 /// Opens the store, starts the committer and serves the local API.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    for warning in secrets_open_to_others(&config) {
+        tracing::warn!("{warning}");
+    }
     let data_dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir {
         path: data_dir.display().to_string(),

@@ -411,6 +411,9 @@ fn check_files(config: &Config) -> Result<(), String> {
     // The token file, checked as `run` checks it (readable, at least 16 characters).
     edgerep_node::api::Guard::from_config(config)
         .map_err(|e| format!("{}: {e}", config.source.display()))?;
+    for warning in edgerep_node::secrets_open_to_others(config) {
+        eprintln!("warning: {}: {warning}", config.source.display());
+    }
     Ok(())
 }
 

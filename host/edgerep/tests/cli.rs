@@ -178,8 +178,22 @@ fn config_check_refuses_a_token_run_would_refuse() {
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     assert!(stderr(&o).contains("at least 16"), "{}", stderr(&o));
     std::fs::write(&token, "a-token-of-enough-length\n").unwrap();
+    // A token others may read passes, with a warning naming the file and the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = edgerep(&["config", "check", config.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("api.token_file")
+            && stderr(&o).contains("mode 644")
+            && stderr(&o).contains("chmod 600"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 }
 
 #[test]
