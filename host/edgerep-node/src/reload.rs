@@ -97,6 +97,26 @@ pub struct Reloader {
     guard: Arc<crate::api::Guard>,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
+    /// What the TLS files (CA, certificate, key) held at start: the identity is read only then.
+    tls_files: Option<blake3::Hash>,
+}
+
+/// A hash of what `config`'s TLS files hold now (an unreadable file counts as such).
+fn tls_files(config: &Config) -> Option<blake3::Hash> {
+    let tls = config.replication.tls.as_ref()?;
+    let mut hasher = blake3::Hasher::new();
+    for path in [&tls.ca, &tls.cert, &tls.key] {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                hasher.update(&(bytes.len() as u64).to_le_bytes());
+                hasher.update(&bytes);
+            }
+            Err(_) => {
+                hasher.update(&u64::MAX.to_le_bytes());
+            }
+        }
+    }
+    Some(hasher.finalize())
 }
 
 impl std::fmt::Debug for Reloader {
@@ -118,6 +138,7 @@ impl Reloader {
         guard: Arc<crate::api::Guard>,
     ) -> Reloader {
         Reloader {
+            tls_files: tls_files(&config),
             config: RwLock::new(Arc::new(config)),
             pipeline,
             store,
@@ -191,6 +212,14 @@ impl Reloader {
         // Set from the command line, not the file.
         new.node.alone = old.node.alone;
         reloadable(&old, &new)?;
+        // The same paths (checked above), other contents: a reissued certificate or a new CA
+        // is taken in only by a restart (the endpoint was built with the old ones).
+        if tls_files(&new) != self.tls_files {
+            refused_if_any(
+                &new,
+                vec!["replication.ca, cert or key: the files' contents changed since the node started, which takes effect only at a restart".to_owned()],
+            )?;
+        }
         self.declared_in_place(&old, &new)?;
         // Read before anything changes: a token file now unreadable or too short fails the
         // whole reload.
