@@ -322,6 +322,40 @@ fn update_config_writes_the_new_hash(node: &Path, dir: &Path, wasm: &Path) {
     let out = build_updating(dir, wasm, &other);
     assert!(!out.status.success());
     assert_eq!(std::fs::read_to_string(&other).unwrap(), before);
+    // A component that decides a collection's state (here a resolver) is not built
+    // over in place: refused before anything is written, the build the node runs kept.
+    let deciding = node.join("deciding.toml");
+    std::fs::write(
+        &deciding,
+        format!(
+            "{}\n[[collections.declared]]\nname = \"shaped\"\nresolver = \"demo\"\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let (config_before, wasm_before) = (
+        std::fs::read(&deciding).unwrap(),
+        std::fs::read(wasm).unwrap(),
+    );
+    let out = build_updating(dir, wasm, &deciding);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("plugins.demo") && said.contains("upgrades") && said.contains("-v2.wasm"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&deciding).unwrap(), config_before);
+    assert_eq!(std::fs::read(wasm).unwrap(), wasm_before);
+    // The component built again from the source as it was (the author's loop above changed
+    // it and put it back), for the checks that follow.
+    let out = edgerep(&[
+        os("plugin"),
+        os("build"),
+        dir.as_os_str(),
+        os("-o"),
+        wasm.as_os_str(),
+    ]);
+    assert!(out.status.success());
 }
 
 /// Without `CARGO_TARGET_DIR`, Rust plugins build in one directory shared by every plugin

@@ -174,7 +174,13 @@ pub(crate) fn build(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::write(&out, &wasm).with_context(|| format!("writing {}", out.display()))?;
+    if let Some(config) = update_config {
+        refuse_deciding_in_place(config, &out)?;
+    }
+    // Written whole or not at all: a node may load this file.
+    let tmp = out.with_extension("wasm.new");
+    std::fs::write(&tmp, &wasm).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("replacing {}", out.display()))?;
     let i = Runtime::new(None)?.inspect(&wasm)?;
     println!("{}", out.display());
     println!("sha256 {}", i.sha256);
@@ -190,6 +196,38 @@ pub(crate) fn build(
         }
     }
     Ok(0)
+}
+
+/// Refuses (before anything is written) to build over `out` when the node config `config`
+/// names it as a plugin that decides a collection's state (a resolver or a transform on
+/// apply): such a plugin never changes in place (the node refuses that reload, and nodes
+/// running the two builds would decide the same events differently); a new build comes as a
+/// new plugin named in an upgrade. Overwritten, the build the node runs would be gone.
+fn refuse_deciding_in_place(config: &Path, out: &Path) -> anyhow::Result<()> {
+    let Ok(target) = std::fs::canonicalize(out) else {
+        return Ok(()); // a new file: nothing names it yet
+    };
+    let cfg = edgerep_config::Config::load(config)?;
+    let deciding: std::collections::BTreeSet<&str> = cfg
+        .collections
+        .declared
+        .iter()
+        .flat_map(|c| c.deciding_plugins())
+        .collect();
+    for p in &cfg.plugins {
+        if deciding.contains(p.name.as_str())
+            && std::fs::canonicalize(&p.path).is_ok_and(|path| path == target)
+        {
+            bail!(
+                "plugins.{} in {} is {} and decides a collection's state: a new build does not replace it in place (the node refuses that reload, and nodes running the two builds would decide the same events differently); build it to another file (-o {}-v2.wasm), add that as a new [plugins.NAME] and name it in a [[collections.declared.upgrades]] entry with effective_from (nothing was written)",
+                p.name,
+                config.display(),
+                out.display(),
+                p.name
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes `sha256` into every `[plugins.NAME]` of the node config `config` whose `path` is the
