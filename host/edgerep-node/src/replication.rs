@@ -427,6 +427,7 @@ pub fn start(
         instances: BTreeMap::new(),
         duplicates: BTreeMap::new(),
         origin_claims: BTreeMap::new(),
+        origin_first_claim: None,
         anti_entropy: AntiEntropy::new(config.replication.anti_entropy_interval_ms, instance),
         runtime: runtime.clone(),
     };
@@ -594,6 +595,8 @@ struct Replicator {
     duplicates: BTreeMap<NodeId, (Instant, String)>,
     /// Per peer, how far its Hello said it holds this node's own events (for the origin gate).
     origin_claims: BTreeMap<NodeId, u64>,
+    /// When the first of those claims came.
+    origin_first_claim: Option<Instant>,
     /// Anti-entropy sessions and what they found.
     anti_entropy: AntiEntropy,
 }
@@ -651,6 +654,8 @@ impl Replicator {
             }
             let now = self.now();
             self.core.handle_timeout(now);
+            // The origin gate's grace runs out without a message.
+            self.check_origin();
             self.aae_tick();
             self.maybe_compact();
             self.drain_outputs();
@@ -825,8 +830,7 @@ impl Replicator {
                 ProtocolError::PolicyDiffers { .. } | ProtocolError::ResolversDiffer { .. },
             ) = (own_claim, &e)
             {
-                self.origin_claims.insert(peer.clone(), claim);
-                self.check_origin();
+                self.origin_claimed(peer.clone(), claim);
                 self.refuse_config(peer, e.to_string(), now);
                 return;
             }
@@ -929,8 +933,7 @@ impl Replicator {
                         .iter()
                         .find(|(o, _)| o == self.core.local())
                         .map_or(0, |&(_, seq)| seq);
-                    self.origin_claims.insert(peer.clone(), claim);
-                    self.check_origin();
+                    self.origin_claimed(peer.clone(), claim);
                     // What the peer says it holds durably is what it acknowledges (lower than
                     // the saved cursor if it lost data): compaction must go by it.
                     let have: BTreeMap<NodeId, u64> = hello.have.into_iter().collect();

@@ -887,3 +887,73 @@ fn a_reload_refuses_tls_files_changed_in_place() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert_eq!(status(&n1)["node_id"], "node-1");
 }
+
+/// A site restored from a backup while one peer lags behind it and another holds more: the
+/// gate waits for both peers' word (not only the first's, which may be the laggard's) and for
+/// the events the backup lacks to come back, so the next write takes a new sequence number
+/// and no fork is reported. node-3 lags because its operator changed a limit on it alone: it
+/// replicates with nobody, but its Hello still says how far it holds node-1's events (2).
+#[test]
+fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let data = |i: usize| {
+        edgerep_config::Config::load(&configs[i])
+            .unwrap()
+            .node
+            .data_dir
+    };
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    };
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let n3 = Node::start(&configs[2]);
+    put(&n1, "c", "k1", r#"{"v":1}"#);
+    put(&n1, "c", "k2", r#"{"v":2}"#);
+    converge(&[&n1, &n2, &n3], Duration::from_secs(30));
+    // The backup: node-1's store holding its events up to 2.
+    n1.terminate();
+    let backup = dir.path().join("backup");
+    copy(&data(0), &backup);
+    // node-3 leaves the cluster's policy; node-1 writes 3..5, which only node-2 takes.
+    n3.terminate();
+    let text = std::fs::read_to_string(&configs[2]).unwrap();
+    std::fs::write(
+        &configs[2],
+        text.replace("# max_value_bytes = 65536", "max_value_bytes = 32768"),
+    )
+    .unwrap();
+    let n3 = Node::start(&configs[2]);
+    let n1 = Node::start(&configs[0]);
+    for k in 3..=5 {
+        put(&n1, "c", &format!("k{k}"), &format!(r#"{{"v":{k}}}"#));
+    }
+    wait_for_origin(&n2, "node-1", 5, Duration::from_secs(30));
+    // The loss and the restore. node-1 starts with only node-3 reachable, and node-3's word
+    // comes first; node-2 is back a moment later, while a write waits.
+    n1.terminate();
+    n2.terminate();
+    std::fs::remove_dir_all(data(0)).unwrap();
+    copy(&backup, &data(0));
+    let n1 = Node::start(&configs[0]);
+    let (seq, n2) = std::thread::scope(|s| {
+        let write = s.spawn(|| put(&n1, "c", "after", r#"{"v":6}"#));
+        std::thread::sleep(Duration::from_millis(300));
+        let n2 = Node::start(&configs[1]);
+        (write.join().unwrap(), n2)
+    });
+    assert_eq!(seq, 6, "{}", status(&n1));
+    let s = converge(&[&n1, &n2], Duration::from_secs(30));
+    assert_eq!(s["origins"]["node-1"], 6, "{s}");
+    assert_eq!(status(&n3)["origins"]["node-1"], 2);
+    for n in [&n1, &n2, &n3] {
+        let st = status(n);
+        assert_eq!(st["replication"]["forks_total"], 0, "{st}");
+    }
+    assert_eq!(get(&n1, "c", "k5").1, r#"{"v":5}"#);
+}

@@ -20,39 +20,71 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 /// How long a connection refused for its config stays open (see `refuse_config`).
 const CONFIG_REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
+/// How long the origin gate waits for the other peers' claims after the first (see
+/// `check_origin`).
+pub(super) const ORIGIN_GRACE: Duration = Duration::from_secs(2);
+
 impl Replicator {
-    /// Opens the origin gate once some peer said it holds this node's own events up to a
-    /// sequence number this node holds too (after a restore from a backup, its later events
-    /// come back from that peer first): then no sequence number can be used twice.
+    /// Opens the origin gate once the peers said how far they hold this node's own events and
+    /// this node holds at least as much (after a restore from a backup, its later events come
+    /// back from them first): then no sequence number can be used twice. Every configured peer
+    /// (revoked ones aside) is waited for, but at most [`ORIGIN_GRACE`] after the first claim:
+    /// a peer that lags (or lies low) must not open the gate before one that holds more spoke.
+    /// A claim above what this node holds keeps it closed until those events are back.
     pub(super) fn check_origin(&mut self) {
         let Some(gate) = &self.origin_gate else {
             return;
         };
+        let Some(first) = self.origin_first_claim else {
+            return;
+        };
         let local = self.core.local();
         let held = self.core.local_have().get(local).copied().unwrap_or(0);
-        let confirmed = self.origin_claims.iter().find(|&(_, &claim)| claim <= held);
-        match confirmed {
-            Some((peer, claim)) => {
-                tracing::info!(peer = %peer, "peer holds this node's own events up to {claim}, this node up to {held}: taking writes");
-                gate.send_replace(None);
-                self.origin_gate = None;
-            }
-            None if !self.origin_claims.is_empty() => {
-                let waiting = format!(
-                    "this node holds its own events up to {held}, peers hold them up to {:?}: waiting for the missing ones to come back before taking writes",
-                    self.origin_claims
-                        .iter()
-                        .map(|(p, c)| (p.to_string(), *c))
-                        .collect::<BTreeMap<_, _>>()
-                );
-                gate.send_if_modified(|g| {
-                    let changed = g.as_deref() != Some(waiting.as_str());
-                    *g = Some(waiting.clone());
-                    changed
-                });
-            }
-            None => {}
+        let Some((top_peer, &top)) = self.origin_claims.iter().max_by_key(|&(_, c)| *c) else {
+            return;
+        };
+        let all_heard = self
+            .peers
+            .iter()
+            .all(|(p, _)| self.origin_claims.contains_key(p) || self.config.is_revoked(p));
+        let claims = || {
+            self.origin_claims
+                .iter()
+                .map(|(p, c)| (p.to_string(), *c))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let waiting = if top > held {
+            format!(
+                "this node holds its own events up to {held}, peers hold them up to {:?}: waiting for the missing ones to come back before taking writes",
+                claims()
+            )
+        } else if all_heard || first.elapsed() >= ORIGIN_GRACE {
+            tracing::info!(peer = %top_peer, "peers hold this node's own events up to {top} at most ({:?}), this node up to {held}: taking writes", claims());
+            gate.send_replace(None);
+            self.origin_gate = None;
+            return;
+        } else {
+            format!(
+                "peers hold this node's own events up to {:?}, this node up to {held}: waiting up to {} ms for the other peers to say how far they hold them",
+                claims(),
+                ORIGIN_GRACE.as_millis()
+            )
+        };
+        gate.send_if_modified(|g| {
+            let changed = g.as_deref() != Some(waiting.as_str());
+            *g = Some(waiting.clone());
+            changed
+        });
+    }
+
+    /// Records `peer`'s claim of how far it holds this node's own events, and checks the gate.
+    pub(super) fn origin_claimed(&mut self, peer: NodeId, claim: u64) {
+        if self.origin_gate.is_none() {
+            return;
         }
+        self.origin_first_claim.get_or_insert_with(Instant::now);
+        self.origin_claims.insert(peer, claim);
+        self.check_origin();
     }
 
     /// Tracks `peer`'s instances; when two alternate within [`DUPLICATE_WINDOW`], two machines
