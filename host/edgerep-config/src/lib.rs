@@ -27,7 +27,8 @@
 //! extra_origins = 16         # optional: origins accepted beyond this node and its peers
 //! authenticate = true        # optional: off only to measure its cost; never in production
 //! anti_entropy_interval_ms = 60000 # optional: compare states with each peer this often
-//!                            # (jittered; 0: only on demand, `edgerep reconcile`)
+//!                            # (jittered; 0: only on demand, `edgerep reconcile`, and after
+//!                            # a snapshot raised this node's floors)
 //!
 //! [[peers]]                  # zero or more
 //! id = "site-b"
@@ -214,7 +215,8 @@ pub struct ReplicationConfig {
     /// must agree (it is part of the policy peers compare).
     pub authenticate: bool,
     /// How often this node compares its state with each peer's (anti-entropy), jittered by up
-    /// to a quarter; 0: only on demand (default 60 s).
+    /// to a quarter; 0: only on demand and after a snapshot raised this node's floors (default
+    /// 60 s).
     pub anti_entropy_interval_ms: u64,
 }
 

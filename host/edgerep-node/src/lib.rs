@@ -252,6 +252,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     for warning in secrets_open_to_others(&config) {
         tracing::warn!("{warning}");
     }
+    let tls_files = reload::tls_files(&config);
     let data_dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir {
         path: data_dir.display().to_string(),
@@ -358,7 +359,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // events (replication opens the gate), unless the operator says this node is alone.
     let (origin_gate, origin_gate_rx) =
         watch::channel((!config.peers.is_empty() && !config.node.alone).then(|| {
-            "waiting for a peer to say how far it holds this node's own events (so that no \
+            "waiting for the peers to say how far they hold this node's own events (so that no \
              sequence number is used twice after a restore); start with `edgerep run --alone` \
              if no peer can be reached"
                 .to_owned()
@@ -407,15 +408,18 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let listener = listener::Limited::new(listener, config.api.max_connections);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tracing::info!(node = %config.node.id, api = %api_addr, data = %db_path.display(), "node started");
-    let reloader = Arc::new(reload::Reloader::new(
-        config,
-        pipeline.clone(),
-        store.clone(),
-        keys,
-        replication.clone(),
-        committer.clone(),
-        guard.clone(),
-    ));
+    let reloader = Arc::new(
+        reload::Reloader::new(
+            config,
+            pipeline.clone(),
+            store.clone(),
+            keys,
+            replication.clone(),
+            committer.clone(),
+            guard.clone(),
+        )
+        .with_tls_files(tls_files),
+    );
     let app = api::router(api::AppState {
         reloader: reloader.clone(),
         store,

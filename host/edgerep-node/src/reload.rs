@@ -83,6 +83,8 @@ pub struct Reloaded {
     pub keys_re_resolved: BTreeMap<String, u64>,
     /// Whether sessions with peers handshake again (what they compare changed).
     pub sessions_restarted: bool,
+    /// What changed outside the config that only a restart takes in (the TLS files' contents).
+    pub takes_a_restart: Vec<String>,
 }
 
 /// The node's current config and what a reload changes.
@@ -101,8 +103,9 @@ pub struct Reloader {
     tls_files: Option<blake3::Hash>,
 }
 
-/// A hash of what `config`'s TLS files hold now (an unreadable file counts as such).
-fn tls_files(config: &Config) -> Option<blake3::Hash> {
+/// A hash of what `config`'s TLS files hold now (an unreadable file counts as such). Taken at
+/// start before the identity is read: files changed in between read as changed at a reload.
+pub(crate) fn tls_files(config: &Config) -> Option<blake3::Hash> {
     let tls = config.replication.tls.as_ref()?;
     let mut hasher = blake3::Hasher::new();
     for path in [&tls.ca, &tls.cert, &tls.key] {
@@ -138,7 +141,7 @@ impl Reloader {
         guard: Arc<crate::api::Guard>,
     ) -> Reloader {
         Reloader {
-            tls_files: tls_files(&config),
+            tls_files: None,
             config: RwLock::new(Arc::new(config)),
             pipeline,
             store,
@@ -148,6 +151,13 @@ impl Reloader {
             guard,
             busy: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// With what the TLS files held at start ([`tls_files`] of the config, taken before the
+    /// identity was read).
+    pub(crate) fn with_tls_files(mut self, tls_files: Option<blake3::Hash>) -> Reloader {
+        self.tls_files = tls_files;
+        self
     }
 
     /// The config in force.
@@ -212,15 +222,14 @@ impl Reloader {
         // Set from the command line, not the file.
         new.node.alone = old.node.alone;
         reloadable(&old, &new)?;
-        // The same paths (checked above), other contents: a reissued certificate or a new CA
-        // is taken in only by a restart (the endpoint was built with the old ones).
-        if tls_files(&new) != self.tls_files {
-            refused_if_any(
-                &new,
-                vec!["replication.ca, cert or key: the files' contents changed since the node started, which takes effect only at a restart".to_owned()],
-            )?;
-        }
         self.declared_in_place(&old, &new)?;
+        // The same paths (checked above), other contents: a reissued certificate or a new CA
+        // is taken in only by a restart (the endpoint was built with the old ones). Said in
+        // the answer, not refused: the rest of the reload (a revocation, say) may be urgent.
+        let mut takes_a_restart = Vec::new();
+        if tls_files(&new) != self.tls_files {
+            takes_a_restart.push("replication.ca, cert or key: the files' contents changed since the node started; the node presents and trusts the old ones until a restart".to_owned());
+        }
         // Read before anything changes: a token file now unreadable or too short fails the
         // whole reload.
         let token = crate::api::Guard::read_token(&new).map_err(ReloadError::Token)?;
@@ -283,7 +292,11 @@ impl Reloader {
             upgrades_added,
             keys_re_resolved,
             sessions_restarted,
+            takes_a_restart,
         };
+        for what in &reloaded.takes_a_restart {
+            tracing::warn!("reloaded, but {what}");
+        }
         tracing::info!(?reloaded, "config reloaded");
         Ok(reloaded)
     }

@@ -811,13 +811,7 @@ impl Replicator {
         }
         // How far the peer holds this node's own events, as its Hello says.
         let own_claim = match &message {
-            Message::Hello(hello) => Some(
-                hello
-                    .have
-                    .iter()
-                    .find(|(o, _)| o == self.core.local())
-                    .map_or(0, |&(_, seq)| seq),
-            ),
+            Message::Hello(hello) => Some(self.own_claim(hello)),
             _ => None,
         };
         if let Err(e) = self.core.handle(&peer, message, now) {
@@ -928,11 +922,7 @@ impl Replicator {
                     if self.duplicate_id(&peer, hello.instance) {
                         continue;
                     }
-                    let claim = hello
-                        .have
-                        .iter()
-                        .find(|(o, _)| o == self.core.local())
-                        .map_or(0, |&(_, seq)| seq);
+                    let claim = self.own_claim(&hello);
                     self.origin_claimed(peer.clone(), claim);
                     // What the peer says it holds durably is what it acknowledges (lower than
                     // the saved cursor if it lost data): compaction must go by it.

@@ -303,7 +303,7 @@ fn a_peer_that_never_reads_costs_bounded_memory() {
     let before = rss_bytes(n1.child.id());
     let _silent = attacker(&configs, &[]);
     // What the silent peer may cost: QUIC's send buffer (16 MiB), the frame queue (16 MiB) and
-    // a batch; reading the changelog also warms the store's page cache (32 MiB). Before, each
+    // a batch; reading the changelog also warms the store's page cache (16 MiB). Before, each
     // go-back-N round (every 3 s) queued the whole window again: 48 MiB more every 3 s.
     std::thread::sleep(Duration::from_secs(4));
     let settled = rss_bytes(n1.child.id());

@@ -378,7 +378,9 @@ impl Replicator {
             .collect();
         for peer in others {
             tracing::info!(peer = %peer, "comparing with {peer} in {} ms: a snapshot from {from} raised this node's floors", QUIET.as_millis());
-            self.anti_entropy.after_snapshot.insert(peer, at);
+            // The first due time stands: a sender raising floors again and again must not
+            // postpone the comparison.
+            self.anti_entropy.after_snapshot.entry(peer).or_insert(at);
         }
     }
 
@@ -399,8 +401,11 @@ impl Replicator {
             .map(|(p, _)| p.clone())
             .collect();
         for peer in due {
-            self.anti_entropy.after_snapshot.remove(&peer);
-            self.aae_start(&peer);
+            // A session with the peer under way: the comparison waits for its end.
+            if !self.anti_entropy.sessions.contains_key(&peer) {
+                self.anti_entropy.after_snapshot.remove(&peer);
+                self.aae_start(&peer);
+            }
         }
         if let Some(interval) = self.anti_entropy.interval {
             let local = self.core.local().clone();

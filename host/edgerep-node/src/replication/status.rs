@@ -122,7 +122,7 @@ pub struct ReplicationStatus {
     /// Why replication stopped (a transform on apply failed under the `halt` policy); it
     /// resumes when the node restarts.
     pub halted: Option<String>,
-    /// Why local writes wait, until a peer said how far it holds this node's own events.
+    /// Why local writes wait, until the peers said how far they hold this node's own events.
     pub origin_check: Option<String>,
     /// Forks met (two different events with one origin and sequence number), newest last.
     pub forks: Vec<ForkReport>,

@@ -40,6 +40,10 @@ impl Replicator {
         };
         let local = self.core.local();
         let held = self.core.local_have().get(local).copied().unwrap_or(0);
+        // Peers removed or revoked since they claimed no longer count.
+        let (peers, config) = (&self.peers, &self.config);
+        self.origin_claims
+            .retain(|p, _| peers.iter().any(|(id, _)| id == p) && !config.is_revoked(p));
         let Some((top_peer, &top)) = self.origin_claims.iter().max_by_key(|&(_, c)| *c) else {
             return;
         };
@@ -75,6 +79,15 @@ impl Replicator {
             *g = Some(waiting.clone());
             changed
         });
+    }
+
+    /// How far `hello` says its sender holds this node's own events (0: not at all).
+    pub(super) fn own_claim(&self, hello: &edgerep_replica::Hello) -> u64 {
+        hello
+            .have
+            .iter()
+            .find(|(o, _)| o == self.core.local())
+            .map_or(0, |&(_, seq)| seq)
     }
 
     /// Records `peer`'s claim of how far it holds this node's own events, and checks the gate.
@@ -249,36 +262,40 @@ impl Replicator {
 
     /// `peer` broke the protocol: its connection is closed with the reason.
     pub(super) fn protocol_error(&mut self, peer: NodeId, reason: String, now: u64) {
-        self.reports.protocol_errors_total += 1;
-        tracing::warn!(peer = %peer, "protocol error, disconnecting: {}", edgerep_wire::text::one_line(&reason));
-        if let Some(live) = self.conns.remove(&peer) {
-            live.conn.close(CloseCode::Protocol, &reason);
-        }
-        self.core.disconnected(&peer, now);
-        self.aae_disconnected(&peer);
-        self.last_error.insert(peer, reason);
+        self.end_refused(peer, reason, None, now);
     }
 
     /// Ends the session of a peer whose config differs (another policy or resolver): a
     /// mistake of an operator, not a lie. The connection closes after
     /// [`CONFIG_REFUSAL_GRACE`], so the peer still reads this node's Hello (how far this node
     /// holds the peer's own events: that opens the peer's origin gate after a restart) and
-    /// learns why; nothing the peer sends meanwhile is read.
+    /// learns why; its reader pauses at once, so nothing more of what it sends is read.
     pub(super) fn refuse_config(&mut self, peer: NodeId, reason: String, now: u64) {
-        self.reports.protocol_errors_total += 1;
-        tracing::warn!(peer = %peer, "configs differ, disconnecting: {}", edgerep_wire::text::one_line(&reason));
         // This node's Hello may still be queued in the core (the peer's came in the same
         // batch as the connection): it goes out first.
         self.transmit();
+        self.end_refused(peer, reason, Some(CONFIG_REFUSAL_GRACE), now);
+    }
+
+    fn end_refused(&mut self, peer: NodeId, reason: String, grace: Option<Duration>, now: u64) {
+        self.reports.protocol_errors_total += 1;
+        tracing::warn!(peer = %peer, "protocol error, disconnecting: {}", edgerep_wire::text::one_line(&reason));
         if let Some(live) = self.conns.remove(&peer) {
-            let why = reason.clone();
-            // The link is kept whole until the close (dropped, its writer would end the stream
-            // first, and the peer would see that instead of the reason).
-            self.runtime.spawn(async move {
-                let live = live; // the whole link, not only its connection
-                tokio::time::sleep(CONFIG_REFUSAL_GRACE).await;
-                live.conn.close(CloseCode::Protocol, &why);
-            });
+            match grace {
+                None => live.conn.close(CloseCode::Protocol, &reason),
+                Some(grace) => {
+                    live.paused
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    let why = reason.clone();
+                    // The link is kept whole until the close (dropped, its writer would end
+                    // the stream first, and the peer would see that instead of the reason).
+                    self.runtime.spawn(async move {
+                        let live = live;
+                        tokio::time::sleep(grace).await;
+                        live.conn.close(CloseCode::Protocol, &why);
+                    });
+                }
+            }
         }
         self.core.disconnected(&peer, now);
         self.aae_disconnected(&peer);

@@ -180,7 +180,10 @@ pub(crate) fn build(
     // Written whole or not at all: a node may load this file.
     let tmp = out.with_extension("wasm.new");
     std::fs::write(&tmp, &wasm).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &out).with_context(|| format!("replacing {}", out.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, &out) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("replacing {}", out.display()));
+    }
     let i = Runtime::new(None)?.inspect(&wasm)?;
     println!("{}", out.display());
     println!("sha256 {}", i.sha256);
