@@ -428,6 +428,7 @@ pub fn start(
         duplicates: BTreeMap::new(),
         origin_claims: BTreeMap::new(),
         origin_first_claim: None,
+        acks_moved_at: BTreeMap::new(),
         anti_entropy: AntiEntropy::new(config.replication.anti_entropy_interval_ms, instance),
         runtime: runtime.clone(),
     };
@@ -597,6 +598,9 @@ struct Replicator {
     origin_claims: BTreeMap<NodeId, u64>,
     /// When the first of those claims came.
     origin_first_claim: Option<Instant>,
+    /// Per peer, when it last acknowledged more than before, or everything this node holds
+    /// (see `compaction_floors`).
+    acks_moved_at: BTreeMap<NodeId, Instant>,
     /// Anti-entropy sessions and what they found.
     anti_entropy: AntiEntropy,
 }
@@ -927,6 +931,7 @@ impl Replicator {
                     // What the peer says it holds durably is what it acknowledges (lower than
                     // the saved cursor if it lost data): compaction must go by it.
                     let have: BTreeMap<NodeId, u64> = hello.have.into_iter().collect();
+                    self.ack_progress(&peer, &have);
                     self.acked.insert(peer.clone(), have.clone());
                     self.dirty.insert(peer, have);
                 }
@@ -981,6 +986,7 @@ impl Replicator {
                 }
                 Output::Acked { peer, have } => {
                     let have: BTreeMap<NodeId, u64> = have.into_iter().collect();
+                    self.ack_progress(&peer, &have);
                     self.acked.insert(peer.clone(), have.clone());
                     self.dirty.insert(peer, have);
                 }

@@ -1196,3 +1196,41 @@ fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
         );
     }
 }
+
+/// A peer that stays connected and never acknowledges anything: it held node-1's compaction
+/// back for as long as it stayed (every node's changelog grew without bound). Now a connected
+/// peer whose acknowledgements have not moved for `peer_absent_ms` (2 s here) while it lacks
+/// events stops counting, like a peer away that long; node-3 goes on as before.
+#[test]
+fn a_connected_peer_that_never_acknowledges_stops_holding_compaction_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    assert!(text.contains("\n[retention]\n"));
+    std::fs::write(
+        &configs[0],
+        text.replace(
+            "\n[retention]\n",
+            "\n[retention]\nkeep_events = 5\ninterval_ms = 200\npeer_absent_ms = 2000\n",
+        ),
+    )
+    .unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n3 = Node::start(&configs[2]);
+    let _silent = attacker(&configs, &[]);
+    for i in 0..40 {
+        put(&n1, "c", &format!("k{i}"), r#"{"v":1}"#);
+    }
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&n1);
+        if s["compacted"]["node-1"].as_u64().unwrap_or(0) >= 35 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not compacted: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    put(&n1, "c", "after", r#"{"v":2}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}

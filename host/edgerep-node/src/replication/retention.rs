@@ -2,6 +2,7 @@
 //! every `retention.interval_ms`, per origin, the highest sequence number every configured peer
 //! acknowledged (peers unheard of for `peer_absent_ms` excepted), less `keep_events`.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use edgerep_store::Compaction;
@@ -36,21 +37,43 @@ impl Replicator {
         self.core.set_compacted(compacted);
     }
 
+    /// Records a peer's acknowledgement `have`: whether it moved (more than before, or all this
+    /// node holds) decides how long the peer holds compaction back.
+    pub(super) fn ack_progress(&mut self, peer: &NodeId, have: &BTreeMap<NodeId, u64>) {
+        let before = self.acked.get(peer);
+        let more = have
+            .iter()
+            .any(|(o, &seq)| before.and_then(|b| b.get(o)).is_none_or(|&b| seq > b));
+        let all = self
+            .core
+            .local_have()
+            .iter()
+            .all(|(o, &held)| have.get(o).is_some_and(|&seq| seq >= held));
+        if more || all {
+            self.acks_moved_at.insert(peer.clone(), Instant::now());
+        }
+    }
+
     /// Per origin, how far the changelog may be compacted now: what every configured peer
-    /// acknowledged (except peers unheard of for `peer_absent_ms`), less `keep_events`. Only
-    /// origins whose floor moved are listed.
+    /// acknowledged, less `keep_events`. Peers unheard of for `peer_absent_ms` do not count,
+    /// nor connected peers whose acknowledgements have not moved for that long while they
+    /// lack events (a peer that stays connected and never acknowledges would otherwise keep
+    /// every node's changelog growing): either gets a snapshot when it needs removed events.
+    /// Only origins whose floor moved are listed.
     pub(super) fn compaction_floors(&self) -> Have {
+        let recent = |at: Instant| {
+            self.retention
+                .peer_absent_ms
+                .is_none_or(|ms| at.elapsed() < Duration::from_millis(ms))
+        };
         let counted: Vec<&NodeId> = self
             .peers
             .iter()
             .map(|(p, _)| p)
             .filter(|p| {
-                let last = self.heard_at.get(*p).copied().unwrap_or(self.started);
-                self.conns.contains_key(*p)
-                    || self
-                        .retention
-                        .peer_absent_ms
-                        .is_none_or(|ms| last.elapsed() < Duration::from_millis(ms))
+                let heard = self.heard_at.get(*p).copied().unwrap_or(self.started);
+                let moved = self.acks_moved_at.get(*p).copied().unwrap_or(self.started);
+                (self.conns.contains_key(*p) || recent(heard)) && recent(moved)
             })
             .collect();
         let mut floors = Have::new();
