@@ -692,7 +692,7 @@ async fn put_key(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
-    request::check_collection(&app.config(), &collection)?;
+    request::check_writable(&app.config(), &collection)?;
     request::check_key(&app.config(), &key)?;
     let format = request_format(&headers)?;
     let body = body_bytes(body, app.config().limits.max_request_bytes)?;
@@ -953,7 +953,7 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
-    request::check_collection(&app.config(), &collection)?;
+    request::check_writable(&app.config(), &collection)?;
     request::check_key(&app.config(), &key)?;
     let write = LocalWrite {
         collection,
@@ -1977,7 +1977,7 @@ async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
             ),
         ));
     }
-    request::check_collection(&app.config(), &d.write.collection)?;
+    request::check_writable(&app.config(), &d.write.collection)?;
     let outcome = run_ingest(&app, vec![d.write], false).await?;
     if let Some(failed) = outcome.failed.first() {
         return Err(failed.to_replay_error(id));

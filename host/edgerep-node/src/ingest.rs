@@ -77,7 +77,7 @@ pub(crate) struct Outcome {
 
 /// Checks a change a transform returned against the node's own rules.
 fn check_change(config: &Config, w: &LocalWrite) -> Result<(), String> {
-    request::check_collection(config, &w.collection).map_err(|e| e.message)?;
+    request::check_writable(config, &w.collection).map_err(|e| e.message)?;
     request::check_key(config, &w.key).map_err(|e| e.message)?;
     request::meta_problem(config, &w.meta)?;
     if let Some(v) = &w.value {

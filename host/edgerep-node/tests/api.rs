@@ -1760,3 +1760,49 @@ fn a_reload_whose_caller_stops_waiting_runs_to_its_end() {
     }
     node.stop();
 }
+
+/// `[authorization]` limits this node's own writes too: it let a node write a collection its
+/// origin may not, every peer kept the event out of its state, and the node's state differed
+/// from theirs for good (anti-entropy then even copied the write to them). Now such a write is
+/// refused 403 `write_not_authorized` whatever the way in (a write, a delete, a batch), and
+/// nothing is written.
+#[test]
+fn writes_to_a_collection_this_node_may_not_write_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &format!("{OPEN}\n[authorization]\nsite-a = [\"orders\"]\n"),
+    );
+    let before = node.snapshot();
+    node.refused(
+        "a write",
+        |n| n.put("/v1/kv/stock/k", "application/json", b"1"),
+        403,
+        "write_not_authorized",
+        &["site-a", "\"stock\"", "[authorization]"],
+    );
+    node.refused(
+        "a delete",
+        |n| n.delete("/v1/kv/stock/k"),
+        403,
+        "write_not_authorized",
+        &["\"stock\""],
+    );
+    node.refused(
+        "a batch with one such write",
+        |n| {
+            n.batch_json(&json!({"writes": [
+                {"collection": "orders", "key": "o", "op": "put", "value": 1},
+                {"collection": "stock", "key": "k", "op": "put", "value": 1}
+            ]}))
+        },
+        403,
+        "write_not_authorized",
+        &["writes[1]", "\"stock\""],
+    );
+    assert_eq!(node.snapshot(), before, "nothing written");
+    assert_eq!(
+        node.put("/v1/kv/orders/o", "application/json", b"1").status,
+        200
+    );
+}

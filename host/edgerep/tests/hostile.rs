@@ -1234,3 +1234,60 @@ fn a_connected_peer_that_never_acknowledges_stops_holding_compaction_back() {
     put(&n1, "c", "after", r#"{"v":2}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
+
+/// A snapshot carrying a version its origin may not write (`[authorization] node-2 =
+/// ["orders"]`), under node-2's genuine seal: snapshot pages were merged without the write
+/// policy, so the version entered node-1's state (where an event would have been kept out as a
+/// dead letter). Now it is left out of the state; the page's other version is merged.
+#[test]
+fn a_snapshot_version_its_origin_may_not_write_stays_out_of_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    for c in [&configs[0], &configs[2]] {
+        let text = std::fs::read_to_string(c).unwrap();
+        std::fs::write(
+            c,
+            format!("{text}\n[authorization]\nnode-2 = [\"orders\"]\n"),
+        )
+        .unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    let n3 = Node::start(&configs[2]);
+    let mut h = attacker(&configs, &[]);
+    let node2 = h.id.clone();
+    let events = [
+        event("node-2", 1, "orders", "allowed", 1),
+        event("node-2", 2, "stock", "not-allowed", 2),
+    ];
+    let leaves: Vec<_> = events.iter().map(|e| event_leaf(&e.encode())).collect();
+    let mut chain = chain_start(&node2);
+    for leaf in &leaves {
+        chain = chain_link(&chain, leaf);
+    }
+    let seal = h.seal(node2.clone(), 1, 2, chain, merkle_root(&leaves));
+    h.send(&Message::Snapshot {
+        id: 0,
+        page: 0,
+        floors: vec![(node2.clone(), 2)],
+        versions: events.iter().cloned().map(Into::into).collect(),
+        proofs: (0..2)
+            .map(|i| Proof {
+                seal: 2,
+                path: merkle_path(&leaves, i),
+            })
+            .collect(),
+        done: true,
+        have: vec![(node2.clone(), 2)],
+        seals: vec![seal],
+        certs: vec![(node2.clone(), h.signer.cert().to_vec())],
+    })
+    .unwrap();
+    wait_status(&n1, "node-1 took the snapshot", |r| {
+        r["snapshot_pages_merged_total"] == 1
+    });
+    assert_eq!(get(&n1, "orders", "allowed").0, 200);
+    assert_eq!(get(&n1, "stock", "not-allowed").0, 404);
+    assert_eq!(status(&n1)["origins"]["node-2"], 2);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}

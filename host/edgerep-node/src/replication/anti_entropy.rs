@@ -759,10 +759,21 @@ impl Replicator {
     ) -> BTreeMap<(String, u64), edgerep_store::OnApply> {
         let check = |v: &edgerep_wire::Value| crate::check_plugin_value(v, &self.value_limits);
         let mut out = BTreeMap::new();
-        for v in versions
-            .iter()
-            .filter(|v| self.transformed_on_apply.contains(v.collection.as_str()))
-        {
+        for v in versions {
+            // A version its origin may not write stays out of the state, as in apply (a
+            // peer's state can hold one: taken before its node checked local writes, or put
+            // there by a node that lies).
+            if let Err(reason) = self.config.write_allowed(&v.origin, &v.collection) {
+                tracing::warn!(peer = %peer, origin = %v.origin, seq = v.seq, "a version anti-entropy repairs left out of the state: {reason}");
+                out.insert(
+                    (v.origin.to_string(), v.seq),
+                    edgerep_store::OnApply::Dropped,
+                );
+                continue;
+            }
+            if !self.transformed_on_apply.contains(v.collection.as_str()) {
+                continue;
+            }
             let shaped = match self.pipeline.run_apply(v, &check) {
                 Ok(on_apply) => on_apply,
                 Err(rejection) => {

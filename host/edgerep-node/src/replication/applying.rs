@@ -254,6 +254,19 @@ impl Replicator {
             self.core.install_failed(&peer, &reason, now);
             return;
         }
+        // Versions their origins may not write stay out of the state, as in apply (an honest
+        // sender's state holds none).
+        let (versions, proofs): (Vec<_>, Vec<_>) = versions
+            .into_iter()
+            .zip(proofs)
+            .filter(|(v, _)| match self.config.write_allowed(&v.origin, &v.collection) {
+                Ok(()) => true,
+                Err(reason) => {
+                    tracing::warn!(peer = %peer, origin = %v.origin, seq = v.seq, "a snapshot version left out of the state: {reason}");
+                    false
+                }
+            })
+            .unzip();
         let hook = CommitHookSender(self.inbox.clone());
         let to = peer.clone();
         let sent = self.committer.install(
