@@ -1706,6 +1706,16 @@ fn duplicate_json_keys_bad_origins_and_large_metadata_are_refused() {
         &["bytes of metadata", "limits.max_meta_bytes"],
     );
     assert_eq!(node.get("/v1/changelog/site-a").status, 200);
+    // Text of more items than a value may hold is refused as it is read (it was first read
+    // whole into a tree: a 16 MiB array of zeros took about a gigabyte).
+    let zeros = format!("[{}0]", "0,".repeat(4_000_000));
+    node.refused(
+        "a value of millions of items",
+        |n| n.put("/v1/kv/c/k", "application/json", zeros.as_bytes()),
+        400,
+        "malformed_json",
+        &["too many items"],
+    );
 }
 
 /// A reload whose caller stops waiting (the API's request timeout, a client gone, a signal)

@@ -2,6 +2,7 @@
 //! (plain `serde_json` keeps the last one), so that JSON and CBOR bodies are held to the same
 //! rule.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
@@ -10,23 +11,48 @@ use serde_json::{Map, Value as Json};
 /// Parses JSON text, refusing duplicate object keys. The error names the key and, like every
 /// `serde_json` error, the line and column.
 pub fn parse(bytes: &[u8]) -> Result<Json, serde_json::Error> {
+    parse_bounded(bytes, usize::MAX)
+}
+
+/// [`parse`], refusing text of more than `max_items` items (every value, array element and
+/// object key counts) as soon as it gets there: the tree costs far more memory than the text
+/// (tens of bytes an item), so a 16 MiB array of zeros would take about a gigabyte.
+pub fn parse_bounded(bytes: &[u8], max_items: usize) -> Result<Json, serde_json::Error> {
+    let left = Cell::new(max_items);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Strict.deserialize(&mut de)?;
+    let value = Strict { left: &left }.deserialize(&mut de)?;
     de.end()?;
     Ok(value)
 }
 
-struct Strict;
+#[derive(Clone, Copy)]
+struct Strict<'a> {
+    /// Items still allowed.
+    left: &'a Cell<usize>,
+}
 
-impl<'de> DeserializeSeed<'de> for Strict {
-    type Value = Json;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
-        d.deserialize_any(Strict)
+impl Strict<'_> {
+    fn take<E: serde::de::Error>(self) -> Result<(), E> {
+        match self.left.get().checked_sub(1) {
+            Some(n) => {
+                self.left.set(n);
+                Ok(())
+            }
+            None => Err(E::custom("too many items in one value")),
+        }
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Json;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+        self.take()?;
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Json;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,7 +93,7 @@ impl<'de> Visitor<'de> for Strict {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Strict)? {
+        while let Some(v) = seq.next_element_seed(self)? {
             out.push(v);
         }
         Ok(Json::Array(out))
@@ -76,10 +102,11 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            self.take()?;
             if out.contains_key(&key) {
                 return Err(A::Error::custom(format!("duplicate object key {key:?}")));
             }
-            let value = map.next_value_seed(Strict)?;
+            let value = map.next_value_seed(self)?;
             out.insert(key, value);
         }
         Ok(Json::Object(out))
@@ -89,6 +116,22 @@ impl<'de> Visitor<'de> for Strict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_of_too_many_items_is_refused_early() {
+        assert!(parse_bounded(b"[0, 0, 0]", 4).is_ok());
+        let e = parse_bounded(b"[0, 0, 0, 0]", 4).unwrap_err().to_string();
+        assert!(e.contains("too many items"), "{e}");
+        // Keys count: {"a": 0} is three items.
+        assert!(parse_bounded(br#"{"a": 0}"#, 3).is_ok());
+        assert!(parse_bounded(br#"{"a": 0}"#, 2).is_err());
+        // Refused where the budget ran out, not after the whole text was read into a tree.
+        let huge = format!("[{}0]", "0,".repeat(4_000_000));
+        let e = parse_bounded(huge.as_bytes(), 100_000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1 column 199999"), "{e}");
+    }
 
     #[test]
     fn duplicate_keys_are_refused_at_any_depth() {

@@ -264,8 +264,10 @@ impl Value {
     ///
     /// Malformed JSON is [`ValueError::Json`], whose message gives the line and column.
     pub fn from_json_str(text: &str, limits: &DecodeLimits) -> Result<Value, ValueError> {
-        let json =
-            crate::json::parse(text.as_bytes()).map_err(|e| ValueError::Json(e.to_string()))?;
+        // A JSON item becomes at least a third of a CBOR item (a tagged or byte-string object
+        // of the mapping is three JSON items for one): text of more cannot fit the limit.
+        let json = crate::json::parse_bounded(text.as_bytes(), limits.max_items.saturating_mul(3))
+            .map_err(|e| ValueError::Json(e.to_string()))?;
         Value::from_json(&json, limits)
     }
 
