@@ -270,8 +270,9 @@ pub(crate) fn prepare(
                     message = %edgerep_wire::text::one_line(&r.failure.message), policy = r.policy.as_str(),
                     "plugin failed on an event from a peer"
                 );
-                // A deadline is wall time, not the same on every node: dead-lettering or
-                // skipping here what another node applied would make the states differ.
+                // A deadline is wall time and a stack overflow depends on the CPU's machine
+                // code, not the same on every node: dead-lettering or skipping here what another
+                // node applied would make the states differ.
                 if r.failure.kind == edgerep_plugin::FailureKind::Deadline {
                     return Err(Halt {
                         collection: event.collection.clone(),
@@ -281,6 +282,15 @@ pub(crate) fn prepare(
                             event.origin,
                             event.seq,
                             1 + crate::pipeline::DEADLINE_RETRIES,
+                        ),
+                    });
+                }
+                if r.failure.kind.depends_on_machine() {
+                    return Err(Halt {
+                        collection: event.collection.clone(),
+                        reason: format!(
+                            "plugin {:?} overflowed its stack on event {}/{} from a peer; how deep a stack may grow depends on this machine's CPU, so the event is neither applied nor set aside here (make the plugin recurse less; replication resumes when the node restarts)",
+                            r.plugin, event.origin, event.seq,
                         ),
                     });
                 }

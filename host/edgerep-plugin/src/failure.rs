@@ -33,8 +33,12 @@ pub enum FailureKind {
     MemoryLimit,
     /// The call ran past [`crate::Limits::deadline`] (wall clock: not deterministic).
     Deadline,
-    /// The guest trapped (panic, `unreachable`, out-of-bounds access, stack overflow, exit, ...).
+    /// The guest trapped (panic, `unreachable`, out-of-bounds access, exit, ...).
     Trap,
+    /// The guest's call stack outgrew the engine's native stack limit: how deep that is depends
+    /// on the machine code of the CPU the node runs on, so, like a deadline, not the same on
+    /// every node.
+    StackOverflow,
     /// The guest returned `err(message)`.
     PluginError,
     /// The guest returned something the host refuses (invalid CBOR, bad collection name, empty
@@ -47,11 +51,12 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FailureKind; 7] = [
+    pub const ALL: [FailureKind; 8] = [
         FailureKind::OutOfFuel,
         FailureKind::MemoryLimit,
         FailureKind::Deadline,
         FailureKind::Trap,
+        FailureKind::StackOverflow,
         FailureKind::PluginError,
         FailureKind::BadOutput,
         FailureKind::WrongWorld,
@@ -64,10 +69,18 @@ impl FailureKind {
             FailureKind::MemoryLimit => "memory-limit",
             FailureKind::Deadline => "deadline",
             FailureKind::Trap => "trap",
+            FailureKind::StackOverflow => "stack-overflow",
             FailureKind::PluginError => "plugin-error",
             FailureKind::BadOutput => "bad-output",
             FailureKind::WrongWorld => "wrong-world",
         }
+    }
+
+    /// Whether the same call may end otherwise on another node (a deadline is wall time, a
+    /// stack overflow depends on the CPU's machine code): such a failure must not decide a
+    /// peer's event differently here than elsewhere.
+    pub fn depends_on_machine(self) -> bool {
+        matches!(self, FailureKind::Deadline | FailureKind::StackOverflow)
     }
 
     /// The kind named `name` (the inverse of [`FailureKind::as_str`]).
@@ -97,7 +110,8 @@ pub(crate) enum Phase {
 ///   raised) is memory-limit, whatever the guest did afterwards: a guest that handles a failed
 ///   grow by aborting traps with `unreachable`, and that is still memory-limit.
 /// - [`wasmtime::Trap::OutOfFuel`] is out-of-fuel, [`wasmtime::Trap::Interrupt`] (the epoch
-///   deadline) is deadline, every other trap code is trap, and so is a WASI `exit`.
+///   deadline) is deadline, [`wasmtime::Trap::StackOverflow`] is stack-overflow, every other
+///   trap code is trap, and so is a WASI `exit`.
 /// - Any other error during a call was raised by the host while taking data from the guest: a
 ///   result (or an import's argument) that is malformed in the canonical ABI (a pointer out of
 ///   bounds, text that is not UTF-8) or larger than the store's hostcall data budget. The host
@@ -114,6 +128,7 @@ pub(crate) fn classify(
         let kind = match trap {
             wasmtime::Trap::OutOfFuel => FailureKind::OutOfFuel,
             wasmtime::Trap::Interrupt => FailureKind::Deadline,
+            wasmtime::Trap::StackOverflow => FailureKind::StackOverflow,
             _ => FailureKind::Trap,
         };
         return (kind, describe(error));
@@ -178,7 +193,7 @@ mod tests {
                 trap(wasmtime::Trap::StackOverflow),
                 None,
                 Phase::Call,
-                FailureKind::Trap,
+                FailureKind::StackOverflow,
             ),
             // The guest aborting after a refused grow is still memory-limit.
             (
