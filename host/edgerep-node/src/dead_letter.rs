@@ -31,7 +31,8 @@ pub struct DeadLetter {
     pub plugin: String,
     /// sha256 of that plugin's `.wasm`.
     pub plugin_sha256: String,
-    /// Failure kind (`out-of-fuel`, `memory-limit`, `deadline`, `trap`, `plugin-error`, `bad-output`).
+    /// Failure kind (`out-of-fuel`, `memory-limit`, `deadline`, `trap`, `stack-overflow`,
+    /// `plugin-error`, `bad-output`).
     pub failure: String,
     /// Details.
     pub message: String,

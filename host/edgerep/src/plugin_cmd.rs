@@ -26,7 +26,8 @@ pub(crate) enum PluginCommand {
         file: PathBuf,
     },
     /// Run a plugin once on an input and print its output as JSON, or its failure kind
-    /// (out-of-fuel, memory-limit, deadline, trap, plugin-error, bad-output) and exit 5.
+    /// (out-of-fuel, memory-limit, deadline, trap, stack-overflow, plugin-error, bad-output) and
+    /// exit 5.
     Run {
         /// The component.
         file: PathBuf,
