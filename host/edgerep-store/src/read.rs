@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Most rows one scan page reads per entry asked for (see [`Store::scan`]).
+pub const SCAN_ROWS_PER_ENTRY: usize = 16;
+
 impl Store {
     /// What the idempotency key `key` was recorded with, if it is held within the window (by
     /// this node's wall clock now; see [`idempotency::Window`]).
@@ -182,7 +185,10 @@ impl Store {
         Ok(k.value().starts_with(&first))
     }
 
-    /// One page of the live keys of a collection, in key order.
+    /// One page of the live keys of a collection, in key order. A page reads at most
+    /// [`SCAN_ROWS_PER_ENTRY`] rows per entry asked for (deleted keys are rows too): past that
+    /// it ends early, with fewer entries (maybe none) and `next` set, so a collection of
+    /// millions of deletions is not read whole for one page.
     pub fn scan(
         &self,
         collection: &str,
@@ -203,6 +209,7 @@ impl Store {
         let mut entries = Vec::new();
         let mut resolutions = BTreeMap::new();
         let mut last_seen = None;
+        let mut rows_left = limit.saturating_mul(SCAN_ROWS_PER_ENTRY);
         for row in state.range(lower_key.as_slice()..)? {
             let (k, v) = row?;
             if skip_equal && k.value() == lower_key.as_slice() {
@@ -225,13 +232,14 @@ impl Store {
                     next: None,
                 });
             }
-            if entries.len() == limit {
+            if entries.len() == limit || rows_left == 0 {
                 return Ok(ScanPage {
                     entries,
                     resolutions,
                     next: last_seen,
                 });
             }
+            rows_left -= 1;
             last_seen = Some(key.to_vec());
             let (versions, resolution) = self.decode_row(v.value())?;
             if versions.lww_value().is_some() || versions.events().len() > 1 {

@@ -1447,3 +1447,29 @@ fn a_write_the_store_cannot_commit_is_refused_alone() {
     );
     assert_verified(&store);
 }
+
+/// A scan page over a run of deleted keys: deleted keys were not counted toward the page's
+/// limit, so one page of `limit = 1` read every row of a collection of deletions. Now a page
+/// reads at most SCAN_ROWS_PER_ENTRY rows per entry asked for and ends early with `next` set;
+/// paging on finds the live keys behind the run.
+#[test]
+fn a_scan_page_over_deleted_keys_ends_early_and_paging_finds_what_follows() {
+    let (store, _) = memory_store("site-a");
+    let mut clock = HlcClock::new(Default::default(), SKEW_MS);
+    let keys: Vec<Vec<u8>> = (0..100).map(|i| format!("k{i:03}").into_bytes()).collect();
+    let puts: Vec<LocalWrite> = keys.iter().map(|k| put("c", k, val(1))).collect();
+    store.commit_local(puts, &mut clock, 1).unwrap();
+    let dels: Vec<LocalWrite> = keys[..90].iter().map(|k| del("c", k)).collect();
+    store.commit_local(dels, &mut clock, 2).unwrap();
+    let first = store.scan("c", &ScanRange::default(), 1).unwrap();
+    assert!(first.entries.is_empty(), "{:?}", first.entries.len());
+    assert_eq!(
+        first.next.as_deref(),
+        Some(keys[edgerep_store::SCAN_ROWS_PER_ENTRY - 1].as_slice())
+    );
+    let live: Vec<Vec<u8>> = full_scan(&store, "c", 1)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(live, keys[90..].to_vec());
+}
