@@ -81,6 +81,17 @@ pub struct AppState {
     pub traces: Arc<crate::trace::Traces>,
     /// Commit durations and per-collection counts (see `metrics`).
     pub commit_metrics: Arc<crate::metrics::CommitMetrics>,
+    /// Requests whose transforms on ingest may run at once (see [`plugin_runs`]).
+    pub plugin_runs: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many requests' transforms on ingest may run at once: plugin calls are CPU work, so more
+/// than twice the cores gains nothing, and each holds an instance of up to `memory_bytes` (256
+/// connections at once held 256 of them). Further requests wait their turn (within the
+/// request timeout).
+pub fn plugin_runs() -> tokio::sync::Semaphore {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(2 * cores.max(1))
 }
 
 impl AppState {
@@ -420,6 +431,9 @@ impl From<ingest::IngestError> for ApiError {
             e @ IngestError::TooMany { .. } => {
                 ApiError::too_large("too_many_writes", e.to_string())
             }
+            e @ IngestError::TooLarge { .. } => {
+                ApiError::too_large("writes_too_large", e.to_string())
+            }
         }
     }
 }
@@ -557,11 +571,21 @@ async fn run_ingest(
     // before plugins run: their failures would be set aside as dead letters for a request
     // the client is told to retry, once per retry.
     app.committer.origin_confirmed().await?;
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || ingest::run(&app.ingest_step(), writes, record_failures))
+    let turn = app
+        .plugin_runs
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|e| ApiError::internal(format!("ingest task failed: {e}")))?
-        .map_err(ApiError::from)
+        .map_err(|_| ApiError::internal("plugin runs closed".to_owned()))?;
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        // Held until the plugins are done, even if the caller stopped waiting.
+        let _turn = turn;
+        ingest::run(&app.ingest_step(), writes, record_failures)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("ingest task failed: {e}")))?
+    .map_err(ApiError::from)
 }
 
 /// Runs blocking store work off the async threads.

@@ -39,6 +39,23 @@ pub(crate) enum IngestError {
         "the transforms on ingest made {made} writes of this request, over limits.max_batch_events ({limit}); nothing was written"
     )]
     TooMany { made: usize, limit: usize },
+    /// The transforms on ingest made more bytes of writes than the request may hold.
+    #[error(
+        "the transforms on ingest made {made} bytes of writes of this request, over {limit} ({OUTPUT_TIMES} x limits.max_request_bytes); nothing was written"
+    )]
+    TooLarge { made: usize, limit: usize },
+}
+
+/// How many times `limits.max_request_bytes` the writes transforms on ingest make of one
+/// request may hold (keys, values and metadata): a transform may enrich, but a request of small
+/// writes padded by a plugin to the value limit each must not become gigabytes.
+pub(crate) const OUTPUT_TIMES: usize = 4;
+
+/// What a write weighs toward [`OUTPUT_TIMES`].
+fn write_bytes(w: &LocalWrite) -> usize {
+    w.key.len()
+        + w.value.as_ref().map_or(0, |v| v.as_bytes().len())
+        + w.meta.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 /// A write that a plugin failed on, and what became of it.
@@ -119,6 +136,8 @@ pub(crate) fn run(
     // Dead letters to keep (index into `out.failed`, record), written once no halt refuses the
     // request.
     let mut to_keep: Vec<(usize, Vec<u8>)> = Vec::new();
+    // Bytes of the writes transforms made (see OUTPUT_TIMES).
+    let mut made_bytes = 0usize;
     for (i, w) in writes.into_iter().enumerate() {
         if !step.pipeline.has_ingest(&w.collection) {
             out.accepted.push((i, w));
@@ -131,6 +150,18 @@ pub(crate) fn run(
                 let made = out.accepted.len() + changes.len();
                 if made > limit {
                     return Err(IngestError::TooMany { made, limit });
+                }
+                made_bytes += changes.iter().map(write_bytes).sum::<usize>();
+                let byte_limit = step
+                    .config
+                    .limits
+                    .max_request_bytes
+                    .saturating_mul(OUTPUT_TIMES);
+                if made_bytes > byte_limit {
+                    return Err(IngestError::TooLarge {
+                        made: made_bytes,
+                        limit: byte_limit,
+                    });
                 }
                 out.accepted.extend(changes.into_iter().map(|c| (i, c)));
             }

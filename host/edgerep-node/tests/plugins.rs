@@ -484,17 +484,18 @@ fn writes_running_on_for_clients_that_left_are_bounded() {
 /// one request's writes as made at most as many (else 413, nothing written).
 #[test]
 fn transforms_that_fan_out_are_bounded_by_the_batch_limit() {
-    let start = |max: usize| {
+    let start_with = |max: usize, extra: &str| {
         let dir = tempfile::tempdir().unwrap();
         let body = [
             plugin_table("fan-a", "fanout", ""),
             plugin_table("fan-b", "fanout", ""),
             collection("fan", &["fan-a", "fan-b"], "lww"),
-            format!("[limits]\nmax_batch_events = {max}\n"),
+            format!("[limits]\nmax_batch_events = {max}\n{extra}"),
         ]
         .concat();
         (Node::start(config(dir.path(), &body)), dir)
     };
+    let start = |max: usize| start_with(max, "");
     // 100 writes of one write: over a limit of 50, the chain's fault.
     let (node, _dir) = start(50);
     let r = node.put("/v1/kv/fan/k", json!({"n": 1}));
@@ -528,6 +529,20 @@ fn transforms_that_fan_out_are_bounded_by_the_batch_limit() {
     );
     assert_eq!(node.get("/v1/status").body["feed_last"], before);
     assert_eq!(node.get("/v1/kv/fan/b0-0-0").status, 404);
+    node.stop();
+
+    // Within the count, over the bytes: one write of 1 KiB made 100 writes (100 KiB), over
+    // 4 x max_request_bytes (32 KiB). 413, nothing written.
+    let (node, _dir) = start_with(250, "max_request_bytes = 8192\nmax_value_bytes = 4096\n");
+    let r = node.put("/v1/kv/fan/k", json!({"pad": "x".repeat(1000)}));
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.body["kind"], "writes_too_large", "{}", r.body);
+    let message = r.body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("over 32768 (4 x limits.max_request_bytes)"),
+        "{message}"
+    );
+    assert_eq!(node.get("/v1/kv/fan/k-0-0").status, 404);
     node.stop();
 }
 
