@@ -74,7 +74,9 @@
 //! compact = true             # remove changelog entries every peer acknowledged
 //! keep_events = 100000       # per origin, the newest entries kept even so
 //! interval_ms = 10000        # how often to compact, 100..=3600000
-//! peer_absent_ms = 604800000 # a peer unheard of this long stops holding entries back (0: never)
+//! peer_absent_ms = 604800000 # a peer unheard of this long, or connected but acknowledging
+//!                            # nothing new this long while it lacks events, stops holding
+//!                            # entries back (0: never)
 //!
 //! [tracing]                  # optional
 //! otlp_endpoint = "http://127.0.0.1:4318/v1/traces"  # export spans over OTLP/HTTP (JSON)

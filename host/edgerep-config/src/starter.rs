@@ -98,7 +98,7 @@ accept_undeclared = true
 # compact = true
 # keep_events = 100000
 # interval_ms = 10000
-# peer_absent_ms = 604800000     # a peer unheard of this long (7 days) stops holding entries back; 0: never
+# peer_absent_ms = 604800000     # a peer unheard of (or connected but acknowledging nothing new while it lacks events) this long (7 days) stops holding entries back; 0: never
 "#
     )
 }

@@ -434,6 +434,9 @@ impl From<ingest::IngestError> for ApiError {
             e @ IngestError::TooLarge { .. } => {
                 ApiError::too_large("writes_too_large", e.to_string())
             }
+            e @ IngestError::NotAuthorized { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "write_not_authorized", e.to_string())
+            }
         }
     }
 }
@@ -716,7 +719,7 @@ async fn put_key(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
-    request::check_writable(&app.config(), &collection)?;
+    request::check_collection(&app.config(), &collection)?;
     request::check_key(&app.config(), &key)?;
     let format = request_format(&headers)?;
     let body = body_bytes(body, app.config().limits.max_request_bytes)?;
@@ -977,7 +980,7 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
-    request::check_writable(&app.config(), &collection)?;
+    request::check_collection(&app.config(), &collection)?;
     request::check_key(&app.config(), &key)?;
     let write = LocalWrite {
         collection,
@@ -1085,9 +1088,23 @@ async fn batch_run(
     trace: Option<ClientTrace>,
 ) -> Result<Response, ApiError> {
     let app2 = app.clone();
+    // Where transforms on ingest may run, the batch takes its turn among the requests running
+    // them (see `plugin_runs`), held until its transforms are done.
+    let turn = if app.pipeline.any_ingest() {
+        Some(
+            app.plugin_runs
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::internal("plugin runs closed".to_owned()))?,
+        )
+    } else {
+        None
+    };
     // Parsing a large batch, looking its keys up and running transforms is CPU and disk work:
     // keep it off the async threads.
     let prepared = tokio::task::spawn_blocking(move || -> Result<PreparedBatch, ApiError> {
+        let _turn = turn;
         let batch = request::parse_batch(
             &body,
             format,
@@ -2001,7 +2018,7 @@ async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
             ),
         ));
     }
-    request::check_writable(&app.config(), &d.write.collection)?;
+    request::check_collection(&app.config(), &d.write.collection)?;
     let outcome = run_ingest(&app, vec![d.write], false).await?;
     if let Some(failed) = outcome.failed.first() {
         return Err(failed.to_replay_error(id));

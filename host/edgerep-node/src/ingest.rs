@@ -39,6 +39,9 @@ pub(crate) enum IngestError {
         "the transforms on ingest made {made} writes of this request, over limits.max_batch_events ({limit}); nothing was written"
     )]
     TooMany { made: usize, limit: usize },
+    /// A write to a collection `[authorization]` does not let this node's origin write.
+    #[error("write {write} of the request: {reason}; nothing was written")]
+    NotAuthorized { write: usize, reason: String },
     /// The transforms on ingest made more bytes of writes than the request may hold.
     #[error(
         "the transforms on ingest made {made} bytes of writes of this request, over {limit} ({OUTPUT_TIMES} x limits.max_request_bytes); nothing was written"
@@ -94,7 +97,10 @@ pub(crate) struct Outcome {
 
 /// Checks a change a transform returned against the node's own rules.
 fn check_change(config: &Config, w: &LocalWrite) -> Result<(), String> {
-    request::check_writable(config, &w.collection).map_err(|e| e.message)?;
+    request::check_collection(config, &w.collection).map_err(|e| e.message)?;
+    config
+        .write_allowed(&config.node.id, &w.collection)
+        .map_err(|e| e.to_string())?;
     request::check_key(config, &w.key).map_err(|e| e.message)?;
     request::meta_problem(config, &w.meta)?;
     if let Some(v) = &w.value {
@@ -140,6 +146,16 @@ pub(crate) fn run(
     let mut made_bytes = 0usize;
     for (i, w) in writes.into_iter().enumerate() {
         if !step.pipeline.has_ingest(&w.collection) {
+            // `[authorization]` holds for this node's own writes too: every peer would keep
+            // the write out of its state, so taken here it would differ from theirs for good.
+            // (A write a transform routes elsewhere is judged by where it lands: check_change.)
+            let config = &step.config;
+            if let Err(e) = config.write_allowed(&config.node.id, &w.collection) {
+                return Err(IngestError::NotAuthorized {
+                    write: i,
+                    reason: e.to_string(),
+                });
+            }
             out.accepted.push((i, w));
             continue;
         }

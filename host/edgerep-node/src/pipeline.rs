@@ -221,6 +221,11 @@ impl Pipeline {
         self.wiring().ingest.contains_key(collection)
     }
 
+    /// Whether any collection runs transforms on ingest.
+    pub fn any_ingest(&self) -> bool {
+        !self.wiring().ingest.is_empty()
+    }
+
     /// Why writes to `collection` at hybrid-clock time `now_ms` must not go on, if they must
     /// not.
     pub fn stopped(&self, collection: &str, now_ms: u64) -> Option<Stopped> {

@@ -619,6 +619,17 @@ impl Replicator {
             .any(|(origin, &seq)| seq > held.get(origin).copied().unwrap_or(0))
         {
             self.anti_entropy.changed_here();
+            // Peers that held everything until now start lacking events only now: their
+            // acknowledgements' quiet spell before does not count against them.
+            let now = Instant::now();
+            for (peer, acked) in &self.acked {
+                if held
+                    .iter()
+                    .all(|(o, &seq)| acked.get(o).is_some_and(|&a| a >= seq))
+                {
+                    self.acks_moved_at.insert(peer.clone(), now);
+                }
+            }
         }
         self.core.set_local_have(have);
         self.check_origin();

@@ -107,16 +107,6 @@ pub(crate) fn check_collection(config: &Config, collection: &str) -> Result<(), 
         .map_err(|m| Refused::forbidden("collection_not_allowed", m.to_string()))
 }
 
-/// [`check_collection`], and that `[authorization]` lets this node write `collection` (403
-/// `write_not_authorized`): every peer would keep the write out of its state, so taken here
-/// it would make this node's state differ from theirs for good.
-pub(crate) fn check_writable(config: &Config, collection: &str) -> Result<(), Refused> {
-    check_collection(config, collection)?;
-    config
-        .write_allowed(&config.node.id, collection)
-        .map_err(|e| Refused::forbidden("write_not_authorized", e.to_string()))
-}
-
 /// Checks a key against the limits.
 pub(crate) fn check_key(config: &Config, key: &[u8]) -> Result<(), Refused> {
     if key.is_empty() {
@@ -256,7 +246,7 @@ impl RawWrite {
         let collection = self
             .collection
             .ok_or_else(|| bad(at, "missing \"collection\"".into()))?;
-        check_writable(config, &collection).map_err(|e| e.at(at))?;
+        check_collection(config, &collection).map_err(|e| e.at(at))?;
         let key = self.key.ok_or_else(|| bad(at, "missing \"key\"".into()))?;
         check_key(config, &key).map_err(|e| e.at(at))?;
         check_meta(config, &self.meta, at)?;

@@ -1713,8 +1713,8 @@ fn duplicate_json_keys_bad_origins_and_large_metadata_are_refused() {
         "a value of millions of items",
         |n| n.put("/v1/kv/c/k", "application/json", zeros.as_bytes()),
         400,
-        "malformed_json",
-        &["too many items"],
+        "bad_value",
+        &["more than 100000 data items"],
     );
 }
 
@@ -1808,7 +1808,7 @@ fn writes_to_a_collection_this_node_may_not_write_are_refused() {
         },
         403,
         "write_not_authorized",
-        &["writes[1]", "\"stock\""],
+        &["write 1 of the request", "\"stock\""],
     );
     assert_eq!(node.snapshot(), before, "nothing written");
     assert_eq!(

@@ -23,8 +23,9 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// The kinds of [`Failure`]. Every kind but [`FailureKind::Deadline`] is deterministic: the same
-/// plugin, input, parameters and limits give the same kind on every node.
+/// The kinds of [`Failure`]. Every kind but [`FailureKind::Deadline`] and
+/// [`FailureKind::StackOverflow`] ([`FailureKind::depends_on_machine`]) is deterministic: the
+/// same plugin, input, parameters and limits give the same kind on every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FailureKind {
     /// The call used its whole fuel budget.

@@ -33,8 +33,10 @@
 //!
 //! - **Determinism.** With `fresh = true` (and always for [`Plugin::resolve`]) a call's result,
 //!   failure kind and fuel depend only on the component, its parameters, its limits and the input.
-//!   The exception is [`FailureKind::Deadline`], the wall-clock backstop: it depends on the
-//!   machine, so never turn it into a replicated decision (retry it, or stop the plugin). Fuel
+//!   The exceptions are [`FailureKind::Deadline`], the wall-clock backstop, and
+//!   [`FailureKind::StackOverflow`] (how deep a stack may grow depends on the CPU's machine
+//!   code): they depend on the machine, so never turn them into a replicated decision (retry a
+//!   deadline, or stop the plugin). Fuel
 //!   charges per instruction, so bulk-memory instructions are cheap in fuel but not in time: a
 //!   hostile plugin can reach the deadline with fuel to spare.
 //! - **Pooled instances** (`fresh = false`) are faster (no instantiation) but keep guest state

@@ -264,10 +264,15 @@ impl Value {
     ///
     /// Malformed JSON is [`ValueError::Json`], whose message gives the line and column.
     pub fn from_json_str(text: &str, limits: &DecodeLimits) -> Result<Value, ValueError> {
-        // A JSON item becomes at least a third of a CBOR item (a tagged or byte-string object
-        // of the mapping is three JSON items for one): text of more cannot fit the limit.
-        let json = crate::json::parse_bounded(text.as_bytes(), limits.max_items.saturating_mul(3))
-            .map_err(|e| ValueError::Json(e.to_string()))?;
+        // Each JSON item becomes one CBOR item: text of more cannot fit the limit, and is
+        // refused as it is read.
+        let json =
+            crate::json::parse_bounded(text.as_bytes(), limits.max_items).map_err(|e| match e {
+                crate::json::Bounded::TooManyItems => ValueError::TooManyItems {
+                    max: limits.max_items,
+                },
+                crate::json::Bounded::Json(e) => ValueError::Json(e.to_string()),
+            })?;
         Value::from_json(&json, limits)
     }
 

@@ -73,7 +73,11 @@ impl Replicator {
             .filter(|p| {
                 let heard = self.heard_at.get(*p).copied().unwrap_or(self.started);
                 let moved = self.acks_moved_at.get(*p).copied().unwrap_or(self.started);
-                (self.conns.contains_key(*p) || recent(heard)) && recent(moved)
+                if self.conns.contains_key(*p) {
+                    recent(moved)
+                } else {
+                    recent(heard)
+                }
             })
             .collect();
         let mut floors = Have::new();
