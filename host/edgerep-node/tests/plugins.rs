@@ -941,3 +941,37 @@ fn resolver_plugin_merges_concurrent_versions_and_failures_fall_back_to_lww() {
     );
     node.stop();
 }
+
+/// `[authorization]` judges a write by where it lands: a write to a collection this node may
+/// not write that a transform routes to one it may is taken; a transform that routes a write
+/// into a collection it may not write fails on it (422, the transform's fault), nothing written.
+#[test]
+fn authorization_judges_a_routed_write_by_where_it_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = [
+        plugin_table(
+            "to-orders",
+            "fanout",
+            "params = { copies = \"1\", to = \"orders\" }",
+        ),
+        plugin_table(
+            "to-stock",
+            "fanout",
+            "params = { copies = \"1\", to = \"stock\" }",
+        ),
+        collection("inbox", &["to-orders"], "lww"),
+        collection("outbox", &["to-stock"], "lww"),
+        "[authorization]\nsite-a = [\"orders\", \"outbox\"]\n".to_owned(),
+    ]
+    .concat();
+    let node = Node::start(config(dir.path(), &body));
+    let r = node.put("/v1/kv/inbox/k", json!({"n": 1}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(node.get("/v1/kv/orders/k-0").status, 200);
+    let r = node.put("/v1/kv/outbox/k", json!({"n": 2}));
+    assert_eq!(r.status, 422, "{}", r.body);
+    let message = r.body["error"].as_str().unwrap_or_default();
+    assert!(message.contains("\"stock\""), "{message}");
+    assert_eq!(node.get("/v1/kv/stock/k-0").status, 404);
+    node.stop();
+}
