@@ -574,12 +574,7 @@ async fn run_ingest(
     // before plugins run: their failures would be set aside as dead letters for a request
     // the client is told to retry, once per retry.
     app.committer.origin_confirmed().await?;
-    let turn = app
-        .plugin_runs
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::internal("plugin runs closed".to_owned()))?;
+    let turn = plugin_turn(app).await?;
     let app = app.clone();
     tokio::task::spawn_blocking(move || {
         // Held until the plugins are done, even if the caller stopped waiting.
@@ -589,6 +584,16 @@ async fn run_ingest(
     .await
     .map_err(|e| ApiError::internal(format!("ingest task failed: {e}")))?
     .map_err(ApiError::from)
+}
+
+/// Waits for this request's turn among those running transforms on ingest (see
+/// [`plugin_runs`]); the turn is held until the permit is dropped.
+async fn plugin_turn(app: &Arc<AppState>) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    app.plugin_runs
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("plugin runs closed".to_owned()))
 }
 
 /// Runs blocking store work off the async threads.
@@ -1091,13 +1096,7 @@ async fn batch_run(
     // Where transforms on ingest may run, the batch takes its turn among the requests running
     // them (see `plugin_runs`), held until its transforms are done.
     let turn = if app.pipeline.any_ingest() {
-        Some(
-            app.plugin_runs
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ApiError::internal("plugin runs closed".to_owned()))?,
-        )
+        Some(plugin_turn(&app).await?)
     } else {
         None
     };

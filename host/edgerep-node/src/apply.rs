@@ -184,17 +184,24 @@ impl Admission<'_> {
         }
         (out, refused)
     }
+}
 
-    /// Why `event` must stay out of the state by the write policy, if it must.
-    fn policy_refusal(&self, event: &Event) -> Option<String> {
-        if let Err(reason) = self.config.write_allowed(&event.origin, &event.collection) {
-            return Some(reason.to_string());
-        }
-        self.config
-            .check_collection(&event.collection)
-            .err()
-            .map(|reason| format!("event {}:{} from a peer: {reason}", event.origin, event.seq))
+/// Why event `seq` of `origin` in `collection` must stay out of this node's state by the write
+/// policy (`[authorization]`, the collections the node accepts), if it must: the one rule for
+/// peers' events, snapshot pages and anti-entropy repairs alike.
+pub(crate) fn policy_refusal(
+    config: &Config,
+    origin: &NodeId,
+    seq: u64,
+    collection: &str,
+) -> Option<String> {
+    if let Err(reason) = config.write_allowed(origin, collection) {
+        return Some(reason.to_string());
     }
+    config
+        .check_collection(collection)
+        .err()
+        .map(|reason| format!("event {origin}:{seq} from a peer: {reason}"))
 }
 
 /// The dead-letter record of an event kept out of the state by the write policy.
@@ -244,7 +251,12 @@ pub(crate) fn prepare(
         traced_calls: BTreeMap::new(),
     };
     for event in events {
-        if let Some(reason) = admission.policy_refusal(&event) {
+        if let Some(reason) = policy_refusal(
+            admission.config,
+            &event.origin,
+            event.seq,
+            &event.collection,
+        ) {
             tracing::warn!(origin = %event.origin, seq = event.seq, "event kept out of the state: {reason}");
             out.dead_letters.push(policy_dead_letter(&event, reason));
             out.events.push(Received {

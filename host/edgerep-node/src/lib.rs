@@ -224,7 +224,6 @@ fn ports_free(config: &Config) -> Result<(), NodeError> {
 /// and by `edgerep config check`, not refused (a node's files may be readable by a group on
 /// purpose).
 pub fn secrets_open_to_others(config: &Config) -> Vec<String> {
-    use std::os::unix::fs::PermissionsExt;
     let files = [
         (
             "replication.key",
@@ -236,13 +235,11 @@ pub fn secrets_open_to_others(config: &Config) -> Vec<String> {
         .into_iter()
         .filter_map(|(setting, path)| {
             let path = path?;
-            let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
-            (mode & 0o077 != 0).then(|| {
-                format!(
-                    "{setting}: {} can be read by others than its owner (mode {mode:o}): `chmod 600` it",
-                    path.display()
-                )
-            })
+            let mode = edgerep_transport::certs::open_to_others(&path)?;
+            Some(format!(
+                "{setting}: {} can be read by others than its owner (mode {mode:o}): `chmod 600` it",
+                path.display()
+            ))
         })
         .collect()
 }

@@ -678,13 +678,15 @@ mod tests {
             }
         }
         txn.commit().unwrap();
-        let txn = db.begin_read().unwrap();
-        let index = Index::load(
-            &txn.open_table(IDEMPOTENCY).unwrap(),
-            &txn.open_table(crate::tables::META).unwrap(),
-        )
-        .unwrap();
-        drop(txn);
+        // The index as an open reads it.
+        let load = || {
+            let txn = db.begin_read().unwrap();
+            Index::load(
+                &txn.open_table(IDEMPOTENCY).unwrap(),
+                &txn.open_table(crate::tables::META).unwrap(),
+            )
+        };
+        let index = load().unwrap();
         assert_eq!(index.len(), 3);
         assert!(index.contains("old-1") && !index.contains("new-1"));
         let txn = db.begin_write().unwrap();
@@ -728,11 +730,7 @@ mod tests {
             .insert(META_PENDING, &[0x84, 0x01, 0x61][..])
             .unwrap();
         txn.commit().unwrap();
-        let txn = db.begin_read().unwrap();
-        let damaged = Index::load(
-            &txn.open_table(IDEMPOTENCY).unwrap(),
-            &txn.open_table(crate::tables::META).unwrap(),
-        );
+        let damaged = load();
         assert!(
             matches!(damaged, Err(StoreError::Corrupt { table: "meta", .. })),
             "{damaged:?}"

@@ -418,6 +418,13 @@ pub fn node_id_of(cert_der: &[u8]) -> Result<NodeId, CertError> {
     NodeId::parse(id).map_err(|e| no_id(e.to_string()))
 }
 
+/// The permission bits (`0o777` part) of a secret file that others than its owner may read or
+/// write, if they may (`None` also when it cannot be read).
+pub fn open_to_others(path: &Path) -> Option<u32> {
+    let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
 /// What a node needs for mutual TLS: the CA certificate it trusts, its own certificate and key,
 /// and its node id (read from its certificate). Building one checks that the key belongs to the
 /// certificate and that the certificate chains to the CA and is valid now.
@@ -477,11 +484,10 @@ impl Identity {
         let [ca, cert, key] = &paths;
         let read = |path: &Path| fs::read_to_string(path).map_err(io_error(path));
         let texts = [read(ca)?, read(cert)?, read(key)?];
-        let meta = fs::metadata(key).map_err(io_error(key))?;
-        if meta.permissions().mode() & 0o077 != 0 {
+        if let Some(mode) = open_to_others(key) {
             tracing::warn!(
                 file = %key.display(),
-                mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
+                mode = format_args!("{mode:o}"),
                 "private key file is readable by others than its owner; chmod 600 it"
             );
         }

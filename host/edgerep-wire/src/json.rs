@@ -14,7 +14,8 @@ pub fn parse(bytes: &[u8]) -> Result<Json, serde_json::Error> {
     match parse_bounded(bytes, usize::MAX) {
         Ok(v) => Ok(v),
         Err(Bounded::Json(e)) => Err(e),
-        Err(Bounded::TooManyItems) => unreachable!("usize::MAX items cannot fit in memory"),
+        // (usize::MAX items cannot fit in memory; said as an error all the same)
+        Err(Bounded::TooManyItems) => Err(serde_json::Error::custom("too many items")),
     }
 }
 

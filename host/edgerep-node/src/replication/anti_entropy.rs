@@ -377,10 +377,14 @@ impl Replicator {
             .cloned()
             .collect();
         for peer in others {
-            tracing::info!(peer = %peer, "comparing with {peer} in {} ms: a snapshot from {from} raised this node's floors", QUIET.as_millis());
             // The first due time stands: a sender raising floors again and again must not
             // postpone the comparison.
-            self.anti_entropy.after_snapshot.entry(peer).or_insert(at);
+            if let std::collections::btree_map::Entry::Vacant(e) =
+                self.anti_entropy.after_snapshot.entry(peer)
+            {
+                tracing::info!(peer = %e.key(), "comparing with it in {} ms: a snapshot from {from} raised this node's floors", QUIET.as_millis());
+                e.insert(at);
+            }
         }
     }
 
@@ -760,11 +764,10 @@ impl Replicator {
         let check = |v: &edgerep_wire::Value| crate::check_plugin_value(v, &self.value_limits);
         let mut out = BTreeMap::new();
         for v in versions {
-            // A version its origin may not write stays out of the state, as in apply (a
-            // peer's state can hold one: taken before its node checked local writes, or put
-            // there by a node that lies).
-            if let Err(reason) = self.config.write_allowed(&v.origin, &v.collection) {
-                tracing::warn!(peer = %peer, origin = %v.origin, seq = v.seq, "a version anti-entropy repairs left out of the state: {reason}");
+            // A version the write policy keeps out stays out, as in apply (a peer's state can
+            // hold one: taken before its node checked local writes, or put there by a node
+            // that lies).
+            if self.kept_out_by_policy(peer, v, "a repair") {
                 out.insert(
                     (v.origin.to_string(), v.seq),
                     edgerep_store::OnApply::Dropped,

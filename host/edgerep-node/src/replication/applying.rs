@@ -254,18 +254,12 @@ impl Replicator {
             self.core.install_failed(&peer, &reason, now);
             return;
         }
-        // Versions their origins may not write stay out of the state, as in apply (an honest
-        // sender's state holds none).
+        // Versions the write policy keeps out stay out here too (an honest sender's state holds
+        // none).
         let (versions, proofs): (Vec<_>, Vec<_>) = versions
             .into_iter()
             .zip(proofs)
-            .filter(|(v, _)| match self.config.write_allowed(&v.origin, &v.collection) {
-                Ok(()) => true,
-                Err(reason) => {
-                    tracing::warn!(peer = %peer, origin = %v.origin, seq = v.seq, "a snapshot version left out of the state: {reason}");
-                    false
-                }
-            })
+            .filter(|(v, _)| !self.kept_out_by_policy(&peer, v, "a snapshot"))
             .unzip();
         let hook = CommitHookSender(self.inbox.clone());
         let to = peer.clone();
@@ -280,6 +274,18 @@ impl Replicator {
         if let Err(e) = sent {
             self.core.install_failed(&peer, &e.to_string(), now);
         }
+    }
+
+    /// Whether the write policy keeps version `v` that `peer` sent in `what` out of this
+    /// node's state, as it keeps events out in apply (logged when it does).
+    pub(super) fn kept_out_by_policy(&self, peer: &NodeId, v: &EncodedEvent, what: &str) -> bool {
+        let Some(reason) =
+            crate::apply::policy_refusal(&self.config, &v.origin, v.seq, &v.collection)
+        else {
+            return false;
+        };
+        tracing::warn!(peer = %peer, origin = %v.origin, seq = v.seq, "a version of {what} left out of the state: {reason}");
+        true
     }
 
     /// The committer's answer to a snapshot page of `peer`'s.
