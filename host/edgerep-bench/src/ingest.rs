@@ -306,6 +306,50 @@ pub(crate) struct Cell {
     pub(crate) requests: usize,
 }
 
+/// The node's group commits of local writes so far, from its metrics: how many, their total
+/// time (sync included), and the local events they wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Commits {
+    count: f64,
+    seconds: f64,
+    events: f64,
+}
+
+impl Commits {
+    pub(crate) fn read(client: &Client) -> anyhow::Result<Commits> {
+        let text = match client.metrics() {
+            Outcome::Ok(b) => String::from_utf8(b)?,
+            other => bail!("reading the node's metrics failed: {other:?}"),
+        };
+        let mut c = Commits::default();
+        for line in text.lines() {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            if name == "edgerep_commit_duration_seconds_count{kind=\"local\"}" {
+                c.count += value;
+            } else if name == "edgerep_commit_duration_seconds_sum{kind=\"local\"}" {
+                c.seconds += value;
+            } else if name.starts_with("edgerep_collection_written_events_total{") {
+                c.events += value;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Events per commit and mean commit time in ms between `before` and `self`.
+    pub(crate) fn since(&self, before: &Commits) -> (f64, f64) {
+        let n = (self.count - before.count).max(1.0);
+        (
+            (self.events - before.events) / n,
+            (self.seconds - before.seconds) * 1e3 / n,
+        )
+    }
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -405,6 +449,19 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         args.raw_commit_events
     );
     let raw = raw_before;
+    // What a durable commit of few events costs redb itself: the bound on many small writers
+    // (each waits for its group's commit).
+    let raw_small = edgerep_store::bench::raw_redb_throughput(
+        dir.path(),
+        &sample_event,
+        value.as_bytes(),
+        16,
+        args.seconds / 2.0,
+    )?;
+    println!(
+        "raw redb, 16 events per commit: {raw_small:.0} events/s ({:.3} ms per commit)",
+        16e3 / raw_small
+    );
     // What keeping the anti-entropy sums costs on the write path: the store alone with and
     // without them, alternated twice, the better of each.
     let mut fp_with = 0f64;
@@ -447,8 +504,16 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
     let client = Client::new(node.api_addr);
 
     println!(
-        "{:>7} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "batch", "clients", "events/s", "p50 ms", "p99 ms", "requests", "vs raw1"
+        "{:>7} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "batch",
+        "clients",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "requests",
+        "vs raw1",
+        "ev/commit",
+        "commit ms"
     );
     let mut cells = Vec::new();
     for (round, (&batch, &clients)) in args
@@ -457,6 +522,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         .flat_map(|b| args.clients.iter().map(move |c| (b, c)))
         .enumerate()
     {
+        let commits_before = Commits::read(&client)?;
         let cell = api_cell(
             &client,
             "bench",
@@ -467,17 +533,20 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
             round,
             false,
         )?;
+        let (per_commit, commit_ms) = Commits::read(&client)?.since(&commits_before);
         println!(
-            "{:>7} {:>8} {:>12.0} {:>9.3} {:>9.3} {:>9} {:>9.3}",
+            "{:>7} {:>8} {:>12.0} {:>9.3} {:>9.3} {:>9} {:>9.3} {:>10.1} {:>10.3}",
             cell.batch,
             cell.clients,
             cell.eps,
             cell.p50_ms,
             cell.p99_ms,
             cell.requests,
-            cell.eps / raw_before
+            cell.eps / raw_before,
+            per_commit,
+            commit_ms
         );
-        cells.push(cell);
+        cells.push((cell, per_commit, commit_ms));
     }
     // What idempotency keys cost: a fresh key per request against none, on small requests
     // (where a key weighs most) and larger ones. KEY_PAIRS pairs of half-length measurements,
@@ -532,6 +601,8 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
     let verdict = machine.verdict(raw_before, raw_after);
     println!("{}", verdict.line());
 
+    let commits_of: Vec<(f64, f64)> = cells.iter().map(|c| (c.1, c.2)).collect();
+    let cells: Vec<Cell> = cells.into_iter().map(|c| c.0).collect();
     let best = cells
         .iter()
         .filter(|c| c.clients > 1)
@@ -566,6 +637,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "raw_redb_before_after": [raw_before.round(), raw_after.round()],
         "machine_check": verdict.json(),
         "raw_redb_events_per_commit": args.raw_commit_events,
+        "raw_redb_16_per_commit_events_per_s": raw_small.round(),
         "store_only_events_per_s": store_eps.round(),
         "fingerprints": {"with_events_per_s": fp_with.round(), "without_events_per_s": fp_without.round(), "ratio": fp_with / fp_without},
         "idempotency_keys": keys_cost,
@@ -574,7 +646,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "api_clients": best.clients,
         "single_event_p50_ms": single.map(|s| s.p50_ms),
         "single_event_p99_ms": single.map(|s| s.p99_ms),
-        "cells": cells.iter().map(|c| json!({"batch": c.batch, "clients": c.clients, "events_per_s": c.eps.round(), "p50_ms": c.p50_ms, "p99_ms": c.p99_ms})).collect::<Vec<_>>(),
+        "cells": cells.iter().zip(&commits_of).map(|(c, (per_commit, commit_ms))| json!({"batch": c.batch, "clients": c.clients, "events_per_s": c.eps.round(), "p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "events_per_commit": per_commit, "commit_ms": commit_ms})).collect::<Vec<_>>(),
         "ratio": (best.eps / raw * 1000.0).round() / 1000.0,
     });
     println!("{summary}");

@@ -234,7 +234,12 @@ impl Client {
         self.finish(self.agent.get(&url).call())
     }
 
-    /// Runs anti-entropy now with `peer` (or every connected peer).
+    /// The node's metrics, as OpenMetrics text (`GET /metrics`).
+    pub fn metrics(&self) -> Outcome {
+        self.finish(self.agent.get(&format!("{}/metrics", self.base)).call())
+    }
+
+    /// POST /v1/reload (reread the config file and apply what may change while running).
     pub fn reload(&self) -> Outcome {
         self.finish(
             self.agent

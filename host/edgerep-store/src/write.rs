@@ -733,10 +733,16 @@ impl StoreWriter {
                     ))
                 } else {
                     // An event that could not be read back would stop every reader of the key
-                    // and of the changelog: never write one.
-                    Event::decode(&event_bytes, &limits).err().map(|e| {
-                        format!("the event could not be read back within the store's limits: {e}")
-                    })
+                    // and of the changelog: never write one (`check_encoded` says what reading
+                    // it back would, without doing it).
+                    event
+                        .check_encoded(event_bytes.len(), &limits)
+                        .err()
+                        .map(|e| {
+                            format!(
+                                "the event could not be read back within the store's limits: {e}"
+                            )
+                        })
                 };
                 if let Some(reason) = problem {
                     made.push(event);

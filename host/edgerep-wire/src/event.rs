@@ -604,6 +604,83 @@ impl Event {
         Ok(event)
     }
 
+    /// What [`Event::decode`] would say of this event's encoding (`encoded_len` bytes long)
+    /// under `limits`, without reading it back: the writer's check that an event it makes can be
+    /// read by every reader. The value and unknown fields are walked (a `Value` may have been
+    /// checked under other limits); the rest is the limits on lengths and counts and
+    /// [`Event::check`]. Agrees with `decode` (see the wire crate's `strict_event` tests).
+    pub fn check_encoded(
+        &self,
+        encoded_len: usize,
+        limits: &EventLimits,
+    ) -> Result<(), DecodeError> {
+        if encoded_len > limits.max_event_bytes {
+            return Err(DecodeError::TooLarge(format!(
+                "{encoded_len} bytes, over the limit of {}",
+                limits.max_event_bytes
+            )));
+        }
+        check_collection_name(&self.collection)?;
+        if self.key.is_empty() {
+            return Err(DecodeError::Invalid("empty key".into()));
+        }
+        if self.key.len() > limits.max_key_bytes {
+            return Err(DecodeError::TooLarge(format!(
+                "key is {} bytes, over the limit of {}",
+                self.key.len(),
+                limits.max_key_bytes
+            )));
+        }
+        let items = self
+            .value
+            .iter()
+            .map(|v| (field::VALUE, v))
+            .chain(self.extra.iter().map(|(&n, v)| (n, v)));
+        for (number, item) in items {
+            if number != field::VALUE && number < field::FIRST_UNKNOWN {
+                return Err(DecodeError::Invalid(format!(
+                    "unknown field number {number} is a known field's"
+                )));
+            }
+            let len = canonical_item_len(item.as_bytes(), &limits.value).map_err(|source| {
+                DecodeError::Value {
+                    field: number,
+                    source,
+                }
+            })?;
+            if len != item.len() {
+                return Err(DecodeError::Malformed(format!(
+                    "field {number} holds more than one item"
+                )));
+            }
+        }
+        if self.meta.len() > limits.max_meta_entries {
+            return Err(DecodeError::TooLarge(format!(
+                "{} metadata entries, over the limit of {}",
+                self.meta.len(),
+                limits.max_meta_entries
+            )));
+        }
+        let meta_bytes = self
+            .meta
+            .iter()
+            .fold(0usize, |n, (k, v)| n.saturating_add(k.len() + v.len()));
+        if meta_bytes > limits.max_meta_bytes {
+            return Err(DecodeError::TooLarge(format!(
+                "metadata of over {meta_bytes} bytes, over the limit of {}",
+                limits.max_meta_bytes
+            )));
+        }
+        if self.context.len() > limits.max_context_entries {
+            return Err(DecodeError::TooLarge(format!(
+                "{} causal context entries, over the limit of {}",
+                self.context.len(),
+                limits.max_context_entries
+            )));
+        }
+        self.check()
+    }
+
     /// Checks the invariants between fields that the type does not enforce.
     pub fn check(&self) -> Result<(), DecodeError> {
         if self.format == 0 {

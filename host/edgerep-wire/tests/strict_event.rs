@@ -253,3 +253,60 @@ fn encodings_a_lenient_reader_would_take_are_refused() {
         Err(DecodeError::NonCanonical)
     );
 }
+
+/// The writer's check without reading back (`Event::check_encoded`) accepts exactly the events
+/// whose encoding `decode` accepts: random events, some with a field out of bounds (empty key,
+/// bad collection name, sequence 0, a context naming the origin's own sequence, a delete with a
+/// value), under random tight limits.
+#[test]
+fn the_writer_s_check_agrees_with_reading_back() {
+    let mut rng = StdRng::seed_from_u64(0x5eed_c4ec_0002);
+    let (mut refused, mut tried) = (0, 0);
+    for _ in 0..20_000 {
+        let mut e = event(&mut rng);
+        match rng.random_range(0..24) {
+            0 => e.key.clear(),
+            1 => e.collection = "Bad Name".into(),
+            2 => e.seq = 0,
+            3 => e.context.add(&Dot {
+                origin: e.origin.clone(),
+                seq: e.seq,
+            }),
+            4 => {
+                e.op = Op::Delete;
+                e.value = Some(value(&mut rng));
+            }
+            5 => e.format = 0,
+            _ => {}
+        }
+        let limits = EventLimits {
+            max_event_bytes: rng.random_range(60..400),
+            max_key_bytes: rng.random_range(10..40),
+            max_meta_entries: rng.random_range(2..6),
+            max_meta_bytes: rng.random_range(20..100),
+            max_context_entries: rng.random_range(2..6),
+            value: edgerep_wire::value::DecodeLimits {
+                max_bytes: rng.random_range(4..40),
+                max_depth: rng.random_range(0..3),
+                max_items: rng.random_range(2..5),
+            },
+        };
+        let bytes = e.encode();
+        let read_back = Event::decode(&bytes, &limits);
+        let checked = e.check_encoded(bytes.len(), &limits);
+        assert_eq!(
+            checked.is_ok(),
+            read_back.is_ok(),
+            "{e:?} under {limits:?}: check says {checked:?}, reading back {read_back:?}"
+        );
+        tried += 1;
+        if checked.is_err() {
+            refused += 1;
+        }
+    }
+    // Both outcomes ran many times.
+    assert!(
+        refused > 2_000 && tried - refused > 2_000,
+        "{refused} of {tried}"
+    );
+}
