@@ -12,6 +12,8 @@ use edgerep_store::LocalWrite;
 use edgerep_wire::value::{DecodeLimits, Value, ValueError, canonical_item_len};
 use minicbor::Decoder;
 
+mod batch_json;
+
 /// Why a write request is refused: what was wrong (`message`, naming where), a stable `kind`
 /// for programs, and the class of refusal. The HTTP layer maps it (`Refused::from`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,7 +190,7 @@ pub(crate) fn parse_batch(
     limits: &DecodeLimits,
 ) -> Result<Batch, Refused> {
     let batch = match format {
-        Format::Json => parse_batch_json(body, config, limits)?,
+        Format::Json => batch_json::parse(body, config, limits)?,
         Format::Cbor => parse_batch_cbor(body, config, limits)?,
     };
     if batch.writes.is_empty() {
@@ -278,106 +280,90 @@ impl RawWrite {
     }
 }
 
-fn parse_batch_json(body: &[u8], config: &Config, limits: &DecodeLimits) -> Result<Batch, Refused> {
-    let doc = edgerep_wire::json::parse(body)
-        .map_err(|e| Refused::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
-    let obj = doc
+/// One write of a JSON batch, at position `at`, with its idempotency key if it has one.
+fn json_write(
+    item: &serde_json::Value,
+    at: &str,
+    config: &Config,
+    limits: &DecodeLimits,
+) -> Result<(LocalWrite, Option<String>), Refused> {
+    let fields = item
         .as_object()
-        .ok_or_else(|| bad("body", "expected an object with \"writes\"".into()))?;
-    for k in obj.keys() {
-        if k != "writes" {
-            return Err(bad("body", format!("unknown field {k:?}")));
-        }
-    }
-    let items = obj
-        .get("writes")
-        .and_then(|w| w.as_array())
-        .ok_or_else(|| bad("body", "\"writes\" must be an array".into()))?;
-    check_count(items.len(), config)?;
-    let mut out = Vec::with_capacity(items.len());
-    let mut keys = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("writes[{i}]");
-        let fields = item
-            .as_object()
-            .ok_or_else(|| bad(&at, "expected an object".into()))?;
-        let mut w = RawWrite::default();
-        for (k, v) in fields {
-            match k.as_str() {
-                "collection" => {
-                    w.collection = Some(
-                        v.as_str()
-                            .ok_or_else(|| bad(&at, "\"collection\" must be a string".into()))?
-                            .to_owned(),
-                    )
-                }
-                "key" => {
-                    w.key = Some(
-                        v.as_str()
-                            .ok_or_else(|| bad(&at, "\"key\" must be a string".into()))?
-                            .as_bytes()
-                            .to_vec(),
-                    )
-                }
-                "key_base64" => {
-                    let s = v
-                        .as_str()
-                        .ok_or_else(|| bad(&at, "\"key_base64\" must be a string".into()))?;
-                    w.key = Some(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(s)
-                            .map_err(|e| bad(&at, format!("\"key_base64\" is not base64: {e}")))?,
-                    );
-                }
-                "op" => {
-                    w.op = Some(
-                        v.as_str()
-                            .ok_or_else(|| bad(&at, "\"op\" must be a string".into()))?
-                            .to_owned(),
-                    )
-                }
-                "value" => {
-                    w.value = Some(
-                        Value::from_json(v, limits)
-                            .map_err(|e| value_error(e, Format::Json).at(&at))?,
-                    )
-                }
-                "schema" => {
-                    w.schema = v
-                        .as_u64()
-                        .and_then(|s| u32::try_from(s).ok())
-                        .ok_or_else(|| {
-                            bad(
-                                &at,
-                                "\"schema\" must be an integer from 0 to 4294967295".into(),
-                            )
-                        })?
-                }
-                "meta" => {
-                    let m = v
-                        .as_object()
-                        .ok_or_else(|| bad(&at, "\"meta\" must be an object of strings".into()))?;
-                    for (mk, mv) in m {
-                        let mv = mv
-                            .as_str()
-                            .ok_or_else(|| bad(&at, format!("meta {mk:?} must be a string")))?;
-                        w.meta.insert(mk.clone(), mv.to_owned());
-                    }
-                }
-                "idempotency_key" => {
-                    w.idempotency_key = Some(
-                        v.as_str()
-                            .ok_or_else(|| bad(&at, "\"idempotency_key\" must be a string".into()))?
-                            .to_owned(),
-                    )
-                }
-                other => return Err(bad(&at, format!("unknown field {other:?}"))),
+        .ok_or_else(|| bad(at, "expected an object".into()))?;
+    let mut w = RawWrite::default();
+    for (k, v) in fields {
+        match k.as_str() {
+            "collection" => {
+                w.collection = Some(
+                    v.as_str()
+                        .ok_or_else(|| bad(at, "\"collection\" must be a string".into()))?
+                        .to_owned(),
+                )
             }
+            "key" => {
+                w.key = Some(
+                    v.as_str()
+                        .ok_or_else(|| bad(at, "\"key\" must be a string".into()))?
+                        .as_bytes()
+                        .to_vec(),
+                )
+            }
+            "key_base64" => {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| bad(at, "\"key_base64\" must be a string".into()))?;
+                w.key = Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .map_err(|e| bad(at, format!("\"key_base64\" is not base64: {e}")))?,
+                );
+            }
+            "op" => {
+                w.op = Some(
+                    v.as_str()
+                        .ok_or_else(|| bad(at, "\"op\" must be a string".into()))?
+                        .to_owned(),
+                )
+            }
+            "value" => {
+                w.value = Some(
+                    Value::from_json(v, limits).map_err(|e| value_error(e, Format::Json).at(at))?,
+                )
+            }
+            "schema" => {
+                w.schema = v
+                    .as_u64()
+                    .and_then(|s| u32::try_from(s).ok())
+                    .ok_or_else(|| {
+                        bad(
+                            at,
+                            "\"schema\" must be an integer from 0 to 4294967295".into(),
+                        )
+                    })?
+            }
+            "meta" => {
+                let m = v
+                    .as_object()
+                    .ok_or_else(|| bad(at, "\"meta\" must be an object of strings".into()))?;
+                for (mk, mv) in m {
+                    let mv = mv
+                        .as_str()
+                        .ok_or_else(|| bad(at, format!("meta {mk:?} must be a string")))?;
+                    w.meta.insert(mk.clone(), mv.to_owned());
+                }
+            }
+            "idempotency_key" => {
+                w.idempotency_key = Some(
+                    v.as_str()
+                        .ok_or_else(|| bad(at, "\"idempotency_key\" must be a string".into()))?
+                        .to_owned(),
+                )
+            }
+            other => return Err(bad(at, format!("unknown field {other:?}"))),
         }
-        keys.push(w.idempotency_key.take());
-        out.push(w.finish(config, &at)?);
     }
-    Ok(Batch { writes: out, keys })
+    let key = w.idempotency_key.take();
+    Ok((w.finish(config, at)?, key))
 }
 
 fn cbor_err(at: &str, e: impl std::fmt::Display) -> Refused {

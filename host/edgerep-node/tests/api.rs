@@ -685,6 +685,54 @@ fn refused_requests_answer_4xx_and_write_nothing() {
         "malformed_json",
         &["malformed JSON"],
     );
+    // The JSON body is read as it streams; what it refuses is what reading it whole refused.
+    let streamed: [(&str, &[u8], &str, &str); 6] = [
+        (
+            "a body that is not an object",
+            b"[1]",
+            "bad_batch",
+            "expected an object with \"writes\"",
+        ),
+        (
+            "no writes",
+            b"{}",
+            "bad_batch",
+            "\"writes\" must be an array",
+        ),
+        (
+            "writes not an array",
+            br#"{"writes": 5}"#,
+            "bad_batch",
+            "\"writes\" must be an array",
+        ),
+        (
+            "writes named twice",
+            br#"{"writes": [], "writes": []}"#,
+            "malformed_json",
+            "duplicate object key \"writes\"",
+        ),
+        (
+            "a key named twice in a write",
+            br#"{"writes": [{"collection": "orders", "key": "b1", "key": "b2", "value": 1}]}"#,
+            "malformed_json",
+            "duplicate object key \"key\"",
+        ),
+        (
+            "text after the body",
+            br#"{"writes": [{"collection": "orders", "key": "b1", "value": 1}]} x"#,
+            "malformed_json",
+            "trailing characters",
+        ),
+    ];
+    for (what, body, kind, needle) in streamed {
+        node.refused(
+            what,
+            |n| n.batch("application/json", body),
+            400,
+            kind,
+            &[needle],
+        );
+    }
     node.refused(
         "malformed CBOR batch",
         |n| n.batch("application/cbor", &[0xa1, 0x66]),

@@ -23,20 +23,48 @@ pub fn parse(bytes: &[u8]) -> Result<Json, serde_json::Error> {
 /// object key counts) as soon as it gets there: the tree costs far more memory than the text
 /// (tens of bytes an item), so a 16 MiB array of zeros would take about a gigabyte.
 pub fn parse_bounded(bytes: &[u8], max_items: usize) -> Result<Json, Bounded> {
-    let left = Cell::new(max_items);
-    let over = Cell::new(false);
-    let strict = Strict {
-        left: &left,
-        over: &over,
-    };
+    let budget = Budget::new(max_items);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = strict
+    let parsed = budget
+        .value()
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v));
     match parsed {
         Ok(v) => Ok(v),
-        Err(_) if over.get() => Err(Bounded::TooManyItems),
+        Err(_) if budget.exhausted() => Err(Bounded::TooManyItems),
         Err(e) => Err(Bounded::Json(e)),
+    }
+}
+
+/// Items that the values read from a document may still hold, for a caller that walks the
+/// document itself and reads some parts as trees ([`Budget::value`]).
+#[derive(Debug)]
+pub struct Budget {
+    left: Cell<usize>,
+    over: Cell<bool>,
+}
+
+impl Budget {
+    /// A budget of `max_items` items.
+    pub fn new(max_items: usize) -> Budget {
+        Budget {
+            left: Cell::new(max_items),
+            over: Cell::new(false),
+        }
+    }
+
+    /// Reads one value strictly (an object naming a key twice is an error), each of its items
+    /// charged to this budget; the read fails where the budget runs out.
+    pub fn value(&self) -> Strict<'_> {
+        Strict {
+            left: &self.left,
+            over: &self.over,
+        }
+    }
+
+    /// Whether a read failed because the budget ran out.
+    pub fn exhausted(&self) -> bool {
+        self.over.get()
     }
 }
 
@@ -49,8 +77,9 @@ pub enum Bounded {
     Json(serde_json::Error),
 }
 
+/// A strict read of one JSON value, charged to a [`Budget`] (see [`Budget::value`]).
 #[derive(Clone, Copy)]
-struct Strict<'a> {
+pub struct Strict<'a> {
     /// Items still allowed.
     left: &'a Cell<usize>,
     /// Set when they ran out.
