@@ -77,6 +77,8 @@
 //! peer_absent_ms = 604800000 # a peer unheard of this long, or connected but acknowledging
 //!                            # nothing new this long while it lacks events, stops holding
 //!                            # entries back (0: never)
+//! max_held_events = 10000000 # per origin, the most entries kept for peers that lack them
+//!                            # (a peer further behind gets a snapshot; 0: no bound)
 //!
 //! [tracing]                  # optional
 //! otlp_endpoint = "http://127.0.0.1:4318/v1/traces"  # export spans over OTLP/HTTP (JSON)
@@ -470,6 +472,10 @@ pub struct RetentionConfig {
     /// A peer not heard from for this long no longer holds entries back (default 7 days;
     /// `None`: every configured peer always does).
     pub peer_absent_ms: Option<u64>,
+    /// Per origin, the most entries kept for peers that lack them (default 10,000,000; `None`:
+    /// no bound): a peer further behind (one that acknowledges slowly, or not at all) gets a
+    /// snapshot instead, so its pace does not decide this node's disk use.
+    pub max_held_events: Option<u64>,
 }
 
 impl Config {
@@ -611,6 +617,8 @@ impl Config {
                 interval_ms: raw.retention.interval_ms,
                 peer_absent_ms: (raw.retention.peer_absent_ms > 0)
                     .then_some(raw.retention.peer_absent_ms),
+                max_held_events: (raw.retention.max_held_events > 0)
+                    .then_some(raw.retention.max_held_events),
             },
             plugins,
             authorization: raw

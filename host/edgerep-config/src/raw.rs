@@ -400,6 +400,8 @@ pub(crate) struct RawRetention {
     pub(crate) interval_ms: u64,
     #[serde(default = "default_peer_absent_ms")]
     pub(crate) peer_absent_ms: u64,
+    #[serde(default = "default_max_held_events")]
+    pub(crate) max_held_events: u64,
 }
 
 impl Default for RawRetention {
@@ -409,6 +411,7 @@ impl Default for RawRetention {
             keep_events: default_keep_events(),
             interval_ms: default_retention_interval_ms(),
             peer_absent_ms: default_peer_absent_ms(),
+            max_held_events: default_max_held_events(),
         }
     }
 }
@@ -425,6 +428,11 @@ fn default_retention_interval_ms() -> u64 {
 /// Seven days.
 fn default_peer_absent_ms() -> u64 {
     7 * 24 * 3600 * 1000
+}
+/// Ten million entries per origin (about 2 GB of 200-byte events).
+pub(crate) const DEFAULT_MAX_HELD_EVENTS: u64 = 10_000_000;
+fn default_max_held_events() -> u64 {
+    DEFAULT_MAX_HELD_EVENTS
 }
 
 /// Default for `node.sync_interval_ms`.

@@ -99,6 +99,7 @@ accept_undeclared = true
 # keep_events = 100000
 # interval_ms = 10000
 # peer_absent_ms = 604800000     # a peer unheard of (or connected but acknowledging nothing new while it lacks events) this long (7 days) stops holding entries back; 0: never
+# max_held_events = 10000000     # per origin, the most entries kept for peers that lack them (a peer further behind gets a snapshot); 0: no bound
 "#
     )
 }

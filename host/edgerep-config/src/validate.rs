@@ -151,6 +151,15 @@ fn check_retention(raw: &RawConfig) -> Result<(), Violation> {
             "must be between 100 and 3600000 (milliseconds)".to_owned(),
         ));
     }
+    if r.max_held_events > 0 && r.max_held_events < r.keep_events {
+        return Err((
+            vec![Seg::Key("retention"), Seg::Key("max_held_events")],
+            format!(
+                "must be at least keep_events ({}), or 0 for no bound",
+                r.keep_events
+            ),
+        ));
+    }
     if r.compact
         && let Some(c) = raw.collections.declared.iter().find(|c| {
             !c.transforms_on_apply.is_empty()

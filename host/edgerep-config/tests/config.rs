@@ -832,19 +832,39 @@ fn retention_defaults_and_errors() {
     let r = &config.retention;
     assert!(r.compact);
     assert_eq!(
-        (r.keep_events, r.interval_ms, r.peer_absent_ms),
-        (100_000, 10_000, Some(604_800_000))
+        (
+            r.keep_events,
+            r.interval_ms,
+            r.peer_absent_ms,
+            r.max_held_events
+        ),
+        (100_000, 10_000, Some(604_800_000), Some(10_000_000))
     );
     let config = parse(&with(
-        "[retention]\ncompact = false\nkeep_events = 0\ninterval_ms = 100\npeer_absent_ms = 0\n",
+        "[retention]\ncompact = false\nkeep_events = 0\ninterval_ms = 100\npeer_absent_ms = 0\nmax_held_events = 0\n",
     ))
     .unwrap();
     let r = &config.retention;
     assert!(!r.compact);
     assert_eq!(
-        (r.keep_events, r.interval_ms, r.peer_absent_ms),
-        (0, 100, None)
+        (
+            r.keep_events,
+            r.interval_ms,
+            r.peer_absent_ms,
+            r.max_held_events
+        ),
+        (0, 100, None, None)
     );
+    // Fewer held for lagging peers than kept for readers is a mistake, named.
+    let err = expect_error(
+        &with("[retention]\nkeep_events = 500\nmax_held_events = 499\n"),
+        "retention.max_held_events",
+    );
+    assert!(err.message.contains("at least keep_events (500)"), "{err}");
+    parse(&with(
+        "[retention]\nkeep_events = 500\nmax_held_events = 500\n",
+    ))
+    .unwrap();
     for bad in ["99", "3600001"] {
         let err = expect_error(
             &with(&format!("[retention]\ninterval_ms = {bad}\n")),

@@ -1291,3 +1291,56 @@ fn a_snapshot_version_its_origin_may_not_write_stays_out_of_the_state() {
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
+
+/// A connected peer that acknowledges one more event now and then (its acknowledgements move,
+/// so `peer_absent_ms` never passes) held node-1's changelog back for ever. With
+/// `max_held_events = 10`, node-1 keeps at most ten entries for it and compacts the rest; the
+/// peer would get a snapshot when it asks for them. node-3 goes on as before.
+#[test]
+fn a_peer_that_acknowledges_slowly_holds_at_most_max_held_events_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        text.replace(
+            "\n[retention]\n",
+            "\n[retention]\nkeep_events = 5\ninterval_ms = 200\nmax_held_events = 10\n",
+        ),
+    )
+    .unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n3 = Node::start(&configs[2]);
+    let mut slow = attacker(&configs, &[]);
+    let node1 = NodeId::parse("node-1").unwrap();
+    for i in 0..40 {
+        put(&n1, "c", &format!("k{i}"), r#"{"v":1}"#);
+    }
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut acked = 0;
+    loop {
+        // One more event acknowledged every 200 ms: always moving, always far behind.
+        acked += 1;
+        slow.send(&Message::Ack {
+            have: vec![(node1.clone(), acked)],
+            rewind: false,
+        })
+        .unwrap();
+        while let Ok(Some(_)) = slow.recv(Duration::from_millis(1)) {}
+        let s = status(&n1);
+        let compacted = s["compacted"]["node-1"].as_u64().unwrap_or(0);
+        assert!(
+            compacted <= 30,
+            "compacted past have - max_held_events: {s}"
+        );
+        if compacted == 30 {
+            assert!(acked < 30, "the slow peer acknowledged {acked}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not compacted: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    put(&n1, "c", "after", r#"{"v":2}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}

@@ -59,6 +59,8 @@ impl Replicator {
     /// nor connected peers whose acknowledgements have not moved for that long while they
     /// lack events (a peer that stays connected and never acknowledges would otherwise keep
     /// every node's changelog growing): either gets a snapshot when it needs removed events.
+    /// Nor is more than `max_held_events` per origin kept for peers that count (one that
+    /// acknowledges a little now and then would hold the changelog for ever).
     /// Only origins whose floor moved are listed.
     pub(super) fn compaction_floors(&self) -> Have {
         let recent = |at: Instant| {
@@ -86,6 +88,10 @@ impl Replicator {
             for peer in &counted {
                 let acked = self.acked.get(*peer).and_then(|h| h.get(origin));
                 floor = floor.min(acked.copied().unwrap_or(0));
+            }
+            // However slowly a peer acknowledges, at most max_held_events are kept for it.
+            if let Some(max) = self.retention.max_held_events {
+                floor = floor.max(held.saturating_sub(max));
             }
             if floor > self.core.compacted().get(origin).copied().unwrap_or(0) {
                 floors.insert(origin.clone(), floor);
