@@ -269,6 +269,8 @@ pub struct PeerView {
     pub bye_reason: Option<String>,
     /// We are sending the peer a snapshot: the page being sent.
     pub snapshot_sending_page: Option<u64>,
+    /// The have of the snapshot being sent: the peer needs the changelog after it.
+    pub snapshot_sending_have: Option<Have>,
     /// The peer is sending us a snapshot: the next page expected.
     pub snapshot_receiving_page: Option<u64>,
     /// Origins the peer pruned: we do not push their events to it (it gets them elsewhere).
@@ -1650,6 +1652,9 @@ impl Replica {
             last_apply_error: p.last_apply_error.clone(),
             bye_reason: s.and_then(|s| s.bye.clone()),
             snapshot_sending_page: s.and_then(|s| s.snapshot_out.as_ref()).map(|o| o.page),
+            snapshot_sending_have: s
+                .and_then(|s| s.snapshot_out.as_ref())
+                .map(|o| o.have.clone()),
             snapshot_receiving_page: s
                 .and_then(|s| s.snapshot_in)
                 .map(|(_, next)| next)

@@ -631,17 +631,18 @@ impl Event {
                 limits.max_key_bytes
             )));
         }
+        // An unknown field under a known field's number would be read back as that field.
+        if let Some(number) = self.extra.keys().find(|&&n| n < field::FIRST_UNKNOWN) {
+            return Err(DecodeError::Invalid(format!(
+                "unknown field number {number} is a known field's"
+            )));
+        }
         let items = self
             .value
             .iter()
             .map(|v| (field::VALUE, v))
             .chain(self.extra.iter().map(|(&n, v)| (n, v)));
         for (number, item) in items {
-            if number != field::VALUE && number < field::FIRST_UNKNOWN {
-                return Err(DecodeError::Invalid(format!(
-                    "unknown field number {number} is a known field's"
-                )));
-            }
             let len = canonical_item_len(item.as_bytes(), &limits.value).map_err(|source| {
                 DecodeError::Value {
                     field: number,

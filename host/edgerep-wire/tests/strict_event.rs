@@ -309,4 +309,17 @@ fn the_writer_s_check_agrees_with_reading_back() {
         refused > 2_000 && tried - refused > 2_000,
         "{refused} of {tried}"
     );
+    // An unknown field under a known field's number is refused: read back, it is refused too
+    // or becomes another event (a schema, a second value).
+    let limits = EventLimits::default();
+    for number in 0..11 {
+        let mut e = event(&mut rng);
+        e.extra.insert(number, value(&mut rng));
+        assert!(e.check_encoded(e.encode().len(), &limits).is_err(), "{e:?}");
+        let read_back = Event::decode(&e.encode(), &limits);
+        assert!(
+            read_back.as_ref() != Ok(&e),
+            "{e:?} read back as {read_back:?}"
+        );
+    }
 }

@@ -1344,3 +1344,75 @@ fn a_peer_that_acknowledges_slowly_holds_at_most_max_held_events_back() {
     put(&n1, "c", "after", r#"{"v":2}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
+
+/// With `max_held_events = 10`, node-1 compacts past a lagging peer; but not past the have of
+/// a snapshot it is sending: the peer needs the entries after it, and a snapshot overtaken by
+/// the writes made while it was sent would be followed by another, for ever on a slow link.
+/// node-2 (the attacker, here an honest but slow receiver) takes a snapshot and merges its
+/// pages only after node-1 took 40 more writes; node-1 then sends it the events after the
+/// snapshot's have from its changelog.
+#[test]
+fn compaction_stops_at_the_have_of_a_snapshot_being_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        text.replace(
+            "\n[retention]\n",
+            "\n[retention]\nkeep_events = 5\ninterval_ms = 200\nmax_held_events = 10\n",
+        ),
+    )
+    .unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n3 = Node::start(&configs[2]);
+    for i in 0..40 {
+        put(&n1, "c", &format!("k{i}"), r#"{"v":1}"#);
+    }
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    let compacted = |n: &Node| status(n)["compacted"]["node-1"].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while compacted(&n1) < 30 {
+        assert!(Instant::now() < deadline, "not compacted: {}", status(&n1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // node-2 lacks what was compacted: node-1 sends it a snapshot, whose pages it holds back.
+    let mut h = attacker(&configs, &[]);
+    let page = h
+        .wait_for(Duration::from_secs(10), |m| {
+            matches!(m, Message::Snapshot { .. })
+        })
+        .expect("node-1 sends a snapshot");
+    for i in 40..80 {
+        put(&n1, "c", &format!("k{i}"), r#"{"v":2}"#);
+    }
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let c = compacted(&n1);
+        assert!(c <= 40, "compacted to {c}, past the snapshot's have of 40");
+        while let Ok(Some(_)) = h.recv(Duration::from_millis(1)) {}
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(compacted(&n1), 40, "compacted up to the snapshot's have");
+    // node-2 merges the pages: the events after the snapshot follow, from the changelog.
+    let mut next = Some(page);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match next.take() {
+            Some(Message::Snapshot { id, page, .. }) => {
+                h.send(&Message::SnapshotAck { id, page }).unwrap()
+            }
+            Some(Message::Events { events, .. })
+                if events
+                    .iter()
+                    .any(|e| e.event().origin.as_str() == "node-1" && e.event().seq == 41) =>
+            {
+                break;
+            }
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "node-1 never sent event 41");
+        next = h.recv(Duration::from_millis(200)).unwrap();
+    }
+}

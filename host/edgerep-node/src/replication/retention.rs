@@ -1,6 +1,7 @@
 //! What peers acknowledged, kept across restarts, and the changelog compaction it allows:
 //! every `retention.interval_ms`, per origin, the highest sequence number every configured peer
-//! acknowledged (peers unheard of for `peer_absent_ms` excepted), less `keep_events`.
+//! acknowledged (peers unheard of for `peer_absent_ms` excepted), less `keep_events`, and at
+//! least the have less `max_held_events` (but never past a snapshot being sent).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -82,6 +83,10 @@ impl Replicator {
                 }
             })
             .collect();
+        let snapshots: Vec<Have> = counted
+            .iter()
+            .filter_map(|p| self.core.peer_view(p)?.snapshot_sending_have)
+            .collect();
         let mut floors = Have::new();
         for (origin, &held) in self.core.local_have() {
             let mut floor = held.saturating_sub(self.retention.keep_events);
@@ -92,6 +97,12 @@ impl Replicator {
             // However slowly a peer acknowledges, at most max_held_events are kept for it.
             if let Some(max) = self.retention.max_held_events {
                 floor = floor.max(held.saturating_sub(max));
+            }
+            // Never past the have of a snapshot being sent to a peer that counts: it needs the
+            // entries after it (on a slow link, a large state could otherwise take snapshot
+            // after snapshot, each overtaken by the writes made while it was sent).
+            for have in &snapshots {
+                floor = floor.min(have.get(origin).copied().unwrap_or(0));
             }
             if floor > self.core.compacted().get(origin).copied().unwrap_or(0) {
                 floors.insert(origin.clone(), floor);

@@ -3,9 +3,11 @@
 //! as compact CBOR before the next is read. The body is never one tree: a tree costs tens of
 //! bytes an item, so a 16 MiB batch of tiny items took about a gigabyte.
 //!
-//! What it accepts and refuses, and the codes it refuses with, are those of reading the whole
-//! body first (the API tests hold it to them); only the first refusal found may differ, since
-//! it stops at the first.
+//! What it accepts, and the codes it refuses with, are those of reading the whole body first
+//! (the API tests hold it to them), with two differences: it stops at the first refusal, so of
+//! a body with several faults another may be named (a bad write before the 10,001st of a batch
+//! too large, malformed text after a bad write); and a write over its item budget is refused as
+//! `bad_value` whichever field held the items.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -154,22 +156,22 @@ impl<'de> Visitor<'de> for Writes<'_, '_> {
                     .saturating_add(field_items(read.config)),
             );
             read.inside.set(Level::Write);
-            let item =
-                match seq.next_element_seed(budget.value()) {
-                    Ok(Some(item)) => item,
-                    Ok(None) => break,
-                    Err(_) if budget.exhausted() => {
-                        return Err(read.refuse(Refused::bad_request(
+            let item = match seq.next_element_seed(budget.value()) {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) if budget.exhausted() => {
+                    return Err(read.refuse(Refused::bad_request(
                         "bad_value",
                         format!(
-                            "{at}: more than {} JSON items in one write (its value may hold {})",
+                            "{at}: more than {} JSON items in one write (its value may hold {}, its other fields {}: two per metadata entry and some)",
                             read.limits.max_items.saturating_add(field_items(read.config)),
-                            read.limits.max_items
+                            read.limits.max_items,
+                            field_items(read.config)
                         ),
                     )));
-                    }
-                    Err(e) => return Err(e),
-                };
+                }
+                Err(e) => return Err(e),
+            };
             read.inside.set(Level::Writes);
             check_count(i + 1, read.config).map_err(|r| read.refuse::<A::Error>(r))?;
             let (write, key) = json_write(&item, &at, read.config, read.limits)
