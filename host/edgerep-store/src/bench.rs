@@ -19,6 +19,20 @@ pub fn raw_redb_throughput(
     per_commit: usize,
     seconds: f64,
 ) -> Result<f64, StoreError> {
+    raw_redb_throughput_spread(dir, event, value, per_commit, 1, seconds)
+}
+
+/// [`raw_redb_throughput`] with the keys of each transaction spread over `ranges` key ranges
+/// (round robin), as the writes of that many clients each writing its own keys in order: each
+/// range's leaf is a page the commit writes.
+pub fn raw_redb_throughput_spread(
+    dir: &Path,
+    event: &[u8],
+    value: &[u8],
+    per_commit: usize,
+    ranges: usize,
+    seconds: f64,
+) -> Result<f64, StoreError> {
     const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
     const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
     let path = dir.join(format!("raw-{per_commit}.redb"));
@@ -32,7 +46,11 @@ pub fn raw_redb_throughput(
             let mut log = txn.open_table(LOG)?;
             for _ in 0..per_commit {
                 n += 1;
-                let key = format!("k-raw-{n:09}");
+                let key = if ranges > 1 {
+                    format!("k-raw-{}-{n:09}", n % ranges as u64)
+                } else {
+                    format!("k-raw-{n:09}")
+                };
                 data.insert(key.as_bytes(), value)?;
                 log.insert(n, event)?;
             }
