@@ -100,6 +100,9 @@ const MAX_REPORTS: usize = 64;
 /// How often acknowledged cursors are saved to the store, at most.
 const SAVE_CURSORS_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the links are looked at for data still leaving (`note_busy_links`).
+const LINK_LOOK_EVERY: Duration = Duration::from_millis(250);
+
 /// What connection tasks and the committer tell the replicator.
 enum Input {
     Connected {
@@ -407,6 +410,7 @@ pub fn start(
         peers: peers.clone(),
         status: status.clone(),
         started: Instant::now(),
+        links_seen_at: Instant::now(),
         acked: BTreeMap::new(),
         dirty: BTreeMap::new(),
         last_contact: BTreeMap::new(),
@@ -568,6 +572,8 @@ struct Replicator {
     peers: Vec<(NodeId, String)>,
     status: Arc<Mutex<ReplicationStatus>>,
     started: Instant,
+    /// When the links were last looked at for data still leaving.
+    links_seen_at: Instant,
     acked: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     dirty: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     /// Per peer, when it was last heard from: the wall clock (for status) and the monotonic
@@ -668,6 +674,7 @@ impl Replicator {
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             }
             let now = self.now();
+            self.note_busy_links(now);
             self.core.handle_timeout(now);
             // The origin gate's grace runs out without a message.
             self.check_origin();
@@ -710,6 +717,7 @@ impl Replicator {
                     queued,
                     paused,
                     inbox_bytes,
+                    frames_seen: 0,
                 },
                 now,
             ),
@@ -1025,6 +1033,24 @@ impl Replicator {
             self.core.disconnected(&peer, now);
         }
         self.halted = Some(halt.reason);
+    }
+
+    /// Tells the core which links still carry what was sent to them: frames queued here, or
+    /// stream data leaving over QUIC since the last look. Their resend timers wait (a batch
+    /// takes longer than the timer on a slow link; resending would queue copies behind it).
+    fn note_busy_links(&mut self, now: u64) {
+        if self.links_seen_at.elapsed() < LINK_LOOK_EVERY {
+            return;
+        }
+        self.links_seen_at = Instant::now();
+        for (peer, live) in &mut self.conns {
+            let sent = live.conn.stream_frames_sent();
+            let moving = sent > live.frames_seen;
+            live.frames_seen = sent;
+            if moving || live.queued.load(Ordering::Acquire) > 0 {
+                self.core.link_busy(peer, now);
+            }
+        }
     }
 
     pub(super) fn transmit(&mut self) {

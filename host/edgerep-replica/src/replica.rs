@@ -1604,6 +1604,16 @@ impl Replica {
             .map_or(0, |s| s.queued_bytes)
     }
 
+    /// The link to `peer` is still carrying what was sent to it (frames queued by the caller,
+    /// or data leaving): the resend timers wait. They are for a receiver that dropped what
+    /// reached it; on a link slower than `retransmit_after_ms` per batch they would queue copy
+    /// after copy behind the batch still on its way, and little new would get through.
+    pub fn link_busy(&mut self, peer: &NodeId, now: u64) {
+        if let Some(s) = self.peers.get_mut(peer).and_then(|p| p.session.as_mut()) {
+            s.link_busy(now);
+        }
+    }
+
     /// Stops (or resumes) sending `peer` Events and snapshot pages: the caller's queue of
     /// frames for it is full (the peer reads slowly or not at all). Control messages still go.
     pub fn set_send_blocked(&mut self, peer: &NodeId, blocked: bool) {

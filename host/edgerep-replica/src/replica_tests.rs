@@ -735,6 +735,51 @@ fn rewind_and_timer_go_back_to_acked() {
     assert_eq!((c.events_sent, c.events_resent), (9, 5));
 }
 
+/// On a link slower than the resend timer per batch, the caller says the link is still carrying
+/// what was sent (`link_busy`): neither events nor a snapshot page go again while it does, and
+/// the timer runs from the last time it did once the link is idle.
+#[test]
+fn a_busy_link_holds_the_resend_timers_back() {
+    let log = MemLog::with(&evs("a", 1..=2));
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    let b = n("b");
+    sent_dots(r.poll_transmit(10, &log).unwrap());
+    assert_eq!(r.poll_timeout(), Some(3010));
+    for now in (250..20_000).step_by(250) {
+        r.link_busy(&b, now);
+        r.handle_timeout(now);
+        assert_eq!(r.poll_transmit(now, &log).unwrap(), None, "resent at {now}");
+    }
+    // Idle since 19,750: the timer fires 3 s later, not before.
+    r.handle_timeout(22_749);
+    assert_eq!(r.poll_transmit(22_749, &log).unwrap(), None);
+    r.handle_timeout(22_750);
+    assert_eq!(
+        sent_dots(r.poll_transmit(22_750, &log).unwrap()).1,
+        dots(&[("a", 1), ("a", 2)])
+    );
+    assert_eq!(r.counters(&b).events_resent, 2);
+
+    // A snapshot page the same way.
+    let mut log = MemLog::with(&evs("a", 1..=4));
+    log.compacted = have_of(&[("a", 2)]);
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    r.set_compacted(&log.compacted);
+    let first = r.poll_transmit(10, &log).unwrap();
+    assert!(matches!(first, Some((_, Message::Snapshot { .. }))));
+    for now in (250..20_000).step_by(250) {
+        r.link_busy(&b, now);
+        r.handle_timeout(now);
+        assert_eq!(
+            r.poll_transmit(now, &log).unwrap(),
+            None,
+            "page resent at {now}"
+        );
+    }
+    r.handle_timeout(22_750);
+    assert_eq!(r.poll_transmit(22_750, &log).unwrap(), first);
+}
+
 /// Replica "a" (holding nothing) ready with peer "b".
 fn receiver(peers: &[&str]) -> (Replica, MemLog) {
     let log = MemLog::default();

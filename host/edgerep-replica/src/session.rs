@@ -266,6 +266,19 @@ impl Session {
         self.progress_ms = now;
     }
 
+    /// The link is still carrying what was sent: the go-back-N and snapshot-page timers start
+    /// again from `now`.
+    pub(crate) fn link_busy(&mut self, now: u64) {
+        if self.in_flight > 0 {
+            self.progress_ms = now;
+        }
+        if let Some(out) = self.snapshot_out.as_mut()
+            && out.sent_at.is_some()
+        {
+            out.sent_at = Some(now);
+        }
+    }
+
     /// When the go-back-N timer fires, if anything is in flight.
     pub(crate) fn deadline(&self, retransmit_after_ms: u64) -> Option<u64> {
         (self.ready() && self.in_flight > 0)

@@ -90,6 +90,13 @@ impl PeerConnection {
         Ok(link(send, recv, max_frame_bytes))
     }
 
+    /// How many times stream data left for the peer so far (QUIC STREAM frames sent, resent
+    /// ones included): growing while the link carries what was written; acknowledgements and
+    /// keep-alives do not count.
+    pub fn stream_frames_sent(&self) -> u64 {
+        self.conn.stats().frame_tx.stream
+    }
+
     /// Why the connection closed (ours or the peer's, in words), if it has.
     pub fn close_reason(&self) -> Option<String> {
         self.conn.close_reason().map(|e| describe_close(&e))

@@ -296,4 +296,6 @@ pub(super) struct Live {
     pub(super) queued: Arc<AtomicUsize>,
     pub(super) paused: Arc<AtomicBool>,
     pub(super) inbox_bytes: Arc<AtomicUsize>,
+    /// The link's stream frames sent when last looked (see `Replicator::note_busy_links`).
+    pub(super) frames_seen: u64,
 }
