@@ -55,6 +55,15 @@ fi
 /usr/bin/chromium --version
 /usr/bin/chromedriver --version
 
+step "ip, tc and unshare (Debian's iproute2 and util-linux, for the slow-link test's network namespace)"
+if ! command -v tc >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
+    sudo_if_needed=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_if_needed="sudo"; fi
+    $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 util-linux \
+        || { $sudo_if_needed apt-get update -q && $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 util-linux; }
+fi
+tc -V
+
 step "format"
 cargo fmt --all -- --check
 
