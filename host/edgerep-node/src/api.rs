@@ -127,6 +127,10 @@ pub struct Guard {
     /// Least time between two verifications (0 on a loopback API).
     verify_interval: std::time::Duration,
     last_verify: std::sync::Mutex<Option<Instant>>,
+    /// Held by the verification running (one at a time, whatever the interval): each walks the
+    /// whole store in one read transaction, and one whose client left runs on to its end, so
+    /// requests that time out or hang up could otherwise pile them up.
+    verifying: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Guard {
@@ -184,6 +188,7 @@ impl Guard {
                 std::time::Duration::from_millis(api.verify_interval_ms)
             },
             last_verify: std::sync::Mutex::new(None),
+            verifying: Arc::default(),
         })
     }
 
@@ -1718,6 +1723,12 @@ async fn status(
             ),
         ));
     }
+    // The turn is held until the verification ends, even if this request is dropped first.
+    let turn = if q.verify {
+        Some(app.guard.verifying.clone().lock_owned().await)
+    } else {
+        None
+    };
     let store = app.store.clone();
     let (s, verified, disagreements, keys_held) = blocking(move || {
         // Verify first: it waits for the store's check at open, so the counters read after it
@@ -1727,6 +1738,7 @@ async fn status(
         } else {
             None
         };
+        drop(turn);
         let s = store.status()?;
         Ok((
             s,

@@ -403,6 +403,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         })?;
     let api_addr = listener.local_addr().map_err(NodeError::Serve)?;
     let listener = listener::Limited::new(listener, config.api.max_connections);
+    let header_timeout = listener::HEADER_READ_TIMEOUT.min(std::time::Duration::from_millis(
+        config.api.request_timeout_ms,
+    ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tracing::info!(node = %config.node.id, api = %api_addr, data = %db_path.display(), "node started");
     let reloader = Arc::new(
@@ -450,14 +453,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             }
         });
     }
-    let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|&s| s).await;
-            })
-            .await
-            .map_err(NodeError::Serve)
+        listener::serve(listener, app, shutdown_rx, header_timeout).await;
+        Ok(())
     });
     Ok(RunningNode {
         api_addr,

@@ -1,5 +1,6 @@
 //! The API's TCP listener, with a bound on open connections: past `api.max_connections` the
 //! next connection waits in the kernel's backlog until one closes (nothing is read from it).
+//! And the HTTP/1.1 server on it ([`serve`]), which closes connections that send no request.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,9 +8,63 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+/// Longest a connection may take to send a request's headers from when it may (connected, or
+/// answered): a client that connects and sends nothing, trickles its headers, or keeps an idle
+/// connection is closed after it (or after `api.request_timeout_ms`, if shorter). Without it,
+/// `api.max_connections` idle sockets, opened without a token, locked every client out.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` over HTTP/1.1 until `stop` turns true; then stops accepting, ends
+/// each connection after its request in progress, and returns once all are closed.
+pub(crate) async fn serve(
+    mut listener: Limited,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+) {
+    // Each connection's task holds a receiver of `closing`: when all are dropped, all are done.
+    let (closing, open) = watch::channel(false);
+    loop {
+        let stopping = async {
+            let _ = stop.wait_for(|&s| s).await;
+        };
+        let (io, _addr) = tokio::select! {
+            conn = axum::serve::Listener::accept(&mut listener) => conn,
+            () = stopping => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut shutdown = open.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let stopping = async {
+                let _ = shutdown.wait_for(|&s| s).await;
+            };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    let _ = closing.send(true);
+    drop(open);
+    closing.closed().await;
+}
 
 /// A TCP listener that holds at most `max` connections open.
 #[derive(Debug)]
