@@ -1694,7 +1694,9 @@ async fn changelog(
     let limit = q.limit.unwrap_or(1000).min(SCAN_LIMIT_MAX);
     let store = app.store.clone();
     let o2 = origin.clone();
-    let events = blocking(move || store.changelog(&o2, q.after, limit)).await?;
+    let events =
+        blocking(move || store.changelog_page(&o2, q.after, limit, edgerep_store::PAGE_BYTES))
+            .await?;
     let list: Vec<Json> = events.iter().map(|e| event_json(e, None)).collect();
     Ok(axum::Json(json!({"origin": origin, "events": list})).into_response())
 }

@@ -72,7 +72,7 @@ use write::{Unresolved, apply_to_state, write_row};
 pub use dead_letters::SetAside;
 pub use error::StoreError;
 use error::{corrupt, parse_origin};
-pub use read::SCAN_ROWS_PER_ENTRY;
+pub use read::{PAGE_BYTES, SCAN_ROWS_PER_ENTRY};
 pub use tables::CACHE_BYTES;
 pub use write::ConflictTally;
 

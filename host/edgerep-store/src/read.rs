@@ -6,6 +6,11 @@ use super::*;
 /// Most rows one scan page reads per entry asked for (see [`Store::scan`]).
 pub const SCAN_ROWS_PER_ENTRY: usize = 16;
 
+/// Stored bytes past which a scan or changelog page ends early, after its first entry (see
+/// [`Store::scan`], [`Store::changelog_page`]): a page of 10,000 values of 64 KiB, each shown as
+/// a JSON tree, would otherwise take gigabytes.
+pub const PAGE_BYTES: usize = 1 << 20;
+
 impl Store {
     /// What the idempotency key `key` was recorded with, if it is held within the window (by
     /// this node's wall clock now; see [`idempotency::Window`]).
@@ -186,9 +191,10 @@ impl Store {
     }
 
     /// One page of the live keys of a collection, in key order. A page reads at most
-    /// [`SCAN_ROWS_PER_ENTRY`] rows per entry asked for (deleted keys are rows too): past that
-    /// it ends early, with fewer entries (maybe none) and `next` set, so a collection of
-    /// millions of deletions is not read whole for one page.
+    /// [`SCAN_ROWS_PER_ENTRY`] rows per entry asked for (deleted keys are rows too), and holds
+    /// at most [`PAGE_BYTES`] of stored rows after its first entry: past either it ends early,
+    /// with fewer entries (maybe none) and `next` set, so a collection of millions of deletions
+    /// or of large values is not read whole for one page.
     pub fn scan(
         &self,
         collection: &str,
@@ -210,6 +216,7 @@ impl Store {
         let mut resolutions = BTreeMap::new();
         let mut last_seen = None;
         let mut rows_left = limit.saturating_mul(SCAN_ROWS_PER_ENTRY);
+        let mut bytes = 0usize;
         for row in state.range(lower_key.as_slice()..)? {
             let (k, v) = row?;
             if skip_equal && k.value() == lower_key.as_slice() {
@@ -232,7 +239,7 @@ impl Store {
                     next: None,
                 });
             }
-            if entries.len() == limit || rows_left == 0 {
+            if entries.len() == limit || rows_left == 0 || bytes >= PAGE_BYTES {
                 return Ok(ScanPage {
                     entries,
                     resolutions,
@@ -246,6 +253,7 @@ impl Store {
                 if let Some(r) = resolution {
                     resolutions.insert(key.to_vec(), r);
                 }
+                bytes += v.value().len();
                 entries.push((key.to_vec(), versions));
             }
         }
@@ -304,6 +312,18 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<EncodedEvent>, StoreError> {
+        self.changelog_page(origin, after, limit, usize::MAX)
+    }
+
+    /// [`Store::changelog`] ending early once the events hold `max_bytes` (at least one event
+    /// is returned if there is one): a page for a reader ([`PAGE_BYTES`]).
+    pub fn changelog_page(
+        &self,
+        origin: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<EncodedEvent>, StoreError> {
         let txn = self.db.begin_read()?;
         let changelog = txn.open_table(CHANGELOG)?;
         let floor = txn
@@ -317,13 +337,18 @@ impl Store {
             });
         }
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let from = log_key(origin, after.saturating_add(1));
         let to = log_key(origin, u64::MAX);
         for row in changelog
             .range(from.as_slice()..=to.as_slice())?
             .take(limit)
         {
+            if bytes >= max_bytes {
+                break;
+            }
             let (_, v) = row?;
+            bytes += v.value().len();
             out.push(
                 EncodedEvent::decode_slice(v.value(), &self.limits())
                     .map_err(|e| corrupt("changelog", e))?,

@@ -1473,3 +1473,45 @@ fn a_scan_page_over_deleted_keys_ends_early_and_paging_finds_what_follows() {
         .collect();
     assert_eq!(live, keys[90..].to_vec());
 }
+
+/// A scan page and a changelog page hold at most about `PAGE_BYTES` of stored rows after their
+/// first entry, whatever the limit asked for: 40 values of 60 KiB fill two and a half MiB.
+/// Paging on finds every key and every event, in order.
+#[test]
+fn pages_of_large_values_end_at_their_byte_budget_and_paging_finds_all() {
+    let (store, _) = memory_store("site-a");
+    let mut clock = HlcClock::new(Default::default(), SKEW_MS);
+    let big = Value::from_json(
+        &serde_json::json!("x".repeat(60_000)),
+        &edgerep_wire::value::DecodeLimits::default(),
+    )
+    .unwrap();
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("k{i:03}").into_bytes()).collect();
+    let puts: Vec<LocalWrite> = keys.iter().map(|k| put("c", k, big.clone())).collect();
+    store.commit_local(puts, &mut clock, 1).unwrap();
+    let first = store.scan("c", &ScanRange::default(), 10_000).unwrap();
+    let per_page = edgerep_store::PAGE_BYTES / 60_000 + 1;
+    assert_eq!(first.entries.len(), per_page, "entries on the first page");
+    assert!(first.next.is_some());
+    let all: Vec<Vec<u8>> = full_scan(&store, "c", 10_000)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(all, keys);
+    let page = store
+        .changelog_page("site-a", 0, 10_000, edgerep_store::PAGE_BYTES)
+        .unwrap();
+    assert_eq!(page.len(), per_page, "events on the first changelog page");
+    let (mut after, mut seen) = (0, 0);
+    loop {
+        let page = store
+            .changelog_page("site-a", after, 10_000, edgerep_store::PAGE_BYTES)
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen += page.len();
+        after = page.last().unwrap().event().seq;
+    }
+    assert_eq!(seen, 40);
+}
