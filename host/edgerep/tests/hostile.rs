@@ -28,6 +28,17 @@ fn honest_pair(dir: &std::path::Path) -> (Vec<PathBuf>, Node, Node) {
     (configs, n1, n3)
 }
 
+/// Adds `keys` (TOML lines, each ending in `\n`) to the `[retention]` table of `config`.
+fn with_retention(config: &std::path::Path, keys: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(
+        text.contains("\n[retention]\n"),
+        "no [retention] table in {config:?}"
+    );
+    let text = text.replace("\n[retention]\n", &format!("\n[retention]\n{keys}"));
+    std::fs::write(config, text).unwrap();
+}
+
 /// Connects as node-2 to node-1 and completes the handshake.
 fn attacker(configs: &[PathBuf], compacted: &[(&str, u64)]) -> Hostile {
     let mut h = Hostile::connect(&configs[1], &configs[0]);
@@ -1205,16 +1216,10 @@ fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
 fn a_connected_peer_that_never_acknowledges_stops_holding_compaction_back() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
-    let text = std::fs::read_to_string(&configs[0]).unwrap();
-    assert!(text.contains("\n[retention]\n"));
-    std::fs::write(
+    with_retention(
         &configs[0],
-        text.replace(
-            "\n[retention]\n",
-            "\n[retention]\nkeep_events = 5\ninterval_ms = 200\npeer_absent_ms = 2000\n",
-        ),
-    )
-    .unwrap();
+        "keep_events = 5\ninterval_ms = 200\npeer_absent_ms = 2000\n",
+    );
     let n1 = Node::start(&configs[0]);
     let n3 = Node::start(&configs[2]);
     let _silent = attacker(&configs, &[]);
@@ -1300,15 +1305,10 @@ fn a_snapshot_version_its_origin_may_not_write_stays_out_of_the_state() {
 fn a_peer_that_acknowledges_slowly_holds_at_most_max_held_events_back() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
-    let text = std::fs::read_to_string(&configs[0]).unwrap();
-    std::fs::write(
+    with_retention(
         &configs[0],
-        text.replace(
-            "\n[retention]\n",
-            "\n[retention]\nkeep_events = 5\ninterval_ms = 200\nmax_held_events = 10\n",
-        ),
-    )
-    .unwrap();
+        "keep_events = 5\ninterval_ms = 200\nmax_held_events = 10\n",
+    );
     let n1 = Node::start(&configs[0]);
     let n3 = Node::start(&configs[2]);
     let mut slow = attacker(&configs, &[]);
@@ -1355,15 +1355,10 @@ fn a_peer_that_acknowledges_slowly_holds_at_most_max_held_events_back() {
 fn compaction_stops_at_the_have_of_a_snapshot_being_sent() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
-    let text = std::fs::read_to_string(&configs[0]).unwrap();
-    std::fs::write(
+    with_retention(
         &configs[0],
-        text.replace(
-            "\n[retention]\n",
-            "\n[retention]\nkeep_events = 5\ninterval_ms = 200\nmax_held_events = 10\n",
-        ),
-    )
-    .unwrap();
+        "keep_events = 5\ninterval_ms = 200\nmax_held_events = 10\n",
+    );
     let n1 = Node::start(&configs[0]);
     let n3 = Node::start(&configs[2]);
     for i in 0..40 {

@@ -147,14 +147,12 @@ impl<'de> Visitor<'de> for Writes<'_, '_> {
             writes: Vec::new(),
             keys: Vec::new(),
         };
+        let fields = field_items(read.config);
+        let per_write = read.limits.max_items.saturating_add(fields);
         loop {
             let i = batch.writes.len();
             let at = format!("writes[{i}]");
-            let budget = Budget::new(
-                read.limits
-                    .max_items
-                    .saturating_add(field_items(read.config)),
-            );
+            let budget = Budget::new(per_write);
             read.inside.set(Level::Write);
             let item = match seq.next_element_seed(budget.value()) {
                 Ok(Some(item)) => item,
@@ -164,9 +162,9 @@ impl<'de> Visitor<'de> for Writes<'_, '_> {
                         "bad_value",
                         format!(
                             "{at}: more than {} JSON items in one write (its value may hold {}, its other fields {}: two per metadata entry and some)",
-                            read.limits.max_items.saturating_add(field_items(read.config)),
+                            per_write,
                             read.limits.max_items,
-                            field_items(read.config)
+                            fields
                         ),
                     )));
                 }

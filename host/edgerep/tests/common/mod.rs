@@ -168,22 +168,22 @@ pub fn put(node: &Node, collection: &str, key: &str, json: &str) -> u64 {
     answer["seq"].as_u64().unwrap()
 }
 
-/// Resident memory of a process, in bytes (from /proc).
+/// Resident memory of a process, in bytes (VmRSS in /proc).
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    proc_status_bytes(pid, "VmRSS:")
 }
 
 /// Peak resident memory of a process so far, in bytes (VmHWM in /proc).
 pub fn peak_rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmHWM:")
+}
+
+/// A `kB` line of `/proc/PID/status`, in bytes (0 if the process or the line is gone).
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
