@@ -423,9 +423,7 @@ pub(crate) fn api_cell(
 
 /// Runs `edgerep bench ingest` and prints its figures; returns the exit code.
 pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
-    let dir = tempfile::Builder::new()
-        .prefix("edgerep-bench-")
-        .tempdir()?;
+    let dir = crate::scratch::dir("edgerep-bench-")?;
     let (value, event_len) = sample_value(args.event_bytes)?;
     println!(
         "edgerep bench ingest: events of {event_len} bytes encoded, {} s per measurement, durable commits",

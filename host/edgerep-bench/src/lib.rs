@@ -10,4 +10,5 @@ mod machine;
 pub mod plugin;
 pub mod reconcile;
 pub mod replicate;
+mod scratch;
 pub mod topology;

@@ -219,9 +219,7 @@ pub fn plugin(args: PluginArgs) -> anyhow::Result<u8> {
 
     // Ingest through the API into two collections of one node: one without plugins, one with
     // the passthrough transform; measured alternately, twice each, best of each kept.
-    let dir = tempfile::Builder::new()
-        .prefix("edgerep-bench-plugin-")
-        .tempdir()?;
+    let dir = crate::scratch::dir("edgerep-bench-plugin-")?;
     let passthrough = args.plugins.join("passthrough.wasm");
     let sha = edgerep_plugin::Runtime::new(None)?
         .inspect(&std::fs::read(&passthrough)?)?

@@ -108,9 +108,7 @@ fn until_agreed(a: &NodeProcess, max_sessions: u64) -> anyhow::Result<Totals> {
 /// Runs `edgerep bench reconcile` and prints its figures; returns the exit code.
 pub fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("finding this executable")?;
-    let dir = tempfile::Builder::new()
-        .prefix("edgerep-bench-reconcile-")
-        .tempdir()?;
+    let dir = crate::scratch::dir("edgerep-bench-reconcile-")?;
     let machine = crate::machine::Watch::start();
     let (value, event_len) = sample_value(args.event_bytes)?;
     println!(
@@ -219,7 +217,7 @@ pub fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
         &a_config.node.id,
         edgerep_node::event_limits(&a_config),
     )?;
-    let fresh_dir = tempfile::tempdir()?;
+    let fresh_dir = crate::scratch::dir("edgerep-bench-reconcile-fresh-")?;
     let (fresh, _) = edgerep_store::Store::open(
         &fresh_dir.path().join("fresh.redb"),
         &edgerep_wire::NodeId::parse("fresh")?,

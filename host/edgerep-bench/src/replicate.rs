@@ -84,6 +84,7 @@ impl NodeProcess {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
+        crate::scratch::child_started(child.id());
         Ok(NodeProcess {
             name: name.to_owned(),
             child,
@@ -134,6 +135,7 @@ impl NodeProcess {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Some(code) = self.child.try_wait()? {
+                crate::scratch::child_ended(self.child.id());
                 if !code.success() {
                     bail!("{} exited with {code}\n{}", self.name, self.log_tail());
                 }
@@ -151,6 +153,7 @@ impl Drop for NodeProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        crate::scratch::child_ended(self.child.id());
     }
 }
 
@@ -490,9 +493,7 @@ fn round3(x: f64) -> f64 {
 /// Runs `edgerep bench replicate` and prints its figures; returns the exit code.
 pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("finding this executable")?;
-    let dir = tempfile::Builder::new()
-        .prefix("edgerep-bench-replicate-")
-        .tempdir()?;
+    let dir = crate::scratch::dir("edgerep-bench-replicate-")?;
     let (value, event_len) = sample_value(args.event_bytes)?;
     println!(
         "edgerep bench replicate: events of {event_len} bytes encoded, {} events end to end, {} s per timed measurement",

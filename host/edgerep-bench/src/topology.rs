@@ -365,9 +365,7 @@ pub fn topology(args: TopologyArgs) -> anyhow::Result<u8> {
     let machine = crate::machine::Watch::start();
     for name in &args.only {
         let (n, links) = links(name)?;
-        let dir = tempfile::Builder::new()
-            .prefix("edgerep-bench-topology-")
-            .tempdir()?;
+        let dir = crate::scratch::dir("edgerep-bench-topology-")?;
         let configs = write_topology(dir.path(), n, &links)?;
         let nodes = start_all(&exe, &configs)?;
         wait_peered(&nodes)?;

@@ -401,8 +401,9 @@ impl Store {
         })
     }
 
-    /// Dead-letter records with ids after `after`, at most `limit`; none at or above an id
-    /// reserved and not yet committed (see `dead_letters.rs`): paging with `after` skips none.
+    /// Dead-letter records with ids after `after`, at most `limit` and at most [`PAGE_BYTES`]
+    /// of records after the first; none at or above an id reserved and not yet committed (see
+    /// `dead_letters.rs`): paging with `after` from the last id returned skips none.
     pub fn dead_letters(
         &self,
         after: u64,
@@ -413,11 +414,16 @@ impl Store {
         let txn = self.db.begin_read()?;
         let dead = txn.open_table(DEAD_LETTERS)?;
         let mut out = Vec::new();
+        let mut bytes = 0;
         for row in dead
             .range((after.saturating_add(1))..below.max(after.saturating_add(1)))?
             .take(limit)
         {
+            if bytes >= PAGE_BYTES {
+                break;
+            }
             let (k, v) = row?;
+            bytes += v.value().len();
             out.push((k.value(), v.value().to_vec()));
         }
         Ok(out)

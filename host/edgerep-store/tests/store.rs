@@ -1039,6 +1039,32 @@ fn verify_is_consistent_while_commits_run() {
 // ---------------------------------------------------------------------------------------------
 // Dead letters
 
+/// A page of dead letters ends at its byte budget whatever the limit asked (each record can
+/// hold an event of up to the largest size allowed), and paging from its last id finds all.
+#[test]
+fn dead_letter_pages_end_at_their_byte_budget_and_paging_finds_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) =
+        StoreWriter::open(&dir.path().join("node.redb"), &node("dl"), limits()).unwrap();
+    for i in 0..40u8 {
+        store.add_dead_letter(&vec![i; 100_000]).unwrap();
+    }
+    let per_page = edgerep_store::PAGE_BYTES / 100_000 + 1;
+    let (mut after, mut seen) = (0, 0u8);
+    while let Some(&(last, _)) = store.dead_letters(after, 10_000).unwrap().last() {
+        let page = store.dead_letters(after, 10_000).unwrap();
+        assert!(page.len() <= per_page, "{} records in a page", page.len());
+        for (id, record) in &page {
+            assert_eq!(*id, u64::from(seen) + 1);
+            assert_eq!(record, &vec![seen; 100_000]);
+            seen += 1;
+        }
+        after = last;
+    }
+    assert_eq!(seen, 40);
+    assert_eq!(store.dead_letters(0, 10_000).unwrap().len(), per_page);
+}
+
 #[test]
 fn dead_letters_are_kept_in_order_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
