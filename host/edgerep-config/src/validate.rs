@@ -350,6 +350,16 @@ fn peer_key(i: usize, key: &'static str) -> Vec<Seg> {
 }
 
 fn check_collections(raw: &RawConfig) -> Result<(), Violation> {
+    let declared = raw.collections.declared.len();
+    if declared > edgerep_wire::event::MAX_COLLECTIONS {
+        return Err((
+            vec![Seg::Key("collections"), Seg::Key("declared")],
+            format!(
+                "{declared} collections declared, at most {}",
+                edgerep_wire::event::MAX_COLLECTIONS
+            ),
+        ));
+    }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, collection) in raw.collections.declared.iter().enumerate() {
         let at = |key: &'static str| {

@@ -834,7 +834,7 @@ impl Replicator {
         }
         // How far the peer holds this node's own events, as its Hello says.
         let own_claim = match &message {
-            Message::Hello(hello) => Some(self.own_claim(hello)),
+            Message::Hello(hello) => Some(self.own_claim(&peer, hello)),
             _ => None,
         };
         if let Err(e) = self.core.handle(&peer, message, now) {
@@ -945,7 +945,7 @@ impl Replicator {
                     if self.duplicate_id(&peer, hello.instance) {
                         continue;
                     }
-                    let claim = self.own_claim(&hello);
+                    let claim = self.own_claim(&peer, &hello);
                     self.origin_claimed(peer.clone(), claim);
                     // What the peer says it holds durably is what it acknowledges (lower than
                     // the saved cursor if it lost data): compaction must go by it.

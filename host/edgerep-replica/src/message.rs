@@ -6,7 +6,7 @@
 //!
 //! | type | message | array |
 //! |---|---|---|
-//! | 0 | [`Hello`] | `[0, protocol, node, instance, [fingerprint…], have, compacted, [[name, value]…]]` |
+//! | 0 | [`Hello`] | `[0, protocol, node, instance, [fingerprint…], have, compacted, [[name, value]…], [seal…]]` (the last: at most one, [`Hello::your_seal`]) |
 //! | 1 | [`Message::Events`] | `[1, [event bytes…], [seal…], [[origin, cert]…]]`, each event's canonical bytes ([`EncodedEvent`]) in a byte string |
 //! | 2 | [`Message::Ack`] | `[2, have, rewind]` |
 //! | 3 | [`Message::Bye`] | `[3, reason]` |
@@ -47,7 +47,7 @@ use edgerep_wire::aae::{KeyResolution, LEAF_LEVEL, Node, bucket_of};
 use edgerep_wire::cbor::{CborError, Reader};
 
 /// The protocol version this code speaks.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Most upgrades one collection's fingerprint may list.
 pub const MAX_UPGRADES: usize = 64;
@@ -139,6 +139,11 @@ pub struct Hello {
     /// The sender's policy as (name, value) pairs, strictly ascending by name: limits, write
     /// authorization and revocations. Peers with different policies do not replicate.
     pub policy: Vec<(String, String)>,
+    /// The receiver's own seal at the sequence number `have` gives for the receiver's origin
+    /// (none if `have` names none of its events): a node restored from a backup waits for the
+    /// events its peers hold of its own origin, and takes that claim only with its own
+    /// signature behind it, so a peer cannot hold its writes back with a made-up number.
+    pub your_seal: Option<Seal>,
 }
 
 /// One protocol message.
@@ -351,7 +356,7 @@ impl Message {
         match self {
             Message::Hello(h) => {
                 let mut e = Encoder::new(&mut *buf);
-                let _ = e.array(8).and_then(|e| e.u64(kind::HELLO));
+                let _ = e.array(9).and_then(|e| e.u64(kind::HELLO));
                 let _ = e.u32(h.protocol).and_then(|e| e.str(h.node.as_str()));
                 let _ = e.u64(h.instance);
                 let _ = e.array(h.fingerprint.len() as u64);
@@ -390,6 +395,10 @@ impl Message {
                         .array(2)
                         .and_then(|e| e.str(name))
                         .and_then(|e| e.str(value));
+                }
+                let _ = e.array(u64::from(h.your_seal.is_some()));
+                if let Some(seal) = &h.your_seal {
+                    encode_seal(&mut e, seal);
                 }
             }
             Message::Events {
@@ -560,7 +569,8 @@ impl Message {
         }
         let ty = r.u64("message type")?;
         let (want, message) = match ty {
-            kind::HELLO => (8, "hello"),
+            kind::HELLO if items == 8 => (8, "hello"),
+            kind::HELLO => (9, "hello"),
             kind::EVENTS => (4, "events message"),
             kind::ACK => (3, "ack"),
             kind::BYE => (2, "bye"),
@@ -579,7 +589,7 @@ impl Message {
             });
         }
         let message = match ty {
-            kind::HELLO => Message::Hello(decode_hello(&mut r)?),
+            kind::HELLO => Message::Hello(decode_hello(&mut r, items)?),
             kind::EVENTS => {
                 let events = decode_events(&mut r, frame, limits)?;
                 let (seals, certs) = decode_seals(&mut r, limits, "events")?;
@@ -857,14 +867,7 @@ fn encode_seals(buf: &mut Vec<u8>, seals: &[Seal], certs: &[(NodeId, Vec<u8>)]) 
     let mut e = Encoder::new(&mut *buf);
     let _ = e.array(seals.len() as u64);
     for s in seals {
-        let _ = e
-            .array(6)
-            .and_then(|e| e.str(s.origin.as_str()))
-            .and_then(|e| e.u64(s.seq))
-            .and_then(|e| e.u64(s.first))
-            .and_then(|e| e.bytes(&s.chain))
-            .and_then(|e| e.bytes(&s.root))
-            .and_then(|e| e.bytes(&s.signature));
+        encode_seal(&mut e, s);
     }
     let _ = e.array(certs.len() as u64);
     for (origin, der) in certs {
@@ -873,6 +876,51 @@ fn encode_seals(buf: &mut Vec<u8>, seals: &[Seal], certs: &[(NodeId, Vec<u8>)]) 
             .and_then(|e| e.str(origin.as_str()))
             .and_then(|e| e.bytes(der));
     }
+}
+
+/// `[origin, seq, first, chain, root, signature]`.
+fn encode_seal(e: &mut Encoder<&mut Vec<u8>>, s: &Seal) {
+    let _ = e
+        .array(6)
+        .and_then(|e| e.str(s.origin.as_str()))
+        .and_then(|e| e.u64(s.seq))
+        .and_then(|e| e.u64(s.first))
+        .and_then(|e| e.bytes(&s.chain))
+        .and_then(|e| e.bytes(&s.root))
+        .and_then(|e| e.bytes(&s.signature));
+}
+
+fn decode_seal(r: &mut Reader<'_>) -> Result<Seal, DecodeError> {
+    r.array_of(6, "seal")?;
+    let origin = node_id(r, "seal origin")?;
+    let seq = r.u64("seal seq")?;
+    let first = r.u64("seal first")?;
+    if first == 0 || first > seq {
+        return Err(DecodeError::Invalid {
+            what: "seal first".into(),
+            reason: format!("{first} is not a block's first sequence number up to {seq}"),
+        });
+    }
+    let chain = hash32(r, "seal chain")?;
+    let root = hash32(r, "seal root")?;
+    let signature = r.bytes("seal signature")?;
+    if signature.len() > MAX_SIGNATURE_BYTES {
+        return Err(DecodeError::Invalid {
+            what: "seal signature".into(),
+            reason: format!(
+                "{} bytes, over the limit of {MAX_SIGNATURE_BYTES}",
+                signature.len()
+            ),
+        });
+    }
+    Ok(Seal {
+        origin,
+        seq,
+        first,
+        chain,
+        root,
+        signature: signature.to_vec(),
+    })
 }
 
 fn hash32(r: &mut Reader<'_>, what: &str) -> Result<[u8; 32], DecodeError> {
@@ -934,36 +982,7 @@ fn decode_seals(
     }
     let mut seals = Vec::with_capacity(n);
     for _ in 0..n {
-        r.array_of(6, "seal")?;
-        let origin = node_id(r, "seal origin")?;
-        let seq = r.u64("seal seq")?;
-        let first = r.u64("seal first")?;
-        if first == 0 || first > seq {
-            return Err(DecodeError::Invalid {
-                what: "seal first".into(),
-                reason: format!("{first} is not a block's first sequence number up to {seq}"),
-            });
-        }
-        let chain = hash32(r, "seal chain")?;
-        let root = hash32(r, "seal root")?;
-        let signature = r.bytes("seal signature")?;
-        if signature.len() > MAX_SIGNATURE_BYTES {
-            return Err(DecodeError::Invalid {
-                what: "seal signature".into(),
-                reason: format!(
-                    "{} bytes, over the limit of {MAX_SIGNATURE_BYTES}",
-                    signature.len()
-                ),
-            });
-        }
-        seals.push(Seal {
-            origin,
-            seq,
-            first,
-            chain,
-            root,
-            signature: signature.to_vec(),
-        });
+        seals.push(decode_seal(r)?);
     }
     let n = list_len(r, "certs")?;
     if n > MAX_ORIGINS {
@@ -1113,11 +1132,13 @@ fn decode_origins(r: &mut Reader<'_>, what: &str) -> Result<Vec<NodeId>, DecodeE
     Ok(origins)
 }
 
-fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
+/// A Hello of `items` items: 9 in this version; 8 from a sender of an earlier one (without
+/// `your_seal`), read so the session can be refused for its version by name.
+fn decode_hello(r: &mut Reader<'_>, items: u64) -> Result<Hello, DecodeError> {
     let protocol = r.u32("hello protocol")?;
     let node = node_id(r, "hello node")?;
     let instance = r.u64("hello instance")?;
-    let n = list_len(r, "hello fingerprint")?;
+    let n = bounded_len(r, "hello fingerprint", event::MAX_COLLECTIONS)?;
     let mut fingerprint = Vec::with_capacity(n);
     let mut previous = None;
     for _ in 0..n {
@@ -1202,6 +1223,14 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
         ascending(&mut previous, &key, "hello policy")?;
         policy.push((key.to_owned(), text(r, "policy value")?.to_owned()));
     }
+    let your_seal = if items == 9 {
+        match bounded_len(r, "hello seal", 1)? {
+            0 => None,
+            _ => Some(decode_seal(r)?),
+        }
+    } else {
+        None
+    };
     Ok(Hello {
         protocol,
         node,
@@ -1210,6 +1239,7 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, DecodeError> {
         have,
         compacted,
         policy,
+        your_seal,
     })
 }
 
@@ -1359,6 +1389,7 @@ mod tests {
                 ("limits.max_value_bytes".into(), "65536".into()),
                 ("revoked.x".into(), "12".into()),
             ],
+            your_seal: None,
         }
     }
 
@@ -1373,6 +1404,19 @@ mod tests {
                 have: vec![],
                 compacted: vec![],
                 policy: vec![],
+                your_seal: None,
+            }),
+            Message::Hello(Hello {
+                have: vec![(node("z"), 9)],
+                your_seal: Some(Seal {
+                    origin: node("z"),
+                    seq: 9,
+                    first: 4,
+                    chain: [3; 32],
+                    root: [2; 32],
+                    signature: vec![9; 64],
+                }),
+                ..hello()
             }),
             Message::Events {
                 events: vec![event("a", 1), event("a", 2), event("b", 9)],
@@ -1973,6 +2017,49 @@ mod tests {
             "hello have: not strictly ascending",
         );
         refused(
+            &with(&|h| {
+                let f = h.fingerprint[0].clone();
+                h.fingerprint = (0..=event::MAX_COLLECTIONS)
+                    .map(|i| CollectionFingerprint {
+                        name: format!("c{i:05}"),
+                        ..f.clone()
+                    })
+                    .collect();
+            }),
+            "hello fingerprint: 4097 entries, over the limit of 4096",
+        );
+        // At most one seal: the receiver's, at the number `have` gives for it.
+        let seal = |seq| Seal {
+            origin: node("a"),
+            seq,
+            first: 1,
+            chain: [1; 32],
+            root: [2; 32],
+            signature: vec![3; 64],
+        };
+        let mut two = with(&|h| h.your_seal = Some(seal(7)));
+        let one_seal_len = {
+            let mut b = Vec::new();
+            encode_seal(&mut Encoder::new(&mut b), &seal(7));
+            b.len()
+        };
+        // `[seal]` (0x81 + seal) at the end becomes `[seal, seal]`.
+        let at = two.len() - one_seal_len - 1;
+        assert_eq!(two[at], 0x81);
+        two[at] = 0x82;
+        two.extend_from_within(at + 1..);
+        refused(&two, "hello seal: 2 entries, over the limit of 1");
+        // A Hello of the previous version (8 items, no seal) is read, so the session can be
+        // refused for its version by name.
+        let mut old = with(&|h| h.your_seal = None);
+        assert_eq!(old[0], 0x89);
+        assert_eq!(old.pop(), Some(0x80));
+        old[0] = 0x88;
+        match decode(&old) {
+            Ok(Message::Hello(h)) => assert_eq!(h.your_seal, None),
+            other => panic!("{other:?}"),
+        }
+        refused(
             &with(&|h| h.policy.reverse()),
             "hello policy: not strictly ascending",
         );
@@ -2007,7 +2094,7 @@ mod tests {
         );
         refused(
             &cbor(|e| drop(e.array(4).and_then(|e| e.u64(0)))),
-            "hello: expected an array of 8 items, found 4",
+            "hello: expected an array of 9 items, found 4",
         );
     }
 

@@ -1269,7 +1269,7 @@ impl Replica {
                 s.request_ack(false);
             }
         }
-        if let Some(m) = self.next_control(now) {
+        if let Some(m) = self.next_control(now, log)? {
             return Ok(Some(m));
         }
         if let Some(m) = self.next_snapshot_page(now, log)? {
@@ -1299,7 +1299,11 @@ impl Replica {
         self.next_snapshot_page(now, log)
     }
 
-    fn next_control(&mut self, now: u64) -> Option<(NodeId, Message)> {
+    fn next_control(
+        &mut self,
+        now: u64,
+        log: &impl Log,
+    ) -> Result<Option<(NodeId, Message)>, LogError> {
         let due = |p: &Peer| {
             p.session.as_ref().is_some_and(|s| {
                 s.hello_due
@@ -1310,14 +1314,29 @@ impl Replica {
             })
         };
         if !self.peers.values().any(due) {
-            return None;
+            return Ok(None);
         }
-        let peer = round_robin(&self.peers, self.last_control.as_ref())
+        let Some(peer) = round_robin(&self.peers, self.last_control.as_ref())
             .into_iter()
-            .find(|p| due(&self.peers[*p]))?
-            .clone();
+            .find(|p| due(&self.peers[*p]))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        // A Hello proves what it says of the peer's own events with the peer's seal there (read
+        // before the Hello is taken as sent: a failed read leaves it due).
+        let hello_due = self.peers[&peer]
+            .session
+            .as_ref()
+            .is_some_and(|s| s.hello_due);
+        let your_seal = match have::get(&self.local_have, &peer) {
+            held if hello_due && held > 0 => log.seal_at(&peer, held)?,
+            _ => None,
+        };
         self.last_control = Some(peer.clone());
-        let s = self.peers.get_mut(&peer)?.session.as_mut()?;
+        let Some(s) = self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) else {
+            return Ok(None);
+        };
         let message = if s.hello_due {
             s.hello_due = false;
             Message::Hello(Hello {
@@ -1328,6 +1347,7 @@ impl Replica {
                 have: have::to_wire(&self.local_have),
                 compacted: have::to_wire(&self.compacted),
                 policy: self.config.policy.clone(),
+                your_seal,
             })
         } else if let Some((id, page)) = s.snapshot_ack_due.take() {
             Message::SnapshotAck { id, page }
@@ -1355,7 +1375,7 @@ impl Replica {
                 rewind,
             }
         };
-        Some((peer, message))
+        Ok(Some((peer, message)))
     }
 
     /// The next snapshot page for some peer: one whose snapshot page is not in flight.

@@ -185,6 +185,7 @@ fn hello_floors(node: &str, have: &[(&str, u64)], compacted: &[(&str, u64)]) -> 
         have: have.iter().map(|(o, s)| (n(o), *s)).collect(),
         compacted: compacted.iter().map(|(o, s)| (n(o), *s)).collect(),
         policy: vec![],
+        your_seal: None,
     })
 }
 
@@ -308,6 +309,7 @@ fn transform_differences_are_reported_and_resolver_differences_pause() {
             have: vec![],
             compacted: vec![],
             policy: vec![],
+            your_seal: None,
         })
     };
     // Transforms on apply may differ by design: reported, the session goes on.
@@ -350,12 +352,12 @@ fn protocol_violations_are_errors_naming_the_fault() {
     assert_eq!(e.to_string(), "ack before hello");
     let mut old = hello("b", &[]);
     if let Message::Hello(h) = &mut old {
-        h.protocol = 7;
+        h.protocol = 6;
     }
     let e = r.handle(&n("b"), old, 0).unwrap_err();
     assert_eq!(
         e.to_string(),
-        format!("peer speaks protocol version 7, this node speaks {PROTOCOL_VERSION}")
+        format!("peer speaks protocol version 6, this node speaks {PROTOCOL_VERSION}")
     );
     let e = r.handle(&n("b"), hello("c", &[]), 0).unwrap_err();
     assert_eq!(
@@ -1369,6 +1371,7 @@ fn a_peer_with_another_policy_is_refused() {
         have: vec![],
         compacted: vec![],
         policy: vec![("limits.max_value_bytes".into(), "1048576".into())],
+        your_seal: None,
     };
     let e = r.handle(&n("b"), Message::Hello(h.clone()), 0).unwrap_err();
     assert!(

@@ -47,6 +47,10 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Most collections a node may declare (the peer protocol's Hello lists each, and a peer's
+/// longer list is refused before it is compared).
+pub const MAX_COLLECTIONS: usize = 4096;
+
 /// Checks that `name` is a valid collection name: 1 to 64 bytes of `[A-Za-z0-9._-]`, starting
 /// with a letter or digit.
 pub fn check_collection_name(name: &str) -> Result<(), EventError> {

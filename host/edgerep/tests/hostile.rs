@@ -359,6 +359,54 @@ fn a_restarted_peer_is_back_within_a_second() {
     }
 }
 
+/// A peer claiming, as node-1 starts, to hold node-1's own events far beyond what node-1 wrote:
+/// before, node-1's origin gate waited for those events for ever and every local write failed
+/// after `ORIGIN_WAIT`. Now the claim counts only with node-1's own seal at that number behind
+/// it (`Hello::your_seal`); a seal signed by another key is taken as no claim, and logged.
+#[test]
+fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    // node-3 stays away, so the attacker's claim is the first node-1 hears.
+    n1.terminate();
+    n3.terminate();
+    let n1 = Node::start(&configs[0]);
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let node1 = NodeId::parse("node-1").unwrap();
+    let mut hello = h.hello(&[("node-1", 1_000_000)], &[]);
+    if let Message::Hello(hello) = &mut hello {
+        hello.your_seal = Some(h.seal(node1, 999_990, 1_000_000, [1; 32], [2; 32]));
+    }
+    h.send(&hello).unwrap();
+    assert!(
+        h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
+            .is_some(),
+        "node-1 answers the handshake"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        put(&n1, "c", "after", r#"{"v":2}"#),
+        2,
+        "node-1 takes writes"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the write waited {:?}",
+        started.elapsed()
+    );
+    let log = std::fs::read_to_string(&n1.log).unwrap();
+    assert!(
+        log.contains(
+            "holds this node's own events up to 1000000, with a seal that does not verify"
+        ),
+        "{log}"
+    );
+    // node-3 comes back and the honest pair converges.
+    let n3 = Node::start(&configs[2]);
+    let s = converge(&[&n1, &n3], Duration::from_secs(30));
+    assert_eq!(s["origins"]["node-1"], 2, "{s}");
+}
+
 /// A second machine running under node-2's id (a cloned device): the two displace each
 /// other's sessions at node-1; node-1 detects it, reports it, and refuses the id for a while.
 #[test]

@@ -81,13 +81,34 @@ impl Replicator {
         });
     }
 
-    /// How far `hello` says its sender holds this node's own events (0: not at all).
-    pub(super) fn own_claim(&self, hello: &edgerep_replica::Hello) -> u64 {
-        hello
+    /// How far `hello` says its sender holds this node's own events (0: not at all). With
+    /// authentication, a claim counts only with this node's own seal at that sequence number
+    /// behind it (`Hello::your_seal`): a number without it would hold the origin gate shut for
+    /// as long as the sender likes, so it is taken as no claim (and logged).
+    pub(super) fn own_claim(&self, peer: &NodeId, hello: &edgerep_replica::Hello) -> u64 {
+        use edgerep_store::Keys as _;
+        let local = self.core.local();
+        let claim = hello
             .have
             .iter()
-            .find(|(o, _)| o == self.core.local())
-            .map_or(0, |&(_, seq)| seq)
+            .find(|(o, _)| o == local)
+            .map_or(0, |&(_, seq)| seq);
+        let Some(keys) = self.log.keys.as_ref().filter(|_| claim > 0) else {
+            return claim;
+        };
+        let unproven = match &hello.your_seal {
+            None => "without this node's seal there".to_owned(),
+            Some(seal) if seal.origin != *local || seal.seq != claim => format!(
+                "with a seal of {} at {} instead of this node's at {claim}",
+                seal.origin, seal.seq
+            ),
+            Some(seal) => match keys.verify(local, claim, &seal.message(), &seal.signature) {
+                Ok(()) => return claim,
+                Err(e) => format!("with a seal that does not verify ({e})"),
+            },
+        };
+        tracing::warn!(peer = %peer, "the peer says it holds this node's own events up to {claim}, {unproven}: taken as holding none of them");
+        0
     }
 
     /// Records `peer`'s claim of how far it holds this node's own events, and checks the gate.

@@ -180,6 +180,7 @@ impl Hostile {
             have: list(have),
             compacted: list(compacted),
             policy: self.policy.clone(),
+            your_seal: None,
         })
     }
 
