@@ -52,4 +52,6 @@ pub use message::{
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub use replica::Fault;
-pub use replica::{Output, PeerView, ProtocolError, Replica, ReplicaConfig, trim_to_seals};
+pub use replica::{
+    Output, PeerView, ProtocolError, Replica, ReplicaConfig, SNAPSHOT_HOLD_MS, trim_to_seals,
+};

@@ -239,6 +239,10 @@ pub enum ProtocolError {
     },
 }
 
+/// How long a snapshot being sent holds the changelog back without the peer acknowledging a
+/// page (see [`PeerView::snapshot_sending_have`]): a 1 MiB page needs about 20 s at 400 kbit/s.
+pub const SNAPSHOT_HOLD_MS: u64 = 60_000;
+
 /// A peer's replication status, for `edgerep status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -269,7 +273,9 @@ pub struct PeerView {
     pub bye_reason: Option<String>,
     /// We are sending the peer a snapshot: the page being sent.
     pub snapshot_sending_page: Option<u64>,
-    /// The have of the snapshot being sent: the peer needs the changelog after it.
+    /// The have of the snapshot being sent, while the peer acknowledges its pages (one within
+    /// [`SNAPSHOT_HOLD_MS`] of the last, or of its start): the peer needs the changelog after
+    /// it. A peer that stops acknowledging pages stops holding the changelog back.
     pub snapshot_sending_have: Option<Have>,
     /// The peer is sending us a snapshot: the next page expected.
     pub snapshot_receiving_page: Option<u64>,
@@ -858,6 +864,7 @@ impl Replica {
                     out.start = out.next.take();
                     out.versions = None;
                     out.sent_at = None;
+                    out.moved_ms = now;
                 }
             }
         }
@@ -1505,7 +1512,7 @@ impl Replica {
         }
         // Events at or below a compacted floor are gone: the peer needs a snapshot.
         if compacted.iter().any(|(o, &c)| have::get(&s.sent, o) < c) {
-            s.start_snapshot(local_have, compacted);
+            s.start_snapshot(local_have, compacted, now);
             return Ok(None);
         }
         let mut budget = (config.batch_events.min(config.limits.max_events_per_batch) as u64)
@@ -1529,7 +1536,7 @@ impl Replica {
             let read = match log.read(&origin, after, want as usize, bytes_left) {
                 Err(LogError::Compacted { .. }) => {
                     // Compacted after the floors we were told: same remedy.
-                    s.start_snapshot(local_have, compacted);
+                    s.start_snapshot(local_have, compacted, now);
                     break;
                 }
                 Err(e) => {
@@ -1684,6 +1691,7 @@ impl Replica {
             snapshot_sending_page: s.and_then(|s| s.snapshot_out.as_ref()).map(|o| o.page),
             snapshot_sending_have: s
                 .and_then(|s| s.snapshot_out.as_ref())
+                .filter(|o| self.now.saturating_sub(o.moved_ms) < SNAPSHOT_HOLD_MS)
                 .map(|o| o.have.clone()),
             snapshot_receiving_page: s
                 .and_then(|s| s.snapshot_in)

@@ -782,6 +782,40 @@ fn a_busy_link_holds_the_resend_timers_back() {
     assert_eq!(r.poll_transmit(22_750, &log).unwrap(), first);
 }
 
+/// A snapshot being sent holds the changelog back (its have in the peer's view) only while the
+/// peer acknowledges its pages: one that reads them and never acknowledges (while its Acks
+/// keep it counted) held compaction for good.
+#[test]
+fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
+    let b = n("b");
+    let mut log = MemLog::with(&evs("a", 1..=4));
+    log.compacted = have_of(&[("a", 2)]);
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    r.set_compacted(&log.compacted);
+    let Some((_, Message::Snapshot { id, page: 0, .. })) = r.poll_transmit(10, &log).unwrap()
+    else {
+        panic!("a snapshot page")
+    };
+    let held = |r: &Replica| r.peer_view(&b).unwrap().snapshot_sending_have;
+    assert_eq!(held(&r), Some(have_of(&[("a", 4)])));
+    // A page acknowledged renews the hold.
+    r.handle(&b, Message::SnapshotAck { id, page: 0 }, 50_000)
+        .unwrap();
+    let second = r.poll_transmit(50_000, &log).unwrap();
+    let Some((_, Message::Snapshot { page: 1, .. })) = second else {
+        panic!("the second page: {second:?}")
+    };
+    r.handle_timeout(50_000 + SNAPSHOT_HOLD_MS - 1);
+    assert!(held(&r).is_some(), "renewed by the acknowledgement");
+    r.handle_timeout(50_000 + SNAPSHOT_HOLD_MS);
+    assert_eq!(held(&r), None, "no page acknowledged for SNAPSHOT_HOLD_MS");
+    assert_eq!(
+        r.peer_view(&b).unwrap().snapshot_sending_page,
+        Some(1),
+        "still sent"
+    );
+}
+
 /// Replica "a" (holding nothing) ready with peer "b".
 fn receiver(peers: &[&str]) -> (Replica, MemLog) {
     let log = MemLog::default();

@@ -35,6 +35,8 @@ pub(crate) struct SnapshotOut {
     pub(crate) sent_at: Option<u64>,
     /// The page sent is the last.
     pub(crate) last: bool,
+    /// When the snapshot began or the peer last acknowledged one of its pages.
+    pub(crate) moved_ms: u64,
 }
 
 /// A snapshot page received while an apply of the peer's events was outstanding.
@@ -168,7 +170,7 @@ impl Session {
     }
 
     /// Begins sending a snapshot of the state as of (at least) `have`, unless one is under way.
-    pub(crate) fn start_snapshot(&mut self, have: &Have, floors: &Have) {
+    pub(crate) fn start_snapshot(&mut self, have: &Have, floors: &Have, now: u64) {
         if self.snapshot_out.is_some() {
             return;
         }
@@ -182,6 +184,7 @@ impl Session {
             versions: None,
             sent_at: None,
             last: false,
+            moved_ms: now,
         });
         self.next_snapshot_id += 1;
     }

@@ -98,9 +98,10 @@ impl Replicator {
             if let Some(max) = self.retention.max_held_events {
                 floor = floor.max(held.saturating_sub(max));
             }
-            // Never past the have of a snapshot being sent to a peer that counts: it needs the
-            // entries after it (on a slow link, a large state could otherwise take snapshot
-            // after snapshot, each overtaken by the writes made while it was sent).
+            // Never past the have of a snapshot being sent to a peer that counts, while it
+            // acknowledges pages (`SNAPSHOT_HOLD_MS`): it needs the entries after it (on a slow
+            // link, a large state could otherwise take snapshot after snapshot, each overtaken
+            // by the writes made while it was sent).
             for have in &snapshots {
                 floor = floor.min(have.get(origin).copied().unwrap_or(0));
             }
