@@ -24,9 +24,9 @@ use std::sync::Arc;
 
 use edgerep_config::Config;
 use edgerep_store::{Store, StoreError};
-use edgerep_wire::HlcClock;
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::value::DecodeLimits;
+use edgerep_wire::{HlcClock, NodeId};
 use tokio::sync::watch;
 
 pub use committer::{CommitError, Committer};
@@ -94,6 +94,37 @@ pub enum NodeError {
     /// A file the config names cannot be used (the API token).
     #[error("{0}")]
     Config(String),
+    /// The store's own events were sealed with another key than the configured one.
+    #[error(
+        "this node's own events (sealed up to {seq}) were signed with another key than the one replication.key holds ({why}): peers check every event of node {node} against its one certificate, so the events it wrote before could no longer be verified anywhere; put the former key and certificate back, or give this site a new node id and an empty data_dir"
+    )]
+    KeyChanged {
+        /// This node.
+        node: NodeId,
+        /// The sequence number of its newest seal.
+        seq: u64,
+        /// What the check said.
+        why: String,
+    },
+}
+
+impl NodeError {
+    /// The node did not start because of how it is configured (its files, its identity, its
+    /// plugins): starting it again unchanged fails again (`edgerep run` exits 2, not 4).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            NodeError::Plugin(_)
+                | NodeError::Identity(_)
+                | NodeError::Keys(_)
+                | NodeError::Config(_)
+                | NodeError::KeyChanged { .. }
+                | NodeError::Store {
+                    source: StoreError::WrongNode { .. },
+                    ..
+                }
+        )
+    }
 }
 
 /// The limits for decoding events, derived from the config.
@@ -293,6 +324,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // The certificates this node learnt before.
     let keys = match node_keys {
         Some(keys) => {
+            check_own_key(&store, &keys, &config.node.id).map_err(|e| match e {
+                Ok(source) => NodeError::Store {
+                    path: db_path.display().to_string(),
+                    source,
+                },
+                Err(changed) => changed,
+            })?;
             let learnt = store.certs().map_err(|source| NodeError::Store {
                 path: db_path.display().to_string(),
                 source,
@@ -467,4 +505,37 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         traces,
         disk_failed,
     })
+}
+
+/// Checks this node's newest own seal against its configured key: a node whose key was
+/// replaced (a lost key, a certificate issued again) would send events its peers cannot verify.
+/// `Err(Ok(_))`: the store could not be read; `Err(Err(_))`: the key changed.
+fn check_own_key(
+    store: &Store,
+    keys: &keys::NodeKeys,
+    node: &NodeId,
+) -> Result<(), Result<StoreError, NodeError>> {
+    let held = store
+        .status()
+        .map_err(Ok)?
+        .origins
+        .get(node)
+        .copied()
+        .unwrap_or(0);
+    let Some(seal) = store
+        .next_seal(node, held.saturating_sub(1))
+        .map_err(Ok)?
+        .filter(|s| s.seq == held && !s.signature.is_empty())
+    else {
+        return Ok(());
+    };
+    edgerep_store::Keys::verify(keys, node, seal.seq, &seal.message(), &seal.signature).map_err(
+        |e| {
+            Err(NodeError::KeyChanged {
+                node: node.clone(),
+                seq: seal.seq,
+                why: e.to_string(),
+            })
+        },
+    )
 }

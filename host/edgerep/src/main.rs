@@ -539,7 +539,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::error!("{e}");
-                        return Ok(EXIT_FAILED);
+                        return Ok(if e.is_config() { EXIT_USAGE } else { EXIT_FAILED });
                     }
                 };
                 // SIGHUP reloads the config file (what takes effect without a restart); a stop

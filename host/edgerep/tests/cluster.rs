@@ -961,3 +961,62 @@ fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
     }
     assert_eq!(get(&n1, "c", "k5").1, r#"{"v":5}"#);
 }
+
+/// A careless operator issues node-1 a new certificate (and so a new key) and restarts it on
+/// its data: node-1 refuses to start, exit 2, naming the change. Its peers check every event of
+/// node-1 against one certificate, so the events it sealed with its former key would otherwise
+/// be refused everywhere as forged. With the former files back, it starts.
+#[test]
+fn a_node_whose_key_was_replaced_refuses_to_start_on_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let n1 = Node::start(&configs[0]);
+    let _n2 = Node::start(&configs[1]);
+    put(&n1, "c", "k", r#"{"v":1}"#);
+    n1.terminate();
+    let certs = dir.path().join("node-1").join("certs");
+    let former = dir.path().join("former-certs");
+    std::fs::create_dir_all(&former).unwrap();
+    for f in ["ca.pem", "node.pem", "node.key"] {
+        std::fs::copy(certs.join(f), former.join(f)).unwrap();
+    }
+    // The operator removes the files, as the command asks, and issues new ones.
+    std::fs::remove_file(certs.join("node.pem")).unwrap();
+    std::fs::remove_file(certs.join("node.key")).unwrap();
+    let o = common::edgerep(&[
+        "certs",
+        "node",
+        "--ca",
+        dir.path().join("ca").to_str().unwrap(),
+        "--node-id",
+        "node-1",
+        certs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let mut run = std::process::Command::new(common::BIN)
+        .args(["run", "--config", configs[0].to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(code) = run.try_wait().unwrap() {
+            break code;
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("node-1 started with a replaced key");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code.code(), Some(2), "{err}");
+    assert!(err.contains("signed with another key"), "{err}");
+    for f in ["ca.pem", "node.pem", "node.key"] {
+        std::fs::copy(former.join(f), certs.join(f)).unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    assert_eq!(get(&n1, "c", "k").0, 200);
+}
