@@ -331,21 +331,30 @@ impl CommitHookSender {
 
 impl Replicator {
     /// Sends `message` to `peer`; returns its size (0 when the peer is not connected).
-    fn aae_send(&mut self, peer: &NodeId, message: Message) -> u64 {
-        let Some(live) = self.conns.get(peer) else {
-            return 0;
-        };
-        // A peer whose frames pile up unsent (it reads slowly, or not at all while it keeps
-        // asking) gets no more anti-entropy messages until they drain: its session times out
-        // and a later one compares again. Events stop at the same bound.
-        if live.queued.load(std::sync::atomic::Ordering::Acquire) > SEND_QUEUE_MAX_BYTES {
+    /// Whether `peer`'s frames pile up unsent (it reads slowly, or not at all while it keeps
+    /// asking): it gets no more anti-entropy messages until they drain (counted as dropped), and
+    /// its session times out and a later one compares again. Events stop at the same bound.
+    fn aae_backed_up(&mut self, peer: &NodeId) -> bool {
+        let backed_up = self.conns.get(peer).is_some_and(|live| {
+            live.queued.load(std::sync::atomic::Ordering::Acquire) > SEND_QUEUE_MAX_BYTES
+        });
+        if backed_up {
             self.anti_entropy
                 .status
                 .entry(peer.clone())
                 .or_default()
                 .dropped_total += 1;
+        }
+        backed_up
+    }
+
+    fn aae_send(&mut self, peer: &NodeId, message: Message) -> u64 {
+        if self.aae_backed_up(peer) {
             return 0;
         }
+        let Some(live) = self.conns.get(peer) else {
+            return 0;
+        };
         let frame = message.encode();
         let n = frame.len();
         live.queued
@@ -695,9 +704,6 @@ impl Replicator {
                         self.core.local_have().get(&v.origin).copied().unwrap_or(0) >= v.seq
                     })
                     .unzip();
-                // In collections with transforms on apply, the state holds what this node's
-                // transforms make of each version, as when the event first came.
-                let transformed = self.aae_shape(peer, &versions);
                 // Resolutions of collections with transforms on apply are not compared either.
                 let resolutions: Vec<_> = resolutions
                     .into_iter()
@@ -713,6 +719,10 @@ impl Replicator {
                         .or_default()
                         .dropped_total += 1;
                 } else if !versions.is_empty() || !resolutions.is_empty() {
+                    // In collections with transforms on apply, the state holds what this node's
+                    // transforms make of each version, as when the event first came (run only
+                    // for a repair that will be merged: plugins cost fuel and time).
+                    let transformed = self.aae_shape(peer, &versions);
                     self.learn_certs(&certs);
                     if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
                         session.pending += 1;
@@ -795,6 +805,11 @@ impl Replicator {
 
     /// Sends `peer` this node's versions of `keys`, and names the keys it wants.
     fn aae_repair_send(&mut self, peer: &NodeId, id: u64, keys: &[Vec<u8>], want: Vec<Vec<u8>>) {
+        // An answer that could not be queued is not read (a peer asking in a loop and reading
+        // nothing would otherwise cost a read of up to REPAIR_BYTES per request).
+        if self.aae_backed_up(peer) {
+            return;
+        }
         // Each key once (a peer naming one key 16,384 times asked for as many copies of its
         // versions), and an answer of at most REPAIR_BYTES: the rest waits for a later session.
         let mut seen = BTreeSet::new();
