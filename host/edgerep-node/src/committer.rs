@@ -372,6 +372,7 @@ impl Committer {
                             ) {
                                 Ok(out) => {
                                     metrics.commit("apply", started.elapsed().as_secs_f64());
+                                    metrics.skewed(out.skewed as u64, clock.max_skew_ms());
                                     for (c, k) in &per_collection {
                                         metrics.events(c, *k, false);
                                     }

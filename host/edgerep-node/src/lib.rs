@@ -388,6 +388,18 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         );
     }
     let clock = HlcClock::new(resume.hlc_last, config.node.max_clock_skew_ms);
+    // A clock that was once far ahead (a machine booted with a wrong time, fixed since): this
+    // node's timestamps go on from the saved one, ahead of the others', until the wall clock
+    // passes it.
+    let wall = committer::wall_ms();
+    let ahead_ms = resume.hlc_last.physical_ms.saturating_sub(wall);
+    if ahead_ms > config.node.max_clock_skew_ms {
+        tracing::warn!(
+            ahead_ms,
+            "this node's last timestamp is {ahead_ms} ms ahead of its wall clock (more than node.max_clock_skew_ms = {}): its clock was set ahead before; its new timestamps go on from the last one, so last-writer-wins favours its writes until the wall clock catches up",
+            config.node.max_clock_skew_ms
+        );
+    }
     let (feed_tx, feed_rx) = watch::channel(resume.feed_last);
     let (inbox, hook) = replication::inbox();
     // With peers, local writes wait until one of them said how far it holds this node's own

@@ -31,6 +31,11 @@ pub struct CommitMetrics {
     written: Family<Labels, Counter>,
     /// Peers' events applied, per collection.
     applied: Family<Labels, Counter>,
+    /// Peers' events whose timestamp was ahead of this node's wall clock by more than
+    /// `node.max_clock_skew_ms` (applied, but the clock did not follow them).
+    skewed: Counter,
+    /// When a skewed event was last logged (at most one warning a minute).
+    skew_logged: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// 50 µs to about 1.6 s, doubling.
@@ -45,6 +50,8 @@ impl Default for CommitMetrics {
             sync_seconds: duration_buckets(),
             written: Family::default(),
             applied: Family::default(),
+            skewed: Counter::default(),
+            skew_logged: std::sync::Mutex::new(None),
         }
     }
 }
@@ -68,6 +75,24 @@ impl CommitMetrics {
         f.get_or_create(&label("collection", collection)).inc_by(n);
     }
 
+    /// `n` events of a peer's batch carried timestamps ahead of this node's clock by more than
+    /// `max_skew_ms`: counted, and logged at most once a minute (one of the two clocks is wrong).
+    pub(crate) fn skewed(&self, n: u64, max_skew_ms: u64) {
+        if n == 0 {
+            return;
+        }
+        let total = self.skewed.inc_by(n) + n;
+        let mut logged = self.skew_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60)) {
+            *logged = Some(std::time::Instant::now());
+            tracing::warn!(
+                events = n,
+                total,
+                "a peer's events carry timestamps more than {max_skew_ms} ms (node.max_clock_skew_ms) ahead of this node's clock: applied, but this clock does not follow them, so last-writer-wins favours their origin's writes until the clocks agree; check both machines' time (edgerep_clock_skewed_events_total counts them)"
+            );
+        }
+    }
+
     fn register(&self, m: &mut Metrics) {
         m.0.register(
             "edgerep_commit_duration_seconds",
@@ -88,6 +113,11 @@ impl CommitMetrics {
             "edgerep_collection_applied_events",
             "Peers' events applied, per collection",
             self.applied.clone(),
+        );
+        m.0.register(
+            "edgerep_clock_skewed_events",
+            "Peers' events whose timestamp was ahead of this node's clock by more than node.max_clock_skew_ms",
+            self.skewed.clone(),
         );
     }
 }

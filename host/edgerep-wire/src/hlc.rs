@@ -82,6 +82,11 @@ impl HlcClock {
         self.last
     }
 
+    /// How far ahead of the wall clock a peer's timestamp may be and still move this clock.
+    pub fn max_skew_ms(&self) -> u64 {
+        self.max_skew_ms
+    }
+
     /// Issues a timestamp for a local event, given the wall clock in milliseconds.
     pub fn now(&mut self, wall_ms: u64) -> Hlc {
         let wall = Hlc::new(wall_ms, 0);

@@ -1459,3 +1459,35 @@ fn compaction_stops_at_the_have_of_a_snapshot_being_sent() {
         next = h.recv(Duration::from_millis(200)).unwrap();
     }
 }
+
+/// A peer's events stamped a day ahead of node-1's clock (its clock is wrong, or it lies):
+/// applied (refusing them would stall their origin for good), counted in
+/// `edgerep_clock_skewed_events_total`, and logged, since last-writer-wins then favours that
+/// origin until the clocks agree. They were counted before, and reported nowhere.
+#[test]
+fn events_stamped_far_ahead_are_applied_counted_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, _n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut e = event("node-2", 1, "c", "future", 1);
+    e.hlc = edgerep_wire::Hlc::new(now_ms + 86_400_000, 0);
+    let m = h.sealed(vec![e]);
+    h.send(&m).unwrap();
+    wait_for_key(&n1, "future", "the event stamped ahead is applied");
+    let mut r = agent().get(&n1.url("/metrics")).call().unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "edgerep_clock_skewed_events_total 1"),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(&n1.log).unwrap();
+    assert!(
+        log.contains("ahead of this node's clock: applied, but this clock does not follow them"),
+        "{log}"
+    );
+}
