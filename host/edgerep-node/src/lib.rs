@@ -8,6 +8,7 @@ pub mod api;
 mod apply;
 pub mod committer;
 pub mod dead_letter;
+pub mod deciders;
 pub mod idempotency;
 mod ingest;
 pub mod keys;
@@ -94,6 +95,9 @@ pub enum NodeError {
     /// A file the config names cannot be used (the API token).
     #[error("{0}")]
     Config(String),
+    /// What decides a collection changed in place since the store last ran (see [`deciders`]).
+    #[error("{0}")]
+    DecidersChanged(String),
     /// The store's own events were sealed with another key than the configured one.
     #[error(
         "this node's own events (sealed up to {seq}) were signed with another key than the one replication.key holds ({why}): peers check every event of node {node} against its one certificate, so the events it wrote before could no longer be verified anywhere; put the former key and certificate back, or give this site a new node id and an empty data_dir"
@@ -119,6 +123,7 @@ impl NodeError {
                 | NodeError::Keys(_)
                 | NodeError::Config(_)
                 | NodeError::KeyChanged { .. }
+                | NodeError::DecidersChanged(_)
                 | NodeError::Store {
                     source: StoreError::WrongNode { .. },
                     ..
@@ -321,6 +326,18 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 source,
             },
         )?;
+    // What decides each collection may not change in place under the keys it decided.
+    let store_error = |source| NodeError::Store {
+        path: db_path.display().to_string(),
+        source,
+    };
+    if let Some(before) = store.recorded_deciders().map_err(store_error)? {
+        let problems = deciders::changes(&before, &config, |c| store.holds_collection(c))
+            .map_err(store_error)?;
+        if !problems.is_empty() {
+            return Err(NodeError::DecidersChanged(problems.join("; ")));
+        }
+    }
     // The certificates this node learnt before.
     let keys = match node_keys {
         Some(keys) => {
@@ -355,6 +372,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         Some(k) => store.with_keys(k.clone()),
         None => store,
     });
+    writer
+        .record_deciders(&deciders::record(&config))
+        .map_err(store_error)?;
     let store = writer.reader();
     // The store checks its state beside the first writes; its finding is logged when it has one.
     {

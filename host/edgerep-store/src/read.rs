@@ -178,6 +178,19 @@ impl Store {
         }
     }
 
+    /// The record of what decided each collection, as the node last saved it
+    /// ([`crate::StoreWriter::record_deciders`]).
+    pub fn recorded_deciders(&self) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let Some(g) = meta.get(META_DECIDERS)? else {
+            return Ok(None);
+        };
+        String::from_utf8(g.value().to_vec())
+            .map(Some)
+            .map_err(|e| corrupt("meta", e))
+    }
+
     /// Whether the state holds any key of `collection` (deleted ones included).
     pub fn holds_collection(&self, collection: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_read()?;

@@ -38,6 +38,9 @@ pub(crate) const META_STORE_FORMAT: &str = "store_format";
 
 pub(crate) const META_VERSIONS_ONLY: &str = "versions_only";
 
+/// What decided each collection when the node last started (the node's record, opaque here).
+pub(crate) const META_DECIDERS: &str = "deciders";
+
 /// The highest dead-letter id given, kept when dead letters are removed (so the top one is not
 /// given again after a restart).
 pub(crate) const META_DEAD_LETTER_HIGH: &str = "dead_letter_high";

@@ -979,6 +979,16 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Saves the node's record of what decides each collection (read back with
+    /// [`crate::Store::recorded_deciders`]), durably.
+    pub fn record_deciders(&self, record: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert(META_DECIDERS, record.as_bytes())?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Saves what a peer acknowledged holding (per origin, the highest sequence number), without
     /// waiting for the disk: a cursor is advice (status, lag), never what a session resumes from
     /// (the peer's `Hello` is), so losing the latest one in a crash costs nothing.

@@ -463,3 +463,57 @@ fn a_collection_transformed_on_apply_is_compared_on_its_versions_and_repaired_th
     );
     assert_eq!(status(&n2)["verified"], true);
 }
+
+/// A careless operator changes the fuel of the resolver deciding a collection and restarts the
+/// node, where a reload would have refused the change: the node refuses to start (exit 2),
+/// naming the collection and the way to change a decider (an upgrade), since the versions it
+/// holds were decided one way and those still to come would be decided another. With the
+/// former settings back it starts. (A collection the store holds no keys of may change: see
+/// `nodes_whose_resolvers_differ_pause_replication_with_the_reason_in_status`.)
+#[test]
+fn a_decider_changed_in_place_across_a_restart_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (wasm, sha) = built_plugin("merge-counter");
+    let base = std::fs::read_to_string(&configs[0]).unwrap();
+    let with_fuel = |fuel: u64| {
+        format!(
+            "{base}\n[[collections.declared]]\nname = \"tally\"\nresolver = \"counter\"\n\n[plugins.counter]\npath = \"{}\"\nsha256 = \"{sha}\"\nfuel = {fuel}\n",
+            wasm.display()
+        )
+    };
+    std::fs::write(&configs[0], with_fuel(10_000_000)).unwrap();
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    put(&n1, "tally", "k", r#"{"node-1":1}"#);
+    n1.terminate();
+    std::fs::write(&configs[0], with_fuel(20_000_000)).unwrap();
+    let mut run = std::process::Command::new(common::BIN)
+        .args(["run", "--alone", "--config", configs[0].to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(code) = run.try_wait().unwrap() {
+            break code;
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("node-1 started with its resolver's fuel changed in place");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code.code(), Some(2), "{err}");
+    assert!(
+        err.contains("collection \\\"tally\\\": a plugin deciding it changed")
+            || err.contains("collection \"tally\": a plugin deciding it changed"),
+        "{err}"
+    );
+    assert!(err.contains("[[collections.declared.upgrades]]"), "{err}");
+    std::fs::write(&configs[0], with_fuel(10_000_000)).unwrap();
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
+}

@@ -1,0 +1,99 @@
+//! What decides each collection's state (its resolver and transforms on apply, their upgrades,
+//! and the builds and settings of the plugins among them), recorded in the store at every start
+//! and compared with the config at the next: a change in place would decide the versions this
+//! node already holds one way and the ones still to come (or still on an offline site) another,
+//! so it is refused as a reload refuses it. Upgrades (`[[collections.declared.upgrades]]` with
+//! `effective_from`) are the way to change a decider; a collection whose store holds no keys yet
+//! may change freely.
+
+use std::collections::BTreeMap;
+
+use edgerep_config::Config;
+use serde_json::{Value as Json, json};
+
+/// The record of `config`: a JSON object by collection name (canonical: sorted keys).
+pub fn record(config: &Config) -> String {
+    let mut out = BTreeMap::new();
+    for c in &config.collections.declared {
+        let plugins: BTreeMap<&str, Json> = c
+            .deciding_plugins()
+            .into_iter()
+            .map(|name| {
+                let settings = config.plugin(name).map_or(Json::Null, |p| {
+                    json!({
+                        "sha256": p.sha256,
+                        "fuel": p.fuel,
+                        "memory_bytes": p.memory_bytes,
+                        "on_failure": p.on_failure.as_str(),
+                        "params": p.params,
+                    })
+                });
+                (name, settings)
+            })
+            .collect();
+        let upgrades: Vec<Json> = c
+            .upgrades
+            .iter()
+            .map(|u| json!([u.from_ms, u.resolver, u.transforms_on_apply]))
+            .collect();
+        out.insert(
+            c.name.as_str(),
+            json!({
+                "resolver": c.resolver,
+                "transforms_on_apply": c.transforms_on_apply,
+                "upgrades": upgrades,
+                "plugins": plugins,
+            }),
+        );
+    }
+    Json::from(serde_json::Map::from_iter(
+        out.into_iter().map(|(k, v)| (k.to_owned(), v)),
+    ))
+    .to_string()
+}
+
+/// How `config` changes what decided the collections of the `before` record, for each
+/// collection `holds` says the store has keys of: one line per change, empty if none. A record
+/// that cannot be read (written by a later version, or damaged) is not compared.
+pub fn changes<E>(
+    before: &str,
+    config: &Config,
+    holds: impl Fn(&str) -> Result<bool, E>,
+) -> Result<Vec<String>, E> {
+    let (Ok(Json::Object(before)), Ok(Json::Object(now))) = (
+        serde_json::from_str::<Json>(before),
+        serde_json::from_str::<Json>(&record(config)),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let mut problems = Vec::new();
+    for (name, was) in &before {
+        let Some(is) = now.get(name) else {
+            continue;
+        };
+        let differs = |field: &str| was.get(field) != is.get(field);
+        let upgrades = |r: &Json| r.get("upgrades").and_then(Json::as_array).cloned();
+        let upgrades_kept = match (upgrades(was), upgrades(is)) {
+            (Some(w), Some(i)) => i.starts_with(&w),
+            _ => false,
+        };
+        let mut what = Vec::new();
+        if differs("resolver") || differs("transforms_on_apply") {
+            what.push("its resolver or transforms_on_apply changed in place".to_owned());
+        }
+        if !upgrades_kept {
+            what.push("upgrades already in force changed or were removed".to_owned());
+        }
+        if differs("plugins") {
+            what.push("a plugin deciding it changed its build, parameters or limits".to_owned());
+        }
+        if what.is_empty() || !holds(name)? {
+            continue;
+        }
+        problems.push(format!(
+            "collection {name:?}: {} since this store last ran, and the store holds its keys: versions held here were decided one way and the ones still to come another; put the former settings back and add a [[collections.declared.upgrades]] entry with effective_from (upgrades can only be appended)",
+            what.join("; ")
+        ));
+    }
+    Ok(problems)
+}
