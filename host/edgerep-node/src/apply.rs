@@ -125,6 +125,16 @@ impl Admission<'_> {
                 ))
             } else if let Some(r) = self.config.revocation(&event.origin, event.seq) {
                 Some(refusal(r, false))
+            } else if let Some(reason) = self.pipeline.halted(&event.collection) {
+                // Its collection halted on an earlier event (a transform on apply failed in a
+                // way that may not decide): this origin's events wait from here, others go on.
+                Some(refusal(
+                    format!(
+                        "event {}:{}: collection {:?} is halted: {reason}",
+                        event.origin, event.seq, event.collection
+                    ),
+                    true,
+                ))
             } else if let Some(reason) = self
                 .pipeline
                 .paused_at(&event.collection, event.hlc.physical_ms)
@@ -220,7 +230,9 @@ fn policy_dead_letter(event: &Event, reason: String) -> Vec<u8> {
     .encode()
 }
 
-/// A plugin with the `halt` policy failed: nothing of the batch may be applied.
+/// A plugin with the `halt` policy failed, or failed in a way that depends on the machine:
+/// nothing of the batch may be applied, and the collection halts (its events wait, and the
+/// later events of their origins behind them; other origins and collections go on).
 #[derive(Debug)]
 pub(crate) struct Halt {
     pub(crate) collection: String,
@@ -289,7 +301,7 @@ pub(crate) fn prepare(
                     return Err(Halt {
                         collection: event.collection.clone(),
                         reason: format!(
-                            "plugin {:?} ran past its deadline on event {}/{} from a peer, each of {} tries; a deadline depends on this machine's speed, so the event is neither applied nor set aside here (raise the plugin's time limit; replication resumes when the node restarts)",
+                            "plugin {:?} ran past its deadline on event {}/{} from a peer, each of {} tries; a deadline depends on this machine's speed, so the event is neither applied nor set aside here (raise the plugin's time limit; the collection's replication resumes when the node reloads its config or restarts)",
                             r.plugin,
                             event.origin,
                             event.seq,
@@ -301,7 +313,7 @@ pub(crate) fn prepare(
                     return Err(Halt {
                         collection: event.collection.clone(),
                         reason: format!(
-                            "plugin {:?} overflowed its stack on event {}/{} from a peer; how deep a stack may grow depends on this machine's CPU, so the event is neither applied nor set aside here (make the plugin recurse less; replication resumes when the node restarts)",
+                            "plugin {:?} overflowed its stack on event {}/{} from a peer; how deep a stack may grow depends on this machine's CPU, so the event is neither applied nor set aside here (make the plugin recurse less; the collection's replication resumes when the node reloads its config or restarts)",
                             r.plugin, event.origin, event.seq,
                         ),
                     });

@@ -240,7 +240,17 @@ impl Pipeline {
         self.paused_at(collection, now_ms).map(Stopped::Paused)
     }
 
-    /// Stops writes to `collection` until the node restarts or reloads its config.
+    /// Why `collection` is halted, if it is (see [`Pipeline::halt`]).
+    pub fn halted(&self, collection: &str) -> Option<String> {
+        self.halted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(collection)
+            .cloned()
+    }
+
+    /// Stops writes to `collection`, local and replicated, until the node restarts or reloads
+    /// its config.
     pub fn halt(&self, collection: &str, reason: String) {
         tracing::error!(collection, %reason, "collection halted");
         self.halted

@@ -746,15 +746,9 @@ impl Replicator {
         }
     }
 
-    /// A peer link is up: it replaces the peer's session, unless replication is halted or the
-    /// peer is refused (its id used by two machines, revoked, or no longer configured).
+    /// A peer link is up: it replaces the peer's session, unless the peer is refused (its id used by two machines, revoked, or no longer configured).
     fn connected(&mut self, live: Live, now: u64) {
         let peer = live.conn.peer.clone();
-        if let Some(reason) = &self.halted {
-            live.conn
-                .close(CloseCode::Normal, &format!("replication halted: {reason}"));
-            return;
-        }
         if let Some((at, why)) = self.duplicates.get(&peer)
             && at.elapsed() < DUPLICATE_WINDOW
         {
@@ -1021,18 +1015,14 @@ impl Replicator {
 
     /// Stops replication: a transform on apply failed under the `halt` policy. The collection's
     /// local writes stop too; nothing is lost (peers keep the events in their changelogs).
+    /// Halts the collection of `halt` (see [`crate::apply::Halt`]): its events are deferred at
+    /// admission from now on, before any transform runs, so the origins behind them wait while
+    /// every other origin and collection goes on. (It stopped all replication once: one event
+    /// any writer of one collection could send halted every link, again after each restart.)
     fn halt(&mut self, halt: crate::apply::Halt) {
-        tracing::error!(collection = %halt.collection, "replication halted: {}", halt.reason);
+        tracing::error!(collection = %halt.collection, "replication of the collection halted: {}", halt.reason);
         self.pipeline.halt(&halt.collection, halt.reason.clone());
-        let now = self.now();
-        for (peer, live) in std::mem::take(&mut self.conns) {
-            live.conn.close(
-                CloseCode::Normal,
-                &format!("replication halted: {}", halt.reason),
-            );
-            self.core.disconnected(&peer, now);
-        }
-        self.halted = Some(halt.reason);
+        self.halted = Some(format!("collection {:?}: {}", halt.collection, halt.reason));
     }
 
     /// Tells the core which links still carry what was sent to them: frames queued here, or

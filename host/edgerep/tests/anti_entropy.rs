@@ -517,3 +517,47 @@ fn a_decider_changed_in_place_across_a_restart_is_refused() {
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
 }
+
+/// A transform on apply that halts on one origin's event halts that collection only: the
+/// origin's events wait behind it, and another origin's writes still replicate. (Once, the
+/// halt closed every link: one event that any writer of one collection could send stopped all
+/// replication on the node, again after every restart.)
+#[test]
+fn a_halted_collection_holds_back_only_the_origin_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let (wasm, sha) = built_plugin("spin");
+    let mut text = std::fs::read_to_string(&configs[1]).unwrap();
+    text = text.replacen("[retention]\n", "[retention]\ncompact = false\n", 1);
+    text.push_str(&format!(
+        "\n[[collections.declared]]\nname = \"slow\"\ntransforms_on_apply = [\"spin\"]\n\n[plugins.spin]\npath = \"{}\"\nsha256 = \"{sha}\"\nfuel = 4000000000\ndeadline_ms = 5\n",
+        wasm.display()
+    ));
+    std::fs::write(&configs[1], text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let n3 = Node::start(&configs[2]);
+    put(&n1, "slow", "k", r#"{"a":1}"#);
+    put(&n1, "c", "behind", r#"{"a":2}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !status(&n2)["replication"]["halted"].is_string() {
+        assert!(Instant::now() < deadline, "{}", status(&n2));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    put(&n3, "c", "other", r#"{"a":3}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&n2, "c", "other").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "node-3's write did not reach node-2 while collection slow is halted: {}",
+            status(&n2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = status(&n2);
+    assert_eq!(st["origins"]["node-1"].as_u64().unwrap_or(0), 0, "{st}");
+    assert_eq!(get(&n2, "c", "behind").0, 404, "node-1's later event waits");
+    let halted = st["replication"]["halted"].as_str().unwrap();
+    assert!(halted.contains("collection \"slow\""), "{halted}");
+    assert_eq!(st["dead_letters"], 0, "{st}");
+}

@@ -31,11 +31,6 @@ impl Replicator {
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
     ) {
-        if let Some(reason) = &self.halted {
-            let reason = reason.clone();
-            self.core.apply_failed(&peer, &reason, self.now());
-            return;
-        }
         // Per origin with a session here: how far it says it holds its own events.
         // Only without authentication: with it, the origin's signed seal proves its
         // events whoever relays them, and holding relays back would stall an

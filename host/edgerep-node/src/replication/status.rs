@@ -119,8 +119,10 @@ pub struct ReplicationStatus {
     pub listen: Option<String>,
     /// One entry per configured peer, in config order.
     pub peers: Vec<PeerStatus>,
-    /// Why replication stopped (a transform on apply failed under the `halt` policy); it
-    /// resumes when the node restarts.
+    /// Why a collection's replication stopped, the last one if several did (a transform on
+    /// apply failed under the `halt` policy, or past its deadline): that collection's events,
+    /// and their origins' later ones, wait until the node reloads its config or restarts;
+    /// other origins and collections go on.
     pub halted: Option<String>,
     /// Why local writes wait, until the peers said how far they hold this node's own events.
     pub origin_check: Option<String>,
