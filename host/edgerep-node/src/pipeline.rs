@@ -437,6 +437,14 @@ impl Pipeline {
                     String::from_utf8_lossy(&change.key)
                 )));
             }
+            // The state keeps what a transform makes of the value; the event's schema and meta
+            // stay as its origin wrote them (a change to them would be dropped unseen).
+            if change.schema != current.schema || change.meta != current.meta {
+                return Err(bad(format!(
+                    "on apply a transform may change only the value, not the schema or meta (the event's: schema {}, meta {:?}; returned: schema {}, meta {:?})",
+                    current.schema, current.meta, change.schema, change.meta
+                )));
+            }
             let value = match change.op {
                 Op::Put => change.value,
                 Op::Delete => None,

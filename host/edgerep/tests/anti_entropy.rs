@@ -561,3 +561,48 @@ fn a_halted_collection_holds_back_only_the_origin_behind_it() {
     assert!(halted.contains("collection \"slow\""), "{halted}");
     assert_eq!(st["dead_letters"], 0, "{st}");
 }
+
+/// A transform on apply may change an event's value only: `enrich` also sets a metadata entry,
+/// which the state would have dropped unseen. The change is refused as the plugin's bad output
+/// and its failure policy (dead letter) applies; an event it leaves unchanged is applied.
+#[test]
+fn a_transform_on_apply_changing_meta_is_refused_as_bad_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (wasm, sha) = built_plugin("enrich");
+    let mut text = std::fs::read_to_string(&configs[1]).unwrap();
+    text = text.replacen("[retention]\n", "[retention]\ncompact = false\n", 1);
+    text.push_str(&format!(
+        "\n[[collections.declared]]\nname = \"temps\"\ntransforms_on_apply = [\"enrich\"]\n\n[plugins.enrich]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+        wasm.display()
+    ));
+    std::fs::write(&configs[1], text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "temps", "plain", r#"{"note":"no celsius field"}"#);
+    put(&n1, "temps", "hot", r#"{"celsius":30}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = status(&n2);
+        if st["origins"]["node-1"] == 2 {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "{st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(st["dead_letters"], 1, "{st}");
+    assert_eq!(get(&n2, "temps", "plain").0, 200);
+    assert_eq!(get(&n2, "temps", "hot").0, 404, "set aside, not applied");
+    let o = edgerep(&[
+        "dead-letters",
+        "list",
+        "--config",
+        configs[1].to_str().unwrap(),
+    ]);
+    let listed = stdout(&o);
+    assert!(
+        listed.contains("may change only the value, not the schema or meta"),
+        "{listed}{}",
+        stderr(&o)
+    );
+}
