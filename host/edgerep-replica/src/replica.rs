@@ -322,6 +322,18 @@ struct Installing {
     old_session: bool,
 }
 
+/// Snapshots a lost connection interrupted, kept to resume on the peer's next session if its
+/// process is the same (its Hello's `instance`): a large snapshot over a link that drops more
+/// often than the snapshot takes would otherwise start again from page 0 each time, for ever.
+struct Interrupted {
+    /// The peer's instance when the connection was lost.
+    instance: u64,
+    /// The snapshot we were sending it.
+    out: Option<crate::session::SnapshotOut>,
+    /// The snapshot it was sending us: its id and the next page we expect.
+    inbound: Option<(u64, u64)>,
+}
+
 impl Peer {
     /// An Apply or InstallSnapshot of this peer's is outstanding.
     fn busy(&self) -> bool {
@@ -379,6 +391,10 @@ pub struct Replica {
     last_events: Option<NodeId>,
     /// Origins whose changelog read failed, with the reason (see [`Replica::unreadable`]).
     unreadable: BTreeMap<NodeId, String>,
+    /// Per peer, snapshots a lost connection interrupted (configured peers only, so bounded).
+    interrupted: BTreeMap<NodeId, Interrupted>,
+    /// Per peer, the id of our next snapshot to it (ids grow across sessions).
+    snapshot_ids: BTreeMap<NodeId, u64>,
     /// Deliberate bugs: always false unless the `fault-injection` feature turns them on.
     ack_before_apply: bool,
     apply_duplicates: bool,
@@ -481,6 +497,8 @@ impl Replica {
             last_control: None,
             last_events: None,
             unreadable: BTreeMap::new(),
+            interrupted: BTreeMap::new(),
+            snapshot_ids: BTreeMap::new(),
             ack_before_apply: false,
             apply_duplicates: false,
         }
@@ -581,16 +599,46 @@ impl Replica {
     pub fn connected(&mut self, peer: &NodeId, now: u64) {
         assert!(*peer != self.local, "a node cannot peer with itself");
         self.counters.entry(peer.clone()).or_default();
+        self.keep_interrupted(peer);
+        let mut session = Session::new(now);
+        session.next_snapshot_id = self.snapshot_ids.get(peer).copied().unwrap_or(0);
         let p = self.peers.entry(peer.clone()).or_default();
         if let Some(i) = p.installing.as_mut() {
             i.old_session = true;
         }
-        p.session = Some(Session::new(now));
+        p.session = Some(session);
+    }
+
+    /// Keeps what the session with `peer` was in the middle of (see [`Interrupted`]) before it
+    /// ends, and where its snapshot ids got to.
+    fn keep_interrupted(&mut self, peer: &NodeId) {
+        let Some(s) = self.peers.get_mut(peer).and_then(|p| p.session.as_mut()) else {
+            return;
+        };
+        self.snapshot_ids.insert(peer.clone(), s.next_snapshot_id);
+        let Some(instance) = s.hello.as_ref().map(|h| h.instance) else {
+            return;
+        };
+        let out = s.snapshot_out.take().or_else(|| s.resumable.take());
+        let inbound = s.snapshot_in.filter(|&(_, next)| next != SNAPSHOT_DONE);
+        if out.is_some() || inbound.is_some() {
+            self.interrupted.insert(
+                peer.clone(),
+                Interrupted {
+                    instance,
+                    out,
+                    inbound,
+                },
+            );
+        } else {
+            self.interrupted.remove(peer);
+        }
     }
 
     /// The session with `peer` closed: its volatile state is dropped. An outstanding Apply of
     /// its events stays valid (apply it and report as usual).
     pub fn disconnected(&mut self, peer: &NodeId, _now: u64) {
+        self.keep_interrupted(peer);
         if let Some(p) = self.peers.get_mut(peer) {
             p.session = None;
             if !p.busy() {
@@ -693,6 +741,20 @@ impl Replica {
                 s.mismatches = differences.clone();
                 s.start(hello.clone(), now);
                 s.own_until = have::get(&self.local_have, peer);
+                // The same process of the peer: the snapshots a lost connection interrupted
+                // go on where they were (an install of its page handed out meanwhile is theirs).
+                if let Some(i) = self.interrupted.remove(peer)
+                    && i.instance == hello.instance
+                {
+                    s.resumable = i.out;
+                    s.snapshot_in = i.inbound;
+                    if let (Some(install), Some((id, page))) = (p.installing.as_mut(), i.inbound)
+                        && install.id == id
+                        && install.page == page
+                    {
+                        install.old_session = false;
+                    }
+                }
                 if !differences.is_empty() {
                     self.outputs.push_back(Output::Mismatch {
                         peer: peer.clone(),
@@ -849,6 +911,7 @@ impl Replica {
                 if out.id != id || out.page != page || out.sent_at.is_none() {
                     return Ok(());
                 }
+                out.resumed = false;
                 if out.last {
                     // The peer durably holds everything the snapshot reflects.
                     let have = have::to_wire(&out.have);
@@ -931,6 +994,12 @@ impl Replica {
             return;
         };
         p.last_apply_error = None;
+        // A page of a snapshot whose connection was lost: the next session resumes after it.
+        if let Some(i) = self.interrupted.get_mut(peer)
+            && i.inbound == Some((done.id, done.page))
+        {
+            i.inbound = (!done.last).then(|| (done.id, done.page.saturating_add(1)));
+        }
         let Some(s) = p.session.as_mut() else {
             self.peers.remove(peer);
             return;
@@ -1189,8 +1258,11 @@ impl Replica {
                 s.go_back(now);
             }
             if s.snapshot_deadline(after).is_some_and(|d| now >= d) {
-                // Send the unconfirmed page again.
-                if let Some(out) = s.snapshot_out.as_mut() {
+                // Send the unconfirmed page again; a resumed snapshot the peer did not take up
+                // starts again as a new one.
+                if s.snapshot_out.as_ref().is_some_and(|o| o.resumed) {
+                    s.snapshot_out = None;
+                } else if let Some(out) = s.snapshot_out.as_mut() {
                     out.sent_at = None;
                 }
             }

@@ -1163,6 +1163,154 @@ fn a_peer_behind_the_compacted_floor_gets_a_snapshot_then_events() {
     );
 }
 
+/// `hello` from process `instance` of the peer.
+fn hello_of(node: &str, instance: u64) -> Message {
+    let mut m = hello_floors(node, &[], PEER_FLOORS);
+    if let Message::Hello(h) = &mut m {
+        h.instance = instance;
+    }
+    m
+}
+
+/// A snapshot interrupted by a lost connection goes on, on the next session with the same
+/// process of the peer, from the page it was at (the page in flight sent again as it was): a
+/// large snapshot over a link that drops more often than it takes otherwise never ended. With
+/// another process of the peer (it may have lost what it merged), a new snapshot starts from
+/// page 0, under a new id.
+#[test]
+fn an_interrupted_snapshot_resumes_with_the_same_peer_process() {
+    let mut log = MemLog::with(&evs("a", 1..=6));
+    log.compacted = have_of(&[("a", 4)]);
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    r.set_compacted(&log.compacted);
+    let b = n("b");
+    let snapshot =
+        |id, page, versions, have| with_floors(snapshot(id, page, versions, have), &[("a", 4)]);
+    assert_eq!(
+        drain(&mut r, 1, &log),
+        [(b.clone(), snapshot(0, 0, evs("a", 1..=2), None))]
+    );
+    r.handle(&b, snapshot_ack(0, 0), 2).unwrap();
+    let page1 = (b.clone(), snapshot(0, 1, evs("a", 3..=4), None));
+    assert_eq!(drain(&mut r, 2, &log), std::slice::from_ref(&page1));
+    // The connection drops while page 1 is on its way; the same process of b comes back.
+    r.disconnected(&b, 3);
+    r.connected(&b, 4);
+    r.handle(&b, hello_of("b", 0), 4).unwrap();
+    let sent = drain(&mut r, 4, &log);
+    assert!(matches!(sent[0], (_, Message::Hello(_))), "{sent:?}");
+    assert_eq!(sent[1..], [page1], "page 1 again, not page 0");
+    r.handle(&b, snapshot_ack(0, 1), 5).unwrap();
+    assert_eq!(
+        drain(&mut r, 5, &log),
+        [(
+            b.clone(),
+            snapshot(0, 2, evs("a", 5..=6), Some(&[("a", 6)]))
+        )]
+    );
+    // Dropped again; this time b restarted (another instance): a new snapshot from page 0.
+    r.disconnected(&b, 6);
+    r.connected(&b, 7);
+    r.handle(&b, hello_of("b", 1), 7).unwrap();
+    let sent = drain(&mut r, 7, &log);
+    assert_eq!(
+        sent[1..],
+        [(b.clone(), snapshot(1, 0, evs("a", 1..=2), None))],
+        "{sent:?}"
+    );
+    // Dropped once more; the resumed page is never confirmed (the peer did not take it up):
+    // when it times out, a new snapshot starts instead of resending it for ever.
+    r.disconnected(&b, 8);
+    r.connected(&b, 9);
+    r.handle(&b, hello_of("b", 1), 9).unwrap();
+    let sent = drain(&mut r, 9, &log);
+    assert_eq!(
+        sent[1..],
+        [(b.clone(), snapshot(1, 0, evs("a", 1..=2), None))],
+        "resumed"
+    );
+    r.handle_timeout(9 + 3000);
+    assert_eq!(
+        drain(&mut r, 9 + 3000, &log),
+        [(b.clone(), snapshot(2, 0, evs("a", 1..=2), None))]
+    );
+}
+
+/// The receiving side of a resumed snapshot: after a lost connection, the same process of the
+/// sender sends the next page of the same snapshot, which is merged (not refused as the middle
+/// of a snapshot nobody started), and a page merged already is confirmed again; a page whose
+/// merge was handed out before the connection was lost belongs to the resumed snapshot.
+#[test]
+fn a_resumed_snapshot_is_taken_where_it_was() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.handle(&b, snapshot(0, 0, evs("y", 1..=2), None), 1)
+        .unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    r.installed(&b, 2);
+    assert_eq!(drain(&mut r, 2, &log), [(b.clone(), snapshot_ack(0, 0))]);
+    r.handle(&b, snapshot(0, 1, evs("y", 3..=4), None), 3)
+        .unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 3..=4), None));
+    // Lost while page 1 is being merged; the merge ends before the peer is back.
+    r.disconnected(&b, 4);
+    r.installed(&b, 5);
+    r.connected(&b, 6);
+    r.handle(&b, hello_of("b", 0), 6).unwrap();
+    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
+    drain(&mut r, 6, &log);
+    // The sender did not see page 1 confirmed: it sends it again, and it is confirmed again.
+    r.handle(&b, snapshot(0, 1, evs("y", 3..=4), None), 7)
+        .unwrap();
+    assert_eq!(r.poll_output(), None, "not merged twice");
+    assert_eq!(drain(&mut r, 7, &log), [(b.clone(), snapshot_ack(0, 1))]);
+    let have = [("y", 5)];
+    r.handle(&b, snapshot(0, 2, evs("y", 5..=5), Some(&have)), 8)
+        .unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 5..=5), Some(&have)));
+    // Another process of the sender: what it sends starts a new snapshot at page 0.
+    let (mut r, _) = receiver(&["b"]);
+    r.handle(&b, snapshot(0, 0, evs("y", 1..=2), None), 1)
+        .unwrap();
+    assert!(r.poll_output().is_some());
+    r.installed(&b, 2);
+    r.disconnected(&b, 3);
+    r.connected(&b, 4);
+    r.handle(&b, hello_of("b", 9), 4).unwrap();
+    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
+    r.handle(&b, snapshot(0, 1, evs("y", 3..=4), None), 5)
+        .unwrap();
+    assert_eq!(r.poll_output(), None, "the middle of an unknown snapshot");
+    r.handle(&b, snapshot(0, 0, evs("y", 1..=2), None), 5)
+        .unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+}
+
+/// With the same process of the sender, a merge handed out before the connection was lost
+/// belongs to the resumed snapshot: it is confirmed on the new session once durable, and the
+/// page sent again meanwhile is not merged a second time.
+#[test]
+fn a_merge_handed_out_before_a_lost_connection_is_confirmed_on_the_resumed_snapshot() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    let page0 = snapshot(0, 0, evs("y", 1..=2), None);
+    r.handle(&b, page0.clone(), 1).unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    r.disconnected(&b, 2);
+    r.connected(&b, 3);
+    r.handle(&b, hello_of("b", 0), 3).unwrap();
+    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
+    drain(&mut r, 3, &log);
+    r.handle(&b, page0, 4).unwrap();
+    assert_eq!(r.poll_output(), None, "being merged");
+    r.installed(&b, 5);
+    assert_eq!(drain(&mut r, 5, &log), [(b.clone(), snapshot_ack(0, 0))]);
+    assert_eq!(r.poll_output(), None, "merged once");
+    r.handle(&b, snapshot(0, 1, evs("y", 3..=3), None), 6)
+        .unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 3..=3), None));
+}
+
 /// A page whose SnapshotAck does not come is sent again after `retransmit_after_ms`, exactly as
 /// first sent even if the state changed meanwhile: the receiver confirms a page it merged already
 /// without merging it again, so a page read again (ending elsewhere) would leave keys unmerged.
@@ -1304,9 +1452,9 @@ fn a_page_of_an_earlier_snapshot_is_ignored() {
     );
 }
 
-/// A merge handed out on a session that was replaced meanwhile is not confirmed on the new one
-/// (whose snapshots are numbered from 0 again): the new session's pages are merged and
-/// confirmed for themselves.
+/// A merge handed out on a session that was replaced meanwhile, by another process of the
+/// sender (whose snapshots are numbered from 0 again), is not confirmed on the new session: the
+/// new session's pages are merged and confirmed for themselves.
 #[test]
 fn a_merge_from_an_earlier_session_is_not_confirmed_on_the_new_one() {
     let (mut r, log) = receiver(&["b"]);
@@ -1319,8 +1467,7 @@ fn a_merge_from_an_earlier_session_is_not_confirmed_on_the_new_one() {
     );
     r.disconnected(&b, 2);
     r.connected(&b, 2);
-    r.handle(&b, hello_floors("b", &[], PEER_FLOORS), 2)
-        .unwrap();
+    r.handle(&b, hello_of("b", 7), 2).unwrap();
     assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
     assert!(matches!(
         r.poll_transmit(2, &log).unwrap(),

@@ -37,6 +37,10 @@ pub(crate) struct SnapshotOut {
     pub(crate) last: bool,
     /// When the snapshot began or the peer last acknowledged one of its pages.
     pub(crate) moved_ms: u64,
+    /// Resumed after a lost connection, and no page acknowledged since: if the page sent times
+    /// out, the peer did not take it up (it is not the process that merged the earlier pages)
+    /// and a new snapshot starts from page 0.
+    pub(crate) resumed: bool,
 }
 
 /// A snapshot page received while an apply of the peer's events was outstanding.
@@ -120,8 +124,12 @@ pub(crate) struct Session {
     pub(crate) graft_due: BTreeSet<NodeId>,
     /// The snapshot we are sending the peer (it lacks events we compacted away).
     pub(crate) snapshot_out: Option<SnapshotOut>,
-    /// Numbers our snapshots on this session.
+    /// Numbers our snapshots to this peer (carried over from session to session, so a page of
+    /// an earlier snapshot is never taken for a later one's).
     pub(crate) next_snapshot_id: u64,
+    /// A snapshot to this peer that a lost connection interrupted, to resume rather than start
+    /// again (the peer's process is the same: it merged the pages it acknowledged).
+    pub(crate) resumable: Option<SnapshotOut>,
     /// The snapshot the peer is sending us: its id and the next page we expect.
     pub(crate) snapshot_in: Option<(u64, u64)>,
     /// A SnapshotAck (id, page) is due.
@@ -163,6 +171,7 @@ impl Session {
             graft_due: BTreeSet::new(),
             snapshot_out: None,
             next_snapshot_id: 0,
+            resumable: None,
             snapshot_in: None,
             snapshot_ack_due: None,
             pending_page: None,
@@ -172,6 +181,17 @@ impl Session {
     /// Begins sending a snapshot of the state as of (at least) `have`, unless one is under way.
     pub(crate) fn start_snapshot(&mut self, have: &Have, floors: &Have, now: u64) {
         if self.snapshot_out.is_some() {
+            return;
+        }
+        // An interrupted snapshot goes on from the page it was at, if the events after its have
+        // are still in the changelog (else the peer would need another one after it).
+        if let Some(mut out) = self.resumable.take()
+            && floors.iter().all(|(o, &f)| have::get(&out.have, o) >= f)
+        {
+            out.sent_at = None;
+            out.moved_ms = now;
+            out.resumed = true;
+            self.snapshot_out = Some(out);
             return;
         }
         self.snapshot_out = Some(SnapshotOut {
@@ -185,6 +205,7 @@ impl Session {
             sent_at: None,
             last: false,
             moved_ms: now,
+            resumed: false,
         });
         self.next_snapshot_id += 1;
     }

@@ -676,6 +676,8 @@ struct Sim {
     damaged_keys: BTreeSet<(usize, Key)>,
     trace: Trace,
     stats: Stats,
+    /// Node starts so far (each start's instance number).
+    starts: u64,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -771,6 +773,7 @@ impl Sim {
                 print,
             },
             stats: Stats::default(),
+            starts: 0,
         };
         for i in 0..sim.nodes.len() {
             sim.start(i);
@@ -783,7 +786,14 @@ impl Sim {
     }
 
     fn start(&mut self, i: usize) {
-        let mut r = Replica::new(self.nodes[i].id.clone(), self.config.clone());
+        // Each start is a new process, with an instance of its own (as a node picks one at
+        // random): a peer resumes an interrupted snapshot only with the same process.
+        self.starts += 1;
+        let config = ReplicaConfig {
+            instance: self.starts,
+            ..self.config.clone()
+        };
+        let mut r = Replica::new(self.nodes[i].id.clone(), config);
         if let Some(f) = self.knobs.fault {
             r.inject_fault(f);
         }
