@@ -125,7 +125,7 @@ impl Admission<'_> {
                 ))
             } else if let Some(r) = self.config.revocation(&event.origin, event.seq) {
                 Some(refusal(r, false))
-            } else if let Some(reason) = self.pipeline.halted(&event.collection) {
+            } else if let Some(reason) = self.pipeline.apply_halted(&event.collection) {
                 // Its collection halted on an earlier event (a transform on apply failed in a
                 // way that may not decide): this origin's events wait from here, others go on.
                 Some(refusal(

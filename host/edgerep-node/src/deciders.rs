@@ -84,7 +84,16 @@ pub fn changes<E>(
         if !upgrades_kept {
             what.push("upgrades already in force changed or were removed".to_owned());
         }
-        if differs("plugins") {
+        // Every plugin that decided it before decides it as it did (an appended upgrade may
+        // name new plugins).
+        let plugins = |r: &Json| r.get("plugins").and_then(Json::as_object).cloned();
+        let plugins_kept = match (plugins(was), plugins(is)) {
+            (Some(w), Some(i)) => w
+                .iter()
+                .all(|(name, settings)| i.get(name) == Some(settings)),
+            _ => false,
+        };
+        if !plugins_kept {
             what.push("a plugin deciding it changed its build, parameters or limits".to_owned());
         }
         if what.is_empty() || !holds(name)? {

@@ -131,6 +131,11 @@ impl edgerep_store::Keys for NodeKeys {
     }
 
     fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), KeyError> {
+        // This node's own key is the one it signs with: another certificate under its id (from
+        // the store, or a peer) does not replace it, so it is not even checked.
+        if *origin == self.node {
+            return Ok(());
+        }
         // A certificate already known needs no second check (peers send theirs once per
         // session, but a message may repeat one: each check parses and verifies X.509).
         {
@@ -148,11 +153,6 @@ impl edgerep_store::Keys for NodeKeys {
                 origin: origin.clone(),
                 named: key.node.clone(),
             });
-        }
-        // This node's own key is the one it signs with: another certificate under its id (from
-        // the store, or a peer) does not replace it.
-        if *origin == self.node {
-            return Ok(());
         }
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.insert(origin.clone(), (key, cert.to_vec()));

@@ -126,6 +126,11 @@ pub struct Pipeline {
     node: NodeId,
     current: RwLock<Arc<Wiring>>,
     halted: Mutex<BTreeMap<String, String>>,
+    /// Collections whose replicated events wait (a transform on apply halted them; see
+    /// [`Pipeline::halt_apply`]), with the reason.
+    apply_halted: Mutex<BTreeMap<String, String>>,
+    /// Whether `apply_halted` holds anything (read per event on the apply path without the lock).
+    any_apply_halted: std::sync::atomic::AtomicBool,
     /// Per collection, per announcing peer.
     paused: Mutex<BTreeMap<String, BTreeMap<NodeId, Pause>>>,
     /// Whether `paused` holds anything (read per event on the apply path without the lock).
@@ -155,6 +160,8 @@ impl Pipeline {
             node: config.node.id.clone(),
             current: RwLock::new(Arc::new(wiring)),
             halted: Mutex::new(BTreeMap::new()),
+            apply_halted: Mutex::new(BTreeMap::new()),
+            any_apply_halted: std::sync::atomic::AtomicBool::new(false),
             paused: Mutex::new(BTreeMap::new()),
             any_paused: std::sync::atomic::AtomicBool::new(false),
             value_limits: RwLock::new(crate::value_limits(config)),
@@ -188,6 +195,11 @@ impl Pipeline {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.apply_halted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.any_apply_halted.store(false, Ordering::Release);
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         for (collection, by_peer) in paused.iter_mut() {
             by_peer.retain(|peer, pause| {
@@ -240,9 +252,25 @@ impl Pipeline {
         self.paused_at(collection, now_ms).map(Stopped::Paused)
     }
 
-    /// Why `collection` is halted, if it is (see [`Pipeline::halt`]).
-    pub fn halted(&self, collection: &str) -> Option<String> {
-        self.halted
+    /// Halts the replication of `collection` (a transform on apply failed on a peer's event in
+    /// a way that may not decide it): its events from peers wait, and with them their origins'
+    /// later ones, until the node restarts or reloads its config. Local writes stop too.
+    pub fn halt_apply(&self, collection: &str, reason: String) {
+        self.apply_halted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(collection.to_owned(), reason.clone());
+        self.any_apply_halted.store(true, Ordering::Release);
+        self.halt(collection, reason);
+    }
+
+    /// Why the replication of `collection` is halted, if it is (see [`Pipeline::halt_apply`];
+    /// a halt at ingest stops local writes only).
+    pub fn apply_halted(&self, collection: &str) -> Option<String> {
+        if !self.any_apply_halted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.apply_halted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(collection)

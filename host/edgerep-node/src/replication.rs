@@ -1021,7 +1021,8 @@ impl Replicator {
     /// any writer of one collection could send halted every link, again after each restart.)
     fn halt(&mut self, halt: crate::apply::Halt) {
         tracing::error!(collection = %halt.collection, "replication of the collection halted: {}", halt.reason);
-        self.pipeline.halt(&halt.collection, halt.reason.clone());
+        self.pipeline
+            .halt_apply(&halt.collection, halt.reason.clone());
         self.halted = Some(format!("collection {:?}: {}", halt.collection, halt.reason));
     }
 

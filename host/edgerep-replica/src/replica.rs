@@ -317,9 +317,12 @@ struct Installing {
     page: u64,
     /// The snapshot's last page.
     last: bool,
-    /// Handed out on a session that was replaced since: snapshot ids start over per session, so
-    /// its id and page say nothing about the current session's snapshot.
+    /// Handed out on a session that was replaced since: its id and page say nothing about the
+    /// current session's snapshot (unless that resumed the same one: see [`Interrupted`]).
     old_session: bool,
+    /// The sending process (its Hello's instance): snapshot ids start over when it restarts, so
+    /// an id and page name a page only together with it.
+    instance: Option<u64>,
 }
 
 /// Snapshots a lost connection interrupted, kept to resume on the peer's next session if its
@@ -746,11 +749,24 @@ impl Replica {
                 if let Some(i) = self.interrupted.remove(peer)
                     && i.instance == hello.instance
                 {
-                    s.resumable = i.out;
-                    s.snapshot_in = i.inbound;
-                    if let (Some(install), Some((id, page))) = (p.installing.as_mut(), i.inbound)
+                    // Only what is still needed: the peer below one of our floors, this node
+                    // below one of the peer's.
+                    let below = |have: &Have, floors: &[(NodeId, u64)]| {
+                        floors.iter().any(|(o, f)| have::get(have, o) < *f)
+                    };
+                    let their_have: Have = hello.have.iter().cloned().collect();
+                    let compacted: Vec<(NodeId, u64)> = have::to_wire(&self.compacted);
+                    if below(&their_have, &compacted) {
+                        s.resumable = i.out;
+                    }
+                    let inbound = i
+                        .inbound
+                        .filter(|_| below(&self.local_have, &hello.compacted));
+                    s.snapshot_in = inbound;
+                    if let (Some(install), Some((id, page))) = (p.installing.as_mut(), inbound)
                         && install.id == id
                         && install.page == page
+                        && install.instance == Some(i.instance)
                     {
                         install.old_session = false;
                     }
@@ -968,11 +984,17 @@ impl Replica {
             return;
         };
         debug_assert!(!p.busy());
+        let instance = p
+            .session
+            .as_ref()
+            .and_then(|s| s.hello.as_ref())
+            .map(|h| h.instance);
         p.installing = Some(Installing {
             id: page.id,
             page: page.page,
             last: page.have.is_some(),
             old_session: false,
+            instance,
         });
         self.outputs.push_back(Output::InstallSnapshot {
             peer: peer.clone(),
@@ -997,6 +1019,7 @@ impl Replica {
         // A page of a snapshot whose connection was lost: the next session resumes after it.
         if let Some(i) = self.interrupted.get_mut(peer)
             && i.inbound == Some((done.id, done.page))
+            && done.instance == Some(i.instance)
         {
             i.inbound = (!done.last).then(|| (done.id, done.page.saturating_add(1)));
         }

@@ -1311,6 +1311,40 @@ fn a_merge_handed_out_before_a_lost_connection_is_confirmed_on_the_resumed_snaps
     assert_eq!(r.poll_output(), install_of(evs("y", 3..=3), None));
 }
 
+/// A merge handed out for one process of the sender says nothing of another's snapshot, even
+/// under the same id and page (ids start over when the sender restarts): it ending after the
+/// second process's page 0 was taken up and the connection lost again must not count that page
+/// as merged (from review: it was confirmed unmerged, and its keys skipped).
+#[test]
+fn a_merge_for_an_earlier_process_of_the_sender_does_not_count_for_a_later_one() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.handle(&b, snapshot(0, 0, evs("y", 1..=2), None), 1)
+        .unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    // The sender restarts (instance 5) and starts its snapshot again: page 0 waits behind the
+    // merge of the first process's page 0.
+    r.disconnected(&b, 2);
+    r.connected(&b, 3);
+    r.handle(&b, hello_of("b", 5), 3).unwrap();
+    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
+    drain(&mut r, 3, &log);
+    r.handle(&b, snapshot(0, 0, evs("y", 1..=3), None), 4)
+        .unwrap();
+    assert_eq!(r.poll_output(), None, "behind the merge");
+    // Lost again; then the first process's merge ends.
+    r.disconnected(&b, 5);
+    r.installed(&b, 6);
+    r.connected(&b, 7);
+    r.handle(&b, hello_of("b", 5), 7).unwrap();
+    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
+    drain(&mut r, 7, &log);
+    // The second process sends its page 0 again: merged, not confirmed unmerged.
+    r.handle(&b, snapshot(0, 0, evs("y", 1..=3), None), 8)
+        .unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=3), None));
+}
+
 /// A page whose SnapshotAck does not come is sent again after `retransmit_after_ms`, exactly as
 /// first sent even if the state changed meanwhile: the receiver confirms a page it merged already
 /// without merging it again, so a page read again (ending elsewhere) would leave keys unmerged.

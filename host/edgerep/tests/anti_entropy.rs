@@ -516,6 +516,19 @@ fn a_decider_changed_in_place_across_a_restart_is_refused() {
     std::fs::write(&configs[0], with_fuel(10_000_000)).unwrap();
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
+    // The way to change it: an upgrade appended, naming a new plugin, is taken at a restart.
+    n1.terminate();
+    let upgraded = with_fuel(10_000_000).replace(
+        "\n[plugins.counter]",
+        &format!(
+            "\n[[collections.declared.upgrades]]\neffective_from = 1700000000000\nresolver = \"counter2\"\n\n[plugins.counter2]\npath = \"{}\"\nsha256 = \"{sha}\"\nfuel = 20000000\n\n[plugins.counter]",
+            wasm.display()
+        ),
+    );
+    assert!(upgraded.contains("counter2"));
+    std::fs::write(&configs[0], upgraded).unwrap();
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
 }
 
 /// A transform on apply that halts on one origin's event halts that collection only: the

@@ -362,7 +362,10 @@ fn a_restarted_peer_is_back_within_a_second() {
 /// A peer claiming, as node-1 starts, to hold node-1's own events far beyond what node-1 wrote:
 /// before, node-1's origin gate waited for those events for ever and every local write failed
 /// after `ORIGIN_WAIT`. Now the claim counts only with node-1's own seal at that number behind
-/// it (`Hello::your_seal`); a seal signed by another key is taken as no claim, and logged.
+/// it (`Hello::your_seal`): without one it is taken as no claim, and logged. A signed seal there
+/// that node-1's key does not verify keeps the gate shut, with an error naming the peer: node-1's
+/// key may have changed since it wrote those events (writes would then fork them), or the peer
+/// lies, and only an operator can tell which (revoking the peer reopens it).
 #[test]
 fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -372,12 +375,7 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
     n3.terminate();
     let n1 = Node::start(&configs[0]);
     let mut h = Hostile::connect(&configs[1], &configs[0]);
-    let node1 = NodeId::parse("node-1").unwrap();
-    let mut hello = h.hello(&[("node-1", 1_000_000)], &[]);
-    if let Message::Hello(hello) = &mut hello {
-        hello.your_seal = Some(h.seal(node1, 999_990, 1_000_000, [1; 32], [2; 32]));
-    }
-    h.send(&hello).unwrap();
+    h.send(&h.hello(&[("node-1", 1_000_000)], &[])).unwrap();
     assert!(
         h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
             .is_some(),
@@ -396,12 +394,43 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
     );
     let log = std::fs::read_to_string(&n1.log).unwrap();
     assert!(
-        log.contains(
-            "holds this node's own events up to 1000000, with a seal that does not verify"
-        ),
+        log.contains("holds this node's own events up to 1000000, without this node's seal there"),
         "{log}"
     );
-    // node-3 comes back and the honest pair converges.
+    drop(h);
+    // Again, now with a seal over node-1's name signed by node-2's key.
+    n1.terminate();
+    let n1 = Node::start(&configs[0]);
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let node1 = NodeId::parse("node-1").unwrap();
+    let mut hello = h.hello(&[("node-1", 1_000_000)], &[]);
+    if let Message::Hello(hello) = &mut hello {
+        hello.your_seal = Some(h.seal(node1, 999_990, 1_000_000, [1; 32], [2; 32]));
+    }
+    h.send(&hello).unwrap();
+    assert!(
+        h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
+            .is_some(),
+        "node-1 answers the handshake"
+    );
+    let r = agent()
+        .put(&n1.url("/v1/kv/c/refused"))
+        .content_type("application/json")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(r#"{"v":3}"#.as_bytes())
+        .unwrap();
+    assert_eq!(r.status(), 503, "no write while the claim stands");
+    let log = std::fs::read_to_string(&n1.log).unwrap();
+    assert!(
+        log.contains("under a seal this node's key does not verify"),
+        "{log}"
+    );
+    drop(h);
+    // node-3 comes back, node-1 restarts, and the honest pair converges.
+    n1.terminate();
+    let n1 = Node::start(&configs[0]);
     let n3 = Node::start(&configs[2]);
     let s = converge(&[&n1, &n3], Duration::from_secs(30));
     assert_eq!(s["origins"]["node-1"], 2, "{s}");

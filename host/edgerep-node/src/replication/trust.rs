@@ -84,7 +84,8 @@ impl Replicator {
     /// How far `hello` says its sender holds this node's own events (0: not at all). With
     /// authentication, a claim counts only with this node's own seal at that sequence number
     /// behind it (`Hello::your_seal`): a number without it would hold the origin gate shut for
-    /// as long as the sender likes, so it is taken as no claim (and logged).
+    /// as long as the sender likes, so it is taken as no claim (and logged). A signed seal there
+    /// that this node's key does not verify keeps the claim (see below).
     pub(super) fn own_claim(&self, peer: &NodeId, hello: &edgerep_replica::Hello) -> u64 {
         use edgerep_store::Keys as _;
         let local = self.core.local();
@@ -102,9 +103,21 @@ impl Replicator {
                 "with a seal of {} at {} instead of this node's at {claim}",
                 seal.origin, seal.seq
             ),
+            Some(seal) if seal.signature.is_empty() => {
+                "with an unsigned seal (from before this node had keys)".to_owned()
+            }
             Some(seal) => match keys.verify(local, claim, &seal.message(), &seal.signature) {
                 Ok(()) => return claim,
-                Err(e) => format!("with a seal that does not verify ({e})"),
+                Err(e) => {
+                    // A signed seal of this node's own at that number that this node's key
+                    // does not verify: its key changed since it wrote those events (a machine
+                    // rebuilt with a new certificate), or the peer lies. Taking writes could
+                    // reuse sequence numbers the peers hold, so the claim stands (the gate
+                    // stays shut) until an operator puts the former key back or revokes the
+                    // peer.
+                    tracing::error!(peer = %peer, "the peer holds this node's own events up to {claim} under a seal this node's key does not verify ({e}): either this node's key changed since it wrote them (put the former key and certificate back, or give this site a new node id) or the peer lies (revoke it); until then this node takes no writes");
+                    return claim;
+                }
             },
         };
         tracing::warn!(peer = %peer, "the peer says it holds this node's own events up to {claim}, {unproven}: taken as holding none of them");
