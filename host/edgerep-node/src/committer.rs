@@ -465,6 +465,7 @@ impl Committer {
                                 &repair.resolutions,
                                 &repair.peer,
                                 &repair.transformed,
+                                Some(clock.last()),
                                 Sync::Immediate,
                             ) {
                                 Ok(out) => reply(Ok(out)),
@@ -485,8 +486,9 @@ impl Committer {
                             // synced commit instead of adding one.
                             let result =
                                 store.compact(&floors, COMPACT_MAX_REMOVE, Sync::Deferred);
-                            if result.is_ok() {
-                                synced(&mut durable, &mut have, Sync::Deferred);
+                            match &result {
+                                Ok(_) => synced(&mut durable, &mut have, Sync::Deferred),
+                                Err(e) => failed(e),
                             }
                             reply(result.map_err(|e| CommitError::Store(e.to_string())));
                             continue;
@@ -494,6 +496,9 @@ impl Committer {
                         Request::SyncNow { reply } => {
                             let started = std::time::Instant::now();
                             let result = store.sync();
+                            if let Err(e) = &result {
+                                failed(e);
+                            }
                             if result.is_ok() {
                                 metrics.sync(started.elapsed().as_secs_f64());
                                 if durable.unsynced {
@@ -507,13 +512,15 @@ impl Committer {
                         Request::SavePeerCursor { peer, have: theirs } => {
                             if let Err(e) = store.save_peer_cursor(peer.as_str(), &theirs) {
                                 tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
+                                failed(&e);
                             }
                             continue;
                         }
                         Request::RemoveDeadLetter { id, reply } => {
-                            let result = store
-                                .remove_dead_letter(id)
-                                .map_err(|e| CommitError::Store(e.to_string()));
+                            let result = store.remove_dead_letter(id).map_err(|e| {
+                                failed(&e);
+                                CommitError::Store(e.to_string())
+                            });
                             let _ = reply.send(result);
                             continue;
                         }
@@ -524,7 +531,10 @@ impl Committer {
                         } => {
                             let result = store
                                 .re_resolve(&collection, after.as_deref(), RE_RESOLVE_ROWS)
-                                .map_err(|e| CommitError::Store(e.to_string()));
+                                .map_err(|e| {
+                                    failed(&e);
+                                    CommitError::Store(e.to_string())
+                                });
                             let _ = reply.send(result);
                             continue;
                         }

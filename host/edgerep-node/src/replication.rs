@@ -4,8 +4,9 @@
 //! Shape: one plain thread (the replicator) owns the `Replica` and is the only one to touch it;
 //! tokio tasks own the connections (one reader and one writer per peer) and talk to it through
 //! a channel. Received batches run through the transforms on apply ([`crate::apply`]) and go to the
-//! committer, which applies them durably and calls back. A transform failing under the `halt`
-//! policy stops replication (every connection closed, none accepted) until the node restarts.
+//! committer, which applies them durably and calls back. A transform on apply failing under the
+//! `halt` policy (or past its deadline) halts its collection: its events from peers are deferred,
+//! and with them their origins' later ones, until the node reloads its config or restarts.
 //!
 //! Invariants: an `Ack` leaves only after the batch it covers is committed (the core guarantees
 //! it, given that the committer's hook reports the new have before the apply's reply), synced

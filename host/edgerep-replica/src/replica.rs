@@ -1502,8 +1502,24 @@ impl Replica {
                 // A resend: the page as first read (see `SnapshotOut::versions`).
                 Some(page) => page.clone(),
                 None => {
-                    let page =
+                    let mut page =
                         log.state_page(out.start.as_ref(), max_events, self.config.batch_bytes)?;
+                    // The state may hold this node's own writes not yet synced (periodic
+                    // durability): a peer must never hold them before they are durable here
+                    // (a crash would issue their sequence numbers again). They come later as
+                    // events.
+                    let durable = have::get(&self.local_have, &self.local);
+                    let unsynced = |o: &NodeId, seq: u64| *o == self.local && seq > durable;
+                    if page.versions.iter().any(|v| unsynced(&v.origin, v.seq)) {
+                        let (versions, proofs) = std::mem::take(&mut page.versions)
+                            .into_iter()
+                            .zip(std::mem::take(&mut page.proofs))
+                            .filter(|(v, _)| !unsynced(&v.origin, v.seq))
+                            .unzip();
+                        page.versions = versions;
+                        page.proofs = proofs;
+                    }
+                    page.seals.retain(|seal| !unsynced(&seal.origin, seal.seq));
                     out.last = page.next.is_none();
                     out.next = page.next.clone();
                     out.versions = Some(page.clone());

@@ -1345,6 +1345,45 @@ fn a_merge_for_an_earlier_process_of_the_sender_does_not_count_for_a_later_one()
     assert_eq!(r.poll_output(), install_of(evs("y", 1..=3), None));
 }
 
+/// A snapshot page never carries this node's own writes beyond its durable have (periodic
+/// durability: written, not yet synced), nor their seals: had a peer merged them, a crash here
+/// would issue their sequence numbers again for other events (from the crash review). They go
+/// later, as events, once synced.
+#[test]
+fn a_snapshot_page_leaves_out_this_nodes_unsynced_writes() {
+    let mut log = MemLog::with(&evs("a", 1..=2));
+    log.compacted = have_of(&[("a", 2)]);
+    let mut r = ready(&log, config(100, 100), &["b"]);
+    r.set_compacted(&log.compacted);
+    // Written and in the state, not yet synced: the durable have stays at 2.
+    log.add(ev("a", 3));
+    log.add(ev("a", 4));
+    let sent = r.poll_transmit(1, &log).unwrap();
+    let Some((
+        _,
+        Message::Snapshot {
+            versions,
+            proofs,
+            seals,
+            done,
+            have,
+            ..
+        },
+    )) = sent
+    else {
+        panic!("a snapshot page: {sent:?}")
+    };
+    assert!(done);
+    assert_eq!(
+        versions.iter().map(|v| v.seq).collect::<Vec<_>>(),
+        [1, 2],
+        "only the synced writes"
+    );
+    assert_eq!(proofs.len(), 2);
+    assert!(seals.iter().all(|s| s.seq <= 2), "{seals:?}");
+    assert_eq!(have, [(n("a"), 2)]);
+}
+
 /// A page whose SnapshotAck does not come is sent again after `retransmit_after_ms`, exactly as
 /// first sent even if the state changed meanwhile: the receiver confirms a page it merged already
 /// without merging it again, so a page read again (ending elsewhere) would leave keys unmerged.

@@ -495,6 +495,7 @@ impl StoreWriter {
         resolutions: &[KeyResolution],
         peer: &NodeId,
         transformed: &BTreeMap<(String, u64), crate::OnApply>,
+        hlc_last: Option<Hlc>,
         sync: Sync,
     ) -> Result<Installed, StoreError> {
         self.install_in(
@@ -502,7 +503,7 @@ impl StoreWriter {
             Some(proofs),
             None,
             Some((seals, certs)),
-            None,
+            hlc_last,
             sync,
             Some(Repairing {
                 resolutions,

@@ -118,6 +118,7 @@ fn repair(from: &StoreWriter, to: &StoreWriter) -> edgerep_store::Installed {
         &to.resolutions_of(&keys).unwrap(),
         from.node(),
         &Default::default(),
+        None,
         Sync::Immediate,
     )
     .unwrap()
@@ -199,6 +200,7 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
             theirs,
             peer.node(),
             &Default::default(),
+            None,
             Sync::Immediate,
         )
         .unwrap()
@@ -361,6 +363,7 @@ fn a_version_changed_in_place_is_replaced_by_the_proven_one() {
             &[],
             a.node(),
             &Default::default(),
+            None,
             Sync::Immediate,
         )
         .unwrap();

@@ -572,7 +572,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                         }
                     }
                     () = signals.stop() => {
-                        tracing::warn!("stopped by a second signal before the shutdown finished (the store is crash-safe: what was acknowledged is kept)");
+                        tracing::warn!("stopped by a second signal before the shutdown finished (the store is crash-safe: what was acknowledged is kept, except writes to periodic collections not yet synced)");
                         return Ok(EXIT_FAILED);
                     }
                 }
