@@ -171,6 +171,11 @@ enum Request {
         id: u64,
         reply: oneshot::Sender<Result<bool, CommitError>>,
     },
+    /// Save the record of what decides each collection (see `crate::deciders`), durably.
+    RecordDeciders {
+        record: String,
+        reply: oneshot::Sender<Result<(), CommitError>>,
+    },
     /// Decide the kept resolutions of a collection again (its resolver changed by a reload).
     ReResolve {
         collection: String,
@@ -514,6 +519,14 @@ impl Committer {
                                 tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
                                 failed(&e);
                             }
+                            continue;
+                        }
+                        Request::RecordDeciders { record, reply } => {
+                            let result = store.record_deciders(&record).map_err(|e| {
+                                failed(&e);
+                                CommitError::Store(e.to_string())
+                            });
+                            let _ = reply.send(result);
                             continue;
                         }
                         Request::RemoveDeadLetter { id, reply } => {
@@ -896,6 +909,16 @@ impl Committer {
         self.queue
             .blocking_send(Request::SavePeerCursor { peer, have })
             .map_err(|_| CommitError::Closed)
+    }
+
+    /// Saves the record of what decides each collection (see [`crate::deciders`]).
+    pub async fn record_deciders(&self, record: String) -> Result<(), CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::RecordDeciders { record, reply })
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        answer.await.map_err(|_| CommitError::Closed)?
     }
 
     /// Removes dead letter `id` without replaying it; whether it was there.

@@ -106,3 +106,47 @@ pub fn changes<E>(
     }
     Ok(problems)
 }
+
+/// The collections of `config` with upgrades the `before` record lacks (appended since it was
+/// written: by a reload, whose re-resolution of the keys decided before may not have finished,
+/// or in the config file). Their keys are re-resolved at start, as a reload does: the same rule
+/// on every node, so running it again changes nothing already right.
+pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
+    let Ok(Json::Object(before)) = serde_json::from_str::<Json>(before) else {
+        return Vec::new();
+    };
+    config
+        .collections
+        .declared
+        .iter()
+        .filter(|c| {
+            before
+                .get(&c.name)
+                .and_then(|r| r.get("upgrades"))
+                .and_then(Json::as_array)
+                .is_some_and(|was| c.upgrades.len() > was.len())
+        })
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// [`record`] of `config`, but with the `before` record's entries for the collections in
+/// `keep` (whose re-resolution is still to run: until it ends, the next start runs it again).
+pub fn record_keeping(config: &Config, before: Option<&str>, keep: &[String]) -> String {
+    let now = record(config);
+    let (Some(before), false) = (before, keep.is_empty()) else {
+        return now;
+    };
+    let (Ok(Json::Object(before)), Ok(Json::Object(mut now))) = (
+        serde_json::from_str::<Json>(before),
+        serde_json::from_str::<Json>(&now),
+    ) else {
+        return now;
+    };
+    for name in keep {
+        if let Some(was) = before.get(name) {
+            now.insert(name.clone(), was.clone());
+        }
+    }
+    Json::Object(now).to_string()
+}

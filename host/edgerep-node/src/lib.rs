@@ -331,13 +331,18 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         path: db_path.display().to_string(),
         source,
     };
-    if let Some(before) = store.recorded_deciders().map_err(store_error)? {
-        let problems = deciders::changes(&before, &config, |c| store.holds_collection(c))
+    let before = store.recorded_deciders().map_err(store_error)?;
+    if let Some(before) = &before {
+        let problems = deciders::changes(before, &config, |c| store.holds_collection(c))
             .map_err(store_error)?;
         if !problems.is_empty() {
             return Err(NodeError::DecidersChanged(problems.join("; ")));
         }
     }
+    let re_resolve = before
+        .as_deref()
+        .map(|b| deciders::upgraded_since(b, &config))
+        .unwrap_or_default();
     // The certificates this node learnt before.
     let keys = match node_keys {
         Some(keys) => {
@@ -373,7 +378,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         None => store,
     });
     writer
-        .record_deciders(&deciders::record(&config))
+        .record_deciders(&deciders::record_keeping(
+            &config,
+            before.as_deref(),
+            &re_resolve,
+        ))
         .map_err(store_error)?;
     let store = writer.reader();
     // The store checks its state beside the first writes; its finding is logged when it has one.
@@ -450,6 +459,29 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         path: db_path.display().to_string(),
         source,
     })?;
+    // Upgrades added since the last start (a reload's re-resolution may have been cut short by
+    // a crash): the keys decided before get what the new wiring decides, as at a reload.
+    if !re_resolve.is_empty() {
+        let committer = committer.clone();
+        let record = deciders::record(&config);
+        tokio::spawn(async move {
+            for collection in re_resolve {
+                match committer.re_resolve(collection.clone()).await {
+                    Ok(n) => {
+                        tracing::info!(%collection, keys = n, "keys re-resolved at start for upgrades added since the last start")
+                    }
+                    Err(e) => {
+                        tracing::error!(%collection, "re-resolving at start failed (the next start tries again): {e}");
+                        return;
+                    }
+                }
+            }
+            match committer.record_deciders(record).await {
+                Ok(()) => tracing::info!("re-resolution at start done and recorded"),
+                Err(e) => tracing::error!("saving what decides each collection failed: {e}"),
+            }
+        });
+    }
     let replication = replication::start(
         &config,
         store.clone(),

@@ -286,6 +286,15 @@ impl Reloader {
                 })?;
             keys_re_resolved.insert(collection, n);
         }
+        // Done: the next start need not re-resolve them (until this is saved, it does).
+        if !keys_re_resolved.is_empty() {
+            let record = crate::deciders::record(&self.config());
+            if let Err(e) = self.committer.record_deciders(record).await {
+                tracing::warn!(
+                    "saving what decides each collection failed (the next start re-resolves the upgraded collections again): {e}"
+                );
+            }
+        }
         let reloaded = Reloaded {
             file,
             plugins_loaded,

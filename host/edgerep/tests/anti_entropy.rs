@@ -529,6 +529,22 @@ fn a_decider_changed_in_place_across_a_restart_is_refused() {
     std::fs::write(&configs[0], upgraded).unwrap();
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
+    // Its keys are re-resolved at that start (as a reload would), once: the record is saved
+    // after, so the next start does not do it again.
+    let said = "keys re-resolved at start for upgrades added since the last start";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&n1.log)
+        .unwrap()
+        .contains("re-resolution at start done and recorded")
+    {
+        assert!(Instant::now() < deadline, "not re-resolved at start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    n1.terminate();
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
+    let log = std::fs::read_to_string(&n1.log).unwrap();
+    assert_eq!(log.matches(said).count(), 1, "{log}");
 }
 
 /// A transform on apply that halts on one origin's event halts that collection only: the
