@@ -343,6 +343,23 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .as_deref()
         .map(|b| deciders::upgraded_since(b, &config))
         .unwrap_or_default();
+    // Ids the policy names that are nobody known here (a typo leaves a revoked node able to
+    // write, or an origin without its intended limits): said, not refused, since a node may be
+    // named before it first writes.
+    {
+        let origins = store.status().map_err(store_error)?.origins;
+        let known = |id: &NodeId| {
+            *id == config.node.id
+                || config.peers.iter().any(|p| p.id == *id)
+                || origins.contains_key(id)
+        };
+        for r in config.revoked.iter().filter(|r| !known(&r.node)) {
+            tracing::warn!(node = %r.node, "[[revoked]] names a node that is no configured peer and no origin this store holds events of: check the id for a typo");
+        }
+        for id in config.authorization.keys().filter(|id| !known(id)) {
+            tracing::warn!(node = %id, "[authorization] names a node that is no configured peer and no origin this store holds events of: check the id for a typo");
+        }
+    }
     // The certificates this node learnt before.
     let keys = match node_keys {
         Some(keys) => {

@@ -1020,3 +1020,29 @@ fn a_node_whose_key_was_replaced_refuses_to_start_on_its_data() {
     let n1 = Node::start(&configs[0]);
     assert_eq!(get(&n1, "c", "k").0, 200);
 }
+
+/// A careless operator revokes `node_2` instead of `node-2`: the config is valid (the id is
+/// well formed), so the node starts, but says that the id names nobody it knows, for
+/// `[[revoked]]` and `[authorization]` alike; a real peer's id is not named.
+#[test]
+fn a_policy_naming_an_unknown_node_is_reported_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        format!(
+            "{text}\n[[revoked]]\nnode = \"node_2\"\nafter_seq = 1\n\n[authorization]\nnode-2 = [\"c\"]\nsite-bb = [\"c\"]\n"
+        ),
+    )
+    .unwrap();
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    let log = std::fs::read_to_string(&n1.log).unwrap();
+    let warned = |what: &str, id: &str| {
+        log.lines()
+            .any(|l| l.contains(what) && l.contains(id) && l.contains("check the id for a typo"))
+    };
+    assert!(warned("[[revoked]]", "node_2"), "{log}");
+    assert!(warned("[authorization]", "site-bb"), "{log}");
+    assert!(!warned("[authorization]", "node-2"), "{log}");
+}
