@@ -1172,6 +1172,20 @@ fn hello_of(node: &str, instance: u64) -> Message {
     m
 }
 
+/// `b` back after a lost connection, at `now`, as its process `instance`: the new session's
+/// Hello taken (its PeerReady too) and what this node sends then drained.
+fn back(r: &mut Replica, instance: u64, now: u64, log: &MemLog) -> Vec<(NodeId, Message)> {
+    let b = n("b");
+    r.connected(&b, now);
+    r.handle(&b, hello_of("b", instance), now).unwrap();
+    while let Some(out) = r.poll_output() {
+        if matches!(out, Output::PeerReady { .. }) {
+            break;
+        }
+    }
+    drain(r, now, log)
+}
+
 /// A snapshot interrupted by a lost connection goes on, on the next session with the same
 /// process of the peer, from the page it was at (the page in flight sent again as it was): a
 /// large snapshot over a link that drops more often than it takes otherwise never ended. With
@@ -1195,9 +1209,7 @@ fn an_interrupted_snapshot_resumes_with_the_same_peer_process() {
     assert_eq!(drain(&mut r, 2, &log), std::slice::from_ref(&page1));
     // The connection drops while page 1 is on its way; the same process of b comes back.
     r.disconnected(&b, 3);
-    r.connected(&b, 4);
-    r.handle(&b, hello_of("b", 0), 4).unwrap();
-    let sent = drain(&mut r, 4, &log);
+    let sent = back(&mut r, 0, 4, &log);
     assert!(matches!(sent[0], (_, Message::Hello(_))), "{sent:?}");
     assert_eq!(sent[1..], [page1], "page 1 again, not page 0");
     r.handle(&b, snapshot_ack(0, 1), 5).unwrap();
@@ -1210,9 +1222,7 @@ fn an_interrupted_snapshot_resumes_with_the_same_peer_process() {
     );
     // Dropped again; this time b restarted (another instance): a new snapshot from page 0.
     r.disconnected(&b, 6);
-    r.connected(&b, 7);
-    r.handle(&b, hello_of("b", 1), 7).unwrap();
-    let sent = drain(&mut r, 7, &log);
+    let sent = back(&mut r, 1, 7, &log);
     assert_eq!(
         sent[1..],
         [(b.clone(), snapshot(1, 0, evs("a", 1..=2), None))],
@@ -1221,9 +1231,7 @@ fn an_interrupted_snapshot_resumes_with_the_same_peer_process() {
     // Dropped once more; the resumed page is never confirmed (the peer did not take it up):
     // when it times out, a new snapshot starts instead of resending it for ever.
     r.disconnected(&b, 8);
-    r.connected(&b, 9);
-    r.handle(&b, hello_of("b", 1), 9).unwrap();
-    let sent = drain(&mut r, 9, &log);
+    let sent = back(&mut r, 1, 9, &log);
     assert_eq!(
         sent[1..],
         [(b.clone(), snapshot(1, 0, evs("a", 1..=2), None))],
@@ -1255,10 +1263,7 @@ fn a_resumed_snapshot_is_taken_where_it_was() {
     // Lost while page 1 is being merged; the merge ends before the peer is back.
     r.disconnected(&b, 4);
     r.installed(&b, 5);
-    r.connected(&b, 6);
-    r.handle(&b, hello_of("b", 0), 6).unwrap();
-    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
-    drain(&mut r, 6, &log);
+    back(&mut r, 0, 6, &log);
     // The sender did not see page 1 confirmed: it sends it again, and it is confirmed again.
     r.handle(&b, snapshot(0, 1, evs("y", 3..=4), None), 7)
         .unwrap();
@@ -1297,10 +1302,7 @@ fn a_merge_handed_out_before_a_lost_connection_is_confirmed_on_the_resumed_snaps
     r.handle(&b, page0.clone(), 1).unwrap();
     assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
     r.disconnected(&b, 2);
-    r.connected(&b, 3);
-    r.handle(&b, hello_of("b", 0), 3).unwrap();
-    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
-    drain(&mut r, 3, &log);
+    back(&mut r, 0, 3, &log);
     r.handle(&b, page0, 4).unwrap();
     assert_eq!(r.poll_output(), None, "being merged");
     r.installed(&b, 5);
@@ -1325,20 +1327,14 @@ fn a_merge_for_an_earlier_process_of_the_sender_does_not_count_for_a_later_one()
     // The sender restarts (instance 5) and starts its snapshot again: page 0 waits behind the
     // merge of the first process's page 0.
     r.disconnected(&b, 2);
-    r.connected(&b, 3);
-    r.handle(&b, hello_of("b", 5), 3).unwrap();
-    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
-    drain(&mut r, 3, &log);
+    back(&mut r, 5, 3, &log);
     r.handle(&b, snapshot(0, 0, evs("y", 1..=3), None), 4)
         .unwrap();
     assert_eq!(r.poll_output(), None, "behind the merge");
     // Lost again; then the first process's merge ends.
     r.disconnected(&b, 5);
     r.installed(&b, 6);
-    r.connected(&b, 7);
-    r.handle(&b, hello_of("b", 5), 7).unwrap();
-    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
-    drain(&mut r, 7, &log);
+    back(&mut r, 5, 7, &log);
     // The second process sends its page 0 again: merged, not confirmed unmerged.
     r.handle(&b, snapshot(0, 0, evs("y", 1..=3), None), 8)
         .unwrap();

@@ -487,26 +487,11 @@ fn a_decider_changed_in_place_across_a_restart_is_refused() {
     put(&n1, "tally", "k", r#"{"node-1":1}"#);
     n1.terminate();
     std::fs::write(&configs[0], with_fuel(20_000_000)).unwrap();
-    let mut run = std::process::Command::new(common::BIN)
-        .args(["run", "--alone", "--config", configs[0].to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(code) = run.try_wait().unwrap() {
-            break code;
-        }
-        if Instant::now() > deadline {
-            let _ = run.kill();
-            panic!("node-1 started with its resolver's fuel changed in place");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(code.code(), Some(2), "{err}");
+    let (code, err) = common::refused_to_start(
+        &["run", "--alone", "--config", configs[0].to_str().unwrap()],
+        "node-1 started with its resolver's fuel changed in place",
+    );
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("collection \\\"tally\\\": a plugin deciding it changed")
             || err.contains("collection \"tally\": a plugin deciding it changed"),

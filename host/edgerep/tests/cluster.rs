@@ -993,26 +993,11 @@ fn a_node_whose_key_was_replaced_refuses_to_start_on_its_data() {
         certs.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let mut run = std::process::Command::new(common::BIN)
-        .args(["run", "--config", configs[0].to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(code) = run.try_wait().unwrap() {
-            break code;
-        }
-        if Instant::now() > deadline {
-            let _ = run.kill();
-            panic!("node-1 started with a replaced key");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(code.code(), Some(2), "{err}");
+    let (code, err) = common::refused_to_start(
+        &["run", "--config", configs[0].to_str().unwrap()],
+        "node-1 started with a replaced key",
+    );
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("signed with another key"), "{err}");
     for f in ["ca.pem", "node.pem", "node.key"] {
         std::fs::copy(former.join(f), certs.join(f)).unwrap();

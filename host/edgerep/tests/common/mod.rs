@@ -19,6 +19,33 @@ pub fn edgerep(args: &[&str]) -> Output {
         .expect("running edgerep")
 }
 
+/// Runs `edgerep` with `args` (a `run` that must refuse to start) and waits at most 20 s for it
+/// to exit: its exit code and stderr. Panics, after killing it, if it is still running then:
+/// it started, as `what` says it must not.
+pub fn refused_to_start(args: &[&str], what: &str) -> (Option<i32>, String) {
+    let mut run = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running edgerep");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(code) = run.try_wait().unwrap() {
+            break code;
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            let _ = run.wait();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut err).unwrap();
+    (code.code(), err)
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
