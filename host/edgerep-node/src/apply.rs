@@ -309,12 +309,25 @@ pub(crate) fn prepare(
                         ),
                     });
                 }
-                if r.failure.kind.depends_on_machine() {
+                if r.failure.kind == edgerep_plugin::FailureKind::StackOverflow {
                     return Err(Halt {
                         collection: event.collection.clone(),
                         reason: format!(
                             "plugin {:?} overflowed its stack on event {}/{} from a peer; how deep a stack may grow depends on this machine's CPU, so the event is neither applied nor set aside here (make the plugin recurse less; the collection's replication resumes when the node reloads its config or restarts)",
                             r.plugin, event.origin, event.seq,
+                        ),
+                    });
+                }
+                if r.failure.kind.depends_on_machine() {
+                    return Err(Halt {
+                        collection: event.collection.clone(),
+                        reason: format!(
+                            "plugin {:?} failed on event {}/{} from a peer in a way that depends on this machine ({}: {}), so the event is neither applied nor set aside here (the collection's replication resumes when the node reloads its config or restarts)",
+                            r.plugin,
+                            event.origin,
+                            event.seq,
+                            r.failure.kind.as_str(),
+                            r.failure.message
                         ),
                     });
                 }

@@ -23,9 +23,10 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// The kinds of [`Failure`]. Every kind but [`FailureKind::Deadline`] and
-/// [`FailureKind::StackOverflow`] ([`FailureKind::depends_on_machine`]) is deterministic: the
-/// same plugin, input, parameters and limits give the same kind on every node.
+/// The kinds of [`Failure`]. Every kind but [`FailureKind::Deadline`],
+/// [`FailureKind::StackOverflow`] and [`FailureKind::HostOutOfMemory`]
+/// ([`FailureKind::depends_on_machine`]) is deterministic: the same plugin, input, parameters and
+/// limits give the same kind on every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FailureKind {
     /// The call used its whole fuel budget.
@@ -48,11 +49,14 @@ pub enum FailureKind {
     /// The plugin does not implement the function called (a transform called on a resolver or
     /// the other way round): a mistake of the caller, not of the plugin.
     WrongWorld,
+    /// A memory or table grow within the plugin's cap that this machine could not make (the OS
+    /// refused the memory): it may fail on this node only.
+    HostOutOfMemory,
 }
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FailureKind; 8] = [
+    pub const ALL: [FailureKind; 9] = [
         FailureKind::OutOfFuel,
         FailureKind::MemoryLimit,
         FailureKind::Deadline,
@@ -61,6 +65,7 @@ impl FailureKind {
         FailureKind::PluginError,
         FailureKind::BadOutput,
         FailureKind::WrongWorld,
+        FailureKind::HostOutOfMemory,
     ];
 
     /// The kebab-case name used in logs, metrics, JSON and test vectors.
@@ -74,14 +79,19 @@ impl FailureKind {
             FailureKind::PluginError => "plugin-error",
             FailureKind::BadOutput => "bad-output",
             FailureKind::WrongWorld => "wrong-world",
+            FailureKind::HostOutOfMemory => "host-out-of-memory",
         }
     }
 
     /// Whether the same call may end otherwise on another node (a deadline is wall time, a
-    /// stack overflow depends on the CPU's machine code): such a failure must not decide a
-    /// peer's event differently here than elsewhere.
+    /// stack overflow depends on the CPU's machine code, the memory the OS grants on the
+    /// machine's load): such a failure must not decide a peer's event differently here than
+    /// elsewhere.
     pub fn depends_on_machine(self) -> bool {
-        matches!(self, FailureKind::Deadline | FailureKind::StackOverflow)
+        matches!(
+            self,
+            FailureKind::Deadline | FailureKind::StackOverflow | FailureKind::HostOutOfMemory
+        )
     }
 
     /// The kind named `name` (the inverse of [`FailureKind::as_str`]).
@@ -122,6 +132,9 @@ pub(crate) fn classify(
     refused: Option<&MemoryLimitHit>,
     phase: Phase,
 ) -> (FailureKind, String) {
+    if let Some(failed) = error.downcast_ref::<crate::limits::HostGrowFailed>() {
+        return (FailureKind::HostOutOfMemory, failed.to_string());
+    }
     if let Some(hit) = error.downcast_ref::<MemoryLimitHit>().or(refused) {
         return (FailureKind::MemoryLimit, hit.to_string());
     }

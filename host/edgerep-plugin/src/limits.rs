@@ -157,6 +157,27 @@ impl MemoryLimiter {
     }
 }
 
+/// A grow of a memory or table that the cap allowed but this machine could not make (the OS
+/// refused the memory): a failure of the machine, not of the plugin, and maybe of this node
+/// alone ([`crate::FailureKind::HostOutOfMemory`]).
+#[derive(Debug)]
+pub(crate) struct HostGrowFailed {
+    what: &'static str,
+    reason: String,
+}
+
+impl std::fmt::Display for HostGrowFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this machine could not grow {} within the plugin's cap: {}",
+            self.what, self.reason
+        )
+    }
+}
+
+impl std::error::Error for HostGrowFailed {}
+
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
@@ -174,7 +195,11 @@ impl ResourceLimiter for MemoryLimiter {
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         self.total -= std::mem::take(&mut self.last_grow);
-        self.inner.memory_grow_failed(error)
+        self.inner
+            .memory_grow_failed(wasmtime::Error::new(HostGrowFailed {
+                what: "a linear memory",
+                reason: format!("{error:#}"),
+            }))
     }
 
     /// Tables count against the same cap as memories, at [`Self::TABLE_ELEMENT_BYTES`] an
@@ -198,7 +223,11 @@ impl ResourceLimiter for MemoryLimiter {
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         self.total -= std::mem::take(&mut self.last_grow);
-        self.inner.table_grow_failed(error)
+        self.inner
+            .table_grow_failed(wasmtime::Error::new(HostGrowFailed {
+                what: "a table",
+                reason: format!("{error:#}"),
+            }))
     }
 
     fn instances(&self) -> usize {
@@ -237,8 +266,16 @@ mod tests {
         // A grow wasmtime then fails to make is taken back.
         assert!(limiter.memory_growing(30 << 16, 35 << 16, None).unwrap());
         assert_eq!(limiter.total(), 95 << 16);
-        let _ = limiter.memory_grow_failed(wasmtime::Error::msg("mmap failed"));
+        let error = limiter
+            .memory_grow_failed(wasmtime::Error::msg("mmap failed"))
+            .unwrap_err();
         assert_eq!(limiter.total(), 90 << 16);
+        // Classified as this machine's failure (a plugin's bad output, before: a failure every
+        // node would share, though the OS may refuse the memory on one node only).
+        let (kind, message) = crate::failure::classify(&error, None, crate::failure::Phase::Call);
+        assert_eq!(kind, crate::FailureKind::HostOutOfMemory);
+        assert!(kind.depends_on_machine());
+        assert!(message.contains("mmap failed"), "{message}");
 
         // A memory's own declared maximum counts as the limit too.
         assert!(limiter.memory_growing(0, 2 << 16, Some(1 << 16)).is_err());
