@@ -97,10 +97,7 @@ impl Plugin {
         let deadline_ticks = u64::try_from(ticks).unwrap_or(u64::MAX).min(1 << 62);
         Plugin {
             inner: Arc::new(Inner {
-                identity: Arc::new(Identity {
-                    name: source.name,
-                    params: source.params,
-                }),
+                identity: Arc::new(Identity::new(source.name, source.params)),
                 path: source.path,
                 sha256,
                 world,

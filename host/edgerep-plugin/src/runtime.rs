@@ -626,14 +626,58 @@ impl Drop for Ticker {
     }
 }
 
-/// The name and parameters of a plugin, shared by its instances.
+/// The name and parameters of a plugin, shared by its instances, and its log budget.
 pub(crate) struct Identity {
     pub(crate) name: String,
     pub(crate) params: BTreeMap<String, String>,
+    /// Log lines the plugin may still write, across its calls and instances (see
+    /// [`Identity::take_log_line`]).
+    log_budget: std::sync::Mutex<LogBudget>,
+}
+
+impl Identity {
+    pub(crate) fn new(name: String, params: BTreeMap<String, String>) -> Identity {
+        Identity {
+            name,
+            params,
+            log_budget: std::sync::Mutex::new(LogBudget {
+                lines: LOG_LINES_BURST,
+                at: std::time::Instant::now(),
+            }),
+        }
+    }
+
+    /// Whether the plugin may write one more log line at `now`: at most [`LOG_LINES_BURST`] at
+    /// once, refilled at [`LOG_LINES_PER_SECOND`] (a plugin logging on every event of a large
+    /// batch wrote hundreds of MB, synchronously, from the committer or replicator thread).
+    pub(crate) fn take_log_line(&self, now: std::time::Instant) -> bool {
+        let mut b = self.log_budget.lock().unwrap_or_else(|e| e.into_inner());
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * LOG_LINES_PER_SECOND;
+        b.lines = (b.lines + refill).min(LOG_LINES_BURST);
+        b.at = b.at.max(now);
+        if b.lines >= 1.0 {
+            b.lines -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A plugin's log lines left, as of `at`.
+struct LogBudget {
+    lines: f64,
+    at: std::time::Instant,
 }
 
 /// Most log lines one call may write; the rest are counted and reported in one line.
 const LOG_LINES_PER_CALL: u32 = 100;
+
+/// Log lines a plugin may write at once, across calls ([`Identity::take_log_line`]).
+const LOG_LINES_BURST: f64 = 1000.0;
+
+/// Log lines a plugin may write a second, over time, across calls.
+const LOG_LINES_PER_SECOND: f64 = 100.0;
 
 /// Longest log line kept, in bytes; longer lines are cut.
 const LOG_LINE_MAX_BYTES: usize = 4096;
@@ -693,7 +737,7 @@ impl HostState {
             tracing::warn!(
                 target: "edgerep_plugin::guest",
                 plugin = %self.identity.name,
-                "suppressed {} lines (more than {LOG_LINES_PER_CALL} in one call)",
+                "suppressed {} lines (more than {LOG_LINES_PER_CALL} in one call, or more than {LOG_LINES_PER_SECOND} a second over time)",
                 self.log_suppressed
             );
             self.log_suppressed = 0;
@@ -727,7 +771,9 @@ impl Host for HostState {
         if matches!(level, Level::Error) {
             self.last_error_log = Some(truncate(&message, LOG_LINE_MAX_BYTES).into_owned());
         }
-        if self.log_lines >= LOG_LINES_PER_CALL {
+        if self.log_lines >= LOG_LINES_PER_CALL
+            || !self.identity.take_log_line(std::time::Instant::now())
+        {
             self.log_suppressed += 1;
             return;
         }
@@ -802,14 +848,14 @@ mod tests {
 
     #[test]
     fn logging_is_rate_limited_per_call() {
-        let identity = Arc::new(Identity {
-            name: "chatty".into(),
-            params: [
+        let identity = Arc::new(Identity::new(
+            "chatty".into(),
+            [
                 ("b".to_owned(), "2".to_owned()),
                 ("a".to_owned(), "1".to_owned()),
             ]
             .into(),
-        });
+        ));
         let mut state = HostState::new(identity, 1 << 20);
         for call in 0..2 {
             state.begin_call();
@@ -829,6 +875,25 @@ mod tests {
                 ("b".to_owned(), "2".to_owned())
             ]
         );
+    }
+
+    /// Across calls and instances, a plugin writes at most a burst of lines at once, then
+    /// lines at a steady rate: a plugin logging on every event of a large batch is cut there.
+    #[test]
+    fn logging_is_rate_limited_across_calls() {
+        let identity = Identity::new("chatty".into(), BTreeMap::new());
+        let start = std::time::Instant::now();
+        let taken = (0..1500).filter(|_| identity.take_log_line(start)).count();
+        assert_eq!(taken, LOG_LINES_BURST as usize);
+        assert!(!identity.take_log_line(start + Duration::from_millis(5)));
+        let later = start + Duration::from_secs(1);
+        let taken = (0..500).filter(|_| identity.take_log_line(later)).count();
+        assert_eq!(taken, LOG_LINES_PER_SECOND as usize);
+        // Instances share it: a second instance of the same plugin is out of lines too.
+        let mut state = HostState::new(Arc::new(identity), 1 << 20);
+        state.begin_call();
+        state.log(Level::Info, "one more".into());
+        assert_eq!(state.log_suppressed, 1);
     }
 
     #[test]

@@ -376,10 +376,7 @@ mod tests {
         let runtime = Runtime::new(None).unwrap();
         let (engine, linker) = runtime.parts();
         let component = Component::new(engine, wat::parse_str(SLEEPER).unwrap()).unwrap();
-        let identity = Arc::new(Identity {
-            name: "sleeper".into(),
-            params: Default::default(),
-        });
+        let identity = Arc::new(Identity::new("sleeper".into(), Default::default()));
         let mut store = Store::new(engine, HostState::new(identity, 1 << 20));
         store.set_fuel(1_000_000).unwrap();
         store.set_epoch_deadline(100_000);
