@@ -307,6 +307,11 @@ impl Committer {
         let thread = thread::Builder::new()
             .name("edgerep-committer".into())
             .spawn(move || {
+                // A store error as the caller's: reported as a disk failure too when it is one.
+                let store_failed = |e: edgerep_store::StoreError| {
+                    failed(&e);
+                    CommitError::Store(e.to_string())
+                };
                 let mut group: Vec<Pending> = Vec::new();
                 let mut writes: Vec<LocalWrite> = Vec::new();
                 let mut counts: Vec<usize> = Vec::new();
@@ -522,18 +527,12 @@ impl Committer {
                             continue;
                         }
                         Request::RecordDeciders { record, reply } => {
-                            let result = store.record_deciders(&record).map_err(|e| {
-                                failed(&e);
-                                CommitError::Store(e.to_string())
-                            });
+                            let result = store.record_deciders(&record).map_err(store_failed);
                             let _ = reply.send(result);
                             continue;
                         }
                         Request::RemoveDeadLetter { id, reply } => {
-                            let result = store.remove_dead_letter(id).map_err(|e| {
-                                failed(&e);
-                                CommitError::Store(e.to_string())
-                            });
+                            let result = store.remove_dead_letter(id).map_err(store_failed);
                             let _ = reply.send(result);
                             continue;
                         }
@@ -544,10 +543,7 @@ impl Committer {
                         } => {
                             let result = store
                                 .re_resolve(&collection, after.as_deref(), RE_RESOLVE_ROWS)
-                                .map_err(|e| {
-                                    failed(&e);
-                                    CommitError::Store(e.to_string())
-                                });
+                                .map_err(store_failed);
                             let _ = reply.send(result);
                             continue;
                         }

@@ -11,9 +11,17 @@ use std::collections::BTreeMap;
 use edgerep_config::Config;
 use serde_json::{Value as Json, json};
 
+/// One record: per collection name, what decides it.
+type Entries = serde_json::Map<String, Json>;
+
 /// The record of `config`: a JSON object by collection name (canonical: sorted keys).
 pub fn record(config: &Config) -> String {
-    let mut out = BTreeMap::new();
+    Json::Object(entries(config)).to_string()
+}
+
+/// The entries of [`record`].
+fn entries(config: &Config) -> Entries {
+    let mut out = Entries::new();
     for c in &config.collections.declared {
         let plugins: BTreeMap<&str, Json> = c
             .deciding_plugins()
@@ -37,7 +45,7 @@ pub fn record(config: &Config) -> String {
             .map(|u| json!([u.from_ms, u.resolver, u.transforms_on_apply]))
             .collect();
         out.insert(
-            c.name.as_str(),
+            c.name.clone(),
             json!({
                 "resolver": c.resolver,
                 "transforms_on_apply": c.transforms_on_apply,
@@ -46,26 +54,30 @@ pub fn record(config: &Config) -> String {
             }),
         );
     }
-    Json::from(serde_json::Map::from_iter(
-        out.into_iter().map(|(k, v)| (k.to_owned(), v)),
-    ))
-    .to_string()
+    out
+}
+
+/// A saved record, unless it cannot be read (written by a later version, or damaged): then
+/// nothing is compared with it.
+fn parse(record: &str) -> Option<Entries> {
+    match serde_json::from_str(record) {
+        Ok(Json::Object(entries)) => Some(entries),
+        _ => None,
+    }
 }
 
 /// How `config` changes what decided the collections of the `before` record, for each
 /// collection `holds` says the store has keys of: one line per change, empty if none. A record
-/// that cannot be read (written by a later version, or damaged) is not compared.
+/// that cannot be read is not compared ([`parse`]).
 pub fn changes<E>(
     before: &str,
     config: &Config,
     holds: impl Fn(&str) -> Result<bool, E>,
 ) -> Result<Vec<String>, E> {
-    let (Ok(Json::Object(before)), Ok(Json::Object(now))) = (
-        serde_json::from_str::<Json>(before),
-        serde_json::from_str::<Json>(&record(config)),
-    ) else {
+    let Some(before) = parse(before) else {
         return Ok(Vec::new());
     };
+    let now = entries(config);
     let mut problems = Vec::new();
     for (name, was) in &before {
         let Some(is) = now.get(name) else {
@@ -112,7 +124,7 @@ pub fn changes<E>(
 /// or in the config file). Their keys are re-resolved at start, as a reload does: the same rule
 /// on every node, so running it again changes nothing already right.
 pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
-    let Ok(Json::Object(before)) = serde_json::from_str::<Json>(before) else {
+    let Some(before) = parse(before) else {
         return Vec::new();
     };
     config
@@ -133,19 +145,12 @@ pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
 /// [`record`] of `config`, but with the `before` record's entries for the collections in
 /// `keep` (whose re-resolution is still to run: until it ends, the next start runs it again).
 pub fn record_keeping(config: &Config, before: Option<&str>, keep: &[String]) -> String {
-    let now = record(config);
-    let (Some(before), false) = (before, keep.is_empty()) else {
-        return now;
-    };
-    let (Ok(Json::Object(before)), Ok(Json::Object(mut now))) = (
-        serde_json::from_str::<Json>(before),
-        serde_json::from_str::<Json>(&now),
-    ) else {
-        return now;
-    };
-    for name in keep {
-        if let Some(was) = before.get(name) {
-            now.insert(name.clone(), was.clone());
+    let mut now = entries(config);
+    if let Some(before) = before.and_then(parse) {
+        for name in keep {
+            if let Some(was) = before.get(name) {
+                now.insert(name.clone(), was.clone());
+            }
         }
     }
     Json::Object(now).to_string()

@@ -343,11 +343,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .as_deref()
         .map(|b| deciders::upgraded_since(b, &config))
         .unwrap_or_default();
+    // Per origin, how far the store holds its events.
+    let origins = store.status().map_err(store_error)?.origins;
     // Ids the policy names that are nobody known here (a typo leaves a revoked node able to
     // write, or an origin without its intended limits): said, not refused, since a node may be
     // named before it first writes.
     {
-        let origins = store.status().map_err(store_error)?.origins;
         let known = |id: &NodeId| {
             *id == config.node.id
                 || config.peers.iter().any(|p| p.id == *id)
@@ -363,17 +364,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // The certificates this node learnt before.
     let keys = match node_keys {
         Some(keys) => {
-            check_own_key(&store, &keys, &config.node.id).map_err(|e| match e {
-                Ok(source) => NodeError::Store {
-                    path: db_path.display().to_string(),
-                    source,
-                },
-                Err(changed) => changed,
-            })?;
-            let learnt = store.certs().map_err(|source| NodeError::Store {
-                path: db_path.display().to_string(),
-                source,
-            })?;
+            let held = origins.get(&config.node.id).copied().unwrap_or(0);
+            check_own_key(&store, &keys, &config.node.id, held, store_error)?;
+            let learnt = store.certs().map_err(store_error)?;
             for (origin, der) in learnt {
                 if let Err(e) = edgerep_store::Keys::learn(&keys, &origin, &der) {
                     tracing::warn!(origin = %origin, "a stored certificate is no longer valid: {e}");
@@ -588,35 +581,28 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     })
 }
 
-/// Checks this node's newest own seal against its configured key: a node whose key was
-/// replaced (a lost key, a certificate issued again) would send events its peers cannot verify.
-/// `Err(Ok(_))`: the store could not be read; `Err(Err(_))`: the key changed.
+/// Checks this node's newest own seal (at `held`, how far the store holds its own events)
+/// against its configured key: a node whose key was replaced (a lost key, a certificate issued
+/// again) would send events its peers cannot verify.
 fn check_own_key(
     store: &Store,
     keys: &keys::NodeKeys,
     node: &NodeId,
-) -> Result<(), Result<StoreError, NodeError>> {
-    let held = store
-        .status()
-        .map_err(Ok)?
-        .origins
-        .get(node)
-        .copied()
-        .unwrap_or(0);
+    held: u64,
+    store_error: impl Fn(StoreError) -> NodeError,
+) -> Result<(), NodeError> {
     let Some(seal) = store
         .next_seal(node, held.saturating_sub(1))
-        .map_err(Ok)?
+        .map_err(store_error)?
         .filter(|s| s.seq == held && !s.signature.is_empty())
     else {
         return Ok(());
     };
     edgerep_store::Keys::verify(keys, node, seal.seq, &seal.message(), &seal.signature).map_err(
-        |e| {
-            Err(NodeError::KeyChanged {
-                node: node.clone(),
-                seq: seal.seq,
-                why: e.to_string(),
-            })
+        |e| NodeError::KeyChanged {
+            node: node.clone(),
+            seq: seal.seq,
+            why: e.to_string(),
         },
     )
 }

@@ -827,9 +827,10 @@ impl Replicator {
             }
             _ => {}
         }
-        // How far the peer holds this node's own events, as its Hello says.
+        // What the peer's Hello says of this node's own events (judged only if the session is
+        // refused for its config; a session that starts judges it at PeerReady).
         let own_claim = match &message {
-            Message::Hello(hello) => Some(self.own_claim(&peer, hello)),
+            Message::Hello(hello) => Some(trust::OwnClaim::of(self.core.local(), hello)),
             _ => None,
         };
         if let Err(e) = self.core.handle(&peer, message, now) {
@@ -842,6 +843,7 @@ impl Replicator {
                 ProtocolError::PolicyDiffers { .. } | ProtocolError::ResolversDiffer { .. },
             ) = (own_claim, &e)
             {
+                let claim = self.own_claim(&peer, claim);
                 self.origin_claimed(peer.clone(), claim);
                 self.refuse_config(peer, e.to_string(), now);
                 return;
@@ -940,7 +942,8 @@ impl Replicator {
                     if self.duplicate_id(&peer, hello.instance) {
                         continue;
                     }
-                    let claim = self.own_claim(&peer, &hello);
+                    let claim =
+                        self.own_claim(&peer, trust::OwnClaim::of(self.core.local(), &hello));
                     self.origin_claimed(peer.clone(), claim);
                     // What the peer says it holds durably is what it acknowledges (lower than
                     // the saved cursor if it lost data): compaction must go by it.

@@ -751,17 +751,19 @@ impl Replica {
                 {
                     // Only what is still needed: the peer below one of our floors, this node
                     // below one of the peer's.
-                    let below = |have: &Have, floors: &[(NodeId, u64)]| {
-                        floors.iter().any(|(o, f)| have::get(have, o) < *f)
-                    };
-                    let their_have: Have = hello.have.iter().cloned().collect();
-                    let compacted: Vec<(NodeId, u64)> = have::to_wire(&self.compacted);
-                    if below(&their_have, &compacted) {
+                    if self
+                        .compacted
+                        .iter()
+                        .any(|(o, &f)| have::get(&s.their_have, o) < f)
+                    {
                         s.resumable = i.out;
                     }
-                    let inbound = i
-                        .inbound
-                        .filter(|_| below(&self.local_have, &hello.compacted));
+                    let inbound = i.inbound.filter(|_| {
+                        hello
+                            .compacted
+                            .iter()
+                            .any(|(o, f)| have::get(&self.local_have, o) < *f)
+                    });
                     s.snapshot_in = inbound;
                     if let (Some(install), Some((id, page))) = (p.installing.as_mut(), inbound)
                         && install.id == id

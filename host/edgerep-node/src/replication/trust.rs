@@ -24,6 +24,26 @@ const CONFIG_REFUSAL_GRACE: Duration = Duration::from_millis(500);
 /// `check_origin`).
 pub(super) const ORIGIN_GRACE: Duration = Duration::from_secs(2);
 
+/// What a peer's Hello says of this node's own events: how far it holds them, and the seal it
+/// sends for that (see [`Replicator::own_claim`]).
+pub(super) struct OwnClaim {
+    seq: u64,
+    seal: Option<Seal>,
+}
+
+impl OwnClaim {
+    pub(super) fn of(local: &NodeId, hello: &edgerep_replica::Hello) -> OwnClaim {
+        OwnClaim {
+            seq: hello
+                .have
+                .iter()
+                .find(|(o, _)| o == local)
+                .map_or(0, |&(_, seq)| seq),
+            seal: hello.your_seal.clone(),
+        }
+    }
+}
+
 impl Replicator {
     /// Opens the origin gate once the peers said how far they hold this node's own events and
     /// this node holds at least as much (after a restore from a backup, its later events come
@@ -81,23 +101,19 @@ impl Replicator {
         });
     }
 
-    /// How far `hello` says its sender holds this node's own events (0: not at all). With
-    /// authentication, a claim counts only with this node's own seal at that sequence number
-    /// behind it (`Hello::your_seal`): a number without it would hold the origin gate shut for
-    /// as long as the sender likes, so it is taken as no claim (and logged). A signed seal there
-    /// that this node's key does not verify keeps the claim (see below).
-    pub(super) fn own_claim(&self, peer: &NodeId, hello: &edgerep_replica::Hello) -> u64 {
+    /// How far a peer holds this node's own events, as far as this node takes its word (0: not
+    /// at all). With authentication, a claim counts only with this node's own seal at that
+    /// sequence number behind it (`Hello::your_seal`): a number without it would hold the origin
+    /// gate shut for as long as the sender likes, so it is taken as no claim (and logged). A
+    /// signed seal there that this node's key does not verify keeps the claim (see below).
+    pub(super) fn own_claim(&self, peer: &NodeId, claim: OwnClaim) -> u64 {
         use edgerep_store::Keys as _;
         let local = self.core.local();
-        let claim = hello
-            .have
-            .iter()
-            .find(|(o, _)| o == local)
-            .map_or(0, |&(_, seq)| seq);
+        let OwnClaim { seq: claim, seal } = claim;
         let Some(keys) = self.log.keys.as_ref().filter(|_| claim > 0) else {
             return claim;
         };
-        let unproven = match &hello.your_seal {
+        let unproven = match &seal {
             None => "without this node's seal there".to_owned(),
             Some(seal) if seal.origin != *local || seal.seq != claim => format!(
                 "with a seal of {} at {} instead of this node's at {claim}",
