@@ -395,7 +395,9 @@ impl Pipeline {
     /// event, change its value (or make it a delete), or drop it (no changes); a change to any
     /// other key is refused (`bad-output`: routing belongs on ingest). Schema and metadata stay
     /// the event's own. `check_value` validates a changed value against the node's limits.
-    /// The chain is the one in force at the event's hybrid-clock time (see `Upgrade`).
+    /// The chain is the one in force at the event's hybrid-clock time (see `Upgrade`). This
+    /// node's own events (coming back after a restore, or in a repair) are taken as they are:
+    /// an origin's own writes never pass its transforms on apply, however they return.
     pub fn run_apply(
         &self,
         event: &Event,
@@ -411,6 +413,9 @@ impl Pipeline {
         check_value: &dyn Fn(&Value) -> Result<(), String>,
         calls: &mut Vec<PluginCall>,
     ) -> Result<OnApply, Box<Rejection>> {
+        if event.origin == self.node {
+            return Ok(OnApply::AsReceived);
+        }
         let wiring = self.wiring();
         let Some(epoch) = wiring
             .epoch(&event.collection, event.hlc.physical_ms)

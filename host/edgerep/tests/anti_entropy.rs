@@ -436,17 +436,34 @@ fn a_collection_transformed_on_apply_is_compared_on_its_versions_and_repaired_th
     };
     let report = reconcile(&configs[0]);
     assert_eq!(report["sessions"][0]["agreed"], true, "{report}");
-    // A key lost on node-2 behind its bookkeeping comes back redacted.
+    // node-2's own write is not redacted: an origin's own writes never pass its transforms on
+    // apply.
+    put(&n2, "cards", "own", r#"{"name":"own","card":"4999"}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&n1)["origins"]["node-2"].as_u64().unwrap_or(0) < 1 {
+        assert!(Instant::now() < deadline, "{}", status(&n1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A key lost on node-2 behind its bookkeeping comes back redacted; its own key comes back
+    // as it wrote it.
     n2.terminate();
-    let o = common::damage(&configs[1], "cards", "c-3", false);
-    assert!(o.status.success(), "{}", stderr(&o));
+    for key in ["c-3", "own"] {
+        let o = common::damage(&configs[1], "cards", key, false);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
     let n2 = Node::start(&configs[1]);
     assert_eq!(get(&n2, "cards", "c-3").0, 404, "the damage is real");
+    assert_eq!(get(&n2, "cards", "own").0, 404, "the damage is real");
     let report = reconcile(&configs[0]);
     assert_eq!(report["sessions"][0]["agreed"], false, "{report}");
     wait_aae(&n2, "node-1", "node-2 repaired cards", |a| {
-        a["collections"]["cards"]["drift_total"] == 1
+        a["collections"]["cards"]["drift_total"] == 2
     });
+    assert_eq!(
+        get(&n2, "cards", "own").1,
+        r#"{"card":"4999","name":"own"}"#,
+        "its own write, not through its transform"
+    );
     assert_eq!(
         get(&n2, "cards", "c-3").1,
         r#"{"name":"n3"}"#,
