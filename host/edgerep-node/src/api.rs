@@ -1867,14 +1867,23 @@ async fn reconcile(
 }
 
 /// `POST /v1/reload`: reads the node's config file again and takes in what changed (see
-/// `reload.rs`); 422 with the reasons when it cannot be taken in without a restart.
+/// `reload.rs`); 422 with the reasons when it cannot be taken in without a restart (nothing
+/// changed); 500 `reloaded_with_errors` when the new config took effect but a step after failed.
 async fn reload(State(app): Shared) -> Result<Response, ApiError> {
     let reloaded = app.reloader.reload_file().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "not_reloaded",
-            e.to_string(),
-        )
+        if e.took_effect() {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "reloaded_with_errors",
+                e.to_string(),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_reloaded",
+                e.to_string(),
+            )
+        }
     })?;
     Ok(axum::Json(json!({ "reloaded": reloaded })).into_response())
 }

@@ -55,7 +55,9 @@ pub enum ReloadError {
     #[error(transparent)]
     Store(#[from] edgerep_store::StoreError),
     /// After the new config took effect, resolving a collection's keys again failed.
-    #[error("collection {collection:?}: resolving again: {source}")]
+    #[error(
+        "the new config is in force, but resolving collection {collection:?}'s keys again failed: {source} (the next start resolves them again)"
+    )]
     ReResolve {
         /// The collection.
         collection: String,
@@ -68,6 +70,14 @@ pub enum ReloadError {
     /// The API's token file cannot be read again, or holds no good token.
     #[error("{0} (nothing changed)")]
     Token(String),
+}
+
+impl ReloadError {
+    /// Whether the new config is in force despite the error (resolving keys again failed after
+    /// it took effect): not a refusal.
+    pub fn took_effect(&self) -> bool {
+        matches!(self, ReloadError::ReResolve { .. })
+    }
 }
 
 /// What a reload did.
@@ -398,6 +408,18 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
                 .is_some_and(|l| l.from_ms >= first_new.from_ms)
         {
             problems.push(format!("{at}: a new upgrade must come after the last one"));
+        }
+    }
+    // A new collection whose rows hash on their versions (the store's rule) or that syncs
+    // periodically (the committer's policy) takes a restart: both are set when the node starts.
+    for (i, n) in new.collections.declared.iter().enumerate() {
+        if old.collection(&n.name).is_none()
+            && (n.compare_on_versions || n.durability != edgerep_config::Durability::Immediate)
+        {
+            problems.push(format!(
+                "collections.declared[{i}] ({:?}) is new and is compared on its versions (transforms_on_apply or compare = \"versions\") or has durability = \"periodic\", which takes effect only at a restart",
+                n.name
+            ));
         }
     }
     // A plugin that decides some collection's state keeps what decides its output.

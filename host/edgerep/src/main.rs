@@ -556,8 +556,12 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                     }
                     tokio::select! {
                         r = node.reload_file() => {
-                            if let Err(e) = r {
-                                tracing::error!("config not reloaded: {e}");
+                            match r {
+                                Err(e) if e.took_effect() => {
+                                    tracing::error!("config reloaded, with an error: {e}");
+                                }
+                                Err(e) => tracing::error!("config not reloaded: {e}"),
+                                Ok(_) => {}
                             }
                         }
                         () = signals.stop() => break,

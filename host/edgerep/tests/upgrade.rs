@@ -344,6 +344,25 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
             && said.contains("effective_from"),
         "{said}"
     );
+    // A new collection compared on its versions, or synced periodically: the store's hash
+    // rule and the committer's sync policy are set at start, so a restart.
+    for extra in ["compare = \"versions\"", "durability = \"periodic\""] {
+        std::fs::write(
+            &configs[0],
+            format!(
+                "{base}{}\n[[collections.declared]]\nname = \"fresh\"\n{extra}\n",
+                tally(&wasm, &sha, None)
+            ),
+        )
+        .unwrap();
+        let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+        assert!(!o.status.success());
+        let said = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(
+            said.contains("\"fresh\"") && said.contains("restart"),
+            "{extra}: {said}"
+        );
+    }
     // A broken file is caught before the node is asked.
     std::fs::write(&configs[0], "[node\n").unwrap();
     let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
