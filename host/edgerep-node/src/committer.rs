@@ -365,9 +365,17 @@ impl Committer {
                             let n = events.len();
                             let sync =
                                 policy.sync_for(events.iter().map(|r| r.event.collection.as_str()));
-                            let per_collection: Vec<(String, u64)> =
-                                count_by(events.iter().map(|r| r.event.collection.as_str()))
-                                    .into_iter()
+                            // Events kept out of the state (policy, a transform's drop)
+                            // are not counted as applied.
+                            let per_collection: Vec<(String, u64)> = count_by(
+                                events
+                                    .iter()
+                                    .filter(|r| {
+                                        !matches!(r.on_apply, edgerep_store::OnApply::Dropped)
+                                    })
+                                    .map(|r| r.event.collection.as_str()),
+                            )
+                            .into_iter()
                                     .map(|(c, k)| (c.to_owned(), k))
                                     .collect();
                             let started = std::time::Instant::now();
@@ -404,6 +412,10 @@ impl Committer {
                                 }
                                 Err(e @ edgerep_store::StoreError::Forged { .. }) => {
                                     reply(Err(CommitError::Forged(e.to_string())));
+                                }
+                                Err(e @ edgerep_store::StoreError::Revoked { .. }) => {
+                                    tracing::warn!(error = %e, events = n, "a peer's batch admitted before a revocation was not applied (it is sent again and admitted under the new policy)");
+                                    reply(Err(CommitError::Store(e.to_string())));
                                 }
                                 Err(e) => {
                                     tracing::error!(error = %e, events = n, "applying a batch from a peer failed");

@@ -36,7 +36,16 @@ pub struct CommitMetrics {
     skewed: Counter,
     /// When a skewed event was last logged (at most one warning a minute).
     skew_logged: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The collections counted under their own name (at most [`MAX_COLLECTION_LABELS`]; the
+    /// rest under [`OTHER_COLLECTIONS`]): collection names come from clients and peers, and a
+    /// label is kept for the node's life.
+    labelled: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// How many collections get a label of their own in the per-collection counters.
+pub(crate) const MAX_COLLECTION_LABELS: usize = 256;
+/// The label of the collections past [`MAX_COLLECTION_LABELS`].
+pub(crate) const OTHER_COLLECTIONS: &str = "_other";
 
 /// 50 µs to about 1.6 s, doubling.
 fn duration_buckets() -> Histogram {
@@ -52,6 +61,7 @@ impl Default for CommitMetrics {
             applied: Family::default(),
             skewed: Counter::default(),
             skew_logged: std::sync::Mutex::new(None),
+            labelled: std::sync::Mutex::new(Default::default()),
         }
     }
 }
@@ -69,10 +79,23 @@ impl CommitMetrics {
         self.sync_seconds.observe(seconds);
     }
 
-    /// `n` events of `collection` were committed: local writes (`local`) or a peer's (`!local`).
+    /// `n` events of `collection` were committed: local writes (`local`) or a peer's applied to
+    /// the state (`!local`). The first [`MAX_COLLECTION_LABELS`] collections seen are counted
+    /// under their names, later ones together under [`OTHER_COLLECTIONS`].
     pub(crate) fn events(&self, collection: &str, n: u64, local: bool) {
         let f = if local { &self.written } else { &self.applied };
-        f.get_or_create(&label("collection", collection)).inc_by(n);
+        let name = {
+            let mut labelled = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
+            if labelled.contains(collection) {
+                collection
+            } else if labelled.len() < MAX_COLLECTION_LABELS {
+                labelled.insert(collection.to_owned());
+                collection
+            } else {
+                OTHER_COLLECTIONS
+            }
+        };
+        f.get_or_create(&label("collection", name)).inc_by(n);
     }
 
     /// `n` events of a peer's batch carried timestamps ahead of this node's clock by more than
@@ -504,4 +527,26 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &m.0);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collection names come from clients and peers: a peer writing each event under a new
+    /// collection must not grow the node's labels for ever.
+    #[test]
+    fn per_collection_labels_are_bounded() {
+        let m = CommitMetrics::default();
+        for i in 0..MAX_COLLECTION_LABELS + 44 {
+            m.events(&format!("c-{i}"), 1, false);
+        }
+        m.events("c-0", 2, false);
+        let count = |name: &str| m.applied.get_or_create(&label("collection", name)).get();
+        assert_eq!(count("c-0"), 3, "a collection labelled stays labelled");
+        assert_eq!(count(OTHER_COLLECTIONS), 44);
+        let labelled = m.labelled.lock().unwrap();
+        assert_eq!(labelled.len(), MAX_COLLECTION_LABELS);
+        assert!(!labelled.contains(&format!("c-{MAX_COLLECTION_LABELS}")));
+    }
 }

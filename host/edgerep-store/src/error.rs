@@ -96,6 +96,20 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// A peer's batch carries events of an origin past its revocation: it was admitted before
+    /// a reload revoked the origin. Nothing of the batch was applied; it is not a forgery (the
+    /// peer resends, and admission now keeps those events out).
+    #[error(
+        "events of {origin} past its revocation (after its event {after}; a seal at {seq}): the batch was not applied"
+    )]
+    Revoked {
+        /// The revoked origin.
+        origin: String,
+        /// Its last event still vouched for.
+        after: u64,
+        /// The seal's sequence number.
+        seq: u64,
+    },
     /// A request the store cannot answer as asked (names what was wrong).
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -145,9 +145,20 @@ pub(crate) fn walk_chains<'e, 's>(
                 w.block.push(e.seq, leaf);
                 if let Some(&seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
                     let signed = match keys {
-                        Some(keys) => keys
-                            .verify(&e.origin, e.seq, &seal.message(), &seal.signature)
-                            .map_err(|e| e.to_string()),
+                        Some(keys) => {
+                            match keys.verify(&e.origin, e.seq, &seal.message(), &seal.signature) {
+                                // Revoked while the batch was on its way (admitted before the
+                                // reload): refused, but not a forgery.
+                                Err(KeyError::Revoked { after, seq, .. }) => {
+                                    return Err(StoreError::Revoked {
+                                        origin: e.origin.to_string(),
+                                        after,
+                                        seq,
+                                    });
+                                }
+                                other => other.map_err(|e| e.to_string()),
+                            }
+                        }
                         None if seal.chain == w.chain => Ok(()),
                         None => Err("its seal's chain hash does not match the events".to_owned()),
                     };

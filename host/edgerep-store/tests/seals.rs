@@ -478,3 +478,62 @@ fn a_second_history_the_origin_signed_is_a_fork_not_a_forgery() {
     );
     assert_eq!(b.verify().unwrap(), Ok(()));
 }
+
+/// Keys that hold `origin` revoked after its event `after`, as a node's do once a reload
+/// revoked it.
+struct RevokingKeys {
+    inner: TestKeys,
+    origin: NodeId,
+    after: u64,
+}
+
+impl Keys for RevokingKeys {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.inner.sign(message)
+    }
+    fn verify(&self, origin: &NodeId, seq: u64, m: &[u8], sig: &[u8]) -> Result<(), KeyError> {
+        if *origin == self.origin && seq > self.after {
+            return Err(KeyError::Revoked {
+                origin: origin.clone(),
+                after: self.after,
+                seq,
+            });
+        }
+        self.inner.verify(origin, seq, m, sig)
+    }
+    fn learn(&self, _: &NodeId, _: &[u8]) -> Result<(), KeyError> {
+        Ok(())
+    }
+}
+
+/// A batch admitted before a reload revoked its origin reaches the store after: it is not
+/// applied, and the error says revoked, not forged (the relaying peer is honest; cutting it
+/// off as a liar would be wrong).
+#[test]
+fn a_batch_past_a_revocation_is_refused_as_revoked_not_forged() {
+    let a = store("a");
+    a.commit_local(writes("x", 10), &mut clock(), 1).unwrap();
+    let (b, _) = Store::open_with_backend(
+        InMemoryBackend::new(),
+        "memory",
+        &node("b"),
+        EventLimits::default(),
+    )
+    .unwrap();
+    let b = StoreWriter::new(b.with_keys(Arc::new(RevokingKeys {
+        inner: TestKeys { me: node("b") },
+        origin: node("a"),
+        after: 5,
+    })));
+    let (events, seals) = batch(&a, "a", 0, 10);
+    match apply(&b, events, &seals) {
+        Err(StoreError::Revoked { origin, after, seq }) => {
+            assert_eq!((origin.as_str(), after, seq), ("a", 5, 10));
+        }
+        other => panic!("expected Revoked, got {other:?}"),
+    }
+    assert!(
+        b.changelog("a", 0, 10).unwrap().is_empty(),
+        "nothing applied"
+    );
+}
