@@ -119,17 +119,37 @@ pub fn open(tree: &impl Tree) -> Result<Step, LogError> {
     Ok(step)
 }
 
-/// Answers a Reconcile message's ranges.
+/// Where a session starts in a list it may cut short (ranges past [`MAX_DIFFERING`], keys past
+/// a repair's bound): a place of its own for each `seed` (the session's id). Keys that differ
+/// at every session (by design, or because no repair settles them) would otherwise fill the
+/// first places every time and keep the same others, real drift among them, out of every
+/// session.
+pub fn rotation(seed: u64, len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    // splitmix64's finalizer: neighbouring ids land far apart.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z % len as u64) as usize
+}
+
+/// Answers a Reconcile message's ranges. When more ranges differ than one answer takes, those
+/// taken start at the session's own place (see [`rotation`]; `seed`: the session's id).
 pub fn answer(
     tree: &impl Tree,
     fingerprints: &[RangeFingerprint],
     items: &[RangeItems],
+    seed: u64,
 ) -> Result<Step, LogError> {
     let mut step = Step::default();
     // Ranges this side lists, then ranges the peer listed: their entries read in one pass.
     let mut listed = Vec::new();
     let (mut differing, mut listed_keys) = (0, 0u64);
-    for theirs in fingerprints {
+    let start = rotation(seed, fingerprints.len());
+    for theirs in fingerprints[start..].iter().chain(&fingerprints[..start]) {
         let (mine, count) = tree.fingerprint(theirs.node)?;
         if mine == theirs.fingerprint || differing >= MAX_DIFFERING {
             continue;
@@ -223,6 +243,8 @@ impl Tree for MapTree {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn hash(s: &str) -> [u8; 16] {
@@ -252,7 +274,7 @@ mod tests {
             } else {
                 (a, &mut a_sends, &mut b_sends)
             };
-            let next = answer(me, &step.fingerprints, &step.items).unwrap();
+            let next = answer(me, &step.fingerprints, &step.items, 7).unwrap();
             // The side that compares entries sends its versions and names those it wants,
             // which the other side then sends.
             sends.extend(next.send.iter().cloned());
@@ -298,5 +320,49 @@ mod tests {
         assert_eq!(a_sends.len(), 10);
         assert!(b_sends.is_empty());
         assert!(messages <= 3, "{messages}");
+    }
+
+    /// More differing ranges than one answer takes: each session takes them from a place of
+    /// its own, so every range is reached in a few sessions (the same first ones every time
+    /// would starve the others for good when those never settle).
+    #[test]
+    fn ranges_past_the_bound_are_reached_by_later_sessions() {
+        // One key in each of 2100 leaf buckets; the peer holds none of them.
+        let mut mine = BTreeMap::new();
+        let mut buckets = BTreeSet::new();
+        let mut i = 0;
+        while mine.len() < 2100 {
+            let key = format!("c\0k{i}").into_bytes();
+            i += 1;
+            if buckets.insert(bucket_of(&key)) {
+                mine.insert(key, hash(&format!("v{i}")));
+            }
+        }
+        let mine = MapTree(mine);
+        let theirs: Vec<RangeFingerprint> = buckets
+            .iter()
+            .map(|&b| RangeFingerprint {
+                node: Node {
+                    level: edgerep_wire::aae::LEAF_LEVEL,
+                    prefix: b,
+                },
+                fingerprint: [0; 16],
+                count: 0,
+            })
+            .collect();
+        let mut reached = BTreeSet::new();
+        let mut firsts = BTreeSet::new();
+        for seed in 0..4 {
+            let step = answer(&mine, &theirs, &[], seed).unwrap();
+            assert_eq!(step.items.len(), MAX_DIFFERING, "one answer is bounded");
+            firsts.insert(step.items[0].node);
+            reached.extend(step.items.iter().map(|r| r.node));
+        }
+        assert!(firsts.len() > 1, "sessions start at different places");
+        assert_eq!(
+            reached.len(),
+            2100,
+            "every range reached within four sessions"
+        );
     }
 }

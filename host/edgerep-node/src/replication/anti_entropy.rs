@@ -612,13 +612,14 @@ impl Replicator {
                         .dropped_total += 1;
                     return;
                 }
-                let step = match reconcile::answer(&StoreTree(&self.store), &fingerprints, &items) {
-                    Ok(step) => step,
-                    Err(e) => {
-                        tracing::warn!(peer = %peer, "anti-entropy cannot read the index: {e}");
-                        return;
-                    }
-                };
+                let step =
+                    match reconcile::answer(&StoreTree(&self.store), &fingerprints, &items, id) {
+                        Ok(step) => step,
+                        Err(e) => {
+                            tracing::warn!(peer = %peer, "anti-entropy cannot read the index: {e}");
+                            return;
+                        }
+                    };
                 let mut keys: BTreeSet<&Vec<u8>> = step.send.iter().collect();
                 keys.extend(step.want.iter());
                 let differing = keys.len() as u64;
@@ -811,14 +812,14 @@ impl Replicator {
             return;
         }
         // Each key once (a peer naming one key 16,384 times asked for as many copies of its
-        // versions), and an answer of at most REPAIR_BYTES: the rest waits for a later session.
+        // versions), and an answer of at most REPAIR_KEYS and REPAIR_BYTES: the rest waits for
+        // a later session, which starts at another place (keys that differ at every session
+        // must not keep the same others out every time).
         let mut seen = BTreeSet::new();
-        let mut keys: Vec<Vec<u8>> = keys
-            .iter()
-            .filter(|k| seen.insert(k.as_slice()))
-            .take(REPAIR_KEYS)
-            .cloned()
-            .collect();
+        let mut keys: Vec<&Vec<u8>> = keys.iter().filter(|k| seen.insert(k.as_slice())).collect();
+        let start = reconcile::rotation(id, keys.len());
+        keys.rotate_left(start);
+        let mut keys: Vec<Vec<u8>> = keys.into_iter().take(REPAIR_KEYS).cloned().collect();
         let page = if keys.is_empty() {
             Ok((
                 edgerep_store::StatePage {

@@ -197,14 +197,24 @@ impl Reports {
 }
 
 impl super::Replicator {
-    /// The age of the oldest event `peer` lacks, in seconds.
+    /// The age of the oldest event `peer` lacks, in seconds. Where compaction removed events
+    /// the peer lacks (it needs a snapshot), at least the age of the oldest event still held
+    /// past them.
     pub(super) fn lag_seconds(&self, acked: &BTreeMap<NodeId, u64>) -> f64 {
         let now = wall_ms();
         let mut oldest: Option<u64> = None;
         for (origin, &held) in self.core.local_have() {
             let theirs = acked.get(origin).copied().unwrap_or(0);
-            if held > theirs
-                && let Ok(events) = self.store.changelog(origin.as_str(), theirs, 1)
+            if held <= theirs {
+                continue;
+            }
+            let events = match self.store.changelog(origin.as_str(), theirs, 1) {
+                Err(edgerep_store::StoreError::ChangelogCompacted { floor, .. }) => {
+                    self.store.changelog(origin.as_str(), floor, 1)
+                }
+                other => other,
+            };
+            if let Ok(events) = events
                 && let Some(e) = events.first()
             {
                 let t = e.hlc.physical_ms;

@@ -89,8 +89,8 @@ pub(crate) fn session(a: &MapTree, b: &MapTree) -> Result<(BTreeSet<Vec<u8>>, u6
     let mut turn_b = true;
     loop {
         let me = if turn_b { b } else { a };
-        let next =
-            reconcile::answer(me, &step.fingerprints, &step.items).map_err(|e| e.to_string())?;
+        let next = reconcile::answer(me, &step.fingerprints, &step.items, messages)
+            .map_err(|e| e.to_string())?;
         keys.extend(next.send.iter().cloned());
         keys.extend(next.want.iter().cloned());
         if !step.has_ranges() {
