@@ -271,10 +271,7 @@ pub(crate) fn prepare(
         ) {
             tracing::warn!(origin = %event.origin, seq = event.seq, "event kept out of the state: {reason}");
             out.dead_letters.push(policy_dead_letter(&event, reason));
-            out.events.push(Received {
-                event,
-                on_apply: OnApply::Dropped,
-            });
+            out.events.push(Received::new(event, OnApply::Dropped));
             continue;
         }
         // AsReceived at once when no transform is in force for the event's collection and time.
@@ -364,7 +361,7 @@ pub(crate) fn prepare(
                 OnApply::Dropped
             }
         };
-        out.events.push(Received { event, on_apply });
+        out.events.push(Received::new(event, on_apply));
     }
     Ok(out)
 }

@@ -2,7 +2,7 @@
 //! checks its peers' seals against their certificates, which must chain to the deployment CA,
 //! name the origin, and (for a revoked node) cover only events up to its revocation point.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use edgerep_config::Config;
@@ -20,6 +20,42 @@ pub struct NodeKeys {
     known: Mutex<BTreeMap<NodeId, (NodeKey, Vec<u8>)>>,
     /// Per revoked node, the last sequence number it may still vouch for (replaced on reload).
     revoked: Mutex<BTreeMap<NodeId, u64>>,
+    /// Signatures checked lately: a connection's reader checks a batch's seals where it
+    /// decodes them, and the committer's check of the same seal finds it here.
+    verified: Mutex<Verified>,
+}
+
+/// How many checked signatures [`NodeKeys`] remembers (the oldest is forgotten first).
+const VERIFIED_KEPT: usize = 4096;
+
+/// Signatures that verified: BLAKE3 of the certificate that verified it, the message and the
+/// signature, so a hit means these bytes verified under this certificate.
+#[derive(Default)]
+struct Verified {
+    set: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Verified {
+    fn key(cert: &[u8], message: &[u8], signature: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        for part in [cert, message, signature] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    fn insert(&mut self, key: [u8; 32]) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > VERIFIED_KEPT
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 /// Per revoked node, the last sequence number it may still vouch for.
@@ -70,6 +106,7 @@ impl NodeKeys {
             verifier,
             known,
             revoked: Mutex::new(revocations(config)),
+            verified: Mutex::default(),
         })
     }
 
@@ -121,13 +158,28 @@ impl edgerep_store::Keys for NodeKeys {
             });
         }
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let (key, _) = known.get(origin).ok_or_else(|| KeyError::NoCertificate {
+        let (key, der) = known.get(origin).ok_or_else(|| KeyError::NoCertificate {
             origin: origin.clone(),
             seq,
         })?;
+        let memo = Verified::key(der, message, signature);
+        if self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set
+            .contains(&memo)
+        {
+            return Ok(());
+        }
         self.verifier
             .verify(key, message, signature)
-            .map_err(|e| KeyError::BadSignature(e.to_string()))
+            .map_err(|e| KeyError::BadSignature(e.to_string()))?;
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(memo);
+        Ok(())
     }
 
     fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), KeyError> {
@@ -165,5 +217,71 @@ impl edgerep_store::Keys for NodeKeys {
             .unwrap_or_else(|e| e.into_inner())
             .get(origin)
             .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgerep_store::Keys as _;
+    use edgerep_transport::certs::{Ca, Identity};
+
+    use super::*;
+
+    fn keys_of(ca: &Ca, id: &str, revoked: &str) -> NodeKeys {
+        let identity = Identity::new(ca, &ca.issue_node(id).unwrap()).unwrap();
+        let text = format!(
+            "{}\n{revoked}",
+            edgerep_config::starter_toml(
+                &NodeId::parse(id).unwrap(),
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap()
+            )
+        );
+        let config =
+            Config::parse(&text, std::path::Path::new("/nonexistent/edgerep.toml")).unwrap();
+        NodeKeys::new(&identity, &config).unwrap()
+    }
+
+    /// A signature checked once is a lookup the second time, but only for the same bytes
+    /// under the same certificate, and a revocation still refuses it.
+    #[test]
+    fn a_remembered_signature_is_only_the_one_that_verified() {
+        let ca = Ca::generate("test").unwrap();
+        let one = keys_of(&ca, "node-1", "");
+        let two = keys_of(&ca, "node-2", "");
+        let node1 = NodeId::parse("node-1").unwrap();
+        two.learn(&node1, one.own_cert()).unwrap();
+        let message = b"a seal's message".to_vec();
+        let signature = one.sign(&message).unwrap();
+        two.verify(&node1, 7, &message, &signature).unwrap();
+        two.verify(&node1, 7, &message, &signature).unwrap();
+        // Another message under the remembered signature, or the signature changed.
+        assert!(matches!(
+            two.verify(&node1, 7, b"another message", &signature),
+            Err(KeyError::BadSignature(_))
+        ));
+        let mut changed = signature.clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        assert!(two.verify(&node1, 7, &message, &changed).is_err());
+        // Revoked after 5: refused, remembered or not.
+        let text = "[[revoked]]\nnode = \"node-1\"\nafter_seq = 5\n";
+        let config = Config::parse(
+            &format!(
+                "{}\n{text}",
+                edgerep_config::starter_toml(
+                    &NodeId::parse("node-2").unwrap(),
+                    "127.0.0.1:1".parse().unwrap(),
+                    "127.0.0.1:2".parse().unwrap()
+                )
+            ),
+            std::path::Path::new("/nonexistent/edgerep.toml"),
+        )
+        .unwrap();
+        two.set_revoked(&config);
+        assert!(matches!(
+            two.verify(&node1, 7, &message, &signature),
+            Err(KeyError::Revoked { after: 5, .. })
+        ));
     }
 }

@@ -441,6 +441,26 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             "Whether replication halted (a transform on apply failed under halt, or ran past its deadline)",
             f64::from(u8::from(r.halted.is_some())),
         );
+        m.gauge(
+            "edgerep_local_writes_waiting",
+            "Whether local writes wait for a peer to say how far it holds this node's own events (after a start; see status origin_check)",
+            f64::from(u8::from(r.origin_check.is_some())),
+        );
+        m.counter(
+            "edgerep_deferred_events",
+            "Peers' events held back until what they depend on arrives (or a halted or paused collection goes on)",
+            r.deferred_total,
+        );
+        m.counter(
+            "edgerep_snapshots_declined",
+            "Snapshots a peer began that this node declined (it was not behind the peer's compacted floors)",
+            r.snapshots_declined_total,
+        );
+        m.gauge(
+            "edgerep_unreadable_origins",
+            "Origins whose changelog this node cannot read (not replicated; see status unreadable)",
+            r.unreadable.len() as f64,
+        );
     }
     let per_plugin = |count: fn(&edgerep_plugin::MetricsSnapshot) -> u64| {
         f.plugin_metrics

@@ -173,6 +173,7 @@ pub struct Replication {
     limits: SharedLimits,
     local: NodeId,
     accepted: Accepted,
+    precheck: connection::Precheck,
 }
 
 /// The message limits new connections decode against.
@@ -249,6 +250,7 @@ impl Replication {
                         inbox: self.inbox.clone(),
                         limits: self.limits.clone(),
                         accepted: self.accepted.clone(),
+                        precheck: self.precheck.clone(),
                     },
                     &self.local,
                     peer.clone(),
@@ -396,7 +398,7 @@ pub fn start(
                 log
             }
         },
-        store,
+        store: store.clone(),
         retention: config.retention.clone(),
         transformed_on_apply: transformed_on_apply(config),
         compacting: false,
@@ -453,6 +455,11 @@ pub fn start(
     let accept_limits = shared_limits.clone();
     let accepted_conns: Accepted = Arc::default();
     let accepted = accepted_conns.clone();
+    let precheck = connection::Precheck {
+        store: store.clone(),
+        keys: keys.clone(),
+    };
+    let accept_precheck = precheck.clone();
     // The endpoint's tasks hold clones of the transport: they are aborted at `stop`, so the
     // UDP port is free again (a node restarted in the same process binds it anew).
     let mut tasks = Vec::new();
@@ -464,6 +471,7 @@ pub fn start(
             let inbox = accept_inbox.clone();
             let limits = current(&accept_limits);
             let accepted = accepted.clone();
+            let precheck = accept_precheck.clone();
             tokio::spawn(async move {
                 match incoming.handshake().await {
                     Ok(conn) => {
@@ -471,7 +479,7 @@ pub fn start(
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(conn.peer.clone(), conn.clone());
-                        serve_connection(conn, id, false, inbox, limits).await
+                        serve_connection(conn, id, false, inbox, limits, precheck).await
                     }
                     Err(e) => tracing::debug!("refused a connection: {e}"),
                 }
@@ -488,6 +496,7 @@ pub fn start(
                     inbox: inbox.clone(),
                     limits: shared_limits.clone(),
                     accepted: accepted_conns.clone(),
+                    precheck: precheck.clone(),
                 },
                 &local,
                 peer.clone(),
@@ -507,6 +516,7 @@ pub fn start(
         limits: shared_limits,
         local,
         accepted: accepted_conns,
+        precheck,
     }))
 }
 

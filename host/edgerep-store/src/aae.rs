@@ -89,14 +89,17 @@ impl Writes {
 
     /// Entry `state_key` now hashes to `new` (it hashed to `old`, or did not exist).
     pub(crate) fn set(&mut self, state_key: &[u8], old: Option<Digest>, new: Digest) {
+        if self.enabled {
+            self.set_in(bucket_of(state_key), old, new);
+        }
+    }
+
+    /// [`Writes::set`] of an entry whose bucket is known.
+    pub(crate) fn set_in(&mut self, bucket: u16, old: Option<Digest>, new: Digest) {
         if !self.enabled {
             return;
         }
-        self.deltas.push(Delta {
-            bucket: bucket_of(state_key),
-            old,
-            new,
-        });
+        self.deltas.push(Delta { bucket, old, new });
     }
 }
 

@@ -77,17 +77,39 @@ impl Digest {
 /// on apply, which may differ per node): there it hashes only what every node holds alike, each
 /// version's dot and causal context ([`HashRule::versions_only`]), so nodes that hold the same
 /// versions agree however their transforms shaped the values.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashRule {
     versions_only: std::collections::BTreeSet<String>,
+    /// Names the rule (a hash of `versions_only`): what a row's hash computed ahead of the
+    /// writer was computed under (`edgerep_wire::encoded::RowHint`).
+    tag: u64,
+}
+
+impl Default for HashRule {
+    fn default() -> HashRule {
+        HashRule::versions_only(Default::default())
+    }
 }
 
 impl HashRule {
     /// Rows of `collections` hash on their versions' dots and contexts only.
     pub fn versions_only(collections: std::collections::BTreeSet<String>) -> HashRule {
+        let mut h = blake3::Hasher::new_derive_key("edgerep 2026 hash rule v1");
+        for c in &collections {
+            h.update(&(c.len() as u64).to_le_bytes());
+            h.update(c.as_bytes());
+        }
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&h.finalize().as_bytes()[..8]);
         HashRule {
             versions_only: collections,
+            tag: u64::from_le_bytes(tag),
         }
+    }
+
+    /// The rule's tag (see the field).
+    pub fn tag(&self) -> u64 {
+        self.tag
     }
 
     /// The collections hashed on their versions only.

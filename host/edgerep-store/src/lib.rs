@@ -214,10 +214,12 @@ pub struct Received {
 impl Received {
     /// An event applied as received.
     pub fn as_received(event: impl Into<EncodedEvent>) -> Received {
-        Received {
-            event: event.into(),
-            on_apply: OnApply::AsReceived,
-        }
+        Received::new(event.into(), OnApply::AsReceived)
+    }
+
+    /// `event`, which does `on_apply` to the state.
+    pub fn new(event: EncodedEvent, on_apply: OnApply) -> Received {
+        Received { event, on_apply }
     }
 }
 

@@ -49,6 +49,10 @@ pub(crate) fn apply_to_state(
     repair: bool,
     unresolved: &mut Unresolved<'_>,
 ) -> Result<(Applied, bool), StoreError> {
+    let hint = event
+        .row_hint()
+        .filter(|h| h.rule == unresolved.rule.tag())
+        .copied();
     let skey = state_key(&event.collection, &event.key);
     let old = state.get(skey.as_slice())?;
     let old_hash = old.as_ref().map(|g| {
@@ -76,9 +80,17 @@ pub(crate) fn apply_to_state(
             None => *entries += 1,
         }
         let new_bytes = versions.encode();
-        let new_hash = unresolved.rule.entry(&collection, &key, &new_bytes, limits);
+        // Added and alone in its row: the row is the event's as its hint hashed it.
+        let hint = hint.filter(|_| applied == Applied::Added && versions.events().len() == 1);
+        let new_hash = match hint {
+            Some(h) => Digest::from_bytes(&h.alone),
+            None => unresolved.rule.entry(&collection, &key, &new_bytes, limits),
+        };
         digest.add(new_hash);
-        index.set(&skey, old_hash, new_hash);
+        match hint {
+            Some(h) => index.set_in(h.bucket, old_hash, new_hash),
+            None => index.set(&skey, old_hash, new_hash),
+        }
         state.insert(skey.as_slice(), new_bytes.as_slice())?;
         if versions.events().len() > 1 && applied == Applied::Added {
             *unresolved
@@ -140,7 +152,7 @@ pub(crate) fn walk_chains<'e, 's>(
                 && Some(e.seq) == w.seq.checked_add(1)
             {
                 w.seq = e.seq;
-                let leaf = event_leaf(e.bytes());
+                let leaf = e.leaf();
                 w.chain = chain_link(&w.chain, &leaf);
                 w.block.push(e.seq, leaf);
                 if let Some(&seal) = seal_at.get(&(e.origin.as_str(), e.seq)) {
@@ -196,6 +208,31 @@ pub(crate) fn walk_chains<'e, 's>(
 }
 
 impl Store {
+    /// Works out what writing `event` needs of it alone (its key's bucket, the hash of its row
+    /// when it is its key's only version: a new key, or an event that supersedes every version
+    /// the key held) and keeps it with the event ([`EncodedEvent::row_hint`]), so that a thread
+    /// other than the writer's does it: a connection's reader, where the event is decoded. The
+    /// writer takes the row's hash from there only when the event ends up alone in its row,
+    /// and only under the rule it was computed with.
+    pub fn hint(&self, event: &EncodedEvent) {
+        if event.row_hint().is_some() {
+            return;
+        }
+        event.set_row_hint(edgerep_wire::encoded::RowHint {
+            rule: self.rule.tag(),
+            bucket: edgerep_wire::aae::bucket_of(&state_key(&event.collection, &event.key)),
+            alone: self
+                .rule
+                .entry(
+                    &event.collection,
+                    &event.key,
+                    &Versions::encode_single(event.bytes()),
+                    &self.limits(),
+                )
+                .to_bytes(),
+        });
+    }
+
     /// Whether `events` are their origins' as `seals` vouch for them, read against what this
     /// store holds now (the check [`StoreWriter::apply_sealed`] makes before writing, without
     /// writing): [`StoreError::Forged`] for a seal that does not verify, a block described

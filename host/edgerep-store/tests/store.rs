@@ -1284,7 +1284,7 @@ fn on_apply_changes_the_state_never_the_changelog() {
         .iter()
         .cloned()
         .zip(effects)
-        .map(|(event, on_apply)| Received { event, on_apply })
+        .map(|(event, on_apply)| Received::new(event, on_apply))
         .collect();
     let out = a
         .apply_remote(

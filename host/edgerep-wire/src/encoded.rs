@@ -8,30 +8,85 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 
 use crate::event::{DecodeError, Event, EventLimits};
+use crate::seal::{ChainHash, event_leaf};
 
 /// An event and its canonical encoding. Cloning shares the bytes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct EncodedEvent {
     event: Event,
     bytes: Bytes,
+    /// [`event_leaf`] of `bytes`, once asked for: a receiver computes it where the event is
+    /// decoded, off the thread that writes the store.
+    leaf: OnceLock<ChainHash>,
+    /// What a store works out of the event alone, set where the event is decoded.
+    row: OnceLock<RowHint>,
 }
+
+/// What a store works out of an event alone before it writes it (see `edgerep_store`'s
+/// `Store::hint`): its key's anti-entropy bucket and the hash of its state row when it is its
+/// key's only version, under the store's hash rule named by `rule`. A store whose rule has
+/// another tag works them out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowHint {
+    /// The tag of the hash rule `alone` was computed under.
+    pub rule: u64,
+    /// The bucket of the event's state key.
+    pub bucket: u16,
+    /// The hash of the state row holding the event alone.
+    pub alone: [u8; 32],
+}
+
+impl PartialEq for EncodedEvent {
+    fn eq(&self, other: &EncodedEvent) -> bool {
+        // The leaf follows from the bytes, whether computed yet or not.
+        self.bytes == other.bytes && self.event == other.event
+    }
+}
+
+impl Eq for EncodedEvent {}
 
 impl EncodedEvent {
     /// Encodes `event` (the one encode an event gets, at the node that wrote it).
     pub fn new(event: Event) -> EncodedEvent {
         let bytes = Bytes::from(event.encode());
-        EncodedEvent { event, bytes }
+        EncodedEvent::of(event, bytes)
+    }
+
+    fn of(event: Event, bytes: Bytes) -> EncodedEvent {
+        EncodedEvent {
+            event,
+            bytes,
+            leaf: OnceLock::new(),
+            row: OnceLock::new(),
+        }
     }
 
     /// Decodes untrusted bytes ([`Event::decode`]: bounded, and refused unless canonical),
     /// keeping `bytes` as they are: a slice of a received frame or of a stored row is not copied.
     pub fn decode(bytes: Bytes, limits: &EventLimits) -> Result<EncodedEvent, DecodeError> {
         let event = Event::decode(&bytes, limits)?;
-        Ok(EncodedEvent { event, bytes })
+        Ok(EncodedEvent::of(event, bytes))
+    }
+
+    /// The event's leaf in its origin's hash chain and Merkle trees ([`event_leaf`] of its
+    /// bytes), computed once.
+    pub fn leaf(&self) -> ChainHash {
+        *self.leaf.get_or_init(|| event_leaf(&self.bytes))
+    }
+
+    /// The store's hint, if one was set.
+    pub fn row_hint(&self) -> Option<&RowHint> {
+        self.row.get()
+    }
+
+    /// Sets the store's hint (the first one set stays).
+    pub fn set_row_hint(&self, hint: RowHint) {
+        let _ = self.row.set(hint);
     }
 
     /// [`EncodedEvent::decode`] of borrowed bytes (copied once, into the result).
@@ -45,6 +100,8 @@ impl EncodedEvent {
         EncodedEvent {
             bytes: Bytes::copy_from_slice(&self.bytes),
             event: self.event,
+            leaf: self.leaf,
+            row: self.row,
         }
     }
 
@@ -134,6 +191,15 @@ mod tests {
         assert_eq!(decoded, encoded);
         assert_eq!(decoded.bytes().as_ptr(), inner.as_ptr());
         assert_eq!(decoded.seq, 1);
+    }
+
+    #[test]
+    fn the_leaf_is_the_bytes_leaf_and_does_not_change_equality() {
+        let a = EncodedEvent::new(event());
+        let b = EncodedEvent::new(event());
+        assert_eq!(a.leaf(), event_leaf(a.bytes()));
+        assert_eq!(a, b, "one leaf computed, the other not");
+        assert_eq!(a.clone().detached().leaf(), a.leaf());
     }
 
     #[test]

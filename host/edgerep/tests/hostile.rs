@@ -427,6 +427,18 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
         log.contains("under a seal this node's key does not verify"),
         "{log}"
     );
+    // An operator's alert sees it too.
+    let metrics = agent()
+        .get(&n1.url("/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("\nedgerep_local_writes_waiting 1.0\n"),
+        "{metrics}"
+    );
     drop(h);
     // node-3 comes back, node-1 restarts, and the honest pair converges.
     n1.terminate();

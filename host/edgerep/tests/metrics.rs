@@ -73,6 +73,9 @@ fn metrics_are_scraped_and_move_as_writes_replicate() {
         sample(&before, "edgerep_idempotency_replays_total").is_some(),
         "{before}"
     );
+    // A node whose peer said how far it holds its own events takes writes.
+    assert_eq!(sample(&before, "edgerep_local_writes_waiting"), Some(0.0));
+    assert_eq!(sample(&before, "edgerep_unreadable_origins"), Some(0.0));
     let position = sample(&before, "edgerep_feed_position").unwrap();
     for i in 0..5 {
         put(&n1, "c", &format!("k{i}"), "2");

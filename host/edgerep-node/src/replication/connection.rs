@@ -38,6 +38,37 @@ pub(super) struct Links {
     pub(super) inbox: std_mpsc::Sender<Input>,
     pub(super) limits: SharedLimits,
     pub(super) accepted: Accepted,
+    pub(super) precheck: Precheck,
+}
+
+/// What a connection's reader works out for each batch it decodes, on the runtime's workers
+/// and ahead of the committer's one thread (which every write of the node waits for): the
+/// events' leaves and the store's hints (kept with the events), and the seals' signatures of
+/// origins whose certificate is known (the keys remember those that verified, so the
+/// committer's check of the same seal is a lookup). Nothing is decided here: the committer
+/// still checks every seal, chain and revocation.
+#[derive(Clone, Debug)]
+pub(super) struct Precheck {
+    pub(super) store: Arc<Store>,
+    pub(super) keys: Option<Arc<crate::keys::NodeKeys>>,
+}
+
+impl Precheck {
+    fn run(&self, message: &Message) {
+        let Message::Events { events, seals, .. } = message else {
+            return;
+        };
+        for e in events {
+            e.leaf();
+            self.store.hint(e);
+        }
+        if let Some(keys) = &self.keys {
+            use edgerep_store::Keys as _;
+            for seal in seals {
+                let _ = keys.verify(&seal.origin, seal.seq, &seal.message(), &seal.signature);
+            }
+        }
+    }
 }
 
 /// Dials `peer` at `address`: again whenever the connection ends when this node is the one of
@@ -54,6 +85,7 @@ pub(super) fn spawn_dialer(
         inbox,
         limits,
         accepted,
+        precheck,
     } = links;
     if peer.as_str() < local.as_str() {
         // The peer dials us; but after this node restarts, the peer may hold the dead
@@ -61,7 +93,7 @@ pub(super) fn spawn_dialer(
         // replaces it at once (the peer takes a new connection over an old one).
         return runtime.spawn(async move {
             if let Ok(conn) = transport.connect(&peer, &address).await {
-                serve_connection(conn, 1u64 << 31, true, inbox, current(&limits)).await;
+                serve_connection(conn, 1u64 << 31, true, inbox, current(&limits), precheck).await;
             }
         });
     }
@@ -97,7 +129,15 @@ pub(super) fn spawn_dialer(
                 Ok(conn) => {
                     id += 1;
                     let began = Instant::now();
-                    serve_connection(conn, id, true, inbox.clone(), current(&limits)).await;
+                    serve_connection(
+                        conn,
+                        id,
+                        true,
+                        inbox.clone(),
+                        current(&limits),
+                        precheck.clone(),
+                    )
+                    .await;
                     if began.elapsed() >= DIAL_LASTED {
                         backoff = DIAL_MIN;
                     }
@@ -131,6 +171,7 @@ pub(super) async fn serve_connection(
     dialer: bool,
     inbox: std_mpsc::Sender<Input>,
     limits: MessageLimits,
+    precheck: Precheck,
 ) {
     let peer = conn.peer.clone();
     let max_frame = limits.max_frame_bytes as u32;
@@ -221,6 +262,7 @@ pub(super) async fn serve_connection(
         match recv.recv().await {
             Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
                 Ok(message) => {
+                    precheck.run(&message);
                     inbox_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                     if inbox
                         .send(Input::Message {

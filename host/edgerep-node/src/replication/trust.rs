@@ -290,10 +290,7 @@ impl Replicator {
         if block.len() as u64 != seal.seq - seal.first + 1 {
             return false;
         }
-        let leaves: Vec<_> = block
-            .iter()
-            .map(|e| edgerep_wire::seal::event_leaf(e.bytes()))
-            .collect();
+        let leaves: Vec<_> = block.iter().map(|e| e.leaf()).collect();
         if edgerep_wire::seal::merkle_root(&leaves) != seal.root {
             return false;
         }
