@@ -157,12 +157,16 @@ impl edgerep_store::Keys for NodeKeys {
                 seq,
             });
         }
-        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let (key, der) = known.get(origin).ok_or_else(|| KeyError::NoCertificate {
-            origin: origin.clone(),
-            seq,
-        })?;
-        let memo = Verified::key(der, message, signature);
+        // The key is taken out of the lock: a signature check under it would hold every
+        // other check (the committer's among them) back.
+        let (key, memo) = {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            let (key, der) = known.get(origin).ok_or_else(|| KeyError::NoCertificate {
+                origin: origin.clone(),
+                seq,
+            })?;
+            (key.clone(), Verified::key(der, message, signature))
+        };
         if self
             .verified
             .lock()
@@ -173,7 +177,7 @@ impl edgerep_store::Keys for NodeKeys {
             return Ok(());
         }
         self.verifier
-            .verify(key, message, signature)
+            .verify(&key, message, signature)
             .map_err(|e| KeyError::BadSignature(e.to_string()))?;
         self.verified
             .lock()

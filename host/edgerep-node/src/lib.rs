@@ -450,7 +450,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
              if no peer can be reached"
                 .to_owned()
         }));
-    let commit_metrics = Arc::new(metrics::CommitMetrics::default());
+    let commit_metrics = Arc::new(metrics::CommitMetrics::new(
+        config.collections.declared.iter().map(|c| c.name.clone()),
+    ));
     let (disk_failed_tx, disk_failed) = watch::channel(None);
     let (committer, committer_thread) = Committer::spawn(
         writer,

@@ -36,13 +36,15 @@ pub struct CommitMetrics {
     skewed: Counter,
     /// When a skewed event was last logged (at most one warning a minute).
     skew_logged: std::sync::Mutex<Option<std::time::Instant>>,
-    /// The collections counted under their own name (at most [`MAX_COLLECTION_LABELS`]; the
-    /// rest under [`OTHER_COLLECTIONS`]): collection names come from clients and peers, and a
-    /// label is kept for the node's life.
+    /// The collections declared when the node started: always counted under their names.
+    declared: std::collections::BTreeSet<String>,
+    /// Other collections counted under their own name (at most [`MAX_COLLECTION_LABELS`],
+    /// the first seen; the rest under [`OTHER_COLLECTIONS`]): their names come from clients and
+    /// peers, and a label is kept for the node's life.
     labelled: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
-/// How many collections get a label of their own in the per-collection counters.
+/// How many undeclared collections get a label of their own in the per-collection counters.
 pub(crate) const MAX_COLLECTION_LABELS: usize = 256;
 /// The label of the collections past [`MAX_COLLECTION_LABELS`].
 pub(crate) const OTHER_COLLECTIONS: &str = "_other";
@@ -54,7 +56,15 @@ fn duration_buckets() -> Histogram {
 
 impl Default for CommitMetrics {
     fn default() -> CommitMetrics {
+        CommitMetrics::new(std::iter::empty())
+    }
+}
+
+impl CommitMetrics {
+    /// Metrics whose per-collection counters always name `declared`.
+    pub(crate) fn new(declared: impl IntoIterator<Item = String>) -> CommitMetrics {
         CommitMetrics {
+            declared: declared.into_iter().collect(),
             commit_seconds: Family::new_with_constructor(duration_buckets),
             sync_seconds: duration_buckets(),
             written: Family::default(),
@@ -64,9 +74,25 @@ impl Default for CommitMetrics {
             labelled: std::sync::Mutex::new(Default::default()),
         }
     }
-}
 
-impl CommitMetrics {
+    /// The label of `collection` in per-collection series: its name if it is declared or among
+    /// the first [`MAX_COLLECTION_LABELS`] others seen (`take`: it may become one of those),
+    /// else [`OTHER_COLLECTIONS`].
+    fn label_of<'c>(&self, collection: &'c str, take: bool) -> &'c str {
+        if self.declared.contains(collection) {
+            return collection;
+        }
+        let mut labelled = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
+        if labelled.contains(collection) {
+            collection
+        } else if take && labelled.len() < MAX_COLLECTION_LABELS {
+            labelled.insert(collection.to_owned());
+            collection
+        } else {
+            OTHER_COLLECTIONS
+        }
+    }
+
     /// A transaction of `kind` took `seconds`.
     pub(crate) fn commit(&self, kind: &str, seconds: f64) {
         self.commit_seconds
@@ -80,22 +106,12 @@ impl CommitMetrics {
     }
 
     /// `n` events of `collection` were committed: local writes (`local`) or a peer's applied to
-    /// the state (`!local`). The first [`MAX_COLLECTION_LABELS`] collections seen are counted
-    /// under their names, later ones together under [`OTHER_COLLECTIONS`].
+    /// the state (`!local`). Declared collections and the first [`MAX_COLLECTION_LABELS`] others
+    /// seen are counted under their names, later ones together under [`OTHER_COLLECTIONS`].
     pub(crate) fn events(&self, collection: &str, n: u64, local: bool) {
         let f = if local { &self.written } else { &self.applied };
-        let name = {
-            let mut labelled = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
-            if labelled.contains(collection) {
-                collection
-            } else if labelled.len() < MAX_COLLECTION_LABELS {
-                labelled.insert(collection.to_owned());
-                collection
-            } else {
-                OTHER_COLLECTIONS
-            }
-        };
-        f.get_or_create(&label("collection", name)).inc_by(n);
+        f.get_or_create(&label("collection", self.label_of(collection, true)))
+            .inc_by(n);
     }
 
     /// `n` events of a peer's batch carried timestamps ahead of this node's clock by more than
@@ -474,7 +490,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         f.conflicts
             .conflicts
             .iter()
-            .map(|(c, n)| (label("collection", c), *n))
+            .map(|(c, n)| (label("collection", f.commits.label_of(c, false)), *n))
             .collect(),
     );
     m.counters(
@@ -484,7 +500,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             .resolutions
             .iter()
             .map(|((c, by), n)| {
-                let mut l = label("collection", c);
+                let mut l = label("collection", f.commits.label_of(c, false));
                 l.push(("by".to_owned(), by.clone()));
                 (l, *n)
             })
@@ -557,14 +573,20 @@ mod tests {
     /// collection must not grow the node's labels for ever.
     #[test]
     fn per_collection_labels_are_bounded() {
-        let m = CommitMetrics::default();
+        let m = CommitMetrics::new(["orders".to_owned()]);
         for i in 0..MAX_COLLECTION_LABELS + 44 {
             m.events(&format!("c-{i}"), 1, false);
         }
         m.events("c-0", 2, false);
+        m.events("orders", 5, false);
         let count = |name: &str| m.applied.get_or_create(&label("collection", name)).get();
         assert_eq!(count("c-0"), 3, "a collection labelled stays labelled");
         assert_eq!(count(OTHER_COLLECTIONS), 44);
+        assert_eq!(
+            count("orders"),
+            5,
+            "a declared collection is never crowded out"
+        );
         let labelled = m.labelled.lock().unwrap();
         assert_eq!(labelled.len(), MAX_COLLECTION_LABELS);
         assert!(!labelled.contains(&format!("c-{MAX_COLLECTION_LABELS}")));

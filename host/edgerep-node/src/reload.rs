@@ -64,8 +64,8 @@ pub enum ReloadError {
         /// Why.
         source: crate::committer::CommitError,
     },
-    /// A blocking task of the reload did not finish.
-    #[error("reload task failed: {0}")]
+    /// A blocking task of the reload did not finish (part of the new config may be in force).
+    #[error("reload task failed: {0} (part of the new config may be in force: reload again)")]
     Task(String),
     /// The API's token file cannot be read again, or holds no good token.
     #[error("{0} (nothing changed)")]
@@ -73,10 +73,10 @@ pub enum ReloadError {
 }
 
 impl ReloadError {
-    /// Whether the new config is in force despite the error (resolving keys again failed after
-    /// it took effect): not a refusal.
+    /// Whether the new config is, or may be, in force despite the error (resolving keys again
+    /// failed after it took effect, or a task of the reload stopped midway): not a refusal.
     pub fn took_effect(&self) -> bool {
-        matches!(self, ReloadError::ReResolve { .. })
+        matches!(self, ReloadError::ReResolve { .. } | ReloadError::Task(_))
     }
 }
 

@@ -264,8 +264,8 @@ pub(crate) fn settle(
     theirs: &[KeyResolution],
     peer: &NodeId,
     by_collection: &mut std::collections::BTreeMap<String, crate::retention::CollectionCounts>,
-) -> Result<Settled, StoreError> {
-    let mut settled = Settled::default();
+) -> Result<u64, StoreError> {
+    let mut moved = 0;
     for their in theirs {
         let Some((collection, key)) = split_state_key(&their.state_key) else {
             continue;
@@ -297,26 +297,6 @@ pub(crate) fn settle(
             // Already the default here: the peer moves when it gets this node's resolution.
             continue;
         }
-        // A kept record this node's resolver would not make now (damaged behind the store's
-        // back, where a changed byte still reads), when what it decides is the peer's: the
-        // record is put right and nobody disagreed. (Only then: a resolver that failed here
-        // for a reason of this machine's would otherwise replace a good record.)
-        let fresh = resolver.resolve(collection, key, &versions).encode();
-        if fresh != ours && hash_of(Some(&fresh)) == their.resolution {
-            let mut new_row = split.versions.to_vec();
-            new_row.extend_from_slice(&fresh);
-            let hash = |r: &[u8]| rule.entry(collection, key, r, limits);
-            write_row(
-                t.state,
-                t.index,
-                t.digest,
-                &their.state_key,
-                (hash(&row), hash(&new_row)),
-                &new_row,
-            )?;
-            settled.corrected += 1;
-            continue;
-        }
         let here_by = Resolution::decode(ours, versions.events().len(), &limits.value)
             .map_or_else(|e| format!("unreadable ({e})"), |r| r.by);
         let record = Disagreement {
@@ -346,22 +326,13 @@ pub(crate) fn settle(
             (hash(&row), hash(&new_row)),
             &new_row,
         )?;
-        settled.disagreements += 1;
+        moved += 1;
         by_collection
             .entry(collection.to_owned())
             .or_default()
             .disagreements += 1;
     }
-    Ok(settled)
-}
-
-/// What [`settle`] did.
-#[derive(Debug, Default)]
-pub(crate) struct Settled {
-    /// Keys moved to the default after a disagreement.
-    pub(crate) disagreements: u64,
-    /// Kept records put right (this node's resolver decides what the peer holds).
-    pub(crate) corrected: u64,
+    Ok(moved)
 }
 
 #[cfg(test)]

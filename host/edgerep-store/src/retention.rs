@@ -88,8 +88,7 @@ pub struct Installed {
     /// this node should have held already (drift), not writes still in flight.
     pub covered: u64,
     /// Versions that replaced a damaged one (same origin and sequence number, other bytes) or
-    /// a damaged key this node could not read, and kept resolutions put right because this
-    /// node's resolver decides what the peer holds (repair only).
+    /// a damaged key this node could not read (repair only).
     pub replaced: u64,
     /// Keys whose resolution differed from the peer's over the same versions, now resolved by
     /// the deterministic default (repair only).
@@ -636,10 +635,10 @@ impl StoreWriter {
             }
             let tally =
                 unresolved.resolve(&mut state, &mut index, &mut counters.digest, &self.limits())?;
-            let mut settled = resolution::Settled::default();
+            let mut disagreements = 0;
             if let (Some(r), Some(resolver)) = (&repairing, self.resolver.as_deref()) {
                 let mut table = txn.open_table(DISAGREEMENTS)?;
-                settled = resolution::settle(
+                disagreements = resolution::settle(
                     &mut resolution::SettleTables {
                         state: &mut state,
                         disagreements: &mut table,
@@ -654,9 +653,7 @@ impl StoreWriter {
                     &mut by_collection,
                 )?;
             }
-            let disagreements = settled.disagreements;
-            replaced += settled.corrected;
-            if changed > 0 || disagreements > 0 || settled.corrected > 0 {
+            if changed > 0 || disagreements > 0 {
                 counters.save(&mut meta)?;
                 // These changes have no feed position: a watch from before must start over.
                 meta.insert(META_FEED_FLOOR, &counters.position.to_be_bytes()[..])?;

@@ -504,51 +504,6 @@ fn kept_resolutions_are_decided_again_page_by_page_after_the_resolver_changes() 
     assert_eq!(a.re_resolve("c", None, 100).unwrap(), (0, None));
 }
 
-/// A kept resolution this node's resolver would not make now (here its resolver changed behind
-/// the store's back, as damage that still reads would look), while what it decides is the
-/// peer's: a repair puts the record right, and nobody disagreed (it was recorded as the peer's
-/// disagreement, and moved both nodes to the default).
-#[test]
-fn a_kept_resolution_this_node_would_not_make_is_put_right_not_blamed_on_the_peer() {
-    let switch = std::sync::Arc::new(Switch(1.into()));
-    let a = StoreWriter::new(memory_store("a").with_resolver(std::sync::Arc::new(Pick(0))));
-    let b = StoreWriter::new(memory_store("b").with_resolver(switch.clone()));
-    let (x, y) = (memory("x"), memory("y"));
-    let mut c = clock();
-    x.commit_local(writes("k", 3, 1), &mut c, 1).unwrap();
-    y.commit_local(writes("k", 3, 2), &mut c, 2).unwrap();
-    for s in [&a, &b] {
-        ship(&x, s, "x");
-        ship(&y, s, "y");
-    }
-    assert_ne!(a.status().unwrap().digest, b.status().unwrap().digest);
-    switch.0.store(0, std::sync::atomic::Ordering::Relaxed);
-    let keys: Vec<Vec<u8>> = (0..3).map(|i| format!("c\0k{i}").into_bytes()).collect();
-    let out = b
-        .repair_sealed(
-            Vec::new(),
-            &[],
-            &[],
-            &[],
-            &a.resolutions_of(&keys).unwrap(),
-            a.node(),
-            &Default::default(),
-            None,
-            Sync::Immediate,
-        )
-        .unwrap();
-    assert_eq!((out.disagreements, out.replaced), (0, 3));
-    assert_eq!(b.disagreements_count().unwrap(), 0);
-    let (_, r) = b.get_resolved("c", b"k1").unwrap();
-    assert_eq!(
-        r.unwrap().by,
-        "plugin:pick",
-        "the plugin's, not the default"
-    );
-    assert_eq!(a.status().unwrap().digest, b.status().unwrap().digest);
-    assert_eq!(b.verify().unwrap(), Ok(()));
-}
-
 /// The check at open runs beside the first writes: writes committed while it hashes the state
 /// (new keys and changed ones) count once in the sums, and its correction of damaged
 /// bookkeeping holds them too. Equal to what a later open computes from the state alone.

@@ -965,6 +965,21 @@ fn anti_entropy_requests_that_repeat_themselves_cost_one_copy() {
 /// forged, the attacker cut off, and node-3's writes keep arriving.
 #[test]
 fn a_forged_event_a_transform_fails_on_does_not_halt_replication() {
+    forged_event_behind(None);
+}
+
+/// The same forged event behind an event of a revoked node: the check of the batch's seals
+/// stopped at the revoked origin's seal, answered "revoked" (not "forged"), and a check that
+/// did not pass was taken as one that did: replication halted on the attacker's word. Now only
+/// a batch shown to be its origins' halts anything.
+#[test]
+fn a_revoked_origin_ahead_of_a_forged_event_does_not_let_it_halt_replication() {
+    forged_event_behind(Some("node-9"));
+}
+
+/// node-1 runs a transform on apply past its deadline on collection `slow`; an attacker sends
+/// a forged event of node-3 there, after an event of `revoked` (revoked on node-1) if given.
+fn forged_event_behind(revoked: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
     let (wasm, sha) = built_plugin("spin");
@@ -985,24 +1000,43 @@ deadline_ms = 5
         wasm.display()
     ));
     std::fs::write(&configs[0], text).unwrap();
+    // A revocation is policy every node shares (peers with another are refused).
+    if let Some(r) = revoked {
+        for c in &configs {
+            let mut text = std::fs::read_to_string(c).unwrap();
+            text.push_str(&format!("\n[[revoked]]\nnode = \"{r}\"\nafter_seq = 0\n"));
+            std::fs::write(c, text).unwrap();
+        }
+    }
     let n1 = Node::start(&configs[0]);
     let n3 = Node::start(&configs[2]);
     put(&n1, "c", "from-1", r#"{"v":1}"#);
     put(&n3, "c", "from-3", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
     let mut h = attacker(&configs, &[]);
-    let m = h.sealed(vec![event("node-3", 2, "slow", "x", 666)]);
+    let mut events = vec![event("node-3", 2, "slow", "x", 666)];
+    if let Some(r) = revoked {
+        events.insert(0, event(r, 1, "c", "y", 9));
+    }
+    let m = h.sealed(events);
     h.send(&m).unwrap();
-    let reason = h.closed_within(Duration::from_secs(10));
-    assert!(
-        reason
-            .as_deref()
-            .is_some_and(|r| r.contains("node-3/2 is forged")),
-        "{reason:?}"
-    );
+    match revoked {
+        None => {
+            let reason = h.closed_within(Duration::from_secs(10));
+            assert!(
+                reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("node-3/2 is forged")),
+                "{reason:?}"
+            );
+        }
+        // Nothing to show it forged before the revoked seal: not halted, sent again later.
+        Some(_) => std::thread::sleep(Duration::from_secs(2)),
+    }
     let st = status(&n1);
     assert!(st["replication"]["halted"].is_null(), "{st}");
     assert_eq!(st["origins"]["node-3"], 1, "{st}");
+    drop(h);
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
     assert!(status(&n1)["replication"]["halted"].is_null());

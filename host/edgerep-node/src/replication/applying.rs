@@ -89,9 +89,19 @@ impl Replicator {
                         self.core.apply_failed(&peer, &reason, now);
                         self.cut_off(peer, reason, now);
                     }
-                    _ => {
+                    Ok(()) => {
                         self.core.apply_failed(&peer, &halt.reason, self.now());
                         self.halt(halt);
+                    }
+                    // Not shown to be the origins' (a revoked origin's seal, a read that
+                    // failed): nothing halts; the batch is sent again.
+                    Err(e) => {
+                        let reason = format!(
+                            "a transform on apply failed on the batch ({}), but its events could not be checked against their origins' seals ({e}): not halted",
+                            halt.reason
+                        );
+                        tracing::warn!(peer = %peer, "{reason}");
+                        self.core.apply_failed(&peer, &reason, self.now());
                     }
                 }
                 return;
