@@ -268,10 +268,23 @@ fn changes_json(changes: &[Change]) -> Json {
     Json::Array(changes.iter().map(change_to_json).collect())
 }
 
-/// The limits a case gets where it does not say: [`Limits::default`].
+/// The limits a case gets where it does not say: a node's defaults for a plugin its config
+/// gives none (`plugins.NAME.fuel`, `memory_bytes`, `deadline_ms` in `edgerep-config`), so a
+/// plugin that passes its vectors here runs within them in a node. (It was
+/// [`Limits::default`], ten times the fuel and four times the memory: a plugin could pass here
+/// and run out of fuel on every write in a node.)
 pub fn default_limits() -> Limits {
-    Limits::default()
+    Limits {
+        fuel: NODE_DEFAULT_FUEL,
+        memory_bytes: NODE_DEFAULT_MEMORY_BYTES,
+        deadline: std::time::Duration::from_millis(1000),
+    }
 }
+
+/// `edgerep-config`'s default `plugins.NAME.fuel` (the CLI's tests hold the two equal).
+pub const NODE_DEFAULT_FUEL: u64 = 10_000_000;
+/// `edgerep-config`'s default `plugins.NAME.memory_bytes`.
+pub const NODE_DEFAULT_MEMORY_BYTES: usize = 16 << 20;
 
 /// One build of the plugins: the toolchain's name and the folder of its components
 /// (`<wasm_dir>/<plugin>.wasm`).

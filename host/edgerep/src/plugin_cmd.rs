@@ -340,3 +340,28 @@ fn replay_all(c: &edgerep_client::client::Client, collection: Option<&str>) -> a
     eprintln!("{replayed} replayed, {failed} failed (they stay)");
     Ok(u8::from(failed > 0))
 }
+
+#[cfg(test)]
+mod tests {
+    /// `plugin test` runs a case with a node's default limits (what `plugins.NAME` gets when it
+    /// says none): the two crates hold the numbers apart, this holds them equal.
+    #[test]
+    fn conformance_defaults_are_a_nodes_defaults() {
+        let id = edgerep_wire::NodeId::parse("n").unwrap();
+        let text = format!(
+            "{}\n[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{}\"\n",
+            edgerep_config::starter_toml(
+                &id,
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap()
+            ),
+            "0".repeat(64)
+        );
+        let config =
+            edgerep_config::Config::parse(&text, std::path::Path::new("/x/edgerep.toml")).unwrap();
+        let p = config.plugin("p").unwrap();
+        let limits = edgerep_plugin::conformance::default_limits();
+        assert_eq!(p.fuel, limits.fuel);
+        assert_eq!(p.memory_bytes, limits.memory_bytes);
+    }
+}

@@ -59,6 +59,16 @@ pub(crate) fn new(
     let folder = dir.unwrap_or_else(|| PathBuf::from(".")).join(name);
     ensure!(!folder.exists(), "{} already exists", folder.display());
     let root = checkout();
+    let sdk_dir = root.join(match lang {
+        Toolchain::Rust => "guest-sdk/rust",
+        Toolchain::TinyGo | Toolchain::Go => "guest-sdk/go",
+    });
+    ensure!(
+        sdk_dir.is_dir(),
+        "{} is not there: a plugin builds against the SDK of the edgerep source checkout this binary was built from ({}); run `edgerep plugin new` with a binary built in a checkout that is still in place",
+        sdk_dir.display(),
+        root.display()
+    );
     let folder_text = folder.display().to_string();
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     match lang {
@@ -78,8 +88,15 @@ pub(crate) fn new(
             files.push(("src/lib.rs".into(), fill(lib, &vars)));
         }
         Toolchain::TinyGo | Toolchain::Go => {
-            let sdk = root.join("guest-sdk/go").display().to_string();
-            let vars = [("name", name), ("sdk", sdk.as_str())];
+            // Quoted: go.mod reads an unquoted path with a space as a path and a version.
+            let quoted = |p: PathBuf| format!("{:?}", p.display().to_string());
+            let sdk = quoted(root.join("guest-sdk/go"));
+            let sdk_pkg = quoted(root.join("guest-sdk/go/third_party/go-pkg"));
+            let vars = [
+                ("name", name),
+                ("sdk", sdk.as_str()),
+                ("sdk_pkg", sdk_pkg.as_str()),
+            ];
             files.push(("go.mod".into(), fill(GO_MOD, &vars)));
             let main = match world {
                 World::Transform => GO_MAIN_GO,
@@ -188,6 +205,15 @@ pub(crate) fn build(
     println!("{}", out.display());
     println!("sha256 {}", i.sha256);
     println!("size {}", i.size);
+    // Built, but what `plugin check` refuses a node refuses too: not a success.
+    if !i.problems.is_empty() || i.world.is_none() {
+        eprintln!(
+            "edgerep: {} was built, but a node would refuse it: {}",
+            out.display(),
+            i.problems.join("; ")
+        );
+        return Ok(crate::EXIT_USAGE);
+    }
     if let Some(config) = update_config {
         for name in update_sha256(config, &out, &i.sha256)? {
             eprintln!(
