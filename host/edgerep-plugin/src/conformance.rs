@@ -225,6 +225,35 @@ pub enum ConformanceError {
         /// The kind expected.
         expected: FailureKind,
     },
+    /// The failure happened while the instance started where the case expects it in the
+    /// call, or the other way round.
+    #[error(
+        "expected the failure while {expected} (a case expecting a start-up failure says \"while\": \"starting\"), got {got}"
+    )]
+    WrongPhase {
+        /// `starting` or `calling`.
+        expected: &'static str,
+        /// What failed.
+        got: Failure,
+    },
+    /// The same event on a reused (pooled) instance gave something else than on a fresh one.
+    #[error(
+        "not repeatable: call {call} of the same event on a reused instance gave {got:?}, a fresh instance {fresh:?} (state kept between calls, or randomness such as Go's map iteration order, reaches the output)"
+    )]
+    NotRepeatable {
+        /// Which call on the reused instance (1 or 2).
+        call: u32,
+        /// What the fresh instance gave.
+        fresh: Vec<Change>,
+        /// What the reused one gave.
+        got: Result<Vec<Change>, Failure>,
+    },
+    /// `expect.while` is neither `starting` nor `calling`.
+    #[error("expect.while is {got:?}: it is \"starting\" or \"calling\" (the default)")]
+    UnknownWhile {
+        /// What the case says.
+        got: String,
+    },
     /// The call failed where success was expected.
     #[error("expected success, got {failure}")]
     UnexpectedFailure {
@@ -672,9 +701,24 @@ fn run_on_build(
     let got = match world {
         World::Transform => {
             let event = event_from_json(input).map_err(ConformanceError::Input)?;
-            loaded
-                .transform_report(&event, true)
-                .map(|r| ((Outcome::Changes(r.output), r.canonical), r.fuel_used))
+            let fresh = loaded.transform_report(&event, true);
+            // A node runs transforms on ingest on pooled instances: the same event twice on
+            // one reused instance must give what a fresh one gives (state kept between calls,
+            // or a random stream that moves on, shows here and nowhere else).
+            if let Ok(first) = &fresh {
+                for call in 1..=2 {
+                    let again = loaded.transform_report(&event, false);
+                    let same = again.as_ref().is_ok_and(|r| r.output == first.output);
+                    if !same {
+                        return Err(ConformanceError::NotRepeatable {
+                            call,
+                            fresh: first.output.clone(),
+                            got: again.map(|r| r.output),
+                        });
+                    }
+                }
+            }
+            fresh.map(|r| ((Outcome::Changes(r.output), r.canonical), r.fuel_used))
         }
         World::Resolver => {
             let (collection, key, versions) =
@@ -713,30 +757,49 @@ enum Expect {
     Failure {
         kind: FailureKind,
         message: Option<String>,
+        /// The failure is expected while the fresh instance starts (`"while": "starting"`),
+        /// not in the call: a start-up failure passes a case only where it says so (else a
+        /// budget too small to start the instance, or an `init` that panics, passed every case
+        /// expecting that kind of failure of the call).
+        starting: bool,
     },
 }
+
+/// What the runtime puts before a failure's message when the instance failed to start.
+const STARTING: &str = "instantiating: ";
 
 impl Expect {
     fn parse(json: &Json, world: World) -> Result<Expect, ConformanceError> {
         let o = object(json, "expect")?;
-        check_fields(o, &["ok", "error", "message"], "expect")?;
+        check_fields(o, &["ok", "error", "message", "while"], "expect")?;
+        let starting = match text(o, "while")? {
+            None | Some("calling") => false,
+            Some("starting") => true,
+            Some(other) => {
+                return Err(ConformanceError::UnknownWhile {
+                    got: other.to_owned(),
+                });
+            }
+        };
         match (o.get("ok"), text(o, "error")?) {
-            (Some(ok), None) if !o.contains_key("message") => match world {
-                World::Transform => ok
-                    .as_array()
-                    .ok_or(ConformanceError::ExpectOkNotList)?
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        expected_change(c).map_err(|e| ConformanceError::ExpectedChange {
-                            index: i,
-                            error: Box::new(e),
+            (Some(ok), None) if !o.contains_key("message") && !o.contains_key("while") => {
+                match world {
+                    World::Transform => ok
+                        .as_array()
+                        .ok_or(ConformanceError::ExpectOkNotList)?
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            expected_change(c).map_err(|e| ConformanceError::ExpectedChange {
+                                index: i,
+                                error: Box::new(e),
+                            })
                         })
-                    })
-                    .collect::<Result<_, _>>()
-                    .map(Expect::Changes),
-                World::Resolver => expected_resolution(ok).map(Expect::Resolution),
-            },
+                        .collect::<Result<_, _>>()
+                        .map(Expect::Changes),
+                    World::Resolver => expected_resolution(ok).map(Expect::Resolution),
+                }
+            }
             (None, Some(kind)) => Ok(Expect::Failure {
                 kind: match kind {
                     "invalid-output" => FailureKind::BadOutput,
@@ -747,6 +810,7 @@ impl Expect {
                     })?,
                 },
                 message: text(o, "message")?.map(str::to_owned),
+                starting,
             }),
             _ => Err(ConformanceError::ExpectNotOkOrError),
         }
@@ -772,7 +836,20 @@ impl Expect {
                     got,
                 })
             }
-            (Expect::Failure { kind, message }, Err(failure)) => {
+            (
+                Expect::Failure {
+                    kind,
+                    message,
+                    starting,
+                },
+                Err(failure),
+            ) => {
+                if failure.message.starts_with(STARTING) != *starting {
+                    return Err(ConformanceError::WrongPhase {
+                        expected: if *starting { "starting" } else { "calling" },
+                        got: failure,
+                    });
+                }
                 if failure.kind != *kind {
                     return Err(ConformanceError::WrongFailure {
                         expected: *kind,

@@ -211,3 +211,76 @@ fn a_build_that_fails_a_case_is_named() {
         "{error}"
     );
 }
+
+/// A case expecting the call to run out of fuel, with a budget the TinyGo build's start-up
+/// alone spends (about 1.1 M): that is a failure while starting, not the call's, and the case
+/// fails unless it says `"while": "starting"` (it passed before, whatever the call did).
+#[test]
+fn a_failure_while_starting_passes_only_a_case_that_says_so() {
+    let runtime = Runtime::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let case = |expect: &str| {
+        format!(
+            r#"{{"plugin": "passthrough", "world": "transform", "limits": {{"fuel": 1000}},
+               "input": {{"collection": "c", "key": "k", "value": {{"v": 1}}}},
+               "expect": {expect}}}"#
+        )
+    };
+    fs::create_dir(dir.path().join("passthrough")).unwrap();
+    let file = dir.path().join("passthrough/case.json");
+    let tinygo = [Build::new("tinygo", toolchain_dir("tinygo"))];
+    fs::write(&file, case(r#"{"error": "out-of-fuel"}"#)).unwrap();
+    let error = run_vector_file_across(&runtime, &tinygo, &file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("expected the failure while calling") && error.contains("instantiating"),
+        "{error}"
+    );
+    fs::write(
+        &file,
+        case(r#"{"error": "out-of-fuel", "while": "starting"}"#),
+    )
+    .unwrap();
+    run_vector_file_across(&runtime, &tinygo, &file).unwrap();
+    // Rust's start-up costs nothing: the same budget runs out in the call.
+    let rust = [Build::new("rust", wasm_dir())];
+    assert!(run_vector_file_across(&runtime, &rust, &file).is_err());
+}
+
+/// wasi-probe returns bytes of WASI's random source: the same on every fresh instance (the
+/// host seeds it afresh), but the stream moves on in a reused one, as a node's pooled ingest
+/// instances are. A case it passes on a fresh instance fails as not repeatable.
+#[test]
+fn a_plugin_whose_output_changes_on_a_reused_instance_fails_its_case() {
+    let runtime = Runtime::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("wasi-probe")).unwrap();
+    let file = dir.path().join("wasi-probe/case.json");
+    // What a fresh instance answers, taken as the expectation.
+    let p = crate::common::load(
+        &runtime,
+        "wasi-probe",
+        edgerep_plugin::conformance::default_limits(),
+        &[],
+    );
+    let input = serde_json::json!({"collection": "c", "key": "k", "value": {"v": 1}});
+    let fresh = p
+        .transform(&crate::common::event(input.clone()), true)
+        .unwrap();
+    let value = fresh[0].value.as_ref().unwrap().to_json();
+    let case = serde_json::json!({
+        "plugin": "wasi-probe",
+        "world": "transform",
+        "input": input,
+        "expect": {"ok": [{"collection": "c", "key": "k", "op": "put", "schema": 0, "meta": {},
+                           "value": value}]},
+    });
+    fs::write(&file, case.to_string()).unwrap();
+    // The case as it stands passes a fresh instance; only the reused one differs.
+    let rust = [Build::new("rust", wasm_dir())];
+    let error = run_vector_file_across(&runtime, &rust, &file)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not repeatable"), "{error}");
+}
