@@ -233,6 +233,16 @@ impl Reloader {
         new.node.alone = old.node.alone;
         reloadable(&old, &new)?;
         self.declared_in_place(&old, &new)?;
+        let store = self.store.clone();
+        let (o, n) = (old.clone(), new.clone());
+        let problems = tokio::task::spawn_blocking(move || {
+            late_upgrades(&store, &n, |name| {
+                Some(o.collection(name).map_or(0, |c| c.upgrades.len()))
+            })
+        })
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))??;
+        refused_if_any(&new, problems)?;
         // The same paths (checked above), other contents: a reissued certificate or a new CA
         // is taken in only by a restart (the endpoint was built with the old ones). Said in
         // the answer, not refused: the rest of the reload (a revocation, say) may be urgent.
@@ -457,4 +467,42 @@ fn refused_if_any(new: &Config, problems: Vec<String>) -> Result<(), ReloadError
             problems,
         })
     }
+}
+
+/// What is wrong with the upgrades `new` appends (past the `before` first of each collection;
+/// `None`: not known, not checked) that change a collection's transforms on apply from a time
+/// this node has already applied events of: those events went through the transforms before
+/// the upgrade and are not applied again, while a node that took the upgrade in time applies
+/// the new ones to them (their values would differ for good, unseen by anti-entropy, which
+/// compares such collections on their versions). A resolver upgrade needs no such check: the
+/// keys it decides are resolved again.
+pub(crate) fn late_upgrades(
+    store: &edgerep_store::Store,
+    new: &Config,
+    before: impl Fn(&str) -> Option<usize>,
+) -> Result<Vec<String>, edgerep_store::StoreError> {
+    let mut problems = Vec::new();
+    for (i, c) in new.collections.declared.iter().enumerate() {
+        let Some(before) = before(&c.name) else {
+            continue;
+        };
+        for (j, u) in c.upgrades.iter().enumerate().skip(before) {
+            let previous = match j {
+                0 => &c.transforms_on_apply,
+                _ => &c.upgrades[j - 1].transforms_on_apply,
+            };
+            if &u.transforms_on_apply == previous {
+                continue;
+            }
+            if let Some((origin, seq, at)) = store.version_from(&c.name, u.from_ms)? {
+                problems.push(format!(
+                    "collections.declared[{i}] ({:?}): the upgrade from {} changes transforms_on_apply, but this node already applied event {origin}:{seq} of {} under the transforms before it, and would not apply it again; pick an effective_from after the newest event of the collection",
+                    c.name,
+                    edgerep_config::format_ms(u.from_ms),
+                    edgerep_config::format_ms(at)
+                ));
+            }
+        }
+    }
+    Ok(problems)
 }

@@ -203,6 +203,36 @@ impl Store {
         Ok(k.value().starts_with(&first))
     }
 
+    /// A version in `collection`'s state stamped at or after `from_ms` (hybrid-clock physical
+    /// time), if there is one: its origin, sequence number and time. A scan of the collection's
+    /// rows (for a reload or start that brings an upgrade, not for the write path).
+    pub fn version_from(
+        &self,
+        collection: &str,
+        from_ms: u64,
+    ) -> Result<Option<(NodeId, u64, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        let prefix = state_key(collection, b"");
+        for row in state.range(prefix.as_slice()..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            let split = resolution::split_row(v.value()).map_err(|e| corrupt("state", e))?;
+            let versions = Versions::decode(split.versions, &self.limits())
+                .map_err(|e| corrupt("state", e))?;
+            if let Some(e) = versions
+                .events()
+                .iter()
+                .find(|e| e.hlc.physical_ms >= from_ms)
+            {
+                return Ok(Some((e.origin.clone(), e.seq, e.hlc.physical_ms)));
+            }
+        }
+        Ok(None)
+    }
+
     /// One page of the live keys of a collection, in key order. A page reads at most
     /// [`SCAN_ROWS_PER_ENTRY`] rows per entry asked for (deleted keys are rows too), and holds
     /// at most [`PAGE_BYTES`] of stored rows after its first entry: past either it ends early,

@@ -570,3 +570,58 @@ fn keys_resolved_before_an_upgrade_arrived_are_resolved_again_by_the_reload() {
         assert_eq!(resolved_by(&n1, k), "plugin:counter-v2", "{k}");
     }
 }
+
+/// An upgrade of a collection's transforms on apply from a time this node already applied
+/// events of comes too late for it: those events went through the old transforms and are not
+/// applied again, while nodes that took the upgrade in time apply the new ones (values that
+/// differ for good, which anti-entropy does not see: it compares such collections on their
+/// versions). A reload refuses it, and so does a restart with it appended to the file; an
+/// upgrade from a later time is taken.
+#[test]
+fn an_upgrade_of_transforms_on_apply_from_a_time_already_applied_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::init(dir.path(), "node-1");
+    let (wasm, sha) = built_plugin("passthrough");
+    let base = format!(
+        "{}\n[[collections.declared]]\nname = \"c\"\ntransforms_on_apply = [\"pass\"]\n\n[plugins.pass]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+        std::fs::read_to_string(&config).unwrap().replacen(
+            "[retention]\n",
+            "[retention]\ncompact = false\n",
+            1
+        ),
+        wasm.display()
+    );
+    std::fs::write(&config, &base).unwrap();
+    let node = Node::start(&config);
+    common::put(&node, "c", "k", r#"{"v":1}"#);
+    let upgraded = |from_ms: u64| {
+        base.replace(
+            "transforms_on_apply = [\"pass\"]\n",
+            &format!(
+                "transforms_on_apply = [\"pass\"]\n\n[[collections.declared.upgrades]]\neffective_from = {from_ms}\ntransforms_on_apply = []\n"
+            ),
+        )
+    };
+    std::fs::write(&config, upgraded(now_ms() - 60_000)).unwrap();
+    let o = edgerep(&["reload", "--config", config.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        said.contains("already applied event node-1:1") && said.contains("effective_from"),
+        "{said}"
+    );
+    // The same upgrade in the file across a restart.
+    node.terminate();
+    let (code, said) = common::refused_to_start(
+        &["run", "--config", config.to_str().unwrap()],
+        "an upgrade from a time already applied",
+    );
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("already applied event node-1:1"), "{said}");
+    // From a time ahead: taken.
+    std::fs::write(&config, &base).unwrap();
+    let node = Node::start(&config);
+    std::fs::write(&config, upgraded(now_ms() + 60_000)).unwrap();
+    reload(&config);
+    assert_eq!(status(&node)["verified"], true);
+}
