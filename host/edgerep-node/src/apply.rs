@@ -237,17 +237,21 @@ fn policy_dead_letter(event: &Event, reason: String) -> Vec<u8> {
 pub(crate) struct Halt {
     pub(crate) collection: String,
     pub(crate) reason: String,
+    /// The batch's events admission kept (when asked for: see [`prepare`]), to check against
+    /// their origins' seals before anything halts on them.
+    pub(crate) admitted: Vec<EncodedEvent>,
 }
 
-/// Decides what each event of a batch does to the state.
+/// Decides what each event of a batch does to the state. A halt carries the events admission
+/// kept when `keep_admitted` (a copy: asked for only when a transform on apply may halt).
 pub(crate) fn prepare(
     pipeline: &Pipeline,
     limits: &DecodeLimits,
     admission: &Admission<'_>,
     events: Vec<EncodedEvent>,
     seals: &[edgerep_wire::Seal],
+    keep_admitted: bool,
 ) -> Result<Prepared, Halt> {
-    let check_value = |v: &Value| crate::check_plugin_value(v, limits);
     // An origin's admitted events end where a refusal cut them: back to its last seal before
     // that. What was admitted counting on the events trimmed away is judged again.
     let (mut events, mut refused) = admission.admit(events);
@@ -256,6 +260,22 @@ pub(crate) fn prepare(
         events = again;
         refused.extend(more);
     }
+    let admitted = keep_admitted.then(|| events.clone());
+    shape(pipeline, limits, admission, events, refused).map_err(|mut halt| {
+        halt.admitted = admitted.unwrap_or_default();
+        halt
+    })
+}
+
+/// [`prepare`] of the admitted events.
+fn shape(
+    pipeline: &Pipeline,
+    limits: &DecodeLimits,
+    admission: &Admission<'_>,
+    events: Vec<EncodedEvent>,
+    refused: Vec<Refusal>,
+) -> Result<Prepared, Halt> {
+    let check_value = |v: &Value| crate::check_plugin_value(v, limits);
     let mut out = Prepared {
         events: Vec::with_capacity(events.len()),
         dead_letters: Vec::new(),
@@ -297,6 +317,7 @@ pub(crate) fn prepare(
                 if r.failure.kind == edgerep_plugin::FailureKind::Deadline {
                     return Err(Halt {
                         collection: event.collection.clone(),
+                        admitted: Vec::new(),
                         reason: format!(
                             "plugin {:?} ran past its deadline on event {}/{} from a peer, each of {} tries; a deadline depends on this machine's speed, so the event is neither applied nor set aside here (raise the plugin's time limit; the collection's replication resumes when the node reloads its config or restarts)",
                             r.plugin,
@@ -309,6 +330,7 @@ pub(crate) fn prepare(
                 if r.failure.kind == edgerep_plugin::FailureKind::StackOverflow {
                     return Err(Halt {
                         collection: event.collection.clone(),
+                        admitted: Vec::new(),
                         reason: format!(
                             "plugin {:?} overflowed its stack on event {}/{} from a peer; how deep a stack may grow depends on this machine's CPU, so the event is neither applied nor set aside here (make the plugin recurse less; the collection's replication resumes when the node reloads its config or restarts)",
                             r.plugin, event.origin, event.seq,
@@ -318,6 +340,7 @@ pub(crate) fn prepare(
                 if r.failure.kind.depends_on_machine() {
                     return Err(Halt {
                         collection: event.collection.clone(),
+                        admitted: Vec::new(),
                         reason: format!(
                             "plugin {:?} failed on event {}/{} from a peer in a way that depends on this machine ({}: {}), so the event is neither applied nor set aside here (the collection's replication resumes when the node reloads its config or restarts)",
                             r.plugin,
@@ -332,6 +355,7 @@ pub(crate) fn prepare(
                     FailurePolicy::Halt => {
                         return Err(Halt {
                             collection: event.collection.clone(),
+                            admitted: Vec::new(),
                             reason: format!(
                                 "plugin {:?} failed on event {}/{} from a peer ({}: {}) and its policy is halt",
                                 r.plugin,

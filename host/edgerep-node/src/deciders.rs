@@ -142,16 +142,6 @@ pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// How many upgrades of `collection` the `before` record holds (`None`: the record or the
-/// collection is not in it).
-pub fn upgrades_before(before: &str, collection: &str) -> Option<usize> {
-    parse(before)?
-        .get(collection)?
-        .get("upgrades")?
-        .as_array()
-        .map(Vec::len)
-}
-
 /// [`record`] of `config`, but with the `before` record's entries for the collections in
 /// `keep` (whose re-resolution is still to run: until it ends, the next start runs it again).
 pub fn record_keeping(config: &Config, before: Option<&str>, keep: &[String]) -> String {

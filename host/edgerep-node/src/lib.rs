@@ -338,12 +338,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         if !problems.is_empty() {
             return Err(NodeError::DecidersChanged(problems.join("; ")));
         }
-        // Upgrades appended in the file since the last run, from a time already applied here.
-        let late = reload::late_upgrades(&store, &config, |c| deciders::upgrades_before(before, c))
-            .map_err(store_error)?;
-        if !late.is_empty() {
-            return Err(NodeError::DecidersChanged(late.join("; ")));
-        }
     }
     let re_resolve = before
         .as_deref()

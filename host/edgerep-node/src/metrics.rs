@@ -76,8 +76,9 @@ impl CommitMetrics {
     }
 
     /// The label of `collection` in per-collection series: its name if it is declared or among
-    /// the first [`MAX_COLLECTION_LABELS`] others seen (`take`: it may become one of those),
-    /// else [`OTHER_COLLECTIONS`].
+    /// the first [`MAX_COLLECTION_LABELS`] others seen (`take`: it may become one of those;
+    /// once labelled or not, a collection stays so, so no series ever goes down), else
+    /// [`OTHER_COLLECTIONS`].
     fn label_of<'c>(&self, collection: &'c str, take: bool) -> &'c str {
         if self.declared.contains(collection) {
             return collection;
@@ -490,7 +491,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         f.conflicts
             .conflicts
             .iter()
-            .map(|(c, n)| (label("collection", f.commits.label_of(c, false)), *n))
+            .map(|(c, n)| (label("collection", f.commits.label_of(c, true)), *n))
             .collect(),
     );
     m.counters(
@@ -500,7 +501,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             .resolutions
             .iter()
             .map(|((c, by), n)| {
-                let mut l = label("collection", f.commits.label_of(c, false));
+                let mut l = label("collection", f.commits.label_of(c, true));
                 l.push(("by".to_owned(), by.clone()));
                 (l, *n)
             })

@@ -25,7 +25,8 @@ use crate::keys::NodeKeys;
 use crate::pipeline::Pipeline;
 use crate::replication::Replication;
 
-/// Why a reload was refused or failed. Every case but `ReResolve` and `Task` changed nothing.
+/// Why a reload was refused or failed. Every case but `ReResolve` and `Interrupted` changed
+/// nothing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {
@@ -64,9 +65,12 @@ pub enum ReloadError {
         /// Why.
         source: crate::committer::CommitError,
     },
-    /// A blocking task of the reload did not finish (part of the new config may be in force).
-    #[error("reload task failed: {0} (part of the new config may be in force: reload again)")]
+    /// A blocking task of the reload did not finish (before anything changed).
+    #[error("reload task failed: {0}")]
     Task(String),
+    /// The reload's own task stopped midway (part of the new config may be in force).
+    #[error("reload stopped midway: {0} (part of the new config may be in force: reload again)")]
+    Interrupted(String),
     /// The API's token file cannot be read again, or holds no good token.
     #[error("{0} (nothing changed)")]
     Token(String),
@@ -76,7 +80,10 @@ impl ReloadError {
     /// Whether the new config is, or may be, in force despite the error (resolving keys again
     /// failed after it took effect, or a task of the reload stopped midway): not a refusal.
     pub fn took_effect(&self) -> bool {
-        matches!(self, ReloadError::ReResolve { .. } | ReloadError::Task(_))
+        matches!(
+            self,
+            ReloadError::ReResolve { .. } | ReloadError::Interrupted(_)
+        )
     }
 }
 
@@ -223,7 +230,7 @@ impl Reloader {
         let this = self.clone();
         tokio::spawn(async move { this.reload_whole(new).await })
             .await
-            .map_err(|e| ReloadError::Task(e.to_string()))?
+            .map_err(|e| ReloadError::Interrupted(e.to_string()))?
     }
 
     async fn reload_whole(&self, mut new: Config) -> Result<Reloaded, ReloadError> {
@@ -471,11 +478,13 @@ fn refused_if_any(new: &Config, problems: Vec<String>) -> Result<(), ReloadError
 
 /// What is wrong with the upgrades `new` appends (past the `before` first of each collection;
 /// `None`: not known, not checked) that change a collection's transforms on apply from a time
-/// this node has already applied events of: those events went through the transforms before
-/// the upgrade and are not applied again, while a node that took the upgrade in time applies
-/// the new ones to them (their values would differ for good, unseen by anti-entropy, which
-/// compares such collections on their versions). A resolver upgrade needs no such check: the
-/// keys it decides are resolved again.
+/// this node has already applied peers' events of: those events went through the transforms
+/// before the upgrade and are not applied again, while a node that took the upgrade in time
+/// applies the new ones to them (their values would differ for good, unseen by anti-entropy,
+/// which compares such collections on their versions). This node's own writes never pass its
+/// transforms on apply. A resolver upgrade needs no such check: the keys it decides are
+/// resolved again. (Checked by a reload only: at a start, the record of the last run may lag
+/// behind upgrades a reload took in, and the events since were applied under them.)
 pub(crate) fn late_upgrades(
     store: &edgerep_store::Store,
     new: &Config,
@@ -496,7 +505,7 @@ pub(crate) fn late_upgrades(
             }
             if let Some((origin, seq, at)) = store.version_from(&c.name, u.from_ms)? {
                 problems.push(format!(
-                    "collections.declared[{i}] ({:?}): the upgrade from {} changes transforms_on_apply, but this node already applied event {origin}:{seq} of {} under the transforms before it, and would not apply it again; pick an effective_from after the newest event of the collection",
+                    "collections.declared[{i}] ({:?}): the upgrade from {} changes transforms_on_apply, but this node already applied event {origin}:{seq} of {} (the newest such) under the transforms before it, and would not apply it again; pick an effective_from after it",
                     c.name,
                     edgerep_config::format_ms(u.from_ms),
                     edgerep_config::format_ms(at)

@@ -203,14 +203,16 @@ impl Store {
         Ok(k.value().starts_with(&first))
     }
 
-    /// A version in `collection`'s state stamped at or after `from_ms` (hybrid-clock physical
-    /// time), if there is one: its origin, sequence number and time. A scan of the collection's
-    /// rows (for a reload or start that brings an upgrade, not for the write path).
+    /// The newest version of another origin than this node in `collection`'s state stamped at
+    /// or after `from_ms` (hybrid-clock physical time), if there is one: its origin, sequence
+    /// number and time. A scan of the collection's rows (for a reload that brings an upgrade,
+    /// not for the write path).
     pub fn version_from(
         &self,
         collection: &str,
         from_ms: u64,
     ) -> Result<Option<(NodeId, u64, u64)>, StoreError> {
+        let mut newest: Option<(NodeId, u64, u64)> = None;
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         let prefix = state_key(collection, b"");
@@ -222,15 +224,17 @@ impl Store {
             let split = resolution::split_row(v.value()).map_err(|e| corrupt("state", e))?;
             let versions = Versions::decode(split.versions, &self.limits())
                 .map_err(|e| corrupt("state", e))?;
-            if let Some(e) = versions
-                .events()
-                .iter()
-                .find(|e| e.hlc.physical_ms >= from_ms)
-            {
-                return Ok(Some((e.origin.clone(), e.seq, e.hlc.physical_ms)));
+            for e in versions.events() {
+                let at = e.hlc.physical_ms;
+                if at >= from_ms
+                    && e.origin != self.node
+                    && newest.as_ref().is_none_or(|(_, _, t)| at > *t)
+                {
+                    newest = Some((e.origin.clone(), e.seq, at));
+                }
             }
         }
-        Ok(None)
+        Ok(newest)
     }
 
     /// One page of the live keys of a collection, in key order. A page reads at most

@@ -1541,3 +1541,32 @@ fn pages_of_large_values_end_at_their_byte_budget_and_paging_finds_all() {
     }
     assert_eq!(seen, 40);
 }
+
+/// What a reload that brings an upgrade of transforms on apply looks for: the newest version
+/// of another origin at or after a time (this node's own never passed its transforms).
+#[test]
+fn version_from_finds_the_newest_of_other_origins() {
+    let (a, _) = memory_store("a");
+    let (b, _) = memory_store("b");
+    let mut clock = HlcClock::new(Default::default(), 60_000);
+    b.commit_local(vec![put("c", b"k1", val(1))], &mut clock, 1_000)
+        .unwrap();
+    b.commit_local(vec![put("c", b"k2", val(2))], &mut clock, 5_000)
+        .unwrap();
+    a.apply_events(b.changelog("b", 0, 10).unwrap()).unwrap();
+    a.commit_local(vec![put("c", b"k3", val(3))], &mut clock, 9_000)
+        .unwrap();
+    let found = |from| {
+        a.version_from("c", from)
+            .unwrap()
+            .map(|(o, seq, _)| (o.to_string(), seq))
+    };
+    assert_eq!(
+        found(0),
+        Some(("b".to_owned(), 2)),
+        "the newest, not the first"
+    );
+    assert_eq!(found(4_000), Some(("b".to_owned(), 2)));
+    assert_eq!(found(6_000), None, "a's own write does not count");
+    assert_eq!(a.version_from("other", 0).unwrap(), None);
+}

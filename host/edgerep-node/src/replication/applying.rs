@@ -53,27 +53,30 @@ impl Replicator {
             from: &peer,
             pipeline: &self.pipeline,
         };
-        // Transforms on apply run before the committer checks the seals: keep the batch to
-        // check them with before a transform's failure may halt replication.
-        let copy = (!self.transformed_on_apply.is_empty()
+        // Transforms on apply run before the committer checks the seals: a halt keeps the
+        // events admission kept, to check them with before a transform's failure may halt
+        // replication (not the batch as sent: events admission refused, such as a revoked
+        // node's, would fail the check and keep an honest halt from happening).
+        let keep_admitted = !self.transformed_on_apply.is_empty()
             && events
                 .iter()
-                .any(|e| self.transformed_on_apply.contains(e.collection.as_str())))
-        .then(|| events.clone());
+                .any(|e| self.transformed_on_apply.contains(e.collection.as_str()));
         let prepared = match crate::apply::prepare(
             &self.pipeline,
             &self.value_limits,
             &admission,
             events,
             &seals,
+            keep_admitted,
         ) {
             Ok(p) => p,
             Err(halt) => {
                 // A halt on a peer's word would let one forged event stop replication with
                 // every peer: only events their origins vouch for may halt it.
-                let checked = match &copy {
-                    Some(events) => self.store.check_sealed(events, &seals, &certs),
-                    None => Ok(()),
+                let checked = if halt.admitted.is_empty() {
+                    Ok(())
+                } else {
+                    self.store.check_sealed(&halt.admitted, &seals, &certs)
                 };
                 match checked {
                     Err(edgerep_store::StoreError::Forged {

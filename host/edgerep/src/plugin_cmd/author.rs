@@ -89,7 +89,7 @@ pub(crate) fn new(
         }
         Toolchain::TinyGo | Toolchain::Go => {
             // Quoted: go.mod reads an unquoted path with a space as a path and a version.
-            let quoted = |p: PathBuf| format!("{:?}", p.display().to_string());
+            let quoted = |p: PathBuf| go_quoted(&p.display().to_string());
             let sdk = quoted(root.join("guest-sdk/go"));
             let sdk_pkg = quoted(root.join("guest-sdk/go/third_party/go-pkg"));
             let vars = [
@@ -132,6 +132,26 @@ pub(crate) fn new(
         "edgerep: made {folder_text}: build it with `edgerep plugin build --lang {lang} {folder_text}`"
     );
     Ok(0)
+}
+
+/// `s` as a Go interpreted string literal, as go.mod reads it (`strconv.Unquote`): `"` and `\`
+/// escaped, control characters as `\xNN`, everything else as it is (Rust's `{:?}` writes
+/// `\u{301}`, which Go refuses).
+fn go_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// What the scaffold of `world` does, for its README and Cargo.toml.
@@ -412,4 +432,17 @@ pub(crate) fn test(wasm: &Path, vectors: &Path) -> anyhow::Result<u8> {
     } else {
         super::EXIT_PLUGIN_FAILED
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// What go.mod takes (checked with Go's `strconv.Unquote`, which go.mod's parser uses).
+    #[test]
+    fn paths_are_quoted_as_go_reads_them() {
+        assert_eq!(super::go_quoted("/a b/c"), "\"/a b/c\"");
+        assert_eq!(
+            super::go_quoted("q\"b\\c\u{1}e\u{301}\u{a0}"),
+            "\"q\\\"b\\\\c\\x01e\u{301}\u{a0}\""
+        );
+    }
 }
