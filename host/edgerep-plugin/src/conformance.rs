@@ -248,6 +248,14 @@ pub enum ConformanceError {
         /// What the reused one gave.
         got: Result<Vec<Change>, Failure>,
     },
+    /// `expect.message` with a failure kind other than `plugin-error`.
+    #[error(
+        "expect.message is only for \"plugin-error\" (the plugin's own message), not {kind:?}, whose message is the runtime's"
+    )]
+    MessageNotPluginError {
+        /// The kind the case expects.
+        kind: String,
+    },
     /// `expect.while` is neither `starting` nor `calling`.
     #[error("expect.while is {got:?}: it is \"starting\" or \"calling\" (the default)")]
     UnknownWhile {
@@ -800,18 +808,29 @@ impl Expect {
                     World::Resolver => expected_resolution(ok).map(Expect::Resolution),
                 }
             }
-            (None, Some(kind)) => Ok(Expect::Failure {
-                kind: match kind {
+            (None, Some(kind)) => {
+                let kind = match kind {
                     "invalid-output" => FailureKind::BadOutput,
                     other => FailureKind::parse(other).ok_or_else(|| {
                         ConformanceError::UnknownErrorKind {
                             kind: other.to_owned(),
                         }
                     })?,
-                },
-                message: text(o, "message")?.map(str::to_owned),
-                starting,
-            }),
+                };
+                let message = text(o, "message")?.map(str::to_owned);
+                // Other kinds' messages are the runtime's (with a wasm backtrace): a case
+                // naming one would hold the runtime's wording, not the plugin's.
+                if message.is_some() && kind != FailureKind::PluginError {
+                    return Err(ConformanceError::MessageNotPluginError {
+                        kind: kind.as_str().to_owned(),
+                    });
+                }
+                Ok(Expect::Failure {
+                    kind,
+                    message,
+                    starting,
+                })
+            }
             _ => Err(ConformanceError::ExpectNotOkOrError),
         }
     }

@@ -284,3 +284,32 @@ fn a_plugin_whose_output_changes_on_a_reused_instance_fails_its_case() {
         .to_string();
     assert!(error.contains("not repeatable"), "{error}");
 }
+
+/// A case's `message` is the plugin's own (plugin-error only), and `while` is `starting` or
+/// `calling`: anything else is refused, naming what.
+#[test]
+fn a_case_naming_a_runtime_message_or_an_unknown_phase_is_refused() {
+    let runtime = Runtime::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("trap")).unwrap();
+    let file = dir.path().join("trap/case.json");
+    let rust = [Build::new("rust", wasm_dir())];
+    for (expect, said) in [
+        (
+            r#"{"error": "trap", "message": "unreachable"}"#,
+            "only for \"plugin-error\"",
+        ),
+        (r#"{"error": "trap", "while": "later"}"#, "expect.while"),
+    ] {
+        let case = format!(
+            r#"{{"plugin": "trap", "world": "transform",
+               "input": {{"collection": "c", "key": "k", "value": {{"v": 1}}}},
+               "expect": {expect}}}"#
+        );
+        fs::write(&file, case).unwrap();
+        let error = run_vector_file_across(&runtime, &rust, &file)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(said), "{error}");
+    }
+}
