@@ -126,12 +126,23 @@ impl Client {
                 .and_then(|j| j.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned())
         };
+        let kind = || {
+            serde_json::from_slice::<Json>(&body)
+                .ok()
+                .and_then(|j| j.get("kind").and_then(|e| e.as_str()).map(str::to_owned))
+        };
         match status {
             200..=299 => Outcome::Ok(body),
             404 => Outcome::NotFound(message()),
             // Not a refusal: a write queued before the node's timeout may still commit.
             408 => Outcome::Failed(format!(
                 "the node did not answer in time, so whether the request took effect is unknown (a write may still commit; retry it with the same --idempotency-key to be sure it happens once): {}",
+                message()
+            )),
+            // Not a refusal either: the first try with the key is still being committed, and
+            // its outcome decides (it may still fail and write nothing).
+            409 if kind().as_deref() == Some("idempotency_key_in_use") => Outcome::Failed(format!(
+                "a request with the same idempotency key is still being committed, so whether this write takes effect is not known yet: retry with the same key to get its answer: {}",
                 message()
             )),
             400..=499 => Outcome::Refused(status, message()),

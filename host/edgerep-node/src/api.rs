@@ -1181,6 +1181,9 @@ async fn batch_run(
         }));
     }
     failed.sort_by_key(|f| f["write"].as_u64());
+    // `idempotent-replayed` says the request wrote nothing: not when some of its writes
+    // (without a key, or with a new one) committed now.
+    let wrote_now = !committed.is_empty();
     let (committed, indexes) = if replays.is_empty() {
         (committed, indexes)
     } else {
@@ -1193,7 +1196,7 @@ async fn batch_run(
         (committed, indexes)
     };
     let r = batch_answer(&headers, &committed, &indexes, &failed);
-    if replays.is_empty() {
+    if replays.is_empty() || wrote_now {
         Ok(r)
     } else {
         Ok(replayed(r))

@@ -336,10 +336,11 @@ pub(crate) struct Index {
     next: std::sync::atomic::AtomicU64,
     /// The wall time (ms) from which the next commit looks for records past the window's time.
     next_expiry_ms: std::sync::atomic::AtomicU64,
-    /// The records this process made (insertion number, when on the monotonic clock), oldest
-    /// first: one is expired by time only when it is past the window on both clocks, so a
-    /// forward step of the wall clock (NTP on a box that booted without a real-time clock)
-    /// does not expire at once the keys a client may be retrying now.
+    /// The records held (insertion number, when on the monotonic clock: made by this process,
+    /// or at open for those made before), oldest first: one is expired by time only when it
+    /// is past the window on both clocks, so a forward step of the wall clock (NTP on a box
+    /// that booted without a real-time clock, before or after a restart) does not expire at
+    /// once the keys a client may be retrying now.
     recorded_here: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
     /// The records waiting in `meta` at open were stale (see [`Index::load`]): the first
     /// keyed commit drops them.
@@ -379,11 +380,18 @@ impl Index {
                 by_key.insert(r.key, r.n);
             }
         }
+        // Records made before this start count as made now on the monotonic clock: a box that
+        // restarts with its wall clock days off (no real-time clock, NTP not there yet, or a
+        // step since) would otherwise expire at once the keys of the requests a client is
+        // retrying after the crash. They are kept a window longer than the wall clock says.
+        let opened = std::time::Instant::now();
+        let mut loaded: Vec<u64> = by_key.values().copied().collect();
+        loaded.sort_unstable();
         Ok(Index {
             by_key: Mutex::new(by_key),
             next: std::sync::atomic::AtomicU64::new(next),
             next_expiry_ms: std::sync::atomic::AtomicU64::new(0),
-            recorded_here: Mutex::new(std::collections::VecDeque::new()),
+            recorded_here: Mutex::new(loaded.into_iter().map(|n| (n, opened)).collect()),
             stale_pending: std::sync::atomic::AtomicBool::new(stale),
         })
     }

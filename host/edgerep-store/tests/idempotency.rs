@@ -1,6 +1,6 @@
 //! Idempotency records: written with the commit, found again after a reopen, refused twice,
-//! and expired by time (on the wall clock, and for records of this process on the monotonic
-//! clock too) and by count, oldest first.
+//! and expired by time (on the wall clock and on the monotonic clock, from when this process
+//! recorded them or opened the store) and by count, oldest first.
 
 use std::collections::BTreeMap;
 
@@ -95,11 +95,11 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
     assert_eq!(s.idempotency_count().unwrap(), 3);
     assert!(s.idempotency_at("K1", 10_101).unwrap().is_none());
     assert!(s.idempotency_at("K2", 10_101).unwrap().is_some());
-    // Past the window's time on the wall clock, the next commit that records a key removes
-    // what is older: K2, recorded before the reopen. K3 and K4, recorded by this process less
-    // than the window ago on its monotonic clock, stay: the wall clock stepping forward (NTP
-    // on a box that booted without a real-time clock) must not expire at once the keys a
-    // client may be retrying now.
+    // Past the window's time on the wall clock: K2 goes by the count (K5 makes four). K3 and
+    // K4, less than the window old on the monotonic clock (from when this process recorded
+    // them, or opened the store), stay: the wall clock stepping forward (NTP on a box that
+    // booted without a real-time clock, before or after a restart) must not expire at once
+    // the keys a client may be retrying now.
     s.commit_local_keyed(
         vec![write("w")],
         &[],
@@ -265,10 +265,15 @@ fn records_waiting_to_move_to_the_table_are_found_kept_and_expired() {
     assert!((62..=64).contains(&held), "{held} held");
     assert!(s.idempotency_at("key-0", 10_200).unwrap().is_none());
     assert!(s.idempotency_at("key-69", 10_200).unwrap().is_some());
-    // Past the time (the records of an earlier run are judged by the wall clock alone): all
-    // go at the first commit after a reopen, from the table and from meta.
+    // Past the time on both clocks (the monotonic one counts from the reopen for the records
+    // of an earlier run): all go at the first commit, from the table and from meta.
     drop(s);
     let s = open(&path, window);
+    assert!(
+        s.idempotency_at("key-69", 12_000).unwrap().is_some(),
+        "not yet on the monotonic clock"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(window.keep_ms + 100));
     assert!(s.idempotency_at("key-69", 12_000).unwrap().is_none());
     s.commit_local_keyed(
         vec![write("late")],
@@ -314,8 +319,13 @@ fn a_record_past_the_window_is_gone_for_the_client_before_it_is_removed() {
         )
         .unwrap();
     }
-    // Reopened (a record of an earlier run is judged by the wall clock alone).
+    // Reopened: a record of an earlier run is past the window once it is on the wall clock
+    // and, counted from the reopen, on the monotonic clock (a box restarted with its wall
+    // clock stepped forward must not lose the keys of the requests a client is retrying).
     let s = open(&path, window);
+    assert!(s.idempotency_at("K", 10_999).unwrap().is_some());
+    assert!(s.idempotency_at("K", 11_001).unwrap().is_some());
+    std::thread::sleep(std::time::Duration::from_millis(window.keep_ms + 100));
     assert!(s.idempotency_at("K", 10_999).unwrap().is_some());
     assert!(s.idempotency_at("K", 11_001).unwrap().is_none());
     // Recorded anew: the old row goes in the same transaction, the count stays one.
