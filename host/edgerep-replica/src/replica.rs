@@ -1182,12 +1182,29 @@ impl Replica {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        if p.applying.take().is_none() {
+        let Some(handed) = p.applying.take() else {
             return;
-        }
+        };
         p.last_apply_error = None;
         match p.session.as_mut() {
-            Some(s) => s.request_ack(false),
+            Some(s) => {
+                // Origins the caller applied less of than it was handed (it held events back
+                // until what they depend on arrives, maybe later in this very batch): the peer
+                // is asked to send them again. Else, with nothing more of the origin to show a
+                // gap, they came back only when the link fell silent (the resend timer), which
+                // a busy link never does. Once per have: asked again only after the origin's
+                // have moved (a collection held back for long must not have its events sent
+                // again and again).
+                let mut short = false;
+                for (origin, &seq) in &handed {
+                    let held = have::get(&self.local_have, origin);
+                    if held < seq && s.held_back_asked.get(origin) != Some(&held) {
+                        s.held_back_asked.insert(origin.clone(), held);
+                        short = true;
+                    }
+                }
+                s.request_ack(short);
+            }
             None => {
                 self.peers.remove(peer);
             }

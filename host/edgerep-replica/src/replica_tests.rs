@@ -1635,20 +1635,40 @@ fn a_peer_with_another_policy_is_refused() {
     r.handle(&n("b"), Message::Hello(h), 1).unwrap();
 }
 
-/// The caller may apply less than it was handed (it refuses events it does not admit): the
-/// events not applied are accepted again when the peer resends them.
+/// The caller may apply less than it was handed (it holds events back until what they depend
+/// on arrives): the peer is asked at once to send them again (with nothing more of the origin
+/// to show a gap, they came back only when the link fell silent, which a busy link never
+/// does), once per have, and they are accepted again when it does.
 #[test]
-fn events_not_applied_are_accepted_again() {
+fn events_not_applied_are_asked_for_again_once_and_accepted_again() {
     let (mut r, log) = receiver(&["b"]);
     let b = n("b");
+    let rewinds = |out: &[(NodeId, Message)]| {
+        out.iter()
+            .filter(|(_, m)| matches!(m, Message::Ack { rewind: true, .. }))
+            .count()
+    };
     r.handle(&b, sealed(evs("x", 1..=3)), 1).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2), ("x", 3)]));
     // Only x1 was admitted.
     r.set_local_have(&have_of(&[("x", 1)]));
     r.applied(&b, 2);
-    drain(&mut r, 2, &log);
+    assert_eq!(
+        rewinds(&drain(&mut r, 2, &log)),
+        1,
+        "asked to send x2.. again"
+    );
     r.handle(&b, sealed(evs("x", 2..=3)), 3).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 2), ("x", 3)]));
+    // Held back again at the same have (a halted collection): not asked again.
+    r.applied(&b, 4);
+    assert_eq!(rewinds(&drain(&mut r, 4, &log)), 0, "once per have");
+    r.handle(&b, sealed(evs("x", 2..=3)), 5).unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 2), ("x", 3)]));
+    // Taken: nothing to ask.
+    r.set_local_have(&have_of(&[("x", 3)]));
+    r.applied(&b, 6);
+    assert_eq!(rewinds(&drain(&mut r, 6, &log)), 0);
 }
 
 /// A changelog whose one origin cannot be read: the other origins are still sent, and the

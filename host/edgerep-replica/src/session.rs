@@ -100,6 +100,9 @@ pub(crate) struct Session {
     pub(crate) certs_sent: BTreeSet<NodeId>,
     /// Per origin with a gap, when we last asked this peer to rewind for it.
     pub(crate) rewinds: BTreeMap<NodeId, u64>,
+    /// Per origin whose events the caller held back, the have at which this peer was asked to
+    /// send them again (asked again only once the have moved: see `Replica::applied`).
+    pub(crate) held_back_asked: BTreeMap<NodeId, u64>,
     /// When the last message from the peer arrived.
     pub(crate) last_message_ms: Option<u64>,
     /// Fingerprint differences found at the handshake.
@@ -159,6 +162,7 @@ impl Session {
             send_blocked: false,
             certs_sent: BTreeSet::new(),
             rewinds: BTreeMap::new(),
+            held_back_asked: BTreeMap::new(),
             last_message_ms: None,
             mismatches: Vec::new(),
             bye: None,
