@@ -1344,6 +1344,16 @@ impl Replica {
             counters,
             ..
         } = self;
+        // A pruned peer known to hold more of an origin than this node accepted starts the
+        // watch too, whenever that became so (a prune after the peer's last Ack, or accepted
+        // falling back when the caller held events back), not only on an Ack arriving then.
+        for s in peers.values().filter_map(|p| p.session.as_ref()) {
+            for origin in &s.pruned {
+                if have::get(&s.their_have, origin) > have::get(accepted, origin) {
+                    stalled.entry(origin.clone()).or_insert(now);
+                }
+            }
+        }
         stalled.retain(|origin, since| {
             let held = have::get(accepted, origin);
             let best = peers

@@ -1635,6 +1635,33 @@ fn a_peer_with_another_policy_is_refused() {
     r.handle(&n("b"), Message::Hello(h), 1).unwrap();
 }
 
+/// A peer pruned for an origin after it last announced more of it (no Ack since) is still
+/// watched: the stall timer started only on an Ack arriving while the peer was pruned, so after
+/// a heal the origin waited for the eager link to come back.
+#[test]
+fn a_peer_pruned_after_it_announced_more_is_grafted_back_on_a_stall() {
+    let (mut r, log) = receiver(&["b", "c"]);
+    let (b, c, y) = (n("b"), n("c"), n("y"));
+    // c says it holds y up to 6 while it still pushes y.
+    r.handle(&c, ack(&[("y", 6)], false), 1).unwrap();
+    while r.poll_output().is_some() {}
+    r.handle(&b, sealed(evs("y", 1..=3)), 2).unwrap();
+    apply_of(&mut r);
+    r.set_local_have(&have_of(&[("y", 3)]));
+    r.applied(&b, 2);
+    // c sends only what b delivered: pruned for y, with no Ack after.
+    r.handle(&c, sealed(evs("y", 2..=3)), 3).unwrap();
+    let _ = controls(&mut r, &log, 3);
+    assert!(r.peer_view(&c).unwrap().pruned_origins.contains(&y));
+    r.handle_timeout(4);
+    let graft = Message::Graft {
+        origins: vec![y.clone()],
+    };
+    r.handle_timeout(500);
+    let sent = controls(&mut r, &log, 500);
+    assert!(sent.contains(&("c".into(), graft)), "{sent:?}");
+}
+
 /// The caller may apply less than it was handed (it holds events back until what they depend
 /// on arrives): the peer is asked at once to send them again (with nothing more of the origin
 /// to show a gap, they came back only when the link fell silent, which a busy link never
