@@ -242,6 +242,17 @@ pub(crate) struct Halt {
     pub(crate) admitted: Vec<EncodedEvent>,
 }
 
+impl Halt {
+    /// `collection` halts, for `reason` (`admitted` is filled in by [`prepare`]).
+    fn new(collection: &str, reason: String) -> Halt {
+        Halt {
+            collection: collection.to_owned(),
+            reason,
+            admitted: Vec::new(),
+        }
+    }
+}
+
 /// Decides what each event of a batch does to the state. A halt carries the events admission
 /// kept when `keep_admitted` (a copy: asked for only when a transform on apply may halt).
 pub(crate) fn prepare(
@@ -315,33 +326,30 @@ fn shape(
                 // code, not the same on every node: dead-lettering or skipping here what another
                 // node applied would make the states differ.
                 if r.failure.kind == edgerep_plugin::FailureKind::Deadline {
-                    return Err(Halt {
-                        collection: event.collection.clone(),
-                        admitted: Vec::new(),
-                        reason: format!(
+                    return Err(Halt::new(
+                        &event.collection,
+                        format!(
                             "plugin {:?} ran past its deadline on event {}/{} from a peer, each of {} tries; a deadline depends on this machine's speed, so the event is neither applied nor set aside here (raise the plugin's time limit; the collection's replication resumes when the node reloads its config or restarts)",
                             r.plugin,
                             event.origin,
                             event.seq,
                             1 + crate::pipeline::DEADLINE_RETRIES,
                         ),
-                    });
+                    ));
                 }
                 if r.failure.kind == edgerep_plugin::FailureKind::StackOverflow {
-                    return Err(Halt {
-                        collection: event.collection.clone(),
-                        admitted: Vec::new(),
-                        reason: format!(
+                    return Err(Halt::new(
+                        &event.collection,
+                        format!(
                             "plugin {:?} overflowed its stack on event {}/{} from a peer; how deep a stack may grow depends on this machine's CPU, so the event is neither applied nor set aside here (make the plugin recurse less; the collection's replication resumes when the node reloads its config or restarts)",
                             r.plugin, event.origin, event.seq,
                         ),
-                    });
+                    ));
                 }
                 if r.failure.kind.depends_on_machine() {
-                    return Err(Halt {
-                        collection: event.collection.clone(),
-                        admitted: Vec::new(),
-                        reason: format!(
+                    return Err(Halt::new(
+                        &event.collection,
+                        format!(
                             "plugin {:?} failed on event {}/{} from a peer in a way that depends on this machine ({}: {}), so the event is neither applied nor set aside here (the collection's replication resumes when the node reloads its config or restarts)",
                             r.plugin,
                             event.origin,
@@ -349,14 +357,13 @@ fn shape(
                             r.failure.kind.as_str(),
                             r.failure.message
                         ),
-                    });
+                    ));
                 }
                 match r.policy {
                     FailurePolicy::Halt => {
-                        return Err(Halt {
-                            collection: event.collection.clone(),
-                            admitted: Vec::new(),
-                            reason: format!(
+                        return Err(Halt::new(
+                            &event.collection,
+                            format!(
                                 "plugin {:?} failed on event {}/{} from a peer ({}: {}) and its policy is halt",
                                 r.plugin,
                                 event.origin,
@@ -364,7 +371,7 @@ fn shape(
                                 r.failure.kind.as_str(),
                                 r.failure.message
                             ),
-                        });
+                        ));
                     }
                     FailurePolicy::DeadLetter => {
                         let record = DeadLetter {

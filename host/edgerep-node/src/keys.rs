@@ -231,28 +231,29 @@ mod tests {
 
     use super::*;
 
-    fn keys_of(ca: &Ca, id: &str, revoked: &str) -> NodeKeys {
-        let identity = Identity::new(ca, &ca.issue_node(id).unwrap()).unwrap();
+    /// A starter config of node `id`, with `extra` TOML appended.
+    fn config_of(id: &str, extra: &str) -> Config {
         let text = format!(
-            "{}\n{revoked}",
+            "{}\n{extra}",
             edgerep_config::starter_toml(
                 &NodeId::parse(id).unwrap(),
                 "127.0.0.1:1".parse().unwrap(),
                 "127.0.0.1:2".parse().unwrap()
             )
         );
-        let config =
-            Config::parse(&text, std::path::Path::new("/nonexistent/edgerep.toml")).unwrap();
-        NodeKeys::new(&identity, &config).unwrap()
+        Config::parse(&text, std::path::Path::new("/nonexistent/edgerep.toml")).unwrap()
     }
 
-    /// A signature checked once is a lookup the second time, but only for the same bytes
-    /// under the same certificate, and a revocation still refuses it.
+    fn keys_of(ca: &Ca, id: &str) -> NodeKeys {
+        let identity = Identity::new(ca, &ca.issue_node(id).unwrap()).unwrap();
+        NodeKeys::new(&identity, &config_of(id, "")).unwrap()
+    }
+
     #[test]
     fn a_remembered_signature_is_only_the_one_that_verified() {
         let ca = Ca::generate("test").unwrap();
-        let one = keys_of(&ca, "node-1", "");
-        let two = keys_of(&ca, "node-2", "");
+        let one = keys_of(&ca, "node-1");
+        let two = keys_of(&ca, "node-2");
         let node1 = NodeId::parse("node-1").unwrap();
         two.learn(&node1, one.own_cert()).unwrap();
         let message = b"a seal's message".to_vec();
@@ -269,20 +270,10 @@ mod tests {
         changed[last] ^= 1;
         assert!(two.verify(&node1, 7, &message, &changed).is_err());
         // Revoked after 5: refused, remembered or not.
-        let text = "[[revoked]]\nnode = \"node-1\"\nafter_seq = 5\n";
-        let config = Config::parse(
-            &format!(
-                "{}\n{text}",
-                edgerep_config::starter_toml(
-                    &NodeId::parse("node-2").unwrap(),
-                    "127.0.0.1:1".parse().unwrap(),
-                    "127.0.0.1:2".parse().unwrap()
-                )
-            ),
-            std::path::Path::new("/nonexistent/edgerep.toml"),
-        )
-        .unwrap();
-        two.set_revoked(&config);
+        two.set_revoked(&config_of(
+            "node-2",
+            "[[revoked]]\nnode = \"node-1\"\nafter_seq = 5\n",
+        ));
         assert!(matches!(
             two.verify(&node1, 7, &message, &signature),
             Err(KeyError::Revoked { after: 5, .. })

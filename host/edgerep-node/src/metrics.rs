@@ -76,17 +76,16 @@ impl CommitMetrics {
     }
 
     /// The label of `collection` in per-collection series: its name if it is declared or among
-    /// the first [`MAX_COLLECTION_LABELS`] others seen (`take`: it may become one of those;
-    /// once labelled or not, a collection stays so, so no series ever goes down), else
-    /// [`OTHER_COLLECTIONS`].
-    fn label_of<'c>(&self, collection: &'c str, take: bool) -> &'c str {
+    /// the first [`MAX_COLLECTION_LABELS`] others seen (decided at first sight: once labelled
+    /// or not, a collection stays so, so no series ever goes down), else [`OTHER_COLLECTIONS`].
+    fn label_of<'c>(&self, collection: &'c str) -> &'c str {
         if self.declared.contains(collection) {
             return collection;
         }
         let mut labelled = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
         if labelled.contains(collection) {
             collection
-        } else if take && labelled.len() < MAX_COLLECTION_LABELS {
+        } else if labelled.len() < MAX_COLLECTION_LABELS {
             labelled.insert(collection.to_owned());
             collection
         } else {
@@ -111,7 +110,7 @@ impl CommitMetrics {
     /// seen are counted under their names, later ones together under [`OTHER_COLLECTIONS`].
     pub(crate) fn events(&self, collection: &str, n: u64, local: bool) {
         let f = if local { &self.written } else { &self.applied };
-        f.get_or_create(&label("collection", self.label_of(collection, true)))
+        f.get_or_create(&label("collection", self.label_of(collection)))
             .inc_by(n);
     }
 
@@ -491,7 +490,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         f.conflicts
             .conflicts
             .iter()
-            .map(|(c, n)| (label("collection", f.commits.label_of(c, true)), *n))
+            .map(|(c, n)| (label("collection", f.commits.label_of(c)), *n))
             .collect(),
     );
     m.counters(
@@ -501,7 +500,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             .resolutions
             .iter()
             .map(|((c, by), n)| {
-                let mut l = label("collection", f.commits.label_of(c, true));
+                let mut l = label("collection", f.commits.label_of(c));
                 l.push(("by".to_owned(), by.clone()));
                 (l, *n)
             })

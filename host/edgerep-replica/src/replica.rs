@@ -1349,8 +1349,10 @@ impl Replica {
         // falling back when the caller held events back), not only on an Ack arriving then.
         for s in peers.values().filter_map(|p| p.session.as_ref()) {
             for origin in &s.pruned {
-                if have::get(&s.their_have, origin) > have::get(accepted, origin) {
-                    stalled.entry(origin.clone()).or_insert(now);
+                if !stalled.contains_key(origin)
+                    && have::get(&s.their_have, origin) > have::get(accepted, origin)
+                {
+                    stalled.insert(origin.clone(), now);
                 }
             }
         }
