@@ -200,6 +200,16 @@ impl edgerep_store::Keys for NodeKeys {
                 return Ok(());
             }
         }
+        // The name first (a parse): a certificate under another origin's name costs no
+        // signature check.
+        let named = edgerep_transport::certs::node_id_of(cert)
+            .map_err(|e| KeyError::BadCertificate(e.to_string()))?;
+        if named != *origin {
+            return Err(KeyError::OtherNode {
+                origin: origin.clone(),
+                named,
+            });
+        }
         let key = self
             .verifier
             .check_cert(cert)

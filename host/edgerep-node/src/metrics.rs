@@ -354,7 +354,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         );
         // Per-peer counters: (name, help, the count in the peer's status).
         type Count = fn(&crate::replication::PeerStatus) -> u64;
-        let counts: [(&str, &str, Count); 11] = [
+        let counts: [(&str, &str, Count); 12] = [
             (
                 "edgerep_peer_sent_bytes",
                 "Bytes of messages sent to the peer",
@@ -377,6 +377,11 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
                 "edgerep_peer_resent_events",
                 "Events sent to the peer again (a rewind, or no acknowledgement in time)",
                 |p| p.traffic.events_resent,
+            ),
+            (
+                "edgerep_peer_rewinds_ignored",
+                "Rewinds the peer asked for while the last one's resend was on its way (not honoured)",
+                |p| p.traffic.rewinds_ignored,
             ),
             (
                 "edgerep_peer_snapshot_pages_sent",

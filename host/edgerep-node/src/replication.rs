@@ -813,14 +813,14 @@ impl Replicator {
                 if !events.is_empty() {
                     self.anti_entropy.heard_events(&peer);
                 }
-                self.learn_certs(certs);
+                self.learn_certs(&peer, certs);
                 if let Some(reason) = self.check_forks(&peer, events, seals) {
                     tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
                     self.cut_off(peer, reason, now);
                     return;
                 }
             }
-            Message::Snapshot { certs, .. } => self.learn_certs(certs),
+            Message::Snapshot { certs, .. } => self.learn_certs(&peer, certs),
             Message::Reconcile { .. } | Message::Repair { .. } => {
                 // The core checks only that it follows the handshake; anti-entropy
                 // takes the message itself.

@@ -363,6 +363,9 @@ pub struct PeerCounters {
     pub events_resent: u64,
     /// Snapshot pages sent (first sends and resends).
     pub snapshot_pages_sent: u64,
+    /// Rewinds the peer asked for while the last one's resend was still on its way (not
+    /// honoured: a peer asking again and again is faulty or hostile).
+    pub rewinds_ignored: u64,
 }
 
 /// The replication core of one node: sans-IO, deterministic, one instance for all peers.
@@ -448,7 +451,7 @@ fn approx_bytes(events: &[EncodedEvent]) -> usize {
 
 /// Checks that each origin's events form one run of consecutive ascending sequence numbers.
 fn check_contiguous(events: &[EncodedEvent]) -> Result<(), ProtocolError> {
-    let mut done: Vec<&NodeId> = Vec::new();
+    let mut done: std::collections::BTreeSet<&NodeId> = std::collections::BTreeSet::new();
     for pair in events.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         if a.origin == b.origin {
@@ -460,8 +463,8 @@ fn check_contiguous(events: &[EncodedEvent]) -> Result<(), ProtocolError> {
                 });
             }
         } else {
-            done.push(&a.origin);
-            if done.contains(&&b.origin) {
+            done.insert(&a.origin);
+            if done.contains(&b.origin) {
                 return Err(ProtocolError::OriginRepeated {
                     origin: b.origin.clone(),
                 });
@@ -833,11 +836,18 @@ impl Replica {
                         self.stalled.entry(o.clone()).or_insert(now);
                     }
                 }
-                if s.on_ack(&have, rewind, now) {
+                let ignored = s.rewinds_ignored;
+                if s.on_ack(&have, rewind, self.config.retransmit_after_ms / 4, now) {
                     self.outputs.push_back(Output::Acked {
                         peer: peer.clone(),
                         have: s.acked.clone(),
                     });
+                }
+                if s.rewinds_ignored > ignored {
+                    self.counters
+                        .entry(peer.clone())
+                        .or_default()
+                        .rewinds_ignored += 1;
                 }
                 // A snapshot the peer no longer needs (it got the events elsewhere meanwhile,
                 // and declined the snapshot): cancelled.
@@ -934,7 +944,7 @@ impl Replica {
                     // The peer durably holds everything the snapshot reflects.
                     let have = have::to_wire(&out.have);
                     s.snapshot_out = None;
-                    if s.on_ack(&have, false, now) {
+                    if s.on_ack(&have, false, 0, now) {
                         self.outputs.push_back(Output::Acked {
                             peer: peer.clone(),
                             have: s.acked.clone(),

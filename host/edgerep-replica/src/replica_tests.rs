@@ -737,6 +737,42 @@ fn rewind_and_timer_go_back_to_acked() {
     assert_eq!((c.events_sent, c.events_resent), (9, 5));
 }
 
+/// A peer repeating Acks that ask for a rewind, with nothing acknowledged between them, gets the
+/// window once, not once per Ack; a rewind after progress, or after a quarter of the resend
+/// timer, is honoured.
+#[test]
+fn repeated_rewinds_without_progress_resend_once() {
+    let log = MemLog::with(&evs("a", 1..=4));
+    let mut r = ready(&log, config(100, 4), &["b"]);
+    let b = n("b");
+    sent_dots(r.poll_transmit(10, &log).unwrap());
+    r.handle(&b, ack(&[("a", 1)], true), 20).unwrap();
+    assert_eq!(
+        sent_dots(r.poll_transmit(20, &log).unwrap()).1,
+        dots(&[("a", 2), ("a", 3), ("a", 4)])
+    );
+    for now in 21..40 {
+        r.handle(&b, ack(&[("a", 1)], true), now).unwrap();
+        assert_eq!(r.poll_transmit(now, &log).unwrap(), None, "resent at {now}");
+    }
+    assert_eq!(r.counters(&b).rewinds_ignored, 19);
+    // Progress since the last rewind: the next one is honoured at once.
+    r.handle(&b, ack(&[("a", 2)], true), 41).unwrap();
+    assert_eq!(
+        sent_dots(r.poll_transmit(41, &log).unwrap()).1,
+        dots(&[("a", 3), ("a", 4)])
+    );
+    // No progress, but a quarter of the resend timer (750 ms) passed: honoured too.
+    r.handle(&b, ack(&[("a", 2)], true), 790).unwrap();
+    assert_eq!(r.poll_transmit(790, &log).unwrap(), None);
+    r.handle(&b, ack(&[("a", 2)], true), 791).unwrap();
+    assert_eq!(
+        sent_dots(r.poll_transmit(791, &log).unwrap()).1,
+        dots(&[("a", 3), ("a", 4)])
+    );
+    assert_eq!(r.counters(&b).rewinds_ignored, 20);
+}
+
 /// On a link slower than the resend timer per batch, the caller says the link is still carrying
 /// what was sent (`link_busy`): neither events nor a snapshot page go again while it does, and
 /// the timer runs from the last time it did once the link is idle.

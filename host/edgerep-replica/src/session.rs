@@ -103,6 +103,13 @@ pub(crate) struct Session {
     /// Per origin whose events the caller held back, the have at which this peer was asked to
     /// send them again (asked again only once the have moved: see `Replica::applied`).
     pub(crate) held_back_asked: BTreeMap<NodeId, u64>,
+    /// When this node last went back on the peer's request, and whether `acked` moved since:
+    /// a rewind while the last one's resend is still on its way is not honoured (it would
+    /// resend the same window; a peer repeating Acks that ask for it would make this node read
+    /// and send its window again and again).
+    pub(crate) rewound: Option<(u64, bool)>,
+    /// Rewinds not honoured (see `rewound`).
+    pub(crate) rewinds_ignored: u64,
     /// When the last message from the peer arrived.
     pub(crate) last_message_ms: Option<u64>,
     /// Fingerprint differences found at the handshake.
@@ -163,6 +170,8 @@ impl Session {
             certs_sent: BTreeSet::new(),
             rewinds: BTreeMap::new(),
             held_back_asked: BTreeMap::new(),
+            rewound: None,
+            rewinds_ignored: 0,
             last_message_ms: None,
             mismatches: Vec::new(),
             bye: None,
@@ -252,8 +261,15 @@ impl Session {
         }
     }
 
-    /// Takes in an Ack. Returns whether `acked` moved.
-    pub(crate) fn on_ack(&mut self, ack: &[(NodeId, u64)], rewind: bool, now: u64) -> bool {
+    /// Takes in an Ack. Returns whether `acked` moved. A rewind is honoured unless the last one
+    /// was less than `rewind_gap` ms ago and nothing was acknowledged since.
+    pub(crate) fn on_ack(
+        &mut self,
+        ack: &[(NodeId, u64)],
+        rewind: bool,
+        rewind_gap: u64,
+        now: u64,
+    ) -> bool {
         // A have names at most MAX_ORIGINS origins in one message, and so in a session: a peer
         // naming new ones Ack after Ack would grow these maps (and what each Ack copies)
         // without end. Origins past the bound are ignored.
@@ -279,9 +295,20 @@ impl Session {
         self.idle_at = None;
         if moved {
             self.progress_ms = now;
+            if let Some((_, acked_since)) = &mut self.rewound {
+                *acked_since = true;
+            }
         }
         if rewind {
-            self.go_back(now);
+            let due = self.rewound.is_none_or(|(at, acked_since)| {
+                acked_since || now >= at.saturating_add(rewind_gap)
+            });
+            if due {
+                self.rewound = Some((now, false));
+                self.go_back(now);
+            } else {
+                self.rewinds_ignored += 1;
+            }
         }
         moved
     }

@@ -79,7 +79,7 @@ pub use write::ConflictTally;
 pub use digest::{Digest, HashRule};
 pub use resolution::{BY_DEFAULT_AFTER_DISAGREEMENT, Disagreement, Resolution, Resolver};
 use retention::{COMPACTED, feed_floor, read_map};
-pub use retention::{CollectionCounts, Compaction, Installed, StatePage};
+pub use retention::{CollectionCounts, Compaction, Installed, RepairFork, StatePage};
 use seals::{CERTS, CHAINS, SEALS};
 pub use seals::{KeyError, Keys};
 pub use versions::{Applied, Versions};

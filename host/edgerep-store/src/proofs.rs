@@ -509,6 +509,30 @@ impl PageProofs {
         Ok(())
     }
 
+    /// The event this store holds at `received`'s origin and sequence number when its own
+    /// history proves it is another one (its own seal and path for that place do not prove
+    /// `received`); `None` when they do, or when this store holds no proof for that place.
+    pub(crate) fn holds_other(
+        &mut self,
+        changelog: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        seals_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        proofs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        limits: &EventLimits,
+        received: &EncodedEvent,
+    ) -> Result<Option<EncodedEvent>, StoreError> {
+        Ok(
+            match self.prove(changelog, seals_t, proofs, blocks, limits, received.clone())? {
+                Some((held, seal, proof))
+                    if !seal.proves(received.seq, received.bytes(), &proof.path) =>
+                {
+                    Some(held)
+                }
+                _ => None,
+            },
+        )
+    }
+
     /// The origin's event behind `version`, the seal of its block and its path, if this store
     /// holds them.
     fn prove(

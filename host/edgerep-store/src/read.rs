@@ -420,6 +420,20 @@ impl Store {
         Ok(out)
     }
 
+    /// How far the store holds each of `origins` (0 for one it holds nothing of). One read
+    /// transaction.
+    pub fn held_of<'a>(
+        &self,
+        origins: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ORIGINS)?;
+        origins
+            .into_iter()
+            .map(|o| Ok(table.get(o)?.map_or(0, |g| g.value())))
+            .collect()
+    }
+
     /// Summary counters and the digest.
     pub fn status(&self) -> Result<StoreStatus, StoreError> {
         Store::status_in(&self.db.begin_read()?)

@@ -99,6 +99,23 @@ pub struct Installed {
     pub held: Have,
     /// Every origin's compacted floor afterwards.
     pub compacted: Have,
+    /// Versions a repair offered, up to this node's have, that are not the event this node
+    /// holds under their origin and sequence number (another history the origin signed, sent
+    /// by a peer that holds it): left out.
+    pub forks: Vec<RepairFork>,
+}
+
+/// A version a repair offered in place of another event this node holds at its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairFork {
+    /// The origin of both events.
+    pub origin: NodeId,
+    /// Their sequence number.
+    pub seq: u64,
+    /// [`crate::event_hash`] of the event held here.
+    pub held: [u8; 32],
+    /// [`crate::event_hash`] of the version offered.
+    pub received: [u8; 32],
 }
 
 pub(crate) fn read_map(table: &impl ReadableTable<&'static str, u64>) -> Result<Have, StoreError> {
@@ -571,6 +588,13 @@ impl StoreWriter {
                 }
             }
         }
+        // A repair replaces what this node holds of an event only with that same event (its
+        // state row may be damaged; its history is not the peer's to rewrite).
+        let forks = if repair {
+            self.keep_held_history(&mut proven)?
+        } else {
+            Vec::new()
+        };
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let (out, deltas, tally) = {
@@ -774,6 +798,7 @@ impl StoreWriter {
                     by_collection,
                     held,
                     compacted,
+                    forks,
                 },
                 deltas,
                 tally,
@@ -783,6 +808,50 @@ impl StoreWriter {
         self.aae.apply(&deltas);
         self.add_conflicts(tally);
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Takes out of `proven` every version up to this node's have that its own history proves
+    /// is not the event it holds there, and returns their (origin, seq). A version this node
+    /// cannot prove either way (nothing of it kept, or damaged) stays.
+    #[allow(clippy::type_complexity)]
+    fn keep_held_history(
+        &self,
+        proven: &mut Vec<(EncodedEvent, Seal, Vec<edgerep_wire::seal::ChainHash>)>,
+    ) -> Result<Vec<RepairFork>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let origins = read_map(&txn.open_table(ORIGINS)?)?;
+        let changelog = txn.open_table(CHANGELOG)?;
+        let seals_t = txn.open_table(SEALS)?;
+        let proofs_t = txn.open_table(PROOFS)?;
+        let blocks_t = txn.open_table(BLOCKS)?;
+        let mut ours = PageProofs::default();
+        let mut forks = Vec::new();
+        let mut kept = Vec::with_capacity(proven.len());
+        for (event, seal, path) in proven.drain(..) {
+            if origins.get(&event.origin).copied().unwrap_or(0) >= event.seq
+                && let Some(held) = ours.holds_other(
+                    &changelog,
+                    &seals_t,
+                    &proofs_t,
+                    &blocks_t,
+                    &self.limits(),
+                    &event,
+                )?
+            {
+                forks.push(RepairFork {
+                    origin: event.origin.clone(),
+                    seq: event.seq,
+                    held: crate::event_hash(held.bytes()),
+                    received: crate::event_hash(event.bytes()),
+                });
+                continue;
+            }
+            kept.push((event, seal, path));
+        }
+        *proven = kept;
+        Ok(forks)
     }
 }
 

@@ -585,3 +585,69 @@ fn a_store_closed_during_its_check_opens_again() {
     assert!(!a.open_check().unwrap().found_damage());
     assert_eq!(a.aae_fingerprint(Node::ROOT).unwrap().count, 20_000);
 }
+
+/// A repair cannot rewrite history: a version of another history of an origin (sealed by it),
+/// at a place this node holds, is left out and reported as a fork, whoever sends it; the
+/// event held there stays.
+#[test]
+fn a_repair_offering_another_history_of_an_origin_is_a_fork_not_a_replacement() {
+    let (a, forked, b) = (memory("a"), memory("a"), memory("b"));
+    let (mut c1, mut c2) = (clock(), clock());
+    a.commit_local(writes("k", 3, 1), &mut c1, 1).unwrap();
+    // The same origin signing a second history: other values at the same places.
+    forked.commit_local(writes("k", 3, 2), &mut c2, 1).unwrap();
+    ship(&a, &b, "a");
+    let before = b.status().unwrap().digest;
+    let keys: Vec<Vec<u8>> = (0..3).map(|i| format!("c\0k{i}").into_bytes()).collect();
+    let page = forked.versions_of(&keys).unwrap();
+    assert_eq!(page.versions.len(), 3);
+    let out = b
+        .repair_sealed(
+            page.versions,
+            &page.proofs,
+            &page.seals,
+            &[],
+            &[],
+            &node("m"),
+            &Default::default(),
+            None,
+            Sync::Immediate,
+        )
+        .unwrap();
+    assert_eq!((out.changed, out.replaced), (0, 0), "{out:?}");
+    let forks: Vec<(String, u64)> = out
+        .forks
+        .iter()
+        .map(|f| (f.origin.to_string(), f.seq))
+        .collect();
+    assert_eq!(
+        forks,
+        vec![("a".into(), 1), ("a".into(), 2), ("a".into(), 3)]
+    );
+    assert!(out.forks.iter().all(|f| f.held != f.received));
+    assert_eq!(b.status().unwrap().digest, before);
+    for k in 0..3 {
+        let key = format!("k{k}");
+        assert_eq!(
+            b.get("c", key.as_bytes()).unwrap(),
+            a.get("c", key.as_bytes()).unwrap()
+        );
+    }
+    // The genuine history still repairs a damaged copy (see the test above): nothing is
+    // reported for the origin's own events.
+    let page = a.versions_of(&keys).unwrap();
+    let out = b
+        .repair_sealed(
+            page.versions,
+            &page.proofs,
+            &page.seals,
+            &[],
+            &[],
+            a.node(),
+            &Default::default(),
+            None,
+            Sync::Immediate,
+        )
+        .unwrap();
+    assert!(out.forks.is_empty(), "{out:?}");
+}

@@ -22,7 +22,8 @@ use edgerep_wire::aae::Node;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{CommitHookSender, Input, Replicator, SEND_QUEUE_MAX_BYTES, wall_ms};
+use super::trust::hex;
+use super::{CommitHookSender, ForkReport, Input, Replicator, SEND_QUEUE_MAX_BYTES, wall_ms};
 use crate::committer::CommitError;
 
 /// A session of ours that gets no answer for this long ends, reported as timed out.
@@ -724,7 +725,7 @@ impl Replicator {
                     // transforms make of each version, as when the event first came (run only
                     // for a repair that will be merged: plugins cost fuel and time).
                     let transformed = self.aae_shape(peer, &versions);
-                    self.learn_certs(&certs);
+                    self.learn_certs(peer, &certs);
                     if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
                         session.pending += 1;
                     }
@@ -939,6 +940,25 @@ impl Replicator {
                         peer = %peer, keys = out.disagreements,
                         "this node and a peer resolved the same versions differently (a resolver that is not deterministic, or different builds): those keys now hold the last-writer-wins default on both; see GET /v1/disagreements"
                     );
+                }
+                for fork in &out.forks {
+                    if !self.reports.first_fork(fork.origin.as_str(), fork.seq) {
+                        continue;
+                    }
+                    let report = ForkReport {
+                        origin: fork.origin.to_string(),
+                        seq: fork.seq,
+                        held_hash: hex(&fork.held),
+                        received_hash: hex(&fork.received),
+                        from_peer: peer.to_string(),
+                        at_ms: wall_ms(),
+                    };
+                    tracing::error!(
+                        peer = %peer, origin = %report.origin, seq = report.seq,
+                        held = %report.held_hash, received = %report.received_hash,
+                        "fork: a peer's repair offered another event its origin sealed in place of one this node holds; left out"
+                    );
+                    self.reports.fork(report);
                 }
                 if out.covered > 0 || out.replaced > 0 {
                     tracing::warn!(

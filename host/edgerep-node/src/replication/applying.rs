@@ -185,11 +185,7 @@ impl Replicator {
                     // Another history the origin signed, or events the peer changed
                     // under the origin's genuine seal: this node keeps what it holds; the
                     // session goes on for every other origin.
-                    if !self
-                        .reports
-                        .seen_forks
-                        .insert((fork.origin.clone(), fork.seq))
-                    {
+                    if !self.reports.first_fork(&fork.origin, fork.seq) {
                         continue;
                     }
                     let report = ForkReport {

@@ -62,14 +62,24 @@ impl Precheck {
             e.leaf();
             self.store.hint(e);
         }
-        // Only seals that end one of the frame's runs of events (the committer checks no
-        // other), and none after one fails: a frame of seals alone must not buy signature
-        // checks.
+        // Only seals at one of the frame's events that the store does not hold yet (the
+        // committer checks no other), and none after one fails: a frame of seals alone, or of
+        // events already held, must not buy signature checks.
         if let Some(keys) = &self.keys {
             use edgerep_store::Keys as _;
-            let ends: std::collections::BTreeSet<(&NodeId, u64)> =
-                events.iter().map(|e| (&e.origin, e.seq)).collect();
-            for seal in seals.iter().filter(|s| ends.contains(&(&s.origin, s.seq))) {
+            let at: std::collections::BTreeSet<(&str, u64)> =
+                events.iter().map(|e| (e.origin.as_str(), e.seq)).collect();
+            let mut origins: Vec<&str> = seals.iter().map(|s| s.origin.as_str()).collect();
+            origins.sort_unstable();
+            origins.dedup();
+            let Ok(held) = self.store.held_of(origins.iter().copied()) else {
+                return;
+            };
+            let held_of =
+                |origin: &str| origins.binary_search(&origin).map_or(u64::MAX, |i| held[i]);
+            for seal in seals.iter().filter(|s| {
+                at.contains(&(s.origin.as_str(), s.seq)) && s.seq > held_of(s.origin.as_str())
+            }) {
                 if keys
                     .verify(&seal.origin, seal.seq, &seal.message(), &seal.signature)
                     .is_err()

@@ -73,6 +73,9 @@ pub struct PeerTraffic {
     pub events_resent: u64,
     /// Snapshot pages sent to the peer.
     pub snapshot_pages_sent: u64,
+    /// Rewinds the peer asked for while the last one's resend was still on its way (not
+    /// honoured; a growing count is a faulty or hostile peer).
+    pub rewinds_ignored: u64,
     /// Origins whose events this node does not push to the peer now (the peer pruned them).
     pub not_pushed_to_peer: Vec<String>,
     /// Origins whose events the peer does not push to this node now (this node pruned them).
@@ -169,11 +172,24 @@ pub(super) struct Reports {
     pub(super) snapshot_pages_merged_total: u64,
     pub(super) compactions_total: u64,
     pub(super) compacted_events_total: u64,
-    /// Forks reported already (by origin and sequence number).
-    pub(super) seen_forks: BTreeSet<(String, u64)>,
+    /// Forks reported already (by origin and sequence number), at most [`FORKS_REMEMBERED`].
+    seen_forks: BTreeSet<(String, u64)>,
 }
 
+/// Forks [`Reports`] remembers so as to report each once; past it they are forgotten and a
+/// fork seen again is reported again (noise, but bounded memory under a peer replaying
+/// another history of a long log).
+const FORKS_REMEMBERED: usize = 65_536;
+
 impl Reports {
+    /// Whether the fork at `origin`'s `seq` is not reported yet (it is remembered as reported).
+    pub(super) fn first_fork(&mut self, origin: &str, seq: u64) -> bool {
+        if self.seen_forks.len() >= FORKS_REMEMBERED {
+            self.seen_forks.clear();
+        }
+        self.seen_forks.insert((origin.to_owned(), seq))
+    }
+
     pub(super) fn deferred(&mut self, reason: &str) {
         self.deferred_total += 1;
         self.deferred_last = Some(reason.to_owned());
@@ -254,6 +270,7 @@ impl super::Replicator {
                     grafts_sent: counters.grafts_sent,
                     events_resent: counters.events_resent,
                     snapshot_pages_sent: counters.snapshot_pages_sent,
+                    rewinds_ignored: counters.rewinds_ignored,
                     not_pushed_to_peer: view
                         .as_ref()
                         .map_or(Vec::new(), |v| names(&v.lazy_origins)),

@@ -10,6 +10,9 @@ use edgerep_transport::CloseCode;
 use edgerep_wire::{EncodedEvent, NodeId, Seal};
 
 use super::{DUPLICATE_WINDOW, ForkReport, RefusalReport, Replicator};
+
+/// Certificates refused in one message after which [`Replicator::learn_certs`] stops.
+const CERTS_REFUSED_PER_MESSAGE: usize = 4;
 use crate::committer::wall_ms;
 
 /// Lowercase hex of a hash.
@@ -196,11 +199,24 @@ impl Replicator {
     /// Takes in the certificates a peer sent as they arrive (checked against the CA and the
     /// origin's name; a bad one is ignored here and refused with the seals it would verify), so
     /// that they serve even when the events they came with are not applied now.
-    pub(super) fn learn_certs(&self, certs: &[(NodeId, Vec<u8>)]) {
+    /// At most one certificate per origin is checked per message, and none after
+    /// [`CERTS_REFUSED_PER_MESSAGE`] were refused (a peer sending many bad ones must not buy a
+    /// signature check each).
+    pub(super) fn learn_certs(&self, peer: &NodeId, certs: &[(NodeId, Vec<u8>)]) {
         let Some(keys) = &self.log.keys else { return };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut refused = 0;
         for (origin, der) in certs {
+            if !seen.insert(origin) {
+                continue;
+            }
             if let Err(e) = edgerep_store::Keys::learn(keys.as_ref(), origin, der) {
-                tracing::debug!(origin = %origin, "a certificate a peer sent was refused: {e}");
+                refused += 1;
+                tracing::debug!(peer = %peer, origin = %origin, "a certificate a peer sent was refused: {e}");
+                if refused == CERTS_REFUSED_PER_MESSAGE {
+                    tracing::warn!(peer = %peer, "a peer sent {refused} certificates that were refused in one message: the rest are not checked (last: {e})");
+                    return;
+                }
             }
         }
     }
@@ -237,15 +253,37 @@ impl Replicator {
                 return None;
             }
         };
+        // Each seal's block is proven once per batch, however many of its events differ (a
+        // peer replaying a whole other history must not cost a Merkle root per event).
+        let mut proven: BTreeMap<usize, bool> = BTreeMap::new();
+        let by_end: BTreeMap<(&str, u64), usize> = seals
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.origin.as_str(), s.seq), i))
+            .collect();
         for (event, stored) in held.iter().zip(hashes) {
             let Some(stored) = stored else { continue };
             let received = edgerep_store::event_hash(event.bytes());
             if received != stored {
-                if !self.sealed_in_batch(event, events, seals) {
+                // The first seal at or after the event, if it covers it.
+                let seal = by_end
+                    .range((event.origin.as_str(), event.seq)..=(event.origin.as_str(), u64::MAX))
+                    .map(|(_, &i)| i)
+                    .next()
+                    .filter(|&i| seals[i].covers(event.seq));
+                let sealed = seal.is_some_and(|i| {
+                    *proven
+                        .entry(i)
+                        .or_insert_with(|| self.sealed_in_batch(&seals[i], events))
+                });
+                if !sealed {
                     return Some(format!(
                         "event {}:{} differs from the one this node holds and its origin's seal does not prove it: the peer changed it",
                         event.origin, event.seq
                     ));
+                }
+                if !self.reports.first_fork(event.origin.as_str(), event.seq) {
+                    continue;
                 }
                 let report = ForkReport {
                     origin: event.origin.to_string(),
@@ -266,24 +304,13 @@ impl Replicator {
         None
     }
 
-    /// Whether `event` is proven its origin's by the batch alone: a seal of the batch covers
-    /// it, the batch holds that seal's whole block, the block's Merkle root matches and the
+    /// Whether `seal`'s events are proven their origin's by the batch alone: the batch holds
+    /// the seal's whole block, the block's Merkle root matches and the
     /// signature verifies (with keys; without, the root must still match).
-    pub(super) fn sealed_in_batch(
-        &self,
-        event: &EncodedEvent,
-        events: &[EncodedEvent],
-        seals: &[Seal],
-    ) -> bool {
-        let Some(seal) = seals
-            .iter()
-            .find(|s| s.origin == event.origin && s.covers(event.seq))
-        else {
-            return false;
-        };
+    pub(super) fn sealed_in_batch(&self, seal: &Seal, events: &[EncodedEvent]) -> bool {
         let mut block: Vec<&EncodedEvent> = events
             .iter()
-            .filter(|e| e.origin == event.origin && seal.covers(e.seq))
+            .filter(|e| e.origin == seal.origin && seal.covers(e.seq))
             .collect();
         block.sort_by_key(|e| e.seq);
         block.dedup_by_key(|e| e.seq);
