@@ -95,6 +95,27 @@ impl Store {
         }
     }
 
+    /// The last seal of `origin` that is signed (seals made while the node ran without keys
+    /// are not), if any.
+    pub fn last_signed_seal(&self, origin: &NodeId) -> Result<Option<Seal>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SEALS)?;
+        let (lo, hi) = (
+            log_key(origin.as_str(), 0),
+            log_key(origin.as_str(), u64::MAX),
+        );
+        for row in table.range(lo.as_slice()..=hi.as_slice())?.rev() {
+            let (k, v) = row?;
+            let seq = log_seq(origin.as_str(), k.value())
+                .ok_or_else(|| corrupt("seals", "a key of another origin in range"))?;
+            let seal = seals::decode(origin, seq, v.value())?;
+            if !seal.signature.is_empty() {
+                return Ok(Some(seal));
+            }
+        }
+        Ok(None)
+    }
+
     /// The certificate (DER) of `origin` this store learnt from peers, if any.
     pub fn cert(&self, origin: &NodeId) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;

@@ -999,11 +999,29 @@ fn a_node_whose_key_was_replaced_refuses_to_start_on_its_data() {
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("signed with another key"), "{err}");
+    // The operator then runs node-1 for a while without authentication (its newest seals are
+    // unsigned) and turns it back on with the new key: still refused, since the events sealed
+    // with the former key are still there.
+    let toml = std::fs::read_to_string(&configs[0]).unwrap();
+    let without = toml.replacen("[replication]", "[replication]\nauthenticate = false", 1);
+    assert_ne!(toml, without);
+    std::fs::write(&configs[0], &without).unwrap();
+    let n1 = Node::start(&configs[0]);
+    put(&n1, "c", "k2", r#"{"v":2}"#);
+    n1.terminate();
+    std::fs::write(&configs[0], &toml).unwrap();
+    let (code, err) = common::refused_to_start(
+        &["run", "--config", configs[0].to_str().unwrap()],
+        "node-1 started with a replaced key after a run without authentication",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("signed with another key"), "{err}");
     for f in ["ca.pem", "node.pem", "node.key"] {
         std::fs::copy(former.join(f), certs.join(f)).unwrap();
     }
     let n1 = Node::start(&configs[0]);
     assert_eq!(get(&n1, "c", "k").0, 200);
+    assert_eq!(get(&n1, "c", "k2").0, 200);
 }
 
 /// A careless operator revokes `node_2` instead of `node-2`: the config is valid (the id is
