@@ -125,7 +125,10 @@ impl NodeError {
                 | NodeError::KeyChanged { .. }
                 | NodeError::DecidersChanged(_)
                 | NodeError::Store {
-                    source: StoreError::WrongNode { .. },
+                    source: StoreError::WrongNode { .. }
+                        | StoreError::LimitsLowered { .. }
+                        | StoreError::OldFormat { .. }
+                        | StoreError::UnsupportedFormat { .. },
                     ..
                 }
         )

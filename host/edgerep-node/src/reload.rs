@@ -381,7 +381,7 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
     .collect();
     if !lowered.is_empty() {
         problems.push(format!(
-            "[limits] {lowered:?} lowered: a reload only raises limits (events stored under the old ones must stay readable; lowering takes a restart)"
+            "[limits] {lowered:?} lowered: limits are only raised (events stored under the old ones must stay readable; a start with lower ones is refused too)"
         ));
     }
     if old.peers.is_empty() != new.peers.is_empty() {

@@ -114,24 +114,27 @@ pub enum StoreError {
     #[error("invalid request: {0}")]
     Invalid(String),
     /// New limits would lower some of the store's: events stored under the old limits must stay
-    /// readable (a restart with lower limits checks the store).
+    /// readable (a reload or a start with lower limits is refused).
     #[error(
-        "limits {limits:?} would be lowered: events stored under the old limits must stay readable (a restart with lower limits checks the store)"
+        "[limits] lower than the store was written under: {}; events stored under the old limits must stay readable, so keep each at least as high",
+        limits.join(", ")
     )]
     LimitsLowered {
-        /// The limits that would be lowered.
-        limits: Vec<&'static str>,
+        /// The limits that would be lowered, each with its value and the one held.
+        limits: Vec<String>,
     },
     /// The database was written by an older edgerep whose tables this one cannot continue.
     #[error(
-        "store format {found} predates this edgerep's origin seals (format {STORE_FORMAT}): move the data directory away and start the node on an empty one; it catches up from its peers"
+        "store format {found} predates this edgerep's origin seals (format {STORE_FORMAT}): this build cannot continue it. Run the build that wrote it until its peers hold all its events (compare `edgerep status` on each), then move node.data_dir away and start this build on an empty one: it catches up from its peers (events no peer holds would be lost)"
     )]
     OldFormat {
         /// Format found in the file.
         found: u64,
     },
     /// The database was written by a newer edgerep with a table layout this one does not know.
-    #[error("store format {found} is newer than this edgerep supports ({supported})")]
+    #[error(
+        "store format {found} is newer than this edgerep supports ({supported}): the data directory was written by a newer build; run that build (or a newer one) on it"
+    )]
     UnsupportedFormat {
         /// Format found in the file.
         found: u64,

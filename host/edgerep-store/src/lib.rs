@@ -491,11 +491,34 @@ impl Store {
                             supported: STORE_FORMAT,
                         });
                     }
-                    if found < STORE_FORMAT {
+                    if found < STORE_FORMAT_CONTINUED {
                         return Err(StoreError::OldFormat { found });
+                    }
+                    if found < STORE_FORMAT {
+                        meta.insert(META_STORE_FORMAT, &STORE_FORMAT.to_be_bytes()[..])?;
                     }
                 }
             }
+            // Events stored under higher limits must stay readable: a start with lower ones is
+            // refused; the record keeps the highest each limit has been.
+            let held: Vec<u64> = match meta.get(META_LIMITS)? {
+                Some(g) => g
+                    .value()
+                    .chunks(8)
+                    .map(|c| u64_from(c, "meta"))
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            };
+            let lowered = lowered(&held, &limits);
+            if !lowered.is_empty() {
+                return Err(StoreError::LimitsLowered { limits: lowered });
+            }
+            let record: Vec<u8> = limits_record(&limits)
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, n))| (*n).max(held.get(i).copied().unwrap_or(0)).to_be_bytes())
+                .collect();
+            meta.insert(META_LIMITS, record.as_slice())?;
             // Create every table so readers never meet a missing one.
             txn.open_table(STATE)?;
             txn.open_table(CHANGELOG)?;
@@ -600,21 +623,8 @@ impl Store {
     /// the old ones must stay readable.
     pub fn raise_limits(&self, limits: EventLimits) -> Result<(), StoreError> {
         let mut current = self.limits.write().unwrap_or_else(|e| e.into_inner());
-        let (c, n) = (&*current, &limits);
-        let lower = [
-            ("max_event_bytes", n.max_event_bytes < c.max_event_bytes),
-            ("max_key_bytes", n.max_key_bytes < c.max_key_bytes),
-            ("max_meta_entries", n.max_meta_entries < c.max_meta_entries),
-            ("max_meta_bytes", n.max_meta_bytes < c.max_meta_bytes),
-            (
-                "max_context_entries",
-                n.max_context_entries < c.max_context_entries,
-            ),
-            ("max_value_bytes", n.value.max_bytes < c.value.max_bytes),
-            ("max_value_depth", n.value.max_depth < c.value.max_depth),
-        ];
-        let lowered: Vec<&'static str> =
-            lower.iter().filter(|(_, l)| *l).map(|(k, _)| *k).collect();
+        let held: Vec<u64> = limits_record(&current).iter().map(|(_, n)| *n).collect();
+        let lowered = lowered(&held, &limits);
         if !lowered.is_empty() {
             return Err(StoreError::LimitsLowered { limits: lowered });
         }

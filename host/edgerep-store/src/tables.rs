@@ -1,6 +1,7 @@
 //! The tables (see the crate's documentation) and the small records every transaction keeps.
 
 use edgerep_wire::Hlc;
+use edgerep_wire::event::EventLimits;
 use redb::{ReadableTable, TableDefinition};
 
 use crate::{Digest, StoreError, corrupt};
@@ -45,6 +46,35 @@ pub(crate) const META_DECIDERS: &str = "deciders";
 /// given again after a restart).
 pub(crate) const META_DEAD_LETTER_HIGH: &str = "dead_letter_high";
 
+/// The highest limits the store was opened under ([`limits_record`]): events stored under them
+/// must stay readable, so a start with lower ones is refused.
+pub(crate) const META_LIMITS: &str = "limits";
+
+/// The limits a store keeps, by name, in the order [`META_LIMITS`] holds them.
+pub(crate) fn limits_record(l: &EventLimits) -> [(&'static str, u64); 8] {
+    [
+        ("max_event_bytes", l.max_event_bytes as u64),
+        ("max_key_bytes", l.max_key_bytes as u64),
+        ("max_meta_entries", l.max_meta_entries as u64),
+        ("max_meta_bytes", l.max_meta_bytes as u64),
+        ("max_context_entries", l.max_context_entries as u64),
+        ("max_value_bytes", l.value.max_bytes as u64),
+        ("max_value_depth", l.value.max_depth as u64),
+        ("max_value_items", l.value.max_items as u64),
+    ]
+}
+
+/// The limits of `new` lower than those of `held` (`held` as [`limits_record`] values), each
+/// named with both values.
+pub(crate) fn lowered(held: &[u64], new: &EventLimits) -> Vec<String> {
+    limits_record(new)
+        .iter()
+        .zip(held)
+        .filter(|((_, n), h)| n < h)
+        .map(|((name, n), h)| format!("{name} {n} (stored events may need {h})"))
+        .collect()
+}
+
 /// redb's page cache (reads and the write buffer), at most. At 32 MiB the two nodes of
 /// `bench replicate` peaked at 95–101 MB resident; at 16 MiB 62 and 74 MB, with throughput
 /// within that run's noise (writes append at the right edge of each table, and catch-up reads
@@ -52,8 +82,14 @@ pub(crate) const META_DEAD_LETTER_HIGH: &str = "dead_letter_high";
 pub const CACHE_BYTES: usize = 16 << 20;
 
 /// Layout version of the tables above (2: origin chains and seals; 3: seals name their block
-/// and its Merkle root, proofs of compacted live versions).
-pub(crate) const STORE_FORMAT: u64 = 3;
+/// and its Merkle root, proofs of compacted live versions; 4: kept blocks, idempotency
+/// records, resolutions in state rows and the limits record, so that a build of format 3
+/// refuses a store this one wrote). Raise it with every change an older build would misread.
+pub(crate) const STORE_FORMAT: u64 = 4;
+
+/// The oldest format this build continues in place (raising it to [`STORE_FORMAT`] at open):
+/// format 3 stores of the builds just before lack only tables and records made at open.
+pub(crate) const STORE_FORMAT_CONTINUED: u64 = 3;
 
 /// The meta counters every write transaction keeps up to date: last feed position, state
 /// digest, number of state entries.

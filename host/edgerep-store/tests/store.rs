@@ -1570,3 +1570,90 @@ fn version_from_finds_the_newest_of_other_origins() {
     assert_eq!(found(6_000), None, "a's own write does not count");
     assert_eq!(a.version_from("other", 0).unwrap(), None);
 }
+
+/// A store opened under higher limits is never opened under lower ones (events stored under the
+/// higher ones would no longer decode): refused, naming the limit, its value and the one
+/// needed; the record keeps the highest each limit has been.
+#[test]
+fn a_store_refuses_limits_lower_than_it_was_opened_under() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let me = node("a");
+    let with_keys = |n: usize| EventLimits {
+        max_key_bytes: n,
+        ..limits()
+    };
+    {
+        let (store, _) = StoreWriter::open(&path, &me, with_keys(2048)).unwrap();
+        let mut clock = HlcClock::new(Default::default(), 60_000);
+        store
+            .commit_local(vec![put("c", &[7u8; 2000], val(1))], &mut clock, 1)
+            .unwrap();
+    }
+    let refused = |n: usize| match StoreWriter::open(&path, &me, with_keys(n)) {
+        Err(e @ StoreError::LimitsLowered { .. }) => e.to_string(),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("opened under max_key_bytes {n}"),
+    };
+    let e = refused(1024);
+    assert!(
+        e.contains("max_key_bytes 1024 (stored events may need 2048)"),
+        "{e}"
+    );
+    // Raised, then back to 2048: refused too, the record holds 4096.
+    drop(StoreWriter::open(&path, &me, with_keys(4096)).unwrap());
+    let e = refused(2048);
+    assert!(e.contains("need 4096"), "{e}");
+    let (store, _) = StoreWriter::open(&path, &me, with_keys(4096)).unwrap();
+    assert_eq!(store.get("c", &[7u8; 2000]).unwrap().events().len(), 1);
+    // A reload lowering a limit is refused the same way.
+    assert!(matches!(
+        store.raise_limits(with_keys(100)),
+        Err(StoreError::LimitsLowered { .. })
+    ));
+}
+
+/// The store format a build reads: a newer one is refused naming what to do (an older build
+/// must not misread a store a newer one wrote), format 3 is continued and raised to this
+/// build's, anything older is refused.
+#[test]
+fn store_formats_newer_are_refused_and_the_last_older_is_continued() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let me = node("a");
+    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    drop(StoreWriter::open(&path, &me, limits()).unwrap());
+    let format = |set: Option<u64>| -> u64 {
+        let db = redb::Database::create(&path).unwrap();
+        if let Some(f) = set {
+            let txn = db.begin_write().unwrap();
+            txn.open_table(meta)
+                .unwrap()
+                .insert("store_format", &f.to_be_bytes()[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let t = txn.open_table(meta).unwrap();
+        let v = t.get("store_format").unwrap().unwrap();
+        u64::from_be_bytes(v.value().try_into().unwrap())
+    };
+    let built = format(None);
+    assert!(built >= 4, "{built}");
+    format(Some(built + 1));
+    match StoreWriter::open(&path, &me, limits()) {
+        Err(e @ StoreError::UnsupportedFormat { .. }) => {
+            assert!(e.to_string().contains("run that build"), "{e}")
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a newer format opened"),
+    }
+    format(Some(3));
+    drop(StoreWriter::open(&path, &me, limits()).unwrap());
+    assert_eq!(format(None), built);
+    format(Some(2));
+    assert!(matches!(
+        StoreWriter::open(&path, &me, limits()),
+        Err(StoreError::OldFormat { found: 2 })
+    ));
+}

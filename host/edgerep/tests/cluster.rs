@@ -816,7 +816,7 @@ fn a_node_restarted_with_another_policy_takes_writes_and_names_the_difference() 
     converge(&[&n1, &n2], Duration::from_secs(30));
     n1.terminate();
     let text = std::fs::read_to_string(&configs[0]).unwrap();
-    let changed = text.replace("# max_value_bytes = 65536", "max_value_bytes = 32768");
+    let changed = text.replace("# max_value_bytes = 65536", "max_value_bytes = 131072");
     assert_ne!(text, changed);
     std::fs::write(&configs[0], changed).unwrap();
     let n1 = Node::start(&configs[0]);
@@ -930,7 +930,7 @@ fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
     let text = std::fs::read_to_string(&configs[2]).unwrap();
     std::fs::write(
         &configs[2],
-        text.replace("# max_value_bytes = 65536", "max_value_bytes = 32768"),
+        text.replace("# max_value_bytes = 65536", "max_value_bytes = 131072"),
     )
     .unwrap();
     let n3 = Node::start(&configs[2]);

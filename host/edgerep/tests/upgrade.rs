@@ -311,7 +311,7 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
         said.contains("plugins.counter-v1") && said.contains("effective_from"),
         "{said}"
     );
-    // A limit: needs a restart.
+    // A limit lowered: refused (a start would refuse it too).
     std::fs::write(
         &configs[0],
         format!("{base}{}", tally(&wasm, &sha, None))
@@ -322,7 +322,7 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
     assert!(!o.status.success());
     let said = format!("{}{}", stdout(&o), stderr(&o));
     assert!(
-        said.contains("[limits]") && said.contains("restart"),
+        said.contains("[limits]") && said.contains("lowered"),
         "{said}"
     );
     // A collection the node took undeclared (last writer wins) and holds events of, declared
