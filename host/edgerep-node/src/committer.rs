@@ -619,7 +619,11 @@ impl Committer {
                         // A dead letter is durable before its client hears of it, whatever
                         // the collection's sync policy; so is a key recorded with no writes
                         // (no collection to ask).
-                        let sync = if set_aside.is_empty() && !writes.is_empty() {
+                        let keys_alone = group
+                            .iter()
+                            .zip(&counts)
+                            .any(|(p, &n)| n == 0 && !p.receipts.is_empty());
+                        let sync = if set_aside.is_empty() && !writes.is_empty() && !keys_alone {
                             policy.sync_for(writes.iter().map(|w| w.collection.as_str()))
                         } else {
                             edgerep_store::Sync::Immediate

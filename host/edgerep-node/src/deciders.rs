@@ -79,10 +79,16 @@ pub fn changes<E>(
     };
     let now = entries(config);
     let mut problems = Vec::new();
-    for (name, was) in &before {
-        let Some(is) = now.get(name) else {
-            continue;
-        };
+    // A collection the record lacks was undeclared when the store last ran: events of it it
+    // holds were decided by the defaults (taken undeclared).
+    let undeclared = json!({
+        "resolver": "lww",
+        "transforms_on_apply": [],
+        "upgrades": [],
+        "plugins": {},
+    });
+    for (name, is) in &now {
+        let was = before.get(name).unwrap_or(&undeclared);
         let differs = |field: &str| was.get(field) != is.get(field);
         let upgrades = |r: &Json| r.get("upgrades").and_then(Json::as_array).cloned();
         let upgrades_kept = match (upgrades(was), upgrades(is)) {
@@ -144,12 +150,14 @@ pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
 
 /// [`record`] of `config`, but with the `before` record's entries for the collections in
 /// `keep` (whose re-resolution is still to run: until it ends, the next start runs it again).
+/// Collections the config no longer declares keep their entries: declared again later, they are
+/// compared with what decided them, not taken as new.
 pub fn record_keeping(config: &Config, before: Option<&str>, keep: &[String]) -> String {
     let mut now = entries(config);
     if let Some(before) = before.and_then(parse) {
-        for name in keep {
-            if let Some(was) = before.get(name) {
-                now.insert(name.clone(), was.clone());
+        for (name, was) in before {
+            if keep.contains(&name) || !now.contains_key(&name) {
+                now.insert(name, was);
             }
         }
     }

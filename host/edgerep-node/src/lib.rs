@@ -351,18 +351,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // Ids the policy names that are nobody known here (a typo leaves a revoked node able to
     // write, or an origin without its intended limits): said, not refused, since a node may be
     // named before it first writes.
-    {
-        let known = |id: &NodeId| {
-            *id == config.node.id
-                || config.peers.iter().any(|p| p.id == *id)
-                || origins.contains_key(id)
-        };
-        for r in config.revoked.iter().filter(|r| !known(&r.node)) {
-            tracing::warn!(node = %r.node, "[[revoked]] names a node that is no configured peer and no origin this store holds events of: check the id for a typo");
-        }
-        for id in config.authorization.keys().filter(|id| !known(id)) {
-            tracing::warn!(node = %id, "[authorization] names a node that is no configured peer and no origin this store holds events of: check the id for a typo");
-        }
+    for what in unknown_nodes(&config, &origins) {
+        tracing::warn!("{what}");
     }
     // The certificates this node learnt before.
     let keys = match node_keys {
@@ -584,6 +574,30 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         traces,
         disk_failed,
     })
+}
+
+/// The ids `[[revoked]]` and `[authorization]` name that are no configured peer and no origin
+/// `origins` (the store's) holds events of, each as a sentence: a typo leaves a revoked node
+/// able to write, or an origin without its intended limits. Said, not refused, since a node
+/// may be named before it first writes.
+pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Vec<String> {
+    let known = |id: &NodeId| {
+        *id == config.node.id
+            || config.peers.iter().any(|p| p.id == *id)
+            || origins.contains_key(id)
+    };
+    let revoked = config
+        .revoked
+        .iter()
+        .map(|r| &r.node)
+        .filter(|id| !known(id))
+        .map(|id| format!("[[revoked]] names {id}, no configured peer and no origin this store holds events of: check the id for a typo"));
+    let authorized = config
+        .authorization
+        .keys()
+        .filter(|id| !known(id))
+        .map(|id| format!("[authorization] names {id}, no configured peer and no origin this store holds events of: check the id for a typo"));
+    revoked.chain(authorized).collect()
 }
 
 /// Checks this node's newest own seal (at `held`, how far the store holds its own events)

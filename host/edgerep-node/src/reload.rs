@@ -102,6 +102,9 @@ pub struct Reloaded {
     pub sessions_restarted: bool,
     /// What changed outside the config that only a restart takes in (the TLS files' contents).
     pub takes_a_restart: Vec<String>,
+    /// Ids `[[revoked]]` or `[authorization]` names that are no peer and no origin this node
+    /// holds events of (a typo?), each as a sentence.
+    pub unknown_nodes: Vec<String>,
 }
 
 /// The node's current config and what a reload changes.
@@ -322,15 +325,27 @@ impl Reloader {
                 );
             }
         }
+        // A store that cannot say which origins it holds leaves the check out (the reload
+        // took effect already).
+        let unknown_nodes = self
+            .store
+            .status()
+            .map(|s| crate::unknown_nodes(&self.config(), &s.origins))
+            .unwrap_or_default();
         let reloaded = Reloaded {
             file,
             plugins_loaded,
             upgrades_added,
             keys_re_resolved,
             sessions_restarted,
+            unknown_nodes,
             takes_a_restart,
         };
-        for what in &reloaded.takes_a_restart {
+        for what in reloaded
+            .takes_a_restart
+            .iter()
+            .chain(&reloaded.unknown_nodes)
+        {
             tracing::warn!("reloaded, but {what}");
         }
         tracing::info!(?reloaded, "config reloaded");

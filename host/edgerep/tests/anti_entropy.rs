@@ -528,7 +528,7 @@ fn a_decider_changed_in_place_across_a_restart_is_refused() {
         ),
     );
     assert!(upgraded.contains("counter2"));
-    std::fs::write(&configs[0], upgraded).unwrap();
+    std::fs::write(&configs[0], &upgraded).unwrap();
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
     // Its keys are re-resolved at that start (as a reload would), once: the record is saved
@@ -547,6 +547,24 @@ fn a_decider_changed_in_place_across_a_restart_is_refused() {
     assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
     let log = std::fs::read_to_string(&n1.log).unwrap();
     assert_eq!(log.matches(said).count(), 1, "{log}");
+    // Left out of the config for one start, then declared again with its plugin's fuel
+    // changed: still refused (the store's record keeps what decided a collection the config
+    // no longer declares; once, the start in between forgot it and the change went through).
+    n1.terminate();
+    std::fs::write(&configs[0], &base).unwrap();
+    Node::start_with(&configs[0], &["--alone"]).terminate();
+    let changed = upgraded.replace("fuel = 10000000", "fuel = 30000000");
+    assert_ne!(changed, upgraded);
+    std::fs::write(&configs[0], &changed).unwrap();
+    let (code, err) = common::refused_to_start(
+        &["run", "--alone", "--config", configs[0].to_str().unwrap()],
+        "node-1 started with its resolver's fuel changed while the collection was left out",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("a plugin deciding it changed"), "{err}");
+    std::fs::write(&configs[0], &upgraded).unwrap();
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
 }
 
 /// A transform on apply that halts on one origin's event halts that collection only: the

@@ -1048,4 +1048,23 @@ fn a_policy_naming_an_unknown_node_is_reported_at_start() {
     assert!(warned("[[revoked]]", "node_2"), "{log}");
     assert!(warned("[authorization]", "site-bb"), "{log}");
     assert!(!warned("[authorization]", "node-2"), "{log}");
+    // A revocation by reload (urgent, so not refused) names the unknown ids in its answer.
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        text.replace(
+            "[authorization]",
+            "[[revoked]]\nnode = \"nod-2\"\nafter_seq = 0\n\n[authorization]",
+        ),
+    )
+    .unwrap();
+    let o = common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let said: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let unknown = said["reloaded"]["unknown_nodes"].to_string();
+    assert!(
+        unknown.contains("nod-2") && unknown.contains("node_2") && unknown.contains("site-bb"),
+        "{said}"
+    );
+    assert!(!unknown.contains("names node-2,"), "{said}");
 }
