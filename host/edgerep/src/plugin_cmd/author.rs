@@ -214,26 +214,21 @@ pub(crate) fn build(
     if let Some(config) = update_config {
         refuse_deciding_in_place(config, &out)?;
     }
-    // Written whole or not at all: a node may load this file.
-    let tmp = out.with_extension("wasm.new");
-    std::fs::write(&tmp, &wasm).with_context(|| format!("writing {}", tmp.display()))?;
-    if let Err(e) = std::fs::rename(&tmp, &out) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("replacing {}", out.display()));
-    }
+    // Built, but what `plugin check` refuses a node refuses too: not a success, and the file
+    // a node may load is left as it was.
     let i = Runtime::new(None)?.inspect(&wasm)?;
-    println!("{}", out.display());
-    println!("sha256 {}", i.sha256);
-    println!("size {}", i.size);
-    // Built, but what `plugin check` refuses a node refuses too: not a success.
     if !i.problems.is_empty() || i.world.is_none() {
         eprintln!(
-            "edgerep: {} was built, but a node would refuse it: {}",
-            out.display(),
+            "edgerep: {} built, but a node would refuse it (nothing written): {}",
+            dir.display(),
             i.problems.join("; ")
         );
         return Ok(crate::EXIT_USAGE);
     }
+    replace_durably(&out, &wasm)?;
+    println!("{}", out.display());
+    println!("sha256 {}", i.sha256);
+    println!("size {}", i.size);
     if let Some(config) = update_config {
         for name in update_sha256(config, &out, &i.sha256)? {
             eprintln!(
@@ -313,14 +308,40 @@ fn update_sha256(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<Vec
         wasm.display()
     );
     let new_text = doc.to_string();
-    let tmp = config.with_extension("toml.new");
+    let tmp = config.with_extension("toml.check");
     std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
-    if let Err(e) = edgerep_config::Config::load(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
+    let loads = edgerep_config::Config::load(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = loads {
         bail!("the updated config would not load (nothing changed): {e}");
     }
-    std::fs::rename(&tmp, config).with_context(|| format!("replacing {}", config.display()))?;
+    replace_durably(config, new_text.as_bytes())?;
     Ok(updated)
+}
+
+/// Replaces `path` with `bytes` whole or not at all, and durably: a temporary file beside it,
+/// synced, renamed over it, and the directory synced (a node may load the file after a crash).
+fn replace_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.new", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("replacing {}", path.display()));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 /// The package name in a Cargo.toml's `[package]` table.
