@@ -14,12 +14,8 @@ use serde_json::{Value as Json, json};
 /// One record: per collection name, what decides it.
 type Entries = serde_json::Map<String, Json>;
 
-/// The record of `config`: a JSON object by collection name (canonical: sorted keys).
-pub fn record(config: &Config) -> String {
-    Json::Object(entries(config)).to_string()
-}
-
-/// The entries of [`record`].
+/// The entries of a record of `config` ([`record_pending`]): a JSON object by collection
+/// name (canonical: sorted keys).
 fn entries(config: &Config) -> Entries {
     let mut out = Entries::new();
     for c in &config.collections.declared {
@@ -125,10 +121,11 @@ pub fn changes<E>(
     Ok(problems)
 }
 
-/// The collections of `config` with upgrades the `before` record lacks (appended since it was
-/// written: by a reload, whose re-resolution of the keys decided before may not have finished,
-/// or in the config file). Their keys are re-resolved at start, as a reload does: the same rule
-/// on every node, so running it again changes nothing already right.
+/// The collections of `config` whose keys are still to be re-resolved: marked so in the
+/// `before` record (a reload or a start recorded new upgrades before re-resolving, and did not
+/// finish), or with upgrades the record lacks (a record an older build wrote). Their keys are
+/// re-resolved at start, as a reload does: the same rule on every node, so running it again
+/// changes nothing already right.
 pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
     let Some(before) = parse(before) else {
         return Vec::new();
@@ -138,27 +135,52 @@ pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
         .declared
         .iter()
         .filter(|c| {
-            before
-                .get(&c.name)
-                .and_then(|r| r.get("upgrades"))
-                .and_then(Json::as_array)
-                .is_some_and(|was| c.upgrades.len() > was.len())
+            let was = before.get(&c.name);
+            let pending = was
+                .and_then(|r| r.get(RE_RESOLVE))
+                .and_then(Json::as_bool)
+                .unwrap_or(false);
+            pending
+                || was
+                    .and_then(|r| r.get("upgrades"))
+                    .and_then(Json::as_array)
+                    .is_some_and(|was| c.upgrades.len() > was.len())
         })
         .map(|c| c.name.clone())
         .collect()
 }
 
-/// [`record`] of `config`, but with the `before` record's entries for the collections in
-/// `keep` (whose re-resolution is still to run: until it ends, the next start runs it again).
-/// Collections the config no longer declares keep their entries: declared again later, they are
-/// compared with what decided them, not taken as new.
-pub fn record_keeping(config: &Config, before: Option<&str>, keep: &[String]) -> String {
+/// How many upgrades of collection `name` the `before` record holds (0 when it has no entry):
+/// those after it were appended to the config file since, by no reload, and are checked at
+/// start as a reload checks them.
+pub fn upgrades_recorded(before: &str, name: &str) -> Option<usize> {
+    let before = parse(before)?;
+    Some(
+        before
+            .get(name)
+            .and_then(|r| r.get("upgrades"))
+            .and_then(Json::as_array)
+            .map_or(0, Vec::len),
+    )
+}
+
+/// The entry field marking a collection whose keys are still to be re-resolved.
+const RE_RESOLVE: &str = "re_resolve";
+
+/// The record of `config` (its [`entries`]), with the collections in `pending` marked as still to be re-resolved
+/// (until a record without the mark is saved, every start re-resolves them), and the `before`
+/// record's entries for collections the config no longer declares: declared again later, they
+/// are compared with what decided them, not taken as new.
+pub fn record_pending(config: &Config, before: Option<&str>, pending: &[String]) -> String {
     let mut now = entries(config);
+    for name in pending {
+        if let Some(Json::Object(entry)) = now.get_mut(name) {
+            entry.insert(RE_RESOLVE.to_owned(), Json::Bool(true));
+        }
+    }
     if let Some(before) = before.and_then(parse) {
         for (name, was) in before {
-            if keep.contains(&name) || !now.contains_key(&name) {
-                now.insert(name, was);
-            }
+            now.entry(name).or_insert(was);
         }
     }
     Json::Object(now).to_string()

@@ -336,8 +336,17 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     };
     let before = store.recorded_deciders().map_err(store_error)?;
     if let Some(before) = &before {
-        let problems = deciders::changes(before, &config, |c| store.holds_collection(c))
+        let mut problems = deciders::changes(before, &config, |c| store.holds_collection(c))
             .map_err(store_error)?;
+        // Upgrades appended to the file since the record (by no reload) are checked as a
+        // reload checks them: one from a time this node already applied events of would leave
+        // those under the transforms before it.
+        problems.extend(
+            reload::late_upgrades(&store, &config, |name| {
+                deciders::upgrades_recorded(before, name)
+            })
+            .map_err(store_error)?,
+        );
         if !problems.is_empty() {
             return Err(NodeError::DecidersChanged(problems.join("; ")));
         }
@@ -381,7 +390,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         None => store,
     });
     writer
-        .record_deciders(&deciders::record_keeping(
+        .record_deciders(&deciders::record_pending(
             &config,
             before.as_deref(),
             &re_resolve,
@@ -468,7 +477,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // a crash): the keys decided before get what the new wiring decides, as at a reload.
     if !re_resolve.is_empty() {
         let committer = committer.clone();
-        let record = deciders::record(&config);
+        let record = deciders::record_pending(&config, before.as_deref(), &[]);
         tokio::spawn(async move {
             for collection in re_resolve {
                 match committer.re_resolve(collection.clone()).await {

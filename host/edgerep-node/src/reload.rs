@@ -68,6 +68,10 @@ pub enum ReloadError {
     /// A blocking task of the reload did not finish (before anything changed).
     #[error("reload task failed: {0}")]
     Task(String),
+    /// The store's record of what decides each collection could not be saved (before anything
+    /// changed).
+    #[error("saving what decides each collection failed (nothing changed): {0}")]
+    Record(crate::committer::CommitError),
     /// The reload's own task stopped midway (part of the new config may be in force).
     #[error("reload stopped midway: {0} (part of the new config may be in force: reload again)")]
     Interrupted(String),
@@ -263,12 +267,46 @@ impl Reloader {
         // Read before anything changes: a token file now unreadable or too short fails the
         // whole reload.
         let token = crate::api::Guard::read_token(&new).map_err(ReloadError::Token)?;
+        // What decides each collection is recorded before it changes, the collections given
+        // upgrades marked as still to be re-resolved: a crash from here on leaves a record a
+        // start finishes from (re-resolving them), and never one that lacks upgrades in force
+        // (a start checks those as appended to the file by no reload).
+        let recorded = self.store.recorded_deciders()?;
+        let upgraded: Vec<String> = new
+            .collections
+            .declared
+            .iter()
+            .filter(|c| c.upgrades.len() > old.collection(&c.name).map_or(0, |o| o.upgrades.len()))
+            .map(|c| c.name.clone())
+            .collect();
+        self.committer
+            .record_deciders(crate::deciders::record_pending(
+                &new,
+                recorded.as_deref(),
+                &upgraded,
+            ))
+            .await
+            .map_err(ReloadError::Record)?;
         let pipeline = self.pipeline.clone();
         let wired = new.clone();
-        let plugins_loaded = tokio::task::spawn_blocking(move || pipeline.reload(&wired))
+        let loaded = tokio::task::spawn_blocking(move || pipeline.reload(&wired))
             .await
-            .map_err(|e| ReloadError::Task(e.to_string()))?
-            .map_err(|e| ReloadError::Plugins(e.to_string()))?;
+            .map_err(|e| ReloadError::Task(e.to_string()))
+            .and_then(|r| r.map_err(|e| ReloadError::Plugins(e.to_string())));
+        let plugins_loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Nothing changed: the record goes back to what it was.
+                if let Some(before) = recorded
+                    && let Err(undo) = self.committer.record_deciders(before).await
+                {
+                    tracing::error!(
+                        "a reload failed, and putting back the record of what decides each collection failed too (the next start may refuse, naming the upgrades): {undo}"
+                    );
+                }
+                return Err(e);
+            }
+        };
         // Checked above: only raised.
         self.store.raise_limits(crate::event_limits(&new))?;
         if let Some(keys) = &self.keys {
@@ -318,7 +356,8 @@ impl Reloader {
         }
         // Done: the next start need not re-resolve them (until this is saved, it does).
         if !keys_re_resolved.is_empty() {
-            let record = crate::deciders::record(&self.config());
+            let recorded = self.store.recorded_deciders().ok().flatten();
+            let record = crate::deciders::record_pending(&self.config(), recorded.as_deref(), &[]);
             if let Err(e) = self.committer.record_deciders(record).await {
                 tracing::warn!(
                     "saving what decides each collection failed (the next start re-resolves the upgraded collections again): {e}"

@@ -1084,7 +1084,14 @@ impl StoreWriter {
             .map(|s| ((s.origin.as_str(), s.seq), s))
             .collect();
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(sync.redb())?;
+        // Dead letters are durable when committed, whatever the sync asked: their ids are
+        // listed at once, and ids given in a commit a crash lost would be given again to
+        // other records (a delete by id would then remove the wrong one).
+        txn.set_durability(if dead_letters.is_empty() {
+            sync.redb()
+        } else {
+            redb::Durability::Immediate
+        })?;
         let mut out = Vec::with_capacity(events.len());
         let dead_ids;
         let tally;

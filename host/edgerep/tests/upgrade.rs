@@ -613,8 +613,22 @@ fn an_upgrade_of_transforms_on_apply_from_a_time_already_applied_is_refused() {
         said.contains("already applied event node-2:1") && said.contains("effective_from"),
         "{said}"
     );
-    // From a time ahead: taken.
+    // The refused file left in place, and the node restarted (a crash, a supervisor): the
+    // start refuses it the same way.
+    n1.terminate();
+    let (code, err) = common::refused_to_start(
+        &["run", "--config", configs[0].to_str().unwrap()],
+        "node-1 started with an upgrade from a time it already applied events of",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("already applied event node-2:1"), "{err}");
+    // From a time ahead: taken by a reload, and by the starts after it.
+    std::fs::write(&configs[0], bases[0].as_str()).unwrap();
+    let n1 = Node::start(&configs[0]);
     std::fs::write(&configs[0], upgraded(now_ms() + 60_000)).unwrap();
     reload(&configs[0]);
+    assert_eq!(status(&n1)["verified"], true);
+    n1.terminate();
+    let n1 = Node::start(&configs[0]);
     assert_eq!(status(&n1)["verified"], true);
 }
