@@ -66,6 +66,7 @@
 //! max_meta_bytes = 4096      # metadata keys and values together
 //! max_batch_events = 10000
 //! max_request_bytes = 16777216
+//! max_dead_letters = 100000  # past it, a transform on apply that would set one aside halts
 //!
 //! [commit]
 //! max_events = 1000
@@ -438,6 +439,9 @@ pub struct LimitsConfig {
     pub max_batch_events: usize,
     /// Largest HTTP request body, in bytes (default 16 MiB).
     pub max_request_bytes: usize,
+    /// Most dead letters the node keeps (default 100000): past it, a transform on apply whose
+    /// policy would set a peer's event aside halts its collection instead.
+    pub max_dead_letters: u64,
 }
 
 /// `[commit]`: group commit.
@@ -604,6 +608,7 @@ impl Config {
                 max_meta_bytes: raw.limits.max_meta_bytes,
                 max_batch_events: raw.limits.max_batch_events,
                 max_request_bytes: raw.limits.max_request_bytes,
+                max_dead_letters: raw.limits.max_dead_letters,
             },
             commit: CommitConfig {
                 max_events: raw.commit.max_events,

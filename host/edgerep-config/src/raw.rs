@@ -22,6 +22,8 @@ pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 65_536;
 pub(crate) const DEFAULT_MAX_VALUE_DEPTH: usize = 32;
 /// Default for `limits.max_meta_entries`.
 pub(crate) const DEFAULT_MAX_META_ENTRIES: usize = 16;
+/// Default for `limits.max_dead_letters`.
+pub(crate) const DEFAULT_MAX_DEAD_LETTERS: u64 = 100_000;
 /// Default for `limits.max_meta_bytes`.
 pub(crate) const DEFAULT_MAX_META_BYTES: usize = 4096;
 /// Default for `replication.extra_origins`.
@@ -350,6 +352,8 @@ pub(crate) struct RawLimits {
     pub(crate) max_batch_events: usize,
     #[serde(default = "default_max_request_bytes")]
     pub(crate) max_request_bytes: usize,
+    #[serde(default = "default_max_dead_letters")]
+    pub(crate) max_dead_letters: u64,
 }
 
 impl Default for RawLimits {
@@ -362,6 +366,7 @@ impl Default for RawLimits {
             max_meta_bytes: default_max_meta_bytes(),
             max_batch_events: default_max_batch_events(),
             max_request_bytes: default_max_request_bytes(),
+            max_dead_letters: default_max_dead_letters(),
         }
     }
 }
@@ -450,6 +455,9 @@ fn default_max_key_bytes() -> usize {
 }
 fn default_max_value_bytes() -> usize {
     DEFAULT_MAX_VALUE_BYTES
+}
+fn default_max_dead_letters() -> u64 {
+    DEFAULT_MAX_DEAD_LETTERS
 }
 fn default_max_value_depth() -> usize {
     DEFAULT_MAX_VALUE_DEPTH

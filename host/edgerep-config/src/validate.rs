@@ -511,6 +511,7 @@ fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
         ("max_meta_bytes", limits.max_meta_bytes),
         ("max_batch_events", limits.max_batch_events),
         ("max_request_bytes", limits.max_request_bytes),
+        ("max_dead_letters", limits.max_dead_letters as usize),
     ] {
         if value == 0 {
             return Err((

@@ -442,6 +442,11 @@ impl From<ingest::IngestError> for ApiError {
             e @ IngestError::NotAuthorized { .. } => {
                 ApiError::new(StatusCode::FORBIDDEN, "write_not_authorized", e.to_string())
             }
+            e @ IngestError::DeadLettersFull { .. } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "dead_letters_full",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -76,6 +76,11 @@ pub(crate) struct Admission<'a> {
     pub(crate) from: &'a NodeId,
     /// Its paused collections (see [`Pipeline::pause`]).
     pub(crate) pipeline: &'a Pipeline,
+    /// How many more dead letters the store may take (`limits.max_dead_letters` less those it
+    /// holds). Past it, a transform on apply whose policy sets a failing peer's event aside
+    /// halts its collection instead (the events wait, nothing is lost): a plugin failing on
+    /// every event must not fill the disk, which would stop the whole node.
+    pub(crate) dead_letter_room: u64,
 }
 
 /// Stage of a dead letter for an event refused by the write policy.
@@ -370,6 +375,22 @@ fn shape(
                                 event.seq,
                                 r.failure.kind.as_str(),
                                 r.failure.message
+                            ),
+                        ));
+                    }
+                    FailurePolicy::DeadLetter
+                        if out.dead_letters.len() as u64 >= admission.dead_letter_room =>
+                    {
+                        return Err(Halt::new(
+                            &event.collection,
+                            format!(
+                                "plugin {:?} failed on event {}/{} from a peer ({}: {}) and its policy sets such events aside, but the node holds {} dead letters, limits.max_dead_letters: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit, then reload the config to resume the collection's replication",
+                                r.plugin,
+                                event.origin,
+                                event.seq,
+                                r.failure.kind.as_str(),
+                                r.failure.message,
+                                admission.config.limits.max_dead_letters,
                             ),
                         ));
                     }

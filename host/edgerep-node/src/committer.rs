@@ -176,6 +176,12 @@ enum Request {
         record: String,
         reply: oneshot::Sender<Result<(), CommitError>>,
     },
+    /// Record limits the store is about to be written under (see
+    /// `edgerep_store::StoreWriter::record_limits`).
+    RecordLimits {
+        limits: edgerep_wire::event::EventLimits,
+        reply: oneshot::Sender<Result<(), CommitError>>,
+    },
     /// Decide the kept resolutions of a collection again (its resolver changed by a reload).
     ReResolve {
         collection: String,
@@ -540,6 +546,11 @@ impl Committer {
                         }
                         Request::RecordDeciders { record, reply } => {
                             let result = store.record_deciders(&record).map_err(store_failed);
+                            let _ = reply.send(result);
+                            continue;
+                        }
+                        Request::RecordLimits { limits, reply } => {
+                            let result = store.record_limits(&limits).map_err(store_failed);
                             let _ = reply.send(result);
                             continue;
                         }
@@ -928,6 +939,19 @@ impl Committer {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Request::RecordDeciders { record, reply })
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        answer.await.map_err(|_| CommitError::Closed)?
+    }
+
+    /// Records limits the store is about to be written under, durably (a reload raising them).
+    pub async fn record_limits(
+        &self,
+        limits: edgerep_wire::event::EventLimits,
+    ) -> Result<(), CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::RecordLimits { limits, reply })
             .await
             .map_err(|_| CommitError::Closed)?;
         answer.await.map_err(|_| CommitError::Closed)?

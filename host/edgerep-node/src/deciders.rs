@@ -167,21 +167,43 @@ pub fn upgrades_recorded(before: &str, name: &str) -> Option<usize> {
 /// The entry field marking a collection whose keys are still to be re-resolved.
 const RE_RESOLVE: &str = "re_resolve";
 
-/// The record of `config` (its [`entries`]), with the collections in `pending` marked as still to be re-resolved
-/// (until a record without the mark is saved, every start re-resolves them), and the `before`
-/// record's entries for collections the config no longer declares: declared again later, they
-/// are compared with what decided them, not taken as new.
+/// The record of `config` (its [`entries`]), with the collections in `pending`, and those the
+/// `before` record marks, marked as still to be re-resolved (until [`clear_marks`] clears a
+/// mark, every start re-resolves them), and the `before` record's entries for collections the
+/// config no longer declares: declared again later, they are compared with what decided them,
+/// not taken as new.
 pub fn record_pending(config: &Config, before: Option<&str>, pending: &[String]) -> String {
     let mut now = entries(config);
-    for name in pending {
-        if let Some(Json::Object(entry)) = now.get_mut(name) {
+    let before = before.and_then(parse).unwrap_or_default();
+    let marked = |name: &str| {
+        pending.iter().any(|p| p == name)
+            || before
+                .get(name)
+                .and_then(|r| r.get(RE_RESOLVE))
+                .and_then(Json::as_bool)
+                .unwrap_or(false)
+    };
+    for (name, entry) in now.iter_mut() {
+        if marked(name)
+            && let Json::Object(entry) = entry
+        {
             entry.insert(RE_RESOLVE.to_owned(), Json::Bool(true));
         }
     }
-    if let Some(before) = before.and_then(parse) {
-        for (name, was) in before {
-            now.entry(name).or_insert(was);
-        }
+    for (name, was) in before {
+        now.entry(name).or_insert(was);
     }
     Json::Object(now).to_string()
+}
+
+/// The `current` record with the marks of the collections in `done` (re-resolved) cleared;
+/// `None` when it cannot be read.
+pub fn clear_marks(current: &str, done: &[String]) -> Option<String> {
+    let mut record = parse(current)?;
+    for name in done {
+        if let Some(Json::Object(entry)) = record.get_mut(name) {
+            entry.remove(RE_RESOLVE);
+        }
+    }
+    Some(Json::Object(record).to_string())
 }

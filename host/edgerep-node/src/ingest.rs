@@ -47,6 +47,16 @@ pub(crate) enum IngestError {
         "the transforms on ingest made {made} bytes of writes of this request, over {limit} ({OUTPUT_TIMES} x limits.max_request_bytes); nothing was written"
     )]
     TooLarge { made: usize, limit: usize },
+    /// Writes a plugin failed on would be set aside, but the node holds as many dead letters
+    /// as `limits.max_dead_letters` lets it.
+    #[error(
+        "a plugin failed on {failed} write(s) of this request, which its policy sets aside, but the node holds {held} dead letters and limits.max_dead_letters is {limit}: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit; nothing was written"
+    )]
+    DeadLettersFull {
+        failed: usize,
+        held: u64,
+        limit: u64,
+    },
 }
 
 /// How many times `limits.max_request_bytes` the writes transforms on ingest make of one
@@ -248,6 +258,18 @@ pub(crate) fn run(
     }
     // The request stands: what plugins failed on is to be kept, under ids reserved now.
     let (failed, records): (Vec<usize>, Vec<Vec<u8>>) = to_keep.into_iter().unzip();
+    if !records.is_empty() {
+        // A plugin failing on every write must not fill the disk (a full disk stops the node).
+        let limit = step.config.limits.max_dead_letters;
+        let held = step.store.dead_letters_count().unwrap_or(u64::MAX);
+        if held.saturating_add(records.len() as u64) > limit {
+            return Err(IngestError::DeadLettersFull {
+                failed: records.len(),
+                held,
+                limit,
+            });
+        }
+    }
     out.set_aside = step.store.set_aside(records);
     for (failed, (id, _)) in failed.into_iter().zip(&out.set_aside.records) {
         out.failed[failed].dead_letter = Some(*id);

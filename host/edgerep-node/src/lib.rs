@@ -477,9 +477,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // a crash): the keys decided before get what the new wiring decides, as at a reload.
     if !re_resolve.is_empty() {
         let committer = committer.clone();
-        let record = deciders::record_pending(&config, before.as_deref(), &[]);
+        let reader = store.clone();
         tokio::spawn(async move {
-            for collection in re_resolve {
+            for collection in &re_resolve {
                 match committer.re_resolve(collection.clone()).await {
                     Ok(n) => {
                         tracing::info!(%collection, keys = n, "keys re-resolved at start for upgrades added since the last start")
@@ -490,9 +490,21 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                     }
                 }
             }
-            match committer.record_deciders(record).await {
-                Ok(()) => tracing::info!("re-resolution at start done and recorded"),
-                Err(e) => tracing::error!("saving what decides each collection failed: {e}"),
+            // Only these marks are cleared, in the record as it is now (a reload meanwhile
+            // may have recorded upgrades of its own).
+            let record = reader
+                .recorded_deciders()
+                .ok()
+                .flatten()
+                .and_then(|r| deciders::clear_marks(&r, &re_resolve));
+            match record {
+                Some(record) => match committer.record_deciders(record).await {
+                    Ok(()) => tracing::info!("re-resolution at start done and recorded"),
+                    Err(e) => tracing::error!("saving what decides each collection failed: {e}"),
+                },
+                None => tracing::error!(
+                    "re-resolution at start done, but the record of what decides each collection cannot be read to say so (the next start re-resolves again)"
+                ),
             }
         });
     }

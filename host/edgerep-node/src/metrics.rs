@@ -379,9 +379,9 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
                 |p| p.traffic.events_resent,
             ),
             (
-                "edgerep_peer_rewinds_ignored",
-                "Rewinds the peer asked for while the last one's resend was on its way (not honoured)",
-                |p| p.traffic.rewinds_ignored,
+                "edgerep_peer_rewinds_deferred",
+                "Rewinds the peer asked for while the last one's resend was on its way (put off)",
+                |p| p.traffic.rewinds_deferred,
             ),
             (
                 "edgerep_peer_snapshot_pages_sent",

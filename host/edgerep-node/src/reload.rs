@@ -10,9 +10,11 @@
 //!
 //! Invariant: what decided an event before the reload decides it after. A plugin that decides
 //! some collection's state cannot change in place (a new build or new parameters come as a
-//! new plugin named in an upgrade), a collection's upgrades can only be appended, and the rest
-//! of the config (addresses, TLS, lower limits, durability, retention, ...) needs a restart:
-//! a reload that changes any of it is refused whole, naming what, and nothing changes.
+//! new plugin named in an upgrade), a collection's upgrades can only be appended, limits are
+//! never lowered (a start refuses that too: stored events must stay readable), and the rest of
+//! the config (addresses, TLS, durability, retention, ...) needs a restart: a reload that
+//! changes any of it is refused whole, naming what, and nothing changes. What decides each
+//! collection and the limits are recorded in the store before the new wiring takes effect.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -49,7 +51,8 @@ pub enum ReloadError {
         /// What changed that a reload cannot take in.
         problems: Vec<String>,
     },
-    /// The new plugins could not be loaded.
+    /// The new plugins could not be loaded (nothing changed, but for the store's record of its
+    /// limits, which keeps a raised limit: a start below it is then refused).
     #[error("{0}")]
     Plugins(String),
     /// The store refused the new limits.
@@ -68,9 +71,9 @@ pub enum ReloadError {
     /// A blocking task of the reload did not finish (before anything changed).
     #[error("reload task failed: {0}")]
     Task(String),
-    /// The store's record of what decides each collection could not be saved (before anything
-    /// changed).
-    #[error("saving what decides each collection failed (nothing changed): {0}")]
+    /// The store's record of its limits or of what decides each collection could not be saved
+    /// (before anything changed).
+    #[error("saving the store's record of its limits or deciders failed (nothing changed): {0}")]
     Record(crate::committer::CommitError),
     /// The reload's own task stopped midway (part of the new config may be in force).
     #[error("reload stopped midway: {0} (part of the new config may be in force: reload again)")]
@@ -271,6 +274,10 @@ impl Reloader {
         // upgrades marked as still to be re-resolved: a crash from here on leaves a record a
         // start finishes from (re-resolving them), and never one that lacks upgrades in force
         // (a start checks those as appended to the file by no reload).
+        self.committer
+            .record_limits(crate::event_limits(&new))
+            .await
+            .map_err(ReloadError::Record)?;
         let recorded = self.store.recorded_deciders()?;
         let upgraded: Vec<String> = new
             .collections
@@ -356,9 +363,22 @@ impl Reloader {
         }
         // Done: the next start need not re-resolve them (until this is saved, it does).
         if !keys_re_resolved.is_empty() {
-            let recorded = self.store.recorded_deciders().ok().flatten();
-            let record = crate::deciders::record_pending(&self.config(), recorded.as_deref(), &[]);
-            if let Err(e) = self.committer.record_deciders(record).await {
+            let done: Vec<String> = keys_re_resolved.keys().cloned().collect();
+            let record = self
+                .store
+                .recorded_deciders()
+                .ok()
+                .flatten()
+                .and_then(|r| crate::deciders::clear_marks(&r, &done));
+            let saved = match record {
+                Some(record) => self
+                    .committer
+                    .record_deciders(record)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("the record cannot be read".to_owned()),
+            };
+            if let Err(e) = saved {
                 tracing::warn!(
                     "saving what decides each collection failed (the next start re-resolves the upgraded collections again): {e}"
                 );
@@ -537,8 +557,8 @@ fn refused_if_any(new: &Config, problems: Vec<String>) -> Result<(), ReloadError
 /// applies the new ones to them (their values would differ for good, unseen by anti-entropy,
 /// which compares such collections on their versions). This node's own writes never pass its
 /// transforms on apply. A resolver upgrade needs no such check: the keys it decides are
-/// resolved again. (Checked by a reload only: at a start, the record of the last run may lag
-/// behind upgrades a reload took in, and the events since were applied under them.)
+/// resolved again. Checked by a reload, and at a start for upgrades the store's record lacks
+/// (appended to the file by no reload: a reload records its upgrades before they take effect).
 pub(crate) fn late_upgrades(
     store: &edgerep_store::Store,
     new: &Config,

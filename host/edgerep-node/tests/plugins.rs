@@ -9,7 +9,7 @@ use std::time::Duration;
 use edgerep_config::Config;
 use edgerep_node::RunningNode;
 use edgerep_store::Store;
-use edgerep_wire::event::{EventLimits, FORMAT_VERSION};
+use edgerep_wire::event::FORMAT_VERSION;
 use edgerep_wire::{DecodeLimits, Event, Hlc, NodeId, Op, Value, VersionVector};
 use serde_json::{Value as Json, json};
 
@@ -878,10 +878,11 @@ fn resolver_plugin_merges_concurrent_versions_and_failures_fall_back_to_lww() {
     // Concurrent writes to one key from three sites, as replication would apply them.
     {
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        // Under the node's limits: a store refuses to open under lower ones than before.
         let (store, _) = Store::open(
             &dir.path().join("data/edgerep.redb"),
             &NodeId::parse("site-a").unwrap(),
-            EventLimits::default(),
+            edgerep_node::event_limits(&config(dir.path(), "")),
         )
         .unwrap();
         let store = edgerep_store::StoreWriter::new(store);

@@ -363,9 +363,10 @@ pub struct PeerCounters {
     pub events_resent: u64,
     /// Snapshot pages sent (first sends and resends).
     pub snapshot_pages_sent: u64,
-    /// Rewinds the peer asked for while the last one's resend was still on its way (not
-    /// honoured: a peer asking again and again is faulty or hostile).
-    pub rewinds_ignored: u64,
+    /// Rewinds the peer asked for while the last one's resend was still on its way, put off
+    /// until that resend is acknowledged in part or a quarter of the resend timer passed (a
+    /// count growing with nothing lost is a faulty or hostile peer).
+    pub rewinds_deferred: u64,
 }
 
 /// The replication core of one node: sans-IO, deterministic, one instance for all peers.
@@ -836,18 +837,18 @@ impl Replica {
                         self.stalled.entry(o.clone()).or_insert(now);
                     }
                 }
-                let ignored = s.rewinds_ignored;
+                let deferred = s.rewinds_deferred;
                 if s.on_ack(&have, rewind, self.config.retransmit_after_ms / 4, now) {
                     self.outputs.push_back(Output::Acked {
                         peer: peer.clone(),
                         have: s.acked.clone(),
                     });
                 }
-                if s.rewinds_ignored > ignored {
+                if s.rewinds_deferred > deferred {
                     self.counters
                         .entry(peer.clone())
                         .or_default()
-                        .rewinds_ignored += 1;
+                        .rewinds_deferred += 1;
                 }
                 // A snapshot the peer no longer needs (it got the events elsewhere meanwhile,
                 // and declined the snapshot): cancelled.
@@ -1305,10 +1306,12 @@ impl Replica {
     pub fn handle_timeout(&mut self, now: u64) {
         self.tick(now);
         let after = self.config.retransmit_after_ms;
+        let rewind_gap = after / 4;
         for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
             if s.deadline(after).is_some_and(|d| now >= d) {
                 s.go_back(now);
             }
+            s.rewind_if_due(rewind_gap, now);
             if s.snapshot_deadline(after).is_some_and(|d| now >= d) {
                 // Send the unconfirmed page again; a resumed snapshot the peer did not take up
                 // starts again as a new one.
@@ -1328,7 +1331,13 @@ impl Replica {
         let after = self.config.retransmit_after_ms;
         let retransmit = sessions
             .clone()
-            .flat_map(|s| [s.deadline(after), s.snapshot_deadline(after)])
+            .flat_map(|s| {
+                [
+                    s.deadline(after),
+                    s.snapshot_deadline(after),
+                    s.rewind_deadline(after / 4),
+                ]
+            })
             .flatten();
         let gossip = sessions
             .filter(|s| s.ready() && s.gossip_due)

@@ -738,8 +738,9 @@ fn rewind_and_timer_go_back_to_acked() {
 }
 
 /// A peer repeating Acks that ask for a rewind, with nothing acknowledged between them, gets the
-/// window once, not once per Ack; a rewind after progress, or after a quarter of the resend
-/// timer, is honoured.
+/// window once, not once per Ack: a rewind while the last one's resend is on its way waits
+/// until something of it is acknowledged, or a quarter of the resend timer passed (then it goes
+/// by itself: a rewind is put off, never lost).
 #[test]
 fn repeated_rewinds_without_progress_resend_once() {
     let log = MemLog::with(&evs("a", 1..=4));
@@ -755,22 +756,26 @@ fn repeated_rewinds_without_progress_resend_once() {
         r.handle(&b, ack(&[("a", 1)], true), now).unwrap();
         assert_eq!(r.poll_transmit(now, &log).unwrap(), None, "resent at {now}");
     }
-    assert_eq!(r.counters(&b).rewinds_ignored, 19);
-    // Progress since the last rewind: the next one is honoured at once.
-    r.handle(&b, ack(&[("a", 2)], true), 41).unwrap();
+    assert_eq!(r.counters(&b).rewinds_deferred, 19);
+    // Progress since the last rewind: the one waiting goes at once.
+    r.handle(&b, ack(&[("a", 2)], false), 41).unwrap();
     assert_eq!(
         sent_dots(r.poll_transmit(41, &log).unwrap()).1,
         dots(&[("a", 3), ("a", 4)])
     );
-    // No progress, but a quarter of the resend timer (750 ms) passed: honoured too.
-    r.handle(&b, ack(&[("a", 2)], true), 790).unwrap();
+    // No progress: put off until a quarter of the resend timer (750 ms) passed, then it goes
+    // by itself.
+    r.handle(&b, ack(&[("a", 2)], true), 100).unwrap();
+    assert_eq!(r.poll_transmit(100, &log).unwrap(), None);
+    assert_eq!(r.poll_timeout(), Some(791));
+    r.handle_timeout(790);
     assert_eq!(r.poll_transmit(790, &log).unwrap(), None);
-    r.handle(&b, ack(&[("a", 2)], true), 791).unwrap();
+    r.handle_timeout(791);
     assert_eq!(
         sent_dots(r.poll_transmit(791, &log).unwrap()).1,
         dots(&[("a", 3), ("a", 4)])
     );
-    assert_eq!(r.counters(&b).rewinds_ignored, 20);
+    assert_eq!(r.counters(&b).rewinds_deferred, 20);
 }
 
 /// On a link slower than the resend timer per batch, the caller says the link is still carrying

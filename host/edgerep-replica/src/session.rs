@@ -104,12 +104,14 @@ pub(crate) struct Session {
     /// send them again (asked again only once the have moved: see `Replica::applied`).
     pub(crate) held_back_asked: BTreeMap<NodeId, u64>,
     /// When this node last went back on the peer's request, and whether `acked` moved since:
-    /// a rewind while the last one's resend is still on its way is not honoured (it would
-    /// resend the same window; a peer repeating Acks that ask for it would make this node read
-    /// and send its window again and again).
+    /// a rewind while the last one's resend is still on its way waits until `acked` moves or
+    /// the gap passes (at once, it would resend the same window; a peer repeating Acks that ask
+    /// for it would make this node read and send its window again and again).
     pub(crate) rewound: Option<(u64, bool)>,
-    /// Rewinds not honoured (see `rewound`).
-    pub(crate) rewinds_ignored: u64,
+    /// A rewind the peer asked for is waiting (see `rewound`).
+    pub(crate) rewind_waiting: bool,
+    /// Rewinds put off (see `rewound`).
+    pub(crate) rewinds_deferred: u64,
     /// When the last message from the peer arrived.
     pub(crate) last_message_ms: Option<u64>,
     /// Fingerprint differences found at the handshake.
@@ -171,7 +173,8 @@ impl Session {
             rewinds: BTreeMap::new(),
             held_back_asked: BTreeMap::new(),
             rewound: None,
-            rewinds_ignored: 0,
+            rewind_waiting: false,
+            rewinds_deferred: 0,
             last_message_ms: None,
             mismatches: Vec::new(),
             bye: None,
@@ -299,18 +302,38 @@ impl Session {
                 *acked_since = true;
             }
         }
-        if rewind {
-            let due = self.rewound.is_none_or(|(at, acked_since)| {
-                acked_since || now >= at.saturating_add(rewind_gap)
-            });
-            if due {
-                self.rewound = Some((now, false));
-                self.go_back(now);
-            } else {
-                self.rewinds_ignored += 1;
+        if rewind || self.rewind_waiting {
+            self.rewind_waiting = true;
+            self.rewind_if_due(rewind_gap, now);
+            if rewind && self.rewind_waiting {
+                self.rewinds_deferred += 1;
             }
         }
         moved
+    }
+
+    /// When a rewind put off is due (see `rewound`).
+    pub(crate) fn rewind_deadline(&self, rewind_gap: u64) -> Option<u64> {
+        match self.rewound {
+            Some((at, _)) if self.rewind_waiting => Some(at.saturating_add(rewind_gap)),
+            _ => None,
+        }
+    }
+
+    /// Goes back for the waiting rewind if the last one's resend was acknowledged in part, or
+    /// `rewind_gap` passed since it.
+    pub(crate) fn rewind_if_due(&mut self, rewind_gap: u64, now: u64) {
+        if !self.rewind_waiting {
+            return;
+        }
+        let due = self
+            .rewound
+            .is_none_or(|(at, acked_since)| acked_since || now >= at.saturating_add(rewind_gap));
+        if due {
+            self.rewind_waiting = false;
+            self.rewound = Some((now, false));
+            self.go_back(now);
+        }
     }
 
     /// Go-back-N: resend everything not acknowledged.

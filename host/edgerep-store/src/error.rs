@@ -125,7 +125,7 @@ pub enum StoreError {
     },
     /// The database was written by an older edgerep whose tables this one cannot continue.
     #[error(
-        "store format {found} predates this edgerep's origin seals (format {STORE_FORMAT}): this build cannot continue it. Run the build that wrote it until its peers hold all its events (compare `edgerep status` on each), then move node.data_dir away and start this build on an empty one: it catches up from its peers (events no peer holds would be lost)"
+        "store format {found} is older than this edgerep can continue (it writes format {STORE_FORMAT}): this build cannot read it. Run the build that wrote it until its peers hold all its events (compare `edgerep status` on each), then move node.data_dir away and start this build on an empty one: it catches up from its peers (events no peer holds would be lost)"
     )]
     OldFormat {
         /// Format found in the file.

@@ -501,24 +501,12 @@ impl Store {
             }
             // Events stored under higher limits must stay readable: a start with lower ones is
             // refused; the record keeps the highest each limit has been.
-            let held: Vec<u64> = match meta.get(META_LIMITS)? {
-                Some(g) => g
-                    .value()
-                    .chunks(8)
-                    .map(|c| u64_from(c, "meta"))
-                    .collect::<Result<_, _>>()?,
-                None => Vec::new(),
-            };
+            let held = held_limits(&meta)?;
             let lowered = lowered(&held, &limits);
             if !lowered.is_empty() {
                 return Err(StoreError::LimitsLowered { limits: lowered });
             }
-            let record: Vec<u8> = limits_record(&limits)
-                .iter()
-                .enumerate()
-                .flat_map(|(i, (_, n))| (*n).max(held.get(i).copied().unwrap_or(0)).to_be_bytes())
-                .collect();
-            meta.insert(META_LIMITS, record.as_slice())?;
+            record_limits(&mut meta, &held, &limits)?;
             // Create every table so readers never meet a missing one.
             txn.open_table(STATE)?;
             txn.open_table(CHANGELOG)?;

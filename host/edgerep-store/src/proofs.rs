@@ -510,8 +510,9 @@ impl PageProofs {
     }
 
     /// The event this store holds at `received`'s origin and sequence number when its own
-    /// history proves it is another one (its own seal and path for that place do not prove
-    /// `received`); `None` when they do, or when this store holds no proof for that place.
+    /// history proves it is another one (its own seal and path for that place prove the event
+    /// held and not `received`); `None` when they prove `received`, or prove neither (a damaged
+    /// changelog), or when this store holds no proof for that place.
     pub(crate) fn holds_other(
         &mut self,
         changelog: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -524,7 +525,8 @@ impl PageProofs {
         Ok(
             match self.prove(changelog, seals_t, proofs, blocks, limits, received.clone())? {
                 Some((held, seal, proof))
-                    if !seal.proves(received.seq, received.bytes(), &proof.path) =>
+                    if seal.proves(held.seq, held.bytes(), &proof.path)
+                        && !seal.proves(received.seq, received.bytes(), &proof.path) =>
                 {
                     Some(held)
                 }

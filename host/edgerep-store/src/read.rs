@@ -483,6 +483,12 @@ impl Store {
         })
     }
 
+    /// How many dead letters the store holds.
+    pub fn dead_letters_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DEAD_LETTERS)?.len()?)
+    }
+
     /// Dead-letter records with ids after `after`, at most `limit` and at most [`PAGE_BYTES`]
     /// of records after the first; none at or above an id reserved and not yet committed (see
     /// `dead_letters.rs`): paging with `after` from the last id returned skips none.

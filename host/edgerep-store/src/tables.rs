@@ -64,6 +64,31 @@ pub(crate) fn limits_record(l: &EventLimits) -> [(&'static str, u64); 8] {
     ]
 }
 
+/// The [`META_LIMITS`] record's values (empty when there is none).
+pub(crate) fn held_limits(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<u64>, StoreError> {
+    match meta.get(META_LIMITS)? {
+        Some(g) => g.value().chunks(8).map(|c| u64_from(c, "meta")).collect(),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Saves the highest of `held` and `limits`, each, as the [`META_LIMITS`] record.
+pub(crate) fn record_limits(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    held: &[u64],
+    limits: &EventLimits,
+) -> Result<(), StoreError> {
+    let record: Vec<u8> = limits_record(limits)
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, n))| (*n).max(held.get(i).copied().unwrap_or(0)).to_be_bytes())
+        .collect();
+    meta.insert(META_LIMITS, record.as_slice())?;
+    Ok(())
+}
+
 /// The limits of `new` lower than those of `held` (`held` as [`limits_record`] values), each
 /// named with both values.
 pub(crate) fn lowered(held: &[u64], new: &EventLimits) -> Vec<String> {

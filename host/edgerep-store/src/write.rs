@@ -1027,6 +1027,19 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Records `limits` as ones the store was written under (each kept at the highest it has
+    /// been; a start under lower ones is refused): before a reload raises them.
+    pub fn record_limits(&self, limits: &EventLimits) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let held = held_limits(&meta)?;
+            record_limits(&mut meta, &held, limits)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Saves the node's record of what decides each collection (read back with
     /// [`crate::Store::recorded_deciders`]), durably.
     pub fn record_deciders(&self, record: &str) -> Result<(), StoreError> {

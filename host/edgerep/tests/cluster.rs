@@ -574,6 +574,59 @@ on_failure = "halt"
     assert_eq!(status(&n1)["origins"]["node-1"], 5);
 }
 
+/// A transform on apply failing on every event under `dead-letter` does not fill the disk: past
+/// `limits.max_dead_letters` its collection halts instead (the events wait, nothing is lost),
+/// naming the limit; with room made (a dead letter removed) a reload resumes it.
+#[test]
+fn dead_letters_past_their_limit_halt_the_collection_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (trap, trap_sha) = built_plugin("trap");
+    let mut text = std::fs::read_to_string(&configs[1]).unwrap();
+    text = with_retention(&text, "compact = false");
+    text = text.replace("[limits]\n", "[limits]\nmax_dead_letters = 2\n");
+    text.push_str(&format!(
+        "\n[[collections.declared]]\nname = \"broken\"\ntransforms_on_apply = [\"trap\"]\n\n[plugins.trap]\npath = \"{}\"\nsha256 = \"{trap_sha}\"\non_failure = \"dead-letter\"\n",
+        trap.display()
+    ));
+    assert!(text.contains("max_dead_letters = 2"));
+    std::fs::write(&configs[1], &text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "broken", "b-1", r#"{"a":1}"#);
+    put(&n1, "broken", "b-2", r#"{"a":2}"#);
+    wait_for_origin(&n2, "node-1", 2, Duration::from_secs(30));
+    put(&n1, "broken", "b-3", r#"{"a":3}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = status(&n2);
+        if st["replication"]["halted"].is_string() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "replication did not halt: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let reason = st["replication"]["halted"].as_str().unwrap();
+    assert!(reason.contains("max_dead_letters"), "{reason}");
+    assert_eq!(st["origins"]["node-1"], 2, "{st}");
+    let (_, dl) = get_json(&n2, "/v1/dead-letters");
+    let list = dl["dead_letters"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "{dl}");
+    // Room made, and a reload: b-3 is set aside in turn.
+    let id = list[0]["id"].as_u64().unwrap();
+    let r = agent()
+        .delete(&n2.url(&format!("/v1/dead-letters/{id}")))
+        .call()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let o = common::edgerep(&["reload", "--config", configs[1].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    wait_for_origin(&n2, "node-1", 3, Duration::from_secs(30));
+    let (_, dl) = get_json(&n2, "/v1/dead-letters");
+    assert_eq!(dl["dead_letters"].as_array().unwrap().len(), 2, "{dl}");
+    assert_eq!(get(&n2, "broken", "b-3").0, 404);
+}
+
 /// `durability = "periodic"`: writes are acknowledged before the disk sync, so a SIGKILL may
 /// lose the last interval of them at their origin; but the origin ships only synced events, so
 /// no peer holds an event the origin lost, sequence numbers reused after the crash were never

@@ -511,6 +511,26 @@ fn limits_are_raised_by_a_reload_on_every_node() {
     let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("lowered"), "{}", stderr(&o));
+    // And a restart with the limit back at its default: refused too (the reload recorded the
+    // raised limit in the store), naming it; with the raised limit, the value reads whole.
+    let mut nodes = nodes.into_iter();
+    nodes.next().unwrap().terminate();
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(&configs[0], text.replace("max_value_bytes = 1000\n", "")).unwrap();
+    let (code, err) = common::refused_to_start(
+        &["run", "--config", configs[0].to_str().unwrap()],
+        "node-1 started with limits lower than a reload raised them to",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("max_value_bytes 65536"), "{err}");
+    std::fs::write(
+        &configs[0],
+        text.replace("max_value_bytes = 1000", "max_value_bytes = 262144"),
+    )
+    .unwrap();
+    let n1 = Node::start(&configs[0]);
+    let (status, body) = common::get(&n1, "files", "f-1");
+    assert_eq!((status, body.len()), (200, big.len()), "{body}");
 }
 
 /// An upgrade that reaches two nodes only after its time, while no node that had it was

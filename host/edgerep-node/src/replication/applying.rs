@@ -52,6 +52,7 @@ impl Replicator {
             own_claims: &own_claims,
             from: &peer,
             pipeline: &self.pipeline,
+            dead_letter_room: u64::MAX,
         };
         // Transforms on apply run before the committer checks the seals: a halt keeps the
         // events admission kept, to check them with before a transform's failure may halt
@@ -61,6 +62,14 @@ impl Replicator {
             && events
                 .iter()
                 .any(|e| self.transformed_on_apply.contains(e.collection.as_str()));
+        // Only transforms on apply set peers' events aside: how many more may be, then.
+        let mut admission = admission;
+        if keep_admitted {
+            admission.dead_letter_room = match self.store.dead_letters_count() {
+                Ok(n) => self.config.limits.max_dead_letters.saturating_sub(n),
+                Err(_) => 0,
+            };
+        }
         let prepared = match crate::apply::prepare(
             &self.pipeline,
             &self.value_limits,

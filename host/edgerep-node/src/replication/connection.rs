@@ -53,6 +53,9 @@ pub(super) struct Precheck {
     pub(super) keys: Option<Arc<crate::keys::NodeKeys>>,
 }
 
+/// Runs of events in a frame past which [`Precheck`] leaves the seals to the committer.
+const PRECHECK_RUNS_MAX: usize = 64;
+
 impl Precheck {
     fn run(&self, message: &Message) {
         let Message::Events { events, seals, .. } = message else {
@@ -67,8 +70,31 @@ impl Precheck {
         // events already held, must not buy signature checks.
         if let Some(keys) = &self.keys {
             use edgerep_store::Keys as _;
-            let at: std::collections::BTreeSet<(&str, u64)> =
-                events.iter().map(|e| (e.origin.as_str(), e.seq)).collect();
+            // The frame's runs of events, each one origin's (first, last): a seal inside one is
+            // at one of its events.
+            let mut runs: Vec<(&str, u64, u64)> = Vec::new();
+            for e in events {
+                match runs.last_mut() {
+                    Some((o, _, last)) if *o == e.origin.as_str() => *last = e.seq,
+                    _ => runs.push((e.origin.as_str(), e.seq, e.seq)),
+                }
+            }
+            // An honest frame holds one run per origin, a few; past that the committer checks
+            // alone (this is a head start, never a decision).
+            if runs.len() > PRECHECK_RUNS_MAX {
+                return;
+            }
+            let seals: Vec<&edgerep_wire::Seal> = seals
+                .iter()
+                .filter(|s| {
+                    runs.iter().any(|&(o, first, last)| {
+                        o == s.origin.as_str() && first <= s.seq && s.seq <= last
+                    })
+                })
+                .collect();
+            if seals.is_empty() {
+                return;
+            }
             let mut origins: Vec<&str> = seals.iter().map(|s| s.origin.as_str()).collect();
             origins.sort_unstable();
             origins.dedup();
@@ -77,9 +103,7 @@ impl Precheck {
             };
             let held_of =
                 |origin: &str| origins.binary_search(&origin).map_or(u64::MAX, |i| held[i]);
-            for seal in seals.iter().filter(|s| {
-                at.contains(&(s.origin.as_str(), s.seq)) && s.seq > held_of(s.origin.as_str())
-            }) {
+            for seal in seals.iter().filter(|s| s.seq > held_of(s.origin.as_str())) {
                 if keys
                     .verify(&seal.origin, seal.seq, &seal.message(), &seal.signature)
                     .is_err()

@@ -73,9 +73,10 @@ pub struct PeerTraffic {
     pub events_resent: u64,
     /// Snapshot pages sent to the peer.
     pub snapshot_pages_sent: u64,
-    /// Rewinds the peer asked for while the last one's resend was still on its way (not
-    /// honoured; a growing count is a faulty or hostile peer).
-    pub rewinds_ignored: u64,
+    /// Rewinds the peer asked for while the last one's resend was still on its way (put off
+    /// until that resend is acknowledged in part, or 750 ms by default; a count growing with
+    /// nothing lost is a faulty or hostile peer).
+    pub rewinds_deferred: u64,
     /// Origins whose events this node does not push to the peer now (the peer pruned them).
     pub not_pushed_to_peer: Vec<String>,
     /// Origins whose events the peer does not push to this node now (this node pruned them).
@@ -270,7 +271,7 @@ impl super::Replicator {
                     grafts_sent: counters.grafts_sent,
                     events_resent: counters.events_resent,
                     snapshot_pages_sent: counters.snapshot_pages_sent,
-                    rewinds_ignored: counters.rewinds_ignored,
+                    rewinds_deferred: counters.rewinds_deferred,
                     not_pushed_to_peer: view
                         .as_ref()
                         .map_or(Vec::new(), |v| names(&v.lazy_origins)),

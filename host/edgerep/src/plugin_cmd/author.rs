@@ -225,12 +225,18 @@ pub(crate) fn build(
         );
         return Ok(crate::EXIT_USAGE);
     }
+    // The config's new text is worked out and checked before anything is written, so that a
+    // refusal leaves both files as they were.
+    let updated = update_config
+        .map(|config| with_sha256(config, &out, &i.sha256))
+        .transpose()?;
     replace_durably(&out, &wasm)?;
     println!("{}", out.display());
     println!("sha256 {}", i.sha256);
     println!("size {}", i.size);
-    if let Some(config) = update_config {
-        for name in update_sha256(config, &out, &i.sha256)? {
+    if let (Some(config), Some((text, names))) = (update_config, updated) {
+        replace_durably(config, text.as_bytes())?;
+        for name in names {
             eprintln!(
                 "edgerep: {}: plugins.{name}.sha256 is now {} (a running node loads the new build with `edgerep reload --config {}`)",
                 config.display(),
@@ -274,18 +280,26 @@ fn refuse_deciding_in_place(config: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `sha256` into every `[plugins.NAME]` of the node config `config` whose `path` is the
-/// component `wasm`, keeping the file's comments and layout; returns their names. Refuses
-/// (changing nothing) when none names it, or when the result is not a valid config.
-fn update_sha256(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<Vec<String>> {
+/// `path` with its folder resolved (the file itself need not exist yet).
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
+}
+
+/// The text of the node config `config` with `sha256` in every `[plugins.NAME]` whose `path`
+/// is the component `wasm`, keeping the file's comments and layout, and their names; nothing
+/// is written. Refuses when none names it, or when the result is not a valid config.
+fn with_sha256(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<(String, Vec<String>)> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .with_context(|| format!("{} is not valid TOML", config.display()))?;
     let base = config.parent().unwrap_or(Path::new("."));
-    let target =
-        std::fs::canonicalize(wasm).with_context(|| format!("resolving {}", wasm.display()))?;
+    let target = resolved(wasm).with_context(|| format!("resolving {}", wasm.display()))?;
     let mut updated = Vec::new();
     if let Some(plugins) = doc.get_mut("plugins").and_then(|p| p.as_table_like_mut()) {
         for (name, table) in plugins.iter_mut() {
@@ -295,7 +309,7 @@ fn update_sha256(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<Vec
             let Some(path) = t.get("path").and_then(|p| p.as_str()) else {
                 continue;
             };
-            if std::fs::canonicalize(base.join(path)).is_ok_and(|p| p == target) {
+            if resolved(&base.join(path)).is_some_and(|p| p == target) {
                 t.insert("sha256", toml_edit::value(sha256));
                 updated.push(name.to_string());
             }
@@ -308,15 +322,10 @@ fn update_sha256(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<Vec
         wasm.display()
     );
     let new_text = doc.to_string();
-    let tmp = config.with_extension("toml.check");
-    std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
-    let loads = edgerep_config::Config::load(&tmp);
-    let _ = std::fs::remove_file(&tmp);
-    if let Err(e) = loads {
+    if let Err(e) = edgerep_config::Config::parse(&new_text, config) {
         bail!("the updated config would not load (nothing changed): {e}");
     }
-    replace_durably(config, new_text.as_bytes())?;
-    Ok(updated)
+    Ok((new_text, updated))
 }
 
 /// Replaces `path` with `bytes` whole or not at all, and durably: a temporary file beside it,
