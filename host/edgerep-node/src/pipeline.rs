@@ -280,6 +280,8 @@ impl Pipeline {
     /// Stops writes to `collection`, local and replicated, until the node restarts or reloads
     /// its config.
     pub fn halt(&self, collection: &str, reason: String) {
+        // Reasons carry a plugin's failure message: one line, whatever it holds.
+        let reason = edgerep_wire::text::one_line(&reason).into_owned();
         tracing::error!(collection, %reason, "collection halted");
         self.halted
             .lock()
@@ -567,7 +569,7 @@ impl Pipeline {
             },
             Err(failure) => {
                 loaded.fallbacks.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin = %name, collection, %failure, "resolver failed; used last-writer-wins instead");
+                tracing::warn!(plugin = %name, collection, kind = failure.kind.as_str(), message = %edgerep_wire::text::one_line(&failure.message), "resolver failed; used last-writer-wins instead");
                 lww(format!("lww-fallback:{name}"))
             }
         }

@@ -51,8 +51,7 @@ pub enum ReloadError {
         /// What changed that a reload cannot take in.
         problems: Vec<String>,
     },
-    /// The new plugins could not be loaded (nothing changed, but for the store's record of its
-    /// limits, which keeps a raised limit: a start below it is then refused).
+    /// The new plugins could not be loaded.
     #[error("{0}")]
     Plugins(String),
     /// The store refused the new limits.
@@ -71,9 +70,9 @@ pub enum ReloadError {
     /// A blocking task of the reload did not finish (before anything changed).
     #[error("reload task failed: {0}")]
     Task(String),
-    /// The store's record of its limits or of what decides each collection could not be saved
-    /// (before anything changed).
-    #[error("saving the store's record of its limits or deciders failed (nothing changed): {0}")]
+    /// The store's record of what decides each collection could not be saved (before anything
+    /// changed).
+    #[error("saving what decides each collection failed (nothing changed): {0}")]
     Record(crate::committer::CommitError),
     /// The reload's own task stopped midway (part of the new config may be in force).
     #[error("reload stopped midway: {0} (part of the new config may be in force: reload again)")]
@@ -274,10 +273,6 @@ impl Reloader {
         // upgrades marked as still to be re-resolved: a crash from here on leaves a record a
         // start finishes from (re-resolving them), and never one that lacks upgrades in force
         // (a start checks those as appended to the file by no reload).
-        self.committer
-            .record_limits(crate::event_limits(&new))
-            .await
-            .map_err(ReloadError::Record)?;
         let recorded = self.store.recorded_deciders()?;
         let upgraded: Vec<String> = new
             .collections
@@ -314,7 +309,14 @@ impl Reloader {
                 return Err(e);
             }
         };
-        // Checked above: only raised.
+        // Checked above: only raised; recorded in the store before anything is written under
+        // them (a start below them is refused: what was stored must stay readable).
+        self.committer
+            .record_limits(crate::event_limits(&new))
+            .await
+            .map_err(|e| {
+                ReloadError::Interrupted(format!("recording the raised limits in the store: {e}"))
+            })?;
         self.store.raise_limits(crate::event_limits(&new))?;
         if let Some(keys) = &self.keys {
             keys.set_revoked(&new);

@@ -1034,7 +1034,7 @@ impl Replicator {
     /// every other origin and collection goes on. (It stopped all replication once: one event
     /// any writer of one collection could send halted every link, again after each restart.)
     fn halt(&mut self, halt: crate::apply::Halt) {
-        tracing::error!(collection = %halt.collection, "replication of the collection halted: {}", halt.reason);
+        tracing::error!(collection = %halt.collection, "replication of the collection halted: {}", edgerep_wire::text::one_line(&halt.reason));
         self.pipeline
             .halt_apply(&halt.collection, halt.reason.clone());
         self.halted = Some(format!("collection {:?}: {}", halt.collection, halt.reason));

@@ -738,9 +738,9 @@ fn rewind_and_timer_go_back_to_acked() {
 }
 
 /// A peer repeating Acks that ask for a rewind, with nothing acknowledged between them, gets the
-/// window once, not once per Ack: a rewind while the last one's resend is on its way waits
-/// until something of it is acknowledged, or a quarter of the resend timer passed (then it goes
-/// by itself: a rewind is put off, never lost).
+/// window once, not once per Ack: a rewind asked while the last resend is on its way, with
+/// nothing of it acknowledged, waits a quarter of the resend timer (then it goes by itself: put
+/// off, never lost); one asked after progress goes at once.
 #[test]
 fn repeated_rewinds_without_progress_resend_once() {
     let log = MemLog::with(&evs("a", 1..=4));
@@ -757,25 +757,30 @@ fn repeated_rewinds_without_progress_resend_once() {
         assert_eq!(r.poll_transmit(now, &log).unwrap(), None, "resent at {now}");
     }
     assert_eq!(r.counters(&b).rewinds_deferred, 19);
-    // Progress since the last rewind: the one waiting goes at once.
+    assert_eq!(r.poll_timeout(), Some(770));
+    // The resend acknowledged in part: the waiting rewind does not go on that (the resend
+    // covers it) ...
     r.handle(&b, ack(&[("a", 2)], false), 41).unwrap();
+    assert_eq!(r.poll_transmit(41, &log).unwrap(), None);
+    // ... but a rewind asked after progress goes at once.
+    r.handle(&b, ack(&[("a", 2)], true), 100).unwrap();
     assert_eq!(
-        sent_dots(r.poll_transmit(41, &log).unwrap()).1,
+        sent_dots(r.poll_transmit(100, &log).unwrap()).1,
         dots(&[("a", 3), ("a", 4)])
     );
-    // No progress: put off until a quarter of the resend timer (750 ms) passed, then it goes
-    // by itself.
-    r.handle(&b, ack(&[("a", 2)], true), 100).unwrap();
-    assert_eq!(r.poll_transmit(100, &log).unwrap(), None);
-    assert_eq!(r.poll_timeout(), Some(791));
-    r.handle_timeout(790);
-    assert_eq!(r.poll_transmit(790, &log).unwrap(), None);
-    r.handle_timeout(791);
+    // Asked again with no progress: put off for 750 ms, then it goes by itself.
+    r.handle(&b, ack(&[("a", 2)], true), 101).unwrap();
+    assert_eq!(r.poll_transmit(101, &log).unwrap(), None);
+    assert_eq!(r.poll_timeout(), Some(850));
+    r.handle_timeout(849);
+    assert_eq!(r.poll_transmit(849, &log).unwrap(), None);
+    r.handle_timeout(850);
     assert_eq!(
-        sent_dots(r.poll_transmit(791, &log).unwrap()).1,
+        sent_dots(r.poll_transmit(850, &log).unwrap()).1,
         dots(&[("a", 3), ("a", 4)])
     );
     assert_eq!(r.counters(&b).rewinds_deferred, 20);
+    assert_eq!(r.poll_timeout(), Some(3850));
 }
 
 /// On a link slower than the resend timer per batch, the caller says the link is still carrying

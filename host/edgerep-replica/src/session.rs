@@ -103,10 +103,11 @@ pub(crate) struct Session {
     /// Per origin whose events the caller held back, the have at which this peer was asked to
     /// send them again (asked again only once the have moved: see `Replica::applied`).
     pub(crate) held_back_asked: BTreeMap<NodeId, u64>,
-    /// When this node last went back on the peer's request, and whether `acked` moved since:
-    /// a rewind while the last one's resend is still on its way waits until `acked` moves or
-    /// the gap passes (at once, it would resend the same window; a peer repeating Acks that ask
-    /// for it would make this node read and send its window again and again).
+    /// When this node last went back (a rewind, or its resend timer), and whether `acked`
+    /// moved since: a rewind asked while that resend is still on its way, with nothing of it
+    /// acknowledged, waits until the gap passes (at once, it would resend the same window; a
+    /// peer repeating Acks that ask for it would make this node read and send its window again
+    /// and again). One asked after progress goes at once.
     pub(crate) rewound: Option<(u64, bool)>,
     /// A rewind the peer asked for is waiting (see `rewound`).
     pub(crate) rewind_waiting: bool,
@@ -302,10 +303,14 @@ impl Session {
                 *acked_since = true;
             }
         }
-        if rewind || self.rewind_waiting {
-            self.rewind_waiting = true;
-            self.rewind_if_due(rewind_gap, now);
-            if rewind && self.rewind_waiting {
+        if rewind {
+            let due = self.rewound.is_none_or(|(at, acked_since)| {
+                acked_since || now >= at.saturating_add(rewind_gap)
+            });
+            if due {
+                self.go_back(now);
+            } else {
+                self.rewind_waiting = true;
                 self.rewinds_deferred += 1;
             }
         }
@@ -320,24 +325,21 @@ impl Session {
         }
     }
 
-    /// Goes back for the waiting rewind if the last one's resend was acknowledged in part, or
-    /// `rewind_gap` passed since it.
+    /// Goes back for the waiting rewind once `rewind_gap` passed since the last go-back (not
+    /// on the first acknowledgement of that resend: it covers most of what was asked).
     pub(crate) fn rewind_if_due(&mut self, rewind_gap: u64, now: u64) {
-        if !self.rewind_waiting {
-            return;
-        }
-        let due = self
-            .rewound
-            .is_none_or(|(at, acked_since)| acked_since || now >= at.saturating_add(rewind_gap));
-        if due {
-            self.rewind_waiting = false;
-            self.rewound = Some((now, false));
+        if self
+            .rewind_deadline(rewind_gap)
+            .is_some_and(|deadline| now >= deadline)
+        {
             self.go_back(now);
         }
     }
 
     /// Go-back-N: resend everything not acknowledged.
     pub(crate) fn go_back(&mut self, now: u64) {
+        self.rewind_waiting = false;
+        self.rewound = Some((now, false));
         self.sent = self.acked.clone();
         self.in_flight = 0;
         self.idle_at = None;

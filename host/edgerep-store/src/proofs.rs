@@ -509,10 +509,12 @@ impl PageProofs {
         Ok(())
     }
 
-    /// The event this store holds at `received`'s origin and sequence number when its own
-    /// history proves it is another one (its own seal and path for that place prove the event
-    /// held and not `received`); `None` when they prove `received`, or prove neither (a damaged
-    /// changelog), or when this store holds no proof for that place.
+    /// Whether this store's own history proves that it holds another event than `received` at
+    /// its origin and sequence number: `Some(held)` then, with the event held when this store
+    /// keeps it whole (`None` for a compacted one kept only as its leaf or path). Where the
+    /// event is kept whole (the changelog, or the original beside a kept proof), its own seal
+    /// and path must prove it and not `received`: a damaged changelog row proves neither, and
+    /// is no fork. Where only a path or leaves are kept, they must not prove `received`.
     pub(crate) fn holds_other(
         &mut self,
         changelog: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -521,18 +523,20 @@ impl PageProofs {
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         limits: &EventLimits,
         received: &EncodedEvent,
-    ) -> Result<Option<EncodedEvent>, StoreError> {
-        Ok(
-            match self.prove(changelog, seals_t, proofs, blocks, limits, received.clone())? {
-                Some((held, seal, proof))
-                    if seal.proves(held.seq, held.bytes(), &proof.path)
-                        && !seal.proves(received.seq, received.bytes(), &proof.path) =>
-                {
-                    Some(held)
-                }
-                _ => None,
-            },
-        )
+    ) -> Result<Option<Option<EncodedEvent>>, StoreError> {
+        let Some((held, seal, proof)) =
+            self.prove(changelog, seals_t, proofs, blocks, limits, received.clone())?
+        else {
+            return Ok(None);
+        };
+        let proves_received = seal.proves(received.seq, received.bytes(), &proof.path);
+        // `prove` hands back the version it was given where it keeps no copy of the event.
+        Ok(if held.bytes() == received.bytes() {
+            (!proves_received).then_some(None)
+        } else {
+            (seal.proves(held.seq, held.bytes(), &proof.path) && !proves_received)
+                .then_some(Some(held))
+        })
     }
 
     /// The origin's event behind `version`, the seal of its block and its path, if this store

@@ -112,8 +112,9 @@ pub struct RepairFork {
     pub origin: NodeId,
     /// Their sequence number.
     pub seq: u64,
-    /// [`crate::event_hash`] of the event held here.
-    pub held: [u8; 32],
+    /// [`crate::event_hash`] of the event held here, when it is kept whole (`None`: compacted,
+    /// kept only as its leaf or Merkle path).
+    pub held: Option<[u8; 32]>,
     /// [`crate::event_hash`] of the version offered.
     pub received: [u8; 32],
 }
@@ -843,7 +844,7 @@ impl Store {
                 forks.push(RepairFork {
                     origin: event.origin.clone(),
                     seq: event.seq,
-                    held: crate::event_hash(held.bytes()),
+                    held: held.map(|h| crate::event_hash(h.bytes())),
                     received: crate::event_hash(event.bytes()),
                 });
                 continue;

@@ -624,7 +624,11 @@ fn a_repair_offering_another_history_of_an_origin_is_a_fork_not_a_replacement() 
         forks,
         vec![("a".into(), 1), ("a".into(), 2), ("a".into(), 3)]
     );
-    assert!(out.forks.iter().all(|f| f.held != f.received));
+    assert!(
+        out.forks
+            .iter()
+            .all(|f| f.held.is_some_and(|h| h != f.received))
+    );
     assert_eq!(b.status().unwrap().digest, before);
     for k in 0..3 {
         let key = format!("k{k}");
@@ -633,8 +637,28 @@ fn a_repair_offering_another_history_of_an_origin_is_a_fork_not_a_replacement() 
             a.get("c", key.as_bytes()).unwrap()
         );
     }
-    // The genuine history still repairs a damaged copy (see the test above): nothing is
-    // reported for the origin's own events.
+    // Compacted out of b's changelog (kept as proofs and blocks for its live versions): the
+    // other history is still a fork, found by what b kept of its own.
+    let floors: edgerep_wire::Have = [(node("a"), 3)].into_iter().collect();
+    b.compact(&floors, u64::MAX, Sync::Immediate).unwrap();
+    assert!(b.changelog("a", 0, usize::MAX).is_err(), "compacted");
+    let page = forked.versions_of(&keys).unwrap();
+    let out = b
+        .repair_sealed(
+            page.versions,
+            &page.proofs,
+            &page.seals,
+            &[],
+            &[],
+            &node("m"),
+            &Default::default(),
+            None,
+            Sync::Immediate,
+        )
+        .unwrap();
+    assert_eq!((out.changed, out.forks.len()), (0, 3), "{out:?}");
+    assert_eq!(b.status().unwrap().digest, before);
+    // The genuine history is no fork (what the origin's events prove, compacted or not).
     let page = a.versions_of(&keys).unwrap();
     let out = b
         .repair_sealed(

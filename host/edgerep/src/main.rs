@@ -7,6 +7,7 @@
 mod demo;
 mod plugin_cmd;
 
+use edgerep_wire::text::one_line;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -424,16 +425,18 @@ fn report(outcome: Outcome, print: impl FnOnce(&[u8])) -> u8 {
             print(&body);
             0
         }
+        // A node's answer may carry text a client or a plugin chose: its control characters
+        // are escaped, so none reaches the terminal.
         Outcome::NotFound(m) => {
-            eprintln!("edgerep: {m}");
+            eprintln!("edgerep: {}", one_line(&m));
             EXIT_ABSENT
         }
         Outcome::Refused(status, m) => {
-            eprintln!("edgerep: refused ({status}): {m}");
+            eprintln!("edgerep: refused ({status}): {}", one_line(&m));
             EXIT_REFUSED
         }
         Outcome::Failed(m) => {
-            eprintln!("edgerep: {m}");
+            eprintln!("edgerep: {}", one_line(&m));
             EXIT_FAILED
         }
     }

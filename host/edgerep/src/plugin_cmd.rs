@@ -332,7 +332,7 @@ fn replay_all(c: &edgerep_client::client::Client, collection: Option<&str>) -> a
                 }
                 Outcome::NotFound(m) | Outcome::Refused(_, m) | Outcome::Failed(m) => {
                     failed += 1;
-                    println!("{id}: failed, stays: {m}");
+                    println!("{id}: failed, stays: {}", edgerep_wire::text::one_line(&m));
                 }
             }
         }

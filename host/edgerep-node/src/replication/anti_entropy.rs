@@ -948,7 +948,9 @@ impl Replicator {
                     let report = ForkReport {
                         origin: fork.origin.to_string(),
                         seq: fork.seq,
-                        held_hash: hex(&fork.held),
+                        held_hash: fork
+                            .held
+                            .map_or_else(|| "compacted (not kept whole)".to_owned(), |h| hex(&h)),
                         received_hash: hex(&fork.received),
                         from_peer: peer.to_string(),
                         at_ms: wall_ms(),

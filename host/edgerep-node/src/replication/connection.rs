@@ -71,7 +71,9 @@ impl Precheck {
         if let Some(keys) = &self.keys {
             use edgerep_store::Keys as _;
             // The frame's runs of events, each one origin's (first, last): a seal inside one is
-            // at one of its events.
+            // at one of its events when the run has no gap (an honest frame's never has; a
+            // dishonest one at worst buys checks of the seals it sent, up to the first that
+            // fails, and is refused by the core).
             let mut runs: Vec<(&str, u64, u64)> = Vec::new();
             for e in events {
                 match runs.last_mut() {

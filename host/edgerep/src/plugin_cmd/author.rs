@@ -280,8 +280,12 @@ fn refuse_deciding_in_place(config: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `path` with its folder resolved (the file itself need not exist yet).
+/// `path` resolved: the whole path when the file exists (links followed), else its folder
+/// (the file is still to be written).
 fn resolved(path: &Path) -> Option<PathBuf> {
+    if let Ok(path) = std::fs::canonicalize(path) {
+        return Some(path);
+    }
     let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
         Some(dir) => dir,
         None => Path::new("."),
