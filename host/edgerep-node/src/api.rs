@@ -194,8 +194,10 @@ impl Guard {
 
     /// What a web page in the operator's browser must not do to a node that trusts loopback
     /// (no token): send it a request from another origin (`Origin` is not this API's own: a
-    /// form or `fetch` posting writes, replays or reloads), or reach it under another name than
-    /// a loopback one (`Host`: DNS rebinding, which would also let the page read).
+    /// form or `fetch` posting writes, replays or reloads; or `Sec-Fetch-Site` says another
+    /// site or origin: a GET from an image or a script, which sends no Origin, starting a full
+    /// verify or holding watch streams), or reach it under another name than a loopback one
+    /// (`Host`: DNS rebinding, which would also let the page read).
     fn browser_refusal(&self, headers: &HeaderMap) -> Option<ApiError> {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
         if self.token().is_none()
@@ -207,6 +209,21 @@ impl Guard {
                 "bad_host",
                 format!(
                     "Host {host:?} is not a loopback name: without api.token_file this API answers only requests addressed to a loopback address, localhost or a one-label name (a web page could reach it under a name of its own by DNS rebinding)"
+                ),
+            ));
+        }
+        // A browser says where a request comes from even when it sends no Origin (a GET from
+        // an image or a script of another site): only this page's own requests, and ones the
+        // operator typed, pass.
+        if let Some(site) = headers.get("sec-fetch-site")
+            && !matches!(site.as_bytes(), b"same-origin" | b"none")
+        {
+            return Some(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                format!(
+                    "a request a web page of another origin made (Sec-Fetch-Site: {}) is refused: only this node's own status page may use its API from a browser",
+                    String::from_utf8_lossy(site.as_bytes())
                 ),
             ));
         }

@@ -65,7 +65,7 @@ pub(crate) enum IngestError {
 pub(crate) const OUTPUT_TIMES: usize = 4;
 
 /// What a write weighs toward [`OUTPUT_TIMES`].
-fn write_bytes(w: &LocalWrite) -> usize {
+pub(crate) fn write_bytes(w: &LocalWrite) -> usize {
     w.key.len()
         + w.value.as_ref().map_or(0, |v| v.as_bytes().len())
         + w.meta.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
@@ -171,7 +171,15 @@ pub(crate) fn run(
         }
         let original = w.clone();
         let limit = step.config.limits.max_batch_events;
-        match step.pipeline.run_ingest(w, wall, limit, &check) {
+        let byte_limit = step
+            .config
+            .limits
+            .max_request_bytes
+            .saturating_mul(OUTPUT_TIMES);
+        match step
+            .pipeline
+            .run_ingest(w, wall, (limit, byte_limit), &check)
+        {
             Ok(changes) => {
                 let made = out.accepted.len() + changes.len();
                 if made > limit {

@@ -345,12 +345,13 @@ impl Pipeline {
     /// plugin returns against the node's rules (collection allowed, key and value limits); a
     /// change it refuses is the plugin's fault (`bad-output`), and so are more than
     /// `max_writes` writes made from the one write at any step of the chain (each call is
-    /// bounded, but a chain multiplies: two transforms could make 10^8 writes of one).
+    /// bounded, but a chain multiplies: two transforms could make 10^8 writes of one). A step
+    /// whose writes pass `max_bytes` ends the chain early with them (see the loop).
     pub fn run_ingest(
         &self,
         write: LocalWrite,
         wall_ms: u64,
-        max_writes: usize,
+        (max_writes, max_bytes): (usize, usize),
         check: &dyn Fn(&LocalWrite) -> Result<(), String>,
     ) -> Result<Vec<LocalWrite>, Box<Rejection>> {
         let wiring = self.wiring();
@@ -361,6 +362,10 @@ impl Pipeline {
         for name in chain {
             let loaded = &wiring.plugins[name];
             let mut next = Vec::new();
+            // Bounded at every step, not only at the end: a chain of transforms each
+            // multiplying and padding its input must not build up gigabytes on the way. Past
+            // `max_bytes` the chain stops and returns what it made, which the caller refuses.
+            let mut next_bytes = 0usize;
             for w in current {
                 let event = self.ingest_event(&w, wall_ms);
                 let reject = |failure: Failure| rejection(name, loaded, failure, &event);
@@ -376,6 +381,13 @@ impl Pipeline {
                 }
                 for change in changes {
                     let out = change_to_write(change);
+                    next_bytes = next_bytes.saturating_add(crate::ingest::write_bytes(&out));
+                    if next_bytes > max_bytes {
+                        // Over the request's bound already: what was made so far is returned,
+                        // and the caller refuses the request as too large (nothing written).
+                        next.push(out);
+                        return Ok(next);
+                    }
                     if let Err(message) = check(&out) {
                         return Err(reject(Failure {
                             kind: FailureKind::BadOutput,

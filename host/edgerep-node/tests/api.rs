@@ -1192,6 +1192,20 @@ fn a_web_page_of_another_origin_cannot_use_a_loopback_api() {
         raw_status(&addr, "GET /v1/kv/c/k", &[("host", &rebound)], ""),
         403
     );
+    // A GET another site's page makes (an image, a script: no Origin), which could start a
+    // full verify again and again or hold watch streams: the browser says where it came from.
+    for site in ["cross-site", "same-site"] {
+        assert_eq!(
+            raw_status(
+                &addr,
+                "GET /v1/status?verify=true",
+                &[("host", &addr), ("sec-fetch-site", site)],
+                ""
+            ),
+            403,
+            "{site}"
+        );
+    }
     assert_eq!(node.snapshot(), before, "nothing written");
     // The node's own page (same origin), and clients that send no Origin, are served.
     let own = format!("http://{addr}");
@@ -1201,6 +1215,18 @@ fn a_web_page_of_another_origin_cannot_use_a_loopback_api() {
         raw_status(&addr, "GET /v1/kv/c/k", &[("host", &local)], ""),
         200
     );
+    for site in ["same-origin", "none"] {
+        assert_eq!(
+            raw_status(
+                &addr,
+                "GET /v1/kv/c/k",
+                &[("host", &addr), ("sec-fetch-site", site)],
+                ""
+            ),
+            200,
+            "{site}"
+        );
+    }
     node.stop();
 }
 
