@@ -976,3 +976,47 @@ fn authorization_judges_a_routed_write_by_where_it_lands() {
     assert_eq!(node.get("/v1/kv/stock/k-0").status, 404);
     node.stop();
 }
+
+/// A transform on ingest failing on every write cannot fill the disk with dead letters: past
+/// `limits.max_dead_letters` a request with a write to set aside is refused whole (507, naming
+/// the limit), nothing written; with room made it is set aside again.
+#[test]
+fn dead_letters_past_their_limit_refuse_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = [
+        plugin_table("trap", "trap", ""),
+        collection("broken", &["trap"], "lww"),
+        "[limits]\nmax_dead_letters = 1\n".to_owned(),
+    ]
+    .concat();
+    let node = Node::start(config(dir.path(), &body));
+    let r = node.put("/v1/kv/broken/k1", json!({"n": 1}));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body["dead_letter"].is_u64(), "{}", r.body);
+    let before = node.get("/v1/status").body["feed_last"].clone();
+    let r = node.put("/v1/kv/broken/k2", json!({"n": 2}));
+    assert_eq!(r.status, 507, "{}", r.body);
+    assert_eq!(r.body["kind"], "dead_letters_full", "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("limits.max_dead_letters is 1")),
+        "{}",
+        r.body
+    );
+    let listed = node.get("/v1/dead-letters").body;
+    let list = listed["dead_letters"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1, "{listed}");
+    assert_eq!(node.get("/v1/status").body["feed_last"], before);
+    // Room made: the next one is set aside.
+    let id = list[0]["id"].as_u64().unwrap();
+    let r = node
+        .agent
+        .delete(node.url(&format!("/v1/dead-letters/{id}")))
+        .call()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = node.put("/v1/kv/broken/k2", json!({"n": 2}));
+    assert_eq!(r.status, 422, "{}", r.body);
+    node.stop();
+}
