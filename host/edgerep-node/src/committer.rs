@@ -176,6 +176,12 @@ enum Request {
         record: String,
         reply: oneshot::Sender<Result<(), CommitError>>,
     },
+    /// Clear the re-resolve marks of these collections in the record of what decides each
+    /// collection, as it is now (read and written here, so that no other record comes between).
+    ClearMarks {
+        done: Vec<String>,
+        reply: oneshot::Sender<Result<(), CommitError>>,
+    },
     /// Record limits the store is about to be written under (see
     /// `edgerep_store::StoreWriter::record_limits`).
     RecordLimits {
@@ -546,6 +552,22 @@ impl Committer {
                         }
                         Request::RecordDeciders { record, reply } => {
                             let result = store.record_deciders(&record).map_err(store_failed);
+                            let _ = reply.send(result);
+                            continue;
+                        }
+                        Request::ClearMarks { done, reply } => {
+                            let result = match store.recorded_deciders() {
+                                Ok(Some(current)) => {
+                                    match crate::deciders::clear_marks(&current, &done) {
+                                        Some(record) => {
+                                            store.record_deciders(&record).map_err(store_failed)
+                                        }
+                                        None => Ok(()),
+                                    }
+                                }
+                                Ok(None) => Ok(()),
+                                Err(e) => Err(store_failed(e)),
+                            };
                             let _ = reply.send(result);
                             continue;
                         }
@@ -939,6 +961,16 @@ impl Committer {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Request::RecordDeciders { record, reply })
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        answer.await.map_err(|_| CommitError::Closed)?
+    }
+
+    /// Clears the re-resolve marks of `done` in the record of what decides each collection.
+    pub async fn clear_marks(&self, done: Vec<String>) -> Result<(), CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::ClearMarks { done, reply })
             .await
             .map_err(|_| CommitError::Closed)?;
         answer.await.map_err(|_| CommitError::Closed)?

@@ -140,11 +140,11 @@ pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
                 .and_then(|r| r.get(RE_RESOLVE))
                 .and_then(Json::as_bool)
                 .unwrap_or(false);
-            pending
-                || was
-                    .and_then(|r| r.get("upgrades"))
-                    .and_then(Json::as_array)
-                    .is_some_and(|was| c.upgrades.len() > was.len())
+            let recorded = was
+                .and_then(|r| r.get("upgrades"))
+                .and_then(Json::as_array)
+                .map_or(0, Vec::len);
+            pending || c.upgrades.len() > recorded
         })
         .map(|c| c.name.clone())
         .collect()
@@ -152,9 +152,12 @@ pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
 
 /// How many upgrades of collection `name` the `before` record holds (0 when it has no entry):
 /// those after it were appended to the config file since, by no reload, and are checked at
-/// start as a reload checks them.
+/// start as a reload checks them. `None` (no check) for a record an older build wrote: it
+/// saved a reload's upgrades only once their re-resolution ended, so it may lag behind
+/// upgrades in force.
 pub fn upgrades_recorded(before: &str, name: &str) -> Option<usize> {
     let before = parse(before)?;
+    before.get(RECORD_VERSION)?;
     Some(
         before
             .get(name)
@@ -166,6 +169,10 @@ pub fn upgrades_recorded(before: &str, name: &str) -> Option<usize> {
 
 /// The entry field marking a collection whose keys are still to be re-resolved.
 const RE_RESOLVE: &str = "re_resolve";
+
+/// The record's key for its version (no collection name holds `#`): records with it save a
+/// reload's upgrades before they take effect.
+const RECORD_VERSION: &str = "#record";
 
 /// The record of `config` (its [`entries`]), with the collections in `pending`, and those the
 /// `before` record marks, marked as still to be re-resolved (until [`clear_marks`] clears a
@@ -193,6 +200,7 @@ pub fn record_pending(config: &Config, before: Option<&str>, pending: &[String])
     for (name, was) in before {
         now.entry(name).or_insert(was);
     }
+    now.insert(RECORD_VERSION.to_owned(), Json::from(2));
     Json::Object(now).to_string()
 }
 

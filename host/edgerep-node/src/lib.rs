@@ -389,6 +389,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         Some(k) => store.with_keys(k.clone()),
         None => store,
     });
+    // Every check passed: the store records this build's format and limits (a refused start
+    // changed neither).
+    writer
+        .record_open(&event_limits(&config))
+        .map_err(store_error)?;
     writer
         .record_deciders(&deciders::record_pending(
             &config,
@@ -477,7 +482,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // a crash): the keys decided before get what the new wiring decides, as at a reload.
     if !re_resolve.is_empty() {
         let committer = committer.clone();
-        let reader = store.clone();
         tokio::spawn(async move {
             for collection in &re_resolve {
                 match committer.re_resolve(collection.clone()).await {
@@ -490,20 +494,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                     }
                 }
             }
-            // Only these marks are cleared, in the record as it is now (a reload meanwhile
+            // Only these marks are cleared, in the record as it is then (a reload meanwhile
             // may have recorded upgrades of its own).
-            let record = reader
-                .recorded_deciders()
-                .ok()
-                .flatten()
-                .and_then(|r| deciders::clear_marks(&r, &re_resolve));
-            match record {
-                Some(record) => match committer.record_deciders(record).await {
-                    Ok(()) => tracing::info!("re-resolution at start done and recorded"),
-                    Err(e) => tracing::error!("saving what decides each collection failed: {e}"),
-                },
-                None => tracing::error!(
-                    "re-resolution at start done, but the record of what decides each collection cannot be read to say so (the next start re-resolves again)"
+            match committer.clear_marks(re_resolve).await {
+                Ok(()) => tracing::info!("re-resolution at start done and recorded"),
+                Err(e) => tracing::error!(
+                    "saving what decides each collection failed (the next start re-resolves again): {e}"
                 ),
             }
         });

@@ -121,6 +121,12 @@ pub struct Pause {
     pub reason: String,
 }
 
+/// A config's wiring loaded and compiled by [`Pipeline::prepare`], not yet in force.
+pub struct Wired {
+    wiring: Wiring,
+    loaded: Vec<String>,
+}
+
 /// The loaded plugins and the per-collection wiring.
 pub struct Pipeline {
     node: NodeId,
@@ -181,6 +187,13 @@ impl Pipeline {
     /// whose config now has the upgrade they waited for (one still missing a later upgrade is
     /// paused again at the peer's next handshake). Returns the plugins (re)loaded.
     pub fn reload(&self, config: &Config) -> Result<Vec<String>, NodeError> {
+        let wired = self.prepare(config)?;
+        Ok(self.install(config, wired))
+    }
+
+    /// Loads and compiles what `config` wires, without putting it in force (what can fail in
+    /// a reload; [`Pipeline::install`] then cannot).
+    pub fn prepare(&self, config: &Config) -> Result<Wired, NodeError> {
         let old = self.wiring();
         let wiring = wire(config, Some(&cache_dir(config)), &old.plugins)?;
         let loaded: Vec<String> = wiring
@@ -189,6 +202,12 @@ impl Pipeline {
             .filter(|(name, l)| old.plugins.get(*name).is_none_or(|o| !Arc::ptr_eq(o, l)))
             .map(|(name, _)| name.clone())
             .collect();
+        Ok(Wired { wiring, loaded })
+    }
+
+    /// Puts a prepared wiring in force; returns the plugins loaded anew.
+    pub fn install(&self, config: &Config, wired: Wired) -> Vec<String> {
+        let Wired { wiring, loaded } = wired;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(wiring);
         *self.value_limits.write().unwrap_or_else(|e| e.into_inner()) = crate::value_limits(config);
         self.halted
@@ -214,7 +233,7 @@ impl Pipeline {
         paused.retain(|_, by_peer| !by_peer.is_empty());
         self.any_paused.store(!paused.is_empty(), Ordering::Release);
         drop(paused);
-        Ok(loaded)
+        loaded
     }
 
     fn value_limits(&self) -> edgerep_wire::value::DecodeLimits {

@@ -199,9 +199,8 @@ impl Reloader {
     /// them otherwise in place would decide the events already applied differently on nodes
     /// that reload at different times, as for a declared collection (see [`reloadable`]).
     fn declared_in_place(&self, old: &Config, new: &Config) -> Result<(), ReloadError> {
-        if !old.collections.accept_undeclared {
-            return Ok(());
-        }
+        // Whatever `accept_undeclared` says now: the store may hold events an earlier run took
+        // undeclared.
         let mut problems = Vec::new();
         for (i, c) in new.collections.declared.iter().enumerate() {
             let decides_otherwise =
@@ -269,10 +268,18 @@ impl Reloader {
         // Read before anything changes: a token file now unreadable or too short fails the
         // whole reload.
         let token = crate::api::Guard::read_token(&new).map_err(ReloadError::Token)?;
-        // What decides each collection is recorded before it changes, the collections given
-        // upgrades marked as still to be re-resolved: a crash from here on leaves a record a
-        // start finishes from (re-resolving them), and never one that lacks upgrades in force
-        // (a start checks those as appended to the file by no reload).
+        // The new wiring is loaded first (what can fail), then what decides each collection is
+        // recorded, the collections given upgrades marked as still to be re-resolved, and only
+        // then is the wiring put in force: a crash leaves either the old record and wiring, or
+        // a record a start finishes from (re-resolving them); never one that lacks upgrades in
+        // force (a start checks those as appended to the file by no reload), nor one naming
+        // plugins that never loaded.
+        let pipeline = self.pipeline.clone();
+        let wired = new.clone();
+        let prepared = tokio::task::spawn_blocking(move || pipeline.prepare(&wired))
+            .await
+            .map_err(|e| ReloadError::Task(e.to_string()))?
+            .map_err(|e| ReloadError::Plugins(e.to_string()))?;
         let recorded = self.store.recorded_deciders()?;
         let upgraded: Vec<String> = new
             .collections
@@ -289,26 +296,7 @@ impl Reloader {
             ))
             .await
             .map_err(ReloadError::Record)?;
-        let pipeline = self.pipeline.clone();
-        let wired = new.clone();
-        let loaded = tokio::task::spawn_blocking(move || pipeline.reload(&wired))
-            .await
-            .map_err(|e| ReloadError::Task(e.to_string()))
-            .and_then(|r| r.map_err(|e| ReloadError::Plugins(e.to_string())));
-        let plugins_loaded = match loaded {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                // Nothing changed: the record goes back to what it was.
-                if let Some(before) = recorded
-                    && let Err(undo) = self.committer.record_deciders(before).await
-                {
-                    tracing::error!(
-                        "a reload failed, and putting back the record of what decides each collection failed too (the next start may refuse, naming the upgrades): {undo}"
-                    );
-                }
-                return Err(e);
-            }
-        };
+        let plugins_loaded = self.pipeline.install(&new, prepared);
         // Checked above: only raised; recorded in the store before anything is written under
         // them (a start below them is refused: what was stored must stay readable).
         self.committer
@@ -366,20 +354,7 @@ impl Reloader {
         // Done: the next start need not re-resolve them (until this is saved, it does).
         if !keys_re_resolved.is_empty() {
             let done: Vec<String> = keys_re_resolved.keys().cloned().collect();
-            let record = self
-                .store
-                .recorded_deciders()
-                .ok()
-                .flatten()
-                .and_then(|r| crate::deciders::clear_marks(&r, &done));
-            let saved = match record {
-                Some(record) => self
-                    .committer
-                    .record_deciders(record)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err("the record cannot be read".to_owned()),
-            };
+            let saved = self.committer.clear_marks(done).await;
             if let Err(e) = saved {
                 tracing::warn!(
                     "saving what decides each collection failed (the next start re-resolves the upgraded collections again): {e}"

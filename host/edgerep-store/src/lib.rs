@@ -494,19 +494,16 @@ impl Store {
                     if found < STORE_FORMAT_CONTINUED {
                         return Err(StoreError::OldFormat { found });
                     }
-                    if found < STORE_FORMAT {
-                        meta.insert(META_STORE_FORMAT, &STORE_FORMAT.to_be_bytes()[..])?;
-                    }
                 }
             }
             // Events stored under higher limits must stay readable: a start with lower ones is
-            // refused; the record keeps the highest each limit has been.
-            let held = held_limits(&meta)?;
-            let lowered = lowered(&held, &limits);
+            // refused. (Only checked here: the format and limits this build runs under are
+            // recorded by `StoreWriter::record_open`, once the caller's own checks passed, so
+            // that a start refused for another reason changes neither.)
+            let lowered = lowered(&held_limits(&meta)?, &limits);
             if !lowered.is_empty() {
                 return Err(StoreError::LimitsLowered { limits: lowered });
             }
-            record_limits(&mut meta, &held, &limits)?;
             // Create every table so readers never meet a missing one.
             txn.open_table(STATE)?;
             txn.open_table(CHANGELOG)?;

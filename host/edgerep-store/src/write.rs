@@ -1027,6 +1027,21 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Records that this build runs the store: its format (a format this build continues is
+    /// raised to its own, which older builds then refuse) and `limits` (see
+    /// [`StoreWriter::record_limits`]). Called once a start's checks all passed.
+    pub fn record_open(&self, limits: &EventLimits) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(META_STORE_FORMAT, &STORE_FORMAT.to_be_bytes()[..])?;
+            let held = held_limits(&meta)?;
+            record_limits(&mut meta, &held, limits)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Records `limits` as ones the store was written under (each kept at the highest it has
     /// been; a start under lower ones is refused): before a reload raises them.
     pub fn record_limits(&self, limits: &EventLimits) -> Result<(), StoreError> {

@@ -1588,6 +1588,7 @@ fn a_store_refuses_limits_lower_than_it_was_opened_under() {
     };
     {
         let (store, _) = StoreWriter::open(&path, &me, with_keys(2048)).unwrap();
+        store.record_open(&with_keys(2048)).unwrap();
         let mut clock = HlcClock::new(Default::default(), 60_000);
         store
             .commit_local(vec![put("c", &[7u8; 2000], val(1))], &mut clock, 1)
@@ -1603,8 +1604,13 @@ fn a_store_refuses_limits_lower_than_it_was_opened_under() {
         e.contains("max_key_bytes 1024 (stored events may need 2048)"),
         "{e}"
     );
-    // Raised, then back to 2048: refused too, the record holds 4096.
-    drop(StoreWriter::open(&path, &me, with_keys(4096)).unwrap());
+    // Opened under higher limits by a start that went no further: nothing recorded.
+    drop(StoreWriter::open(&path, &me, with_keys(8192)).unwrap());
+    drop(StoreWriter::open(&path, &me, with_keys(2048)).unwrap());
+    // Raised, then back to 2048: refused, the record holds 4096.
+    let (store, _) = StoreWriter::open(&path, &me, with_keys(4096)).unwrap();
+    store.record_open(&with_keys(4096)).unwrap();
+    drop(store);
     let e = refused(2048);
     assert!(e.contains("need 4096"), "{e}");
     let (store, _) = StoreWriter::open(&path, &me, with_keys(4096)).unwrap();
@@ -1652,7 +1658,12 @@ fn store_formats_newer_are_refused_and_the_last_older_is_continued() {
         Ok(_) => panic!("a newer format opened"),
     }
     format(Some(3));
+    // Opened, then the start went no further: still format 3 (an older build still opens it).
     drop(StoreWriter::open(&path, &me, limits()).unwrap());
+    assert_eq!(format(None), 3);
+    let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
+    store.record_open(&limits()).unwrap();
+    drop(store);
     assert_eq!(format(None), built);
     format(Some(2));
     assert!(matches!(

@@ -503,7 +503,12 @@ fn a_decider_changed_in_place_across_a_restart_is_refused() {
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     put(&n1, "tally", "k", r#"{"node-1":1}"#);
     n1.terminate();
-    std::fs::write(&configs[0], with_fuel(20_000_000)).unwrap();
+    // In the same edit, a limit raised: the refused start must not record it (else the
+    // file put back would be refused as lowering it).
+    let raised =
+        with_fuel(20_000_000).replacen("[limits]\n", "[limits]\nmax_value_bytes = 1048576\n", 1);
+    assert!(raised.contains("max_value_bytes = 1048576"));
+    std::fs::write(&configs[0], raised).unwrap();
     let (code, err) = common::refused_to_start(
         &["run", "--alone", "--config", configs[0].to_str().unwrap()],
         "node-1 started with its resolver's fuel changed in place",
