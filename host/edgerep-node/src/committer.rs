@@ -179,7 +179,7 @@ enum Request {
     /// Clear the re-resolve marks of these collections in the record of what decides each
     /// collection, as it is now (read and written here, so that no other record comes between).
     ClearMarks {
-        done: Vec<String>,
+        done: Vec<(String, usize)>,
         reply: oneshot::Sender<Result<(), CommitError>>,
     },
     /// Record limits the store is about to be written under (see
@@ -562,10 +562,14 @@ impl Committer {
                                         Some(record) => {
                                             store.record_deciders(&record).map_err(store_failed)
                                         }
-                                        None => Ok(()),
+                                        None => Err(CommitError::Store(
+                                            "the record of what decides each collection cannot be read".into(),
+                                        )),
                                     }
                                 }
-                                Ok(None) => Ok(()),
+                                Ok(None) => Err(CommitError::Store(
+                                    "the store holds no record of what decides each collection".into(),
+                                )),
                                 Err(e) => Err(store_failed(e)),
                             };
                             let _ = reply.send(result);
@@ -967,7 +971,7 @@ impl Committer {
     }
 
     /// Clears the re-resolve marks of `done` in the record of what decides each collection.
-    pub async fn clear_marks(&self, done: Vec<String>) -> Result<(), CommitError> {
+    pub async fn clear_marks(&self, done: Vec<(String, usize)>) -> Result<(), CommitError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Request::ClearMarks { done, reply })

@@ -70,6 +70,16 @@ pub fn changes<E>(
     config: &Config,
     holds: impl Fn(&str) -> Result<bool, E>,
 ) -> Result<Vec<String>, E> {
+    changes_of(before, config, |_| true, holds)
+}
+
+/// [`changes`] for the collections `which` names only (a reload: those it declares anew).
+pub fn changes_of<E>(
+    before: &str,
+    config: &Config,
+    which: impl Fn(&str) -> bool,
+    holds: impl Fn(&str) -> Result<bool, E>,
+) -> Result<Vec<String>, E> {
     let Some(before) = parse(before) else {
         return Ok(Vec::new());
     };
@@ -83,7 +93,7 @@ pub fn changes<E>(
         "upgrades": [],
         "plugins": {},
     });
-    for (name, is) in &now {
+    for (name, is) in now.iter().filter(|(name, _)| which(name)) {
         let was = before.get(name).unwrap_or(&undeclared);
         let differs = |field: &str| was.get(field) != is.get(field);
         let upgrades = |r: &Json| r.get("upgrades").and_then(Json::as_array).cloned();
@@ -204,12 +214,19 @@ pub fn record_pending(config: &Config, before: Option<&str>, pending: &[String])
     Json::Object(now).to_string()
 }
 
-/// The `current` record with the marks of the collections in `done` (re-resolved) cleared;
-/// `None` when it cannot be read.
-pub fn clear_marks(current: &str, done: &[String]) -> Option<String> {
+/// The `current` record with the marks of the collections in `done` (re-resolved, each with
+/// how many upgrades it had then) cleared; `None` when it cannot be read.
+pub fn clear_marks(current: &str, done: &[(String, usize)]) -> Option<String> {
     let mut record = parse(current)?;
-    for name in done {
-        if let Some(Json::Object(entry)) = record.get_mut(name) {
+    for (name, upgrades) in done {
+        // Only if the entry still holds the upgrades re-resolved: a reload meanwhile may have
+        // appended one, whose re-resolution is still to run.
+        if let Some(Json::Object(entry)) = record.get_mut(name)
+            && entry
+                .get("upgrades")
+                .and_then(Json::as_array)
+                .is_some_and(|u| u.len() == *upgrades)
+        {
             entry.remove(RE_RESOLVE);
         }
     }

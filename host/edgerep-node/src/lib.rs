@@ -482,6 +482,16 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // a crash): the keys decided before get what the new wiring decides, as at a reload.
     if !re_resolve.is_empty() {
         let committer = committer.clone();
+        // Each with the upgrades it is re-resolved for (a reload meanwhile may append one).
+        let re_resolved: Vec<(String, usize)> = re_resolve
+            .iter()
+            .map(|c| {
+                (
+                    c.clone(),
+                    config.collection(c).map_or(0, |d| d.upgrades.len()),
+                )
+            })
+            .collect();
         tokio::spawn(async move {
             for collection in &re_resolve {
                 match committer.re_resolve(collection.clone()).await {
@@ -496,7 +506,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             }
             // Only these marks are cleared, in the record as it is then (a reload meanwhile
             // may have recorded upgrades of its own).
-            match committer.clear_marks(re_resolve).await {
+            match committer.clear_marks(re_resolved).await {
                 Ok(()) => tracing::info!("re-resolution at start done and recorded"),
                 Err(e) => tracing::error!(
                     "saving what decides each collection failed (the next start re-resolves again): {e}"

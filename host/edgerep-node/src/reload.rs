@@ -199,22 +199,19 @@ impl Reloader {
     /// them otherwise in place would decide the events already applied differently on nodes
     /// that reload at different times, as for a declared collection (see [`reloadable`]).
     fn declared_in_place(&self, old: &Config, new: &Config) -> Result<(), ReloadError> {
-        // Whatever `accept_undeclared` says now: the store may hold events an earlier run took
-        // undeclared.
-        let mut problems = Vec::new();
-        for (i, c) in new.collections.declared.iter().enumerate() {
-            let decides_otherwise =
-                c.resolver != "lww" || !c.transforms_on_apply.is_empty() || c.compare_on_versions;
-            if old.collection(&c.name).is_some() || !decides_otherwise {
-                continue;
-            }
-            if self.store.holds_collection(&c.name)? {
-                problems.push(format!(
-                    "collections.declared[{i}] ({:?}): the node holds events of this collection, taken undeclared (last writer wins, no transforms on apply); declaring it with another resolver or transforms_on_apply in place would decide them differently on nodes that reload at different times; declare it with resolver = \"lww\" and no transforms_on_apply, and add a [[collections.declared.upgrades]] entry with effective_from",
-                    c.name
-                ));
-            }
-        }
+        // Judged against the store's record of what decided each collection when it last
+        // ran, as a start judges (a collection the record lacks counts as taken undeclared),
+        // whatever `accept_undeclared` says now: the store may hold events an earlier run took
+        // undeclared, or of a collection declared before and left out for a while.
+        let Some(recorded) = self.store.recorded_deciders()? else {
+            return Ok(());
+        };
+        let problems = crate::deciders::changes_of(
+            &recorded,
+            new,
+            |name| old.collection(name).is_none(),
+            |c| self.store.holds_collection(c),
+        )?;
         refused_if_any(new, problems)
     }
 
@@ -353,7 +350,16 @@ impl Reloader {
         }
         // Done: the next start need not re-resolve them (until this is saved, it does).
         if !keys_re_resolved.is_empty() {
-            let done: Vec<String> = keys_re_resolved.keys().cloned().collect();
+            let config = self.config();
+            let done: Vec<(String, usize)> = keys_re_resolved
+                .keys()
+                .map(|c| {
+                    (
+                        c.clone(),
+                        config.collection(c).map_or(0, |d| d.upgrades.len()),
+                    )
+                })
+                .collect();
             let saved = self.committer.clear_marks(done).await;
             if let Err(e) = saved {
                 tracing::warn!(

@@ -570,6 +570,31 @@ fn a_decider_changed_in_place_across_a_restart_is_refused() {
     std::fs::write(&configs[0], &upgraded).unwrap();
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
+    // Left out for a start, then declared again by a reload: unchanged, taken (it is what
+    // decided its keys); as last writer wins, refused (a reload judges by the store's record,
+    // as a start does).
+    let reload = || common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    n1.terminate();
+    std::fs::write(&configs[0], &base).unwrap();
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    std::fs::write(&configs[0], &upgraded).unwrap();
+    let o = reload();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    n1.terminate();
+    std::fs::write(&configs[0], &base).unwrap();
+    let _n1 = Node::start_with(&configs[0], &["--alone"]);
+    std::fs::write(
+        &configs[0],
+        format!("{base}\n[[collections.declared]]\nname = \"tally\"\n"),
+    )
+    .unwrap();
+    let o = reload();
+    assert!(!o.status.success());
+    let said = format!("{}{}", common::stdout(&o), common::stderr(&o));
+    assert!(
+        said.contains("\"tally\"") && said.contains("holds its keys"),
+        "{said}"
+    );
 }
 
 /// A transform on apply that halts on one origin's event halts that collection only: the

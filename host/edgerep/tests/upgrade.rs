@@ -340,7 +340,7 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
     let said = format!("{}{}", stdout(&o), stderr(&o));
     assert!(
         said.contains("\"loose\"")
-            && said.contains("holds events")
+            && said.contains("holds its keys")
             && said.contains("effective_from"),
         "{said}"
     );
