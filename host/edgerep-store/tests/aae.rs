@@ -599,21 +599,24 @@ fn a_repair_offering_another_history_of_an_origin_is_a_fork_not_a_replacement() 
     ship(&a, &b, "a");
     let before = b.status().unwrap().digest;
     let keys: Vec<Vec<u8>> = (0..3).map(|i| format!("c\0k{i}").into_bytes()).collect();
-    let page = forked.versions_of(&keys).unwrap();
-    assert_eq!(page.versions.len(), 3);
-    let out = b
-        .repair_sealed(
+    // b merges what `from` holds of the keys, as a repair from peer `peer`.
+    let offer = |from: &StoreWriter, peer: &NodeId| {
+        let page = from.versions_of(&keys).unwrap();
+        assert_eq!(page.versions.len(), 3);
+        b.repair_sealed(
             page.versions,
             &page.proofs,
             &page.seals,
             &[],
             &[],
-            &node("m"),
+            peer,
             &Default::default(),
             None,
             Sync::Immediate,
         )
-        .unwrap();
+        .unwrap()
+    };
+    let out = offer(&forked, &node("m"));
     assert_eq!((out.changed, out.replaced), (0, 0), "{out:?}");
     let forks: Vec<(String, u64)> = out
         .forks
@@ -642,36 +645,10 @@ fn a_repair_offering_another_history_of_an_origin_is_a_fork_not_a_replacement() 
     let floors: edgerep_wire::Have = [(node("a"), 3)].into_iter().collect();
     b.compact(&floors, u64::MAX, Sync::Immediate).unwrap();
     assert!(b.changelog("a", 0, usize::MAX).is_err(), "compacted");
-    let page = forked.versions_of(&keys).unwrap();
-    let out = b
-        .repair_sealed(
-            page.versions,
-            &page.proofs,
-            &page.seals,
-            &[],
-            &[],
-            &node("m"),
-            &Default::default(),
-            None,
-            Sync::Immediate,
-        )
-        .unwrap();
+    let out = offer(&forked, &node("m"));
     assert_eq!((out.changed, out.forks.len()), (0, 3), "{out:?}");
     assert_eq!(b.status().unwrap().digest, before);
     // The genuine history is no fork (what the origin's events prove, compacted or not).
-    let page = a.versions_of(&keys).unwrap();
-    let out = b
-        .repair_sealed(
-            page.versions,
-            &page.proofs,
-            &page.seals,
-            &[],
-            &[],
-            a.node(),
-            &Default::default(),
-            None,
-            Sync::Immediate,
-        )
-        .unwrap();
+    let out = offer(&a, a.node());
     assert!(out.forks.is_empty(), "{out:?}");
 }
