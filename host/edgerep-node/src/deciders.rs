@@ -86,15 +86,19 @@ pub fn changes_of<E>(
     let now = entries(config);
     let mut problems = Vec::new();
     // A collection the record lacks was undeclared when the store last ran: events of it it
-    // holds were decided by the defaults (taken undeclared).
+    // holds were decided by the defaults (taken undeclared). Not so in a record of an older
+    // build, which a reload declaring a collection did not update: no comparison then.
     let undeclared = json!({
         "resolver": "lww",
         "transforms_on_apply": [],
         "upgrades": [],
         "plugins": {},
     });
+    let versioned = before.contains_key(RECORD_VERSION);
     for (name, is) in now.iter().filter(|(name, _)| which(name)) {
-        let was = before.get(name).unwrap_or(&undeclared);
+        let Some(was) = before.get(name).or(versioned.then_some(&undeclared)) else {
+            continue;
+        };
         let differs = |field: &str| was.get(field) != is.get(field);
         let upgrades = |r: &Json| r.get("upgrades").and_then(Json::as_array).cloned();
         let upgrades_kept = match (upgrades(was), upgrades(is)) {
@@ -231,4 +235,40 @@ pub fn clear_marks(current: &str, done: &[(String, usize)]) -> Option<String> {
         }
     }
     Some(Json::Object(record).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(body: &str) -> Config {
+        let text = format!(
+            "[node]\nid = \"n\"\ndata_dir = \"/tmp/unused\"\n[api]\nlisten = \"127.0.0.1:0\"\n[replication]\nlisten = \"127.0.0.1:1\"\n{body}"
+        );
+        Config::parse(&text, std::path::Path::new("/tmp/edgerep.toml")).unwrap()
+    }
+
+    /// A collection the record lacks counts as taken undeclared in a record of this build; in
+    /// one of an older build (whose reloads did not record new collections) it is not judged.
+    #[test]
+    fn a_collection_the_record_lacks_is_judged_only_in_a_versioned_record() {
+        let plain = config("");
+        let declared = config(&format!(
+            "[[collections.declared]]\nname = \"c\"\nresolver = \"merge\"\n\n[plugins.merge]\npath = \"/tmp/m.wasm\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        ));
+        let holds = |_: &str| Ok::<bool, ()>(true);
+        let versioned = record_pending(&plain, None, &[]);
+        let problems = changes(&versioned, &declared, holds).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("\"c\""), "{problems:?}");
+        let older = Json::Object(entries(&plain)).to_string();
+        assert!(changes(&older, &declared, holds).unwrap().is_empty());
+        // And nothing held: nothing to judge.
+        assert!(
+            changes(&versioned, &declared, |_| Ok::<bool, ()>(false))
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
