@@ -218,6 +218,19 @@ pub fn record_pending(config: &Config, before: Option<&str>, pending: &[String])
     Json::Object(now).to_string()
 }
 
+/// Each of `collections` with how many upgrades `config` gives it (what [`clear_marks`] takes).
+pub fn with_upgrades<'a>(
+    config: &Config,
+    collections: impl Iterator<Item = &'a String>,
+) -> Vec<(String, usize)> {
+    collections
+        .map(|c| {
+            let upgrades = config.collection(c).map_or(0, |d| d.upgrades.len());
+            (c.clone(), upgrades)
+        })
+        .collect()
+}
+
 /// The `current` record with the marks of the collections in `done` (re-resolved, each with
 /// how many upgrades it had then) cleared; `None` when it cannot be read.
 pub fn clear_marks(current: &str, done: &[(String, usize)]) -> Option<String> {

@@ -483,15 +483,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     if !re_resolve.is_empty() {
         let committer = committer.clone();
         // Each with the upgrades it is re-resolved for (a reload meanwhile may append one).
-        let re_resolved: Vec<(String, usize)> = re_resolve
-            .iter()
-            .map(|c| {
-                (
-                    c.clone(),
-                    config.collection(c).map_or(0, |d| d.upgrades.len()),
-                )
-            })
-            .collect();
+        let re_resolved = deciders::with_upgrades(&config, re_resolve.iter());
         tokio::spawn(async move {
             for collection in &re_resolve {
                 match committer.re_resolve(collection.clone()).await {

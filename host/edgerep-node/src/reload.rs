@@ -350,16 +350,7 @@ impl Reloader {
         }
         // Done: the next start need not re-resolve them (until this is saved, it does).
         if !keys_re_resolved.is_empty() {
-            let config = self.config();
-            let done: Vec<(String, usize)> = keys_re_resolved
-                .keys()
-                .map(|c| {
-                    (
-                        c.clone(),
-                        config.collection(c).map_or(0, |d| d.upgrades.len()),
-                    )
-                })
-                .collect();
+            let done = crate::deciders::with_upgrades(&self.config(), keys_re_resolved.keys());
             let saved = self.committer.clear_marks(done).await;
             if let Err(e) = saved {
                 tracing::warn!(
