@@ -214,12 +214,7 @@ impl edgerep_store::Keys for NodeKeys {
             .verifier
             .check_cert(cert)
             .map_err(|e| KeyError::BadCertificate(e.to_string()))?;
-        if key.node != *origin {
-            return Err(KeyError::OtherNode {
-                origin: origin.clone(),
-                named: key.node.clone(),
-            });
-        }
+        // `check_cert` names the node as `node_id_of` did: `key.node` is `origin`.
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.insert(origin.clone(), (key, cert.to_vec()));
         Ok(())
@@ -257,6 +252,33 @@ mod tests {
     fn keys_of(ca: &Ca, id: &str) -> NodeKeys {
         let identity = Identity::new(ca, &ca.issue_node(id).unwrap()).unwrap();
         NodeKeys::new(&identity, &config_of(id, "")).unwrap()
+    }
+
+    /// Certificates a peer sends under an origin's name: another node's (valid) is refused by its
+    /// name, before any signature check; one of another CA naming the origin by its chain;
+    /// bytes that are no certificate as such. None is learnt.
+    #[test]
+    fn certificates_under_the_wrong_name_or_from_another_ca_are_refused() {
+        let ca = Ca::generate("test").unwrap();
+        let other_ca = Ca::generate("other").unwrap();
+        let one = keys_of(&ca, "node-1");
+        let two = keys_of(&ca, "node-2");
+        let forged = keys_of(&other_ca, "node-3");
+        let node3 = NodeId::parse("node-3").unwrap();
+        assert!(matches!(
+            two.learn(&node3, one.own_cert()),
+            Err(KeyError::OtherNode { .. })
+        ));
+        assert!(matches!(
+            two.learn(&node3, forged.own_cert()),
+            Err(KeyError::BadCertificate(_))
+        ));
+        assert!(matches!(
+            two.learn(&node3, b"garbage"),
+            Err(KeyError::BadCertificate(_))
+        ));
+        let signature = forged.sign(b"m").unwrap();
+        assert!(two.verify(&node3, 1, b"m", &signature).is_err());
     }
 
     #[test]

@@ -256,17 +256,21 @@ impl Replicator {
         // Each seal's block is proven once per batch, however many of its events differ (a
         // peer replaying a whole other history must not cost a Merkle root per event).
         let mut proven: BTreeMap<usize, bool> = BTreeMap::new();
-        let by_end: BTreeMap<(&str, u64), usize> = seals
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ((s.origin.as_str(), s.seq), i))
-            .collect();
+        // Built at the first differing event only: duplicates that match cost no map.
+        let mut by_end: Option<BTreeMap<(&str, u64), usize>> = None;
         for (event, stored) in held.iter().zip(hashes) {
             let Some(stored) = stored else { continue };
             let received = edgerep_store::event_hash(event.bytes());
             if received != stored {
                 // The first seal at or after the event, if it covers it.
                 let seal = by_end
+                    .get_or_insert_with(|| {
+                        seals
+                            .iter()
+                            .enumerate()
+                            .map(|(i, s)| ((s.origin.as_str(), s.seq), i))
+                            .collect()
+                    })
                     .range((event.origin.as_str(), event.seq)..=(event.origin.as_str(), u64::MAX))
                     .map(|(_, &i)| i)
                     .next()
