@@ -302,9 +302,16 @@ impl Client {
         )
     }
 
-    /// Streams the watch feed, calling `line` for each JSON line until it returns false or the
-    /// stream ends.
+    /// Streams the watch feed, calling `line` for each event's JSON line until it returns false
+    /// or the stream ends. A stream the node ends before it should (a follow stream, or fewer
+    /// events than a `limit` asked) is a failure naming the last position read, and a last
+    /// line saying why (the feed compacted under the stream) is the outcome, not a line.
     pub fn watch(&self, params: &[(&str, String)], mut line: impl FnMut(&str) -> bool) -> Outcome {
+        let follow = !params.iter().any(|(k, v)| *k == "follow" && v == "false");
+        let limit = params
+            .iter()
+            .find(|(k, _)| *k == "limit")
+            .and_then(|(_, v)| v.parse::<u64>().ok());
         let mut url = format!("{}/v1/watch", self.base);
         for (i, (k, v)) in params.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
@@ -323,15 +330,40 @@ impl Client {
             other => return self.finish(other),
         };
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        let mut last: Option<u64> = None;
+        let mut events: u64 = 0;
+        let resume = |last: Option<u64>| match last {
+            Some(p) => format!("watch again from after={p}"),
+            None => "watch again from the same position".to_owned(),
+        };
         for l in reader.lines() {
-            match l {
-                Ok(l) => {
-                    if !line(&l) {
-                        break;
-                    }
+            let l = match l {
+                Ok(l) => l,
+                Err(e) => {
+                    return Outcome::Failed(format!("watch stream broke: {e}; {}", resume(last)));
                 }
-                Err(e) => return Outcome::Failed(format!("watch stream broke: {e}")),
+            };
+            let parsed: Option<serde_json::Value> = serde_json::from_str(&l).ok();
+            if let Some(end) = parsed.as_ref().filter(|j| j.get("error").is_some()) {
+                let message = end["error"].as_str().unwrap_or("").to_owned();
+                return match end["kind"].as_str() {
+                    Some("compacted") => Outcome::Refused(410, message),
+                    _ => Outcome::Failed(message),
+                };
             }
+            if let Some(p) = parsed.as_ref().and_then(|j| j["position"].as_u64()) {
+                last = Some(p);
+            }
+            events += 1;
+            if !line(&l) {
+                return Outcome::Ok(Vec::new());
+            }
+        }
+        if follow && limit.is_none_or(|n| events < n) {
+            return Outcome::Failed(format!(
+                "the node ended the watch stream (shutting down, or its API token changed); {}",
+                resume(last)
+            ));
         }
         Outcome::Ok(Vec::new())
     }

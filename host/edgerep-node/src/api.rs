@@ -464,6 +464,7 @@ impl From<ingest::IngestError> for ApiError {
                 "dead_letters_full",
                 e.to_string(),
             ),
+            e @ IngestError::Store(_) => ApiError::internal(e.to_string()),
         }
     }
 }
@@ -805,7 +806,7 @@ async fn detached<T: Send + 'static>(
     let permit = app.guard.detached.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_writes",
+            "too_many_requests",
             format!(
                 "{} write requests are running (api.max_connections), some of them for clients that stopped waiting; nothing was written: retry",
                 app.config().api.max_connections
@@ -1111,6 +1112,10 @@ async fn batch(
     .await
 }
 
+/// Largest batch body parsed on the async thread that received it (when no transform runs on
+/// ingest).
+const INLINE_BATCH_BYTES: usize = 16 << 10;
+
 async fn batch_run(
     app: Arc<AppState>,
     headers: HeaderMap,
@@ -1128,8 +1133,10 @@ async fn batch_run(
         None
     };
     // Parsing a large batch, looking its keys up and running transforms is CPU and disk work:
-    // keep it off the async threads.
-    let prepared = tokio::task::spawn_blocking(move || -> Result<PreparedBatch, ApiError> {
+    // keep it off the async threads. A small batch with no transform is done here (the hop
+    // to a blocking thread and back would cost more than the work).
+    let inline = turn.is_none() && body.len() <= INLINE_BATCH_BYTES;
+    let prepare = move || -> Result<PreparedBatch, ApiError> {
         let _turn = turn;
         let batch = request::parse_batch(
             &body,
@@ -1138,9 +1145,14 @@ async fn batch_run(
             &crate::value_limits(&app2.config()),
         )?;
         prepare_batch(&app2, batch, request_key)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("parse task failed: {e}")))??;
+    };
+    let prepared = if inline {
+        prepare()?
+    } else {
+        tokio::task::spawn_blocking(prepare)
+            .await
+            .map_err(|e| ApiError::internal(format!("parse task failed: {e}")))??
+    };
     let (committed, indexes, failed, replays) = match prepared {
         PreparedBatch::Replay { committed, extra } => {
             let indexes: Vec<usize> = extra.indexes.iter().map(|&i| i as usize).collect();
@@ -1617,6 +1629,8 @@ async fn watch_feed(
         remaining: u64,
         filter: Option<String>,
         follow: bool,
+        /// Set once a line saying why the stream ends is sent.
+        ended: bool,
         feed: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
         /// Changes when the API's token does (a rotation): the stream, opened with the old
@@ -1633,10 +1647,15 @@ async fn watch_feed(
         remaining: q.limit.unwrap_or(u64::MAX),
         filter: q.collection,
         follow: q.follow,
+        ended: false,
     };
     let stream = futures_util::stream::unfold(cursor, |mut c| async move {
         loop {
-            if c.remaining == 0 || *c.shutdown.borrow() || c.token.has_changed().unwrap_or(true) {
+            if c.ended
+                || c.remaining == 0
+                || *c.shutdown.borrow()
+                || c.token.has_changed().unwrap_or(true)
+            {
                 return None;
             }
             // Mark the current position seen before reading, so no commit is missed; serve
@@ -1650,7 +1669,23 @@ async fn watch_feed(
                         chunk.retain(|(pos, _)| *pos <= synced);
                         chunk
                     }
-                    Ok(Err(e)) => return Some((Err(std::io::Error::other(e.to_string())), c)),
+                    // The stream ends with a last line saying why (an answer's status is
+                    // sent already): the client can tell this from a cut connection.
+                    Ok(Err(e)) => {
+                        c.ended = true;
+                        let mut line = match &e {
+                            edgerep_store::StoreError::FeedCompacted { floor } => json!({
+                                "error": e.to_string(),
+                                "kind": "compacted",
+                                "floor": floor,
+                            }),
+                            _ => json!({"error": format!("store: {e}"), "kind": "internal"}),
+                        }
+                        .to_string()
+                        .into_bytes();
+                        line.push(b'\n');
+                        return Some((Ok(Bytes::from(line)), c));
+                    }
                     Err(e) => return Some((Err(std::io::Error::other(e.to_string())), c)),
                 };
             if !chunk.is_empty() {
@@ -1886,7 +1921,13 @@ async fn reconcile(
     let rx = replication.reconcile(peer);
     let reports = tokio::time::timeout(std::time::Duration::from_secs(60), rx)
         .await
-        .map_err(|_| ApiError::internal("anti-entropy sessions did not end within 60 s".into()))?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "sessions_timed_out",
+                "anti-entropy sessions did not end within 60 s (slow or silent peers); see /v1/status for how they end".into(),
+            )
+        })?
         .map_err(|_| ApiError::internal("the replicator stopped".into()))?;
     Ok(axum::Json(json!({ "sessions": reports })).into_response())
 }
@@ -2046,7 +2087,7 @@ async fn delete_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
         .committer
         .remove_dead_letter(id)
         .await
-        .map_err(|e| ApiError::internal(format!("store: {e}")))?;
+        .map_err(ApiError::from)?;
     if !removed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

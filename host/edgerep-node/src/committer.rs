@@ -73,6 +73,8 @@ pub const RE_RESOLVE_ROWS: usize = 2048;
 
 /// Longest a group commit waits for more requests when fewer than the last group's are queued.
 const LINGER: Duration = Duration::from_micros(400);
+/// Most requests a group commit lingers for.
+const MAX_EXPECTED: usize = 256;
 /// How often it looks while it waits.
 const LINGER_STEP: Duration = Duration::from_micros(25);
 
@@ -328,8 +330,10 @@ impl Committer {
                 let mut writes: Vec<LocalWrite> = Vec::new();
                 let mut counts: Vec<usize> = Vec::new();
                 let mut held: Option<Request> = None;
-                // Requests in the last group commit (see the linger below).
-                let mut last_group: usize = 1;
+                // Write requests the next group commit expects (see the linger below): the
+                // last group's writers, likely to write again at once, and those that queued
+                // while it committed (other writers).
+                let mut expected: usize = 1;
                 // After a commit: what is synced now, for the hook, and the feed's end for
                 // watchers (only synced positions: a crash loses unsynced commits and numbers
                 // new events from the last synced one again, so a watcher that saw them would
@@ -472,6 +476,8 @@ impl Committer {
                                             *held = (*held).max(seq);
                                         }
                                     }
+                                    durable.feed_committed =
+                                        durable.feed_committed.max(out.feed_last);
                                     synced(&mut durable, &mut have, Sync::Immediate);
                                     hook(&have);
                                     reply(Ok(out));
@@ -502,7 +508,13 @@ impl Committer {
                                 Some(clock.last()),
                                 Sync::Immediate,
                             ) {
-                                Ok(out) => reply(Ok(out)),
+                                Ok(out) => {
+                                    // (Synced: a repair commits durably.)
+                                    durable.feed_committed =
+                                        durable.feed_committed.max(out.feed_last);
+                                    synced(&mut durable, &mut have, Sync::Immediate);
+                                    reply(Ok(out));
+                                }
                                 Err(e @ edgerep_store::StoreError::SnapshotRefused(_)) => {
                                     reply(Err(CommitError::Forged(e.to_string())));
                                 }
@@ -601,10 +613,10 @@ impl Committer {
                     let alone = !replay.is_empty();
                     group.push(first);
                     let mut events: usize = group[0].writes.len();
-                    // Linger: the writers the last commit answered are likely to write again
-                    // at once; wait a little (at most LINGER) until as many requests are here,
-                    // so many small writers share one commit instead of alternating between a
-                    // full one and a nearly empty one.
+                    // Linger: wait a little (at most LINGER) until the expected requests are
+                    // here, so many small writers share one commit. Expecting only the last
+                    // group's would settle into two halves alternating, each client waiting a
+                    // whole commit of the other half before its own.
                     let linger_until = std::time::Instant::now() + LINGER;
                     while !alone && events < max_events {
                         match rx.try_recv() {
@@ -617,7 +629,7 @@ impl Committer {
                                 break;
                             }
                             Err(_) => {
-                                if group.len() >= last_group
+                                if group.len() >= expected
                                     || std::time::Instant::now() >= linger_until
                                 {
                                     break;
@@ -626,7 +638,6 @@ impl Committer {
                             }
                         }
                     }
-                    last_group = group.len();
                     writes.clear();
                     counts.clear();
                     for p in &mut group {
@@ -683,6 +694,8 @@ impl Committer {
                         ) {
                             Ok(committed) => {
                                 metrics.commit("local", started.elapsed().as_secs_f64());
+                                // Nothing of this group can be queued yet: it is not answered.
+                                expected = (group.len() + rx.len()).clamp(1, MAX_EXPECTED);
                                 for (c, k) in &per_collection {
                                     metrics.events(c, *k, true);
                                 }

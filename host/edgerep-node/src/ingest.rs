@@ -57,6 +57,9 @@ pub(crate) enum IngestError {
         held: u64,
         limit: u64,
     },
+    /// The store could not be read (a fault of the node, not of the request).
+    #[error("store: {0}; nothing was written")]
+    Store(String),
 }
 
 /// How many times `limits.max_request_bytes` the writes transforms on ingest make of one
@@ -269,7 +272,10 @@ pub(crate) fn run(
     if !records.is_empty() {
         // A plugin failing on every write must not fill the disk (a full disk stops the node).
         let limit = step.config.limits.max_dead_letters;
-        let held = step.store.dead_letters_count().unwrap_or(u64::MAX);
+        let held = step
+            .store
+            .dead_letters_count()
+            .map_err(|e| IngestError::Store(e.to_string()))?;
         if held.saturating_add(records.len() as u64) > limit {
             return Err(IngestError::DeadLettersFull {
                 failed: records.len(),

@@ -103,6 +103,8 @@ const SAVE_CURSORS_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the links are looked at for data still leaving (`note_busy_links`).
 const LINK_LOOK_EVERY: Duration = Duration::from_millis(250);
+/// How long frames queued for a peer may stay without any leaving before its link is closed.
+const STUCK_LIMIT: Duration = Duration::from_secs(60);
 
 /// What connection tasks and the committer tell the replicator.
 enum Input {
@@ -729,6 +731,7 @@ impl Replicator {
                     paused,
                     inbox_bytes,
                     frames_seen: 0,
+                    stuck_since: None,
                 },
                 now,
             ),
@@ -797,6 +800,7 @@ impl Replicator {
         live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.last_contact.insert(peer.clone(), wall_ms());
         self.heard_at.insert(peer.clone(), Instant::now());
+        self.aae_link_moving(&peer);
         let f = self.frames.entry(peer.clone()).or_default();
         f[2] += 1;
         f[3] += bytes as u64;
@@ -1048,13 +1052,40 @@ impl Replicator {
             return;
         }
         self.links_seen_at = Instant::now();
+        let mut busy = Vec::new();
+        let mut stuck = Vec::new();
         for (peer, live) in &mut self.conns {
             let sent = live.conn.stream_frames_sent();
             let moving = sent > live.frames_seen;
             live.frames_seen = sent;
-            if moving || live.queued.load(Ordering::Acquire) > 0 {
+            let queued = live.queued.load(Ordering::Acquire) > 0;
+            if moving || queued {
                 self.core.link_busy(peer, now);
+                busy.push(peer.clone());
             }
+            // Frames waiting and none leaving: the peer's flow control holds them (it does
+            // not read). Its link is closed after STUCK_LIMIT (the peer may dial again and
+            // resume); else it would count as busy, and hold retention, for as long as it
+            // keeps the connection open.
+            if queued && !moving {
+                if live.stuck_since.get_or_insert_with(Instant::now).elapsed() > STUCK_LIMIT {
+                    stuck.push(peer.clone());
+                }
+            } else {
+                live.stuck_since = None;
+            }
+        }
+        for peer in busy {
+            self.aae_link_moving(&peer);
+        }
+        for peer in stuck {
+            let reason = format!(
+                "the peer is not reading: nothing queued for it left for {} s",
+                STUCK_LIMIT.as_secs()
+            );
+            tracing::warn!(peer = %peer, "{reason}");
+            self.last_error.insert(peer.clone(), reason.clone());
+            self.end_session(&peer, CloseCode::Protocol, &reason, now);
         }
     }
 

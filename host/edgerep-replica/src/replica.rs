@@ -36,7 +36,7 @@ use crate::fingerprint;
 use crate::have::{self, Have};
 use crate::log::{Log, LogError, StatePage};
 use crate::message::{CollectionFingerprint, Hello, Message, MessageLimits, PROTOCOL_VERSION};
-use crate::session::{Batch, PendingPage, Session};
+use crate::session::{Batch, HELD_BACK_WAIT_MAX_MS, HeldBackAsk, PendingPage, Session};
 
 /// The "next page" of a snapshot whose last page was merged.
 const SNAPSHOT_DONE: u64 = u64::MAX;
@@ -1203,14 +1203,22 @@ impl Replica {
                 // until what they depend on arrives, maybe later in this very batch): the peer
                 // is asked to send them again. Else, with nothing more of the origin to show a
                 // gap, they came back only when the link fell silent (the resend timer), which
-                // a busy link never does. Once per have: asked again only after the origin's
-                // have moved (a collection held back for long must not have its events sent
-                // again and again).
+                // a busy link never does. Once per have here; while the have stays, asked again
+                // by `handle_timeout` with a doubling wait (a collection held back for long
+                // must not have its events sent again and again).
                 let mut short = false;
                 for (origin, &seq) in &handed {
                     let held = have::get(&self.local_have, origin);
-                    if held < seq && s.held_back_asked.get(origin) != Some(&held) {
-                        s.held_back_asked.insert(origin.clone(), held);
+                    if held < seq && s.held_back_asked.get(origin).map(|a| a.held) != Some(held) {
+                        let wait = self.config.retransmit_after_ms;
+                        s.held_back_asked.insert(
+                            origin.clone(),
+                            HeldBackAsk {
+                                held,
+                                at: now,
+                                wait,
+                            },
+                        );
                         short = true;
                     }
                 }
@@ -1307,9 +1315,23 @@ impl Replica {
         self.tick(now);
         let after = self.config.retransmit_after_ms;
         let rewind_gap = after / 4;
+        let local_have = &self.local_have;
         for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
             if s.deadline(after).is_some_and(|d| now >= d) {
                 s.go_back(now);
+            }
+            // Held-back events still not applied: ask again (those of an origin whose have
+            // moved since are forgotten; `applied` asks anew if they are held back again).
+            s.held_back_asked
+                .retain(|origin, a| have::get(local_have, origin) == a.held);
+            let mut ask = false;
+            for a in s.held_back_asked.values_mut().filter(|a| now >= a.due()) {
+                a.at = now;
+                a.wait = a.wait.saturating_mul(2).min(HELD_BACK_WAIT_MAX_MS);
+                ask = true;
+            }
+            if ask {
+                s.request_ack(true);
             }
             s.rewind_if_due(rewind_gap, now);
             if s.snapshot_deadline(after).is_some_and(|d| now >= d) {
@@ -1336,6 +1358,7 @@ impl Replica {
                     s.deadline(after),
                     s.snapshot_deadline(after),
                     s.rewind_deadline(after / 4),
+                    s.held_back_asked.values().map(HeldBackAsk::due).min(),
                 ]
             })
             .flatten();

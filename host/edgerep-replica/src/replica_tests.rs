@@ -1004,6 +1004,51 @@ fn a_gap_asks_for_one_rewind() {
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
 }
 
+/// Events the caller held back (what they depend on had not arrived) are asked for again while
+/// their origin's have stays, with a doubling wait: what they wait for may come later from
+/// another peer, and nothing else would ask for them on a link kept busy by other traffic.
+#[test]
+fn held_back_events_are_asked_for_again_with_a_doubling_wait() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    let rewinds = |r: &mut Replica, now: u64| -> usize {
+        let mut n = 0;
+        while let Some((_, m)) = r.poll_transmit(now, &log).unwrap() {
+            if m == ack(&[], true) {
+                n += 1;
+            }
+        }
+        n
+    };
+    r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
+    apply_of(&mut r);
+    // Held back: nothing of x applied.
+    r.applied(&b, 2);
+    assert_eq!(rewinds(&mut r, 2), 1, "asked at once");
+    r.handle(&b, sealed(evs("x", 1..=2)), 10).unwrap();
+    apply_of(&mut r);
+    r.applied(&b, 11);
+    assert_eq!(rewinds(&mut r, 11), 0, "not again at the same have");
+    assert_eq!(r.poll_timeout(), Some(2 + 3000));
+    r.handle_timeout(2 + 3000);
+    assert_eq!(
+        rewinds(&mut r, 3002),
+        1,
+        "asked again after the resend interval"
+    );
+    r.handle_timeout(3002 + 3000);
+    assert_eq!(rewinds(&mut r, 6002), 0, "the wait doubled");
+    r.handle_timeout(3002 + 6000);
+    assert_eq!(rewinds(&mut r, 9002), 1);
+    // Applied at last: no more asks.
+    r.handle(&b, sealed(evs("x", 1..=2)), 9003).unwrap();
+    apply_of(&mut r);
+    r.set_local_have(&have_of(&[("x", 2)]));
+    r.applied(&b, 9004);
+    r.handle_timeout(100_000);
+    assert_eq!(rewinds(&mut r, 100_000), 0);
+}
+
 #[test]
 fn events_from_two_peers_are_handed_out_once() {
     let (mut r, log) = receiver(&["b", "c"]);

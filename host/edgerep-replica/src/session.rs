@@ -100,9 +100,9 @@ pub(crate) struct Session {
     pub(crate) certs_sent: BTreeSet<NodeId>,
     /// Per origin with a gap, when we last asked this peer to rewind for it.
     pub(crate) rewinds: BTreeMap<NodeId, u64>,
-    /// Per origin whose events the caller held back, the have at which this peer was asked to
-    /// send them again (asked again only once the have moved: see `Replica::applied`).
-    pub(crate) held_back_asked: BTreeMap<NodeId, u64>,
+    /// Per origin whose events the caller held back, when this peer was asked to send them
+    /// again (see `Replica::applied`).
+    pub(crate) held_back_asked: BTreeMap<NodeId, HeldBackAsk>,
     /// When this node last went back (a rewind, or its resend timer), and whether `acked`
     /// moved since: a rewind asked while that resend is still on its way, with nothing of it
     /// acknowledged, waits until the gap passes (at once, it would resend the same window; a
@@ -149,6 +149,30 @@ pub(crate) struct Session {
     pub(crate) snapshot_ack_due: Option<(u64, u64)>,
     /// A page that waits for the peer's outstanding apply.
     pub(crate) pending_page: Option<PendingPage>,
+}
+
+/// This peer was asked to send an origin's events again, after the caller held them back (what
+/// they depend on had not arrived): asked again, with a wait doubling up to
+/// [`HELD_BACK_WAIT_MAX_MS`], while the origin's have stays where it was. Else what they wait
+/// for could arrive later by another peer and nothing would ask for them again: the sender's
+/// resend timer does not fire on a link busy with other traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeldBackAsk {
+    /// The origin's have when asked.
+    pub(crate) held: u64,
+    /// When asked last.
+    pub(crate) at: u64,
+    /// How long after `at` to ask again.
+    pub(crate) wait: u64,
+}
+
+/// The longest wait between two asks for the same held-back events.
+pub(crate) const HELD_BACK_WAIT_MAX_MS: u64 = 60_000;
+
+impl HeldBackAsk {
+    pub(crate) fn due(&self) -> u64 {
+        self.at.saturating_add(self.wait)
+    }
 }
 
 impl Session {

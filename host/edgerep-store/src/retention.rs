@@ -103,6 +103,8 @@ pub struct Installed {
     /// holds under their origin and sequence number (another history the origin signed, sent
     /// by a peer that holds it): left out.
     pub forks: Vec<RepairFork>,
+    /// The feed's last position afterwards (raised past the changes, which have none).
+    pub feed_last: u64,
 }
 
 /// A version a repair offered in place of another event this node holds at its place.
@@ -679,10 +681,14 @@ impl StoreWriter {
                 )?;
             }
             if changed > 0 || disagreements > 0 {
-                counters.save(&mut meta)?;
                 // These changes have no feed position: a watch from before must start over.
+                // One position is used up and becomes the floor, so that a watch already at
+                // the feed's end is told so too (its next read is below the floor).
+                counters.position += 1;
+                counters.save(&mut meta)?;
                 meta.insert(META_FEED_FLOOR, &counters.position.to_be_bytes()[..])?;
             }
+            let feed_last = counters.position;
             if let Some(hlc) = hlc_last {
                 meta.insert(META_HLC, &hlc_bytes(hlc)[..])?;
             }
@@ -800,6 +806,7 @@ impl StoreWriter {
                     held,
                     compacted,
                     forks,
+                    feed_last,
                 },
                 deltas,
                 tally,

@@ -242,6 +242,7 @@ fn a_snapshot_gives_the_state_the_events_give() {
         // c has all of its own events and some of the others': it merges the snapshot.
         let c = &stores[2];
         let before = c.status().unwrap().origins;
+        let watched_to = c.status().unwrap().feed_last;
         let pages = install_all(&sender, c, 1 + seed as usize % 4);
         assert!(
             pages >= 2,
@@ -275,6 +276,16 @@ fn a_snapshot_gives_the_state_the_events_give() {
             cs.feed_floor == cs.feed_last,
             "seed {seed}: watchers must start over"
         );
+        // Even one that had read the whole feed (its cursor at the end before the snapshot):
+        // told so, not left waiting with changes it will never see.
+        assert!(
+            matches!(
+                c.feed(watched_to, 10),
+                Err(StoreError::FeedCompacted { floor }) if floor > watched_to
+            ),
+            "seed {seed}: a caught-up watcher is told to start over"
+        );
+        assert!(c.feed(cs.feed_floor, 10).unwrap().is_empty());
         // Merging the same snapshot again changes nothing.
         install_all(&sender, c, 3);
         assert_eq!(

@@ -766,7 +766,23 @@ fn a_peer_back_after_compaction_is_brought_up_to_date_from_a_snapshot() {
 
     // node-3 lacks every event: it gets the state instead.
     let n3 = Node::start(&configs[2]);
+    // A watch on node-3 from its start: the snapshot's state has no feed position, so the
+    // watch is told to start over (410 at once, or a last line saying so mid-stream), not left
+    // waiting at the end of a feed that will never show it.
+    let (watched, watch_end) = std::sync::mpsc::channel();
+    let addr = common::api_addr(&configs[2]);
+    std::thread::spawn(move || {
+        let outcome =
+            edgerep_client::client::Client::new(addr).watch(&[("after", "0".into())], |_| true);
+        let _ = watched.send(outcome);
+    });
     let s = converge(&[&n1, &n2, &n3], Duration::from_secs(60));
+    match watch_end.recv_timeout(Duration::from_secs(30)) {
+        Ok(edgerep_client::client::Outcome::Refused(410, message)) => {
+            assert!(message.contains("compacted"), "{message}")
+        }
+        other => panic!("a watch from before the snapshot must be told to start over: {other:?}"),
+    }
     assert_eq!(s["origins"]["node-1"], last1);
     let s3 = status(&n3);
     assert_eq!(

@@ -330,6 +330,30 @@ fn a_peer_that_never_reads_costs_bounded_memory() {
     );
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
+    // A minute with nothing queued for it leaving: node-1 closes its link, so it stops
+    // counting the peer as busy (holding its resend timers and retention) for as long as the
+    // connection stays open.
+    // (Its log says so: the status's last error is soon the dialer's, finding nobody at the
+    // peer's address.)
+    let deadline = Instant::now() + Duration::from_secs(75);
+    loop {
+        let log = std::fs::read_to_string(&n1.log).unwrap_or_default();
+        if log.contains("the peer is not reading: nothing queued for it left for 60 s") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the link to a peer that never reads is not closed: {}",
+            replication(&n1)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        replication(&n1)["peers"][0]["connected"],
+        false,
+        "{}",
+        replication(&n1)
+    );
 }
 
 /// After node-2 (the higher id of the pair) is killed and restarted, it is back in replication

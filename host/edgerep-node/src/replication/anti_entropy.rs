@@ -26,8 +26,13 @@ use super::trust::hex;
 use super::{CommitHookSender, ForkReport, Input, Replicator, SEND_QUEUE_MAX_BYTES, wall_ms};
 use crate::committer::CommitError;
 
-/// A session of ours that gets no answer for this long ends, reported as timed out.
+/// A session of ours that hears nothing from the peer for this long, while nothing of ours
+/// to it is still leaving, ends, reported as timed out (an idle limit: on a slow link a 4 MiB
+/// repair or an answer queued behind events takes longer than this, and the session waits).
 pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// A session ends, timed out, this long after it started however busy the link (a peer that
+/// keeps sending events but never answers does not hold it open for ever).
+const SESSION_MAX: Duration = Duration::from_secs(600);
 /// A periodic session waits until the peer sent no events for this long (and acknowledged
 /// everything this node holds): differences while events are in flight are replication's.
 const QUIET: Duration = Duration::from_secs(1);
@@ -452,7 +457,9 @@ impl Replicator {
             .anti_entropy
             .sessions
             .iter()
-            .filter(|(_, s)| s.last_heard.elapsed() > SESSION_TIMEOUT)
+            .filter(|(_, s)| {
+                s.last_heard.elapsed() > SESSION_TIMEOUT || s.started.elapsed() > SESSION_MAX
+            })
             .map(|(p, _)| p.clone())
             .collect();
         for peer in stale {
@@ -566,6 +573,14 @@ impl Replicator {
             reports: Vec::new(),
             reply,
         });
+    }
+
+    /// The link to `peer` is alive and moving (a frame came from it, or frames of ours to it are
+    /// still leaving): its answer to our session may be on its way behind them.
+    pub(super) fn aae_link_moving(&mut self, peer: &NodeId) {
+        if let Some(s) = self.anti_entropy.sessions.get_mut(peer) {
+            s.last_heard = Instant::now();
+        }
     }
 
     /// A Reconcile or Repair message from `peer` (the core checked it follows the handshake).

@@ -386,4 +386,7 @@ pub(super) struct Live {
     pub(super) inbox_bytes: Arc<AtomicUsize>,
     /// The link's stream frames sent when last looked (see `Replicator::note_busy_links`).
     pub(super) frames_seen: u64,
+    /// Since when frames queued for the peer have not moved (none left over QUIC): the peer
+    /// stopped reading (see `Replicator::note_busy_links`).
+    pub(super) stuck_since: Option<std::time::Instant>,
 }
