@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -71,7 +71,7 @@ type ReResolved = (u64, Option<Vec<u8>>);
 /// State rows one re-resolving transaction reads (so writes wait behind it briefly).
 pub const RE_RESOLVE_ROWS: usize = 2048;
 
-/// Longest a group commit waits for more requests when fewer than the last group's are queued.
+/// Longest a group commit waits for the write requests it expects (see `expected` below).
 const LINGER: Duration = Duration::from_micros(400);
 /// Most requests a group commit lingers for.
 const MAX_EXPECTED: usize = 256;
@@ -259,6 +259,10 @@ pub enum CommitError {
 #[derive(Debug, Clone)]
 pub struct Committer {
     queue: mpsc::Sender<Request>,
+    /// Write requests in `queue` (the group commit's linger looks at it). Counted once sent
+    /// (a send given up sends nothing), so the committer may count one out first: briefly
+    /// negative.
+    writes_queued: Arc<AtomicIsize>,
     /// Local writes wait while this is `Some(reason)`: the node has not yet learnt from a peer
     /// how far its own origin goes (see [`crate::replication`]).
     origin_gate: watch::Receiver<Option<String>>,
@@ -291,6 +295,15 @@ impl Committer {
             metrics,
             disk_failed,
         } = links;
+        let writes_queued = Arc::new(AtomicIsize::new(0));
+        let queued = writes_queued.clone();
+        // Counts a write request out of the queue.
+        let took = move |r: &Request| {
+            if matches!(r, Request::Write(_)) {
+                queued.fetch_sub(1, Ordering::AcqRel);
+            }
+        };
+        let queued = writes_queued.clone();
         let failed = move |e: &edgerep_store::StoreError| {
             if e.is_disk_failure() {
                 disk_failed.send_if_modified(|f| {
@@ -350,7 +363,10 @@ impl Committer {
                         durable.flush_wanted.store(true, Ordering::Release);
                     }
                 };
-                while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
+                while let Some(first) = held
+                    .take()
+                    .or_else(|| rx.blocking_recv().inspect(|r| took(r)))
+                {
                     let first = match first {
                         Request::Write(p) => p,
                         Request::Sync => {
@@ -513,6 +529,7 @@ impl Committer {
                                     durable.feed_committed =
                                         durable.feed_committed.max(out.feed_last);
                                     synced(&mut durable, &mut have, Sync::Immediate);
+                                    hook(&have);
                                     reply(Ok(out));
                                 }
                                 Err(e @ edgerep_store::StoreError::SnapshotRefused(_)) => {
@@ -619,7 +636,7 @@ impl Committer {
                     // whole commit of the other half before its own.
                     let linger_until = std::time::Instant::now() + LINGER;
                     while !alone && events < max_events {
-                        match rx.try_recv() {
+                        match rx.try_recv().inspect(|r| took(r)) {
                             Ok(Request::Write(p)) if p.dead_letters.is_empty() => {
                                 events += p.writes.len();
                                 group.push(p);
@@ -695,7 +712,8 @@ impl Committer {
                             Ok(committed) => {
                                 metrics.commit("local", started.elapsed().as_secs_f64());
                                 // Nothing of this group can be queued yet: it is not answered.
-                                expected = (group.len() + rx.len()).clamp(1, MAX_EXPECTED);
+                                let waiting = queued.load(Ordering::Acquire).max(0) as usize;
+                                expected = (group.len() + waiting).clamp(1, MAX_EXPECTED);
                                 for (c, k) in &per_collection {
                                     metrics.events(c, *k, true);
                                 }
@@ -804,6 +822,7 @@ impl Committer {
         Ok((
             Committer {
                 queue: tx,
+                writes_queued,
                 origin_gate,
             },
             thread,
@@ -872,6 +891,7 @@ impl Committer {
             }))
             .await
             .map_err(|_| CommitError::Closed)?;
+        self.writes_queued.fetch_add(1, Ordering::AcqRel);
         answer.await.map_err(|_| CommitError::Closed)?
     }
 

@@ -800,7 +800,6 @@ impl Replicator {
         live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.last_contact.insert(peer.clone(), wall_ms());
         self.heard_at.insert(peer.clone(), Instant::now());
-        self.aae_link_moving(&peer);
         let f = self.frames.entry(peer.clone()).or_default();
         f[2] += 1;
         f[3] += bytes as u64;
@@ -1052,7 +1051,6 @@ impl Replicator {
             return;
         }
         self.links_seen_at = Instant::now();
-        let mut busy = Vec::new();
         let mut stuck = Vec::new();
         for (peer, live) in &mut self.conns {
             let sent = live.conn.stream_frames_sent();
@@ -1061,7 +1059,6 @@ impl Replicator {
             let queued = live.queued.load(Ordering::Acquire) > 0;
             if moving || queued {
                 self.core.link_busy(peer, now);
-                busy.push(peer.clone());
             }
             // Frames waiting and none leaving: the peer's flow control holds them (it does
             // not read). Its link is closed after STUCK_LIMIT (the peer may dial again and
@@ -1074,9 +1071,6 @@ impl Replicator {
             } else {
                 live.stuck_since = None;
             }
-        }
-        for peer in busy {
-            self.aae_link_moving(&peer);
         }
         for peer in stuck {
             let reason = format!(

@@ -456,7 +456,11 @@ fn writes_running_on_for_clients_that_left_are_bounded() {
         json!({"n": 1}),
     );
     assert_eq!(refused.status, 503, "{}", refused.body);
-    assert_eq!(refused.body["kind"], "too_many_writes", "{}", refused.body);
+    assert_eq!(
+        refused.body["kind"], "too_many_requests",
+        "{}",
+        refused.body
+    );
     // Once they end, writes run again.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -1217,6 +1217,7 @@ impl Replica {
                                 held,
                                 at: now,
                                 wait,
+                                have_version: self.have_version,
                             },
                         );
                         short = true;
@@ -1315,7 +1316,7 @@ impl Replica {
         self.tick(now);
         let after = self.config.retransmit_after_ms;
         let rewind_gap = after / 4;
-        let local_have = &self.local_have;
+        let (local_have, have_version) = (&self.local_have, self.have_version);
         for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
             if s.deadline(after).is_some_and(|d| now >= d) {
                 s.go_back(now);
@@ -1327,8 +1328,11 @@ impl Replica {
             let mut ask = false;
             for a in s.held_back_asked.values_mut().filter(|a| now >= a.due()) {
                 a.at = now;
-                a.wait = a.wait.saturating_mul(2).min(HELD_BACK_WAIT_MAX_MS);
-                ask = true;
+                if a.have_version != have_version {
+                    a.have_version = have_version;
+                    a.wait = a.wait.saturating_mul(2).min(HELD_BACK_WAIT_MAX_MS);
+                    ask = true;
+                }
             }
             if ask {
                 s.request_ack(true);

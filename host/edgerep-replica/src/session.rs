@@ -153,9 +153,10 @@ pub(crate) struct Session {
 
 /// This peer was asked to send an origin's events again, after the caller held them back (what
 /// they depend on had not arrived): asked again, with a wait doubling up to
-/// [`HELD_BACK_WAIT_MAX_MS`], while the origin's have stays where it was. Else what they wait
-/// for could arrive later by another peer and nothing would ask for them again: the sender's
-/// resend timer does not fire on a link busy with other traffic.
+/// [`HELD_BACK_WAIT_MAX_MS`], while the origin's have stays where it was and something else
+/// arrived since the last ask (what they wait for may have come by another peer; nothing else
+/// would ask for them again: the sender's resend timer does not fire on a link busy with other
+/// traffic). Nothing new, nothing to ask: a collection stopped for good is not asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HeldBackAsk {
     /// The origin's have when asked.
@@ -164,6 +165,8 @@ pub(crate) struct HeldBackAsk {
     pub(crate) at: u64,
     /// How long after `at` to ask again.
     pub(crate) wait: u64,
+    /// The node's have version (`Replica::have_version`) when asked last.
+    pub(crate) have_version: u64,
 }
 
 /// The longest wait between two asks for the same held-back events.

@@ -4,9 +4,10 @@
 //! Invariants:
 //! - Per origin, the changelog holds exactly the events `compacted + 1 ..= held` (`held` in
 //!   `origins`, `compacted` in the `compacted` table, 0 when absent).
-//! - `meta.feed_floor` is at least the feed position of every compacted event, and is raised to
-//!   the feed's end whenever a snapshot page changes the state (changes that have no feed
-//!   position): a watch from below it must start over from a read of the state.
+//! - `meta.feed_floor` is at least the feed position of every compacted event. A snapshot page
+//!   or repair that changes the state (changes that have no feed position) uses up one position
+//!   and raises the floor to it: a watch from below it, even one at the feed's end before, must
+//!   start over from a read of the state.
 //! - Merging a snapshot page applies each version by [`Versions::apply`], the rule events are
 //!   applied by. Causal contexts are transitive (a write's context covers everything the
 //!   versions it replaces covered), so merging the versions a peer holds gives the state that

@@ -26,13 +26,15 @@ use super::trust::hex;
 use super::{CommitHookSender, ForkReport, Input, Replicator, SEND_QUEUE_MAX_BYTES, wall_ms};
 use crate::committer::CommitError;
 
-/// A session of ours that hears nothing from the peer for this long, while nothing of ours
-/// to it is still leaving, ends, reported as timed out (an idle limit: on a slow link a 4 MiB
-/// repair or an answer queued behind events takes longer than this, and the session waits).
+/// A session of ours that gets no answer for this long ends, reported as timed out; plus a
+/// second per [`SLOW_LINK_BYTES_PER_S`] it sent (a 4 MiB repair takes minutes to leave on a slow
+/// link). Only what this node sent extends it: traffic from the peer, which a peer dropping
+/// our messages could keep up, does not.
 pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
-/// A session ends, timed out, this long after it started however busy the link (a peer that
-/// keeps sending events but never answers does not hold it open for ever).
-const SESSION_MAX: Duration = Duration::from_secs(600);
+/// The slowest link a session's answers are waited for at (see [`SESSION_TIMEOUT`]).
+const SLOW_LINK_BYTES_PER_S: u64 = 32 << 10;
+/// A session ends, timed out, this long after it started whatever it sent.
+const SESSION_MAX: Duration = Duration::from_secs(300);
 /// A periodic session waits until the peer sent no events for this long (and acknowledged
 /// everything this node holds): differences while events are in flight are replication's.
 const QUIET: Duration = Duration::from_secs(1);
@@ -458,7 +460,9 @@ impl Replicator {
             .sessions
             .iter()
             .filter(|(_, s)| {
-                s.last_heard.elapsed() > SESSION_TIMEOUT || s.started.elapsed() > SESSION_MAX
+                let sending = Duration::from_secs(s.report.bytes_sent / SLOW_LINK_BYTES_PER_S);
+                s.last_heard.elapsed() > SESSION_TIMEOUT + sending
+                    || s.started.elapsed() > SESSION_MAX
             })
             .map(|(p, _)| p.clone())
             .collect();
@@ -573,14 +577,6 @@ impl Replicator {
             reports: Vec::new(),
             reply,
         });
-    }
-
-    /// The link to `peer` is alive and moving (a frame came from it, or frames of ours to it are
-    /// still leaving): its answer to our session may be on its way behind them.
-    pub(super) fn aae_link_moving(&mut self, peer: &NodeId) {
-        if let Some(s) = self.anti_entropy.sessions.get_mut(peer) {
-            s.last_heard = Instant::now();
-        }
     }
 
     /// A Reconcile or Repair message from `peer` (the core checked it follows the handshake).
