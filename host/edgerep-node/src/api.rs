@@ -1415,9 +1415,11 @@ fn batch_answer(
 ) -> Response {
     if wants_cbor(headers) {
         // Compact answer for high-rate clients:
-        // [first position, last position, events committed, writes refused by plugins].
-        let first = committed.first().map_or(0, |c| c.position);
-        let last = committed.last().map_or(0, |c| c.position);
+        // [lowest position, highest position, events committed, writes refused by plugins].
+        // (Not the first and last in write order: writes answered from their idempotency
+        // records come with their first commit's positions.)
+        let first = committed.iter().map(|c| c.position).min().unwrap_or(0);
+        let last = committed.iter().map(|c| c.position).max().unwrap_or(0);
         let mut buf = Vec::new();
         let _ = minicbor::Encoder::new(&mut buf)
             .array(4)
@@ -2059,7 +2061,14 @@ async fn find_dead_letter(
     app: &Arc<AppState>,
     id: u64,
 ) -> Result<crate::dead_letter::DeadLetter, ApiError> {
-    let not_found = || ApiError::not_found("dead_letter_not_found", format!("no dead letter {id}"));
+    let not_found = || {
+        ApiError::not_found(
+            "dead_letter_not_found",
+            format!(
+                "no dead letter {id} (never given, deleted, or replayed: a replay's answer is not kept)"
+            ),
+        )
+    };
     // Ids start at 1: there is no dead letter 0 (reading after 0 - 1 would wrap).
     let Some(after) = id.checked_sub(1) else {
         return Err(not_found());

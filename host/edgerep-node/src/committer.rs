@@ -236,7 +236,7 @@ pub enum CommitError {
     #[error("node is shutting down")]
     Closed,
     /// A replay named a dead letter that another replay already committed.
-    #[error("dead letter {0} was already replayed")]
+    #[error("dead letter {0} was replayed or deleted meanwhile")]
     DeadLetterGone(u64),
     /// Events from a peer whose origin's seal is missing, mismatched or invalid: nothing of the
     /// batch was applied.

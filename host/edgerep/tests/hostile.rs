@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -381,6 +382,65 @@ fn a_restarted_peer_is_back_within_a_second() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Only node-2 (the greater id, which dials once at start) can open connections: node-1 has a
+/// wrong address for it, as when node-2 sits behind NAT or a firewall that lets connections out
+/// only. After node-1 restarts, node-2 dials again once node-1 has stayed away for a while;
+/// before, the pair stayed apart for good.
+#[test]
+fn a_pair_that_only_the_greater_id_can_connect_reconnects_after_a_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let unused = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let nowhere = unused.local_addr().unwrap().to_string();
+    // node-1's one [[peers]] table is node-2's.
+    let text: Vec<String> = std::fs::read_to_string(&configs[0])
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("address = ") {
+                format!("address = \"{nowhere}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&configs[0], text.join("\n")).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "c", "before", r#"{"v":1}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    n1.kill();
+    let n1 = Node::start(&configs[0]);
+    // node-1 takes writes once a peer told it how far its own events go: node-2, once it
+    // dialed again (before, never: every write was refused after its 10 s wait).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = agent()
+            .put(&n1.url("/v1/kv/c/after"))
+            .content_type("application/json")
+            .send(r#"{"v":2}"#.as_bytes())
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(
+            Instant::now() < deadline,
+            "node-1 never took a write again: {}",
+            replication(&n1)
+        );
+    }
+    while get(&n2, "c", "after").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "node-2 never dialed node-1 again: {}",
+            replication(&n2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(unused);
 }
 
 /// A peer claiming, as node-1 starts, to hold node-1's own events far beyond what node-1 wrote:

@@ -17,6 +17,11 @@ const DIAL_MAX: Duration = Duration::from_secs(3);
 /// is not dialled ten times a second.
 const DIAL_LASTED: Duration = Duration::from_secs(10);
 
+/// The node of a pair that does not dial (the greater id) dials again once the peer has not
+/// been connected to it for this long: the peer may be unable to reach it (a firewall or NAT
+/// in front of this node lets connections out only), and would never reconnect.
+const UNDIALED_FOR: Duration = Duration::from_secs(15);
+
 /// A connection whose stream is not opened within this is closed (a peer that completes the
 /// handshake and stops there would hold the connection, and its task, for ever: keep-alives
 /// keep it from idling out).
@@ -118,7 +123,8 @@ impl Precheck {
 }
 
 /// Dials `peer` at `address`: again whenever the connection ends when this node is the one of
-/// the pair that dials (the greater id), else once (see below).
+/// the pair that dials (the lower id), else once at start and then only when the peer has
+/// not connected for [`UNDIALED_FOR`] (see below).
 pub(super) fn spawn_dialer(
     runtime: &tokio::runtime::Handle,
     links: Links,
@@ -136,10 +142,48 @@ pub(super) fn spawn_dialer(
     if peer.as_str() < local.as_str() {
         // The peer dials us; but after this node restarts, the peer may hold the dead
         // connection of our previous run until QUIC's idle timeout. One dial at start
-        // replaces it at once (the peer takes a new connection over an old one).
+        // replaces it at once (the peer takes a new connection over an old one). Later ones
+        // only when the peer stays away (it may not reach us): a peer that redials within
+        // seconds, as the dialing side does, is not displaced.
         return runtime.spawn(async move {
-            if let Ok(conn) = transport.connect(&peer, &address).await {
-                serve_connection(conn, 1u64 << 31, true, inbox, current(&limits), precheck).await;
+            let peer_connected = || {
+                accepted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&peer)
+                    .is_some_and(|c| c.close_reason().is_none())
+            };
+            let mut id = 1u64 << 31;
+            loop {
+                match transport.connect(&peer, &address).await {
+                    Ok(conn) if peer_connected() => {
+                        conn.close(CloseCode::Normal, "the peer connected already");
+                    }
+                    Ok(conn) => {
+                        serve_connection(
+                            conn,
+                            id,
+                            true,
+                            inbox.clone(),
+                            current(&limits),
+                            precheck.clone(),
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %peer, "dial failed: {}", edgerep_wire::text::one_line(&e.to_string()));
+                    }
+                }
+                id += 1;
+                let mut apart_since = Instant::now();
+                loop {
+                    tokio::time::sleep(jittered(DIAL_MAX)).await;
+                    if peer_connected() {
+                        apart_since = Instant::now();
+                    } else if apart_since.elapsed() >= UNDIALED_FOR {
+                        break;
+                    }
+                }
             }
         });
     }
