@@ -117,6 +117,8 @@ enum Input {
         paused: Arc<AtomicBool>,
         /// Bytes of this connection's messages sent to the replicator and not yet taken.
         inbox_bytes: Arc<AtomicUsize>,
+        /// Wakes the connection's reader when paused.
+        resume: Arc<tokio::sync::Notify>,
     },
     Disconnected {
         peer: NodeId,
@@ -722,6 +724,7 @@ impl Replicator {
                 queued,
                 paused,
                 inbox_bytes,
+                resume,
             } => self.connected(
                 Live {
                     id,
@@ -730,6 +733,7 @@ impl Replicator {
                     queued,
                     paused,
                     inbox_bytes,
+                    resume,
                     frames_seen: 0,
                     stuck_since: None,
                 },
@@ -797,7 +801,10 @@ impl Replicator {
         let Some(live) = self.conns.get(&peer).filter(|l| l.id == id) else {
             return;
         };
-        live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let before = live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if before > connection::INBOX_MAX_BYTES && before - bytes <= connection::INBOX_MAX_BYTES {
+            live.resume.notify_one();
+        }
         self.last_contact.insert(peer.clone(), wall_ms());
         self.heard_at.insert(peer.clone(), Instant::now());
         let f = self.frames.entry(peer.clone()).or_default();
@@ -1026,7 +1033,9 @@ impl Replicator {
         for (peer, live) in &self.conns {
             let pending = self.core.pending_apply_events(peer) > PAUSE_ABOVE_EVENTS
                 || self.core.pending_apply_bytes(peer) > PAUSE_ABOVE_BYTES;
-            live.paused.store(pending, Ordering::Release);
+            if live.paused.swap(pending, Ordering::AcqRel) && !pending {
+                live.resume.notify_one();
+            }
         }
     }
 

@@ -5,7 +5,10 @@ use super::*;
 
 /// A peer's reader stops reading while its messages not yet taken by the replicator take more
 /// bytes than this.
-const INBOX_MAX_BYTES: usize = 32 << 20;
+pub(super) const INBOX_MAX_BYTES: usize = 32 << 20;
+
+/// How often a paused reader looks whether its connection closed.
+const READER_CLOSE_LOOK: Duration = Duration::from_millis(100);
 
 /// Dial retry back-off bounds.
 const DIAL_MIN: Duration = Duration::from_millis(100);
@@ -291,6 +294,7 @@ pub(super) async fn serve_connection(
     let queued = Arc::new(AtomicUsize::new(0));
     let paused = Arc::new(AtomicBool::new(false));
     let inbox_bytes = Arc::new(AtomicUsize::new(0));
+    let resume = Arc::new(tokio::sync::Notify::new());
     if inbox
         .send(Input::Connected {
             conn: conn.clone(),
@@ -299,6 +303,7 @@ pub(super) async fn serve_connection(
             queued: queued.clone(),
             paused: paused.clone(),
             inbox_bytes: inbox_bytes.clone(),
+            resume: resume.clone(),
         })
         .is_err()
     {
@@ -347,7 +352,9 @@ pub(super) async fn serve_connection(
             if conn.close_reason().is_some() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // Woken when the replicator lifts the pause or takes messages; the timeout looks
+            // at the connection's close again.
+            let _ = tokio::time::timeout(READER_CLOSE_LOOK, resume.notified()).await;
         }
         match recv.recv().await {
             Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
@@ -428,6 +435,8 @@ pub(super) struct Live {
     pub(super) queued: Arc<AtomicUsize>,
     pub(super) paused: Arc<AtomicBool>,
     pub(super) inbox_bytes: Arc<AtomicUsize>,
+    /// Wakes the paused reader (see `paused` and `inbox_bytes`).
+    pub(super) resume: Arc<tokio::sync::Notify>,
     /// The link's stream frames sent when last looked (see `Replicator::note_busy_links`).
     pub(super) frames_seen: u64,
     /// Since when frames queued for the peer have not moved (none left over QUIC): the peer
