@@ -1131,10 +1131,15 @@ impl Replica {
             }
         }
         for origin in gaps {
-            // Ask once per gap; ask again only if the rewind seems lost.
-            let asked = s.rewinds.get(&origin).copied();
-            if asked.is_none_or(|t| now >= t.saturating_add(retransmit_after)) {
-                s.rewinds.insert(origin, now);
+            // Ask once per gap; ask again only if the rewind seems lost, each time waiting
+            // twice as long.
+            let wait = match s.rewinds.get(&origin).copied() {
+                None => Some(retransmit_after),
+                Some((at, wait)) => (now >= at.saturating_add(wait))
+                    .then(|| wait.saturating_mul(2).min(HELD_BACK_WAIT_MAX_MS)),
+            };
+            if let Some(wait) = wait {
+                s.rewinds.insert(origin, (now, wait));
                 s.request_ack(true);
             }
         }

@@ -994,10 +994,22 @@ fn a_gap_asks_for_one_rewind() {
         None,
         "one rewind per gap"
     );
-    // If the resend does not come, ask again after the retransmit interval.
+    // If the resend does not come, ask again after the retransmit interval, then after twice
+    // as long (on a slow link each ask queues the window again behind the first resend).
     r.handle(&b, sealed(evs("x", 7..=7)), 3001).unwrap();
     assert_eq!(
         r.poll_transmit(3001, &log).unwrap(),
+        Some((b.clone(), ack(&[], true)))
+    );
+    r.handle(&b, sealed(evs("x", 8..=8)), 6001).unwrap();
+    assert_eq!(
+        r.poll_transmit(6001, &log).unwrap(),
+        None,
+        "the wait doubled"
+    );
+    r.handle(&b, sealed(evs("x", 9..=9)), 9001).unwrap();
+    assert_eq!(
+        r.poll_transmit(9001, &log).unwrap(),
         Some((b.clone(), ack(&[], true)))
     );
     r.handle(&b, sealed(evs("x", 1..=2)), 3002).unwrap();
