@@ -253,7 +253,7 @@ pub(crate) fn verify_and_stop(
 }
 
 /// A CBOR batch body of `n` puts with keys unique to (client, counter).
-/// Checks a CBOR batch answer `[first position, last position, committed, refused]`: all `n`
+/// Checks a CBOR batch answer `[lowest position, highest position, committed, refused]`: all `n`
 /// events must be stored.
 pub(crate) fn check_batch_answer(answer: &[u8], n: usize) -> anyhow::Result<()> {
     let mut d = minicbor::Decoder::new(answer);

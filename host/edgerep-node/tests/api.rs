@@ -1005,7 +1005,7 @@ fn values_keys_deletes_and_batches_round_trip() {
     assert_eq!(node.value("/v1/kv/items/%FE%FF"), json!(11));
     node.assert_missing("/v1/kv/items/b1");
 
-    // CBOR batch, compact CBOR answer: [first position, last position, count].
+    // CBOR batch, compact CBOR answer: [lowest position, highest position, count].
     let body = cbor_batch(&[
         ("items", &b"cb2"[..], "put", Some(20)),
         ("items", &b"cb3"[..], "put", Some(21)),

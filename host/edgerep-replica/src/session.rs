@@ -158,7 +158,8 @@ pub(crate) struct Session {
 /// [`HELD_BACK_WAIT_MAX_MS`], while the origin's have stays where it was and something else
 /// arrived since the last ask (what they wait for may have come by another peer; nothing else
 /// would ask for them again: the sender's resend timer does not fire on a link busy with other
-/// traffic). Nothing new, nothing to ask: a collection stopped for good is not asked for.
+/// traffic). Nothing new since, nothing to ask (on a node taking no writes, a collection stopped
+/// for good is not asked for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HeldBackAsk {
     /// The origin's have when asked.

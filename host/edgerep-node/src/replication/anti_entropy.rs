@@ -27,9 +27,10 @@ use super::{CommitHookSender, ForkReport, Input, Replicator, SEND_QUEUE_MAX_BYTE
 use crate::committer::CommitError;
 
 /// A session of ours that gets no answer for this long ends, reported as timed out; plus a
-/// second per [`SLOW_LINK_BYTES_PER_S`] it sent (a 4 MiB repair takes minutes to leave on a slow
-/// link). Only what this node sent extends it: traffic from the peer, which a peer dropping
-/// our messages could keep up, does not.
+/// second per [`SLOW_LINK_BYTES_PER_S`] it sent and was queued to the peer ahead of it when it
+/// started (a 4 MiB repair, or its first message behind a backlog of events, takes minutes to
+/// leave on a slow link). Only what this node sends extends it: traffic from the peer, which a
+/// peer dropping our messages could keep up, does not.
 pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// The slowest link a session's answers are waited for at (see [`SESSION_TIMEOUT`]).
 const SLOW_LINK_BYTES_PER_S: u64 = 32 << 10;
@@ -160,6 +161,8 @@ pub struct SessionReport {
 struct Session {
     id: u64,
     started: Instant,
+    /// Bytes queued to the peer when the session started (see [`SESSION_TIMEOUT`]).
+    queued_ahead: u64,
     last_heard: Instant,
     report: SessionReport,
     /// The ping-pong of ranges is over.
@@ -460,7 +463,9 @@ impl Replicator {
             .sessions
             .iter()
             .filter(|(_, s)| {
-                let sending = Duration::from_secs(s.report.bytes_sent / SLOW_LINK_BYTES_PER_S);
+                let sending = Duration::from_secs(
+                    (s.report.bytes_sent + s.queued_ahead) / SLOW_LINK_BYTES_PER_S,
+                );
                 s.last_heard.elapsed() > SESSION_TIMEOUT + sending
                     || s.started.elapsed() > SESSION_MAX
             })
@@ -518,11 +523,15 @@ impl Replicator {
         self.anti_entropy
             .started_at
             .insert(peer.clone(), Instant::now());
+        let queued_ahead = self.conns.get(peer).map_or(0, |l| {
+            l.queued.load(std::sync::atomic::Ordering::Acquire) as u64
+        });
         self.anti_entropy.sessions.insert(
             peer.clone(),
             Session {
                 id,
                 started: Instant::now(),
+                queued_ahead,
                 last_heard: Instant::now(),
                 report: SessionReport {
                     peer: peer.to_string(),

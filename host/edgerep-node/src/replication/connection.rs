@@ -24,6 +24,8 @@ const DIAL_LASTED: Duration = Duration::from_secs(10);
 /// been connected to it for this long: the peer may be unable to reach it (a firewall or NAT
 /// in front of this node lets connections out only), and would never reconnect.
 const UNDIALED_FOR: Duration = Duration::from_secs(15);
+/// The longest such wait (it doubles after each connection that did not last).
+const UNDIALED_FOR_MAX: Duration = Duration::from_secs(300);
 
 /// A connection whose stream is not opened within this is closed (a peer that completes the
 /// handshake and stops there would hold the connection, and its task, for ever: keep-alives
@@ -157,7 +159,9 @@ pub(super) fn spawn_dialer(
                     .is_some_and(|c| c.close_reason().is_none())
             };
             let mut id = 1u64 << 31;
+            let mut undialed_for = UNDIALED_FOR / 2;
             loop {
+                let began = Instant::now();
                 match transport.connect(&peer, &address).await {
                     Ok(conn) if peer_connected() => {
                         conn.close(CloseCode::Normal, "the peer connected already");
@@ -178,12 +182,19 @@ pub(super) fn spawn_dialer(
                     }
                 }
                 id += 1;
+                // A peer that ends every connection at once (it revoked this node, or no
+                // longer lists it) is dialed ever less often.
+                if began.elapsed() >= DIAL_LASTED {
+                    undialed_for = UNDIALED_FOR;
+                } else {
+                    undialed_for = (undialed_for * 2).min(UNDIALED_FOR_MAX);
+                }
                 let mut apart_since = Instant::now();
                 loop {
                     tokio::time::sleep(jittered(DIAL_MAX)).await;
                     if peer_connected() {
                         apart_since = Instant::now();
-                    } else if apart_since.elapsed() >= UNDIALED_FOR {
+                    } else if apart_since.elapsed() >= undialed_for {
                         break;
                     }
                 }
