@@ -752,7 +752,8 @@ async fn put_key(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
-    request::check_collection(&app.config(), &collection)?;
+    // (Whether the config lets it be written: after the idempotency lookup.)
+    request::check_collection_name(&collection)?;
     request::check_key(&app.config(), &key)?;
     let format = request_format(&headers)?;
     let body = body_bytes(body, app.config().limits.max_request_bytes)?;
@@ -850,6 +851,7 @@ async fn write_one_run(
         let indexes: Vec<usize> = extra.indexes.iter().map(|&i| i as usize).collect();
         return Ok(replayed(one_answer(&r.committed, &indexes).into_response()));
     }
+    request::check_collection_allowed(&app.config(), &write.collection)?;
     let outcome = run_ingest(app, vec![write], true).await?;
     if let Some(failed) = outcome.failed.first() {
         let error = failed.to_error();
@@ -1013,7 +1015,7 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
-    request::check_collection(&app.config(), &collection)?;
+    request::check_collection_name(&collection)?;
     request::check_key(&app.config(), &key)?;
     let write = LocalWrite {
         collection,
@@ -1261,6 +1263,20 @@ enum PreparedBatch {
 }
 
 /// Looks a batch's keys up and runs the writes that need it through ingest (blocking).
+/// Checks that the config lets each write's collection be written (after the idempotency
+/// lookups: see `request::check_collection_allowed`); one refused refuses the batch.
+fn check_batch_collections<'w>(
+    app: &AppState,
+    writes: impl Iterator<Item = (usize, &'w LocalWrite)>,
+) -> Result<(), ApiError> {
+    let config = app.config();
+    for (i, w) in writes {
+        request::check_collection_allowed(&config, &w.collection)
+            .map_err(|e| e.at(&format!("writes[{i}]")))?;
+    }
+    Ok(())
+}
+
 fn prepare_batch(
     app: &Arc<AppState>,
     batch: request::Batch,
@@ -1300,6 +1316,7 @@ fn prepare_batch(
                 extra,
             });
         }
+        check_batch_collections(app, writes.iter().enumerate())?;
         let original = (0..writes.len()).collect();
         let outcome = ingest::run(&app.ingest_step(), writes, true)?;
         return Ok(PreparedBatch::Run {
@@ -1355,6 +1372,8 @@ fn prepare_batch(
         original.push(i);
         run.push(w);
     }
+    // (Writes answered from their records were checked when they ran.)
+    check_batch_collections(app, original.iter().copied().zip(&run))?;
     let outcome = if run.is_empty() {
         ingest::Outcome::default()
     } else {

@@ -102,8 +102,20 @@ pub(crate) fn value_error(e: ValueError, format: Format) -> Refused {
 /// Checks that the config accepts writes to `collection`.
 /// An invalid name is a bad request (400); a valid name the config does not allow is forbidden (403).
 pub(crate) fn check_collection(config: &Config, collection: &str) -> Result<(), Refused> {
+    check_collection_name(collection)?;
+    check_collection_allowed(config, collection)
+}
+
+/// Checks a collection name's form (not whether the config lets it be written).
+pub(crate) fn check_collection_name(collection: &str) -> Result<(), Refused> {
     edgerep_wire::event::check_collection_name(collection)
-        .map_err(|e| Refused::bad_request("bad_collection", e.to_string()))?;
+        .map_err(|e| Refused::bad_request("bad_collection", e.to_string()))
+}
+
+/// Checks that the config lets `collection` be written. A keyed write checks it after its key's
+/// lookup: a retry of a write that committed gets its answer even if the operator disallowed
+/// the collection since.
+pub(crate) fn check_collection_allowed(config: &Config, collection: &str) -> Result<(), Refused> {
     config
         .check_collection(collection)
         .map_err(|m| Refused::forbidden("collection_not_allowed", m.to_string()))
@@ -248,7 +260,8 @@ impl RawWrite {
         let collection = self
             .collection
             .ok_or_else(|| bad(at, "missing \"collection\"".into()))?;
-        check_collection(config, &collection).map_err(|e| e.at(at))?;
+        // (Whether the config lets it be written is checked after the idempotency lookup.)
+        check_collection_name(&collection).map_err(|e| e.at(at))?;
         let key = self.key.ok_or_else(|| bad(at, "missing \"key\"".into()))?;
         check_key(config, &key).map_err(|e| e.at(at))?;
         check_meta(config, &self.meta, at)?;

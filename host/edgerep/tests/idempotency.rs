@@ -214,6 +214,53 @@ fn a_key_reused_with_another_request_is_refused_and_writes_nothing() {
     );
 }
 
+/// A retry of a keyed write that committed gets its first answer even if the operator
+/// disallowed the collection meanwhile: the client must learn the write happened, not that it
+/// is forbidden (the README tells clients to stop on a 4xx). Before, the collection was
+/// checked before the key's lookup, and the retry got 403.
+#[test]
+fn a_retry_gets_its_answer_after_its_collection_was_disallowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_node(dir.path(), "");
+    let node = Node::start(&config);
+    let (code, first, _) = put_keyed(&node, "/v1/kv/c/k", "K1", r#"{"v":1}"#);
+    assert_eq!(code, 200, "{first}");
+    let batch = r#"{"writes":[{"collection":"c","key":"b1","value":1}]}"#;
+    let (code, batch_first, _) = post_batch(&node, Some("B1"), batch);
+    assert_eq!(code, 200, "{batch_first}");
+    let per_write =
+        r#"{"writes":[{"collection":"c","key":"w1","value":1,"idempotency_key":"W1"}]}"#;
+    let (code, per_write_first, _) = post_batch(&node, None, per_write);
+    assert_eq!(code, 200, "{per_write_first}");
+    assert_eq!(node.terminate().code(), Some(0));
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("accept_undeclared = true"));
+    std::fs::write(
+        &config,
+        text.replace("accept_undeclared = true", "accept_undeclared = false"),
+    )
+    .unwrap();
+    let node = Node::start(&config);
+    let (code, again, replayed) = put_keyed(&node, "/v1/kv/c/k", "K1", r#"{"v":1}"#);
+    assert_eq!((code, replayed), (200, true), "{again}");
+    assert_eq!(again, first);
+    let (code, again, replayed) = post_batch(&node, Some("B1"), batch);
+    assert_eq!((code, replayed), (200, true), "{again}");
+    assert_eq!(again, batch_first);
+    let (code, again, _) = post_batch(&node, None, per_write);
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again, per_write_first);
+    // A new write to it is refused, keyed or not, whole batch and all.
+    let (code, body, _) = put_keyed(&node, "/v1/kv/c/k2", "K2", r#"{"v":1}"#);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("collection_not_allowed"), "{body}");
+    let mixed = r#"{"writes":[{"collection":"c","key":"w1","value":1,"idempotency_key":"W1"},{"collection":"c","key":"w2","value":2,"idempotency_key":"W2"}]}"#;
+    let (code, body, _) = post_batch(&node, None, mixed);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.to_string().contains("writes[1]"), "{body}");
+    assert!(events_of(&node, "k2").is_empty() && events_of(&node, "w2").is_empty());
+}
+
 #[test]
 fn keys_are_kept_within_the_configured_count() {
     let dir = tempfile::tempdir().unwrap();
