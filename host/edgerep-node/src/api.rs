@@ -1135,25 +1135,35 @@ async fn batch_run(
         None
     };
     // Parsing a large batch, looking its keys up and running transforms is CPU and disk work:
-    // keep it off the async threads. A small batch with no transform is done here (the hop
-    // to a blocking thread and back would cost more than the work).
-    let inline = turn.is_none() && body.len() <= INLINE_BATCH_BYTES;
-    let prepare = move || -> Result<PreparedBatch, ApiError> {
-        let _turn = turn;
-        let batch = request::parse_batch(
-            &body,
+    // keep it off the async threads. A small batch with no transform and no key is done here
+    // (the hop to a blocking thread and back would cost more than the work).
+    let parse = move |app: &AppState, body: &[u8]| {
+        request::parse_batch(
+            body,
             format,
-            &app2.config(),
-            &crate::value_limits(&app2.config()),
-        )?;
-        prepare_batch(&app2, batch, request_key)
+            &app.config(),
+            &crate::value_limits(&app.config()),
+        )
     };
-    let prepared = if inline {
-        prepare()?
+    let blocking_failed =
+        |e: tokio::task::JoinError| ApiError::internal(format!("parse task failed: {e}"));
+    let prepared = if turn.is_none() && body.len() <= INLINE_BATCH_BYTES {
+        let batch = parse(&app, &body)?;
+        if request_key.is_none() && batch.keys.iter().all(Option::is_none) {
+            prepare_batch(&app, batch, None)?
+        } else {
+            tokio::task::spawn_blocking(move || prepare_batch(&app2, batch, request_key))
+                .await
+                .map_err(blocking_failed)??
+        }
     } else {
-        tokio::task::spawn_blocking(prepare)
-            .await
-            .map_err(|e| ApiError::internal(format!("parse task failed: {e}")))??
+        tokio::task::spawn_blocking(move || -> Result<PreparedBatch, ApiError> {
+            let _turn = turn;
+            let batch = parse(&app2, &body)?;
+            prepare_batch(&app2, batch, request_key)
+        })
+        .await
+        .map_err(blocking_failed)??
     };
     let (committed, indexes, failed, replays) = match prepared {
         PreparedBatch::Replay { committed, extra } => {
@@ -1262,7 +1272,6 @@ enum PreparedBatch {
     },
 }
 
-/// Looks a batch's keys up and runs the writes that need it through ingest (blocking).
 /// Checks that the config lets each write's collection be written (after the idempotency
 /// lookups: see `request::check_collection_allowed`); one refused refuses the batch.
 fn check_batch_collections<'w>(
@@ -1277,6 +1286,7 @@ fn check_batch_collections<'w>(
     Ok(())
 }
 
+/// Looks a batch's keys up and runs the writes that need it through ingest (blocking).
 fn prepare_batch(
     app: &Arc<AppState>,
     batch: request::Batch,
