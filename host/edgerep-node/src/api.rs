@@ -1277,11 +1277,19 @@ enum PreparedBatch {
 fn check_batch_collections<'w>(
     app: &AppState,
     writes: impl Iterator<Item = (usize, &'w LocalWrite)>,
+    some_replayed: bool,
 ) -> Result<(), ApiError> {
     let config = app.config();
     for (i, w) in writes {
-        request::check_collection_allowed(&config, &w.collection)
-            .map_err(|e| e.at(&format!("writes[{i}]")))?;
+        request::check_collection_allowed(&config, &w.collection).map_err(|e| {
+            let mut e = e.at(&format!("writes[{i}]"));
+            if some_replayed {
+                e.message.push_str(
+                    "; nothing of this request was written now, but its writes whose idempotency keys were recorded were written by their first try",
+                );
+            }
+            e
+        })?;
     }
     Ok(())
 }
@@ -1326,7 +1334,7 @@ fn prepare_batch(
                 extra,
             });
         }
-        check_batch_collections(app, writes.iter().enumerate())?;
+        check_batch_collections(app, writes.iter().enumerate(), false)?;
         let original = (0..writes.len()).collect();
         let outcome = ingest::run(&app.ingest_step(), writes, true)?;
         return Ok(PreparedBatch::Run {
@@ -1383,7 +1391,7 @@ fn prepare_batch(
         run.push(w);
     }
     // (Writes answered from their records were checked when they ran.)
-    check_batch_collections(app, original.iter().copied().zip(&run))?;
+    check_batch_collections(app, original.iter().copied().zip(&run), !replays.is_empty())?;
     let outcome = if run.is_empty() {
         ingest::Outcome::default()
     } else {

@@ -887,6 +887,7 @@ impl Replicator {
         if let Some(reason) = self.halted.take() {
             tracing::info!(%reason, "replication resumes after a config reload");
         }
+        self.core.retry_held_back(now);
         self.peers = self
             .config
             .peers

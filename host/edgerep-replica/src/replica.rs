@@ -1355,6 +1355,22 @@ impl Replica {
         }
     }
 
+    /// A reload may have lifted what held events back (a halt, a pause for a missing upgrade),
+    /// which moves no have: each peer that sent held-back events is asked for them again now.
+    pub fn retry_held_back(&mut self, now: u64) {
+        let have_version = self.have_version;
+        for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
+            if s.held_back_asked.is_empty() {
+                continue;
+            }
+            for a in s.held_back_asked.values_mut() {
+                a.at = now;
+                a.have_version = have_version;
+            }
+            s.request_ack(true);
+        }
+    }
+
     /// When [`Replica::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<u64> {
         let every = self.config.announce_every_ms;

@@ -1061,6 +1061,9 @@ fn held_back_events_are_asked_for_again_with_a_doubling_wait() {
     assert_eq!(rewinds(&mut r, 9002), 0, "the wait doubled");
     r.handle_timeout(6002 + 6000);
     assert_eq!(rewinds(&mut r, 12002), 1);
+    // A reload may have lifted what held them back: asked again at once.
+    r.retry_held_back(12002);
+    assert_eq!(rewinds(&mut r, 12002), 1);
     // Applied at last: no more asks.
     r.handle(&b, sealed(evs("x", 1..=2)), 12003).unwrap();
     apply_of(&mut r);

@@ -258,6 +258,10 @@ fn a_retry_gets_its_answer_after_its_collection_was_disallowed() {
     let (code, body, _) = post_batch(&node, None, mixed);
     assert_eq!(code, 403, "{body}");
     assert!(body.to_string().contains("writes[1]"), "{body}");
+    assert!(
+        body.to_string().contains("were written by their first try"),
+        "the client learns that its recorded write happened: {body}"
+    );
     assert!(events_of(&node, "k2").is_empty() && events_of(&node, "w2").is_empty());
 }
 
