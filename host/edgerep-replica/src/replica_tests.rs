@@ -781,6 +781,13 @@ fn repeated_rewinds_without_progress_resend_once() {
     );
     assert_eq!(r.counters(&b).rewinds_deferred, 20);
     assert_eq!(r.poll_timeout(), Some(3850));
+    // Acks raising only the peer's own origin (which this node never sent it) are no progress
+    // of the resend: their rewinds are put off too, not each a resend of the window.
+    for (i, now) in (851..860).enumerate() {
+        r.handle(&b, ack(&[("a", 2), ("b", i as u64 + 1)], true), now)
+            .unwrap();
+        assert_eq!(r.poll_transmit(now, &log).unwrap(), None, "resent at {now}");
+    }
 }
 
 /// On a link slower than the resend timer per batch, the caller says the link is still carrying

@@ -320,6 +320,13 @@ impl Session {
                 admitted
             })
             .collect();
+        // Progress of what this node sent: an origin acknowledged further, where it had sent
+        // more than was acknowledged. (Not the peer's own events, nor ones it got elsewhere: a
+        // peer raising those Ack after Ack would pass every rewind through at once.)
+        let progressed = kept.iter().any(|(o, seq)| {
+            let acked = have::get(&self.acked, o);
+            *seq > acked && acked < have::get(&self.sent, o)
+        });
         let pairs = kept.iter().map(|(o, s)| (o, *s));
         have::join(&mut self.their_have, pairs.clone());
         // The peer may hold events it got through another path: no need to send them.
@@ -329,9 +336,9 @@ impl Session {
         self.idle_at = None;
         if moved {
             self.progress_ms = now;
-            if let Some((_, acked_since)) = &mut self.rewound {
-                *acked_since = true;
-            }
+        }
+        if progressed && let Some((_, acked_since)) = &mut self.rewound {
+            *acked_since = true;
         }
         if rewind {
             let due = self.rewound.is_none_or(|(at, acked_since)| {
