@@ -1132,14 +1132,17 @@ impl Replica {
         }
         for origin in gaps {
             // Ask once per gap; ask again only if the rewind seems lost, each time waiting
-            // twice as long.
+            // twice as long. A gap after the origin moved on (another peer filled the last
+            // one) is a new gap.
+            let accepted = have::get(&self.accepted, &origin);
             let wait = match s.rewinds.get(&origin).copied() {
+                Some((_, _, at_accepted)) if at_accepted < accepted => Some(retransmit_after),
                 None => Some(retransmit_after),
-                Some((at, wait)) => (now >= at.saturating_add(wait))
+                Some((at, wait, _)) => (now >= at.saturating_add(wait))
                     .then(|| wait.saturating_mul(2).min(HELD_BACK_WAIT_MAX_MS)),
             };
             if let Some(wait) = wait {
-                s.rewinds.insert(origin, (now, wait));
+                s.rewinds.insert(origin, (now, wait, accepted));
                 s.request_ack(true);
             }
         }

@@ -1080,6 +1080,37 @@ fn held_back_events_are_asked_for_again_with_a_doubling_wait() {
     assert_eq!(rewinds(&mut r, 100_000), 0);
 }
 
+/// A gap another peer filled does not leave its doubled wait behind: the next gap from the
+/// same peer is asked for at once.
+#[test]
+fn a_gap_filled_elsewhere_resets_the_wait() {
+    let (mut r, log) = receiver(&["b", "c"]);
+    let (b, c) = (n("b"), n("c"));
+    let rewinds_to = |r: &mut Replica, to: &NodeId, now: u64| -> usize {
+        let mut n = 0;
+        while let Some((p, m)) = r.poll_transmit(now, &log).unwrap() {
+            if &p == to && matches!(m, Message::Ack { rewind: true, .. }) {
+                n += 1;
+            }
+        }
+        n
+    };
+    r.handle(&b, sealed(evs("x", 3..=4)), 1).unwrap();
+    assert_eq!(rewinds_to(&mut r, &b, 1), 1);
+    r.handle(&b, sealed(evs("x", 3..=4)), 3001).unwrap();
+    assert_eq!(
+        rewinds_to(&mut r, &b, 3001),
+        1,
+        "asked again; the wait doubles"
+    );
+    // c delivers x 1..=4: the gap is filled by another path.
+    r.handle(&c, sealed(evs("x", 1..=4)), 3002).unwrap();
+    apply_of(&mut r);
+    // A new gap from b (x 5 missing): asked at once, not after the doubled wait.
+    r.handle(&b, sealed(evs("x", 6..=6)), 3003).unwrap();
+    assert_eq!(rewinds_to(&mut r, &b, 3003), 1);
+}
+
 #[test]
 fn events_from_two_peers_are_handed_out_once() {
     let (mut r, log) = receiver(&["b", "c"]);

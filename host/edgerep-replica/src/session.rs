@@ -98,10 +98,11 @@ pub(crate) struct Session {
     pub(crate) send_blocked: bool,
     /// Origins whose certificate went to the peer on this session.
     pub(crate) certs_sent: BTreeSet<NodeId>,
-    /// Per origin with a gap, when we last asked this peer to rewind for it, and how long to
-    /// wait before asking again (doubling up to `HELD_BACK_WAIT_MAX_MS`: on a slow link the
-    /// resend sits behind everything queued, and each ask queues the window again).
-    pub(crate) rewinds: BTreeMap<NodeId, (u64, u64)>,
+    /// Per origin with a gap, when we last asked this peer to rewind for it, how long to wait
+    /// before asking again (doubling up to `HELD_BACK_WAIT_MAX_MS`: on a slow link the resend
+    /// sits behind everything queued, and each ask queues the window again), and how far the
+    /// origin was accepted then.
+    pub(crate) rewinds: BTreeMap<NodeId, (u64, u64, u64)>,
     /// Per origin whose events the caller held back, when this peer was asked to send them
     /// again (see `Replica::applied`).
     pub(crate) held_back_asked: BTreeMap<NodeId, HeldBackAsk>,
