@@ -127,6 +127,16 @@ impl Precheck {
     }
 }
 
+/// Whether `peer` holds a live connection it dialed to this node: from `from`, or from
+/// anywhere when `None`.
+fn connected_from(accepted: &Accepted, peer: &NodeId, from: Option<std::net::SocketAddr>) -> bool {
+    accepted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(peer)
+        .is_some_and(|c| c.close_reason().is_none() && from.is_none_or(|a| c.remote == a))
+}
+
 /// Dials `peer` at `address`: again whenever the connection ends when this node is the one of
 /// the pair that dials (the lower id), else once at start and then only when the peer has
 /// not connected for [`UNDIALED_FOR`] (see below).
@@ -151,13 +161,7 @@ pub(super) fn spawn_dialer(
         // only when the peer stays away (it may not reach us): a peer that redials within
         // seconds, as the dialing side does, is not displaced.
         return runtime.spawn(async move {
-            let peer_connected = || {
-                accepted
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&peer)
-                    .is_some_and(|c| c.close_reason().is_none())
-            };
+            let peer_connected = || connected_from(&accepted, &peer, None);
             let mut id = 1u64 << 31;
             let mut undialed_for = UNDIALED_FOR / 2;
             loop {
@@ -211,15 +215,7 @@ pub(super) fn spawn_dialer(
             // clone of the node) does not stop the dialer: the two displace each other and the
             // replicator reports the duplicate id.
             let dialed: Option<std::net::SocketAddr> = address.parse().ok();
-            let connected_to_us = || {
-                accepted
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&peer)
-                    .is_some_and(|c| {
-                        c.close_reason().is_none() && Some(c.remote) == dialed
-                    })
-            };
+            let connected_to_us = || dialed.is_some() && connected_from(&accepted, &peer, dialed);
             while connected_to_us() {
                 tokio::time::sleep(DIAL_MIN).await;
             }
