@@ -480,6 +480,12 @@ impl Committer {
                                 Sync::Immediate,
                             );
                             match result {
+                                // A page that changed nothing was not committed: it synced
+                                // nothing, and what it read may hold unsynced commits.
+                                Ok(out) if !out.wrote => {
+                                    hook(&have);
+                                    reply(Ok(out));
+                                }
                                 Ok(out) => {
                                     for (origin, &seq) in &out.held {
                                         if *origin == local {
@@ -525,10 +531,13 @@ impl Committer {
                                 Sync::Immediate,
                             ) {
                                 Ok(out) => {
-                                    // (Synced: a repair commits durably.)
                                     durable.feed_committed =
                                         durable.feed_committed.max(out.feed_last);
-                                    synced(&mut durable, &mut have, Sync::Immediate);
+                                    // A page or repair that changed nothing was not committed:
+                                    // it synced nothing.
+                                    if out.wrote {
+                                        synced(&mut durable, &mut have, Sync::Immediate);
+                                    }
                                     hook(&have);
                                     reply(Ok(out));
                                 }

@@ -106,6 +106,9 @@ pub struct Installed {
     pub forks: Vec<RepairFork>,
     /// The feed's last position afterwards (raised past the changes, which have none).
     pub feed_last: u64,
+    /// Whether anything was written (and synced, with `Sync::Immediate`). A page or repair that
+    /// changes nothing here is not committed: it costs a peer's message no durable write.
+    pub wrote: bool,
 }
 
 /// A version a repair offered in place of another event this node holds at its place.
@@ -699,7 +702,7 @@ impl StoreWriter {
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
-            seals::put_certs(&txn, sealed)?;
+            let mut raised = false;
             for (origin, &seq) in have.into_iter().flatten() {
                 let held = origins.get(origin.as_str())?.map_or(0, |g| g.value());
                 if seq <= held {
@@ -779,6 +782,11 @@ impl StoreWriter {
                 remove_range(&mut seals_t, origin.as_str(), done, held)?;
                 origins.insert(origin.as_str(), seq)?;
                 compacted_t.insert(origin.as_str(), seq)?;
+                raised = true;
+            }
+            let wrote = changed > 0 || replaced > 0 || disagreements > 0 || raised;
+            if wrote {
+                seals::put_certs(&txn, sealed)?;
             }
             let held = read_map(&origins)?;
             let compacted = read_map(&compacted_t)?;
@@ -794,7 +802,8 @@ impl StoreWriter {
                 state,
                 index,
             ));
-            if have.is_some() {
+            // Only floors raised here can cover more of the feed.
+            if raised {
                 trim_feed(&mut txn, &compacted)?;
             }
             (
@@ -808,11 +817,16 @@ impl StoreWriter {
                     compacted,
                     forks,
                     feed_last,
+                    wrote,
                 },
                 deltas,
                 tally,
             )
         };
+        if !out.wrote {
+            txn.abort()?;
+            return Ok(out);
+        }
         txn.commit()?;
         self.aae.apply(&deltas);
         self.add_conflicts(tally);

@@ -233,8 +233,26 @@ fn a_snapshot_raises_a_have_only_with_the_origins_seal() {
         .unwrap_err();
     assert!(e.to_string().contains("does not verify"), "{e}");
     assert_eq!(b.status().unwrap().origins.get("a"), None);
-    install(&b, &page, Some(&have), &[]).unwrap();
+    assert!(install(&b, &page, Some(&have), &[]).unwrap().wrote);
     assert_eq!(b.status().unwrap().origins["a"], 5);
+    // The same page again, and a last page with nothing in it, change nothing: neither is
+    // committed (a peer repeating pages costs this node no durable write).
+    let digest = b.status().unwrap().digest;
+    let again = install(&b, &page, Some(&have), &[]).unwrap();
+    assert!(!again.wrote && again.changed == 0, "{again:?}");
+    let empty = b
+        .install_sealed(
+            vec![],
+            &[],
+            Some(&edgerep_wire::Have::new()),
+            &[],
+            &[],
+            None,
+            Sync::Immediate,
+        )
+        .unwrap();
+    assert!(!empty.wrote, "{empty:?}");
+    assert_eq!(b.status().unwrap().digest, digest);
     // Later events of a continue the chain from the snapshot's seal.
     a.commit_local(writes("y", 3), &mut c, 2).unwrap();
     let (events, seals) = batch(&a, "a", 5, 8);
