@@ -262,6 +262,21 @@ impl Ca {
     /// `[A-Za-z0-9._-]`, starting with a letter or digit) with a fresh ECDSA P-256 key, valid for
     /// [`NODE_VALIDITY_DAYS`] for both TLS server and client authentication.
     pub fn issue_node(&self, node_id: &str) -> Result<NodeCert, CertError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_node_valid(
+            node_id,
+            now - BACKDATE,
+            now + Duration::days(NODE_VALIDITY_DAYS),
+        )
+    }
+
+    /// [`Ca::issue_node`] valid from `not_before` to `not_after`.
+    pub(crate) fn issue_node_valid(
+        &self,
+        node_id: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<NodeCert, CertError> {
         let id = NodeId::parse(node_id)?;
         let what = || format!("certificate for node {id:?}");
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| {
@@ -289,9 +304,8 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + Duration::days(NODE_VALIDITY_DAYS);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|source| CertError::Generate {

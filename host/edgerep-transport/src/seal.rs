@@ -131,22 +131,29 @@ impl Verifier {
         })
     }
 
-    /// Checks a certificate (DER): it chains to the CA, is valid now and names one node.
+    /// Checks a certificate (DER): it chains to the CA and names one node.
+    ///
+    /// Checked as of the certificate's own start of validity, not of this node's clock: a seal
+    /// stays verifiable after its signer's certificate expired (what an origin signed stays
+    /// its history), and every node decides alike whatever its clock says. Connections are
+    /// another matter: TLS checks certificates against the clock. A node taken out of the
+    /// deployment is revoked in the config (a `[[revoked]]` entry), not by expiry.
     pub fn check_cert(&self, der: &[u8]) -> Result<NodeKey, SealError> {
         let cert = CertificateDer::from(der.to_vec());
         let parsed = ParsedCertificate::try_from(&cert)
             .map_err(|e| SealError::NotACertificate(e.to_string()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| SealError::NotACertificate(e.to_string()))?;
+        let issued = u64::try_from(x509.validity().not_before.timestamp()).unwrap_or(0);
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
             &self.roots,
             &[],
-            UnixTime::now(),
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(issued)),
             self.algorithms.all,
         )
         .map_err(|e| SealError::NotOfDeployment(e.to_string()))?;
         let node = node_id_of(der).map_err(|e| SealError::NoNode(e.to_string()))?;
-        let (_, x509) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| SealError::NotACertificate(e.to_string()))?;
         let public_key = x509.public_key().subject_public_key.data.to_vec();
         Ok(NodeKey { node, public_key })
     }
@@ -209,6 +216,52 @@ mod tests {
         assert!(matches!(
             verifier.check_cert(b"garbage"),
             Err(SealError::NotACertificate(_))
+        ));
+    }
+
+    #[test]
+    fn a_seal_verifies_after_its_signers_certificate_expired() {
+        let ca = Ca::generate("test").unwrap();
+        let a = Identity::new(&ca, &ca.issue_node("a").unwrap()).unwrap();
+        let verifier = Verifier::new(&a).unwrap();
+        // Issued 12 hours ago, expired an hour ago (the CA's own validity starts a day back).
+        let now = time::OffsetDateTime::now_utc();
+        let old = ca
+            .issue_node_valid(
+                "b",
+                now - time::Duration::hours(12),
+                now - time::Duration::hours(1),
+            )
+            .unwrap();
+        // Its key signs as it did while it was valid (an Identity, for TLS, refuses it now).
+        let (cert_pem, key_pem) = old.to_pem();
+        assert!(Identity::from_pem(ca.cert_pem(), &cert_pem, &key_pem).is_err());
+        use rustls_pki_types::pem::PemObject as _;
+        let signer = Signer {
+            key: crypto_provider()
+                .key_provider
+                .load_private_key(
+                    rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            cert: old.cert_der().to_vec(),
+        };
+        let sig = signer.sign(b"seal").unwrap();
+        let key = verifier.check_cert(old.cert_der()).unwrap();
+        assert_eq!(key.node.as_str(), "b");
+        verifier.verify(&key, b"seal", &sig).unwrap();
+        // Another CA's certificate is still refused, however old.
+        let other = Ca::generate("other").unwrap();
+        let stranger = other
+            .issue_node_valid(
+                "b",
+                now - time::Duration::hours(12),
+                now - time::Duration::hours(1),
+            )
+            .unwrap();
+        assert!(matches!(
+            verifier.check_cert(stranger.cert_der()),
+            Err(SealError::NotOfDeployment(_))
         ));
     }
 }
