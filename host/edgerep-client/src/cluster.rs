@@ -45,6 +45,46 @@ pub fn issue(ca_dir: &Path, node_id: &str, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `node-*` directories in `dir`.
+fn node_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        if entry.file_name().to_string_lossy().starts_with("node-") && entry.path().is_dir() {
+            dirs.push(entry.path());
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// Where a node directory written by `init --cluster` holds data: its `data/`, or the
+/// `data_dir` its config names, if that holds a store. A config that cannot be read counts as
+/// holding data (where its store is cannot be told).
+fn holds_a_store(node_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let data = node_dir.join("data");
+    if data.exists() {
+        return Ok(Some(data));
+    }
+    let config = node_dir.join("edgerep.toml");
+    if !config.exists() {
+        return Ok(None);
+    }
+    match Config::load(&config) {
+        Ok(c) => {
+            let store = c.node.data_dir.join("edgerep.redb");
+            Ok(store.exists().then_some(c.node.data_dir))
+        }
+        Err(e) => bail!(
+            "{} cannot be read to tell where its node keeps its data, so --force does not replace it: {e}",
+            config.display()
+        ),
+    }
+}
+
 /// One node of a cluster being written.
 struct Member {
     id: NodeId,
@@ -67,13 +107,13 @@ pub fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result<Vec<Pa
         );
     }
     if force {
-        // --force replaces configs and certificates, never a node's store: a careless rerun
-        // over a cluster that ran would delete every node's data (and under running nodes).
-        for i in 1..=n {
-            let data = dir.join(format!("node-{i}")).join("data");
-            if data.exists() {
+        // --force replaces configs and certificates, never a node's store nor the keys a store
+        // was sealed with: a careless rerun over a cluster that ran would leave nodes that can
+        // never start on their data again. Every node directory counts, also those past `n`.
+        for node_dir in node_dirs(dir)? {
+            if let Some(data) = holds_a_store(&node_dir)? {
                 bail!(
-                    "{} holds a node's data; --force replaces configs and certificates, not stores (stop the nodes and remove their data directories yourself to start over)",
+                    "{} holds a node's data; --force replaces configs and certificates, not stores nor the keys they were sealed with (stop the nodes and remove their data directories yourself to start over)",
                     data.display()
                 );
             }

@@ -135,6 +135,32 @@ pub fn changes_of<E>(
     Ok(problems)
 }
 
+/// Collections the `before` record declared, which `config` no longer declares nor takes
+/// undeclared, and whose keys the store holds: their state here stays as it is, and peers'
+/// events for them become dead letters (a renamed collection looks like this).
+pub fn left_behind<E>(
+    before: &str,
+    config: &Config,
+    holds: impl Fn(&str) -> Result<bool, E>,
+) -> Result<Vec<String>, E> {
+    let Some(before) = parse(before) else {
+        return Ok(Vec::new());
+    };
+    if config.collections.accept_undeclared {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for name in before.keys().filter(|n| n.as_str() != RECORD_VERSION) {
+        if config.collections.declared.iter().any(|c| c.name == *name) {
+            continue;
+        }
+        if holds(name)? {
+            out.push(name.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// The collections of `config` whose keys are still to be re-resolved: marked so in the
 /// `before` record (a reload or a start recorded new upgrades before re-resolving, and did not
 /// finish), or with upgrades the record lacks (a record an older build wrote). Their keys are
@@ -283,5 +309,26 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// A declared collection the config dropped (renamed, say) while the store holds its keys
+    /// is named; not when the store holds none, nor when undeclared collections are taken.
+    #[test]
+    fn a_collection_dropped_while_the_store_holds_it_is_named() {
+        let declared = config("[[collections.declared]]\nname = \"orders\"\n");
+        let renamed = config("[[collections.declared]]\nname = \"order\"\n");
+        let record = record_pending(&declared, None, &[]);
+        let holds = |c: &str| Ok::<bool, ()>(c == "orders");
+        assert_eq!(left_behind(&record, &renamed, holds).unwrap(), ["orders"]);
+        assert!(left_behind(&record, &declared, holds).unwrap().is_empty());
+        assert!(
+            left_behind(&record, &renamed, |_| Ok::<bool, ()>(false))
+                .unwrap()
+                .is_empty()
+        );
+        let open = config(
+            "[collections]\naccept_undeclared = true\n[[collections.declared]]\nname = \"order\"\n",
+        );
+        assert!(left_behind(&record, &open, holds).unwrap().is_empty());
     }
 }

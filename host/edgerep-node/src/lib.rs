@@ -13,6 +13,7 @@ pub mod idempotency;
 mod ingest;
 pub mod keys;
 mod listener;
+mod log_limit;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;
@@ -350,6 +351,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         if !problems.is_empty() {
             return Err(NodeError::DecidersChanged(problems.join("; ")));
         }
+        for name in deciders::left_behind(before, &config, |c| store.holds_collection(c))
+            .map_err(store_error)?
+        {
+            tracing::warn!(
+                collection = %name,
+                "collection {name:?} is no longer declared (and accept_undeclared is false), but this store holds its keys: they stay as they are here, peers' events for it are kept out of the state (dead letters up to limits.max_dead_letters), and anti-entropy leaves it out, so this node's copy drifts from its peers'; declare it again (a renamed collection is a new one), or accept undeclared collections"
+            );
+        }
     }
     let re_resolve = before
         .as_deref()
@@ -450,11 +459,15 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let (inbox, hook) = replication::inbox();
     // With peers, local writes wait until one of them said how far it holds this node's own
     // events (replication opens the gate), unless the operator says this node is alone.
+    // Revoked peers are never heard (their sessions are refused), so they do not count.
+    let heard_from = config.peers.iter().any(|p| !config.is_revoked(&p.id));
     let (origin_gate, origin_gate_rx) =
-        watch::channel((!config.peers.is_empty() && !config.node.alone).then(|| {
+        watch::channel((heard_from && !config.node.alone).then(|| {
             "waiting for the peers to say how far they hold this node's own events (so that no \
-             sequence number is used twice after a restore); start with `edgerep run --alone` \
-             if no peer can be reached"
+             sequence number is used twice after a restore); if no peer can be reached, \
+             `edgerep run --alone` takes writes at once, but only if no peer ever held newer \
+             events of this node than its store does: after a restore from a backup, writing \
+             alone signs a second history of this node (a fork its peers will refuse)"
                 .to_owned()
         }));
     let commit_metrics = Arc::new(metrics::CommitMetrics::new(

@@ -262,6 +262,29 @@ fn init_force_never_deletes_a_store() {
         ca_before
     );
     assert_eq!(std::fs::read(&kept).unwrap(), b"a store elsewhere");
+    // A store under the data_dir a node's config names is a node's data too, also in a node
+    // directory past the new count: its keys are not replaced.
+    let o = edgerep(&["init", "--cluster", "3", "--force", at]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = dir.path().join("node-3").join("edgerep.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("data_dir = \"data\""), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("data_dir = \"data\"", "data_dir = \"store\""),
+    )
+    .unwrap();
+    let moved = dir.path().join("node-3").join("store").join("edgerep.redb");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::write(&moved, b"node-3's store").unwrap();
+    let key = std::fs::read(dir.path().join("node-3").join("certs").join("node.key")).unwrap();
+    let o = edgerep(&["init", "--cluster", "2", "--force", at]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("holds a node's data"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(dir.path().join("node-3").join("certs").join("node.key")).unwrap(),
+        key
+    );
 }
 
 /// A node whose replication port is taken fails to start, naming the port, before it opens its
