@@ -170,8 +170,24 @@ pub fn answer(
             listed_keys += count;
         }
     }
+    // The peer's lists are compared key by key, unless this side holds more there than one
+    // answer lists (an empty peer lists the root whole): such a range is split instead (its
+    // children's fingerprints), and the peer lists the children. No answer reads more than
+    // MAX_KEYS of this side's entries into memory, whatever the state's size.
+    let mut compare: Vec<&RangeItems> = Vec::with_capacity(items.len());
+    for theirs in items {
+        let (_, count) = tree.fingerprint(theirs.node)?;
+        if !theirs.node.children().is_empty() && listed_keys + count > MAX_KEYS as u64 {
+            if step.fingerprints.len() + 16 <= MAX_RANGES {
+                describe(tree, theirs.node, u64::MAX, &mut step)?;
+            }
+            continue;
+        }
+        listed_keys += count;
+        compare.push(theirs);
+    }
     let mut wanted = listed.clone();
-    wanted.extend(items.iter().map(|r| r.node));
+    wanted.extend(compare.iter().map(|r| r.node));
     let mut entries = tree.items_of(&wanted)?.into_iter();
     for node in listed {
         step.items.push(RangeItems {
@@ -179,7 +195,7 @@ pub fn answer(
             items: entries.next().unwrap_or_default(),
         });
     }
-    for theirs in items {
+    for theirs in compare {
         let mine: BTreeMap<Vec<u8>, [u8; 16]> =
             entries.next().unwrap_or_default().into_iter().collect();
         let other: BTreeMap<&[u8], &[u8; 16]> = theirs
@@ -311,6 +327,21 @@ mod tests {
         assert_eq!(a_sends, vec![b"c\0k17".to_vec(), b"c\0k99".to_vec()]);
         assert_eq!(b_sends, vec![b"c\0extra".to_vec(), b"c\0k99".to_vec()]);
         assert!(messages <= 6, "{messages} messages");
+    }
+
+    /// An empty side lists the root whole; a side holding more than one answer lists splits
+    /// it instead of reading everything into memory, and the session still finds every key.
+    #[test]
+    fn a_large_side_splits_a_range_listed_whole() {
+        let (a, b) = (MapTree(BTreeMap::new()), tree(20_000));
+        let opening = open(&a).unwrap();
+        assert_eq!(opening.items.len(), 1, "the empty side lists the root");
+        let answer = answer(&b, &opening.fingerprints, &opening.items, 7).unwrap();
+        assert!(answer.send.is_empty() && answer.items.is_empty());
+        assert_eq!(answer.fingerprints.len(), 16, "the root split");
+        let (a_sends, b_sends, _) = session(&a, &b);
+        assert!(a_sends.is_empty());
+        assert_eq!(b_sends.len(), 20_000);
     }
 
     #[test]

@@ -22,8 +22,9 @@
 //! origin when that peer sent it only events of the origin another peer had delivered (another
 //! path was faster); never the origin itself on its own link. Its Acks still announce what it
 //! holds (the lazy links). When an origin's events stop arriving while a pruned peer announces
-//! more of them, the node grafts that peer back after `graft_after_ms`, and at once, on every
-//! link, for an origin whose own link went down. In a mesh each event then crosses each link
+//! more of them, the node grafts that peer back after `graft_after_ms` (or, for an origin with no
+//! link here, after five times that when they arrive but never catch up with the announcement),
+//! and at once, on every link, for an origin whose own link went down. In a mesh each event then crosses each link
 //! about once.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -308,6 +309,54 @@ struct Peer {
     last_apply_error: Option<String>,
 }
 
+/// A watch on an origin's tree: a pruned peer announced `target` of it at `began`, beyond
+/// what this node held, and `since` is the last progress since. It ends when this node holds
+/// `target`, however the events came. The pruned peer is grafted back after `graft_after_ms`
+/// without progress, or, while the origin's events come through relays (no link with the
+/// origin here), [`LAG_GRAFTS`] times that without reaching `target`: a relay trickling a block
+/// now and then makes progress, but must not hold the origin to its pace. (On the origin's own
+/// link, the fastest path there is, a long catch-up is no stall.)
+#[derive(Debug, Clone, Copy)]
+struct Stall {
+    began: u64,
+    since: u64,
+    target: u64,
+}
+
+/// How many `graft_after_ms` the tree may take to deliver what a pruned peer announced.
+const LAG_GRAFTS: u64 = 5;
+
+impl Stall {
+    fn new(now: u64, target: u64) -> Stall {
+        Stall {
+            began: now,
+            since: now,
+            target,
+        }
+    }
+
+    /// When the pruned peer is grafted back (`relayed`: no link with the origin here).
+    fn due(&self, graft_after: u64, relayed: bool) -> u64 {
+        let stalled = self.since.saturating_add(graft_after);
+        if relayed {
+            stalled.min(
+                self.began
+                    .saturating_add(graft_after.saturating_mul(LAG_GRAFTS)),
+            )
+        } else {
+            stalled
+        }
+    }
+}
+
+/// Whether `origin`'s events come to this node only through relays (no ready link with it).
+fn relayed(peers: &BTreeMap<NodeId, Peer>, origin: &NodeId) -> bool {
+    !peers
+        .get(origin)
+        .and_then(|p| p.session.as_ref())
+        .is_some_and(Session::ready)
+}
+
 /// An outstanding InstallSnapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Installing {
@@ -386,9 +435,9 @@ pub struct Replica {
     /// Per origin, the peer whose events of it were last handed out to apply: duplicates from
     /// another peer mean that peer's path is slower (a prune), from this one a resend.
     delivered_by: BTreeMap<NodeId, NodeId>,
-    /// Per origin whose events a pruned peer announces beyond what this node holds: since
-    /// when its events made no progress here (graft when that lasts `graft_after_ms`).
-    stalled: BTreeMap<NodeId, u64>,
+    /// Per origin whose events a pruned peer announces beyond what this node holds: the watch
+    /// for the tree delivering them (graft when that takes `graft_after_ms`).
+    stalled: BTreeMap<NodeId, Stall>,
     peers: BTreeMap<NodeId, Peer>,
     /// Per peer ever connected (configured peers only, so bounded), what was exchanged.
     counters: BTreeMap<NodeId, PeerCounters>,
@@ -541,9 +590,14 @@ impl Replica {
                 continue;
             }
             grew = true;
-            // Progress: the tree still delivers this origin, however slowly.
-            if let Some(since) = self.stalled.get_mut(origin) {
-                *since = now;
+            // Progress: the tree still delivers this origin. All that the pruned peer
+            // announced when the watch began: not stalled (a later announcement starts a new
+            // watch).
+            if let Some(stall) = self.stalled.get_mut(origin) {
+                stall.since = now;
+                if seq >= stall.target {
+                    self.stalled.remove(origin);
+                }
             }
         }
         if have::join(&mut self.local_have, have.iter().map(|(o, &s)| (o, s))) {
@@ -834,7 +888,9 @@ impl Replica {
                 // A pruned peer announcing more of an origin than we hold: watch for a stall.
                 for (o, seq) in &have {
                     if s.pruned.contains(o) && *seq > have::get(&self.accepted, o) {
-                        self.stalled.entry(o.clone()).or_insert(now);
+                        self.stalled
+                            .entry(o.clone())
+                            .or_insert(Stall::new(now, *seq));
                     }
                 }
                 let deferred = s.rewinds_deferred;
@@ -1396,8 +1452,8 @@ impl Replica {
         let graft_after = self.config.graft_after_ms;
         let graft = self
             .stalled
-            .values()
-            .map(|&t| t.saturating_add(graft_after));
+            .iter()
+            .map(|(origin, stall)| stall.due(graft_after, relayed(&self.peers, origin)));
         retransmit.chain(gossip).chain(graft).min()
     }
 
@@ -1419,14 +1475,13 @@ impl Replica {
         // falling back when the caller held events back), not only on an Ack arriving then.
         for s in peers.values().filter_map(|p| p.session.as_ref()) {
             for origin in &s.pruned {
-                if !stalled.contains_key(origin)
-                    && have::get(&s.their_have, origin) > have::get(accepted, origin)
-                {
-                    stalled.insert(origin.clone(), now);
+                let announced = have::get(&s.their_have, origin);
+                if !stalled.contains_key(origin) && announced > have::get(accepted, origin) {
+                    stalled.insert(origin.clone(), Stall::new(now, announced));
                 }
             }
         }
-        stalled.retain(|origin, since| {
+        stalled.retain(|origin, stall| {
             let held = have::get(accepted, origin);
             let best = peers
                 .iter()
@@ -1435,10 +1490,10 @@ impl Replica {
                 .map(|(id, s)| (have::get(&s.their_have, origin), id))
                 .filter(|&(seq, _)| seq > held)
                 .max();
-            let Some((_, id)) = best else {
+            let Some((announced, id)) = best else {
                 return false;
             };
-            if now >= since.saturating_add(graft_after) {
+            if now >= stall.due(graft_after, relayed(peers, origin)) {
                 let id = id.clone();
                 if let Some(s) = peers.get_mut(&id).and_then(|p| p.session.as_mut()) {
                     s.pruned.remove(origin);
@@ -1446,7 +1501,7 @@ impl Replica {
                     s.graft_due.insert(origin.clone());
                 }
                 counters.entry(id).or_default().grafts_sent += 1;
-                *since = now;
+                *stall = Stall::new(now, announced);
             }
             true
         });

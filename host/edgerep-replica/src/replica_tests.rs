@@ -642,15 +642,15 @@ fn a_peer_sending_only_duplicates_is_pruned_and_grafted_back_on_a_stall() {
         (2, 2)
     );
 
-    // c announces y's events up to 6; b delivers 4 at t = 300 (progress), then nothing.
+    // c announces y's events up to 5; b delivers them at t = 300: the tree keeps up.
     let graft = |o: &NodeId| Message::Graft {
         origins: vec![o.clone()],
     };
-    r.handle(&c, ack(&[("y", 6)], false), 10).unwrap();
+    r.handle(&c, ack(&[("y", 5)], false), 10).unwrap();
     assert!(matches!(r.poll_output(), Some(Output::Acked { .. })));
-    r.handle(&b, sealed(evs("y", 4..=4)), 300).unwrap();
+    r.handle(&b, sealed(evs("y", 4..=5)), 300).unwrap();
     apply_of(&mut r);
-    r.set_local_have(&have_of(&[("y", 4)]));
+    r.set_local_have(&have_of(&[("y", 5)]));
     r.applied(&b, 300);
     r.handle_timeout(410);
     assert!(
@@ -658,13 +658,31 @@ fn a_peer_sending_only_duplicates_is_pruned_and_grafted_back_on_a_stall() {
             .iter()
             .any(|(_, m)| *m == graft(&y))
     );
+    // c announces up to 100 at t = 420; b trickles one event every 300 ms. Progress keeps the
+    // tree on b, but not for longer than 5 × 400 ms short of what c announced (a relay
+    // trickling a block now and then would hold the origin here to its pace).
+    r.handle(&c, ack(&[("y", 100)], false), 420).unwrap();
+    let _ = r.poll_output();
+    for (seq, t) in (6..=12u64).zip((600..).step_by(300)) {
+        r.handle(&b, sealed(evs("y", seq..=seq)), t).unwrap();
+        apply_of(&mut r);
+        r.set_local_have(&have_of(&[("y", seq)]));
+        r.applied(&b, t);
+        r.handle_timeout(t);
+        assert!(
+            !controls(&mut r, &log, t)
+                .iter()
+                .any(|(_, m)| *m == graft(&y)),
+            "grafted at {t}"
+        );
+    }
     assert_eq!(
         r.poll_timeout(),
-        Some(700),
-        "400 ms after the last progress"
+        Some(2420),
+        "2 s after c announced more than b delivered"
     );
-    r.handle_timeout(700);
-    let sent = controls(&mut r, &log, 700);
+    r.handle_timeout(2420);
+    let sent = controls(&mut r, &log, 2420);
     assert!(sent.contains(&("c".into(), graft(&y))), "{sent:?}");
     assert_eq!(
         r.peer_view(&c).unwrap().pruned_origins,
@@ -672,8 +690,8 @@ fn a_peer_sending_only_duplicates_is_pruned_and_grafted_back_on_a_stall() {
     );
 
     // x's link going down: b and c push x's events again.
-    r.disconnected(&x, 801);
-    let sent = controls(&mut r, &log, 801);
+    r.disconnected(&x, 2501);
+    let sent = controls(&mut r, &log, 2501);
     assert!(sent.contains(&("b".into(), graft(&x))), "{sent:?}");
     assert!(sent.contains(&("c".into(), graft(&x))), "{sent:?}");
     assert_eq!(r.counters(&c).grafts_sent, 2);
