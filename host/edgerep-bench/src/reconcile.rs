@@ -77,6 +77,14 @@ fn until_agreed(a: &NodeProcess, max_sessions: u64) -> anyhow::Result<Totals> {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
+        if s["running"] == true {
+            // Still going when the answer was due: the next call waits for its end (and its
+            // whole report).
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("a session still runs after 10 minutes: {report}");
+            }
+            continue;
+        }
         t.sessions += 1;
         let n = |k: &str| s[k].as_u64().unwrap_or(0);
         if t.sessions == 1 {

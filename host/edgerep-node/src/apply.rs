@@ -17,6 +17,7 @@ use edgerep_wire::{EncodedEvent, Event, NodeId, Value};
 
 use crate::committer::wall_ms;
 use crate::dead_letter::{DeadLetter, STAGE_APPLY};
+use crate::log_limit::{self, Throttle};
 use crate::pipeline::Pipeline;
 
 /// A batch from a peer, ready for the committer.
@@ -79,7 +80,8 @@ pub(crate) struct Admission<'a> {
     /// How many more dead letters the store may take (`limits.max_dead_letters` less those it
     /// holds). Past it, a transform on apply whose policy sets a failing peer's event aside
     /// halts its collection instead (the events wait, nothing is lost): a plugin failing on
-    /// every event must not fill the disk, which would stop the whole node.
+    /// every event must not fill the disk, which would stop the whole node. An event the write
+    /// policy refuses gets no dead letter past it (it stays in the changelog).
     pub(crate) dead_letter_room: u64,
 }
 
@@ -305,8 +307,22 @@ fn shape(
             event.seq,
             &event.collection,
         ) {
-            tracing::warn!(origin = %event.origin, seq = event.seq, "event kept out of the state: {reason}");
-            out.dead_letters.push(policy_dead_letter(&event, reason));
+            // A dead letter while there is room for one (a peer sending refused events must
+            // not fill the disk); past it the event is only in the changelog, as its origin
+            // wrote it.
+            let recorded = (out.dead_letters.len() as u64) < admission.dead_letter_room;
+            static LOG: Throttle = Throttle::new(log_limit::EVERY);
+            if let Some(left_out) = LOG.allow() {
+                let kept = if recorded {
+                    "a dead letter"
+                } else {
+                    "no dead letter: limits.max_dead_letters reached"
+                };
+                tracing::warn!(origin = %event.origin, seq = event.seq, left_out, "event kept out of the state: {reason} ({kept}; lines like this one are written once per 10 s, `left_out` says how many were not)");
+            }
+            if recorded {
+                out.dead_letters.push(policy_dead_letter(&event, reason));
+            }
             out.events.push(Received::new(event, OnApply::Dropped));
             continue;
         }
@@ -321,12 +337,16 @@ fn shape(
             Ok(on_apply) => on_apply,
             Err(rejection) => {
                 let r = *rejection;
-                tracing::warn!(
-                    plugin = %r.plugin, collection = %event.collection, origin = %event.origin,
-                    seq = event.seq, failure = r.failure.kind.as_str(),
-                    message = %edgerep_wire::text::one_line(&r.failure.message), policy = r.policy.as_str(),
-                    "plugin failed on an event from a peer"
-                );
+                static LOG: Throttle = Throttle::new(log_limit::EVERY);
+                if let Some(left_out) = LOG.allow() {
+                    tracing::warn!(
+                        plugin = %r.plugin, collection = %event.collection, origin = %event.origin,
+                        seq = event.seq, failure = r.failure.kind.as_str(),
+                        message = %edgerep_wire::text::one_line(&r.failure.message), policy = r.policy.as_str(),
+                        left_out,
+                        "plugin failed on an event from a peer (lines like this one are written once per 10 s, `left_out` says how many were not)"
+                    );
+                }
                 // A deadline is wall time and a stack overflow depends on the CPU's machine
                 // code, not the same on every node: dead-lettering or skipping here what another
                 // node applied would make the states differ.

@@ -150,6 +150,7 @@ enum Input {
     /// Run anti-entropy now with one peer (or all) and reply with the sessions' reports.
     Reconcile {
         peer: Option<NodeId>,
+        due: Instant,
         reply: tokio::sync::oneshot::Sender<Vec<SessionReport>>,
     },
     Have(Have),
@@ -204,13 +205,16 @@ impl Replication {
     }
 
     /// Runs anti-entropy now with `peer` (or every connected peer); the reports arrive once the
-    /// sessions end (empty when no peer is connected).
+    /// sessions end (empty when no peer is connected), or after `answer_within` with the
+    /// reports so far of those still running (`running`: they go on).
     pub fn reconcile(
         &self,
         peer: Option<NodeId>,
+        answer_within: std::time::Duration,
     ) -> tokio::sync::oneshot::Receiver<Vec<SessionReport>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let _ = self.inbox.send(Input::Reconcile { peer, reply });
+        let due = Instant::now() + answer_within;
+        let _ = self.inbox.send(Input::Reconcile { peer, due, reply });
         rx
     }
 
@@ -427,6 +431,7 @@ pub fn start(
         frames: BTreeMap::new(),
         last_error: BTreeMap::new(),
         mismatches: BTreeMap::new(),
+        replaced: BTreeSet::new(),
         peer_have: BTreeMap::new(),
         saved_at: Instant::now(),
         config: config.clone(),
@@ -604,6 +609,8 @@ struct Replicator {
     frames: BTreeMap<NodeId, [u64; 4]>,
     last_error: BTreeMap<NodeId, String>,
     mismatches: BTreeMap<NodeId, Vec<String>>,
+    /// Links a newer connection replaced, until their end comes (not the peer's error).
+    replaced: BTreeSet<(NodeId, u64)>,
     peer_have: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
     saved_at: Instant,
     config: Config,
@@ -745,7 +752,10 @@ impl Replicator {
                     self.core.disconnected(&peer, now);
                     self.aae_disconnected(&peer);
                 }
-                self.last_error.insert(peer, reason);
+                // A link a newer one replaced ending is not the peer's error.
+                if !self.replaced.remove(&(peer.clone(), id)) {
+                    self.last_error.insert(peer, reason);
+                }
             }
             Input::Message {
                 peer,
@@ -756,7 +766,7 @@ impl Replicator {
             Input::Applied { peer, result } => self.applied(peer, result, now),
             Input::Installed { peer, result } => self.installed(peer, result, now),
             Input::Repaired { peer, id, result } => self.aae_repaired(peer, id, result, now),
-            Input::Reconcile { peer, reply } => self.aae_on_demand(peer, reply),
+            Input::Reconcile { peer, due, reply } => self.aae_on_demand(peer, due, reply),
             Input::Compacted(result) => self.compacted(result),
             Input::Have(have) => self.set_have(&have),
             Input::Reload { config, restart } => self.reload(*config, restart, now),
@@ -784,6 +794,9 @@ impl Replicator {
                 .close(CloseCode::UnknownPeer, "no longer a peer of this node");
             return;
         }
+        if let Some(old) = self.conns.get(&peer) {
+            self.replaced.insert((peer.clone(), old.id));
+        }
         self.end_session(
             &peer,
             CloseCode::Normal,
@@ -792,6 +805,8 @@ impl Replicator {
         );
         tracing::info!(peer = %peer, remote = %live.conn.remote, "peer connected");
         self.last_error.remove(&peer);
+        // The handshake on this link says again whether the configs differ.
+        self.mismatches.remove(&peer);
         self.conns.insert(peer.clone(), live);
         self.core.connected(&peer, now);
     }

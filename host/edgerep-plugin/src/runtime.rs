@@ -633,7 +633,13 @@ pub(crate) struct Identity {
     /// Log lines the plugin may still write, across its calls and instances (see
     /// [`Identity::take_log_line`]).
     log_budget: std::sync::Mutex<LogBudget>,
+    /// Lines suppressed and not yet reported, and when they last were ([`SUPPRESSED_EVERY`]).
+    suppressed: std::sync::atomic::AtomicU64,
+    suppressed_noticed: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a plugin's suppressed lines are reported, at most (one host line each time).
+const SUPPRESSED_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Identity {
     pub(crate) fn new(name: String, params: BTreeMap<String, String>) -> Identity {
@@ -644,6 +650,8 @@ impl Identity {
                 lines: LOG_LINES_BURST,
                 at: std::time::Instant::now(),
             }),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+            suppressed_noticed: std::sync::Mutex::new(None),
         }
     }
 
@@ -731,16 +739,39 @@ impl HostState {
         self.limiter.begin_call();
     }
 
-    /// Reports the log lines suppressed during the call.
+    /// Reports the log lines suppressed during the call, and those not reported before, in
+    /// one line at most every [`SUPPRESSED_EVERY`]: a plugin logging on every call past its
+    /// budget must not turn each call into a line of the host's.
     pub(crate) fn end_call(&mut self) {
-        if self.log_suppressed > 0 {
-            tracing::warn!(
-                target: "edgerep_plugin::guest",
-                plugin = %self.identity.name,
-                "suppressed {} lines (more than {LOG_LINES_PER_CALL} in one call, or more than {LOG_LINES_PER_SECOND} a second over time)",
-                self.log_suppressed
-            );
-            self.log_suppressed = 0;
+        use std::sync::atomic::Ordering;
+        if self.log_suppressed == 0 {
+            return;
+        }
+        let identity = &self.identity;
+        identity
+            .suppressed
+            .fetch_add(self.log_suppressed, Ordering::Relaxed);
+        self.log_suppressed = 0;
+        let due = {
+            let mut noticed = identity
+                .suppressed_noticed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let due = noticed.is_none_or(|at| at.elapsed() >= SUPPRESSED_EVERY);
+            if due {
+                *noticed = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            let lines = identity.suppressed.swap(0, Ordering::Relaxed);
+            if lines > 0 {
+                tracing::warn!(
+                    target: "edgerep_plugin::guest",
+                    plugin = %identity.name,
+                    "suppressed {lines} lines (more than {LOG_LINES_PER_CALL} in one call, or more than {LOG_LINES_PER_SECOND} a second over time)"
+                );
+            }
         }
     }
 
@@ -894,6 +925,22 @@ mod tests {
         state.begin_call();
         state.log(Level::Info, "one more".into());
         assert_eq!(state.log_suppressed, 1);
+        // What was suppressed is reported once per interval: the first report goes at once,
+        // the count of the calls after it is kept for the next instead of a host line per call.
+        let kept = |state: &HostState| {
+            state
+                .identity
+                .suppressed
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        state.end_call();
+        assert_eq!(kept(&state), 0);
+        for _ in 0..3 {
+            state.begin_call();
+            state.log(Level::Info, "and another".into());
+            state.end_call();
+        }
+        assert_eq!(kept(&state), 3);
     }
 
     #[test]

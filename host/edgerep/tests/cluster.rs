@@ -627,6 +627,45 @@ fn dead_letters_past_their_limit_halt_the_collection_instead() {
     assert_eq!(get(&n2, "broken", "b-3").0, 404);
 }
 
+/// A peer's events that the write policy refuses become dead letters only while there is room
+/// under `limits.max_dead_letters`: they were kept whatever the count, so a peer writing where it
+/// may not filled this node's disk with dead letters (and left no room for its plugins'). Past
+/// the limit they are only in the changelog, as their origin wrote them, and replication goes on.
+#[test]
+fn refused_events_take_dead_letters_only_up_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    // node-1 takes only "orders" (an authorization would differ from node-2's and stop the
+    // handshake; a collection node-1 does not take is a difference that does not).
+    let mut text = std::fs::read_to_string(&configs[0]).unwrap();
+    text = text.replace("[limits]\n", "[limits]\nmax_dead_letters = 3\n");
+    text = text.replace("accept_undeclared = true", "accept_undeclared = false");
+    text.push_str("\n[[collections.declared]]\nname = \"orders\"\n");
+    assert!(text.contains("max_dead_letters = 3") && text.contains("accept_undeclared = false"));
+    std::fs::write(&configs[0], &text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    for i in 0..10 {
+        put(&n2, "stock", &format!("s-{i}"), r#"{"a":1}"#);
+    }
+    put(&n2, "orders", "o-1", r#"{"a":1}"#);
+    wait_for_origin(&n1, "node-2", 11, Duration::from_secs(30));
+    let (_, dl) = get_json(&n1, "/v1/dead-letters");
+    let list = dl["dead_letters"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{dl}");
+    assert!(list.iter().all(|d| d["stage"] == "policy"), "{dl}");
+    assert_eq!(
+        get(&n1, "stock", "s-9").0,
+        403,
+        "not a collection node-1 takes"
+    );
+    assert_eq!(get(&n1, "orders", "o-1").0, 200);
+    assert_eq!(
+        status(&n1)["replication"]["halted"],
+        serde_json::Value::Null
+    );
+}
+
 /// `durability = "periodic"`: writes are acknowledged before the disk sync, so a SIGKILL may
 /// lose the last interval of them at their origin; but the origin ships only synced events, so
 /// no peer holds an event the origin lost, sequence numbers reused after the crash were never

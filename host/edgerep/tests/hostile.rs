@@ -1180,6 +1180,59 @@ fn a_peer_that_never_stops_differing_ends_the_session_it_is_in() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
+/// A peer keeping node-1's session with it alive without ending it (an empty Repair now and
+/// then) held `edgerep reconcile` of every peer until the API's own timeout (408), hiding what
+/// the session with node-3 found. Now the answer comes before that timeout, with node-3's
+/// report and node-2's so far, marked running.
+#[test]
+fn a_session_a_peer_keeps_alive_does_not_hide_the_other_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, _n1, _n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let config = configs[0].clone();
+    let asked = std::thread::spawn(move || {
+        let started = Instant::now();
+        let o = edgerep(&["reconcile", "--config", config.to_str().unwrap()]);
+        (o, started.elapsed())
+    });
+    let Some(Message::Reconcile { id, .. }) = h.wait_for(Duration::from_secs(10), |m| {
+        matches!(m, Message::Reconcile { .. })
+    }) else {
+        panic!("node-1 opened no session with node-2");
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !asked.is_finished() {
+        h.send(&Message::Repair {
+            id,
+            versions: vec![],
+            proofs: vec![],
+            seals: vec![],
+            certs: vec![],
+            want: vec![],
+            resolutions: vec![],
+        })
+        .unwrap();
+        let _ = h.wait_for(Duration::from_secs(3), |_| false);
+    }
+    let (o, took) = asked.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let of = |peer: &str| {
+        report["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["peer"] == peer)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(of("node-2")["running"], true, "{report}");
+    assert_eq!(of("node-2")["agreed"], false, "{report}");
+    assert_eq!(of("node-3")["running"], false, "{report}");
+    assert_eq!(of("node-3")["agreed"], true, "{report}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
 /// A peer's words reach node-1's log on one line: a close reason holding a line break and a
 /// made-up log line stays inside the line node-1 writes ("connection ended: …"), escaped, so it
 /// cannot pass for a line node-1 wrote.

@@ -120,6 +120,22 @@ fn collection_of(state_key: &[u8]) -> String {
     String::from_utf8_lossy(&state_key[..end]).into_owned()
 }
 
+impl AntiEntropyStatus {
+    /// The counts of `collection`: under its own name for the first
+    /// [`crate::metrics::MAX_COLLECTION_LABELS`] met, the rest together (the names come from
+    /// peers: keys a peer lists name collections nobody declared).
+    fn collection(&mut self, collection: String) -> &mut CollectionDrift {
+        let name = if self.collections.contains_key(&collection)
+            || self.collections.len() < crate::metrics::MAX_COLLECTION_LABELS
+        {
+            collection
+        } else {
+            crate::metrics::OTHER_COLLECTIONS.to_owned()
+        };
+        self.collections.entry(name).or_default()
+    }
+}
+
 /// One finished session of ours, as `edgerep reconcile` prints it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct SessionReport {
@@ -129,6 +145,10 @@ pub struct SessionReport {
     pub agreed: bool,
     /// Whether the session ended for want of an answer.
     pub timed_out: bool,
+    /// Whether it was still running when the answer to `edgerep reconcile` was due (see
+    /// `Replication::reconcile`): the report so far; the session goes on, and status shows its
+    /// end.
+    pub running: bool,
     /// Whether it was given up after [`MAX_ROUND_TRIPS`] round trips (the peer kept naming
     /// differing ranges).
     pub gave_up: bool,
@@ -173,6 +193,10 @@ struct Session {
 
 /// A caller of `edgerep reconcile` waiting for sessions to end.
 struct Waiter {
+    /// When it gets its answer whatever is still running: then the reports of the sessions
+    /// that ended and, of the others, their reports so far (a slow peer, or one keeping its
+    /// session alive, must not hide what the other sessions found).
+    due: Instant,
     peers: BTreeSet<NodeId>,
     reports: Vec<SessionReport>,
     reply: oneshot::Sender<Vec<SessionReport>>,
@@ -196,7 +220,7 @@ pub(super) struct AntiEntropy {
     started_at: BTreeMap<NodeId, Instant>,
     /// On-demand requests that came while the store's check at open ran (its sums are not
     /// whole until it ends): started at the first tick after it.
-    deferred: Vec<(Option<NodeId>, oneshot::Sender<Vec<SessionReport>>)>,
+    deferred: Vec<(Option<NodeId>, Instant, oneshot::Sender<Vec<SessionReport>>)>,
     /// Peers to compare with after a snapshot raised this node's floors, and when: once this
     /// node's Acks told them its new have (a peer repairs only what this node acknowledged).
     after_snapshot: BTreeMap<NodeId, Instant>,
@@ -206,6 +230,9 @@ pub(super) struct AntiEntropy {
     /// Per peer, its budget of Reconcile answers that list entries (each reads the whole
     /// state table): tokens left and when last refilled.
     listing_budget: BTreeMap<NodeId, (f64, Instant)>,
+    /// Per peer, the seconds of this thread its messages may still take (see [`WORK_SHARE`])
+    /// and when last refilled.
+    work_budget: BTreeMap<NodeId, (f64, Instant)>,
 }
 
 /// Reconcile answers that list entries a peer may ask for at once, and per second after: an
@@ -213,6 +240,15 @@ pub(super) struct AntiEntropy {
 /// burst); a peer asking in a loop would keep the replicator reading the state.
 const LISTINGS_BURST: f64 = MAX_ROUND_TRIPS as f64;
 const LISTINGS_PER_SECOND: f64 = 8.0;
+
+/// The share of the replicator thread one peer's anti-entropy messages may take: what answering
+/// them took (reading the state, hashing rows, reading blocks for proofs) is charged to a
+/// budget refilled at this many seconds per second, up to [`WORK_BURST`] seconds; a message
+/// that makes work while the budget is spent is dropped (its session times out and a later one
+/// compares again). Counting listings alone would let a peer keep the thread reading a large
+/// state all the time: one listing of millions of rows takes longer than its token.
+const WORK_SHARE: f64 = 0.25;
+const WORK_BURST: f64 = 10.0;
 
 impl AntiEntropy {
     /// Takes one listing from `peer`'s budget; false when none is left.
@@ -233,6 +269,25 @@ impl AntiEntropy {
         }
     }
 
+    /// Whether `peer` has time of this thread left (see [`WORK_SHARE`]).
+    fn work_left(&mut self, peer: &NodeId) -> bool {
+        let now = Instant::now();
+        let (seconds, at) = self
+            .work_budget
+            .entry(peer.clone())
+            .or_insert((WORK_BURST, now));
+        *seconds = (*seconds + now.duration_since(*at).as_secs_f64() * WORK_SHARE).min(WORK_BURST);
+        *at = now;
+        *seconds > 0.0
+    }
+
+    /// Charges `spent` to `peer`'s budget.
+    fn charge_work(&mut self, peer: &NodeId, spent: Duration) {
+        if let Some((seconds, _)) = self.work_budget.get_mut(peer) {
+            *seconds -= spent.as_secs_f64();
+        }
+    }
+
     pub(super) fn new(interval_ms: u64, seed: u64) -> AntiEntropy {
         AntiEntropy {
             interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
@@ -245,6 +300,7 @@ impl AntiEntropy {
             events_at: BTreeMap::new(),
             changed_at: None,
             listing_budget: BTreeMap::new(),
+            work_budget: BTreeMap::new(),
             started_at: BTreeMap::new(),
             deferred: Vec::new(),
             after_snapshot: BTreeMap::new(),
@@ -411,12 +467,22 @@ impl Replicator {
     /// Starts periodic sessions that are due, ends sessions that timed out.
     pub(super) fn aae_tick(&mut self) {
         if !self.store.aae_ready() {
+            // Callers whose answer is due while the check at open runs get no reports.
+            let now = Instant::now();
+            let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.anti_entropy.deferred)
+                .into_iter()
+                .partition(|(_, at, _)| *at <= now);
+            self.anti_entropy.deferred = waiting;
+            for (_, _, reply) in due {
+                let _ = reply.send(Vec::new());
+            }
             return;
         }
-        for (peer, reply) in std::mem::take(&mut self.anti_entropy.deferred) {
-            self.aae_on_demand(peer, reply);
+        for (peer, due, reply) in std::mem::take(&mut self.anti_entropy.deferred) {
+            self.aae_on_demand(peer, due, reply);
         }
         let now = Instant::now();
+        self.aae_answer_due(now);
         let due: Vec<NodeId> = self
             .anti_entropy
             .after_snapshot
@@ -561,10 +627,11 @@ impl Replicator {
     pub(super) fn aae_on_demand(
         &mut self,
         peer: Option<NodeId>,
+        due: Instant,
         reply: oneshot::Sender<Vec<SessionReport>>,
     ) {
         if !self.store.aae_ready() {
-            self.anti_entropy.deferred.push((peer, reply));
+            self.anti_entropy.deferred.push((peer, due, reply));
             return;
         }
         let peers: Vec<NodeId> = match peer {
@@ -582,14 +649,58 @@ impl Replicator {
             return;
         }
         self.anti_entropy.waiters.push(Waiter {
+            due,
             peers: waiting,
             reports: Vec::new(),
             reply,
         });
     }
 
-    /// A Reconcile or Repair message from `peer` (the core checked it follows the handshake).
+    /// A Reconcile or Repair message from `peer` (the core checked it follows the handshake),
+    /// within the peer's share of this thread ([`WORK_SHARE`]) when it belongs to the peer's
+    /// session (this node's own sessions are bounded by their round trips) or asks for keys.
     pub(super) fn aae_message(&mut self, peer: &NodeId, message: Message, bytes: usize) {
+        let session = |id: &u64| {
+            self.anti_entropy
+                .sessions
+                .get(peer)
+                .is_some_and(|s| s.id == *id)
+        };
+        let makes_work = match &message {
+            Message::Reconcile {
+                id,
+                fingerprints,
+                items,
+            } => !session(id) && (!fingerprints.is_empty() || !items.is_empty()),
+            Message::Repair {
+                id,
+                versions,
+                want,
+                resolutions,
+                ..
+            } => {
+                // Keys wanted are answered from whatever session they name (each costs reads of
+                // its versions' blocks for their proofs): charged always.
+                !want.is_empty()
+                    || (!session(id) && (!versions.is_empty() || !resolutions.is_empty()))
+            }
+            _ => false,
+        };
+        if makes_work && !self.anti_entropy.work_left(peer) {
+            let s = self.anti_entropy.status.entry(peer.clone()).or_default();
+            s.messages_total += 1;
+            s.bytes_received_total += bytes as u64;
+            s.dropped_total += 1;
+            return;
+        }
+        let started = Instant::now();
+        self.aae_message_within(peer, message, bytes);
+        if makes_work {
+            self.anti_entropy.charge_work(peer, started.elapsed());
+        }
+    }
+
+    fn aae_message_within(&mut self, peer: &NodeId, message: Message, bytes: usize) {
         let s = self.anti_entropy.status.entry(peer.clone()).or_default();
         s.messages_total += 1;
         s.bytes_received_total += bytes as u64;
@@ -646,10 +757,7 @@ impl Replicator {
                 let differing = keys.len() as u64;
                 let s = self.anti_entropy.status.entry(peer.clone()).or_default();
                 for k in keys {
-                    s.collections
-                        .entry(collection_of(k))
-                        .or_default()
-                        .differing_total += 1;
+                    s.collection(collection_of(k)).differing_total += 1;
                 }
                 s.keys_compared_total += step.compared;
                 s.differing_total += differing;
@@ -898,10 +1006,7 @@ impl Replicator {
         let s = self.anti_entropy.status.entry(peer.clone()).or_default();
         s.repaired_out_total += sent;
         for v in &page.versions {
-            s.collections
-                .entry(v.collection.clone())
-                .or_default()
-                .repaired_out_total += 1;
+            s.collection(v.collection.clone()).repaired_out_total += 1;
         }
         s.unproven_total += page.unproven;
         if let Some(session) = self
@@ -994,7 +1099,7 @@ impl Replicator {
                 s.replaced_total += out.replaced;
                 s.disagreements_total += out.disagreements;
                 for (c, n) in &out.by_collection {
-                    let d = s.collections.entry(c.clone()).or_default();
+                    let d = s.collection(c.clone());
                     d.repaired_in_total += n.changed;
                     d.drift_total += n.covered;
                     d.disagreements_total += n.disagreements;
@@ -1066,6 +1171,28 @@ impl Replicator {
         }
         for i in done.into_iter().rev() {
             let w = self.anti_entropy.waiters.remove(i);
+            let _ = w.reply.send(w.reports);
+        }
+    }
+
+    /// Answers the callers whose answer is due: the reports of the sessions that ended, and
+    /// those so far of the sessions still running (marked `running`).
+    fn aae_answer_due(&mut self, now: Instant) {
+        let (due, waiting): (Vec<Waiter>, Vec<Waiter>) =
+            std::mem::take(&mut self.anti_entropy.waiters)
+                .into_iter()
+                .partition(|w| w.due <= now);
+        self.anti_entropy.waiters = waiting;
+        for mut w in due {
+            for peer in &w.peers {
+                if let Some(session) = self.anti_entropy.sessions.get(peer) {
+                    let mut report = session.report.clone();
+                    report.running = true;
+                    report.agreed = false;
+                    report.millis = session.started.elapsed().as_millis() as u64;
+                    w.reports.push(report);
+                }
+            }
             let _ = w.reply.send(w.reports);
         }
     }

@@ -62,14 +62,13 @@ impl Replicator {
             && events
                 .iter()
                 .any(|e| self.transformed_on_apply.contains(e.collection.as_str()));
-        // Only transforms on apply set peers' events aside: how many more may be, then.
+        // How many more of the batch's events may be set aside (transforms on apply) or kept as
+        // dead letters for the write policy.
         let mut admission = admission;
-        if keep_admitted {
-            admission.dead_letter_room = match self.store.dead_letters_count() {
-                Ok(n) => self.config.limits.max_dead_letters.saturating_sub(n),
-                Err(_) => 0,
-            };
-        }
+        admission.dead_letter_room = match self.store.dead_letters_count() {
+            Ok(n) => self.config.limits.max_dead_letters.saturating_sub(n),
+            Err(_) => 0,
+        };
         let prepared = match crate::apply::prepare(
             &self.pipeline,
             &self.value_limits,
@@ -297,7 +296,11 @@ impl Replicator {
         else {
             return false;
         };
-        tracing::warn!(peer = %peer, origin = %v.origin, seq = v.seq, "a version of {what} left out of the state: {reason}");
+        static LOG: crate::log_limit::Throttle =
+            crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+        if let Some(left_out) = LOG.allow() {
+            tracing::warn!(peer = %peer, origin = %v.origin, seq = v.seq, left_out, "a version of {what} left out of the state: {reason} (lines like this one are written once per 10 s, `left_out` says how many were not)");
+        }
         true
     }
 
