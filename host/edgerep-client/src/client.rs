@@ -136,7 +136,7 @@ impl Client {
             404 => Outcome::NotFound(message()),
             // Not a refusal: a write queued before the node's timeout may still commit.
             408 => Outcome::Failed(format!(
-                "the node did not answer in time, so whether the request took effect is unknown (a write may still commit; retry it with the same --idempotency-key to be sure it happens once): {}",
+                "the node did not answer in time, so whether the request took effect is unknown (a write may still commit: retry a write with the same --idempotency-key to be sure it happens once): {}",
                 message()
             )),
             // Not a refusal either: the first try with the key is still being committed, and
