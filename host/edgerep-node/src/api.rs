@@ -2097,7 +2097,7 @@ async fn find_dead_letter(
         ApiError::not_found(
             "dead_letter_not_found",
             format!(
-                "no dead letter {id} (never given, deleted, or replayed: a replay's answer is not kept)"
+                "no dead letter {id} (never given, or deleted, or replayed longer ago than idempotency records are kept)"
             ),
         )
     };
@@ -2139,9 +2139,35 @@ async fn delete_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
     Ok(axum::Json(json!({"deleted": id})).into_response())
 }
 
+/// The key a replay's answer is kept under, with the replay's writes (a space: no client's
+/// idempotency key holds one, so none can take it).
+fn replay_receipt_key(id: u64) -> String {
+    format!("dead-letter replay {id}")
+}
+
+/// The answer a replay of dead letter `id` got, if it was replayed and its record is still
+/// kept (the idempotency window): a retry after a lost answer gets it again.
+async fn replay_answered(app: &Arc<AppState>, id: u64) -> Result<Option<Response>, ApiError> {
+    let store = app.store.clone();
+    let key = replay_receipt_key(id);
+    let Some(r) = blocking(move || store.idempotency(&key)).await? else {
+        return Ok(None);
+    };
+    let list: Vec<Json> = r.committed.iter().map(committed_json).collect();
+    Ok(Some(replayed(
+        axum::Json(json!({"replayed": id, "committed": list})).into_response(),
+    )))
+}
+
 async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, ApiError> {
     let id = dead_letter_id(&uri)?;
-    let d = find_dead_letter(&app, id).await?;
+    let d = match find_dead_letter(&app, id).await {
+        Ok(d) => d,
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            return replay_answered(&app, id).await?.ok_or(e);
+        }
+        Err(e) => return Err(e),
+    };
     if d.stage != crate::dead_letter::STAGE_INGEST {
         return Err(ApiError::bad_request(
             "not-replayable",
@@ -2157,7 +2183,26 @@ async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
         return Err(failed.to_replay_error(id));
     }
     let writes: Vec<LocalWrite> = outcome.accepted.into_iter().map(|(_, w)| w).collect();
-    let committed = app.committer.commit_replacing(writes, vec![id]).await?;
+    // The answer is kept with the writes, in their transaction.
+    let receipt = edgerep_store::idempotency::Receipt {
+        key: replay_receipt_key(id),
+        body: *blake3::hash(replay_receipt_key(id).as_bytes()).as_bytes(),
+        first: 0,
+        count: writes.len(),
+        extra: Vec::new(),
+    };
+    let committed = match app
+        .committer
+        .commit_keyed(writes, vec![id], vec![receipt])
+        .await
+    {
+        Ok(c) => c,
+        // A concurrent replay of it committed first: its answer.
+        Err(e @ CommitError::DeadLetterGone(_)) => {
+            return replay_answered(&app, id).await?.ok_or_else(|| e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let list: Vec<Json> = committed.iter().map(committed_json).collect();
     Ok(axum::Json(json!({"replayed": id, "committed": list})).into_response())
 }

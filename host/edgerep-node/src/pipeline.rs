@@ -219,6 +219,14 @@ impl Pipeline {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.any_apply_halted.store(false, Ordering::Release);
+        self.unpause_satisfied(config);
+        loaded
+    }
+
+    /// Lifts the pauses `config` satisfies: it has the upgrade they wait for, or their peer is
+    /// no longer one (removed or revoked). Also called when the replicator takes in a reload: a
+    /// peer's handshake between the install and then may have paused again by the old config.
+    pub fn unpause_satisfied(&self, config: &Config) {
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         for (collection, by_peer) in paused.iter_mut() {
             by_peer.retain(|peer, pause| {
@@ -232,8 +240,6 @@ impl Pipeline {
         }
         paused.retain(|_, by_peer| !by_peer.is_empty());
         self.any_paused.store(!paused.is_empty(), Ordering::Release);
-        drop(paused);
-        loaded
     }
 
     fn value_limits(&self) -> edgerep_wire::value::DecodeLimits {

@@ -215,13 +215,21 @@ impl Reloader {
         refused_if_any(new, problems)
     }
 
-    /// Reads the config file the node started with again and takes it in.
+    /// Reads the config file the node started with again and takes it in. The file is read
+    /// once this reload's turn came: of two at once (SIGHUP and a request) around an edit, the
+    /// last to run reads the file as it is last, never an older read after a newer one.
     pub async fn reload_file(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
-        let path = self.config().source.clone();
-        let config = tokio::task::spawn_blocking(move || Config::load(&path))
-            .await
-            .map_err(|e| ReloadError::Task(e.to_string()))??;
-        self.reload(config).await
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _one = this.busy.lock().await;
+            let path = this.config().source.clone();
+            let config = tokio::task::spawn_blocking(move || Config::load(&path))
+                .await
+                .map_err(|e| ReloadError::Task(e.to_string()))??;
+            this.reload_locked(config).await
+        })
+        .await
+        .map_err(|e| ReloadError::Interrupted(e.to_string()))?
     }
 
     /// Takes in `new` (see the module comment). An error in checking it or loading its plugins
@@ -233,13 +241,16 @@ impl Reloader {
     /// config while the node's config, replication and keys kept the old.
     pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Reloaded, ReloadError> {
         let this = self.clone();
-        tokio::spawn(async move { this.reload_whole(new).await })
-            .await
-            .map_err(|e| ReloadError::Interrupted(e.to_string()))?
+        tokio::spawn(async move {
+            let _one = this.busy.lock().await;
+            this.reload_locked(new).await
+        })
+        .await
+        .map_err(|e| ReloadError::Interrupted(e.to_string()))?
     }
 
-    async fn reload_whole(&self, mut new: Config) -> Result<Reloaded, ReloadError> {
-        let _one = self.busy.lock().await;
+    /// [`Reloader::reload`], with the lock that runs one reload at a time held.
+    async fn reload_locked(&self, mut new: Config) -> Result<Reloaded, ReloadError> {
         let old = self.config();
         // Set from the command line, not the file.
         new.node.alone = old.node.alone;

@@ -893,6 +893,8 @@ impl Replicator {
         self.config = config;
         self.core.set_policy(policy(&self.config));
         self.core.set_fingerprint(fingerprint(&self.config));
+        // Pauses a handshake set by the old config after the pipeline's install lifted them.
+        self.pipeline.unpause_satisfied(&self.config);
         self.core.set_limits(MessageLimits {
             event: crate::event_limits(&self.config),
             ..MessageLimits::default()
@@ -1019,6 +1021,14 @@ impl Replicator {
                     collection,
                     from_ms,
                 } => {
+                    // (Judged by the core's fingerprint; this config may have the upgrade by now.)
+                    let has_it = self
+                        .config
+                        .collection(&collection)
+                        .is_some_and(|c| c.upgrades.iter().any(|u| u.from_ms == from_ms));
+                    if has_it {
+                        continue;
+                    }
                     self.pipeline.pause(
                         &collection,
                         crate::pipeline::Pause {

@@ -774,8 +774,16 @@ fn replay_commits_once_with_the_current_plugins() {
         json!({"status": "ok", "v": 1})
     );
     assert_eq!(node.get(&format!("/v1/dead-letters/{id}")).status, 404);
+    // A retry (its answer lost) gets the same answer, and nothing is committed again.
+    let origins = node.get("/v1/status").body["origins"].clone();
     let twice = node.post(&format!("/v1/dead-letters/{id}/replay"), json!(null));
-    assert_eq!(twice.status, 404, "a replay happens once: {}", twice.body);
+    assert_eq!(
+        twice.status, 200,
+        "a replay's answer is kept: {}",
+        twice.body
+    );
+    assert_eq!(twice.body, r.body);
+    assert_eq!(node.get("/v1/status").body["origins"], origins);
     let s = node.get("/v1/status?verify=true").body;
     assert_eq!(
         (s["verified"].clone(), s["dead_letters"].clone()),

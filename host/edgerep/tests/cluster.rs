@@ -666,6 +666,37 @@ fn refused_events_take_dead_letters_only_up_to_the_limit() {
     );
 }
 
+/// A node waits for its peers to say how far they hold its own events before it takes writes
+/// (the origin gate). A reload revoking its only peer left it waiting for good: nobody was left
+/// to say it, while a start with that config takes writes at once. Now the reload opens it.
+#[test]
+fn revoking_the_only_peer_by_reload_opens_the_origin_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    // node-2 never starts: node-1 waits.
+    let n1 = Node::start(&configs[0]);
+    let check = || status(&n1)["replication"]["origin_check"].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().is_string() {
+        assert!(Instant::now() < deadline, "not waiting: {}", status(&n1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        format!("{text}\n[[revoked]]\nnode = \"node-2\"\nafter_seq = 0\n"),
+    )
+    .unwrap();
+    let o = common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while check().is_string() {
+        assert!(Instant::now() < deadline, "still waiting: {}", status(&n1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    put(&n1, "c", "k", r#"{"v":1}"#);
+}
+
 /// `durability = "periodic"`: writes are acknowledged before the disk sync, so a SIGKILL may
 /// lose the last interval of them at their origin; but the origin ships only synced events, so
 /// no peer holds an event the origin lost, sequence numbers reused after the crash were never

@@ -58,6 +58,16 @@ impl Replicator {
         let Some(gate) = &self.origin_gate else {
             return;
         };
+        // No peer left to say it (a reload removed or revoked them all): as at a start with
+        // this config, nobody is waited for.
+        if self.peers.iter().all(|(p, _)| self.config.is_revoked(p)) {
+            tracing::info!(
+                "no peer left to say how far it holds this node's own events (all removed or revoked): taking writes"
+            );
+            gate.send_replace(None);
+            self.origin_gate = None;
+            return;
+        }
         let Some(first) = self.origin_first_claim else {
             return;
         };
