@@ -250,17 +250,30 @@ const LISTINGS_PER_SECOND: f64 = 8.0;
 const WORK_SHARE: f64 = 0.25;
 const WORK_BURST: f64 = 10.0;
 
+/// `peer`'s budget in `budgets` (what is left, and when), refilled at `rate` per second up
+/// to `burst` (a new peer starts full); returns what is left now.
+fn refilled<'b>(
+    budgets: &'b mut BTreeMap<NodeId, (f64, Instant)>,
+    peer: &NodeId,
+    rate: f64,
+    burst: f64,
+) -> &'b mut f64 {
+    let now = Instant::now();
+    let (left, at) = budgets.entry(peer.clone()).or_insert((burst, now));
+    *left = (*left + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+    *at = now;
+    left
+}
+
 impl AntiEntropy {
     /// Takes one listing from `peer`'s budget; false when none is left.
     fn take_listing(&mut self, peer: &NodeId) -> bool {
-        let now = Instant::now();
-        let (tokens, at) = self
-            .listing_budget
-            .entry(peer.clone())
-            .or_insert((LISTINGS_BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * LISTINGS_PER_SECOND)
-            .min(LISTINGS_BURST);
-        *at = now;
+        let tokens = refilled(
+            &mut self.listing_budget,
+            peer,
+            LISTINGS_PER_SECOND,
+            LISTINGS_BURST,
+        );
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             true
@@ -271,14 +284,7 @@ impl AntiEntropy {
 
     /// Whether `peer` has time of this thread left (see [`WORK_SHARE`]).
     fn work_left(&mut self, peer: &NodeId) -> bool {
-        let now = Instant::now();
-        let (seconds, at) = self
-            .work_budget
-            .entry(peer.clone())
-            .or_insert((WORK_BURST, now));
-        *seconds = (*seconds + now.duration_since(*at).as_secs_f64() * WORK_SHARE).min(WORK_BURST);
-        *at = now;
-        *seconds > 0.0
+        *refilled(&mut self.work_budget, peer, WORK_SHARE, WORK_BURST) > 0.0
     }
 
     /// Charges `spent` to `peer`'s budget.
