@@ -557,7 +557,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             committer.clone(),
             guard.clone(),
         )
-        .with_tls_files(tls_files),
+        .with_tls_files(tls_files)
+        .with_metrics(commit_metrics.clone()),
     );
     let app = api::router(api::AppState {
         reloader: reloader.clone(),

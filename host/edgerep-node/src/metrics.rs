@@ -36,8 +36,9 @@ pub struct CommitMetrics {
     skewed: Counter,
     /// When a skewed event was last logged (at most one warning a minute).
     skew_logged: std::sync::Mutex<Option<std::time::Instant>>,
-    /// The collections declared when the node started: always counted under their names.
-    declared: std::collections::BTreeSet<String>,
+    /// The collections declared (at the start, or by a reload since): always counted under
+    /// their names.
+    declared: std::sync::RwLock<std::collections::BTreeSet<String>>,
     /// Other collections counted under their own name (at most [`MAX_COLLECTION_LABELS`],
     /// the first seen; the rest under [`OTHER_COLLECTIONS`]): their names come from clients and
     /// peers, and a label is kept for the node's life.
@@ -64,7 +65,7 @@ impl CommitMetrics {
     /// Metrics whose per-collection counters always name `declared`.
     pub(crate) fn new(declared: impl IntoIterator<Item = String>) -> CommitMetrics {
         CommitMetrics {
-            declared: declared.into_iter().collect(),
+            declared: std::sync::RwLock::new(declared.into_iter().collect()),
             commit_seconds: Family::new_with_constructor(duration_buckets),
             sync_seconds: duration_buckets(),
             written: Family::default(),
@@ -79,9 +80,11 @@ impl CommitMetrics {
     /// the first [`MAX_COLLECTION_LABELS`] others seen (decided at first sight: once labelled
     /// or not, a collection stays so, so no series ever goes down), else [`OTHER_COLLECTIONS`].
     fn label_of<'c>(&self, collection: &'c str) -> &'c str {
-        if self.declared.contains(collection) {
+        let declared = self.declared.read().unwrap_or_else(|e| e.into_inner());
+        if declared.contains(collection) {
             return collection;
         }
+        drop(declared);
         let mut labelled = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
         if labelled.contains(collection) {
             collection
@@ -91,6 +94,15 @@ impl CommitMetrics {
         } else {
             OTHER_COLLECTIONS
         }
+    }
+
+    /// Collections a reload declares: counted under their names from now on (what was counted
+    /// under `_other` before stays there: no series goes down).
+    pub(crate) fn declare(&self, names: impl IntoIterator<Item = String>) {
+        self.declared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(names);
     }
 
     /// A transaction of `kind` took `seconds`.
@@ -207,7 +219,9 @@ impl prometheus_client::encoding::EncodeMetric for Counted {
     }
 }
 
-/// A plugin runtime's ranges as histogram buckets, the bounds scaled by `scale`.
+/// A plugin runtime's ranges as histogram buckets, the bounds scaled by `scale`. A range counts
+/// the whole values below its bound, and a Prometheus bucket those at or below its `le`: the
+/// bucket's `le` is the bound less one.
 fn counted(sum: f64, count: u64, ranges: &[(u64, u64)], scale: f64) -> CountedHistogram {
     CountedHistogram {
         sum,
@@ -218,7 +232,7 @@ fn counted(sum: f64, count: u64, ranges: &[(u64, u64)], scale: f64) -> CountedHi
                 let le = if bound == u64::MAX {
                     f64::INFINITY
                 } else {
-                    bound as f64 * scale
+                    bound.saturating_sub(1) as f64 * scale
                 };
                 (le, n)
             })
@@ -449,12 +463,12 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         );
         m.counter(
             "edgerep_refused",
-            "Batches, pages or repairs refused from peers (forged or unproven)",
+            "Refusals of what peers sent: an event refused with its origin's later ones in the batch, or a peer cut off for what it sent (declined snapshots: edgerep_snapshots_declined)",
             r.refused_total,
         );
         m.counter(
             "edgerep_protocol_errors",
-            "Sessions closed for a protocol error",
+            "Sessions closed for a protocol error, or refused because the configs differ where they must agree",
             r.protocol_errors_total,
         );
         m.gauge(

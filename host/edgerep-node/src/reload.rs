@@ -127,6 +127,8 @@ pub struct Reloader {
     busy: tokio::sync::Mutex<()>,
     /// What the TLS files (CA, certificate, key) held at start: the identity is read only then.
     tls_files: Option<blake3::Hash>,
+    /// Told the collections a reload declares (counted under their names, as after a start).
+    commit_metrics: Option<Arc<crate::metrics::CommitMetrics>>,
 }
 
 /// A hash of what `config`'s TLS files hold now (an unreadable file counts as such). Taken at
@@ -176,7 +178,14 @@ impl Reloader {
             committer,
             guard,
             busy: tokio::sync::Mutex::new(()),
+            commit_metrics: None,
         }
+    }
+
+    /// With the per-collection metrics to tell the collections a reload declares.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::metrics::CommitMetrics>) -> Reloader {
+        self.commit_metrics = Some(metrics);
+        self
     }
 
     /// With what the TLS files held at start ([`tls_files`] of the config, taken before the
@@ -304,9 +313,9 @@ impl Reloader {
             ))
             .await
             .map_err(ReloadError::Record)?;
-        let plugins_loaded = self.pipeline.install(&new, prepared);
         // Checked above: only raised; recorded in the store before anything is written under
-        // them (a start below them is refused: what was stored must stay readable).
+        // them (a start below them is refused: what was stored must stay readable), so before
+        // the new wiring: a failure here leaves the old one in force with the old config.
         self.committer
             .record_limits(crate::event_limits(&new))
             .await
@@ -314,6 +323,14 @@ impl Reloader {
                 ReloadError::Interrupted(format!("recording the raised limits in the store: {e}"))
             })?;
         self.store.raise_limits(crate::event_limits(&new))?;
+        // The new wiring and the config the API checks requests against are put in force one
+        // right after the other (a request checked by one and run by the other would be
+        // judged by rules no start would give it).
+        let plugins_loaded = self.pipeline.install(&new, prepared);
+        if let Some(metrics) = &self.commit_metrics {
+            metrics.declare(new.collections.declared.iter().map(|c| c.name.clone()));
+        }
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
         if let Some(keys) = &self.keys {
             keys.set_revoked(&new);
         }
@@ -343,7 +360,6 @@ impl Reloader {
             }
         }
         let file = new.source.display().to_string();
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         self.guard.set_token(token);
         // Keys resolved before by the old wiring (an upgrade that came late to this node)
         // get what the new one decides, the same as on every other node.

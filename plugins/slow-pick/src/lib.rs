@@ -1,14 +1,15 @@
 //! `slow-pick` (for tests): a deterministic resolver that takes a while. It counts to
-//! [`ROUNDS`] (about 10^8 fuel, tens of milliseconds), then picks the first version (the
-//! lowest dot), which is not what last-writer-wins picks when a later write has the higher
-//! origin. On a node whose deadline for it is shorter than that, the call runs past the
+//! [`ROUNDS`] (about 10^9 fuel, a few hundred milliseconds: long enough that the deadline's
+//! epoch ticker, starved on a loaded machine, still ticks before the call ends), then picks
+//! the first version (the lowest dot), which is not what last-writer-wins picks when a later
+//! write has the higher origin. On a node whose deadline for it is shorter than that, the call runs past the
 //! deadline and the node falls back to last-writer-wins: the same build with the same fuel
 //! resolves differently on two nodes, which anti-entropy must find.
 
 use edgerep_guest::{Event, Resolution, Resolver};
 
 /// Iterations of the busy loop.
-pub const ROUNDS: u64 = 20_000_000;
+pub const ROUNDS: u64 = 150_000_000;
 
 /// The plugin.
 pub struct SlowPick;

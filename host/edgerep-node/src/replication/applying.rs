@@ -125,7 +125,11 @@ impl Replicator {
                 self.reports.deferred(&r.reason);
                 continue;
             }
-            tracing::warn!(peer = %peer, origin = %r.origin, seq = r.seq, "refused an event (and its origin's later ones in the batch): {}", r.reason);
+            static LOG: crate::log_limit::Throttle =
+                crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+            if let Some(left_out) = LOG.allow() {
+                tracing::warn!(peer = %peer, origin = %r.origin, seq = r.seq, left_out, "refused an event (and its origin's later ones in the batch): {} (lines like this one are written once per 10 s, `left_out` says how many were not; status `refused` lists the last ones)", r.reason);
+            }
             self.reports.refused(
                 RefusalReport {
                     from_peer: peer.to_string(),

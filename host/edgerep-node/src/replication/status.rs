@@ -134,11 +134,14 @@ pub struct ReplicationStatus {
     pub forks: Vec<ForkReport>,
     /// Forks met since the node started.
     pub forks_total: u64,
-    /// Refused events, newest last.
+    /// The last refusals, newest last: events refused (each with its origin's later ones in
+    /// the batch), peers cut off, declined snapshots.
     pub refused: Vec<RefusalReport>,
-    /// Events refused since the node started.
+    /// Events refused and peers cut off since the node started (declined snapshots are in
+    /// `snapshots_declined_total`).
     pub refused_total: u64,
-    /// Sessions closed because the peer broke the protocol, since the node started.
+    /// Sessions closed because the peer broke the protocol, or refused because the configs
+    /// differ where they must agree, since the node started.
     pub protocol_errors_total: u64,
     /// Events held back until what they depend on arrives (causal delivery), since the node
     /// started; they are sent again and applied then. A count that keeps growing for one
