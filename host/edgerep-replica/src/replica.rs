@@ -244,6 +244,12 @@ pub enum ProtocolError {
 /// page (see [`PeerView::snapshot_sending_have`]): a 1 MiB page needs about 20 s at 400 kbit/s.
 pub const SNAPSHOT_HOLD_MS: u64 = 60_000;
 
+/// How long a snapshot being sent holds the changelog back at most, however its pages are
+/// acknowledged: a peer acknowledging a page a minute would otherwise hold every origin's
+/// changelog (past `max_held_events`) as long as it likes. A receiver slower than this may need
+/// another snapshot after it.
+pub const SNAPSHOT_HOLD_MAX_MS: u64 = 3_600_000;
+
 /// A peer's replication status, for `edgerep status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -275,8 +281,9 @@ pub struct PeerView {
     /// We are sending the peer a snapshot: the page being sent.
     pub snapshot_sending_page: Option<u64>,
     /// The have of the snapshot being sent, while the peer acknowledges its pages (one within
-    /// [`SNAPSHOT_HOLD_MS`] of the last, or of its start): the peer needs the changelog after
-    /// it. A peer that stops acknowledging pages stops holding the changelog back.
+    /// [`SNAPSHOT_HOLD_MS`] of the last, or of its start), for at most [`SNAPSHOT_HOLD_MAX_MS`]:
+    /// the peer needs the changelog after it. A peer that stops acknowledging pages stops
+    /// holding the changelog back.
     pub snapshot_sending_have: Option<Have>,
     /// The peer is sending us a snapshot: the next page expected.
     pub snapshot_receiving_page: Option<u64>,
@@ -1958,7 +1965,10 @@ impl Replica {
             snapshot_sending_page: s.and_then(|s| s.snapshot_out.as_ref()).map(|o| o.page),
             snapshot_sending_have: s
                 .and_then(|s| s.snapshot_out.as_ref())
-                .filter(|o| self.now.saturating_sub(o.moved_ms) < SNAPSHOT_HOLD_MS)
+                .filter(|o| {
+                    self.now.saturating_sub(o.moved_ms) < SNAPSHOT_HOLD_MS
+                        && self.now.saturating_sub(o.began_ms) < SNAPSHOT_HOLD_MAX_MS
+                })
                 .map(|o| o.have.clone()),
             snapshot_receiving_page: s
                 .and_then(|s| s.snapshot_in)

@@ -887,6 +887,44 @@ fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
     );
 }
 
+/// A peer acknowledging a snapshot page now and then held every origin's changelog as long as
+/// it liked (past `max_held_events`): a snapshot holds it for SNAPSHOT_HOLD_MAX_MS at most.
+#[test]
+fn a_snapshot_holds_the_changelog_for_a_bounded_time() {
+    let b = n("b");
+    let mut log = MemLog::with(&evs("a", 1..=400));
+    log.compacted = have_of(&[("a", 2)]);
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    r.set_compacted(&log.compacted);
+    let Some((_, Message::Snapshot { id, page: 0, .. })) = r.poll_transmit(10, &log).unwrap()
+    else {
+        panic!("a snapshot page")
+    };
+    let held = |r: &Replica| r.peer_view(&b).unwrap().snapshot_sending_have;
+    let (mut at, mut page) = (10, 0);
+    while at + SNAPSHOT_HOLD_MS / 2 < 10 + SNAPSHOT_HOLD_MAX_MS {
+        at += SNAPSHOT_HOLD_MS / 2;
+        r.handle(&b, Message::SnapshotAck { id, page }, at).unwrap();
+        page += 1;
+        let sent = r.poll_transmit(at, &log).unwrap();
+        let Some((_, Message::Snapshot { .. })) = sent else {
+            panic!("page {page}: {sent:?}")
+        };
+        assert!(held(&r).is_some(), "held at {at}");
+    }
+    r.handle(
+        &b,
+        Message::SnapshotAck { id, page },
+        10 + SNAPSHOT_HOLD_MAX_MS,
+    )
+    .unwrap();
+    assert_eq!(held(&r), None, "held past SNAPSHOT_HOLD_MAX_MS");
+    assert!(
+        r.peer_view(&b).unwrap().snapshot_sending_page.is_some(),
+        "still sent"
+    );
+}
+
 /// Replica "a" (holding nothing) ready with peer "b".
 fn receiver(peers: &[&str]) -> (Replica, MemLog) {
     let log = MemLog::default();

@@ -37,6 +37,8 @@ pub(crate) struct SnapshotOut {
     pub(crate) last: bool,
     /// When the snapshot began or the peer last acknowledged one of its pages.
     pub(crate) moved_ms: u64,
+    /// When the snapshot began (kept when it resumes on a new connection).
+    pub(crate) began_ms: u64,
     /// Resumed after a lost connection, and no page acknowledged since: if the page sent times
     /// out, the peer did not take it up (it is not the process that merged the earlier pages)
     /// and a new snapshot starts from page 0.
@@ -253,6 +255,7 @@ impl Session {
             sent_at: None,
             last: false,
             moved_ms: now,
+            began_ms: now,
             resumed: false,
         });
         self.next_snapshot_id += 1;
