@@ -81,7 +81,7 @@ fn until_agreed(a: &NodeProcess, max_sessions: u64) -> anyhow::Result<Totals> {
             // Still going when the answer was due: the next call waits for its end (and its
             // whole report).
             if started.elapsed() > Duration::from_secs(600) {
-                bail!("a session still runs after 10 minutes: {report}");
+                bail!("sessions still run 10 minutes after the first call: {report}");
             }
             continue;
         }

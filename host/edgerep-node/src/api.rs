@@ -2184,9 +2184,10 @@ async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
     }
     let writes: Vec<LocalWrite> = outcome.accepted.into_iter().map(|(_, w)| w).collect();
     // The answer is kept with the writes, in their transaction.
+    let key = replay_receipt_key(id);
     let receipt = edgerep_store::idempotency::Receipt {
-        key: replay_receipt_key(id),
-        body: *blake3::hash(replay_receipt_key(id).as_bytes()).as_bytes(),
+        body: *blake3::hash(key.as_bytes()).as_bytes(),
+        key,
         first: 0,
         count: writes.len(),
         extra: Vec::new(),

@@ -82,7 +82,36 @@ pub(crate) struct Admission<'a> {
     /// halts its collection instead (the events wait, nothing is lost): a plugin failing on
     /// every event must not fill the disk, which would stop the whole node. An event the write
     /// policy refuses gets no dead letter past it (it stays in the changelog).
-    pub(crate) dead_letter_room: u64,
+    pub(crate) dead_letter_room: DeadLetterRoom<'a>,
+}
+
+/// How many more dead letters the store may take: read once, when a batch first needs it (most
+/// batches set nothing aside: no store read for them).
+pub(crate) struct DeadLetterRoom<'a> {
+    store: &'a edgerep_store::Store,
+    max: u64,
+    read: std::cell::OnceCell<u64>,
+}
+
+impl<'a> DeadLetterRoom<'a> {
+    /// Room under `max` (`limits.max_dead_letters`) for what `store` holds; none when it cannot
+    /// be read.
+    pub(crate) fn of(store: &'a edgerep_store::Store, max: u64) -> DeadLetterRoom<'a> {
+        DeadLetterRoom {
+            store,
+            max,
+            read: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The room.
+    pub(crate) fn get(&self) -> u64 {
+        *self.read.get_or_init(|| {
+            self.store
+                .dead_letters_count()
+                .map_or(0, |n| self.max.saturating_sub(n))
+        })
+    }
 }
 
 /// Stage of a dead letter for an event refused by the write policy.
@@ -310,7 +339,7 @@ fn shape(
             // A dead letter while there is room for one (a peer sending refused events must
             // not fill the disk); past it the event is only in the changelog, as its origin
             // wrote it.
-            let recorded = (out.dead_letters.len() as u64) < admission.dead_letter_room;
+            let recorded = (out.dead_letters.len() as u64) < admission.dead_letter_room.get();
             static LOG: Throttle = Throttle::new(log_limit::EVERY);
             if let Some(left_out) = LOG.allow() {
                 let kept = if recorded {
@@ -399,7 +428,7 @@ fn shape(
                         ));
                     }
                     FailurePolicy::DeadLetter
-                        if out.dead_letters.len() as u64 >= admission.dead_letter_room =>
+                        if out.dead_letters.len() as u64 >= admission.dead_letter_room.get() =>
                     {
                         return Err(Halt::new(
                             &event.collection,

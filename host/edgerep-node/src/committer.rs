@@ -840,16 +840,7 @@ impl Committer {
 
     /// Commits `writes` as one unit and returns where each landed, once durable.
     pub async fn commit(&self, writes: Vec<LocalWrite>) -> Result<Vec<Committed>, CommitError> {
-        self.commit_replacing(writes, Vec::new()).await
-    }
-
-    /// Commits `writes` and removes the dead letters they replay, in one transaction.
-    pub async fn commit_replacing(
-        &self,
-        writes: Vec<LocalWrite>,
-        dead_letters: Vec<u64>,
-    ) -> Result<Vec<Committed>, CommitError> {
-        self.commit_keyed(writes, dead_letters, Vec::new()).await
+        self.commit_keyed(writes, Vec::new(), Vec::new()).await
     }
 
     /// Waits (at most [`ORIGIN_WAIT`]) until local writes may commit: with peers, once one
@@ -867,8 +858,9 @@ impl Committer {
         Ok(())
     }
 
-    /// Commits `writes` and records `receipts` (idempotency keys, their writes counted from
-    /// the first of `writes`) with them, in one transaction.
+    /// Commits `writes`, removes the `dead_letters` they replay (all there, or nothing is
+    /// committed: [`CommitError::DeadLetterGone`]) and records `receipts` (idempotency keys,
+    /// their writes counted from the first of `writes`) with them, in one transaction.
     pub async fn commit_keyed(
         &self,
         writes: Vec<LocalWrite>,

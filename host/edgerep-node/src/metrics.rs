@@ -77,8 +77,10 @@ impl CommitMetrics {
     }
 
     /// The label of `collection` in per-collection series: its name if it is declared or among
-    /// the first [`MAX_COLLECTION_LABELS`] others seen (decided at first sight: once labelled
-    /// or not, a collection stays so, so no series ever goes down), else [`OTHER_COLLECTIONS`].
+    /// the first [`MAX_COLLECTION_LABELS`] others seen (decided at first sight: once labelled, a
+    /// collection stays so; one under `_other` gets its own label only if a reload declares
+    /// it, and what `_other` counted stays there: no series ever goes down), else
+    /// [`OTHER_COLLECTIONS`].
     fn label_of<'c>(&self, collection: &'c str) -> &'c str {
         let declared = self.declared.read().unwrap_or_else(|e| e.into_inner());
         if declared.contains(collection) {

@@ -633,8 +633,9 @@ pub(crate) struct Identity {
     /// Log lines the plugin may still write, across its calls and instances (see
     /// [`Identity::take_log_line`]).
     log_budget: std::sync::Mutex<LogBudget>,
-    /// Lines suppressed and not yet reported, and when they last were ([`SUPPRESSED_EVERY`]).
+    /// Lines suppressed and not yet reported.
     suppressed: std::sync::atomic::AtomicU64,
+    /// When suppressed lines were last reported (at most every [`SUPPRESSED_EVERY`]).
     suppressed_noticed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
@@ -920,6 +921,8 @@ mod tests {
         let later = start + Duration::from_secs(1);
         let taken = (0..500).filter(|_| identity.take_log_line(later)).count();
         assert_eq!(taken, LOG_LINES_PER_SECOND as usize);
+        // Drained as of an hour on: however long this test takes, no line comes back.
+        while identity.take_log_line(start + Duration::from_secs(3600)) {}
         // Instances share it: a second instance of the same plugin is out of lines too.
         let mut state = HostState::new(Arc::new(identity), 1 << 20);
         state.begin_call();

@@ -172,8 +172,10 @@ pub fn answer(
     }
     // The peer's lists are compared key by key, unless this side holds more there than one
     // answer lists (an empty peer lists the root whole): such a range is split instead (its
-    // children's fingerprints), and the peer lists the children. No answer reads more than
-    // MAX_KEYS of this side's entries into memory, whatever the state's size.
+    // children's fingerprints), and the peer lists the children; one that no longer fits in
+    // the answer (MAX_RANGES) is left for the next session. So an answer reads at most MAX_KEYS
+    // of this side's entries into memory, plus those of single buckets (which cannot be
+    // split), whatever the state's size.
     let mut compare: Vec<&RangeItems> = Vec::with_capacity(items.len());
     for theirs in items {
         let (_, count) = tree.fingerprint(theirs.node)?;

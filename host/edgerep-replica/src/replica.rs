@@ -443,7 +443,8 @@ pub struct Replica {
     /// another peer mean that peer's path is slower (a prune), from this one a resend.
     delivered_by: BTreeMap<NodeId, NodeId>,
     /// Per origin whose events a pruned peer announces beyond what this node holds: the watch
-    /// for the tree delivering them (graft when that takes `graft_after_ms`).
+    /// for the tree delivering them (graft after `graft_after_ms` without progress, or, for an
+    /// origin with no link here, [`LAG_GRAFTS`] times that without catching up).
     stalled: BTreeMap<NodeId, Stall>,
     peers: BTreeMap<NodeId, Peer>,
     /// Per peer ever connected (configured peers only, so bounded), what was exchanged.

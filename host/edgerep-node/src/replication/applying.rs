@@ -52,7 +52,12 @@ impl Replicator {
             own_claims: &own_claims,
             from: &peer,
             pipeline: &self.pipeline,
-            dead_letter_room: u64::MAX,
+            // How many more of the batch's events may be set aside (transforms on apply) or
+            // kept as dead letters for the write policy.
+            dead_letter_room: crate::apply::DeadLetterRoom::of(
+                &self.store,
+                self.config.limits.max_dead_letters,
+            ),
         };
         // Transforms on apply run before the committer checks the seals: a halt keeps the
         // events admission kept, to check them with before a transform's failure may halt
@@ -62,13 +67,6 @@ impl Replicator {
             && events
                 .iter()
                 .any(|e| self.transformed_on_apply.contains(e.collection.as_str()));
-        // How many more of the batch's events may be set aside (transforms on apply) or kept as
-        // dead letters for the write policy.
-        let mut admission = admission;
-        admission.dead_letter_room = match self.store.dead_letters_count() {
-            Ok(n) => self.config.limits.max_dead_letters.saturating_sub(n),
-            Err(_) => 0,
-        };
         let prepared = match crate::apply::prepare(
             &self.pipeline,
             &self.value_limits,
