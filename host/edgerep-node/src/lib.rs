@@ -184,7 +184,13 @@ pub struct RunningNode {
     reloader: Arc<reload::Reloader>,
     traces: Arc<trace::Traces>,
     disk_failed: watch::Receiver<Option<String>>,
+    /// The store, to wait until every holder let it go (its file is then free to open again).
+    store: std::sync::Weak<Store>,
 }
+
+/// How long a stopping node waits for the last holders of its store (a blocking read an API
+/// request began, say) to let it go.
+const STORE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl RunningNode {
     /// Takes in a changed config without a restart (see [`reload`]); on an error nothing
@@ -227,6 +233,19 @@ impl RunningNode {
         let _ = tokio::task::spawn_blocking(move || committer.join()).await;
         let traces = self.traces;
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        // Returned once the store's file is closed, so that it can be opened again at once (a
+        // restart in the same process, a tool): a read an API request began on a blocking
+        // thread may still hold it for a moment after the server stopped.
+        let deadline = std::time::Instant::now() + STORE_RELEASE_WAIT;
+        while self.store.strong_count() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if self.store.strong_count() > 0 {
+            tracing::warn!(
+                "the store is still held {} s after the node stopped",
+                STORE_RELEASE_WAIT.as_secs()
+            );
+        }
         if let Some(reason) = self.disk_failed.borrow().clone() {
             return Err(NodeError::DiskFailed(reason));
         }
@@ -411,6 +430,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         ))
         .map_err(store_error)?;
     let store = writer.reader();
+    let store_held = Arc::downgrade(&store);
     // The store checks its state beside the first writes; its finding is logged when it has one.
     {
         let store = Arc::downgrade(&store);
@@ -606,6 +626,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         reloader,
         traces,
         disk_failed,
+        store: store_held,
     })
 }
 
