@@ -230,9 +230,7 @@ impl Pipeline {
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         for (collection, by_peer) in paused.iter_mut() {
             by_peer.retain(|peer, pause| {
-                let has_it = config
-                    .collection(collection)
-                    .is_some_and(|c| c.upgrades.iter().any(|u| u.from_ms == pause.from_ms));
+                let has_it = has_upgrade(config, collection, pause.from_ms);
                 let still_a_peer =
                     config.peers.iter().any(|p| p.id == *peer) && !config.is_revoked(peer);
                 !has_it && still_a_peer
@@ -845,4 +843,12 @@ fn change_to_write(c: Change) -> LocalWrite {
         schema: c.schema,
         meta: c.meta,
     }
+}
+
+/// Whether `config` gives `collection` the upgrade effective from `from_ms` (what a pause for a
+/// peer's upgrade waits for).
+pub(crate) fn has_upgrade(config: &Config, collection: &str, from_ms: u64) -> bool {
+    config
+        .collection(collection)
+        .is_some_and(|c| c.upgrades.iter().any(|u| u.from_ms == from_ms))
 }

@@ -1022,11 +1022,7 @@ impl Replicator {
                     from_ms,
                 } => {
                     // (Judged by the core's fingerprint; this config may have the upgrade by now.)
-                    let has_it = self
-                        .config
-                        .collection(&collection)
-                        .is_some_and(|c| c.upgrades.iter().any(|u| u.from_ms == from_ms));
-                    if has_it {
+                    if crate::pipeline::has_upgrade(&self.config, &collection, from_ms) {
                         continue;
                     }
                     self.pipeline.pause(

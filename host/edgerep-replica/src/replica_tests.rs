@@ -853,13 +853,11 @@ fn a_busy_link_holds_the_resend_timers_back() {
     assert_eq!(r.poll_transmit(22_750, &log).unwrap(), first);
 }
 
-/// A snapshot being sent holds the changelog back (its have in the peer's view) only while the
-/// peer acknowledges its pages: one that reads them and never acknowledges (while its Acks
-/// keep it counted) held compaction for good.
-#[test]
-fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
-    let b = n("b");
-    let mut log = MemLog::with(&evs("a", 1..=4));
+/// Replica "a" holding events 1..=`events` of its own with 1 and 2 compacted, ready with peer "b"
+/// (which holds nothing), having sent b the first page of a snapshot at t = 10 (2 events a
+/// page); returns the replica, its log and the snapshot's id.
+fn sending_a_snapshot(events: u64) -> (Replica, MemLog, u64) {
+    let mut log = MemLog::with(&evs("a", 1..=events));
     log.compacted = have_of(&[("a", 2)]);
     let mut r = ready(&log, config(100, 2), &["b"]);
     r.set_compacted(&log.compacted);
@@ -867,6 +865,16 @@ fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
     else {
         panic!("a snapshot page")
     };
+    (r, log, id)
+}
+
+/// A snapshot being sent holds the changelog back (its have in the peer's view) only while the
+/// peer acknowledges its pages: one that reads them and never acknowledges (while its Acks
+/// keep it counted) held compaction for good.
+#[test]
+fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
+    let b = n("b");
+    let (mut r, log, id) = sending_a_snapshot(4);
     let held = |r: &Replica| r.peer_view(&b).unwrap().snapshot_sending_have;
     assert_eq!(held(&r), Some(have_of(&[("a", 4)])));
     // A page acknowledged renews the hold.
@@ -892,14 +900,7 @@ fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
 #[test]
 fn a_snapshot_holds_the_changelog_for_a_bounded_time() {
     let b = n("b");
-    let mut log = MemLog::with(&evs("a", 1..=400));
-    log.compacted = have_of(&[("a", 2)]);
-    let mut r = ready(&log, config(100, 2), &["b"]);
-    r.set_compacted(&log.compacted);
-    let Some((_, Message::Snapshot { id, page: 0, .. })) = r.poll_transmit(10, &log).unwrap()
-    else {
-        panic!("a snapshot page")
-    };
+    let (mut r, log, id) = sending_a_snapshot(400);
     let held = |r: &Replica| r.peer_view(&b).unwrap().snapshot_sending_have;
     let (mut at, mut page) = (10, 0);
     while at + SNAPSHOT_HOLD_MS / 2 < 10 + SNAPSHOT_HOLD_MAX_MS {

@@ -226,13 +226,15 @@ mod tests {
         let verifier = Verifier::new(&a).unwrap();
         // Issued 12 hours ago, expired an hour ago (the CA's own validity starts a day back).
         let now = time::OffsetDateTime::now_utc();
-        let old = ca
-            .issue_node_valid(
+        let expired = |ca: &Ca| {
+            ca.issue_node_valid(
                 "b",
                 now - time::Duration::hours(12),
                 now - time::Duration::hours(1),
             )
-            .unwrap();
+            .unwrap()
+        };
+        let old = expired(&ca);
         // Its key signs as it did while it was valid (an Identity, for TLS, refuses it now).
         let (cert_pem, key_pem) = old.to_pem();
         assert!(Identity::from_pem(ca.cert_pem(), &cert_pem, &key_pem).is_err());
@@ -251,14 +253,7 @@ mod tests {
         assert_eq!(key.node.as_str(), "b");
         verifier.verify(&key, b"seal", &sig).unwrap();
         // Another CA's certificate is still refused, however old.
-        let other = Ca::generate("other").unwrap();
-        let stranger = other
-            .issue_node_valid(
-                "b",
-                now - time::Duration::hours(12),
-                now - time::Duration::hours(1),
-            )
-            .unwrap();
+        let stranger = expired(&Ca::generate("other").unwrap());
         assert!(matches!(
             verifier.check_cert(stranger.cert_der()),
             Err(SealError::NotOfDeployment(_))

@@ -681,14 +681,8 @@ fn revoking_the_only_peer_by_reload_opens_the_origin_gate() {
         assert!(Instant::now() < deadline, "not waiting: {}", status(&n1));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let text = std::fs::read_to_string(&configs[0]).unwrap();
-    std::fs::write(
-        &configs[0],
-        format!("{text}\n[[revoked]]\nnode = \"node-2\"\nafter_seq = 0\n"),
-    )
-    .unwrap();
-    let o = common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    common::revoke_in_config(&configs[0], "node-2", 0);
+    common::reload(&configs[0]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while check().is_string() {
         assert!(Instant::now() < deadline, "still waiting: {}", status(&n1));

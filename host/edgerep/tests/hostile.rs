@@ -766,12 +766,7 @@ fn a_revoked_node_is_cut_off_on_sighup() {
     assert_eq!(get(&n1, "c", "before").0, 200, "node-1 serves on");
     std::fs::write(&configs[0], &good).unwrap();
     for (config, node) in [(&configs[0], &n1), (&configs[2], &n3)] {
-        let text = std::fs::read_to_string(config).unwrap();
-        std::fs::write(
-            config,
-            format!("{text}\n[[revoked]]\nnode = \"node-2\"\nafter_seq = 1\n"),
-        )
-        .unwrap();
+        common::revoke_in_config(config, "node-2", 1);
         common::send_signal(node.child.id() as i32, "HUP");
     }
     let reason = h.closed_within(Duration::from_secs(5));
@@ -1321,14 +1316,8 @@ fn a_peer_announcing_an_upgrade_nobody_configured_pauses_only_until_it_is_revoke
         "{body}"
     );
     // The operator revokes the lying peer: its pause ends with the reload.
-    let text = std::fs::read_to_string(&configs[0]).unwrap();
-    std::fs::write(
-        &configs[0],
-        format!("{text}\n[[revoked]]\nnode = \"node-2\"\nafter_seq = 0\n"),
-    )
-    .unwrap();
-    let o = common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    common::revoke_in_config(&configs[0], "node-2", 0);
+    common::reload(&configs[0]);
     assert!(status(&n1)["paused_collections"]["c"].is_null());
     put(&n1, "c", "after", r#"{"v":3}"#);
 }

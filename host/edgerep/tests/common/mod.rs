@@ -182,6 +182,23 @@ pub fn cluster(dir: &Path, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Appends a `[[revoked]]` entry for `node` after `after_seq` to the config file at `config`
+/// (taken in at the next reload).
+pub fn revoke_in_config(config: &Path, node: &str, after_seq: u64) {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        format!("{text}\n[[revoked]]\nnode = \"{node}\"\nafter_seq = {after_seq}\n"),
+    )
+    .unwrap();
+}
+
+/// `edgerep reload --config CONFIG`; panics unless it succeeds.
+pub fn reload(config: &Path) {
+    let o = edgerep(&["reload", "--config", config.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// PUTs a JSON value and returns the sequence number the node gave it; panics unless 200.
 pub fn put(node: &Node, collection: &str, key: &str, json: &str) -> u64 {
     let mut r = agent()
