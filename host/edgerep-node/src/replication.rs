@@ -393,6 +393,7 @@ pub fn start(
     };
     let local = config.node.id.clone();
     let declared = &config.collections.declared;
+    let origin_open = origin_gate.borrow().is_none();
     let mut replicator = Replicator {
         core: Replica::new(local.clone(), core_config),
         log: {
@@ -435,10 +436,8 @@ pub fn start(
         peer_have: BTreeMap::new(),
         saved_at: Instant::now(),
         config: config.clone(),
-        origin_gate: {
-            let closed = origin_gate.borrow().is_some();
-            closed.then_some(origin_gate)
-        },
+        origin_open,
+        origin_gate,
         reports: Reports::default(),
         instances: BTreeMap::new(),
         duplicates: BTreeMap::new(),
@@ -616,7 +615,10 @@ struct Replicator {
     config: Config,
     /// Open (`None`) once a peer said how far it holds this node's own events and this node
     /// holds at least that much; until then local writes wait (see `crate::committer`).
-    origin_gate: Option<watch::Sender<Option<String>>>,
+    /// Closed again when a peer shows later that it holds more of them than this node does.
+    origin_gate: watch::Sender<Option<String>>,
+    /// The gate was opened (by the peers' claims, or from the start: `--alone`, no peers).
+    origin_open: bool,
     reports: Reports,
     /// Per peer, the instances of its last sessions, newest last (at most 3).
     instances: BTreeMap<NodeId, VecDeque<(u64, Instant)>>,
@@ -1074,8 +1076,8 @@ impl Replicator {
         self.halted = Some(format!("collection {:?}: {}", halt.collection, halt.reason));
     }
 
-    /// Tells the core which links still carry what was sent to them: frames queued here, or
-    /// stream data leaving over QUIC since the last look. Their resend timers wait (a batch
+    /// Tells the core each link's round trip, and which links still carry what was sent to
+    /// them: frames queued here, or stream data leaving over QUIC since the last look. Their resend timers wait (a batch
     /// takes longer than the timer on a slow link; resending would queue copies behind it).
     fn note_busy_links(&mut self, now: u64) {
         if self.links_seen_at.elapsed() < LINK_LOOK_EVERY {
@@ -1084,6 +1086,8 @@ impl Replicator {
         self.links_seen_at = Instant::now();
         let mut stuck = Vec::new();
         for (peer, live) in &mut self.conns {
+            let rtt_ms = u64::try_from(live.conn.rtt().as_millis()).unwrap_or(u64::MAX);
+            self.core.set_link_rtt(peer, rtt_ms);
             let sent = live.conn.stream_frames_sent();
             let moving = sent > live.frames_seen;
             live.frames_seen = sent;

@@ -902,7 +902,8 @@ impl Replica {
                     }
                 }
                 let deferred = s.rewinds_deferred;
-                if s.on_ack(&have, rewind, self.config.retransmit_after_ms / 4, now) {
+                let rewind_gap = s.rewind_gap(self.config.retransmit_after_ms);
+                if s.on_ack(&have, rewind, rewind_gap, now) {
                     self.outputs.push_back(Output::Acked {
                         peer: peer.clone(),
                         have: s.acked.clone(),
@@ -1154,12 +1155,12 @@ impl Replica {
     /// accepted cursors out as one Apply. The peer has no outstanding Apply.
     fn receive(&mut self, peer: &NodeId, batches: Vec<Batch>, now: u64) {
         let (apply_duplicates, ack_before_apply) = (self.apply_duplicates, self.ack_before_apply);
-        let retransmit_after = self.config.retransmit_after_ms;
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
         debug_assert!(!p.busy());
         let Some(s) = p.session.as_mut() else { return };
+        let retransmit_after = s.retransmit_after(self.config.retransmit_after_ms);
         let counters = self.counters.entry(peer.clone()).or_default();
         let mut out = Vec::new();
         let mut handed = Have::new();
@@ -1282,7 +1283,7 @@ impl Replica {
                 for (origin, &seq) in &handed {
                     let held = have::get(&self.local_have, origin);
                     if held < seq && s.held_back_asked.get(origin).map(|a| a.held) != Some(held) {
-                        let wait = self.config.retransmit_after_ms;
+                        let wait = s.retransmit_after(self.config.retransmit_after_ms);
                         s.held_back_asked.insert(
                             origin.clone(),
                             HeldBackAsk {
@@ -1387,9 +1388,9 @@ impl Replica {
     pub fn handle_timeout(&mut self, now: u64) {
         self.tick(now);
         let after = self.config.retransmit_after_ms;
-        let rewind_gap = after / 4;
         let (local_have, have_version) = (&self.local_have, self.have_version);
         for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
+            let rewind_gap = s.rewind_gap(after);
             if s.deadline(after).is_some_and(|d| now >= d) {
                 s.go_back(now);
             }
@@ -1449,7 +1450,7 @@ impl Replica {
                 [
                     s.deadline(after),
                     s.snapshot_deadline(after),
-                    s.rewind_deadline(after / 4),
+                    s.rewind_deadline(s.rewind_gap(after)),
                     s.held_back_asked.values().map(HeldBackAsk::due).min(),
                 ]
             })
@@ -1913,6 +1914,15 @@ impl Replica {
     pub fn link_busy(&mut self, peer: &NodeId, now: u64) {
         if let Some(s) = self.peers.get_mut(peer).and_then(|p| p.session.as_mut()) {
             s.link_busy(now);
+        }
+    }
+
+    /// The link to `peer` takes `rtt_ms` per round trip (the transport's estimate): the timers
+    /// waiting for its answers allow for that. Bounded at a minute (a peer slowing its answers
+    /// on purpose only slows its own session).
+    pub fn set_link_rtt(&mut self, peer: &NodeId, rtt_ms: u64) {
+        if let Some(s) = self.peers.get_mut(peer).and_then(|p| p.session.as_mut()) {
+            s.rtt_ms = rtt_ms.min(60_000);
         }
     }
 

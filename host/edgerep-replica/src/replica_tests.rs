@@ -853,6 +853,50 @@ fn a_busy_link_holds_the_resend_timers_back() {
     assert_eq!(r.poll_transmit(22_750, &log).unwrap(), first);
 }
 
+/// On a link of seconds per round trip (a cellular one), the resend and snapshot-page timers
+/// allow two round trips more, and asks for a go-back are taken one round trip apart: a fixed
+/// 3 s timer would send again what is still on its way, and a resumed snapshot would start over.
+#[test]
+fn the_resend_timers_allow_for_the_links_round_trip() {
+    let log = MemLog::with(&evs("a", 1..=2));
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    let b = n("b");
+    r.set_link_rtt(&b, 2_500);
+    sent_dots(r.poll_transmit(10, &log).unwrap());
+    // 3 s + 2 × 2.5 s after the send.
+    assert_eq!(r.poll_timeout(), Some(8_010));
+    r.handle_timeout(8_009);
+    assert_eq!(r.poll_transmit(8_009, &log).unwrap(), None, "resent early");
+    r.handle_timeout(8_010);
+    assert_eq!(
+        sent_dots(r.poll_transmit(8_010, &log).unwrap()).1,
+        dots(&[("a", 1), ("a", 2)])
+    );
+    // A rewind asked right after that go-back waits 750 ms + one round trip.
+    r.handle(&b, ack(&[], true), 8_020).unwrap();
+    assert_eq!(r.poll_transmit(8_020, &log).unwrap(), None);
+    assert_eq!(r.poll_timeout(), Some(8_010 + 750 + 2_500));
+
+    // A snapshot page the same way; the round trip is bounded (a minute).
+    let mut log = MemLog::with(&evs("a", 1..=4));
+    log.compacted = have_of(&[("a", 2)]);
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    r.set_compacted(&log.compacted);
+    r.set_link_rtt(&b, 2_500);
+    let first = r.poll_transmit(10, &log).unwrap();
+    assert!(matches!(first, Some((_, Message::Snapshot { .. }))));
+    r.handle_timeout(8_009);
+    assert_eq!(
+        r.poll_transmit(8_009, &log).unwrap(),
+        None,
+        "page resent early"
+    );
+    r.handle_timeout(8_010);
+    assert_eq!(r.poll_transmit(8_010, &log).unwrap(), first);
+    r.set_link_rtt(&b, u64::MAX);
+    assert_eq!(r.poll_timeout(), Some(8_010 + 3_000 + 120_000));
+}
+
 /// Replica "a" holding events 1..=`events` of its own with 1 and 2 compacted, ready with peer "b"
 /// (which holds nothing), having sent b the first page of a snapshot at t = 10 (2 events a
 /// page); returns the replica, its log and the snapshot's id.

@@ -154,6 +154,9 @@ pub(crate) struct Session {
     pub(crate) snapshot_ack_due: Option<(u64, u64)>,
     /// A page that waits for the peer's outstanding apply.
     pub(crate) pending_page: Option<PendingPage>,
+    /// The link's round trip as the caller last measured it (0 until then): the timers that
+    /// wait for the peer's answer allow for it (see [`Session::retransmit_after`]).
+    pub(crate) rtt_ms: u64,
 }
 
 /// This peer was asked to send an origin's events again, after the caller held them back (what
@@ -225,6 +228,7 @@ impl Session {
             snapshot_in: None,
             snapshot_ack_due: None,
             pending_page: None,
+            rtt_ms: 0,
         }
     }
 
@@ -261,10 +265,25 @@ impl Session {
         self.next_snapshot_id += 1;
     }
 
+    /// How long this link's answers may take before what they answer is sent (or asked for)
+    /// again: the configured wait plus two round trips (the answer comes one round trip after
+    /// the last byte left at best, and QUIC's own resend of a lost packet takes about another).
+    /// On a link of seconds per round trip (a cellular one) a fixed wait would resend, or ask
+    /// again for, what is still on its way.
+    pub(crate) fn retransmit_after(&self, configured_ms: u64) -> u64 {
+        configured_ms.saturating_add(self.rtt_ms.saturating_mul(2))
+    }
+
+    /// The least time between two go-backs the peer asks for (see `rewound`): a quarter of the
+    /// configured wait plus a round trip (an ask may be about what a go-back sent already).
+    pub(crate) fn rewind_gap(&self, configured_ms: u64) -> u64 {
+        (configured_ms / 4).saturating_add(self.rtt_ms)
+    }
+
     /// When the snapshot page in flight should be sent again.
-    pub(crate) fn snapshot_deadline(&self, retransmit_after_ms: u64) -> Option<u64> {
+    pub(crate) fn snapshot_deadline(&self, configured_ms: u64) -> Option<u64> {
         let sent_at = self.snapshot_out.as_ref()?.sent_at?;
-        Some(sent_at.saturating_add(retransmit_after_ms))
+        Some(sent_at.saturating_add(self.retransmit_after(configured_ms)))
     }
 
     pub(crate) fn ready(&self) -> bool {
@@ -401,9 +420,11 @@ impl Session {
     }
 
     /// When the go-back-N timer fires, if anything is in flight.
-    pub(crate) fn deadline(&self, retransmit_after_ms: u64) -> Option<u64> {
-        (self.ready() && self.in_flight > 0)
-            .then(|| self.progress_ms.saturating_add(retransmit_after_ms))
+    pub(crate) fn deadline(&self, configured_ms: u64) -> Option<u64> {
+        (self.ready() && self.in_flight > 0).then(|| {
+            self.progress_ms
+                .saturating_add(self.retransmit_after(configured_ms))
+        })
     }
 
     /// Asks for an Ack; a rewind request is never downgraded by a later plain one.

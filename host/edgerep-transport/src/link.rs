@@ -97,6 +97,12 @@ impl PeerConnection {
         self.conn.stats().frame_tx.stream
     }
 
+    /// QUIC's current estimate of the round trip to the peer (smoothed): what timers that wait
+    /// for the peer's answer must allow for on a slow link.
+    pub fn rtt(&self) -> std::time::Duration {
+        self.conn.rtt()
+    }
+
     /// Why the connection closed (ours or the peer's, in words), if it has.
     pub fn close_reason(&self) -> Option<String> {
         self.conn.close_reason().map(|e| describe_close(&e))

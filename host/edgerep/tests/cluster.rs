@@ -6,11 +6,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::proxy::proxied;
 use common::{Node, agent, built_plugin, cluster, converge, get, put, status};
 
 /// Writes `n` events in batches of 500 on `node`; returns the last seq.
@@ -150,79 +151,6 @@ fn a_killed_node_catches_up_and_nothing_acknowledged_is_lost() {
     }
 }
 
-/// A UDP relay standing between two nodes: forwards datagrams both ways unless cut.
-struct Proxy {
-    addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    fn start(target: SocketAddr) -> Proxy {
-        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
-        front
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        back.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let addr = front.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
-        for (from, to, forward) in [(front, back, true), (back2, front2, false)] {
-            let (cut, stop, client) = (cut.clone(), stop.clone(), client.clone());
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65_536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, src)) = from.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    if cut.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    if forward {
-                        *client.lock().unwrap() = Some(src);
-                        let _ = to.send_to(&buf[..n], target);
-                    } else if let Some(c) = *client.lock().unwrap() {
-                        let _ = to.send_to(&buf[..n], c);
-                    }
-                }
-            });
-        }
-        Proxy { addr, cut, stop }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Routes each `(from, to)` link through a [`Proxy`]: `from`'s config names the proxy as
-/// `to`'s address.
-fn proxied(configs: &[std::path::PathBuf], links: &[(usize, usize)]) -> Vec<Proxy> {
-    links
-        .iter()
-        .map(|&(from, to)| {
-            let listen = edgerep_config::Config::load(&configs[to])
-                .unwrap()
-                .replication
-                .listen;
-            let proxy = Proxy::start(listen);
-            let text = std::fs::read_to_string(&configs[from]).unwrap();
-            let text = text.replace(
-                &format!("address = \"{listen}\""),
-                &format!("address = \"{}\"", proxy.addr),
-            );
-            std::fs::write(&configs[from], text).unwrap();
-            proxy
-        })
-        .collect()
-}
-
 #[test]
 fn a_partition_heals_and_both_sides_converge() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,7 +160,7 @@ fn a_partition_heals_and_both_sides_converge() {
     let proxies = proxied(&configs, &[(0, 1), (1, 0)]);
     let cut = |on: bool| {
         for p in &proxies {
-            p.cut.store(on, Ordering::Relaxed);
+            p.cut(on);
         }
     };
     let n1 = Node::start(&configs[0]);
@@ -334,7 +262,7 @@ fn a_mesh_sends_each_write_once_per_link_and_a_silent_link_is_routed_around() {
     );
 
     for p in &proxies {
-        p.cut.store(true, Ordering::Relaxed);
+        p.cut(true);
     }
     let started = Instant::now();
     let last = put_many(&nodes[0], "silent", 200);
@@ -355,7 +283,7 @@ fn a_mesh_sends_each_write_once_per_link_and_a_silent_link_is_routed_around() {
     }
     println!("node-1's events reached node-3 around the silent link in {took:?}");
     for p in &proxies {
-        p.cut.store(false, Ordering::Relaxed);
+        p.cut(false);
     }
     converge(&[&nodes[0], &nodes[1], &nodes[2]], Duration::from_secs(60));
 }
@@ -1093,6 +1021,70 @@ fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
         assert_eq!(st["replication"]["forks_total"], 0, "{st}");
     }
     assert_eq!(get(&n1, "c", "k5").1, r#"{"v":5}"#);
+}
+
+/// A careless operator restores node-1 from a backup and starts it `--alone` (no peer is asked
+/// how far it holds node-1's events): its first write takes a number node-2 already holds, a
+/// fork. When node-2 connects and proves (node-1's own seal) that it holds node-1's events up
+/// to 5, node-1 stops taking writes, saying why, instead of signing a longer second history.
+#[test]
+fn a_restored_node_started_alone_stops_writing_once_a_peer_proves_it_is_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let data = edgerep_config::Config::load(&configs[0])
+        .unwrap()
+        .node
+        .data_dir;
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "c", "k1", r#"{"v":1}"#);
+    put(&n1, "c", "k2", r#"{"v":2}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    n1.terminate();
+    let backup = dir.path().join("backup");
+    std::fs::create_dir_all(&backup).unwrap();
+    for e in std::fs::read_dir(&data).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), backup.join(e.file_name())).unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    for k in 3..=5 {
+        put(&n1, "c", &format!("k{k}"), &format!(r#"{{"v":{k}}}"#));
+    }
+    wait_for_origin(&n2, "node-1", 5, Duration::from_secs(30));
+    n1.terminate();
+    n2.terminate();
+    // The restore, and a start that asks nobody.
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    for e in std::fs::read_dir(&backup).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
+    }
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    assert_eq!(put(&n1, "c", "forked", r#"{"v":3}"#), 3);
+    let _n2 = Node::start(&configs[1]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        let s = status(&n1);
+        if let Some(why) = s["replication"]["origin_check"].as_str() {
+            break why.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the gate stayed open: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(why.contains("up to 3, peers hold them up to"), "{why}");
+    let mut r = agent()
+        .put(&n1.url("/v1/kv/c/after"))
+        .content_type("application/json")
+        .send(r#"{"v":4}"#.as_bytes())
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status(), 503, "{body}");
+    assert!(body.contains("origin_unconfirmed"), "{body}");
+    assert_eq!(status(&n1)["origins"]["node-1"], 3);
+    let log = std::fs::read_to_string(&n1.log).unwrap();
+    assert!(log.contains("restored from a backup"), "{log}");
 }
 
 /// A careless operator issues node-1 a new certificate (and so a new key) and restarts it on

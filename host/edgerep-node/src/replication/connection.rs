@@ -127,14 +127,24 @@ impl Precheck {
     }
 }
 
-/// Whether `peer` holds a live connection it dialed to this node: from `from`, or from
-/// anywhere when `None`.
-fn connected_from(accepted: &Accepted, peer: &NodeId, from: Option<std::net::SocketAddr>) -> bool {
+/// Whether `peer` holds a live connection it dialed to this node: from one of `from`, or
+/// from anywhere when `from` is empty.
+fn connected_to_us(accepted: &Accepted, peer: &NodeId, from: &[std::net::SocketAddr]) -> bool {
     accepted
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(peer)
-        .is_some_and(|c| c.close_reason().is_none() && from.is_none_or(|a| c.remote == a))
+        .is_some_and(|c| {
+            c.close_reason().is_none() && (from.is_empty() || from.contains(&c.remote))
+        })
+}
+
+/// The addresses `address` names now (none when it does not resolve).
+async fn addresses_of(address: &str) -> Vec<std::net::SocketAddr> {
+    tokio::net::lookup_host(address)
+        .await
+        .map(|a| a.collect())
+        .unwrap_or_default()
 }
 
 /// Dials `peer` at `address`: again whenever the connection ends when this node is the one of
@@ -161,11 +171,15 @@ pub(super) fn spawn_dialer(
         // only when the peer stays away (it may not reach us): a peer that redials within
         // seconds, as the dialing side does, is not displaced.
         return runtime.spawn(async move {
-            let peer_connected = || connected_from(&accepted, &peer, None);
+            let peer_connected = || connected_to_us(&accepted, &peer, &[]);
             let mut id = 1u64 << 31;
             let mut undialed_for = UNDIALED_FOR / 2;
             loop {
                 let began = Instant::now();
+                // Whether the peer answered (a connection, or a refusal): an address that does
+                // not resolve says nothing about the peer (a link down takes the name server
+                // with it) and must not put off the next dial.
+                let mut answered = true;
                 match transport.connect(&peer, &address).await {
                     Ok(conn) if peer_connected() => {
                         conn.close(CloseCode::Normal, "the peer connected already");
@@ -182,13 +196,14 @@ pub(super) fn spawn_dialer(
                         .await;
                     }
                     Err(e) => {
+                        answered = !matches!(e, edgerep_transport::ConnectError::Resolve { .. });
                         tracing::debug!(peer = %peer, "dial failed: {}", edgerep_wire::text::one_line(&e.to_string()));
                     }
                 }
                 id += 1;
                 // A peer that ends every connection at once (it revoked this node, or no
                 // longer lists it) is dialed ever less often.
-                if began.elapsed() >= DIAL_LASTED {
+                if began.elapsed() >= DIAL_LASTED || !answered {
                     undialed_for = UNDIALED_FOR;
                 } else {
                     undialed_for = (undialed_for * 2).min(UNDIALED_FOR_MAX);
@@ -210,20 +225,24 @@ pub(super) fn spawn_dialer(
         let mut id = 0u64;
         loop {
             // The peer connected to us meanwhile from the address we dial (it restarted and
-            // dialed once: its endpoint dials from the port it listens on): dial again only
-            // once that connection has ended. A connection under its id from elsewhere (a
-            // clone of the node) does not stop the dialer: the two displace each other and the
-            // replicator reports the duplicate id.
-            let dialed: Option<std::net::SocketAddr> = address.parse().ok();
-            let connected_to_us = || dialed.is_some() && connected_from(&accepted, &peer, dialed);
-            while connected_to_us() {
+            // dialed once: its endpoint dials from the port it listens on, which the address
+            // names, resolved now if it is a name): dial again only once that connection has
+            // ended. A connection under its id from elsewhere (a clone of the node) does not
+            // stop the dialer: the two displace each other and the replicator reports the
+            // duplicate id.
+            let dialed = addresses_of(&address).await;
+            let peer_connected = || !dialed.is_empty() && connected_to_us(&accepted, &peer, &dialed);
+            while peer_connected() {
                 tokio::time::sleep(DIAL_MIN).await;
             }
+            // Connected from elsewhere (the peer is behind a NAT this node cannot dial through,
+            // or it is a clone): a dial that fails says nothing new, and is tried less often.
+            let connected_elsewhere = || connected_to_us(&accepted, &peer, &[]);
             match transport.connect(&peer, &address).await {
                 // A dial that began while the peer was down completes once it is up, maybe
                 // after the peer's own connection: closed before any stream, it replaces
                 // nothing.
-                Ok(conn) if connected_to_us() => {
+                Ok(conn) if peer_connected() => {
                     conn.close(CloseCode::Normal, "the peer connected already");
                 }
                 Ok(conn) => {
@@ -241,6 +260,9 @@ pub(super) fn spawn_dialer(
                     if began.elapsed() >= DIAL_LASTED {
                         backoff = DIAL_MIN;
                     }
+                }
+                Err(_) if connected_elsewhere() => {
+                    backoff = UNDIALED_FOR;
                 }
                 Err(e) => {
                     let reason = e.to_string();
@@ -275,10 +297,13 @@ pub(super) async fn serve_connection(
 ) {
     let peer = conn.peer.clone();
     let max_frame = limits.max_frame_bytes as u32;
+    // Six round trips more on a slow link: the dialer's first frame, lost once or twice, takes
+    // QUIC that long to deliver again.
+    let within = LINK_WITHIN + conn.rtt().min(LINK_WITHIN) * 6;
     let link = if dialer {
-        tokio::time::timeout(LINK_WITHIN, conn.open_link(max_frame)).await
+        tokio::time::timeout(within, conn.open_link(max_frame)).await
     } else {
-        tokio::time::timeout(LINK_WITHIN, conn.accept_link(max_frame)).await
+        tokio::time::timeout(within, conn.accept_link(max_frame)).await
     };
     let (mut send, mut recv) = match link {
         Ok(Ok(l)) => l,
@@ -291,7 +316,7 @@ pub(super) async fn serve_connection(
             return;
         }
         Err(_) => {
-            let reason = format!("no stream opened within {} s", LINK_WITHIN.as_secs());
+            let reason = format!("no stream opened within {} s", within.as_secs());
             conn.close(CloseCode::Protocol, &reason);
             let _ = inbox.send(Input::Disconnected { peer, id, reason });
             return;

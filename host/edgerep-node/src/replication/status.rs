@@ -334,7 +334,7 @@ impl super::Replicator {
         if let Ok(mut s) = self.status.lock() {
             s.peers = peers;
             s.halted = self.halted.clone();
-            s.origin_check = self.origin_gate.as_ref().and_then(|g| g.borrow().clone());
+            s.origin_check = self.origin_gate.borrow().clone();
             s.forks = self.reports.forks.iter().cloned().collect();
             s.forks_total = self.reports.forks_total;
             s.refused = self.reports.refused.iter().cloned().collect();

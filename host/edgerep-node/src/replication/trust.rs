@@ -55,9 +55,10 @@ impl Replicator {
     /// a peer that lags (or lies low) must not open the gate before one that holds more spoke.
     /// A claim above what this node holds keeps it closed until those events are back.
     pub(super) fn check_origin(&mut self) {
-        let Some(gate) = &self.origin_gate else {
+        if self.origin_open {
             return;
-        };
+        }
+        let gate = &self.origin_gate;
         // No peer left to say it (a reload removed or revoked them all): as at a start with
         // this config, nobody is waited for.
         if self.peers.iter().all(|(p, _)| self.config.is_revoked(p)) {
@@ -65,7 +66,7 @@ impl Replicator {
                 "no peer left to say how far it holds this node's own events (all removed or revoked): taking writes"
             );
             gate.send_replace(None);
-            self.origin_gate = None;
+            self.origin_open = true;
             return;
         }
         let Some(first) = self.origin_first_claim else {
@@ -98,7 +99,7 @@ impl Replicator {
         } else if all_heard || first.elapsed() >= ORIGIN_GRACE {
             tracing::info!(peer = %top_peer, "peers hold this node's own events up to {top} at most ({:?}), this node up to {held}: taking writes", claims());
             gate.send_replace(None);
-            self.origin_gate = None;
+            self.origin_open = true;
             return;
         } else {
             format!(
@@ -154,9 +155,21 @@ impl Replicator {
     }
 
     /// Records `peer`'s claim of how far it holds this node's own events, and checks the gate.
+    /// A claim above what this node holds after the gate opened (a peer that lagged, or none,
+    /// answered in time after a restore from a backup, or `--alone`) closes it again: every
+    /// write from here would sign a second history under numbers the peer holds. The gate
+    /// opens again once those events are back.
     pub(super) fn origin_claimed(&mut self, peer: NodeId, claim: u64) {
-        if self.origin_gate.is_none() {
-            return;
+        if self.origin_open {
+            let local = self.core.local();
+            let held = self.core.local_have().get(local).copied().unwrap_or(0);
+            if claim <= held {
+                return;
+            }
+            tracing::error!(peer = %peer, "the peer holds this node's own events up to {claim}, this node only up to {held} (its store was restored from a backup, or lost data): local writes are refused until the missing events are back from the peers; if this node wrote since (status lists forks), those writes are a second history its peers refuse: move its store aside and start it empty to take its history back from the peers");
+            self.origin_open = false;
+            self.origin_first_claim = None;
+            self.origin_claims.clear();
         }
         self.origin_first_claim.get_or_insert_with(Instant::now);
         self.origin_claims.insert(peer, claim);
