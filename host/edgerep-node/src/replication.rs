@@ -809,8 +809,10 @@ impl Replicator {
         self.last_error.remove(&peer);
         // The handshake on this link says again whether the configs differ.
         self.mismatches.remove(&peer);
+        let rtt_ms = u64::try_from(live.conn.rtt().as_millis()).unwrap_or(u64::MAX);
         self.conns.insert(peer.clone(), live);
         self.core.connected(&peer, now);
+        self.core.set_link_rtt(&peer, rtt_ms);
     }
 
     /// A message from `peer` on link `id` (stale links' messages are dropped).

@@ -1160,7 +1160,9 @@ impl Replica {
         };
         debug_assert!(!p.busy());
         let Some(s) = p.session.as_mut() else { return };
-        let retransmit_after = s.retransmit_after(self.config.retransmit_after_ms);
+        let retransmit_after = s
+            .retransmit_after(self.config.retransmit_after_ms)
+            .min(HELD_BACK_WAIT_MAX_MS);
         let counters = self.counters.entry(peer.clone()).or_default();
         let mut out = Vec::new();
         let mut handed = Have::new();
@@ -1283,7 +1285,9 @@ impl Replica {
                 for (origin, &seq) in &handed {
                     let held = have::get(&self.local_have, origin);
                     if held < seq && s.held_back_asked.get(origin).map(|a| a.held) != Some(held) {
-                        let wait = s.retransmit_after(self.config.retransmit_after_ms);
+                        let wait = s
+                            .retransmit_after(self.config.retransmit_after_ms)
+                            .min(HELD_BACK_WAIT_MAX_MS);
                         s.held_back_asked.insert(
                             origin.clone(),
                             HeldBackAsk {

@@ -850,13 +850,13 @@ impl Sim {
         self.next_epoch += 1;
         self.sessions.insert(p, self.next_epoch);
         let now = self.now;
+        // The round trip each side's driver would measure: the resend timers stretch by it.
+        let rtt_ms = self.rng.range(0, 400);
         for (me, other) in [(p.0, p.1), (p.1, p.0)] {
             let peer = self.nodes[other].id.clone();
-            self.nodes[me]
-                .replica
-                .as_mut()
-                .unwrap()
-                .connected(&peer, now);
+            let replica = self.nodes[me].replica.as_mut().unwrap();
+            replica.connected(&peer, now);
+            replica.set_link_rtt(&peer, rtt_ms);
         }
         self.trace.add(
             now,
@@ -2014,11 +2014,14 @@ fn a_seed_replays_exactly() {
         let (_, b) = run_seed(seed, None, false).unwrap();
         assert_eq!(a, b, "seed {seed}");
     }
-    // With snapshots too.
-    let seed = 50_000;
-    let (stats, a) = run_seed(seed, compaction_knobs(seed), false).unwrap();
+    // With snapshots too: the first seed from 50,000 whose run installs snapshot pages.
+    let (seed, a) = (50_000..50_100)
+        .find_map(|seed| {
+            let (stats, a) = run_seed(seed, compaction_knobs(seed), false).unwrap();
+            (stats.snapshot_pages_installed > 0).then_some((seed, a))
+        })
+        .expect("a seed installing snapshot pages");
     let (_, b) = run_seed(seed, compaction_knobs(seed), false).unwrap();
-    assert!(stats.snapshot_pages_installed > 0, "{stats:?}");
     assert_eq!(a, b, "seed {seed} with compaction");
 }
 

@@ -135,7 +135,11 @@ fn connected_to_us(accepted: &Accepted, peer: &NodeId, from: &[std::net::SocketA
         .unwrap_or_else(|e| e.into_inner())
         .get(peer)
         .is_some_and(|c| {
-            c.close_reason().is_none() && (from.is_empty() || from.contains(&c.remote))
+            // An IPv4 peer reaching a dual-stack socket shows as an IPv4-mapped IPv6 address.
+            let same = |a: &std::net::SocketAddr| {
+                a.ip().to_canonical() == c.remote.ip().to_canonical() && a.port() == c.remote.port()
+            };
+            c.close_reason().is_none() && (from.is_empty() || from.iter().any(same))
         })
 }
 
@@ -236,7 +240,7 @@ pub(super) fn spawn_dialer(
                 tokio::time::sleep(DIAL_MIN).await;
             }
             // Connected from elsewhere (the peer is behind a NAT this node cannot dial through,
-            // or it is a clone): a dial that fails says nothing new, and is tried less often.
+            // or it is a clone): a dial that fails is tried again less often (and reported).
             let connected_elsewhere = || connected_to_us(&accepted, &peer, &[]);
             match transport.connect(&peer, &address).await {
                 // A dial that began while the peer was down completes once it is up, maybe
@@ -261,10 +265,10 @@ pub(super) fn spawn_dialer(
                         backoff = DIAL_MIN;
                     }
                 }
-                Err(_) if connected_elsewhere() => {
-                    backoff = UNDIALED_FOR;
-                }
                 Err(e) => {
+                    if connected_elsewhere() {
+                        backoff = UNDIALED_FOR;
+                    }
                     let reason = e.to_string();
                     tracing::debug!(peer = %peer, "dial failed: {}", edgerep_wire::text::one_line(&reason.to_string()));
                     if inbox

@@ -47,6 +47,16 @@ impl OwnClaim {
     }
 }
 
+/// How far a peer holds this node's own events, as far as this node takes its word.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claimed {
+    /// The sequence number (0: none).
+    pub(super) seq: u64,
+    /// This node's own seal there verified (a claim without one opens or holds the gate at
+    /// start, as authentication allows, but never closes it once open).
+    pub(super) proven: bool,
+}
+
 impl Replicator {
     /// Opens the origin gate once the peers said how far they hold this node's own events and
     /// this node holds at least as much (after a restore from a backup, its later events come
@@ -120,12 +130,15 @@ impl Replicator {
     /// sequence number behind it (`Hello::your_seal`): a number without it would hold the origin
     /// gate shut for as long as the sender likes, so it is taken as no claim (and logged). A
     /// signed seal there that this node's key does not verify keeps the claim (see below).
-    pub(super) fn own_claim(&self, peer: &NodeId, claim: OwnClaim) -> u64 {
+    pub(super) fn own_claim(&self, peer: &NodeId, claim: OwnClaim) -> Claimed {
         use edgerep_store::Keys as _;
         let local = self.core.local();
         let OwnClaim { seq: claim, seal } = claim;
         let Some(keys) = self.log.keys.as_ref().filter(|_| claim > 0) else {
-            return claim;
+            return Claimed {
+                seq: claim,
+                proven: false,
+            };
         };
         let unproven = match &seal {
             None => "without this node's seal there".to_owned(),
@@ -137,7 +150,12 @@ impl Replicator {
                 "with an unsigned seal (from before this node had keys)".to_owned()
             }
             Some(seal) => match keys.verify(local, claim, &seal.message(), &seal.signature) {
-                Ok(()) => return claim,
+                Ok(()) => {
+                    return Claimed {
+                        seq: claim,
+                        proven: true,
+                    };
+                }
                 Err(e) => {
                     // A signed seal of this node's own at that number that this node's key
                     // does not verify: its key changed since it wrote those events (a machine
@@ -146,33 +164,45 @@ impl Replicator {
                     // stays shut) until an operator puts the former key back or revokes the
                     // peer.
                     tracing::error!(peer = %peer, "the peer holds this node's own events up to {claim} under a seal this node's key does not verify ({e}): either this node's key changed since it wrote them (put the former key and certificate back, or give this site a new node id) or the peer lies (revoke it); until then this node takes no writes");
-                    return claim;
+                    return Claimed {
+                        seq: claim,
+                        proven: false,
+                    };
                 }
             },
         };
         tracing::warn!(peer = %peer, "the peer says it holds this node's own events up to {claim}, {unproven}: taken as holding none of them");
-        0
+        Claimed {
+            seq: 0,
+            proven: false,
+        }
     }
 
     /// Records `peer`'s claim of how far it holds this node's own events, and checks the gate.
-    /// A claim above what this node holds after the gate opened (a peer that lagged, or none,
-    /// answered in time after a restore from a backup, or `--alone`) closes it again: every
-    /// write from here would sign a second history under numbers the peer holds. The gate
-    /// opens again once those events are back.
-    pub(super) fn origin_claimed(&mut self, peer: NodeId, claim: u64) {
+    /// Every peer's last claim is kept, also while the gate is open. A proven claim (this
+    /// node's own seal behind it) above what this node holds after the gate opened (a peer
+    /// that lagged, or none, answered in time after a restore from a backup, or `--alone`)
+    /// closes it again: every write from here would sign a second history under numbers the
+    /// peer holds. It opens again once those events are back, or that peer is removed or
+    /// revoked. Without authentication a claim proves nothing later on: logged only.
+    pub(super) fn origin_claimed(&mut self, peer: NodeId, claimed: Claimed) {
+        let claim = claimed.seq;
+        self.origin_claims.insert(peer.clone(), claim);
         if self.origin_open {
             let local = self.core.local();
             let held = self.core.local_have().get(local).copied().unwrap_or(0);
             if claim <= held {
                 return;
             }
-            tracing::error!(peer = %peer, "the peer holds this node's own events up to {claim}, this node only up to {held} (its store was restored from a backup, or lost data): local writes are refused until the missing events are back from the peers; if this node wrote since (status lists forks), those writes are a second history its peers refuse: move its store aside and start it empty to take its history back from the peers");
+            if !claimed.proven {
+                tracing::warn!(peer = %peer, "the peer says it holds this node's own events up to {claim}, this node only up to {held} (its store was restored from a backup, or lost data, or the peer is wrong): without this node's verified seal behind it its word is not proof, so writes go on");
+                return;
+            }
+            tracing::error!(peer = %peer, "the peer holds this node's own events up to {claim} under this node's seal, this node only up to {held} (its store was restored from a backup or lost data, or another machine uses this node's id and key: see duplicate_id in status): local writes are refused until the missing events are back from the peers; if this node wrote since (status lists forks), those writes are a second history its peers refuse: move its store aside and start it empty to take its history back from the peers");
             self.origin_open = false;
-            self.origin_first_claim = None;
-            self.origin_claims.clear();
+            self.origin_first_claim = Some(Instant::now());
         }
         self.origin_first_claim.get_or_insert_with(Instant::now);
-        self.origin_claims.insert(peer, claim);
         self.check_origin();
     }
 
