@@ -337,6 +337,21 @@ pub(crate) fn lookup(
         .idempotency(key)
         .map_err(|e| ApiError::internal(format!("store: {e}")))?
     else {
+        // No record: the key may still have written, before a restore from a backup lost
+        // the record (the write itself came back from the peers).
+        if let Some((seq, at_ms)) = store
+            .restored_key(key)
+            .map_err(|e| ApiError::internal(format!("store: {e}")))?
+        {
+            counters.reused.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_restored",
+                format!(
+                    "idempotency key {key:?} was used at {at_ms} ms (Unix time) by a write this node committed as its event {seq}; this node's store was restored from a backup since, and the answer went with it, but the write came back from the peers: nothing was written again (read the key to see the write's effect)"
+                ),
+            ));
+        }
         return Ok(Lookup::New);
     };
     // (A legacy record of a failure is a single write's error answer: it answers no batch.)

@@ -38,6 +38,54 @@ use edgerep_wire::Hlc;
 pub(crate) const IDEMPOTENCY: TableDefinition<u64, (&str, u64, &[u8])> =
     TableDefinition::new("idempotency");
 
+/// Keys whose writes came back from the peers after a restore from a backup lost their records:
+/// key digest ([`digest`]) -> (the write's sequence number, its time in ms). Written only by
+/// `apply_in` for this node's own events carrying their keys
+/// ([`edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS`]), so it holds rows only after a restore,
+/// at most one per event that came back; read within the window like a record.
+pub(crate) const RESTORED: TableDefinition<&[u8], (u64, u64)> =
+    TableDefinition::new("idempotency_restored");
+
+/// A key's digest, as events carry it: 16 bytes of BLAKE3 under a context of its own.
+pub fn digest(key: &str) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_derive_key("edgerep 2026 idempotency key");
+    h.update(key.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
+
+/// The event field naming `digests` (a CBOR byte string of them, one after another).
+pub(crate) fn keys_field(digests: &[[u8; 16]]) -> edgerep_wire::Value {
+    let mut bytes = Vec::with_capacity(3 + 16 * digests.len());
+    let mut e = Encoder::new(&mut bytes);
+    let _ = e.bytes(&digests.concat());
+    edgerep_wire::Value::from_canonical(bytes, &edgerep_wire::value::DecodeLimits::default())
+        .unwrap_or_else(|e| unreachable!("a byte string is one canonical item: {e}"))
+}
+
+/// The key digests an event's field names (none if it is not a byte string of them).
+pub(crate) fn keys_of(event: &edgerep_wire::Event) -> Vec<[u8; 16]> {
+    let Some(v) = event
+        .extra
+        .get(&edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS)
+    else {
+        return Vec::new();
+    };
+    let mut r = Reader::new(v.as_bytes());
+    match r.bytes("idempotency keys") {
+        Ok(b) if b.len() % 16 == 0 => b
+            .chunks_exact(16)
+            .map(|c| {
+                let mut d = [0u8; 16];
+                d.copy_from_slice(c);
+                d
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The key in the `meta` table of the records waiting to move to the table: their rows
 /// `[n, key, at_ms, record]` one after another, oldest first, all newer than the table's.
 pub(crate) const META_PENDING: &str = "idempotency_pending";
@@ -650,6 +698,45 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digests an event carries read back as written, through the event's encoding (an
+    /// older reader keeps the field as it keeps any field it does not know); anything else in
+    /// the field reads as none.
+    #[test]
+    fn key_digests_round_trip_through_an_event() {
+        let keys = [digest("a"), digest("b")];
+        assert_ne!(keys[0], keys[1]);
+        let mut event = edgerep_wire::Event {
+            format: edgerep_wire::event::FORMAT_VERSION,
+            collection: "c".into(),
+            key: b"k".to_vec(),
+            op: edgerep_wire::Op::Delete,
+            value: None,
+            hlc: Hlc::new(1, 0),
+            origin: edgerep_wire::NodeId::parse("n1").unwrap(),
+            seq: 1,
+            schema: 0,
+            meta: Default::default(),
+            context: Default::default(),
+            extra: Default::default(),
+        };
+        assert!(keys_of(&event).is_empty());
+        event.extra.insert(
+            edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS,
+            keys_field(&keys),
+        );
+        let back = edgerep_wire::Event::decode(
+            &event.encode(),
+            &edgerep_wire::event::EventLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(keys_of(&back), keys.to_vec());
+        event.extra.insert(
+            edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS,
+            edgerep_wire::Value::from_json_str("\"not bytes\"", &Default::default()).unwrap(),
+        );
+        assert!(keys_of(&event).is_empty());
+    }
 
     /// An older edgerep ran on the store after a newer one left records waiting in `meta`: it
     /// numbered its own records over theirs. They are dropped, at open and at the next keyed

@@ -308,6 +308,9 @@ pub struct Store {
     idempotency_index: idempotency::Index,
     /// Dead letters' ids (see `dead_letters.rs`).
     dead_letter_ids: dead_letters::Ids,
+    /// Whether the table of keys whose writes came back after a restore holds any (so a new
+    /// key, the common case, is looked up there only after a restore).
+    keys_restored: std::sync::atomic::AtomicBool,
     /// How state rows hash.
     rule: HashRule,
 }
@@ -519,12 +522,14 @@ impl Store {
             txn.open_table(CERTS)?;
             txn.open_table(proofs::PROOFS)?;
             txn.open_table(proofs::BLOCKS)?;
+            txn.open_table(idempotency::RESTORED)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
         let (sums, open_scan) = aae::open(&db, &limits, &rule, rule_changed)?;
-        let (idempotency_index, dead_letter_ids) = {
+        let (idempotency_index, dead_letter_ids, keys_restored) = {
             let txn = db.begin_read()?;
+            let keys_restored = !txn.open_table(idempotency::RESTORED)?.is_empty()?;
             let index = idempotency::Index::load(
                 &txn.open_table(idempotency::IDEMPOTENCY)?,
                 &txn.open_table(META)?,
@@ -537,7 +542,11 @@ impl Store {
                 Some(g) => u64_from(g.value(), "meta")?,
                 None => 0,
             };
-            (index, dead_letters::Ids::new(last.max(high) + 1))
+            (
+                index,
+                dead_letters::Ids::new(last.max(high) + 1),
+                keys_restored,
+            )
         };
         let store = Store {
             db,
@@ -552,6 +561,7 @@ impl Store {
             idempotency_window: idempotency::Window::default(),
             idempotency_index,
             dead_letter_ids,
+            keys_restored: keys_restored.into(),
             rule,
         };
         let resume = store.resume()?;

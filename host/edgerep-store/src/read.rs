@@ -42,6 +42,28 @@ impl Store {
         )
     }
 
+    /// When `key` has no record: whether a write sent with it came back from the peers after a
+    /// restore from a backup lost its record, within the window (by this node's wall clock
+    /// now): its sequence number and time (ms). Such a key must not write again.
+    pub fn restored_key(&self, key: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        if !self
+            .keys_restored
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(None);
+        }
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(idempotency::RESTORED)?;
+        let found = table
+            .get(idempotency::digest(key).as_slice())?
+            .map(|g| g.value());
+        Ok(found
+            .filter(|&(_, at_ms)| at_ms.saturating_add(self.idempotency_window.keep_ms) >= wall_ms))
+    }
+
     /// `records` under dead-letter ids reserved for them: a request's dead letters are named
     /// in its answer and committed with its writes (see
     /// [`crate::StoreWriter::commit_local_setting_aside`]).

@@ -604,7 +604,7 @@ impl StoreWriter {
         };
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
-        let (out, deltas, tally) = {
+        let (out, deltas, tally, keys_restored) = {
             let mut state = txn.open_table(STATE)?;
             let mut meta = txn.open_table(META)?;
             let mut proofs_t = txn.open_table(PROOFS)?;
@@ -614,6 +614,7 @@ impl StoreWriter {
             let mut counters = Counters::load(&meta)?;
             let held_before = read_map(&txn.open_table(ORIGINS)?)?;
             let (mut changed, mut covered, mut replaced) = (0, 0, 0);
+            let mut keys_restored = false;
             let mut by_collection: BTreeMap<String, CollectionCounts> = BTreeMap::new();
             for (event, seal, path) in proven {
                 let lkey = log_key(event.origin.as_str(), event.seq);
@@ -638,6 +639,16 @@ impl StoreWriter {
                         (EncodedEvent::new(e), Some(original))
                     }
                 };
+                // This node's own write back from a peer's snapshot (its store was restored):
+                // the keys it was sent with, as `apply_in` keeps them.
+                let own_keys = if event.origin == self.node && !within_have {
+                    crate::idempotency::keys_of(&event)
+                        .into_iter()
+                        .map(|d| (d, event.seq, event.hlc.physical_ms))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let (applied, was_damaged) = apply_to_state(
                     &mut state,
                     &mut index,
@@ -649,6 +660,11 @@ impl StoreWriter {
                     &mut unresolved,
                 )?;
                 replaced += u64::from(was_damaged);
+                for (d, seq, at_ms) in own_keys {
+                    txn.open_table(crate::idempotency::RESTORED)?
+                        .insert(d.as_slice(), (seq, at_ms))?;
+                    keys_restored = true;
+                }
                 if applied == Applied::Added {
                     changed += 1;
                     covered += u64::from(within_have);
@@ -784,7 +800,7 @@ impl StoreWriter {
                 compacted_t.insert(origin.as_str(), seq)?;
                 raised = true;
             }
-            let wrote = changed > 0 || replaced > 0 || disagreements > 0 || raised;
+            let wrote = changed > 0 || replaced > 0 || disagreements > 0 || raised || keys_restored;
             if wrote {
                 seals::put_certs(&txn, sealed)?;
             }
@@ -821,6 +837,7 @@ impl StoreWriter {
                 },
                 deltas,
                 tally,
+                keys_restored,
             )
         };
         if !out.wrote {
@@ -828,6 +845,10 @@ impl StoreWriter {
             return Ok(out);
         }
         txn.commit()?;
+        if keys_restored {
+            self.keys_restored
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         self.aae.apply(&deltas);
         self.add_conflicts(tally);
         Ok(out)

@@ -720,8 +720,28 @@ impl StoreWriter {
                 mut entries,
             } = Counters::load(&meta)?;
             let mut event_bytes = Vec::with_capacity(256);
+            // Each write's events carry the digests of the keys it was sent with: after a
+            // restore lost their records, a retry under one is still known (see `RESTORED`).
+            let mut keys_of_write: Vec<Vec<[u8; 16]>> = Vec::new();
+            for r in receipts {
+                let end = r.first.saturating_add(r.count);
+                if keys_of_write.len() < end {
+                    keys_of_write.resize(end, Vec::new());
+                }
+                let d = idempotency::digest(&r.key);
+                for keys in &mut keys_of_write[r.first..end] {
+                    keys.push(d);
+                }
+            }
             for w in writes.by_ref() {
                 let index = made.len();
+                let mut extra = BTreeMap::new();
+                if let Some(keys) = keys_of_write.get(index).filter(|k| !k.is_empty()) {
+                    extra.insert(
+                        edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS,
+                        idempotency::keys_field(keys),
+                    );
+                }
                 let skey = state_key(&w.collection, &w.key);
                 let old = state.get(skey.as_slice())?;
                 let (versions, old_hash) = match &old {
@@ -758,7 +778,7 @@ impl StoreWriter {
                     schema: w.schema,
                     meta: w.meta,
                     context: versions.context(),
-                    extra: BTreeMap::new(),
+                    extra,
                 };
                 event_bytes.clear();
                 event.encode_into(&mut event_bytes);
@@ -1123,7 +1143,7 @@ impl StoreWriter {
         let mut out = Vec::with_capacity(events.len());
         let dead_ids;
         let tally;
-        let (held, feed_last, forks, deltas) = {
+        let (held, feed_last, forks, deltas, keys_restored) = {
             dead_ids = append_dead_letters(
                 self,
                 &mut txn.open_table(DEAD_LETTERS)?,
@@ -1159,6 +1179,7 @@ impl StoreWriter {
             } = Counters::load(&meta)?;
             // The feed run being built: (first position, origin, first seq, count).
             let mut run: Option<(u64, String, u64, u64)> = None;
+            let mut keys_restored = false;
             // Per origin seen in the batch, the highest sequence number held (saved at the end).
             let mut held_by_origin: Have = Have::new();
             for Received { event, on_apply } in events {
@@ -1191,6 +1212,15 @@ impl StoreWriter {
                 }
                 let lkey = log_key(event.origin.as_str(), event.seq);
                 changelog.insert(lkey.as_slice(), event.bytes())?;
+                // This node's own write back from a peer (its store was restored or lost
+                // data): the keys it was sent with, whose records went with the store.
+                if event.origin == self.node {
+                    for d in idempotency::keys_of(&event) {
+                        txn.open_table(idempotency::RESTORED)?
+                            .insert(d.as_slice(), (event.seq, event.hlc.physical_ms))?;
+                        keys_restored = true;
+                    }
+                }
                 if let Some(h) = held_by_origin.get_mut(&event.origin) {
                     *h = event.seq;
                 }
@@ -1296,9 +1326,14 @@ impl StoreWriter {
                 position,
                 forks,
                 std::mem::take(&mut index.deltas),
+                keys_restored,
             )
         };
         txn.commit()?;
+        if keys_restored {
+            self.keys_restored
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         self.aae.apply(&deltas);
         self.add_conflicts(tally);
         Ok(RemoteApply {

@@ -116,6 +116,13 @@ use crate::cbor::Reader;
 use crate::hlc::Hlc;
 use crate::value::{DecodeLimits, Value, ValueError, canonical_item_len};
 
+/// The field of an event naming the idempotency keys its write was sent with: a byte string of
+/// 16-byte digests (`edgerep_store::idempotency::digest`), one per key. This version writes it
+/// into [`Event::extra`] (every version keeps fields from 11 up there byte for byte) and only
+/// its origin reads it back: after a restore from a backup its lost writes come back from the
+/// peers, and a retry under one of their keys must not write again.
+pub const FIELD_IDEMPOTENCY_KEYS: u64 = 11;
+
 /// The event format version this code writes. Readers accept higher versions: later versions only
 /// add fields, which older readers keep byte for byte (see [`Event::extra`]).
 pub const FORMAT_VERSION: u64 = 1;

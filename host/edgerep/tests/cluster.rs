@@ -1023,6 +1023,91 @@ fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
     assert_eq!(get(&n1, "c", "k5").1, r#"{"v":5}"#);
 }
 
+/// A client's keyed write whose answer it never got (the disk died), a restore of node-1 from a
+/// backup taken before that write, and the client's retry: the write came back from node-2, and
+/// its key with it (events carry their keys' digests), so the retry is refused with a 409 that
+/// says what happened, instead of writing the same change a second time.
+#[test]
+fn a_retry_after_a_restore_does_not_write_again() {
+    retry_after_restore(false);
+}
+
+/// The same when node-2 compacted node-1's events: they come back in a snapshot.
+#[test]
+fn a_retry_after_a_restore_from_a_snapshot_does_not_write_again() {
+    retry_after_restore(true);
+}
+
+fn retry_after_restore(compacted: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    if compacted {
+        let text = std::fs::read_to_string(&configs[1]).unwrap();
+        let keys = "keep_events = 0\ninterval_ms = 200";
+        std::fs::write(&configs[1], with_retention(&text, keys)).unwrap();
+    }
+    let data = edgerep_config::Config::load(&configs[0])
+        .unwrap()
+        .node
+        .data_dir;
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    };
+    let keyed_put = |node: &Node, key: &str| {
+        let mut r = agent()
+            .put(&node.url("/v1/kv/c/counted"))
+            .header("idempotency-key", key)
+            .content_type("application/json")
+            .send(r#"{"add":1}"#.as_bytes())
+            .unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        (r.status().as_u16(), body)
+    };
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "c", "k1", r#"{"v":1}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    n1.terminate();
+    let backup = dir.path().join("backup");
+    copy(&data, &backup);
+    let n1 = Node::start(&configs[0]);
+    let (code, body) = keyed_put(&n1, "increment-7");
+    assert_eq!(code, 200, "{body}");
+    wait_for_origin(&n2, "node-1", 2, Duration::from_secs(30));
+    if compacted {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(&n2)["compacted"]["node-1"] != 2 {
+            assert!(Instant::now() < deadline, "no compaction: {}", status(&n2));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    n1.terminate();
+    n2.terminate();
+    copy(&backup, &data);
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let s = converge(&[&n1, &n2], Duration::from_secs(30));
+    assert_eq!(s["origins"]["node-1"], 2, "{s}");
+    if compacted {
+        // Its floor (node-1 compacts nothing itself: it keeps 100,000 events) is the snapshot's.
+        assert_eq!(status(&n1)["compacted"]["node-1"], 2, "no snapshot");
+    }
+    let (code, body) = keyed_put(&n1, "increment-7");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("idempotency_key_restored"), "{body}");
+    assert!(body.contains("event 2"), "{body}");
+    assert_eq!(status(&n1)["origins"]["node-1"], 2);
+    // A new key writes.
+    let (code, body) = keyed_put(&n1, "increment-8");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&n1)["origins"]["node-1"], 3);
+}
+
 /// A careless operator restores node-1 from a backup and starts it `--alone` (no peer is asked
 /// how far it holds node-1's events): its first write takes a number node-2 already holds, a
 /// fork. When node-2 connects and proves (node-1's own seal) that it holds node-1's events up
