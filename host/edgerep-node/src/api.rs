@@ -829,6 +829,11 @@ async fn write_one_run(
     trace: Option<ClientTrace>,
 ) -> Result<Response, ApiError> {
     let body = idempotency::body_hash(idempotency::Shape::One, std::slice::from_ref(&write));
+    // A key is looked up once the origin gate is open: after a restore, the writes (and keys)
+    // the backup lacks come back from the peers first (a key looked up before would be new).
+    if key.is_some() {
+        app.committer.origin_confirmed().await?;
+    }
     // Held until answered: a concurrent try of this request is refused before its plugins run.
     let _claim = match &key {
         Some(k) => Some(app.claims.claim([k.as_str()], &app.idempotency)?),
@@ -1147,6 +1152,9 @@ async fn batch_run(
     };
     let blocking_failed =
         |e: tokio::task::JoinError| ApiError::internal(format!("parse task failed: {e}"));
+    // Keys are looked up once the origin gate is open (see `write_one_run`); a batch's per-write
+    // keys are known only once parsed, so every batch waits here (it would wait to commit).
+    app.committer.origin_confirmed().await?;
     let prepared = if turn.is_none() && body.len() <= INLINE_BATCH_BYTES {
         let batch = parse(&app, &body)?;
         if request_key.is_none() && batch.keys.iter().all(Option::is_none) {

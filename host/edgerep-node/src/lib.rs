@@ -417,6 +417,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         Some(k) => store.with_keys(k.clone()),
         None => store,
     });
+    // Keys a restore brought back from the peers, kept past their window (once, after one).
+    writer
+        .prune_restored_keys(committer::wall_ms())
+        .map_err(store_error)?;
     // Every check passed: the store records this build's format and limits (a refused start
     // changed neither).
     writer

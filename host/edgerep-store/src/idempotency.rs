@@ -30,7 +30,7 @@ use std::sync::Mutex;
 
 use edgerep_wire::cbor::{CborError, Reader};
 use minicbor::Encoder;
-use redb::{ReadableTable, Table, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 
 use crate::{Committed, StoreError, corrupt};
 use edgerep_wire::Hlc;
@@ -39,10 +39,11 @@ pub(crate) const IDEMPOTENCY: TableDefinition<u64, (&str, u64, &[u8])> =
     TableDefinition::new("idempotency");
 
 /// Keys whose writes came back from the peers after a restore from a backup lost their records:
-/// key digest ([`digest`]) -> (the write's sequence number, its time in ms). Written only by
-/// `apply_in` for this node's own events carrying their keys
-/// ([`edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS`]), so it holds rows only after a restore,
-/// at most one per event that came back; read within the window like a record.
+/// key digest ([`digest`]) -> (the write's sequence number, its time in ms). Written only for
+/// this node's own events back from a peer (`apply_in`, and `install_in` for a snapshot's
+/// versions) carrying their keys ([`edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS`]), so it
+/// holds rows only after a restore; read within the window like a record; rows past the window
+/// go at the next start ([`prune_restored`]).
 pub(crate) const RESTORED: TableDefinition<&[u8], (u64, u64)> =
     TableDefinition::new("idempotency_restored");
 
@@ -64,7 +65,46 @@ pub(crate) fn keys_field(digests: &[[u8; 16]]) -> edgerep_wire::Value {
         .unwrap_or_else(|e| unreachable!("a byte string is one canonical item: {e}"))
 }
 
-/// The key digests an event's field names (none if it is not a byte string of them).
+/// Keeps the key digests `event` (this node's own, back from a peer) carries in [`RESTORED`],
+/// with its sequence number and time: its hybrid-clock time, but never past this node's wall
+/// clock now (a clock running ahead would keep the key for longer than the window). A row there
+/// already keeps the later time. Returns whether it kept any.
+pub(crate) fn keep_restored(
+    txn: &redb::WriteTransaction,
+    event: &edgerep_wire::Event,
+) -> Result<bool, StoreError> {
+    let digests = keys_of(event);
+    if digests.is_empty() {
+        return Ok(false);
+    }
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let at_ms = event.hlc.physical_ms.min(wall_ms);
+    let mut table = txn.open_table(RESTORED)?;
+    for d in digests {
+        let kept = table.get(d.as_slice())?.map(|g| g.value());
+        if kept.is_none_or(|(_, at)| at < at_ms) {
+            table.insert(d.as_slice(), (event.seq, at_ms))?;
+        }
+    }
+    Ok(true)
+}
+
+/// Removes from [`RESTORED`] the rows older than `window` at `wall_ms`; returns whether any
+/// are left.
+pub(crate) fn prune_restored(
+    txn: &redb::WriteTransaction,
+    window: Window,
+    wall_ms: u64,
+) -> Result<bool, StoreError> {
+    let mut table = txn.open_table(RESTORED)?;
+    table.retain(|_, (_, at_ms)| at_ms.saturating_add(window.keep_ms) >= wall_ms)?;
+    Ok(!table.is_empty()?)
+}
+
+/// The key digests an event's field names (none if it is not a byte string of at most four;
+/// the writer puts one).
 pub(crate) fn keys_of(event: &edgerep_wire::Event) -> Vec<[u8; 16]> {
     let Some(v) = event
         .extra
@@ -74,7 +114,7 @@ pub(crate) fn keys_of(event: &edgerep_wire::Event) -> Vec<[u8; 16]> {
     };
     let mut r = Reader::new(v.as_bytes());
     match r.bytes("idempotency keys") {
-        Ok(b) if b.len() % 16 == 0 => b
+        Ok(b) if b.len() % 16 == 0 && b.len() <= 4 * 16 => b
             .chunks_exact(16)
             .map(|c| {
                 let mut d = [0u8; 16];

@@ -641,14 +641,9 @@ impl StoreWriter {
                 };
                 // This node's own write back from a peer's snapshot (its store was restored):
                 // the keys it was sent with, as `apply_in` keeps them.
-                let own_keys = if event.origin == self.node && !within_have {
-                    crate::idempotency::keys_of(&event)
-                        .into_iter()
-                        .map(|d| (d, event.seq, event.hlc.physical_ms))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+                if event.origin == self.node && !within_have {
+                    keys_restored |= crate::idempotency::keep_restored(&txn, &event)?;
+                }
                 let (applied, was_damaged) = apply_to_state(
                     &mut state,
                     &mut index,
@@ -660,11 +655,6 @@ impl StoreWriter {
                     &mut unresolved,
                 )?;
                 replaced += u64::from(was_damaged);
-                for (d, seq, at_ms) in own_keys {
-                    txn.open_table(crate::idempotency::RESTORED)?
-                        .insert(d.as_slice(), (seq, at_ms))?;
-                    keys_restored = true;
-                }
                 if applied == Applied::Added {
                     changed += 1;
                     covered += u64::from(within_have);

@@ -664,6 +664,24 @@ impl StoreWriter {
         self.commit_local_setting_aside(writes, dead_letters, &[], receipts, sync, clock, wall_ms)
     }
 
+    /// Removes the keys restored from peers (see `idempotency::RESTORED`) that are past the
+    /// window at `wall_ms`: after a restore, once, at the next start. Nothing to do (no
+    /// transaction) when there are none.
+    pub fn prune_restored_keys(&self, wall_ms: u64) -> Result<(), StoreError> {
+        if !self
+            .keys_restored
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        let left = idempotency::prune_restored(&txn, self.idempotency_window, wall_ms)?;
+        txn.commit()?;
+        self.keys_restored
+            .store(left, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn commit_local_in(
         &self,
@@ -720,26 +738,22 @@ impl StoreWriter {
                 mut entries,
             } = Counters::load(&meta)?;
             let mut event_bytes = Vec::with_capacity(256);
-            // Each write's events carry the digests of the keys it was sent with: after a
-            // restore lost their records, a retry under one is still known (see `RESTORED`).
-            let mut keys_of_write: Vec<Vec<[u8; 16]>> = Vec::new();
-            for r in receipts {
-                let end = r.first.saturating_add(r.count);
-                if keys_of_write.len() < end {
-                    keys_of_write.resize(end, Vec::new());
-                }
-                let d = idempotency::digest(&r.key);
-                for keys in &mut keys_of_write[r.first..end] {
-                    keys.push(d);
-                }
-            }
+            // The first write of each keyed request (or keyed write of a batch) carries the
+            // key's digest in its event: after a restore lost the record, a retry under the key
+            // is still known once the event is back (see `RESTORED`). (Receipts cover separate
+            // writes; they are few: one per request, or per keyed write of a batch.)
+            let digests: BTreeMap<usize, [u8; 16]> = receipts
+                .iter()
+                .filter(|r| r.count > 0)
+                .map(|r| (r.first, idempotency::digest(&r.key)))
+                .collect();
             for w in writes.by_ref() {
                 let index = made.len();
                 let mut extra = BTreeMap::new();
-                if let Some(keys) = keys_of_write.get(index).filter(|k| !k.is_empty()) {
+                if let Some(d) = digests.get(&index) {
                     extra.insert(
                         edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS,
-                        idempotency::keys_field(keys),
+                        idempotency::keys_field(&[*d]),
                     );
                 }
                 let skey = state_key(&w.collection, &w.key);
@@ -1215,11 +1229,7 @@ impl StoreWriter {
                 // This node's own write back from a peer (its store was restored or lost
                 // data): the keys it was sent with, whose records went with the store.
                 if event.origin == self.node {
-                    for d in idempotency::keys_of(&event) {
-                        txn.open_table(idempotency::RESTORED)?
-                            .insert(d.as_slice(), (event.seq, event.hlc.physical_ms))?;
-                        keys_restored = true;
-                    }
+                    keys_restored |= idempotency::keep_restored(&txn, &event)?;
                 }
                 if let Some(h) = held_by_origin.get_mut(&event.origin) {
                     *h = event.seq;

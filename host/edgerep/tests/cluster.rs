@@ -1024,9 +1024,10 @@ fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
 }
 
 /// A client's keyed write whose answer it never got (the disk died), a restore of node-1 from a
-/// backup taken before that write, and the client's retry: the write came back from node-2, and
-/// its key with it (events carry their keys' digests), so the retry is refused with a 409 that
-/// says what happened, instead of writing the same change a second time.
+/// backup taken before that write, and the client's retries, the first sent before node-2 is
+/// back: the write came back from node-2, and its key with it (events carry their keys'
+/// digests), so the retries are refused with a 409 that says what happened, instead of writing
+/// the same change a second time.
 #[test]
 fn a_retry_after_a_restore_does_not_write_again() {
     retry_after_restore(false);
@@ -1089,8 +1090,16 @@ fn retry_after_restore(compacted: bool) {
     n1.terminate();
     n2.terminate();
     copy(&backup, &data);
+    // The client retries as soon as node-1 is back, before node-2 is: the retry waits at the
+    // origin gate, and its key is looked up once the write came back.
     let n1 = Node::start(&configs[0]);
-    let n2 = Node::start(&configs[1]);
+    let (early, n2) = std::thread::scope(|scope| {
+        let retry = scope.spawn(|| keyed_put(&n1, "increment-7"));
+        std::thread::sleep(Duration::from_millis(300));
+        let n2 = Node::start(&configs[1]);
+        (retry.join().unwrap(), n2)
+    });
+    assert_eq!(early.0, 409, "{}", early.1);
     let s = converge(&[&n1, &n2], Duration::from_secs(30));
     assert_eq!(s["origins"]["node-1"], 2, "{s}");
     if compacted {
