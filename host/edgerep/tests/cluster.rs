@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::proxy::proxied;
-use common::{Node, agent, built_plugin, cluster, converge, get, put, status};
+use common::{Node, agent, built_plugin, cluster, converge, get, put, status, traffic};
 
 /// Writes `n` events in batches of 500 on `node`; returns the last seq.
 fn put_many(node: &Node, prefix: &str, n: usize) -> u64 {
@@ -194,16 +194,6 @@ fn a_partition_heals_and_both_sides_converge() {
     assert_eq!(get(&n1, "orders", "both"), get(&n2, "orders", "both"));
 }
 
-/// Per node, the sum over its peers of a `traffic` counter.
-fn traffic(s: &serde_json::Value, field: &str) -> u64 {
-    s["replication"]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["traffic"][field].as_u64().unwrap())
-        .sum()
-}
-
 /// The relay tree on real processes: in a mesh of three each write crosses each link once
 /// (node-3 gets node-1's events from node-1, and node-2 does not relay them to it). When the
 /// node-1 ↔ node-3 link goes silent (its datagrams dropped, the QUIC connection not yet timed
@@ -348,6 +338,17 @@ fn get_json(node: &Node, path: &str) -> (u16, serde_json::Value) {
 }
 
 /// Waits until `node` holds `n` events from `origin`.
+/// Copies the files of directory `from` into `to`, which is emptied first (a store's backup,
+/// and its restore).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
 fn wait_for_origin(node: &Node, origin: &str, n: u64, limit: Duration) {
     let deadline = Instant::now() + limit;
     while status(node)["origins"][origin].as_u64().unwrap_or(0) < n {
@@ -969,13 +970,6 @@ fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
             .node
             .data_dir
     };
-    let copy = |from: &std::path::Path, to: &std::path::Path| {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    };
     let n1 = Node::start(&configs[0]);
     let n2 = Node::start(&configs[1]);
     let n3 = Node::start(&configs[2]);
@@ -985,7 +979,7 @@ fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
     // The backup: node-1's store holding its events up to 2.
     n1.terminate();
     let backup = dir.path().join("backup");
-    copy(&data(0), &backup);
+    copy_dir(&data(0), &backup);
     // node-3 leaves the cluster's policy; node-1 writes 3..5, which only node-2 takes.
     n3.terminate();
     let text = std::fs::read_to_string(&configs[2]).unwrap();
@@ -1004,8 +998,7 @@ fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
     // comes first; node-2 is back a moment later, while a write waits.
     n1.terminate();
     n2.terminate();
-    std::fs::remove_dir_all(data(0)).unwrap();
-    copy(&backup, &data(0));
+    copy_dir(&backup, &data(0));
     let n1 = Node::start(&configs[0]);
     let (seq, n2) = std::thread::scope(|s| {
         let write = s.spawn(|| put(&n1, "c", "after", r#"{"v":6}"#));
@@ -1051,14 +1044,6 @@ fn retry_after_restore(compacted: bool) {
         .unwrap()
         .node
         .data_dir;
-    let copy = |from: &std::path::Path, to: &std::path::Path| {
-        let _ = std::fs::remove_dir_all(to);
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    };
     let keyed_put = |node: &Node, key: &str| {
         let mut r = agent()
             .put(&node.url("/v1/kv/c/counted"))
@@ -1075,7 +1060,7 @@ fn retry_after_restore(compacted: bool) {
     converge(&[&n1, &n2], Duration::from_secs(30));
     n1.terminate();
     let backup = dir.path().join("backup");
-    copy(&data, &backup);
+    copy_dir(&data, &backup);
     let n1 = Node::start(&configs[0]);
     let (code, body) = keyed_put(&n1, "increment-7");
     assert_eq!(code, 200, "{body}");
@@ -1089,7 +1074,7 @@ fn retry_after_restore(compacted: bool) {
     }
     n1.terminate();
     n2.terminate();
-    copy(&backup, &data);
+    copy_dir(&backup, &data);
     // The client retries as soon as node-1 is back, before node-2 is: the retry waits at the
     // origin gate, and its key is looked up once the write came back.
     let n1 = Node::start(&configs[0]);
@@ -1136,11 +1121,7 @@ fn a_restored_node_started_alone_stops_writing_once_a_peer_proves_it_is_behind()
     converge(&[&n1, &n2], Duration::from_secs(30));
     n1.terminate();
     let backup = dir.path().join("backup");
-    std::fs::create_dir_all(&backup).unwrap();
-    for e in std::fs::read_dir(&data).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), backup.join(e.file_name())).unwrap();
-    }
+    copy_dir(&data, &backup);
     let n1 = Node::start(&configs[0]);
     for k in 3..=5 {
         put(&n1, "c", &format!("k{k}"), &format!(r#"{{"v":{k}}}"#));
@@ -1149,12 +1130,7 @@ fn a_restored_node_started_alone_stops_writing_once_a_peer_proves_it_is_behind()
     n1.terminate();
     n2.terminate();
     // The restore, and a start that asks nobody.
-    std::fs::remove_dir_all(&data).unwrap();
-    std::fs::create_dir_all(&data).unwrap();
-    for e in std::fs::read_dir(&backup).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
-    }
+    copy_dir(&backup, &data);
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     assert_eq!(put(&n1, "c", "forked", r#"{"v":3}"#), 3);
     let _n2 = Node::start(&configs[1]);

@@ -8,17 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Weather, proxied};
-use common::{Node, batch, cluster, converge, get, put, status};
-
-/// Per node, the sum over its peers of a `traffic` counter.
-fn traffic(s: &serde_json::Value, field: &str) -> u64 {
-    s["replication"]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["traffic"][field].as_u64().unwrap_or(0))
-        .sum()
-}
+use common::{Node, batch, cluster, converge, get, put, status, traffic};
 
 /// A link of 5 s per round trip (a cellular link far from its tower): a backlog crosses it
 /// without being sent twice. The answers to a batch come 5 s after it left at best; a resend

@@ -239,6 +239,16 @@ pub fn status(node: &Node) -> serde_json::Value {
 
 /// Waits until every node reports the same digest and the same per-origin counts, and each
 /// store verifies; panics with the statuses after `limit`.
+/// Per node, the sum over its peers of a `traffic` counter in its status `s`.
+pub fn traffic(s: &serde_json::Value, field: &str) -> u64 {
+    s["replication"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["traffic"][field].as_u64().unwrap())
+        .sum()
+}
+
 pub fn converge(nodes: &[&Node], limit: Duration) -> serde_json::Value {
     let deadline = Instant::now() + limit;
     loop {
