@@ -56,13 +56,14 @@ pub fn digest(key: &str) -> [u8; 16] {
     out
 }
 
-/// The event field naming `digests` (a CBOR byte string of them, one after another).
-pub(crate) fn keys_field(digests: &[[u8; 16]]) -> edgerep_wire::Value {
+/// The event field naming `digests` (a CBOR byte string of them, one after another). `None`
+/// only if that byte string did not read back as one canonical item (it always does): the
+/// event then goes without the field rather than stopping the writer.
+pub(crate) fn keys_field(digests: &[[u8; 16]]) -> Option<edgerep_wire::Value> {
     let mut bytes = Vec::with_capacity(3 + 16 * digests.len());
     let mut e = Encoder::new(&mut bytes);
     let _ = e.bytes(&digests.concat());
-    edgerep_wire::Value::from_canonical(bytes, &edgerep_wire::value::DecodeLimits::default())
-        .unwrap_or_else(|e| unreachable!("a byte string is one canonical item: {e}"))
+    edgerep_wire::Value::from_canonical(bytes, &edgerep_wire::value::DecodeLimits::default()).ok()
 }
 
 /// Keeps the key digests `event` (this node's own, back from a peer) carries in [`RESTORED`],
@@ -763,7 +764,7 @@ mod tests {
         assert!(keys_of(&event).is_empty());
         event.extra.insert(
             edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS,
-            keys_field(&keys),
+            keys_field(&keys).unwrap(),
         );
         let back = edgerep_wire::Event::decode(
             &event.encode(),

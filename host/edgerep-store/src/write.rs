@@ -750,11 +750,11 @@ impl StoreWriter {
             for w in writes.by_ref() {
                 let index = made.len();
                 let mut extra = BTreeMap::new();
-                if let Some(d) = digests.get(&index) {
-                    extra.insert(
-                        edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS,
-                        idempotency::keys_field(&[*d]),
-                    );
+                if let Some(field) = digests
+                    .get(&index)
+                    .and_then(|d| idempotency::keys_field(&[*d]))
+                {
+                    extra.insert(edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS, field);
                 }
                 let skey = state_key(&w.collection, &w.key);
                 let old = state.get(skey.as_slice())?;
