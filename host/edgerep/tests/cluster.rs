@@ -1144,13 +1144,7 @@ fn a_restored_node_started_alone_stops_writing_once_a_peer_proves_it_is_behind()
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(why.contains("up to 3, peers hold them up to"), "{why}");
-    // The node answers after waiting 10 s for the gate: a client that waits longer.
-    let patient: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let mut r = patient
+    let mut r = agent()
         .put(&n1.url("/v1/kv/c/after"))
         .content_type("application/json")
         .send(r#"{"v":4}"#.as_bytes())

@@ -169,7 +169,10 @@ pub fn send_signal(pid: i32, signal: &str) {
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
+        // Longer than the node's own request timeout (30 s): the node's answer always comes
+        // first (503 after the origin gate's 10 s wait, say, which a 10 s client sometimes
+        // gave up on just before).
+        .timeout_global(Some(Duration::from_secs(40)))
         .build()
         .into()
 }
