@@ -809,7 +809,7 @@ impl Replicator {
         self.last_error.remove(&peer);
         // The handshake on this link says again whether the configs differ.
         self.mismatches.remove(&peer);
-        let rtt_ms = u64::try_from(live.conn.rtt().as_millis()).unwrap_or(u64::MAX);
+        let rtt_ms = live.conn.rtt_ms();
         self.conns.insert(peer.clone(), live);
         self.core.connected(&peer, now);
         self.core.set_link_rtt(&peer, rtt_ms);
@@ -1079,8 +1079,9 @@ impl Replicator {
     }
 
     /// Tells the core each link's round trip, and which links still carry what was sent to
-    /// them: frames queued here, or stream data leaving over QUIC since the last look. Their resend timers wait (a batch
-    /// takes longer than the timer on a slow link; resending would queue copies behind it).
+    /// them: frames queued here, or stream data leaving over QUIC since the last look. Their
+    /// resend timers wait (a batch takes longer than the timer on a slow link; resending would
+    /// queue copies behind it).
     fn note_busy_links(&mut self, now: u64) {
         if self.links_seen_at.elapsed() < LINK_LOOK_EVERY {
             return;
@@ -1088,8 +1089,7 @@ impl Replicator {
         self.links_seen_at = Instant::now();
         let mut stuck = Vec::new();
         for (peer, live) in &mut self.conns {
-            let rtt_ms = u64::try_from(live.conn.rtt().as_millis()).unwrap_or(u64::MAX);
-            self.core.set_link_rtt(peer, rtt_ms);
+            self.core.set_link_rtt(peer, live.conn.rtt_ms());
             let sent = live.conn.stream_frames_sent();
             let moving = sent > live.frames_seen;
             live.frames_seen = sent;

@@ -78,10 +78,7 @@ pub(crate) fn keep_restored(
     if digests.is_empty() {
         return Ok(false);
     }
-    let wall_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let at_ms = event.hlc.physical_ms.min(wall_ms);
+    let at_ms = event.hlc.physical_ms.min(crate::wall_ms());
     let mut table = txn.open_table(RESTORED)?;
     for d in digests {
         let kept = table.get(d.as_slice())?.map(|g| g.value());
@@ -100,7 +97,7 @@ pub(crate) fn prune_restored(
     wall_ms: u64,
 ) -> Result<bool, StoreError> {
     let mut table = txn.open_table(RESTORED)?;
-    table.retain(|_, (_, at_ms)| at_ms.saturating_add(window.keep_ms) >= wall_ms)?;
+    table.retain(|_, (_, at_ms)| window.covers(at_ms, wall_ms))?;
     Ok(!table.is_empty()?)
 }
 
@@ -155,6 +152,14 @@ pub struct Window {
     pub keep_ms: u64,
     /// At most this many records are kept (the oldest go first).
     pub keep_keys: u64,
+}
+
+impl Window {
+    /// Whether something made at `at_ms` on the wall clock is still within the window's time
+    /// at `wall_ms`.
+    pub fn covers(&self, at_ms: u64, wall_ms: u64) -> bool {
+        at_ms >= wall_ms.saturating_sub(self.keep_ms)
+    }
 }
 
 impl Default for Window {
@@ -526,7 +531,7 @@ impl Index {
     /// Whether record `n`, made at `at_ms` on the wall clock, is past the window's time at
     /// `wall_ms`: on the wall clock, and on the monotonic clock too when this process made it.
     fn past_time(&self, n: u64, at_ms: u64, wall_ms: u64, window: Window) -> bool {
-        if at_ms >= wall_ms.saturating_sub(window.keep_ms) {
+        if window.covers(at_ms, wall_ms) {
             return false;
         }
         let here = self.recorded_here.lock().unwrap_or_else(|e| e.into_inner());
@@ -775,6 +780,21 @@ mod tests {
         event.extra.insert(
             edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS,
             edgerep_wire::Value::from_json_str("\"not bytes\"", &Default::default()).unwrap(),
+        );
+        assert!(keys_of(&event).is_empty());
+        // A peer's field past what the writer puts (more than four digests, or a length that
+        // is not whole digests) names no key at all.
+        let five: Vec<[u8; 16]> = (0..5).map(|i| digest(&i.to_string())).collect();
+        event.extra.insert(
+            edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS,
+            keys_field(&five).unwrap(),
+        );
+        assert!(keys_of(&event).is_empty());
+        let mut cut = Vec::new();
+        let _ = Encoder::new(&mut cut).bytes(&[7u8; 17]);
+        event.extra.insert(
+            edgerep_wire::event::FIELD_IDEMPOTENCY_KEYS,
+            edgerep_wire::Value::from_canonical(cut, &Default::default()).unwrap(),
         );
         assert!(keys_of(&event).is_empty());
     }

@@ -99,6 +99,13 @@ pub struct LocalWrite {
     pub meta: BTreeMap<String, String>,
 }
 
+/// This machine's wall clock now, in ms since the Unix epoch (0 before it).
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The hash that names one event's bytes in reports (forks): BLAKE3 of its deterministic
 /// encoding.
 pub fn event_hash(event_bytes: &[u8]) -> [u8; 32] {

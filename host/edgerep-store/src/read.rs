@@ -15,10 +15,7 @@ impl Store {
     /// What the idempotency key `key` was recorded with, if it is held within the window (by
     /// this node's wall clock now; see [`idempotency::Window`]).
     pub fn idempotency(&self, key: &str) -> Result<Option<idempotency::Recorded>, StoreError> {
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.idempotency_at(key, wall_ms)
+        self.idempotency_at(key, crate::wall_ms())
     }
 
     /// [`Store::idempotency`] as of the wall clock at `wall_ms`.
@@ -52,16 +49,13 @@ impl Store {
         {
             return Ok(None);
         }
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let txn = self.db.begin_read()?;
         let table = txn.open_table(idempotency::RESTORED)?;
         let found = table
             .get(idempotency::digest(key).as_slice())?
             .map(|g| g.value());
-        Ok(found
-            .filter(|&(_, at_ms)| at_ms.saturating_add(self.idempotency_window.keep_ms) >= wall_ms))
+        let window = self.idempotency_window;
+        Ok(found.filter(|&(_, at_ms)| window.covers(at_ms, crate::wall_ms())))
     }
 
     /// `records` under dead-letter ids reserved for them: a request's dead letters are named

@@ -309,9 +309,7 @@ pub(crate) fn settle(
             here_build: resolver.build(collection),
             peer_resolution: hex(&their.resolution),
             peer_build: their.build.clone(),
-            at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_ms: crate::wall_ms(),
         };
         let id = t.disagreements.last()?.map_or(1, |(k, _)| k.value() + 1);
         t.disagreements.insert(id, record.encode().as_slice())?;

@@ -239,6 +239,11 @@ pub enum ConnectError {
     },
 }
 
+/// The addresses a peer's `host:port` names now (a name is looked up each time: it may move).
+pub async fn addresses_of(address: &str) -> io::Result<Vec<SocketAddr>> {
+    Ok(tokio::net::lookup_host(address).await?.collect())
+}
+
 /// A human description of why a connection closed, naming our close codes and the TLS alerts a
 /// peer sends when it refuses a certificate. Use it for a connection a peer closed right after
 /// [`Transport::connect`] returned: a server checks the client's certificate and its peer list
@@ -422,10 +427,9 @@ impl Transport {
             address: address.to_owned(),
             reason,
         };
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(address)
+        let addrs = addresses_of(address)
             .await
-            .map_err(|e| failed(e.to_string()))?
-            .collect();
+            .map_err(|e| failed(e.to_string()))?;
         let ipv4 = self
             .endpoint
             .local_addr()

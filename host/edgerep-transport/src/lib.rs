@@ -46,6 +46,6 @@ pub mod tls;
 
 pub use endpoint::{
     AcceptError, BindError, CloseCode, ConnectError, Incoming, PeerConnection, Transport,
-    describe_close,
+    addresses_of, describe_close,
 };
 pub use link::{LinkError, LinkReceiver, LinkSender};

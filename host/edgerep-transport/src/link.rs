@@ -103,6 +103,11 @@ impl PeerConnection {
         self.conn.rtt()
     }
 
+    /// [`PeerConnection::rtt`] in whole milliseconds, as the replication core counts time.
+    pub fn rtt_ms(&self) -> u64 {
+        u64::try_from(self.rtt().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Why the connection closed (ours or the peer's, in words), if it has.
     pub fn close_reason(&self) -> Option<String> {
         self.conn.close_reason().map(|e| describe_close(&e))

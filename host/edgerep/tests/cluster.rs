@@ -338,6 +338,14 @@ fn get_json(node: &Node, path: &str) -> (u16, serde_json::Value) {
 }
 
 /// Waits until `node` holds `n` events from `origin`.
+/// node-1 writes k3..k5 (its events 3 to 5, which its backup lacks), and node-2 holds them.
+fn writes_after_the_backup(n1: &Node, n2: &Node) {
+    for k in 3..=5 {
+        put(n1, "c", &format!("k{k}"), &format!(r#"{{"v":{k}}}"#));
+    }
+    wait_for_origin(n2, "node-1", 5, Duration::from_secs(30));
+}
+
 /// Copies the files of directory `from` into `to`, which is emptied first (a store's backup,
 /// and its restore).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -990,10 +998,7 @@ fn a_restored_node_waits_for_the_peer_that_holds_more_than_its_backup() {
     .unwrap();
     let n3 = Node::start(&configs[2]);
     let n1 = Node::start(&configs[0]);
-    for k in 3..=5 {
-        put(&n1, "c", &format!("k{k}"), &format!(r#"{{"v":{k}}}"#));
-    }
-    wait_for_origin(&n2, "node-1", 5, Duration::from_secs(30));
+    writes_after_the_backup(&n1, &n2);
     // The loss and the restore. node-1 starts with only node-3 reachable, and node-3's word
     // comes first; node-2 is back a moment later, while a write waits.
     n1.terminate();
@@ -1123,10 +1128,7 @@ fn a_restored_node_started_alone_stops_writing_once_a_peer_proves_it_is_behind()
     let backup = dir.path().join("backup");
     copy_dir(&data, &backup);
     let n1 = Node::start(&configs[0]);
-    for k in 3..=5 {
-        put(&n1, "c", &format!("k{k}"), &format!(r#"{{"v":{k}}}"#));
-    }
-    wait_for_origin(&n2, "node-1", 5, Duration::from_secs(30));
+    writes_after_the_backup(&n1, &n2);
     n1.terminate();
     n2.terminate();
     // The restore, and a start that asks nobody.

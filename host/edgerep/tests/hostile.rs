@@ -29,6 +29,25 @@ fn honest_pair(dir: &std::path::Path) -> (Vec<PathBuf>, Node, Node) {
     (configs, n1, n3)
 }
 
+/// Connects as node-2 to node-1 claiming to hold node-1's own events up to 1,000,000 (node-1
+/// wrote a few), with a seal there signed by node-2's key when `signed`; node-1 answers the
+/// handshake.
+fn claiming_node1_wrote_more(configs: &[PathBuf], signed: bool) -> Hostile {
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let mut hello = h.hello(&[("node-1", 1_000_000)], &[]);
+    if signed && let Message::Hello(hello) = &mut hello {
+        let node1 = NodeId::parse("node-1").unwrap();
+        hello.your_seal = Some(h.seal(node1, 999_990, 1_000_000, [1; 32], [2; 32]));
+    }
+    h.send(&hello).unwrap();
+    assert!(
+        h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
+            .is_some(),
+        "node-1 answers the handshake"
+    );
+    h
+}
+
 /// Adds `keys` (TOML lines, each ending in `\n`) to the `[retention]` table of `config`.
 fn with_retention(config: &std::path::Path, keys: &str) {
     let text = std::fs::read_to_string(config).unwrap();
@@ -458,13 +477,7 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
     n1.terminate();
     n3.terminate();
     let n1 = Node::start(&configs[0]);
-    let mut h = Hostile::connect(&configs[1], &configs[0]);
-    h.send(&h.hello(&[("node-1", 1_000_000)], &[])).unwrap();
-    assert!(
-        h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
-            .is_some(),
-        "node-1 answers the handshake"
-    );
+    let h = claiming_node1_wrote_more(&configs, false);
     let started = Instant::now();
     assert_eq!(
         put(&n1, "c", "after", r#"{"v":2}"#),
@@ -485,18 +498,7 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
     // Again, now with a seal over node-1's name signed by node-2's key.
     n1.terminate();
     let n1 = Node::start(&configs[0]);
-    let mut h = Hostile::connect(&configs[1], &configs[0]);
-    let node1 = NodeId::parse("node-1").unwrap();
-    let mut hello = h.hello(&[("node-1", 1_000_000)], &[]);
-    if let Message::Hello(hello) = &mut hello {
-        hello.your_seal = Some(h.seal(node1, 999_990, 1_000_000, [1; 32], [2; 32]));
-    }
-    h.send(&hello).unwrap();
-    assert!(
-        h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
-            .is_some(),
-        "node-1 answers the handshake"
-    );
+    let h = claiming_node1_wrote_more(&configs, true);
     let r = agent()
         .put(&n1.url("/v1/kv/c/refused"))
         .content_type("application/json")
@@ -530,6 +532,41 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
     let n3 = Node::start(&configs[2]);
     let s = converge(&[&n1, &n3], Duration::from_secs(30));
     assert_eq!(s["origins"]["node-1"], 2, "{s}");
+}
+
+/// Once node-1's origin gate opened (it took writes), a peer claims to hold node-1's events far
+/// beyond what node-1 wrote, first without a seal, then under a seal signed by its own key. Only
+/// a claim proven by node-1's own seal closes the gate again (a restore that opened it too
+/// early): these do not, and node-1 goes on taking writes at once.
+#[test]
+fn a_made_up_claim_after_the_gate_opened_does_not_stop_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, _n3) = honest_pair(dir.path());
+    for (i, signed) in [false, true].into_iter().enumerate() {
+        let h = claiming_node1_wrote_more(&configs, signed);
+        let started = Instant::now();
+        assert_eq!(
+            put(&n1, "c", &format!("after-{i}"), r#"{"v":2}"#),
+            2 + i as u64,
+            "node-1 takes writes"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the write waited {:?}",
+            started.elapsed()
+        );
+        assert!(
+            replication(&n1)["origin_check"].is_null(),
+            "{}",
+            replication(&n1)
+        );
+        drop(h);
+    }
+    let log = std::fs::read_to_string(&n1.log).unwrap();
+    assert!(
+        log.contains("without this node's verified seal behind it its word is not proof"),
+        "{log}"
+    );
 }
 
 /// A second machine running under node-2's id (a cloned device): the two displace each

@@ -143,14 +143,6 @@ fn connected_to_us(accepted: &Accepted, peer: &NodeId, from: &[std::net::SocketA
         })
 }
 
-/// The addresses `address` names now (none when it does not resolve).
-async fn addresses_of(address: &str) -> Vec<std::net::SocketAddr> {
-    tokio::net::lookup_host(address)
-        .await
-        .map(|a| a.collect())
-        .unwrap_or_default()
-}
-
 /// Dials `peer` at `address`: again whenever the connection ends when this node is the one of
 /// the pair that dials (the lower id), else once at start and then only when the peer has
 /// not connected for [`UNDIALED_FOR`] (see below).
@@ -234,7 +226,9 @@ pub(super) fn spawn_dialer(
             // ended. A connection under its id from elsewhere (a clone of the node) does not
             // stop the dialer: the two displace each other and the replicator reports the
             // duplicate id.
-            let dialed = addresses_of(&address).await;
+            let dialed = edgerep_transport::addresses_of(&address)
+                .await
+                .unwrap_or_default();
             let peer_connected = || !dialed.is_empty() && connected_to_us(&accepted, &peer, &dialed);
             while peer_connected() {
                 tokio::time::sleep(DIAL_MIN).await;

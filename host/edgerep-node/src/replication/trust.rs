@@ -82,8 +82,7 @@ impl Replicator {
         let Some(first) = self.origin_first_claim else {
             return;
         };
-        let local = self.core.local();
-        let held = self.core.local_have().get(local).copied().unwrap_or(0);
+        let held = self.own_held();
         // Peers removed or revoked since they claimed no longer count.
         let (peers, config) = (&self.peers, &self.config);
         self.origin_claims
@@ -163,7 +162,12 @@ impl Replicator {
                     // reuse sequence numbers the peers hold, so the claim stands (the gate
                     // stays shut) until an operator puts the former key back or revokes the
                     // peer.
-                    tracing::error!(peer = %peer, "the peer holds this node's own events up to {claim} under a seal this node's key does not verify ({e}): either this node's key changed since it wrote them (put the former key and certificate back, or give this site a new node id) or the peer lies (revoke it); until then this node takes no writes");
+                    let until = if self.origin_open {
+                        "the writes this node takes may reuse numbers the peer holds"
+                    } else {
+                        "until then this node takes no writes"
+                    };
+                    tracing::error!(peer = %peer, "the peer holds this node's own events up to {claim} under a seal this node's key does not verify ({e}): either this node's key changed since it wrote them (put the former key and certificate back, or give this site a new node id) or the peer lies (revoke it); {until}");
                     return Claimed {
                         seq: claim,
                         proven: false,
@@ -178,6 +182,12 @@ impl Replicator {
         }
     }
 
+    /// How far this node holds its own events.
+    fn own_held(&self) -> u64 {
+        let local = self.core.local();
+        self.core.local_have().get(local).copied().unwrap_or(0)
+    }
+
     /// Records `peer`'s claim of how far it holds this node's own events, and checks the gate.
     /// Every peer's last claim is kept, also while the gate is open. A proven claim (this
     /// node's own seal behind it) above what this node holds after the gate opened (a peer
@@ -189,8 +199,7 @@ impl Replicator {
         let claim = claimed.seq;
         self.origin_claims.insert(peer.clone(), claim);
         if self.origin_open {
-            let local = self.core.local();
-            let held = self.core.local_have().get(local).copied().unwrap_or(0);
+            let held = self.own_held();
             if claim <= held {
                 return;
             }
