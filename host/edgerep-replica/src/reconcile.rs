@@ -173,17 +173,24 @@ pub fn answer(
     // The peer's lists are compared key by key, unless this side holds more there than one
     // answer lists (an empty peer lists the root whole): such a range is split instead (its
     // children's fingerprints), and the peer lists the children; one that no longer fits in
-    // the answer (MAX_RANGES) is left for the next session. So an answer reads at most MAX_KEYS
-    // of this side's entries into memory, plus those of single buckets (which cannot be
-    // split), whatever the state's size.
+    // the answer (MAX_RANGES) is left for the next session. A single bucket cannot be split:
+    // past MAX_KEYS it is left for the next session too, unless it is the first compared (so
+    // a bucket larger than MAX_KEYS is compared at all). So an answer reads at most MAX_KEYS
+    // of this side's entries into memory, plus those of one bucket, whatever the state's size
+    // and however many buckets the peer lists.
     let mut compare: Vec<&RangeItems> = Vec::with_capacity(items.len());
     for theirs in items {
         let (_, count) = tree.fingerprint(theirs.node)?;
-        if !theirs.node.children().is_empty() && listed_keys + count > MAX_KEYS as u64 {
-            if step.fingerprints.len() + 16 <= MAX_RANGES {
-                describe(tree, theirs.node, u64::MAX, &mut step)?;
+        if listed_keys + count > MAX_KEYS as u64 {
+            if !theirs.node.children().is_empty() {
+                if step.fingerprints.len() + 16 <= MAX_RANGES {
+                    describe(tree, theirs.node, u64::MAX, &mut step)?;
+                }
+                continue;
             }
-            continue;
+            if listed_keys > 0 {
+                continue;
+            }
         }
         listed_keys += count;
         compare.push(theirs);
@@ -353,6 +360,59 @@ mod tests {
         assert_eq!(a_sends.len(), 10);
         assert!(b_sends.is_empty());
         assert!(messages <= 3, "{messages}");
+    }
+
+    /// Every bucket holds `per_bucket` entries (made up as they are read).
+    struct Crowded {
+        per_bucket: u64,
+    }
+
+    impl Tree for Crowded {
+        fn fingerprint(&self, node: Node) -> Result<([u8; 16], u64), LogError> {
+            let (lo, hi) = node.buckets();
+            Ok((
+                [1; 16],
+                (u64::from(hi) - u64::from(lo) + 1) * self.per_bucket,
+            ))
+        }
+        fn items_of(&self, nodes: &[Node]) -> Result<Vec<Vec<Entry>>, LogError> {
+            Ok(nodes
+                .iter()
+                .map(|node| {
+                    (0..self.per_bucket)
+                        .map(|i| (format!("c\0{}-{i}", node.prefix).into_bytes(), [2; 16]))
+                        .collect()
+                })
+                .collect())
+        }
+    }
+
+    /// A peer listing thousands of single buckets (which cannot be split) does not make one
+    /// answer read them all: past MAX_KEYS of this side's entries they wait for later sessions.
+    #[test]
+    fn listed_buckets_are_compared_up_to_the_bound() {
+        let mine = Crowded { per_bucket: 10 };
+        let listed = |n: u16| -> Vec<RangeItems> {
+            (0..n)
+                .map(|b| RangeItems {
+                    node: Node {
+                        level: edgerep_wire::aae::LEAF_LEVEL,
+                        prefix: b,
+                    },
+                    items: Vec::new(),
+                })
+                .collect()
+        };
+        let step = answer(&mine, &[], &listed(MAX_RANGES as u16), 7).unwrap();
+        assert_eq!(step.compared, MAX_KEYS as u64 - MAX_KEYS as u64 % 10);
+        assert_eq!(step.send.len() as u64, step.compared);
+        // One bucket larger than the bound is still compared, alone.
+        let huge = Crowded {
+            per_bucket: MAX_KEYS as u64 + 5,
+        };
+        let step = answer(&huge, &[], &listed(3), 7).unwrap();
+        assert_eq!(step.compared, MAX_KEYS as u64 + 5);
+        assert_eq!(step.send.len(), MAX_KEYS, "the keys sent stay bounded");
     }
 
     /// More differing ranges than one answer takes: each session takes them from a place of

@@ -1212,6 +1212,64 @@ fn a_peer_that_never_stops_differing_ends_the_session_it_is_in() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
+/// A peer answering a session of node-1's with the same entry list again and again, after
+/// node-1's answer had ended the comparison: node-1 listed its state and asked for the made-up
+/// key every time, charged to no budget (messages of node-1's own sessions were not), counted
+/// as no round trip, for as long as the peer kept the session alive (up to 300 s). Now the
+/// session is given up at the first list after the end.
+#[test]
+fn a_peer_repeating_itself_after_the_comparison_ended_ends_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    for i in 0..20 {
+        put(&n1, "c", &format!("k{i}"), r#"{"v":1}"#);
+    }
+    let mut h = attacker(&configs, &[]);
+    let config = configs[0].clone();
+    let asked = std::thread::spawn(move || {
+        edgerep(&[
+            "reconcile",
+            "--config",
+            config.to_str().unwrap(),
+            "--peer",
+            "node-2",
+        ])
+    });
+    let Some(Message::Reconcile { id, .. }) = h.wait_for(Duration::from_secs(10), |m| {
+        matches!(m, Message::Reconcile { .. })
+    }) else {
+        panic!("node-1 opened no session with node-2");
+    };
+    let made_up = b"c\0made-up".to_vec();
+    let listed = edgerep_replica::reconcile::RangeItems {
+        node: edgerep_wire::aae::Node {
+            level: edgerep_wire::aae::LEAF_LEVEL,
+            prefix: edgerep_wire::aae::bucket_of(&made_up),
+        },
+        items: vec![(made_up, [9; 16])],
+    };
+    let mut sent = 0;
+    while sent < 20 && !asked.is_finished() {
+        h.send(&Message::Reconcile {
+            id,
+            fingerprints: vec![],
+            items: vec![listed.clone()],
+        })
+        .unwrap();
+        sent += 1;
+        let _ = h.wait_for(Duration::from_millis(200), |_| false);
+    }
+    let o = asked.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let session = &report["sessions"][0];
+    assert_eq!(session["gave_up"], true, "{report}");
+    assert_eq!(session["round_trips"], 2, "{report}");
+    assert!(sent < 20, "node-1 answered {sent} lists: {report}");
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
 /// A peer keeping node-1's session with it alive without ending it (an empty Repair now and
 /// then) held `edgerep reconcile` of every peer until the API's own timeout (408), hiding what
 /// the session with node-3 found. Now the answer comes before that timeout, with node-3's

@@ -149,8 +149,8 @@ pub struct SessionReport {
     /// `Replication::reconcile`): the report so far; the session goes on, and status shows its
     /// end.
     pub running: bool,
-    /// Whether it was given up after [`MAX_ROUND_TRIPS`] round trips (the peer kept naming
-    /// differing ranges).
+    /// Whether it was given up: after [`MAX_ROUND_TRIPS`] round trips (the peer kept naming
+    /// differing ranges), or when the peer named ranges after the comparison had ended.
     pub gave_up: bool,
     /// Messages sent and received.
     pub messages: u64,
@@ -663,33 +663,22 @@ impl Replicator {
     }
 
     /// A Reconcile or Repair message from `peer` (the core checked it follows the handshake),
-    /// within the peer's share of this thread ([`WORK_SHARE`]) when it belongs to the peer's
-    /// session (this node's own sessions are bounded by their round trips) or asks for keys.
+    /// within the peer's share of this thread ([`WORK_SHARE`]) when it makes work: in the
+    /// peer's sessions and in this node's alike (what the peer puts in a message to one of
+    /// ours, ranges to list, versions to shape and merge, is its choice as much).
     pub(super) fn aae_message(&mut self, peer: &NodeId, message: Message, bytes: usize) {
-        let session = |id: &u64| {
-            self.anti_entropy
-                .sessions
-                .get(peer)
-                .is_some_and(|s| s.id == *id)
-        };
         let makes_work = match &message {
             Message::Reconcile {
-                id,
                 fingerprints,
                 items,
-            } => !session(id) && (!fingerprints.is_empty() || !items.is_empty()),
+                ..
+            } => !fingerprints.is_empty() || !items.is_empty(),
             Message::Repair {
-                id,
                 versions,
                 want,
                 resolutions,
                 ..
-            } => {
-                // Keys wanted are answered from whatever session they name (each costs reads of
-                // its versions' blocks for their proofs): charged always.
-                !want.is_empty()
-                    || (!session(id) && (!versions.is_empty() || !resolutions.is_empty()))
-            }
+            } => !want.is_empty() || !versions.is_empty() || !resolutions.is_empty(),
             _ => false,
         };
         if makes_work && !self.anti_entropy.work_left(peer) {
@@ -729,6 +718,28 @@ impl Replicator {
             } => {
                 let mine = ours(&mut self.anti_entropy, id);
                 let had_ranges = !fingerprints.is_empty() || !items.is_empty();
+                // Every answer of the peer's to a session of ours is a round trip, bounded by
+                // MAX_ROUND_TRIPS; and once this node's answer named no range the comparison is
+                // over: an honest peer sends no more ranges under the id.
+                if mine
+                    && had_ranges
+                    && let Some(session) = self.anti_entropy.sessions.get_mut(peer)
+                {
+                    let over = session.compared;
+                    if !over {
+                        session.report.round_trips += 1;
+                    }
+                    if over || session.report.round_trips > MAX_ROUND_TRIPS {
+                        if over {
+                            tracing::warn!(peer = %peer, "anti-entropy session given up: the peer named ranges after the comparison ended");
+                        } else {
+                            tracing::warn!(peer = %peer, "anti-entropy session given up after {MAX_ROUND_TRIPS} round trips: the peer keeps naming differing ranges");
+                        }
+                        session.report.gave_up = true;
+                        self.aae_finish(peer);
+                        return;
+                    }
+                }
                 // Nothing is read for a peer whose frames pile up unsent (the answer could
                 // not go), nor past its budget of listings: dropped, its session times out.
                 // A range the answer lists costs a listing whether the peer listed it or only
@@ -780,24 +791,11 @@ impl Replicator {
                 }
                 if had_ranges {
                     let more = step.has_ranges();
-                    let mut give_up = false;
-                    if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
-                        if more {
-                            session.report.round_trips += 1;
-                            give_up = session.report.round_trips > MAX_ROUND_TRIPS;
-                        } else {
-                            session.compared = true;
-                        }
-                    }
-                    if give_up {
-                        // An honest comparison reaches the leaves of the tree in a few round
-                        // trips; a peer that keeps naming differing ranges is not comparing.
-                        tracing::warn!(peer = %peer, "anti-entropy session given up after {MAX_ROUND_TRIPS} round trips: the peer keeps naming differing ranges");
-                        if let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
-                            session.report.gave_up = true;
-                        }
-                        self.aae_finish(peer);
-                        return;
+                    if !more
+                        && mine
+                        && let Some(session) = self.anti_entropy.sessions.get_mut(peer)
+                    {
+                        session.compared = true;
                     }
                     self.aae_send(
                         peer,
