@@ -485,15 +485,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // events (replication opens the gate), unless the operator says this node is alone.
     // Revoked peers are never heard (their sessions are refused), so they do not count.
     let heard_from = config.peers.iter().any(|p| !config.is_revoked(&p.id));
-    let (origin_gate, origin_gate_rx) =
-        watch::channel((heard_from && !config.node.alone).then(|| {
-            "waiting for the peers to say how far they hold this node's own events (so that no \
-             sequence number is used twice after a restore); if no peer can be reached, \
-             `edgerep run --alone` takes writes at once, but only if no peer ever held newer \
-             events of this node than its store does: after a restore from a backup, writing \
-             alone signs a second history of this node (a fork its peers will refuse)"
-                .to_owned()
-        }));
+    let (origin_gate, origin_gate_rx) = watch::channel(
+        (heard_from && !config.node.alone).then(|| replication::ORIGIN_WAITING.to_owned()),
+    );
     let commit_metrics = Arc::new(metrics::CommitMetrics::new(
         config.collections.declared.iter().map(|c| c.name.clone()),
     ));

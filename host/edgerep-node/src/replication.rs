@@ -73,6 +73,7 @@ pub use identity::{IdentityError, load_identity};
 use status::Reports;
 pub use status::{ForkReport, PeerStatus, PeerTraffic, RefusalReport, ReplicationStatus};
 pub use store_log::StoreLog;
+pub(crate) use trust::ORIGIN_WAITING;
 
 use crate::pipeline::Pipeline;
 use anti_entropy::AntiEntropy;
@@ -123,6 +124,12 @@ enum Input {
     Disconnected {
         peer: NodeId,
         id: u64,
+        reason: String,
+    },
+    /// The peer's Hello was refused by its reader (a protocol version this build does not
+    /// speak); its Disconnected follows.
+    Refused {
+        peer: NodeId,
         reason: String,
     },
     Message {
@@ -431,6 +438,7 @@ pub fn start(
         traced: BTreeMap::new(),
         frames: BTreeMap::new(),
         last_error: BTreeMap::new(),
+        refusals: BTreeMap::new(),
         mismatches: BTreeMap::new(),
         replaced: BTreeSet::new(),
         peer_have: BTreeMap::new(),
@@ -607,6 +615,9 @@ struct Replicator {
     /// Per peer: (messages sent, bytes sent, messages received, bytes received).
     frames: BTreeMap<NodeId, [u64; 4]>,
     last_error: BTreeMap<NodeId, String>,
+    /// Per peer, why its last session was refused (its protocol version or config), until one
+    /// starts: what the origin gate's wait names, which a dial failing since does not hide.
+    refusals: BTreeMap<NodeId, String>,
     mismatches: BTreeMap<NodeId, Vec<String>>,
     /// Links a newer connection replaced, until their end comes (not the peer's error).
     replaced: BTreeSet<(NodeId, u64)>,
@@ -758,6 +769,9 @@ impl Replicator {
                 if !self.replaced.remove(&(peer.clone(), id)) {
                     self.last_error.insert(peer, reason);
                 }
+            }
+            Input::Refused { peer, reason } => {
+                self.refusals.insert(peer, reason);
             }
             Input::Message {
                 peer,
@@ -981,6 +995,7 @@ impl Replicator {
                 } => self.apply_batch(peer, events, seals, certs),
                 Output::PeerReady { peer, hello } => {
                     tracing::info!(peer = %peer, instance = hello.instance, "replication session ready");
+                    self.refusals.remove(&peer);
                     if self.duplicate_id(&peer, hello.instance) {
                         continue;
                     }

@@ -46,8 +46,8 @@ mod session;
 pub use have::Have;
 pub use log::{Log, LogError, Read, StateCursor, StatePage};
 pub use message::{
-    CollectionFingerprint, DecodeError, Hello, Message, MessageLimits, PROTOCOL_VERSION,
-    PluginFingerprint, UpgradeFingerprint,
+    CollectionFingerprint, DecodeError, Hello, MIN_PROTOCOL_VERSION, Message, MessageLimits,
+    PROTOCOL_VERSION, PluginFingerprint, UpgradeFingerprint,
 };
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]

@@ -46,8 +46,17 @@ use crate::reconcile::{MAX_KEYS, MAX_RANGES, RangeFingerprint, RangeItems};
 use edgerep_wire::aae::{KeyResolution, LEAF_LEVEL, Node, bucket_of};
 use edgerep_wire::cbor::{CborError, Reader};
 
-/// The protocol version this code speaks.
+/// The protocol version this code speaks: the latest.
 pub const PROTOCOL_VERSION: u32 = 7;
+
+/// The oldest protocol version this code speaks. A session speaks the lower of the two
+/// Hellos' versions, so nodes of two builds talk through a rolling upgrade as long as each
+/// speaks the other's version or the other speaks its own. To keep that possible, a Hello of
+/// every later version begins with this version's items (later versions append theirs, which
+/// this build reads past), and a build that raises [`PROTOCOL_VERSION`] keeps speaking the
+/// versions down to its minimum. A Hello below [`MIN_PROTOCOL_VERSION`] is refused by its
+/// version alone, before the rest of it is read.
+pub const MIN_PROTOCOL_VERSION: u32 = 7;
 
 /// Most upgrades one collection's fingerprint may list.
 pub const MAX_UPGRADES: usize = 64;
@@ -301,6 +310,14 @@ pub enum DecodeError {
     /// The first item names no message type this version knows.
     #[error("unknown message type {0}")]
     UnknownType(u64),
+    /// A Hello of a protocol version this build no longer speaks.
+    #[error(
+        "the peer speaks protocol version {theirs}, this node speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}: upgrade the older of the two nodes"
+    )]
+    Version {
+        /// The peer's.
+        theirs: u32,
+    },
     /// An item decodes but is not in deterministic encoding (a longer head than needed).
     #[error("{what} is not in deterministic encoding")]
     NonCanonical {
@@ -568,9 +585,10 @@ impl Message {
             });
         }
         let ty = r.u64("message type")?;
+        if ty == kind::HELLO {
+            return decode_hello(&mut r, items).map(Message::Hello);
+        }
         let (want, message) = match ty {
-            kind::HELLO if items == 8 => (8, "hello"),
-            kind::HELLO => (9, "hello"),
             kind::EVENTS => (4, "events message"),
             kind::ACK => (3, "ack"),
             kind::BYE => (2, "bye"),
@@ -589,7 +607,6 @@ impl Message {
             });
         }
         let message = match ty {
-            kind::HELLO => Message::Hello(decode_hello(&mut r, items)?),
             kind::EVENTS => {
                 let events = decode_events(&mut r, frame, limits)?;
                 let (seals, certs) = decode_seals(&mut r, limits, "events")?;
@@ -1132,10 +1149,33 @@ fn decode_origins(r: &mut Reader<'_>, what: &str) -> Result<Vec<NodeId>, DecodeE
     Ok(origins)
 }
 
-/// A Hello of `items` items: 9 in this version; 8 from a sender of an earlier one (without
-/// `your_seal`), read so the session can be refused for its version by name.
+/// A Hello of `items` items (after its type): its version first, refused by that alone when
+/// this build does not speak it ([`DecodeError::Version`]); then this version's 9 items, and
+/// past them what a later version appended (not read: the session speaks this version).
 fn decode_hello(r: &mut Reader<'_>, items: u64) -> Result<Hello, DecodeError> {
+    if items < 2 {
+        return Err(DecodeError::Malformed {
+            what: "hello".into(),
+            reason: format!("expected an array of 9 items, found {items}"),
+        });
+    }
     let protocol = r.u32("hello protocol")?;
+    if protocol < MIN_PROTOCOL_VERSION {
+        return Err(DecodeError::Version { theirs: protocol });
+    }
+    if items < 9 || (protocol == PROTOCOL_VERSION && items != 9) {
+        return Err(DecodeError::Malformed {
+            what: "hello".into(),
+            reason: format!(
+                "expected an array of 9 items{}, found {items}",
+                if protocol > PROTOCOL_VERSION {
+                    " or more"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     let node = node_id(r, "hello node")?;
     let instance = r.u64("hello instance")?;
     let n = bounded_len(r, "hello fingerprint", event::MAX_COLLECTIONS)?;
@@ -1223,14 +1263,14 @@ fn decode_hello(r: &mut Reader<'_>, items: u64) -> Result<Hello, DecodeError> {
         ascending(&mut previous, &key, "hello policy")?;
         policy.push((key.to_owned(), text(r, "policy value")?.to_owned()));
     }
-    let your_seal = if items == 9 {
-        match bounded_len(r, "hello seal", 1)? {
-            0 => None,
-            _ => Some(decode_seal(r)?),
-        }
-    } else {
-        None
+    let your_seal = match bounded_len(r, "hello seal", 1)? {
+        0 => None,
+        _ => Some(decode_seal(r)?),
     };
+    for _ in 9..items {
+        r.skip_item("hello item of a later version")?;
+    }
+    r.finish()?;
     Ok(Hello {
         protocol,
         node,
@@ -1397,7 +1437,7 @@ mod tests {
         vec![
             Message::Hello(hello()),
             Message::Hello(Hello {
-                protocol: 3,
+                protocol: PROTOCOL_VERSION,
                 node: node("z"),
                 instance: 0,
                 fingerprint: vec![],
@@ -2049,16 +2089,72 @@ mod tests {
         two[at] = 0x82;
         two.extend_from_within(at + 1..);
         refused(&two, "hello seal: 2 entries, over the limit of 1");
-        // A Hello of the previous version (8 items, no seal) is read, so the session can be
-        // refused for its version by name.
-        let mut old = with(&|h| h.your_seal = None);
+        // A Hello of a version below the minimum is refused by its version, whatever follows
+        // it (the previous version's had 8 items), with both versions named.
+        let mut old = with(&|h| {
+            h.your_seal = None;
+            h.protocol = MIN_PROTOCOL_VERSION - 1;
+        });
         assert_eq!(old[0], 0x89);
         assert_eq!(old.pop(), Some(0x80));
         old[0] = 0x88;
         match decode(&old) {
-            Ok(Message::Hello(h)) => assert_eq!(h.your_seal, None),
+            Err(e @ DecodeError::Version { theirs }) => {
+                assert_eq!(theirs, MIN_PROTOCOL_VERSION - 1);
+                assert!(
+                    e.to_string().contains(&format!(
+                        "protocol version {theirs}, this node speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+                    )),
+                    "{e}"
+                );
+            }
             other => panic!("{other:?}"),
         }
+        refused(
+            &cbor(|e| {
+                e.array(3).unwrap().u64(kind::HELLO).unwrap();
+                e.u32(MIN_PROTOCOL_VERSION - 1)
+                    .unwrap()
+                    .str("anything")
+                    .unwrap();
+            }),
+            "upgrade the older of the two nodes",
+        );
+        // This version's Hello has its 9 items exactly.
+        let mut short = with(&|h| h.your_seal = None);
+        assert_eq!(short.pop(), Some(0x80));
+        short[0] = 0x88;
+        refused(&short, "expected an array of 9 items, found 8");
+        let mut long = with(&|h| h.your_seal = None);
+        long[0] = 0x8a;
+        long.push(0x80);
+        refused(&long, "expected an array of 9 items, found 10");
+        // A later version's Hello: this version's items first, then whatever it appended,
+        // read past (the session speaks this version).
+        let later = |extra: &[u8]| {
+            let mut b = with(&|h| h.protocol = PROTOCOL_VERSION + 1);
+            b[0] = 0x8a;
+            b.extend_from_slice(extra);
+            b
+        };
+        for extra in [
+            &[0x80][..],
+            &[0xa1, 0x61, b'x', 0x82, 0x01, 0x02][..],
+            &[0x43, 1, 2, 3][..],
+        ] {
+            match decode(&later(extra)) {
+                Ok(Message::Hello(h)) => {
+                    let mut expected = hello();
+                    expected.protocol = PROTOCOL_VERSION + 1;
+                    assert_eq!(h, expected);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        refused(&later(&[0x82, 0x01]), "hello item of a later version");
+        let mut later_trailing = later(&[0x80]);
+        later_trailing.push(0x01);
+        refused(&later_trailing, "trailing");
         refused(
             &with(&|h| h.policy.reverse()),
             "hello policy: not strictly ascending",
@@ -2084,16 +2180,22 @@ mod tests {
         refused(
             &cbor(|e| {
                 drop(
-                    e.array(8)
+                    e.array(9)
                         .and_then(|e| e.u64(0))
-                        .and_then(|e| e.u64(1))
+                        .and_then(|e| e.u32(PROTOCOL_VERSION))
                         .and_then(|e| e.str("")),
                 )
             }),
             "invalid hello node",
         );
         refused(
-            &cbor(|e| drop(e.array(4).and_then(|e| e.u64(0)))),
+            &cbor(|e| {
+                drop(
+                    e.array(4)
+                        .and_then(|e| e.u64(0))
+                        .and_then(|e| e.u32(PROTOCOL_VERSION)),
+                )
+            }),
             "hello: expected an array of 9 items, found 4",
         );
     }

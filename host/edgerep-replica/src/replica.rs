@@ -36,7 +36,9 @@ use edgerep_wire::{EncodedEvent, NodeId, Seal};
 use crate::fingerprint;
 use crate::have::{self, Have};
 use crate::log::{Log, LogError, StatePage};
-use crate::message::{CollectionFingerprint, Hello, Message, MessageLimits, PROTOCOL_VERSION};
+use crate::message::{
+    CollectionFingerprint, Hello, MIN_PROTOCOL_VERSION, Message, MessageLimits, PROTOCOL_VERSION,
+};
 use crate::session::{Batch, HELD_BACK_WAIT_MAX_MS, HeldBackAsk, PendingPage, Session};
 
 /// The "next page" of a snapshot whose last page was merged.
@@ -192,7 +194,9 @@ pub enum ProtocolError {
     #[error("second hello on one session")]
     DuplicateHello,
     /// The peer speaks another protocol version.
-    #[error("peer speaks protocol version {theirs}, this node speaks {ours}")]
+    #[error(
+        "the peer speaks protocol version {theirs}, this node speaks versions {MIN_PROTOCOL_VERSION} to {ours}: upgrade the older of the two nodes"
+    )]
     Version {
         /// Ours.
         ours: u32,
@@ -768,7 +772,9 @@ impl Replica {
                 if s.ready() {
                     return Err(ProtocolError::DuplicateHello);
                 }
-                if hello.protocol != PROTOCOL_VERSION {
+                // A later version's peer speaks this one (see `MIN_PROTOCOL_VERSION`); an
+                // earlier one below the minimum is refused (its Hello is, when decoded).
+                if hello.protocol < MIN_PROTOCOL_VERSION {
                     return Err(ProtocolError::Version {
                         ours: PROTOCOL_VERSION,
                         theirs: hello.protocol,

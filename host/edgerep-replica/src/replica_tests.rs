@@ -287,6 +287,30 @@ fn handshake_sends_hello_with_local_have_and_reports_ready() {
     assert_eq!((v.in_flight_events, v.last_message_ms), (2, Some(6)));
 }
 
+/// A peer of a later build (a rolling upgrade) says its later version; the session speaks
+/// this one, which the later build speaks too.
+#[test]
+fn a_peer_of_a_later_protocol_version_gets_a_session_in_this_one() {
+    let log = MemLog::with(&evs("a", 1..=2));
+    let mut r = Replica::new(n("a"), ReplicaConfig::default());
+    r.set_local_have(&log.have());
+    r.connected(&n("b"), 5);
+    let Some((_, Message::Hello(ours))) = r.poll_transmit(5, &log).unwrap() else {
+        panic!()
+    };
+    assert_eq!(ours.protocol, PROTOCOL_VERSION);
+    let mut later = hello("b", &[]);
+    if let Message::Hello(h) = &mut later {
+        h.protocol = PROTOCOL_VERSION + 1;
+    }
+    r.handle(&n("b"), later, 6).unwrap();
+    assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
+    assert_eq!(
+        sent_dots(r.poll_transmit(6, &log).unwrap()).1,
+        dots(&[("a", 1), ("a", 2)])
+    );
+}
+
 #[test]
 fn transform_differences_are_reported_and_resolver_differences_pause() {
     let fp = |resolver: &str, apply: &[&str]| CollectionFingerprint {
@@ -357,7 +381,9 @@ fn protocol_violations_are_errors_naming_the_fault() {
     let e = r.handle(&n("b"), old, 0).unwrap_err();
     assert_eq!(
         e.to_string(),
-        format!("peer speaks protocol version 6, this node speaks {PROTOCOL_VERSION}")
+        format!(
+            "the peer speaks protocol version 6, this node speaks versions 7 to {PROTOCOL_VERSION}: upgrade the older of the two nodes"
+        )
     );
     let e = r.handle(&n("b"), hello("c", &[]), 0).unwrap_err();
     assert_eq!(

@@ -93,6 +93,15 @@ impl<'b> Reader<'b> {
         Ok(())
     }
 
+    /// Skips one whole item, whatever it holds (bounded by the bytes left: nesting deeper
+    /// than minicbor allows is refused).
+    pub fn skip_item(&mut self, what: &str) -> Result<(), CborError> {
+        self.d.skip().map_err(|e| CborError::Malformed {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Errors unless every byte was read.
     pub fn finish(&self) -> Result<(), CborError> {
         match self.remaining() {

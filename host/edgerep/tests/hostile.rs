@@ -1270,6 +1270,67 @@ fn a_peer_repeating_itself_after_the_comparison_ended_ends_the_session() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
+/// A rolling upgrade: node-2 runs another build. One that speaks only an older protocol
+/// version is refused by its version alone (the rest of its Hello is not read), named in the
+/// close; while it is node-1's only peer, node-1's writes wait for the origin gate, and the 503
+/// names the refusal (it named only the wait, and the peer's Hello was reported as
+/// "undecodable"). One of a later version, whose Hello appends an item this build does not
+/// know, gets a session in this build's version, and node-1 takes writes.
+#[test]
+fn peers_of_other_protocol_versions_are_named_or_spoken_to_in_this_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    n1.terminate();
+    n3.terminate();
+    let n1 = Node::start(&configs[0]);
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let mut older = h.hello(&[("node-1", 1)], &[]);
+    if let Message::Hello(hello) = &mut older {
+        hello.protocol = edgerep_replica::MIN_PROTOCOL_VERSION - 1;
+    }
+    h.send(&older).unwrap();
+    let named = format!(
+        "the peer speaks protocol version {}, this node speaks versions",
+        edgerep_replica::MIN_PROTOCOL_VERSION - 1
+    );
+    let reason = h.closed_within(Duration::from_secs(5)).expect("closed");
+    assert!(reason.contains(&named), "{reason}");
+    let r = agent()
+        .put(&n1.url("/v1/kv/c/during"))
+        .content_type("application/json")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(r#"{"v":2}"#.as_bytes())
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.into_body().read_to_string().unwrap();
+    assert!(body.contains(&format!("node-2: {named}")), "{body}");
+    drop(h);
+    // A later version's Hello: one more item at the end.
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let mut later = h.hello(&[("node-1", 1)], &[]);
+    if let Message::Hello(hello) = &mut later {
+        hello.protocol = edgerep_replica::PROTOCOL_VERSION + 1;
+    }
+    let mut bytes = later.encode();
+    assert_eq!(bytes[0], 0x89);
+    bytes[0] = 0x8a;
+    bytes.extend_from_slice(&[0xa1, 0x61, b'x', 0x01]);
+    h.send_raw(&bytes).unwrap();
+    assert!(
+        h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
+            .is_some(),
+        "node-1 answers the handshake"
+    );
+    assert_eq!(
+        put(&n1, "c", "after", r#"{"v":3}"#),
+        2,
+        "node-1 takes writes"
+    );
+    assert!(h.closed_within(Duration::from_secs(1)).is_none());
+}
+
 /// A peer keeping node-1's session with it alive without ending it (an empty Repair now and
 /// then) held `edgerep reconcile` of every peer until the API's own timeout (408), hiding what
 /// the session with node-3 found. Now the answer comes before that timeout, with node-3's

@@ -404,7 +404,17 @@ pub(super) async fn serve_connection(
                     }
                 }
                 Err(e) => {
-                    let reason = format!("undecodable message: {e}");
+                    let reason = match e {
+                        edgerep_replica::DecodeError::Version { .. } => {
+                            let reason = e.to_string();
+                            let _ = inbox.send(Input::Refused {
+                                peer: peer.clone(),
+                                reason: reason.clone(),
+                            });
+                            reason
+                        }
+                        e => format!("undecodable message: {e}"),
+                    };
                     conn.close(CloseCode::Protocol, &reason);
                     break reason;
                 }

@@ -57,6 +57,13 @@ pub(super) struct Claimed {
     pub(super) proven: bool,
 }
 
+/// Why local writes wait while no peer has said how far it holds this node's own events.
+pub(crate) const ORIGIN_WAITING: &str = "waiting for the peers to say how far they hold this \
+    node's own events (so that no sequence number is used twice after a restore); if no peer can \
+    be reached, `edgerep run --alone` takes writes at once, but only if no peer ever held newer \
+    events of this node than its store does: after a restore from a backup, writing alone signs \
+    a second history of this node (a fork its peers will refuse)";
+
 impl Replicator {
     /// Opens the origin gate once the peers said how far they hold this node's own events and
     /// this node holds at least as much (after a restore from a backup, its later events come
@@ -80,6 +87,29 @@ impl Replicator {
             return;
         }
         let Some(first) = self.origin_first_claim else {
+            // No peer said it yet: their last errors say why (unreachable, or refused for its
+            // protocol version or config), with the wait's own reason.
+            let errors: Vec<String> = self
+                .peers
+                .iter()
+                .filter_map(|(p, _)| {
+                    let e = self.refusals.get(p).or_else(|| self.last_error.get(p));
+                    e.map(|e| format!("{p}: {e}"))
+                })
+                .collect();
+            let waiting = if errors.is_empty() {
+                ORIGIN_WAITING.to_owned()
+            } else {
+                format!(
+                    "{ORIGIN_WAITING}. The peers' last errors: {}",
+                    errors.join("; ")
+                )
+            };
+            gate.send_if_modified(|g| {
+                let changed = g.as_deref() != Some(waiting.as_str());
+                *g = Some(waiting.clone());
+                changed
+            });
             return;
         };
         let held = self.own_held();
@@ -439,6 +469,7 @@ impl Replicator {
         }
         self.core.disconnected(&peer, now);
         self.aae_disconnected(&peer);
+        self.refusals.insert(peer.clone(), reason.clone());
         self.last_error.insert(peer, reason);
     }
 
