@@ -250,13 +250,15 @@ impl Client {
         self.finish(self.agent.get(&format!("{}/metrics", self.base)).call())
     }
 
-    /// POST /v1/reload (reread the config file and apply what may change while running).
-    pub fn reload(&self) -> Outcome {
-        self.finish(
-            self.agent
-                .post(format!("{}/v1/reload", self.base))
-                .send_empty(),
-        )
+    /// POST /v1/reload (reread the config file and apply what may change while running), with
+    /// `expect` the digest of the file the caller checked (`edgerep_config::file_digest`): the
+    /// node refuses (409) when its file differs.
+    pub fn reload(&self, expect: Option<&str>) -> Outcome {
+        let url = match expect {
+            Some(d) => format!("{}/v1/reload?expect={}", self.base, query_value(d)),
+            None => format!("{}/v1/reload", self.base),
+        };
+        self.finish(self.agent.post(&url).send_empty())
     }
 
     /// POST /v1/reconcile (anti-entropy now, with one peer or every connected one).

@@ -482,6 +482,12 @@ pub struct RetentionConfig {
     pub max_held_events: Option<u64>,
 }
 
+/// Names a config file's contents: lowercase hex BLAKE3 of its bytes (what `edgerep reload`
+/// checked, compared with what the node reads).
+pub fn file_digest(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
 impl Config {
     /// Reads and parses the configuration file at `path`. A file that cannot be read is a
     /// [`ConfigError`] naming it, like every other error.
@@ -493,6 +499,34 @@ impl Config {
             )
         })?;
         Config::parse(&text, path)
+    }
+
+    /// [`Config::load`] for a node that runs: the file is read twice, `settle` apart, and
+    /// refused if the two reads differ (an editor or a script writing it in place at that
+    /// moment: a file cut short can parse, and drop every peer after the cut). Returns the
+    /// config and [`file_digest`] of its bytes.
+    pub fn load_settled(
+        path: &Path,
+        settle: std::time::Duration,
+    ) -> Result<(Config, String), ConfigError> {
+        let read = || {
+            std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::file(
+                    path,
+                    format!("cannot read config file: {}", tidy_message(&e.to_string())),
+                )
+            })
+        };
+        let text = read()?;
+        std::thread::sleep(settle);
+        if read()? != text {
+            return Err(ConfigError::file(
+                path,
+                "the file changed while it was read (is it being written?): nothing was taken; \
+                 write a config file whole elsewhere and rename it over this one",
+            ));
+        }
+        Ok((Config::parse(&text, path)?, file_digest(text.as_bytes())))
     }
 
     /// Parses configuration text. `path` is the file it came from: errors name it, and a

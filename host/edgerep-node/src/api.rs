@@ -1974,12 +1974,20 @@ async fn reconcile(
     Ok(axum::Json(json!({ "sessions": reports })).into_response())
 }
 
-/// `POST /v1/reload`: reads the node's config file again and takes in what changed (see
-/// `reload.rs`); 422 with the reasons when it cannot be taken in without a restart (nothing
-/// changed); 500 `reloaded_with_errors` when the new config took effect but a step after failed.
-async fn reload(State(app): Shared) -> Result<Response, ApiError> {
-    let reloaded = app.reloader.reload_file().await.map_err(|e| {
-        if e.took_effect() {
+/// `POST /v1/reload[?expect=DIGEST]`: reads the node's config file again and takes in what
+/// changed (see `reload.rs`); 422 with the reasons when it cannot be taken in without a restart
+/// (nothing changed); 409 `file_differs` when the file's digest is not `expect` (the file the
+/// caller checked; nothing changed); 500 `reloaded_with_errors` when the new config took effect
+/// but a step after failed.
+async fn reload(
+    State(app): Shared,
+    query: Result<Query<ReloadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let reloaded = app.reloader.reload_file(q.expect).await.map_err(|e| {
+        if matches!(e, crate::reload::ReloadError::FileDiffers { .. }) {
+            ApiError::new(StatusCode::CONFLICT, "file_differs", e.to_string())
+        } else if e.took_effect() {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "reloaded_with_errors",
@@ -1994,6 +2002,13 @@ async fn reload(State(app): Shared) -> Result<Response, ApiError> {
         }
     })?;
     Ok(axum::Json(json!({ "reloaded": reloaded })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadQuery {
+    /// `edgerep_config::file_digest` of the file the caller checked.
+    expect: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -201,7 +201,7 @@ impl RunningNode {
 
     /// Reads the node's config file again and takes it in (SIGHUP).
     pub async fn reload_file(&self) -> Result<reload::Reloaded, reload::ReloadError> {
-        self.reloader.reload_file().await
+        self.reloader.reload_file(None).await
     }
 
     /// Returns when the node begins to stop on its own (its disk failed): the caller should

@@ -80,7 +80,18 @@ pub enum ReloadError {
     /// The API's token file cannot be read again, or holds no good token.
     #[error("{0} (nothing changed)")]
     Token(String),
+    /// The node's config file is not the one the caller checked.
+    #[error(
+        "the node's config file {file} is not the file that was checked (its contents differ): nothing was reloaded; edit {file}, or restart the node with --config naming the other file"
+    )]
+    FileDiffers {
+        /// The node's config file.
+        file: String,
+    },
 }
+
+/// How far apart a reload reads the config file twice (see [`Reloader::reload_file`]).
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl ReloadError {
     /// Whether the new config is, or may be, in force despite the error (resolving keys again
@@ -227,14 +238,30 @@ impl Reloader {
     /// Reads the config file the node started with again and takes it in. The file is read
     /// once this reload's turn came: of two at once (SIGHUP and a request) around an edit, the
     /// last to run reads the file as it is last, never an older read after a newer one.
-    pub async fn reload_file(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+    ///
+    /// The file must read the same twice, [`SETTLE`] apart (one being written is refused), and
+    /// with `expect`, its [`edgerep_config::file_digest`] must be that (the file
+    /// `edgerep reload --config FILE` checked): else nothing changes.
+    pub async fn reload_file(
+        self: &Arc<Self>,
+        expect: Option<String>,
+    ) -> Result<Reloaded, ReloadError> {
         let this = self.clone();
         tokio::spawn(async move {
             let _one = this.busy.lock().await;
             let path = this.config().source.clone();
-            let config = tokio::task::spawn_blocking(move || Config::load(&path))
-                .await
-                .map_err(|e| ReloadError::Task(e.to_string()))??;
+            let file = path.clone();
+            let (config, digest) =
+                tokio::task::spawn_blocking(move || Config::load_settled(&path, SETTLE))
+                    .await
+                    .map_err(|e| ReloadError::Task(e.to_string()))??;
+            if let Some(expected) = expect
+                && expected != digest
+            {
+                return Err(ReloadError::FileDiffers {
+                    file: file.display().to_string(),
+                });
+            }
             this.reload_locked(config).await
         })
         .await

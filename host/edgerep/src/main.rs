@@ -655,7 +655,9 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             ))
         }
         Command::Reload { config } => {
-            let c = match Config::load(&config) {
+            // The bytes checked here are the ones the node must find in its own file (it
+            // refuses, 409, when its file differs: another file, or one changed since).
+            let (c, digest) = match Config::load_settled(&config, std::time::Duration::ZERO) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -668,8 +670,15 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 eprintln!("{e}");
                 return Ok(EXIT_USAGE);
             }
-            let mut reloaded_file = None;
-            let outcome = client(&config)?.reload();
+            let outcome = client(&config)?.reload(Some(&digest));
+            if let Outcome::Refused(409, message) = &outcome {
+                eprintln!(
+                    "edgerep: {} (checked: {})",
+                    one_line(message),
+                    config.display()
+                );
+                return Ok(EXIT_USAGE);
+            }
             if let (Outcome::Refused(401, _), Some(token)) = (&outcome, &c.api.token_file) {
                 // After a rotation the file holds a token the node does not know yet.
                 eprintln!(
@@ -677,35 +686,12 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                     token.display()
                 );
             }
-            let code = report(outcome, |body| {
+            Ok(report(outcome, |body| {
                 match serde_json::from_slice::<serde_json::Value>(body) {
-                    Ok(j) => {
-                        reloaded_file = j["reloaded"]["file"].as_str().map(PathBuf::from);
-                        println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default())
-                    }
+                    Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
                     Err(_) => print_body(body),
                 }
-            });
-            // The node reads the file it was started with, not the one named here: a copy
-            // edited elsewhere would be checked, then silently not taken. (Told apart by
-            // content where the node's file can be read here: the same file may show under
-            // another path, or none, from a container.)
-            if let Some(file) = reloaded_file {
-                let differs = match (std::fs::read(&file), std::fs::read(&config)) {
-                    (Ok(theirs), Ok(ours)) => theirs != ours,
-                    _ => false,
-                };
-                if differs {
-                    eprintln!(
-                        "edgerep: the node reloaded {}, the file it was started with, not {}: edit that file, or restart the node with --config {}",
-                        file.display(),
-                        config.display(),
-                        config.display()
-                    );
-                    return Ok(EXIT_USAGE);
-                }
-            }
-            Ok(code)
+            }))
         }
         Command::Reconcile { config, peer } => Ok(report(
             client(&config)?.reconcile(peer.as_deref()),

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{Node, edgerep, init, send_signal, stderr, stdout};
+use std::time::Duration;
+
+use common::{Node, agent, edgerep, init, send_signal, stderr, stdout};
 
 #[test]
 fn verbs_against_a_running_node() {
@@ -709,9 +711,10 @@ fn dead_letters_are_deleted_and_replayed_all_at_once() {
     drop(node);
 }
 
-/// `edgerep reload --config B` for a node started with A: the node reloads A (the file it was
-/// started with), so a change made in B is not taken; the verb says so and exits 2 instead of
-/// reporting success.
+/// `edgerep reload --config B` for a node started with A: the node reloaded A (a file nobody
+/// checked) and only then did the verb find the two differ. Now the verb sends the digest of
+/// what it checked and the node refuses (409) before taking anything: A's own edit (a limit
+/// raised) is not in force either. The verb exits 2 naming both files.
 #[test]
 fn reload_names_the_file_the_node_reads_when_another_is_given() {
     let dir = tempfile::tempdir().unwrap();
@@ -727,10 +730,84 @@ fn reload_names_the_file_the_node_reads_when_another_is_given() {
         format!("{text}\n# edited here, not in the node's file\n"),
     )
     .unwrap();
+    assert!(text.contains("\n[limits]\n"));
+    std::fs::write(
+        &config,
+        text.replace("\n[limits]\n", "\n[limits]\nmax_value_bytes = 200000\n"),
+    )
+    .unwrap();
     let o = edgerep(&["reload", "--config", copy.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     let err = stderr(&o);
-    assert!(err.contains("edited-copy.toml") && err.contains(c), "{err}");
+    assert!(
+        err.contains("edited-copy.toml") && err.contains(c) && err.contains("nothing was reloaded"),
+        "{err}"
+    );
+    // A value over the limit A raises is still refused: A was not taken in.
+    let big = format!(r#"{{"v":"{}"}}"#, "x".repeat(100_000));
+    let r = agent()
+        .put(&node.url("/v1/kv/c/big"))
+        .content_type("application/json")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(big.as_bytes())
+        .unwrap();
+    assert_eq!(r.status(), 413, "{:?}", r.into_body().read_to_string());
+    // Reloaded with A itself, it is.
+    let o = edgerep(&["reload", "--config", c]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = agent()
+        .put(&node.url("/v1/kv/c/big"))
+        .content_type("application/json")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(big.as_bytes())
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.into_body().read_to_string());
+    drop(node);
+}
+
+/// A config file being written when a reload reads it (a SIGHUP while an editor or a script
+/// rewrites it in place) is refused whole: a file cut short can parse, and would drop the peers
+/// after the cut.
+#[test]
+fn a_config_file_changing_while_it_is_read_is_not_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-w");
+    let node = Node::start(&config);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let writing = {
+        let config = config.clone();
+        let text = text.clone();
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            let mut i = 0u64;
+            while std::time::Instant::now() < until {
+                std::fs::write(&config, format!("{text}\n# write {i}\n")).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let r = agent()
+        .post(&node.url("/v1/reload"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body = r.into_body().read_to_string().unwrap();
+    assert!(
+        body.contains("the file changed while it was read"),
+        "{body}"
+    );
+    writing.join().unwrap();
+    let o = edgerep(&["reload", "--config", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     drop(node);
 }
 
