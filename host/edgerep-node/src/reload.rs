@@ -11,7 +11,7 @@
 //! Invariant: what decided an event before the reload decides it after. A plugin that decides
 //! some collection's state cannot change in place (a new build or new parameters come as a
 //! new plugin named in an upgrade), a collection's upgrades can only be appended, limits are
-//! never lowered (a start refuses that too: stored events must stay readable), and the rest of
+//! never lowered (a start lowers them only when every stored event fits), and the rest of
 //! the config (addresses, TLS, durability, retention, ...) needs a restart: a reload that
 //! changes any of it is refused whole, naming what, and nothing changes. What decides each
 //! collection and the limits are recorded in the store before the new wiring takes effect.
@@ -483,7 +483,7 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
     .collect();
     if !lowered.is_empty() {
         problems.push(format!(
-            "[limits] {lowered:?} lowered: limits are only raised (events stored under the old ones must stay readable; a start with lower ones is refused too)"
+            "[limits] {lowered:?} lowered: a reload only raises limits; restart the node with the lower ones (a start takes them when every event the store holds fits them)"
         ));
     }
     if old.peers.is_empty() != new.peers.is_empty() {

@@ -116,12 +116,15 @@ pub enum StoreError {
     /// New limits would lower some of the store's: events stored under the old limits must stay
     /// readable (a reload or a start with lower limits is refused).
     #[error(
-        "[limits] lower than the store was written under: {}; events stored under the old limits must stay readable, so keep each at least as high",
+        "[limits] lower than the store was written under: {}; events stored under the old limits must stay readable: {misfit}",
         limits.join(", ")
     )]
     LimitsLowered {
         /// The limits that would be lowered, each with its value and the one held.
         limits: Vec<String>,
+        /// Why they cannot be: the first stored event or row that does not fit them, or that a
+        /// running node cannot check (only a start lowers limits).
+        misfit: String,
     },
     /// The database was written by an older edgerep whose tables this one cannot continue.
     #[error(

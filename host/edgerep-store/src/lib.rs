@@ -510,9 +510,17 @@ impl Store {
             // refused. (Only checked here: the format and limits this build runs under are
             // recorded by `StoreWriter::record_open`, once the caller's own checks passed, so
             // that a start refused for another reason changes neither.)
+            // A lower limit is taken when everything the store holds fits it (a limit raised
+            // by mistake is undone by a start with the old one): the record is lowered to it.
             let lowered = lowered(&held_limits(&meta)?, &limits);
             if !lowered.is_empty() {
-                return Err(StoreError::LimitsLowered { limits: lowered });
+                if let Some(misfit) = verify::first_misfit(&txn, &limits)? {
+                    return Err(StoreError::LimitsLowered {
+                        limits: lowered,
+                        misfit: format!("{misfit}, so keep each at least as high"),
+                    });
+                }
+                record_limits(&mut meta, &[], &limits)?;
             }
             // Create every table so readers never meet a missing one.
             txn.open_table(STATE)?;
@@ -628,7 +636,10 @@ impl Store {
         let held: Vec<u64> = limits_record(&current).iter().map(|(_, n)| *n).collect();
         let lowered = lowered(&held, &limits);
         if !lowered.is_empty() {
-            return Err(StoreError::LimitsLowered { limits: lowered });
+            return Err(StoreError::LimitsLowered {
+                limits: lowered,
+                misfit: "a running node does not lower its limits; restart it with the lower ones: a start takes them when every stored event fits them".into(),
+            });
         }
         *current = limits;
         Ok(())

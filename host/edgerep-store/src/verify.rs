@@ -3,6 +3,85 @@
 
 use super::*;
 
+/// The first stored event or state row that `limits` would not read, named with why: every
+/// changelog event, every state row, and the original of every kept proof (what a store reads
+/// and sends again later). `None` when all fit. Reads them all: run only to lower limits.
+pub(crate) fn first_misfit(
+    txn: &redb::WriteTransaction,
+    limits: &EventLimits,
+) -> Result<Option<String>, StoreError> {
+    for row in txn.open_table(CHANGELOG)?.iter()? {
+        let (k, v) = row?;
+        if let Err(e) = EncodedEvent::decode_slice(v.value(), limits) {
+            return Ok(Some(format!(
+                "the changelog's event {} does not fit them ({e})",
+                log_name(k.value())
+            )));
+        }
+    }
+    for row in txn.open_table(STATE)?.iter()? {
+        let (k, v) = row?;
+        if let Err(e) = Versions::decode(v.value(), limits) {
+            let (collection, key) = split_state_key(k.value()).unwrap_or(("?", &[]));
+            return Ok(Some(format!(
+                "the state's key {:?} of collection {collection:?} does not fit them ({e})",
+                String::from_utf8_lossy(key)
+            )));
+        }
+    }
+    for row in txn.open_table(proofs::PROOFS)?.iter()? {
+        let (k, v) = row?;
+        let Some((origin, _)) = split_log_key(k.value()) else {
+            continue;
+        };
+        if let Some(original) = proofs::Kept::decode(&origin, v.value())?.original
+            && let Err(e) = EncodedEvent::decode_slice(&original, limits)
+        {
+            return Ok(Some(format!(
+                "the event {} kept as received (before the transforms on apply) does not fit them ({e})",
+                log_name(k.value())
+            )));
+        }
+    }
+    for row in txn.open_table(proofs::BLOCKS)?.iter()? {
+        let (k, v) = row?;
+        let Some((origin, seq)) = split_log_key(k.value()) else {
+            continue;
+        };
+        for live in proofs::KeptBlock::decode(&origin, seq, v.value())?.live {
+            if let Some(original) = live.original
+                && let Err(e) = EncodedEvent::decode_slice(&original, limits)
+            {
+                return Ok(Some(format!(
+                    "an event of {origin}'s block up to {seq}, kept as received (before the transforms on apply), does not fit them ({e})"
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// (origin, seq) of a changelog-style key.
+fn split_log_key(k: &[u8]) -> Option<(NodeId, u64)> {
+    let at = k.iter().position(|&b| b == 0)?;
+    let origin = std::str::from_utf8(&k[..at]).ok()?;
+    Some((NodeId::parse(origin).ok()?, log_seq(origin, k)?))
+}
+
+/// `origin:seq` of a changelog key, for messages.
+fn log_name(k: &[u8]) -> String {
+    match k.iter().position(|&b| b == 0) {
+        Some(at) => {
+            let origin = String::from_utf8_lossy(&k[..at]);
+            match log_seq(&origin, k) {
+                Some(seq) => format!("{origin}:{seq}"),
+                None => origin.into_owned(),
+            }
+        }
+        None => String::from_utf8_lossy(k).into_owned(),
+    }
+}
+
 impl Store {
     /// Recomputes the digest from the whole state table (to check the incremental one).
     pub fn recompute_digest(&self) -> Result<Digest, StoreError> {

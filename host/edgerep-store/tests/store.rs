@@ -1574,9 +1574,10 @@ fn version_from_finds_the_newest_of_other_origins() {
     assert_eq!(a.version_from("other", 0).unwrap(), None);
 }
 
-/// A store opened under higher limits is never opened under lower ones (events stored under the
-/// higher ones would no longer decode): refused, naming the limit, its value and the one
-/// needed; the record keeps the highest each limit has been.
+/// A store opened under higher limits is opened under lower ones only when everything it holds
+/// fits them (events stored under the higher ones must stay readable): else refused, naming the
+/// limit, its value, the one held and the first event that does not fit; a limit raised by
+/// mistake is lowered again by a start with the old one.
 #[test]
 fn a_store_refuses_limits_lower_than_it_was_opened_under() {
     let dir = tempfile::tempdir().unwrap();
@@ -1601,25 +1602,49 @@ fn a_store_refuses_limits_lower_than_it_was_opened_under() {
     };
     let e = refused(1024);
     assert!(
-        e.contains("max_key_bytes 1024 (stored events may need 2048)"),
+        e.contains("max_key_bytes 1024 (stored events may need 2048)")
+            && e.contains(&format!("the changelog's event {me}:1 does not fit them")),
         "{e}"
     );
     // Opened under higher limits by a start that went no further: nothing recorded.
     drop(StoreWriter::open(&path, &me, with_keys(8192)).unwrap());
     drop(StoreWriter::open(&path, &me, with_keys(2048)).unwrap());
-    // Raised, then back to 2048: refused, the record holds 4096.
+    // Raised (a typo), then back to 2048: every stored event fits 2048, so the start takes
+    // it and the record goes back down.
     let (store, _) = StoreWriter::open(&path, &me, with_keys(4096)).unwrap();
     store.record_open(&with_keys(4096)).unwrap();
     drop(store);
+    let (store, _) = StoreWriter::open(&path, &me, with_keys(2048)).unwrap();
+    store.record_open(&with_keys(2048)).unwrap();
+    drop(store);
+    let e = refused(1999);
+    assert!(e.contains("(stored events may need 2048)"), "{e}");
+    // A key written under 4096 stays readable: 2048 is refused then, naming it.
+    let (store, _) = StoreWriter::open(&path, &me, with_keys(4096)).unwrap();
+    store.record_open(&with_keys(4096)).unwrap();
+    let mut clock = HlcClock::new(Default::default(), 60_000);
+    store
+        .commit_local(vec![put("c", &[8u8; 3000], val(2))], &mut clock, 2)
+        .unwrap();
+    drop(store);
     let e = refused(2048);
-    assert!(e.contains("need 4096"), "{e}");
+    assert!(
+        e.contains("need 4096") && e.contains(&format!("{me}:2")),
+        "{e}"
+    );
     let (store, _) = StoreWriter::open(&path, &me, with_keys(4096)).unwrap();
     assert_eq!(store.get("c", &[7u8; 2000]).unwrap().events().len(), 1);
-    // A reload lowering a limit is refused the same way.
-    assert!(matches!(
-        store.raise_limits(with_keys(100)),
-        Err(StoreError::LimitsLowered { .. })
-    ));
+    assert_eq!(store.get("c", &[8u8; 3000]).unwrap().events().len(), 1);
+    // A reload lowering a limit is refused, naming the way (a restart).
+    match store.raise_limits(with_keys(100)) {
+        Err(e @ StoreError::LimitsLowered { .. }) => {
+            assert!(
+                e.to_string().contains("restart it with the lower ones"),
+                "{e}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// The store format a build reads: a newer one is refused naming what to do (an older build

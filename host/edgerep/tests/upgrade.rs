@@ -652,3 +652,54 @@ fn an_upgrade_of_transforms_on_apply_from_a_time_already_applied_is_refused() {
     let n1 = Node::start(&configs[0]);
     assert_eq!(status(&n1)["verified"], true);
 }
+
+/// A careless operator raises a limit on one node by a typo and reloads: its peer refuses it
+/// (nodes must run the same limits), and the store recorded the raise, so the old value was
+/// refused for good, by a reload and by a start alike: the pair stayed apart until every node
+/// of the fleet took the typo. A reload back is still refused (a reload never lowers a limit),
+/// but now a restart with the old value is taken (no stored event needs the higher one) and the
+/// pair replicates again.
+#[test]
+fn a_limit_raised_by_a_typo_is_undone_by_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    common::put(&n1, "c", "before", r#"{"v":1}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    assert!(text.contains("\n[limits]\n"));
+    std::fs::write(
+        &configs[0],
+        text.replace("\n[limits]\n", "\n[limits]\nmax_value_bytes = 6553600\n"),
+    )
+    .unwrap();
+    common::reload(&configs[0]);
+    // node-2 refuses node-1 for its limits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&n2);
+        let error = s["replication"]["peers"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if error.contains("max_value_bytes") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-2 still takes node-1: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&configs[0], &text).unwrap();
+    let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("restart the node with the lower ones"),
+        "{}",
+        stderr(&o)
+    );
+    n1.terminate();
+    let n1 = Node::start(&configs[0]);
+    common::put(&n2, "c", "after", r#"{"v":2}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    assert_eq!(common::get(&n1, "c", "after").0, 200);
+}
