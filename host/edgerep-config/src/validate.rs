@@ -293,11 +293,12 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
         ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut addresses: HashMap<&str, usize> = HashMap::new();
+    let mut addresses: HashMap<(String, u16), usize> = HashMap::new();
     let own = raw.replication.listen;
     for (i, peer) in raw.peers.iter().enumerate() {
         let at = peer_key(i, "address");
-        if let Some(first) = addresses.insert(peer.address.as_str(), i) {
+        let (host, port) = address_key(&peer.address);
+        if let Some(first) = addresses.insert((host.clone(), port), i) {
             let first = render_path(&peer_key(first, "address"));
             return Err((
                 at,
@@ -307,10 +308,24 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
                 ),
             ));
         }
-        // This node's own replication address: the node would dial itself.
-        if let Ok(addr) = peer.address.parse::<std::net::SocketAddr>()
-            && addr.port() == own.port()
-            && (addr.ip() == own.ip() || (own.ip().is_unspecified() && addr.ip().is_loopback()))
+        // This node's own replication address: the node would dial itself. (A name other
+        // than `localhost` is not looked up here.)
+        let ips: Vec<std::net::IpAddr> = match host.as_str() {
+            "localhost" => vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
+            h => h
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .into_iter()
+                .collect(),
+        };
+        if port == own.port()
+            && ips.iter().any(|ip| {
+                ip.to_canonical() == own.ip().to_canonical()
+                    || (own.ip().is_unspecified() && ip.is_loopback())
+            })
         {
             return Err((
                 at,
@@ -342,6 +357,14 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// A peer address as compared for duplicates: the host in lowercase (names are not case
+/// sensitive) and the port as a number (`07171` is `7171`). The address was checked already
+/// (`host:port`, port 1..=65535).
+fn address_key(address: &str) -> (String, u16) {
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
+    (host.to_ascii_lowercase(), port.parse().unwrap_or(0))
 }
 
 /// The path of `key` in the `i`th `[[peers]]` table.

@@ -1076,6 +1076,28 @@ fn two_peers_at_one_address_or_a_peer_at_this_nodes_own_are_refused() {
         "peers[0].address",
     );
     assert!(err.message.contains("own replication.listen"), "{err}");
+    // The same, written otherwise: `localhost`, a leading zero in the port, a name in another
+    // case (these passed, and the node dialed itself, or dialed one peer under two ids).
+    let err = expect_error(
+        &with("[[peers]]\nid = \"site-b\"\naddress = \"localhost:07071\"\n"),
+        "peers[0].address",
+    );
+    assert!(err.message.contains("own replication.listen"), "{err}");
+    let err = expect_error(
+        &with(
+            "[[peers]]\nid = \"site-b\"\naddress = \"Site-B.example:7071\"\n\
+             [[peers]]\nid = \"site-c\"\naddress = \"site-b.example:07071\"\n",
+        ),
+        "peers[1].address",
+    );
+    assert!(err.message.contains("peers[0].address"), "{err}");
+    // Another loopback address is another node (127.0.0.0/8 on one machine).
+    assert!(
+        parse(&with(
+            "[[peers]]\nid = \"site-b\"\naddress = \"127.0.0.2:7071\"\n"
+        ))
+        .is_ok()
+    );
     // Another port of this host is another node.
     assert!(
         parse(&with(

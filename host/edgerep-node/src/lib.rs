@@ -117,6 +117,12 @@ impl NodeError {
     /// The node did not start because of how it is configured (its files, its identity, its
     /// plugins): starting it again unchanged fails again (`edgerep run` exits 2, not 4).
     pub fn is_config(&self) -> bool {
+        // Another node on this data directory: as long as it runs, this one cannot start.
+        if let NodeError::Store { source, .. } = self
+            && source.is_already_open()
+        {
+            return true;
+        }
         matches!(
             self,
             NodeError::Plugin(_)
@@ -379,7 +385,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             );
         }
     }
-    let re_resolve = before
+    let mut re_resolve = before
         .as_deref()
         .map(|b| deciders::upgraded_since(b, &config))
         .unwrap_or_default();
@@ -423,9 +429,25 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .map_err(store_error)?;
     // Every check passed: the store records this build's format and limits (a refused start
     // changed neither).
-    writer
+    if let Some(from) = writer
         .record_open(&event_limits(&config))
-        .map_err(store_error)?;
+        .map_err(store_error)?
+    {
+        tracing::warn!(
+            "the store's format was raised from {from} to {}: builds of format {from} no longer open this data directory",
+            edgerep_store::STORE_FORMAT
+        );
+        // Format 3 kept no resolutions in state rows, and a resolution is made only when a
+        // version is added: keys with concurrent versions get theirs now (recorded as still to
+        // do until done), or anti-entropy finds them differing from every peer that made one.
+        if from < 4 {
+            for c in &config.collections.declared {
+                if c.resolver != "lww" && !re_resolve.contains(&c.name) {
+                    re_resolve.push(c.name.clone());
+                }
+            }
+        }
+    }
     writer
         .record_deciders(&deciders::record_pending(
             &config,
@@ -649,7 +671,17 @@ pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Ve
         .keys()
         .filter(|id| !known(id))
         .map(|id| format!("[authorization] names {id}, no configured peer and no origin this store holds events of: check the id for a typo"));
-    revoked.chain(authorized).collect()
+    // A collection name no origin can write to: undeclared while undeclared collections are
+    // refused (a typo: `ordres` for `orders` stops that origin's writes to `orders`).
+    let collections = config
+        .authorization
+        .iter()
+        .flat_map(|(id, names)| names.iter().map(move |c| (id, c)))
+        .filter(|(_, c)| {
+            !config.collections.accept_undeclared && config.collection(c.as_str()).is_none()
+        })
+        .map(|(id, c)| format!("[authorization] {id} names collection {c:?}, which is not declared (and accept_undeclared is false), so no origin can write it: check the name for a typo"));
+    revoked.chain(authorized).chain(collections).collect()
 }
 
 /// Checks this node's newest own seal (at `held`, how far the store holds its own events)
@@ -679,4 +711,32 @@ fn check_own_key(
             why: e.to_string(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[authorization]` naming a collection nobody can write (undeclared, and undeclared ones
+    /// refused) is said, like an unknown id: a typo there stops an origin's writes to the
+    /// collection meant.
+    #[test]
+    fn authorization_naming_an_undeclared_collection_is_said() {
+        let config = |accept: bool| {
+            let text = format!(
+                "[node]\nid = \"n\"\ndata_dir = \"/tmp/unused\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
+                 [replication]\nlisten = \"127.0.0.1:1\"\n[collections]\naccept_undeclared = {accept}\n\
+                 [[collections.declared]]\nname = \"orders\"\n\
+                 [authorization]\nn = [\"orders\", \"ordres\"]\n"
+            );
+            Config::parse(&text, std::path::Path::new("/tmp/edgerep.toml")).unwrap()
+        };
+        let said = unknown_nodes(&config(false), &Default::default());
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("\"ordres\"") && said[0].contains("not declared"),
+            "{said:?}"
+        );
+        assert!(unknown_nodes(&config(true), &Default::default()).is_empty());
+    }
 }

@@ -6,8 +6,9 @@ use crate::STORE_FORMAT;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// redb failed (IO error, full disk, corruption detected by redb).
-    #[error("storage: {0}")]
+    /// redb failed (IO error, full disk, corruption detected by redb; or the file is open in
+    /// another process).
+    #[error("{}", storage_message(.0))]
     Storage(#[from] redb::Error),
     /// The data directory belongs to another node.
     #[error(
@@ -136,7 +137,7 @@ pub enum StoreError {
     },
     /// The database was written by a newer edgerep with a table layout this one does not know.
     #[error(
-        "store format {found} is newer than this edgerep supports ({supported}): the data directory was written by a newer build; run that build (or a newer one) on it"
+        "store format {found} is newer than this edgerep supports ({supported}): the data directory was written by a newer build; run that build (or a newer one) on it; or, once its peers hold all its events (compare `edgerep status` on each), move node.data_dir away and start this build on an empty one: it catches up from its peers"
     )]
     UnsupportedFormat {
         /// Format found in the file.
@@ -160,6 +161,14 @@ impl StoreError {
             self,
             StoreError::Storage(redb::Error::Io(_) | redb::Error::PreviousIo)
         )
+    }
+}
+
+/// What a redb error means to an operator.
+fn storage_message(e: &redb::Error) -> String {
+    match e {
+        redb::Error::DatabaseAlreadyOpen => "the store file is open in another process: another node (or `edgerep` command) runs on this data directory; stop it, or give each node its own node.data_dir".to_owned(),
+        e => format!("storage: {e}"),
     }
 }
 

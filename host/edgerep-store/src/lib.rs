@@ -73,7 +73,7 @@ pub use dead_letters::SetAside;
 pub use error::StoreError;
 use error::{corrupt, parse_origin};
 pub use read::{PAGE_BYTES, SCAN_ROWS_PER_ENTRY};
-pub use tables::CACHE_BYTES;
+pub use tables::{CACHE_BYTES, STORE_FORMAT};
 pub use write::ConflictTally;
 
 pub use digest::{Digest, HashRule};

@@ -110,7 +110,7 @@ pub const CACHE_BYTES: usize = 16 << 20;
 /// and its Merkle root, proofs of compacted live versions; 4: kept blocks, idempotency
 /// records, resolutions in state rows and the limits record, so that a build of format 3
 /// refuses a store this one wrote). Raise it with every change an older build would misread.
-pub(crate) const STORE_FORMAT: u64 = 4;
+pub const STORE_FORMAT: u64 = 4;
 
 /// The oldest format this build continues in place (raising it to [`STORE_FORMAT`] at open):
 /// format 3 stores of the builds just before lack only tables and records made at open.

@@ -1063,17 +1063,25 @@ impl StoreWriter {
 
     /// Records that this build runs the store: its format (a format this build continues is
     /// raised to its own, which older builds then refuse) and `limits` (see
-    /// [`StoreWriter::record_limits`]). Called once a start's checks all passed.
-    pub fn record_open(&self, limits: &EventLimits) -> Result<(), StoreError> {
+    /// [`StoreWriter::record_limits`]). Called once a start's checks all passed. Returns the
+    /// format it raised the store from, if it did (so the caller can say that older builds
+    /// no longer open it).
+    pub fn record_open(&self, limits: &EventLimits) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_write()?;
+        let raised_from;
         {
             let mut meta = txn.open_table(META)?;
+            let found = match meta.get(META_STORE_FORMAT)? {
+                Some(g) => u64_from(g.value(), "meta")?,
+                None => STORE_FORMAT,
+            };
+            raised_from = (found < STORE_FORMAT).then_some(found);
             meta.insert(META_STORE_FORMAT, &STORE_FORMAT.to_be_bytes()[..])?;
             let held = held_limits(&meta)?;
             record_limits(&mut meta, &held, limits)?;
         }
         txn.commit()?;
-        Ok(())
+        Ok(raised_from)
     }
 
     /// Records `limits` as ones the store was written under (each kept at the highest it has

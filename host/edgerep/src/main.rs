@@ -383,6 +383,20 @@ fn client(config: &Path) -> anyhow::Result<Client> {
 /// Checks what the config names beyond its own text: the TLS identity must load and name this
 /// node, the API token file must be readable.
 fn check_files(config: &Config) -> Result<(), String> {
+    // Port 0 takes any free port: nothing could find the node there (the CLI reads the API
+    // address from this file; peers dial the replication address they were given).
+    let mut listens = vec![("api.listen", config.api.listen)];
+    if !config.peers.is_empty() {
+        listens.push(("replication.listen", config.replication.listen));
+    }
+    for (key, address) in listens {
+        if address.port() == 0 {
+            return Err(format!(
+                "{}: {key}: port 0 listens on a port chosen at random, where neither `edgerep` commands nor peers can find the node: give a port",
+                config.source.display()
+            ));
+        }
+    }
     if let Some(tls) = &config.replication.tls {
         let read = |p: &Path, key: &str| {
             std::fs::read_to_string(p).map_err(|e| {

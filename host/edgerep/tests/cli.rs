@@ -769,6 +769,58 @@ fn reload_names_the_file_the_node_reads_when_another_is_given() {
     drop(node);
 }
 
+/// Careless operators: a second node started on a running node's data directory (it got
+/// redb's "Database already open" and exit 4, as for a passing fault), and a config listening
+/// on port 0 (checked fine, then no command could find the node).
+#[test]
+fn a_second_node_on_a_data_directory_and_port_0_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-d");
+    let node = Node::start(&config);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let c = edgerep_config::Config::load(&config).unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let second = dir.path().join("second.toml");
+    std::fs::write(
+        &second,
+        text.replace(&c.api.listen.to_string(), &free())
+            .replace(&c.replication.listen.to_string(), &free()),
+    )
+    .unwrap();
+    let (code, err) = common::refused_to_start(
+        &["run", "--config", second.to_str().unwrap()],
+        "a second node ran on the same data directory",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("open in another process") && err.contains("node.data_dir"),
+        "{err}"
+    );
+    drop(node);
+    let zero = dir.path().join("zero.toml");
+    std::fs::write(
+        &zero,
+        text.replace(&c.api.listen.to_string(), "127.0.0.1:0"),
+    )
+    .unwrap();
+    for verb in ["run", "config"] {
+        let args: &[&str] = if verb == "run" {
+            &["run", "--config", zero.to_str().unwrap()]
+        } else {
+            &["config", "check", zero.to_str().unwrap()]
+        };
+        let (code, err) = common::refused_to_start(args, "a node ran on port 0");
+        assert_eq!(code, Some(2), "{verb}: {err}");
+        assert!(err.contains("api.listen: port 0"), "{verb}: {err}");
+    }
+}
+
 /// A config file being written when a reload reads it (a SIGHUP while an editor or a script
 /// rewrites it in place) is refused whole: a file cut short can parse, and would drop the peers
 /// after the cut.
