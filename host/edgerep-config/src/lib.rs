@@ -501,14 +501,11 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// [`Config::load`] for a node that runs: the file is read twice, `settle` apart, and
-    /// refused if the two reads differ (an editor or a script writing it in place at that
-    /// moment: a file cut short can parse, and drop every peer after the cut). Returns the
-    /// config and [`file_digest`] of its bytes.
-    pub fn load_settled(
-        path: &Path,
-        settle: std::time::Duration,
-    ) -> Result<(Config, String), ConfigError> {
+    /// The text of the config file at `path` for a node that runs: read twice, `settle` apart,
+    /// and refused if the two reads differ (an editor or a script writing it in place at that
+    /// moment: a file cut short can parse, and drop every peer after the cut). Parse it with
+    /// [`Config::parse`]; [`file_digest`] names it.
+    pub fn read_settled(path: &Path, settle: std::time::Duration) -> Result<String, ConfigError> {
         let read = || {
             std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::file(
@@ -526,7 +523,7 @@ impl Config {
                  write a config file whole elsewhere and rename it over this one",
             ));
         }
-        Ok((Config::parse(&text, path)?, file_digest(text.as_bytes())))
+        Ok(text)
     }
 
     /// Parses configuration text. `path` is the file it came from: errors name it, and a

@@ -427,24 +427,15 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     writer
         .prune_restored_keys(committer::wall_ms())
         .map_err(store_error)?;
-    // Every check passed: the store records this build's format and limits (a refused start
-    // changed neither).
-    if let Some(from) = writer
-        .record_open(&event_limits(&config))
-        .map_err(store_error)?
-    {
-        tracing::warn!(
-            "the store's format was raised from {from} to {}: builds of format {from} no longer open this data directory",
-            edgerep_store::STORE_FORMAT
-        );
-        // Format 3 kept no resolutions in state rows, and a resolution is made only when a
-        // version is added: keys with concurrent versions get theirs now (recorded as still to
-        // do until done), or anti-entropy finds them differing from every peer that made one.
-        if from < 4 {
-            for c in &config.collections.declared {
-                if c.resolver != "lww" && !re_resolve.contains(&c.name) {
-                    re_resolve.push(c.name.clone());
-                }
+    // Format 3 kept no resolutions in state rows, and a resolution is made only when a version
+    // is added: keys with concurrent versions get theirs now, or anti-entropy finds them
+    // differing from every peer that made one. Marked in the record (below) before the format
+    // is raised, so a crash between the two re-resolves at the next start.
+    let opened_format = writer.opened_format();
+    if opened_format < 4 {
+        for c in &config.collections.declared {
+            if c.resolver != "lww" && !re_resolve.contains(&c.name) {
+                re_resolve.push(c.name.clone());
             }
         }
     }
@@ -455,6 +446,17 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             &re_resolve,
         ))
         .map_err(store_error)?;
+    // Every check passed: the store records this build's format and limits (a refused start
+    // changed neither).
+    if let Some(from) = writer
+        .record_open(&event_limits(&config))
+        .map_err(store_error)?
+    {
+        tracing::warn!(
+            "the store's format was raised from {from} to {}: builds of format {from} no longer open this data directory",
+            edgerep_store::STORE_FORMAT
+        );
+    }
     let store = writer.reader();
     let store_held = Arc::downgrade(&store);
     // The store checks its state beside the first writes; its finding is logged when it has one.

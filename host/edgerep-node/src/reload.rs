@@ -82,7 +82,7 @@ pub enum ReloadError {
     Token(String),
     /// The node's config file is not the one the caller checked.
     #[error(
-        "the node's config file {file} is not the file that was checked (its contents differ): nothing was reloaded; edit {file}, or restart the node with --config naming the other file"
+        "the node's config file {file} is not what was checked: another file was checked, or {file} changed since; nothing was reloaded. Edit {file} and reload with --config {file}, or restart the node with --config naming the other file"
     )]
     FileDiffers {
         /// The node's config file.
@@ -251,17 +251,18 @@ impl Reloader {
             let _one = this.busy.lock().await;
             let path = this.config().source.clone();
             let file = path.clone();
-            let (config, digest) =
-                tokio::task::spawn_blocking(move || Config::load_settled(&path, SETTLE))
-                    .await
-                    .map_err(|e| ReloadError::Task(e.to_string()))??;
+            let text = tokio::task::spawn_blocking(move || Config::read_settled(&path, SETTLE))
+                .await
+                .map_err(|e| ReloadError::Task(e.to_string()))??;
+            // Compared before parsing: a file the caller did not check is not judged at all.
             if let Some(expected) = expect
-                && expected != digest
+                && expected != edgerep_config::file_digest(text.as_bytes())
             {
                 return Err(ReloadError::FileDiffers {
                     file: file.display().to_string(),
                 });
             }
+            let config = Config::parse(&text, &file)?;
             this.reload_locked(config).await
         })
         .await

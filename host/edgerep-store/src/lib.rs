@@ -320,6 +320,11 @@ pub struct Store {
     keys_restored: std::sync::atomic::AtomicBool,
     /// How state rows hash.
     rule: HashRule,
+    /// The store format found at open (this build's for a new store).
+    opened_format: u64,
+    /// Whether the limits given at open lower the store's record (everything stored fits
+    /// them, checked at open): `StoreWriter::record_open` then records them as they are.
+    lowering_limits: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -464,6 +469,10 @@ impl Store {
     ) -> Result<(Store, Resume), StoreError> {
         let txn = db.begin_write()?;
         let rule_changed;
+        // The format found (this build's for a new store), and whether `limits` lower the
+        // record (every stored event fits them: `record_open` records them as they are).
+        let mut opened_format = STORE_FORMAT;
+        let lowering;
         {
             let mut meta = txn.open_table(META)?;
             // The collections hashed on their versions only, as one line each.
@@ -504,6 +513,7 @@ impl Store {
                     if found < STORE_FORMAT_CONTINUED {
                         return Err(StoreError::OldFormat { found });
                     }
+                    opened_format = found;
                 }
             }
             // Events stored under higher limits must stay readable: a start with lower ones is
@@ -513,14 +523,12 @@ impl Store {
             // A lower limit is taken when everything the store holds fits it (a limit raised
             // by mistake is undone by a start with the old one): the record is lowered to it.
             let lowered = lowered(&held_limits(&meta)?, &limits);
-            if !lowered.is_empty() {
-                if let Some(misfit) = verify::first_misfit(&txn, &limits)? {
-                    return Err(StoreError::LimitsLowered {
-                        limits: lowered,
-                        misfit: format!("{misfit}, so keep each at least as high"),
-                    });
-                }
-                record_limits(&mut meta, &[], &limits)?;
+            lowering = !lowered.is_empty();
+            if lowering && let Some(misfit) = verify::first_misfit(&txn, &limits)? {
+                return Err(StoreError::LimitsLowered {
+                    limits: lowered,
+                    misfit: format!("{misfit}, so keep each at least as high"),
+                });
             }
             // Create every table so readers never meet a missing one.
             txn.open_table(STATE)?;
@@ -578,6 +586,8 @@ impl Store {
             dead_letter_ids,
             keys_restored: keys_restored.into(),
             rule,
+            opened_format,
+            lowering_limits: lowering,
         };
         let resume = store.resume()?;
         Ok((store, resume))
@@ -622,6 +632,12 @@ impl Store {
     pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Store {
         self.resolver = Some(resolver);
         self
+    }
+
+    /// The store format found when the store was opened (this build's for a new store; a lower
+    /// one for a store this build continues, until the next open).
+    pub fn opened_format(&self) -> u64 {
+        self.opened_format
     }
 
     /// The limits events and state rows are decoded against.

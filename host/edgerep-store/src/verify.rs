@@ -21,7 +21,17 @@ pub(crate) fn first_misfit(
     }
     for row in txn.open_table(STATE)?.iter()? {
         let (k, v) = row?;
-        if let Err(e) = Versions::decode(v.value(), limits) {
+        // A row's versions, and the value a resolver merged them into (it may be larger than
+        // any of them), as every read decodes them.
+        let fits = resolution::split_row(v.value()).and_then(|split| {
+            let versions = Versions::decode(split.versions, limits).map_err(|e| e.to_string())?;
+            if let Some(r) = split.resolution {
+                Resolution::decode(r, versions.events().len(), &limits.value)
+                    .map_err(|e| format!("its resolution: {e}"))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = fits {
             let (collection, key) = split_state_key(k.value()).unwrap_or(("?", &[]));
             return Ok(Some(format!(
                 "the state's key {:?} of collection {collection:?} does not fit them ({e})",

@@ -1077,7 +1077,13 @@ impl StoreWriter {
             };
             raised_from = (found < STORE_FORMAT).then_some(found);
             meta.insert(META_STORE_FORMAT, &STORE_FORMAT.to_be_bytes()[..])?;
-            let held = held_limits(&meta)?;
+            // Lower limits were checked at open against everything stored: the record goes
+            // down to them (else it keeps the highest each limit has been).
+            let held = if self.lowering_limits {
+                Vec::new()
+            } else {
+                held_limits(&meta)?
+            };
             record_limits(&mut meta, &held, limits)?;
         }
         txn.commit()?;

@@ -652,3 +652,78 @@ fn a_repair_offering_another_history_of_an_origin_is_a_fork_not_a_replacement() 
     let out = offer(&a, a.node());
     assert!(out.forks.is_empty(), "{out:?}");
 }
+
+/// A resolver merging versions into one value larger than any of them.
+struct Merge;
+
+impl edgerep_store::Resolver for Merge {
+    fn resolves(&self, collection: &str) -> bool {
+        collection == "c"
+    }
+
+    fn resolve(
+        &self,
+        _collection: &str,
+        _key: &[u8],
+        _versions: &edgerep_store::Versions,
+    ) -> edgerep_store::Resolution {
+        edgerep_store::Resolution {
+            by: "plugin:merge".into(),
+            value: Some(
+                Value::from_json(&serde_json::json!("m".repeat(1500)), &Default::default())
+                    .unwrap(),
+            ),
+            winner: None,
+        }
+    }
+
+    fn build(&self, _collection: &str) -> String {
+        "merge".into()
+    }
+}
+
+/// Limits are lowered at a start only when everything stored fits them, merged values kept in
+/// state rows included: every read decodes them (the check looked at the versions only, so a
+/// merge larger than its versions passed, and the key then read as corrupt).
+#[test]
+fn limits_are_not_lowered_below_a_merged_value_the_state_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.redb");
+    let raised = EventLimits {
+        value: edgerep_wire::value::DecodeLimits {
+            max_bytes: 4000,
+            ..EventLimits::default().value
+        },
+        ..EventLimits::default()
+    };
+    let lowered = EventLimits {
+        value: edgerep_wire::value::DecodeLimits {
+            max_bytes: 1000,
+            ..EventLimits::default().value
+        },
+        ..EventLimits::default()
+    };
+    {
+        let store = edgerep_store::Store::open(&path, &node("a"), raised)
+            .unwrap()
+            .0
+            .with_resolver(std::sync::Arc::new(Merge));
+        let a = StoreWriter::new(store);
+        a.record_open(&raised).unwrap();
+        let (x, y) = (memory("x"), memory("y"));
+        let mut c = clock();
+        x.commit_local(writes("k", 1, 1), &mut c, 1).unwrap();
+        y.commit_local(writes("k", 1, 2), &mut c, 2).unwrap();
+        ship(&x, &a, "x");
+        ship(&y, &a, "y");
+        assert_eq!(a.conflict_tally().conflicts.get("c"), Some(&1));
+    }
+    let e = match StoreWriter::open(&path, &node("a"), lowered) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened under a limit the kept merge exceeds"),
+    };
+    assert!(
+        e.contains("max_value_bytes 1000") && e.contains("\"k0\"") && e.contains("resolution"),
+        "{e}"
+    );
+}

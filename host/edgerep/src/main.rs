@@ -385,17 +385,18 @@ fn client(config: &Path) -> anyhow::Result<Client> {
 fn check_files(config: &Config) -> Result<(), String> {
     // Port 0 takes any free port: nothing could find the node there (the CLI reads the API
     // address from this file; peers dial the replication address they were given).
-    let mut listens = vec![("api.listen", config.api.listen)];
-    if !config.peers.is_empty() {
-        listens.push(("replication.listen", config.replication.listen));
+    if config.api.listen.port() == 0 {
+        return Err(format!(
+            "{}: api.listen: port 0 listens on a port chosen at random, where no `edgerep` command can find the node: give a port",
+            config.source.display()
+        ));
     }
-    for (key, address) in listens {
-        if address.port() == 0 {
-            return Err(format!(
-                "{}: {key}: port 0 listens on a port chosen at random, where neither `edgerep` commands nor peers can find the node: give a port",
-                config.source.display()
-            ));
-        }
+    // A node that only dials out (behind a NAT) needs no known port; one its peers dial does.
+    if !config.peers.is_empty() && config.replication.listen.port() == 0 {
+        eprintln!(
+            "warning: {}: replication.listen: port 0 listens on a port chosen at random: peers cannot dial this node (it can still dial them)",
+            config.source.display()
+        );
     }
     if let Some(tls) = &config.replication.tls {
         let read = |p: &Path, key: &str| {
@@ -671,7 +672,11 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Reload { config } => {
             // The bytes checked here are the ones the node must find in its own file (it
             // refuses, 409, when its file differs: another file, or one changed since).
-            let (c, digest) = match Config::load_settled(&config, std::time::Duration::ZERO) {
+            let read = Config::read_settled(&config, std::time::Duration::ZERO).and_then(|text| {
+                let digest = edgerep_config::file_digest(text.as_bytes());
+                Config::parse(&text, &config).map(|c| (c, digest))
+            });
+            let (c, digest) = match read {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");

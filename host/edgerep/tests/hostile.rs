@@ -1270,6 +1270,69 @@ fn a_peer_repeating_itself_after_the_comparison_ended_ends_the_session() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
+/// A peer sending repairs into a session of node-1's that node-1 never asked for: each had
+/// node-1 shape the versions (transforms on apply run plugins) and queue a merge, with no
+/// bound but the four merges in flight, for as long as the peer kept the session alive.
+/// Now a session takes one repair per message of node-1's that could be answered with one,
+/// and is given up at the next.
+#[test]
+fn repairs_nobody_asked_for_end_the_session_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, _n1, _n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let config = configs[0].clone();
+    let asked = std::thread::spawn(move || {
+        edgerep(&[
+            "reconcile",
+            "--config",
+            config.to_str().unwrap(),
+            "--peer",
+            "node-2",
+        ])
+    });
+    let Some(Message::Reconcile { id, .. }) = h.wait_for(Duration::from_secs(10), |m| {
+        matches!(m, Message::Reconcile { .. })
+    }) else {
+        panic!("node-1 opened no session with node-2");
+    };
+    // node-2's own event, genuinely sealed (beyond what node-1 holds of node-2: not merged,
+    // but read and counted).
+    let node2 = h.id.clone();
+    let own = event("node-2", 1, "c", "unasked", 1);
+    let leaf = event_leaf(&own.encode());
+    let seal = h.seal(
+        node2.clone(),
+        1,
+        1,
+        chain_link(&chain_start(&node2), &leaf),
+        leaf,
+    );
+    let repair = Message::Repair {
+        id,
+        versions: vec![own.into()],
+        proofs: vec![Proof {
+            seal: 1,
+            path: vec![],
+        }],
+        seals: vec![seal],
+        certs: vec![(h.id.clone(), h.signer.cert().to_vec())],
+        want: vec![],
+        resolutions: vec![],
+    };
+    let mut sent = 0;
+    while sent < 10 && !asked.is_finished() {
+        h.send(&repair).unwrap();
+        sent += 1;
+        let _ = h.wait_for(Duration::from_millis(200), |_| false);
+    }
+    let o = asked.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let session = &report["sessions"][0];
+    assert_eq!(session["gave_up"], true, "{report}");
+    assert!(sent <= 3, "node-1 took {sent} repairs: {report}");
+}
+
 /// A rolling upgrade: node-2 runs another build. One that speaks only an older protocol
 /// version is refused by its version alone (the rest of its Hello is not read), named in the
 /// close; while it is node-1's only peer, node-1's writes wait for the origin gate, and the 503

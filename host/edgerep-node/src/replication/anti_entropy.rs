@@ -189,6 +189,11 @@ struct Session {
     compared: bool,
     /// Repairs not done yet: versions asked of the peer, and merges in the committer.
     pending: u32,
+    /// Repairs carrying versions the peer may still send in this session: one per Reconcile
+    /// with ranges and per Repair naming keys that this node sent (each may be answered with
+    /// versions). One more is a peer making this node shape and merge at will: the session is
+    /// given up.
+    repairs_allowed: u64,
 }
 
 /// A caller of `edgerep reconcile` waiting for sessions to end.
@@ -612,6 +617,7 @@ impl Replicator {
                 },
                 compared: false,
                 pending: 0,
+                repairs_allowed: 1,
             },
         );
         if let Some(s) = self.anti_entropy.sessions.get_mut(peer) {
@@ -663,22 +669,36 @@ impl Replicator {
     }
 
     /// A Reconcile or Repair message from `peer` (the core checked it follows the handshake),
-    /// within the peer's share of this thread ([`WORK_SHARE`]) when it makes work: in the
-    /// peer's sessions and in this node's alike (what the peer puts in a message to one of
-    /// ours, ranges to list, versions to shape and merge, is its choice as much).
+    /// within the peer's share of this thread ([`WORK_SHARE`]) when it belongs to the peer's
+    /// session or asks for keys. This node's own sessions are bounded by their round trips
+    /// (every Reconcile of the peer's counts) and by the repairs it asked for
+    /// (`Session::repairs_allowed`), not by the budget: their answers are never dropped for
+    /// it, so the peer's own sessions cannot starve this node's.
     pub(super) fn aae_message(&mut self, peer: &NodeId, message: Message, bytes: usize) {
+        let session = |id: &u64| {
+            self.anti_entropy
+                .sessions
+                .get(peer)
+                .is_some_and(|s| s.id == *id)
+        };
         let makes_work = match &message {
             Message::Reconcile {
+                id,
                 fingerprints,
                 items,
-                ..
-            } => !fingerprints.is_empty() || !items.is_empty(),
+            } => !session(id) && (!fingerprints.is_empty() || !items.is_empty()),
             Message::Repair {
+                id,
                 versions,
                 want,
                 resolutions,
                 ..
-            } => !want.is_empty() || !versions.is_empty() || !resolutions.is_empty(),
+            } => {
+                // Keys wanted are answered from whatever session they name (each costs reads of
+                // its versions' blocks for their proofs): charged always.
+                !want.is_empty()
+                    || (!session(id) && (!versions.is_empty() || !resolutions.is_empty()))
+            }
             _ => false,
         };
         if makes_work && !self.anti_entropy.work_left(peer) {
@@ -787,15 +807,22 @@ impl Replicator {
                     }
                 }
                 if !step.send.is_empty() || !step.want.is_empty() {
+                    if mine
+                        && !step.want.is_empty()
+                        && let Some(session) = self.anti_entropy.sessions.get_mut(peer)
+                    {
+                        session.repairs_allowed += 1;
+                    }
                     self.aae_repair_send(peer, id, &step.send, step.want.clone());
                 }
                 if had_ranges {
                     let more = step.has_ranges();
-                    if !more
-                        && mine
-                        && let Some(session) = self.anti_entropy.sessions.get_mut(peer)
-                    {
-                        session.compared = true;
+                    if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
+                        if more {
+                            session.repairs_allowed += 1;
+                        } else {
+                            session.compared = true;
+                        }
                     }
                     self.aae_send(
                         peer,
@@ -819,6 +846,19 @@ impl Replicator {
                 resolutions,
             } => {
                 let mine = ours(&mut self.anti_entropy, id);
+                let carries = !versions.is_empty() || !resolutions.is_empty();
+                if mine
+                    && carries
+                    && let Some(session) = self.anti_entropy.sessions.get_mut(peer)
+                {
+                    if session.repairs_allowed == 0 {
+                        tracing::warn!(peer = %peer, "anti-entropy session given up: the peer sent more repairs than this node's messages asked for");
+                        session.report.gave_up = true;
+                        self.aae_finish(peer);
+                        return;
+                    }
+                    session.repairs_allowed -= 1;
+                }
                 if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
                     session.report.agreed = false;
                     if want.is_empty() {
