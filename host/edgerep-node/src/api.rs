@@ -306,7 +306,7 @@ async fn guard(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
             format!(
-                "no answer within {} ms (api.request_timeout_ms)",
+                "no answer within {} ms (api.request_timeout_ms); the request may still take effect: retry it with the same idempotency-key header, or without one read the key first",
                 timeout.as_millis()
             ),
         )
@@ -559,6 +559,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reload", post(reload))
         .fallback(|uri: Uri| async move {
             ApiError::not_found("no_such_route", format!("no such endpoint: {}", uri.path()))
+        })
+        // Every refusal carries its JSON body, a wrong method's too.
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: Uri| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not a method of {}", uri.path()),
+            )
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
@@ -1173,7 +1181,7 @@ async fn batch_run(
         .await
         .map_err(blocking_failed)??
     };
-    let (committed, indexes, failed, replays) = match prepared {
+    let (committed, indexes, failed, replays, set_aside_now) = match prepared {
         PreparedBatch::Replay { committed, extra } => {
             let indexes: Vec<usize> = extra.indexes.iter().map(|&i| i as usize).collect();
             let r = batch_answer(&headers, &committed, &indexes, &extra.rejected);
@@ -1218,9 +1226,11 @@ async fn batch_run(
             } else {
                 receipts = per_write_receipts(receipts, &indexes, &failed);
             }
+            // Writes set aside now are new dead letters: written, though not to the state.
+            let set_aside_now = !outcome.set_aside.is_empty();
             let committed =
                 commit_keyed(&app, writes, outcome.set_aside, receipts, trace.as_ref()).await?;
-            (committed, indexes, failed, replays)
+            (committed, indexes, failed, replays, set_aside_now)
         }
     };
     // Writes answered from their own records join the answer in write order, what plugins
@@ -1236,8 +1246,8 @@ async fn batch_run(
     }
     failed.sort_by_key(|f| f["write"].as_u64());
     // `idempotent-replayed` says the request wrote nothing: not when some of its writes
-    // (without a key, or with a new one) committed now.
-    let wrote_now = !committed.is_empty();
+    // (without a key, or with a new one) committed now, or were set aside as dead letters.
+    let wrote_now = !committed.is_empty() || set_aside_now;
     let (committed, indexes) = if replays.is_empty() {
         (committed, indexes)
     } else {

@@ -313,6 +313,9 @@ fn json_write(
                         .to_owned(),
                 )
             }
+            "key" | "key_base64" if w.key.is_some() => {
+                return Err(bad(at, "give \"key\" or \"key_base64\", not both".into()));
+            }
             "key" => {
                 w.key = Some(
                     v.as_str()

@@ -68,6 +68,12 @@ impl Budget {
     }
 }
 
+/// Whether `e` is serde_json's own nesting bound (128 levels): a value nested deeper than any
+/// `max_depth` allows, not malformed text.
+pub fn is_too_deep(e: &serde_json::Error) -> bool {
+    e.is_syntax() && e.to_string().starts_with("recursion limit exceeded")
+}
+
 /// Why [`parse_bounded`] refused its text.
 #[derive(Debug)]
 pub enum Bounded {

@@ -271,6 +271,11 @@ impl Value {
                 crate::json::Bounded::TooManyItems => ValueError::TooManyItems {
                     max: limits.max_items,
                 },
+                crate::json::Bounded::Json(e) if crate::json::is_too_deep(&e) => {
+                    ValueError::TooDeep {
+                        max: limits.max_depth,
+                    }
+                }
                 crate::json::Bounded::Json(e) => ValueError::Json(e.to_string()),
             })?;
         Value::from_json(&json, limits)

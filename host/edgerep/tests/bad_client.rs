@@ -154,3 +154,72 @@ fn verifications_asked_at_once_are_answered_in_turn() {
         assert_eq!(a.join().unwrap(), (200, serde_json::Value::Bool(true)));
     }
 }
+
+/// Answers that misled a client: a wrong method got axum's 405 with an empty body (every other
+/// refusal carries `{"error","kind"}`); a value nested past 127 levels got `malformed_json`
+/// while one of 101 to 127 got `bad_value`; a batch write naming both `key` and `key_base64`
+/// was taken with the later one.
+#[test]
+fn a_wrong_method_deep_nesting_and_two_keys_get_named_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(&dir.path().join("n"), "node-1");
+    let node = Node::start(&config);
+    let answer = |mut r: ureq::http::Response<ureq::Body>| {
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text:?}"));
+        (status, json)
+    };
+    let (status, json) = answer(
+        agent()
+            .post(&node.url("/v1/kv/c/k"))
+            .content_type("application/json")
+            .send(&b"{}"[..])
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{json}"
+    );
+    for depth in [110, 200] {
+        let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let (status, json) = answer(
+            agent()
+                .put(&node.url("/v1/kv/c/deep"))
+                .content_type("application/json")
+                .send(deep.as_bytes())
+                .unwrap(),
+        );
+        assert_eq!(
+            (status, json["kind"].as_str()),
+            (400, Some("bad_value")),
+            "{depth}: {json}"
+        );
+        let body = format!(r#"{{"writes":[{{"collection":"c","key":"d","value":{deep}}}]}}"#);
+        let (status, json) = post(&node, "/v1/batch", body.as_bytes());
+        assert_eq!(
+            (status, json["kind"].as_str()),
+            (400, Some("bad_value")),
+            "{depth}: {json}"
+        );
+    }
+    let (status, json) = post(
+        &node,
+        "/v1/batch",
+        br#"{"writes":[{"collection":"c","key":"a","key_base64":"Yg==","value":1}]}"#,
+    );
+    assert_eq!(status, 400, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("not both"),
+        "{json}"
+    );
+    let mut r = agent().get(&node.url("/v1/kv/c/b")).call().unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        404,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+}

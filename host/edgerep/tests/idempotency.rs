@@ -362,3 +362,45 @@ sha256 = "{sha}"
     let st = node.status();
     assert_eq!(st["verified"], true, "{st}");
 }
+
+/// A batch retried whose keyed write is answered from its record while a write without a key
+/// fails its transform again: the retry sets that write aside as a second dead letter, yet its
+/// answer said `idempotent-replayed` ("wrote nothing"). Now it does not.
+#[test]
+fn a_retry_that_sets_a_write_aside_again_is_not_called_a_replay() {
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
+    let wasm = plugins.join("filter.wasm").canonicalize().unwrap();
+    let sums = std::fs::read_to_string(plugins.join("SHA256SUMS")).unwrap();
+    let sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix("filter.wasm").map(|h| h.trim().to_owned()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The filter with too little fuel fails on every write: each becomes a dead letter.
+    let config = one_node(
+        dir.path(),
+        &format!(
+            "\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\nparams = {{ field = \"status\", equals = \"drop\" }}\nfuel = 100\n",
+            wasm.display()
+        ),
+    );
+    let node = Node::start(&config);
+    let body = r#"{"writes":[{"collection":"c","key":"p1","value":1,"idempotency_key":"P1"},{"collection":"readings","key":"r","value":{"status":"ok"}}]}"#;
+    let (status, first, replayed) = post_batch(&node, None, body);
+    assert_eq!(status, 200, "{first}");
+    assert!(!replayed);
+    let (status, again, replayed) = post_batch(&node, None, body);
+    assert_eq!(status, 200, "{again}");
+    let dead = agent()
+        .get(&node.url("/v1/dead-letters"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let dead: serde_json::Value = serde_json::from_str(&dead).unwrap();
+    let letters = dead["dead_letters"].as_array().map_or(0, Vec::len);
+    assert_eq!(letters, 2, "{dead}");
+    assert!(!replayed, "a second dead letter was written: {again}");
+    assert_eq!(events_of(&node, "p1").len(), 1, "p1 written once");
+}

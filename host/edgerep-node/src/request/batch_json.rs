@@ -59,6 +59,14 @@ pub(super) fn parse(body: &[u8], config: &Config, limits: &DecodeLimits) -> Resu
 }
 
 fn malformed(e: &serde_json::Error) -> Refused {
+    // Nested past serde_json's own bound (deeper than any limits.max_value_depth allows): the
+    // value's fault, named as a value nested too deep is.
+    if edgerep_wire::json::is_too_deep(e) {
+        return Refused::bad_request(
+            "bad_value",
+            format!("value refused: nested too deeply ({e}) (limits.max_value_depth)"),
+        );
+    }
     Refused::bad_request("malformed_json", format!("malformed JSON: {e}"))
 }
 
