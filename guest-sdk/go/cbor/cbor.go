@@ -247,6 +247,29 @@ func (v Value) Get(key string) (Value, bool) {
 	return Value{}, false
 }
 
+// Clone is a deep copy of v: changing the copy (Set, Remove, Append, through Ref) leaves v as
+// it is. A Value copied with = (or returned by Get) shares its entries and items with the
+// value it came from, so Set on an existing key of the copy writes through to it.
+func (v Value) Clone() Value {
+	c := v
+	if v.bytes != nil {
+		c.bytes = append([]byte(nil), v.bytes...)
+	}
+	if v.items != nil {
+		c.items = make([]Value, len(v.items))
+		for i, item := range v.items {
+			c.items[i] = item.Clone()
+		}
+	}
+	if v.entries != nil {
+		c.entries = make([]Entry, len(v.entries))
+		for i, e := range v.entries {
+			c.entries[i] = Entry{Key: e.Key.Clone(), Value: e.Value.Clone()}
+		}
+	}
+	return c
+}
+
 // Ref is a pointer to the value under the text key (to change it in place), or nil.
 func (v *Value) Ref(key string) *Value {
 	if i := v.find(key); i >= 0 {

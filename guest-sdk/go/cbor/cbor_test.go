@@ -451,3 +451,27 @@ func FuzzDecodeEncode(f *testing.F) {
 		}
 	})
 }
+
+// A Value copied with = shares its entries: Set on an existing key of the copy writes through.
+// Clone's copy does not.
+func TestCloneDoesNotShare(t *testing.T) {
+	orig := Map(Entry{Key: Text("k"), Value: Int(1)}, Entry{Key: Text("a"), Value: Array(Int(1))})
+	shared := orig
+	if err := shared.Set("k", Int(2)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := orig.Get("k"); enc(got) != "02" {
+		t.Fatalf("a copy made with = does not share: %v", got)
+	}
+	clone := orig.Clone()
+	if err := clone.Set("k", Int(3)); err != nil {
+		t.Fatal(err)
+	}
+	clone.Ref("a").items[0] = Int(9)
+	if got, _ := orig.Get("k"); enc(got) != "02" {
+		t.Fatalf("Set on the clone changed the original: %v", got)
+	}
+	if got, _ := orig.Get("a"); enc(got) != "8101" {
+		t.Fatalf("the clone's array is the original's: %v", got)
+	}
+}

@@ -155,6 +155,9 @@ pub struct TinyGo {
 }
 
 /// Where to get TinyGo.
+/// The TinyGo version plugins build with (the pin of `scripts/install-tinygo.sh`).
+const TINYGO_VERSION: &str = "0.41.1";
+
 const TINYGO_HINT: &str = "run scripts/install-tinygo.sh from the edgerep repository, or set \
                            TINYGO to a tinygo binary";
 
@@ -174,6 +177,15 @@ impl TinyGo {
     pub fn locate(checkout: &Path) -> Result<TinyGo, BuildError> {
         if let Some(path) = std::env::var_os("TINYGO") {
             return Ok(TinyGo::at(PathBuf::from(path)));
+        }
+        // One on the PATH, of the pinned version only: another builds other bytes (another
+        // sha256 than the rest of the fleet's).
+        if let Ok(out) = Command::new("tinygo").arg("version").output()
+            && out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("tinygo version {TINYGO_VERSION} "))
+        {
+            return Ok(TinyGo::at(PathBuf::from("tinygo")));
         }
         let script = checkout.join("scripts/install-tinygo.sh");
         let failed = |message: String| BuildError::ToolMissing {

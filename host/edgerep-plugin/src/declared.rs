@@ -26,7 +26,7 @@ pub enum DeclaredError {
 pub enum ApplyError {
     /// Parameters are given that the component does not declare.
     #[error(
-        "params {unknown:?} are not parameters of this plugin; it declares: {}",
+        "params {unknown:?} are not parameters of this plugin; it declares: {} (a plugin declares its parameters in params.toml beside its source: declare them there and build it again, or remove them from the config)",
         names(.declared)
     )]
     Unknown {

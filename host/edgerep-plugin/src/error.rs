@@ -54,8 +54,9 @@ pub enum LoadError {
     },
     /// The bytes are a core WebAssembly module, not a component.
     #[error(
-        "plugin {plugin}: a core webassembly module, not a component: build it as a component \
-         (wasm32-wasip2, or `wasm-tools component new` on the module)"
+        "plugin {plugin}: a core webassembly module, not a component: build it with \
+         `edgerep plugin build DIR -o FILE` (Rust, TinyGo or Go: it makes the component, with the \
+         WASI adapter a Go module needs, and embeds params.toml)"
     )]
     CoreModule {
         /// The plugin.

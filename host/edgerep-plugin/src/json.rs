@@ -308,9 +308,19 @@ fn event_with_defaults(json: &Json, inherit: Option<(&str, &[u8])>) -> Result<Ev
     })
 }
 
+/// `value`'s JSON form when it converts back to the same bytes (`None` for bytes, NaN, map keys
+/// that are not text, ...): what `plugin run` prints beside the exact hex, so that its output
+/// pasted into a vector reads back as the same value.
+fn exact_json(value: &Value) -> Option<Json> {
+    let json = value.to_json();
+    Value::from_json(&json, &edgerep_wire::value::DecodeLimits::default())
+        .is_ok_and(|back| back == *value)
+        .then_some(json)
+}
+
 /// A change as JSON: `collection`, `key` (or `key_base64` if the key is not UTF-8), `op`,
-/// `value` (the JSON form, for reading) and `value_hex` (the deterministic CBOR, exact) on puts,
-/// `schema`, `meta`.
+/// `value` (the JSON form, for reading; left out when it would not read back as the same
+/// value) and `value_hex` (the deterministic CBOR, exact) on puts, `schema`, `meta`.
 pub fn change_to_json(change: &Change) -> Json {
     let mut o = Map::new();
     o.insert("collection".into(), json!(change.collection));
@@ -320,7 +330,9 @@ pub fn change_to_json(change: &Change) -> Json {
     };
     o.insert("op".into(), json!(op_name(change.op)));
     if let Some(value) = &change.value {
-        o.insert("value".into(), value.to_json());
+        if let Some(json) = exact_json(value) {
+            o.insert("value".into(), json);
+        }
         o.insert("value_hex".into(), json!(hex::encode(value.as_bytes())));
     }
     o.insert("schema".into(), json!(change.schema));
@@ -328,16 +340,21 @@ pub fn change_to_json(change: &Change) -> Json {
     Json::Object(o)
 }
 
-/// A resolution as JSON: `{"pick": i}`, `{"merge": value, "merge_hex": hex}`, or
-/// `{"merge": null}` for a merge into a delete.
+/// A resolution as JSON: `{"pick": i}`, `{"merge": value, "merge_hex": hex}` (`merge` left
+/// out when it would not read back as the same value, or is null: `{"merge": null}` is a merge
+/// into a delete), or `{"merge": null}` for a merge into a delete.
 pub fn resolution_to_json(resolution: &Resolution) -> Json {
     match resolution {
         Resolution::Pick(i) => json!({ "pick": i }),
         Resolution::Merge(None) => json!({ "merge": null }),
-        Resolution::Merge(Some(value)) => json!({
-            "merge": value.to_json(),
-            "merge_hex": hex::encode(value.as_bytes()),
-        }),
+        Resolution::Merge(Some(value)) => {
+            let mut o = Map::new();
+            if let Some(json) = exact_json(value).filter(|j| !j.is_null()) {
+                o.insert("merge".into(), json);
+            }
+            o.insert("merge_hex".into(), json!(hex::encode(value.as_bytes())));
+            Json::Object(o)
+        }
     }
 }
 
@@ -570,6 +587,40 @@ mod tests {
             assert!(
                 error.contains(expected),
                 "{bad}: {error:?} lacks {expected:?}"
+            );
+        }
+    }
+
+    /// What `plugin run` prints reads back as the same value when pasted into a vector: a
+    /// value without an exact JSON form (bytes, a CBOR null merge) is given by its hex alone
+    /// (its lossy JSON form beside the hex was refused as a mismatch).
+    #[test]
+    fn outputs_read_back_as_the_same_values() {
+        let limits = DecodeLimits::default();
+        for hex_value in ["43010203", "f6", "a1616101", "f97e00"] {
+            let value = Value::from_canonical(hex::decode(hex_value).unwrap(), &limits).unwrap();
+            let change = Change {
+                collection: "c".into(),
+                key: b"k".to_vec(),
+                op: Op::Put,
+                value: Some(value.clone()),
+                schema: 0,
+                meta: BTreeMap::new(),
+            };
+            let out = change_to_json(&change);
+            let o = out.as_object().unwrap();
+            assert_eq!(
+                value_of(o, "value", "value_hex").unwrap(),
+                Some(value.clone()),
+                "{out}"
+            );
+            let merge = resolution_to_json(&Resolution::Merge(Some(value.clone())));
+            let o = merge.as_object().unwrap();
+            assert!(!o.get("merge").is_some_and(Json::is_null), "{merge}");
+            assert_eq!(
+                value_of(o, "merge", "merge_hex").unwrap(),
+                Some(value),
+                "{merge}"
             );
         }
     }

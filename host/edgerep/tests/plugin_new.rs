@@ -96,6 +96,20 @@ fn resolver_scaffolds_build_and_pass_their_vectors_and_native_tests() {
         assert!(out.status.success(), "plugin test ({lang})");
         if lang == "rust" {
             native_tests_pass(&dir);
+            // No path of this machine's in the build (the SDK's, in the checkout, was: the
+            // same source built elsewhere got another sha256).
+            let bytes = std::fs::read(&wasm).unwrap();
+            for path in [
+                root().canonicalize().unwrap(),
+                tmp.path().canonicalize().unwrap(),
+            ] {
+                let path = path.display().to_string();
+                assert!(
+                    !bytes.windows(path.len()).any(|w| w == path.as_bytes()),
+                    "{} names {path}",
+                    wasm.display()
+                );
+            }
         }
     }
 }

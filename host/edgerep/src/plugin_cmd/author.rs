@@ -404,7 +404,15 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
         packages: Vec::new(),
         target: DEFAULT_TARGET.to_owned(),
         target_dir,
-        encoded_rustflags: remap_flags(dir),
+        // The SDK is a path dependency in this checkout: its path (panic locations) is
+        // remapped too, or each machine's checkout would give the build another sha256, and
+        // peers would refuse one another's resolver as another build. (The plugin's folder,
+        // remapped last, wins where the two overlap.)
+        encoded_rustflags: format!(
+            "--remap-path-prefix={}=/edgerep-sdk\x1f{}",
+            checkout().display(),
+            remap_flags(dir)
+        ),
         quiet: false,
     };
     cargo_build.run()?;
