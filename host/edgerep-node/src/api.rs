@@ -83,6 +83,37 @@ pub struct AppState {
     pub commit_metrics: Arc<crate::metrics::CommitMetrics>,
     /// Requests whose transforms on ingest may run at once (see [`plugin_runs`]).
     pub plugin_runs: Arc<tokio::sync::Semaphore>,
+    /// This run's feed generation and the feed position it opened at (see [`FeedRun`]).
+    pub feed_run: FeedRun,
+}
+
+/// Which run of the node gave a feed position. A position at or below `opened_at` (the feed's
+/// end when this run opened the store) names the same event in every run; one above it given
+/// by an earlier run was numbered by history this run does not hold (a restore from a backup,
+/// or a crash that lost periodic commits), and this run numbers other events with it. Watch
+/// lines carry `generation` (and the answer a `feed-generation` header), and a client resuming
+/// with `generation` of an earlier run and a cursor above `opened_at` is told to read the state
+/// again (410 `feed_renumbered`).
+#[derive(Debug, Clone, Copy)]
+pub struct FeedRun {
+    /// Random per run of the process.
+    pub generation: u64,
+    /// The feed's last position when the store was opened.
+    pub opened_at: u64,
+}
+
+impl FeedRun {
+    /// A new run opened at feed position `opened_at`.
+    pub fn new(opened_at: u64) -> FeedRun {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(opened_at);
+        FeedRun {
+            // Never 0, so a client's `generation=0` is no run's.
+            generation: h.finish().max(1),
+            opened_at,
+        }
+    }
 }
 
 /// How many requests' transforms on ingest may run at once: plugin calls are CPU work, so more
@@ -1615,6 +1646,8 @@ fn scan_item(key: &[u8], versions: &Versions, resolved: &edgerep_store::Resoluti
 struct WatchQuery {
     #[serde(default)]
     after: u64,
+    /// The `feed-generation` of the answer that gave `after` (see [`FeedRun`]).
+    generation: Option<u64>,
     collection: Option<String>,
     #[serde(default = "yes")]
     follow: bool,
@@ -1635,6 +1668,17 @@ async fn watch_feed(
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     if let Some(c) = &q.collection {
         request::check_collection(&app.config(), c)?;
+    }
+    let run = app.feed_run;
+    if q.generation.is_some_and(|g| g != run.generation) && q.after > run.opened_at {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "feed_renumbered",
+            format!(
+                "after={} was given by an earlier run of this node, beyond the feed's end ({}) when this run started: that run's last positions were lost (a restore from a backup, or a crash losing periodic commits) and are numbered again; read the state (scan), then watch from after=feed_last with generation={}",
+                q.after, run.opened_at, run.generation
+            ),
+        ));
     }
     // Positions only come from the feed, so a cursor beyond its end means the node lost its last
     // commits in a crash (collections with `durability = "periodic"`) and will number new events
@@ -1757,7 +1801,9 @@ async fn watch_feed(
                         continue;
                     }
                     c.remaining -= 1;
-                    let _ = serde_json::to_writer(&mut out, &event_json(event, Some(*pos)));
+                    let mut line = event_json(event, Some(*pos));
+                    line["generation"] = c.app.feed_run.generation.into();
+                    let _ = serde_json::to_writer(&mut out, &line);
                     out.push(b'\n');
                 }
                 if !out.is_empty() {
@@ -1780,6 +1826,8 @@ async fn watch_feed(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
     );
+    resp.headers_mut()
+        .insert("feed-generation", HeaderValue::from(run.generation));
     Ok(resp)
 }
 

@@ -618,6 +618,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         traces: traces.clone(),
         commit_metrics,
         plugin_runs: Arc::new(api::plugin_runs()),
+        feed_run: api::FeedRun::new(resume.feed_last),
     });
     // A disk that failed under the store fails every later write until the store is opened
     // again: the node stops, so that its supervisor restarts it, instead of answering 500 for

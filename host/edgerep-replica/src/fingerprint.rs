@@ -134,10 +134,17 @@ pub(crate) fn differences(
                         shared_resolvers.push(x.1);
                     }
                     if x.2 != y.2 {
+                        // A node with transforms on apply compares the collection on its
+                        // versions; one without compares values unless told otherwise.
+                        let hint = if x.2.is_empty() != y.2.is_empty() {
+                            "; the node without them must set compare = \"versions\" for the collection, or anti-entropy finds its keys differing at every session"
+                        } else {
+                            ""
+                        };
                         say(
                             &mut out,
                             format!(
-                                "collection {name}: {which}transforms on apply {:?} here, {:?} on the peer",
+                                "collection {name}: {which}transforms on apply {:?} here, {:?} on the peer{hint}",
                                 x.2, y.2
                             ),
                             false,

@@ -345,7 +345,7 @@ fn transform_differences_are_reported_and_resolver_differences_pause() {
         Some(Output::Mismatch {
             peer: n("b"),
             differences: vec![
-                "collection c: transforms on apply [] here, [\"t\"] on the peer".into()
+                "collection c: transforms on apply [] here, [\"t\"] on the peer; the node without them must set compare = \"versions\" for the collection, or anti-entropy finds its keys differing at every session".into()
             ]
         })
     );

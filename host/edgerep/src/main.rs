@@ -1,8 +1,9 @@
 //! `edgerep`: the edge replicator daemon and its command-line tool.
 //!
 //! Exit codes: 0 success; 1 the key (or thing asked for) is absent; 2 usage or config error;
-//! 3 the node refused the request (bad input, with its message); 4 the node could not be reached
-//! or failed; 5 a plugin failed (`plugin run`).
+//! 3 the node refused the request with a 4xx (bad input, with its message); 4 the node could not
+//! be reached, failed, did not answer in time or refused with a 5xx (a retry may pass); 5 a
+//! plugin failed (`plugin run`, `plugin test`).
 
 mod demo;
 mod plugin_cmd;
@@ -163,6 +164,10 @@ enum Command {
         /// Start after this feed position (0: from the beginning); resume with the last position printed.
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// The `generation` printed with that position: the node refuses (exit 3) a position
+        /// an earlier run gave that it numbers again (after a restore or a crash).
+        #[arg(long)]
+        generation: Option<u64>,
         /// Only changes to this collection.
         #[arg(long)]
         collection: Option<String>,
@@ -211,9 +216,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Run a node on a starter config, write and read through its API, and keep serving.
+    /// Run a 3-node cluster on loopback: sites cut off then connected, a conflict settled by a
+    /// resolver plugin, a site offline and back, a dead letter replayed after a reload, a
+    /// damaged store repaired by anti-entropy.
     Demo {
-        /// Directory for the demo node (default: a new temporary directory).
+        /// Directory for the demo nodes (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Exit after the walkthrough instead of serving until Ctrl-C.
@@ -646,11 +653,15 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Watch {
             config,
             after,
+            generation,
             collection,
             limit,
             no_follow,
         } => {
             let mut params = vec![("after", after.to_string())];
+            if let Some(g) = generation {
+                params.push(("generation", g.to_string()));
+            }
             if let Some(c) = collection {
                 params.push(("collection", c));
             }

@@ -1037,6 +1037,72 @@ fn a_retry_after_a_restore_from_a_snapshot_does_not_write_again() {
     retry_after_restore(true);
 }
 
+/// A watcher's cursor from before a restore from a backup: the restored node numbers its feed
+/// again from the backup's end, so the positions the lost history gave name other events now,
+/// and a watcher resuming from one skipped events or saw some twice, answered 200. Now a cursor
+/// given with the `generation` of the run that gave it, past the feed's end when this run
+/// started, is refused (410 `feed_renumbered`): the watcher reads the state again.
+#[test]
+fn a_watch_cursor_from_before_a_restore_is_told_to_read_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let data = edgerep_config::Config::load(&configs[0])
+        .unwrap()
+        .node
+        .data_dir;
+    let watch = |node: &Node, query: &str| {
+        let mut r = agent()
+            .get(&node.url(&format!("/v1/watch?follow=false&{query}")))
+            .call()
+            .unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        (r.status().as_u16(), body)
+    };
+    let last_line = |body: &str| -> serde_json::Value {
+        serde_json::from_str(body.lines().last().expect("a line")).unwrap()
+    };
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "c", "k1", r#"{"v":1}"#);
+    put(&n1, "c", "k2", r#"{"v":2}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    n1.terminate();
+    let backup = dir.path().join("backup");
+    copy_dir(&data, &backup);
+    let n1 = Node::start(&configs[0]);
+    writes_after_the_backup(&n1, &n2);
+    let (code, body) = watch(&n1, "after=0");
+    assert_eq!(code, 200, "{body}");
+    let seen = last_line(&body);
+    let (cursor, old) = (
+        seen["position"].as_u64().unwrap(),
+        seen["generation"].clone(),
+    );
+    assert_eq!(cursor, 5, "{body}");
+    n1.terminate();
+    n2.terminate();
+    copy_dir(&backup, &data);
+    let n2 = Node::start(&configs[1]);
+    let n1 = Node::start(&configs[0]);
+    put(&n2, "c", "from-2", r#"{"v":2}"#);
+    wait_for_origin(&n1, "node-1", 5, Duration::from_secs(30));
+    wait_for_origin(&n1, "node-2", 1, Duration::from_secs(30));
+    // Positions 3..=5 name other events now.
+    let (code, body) = watch(&n1, &format!("after={cursor}&generation={old}"));
+    assert_eq!(code, 410, "{body}");
+    assert!(body.contains("feed_renumbered"), "{body}");
+    // Up to the backup's end, positions name the same events in every run.
+    let (code, body) = watch(&n1, &format!("after=2&generation={old}"));
+    assert_eq!(code, 200, "{body}");
+    // This run's own cursors are taken.
+    let (code, body) = watch(&n1, "after=0");
+    assert_eq!(code, 200, "{body}");
+    let now = last_line(&body)["generation"].clone();
+    assert_ne!(now, old);
+    let (code, body) = watch(&n1, &format!("after=3&generation={now}"));
+    assert_eq!(code, 200, "{body}");
+}
+
 fn retry_after_restore(compacted: bool) {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
