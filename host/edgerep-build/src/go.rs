@@ -154,10 +154,10 @@ pub struct TinyGo {
     pub env_file: Option<PathBuf>,
 }
 
-/// Where to get TinyGo.
 /// The TinyGo version plugins build with (the pin of `scripts/install-tinygo.sh`).
 const TINYGO_VERSION: &str = "0.41.1";
 
+/// Where to get TinyGo.
 const TINYGO_HINT: &str = "run scripts/install-tinygo.sh from the edgerep repository, or set \
                            TINYGO to a tinygo binary";
 
@@ -180,12 +180,18 @@ impl TinyGo {
         }
         // One on the PATH, of the pinned version only: another builds other bytes (another
         // sha256 than the rest of the fleet's).
-        if let Ok(out) = Command::new("tinygo").arg("version").output()
+        let on_path = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("tinygo"))
+            .find(|p| p.is_absolute() && p.is_file());
+        if let Some(path) = on_path
+            && let Ok(out) = Command::new(&path).arg("version").output()
             && out.status.success()
             && String::from_utf8_lossy(&out.stdout)
                 .contains(&format!("tinygo version {TINYGO_VERSION} "))
         {
-            return Ok(TinyGo::at(PathBuf::from("tinygo")));
+            return Ok(TinyGo::at(path));
         }
         let script = checkout.join("scripts/install-tinygo.sh");
         let failed = |message: String| BuildError::ToolMissing {

@@ -332,10 +332,12 @@ impl Client {
             other => return self.finish(other),
         };
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
-        let mut last: Option<u64> = None;
+        // The last line's position and the generation of the run that gave it.
+        let mut last: Option<(u64, Option<u64>)> = None;
         let mut events: u64 = 0;
-        let resume = |last: Option<u64>| match last {
-            Some(p) => format!("watch again from after={p}"),
+        let resume = |last: Option<(u64, Option<u64>)>| match last {
+            Some((p, Some(g))) => format!("watch again from --after {p} --generation {g}"),
+            Some((p, None)) => format!("watch again from --after {p}"),
             None => "watch again from the same position".to_owned(),
         };
         for l in reader.lines() {
@@ -353,8 +355,10 @@ impl Client {
                     _ => Outcome::Failed(message),
                 };
             }
-            if let Some(p) = parsed.as_ref().and_then(|j| j["position"].as_u64()) {
-                last = Some(p);
+            if let Some(j) = &parsed
+                && let Some(p) = j["position"].as_u64()
+            {
+                last = Some((p, j["generation"].as_u64()));
             }
             events += 1;
             if !line(&l) {

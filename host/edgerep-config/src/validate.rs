@@ -310,17 +310,18 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
         }
         // This node's own replication address: the node would dial itself. (A name other
         // than `localhost` is not looked up here.)
-        let ips: Vec<std::net::IpAddr> = match host.as_str() {
-            "localhost" => vec![
-                std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::Ipv6Addr::LOCALHOST.into(),
-            ],
-            h => h
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .into_iter()
-                .collect(),
-        };
+        let ips: Vec<std::net::IpAddr> =
+            if peer.address.to_ascii_lowercase().starts_with("localhost:") {
+                vec![
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::Ipv6Addr::LOCALHOST.into(),
+                ]
+            } else {
+                host.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .into_iter()
+                    .collect()
+            };
         if port == own.port()
             && ips.iter().any(|ip| {
                 ip.to_canonical() == own.ip().to_canonical()
@@ -364,7 +365,12 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
 /// (`host:port`, port 1..=65535).
 fn address_key(address: &str) -> (String, u16) {
     let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
-    (host.to_ascii_lowercase(), port.parse().unwrap_or(0))
+    let host = match host.to_ascii_lowercase() {
+        // The name every machine gives its own loopback address.
+        h if h == "localhost" => "127.0.0.1".to_owned(),
+        h => h,
+    };
+    (host, port.parse().unwrap_or(0))
 }
 
 /// The path of `key` in the `i`th `[[peers]]` table.

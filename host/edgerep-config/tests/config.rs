@@ -1091,6 +1091,14 @@ fn two_peers_at_one_address_or_a_peer_at_this_nodes_own_are_refused() {
         "peers[1].address",
     );
     assert!(err.message.contains("peers[0].address"), "{err}");
+    let err = expect_error(
+        &with(
+            "[[peers]]\nid = \"site-b\"\naddress = \"127.0.0.1:7171\"\n\
+             [[peers]]\nid = \"site-c\"\naddress = \"localhost:7171\"\n",
+        ),
+        "peers[1].address",
+    );
+    assert!(err.message.contains("peers[0].address"), "{err}");
     // Another loopback address is another node (127.0.0.0/8 on one machine).
     assert!(
         parse(&with(

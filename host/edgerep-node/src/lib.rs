@@ -457,6 +457,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             edgerep_store::STORE_FORMAT
         );
     }
+    let feed_run = api::FeedRun::start(&writer, resume.feed_last).map_err(store_error)?;
     let store = writer.reader();
     let store_held = Arc::downgrade(&store);
     // The store checks its state beside the first writes; its finding is logged when it has one.
@@ -618,7 +619,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         traces: traces.clone(),
         commit_metrics,
         plugin_runs: Arc::new(api::plugin_runs()),
-        feed_run: api::FeedRun::new(resume.feed_last),
+        feed_run,
     });
     // A disk that failed under the store fails every later write until the store is opened
     // again: the node stops, so that its supervisor restarts it, instead of answering 500 for

@@ -771,6 +771,8 @@ impl Replicator {
                 }
             }
             Input::Refused { peer, reason } => {
+                self.reports.protocol_errors_total += 1;
+                tracing::warn!(peer = %peer, "protocol error, disconnecting: {}", edgerep_wire::text::one_line(&reason));
                 self.refusals.insert(peer, reason);
             }
             Input::Message {

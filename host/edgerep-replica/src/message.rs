@@ -2152,6 +2152,21 @@ mod tests {
             }
         }
         refused(&later(&[0x82, 0x01]), "hello item of a later version");
+        // What a later version appended is read past within bounds: nested at most 16 deep,
+        // of definite length (an indefinite one had minicbor keep a stack: 16 bytes of memory
+        // per byte of input).
+        let deep: Vec<u8> = std::iter::repeat_n(0x81, 17).chain([0x01]).collect();
+        refused(&later(&deep), "nested deeper than 16");
+        let fine: Vec<u8> = std::iter::repeat_n(0x81, 16).chain([0x01]).collect();
+        assert!(decode(&later(&fine)).is_ok());
+        let indefinite: Vec<u8> = std::iter::repeat_n([0x82, 0x9f], 1000).flatten().collect();
+        refused(&later(&indefinite), "hello item of a later version");
+        refused(&later(&[0x9f, 0xff]), "indefinite length");
+        // A later version's Hello still has this version's items first.
+        let mut short = later(&[]);
+        short[0] = 0x88;
+        short.pop();
+        refused(&short, "expected an array of 9 items or more, found 8");
         let mut later_trailing = later(&[0x80]);
         later_trailing.push(0x01);
         refused(&later_trailing, "trailing");

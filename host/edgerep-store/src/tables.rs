@@ -46,6 +46,13 @@ pub(crate) const META_DECIDERS: &str = "deciders";
 /// given again after a restart).
 pub(crate) const META_DEAD_LETTER_HIGH: &str = "dead_letter_high";
 
+/// The node's last runs' feed generations, each with the feed position it opened at (16 bytes
+/// a run, oldest first, at most [`FEED_RUNS_KEPT`]): see `StoreWriter::record_feed_run`.
+pub(crate) const META_FEED_RUNS: &str = "feed_runs";
+
+/// Runs kept in [`META_FEED_RUNS`].
+pub(crate) const FEED_RUNS_KEPT: usize = 256;
+
 /// The highest limits the store was opened under ([`limits_record`]): events stored under them
 /// must stay readable, so a start with lower ones is refused.
 pub(crate) const META_LIMITS: &str = "limits";

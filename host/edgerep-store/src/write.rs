@@ -1103,6 +1103,44 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Records a run of the node: its feed `generation` and the feed position it opened at, after
+    /// the runs before it (the oldest dropped past [`FEED_RUNS_KEPT`]). Returns every run kept,
+    /// oldest first, this one last. A watch cursor given by a run is good up to the lowest
+    /// position any later run opened at: past it, a run that lost history (a restore, a crash
+    /// losing periodic commits) may have numbered other events.
+    pub fn record_feed_run(
+        &self,
+        generation: u64,
+        opened_at: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let runs = {
+            let mut meta = txn.open_table(META)?;
+            let mut runs: Vec<(u64, u64)> = match meta.get(META_FEED_RUNS)? {
+                Some(g) => g
+                    .value()
+                    .chunks(16)
+                    .map(|c| {
+                        let (generation, opened_at) = c.split_at(c.len().min(8));
+                        Ok((u64_from(generation, "meta")?, u64_from(opened_at, "meta")?))
+                    })
+                    .collect::<Result<_, StoreError>>()?,
+                None => Vec::new(),
+            };
+            runs.push((generation, opened_at));
+            let extra = runs.len().saturating_sub(FEED_RUNS_KEPT);
+            runs.drain(..extra);
+            let bytes: Vec<u8> = runs
+                .iter()
+                .flat_map(|(g, o)| g.to_be_bytes().into_iter().chain(o.to_be_bytes()))
+                .collect();
+            meta.insert(META_FEED_RUNS, bytes.as_slice())?;
+            runs
+        };
+        txn.commit()?;
+        Ok(runs)
+    }
+
     /// Saves the node's record of what decides each collection (read back with
     /// [`crate::Store::recorded_deciders`]), durably.
     pub fn record_deciders(&self, record: &str) -> Result<(), StoreError> {

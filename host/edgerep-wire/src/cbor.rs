@@ -57,6 +57,9 @@ pub struct Reader<'b> {
     bytes: &'b [u8],
 }
 
+/// How deep [`Reader::skip_item`] follows nested items.
+pub const SKIP_DEPTH: usize = 16;
+
 impl<'b> Reader<'b> {
     /// A reader at the start of `bytes`.
     pub fn new(bytes: &'b [u8]) -> Reader<'b> {
@@ -93,13 +96,50 @@ impl<'b> Reader<'b> {
         Ok(())
     }
 
-    /// Skips one whole item, whatever it holds (bounded by the bytes left: nesting deeper
-    /// than minicbor allows is refused).
+    /// Skips one whole item of definite length, nested at most [`SKIP_DEPTH`] deep: each
+    /// level read costs input bytes, so the work is bounded by the bytes left, and the memory by
+    /// the depth (indefinite lengths, which minicbor's own skip keeps a stack for, are refused).
     pub fn skip_item(&mut self, what: &str) -> Result<(), CborError> {
-        self.d.skip().map_err(|e| CborError::Malformed {
-            what: what.to_owned(),
-            reason: e.to_string(),
-        })
+        self.skip_at(what, 0)
+    }
+
+    fn skip_at(&mut self, what: &str, depth: usize) -> Result<(), CborError> {
+        if depth > SKIP_DEPTH {
+            return Err(CborError::Malformed {
+                what: what.to_owned(),
+                reason: format!("nested deeper than {SKIP_DEPTH}"),
+            });
+        }
+        let found = self.d.datatype().map_err(Reader::malformed(what))?;
+        match found {
+            Type::Array => {
+                let n = self.array(what)?;
+                for _ in 0..n {
+                    self.skip_at(what, depth + 1)?;
+                }
+                Ok(())
+            }
+            Type::Map => {
+                let n = self.map(what)?;
+                for _ in 0..n {
+                    self.skip_at(what, depth + 1)?;
+                    self.skip_at(what, depth + 1)?;
+                }
+                Ok(())
+            }
+            Type::Tag => {
+                self.d.tag().map_err(Reader::malformed(what))?;
+                self.skip_at(what, depth + 1)
+            }
+            Type::ArrayIndef | Type::MapIndef | Type::BytesIndef | Type::StringIndef => {
+                Err(CborError::Malformed {
+                    what: what.to_owned(),
+                    reason: "indefinite length".to_owned(),
+                })
+            }
+            // A scalar, a byte or text string: read past without a stack.
+            _ => self.d.skip().map_err(Reader::malformed(what)),
+        }
     }
 
     /// Errors unless every byte was read.

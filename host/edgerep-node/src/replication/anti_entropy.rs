@@ -749,14 +749,15 @@ impl Replicator {
                     if !over {
                         session.report.round_trips += 1;
                     }
-                    if over || session.report.round_trips > MAX_ROUND_TRIPS {
-                        if over {
-                            tracing::warn!(peer = %peer, "anti-entropy session given up: the peer named ranges after the comparison ended");
-                        } else {
-                            tracing::warn!(peer = %peer, "anti-entropy session given up after {MAX_ROUND_TRIPS} round trips: the peer keeps naming differing ranges");
-                        }
-                        session.report.gave_up = true;
-                        self.aae_finish(peer);
+                    if over {
+                        self.aae_give_up(peer, "the peer named ranges after the comparison ended");
+                        return;
+                    }
+                    if session.report.round_trips > MAX_ROUND_TRIPS {
+                        self.aae_give_up(
+                            peer,
+                            &format!("after {MAX_ROUND_TRIPS} round trips: the peer keeps naming differing ranges"),
+                        );
                         return;
                     }
                 }
@@ -852,9 +853,10 @@ impl Replicator {
                     && let Some(session) = self.anti_entropy.sessions.get_mut(peer)
                 {
                     if session.repairs_allowed == 0 {
-                        tracing::warn!(peer = %peer, "anti-entropy session given up: the peer sent more repairs than this node's messages asked for");
-                        session.report.gave_up = true;
-                        self.aae_finish(peer);
+                        self.aae_give_up(
+                            peer,
+                            "the peer sent more repairs than this node's messages asked for",
+                        );
                         return;
                     }
                     session.repairs_allowed -= 1;
@@ -1172,6 +1174,15 @@ impl Replicator {
             }
         }
         self.aae_maybe_finish(&peer);
+    }
+
+    /// Ends our session with `peer` as given up (a peer not comparing honestly), saying `why`.
+    fn aae_give_up(&mut self, peer: &NodeId, why: &str) {
+        tracing::warn!(peer = %peer, "anti-entropy session given up: {why}");
+        if let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
+            session.report.gave_up = true;
+        }
+        self.aae_finish(peer);
     }
 
     fn aae_maybe_finish(&mut self, peer: &NodeId) {
