@@ -745,27 +745,24 @@ fn reload_names_the_file_the_node_reads_when_another_is_given() {
     );
     // A value over the limit A raises is still refused: A was not taken in.
     let big = format!(r#"{{"v":"{}"}}"#, "x".repeat(100_000));
-    let r = agent()
-        .put(&node.url("/v1/kv/c/big"))
-        .content_type("application/json")
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .send(big.as_bytes())
-        .unwrap();
-    assert_eq!(r.status(), 413, "{:?}", r.into_body().read_to_string());
+    let put_big = || {
+        let r = agent()
+            .put(&node.url("/v1/kv/c/big"))
+            .content_type("application/json")
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(big.as_bytes())
+            .unwrap();
+        (r.status().as_u16(), r.into_body().read_to_string())
+    };
+    let (status, body) = put_big();
+    assert_eq!(status, 413, "{body:?}");
     // Reloaded with A itself, it is.
     let o = edgerep(&["reload", "--config", c]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let r = agent()
-        .put(&node.url("/v1/kv/c/big"))
-        .content_type("application/json")
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .send(big.as_bytes())
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.into_body().read_to_string());
+    let (status, body) = put_big();
+    assert_eq!(status, 200, "{body:?}");
     drop(node);
 }
 

@@ -346,6 +346,30 @@ fn writes_after_the_backup(n1: &Node, n2: &Node) {
     wait_for_origin(n2, "node-1", 5, Duration::from_secs(30));
 }
 
+/// A pair (node-1, node-2 of `configs`) whose node-1 was backed up holding its own events 1..=2,
+/// and then wrote 3..=5, which node-2 took: node-1's data directory, the backup's, and the two
+/// running nodes.
+fn backed_up_pair(
+    dir: &std::path::Path,
+    configs: &[std::path::PathBuf],
+) -> (std::path::PathBuf, std::path::PathBuf, Node, Node) {
+    let data = edgerep_config::Config::load(&configs[0])
+        .unwrap()
+        .node
+        .data_dir;
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "c", "k1", r#"{"v":1}"#);
+    put(&n1, "c", "k2", r#"{"v":2}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    n1.terminate();
+    let backup = dir.join("backup");
+    copy_dir(&data, &backup);
+    let n1 = Node::start(&configs[0]);
+    writes_after_the_backup(&n1, &n2);
+    (data, backup, n1, n2)
+}
+
 /// Copies the files of directory `from` into `to`, which is emptied first (a store's backup,
 /// and its restore).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -1046,10 +1070,6 @@ fn a_retry_after_a_restore_from_a_snapshot_does_not_write_again() {
 fn a_watch_cursor_from_before_a_restore_is_told_to_read_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    let data = edgerep_config::Config::load(&configs[0])
-        .unwrap()
-        .node
-        .data_dir;
     let watch = |node: &Node, query: &str| {
         let mut r = agent()
             .get(&node.url(&format!("/v1/watch?follow=false&{query}")))
@@ -1061,16 +1081,7 @@ fn a_watch_cursor_from_before_a_restore_is_told_to_read_the_state() {
     let last_line = |body: &str| -> serde_json::Value {
         serde_json::from_str(body.lines().last().expect("a line")).unwrap()
     };
-    let n1 = Node::start(&configs[0]);
-    let n2 = Node::start(&configs[1]);
-    put(&n1, "c", "k1", r#"{"v":1}"#);
-    put(&n1, "c", "k2", r#"{"v":2}"#);
-    converge(&[&n1, &n2], Duration::from_secs(30));
-    n1.terminate();
-    let backup = dir.path().join("backup");
-    copy_dir(&data, &backup);
-    let n1 = Node::start(&configs[0]);
-    writes_after_the_backup(&n1, &n2);
+    let (data, backup, n1, n2) = backed_up_pair(dir.path(), &configs);
     let (code, body) = watch(&n1, "after=0");
     assert_eq!(code, 200, "{body}");
     let seen = last_line(&body);
@@ -1188,20 +1199,7 @@ fn retry_after_restore(compacted: bool) {
 fn a_restored_node_started_alone_stops_writing_once_a_peer_proves_it_is_behind() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    let data = edgerep_config::Config::load(&configs[0])
-        .unwrap()
-        .node
-        .data_dir;
-    let n1 = Node::start(&configs[0]);
-    let n2 = Node::start(&configs[1]);
-    put(&n1, "c", "k1", r#"{"v":1}"#);
-    put(&n1, "c", "k2", r#"{"v":2}"#);
-    converge(&[&n1, &n2], Duration::from_secs(30));
-    n1.terminate();
-    let backup = dir.path().join("backup");
-    copy_dir(&data, &backup);
-    let n1 = Node::start(&configs[0]);
-    writes_after_the_backup(&n1, &n2);
+    let (data, backup, n1, n2) = backed_up_pair(dir.path(), &configs);
     n1.terminate();
     n2.terminate();
     // The restore, and a start that asks nobody.

@@ -901,29 +901,8 @@ fn a_forged_repair_is_refused_and_the_peer_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, n1, n3) = honest_pair(dir.path());
     let mut h = attacker(&configs, &[]);
-    let node3 = NodeId::parse("node-3").unwrap();
     let forged = event("node-3", 1, "c", "from-3", 999);
-    let leaf = event_leaf(&forged.encode());
-    let seal = h.seal(
-        node3.clone(),
-        1,
-        1,
-        chain_link(&chain_start(&node3), &leaf),
-        leaf,
-    );
-    h.send(&Message::Repair {
-        id: 77,
-        versions: vec![forged.into()],
-        proofs: vec![Proof {
-            seal: 1,
-            path: vec![],
-        }],
-        seals: vec![seal],
-        certs: vec![(h.id.clone(), h.signer.cert().to_vec())],
-        want: vec![],
-        resolutions: vec![],
-    })
-    .unwrap();
+    h.send(&first_event_repair(&h, 77, forged)).unwrap();
     let reason = h.closed_within(Duration::from_secs(10));
     assert!(
         reason
@@ -1212,19 +1191,39 @@ fn a_peer_that_never_stops_differing_ends_the_session_it_is_in() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
-/// A peer answering a session of node-1's with the same entry list again and again, after
-/// node-1's answer had ended the comparison: node-1 listed its state and asked for the made-up
-/// key every time, charged to no budget (messages of node-1's own sessions were not), counted
-/// as no round trip, for as long as the peer kept the session alive (up to 300 s). Now the
-/// session is given up at the first list after the end.
-#[test]
-fn a_peer_repeating_itself_after_the_comparison_ended_ends_the_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let (configs, n1, n3) = honest_pair(dir.path());
-    for i in 0..20 {
-        put(&n1, "c", &format!("k{i}"), r#"{"v":1}"#);
+/// A Repair under session `id` carrying `first`, an origin's event 1, as a block of its own
+/// sealed with the attacker's key: genuine for node-2's own events, a forgery for any other
+/// origin's.
+fn first_event_repair(h: &Hostile, id: u64, first: edgerep_wire::Event) -> Message {
+    let origin = first.origin.clone();
+    let leaf = event_leaf(&first.encode());
+    let seal = h.seal(
+        origin.clone(),
+        1,
+        1,
+        chain_link(&chain_start(&origin), &leaf),
+        leaf,
+    );
+    Message::Repair {
+        id,
+        versions: vec![first.into()],
+        proofs: vec![Proof {
+            seal: 1,
+            path: vec![],
+        }],
+        seals: vec![seal],
+        certs: vec![(h.id.clone(), h.signer.cert().to_vec())],
+        want: vec![],
+        resolutions: vec![],
     }
-    let mut h = attacker(&configs, &[]);
+}
+
+/// Runs `edgerep reconcile --peer node-2` on node-1 in a thread, and waits for the session's
+/// opening Reconcile at the attacker: the thread (with the verb's output) and the session id.
+fn reconcile_with_attacker(
+    configs: &[PathBuf],
+    h: &mut Hostile,
+) -> (std::thread::JoinHandle<std::process::Output>, u64) {
     let config = configs[0].clone();
     let asked = std::thread::spawn(move || {
         edgerep(&[
@@ -1240,6 +1239,23 @@ fn a_peer_repeating_itself_after_the_comparison_ended_ends_the_session() {
     }) else {
         panic!("node-1 opened no session with node-2");
     };
+    (asked, id)
+}
+
+/// A peer answering a session of node-1's with the same entry list again and again, after
+/// node-1's answer had ended the comparison: node-1 listed its state and asked for the made-up
+/// key every time, charged to no budget (messages of node-1's own sessions were not), counted
+/// as no round trip, for as long as the peer kept the session alive (up to 300 s). Now the
+/// session is given up at the first list after the end.
+#[test]
+fn a_peer_repeating_itself_after_the_comparison_ended_ends_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    for i in 0..20 {
+        put(&n1, "c", &format!("k{i}"), r#"{"v":1}"#);
+    }
+    let mut h = attacker(&configs, &[]);
+    let (asked, id) = reconcile_with_attacker(&configs, &mut h);
     let made_up = b"c\0made-up".to_vec();
     let listed = edgerep_replica::reconcile::RangeItems {
         node: edgerep_wire::aae::Node {
@@ -1280,45 +1296,10 @@ fn repairs_nobody_asked_for_end_the_session_they_name() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, _n1, _n3) = honest_pair(dir.path());
     let mut h = attacker(&configs, &[]);
-    let config = configs[0].clone();
-    let asked = std::thread::spawn(move || {
-        edgerep(&[
-            "reconcile",
-            "--config",
-            config.to_str().unwrap(),
-            "--peer",
-            "node-2",
-        ])
-    });
-    let Some(Message::Reconcile { id, .. }) = h.wait_for(Duration::from_secs(10), |m| {
-        matches!(m, Message::Reconcile { .. })
-    }) else {
-        panic!("node-1 opened no session with node-2");
-    };
+    let (asked, id) = reconcile_with_attacker(&configs, &mut h);
     // node-2's own event, genuinely sealed (beyond what node-1 holds of node-2: not merged,
     // but read and counted).
-    let node2 = h.id.clone();
-    let own = event("node-2", 1, "c", "unasked", 1);
-    let leaf = event_leaf(&own.encode());
-    let seal = h.seal(
-        node2.clone(),
-        1,
-        1,
-        chain_link(&chain_start(&node2), &leaf),
-        leaf,
-    );
-    let repair = Message::Repair {
-        id,
-        versions: vec![own.into()],
-        proofs: vec![Proof {
-            seal: 1,
-            path: vec![],
-        }],
-        seals: vec![seal],
-        certs: vec![(h.id.clone(), h.signer.cert().to_vec())],
-        want: vec![],
-        resolutions: vec![],
-    };
+    let repair = first_event_repair(&h, id, event("node-2", 1, "c", "unasked", 1));
     let mut sent = 0;
     while sent < 10 && !asked.is_finished() {
         h.send(&repair).unwrap();
