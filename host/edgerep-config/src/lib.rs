@@ -397,6 +397,13 @@ impl CollectionConfig {
         }))
     }
 
+    /// Whether a resolver plugin (not last-writer-wins) decides the collection's concurrent
+    /// versions in some epoch: its state rows then keep resolutions.
+    pub fn resolved_by_plugin(&self) -> bool {
+        self.epochs()
+            .any(|(_, resolver, _)| resolver != RESOLVER_LWW)
+    }
+
     /// The plugins that decide the collection's state in some epoch (resolvers and transforms
     /// on apply), without repeats.
     pub fn deciding_plugins(&self) -> std::collections::BTreeSet<&str> {
@@ -482,6 +489,16 @@ pub struct RetentionConfig {
     pub max_held_events: Option<u64>,
 }
 
+/// The config file at `path` as text; an error names the file.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::file(
+            path,
+            format!("cannot read config file: {}", tidy_message(&e.to_string())),
+        )
+    })
+}
+
 /// Names a config file's contents: lowercase hex BLAKE3 of its bytes (what `edgerep reload`
 /// checked, compared with what the node reads).
 pub fn file_digest(bytes: &[u8]) -> String {
@@ -492,13 +509,7 @@ impl Config {
     /// Reads and parses the configuration file at `path`. A file that cannot be read is a
     /// [`ConfigError`] naming it, like every other error.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::file(
-                path,
-                format!("cannot read config file: {}", tidy_message(&e.to_string())),
-            )
-        })?;
-        Config::parse(&text, path)
+        Config::parse(&read_text(path)?, path)
     }
 
     /// The text of the config file at `path` for a node that runs: read twice, `settle` apart,
@@ -506,17 +517,9 @@ impl Config {
     /// moment: a file cut short can parse, and drop every peer after the cut). Parse it with
     /// [`Config::parse`]; [`file_digest`] names it.
     pub fn read_settled(path: &Path, settle: std::time::Duration) -> Result<String, ConfigError> {
-        let read = || {
-            std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::file(
-                    path,
-                    format!("cannot read config file: {}", tidy_message(&e.to_string())),
-                )
-            })
-        };
-        let text = read()?;
+        let text = read_text(path)?;
         std::thread::sleep(settle);
-        if read()? != text {
+        if read_text(path)? != text {
             return Err(ConfigError::file(
                 path,
                 "the file changed while it was read (is it being written?): nothing was taken; \

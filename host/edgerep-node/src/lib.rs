@@ -434,7 +434,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let opened_format = writer.opened_format();
     if opened_format < 4 {
         for c in &config.collections.declared {
-            if c.resolver != "lww" && !re_resolve.contains(&c.name) {
+            if c.resolved_by_plugin() && !re_resolve.contains(&c.name) {
                 re_resolve.push(c.name.clone());
             }
         }

@@ -770,11 +770,8 @@ impl Replicator {
                     self.last_error.insert(peer, reason);
                 }
             }
-            Input::Refused { peer, reason } => {
-                self.reports.protocol_errors_total += 1;
-                tracing::warn!(peer = %peer, "protocol error, disconnecting: {}", edgerep_wire::text::one_line(&reason));
-                self.refusals.insert(peer, reason);
-            }
+            // The connection is closed already, and its Disconnected follows.
+            Input::Refused { peer, reason } => self.note_refusal(peer, reason),
             Input::Message {
                 peer,
                 id,

@@ -1149,25 +1149,28 @@ fn decode_origins(r: &mut Reader<'_>, what: &str) -> Result<Vec<NodeId>, DecodeE
     Ok(origins)
 }
 
+/// Items of this version's Hello, its type included (a later version's has these first).
+const HELLO_ITEMS: u64 = 9;
+
 /// A Hello of `items` items (after its type): its version first, refused by that alone when
-/// this build does not speak it ([`DecodeError::Version`]); then this version's 9 items, and
+/// this build does not speak it ([`DecodeError::Version`]); then this version's [`HELLO_ITEMS`], and
 /// past them what a later version appended (not read: the session speaks this version).
 fn decode_hello(r: &mut Reader<'_>, items: u64) -> Result<Hello, DecodeError> {
     if items < 2 {
         return Err(DecodeError::Malformed {
             what: "hello".into(),
-            reason: format!("expected an array of 9 items, found {items}"),
+            reason: format!("expected an array of {HELLO_ITEMS} items, found {items}"),
         });
     }
     let protocol = r.u32("hello protocol")?;
     if protocol < MIN_PROTOCOL_VERSION {
         return Err(DecodeError::Version { theirs: protocol });
     }
-    if items < 9 || (protocol == PROTOCOL_VERSION && items != 9) {
+    if items < HELLO_ITEMS || (protocol == PROTOCOL_VERSION && items != HELLO_ITEMS) {
         return Err(DecodeError::Malformed {
             what: "hello".into(),
             reason: format!(
-                "expected an array of 9 items{}, found {items}",
+                "expected an array of {HELLO_ITEMS} items{}, found {items}",
                 if protocol > PROTOCOL_VERSION {
                     " or more"
                 } else {
@@ -1267,7 +1270,7 @@ fn decode_hello(r: &mut Reader<'_>, items: u64) -> Result<Hello, DecodeError> {
         0 => None,
         _ => Some(decode_seal(r)?),
     };
-    for _ in 9..items {
+    for _ in HELLO_ITEMS..items {
         r.skip_item("hello item of a later version")?;
     }
     r.finish()?;

@@ -8,16 +8,22 @@ use common::{Node, agent, init, peak_rss_bytes};
 
 /// POSTs `body` to `path` of `node`; the status and the answer's JSON.
 fn post(node: &Node, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    let mut r = agent()
-        .post(&node.url(path))
-        .content_type("application/json")
-        .send(body)
-        .unwrap();
+    answer(
+        agent()
+            .post(&node.url(path))
+            .content_type("application/json")
+            .send(body)
+            .unwrap(),
+    )
+}
+
+/// An answer's status and JSON body (every answer, refusals too, has one).
+fn answer(mut r: ureq::http::Response<ureq::Body>) -> (u16, serde_json::Value) {
     let status = r.status().as_u16();
     let text = r.body_mut().read_to_string().unwrap();
     (
         status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}")),
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text:?}")),
     )
 }
 
@@ -164,13 +170,6 @@ fn a_wrong_method_deep_nesting_and_two_keys_get_named_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let config = init(&dir.path().join("n"), "node-1");
     let node = Node::start(&config);
-    let answer = |mut r: ureq::http::Response<ureq::Body>| {
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap();
-        let json: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text:?}"));
-        (status, json)
-    };
     let (status, json) = answer(
         agent()
             .post(&node.url("/v1/kv/c/k"))
@@ -221,5 +220,55 @@ fn a_wrong_method_deep_nesting_and_two_keys_get_named_refusals() {
         404,
         "{}",
         r.body_mut().read_to_string().unwrap()
+    );
+}
+
+/// Query parameters this stop added, sent wrong: a watch `generation` that is not a number, or
+/// does not fit 64 bits, is a 400 naming the query; a made-up one is judged against every run
+/// the node records (position 0 is before all of them); a reload `expect` that is empty or
+/// garbage is a 409 that reloads nothing, and an unknown parameter a 400.
+#[test]
+fn watch_generations_and_reload_digests_sent_wrong_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(&dir.path().join("n"), "node-1");
+    let node = Node::start(&config);
+    let get = |path: &str| answer(agent().get(&node.url(path)).call().unwrap());
+    for bad in ["abc", "18446744073709551616", "-1", ""] {
+        let (status, json) = get(&format!("/v1/watch?follow=false&generation={bad}"));
+        assert_eq!(
+            (status, json["kind"].as_str()),
+            (400, Some("bad_query")),
+            "{bad}: {json}"
+        );
+    }
+    let mut r = agent()
+        .get(&node.url("/v1/watch?follow=false&after=0&generation=12345"))
+        .call()
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    let (status, json) = get("/v1/watch?follow=false&after=1&generation=12345");
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (410, Some("feed_renumbered")),
+        "{json}"
+    );
+    for expect in ["", "zz", &"0".repeat(64)] {
+        let (status, json) = post(&node, &format!("/v1/reload?expect={expect}"), b"");
+        assert_eq!(
+            (status, json["kind"].as_str()),
+            (409, Some("file_differs")),
+            "{expect:?}: {json}"
+        );
+    }
+    let (status, json) = post(&node, "/v1/reload?expekt=abc", b"");
+    assert_eq!(
+        (status, json["kind"].as_str()),
+        (400, Some("bad_query")),
+        "{json}"
     );
 }

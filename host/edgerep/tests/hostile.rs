@@ -1191,6 +1191,19 @@ fn a_peer_that_never_stops_differing_ends_the_session_it_is_in() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
+/// The report of the session `reconcile_with_attacker` ran, once the verb ended; asserts that
+/// node-1 gave the session up. (The whole answer, and that session's report.)
+fn given_up(
+    asked: std::thread::JoinHandle<std::process::Output>,
+) -> (serde_json::Value, serde_json::Value) {
+    let o = asked.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let session = report["sessions"][0].clone();
+    assert_eq!(session["gave_up"], true, "{report}");
+    (report, session)
+}
+
 /// A Repair under session `id` carrying `first`, an origin's event 1, as a block of its own
 /// sealed with the attacker's key: genuine for node-2's own events, a forgery for any other
 /// origin's.
@@ -1275,11 +1288,7 @@ fn a_peer_repeating_itself_after_the_comparison_ended_ends_the_session() {
         sent += 1;
         let _ = h.wait_for(Duration::from_millis(200), |_| false);
     }
-    let o = asked.join().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let session = &report["sessions"][0];
-    assert_eq!(session["gave_up"], true, "{report}");
+    let (report, session) = given_up(asked);
     assert_eq!(session["round_trips"], 2, "{report}");
     assert!(sent < 20, "node-1 answered {sent} lists: {report}");
     put(&n3, "c", "after", r#"{"v":3}"#);
@@ -1306,11 +1315,7 @@ fn repairs_nobody_asked_for_end_the_session_they_name() {
         sent += 1;
         let _ = h.wait_for(Duration::from_millis(200), |_| false);
     }
-    let o = asked.join().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let session = &report["sessions"][0];
-    assert_eq!(session["gave_up"], true, "{report}");
+    let (report, _) = given_up(asked);
     assert!(sent <= 3, "node-1 took {sent} repairs: {report}");
 }
 

@@ -447,9 +447,16 @@ impl Replicator {
         self.end_refused(peer, reason, Some(CONFIG_REFUSAL_GRACE), now);
     }
 
-    fn end_refused(&mut self, peer: NodeId, reason: String, grace: Option<Duration>, now: u64) {
+    /// Counts and logs a session refused for `reason`, and keeps the reason for the origin
+    /// gate's wait (see `refusals`).
+    pub(super) fn note_refusal(&mut self, peer: NodeId, reason: String) {
         self.reports.protocol_errors_total += 1;
         tracing::warn!(peer = %peer, "protocol error, disconnecting: {}", edgerep_wire::text::one_line(&reason));
+        self.refusals.insert(peer, reason);
+    }
+
+    fn end_refused(&mut self, peer: NodeId, reason: String, grace: Option<Duration>, now: u64) {
+        self.note_refusal(peer.clone(), reason.clone());
         if let Some(live) = self.conns.remove(&peer) {
             match grace {
                 None => live.conn.close(CloseCode::Protocol, &reason),
@@ -469,7 +476,6 @@ impl Replicator {
         }
         self.core.disconnected(&peer, now);
         self.aae_disconnected(&peer);
-        self.refusals.insert(peer.clone(), reason.clone());
         self.last_error.insert(peer, reason);
     }
 
