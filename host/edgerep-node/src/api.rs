@@ -571,6 +571,11 @@ impl From<CommitError> for ApiError {
                 "origin_unconfirmed",
                 e.to_string(),
             ),
+            CommitError::DiskFailed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "disk_failed",
+                e.to_string(),
+            ),
             other => ApiError::internal(other.to_string()),
         }
     }

@@ -232,6 +232,12 @@ pub enum CommitError {
     /// The store failed; nothing of the group was written.
     #[error("store failed, nothing written: {0}")]
     Store(String),
+    /// The disk failed under the store (full, say; the first failure): nothing of the group
+    /// was written, and the node is stopping.
+    #[error(
+        "the disk failed under the store, nothing written: {0}; the node is stopping (restart it once the disk is fixed)"
+    )]
+    DiskFailed(String),
     /// The node is shutting down.
     #[error("node is shutting down")]
     Closed,
@@ -304,16 +310,19 @@ impl Committer {
             }
         };
         let queued = writes_queued.clone();
-        let failed = move |e: &edgerep_store::StoreError| {
-            if e.is_disk_failure() {
-                disk_failed.send_if_modified(|f| {
-                    let first = f.is_none();
-                    if first {
-                        *f = Some(e.to_string());
-                    }
-                    first
-                });
+        // A store error as the caller's. A disk failure is reported (the node stops) and named
+        // by the first one: redb answers every later call "previous I/O error" only.
+        let failed = move |e: &edgerep_store::StoreError| -> CommitError {
+            if !e.is_disk_failure() {
+                return CommitError::Store(e.to_string());
             }
+            let mut first = String::new();
+            disk_failed.send_if_modified(|f| {
+                let new = f.is_none();
+                first = f.get_or_insert_with(|| e.to_string()).clone();
+                new
+            });
+            CommitError::DiskFailed(first)
         };
         let mut have: Have = store.status()?.origins;
         let local = store.node().clone();
@@ -334,11 +343,7 @@ impl Committer {
         let thread = thread::Builder::new()
             .name("edgerep-committer".into())
             .spawn(move || {
-                // A store error as the caller's: reported as a disk failure too when it is one.
-                let store_failed = |e: edgerep_store::StoreError| {
-                    failed(&e);
-                    CommitError::Store(e.to_string())
-                };
+                let store_failed = |e: edgerep_store::StoreError| failed(&e);
                 let mut group: Vec<Pending> = Vec::new();
                 let mut writes: Vec<LocalWrite> = Vec::new();
                 let mut counts: Vec<usize> = Vec::new();
@@ -451,8 +456,7 @@ impl Committer {
                                 }
                                 Err(e) => {
                                     tracing::error!(error = %e, events = n, "applying a batch from a peer failed");
-                                    failed(&e);
-                                    reply(Err(CommitError::Store(e.to_string())));
+                                    reply(Err(failed(&e)));
                                 }
                             }
                             continue;
@@ -509,8 +513,7 @@ impl Committer {
                                 }
                                 Err(e) => {
                                     tracing::error!(error = %e, "merging a snapshot page from a peer failed");
-                                    failed(&e);
-                                    reply(Err(CommitError::Store(e.to_string())));
+                                    reply(Err(failed(&e)));
                                 }
                             }
                             continue;
@@ -546,8 +549,7 @@ impl Committer {
                                 }
                                 Err(e) => {
                                     tracing::error!(error = %e, "merging a repair from a peer failed");
-                                    failed(&e);
-                                    reply(Err(CommitError::Store(e.to_string())));
+                                    reply(Err(failed(&e)));
                                 }
                             }
                             continue;
@@ -558,19 +560,15 @@ impl Committer {
                             // synced commit instead of adding one.
                             let result =
                                 store.compact(&floors, COMPACT_MAX_REMOVE, Sync::Deferred);
-                            match &result {
-                                Ok(_) => synced(&mut durable, &mut have, Sync::Deferred),
-                                Err(e) => failed(e),
+                            if result.is_ok() {
+                                synced(&mut durable, &mut have, Sync::Deferred);
                             }
-                            reply(result.map_err(|e| CommitError::Store(e.to_string())));
+                            reply(result.map_err(|e| failed(&e)));
                             continue;
                         }
                         Request::SyncNow { reply } => {
                             let started = std::time::Instant::now();
-                            let result = store.sync();
-                            if let Err(e) = &result {
-                                failed(e);
-                            }
+                            let result = store.sync().map_err(|e| failed(&e));
                             if result.is_ok() {
                                 metrics.sync(started.elapsed().as_secs_f64());
                                 if durable.unsynced {
@@ -578,7 +576,7 @@ impl Committer {
                                     hook(&have);
                                 }
                             }
-                            let _ = reply.send(result.map_err(|e| CommitError::Store(e.to_string())));
+                            let _ = reply.send(result);
                             continue;
                         }
                         Request::SavePeerCursor { peer, have: theirs } => {
@@ -805,14 +803,14 @@ impl Committer {
                             Err(e) => {
                                 let e = e.error;
                                 tracing::error!(error = %e, events = total, "group commit failed");
-                                failed(&e);
+                                let err = match &e {
+                                    edgerep_store::StoreError::NoSuchDeadLetter(id) => {
+                                        CommitError::DeadLetterGone(*id)
+                                    }
+                                    other => failed(other),
+                                };
                                 for p in group.drain(..) {
-                                    let err = match &e {
-                                        edgerep_store::StoreError::NoSuchDeadLetter(id) => {
-                                            CommitError::DeadLetterGone(*id)
-                                        }
-                                        other => CommitError::Store(other.to_string()),
-                                    };
+                                    let err = err.clone();
                                     p.answer(Err(err));
                                 }
                                 break;
@@ -823,7 +821,11 @@ impl Committer {
                 if durable.unsynced {
                     match store.sync() {
                         Ok(()) => tracing::debug!("deferred commits synced at shutdown"),
-                        Err(e) => tracing::error!(error = %e, "syncing deferred commits at shutdown failed"),
+                        Err(e) => {
+                            // Acknowledged writes are lost: the node must not stop as if clean.
+                            tracing::error!(error = %e, "syncing deferred commits at shutdown failed");
+                            failed(&e);
+                        }
                     }
                 }
             })

@@ -245,11 +245,19 @@ async fn a_disk_that_fails_under_the_store_is_reported() {
     disk.failing
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let e = within(c.commit(vec![write("during")])).await.unwrap_err();
-    assert!(matches!(e, CommitError::Store(_)), "{e:?}");
+    assert!(
+        matches!(&e, CommitError::DiskFailed(r) if r.contains("injected disk failure")),
+        "{e:?}"
+    );
     let reason = failed.borrow().clone().expect("the failure is reported");
     assert!(reason.contains("injected disk failure"), "{reason}");
-    // Healed, the store still refuses (redb wants a reopen): hence the node stops.
+    // Healed, the store still refuses (redb wants a reopen): hence the node stops. The
+    // refusal names the first failure, not redb's "previous I/O error".
     disk.failing
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    assert!(within(c.commit(vec![write("after")])).await.is_err());
+    let e = within(c.commit(vec![write("after")])).await.unwrap_err();
+    assert!(
+        matches!(&e, CommitError::DiskFailed(r) if r.contains("injected disk failure")),
+        "{e:?}"
+    );
 }

@@ -27,6 +27,7 @@ use redb::{ReadableDatabase, ReadableTable};
 pub use edgerep_wire::aae::{LEAF_LEVEL, Node, bucket_of};
 
 use crate::keys::split_state_key;
+use crate::tables::META_VERSIONS_ONLY;
 use crate::{Digest, META, META_DIGEST, STATE, StoreError, corrupt};
 
 /// A node's fingerprint: the sum of its entries' hashes and how many there are.
@@ -236,12 +237,15 @@ impl Drop for OpenScan {
 }
 
 /// Starts the check at open: must be called before the store's first write, since it reads
-/// the state as of now and the sums it returns count only the writes after it.
+/// the state as of now and the sums it returns count only the writes after it. `new_rule` is
+/// the hash rule's record when it changed since the last open: it is written with the digest
+/// recomputed under it, so a start that dies before then recomputes again at the next open
+/// (recorded first, the old digest would then look like damage).
 pub(crate) fn open(
     db: &Arc<redb::Database>,
     limits: &EventLimits,
     rule: &crate::HashRule,
-    rule_changed: bool,
+    new_rule: Option<Vec<u8>>,
 ) -> Result<(Arc<Sums>, OpenScan), StoreError> {
     let sums = Arc::new(Sums {
         inner: Mutex::new(Inner {
@@ -258,7 +262,7 @@ pub(crate) fn open(
         std::thread::Builder::new()
             .name("store-open-check".into())
             .spawn(move || {
-                let found = check(&db, snapshot, &sums, &limits, &rule, rule_changed, &stop)
+                let found = check(&db, snapshot, &sums, &limits, &rule, new_rule, &stop)
                     .map_err(|e| e.to_string());
                 sums.finish(found);
             })
@@ -283,9 +287,10 @@ fn check(
     sums: &Sums,
     limits: &EventLimits,
     rule: &crate::HashRule,
-    rule_changed: bool,
+    new_rule: Option<Vec<u8>>,
     stop: &AtomicBool,
 ) -> Result<OpenCheck, StoreError> {
+    let rule_changed = new_rule.is_some();
     /// Entries hashed between two takes of the sums' lock.
     const CHUNK: usize = 1024;
     let mut check = OpenCheck::default();
@@ -332,12 +337,15 @@ fn check(
     if stored_entries != total.count {
         check.entries_recorded = Some(stored_entries);
     }
-    if stored_digest != total.sum || check.entries_recorded.is_some() {
+    if stored_digest != total.sum || check.entries_recorded.is_some() || rule_changed {
         // The one write outside the writer: a difference, so it commutes with the writer's
         // transactions (redb runs write transactions one at a time).
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
+            if let Some(rule) = &new_rule {
+                meta.insert(META_VERSIONS_ONLY, rule.as_slice())?;
+            }
             let mut counters = crate::tables::Counters::load(&meta)?;
             counters.digest.add(total.sum);
             counters.digest.sub(stored_digest);

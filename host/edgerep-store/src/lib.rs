@@ -468,7 +468,8 @@ impl Store {
         rule: HashRule,
     ) -> Result<(Store, Resume), StoreError> {
         let txn = db.begin_write()?;
-        let rule_changed;
+        // The hash rule to record once the state's digest follows it (see `aae::open`).
+        let new_rule;
         // The format found (this build's for a new store), and whether `limits` lower the
         // record (every stored event fits them: `record_open` records them as they are).
         let mut opened_format = STORE_FORMAT;
@@ -482,10 +483,7 @@ impl Store {
                 .flat_map(|c| c.bytes().chain(std::iter::once(b'\n')))
                 .collect();
             let held = meta.get(META_VERSIONS_ONLY)?.map(|g| g.value().to_vec());
-            rule_changed = held.unwrap_or_default() != wanted;
-            if rule_changed {
-                meta.insert(META_VERSIONS_ONLY, wanted.as_slice())?;
-            }
+            new_rule = (held.unwrap_or_default() != wanted).then_some(wanted);
             let stored = meta.get(META_NODE_ID)?.map(|g| g.value().to_vec());
             match stored {
                 None => {
@@ -549,7 +547,7 @@ impl Store {
         }
         txn.commit()?;
         let db = Arc::new(db);
-        let (sums, open_scan) = aae::open(&db, &limits, &rule, rule_changed)?;
+        let (sums, open_scan) = aae::open(&db, &limits, &rule, new_rule)?;
         let (idempotency_index, dead_letter_ids, keys_restored) = {
             let txn = db.begin_read()?;
             let keys_restored = !txn.open_table(idempotency::RESTORED)?.is_empty()?;

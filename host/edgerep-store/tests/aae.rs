@@ -440,6 +440,50 @@ fn a_collection_compared_on_versions_hashes_without_values_and_a_new_rule_is_not
     assert!(b.open_check().unwrap().rule_changed && !b.open_check().unwrap().found_damage());
 }
 
+/// A start under a new hash rule that stops before its check at open has recomputed the
+/// digest (a crash, a start refused later, a stop): the next start recomputes it again. The
+/// rule was recorded at open, before the digest followed it, so the next start took the old
+/// digest for damage.
+#[test]
+fn a_start_under_a_new_rule_stopped_before_its_check_ended_is_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let open = |on: bool| {
+        let rule = edgerep_store::HashRule::versions_only(if on {
+            ["c".to_owned()].into()
+        } else {
+            Default::default()
+        });
+        StoreWriter::open_with_rule(&path, &node("b"), EventLimits::default(), rule)
+            .unwrap()
+            .0
+    };
+    {
+        let b = open(false);
+        let mut c = clock();
+        for batch in 0..20 {
+            b.commit_local(writes(&format!("k{batch}-"), 1000, 1), &mut c, 1)
+                .unwrap();
+        }
+    }
+    {
+        let b = open(true);
+        // Stopped at once: the check (20,000 rows) cannot have ended.
+        assert!(
+            b.open_check_now().is_none(),
+            "the check ended before the stop"
+        );
+    }
+    let b = open(true);
+    let check = b.open_check().unwrap();
+    assert!(check.rule_changed && !check.found_damage(), "{check:?}");
+    assert_eq!(b.verify().unwrap(), Ok(()));
+    drop(b);
+    let b = open(true);
+    let check = b.open_check().unwrap();
+    assert!(!check.rule_changed && !check.found_damage(), "{check:?}");
+}
+
 /// A resolver whose pick can change (a reload naming another build).
 struct Switch(std::sync::atomic::AtomicUsize);
 

@@ -253,9 +253,13 @@ impl Ca {
     /// is an error ([`CertError::Exists`]) and nothing is overwritten.
     pub fn write_files(&self, dir: &Path) -> Result<(), CertError> {
         let (cert_pem, key_pem) = self.to_pem();
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
-        write_new_file(&dir.join(CA_CERT_FILE), cert_pem.as_bytes(), 0o644)?;
-        write_new_file(&dir.join(CA_KEY_FILE), key_pem.as_bytes(), 0o600)
+        write_new_files(
+            dir,
+            &[
+                (CA_CERT_FILE, cert_pem.as_bytes(), 0o644),
+                (CA_KEY_FILE, key_pem.as_bytes(), 0o600),
+            ],
+        )
     }
 
     /// Issues a certificate for node `node_id` (a valid node id: 1 to 64 bytes of
@@ -394,10 +398,14 @@ impl NodeCert {
 /// file with the same contents is left as it is; one with other contents is an error
 /// ([`CertError::Exists`]) and nothing is overwritten.
 pub fn write_node_files(dir: &Path, ca: &Ca, node: &NodeCert) -> Result<(), CertError> {
-    fs::create_dir_all(dir).map_err(io_error(dir))?;
-    write_new_file(&dir.join(CA_CERT_FILE), ca.cert_pem().as_bytes(), 0o644)?;
-    write_new_file(&dir.join(NODE_CERT_FILE), node.cert_pem.as_bytes(), 0o644)?;
-    write_new_file(&dir.join(NODE_KEY_FILE), node.key_pem.as_bytes(), 0o600)
+    write_new_files(
+        dir,
+        &[
+            (CA_CERT_FILE, ca.cert_pem().as_bytes(), 0o644),
+            (NODE_CERT_FILE, node.cert_pem.as_bytes(), 0o644),
+            (NODE_KEY_FILE, node.key_pem.as_bytes(), 0o600),
+        ],
+    )
 }
 
 /// The node id a certificate (DER) names: the one `edgerep://node/<id>` URI subject alternative
@@ -627,6 +635,23 @@ fn check_chain(ca: &CertificateDer<'static>, cert: &CertificateDer<'static>) -> 
         crypto_provider().signature_verification_algorithms.all,
     )
     .map_err(|e| format!("not issued by this CA or not valid now ({e})"))
+}
+
+/// Writes each `(name, contents, mode)` into `dir` with [`write_new_file`], creating `dir` if
+/// needed; when one exists with other contents, none is written (a key is never left without
+/// its certificate, or a certificate without its key, by a refusal).
+fn write_new_files(dir: &Path, files: &[(&str, &[u8], u32)]) -> Result<(), CertError> {
+    for (name, contents, _) in files {
+        let path = dir.join(name);
+        if fs::read(&path).is_ok_and(|existing| existing != *contents) {
+            return Err(CertError::Exists { path });
+        }
+    }
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    for (name, contents, mode) in files {
+        write_new_file(&dir.join(name), contents, *mode)?;
+    }
+    Ok(())
 }
 
 /// Writes `contents` to a new file at `path` with permissions `mode`, atomically (a temporary

@@ -128,6 +128,14 @@ fn node_files_are_written_with_a_private_key_file_and_read_back() {
     assert!(matches!(err, CertError::Exists { .. }), "{err}");
     assert!(err.to_string().contains(NODE_CERT_FILE), "{err}");
     assert_eq!(Identity::load(&node_dir).unwrap().cert(), node.cert_der());
+    // A refusal writes none of the files: a directory holding another key only (a run cut
+    // short) does not get a certificate without its key.
+    let half = dir.path().join("half");
+    fs::create_dir_all(&half).unwrap();
+    fs::write(half.join(NODE_KEY_FILE), "another key").unwrap();
+    let err = write_node_files(&half, &ca, &node).unwrap_err();
+    assert!(err.to_string().contains(NODE_KEY_FILE), "{err}");
+    assert!(!half.join(NODE_CERT_FILE).exists() && !half.join(CA_CERT_FILE).exists());
 }
 
 #[test]

@@ -83,6 +83,14 @@ impl Node {
 
     /// [`Node::start`] with more arguments for `run` (such as `--alone`).
     pub fn start_with(config: &Path, args: &[&str]) -> Node {
+        let node = Node::spawn(config, args);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts `edgerep run --config CONFIG ARGS` without waiting for its API (a node that may
+    /// stop at once).
+    pub fn spawn(config: &Path, args: &[&str]) -> Node {
         let log = config.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -96,14 +104,12 @@ impl Node {
             .stderr(log_file)
             .spawn()
             .expect("spawning edgerep run");
-        let node = Node {
+        Node {
             child,
             config: config.to_path_buf(),
             addr: api_addr(config),
             log,
-        };
-        node.wait_ready();
-        node
+        }
     }
 
     fn wait_ready(&self) {
