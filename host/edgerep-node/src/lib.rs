@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod reload;
 pub mod replication;
 mod request;
+mod solo_retention;
 pub mod trace;
 
 use std::net::SocketAddr;
@@ -188,6 +189,8 @@ pub struct RunningNode {
     replication: Option<Arc<replication::Replication>>,
     committer: std::thread::JoinHandle<()>,
     reloader: Arc<reload::Reloader>,
+    /// Changelog retention when there are no peers (the replicator's otherwise).
+    solo_retention: Option<solo_retention::SoloRetention>,
     traces: Arc<trace::Traces>,
     disk_failed: watch::Receiver<Option<String>>,
     /// The store, to wait until every holder let it go (its file is then free to open again).
@@ -232,6 +235,7 @@ impl RunningNode {
         // The replicator, the server task and the reloader held the last committer handles:
         // the thread drains and ends.
         drop(self.reloader);
+        drop(self.solo_retention);
         if let Some(r) = self.replication {
             let _ = tokio::task::spawn_blocking(move || r.stop()).await;
         }
@@ -577,6 +581,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     )
     .map_err(NodeError::Replication)?
     .map(Arc::new);
+    let solo_retention = match replication {
+        Some(_) => None,
+        None => solo_retention::start(&config.retention, store.clone(), committer.clone())
+            .map_err(NodeError::Serve)?,
+    };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .map_err(|source| NodeError::Listen {
@@ -648,6 +657,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         replication,
         committer: committer_thread,
         reloader,
+        solo_retention,
         traces,
         disk_failed,
         store: store_held,

@@ -49,6 +49,10 @@ pub(crate) const META_FEED_FLOOR: &str = "feed_floor";
 pub struct Compaction {
     /// Changelog entries removed.
     pub removed: u64,
+    /// Whether the floors allow more than this call removed (a whole block past the budget):
+    /// call again at once. (Whole blocks rarely fill the budget exactly, so `removed` below it
+    /// does not say the floors are reached.)
+    pub more: bool,
     /// Every origin's compacted floor afterwards.
     pub compacted: Have,
 }
@@ -386,14 +390,17 @@ impl StoreWriter {
             let origins = txn.open_table(ORIGINS)?;
             let mut budget = max_remove;
             let mut removed = 0;
+            let mut more = false;
             for (origin, &floor) in floors {
-                if budget == 0 {
-                    break;
-                }
                 let held = origins.get(origin.as_str())?.map_or(0, |g| g.value());
                 let done = compacted_t.get(origin.as_str())?.map_or(0, |g| g.value());
                 let limit = floor.min(held);
                 if limit <= done {
+                    continue;
+                }
+                if budget == 0 {
+                    // A block of this origin waits for the next call, if one ends within the floor.
+                    more |= last_seal_in(&seals_t, origin, done + 1, limit)?.is_some();
                     continue;
                 }
                 // Whole blocks only (a live version's proof needs every leaf of its block): up
@@ -440,6 +447,7 @@ impl StoreWriter {
                 compacted_t.insert(origin.as_str(), to)?;
                 budget = budget.saturating_sub(n);
                 removed += n;
+                more |= to < limit && last_seal_in(&seals_t, origin, to + 1, limit)?.is_some();
             }
             let compacted = read_map(&compacted_t)?;
             drop((compacted_t, origins, changelog, seals_t, blocks_t, state));
@@ -447,7 +455,11 @@ impl StoreWriter {
                 trim_feed(&mut txn, &compacted)?;
             }
             proofs::sweep(&txn, &self.limits(), SWEEP_ROWS)?;
-            Compaction { removed, compacted }
+            Compaction {
+                removed,
+                more,
+                compacted,
+            }
         };
         txn.commit()?;
         Ok(out)

@@ -129,6 +129,7 @@ fn compaction_removes_what_is_asked_and_reads_below_it_say_so() {
         (c.removed, c.compacted.clone()),
         (5, BTreeMap::from([(NodeId::parse("a").unwrap(), 5)]))
     );
+    assert!(c.more, "a's block 6..=10 and b's are within the floors");
     // A floor inside a block stops before the block (a: 12 is inside 11..=15).
     let c = a
         .compact(
@@ -142,6 +143,10 @@ fn compaction_removes_what_is_asked_and_reads_below_it_say_so() {
         )
         .unwrap();
     assert_eq!(c.removed, 5 + 4);
+    assert!(
+        !c.more,
+        "the floors are reached (a's next block ends past 12)"
+    );
     assert_eq!(
         c.compacted,
         BTreeMap::from([
@@ -325,4 +330,37 @@ fn a_snapshot_claiming_more_of_the_receivers_own_events_is_refused() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_verified(&a);
+}
+
+/// Blocks that do not fill the budget exactly (3 events each, 4 at most per call): each call
+/// says whether the floors allow more, so the caller goes on at once rather than an interval
+/// later (the node took "fewer removed than the budget" for "done", and compacted one block per
+/// `retention.interval_ms`: 100 events a second with the defaults, behind any busy writer).
+#[test]
+fn compaction_says_when_more_is_left_under_blocks_smaller_than_its_budget() {
+    let a = store("a");
+    let mut ca = clock();
+    for i in 0..4 {
+        write(
+            &a,
+            &mut ca,
+            1000 + i,
+            &[("k1", i as i64), ("k2", 1), ("k3", 2)],
+        );
+    }
+    let floors = BTreeMap::from([(NodeId::parse("a").unwrap(), 12)]);
+    let mut calls = Vec::new();
+    loop {
+        let c = a.compact(&floors, 4, Sync::Immediate).unwrap();
+        calls.push((c.removed, c.more));
+        if !c.more {
+            break;
+        }
+        assert!(calls.len() < 10, "{calls:?}");
+    }
+    assert_eq!(calls, [(3, true), (3, true), (3, true), (3, false)]);
+    assert_eq!(a.status().unwrap().compacted["a"], 12);
+    // Nothing left within the floors: nothing removed, and no more.
+    let c = a.compact(&floors, 4, Sync::Immediate).unwrap();
+    assert_eq!((c.removed, c.more), (0, false));
 }

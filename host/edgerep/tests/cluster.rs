@@ -1336,3 +1336,92 @@ fn a_policy_naming_an_unknown_node_is_reported_at_start() {
     );
     assert!(!unknown.contains("names node-2,"), "{said}");
 }
+
+/// Compaction keeps up with a busy writer: once due, it goes on transaction after transaction
+/// until the floors are reached. It stopped after one transaction whenever whole blocks left
+/// part of its budget unused (batches of 500 are blocks of 256 and 244: 1,000 of the 1,024),
+/// so it removed about 1,000 events per `retention.interval_ms`: 100 a second with the
+/// defaults, behind any writer faster than that, whose changelog then grew without end.
+#[test]
+fn compaction_keeps_up_with_a_busy_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        std::fs::write(
+            c,
+            with_retention(&text, "keep_events = 0\ninterval_ms = 4000"),
+        )
+        .unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let last = put_many(&n1, "a", 20_000);
+    converge(&[&n1, &n2], Duration::from_secs(60));
+    // One interval for the first compaction to be due, and a few seconds for 20 transactions.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    for n in [&n1, &n2] {
+        loop {
+            let s = status(n);
+            if s["compacted"]["node-1"] == last {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "compaction fell behind: {} of {last} after 12 s",
+                s["compacted"]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A node without peers compacts too: each origin's newest `keep_events` entries are kept, the
+/// rest removed (it kept every entry for ever, its changelog growing without end until it had
+/// peers). Whole blocks go, so the floor stops at the last block within it.
+#[test]
+fn a_node_without_peers_keeps_its_newest_entries_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::init(dir.path(), "solo");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        with_retention(&text, "keep_events = 1000\ninterval_ms = 300"),
+    )
+    .unwrap();
+    let node = Node::start(&config);
+    let last = put_many(&node, "a", 10_000);
+    assert_eq!(last, 10_000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let compacted = loop {
+        let s = status(&node);
+        let c = s["compacted"]["solo"].as_u64().unwrap_or(0);
+        // Batches of 500 are blocks of 256 and 244: the floor 9,000 ends one.
+        if c == 9_000 {
+            break c;
+        }
+        assert!(c <= 9_000, "more than the newest 1,000 removed: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "not compacted to 9,000 after 20 s: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The entries kept are read; those removed are said to be.
+    let read = |after: u64| {
+        let mut r = common::agent()
+            .get(&node.url(&format!("/v1/changelog/solo?after={after}&limit=5")))
+            .call()
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let (code, body) = read(compacted);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!("\"seq\":{}", compacted + 1)),
+        "{body}"
+    );
+    let (code, body) = read(10);
+    assert_eq!(code, 410, "{body}");
+    assert!(body.contains("compacted"), "{body}");
+}

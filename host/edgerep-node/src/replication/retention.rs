@@ -151,7 +151,7 @@ impl Replicator {
                 }
                 // More to remove: the next small transaction goes at once, between
                 // writes, not a whole interval later.
-                self.compact_more = c.removed >= crate::committer::COMPACT_MAX_REMOVE;
+                self.compact_more = c.more;
                 self.set_compacted(&c.compacted);
             }
             Err(e) => tracing::error!("changelog compaction failed: {e}"),
