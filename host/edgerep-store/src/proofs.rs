@@ -14,7 +14,7 @@
 //!   compaction.
 
 use edgerep_wire::event::EventLimits;
-use edgerep_wire::seal::{ChainHash, MAX_PATH_HASHES, Proof, event_leaf, merkle_path, merkle_root};
+use edgerep_wire::seal::{ChainHash, MAX_PATH_HASHES, MerkleTree, Proof, event_leaf};
 use edgerep_wire::{EncodedEvent, Event, NodeId, Seal};
 use redb::{ReadableTable, TableDefinition};
 
@@ -471,11 +471,11 @@ pub(crate) struct PageProofs {
     /// Per version: the event as its origin sent it, and its proof.
     pub(crate) versions: Vec<(EncodedEvent, Proof)>,
     pub(crate) seals: Vec<Seal>,
-    /// Blocks read from the changelog for this page: (origin, seal seq) → leaves.
-    blocks: std::collections::BTreeMap<(String, u64), Vec<ChainHash>>,
-    /// Kept blocks read for this page: (origin, seal seq) → the block, and whether its leaves
-    /// give its seal's root (checked once).
-    kept: std::collections::BTreeMap<(String, u64), (KeptBlock, bool)>,
+    /// Blocks read from the changelog for this page: (origin, seal seq) → their Merkle tree.
+    blocks: std::collections::BTreeMap<(String, u64), MerkleTree>,
+    /// Kept blocks read for this page: (origin, seal seq) → the block, its Merkle tree, and
+    /// whether its leaves give its seal's root (checked once).
+    kept: std::collections::BTreeMap<(String, u64), (KeptBlock, MerkleTree, bool)>,
     /// Seals already in `seals`.
     named: std::collections::BTreeSet<(String, u64)>,
     /// Versions left out: nothing here proves them (a damaged store).
@@ -594,13 +594,12 @@ impl PageProofs {
             for row in changelog.range(lo.as_slice()..=hi.as_slice())? {
                 leaves.push(event_leaf(row?.1.value()));
             }
-            self.blocks.insert(block.clone(), leaves);
+            self.blocks.insert(block.clone(), MerkleTree::new(&leaves));
         }
-        let leaves = &self.blocks[&block];
         let index = (version.seq - seal.first) as usize;
         let proof = Proof {
             seal: seal.seq,
-            path: merkle_path(leaves, index),
+            path: self.blocks[&block].path(index),
         };
         Ok(Some((original, seal, proof)))
     }
@@ -611,7 +610,7 @@ impl PageProofs {
         &mut self,
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         version: &EncodedEvent,
-    ) -> Result<Option<(&KeptBlock, bool, u64)>, StoreError> {
+    ) -> Result<Option<(&KeptBlock, &MerkleTree, bool, u64)>, StoreError> {
         let origin = &version.origin;
         let (lo, hi) = (
             log_key(origin.as_str(), version.seq),
@@ -628,14 +627,20 @@ impl PageProofs {
                 self.kept.clear();
             }
             let block = KeptBlock::decode(origin, seq, v.value())?;
-            let root_ok = merkle_root(&block.leaves) == block.seal.root;
-            self.kept.insert(key.clone(), (block, root_ok));
+            let tree = MerkleTree::new(&block.leaves);
+            let root_ok = tree.root() == block.seal.root;
+            self.kept.insert(key.clone(), (block, tree, root_ok));
         }
-        let (block, root_ok) = &self.kept[&key];
+        let (block, tree, root_ok) = &self.kept[&key];
         if !block.seal.covers(version.seq) {
             return Ok(None);
         }
-        Ok(Some((block, *root_ok, version.seq - block.seal.first)))
+        Ok(Some((
+            block,
+            tree,
+            *root_ok,
+            version.seq - block.seal.first,
+        )))
     }
 
     /// `version` proven from the compacted block that holds its event, if one was kept.
@@ -645,7 +650,7 @@ impl PageProofs {
         limits: &EventLimits,
         version: EncodedEvent,
     ) -> Result<Option<(EncodedEvent, Seal, Proof)>, StoreError> {
-        let Some((block, _, index)) = self.kept_block(blocks, &version)? else {
+        let Some((block, tree, _, index)) = self.kept_block(blocks, &version)? else {
             return Ok(None);
         };
         let original = match block.original(index) {
@@ -657,7 +662,7 @@ impl PageProofs {
         };
         let proof = Proof {
             seal: block.seal.seq,
-            path: merkle_path(&block.leaves, index as usize),
+            path: tree.path(index as usize),
         };
         Ok(Some((original, block.seal.clone(), proof)))
     }
@@ -681,7 +686,7 @@ impl PageProofs {
                 .unwrap_or_else(|| version.bytes().to_vec());
             return Ok(kept.seal.proves(version.seq, &bytes, &kept.path));
         }
-        let Some((block, root_ok, index)) = self.kept_block(blocks, version)? else {
+        let Some((block, _, root_ok, index)) = self.kept_block(blocks, version)? else {
             return Ok(false);
         };
         let bytes = match block.original(index) {

@@ -122,6 +122,74 @@ fn path_into(leaves: &[ChainHash], index: usize, out: &mut Vec<ChainHash>) {
     }
 }
 
+/// Every subtree root of a block's Merkle tree, computed once: each leaf's path is then read
+/// off it (a path computed alone hashes the whole block, so one per leaf of a block of 256
+/// hashed it 256 times: most of a snapshot's cost).
+#[derive(Debug, Clone)]
+pub struct MerkleTree {
+    len: usize,
+    /// The root of the subtree over `leaves[start..start + len]`, by `(start, len)`.
+    roots: std::collections::HashMap<(usize, usize), ChainHash>,
+}
+
+impl MerkleTree {
+    /// The tree over `leaves`.
+    pub fn new(leaves: &[ChainHash]) -> MerkleTree {
+        let mut roots = std::collections::HashMap::with_capacity(2 * leaves.len());
+        fn build(
+            leaves: &[ChainHash],
+            start: usize,
+            roots: &mut std::collections::HashMap<(usize, usize), ChainHash>,
+        ) -> ChainHash {
+            let root = match leaves.len() {
+                0 => [0; 32],
+                1 => leaves[0],
+                n => {
+                    let k = split(n);
+                    let left = build(&leaves[..k], start, roots);
+                    let right = build(&leaves[k..], start + k, roots);
+                    node(&left, &right)
+                }
+            };
+            roots.insert((start, leaves.len()), root);
+            root
+        }
+        build(leaves, 0, &mut roots);
+        MerkleTree {
+            len: leaves.len(),
+            roots,
+        }
+    }
+
+    /// [`merkle_root`] of the leaves.
+    pub fn root(&self) -> ChainHash {
+        self.roots.get(&(0, self.len)).copied().unwrap_or([0; 32])
+    }
+
+    /// [`merkle_path`] of leaf `index`.
+    pub fn path(&self, index: usize) -> Vec<ChainHash> {
+        let mut out = Vec::new();
+        let (mut start, mut len, mut index) = (0, self.len, index);
+        if index >= len {
+            return out;
+        }
+        // From the root down, then reversed: the deepest sibling first. (Every subtree on the
+        // way was built by `new`.)
+        while len > 1 {
+            let k = split(len);
+            if index < k {
+                out.push(self.roots[&(start + k, len - k)]);
+                len = k;
+            } else {
+                out.push(self.roots[&(start, k)]);
+                (start, len, index) = (start + k, len - k, index - k);
+            }
+        }
+        out.reverse();
+        out
+    }
+}
+
 /// The root that `leaf` at `index` of a block of `size` leaves gives with `path`; `None` when
 /// the path has the wrong length for that position.
 pub fn root_from_path(
@@ -251,6 +319,18 @@ impl Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_gives_the_paths_and_root_computed_alone() {
+        for n in (0..=70).chain([255, 256, 257]) {
+            let leaves: Vec<ChainHash> = (0..n).map(|i| event_leaf(&[i as u8, 7])).collect();
+            let tree = MerkleTree::new(&leaves);
+            assert_eq!(tree.root(), merkle_root(&leaves), "{n} leaves");
+            for i in 0..=n {
+                assert_eq!(tree.path(i), merkle_path(&leaves, i), "leaf {i} of {n}");
+            }
+        }
+    }
 
     #[test]
     fn chains_depend_on_origin_order_and_bytes() {
