@@ -2107,3 +2107,175 @@ fn a_peers_acks_are_bounded() {
     r.handle(&n("b"), ack(&[("o0-0000", 7)], false), 2).unwrap();
     assert_eq!(r.peer_view(&n("b")).unwrap().acked.get(&first), Some(&7));
 }
+
+/// A seeded stream of numbers (splitmix64): a failure replays from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// `bytes` changed the ways garbage does: bits flipped, bytes set to CBOR heads that matter
+/// (lengths and integers of every width, the largest, indefinite lengths, breaks, floats),
+/// cut short, spans repeated, bytes inserted.
+fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
+    const HEADS: &[u8] = &[
+        0x00, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1f, 0x20, 0x3b, 0x40, 0x5f, 0x60, 0x7f, 0x80, 0x9f,
+        0xa0, 0xbf, 0xc0, 0xf4, 0xf5, 0xf6, 0xf7, 0xf9, 0xfb, 0xff,
+    ];
+    for _ in 0..1 + rng.below(4) {
+        if bytes.is_empty() {
+            bytes.push(rng.next() as u8);
+            continue;
+        }
+        let at = rng.below(bytes.len());
+        match rng.below(7) {
+            0 => bytes[at] ^= 1 << rng.below(8),
+            1 => bytes[at] = HEADS[rng.below(HEADS.len())],
+            2 => bytes.truncate(at),
+            3 => bytes.insert(at, rng.next() as u8),
+            4 => {
+                let end = (at + 1 + rng.below(16)).min(bytes.len());
+                let span = bytes[at..end].to_vec();
+                bytes.splice(at..at, span);
+            }
+            5 => {
+                // The largest unsigned integer where a small one was.
+                bytes.splice(
+                    at..at + 1,
+                    [0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                );
+            }
+            _ => bytes[at] = bytes[at].wrapping_add(1),
+        }
+    }
+}
+
+/// Garbage from authenticated peers, through the real codec into the core: seeded mutations of
+/// every kind of message a peer sends (some left whole), from two peers, with the applies they
+/// cause applied or failed, timeouts and reconnects between. A message that decodes may say
+/// anything; the core may refuse it (the session then ends, as the driver ends it) but must
+/// not panic, overflow (tests run with overflow checks) or stop serving: afterwards a fresh
+/// session with each peer still gets this node's events.
+#[test]
+fn garbage_from_peers_never_panics_the_core() {
+    let seed = std::env::var("EDGEREP_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6a7b_a6e5_2026_1205_u64);
+    eprintln!("seed {seed} (EDGEREP_FUZZ_SEED replays another)");
+    let mut rng = Rng(seed);
+    let limits = MessageLimits::default();
+    let peers = [n("b"), n("c")];
+    let bases: Vec<Vec<u8>> = vec![
+        hello_floors("b", &[("b", 50), ("a", 3)], &[("b", 20)]).encode(),
+        hello("c", &[("c", 7)]).encode(),
+        ack(&[("a", 5), ("b", 3)], false).encode(),
+        ack(&[("a", 20)], true).encode(),
+        sealed(evs("b", 1..=3)).encode(),
+        sealed(evs("c", 1..=2)).encode(),
+        sealed([evs("b", 4..=5), evs("y", 1..=2)].concat()).encode(),
+        snapshot(1, 0, evs("y", 1000..=1002), None).encode(),
+        snapshot(1, 1, evs("y", 1003..=1003), Some(&[("y", 1003)])).encode(),
+        Message::SnapshotAck { id: 1, page: 0 }.encode(),
+        Message::Prune {
+            origins: vec![n("a"), n("c")],
+        }
+        .encode(),
+        Message::Graft {
+            origins: vec![n("a")],
+        }
+        .encode(),
+        Message::Bye {
+            reason: "going".into(),
+        }
+        .encode(),
+    ];
+    let mut log = MemLog::with(&evs("a", 1..=20));
+    let mut r = ready(&log, config(8, 4), &["b", "c"]);
+    let mut now = 0;
+    let (mut decoded, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        let peer = &peers[rng.below(2)];
+        let mut bytes = bases[rng.below(bases.len())].clone();
+        if rng.below(4) != 0 {
+            mutate(&mut rng, &mut bytes);
+        }
+        if let Ok(m) = Message::decode(&bytes, &limits) {
+            decoded += 1;
+            if r.handle(peer, m, now).is_err() {
+                // What the driver does with a protocol error: the session ends; the peer
+                // dials again.
+                refused += 1;
+                r.disconnected(peer, now);
+                r.connected(peer, now);
+            }
+        }
+        while let Some(out) = r.poll_output() {
+            match out {
+                Output::Apply { peer, events, .. } => {
+                    if rng.below(5) == 0 {
+                        r.apply_failed(&peer, "disk full", now);
+                    } else {
+                        for e in events {
+                            log.add(e);
+                        }
+                        r.set_local_have(&log.have());
+                        r.applied(&peer, now);
+                    }
+                }
+                Output::InstallSnapshot { peer, .. } => {
+                    if rng.below(3) == 0 {
+                        r.install_failed(&peer, "disk full", now);
+                    } else {
+                        r.installed(&peer, now);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for _ in 0..64 {
+            match r.poll_transmit(now, &log) {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        now += rng.below(700) as u64;
+        r.handle_timeout(now);
+    }
+    eprintln!("{decoded} of 20000 decoded, {refused} refused by the core");
+    assert!(
+        decoded > 2_000 && refused > 100,
+        "the mutations reach the core"
+    );
+    // Still serving: a fresh session with each peer gets this node's events.
+    for p in ["b", "c"] {
+        r.disconnected(&n(p), now);
+        r.connected(&n(p), now);
+        r.handle(&n(p), hello(p, &[]), now).unwrap();
+    }
+    let mut sent = BTreeMap::new();
+    for _ in 0..256 {
+        match r.poll_transmit(now, &log).unwrap() {
+            Some((to, Message::Events { events, .. })) => {
+                *sent.entry(to.to_string()).or_insert(0) += events.len();
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(
+        sent.get("b").is_some_and(|&k| k > 0) && sent.get("c").is_some_and(|&k| k > 0),
+        "{sent:?}"
+    );
+}
