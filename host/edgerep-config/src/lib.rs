@@ -18,6 +18,8 @@
 //! max_connections = 256      # optional, open connections at once
 //! request_timeout_ms = 30000 # optional, a request (not a watch stream) taking longer gets 408
 //! max_watch_streams = 64     # optional, open watch streams at once
+//! max_body_bytes_in_flight = 67108864 # optional, >= limits.max_request_bytes: request bodies
+//!                            # read at once (and kept until answered), in bytes
 //! verify_interval_ms = 10000 # optional, least time between two `?verify=true` status reads
 //! idempotency_window_ms = 86400000 # optional, > 0: how long a write's idempotency key is kept
 //! idempotency_max_keys = 100000    # optional, > 0: most idempotency keys kept (oldest go first)
@@ -197,6 +199,10 @@ pub struct ApiConfig {
     pub request_timeout_ms: u64,
     /// Most open watch streams at once (> 0, default 64).
     pub max_watch_streams: usize,
+    /// Most bytes of request bodies read at once and held until their requests are answered
+    /// (default 64 MiB, at least `limits.max_request_bytes`): what many large requests at once
+    /// may take of the node's memory.
+    pub max_body_bytes_in_flight: usize,
     /// Least time between two `?verify=true` status reads (default 10 s).
     pub verify_interval_ms: u64,
     /// How long an idempotency key is kept after the write it came with (default 24 h).
@@ -578,6 +584,7 @@ impl Config {
                 max_connections: raw.api.max_connections,
                 request_timeout_ms: raw.api.request_timeout_ms,
                 max_watch_streams: raw.api.max_watch_streams,
+                max_body_bytes_in_flight: raw.api.max_body_bytes_in_flight,
                 verify_interval_ms: raw.api.verify_interval_ms,
                 idempotency_window_ms: raw.api.idempotency_window_ms,
                 idempotency_max_keys: raw.api.idempotency_max_keys,

@@ -32,6 +32,8 @@ pub(crate) const DEFAULT_EXTRA_ORIGINS: usize = 16;
 pub(crate) const DEFAULT_API_MAX_CONNECTIONS: usize = 256;
 /// Default for `api.request_timeout_ms`.
 pub(crate) const DEFAULT_API_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default for `api.max_body_bytes_in_flight`.
+pub(crate) const DEFAULT_API_MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 /// Default for `api.max_watch_streams`.
 pub(crate) const DEFAULT_API_MAX_WATCH_STREAMS: usize = 64;
 /// Default for `api.verify_interval_ms`.
@@ -164,6 +166,8 @@ pub(crate) struct RawApi {
     pub(crate) request_timeout_ms: u64,
     #[serde(default = "default_api_max_watch_streams")]
     pub(crate) max_watch_streams: usize,
+    #[serde(default = "default_api_max_body_bytes_in_flight")]
+    pub(crate) max_body_bytes_in_flight: usize,
     #[serde(default = "default_api_verify_interval_ms")]
     pub(crate) verify_interval_ms: u64,
     #[serde(default = "default_api_idempotency_window_ms")]
@@ -180,6 +184,9 @@ fn default_api_request_timeout_ms() -> u64 {
 }
 fn default_api_max_watch_streams() -> usize {
     DEFAULT_API_MAX_WATCH_STREAMS
+}
+fn default_api_max_body_bytes_in_flight() -> usize {
+    DEFAULT_API_MAX_BODY_BYTES_IN_FLIGHT
 }
 fn default_api_verify_interval_ms() -> u64 {
     DEFAULT_API_VERIFY_INTERVAL_MS

@@ -560,6 +560,16 @@ fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
             ),
         ));
     }
+    if raw.api.max_body_bytes_in_flight < limits.max_request_bytes {
+        return Err((
+            vec![Seg::Key("api"), Seg::Key("max_body_bytes_in_flight")],
+            format!(
+                "{} is smaller than limits.max_request_bytes ({}); a request that big could never \
+                 be read",
+                raw.api.max_body_bytes_in_flight, limits.max_request_bytes
+            ),
+        ));
+    }
     if limits.max_value_bytes > limits.max_request_bytes {
         return Err((
             vec![Seg::Key("limits"), Seg::Key("max_value_bytes")],
