@@ -31,7 +31,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -357,10 +357,16 @@ async fn guard(
         return resp;
     }
     let claimed = app.guard.body_claim(&req);
-    let _room = match app.guard.body_room(claimed).await {
-        Ok(room) => room,
+    let room = match app.guard.body_room(claimed).await {
+        Ok(room) => BodyRoom {
+            _share: room.map(Arc::new),
+        },
         Err(e) => return e.into_response(),
     };
+    // The handler takes a share of the room into the task that may outlive this answer (see
+    // `detached`): what it holds of the body is counted until that task ends.
+    let mut req = req;
+    req.extensions_mut().insert(room.clone());
     let timeout = app.guard.request_timeout;
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(resp) => resp,
@@ -378,12 +384,20 @@ async fn guard(
 
 type Shared = State<Arc<AppState>>;
 
+/// A request's share of the room for bodies (see [`Guard::body_room`]): the room is given back
+/// when every share is dropped.
+#[derive(Clone)]
+struct BodyRoom {
+    _share: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+}
+
 /// Longest a request waits for room for its body (see [`Guard::body_room`]).
 const BODY_ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Guard {
-    /// The bytes of body `req` may carry: what it says (`content-length`), or the most a
-    /// request may carry; 0 for a method without a body.
+    /// The bytes of body `req` may carry: what its `content-length` says; with a chunked body
+    /// (no length given), the most a request may carry. 0 for a method without a body, for
+    /// none, and for one over the limit (refused 413 unread).
     fn body_claim(&self, req: &axum::extract::Request) -> usize {
         use axum::http::Method;
         if matches!(
@@ -392,11 +406,16 @@ impl Guard {
         ) {
             return 0;
         }
-        req.headers()
+        let headers = req.headers();
+        match headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .unwrap_or(self.max_request_bytes)
-            .min(self.max_request_bytes)
+        {
+            Some(n) if n > self.max_request_bytes => 0,
+            Some(n) => n,
+            None if headers.contains_key(header::TRANSFER_ENCODING) => self.max_request_bytes,
+            None => 0,
+        }
     }
 
     /// Room for a body of `claimed` bytes among the bodies being read or worked on, held until
@@ -873,6 +892,7 @@ async fn put_key(
     State(app): Shared,
     uri: Uri,
     headers: HeaderMap,
+    Extension(room): Extension<BodyRoom>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (collection, key) = collection_and_key(&uri)?;
@@ -889,7 +909,7 @@ async fn put_key(
         schema: 0,
         meta: Default::default(),
     };
-    write_one(&app, write, &headers).await
+    write_one(&app, write, &headers, room).await
 }
 
 /// Runs one write through ingest and commits it. The answer is `{"seq", "hlc", "position"}`
@@ -899,6 +919,7 @@ async fn write_one(
     app: &Arc<AppState>,
     write: LocalWrite,
     headers: &HeaderMap,
+    room: BodyRoom,
 ) -> Result<Response, ApiError> {
     let key = idempotency::from_headers(headers)?;
     let trace = trace_header(headers)?;
@@ -906,7 +927,7 @@ async fn write_one(
         return write_one_run(app, write, None, trace).await;
     }
     let owned = app.clone();
-    detached(app, async move {
+    detached(app, room, async move {
         write_one_run(&owned, write, key, trace).await
     })
     .await
@@ -919,6 +940,7 @@ async fn write_one(
 /// up: 503 beyond), and none starts once the node is stopping.
 async fn detached<T: Send + 'static>(
     app: &AppState,
+    room: BodyRoom,
     f: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
     if *app.shutdown.borrow() {
@@ -940,6 +962,7 @@ async fn detached<T: Send + 'static>(
     })?;
     tokio::spawn(async move {
         let _permit = permit;
+        let _room = room;
         f.await
     })
     .await
@@ -1153,7 +1176,7 @@ async fn delete_key(
         schema: 0,
         meta: Default::default(),
     };
-    write_one(&app, write, &headers).await
+    write_one(&app, write, &headers, BodyRoom { _share: None }).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -1228,6 +1251,7 @@ async fn get_key(
 async fn batch(
     State(app): Shared,
     headers: HeaderMap,
+    Extension(room): Extension<BodyRoom>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let format = request_format(&headers)?;
@@ -1238,6 +1262,7 @@ async fn batch(
     // to its end (see `detached`).
     detached(
         &app,
+        room,
         batch_run(app.clone(), headers, body, format, request_key, trace),
     )
     .await

@@ -235,7 +235,10 @@ impl RunningNode {
         // The replicator, the server task and the reloader held the last committer handles:
         // the thread drains and ends.
         drop(self.reloader);
-        drop(self.solo_retention);
+        // (Its drop waits for a compaction in flight: not on the runtime's threads.)
+        if let Some(solo) = self.solo_retention {
+            let _ = tokio::task::spawn_blocking(move || drop(solo)).await;
+        }
         if let Some(r) = self.replication {
             let _ = tokio::task::spawn_blocking(move || r.stop()).await;
         }

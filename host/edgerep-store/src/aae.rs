@@ -238,9 +238,11 @@ impl Drop for OpenScan {
 
 /// Starts the check at open: must be called before the store's first write, since it reads
 /// the state as of now and the sums it returns count only the writes after it. `new_rule` is
-/// the hash rule's record when it changed since the last open: it is written with the digest
-/// recomputed under it, so a start that dies before then recomputes again at the next open
-/// (recorded first, the old digest would then look like damage).
+/// the hash rule's record when it changed since the last open (or a check under a changed one
+/// never ended): it is written with the digest recomputed under it, and the open's pending
+/// mark removed, so a start that dies before then recomputes again at the next open, under
+/// either rule (recorded first, the old digest would look like damage; a mark-less revert to
+/// the recorded rule would take the interrupted run's writes for damage).
 pub(crate) fn open(
     db: &Arc<redb::Database>,
     limits: &EventLimits,
@@ -345,6 +347,7 @@ fn check(
             let mut meta = txn.open_table(META)?;
             if let Some(rule) = &new_rule {
                 meta.insert(META_VERSIONS_ONLY, rule.as_slice())?;
+                meta.remove(crate::tables::META_RULE_CHECK_PENDING)?;
             }
             let mut counters = crate::tables::Counters::load(&meta)?;
             counters.digest.add(total.sum);

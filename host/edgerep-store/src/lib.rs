@@ -42,6 +42,7 @@ pub mod bench;
 mod dead_letters;
 mod digest;
 mod error;
+mod feed;
 pub mod idempotency;
 mod keys;
 mod proofs;
@@ -483,7 +484,11 @@ impl Store {
                 .flat_map(|c| c.bytes().chain(std::iter::once(b'\n')))
                 .collect();
             let held = meta.get(META_VERSIONS_ONLY)?.map(|g| g.value().to_vec());
-            new_rule = (held.unwrap_or_default() != wanted).then_some(wanted);
+            let pending = meta.get(META_RULE_CHECK_PENDING)?.is_some();
+            new_rule = (pending || held.unwrap_or_default() != wanted).then_some(wanted);
+            if new_rule.is_some() && !pending {
+                meta.insert(META_RULE_CHECK_PENDING, &[][..])?;
+            }
             let stored = meta.get(META_NODE_ID)?.map(|g| g.value().to_vec());
             match stored {
                 None => {
@@ -532,6 +537,7 @@ impl Store {
             txn.open_table(STATE)?;
             txn.open_table(CHANGELOG)?;
             txn.open_table(FEED)?;
+            txn.open_table(feed::FEED_BY_ORIGIN)?;
             txn.open_table(ORIGINS)?;
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(DISAGREEMENTS)?;
@@ -545,6 +551,7 @@ impl Store {
             txn.open_table(proofs::BLOCKS)?;
             txn.open_table(idempotency::RESTORED)?;
         }
+        feed::check_index(&txn)?;
         txn.commit()?;
         let db = Arc::new(db);
         let (sums, open_scan) = aae::open(&db, &limits, &rule, new_rule)?;

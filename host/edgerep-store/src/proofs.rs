@@ -586,6 +586,10 @@ impl PageProofs {
         }
         let block = (origin.to_string(), seal.seq);
         if !self.blocks.contains_key(&block) {
+            // A page's versions come from few blocks, or from many once each: keep a few.
+            if self.blocks.len() >= 64 {
+                self.blocks.clear();
+            }
             let (lo, hi) = (
                 log_key(origin.as_str(), seal.first),
                 log_key(origin.as_str(), seal.seq),

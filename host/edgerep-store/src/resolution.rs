@@ -24,6 +24,10 @@ use redb::{ReadableTable, Table};
 use crate::keys::split_state_key;
 use crate::{Digest, StoreError, Versions, aae, corrupt, write_row};
 
+/// Disagreement records kept, the newest: nodes that keep disagreeing (two resolver builds
+/// during a rolling upgrade, say) would otherwise add records at every session for ever.
+pub(crate) const DISAGREEMENTS_KEPT: u64 = 100_000;
+
 /// What [`Resolution::by`] says after two nodes disagreed: the last-writer-wins version, the
 /// deterministic default every node computes alike.
 pub const BY_DEFAULT_AFTER_DISAGREEMENT: &str = "lww-after-disagreement";
@@ -313,6 +317,10 @@ pub(crate) fn settle(
         };
         let id = t.disagreements.last()?.map_or(1, |(k, _)| k.value() + 1);
         t.disagreements.insert(id, record.encode().as_slice())?;
+        // Ids run on without gaps: the one this many before goes (the oldest kept).
+        if let Some(old) = id.checked_sub(DISAGREEMENTS_KEPT) {
+            t.disagreements.remove(old)?;
+        }
         let mut new_row = split.versions.to_vec();
         new_row.extend_from_slice(&default);
         let hash = |r: &[u8]| rule.entry(collection, key, r, limits);

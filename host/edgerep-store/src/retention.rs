@@ -23,9 +23,9 @@ use crate::keys::{log_key, log_seq, split_state_key, state_key};
 use crate::proofs::{self, BLOCKS, PROOFS, PageProofs};
 use crate::seals::{self, CHAINS, SEALS};
 use crate::{
-    Applied, CHANGELOG, Counters, DISAGREEMENTS, FEED, META, META_HLC, ORIGINS, STATE, Store,
-    StoreError, StoreWriter, Sync, Unresolved, Versions, aae, apply_to_state, corrupt, hlc_bytes,
-    parse_origin, resolution, u64_from,
+    Applied, CHANGELOG, Counters, DISAGREEMENTS, META, META_HLC, ORIGINS, STATE, Store, StoreError,
+    StoreWriter, Sync, Unresolved, Versions, aae, apply_to_state, corrupt, hlc_bytes, parse_origin,
+    resolution, u64_from,
 };
 use edgerep_wire::aae::KeyResolution;
 
@@ -37,7 +37,8 @@ struct Repairing<'a> {
     transformed: &'a BTreeMap<(String, u64), crate::OnApply>,
 }
 
-/// Rows of kept proofs and blocks a compaction checks for superseded versions.
+/// Rows of kept proofs and blocks a compaction checks for superseded versions, beyond twice
+/// the events it removed.
 const SWEEP_ROWS: u64 = 256;
 /// Per origin, the highest sequence number removed from the changelog.
 pub(crate) const COMPACTED: TableDefinition<&str, u64> = TableDefinition::new("compacted");
@@ -452,9 +453,11 @@ impl StoreWriter {
             let compacted = read_map(&compacted_t)?;
             drop((compacted_t, origins, changelog, seals_t, blocks_t, state));
             if removed > 0 {
-                trim_feed(&mut txn, &compacted)?;
+                crate::feed::trim(&mut txn, &compacted)?;
             }
-            proofs::sweep(&txn, &self.limits(), SWEEP_ROWS)?;
+            // Each removed event adds at most one kept row: looking at more rows than that keeps
+            // the sweep ahead of what compaction keeps.
+            proofs::sweep(&txn, &self.limits(), SWEEP_ROWS + 2 * removed)?;
             Compaction {
                 removed,
                 more,
@@ -822,7 +825,7 @@ impl StoreWriter {
             ));
             // Only floors raised here can cover more of the feed.
             if raised {
-                trim_feed(&mut txn, &compacted)?;
+                crate::feed::trim(&mut txn, &compacted)?;
             }
             (
                 Installed {
@@ -899,32 +902,4 @@ impl Store {
         *proven = kept;
         Ok(forks)
     }
-}
-
-/// Removes the feed rows whose events are all compacted and raises the feed floor past every
-/// compacted event a row names.
-fn trim_feed(txn: &mut redb::WriteTransaction, compacted: &Have) -> Result<(), StoreError> {
-    let mut feed = txn.open_table(FEED)?;
-    let mut meta = txn.open_table(META)?;
-    let mut floor = feed_floor(&meta)?;
-    let mut gone = Vec::new();
-    for row in feed.iter()? {
-        let (start, run) = row?;
-        let start = start.value();
-        let (origin, first, count) = run.value();
-        let c = compacted.get(origin).copied().unwrap_or(0);
-        if c < first {
-            continue;
-        }
-        let covered = (c - first + 1).min(count);
-        floor = floor.max(start + covered - 1);
-        if covered == count {
-            gone.push(start);
-        }
-    }
-    for start in gone {
-        feed.remove(start)?;
-    }
-    meta.insert(META_FEED_FLOOR, &floor.to_be_bytes()[..])?;
-    Ok(())
 }

@@ -39,6 +39,11 @@ pub(crate) const META_STORE_FORMAT: &str = "store_format";
 
 pub(crate) const META_VERSIONS_ONLY: &str = "versions_only";
 
+/// Present while a start's check at open has not yet recomputed the digest under a changed
+/// hash rule: the next start recomputes it too, under whichever rule it runs (the writes of
+/// the interrupted run were hashed under its rule, which may not be the one recorded).
+pub(crate) const META_RULE_CHECK_PENDING: &str = "rule_check_pending";
+
 /// What decided each collection when the node last started (the node's record, opaque here).
 pub(crate) const META_DECIDERS: &str = "deciders";
 

@@ -126,6 +126,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         let status = Store::status_in(&txn)?;
         let feed = txn.open_table(FEED)?;
+        let feed_index = txn.open_table(crate::feed::FEED_BY_ORIGIN)?;
         let changelog = txn.open_table(CHANGELOG)?;
         let chains = txn.open_table(CHAINS)?;
         let seals_t = txn.open_table(SEALS)?;
@@ -142,6 +143,11 @@ impl Store {
                 )));
             }
             let (origin, first_seq, count) = run.value();
+            if feed_index.get((origin, first_seq))?.map(|g| g.value()) != Some(start) {
+                return Ok(Err(format!(
+                    "feed run at {start} ({origin}:{first_seq}) is not in the feed's index"
+                )));
+            }
             for seq in (compacted_of(origin) + 1).max(first_seq)..first_seq + count {
                 if changelog.get(log_key(origin, seq).as_slice())?.is_none() {
                     return Ok(Err(format!(

@@ -715,7 +715,7 @@ impl StoreWriter {
             }
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
-            let mut feed = txn.open_table(FEED)?;
+            let mut feed = crate::feed::FeedWriter::open(&txn)?;
             let mut origins = txn.open_table(ORIGINS)?;
             let mut meta = txn.open_table(META)?;
             let mut chains = txn.open_table(CHAINS)?;
@@ -894,8 +894,11 @@ impl StoreWriter {
                 )?;
                 feed.insert(
                     first.position,
-                    (self.node.as_str(), first.seq, out.len() as u64),
+                    self.node.as_str(),
+                    first.seq,
+                    out.len() as u64,
                 )?;
+                feed.finish(&mut meta)?;
                 origins.insert(self.node.as_str(), seq)?;
                 Counters {
                     position,
@@ -1217,7 +1220,7 @@ impl StoreWriter {
             )?;
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
-            let mut feed = txn.open_table(FEED)?;
+            let mut feed = crate::feed::FeedWriter::open(&txn)?;
             let mut origins = txn.open_table(ORIGINS)?;
             let mut meta = txn.open_table(META)?;
             let mut chains = txn.open_table(CHAINS)?;
@@ -1295,7 +1298,7 @@ impl StoreWriter {
                     }
                     other => {
                         if let Some((start, origin, first, count)) = other {
-                            feed.insert(start, (origin.as_str(), first, count))?;
+                            feed.insert(start, origin.as_str(), first, count)?;
                         }
                         Some((position, event.origin.to_string(), event.seq, 1))
                     }
@@ -1372,7 +1375,8 @@ impl StoreWriter {
                 origins.insert(origin.as_str(), *seq)?;
             }
             if let Some((start, origin, first, count)) = run {
-                feed.insert(start, (origin.as_str(), first, count))?;
+                feed.insert(start, origin.as_str(), first, count)?;
+                feed.finish(&mut meta)?;
                 Counters {
                     position,
                     digest,

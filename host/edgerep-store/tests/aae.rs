@@ -482,6 +482,22 @@ fn a_start_under_a_new_rule_stopped_before_its_check_ended_is_not_damage() {
     let b = open(true);
     let check = b.open_check().unwrap();
     assert!(!check.rule_changed && !check.found_damage(), "{check:?}");
+    drop(b);
+    // A start under the other rule writes, and stops before its check ended; the next runs
+    // under the recorded rule again: the writes hashed under the other one are not damage.
+    {
+        let b = open(false);
+        let mut c = clock();
+        b.commit_local(writes("k0-", 10, 2), &mut c, 2).unwrap();
+        assert!(
+            b.open_check_now().is_none(),
+            "the check ended before the stop"
+        );
+    }
+    let b = open(true);
+    let check = b.open_check().unwrap();
+    assert!(check.rule_changed && !check.found_damage(), "{check:?}");
+    assert_eq!(b.verify().unwrap(), Ok(()));
 }
 
 /// A resolver whose pick can change (a reload naming another build).

@@ -643,8 +643,11 @@ fn check_chain(ca: &CertificateDer<'static>, cert: &CertificateDer<'static>) -> 
 fn write_new_files(dir: &Path, files: &[(&str, &[u8], u32)]) -> Result<(), CertError> {
     for (name, contents, _) in files {
         let path = dir.join(name);
-        if fs::read(&path).is_ok_and(|existing| existing != *contents) {
-            return Err(CertError::Exists { path });
+        match fs::read(&path) {
+            Ok(existing) if existing != *contents => return Err(CertError::Exists { path }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&path)(e)),
         }
     }
     fs::create_dir_all(dir).map_err(io_error(dir))?;

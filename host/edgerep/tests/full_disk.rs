@@ -54,11 +54,14 @@ fn write_batch(node: &Node, prefix: &str, n: usize) -> (u16, String) {
     }
 }
 
-/// Whether an API answer says the disk is full: its kind, its first failure, what to do.
+/// Whether an API answer (503) says the disk is full (its kind, its first failure, what to
+/// do), or that the node is stopping (it stops once its disk failed, maybe at a peer's event).
+/// Both wrote nothing.
 fn disk_full(answer: &str) -> bool {
-    answer.contains(r#""kind":"disk_failed""#)
+    (answer.contains(r#""kind":"disk_failed""#)
         && answer.contains("No space left on device")
-        && answer.contains("once the disk is fixed")
+        && answer.contains("once the disk is fixed"))
+        || answer.contains(r#""kind":"shutting_down""#)
 }
 
 #[test]
