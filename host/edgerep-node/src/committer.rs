@@ -153,9 +153,10 @@ enum Request {
         repair: Repair,
         reply: InstallReply,
     },
-    /// Remove changelog entries up to these floors.
+    /// Remove changelog entries up to these floors (and with `sweep`, superseded proofs).
     Compact {
         floors: Have,
+        sweep: bool,
         reply: CompactReply,
     },
     /// Sync everything committed so far (replication, before it reads a state page for a
@@ -400,8 +401,11 @@ impl Committer {
                             reply,
                         } => {
                             let n = events.len();
-                            let sync =
-                                policy.sync_for(events.iter().map(|r| r.event.collection.as_str()));
+                            // A peer's events are synced before they are acknowledged, whatever
+                            // their collection's durability: the Ack tells the peer this node
+                            // holds them (it may compact them), so a crash must not take them
+                            // back. (`periodic` is about this node's own writes' latency.)
+                            let sync = Sync::Immediate;
                             // Events kept out of the state (policy, a transform's drop)
                             // are not counted as applied.
                             let per_collection: Vec<(String, u64)> = count_by(
@@ -554,12 +558,20 @@ impl Committer {
                             }
                             continue;
                         }
-                        Request::Compact { floors, reply } => {
+                        Request::Compact {
+                            floors,
+                            sweep,
+                            reply,
+                        } => {
                             // Without a sync of its own: a compaction lost in a crash is redone
                             // (its floors are in the same transaction), so it rides on the next
                             // synced commit instead of adding one.
-                            let result =
-                                store.compact(&floors, COMPACT_MAX_REMOVE, Sync::Deferred);
+                            let result = store.compact_sweeping(
+                                &floors,
+                                COMPACT_MAX_REMOVE,
+                                sweep,
+                                Sync::Deferred,
+                            );
                             if result.is_ok() {
                                 synced(&mut durable, &mut have, Sync::Deferred);
                             }
@@ -1040,10 +1052,21 @@ impl Committer {
     }
 
     /// Queues a compaction of the changelog up to `floors` (at most [`COMPACT_MAX_REMOVE`]
-    /// entries per call). Blocks while the queue is full.
-    pub fn compact(&self, floors: Have, reply: CompactReply) -> Result<(), CommitError> {
+    /// entries per call), with `sweep` also of superseded kept proofs (see
+    /// `StoreWriter::compact_sweeping`: once per retention interval). Blocks while the queue is
+    /// full.
+    pub fn compact(
+        &self,
+        floors: Have,
+        sweep: bool,
+        reply: CompactReply,
+    ) -> Result<(), CommitError> {
         self.queue
-            .blocking_send(Request::Compact { floors, reply })
+            .blocking_send(Request::Compact {
+                floors,
+                sweep,
+                reply,
+            })
             .map_err(|_| CommitError::Closed)
     }
 }

@@ -420,6 +420,7 @@ pub fn start(
         compacting: false,
         compacted_at: Instant::now(),
         compact_more: false,
+        compact_resume_at: Instant::now(),
         committer,
         pipeline,
         value_limits: crate::value_limits(config),
@@ -587,8 +588,11 @@ struct Replicator {
     /// A compaction is queued at the committer.
     compacting: bool,
     compacted_at: Instant,
-    /// The last compaction stopped at its size cap: the next one is due at once.
+    /// The last compaction stopped at its size cap: the next one is due at `compact_resume_at`
+    /// (as long after it ended as it took: compaction takes at most about half the committer's
+    /// time while it catches up).
     compact_more: bool,
+    compact_resume_at: Instant,
     committer: Committer,
     pipeline: Arc<Pipeline>,
     value_limits: DecodeLimits,

@@ -64,6 +64,9 @@ pub(crate) fn start(
         .name("edgerep-retention".into())
         .spawn(move || {
             while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                // The sweep of superseded proofs goes once per interval (see
+                // `StoreWriter::compact_sweeping`).
+                let mut sweep = true;
                 loop {
                     let floors = match floors(&store, keep) {
                         Ok(f) if f.is_empty() => break,
@@ -77,15 +80,18 @@ pub(crate) fn start(
                     let reply = Box::new(move |r| {
                         let _ = tx.send(r);
                     });
-                    if committer.compact(floors, reply).is_err() {
+                    let started = std::time::Instant::now();
+                    if committer.compact(floors, sweep, reply).is_err() {
                         return;
                     }
+                    sweep = false;
                     match rx.recv() {
-                        Ok(Ok(c)) if c.more => {
-                            if !matches!(stopped.try_recv(), Err(std_mpsc::TryRecvError::Empty)) {
-                                return;
-                            }
-                        }
+                        // More: after as long as this one took (compaction takes at most
+                        // about half the committer's time while it catches up).
+                        Ok(Ok(c)) if c.more => match stopped.recv_timeout(started.elapsed()) {
+                            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        },
                         Ok(Ok(_)) => break,
                         Ok(Err(e)) => {
                             tracing::error!("changelog compaction failed: {e}");

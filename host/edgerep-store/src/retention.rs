@@ -37,8 +37,7 @@ struct Repairing<'a> {
     transformed: &'a BTreeMap<(String, u64), crate::OnApply>,
 }
 
-/// Rows of kept proofs and blocks a compaction checks for superseded versions, beyond twice
-/// the events it removed.
+/// Rows of kept proofs and blocks a compaction checks for superseded versions.
 const SWEEP_ROWS: u64 = 256;
 /// Per origin, the highest sequence number removed from the changelog.
 pub(crate) const COMPACTED: TableDefinition<&str, u64> = TableDefinition::new("compacted");
@@ -380,6 +379,19 @@ impl StoreWriter {
         max_remove: u64,
         sync: Sync,
     ) -> Result<Compaction, StoreError> {
+        self.compact_sweeping(floors, max_remove, true, sync)
+    }
+
+    /// [`StoreWriter::compact`], sweeping kept proofs and blocks only with `sweep` (a
+    /// compaction going on after one that left more does not: the sweep decodes each kept
+    /// block it looks at, and at every transaction it took most of the committer's time).
+    pub fn compact_sweeping(
+        &self,
+        floors: &Have,
+        max_remove: u64,
+        sweep: bool,
+        sync: Sync,
+    ) -> Result<Compaction, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let out = {
@@ -455,9 +467,9 @@ impl StoreWriter {
             if removed > 0 {
                 crate::feed::trim(&mut txn, &compacted)?;
             }
-            // Each removed event adds at most one kept row: looking at more rows than that keeps
-            // the sweep ahead of what compaction keeps.
-            proofs::sweep(&txn, &self.limits(), SWEEP_ROWS + 2 * removed)?;
+            if sweep {
+                proofs::sweep(&txn, &self.limits(), SWEEP_ROWS)?;
+            }
             Compaction {
                 removed,
                 more,

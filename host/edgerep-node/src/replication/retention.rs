@@ -115,10 +115,14 @@ impl Replicator {
     /// Queues a compaction when one is due and would remove something.
     pub(super) fn maybe_compact(&mut self) {
         let interval = Duration::from_millis(self.retention.interval_ms);
-        let due = self.compact_more || self.compacted_at.elapsed() >= interval;
+        let by_interval = self.compacted_at.elapsed() >= interval;
+        let due = by_interval || (self.compact_more && Instant::now() >= self.compact_resume_at);
         if !self.retention.compact || self.compacting || !due {
             return;
         }
+        // The sweep of superseded proofs goes once per interval, not in every transaction of
+        // a compaction catching up.
+        let sweep = by_interval;
         self.compact_more = false;
         self.compacted_at = Instant::now();
         let floors = self.compaction_floors();
@@ -126,10 +130,11 @@ impl Replicator {
             return;
         }
         let hook = CommitHookSender(self.inbox.clone());
-        match self
-            .committer
-            .compact(floors, Box::new(move |result| hook.compacted(result)))
-        {
+        match self.committer.compact(
+            floors,
+            sweep,
+            Box::new(move |result| hook.compacted(result)),
+        ) {
             Ok(()) => self.compacting = true,
             Err(e) => tracing::warn!("cannot queue a compaction: {e}"),
         }
@@ -149,9 +154,10 @@ impl Replicator {
                         c.compacted
                     );
                 }
-                // More to remove: the next small transaction goes at once, between
-                // writes, not a whole interval later.
+                // More to remove: the next small transaction goes soon, between writes, not a
+                // whole interval later; as long after this one as this one took.
                 self.compact_more = c.more;
+                self.compact_resume_at = Instant::now() + self.compacted_at.elapsed();
                 self.set_compacted(&c.compacted);
             }
             Err(e) => tracing::error!("changelog compaction failed: {e}"),
