@@ -67,24 +67,7 @@ fn disk_full(answer: &str) -> bool {
 #[test]
 fn a_full_disk_stops_the_node_and_a_restart_with_space_loses_nothing() {
     if std::env::var_os(INSIDE).is_none() {
-        let me = std::env::current_exe().unwrap();
-        let out = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "--"])
-            .arg(&me)
-            .args(["--exact", TEST, "--nocapture"])
-            .env(INSIDE, "1")
-            .output()
-            .expect("running unshare (util-linux)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "inside the namespace:\n{text}");
-        assert!(
-            text.contains("1 passed"),
-            "the test did not run inside:\n{text}"
-        );
+        let text = common::run_inside(&["-m", "--propagation", "private"], INSIDE, TEST);
         for line in text.lines().filter(|l| l.starts_with("full disk:")) {
             eprintln!("{line}");
         }

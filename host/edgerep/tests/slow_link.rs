@@ -18,27 +18,10 @@ const INSIDE: &str = "EDGEREP_SLOW_LINK_INSIDE";
 #[test]
 fn a_backlog_crosses_a_link_slower_than_the_resend_timer_without_resends() {
     if std::env::var_os(INSIDE).is_none() {
-        let me = std::env::current_exe().unwrap();
-        let out = Command::new("unshare")
-            .args(["-n", "--"])
-            .arg(&me)
-            .args([
-                "--exact",
-                "a_backlog_crosses_a_link_slower_than_the_resend_timer_without_resends",
-                "--nocapture",
-            ])
-            .env(INSIDE, "1")
-            .output()
-            .expect("running unshare (util-linux)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "inside the namespace:\n{text}");
-        assert!(
-            text.contains("1 passed"),
-            "the test did not run inside:\n{text}"
+        let text = common::run_inside(
+            &["-n"],
+            INSIDE,
+            "a_backlog_crosses_a_link_slower_than_the_resend_timer_without_resends",
         );
         if let Some(line) = text.lines().find(|l| l.starts_with("caught up")) {
             eprintln!("{line}");

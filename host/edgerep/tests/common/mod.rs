@@ -163,6 +163,33 @@ impl Drop for Node {
     }
 }
 
+/// Runs test `test` of this test executable again inside `unshare UNSHARE... --` (a namespace
+/// of its own: root, as on the CI machine), with `inside` set in its environment (the test
+/// does its work when it finds it set). Panics unless the test ran there and passed; returns
+/// what it printed.
+pub fn run_inside(unshare: &[&str], inside: &str, test: &str) -> String {
+    let me = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args(unshare)
+        .arg("--")
+        .arg(&me)
+        .args(["--exact", test, "--nocapture"])
+        .env(inside, "1")
+        .output()
+        .expect("running unshare (util-linux)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "inside the namespace:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the test did not run inside:\n{text}"
+    );
+    text
+}
+
 /// Sends a signal with the `kill` command (keeps unsafe libc calls out of the tests).
 pub fn send_signal(pid: i32, signal: &str) {
     let status = Command::new("kill")
