@@ -5,9 +5,10 @@
 //! Events from peers come through here too ([`Committer::apply`]): one durable transaction per
 //! received batch, never mixed with local writes, so the store has a single writer.
 //!
-//! Collections with `durability = "periodic"` ([`SyncPolicy`]): a transaction that touches only
-//! such collections commits without waiting for the disk, and the committer syncs the store
-//! within the policy's interval (and before it stops).
+//! Collections with `durability = "periodic"` ([`SyncPolicy`]): a transaction of local writes
+//! that touches only such collections commits without waiting for the disk, and the committer
+//! syncs the store within the policy's interval (and before it stops). A peer's batch is always
+//! synced: its Ack tells the peer this node holds it.
 //!
 //! Invariants: a request is answered `Ok` only after the transaction holding all its events
 //! committed (synced, unless every event is in a periodic collection); a request's events are

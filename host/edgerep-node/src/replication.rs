@@ -8,10 +8,9 @@
 //! `halt` policy (or past its deadline) halts its collection: its events from peers are deferred,
 //! and with them their origins' later ones, until the node reloads its config or restarts.
 //!
-//! Invariants: an `Ack` leaves only after the batch it covers is committed (the core guarantees
-//! it, given that the committer's hook reports the new have before the apply's reply), synced
-//! unless all its events are in `periodic` collections (a crash may then lose them here; the
-//! peer resumes from what this node's next `Hello` says it holds); this node's own events are
+//! Invariants: an `Ack` leaves only after the batch it covers is committed and synced (the core
+//! guarantees it, given that the committer's hook reports the new have before the apply's
+//! reply; a peer's events are synced whatever their collection's durability); this node's own events are
 //! shipped only once synced (see [`crate::committer`]); memory per
 //! peer is bounded by the core's window (sending) and by pausing a peer's reader while its
 //! queued applies exceed [`PAUSE_ABOVE_EVENTS`] (receiving); the changelog on disk is the buffer
@@ -421,6 +420,7 @@ pub fn start(
         compacted_at: Instant::now(),
         compact_more: false,
         compact_resume_at: Instant::now(),
+        swept_at: Instant::now(),
         committer,
         pipeline,
         value_limits: crate::value_limits(config),
@@ -593,6 +593,9 @@ struct Replicator {
     /// time while it catches up).
     compact_more: bool,
     compact_resume_at: Instant,
+    /// When the last compaction that swept superseded proofs was queued (once per interval,
+    /// whatever the transactions of a compaction catching up do meanwhile).
+    swept_at: Instant,
     committer: Committer,
     pipeline: Arc<Pipeline>,
     value_limits: DecodeLimits,
@@ -684,11 +687,18 @@ impl Replicator {
         let mut published = Instant::now() - Duration::from_secs(1);
         loop {
             let now = self.now();
-            let wait = self
+            let mut wait = self
                 .core
                 .poll_timeout()
                 .map_or(100, |t| t.saturating_sub(now))
                 .clamp(1, 100);
+            // A compaction catching up goes on when due, not at the next message.
+            if self.compact_more && !self.compacting {
+                let due = self
+                    .compact_resume_at
+                    .saturating_duration_since(Instant::now());
+                wait = wait.min(due.as_millis() as u64).max(1);
+            }
             match rx.recv_timeout(Duration::from_millis(wait)) {
                 Ok(Input::Stop) => break,
                 Ok(input) => {

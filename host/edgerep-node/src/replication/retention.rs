@@ -121,8 +121,8 @@ impl Replicator {
             return;
         }
         // The sweep of superseded proofs goes once per interval, not in every transaction of
-        // a compaction catching up.
-        let sweep = by_interval;
+        // a compaction catching up (each of which resets `compacted_at`).
+        let sweep = self.swept_at.elapsed() >= interval;
         self.compact_more = false;
         self.compacted_at = Instant::now();
         let floors = self.compaction_floors();
@@ -135,7 +135,12 @@ impl Replicator {
             sweep,
             Box::new(move |result| hook.compacted(result)),
         ) {
-            Ok(()) => self.compacting = true,
+            Ok(()) => {
+                self.compacting = true;
+                if sweep {
+                    self.swept_at = Instant::now();
+                }
+            }
             Err(e) => tracing::warn!("cannot queue a compaction: {e}"),
         }
     }
