@@ -589,8 +589,7 @@ struct Replicator {
     compacting: bool,
     compacted_at: Instant,
     /// The last compaction stopped at its size cap: the next one is due at `compact_resume_at`
-    /// (as long after it ended as it took: compaction takes at most about half the committer's
-    /// time while it catches up).
+    /// (see `committer::COMPACT_PAUSE_FACTOR`).
     compact_more: bool,
     compact_resume_at: Instant,
     /// When the last compaction that swept superseded proofs was queued (once per interval,

@@ -86,9 +86,10 @@ pub(crate) fn start(
                     }
                     sweep = false;
                     match rx.recv() {
-                        // More: after as long as this one took (compaction takes at most
-                        // about half the committer's time while it catches up).
-                        Ok(Ok(c)) if c.more => match stopped.recv_timeout(started.elapsed()) {
+                        // More: soon (see `COMPACT_PAUSE_FACTOR`).
+                        Ok(Ok(c)) if c.more => match stopped.recv_timeout(
+                            started.elapsed() * crate::committer::COMPACT_PAUSE_FACTOR,
+                        ) {
                             Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                             _ => return,
                         },

@@ -160,9 +160,10 @@ impl Replicator {
                     );
                 }
                 // More to remove: the next small transaction goes soon, between writes, not a
-                // whole interval later; as long after this one as this one took.
+                // whole interval later (see `COMPACT_PAUSE_FACTOR`).
                 self.compact_more = c.more;
-                self.compact_resume_at = Instant::now() + self.compacted_at.elapsed();
+                self.compact_resume_at = Instant::now()
+                    + self.compacted_at.elapsed() * crate::committer::COMPACT_PAUSE_FACTOR;
                 self.set_compacted(&c.compacted);
             }
             Err(e) => tracing::error!("changelog compaction failed: {e}"),
