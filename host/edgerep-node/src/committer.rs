@@ -350,7 +350,6 @@ impl Committer {
         let thread = thread::Builder::new()
             .name("edgerep-committer".into())
             .spawn(move || {
-                let store_failed = |e: edgerep_store::StoreError| failed(&e);
                 let mut group: Vec<Pending> = Vec::new();
                 let mut writes: Vec<LocalWrite> = Vec::new();
                 let mut counts: Vec<usize> = Vec::new();
@@ -605,7 +604,7 @@ impl Committer {
                             continue;
                         }
                         Request::RecordDeciders { record, reply } => {
-                            let result = store.record_deciders(&record).map_err(store_failed);
+                            let result = store.record_deciders(&record).map_err(|e| failed(&e));
                             let _ = reply.send(result);
                             continue;
                         }
@@ -614,7 +613,7 @@ impl Committer {
                                 Ok(Some(current)) => {
                                     match crate::deciders::clear_marks(&current, &done) {
                                         Some(record) => {
-                                            store.record_deciders(&record).map_err(store_failed)
+                                            store.record_deciders(&record).map_err(|e| failed(&e))
                                         }
                                         None => Err(CommitError::Store(
                                             "the record of what decides each collection cannot be read".into(),
@@ -624,18 +623,18 @@ impl Committer {
                                 Ok(None) => Err(CommitError::Store(
                                     "the store holds no record of what decides each collection".into(),
                                 )),
-                                Err(e) => Err(store_failed(e)),
+                                Err(e) => Err(failed(&e)),
                             };
                             let _ = reply.send(result);
                             continue;
                         }
                         Request::RecordLimits { limits, reply } => {
-                            let result = store.record_limits(&limits).map_err(store_failed);
+                            let result = store.record_limits(&limits).map_err(|e| failed(&e));
                             let _ = reply.send(result);
                             continue;
                         }
                         Request::RemoveDeadLetter { id, reply } => {
-                            let result = store.remove_dead_letter(id).map_err(store_failed);
+                            let result = store.remove_dead_letter(id).map_err(|e| failed(&e));
                             let _ = reply.send(result);
                             continue;
                         }
@@ -646,7 +645,7 @@ impl Committer {
                         } => {
                             let result = store
                                 .re_resolve(&collection, after.as_deref(), RE_RESOLVE_ROWS)
-                                .map_err(store_failed);
+                                .map_err(|e| failed(&e));
                             let _ = reply.send(result);
                             continue;
                         }

@@ -6,27 +6,23 @@
 //! Invariants:
 //! - Every feed row has its index entry; an index entry whose row is gone is stale and dropped
 //!   when met.
-//! - `meta.feed_indexed` is the position of the last row indexed. A store whose last feed row
-//!   is another (written by a build without the index) has its index rebuilt at open.
+//! - Rows are only appended at the feed's end, so a store whose last row has no index entry was
+//!   written by a build without the index: its index is rebuilt at open.
 
 use edgerep_wire::Have;
-use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::retention::{META_FEED_FLOOR, feed_floor};
-use crate::{FEED, META, StoreError, u64_from};
+use crate::{FEED, META, StoreError};
 
 /// (origin, first sequence of a run) → the run's feed position.
 pub(crate) const FEED_BY_ORIGIN: TableDefinition<(&str, u64), u64> =
     TableDefinition::new("feed_by_origin");
 
-/// The position of the last feed row indexed (see the module invariants).
-const META_FEED_INDEXED: &str = "feed_indexed";
-
 /// The feed and its index, open in a write transaction.
 pub(crate) struct FeedWriter<'t> {
     feed: Table<'t, u64, (&'static str, u64, u64)>,
     index: Table<'t, (&'static str, u64), u64>,
-    last: Option<u64>,
 }
 
 impl<'t> FeedWriter<'t> {
@@ -34,7 +30,6 @@ impl<'t> FeedWriter<'t> {
         Ok(FeedWriter {
             feed: txn.open_table(FEED)?,
             index: txn.open_table(FEED_BY_ORIGIN)?,
-            last: None,
         })
     }
 
@@ -48,34 +43,22 @@ impl<'t> FeedWriter<'t> {
     ) -> Result<(), StoreError> {
         self.feed.insert(start, (origin, first, count))?;
         self.index.insert((origin, first), start)?;
-        self.last = Some(start);
-        Ok(())
-    }
-
-    /// Records what was indexed (call before the transaction commits, with its `meta`).
-    pub(crate) fn finish(
-        &mut self,
-        meta: &mut Table<'_, &'static str, &'static [u8]>,
-    ) -> Result<(), StoreError> {
-        if let Some(last) = self.last {
-            meta.insert(META_FEED_INDEXED, &last.to_be_bytes()[..])?;
-        }
         Ok(())
     }
 }
 
-/// Rebuilds the index when the feed's last row is not the last one indexed (a store of a
-/// build without it, or one such a build wrote to since). Called at open.
+/// Rebuilds the index when the feed's last row has no entry in it (see the module invariants).
+/// Called at open.
 pub(crate) fn check_index(txn: &WriteTransaction) -> Result<(), StoreError> {
     let feed = txn.open_table(FEED)?;
     let mut index = txn.open_table(FEED_BY_ORIGIN)?;
-    let mut meta = txn.open_table(META)?;
-    let last = feed.last()?.map(|(k, _)| k.value());
-    let indexed = match meta.get(META_FEED_INDEXED)? {
-        Some(g) => Some(u64_from(g.value(), "meta")?),
-        None => None,
-    };
-    if last == indexed || (last.is_none() && index.is_empty()?) {
+    let last = feed.last()?.map(|(k, v)| {
+        let (origin, first, _) = v.value();
+        (k.value(), origin.to_owned(), first)
+    });
+    if let Some((start, origin, first)) = &last
+        && index.get((origin.as_str(), *first))?.map(|g| g.value()) == Some(*start)
+    {
         return Ok(());
     }
     index.retain(|_, _| false)?;
@@ -83,9 +66,6 @@ pub(crate) fn check_index(txn: &WriteTransaction) -> Result<(), StoreError> {
         let (start, run) = row?;
         let (origin, first, _) = run.value();
         index.insert((origin, first), start.value())?;
-    }
-    if let Some(last) = last {
-        meta.insert(META_FEED_INDEXED, &last.to_be_bytes()[..])?;
     }
     Ok(())
 }

@@ -898,7 +898,6 @@ impl StoreWriter {
                     first.seq,
                     out.len() as u64,
                 )?;
-                feed.finish(&mut meta)?;
                 origins.insert(self.node.as_str(), seq)?;
                 Counters {
                     position,
@@ -1376,7 +1375,6 @@ impl StoreWriter {
             }
             if let Some((start, origin, first, count)) = run {
                 feed.insert(start, origin.as_str(), first, count)?;
-                feed.finish(&mut meta)?;
                 Counters {
                     position,
                     digest,

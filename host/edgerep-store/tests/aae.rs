@@ -466,38 +466,36 @@ fn a_start_under_a_new_rule_stopped_before_its_check_ended_is_not_damage() {
                 .unwrap();
         }
     }
-    {
-        let b = open(true);
-        // Stopped at once: the check (20,000 rows) cannot have ended.
+    // A start under rule `on` that writes `n` keys and stops at once: the check (20,000 rows)
+    // cannot have ended.
+    let interrupted = |on: bool, n: usize| {
+        let b = open(on);
+        let mut c = clock();
+        if n > 0 {
+            b.commit_local(writes("k0-", n, 2), &mut c, 2).unwrap();
+        }
         assert!(
             b.open_check_now().is_none(),
             "the check ended before the stop"
         );
-    }
-    let b = open(true);
-    let check = b.open_check().unwrap();
-    assert!(check.rule_changed && !check.found_damage(), "{check:?}");
-    assert_eq!(b.verify().unwrap(), Ok(()));
-    drop(b);
-    let b = open(true);
-    let check = b.open_check().unwrap();
-    assert!(!check.rule_changed && !check.found_damage(), "{check:?}");
-    drop(b);
+    };
+    // A start under rule `on` whose check runs to its end: not damage, a rule change or not.
+    let checked = |on: bool, changed: bool| {
+        let b = open(on);
+        let check = b.open_check().unwrap();
+        assert!(
+            check.rule_changed == changed && !check.found_damage(),
+            "{check:?}"
+        );
+        assert_eq!(b.verify().unwrap(), Ok(()));
+    };
+    interrupted(true, 0);
+    checked(true, true);
+    checked(true, false);
     // A start under the other rule writes, and stops before its check ended; the next runs
     // under the recorded rule again: the writes hashed under the other one are not damage.
-    {
-        let b = open(false);
-        let mut c = clock();
-        b.commit_local(writes("k0-", 10, 2), &mut c, 2).unwrap();
-        assert!(
-            b.open_check_now().is_none(),
-            "the check ended before the stop"
-        );
-    }
-    let b = open(true);
-    let check = b.open_check().unwrap();
-    assert!(check.rule_changed && !check.found_damage(), "{check:?}");
-    assert_eq!(b.verify().unwrap(), Ok(()));
+    interrupted(false, 10);
+    checked(true, true);
 }
 
 /// A resolver whose pick can change (a reload naming another build).

@@ -367,3 +367,62 @@ fn many_large_requests_at_once_wait_for_room_for_their_bodies() {
         common::stderr(&o)
     );
 }
+
+/// Requests that lie about their bodies, against the room for them: two clients that announce
+/// 2 MiB each and send nothing hold the whole room (4 MiB); a request with more than the largest
+/// body is refused 413 at once (it claims no room: it is read only up to the limit), and a POST
+/// without a body (a reload) is answered meanwhile. Once the liars hang up, a write passes.
+#[test]
+fn bodies_announced_and_never_sent_hold_only_their_room() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(&dir.path().join("n"), "node-1");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace("\n[api]\n", "\n[api]\nmax_body_bytes_in_flight = 4194304\n")
+        .replace("\n[limits]\n", "\n[limits]\nmax_request_bytes = 2097152\n");
+    std::fs::write(&config, text).unwrap();
+    let node = Node::start(&config);
+    let announce = |length: usize| {
+        let mut c = std::net::TcpStream::connect(node.addr).unwrap();
+        let head = format!(
+            "POST /v1/batch HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        c
+    };
+    let liars = [announce(2 << 20), announce(2 << 20)];
+    std::thread::sleep(Duration::from_millis(300));
+    // More than the largest body: refused at once, not kept waiting for room.
+    let started = Instant::now();
+    let mut over = announce((2 << 20) + 1);
+    // (The node may answer and close before all of it is sent.)
+    let _ = over.write_all(&vec![b' '; (2 << 20) + 1]);
+    over.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = over.read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // No body, no room needed.
+    let mut r = agent().post(&node.url("/v1/reload")).send_empty().unwrap();
+    assert_ne!(
+        r.status(),
+        503,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    drop(liars);
+    let (status, answer) = post(
+        &node,
+        "/v1/batch",
+        br#"{"writes":[{"collection":"c","key":"k","value":1}]}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+}
