@@ -198,6 +198,7 @@ fn store_only(
                 value: Some(value.clone()),
                 schema: 0,
                 meta: Default::default(),
+                context: None,
             });
         }
         // With keys: one per write, as from single-write requests each with its key.

@@ -908,6 +908,7 @@ async fn put_key(
         value: Some(value),
         schema: 0,
         meta: Default::default(),
+        context: context_header(&headers)?,
     };
     write_one(&app, write, &headers, room).await
 }
@@ -1146,6 +1147,23 @@ fn trace_header(headers: &HeaderMap) -> Result<Option<ClientTrace>, ApiError> {
         .map_err(|e| ApiError::bad_request("bad_traceparent", e.to_string()))
 }
 
+/// The header a read gives a key's causal context in, and a write takes it back in (see
+/// `LocalWrite::context`): `origin:seq` entries joined by commas.
+pub(crate) const CONTEXT_HEADER: &str = "x-edgerep-context";
+
+/// The writer's context from the request's [`CONTEXT_HEADER`], checked, if it has one.
+fn context_header(headers: &HeaderMap) -> Result<Option<edgerep_wire::VersionVector>, ApiError> {
+    let Some(text) = header_text(headers, CONTEXT_HEADER, "bad_context")? else {
+        return Ok(None);
+    };
+    let max = edgerep_wire::event::EventLimits::default().max_context_entries;
+    edgerep_wire::VersionVector::parse_text(text, max)
+        .map(Some)
+        .map_err(|e| {
+            ApiError::bad_request("bad_context", format!("the {CONTEXT_HEADER} header: {e}"))
+        })
+}
+
 /// The text of header `name`, if the request has it; refused as `kind` when it is not visible
 /// ASCII.
 pub(crate) fn header_text<'h>(
@@ -1175,6 +1193,7 @@ async fn delete_key(
         value: None,
         schema: 0,
         meta: Default::default(),
+        context: context_header(&headers)?,
     };
     write_one(&app, write, &headers, BodyRoom { _share: None }).await
 }
@@ -1211,16 +1230,28 @@ async fn get_key(
             .iter()
             .map(|e| event_json(e, None))
             .collect();
-        return Ok(axum::Json(json!({"collection": collection, "versions": list})).into_response());
+        return Ok(axum::Json(json!({
+            "collection": collection,
+            "versions": list,
+            "context": versions.context().to_text(),
+        }))
+        .into_response());
     }
+    // What a write based on this read sends back, so that it supersedes only what was read.
+    let context = HeaderValue::from_str(&versions.context().to_text()).ok();
     let Some(value) = &resolved.value else {
-        return Err(ApiError::not_found(
+        let mut resp = ApiError::not_found(
             "key_not_found",
             format!(
                 "key {:?} not found in collection {collection:?}",
                 String::from_utf8_lossy(&key)
             ),
-        ));
+        )
+        .into_response();
+        if let Some(c) = context {
+            resp.headers_mut().insert(CONTEXT_HEADER, c);
+        }
+        return Ok(resp);
     };
     let mut resp = if wants_cbor(&headers) {
         let mut r = Response::new(Body::from(value.as_bytes().to_vec()));
@@ -1245,6 +1276,9 @@ async fn get_key(
     }
     put(h, "x-edgerep-versions", versions.events().len().to_string());
     put(h, "x-edgerep-resolved-by", resolved.by);
+    if let Some(c) = context {
+        h.insert(CONTEXT_HEADER, c);
+    }
     Ok(resp)
 }
 

@@ -163,6 +163,7 @@ impl DeadLetter {
                 schema: u32::try_from(num(&mut f, "schema")?)
                     .map_err(|_| bad("schema too large".into()))?,
                 meta,
+                context: None,
             },
             plugin: text(&mut f, "plugin")?,
             plugin_sha256: text(&mut f, "plugin_sha256")?,
@@ -243,6 +244,7 @@ mod tests {
                 ),
                 schema: 3,
                 meta,
+                context: None,
             },
             plugin: "spin".into(),
             plugin_sha256: "ab".repeat(32),

@@ -449,6 +449,7 @@ mod tests {
             value: None,
             schema: 0,
             meta: Default::default(),
+            context: None,
         };
         let one = body_hash(Shape::One, std::slice::from_ref(&write));
         let batch = body_hash(Shape::Batch, std::slice::from_ref(&write));

@@ -403,7 +403,12 @@ impl Pipeline {
                     }));
                 }
                 for change in changes {
-                    let out = change_to_write(change);
+                    let mut out = change_to_write(change);
+                    // The writer's context is about the key it read: it follows the write
+                    // only where the transform kept its collection and key.
+                    if out.collection == w.collection && out.key == w.key {
+                        out.context.clone_from(&w.context);
+                    }
                     next_bytes = next_bytes.saturating_add(crate::ingest::write_bytes(&out));
                     if next_bytes > max_bytes {
                         // Over the request's bound already: what was made so far is returned,
@@ -842,6 +847,7 @@ fn change_to_write(c: Change) -> LocalWrite {
         },
         schema: c.schema,
         meta: c.meta,
+        context: None,
     }
 }
 

@@ -193,7 +193,7 @@ fn bad(at: &str, what: String) -> Refused {
 }
 
 /// Parses and validates a batch body: `{"writes": [{"collection", "key" | "key_base64", "op",
-/// "value", "schema", "meta"}, ...]}` in JSON, or the same map in CBOR (where `key` may also be a
+/// "value", "schema", "meta", "context"}, ...]}` in JSON, or the same map in CBOR (where `key` may also be a
 /// byte string).
 pub(crate) fn parse_batch(
     body: &[u8],
@@ -252,6 +252,8 @@ struct RawWrite {
     schema: u32,
     meta: BTreeMap<String, String>,
     idempotency_key: Option<String>,
+    /// The writer's context, as text (see `LocalWrite::context`).
+    context: Option<String>,
 }
 
 impl RawWrite {
@@ -289,6 +291,14 @@ impl RawWrite {
             value,
             schema: self.schema,
             meta: self.meta,
+            context: self
+                .context
+                .map(|text| {
+                    let max = edgerep_wire::event::EventLimits::default().max_context_entries;
+                    edgerep_wire::VersionVector::parse_text(&text, max)
+                        .map_err(|e| bad(at, format!("\"context\": {e}")))
+                })
+                .transpose()?,
         })
     }
 }
@@ -375,6 +385,13 @@ fn json_write(
                         .to_owned(),
                 )
             }
+            "context" => {
+                w.context = Some(
+                    v.as_str()
+                        .ok_or_else(|| bad(at, "\"context\" must be a string".into()))?
+                        .to_owned(),
+                )
+            }
             other => return Err(bad(at, format!("unknown field {other:?}"))),
         }
     }
@@ -458,6 +475,9 @@ fn parse_batch_cbor(body: &[u8], config: &Config, limits: &DecodeLimits) -> Resu
                     }
                     "idempotency_key" => {
                         w.idempotency_key = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned())
+                    }
+                    "context" => {
+                        w.context = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned())
                     }
                     other => return Err(bad(&at, format!("unknown field {other:?}"))),
                 }

@@ -366,6 +366,7 @@ impl Sim {
                     value,
                     schema: 0,
                     meta: BTreeMap::new(),
+                    context: None,
                 }],
                 &mut node.clock,
                 wall,

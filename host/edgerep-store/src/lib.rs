@@ -63,7 +63,9 @@ use edgerep_wire::event::{EventLimits, FORMAT_VERSION};
 use edgerep_wire::seal::{
     Block, ChainHash, SEAL_EVERY_BYTES, SEAL_EVERY_EVENTS, chain_link, event_leaf,
 };
-use edgerep_wire::{EncodedEvent, Event, Have, Hlc, HlcClock, NodeId, Op, Seal, Value};
+use edgerep_wire::{
+    EncodedEvent, Event, Have, Hlc, HlcClock, NodeId, Op, Seal, Value, VersionVector,
+};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use keys::{log_key, log_seq, split_state_key, state_key};
@@ -98,6 +100,10 @@ pub struct LocalWrite {
     pub schema: u32,
     /// Metadata.
     pub meta: BTreeMap<String, String>,
+    /// What the writer read of the key (the context a read gave): the write supersedes only the
+    /// versions it covers, and the others stay concurrent with it, for the collection's
+    /// resolver to decide. `None`: it supersedes every version the key holds when it commits.
+    pub context: Option<VersionVector>,
 }
 
 /// This machine's wall clock now, in ms since the Unix epoch (0 before it).
@@ -132,6 +138,7 @@ impl From<Event> for LocalWrite {
             value: e.value,
             schema: e.schema,
             meta: e.meta,
+            context: None,
         }
     }
 }

@@ -779,6 +779,7 @@ mod tests {
                 value: Some(Value::from_json(&serde_json::json!(i), &Default::default()).unwrap()),
                 schema: 0,
                 meta: BTreeMap::new(),
+                context: None,
             })
             .collect();
         store.commit_local(writes, &mut clock, 1).unwrap();

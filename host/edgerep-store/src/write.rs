@@ -362,7 +362,50 @@ impl ConflictTally {
     }
 }
 
+/// Why `context`, a local writer's, names events this node does not hold (see
+/// [`LocalWrite::context`]), or `None` when it names only held ones; `seq` is the sequence number
+/// the write takes.
+fn context_beyond_held(
+    context: &VersionVector,
+    origins: &impl ReadableTable<&'static str, u64>,
+    node: &NodeId,
+    seq: u64,
+) -> Result<Option<String>, StoreError> {
+    for (origin, claimed) in context.iter() {
+        let held = if origin == node {
+            seq - 1
+        } else {
+            origins.get(origin.as_str())?.map_or(0, |g| g.value())
+        };
+        if claimed > held {
+            return Ok(Some(format!(
+                "the write's context names event {claimed} of {origin}, and this node holds its events up to {held} only (a context is what a read of this node gave)"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 impl<'a> Unresolved<'a> {
+    /// A local write left `skey` with concurrent versions (its writer's context did not cover
+    /// them all): counted as a conflict, and resolved before the transaction commits.
+    pub(crate) fn concurrent_local(&mut self, collection: &str, skey: Vec<u8>) {
+        *self
+            .tally
+            .conflicts
+            .entry(collection.to_owned())
+            .or_default() += 1;
+        if self.resolver.is_some_and(|r| r.resolves(collection)) {
+            self.keys.insert(skey);
+        } else {
+            *self
+                .tally
+                .resolutions
+                .entry((collection.to_owned(), "lww".to_owned()))
+                .or_default() += 1;
+        }
+    }
+
     pub(crate) fn new(resolver: Option<&'a dyn Resolver>, rule: &'a HashRule) -> Unresolved<'a> {
         Unresolved {
             resolver,
@@ -623,7 +666,8 @@ impl StoreWriter {
         {
             return Ok(Vec::new());
         }
-        let mut made: Vec<Event> = Vec::with_capacity(writes.len());
+        // Each write made into an event, with the context its writer gave (handed back as is).
+        let mut made: Vec<(Event, Option<VersionVector>)> = Vec::with_capacity(writes.len());
         let mut rest = writes.into_iter();
         let result = self.commit_local_in(
             &mut rest,
@@ -638,9 +682,14 @@ impl StoreWriter {
         result.map_err(|error| {
             // Hand every write back, in order: those made into events, then the others.
             let writes = match &error {
-                StoreError::WriteRefused { .. } | StoreError::KeyInUse { .. } => {
-                    made.into_iter().map(LocalWrite::from).chain(rest).collect()
-                }
+                StoreError::WriteRefused { .. } | StoreError::KeyInUse { .. } => made
+                    .into_iter()
+                    .map(|(event, context)| LocalWrite {
+                        context,
+                        ..LocalWrite::from(event)
+                    })
+                    .chain(rest)
+                    .collect(),
                 _ => Vec::new(),
             };
             LocalCommitError { error, writes }
@@ -686,7 +735,7 @@ impl StoreWriter {
     pub(crate) fn commit_local_in(
         &self,
         writes: &mut std::vec::IntoIter<LocalWrite>,
-        made: &mut Vec<Event>,
+        made: &mut Vec<(Event, Option<VersionVector>)>,
         dead_letters: &[u64],
         set_aside: &[(u64, Vec<u8>)],
         receipts: &[idempotency::Receipt],
@@ -698,6 +747,7 @@ impl StoreWriter {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let mut out = Vec::with_capacity(writes.len());
+        let tally;
         let deltas = {
             let mut dead = txn.open_table(DEAD_LETTERS)?;
             for &id in dead_letters {
@@ -721,6 +771,8 @@ impl StoreWriter {
             let mut chains = txn.open_table(CHAINS)?;
             let mut seals_t = txn.open_table(SEALS)?;
             let mut aae_rows = aae::Writes::new(self.fingerprints);
+            // Keys a write given its writer's context left with concurrent versions.
+            let mut unresolved = Unresolved::new(self.resolver.as_deref(), &self.rule);
             let mut seq = origins.get(self.node.as_str())?.map_or(0, |g| g.value());
             let (head_seq, mut chain) = seals::head(&chains, &self.node)?;
             if head_seq != seq {
@@ -758,7 +810,7 @@ impl StoreWriter {
                 }
                 let skey = state_key(&w.collection, &w.key);
                 let old = state.get(skey.as_slice())?;
-                let (versions, old_hash) = match &old {
+                let (mut versions, old_hash) = match &old {
                     Some(g) => {
                         let bytes = g.value();
                         let versions =
@@ -775,6 +827,7 @@ impl StoreWriter {
                     index,
                     reason: "this node's sequence numbers are exhausted".into(),
                 })?;
+                let writer_context = w.context;
                 let hlc = clock.now(wall_ms);
                 let event = Event {
                     format: FORMAT_VERSION,
@@ -791,7 +844,7 @@ impl StoreWriter {
                     seq,
                     schema: w.schema,
                     meta: w.meta,
-                    context: versions.context(),
+                    context: writer_context.clone().unwrap_or_else(|| versions.context()),
                     extra,
                 };
                 event_bytes.clear();
@@ -800,7 +853,15 @@ impl StoreWriter {
                 // A version whose context already covers this event's dot (a peer's claim that
                 // this node wrote more than it did) would make it obsolete: refuse the write
                 // rather than lose it.
-                let problem = if let Some(v) = versions
+                // A writer's context may name only events this node holds: one naming more
+                // would supersede, on every node, events nobody has seen yet.
+                let beyond = match &writer_context {
+                    Some(context) => context_beyond_held(context, &origins, &self.node, seq)?,
+                    None => None,
+                };
+                let problem = if beyond.is_some() {
+                    beyond
+                } else if let Some(v) = versions
                     .events()
                     .iter()
                     .find(|v| v.context.covers(&event.dot()))
@@ -827,7 +888,7 @@ impl StoreWriter {
                         })
                 };
                 if let Some(reason) = problem {
-                    made.push(event);
+                    made.push((event, writer_context));
                     return Err(StoreError::WriteRefused { index, reason });
                 }
                 position += 1;
@@ -868,7 +929,19 @@ impl StoreWriter {
                     (unsealed, unsealed_bytes) = (0, 0);
                     block.clear();
                 }
-                let new_bytes = Versions::encode_single(&event_bytes);
+                // The key holds this event alone unless its writer's context left versions
+                // it did not see: those stay, concurrent with it, and are resolved below.
+                versions.retain_not_covered(&event.context);
+                let new_bytes = if versions.is_empty() {
+                    Versions::encode_single(&event_bytes)
+                } else {
+                    versions.apply(
+                        EncodedEvent::decode_slice(&event_bytes, &limits)
+                            .map_err(|e| corrupt("state", e))?,
+                    );
+                    unresolved.concurrent_local(&event.collection, skey.clone());
+                    versions.encode()
+                };
                 let new_hash = self
                     .rule
                     .entry(&event.collection, &event.key, &new_bytes, &limits);
@@ -876,8 +949,9 @@ impl StoreWriter {
                 aae_rows.set(&skey, old_hash, new_hash);
                 state.insert(skey.as_slice(), new_bytes.as_slice())?;
                 out.push(Committed { seq, hlc, position });
-                made.push(event);
+                made.push((event, writer_context));
             }
+            tally = unresolved.resolve(&mut state, &mut aae_rows, &mut digest, &limits)?;
             if let Some(first) = out.first() {
                 if unsealed > 0 {
                     let seal = self.seal_own(seq, chain, &block).map_err(|e| {
@@ -923,6 +997,7 @@ impl StoreWriter {
         };
         txn.commit()?;
         self.aae.apply(&deltas.0);
+        self.add_conflicts(tally);
         if let Some(keys) = deltas.1 {
             self.idempotency_index.apply(keys);
         }

@@ -46,6 +46,7 @@ fn writes(prefix: &str, n: usize, v: i64) -> Vec<LocalWrite> {
             ),
             schema: 0,
             meta: BTreeMap::new(),
+            context: None,
         })
         .collect()
 }

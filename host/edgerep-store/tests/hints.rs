@@ -34,6 +34,7 @@ fn writes(keys: std::ops::Range<usize>, v: i64) -> Vec<LocalWrite> {
         value: Some(Value::from_json(&serde_json::json!({ "v": v }), &Default::default()).unwrap()),
         schema: 0,
         meta: BTreeMap::new(),
+        context: None,
     })
     .collect()
 }

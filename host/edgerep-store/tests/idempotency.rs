@@ -16,6 +16,7 @@ fn write(key: &str) -> LocalWrite {
         value: Some(Value::from_json(&serde_json::json!(1), &Default::default()).unwrap()),
         schema: 0,
         meta: BTreeMap::new(),
+        context: None,
     }
 }
 

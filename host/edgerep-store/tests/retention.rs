@@ -32,6 +32,7 @@ fn write(store: &StoreWriter, clock: &mut HlcClock, at: u64, keys: &[(&str, i64)
                 .then(|| Value::from_json(&serde_json::json!(n), &Default::default()).unwrap()),
             schema: 0,
             meta: BTreeMap::new(),
+            context: None,
         })
         .collect();
     store.commit_local(writes, clock, at).unwrap();

@@ -70,6 +70,7 @@ fn writes(prefix: &str, n: usize) -> Vec<LocalWrite> {
             ),
             schema: 0,
             meta: BTreeMap::new(),
+            context: None,
         })
         .collect()
 }
@@ -432,6 +433,7 @@ fn a_run_between_seals_is_at_most_a_mebibyte_or_one_event() {
         ),
         schema: 0,
         meta: BTreeMap::new(),
+        context: None,
     };
     // One transaction of two 600 KB events: sealed after the first, so that no run between
     // seals passes 1 MiB (a peer's frame holds a run whole).

@@ -51,6 +51,7 @@ fn put(collection: &str, key: &[u8], value: Value) -> LocalWrite {
         value: Some(value),
         schema: 0,
         meta: BTreeMap::new(),
+        context: None,
     }
 }
 
@@ -61,6 +62,7 @@ fn del(collection: &str, key: &[u8]) -> LocalWrite {
         value: None,
         schema: 0,
         meta: BTreeMap::new(),
+        context: None,
     }
 }
 
@@ -1695,4 +1697,110 @@ fn store_formats_newer_are_refused_and_the_last_older_is_continued() {
         StoreWriter::open(&path, &me, limits()),
         Err(StoreError::OldFormat { found: 2 })
     ));
+}
+
+/// A write given the context its writer read supersedes only what that read saw: a peer's
+/// version that arrived in between stays, concurrent with it, so a read-modify-write never
+/// erases an update it did not see. Without a context a write supersedes every version. A
+/// context naming events the store does not hold is refused, and so is the whole group's
+/// refused write alone, handed back with its context.
+#[test]
+fn a_write_given_its_read_context_keeps_the_versions_it_did_not_see() {
+    let (store, resume) = memory_store("site-a");
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    store
+        .commit_local(vec![put("c", b"k", val(1))], &mut clock, 1_000)
+        .unwrap();
+    // The client reads: the context of what it saw.
+    let read = store.get("c", b"k").unwrap().context();
+    assert_eq!(read.to_text(), "site-a:1");
+    // Site-b's write, which saw site-a's, arrives before the client writes.
+    let mut theirs = Event {
+        format: 1,
+        collection: "c".into(),
+        key: b"k".to_vec(),
+        op: Op::Put,
+        value: Some(val(2)),
+        hlc: Hlc::new(1_500, 0),
+        origin: node("site-b"),
+        seq: 1,
+        schema: 0,
+        meta: BTreeMap::new(),
+        context: read.clone(),
+        extra: BTreeMap::new(),
+    };
+    store.apply_events(vec![theirs.clone()]).unwrap();
+    let mut mine = put("c", b"k", val(3));
+    mine.context = Some(read.clone());
+    store.commit_local(vec![mine], &mut clock, 2_000).unwrap();
+    let versions = store.get("c", b"k").unwrap();
+    let dots: Vec<String> = versions
+        .events()
+        .iter()
+        .map(|e| format!("{}:{}", e.origin, e.seq))
+        .collect();
+    assert_eq!(dots, ["site-a:2", "site-b:1"], "both writes stay");
+    assert_eq!(versions.context().to_text(), "site-a:2,site-b:1");
+    assert_verified(&store);
+
+    // Without a context the write supersedes both.
+    store
+        .commit_local(vec![put("c", b"k", val(4))], &mut clock, 3_000)
+        .unwrap();
+    assert_eq!(store.get("c", b"k").unwrap().events().len(), 1);
+
+    // A context naming an event of site-b the store does not hold: refused, nothing written,
+    // handed back with its context; the other writes of the group commit without it.
+    let before = store.status().unwrap();
+    theirs.seq = 7;
+    let mut beyond = put("c", b"k", val(5));
+    beyond.context = Some(VersionVector::parse_text("site-a:3,site-b:7", 16).unwrap());
+    let group = vec![put("c", b"other", val(6)), beyond];
+    let err = store
+        .commit_local_checked(group.clone(), &[], Sync::Immediate, &mut clock, 4_000)
+        .unwrap_err();
+    match &err.error {
+        StoreError::WriteRefused { index, reason } => {
+            assert_eq!(*index, 1);
+            assert!(
+                reason.contains("names event 7 of site-b") && reason.contains("up to 1 only"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected WriteRefused, got {other}"),
+    }
+    assert_eq!(err.writes, group, "handed back as given, contexts included");
+    assert_eq!(store.status().unwrap(), before, "nothing written");
+    // Nor may a context name this node's own events beyond those it wrote.
+    let mut own = put("c", b"k", val(7));
+    own.context = Some(VersionVector::parse_text("site-a:4", 16).unwrap());
+    let err = store
+        .commit_local_checked(vec![own], &[], Sync::Immediate, &mut clock, 4_000)
+        .unwrap_err();
+    assert!(
+        matches!(&err.error, StoreError::WriteRefused { reason, .. } if reason.contains("names event 4 of site-a")),
+        "{}",
+        err.error
+    );
+}
+
+#[test]
+fn a_context_in_text_names_each_origin_once() {
+    let vv = VersionVector::parse_text("b:2, a:1", 4).unwrap();
+    assert_eq!(vv.to_text(), "a:1,b:2");
+    assert_eq!(
+        VersionVector::parse_text("", 4).unwrap(),
+        VersionVector::new()
+    );
+    for (bad, says) in [
+        ("a", "not origin:seq"),
+        ("a:0", "not a sequence number"),
+        ("a:x", "not a sequence number"),
+        ("a:1,a:2", "names its origin again"),
+        ("-a:1", "entry \"-a:1\""),
+        ("a:1,b:1,c:1", "more than 2 entries"),
+    ] {
+        let err = VersionVector::parse_text(bad, 2).unwrap_err();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
 }

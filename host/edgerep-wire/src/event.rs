@@ -198,6 +198,39 @@ impl VersionVector {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The text form a read gives its client, for a write to send back: `origin:seq` entries
+    /// joined by commas, by origin (`""` for the empty vector).
+    pub fn to_text(&self) -> String {
+        let entries: Vec<String> = self.0.iter().map(|(o, s)| format!("{o}:{s}")).collect();
+        entries.join(",")
+    }
+
+    /// Reads [`VersionVector::to_text`]'s form: at most `max_entries` entries, each a valid
+    /// node id named once with a sequence number of at least 1. The error names what is wrong.
+    pub fn parse_text(text: &str, max_entries: usize) -> Result<VersionVector, String> {
+        let mut vv = VersionVector::new();
+        if text.trim().is_empty() {
+            return Ok(vv);
+        }
+        for (i, entry) in text.split(',').enumerate() {
+            if i == max_entries {
+                return Err(format!("more than {max_entries} entries"));
+            }
+            let entry = entry.trim();
+            let (origin, seq) = entry
+                .rsplit_once(':')
+                .ok_or_else(|| format!("entry {entry:?} is not origin:seq"))?;
+            let origin = NodeId::parse(origin).map_err(|e| format!("entry {entry:?}: {e}"))?;
+            let seq: u64 = seq.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
+                format!("entry {entry:?}: {seq:?} is not a sequence number (1 or more)")
+            })?;
+            if vv.0.insert(origin, seq).is_some() {
+                return Err(format!("entry {entry:?} names its origin again"));
+            }
+        }
+        Ok(vv)
+    }
 }
 
 /// Per origin, the highest sequence number up to which every event is held (or sent, or

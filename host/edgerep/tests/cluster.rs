@@ -1425,3 +1425,122 @@ fn a_node_without_peers_keeps_its_newest_entries_only() {
     assert_eq!(code, 410, "{body}");
     assert!(body.contains("compacted"), "{body}");
 }
+
+/// PUTs `json` to `collection/key` on `node`, with `context` in `x-edgerep-context` if given.
+fn put_with_context(node: &Node, path: &str, json: &str, context: Option<&str>) -> (u16, String) {
+    let mut req = agent()
+        .put(&node.url(&format!("/v1/kv/{path}")))
+        .content_type("application/json");
+    if let Some(c) = context {
+        req = req.header("x-edgerep-context", c);
+    }
+    let mut r = req.send(json.as_bytes()).unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+/// GETs `collection/key` on `node`: the status, the body and the context the read gave.
+fn get_with_context(node: &Node, path: &str) -> (u16, String, String) {
+    let mut r = agent()
+        .get(&node.url(&format!("/v1/kv/{path}")))
+        .call()
+        .unwrap();
+    let context = r
+        .headers()
+        .get("x-edgerep-context")
+        .expect("every read gives its context")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (
+        r.status().as_u16(),
+        r.body_mut().read_to_string().unwrap(),
+        context,
+    )
+}
+
+fn wait_for_value(nodes: &[&Node], path: &str, want: &str) {
+    let want: serde_json::Value = serde_json::from_str(want).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for node in nodes {
+        loop {
+            let (code, body, _) = get_with_context(node, path);
+            if code == 200 && serde_json::from_str::<serde_json::Value>(&body).unwrap() == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} is {code} {body}, not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A read-modify-write of a counter merged by a resolver, while a peer's update of the same key
+/// arrives between the read and the write: sent back with the context its read gave, the write
+/// supersedes only what the client saw, and the resolver merges the update it did not see. Sent
+/// without one, the write supersedes everything the key holds and the peer's update is lost
+/// (what the context is for). A context that is malformed, or that names events the node does
+/// not hold, is refused and writes nothing.
+#[test]
+fn a_write_sending_back_its_reads_context_keeps_the_updates_it_did_not_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (wasm, sha) = built_plugin("merge-counter");
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        std::fs::write(
+            c,
+            format!(
+                "{text}\n[[collections.declared]]\nname = \"tally\"\nresolver = \"counter\"\n\n[plugins.counter]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+                wasm.display()
+            ),
+        )
+        .unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let (code, _, context) = get_with_context(&n2, "tally/k");
+    assert_eq!(
+        (code, context.as_str()),
+        (404, ""),
+        "an absent key's context is empty"
+    );
+    put(&n1, "tally", "k", r#"{"node-1":1}"#);
+    wait_for_value(&[&n2], "tally/k", r#"{"node-1":1}"#);
+
+    // Node-2's client reads; node-1 counts again, and node-2 holds it before the client writes.
+    let (_, read, context) = get_with_context(&n2, "tally/k");
+    assert_eq!(
+        (read.as_str(), context.as_str()),
+        (r#"{"node-1":1}"#, "node-1:1")
+    );
+    put(&n1, "tally", "k", r#"{"node-1":2}"#);
+    wait_for_value(&[&n2], "tally/k", r#"{"node-1":2}"#);
+    let (code, body) =
+        put_with_context(&n2, "tally/k", r#"{"node-1":1,"node-2":1}"#, Some(&context));
+    assert_eq!(code, 200, "{body}");
+    wait_for_value(&[&n1, &n2], "tally/k", r#"{"node-1":2,"node-2":1}"#);
+
+    // The same without the context: node-1's third count is lost.
+    put(&n1, "tally", "k", r#"{"node-1":3,"node-2":1}"#);
+    wait_for_value(&[&n2], "tally/k", r#"{"node-1":3,"node-2":1}"#);
+    let (code, body) = put_with_context(&n2, "tally/k", r#"{"node-1":2,"node-2":2}"#, None);
+    assert_eq!(code, 200, "{body}");
+    wait_for_value(&[&n1, &n2], "tally/k", r#"{"node-1":2,"node-2":2}"#);
+
+    // Contexts that are not what a read gives.
+    let before = status(&n2)["origins"].clone();
+    for (bad, code, says) in [
+        ("node-1", 400, "not origin:seq"),
+        ("node-1:1,node-1:2", 400, "names its origin again"),
+        ("node-1:99", 409, "names event 99 of node-1"),
+        ("node-2:99", 409, "names event 99 of node-2"),
+    ] {
+        let (got, body) = put_with_context(&n2, "tally/k", r#"{"node-2":9}"#, Some(bad));
+        assert_eq!(got, code, "{bad}: {body}");
+        assert!(body.contains(says), "{bad}: {body}");
+    }
+    assert_eq!(status(&n2)["origins"], before, "nothing written");
+    wait_for_value(&[&n2], "tally/k", r#"{"node-1":2,"node-2":2}"#);
+}
