@@ -213,6 +213,11 @@ fn hash_writes(shape: Option<Shape>, writes: &[LocalWrite]) -> [u8; 32] {
             field(k.as_bytes());
             field(v.as_bytes());
         }
+        // Only when given: records of writes without one keep their hashes.
+        if let Some(context) = &w.context {
+            field(b"context");
+            field(context.to_text().as_bytes());
+        }
         field(b"end");
     }
     *h.finalize().as_bytes()

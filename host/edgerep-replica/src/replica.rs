@@ -468,6 +468,30 @@ pub struct Replica {
     apply_duplicates: bool,
 }
 
+/// The events of one origin's read that may go on the stream now, ending at a seal: those before
+/// the first whose causal context names an event `unsent(origin, seq)` says this session is
+/// still to send (else the peer holds it back until that event arrives, and asks for it again:
+/// on a busy link, a window resent per event held back). `None` when not even the first may go.
+/// The stream then delivers every event after what it depends on, whatever the interleaving
+/// of origins.
+fn causal_prefix(
+    mut events: Vec<EncodedEvent>,
+    mut seals: Vec<Seal>,
+    unsent: impl Fn(&NodeId, u64) -> bool,
+) -> Option<(Vec<EncodedEvent>, Vec<Seal>)> {
+    let Some(waits) = events
+        .iter()
+        .position(|e| e.context.iter().any(|(o, seq)| unsent(o, seq)))
+    else {
+        return Some((events, seals));
+    };
+    let before = events[waits].seq;
+    let end = seals.iter().map(|s| s.seq).filter(|&q| q < before).max()?;
+    events.retain(|e| e.seq <= end);
+    seals.retain(|s| s.seq <= end);
+    Some((events, seals))
+}
+
 /// `keys` in ascending order, starting after `cursor` and wrapping around.
 fn round_robin<'a, V>(map: &'a BTreeMap<NodeId, V>, cursor: Option<&NodeId>) -> Vec<&'a NodeId> {
     match cursor {
@@ -590,6 +614,11 @@ impl Replica {
     /// The durable local have, as last pushed.
     pub fn local_have(&self) -> &Have {
         &self.local_have
+    }
+
+    /// The local have and, beyond it, the events handed out in Applies not yet answered.
+    pub fn accepted(&self) -> &Have {
+        &self.accepted
     }
 
     /// Takes in the node's durable per-origin have: call at start and after every durable
@@ -1865,6 +1894,17 @@ impl Replica {
                 continue;
             }
             unreadable.remove(&origin);
+            let Some((events, read_seals)) = causal_prefix(events, read.seals, |o, seq| {
+                // What this session is still to send: not the peer's own events, nor origins
+                // it gets from another peer (pruned here), nor what this node does not hold.
+                o != peer
+                    && o != &origin
+                    && local_have.contains_key(o)
+                    && seq <= sendable(s, o)
+                    && seq > have::get(&s.sent, o)
+            }) else {
+                continue;
+            };
             for e in &events {
                 bytes_left = bytes_left.saturating_sub(e.encoded_len());
             }
@@ -1886,7 +1926,7 @@ impl Replica {
                 certs.push((origin.clone(), cert));
             }
             batch.extend(events);
-            seals.extend(read.seals);
+            seals.extend(read_seals);
         }
         if batch.is_empty() {
             s.idle_at = Some(*have_version);

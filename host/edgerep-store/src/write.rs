@@ -605,7 +605,8 @@ impl StoreWriter {
 
     /// Commits a group of local writes in one durable transaction, in order. Each becomes an
     /// event from this node with the next sequence number, a fresh timestamp from `clock`, and a
-    /// causal context that supersedes every version the key holds. All or nothing.
+    /// causal context that supersedes every version the key holds (given its writer's context,
+    /// what that read saw and this node's own earlier writes). All or nothing.
     pub fn commit_local(
         &self,
         writes: Vec<LocalWrite>,
@@ -844,12 +845,29 @@ impl StoreWriter {
                     seq,
                     schema: w.schema,
                     meta: w.meta,
-                    context: writer_context.clone().unwrap_or_else(|| versions.context()),
+                    context: match &writer_context {
+                        // What the writer read, and every earlier write of this node's: a
+                        // node's writes to one key stay causally ordered (what makes the
+                        // compact context exact), so a key holds one version per origin at
+                        // most, however stale the contexts clients send.
+                        Some(read) => {
+                            let mut vv = read.clone();
+                            if seq > 1 {
+                                vv.add(&edgerep_wire::event::Dot {
+                                    origin: self.node.clone(),
+                                    seq: seq - 1,
+                                });
+                            }
+                            vv
+                        }
+                        None => versions.context(),
+                    },
                     extra,
                 };
                 event_bytes.clear();
                 event.encode_into(&mut event_bytes);
-                // A local write supersedes every version: the key then holds exactly this event.
+                // A local write supersedes every version (or, given its writer's context, what
+                // that read saw and this node's own earlier writes).
                 // A version whose context already covers this event's dot (a peer's claim that
                 // this node wrote more than it did) would make it obsolete: refuse the write
                 // rather than lose it.

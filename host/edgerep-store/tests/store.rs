@@ -1804,3 +1804,23 @@ fn a_context_in_text_names_each_origin_once() {
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
+
+/// However stale the context a client sends, a write supersedes this node's own earlier writes
+/// to the key: the key holds one version per node at most.
+#[test]
+fn a_stale_context_never_piles_up_this_nodes_own_versions() {
+    let (store, resume) = memory_store("site-a");
+    let mut clock = HlcClock::new(resume.hlc_last, SKEW_MS);
+    for i in 0..20 {
+        let mut w = put("c", b"k", val(i));
+        w.context = Some(VersionVector::new());
+        store
+            .commit_local(vec![w], &mut clock, 1_000 + i as u64)
+            .unwrap();
+    }
+    let versions = store.get("c", b"k").unwrap();
+    assert_eq!(versions.events().len(), 1);
+    assert_eq!(versions.events()[0].seq, 20);
+    assert_eq!(versions.events()[0].context.to_text(), "site-a:19");
+    assert_verified(&store);
+}
