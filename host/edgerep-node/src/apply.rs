@@ -71,12 +71,6 @@ pub(crate) struct Admission<'a> {
     /// Per origin, what this node holds durably (this node's own origin: what it issued and
     /// synced).
     pub(crate) have: &'a BTreeMap<NodeId, u64>,
-    /// Per origin, what this node holds or has handed to the committer (`Replica::accepted`,
-    /// this batch included): what an event of another node's may depend on. The committer
-    /// applies batches in the order they are handed to it, so an event depending on one from
-    /// another peer's batch, handed over but not yet durable, is applied after it, not held
-    /// back and asked for again.
-    pub(crate) in_hand: &'a BTreeMap<NodeId, u64>,
     /// Per origin with a session here, how far it says it holds its own events.
     pub(crate) own_claims: &'a BTreeMap<NodeId, u64>,
     /// The peer the batch came from.
@@ -185,14 +179,11 @@ impl Admission<'_> {
                     format!("event {}:{}: {reason}", event.origin, event.seq),
                     true,
                 ))
-            } else if let Some((o, seq)) = event.context.iter().find(|&(o, seq)| {
-                let in_hand = if o == self.local {
-                    0
-                } else {
-                    self.in_hand.get(o).copied().unwrap_or(0)
-                };
-                seq > held_of(&held, o).max(in_hand)
-            }) {
+            } else if let Some((o, seq)) = event
+                .context
+                .iter()
+                .find(|&(o, seq)| seq > held_of(&held, o))
+            {
                 let reason = if o == self.local {
                     format!(
                         "event {}:{} has a causal context naming this node at sequence {seq}, but this node issued only up to {}",

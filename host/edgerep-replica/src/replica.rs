@@ -616,11 +616,6 @@ impl Replica {
         &self.local_have
     }
 
-    /// The local have and, beyond it, the events handed out in Applies not yet answered.
-    pub fn accepted(&self) -> &Have {
-        &self.accepted
-    }
-
     /// Takes in the node's durable per-origin have: call at start and after every durable
     /// commit (local writes) or apply. Cursors only move forward; lower values are ignored.
     pub fn set_local_have(&mut self, have: &Have) {
@@ -1900,6 +1895,7 @@ impl Replica {
                 o != peer
                     && o != &origin
                     && local_have.contains_key(o)
+                    && !unreadable.contains_key(o)
                     && seq <= sendable(s, o)
                     && seq > have::get(&s.sent, o)
             }) else {

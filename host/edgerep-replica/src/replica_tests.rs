@@ -71,6 +71,18 @@ fn sealed(events: Vec<EncodedEvent>) -> Message {
     }
 }
 
+/// Event `seq` of `origin` whose causal context names `deps` (origin, seq).
+fn ev_after(origin: &str, seq: u64, deps: &[(&str, u64)]) -> EncodedEvent {
+    let mut e = ev(origin, seq).into_event();
+    for &(o, s) in deps {
+        e.context.add(&edgerep_wire::event::Dot {
+            origin: n(o),
+            seq: s,
+        });
+    }
+    EncodedEvent::new(e)
+}
+
 fn evs(origin: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<EncodedEvent> {
     seqs.map(|s| ev(origin, s)).collect()
 }
@@ -2014,7 +2026,8 @@ fn one_unreadable_origin_does_not_stop_the_others() {
         }
     }
     let mut events = evs("x", 1..=2);
-    events.extend(evs("z", 1..=2));
+    // z's events depend on x's: still sent (x cannot be sent to wait for).
+    events.extend([ev_after("z", 1, &[("x", 1)]), ev_after("z", 2, &[("x", 2)])]);
     let log = Broken(MemLog::with(&events));
     let mut r = Replica::new(n("a"), ReplicaConfig::default());
     r.set_local_have(&log.0.have());
@@ -2277,5 +2290,57 @@ fn garbage_from_peers_never_panics_the_core() {
     assert!(
         sent.get("b").is_some_and(|&k| k > 0) && sent.get("c").is_some_and(|&k| k > 0),
         "{sent:?}"
+    );
+}
+
+/// A stream is causal: an origin's events go after the events of other origins they depend on
+/// (that this session is to send), whatever order the origins come in. The events' dependencies
+/// alternate between the origins, as two nodes writing the same keys in turn make them.
+#[test]
+fn each_event_is_sent_after_what_it_depends_on() {
+    let mut events = Vec::new();
+    for i in 1..=40u64 {
+        events.push(ev_after("x", i, &[("y", i - 1)]));
+        events.push(ev_after("y", i, &[("x", i)]));
+    }
+    let log = MemLog::with(&events);
+    let config = ReplicaConfig {
+        batch_events: 7,
+        ..ReplicaConfig::default()
+    };
+    let mut r = ready(&log, config, &["b"]);
+    let mut sent: Have = Have::new();
+    let mut messages = 0;
+    while let Some((_, msg)) = r.poll_transmit(0, &log).unwrap() {
+        let Message::Events { events, .. } = msg else {
+            continue;
+        };
+        messages += 1;
+        for e in &events {
+            for (o, seq) in e.context.iter() {
+                assert!(
+                    have::get(&sent, o) >= seq,
+                    "{}:{} sent before {o}:{seq}, which it depends on",
+                    e.origin,
+                    e.seq
+                );
+            }
+            have::raise(&mut sent, &e.origin, e.seq);
+        }
+        // Acknowledge, so the window never closes.
+        r.handle(
+            &n("b"),
+            Message::Ack {
+                have: sent.iter().map(|(o, s)| (o.clone(), *s)).collect(),
+                rewind: false,
+            },
+            0,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        sent,
+        have_of(&[("x", 40), ("y", 40)]),
+        "{messages} messages"
     );
 }

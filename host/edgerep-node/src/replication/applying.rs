@@ -49,7 +49,6 @@ impl Replicator {
             config: &self.config,
             local: self.core.local(),
             have: self.core.local_have(),
-            in_hand: self.core.accepted(),
             own_claims: &own_claims,
             from: &peer,
             pipeline: &self.pipeline,
