@@ -161,16 +161,18 @@ impl Client {
 
     /// PUT a JSON value.
     pub fn put_json(&self, collection: &str, key: &[u8], json: &str) -> Outcome {
-        self.put_json_keyed(collection, key, json, None)
+        self.put_json_keyed(collection, key, json, None, None)
     }
 
-    /// PUT a JSON value, with an idempotency key if given.
+    /// PUT a JSON value, with an idempotency key and the causal context of the read it is based
+    /// on (`x-edgerep-context`) if given.
     pub fn put_json_keyed(
         &self,
         collection: &str,
         key: &[u8],
         json: &str,
         idempotency_key: Option<&str>,
+        context: Option<&str>,
     ) -> Outcome {
         let mut req = self
             .agent
@@ -179,14 +181,26 @@ impl Client {
         if let Some(k) = idempotency_key {
             req = req.header("idempotency-key", k);
         }
+        if let Some(c) = context {
+            req = req.header("x-edgerep-context", c);
+        }
         self.finish(req.send(json.as_bytes()))
     }
 
-    /// DELETE a key, with an idempotency key if given.
-    pub fn delete(&self, collection: &str, key: &[u8], idempotency_key: Option<&str>) -> Outcome {
+    /// DELETE a key, with an idempotency key and a read's causal context if given.
+    pub fn delete(
+        &self,
+        collection: &str,
+        key: &[u8],
+        idempotency_key: Option<&str>,
+        context: Option<&str>,
+    ) -> Outcome {
         let mut req = self.agent.delete(&self.kv_url(collection, key));
         if let Some(k) = idempotency_key {
             req = req.header("idempotency-key", k);
+        }
+        if let Some(c) = context {
+            req = req.header("x-edgerep-context", c);
         }
         self.finish(req.call())
     }

@@ -109,6 +109,10 @@ enum Command {
         /// the node) gets the first answer and writes nothing again.
         #[arg(long, value_name = "KEY")]
         idempotency_key: Option<String>,
+        /// The causal context of the read this write is based on (`get --versions` prints it):
+        /// the write then supersedes only what that read saw.
+        #[arg(long, value_name = "CONTEXT")]
+        context: Option<String>,
     },
     /// Print a key's value as JSON (exit 1 when absent).
     Get {
@@ -135,6 +139,9 @@ enum Command {
         /// Send this idempotency key (see `put`).
         #[arg(long, value_name = "KEY")]
         idempotency_key: Option<String>,
+        /// The causal context of the read this delete is based on (see `put`).
+        #[arg(long, value_name = "CONTEXT")]
+        context: Option<String>,
     },
     /// Print the live keys of a collection, one JSON object a line, in key order.
     Scan {
@@ -615,12 +622,14 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             key,
             json_value,
             idempotency_key,
+            context,
         } => Ok(report(
             client(&config)?.put_json_keyed(
                 &collection,
                 key.as_bytes(),
                 &json_value,
                 idempotency_key.as_deref(),
+                context.as_deref(),
             ),
             print_body,
         )),
@@ -638,8 +647,14 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             collection,
             key,
             idempotency_key,
+            context,
         } => Ok(report(
-            client(&config)?.delete(&collection, key.as_bytes(), idempotency_key.as_deref()),
+            client(&config)?.delete(
+                &collection,
+                key.as_bytes(),
+                idempotency_key.as_deref(),
+                context.as_deref(),
+            ),
             print_body,
         )),
         Command::Scan {

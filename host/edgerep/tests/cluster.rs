@@ -1543,6 +1543,41 @@ fn a_write_sending_back_its_reads_context_keeps_the_updates_it_did_not_see() {
     }
     assert_eq!(status(&n2)["origins"], before, "nothing written");
     wait_for_value(&[&n2], "tally/k", r#"{"node-1":2,"node-2":2}"#);
+
+    // The CLI: `get --versions` gives the context, `put --context` sends one back.
+    let config = configs[1].to_str().unwrap();
+    let o = common::edgerep(&["get", "--config", config, "tally", "k", "--versions"]);
+    let versions: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let context = versions["context"].as_str().unwrap().to_owned();
+    assert!(context.contains("node-2:"), "{versions}");
+    let o = common::edgerep(&[
+        "put",
+        "--config",
+        config,
+        "tally",
+        "k",
+        r#"{"node-1":2,"node-2":3}"#,
+        "--context",
+        &context,
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = common::edgerep(&[
+        "put",
+        "--config",
+        config,
+        "tally",
+        "k",
+        r#"{"node-2":9}"#,
+        "--context",
+        "node-1:99",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("names event 99 of node-1"),
+        "{}",
+        common::stderr(&o)
+    );
+    wait_for_value(&[&n1, &n2], "tally/k", r#"{"node-1":2,"node-2":3}"#);
 }
 
 /// A node back from the dead catches up on two peers' histories that depend on each other at
