@@ -52,7 +52,7 @@ impl DeadLetter {
         let mut buf = Vec::new();
         let mut e = Encoder::new(&mut buf);
         let w = &self.write;
-        let fields = 14 + u64::from(w.value.is_some());
+        let fields = 14 + u64::from(w.value.is_some()) + u64::from(w.context.is_some());
         // Writing into a Vec cannot fail.
         let _ = e.map(fields);
         let _ = e.str("v").and_then(|e| e.u64(VERSION));
@@ -71,6 +71,11 @@ impl DeadLetter {
         let _ = e.str("meta").and_then(|e| e.map(w.meta.len() as u64));
         for (k, v) in &w.meta {
             let _ = e.str(k).and_then(|e| e.str(v));
+        }
+        // The writer's context, so a replay supersedes only what its read saw (absent from
+        // older records, and ignored by older builds).
+        if let Some(c) = &w.context {
+            let _ = e.str("context").and_then(|e| e.str(&c.to_text()));
         }
         let _ = e.str("plugin").and_then(|e| e.str(&self.plugin));
         let _ = e
@@ -154,6 +159,16 @@ impl DeadLetter {
             Some(Field::M(m)) => m,
             _ => BTreeMap::new(),
         };
+        let context = match f.remove("context") {
+            Some(Field::S(text)) => Some(
+                edgerep_wire::VersionVector::parse_text(
+                    &text,
+                    edgerep_wire::event::EventLimits::default().max_context_entries,
+                )
+                .map_err(|e| bad(format!("context: {e}")))?,
+            ),
+            _ => None,
+        };
         Ok(DeadLetter {
             stage: text(&mut f, "stage")?,
             write: LocalWrite {
@@ -163,7 +178,7 @@ impl DeadLetter {
                 schema: u32::try_from(num(&mut f, "schema")?)
                     .map_err(|_| bad("schema too large".into()))?,
                 meta,
-                context: None,
+                context,
             },
             plugin: text(&mut f, "plugin")?,
             plugin_sha256: text(&mut f, "plugin_sha256")?,
@@ -202,6 +217,9 @@ impl DeadLetter {
             }
             o["schema"] = json!(w.schema);
             o["meta"] = json!(w.meta);
+            if let Some(c) = &w.context {
+                o["context"] = json!(c.to_text());
+            }
             o["event_base64"] =
                 json!(base64::engine::general_purpose::STANDARD.encode(&self.event));
         }
@@ -258,6 +276,10 @@ mod tests {
         let mut del = d.clone();
         del.write.value = None;
         assert_eq!(DeadLetter::decode(&del.encode()).unwrap(), del);
+        let mut read = d.clone();
+        read.write.context =
+            Some(edgerep_wire::VersionVector::parse_text("n-1:3,n-2:9", 4).unwrap());
+        assert_eq!(DeadLetter::decode(&read.encode()).unwrap(), read);
         assert!(DeadLetter::decode(&[0xa0]).is_err());
         assert!(DeadLetter::decode(&[0xff]).is_err());
     }
