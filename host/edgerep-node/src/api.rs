@@ -908,7 +908,7 @@ async fn put_key(
         value: Some(value),
         schema: 0,
         meta: Default::default(),
-        context: context_header(&headers)?,
+        context: context_header(&headers, &app.config())?,
     };
     write_one(&app, write, &headers, room).await
 }
@@ -1152,16 +1152,16 @@ fn trace_header(headers: &HeaderMap) -> Result<Option<ClientTrace>, ApiError> {
 pub(crate) const CONTEXT_HEADER: &str = "x-edgerep-context";
 
 /// The writer's context from the request's [`CONTEXT_HEADER`], checked, if it has one.
-fn context_header(headers: &HeaderMap) -> Result<Option<edgerep_wire::VersionVector>, ApiError> {
+fn context_header(
+    headers: &HeaderMap,
+    config: &Config,
+) -> Result<Option<edgerep_wire::VersionVector>, ApiError> {
     let Some(text) = header_text(headers, CONTEXT_HEADER, "bad_context")? else {
         return Ok(None);
     };
-    let max = edgerep_wire::event::EventLimits::default().max_context_entries;
-    edgerep_wire::VersionVector::parse_text(text, max)
-        .map(Some)
-        .map_err(|e| {
-            ApiError::bad_request("bad_context", format!("the {CONTEXT_HEADER} header: {e}"))
-        })
+    request::parse_context(text, config).map(Some).map_err(|e| {
+        ApiError::bad_request("bad_context", format!("the {CONTEXT_HEADER} header: {e}"))
+    })
 }
 
 /// The text of header `name`, if the request has it; refused as `kind` when it is not visible
@@ -1193,7 +1193,7 @@ async fn delete_key(
         value: None,
         schema: 0,
         meta: Default::default(),
-        context: context_header(&headers)?,
+        context: context_header(&headers, &app.config())?,
     };
     write_one(&app, write, &headers, BodyRoom { _share: None }).await
 }

@@ -122,6 +122,27 @@ pub(crate) fn check_collection_allowed(config: &Config, collection: &str) -> Res
 }
 
 /// Checks a key against the limits.
+/// A writer's context from its text (see `LocalWrite::context`). It may name at most as many
+/// origins as this node holds events of (itself, its peers and `replication.extra_origins`): a
+/// context naming more names events the node cannot hold, and the bound keeps a batch of
+/// contexts within a few times its bytes in memory.
+pub(crate) fn parse_context(
+    text: &str,
+    config: &Config,
+) -> Result<edgerep_wire::VersionVector, String> {
+    // One entry short of an event's bound: the write adds this node's own.
+    let max = config
+        .max_origins()
+        .min(edgerep_config::MAX_CONTEXT_ENTRIES - 1);
+    edgerep_wire::VersionVector::parse_text(text, max).map_err(|e| {
+        if e.starts_with("more than") {
+            format!("{e}: this node holds events of {max} origins at most (itself, its peers and replication.extra_origins)")
+        } else {
+            e
+        }
+    })
+}
+
 pub(crate) fn check_key(config: &Config, key: &[u8]) -> Result<(), Refused> {
     if key.is_empty() {
         return Err(Refused::bad_request(
@@ -294,9 +315,7 @@ impl RawWrite {
             context: self
                 .context
                 .map(|text| {
-                    let max = edgerep_wire::event::EventLimits::default().max_context_entries;
-                    edgerep_wire::VersionVector::parse_text(&text, max)
-                        .map_err(|e| bad(at, format!("\"context\": {e}")))
+                    parse_context(&text, config).map_err(|e| bad(at, format!("\"context\": {e}")))
                 })
                 .transpose()?,
         })

@@ -471,7 +471,8 @@ pub struct Replica {
 /// The events of one origin's read that may go on the stream now, ending at a seal: those before
 /// the first whose causal context names an event `unsent(origin, seq)` says this session is
 /// still to send (else the peer holds it back until that event arrives, and asks for it again:
-/// on a busy link, a window resent per event held back). `None` when not even the first may go.
+/// on a busy link, a window resent per event held back). `None` when nothing may go: the first
+/// event waits, or no seal comes before the first that waits.
 /// The stream then delivers every event after what it depends on, whatever the interleaving
 /// of origins.
 fn causal_prefix(

@@ -100,9 +100,10 @@ pub struct LocalWrite {
     pub schema: u32,
     /// Metadata.
     pub meta: BTreeMap<String, String>,
-    /// What the writer read of the key (the context a read gave): the write supersedes only the
-    /// versions it covers, and the others stay concurrent with it, for the collection's
-    /// resolver to decide. `None`: it supersedes every version the key holds when it commits.
+    /// What the writer read of the key (the context a read gave): the write supersedes the
+    /// versions it covers and this node's own earlier writes to the key; the others stay
+    /// concurrent with it, for the collection's resolver to decide. `None`: it supersedes every
+    /// version the key holds when it commits.
     pub context: Option<VersionVector>,
 }
 

@@ -62,12 +62,6 @@ impl Versions {
         Applied::Added
     }
 
-    /// Drops the versions `context` covers (what a local write given its writer's context
-    /// supersedes).
-    pub fn retain_not_covered(&mut self, context: &VersionVector) {
-        self.0.retain(|v| !context.covers(&v.dot()));
-    }
-
     /// Drops a version with `event`'s origin and sequence number but other bytes; returns
     /// whether there was one.
     pub fn drop_other_bytes(&mut self, event: &EncodedEvent) -> bool {

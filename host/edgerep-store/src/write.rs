@@ -93,20 +93,7 @@ pub(crate) fn apply_to_state(
         }
         state.insert(skey.as_slice(), new_bytes.as_slice())?;
         if versions.events().len() > 1 && applied == Applied::Added {
-            *unresolved
-                .tally
-                .conflicts
-                .entry(collection.clone())
-                .or_default() += 1;
-            if unresolved.resolver.is_some_and(|r| r.resolves(&collection)) {
-                unresolved.keys.insert(skey);
-            } else {
-                *unresolved
-                    .tally
-                    .resolutions
-                    .entry((collection, "lww".to_owned()))
-                    .or_default() += 1;
-            }
+            unresolved.concurrent(&collection, skey);
         }
     }
     Ok((applied, damaged))
@@ -387,9 +374,10 @@ fn context_beyond_held(
 }
 
 impl<'a> Unresolved<'a> {
-    /// A local write left `skey` with concurrent versions (its writer's context did not cover
-    /// them all): counted as a conflict, and resolved before the transaction commits.
-    pub(crate) fn concurrent_local(&mut self, collection: &str, skey: Vec<u8>) {
+    /// A change left `skey` with concurrent versions (a peer's event, or a local write whose
+    /// writer's context did not cover them all): counted as a conflict, and resolved before the
+    /// transaction commits.
+    pub(crate) fn concurrent(&mut self, collection: &str, skey: Vec<u8>) {
         *self
             .tally
             .conflicts
@@ -949,15 +937,11 @@ impl StoreWriter {
                 }
                 // The key holds this event alone unless its writer's context left versions
                 // it did not see: those stay, concurrent with it, and are resolved below.
-                versions.retain_not_covered(&event.context);
-                let new_bytes = if versions.is_empty() {
+                let new_bytes = if versions.dots().all(|d| event.context.covers(&d)) {
                     Versions::encode_single(&event_bytes)
                 } else {
-                    versions.apply(
-                        EncodedEvent::decode_slice(&event_bytes, &limits)
-                            .map_err(|e| corrupt("state", e))?,
-                    );
-                    unresolved.concurrent_local(&event.collection, skey.clone());
+                    versions.apply(EncodedEvent::new(event.clone()));
+                    unresolved.concurrent(&event.collection, skey.clone());
                     versions.encode()
                 };
                 let new_hash = self

@@ -1531,7 +1531,11 @@ fn a_write_sending_back_its_reads_context_keeps_the_updates_it_did_not_see() {
 
     // Contexts that are not what a read gives.
     let before = status(&n2)["origins"].clone();
+    // More origins than this node may hold events of (itself, 1 peer, 16 extra).
+    let crowded: Vec<String> = (0..19).map(|i| format!("o{i}:1")).collect();
+    let crowded = crowded.join(",");
     for (bad, code, says) in [
+        (crowded.as_str(), 400, "holds events of 18 origins at most"),
         ("node-1", 400, "not origin:seq"),
         ("node-1:1,node-1:2", 400, "names its origin again"),
         ("node-1:99", 409, "names event 99 of node-1"),
@@ -1543,6 +1547,23 @@ fn a_write_sending_back_its_reads_context_keeps_the_updates_it_did_not_see() {
     }
     assert_eq!(status(&n2)["origins"], before, "nothing written");
     wait_for_value(&[&n2], "tally/k", r#"{"node-1":2,"node-2":2}"#);
+
+    // A retry under an idempotency key with another context is not the same request.
+    let keyed = |context: &str| {
+        let mut r = agent()
+            .put(&n2.url("/v1/kv/tally/k"))
+            .content_type("application/json")
+            .header("idempotency-key", "rmw-1")
+            .header("x-edgerep-context", context)
+            .send(br#"{"node-1":2,"node-2":2}"#.as_slice())
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let (_, _, now) = get_with_context(&n2, "tally/k");
+    assert_eq!(keyed(&now).0, 200);
+    let (code, body) = keyed("node-1:1");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("idempotency_key_reused"), "{body}");
 
     // The CLI: `get --versions` gives the context, `put --context` sends one back.
     let config = configs[1].to_str().unwrap();
