@@ -1487,12 +1487,23 @@ fn a_write_sending_back_its_reads_context_keeps_the_updates_it_did_not_see() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
     let (wasm, sha) = built_plugin("merge-counter");
-    for c in &configs {
+    // On node-2, whose client sends contexts, writes pass a transform on ingest that keeps
+    // their key: the context follows them through it.
+    let (pass, pass_sha) = built_plugin("passthrough");
+    for (i, c) in configs.iter().enumerate() {
         let text = std::fs::read_to_string(c).unwrap();
+        let ingest = if i == 1 {
+            format!(
+                "transforms_on_ingest = [\"pass\"]\n\n[plugins.pass]\npath = \"{}\"\nsha256 = \"{pass_sha}\"\n",
+                pass.display()
+            )
+        } else {
+            String::new()
+        };
         std::fs::write(
             c,
             format!(
-                "{text}\n[[collections.declared]]\nname = \"tally\"\nresolver = \"counter\"\n\n[plugins.counter]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+                "{text}\n[[collections.declared]]\nname = \"tally\"\nresolver = \"counter\"\n{ingest}\n[plugins.counter]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
                 wasm.display()
             ),
         )
