@@ -594,7 +594,7 @@ fn refused_requests_answer_4xx_and_write_nothing() {
 
     // Batches with one bad write among good ones: nothing of them is stored.
     let good = |key: &str| json!({"collection": "orders", "key": key, "value": {"ok": true}});
-    let bad_batches: [(&str, Json, u16, &str, &[&str]); 9] = [
+    let bad_batches: [(&str, Json, u16, &str, &[&str]); 12] = [
         (
             "unknown op",
             json!({"writes": [good("b1"), {"collection": "orders", "key": "b2", "op": "upsert", "value": 1}, good("b3")]}),
@@ -652,6 +652,27 @@ fn refused_requests_answer_4xx_and_write_nothing() {
             &["writes[1]", "unknown field \"colour\""],
         ),
         (
+            "a context that is not text",
+            json!({"writes": [good("b1"), {"collection": "orders", "key": "b2", "value": 1, "context": 5}]}),
+            400,
+            "bad_batch",
+            &["writes[1]", "\"context\" must be a string"],
+        ),
+        (
+            "a context that is not origin:seq entries",
+            json!({"writes": [good("b1"), {"collection": "orders", "key": "b2", "value": 1, "context": "n-1:1,n-1:2"}]}),
+            400,
+            "bad_batch",
+            &["writes[1]", "\"context\"", "names its origin again"],
+        ),
+        (
+            "a context naming more origins than the node may hold",
+            json!({"writes": [good("b1"), {"collection": "orders", "key": "b2", "value": 1, "context": (0..40).map(|i| format!("o{i}:1")).collect::<Vec<_>>().join(",")}]}),
+            400,
+            "bad_batch",
+            &["writes[1]", "origins at most"],
+        ),
+        (
             "unknown top-level field",
             json!({"writes": [good("b1")], "atomic": true}),
             400,
@@ -662,6 +683,39 @@ fn refused_requests_answer_4xx_and_write_nothing() {
     for (what, body, status, kind, needles) in &bad_batches {
         node.refused(what, |n| n.batch_json(body), *status, kind, needles);
     }
+    // A CBOR batch whose write gives its context as a number.
+    let mut body = Vec::new();
+    let mut e = minicbor::Encoder::new(&mut body);
+    e.map(1).unwrap().str("writes").unwrap().array(1).unwrap();
+    e.map(4).unwrap();
+    e.str("collection").unwrap().str("orders").unwrap();
+    e.str("key").unwrap().bytes(b"b1").unwrap();
+    e.str("value").unwrap().u64(1).unwrap();
+    e.str("context").unwrap().u64(7).unwrap();
+    node.refused(
+        "a CBOR context that is not text",
+        |n| n.batch("application/cbor", &body),
+        400,
+        "malformed_cbor",
+        &["writes[0]"],
+    );
+    // A header context that is not text, or not entries.
+    node.refused(
+        "a context header that is not origin:seq entries",
+        |n| {
+            finish(
+                n.agent
+                    .put(n.url(k))
+                    .header("content-type", "application/json")
+                    .header("x-edgerep-context", "n-1:zero")
+                    .send(b"1".as_slice()),
+                k,
+            )
+        },
+        400,
+        "bad_context",
+        &["x-edgerep-context", "not a sequence number"],
+    );
     node.refused(
         "undeclared collection in a batch",
         |n| {
