@@ -161,11 +161,8 @@ impl DeadLetter {
         };
         let context = match f.remove("context") {
             Some(Field::S(text)) => Some(
-                edgerep_wire::VersionVector::parse_text(
-                    &text,
-                    edgerep_wire::event::EventLimits::default().max_context_entries,
-                )
-                .map_err(|e| bad(format!("context: {e}")))?,
+                edgerep_wire::VersionVector::parse_text(&text, edgerep_config::MAX_CONTEXT_ENTRIES)
+                    .map_err(|e| bad(format!("context: {e}")))?,
             ),
             _ => None,
         };

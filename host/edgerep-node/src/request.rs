@@ -121,7 +121,6 @@ pub(crate) fn check_collection_allowed(config: &Config, collection: &str) -> Res
         .map_err(|m| Refused::forbidden("collection_not_allowed", m.to_string()))
 }
 
-/// Checks a key against the limits.
 /// A writer's context from its text (see `LocalWrite::context`). It may name at most as many
 /// origins as this node holds events of (itself, its peers and `replication.extra_origins`): a
 /// context naming more names events the node cannot hold, and the bound keeps a batch of
@@ -134,15 +133,15 @@ pub(crate) fn parse_context(
     let max = config
         .max_origins()
         .min(edgerep_config::MAX_CONTEXT_ENTRIES - 1);
-    edgerep_wire::VersionVector::parse_text(text, max).map_err(|e| {
-        if e.starts_with("more than") {
-            format!("{e}: this node holds events of {max} origins at most (itself, its peers and replication.extra_origins)")
-        } else {
-            e
-        }
-    })
+    if text.split(',').count() > max {
+        return Err(format!(
+            "more than {max} entries: this node holds events of {max} origins at most (itself, its peers and replication.extra_origins)"
+        ));
+    }
+    edgerep_wire::VersionVector::parse_text(text, max)
 }
 
+/// Checks a key against the limits.
 pub(crate) fn check_key(config: &Config, key: &[u8]) -> Result<(), Refused> {
     if key.is_empty() {
         return Err(Refused::bad_request(

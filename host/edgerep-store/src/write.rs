@@ -473,6 +473,10 @@ pub(crate) fn write_row(
 
 impl StoreWriter {
     pub(crate) fn add_conflicts(&self, tally: ConflictTally) {
+        // Most transactions meet no conflict: no lock for them (every local commit comes here).
+        if tally.conflicts.is_empty() && tally.resolutions.is_empty() {
+            return;
+        }
         self.conflicts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
