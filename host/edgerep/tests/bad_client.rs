@@ -273,6 +273,28 @@ fn watch_generations_and_reload_digests_sent_wrong_are_refused() {
     );
 }
 
+/// A node in `dir` whose request bodies in flight may take `room` bytes together, each at most
+/// `max_request` bytes; and its config file.
+fn node_with_body_room(
+    dir: &std::path::Path,
+    room: usize,
+    max_request: usize,
+) -> (Node, std::path::PathBuf) {
+    let config = init(&dir.join("n"), "node-1");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace(
+            "\n[api]\n",
+            &format!("\n[api]\nmax_body_bytes_in_flight = {room}\n"),
+        )
+        .replace(
+            "\n[limits]\n",
+            &format!("\n[limits]\nmax_request_bytes = {max_request}\n"),
+        );
+    std::fs::write(&config, text).unwrap();
+    (Node::start(&config), config)
+}
+
 /// Many large requests at once: their bodies wait for room (`api.max_body_bytes_in_flight`)
 /// instead of all being read, parsed and held at once. 24 batches of about 3.5 MB sent
 /// together into a room of 8 MiB: each is answered 200, or 503 `too_many_requests` naming the
@@ -281,13 +303,7 @@ fn watch_generations_and_reload_digests_sent_wrong_are_refused() {
 #[test]
 fn many_large_requests_at_once_wait_for_room_for_their_bodies() {
     let dir = tempfile::tempdir().unwrap();
-    let config = init(&dir.path().join("n"), "node-1");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text
-        .replace("\n[api]\n", "\n[api]\nmax_body_bytes_in_flight = 8388608\n")
-        .replace("\n[limits]\n", "\n[limits]\nmax_request_bytes = 4194304\n");
-    std::fs::write(&config, text).unwrap();
-    let node = Node::start(&config);
+    let (node, config) = node_with_body_room(dir.path(), 8 << 20, 4 << 20);
     let pid = node.child.id();
     let baseline = peak_rss_bytes(pid);
     let pad = "z".repeat(60_000);
@@ -378,13 +394,7 @@ fn bodies_announced_and_never_sent_hold_only_their_room() {
     use std::time::{Duration, Instant};
 
     let dir = tempfile::tempdir().unwrap();
-    let config = init(&dir.path().join("n"), "node-1");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text
-        .replace("\n[api]\n", "\n[api]\nmax_body_bytes_in_flight = 4194304\n")
-        .replace("\n[limits]\n", "\n[limits]\nmax_request_bytes = 2097152\n");
-    std::fs::write(&config, text).unwrap();
-    let node = Node::start(&config);
+    let (node, _) = node_with_body_room(dir.path(), 4 << 20, 2 << 20);
     let announce = |length: usize| {
         let mut c = std::net::TcpStream::connect(node.addr).unwrap();
         let head = format!(
