@@ -375,7 +375,7 @@ pub(crate) fn api_cell(
     let mut handles = Vec::new();
     for id in 0..clients {
         let (client, stop, events, value, collection) = (
-            client.clone(),
+            client.with_own_pool(),
             stop.clone(),
             events.clone(),
             value.to_vec(),

@@ -580,13 +580,25 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
             "CPU time per replicated event (user + system, from /proc): node A {:.1} µs (taking the writes and sending), node B {:.1} µs (applying)",
             cpu_us.0, cpu_us.1
         );
-        let (catchup_ingest_eps, catchup_eps, answered, restarted) =
-            catch_up(&exe, &configs[1], &a, b, mode, value.as_bytes(), &args)?;
+        let CatchUp {
+            ingest_eps: catchup_ingest_eps,
+            catchup_eps,
+            answered,
+            cpu_us: catchup_cpu_us,
+            committing,
+            b: restarted,
+        } = catch_up(&exe, &configs[1], &a, b, mode, value.as_bytes(), &args)?;
         b = restarted;
         println!(
             "catch-up (B stopped while A took {} events at {catchup_ingest_eps:.0} events/s, then started): {catchup_eps:.0} events/s applied on B, timed from B's start (B answered its API {:.0} ms after it)",
             args.events,
             answered.as_secs_f64() * 1e3
+        );
+        println!(
+            "CPU time per caught-up event (user + system, from /proc): node A {:.1} µs (sending), node B {:.1} µs (starting and applying); B's committer spent {:.0}% of the catch-up in apply transactions (from its edgerep_commit_duration_seconds)",
+            catchup_cpu_us.0,
+            catchup_cpu_us.1,
+            committing * 100.0
         );
         let mut latencies = Vec::new();
         for &rate in &args.rates {
@@ -845,6 +857,39 @@ pub(crate) fn wait_peered(a: &NodeProcess, b: &NodeProcess) -> anyhow::Result<()
 /// Stops B, writes `args.events` on A, starts B and times until B applied them all: replication
 /// alone, from A's changelog. Returns (A's write rate, B's catch-up rate, how long B took to
 /// answer its API, the restarted B).
+/// Seconds `node`'s committer spent in apply transactions since it started (its
+/// `edgerep_commit_duration_seconds_sum{kind="apply"}`).
+fn apply_seconds(node: &NodeProcess) -> anyhow::Result<f64> {
+    let text = match node.client.metrics() {
+        Outcome::Ok(b) => String::from_utf8(b)?,
+        other => bail!("{}: metrics failed: {other:?}", node.name),
+    };
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("edgerep_commit_duration_seconds_sum{kind=\"apply\"}"))
+        .with_context(|| format!("{}: no apply commit duration in its metrics", node.name))?;
+    let value = line.rsplit(' ').next().unwrap_or_default();
+    value
+        .parse()
+        .with_context(|| format!("{}: apply commit duration {value:?}", node.name))
+}
+
+/// What [`catch_up`] measured, and node B running again.
+struct CatchUp {
+    /// A's writes while B was stopped.
+    ingest_eps: f64,
+    /// B's catch-up, from its start to holding every event.
+    catchup_eps: f64,
+    /// From B's start to its API's first answer.
+    answered: Duration,
+    /// CPU per caught-up event of A (from B's start) and of B (its whole process).
+    cpu_us: (f64, f64),
+    /// Share of the catch-up B's committer spent in apply transactions (the rest it waited
+    /// for work).
+    committing: f64,
+    b: NodeProcess,
+}
+
 fn catch_up(
     exe: &Path,
     b_config: &Path,
@@ -853,7 +898,7 @@ fn catch_up(
     mode: Mode,
     value: &[u8],
     args: &ReplicateArgs,
-) -> anyhow::Result<(f64, f64, Duration, NodeProcess)> {
+) -> anyhow::Result<CatchUp> {
     let name = b.name.clone();
     b.stop()?;
     let origin = "node-1";
@@ -871,6 +916,7 @@ fn catch_up(
     let ingest_eps = args.events as f64 / start.elapsed().as_secs_f64();
     // A's own events ship once synced: wait for that (at most one sync interval).
     std::thread::sleep(Duration::from_millis(300));
+    let a_cpu = a.cpu_seconds();
     let b = NodeProcess::start(exe, b_config, &name)?;
     let start = Instant::now();
     // Timed from B's start: its start-up and the handshake count.
@@ -900,6 +946,19 @@ fn catch_up(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let catchup_eps = args.events as f64 / start.elapsed().as_secs_f64();
-    Ok((ingest_eps, catchup_eps, answered, b))
+    let took = start.elapsed().as_secs_f64();
+    let catchup_eps = args.events as f64 / took;
+    let committing = apply_seconds(&b)? / took;
+    let per_event = |seconds: f64| seconds * 1e6 / args.events as f64;
+    Ok(CatchUp {
+        ingest_eps,
+        catchup_eps,
+        answered,
+        cpu_us: (
+            per_event(a.cpu_seconds() - a_cpu),
+            per_event(b.cpu_seconds()),
+        ),
+        committing,
+        b,
+    })
 }

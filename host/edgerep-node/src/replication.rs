@@ -701,16 +701,25 @@ impl Replicator {
             match rx.recv_timeout(Duration::from_millis(wait)) {
                 Ok(Input::Stop) => break,
                 Ok(input) => {
+                    let mut applied = matches!(input, Input::Applied { .. });
                     self.handle(input);
-                    // Take everything else waiting before doing IO.
+                    // Take everything else waiting before doing IO; but once an apply is done,
+                    // hand the committer the next one and send the ack first (the committer
+                    // waits for it).
                     let mut stop = false;
                     for _ in 0..1024 {
+                        if applied {
+                            break;
+                        }
                         match rx.try_recv() {
                             Ok(Input::Stop) => {
                                 stop = true;
                                 break;
                             }
-                            Ok(input) => self.handle(input),
+                            Ok(input) => {
+                                applied = matches!(input, Input::Applied { .. });
+                                self.handle(input);
+                            }
                             Err(_) => break,
                         }
                     }

@@ -55,6 +55,27 @@ pub(crate) fn apply_to_state(
         .copied();
     let skey = state_key(&event.collection, &event.key);
     let old = state.get(skey.as_slice())?;
+    if old.is_none() {
+        // A new key (what a catch-up mostly applies): its row is the event alone, as
+        // `Versions::apply` on no versions and `Versions::encode` would make it, without
+        // building them.
+        drop(old);
+        *entries += 1;
+        let new_bytes = Versions::encode_single(event.bytes());
+        let new_hash = match hint {
+            Some(h) => Digest::from_bytes(&h.alone),
+            None => unresolved
+                .rule
+                .entry(&event.collection, &event.key, &new_bytes, limits),
+        };
+        digest.add(new_hash);
+        match hint {
+            Some(h) => index.set_in(h.bucket, None, new_hash),
+            None => index.set(&skey, None, new_hash),
+        }
+        state.insert(skey.as_slice(), new_bytes.as_slice())?;
+        return Ok((Applied::Added, false));
+    }
     let old_hash = old.as_ref().map(|g| {
         unresolved
             .rule
