@@ -854,9 +854,6 @@ pub(crate) fn wait_peered(a: &NodeProcess, b: &NodeProcess) -> anyhow::Result<()
     Ok(())
 }
 
-/// Stops B, writes `args.events` on A, starts B and times until B applied them all: replication
-/// alone, from A's changelog. Returns (A's write rate, B's catch-up rate, how long B took to
-/// answer its API, the restarted B).
 /// Seconds `node`'s committer spent in apply transactions since it started (its
 /// `edgerep_commit_duration_seconds_sum{kind="apply"}`).
 fn apply_seconds(node: &NodeProcess) -> anyhow::Result<f64> {
@@ -890,6 +887,8 @@ struct CatchUp {
     b: NodeProcess,
 }
 
+/// Stops B, writes `args.events` on A, starts B and times until B applied them all: replication
+/// alone, from A's changelog.
 fn catch_up(
     exe: &Path,
     b_config: &Path,

@@ -366,6 +366,7 @@ impl Committer {
         if !policy.periodic.is_empty() {
             spawn_flusher(
                 tx.downgrade(),
+                linger_wake.clone(),
                 durable.flush_wanted.clone(),
                 policy.interval,
             );
@@ -702,6 +703,7 @@ impl Committer {
                                 // a request sent after that look finds the flag and unparks
                                 // (an unpark before the park makes it return at once).
                                 wake.lingering.store(true, Ordering::SeqCst);
+                                std::sync::atomic::fence(Ordering::SeqCst);
                                 if rx.is_empty() {
                                     thread::park_timeout(linger_until - now);
                                 }
@@ -947,6 +949,26 @@ impl Committer {
         answer.await.map_err(|_| CommitError::Closed)?
     }
 
+    /// Sends `request` and wakes the committer if it lingers: a request of any kind ends the
+    /// linger at once (a replica's apply must not wait out a group of local writes).
+    async fn send(&self, request: Request) -> Result<(), CommitError> {
+        self.queue
+            .send(request)
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        self.linger_wake.wake();
+        Ok(())
+    }
+
+    /// [`Committer::send`] from a plain thread: blocks while the queue is full.
+    fn send_blocking(&self, request: Request) -> Result<(), CommitError> {
+        self.queue
+            .blocking_send(request)
+            .map_err(|_| CommitError::Closed)?;
+        self.linger_wake.wake();
+        Ok(())
+    }
+
     /// Decides again every kept resolution of `collection` with the resolver as it is now
     /// (see `StoreWriter::re_resolve`), [`RE_RESOLVE_ROWS`] rows per transaction between the other
     /// requests; returns how many keys changed.
@@ -955,14 +977,12 @@ impl Committer {
         let mut changed = 0;
         loop {
             let (reply, answer) = oneshot::channel();
-            self.queue
-                .send(Request::ReResolve {
-                    collection: collection.clone(),
-                    after,
-                    reply,
-                })
-                .await
-                .map_err(|_| CommitError::Closed)?;
+            self.send(Request::ReResolve {
+                collection: collection.clone(),
+                after,
+                reply,
+            })
+            .await?;
             let (n, next) = answer.await.map_err(|_| CommitError::Closed)??;
             changed += n;
             match next {
@@ -984,15 +1004,13 @@ impl Committer {
         dead_letters: Vec<Vec<u8>>,
         reply: ApplyReply,
     ) -> Result<(), CommitError> {
-        self.queue
-            .blocking_send(Request::Apply {
-                events,
-                seals,
-                certs,
-                dead_letters,
-                reply,
-            })
-            .map_err(|_| CommitError::Closed)
+        self.send_blocking(Request::Apply {
+            events,
+            seals,
+            certs,
+            dead_letters,
+            reply,
+        })
     }
 }
 
@@ -1008,60 +1026,46 @@ impl Committer {
         certs: Vec<(NodeId, Vec<u8>)>,
         reply: InstallReply,
     ) -> Result<(), CommitError> {
-        self.queue
-            .blocking_send(Request::Install {
-                versions,
-                proofs,
-                have,
-                seals,
-                certs,
-                reply,
-            })
-            .map_err(|_| CommitError::Closed)
+        self.send_blocking(Request::Install {
+            versions,
+            proofs,
+            have,
+            seals,
+            certs,
+            reply,
+        })
     }
 
     /// Queues a merge of versions a peer sent in anti-entropy repair.
     pub fn repair(&self, repair: Repair, reply: InstallReply) -> Result<(), CommitError> {
-        self.queue
-            .blocking_send(Request::Repair { repair, reply })
-            .map_err(|_| CommitError::Closed)
+        self.send_blocking(Request::Repair { repair, reply })
     }
 
     /// Syncs everything committed so far; returns once it is on disk. Blocks (call it from a
     /// plain thread, not an async task).
     pub fn sync_blocking(&self) -> Result<(), CommitError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .blocking_send(Request::SyncNow { reply })
-            .map_err(|_| CommitError::Closed)?;
+        self.send_blocking(Request::SyncNow { reply })?;
         answer.blocking_recv().map_err(|_| CommitError::Closed)?
     }
 
     /// Queues saving what `peer` acknowledged holding (not synced: a cursor is advice, never
     /// what a session resumes from). Blocks while the queue is full.
     pub fn save_peer_cursor(&self, peer: NodeId, have: Have) -> Result<(), CommitError> {
-        self.queue
-            .blocking_send(Request::SavePeerCursor { peer, have })
-            .map_err(|_| CommitError::Closed)
+        self.send_blocking(Request::SavePeerCursor { peer, have })
     }
 
     /// Saves the record of what decides each collection (see [`crate::deciders`]).
     pub async fn record_deciders(&self, record: String) -> Result<(), CommitError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request::RecordDeciders { record, reply })
-            .await
-            .map_err(|_| CommitError::Closed)?;
+        self.send(Request::RecordDeciders { record, reply }).await?;
         answer.await.map_err(|_| CommitError::Closed)?
     }
 
     /// Clears the re-resolve marks of `done` in the record of what decides each collection.
     pub async fn clear_marks(&self, done: Vec<(String, usize)>) -> Result<(), CommitError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request::ClearMarks { done, reply })
-            .await
-            .map_err(|_| CommitError::Closed)?;
+        self.send(Request::ClearMarks { done, reply }).await?;
         answer.await.map_err(|_| CommitError::Closed)?
     }
 
@@ -1071,20 +1075,14 @@ impl Committer {
         limits: edgerep_wire::event::EventLimits,
     ) -> Result<(), CommitError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request::RecordLimits { limits, reply })
-            .await
-            .map_err(|_| CommitError::Closed)?;
+        self.send(Request::RecordLimits { limits, reply }).await?;
         answer.await.map_err(|_| CommitError::Closed)?
     }
 
     /// Removes dead letter `id` without replaying it; whether it was there.
     pub async fn remove_dead_letter(&self, id: u64) -> Result<bool, CommitError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request::RemoveDeadLetter { id, reply })
-            .await
-            .map_err(|_| CommitError::Closed)?;
+        self.send(Request::RemoveDeadLetter { id, reply }).await?;
         answer.await.map_err(|_| CommitError::Closed)?
     }
 
@@ -1098,13 +1096,11 @@ impl Committer {
         sweep: bool,
         reply: CompactReply,
     ) -> Result<(), CommitError> {
-        self.queue
-            .blocking_send(Request::Compact {
-                floors,
-                sweep,
-                reply,
-            })
-            .map_err(|_| CommitError::Closed)
+        self.send_blocking(Request::Compact {
+            floors,
+            sweep,
+            reply,
+        })
     }
 }
 
@@ -1140,7 +1136,12 @@ fn count_by<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(&'a str, u64)> {
     out
 }
 
-fn spawn_flusher(queue: mpsc::WeakSender<Request>, wanted: Arc<AtomicBool>, interval: Duration) {
+fn spawn_flusher(
+    queue: mpsc::WeakSender<Request>,
+    linger_wake: Arc<LingerWake>,
+    wanted: Arc<AtomicBool>,
+    interval: Duration,
+) {
     thread::Builder::new()
         .name("edgerep-flusher".into())
         .spawn(move || {
@@ -1149,10 +1150,11 @@ fn spawn_flusher(queue: mpsc::WeakSender<Request>, wanted: Arc<AtomicBool>, inte
                 let Some(queue) = queue.upgrade() else {
                     return;
                 };
-                if wanted.swap(false, Ordering::AcqRel)
-                    && queue.blocking_send(Request::Sync).is_err()
-                {
-                    return;
+                if wanted.swap(false, Ordering::AcqRel) {
+                    if queue.blocking_send(Request::Sync).is_err() {
+                        return;
+                    }
+                    linger_wake.wake();
                 }
             }
         })
