@@ -277,6 +277,15 @@ mod tests {
         read.write.context =
             Some(edgerep_wire::VersionVector::parse_text("n-1:3,n-2:9", 4).unwrap());
         assert_eq!(DeadLetter::decode(&read.encode()).unwrap(), read);
+        // A record whose context is not origin:seq entries is refused, naming the field.
+        let mut bytes = read.encode();
+        let at = bytes
+            .windows(5)
+            .position(|w| w == b"n-1:3")
+            .expect("the context's text is in the record");
+        bytes[at + 4] = b'x';
+        let e = DeadLetter::decode(&bytes).unwrap_err();
+        assert!(e.to_string().contains("context"), "{e}");
         assert!(DeadLetter::decode(&[0xa0]).is_err());
         assert!(DeadLetter::decode(&[0xff]).is_err());
     }

@@ -54,70 +54,98 @@ pub(crate) fn apply_to_state(
         .filter(|h| h.rule == unresolved.rule.tag())
         .copied();
     let skey = state_key(&event.collection, &event.key);
-    let old = state.get(skey.as_slice())?;
-    if old.is_none() {
+    // The key's row as it is: its hash and its versions.
+    let old = match state.get(skey.as_slice())? {
+        None => None,
+        Some(g) => Some((
+            unresolved
+                .rule
+                .entry(&event.collection, &event.key, g.value(), limits),
+            Versions::decode(g.value(), limits),
+        )),
+    };
+    let Some((old_hash, decoded)) = old else {
         // A new key (what a catch-up mostly applies): its row is the event alone, as
         // `Versions::apply` on no versions and `Versions::encode` would make it, without
         // building them.
-        drop(old);
-        *entries += 1;
-        let new_bytes = Versions::encode_single(event.bytes());
-        let new_hash = match hint {
-            Some(h) => Digest::from_bytes(&h.alone),
-            None => unresolved
-                .rule
-                .entry(&event.collection, &event.key, &new_bytes, limits),
+        let row = NewRow {
+            skey: &skey,
+            old_hash: None,
+            bytes: &Versions::encode_single(event.bytes()),
+            hint,
         };
-        digest.add(new_hash);
-        match hint {
-            Some(h) => index.set_in(h.bucket, None, new_hash),
-            None => index.set(&skey, None, new_hash),
-        }
-        state.insert(skey.as_slice(), new_bytes.as_slice())?;
+        row.put(state, index, digest, entries, |b| {
+            unresolved
+                .rule
+                .entry(&event.collection, &event.key, b, limits)
+        })?;
         return Ok((Applied::Added, false));
-    }
-    let old_hash = old.as_ref().map(|g| {
-        unresolved
-            .rule
-            .entry(&event.collection, &event.key, g.value(), limits)
-    });
-    let (mut versions, mut damaged) = match &old {
-        Some(g) => match Versions::decode(g.value(), limits) {
-            Ok(v) => (v, false),
-            Err(_) if repair => (Versions::new(), true),
-            Err(e) => return Err(corrupt("state", e)),
-        },
-        None => (Versions::new(), false),
     };
-    drop(old);
+    let (mut versions, mut damaged) = match decoded {
+        Ok(v) => (v, false),
+        Err(_) if repair => (Versions::new(), true),
+        Err(e) => return Err(corrupt("state", e)),
+    };
     if repair {
         damaged |= versions.drop_other_bytes(&event);
     }
     let (collection, key) = (event.collection.clone(), event.key.clone());
     let applied = versions.apply(event);
     if applied == Applied::Added || damaged {
-        match old_hash {
-            Some(h) => digest.sub(h),
-            None => *entries += 1,
-        }
-        let new_bytes = versions.encode();
-        // Added and alone in its row: the row is the event's as its hint hashed it.
-        let hint = hint.filter(|_| applied == Applied::Added && versions.events().len() == 1);
-        let new_hash = match hint {
-            Some(h) => Digest::from_bytes(&h.alone),
-            None => unresolved.rule.entry(&collection, &key, &new_bytes, limits),
+        let row = NewRow {
+            skey: &skey,
+            old_hash: Some(old_hash),
+            bytes: &versions.encode(),
+            // Added and alone in its row: the row is the event's as its hint hashed it.
+            hint: hint.filter(|_| applied == Applied::Added && versions.events().len() == 1),
         };
-        digest.add(new_hash);
-        match hint {
-            Some(h) => index.set_in(h.bucket, old_hash, new_hash),
-            None => index.set(&skey, old_hash, new_hash),
-        }
-        state.insert(skey.as_slice(), new_bytes.as_slice())?;
+        row.put(state, index, digest, entries, |b| {
+            unresolved.rule.entry(&collection, &key, b, limits)
+        })?;
         if versions.events().len() > 1 && applied == Applied::Added {
             unresolved.concurrent(&collection, skey);
         }
     }
     Ok((applied, damaged))
+}
+
+/// A key's state row as an applied event leaves it.
+struct NewRow<'a> {
+    skey: &'a [u8],
+    /// The hash of the row it replaces; `None`: the key had no row.
+    old_hash: Option<Digest>,
+    bytes: &'a [u8],
+    /// The event's hint when the row is that event alone (it hashed the row already).
+    hint: Option<edgerep_wire::encoded::RowHint>,
+}
+
+impl NewRow<'_> {
+    /// Writes the row, keeping the digest, the entry count and the anti-entropy sums in step;
+    /// `hash` hashes the row when no hint did.
+    fn put(
+        self,
+        state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        index: &mut aae::Writes,
+        digest: &mut Digest,
+        entries: &mut u64,
+        hash: impl FnOnce(&[u8]) -> Digest,
+    ) -> Result<(), StoreError> {
+        match self.old_hash {
+            Some(h) => digest.sub(h),
+            None => *entries += 1,
+        }
+        let new_hash = match self.hint {
+            Some(h) => Digest::from_bytes(&h.alone),
+            None => hash(self.bytes),
+        };
+        digest.add(new_hash);
+        match self.hint {
+            Some(h) => index.set_in(h.bucket, self.old_hash, new_hash),
+            None => index.set(self.skey, self.old_hash, new_hash),
+        }
+        state.insert(self.skey, self.bytes)?;
+        Ok(())
+    }
 }
 
 /// Each origin's walk over a batch, and the origins whose events fork from what is held.
