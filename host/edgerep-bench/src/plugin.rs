@@ -66,6 +66,7 @@ fn load_plugin(
             fuel: 10_000_000,
             memory_bytes: 16 << 20,
             deadline: Duration::from_secs(1),
+            ..edgerep_plugin::Limits::default()
         },
         params: params
             .iter()

@@ -389,7 +389,10 @@ impl Client {
                 let message = end["error"].as_str().unwrap_or("").to_owned();
                 return match end["kind"].as_str() {
                     Some("compacted") => Outcome::Refused(410, message),
-                    _ => Outcome::Failed(message),
+                    _ => Outcome::Failed(format!(
+                        "the node ended the watch stream: {message}; {}",
+                        resume(last)
+                    )),
                 };
             }
             if let Some(j) = &parsed

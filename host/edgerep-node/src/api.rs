@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `PUT /v1/kv/{collection}/{key}` | write the body (JSON, or CBOR with `content-type: application/cbor`) |
 //! | `DELETE /v1/kv/{collection}/{key}` | delete the key |
-//! | `GET /v1/kv/{collection}/{key}` | the value (JSON, or CBOR with `accept: application/cbor`); `?versions=true` lists every concurrent version |
+//! | `GET /v1/kv/{collection}/{key}` | the value (JSON, or CBOR with `accept: application/cbor`); `?versions=true` lists every concurrent version (404 when the key has none) |
 //! | `POST /v1/batch` | several writes, committed all or nothing (except writes a transform plugin fails on: those are left out, dead-lettered by default, and listed under `rejected`) |
 //! | `GET /v1/scan/{collection}?prefix=&start=&end=&after=&limit=` | one page of live keys, with the cursor of the next (`next`, or `next_base64` for a key that is not UTF-8; each bound also as `*_base64`) |
 //! | `GET /v1/watch?after=N&collection=&follow=&limit=` | the changes after feed position N, one JSON object a line, resumable |
@@ -827,6 +827,20 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
     })
 }
 
+/// [`collection_and_key`] for a write, which takes no query: a `?` in a key the client did not
+/// percent-encode would otherwise cut the key short, and the write would land on another key.
+fn write_collection_and_key(uri: &Uri) -> Result<(String, Vec<u8>), ApiError> {
+    if let Some(q) = uri.query() {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!(
+                "a write to /v1/kv takes no query string (got {q:?}): percent-encode '?' in a key as %3F"
+            ),
+        ));
+    }
+    collection_and_key(uri)
+}
+
 /// Splits `/v1/kv/{collection}/{key}` from the raw path and percent-decodes both, so keys may be
 /// any bytes.
 fn collection_and_key(uri: &Uri) -> Result<(String, Vec<u8>), ApiError> {
@@ -895,7 +909,7 @@ async fn put_key(
     Extension(room): Extension<BodyRoom>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (collection, key) = collection_and_key(&uri)?;
+    let (collection, key) = write_collection_and_key(&uri)?;
     // (Whether the config lets it be written: after the idempotency lookup.)
     request::check_collection_name(&collection)?;
     request::check_key(&app.config(), &key)?;
@@ -1184,7 +1198,7 @@ async fn delete_key(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (collection, key) = collection_and_key(&uri)?;
+    let (collection, key) = write_collection_and_key(&uri)?;
     request::check_collection_name(&collection)?;
     request::check_key(&app.config(), &key)?;
     let write = LocalWrite {
@@ -1224,22 +1238,14 @@ async fn get_key(
         Ok((versions, resolved))
     })
     .await?;
-    if q.versions {
-        let list: Vec<Json> = versions
-            .events()
-            .iter()
-            .map(|e| event_json(e, None))
-            .collect();
-        return Ok(axum::Json(json!({
-            "collection": collection,
-            "versions": list,
-            "context": versions.context().to_text(),
-        }))
-        .into_response());
-    }
-    // What a write based on this read sends back, so that it supersedes only what was read.
-    let context = HeaderValue::from_str(&versions.context().to_text()).ok();
-    let Some(value) = &resolved.value else {
+    // What a write based on this read sends back, so that it supersedes only what was read:
+    // of this node's own events, only synced ones (a crash would issue the numbers of unsynced
+    // ones again, to other writes this client never saw; this node's own later writes name
+    // its earlier ones anyway).
+    let mut read_context = versions.context();
+    read_context.limit(&app.config().node.id, app.committer.own_synced());
+    let context = HeaderValue::from_str(&read_context.to_text()).ok();
+    let not_found = || {
         let mut resp = ApiError::not_found(
             "key_not_found",
             format!(
@@ -1248,10 +1254,31 @@ async fn get_key(
             ),
         )
         .into_response();
-        if let Some(c) = context {
+        if let Some(c) = context.clone() {
             resp.headers_mut().insert(CONTEXT_HEADER, c);
         }
-        return Ok(resp);
+        resp
+    };
+    if q.versions {
+        // A key with no version never existed here (a deleted one keeps its tombstone): absent,
+        // as a plain read says.
+        if versions.events().is_empty() {
+            return Ok(not_found());
+        }
+        let list: Vec<Json> = versions
+            .events()
+            .iter()
+            .map(|e| event_json(e, None))
+            .collect();
+        return Ok(axum::Json(json!({
+            "collection": collection,
+            "versions": list,
+            "context": read_context.to_text(),
+        }))
+        .into_response());
+    }
+    let Some(value) = &resolved.value else {
+        return Ok(not_found());
     };
     let mut resp = if wants_cbor(&headers) {
         let mut r = Response::new(Body::from(value.as_bytes().to_vec()));
@@ -1896,14 +1923,33 @@ async fn watch_feed(
         follow: q.follow,
         ended: false,
     };
-    let stream = futures_util::stream::unfold(cursor, |mut c| async move {
+    // The last line of a stream the node ends early (an answer's status is sent already): the
+    // client can tell it from a complete listing or a cut connection.
+    let end_line = |kind: &str, error: &str| {
+        let mut line = json!({"error": error, "kind": kind})
+            .to_string()
+            .into_bytes();
+        line.push(b'\n');
+        Bytes::from(line)
+    };
+    let stream = futures_util::stream::unfold(cursor, move |mut c| async move {
         loop {
-            if c.ended
-                || c.remaining == 0
-                || *c.shutdown.borrow()
-                || c.token.has_changed().unwrap_or(true)
-            {
+            if c.ended || c.remaining == 0 {
                 return None;
+            }
+            if *c.shutdown.borrow() {
+                c.ended = true;
+                return Some((
+                    Ok(end_line("shutting_down", "the node is shutting down")),
+                    c,
+                ));
+            }
+            if c.token.has_changed().unwrap_or(true) {
+                c.ended = true;
+                return Some((
+                    Ok(end_line("token_changed", "the node's API token changed")),
+                    c,
+                ));
             }
             // Mark the current position seen before reading, so no commit is missed; serve
             // only up to it (synced: a position a crash can take back is never shown).
@@ -1962,8 +2008,15 @@ async fn watch_feed(
             }
             tokio::select! {
                 changed = c.feed.changed() => if changed.is_err() { return None },
-                _ = c.shutdown.changed() => return None,
-                _ = c.token.changed() => return None,
+                _ = c.shutdown.changed() => {
+                    c.ended = true;
+                    return Some((Ok(end_line("shutting_down", "the node is shutting down")), c));
+                }
+                // (`changed` marks the new token seen: `has_changed` above would miss it.)
+                _ = c.token.changed() => {
+                    c.ended = true;
+                    return Some((Ok(end_line("token_changed", "the node's API token changed")), c));
+                }
             }
         }
     });

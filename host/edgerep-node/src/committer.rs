@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -297,6 +297,8 @@ pub struct Committer {
     /// negative.
     writes_queued: Arc<AtomicIsize>,
     linger_wake: Arc<LingerWake>,
+    /// This node's own highest event known durable (see [`Committer::own_synced`]).
+    own_synced: Arc<AtomicU64>,
     /// Local writes wait while this is `Some(reason)`: the node has not yet learnt from a peer
     /// how far its own origin goes (see [`crate::replication`]).
     origin_gate: watch::Receiver<Option<String>>,
@@ -363,6 +365,8 @@ impl Committer {
             local_committed: have.get(&local).copied().unwrap_or(0),
             feed_committed: *feed.borrow(),
         };
+        let own_synced = Arc::new(AtomicU64::new(durable.local_committed));
+        let synced_seq = own_synced.clone();
         if !policy.periodic.is_empty() {
             spawn_flusher(
                 tx.downgrade(),
@@ -393,6 +397,7 @@ impl Committer {
                         if durable.local_committed > 0 {
                             have.insert(local.clone(), durable.local_committed);
                         }
+                        synced_seq.store(durable.local_committed, Ordering::Release);
                         feed.send_replace(durable.feed_committed);
                     } else {
                         durable.unsynced = true;
@@ -884,10 +889,18 @@ impl Committer {
                 queue: tx,
                 writes_queued,
                 linger_wake,
+                own_synced,
                 origin_gate,
             },
             thread,
         ))
+    }
+
+    /// This node's own highest event known durable. With `durability = "periodic"` a read may
+    /// see later ones; a crash loses those and issues their sequence numbers again to other
+    /// writes, so a context handed to a client names no more than this (see `get_key`).
+    pub fn own_synced(&self) -> u64 {
+        self.own_synced.load(Ordering::Acquire)
     }
 
     /// Commits `writes` as one unit and returns where each landed, once durable.

@@ -105,11 +105,18 @@ impl DeadLetter {
                 "v" | "schema" | "fuel_used" | "at_ms" => Field::U(r.u64("dead-letter number")?),
                 "key" | "event" => Field::B(r.bytes("dead-letter bytes")?.to_vec()),
                 "value" => {
-                    let len = canonical_item_len(r.rest(), &DecodeLimits::default())
+                    // The node checked the value against its limits (which the config may
+                    // raise past the defaults) before it kept the record: read back, it is
+                    // bounded only by the record itself.
+                    let limits = DecodeLimits {
+                        max_bytes: bytes.len(),
+                        max_depth: edgerep_wire::value::MAX_DEPTH_ALLOWED,
+                        max_items: bytes.len(),
+                    };
+                    let len = canonical_item_len(r.rest(), &limits)
                         .map_err(|e| bad(format!("value: {e}")))?;
-                    let value =
-                        Value::from_canonical(r.rest()[..len].to_vec(), &DecodeLimits::default())
-                            .map_err(|e| bad(format!("value: {e}")))?;
+                    let value = Value::from_canonical(r.rest()[..len].to_vec(), &limits)
+                        .map_err(|e| bad(format!("value: {e}")))?;
                     r.skip(len, "dead-letter value")?;
                     Field::V(value)
                 }

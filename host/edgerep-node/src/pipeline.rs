@@ -32,7 +32,14 @@ struct Loaded {
     config: PluginConfig,
     /// Times this resolver failed and last-writer-wins was used instead.
     fallbacks: AtomicU64,
+    /// Until when (a monotonic instant) this resolver is not called: it ran past its deadline
+    /// on every try, and it runs inside the committer's transaction (every write waits).
+    cooling_until: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a resolver that ran past its deadline on every try is left out (last-writer-wins
+/// instead, counted as fallbacks; anti-entropy settles what other nodes resolved otherwise).
+const RESOLVER_COOL_OFF: Duration = Duration::from_secs(30);
 
 /// A write a plugin refused (by failing on it).
 #[derive(Debug, Clone)]
@@ -514,10 +521,20 @@ impl Pipeline {
             }
             // The state keeps what a transform makes of the value; the event's schema and meta
             // stay as its origin wrote them (a change to them would be dropped unseen).
+            // (What the plugin returned is described, not printed: the message is kept in dead
+            // letters and halt reasons, and the plugin chose its size.)
             if change.schema != current.schema || change.meta != current.meta {
                 return Err(bad(format!(
-                    "on apply a transform may change only the value, not the schema or meta (the event's: schema {}, meta {:?}; returned: schema {}, meta {:?})",
-                    current.schema, current.meta, change.schema, change.meta
+                    "on apply a transform may change only the value, not the schema or meta (the event's: schema {}, {} meta entries; returned: schema {}, {} meta entries{})",
+                    current.schema,
+                    current.meta.len(),
+                    change.schema,
+                    change.meta.len(),
+                    if change.meta == current.meta {
+                        ", the same"
+                    } else {
+                        ", changed"
+                    }
                 )));
             }
             let value = match change.op {
@@ -573,16 +590,48 @@ impl Pipeline {
             return lww("lww".into());
         };
         let loaded = &wiring.plugins[name];
+        let cooling = {
+            let mut until = loaded
+                .cooling_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match *until {
+                Some(t) if std::time::Instant::now() < t => true,
+                Some(_) => {
+                    *until = None;
+                    false
+                }
+                None => false,
+            }
+        };
         // Versions are sorted by dot: the canonical order every node shares.
-        let mut outcome = loaded.plugin.resolve(collection, key, events);
+        let mut outcome = if cooling {
+            Err(Failure {
+                kind: FailureKind::Deadline,
+                message: format!(
+                    "left out for {} s after it ran past its deadline on every try",
+                    RESOLVER_COOL_OFF.as_secs()
+                ),
+                fuel_used: 0,
+            })
+        } else {
+            loaded.plugin.resolve(collection, key, events)
+        };
         for _ in 0..DEADLINE_RETRIES {
             match &outcome {
-                Err(f) if f.kind == FailureKind::Deadline => {
+                Err(f) if f.kind == FailureKind::Deadline && !cooling => {
                     tracing::warn!(plugin = %name, collection, "resolver ran past its deadline; trying again");
                     outcome = loaded.plugin.resolve(collection, key, events);
                 }
                 _ => break,
             }
+        }
+        if !cooling && matches!(&outcome, Err(f) if f.kind == FailureKind::Deadline) {
+            *loaded
+                .cooling_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) =
+                Some(std::time::Instant::now() + RESOLVER_COOL_OFF);
         }
         let outcome = outcome.and_then(|r| match r {
             Resolution::Merge(Some(v)) => match crate::check_plugin_value(&v, &self.value_limits())
@@ -737,6 +786,7 @@ fn wire(
                     fuel: p.fuel,
                     memory_bytes: p.memory_bytes,
                     deadline: Duration::from_millis(p.deadline_ms),
+                    events: crate::event_limits(config),
                 },
                 params: p.params.clone(),
             })
@@ -749,6 +799,7 @@ fn wire(
                 policy: p.on_failure,
                 config: p.clone(),
                 fallbacks: AtomicU64::new(0),
+                cooling_until: Mutex::new(None),
             }),
         );
     }

@@ -974,6 +974,26 @@ fn values_keys_deletes_and_batches_round_trip() {
     assert_eq!(versions["versions"][0]["op"], "delete");
     assert_eq!(versions["versions"][0]["seq"], del["seq"]);
     node.assert_missing("/v1/kv/items/never-written");
+    // Listing the versions of a key that never existed says it is absent too.
+    let r = node.get("/v1/kv/items/never-written?versions=true");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["kind"], "key_not_found");
+
+    // A write takes no query string: an unencoded '?' in a key would otherwise cut the key
+    // short and land the write on another key.
+    let r = node.put_json("/v1/kv/items/a?b", &json!(1));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["kind"], "bad_query");
+    assert!(r.text().contains("%3F"), "{}", r.text());
+    node.assert_missing("/v1/kv/items/a");
+    node.put_json("/v1/kv/items/o-1", &json!(1)).ok_json();
+    let r = node.delete("/v1/kv/items/o-1?x=1");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(node.value("/v1/kv/items/o-1"), json!(1));
+    // Percent-encoded, '?' is part of the key.
+    node.put_json("/v1/kv/items/a%3Fb", &json!(2)).ok_json();
+    assert_eq!(node.value("/v1/kv/items/a%3Fb"), json!(2));
+    node.assert_missing("/v1/kv/items/a");
 
     // Keys with '/' and bytes that are not UTF-8.
     for (path, key_json, value) in [
@@ -1324,9 +1344,24 @@ durability = "periodic"
         [] as [u64; 0],
         "not synced yet: not served"
     );
+    // A read's context names none of this node's unsynced events either: a crash would give
+    // their numbers to other writes, which a write under this context would then supersede
+    // unseen on every node.
+    let read = node.get("/v1/kv/fast/k1");
+    assert_eq!(read.status, 200);
+    assert_eq!(
+        read.header("x-edgerep-context"),
+        Some(""),
+        "{:?}",
+        read.header("x-edgerep-context")
+    );
+    let listed = node.value("/v1/kv/fast/k1?versions=true");
+    assert_eq!(listed["context"], "", "{listed}");
     // A durable write syncs everything before it.
     node.put_json("/v1/kv/slow/k2", &json!(2)).ok_json();
     assert_eq!(positions(&node.watch("after=0&follow=false")), [1, 2]);
+    let read = node.get("/v1/kv/fast/k1");
+    assert_eq!(read.header("x-edgerep-context"), Some("site-a:1"));
     node.stop();
 }
 
@@ -1444,12 +1479,19 @@ fn watch_lists_resumes_filters_and_follows() {
     assert_eq!(positions(&got), [11, 13]);
     assert!(got.iter().all(|l| l["collection"] == "b"));
 
-    // A following watch without a limit ends when the node shuts down.
+    // A following watch without a limit ends when the node shuts down, with a last line
+    // saying so (a client tells it from a complete listing).
     let rx = follow("after=14");
     node.put_json("/v1/kv/a/last", &json!(true)).ok_json();
     let line: Json = serde_json::from_str(&rx.recv_timeout(TIMEOUT).unwrap().unwrap()).unwrap();
     assert_eq!(line["position"], 15);
     node.stop();
+    let end: Json = serde_json::from_str(&rx.recv_timeout(TIMEOUT).unwrap().unwrap()).unwrap();
+    assert_eq!(end["kind"], "shutting_down", "{end}");
+    assert!(
+        end["error"].as_str().unwrap().contains("shutting down"),
+        "{end}"
+    );
     assert!(matches!(
         rx.recv_timeout(TIMEOUT),
         Err(mpsc::RecvTimeoutError::Disconnected)
@@ -1761,7 +1803,8 @@ fn a_guarded_api_wants_its_token_and_bounds_watch_streams() {
         .recv_timeout(TIMEOUT)
         .expect("the old token's watch stream ended")
         .expect("ended cleanly");
-    assert!(rest.is_empty(), "{rest}");
+    let end: Json = serde_json::from_str(rest.trim_end()).unwrap();
+    assert_eq!(end["kind"], "token_changed", "{rest}");
     reader.join().unwrap();
     // A reload that leaves the token as it was ends no stream.
     let mut kept = node

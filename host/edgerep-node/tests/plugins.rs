@@ -955,6 +955,57 @@ fn resolver_plugin_merges_concurrent_versions_and_failures_fall_back_to_lww() {
     node.stop();
 }
 
+/// A resolver that runs past its deadline on every try is left out for a while: it runs
+/// inside the committer's transaction, where every write waits, so each further key must not
+/// cost another round of tries. Last-writer-wins decides meanwhile, counted as fallbacks.
+#[test]
+fn a_resolver_past_its_deadline_is_left_out_for_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let (store, _) = Store::open(
+            &dir.path().join("data/edgerep.redb"),
+            &NodeId::parse("site-a").unwrap(),
+            edgerep_node::event_limits(&config(dir.path(), "")),
+        )
+        .unwrap();
+        let store = edgerep_store::StoreWriter::new(store);
+        // Two keys, each with two concurrent versions.
+        let mut events = Vec::new();
+        for key in ["k1", "k2"] {
+            for (origin, hlc) in [("site-b", 10), ("site-c", 20)] {
+                let mut e = counter_event(origin, json!({"n": 1}), hlc);
+                e.key = key.as_bytes().to_vec();
+                e.seq = if key == "k1" { 1 } else { 2 };
+                events.push(e);
+            }
+        }
+        store.apply_events(events).unwrap();
+    }
+    let body = [
+        // Fuel for seconds of work: the 1 ms deadline is what stops it.
+        plugin_table(
+            "slowpick",
+            "slow-pick",
+            "deadline_ms = 1\nfuel = 4000000000",
+        ),
+        collection("counters", &[], "slowpick"),
+    ]
+    .concat();
+    let node = Node::start(config(dir.path(), &body));
+    for key in ["k1", "k2"] {
+        let r = node.get(&format!("/v1/kv/counters/{key}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.headers["x-edgerep-resolved-by"], "lww-fallback:slowpick");
+    }
+    let s = node.get("/v1/status").body;
+    let p = &s["plugins"]["slowpick"];
+    assert_eq!(p["fallbacks_to_lww"], 2, "{p}");
+    // The first key's three tries (one and two again); none for the second.
+    assert_eq!(p["calls"], 3, "{p}");
+    node.stop();
+}
+
 /// `[authorization]` judges a write by where it lands: a write to a collection this node may
 /// not write that a transform routes to one it may is taken; a transform that routes a write
 /// into a collection it may not write fails on it (422, the transform's fault), nothing written.

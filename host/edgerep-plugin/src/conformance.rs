@@ -315,6 +315,7 @@ pub fn default_limits() -> Limits {
         fuel: NODE_DEFAULT_FUEL,
         memory_bytes: NODE_DEFAULT_MEMORY_BYTES,
         deadline: std::time::Duration::from_millis(1000),
+        ..Limits::default()
     }
 }
 

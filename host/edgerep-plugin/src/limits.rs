@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use edgerep_wire::event::EventLimits;
+
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 /// The budget of every call to one plugin.
@@ -20,15 +22,20 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Wall-clock backstop per call, checked about every millisecond.
     pub deadline: Duration,
+    /// What a returned change or merged value must fit: the node's event limits (a change
+    /// becomes an event every peer must decode).
+    pub events: EventLimits,
 }
 
 impl Default for Limits {
-    /// 100 million fuel (tens of milliseconds of work), 64 MiB of memory, a 1 s deadline.
+    /// 100 million fuel (tens of milliseconds of work), 64 MiB of memory, a 1 s deadline, the
+    /// default event limits.
     fn default() -> Limits {
         Limits {
             fuel: 100_000_000,
             memory_bytes: 64 << 20,
             deadline: Duration::from_secs(1),
+            events: EventLimits::default(),
         }
     }
 }

@@ -95,6 +95,14 @@ pub(crate) enum OutputError {
         /// The limit.
         max: usize,
     },
+    /// A change's metadata (keys and values) takes more bytes than the event decoder allows.
+    #[error("metadata of {bytes} bytes, over the limit of {max}")]
+    MetaTooLarge {
+        /// Bytes of its keys and values.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A change has the same metadata key twice.
     #[error("duplicate metadata key")]
     DuplicateMetaKey,
@@ -147,16 +155,22 @@ fn op_to_wit(op: Op) -> wit::Op {
 
 /// Checks a value a guest returned and puts it in deterministic encoding; notes in `canonical`
 /// whether it already was.
-fn check_value(bytes: &[u8], canonical: &mut bool) -> Result<Value, OutputError> {
-    let value =
-        Value::canonicalize(bytes, &DecodeLimits::default()).map_err(OutputError::InvalidValue)?;
+fn check_value(
+    bytes: &[u8],
+    canonical: &mut bool,
+    limits: &DecodeLimits,
+) -> Result<Value, OutputError> {
+    let value = Value::canonicalize(bytes, limits).map_err(OutputError::InvalidValue)?;
     *canonical &= value.as_bytes() == bytes;
     Ok(value)
 }
 
 /// Checks and converts what a transform returned. The flag says whether every value was
 /// already in deterministic encoding (the conformance runner holds guests to it).
-pub(crate) fn check_changes(changes: Vec<wit::Change>) -> Result<(Vec<Change>, bool), OutputError> {
+pub(crate) fn check_changes(
+    changes: Vec<wit::Change>,
+    limits: &EventLimits,
+) -> Result<(Vec<Change>, bool), OutputError> {
     if changes.len() > MAX_CHANGES {
         return Err(OutputError::TooManyChanges {
             count: changes.len(),
@@ -171,7 +185,7 @@ pub(crate) fn check_changes(changes: Vec<wit::Change>) -> Result<(Vec<Change>, b
         .into_iter()
         .enumerate()
         .map(|(i, change)| {
-            check_change(change, &mut canonical).map_err(|e| OutputError::InvalidChange {
+            check_change(change, &mut canonical, limits).map_err(|e| OutputError::InvalidChange {
                 index: i,
                 error: Box::new(e),
             })
@@ -192,9 +206,12 @@ fn change_bytes(change: &wit::Change) -> usize {
             .sum::<usize>()
 }
 
-fn check_change(change: wit::Change, canonical: &mut bool) -> Result<Change, OutputError> {
+fn check_change(
+    change: wit::Change,
+    canonical: &mut bool,
+    limits: &EventLimits,
+) -> Result<Change, OutputError> {
     // A change becomes an event every peer must decode, so the event decoder's limits apply.
-    let limits = EventLimits::default();
     check_collection_name(&change.collection)?;
     if change.key.is_empty() {
         return Err(OutputError::EmptyKey);
@@ -210,7 +227,7 @@ fn check_change(change: wit::Change, canonical: &mut bool) -> Result<Change, Out
         wit::Op::Delete => Op::Delete,
     };
     let value = match (op, change.value) {
-        (Op::Put, Some(bytes)) => Some(check_value(&bytes, canonical)?),
+        (Op::Put, Some(bytes)) => Some(check_value(&bytes, canonical, &limits.value)?),
         (Op::Delete, None) => None,
         (Op::Put, None) => return Err(OutputError::PutWithoutValue),
         (Op::Delete, Some(_)) => return Err(OutputError::DeleteWithValue),
@@ -219,6 +236,16 @@ fn check_change(change: wit::Change, canonical: &mut bool) -> Result<Change, Out
         return Err(OutputError::TooManyMeta {
             count: change.meta.len(),
             max: limits.max_meta_entries,
+        });
+    }
+    let meta_bytes = change
+        .meta
+        .iter()
+        .fold(0usize, |n, (k, v)| n.saturating_add(k.len() + v.len()));
+    if meta_bytes > limits.max_meta_bytes {
+        return Err(OutputError::MetaTooLarge {
+            bytes: meta_bytes,
+            max: limits.max_meta_bytes,
         });
     }
     let mut meta = BTreeMap::new();
@@ -242,6 +269,7 @@ fn check_change(change: wit::Change, canonical: &mut bool) -> Result<Change, Out
 pub(crate) fn check_resolution(
     resolution: wit::Resolution,
     versions: usize,
+    limits: &DecodeLimits,
 ) -> Result<(Resolution, bool), OutputError> {
     let mut canonical = true;
     let checked = match resolution {
@@ -254,7 +282,7 @@ pub(crate) fn check_resolution(
         }
         wit::Resolution::Merge(None) => Resolution::Merge(None),
         wit::Resolution::Merge(Some(bytes)) => {
-            Resolution::Merge(Some(check_value(&bytes, &mut canonical)?))
+            Resolution::Merge(Some(check_value(&bytes, &mut canonical, limits)?))
         }
     };
     Ok((checked, canonical))
@@ -279,17 +307,40 @@ mod tests {
     fn non_canonical_values_are_fixed() {
         // {"b": 1, "a": 2} with the keys out of order and 1 as a two-byte integer.
         let raw = vec![0xa2, 0x61, b'b', 0x18, 0x01, 0x61, b'a', 0x02];
-        let (out, canonical) = check_changes(vec![put("c", b"k", Some(raw))]).unwrap();
+        let (out, canonical) =
+            check_changes(vec![put("c", b"k", Some(raw))], &EventLimits::default()).unwrap();
         assert_eq!(
             out[0].value.as_ref().unwrap().as_bytes(),
             [0xa2, 0x61, b'a', 0x02, 0x61, b'b', 0x01]
         );
         assert!(!canonical);
-        let (_, canonical) = check_changes(vec![put("c", b"k", Some(vec![1]))]).unwrap();
-        assert!(canonical);
         let (_, canonical) =
-            check_resolution(wit::Resolution::Merge(Some(vec![0x18, 1])), 1).unwrap();
+            check_changes(vec![put("c", b"k", Some(vec![1]))], &EventLimits::default()).unwrap();
+        assert!(canonical);
+        let (_, canonical) = check_resolution(
+            wit::Resolution::Merge(Some(vec![0x18, 1])),
+            1,
+            &DecodeLimits::default(),
+        )
+        .unwrap();
         assert!(!canonical);
+    }
+
+    /// What a plugin returns is held to the node's limits, which its config may raise past
+    /// the defaults (a pass-through transform once refused writes the node took).
+    #[test]
+    fn the_nodes_limits_bound_what_a_plugin_returns() {
+        let raised = EventLimits {
+            max_key_bytes: 4096,
+            ..EventLimits::default()
+        };
+        let long_key = || put("c", &[b'k'; 2000], Some(vec![1]));
+        let refused = check_changes(vec![long_key()], &EventLimits::default()).unwrap_err();
+        assert!(
+            refused.to_string().contains("key is 2000 bytes"),
+            "{refused}"
+        );
+        assert!(check_changes(vec![long_key()], &raised).is_ok());
     }
 
     #[test]
@@ -321,14 +372,25 @@ mod tests {
                 },
                 "duplicate metadata key",
             ),
+            (
+                // Within the entry count, over the bytes an event's metadata may take: the
+                // event decoder on every peer would refuse it.
+                wit::Change {
+                    meta: vec![("big".into(), "x".repeat(5000))],
+                    ..put("c", b"k", Some(vec![1]))
+                },
+                "metadata of 5003 bytes, over the limit of 4096",
+            ),
         ];
         for (change, expected) in cases {
-            let error = check_changes(vec![change]).unwrap_err().to_string();
+            let error = check_changes(vec![change], &EventLimits::default())
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected), "{error:?} lacks {expected:?}");
         }
         let many = vec![put("c", b"k", Some(vec![1])); MAX_CHANGES + 1];
         assert!(
-            check_changes(many)
+            check_changes(many, &EventLimits::default())
                 .unwrap_err()
                 .to_string()
                 .contains("10001 changes")
@@ -338,13 +400,20 @@ mod tests {
     #[test]
     fn picks_are_checked() {
         assert_eq!(
-            check_resolution(wit::Resolution::Pick(1), 2),
+            check_resolution(wit::Resolution::Pick(1), 2, &DecodeLimits::default()),
             Ok((Resolution::Pick(1), true))
         );
-        assert!(check_resolution(wit::Resolution::Pick(2), 2).is_err());
-        assert!(check_resolution(wit::Resolution::Merge(Some(vec![0xff])), 2).is_err());
+        assert!(check_resolution(wit::Resolution::Pick(2), 2, &DecodeLimits::default()).is_err());
+        assert!(
+            check_resolution(
+                wit::Resolution::Merge(Some(vec![0xff])),
+                2,
+                &DecodeLimits::default()
+            )
+            .is_err()
+        );
         assert_eq!(
-            check_resolution(wit::Resolution::Merge(None), 2),
+            check_resolution(wit::Resolution::Merge(None), 2, &DecodeLimits::default()),
             Ok((Resolution::Merge(None), true))
         );
     }

@@ -242,7 +242,7 @@ impl Plugin {
         let (changes, canonical) = match outcome {
             Err(error) => return Err(self.trapped(&live.store, &error, fuel_used, Phase::Call)),
             Ok(Err(message)) => return Err(failure(FailureKind::PluginError, &message, fuel_used)),
-            Ok(Ok(changes)) => check_changes(changes)
+            Ok(Ok(changes)) => check_changes(changes, &self.inner.limits.events)
                 .map_err(|error| failure(FailureKind::BadOutput, &error.to_string(), fuel_used))?,
         };
         let mut pool = self.lock_pool();
@@ -278,13 +278,15 @@ impl Plugin {
         match outcome {
             Err(error) => Err(self.trapped(&live.store, &error, fuel_used, Phase::Call)),
             Ok(Err(message)) => Err(failure(FailureKind::PluginError, &message, fuel_used)),
-            Ok(Ok(resolution)) => check_resolution(resolution, versions.len())
-                .map(|(output, canonical)| CallReport {
-                    output,
-                    fuel_used,
-                    canonical,
-                })
-                .map_err(|error| failure(FailureKind::BadOutput, &error.to_string(), fuel_used)),
+            Ok(Ok(resolution)) => {
+                check_resolution(resolution, versions.len(), &self.inner.limits.events.value)
+                    .map(|(output, canonical)| CallReport {
+                        output,
+                        fuel_used,
+                        canonical,
+                    })
+                    .map_err(|error| failure(FailureKind::BadOutput, &error.to_string(), fuel_used))
+            }
         }
     }
 

@@ -37,7 +37,8 @@ use crate::fingerprint;
 use crate::have::{self, Have};
 use crate::log::{Log, LogError, StatePage};
 use crate::message::{
-    CollectionFingerprint, Hello, MIN_PROTOCOL_VERSION, Message, MessageLimits, PROTOCOL_VERSION,
+    CollectionFingerprint, Hello, MAX_ORIGINS, MIN_PROTOCOL_VERSION, Message, MessageLimits,
+    PROTOCOL_VERSION,
 };
 use crate::session::{Batch, HELD_BACK_WAIT_MAX_MS, HeldBackAsk, PendingPage, Session};
 
@@ -270,6 +271,9 @@ pub struct PeerView {
     pub acked: Have,
     /// Events sent and not yet acknowledged.
     pub in_flight_events: u64,
+    /// Origins the peer does not acknowledge (see `Session::stalled`): at most one batch of
+    /// each in flight, outside the window.
+    pub stalled_origins: Vec<NodeId>,
     /// Events received from the peer waiting behind its pending Apply.
     pub pending_apply_events: usize,
     /// An Apply of the peer's events is outstanding.
@@ -280,6 +284,8 @@ pub struct PeerView {
     pub mismatches: Vec<String>,
     /// The reason the last Apply of the peer's events failed, until one succeeds.
     pub last_apply_error: Option<String>,
+    /// Why the last snapshot page for the peer could not be read, until one is.
+    pub last_send_error: Option<String>,
     /// The reason in the peer's Bye, if it sent one.
     pub bye_reason: Option<String>,
     /// We are sending the peer a snapshot: the page being sent.
@@ -318,6 +324,8 @@ struct Peer {
     /// The outstanding InstallSnapshot of this peer's page.
     installing: Option<Installing>,
     last_apply_error: Option<String>,
+    /// Why the last snapshot page for the peer could not be read, until one is.
+    last_send_error: Option<String>,
 }
 
 /// A watch on an origin's tree: a pruned peer announced `target` of it at `began`, beyond
@@ -911,7 +919,7 @@ impl Replica {
                 // A prune of our own events is ignored (we are the root of their tree). The set
                 // holds at most as many origins as a have may.
                 for o in origins.into_iter().filter(|o| *o != self.local) {
-                    if s.lazy.len() >= crate::message::MAX_ORIGINS {
+                    if s.lazy.len() >= MAX_ORIGINS {
                         break;
                     }
                     s.lazy.insert(o);
@@ -1239,7 +1247,12 @@ impl Replica {
                 Some((at, wait, _)) => (now >= at.saturating_add(wait))
                     .then(|| wait.saturating_mul(2).min(HELD_BACK_WAIT_MAX_MS)),
             };
-            if let Some(wait) = wait {
+            // At most MAX_ORIGINS gaps are remembered (a peer sending made-up origins must not
+            // grow this map): past that, a gap on this peer's session waits for the resend
+            // timer (the flooding peer slows only its own session).
+            if let Some(wait) = wait
+                && (s.rewinds.len() < MAX_ORIGINS || s.rewinds.contains_key(&origin))
+            {
                 s.rewinds.insert(origin, (now, wait, accepted));
                 s.request_ack(true);
             }
@@ -1315,7 +1328,15 @@ impl Replica {
                 let mut short = false;
                 for (origin, &seq) in &handed {
                     let held = have::get(&self.local_have, origin);
-                    if held < seq && s.held_back_asked.get(origin).map(|a| a.held) != Some(held) {
+                    // At most MAX_ORIGINS are remembered (a peer sending made-up origins,
+                    // all refused, must not grow this map); past that, held-back events of
+                    // this peer's session wait for the resend timer or a reload's retry.
+                    let room = s.held_back_asked.len() < MAX_ORIGINS
+                        || s.held_back_asked.contains_key(origin);
+                    if held < seq
+                        && room
+                        && s.held_back_asked.get(origin).map(|a| a.held) != Some(held)
+                    {
                         let wait = s
                             .retransmit_after(self.config.retransmit_after_ms)
                             .min(HELD_BACK_WAIT_MAX_MS);
@@ -1352,6 +1373,10 @@ impl Replica {
                 have::join(&mut self.accepted, h.iter().map(|(o, &s)| (o, s)));
             }
         }
+        // Who delivered an origin matters only for origins this node holds or is applying:
+        // those of events refused whole (made-up origins a peer sent) are forgotten.
+        let accepted = &self.accepted;
+        self.delivered_by.retain(|o, _| accepted.contains_key(o));
     }
 
     /// Hands a waiting snapshot page of `peer`, else its next queued batches (up to
@@ -1578,13 +1603,18 @@ impl Replica {
             return Ok(Some(m));
         }
         let (window, version) = (self.config.window_events, self.have_version);
+        let after = self.config.retransmit_after_ms;
+        for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
+            let stalled_after = s.retransmit_after(after);
+            s.note_stalled(now, stalled_after);
+        }
         let order: Vec<NodeId> = round_robin(&self.peers, self.last_events.as_ref())
             .into_iter()
             .filter(|p| {
                 self.peers[*p].session.as_ref().is_some_and(|s| {
                     s.ready()
                         && !s.send_blocked
-                        && s.in_flight() < window
+                        && s.window_in_flight() < window
                         && s.idle_at != Some(version)
                 })
             })
@@ -1702,8 +1732,19 @@ impl Replica {
                 // A resend: the page as first read (see `SnapshotOut::versions`).
                 Some(page) => page.clone(),
                 None => {
-                    let mut page =
-                        log.state_page(out.start.as_ref(), max_events, self.config.batch_bytes)?;
+                    let read =
+                        log.state_page(out.start.as_ref(), max_events, self.config.batch_bytes);
+                    let mut page = match read {
+                        Ok(page) => page,
+                        Err(e) => {
+                            // One peer's page that cannot be read must not stop every other
+                            // peer's events: it counts as sent, so it is read again after the
+                            // resend interval, and the peer's status says why.
+                            out.sent_at = Some(now);
+                            p.last_send_error = Some(format!("reading a snapshot page: {e}"));
+                            continue;
+                        }
+                    };
                     // The state may hold this node's own writes not yet synced (periodic
                     // durability): a peer must never hold them before they are durable here
                     // (a crash would issue their sequence numbers again). They come later as
@@ -1739,7 +1780,8 @@ impl Replica {
             if out.last {
                 let mut proven = Have::new();
                 for (origin, &seq) in &out.have {
-                    if let Some(seal) = log.seal_at(origin, seq)? {
+                    // (A seal that cannot be read is as one missing.)
+                    if let Ok(Some(seal)) = log.seal_at(origin, seq) {
                         if !seals
                             .iter()
                             .any(|s| s.origin == seal.origin && s.seq == seq)
@@ -1760,6 +1802,7 @@ impl Replica {
                     certs.push((seal.origin.clone(), cert));
                 }
             }
+            p.last_send_error = None;
             self.counters
                 .entry(peer.clone())
                 .or_default()
@@ -1817,7 +1860,7 @@ impl Replica {
                 local_have[o]
             }
         };
-        let in_flight = s.in_flight();
+        let in_flight = s.window_in_flight();
         if !s.ready() || in_flight >= config.window_events || s.snapshot_out.is_some() {
             return Ok(None);
         }
@@ -1843,7 +1886,15 @@ impl Replica {
             }
             let after = have::get(&s.sent, &origin);
             let upto = sendable(s, &origin);
-            let want = budget.min(upto - after);
+            let mut want = budget.min(upto - after);
+            // An origin the peer does not acknowledge: one batch of it in flight at most.
+            if s.stalled.contains(&origin) {
+                let one_batch = config.batch_events as u64;
+                want = want.min(one_batch.saturating_sub(s.origin_in_flight(&origin)));
+                if want == 0 {
+                    continue;
+                }
+            }
             let read = match log.read(&origin, after, want as usize, bytes_left) {
                 Err(LogError::Compacted { .. }) => {
                     // Compacted after the floors we were told: same remedy.
@@ -1914,8 +1965,8 @@ impl Replica {
             let before = have::get(&s.sent_max, &origin);
             counters.entry(peer.clone()).or_default().events_resent +=
                 upto.min(before).saturating_sub(after);
-            have::raise(&mut s.sent_max, &origin, upto);
             s.mark_sent(&origin, upto, now);
+            have::raise(&mut s.sent_max, &origin, upto);
             if !s.certs_sent.contains(&origin)
                 && let Some(cert) = log.cert(&origin)
             {
@@ -2014,11 +2065,13 @@ impl Replica {
             sent: s.map(|s| s.sent.clone()).unwrap_or_default(),
             acked: s.map(|s| s.acked.clone()).unwrap_or_default(),
             in_flight_events: s.map_or(0, Session::in_flight),
+            stalled_origins: s.map_or_else(Vec::new, |s| s.stalled.iter().cloned().collect()),
             pending_apply_events: s.map_or(0, |s| s.queued_events),
             applying: p.busy(),
             last_message_ms: s.and_then(|s| s.last_message_ms),
             mismatches: s.map(|s| s.mismatches.clone()).unwrap_or_default(),
             last_apply_error: p.last_apply_error.clone(),
+            last_send_error: p.last_send_error.clone(),
             bye_reason: s.and_then(|s| s.bye.clone()),
             snapshot_sending_page: s.and_then(|s| s.snapshot_out.as_ref()).map(|o| o.page),
             snapshot_sending_have: s

@@ -94,6 +94,8 @@ fn evs(origin: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<EncodedEvent> {
 struct MemLog {
     events: BTreeMap<(NodeId, u64), EncodedEvent>,
     compacted: Have,
+    /// Reading the state fails (a damaged store).
+    state_unreadable: bool,
 }
 
 impl MemLog {
@@ -104,6 +106,7 @@ impl MemLog {
                 .map(|e| ((e.origin.clone(), e.seq), e.clone()))
                 .collect(),
             compacted: Have::new(),
+            state_unreadable: false,
         }
     }
     fn have(&self) -> Have {
@@ -159,6 +162,11 @@ impl Log for MemLog {
         max_events: usize,
         _bytes: usize,
     ) -> Result<StatePage, LogError> {
+        if self.state_unreadable {
+            return Err(LogError::Inconsistent {
+                reason: "state row unreadable".into(),
+            });
+        }
         let mut keys: BTreeMap<StateCursor, Vec<EncodedEvent>> = BTreeMap::new();
         for e in self.events.values() {
             let key = (e.collection.clone(), e.key.clone());
@@ -2343,4 +2351,188 @@ fn each_event_is_sent_after_what_it_depends_on() {
         have_of(&[("x", 40), ("y", 40)]),
         "{messages} messages"
     );
+}
+
+/// A peer sending events of ever new made-up origins (each refused whole by the store, so no
+/// have moves) or of gaps in them: what the core remembers per origin stays bounded, across
+/// many batches, instead of growing with every origin the peer invents.
+#[test]
+fn made_up_origins_a_peer_floods_do_not_grow_the_cores_maps() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    for round in 0..3u64 {
+        // Each origin at seq 1 (handed to the store, which applies none of them) ...
+        let first: Vec<EncodedEvent> = (0..1000)
+            .map(|i| ev(&format!("f{round}-{i:04}"), 1))
+            .collect();
+        r.handle(&b, sealed(first), 1 + round).unwrap();
+        let (peer, events) = apply_of(&mut r);
+        assert_eq!((peer.as_str(), events.len()), ("b", 1000));
+        r.applied(&b, 1 + round);
+        // ... and others at seq 2 (a gap each).
+        let gapped: Vec<EncodedEvent> = (0..1000)
+            .map(|i| ev(&format!("g{round}-{i:04}"), 2))
+            .collect();
+        r.handle(&b, sealed(gapped), 1 + round).unwrap();
+        while r.poll_output().is_some() {}
+        while r.poll_transmit(1 + round, &log).unwrap().is_some() {}
+    }
+    assert!(r.delivered_by.is_empty(), "{}", r.delivered_by.len());
+    let s = r.peers[&b].session.as_ref().unwrap();
+    assert_eq!(s.held_back_asked.len(), MAX_ORIGINS);
+    assert_eq!(s.rewinds.len(), MAX_ORIGINS);
+    // An origin the store did apply is still served: its events go on to be applied.
+    r.handle(&b, sealed(evs("real", 1..=2)), 10).unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("real", 1), ("real", 2)]));
+    r.set_local_have(&have_of(&[("real", 2)]));
+    r.applied(&b, 10);
+    assert_eq!(r.delivered_by.get(&n("real")), Some(&b));
+}
+
+/// A peer that holds back one origin (a halted collection, a missing dependency) and never
+/// acknowledges it: that origin's events must not fill the window and stop every other origin
+/// on the link. After a resend interval without an acknowledgement the origin is stalled: at
+/// most one batch of it in flight, outside the window, until its acknowledgement moves.
+#[test]
+fn an_origin_the_peer_never_acknowledges_does_not_stop_the_others() {
+    let mut all = evs("x", 1..=100);
+    all.extend(evs("y", 1..=100));
+    let log = MemLog::with(&all);
+    let mut r = ready(&log, config(20, 5), &["b"]);
+    let b = n("b");
+    let (mut now, mut y_sent) = (0, 0);
+    let send = |r: &mut Replica, now: u64, y_sent: &mut u64, x_sent: &mut Vec<u64>| {
+        while let Some((_, m)) = r.poll_transmit(now, &log).unwrap() {
+            if let Message::Events { events, .. } = m {
+                for e in events {
+                    if e.origin == n("y") {
+                        *y_sent = (*y_sent).max(e.seq);
+                    } else {
+                        x_sent.push(e.seq);
+                    }
+                }
+            }
+        }
+    };
+    let mut x_seqs = Vec::new();
+    // Every 100 ms the peer acknowledges all of y it got, never any of x. For x it asks to be
+    // sent again as a node does for events it held back: once at first, then again only after
+    // its have moved and a wait that doubles (3 s, 6 s, ...).
+    let (mut asked_at, mut asked_y, mut wait): (Option<u64>, u64, u64) = (None, 0, 3000);
+    while now < 20_000 && y_sent < 100 {
+        let mut xs = Vec::new();
+        send(&mut r, now, &mut y_sent, &mut xs);
+        let ask = match asked_at {
+            None => !xs.is_empty(),
+            Some(at) => y_sent > asked_y && now >= at + wait,
+        };
+        if ask {
+            if asked_at.is_some() {
+                wait *= 2;
+            }
+            (asked_at, asked_y) = (Some(now), y_sent);
+        }
+        x_seqs.extend(xs);
+        r.handle(&b, ack(&[("y", y_sent)], ask), now).unwrap();
+        while r.poll_output().is_some() {}
+        now += 100;
+    }
+    assert_eq!(y_sent, 100, "y stopped behind x (x sent: {x_seqs:?})");
+    let x_sent = x_seqs.iter().copied().max().unwrap_or(0);
+    // x never went past the window it had when it stalled.
+    assert!(x_sent <= 20, "{x_sent}");
+    // Later resends of x (the resend timer, nothing else moving) carry one batch at most.
+    let mut resent = Vec::new();
+    for _ in 0..3 {
+        now += 10_000;
+        r.handle_timeout(now);
+        let mut seqs = Vec::new();
+        send(&mut r, now, &mut y_sent, &mut seqs);
+        assert!(!seqs.is_empty(), "x is sent again");
+        resent.push(seqs.len());
+    }
+    assert!(resent.iter().all(|&n| n <= 5), "{resent:?}");
+    // Once the peer acknowledges x, it flows at the full window again.
+    r.handle(&b, ack(&[("x", 5)], false), now).unwrap();
+    let mut seqs = Vec::new();
+    send(&mut r, now, &mut y_sent, &mut seqs);
+    assert_eq!(seqs.len(), 20, "{seqs:?}");
+    assert!(r.peers[&b].session.as_ref().unwrap().stalled.is_empty());
+}
+
+/// A snapshot page that cannot be read (a damaged store) fails that peer's snapshot only: the
+/// other peers still get their events, and the peer's status says why; the page is tried again
+/// after the resend interval, not on every turn of the loop.
+#[test]
+fn an_unreadable_snapshot_page_stops_no_other_peer() {
+    let mut log = MemLog::with(&evs("a", 1..=5));
+    log.compacted = have_of(&[("a", 2)]);
+    log.state_unreadable = true;
+    let mut r = Replica::new(n("a"), config(100, 10));
+    r.set_local_have(&log.have());
+    r.set_compacted(&log.compacted);
+    for (p, have) in [("b", &[][..]), ("c", &[("a", 2)][..])] {
+        r.connected(&n(p), 0);
+        r.handle(&n(p), hello_floors(p, have, PEER_FLOORS), 0)
+            .unwrap();
+    }
+    let mut events_to_c = Vec::new();
+    let mut pages = 0;
+    for now in [10, 20, 30] {
+        while let Some((to, m)) = r.poll_transmit(now, &log).unwrap() {
+            match m {
+                Message::Events { events, .. } if to == n("c") => {
+                    events_to_c.extend(events.iter().map(|e| e.seq));
+                }
+                Message::Snapshot { .. } => pages += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(events_to_c, [3, 4, 5]);
+    assert_eq!(pages, 0);
+    let view = r.peer_view(&n("b")).unwrap();
+    assert!(
+        view.last_send_error
+            .as_deref()
+            .is_some_and(|e| e.contains("state row unreadable")),
+        "{view:?}"
+    );
+    // Readable again: after the resend interval the page goes out, and the error is gone.
+    log.state_unreadable = false;
+    r.handle_timeout(10_000);
+    let mut sent = false;
+    while let Some((to, m)) = r.poll_transmit(10_000, &log).unwrap() {
+        sent |= to == n("b") && matches!(m, Message::Snapshot { .. });
+    }
+    assert!(sent);
+    assert_eq!(r.peer_view(&n("b")).unwrap().last_send_error, None);
+}
+
+/// A slow link: one origin's batch takes longer than the resend interval to be acknowledged,
+/// while the peer's acknowledgements of its own writes keep arriving. Nothing this session sent
+/// was acknowledged after that batch, so the origin is not stalled and nothing is sent again.
+#[test]
+fn a_slow_acknowledgement_is_no_stall_whatever_the_peer_acknowledges_of_its_own() {
+    let log = MemLog::with(&evs("a", 1..=4));
+    let mut r = ready(&log, config(100, 10), &["b"]);
+    let b = n("b");
+    assert_eq!(sent_dots(r.poll_transmit(0, &log).unwrap()).1.len(), 4);
+    for (i, now) in (500..10_000).step_by(500).enumerate() {
+        r.link_busy(&b, now);
+        r.handle(&b, ack(&[("b", i as u64 + 1)], false), now)
+            .unwrap();
+        while r.poll_output().is_some() {}
+        r.handle_timeout(now);
+        while let Some((_, m)) = r.poll_transmit(now, &log).unwrap() {
+            assert!(
+                !matches!(m, Message::Events { .. }),
+                "sent again at {now}: {m:?}"
+            );
+        }
+        assert!(r.peers[&b].session.as_ref().unwrap().stalled.is_empty());
+    }
+    r.handle(&b, ack(&[("a", 4), ("b", 20)], false), 10_000)
+        .unwrap();
+    assert_eq!(r.peer_view(&b).unwrap().in_flight_events, 0);
 }

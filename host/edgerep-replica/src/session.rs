@@ -63,6 +63,15 @@ pub(crate) struct Batch {
     pub(crate) certs: Vec<(NodeId, Vec<u8>)>,
 }
 
+/// Since when an origin waits for the peer's acknowledgement: when (ms) and at which send
+/// its acknowledgement last moved or its sending started afresh, and its latest send.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waiting {
+    since_ms: u64,
+    since_send: u64,
+    last_send: u64,
+}
+
 pub(crate) struct Session {
     /// Our Hello has not been transmitted yet.
     pub(crate) hello_due: bool,
@@ -83,6 +92,18 @@ pub(crate) struct Session {
     pub(crate) sent_max: Have,
     /// Distance from `acked` to `sent` (kept up to date by every change of either).
     in_flight: u64,
+    /// Per origin, since when it waits for its acknowledgement (see [`Waiting`]).
+    waiting: BTreeMap<NodeId, Waiting>,
+    /// Sends (one origin's events in a batch) numbered in order, on this session.
+    sends: u64,
+    /// The latest send the peer is known to have acknowledged (in part).
+    acked_send: u64,
+    /// Origins the peer does not acknowledge although it acknowledged what was sent after
+    /// them, for a resend interval (it holds them back: a halted collection, a missing
+    /// dependency): sent again from `acked`, one batch at a time (a read may pass it to reach a
+    /// seal), not counted against the window, so that they cannot stop the other origins. An
+    /// origin leaves when its `acked` moves.
+    pub(crate) stalled: BTreeSet<NodeId>,
     /// The local have version at which a batch was last found empty: until the local have or
     /// the cursors change, there is still nothing to send (saves scanning every origin).
     pub(crate) idle_at: Option<u64>,
@@ -199,6 +220,10 @@ impl Session {
             acked: Have::new(),
             sent_max: Have::new(),
             in_flight: 0,
+            waiting: BTreeMap::new(),
+            sends: 0,
+            acked_send: 0,
+            stalled: BTreeSet::new(),
             idle_at: None,
             progress_ms: now,
             last_origin: None,
@@ -297,6 +322,9 @@ impl Session {
         self.sent = have.clone();
         self.acked = have;
         self.in_flight = 0;
+        self.waiting.clear();
+        (self.sends, self.acked_send) = (0, 0);
+        self.stalled.clear();
         self.idle_at = None;
         self.progress_ms = now;
         self.hello = Some(hello);
@@ -307,11 +335,68 @@ impl Session {
         self.in_flight
     }
 
-    /// Records that events of `origin` up to `seq` were sent.
+    /// Events of `origin` sent but not acknowledged.
+    pub(crate) fn origin_in_flight(&self, origin: &NodeId) -> u64 {
+        have::get(&self.sent, origin).saturating_sub(have::get(&self.acked, origin))
+    }
+
+    /// Events in flight that count against the window: not those of stalled origins.
+    pub(crate) fn window_in_flight(&self) -> u64 {
+        let stalled: u64 = self.stalled.iter().map(|o| self.origin_in_flight(o)).sum();
+        self.in_flight.saturating_sub(stalled)
+    }
+
+    /// Marks stalled the origins in flight whose acknowledgement has not moved for `after` ms
+    /// although the peer acknowledged something sent after them (a slow link delivers in
+    /// order: what was sent later is acknowledged later; the peer's acknowledgements of its
+    /// own events or of others' it got elsewhere do not count), and goes back for each (as the
+    /// resend timer does for all): what the peer did not take is sent again, one batch at a
+    /// time, while it stays stalled.
+    pub(crate) fn note_stalled(&mut self, now: u64, after: u64) {
+        if self.in_flight == 0 {
+            return;
+        }
+        let newly: Vec<NodeId> = self
+            .waiting
+            .iter()
+            .filter(|(o, w)| {
+                self.acked_send > w.since_send
+                    && now >= w.since_ms.saturating_add(after)
+                    && !self.stalled.contains(*o)
+                    && self.origin_in_flight(o) > 0
+            })
+            .map(|(o, _)| o.clone())
+            .collect();
+        for origin in newly {
+            match self.acked.get(&origin) {
+                Some(&acked) => self.sent.insert(origin.clone(), acked),
+                None => self.sent.remove(&origin),
+            };
+            self.stalled.insert(origin);
+            self.idle_at = None;
+        }
+        self.in_flight = have::distance(&self.sent, &self.acked);
+    }
+
+    /// Records that events of `origin` up to `seq` were sent (before `sent_max` is raised).
     pub(crate) fn mark_sent(&mut self, origin: &NodeId, seq: u64, now: u64) {
         if self.in_flight == 0 {
             self.progress_ms = now;
         }
+        self.sends += 1;
+        // A fresh start (everything sent of it before was acknowledged), not a resend after a
+        // go-back: an origin that has waited for its acknowledgement goes on waiting.
+        let fresh = have::get(&self.sent_max, origin) <= have::get(&self.acked, origin);
+        let sends = self.sends;
+        let w = self.waiting.entry(origin.clone()).or_insert(Waiting {
+            since_ms: now,
+            since_send: sends,
+            last_send: sends,
+        });
+        if fresh {
+            (w.since_ms, w.since_send) = (now, sends);
+        }
+        w.last_send = sends;
         let before = have::get(&self.sent, origin);
         if have::raise(&mut self.sent, origin, seq) {
             self.in_flight += seq - before;
@@ -350,6 +435,27 @@ impl Session {
             let acked = have::get(&self.acked, o);
             *seq > acked && acked < have::get(&self.sent, o)
         });
+        for (o, seq) in &kept {
+            let (acked, sent) = (have::get(&self.acked, o), have::get(&self.sent, o));
+            if *seq <= acked {
+                continue;
+            }
+            if let Some(w) = self.waiting.get_mut(o) {
+                // What this session sent of it: all of it acknowledged covers its last send;
+                // a part, at least the oldest one still waiting.
+                if acked < sent {
+                    let covered = if *seq >= sent {
+                        w.last_send
+                    } else {
+                        w.since_send
+                    };
+                    self.acked_send = self.acked_send.max(covered);
+                }
+                // What is left of it in flight was sent at the latest now.
+                (w.since_ms, w.since_send) = (now, self.sends);
+            }
+            self.stalled.remove(o);
+        }
         let pairs = kept.iter().map(|(o, s)| (o, *s));
         have::join(&mut self.their_have, pairs.clone());
         // The peer may hold events it got through another path: no need to send them.
@@ -412,8 +518,10 @@ impl Session {
         if self.in_flight > 0 {
             self.progress_ms = now;
         }
+        // (Not a page that could not be read: it is read again when its timer fires.)
         if let Some(out) = self.snapshot_out.as_mut()
             && out.sent_at.is_some()
+            && out.versions.is_some()
         {
             out.sent_at = Some(now);
         }

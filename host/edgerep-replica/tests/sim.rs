@@ -1429,7 +1429,25 @@ impl Sim {
             }
             if let Message::Events { events, .. } = &message {
                 self.stats.events_sent += events.len() as u64;
-                let in_flight = r.peer_view(&peer).unwrap().in_flight_events;
+                // Origins the peer does not acknowledge are outside the window, one batch
+                // each at most.
+                let view = r.peer_view(&peer).unwrap();
+                let mut in_flight = view.in_flight_events;
+                for o in &view.stalled_origins {
+                    let of_origin = view
+                        .sent
+                        .get(o)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(view.acked.get(o).copied().unwrap_or(0));
+                    if of_origin > self.config.batch_events as u64 {
+                        return Err(format!(
+                            "n{i} has {of_origin} events of stalled {o} in flight to {peer}, over a batch of {}",
+                            self.config.batch_events
+                        ));
+                    }
+                    in_flight -= of_origin;
+                }
                 if in_flight > self.config.window_events {
                     return Err(format!(
                         "n{i} has {in_flight} events in flight to {peer}, over the window of {}",

@@ -108,6 +108,12 @@ pub struct Installed {
     /// holds under their origin and sequence number (another history the origin signed, sent
     /// by a peer that holds it): left out.
     pub forks: Vec<RepairFork>,
+    /// Versions left out because their causal context names this node's own events beyond
+    /// any it holds or the page proves (a context its origin forged: merged, such a version
+    /// would supersede this node's future writes to the key, and refuse them here). After a
+    /// restore that lost this node's later events, an honest version may be left out too,
+    /// until the snapshot's last page brings them back: anti-entropy then merges it.
+    pub future_contexts: u64,
     /// The feed's last position afterwards (raised past the changes, which have none).
     pub feed_last: u64,
     /// Whether anything was written (and synced, with `Sync::Immediate`). A page or repair that
@@ -244,7 +250,15 @@ impl Store {
             // The stored versions' length (their events' encodings plus a few header bytes)
             // and their proofs.
             let stored = v.value().len();
-            let v = Versions::decode(v.value(), &self.limits()).map_err(|e| corrupt("state", e))?;
+            // A row that cannot be read (damage the check at open reports) is left out, as
+            // `versions_within` does: the rest of the state still goes out, and anti-entropy
+            // repairs the row from a peer. Failing the page would stop the snapshot for good.
+            let Ok(v) = Versions::decode(v.value(), &self.limits()) else {
+                if let Some((coll, key)) = split_state_key(k.value()) {
+                    last = Some((coll.to_owned(), key.to_vec()));
+                }
+                continue;
+            };
             let size = stored + v.events().len() * proofs::PROOF_BYTES;
             if last.is_some() && (count + v.events().len() > max_events || bytes + size > max_bytes)
             {
@@ -641,6 +655,25 @@ impl StoreWriter {
             let mut counters = Counters::load(&meta)?;
             let held_before = read_map(&txn.open_table(ORIGINS)?)?;
             let (mut changed, mut covered, mut replaced) = (0, 0, 0);
+            // This node's own events: only it issues them, so a version naming more of them
+            // than it issued (or than the page brings back under this node's own seals, for a
+            // restored store) depends on events that do not exist. The event path holds such
+            // an event back for good (causal delivery); a snapshot, which has none, leaves it
+            // out.
+            let own_issued = held_before
+                .get(&self.node)
+                .copied()
+                .unwrap_or(0)
+                .max(have.and_then(|h| h.get(&self.node)).copied().unwrap_or(0))
+                .max(
+                    proven
+                        .iter()
+                        .filter(|(_, seal, _)| seal.origin == self.node)
+                        .map(|(_, seal, _)| seal.seq)
+                        .max()
+                        .unwrap_or(0),
+                );
+            let mut future_contexts = 0;
             let mut keys_restored = false;
             let mut by_collection: BTreeMap<String, CollectionCounts> = BTreeMap::new();
             for (event, seal, path) in proven {
@@ -666,6 +699,14 @@ impl StoreWriter {
                         (EncodedEvent::new(e), Some(original))
                     }
                 };
+                if event
+                    .context
+                    .get(&self.node)
+                    .is_some_and(|seq| seq > own_issued)
+                {
+                    future_contexts += 1;
+                    continue;
+                }
                 // This node's own write back from a peer's snapshot (its store was restored):
                 // the keys it was sent with, as `apply_in` keeps them.
                 if event.origin == self.node && !within_have {
@@ -849,6 +890,7 @@ impl StoreWriter {
                     held,
                     compacted,
                     forks,
+                    future_contexts,
                     feed_last,
                     wrote,
                 },

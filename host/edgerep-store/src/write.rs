@@ -155,8 +155,10 @@ pub(crate) type Walked<'s> = (BTreeMap<NodeId, ChainWalk<'s>>, BTreeMap<NodeId, 
 /// received) from the head the store holds, checking the seals met on the way (`seal_at`): a
 /// seal that does not verify is a forgery ([`StoreError::Forged`]: nothing may be applied);
 /// one that verifies but that the events do not chain to is a fork (two histories the origin
-/// signed) or events changed under a genuine seal; the two look alike here. Returns each
-/// origin's walk and the forks (their events are left out, the rest applied).
+/// signed), unless the seal covers exactly their block and its root is not theirs: events
+/// changed under a genuine seal, a forgery too. (Changed events in a block this store holds
+/// part of look like a fork.) Returns each origin's walk and the forks (their events are left
+/// out, the rest applied).
 pub(crate) fn walk_chains<'e, 's>(
     events: impl IntoIterator<Item = &'e EncodedEvent>,
     seal_at: &BTreeMap<(&str, u64), &'s Seal>,
@@ -225,6 +227,15 @@ pub(crate) fn walk_chains<'e, 's>(
                         }
                         w.block.clear();
                         w.sealed.push(seal);
+                    } else if seal.first == w.block.first && seal.root != w.block.root() {
+                        // The seal covers exactly these events and they are not the ones it
+                        // signed: changed on the way, not another history of the origin's
+                        // (whose block would match its own seal's root).
+                        return Err(forged(
+                            &e.origin,
+                            e.seq,
+                            "its events are not the ones its seal signed".into(),
+                        ));
                     } else {
                         forks.insert(
                             e.origin.clone(),
@@ -1361,8 +1372,9 @@ impl StoreWriter {
             // events (their canonical bytes, as received), checking the batch's seals on the way: a seal that
             // does not verify is a forgery (nothing is applied); one that verifies but that
             // the events do not chain to from this node's history is a fork (two histories the
-            // origin signed) or events changed under a genuine seal; the two look alike here.
-            // That origin's events are left out, the rest applied.
+            // origin signed; events changed under it are a forgery where the seal covers their
+            // block exactly, see `walk_chains`). That origin's events are left out, the rest
+            // applied.
             let (walks, forks) = walk_chains(
                 events.iter().map(|r| &r.event),
                 &seal_at,

@@ -365,3 +365,44 @@ fn compaction_says_when_more_is_left_under_blocks_smaller_than_its_budget() {
     let c = a.compact(&floors, 4, Sync::Immediate).unwrap();
     assert_eq!((c.removed, c.more), (0, false));
 }
+
+/// A snapshot version whose causal context names this node's own events beyond any it issued
+/// (its origin signed a lie): merged, it would supersede this node's next writes to the key
+/// and make the node refuse them for good. It is left out and counted; a version whose context
+/// names what this node did issue is merged.
+#[test]
+fn a_snapshot_version_naming_this_nodes_future_is_left_out() {
+    let (v, l) = (store("v"), store("l"));
+    let (mut cv, mut cl) = (clock(), clock());
+    write(&v, &mut cv, 1, &[("k", 1)]);
+    write(&l, &mut cl, 2, &[("k", 2), ("j", 3)]);
+    let with_context = |seq: u64, names: u64| {
+        let mut e = l.changelog("l", seq - 1, 1).unwrap()[0]
+            .clone()
+            .into_event();
+        e.context.add(&edgerep_wire::event::Dot {
+            origin: NodeId::parse("v").unwrap(),
+            seq: names,
+        });
+        edgerep_wire::EncodedEvent::new(e)
+    };
+    let before = v.status().unwrap();
+    let out = v
+        .install_snapshot(
+            vec![with_context(1, u64::MAX - 1)],
+            None,
+            None,
+            Sync::Immediate,
+        )
+        .unwrap();
+    assert_eq!((out.future_contexts, out.changed), (1, 0), "{out:?}");
+    assert_eq!(v.status().unwrap().digest, before.digest);
+    // The node still writes the key.
+    write(&v, &mut cv, 3, &[("k", 4)]);
+    // A context naming what v did issue is merged.
+    let out = v
+        .install_snapshot(vec![with_context(2, 1)], None, None, Sync::Immediate)
+        .unwrap();
+    assert_eq!((out.future_contexts, out.changed), (0, 1), "{out:?}");
+    assert_verified(&v);
+}

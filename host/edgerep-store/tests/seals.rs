@@ -130,20 +130,23 @@ fn a_sealed_batch_applies_and_a_forged_one_changes_nothing() {
     a.commit_local(writes("x", 10), &mut c, 1).unwrap();
     a.commit_local(writes("y", 10), &mut c, 2).unwrap();
 
-    // A changed value under the origin's genuine seal: the events no longer chain to it. That
-    // origin's events are left out (reported as a fork or a change: the two look alike here),
-    // nothing else changes.
+    // A changed value under the origin's genuine seal: the events no longer chain to it, and
+    // the block the seal covers (all of it here) is not the one it signed. A forgery, not a
+    // fork (another history the origin signed would match its own seal's block): refused
+    // whole, naming the origin and the event, so the peer that sent it is known for a liar.
+    let before = b.status().unwrap();
     let (mut events, seals) = batch(&a, "a", 0, 10);
     let mut changed = events[4].clone().into_event();
     changed.value = Some(Value::from_json(&serde_json::json!(666), &Default::default()).unwrap());
     events[4] = EncodedEvent::new(changed);
-    let received = events.into_iter().map(Received::as_received).collect();
-    let out = b
-        .apply_sealed(received, &seals, &[], &[], Sync::Immediate, &mut clock(), 1)
-        .unwrap();
-    assert_eq!(out.forks.len(), 1);
+    let e = apply(&b, events, &seals).unwrap_err();
+    assert!(matches!(e, StoreError::Forged { .. }), "{e}");
+    assert!(
+        e.to_string().contains("not the ones its seal signed"),
+        "{e}"
+    );
+    assert_eq!(b.status().unwrap(), before);
     assert_eq!(b.status().unwrap().origins.get("a"), None);
-    let before = b.status().unwrap();
     // A seal with the right chain hash, signed by another node.
     let (events, mut seals) = batch(&a, "a", 0, 10);
     seals[0].signature = mac(&node("b"), &seals[0].message());
@@ -497,6 +500,32 @@ fn a_second_history_the_origin_signed_is_a_fork_not_a_forgery() {
         "a's first history kept, c's events applied"
     );
     assert_eq!(b.verify().unwrap(), Ok(()));
+}
+
+/// A fork whose block starts right after the held head: the seal covers exactly the received
+/// events, and they are the ones the origin signed in its other history (the block's root is
+/// the seal's). Still a fork, not a forgery: the peer that relays it is not lying.
+#[test]
+fn a_fork_whose_block_starts_at_the_held_head_is_a_fork() {
+    let (a, a_again, b) = (store("a"), store("a"), store("b"));
+    let mut clk = clock();
+    a.commit_local(writes("x", 2), &mut clk, 1).unwrap();
+    a_again
+        .commit_local(writes("other", 2), &mut clk, 2)
+        .unwrap();
+    a_again
+        .commit_local(writes("more", 2), &mut clk, 3)
+        .unwrap();
+    let (events, seals) = batch(&a, "a", 0, 2);
+    apply(&b, events, &seals).unwrap();
+    let (events, seals) = batch(&a_again, "a", 2, 4);
+    assert_eq!((seals.len(), seals[0].first), (1, 3));
+    let received: Vec<Received> = events.into_iter().map(Received::as_received).collect();
+    let out = b
+        .apply_sealed(received, &seals, &[], &[], Sync::Immediate, &mut clock(), 1)
+        .unwrap();
+    assert_eq!(out.forks.len(), 1, "{:?}", out.forks);
+    assert_eq!(b.status().unwrap().origins["a"], 2);
 }
 
 /// Keys that hold `origin` revoked after its event `after`, as a node's do once a reload

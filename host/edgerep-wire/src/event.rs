@@ -176,6 +176,15 @@ impl VersionVector {
         *entry = (*entry).max(dot.seq);
     }
 
+    /// Covers at most `upto` of `origin` (nothing of it when `upto` is 0).
+    pub fn limit(&mut self, origin: &NodeId, upto: u64) {
+        if upto == 0 {
+            self.0.remove(origin);
+        } else if let Some(seq) = self.0.get_mut(origin) {
+            *seq = (*seq).min(upto);
+        }
+    }
+
     /// Adds everything `other` covers.
     pub fn join(&mut self, other: &VersionVector) {
         for (origin, &seq) in &other.0 {

@@ -471,6 +471,33 @@ fn report(outcome: Outcome, print: impl FnOnce(&[u8])) -> u8 {
     }
 }
 
+/// What a `status?verify=true` answer says is wrong with the store, if its check failed (or
+/// the answer does not say it passed).
+fn verify_problem(body: &[u8]) -> Option<String> {
+    let j: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(j) => j,
+        Err(e) => return Some(format!("the node's status answer is not JSON: {e}")),
+    };
+    match j["verified"].as_bool() {
+        Some(true) => None,
+        Some(false) => Some(
+            j["verify_error"]
+                .as_str()
+                .unwrap_or("the node gave no reason")
+                .to_owned(),
+        ),
+        None => Some("the node's status answer has no \"verified\" field".to_owned()),
+    }
+}
+
+/// Prints one line of a listing to stdout; false once stdout is closed (`edgerep scan | head`),
+/// so the listing stops quietly instead of panicking on a broken pipe.
+fn print_line(line: &str) -> bool {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+}
+
 fn print_pretty(body: &[u8]) {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
@@ -687,13 +714,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 params.push(("follow", "false".into()));
             }
             let c = client(&config)?;
-            Ok(report(
-                c.watch(&params, |line| {
-                    println!("{line}");
-                    true
-                }),
-                |_| {},
-            ))
+            Ok(report(c.watch(&params, print_line), |_| {}))
         }
         Command::Reload { config } => {
             // The bytes checked here are the ones the node must find in its own file (it
@@ -723,6 +744,14 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                     config.display()
                 );
                 return Ok(EXIT_USAGE);
+            }
+            if matches!(&outcome, Outcome::Failed(m) if m.contains("cannot reach")) {
+                // The address (and token) come from the edited file: a changed [api] section
+                // points this command at a node that is not there yet.
+                eprintln!(
+                    "edgerep: this command reaches the node through the [api] of {}: if that section changed, the node still listens at its old address (an [api] change takes a restart)",
+                    config.display()
+                );
             }
             if let (Outcome::Refused(401, _), Some(token)) = (&outcome, &c.api.token_file) {
                 // After a rotation the file holds a token the node does not know yet.
@@ -755,13 +784,22 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 },
         } => debug_damage(&config, &collection, &key, flip_byte),
         Command::Status { config, verify } => {
-            Ok(report(
-                client(&config)?.status(verify),
-                |body| match serde_json::from_slice::<serde_json::Value>(body) {
-                    Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
-                    Err(_) => print_body(body),
-                },
-            ))
+            // A failed check is answered 200 with the status (it shows what the node holds),
+            // but the command fails: a script reading only the exit code must not see "ok".
+            let mut problem = None;
+            let code = report(client(&config)?.status(verify), |body| {
+                print_pretty(body);
+                if verify {
+                    problem = verify_problem(body);
+                }
+            });
+            match problem {
+                Some(p) if code == 0 => {
+                    eprintln!("edgerep: the store's check failed: {}", one_line(&p));
+                    Ok(EXIT_FAILED)
+                }
+                _ => Ok(code),
+            }
         }
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -852,7 +890,9 @@ fn scan(
             if limit.is_some_and(|l| printed >= l) {
                 return Ok(0);
             }
-            println!("{item}");
+            if !print_line(&item.to_string()) {
+                return Ok(0);
+            }
             printed += 1;
         }
         after = match (page["next"].as_str(), page["next_base64"].as_str()) {

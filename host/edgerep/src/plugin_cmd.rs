@@ -174,6 +174,7 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
                     fuel,
                     memory_bytes: memory,
                     deadline: Duration::from_millis(deadline_ms),
+                    ..Limits::default()
                 },
                 params: params.into_iter().collect::<BTreeMap<_, _>>(),
             })?;

@@ -79,6 +79,22 @@ fn damage_is_found_at_restart_and_repaired_on_demand() {
     assert_eq!(s["store_check_at_open"]["entries_recorded"], 40, "{s}");
     assert_eq!(s["store_check_at_open"]["unreadable"], 1, "{s}");
     assert_eq!(get(&n2, "c", "k7").0, 404, "the damage is real");
+    // `status --verify` prints the status and fails while a row is unreadable: a script that
+    // reads only the exit code does not take the store for sound.
+    let o = edgerep(&[
+        "status",
+        "--verify",
+        "--config",
+        configs[1].to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(printed["verified"], false, "{printed}");
+    assert!(
+        stderr(&o).contains("the store's check failed"),
+        "{}",
+        stderr(&o)
+    );
     // Bookkeeping says node-2 holds everything: replication alone never repairs it.
     assert_eq!(s["origins"]["node-1"], 40, "{s}");
     let o = edgerep(&[

@@ -208,7 +208,7 @@ impl Replicator {
                     };
                     tracing::error!(
                         peer = %peer, origin = %report.origin, seq = report.seq,
-                        "fork: a peer sent events of the origin that do not chain to its seal from the history this node holds (another history the origin signed, or events changed by the peer); left out"
+                        "fork: a peer sent events of the origin that do not chain to its seal from the history this node holds (another history the origin signed, or events changed in a block this node holds part of); left out"
                     );
                     self.reports.fork(report);
                 }
@@ -316,6 +316,9 @@ impl Replicator {
         match result {
             Ok(out) => {
                 self.reports.snapshot_pages_merged_total += 1;
+                if out.future_contexts > 0 {
+                    tracing::warn!(peer = %peer, versions = out.future_contexts, "left out snapshot versions whose causal context names this node's own events beyond any it holds (forged by their origin, or after a restore that lost those events: anti-entropy merges them once they are back)");
+                }
                 if out.compacted.is_empty() {
                     tracing::debug!(peer = %peer, changed = out.changed, "merged a snapshot page");
                 } else {

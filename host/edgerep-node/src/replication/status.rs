@@ -302,7 +302,8 @@ impl super::Replicator {
                         .last_error
                         .get(id)
                         .cloned()
-                        .or_else(|| view.as_ref().and_then(|v| v.last_apply_error.clone())),
+                        .or_else(|| view.as_ref().and_then(|v| v.last_apply_error.clone()))
+                        .or_else(|| view.as_ref().and_then(|v| v.last_send_error.clone())),
                     instance: self
                         .instances
                         .get(id)

@@ -98,6 +98,7 @@ pub(crate) fn limits(fuel: u64, memory_bytes: usize) -> Limits {
         fuel,
         memory_bytes,
         deadline: Duration::from_secs(60),
+        ..Limits::default()
     }
 }
 

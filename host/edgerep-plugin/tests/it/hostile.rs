@@ -51,6 +51,7 @@ fn spin_hits_the_deadline_with_fuel_to_spare() {
             fuel: u64::MAX / 2,
             memory_bytes: 16 << 20,
             deadline: Duration::from_millis(50),
+            ..Limits::default()
         },
         &[],
     );
