@@ -1887,13 +1887,19 @@ impl Replica {
             let after = have::get(&s.sent, &origin);
             let upto = sendable(s, &origin);
             let mut want = budget.min(upto - after);
-            // An origin the peer does not acknowledge: one batch of it in flight at most.
-            if s.stalled.contains(&origin) {
-                let one_batch = config.batch_events as u64;
-                want = want.min(one_batch.saturating_sub(s.origin_in_flight(&origin)));
-                if want == 0 {
-                    continue;
-                }
+            let one_batch = config.batch_events as u64;
+            let of_origin = s.origin_in_flight(&origin);
+            let stalled = s.stalled.contains(&origin);
+            if stalled {
+                // An origin the peer does not acknowledge: one batch of it in flight at most.
+                want = want.min(one_batch.saturating_sub(of_origin));
+            } else if config.window_events >= 2 * one_batch {
+                // One origin leaves room in the window for a batch of others: what goes after
+                // it, once acknowledged, shows whether the peer holds it back.
+                want = want.min((config.window_events - one_batch).saturating_sub(of_origin));
+            }
+            if want == 0 {
+                continue;
             }
             let read = match log.read(&origin, after, want as usize, bytes_left) {
                 Err(LogError::Compacted { .. }) => {
@@ -1909,6 +1915,11 @@ impl Replica {
                 Ok(read) => read,
             };
             let events = read.events;
+            // A stalled origin with events in flight takes no read past `want` (to reach a
+            // seal): its batch in flight would grow past one.
+            if stalled && of_origin > 0 && events.len() as u64 > want {
+                continue;
+            }
             // The read may pass `want` to reach a seal, never what may be sent (a seal point).
             let last = events.last().map(|e| e.seq);
             let wrong = if events.is_empty() || events.len() as u64 > upto - after {

@@ -2396,7 +2396,7 @@ fn made_up_origins_a_peer_floods_do_not_grow_the_cores_maps() {
 #[test]
 fn an_origin_the_peer_never_acknowledges_does_not_stop_the_others() {
     let mut all = evs("x", 1..=100);
-    all.extend(evs("y", 1..=100));
+    all.extend(evs("y", 1..=400));
     let log = MemLog::with(&all);
     let mut r = ready(&log, config(20, 5), &["b"]);
     let b = n("b");
@@ -2419,7 +2419,7 @@ fn an_origin_the_peer_never_acknowledges_does_not_stop_the_others() {
     // sent again as a node does for events it held back: once at first, then again only after
     // its have moved and a wait that doubles (3 s, 6 s, ...).
     let (mut asked_at, mut asked_y, mut wait): (Option<u64>, u64, u64) = (None, 0, 3000);
-    while now < 20_000 && y_sent < 100 {
+    while now < 20_000 && y_sent < 400 {
         let mut xs = Vec::new();
         send(&mut r, now, &mut y_sent, &mut xs);
         let ask = match asked_at {
@@ -2437,7 +2437,8 @@ fn an_origin_the_peer_never_acknowledges_does_not_stop_the_others() {
         while r.poll_output().is_some() {}
         now += 100;
     }
-    assert_eq!(y_sent, 100, "y stopped behind x (x sent: {x_seqs:?})");
+    assert_eq!(y_sent, 400, "y stopped behind x (x sent: {x_seqs:?})");
+    assert!(r.peers[&b].session.as_ref().unwrap().stalled.contains(&n("x")));
     let x_sent = x_seqs.iter().copied().max().unwrap_or(0);
     // x never went past the window it had when it stalled.
     assert!(x_sent <= 20, "{x_sent}");
@@ -2452,11 +2453,12 @@ fn an_origin_the_peer_never_acknowledges_does_not_stop_the_others() {
         resent.push(seqs.len());
     }
     assert!(resent.iter().all(|&n| n <= 5), "{resent:?}");
-    // Once the peer acknowledges x, it flows at the full window again.
+    // Once the peer acknowledges x, it flows again: up to the window less one batch (room
+    // kept for other origins).
     r.handle(&b, ack(&[("x", 5)], false), now).unwrap();
     let mut seqs = Vec::new();
     send(&mut r, now, &mut y_sent, &mut seqs);
-    assert_eq!(seqs.len(), 20, "{seqs:?}");
+    assert_eq!(seqs.len(), 15, "{seqs:?}");
     assert!(r.peers[&b].session.as_ref().unwrap().stalled.is_empty());
 }
 
@@ -2535,4 +2537,38 @@ fn a_slow_acknowledgement_is_no_stall_whatever_the_peer_acknowledges_of_its_own(
     r.handle(&b, ack(&[("a", 4), ("b", 20)], false), 10_000)
         .unwrap();
     assert_eq!(r.peer_view(&b).unwrap().in_flight_events, 0);
+}
+
+/// Acknowledgements that prove nothing of this link: the peer got more of an origin than this
+/// session ever sent from another path. An origin still on its way on this (slow) link is not
+/// stalled for them, and nothing is sent again.
+#[test]
+fn events_the_peer_got_elsewhere_do_not_stall_what_is_still_on_its_way() {
+    let mut all = evs("z", 1..=5);
+    all.extend(evs("x", 1..=5));
+    let log = MemLog::with(&all);
+    let mut r = ready(&log, config(100, 10), &["b"]);
+    let b = n("b");
+    let mut first = Vec::new();
+    while let Some((_, m)) = r.poll_transmit(0, &log).unwrap() {
+        if let Message::Events { events, .. } = m {
+            first.extend(events.iter().map(|e| e.origin.to_string()));
+        }
+    }
+    assert_eq!(first.len(), 10, "{first:?}");
+    for now in (500..10_000).step_by(500) {
+        r.link_busy(&b, now);
+        // x from another path, beyond all this session sent of it.
+        r.handle(&b, ack(&[("x", 5 + now / 500)], false), now)
+            .unwrap();
+        while r.poll_output().is_some() {}
+        r.handle_timeout(now);
+        while let Some((_, m)) = r.poll_transmit(now, &log).unwrap() {
+            assert!(
+                !matches!(m, Message::Events { .. }),
+                "sent again at {now}: {m:?}"
+            );
+        }
+        assert!(r.peers[&b].session.as_ref().unwrap().stalled.is_empty());
+    }
 }

@@ -69,6 +69,8 @@ pub(crate) struct Batch {
 pub(crate) struct Waiting {
     since_ms: u64,
     since_send: u64,
+    /// The send that carried its newest events first (a resend does not count: an
+    /// acknowledgement may be of the first copy, still arriving).
     last_send: u64,
 }
 
@@ -386,7 +388,8 @@ impl Session {
         self.sends += 1;
         // A fresh start (everything sent of it before was acknowledged), not a resend after a
         // go-back: an origin that has waited for its acknowledgement goes on waiting.
-        let fresh = have::get(&self.sent_max, origin) <= have::get(&self.acked, origin);
+        let sent_max = have::get(&self.sent_max, origin);
+        let fresh = sent_max <= have::get(&self.acked, origin);
         let sends = self.sends;
         let w = self.waiting.entry(origin.clone()).or_insert(Waiting {
             since_ms: now,
@@ -396,7 +399,9 @@ impl Session {
         if fresh {
             (w.since_ms, w.since_send) = (now, sends);
         }
-        w.last_send = sends;
+        if seq > sent_max {
+            w.last_send = sends;
+        }
         let before = have::get(&self.sent, origin);
         if have::raise(&mut self.sent, origin, seq) {
             self.in_flight += seq - before;
@@ -441,18 +446,15 @@ impl Session {
                 continue;
             }
             if let Some(w) = self.waiting.get_mut(o) {
-                // What this session sent of it: all of it acknowledged covers its last send;
-                // a part, at least the oldest one still waiting.
-                if acked < sent {
-                    let covered = if *seq >= sent {
-                        w.last_send
-                    } else {
-                        w.since_send
-                    };
-                    self.acked_send = self.acked_send.max(covered);
+                // All this session sent of it acknowledged, and no more than it ever sent
+                // (more came another way, which proves nothing of this link): the send that
+                // first carried its newest events went through. (A part proves too little
+                // to count: which send carried it is not known.)
+                if acked < sent && *seq >= sent && *seq <= have::get(&self.sent_max, o) {
+                    self.acked_send = self.acked_send.max(w.last_send);
                 }
-                // What is left of it in flight was sent at the latest now.
-                (w.since_ms, w.since_send) = (now, self.sends);
+                // What is left of it in flight went at the latest with its newest events.
+                (w.since_ms, w.since_send) = (now, w.last_send);
             }
             self.stalled.remove(o);
         }

@@ -108,11 +108,14 @@ pub struct Installed {
     /// holds under their origin and sequence number (another history the origin signed, sent
     /// by a peer that holds it): left out.
     pub forks: Vec<RepairFork>,
-    /// Versions left out because their causal context names this node's own events beyond
-    /// any it holds or the page proves (a context its origin forged: merged, such a version
-    /// would supersede this node's future writes to the key, and refuse them here). After a
-    /// restore that lost this node's later events, an honest version may be left out too,
-    /// until the snapshot's last page brings them back: anti-entropy then merges it.
+    /// Versions left out because their causal context names events this node does not hold
+    /// (a context its origin forged: merged, such a version would supersede the named origins'
+    /// future writes to the key, here and on every node it is repaired to; this node's own,
+    /// beyond any it issued, would make it refuse its own writes to the key). Checked for
+    /// every origin in a repair and on a snapshot's last page, for this node's own events on a
+    /// snapshot's earlier pages (their have comes last). After a restore that lost this
+    /// node's later events, an honest version may be left out too, until the snapshot's last
+    /// page brings them back: anti-entropy then merges it.
     pub future_contexts: u64,
     /// The feed's last position afterwards (raised past the changes, which have none).
     pub feed_last: u64,
@@ -699,10 +702,25 @@ impl StoreWriter {
                         (EncodedEvent::new(e), Some(original))
                     }
                 };
+                // Causal delivery, as the event path has it: every event a version's context
+                // names must be held here (a repair's versions are within this node's have,
+                // whose events were admitted that way; a snapshot's last page brings the have
+                // its versions were taken at). A snapshot's earlier pages come before that
+                // have: of them only this node's own events are checked.
+                let held_upto = |o: &NodeId| -> Option<u64> {
+                    if *o == self.node {
+                        Some(own_issued)
+                    } else if repair || have.is_some() {
+                        let held = held_before.get(o).copied().unwrap_or(0);
+                        Some(held.max(have.and_then(|h| h.get(o)).copied().unwrap_or(0)))
+                    } else {
+                        None
+                    }
+                };
                 if event
                     .context
-                    .get(&self.node)
-                    .is_some_and(|seq| seq > own_issued)
+                    .iter()
+                    .any(|(o, seq)| held_upto(o).is_some_and(|held| seq > held))
                 {
                     future_contexts += 1;
                     continue;

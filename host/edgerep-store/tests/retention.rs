@@ -406,3 +406,37 @@ fn a_snapshot_version_naming_this_nodes_future_is_left_out() {
     assert_eq!((out.future_contexts, out.changed), (0, 1), "{out:?}");
     assert_verified(&v);
 }
+
+/// A snapshot's last page, which brings the have its versions were taken at: a version whose
+/// context names another origin's events beyond what this node holds or that have is left out
+/// (its origin forged it: merged, it would supersede that origin's next writes to the key on
+/// every node). One naming what is held is merged. (A repair is held to the same rule.)
+#[test]
+fn a_last_page_version_naming_events_nobody_holds_is_left_out() {
+    let (v, l, b) = (store("v"), store("l"), store("b"));
+    let (mut cl, mut cb) = (clock(), clock());
+    write(&l, &mut cl, 1, &[("k", 1), ("j", 2)]);
+    write(&b, &mut cb, 2, &[("x", 3)]);
+    ship(&b, &v, "b");
+    let naming = |seq: u64, b_seq: u64| {
+        let mut e = l.changelog("l", seq - 1, 1).unwrap()[0]
+            .clone()
+            .into_event();
+        e.context.add(&edgerep_wire::event::Dot {
+            origin: NodeId::parse("b").unwrap(),
+            seq: b_seq,
+        });
+        edgerep_wire::EncodedEvent::new(e)
+    };
+    let have: edgerep_wire::Have = [(NodeId::parse("l").unwrap(), 2)].into();
+    let out = v
+        .install_snapshot(
+            vec![naming(1, 1 << 40), naming(2, 1)],
+            Some(&have),
+            None,
+            Sync::Immediate,
+        )
+        .unwrap();
+    assert_eq!((out.future_contexts, out.changed), (1, 1), "{out:?}");
+    assert_verified(&v);
+}

@@ -1112,6 +1112,12 @@ impl Replicator {
                         "this node and a peer resolved the same versions differently (a resolver that is not deterministic, or different builds): those keys now hold the last-writer-wins default on both; see GET /v1/disagreements"
                     );
                 }
+                if out.future_contexts > 0 {
+                    tracing::warn!(
+                        peer = %peer, versions = out.future_contexts,
+                        "left out repair versions whose causal context names events this node does not hold (forged by their origin)"
+                    );
+                }
                 for fork in &out.forks {
                     if !self.reports.first_fork(fork.origin.as_str(), fork.seq) {
                         continue;

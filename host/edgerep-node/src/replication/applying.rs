@@ -317,7 +317,7 @@ impl Replicator {
             Ok(out) => {
                 self.reports.snapshot_pages_merged_total += 1;
                 if out.future_contexts > 0 {
-                    tracing::warn!(peer = %peer, versions = out.future_contexts, "left out snapshot versions whose causal context names this node's own events beyond any it holds (forged by their origin, or after a restore that lost those events: anti-entropy merges them once they are back)");
+                    tracing::warn!(peer = %peer, versions = out.future_contexts, "left out snapshot versions whose causal context names events this node does not hold (forged by their origin, or this node's own after a restore that lost them: anti-entropy merges them once they are back)");
                 }
                 if out.compacted.is_empty() {
                     tracing::debug!(peer = %peer, changed = out.changed, "merged a snapshot page");
