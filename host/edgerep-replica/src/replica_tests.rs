@@ -2438,7 +2438,14 @@ fn an_origin_the_peer_never_acknowledges_does_not_stop_the_others() {
         now += 100;
     }
     assert_eq!(y_sent, 400, "y stopped behind x (x sent: {x_seqs:?})");
-    assert!(r.peers[&b].session.as_ref().unwrap().stalled.contains(&n("x")));
+    assert!(
+        r.peers[&b]
+            .session
+            .as_ref()
+            .unwrap()
+            .stalled
+            .contains(&n("x"))
+    );
     let x_sent = x_seqs.iter().copied().max().unwrap_or(0);
     // x never went past the window it had when it stalled.
     assert!(x_sent <= 20, "{x_sent}");
