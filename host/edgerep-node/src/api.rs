@@ -1925,31 +1925,26 @@ async fn watch_feed(
     };
     // The last line of a stream the node ends early (an answer's status is sent already): the
     // client can tell it from a complete listing or a cut connection.
-    let end_line = |kind: &str, error: &str| {
+    let end = |mut c: Cursor, kind: &str, error: &str| {
+        c.ended = true;
         let mut line = json!({"error": error, "kind": kind})
             .to_string()
             .into_bytes();
         line.push(b'\n');
-        Bytes::from(line)
+        Some((Ok::<_, std::io::Error>(Bytes::from(line)), c))
     };
+    const SHUTDOWN: (&str, &str) = ("shutting_down", "the node is shutting down");
+    const TOKEN: (&str, &str) = ("token_changed", "the node's API token changed");
     let stream = futures_util::stream::unfold(cursor, move |mut c| async move {
         loop {
             if c.ended || c.remaining == 0 {
                 return None;
             }
             if *c.shutdown.borrow() {
-                c.ended = true;
-                return Some((
-                    Ok(end_line("shutting_down", "the node is shutting down")),
-                    c,
-                ));
+                return end(c, SHUTDOWN.0, SHUTDOWN.1);
             }
             if c.token.has_changed().unwrap_or(true) {
-                c.ended = true;
-                return Some((
-                    Ok(end_line("token_changed", "the node's API token changed")),
-                    c,
-                ));
+                return end(c, TOKEN.0, TOKEN.1);
             }
             // Mark the current position seen before reading, so no commit is missed; serve
             // only up to it (synced: a position a crash can take back is never shown).
@@ -2008,15 +2003,9 @@ async fn watch_feed(
             }
             tokio::select! {
                 changed = c.feed.changed() => if changed.is_err() { return None },
-                _ = c.shutdown.changed() => {
-                    c.ended = true;
-                    return Some((Ok(end_line("shutting_down", "the node is shutting down")), c));
-                }
+                _ = c.shutdown.changed() => return end(c, SHUTDOWN.0, SHUTDOWN.1),
                 // (`changed` marks the new token seen: `has_changed` above would miss it.)
-                _ = c.token.changed() => {
-                    c.ended = true;
-                    return Some((Ok(end_line("token_changed", "the node's API token changed")), c));
-                }
+                _ = c.token.changed() => return end(c, TOKEN.0, TOKEN.1),
             }
         }
     });

@@ -41,6 +41,42 @@ struct Loaded {
 /// instead, counted as fallbacks; anti-entropy settles what other nodes resolved otherwise).
 const RESOLVER_COOL_OFF: Duration = Duration::from_secs(30);
 
+impl Loaded {
+    /// Whether the resolver is left out now (see [`RESOLVER_COOL_OFF`]).
+    fn cooling(&self) -> bool {
+        let mut until = self.cooling_until.lock().unwrap_or_else(|p| p.into_inner());
+        if until.is_some_and(|t| std::time::Instant::now() >= t) {
+            *until = None;
+        }
+        until.is_some()
+    }
+
+    /// Leaves the resolver out for [`RESOLVER_COOL_OFF`] from now.
+    fn cool_off(&self) {
+        *self.cooling_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now() + RESOLVER_COOL_OFF);
+    }
+}
+
+/// `call`, tried again up to [`DEADLINE_RETRIES`] times while it runs past its deadline (wall
+/// time, which differs between machines); `retrying` says so each time.
+fn retried_past_deadline<T>(
+    mut call: impl FnMut() -> Result<T, Failure>,
+    retrying: impl Fn(),
+) -> Result<T, Failure> {
+    let mut outcome = call();
+    for _ in 0..DEADLINE_RETRIES {
+        match &outcome {
+            Err(f) if f.kind == FailureKind::Deadline => {
+                retrying();
+                outcome = call();
+            }
+            _ => break,
+        }
+    }
+    outcome
+}
+
 /// A write a plugin refused (by failing on it).
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -484,16 +520,10 @@ impl Pipeline {
                 })
             };
             let start = std::time::SystemTime::now();
-            let mut outcome = loaded.plugin.transform(&current, true);
-            for _ in 0..DEADLINE_RETRIES {
-                match &outcome {
-                    Err(f) if f.kind == FailureKind::Deadline => {
-                        tracing::warn!(plugin = %name, collection = %event.collection, "transform on apply ran past its deadline; trying again");
-                        outcome = loaded.plugin.transform(&current, true);
-                    }
-                    _ => break,
-                }
-            }
+            let outcome = retried_past_deadline(
+                || loaded.plugin.transform(&current, true),
+                || tracing::warn!(plugin = %name, collection = %event.collection, "transform on apply ran past its deadline; trying again"),
+            );
             calls.push(PluginCall {
                 plugin: name.clone(),
                 start,
@@ -590,22 +620,7 @@ impl Pipeline {
             return lww("lww".into());
         };
         let loaded = &wiring.plugins[name];
-        let cooling = {
-            let mut until = loaded
-                .cooling_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match *until {
-                Some(t) if std::time::Instant::now() < t => true,
-                Some(_) => {
-                    *until = None;
-                    false
-                }
-                None => false,
-            }
-        };
-        // Versions are sorted by dot: the canonical order every node shares.
-        let mut outcome = if cooling {
+        let outcome = if loaded.cooling() {
             Err(Failure {
                 kind: FailureKind::Deadline,
                 message: format!(
@@ -615,24 +630,16 @@ impl Pipeline {
                 fuel_used: 0,
             })
         } else {
-            loaded.plugin.resolve(collection, key, events)
-        };
-        for _ in 0..DEADLINE_RETRIES {
-            match &outcome {
-                Err(f) if f.kind == FailureKind::Deadline && !cooling => {
-                    tracing::warn!(plugin = %name, collection, "resolver ran past its deadline; trying again");
-                    outcome = loaded.plugin.resolve(collection, key, events);
-                }
-                _ => break,
+            // Versions are sorted by dot: the canonical order every node shares.
+            let outcome = retried_past_deadline(
+                || loaded.plugin.resolve(collection, key, events),
+                || tracing::warn!(plugin = %name, collection, "resolver ran past its deadline; trying again"),
+            );
+            if matches!(&outcome, Err(f) if f.kind == FailureKind::Deadline) {
+                loaded.cool_off();
             }
-        }
-        if !cooling && matches!(&outcome, Err(f) if f.kind == FailureKind::Deadline) {
-            *loaded
-                .cooling_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) =
-                Some(std::time::Instant::now() + RESOLVER_COOL_OFF);
-        }
+            outcome
+        };
         let outcome = outcome.and_then(|r| match r {
             Resolution::Merge(Some(v)) => match crate::check_plugin_value(&v, &self.value_limits())
             {

@@ -867,6 +867,21 @@ fn bad_plugins_refuse_to_start_with_clear_messages() {
     assert!(err.contains("junk"), "{err}");
 }
 
+/// Applies `events` to the store of the node in `dir` before it starts, as replication would
+/// have (under the node's limits: a store refuses to open under lower ones than before).
+fn applied_before_start(dir: &Path, events: Vec<Event>) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let (store, _) = Store::open(
+        &dir.join("data/edgerep.redb"),
+        &NodeId::parse("site-a").unwrap(),
+        edgerep_node::event_limits(&config(dir, "")),
+    )
+    .unwrap();
+    edgerep_store::StoreWriter::new(store)
+        .apply_events(events)
+        .unwrap();
+}
+
 fn counter_event(origin: &str, counts: Json, hlc: u64) -> Event {
     Event {
         format: FORMAT_VERSION,
@@ -888,32 +903,20 @@ fn counter_event(origin: &str, counts: Json, hlc: u64) -> Event {
 fn resolver_plugin_merges_concurrent_versions_and_failures_fall_back_to_lww() {
     let dir = tempfile::tempdir().unwrap();
     // Concurrent writes to one key from three sites, as replication would apply them.
-    {
-        std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        // Under the node's limits: a store refuses to open under lower ones than before.
-        let (store, _) = Store::open(
-            &dir.path().join("data/edgerep.redb"),
-            &NodeId::parse("site-a").unwrap(),
-            edgerep_node::event_limits(&config(dir.path(), "")),
-        )
-        .unwrap();
-        let store = edgerep_store::StoreWriter::new(store);
-        let mut bad = counter_event("site-f", json!("not a counter map"), 50);
-        bad.collection = "broken".into();
-        store
-            .apply_events(vec![
-                counter_event("site-b", json!({"site-b": 5, "site-c": 1}), 30),
-                counter_event("site-c", json!({"site-b": 2, "site-c": 7}), 10),
-                counter_event("site-d", json!({"site-d": 3}), 20),
-                bad,
-                {
-                    let mut e = counter_event("site-e", json!({"x": 1}), 40);
-                    e.collection = "broken".into();
-                    e
-                },
-            ])
-            .unwrap();
-    }
+    let mut bad = counter_event("site-f", json!("not a counter map"), 50);
+    bad.collection = "broken".into();
+    let mut other = counter_event("site-e", json!({"x": 1}), 40);
+    other.collection = "broken".into();
+    applied_before_start(
+        dir.path(),
+        vec![
+            counter_event("site-b", json!({"site-b": 5, "site-c": 1}), 30),
+            counter_event("site-c", json!({"site-b": 2, "site-c": 7}), 10),
+            counter_event("site-d", json!({"site-d": 3}), 20),
+            bad,
+            other,
+        ],
+    );
     let body = [
         plugin_table("merge-counter", "merge-counter", ""),
         collection("counters", &[], "merge-counter"),
@@ -961,27 +964,17 @@ fn resolver_plugin_merges_concurrent_versions_and_failures_fall_back_to_lww() {
 #[test]
 fn a_resolver_past_its_deadline_is_left_out_for_a_while() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let (store, _) = Store::open(
-            &dir.path().join("data/edgerep.redb"),
-            &NodeId::parse("site-a").unwrap(),
-            edgerep_node::event_limits(&config(dir.path(), "")),
-        )
-        .unwrap();
-        let store = edgerep_store::StoreWriter::new(store);
-        // Two keys, each with two concurrent versions.
-        let mut events = Vec::new();
-        for key in ["k1", "k2"] {
-            for (origin, hlc) in [("site-b", 10), ("site-c", 20)] {
-                let mut e = counter_event(origin, json!({"n": 1}), hlc);
-                e.key = key.as_bytes().to_vec();
-                e.seq = if key == "k1" { 1 } else { 2 };
-                events.push(e);
-            }
+    // Two keys, each with two concurrent versions.
+    let mut events = Vec::new();
+    for key in ["k1", "k2"] {
+        for (origin, hlc) in [("site-b", 10), ("site-c", 20)] {
+            let mut e = counter_event(origin, json!({"n": 1}), hlc);
+            e.key = key.as_bytes().to_vec();
+            e.seq = if key == "k1" { 1 } else { 2 };
+            events.push(e);
         }
-        store.apply_events(events).unwrap();
     }
+    applied_before_start(dir.path(), events);
     let body = [
         // Fuel for seconds of work: the 1 ms deadline is what stops it.
         plugin_table(

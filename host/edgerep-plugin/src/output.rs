@@ -238,10 +238,8 @@ fn check_change(
             max: limits.max_meta_entries,
         });
     }
-    let meta_bytes = change
-        .meta
-        .iter()
-        .fold(0usize, |n, (k, v)| n.saturating_add(k.len() + v.len()));
+    let meta_bytes =
+        edgerep_wire::event::meta_bytes(change.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if meta_bytes > limits.max_meta_bytes {
         return Err(OutputError::MetaTooLarge {
             bytes: meta_bytes,

@@ -2527,20 +2527,8 @@ fn a_slow_acknowledgement_is_no_stall_whatever_the_peer_acknowledges_of_its_own(
     let mut r = ready(&log, config(100, 10), &["b"]);
     let b = n("b");
     assert_eq!(sent_dots(r.poll_transmit(0, &log).unwrap()).1.len(), 4);
-    for (i, now) in (500..10_000).step_by(500).enumerate() {
-        r.link_busy(&b, now);
-        r.handle(&b, ack(&[("b", i as u64 + 1)], false), now)
-            .unwrap();
-        while r.poll_output().is_some() {}
-        r.handle_timeout(now);
-        while let Some((_, m)) = r.poll_transmit(now, &log).unwrap() {
-            assert!(
-                !matches!(m, Message::Events { .. }),
-                "sent again at {now}: {m:?}"
-            );
-        }
-        assert!(r.peers[&b].session.as_ref().unwrap().stalled.is_empty());
-    }
+    // The peer acknowledges only its own writes, 1, 2, 3, ...
+    acks_that_resend_nothing(&mut r, &log, |now| ack(&[("b", now / 500)], false));
     r.handle(&b, ack(&[("a", 4), ("b", 20)], false), 10_000)
         .unwrap();
     assert_eq!(r.peer_view(&b).unwrap().in_flight_events, 0);
@@ -2555,7 +2543,6 @@ fn events_the_peer_got_elsewhere_do_not_stall_what_is_still_on_its_way() {
     all.extend(evs("x", 1..=5));
     let log = MemLog::with(&all);
     let mut r = ready(&log, config(100, 10), &["b"]);
-    let b = n("b");
     let mut first = Vec::new();
     while let Some((_, m)) = r.poll_transmit(0, &log).unwrap() {
         if let Message::Events { events, .. } = m {
@@ -2563,14 +2550,20 @@ fn events_the_peer_got_elsewhere_do_not_stall_what_is_still_on_its_way() {
         }
     }
     assert_eq!(first.len(), 10, "{first:?}");
+    // x from another path, beyond all this session sent of it.
+    acks_that_resend_nothing(&mut r, &log, |now| ack(&[("x", 5 + now / 500)], false));
+}
+
+/// Every 500 ms for 10 s, on a busy link (the resend timer waits), peer b sends `ack(now)`:
+/// nothing is sent again and no origin is stalled.
+fn acks_that_resend_nothing(r: &mut Replica, log: &MemLog, ack: impl Fn(u64) -> Message) {
+    let b = n("b");
     for now in (500..10_000).step_by(500) {
         r.link_busy(&b, now);
-        // x from another path, beyond all this session sent of it.
-        r.handle(&b, ack(&[("x", 5 + now / 500)], false), now)
-            .unwrap();
+        r.handle(&b, ack(now), now).unwrap();
         while r.poll_output().is_some() {}
         r.handle_timeout(now);
-        while let Some((_, m)) = r.poll_transmit(now, &log).unwrap() {
+        while let Some((_, m)) = r.poll_transmit(now, log).unwrap() {
             assert!(
                 !matches!(m, Message::Events { .. }),
                 "sent again at {now}: {m:?}"

@@ -369,14 +369,17 @@ impl Session {
             })
             .map(|(o, _)| o.clone())
             .collect();
+        if newly.is_empty() {
+            return;
+        }
         for origin in newly {
             match self.acked.get(&origin) {
                 Some(&acked) => self.sent.insert(origin.clone(), acked),
                 None => self.sent.remove(&origin),
             };
             self.stalled.insert(origin);
-            self.idle_at = None;
         }
+        self.idle_at = None;
         self.in_flight = have::distance(&self.sent, &self.acked);
     }
 

@@ -676,6 +676,21 @@ impl StoreWriter {
                         .max()
                         .unwrap_or(0),
                 );
+            // Causal delivery, as the event path has it: every event a version's context names
+            // must be held here (a repair's versions are within this node's have, whose events
+            // were admitted that way; a snapshot's last page brings the have its versions were
+            // taken at). A snapshot's earlier pages come before that have: of them only this
+            // node's own events are checked.
+            let held_upto = |o: &NodeId| -> Option<u64> {
+                if *o == self.node {
+                    Some(own_issued)
+                } else if repair || have.is_some() {
+                    let held = held_before.get(o).copied().unwrap_or(0);
+                    Some(held.max(have.and_then(|h| h.get(o)).copied().unwrap_or(0)))
+                } else {
+                    None
+                }
+            };
             let mut future_contexts = 0;
             let mut keys_restored = false;
             let mut by_collection: BTreeMap<String, CollectionCounts> = BTreeMap::new();
@@ -700,21 +715,6 @@ impl StoreWriter {
                         };
                         e.value = value.clone();
                         (EncodedEvent::new(e), Some(original))
-                    }
-                };
-                // Causal delivery, as the event path has it: every event a version's context
-                // names must be held here (a repair's versions are within this node's have,
-                // whose events were admitted that way; a snapshot's last page brings the have
-                // its versions were taken at). A snapshot's earlier pages come before that
-                // have: of them only this node's own events are checked.
-                let held_upto = |o: &NodeId| -> Option<u64> {
-                    if *o == self.node {
-                        Some(own_issued)
-                    } else if repair || have.is_some() {
-                        let held = held_before.get(o).copied().unwrap_or(0);
-                        Some(held.max(have.and_then(|h| h.get(o)).copied().unwrap_or(0)))
-                    } else {
-                        None
                     }
                 };
                 if event

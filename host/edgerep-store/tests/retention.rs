@@ -366,6 +366,20 @@ fn compaction_says_when_more_is_left_under_blocks_smaller_than_its_budget() {
     assert_eq!((c.removed, c.more), (0, false));
 }
 
+/// Event `seq` of `from`'s own origin, its causal context also naming `origin` up to `named`
+/// (what an origin that lies about its context would sign).
+fn naming(from: &StoreWriter, seq: u64, origin: &str, named: u64) -> edgerep_wire::EncodedEvent {
+    let own = from.node().to_string();
+    let mut e = from.changelog(&own, seq - 1, 1).unwrap()[0]
+        .clone()
+        .into_event();
+    e.context.add(&edgerep_wire::event::Dot {
+        origin: NodeId::parse(origin).unwrap(),
+        seq: named,
+    });
+    edgerep_wire::EncodedEvent::new(e)
+}
+
 /// A snapshot version whose causal context names this node's own events beyond any it issued
 /// (its origin signed a lie): merged, it would supersede this node's next writes to the key
 /// and make the node refuse them for good. It is left out and counted; a version whose context
@@ -376,16 +390,7 @@ fn a_snapshot_version_naming_this_nodes_future_is_left_out() {
     let (mut cv, mut cl) = (clock(), clock());
     write(&v, &mut cv, 1, &[("k", 1)]);
     write(&l, &mut cl, 2, &[("k", 2), ("j", 3)]);
-    let with_context = |seq: u64, names: u64| {
-        let mut e = l.changelog("l", seq - 1, 1).unwrap()[0]
-            .clone()
-            .into_event();
-        e.context.add(&edgerep_wire::event::Dot {
-            origin: NodeId::parse("v").unwrap(),
-            seq: names,
-        });
-        edgerep_wire::EncodedEvent::new(e)
-    };
+    let with_context = |seq: u64, names: u64| naming(&l, seq, "v", names);
     let before = v.status().unwrap();
     let out = v
         .install_snapshot(
@@ -418,20 +423,10 @@ fn a_last_page_version_naming_events_nobody_holds_is_left_out() {
     write(&l, &mut cl, 1, &[("k", 1), ("j", 2)]);
     write(&b, &mut cb, 2, &[("x", 3)]);
     ship(&b, &v, "b");
-    let naming = |seq: u64, b_seq: u64| {
-        let mut e = l.changelog("l", seq - 1, 1).unwrap()[0]
-            .clone()
-            .into_event();
-        e.context.add(&edgerep_wire::event::Dot {
-            origin: NodeId::parse("b").unwrap(),
-            seq: b_seq,
-        });
-        edgerep_wire::EncodedEvent::new(e)
-    };
     let have: edgerep_wire::Have = [(NodeId::parse("l").unwrap(), 2)].into();
     let out = v
         .install_snapshot(
-            vec![naming(1, 1 << 40), naming(2, 1)],
+            vec![naming(&l, 1, "b", 1 << 40), naming(&l, 2, "b", 1)],
             Some(&have),
             None,
             Sync::Immediate,

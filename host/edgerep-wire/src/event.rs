@@ -284,6 +284,12 @@ impl AsRef<Event> for Event {
     }
 }
 
+/// The bytes metadata takes against [`EventLimits::max_meta_bytes`]: its keys and values.
+pub fn meta_bytes<'a>(meta: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
+    meta.into_iter()
+        .fold(0usize, |n, (k, v)| n.saturating_add(k.len() + v.len()))
+}
+
 /// Limits applied when decoding an event from untrusted bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventLimits {
@@ -715,10 +721,7 @@ impl Event {
                 limits.max_meta_entries
             )));
         }
-        let meta_bytes = self
-            .meta
-            .iter()
-            .fold(0usize, |n, (k, v)| n.saturating_add(k.len() + v.len()));
+        let meta_bytes = meta_bytes(self.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if meta_bytes > limits.max_meta_bytes {
             return Err(DecodeError::TooLarge(format!(
                 "metadata of over {meta_bytes} bytes, over the limit of {}",
