@@ -375,6 +375,9 @@ struct Latency {
     p99_ms: f64,
     max_ms: f64,
     negative: usize,
+    /// Raw redb's p50 and p99 for one durable commit of one event at the same rate, measured
+    /// just after (ms).
+    raw_commit_ms: (f64, f64),
 }
 
 /// Writes at `rate` events/s on A for `seconds` (open loop: request `i` is due at `i` ×
@@ -483,6 +486,7 @@ fn latency_at(
         p99_ms: percentile(&lat, 0.99),
         max_ms: lat.last().copied().unwrap_or(0.0),
         negative,
+        raw_commit_ms: (0.0, 0.0),
     })
 }
 
@@ -602,7 +606,7 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
         );
         let mut latencies = Vec::new();
         for &rate in &args.rates {
-            let l = latency_at(&a, &b, mode, value.as_bytes(), rate, args.seconds)?;
+            let mut l = latency_at(&a, &b, mode, value.as_bytes(), rate, args.seconds)?;
             println!(
                 "latency at {} events/s offered ({} events, {:.0}/s achieved, sender up to {:.1} ms behind schedule): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms{}",
                 l.rate,
@@ -621,6 +625,19 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
                     String::new()
                 }
             );
+            // The floor under that latency, on this disk now: B makes each event durable in
+            // a commit of its own at least (the nodes are idle while this runs).
+            let (raw_p50, raw_p99) = edgerep_store::bench::raw_redb_commit_latency(
+                dir.path(),
+                &raw_event,
+                value.as_bytes(),
+                rate,
+                args.seconds.min(2.0),
+            )?;
+            println!(
+                "raw redb, one durable commit of one event at up to {rate}/s on this disk, just after: p50 {raw_p50:.3} ms, p99 {raw_p99:.3} ms (each event above waits for at least one commit on B)"
+            );
+            l.raw_commit_ms = (raw_p50, raw_p99);
             latencies.push(l);
         }
         modes.push(ModeFigures {
@@ -757,6 +774,8 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
                 "p50_ms": round3(l.p50_ms),
                 "p99_ms": round3(l.p99_ms),
                 "max_ms": round3(l.max_ms),
+                "raw_redb_commit_p50_ms": round3(l.raw_commit_ms.0),
+                "raw_redb_commit_p99_ms": round3(l.raw_commit_ms.1),
             })).collect::<Vec<_>>(),
         })
     };

@@ -542,6 +542,17 @@ pub(crate) fn check_peer_address(address: &str) -> Result<(), String> {
         return Err(format!(
             "invalid peer address {address:?}: write an IPv6 host in brackets, e.g. \"[::1]:7071\""
         ));
+    } else if host
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+        && host.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        // No DNS name ends in an all-digit label; the resolver would read "192.168.1" as
+        // 192.168.0.1 and "127.1" as 127.0.0.1, so a typo would dial another machine.
+        return Err(format!(
+            "invalid peer address {address:?}: host {host:?} is not an IPv4 address (four numbers 0..=255 separated by dots, e.g. \"192.168.1.20\")"
+        ));
     } else if !is_dns_name_or_ipv4(host) {
         return Err(format!(
             "invalid peer address {address:?}: host {host:?} is not a DNS name or IP address"
@@ -598,6 +609,10 @@ mod tests {
             ("site-b:99999", "invalid port \"99999\""),
             ("site-b:http", "invalid port \"http\""),
             ("::1:7071", "brackets"),
+            ("192.168.1:7071", "not an IPv4 address"),
+            ("10.0.0.256:7071", "not an IPv4 address"),
+            ("127.1:7071", "not an IPv4 address"),
+            ("1234:7071", "not an IPv4 address"),
             ("[zz]:7071", "bracketed IPv6"),
             ("bad host:7071", "not a DNS name"),
             ("a..b:7071", "not a DNS name"),

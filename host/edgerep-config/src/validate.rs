@@ -27,8 +27,26 @@ pub(crate) fn validate(raw: &RawConfig) -> Result<(), Violation> {
 /// The largest frame a peer message may take (the transport's limit).
 pub(crate) const MAX_FRAME_BYTES: usize = 8 << 20;
 
+/// A path the config names is taken as written (relative to the config file's directory):
+/// no shell expands `~` or `$VAR` in it, so one that starts so would name a directory called
+/// `~` or `$HOME` beside the config file, created there without a word.
+fn check_path(at: Vec<Seg>, path: &str) -> Result<(), Violation> {
+    if path.starts_with('~') || path.contains('$') {
+        return Err((
+            at,
+            format!(
+                "{path:?}: `~` and `$` are not expanded here (no shell reads this file); write the path out in full, e.g. \"/var/lib/edgerep\", or relative to this file's directory"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_api(raw: &RawConfig) -> Result<(), Violation> {
     let api = &raw.api;
+    if let Some(file) = &api.token_file {
+        check_path(vec![Seg::Key("api"), Seg::Key("token_file")], file)?;
+    }
     if api
         .token_file
         .as_deref()
@@ -190,6 +208,10 @@ fn check_node(raw: &RawConfig) -> Result<(), Violation> {
             "must not be empty: name the directory that holds the node's database".to_owned(),
         ));
     }
+    check_path(
+        vec![Seg::Key("node"), Seg::Key("data_dir")],
+        &raw.node.data_dir,
+    )?;
     if raw.node.max_clock_skew_ms == 0 {
         return Err((
             vec![Seg::Key("node"), Seg::Key("max_clock_skew_ms")],
@@ -220,6 +242,34 @@ fn check_plugins(raw: &RawConfig) -> Result<(), Violation> {
         }
         if plugin.path.trim().is_empty() {
             return Err((at("path"), "must name the plugin's .wasm file".to_owned()));
+        }
+        check_path(at("path"), &plugin.path)?;
+        // A plugin's own key written under its params table (after `[plugins.NAME.params]`,
+        // TOML puts every later key there) would be passed to the plugin and never applied.
+        const PLUGIN_KEYS: [&str; 6] = [
+            "path",
+            "sha256",
+            "fuel",
+            "memory_bytes",
+            "deadline_ms",
+            "on_failure",
+        ];
+        if let Some(key) = plugin
+            .params
+            .keys()
+            .find(|k| PLUGIN_KEYS.contains(&k.as_str()))
+        {
+            return Err((
+                vec![
+                    Seg::Key("plugins"),
+                    Seg::Name(name.clone()),
+                    Seg::Key("params"),
+                    Seg::Name(key.clone()),
+                ],
+                format!(
+                    "is a key of the plugin itself, not a parameter: move it above the [plugins.{name}.params] table (as written it would be passed to the plugin and not applied)"
+                ),
+            ));
         }
         if plugin.fuel == 0 {
             return Err((at("fuel"), "must be greater than 0".to_owned()));
@@ -262,6 +312,9 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
                 vec![Seg::Key("replication"), Seg::Key(name)],
                 "must not be empty: name a PEM file".to_owned(),
             ));
+        }
+        if let Some(path) = value {
+            check_path(vec![Seg::Key("replication"), Seg::Key(name)], path)?;
         }
     }
     let given: Vec<&str> = files

@@ -156,6 +156,12 @@ fn relative_data_dir_resolves_against_the_config_dir() {
 
     let config = parse(&MINIMAL.replace("\"data\"", "\"/var/lib/edgerep\"")).unwrap();
     assert_eq!(config.node.data_dir, Path::new("/var/lib/edgerep"));
+
+    // No shell reads the file: `~` and `$VAR` would name directories beside it.
+    for home in ["\"~/edgerep\"", "\"$HOME/edgerep\""] {
+        let err = expect_error(&MINIMAL.replace("\"data\"", home), "node.data_dir");
+        assert!(err.message.contains("not expanded"), "{err}");
+    }
 }
 
 #[test]
@@ -465,6 +471,18 @@ fn plugin_mistakes_name_their_key() {
             format!("[plugins.p]\npath = \"\"\nsha256 = \"{SHA}\"\n"),
             "plugins.p.path",
             ".wasm",
+        ),
+        (
+            format!("[plugins.p]\npath = \"~/p.wasm\"\nsha256 = \"{SHA}\"\n"),
+            "plugins.p.path",
+            "not expanded",
+        ),
+        (
+            format!(
+                "[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\n[plugins.p.params]\nremove = \"card\"\non_failure = \"halt\"\n"
+            ),
+            "plugins.p.params.on_failure",
+            "key of the plugin itself",
         ),
     ];
     for (extra, key, needle) in cases {

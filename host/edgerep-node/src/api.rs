@@ -2223,8 +2223,9 @@ async fn reconcile(
 /// `POST /v1/reload[?expect=DIGEST]`: reads the node's config file again and takes in what
 /// changed (see `reload.rs`); 422 with the reasons when it cannot be taken in without a restart
 /// (nothing changed); 409 `file_differs` when the file's digest is not `expect` (the file the
-/// caller checked; nothing changed); 500 `reloaded_with_errors` when the new config took effect
-/// but a step after failed.
+/// caller checked; nothing changed); 503 `reload_failed` when the node's store or a task
+/// failed before anything changed (a retry may pass); 500 `reloaded_with_errors` when the new
+/// config took effect but a step after failed.
 async fn reload(
     State(app): Shared,
     query: Result<Query<ReloadQuery>, axum::extract::rejection::QueryRejection>,
@@ -2237,6 +2238,12 @@ async fn reload(
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "reloaded_with_errors",
+                e.to_string(),
+            )
+        } else if e.node_failed() {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reload_failed",
                 e.to_string(),
             )
         } else {

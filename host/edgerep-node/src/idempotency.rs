@@ -180,24 +180,43 @@ impl Shape {
 
 /// The hash that identifies a request: its shape and its writes as the client sent them.
 pub(crate) fn body_hash(shape: Shape, writes: &[LocalWrite]) -> [u8; 32] {
-    hash_writes(Some(shape), writes)
+    hash_writes(Form::Counted(shape), writes)
 }
 
-/// The hash records written before shapes were hashed hold for `writes` (no shape).
-fn legacy_hash(writes: &[LocalWrite]) -> [u8; 32] {
-    hash_writes(None, writes)
+/// How a record's hash was made: records written by earlier versions keep their form until
+/// they expire, and a retry across the upgrade still matches them.
+#[derive(Clone, Copy)]
+enum Form {
+    /// Writes only, before shapes were hashed.
+    Legacy,
+    /// Shape and writes, before the counts were: a batch's metadata could imitate the end of
+    /// one write and the start of the next, so two different batches could hash alike.
+    Shaped(Shape),
+    /// Shape, the number of writes, and each write's number of metadata entries: every
+    /// field's place is fixed by what came before it.
+    Counted(Shape),
 }
 
-fn hash_writes(shape: Option<Shape>, writes: &[LocalWrite]) -> [u8; 32] {
+fn hash_writes(form: Form, writes: &[LocalWrite]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     let mut field = |b: &[u8]| {
         h.update(&(b.len() as u64).to_le_bytes());
         h.update(b);
     };
-    if let Some(shape) = shape {
-        field(b"shape");
-        field(shape.tag());
-    }
+    let counted = match form {
+        Form::Legacy => false,
+        Form::Shaped(shape) => {
+            field(b"shape");
+            field(shape.tag());
+            false
+        }
+        Form::Counted(shape) => {
+            field(b"shape-counted");
+            field(shape.tag());
+            field(&(writes.len() as u64).to_le_bytes());
+            true
+        }
+    };
     for w in writes {
         field(w.collection.as_bytes());
         field(&w.key);
@@ -209,6 +228,9 @@ fn hash_writes(shape: Option<Shape>, writes: &[LocalWrite]) -> [u8; 32] {
             None => field(b"delete"),
         }
         field(&w.schema.to_le_bytes());
+        if counted {
+            field(&(w.meta.len() as u64).to_le_bytes());
+        }
         for (k, v) in &w.meta {
             field(k.as_bytes());
             field(v.as_bytes());
@@ -362,9 +384,10 @@ pub(crate) fn lookup(
     };
     // (A legacy record of a failure is a single write's error answer: it answers no batch.)
     let same = r.body == *body
+        || r.body == hash_writes(Form::Shaped(shape), writes)
         || (Extra::decode(&r.extra)
             .is_ok_and(|e| e.legacy && (e.failed.is_none() || shape == Shape::One))
-            && r.body == legacy_hash(writes));
+            && r.body == hash_writes(Form::Legacy, writes));
     if same {
         counters.replays.fetch_add(1, Ordering::Relaxed);
         return Ok(Lookup::Replay(r));
@@ -464,6 +487,65 @@ mod tests {
         assert_ne!(one, batch_write);
         assert_ne!(batch, batch_write);
         // What records written before shapes were hashed hold, for all three.
-        assert_ne!(legacy_hash(std::slice::from_ref(&write)), one);
+        assert_ne!(hash_writes(Form::Legacy, std::slice::from_ref(&write)), one);
+        assert_ne!(
+            hash_writes(Form::Shaped(Shape::One), std::slice::from_ref(&write)),
+            one
+        );
+    }
+
+    /// A batch of one write whose metadata imitates the end of a write and the start of the
+    /// next must not hash as the batch of two writes it imitates (the form before counts did:
+    /// its retry was replayed instead of refused).
+    #[test]
+    fn metadata_cannot_imitate_a_second_write() {
+        let limits = edgerep_wire::value::DecodeLimits::default();
+        let one = edgerep_wire::Value::from_json(&json!(1), &limits).unwrap();
+        let text = edgerep_wire::Value::from_json(&json!("hello world!"), &limits).unwrap();
+        assert_eq!(
+            text.as_bytes()[0],
+            b'l',
+            "a 12-byte text's head reads as 'l'"
+        );
+        let imitation = LocalWrite {
+            collection: "c".into(),
+            key: b"k".to_vec(),
+            value: Some(one.clone()),
+            schema: 0,
+            meta: [
+                ("end".to_owned(), "c2".to_owned()),
+                ("k2".to_owned(), "put".to_owned()),
+                (
+                    String::from_utf8(text.as_bytes().to_vec()).unwrap(),
+                    "\0\0\0\0".to_owned(),
+                ),
+            ]
+            .into(),
+            context: None,
+        };
+        let two = [
+            LocalWrite {
+                meta: Default::default(),
+                ..imitation.clone()
+            },
+            LocalWrite {
+                collection: "c2".into(),
+                key: b"k2".to_vec(),
+                value: Some(text),
+                schema: 0,
+                meta: Default::default(),
+                context: None,
+            },
+        ];
+        let imitation = std::slice::from_ref(&imitation);
+        assert_eq!(
+            hash_writes(Form::Shaped(Shape::Batch), imitation),
+            hash_writes(Form::Shaped(Shape::Batch), &two),
+            "the old form collides (else this test shows nothing)"
+        );
+        assert_ne!(
+            body_hash(Shape::Batch, imitation),
+            body_hash(Shape::Batch, &two)
+        );
     }
 }

@@ -698,7 +698,31 @@ pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Ve
             !config.collections.accept_undeclared && config.collection(c.as_str()).is_none()
         })
         .map(|(id, c)| format!("[authorization] {id} names collection {c:?}, which is not declared (and accept_undeclared is false), so no origin can write it: check the name for a typo"));
-    revoked.chain(authorized).chain(collections).collect()
+    // Origins already held keep counting against the bound after their peer leaves the
+    // config: a peer replaced by another can push the node past it, and every event of the
+    // last origin to arrive is then refused.
+    let held = origins.len();
+    let coming: Vec<String> = std::iter::once(&config.node.id)
+        .chain(config.peers.iter().map(|p| &p.id))
+        .filter(|id| !origins.contains_key(*id))
+        .map(|id| id.to_string())
+        .collect();
+    let bound = config.max_origins();
+    let over = (held + coming.len() > bound).then(|| {
+        format!(
+            "the store holds events of {held} origins, and {} configured node(s) it holds none of yet ({}) make {}, over the bound of {bound} origins (itself, {} peers and replication.extra_origins = {}): the events of those arriving last will be refused; raise replication.extra_origins",
+            coming.len(),
+            coming.join(", "),
+            held + coming.len(),
+            config.peers.len(),
+            config.replication.extra_origins
+        )
+    });
+    revoked
+        .chain(authorized)
+        .chain(collections)
+        .chain(over)
+        .collect()
 }
 
 /// Checks this node's newest own seal (at `held`, how far the store holds its own events)
@@ -755,5 +779,33 @@ mod tests {
             "{said:?}"
         );
         assert!(unknown_nodes(&config(true), &Default::default()).is_empty());
+    }
+
+    /// A peer replaced by another: the old one's events still count against the origin bound,
+    /// so the new peer's would all be refused. That is said; with room to spare, nothing is.
+    #[test]
+    fn a_replaced_peer_past_the_origin_bound_is_said() {
+        let config = |extra: usize| {
+            let text = format!(
+                "[node]\nid = \"n\"\ndata_dir = \"/tmp/unused\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
+                 [replication]\nlisten = \"127.0.0.1:1\"\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n\
+                 extra_origins = {extra}\n\
+                 [[peers]]\nid = \"site-d\"\naddress = \"127.0.0.1:2\"\n"
+            );
+            Config::parse(&text, std::path::Path::new("/tmp/edgerep.toml")).unwrap()
+        };
+        let held: edgerep_wire::Have = [
+            (NodeId::parse("n").unwrap(), 10),
+            (NodeId::parse("site-b").unwrap(), 10),
+        ]
+        .into_iter()
+        .collect();
+        let said = unknown_nodes(&config(0), &held);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("(site-d)") && said[0].contains("extra_origins"),
+            "{said:?}"
+        );
+        assert!(unknown_nodes(&config(1), &held).is_empty());
     }
 }

@@ -102,6 +102,15 @@ impl ReloadError {
             ReloadError::ReResolve { .. } | ReloadError::Interrupted(_)
         )
     }
+
+    /// Whether the node itself failed (its store, a task), not the file: nothing changed,
+    /// and the same reload may pass when tried again.
+    pub fn node_failed(&self) -> bool {
+        matches!(
+            self,
+            ReloadError::Store(_) | ReloadError::Task(_) | ReloadError::Record(_)
+        )
+    }
 }
 
 /// What a reload did.
@@ -120,7 +129,8 @@ pub struct Reloaded {
     /// What changed outside the config that only a restart takes in (the TLS files' contents).
     pub takes_a_restart: Vec<String>,
     /// Ids `[[revoked]]` or `[authorization]` names that are no peer and no origin this node
-    /// holds events of (a typo?), each as a sentence.
+    /// holds events of (a typo?), and configured peers the origin bound leaves no room for,
+    /// each as a sentence.
     pub unknown_nodes: Vec<String>,
 }
 

@@ -244,7 +244,10 @@ impl Replication {
             .filter(|p| !config.is_revoked(&p.id))
             .map(|p| (p.id.clone(), p.address.clone()))
             .collect();
-        if let Ok(mut dialers) = self.dialers.lock() {
+        // A panic elsewhere while holding the lock leaves the map itself sound: go on with it,
+        // or a reload's added and removed peers would be skipped without a word.
+        {
+            let mut dialers = self.dialers.lock().unwrap_or_else(|e| e.into_inner());
             dialers.retain(|peer, (address, task)| {
                 let keep = trusted.get(peer) == Some(address);
                 if !keep {

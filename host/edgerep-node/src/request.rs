@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use edgerep_config::Config;
 use edgerep_store::LocalWrite;
-use edgerep_wire::value::{DecodeLimits, Value, ValueError, canonical_item_len};
+use edgerep_wire::value::{DecodeLimits, Value, ValueError};
 use minicbor::Decoder;
 
 mod batch_json;
@@ -423,7 +423,7 @@ fn cbor_err(at: &str, e: impl std::fmt::Display) -> Refused {
 
 fn parse_batch_cbor(body: &[u8], config: &Config, limits: &DecodeLimits) -> Result<Batch, Refused> {
     // Canonicalize the whole body first: that checks well-formedness, depth and size in one
-    // place, and lets the walk below slice each value out with canonical_item_len.
+    // place, and lets the walk below slice each value out with `Value::first_item`.
     let whole_limits = DecodeLimits {
         max_bytes: config.limits.max_request_bytes,
         max_depth: limits.max_depth + 3,
@@ -473,13 +473,11 @@ fn parse_batch_cbor(body: &[u8], config: &Config, limits: &DecodeLimits) -> Resu
                     }
                     "op" => w.op = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned()),
                     "value" => {
+                        // The body is canonical already: this checks the value's own limits.
                         let start = d.position();
-                        let len = canonical_item_len(&bytes[start..], &whole_limits)
-                            .map_err(|e| cbor_err(&at, e))?;
-                        let item =
-                            Value::from_canonical(bytes[start..start + len].to_vec(), limits)
-                                .map_err(|e| value_error(e, Format::Cbor).at(&at))?;
-                        d.set_position(start + len);
+                        let item = Value::first_item(&bytes[start..], limits)
+                            .map_err(|e| value_error(e, Format::Cbor).at(&at))?;
+                        d.set_position(start + item.as_bytes().len());
                         w.value = Some(item);
                     }
                     "schema" => w.schema = d.u32().map_err(|e| cbor_err(&at, e))?,

@@ -62,3 +62,46 @@ pub fn raw_redb_throughput_spread(
     let _ = std::fs::remove_file(&path);
     Ok(eps)
 }
+
+/// What one durable redb commit of a single event takes on this disk, paced at `rate` commits
+/// per second for `seconds` (back to back when a commit takes longer than its turn): the p50
+/// and p99 in milliseconds. The floor under any "durable on the receiver" latency: each event
+/// that reaches a peer waits for at least one such commit there.
+pub fn raw_redb_commit_latency(
+    dir: &Path,
+    event: &[u8],
+    value: &[u8],
+    rate: u64,
+    seconds: f64,
+) -> Result<(f64, f64), StoreError> {
+    const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+    let path = dir.join("raw-latency.redb");
+    let db = redb::Database::create(&path)?;
+    let interval = std::time::Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let start = Instant::now();
+    let mut took = Vec::new();
+    let mut n: u64 = 0;
+    while n == 0 || start.elapsed().as_secs_f64() < seconds {
+        let due = start + interval * u32::try_from(n).unwrap_or(u32::MAX);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        n += 1;
+        let began = Instant::now();
+        let txn = db.begin_write()?;
+        {
+            let mut data = txn.open_table(DATA)?;
+            let mut log = txn.open_table(LOG)?;
+            data.insert(format!("k-raw-{n:09}").as_bytes(), value)?;
+            log.insert(n, event)?;
+        }
+        txn.commit()?;
+        took.push(began.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(db);
+    let _ = std::fs::remove_file(&path);
+    took.sort_by(f64::total_cmp);
+    let at = |p: f64| took[((took.len() - 1) as f64 * p).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}

@@ -203,6 +203,15 @@ impl Value {
         Ok(Value(bytes))
     }
 
+    /// The data item at the start of `bytes` (more may follow it), which must be in
+    /// deterministic encoding and within `limits`: one validating pass and one copy.
+    ///
+    /// Errors as [`Value::from_canonical`], except that trailing bytes are allowed.
+    pub fn first_item(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, ValueError> {
+        let len = canonical_item_len(bytes, limits)?;
+        Ok(Value(bytes[..len].to_vec()))
+    }
+
     /// Wraps bytes already checked to be exactly one data item in deterministic encoding, e.g. a
     /// slice whose length [`canonical_item_len`] returned. For decoders in this crate that must
     /// not validate twice; the check is repeated only in debug builds.
@@ -223,24 +232,13 @@ impl Value {
     /// too, so the result always passes [`Value::from_canonical`] with the same limits).
     pub fn canonicalize(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, ValueError> {
         check_input_len(bytes.len(), limits)?;
-        let mut canon = Canonicalizer {
-            bytes,
-            pos: 0,
-            items: 0,
-            limits,
-        };
-        let mut out = Vec::with_capacity(bytes.len());
-        canon.item(0, &mut out)?;
-        if canon.pos != bytes.len() {
-            return Err(ValueError::TrailingBytes { offset: canon.pos });
+        // Most clients already send deterministic CBOR: one validating pass, no allocation per
+        // item, and the bytes are the answer (a canonical item canonicalizes to itself). Any
+        // other input, and every error, takes the re-encoding path below, which names the fault.
+        if validate(bytes, limits) == Ok(bytes.len()) {
+            return Ok(Value(bytes.to_vec()));
         }
-        if out.len() > limits.max_bytes {
-            return Err(ValueError::TooLarge {
-                len: out.len(),
-                max: limits.max_bytes,
-            });
-        }
-        Ok(Value(out))
+        reencode(bytes, limits)
     }
 
     /// Converts JSON to CBOR (see the [mapping](self#json-mapping)).
@@ -727,6 +725,30 @@ fn validate(bytes: &[u8], limits: &DecodeLimits) -> Result<usize, ValueError> {
 // ---------------------------------------------------------------------------------------------
 // Canonicalization: recursive (bounded by max_depth), writes the deterministic encoding.
 
+/// [`Value::canonicalize`] by re-encoding: reads any well-formed CBOR and writes the
+/// deterministic encoding. `bytes` is already known to be within `max_bytes`.
+fn reencode(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, ValueError> {
+    let mut canon = Canonicalizer {
+        bytes,
+        pos: 0,
+        items: 0,
+        limits,
+        entries: Vec::new(),
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    canon.item(0, &mut out)?;
+    if canon.pos != bytes.len() {
+        return Err(ValueError::TrailingBytes { offset: canon.pos });
+    }
+    if out.len() > limits.max_bytes {
+        return Err(ValueError::TooLarge {
+            len: out.len(),
+            max: limits.max_bytes,
+        });
+    }
+    Ok(Value(out))
+}
+
 /// Reads any well-formed CBOR and writes it in deterministic encoding.
 struct Canonicalizer<'a> {
     /// The input.
@@ -737,10 +759,28 @@ struct Canonicalizer<'a> {
     items: usize,
     /// The limits.
     limits: &'a DecodeLimits,
+    /// The entries of the maps being read, innermost last: a map's entries are pushed once
+    /// complete and popped when the map is, so nested maps share one allocation.
+    entries: Vec<Entry>,
 }
 
-/// One map entry being canonicalized: key encoding, value encoding, key offset in the input.
-type Entry = (Vec<u8>, Vec<u8>, usize);
+/// One map entry as written to the output: where its key starts, where its value starts and
+/// ends (offsets into the output), and where its key was in the input.
+#[derive(Clone, Copy)]
+struct Entry {
+    key: usize,
+    value: usize,
+    end: usize,
+    input: usize,
+}
+
+/// Writes the head of a container of `count` items at `at`, before the items already written
+/// there (an indefinite-length container's count is known only at its end).
+fn insert_head(out: &mut Vec<u8>, at: usize, major: u8, count: u64) {
+    let mut head = Vec::with_capacity(9);
+    write_head(&mut head, major, count);
+    out.splice(at..at, head);
+}
 
 impl Canonicalizer<'_> {
     /// Counts one data item against `max_items`.
@@ -774,8 +814,9 @@ impl Canonicalizer<'_> {
         Ok(())
     }
 
-    /// Reads a string's content (after its head at `start`), definite or chunked.
-    fn string(&mut self, head: &Head, start: usize) -> Result<Vec<u8>, ValueError> {
+    /// Reads a string (after its head at `start`), definite or chunked, and appends it as one
+    /// definite string.
+    fn string(&mut self, head: &Head, start: usize, out: &mut Vec<u8>) -> Result<(), ValueError> {
         let check_utf8 = |chunk: &[u8], offset: usize| {
             if head.major == MAJOR_TEXT && std::str::from_utf8(chunk).is_err() {
                 Err(ValueError::Malformed {
@@ -791,7 +832,9 @@ impl Canonicalizer<'_> {
             let content = self.bytes.get(self.pos..end).unwrap_or_default();
             check_utf8(content, start)?;
             self.pos = end;
-            return Ok(content.to_vec());
+            write_head(out, head.major, to_u64(content.len()));
+            out.extend_from_slice(content);
+            return Ok(());
         }
         let mut content = Vec::new();
         while !self.take_break() {
@@ -811,23 +854,76 @@ impl Canonicalizer<'_> {
             content.extend_from_slice(bytes);
             self.pos = end;
         }
-        Ok(content)
+        write_head(out, head.major, to_u64(content.len()));
+        out.extend_from_slice(&content);
+        Ok(())
     }
 
-    /// Reads one map entry whose key starts at the current position.
-    fn entry(&mut self, depth: usize, indefinite: bool) -> Result<Entry, ValueError> {
-        let key_offset = self.pos;
-        let mut key = Vec::new();
-        self.item(depth + 1, &mut key)?;
+    /// Reads one map entry whose key starts at the current position, appends it, and records
+    /// it in `entries`.
+    fn entry(
+        &mut self,
+        depth: usize,
+        indefinite: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ValueError> {
+        let input = self.pos;
+        let key = out.len();
+        self.item(depth + 1, out)?;
         if indefinite && self.bytes.get(self.pos) == Some(&0xff) {
             return Err(ValueError::Malformed {
                 offset: self.pos,
                 reason: "indefinite-length map ends after a key with no value",
             });
         }
-        let mut value = Vec::new();
-        self.item(depth + 1, &mut value)?;
-        Ok((key, value, key_offset))
+        let value = out.len();
+        self.item(depth + 1, out)?;
+        self.entries.push(Entry {
+            key,
+            value,
+            end: out.len(),
+            input,
+        });
+        Ok(())
+    }
+
+    /// Puts the map entries written from `body` on (the last `entries.len() - base` recorded)
+    /// in key order, and refuses a key given twice. Entries already in order, the usual case,
+    /// are left where they are.
+    fn sort_entries(
+        &mut self,
+        base: usize,
+        body: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ValueError> {
+        let entries = &mut self.entries[base..];
+        let in_order = entries
+            .windows(2)
+            .all(|pair| out[pair[0].key..pair[0].value] < out[pair[1].key..pair[1].value]);
+        if !in_order {
+            let written = out.split_off(body);
+            let start = |e: &Entry| e.key - body;
+            entries.sort_by(|a, b| {
+                written[start(a)..a.value - body].cmp(&written[start(b)..b.value - body])
+            });
+            // Report the duplicate that comes first in the input.
+            let duplicate = entries
+                .windows(2)
+                .filter(|pair| {
+                    written[start(&pair[0])..pair[0].value - body]
+                        == written[start(&pair[1])..pair[1].value - body]
+                })
+                .map(|pair| pair[0].input.max(pair[1].input))
+                .min();
+            if let Some(offset) = duplicate {
+                return Err(ValueError::DuplicateKey { offset });
+            }
+            for e in entries.iter() {
+                out.extend_from_slice(&written[start(e)..e.end - body]);
+            }
+        }
+        self.entries.truncate(base);
+        Ok(())
     }
 
     /// Reads one data item, `depth` containers deep, and appends its deterministic encoding.
@@ -842,22 +938,17 @@ impl Canonicalizer<'_> {
                 return Err(bad_indefinite(head.major, start));
             }
             MAJOR_UNSIGNED | MAJOR_NEGATIVE => write_head(out, head.major, head.arg),
-            MAJOR_BYTES | MAJOR_TEXT => {
-                let content = self.string(&head, start)?;
-                write_head(out, head.major, to_u64(content.len()));
-                out.extend_from_slice(&content);
-            }
+            MAJOR_BYTES | MAJOR_TEXT => self.string(&head, start, out)?,
             MAJOR_ARRAY => {
                 self.check_depth(depth)?;
                 if indefinite {
-                    let mut body = Vec::new();
+                    let body = out.len();
                     let mut count = 0u64;
                     while !self.take_break() {
-                        self.item(depth + 1, &mut body)?;
+                        self.item(depth + 1, out)?;
                         count += 1;
                     }
-                    write_head(out, MAJOR_ARRAY, count);
-                    out.extend_from_slice(&body);
+                    insert_head(out, body, MAJOR_ARRAY, count);
                 } else {
                     check_count(self.bytes, self.pos, Some(head.arg))?;
                     write_head(out, MAJOR_ARRAY, head.arg);
@@ -868,31 +959,28 @@ impl Canonicalizer<'_> {
             }
             MAJOR_MAP => {
                 self.check_depth(depth)?;
-                let mut entries: Vec<Entry> = Vec::new();
-                if indefinite {
+                let base = self.entries.len();
+                // A definite map's head is known before its entries: write it first, so entries
+                // already in order stay where they are written.
+                let body = if indefinite {
+                    let body = out.len();
                     while !self.take_break() {
-                        entries.push(self.entry(depth, true)?);
+                        self.entry(depth, true, out)?;
                     }
+                    body
                 } else {
                     check_count(self.bytes, self.pos, container_items(MAJOR_MAP, head.arg))?;
+                    write_head(out, MAJOR_MAP, head.arg);
+                    let body = out.len();
                     for _ in 0..head.arg {
-                        entries.push(self.entry(depth, false)?);
+                        self.entry(depth, false, out)?;
                     }
-                }
-                entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                // Report the duplicate that comes first in the input.
-                let duplicate = entries
-                    .windows(2)
-                    .filter(|pair| pair[0].0 == pair[1].0)
-                    .map(|pair| pair[0].2.max(pair[1].2))
-                    .min();
-                if let Some(offset) = duplicate {
-                    return Err(ValueError::DuplicateKey { offset });
-                }
-                write_head(out, MAJOR_MAP, to_u64(entries.len()));
-                for (key, value, _) in entries {
-                    out.extend_from_slice(&key);
-                    out.extend_from_slice(&value);
+                    body
+                };
+                let count = self.entries.len() - base;
+                self.sort_entries(base, body, out)?;
+                if indefinite {
+                    insert_head(out, body, MAJOR_MAP, to_u64(count));
                 }
             }
             MAJOR_TAG => {
@@ -1833,6 +1921,55 @@ mod tests {
             v.to_json(),
             json!({"{\"1\":0,\"2\":0}": null, "Amt": -2, "Fun": true})
         );
+    }
+
+    /// The fast path of [`Value::canonicalize`] (validate, keep the bytes) must agree with
+    /// re-encoding: every input the validator accepts re-encodes to itself. Checked on canonical
+    /// values and on many byte-level mutations of them (flipped, dropped and inserted bytes).
+    #[test]
+    fn accepted_input_reencodes_to_itself() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let seeds = [
+            "a3 63416d74 21 6346756e f5 a2 01 00 02 00 f6",
+            "d9ffff 82 01 fa3fc00000",
+            "a2 40 01 41 00 02",
+            "9f 9f ff ff",
+            "f93c00",
+            "fb3ff199999999999a",
+            "f8 20",
+            "c2 42 0001",
+            "83 18 18 19 0100 1a 00010000",
+            "a1 61 61 a1 61 62 a1 61 63 80",
+        ];
+        let (mut accepted, mut tried) = (0, 0);
+        for h in seeds {
+            let base = Value::canonicalize(&hex(h), &lim()).expect("seed is valid cbor");
+            for _ in 0..3000 {
+                let mut bytes = base.as_bytes().to_vec();
+                for _ in 0..rng.random_range(0..3) {
+                    let at = rng.random_range(0..=bytes.len());
+                    match rng.random_range(0..3) {
+                        0 if at < bytes.len() => bytes[at] = rng.random(),
+                        1 if at < bytes.len() => {
+                            bytes.remove(at);
+                        }
+                        _ => bytes.insert(at, rng.random()),
+                    }
+                }
+                tried += 1;
+                if validate(&bytes, &lim()) != Ok(bytes.len()) {
+                    continue;
+                }
+                accepted += 1;
+                let again = reencode(&bytes, &lim()).unwrap_or_else(|e| {
+                    panic!("{bytes:02x?} validated but re-encoding failed: {e}")
+                });
+                assert_eq!(again.as_bytes(), &bytes[..], "{bytes:02x?}");
+            }
+        }
+        // The mutations must reach the fast path often, or the check says little.
+        assert!(accepted > tried / 10, "{accepted} of {tried} accepted");
     }
 
     #[test]
