@@ -94,6 +94,16 @@ impl FailureKind {
         )
     }
 
+    /// Whether the call faulted (a trap, fuel, memory, the deadline, the stack) rather than
+    /// answered: `err(message)`, an output the host refused, and a call to the wrong world are
+    /// answers, the same whatever state the instance was in.
+    pub fn is_fault(self) -> bool {
+        !matches!(
+            self,
+            FailureKind::PluginError | FailureKind::BadOutput | FailureKind::WrongWorld
+        )
+    }
+
     /// The kind named `name` (the inverse of [`FailureKind::as_str`]).
     pub fn parse(name: &str) -> Option<FailureKind> {
         FailureKind::ALL.into_iter().find(|k| k.as_str() == name)

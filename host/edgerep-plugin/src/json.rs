@@ -105,6 +105,10 @@ pub enum JsonError {
     /// A resolver input's `versions` is not a list.
     #[error("resolver input: versions is not a list")]
     VersionsNotList,
+    /// A resolver input's versions are not what a node could pass: fewer than two, not in the
+    /// node's order, or of another key.
+    #[error("resolver input: {0}")]
+    VersionsNotAsANodeGives(String),
     /// `schema` does not fit in 32 bits.
     #[error("schema is over u32")]
     SchemaOverU32,
@@ -230,8 +234,52 @@ pub fn resolver_input_from_json(json: &Json) -> Result<(String, Vec<u8>, Vec<Eve
                 error: Box::new(e),
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<Event>, _>>()?;
+    check_versions_as_a_node_gives(&collection, &key, &versions)?;
     Ok((collection, key, versions))
+}
+
+/// A node calls a resolver only for two versions or more of one key, sorted by origin then
+/// sequence number (the WIT contract): a test input that differs would pass a test and
+/// decide otherwise on a node (a tie broken by position picks another version).
+fn check_versions_as_a_node_gives(
+    collection: &str,
+    key: &[u8],
+    versions: &[Event],
+) -> Result<(), JsonError> {
+    let refuse = |why: String| Err(JsonError::VersionsNotAsANodeGives(why));
+    if versions.len() < 2 {
+        return refuse(format!(
+            "{} version(s); a node calls a resolver only for two concurrent versions or more",
+            versions.len()
+        ));
+    }
+    if let Some((i, v)) = versions
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.collection != collection || v.key != key)
+    {
+        return refuse(format!(
+            "versions[{i}] is of collection {:?} key {:?}, not the input's {collection:?} {:?}: a resolver decides one key",
+            v.collection,
+            String::from_utf8_lossy(&v.key),
+            String::from_utf8_lossy(key)
+        ));
+    }
+    for (i, pair) in versions.windows(2).enumerate() {
+        let (a, b) = (&pair[0], &pair[1]);
+        if (&a.origin, a.seq) >= (&b.origin, b.seq) {
+            return refuse(format!(
+                "versions[{}] ({}:{}) must come after versions[{i}] ({}:{}): a node passes versions sorted by origin, then seq, each once; list them so, and count \"pick\" in that order",
+                i + 1,
+                b.origin,
+                b.seq,
+                a.origin,
+                a.seq
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn event_with_defaults(json: &Json, inherit: Option<(&str, &[u8])>) -> Result<Event, JsonError> {
@@ -658,5 +706,29 @@ mod tests {
             ("c", b"k".as_slice(), 2)
         );
         assert_eq!(versions[1].key, b"k");
+
+        // What no node passes a resolver is refused, naming what is wrong.
+        for (versions, needle) in [
+            (json!([{"origin": "a", "value": 1}]), "1 version(s)"),
+            (
+                json!([{"origin": "b", "value": 1}, {"origin": "a", "value": 2}]),
+                "versions[1] (a:1) must come after versions[0] (b:1)",
+            ),
+            (
+                json!([{"origin": "a", "seq": 2, "value": 1}, {"origin": "a", "seq": 2, "value": 2}]),
+                "versions[1] (a:2) must come after",
+            ),
+            (
+                json!([{"origin": "a", "value": 1}, {"origin": "b", "key": "other", "value": 2}]),
+                "versions[1] is of collection \"c\" key \"other\"",
+            ),
+        ] {
+            let e = resolver_input_from_json(
+                &json!({"collection": "c", "key": "k", "versions": versions}),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(needle), "{e}");
+        }
     }
 }

@@ -144,8 +144,13 @@ impl Plugin {
     /// an idle instance (faster; the guest may keep state between calls). An instance whose call
     /// failed in any way is discarded; a successful one returns to the pool if it has room.
     /// Fuel counts the call only; instantiating gets a budget of its own.
+    ///
+    /// A reused instance that faults (a trap, fuel, memory, the deadline: not an answer such as
+    /// `err(message)` or a refused output) may fault because of what earlier calls left in it (a
+    /// heap grown call after call): the call is run once more on a new instance, and that
+    /// second result is the answer, so one event is not blamed for what others left behind.
     pub fn transform(&self, event: &Event, fresh: bool) -> Result<Vec<Change>, Failure> {
-        self.measured(|| self.transform_once(event, fresh))
+        self.transform_report(event, fresh)
             .map(|report| report.output)
     }
 
@@ -156,7 +161,18 @@ impl Plugin {
         event: &Event,
         fresh: bool,
     ) -> Result<CallReport<Vec<Change>>, Failure> {
-        self.measured(|| self.transform_once(event, fresh))
+        let mut reused = false;
+        let first = self.measured(|| {
+            let (result, was_reused) = self.transform_once(event, fresh);
+            reused = was_reused;
+            result
+        });
+        match first {
+            Err(failure) if reused && failure.kind.is_fault() => {
+                self.measured(|| self.transform_once(event, true).0)
+            }
+            answer => answer,
+        }
     }
 
     /// Runs the resolver on the concurrent `versions` of `key` in `collection`, always in a
@@ -219,15 +235,26 @@ impl Plugin {
         }
     }
 
+    /// One call, and whether it ran on a reused instance.
     fn transform_once(
         &self,
         event: &Event,
         fresh: bool,
+    ) -> (Result<CallReport<Vec<Change>>, Failure>, bool) {
+        let idle = if fresh { None } else { self.lock_pool().pop() };
+        let reused = idle.is_some();
+        (self.transform_in(event, idle), reused)
+    }
+
+    /// One call on `idle`, or on a new instance.
+    fn transform_in(
+        &self,
+        event: &Event,
+        idle: Option<Live<Transform>>,
     ) -> Result<CallReport<Vec<Change>>, Failure> {
         let Bound::Transform(pre) = &self.inner.bound else {
             return Err(self.wrong_world("transform"));
         };
-        let idle = if fresh { None } else { self.lock_pool().pop() };
         let mut live = match idle {
             Some(live) => live,
             None => self.instantiate(|store| pre.instantiate(store))?,

@@ -187,3 +187,37 @@ fn a_good_plugin_recovers_after_a_failure() {
     assert_eq!(metrics.calls, 4);
     assert_eq!(metrics.errors.get("memory-limit"), Some(&2));
 }
+
+/// A plugin that keeps memory call after call fills a reused instance; the call that finds it
+/// full is run again on a new instance, so no event is refused for what earlier calls left.
+/// A fault on a new instance is not run again.
+#[test]
+fn a_reused_instance_that_faults_is_not_the_events_fault() {
+    let runtime = Runtime::new(None).unwrap();
+    // Room for a few 512 KiB blocks past what the guest starts with.
+    let p = load(&runtime, "leak", limits(1_000_000_000, 4 << 20), &[]);
+    for i in 0..24 {
+        let key = format!("o-{i}");
+        let changes = p
+            .transform(&order(&key), false)
+            .unwrap_or_else(|e| panic!("call {i} on a reused instance: {e}"));
+        assert_eq!(changes[0].key, key.as_bytes());
+    }
+    let metrics = p.metrics();
+    let faults = metrics.errors.get("memory-limit").copied().unwrap_or(0);
+    // The instance filled up at least once (else this test shows nothing), and each time the
+    // call ran once more: 24 answers.
+    assert!(faults >= 2, "{metrics:?}");
+    assert_eq!(metrics.calls, 24 + faults, "{metrics:?}");
+
+    // A fault on a new instance (the pool is empty after a failure) is the event's: not run
+    // again.
+    let trap = load(&runtime, "trap", limits(1_000_000_000, 16 << 20), &[]);
+    let failure = trap.transform(&order("o-1"), false).unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Trap);
+    assert_eq!(
+        trap.metrics().calls,
+        1,
+        "a new instance's fault is not run again"
+    );
+}
