@@ -34,7 +34,7 @@ use clap::{Parser, Subcommand};
 use edgerep_build::Toolchain;
 use edgerep_build::component::{self, CONTRACT_PREFIX};
 use edgerep_build::go::{Go, GoToolchain, TinyGo};
-use edgerep_build::rust::{CargoBuild, DEFAULT_TARGET};
+use edgerep_build::rust::{CargoBuild, DEFAULT_TARGET, RustPlugin, plugins_in};
 use sha2::{Digest, Sha256};
 
 mod go_bindings;
@@ -141,85 +141,13 @@ fn test_plugins(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One plugin crate of the `plugins/` workspace.
-#[derive(Debug)]
-struct Plugin {
-    /// Folder name: the output is `<folder>.wasm`.
-    folder: String,
-    /// Cargo package name.
-    package: String,
-    /// Name of the `cdylib` target (the core module is `<lib>.wasm`, with `_` for `-`).
-    lib: String,
-    /// Rust target triple.
-    target: String,
-}
-
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
-/// Reads the plugins from `cargo metadata` of the plugins workspace: every member with a
-/// `cdylib` target is a plugin.
-fn plugins_of(root: &Path) -> Result<Vec<Plugin>> {
-    let manifest = root.join("plugins/Cargo.toml");
-    let out = Command::new(cargo())
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .output()
-        .context("running cargo metadata")?;
-    if !out.status.success() {
-        bail!(
-            "cargo metadata --manifest-path {} failed:\n{}",
-            manifest.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
-    let mut plugins = Vec::new();
-    for package in meta["packages"].as_array().context("no packages")? {
-        let name = package["name"].as_str().context("package without a name")?;
-        let Some(lib) = package["targets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|t| {
-                t["crate_types"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c == "cdylib"))
-            })
-        else {
-            continue;
-        };
-        let manifest_path = package["manifest_path"]
-            .as_str()
-            .context("package without a manifest path")?;
-        let folder = Path::new(manifest_path)
-            .parent()
-            .and_then(Path::file_name)
-            .and_then(|f| f.to_str())
-            .with_context(|| format!("no folder for {manifest_path}"))?;
-        let target = package["metadata"]["edgerep"]["target"]
-            .as_str()
-            .unwrap_or(DEFAULT_TARGET);
-        plugins.push(Plugin {
-            folder: folder.to_owned(),
-            package: name.to_owned(),
-            lib: lib["name"]
-                .as_str()
-                .context("target without a name")?
-                .replace('-', "_"),
-            target: target.to_owned(),
-        });
-    }
-    plugins.sort_by(|a, b| a.folder.cmp(&b.folder));
-    Ok(plugins)
+/// The plugins of the plugins workspace (see [`plugins_in`]).
+fn plugins_of(root: &Path) -> Result<Vec<RustPlugin>> {
+    Ok(plugins_in(&root.join("plugins/Cargo.toml"))?)
 }
 
 fn ensure_targets() -> Result<()> {
@@ -374,7 +302,7 @@ fn build_rust_plugins(root: &Path, names: &[String]) -> Result<Vec<String>> {
     let target_dir = build_dir(root);
 
     // One cargo invocation per target, every plugin of that target at once.
-    let mut by_target: BTreeMap<&str, Vec<&Plugin>> = BTreeMap::new();
+    let mut by_target: BTreeMap<&str, Vec<&RustPlugin>> = BTreeMap::new();
     for p in &all {
         by_target.entry(&p.target).or_default().push(p);
     }

@@ -9,6 +9,93 @@ use crate::BuildError;
 /// (`[package.metadata.edgerep] target = "..."`).
 pub const DEFAULT_TARGET: &str = "wasm32-unknown-unknown";
 
+/// A plugin crate as `cargo metadata` describes it: a package with a `cdylib` target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RustPlugin {
+    /// Its folder's name (the output of the first-party build is `<folder>.wasm`).
+    pub folder: String,
+    /// The Cargo package name.
+    pub package: String,
+    /// The `cdylib` target's name (the core module is `<lib>.wasm`, with `_` for `-`), which
+    /// `[lib] name` may set apart from the package's.
+    pub lib: String,
+    /// The Rust target triple: `[package.metadata.edgerep] target`, or [`DEFAULT_TARGET`].
+    pub target: String,
+}
+
+/// The plugins of the workspace or package at `manifest` (its `Cargo.toml`): every package with
+/// a `cdylib` target, by folder name.
+pub fn plugins_in(manifest: &Path) -> Result<Vec<RustPlugin>, BuildError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(&cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
+        .arg(manifest)
+        .output()
+        .map_err(|e| BuildError::ToolMissing {
+            tool: cargo.clone(),
+            message: e.to_string(),
+            hint: "install Rust with rustup (https://rustup.rs)".into(),
+        })?;
+    if !out.status.success() {
+        return Err(BuildError::Failed {
+            what: format!("cargo metadata --manifest-path {}", manifest.display()),
+            status: out.status.to_string(),
+            output: format!("\n{}", String::from_utf8_lossy(&out.stderr).trim_end()),
+        });
+    }
+    let bad = |what: &str| BuildError::io(manifest, format!("cargo metadata: {what}"));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| bad(&e.to_string()))?;
+    let mut plugins = Vec::new();
+    for package in meta["packages"]
+        .as_array()
+        .ok_or_else(|| bad("no packages"))?
+    {
+        let name = package["name"]
+            .as_str()
+            .ok_or_else(|| bad("a package without a name"))?;
+        let Some(lib) = package["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| {
+                t["crate_types"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "cdylib"))
+            })
+        else {
+            continue;
+        };
+        let folder = package["manifest_path"]
+            .as_str()
+            .map(Path::new)
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .and_then(|f| f.to_str())
+            .ok_or_else(|| bad(&format!("no folder for package {name}")))?;
+        plugins.push(RustPlugin {
+            folder: folder.to_owned(),
+            package: name.to_owned(),
+            lib: lib["name"]
+                .as_str()
+                .ok_or_else(|| bad(&format!("package {name}: a target without a name")))?
+                .replace('-', "_"),
+            target: package["metadata"]["edgerep"]["target"]
+                .as_str()
+                .unwrap_or(DEFAULT_TARGET)
+                .to_owned(),
+        });
+    }
+    plugins.sort_by(|a, b| a.folder.cmp(&b.folder));
+    Ok(plugins)
+}
+
 /// One `cargo build --release --locked --target <target>` of some packages of a workspace.
 #[derive(Clone, Debug)]
 pub struct CargoBuild {

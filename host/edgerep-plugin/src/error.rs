@@ -91,6 +91,20 @@ pub enum LoadError {
         /// The refused import names.
         refused: Vec<String>,
     },
+    /// The component was built against another version of the contract (`wit/plugin.wit`) than
+    /// this edgerep serves.
+    #[error(
+        "plugin {plugin}: built against {found}, but this edgerep serves edgerep:plugin@{serves}: \
+         rebuild the plugin with this edgerep's SDK (`edgerep plugin build`)"
+    )]
+    OtherContract {
+        /// The plugin.
+        plugin: String,
+        /// The contract import it names, with its version.
+        found: String,
+        /// The contract version this edgerep serves.
+        serves: &'static str,
+    },
     /// The component's exports match neither world, or their types do not match the WIT.
     #[error(
         "plugin {plugin}: no plugin world: {reason} (its exports: {exports:?}; the transform \

@@ -189,6 +189,13 @@ impl Runtime {
         if !refused.is_empty() {
             return Err(LoadError::RefusedImports { plugin, refused });
         }
+        if let Some(found) = shape.other_contract() {
+            return Err(LoadError::OtherContract {
+                plugin,
+                found,
+                serves: CONTRACT_VERSION,
+            });
+        }
         let world = shape.world().map_err(|reason| LoadError::World {
             plugin: plugin.clone(),
             exports: shape.export_names(),
@@ -220,6 +227,16 @@ impl Runtime {
                 LoadError::RefusedImports {
                     plugin: plugin.clone(),
                     refused,
+                }
+                .to_string(),
+            );
+        }
+        if let Some(found) = shape.other_contract() {
+            problems.push(
+                LoadError::OtherContract {
+                    plugin: plugin.clone(),
+                    found,
+                    serves: CONTRACT_VERSION,
                 }
                 .to_string(),
             );
@@ -462,6 +479,14 @@ impl Shape {
             .collect()
     }
 
+    /// The first import of another contract version than this edgerep serves.
+    fn other_contract(&self) -> Option<String> {
+        self.imports
+            .iter()
+            .find_map(|name| other_contract(name))
+            .map(str::to_owned)
+    }
+
     /// The world whose export the component has.
     fn world(&self) -> Result<World, WorldError> {
         let exports_func = |wanted: &str| {
@@ -476,6 +501,29 @@ impl Shape {
             (false, false) => Err(WorldError::Neither),
         }
     }
+}
+
+/// The version of the contract (`package edgerep:plugin@…` in `wit/plugin.wit`) this edgerep
+/// serves.
+pub(crate) const CONTRACT_VERSION: &str = "0.1.0";
+
+/// An `edgerep:plugin/*` import of a version the linker cannot match with
+/// [`CONTRACT_VERSION`] (for 0.x, another minor version; else another major): a plugin built
+/// against another edgerep's contract, which fails to link with an error that does not say so.
+fn other_contract(name: &str) -> Option<&str> {
+    let (interface, version) = name.split_once('@')?;
+    if !interface.starts_with("edgerep:plugin/") {
+        return None;
+    }
+    let compatible_part = |v: &str| {
+        let mut parts = v.split('.');
+        match (parts.next(), parts.next()) {
+            (Some("0"), Some(minor)) => format!("0.{minor}"),
+            (Some(major), _) => major.to_owned(),
+            _ => v.to_owned(),
+        }
+    };
+    (compatible_part(version) != compatible_part(CONTRACT_VERSION)).then_some(name)
 }
 
 /// Whether a plugin may import the interface `name` (any version: the linker picks a compatible one).
@@ -859,6 +907,25 @@ mod tests {
         assert!(!import_allowed("edgerep:plugin/other@0.1.0"));
         assert!(!import_allowed("acme:evil/net"));
         assert!(!import_allowed("edgerep:plugin/hostile"));
+        // Versions the linker cannot match are named as another contract.
+        assert_eq!(other_contract("edgerep:plugin/host@0.1.0"), None);
+        assert_eq!(other_contract("edgerep:plugin/host@0.1.7"), None);
+        assert_eq!(other_contract("edgerep:plugin/host"), None);
+        assert_eq!(other_contract("wasi:cli/environment@0.2.6"), None);
+        assert_eq!(
+            other_contract("edgerep:plugin/host@0.2.0"),
+            Some("edgerep:plugin/host@0.2.0")
+        );
+        assert_eq!(
+            other_contract("edgerep:plugin/types@1.0.0"),
+            Some("edgerep:plugin/types@1.0.0")
+        );
+        // The version named here is the contract's own.
+        let wit = include_str!("../../../wit/plugin.wit");
+        assert!(
+            wit.contains(&format!("package edgerep:plugin@{CONTRACT_VERSION};")),
+            "wit/plugin.wit's package version is not CONTRACT_VERSION"
+        );
     }
 
     #[test]

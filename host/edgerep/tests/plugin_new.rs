@@ -432,3 +432,87 @@ fn rust_plugins_share_one_target_directory() {
         );
     }
 }
+
+/// Two Rust plugins of one name (a folder copied to start another) share the target directory,
+/// where a cdylib's file carries no hash: each build reads its own plugin's module, never the
+/// other's (cargo rebuilds the one whose output the other overwrote); and a `[lib] name` apart
+/// from the package's is found.
+#[test]
+fn a_copied_plugin_folder_builds_its_own_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, copy) = (tmp.path().join("first"), tmp.path().join("copy"));
+    for dir in [&first, &copy] {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = edgerep(&[
+            os("plugin"),
+            os("new"),
+            os("--lang"),
+            os("rust"),
+            os("same-name"),
+            os("--dir"),
+            dir.as_os_str(),
+        ]);
+        assert!(out.status.success());
+    }
+    // The copy is changed, as one starts another plugin from a copy.
+    let lib = copy.join("same-name/src/lib.rs");
+    let code = std::fs::read_to_string(&lib).unwrap();
+    assert!(code.contains(r#"value.set("hello", "world")"#), "{code}");
+    std::fs::write(
+        &lib,
+        code.replace(
+            r#"value.set("hello", "world")"#,
+            r#"value.set("hello", "copy")"#,
+        ),
+    )
+    .unwrap();
+    let build = |dir: &Path, out: &str| -> Vec<u8> {
+        let wasm = tmp.path().join(out);
+        let run = edgerep(&[
+            os("plugin"),
+            os("build"),
+            dir.join("same-name").as_os_str(),
+            os("-o"),
+            wasm.as_os_str(),
+        ]);
+        assert!(run.status.success(), "plugin build {}", dir.display());
+        std::fs::read(wasm).unwrap()
+    };
+    let first_wasm = build(&first, "first.wasm");
+    let copy_wasm = build(&copy, "copy.wasm");
+    assert!(
+        first_wasm != copy_wasm,
+        "the copy's change is in its module"
+    );
+    // Built again after the copy, with nothing changed: its own module, not the copy's.
+    assert!(
+        build(&first, "first-again.wasm") == first_wasm,
+        "built again, the first plugin's own module"
+    );
+
+    // `[lib] name` apart from the package name, and a change: the build reads the renamed
+    // library's module (the package's name would find the last build's, stale).
+    let manifest = first.join("same-name/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("[lib]\n"), "{text}");
+    std::fs::write(
+        &manifest,
+        text.replace("[lib]\n", "[lib]\nname = \"renamed_lib\"\n"),
+    )
+    .unwrap();
+    let lib = first.join("same-name/src/lib.rs");
+    let code = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(
+        &lib,
+        code.replace(
+            r#"value.set("hello", "world")"#,
+            r#"value.set("hello", "renamed")"#,
+        ),
+    )
+    .unwrap();
+    let renamed = build(&first, "renamed.wasm");
+    assert!(
+        renamed != first_wasm && renamed != copy_wasm,
+        "the renamed library's module, not a stale one"
+    );
+}

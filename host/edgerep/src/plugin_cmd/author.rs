@@ -357,28 +357,26 @@ fn replace_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The package name in a Cargo.toml's `[package]` table.
-fn package_name(manifest: &str) -> Option<String> {
-    let mut in_package = false;
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package
-            && let Some((k, v)) = line.split_once('=')
-            && k.trim() == "name"
-        {
-            return Some(v.trim().trim_matches('"').to_owned());
-        }
-    }
-    None
-}
-
 fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let manifest_path = dir.join("Cargo.toml");
-    let manifest = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("reading {}", manifest_path.display()))?;
-    let package = package_name(&manifest)
-        .with_context(|| format!("{} names no package", manifest_path.display()))?;
+    // What cargo itself reads of the manifest: the library's own name (`[lib] name`), and the
+    // target the plugin asks for.
+    let plugin = match &edgerep_build::rust::plugins_in(&manifest_path)?[..] {
+        [one] => one.clone(),
+        [] => bail!(
+            "{} has no `cdylib` library: a Rust plugin needs `[lib] crate-type = [\"cdylib\"]`",
+            manifest_path.display()
+        ),
+        many => bail!(
+            "{} holds {} plugin crates ({}): run `edgerep plugin build` in one of their folders",
+            manifest_path.display(),
+            many.len(),
+            many.iter()
+                .map(|p| p.package.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     if !dir.join("Cargo.lock").is_file() {
         // The build is --locked: make the lock file once, from what is cached if possible.
@@ -402,7 +400,7 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let cargo_build = CargoBuild {
         dir: dir.to_path_buf(),
         packages: Vec::new(),
-        target: DEFAULT_TARGET.to_owned(),
+        target: plugin.target.clone(),
         target_dir,
         // The SDK is a path dependency in this checkout: its path (panic locations) is
         // remapped too, or each machine's checkout would give the build another sha256, and
@@ -416,11 +414,11 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
         quiet: false,
     };
     cargo_build.run()?;
-    let core = cargo_build.core_path(&package);
+    let core = cargo_build.core_path(&plugin.lib);
     let bytes = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
     let wasm = component::from_module(&bytes)
         .with_context(|| format!("making a component of {}", core.display()))?;
-    component::check(&wasm, false).context("checking the component")?;
+    component::check(&wasm, plugin.target != DEFAULT_TARGET).context("checking the component")?;
     Ok(edgerep_build::params::embed(wasm, dir)?)
 }
 
