@@ -530,43 +530,10 @@ impl Pipeline {
                 end: std::time::SystemTime::now(),
                 failure: outcome.as_ref().err().map(|f| f.kind.as_str().to_owned()),
             });
-            let mut changes = outcome.map_err(reject)?;
-            let change = match changes.len() {
-                0 => return Ok(OnApply::Dropped),
-                1 => changes.remove(0),
-                n => {
-                    return Err(bad(format!(
-                        "on apply a transform returns at most one change (the event's own key); it returned {n}"
-                    )));
-                }
+            let changes = outcome.map_err(reject)?;
+            let Some(change) = edgerep_plugin::on_apply(&current, changes).map_err(bad)? else {
+                return Ok(OnApply::Dropped);
             };
-            if change.collection != current.collection || change.key != current.key {
-                return Err(bad(format!(
-                    "on apply a transform may change only the event's own key ({}/{}), not {}/{}",
-                    current.collection,
-                    String::from_utf8_lossy(&current.key),
-                    change.collection,
-                    String::from_utf8_lossy(&change.key)
-                )));
-            }
-            // The state keeps what a transform makes of the value; the event's schema and meta
-            // stay as its origin wrote them (a change to them would be dropped unseen).
-            // (What the plugin returned is described, not printed: the message is kept in dead
-            // letters and halt reasons, and the plugin chose its size.)
-            if change.schema != current.schema || change.meta != current.meta {
-                return Err(bad(format!(
-                    "on apply a transform may change only the value, not the schema or meta (the event's: schema {}, {} meta entries; returned: schema {}, {} meta entries{})",
-                    current.schema,
-                    current.meta.len(),
-                    change.schema,
-                    change.meta.len(),
-                    if change.meta == current.meta {
-                        ", the same"
-                    } else {
-                        ", changed"
-                    }
-                )));
-            }
             let value = match change.op {
                 Op::Put => change.value,
                 Op::Delete => None,

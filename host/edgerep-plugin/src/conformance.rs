@@ -28,6 +28,7 @@ use crate::json::{
 };
 use crate::limits::Limits;
 use crate::output::{Change, Resolution};
+use crate::plugin::CallReport;
 use crate::runtime::{PluginSource, Runtime, World};
 
 /// Why a case, a vector file or a folder of them did not pass (the message says what differs).
@@ -112,6 +113,12 @@ pub enum ConformanceError {
     UnknownWorld {
         /// The case's `world`.
         world: String,
+    },
+    /// The case's `stage` is neither `ingest` nor `apply`, or `apply` for a resolver.
+    #[error("unknown stage {stage:?} (\"ingest\" or \"apply\"; \"apply\" only for a transform)")]
+    UnknownStage {
+        /// The case's `stage`.
+        stage: String,
     },
     /// The case's `limits.memory_bytes` does not fit in a `usize`.
     #[error("memory_bytes is too large")]
@@ -559,6 +566,7 @@ fn run_case_across(
         &[
             "plugin",
             "world",
+            "stage",
             "description",
             "params",
             "limits",
@@ -585,6 +593,17 @@ fn run_case_across(
         other => {
             return Err(ConformanceError::UnknownWorld {
                 world: other.to_owned(),
+            });
+        }
+    };
+    // Where a node runs the transform: on ingest (the default), or on apply, where its output
+    // is held to the on-apply rule (`on_apply`) as a node holds it.
+    let on_apply = match text(o, "stage")? {
+        None | Some("ingest") => false,
+        Some("apply") if world == World::Transform => true,
+        Some(other) => {
+            return Err(ConformanceError::UnknownStage {
+                stage: other.to_owned(),
             });
         }
     };
@@ -623,8 +642,13 @@ fn run_case_across(
                 e
             }
         };
+        let call = match world {
+            World::Resolver => Call::Resolve,
+            World::Transform if on_apply => Call::OnApply,
+            World::Transform => Call::OnIngest,
+        };
         let run =
-            run_on_build(runtime, build, plugin, world, &params, limits, input).map_err(which)?;
+            run_on_build(runtime, build, plugin, call, &params, limits, input).map_err(which)?;
         if !run.canonical {
             return Err(which(ConformanceError::NotCanonical));
         }
@@ -678,7 +702,7 @@ fn run_on_build(
     runtime: &Runtime,
     build: &Build,
     plugin: &str,
-    world: World,
+    call: Call,
     params: &std::collections::BTreeMap<String, String>,
     limits: Limits,
     input: &Json,
@@ -701,16 +725,41 @@ fn run_on_build(
         limits,
         params: params.clone(),
     })?;
+    let world = match call {
+        Call::Resolve => World::Resolver,
+        Call::OnIngest | Call::OnApply => World::Transform,
+    };
     if loaded.world() != world {
         return Err(ConformanceError::WrongWorld {
             component: loaded.world(),
             case: world,
         });
     }
+    let on_apply = call == Call::OnApply;
     let got = match world {
         World::Transform => {
             let event = event_from_json(input).map_err(ConformanceError::Input)?;
             let fresh = loaded.transform_report(&event, true);
+            if on_apply {
+                // On apply a node runs transforms on fresh instances only, and keeps what the
+                // on-apply rule lets through.
+                let kept = fresh.and_then(|r| {
+                    crate::output::on_apply(&event, r.output)
+                        .map(|c| CallReport {
+                            output: c.into_iter().collect(),
+                            fuel_used: r.fuel_used,
+                            canonical: r.canonical,
+                        })
+                        .map_err(|message| Failure {
+                            kind: FailureKind::BadOutput,
+                            message,
+                            fuel_used: r.fuel_used,
+                        })
+                });
+                return Ok(build_run(kept.map(|r| {
+                    ((Outcome::Changes(r.output), r.canonical), r.fuel_used)
+                })));
+            }
             // A node runs transforms on ingest on pooled instances: the same event twice on
             // one reused instance must give what a fresh one gives (state kept between calls,
             // or a random stream that moves on, shows here and nowhere else).
@@ -737,7 +786,12 @@ fn run_on_build(
                 .map(|r| ((Outcome::Resolution(r.output), r.canonical), r.fuel_used))
         }
     };
-    Ok(match got {
+    Ok(build_run(got))
+}
+
+/// A call's result as [`run_on_build`] reports it.
+fn build_run(got: Result<((Outcome, bool), u64), Failure>) -> BuildRun {
+    match got {
         Ok(((outcome, canonical), fuel_used)) => BuildRun {
             outcome: Ok(outcome),
             canonical,
@@ -748,7 +802,15 @@ fn run_on_build(
             outcome: Err(failure),
             canonical: true,
         },
-    })
+    }
+}
+
+/// What a case calls: a transform as a node runs it on ingest or on apply, or a resolver.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    OnIngest,
+    OnApply,
+    Resolve,
 }
 
 /// What [`run_on_build`] gave.

@@ -71,6 +71,6 @@ pub use error::LoadError;
 pub use failure::{Failure, FailureKind};
 pub use limits::Limits;
 pub use metrics::{FUEL_BOUNDS, MetricsSnapshot, NANOS_BOUNDS, Summary};
-pub use output::{Change, MAX_CHANGES, MAX_OUTPUT_BYTES, Resolution};
+pub use output::{Change, MAX_CHANGES, MAX_OUTPUT_BYTES, Resolution, on_apply};
 pub use plugin::{CallReport, POOL_MAX_IDLE, Plugin};
 pub use runtime::{Inspection, PluginSource, Runtime, World};

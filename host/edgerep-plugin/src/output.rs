@@ -262,6 +262,51 @@ fn check_change(
     })
 }
 
+/// What a node keeps of a transform's changes to a peer's `event` when the transform runs on
+/// apply: at most one change, to the event's own key, with the event's own schema and metadata
+/// (on apply a transform may change the value, make the event a delete, or drop it: `None`).
+/// `Err` says what broke the rule; the node refuses such output as `bad-output`, and the
+/// conformance runner and `plugin run --stage apply` apply the same rule.
+pub fn on_apply(event: &Event, mut changes: Vec<Change>) -> Result<Option<Change>, String> {
+    let change = match changes.len() {
+        0 => return Ok(None),
+        1 => changes.remove(0),
+        n => {
+            return Err(format!(
+                "on apply a transform returns at most one change (the event's own key); it returned {n}"
+            ));
+        }
+    };
+    if change.collection != event.collection || change.key != event.key {
+        return Err(format!(
+            "on apply a transform may change only the event's own key ({}/{}), not {}/{}",
+            event.collection,
+            String::from_utf8_lossy(&event.key),
+            change.collection,
+            String::from_utf8_lossy(&change.key)
+        ));
+    }
+    // The state keeps what a transform makes of the value; the event's schema and meta stay
+    // as its origin wrote them (a change to them would be dropped unseen). What the plugin
+    // returned is described, not printed: the message is kept in dead letters and halt
+    // reasons, and the plugin chose its size.
+    if change.schema != event.schema || change.meta != event.meta {
+        return Err(format!(
+            "on apply a transform may change only the value, not the schema or meta (the event's: schema {}, {} meta entries; returned: schema {}, {} meta entries{})",
+            event.schema,
+            event.meta.len(),
+            change.schema,
+            change.meta.len(),
+            if change.meta == event.meta {
+                ", the same"
+            } else {
+                ", changed"
+            }
+        ));
+    }
+    Ok(Some(change))
+}
+
 /// Checks and converts what a resolver returned for `versions` versions; the flag as for
 /// [`check_changes`].
 pub(crate) fn check_resolution(

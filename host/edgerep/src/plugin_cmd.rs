@@ -47,6 +47,10 @@ pub(crate) enum PluginCommand {
         /// A parameter for the plugin, as name=value (repeatable).
         #[arg(long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
+        /// Where a node runs the transform: ingest, or apply (a peer's event: at most one
+        /// change, to the event's own key, schema and meta unchanged, else bad-output).
+        #[arg(long, value_parser = ["ingest", "apply"], default_value = "ingest")]
+        stage: String,
     },
     /// Start a plugin in DIR/NAME: source (with native tests in Rust), a README and a sample
     /// vector that passes.
@@ -155,6 +159,7 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
             memory,
             deadline_ms,
             params,
+            stage,
         } => {
             let wasm = read_wasm(&file)?;
             let text = std::fs::read_to_string(&input)
@@ -182,9 +187,29 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
                 World::Transform => {
                     let event = event_from_json(&input_json)
                         .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
-                    plugin.transform(&event, true).map(|changes| {
-                        json!(changes.iter().map(change_to_json).collect::<Vec<_>>())
-                    })
+                    plugin
+                        .transform_report(&event, true)
+                        .and_then(|report| {
+                            if stage != "apply" {
+                                return Ok(report.output);
+                            }
+                            edgerep_plugin::on_apply(&event, report.output)
+                                .map(|kept| kept.into_iter().collect())
+                                .map_err(|message| edgerep_plugin::Failure {
+                                    kind: edgerep_plugin::FailureKind::BadOutput,
+                                    message,
+                                    fuel_used: report.fuel_used,
+                                })
+                        })
+                        .map(|changes| {
+                            json!(changes.iter().map(change_to_json).collect::<Vec<_>>())
+                        })
+                }
+                World::Resolver if stage == "apply" => {
+                    anyhow::bail!(
+                        "--stage apply is for transforms; {} is a resolver",
+                        file.display()
+                    )
                 }
                 World::Resolver => {
                     let (collection, key, versions) = resolver_input_from_json(&input_json)

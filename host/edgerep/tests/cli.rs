@@ -490,6 +490,40 @@ fn plugin_check_and_run() {
     assert_eq!(out[0]["value"], serde_json::json!({"qty": 2}));
     assert!(stderr(&o).contains("fuel used:"));
 
+    // As a node runs it on a peer's event: redact's changed value is kept; enrich's added
+    // metadata is refused as the node refuses it.
+    let mut on_apply = vec!["plugin", "run", "--stage", "apply", "--input", input];
+    let redact = wasm("redact");
+    on_apply.extend([redact.as_str(), "--param", "remove=card"]);
+    let o = edgerep(&on_apply);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(out[0]["value"], serde_json::json!({"qty": 2}));
+    let sensor = tmp.path().join("sensor.json");
+    std::fs::write(
+        &sensor,
+        r#"{"collection": "sensors", "key": "s-1", "value": {"celsius": 20}}"#,
+    )
+    .unwrap();
+    let enrich = wasm("enrich");
+    let sensor = sensor.to_str().unwrap();
+    let o = edgerep(&["plugin", "run", &enrich, "--input", sensor]);
+    assert!(
+        o.status.success(),
+        "on ingest enrich may add metadata: {}",
+        stderr(&o)
+    );
+    let o = edgerep(&[
+        "plugin", "run", &enrich, "--input", sensor, "--stage", "apply",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "bad-output");
+    assert!(
+        stderr(&o).contains("not the schema or meta"),
+        "{}",
+        stderr(&o)
+    );
+
     for (plugin, kind, extra) in [
         ("spin", "out-of-fuel", &["--fuel", "1000000"][..]),
         ("trap", "trap", &[][..]),

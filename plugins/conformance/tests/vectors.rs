@@ -358,6 +358,7 @@ fn run_case(path: &Path, case: &Json) {
         &[
             "plugin",
             "world",
+            "stage",
             "description",
             "params",
             "limits",
@@ -366,6 +367,14 @@ fn run_case(path: &Path, case: &Json) {
         ],
         &what,
     );
+    // On apply, the host holds the output to its on-apply rule; natively only an output the
+    // rule keeps (an `ok`) can be checked, and a refusal is the host's (`bad-output`).
+    let stage = o.get("stage").map(|s| s.as_str().expect("stage is text"));
+    assert!(
+        matches!(stage, None | Some("ingest" | "apply")),
+        "{what}: unknown stage {stage:?}"
+    );
+    let on_apply = stage == Some("apply");
     let plugin = o["plugin"].as_str().expect("plugin");
     let folder = path
         .parent()
@@ -430,6 +439,13 @@ fn run_case(path: &Path, case: &Json) {
                 "{what}: transform input has versions"
             );
             let event = event_of(&o["input"], None, &format!("{what}: input"));
+            if on_apply && expect.contains_key("error") {
+                assert_eq!(
+                    expect["error"], "bad-output",
+                    "{what}: on apply the host refuses with bad-output"
+                );
+                return;
+            }
             if HOSTILE.contains(&plugin) {
                 assert!(
                     expect.contains_key("error"),
