@@ -21,10 +21,12 @@ pub struct RustPlugin {
     pub lib: String,
     /// The Rust target triple: `[package.metadata.edgerep] target`, or [`DEFAULT_TARGET`].
     pub target: String,
+    /// Its `Cargo.toml`, as cargo names it (absolute).
+    pub manifest: PathBuf,
 }
 
 /// The plugins of the workspace or package at `manifest` (its `Cargo.toml`): every package with
-/// a `cdylib` target, by folder name.
+/// a `cdylib` target, by folder name. For a workspace member, every plugin of its workspace.
 pub fn plugins_in(manifest: &Path) -> Result<Vec<RustPlugin>, BuildError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(&cargo)
@@ -72,9 +74,10 @@ pub fn plugins_in(manifest: &Path) -> Result<Vec<RustPlugin>, BuildError> {
         else {
             continue;
         };
-        let folder = package["manifest_path"]
+        let manifest_path = package["manifest_path"]
             .as_str()
-            .map(Path::new)
+            .ok_or_else(|| bad(&format!("package {name} without a manifest path")))?;
+        let folder = Some(Path::new(manifest_path))
             .and_then(Path::parent)
             .and_then(Path::file_name)
             .and_then(|f| f.to_str())
@@ -90,6 +93,7 @@ pub fn plugins_in(manifest: &Path) -> Result<Vec<RustPlugin>, BuildError> {
                 .as_str()
                 .unwrap_or(DEFAULT_TARGET)
                 .to_owned(),
+            manifest: PathBuf::from(manifest_path),
         });
     }
     plugins.sort_by(|a, b| a.folder.cmp(&b.folder));

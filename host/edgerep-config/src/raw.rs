@@ -545,7 +545,7 @@ pub(crate) fn check_peer_address(address: &str) -> Result<(), String> {
     } else if host
         .rsplit('.')
         .next()
-        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(|last| !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
         && host.parse::<std::net::Ipv4Addr>().is_err()
     {
         // No DNS name ends in an all-digit label; the resolver would read "192.168.1" as

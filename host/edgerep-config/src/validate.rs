@@ -244,33 +244,6 @@ fn check_plugins(raw: &RawConfig) -> Result<(), Violation> {
             return Err((at("path"), "must name the plugin's .wasm file".to_owned()));
         }
         check_path(at("path"), &plugin.path)?;
-        // A plugin's own key written under its params table (after `[plugins.NAME.params]`,
-        // TOML puts every later key there) would be passed to the plugin and never applied.
-        const PLUGIN_KEYS: [&str; 6] = [
-            "path",
-            "sha256",
-            "fuel",
-            "memory_bytes",
-            "deadline_ms",
-            "on_failure",
-        ];
-        if let Some(key) = plugin
-            .params
-            .keys()
-            .find(|k| PLUGIN_KEYS.contains(&k.as_str()))
-        {
-            return Err((
-                vec![
-                    Seg::Key("plugins"),
-                    Seg::Name(name.clone()),
-                    Seg::Key("params"),
-                    Seg::Name(key.clone()),
-                ],
-                format!(
-                    "is a key of the plugin itself, not a parameter: move it above the [plugins.{name}.params] table (as written it would be passed to the plugin and not applied)"
-                ),
-            ));
-        }
         if plugin.fuel == 0 {
             return Err((at("fuel"), "must be greater than 0".to_owned()));
         }

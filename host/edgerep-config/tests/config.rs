@@ -477,13 +477,6 @@ fn plugin_mistakes_name_their_key() {
             "plugins.p.path",
             "not expanded",
         ),
-        (
-            format!(
-                "[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\n[plugins.p.params]\nremove = \"card\"\non_failure = \"halt\"\n"
-            ),
-            "plugins.p.params.on_failure",
-            "key of the plugin itself",
-        ),
     ];
     for (extra, key, needle) in cases {
         let err = expect_error(&with(&extra), key);

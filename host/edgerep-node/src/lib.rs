@@ -700,20 +700,24 @@ pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Ve
         .map(|(id, c)| format!("[authorization] {id} names collection {c:?}, which is not declared (and accept_undeclared is false), so no origin can write it: check the name for a typo"));
     // Origins already held keep counting against the bound after their peer leaves the
     // config: a peer replaced by another can push the node past it, and every event of the
-    // last origin to arrive is then refused.
+    // last origin to arrive is then refused. (This node's own events are never refused, but
+    // count once held.)
     let held = origins.len();
-    let coming: Vec<String> = std::iter::once(&config.node.id)
-        .chain(config.peers.iter().map(|p| &p.id))
+    let own_coming = usize::from(!origins.contains_key(&config.node.id));
+    let coming: Vec<String> = config
+        .peers
+        .iter()
+        .map(|p| &p.id)
         .filter(|id| !origins.contains_key(*id))
         .map(|id| id.to_string())
         .collect();
     let bound = config.max_origins();
-    let over = (held + coming.len() > bound).then(|| {
+    let over = (!coming.is_empty() && held + own_coming + coming.len() > bound).then(|| {
         format!(
             "the store holds events of {held} origins, and {} configured node(s) it holds none of yet ({}) make {}, over the bound of {bound} origins (itself, {} peers and replication.extra_origins = {}): the events of those arriving last will be refused; raise replication.extra_origins",
             coming.len(),
             coming.join(", "),
-            held + coming.len(),
+            held + own_coming + coming.len(),
             config.peers.len(),
             config.replication.extra_origins
         )
@@ -807,5 +811,13 @@ mod tests {
             "{said:?}"
         );
         assert!(unknown_nodes(&config(1), &held).is_empty());
+        // This node's own events are never refused: its own id alone is no warning.
+        let peers_held: edgerep_wire::Have = [
+            (NodeId::parse("site-d").unwrap(), 10),
+            (NodeId::parse("old").unwrap(), 10),
+        ]
+        .into_iter()
+        .collect();
+        assert!(unknown_nodes(&config(0), &peers_held).is_empty());
     }
 }

@@ -521,7 +521,7 @@ impl Pipeline {
             };
             let start = std::time::SystemTime::now();
             let outcome = retried_past_deadline(
-                || loaded.plugin.transform(&current, true),
+                || loaded.plugin.transform_report(&current, true),
                 || tracing::warn!(plugin = %name, collection = %event.collection, "transform on apply ran past its deadline; trying again"),
             );
             calls.push(PluginCall {
@@ -530,8 +530,10 @@ impl Pipeline {
                 end: std::time::SystemTime::now(),
                 failure: outcome.as_ref().err().map(|f| f.kind.as_str().to_owned()),
             });
-            let changes = outcome.map_err(reject)?;
-            let Some(change) = edgerep_plugin::on_apply(&current, changes).map_err(bad)? else {
+            let report = outcome.map_err(reject)?;
+            let Some(change) = edgerep_plugin::on_apply(&current, report.output, report.fuel_used)
+                .map_err(reject)?
+            else {
                 return Ok(OnApply::Dropped);
             };
             let value = match change.op {

@@ -744,17 +744,11 @@ fn run_on_build(
                 // On apply a node runs transforms on fresh instances only, and keeps what the
                 // on-apply rule lets through.
                 let kept = fresh.and_then(|r| {
-                    crate::output::on_apply(&event, r.output)
-                        .map(|c| CallReport {
-                            output: c.into_iter().collect(),
-                            fuel_used: r.fuel_used,
-                            canonical: r.canonical,
-                        })
-                        .map_err(|message| Failure {
-                            kind: FailureKind::BadOutput,
-                            message,
-                            fuel_used: r.fuel_used,
-                        })
+                    crate::output::on_apply(&event, r.output, r.fuel_used).map(|c| CallReport {
+                        output: c.into_iter().collect(),
+                        fuel_used: r.fuel_used,
+                        canonical: r.canonical,
+                    })
                 });
                 return Ok(build_run(kept.map(|r| {
                     ((Outcome::Changes(r.output), r.canonical), r.fuel_used)

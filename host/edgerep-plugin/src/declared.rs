@@ -26,8 +26,9 @@ pub enum DeclaredError {
 pub enum ApplyError {
     /// Parameters are given that the component does not declare.
     #[error(
-        "params {unknown:?} are not parameters of this plugin; it declares: {} (a plugin declares its parameters in params.toml beside its source: declare them there and build it again, or remove them from the config)",
-        names(.declared)
+        "params {unknown:?} are not parameters of this plugin; it declares: {} (a plugin declares its parameters in params.toml beside its source: declare them there and build it again, or remove them from the config){}",
+        names(.declared),
+        misplaced_hint(.unknown)
     )]
     Unknown {
         /// The names given that are not declared.
@@ -46,6 +47,32 @@ pub enum ApplyError {
         /// What the component declares.
         declared: Vec<DeclaredParam>,
     },
+}
+
+/// The keys of a `[plugins.NAME]` table: one of them among a plugin's params was most likely
+/// written after the `[plugins.NAME.params]` header, where TOML puts every later key.
+const PLUGIN_KEYS: [&str; 6] = [
+    "path",
+    "sha256",
+    "fuel",
+    "memory_bytes",
+    "deadline_ms",
+    "on_failure",
+];
+
+/// A hint for params named like a plugin's own keys (empty if none is).
+fn misplaced_hint(unknown: &[String]) -> String {
+    let misplaced: Vec<&str> = unknown
+        .iter()
+        .map(String::as_str)
+        .filter(|k| PLUGIN_KEYS.contains(k))
+        .collect();
+    if misplaced.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; {misplaced:?} is a key of the plugin itself: move it above the [plugins.NAME.params] table, where it takes effect"
+    )
 }
 
 /// The parameters `wasm` declares (`None`: it declares none, and any parameters are passed
@@ -163,6 +190,18 @@ mod tests {
             .to_string();
         assert!(
             e.contains("\"feild\"") && e.contains("field (default"),
+            "{e}"
+        );
+        assert!(!e.contains("key of the plugin itself"), "{e}");
+        // A plugin's own key written under its params table (TOML puts it there).
+        let e = apply(
+            &declared,
+            &given(&[("equals", "x"), ("on_failure", "halt")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[\"on_failure\"] is a key of the plugin itself"),
             "{e}"
         );
     }

@@ -94,13 +94,14 @@ impl FailureKind {
         )
     }
 
-    /// Whether the call faulted (a trap, fuel, memory, the deadline, the stack) rather than
-    /// answered: `err(message)`, an output the host refused, and a call to the wrong world are
-    /// answers, the same whatever state the instance was in.
-    pub fn is_fault(self) -> bool {
-        !matches!(
+    /// Whether state an instance kept from earlier calls can cause this failure (a heap grown
+    /// call after call, data structures that grew): a trap, out of memory, out of fuel. Not an
+    /// answer (`err(message)`, an output the host refused), nor what the machine decides (the
+    /// deadline, the native stack, the memory the OS grants).
+    pub fn may_come_from_earlier_calls(self) -> bool {
+        matches!(
             self,
-            FailureKind::PluginError | FailureKind::BadOutput | FailureKind::WrongWorld
+            FailureKind::Trap | FailureKind::MemoryLimit | FailureKind::OutOfFuel
         )
     }
 

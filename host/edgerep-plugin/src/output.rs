@@ -6,6 +6,7 @@ use edgerep_wire::event::{EventError, EventLimits, check_collection_name};
 use edgerep_wire::{DecodeLimits, Event, Op, Value, ValueError};
 
 use crate::bindings::wit;
+use crate::failure::{Failure, FailureKind};
 
 /// Most changes one transform call may return.
 pub const MAX_CHANGES: usize = 10_000;
@@ -265,9 +266,21 @@ fn check_change(
 /// What a node keeps of a transform's changes to a peer's `event` when the transform runs on
 /// apply: at most one change, to the event's own key, with the event's own schema and metadata
 /// (on apply a transform may change the value, make the event a delete, or drop it: `None`).
-/// `Err` says what broke the rule; the node refuses such output as `bad-output`, and the
-/// conformance runner and `plugin run --stage apply` apply the same rule.
-pub fn on_apply(event: &Event, mut changes: Vec<Change>) -> Result<Option<Change>, String> {
+/// `Err` is the `bad-output` failure (with the call's `fuel_used`) the node refuses such output
+/// with; the conformance runner and `plugin run --stage apply` apply the same rule.
+pub fn on_apply(
+    event: &Event,
+    changes: Vec<Change>,
+    fuel_used: u64,
+) -> Result<Option<Change>, Failure> {
+    on_apply_rule(event, changes).map_err(|message| Failure {
+        kind: FailureKind::BadOutput,
+        message,
+        fuel_used,
+    })
+}
+
+fn on_apply_rule(event: &Event, mut changes: Vec<Change>) -> Result<Option<Change>, String> {
     let change = match changes.len() {
         0 => return Ok(None),
         1 => changes.remove(0),

@@ -145,13 +145,30 @@ impl Plugin {
     /// failed in any way is discarded; a successful one returns to the pool if it has room.
     /// Fuel counts the call only; instantiating gets a budget of its own.
     ///
-    /// A reused instance that faults (a trap, fuel, memory, the deadline: not an answer such as
-    /// `err(message)` or a refused output) may fault because of what earlier calls left in it (a
-    /// heap grown call after call): the call is run once more on a new instance, and that
-    /// second result is the answer, so one event is not blamed for what others left behind.
+    /// A reused instance that traps or runs out of memory or fuel may do so because of what
+    /// earlier calls left in it (a heap grown call after call): the call is run once more on a
+    /// new instance, and that second result is the answer, so one event is not blamed for what
+    /// others left behind. Both calls count in the metrics. ([`Plugin::transform_report`] makes
+    /// one call, so the conformance runner sees what a reused instance does.)
     pub fn transform(&self, event: &Event, fresh: bool) -> Result<Vec<Change>, Failure> {
-        self.transform_report(event, fresh)
-            .map(|report| report.output)
+        let mut reused = false;
+        let first = self.measured(|| {
+            let (result, was_reused) = self.transform_once(event, fresh);
+            reused = was_reused;
+            result
+        });
+        let answer = match first {
+            Err(failure) if reused && failure.kind.may_come_from_earlier_calls() => {
+                tracing::warn!(
+                    plugin = %self.inner.identity.name,
+                    kind = failure.kind.as_str(),
+                    "a reused instance failed; running the call again on a new one"
+                );
+                self.measured(|| self.transform_once(event, true).0)
+            }
+            answer => answer,
+        };
+        answer.map(|report| report.output)
     }
 
     /// [`Plugin::transform`], with the fuel the call used and whether the guest's values were
@@ -161,18 +178,7 @@ impl Plugin {
         event: &Event,
         fresh: bool,
     ) -> Result<CallReport<Vec<Change>>, Failure> {
-        let mut reused = false;
-        let first = self.measured(|| {
-            let (result, was_reused) = self.transform_once(event, fresh);
-            reused = was_reused;
-            result
-        });
-        match first {
-            Err(failure) if reused && failure.kind.is_fault() => {
-                self.measured(|| self.transform_once(event, true).0)
-            }
-            answer => answer,
-        }
+        self.measured(|| self.transform_once(event, fresh).0)
     }
 
     /// Runs the resolver on the concurrent `versions` of `key` in `collection`, always in a

@@ -208,8 +208,21 @@ impl Value {
     ///
     /// Errors as [`Value::from_canonical`], except that trailing bytes are allowed.
     pub fn first_item(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, ValueError> {
-        let len = canonical_item_len(bytes, limits)?;
-        Ok(Value(bytes[..len].to_vec()))
+        match validate(bytes, limits) {
+            Ok(len) => {
+                check_input_len(len, limits)?;
+                Ok(Value(bytes[..len].to_vec()))
+            }
+            // Size comes before shape, as in `from_canonical`: an item over `max_bytes` is
+            // too large whatever else it is (measured again without limits, on this path only).
+            Err(shape @ (ValueError::TooManyItems { .. } | ValueError::TooDeep { .. })) => {
+                if let Ok(len) = validate(bytes, &UNLIMITED) {
+                    check_input_len(len, limits)?;
+                }
+                Err(shape)
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Wraps bytes already checked to be exactly one data item in deterministic encoding, e.g. a
@@ -1970,6 +1983,38 @@ mod tests {
         }
         // The mutations must reach the fast path often, or the check says little.
         assert!(accepted > tried / 10, "{accepted} of {tried} accepted");
+    }
+
+    /// `first_item` reports size before shape, as `from_canonical` does: an item over
+    /// `max_bytes` with too many items is too large (an API client gets 413, not 400).
+    #[test]
+    fn first_item_says_too_large_before_too_many_items() {
+        let limits = DecodeLimits {
+            max_bytes: 65_536,
+            max_depth: 16,
+            max_items: 100_000,
+        };
+        let mut big = vec![0x9a];
+        big.extend_from_slice(&150_000u32.to_be_bytes());
+        big.extend(std::iter::repeat_n(0u8, 150_000));
+        big.push(0x01); // bytes after the item are allowed
+        assert!(matches!(
+            Value::first_item(&big, &limits),
+            Err(ValueError::TooLarge { .. })
+        ));
+        let small = [0x82, 0x01, 0x02, 0xff];
+        assert_eq!(
+            Value::first_item(&small, &limits).unwrap().as_bytes(),
+            &small[..3]
+        );
+        let few_items = DecodeLimits {
+            max_items: 2,
+            ..limits
+        };
+        assert!(matches!(
+            Value::first_item(&small, &few_items),
+            Err(ValueError::TooManyItems { .. })
+        ));
     }
 
     #[test]

@@ -193,13 +193,8 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
                             if stage != "apply" {
                                 return Ok(report.output);
                             }
-                            edgerep_plugin::on_apply(&event, report.output)
+                            edgerep_plugin::on_apply(&event, report.output, report.fuel_used)
                                 .map(|kept| kept.into_iter().collect())
-                                .map_err(|message| edgerep_plugin::Failure {
-                                    kind: edgerep_plugin::FailureKind::BadOutput,
-                                    message,
-                                    fuel_used: report.fuel_used,
-                                })
                         })
                         .map(|changes| {
                             json!(changes.iter().map(change_to_json).collect::<Vec<_>>())

@@ -511,6 +511,16 @@ fn a_copied_plugin_folder_builds_its_own_module() {
     )
     .unwrap();
     let renamed = build(&first, "renamed.wasm");
+    // A member of a workspace (cargo lists every member): its own package is built.
+    let member = tmp.path().join("redact.wasm");
+    let run = edgerep(&[
+        os("plugin"),
+        os("build"),
+        root().join("plugins/redact").as_os_str(),
+        os("-o"),
+        member.as_os_str(),
+    ]);
+    assert!(run.status.success(), "plugin build of a workspace member");
     assert!(
         renamed != first_wasm && renamed != copy_wasm,
         "the renamed library's module, not a stale one"

@@ -361,21 +361,19 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let manifest_path = dir.join("Cargo.toml");
     // What cargo itself reads of the manifest: the library's own name (`[lib] name`), and the
     // target the plugin asks for.
-    let plugin = match &edgerep_build::rust::plugins_in(&manifest_path)?[..] {
-        [one] => one.clone(),
-        [] => bail!(
-            "{} has no `cdylib` library: a Rust plugin needs `[lib] crate-type = [\"cdylib\"]`",
+    // For a member of a workspace cargo lists every member: keep this folder's own package.
+    let own = manifest_path
+        .canonicalize()
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let plugins: Vec<_> = edgerep_build::rust::plugins_in(&manifest_path)?
+        .into_iter()
+        .filter(|p| p.manifest.canonicalize().is_ok_and(|m| m == own))
+        .collect();
+    let [plugin] = &plugins[..] else {
+        bail!(
+            "{} is no plugin package: a Rust plugin is a package with `[lib] crate-type = [\"cdylib\"]` (for a workspace, build each member's folder)",
             manifest_path.display()
-        ),
-        many => bail!(
-            "{} holds {} plugin crates ({}): run `edgerep plugin build` in one of their folders",
-            manifest_path.display(),
-            many.len(),
-            many.iter()
-                .map(|p| p.package.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        );
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     if !dir.join("Cargo.lock").is_file() {
