@@ -52,6 +52,21 @@ fn os(s: &str) -> &std::ffi::OsStr {
     s.as_ref()
 }
 
+/// Changes what the Rust transform scaffold in `dir` sets `hello` to (from `"world"`), so its
+/// build is another module; returns the source as it was.
+fn set_hello(dir: &Path, to: &str) -> String {
+    let lib = dir.join("src/lib.rs");
+    let code = std::fs::read_to_string(&lib).unwrap();
+    let from = r#"value.set("hello", "world")"#;
+    assert!(code.contains(from), "{}: {code}", lib.display());
+    std::fs::write(
+        &lib,
+        code.replace(from, &format!("value.set(\"hello\", \"{to}\")")),
+    )
+    .unwrap();
+    code
+}
+
 #[test]
 fn resolver_scaffolds_build_and_pass_their_vectors_and_native_tests() {
     let tmp = tempfile::tempdir().unwrap();
@@ -257,16 +272,7 @@ fn deployed_plugin_is_rebuilt_and_reloaded(config: &Path, dir: &Path, wasm: &Pat
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["hello"].clone()
     };
     assert_eq!(hello("t-1"), "world");
-    let lib = dir.join("src/lib.rs");
-    let source = std::fs::read_to_string(&lib).unwrap();
-    std::fs::write(
-        &lib,
-        source.replace(
-            r#"value.set("hello", "world")"#,
-            r#"value.set("hello", "again")"#,
-        ),
-    )
-    .unwrap();
+    let source = set_hello(dir, "again");
     let out = build_updating(dir, wasm, config);
     assert!(
         out.status.success(),
@@ -286,7 +292,7 @@ fn deployed_plugin_is_rebuilt_and_reloaded(config: &Path, dir: &Path, wasm: &Pat
     );
     assert_eq!(hello("t-2"), "again", "the same node, the new build");
     assert_eq!(node.child.id(), pid);
-    std::fs::write(&lib, source).unwrap();
+    std::fs::write(dir.join("src/lib.rs"), source).unwrap();
     node.terminate();
 }
 
@@ -455,17 +461,7 @@ fn a_copied_plugin_folder_builds_its_own_module() {
         assert!(out.status.success());
     }
     // The copy is changed, as one starts another plugin from a copy.
-    let lib = copy.join("same-name/src/lib.rs");
-    let code = std::fs::read_to_string(&lib).unwrap();
-    assert!(code.contains(r#"value.set("hello", "world")"#), "{code}");
-    std::fs::write(
-        &lib,
-        code.replace(
-            r#"value.set("hello", "world")"#,
-            r#"value.set("hello", "copy")"#,
-        ),
-    )
-    .unwrap();
+    set_hello(&copy.join("same-name"), "copy");
     let build = |dir: &Path, out: &str| -> Vec<u8> {
         let wasm = tmp.path().join(out);
         let run = edgerep(&[
@@ -500,16 +496,7 @@ fn a_copied_plugin_folder_builds_its_own_module() {
         text.replace("[lib]\n", "[lib]\nname = \"renamed_lib\"\n"),
     )
     .unwrap();
-    let lib = first.join("same-name/src/lib.rs");
-    let code = std::fs::read_to_string(&lib).unwrap();
-    std::fs::write(
-        &lib,
-        code.replace(
-            r#"value.set("hello", "world")"#,
-            r#"value.set("hello", "renamed")"#,
-        ),
-    )
-    .unwrap();
+    set_hello(&first.join("same-name"), "renamed");
     let renamed = build(&first, "renamed.wasm");
     // A member of a workspace (cargo lists every member): its own package is built.
     let member = tmp.path().join("redact.wasm");
