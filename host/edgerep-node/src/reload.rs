@@ -465,8 +465,68 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
             restart.push(name.to_owned());
         }
     };
-    differs("[node]", old.node == new.node);
-    differs("[api]", old.api == new.api);
+    // Each key of [node] and [api] named (an operator edits one), and the section if a key
+    // not listed here differs.
+    let (on, nn) = (&old.node, &new.node);
+    let node_keys = [
+        ("node.data_dir", on.data_dir == nn.data_dir),
+        (
+            "node.max_clock_skew_ms",
+            on.max_clock_skew_ms == nn.max_clock_skew_ms,
+        ),
+        (
+            "node.sync_interval_ms",
+            on.sync_interval_ms == nn.sync_interval_ms,
+        ),
+    ];
+    let (oa, na) = (&old.api, &new.api);
+    let api_keys = [
+        ("api.listen", oa.listen == na.listen),
+        ("api.token_file", oa.token_file == na.token_file),
+        (
+            "api.max_connections",
+            oa.max_connections == na.max_connections,
+        ),
+        (
+            "api.request_timeout_ms",
+            oa.request_timeout_ms == na.request_timeout_ms,
+        ),
+        (
+            "api.max_watch_streams",
+            oa.max_watch_streams == na.max_watch_streams,
+        ),
+        (
+            "api.max_body_bytes_in_flight",
+            oa.max_body_bytes_in_flight == na.max_body_bytes_in_flight,
+        ),
+        (
+            "api.verify_interval_ms",
+            oa.verify_interval_ms == na.verify_interval_ms,
+        ),
+        (
+            "api.idempotency_window_ms",
+            oa.idempotency_window_ms == na.idempotency_window_ms,
+        ),
+        (
+            "api.idempotency_max_keys",
+            oa.idempotency_max_keys == na.idempotency_max_keys,
+        ),
+    ];
+    for (section, same, keys) in [
+        ("[node]", on == nn, &node_keys[..]),
+        ("[api]", oa == na, &api_keys[..]),
+    ] {
+        let named: Vec<&str> = keys
+            .iter()
+            .filter(|(_, same)| !same)
+            .map(|(key, _)| *key)
+            .collect();
+        match (same, named.is_empty()) {
+            (true, _) => {}
+            (false, true) => differs(section, false),
+            (false, false) => named.into_iter().for_each(|key| differs(key, false)),
+        }
+    }
     differs("[replication]", old.replication == new.replication);
     differs(
         "limits.max_request_bytes",
@@ -627,4 +687,34 @@ pub(crate) fn late_upgrades(
         }
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change that takes a restart is refused naming its key, not only its section.
+    #[test]
+    fn a_restart_only_change_names_its_key() {
+        let config = |node: &str, api: &str| {
+            let text = format!(
+                "[node]\nid = \"n\"\ndata_dir = \"/tmp/unused\"\n{node}\n[api]\nlisten = \"127.0.0.1:7070\"\n{api}\n\
+                 [replication]\nlisten = \"127.0.0.1:7071\"\n"
+            );
+            Config::parse(&text, std::path::Path::new("/tmp/edgerep.toml")).unwrap()
+        };
+        let old = config("", "");
+        assert!(reloadable(&old, &config("", "")).is_ok());
+        let e = reloadable(
+            &old,
+            &config("sync_interval_ms = 50", "max_connections = 7"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("node.sync_interval_ms") && e.contains("api.max_connections"),
+            "{e}"
+        );
+        assert!(!e.contains("[node]") && !e.contains("[api]"), "{e}");
+    }
 }
