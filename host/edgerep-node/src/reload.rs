@@ -467,51 +467,18 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
     };
     // Each key of [node] and [api] named (an operator edits one), and the section if a key
     // not listed here differs.
+    // Each named key of a section: `(section.key, unchanged)`.
+    macro_rules! keys_of {
+        ($section:literal, $old:expr, $new:expr; $($key:ident),+) => {
+            [$((concat!($section, ".", stringify!($key)), $old.$key == $new.$key)),+]
+        };
+    }
     let (on, nn) = (&old.node, &new.node);
-    let node_keys = [
-        ("node.data_dir", on.data_dir == nn.data_dir),
-        (
-            "node.max_clock_skew_ms",
-            on.max_clock_skew_ms == nn.max_clock_skew_ms,
-        ),
-        (
-            "node.sync_interval_ms",
-            on.sync_interval_ms == nn.sync_interval_ms,
-        ),
-    ];
+    let node_keys = keys_of!("node", on, nn; data_dir, max_clock_skew_ms, sync_interval_ms);
     let (oa, na) = (&old.api, &new.api);
-    let api_keys = [
-        ("api.listen", oa.listen == na.listen),
-        ("api.token_file", oa.token_file == na.token_file),
-        (
-            "api.max_connections",
-            oa.max_connections == na.max_connections,
-        ),
-        (
-            "api.request_timeout_ms",
-            oa.request_timeout_ms == na.request_timeout_ms,
-        ),
-        (
-            "api.max_watch_streams",
-            oa.max_watch_streams == na.max_watch_streams,
-        ),
-        (
-            "api.max_body_bytes_in_flight",
-            oa.max_body_bytes_in_flight == na.max_body_bytes_in_flight,
-        ),
-        (
-            "api.verify_interval_ms",
-            oa.verify_interval_ms == na.verify_interval_ms,
-        ),
-        (
-            "api.idempotency_window_ms",
-            oa.idempotency_window_ms == na.idempotency_window_ms,
-        ),
-        (
-            "api.idempotency_max_keys",
-            oa.idempotency_max_keys == na.idempotency_max_keys,
-        ),
-    ];
+    let api_keys = keys_of!("api", oa, na;
+        listen, token_file, max_connections, request_timeout_ms, max_watch_streams,
+        max_body_bytes_in_flight, verify_interval_ms, idempotency_window_ms, idempotency_max_keys);
     for (section, same, keys) in [
         ("[node]", on == nn, &node_keys[..]),
         ("[api]", oa == na, &api_keys[..]),

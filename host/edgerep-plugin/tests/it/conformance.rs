@@ -313,3 +313,41 @@ fn a_case_naming_a_runtime_message_or_an_unknown_phase_is_refused() {
         assert!(error.contains(said), "{error}");
     }
 }
+
+/// A case's `stage` is `ingest` or `apply`, and `apply` only for a transform: a typo, or a
+/// resolver "on apply", is refused naming the stage, not run as something else.
+#[test]
+fn a_case_with_an_unknown_stage_is_refused() {
+    let runtime = Runtime::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rust = [Build::new("rust", wasm_dir())];
+    for (plugin, world, stage, input) in [
+        (
+            "redact",
+            "transform",
+            "aply",
+            r#"{"collection": "c", "key": "k", "value": 1}"#,
+        ),
+        (
+            "merge-counter",
+            "resolver",
+            "apply",
+            r#"{"collection": "c", "key": "k", "versions": [{"origin": "a", "value": {}}, {"origin": "b", "value": {}}]}"#,
+        ),
+    ] {
+        fs::create_dir_all(dir.path().join(plugin)).unwrap();
+        let file = dir.path().join(plugin).join("case.json");
+        let case = format!(
+            r#"{{"plugin": "{plugin}", "world": "{world}", "stage": "{stage}",
+               "input": {input}, "expect": {{"error": "bad-output"}}}}"#
+        );
+        fs::write(&file, case).unwrap();
+        let error = run_vector_file_across(&runtime, &rust, &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!("unknown stage \"{stage}\"")),
+            "{error}"
+        );
+    }
+}
