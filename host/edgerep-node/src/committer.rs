@@ -508,10 +508,11 @@ impl Committer {
                             certs,
                             reply,
                         } => {
+                            // Like applied events: a timestamp too far ahead does not move the
+                            // clock, and a page refused moves it not at all.
+                            let mut observed = clock.clone();
                             for v in &versions {
-                                // Like applied events: a timestamp too far ahead does not move
-                                // the clock.
-                                let _ = clock.observe(v.hlc, wall_ms());
+                                let _ = observed.observe(v.hlc, wall_ms());
                             }
                             let result = store.install_sealed(
                                 versions,
@@ -519,9 +520,12 @@ impl Committer {
                                 theirs.as_ref(),
                                 &seals,
                                 &certs,
-                                Some(clock.last()),
+                                Some(observed.last()),
                                 Sync::Immediate,
                             );
+                            if result.is_ok() {
+                                clock = observed;
+                            }
                             match result {
                                 // A page that changed nothing was not committed: it synced
                                 // nothing, and what it read may hold unsynced commits.
@@ -558,10 +562,11 @@ impl Committer {
                             continue;
                         }
                         Request::Repair { repair, reply } => {
+                            let mut observed = clock.clone();
                             for v in &repair.versions {
-                                let _ = clock.observe(v.hlc, wall_ms());
+                                let _ = observed.observe(v.hlc, wall_ms());
                             }
-                            match store.repair_sealed(
+                            let result = store.repair_sealed(
                                 repair.versions,
                                 &repair.proofs,
                                 &repair.seals,
@@ -569,9 +574,13 @@ impl Committer {
                                 &repair.resolutions,
                                 &repair.peer,
                                 &repair.transformed,
-                                Some(clock.last()),
+                                Some(observed.last()),
                                 Sync::Immediate,
-                            ) {
+                            );
+                            if result.is_ok() {
+                                clock = observed;
+                            }
+                            match result {
                                 Ok(out) => {
                                     durable.feed_committed =
                                         durable.feed_committed.max(out.feed_last);

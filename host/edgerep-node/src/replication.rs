@@ -455,6 +455,7 @@ pub fn start(
         duplicates: BTreeMap::new(),
         origin_claims: BTreeMap::new(),
         origin_first_claim: None,
+        own_seen: store_status.own_seen,
         acks_moved_at: BTreeMap::new(),
         anti_entropy: AntiEntropy::new(config.replication.anti_entropy_interval_ms, instance),
         runtime: runtime.clone(),
@@ -499,7 +500,7 @@ pub fn start(
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(conn.peer.clone(), conn.clone());
-                        serve_connection(conn, id, false, inbox, limits, precheck).await
+                        serve_connection(conn, id, false, inbox, limits, precheck).await;
                     }
                     Err(e) => tracing::debug!("refused a connection: {e}"),
                 }
@@ -648,6 +649,9 @@ struct Replicator {
     origin_claims: BTreeMap<NodeId, u64>,
     /// When the first of those claims came.
     origin_first_claim: Option<Instant>,
+    /// The highest of this node's own sequence numbers the store held above its own have at
+    /// start (part of a snapshot, see `StoreStatus::own_seen`): a standing claim for the gate.
+    own_seen: u64,
     /// Per peer, when it last acknowledged more than before, or everything this node holds
     /// (see `compaction_floors`).
     acks_moved_at: BTreeMap<NodeId, Instant>,
@@ -780,6 +784,7 @@ impl Replicator {
                     inbox_bytes,
                     resume,
                     frames_seen: 0,
+                    frames_heard: 0,
                     stuck_since: None,
                 },
                 now,
@@ -1117,9 +1122,10 @@ impl Replicator {
         self.halted = Some(format!("collection {:?}: {}", halt.collection, halt.reason));
     }
 
-    /// Tells the core each link's round trip, and which links still carry what was sent to
-    /// them: frames queued here, or stream data leaving over QUIC since the last look. Their
-    /// resend timers wait (a batch takes longer than the timer on a slow link; resending would
+    /// Tells the core each link's round trip, and which links are busy: frames queued here,
+    /// stream data leaving over QUIC since the last look, or stream data arriving (the peer's
+    /// answers share its one stream, queued behind what it sends). Their resend timers wait (a
+    /// batch, or the peer's own, takes longer than the timer on a slow link; resending would
     /// queue copies behind it).
     fn note_busy_links(&mut self, now: u64) {
         if self.links_seen_at.elapsed() < LINK_LOOK_EVERY {
@@ -1132,8 +1138,11 @@ impl Replicator {
             let sent = live.conn.stream_frames_sent();
             let moving = sent > live.frames_seen;
             live.frames_seen = sent;
+            let heard = live.conn.stream_frames_received();
+            let arriving = heard > live.frames_heard;
+            live.frames_heard = heard;
             let queued = live.queued.load(Ordering::Acquire) > 0;
-            if moving || queued {
+            if moving || queued || arriving {
                 self.core.link_busy(peer, now);
             }
             // Frames waiting and none leaving: the peer's flow control holds them (it does

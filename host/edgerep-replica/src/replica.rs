@@ -1661,11 +1661,13 @@ impl Replica {
             .session
             .as_ref()
             .is_some_and(|s| s.hello_due);
+        // This peer's turn is taken first: a read that fails here must not hold back every
+        // other peer's messages (the next call goes on to them).
+        self.last_control = Some(peer.clone());
         let your_seal = match have::get(&self.local_have, &peer) {
             held if hello_due && held > 0 => log.seal_at(&peer, held)?,
             _ => None,
         };
-        self.last_control = Some(peer.clone());
         let Some(s) = self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) else {
             return Ok(None);
         };
@@ -2103,6 +2105,25 @@ impl Replica {
                 .map(|s| s.pruned.iter().cloned().collect())
                 .unwrap_or_default(),
         })
+    }
+
+    /// The have of a snapshot being sent to `peer` that the changelog must be kept after (the
+    /// peer needs the entries past it once the snapshot is in): the live session's while the
+    /// peer acknowledges its pages ([`PeerView::snapshot_sending_have`]), or one a lost
+    /// connection interrupted (it resumes on the peer's next session, which it could not if
+    /// compaction passed it meanwhile); either for at most [`SNAPSHOT_HOLD_MAX_MS`] from its
+    /// start.
+    pub fn snapshot_hold(&self, peer: &NodeId) -> Option<Have> {
+        let live = self.peers.get(peer).and_then(|p| p.session.as_ref());
+        if live.is_some() {
+            return self.peer_view(peer)?.snapshot_sending_have;
+        }
+        self.interrupted
+            .get(peer)?
+            .out
+            .as_ref()
+            .filter(|o| self.now.saturating_sub(o.began_ms) < SNAPSHOT_HOLD_MAX_MS)
+            .map(|o| o.have.clone())
     }
 
     /// What this node exchanged with `peer` since it started (zero for a peer never connected).

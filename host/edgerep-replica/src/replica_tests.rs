@@ -985,6 +985,29 @@ fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
     );
 }
 
+/// A snapshot a lost connection interrupted still holds the changelog back (it resumes on the
+/// peer's next session, which it could not once compaction passed its have), for at most
+/// SNAPSHOT_HOLD_MAX_MS from its start: the peer cannot acknowledge pages while away.
+#[test]
+fn an_interrupted_snapshot_holds_the_changelog_until_it_resumes() {
+    let b = n("b");
+    let (mut r, _log, _id) = sending_a_snapshot(400);
+    assert_eq!(r.snapshot_hold(&b), Some(have_of(&[("a", 400)])));
+    r.disconnected(&b, 20_000);
+    assert_eq!(
+        r.snapshot_hold(&b),
+        Some(have_of(&[("a", 400)])),
+        "held while the peer is away"
+    );
+    r.handle_timeout(20_000 + 2 * SNAPSHOT_HOLD_MS);
+    assert!(
+        r.snapshot_hold(&b).is_some(),
+        "no page to acknowledge meanwhile"
+    );
+    r.handle_timeout(10 + SNAPSHOT_HOLD_MAX_MS);
+    assert_eq!(r.snapshot_hold(&b), None, "at most SNAPSHOT_HOLD_MAX_MS");
+}
+
 /// A peer acknowledging a snapshot page now and then held every origin's changelog as long as
 /// it liked (past `max_held_events`): a snapshot holds it for SNAPSHOT_HOLD_MAX_MS at most.
 #[test]
@@ -2050,6 +2073,59 @@ fn one_unreadable_origin_does_not_stop_the_others() {
         dots(&[("z", 1), ("z", 2)])
     );
     assert!(r.unreadable()[&n("x")].contains("corrupt record"));
+}
+
+/// A Hello whose seal cannot be read (for one peer) does not hold back the other peers'
+/// messages: the failing peer's turn passes, its Hello stays due.
+#[test]
+fn a_hello_whose_seal_cannot_be_read_does_not_stop_the_other_peers() {
+    struct NoSealOfB(MemLog);
+    impl Log for NoSealOfB {
+        fn read(
+            &self,
+            origin: &NodeId,
+            after: u64,
+            max: usize,
+            bytes: usize,
+        ) -> Result<crate::log::Read, LogError> {
+            self.0.read(origin, after, max, bytes)
+        }
+        fn state_page(
+            &self,
+            after: Option<&StateCursor>,
+            max_events: usize,
+            max_bytes: usize,
+        ) -> Result<StatePage, LogError> {
+            self.0.state_page(after, max_events, max_bytes)
+        }
+        fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
+            if origin.as_str() == "b" {
+                return Err(LogError::Storage {
+                    reason: "unreadable seal".into(),
+                });
+            }
+            self.0.seal_at(origin, seq)
+        }
+        fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
+            self.0.cert(origin)
+        }
+    }
+    // This node holds b's events: its Hello to b carries b's seal there.
+    let log = NoSealOfB(MemLog::with(&evs("b", 1..=2)));
+    let mut r = Replica::new(n("a"), ReplicaConfig::default());
+    r.set_local_have(&log.0.have());
+    r.connected(&n("b"), 0);
+    r.connected(&n("c"), 0);
+    let (mut hellos, mut errors) = (Vec::new(), 0);
+    for _ in 0..4 {
+        match r.poll_transmit(0, &log) {
+            Ok(Some((to, Message::Hello(_)))) => hellos.push(to),
+            Ok(_) => {}
+            Err(_) => errors += 1,
+        }
+    }
+    assert!(errors > 0, "the seal read failed");
+    assert_eq!(hellos, vec![n("c")], "c's Hello went out; b's stayed due");
 }
 
 /// A peer whose frames pile up unsent (it reads slowly or not at all) gets no more Events

@@ -183,6 +183,10 @@ pub struct StoreStatus {
     pub compacted: Have,
     /// Feed positions up to this one can no longer be read.
     pub feed_floor: u64,
+    /// The highest of this node's own sequence numbers that came back in a snapshot page,
+    /// when above its own have: numbers up to it are taken (no write may use one) until the
+    /// rest of its history is back. 0: none.
+    pub own_seen: u64,
 }
 
 /// Whether a write transaction waits for the disk.

@@ -496,6 +496,7 @@ impl Store {
             dead_letters: dead.len()?,
             compacted,
             feed_floor: feed_floor(&meta)?,
+            own_seen: meta_u64(&meta, META_OWN_SEEN)?,
         })
     }
 

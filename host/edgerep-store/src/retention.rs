@@ -23,9 +23,9 @@ use crate::keys::{log_key, log_seq, split_state_key, state_key};
 use crate::proofs::{self, BLOCKS, PROOFS, PageProofs};
 use crate::seals::{self, CHAINS, SEALS};
 use crate::{
-    Applied, CHANGELOG, Counters, DISAGREEMENTS, META, META_HLC, ORIGINS, STATE, Store, StoreError,
-    StoreWriter, Sync, Unresolved, Versions, aae, apply_to_state, corrupt, hlc_bytes, parse_origin,
-    resolution, u64_from,
+    Applied, CHANGELOG, Counters, DISAGREEMENTS, META, META_HLC, META_OWN_SEEN, ORIGINS, STATE,
+    Store, StoreError, StoreWriter, Sync, Unresolved, Versions, aae, apply_to_state, corrupt,
+    hlc_bytes, meta_u64, parse_origin, resolution, u64_from,
 };
 use edgerep_wire::aae::KeyResolution;
 
@@ -646,6 +646,13 @@ impl StoreWriter {
         } else {
             Vec::new()
         };
+        // The highest of this node's own events the page brings back (proven its own above).
+        let own_top = proven
+            .iter()
+            .filter(|(v, _, _)| v.origin == self.node)
+            .map(|(v, _, _)| v.seq)
+            .max()
+            .unwrap_or(0);
         let mut txn = self.db.begin_write()?;
         txn.set_durability(sync.redb())?;
         let (out, deltas, tally, keys_restored) = {
@@ -788,6 +795,13 @@ impl StoreWriter {
             if let Some(hlc) = hlc_last {
                 meta.insert(META_HLC, &hlc_bytes(hlc)[..])?;
             }
+            // Own events above the own have: their numbers are taken from now on, also after a
+            // restart before the last page (which alone raises the have) comes.
+            let own_seen_raised = own_top > held_before.get(&self.node).copied().unwrap_or(0)
+                && own_top > meta_u64(&meta, META_OWN_SEEN)?;
+            if own_seen_raised {
+                meta.insert(META_OWN_SEEN, &own_top.to_be_bytes()[..])?;
+            }
             drop(meta);
             let mut origins = txn.open_table(ORIGINS)?;
             let mut compacted_t = txn.open_table(COMPACTED)?;
@@ -876,7 +890,12 @@ impl StoreWriter {
                 compacted_t.insert(origin.as_str(), seq)?;
                 raised = true;
             }
-            let wrote = changed > 0 || replaced > 0 || disagreements > 0 || raised || keys_restored;
+            let wrote = changed > 0
+                || replaced > 0
+                || disagreements > 0
+                || raised
+                || keys_restored
+                || own_seen_raised;
             if wrote {
                 seals::put_certs(&txn, sealed)?;
             }

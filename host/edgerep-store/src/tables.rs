@@ -51,6 +51,24 @@ pub(crate) const META_DECIDERS: &str = "deciders";
 /// given again after a restart).
 pub(crate) const META_DEAD_LETTER_HIGH: &str = "dead_letter_high";
 
+/// The highest sequence number of this node's own events that came back in a snapshot page
+/// (after a restore from a backup), kept when it is above what the node holds of its own
+/// history: an interrupted snapshot raises the node's own have only on its last page, and until
+/// the rest is back those numbers are taken (a write under one would sign a second history).
+/// Never lowered; it stops mattering once the own have reaches it.
+pub(crate) const META_OWN_SEEN: &str = "own_seen";
+
+/// A `u64` kept in `meta` under `key` (0 when absent).
+pub(crate) fn meta_u64(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64, StoreError> {
+    match meta.get(key)? {
+        Some(g) => u64_from(g.value(), "meta"),
+        None => Ok(0),
+    }
+}
+
 /// The node's last runs' feed generations, each with the feed position it opened at (16 bytes
 /// a run, oldest first, at most [`FEED_RUNS_KEPT`]): see `StoreWriter::record_feed_run`.
 pub(crate) const META_FEED_RUNS: &str = "feed_runs";
@@ -140,12 +158,7 @@ impl Counters {
     pub(crate) fn load(
         meta: &impl ReadableTable<&'static str, &'static [u8]>,
     ) -> Result<Counters, StoreError> {
-        let read_u64 = |key: &str| -> Result<u64, StoreError> {
-            match meta.get(key)? {
-                Some(g) => u64_from(g.value(), "meta"),
-                None => Ok(0),
-            }
-        };
+        let read_u64 = |key: &str| meta_u64(meta, key);
         let digest = match meta.get(META_DIGEST)? {
             Some(g) => Digest::from_bytes(
                 g.value()

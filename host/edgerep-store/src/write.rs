@@ -827,6 +827,9 @@ impl StoreWriter {
             // Keys a write given its writer's context left with concurrent versions.
             let mut unresolved = Unresolved::new(self.resolver.as_deref(), &self.rule);
             let mut seq = origins.get(self.node.as_str())?.map_or(0, |g| g.value());
+            // Numbers of this node's own that part of a snapshot brought back (see
+            // `META_OWN_SEEN`): taken until the rest of its history is back.
+            let own_seen = meta_u64(&meta, META_OWN_SEEN)?;
             let (head_seq, mut chain) = seals::head(&chains, &self.node)?;
             if head_seq != seq {
                 return Err(corrupt(
@@ -880,6 +883,15 @@ impl StoreWriter {
                     index,
                     reason: "this node's sequence numbers are exhausted".into(),
                 })?;
+                if seq <= own_seen {
+                    return Err(StoreError::WriteRefused {
+                        index,
+                        reason: format!(
+                            "this node's own events up to {own_seen} came back in part of a peer's snapshot (its store was restored from a backup), its history only up to {}: sequence number {seq} is taken, so no write is taken until the rest comes back from the peers",
+                            seq - 1
+                        ),
+                    });
+                }
                 let writer_context = w.context;
                 let hlc = clock.now(wall_ms);
                 let event = Event {
@@ -1105,7 +1117,8 @@ impl StoreWriter {
     }
 
     /// Has `clock` observe the events' timestamps, then applies them (see
-    /// [`StoreWriter::apply_remote`]).
+    /// [`StoreWriter::apply_remote`]). The clock moves only if they are applied: a batch refused
+    /// (forged, a gap) must not push this node's timestamps ahead.
     pub(crate) fn apply_observed(
         &self,
         events: Vec<Received>,
@@ -1116,12 +1129,14 @@ impl StoreWriter {
         wall_ms: u64,
     ) -> Result<RemoteApply, StoreError> {
         let mut skewed = 0;
+        let mut observed = clock.clone();
         for r in &events {
-            if clock.observe(r.event.hlc, wall_ms).is_err() {
+            if observed.observe(r.event.hlc, wall_ms).is_err() {
                 skewed += 1;
             }
         }
-        let mut out = self.apply_in(events, sealed, dead_letters, sync, Some(clock.last()))?;
+        let mut out = self.apply_in(events, sealed, dead_letters, sync, Some(observed.last()))?;
+        *clock = observed;
         out.skewed = skewed;
         Ok(out)
     }

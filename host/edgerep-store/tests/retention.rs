@@ -435,3 +435,70 @@ fn a_last_page_version_naming_events_nobody_holds_is_left_out() {
     assert_eq!((out.future_contexts, out.changed), (1, 1), "{out:?}");
     assert_verified(&v);
 }
+
+/// A store restored from a backup takes its own later events back in a peer's snapshot; an
+/// earlier page can bring some of them before the last page raises its own have. Across a
+/// restart in between (the peer's claim, which kept the node from writing, lived in memory
+/// only), the numbers those events hold must stay taken: a write under one would sign a
+/// second history of this node.
+#[test]
+fn own_events_from_part_of_a_snapshot_keep_their_numbers_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeId::parse("a").unwrap();
+    let open = |path: &std::path::Path| {
+        StoreWriter::open(path, &node, EventLimits::default())
+            .unwrap()
+            .0
+    };
+    let b = store("b");
+    let mut ca = clock();
+    {
+        // Node a wrote three events, which b holds; then a's disk was lost.
+        let a = store("a");
+        write(&a, &mut ca, 1000, &[("k", 1), ("j", 2), ("i", 3)]);
+        ship(&a, &b, "a");
+    }
+    let path = dir.path().join("a.redb");
+    {
+        let a = open(&path);
+        // The first page of b's snapshot: a's own events, without the have (not the last page).
+        let page = b.state_page(None, 100, usize::MAX).unwrap();
+        assert_eq!(page.versions.len(), 3);
+        a.install_snapshot(page.versions, None, None, Sync::Immediate)
+            .unwrap();
+        assert_eq!(held(&a, "a"), 0, "only the last page raises the own have");
+        assert_eq!(a.status().unwrap().own_seen, 3);
+    }
+    // The restart: the store itself says which numbers are taken.
+    let a = open(&path);
+    assert_eq!(a.status().unwrap().own_seen, 3);
+    let write_one = |a: &StoreWriter, clock: &mut HlcClock| {
+        a.commit_local(
+            vec![LocalWrite {
+                collection: "c".into(),
+                key: b"new".to_vec(),
+                value: Some(Value::from_json(&serde_json::json!(9), &Default::default()).unwrap()),
+                schema: 0,
+                meta: BTreeMap::new(),
+                context: None,
+            }],
+            clock,
+            2000,
+        )
+    };
+    let mut clock_after = clock();
+    match write_one(&a, &mut clock_after) {
+        Err(StoreError::WriteRefused { index: 0, reason }) => assert!(
+            reason.contains("up to 3") && reason.contains("number 1 is taken"),
+            "{reason}"
+        ),
+        other => panic!("expected the write refused, got {other:?}"),
+    }
+    assert_eq!(held(&a, "a"), 0, "nothing was written");
+    // The rest comes back (the events themselves here): then writes go on, after them.
+    ship(&b, &a, "a");
+    assert_eq!(held(&a, "a"), 3);
+    let committed = write_one(&a, &mut clock_after).unwrap();
+    assert_eq!(committed[0].seq, 4);
+    assert_verified(&a);
+}

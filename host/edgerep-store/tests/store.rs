@@ -1258,6 +1258,36 @@ fn remote_apply_moves_the_clock_and_peer_cursors_persist() {
     assert!(store.verify().unwrap().is_ok());
 }
 
+/// A batch refused (here: a gap) does not move the clock: a peer could otherwise push this
+/// node's timestamps ahead, up to the skew bound, with batches that are never applied.
+#[test]
+fn a_refused_batch_does_not_move_the_clock() {
+    let (b, _) = memory_store("site-b");
+    let mut b_clock = HlcClock::new(Hlc::default(), u64::MAX / 2);
+    b.commit_local(vec![put("c", b"k", val(1))], &mut b_clock, 1_000)
+        .unwrap();
+    b.commit_local(vec![put("c", b"k", val(2))], &mut b_clock, 4_000)
+        .unwrap();
+    // The second event alone: a gap (the first is missing), its timestamp within the skew.
+    let second = b.changelog("site-b", 1, 10).unwrap();
+    assert_eq!(second.len(), 1);
+    let (a, _) = memory_store("site-a");
+    let mut clock = HlcClock::new(Hlc::default(), 10_000);
+    let before = clock.last();
+    let batch = second.into_iter().map(Received::as_received).collect();
+    match a.apply_remote(batch, &[], Sync::Immediate, &mut clock, 1_000) {
+        Err(StoreError::Gap { .. }) => {}
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    assert_eq!(clock.last(), before, "the refused batch moved the clock");
+    // Applied in order, the same events do move it.
+    let both = b.changelog("site-b", 0, 10).unwrap();
+    let batch = both.into_iter().map(Received::as_received).collect();
+    a.apply_remote(batch, &[], Sync::Immediate, &mut clock, 1_000)
+        .unwrap();
+    assert_eq!(clock.last().physical_ms, 4_000);
+}
+
 /// Transforms on apply decide what a peer's event does to this node's state; the changelog
 /// keeps the event exactly as received (it is what peers relay), and dead letters of the batch
 /// commit with it.

@@ -32,13 +32,16 @@ const UNDIALED_FOR_MAX: Duration = Duration::from_secs(300);
 /// keep it from idling out).
 const LINK_WITHIN: Duration = Duration::from_secs(10);
 
-/// `d` stretched by a factor in [0.5, 1.5) drawn from the clock: peers that lost a hub at the
-/// same moment do not dial it again in lockstep.
+/// `d` stretched by a random factor in [0.5, 1.5): peers that lost a hub at the same moment do
+/// not dial it again in lockstep. (The clock's low digits were the source once: on a clock
+/// that counts in microseconds they are always zero.)
 fn jittered(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    d.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
+    use std::hash::{BuildHasher, Hasher};
+    // Each `RandomState` is keyed anew (randomly per thread, then stepped): a random draw.
+    let draw = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    d.mul_f64(0.5 + (draw % 1000) as f64 / 1000.0)
 }
 
 /// What every dialer shares with the node's replication.
@@ -176,12 +179,14 @@ pub(super) fn spawn_dialer(
                 // not resolve says nothing about the peer (a link down takes the name server
                 // with it) and must not put off the next dial.
                 let mut answered = true;
+                // Messages the session carried (a short one that did is no refusal).
+                let mut carried = 0;
                 match transport.connect(&peer, &address).await {
                     Ok(conn) if peer_connected() => {
                         conn.close(CloseCode::Normal, "the peer connected already");
                     }
                     Ok(conn) => {
-                        serve_connection(
+                        carried = serve_connection(
                             conn,
                             id,
                             true,
@@ -198,8 +203,9 @@ pub(super) fn spawn_dialer(
                 }
                 id += 1;
                 // A peer that ends every connection at once (it revoked this node, or no
-                // longer lists it) is dialed ever less often.
-                if began.elapsed() >= DIAL_LASTED || !answered {
+                // longer lists it) is dialed ever less often; one whose sessions carry
+                // messages however short (a flaky link) is not.
+                if began.elapsed() >= DIAL_LASTED || !answered || carried > 0 {
                     undialed_for = UNDIALED_FOR;
                 } else {
                     undialed_for = (undialed_for * 2).min(UNDIALED_FOR_MAX);
@@ -246,7 +252,7 @@ pub(super) fn spawn_dialer(
                 Ok(conn) => {
                     id += 1;
                     let began = Instant::now();
-                    serve_connection(
+                    let carried = serve_connection(
                         conn,
                         id,
                         true,
@@ -255,7 +261,7 @@ pub(super) fn spawn_dialer(
                         precheck.clone(),
                     )
                     .await;
-                    if began.elapsed() >= DIAL_LASTED {
+                    if began.elapsed() >= DIAL_LASTED || carried > 0 {
                         backoff = DIAL_MIN;
                     }
                 }
@@ -284,7 +290,9 @@ pub(super) fn spawn_dialer(
 }
 
 /// Runs one authenticated connection until it ends: the dialer opens the stream, the acceptor
-/// accepts it; frames are read into the replicator and written from its channel.
+/// accepts it; frames are read into the replicator and written from its channel. Returns how
+/// many messages other than Hello and Bye the peer sent: a session that carried some was one,
+/// however short (a peer that refuses this node ends it after the handshake, with none).
 pub(super) async fn serve_connection(
     conn: PeerConnection,
     id: u64,
@@ -292,7 +300,7 @@ pub(super) async fn serve_connection(
     inbox: std_mpsc::Sender<Input>,
     limits: MessageLimits,
     precheck: Precheck,
-) {
+) -> u64 {
     let peer = conn.peer.clone();
     let max_frame = limits.max_frame_bytes as u32;
     // Six round trips more on a slow link: the dialer's first frame, lost once or twice, takes
@@ -311,13 +319,13 @@ pub(super) async fn serve_connection(
                 id,
                 reason: e.to_string(),
             });
-            return;
+            return 0;
         }
         Err(_) => {
             let reason = format!("no stream opened within {} s", within.as_secs());
             conn.close(CloseCode::Protocol, &reason);
             let _ = inbox.send(Input::Disconnected { peer, id, reason });
-            return;
+            return 0;
         }
     };
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -337,7 +345,7 @@ pub(super) async fn serve_connection(
         })
         .is_err()
     {
-        return;
+        return 0;
     }
     // Stopped from outside (its dialer aborted: the peer's address changed), the connection
     // still ends whole: closed, and the replicator told, so no session outlives its reader.
@@ -374,6 +382,7 @@ pub(super) async fn serve_connection(
         send.finish();
     });
     ended.writer = Some(writer.abort_handle());
+    let mut carried = 0u64;
     let reason = loop {
         while paused.load(Ordering::Acquire)
             || inbox_bytes.load(Ordering::Acquire) > INBOX_MAX_BYTES
@@ -389,6 +398,9 @@ pub(super) async fn serve_connection(
         match recv.recv().await {
             Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
                 Ok(message) => {
+                    if !matches!(message, Message::Hello(_) | Message::Bye { .. }) {
+                        carried += 1;
+                    }
                     precheck.run(&message);
                     inbox_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                     if inbox
@@ -438,6 +450,7 @@ pub(super) async fn serve_connection(
     tracing::info!(peer = %peer, "connection ended: {}", edgerep_wire::text::one_line(&reason));
     let _ = inbox.send(Input::Disconnected { peer, id, reason });
     ended.id = None;
+    carried
 }
 
 /// Ends a connection whose task was stopped before it ended by itself (see
@@ -479,7 +492,27 @@ pub(super) struct Live {
     pub(super) resume: Arc<tokio::sync::Notify>,
     /// The link's stream frames sent when last looked (see `Replicator::note_busy_links`).
     pub(super) frames_seen: u64,
+    /// The connection's STREAM frames received at the last look.
+    pub(super) frames_heard: u64,
     /// Since when frames queued for the peer have not moved (none left over QUIC): the peer
     /// stopped reading (see `Replicator::note_busy_links`).
     pub(super) stuck_since: Option<std::time::Instant>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redials are spread over [0.5, 1.5) of the wait, differently each time.
+    #[test]
+    fn jitter_spreads_redials() {
+        let d = Duration::from_secs(1);
+        let draws: std::collections::BTreeSet<u128> =
+            (0..64).map(|_| jittered(d).as_millis()).collect();
+        assert!(
+            draws.iter().all(|&ms| (500..1500).contains(&ms)),
+            "{draws:?}"
+        );
+        assert!(draws.len() > 16, "too few distinct waits: {draws:?}");
+    }
 }

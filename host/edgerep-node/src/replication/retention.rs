@@ -85,7 +85,7 @@ impl Replicator {
             .collect();
         let snapshots: Vec<Have> = counted
             .iter()
-            .filter_map(|p| self.core.peer_view(p)?.snapshot_sending_have)
+            .filter_map(|p| self.core.snapshot_hold(p))
             .collect();
         let mut floors = Have::new();
         for (origin, &held) in self.core.local_have() {
@@ -99,9 +99,10 @@ impl Replicator {
                 floor = floor.max(held.saturating_sub(max));
             }
             // Never past the have of a snapshot being sent to a peer that counts, while it
-            // acknowledges pages (`SNAPSHOT_HOLD_MS`): it needs the entries after it (on a slow
-            // link, a large state could otherwise take snapshot after snapshot, each overtaken
-            // by the writes made while it was sent).
+            // acknowledges pages (`SNAPSHOT_HOLD_MS`) or while a lost connection interrupted it
+            // (`Replica::snapshot_hold`): it needs the entries after it (on a slow link, a
+            // large state could otherwise take snapshot after snapshot, each overtaken by the
+            // writes made while it was sent, or start over after each outage).
             for have in &snapshots {
                 floor = floor.min(have.get(origin).copied().unwrap_or(0));
             }

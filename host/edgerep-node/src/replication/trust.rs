@@ -64,6 +64,15 @@ pub(crate) const ORIGIN_WAITING: &str = "waiting for the peers to say how far th
     events of this node than its store does: after a restore from a backup, writing alone signs \
     a second history of this node (a fork its peers will refuse)";
 
+/// Closes the origin gate saying `waiting` (watchers are woken only when the reason changed).
+fn set_waiting(gate: &tokio::sync::watch::Sender<Option<String>>, waiting: String) {
+    gate.send_if_modified(|g| {
+        let changed = g.as_deref() != Some(waiting.as_str());
+        *g = Some(waiting.clone());
+        changed
+    });
+}
+
 impl Replicator {
     /// Opens the origin gate once the peers said how far they hold this node's own events and
     /// this node holds at least as much (after a restore from a backup, its later events come
@@ -86,6 +95,19 @@ impl Replicator {
             self.origin_open = true;
             return;
         }
+        let held = self.own_held();
+        // Its own events that part of a snapshot brought back before a restart (the store
+        // kept their numbers; the claim behind them lived in memory): a claim of its own.
+        if self.own_seen > held {
+            set_waiting(
+                gate,
+                format!(
+                    "this node's store holds its own events up to {} from part of a peer's snapshot (it was restored from a backup), its history only up to {held}: waiting for the rest to come back from the peers before taking writes",
+                    self.own_seen
+                ),
+            );
+            return;
+        }
         let Some(first) = self.origin_first_claim else {
             // No peer said it yet: their last errors say why (unreachable, or refused for its
             // protocol version or config), with the wait's own reason.
@@ -105,14 +127,9 @@ impl Replicator {
                     errors.join("; ")
                 )
             };
-            gate.send_if_modified(|g| {
-                let changed = g.as_deref() != Some(waiting.as_str());
-                *g = Some(waiting.clone());
-                changed
-            });
+            set_waiting(gate, waiting);
             return;
         };
-        let held = self.own_held();
         // Peers removed or revoked since they claimed no longer count.
         let (peers, config) = (&self.peers, &self.config);
         self.origin_claims
@@ -147,11 +164,7 @@ impl Replicator {
                 ORIGIN_GRACE.as_millis()
             )
         };
-        gate.send_if_modified(|g| {
-            let changed = g.as_deref() != Some(waiting.as_str());
-            *g = Some(waiting.clone());
-            changed
-        });
+        set_waiting(gate, waiting);
     }
 
     /// How far a peer holds this node's own events, as far as this node takes its word (0: not
