@@ -901,11 +901,20 @@ impl Replica {
                     .entry(peer.clone())
                     .or_default()
                     .events_received += events.len() as u64;
-                let batch = Batch {
+                let mut batch = Batch {
                     events,
                     seals,
                     certs,
                 };
+                if busy {
+                    // Copies of what waits here already (the peer went back while the apply
+                    // ran, a slow disk): dropped now, not queued twice.
+                    let copies = s.drop_queued_copies(&mut batch);
+                    self.counters
+                        .entry(peer.clone())
+                        .or_default()
+                        .duplicates_received += copies;
+                }
                 if batch.events.is_empty() {
                 } else if busy {
                     s.queued_events += batch.events.len();

@@ -496,6 +496,34 @@ impl Session {
         }
     }
 
+    /// Removes from `batch` the events queued already behind the outstanding Apply (the same
+    /// peer sent them twice), and returns how many it removed. Only exact copies go: an event
+    /// between two queued runs (one that fills a gap) stays. What stays is applied in queue
+    /// order, so an origin's events may skip within the batch (the queued ones come first).
+    /// (Duplicates of what other peers delivered still go through `receive`: they decide which
+    /// links to prune.)
+    pub(crate) fn drop_queued_copies(&self, batch: &mut Batch) -> u64 {
+        // Each queued batch's run per origin: (origin, first, last).
+        let mut runs: Vec<(&NodeId, u64, u64)> = Vec::new();
+        for b in &self.queued {
+            let mut batch_runs: Vec<(&NodeId, u64, u64)> = Vec::new();
+            for e in &b.events {
+                match batch_runs.last_mut() {
+                    Some((o, _, last)) if **o == e.origin && *last + 1 == e.seq => *last = e.seq,
+                    _ => batch_runs.push((&e.origin, e.seq, e.seq)),
+                }
+            }
+            runs.extend(batch_runs);
+        }
+        let before = batch.events.len();
+        batch.events.retain(|e| {
+            !runs
+                .iter()
+                .any(|&(o, first, last)| *o == e.origin && (first..=last).contains(&e.seq))
+        });
+        (before - batch.events.len()) as u64
+    }
+
     /// Goes back for the waiting rewind once `rewind_gap` passed since the last go-back (not
     /// on the first acknowledgement of that resend: it covers most of what was asked).
     pub(crate) fn rewind_if_due(&mut self, rewind_gap: u64, now: u64) {
