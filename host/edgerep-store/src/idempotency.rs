@@ -67,9 +67,12 @@ pub(crate) fn keys_field(digests: &[[u8; 16]]) -> Option<edgerep_wire::Value> {
 }
 
 /// Keeps the key digests `event` (this node's own, back from a peer) carries in [`RESTORED`],
-/// with its sequence number and time: its hybrid-clock time, but never past this node's wall
-/// clock now (a clock running ahead would keep the key for longer than the window). A row there
-/// already keeps the later time. Returns whether it kept any.
+/// with its sequence number and time: its hybrid-clock time, when this node wrote it. Not
+/// this node's wall clock now: a box restored from a backup may boot with its clock behind
+/// (no real-time clock, NTP not yet synced), and a key kept at that time would expire early
+/// once the clock is set, so a retry within the window would write again. (A clock that ran
+/// ahead when the write was made keeps the key longer: a retry is answered, not written
+/// twice.) A row there already keeps the later time. Returns whether it kept any.
 pub(crate) fn keep_restored(
     txn: &redb::WriteTransaction,
     event: &edgerep_wire::Event,
@@ -78,7 +81,7 @@ pub(crate) fn keep_restored(
     if digests.is_empty() {
         return Ok(false);
     }
-    let at_ms = event.hlc.physical_ms.min(crate::wall_ms());
+    let at_ms = event.hlc.physical_ms;
     let mut table = txn.open_table(RESTORED)?;
     for d in digests {
         let kept = table.get(d.as_slice())?.map(|g| g.value());

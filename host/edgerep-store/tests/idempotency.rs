@@ -360,3 +360,50 @@ fn a_record_past_the_window_is_gone_for_the_client_before_it_is_removed() {
     assert_eq!(s.idempotency_count().unwrap(), 1);
     assert_eq!(s.verify().unwrap(), Ok(()));
 }
+
+/// A node restored from a backup takes back, with its own events, the keys they were written
+/// under, timed when it wrote them (their hybrid clock), not by its wall clock now: a box that
+/// boots from a backup with its clock behind would otherwise time them back then, and once NTP
+/// sets the clock, expire keys a client may still retry (the retry would write again).
+#[test]
+fn keys_back_from_a_peer_after_a_restore_keep_the_time_of_their_write() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // The write, ten hours after the wall clock this test runs at (as if the restored box's
+    // clock were now ten hours behind the one that made the write).
+    let written_at = now + 10 * 3600 * 1000;
+    let mut clock = HlcClock::new(Default::default(), u64::MAX / 2);
+    let (before, _) = StoreWriter::open_with_backend(
+        redb::backends::InMemoryBackend::new(),
+        "memory",
+        &NodeId::parse("a").unwrap(),
+        EventLimits::default(),
+    )
+    .unwrap();
+    before
+        .commit_local_keyed(
+            vec![write("x")],
+            &[],
+            &[receipt("K1", 0, 1)],
+            Sync::Immediate,
+            &mut clock,
+            written_at,
+        )
+        .unwrap();
+    let events = before.changelog("a", 0, 10).unwrap();
+    // The restored store (empty here) takes its own event back from a peer.
+    let dir = tempfile::tempdir().unwrap();
+    let restored = open(&dir.path().join("s.redb"), Window::default());
+    restored.apply_events(events).unwrap();
+    let (seq, at_ms) = restored
+        .restored_key("K1")
+        .unwrap()
+        .expect("the key is back");
+    assert_eq!(seq, 1);
+    assert_eq!(
+        at_ms, written_at,
+        "timed by the write, not by the wall clock now"
+    );
+}
