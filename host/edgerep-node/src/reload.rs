@@ -36,8 +36,12 @@ pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] edgerep_config::ConfigError),
     /// The file is another node's config.
-    #[error("the reloaded config is node {theirs:?}'s, not this node's ({ours:?})")]
+    #[error(
+        "{file}: not reloaded (nothing changed): it is node {theirs:?}'s config, not this node's ({ours:?})"
+    )]
     OtherNode {
+        /// The config file.
+        file: String,
         /// The node the file names.
         theirs: String,
         /// This node.
@@ -455,6 +459,7 @@ impl Reloader {
 pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
     if new.node.id != old.node.id {
         return Err(ReloadError::OtherNode {
+            file: new.source.display().to_string(),
             theirs: new.node.id.to_string(),
             ours: old.node.id.to_string(),
         });
@@ -683,5 +688,24 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("[node]") && !e.contains("[api]"), "{e}");
+    }
+
+    /// A reload of another node's config names the file and both nodes.
+    #[test]
+    fn another_nodes_config_is_named_with_its_file() {
+        let config = |id: &str| {
+            let text = format!(
+                "[node]\nid = \"{id}\"\ndata_dir = \"/tmp/unused\"\n[api]\nlisten = \"127.0.0.1:7070\"\n\
+                 [replication]\nlisten = \"127.0.0.1:7071\"\n"
+            );
+            Config::parse(&text, std::path::Path::new("/etc/edgerep/other.toml")).unwrap()
+        };
+        let e = reloadable(&config("n"), &config("m"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/edgerep/other.toml") && e.contains("\"m\"") && e.contains("\"n\""),
+            "{e}"
+        );
     }
 }
