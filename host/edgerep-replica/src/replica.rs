@@ -27,7 +27,7 @@
 //! and at once, on every link, for an origin whose own link went down. In a mesh each event then crosses each link
 //! about once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 
 use edgerep_wire::seal::Proof;
@@ -335,11 +335,15 @@ struct Peer {
 /// origin here), [`LAG_GRAFTS`] times that without reaching `target`: a relay trickling a block
 /// now and then makes progress, but must not hold the origin to its pace. (On the origin's own
 /// link, the fastest path there is, a long catch-up is no stall.)
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Stall {
     began: u64,
     since: u64,
     target: u64,
+    /// Peers grafted for this watch that brought no progress: the next graft goes to another
+    /// (a peer announcing more than it sends would otherwise take every graft, and the origin
+    /// never come back through the peers that hold it). Cleared on progress.
+    tried: BTreeSet<NodeId>,
 }
 
 /// How many `graft_after_ms` the tree may take to deliver what a pruned peer announced.
@@ -351,6 +355,7 @@ impl Stall {
             began: now,
             since: now,
             target,
+            tried: BTreeSet::new(),
         }
     }
 
@@ -640,6 +645,7 @@ impl Replica {
             // watch).
             if let Some(stall) = self.stalled.get_mut(origin) {
                 stall.since = now;
+                stall.tried.clear();
                 if seq >= stall.target {
                     self.stalled.remove(origin);
                 }
@@ -1561,25 +1567,39 @@ impl Replica {
         }
         stalled.retain(|origin, stall| {
             let held = have::get(accepted, origin);
-            let best = peers
-                .iter()
-                .filter_map(|(id, p)| Some((id, p.session.as_ref()?)))
-                .filter(|(_, s)| s.pruned.contains(origin))
-                .map(|(id, s)| (have::get(&s.their_have, origin), id))
-                .filter(|&(seq, _)| seq > held)
-                .max();
-            let Some((announced, id)) = best else {
+            // The pruned peer announcing the most, among those not tried yet for this watch
+            // (once all were, they take turns again).
+            let best = |skip: &BTreeSet<NodeId>| {
+                peers
+                    .iter()
+                    .filter_map(|(id, p)| Some((id, p.session.as_ref()?)))
+                    .filter(|(id, s)| s.pruned.contains(origin) && !skip.contains(*id))
+                    .map(|(id, s)| (have::get(&s.their_have, origin), id))
+                    .filter(|&(seq, _)| seq > held)
+                    .max()
+            };
+            let Some((announced, id)) = best(&stall.tried).or_else(|| best(&BTreeSet::new()))
+            else {
                 return false;
             };
             if now >= stall.due(graft_after, relayed(peers, origin)) {
                 let id = id.clone();
+                let mut tried = std::mem::take(&mut stall.tried);
+                tried.insert(id.clone());
+                // Every candidate tried: they take turns again.
+                if best(&tried).is_none() {
+                    tried.clear();
+                }
                 if let Some(s) = peers.get_mut(&id).and_then(|p| p.session.as_mut()) {
                     s.pruned.remove(origin);
                     s.prune_due.remove(origin);
                     s.graft_due.insert(origin.clone());
                 }
                 counters.entry(id).or_default().grafts_sent += 1;
-                *stall = Stall::new(now, announced);
+                *stall = Stall {
+                    tried,
+                    ..Stall::new(now, announced)
+                };
             }
             true
         });

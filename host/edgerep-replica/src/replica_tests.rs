@@ -2034,6 +2034,51 @@ fn a_peer_pruned_after_it_announced_more_is_grafted_back_on_a_stall() {
     assert!(sent.contains(&("c".into(), graft)), "{sent:?}");
 }
 
+/// A pruned peer that announces far more of an origin than it sends (a liar, or a peer stuck
+/// itself) is grafted first, as the one announcing most; when that brings nothing, the next
+/// graft goes to another pruned peer that holds more, not to it again: it took every graft,
+/// and the origin never came back here while it stayed connected.
+#[test]
+fn a_peer_announcing_more_than_it_sends_does_not_take_every_graft() {
+    let (mut r, log) = receiver(&["b", "c", "d"]);
+    let (b, c, d, y) = (n("b"), n("c"), n("d"), n("y"));
+    r.handle(&b, sealed(evs("y", 1..=3)), 1).unwrap();
+    apply_of(&mut r);
+    r.set_local_have(&have_of(&[("y", 3)]));
+    r.applied(&b, 1);
+    // c and d send only what b delivered: pruned for y.
+    r.handle(&c, sealed(evs("y", 2..=3)), 2).unwrap();
+    r.handle(&d, sealed(evs("y", 2..=3)), 2).unwrap();
+    let _ = controls(&mut r, &log, 2);
+    assert!(r.peer_view(&c).unwrap().pruned_origins.contains(&y));
+    assert!(r.peer_view(&d).unwrap().pruned_origins.contains(&y));
+    // b, the relay of y here, goes. c announces y up to a million, d up to 10.
+    r.disconnected(&b, 3);
+    r.handle(&c, ack(&[("y", 1_000_000)], false), 3).unwrap();
+    r.handle(&d, ack(&[("y", 10)], false), 3).unwrap();
+    while r.poll_output().is_some() {}
+    // Grafts of y (b's going grafts b's own events back on every link at once).
+    let grafted = |r: &mut Replica, t: u64| -> Vec<String> {
+        r.handle_timeout(t);
+        controls(r, &log, t)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, Message::Graft { origins } if origins.contains(&y)))
+            .map(|(p, _)| p)
+            .collect()
+    };
+    assert_eq!(grafted(&mut r, 10), Vec::<String>::new());
+    assert_eq!(grafted(&mut r, 1_000), vec!["c".to_string()]);
+    // c sends a copy of what is held, nothing new: pruned again.
+    r.handle(&c, sealed(evs("y", 3..=3)), 1_001).unwrap();
+    let _ = controls(&mut r, &log, 1_001);
+    assert!(r.peer_view(&c).unwrap().pruned_origins.contains(&y));
+    assert_eq!(
+        grafted(&mut r, 2_000),
+        vec!["d".to_string()],
+        "the next graft goes to the peer not tried yet"
+    );
+}
+
 /// The caller may apply less than it was handed (it holds events back until what they depend
 /// on arrives): the peer is asked at once to send them again (with nothing more of the origin
 /// to show a gap, they came back only when the link fell silent, which a busy link never
