@@ -38,19 +38,10 @@ impl Replicator {
         self.core.set_compacted(compacted);
     }
 
-    /// Records a peer's acknowledgement `have`: whether it moved (more than before, or all this
-    /// node holds) decides how long the peer holds compaction back.
+    /// Records a peer's acknowledgement `have`: whether it moved (see [`acks_moved`]) decides
+    /// how long the peer holds compaction back.
     pub(super) fn ack_progress(&mut self, peer: &NodeId, have: &BTreeMap<NodeId, u64>) {
-        let before = self.acked.get(peer);
-        let more = have
-            .iter()
-            .any(|(o, &seq)| before.and_then(|b| b.get(o)).is_none_or(|&b| seq > b));
-        let all = self
-            .core
-            .local_have()
-            .iter()
-            .all(|(o, &held)| have.get(o).is_some_and(|&seq| seq >= held));
-        if more || all {
+        if acks_moved(peer, self.acked.get(peer), have, self.core.local_have()) {
             self.acks_moved_at.insert(peer.clone(), Instant::now());
         }
     }
@@ -169,5 +160,77 @@ impl Replicator {
             }
             Err(e) => tracing::error!("changelog compaction failed: {e}"),
         }
+    }
+}
+
+/// Whether `peer`'s acknowledgement `have` moved since `before`: it holds more of events this
+/// node holds (`held`) and may compact, or all of them. Its own events, and origins this node
+/// does not hold (made up, or not here yet), do not count: a peer stuck on the others, or one
+/// acknowledging ever more of an origin nobody has, would keep counting as moving and hold
+/// the changelog back for good.
+fn acks_moved(
+    peer: &NodeId,
+    before: Option<&BTreeMap<NodeId, u64>>,
+    have: &BTreeMap<NodeId, u64>,
+    held: &BTreeMap<NodeId, u64>,
+) -> bool {
+    let more = have.iter().any(|(o, &seq)| {
+        o != peer
+            && held.get(o).is_some_and(|&h| seq <= h)
+            && before.and_then(|b| b.get(o)).is_none_or(|&b| seq > b)
+    });
+    let all = held
+        .iter()
+        .all(|(o, &h)| have.get(o).is_some_and(|&seq| seq >= h));
+    more || all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn have(pairs: &[(&str, u64)]) -> BTreeMap<NodeId, u64> {
+        pairs
+            .iter()
+            .map(|(o, s)| (NodeId::parse(o).unwrap(), *s))
+            .collect()
+    }
+
+    #[test]
+    fn only_progress_on_events_held_here_counts_as_moving() {
+        let p = NodeId::parse("p").unwrap();
+        let held = have(&[("a", 10), ("p", 50)]);
+        let before = have(&[("a", 4), ("p", 40)]);
+        // More of a's events, held here: moved.
+        assert!(acks_moved(
+            &p,
+            Some(&before),
+            &have(&[("a", 5), ("p", 40)]),
+            &held
+        ));
+        // Only its own events moved: not counted (it is stuck on a's).
+        assert!(!acks_moved(
+            &p,
+            Some(&before),
+            &have(&[("a", 4), ("p", 45)]),
+            &held
+        ));
+        // A made-up origin, or more of a than this node holds: not counted.
+        assert!(!acks_moved(
+            &p,
+            Some(&before),
+            &have(&[("a", 4), ("p", 40), ("zz", 7)]),
+            &held
+        ));
+        assert!(!acks_moved(&p, Some(&before), &have(&[("a", 11)]), &held));
+        // Everything this node holds: moved.
+        assert!(acks_moved(
+            &p,
+            Some(&before),
+            &have(&[("a", 10), ("p", 50)]),
+            &held
+        ));
+        // A first acknowledgement of held events counts.
+        assert!(acks_moved(&p, None, &have(&[("a", 1)]), &held));
     }
 }
