@@ -168,6 +168,8 @@ impl Client {
                 "a request with the same idempotency key is still being committed, so whether this write takes effect is not known yet: retry with the same key to get its answer: {}",
                 message()
             )),
+            // Too many requests for now (a store verification ran lately): a retry passes.
+            429 => Outcome::Failed(format!("the node asks to retry later: {}", message())),
             400..=499 => Outcome::Refused(status, message()),
             _ => Outcome::Failed(format!("node answered {status}: {}", message())),
         }

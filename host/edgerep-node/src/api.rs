@@ -1859,18 +1859,12 @@ async fn watch_feed(
     let feed_last = *app.feed.borrow();
     if q.after > feed_last {
         // A position committed but not yet synced (what `status` shows as feed_last) is not a
-        // loss: wait for the sync instead of telling the client its data was lost.
+        // loss: the stream opens, and serves what comes after it once synced (it serves only
+        // synced positions). A crash before the sync takes the stream down with it; the
+        // client's next watch from there is then beyond the end, and told so below.
         let store = app.store.clone();
         let committed = blocking(move || Ok(store.status()?.feed_last)).await?;
-        let mut feed = app.feed.clone();
-        let synced = q.after <= committed
-            && tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                feed.wait_for(|&f| f >= q.after),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if !synced {
+        if q.after > committed {
             let feed_last = *app.feed.borrow();
             return Err(ApiError::bad_request(
                 "cursor_ahead",
@@ -1951,31 +1945,38 @@ async fn watch_feed(
             let synced = *c.feed.borrow_and_update();
             let store = c.app.store.clone();
             let after = c.after;
-            let chunk =
-                match tokio::task::spawn_blocking(move || store.feed(after, WATCH_CHUNK)).await {
-                    Ok(Ok(mut chunk)) => {
-                        chunk.retain(|(pos, _)| *pos <= synced);
-                        chunk
+            // At most what is left to send (unless a filter skips events), and a page's bytes.
+            let limit = match c.filter {
+                Some(_) => WATCH_CHUNK,
+                None => usize::try_from(c.remaining)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, WATCH_CHUNK),
+            };
+            let read = move || store.feed_page(after, limit, edgerep_store::PAGE_BYTES);
+            let chunk = match tokio::task::spawn_blocking(read).await {
+                Ok(Ok(mut chunk)) => {
+                    chunk.retain(|(pos, _)| *pos <= synced);
+                    chunk
+                }
+                // The stream ends with a last line saying why (an answer's status is
+                // sent already): the client can tell this from a cut connection.
+                Ok(Err(e)) => {
+                    c.ended = true;
+                    let mut line = match &e {
+                        edgerep_store::StoreError::FeedCompacted { floor } => json!({
+                            "error": e.to_string(),
+                            "kind": "compacted",
+                            "floor": floor,
+                        }),
+                        _ => json!({"error": format!("store: {e}"), "kind": "internal"}),
                     }
-                    // The stream ends with a last line saying why (an answer's status is
-                    // sent already): the client can tell this from a cut connection.
-                    Ok(Err(e)) => {
-                        c.ended = true;
-                        let mut line = match &e {
-                            edgerep_store::StoreError::FeedCompacted { floor } => json!({
-                                "error": e.to_string(),
-                                "kind": "compacted",
-                                "floor": floor,
-                            }),
-                            _ => json!({"error": format!("store: {e}"), "kind": "internal"}),
-                        }
-                        .to_string()
-                        .into_bytes();
-                        line.push(b'\n');
-                        return Some((Ok(Bytes::from(line)), c));
-                    }
-                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), c)),
-                };
+                    .to_string()
+                    .into_bytes();
+                    line.push(b'\n');
+                    return Some((Ok(Bytes::from(line)), c));
+                }
+                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), c)),
+            };
             if !chunk.is_empty() {
                 let mut out = Vec::new();
                 for (pos, event) in &chunk {
@@ -1992,6 +1993,11 @@ async fn watch_feed(
                     line["generation"] = c.app.feed_run.generation.into();
                     let _ = serde_json::to_writer(&mut out, &line);
                     out.push(b'\n');
+                    // A chunk stays near a page (JSON can take six bytes for one of a value's):
+                    // what a reader that stopped leaves queued is bounded.
+                    if out.len() >= edgerep_store::PAGE_BYTES {
+                        break;
+                    }
                 }
                 if !out.is_empty() {
                     return Some((Ok::<_, std::io::Error>(Bytes::from(out)), c));
@@ -2377,15 +2383,10 @@ async fn find_dead_letter(
             ),
         )
     };
-    // Ids start at 1: there is no dead letter 0 (reading after 0 - 1 would wrap).
-    let Some(after) = id.checked_sub(1) else {
-        return Err(not_found());
-    };
     let store = app.store.clone();
-    let rows = blocking(move || store.dead_letters(after, 1)).await?;
-    match rows.first() {
-        Some((found, bytes)) if *found == id => read_dead_letter(id, bytes),
-        _ => Err(not_found()),
+    match blocking(move || store.dead_letter(id)).await? {
+        Some(bytes) => read_dead_letter(id, &bytes),
+        None => Err(not_found()),
     }
 }
 

@@ -867,11 +867,21 @@ impl Replicator {
         if before > connection::INBOX_MAX_BYTES && before - bytes <= connection::INBOX_MAX_BYTES {
             live.resume.notify_one();
         }
-        self.last_contact.insert(peer.clone(), wall_ms());
-        self.heard_at.insert(peer.clone(), Instant::now());
         let f = self.frames.entry(peer.clone()).or_default();
         f[2] += 1;
         f[3] += bytes as u64;
+        // Before the handshake the core takes only a Hello or a Bye: nothing here acts on any
+        // other message first (certificates learnt, fork checks read the store, the peer counted
+        // as heard from for compaction); the core refuses it.
+        if !matches!(message, Message::Hello(_) | Message::Bye { .. }) && !self.core.is_ready(&peer)
+        {
+            if let Err(e) = self.core.handle(&peer, message, now) {
+                self.protocol_error(peer, e.to_string(), now);
+            }
+            return;
+        }
+        self.last_contact.insert(peer.clone(), wall_ms());
+        self.heard_at.insert(peer.clone(), Instant::now());
         match &message {
             Message::Hello(hello) => {
                 self.peer_have

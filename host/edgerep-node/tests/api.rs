@@ -1344,6 +1344,10 @@ durability = "periodic"
         [] as [u64; 0],
         "not synced yet: not served"
     );
+    // A watch from that position (a client resuming after the write's answer) is no cursor
+    // beyond the end: it opens, however long the sync takes (it was refused after 5 s).
+    let from_it = node.get("/v1/watch?after=1&follow=false");
+    assert_eq!(from_it.status, 200, "{}", from_it.text());
     // A read's context names none of this node's unsynced events either: a crash would give
     // their numbers to other writes, which a write under this context would then supersede
     // unseen on every node.

@@ -350,6 +350,17 @@ impl Store {
 
     /// Events of this node's feed after position `after`, at most `limit`, with their positions.
     pub fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StoreError> {
+        self.feed_page(after, limit, usize::MAX)
+    }
+
+    /// [`Store::feed`], stopping once the events read hold `max_bytes` (one event at least):
+    /// a page of the largest events is not `limit` times the largest event in memory.
+    pub fn feed_page(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, EncodedEvent)>, StoreError> {
         let txn = self.db.begin_read()?;
         let feed = txn.open_table(FEED)?;
         let changelog = txn.open_table(CHANGELOG)?;
@@ -364,12 +375,13 @@ impl Store {
             None => first,
         };
         let mut out = Vec::new();
+        let mut bytes_read = 0usize;
         for row in feed.range(start..)? {
             let (run_start, run) = row?;
             let run_start = run_start.value();
             let (origin, first_seq, count) = run.value();
             for i in first.saturating_sub(run_start)..count {
-                if out.len() == limit {
+                if out.len() == limit || (!out.is_empty() && bytes_read >= max_bytes) {
                     return Ok(out);
                 }
                 let (pos, seq) = (run_start + i, first_seq + i);
@@ -381,6 +393,7 @@ impl Store {
                             format!("position {pos} names missing event {origin}:{seq}"),
                         )
                     })?;
+                bytes_read += bytes.value().len();
                 let event = EncodedEvent::decode_slice(bytes.value(), &self.limits())
                     .map_err(|e| corrupt("changelog", e))?;
                 out.push((pos, event));
@@ -532,6 +545,15 @@ impl Store {
             out.push((k.value(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// The dead-letter record under `id`, if there is one. (Not through [`Store::dead_letters`],
+    /// which stops below an id another request holds reserved: a record committed above it
+    /// would look absent.)
+    pub fn dead_letter(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let dead = txn.open_table(DEAD_LETTERS)?;
+        Ok(dead.get(id)?.map(|g| g.value().to_vec()))
     }
 
     /// The disagreements recorded after `after`, at most `limit`, with their ids.

@@ -492,7 +492,7 @@ fn verify_problem(body: &[u8]) -> Option<String> {
 
 /// Prints one line of a listing to stdout; false once stdout is closed (`edgerep scan | head`),
 /// so the listing stops quietly instead of panicking on a broken pipe.
-fn print_line(line: &str) -> bool {
+pub(crate) fn print_line(line: &str) -> bool {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
@@ -884,8 +884,16 @@ fn scan(
             Outcome::Ok(b) => b,
             other => return Ok(report(other, |_| {})),
         };
-        let page: serde_json::Value =
-            serde_json::from_slice(&body).context("scan answer is not JSON")?;
+        let page: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(page) => page,
+            // The node's fault (or not a node answering): not a usage error.
+            Err(e) => {
+                return Ok(report(
+                    Outcome::Failed(format!("the node's scan answer is not JSON: {e}")),
+                    |_| {},
+                ));
+            }
+        };
         for item in page["items"].as_array().into_iter().flatten() {
             if limit.is_some_and(|l| printed >= l) {
                 return Ok(0);

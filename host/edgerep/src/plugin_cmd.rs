@@ -298,7 +298,10 @@ pub(crate) fn dead_letters(command: DeadLetterCommand) -> anyhow::Result<u8> {
             Ok(crate::report(c.dead_letters(after, limit), |body| {
                 let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
                 for d in v["dead_letters"].as_array().into_iter().flatten() {
-                    println!("{d}");
+                    // A reader that went (`| head`) ends the listing.
+                    if !crate::print_line(&d.to_string()) {
+                        break;
+                    }
                 }
             }))
         }
@@ -333,7 +336,13 @@ fn replay_all(c: &edgerep_client::client::Client, collection: Option<&str>) -> a
     let (mut after, mut replayed, mut failed) = (0u64, 0u64, 0u64);
     loop {
         let list = match c.dead_letters(after, 100) {
-            Outcome::Ok(body) => serde_json::from_slice::<serde_json::Value>(&body)?,
+            Outcome::Ok(body) => match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(list) => list,
+                Err(e) => {
+                    let m = format!("the node's dead-letter list is not JSON: {e}");
+                    return Ok(crate::report(Outcome::Failed(m), |_| {}));
+                }
+            },
             other => return Ok(crate::report(other, |_| {})),
         };
         let items = list["dead_letters"].as_array().cloned().unwrap_or_default();
@@ -347,13 +356,17 @@ fn replay_all(c: &edgerep_client::client::Client, collection: Option<&str>) -> a
                 continue;
             }
             match c.replay_dead_letter(id) {
+                // Every one is replayed even when the reader of the lines went (`| head`).
                 Outcome::Ok(_) => {
                     replayed += 1;
-                    println!("{id}: replayed");
+                    let _ = crate::print_line(&format!("{id}: replayed"));
                 }
                 Outcome::NotFound(m) | Outcome::Refused(_, m) | Outcome::Failed(m) => {
                     failed += 1;
-                    println!("{id}: failed, stays: {}", edgerep_wire::text::one_line(&m));
+                    let _ = crate::print_line(&format!(
+                        "{id}: failed, stays: {}",
+                        edgerep_wire::text::one_line(&m)
+                    ));
                 }
             }
         }
