@@ -870,6 +870,11 @@ impl Committer {
                                     edgerep_store::StoreError::NoSuchDeadLetter(id) => {
                                         CommitError::DeadLetterGone(*id)
                                     }
+                                    // As the origin gate says it (a retry passes once the rest
+                                    // of this node's history is back).
+                                    e @ edgerep_store::StoreError::OwnNumbersTaken { .. } => {
+                                        CommitError::Unconfirmed(e.to_string())
+                                    }
                                     other => failed(other),
                                 };
                                 for p in group.drain(..) {

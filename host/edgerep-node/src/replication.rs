@@ -500,7 +500,7 @@ pub fn start(
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(conn.peer.clone(), conn.clone());
-                        serve_connection(conn, id, false, inbox, limits, precheck).await;
+                        serve_connection(conn, id, false, inbox, limits, precheck).await
                     }
                     Err(e) => tracing::debug!("refused a connection: {e}"),
                 }
@@ -784,7 +784,6 @@ impl Replicator {
                     inbox_bytes,
                     resume,
                     frames_seen: 0,
-                    frames_heard: 0,
                     stuck_since: None,
                 },
                 now,
@@ -1132,11 +1131,11 @@ impl Replicator {
         self.halted = Some(format!("collection {:?}: {}", halt.collection, halt.reason));
     }
 
-    /// Tells the core each link's round trip, and which links are busy: frames queued here,
-    /// stream data leaving over QUIC since the last look, or stream data arriving (the peer's
-    /// answers share its one stream, queued behind what it sends). Their resend timers wait (a
-    /// batch, or the peer's own, takes longer than the timer on a slow link; resending would
-    /// queue copies behind it).
+    /// Tells the core each link's round trip, and which links still carry what was sent to
+    /// them: frames queued here, or stream data leaving over QUIC since the last look. Their
+    /// resend timers wait (a batch takes longer than the timer on a slow link; resending would
+    /// queue copies behind it). (Not data arriving: a busy peer sends all the time, and a page
+    /// it failed to merge would then never be sent again.)
     fn note_busy_links(&mut self, now: u64) {
         if self.links_seen_at.elapsed() < LINK_LOOK_EVERY {
             return;
@@ -1148,11 +1147,8 @@ impl Replicator {
             let sent = live.conn.stream_frames_sent();
             let moving = sent > live.frames_seen;
             live.frames_seen = sent;
-            let heard = live.conn.stream_frames_received();
-            let arriving = heard > live.frames_heard;
-            live.frames_heard = heard;
             let queued = live.queued.load(Ordering::Acquire) > 0;
-            if moving || queued || arriving {
+            if moving || queued {
                 self.core.link_busy(peer, now);
             }
             // Frames waiting and none leaving: the peer's flow control holds them (it does

@@ -340,9 +340,10 @@ struct Stall {
     began: u64,
     since: u64,
     target: u64,
-    /// Peers grafted for this watch that brought no progress: the next graft goes to another
-    /// (a peer announcing more than it sends would otherwise take every graft, and the origin
-    /// never come back through the peers that hold it). Cleared on progress.
+    /// Peers grafted for this watch: the next graft goes to another (a peer announcing more
+    /// than it sends would otherwise take every graft, and the origin never come back through
+    /// the peers that hold it; one trickling an event per graft too). Once every candidate
+    /// was, they take turns again.
     tried: BTreeSet<NodeId>,
 }
 
@@ -645,7 +646,6 @@ impl Replica {
             // watch).
             if let Some(stall) = self.stalled.get_mut(origin) {
                 stall.since = now;
-                stall.tried.clear();
                 if seq >= stall.target {
                     self.stalled.remove(origin);
                 }
@@ -915,7 +915,7 @@ impl Replica {
                 if busy {
                     // Copies of what waits here already (the peer went back while the apply
                     // ran, a slow disk): dropped now, not queued twice.
-                    let copies = s.drop_queued_copies(&mut batch);
+                    let copies = s.drop_queued_copies(&mut batch, &self.accepted);
                     self.counters
                         .entry(peer.clone())
                         .or_default()
@@ -2143,9 +2143,10 @@ impl Replica {
     /// compaction passed it meanwhile); either for at most [`SNAPSHOT_HOLD_MAX_MS`] from its
     /// start.
     pub fn snapshot_hold(&self, peer: &NodeId) -> Option<Have> {
-        let live = self.peers.get(peer).and_then(|p| p.session.as_ref());
-        if live.is_some() {
-            return self.peer_view(peer)?.snapshot_sending_have;
+        // (A new session whose Hello has not come yet has none out: the interrupted one, which
+        // that Hello may resume, still holds.)
+        if let Some(have) = self.peer_view(peer).and_then(|v| v.snapshot_sending_have) {
+            return Some(have);
         }
         self.interrupted
             .get(peer)?

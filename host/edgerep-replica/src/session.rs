@@ -496,30 +496,41 @@ impl Session {
         }
     }
 
-    /// Removes from `batch` the events queued already behind the outstanding Apply (the same
-    /// peer sent them twice), and returns how many it removed. Only exact copies go: an event
-    /// between two queued runs (one that fills a gap) stays. What stays is applied in queue
-    /// order, so an origin's events may skip within the batch (the queued ones come first).
-    /// (Duplicates of what other peers delivered still go through `receive`: they decide which
-    /// links to prune.)
-    pub(crate) fn drop_queued_copies(&self, batch: &mut Batch) -> u64 {
-        // Each queued batch's run per origin: (origin, first, last).
-        let mut runs: Vec<(&NodeId, u64, u64)> = Vec::new();
+    /// Removes from `batch` the events queued already behind the outstanding Apply where the
+    /// queue continues `accepted` without a gap (the same peer sent them twice), and returns
+    /// how many it removed. A copy of a queued run past a gap stays: with what fills the gap
+    /// before it in the batch, it goes on at once. (Duplicates of what is accepted already
+    /// still go through `receive`: they decide which links to prune.)
+    pub(crate) fn drop_queued_copies(&self, batch: &mut Batch, accepted: &Have) -> u64 {
+        // Per origin, how far the queue continues `accepted` (None: a gap came first).
+        let mut chain: BTreeMap<&NodeId, Option<u64>> = BTreeMap::new();
         for b in &self.queued {
-            let mut batch_runs: Vec<(&NodeId, u64, u64)> = Vec::new();
+            let mut runs: Vec<(&NodeId, u64, u64)> = Vec::new();
             for e in &b.events {
-                match batch_runs.last_mut() {
+                match runs.last_mut() {
                     Some((o, _, last)) if **o == e.origin && *last + 1 == e.seq => *last = e.seq,
-                    _ => batch_runs.push((&e.origin, e.seq, e.seq)),
+                    _ => runs.push((&e.origin, e.seq, e.seq)),
                 }
             }
-            runs.extend(batch_runs);
+            for (o, first, last) in runs {
+                let reach = chain.entry(o).or_insert(Some(have::get(accepted, o)));
+                if let Some(r) = reach {
+                    if first <= r.saturating_add(1) {
+                        *r = (*r).max(last);
+                    } else {
+                        *reach = None;
+                    }
+                }
+            }
         }
         let before = batch.events.len();
         batch.events.retain(|e| {
-            !runs
-                .iter()
-                .any(|&(o, first, last)| *o == e.origin && (first..=last).contains(&e.seq))
+            let copy = chain
+                .get(&e.origin)
+                .copied()
+                .flatten()
+                .is_some_and(|reach| e.seq > have::get(accepted, &e.origin) && e.seq <= reach);
+            !copy
         });
         (before - batch.events.len()) as u64
     }

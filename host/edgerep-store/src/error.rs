@@ -86,6 +86,18 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// This node's own events up to `seen` came back in part of a peer's snapshot (its store was
+    /// restored from a backup), its history only up to `held`: the numbers between are taken,
+    /// so no local write commits until the rest is back (nothing was written).
+    #[error(
+        "this node's own events up to {seen} came back in part of a peer's snapshot (its store was restored from a backup), its history only up to {held}: their sequence numbers are taken, so no write is taken until the rest comes back from the peers"
+    )]
+    OwnNumbersTaken {
+        /// How far this node holds its own history.
+        held: u64,
+        /// The highest of its own events the snapshot brought back.
+        seen: u64,
+    },
     /// Events from a peer whose seal is missing, does not match them, or does not verify: they
     /// are not what their origin wrote (nothing of the batch was applied).
     #[error("events of {origin} up to {seq} refused: {reason}")]

@@ -830,6 +830,12 @@ impl StoreWriter {
             // Numbers of this node's own that part of a snapshot brought back (see
             // `META_OWN_SEEN`): taken until the rest of its history is back.
             let own_seen = meta_u64(&meta, META_OWN_SEEN)?;
+            if own_seen > seq && !writes.as_slice().is_empty() {
+                return Err(StoreError::OwnNumbersTaken {
+                    held: seq,
+                    seen: own_seen,
+                });
+            }
             let (head_seq, mut chain) = seals::head(&chains, &self.node)?;
             if head_seq != seq {
                 return Err(corrupt(
@@ -883,15 +889,7 @@ impl StoreWriter {
                     index,
                     reason: "this node's sequence numbers are exhausted".into(),
                 })?;
-                if seq <= own_seen {
-                    return Err(StoreError::WriteRefused {
-                        index,
-                        reason: format!(
-                            "this node's own events up to {own_seen} came back in part of a peer's snapshot (its store was restored from a backup), its history only up to {}: sequence number {seq} is taken, so no write is taken until the rest comes back from the peers",
-                            seq - 1
-                        ),
-                    });
-                }
+
                 let writer_context = w.context;
                 let hlc = clock.now(wall_ms);
                 let event = Event {

@@ -97,12 +97,6 @@ impl PeerConnection {
         self.conn.stats().frame_tx.stream
     }
 
-    /// How many times stream data came from the peer so far (QUIC STREAM frames received):
-    /// growing while the peer's writes arrive, its answers queued behind them.
-    pub fn stream_frames_received(&self) -> u64 {
-        self.conn.stats().frame_rx.stream
-    }
-
     /// QUIC's current estimate of the round trip to the peer (smoothed): what timers that wait
     /// for the peer's answer must allow for on a slow link.
     pub fn rtt(&self) -> std::time::Duration {

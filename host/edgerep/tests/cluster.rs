@@ -1680,3 +1680,80 @@ fn a_node_catching_up_on_histories_that_depend_on_each_other_gets_each_event_abo
         "{sent} events sent for {needed} needed ({deferred} held back)"
     );
 }
+
+/// node-1, restored from a backup holding its events up to 2, took the first page of node-2's
+/// snapshot (its own versions 3..=5 among node-2's state) and restarted before the last page:
+/// the claim that kept it from writing lived in memory and is gone, but the store kept the
+/// numbers those versions hold. Started alone, its writes are refused as unconfirmed (503,
+/// naming the numbers), not given sequence number 3 again; with node-2 down, the origin gate
+/// says why it waits; once node-2 is back with the events, node-1 writes on at 6.
+#[test]
+fn own_events_from_part_of_a_snapshot_hold_writes_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (data, backup, n1, n2) = backed_up_pair(dir.path(), &configs);
+    n1.terminate();
+    n2.terminate();
+    copy_dir(&backup, &data);
+    {
+        // What the first page would have merged: node-2's state, node-1's versions 3..=5 in it.
+        let limits = edgerep_wire::event::EventLimits::default();
+        let (peer, _) = edgerep_store::StoreWriter::open(
+            &edgerep_config::Config::load(&configs[1])
+                .unwrap()
+                .node
+                .data_dir
+                .join("edgerep.redb"),
+            &edgerep_wire::NodeId::parse("node-2").unwrap(),
+            limits.clone(),
+        )
+        .unwrap();
+        let page = peer.state_page(None, 1000, usize::MAX).unwrap();
+        let (restored, _) = edgerep_store::StoreWriter::open(
+            &data.join("edgerep.redb"),
+            &edgerep_wire::NodeId::parse("node-1").unwrap(),
+            limits,
+        )
+        .unwrap();
+        restored
+            .install_snapshot(page.versions, None, None, edgerep_store::Sync::Immediate)
+            .unwrap();
+        let s = restored.status().unwrap();
+        assert_eq!((s.origins["node-1"], s.own_seen), (2, 5));
+    }
+    let write = |n: &Node, key: &str| {
+        let mut r = agent()
+            .put(&n.url(&format!("/v1/kv/c/{key}")))
+            .content_type("application/json")
+            .send(r#"{"v":9}"#.as_bytes())
+            .unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        (r.status().as_u16(), body)
+    };
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    let (code, body) = write(&n1, "alone");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("origin_unconfirmed") && body.contains("up to 5"),
+        "{body}"
+    );
+    assert_eq!(status(&n1)["origins"]["node-1"], 2, "nothing written");
+    n1.terminate();
+    let n1 = Node::start(&configs[0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&n1);
+        let why = s["replication"]["origin_check"]
+            .as_str()
+            .unwrap_or_default();
+        if why.contains("part of a peer's snapshot") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _n2 = Node::start(&configs[1]);
+    assert_eq!(put(&n1, "c", "after", r#"{"v":6}"#), 6);
+    let s = status(&n1);
+    assert_eq!(s["replication"]["forks_total"], 0, "{s}");
+}

@@ -179,14 +179,12 @@ pub(super) fn spawn_dialer(
                 // not resolve says nothing about the peer (a link down takes the name server
                 // with it) and must not put off the next dial.
                 let mut answered = true;
-                // Messages the session carried (a short one that did is no refusal).
-                let mut carried = 0;
                 match transport.connect(&peer, &address).await {
                     Ok(conn) if peer_connected() => {
                         conn.close(CloseCode::Normal, "the peer connected already");
                     }
                     Ok(conn) => {
-                        carried = serve_connection(
+                        serve_connection(
                             conn,
                             id,
                             true,
@@ -203,9 +201,8 @@ pub(super) fn spawn_dialer(
                 }
                 id += 1;
                 // A peer that ends every connection at once (it revoked this node, or no
-                // longer lists it) is dialed ever less often; one whose sessions carry
-                // messages however short (a flaky link) is not.
-                if began.elapsed() >= DIAL_LASTED || !answered || carried > 0 {
+                // longer lists it) is dialed ever less often.
+                if began.elapsed() >= DIAL_LASTED || !answered {
                     undialed_for = UNDIALED_FOR;
                 } else {
                     undialed_for = (undialed_for * 2).min(UNDIALED_FOR_MAX);
@@ -252,7 +249,7 @@ pub(super) fn spawn_dialer(
                 Ok(conn) => {
                     id += 1;
                     let began = Instant::now();
-                    let carried = serve_connection(
+                    serve_connection(
                         conn,
                         id,
                         true,
@@ -261,7 +258,7 @@ pub(super) fn spawn_dialer(
                         precheck.clone(),
                     )
                     .await;
-                    if began.elapsed() >= DIAL_LASTED || carried > 0 {
+                    if began.elapsed() >= DIAL_LASTED {
                         backoff = DIAL_MIN;
                     }
                 }
@@ -290,9 +287,7 @@ pub(super) fn spawn_dialer(
 }
 
 /// Runs one authenticated connection until it ends: the dialer opens the stream, the acceptor
-/// accepts it; frames are read into the replicator and written from its channel. Returns how
-/// many messages other than Hello and Bye the peer sent: a session that carried some was one,
-/// however short (a peer that refuses this node ends it after the handshake, with none).
+/// accepts it; frames are read into the replicator and written from its channel.
 pub(super) async fn serve_connection(
     conn: PeerConnection,
     id: u64,
@@ -300,7 +295,7 @@ pub(super) async fn serve_connection(
     inbox: std_mpsc::Sender<Input>,
     limits: MessageLimits,
     precheck: Precheck,
-) -> u64 {
+) {
     let peer = conn.peer.clone();
     let max_frame = limits.max_frame_bytes as u32;
     // Six round trips more on a slow link: the dialer's first frame, lost once or twice, takes
@@ -319,13 +314,13 @@ pub(super) async fn serve_connection(
                 id,
                 reason: e.to_string(),
             });
-            return 0;
+            return;
         }
         Err(_) => {
             let reason = format!("no stream opened within {} s", within.as_secs());
             conn.close(CloseCode::Protocol, &reason);
             let _ = inbox.send(Input::Disconnected { peer, id, reason });
-            return 0;
+            return;
         }
     };
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -345,7 +340,7 @@ pub(super) async fn serve_connection(
         })
         .is_err()
     {
-        return 0;
+        return;
     }
     // Stopped from outside (its dialer aborted: the peer's address changed), the connection
     // still ends whole: closed, and the replicator told, so no session outlives its reader.
@@ -382,7 +377,6 @@ pub(super) async fn serve_connection(
         send.finish();
     });
     ended.writer = Some(writer.abort_handle());
-    let mut carried = 0u64;
     let reason = loop {
         while paused.load(Ordering::Acquire)
             || inbox_bytes.load(Ordering::Acquire) > INBOX_MAX_BYTES
@@ -398,9 +392,6 @@ pub(super) async fn serve_connection(
         match recv.recv().await {
             Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
                 Ok(message) => {
-                    if !matches!(message, Message::Hello(_) | Message::Bye { .. }) {
-                        carried += 1;
-                    }
                     precheck.run(&message);
                     inbox_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                     if inbox
@@ -450,7 +441,6 @@ pub(super) async fn serve_connection(
     tracing::info!(peer = %peer, "connection ended: {}", edgerep_wire::text::one_line(&reason));
     let _ = inbox.send(Input::Disconnected { peer, id, reason });
     ended.id = None;
-    carried
 }
 
 /// Ends a connection whose task was stopped before it ended by itself (see
@@ -492,8 +482,6 @@ pub(super) struct Live {
     pub(super) resume: Arc<tokio::sync::Notify>,
     /// The link's stream frames sent when last looked (see `Replicator::note_busy_links`).
     pub(super) frames_seen: u64,
-    /// The connection's STREAM frames received at the last look.
-    pub(super) frames_heard: u64,
     /// Since when frames queued for the peer have not moved (none left over QUIC): the peer
     /// stopped reading (see `Replicator::note_busy_links`).
     pub(super) stuck_since: Option<std::time::Instant>,

@@ -174,10 +174,13 @@ fn acks_moved(
     have: &BTreeMap<NodeId, u64>,
     held: &BTreeMap<NodeId, u64>,
 ) -> bool {
+    // (An acknowledgement past what this node holds moved as far as what it holds.)
     let more = have.iter().any(|(o, &seq)| {
         o != peer
-            && held.get(o).is_some_and(|&h| seq <= h)
-            && before.and_then(|b| b.get(o)).is_none_or(|&b| seq > b)
+            && held.get(o).is_some_and(|&h| {
+                let acked = seq.min(h);
+                acked > 0 && before.and_then(|b| b.get(o)).is_none_or(|&b| acked > b)
+            })
     });
     let all = held
         .iter()
@@ -222,7 +225,14 @@ mod tests {
             &have(&[("a", 4), ("p", 40), ("zz", 7)]),
             &held
         ));
-        assert!(!acks_moved(&p, Some(&before), &have(&[("a", 11)]), &held));
+        assert!(!acks_moved(
+            &p,
+            Some(&have(&[("a", 10)])),
+            &have(&[("a", 11)]),
+            &held
+        ));
+        // Past what this node holds, from below it: moved as far as that.
+        assert!(acks_moved(&p, Some(&before), &have(&[("a", 12)]), &held));
         // Everything this node holds: moved.
         assert!(acks_moved(
             &p,

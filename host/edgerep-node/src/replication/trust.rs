@@ -85,6 +85,20 @@ impl Replicator {
             return;
         }
         let gate = &self.origin_gate;
+        let held = self.own_held();
+        // Its own events that part of a snapshot brought back before a restart (the store
+        // kept their numbers; the claim behind them lived in memory): a claim of its own, which
+        // no removal of peers answers (the store refuses those numbers in any case).
+        if self.own_seen > held {
+            set_waiting(
+                gate,
+                format!(
+                    "this node's store holds its own events up to {} from part of a peer's snapshot (it was restored from a backup), its history only up to {held}: waiting for the rest to come back from the peers before taking writes (if no peer holds them any more, move the store aside and start empty)",
+                    self.own_seen
+                ),
+            );
+            return;
+        }
         // No peer left to say it (a reload removed or revoked them all): as at a start with
         // this config, nobody is waited for.
         if self.peers.iter().all(|(p, _)| self.config.is_revoked(p)) {
@@ -93,19 +107,6 @@ impl Replicator {
             );
             gate.send_replace(None);
             self.origin_open = true;
-            return;
-        }
-        let held = self.own_held();
-        // Its own events that part of a snapshot brought back before a restart (the store
-        // kept their numbers; the claim behind them lived in memory): a claim of its own.
-        if self.own_seen > held {
-            set_waiting(
-                gate,
-                format!(
-                    "this node's store holds its own events up to {} from part of a peer's snapshot (it was restored from a backup), its history only up to {held}: waiting for the rest to come back from the peers before taking writes",
-                    self.own_seen
-                ),
-            );
             return;
         }
         let Some(first) = self.origin_first_claim else {
