@@ -1705,7 +1705,7 @@ fn own_events_from_part_of_a_snapshot_hold_writes_across_a_restart() {
                 .data_dir
                 .join("edgerep.redb"),
             &edgerep_wire::NodeId::parse("node-2").unwrap(),
-            limits.clone(),
+            limits,
         )
         .unwrap();
         let page = peer.state_page(None, 1000, usize::MAX).unwrap();
