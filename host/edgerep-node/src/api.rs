@@ -307,10 +307,14 @@ impl Guard {
         let Some(token) = self.token() else {
             return true;
         };
+        // The scheme's name is case-insensitive (RFC 9110, 11.1).
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
             .unwrap_or("");
         // Compared as hashes (blake3's equality runs in constant time): the time taken depends
         // neither on where they differ nor on the token's length.
@@ -2050,7 +2054,15 @@ async fn changelog(
             format!("origin {origin:?} is not a node id: {e}"),
         )
     })?;
-    let limit = q.limit.unwrap_or(1000).min(SCAN_LIMIT_MAX);
+    // As the scan's: an empty page is the end of a listing to a client, so limit=0 would end
+    // it before its first event.
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > SCAN_LIMIT_MAX {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1 to {SCAN_LIMIT_MAX}"),
+        ));
+    }
     let store = app.store.clone();
     let o2 = origin.clone();
     let events =

@@ -28,8 +28,12 @@ use crate::NodeError;
 struct Loaded {
     plugin: Plugin,
     policy: FailurePolicy,
-    /// What it was loaded from (a reload keeps the loaded plugin when this is unchanged).
+    /// What it was loaded from (a reload keeps the loaded plugin when this is unchanged, and
+    /// `events` too).
     config: PluginConfig,
+    /// The node's event limits it checks its output against (a reload that raises them loads
+    /// the plugin anew: kept, it refused values the new limits allow, on this node only).
+    events: edgerep_wire::event::EventLimits,
     /// Times this resolver failed and last-writer-wins was used instead.
     fallbacks: AtomicU64,
     /// Until when (a monotonic instant) this resolver is not called: it ran past its deadline
@@ -737,7 +741,11 @@ fn wire(
     let mut plugins = BTreeMap::new();
     let mut runtime = None;
     for p in &config.plugins {
-        if let Some(kept) = keep.get(&p.name).filter(|l| l.config == *p) {
+        let events = crate::event_limits(config);
+        if let Some(kept) = keep
+            .get(&p.name)
+            .filter(|l| l.config == *p && l.events == events)
+        {
             plugins.insert(p.name.clone(), kept.clone());
             continue;
         }
@@ -762,7 +770,7 @@ fn wire(
                     fuel: p.fuel,
                     memory_bytes: p.memory_bytes,
                     deadline: Duration::from_millis(p.deadline_ms),
-                    events: crate::event_limits(config),
+                    events,
                 },
                 params: p.params.clone(),
             })
@@ -774,6 +782,7 @@ fn wire(
                 plugin,
                 policy: p.on_failure,
                 config: p.clone(),
+                events,
                 fallbacks: AtomicU64::new(0),
                 cooling_until: Mutex::new(None),
             }),

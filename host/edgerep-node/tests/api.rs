@@ -881,6 +881,11 @@ fn refused_requests_answer_4xx_and_write_nothing() {
             "/v1/changelog/site-a?from=1",
             "from",
         ),
+        (
+            "changelog limit zero",
+            "/v1/changelog/site-a?limit=0",
+            "limit must be 1 to 10000",
+        ),
     ] {
         node.refused(what, |n| n.get(path), 400, "bad_query", &[needle]);
     }
@@ -1716,6 +1721,21 @@ fn a_guarded_api_wants_its_token_and_bounds_watch_streams() {
     assert_eq!(with("s3cret-token-012345678X", "/v1/status").status, 401);
     assert_eq!(with("s3cret", "/v1/status").status, 401);
     assert_eq!(with("s3cret-token-0123456789", "/v1/status").status, 200);
+    // The scheme's name in any case (RFC 9110); the token itself exactly.
+    let scheme = |value: &str| {
+        finish(
+            node.agent
+                .get(node.url("/v1/status"))
+                .header("authorization", value)
+                .call(),
+            value,
+        )
+        .status
+    };
+    assert_eq!(scheme("bearer s3cret-token-0123456789"), 200);
+    assert_eq!(scheme("BEARER s3cret-token-0123456789"), 200);
+    assert_eq!(scheme("Basic s3cret-token-0123456789"), 401);
+    assert_eq!(scheme("Bearer S3CRET-token-0123456789"), 401);
     let put = finish(
         node.agent
             .put(node.url("/v1/kv/orders/o-1"))

@@ -2119,47 +2119,64 @@ fn events_not_applied_are_asked_for_again_once_and_accepted_again() {
     assert_eq!(rewinds(&drain(&mut r, 6, &log)), 0);
 }
 
+/// A changelog that fails for one origin: its events cannot be read (`unreadable`), or its
+/// seals (`no_seal`).
+struct Faulty {
+    log: MemLog,
+    unreadable: Option<&'static str>,
+    no_seal: Option<&'static str>,
+}
+
+impl Log for Faulty {
+    fn read(
+        &self,
+        origin: &NodeId,
+        after: u64,
+        max: usize,
+        bytes: usize,
+    ) -> Result<crate::log::Read, LogError> {
+        if self.unreadable == Some(origin.as_str()) {
+            return Err(LogError::Storage {
+                reason: "corrupt record".into(),
+            });
+        }
+        self.log.read(origin, after, max, bytes)
+    }
+    fn state_page(
+        &self,
+        after: Option<&StateCursor>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<StatePage, LogError> {
+        self.log.state_page(after, max_events, max_bytes)
+    }
+    fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
+        if self.no_seal == Some(origin.as_str()) {
+            return Err(LogError::Storage {
+                reason: "unreadable seal".into(),
+            });
+        }
+        self.log.seal_at(origin, seq)
+    }
+    fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
+        self.log.cert(origin)
+    }
+}
+
 /// A changelog whose one origin cannot be read: the other origins are still sent, and the
 /// unreadable one is reported.
 #[test]
 fn one_unreadable_origin_does_not_stop_the_others() {
-    struct Broken(MemLog);
-    impl Log for Broken {
-        fn read(
-            &self,
-            origin: &NodeId,
-            after: u64,
-            max: usize,
-            bytes: usize,
-        ) -> Result<crate::log::Read, LogError> {
-            if origin.as_str() == "x" {
-                return Err(LogError::Storage {
-                    reason: "corrupt record".into(),
-                });
-            }
-            self.0.read(origin, after, max, bytes)
-        }
-        fn state_page(
-            &self,
-            after: Option<&StateCursor>,
-            max_events: usize,
-            max_bytes: usize,
-        ) -> Result<StatePage, LogError> {
-            self.0.state_page(after, max_events, max_bytes)
-        }
-        fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
-            self.0.seal_at(origin, seq)
-        }
-        fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
-            self.0.cert(origin)
-        }
-    }
     let mut events = evs("x", 1..=2);
     // z's events depend on x's: still sent (x cannot be sent to wait for).
     events.extend([ev_after("z", 1, &[("x", 1)]), ev_after("z", 2, &[("x", 2)])]);
-    let log = Broken(MemLog::with(&events));
+    let log = Faulty {
+        log: MemLog::with(&events),
+        unreadable: Some("x"),
+        no_seal: None,
+    };
     let mut r = Replica::new(n("a"), ReplicaConfig::default());
-    r.set_local_have(&log.0.have());
+    r.set_local_have(&log.log.have());
     r.connected(&n("b"), 0);
     r.handle(&n("b"), hello("b", &[]), 0).unwrap();
     assert!(matches!(
@@ -2177,41 +2194,14 @@ fn one_unreadable_origin_does_not_stop_the_others() {
 /// messages: the failing peer's turn passes, its Hello stays due.
 #[test]
 fn a_hello_whose_seal_cannot_be_read_does_not_stop_the_other_peers() {
-    struct NoSealOfB(MemLog);
-    impl Log for NoSealOfB {
-        fn read(
-            &self,
-            origin: &NodeId,
-            after: u64,
-            max: usize,
-            bytes: usize,
-        ) -> Result<crate::log::Read, LogError> {
-            self.0.read(origin, after, max, bytes)
-        }
-        fn state_page(
-            &self,
-            after: Option<&StateCursor>,
-            max_events: usize,
-            max_bytes: usize,
-        ) -> Result<StatePage, LogError> {
-            self.0.state_page(after, max_events, max_bytes)
-        }
-        fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
-            if origin.as_str() == "b" {
-                return Err(LogError::Storage {
-                    reason: "unreadable seal".into(),
-                });
-            }
-            self.0.seal_at(origin, seq)
-        }
-        fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
-            self.0.cert(origin)
-        }
-    }
     // This node holds b's events: its Hello to b carries b's seal there.
-    let log = NoSealOfB(MemLog::with(&evs("b", 1..=2)));
+    let log = Faulty {
+        log: MemLog::with(&evs("b", 1..=2)),
+        unreadable: None,
+        no_seal: Some("b"),
+    };
     let mut r = Replica::new(n("a"), ReplicaConfig::default());
-    r.set_local_have(&log.0.have());
+    r.set_local_have(&log.log.have());
     r.connected(&n("b"), 0);
     r.connected(&n("c"), 0);
     let (mut hellos, mut errors) = (Vec::new(), 0);

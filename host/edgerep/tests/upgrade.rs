@@ -703,3 +703,31 @@ fn a_limit_raised_by_a_typo_is_undone_by_a_restart() {
     converge(&[&n1, &n2], Duration::from_secs(30));
     assert_eq!(common::get(&n1, "c", "after").0, 200);
 }
+
+/// A reload that raises the node's event limits loads its plugins anew: kept as loaded, they
+/// checked their output against the old limits, and refused on this node alone values the new
+/// ones allow (a node restarted with the same config took them). Unchanged limits keep them.
+#[test]
+fn a_reload_raising_the_limits_loads_the_plugins_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::init(dir.path(), "node-1");
+    let (wasm, sha) = built_plugin("merge-counter");
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{base}{}", tally(&wasm, &sha, None))).unwrap();
+    let _node = Node::start(&config);
+    let r = reload(&config);
+    assert_eq!(
+        r["reloaded"]["plugins_loaded"],
+        serde_json::json!([]),
+        "{r}"
+    );
+    let raised = base.replace("# max_value_bytes = 65536", "max_value_bytes = 131072");
+    assert_ne!(raised, base, "the config names max_value_bytes");
+    std::fs::write(&config, format!("{raised}{}", tally(&wasm, &sha, None))).unwrap();
+    let r = reload(&config);
+    assert_eq!(
+        r["reloaded"]["plugins_loaded"],
+        serde_json::json!(["counter-v1"]),
+        "{r}"
+    );
+}
