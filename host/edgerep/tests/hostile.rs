@@ -1894,3 +1894,28 @@ fn events_stamped_far_ahead_are_applied_counted_and_logged() {
         "{log}"
     );
 }
+
+/// Events before the handshake are refused: a second signed event under a number node-1 holds,
+/// sent on a new connection before its Hello, closes that connection ("before hello"), is not
+/// applied and is reported as nothing.
+#[test]
+fn events_before_the_handshake_are_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let m = h.sealed(vec![event("node-2", 1, "c", "fork", 1)]);
+    h.send(&m).unwrap();
+    wait_for_key(&n1, "fork", "node-2:1 applied");
+    let other = h.sealed(vec![event("node-2", 1, "c", "fork", 2)]);
+    let mut early = Hostile::connect(&configs[1], &configs[0]);
+    early.send(&other).unwrap();
+    let reason = early.closed_within(Duration::from_secs(5));
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("before")),
+        "{reason:?}"
+    );
+    assert_eq!(replication(&n1)["forks_total"], 0, "{}", replication(&n1));
+    assert_eq!(get(&n1, "c", "fork").1, r#"{"v":1}"#);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
