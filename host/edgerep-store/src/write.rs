@@ -889,7 +889,6 @@ impl StoreWriter {
                     index,
                     reason: "this node's sequence numbers are exhausted".into(),
                 })?;
-
                 let writer_context = w.context;
                 let hlc = clock.now(wall_ms);
                 let event = Event {
