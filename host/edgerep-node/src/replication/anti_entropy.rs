@@ -49,6 +49,11 @@ const REPAIR_BYTES: usize = 4 << 20;
 /// Most repairs of one peer's queued at the committer at once; more are not merged (an honest
 /// session sends one a round; the keys are found again by a later session).
 const REPAIRS_IN_FLIGHT: usize = 4;
+
+/// The most time transforms on apply may take over one repair's versions (they run on the
+/// replicator thread, which every peer's replication waits for): past it, the rest of the
+/// repair's versions of such collections are left out, for a later session to repair.
+const REPAIR_SHAPE_BUDGET: Duration = Duration::from_secs(1);
 /// A periodic session runs even while replication is busy once none ran for this many
 /// intervals.
 const BUSY_LIMIT: u32 = 5;
@@ -949,6 +954,8 @@ impl Replicator {
     ) -> BTreeMap<(String, u64), edgerep_store::OnApply> {
         let check = |v: &edgerep_wire::Value| crate::check_plugin_value(v, &self.value_limits);
         let mut out = BTreeMap::new();
+        let started = Instant::now();
+        let mut left_out = 0u64;
         for v in versions {
             // A version the write policy keeps out stays out, as in apply (a peer's state can
             // hold one: taken before its node checked local writes, or put there by a node
@@ -963,6 +970,14 @@ impl Replicator {
             if !self.transformed_on_apply.contains(v.collection.as_str()) {
                 continue;
             }
+            if started.elapsed() >= REPAIR_SHAPE_BUDGET {
+                left_out += 1;
+                out.insert(
+                    (v.origin.to_string(), v.seq),
+                    edgerep_store::OnApply::Dropped,
+                );
+                continue;
+            }
             let shaped = match self.pipeline.run_apply(v, &check) {
                 Ok(on_apply) => on_apply,
                 Err(rejection) => {
@@ -975,6 +990,13 @@ impl Replicator {
                 }
             };
             out.insert((v.origin.to_string(), v.seq), shaped);
+        }
+        if left_out > 0 {
+            tracing::warn!(
+                peer = %peer,
+                "transforms on apply took {} ms over a repair's versions: {left_out} of them left out, for a later session",
+                started.elapsed().as_millis()
+            );
         }
         out
     }
