@@ -925,6 +925,9 @@ impl Replica {
                 } else if busy {
                     s.queued_events += batch.events.len();
                     s.queued_bytes += approx_bytes(&batch.events);
+                    for e in &batch.events {
+                        have::raise(&mut s.queued_high, &e.origin, e.seq);
+                    }
                     s.queued.push_back(batch);
                 } else {
                     self.receive(peer, vec![batch], now);
@@ -1428,6 +1431,9 @@ impl Replica {
             }
             s.queued_events -= n;
             s.queued_bytes = s.queued_bytes.saturating_sub(bytes);
+            if s.queued.is_empty() {
+                s.queued_high.clear();
+            }
             self.receive(peer, batches, now);
         }
     }
@@ -1448,6 +1454,7 @@ impl Replica {
                 s.queued.clear();
                 s.queued_events = 0;
                 s.queued_bytes = 0;
+                s.queued_high.clear();
                 s.rewinds.clear();
                 s.request_ack(true);
             }

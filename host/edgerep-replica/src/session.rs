@@ -119,6 +119,10 @@ pub(crate) struct Session {
     pub(crate) queued_events: usize,
     /// About how many bytes they take.
     pub(crate) queued_bytes: usize,
+    /// Per origin, at least the highest sequence number in `queued` (raised as batches are
+    /// queued, cleared once it is empty): a batch entirely above it holds no copy of a queued
+    /// event, and is not compared with the queue event by event.
+    pub(crate) queued_high: Have,
     /// The caller's frame queue for this peer is full: no Events or snapshot pages.
     pub(crate) send_blocked: bool,
     /// Origins whose certificate went to the peer on this session.
@@ -232,6 +236,7 @@ impl Session {
             queued: VecDeque::new(),
             queued_events: 0,
             queued_bytes: 0,
+            queued_high: Have::new(),
             send_blocked: false,
             certs_sent: BTreeSet::new(),
             rewinds: BTreeMap::new(),
@@ -502,6 +507,14 @@ impl Session {
     /// before it in the batch, it goes on at once. (Duplicates of what is accepted already
     /// still go through `receive`: they decide which links to prune.)
     pub(crate) fn drop_queued_copies(&self, batch: &mut Batch, accepted: &Have) -> u64 {
+        // The usual case while catching up: the batch continues past everything queued.
+        if batch
+            .events
+            .iter()
+            .all(|e| e.seq > have::get(&self.queued_high, &e.origin))
+        {
+            return 0;
+        }
         // Per origin, how far the queue continues `accepted` (None: a gap came first).
         let mut chain: BTreeMap<&NodeId, Option<u64>> = BTreeMap::new();
         for b in &self.queued {

@@ -370,6 +370,50 @@ fn backed_up_pair(
     (data, backup, n1, n2)
 }
 
+/// [`backed_up_pair`], both nodes stopped and node-1's data restored from the backup: node-1's
+/// data directory.
+fn restored_from_backup(
+    dir: &std::path::Path,
+    configs: &[std::path::PathBuf],
+) -> std::path::PathBuf {
+    let (data, backup, n1, n2) = backed_up_pair(dir, configs);
+    n1.terminate();
+    n2.terminate();
+    copy_dir(&backup, &data);
+    data
+}
+
+/// Why `node`'s origin gate holds its writes, once it says something `want` takes (panics after
+/// `within`).
+fn origin_check(node: &Node, within: Duration, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = status(node);
+        if let Some(why) = s["replication"]["origin_check"]
+            .as_str()
+            .filter(|w| want(w))
+        {
+            return why.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gate says nothing wanted: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// PUTs a JSON value at key `key` of collection `c`: the answer's status and body, whatever it is.
+fn put_answer(node: &Node, key: &str, json: &str) -> (u16, String) {
+    let mut r = agent()
+        .put(&node.url(&format!("/v1/kv/c/{key}")))
+        .content_type("application/json")
+        .send(json.as_bytes())
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    (r.status().as_u16(), body)
+}
+
 /// Copies the files of directory `from` into `to`, which is emptied first (a store's backup,
 /// and its restore).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -1199,31 +1243,15 @@ fn retry_after_restore(compacted: bool) {
 fn a_restored_node_started_alone_stops_writing_once_a_peer_proves_it_is_behind() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    let (data, backup, n1, n2) = backed_up_pair(dir.path(), &configs);
-    n1.terminate();
-    n2.terminate();
     // The restore, and a start that asks nobody.
-    copy_dir(&backup, &data);
+    restored_from_backup(dir.path(), &configs);
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     assert_eq!(put(&n1, "c", "forked", r#"{"v":3}"#), 3);
     let _n2 = Node::start(&configs[1]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let why = loop {
-        let s = status(&n1);
-        if let Some(why) = s["replication"]["origin_check"].as_str() {
-            break why.to_owned();
-        }
-        assert!(Instant::now() < deadline, "the gate stayed open: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let why = origin_check(&n1, Duration::from_secs(30), |_| true);
     assert!(why.contains("up to 3, peers hold them up to"), "{why}");
-    let mut r = agent()
-        .put(&n1.url("/v1/kv/c/after"))
-        .content_type("application/json")
-        .send(r#"{"v":4}"#.as_bytes())
-        .unwrap();
-    let body = r.body_mut().read_to_string().unwrap();
-    assert_eq!(r.status(), 503, "{body}");
+    let (code, body) = put_answer(&n1, "after", r#"{"v":4}"#);
+    assert_eq!(code, 503, "{body}");
     assert!(body.contains("origin_unconfirmed"), "{body}");
     assert_eq!(status(&n1)["origins"]["node-1"], 3);
     let log = std::fs::read_to_string(&n1.log).unwrap();
@@ -1691,10 +1719,7 @@ fn a_node_catching_up_on_histories_that_depend_on_each_other_gets_each_event_abo
 fn own_events_from_part_of_a_snapshot_hold_writes_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    let (data, backup, n1, n2) = backed_up_pair(dir.path(), &configs);
-    n1.terminate();
-    n2.terminate();
-    copy_dir(&backup, &data);
+    let data = restored_from_backup(dir.path(), &configs);
     {
         // What the first page would have merged: node-2's state, node-1's versions 3..=5 in it.
         let limits = edgerep_wire::event::EventLimits::default();
@@ -1721,17 +1746,8 @@ fn own_events_from_part_of_a_snapshot_hold_writes_across_a_restart() {
         let s = restored.status().unwrap();
         assert_eq!((s.origins["node-1"], s.own_seen), (2, 5));
     }
-    let write = |n: &Node, key: &str| {
-        let mut r = agent()
-            .put(&n.url(&format!("/v1/kv/c/{key}")))
-            .content_type("application/json")
-            .send(r#"{"v":9}"#.as_bytes())
-            .unwrap();
-        let body = r.body_mut().read_to_string().unwrap();
-        (r.status().as_u16(), body)
-    };
     let n1 = Node::start_with(&configs[0], &["--alone"]);
-    let (code, body) = write(&n1, "alone");
+    let (code, body) = put_answer(&n1, "alone", r#"{"v":9}"#);
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("origin_unconfirmed") && body.contains("up to 5"),
@@ -1740,18 +1756,9 @@ fn own_events_from_part_of_a_snapshot_hold_writes_across_a_restart() {
     assert_eq!(status(&n1)["origins"]["node-1"], 2, "nothing written");
     n1.terminate();
     let n1 = Node::start(&configs[0]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = status(&n1);
-        let why = s["replication"]["origin_check"]
-            .as_str()
-            .unwrap_or_default();
-        if why.contains("part of a peer's snapshot") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    origin_check(&n1, Duration::from_secs(10), |why| {
+        why.contains("part of a peer's snapshot")
+    });
     let _n2 = Node::start(&configs[1]);
     assert_eq!(put(&n1, "c", "after", r#"{"v":6}"#), 6);
     let s = status(&n1);

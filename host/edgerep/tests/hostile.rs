@@ -207,6 +207,15 @@ fn events_forged_under_a_connected_origins_name_are_refused() {
     }
 }
 
+/// node-2's event 1 sent to node-1 and applied there, and another event 1 sealed as validly
+/// (a restored node-2, or a liar), not sent: the message that would send it.
+fn second_history(h: &mut Hostile, n1: &Node) -> Message {
+    let m = h.sealed(vec![event("node-2", 1, "c", "fork", 1)]);
+    h.send(&m).unwrap();
+    wait_for_key(n1, "fork", "node-2:1 applied");
+    h.sealed(vec![event("node-2", 1, "c", "fork", 2)])
+}
+
 /// The same origin and sequence number with different contents (node-2 restored from an old
 /// backup, or lying): the second is never applied, and the fork is reported with both hashes
 /// and the peer it came from.
@@ -215,11 +224,7 @@ fn a_fork_is_detected_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, n1, n3) = honest_pair(dir.path());
     let mut h = attacker(&configs, &[]);
-    let m = h.sealed(vec![event("node-2", 1, "c", "fork", 1)]);
-    h.send(&m).unwrap();
-    wait_for_key(&n1, "fork", "node-2:1 applied");
-    // The same sequence number again, validly sealed too: a restored node-2, or a liar.
-    let m = h.sealed(vec![event("node-2", 1, "c", "fork", 2)]);
+    let m = second_history(&mut h, &n1);
     h.send(&m).unwrap();
     wait_status(&n1, "the fork is reported", |r| r["forks_total"] == 1);
     let r = replication(&n1);
@@ -1903,10 +1908,7 @@ fn events_before_the_handshake_are_refused_unread() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, n1, n3) = honest_pair(dir.path());
     let mut h = attacker(&configs, &[]);
-    let m = h.sealed(vec![event("node-2", 1, "c", "fork", 1)]);
-    h.send(&m).unwrap();
-    wait_for_key(&n1, "fork", "node-2:1 applied");
-    let other = h.sealed(vec![event("node-2", 1, "c", "fork", 2)]);
+    let other = second_history(&mut h, &n1);
     let mut early = Hostile::connect(&configs[1], &configs[0]);
     early.send(&other).unwrap();
     let reason = early.closed_within(Duration::from_secs(5));

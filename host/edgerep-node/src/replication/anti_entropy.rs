@@ -960,33 +960,27 @@ impl Replicator {
             // A version the write policy keeps out stays out, as in apply (a peer's state can
             // hold one: taken before its node checked local writes, or put there by a node
             // that lies).
-            if self.kept_out_by_policy(peer, v, "a repair") {
-                out.insert(
-                    (v.origin.to_string(), v.seq),
-                    edgerep_store::OnApply::Dropped,
-                );
+            // A version the write policy keeps out stays out, as in apply (a peer's state can
+            // hold one: taken before its node checked local writes, or put there by a node
+            // that lies).
+            let shaped = if self.kept_out_by_policy(peer, v, "a repair") {
+                edgerep_store::OnApply::Dropped
+            } else if !self.transformed_on_apply.contains(v.collection.as_str()) {
                 continue;
-            }
-            if !self.transformed_on_apply.contains(v.collection.as_str()) {
-                continue;
-            }
-            if started.elapsed() >= REPAIR_SHAPE_BUDGET {
+            } else if started.elapsed() >= REPAIR_SHAPE_BUDGET {
                 left_out += 1;
-                out.insert(
-                    (v.origin.to_string(), v.seq),
-                    edgerep_store::OnApply::Dropped,
-                );
-                continue;
-            }
-            let shaped = match self.pipeline.run_apply(v, &check) {
-                Ok(on_apply) => on_apply,
-                Err(rejection) => {
-                    tracing::warn!(
-                        peer = %peer, plugin = %rejection.plugin, origin = %v.origin, seq = v.seq,
-                        failure = rejection.failure.kind.as_str(),
-                        "a transform on apply failed on a version anti-entropy repairs: left out of the state"
-                    );
-                    edgerep_store::OnApply::Dropped
+                edgerep_store::OnApply::Dropped
+            } else {
+                match self.pipeline.run_apply(v, &check) {
+                    Ok(on_apply) => on_apply,
+                    Err(rejection) => {
+                        tracing::warn!(
+                            peer = %peer, plugin = %rejection.plugin, origin = %v.origin, seq = v.seq,
+                            failure = rejection.failure.kind.as_str(),
+                            "a transform on apply failed on a version anti-entropy repairs: left out of the state"
+                        );
+                        edgerep_store::OnApply::Dropped
+                    }
                 }
             };
             out.insert((v.origin.to_string(), v.seq), shaped);
