@@ -5,6 +5,7 @@
 //! memory), `reconcile` (anti-entropy's round trips and bytes), `topology` (chains, stars and
 //! meshes of real processes).
 
+mod apply_alone;
 pub mod ingest;
 mod machine;
 pub mod plugin;

@@ -157,8 +157,8 @@ impl Drop for NodeProcess {
     }
 }
 
-/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 if it cannot be read).
-/// user + system CPU seconds process `pid` (or `self`) used so far (from `/proc/PID/stat`).
+/// user + system CPU seconds process `pid` (or `self`, or `thread-self`) used so far (from
+/// `/proc/PID/stat`).
 pub(crate) fn cpu_seconds_of(pid: &str) -> f64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name (in parentheses, which may hold spaces): utime and
@@ -174,6 +174,7 @@ pub(crate) fn cpu_seconds_of(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / clock_ticks_per_second()
 }
 
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 if it cannot be read).
 fn clock_ticks_per_second() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -539,7 +540,17 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
         quinn.megabytes_per_second()
     );
 
-    // 3. Two nodes, peered over loopback QUIC with mutual TLS; the periodic mode's collections
+    // 3. The receiver's store alone: the same batches applied without transport or threads.
+    let alone = crate::apply_alone::apply_alone(dir.path(), &value, args.events, batch_events)?;
+    println!(
+        "the receiver's store alone (apply_sealed, durable, {:.0} events per batch, unsigned seals, no transport): {:.0} events/s = {:.3} of raw redb just before; CPU {:.1} µs per event",
+        alone.per_batch,
+        alone.events_per_s,
+        alone.events_per_s / raw_before,
+        alone.cpu_us
+    );
+
+    // 4. Two nodes, peered over loopback QUIC with mutual TLS; the periodic mode's collections
     //    declared on both.
     let configs = edgerep_client::cluster::write_cluster(&dir.path().join("cluster"), 2, false)?;
     let mut periodic = vec!["bench".to_owned(), "catchup".to_owned()];
@@ -790,6 +801,12 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
         "raw_quinn_events_per_s": quinn_eps.round(),
         "raw_quinn_frame_bytes": frame_bytes,
         "raw_quinn_mb_per_s": round3(quinn.megabytes_per_second()),
+        "store_apply_alone": {
+            "events_per_s": alone.events_per_s.round(),
+            "events_per_batch": round3(alone.per_batch),
+            "cpu_us_per_event": round3(alone.cpu_us),
+            "ratio": round3(alone.events_per_s / raw),
+        },
         "immediate": mode_json(immediate),
         "periodic": mode_json(&modes[1]),
         "rss_peak_mb": {"node_a": round3(a_peak), "node_b": round3(b_peak)},

@@ -38,6 +38,12 @@ impl ChainWalk<'_> {
 /// on a damaged store, the event proven its origin's) a key that does not decode is replaced,
 /// and a version with the event's origin and sequence number but other bytes is dropped
 /// first. Returns what applying did and whether something damaged was replaced.
+///
+/// The row is written first as the event alone, what it becomes in the common cases (a new
+/// key, an event superseding every version): one descent of the tree instead of a read and a
+/// write. The row it replaced comes back with the insert; where the merge gives another row
+/// (concurrent versions, an obsolete event) that row is written over it, in the same
+/// transaction (an error aborts the whole transaction, the first write with it).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_to_state(
     state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
@@ -54,34 +60,29 @@ pub(crate) fn apply_to_state(
         .filter(|h| h.rule == unresolved.rule.tag())
         .copied();
     let skey = state_key(&event.collection, &event.key);
-    // The key's row as it is: its hash and its versions.
-    let old = match state.get(skey.as_slice())? {
-        None => None,
-        Some(g) => Some((
-            unresolved
-                .rule
-                .entry(&event.collection, &event.key, g.value(), limits),
-            Versions::decode(g.value(), limits),
-        )),
-    };
-    let Some((old_hash, decoded)) = old else {
-        // A new key (what a catch-up mostly applies): its row is the event alone, as
-        // `Versions::apply` on no versions and `Versions::encode` would make it, without
-        // building them.
+    let alone = Versions::encode_single(event.bytes());
+    let old_row = state
+        .insert(skey.as_slice(), alone.as_slice())?
+        .map(|g| g.value().to_vec());
+    let Some(old_row) = old_row else {
+        // A new key (what a catch-up mostly applies): its row is the event alone.
         let row = NewRow {
             skey: &skey,
             old_hash: None,
-            bytes: &Versions::encode_single(event.bytes()),
+            bytes: &alone,
             hint,
         };
-        row.put(state, index, digest, entries, |b| {
+        row.account(index, digest, entries, |b| {
             unresolved
                 .rule
                 .entry(&event.collection, &event.key, b, limits)
-        })?;
+        });
         return Ok((Applied::Added, false));
     };
-    let (mut versions, mut damaged) = match decoded {
+    let old_hash = unresolved
+        .rule
+        .entry(&event.collection, &event.key, &old_row, limits);
+    let (mut versions, mut damaged) = match Versions::decode(&old_row, limits) {
         Ok(v) => (v, false),
         Err(_) if repair => (Versions::new(), true),
         Err(e) => return Err(corrupt("state", e)),
@@ -92,19 +93,31 @@ pub(crate) fn apply_to_state(
     let (collection, key) = (event.collection.clone(), event.key.clone());
     let applied = versions.apply(event);
     if applied == Applied::Added || damaged {
+        // Added and alone in its row: the row written above, as the event's hint hashed it.
+        let is_alone = applied == Applied::Added && versions.events().len() == 1;
+        let merged;
+        let bytes = if is_alone {
+            alone.as_slice()
+        } else {
+            merged = versions.encode();
+            state.insert(skey.as_slice(), merged.as_slice())?;
+            merged.as_slice()
+        };
         let row = NewRow {
             skey: &skey,
             old_hash: Some(old_hash),
-            bytes: &versions.encode(),
-            // Added and alone in its row: the row is the event's as its hint hashed it.
-            hint: hint.filter(|_| applied == Applied::Added && versions.events().len() == 1),
+            bytes,
+            hint: hint.filter(|_| is_alone),
         };
-        row.put(state, index, digest, entries, |b| {
+        row.account(index, digest, entries, |b| {
             unresolved.rule.entry(&collection, &key, b, limits)
-        })?;
+        });
         if versions.events().len() > 1 && applied == Applied::Added {
             unresolved.concurrent(&collection, skey);
         }
+    } else {
+        // Nothing changes: the row goes back as it was.
+        state.insert(skey.as_slice(), old_row.as_slice())?;
     }
     Ok((applied, damaged))
 }
@@ -120,16 +133,15 @@ struct NewRow<'a> {
 }
 
 impl NewRow<'_> {
-    /// Writes the row, keeping the digest, the entry count and the anti-entropy sums in step;
-    /// `hash` hashes the row when no hint did.
-    fn put(
+    /// Keeps the digest, the entry count and the anti-entropy sums in step with the row (written
+    /// by the caller); `hash` hashes the row when no hint did.
+    fn account(
         self,
-        state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
         index: &mut aae::Writes,
         digest: &mut Digest,
         entries: &mut u64,
         hash: impl FnOnce(&[u8]) -> Digest,
-    ) -> Result<(), StoreError> {
+    ) {
         match self.old_hash {
             Some(h) => digest.sub(h),
             None => *entries += 1,
@@ -143,8 +155,6 @@ impl NewRow<'_> {
             Some(h) => index.set_in(h.bucket, self.old_hash, new_hash),
             None => index.set(self.skey, self.old_hash, new_hash),
         }
-        state.insert(self.skey, self.bytes)?;
-        Ok(())
     }
 }
 

@@ -1889,3 +1889,83 @@ fn a_dead_letter_is_found_by_id_past_a_reserved_one() {
     drop(reserved);
     assert_eq!(s.dead_letters(0, 10).unwrap().len(), 1);
 }
+
+/// A peer's event is written into its key's row before the row it replaces is read back (one
+/// descent of the tree): where the merge keeps the old row (the event is covered by a version
+/// held) or makes another (concurrent versions), that row must be what ends up stored. The same
+/// events applied in two orders leave two stores with the same rows and digest, both verified.
+#[test]
+fn a_peers_event_leaves_its_key_as_the_merge_decides() {
+    let (a, _) = memory_store("site-a");
+    let (b, _) = memory_store("site-b");
+    let mut clock = HlcClock::new(Hlc::default(), SKEW_MS);
+    // b writes k and j; a takes b's k, then writes k over it (a:1 covers b:1) and j without
+    // having seen b's (a:2 concurrent with b:2).
+    b.commit_local(
+        vec![put("c", b"k", val(1)), put("c", b"j", val(2))],
+        &mut clock,
+        1_000,
+    )
+    .unwrap();
+    let from_b = b.changelog("site-b", 0, 10).unwrap();
+    a.apply_remote(
+        vec![Received::as_received(from_b[0].clone())],
+        &[],
+        Sync::Immediate,
+        &mut clock,
+        1_000,
+    )
+    .unwrap();
+    a.commit_local(
+        vec![put("c", b"k", val(3)), put("c", b"j", val(4))],
+        &mut clock,
+        2_000,
+    )
+    .unwrap();
+    let from_a = a.changelog("site-a", 0, 10).unwrap();
+    let apply = |store: &StoreWriter, events: &[EncodedEvent]| {
+        let mut clock = HlcClock::new(Hlc::default(), SKEW_MS);
+        store
+            .apply_remote(
+                events.iter().cloned().map(Received::as_received).collect(),
+                &[],
+                Sync::Immediate,
+                &mut clock,
+                3_000,
+            )
+            .unwrap()
+            .applied
+    };
+    // c1 takes a's events first: b's k then comes covered, b's j concurrent.
+    let (c1, _) = memory_store("site-c1");
+    assert_eq!(apply(&c1, &from_a), [Applied::Added, Applied::Added]);
+    assert_eq!(apply(&c1, &from_b), [Applied::Obsolete, Applied::Added]);
+    // c2 takes b's first: a's k supersedes, a's j is concurrent.
+    let (c2, _) = memory_store("site-c2");
+    assert_eq!(apply(&c2, &from_b), [Applied::Added, Applied::Added]);
+    assert_eq!(apply(&c2, &from_a), [Applied::Added, Applied::Added]);
+    for c in [&c1, &c2] {
+        let k = c.get("c", b"k").unwrap();
+        let dots: Vec<(String, u64)> = k
+            .events()
+            .iter()
+            .map(|e| (e.origin.to_string(), e.seq))
+            .collect();
+        assert_eq!(dots, [("site-a".to_owned(), 1)], "k holds a's write alone");
+        let j = c.get("c", b"j").unwrap();
+        let dots: Vec<(String, u64)> = j
+            .events()
+            .iter()
+            .map(|e| (e.origin.to_string(), e.seq))
+            .collect();
+        assert_eq!(
+            dots,
+            [("site-a".to_owned(), 2), ("site-b".to_owned(), 2)],
+            "j holds both concurrent writes"
+        );
+        assert_verified(c);
+    }
+    assert_eq!(c1.status().unwrap().digest, c2.status().unwrap().digest);
+    assert_eq!(c1.status().unwrap().state_entries, 2);
+    assert_eq!(c2.status().unwrap().state_entries, 2);
+}
