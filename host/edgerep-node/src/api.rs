@@ -2459,7 +2459,7 @@ async fn replay_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
     };
     if d.stage != crate::dead_letter::STAGE_INGEST {
         return Err(ApiError::bad_request(
-            "not-replayable",
+            "not_replayable",
             format!(
                 "dead letter {id} is from stage {:?} (an event from a peer): it stays in the changelog as received and cannot be replayed as a local write",
                 d.stage

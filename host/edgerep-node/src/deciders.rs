@@ -132,6 +132,29 @@ pub fn changes_of<E>(
             what.join("; ")
         ));
     }
+    // A collection the record declared and the config no longer does is taken undeclared (when
+    // undeclared collections are accepted): decided by the defaults from now on, a change in
+    // place like any other if a resolver, transforms or upgrades decided it before.
+    if config.collections.accept_undeclared {
+        let decided_by_defaults = |was: &Json| {
+            ["resolver", "transforms_on_apply", "upgrades", "plugins"]
+                .iter()
+                .all(|field| was.get(field) == undeclared.get(field))
+        };
+        for (name, was) in &before {
+            if name == RECORD_VERSION
+                || now.contains_key(name)
+                || !which(name)
+                || decided_by_defaults(was)
+                || !holds(name)?
+            {
+                continue;
+            }
+            problems.push(format!(
+                "collection {name:?} is no longer declared, so it would be taken undeclared (last writer wins, no transforms on apply), but a resolver, transforms on apply or upgrades decided it when this store last ran, and the store holds its keys: versions held here were decided one way and the ones still to come another; declare it again as it was"
+            ));
+        }
+    }
     Ok(problems)
 }
 
@@ -330,5 +353,37 @@ mod tests {
             "[collections]\naccept_undeclared = true\n[[collections.declared]]\nname = \"order\"\n",
         );
         assert!(left_behind(&record, &open, holds).unwrap().is_empty());
+    }
+
+    /// A collection a plugin resolver decided, no longer declared while undeclared collections
+    /// are accepted, would be decided by the defaults from now on: a change in place, refused
+    /// when the store holds its keys. One the defaults decided before may go.
+    #[test]
+    fn a_decided_collection_dropped_into_the_undeclared_ones_is_a_change() {
+        let merge = format!(
+            "[plugins.merge]\npath = \"/tmp/m.wasm\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        );
+        let declared = config(&format!(
+            "[collections]\naccept_undeclared = true\n[[collections.declared]]\nname = \"tally\"\nresolver = \"merge\"\n\n[[collections.declared]]\nname = \"plain\"\n\n{merge}"
+        ));
+        let record = record_pending(&declared, None, &[]);
+        let dropped = config(&format!("[collections]\naccept_undeclared = true\n{merge}"));
+        let holds = |_: &str| Ok::<bool, ()>(true);
+        let problems = changes(&record, &dropped, holds).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("\"tally\" is no longer declared"),
+            "{problems:?}"
+        );
+        // Not when the store holds none of its keys.
+        assert!(
+            changes(&record, &dropped, |_| Ok::<bool, ()>(false))
+                .unwrap()
+                .is_empty()
+        );
+        // Not when undeclared collections are refused (then `left_behind` warns of it).
+        let closed = config(&merge);
+        assert!(changes(&record, &closed, holds).unwrap().is_empty());
     }
 }

@@ -470,8 +470,8 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
             restart.push(name.to_owned());
         }
     };
-    // Each key of [node] and [api] named (an operator edits one), and the section if a key
-    // not listed here differs.
+    // Each key of the sections that take a restart named (an operator edits one), and the
+    // section if a key not listed here differs.
     // Each named key of a section: `(section.key, unchanged)`.
     macro_rules! keys_of {
         ($section:literal, $old:expr, $new:expr; $($key:ident),+) => {
@@ -484,9 +484,21 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
     let api_keys = keys_of!("api", oa, na;
         listen, token_file, max_connections, request_timeout_ms, max_watch_streams,
         max_body_bytes_in_flight, verify_interval_ms, idempotency_window_ms, idempotency_max_keys);
+    let (or, nr) = (&old.replication, &new.replication);
+    let replication_keys = keys_of!("replication", or, nr;
+        listen, tls, extra_origins, authenticate, anti_entropy_interval_ms);
+    let commit_keys = keys_of!("commit", old.commit, new.commit; max_events);
+    let (ot, nt) = (&old.retention, &new.retention);
+    let retention_keys = keys_of!("retention", ot, nt;
+        compact, keep_events, interval_ms, peer_absent_ms, max_held_events);
+    let tracing_keys = keys_of!("tracing", old.tracing, new.tracing; otlp_endpoint);
     for (section, same, keys) in [
         ("[node]", on == nn, &node_keys[..]),
         ("[api]", oa == na, &api_keys[..]),
+        ("[replication]", or == nr, &replication_keys[..]),
+        ("[commit]", old.commit == new.commit, &commit_keys[..]),
+        ("[retention]", ot == nt, &retention_keys[..]),
+        ("[tracing]", old.tracing == new.tracing, &tracing_keys[..]),
     ] {
         let named: Vec<&str> = keys
             .iter()
@@ -499,14 +511,10 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
             (false, false) => named.into_iter().for_each(|key| differs(key, false)),
         }
     }
-    differs("[replication]", old.replication == new.replication);
     differs(
         "limits.max_request_bytes",
         old.limits.max_request_bytes == new.limits.max_request_bytes,
     );
-    differs("[commit]", old.commit == new.commit);
-    differs("[retention]", old.retention == new.retention);
-    differs("[tracing]", old.tracing == new.tracing);
     differs(
         "collections.accept_undeclared",
         old.collections.accept_undeclared == new.collections.accept_undeclared,
@@ -688,6 +696,21 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("[node]") && !e.contains("[api]"), "{e}");
+        // The same in [retention], [commit] and [replication].
+        let e = reloadable(
+            &old,
+            &config(
+                "[retention]\nkeep_events = 5\n[commit]\nmax_events = 10",
+                "",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("retention.keep_events") && e.contains("commit.max_events"),
+            "{e}"
+        );
+        assert!(!e.contains("[retention]") && !e.contains("[commit]"), "{e}");
     }
 
     /// A reload of another node's config names the file and both nodes.

@@ -744,6 +744,7 @@ impl StoreWriter {
                     &mut counters.entries,
                     &self.limits(),
                     event,
+                    !within_have,
                     repair,
                     &mut unresolved,
                 )?;

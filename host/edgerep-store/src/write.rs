@@ -39,11 +39,14 @@ impl ChainWalk<'_> {
 /// and a version with the event's origin and sequence number but other bytes is dropped
 /// first. Returns what applying did and whether something damaged was replaced.
 ///
-/// The row is written first as the event alone, what it becomes in the common cases (a new
-/// key, an event superseding every version): one descent of the tree instead of a read and a
-/// write. The row it replaced comes back with the insert; where the merge gives another row
-/// (concurrent versions, an obsolete event) that row is written over it, in the same
-/// transaction (an error aborts the whole transaction, the first write with it).
+/// With `new_to_store` (the event is past what this store holds of its origin: a peer's new
+/// event, not a snapshot's or a repair's copy of one it may hold) the row is written first as
+/// the event alone, what it then most likely becomes (a new key, an event superseding every
+/// version): one descent of the tree instead of a read and a write. The row it replaced comes
+/// back with the insert; where the merge gives another row (concurrent versions, an obsolete
+/// event) that row is written over it, in the same transaction (an error aborts the whole
+/// transaction, the first write with it). Otherwise the row is read first: most copies of
+/// held events change nothing.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_to_state(
     state: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
@@ -52,6 +55,7 @@ pub(crate) fn apply_to_state(
     entries: &mut u64,
     limits: &EventLimits,
     event: EncodedEvent,
+    new_to_store: bool,
     repair: bool,
     unresolved: &mut Unresolved<'_>,
 ) -> Result<(Applied, bool), StoreError> {
@@ -61,11 +65,20 @@ pub(crate) fn apply_to_state(
         .copied();
     let skey = state_key(&event.collection, &event.key);
     let alone = Versions::encode_single(event.bytes());
-    let old_row = state
-        .insert(skey.as_slice(), alone.as_slice())?
-        .map(|g| g.value().to_vec());
+    // Whether `alone` is in the table now (else the row is as it was).
+    let written = new_to_store;
+    let old_row = if written {
+        state
+            .insert(skey.as_slice(), alone.as_slice())?
+            .map(|g| g.value().to_vec())
+    } else {
+        state.get(skey.as_slice())?.map(|g| g.value().to_vec())
+    };
     let Some(old_row) = old_row else {
         // A new key (what a catch-up mostly applies): its row is the event alone.
+        if !written {
+            state.insert(skey.as_slice(), alone.as_slice())?;
+        }
         let row = NewRow {
             skey: &skey,
             old_hash: None,
@@ -97,6 +110,9 @@ pub(crate) fn apply_to_state(
         let is_alone = applied == Applied::Added && versions.events().len() == 1;
         let merged;
         let bytes = if is_alone {
+            if !written {
+                state.insert(skey.as_slice(), alone.as_slice())?;
+            }
             alone.as_slice()
         } else {
             merged = versions.encode();
@@ -115,7 +131,7 @@ pub(crate) fn apply_to_state(
         if versions.events().len() > 1 && applied == Applied::Added {
             unresolved.concurrent(&collection, skey);
         }
-    } else {
+    } else if written {
         // Nothing changes: the row goes back as it was.
         state.insert(skey.as_slice(), old_row.as_slice())?;
     }
@@ -1489,6 +1505,7 @@ impl StoreWriter {
                         &mut entries,
                         &limits,
                         event,
+                        true,
                         false,
                         &mut unresolved,
                     )?

@@ -964,3 +964,41 @@ fn a_rotated_token_is_taken_in_by_sighup_and_the_reload_verb_says_so() {
     assert_eq!(old.status().as_u16(), 401);
     drop(node);
 }
+
+/// What the verbs make of answers a node gives only off loopback (429: a verification asked
+/// again too soon) or that no node gives (a body that is not JSON: the config names a port
+/// where something else listens). A stand-in server on loopback gives each canned answer once.
+#[test]
+fn answers_to_retry_later_and_answers_that_are_not_a_nodes_exit_4() {
+    use std::io::{Read, Write};
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let answers = [
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: 59\r\nconnection: close\r\n\r\n{\"error\":\"verified lately, try again\",\"kind\":\"verify_rate\"}",
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 14\r\nconnection: close\r\n\r\n<html>hi</html",
+    ];
+    let serving = std::thread::spawn(move || {
+        for answer in answers {
+            let (mut stream, _) = server.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            stream.write_all(answer.as_bytes()).unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "stand-in");
+    let mut doc: toml_edit::DocumentMut =
+        std::fs::read_to_string(&config).unwrap().parse().unwrap();
+    doc["api"]["listen"] = toml_edit::value(addr.to_string());
+    std::fs::write(&config, doc.to_string()).unwrap();
+    let c = config.to_str().unwrap();
+    // 429: a retry later passes, so the verb fails with 4 (try again), not 3 (refused).
+    let o = edgerep(&["status", "--config", c, "--verify"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("retry later"), "{}", stderr(&o));
+    // Not JSON where a node's status is: 4 (not the node's answer), not 2 (a usage error).
+    let o = edgerep(&["status", "--config", c, "--verify"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not JSON"), "{}", stderr(&o));
+    serving.join().unwrap();
+}

@@ -519,6 +519,8 @@ on_failure = "halt"
     let body = r.body_mut().read_to_string().unwrap();
     assert_eq!(r.status(), 400, "{body}");
     assert!(body.contains("cannot be replayed"), "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["kind"], "not_replayable", "{body}");
     // The handshake reported the differing configuration (status is published periodically).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
