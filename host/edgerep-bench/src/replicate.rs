@@ -805,7 +805,7 @@ pub fn replicate(args: ReplicateArgs) -> anyhow::Result<u8> {
             "events_per_s": alone.events_per_s.round(),
             "events_per_batch": round3(alone.per_batch),
             "cpu_us_per_event": round3(alone.cpu_us),
-            "ratio": round3(alone.events_per_s / raw),
+            "ratio_to_raw_before": round3(alone.events_per_s / raw_before),
         },
         "immediate": mode_json(immediate),
         "periodic": mode_json(&modes[1]),

@@ -88,12 +88,7 @@ pub fn changes_of<E>(
     // A collection the record lacks was undeclared when the store last ran: events of it it
     // holds were decided by the defaults (taken undeclared). Not so in a record of an older
     // build, which a reload declaring a collection did not update: no comparison then.
-    let undeclared = json!({
-        "resolver": "lww",
-        "transforms_on_apply": [],
-        "upgrades": [],
-        "plugins": {},
-    });
+    let undeclared = undeclared_entry();
     let versioned = before.contains_key(RECORD_VERSION);
     for (name, is) in now.iter().filter(|(name, _)| which(name)) {
         let Some(was) = before.get(name).or(versioned.then_some(&undeclared)) else {
@@ -156,6 +151,16 @@ pub fn changes_of<E>(
         }
     }
     Ok(problems)
+}
+
+/// What decides a collection taken undeclared: the defaults.
+fn undeclared_entry() -> Json {
+    json!({
+        "resolver": "lww",
+        "transforms_on_apply": [],
+        "upgrades": [],
+        "plugins": {},
+    })
 }
 
 /// Collections the `before` record declared, which `config` no longer declares nor takes
@@ -241,7 +246,9 @@ const RECORD_VERSION: &str = "#record";
 /// `before` record marks, marked as still to be re-resolved (until [`clear_marks`] clears a
 /// mark, every start re-resolves them), and the `before` record's entries for collections the
 /// config no longer declares: declared again later, they are compared with what decided them,
-/// not taken as new.
+/// not taken as new. Where undeclared collections are accepted, such a collection is taken
+/// undeclared from now on (a start lets that happen only to one whose keys the store does not
+/// hold, or that the defaults decided already): its entry is the defaults'.
 pub fn record_pending(config: &Config, before: Option<&str>, pending: &[String]) -> String {
     let mut now = entries(config);
     let before = before.and_then(parse).unwrap_or_default();
@@ -261,6 +268,14 @@ pub fn record_pending(config: &Config, before: Option<&str>, pending: &[String])
         }
     }
     for (name, was) in before {
+        if name == RECORD_VERSION {
+            continue;
+        }
+        let was = if config.collections.accept_undeclared {
+            undeclared_entry()
+        } else {
+            was
+        };
         now.entry(name).or_insert(was);
     }
     now.insert(RECORD_VERSION.to_owned(), Json::from(2));
@@ -385,5 +400,13 @@ mod tests {
         // Not when undeclared collections are refused (then `left_behind` warns of it).
         let closed = config(&merge);
         assert!(changes(&record, &closed, holds).unwrap().is_empty());
+        // A start it passed (the store held none of its keys) records it taken undeclared:
+        // the next start, the store holding keys the defaults decided, passes too, and
+        // declaring it again with its resolver is then the change in place.
+        let taken = record_pending(&dropped, Some(&record), &[]);
+        assert!(changes(&taken, &dropped, holds).unwrap().is_empty());
+        let again = changes(&taken, &declared, holds).unwrap();
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert!(again[0].contains("\"tally\""), "{again:?}");
     }
 }

@@ -696,7 +696,7 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("[node]") && !e.contains("[api]"), "{e}");
-        // The same in [retention], [commit] and [replication].
+        // The same in [retention] and [commit].
         let e = reloadable(
             &old,
             &config(

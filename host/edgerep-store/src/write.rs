@@ -65,9 +65,8 @@ pub(crate) fn apply_to_state(
         .copied();
     let skey = state_key(&event.collection, &event.key);
     let alone = Versions::encode_single(event.bytes());
-    // Whether `alone` is in the table now (else the row is as it was).
-    let written = new_to_store;
-    let old_row = if written {
+    // With `new_to_store`, `alone` is in the table from here on (else the row is as it was).
+    let old_row = if new_to_store {
         state
             .insert(skey.as_slice(), alone.as_slice())?
             .map(|g| g.value().to_vec())
@@ -76,7 +75,7 @@ pub(crate) fn apply_to_state(
     };
     let Some(old_row) = old_row else {
         // A new key (what a catch-up mostly applies): its row is the event alone.
-        if !written {
+        if !new_to_store {
             state.insert(skey.as_slice(), alone.as_slice())?;
         }
         let row = NewRow {
@@ -110,7 +109,7 @@ pub(crate) fn apply_to_state(
         let is_alone = applied == Applied::Added && versions.events().len() == 1;
         let merged;
         let bytes = if is_alone {
-            if !written {
+            if !new_to_store {
                 state.insert(skey.as_slice(), alone.as_slice())?;
             }
             alone.as_slice()
@@ -131,7 +130,7 @@ pub(crate) fn apply_to_state(
         if versions.events().len() > 1 && applied == Applied::Added {
             unresolved.concurrent(&collection, skey);
         }
-    } else if written {
+    } else if new_to_store {
         // Nothing changes: the row goes back as it was.
         state.insert(skey.as_slice(), old_row.as_slice())?;
     }

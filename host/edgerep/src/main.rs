@@ -447,9 +447,20 @@ fn check_files(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Prints an outcome's body (or its problem) and maps it to an exit code.
+/// Prints an outcome's body (or its problem) and maps it to an exit code. A node answers in
+/// JSON: a body that is not (something else listens where the config says the node's API is)
+/// is a failure, not printed as the node's answer.
 fn report(outcome: Outcome, print: impl FnOnce(&[u8])) -> u8 {
     match outcome {
+        Outcome::Ok(body)
+            if !body.is_empty() && serde_json::from_slice::<serde_json::Value>(&body).is_err() =>
+        {
+            eprintln!(
+                "edgerep: the answer is not the JSON a node gives (does api.listen in the config name this node's API?): {}",
+                one_line(&String::from_utf8_lossy(&body[..body.len().min(200)]))
+            );
+            EXIT_FAILED
+        }
         Outcome::Ok(body) => {
             print(&body);
             0

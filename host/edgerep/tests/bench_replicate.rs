@@ -37,6 +37,12 @@ fn bench_replicate_prints_positive_figures_as_json() {
         let v = j[field].as_f64().unwrap_or(0.0);
         assert!(v > 0.0, "{field} = {v}: {j}");
     }
+    // The receiver's store alone, applied whole.
+    let alone = &j["store_apply_alone"];
+    for field in ["events_per_s", "events_per_batch", "ratio_to_raw_before"] {
+        let v = alone[field].as_f64().unwrap_or(0.0);
+        assert!(v > 0.0, "store_apply_alone.{field} = {v}: {j}");
+    }
     // Both durability modes are measured, each with its own figures.
     for mode in ["immediate", "periodic"] {
         let m = &j[mode];

@@ -970,19 +970,28 @@ fn a_rotated_token_is_taken_in_by_sighup_and_the_reload_verb_says_so() {
 /// where something else listens). A stand-in server on loopback gives each canned answer once.
 #[test]
 fn answers_to_retry_later_and_answers_that_are_not_a_nodes_exit_4() {
-    use std::io::{Read, Write};
+    use std::io::{BufRead, Write};
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = server.local_addr().unwrap();
+    let retry_later = r#"{"error":"verified lately, try again","kind":"verify_rate_limited"}"#;
     let answers = [
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: 59\r\nconnection: close\r\n\r\n{\"error\":\"verified lately, try again\",\"kind\":\"verify_rate\"}",
-        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 14\r\nconnection: close\r\n\r\n<html>hi</html",
+        format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{retry_later}",
+            retry_later.len()
+        ),
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 14\r\nconnection: close\r\n\r\n<html>hi</html".to_owned(),
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 14\r\nconnection: close\r\n\r\n<html>hi</html".to_owned(),
     ];
     let serving = std::thread::spawn(move || {
         for answer in answers {
-            let (mut stream, _) = server.accept().unwrap();
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            stream.write_all(answer.as_bytes()).unwrap();
+            let (stream, _) = server.accept().unwrap();
+            // The request's head, read to its end (a GET has no body).
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                line.clear();
+            }
+            reader.get_mut().write_all(answer.as_bytes()).unwrap();
         }
     });
     let dir = tempfile::tempdir().unwrap();
@@ -996,9 +1005,20 @@ fn answers_to_retry_later_and_answers_that_are_not_a_nodes_exit_4() {
     let o = edgerep(&["status", "--config", c, "--verify"]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(stderr(&o).contains("retry later"), "{}", stderr(&o));
-    // Not JSON where a node's status is: 4 (not the node's answer), not 2 (a usage error).
-    let o = edgerep(&["status", "--config", c, "--verify"]);
-    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    assert!(stderr(&o).contains("not JSON"), "{}", stderr(&o));
+    // Not JSON where a node's answer is: 4 (not the node's answer), not 0 or 2, and not
+    // printed as if it were the node's.
+    for args in [
+        &["status", "--config", c, "--verify"][..],
+        &["get", "--config", c, "orders", "o-1"][..],
+    ] {
+        let o = edgerep(args);
+        assert_eq!(o.status.code(), Some(4), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("not the JSON"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+    }
     serving.join().unwrap();
 }
