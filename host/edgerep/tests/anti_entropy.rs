@@ -568,40 +568,62 @@ fn a_decider_changed_in_place_across_a_restart_is_refused() {
     assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
     let log = std::fs::read_to_string(&n1.log).unwrap();
     assert_eq!(log.matches(said).count(), 1, "{log}");
-    // Left out of the config for one start, then declared again with its plugin's fuel
-    // changed: still refused (the store's record keeps what decided a collection the config
-    // no longer declares; once, the start in between forgot it and the change went through).
+    // Left out of the config while undeclared collections are taken: it would be decided by
+    // last writer wins from then on, a change in place like any other, so the start is refused
+    // (once, it started and took the collection undeclared).
     n1.terminate();
+    assert!(base.contains("accept_undeclared = true"), "{base}");
     std::fs::write(&configs[0], &base).unwrap();
-    Node::start_with(&configs[0], &["--alone"]).terminate();
+    let (code, err) = common::refused_to_start(
+        &["run", "--alone", "--config", configs[0].to_str().unwrap()],
+        "node-1 started with a decided collection left out of its config",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is no longer declared"), "{err}");
+    // Declared again with its plugin's fuel changed: still refused (the refused start recorded
+    // nothing).
     let changed = upgraded.replace("fuel = 10000000", "fuel = 30000000");
     assert_ne!(changed, upgraded);
     std::fs::write(&configs[0], &changed).unwrap();
     let (code, err) = common::refused_to_start(
         &["run", "--alone", "--config", configs[0].to_str().unwrap()],
-        "node-1 started with its resolver's fuel changed while the collection was left out",
+        "node-1 started with its resolver's fuel changed",
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("a plugin deciding it changed"), "{err}");
     std::fs::write(&configs[0], &upgraded).unwrap();
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     assert_eq!(get(&n1, "tally", "k").1, r#"{"node-1":1}"#);
-    // Left out for a start, then declared again by a reload: unchanged, taken (it is what
-    // decided its keys); as last writer wins, refused (a reload judges by the store's record,
-    // as a start does).
+    // Where undeclared collections are refused, a collection left out stays as it is (a start
+    // warns of it) and the store's record keeps what decided it: declared again by a reload,
+    // unchanged, it is taken; as last writer wins, refused (a reload judges by the store's
+    // record, as a start does).
+    let closed =
+        |text: &str| text.replacen("accept_undeclared = true", "accept_undeclared = false", 1);
     let reload = || common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
     n1.terminate();
-    std::fs::write(&configs[0], &base).unwrap();
+    std::fs::write(&configs[0], closed(&upgraded)).unwrap();
+    Node::start_with(&configs[0], &["--alone"]).terminate();
+    std::fs::write(&configs[0], closed(&base)).unwrap();
     let n1 = Node::start_with(&configs[0], &["--alone"]);
-    std::fs::write(&configs[0], &upgraded).unwrap();
+    assert!(
+        std::fs::read_to_string(&n1.log)
+            .unwrap()
+            .contains("is no longer declared"),
+        "the start warns of the collection left out"
+    );
+    std::fs::write(&configs[0], closed(&upgraded)).unwrap();
     let o = reload();
     assert!(o.status.success(), "{}", common::stderr(&o));
     n1.terminate();
-    std::fs::write(&configs[0], &base).unwrap();
+    std::fs::write(&configs[0], closed(&base)).unwrap();
     let _n1 = Node::start_with(&configs[0], &["--alone"]);
     std::fs::write(
         &configs[0],
-        format!("{base}\n[[collections.declared]]\nname = \"tally\"\n"),
+        format!(
+            "{}\n[[collections.declared]]\nname = \"tally\"\n",
+            closed(&base)
+        ),
     )
     .unwrap();
     let o = reload();
