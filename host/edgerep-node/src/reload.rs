@@ -78,6 +78,9 @@ pub enum ReloadError {
     /// changed).
     #[error("saving what decides each collection failed (nothing changed): {0}")]
     Record(crate::committer::CommitError),
+    /// The raised event limits could not be recorded in the store (before anything changed).
+    #[error("recording the raised limits in the store failed (nothing changed): {0}")]
+    Limits(crate::committer::CommitError),
     /// The reload's own task stopped midway (part of the new config may be in force).
     #[error("reload stopped midway: {0} (part of the new config may be in force: reload again)")]
     Interrupted(String),
@@ -112,7 +115,10 @@ impl ReloadError {
     pub fn node_failed(&self) -> bool {
         matches!(
             self,
-            ReloadError::Store(_) | ReloadError::Task(_) | ReloadError::Record(_)
+            ReloadError::Store(_)
+                | ReloadError::Task(_)
+                | ReloadError::Record(_)
+                | ReloadError::Limits(_)
         )
     }
 }
@@ -347,6 +353,15 @@ impl Reloader {
             .filter(|c| c.upgrades.len() > old.collection(&c.name).map_or(0, |o| o.upgrades.len()))
             .map(|c| c.name.clone())
             .collect();
+        // The limits (checked above: only raised) are recorded in the store before anything is
+        // written under them (a start below them is refused: what was stored must stay
+        // readable), and before the record of what decides each collection: a failure of
+        // either leaves the old wiring and config in force and the old record (limits recorded
+        // higher than any event written under them change nothing a start checks).
+        self.committer
+            .record_limits(crate::event_limits(&new))
+            .await
+            .map_err(ReloadError::Limits)?;
         self.committer
             .record_deciders(crate::deciders::record_pending(
                 &new,
@@ -355,15 +370,6 @@ impl Reloader {
             ))
             .await
             .map_err(ReloadError::Record)?;
-        // Checked above: only raised; recorded in the store before anything is written under
-        // them (a start below them is refused: what was stored must stay readable), so before
-        // the new wiring: a failure here leaves the old one in force with the old config.
-        self.committer
-            .record_limits(crate::event_limits(&new))
-            .await
-            .map_err(|e| {
-                ReloadError::Interrupted(format!("recording the raised limits in the store: {e}"))
-            })?;
         self.store.raise_limits(crate::event_limits(&new))?;
         // The new wiring and the config the API checks requests against are put in force one
         // right after the other (a request checked by one and run by the other would be
@@ -676,13 +682,14 @@ mod tests {
     /// A change that takes a restart is refused naming its key, not only its section.
     #[test]
     fn a_restart_only_change_names_its_key() {
-        let config = |node: &str, api: &str| {
+        let config_with = |node: &str, api: &str, replication: &str| {
             let text = format!(
                 "[node]\nid = \"n\"\ndata_dir = \"/tmp/unused\"\n{node}\n[api]\nlisten = \"127.0.0.1:7070\"\n{api}\n\
-                 [replication]\nlisten = \"127.0.0.1:7071\"\n"
+                 [replication]\nlisten = \"127.0.0.1:7071\"\n{replication}\n"
             );
             Config::parse(&text, std::path::Path::new("/tmp/edgerep.toml")).unwrap()
         };
+        let config = |node: &str, api: &str| config_with(node, api, "");
         let old = config("", "");
         assert!(reloadable(&old, &config("", "")).is_ok());
         let e = reloadable(
@@ -711,6 +718,26 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("[retention]") && !e.contains("[commit]"), "{e}");
+        // And in [replication] and [tracing].
+        let e = reloadable(
+            &old,
+            &config_with(
+                "",
+                "",
+                "anti_entropy_interval_ms = 5000\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("replication.anti_entropy_interval_ms")
+                && e.contains("tracing.otlp_endpoint"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("[replication]") && !e.contains("[tracing]"),
+            "{e}"
+        );
     }
 
     /// A reload of another node's config names the file and both nodes.
