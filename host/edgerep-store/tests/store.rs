@@ -1944,22 +1944,22 @@ fn a_peers_event_leaves_its_key_as_the_merge_decides() {
     let (c2, _) = memory_store("site-c2");
     assert_eq!(apply(&c2, &from_b), [Applied::Added, Applied::Added]);
     assert_eq!(apply(&c2, &from_a), [Applied::Added, Applied::Added]);
+    let dots = |store: &StoreWriter, key: &[u8]| -> Vec<(String, u64)> {
+        let versions = store.get("c", key).unwrap();
+        versions
+            .events()
+            .iter()
+            .map(|e| (e.origin.to_string(), e.seq))
+            .collect()
+    };
     for c in [&c1, &c2] {
-        let k = c.get("c", b"k").unwrap();
-        let dots: Vec<(String, u64)> = k
-            .events()
-            .iter()
-            .map(|e| (e.origin.to_string(), e.seq))
-            .collect();
-        assert_eq!(dots, [("site-a".to_owned(), 1)], "k holds a's write alone");
-        let j = c.get("c", b"j").unwrap();
-        let dots: Vec<(String, u64)> = j
-            .events()
-            .iter()
-            .map(|e| (e.origin.to_string(), e.seq))
-            .collect();
         assert_eq!(
-            dots,
+            dots(c, b"k"),
+            [("site-a".to_owned(), 1)],
+            "k holds a's write alone"
+        );
+        assert_eq!(
+            dots(c, b"j"),
             [("site-a".to_owned(), 2), ("site-b".to_owned(), 2)],
             "j holds both concurrent writes"
         );
