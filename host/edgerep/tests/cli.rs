@@ -780,6 +780,67 @@ fn dead_letters_are_deleted_and_replayed_all_at_once() {
     drop(node);
 }
 
+/// A dead-letter listing piped into a reader that stops early (`| head -1`) ends quietly with
+/// exit 0, not with a panic on the broken pipe: 300 dead letters of some 500 bytes each are more
+/// than a pipe's buffer holds.
+#[test]
+fn a_dead_letter_listing_piped_into_head_ends_quietly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
+    let wasm = dir.join("filter.wasm").canonicalize().unwrap();
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix("filter.wasm").map(|h| h.trim().to_owned()))
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = init(tmp.path(), "dl-pipe");
+    let base = std::fs::read_to_string(&config).unwrap();
+    // The filter with too little fuel fails on every write: each becomes a dead letter.
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\nparams = {{ field = \"status\", equals = \"drop\" }}\nfuel = 100\n",
+            wasm.display()
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let node = Node::start(&config);
+    let pad = "x".repeat(300);
+    for i in 0..300 {
+        let mut r = agent()
+            .put(&node.url(&format!("/v1/kv/readings/r-{i:03}")))
+            .content_type("application/json")
+            .send(format!(r#"{{"status":"ok","pad":"{pad}"}}"#).as_bytes())
+            .unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        assert!(r.status().is_client_error(), "{}: {body}", r.status());
+    }
+    let o = edgerep(&["dead-letters", "list", "--config", c, "--limit", "1000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = stdout(&o);
+    assert_eq!(listed.lines().count(), 300);
+    assert!(listed.len() > 128 * 1024, "{} bytes", listed.len());
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["dead-letters", "list", "--config", c, "--limit", "1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    // The reader (and with it the pipe) is gone here.
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    drop(node);
+}
+
 /// `edgerep reload --config B` for a node started with A: the node reloaded A (a file nobody
 /// checked) and only then did the verb find the two differ. Now the verb sends the digest of
 /// what it checked and the node refuses (409) before taking anything: A's own edit (a limit
