@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use edgerep_store::{Applied, LocalWrite, Received, Store, StoreWriter, Sync};
+use edgerep_store::{Applied, Received, Store, StoreWriter, Sync};
 use edgerep_wire::{HlcClock, NodeId, Value};
 
 /// What [`apply_alone`] measured.
@@ -40,14 +40,7 @@ pub(crate) fn apply_alone(
     while written < events {
         let n = (events - written).min(1000);
         let writes = (written..written + n)
-            .map(|i| LocalWrite {
-                collection: "bench".into(),
-                key: format!("k-apply-{i:09}").into_bytes(),
-                value: Some(value.clone()),
-                schema: 0,
-                meta: Default::default(),
-                context: None,
-            })
+            .map(|i| crate::ingest::bench_write(format!("k-apply-{i:09}"), value))
             .collect();
         from.commit_local(writes, &mut clock, wall_ms)?;
         written += n;

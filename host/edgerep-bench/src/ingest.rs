@@ -56,6 +56,18 @@ pub(crate) fn sample_event(value: Value) -> anyhow::Result<Event> {
     })
 }
 
+/// A put of `value` under `key` in the `bench` collection, as a client without a context writes.
+pub(crate) fn bench_write(key: String, value: &Value) -> edgerep_store::LocalWrite {
+    edgerep_store::LocalWrite {
+        collection: "bench".into(),
+        key: key.into_bytes(),
+        value: Some(value.clone()),
+        schema: 0,
+        meta: Default::default(),
+        context: None,
+    }
+}
+
 /// A value whose event encodes to about `target` bytes.
 pub(crate) fn sample_value(target: usize) -> anyhow::Result<(Value, usize)> {
     let limits = DecodeLimits::default();
@@ -192,14 +204,7 @@ fn store_only(
         writes.clear();
         for _ in 0..per_commit {
             n += 1;
-            writes.push(edgerep_store::LocalWrite {
-                collection: "bench".into(),
-                key: format!("k-s-{n:09}").into_bytes(),
-                value: Some(value.clone()),
-                schema: 0,
-                meta: Default::default(),
-                context: None,
-            });
+            writes.push(bench_write(format!("k-s-{n:09}"), value));
         }
         // With keys: one per write, as from single-write requests each with its key.
         let receipts: Vec<edgerep_store::idempotency::Receipt> = if keyed {

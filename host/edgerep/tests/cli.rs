@@ -102,23 +102,7 @@ fn verbs_against_a_running_node() {
         vec!["watch", "--config", c, "--no-follow"],
         vec!["scan", "--config", c, "bulk"],
     ] {
-        let mut child = std::process::Command::new(common::BIN)
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut first,
-        )
-        .unwrap();
-        assert!(first.starts_with('{'), "{args:?}: {first}");
-        // The reader (and with it the pipe) is gone here.
-        let o = child.wait_with_output().unwrap();
-        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
-        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+        ends_quietly_when_its_reader_goes(&args);
     }
 
     // Clean stop on SIGTERM, exit status 0, and a log on stderr.
@@ -694,13 +678,7 @@ fn declared_parameters_are_shown_and_checked_before_the_node_runs() {
 /// `dead-letters delete` and `replay --all [--collection]` against a running node.
 #[test]
 fn dead_letters_are_deleted_and_replayed_all_at_once() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
-    let wasm = dir.join("filter.wasm").canonicalize().unwrap();
-    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
-    let sha = sums
-        .lines()
-        .find_map(|l| l.strip_suffix("filter.wasm").map(|h| h.trim().to_owned()))
-        .unwrap();
+    let (wasm, sha) = common::built_plugin("filter");
     let tmp = tempfile::tempdir().unwrap();
     let config = init(tmp.path(), "dl-node");
     let base = std::fs::read_to_string(&config).unwrap();
@@ -785,13 +763,7 @@ fn dead_letters_are_deleted_and_replayed_all_at_once() {
 /// than a pipe's buffer holds.
 #[test]
 fn a_dead_letter_listing_piped_into_head_ends_quietly() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
-    let wasm = dir.join("filter.wasm").canonicalize().unwrap();
-    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
-    let sha = sums
-        .lines()
-        .find_map(|l| l.strip_suffix("filter.wasm").map(|h| h.trim().to_owned()))
-        .unwrap();
+    let (wasm, sha) = common::built_plugin("filter");
     let tmp = tempfile::tempdir().unwrap();
     let config = init(tmp.path(), "dl-pipe");
     let base = std::fs::read_to_string(&config).unwrap();
@@ -821,8 +793,15 @@ fn a_dead_letter_listing_piped_into_head_ends_quietly() {
     let listed = stdout(&o);
     assert_eq!(listed.lines().count(), 300);
     assert!(listed.len() > 128 * 1024, "{} bytes", listed.len());
+    ends_quietly_when_its_reader_goes(&["dead-letters", "list", "--config", c, "--limit", "1000"]);
+    drop(node);
+}
+
+/// Runs the CLI with `args`, reads the first line it prints (a JSON object) and closes the pipe,
+/// as `| head -1` does: the verb must end with exit 0, not panic on the broken pipe.
+fn ends_quietly_when_its_reader_goes(args: &[&str]) {
     let mut child = std::process::Command::new(common::BIN)
-        .args(["dead-letters", "list", "--config", c, "--limit", "1000"])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -833,12 +812,11 @@ fn a_dead_letter_listing_piped_into_head_ends_quietly() {
         &mut first,
     )
     .unwrap();
-    assert!(first.starts_with('{'), "{first}");
+    assert!(first.starts_with('{'), "{args:?}: {first}");
     // The reader (and with it the pipe) is gone here.
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
-    drop(node);
+    assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
 }
 
 /// `edgerep reload --config B` for a node started with A: the node reloaded A (a file nobody

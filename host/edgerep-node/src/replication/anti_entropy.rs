@@ -960,9 +960,6 @@ impl Replicator {
             // A version the write policy keeps out stays out, as in apply (a peer's state can
             // hold one: taken before its node checked local writes, or put there by a node
             // that lies).
-            // A version the write policy keeps out stays out, as in apply (a peer's state can
-            // hold one: taken before its node checked local writes, or put there by a node
-            // that lies).
             let shaped = if self.kept_out_by_policy(peer, v, "a repair") {
                 edgerep_store::OnApply::Dropped
             } else if !self.transformed_on_apply.contains(v.collection.as_str()) {
