@@ -643,7 +643,7 @@ impl Pipeline {
                 if let Some(left_out) = LOG.allow() {
                     tracing::warn!(plugin = %name, collection, kind = failure.kind.as_str(), message = %edgerep_wire::text::one_line(&failure.message), left_out, "resolver failed; used last-writer-wins instead (lines like this one are written once per 10 s, `left_out` says how many were not; the plugin's fallbacks_to_lww in status counts each)");
                 }
-                lww(format!("lww-fallback:{name}"))
+                StoreResolution::fallback(versions, name)
             }
         }
     }

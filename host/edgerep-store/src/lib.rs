@@ -80,7 +80,9 @@ pub use tables::{CACHE_BYTES, STORE_FORMAT};
 pub use write::ConflictTally;
 
 pub use digest::{Digest, HashRule};
-pub use resolution::{BY_DEFAULT_AFTER_DISAGREEMENT, Disagreement, Resolution, Resolver};
+pub use resolution::{
+    BY_DEFAULT_AFTER_DISAGREEMENT, BY_FALLBACK, BY_PLUGIN, Disagreement, Resolution, Resolver,
+};
 use retention::{COMPACTED, feed_floor, read_map};
 pub use retention::{CollectionCounts, Compaction, Installed, RepairFork, StatePage};
 use seals::{CERTS, CHAINS, SEALS};

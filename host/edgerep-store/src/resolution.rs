@@ -32,6 +32,16 @@ pub(crate) const DISAGREEMENTS_KEPT: u64 = 100_000;
 /// deterministic default every node computes alike.
 pub const BY_DEFAULT_AFTER_DISAGREEMENT: &str = "lww-after-disagreement";
 
+/// What [`Resolution::by`] starts with when the collection's plugin decided.
+pub const BY_PLUGIN: &str = "plugin:";
+/// What [`Resolution::by`] starts with when the collection's plugin failed (a deadline, a
+/// trap) and last-writer-wins stood in for it.
+pub const BY_FALLBACK: &str = "lww-fallback:";
+
+/// Most keys one [`settle`] resolves again (plugins run on the committer): the rest are left
+/// as they are, for a later session.
+const RESOLVED_AGAIN_MAX: u64 = 256;
+
 /// The value a key with concurrent versions resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution {
@@ -52,6 +62,23 @@ impl Resolution {
             value: versions.lww_value().cloned(),
             winner: versions.lww_index(),
         }
+    }
+
+    /// What a failure of plugin `plugin` leaves: last-writer-wins, said to stand in for it.
+    pub fn fallback(versions: &Versions, plugin: &str) -> Resolution {
+        Resolution::lww(versions, format!("{BY_FALLBACK}{plugin}"))
+    }
+
+    /// Whether last-writer-wins stood in for a plugin that failed.
+    pub fn is_fallback(&self) -> bool {
+        self.by.starts_with(BY_FALLBACK)
+    }
+
+    /// The plugin that decided, or that failed and was stood in for.
+    fn plugin(&self) -> Option<&str> {
+        self.by
+            .strip_prefix(BY_PLUGIN)
+            .or_else(|| self.by.strip_prefix(BY_FALLBACK))
     }
 
     /// The deterministic default over `versions` after a disagreement: last-writer-wins.
@@ -255,11 +282,30 @@ pub(crate) struct SettleTables<'a, 't> {
     pub(crate) digest: &'a mut Digest,
 }
 
+/// What [`settle`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settled {
+    /// Keys moved to the deterministic default after a disagreement.
+    pub(crate) moved: u64,
+    /// Keys whose plugin had failed here and decided when run again.
+    pub(crate) resolved_again: u64,
+}
+
 /// Compares a peer's resolutions with this node's: where both hold the same versions of a key
 /// but resolved them differently, records the disagreement and gives the key the
 /// deterministic default here (the peer does the same when it gets this node's resolution).
-/// Returns how many keys moved to the default. What the peer says is checked against this
-/// node's own state only: a key it names that this node does not hold alike is left alone.
+/// What the peer says is checked against this node's own state only: a key it names that
+/// this node does not hold alike is left alone.
+///
+/// A plugin failure on one node (a deadline hit under load) is not a disagreement of
+/// resolvers: where the record here is the stand-in for a failed plugin, the plugin runs
+/// again first, and its answer replaces the stand-in (and ends the matter if the peer's is
+/// the same); where the peer's record is exactly the stand-in this node would write for its
+/// own plugin, this node keeps its plugin's answer: the peer runs its plugin again when it
+/// gets it. Only a failure that persists, or resolvers that answer differently, end on the
+/// default (the peer's stand-in then turns into the default at its end, which this node
+/// follows at the next session). Nothing the peer says is taken as a value: only which of
+/// this node's own answers to keep.
 pub(crate) fn settle(
     t: &mut SettleTables<'_, '_>,
     limits: &EventLimits,
@@ -268,8 +314,9 @@ pub(crate) fn settle(
     theirs: &[KeyResolution],
     peer: &NodeId,
     by_collection: &mut std::collections::BTreeMap<String, crate::retention::CollectionCounts>,
-) -> Result<u64, StoreError> {
-    let mut moved = 0;
+) -> Result<Settled, StoreError> {
+    let mut out = Settled::default();
+    let mut ran = 0;
     for their in theirs {
         let Some((collection, key)) = split_state_key(&their.state_key) else {
             continue;
@@ -287,22 +334,65 @@ pub(crate) fn settle(
         let Ok(split) = split_row(&row) else {
             continue;
         };
-        let Some(ours) = split.resolution else {
+        let Some(stored) = split.resolution else {
             continue;
         };
         let versions_hash = hash_of(Some(split.versions));
-        let our_hash = hash_of(Some(ours));
-        if versions_hash != their.versions || our_hash == their.resolution {
+        if versions_hash != their.versions || hash_of(Some(stored)) == their.resolution {
             continue;
         }
         let versions = Versions::decode(split.versions, limits).map_err(|e| corrupt("state", e))?;
+        let hash = |r: &[u8]| rule.entry(collection, key, r, limits);
+        // The row as it stands, once the plugin's answer replaced the stand-in.
+        let mut rewritten: Option<Vec<u8>> = None;
+        let mut ours = stored.to_vec();
+        let mut here = Resolution::decode(&ours, versions.events().len(), &limits.value);
+        if here.as_ref().is_ok_and(Resolution::is_fallback) {
+            if ran == RESOLVED_AGAIN_MAX {
+                continue;
+            }
+            ran += 1;
+            let again = resolver.resolve(collection, key, &versions);
+            if !again.is_fallback() {
+                let encoded = again.encode();
+                let new_row = join_row(split.versions, Some(&again));
+                write_row(
+                    t.state,
+                    t.index,
+                    t.digest,
+                    &their.state_key,
+                    (hash(&row), hash(&new_row)),
+                    &new_row,
+                )?;
+                out.resolved_again += 1;
+                by_collection
+                    .entry(collection.to_owned())
+                    .or_default()
+                    .resolved_again += 1;
+                rewritten = Some(new_row);
+                ours = encoded;
+                here = Ok(again);
+                if hash_of(Some(&ours)) == their.resolution {
+                    continue;
+                }
+            }
+        }
+        if let Ok(r) = &here
+            && !r.is_fallback()
+            && let Some(plugin) = r.plugin()
+            && their.resolution == hash_of(Some(&Resolution::fallback(&versions, plugin).encode()))
+        {
+            // The peer's plugin failed where this node's answered: the peer runs it again
+            // when it gets this node's resolution.
+            continue;
+        }
         let default = Resolution::default_of(&versions).encode();
         if default == ours {
             // Already the default here: the peer moves when it gets this node's resolution.
             continue;
         }
-        let here_by = Resolution::decode(ours, versions.events().len(), &limits.value)
-            .map_or_else(|e| format!("unreadable ({e})"), |r| r.by);
+        let our_hash = hash_of(Some(&ours));
+        let here_by = here.map_or_else(|e| format!("unreadable ({e})"), |r| r.by);
         let record = Disagreement {
             collection: collection.to_owned(),
             key: key.to_vec(),
@@ -323,22 +413,21 @@ pub(crate) fn settle(
         }
         let mut new_row = split.versions.to_vec();
         new_row.extend_from_slice(&default);
-        let hash = |r: &[u8]| rule.entry(collection, key, r, limits);
         write_row(
             t.state,
             t.index,
             t.digest,
             &their.state_key,
-            (hash(&row), hash(&new_row)),
+            (hash(rewritten.as_deref().unwrap_or(&row)), hash(&new_row)),
             &new_row,
         )?;
-        moved += 1;
+        out.moved += 1;
         by_collection
             .entry(collection.to_owned())
             .or_default()
             .disagreements += 1;
     }
-    Ok(moved)
+    Ok(out)
 }
 
 #[cfg(test)]

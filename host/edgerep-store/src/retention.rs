@@ -82,6 +82,8 @@ pub struct CollectionCounts {
     pub covered: u64,
     /// Keys settled on the default after a disagreement.
     pub disagreements: u64,
+    /// Keys whose plugin had failed here and decided when run again (see `Installed`).
+    pub resolved_again: u64,
 }
 
 /// What [`StoreWriter::install_snapshot`] (or [`StoreWriter::repair_sealed`]) did.
@@ -98,7 +100,10 @@ pub struct Installed {
     /// Keys whose resolution differed from the peer's over the same versions, now resolved by
     /// the deterministic default (repair only).
     pub disagreements: u64,
-    /// `changed`, `covered` and `disagreements` per collection.
+    /// Keys whose resolver plugin had failed here (last-writer-wins stood in) and, run again
+    /// when a peer's resolution differed, decided (repair only).
+    pub resolved_again: u64,
+    /// `changed`, `covered`, `disagreements` and `resolved_again` per collection.
     pub by_collection: BTreeMap<String, CollectionCounts>,
     /// Every origin's highest sequence number held afterwards.
     pub held: Have,
@@ -766,10 +771,10 @@ impl StoreWriter {
             }
             let tally =
                 unresolved.resolve(&mut state, &mut index, &mut counters.digest, &self.limits())?;
-            let mut disagreements = 0;
+            let mut settled = resolution::Settled::default();
             if let (Some(r), Some(resolver)) = (&repairing, self.resolver.as_deref()) {
                 let mut table = txn.open_table(DISAGREEMENTS)?;
-                disagreements = resolution::settle(
+                settled = resolution::settle(
                     &mut resolution::SettleTables {
                         state: &mut state,
                         disagreements: &mut table,
@@ -784,7 +789,8 @@ impl StoreWriter {
                     &mut by_collection,
                 )?;
             }
-            if changed > 0 || disagreements > 0 {
+            let (disagreements, resolved_again) = (settled.moved, settled.resolved_again);
+            if changed > 0 || disagreements > 0 || resolved_again > 0 {
                 // These changes have no feed position: a watch from before must start over.
                 // One position is used up and becomes the floor, so that a watch already at
                 // the feed's end is told so too (its next read is below the floor).
@@ -894,6 +900,7 @@ impl StoreWriter {
             let wrote = changed > 0
                 || replaced > 0
                 || disagreements > 0
+                || resolved_again > 0
                 || raised
                 || keys_restored
                 || own_seen_raised;
@@ -924,6 +931,7 @@ impl StoreWriter {
                     covered,
                     replaced,
                     disagreements,
+                    resolved_again,
                     by_collection,
                     held,
                     compacted,

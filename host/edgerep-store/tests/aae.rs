@@ -247,6 +247,132 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
     );
 }
 
+/// A resolver plugin that fails (last-writer-wins stands in, as the node's pipeline does)
+/// its first `fails` calls, then picks the first version, as [`Pick`]`(0)` does.
+struct Failing {
+    fails: std::sync::atomic::AtomicU32,
+}
+
+impl Failing {
+    fn new(fails: u32) -> Failing {
+        Failing {
+            fails: fails.into(),
+        }
+    }
+}
+
+impl edgerep_store::Resolver for Failing {
+    fn resolves(&self, collection: &str) -> bool {
+        collection == "c"
+    }
+
+    fn resolve(
+        &self,
+        collection: &str,
+        key: &[u8],
+        versions: &edgerep_store::Versions,
+    ) -> edgerep_store::Resolution {
+        use std::sync::atomic::Ordering::Relaxed;
+        let left = self.fails.load(Relaxed);
+        if left > 0 {
+            self.fails.store(left - 1, Relaxed);
+            return edgerep_store::Resolution::fallback(versions, "pick");
+        }
+        Pick(0).resolve(collection, key, versions)
+    }
+
+    fn build(&self, _collection: &str) -> String {
+        "build-0".into()
+    }
+}
+
+#[test]
+fn a_resolver_that_failed_on_one_node_runs_again_and_only_a_failure_that_persists_ends_on_the_default()
+ {
+    let with = |id: &str, r: Failing| {
+        StoreWriter::new(memory_store(id).with_resolver(std::sync::Arc::new(r)))
+    };
+    let (x, y) = (memory("x"), memory("y"));
+    let mut c = clock();
+    x.commit_local(writes("k", 1, 1), &mut c, 1).unwrap();
+    y.commit_local(writes("k", 1, 2), &mut c, 2).unwrap();
+    // `a`'s plugin answers; `b`'s fails once (a deadline hit under load, say); `p`'s always
+    // fails. The plugin picks x's version, last-writer-wins y's (the later clock).
+    let a = with("a", Failing::new(0));
+    let b = with("b", Failing::new(1));
+    let p = with("p", Failing::new(u32::MAX));
+    for s in [&a, &b, &p] {
+        ship(&x, s, "x");
+        ship(&y, s, "y");
+    }
+    let by = |s: &StoreWriter| s.get_resolved("c", b"k0").unwrap().1.unwrap().by;
+    assert_eq!(by(&a), "plugin:pick");
+    assert_eq!(by(&b), "lww-fallback:pick");
+    assert_eq!(by(&p), "lww-fallback:pick");
+    assert_ne!(a.status().unwrap().digest, b.status().unwrap().digest);
+    let key = vec![b"c\0k0".to_vec()];
+    // A session between a and b: each is told the other's resolution as it stood.
+    let (from_a, from_b) = (
+        a.resolutions_of(&key).unwrap(),
+        b.resolutions_of(&key).unwrap(),
+    );
+    let told =
+        |to: &StoreWriter, theirs: &[edgerep_wire::aae::KeyResolution], from: &StoreWriter| {
+            to.repair_sealed(
+                Vec::new(),
+                &[],
+                &[],
+                &[],
+                theirs,
+                from.node(),
+                &Default::default(),
+                None,
+                Sync::Immediate,
+            )
+            .unwrap()
+        };
+    // `a` keeps its plugin's answer: b's is exactly the stand-in `a` would write.
+    let out = told(&a, &from_b, &b);
+    assert_eq!((out.disagreements, out.resolved_again), (0, 0));
+    // `b` runs its plugin again; it answers, as `a`'s did: no disagreement.
+    let out = told(&b, &from_a, &a);
+    assert_eq!((out.disagreements, out.resolved_again), (0, 1));
+    assert_eq!(out.by_collection["c"].resolved_again, 1);
+    for s in [&a, &b] {
+        assert_eq!(by(s), "plugin:pick");
+        assert_eq!(s.verify().unwrap(), Ok(()));
+        assert_eq!(s.disagreements_count().unwrap(), 0);
+    }
+    assert_eq!(a.status().unwrap().digest, b.status().unwrap().digest);
+    assert!(differing_leaves(&a, &b).is_empty());
+    // Between a and p: p's plugin fails again, so p settles on the default; `a` follows at
+    // the next session, when p's resolution is the default and no longer the stand-in.
+    let (from_a, from_p) = (
+        a.resolutions_of(&key).unwrap(),
+        p.resolutions_of(&key).unwrap(),
+    );
+    assert_eq!(told(&a, &from_p, &p).disagreements, 0);
+    assert_eq!(told(&p, &from_a, &a).disagreements, 1);
+    assert_eq!(by(&p), edgerep_store::BY_DEFAULT_AFTER_DISAGREEMENT);
+    assert_eq!(by(&a), "plugin:pick");
+    let (from_a, from_p) = (
+        a.resolutions_of(&key).unwrap(),
+        p.resolutions_of(&key).unwrap(),
+    );
+    assert_eq!(told(&p, &from_a, &a).disagreements, 0);
+    assert_eq!(told(&a, &from_p, &p).disagreements, 1);
+    for s in [&a, &p] {
+        assert_eq!(by(s), edgerep_store::BY_DEFAULT_AFTER_DISAGREEMENT);
+        assert_eq!(s.verify().unwrap(), Ok(()));
+        assert_eq!(s.disagreements_count().unwrap(), 1);
+    }
+    assert_eq!(a.status().unwrap().digest, p.status().unwrap().digest);
+    // The default stays: the plugin is not run over it again.
+    let out = told(&p, &b.resolutions_of(&key).unwrap(), &b);
+    assert_eq!((out.disagreements, out.resolved_again), (0, 0));
+    assert_eq!(by(&p), edgerep_store::BY_DEFAULT_AFTER_DISAGREEMENT);
+}
+
 #[test]
 fn the_index_follows_every_write_and_equal_states_fingerprint_equal() {
     let (a, b) = (memory("a"), memory("b"));

@@ -93,6 +93,9 @@ pub struct AntiEntropyStatus {
     /// Keys this node resolved differently from this peer over the same versions (now the
     /// last-writer-wins default; recorded in `GET /v1/disagreements`).
     pub disagreements_total: u64,
+    /// Keys whose resolver plugin had failed here (last-writer-wins stood in) and, run again
+    /// when this peer's resolution differed, decided.
+    pub resolved_again_total: u64,
     /// Anti-entropy messages not sent because the peer's queue of unsent frames was full, and
     /// the peer's repairs not merged because too many of its were merging already, and its
     /// Reconcile messages not answered (its queue full, or past its budget of listings).
@@ -114,6 +117,8 @@ pub struct CollectionDrift {
     pub drift_total: u64,
     /// Keys settled on the default after a disagreement.
     pub disagreements_total: u64,
+    /// Keys whose failed resolver plugin decided when run again.
+    pub resolved_again_total: u64,
 }
 
 /// The collection of a state key (`collection 0x00 key`).
@@ -179,6 +184,8 @@ pub struct SessionReport {
     pub replaced: u64,
     /// Keys resolved differently here and on the peer over the same versions.
     pub disagreements: u64,
+    /// Keys whose resolver plugin had failed here and decided when run again.
+    pub resolved_again: u64,
     /// How long the session took.
     pub millis: u64,
 }
@@ -1125,6 +1132,12 @@ impl Replicator {
                         "this node and a peer resolved the same versions differently (a resolver that is not deterministic, or different builds): those keys now hold the last-writer-wins default on both; see GET /v1/disagreements"
                     );
                 }
+                if out.resolved_again > 0 {
+                    tracing::info!(
+                        peer = %peer, keys = out.resolved_again,
+                        "keys whose resolver plugin had failed here (last-writer-wins stood in) were resolved again by the plugin when a peer's resolution differed"
+                    );
+                }
                 if out.future_contexts > 0 {
                     tracing::warn!(
                         peer = %peer, versions = out.future_contexts,
@@ -1163,14 +1176,17 @@ impl Replicator {
                 s.drift_total += out.covered;
                 s.replaced_total += out.replaced;
                 s.disagreements_total += out.disagreements;
+                s.resolved_again_total += out.resolved_again;
                 for (c, n) in &out.by_collection {
                     let d = s.collection(c.clone());
                     d.repaired_in_total += n.changed;
                     d.drift_total += n.covered;
                     d.disagreements_total += n.disagreements;
+                    d.resolved_again_total += n.resolved_again;
                 }
                 if mine && let Some(session) = self.anti_entropy.sessions.get_mut(&peer) {
                     session.report.disagreements += out.disagreements;
+                    session.report.resolved_again += out.resolved_again;
                     session.report.repaired_in += out.changed;
                     session.report.drift += out.covered;
                     session.report.replaced += out.replaced;
