@@ -509,6 +509,50 @@ impl PageProofs {
         Ok(())
     }
 
+    /// Adds, for each origin that the causal contexts of the page's versions name past every
+    /// seal of it the page carries, this store's first signed seal of that origin at or past
+    /// the highest number named. A receiver bounds the contexts of a snapshot page before
+    /// its last one by the seals it can verify (`install_in`); this store holds such a seal
+    /// for every event a version it holds names (causal delivery).
+    pub(crate) fn add_context_seals(
+        &mut self,
+        seals_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ) -> Result<(), StoreError> {
+        let mut named: std::collections::BTreeMap<NodeId, u64> = Default::default();
+        for (v, _) in &self.versions {
+            for (o, seq) in v.context.iter() {
+                let n = named.entry(o.clone()).or_default();
+                *n = (*n).max(seq);
+            }
+        }
+        for (origin, upto) in named {
+            if self
+                .seals
+                .iter()
+                .any(|s| s.origin == origin && s.seq >= upto)
+            {
+                continue;
+            }
+            let (lo, hi) = (
+                log_key(origin.as_str(), upto),
+                log_key(origin.as_str(), u64::MAX),
+            );
+            for row in seals_t.range(lo.as_slice()..=hi.as_slice())? {
+                let (k, v) = row?;
+                let seq = log_seq(origin.as_str(), k.value())
+                    .ok_or_else(|| corrupt("seals", "a key of another origin"))?;
+                let seal = seals::decode(&origin, seq, v.value())?;
+                if !seal.signature.is_empty() {
+                    if self.named.insert((origin.to_string(), seq)) {
+                        self.seals.push(seal);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this store's own history proves that it holds another event than `received` at
     /// its origin and sequence number: `Some(held)` then, with the event held when this store
     /// keeps it whole (`None` for a compacted one kept only as its leaf or path). Where the

@@ -289,6 +289,7 @@ impl Store {
                 )?;
             }
         }
+        proven.add_context_seals(&seals_t)?;
         let next = if more { last } else { None };
         let (versions, proofs) = proven.versions.into_iter().unzip();
         Ok(StatePage {
@@ -605,11 +606,39 @@ impl StoreWriter {
         // (checked here, before anything is written) and path; trusted, a block of its own.
         let mut proven: Vec<(EncodedEvent, Seal, Vec<edgerep_wire::seal::ChainHash>)> =
             Vec::with_capacity(versions.len());
+        // Per origin, the highest of its events a seal on this page proves exist (verified,
+        // where this node checks signatures): what a page before a snapshot's last one may
+        // name in its versions' causal contexts.
+        let mut sealed_upto: BTreeMap<NodeId, u64> = BTreeMap::new();
         match (proofs, sealed) {
             (Some(proofs), Some((seals, _))) => {
                 let named = proofs::check_page(&versions, proofs, seals)
                     .map_err(StoreError::SnapshotRefused)?;
                 let mut verified = std::collections::BTreeSet::new();
+                for seal in seals {
+                    let proven_here = match &self.keys {
+                        None => true,
+                        // Seals no version names only bound contexts: one that does not verify
+                        // (or a revoked origin's past its revocation) bounds nothing.
+                        Some(keys) => {
+                            keys.vouches_up_to(&seal.origin)
+                                .is_none_or(|limit| seal.seq <= limit)
+                                && keys
+                                    .verify(
+                                        &seal.origin,
+                                        seal.seq,
+                                        &seal.message(),
+                                        &seal.signature,
+                                    )
+                                    .is_ok()
+                                && verified.insert((seal.origin.clone(), seal.seq))
+                        }
+                    };
+                    if proven_here {
+                        let upto = sealed_upto.entry(seal.origin.clone()).or_default();
+                        *upto = (*upto).max(seal.seq);
+                    }
+                }
                 for ((v, p), seal) in versions.into_iter().zip(proofs).zip(named) {
                     if let Some(keys) = &self.keys {
                         if let Some(limit) = keys.vouches_up_to(&v.origin)
@@ -691,15 +720,21 @@ impl StoreWriter {
             // Causal delivery, as the event path has it: every event a version's context names
             // must be held here (a repair's versions are within this node's have, whose events
             // were admitted that way; a snapshot's last page brings the have its versions were
-            // taken at). A snapshot's earlier pages come before that have: of them only this
-            // node's own events are checked.
+            // taken at). A snapshot's earlier pages come before that have: they may name events
+            // of other origins that a seal on the page proves exist (the sender adds them). A
+            // version naming events nobody sealed would otherwise stand over its key for good,
+            // and pass its context on to this node's own writes of the key, which every peer
+            // would then hold back.
             let held_upto = |o: &NodeId| -> Option<u64> {
+                let held = held_before.get(o).copied().unwrap_or(0);
                 if *o == self.node {
                     Some(own_issued)
                 } else if repair || have.is_some() {
-                    let held = held_before.get(o).copied().unwrap_or(0);
                     Some(held.max(have.and_then(|h| h.get(o)).copied().unwrap_or(0)))
+                } else if self.keys.is_some() {
+                    Some(held.max(sealed_upto.get(o).copied().unwrap_or(0)))
                 } else {
+                    // Trusted (tests and tools, no signatures): as before any check.
                     None
                 }
             };

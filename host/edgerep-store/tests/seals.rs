@@ -586,3 +586,88 @@ fn a_batch_past_a_revocation_is_refused_as_revoked_not_forged() {
         "nothing applied"
     );
 }
+
+/// A page of a snapshot before its last one comes without the have the snapshot's versions
+/// were taken at. A version on it naming other origins' events nobody sealed (its origin
+/// signed a lie) would stand over its key for good and pass the lie on to this node's own
+/// writes of that key, which every peer would hold back. Such a page may name only what a
+/// seal it carries proves exist: the sender adds one per origin its versions name.
+#[test]
+fn a_snapshot_page_before_the_last_names_only_events_a_seal_it_carries_proves() {
+    let (x, p, r) = (store("x"), store("p"), store("r"));
+    let mut c = clock();
+    // x writes k0; p holds it and writes k0 over it: p's version names x's event.
+    x.commit_local(writes("k", 1), &mut c, 1).unwrap();
+    let (events, seals) = batch(&x, "x", 0, 1);
+    apply(&p, events, &seals).unwrap();
+    let over = LocalWrite {
+        context: Some(p.get("c", b"k0").unwrap().context()),
+        ..writes("k", 1).remove(0)
+    };
+    p.commit_local(vec![over], &mut c, 2).unwrap();
+    let page = p.state_page(None, 100, 1 << 20).unwrap();
+    assert_eq!(page.versions.len(), 1, "p's version supersedes x's");
+    assert_eq!(page.versions[0].context.get(&node("x")), Some(1));
+    // The page carries x's seal for the context, beside p's own.
+    assert!(
+        page.seals
+            .iter()
+            .any(|s| s.origin == node("x") && s.seq >= 1)
+    );
+    let out = install(&r, &page, None, &[]).unwrap();
+    assert_eq!((out.changed, out.future_contexts), (1, 0), "{out:?}");
+    // Without it, r holds nothing of x that proves the event named: left out.
+    let r2 = store("r");
+    let mut bare = page.clone();
+    bare.seals.retain(|s| s.origin != node("x"));
+    let out = install(&r2, &bare, None, &[]).unwrap();
+    assert_eq!((out.changed, out.future_contexts), (0, 1), "{out:?}");
+    // A lie p signed: its own event naming x's event 2^40, in a block of its own, with x's
+    // real seal beside it (which proves only x's event 1). Left out.
+    let mut lie = page.versions[0].clone().into_event();
+    lie.seq = 2;
+    lie.context.add(&edgerep_wire::event::Dot {
+        origin: node("x"),
+        seq: 1 << 40,
+    });
+    let lie = EncodedEvent::new(lie);
+    let mut seal = Seal {
+        origin: node("p"),
+        seq: 2,
+        first: 2,
+        chain: [0; 32],
+        root: edgerep_wire::seal::event_leaf(lie.bytes()),
+        signature: Vec::new(),
+    };
+    seal.signature = mac(&node("p"), &seal.message());
+    let x_seal: Vec<Seal> = page
+        .seals
+        .iter()
+        .filter(|s| s.origin == node("x"))
+        .cloned()
+        .collect();
+    let out = r2
+        .install_sealed(
+            vec![lie],
+            &[edgerep_wire::seal::Proof {
+                seal: 2,
+                path: Vec::new(),
+            }],
+            None,
+            &[vec![seal], x_seal].concat(),
+            &[],
+            None,
+            Sync::Immediate,
+        )
+        .unwrap();
+    assert_eq!((out.changed, out.future_contexts), (0, 1), "{out:?}");
+    // A seal of x's that does not verify proves nothing either (and is no forgery: no version
+    // names it).
+    let mut fake = page.clone();
+    for s in fake.seals.iter_mut().filter(|s| s.origin == node("x")) {
+        s.signature = mac(&node("p"), &s.message());
+    }
+    let out = install(&r2, &fake, None, &[]).unwrap();
+    assert_eq!((out.changed, out.future_contexts), (0, 1), "{out:?}");
+    assert_eq!(r2.status().unwrap().origins.get("p"), None);
+}
