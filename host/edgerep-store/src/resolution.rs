@@ -38,9 +38,12 @@ pub const BY_PLUGIN: &str = "plugin:";
 /// trap) and last-writer-wins stood in for it.
 pub const BY_FALLBACK: &str = "lww-fallback:";
 
-/// Most keys one [`settle`] resolves again (plugins run on the committer): the rest are left
-/// as they are, for a later session.
+/// Most keys one [`settle`] resolves again, and about the most time it spends doing so
+/// (plugins run on the committer, and a peer's repair decides which keys): the rest are left
+/// as they are, for a later session. Which keys run now is local scheduling, not state: a key
+/// left out is neither resolved again nor moved to the default.
 const RESOLVED_AGAIN_MAX: u64 = 256;
+const RESOLVED_AGAIN_TIME: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The value a key with concurrent versions resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,6 +320,7 @@ pub(crate) fn settle(
 ) -> Result<Settled, StoreError> {
     let mut out = Settled::default();
     let mut ran = 0;
+    let started = std::time::Instant::now();
     for their in theirs {
         let Some((collection, key)) = split_state_key(&their.state_key) else {
             continue;
@@ -348,7 +352,7 @@ pub(crate) fn settle(
         let mut ours = stored.to_vec();
         let mut here = Resolution::decode(&ours, versions.events().len(), &limits.value);
         if here.as_ref().is_ok_and(Resolution::is_fallback) {
-            if ran == RESOLVED_AGAIN_MAX {
+            if ran == RESOLVED_AGAIN_MAX || started.elapsed() >= RESOLVED_AGAIN_TIME {
                 continue;
             }
             ran += 1;

@@ -305,17 +305,23 @@ impl Store {
     /// page: what anti-entropy sends a peer for keys that differ. Keys this node does not hold,
     /// or cannot read, are left out.
     pub fn versions_of(&self, state_keys: &[Vec<u8>]) -> Result<StatePage, StoreError> {
-        Ok(self.versions_within(state_keys, usize::MAX)?.0)
+        Ok(self
+            .versions_within(state_keys, usize::MAX, std::time::Duration::MAX)?
+            .0)
     }
 
-    /// [`Store::versions_of`] of the first keys of `state_keys` whose state rows come to about
-    /// `max_bytes` (at least one key): returns the page and how many keys it covers. What a
-    /// peer asked for beyond that waits for a later session.
+    /// [`Store::versions_of`] of the first keys of `state_keys` whose state rows and proofs
+    /// come to about `max_bytes`, read within about `max_time` (at least one key): returns the
+    /// page and how many keys it covers. What a peer asked for beyond that waits for a later
+    /// session. (Proving a version reads its block: keys in many blocks cost far more than
+    /// their rows' bytes.)
     pub fn versions_within(
         &self,
         state_keys: &[Vec<u8>],
         max_bytes: usize,
+        max_time: std::time::Duration,
     ) -> Result<(StatePage, usize), StoreError> {
+        let started = std::time::Instant::now();
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         let changelog = txn.open_table(CHANGELOG)?;
@@ -325,17 +331,21 @@ impl Store {
         let mut proven = PageProofs::default();
         let (mut bytes, mut covered) = (0usize, 0usize);
         for k in state_keys {
-            if covered > 0 && bytes >= max_bytes {
+            if covered > 0 && (bytes >= max_bytes || started.elapsed() >= max_time) {
                 break;
             }
             covered += 1;
             let Some(g) = state.get(k.as_slice())? else {
                 continue;
             };
-            bytes = bytes.saturating_add(g.value().len());
+            let stored = g.value().len();
             let Ok(v) = Versions::decode(g.value(), &self.limits()) else {
+                bytes = bytes.saturating_add(stored);
                 continue;
             };
+            // As a state page counts: each version travels with a proof and, at most, a seal
+            // (a key with many small versions, each in a block of its own, is mostly proofs).
+            bytes = bytes.saturating_add(stored + v.events().len() * proofs::PROOF_BYTES);
             for version in v.events().iter().cloned() {
                 proven.add(
                     &changelog,

@@ -912,3 +912,31 @@ fn limits_are_not_lowered_below_a_merged_value_the_state_keeps() {
         "{e}"
     );
 }
+
+/// A repair answer is bounded by its rows and their proofs (each version travels with one),
+/// and by the time reading them takes (proving a version reads its block): a peer wanting
+/// keys in many blocks gets the first ones, always at least one.
+#[test]
+fn a_repair_answer_counts_its_proofs_and_stops_on_time() {
+    let a = memory("a");
+    let mut c = clock();
+    // Ten keys, each written in a commit of its own: ten blocks.
+    for i in 0..10 {
+        a.commit_local(writes(&format!("k{i}-"), 1, i), &mut c, i as u64 + 1)
+            .unwrap();
+    }
+    let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("c\0k{i}-0").into_bytes()).collect();
+    let all = |max_bytes, max_time| a.versions_within(&keys, max_bytes, max_time).unwrap();
+    let (page, covered) = all(usize::MAX, std::time::Duration::MAX);
+    assert_eq!(
+        (covered, page.versions.len(), page.seals.len()),
+        (10, 10, 10)
+    );
+    // The rows alone of all ten come to far less than this; with a proof each, they do not.
+    let rows: usize = page.versions.iter().map(|v| v.bytes().len() + 8).sum();
+    let (_, covered) = all(rows * 2, std::time::Duration::MAX);
+    assert!(covered < 10, "{covered} keys within {} bytes", rows * 2);
+    // No time at all: the first key only.
+    let (page, covered) = all(usize::MAX, std::time::Duration::ZERO);
+    assert_eq!((covered, page.versions.len()), (1, 1));
+}

@@ -44,8 +44,12 @@ const REPAIR_KEYS: usize = 4096;
 /// Most round trips one session of ours makes: an honest comparison descends one level of the
 /// tree (five levels) a round trip.
 pub(super) const MAX_ROUND_TRIPS: u64 = 32;
-/// Most bytes of state rows one repair answer carries (a frame holds at most 8 MiB).
+/// Most bytes of state rows and proofs one repair answer carries (a frame holds at most 8 MiB).
 const REPAIR_BYTES: usize = 4 << 20;
+/// About the most time reading one repair answer takes on the replicator thread (proving a
+/// version reads its whole block: a peer wanting keys in 4,096 blocks asks for that many
+/// block reads); the keys beyond wait for a later session.
+const REPAIR_READ_TIME: Duration = Duration::from_millis(200);
 /// Most repairs of one peer's queued at the committer at once; more are not merged (an honest
 /// session sends one a round; the keys are found again by a later session).
 const REPAIRS_IN_FLIGHT: usize = 4;
@@ -1027,7 +1031,8 @@ impl Replicator {
                 0,
             ))
         } else {
-            self.store.versions_within(&keys, REPAIR_BYTES)
+            self.store
+                .versions_within(&keys, REPAIR_BYTES, REPAIR_READ_TIME)
         };
         let mut page = match page {
             Ok((p, covered)) => {
