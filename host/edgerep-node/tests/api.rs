@@ -1900,6 +1900,43 @@ fn duplicate_json_keys_bad_origins_and_large_metadata_are_refused() {
         "bad_meta",
         &["bytes of metadata", "limits.max_meta_bytes"],
     );
+    // An integer past 64 bits that no float holds exactly would be stored as the nearest
+    // float, losing digits: refused where it is, in a value and in a batch.
+    node.refused(
+        "an integer that would lose digits",
+        |n| {
+            n.put(
+                "/v1/kv/c/k",
+                "application/json",
+                br#"{"id": 99999999999999999999}"#,
+            )
+        },
+        400,
+        "bad_value",
+        &[
+            "integer 99999999999999999999 at line 1 column 8",
+            "send it as a string",
+        ],
+    );
+    node.refused(
+        "an integer that would lose digits, in a batch",
+        |n| {
+            n.batch(
+                "application/json",
+                br#"{"writes": [{"collection": "c", "key": "k", "op": "put", "value": [-18446744073709551617]}]}"#,
+            )
+        },
+        400,
+        "bad_value",
+        &["integer -18446744073709551617 at line 1 column 68"],
+    );
+    // One a float holds exactly (JavaScript writes 1e20 so) is that float.
+    assert_eq!(
+        node.put("/v1/kv/c/big", "application/json", b"100000000000000000000")
+            .status,
+        200
+    );
+    assert_eq!(node.value("/v1/kv/c/big"), json!(1e20));
     assert_eq!(node.get("/v1/changelog/site-a").status, 200);
     // Text of more items than a value may hold is refused as it is read (it was first read
     // whole into a tree: a 16 MiB array of zeros took about a gigabyte).

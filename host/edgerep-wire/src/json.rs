@@ -16,6 +16,7 @@ pub fn parse(bytes: &[u8]) -> Result<Json, serde_json::Error> {
         Err(Bounded::Json(e)) => Err(e),
         // (usize::MAX items cannot fit in memory; said as an error all the same)
         Err(Bounded::TooManyItems) => Err(serde_json::Error::custom("too many items")),
+        Err(Bounded::Inexact(w)) => Err(serde_json::Error::custom(w)),
     }
 }
 
@@ -30,10 +31,94 @@ pub fn parse_bounded(bytes: &[u8], max_items: usize) -> Result<Json, Bounded> {
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v));
     match parsed {
-        Ok(v) => Ok(v),
+        Ok(v) => match budget.wide().then(|| inexact_integer(bytes)).flatten() {
+            Some(w) => Err(Bounded::Inexact(w)),
+            None => Ok(v),
+        },
         Err(_) if budget.exhausted() => Err(Bounded::TooManyItems),
         Err(e) => Err(Bounded::Json(e)),
     }
+}
+
+/// An integer in JSON text outside the 64-bit range that no float holds exactly: read as the
+/// nearest float (as serde_json reads it) it would lose digits, so it is refused instead.
+/// (One a float holds exactly, such as 100000000000000000000 from JavaScript's 1e20, is read
+/// as that float.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct InexactInteger {
+    /// The integer as written.
+    pub literal: String,
+    /// Where it starts: line and column (in bytes), from 1.
+    pub line: usize,
+    /// See `line`.
+    pub column: usize,
+}
+
+impl fmt::Display for InexactInteger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = if self.literal.len() > 40 {
+            format!("{}... ({} digits)", &self.literal[..40], self.literal.len())
+        } else {
+            self.literal.clone()
+        };
+        write!(
+            f,
+            "integer {shown} at line {} column {} is outside the 64-bit range and would lose digits as a float (send it as a string)",
+            self.line, self.column
+        )
+    }
+}
+
+/// The first integer literal of JSON text (outside strings) that is outside the 64-bit range
+/// and not exactly a float, if any. The text is taken to be well-formed JSON.
+pub fn inexact_integer(text: &[u8]) -> Option<InexactInteger> {
+    let (mut i, mut line, mut line_start) = (0, 1, 0);
+    let mut in_string = false;
+    while i < text.len() {
+        let b = text[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'\n' => {
+                line += 1;
+                line_start = i + 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < text.len()
+                    && matches!(text[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let literal = std::str::from_utf8(&text[start..i]).unwrap_or_default();
+                let integral = !literal.contains(['.', 'e', 'E']);
+                if integral
+                    && literal.parse::<i64>().is_err()
+                    && literal.parse::<u64>().is_err()
+                    && let Ok(x) = literal.parse::<f64>()
+                    && format!("{:.0}", x.abs()) != literal.trim_start_matches('-')
+                {
+                    return Some(InexactInteger {
+                        literal: literal.to_owned(),
+                        line,
+                        column: start - line_start + 1,
+                    });
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Items that the values read from a document may still hold, for a caller that walks the
@@ -42,6 +127,8 @@ pub fn parse_bounded(bytes: &[u8], max_items: usize) -> Result<Json, Bounded> {
 pub struct Budget {
     left: Cell<usize>,
     over: Cell<bool>,
+    /// A number was read as a float that an integer outside the 64-bit range could be.
+    wide: Cell<bool>,
 }
 
 impl Budget {
@@ -50,6 +137,7 @@ impl Budget {
         Budget {
             left: Cell::new(max_items),
             over: Cell::new(false),
+            wide: Cell::new(false),
         }
     }
 
@@ -59,7 +147,14 @@ impl Budget {
         Strict {
             left: &self.left,
             over: &self.over,
+            wide: &self.wide,
         }
+    }
+
+    /// Whether a value read held a whole number outside the 64-bit integer range (read as a
+    /// float): the text may hold an integer that lost digits ([`inexact_integer`] tells).
+    pub fn wide(&self) -> bool {
+        self.wide.get()
     }
 
     /// Whether a read failed because the budget ran out.
@@ -81,6 +176,8 @@ pub enum Bounded {
     TooManyItems,
     /// Not JSON, or an object naming a key twice.
     Json(serde_json::Error),
+    /// An integer that would lose digits.
+    Inexact(InexactInteger),
 }
 
 /// A strict read of one JSON value, charged to a [`Budget`] (see [`Budget::value`]).
@@ -90,6 +187,8 @@ pub struct Strict<'a> {
     left: &'a Cell<usize>,
     /// Set when they ran out.
     over: &'a Cell<bool>,
+    /// Set when a float read is a whole number outside the 64-bit integer range.
+    wide: &'a Cell<bool>,
 }
 
 impl Strict<'_> {
@@ -136,6 +235,11 @@ impl<'de> Visitor<'de> for Strict<'_> {
     }
 
     fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+        // Integers within the range come as i64 or u64; past it serde_json reads the nearest
+        // float (which may round onto the range's edge).
+        if v.fract() == 0.0 && v.abs() >= 9_223_372_036_854_775_808.0 {
+            self.wide.set(true);
+        }
         Ok(Json::from(v))
     }
 
@@ -180,6 +284,45 @@ impl<'de> Visitor<'de> for Strict<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_past_64_bits_that_would_lose_digits_are_refused_where_they_are() {
+        // Within the range, and past it where a float holds them exactly: read.
+        for ok in [
+            &b"[18446744073709551615, -9223372036854775808]"[..],
+            b"100000000000000000000",
+            b"[1.5e300, -1e19, 12345678901234567890123.0]",
+            br#"{"s": "99999999999999999999", "n": 1}"#,
+        ] {
+            assert!(parse(ok).is_ok(), "{}", String::from_utf8_lossy(ok));
+        }
+        for (text, literal, line, column) in [
+            (&b"99999999999999999999"[..], "99999999999999999999", 1, 1),
+            (
+                b"[1,\n  -9223372036854775809]",
+                "-9223372036854775809",
+                2,
+                3,
+            ),
+            (
+                br#"{"a\"1": "x", "id": 18446744073709551617}"#,
+                "18446744073709551617",
+                1,
+                21,
+            ),
+        ] {
+            match parse_bounded(text, 100) {
+                Err(Bounded::Inexact(w)) => {
+                    assert_eq!(
+                        (w.literal.as_str(), w.line, w.column),
+                        (literal, line, column)
+                    );
+                    assert!(w.to_string().contains("send it as a string"), "{w}");
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(text)),
+            }
+        }
+    }
 
     #[test]
     fn text_of_too_many_items_is_refused_early() {

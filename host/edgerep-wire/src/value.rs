@@ -59,7 +59,9 @@
 //! | object                        | map with text keys, in deterministic key order        |
 //!
 //! "Is a `u64`" follows `serde_json`: JSON text `1` is an integer, `1.0` and `1e2` are floats, and
-//! an integer literal outside the `i64`/`u64` range is parsed by `serde_json` as a float. JSON
+//! an integer literal outside the `i64`/`u64` range is parsed by `serde_json` as a float; text
+//! parsed by [`Value::from_json_str`] (and the API's bodies) refuses such a literal where no float
+//! holds it exactly ([`ValueError::InexactInteger`]: it would lose digits). JSON
 //! text is parsed by `serde_json`, whose default float parser may round a long decimal to a
 //! neighbouring `f64` (one unit in the last place); the conversion of the parsed number is exact.
 //!
@@ -122,6 +124,10 @@ impl Default for DecodeLimits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ValueError {
+    /// JSON text holds an integer outside the 64-bit range that no float holds exactly (see
+    /// [`crate::json::InexactInteger`]).
+    #[error("{0}")]
+    InexactInteger(String),
     /// The encoding is longer than [`DecodeLimits::max_bytes`].
     #[error("cbor value is {len} bytes, over the limit of {max}")]
     TooLarge {
@@ -288,6 +294,7 @@ impl Value {
                     }
                 }
                 crate::json::Bounded::Json(e) => ValueError::Json(e.to_string()),
+                crate::json::Bounded::Inexact(w) => ValueError::InexactInteger(w.to_string()),
             })?;
         Value::from_json(&json, limits)
     }

@@ -33,13 +33,25 @@ pub(super) fn parse(body: &[u8], config: &Config, limits: &DecodeLimits) -> Resu
         limits,
         refused: RefCell::new(None),
         inside: Cell::new(Level::Body),
+        wide: Cell::new(false),
     };
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = (&read)
         .deserialize(&mut de)
         .and_then(|batch| de.end().map(|()| batch));
     match parsed {
-        Ok(batch) => Ok(batch),
+        Ok(batch) => match read
+            .wide
+            .get()
+            .then(|| edgerep_wire::json::inexact_integer(body))
+            .flatten()
+        {
+            Some(w) => Err(Refused::bad_request(
+                "bad_value",
+                format!("value refused: {w}"),
+            )),
+            None => Ok(batch),
+        },
         Err(e) => Err(read.refused.into_inner().unwrap_or_else(|| {
             match (e.classify(), read.inside.get()) {
                 // A value of the wrong type where the body or `writes` was expected (the
@@ -85,6 +97,9 @@ struct Read<'a> {
     /// The refusal that stopped the read, when the reader found it (serde carries only text).
     refused: RefCell<Option<Refused>>,
     inside: Cell<Level>,
+    /// A write held a whole number outside the 64-bit integer range (see
+    /// [`Budget::wide`]): the body is looked through for one that lost digits.
+    wide: Cell<bool>,
 }
 
 impl Read<'_> {
@@ -179,6 +194,9 @@ impl<'de> Visitor<'de> for Writes<'_, '_> {
                 Err(e) => return Err(e),
             };
             read.inside.set(Level::Writes);
+            if budget.wide() {
+                read.wide.set(true);
+            }
             check_count(i + 1, read.config).map_err(|r| read.refuse::<A::Error>(r))?;
             let (write, key) = json_write(&item, &at, read.config, read.limits)
                 .map_err(|r| read.refuse::<A::Error>(r))?;
