@@ -39,7 +39,7 @@ pub use committer::{CommitError, Committer};
 #[non_exhaustive]
 pub enum NodeError {
     /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {source}")]
+    #[error("node.data_dir: cannot create the data directory {path}: {source}")]
     DataDir {
         /// The directory.
         path: String,
@@ -53,7 +53,7 @@ pub enum NodeError {
     )]
     DiskFailed(String),
     /// The store could not be opened.
-    #[error("cannot open store {path}: {source}")]
+    #[error("cannot open store {path} (in node.data_dir): {source}")]
     Store {
         /// The redb file.
         path: String,
@@ -118,11 +118,24 @@ impl NodeError {
     /// The node did not start because of how it is configured (its files, its identity, its
     /// plugins): starting it again unchanged fails again (`edgerep run` exits 2, not 4).
     pub fn is_config(&self) -> bool {
-        // Another node on this data directory: as long as it runs, this one cannot start.
+        // Another node on this data directory: as long as it runs, this one cannot start. Nor
+        // can one whose user may not write there.
         if let NodeError::Store { source, .. } = self
-            && source.is_already_open()
+            && (source.is_already_open() || source.is_not_permitted())
         {
             return true;
+        }
+        // A data directory that is a file, or where the node's user may not create it.
+        if let NodeError::DataDir { source, .. } = self {
+            use std::io::ErrorKind::*;
+            return matches!(
+                source.kind(),
+                PermissionDenied
+                    | AlreadyExists
+                    | NotADirectory
+                    | ReadOnlyFilesystem
+                    | InvalidInput
+            );
         }
         matches!(
             self,
@@ -316,6 +329,9 @@ pub fn secrets_open_to_others(config: &Config) -> Vec<String> {
         .collect()
 }
 
+/// The store's file in `node.data_dir`.
+pub const STORE_FILE: &str = "edgerep.redb";
+
 /// Opens the store, starts the committer and serves the local API.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     for warning in secrets_open_to_others(&config) {
@@ -343,7 +359,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     };
     // Plugins first: a bad plugin refuses to start before anything else is opened.
     let pipeline = Arc::new(pipeline::Pipeline::load(&config)?);
-    let db_path = data_dir.join("edgerep.redb");
+    let db_path = data_dir.join(STORE_FILE);
     // Collections with transforms on apply hold values that differ between nodes by design:
     // their rows hash on their versions only (see `edgerep_store::HashRule`).
     let rule = edgerep_store::HashRule::versions_only(

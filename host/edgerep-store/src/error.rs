@@ -165,6 +165,14 @@ impl StoreError {
         matches!(self, StoreError::Storage(redb::Error::DatabaseAlreadyOpen))
     }
 
+    /// Whether the store file could not be opened for what the process may do there (no
+    /// permission, a read-only file system): the node's user or its `node.data_dir` is wrong,
+    /// and trying again changes nothing.
+    pub fn is_not_permitted(&self) -> bool {
+        matches!(self, StoreError::Storage(redb::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem))
+    }
+
     /// Whether the disk failed under the store (a write or sync error, or one before it): redb
     /// refuses every later operation until the file is opened again, so the process must
     /// reopen it (restart) once the disk is fixed.

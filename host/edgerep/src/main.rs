@@ -334,7 +334,7 @@ fn load(config: &Path) -> anyhow::Result<Config> {
 /// `edgerep debug damage`: opens the stopped node's store and damages one key.
 fn debug_damage(config: &Path, collection: &str, key: &str, flip: bool) -> anyhow::Result<u8> {
     let config = load(config)?;
-    let path = config.node.data_dir.join("edgerep.redb");
+    let path = config.node.data_dir.join(edgerep_node::STORE_FILE);
     if !path.exists() {
         eprintln!("{}: no store here (has the node run?)", path.display());
         return Ok(EXIT_USAGE);
@@ -438,6 +438,8 @@ fn check_files(config: &Config) -> Result<(), String> {
             ));
         }
     }
+    // The data directory: a directory (or none yet), where this user may write.
+    check_data_dir(config)?;
     // The token file, checked as `run` checks it (readable, at least 16 characters).
     edgerep_node::api::Guard::from_config(config)
         .map_err(|e| format!("{}: {e}", config.source.display()))?;
@@ -445,6 +447,51 @@ fn check_files(config: &Config) -> Result<(), String> {
         eprintln!("warning: {}: {warning}", config.source.display());
     }
     Ok(())
+}
+
+/// Checks `node.data_dir` without changing anything: an existing one must be a directory this
+/// user may write in (and the store file in it, if any, writable); a missing one must have a
+/// nearest existing ancestor that is such a directory.
+fn check_data_dir(config: &Config) -> Result<(), String> {
+    let dir = &config.node.data_dir;
+    let refuse = |what: String| {
+        Err(format!(
+            "{}: node.data_dir: {what}",
+            config.source.display()
+        ))
+    };
+    let writable = |p: &Path| may(p, libc::W_OK | libc::X_OK);
+    let mut existing = dir.as_path();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => return Ok(()),
+        }
+    }
+    if !existing.is_dir() {
+        return refuse(format!("{} is not a directory", existing.display()));
+    }
+    if !writable(existing) {
+        return refuse(format!("this user may not write in {}", existing.display()));
+    }
+    let store = dir.join(edgerep_node::STORE_FILE);
+    if store.exists() && !may(&store, libc::W_OK) {
+        return refuse(format!(
+            "this user may not write the store file {}",
+            store.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether this process's user may do `mode` (`libc::W_OK`...) at `path`: access(2), which
+/// answers for the real user (root may write anywhere but on a read-only file system).
+#[allow(unsafe_code)]
+fn may(path: &Path, mode: libc::c_int) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        // SAFETY: `c` is a NUL-terminated path that lives across the call; access only reads it.
+        .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), mode) } == 0)
 }
 
 /// Prints an outcome's body (or its problem) and maps it to an exit code. A node answers in

@@ -217,6 +217,42 @@ fn config_check_refuses_a_token_run_would_refuse() {
     assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 }
 
+/// A `node.data_dir` that is a file (or under one) is the config's fault: `config check`
+/// refuses it, and `run` exits 2 (not 4, "a retry may pass", on which a supervisor restarts it
+/// for ever), both naming `node.data_dir`.
+#[test]
+fn a_data_dir_that_cannot_be_one_is_refused_by_check_and_run_as_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-d");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    for data_dir in [file.clone(), file.join("data")] {
+        let changed: String = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("data_dir") {
+                    format!("data_dir = {:?}\n", data_dir.to_str().unwrap())
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        assert_ne!(changed, text, "the config names a data_dir");
+        std::fs::write(&config, changed).unwrap();
+        let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+        assert!(
+            stderr(&o).contains("node.data_dir") && stderr(&o).contains("is not a directory"),
+            "{}",
+            stderr(&o)
+        );
+        let o = edgerep(&["run", "--config", config.to_str().unwrap(), "--alone"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("node.data_dir"), "{}", stderr(&o));
+    }
+}
+
 #[test]
 fn init_refuses_to_overwrite_and_help_works() {
     let dir = tempfile::tempdir().unwrap();
