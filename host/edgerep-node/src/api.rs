@@ -1756,13 +1756,7 @@ async fn scan(
         })?
         .into_owned();
     request::check_collection(&app.config(), &collection)?;
-    let limit = q.limit.unwrap_or(1000);
-    if limit == 0 || limit > SCAN_LIMIT_MAX {
-        return Err(ApiError::bad_request(
-            "bad_query",
-            format!("limit must be 1 to {SCAN_LIMIT_MAX}"),
-        ));
-    }
+    let limit = page_limit(q.limit, 1000)?;
     let range = ScanRange {
         prefix: key_param("prefix", q.prefix, q.prefix_base64)?.unwrap_or_default(),
         start: key_param("start", q.start, q.start_base64)?,
@@ -1843,6 +1837,13 @@ async fn watch_feed(
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     if let Some(c) = &q.collection {
         request::check_collection(&app.config(), c)?;
+    }
+    // (A stream of no events would end at once, as a listing's empty page does.)
+    if q.limit == Some(0) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "limit must be at least 1 (or absent: no end)".into(),
+        ));
     }
     let run = app.feed_run.clone();
     if let Some(bound) = q.generation.and_then(|g| run.good_up_to(g))
@@ -2056,13 +2057,7 @@ async fn changelog(
     })?;
     // As the scan's: an empty page is the end of a listing to a client, so limit=0 would end
     // it before its first event.
-    let limit = q.limit.unwrap_or(1000);
-    if limit == 0 || limit > SCAN_LIMIT_MAX {
-        return Err(ApiError::bad_request(
-            "bad_query",
-            format!("limit must be 1 to {SCAN_LIMIT_MAX}"),
-        ));
-    }
+    let limit = page_limit(q.limit, 1000)?;
     let store = app.store.clone();
     let o2 = origin.clone();
     let events =
@@ -2295,12 +2290,24 @@ fn read_dead_letter(id: u64, bytes: &[u8]) -> Result<crate::dead_letter::DeadLet
         .map_err(|e| ApiError::internal(format!("dead letter {id}: {e}")))
 }
 
+/// The `limit` of a listing, `default` when absent: 1 to [`SCAN_LIMIT_MAX`], else 400
+/// `bad_query` (an empty page is the end of a listing to a client, so 0 would end it at once).
+fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match limit.unwrap_or(default) {
+        n @ 1..=SCAN_LIMIT_MAX => Ok(n),
+        _ => Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1 to {SCAN_LIMIT_MAX}"),
+        )),
+    }
+}
+
 async fn dead_letters(
     State(app): Shared,
     query: Result<Query<DeadLettersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(100).clamp(1, SCAN_LIMIT_MAX);
+    let limit = page_limit(q.limit, 100)?;
     let store = app.store.clone();
     // The store ends a page at its byte budget; the records are decoded off the async workers.
     let list = blocking(move || {
@@ -2350,7 +2357,7 @@ async fn disagreements(
     query: Result<Query<DeadLettersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(100).clamp(1, SCAN_LIMIT_MAX);
+    let limit = page_limit(q.limit, 100)?;
     let store = app.store.clone();
     let rows = blocking(move || store.disagreements(q.after, limit)).await?;
     let list: Vec<Json> = rows

@@ -886,6 +886,22 @@ fn refused_requests_answer_4xx_and_write_nothing() {
             "/v1/changelog/site-a?limit=0",
             "limit must be 1 to 10000",
         ),
+        // Every listing holds its limit to the same range (these two clamped it silently).
+        (
+            "dead letters limit zero",
+            "/v1/dead-letters?limit=0",
+            "limit must be 1 to 10000",
+        ),
+        (
+            "disagreements limit over the maximum",
+            "/v1/disagreements?limit=50000",
+            "limit must be 1 to 10000",
+        ),
+        (
+            "watch limit zero",
+            "/v1/watch?limit=0&follow=false",
+            "limit must be at least 1",
+        ),
     ] {
         node.refused(what, |n| n.get(path), 400, "bad_query", &[needle]);
     }
