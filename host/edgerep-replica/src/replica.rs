@@ -323,6 +323,8 @@ struct Peer {
     applying: Option<Have>,
     /// The outstanding InstallSnapshot of this peer's page.
     installing: Option<Installing>,
+    /// The page `installing` names, to merge again if this merge fails, and the tries before.
+    installing_copy: Option<(PendingPage, u32)>,
     last_apply_error: Option<String>,
     /// Why the last snapshot page for the peer could not be read, until one is.
     last_send_error: Option<String>,
@@ -398,6 +400,11 @@ struct Installing {
     /// an id and page name a page only together with it.
     instance: Option<u64>,
 }
+
+/// A snapshot page whose merge failed is merged again after this long, doubling per failure
+/// up to [`INSTALL_RETRY_MAX_MS`].
+const INSTALL_RETRY_MS: u64 = 1_000;
+const INSTALL_RETRY_MAX_MS: u64 = 30_000;
 
 /// Snapshots a lost connection interrupted, kept to resume on the peer's next session if its
 /// process is the same (its Hello's `instance`): a large snapshot over a link that drops more
@@ -1036,6 +1043,8 @@ impl Replica {
                 }
                 if accept && s.pending_page.is_none() {
                     s.snapshot_in = Some((id, page));
+                    // The peer's copy comes first (or a later page: ours is not needed).
+                    s.retry_page = None;
                     let page = PendingPage {
                         id,
                         page,
@@ -1115,6 +1124,10 @@ impl Replica {
 
     /// Hands a snapshot page of `peer` out to merge. The peer has nothing outstanding.
     fn install(&mut self, peer: &NodeId, page: PendingPage) {
+        self.install_try(peer, page, 0);
+    }
+
+    fn install_try(&mut self, peer: &NodeId, page: PendingPage, tries: u32) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
@@ -1131,6 +1144,7 @@ impl Replica {
             old_session: false,
             instance,
         });
+        p.installing_copy = Some((page.clone(), tries));
         self.outputs.push_back(Output::InstallSnapshot {
             peer: peer.clone(),
             versions: page.versions,
@@ -1150,6 +1164,7 @@ impl Replica {
         let Some(done) = p.installing.take() else {
             return;
         };
+        p.installing_copy = None;
         p.last_apply_error = None;
         // A page of a snapshot whose connection was lost: the next session resumes after it.
         if let Some(i) = self.interrupted.get_mut(peer)
@@ -1191,19 +1206,32 @@ impl Replica {
         self.release_queued(peer, now);
     }
 
-    /// Merging the last snapshot page of `peer` failed (nothing of it is durable): the page is
-    /// expected again (the peer resends it when its SnapshotAck does not come).
+    /// Merging the last snapshot page of `peer` failed (nothing of it is durable): it is merged
+    /// again after a wait (or when the peer resends it first, as it does when its SnapshotAck
+    /// does not come).
     pub fn install_failed(&mut self, peer: &NodeId, reason: &str, now: u64) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        if p.installing.take().is_none() {
+        let Some(failed) = p.installing.take() else {
             return;
-        }
+        };
+        let copy = p.installing_copy.take();
         p.last_apply_error = Some(reason.to_owned());
-        if p.session.is_none() {
+        let Some(s) = p.session.as_mut() else {
             self.peers.remove(peer);
             return;
+        };
+        // Only a page of the snapshot this session still expects: one handed out on a session
+        // since replaced names nothing here.
+        if let Some((page, tries)) = copy
+            && !failed.old_session
+            && s.snapshot_in == Some((failed.id, failed.page))
+        {
+            let wait = INSTALL_RETRY_MS
+                .saturating_mul(1 << tries.min(5))
+                .min(INSTALL_RETRY_MAX_MS);
+            s.retry_page = Some((page, now.saturating_add(wait), tries + 1));
         }
         self.release_queued(peer, now);
     }
@@ -1469,6 +1497,29 @@ impl Replica {
     /// Fires the go-back-N timers that are due.
     pub fn handle_timeout(&mut self, now: u64) {
         self.tick(now);
+        // Snapshot pages whose merge failed, due again (once nothing of the peer's is merging).
+        let due: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.busy())
+            .filter(|(_, p)| {
+                p.session
+                    .as_ref()
+                    .and_then(|s| s.retry_page.as_ref())
+                    .is_some_and(|(_, at, _)| now >= *at)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for peer in due {
+            let retry = self
+                .peers
+                .get_mut(&peer)
+                .and_then(|p| p.session.as_mut())
+                .and_then(|s| s.retry_page.take());
+            if let Some((page, _, tries)) = retry {
+                self.install_try(&peer, page, tries);
+            }
+        }
         let after = self.config.retransmit_after_ms;
         let (local_have, have_version) = (&self.local_have, self.have_version);
         for s in self.peers.values_mut().filter_map(|p| p.session.as_mut()) {
@@ -1534,6 +1585,7 @@ impl Replica {
                     s.snapshot_deadline(after),
                     s.rewind_deadline(s.rewind_gap(after)),
                     s.held_back_asked.values().map(HeldBackAsk::due).min(),
+                    s.retry_page.as_ref().map(|(_, at, _)| *at),
                 ]
             })
             .flatten();

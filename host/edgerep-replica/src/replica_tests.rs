@@ -1866,6 +1866,49 @@ fn snapshot_pages_are_installed_in_order_and_confirmed() {
     assert_eq!(r.poll_output(), None, "page 0 again is a resent page");
 }
 
+/// A page whose merge failed (a full disk, say) is merged again after a wait, doubling, without
+/// waiting for the peer to resend it: the peer resends only when its page timer fires, and
+/// traffic leaving it (its own Acks, while it takes writes) keeps putting that off for good.
+/// A copy from the peer that comes first is taken instead.
+#[test]
+fn a_snapshot_page_whose_merge_failed_is_merged_again_without_the_peer() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    let page0 = snapshot(0, 0, evs("y", 1..=2), None);
+    r.handle(&b, page0.clone(), 1).unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    r.install_failed(&b, "disk full", 2);
+    assert_eq!(r.poll_output(), None);
+    // Not before the wait; then handed out again.
+    r.handle_timeout(500);
+    assert_eq!(r.poll_output(), None);
+    assert!(r.poll_timeout().is_some_and(|t| t <= 1_002));
+    r.handle_timeout(1_002);
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    // Failing again: the wait doubles.
+    r.install_failed(&b, "disk full", 1_003);
+    r.handle_timeout(2_500);
+    assert_eq!(r.poll_output(), None);
+    r.handle_timeout(3_003);
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    r.installed(&b, 3_004);
+    assert_eq!(
+        drain(&mut r, 3_004, &log),
+        [(b.clone(), snapshot_ack(0, 0))]
+    );
+    // The next page fails; the peer's copy comes before the wait is over: that one is merged,
+    // and ours is dropped.
+    let page1 = snapshot(0, 1, evs("y", 3..=3), None);
+    r.handle(&b, page1.clone(), 3_005).unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 3..=3), None));
+    r.install_failed(&b, "disk full", 3_006);
+    r.handle(&b, page1, 3_100).unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 3..=3), None));
+    r.installed(&b, 3_101);
+    r.handle_timeout(60_000);
+    assert_eq!(r.poll_output(), None, "merged once");
+}
+
 /// A late copy of a page of an earlier snapshot (the sender numbers them upwards) is ignored:
 /// taken for the start of a snapshot, it would make the receiver refuse the current one's pages.
 #[test]

@@ -46,6 +46,7 @@ pub(crate) struct SnapshotOut {
 }
 
 /// A snapshot page received while an apply of the peer's events was outstanding.
+#[derive(Clone)]
 pub(crate) struct PendingPage {
     pub(crate) id: u64,
     pub(crate) page: u64,
@@ -181,6 +182,10 @@ pub(crate) struct Session {
     pub(crate) snapshot_ack_due: Option<(u64, u64)>,
     /// A page that waits for the peer's outstanding apply.
     pub(crate) pending_page: Option<PendingPage>,
+    /// A page whose merge failed (nothing of it durable), handed out again at the time given
+    /// (after the tries given): the peer resends a page only when its timer fires, which
+    /// traffic leaving it (its Acks, say) keeps putting off, so it is not waited for.
+    pub(crate) retry_page: Option<(PendingPage, u64, u32)>,
     /// The link's round trip as the caller last measured it (0 until then): the timers that
     /// wait for the peer's answer allow for it (see [`Session::retransmit_after`]).
     pub(crate) rtt_ms: u64,
@@ -260,6 +265,7 @@ impl Session {
             snapshot_in: None,
             snapshot_ack_due: None,
             pending_page: None,
+            retry_page: None,
             rtt_ms: 0,
         }
     }
