@@ -2142,6 +2142,18 @@ impl Replica {
         &self.unreadable
     }
 
+    /// Whether this node's Hello to `peer` went out on the current session ([`poll_transmit`]
+    /// handed it out): what the caller sends the peer besides the core's messages must come
+    /// after it, or the peer refuses it (and the connection) as before the Hello.
+    ///
+    /// [`poll_transmit`]: Replica::poll_transmit
+    pub fn hello_sent(&self, peer: &NodeId) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.session.as_ref())
+            .is_some_and(|s| !s.hello_due)
+    }
+
     /// Whether `peer` has a session whose handshake is done.
     pub fn is_ready(&self, peer: &NodeId) -> bool {
         self.peers

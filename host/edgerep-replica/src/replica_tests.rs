@@ -285,11 +285,15 @@ fn handshake_sends_hello_with_local_have_and_reports_ready() {
     let log = MemLog::with(&evs("a", 1..=3));
     let mut r = Replica::new(n("a"), ReplicaConfig::default());
     r.set_local_have(&log.have());
+    assert!(!r.hello_sent(&n("b")), "no session");
     r.connected(&n("b"), 5);
+    // What the caller sends besides the core's messages waits for this node's Hello.
+    assert!(!r.hello_sent(&n("b")));
     assert_eq!(
         r.poll_transmit(5, &log).unwrap(),
         Some((n("b"), hello("a", &[("a", 3)])))
     );
+    assert!(r.hello_sent(&n("b")));
     // Not ready: no events go out before the peer's Hello.
     assert_eq!(r.poll_transmit(5, &log).unwrap(), None);
     r.handle(&n("b"), hello("b", &[("a", 1)]), 6).unwrap();
@@ -305,6 +309,10 @@ fn handshake_sends_hello_with_local_have_and_reports_ready() {
     let v = r.peer_view(&n("b")).unwrap();
     assert!(v.connected && v.ready);
     assert_eq!((v.in_flight_events, v.last_message_ms), (2, Some(6)));
+    // A new connection starts over.
+    r.disconnected(&n("b"), 7);
+    r.connected(&n("b"), 7);
+    assert!(!r.hello_sent(&n("b")));
 }
 
 /// A peer of a later build (a rolling upgrade) says its later version; the session speaks

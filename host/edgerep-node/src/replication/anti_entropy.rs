@@ -443,7 +443,10 @@ impl Replicator {
     }
 
     fn aae_send(&mut self, peer: &NodeId, message: Message) -> u64 {
-        if self.aae_backed_up(peer) {
+        // On a connection this node's Hello has not gone out on yet (the word that a repair of
+        // the last connection's merged, say), the peer would refuse the message and close the
+        // connection: it is not sent (the peer's session times out, as for a lost message).
+        if self.aae_backed_up(peer) || !self.core.hello_sent(peer) {
             return 0;
         }
         let Some(live) = self.conns.get(peer) else {
