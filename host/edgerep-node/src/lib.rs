@@ -130,11 +130,7 @@ impl NodeError {
             use std::io::ErrorKind::*;
             return matches!(
                 source.kind(),
-                PermissionDenied
-                    | AlreadyExists
-                    | NotADirectory
-                    | ReadOnlyFilesystem
-                    | InvalidInput
+                PermissionDenied | AlreadyExists | NotADirectory | InvalidInput
             );
         }
         matches!(
@@ -777,6 +773,38 @@ fn check_own_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A data directory the node cannot have is the config's (exit 2); a disk that fails (or
+    /// a file system gone read-only) is not.
+    #[test]
+    fn a_data_dir_the_node_cannot_have_is_a_config_error() {
+        use std::io::{Error, ErrorKind};
+        let data_dir = |kind: ErrorKind| NodeError::DataDir {
+            path: "/x".into(),
+            source: Error::from(kind),
+        };
+        for kind in [
+            ErrorKind::PermissionDenied,
+            ErrorKind::AlreadyExists,
+            ErrorKind::NotADirectory,
+        ] {
+            assert!(data_dir(kind).is_config(), "{kind:?}");
+        }
+        for kind in [ErrorKind::StorageFull, ErrorKind::ReadOnlyFilesystem] {
+            assert!(!data_dir(kind).is_config(), "{kind:?}");
+        }
+        let store = |kind: ErrorKind| NodeError::Store {
+            path: "/x/edgerep.redb".into(),
+            source: StoreError::Storage(redb::Error::Io(Error::from(kind))),
+        };
+        assert!(store(ErrorKind::PermissionDenied).is_config());
+        assert!(!store(ErrorKind::ReadOnlyFilesystem).is_config());
+        assert!(
+            data_dir(ErrorKind::NotADirectory)
+                .to_string()
+                .starts_with("node.data_dir: ")
+        );
+    }
 
     /// `[authorization]` naming a collection nobody can write (undeclared, and undeclared ones
     /// refused) is said, like an unknown id: a typo there stops an origin's writes to the

@@ -370,7 +370,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         );
         // Per-peer counters: (name, help, the count in the peer's status).
         type Count = fn(&crate::replication::PeerStatus) -> u64;
-        let counts: [(&str, &str, Count); 12] = [
+        let counts: [(&str, &str, Count); 13] = [
             (
                 "edgerep_peer_sent_bytes",
                 "Bytes of messages sent to the peer",
@@ -428,6 +428,11 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
                 "edgerep_anti_entropy_disagreements",
                 "Keys resolved differently here and on the peer, settled on the default",
                 |p| p.anti_entropy.disagreements_total,
+            ),
+            (
+                "edgerep_anti_entropy_resolved_again",
+                "Keys whose resolver plugin had failed here, resolved by it when run again after the peer's resolution differed",
+                |p| p.anti_entropy.resolved_again_total,
             ),
         ];
         for (name, help, count) in counts {

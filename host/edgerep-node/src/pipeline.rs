@@ -579,6 +579,19 @@ impl Pipeline {
     /// the one in force at the newest version's hybrid-clock time: a function of the versions
     /// alone, so every node with the same upgrades picks the same one.
     fn resolve_now(&self, collection: &str, key: &[u8], versions: &Versions) -> StoreResolution {
+        self.decide(collection, key, versions, false)
+    }
+
+    /// [`Pipeline::resolve_now`], or with `again` (anti-entropy runs a resolver that failed
+    /// here again, see `edgerep_store::Resolver::resolve_again`): one try, even while the
+    /// plugin is left out after deadlines, and none of it counts towards leaving it out.
+    fn decide(
+        &self,
+        collection: &str,
+        key: &[u8],
+        versions: &Versions,
+        again: bool,
+    ) -> StoreResolution {
         let events = versions.events();
         let lww = |by: String| StoreResolution::lww(versions, by);
         if events.len() <= 1 {
@@ -593,7 +606,9 @@ impl Pipeline {
             return lww("lww".into());
         };
         let loaded = &wiring.plugins[name];
-        let outcome = if loaded.cooling() {
+        let outcome = if again {
+            loaded.plugin.resolve(collection, key, events)
+        } else if loaded.cooling() {
             Err(Failure {
                 kind: FailureKind::Deadline,
                 message: format!(
@@ -712,6 +727,10 @@ impl edgerep_store::Resolver for Pipeline {
 
     fn resolve(&self, collection: &str, key: &[u8], versions: &Versions) -> StoreResolution {
         self.resolve_now(collection, key, versions)
+    }
+
+    fn resolve_again(&self, collection: &str, key: &[u8], versions: &Versions) -> StoreResolution {
+        self.decide(collection, key, versions, true)
     }
 
     fn build(&self, collection: &str) -> String {

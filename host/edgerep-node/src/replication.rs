@@ -96,6 +96,9 @@ pub const SEND_QUEUE_HARD_BYTES: usize = 4 * SEND_QUEUE_MAX_BYTES;
 /// Two instances of one node id that displace each other within this time are two machines
 /// using the same identity.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(60);
+/// Two connections with one peer taken this close together, one dialed each way, crossed: both
+/// nodes keep the one the lower node id dialed (see `Replicator::connected`).
+const CROSSED_DIALS_WITHIN: Duration = Duration::from_secs(2);
 /// Most fork and refusal reports kept for `status` (the counters count them all).
 const MAX_REPORTS: usize = 64;
 /// How often acknowledged cursors are saved to the store, at most.
@@ -119,6 +122,8 @@ enum Input {
         inbox_bytes: Arc<AtomicUsize>,
         /// Wakes the connection's reader when paused.
         resume: Arc<tokio::sync::Notify>,
+        /// This node dialed it (else the peer did).
+        dialer: bool,
     },
     Disconnected {
         peer: NodeId,
@@ -774,6 +779,7 @@ impl Replicator {
                 paused,
                 inbox_bytes,
                 resume,
+                dialer,
             } => self.connected(
                 Live {
                     id,
@@ -785,6 +791,8 @@ impl Replicator {
                     resume,
                     frames_seen: 0,
                     stuck_since: None,
+                    dialer,
+                    since: Instant::now(),
                 },
                 now,
             ),
@@ -839,6 +847,21 @@ impl Replicator {
             return;
         }
         if let Some(old) = self.conns.get(&peer) {
+            // Both nodes dialed at once (both starting, say): each would keep the connection it
+            // saw last, and close the other, so each may close the one the other kept. Of two
+            // connections made moments apart in opposite directions, both keep the one the
+            // lower id dialed.
+            let lower_dials = self.config.node.id < peer;
+            if old.since.elapsed() < CROSSED_DIALS_WITHIN
+                && old.dialer != live.dialer
+                && old.dialer == lower_dials
+            {
+                live.conn.close(
+                    CloseCode::Normal,
+                    "crossed dials: the connection the lower node id dialed is kept",
+                );
+                return;
+            }
             self.replaced.insert((peer.clone(), old.id));
         }
         self.end_session(

@@ -165,12 +165,12 @@ impl StoreError {
         matches!(self, StoreError::Storage(redb::Error::DatabaseAlreadyOpen))
     }
 
-    /// Whether the store file could not be opened for what the process may do there (no
-    /// permission, a read-only file system): the node's user or its `node.data_dir` is wrong,
-    /// and trying again changes nothing.
+    /// Whether the store file could not be opened for lack of permission: the node's user or
+    /// its `node.data_dir` is wrong, and trying again changes nothing. (Not a read-only file
+    /// system: one remounted so after disk errors is the disk's failure.)
     pub fn is_not_permitted(&self) -> bool {
         matches!(self, StoreError::Storage(redb::Error::Io(e))
-            if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem))
+            if e.kind() == std::io::ErrorKind::PermissionDenied)
     }
 
     /// Whether the disk failed under the store (a write or sync error, or one before it): redb

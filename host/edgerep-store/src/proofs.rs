@@ -465,6 +465,10 @@ pub(crate) fn sweep(
     Ok(removed)
 }
 
+/// Seals a page carries at most once context seals are added (see
+/// [`PageProofs::add_context_seals`]): the fewest any receiver takes in one message.
+const CONTEXT_SEALS_UP_TO: usize = 1024;
+
 /// Proofs for the versions of one snapshot page, and the seals they name (once each).
 #[derive(Default)]
 pub(crate) struct PageProofs {
@@ -526,6 +530,12 @@ impl PageProofs {
             }
         }
         for (origin, upto) in named {
+            // A message carries at most max(events per batch, 1,024 origins) seals: past 1,024
+            // the versions' own seals take the room (their contexts' origins are then bounded
+            // by the receiver's have only).
+            if self.seals.len() >= CONTEXT_SEALS_UP_TO {
+                break;
+            }
             if self
                 .seals
                 .iter()

@@ -153,6 +153,13 @@ pub trait Resolver: Send + Sync {
     /// Resolves `versions` (at least two) of `key`. Must depend on nothing but its arguments
     /// and the configured plugin: every node computes it for itself.
     fn resolve(&self, collection: &str, key: &[u8], versions: &Versions) -> Resolution;
+    /// [`Resolver::resolve`] once more where it failed here before (anti-entropy found a
+    /// peer's resolution differs): one try, whatever holds the plugin back after earlier
+    /// failures, so that every try ends in an answer or a failure (never "later", which a
+    /// plugin failing for good on this node would make "never").
+    fn resolve_again(&self, collection: &str, key: &[u8], versions: &Versions) -> Resolution {
+        self.resolve(collection, key, versions)
+    }
     /// The SHA-256 of the build that resolves `collection` (named in disagreement records).
     fn build(&self, collection: &str) -> String;
 }
@@ -351,12 +358,17 @@ pub(crate) fn settle(
         let mut rewritten: Option<Vec<u8>> = None;
         let mut ours = stored.to_vec();
         let mut here = Resolution::decode(&ours, versions.events().len(), &limits.value);
-        if here.as_ref().is_ok_and(Resolution::is_fallback) {
+        let default = Resolution::default_of(&versions).encode();
+        // A peer on the default (or keeping no record) settles this key on the default
+        // whatever the plugin says now: not run again for it.
+        let theirs_is_default =
+            their.resolution == hash_of(Some(&default)) || their.resolution == hash_of(None);
+        if !theirs_is_default && here.as_ref().is_ok_and(Resolution::is_fallback) {
             if ran == RESOLVED_AGAIN_MAX || started.elapsed() >= RESOLVED_AGAIN_TIME {
                 continue;
             }
             ran += 1;
-            let again = resolver.resolve(collection, key, &versions);
+            let again = resolver.resolve_again(collection, key, &versions);
             if !again.is_fallback() {
                 let encoded = again.encode();
                 let new_row = join_row(split.versions, Some(&again));
@@ -390,7 +402,6 @@ pub(crate) fn settle(
             // when it gets this node's resolution.
             continue;
         }
-        let default = Resolution::default_of(&versions).encode();
         if default == ours {
             // Already the default here: the peer moves when it gets this node's resolution.
             continue;

@@ -616,39 +616,14 @@ impl StoreWriter {
         // (checked here, before anything is written) and path; trusted, a block of its own.
         let mut proven: Vec<(EncodedEvent, Seal, Vec<edgerep_wire::seal::ChainHash>)> =
             Vec::with_capacity(versions.len());
-        // Per origin, the highest of its events a seal on this page proves exist (verified,
-        // where this node checks signatures): what a page before a snapshot's last one may
-        // name in its versions' causal contexts.
+        // Per origin, the highest of its events a verified seal on this page proves exist: what
+        // a page before a snapshot's last one may name in its versions' causal contexts.
         let mut sealed_upto: BTreeMap<NodeId, u64> = BTreeMap::new();
         match (proofs, sealed) {
             (Some(proofs), Some((seals, _))) => {
                 let named = proofs::check_page(&versions, proofs, seals)
                     .map_err(StoreError::SnapshotRefused)?;
                 let mut verified = std::collections::BTreeSet::new();
-                for seal in seals {
-                    let proven_here = match &self.keys {
-                        None => true,
-                        // Seals no version names only bound contexts: one that does not verify
-                        // (or a revoked origin's past its revocation) bounds nothing.
-                        Some(keys) => {
-                            keys.vouches_up_to(&seal.origin)
-                                .is_none_or(|limit| seal.seq <= limit)
-                                && keys
-                                    .verify(
-                                        &seal.origin,
-                                        seal.seq,
-                                        &seal.message(),
-                                        &seal.signature,
-                                    )
-                                    .is_ok()
-                                && verified.insert((seal.origin.clone(), seal.seq))
-                        }
-                    };
-                    if proven_here {
-                        let upto = sealed_upto.entry(seal.origin.clone()).or_default();
-                        *upto = (*upto).max(seal.seq);
-                    }
-                }
                 for ((v, p), seal) in versions.into_iter().zip(proofs).zip(named) {
                     if let Some(keys) = &self.keys {
                         if let Some(limit) = keys.vouches_up_to(&v.origin)
@@ -680,6 +655,35 @@ impl StoreWriter {
                         signature: Vec::new(),
                     };
                     proven.push((v, seal, Vec::new()));
+                }
+            }
+        }
+        // A page before a snapshot's last: per origin its versions' contexts name, the first
+        // seal of it on the page at or past the highest named, if it verifies (one signature
+        // check per origin named; the seals the versions name were checked above, but not
+        // necessarily the copy of one picked here, which may be another seal of that seq).
+        if let (false, None, Some(keys), Some((seals, _))) = (repair, have, &self.keys, sealed) {
+            let mut named: BTreeMap<&NodeId, u64> = BTreeMap::new();
+            for (v, _, _) in &proven {
+                for (o, seq) in v.context.iter() {
+                    let n = named.entry(o).or_default();
+                    *n = (*n).max(seq);
+                }
+            }
+            for (origin, upto) in named {
+                let first = seals
+                    .iter()
+                    .filter(|s| s.origin == *origin && s.seq >= upto)
+                    .min_by_key(|s| s.seq);
+                if let Some(seal) = first
+                    && keys
+                        .vouches_up_to(origin)
+                        .is_none_or(|limit| seal.seq <= limit)
+                    && keys
+                        .verify(origin, seal.seq, &seal.message(), &seal.signature)
+                        .is_ok()
+                {
+                    sealed_upto.insert(origin.clone(), seal.seq);
                 }
             }
         }

@@ -670,4 +670,33 @@ fn a_snapshot_page_before_the_last_names_only_events_a_seal_it_carries_proves() 
     let out = install(&r2, &fake, None, &[]).unwrap();
     assert_eq!((out.changed, out.future_contexts), (0, 1), "{out:?}");
     assert_eq!(r2.status().unwrap().origins.get("p"), None);
+    // Two seals of x at one seq: the real one, and one whose root proves an event x never
+    // wrote. The version is proven by the one the page's check picks, which must verify
+    // itself: the real one verifying vouches for nothing else.
+    let mut made_up = x.changelog("x", 0, 1).unwrap()[0].clone().into_event();
+    made_up.key = b"made-up".to_vec();
+    let made_up = EncodedEvent::new(made_up);
+    let real = x.seals(&node("x"), 0, 1).unwrap().remove(0);
+    let mut forged = Seal {
+        first: 1,
+        root: edgerep_wire::seal::event_leaf(made_up.bytes()),
+        ..real.clone()
+    };
+    forged.signature = mac(&node("p"), &forged.message());
+    let e = r2
+        .install_sealed(
+            vec![made_up],
+            &[edgerep_wire::seal::Proof {
+                seal: 1,
+                path: Vec::new(),
+            }],
+            None,
+            &[real, forged],
+            &[],
+            None,
+            Sync::Immediate,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("does not verify"), "{e}");
+    assert!(r2.get("c", b"made-up").unwrap().events().is_empty());
 }

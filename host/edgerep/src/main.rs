@@ -463,10 +463,12 @@ fn check_data_dir(config: &Config) -> Result<(), String> {
     let writable = |p: &Path| may(p, libc::W_OK | libc::X_OK);
     let mut existing = dir.as_path();
     while !existing.exists() {
-        match existing.parent() {
-            Some(p) if !p.as_os_str().is_empty() => existing = p,
-            _ => return Ok(()),
-        }
+        existing = match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            // A relative path: created in the working directory.
+            Some(_) => Path::new("."),
+            None => return Ok(()),
+        };
     }
     if !existing.is_dir() {
         return refuse(format!("{} is not a directory", existing.display()));

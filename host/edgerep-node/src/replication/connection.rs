@@ -337,6 +337,7 @@ pub(super) async fn serve_connection(
             paused: paused.clone(),
             inbox_bytes: inbox_bytes.clone(),
             resume: resume.clone(),
+            dialer,
         })
         .is_err()
     {
@@ -485,6 +486,10 @@ pub(super) struct Live {
     /// Since when frames queued for the peer have not moved (none left over QUIC): the peer
     /// stopped reading (see `Replicator::note_busy_links`).
     pub(super) stuck_since: Option<std::time::Instant>,
+    /// This node dialed the connection (else the peer did).
+    pub(super) dialer: bool,
+    /// When the replicator took it.
+    pub(super) since: std::time::Instant,
 }
 
 #[cfg(test)]
