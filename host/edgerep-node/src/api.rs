@@ -441,8 +441,13 @@ impl Guard {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_requests",
                 format!(
-                    "other requests' bodies fill the room for them (api.max_body_bytes_in_flight, {} bytes); this one ({claimed} bytes) waited {} ms: nothing was written, retry",
+                    "other requests' bodies fill the room for them (api.max_body_bytes_in_flight, {} bytes); this one ({claimed} bytes{}) waited {} ms: nothing was written, retry",
                     self.max_body_bytes_in_flight,
+                    if claimed == self.max_request_bytes {
+                        ", as much as limits.max_request_bytes allows: a body sent without content-length (chunked) is counted so; send content-length"
+                    } else {
+                        ""
+                    },
                     wait.as_millis()
                 ),
             )),

@@ -331,19 +331,33 @@ pub(crate) fn dead_letters(command: DeadLetterCommand) -> anyhow::Result<u8> {
 }
 
 /// `dead-letters replay --all`: every replayable dead letter (of `collection`), one at a time.
+/// Exits 0 when all were replayed, 3 when the node refused some (they stay), 4 when a replay
+/// or the listing failed (the node's answer did not come, or came late: a replay may have
+/// been made); the summary line is printed in every case.
 fn replay_all(c: &edgerep_client::client::Client, collection: Option<&str>) -> anyhow::Result<u8> {
     use edgerep_client::client::Outcome;
-    let (mut after, mut replayed, mut failed) = (0u64, 0u64, 0u64);
+    let (mut after, mut replayed, mut refused, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    let summary = |replayed, refused, failed| {
+        eprintln!(
+            "{replayed} replayed, {refused} refused by the node (they stay), {failed} failed (see `dead-letters list`)"
+        );
+    };
     loop {
         let list = match c.dead_letters(after, 100) {
             Outcome::Ok(body) => match serde_json::from_slice::<serde_json::Value>(&body) {
                 Ok(list) => list,
                 Err(e) => {
                     let m = format!("the node's dead-letter list is not JSON: {e}");
-                    return Ok(crate::report(Outcome::Failed(m), |_| {}));
+                    let code = crate::report(Outcome::Failed(m), |_| {});
+                    summary(replayed, refused, failed);
+                    return Ok(code);
                 }
             },
-            other => return Ok(crate::report(other, |_| {})),
+            other => {
+                let code = crate::report(other, |_| {});
+                summary(replayed, refused, failed);
+                return Ok(code);
+            }
         };
         let items = list["dead_letters"].as_array().cloned().unwrap_or_default();
         if items.is_empty() {
@@ -361,18 +375,31 @@ fn replay_all(c: &edgerep_client::client::Client, collection: Option<&str>) -> a
                     replayed += 1;
                     let _ = crate::print_line(&format!("{id}: replayed"));
                 }
-                Outcome::NotFound(m) | Outcome::Refused(_, m) | Outcome::Failed(m) => {
+                Outcome::NotFound(m) | Outcome::Refused(_, m) => {
+                    refused += 1;
+                    let _ = crate::print_line(&format!(
+                        "{id}: refused, stays: {}",
+                        edgerep_wire::text::one_line(&m)
+                    ));
+                }
+                Outcome::Failed(m) => {
                     failed += 1;
                     let _ = crate::print_line(&format!(
-                        "{id}: failed, stays: {}",
+                        "{id}: failed: {}",
                         edgerep_wire::text::one_line(&m)
                     ));
                 }
             }
         }
     }
-    eprintln!("{replayed} replayed, {failed} failed (they stay)");
-    Ok(u8::from(failed > 0))
+    summary(replayed, refused, failed);
+    Ok(if failed > 0 {
+        crate::EXIT_FAILED
+    } else if refused > 0 {
+        crate::EXIT_REFUSED
+    } else {
+        0
+    })
 }
 
 #[cfg(test)]
