@@ -417,8 +417,14 @@ fn json_write(
     Ok((w.finish(config, at)?, key))
 }
 
+/// The body is well-formed canonical CBOR by then (checked whole first): what the walk finds
+/// wrong is a field of the wrong type, named as the JSON path names it.
 fn cbor_err(at: &str, e: impl std::fmt::Display) -> Refused {
-    Refused::bad_request("malformed_cbor", format!("{at}: malformed CBOR batch: {e}"))
+    bad(at, format!("wrong type in the CBOR batch: {e}"))
+}
+
+fn cbor_field_err(at: &str, field: &str, e: impl std::fmt::Display) -> Refused {
+    bad(at, format!("\"{field}\" has the wrong type: {e}"))
 }
 
 fn parse_batch_cbor(body: &[u8], config: &Config, limits: &DecodeLimits) -> Result<Batch, Refused> {
@@ -461,17 +467,31 @@ fn parse_batch_cbor(body: &[u8], config: &Config, limits: &DecodeLimits) -> Resu
                 let name = d.str().map_err(|e| cbor_err(&at, e))?;
                 match name {
                     "collection" => {
-                        w.collection = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned())
+                        w.collection = Some(
+                            d.str()
+                                .map_err(|e| cbor_field_err(&at, "collection", e))?
+                                .to_owned(),
+                        )
                     }
                     "key" => {
                         w.key = Some(match d.datatype().map_err(|e| cbor_err(&at, e))? {
                             minicbor::data::Type::Bytes => {
                                 d.bytes().map_err(|e| cbor_err(&at, e))?.to_vec()
                             }
-                            _ => d.str().map_err(|e| cbor_err(&at, e))?.as_bytes().to_vec(),
+                            _ => d
+                                .str()
+                                .map_err(|e| cbor_field_err(&at, "key", e))?
+                                .as_bytes()
+                                .to_vec(),
                         })
                     }
-                    "op" => w.op = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned()),
+                    "op" => {
+                        w.op = Some(
+                            d.str()
+                                .map_err(|e| cbor_field_err(&at, "op", e))?
+                                .to_owned(),
+                        )
+                    }
                     "value" => {
                         // The body is canonical already: this checks the value's own limits.
                         let start = d.position();
@@ -480,20 +500,37 @@ fn parse_batch_cbor(body: &[u8], config: &Config, limits: &DecodeLimits) -> Resu
                         d.set_position(start + item.as_bytes().len());
                         w.value = Some(item);
                     }
-                    "schema" => w.schema = d.u32().map_err(|e| cbor_err(&at, e))?,
+                    "schema" => w.schema = d.u32().map_err(|e| cbor_field_err(&at, "schema", e))?,
                     "meta" => {
-                        let m = d.map().map_err(|e| cbor_err(&at, e))?.unwrap_or(0);
+                        let m = d
+                            .map()
+                            .map_err(|e| cbor_field_err(&at, "meta", e))?
+                            .unwrap_or(0);
                         for _ in 0..m {
-                            let k = d.str().map_err(|e| cbor_err(&at, e))?.to_owned();
-                            let v = d.str().map_err(|e| cbor_err(&at, e))?.to_owned();
+                            let k = d
+                                .str()
+                                .map_err(|e| cbor_field_err(&at, "meta", e))?
+                                .to_owned();
+                            let v = d
+                                .str()
+                                .map_err(|e| cbor_field_err(&at, "meta", e))?
+                                .to_owned();
                             w.meta.insert(k, v);
                         }
                     }
                     "idempotency_key" => {
-                        w.idempotency_key = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned())
+                        w.idempotency_key = Some(
+                            d.str()
+                                .map_err(|e| cbor_field_err(&at, "idempotency_key", e))?
+                                .to_owned(),
+                        )
                     }
                     "context" => {
-                        w.context = Some(d.str().map_err(|e| cbor_err(&at, e))?.to_owned())
+                        w.context = Some(
+                            d.str()
+                                .map_err(|e| cbor_field_err(&at, "context", e))?
+                                .to_owned(),
+                        )
                     }
                     other => return Err(bad(&at, format!("unknown field {other:?}"))),
                 }

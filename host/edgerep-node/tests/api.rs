@@ -696,9 +696,28 @@ fn refused_requests_answer_4xx_and_write_nothing() {
         "a CBOR context that is not text",
         |n| n.batch("application/cbor", &body),
         400,
-        "malformed_cbor",
-        &["writes[0]"],
+        "bad_batch",
+        &["writes[0]", "\"context\" has the wrong type"],
     );
+    // Other fields of the wrong type in CBOR are named as in JSON (they were "malformed").
+    for (field, wrong) in [("schema", -1i64), ("op", 1), ("meta", 5)] {
+        let mut body = Vec::new();
+        let mut e = minicbor::Encoder::new(&mut body);
+        e.map(1).unwrap().str("writes").unwrap().array(1).unwrap();
+        e.map(4).unwrap();
+        e.str("collection").unwrap().str("orders").unwrap();
+        e.str("key").unwrap().bytes(b"b1").unwrap();
+        e.str("value").unwrap().u64(1).unwrap();
+        e.str(field).unwrap().i64(wrong).unwrap();
+        let needle = format!("\"{field}\" has the wrong type");
+        node.refused(
+            field,
+            |n| n.batch("application/cbor", &body),
+            400,
+            "bad_batch",
+            &["writes[0]", &needle],
+        );
+    }
     // A header context that is not text, or not entries.
     node.refused(
         "a context header that is not origin:seq entries",
