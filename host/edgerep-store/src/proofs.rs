@@ -237,7 +237,7 @@ fn live_in(
     state: &redb::Table<'_, &'static [u8], &'static [u8]>,
     limits: &EventLimits,
     state_key: &[u8],
-    event: &Event,
+    (origin, seq): (&NodeId, u64),
     bytes: &[u8],
 ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
     let Some(g) = state.get(state_key)? else {
@@ -253,7 +253,7 @@ fn live_in(
     Ok(versions
         .events()
         .iter()
-        .find(|v| v.seq == event.seq && v.origin == event.origin)
+        .find(|v| v.seq == seq && v.origin == *origin)
         .map(|v| (v.bytes() != bytes).then(|| bytes.to_vec())))
 }
 
@@ -301,12 +301,16 @@ pub(crate) fn keep(
             .range(lo.as_slice()..=hi.as_slice())?
             .enumerate()
         {
-            let (_, v) = row?;
+            let (k, v) = row?;
+            let seq = log_seq(origin.as_str(), k.value())
+                .ok_or_else(|| corrupt("changelog", "a key of another origin in range"))?;
             let bytes = v.value();
             leaves.push(event_leaf(bytes));
-            let event = Event::decode(bytes, limits).map_err(|e| corrupt("changelog", e))?;
-            let skey = state_key(&event.collection, &event.key);
-            if let Some(original) = live_in(t.state, limits, &skey, &event, bytes)? {
+            // The store's own rows, checked when written: only their key is read here.
+            let (collection, key) =
+                Event::collection_and_key(bytes).map_err(|e| corrupt("changelog", e))?;
+            let skey = state_key(collection, key);
+            if let Some(original) = live_in(t.state, limits, &skey, (origin, seq), bytes)? {
                 live.push(LiveEvent {
                     index: i as u32,
                     state_key: skey,

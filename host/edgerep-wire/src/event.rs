@@ -489,6 +489,29 @@ impl Event {
         }
     }
 
+    /// The collection and key of an event's canonical bytes, read without decoding the rest:
+    /// for bytes a store wrote after checking them, where only the event's key matters. The
+    /// first three fields are always the format, the collection and the key.
+    pub fn collection_and_key(bytes: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
+        fn field(r: &mut Reader<'_>, want: u64, what: &str) -> Result<(), DecodeError> {
+            match r.u64("field number")? {
+                n if n == want => Ok(()),
+                n => Err(DecodeError::Invalid(format!(
+                    "field {n} where {what} (field {want}) belongs"
+                ))),
+            }
+        }
+        let mut r = Reader::new(bytes);
+        r.map("event")?;
+        field(&mut r, field::FORMAT, "the format")?;
+        r.u64("format")?;
+        field(&mut r, field::COLLECTION, "the collection")?;
+        let collection = r.str("collection")?;
+        field(&mut r, field::KEY, "the key")?;
+        let key = r.bytes("key")?;
+        Ok((collection, key))
+    }
+
     /// Decodes an event from untrusted bytes. Never panics; refuses anything over `limits`,
     /// anything malformed, and anything that is not the deterministic encoding of the event.
     pub fn decode(bytes: &[u8], limits: &EventLimits) -> Result<Event, DecodeError> {

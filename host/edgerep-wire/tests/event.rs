@@ -280,3 +280,22 @@ fn random_and_mutated_inputs_never_panic() {
     }
     println!("{accepted} mutated inputs were still valid events");
 }
+
+/// The light read of an event's collection and key agrees with the full decode, and refuses
+/// bytes whose first fields are not the format, the collection and the key.
+#[test]
+fn the_collection_and_key_read_alone_agree_with_the_decode() {
+    let mut e = sample();
+    for key in [&b"k"[..], b"\x00\xff binary", &[7u8; 300]] {
+        e.key = key.to_vec();
+        let bytes = e.encode();
+        let full = Event::decode(&bytes, &EventLimits::default()).unwrap();
+        assert_eq!(
+            Event::collection_and_key(&bytes).unwrap(),
+            (full.collection.as_str(), full.key.as_slice())
+        );
+    }
+    assert!(Event::collection_and_key(b"").is_err());
+    // A map whose first field is the key (field 2), not the format.
+    assert!(Event::collection_and_key(&[0xa1, 0x02, 0x41, 0x6b]).is_err());
+}
