@@ -10,6 +10,8 @@ pub(crate) mod transform {
     wasmtime::component::bindgen!({
         world: "transform",
         path: "../../wit",
+        // The host's functions may trap: their work is charged as fuel (see `wasi::HostWork`).
+        imports: { default: trappable },
     });
 }
 

@@ -362,7 +362,7 @@ impl Plugin {
             .set_fuel(self.inner.limits.fuel)
             .expect("the engine consumes fuel");
         store.set_epoch_deadline(self.inner.deadline_ticks);
-        store.data_mut().begin_call();
+        store.data_mut().begin_call(self.inner.limits.fuel);
     }
 
     /// Ends a call: reports suppressed log lines and returns the fuel used: the instructions

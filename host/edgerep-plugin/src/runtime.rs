@@ -751,18 +751,22 @@ pub(crate) struct HostState {
     /// what the plugin said before it failed.
     output: crate::wasi::OutputTail,
     last_error_log: Option<String>,
+    /// The host's work for the plugin in the current call (see [`crate::wasi::HostWork`]).
+    work: Arc<crate::wasi::HostWork>,
 }
 
 impl HostState {
     pub(crate) fn new(identity: Arc<Identity>, memory_bytes: usize) -> HostState {
+        let work = Arc::new(crate::wasi::HostWork::default());
         HostState {
             identity,
             limiter: MemoryLimiter::new(memory_bytes),
             log_lines: 0,
             log_suppressed: 0,
             wasi: None,
-            output: Default::default(),
+            output: crate::wasi::OutputTail::new(work.clone()),
             last_error_log: None,
+            work,
         }
     }
 
@@ -779,8 +783,10 @@ impl HostState {
             })
     }
 
-    /// Resets the per-call state: the log budget and the record of a refused grow.
-    pub(crate) fn begin_call(&mut self) {
+    /// Resets the per-call state: the log budget and the record of a refused grow; the host's
+    /// work for the call may take up to `fuel` units.
+    pub(crate) fn begin_call(&mut self, fuel: u64) {
+        self.work.arm(fuel);
         self.log_lines = 0;
         self.log_suppressed = 0;
         self.last_error_log = None;
@@ -826,7 +832,7 @@ impl HostState {
 
     /// Fuel for host work done for the plugin since the last call (see `WasiState::take_debt`).
     pub(crate) fn take_host_debt(&mut self) -> u64 {
-        self.wasi.as_ref().map_or(0, WasiState::take_debt)
+        self.work.take()
     }
 
     pub(crate) fn wasi(&mut self) -> &mut WasiState {
@@ -847,7 +853,10 @@ impl WasiView for HostState {
 }
 
 impl Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        if !self.work.charge(message.len()) {
+            return Err(crate::wasi::HostWork::exhausted());
+        }
         if matches!(level, Level::Error) {
             self.last_error_log = Some(truncate(&message, LOG_LINE_MAX_BYTES).into_owned());
         }
@@ -855,7 +864,7 @@ impl Host for HostState {
             || !self.identity.take_log_line(std::time::Instant::now())
         {
             self.log_suppressed += 1;
-            return;
+            return Ok(());
         }
         self.log_lines += 1;
         let message = truncate(&message, LOG_LINE_MAX_BYTES);
@@ -868,18 +877,36 @@ impl Host for HostState {
             Level::Warn => tracing::warn!(target: "edgerep_plugin::guest", %plugin, "{message}"),
             Level::Error => tracing::error!(target: "edgerep_plugin::guest", %plugin, "{message}"),
         }
+        Ok(())
     }
 
-    fn param(&mut self, name: String) -> Option<String> {
-        self.identity.params.get(&name).cloned()
+    fn param(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        let value = self.identity.params.get(&name).cloned();
+        if !self
+            .work
+            .charge(name.len() + value.as_ref().map_or(0, String::len))
+        {
+            return Err(crate::wasi::HostWork::exhausted());
+        }
+        Ok(value)
     }
 
-    fn params(&mut self) -> Vec<(String, String)> {
-        self.identity
+    fn params(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        let bytes = self
+            .identity
+            .params
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        if !self.work.charge(bytes) {
+            return Err(crate::wasi::HostWork::exhausted());
+        }
+        Ok(self
+            .identity
             .params
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .collect())
     }
 }
 
@@ -957,23 +984,55 @@ mod tests {
         ));
         let mut state = HostState::new(identity, 1 << 20);
         for call in 0..2 {
-            state.begin_call();
+            state.begin_call(u64::MAX);
             for i in 0..150 {
-                state.log(Level::Info, format!("call {call} line {i}"));
+                state
+                    .log(Level::Info, format!("call {call} line {i}"))
+                    .unwrap();
             }
             assert_eq!((state.log_lines, state.log_suppressed), (100, 50));
             state.end_call();
             assert_eq!(state.log_suppressed, 0);
         }
-        assert_eq!(state.param("a".into()).as_deref(), Some("1"));
-        assert_eq!(state.param("c".into()), None);
+        assert_eq!(state.param("a".into()).unwrap().as_deref(), Some("1"));
+        assert_eq!(state.param("c".into()).unwrap(), None);
         assert_eq!(
-            state.params(),
+            state.params().unwrap(),
             [
                 ("a".to_owned(), "1".to_owned()),
                 ("b".to_owned(), "2".to_owned())
             ]
         );
+    }
+
+    /// What a call hands the host costs fuel, a unit a byte: past the call's budget the host
+    /// function traps, out of fuel (however few instructions asked for it), and the work is
+    /// counted when the call ends.
+    #[test]
+    fn the_hosts_work_for_a_call_is_charged_and_bounded_by_its_fuel() {
+        let identity = Arc::new(Identity::new(
+            "chatty".into(),
+            [("name".to_owned(), "value".to_owned())].into(),
+        ));
+        let mut state = HostState::new(identity, 1 << 20);
+        state.begin_call(100);
+        state.log(Level::Debug, "x".repeat(60)).unwrap();
+        assert_eq!(
+            state.param("name".into()).unwrap().as_deref(),
+            Some("value")
+        );
+        // 60 + 9 bytes so far; 40 more pass the budget of 100.
+        let e = state.log(Level::Debug, "y".repeat(40)).unwrap_err();
+        assert_eq!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::OutOfFuel),
+            "{e:?}"
+        );
+        assert!(state.params().is_err());
+        assert_eq!(state.take_host_debt(), 60 + 9 + 40 + 9);
+        // The next call starts afresh.
+        state.begin_call(100);
+        assert!(state.log(Level::Debug, "z".repeat(100)).is_ok());
     }
 
     /// Across calls and instances, a plugin writes at most a burst of lines at once, then
@@ -992,8 +1051,8 @@ mod tests {
         while identity.take_log_line(start + Duration::from_secs(3600)) {}
         // Instances share it: a second instance of the same plugin is out of lines too.
         let mut state = HostState::new(Arc::new(identity), 1 << 20);
-        state.begin_call();
-        state.log(Level::Info, "one more".into());
+        state.begin_call(u64::MAX);
+        state.log(Level::Info, "one more".into()).unwrap();
         assert_eq!(state.log_suppressed, 1);
         // What was suppressed is reported once per interval: the first report goes at once,
         // the count of the calls after it is kept for the next instead of a host line per call.
@@ -1006,8 +1065,8 @@ mod tests {
         state.end_call();
         assert_eq!(kept(&state), 0);
         for _ in 0..3 {
-            state.begin_call();
-            state.log(Level::Info, "and another".into());
+            state.begin_call(u64::MAX);
+            state.log(Level::Info, "and another".into()).unwrap();
             state.end_call();
         }
         assert_eq!(kept(&state), 3);

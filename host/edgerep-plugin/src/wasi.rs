@@ -44,14 +44,63 @@ const MONOTONIC_CLOCK_INTERFACE: &str = "wasi:clocks/monotonic-clock@0.2.12";
 /// How many of a call's last output bytes (stdout and stderr together) are kept.
 const OUTPUT_TAIL_BYTES: usize = 2048;
 
+/// The host's work for the plugin in the current call: bytes it handed the host (text it logged
+/// or printed, parameter names and values it asked for, random bytes it drew). wasmtime's fuel
+/// counts the plugin's instructions, not this work, which a few instructions can ask for in
+/// megabytes: it is charged a unit of fuel a byte, and a call whose host work alone passes the
+/// fuel budget traps then, out of fuel, on every node alike (not later, on a deadline that
+/// depends on the machine).
+#[derive(Debug, Default)]
+pub(crate) struct HostWork {
+    used: AtomicU64,
+    budget: AtomicU64,
+}
+
+impl HostWork {
+    /// Starts a call (or an instantiation) with `budget` units of fuel.
+    pub(crate) fn arm(&self, budget: u64) {
+        self.budget.store(budget, Ordering::Relaxed);
+    }
+
+    /// Charges `bytes` of work; false once the call's work is past its budget.
+    pub(crate) fn charge(&self, bytes: usize) -> bool {
+        let bytes = bytes as u64;
+        self.used
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes)
+            <= self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Takes the work charged since the last call.
+    pub(crate) fn take(&self) -> u64 {
+        self.used.swap(0, Ordering::Relaxed)
+    }
+
+    /// The trap of a call whose host work passed its budget.
+    pub(crate) fn exhausted() -> wasmtime::Error {
+        wasmtime::Error::new(wasmtime::Trap::OutOfFuel)
+            .context("the host's work for the plugin (bytes handed to the host) used up its fuel")
+    }
+}
+
 /// The plugin's stdout and stderr: the last [`OUTPUT_TAIL_BYTES`] written, the rest dropped
-/// (writing never fails or blocks, however much the plugin prints).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct OutputTail(Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>);
+/// (writing never blocks, however much the plugin prints; each byte is charged as host work).
+#[derive(Debug, Clone)]
+pub(crate) struct OutputTail {
+    tail: Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>,
+    work: Arc<HostWork>,
+}
 
 impl OutputTail {
+    pub(crate) fn new(work: Arc<HostWork>) -> OutputTail {
+        OutputTail {
+            tail: Default::default(),
+            work,
+        }
+    }
+
     fn push(&self, bytes: &[u8]) {
-        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let bytes = &bytes[bytes.len().saturating_sub(OUTPUT_TAIL_BYTES)..];
         let over = (tail.len() + bytes.len()).saturating_sub(OUTPUT_TAIL_BYTES);
         tail.drain(..over);
@@ -60,12 +109,12 @@ impl OutputTail {
 
     /// Forgets what was written (at the start of a call).
     pub(crate) fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// The last non-empty lines written, at most 3 (lossy UTF-8), if any.
     pub(crate) fn last_lines(&self) -> Option<String> {
-        let tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let bytes: Vec<u8> = tail.iter().copied().collect();
         let text = String::from_utf8_lossy(&bytes);
         let lines: Vec<&str> = text
@@ -96,6 +145,9 @@ impl wasmtime_wasi::cli::StdoutStream for OutputTail {
 
 impl wasmtime_wasi::p2::OutputStream for OutputTail {
     fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        if !self.work.charge(bytes.len()) {
+            return Err(wasmtime_wasi::p2::StreamError::Trap(HostWork::exhausted()));
+        }
         self.push(&bytes);
         Ok(())
     }
@@ -120,6 +172,11 @@ impl tokio::io::AsyncWrite for OutputTail {
         _: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        if !self.work.charge(buf.len()) {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the host's work for the plugin used up its fuel",
+            )));
+        }
         self.push(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
@@ -144,20 +201,12 @@ pub(crate) struct WasiState {
     pub(crate) ctx: WasiCtx,
     pub(crate) table: ResourceTable,
     clock: Arc<VirtualClock>,
-    /// Fuel the host's work for the plugin costs (one unit a random byte) and wasmtime does not
-    /// charge (it counts instructions): added to the call's fuel when it ends.
-    debt: Arc<AtomicU64>,
 }
 
 impl WasiState {
-    /// Takes the host work charged since the last call.
-    pub(crate) fn take_debt(&self) -> u64 {
-        self.debt.swap(0, Ordering::Relaxed)
-    }
-
     pub(crate) fn new(output: OutputTail) -> WasiState {
         let clock = Arc::new(VirtualClock::default());
-        let debt = Arc::new(AtomicU64::new(0));
+        let debt = output.work.clone();
         let ctx = WasiCtxBuilder::new()
             .stdout(output.clone())
             .stderr(output)
@@ -178,7 +227,6 @@ impl WasiState {
             ctx,
             table: ResourceTable::new(),
             clock,
-            debt,
         }
     }
 }
@@ -277,17 +325,18 @@ impl HostMonotonicClock for SharedClock {
 /// plugin gets never change with a dependency's version. Not for secrets: plugins have none.
 struct SplitMix64 {
     state: u64,
-    /// Charged a unit of fuel a byte handed out (see [`WasiState::take_debt`]).
-    debt: Arc<AtomicU64>,
+    /// Charged a unit of fuel a byte handed out (see [`HostWork`]; a draw past the budget
+    /// cannot trap here, and is charged when the call ends).
+    debt: Arc<HostWork>,
 }
 
 impl SplitMix64 {
-    fn new(seed: u64, debt: Arc<AtomicU64>) -> SplitMix64 {
+    fn new(seed: u64, debt: Arc<HostWork>) -> SplitMix64 {
         SplitMix64 { state: seed, debt }
     }
 
     fn charge(&self, bytes: usize) {
-        self.debt.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.debt.charge(bytes);
     }
 
     fn next(&mut self) -> u64 {

@@ -137,6 +137,22 @@ fn trap_traps() {
     );
 }
 
+/// chatter logs a mebibyte of text in a loop: a few instructions a call of the plugin's, a
+/// mebibyte copied and checked by the host. The host's work is charged as fuel (a unit a byte),
+/// so the call runs out of fuel, with the same fuel every time, long before its deadline (one
+/// minute here: uncharged, it ran until then).
+#[test]
+fn a_plugin_that_makes_the_host_work_runs_out_of_fuel() {
+    let runtime = Runtime::new(None).unwrap();
+    let fuel = fails_every_time(
+        &runtime,
+        "chatter",
+        limits(50_000_000, 16 << 20),
+        FailureKind::OutOfFuel,
+    );
+    assert!(fuel > 50_000_000, "{fuel}");
+}
+
 /// flood returns 200 000 changes of 1 KiB (about 210 MB). Under a cap smaller than that it
 /// cannot even build them: memory-limit (the vectors' case, and what the default 64 MiB cap
 /// gives). With room to build them, the host refuses the result: bad-output, because it is over
