@@ -421,7 +421,8 @@ impl Plugin {
             kind = kind.as_str(),
             fuel_used,
             memory_bytes = store.data().limiter.total(),
-            "plugin call failed: {}", failure.message
+            // The backtrace names the plugin's own functions: its text, on one line.
+            "plugin call failed: {}", edgerep_wire::text::one_line(&failure.message)
         );
         failure
     }

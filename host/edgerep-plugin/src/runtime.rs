@@ -119,10 +119,19 @@ impl Runtime {
         .and_then(|()| crate::wasi::add_to_linker(&mut linker))
         .map_err(|e| LoadError::Engine(describe(&e)))?;
         if let Some(dir) = cache_dir {
-            fs::create_dir_all(dir).map_err(|e| LoadError::CacheDir {
+            // The cache holds native code the node runs: only its own user may write there
+            // (a cached component is trusted once its checksum matches, see `cache::load`).
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            let refused = |e: std::io::Error| LoadError::CacheDir {
                 path: dir.display().to_string(),
                 message: e.to_string(),
-            })?;
+            };
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(refused)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(refused)?;
         }
         let compat = {
             let mut hasher = Sha256Hasher(Sha256::new());
@@ -620,7 +629,12 @@ mod cache {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let result = (|| {
-            let mut file = fs::File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             file.write_all(MAGIC)?;
             file.write_all(&Sha256::digest(artifact))?;
             file.write_all(artifact)?;

@@ -29,6 +29,15 @@ fn the_second_load_does_not_compile() {
         files[0].starts_with(first.sha256()) && files[0].ends_with(".cwasm"),
         "{files:?}"
     );
+    // Native code the node runs: only its own user may write the cache, or read it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&cache.join(&files[0])), 0o600);
+    // A cache directory others could write is tightened at the next start.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    drop(Runtime::new(Some(&cache)).unwrap());
+    assert_eq!(mode(&cache), 0o700);
 
     let second = load(&runtime, "passthrough", limits(10_000_000, 16 << 20), &[]);
     assert_eq!((runtime.compilations(), runtime.cache_hits()), (1, 1));
