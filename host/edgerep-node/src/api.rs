@@ -289,7 +289,8 @@ impl Guard {
             .to_str()
             .ok()
             .and_then(|o| o.split_once("://"))
-            .is_some_and(|(scheme, rest)| scheme == "http" && Some(rest) == host);
+            // `https`: the page served through a TLS proxy in front of the node.
+            .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && Some(rest) == host);
         (!own).then(|| {
             ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -2433,7 +2434,7 @@ async fn delete_dead_letter(State(app): Shared, uri: Uri) -> Result<Response, Ap
     if !removed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "no_such_dead_letter",
+            "dead_letter_not_found",
             format!("no dead letter {id} (deleted or replayed already?)"),
         ));
     }

@@ -132,6 +132,12 @@ impl Traces {
 
     /// The client's `traceparent` header checked: Err names what is wrong.
     pub fn parse_header(value: &str) -> Result<ClientTrace, TraceError> {
+        // W3C Trace Context, version 00, exactly: the header travels with the event to every
+        // peer and watcher as the client sent it, so it must be the form they expect (the
+        // propagator alone takes short or signed hex, and extra fields).
+        if !well_formed_traceparent(value) {
+            return Err(TraceError::BadHeader(value.to_owned()));
+        }
         let cx = extract(value);
         if !cx.span().span_context().is_valid() {
             return Err(TraceError::BadHeader(value.to_owned()));
@@ -263,6 +269,18 @@ fn inject(cx: &Context) -> String {
     carrier.remove(TRACEPARENT).unwrap_or_default()
 }
 
+/// `00-` 32 lowercase hex `-` 16 lowercase hex `-` 2 lowercase hex: a version-00 traceparent.
+fn well_formed_traceparent(value: &str) -> bool {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let parts: Vec<&str> = value.split('-').collect();
+    matches!(parts.as_slice(), ["00", trace, span, flags]
+        if hex(trace, 32) && hex(span, 16) && hex(flags, 2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +302,12 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01x",
+            // What the propagator alone took: short, signed or upper-case hex, another version
+            // with extra fields.
+            "00-1-1-1",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x y",
             "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             let e = Traces::parse_header(bad).unwrap_err();

@@ -1324,6 +1324,11 @@ fn a_web_page_of_another_origin_cannot_use_a_loopback_api() {
     // The node's own page (same origin), and clients that send no Origin, are served.
     let own = format!("http://{addr}");
     assert_eq!(post(&[("host", &addr), ("origin", &own)]), 200);
+    // The same page through a TLS proxy in front of the node.
+    let own_tls = format!("https://{addr}");
+    assert_eq!(post(&[("host", &addr), ("origin", &own_tls)]), 200);
+    let other_tls = format!("https://evil.example:{port}");
+    assert_eq!(post(&[("host", &addr), ("origin", &other_tls)]), 403);
     let local = format!("localhost:{port}");
     assert_eq!(
         raw_status(&addr, "GET /v1/kv/c/k", &[("host", &local)], ""),

@@ -400,13 +400,16 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    println!(
-        "  node-2 at start: the store check found damage: {}",
-        s["store_check_at_open"]["damage_found"]
-    );
+    if s["store_check_at_open"]["damage_found"] != true {
+        bail!(
+            "node-2's store check at open did not report the damage within 30 s: {}",
+            s["store_check_at_open"]
+        );
+    }
+    println!("  node-2 at start: the store check found damage: true");
     match clients[1].get("orders", b"o-1", false) {
         Outcome::NotFound(_) => println!("  node-2 get orders/o-1                   not found"),
-        other => println!("  node-2 get orders/o-1                   {other:?}"),
+        other => bail!("node-2 still served orders/o-1 after it was removed: {other:?}"),
     }
     // Anti-entropy runs with the peers connected now: wait for node-2's sessions first (it
     // just started).
