@@ -717,14 +717,20 @@ fn run_on_build(
         error,
         build_hint: build.build_hint.clone(),
     })?;
-    let loaded = runtime.load(PluginSource {
+    let loaded = match runtime.load(PluginSource {
         name: plugin.to_owned(),
         path,
         wasm,
         expected_sha256: None,
         limits,
         params: params.clone(),
-    })?;
+    }) {
+        Ok(loaded) => loaded,
+        // A node refuses such a plugin at load; a case may expect exactly that (`"while":
+        // "starting"`), as the failure of every call it would be.
+        Err(LoadError::Instantiate { failure, .. }) => return Ok(build_run(Err(failure))),
+        Err(other) => return Err(other.into()),
+    };
     let world = match call {
         Call::Resolve => World::Resolver,
         Call::OnIngest | Call::OnApply => World::Transform,

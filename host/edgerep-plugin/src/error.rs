@@ -128,4 +128,16 @@ pub enum LoadError {
         /// wasmtime's message, naming the import.
         message: String,
     },
+    /// The component cannot be instantiated under its limits (its start code traps or runs out
+    /// of fuel, its initial memory is over the cap, it needs more instances than allowed): every
+    /// call would fail.
+    #[error(
+        "plugin {plugin}: cannot be instantiated under its limits, so every call would fail: {failure}"
+    )]
+    Instantiate {
+        /// The plugin.
+        plugin: String,
+        /// What instantiating it gave.
+        failure: crate::Failure,
+    },
 }

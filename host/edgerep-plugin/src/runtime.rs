@@ -211,14 +211,20 @@ impl Runtime {
             reason: reason.to_string(),
         })?;
         let bound = self.bind(&component, world, &shape, &plugin)?;
-        Ok(Plugin::new(
+        let loaded = Plugin::new(
             source,
             sha256,
             world,
             bound,
             self.engine.clone(),
             self.ticker.clone(),
-        ))
+        );
+        // Once, as every call will: a component that cannot be instantiated is refused here
+        // (at start, reload and `config check`), not found out call after call.
+        if let Err(failure) = loaded.instantiation_fuel() {
+            return Err(LoadError::Instantiate { plugin, failure });
+        }
+        Ok(loaded)
     }
 
     /// Describes a component for `edgerep plugin check`: its world, imports, exports, hash and

@@ -253,3 +253,25 @@ fn declared_parameters_that_are_malformed_twice_declared_or_unmet_are_refused() 
     let shown = runtime.inspect(&unmet).unwrap();
     assert_eq!(shown.params.unwrap()[0].name, "x");
 }
+
+/// A component that cannot be instantiated under its limits (here: its initial memory is over
+/// the cap) is refused at load, naming why, instead of failing every call afterwards.
+#[test]
+fn a_plugin_that_cannot_be_instantiated_under_its_limits_is_refused_at_load() {
+    let runtime = Runtime::new(None).unwrap();
+    let error = runtime
+        .load(source("passthrough", limits(10_000_000, 16 << 10), &[]))
+        .unwrap_err();
+    assert!(matches!(error, LoadError::Instantiate { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains("cannot be instantiated under its limits") && text.contains("memory"),
+        "{text}"
+    );
+    // With room, the same component loads.
+    assert!(
+        runtime
+            .load(source("passthrough", limits(10_000_000, 16 << 20), &[]))
+            .is_ok()
+    );
+}
