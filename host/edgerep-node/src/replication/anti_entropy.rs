@@ -601,9 +601,14 @@ impl Replicator {
 
     /// Starts a session of ours with `peer` now (if it is connected and none is under way).
     pub(super) fn aae_start(&mut self, peer: &NodeId) -> bool {
+        // Ready (the peer's Hello came) and this node's Hello gone out on the connection: the
+        // peer's Hello can come in the same batch of inputs as the connection, before this
+        // node transmits its own, and a first message dropped then (see `aae_send`) would
+        // hold the session until it timed out.
         if self.anti_entropy.sessions.contains_key(peer)
             || !self.conns.contains_key(peer)
             || !self.core.is_ready(peer)
+            || !self.core.hello_sent(peer)
         {
             return false;
         }
