@@ -856,6 +856,8 @@ impl Replicator {
                 && old.dialer != live.dialer
                 && old.dialer == lower_dials
             {
+                // Its end is no error of the peer's (see `replaced`).
+                self.replaced.insert((peer.clone(), live.id));
                 live.conn.close(
                     CloseCode::Normal,
                     "crossed dials: the connection the lower node id dialed is kept",

@@ -135,17 +135,14 @@ impl Traces {
         // W3C Trace Context, version 00, exactly: the header travels with the event to every
         // peer and watcher as the client sent it, so it must be the form they expect (the
         // propagator alone takes short or signed hex, and extra fields).
-        if !well_formed_traceparent(value) {
+        let Some(header) = well_formed_traceparent(value) else {
             return Err(TraceError::BadHeader(value.to_owned()));
-        }
-        let cx = extract(value);
+        };
+        let cx = extract(&header);
         if !cx.span().span_context().is_valid() {
             return Err(TraceError::BadHeader(value.to_owned()));
         }
-        Ok(ClientTrace {
-            cx,
-            header: value.to_owned(),
-        })
+        Ok(ClientTrace { cx, header })
     }
 
     /// Starts the origin's commit span of `events` writes, a child of the client's span.
@@ -269,16 +266,23 @@ fn inject(cx: &Context) -> String {
     carrier.remove(TRACEPARENT).unwrap_or_default()
 }
 
-/// `00-` 32 lowercase hex `-` 16 lowercase hex `-` 2 lowercase hex: a version-00 traceparent.
-fn well_formed_traceparent(value: &str) -> bool {
+/// A traceparent as W3C Trace Context reads it, written as version 00: a version in lowercase
+/// hex (not `ff`), then 32, 16 and 2 lowercase hex digits; version 00 has exactly these four
+/// fields, a later version may have more after them (not kept).
+fn well_formed_traceparent(value: &str) -> Option<String> {
     let hex = |s: &str, n: usize| {
         s.len() == n
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let parts: Vec<&str> = value.split('-').collect();
-    matches!(parts.as_slice(), ["00", trace, span, flags]
-        if hex(trace, 32) && hex(span, 16) && hex(flags, 2))
+    let (version, trace, span, flags) = match parts.as_slice() {
+        [version, trace, span, flags] => (*version, *trace, *span, *flags),
+        [version, trace, span, flags, ..] if *version != "00" => (*version, *trace, *span, *flags),
+        _ => return None,
+    };
+    (hex(version, 2) && version != "ff" && hex(trace, 32) && hex(span, 16) && hex(flags, 2))
+        .then(|| format!("00-{trace}-{span}-{flags}"))
 }
 
 #[cfg(test)]
@@ -295,6 +299,12 @@ mod tests {
         };
         let span = traces.commit_span(&t, 1);
         assert_eq!(span.traceparent, good);
+        // A later version is read by its first four fields, and kept as version 00.
+        let later = Traces::parse_header(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more fields",
+        )
+        .unwrap();
+        assert_eq!(traces.commit_span(&later, 1).traceparent, good);
         assert_eq!(span.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         for bad in [
             "",
@@ -302,12 +312,13 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01x",
-            // What the propagator alone took: short, signed or upper-case hex, another version
-            // with extra fields.
+            // What the propagator alone took: short, signed or upper-case hex, version ff, extra
+            // fields in version 00.
             "00-1-1-1",
             "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x y",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             let e = Traces::parse_header(bad).unwrap_err();

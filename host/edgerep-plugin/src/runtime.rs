@@ -219,12 +219,20 @@ impl Runtime {
             self.engine.clone(),
             self.ticker.clone(),
         );
-        // Once, as every call will: a component that cannot be instantiated is refused here
-        // (at start, reload and `config check`), not found out call after call.
-        if let Err(failure) = loaded.instantiation_fuel() {
-            return Err(LoadError::Instantiate { plugin, failure });
+        // Once, as every call will: a component that cannot be instantiated under its limits
+        // is refused here (at start, reload and `config check`), not found out call after call.
+        // Only for a failure every machine meets alike: a deadline or the machine's memory
+        // decides nothing about the plugin (its calls' failures follow their policy).
+        match loaded.instantiation_fuel() {
+            Err(failure) if !failure.kind.depends_on_machine() => {
+                Err(LoadError::Instantiate { plugin, failure })
+            }
+            Err(failure) => {
+                tracing::warn!(plugin = %plugin, kind = failure.kind.as_str(), "instantiating the plugin at load failed on this machine (its calls may fail the same way): {}", edgerep_wire::text::one_line(&failure.message));
+                Ok(loaded)
+            }
+            Ok(_) => Ok(loaded),
         }
-        Ok(loaded)
     }
 
     /// Describes a component for `edgerep plugin check`: its world, imports, exports, hash and

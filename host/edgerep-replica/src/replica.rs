@@ -405,6 +405,9 @@ struct Installing {
 /// up to [`INSTALL_RETRY_MAX_MS`].
 const INSTALL_RETRY_MS: u64 = 1_000;
 const INSTALL_RETRY_MAX_MS: u64 = 30_000;
+/// Tries after which a failed page is left to the sender's resend (a merge failing every time,
+/// a page past a limit say, is not tried for ever).
+const INSTALL_TRIES_MAX: u32 = 8;
 
 /// Snapshots a lost connection interrupted, kept to resume on the peer's next session if its
 /// process is the same (its Hello's `instance`): a large snapshot over a link that drops more
@@ -1225,6 +1228,7 @@ impl Replica {
         // Only a page of the snapshot this session still expects: one handed out on a session
         // since replaced names nothing here.
         if let Some((page, tries)) = copy
+            && tries < INSTALL_TRIES_MAX
             && !failed.old_session
             && s.snapshot_in == Some((failed.id, failed.page))
         {
@@ -1585,10 +1589,18 @@ impl Replica {
                     s.snapshot_deadline(after),
                     s.rewind_deadline(s.rewind_gap(after)),
                     s.held_back_asked.values().map(HeldBackAsk::due).min(),
-                    s.retry_page.as_ref().map(|(_, at, _)| *at),
                 ]
             })
             .flatten();
+        // A page to merge again, once nothing of its peer's is merging (the merge's end wakes
+        // the caller anyway).
+        let retry = self.peers.values().filter(|p| !p.busy()).filter_map(|p| {
+            p.session
+                .as_ref()?
+                .retry_page
+                .as_ref()
+                .map(|(_, at, _)| *at)
+        });
         let gossip = sessions
             .filter(|s| s.ready() && s.gossip_due)
             .map(|s| s.last_ack_ms.saturating_add(every));
@@ -1597,7 +1609,7 @@ impl Replica {
             .stalled
             .iter()
             .map(|(origin, stall)| stall.due(graft_after, relayed(&self.peers, origin)));
-        retransmit.chain(gossip).chain(graft).min()
+        retransmit.chain(retry).chain(gossip).chain(graft).min()
     }
 
     /// Takes in the time: grafts back, for each origin stalled `graft_after_ms`, the pruned

@@ -170,7 +170,7 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
             let name = file
                 .file_stem()
                 .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
-            let plugin = runtime.load(PluginSource {
+            let loaded = runtime.load(PluginSource {
                 name,
                 path: file.clone(),
                 wasm,
@@ -182,7 +182,22 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
                     ..Limits::default()
                 },
                 params: params.into_iter().collect::<BTreeMap<_, _>>(),
-            })?;
+            });
+            let plugin = match loaded {
+                Ok(plugin) => plugin,
+                // It cannot start under these limits: the failure every call would give.
+                Err(edgerep_plugin::LoadError::Instantiate { failure, .. }) => {
+                    println!("{}", failure.kind.as_str());
+                    eprintln!(
+                        "edgerep: plugin failed while starting: {}: {} (fuel used: {})",
+                        failure.kind.as_str(),
+                        failure.message,
+                        failure.fuel_used
+                    );
+                    return Ok(EXIT_PLUGIN_FAILED);
+                }
+                Err(e) => return Err(e.into()),
+            };
             let result = match plugin.world() {
                 World::Transform => {
                     let event = event_from_json(&input_json)

@@ -521,10 +521,10 @@ impl Replicator {
             .map(|(p, _)| p.clone())
             .collect();
         for peer in due {
-            // A session with the peer under way: the comparison waits for its end.
-            if !self.anti_entropy.sessions.contains_key(&peer) {
+            // A session with the peer under way: the comparison waits for its end (and one
+            // that cannot start yet, for the next tick).
+            if !self.anti_entropy.sessions.contains_key(&peer) && self.aae_start(&peer) {
                 self.anti_entropy.after_snapshot.remove(&peer);
-                self.aae_start(&peer);
             }
         }
         if let Some(interval) = self.anti_entropy.interval {
@@ -532,7 +532,7 @@ impl Replicator {
             let due: Vec<NodeId> = self
                 .conns
                 .keys()
-                .filter(|p| local < **p && self.core.is_ready(p))
+                .filter(|p| local < **p && self.core.is_ready(p) && self.core.hello_sent(p))
                 .filter(|p| !self.anti_entropy.sessions.contains_key(*p))
                 .filter(|p| self.aae_quiet(p))
                 .cloned()
