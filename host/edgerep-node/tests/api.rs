@@ -683,24 +683,9 @@ fn refused_requests_answer_4xx_and_write_nothing() {
     for (what, body, status, kind, needles) in &bad_batches {
         node.refused(what, |n| n.batch_json(body), *status, kind, needles);
     }
-    // A CBOR batch whose write gives its context as a number.
-    let mut body = Vec::new();
-    let mut e = minicbor::Encoder::new(&mut body);
-    e.map(1).unwrap().str("writes").unwrap().array(1).unwrap();
-    e.map(4).unwrap();
-    e.str("collection").unwrap().str("orders").unwrap();
-    e.str("key").unwrap().bytes(b"b1").unwrap();
-    e.str("value").unwrap().u64(1).unwrap();
-    e.str("context").unwrap().u64(7).unwrap();
-    node.refused(
-        "a CBOR context that is not text",
-        |n| n.batch("application/cbor", &body),
-        400,
-        "bad_batch",
-        &["writes[0]", "\"context\" has the wrong type"],
-    );
-    // Other fields of the wrong type in CBOR are named as in JSON (they were "malformed").
-    for (field, wrong) in [("schema", -1i64), ("op", 1), ("meta", 5)] {
+    // A CBOR batch field of the wrong type (a context as a number, say) is named as in JSON
+    // (it was "malformed").
+    for (field, wrong) in [("context", 7i64), ("schema", -1), ("op", 1), ("meta", 5)] {
         let mut body = Vec::new();
         let mut e = minicbor::Encoder::new(&mut body);
         e.map(1).unwrap().str("writes").unwrap().array(1).unwrap();

@@ -125,6 +125,27 @@ fn repair(from: &StoreWriter, to: &StoreWriter) -> edgerep_store::Installed {
     .unwrap()
 }
 
+/// What `to` does with `theirs`, the resolutions `from` holds of keys, in a repair with no
+/// versions: it settles them.
+fn told(
+    to: &StoreWriter,
+    theirs: &[edgerep_wire::aae::KeyResolution],
+    from: &StoreWriter,
+) -> edgerep_store::Installed {
+    to.repair_sealed(
+        Vec::new(),
+        &[],
+        &[],
+        &[],
+        theirs,
+        from.node(),
+        &Default::default(),
+        None,
+        Sync::Immediate,
+    )
+    .unwrap()
+}
+
 /// A resolver that picks version `pick` (a stand-in for a plugin; two nodes given different
 /// `pick`s resolve the same versions differently, as two builds of one plugin could).
 struct Pick(usize);
@@ -192,22 +213,8 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
     assert_eq!(from_a[0].build, "build-0");
     assert_eq!(from_a[0].versions, from_b[0].versions);
     assert_ne!(from_a[0].resolution, from_b[0].resolution);
-    let settle = |to: &StoreWriter, theirs, peer: &StoreWriter| {
-        to.repair_sealed(
-            Vec::new(),
-            &[],
-            &[],
-            &[],
-            theirs,
-            peer.node(),
-            &Default::default(),
-            None,
-            Sync::Immediate,
-        )
-        .unwrap()
-    };
-    assert_eq!(settle(&b, &from_a, &a).disagreements, 1);
-    assert_eq!(settle(&a, &from_b, &b).disagreements, 1);
+    assert_eq!(told(&b, &from_a, &a).disagreements, 1);
+    assert_eq!(told(&a, &from_b, &b).disagreements, 1);
     // Both now hold the deterministic default, and agree.
     for s in [&a, &b] {
         let (v, r) = s.get_resolved("c", b"k0").unwrap();
@@ -232,10 +239,10 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
     assert_eq!(a.disagreements_count().unwrap(), 1);
     // Settling again changes nothing; what a peer says of versions this node does not hold
     // alike is ignored.
-    assert_eq!(settle(&b, &from_a, &a).disagreements, 0);
+    assert_eq!(told(&b, &from_a, &a).disagreements, 0);
     let mut lie = from_a.clone();
     lie[0].versions = [7; 32];
-    assert_eq!(settle(&b, &lie, &a).disagreements, 0);
+    assert_eq!(told(&b, &lie, &a).disagreements, 0);
     // A new version changes the key: it is resolved again by the plugin.
     ship(&x, &a, "x");
     x.commit_local(writes("k", 1, 4), &mut c, 4).unwrap();
@@ -316,21 +323,6 @@ fn a_resolver_that_failed_on_one_node_runs_again_and_only_a_failure_that_persist
         a.resolutions_of(&key).unwrap(),
         b.resolutions_of(&key).unwrap(),
     );
-    let told =
-        |to: &StoreWriter, theirs: &[edgerep_wire::aae::KeyResolution], from: &StoreWriter| {
-            to.repair_sealed(
-                Vec::new(),
-                &[],
-                &[],
-                &[],
-                theirs,
-                from.node(),
-                &Default::default(),
-                None,
-                Sync::Immediate,
-            )
-            .unwrap()
-        };
     // `a` keeps its plugin's answer: b's is exactly the stand-in `a` would write.
     let out = told(&a, &from_b, &b);
     assert_eq!((out.disagreements, out.resolved_again), (0, 0));

@@ -187,14 +187,7 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
                 Ok(plugin) => plugin,
                 // It cannot start under these limits: the failure every call would give.
                 Err(edgerep_plugin::LoadError::Instantiate { failure, .. }) => {
-                    println!("{}", failure.kind.as_str());
-                    eprintln!(
-                        "edgerep: plugin failed while starting: {}: {} (fuel used: {})",
-                        failure.kind.as_str(),
-                        failure.message,
-                        failure.fuel_used
-                    );
-                    return Ok(EXIT_PLUGIN_FAILED);
+                    return Ok(plugin_failed(&failure, " while starting"));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -236,19 +229,23 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
                     eprintln!("fuel used: {}", metrics.fuel_total);
                     Ok(0)
                 }
-                Err(failure) => {
-                    println!("{}", failure.kind.as_str());
-                    eprintln!(
-                        "edgerep: plugin failed: {}: {} (fuel used: {})",
-                        failure.kind.as_str(),
-                        failure.message,
-                        failure.fuel_used
-                    );
-                    Ok(EXIT_PLUGIN_FAILED)
-                }
+                Err(failure) => Ok(plugin_failed(&failure, "")),
             }
         }
     }
+}
+
+/// `plugin run`'s report of a failure (`when`: where it happened, if not in the call): its kind
+/// on stdout, the whole failure on stderr; the exit code.
+fn plugin_failed(failure: &edgerep_plugin::Failure, when: &str) -> u8 {
+    println!("{}", failure.kind.as_str());
+    eprintln!(
+        "edgerep: plugin failed{when}: {}: {} (fuel used: {})",
+        failure.kind.as_str(),
+        failure.message,
+        failure.fuel_used
+    );
+    EXIT_PLUGIN_FAILED
 }
 
 /// `edgerep dead-letters ...`.
