@@ -644,12 +644,12 @@ impl Pipeline {
             Ok(Resolution::Pick(i)) => StoreResolution {
                 value: events[i].value.clone(),
                 winner: Some(i),
-                by: format!("plugin:{name}"),
+                by: format!("{}{name}", edgerep_store::BY_PLUGIN),
             },
             Ok(Resolution::Merge(value)) => StoreResolution {
                 value,
                 winner: None,
-                by: format!("plugin:{name}"),
+                by: format!("{}{name}", edgerep_store::BY_PLUGIN),
             },
             Err(failure) => {
                 loaded.fallbacks.fetch_add(1, Ordering::Relaxed);

@@ -689,55 +689,43 @@ mod tests {
             );
             Config::parse(&text, std::path::Path::new("/tmp/edgerep.toml")).unwrap()
         };
-        let config = |node: &str, api: &str| config_with(node, api, "");
-        let old = config("", "");
-        assert!(reloadable(&old, &config("", "")).is_ok());
-        let e = reloadable(
-            &old,
-            &config("sync_interval_ms = 50", "max_connections = 7"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("node.sync_interval_ms") && e.contains("api.max_connections"),
-            "{e}"
-        );
-        assert!(!e.contains("[node]") && !e.contains("[api]"), "{e}");
-        // The same in [retention] and [commit].
-        let e = reloadable(
-            &old,
-            &config(
+        let old = config_with("", "", "");
+        assert!(reloadable(&old, &config_with("", "", "")).is_ok());
+        // (text after [node], after [api], after [replication]; the keys named; the sections,
+        // which are not)
+        let otlp = "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"";
+        for (node, api, replication, keys, sections) in [
+            (
+                "sync_interval_ms = 50",
+                "max_connections = 7",
+                "",
+                ["node.sync_interval_ms", "api.max_connections"],
+                ["[node]", "[api]"],
+            ),
+            (
                 "[retention]\nkeep_events = 5\n[commit]\nmax_events = 10",
                 "",
+                "",
+                ["retention.keep_events", "commit.max_events"],
+                ["[retention]", "[commit]"],
             ),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("retention.keep_events") && e.contains("commit.max_events"),
-            "{e}"
-        );
-        assert!(!e.contains("[retention]") && !e.contains("[commit]"), "{e}");
-        // And in [replication] and [tracing].
-        let e = reloadable(
-            &old,
-            &config_with(
+            (
                 "",
                 "",
-                "anti_entropy_interval_ms = 5000\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"",
+                &format!("anti_entropy_interval_ms = 5000\n{otlp}"),
+                [
+                    "replication.anti_entropy_interval_ms",
+                    "tracing.otlp_endpoint",
+                ],
+                ["[replication]", "[tracing]"],
             ),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("replication.anti_entropy_interval_ms")
-                && e.contains("tracing.otlp_endpoint"),
-            "{e}"
-        );
-        assert!(
-            !e.contains("[replication]") && !e.contains("[tracing]"),
-            "{e}"
-        );
+        ] {
+            let e = reloadable(&old, &config_with(node, api, replication))
+                .unwrap_err()
+                .to_string();
+            assert!(keys.iter().all(|k| e.contains(k)), "{keys:?}: {e}");
+            assert!(!sections.iter().any(|s| e.contains(s)), "{sections:?}: {e}");
+        }
     }
 
     /// A reload of another node's config names the file and both nodes.

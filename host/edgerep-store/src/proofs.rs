@@ -469,6 +469,20 @@ pub(crate) fn sweep(
     Ok(removed)
 }
 
+/// Per origin, the highest of its events that the causal contexts of `versions` name.
+pub(crate) fn named_in_contexts<'a>(
+    versions: impl Iterator<Item = &'a EncodedEvent>,
+) -> std::collections::BTreeMap<&'a NodeId, u64> {
+    let mut named = std::collections::BTreeMap::new();
+    for v in versions {
+        for (o, seq) in v.context.iter() {
+            let n = named.entry(o).or_default();
+            *n = seq.max(*n);
+        }
+    }
+    named
+}
+
 /// Seals a page carries at most once context seals are added (see
 /// [`PageProofs::add_context_seals`]): the fewest any receiver takes in one message.
 const CONTEXT_SEALS_UP_TO: usize = 1024;
@@ -526,12 +540,12 @@ impl PageProofs {
         &mut self,
         seals_t: &impl ReadableTable<&'static [u8], &'static [u8]>,
     ) -> Result<(), StoreError> {
-        let mut named: std::collections::BTreeMap<NodeId, u64> = Default::default();
-        for (v, _) in &self.versions {
-            for (o, seq) in v.context.iter() {
-                let n = named.entry(o.clone()).or_default();
-                *n = (*n).max(seq);
-            }
+        let named = named_in_contexts(self.versions.iter().map(|(v, _)| v));
+        // Per origin, the highest seal the page carries already.
+        let mut carried: std::collections::BTreeMap<NodeId, u64> = Default::default();
+        for s in &self.seals {
+            let c = carried.entry(s.origin.clone()).or_default();
+            *c = (*c).max(s.seq);
         }
         for (origin, upto) in named {
             // A message carries at most max(events per batch, 1,024 origins) seals: past 1,024
@@ -540,11 +554,7 @@ impl PageProofs {
             if self.seals.len() >= CONTEXT_SEALS_UP_TO {
                 break;
             }
-            if self
-                .seals
-                .iter()
-                .any(|s| s.origin == origin && s.seq >= upto)
-            {
+            if carried.get(origin).is_some_and(|&c| c >= upto) {
                 continue;
             }
             let (lo, hi) = (
@@ -555,7 +565,7 @@ impl PageProofs {
                 let (k, v) = row?;
                 let seq = log_seq(origin.as_str(), k.value())
                     .ok_or_else(|| corrupt("seals", "a key of another origin"))?;
-                let seal = seals::decode(&origin, seq, v.value())?;
+                let seal = seals::decode(origin, seq, v.value())?;
                 if !seal.signature.is_empty() {
                     if self.named.insert((origin.to_string(), seq)) {
                         self.seals.push(seal);

@@ -353,7 +353,18 @@ pub(crate) fn settle(
             continue;
         }
         let versions = Versions::decode(split.versions, limits).map_err(|e| corrupt("state", e))?;
-        let hash = |r: &[u8]| rule.entry(collection, key, r, limits);
+        // Writes `new` over the key's row `old`, the digest and sums kept in step.
+        let replace = |t: &mut SettleTables<'_, '_>, old: &[u8], new: &[u8]| {
+            let hash = |r: &[u8]| rule.entry(collection, key, r, limits);
+            write_row(
+                t.state,
+                t.index,
+                t.digest,
+                &their.state_key,
+                (hash(old), hash(new)),
+                new,
+            )
+        };
         // The row as it stands, once the plugin's answer replaced the stand-in.
         let mut rewritten: Option<Vec<u8>> = None;
         let mut ours = stored.to_vec();
@@ -372,14 +383,7 @@ pub(crate) fn settle(
             if !again.is_fallback() {
                 let encoded = again.encode();
                 let new_row = join_row(split.versions, Some(&again));
-                write_row(
-                    t.state,
-                    t.index,
-                    t.digest,
-                    &their.state_key,
-                    (hash(&row), hash(&new_row)),
-                    &new_row,
-                )?;
+                replace(t, &row, &new_row)?;
                 out.resolved_again += 1;
                 by_collection
                     .entry(collection.to_owned())
@@ -428,14 +432,7 @@ pub(crate) fn settle(
         }
         let mut new_row = split.versions.to_vec();
         new_row.extend_from_slice(&default);
-        write_row(
-            t.state,
-            t.index,
-            t.digest,
-            &their.state_key,
-            (hash(rewritten.as_deref().unwrap_or(&row)), hash(&new_row)),
-            &new_row,
-        )?;
+        replace(t, rewritten.as_deref().unwrap_or(&row), &new_row)?;
         out.moved += 1;
         by_collection
             .entry(collection.to_owned())

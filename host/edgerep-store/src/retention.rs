@@ -616,9 +616,6 @@ impl StoreWriter {
         // (checked here, before anything is written) and path; trusted, a block of its own.
         let mut proven: Vec<(EncodedEvent, Seal, Vec<edgerep_wire::seal::ChainHash>)> =
             Vec::with_capacity(versions.len());
-        // Per origin, the highest of its events a verified seal on this page proves exist: what
-        // a page before a snapshot's last one may name in its versions' causal contexts.
-        let mut sealed_upto: BTreeMap<NodeId, u64> = BTreeMap::new();
         match (proofs, sealed) {
             (Some(proofs), Some((seals, _))) => {
                 let named = proofs::check_page(&versions, proofs, seals)
@@ -658,18 +655,15 @@ impl StoreWriter {
                 }
             }
         }
-        // A page before a snapshot's last: per origin its versions' contexts name, the first
-        // seal of it on the page at or past the highest named, if it verifies (one signature
-        // check per origin named; the seals the versions name were checked above, but not
-        // necessarily the copy of one picked here, which may be another seal of that seq).
+        // Per origin, the highest of its events a verified seal on this page proves exist: what
+        // a page before a snapshot's last one may name in its versions' causal contexts. For
+        // each origin its versions' contexts name, the first seal of it on the page at or past
+        // the highest named, if it verifies (one signature check per origin named; the seals
+        // the versions name were checked above, but not necessarily the copy of one picked
+        // here, which may be another seal of that seq).
+        let mut sealed_upto: BTreeMap<NodeId, u64> = BTreeMap::new();
         if let (false, None, Some(keys), Some((seals, _))) = (repair, have, &self.keys, sealed) {
-            let mut named: BTreeMap<&NodeId, u64> = BTreeMap::new();
-            for (v, _, _) in &proven {
-                for (o, seq) in v.context.iter() {
-                    let n = named.entry(o).or_default();
-                    *n = (*n).max(seq);
-                }
-            }
+            let named = proofs::named_in_contexts(proven.iter().map(|(v, _, _)| v));
             for (origin, upto) in named {
                 let first = seals
                     .iter()
