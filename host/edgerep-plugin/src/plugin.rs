@@ -366,7 +366,8 @@ impl Plugin {
     }
 
     /// Ends a call: reports suppressed log lines and returns the fuel used: the instructions
-    /// wasmtime counted and the host's work for the plugin (a unit a random byte), which
+    /// wasmtime counted and the host's work for the plugin (a unit a byte logged, printed,
+    /// read as a parameter or drawn at random), which
     /// wasmtime does not count, so that a call that asks the host for much work runs out of
     /// fuel, on every node alike, rather than into its deadline.
     fn finish(&self, store: &mut Store<HostState>) -> u64 {
@@ -387,7 +388,7 @@ impl Plugin {
             failure(
                 FailureKind::OutOfFuel,
                 &format!(
-                    "out of fuel: {fuel_used} used, over the budget of {}, counting the host's work for the plugin (a unit a random byte)",
+                    "out of fuel: {fuel_used} used, over the budget of {}, counting the host's work for the plugin (a unit a byte handed to it)",
                     self.inner.limits.fuel
                 ),
                 fuel_used,

@@ -863,6 +863,11 @@ impl HostState {
         self.work.take()
     }
 
+    /// The host's work for the plugin in the current call.
+    pub(crate) fn host_work(&self) -> &crate::wasi::HostWork {
+        &self.work
+    }
+
     pub(crate) fn wasi(&mut self) -> &mut WasiState {
         let output = &self.output;
         self.wasi

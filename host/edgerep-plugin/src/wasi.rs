@@ -11,7 +11,8 @@
 //!   pollables sleep on the host's clock, where neither fuel nor the epoch deadline can stop
 //!   them, so the linker's versions are replaced.)
 //! - Secure and insecure randomness come from a PRNG with a fixed seed ([`RANDOM_SEED`]),
-//!   seeded afresh for every instance.
+//!   seeded afresh for every instance. Every byte drawn is charged as host work before it is
+//!   drawn (the linker's draw functions are replaced, as they cannot fail otherwise).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,6 +41,11 @@ const MAX_RANDOM_BYTES: u64 = 1 << 20;
 /// The version of the `wasi:clocks` package whose functions are replaced; the linker serves
 /// every semver-compatible `0.2.x` import from it.
 const MONOTONIC_CLOCK_INTERFACE: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// The versions of the `wasi:random` interfaces whose draw functions are replaced (served to
+/// every semver-compatible `0.2.x` import).
+const RANDOM_INTERFACE: &str = "wasi:random/random@0.2.12";
+const INSECURE_RANDOM_INTERFACE: &str = "wasi:random/insecure@0.2.12";
 
 /// How many of a call's last output bytes (stdout and stderr together) are kept.
 const OUTPUT_TAIL_BYTES: usize = 2048;
@@ -206,17 +212,13 @@ pub(crate) struct WasiState {
 impl WasiState {
     pub(crate) fn new(output: OutputTail) -> WasiState {
         let clock = Arc::new(VirtualClock::default());
-        let debt = output.work.clone();
         let ctx = WasiCtxBuilder::new()
             .stdout(output.clone())
             .stderr(output)
             .wall_clock(FixedWallClock)
             .monotonic_clock(SharedClock(clock.clone()))
-            .secure_random(SplitMix64::new(RANDOM_SEED, debt.clone()))
-            .insecure_random(SplitMix64::new(
-                RANDOM_SEED ^ 0x5555_5555_5555_5555,
-                debt.clone(),
-            ))
+            .secure_random(SplitMix64::new(RANDOM_SEED))
+            .insecure_random(SplitMix64::new(RANDOM_SEED ^ 0x5555_5555_5555_5555))
             .insecure_random_seed(u128::from(RANDOM_SEED) << 64 | u128::from(!RANDOM_SEED))
             .max_random_size(MAX_RANDOM_BYTES)
             .allow_tcp(false)
@@ -231,10 +233,12 @@ impl WasiState {
     }
 }
 
-/// Adds WASI preview 2 (synchronous) to `linker`, with the sleeping functions replaced.
+/// Adds WASI preview 2 (synchronous) to `linker`, with the sleeping functions and the random
+/// draws replaced.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     linker.allow_shadowing(true);
+    add_random_draws(linker)?;
     let mut clock = linker.instance(MONOTONIC_CLOCK_INTERFACE)?;
     clock.func_wrap(
         "subscribe-duration",
@@ -253,6 +257,63 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         },
     )?;
     linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The draws of `wasi:random` (secure and insecure), each charged as host work before it is
+/// drawn: a draw past the call's budget traps out of fuel, so a plugin drawing a mebibyte per
+/// call in a loop stops on its fuel, on every node alike, not on its deadline. The bytes are
+/// wasmtime-wasi's own answers from the instance's seeded generators.
+fn add_random_draws(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::bindings::random::{insecure, random};
+
+    /// Charges a draw of `bytes`; a request over [`MAX_RANDOM_BYTES`] is not charged (the
+    /// draw refuses it with its own error).
+    fn charge(state: &HostState, bytes: u64) -> wasmtime::Result<()> {
+        let work = usize::try_from(bytes).unwrap_or(usize::MAX);
+        if bytes <= MAX_RANDOM_BYTES && !state.host_work().charge(work) {
+            return Err(HostWork::exhausted());
+        }
+        Ok(())
+    }
+
+    let mut secure = linker.instance(RANDOM_INTERFACE)?;
+    secure.func_wrap(
+        "get-random-bytes",
+        |mut store: StoreContextMut<'_, HostState>, (len,): (u64,)| {
+            charge(store.data(), len)?;
+            let ctx = &mut store.data_mut().wasi().ctx;
+            Ok((random::Host::get_random_bytes(ctx.random(), len)?,))
+        },
+    )?;
+    secure.func_wrap(
+        "get-random-u64",
+        |mut store: StoreContextMut<'_, HostState>, (): ()| {
+            charge(store.data(), 8)?;
+            let ctx = &mut store.data_mut().wasi().ctx;
+            Ok((random::Host::get_random_u64(ctx.random())?,))
+        },
+    )?;
+    let mut insecure = linker.instance(INSECURE_RANDOM_INTERFACE)?;
+    insecure.func_wrap(
+        "get-insecure-random-bytes",
+        |mut store: StoreContextMut<'_, HostState>, (len,): (u64,)| {
+            charge(store.data(), len)?;
+            let ctx = &mut store.data_mut().wasi().ctx;
+            Ok((insecure::Host::get_insecure_random_bytes(
+                ctx.random(),
+                len,
+            )?,))
+        },
+    )?;
+    insecure.func_wrap(
+        "get-insecure-random-u64",
+        |mut store: StoreContextMut<'_, HostState>, (): ()| {
+            charge(store.data(), 8)?;
+            let ctx = &mut store.data_mut().wasi().ctx;
+            Ok((insecure::Host::get_insecure_random_u64(ctx.random())?,))
+        },
+    )?;
     Ok(())
 }
 
@@ -325,18 +386,11 @@ impl HostMonotonicClock for SharedClock {
 /// plugin gets never change with a dependency's version. Not for secrets: plugins have none.
 struct SplitMix64 {
     state: u64,
-    /// Charged a unit of fuel a byte handed out (see [`HostWork`]; a draw past the budget
-    /// cannot trap here, and is charged when the call ends).
-    debt: Arc<HostWork>,
 }
 
 impl SplitMix64 {
-    fn new(seed: u64, debt: Arc<HostWork>) -> SplitMix64 {
-        SplitMix64 { state: seed, debt }
-    }
-
-    fn charge(&self, bytes: usize) {
-        self.debt.charge(bytes);
+    fn new(seed: u64) -> SplitMix64 {
+        SplitMix64 { state: seed }
     }
 
     fn next(&mut self) -> u64 {
@@ -352,17 +406,14 @@ impl rand_core::TryRng for SplitMix64 {
     type Error = Infallible;
 
     fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        self.charge(4);
         Ok((self.next() >> 32) as u32)
     }
 
     fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        self.charge(8);
         Ok(self.next())
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        self.charge(dst.len());
         for chunk in dst.chunks_mut(8) {
             let bytes = self.next().to_le_bytes();
             chunk.copy_from_slice(&bytes[..chunk.len()]);
@@ -448,13 +499,13 @@ mod tests {
     #[test]
     fn splitmix_is_the_reference_sequence() {
         // First outputs for seed 1234567 from the reference implementation.
-        let mut rng = SplitMix64::new(1234567, Default::default());
+        let mut rng = SplitMix64::new(1234567);
         assert_eq!(rng.next_u64(), 6457827717110365317);
         assert_eq!(rng.next_u64(), 3203168211198807973);
         let mut a = [0u8; 13];
         let mut b = [0u8; 13];
-        SplitMix64::new(RANDOM_SEED, Default::default()).fill_bytes(&mut a);
-        SplitMix64::new(RANDOM_SEED, Default::default()).fill_bytes(&mut b);
+        SplitMix64::new(RANDOM_SEED).fill_bytes(&mut a);
+        SplitMix64::new(RANDOM_SEED).fill_bytes(&mut b);
         assert_eq!(a, b);
     }
 

@@ -7,6 +7,10 @@
 //! - `random_hex`: 16 bytes from `getrandom`, as 32 lowercase hex digits (the first 16 of
 //!   `random_bytes`, a param: 16 by default; more asks the host for that much work).
 //!
+//! With the param `random_draws` = N, the call first asks `wasi:random` for `random_bytes`
+//! bytes N times in one call each (a hostile plugin's loop: a few instructions a mebibyte of
+//! the host's work).
+//!
 //! A host that answers WASI deterministically (fixed clocks, seeded random) gets the same output
 //! from every call on a fresh instance.
 
@@ -35,6 +39,12 @@ impl Transform for WasiProbe {
         let n: usize = param_or("random_bytes", "16")
             .parse()
             .map_err(|e| format!("wasi-probe: param random_bytes: {e}"))?;
+        let draws: u64 = param_or("random_draws", "0")
+            .parse()
+            .map_err(|e| format!("wasi-probe: param random_draws: {e}"))?;
+        for _ in 0..draws {
+            black_box(wasip2::random::random::get_random_bytes(n as u64));
+        }
         let mut random = vec![0u8; n.max(16)];
         getrandom::fill(&mut random).map_err(|e| format!("wasi-probe: getrandom: {e}"))?;
         let random_hex: String = random[..16].iter().map(|b| format!("{b:02x}")).collect();

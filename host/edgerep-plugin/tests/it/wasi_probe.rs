@@ -55,7 +55,7 @@ fn wasi_answers_are_deterministic() {
     }
 }
 
-/// The host's work for a plugin costs fuel: a unit a random byte. wasmtime charges only
+/// The host's work for a plugin costs fuel: a unit a random byte drawn. wasmtime charges only
 /// instructions, so a plugin asking the host for 1 MiB of randomness a call for a handful of
 /// instructions ran on host time, towards its deadline (a wall-clock outcome that differs
 /// between nodes), whatever its fuel. Now such a call is out of fuel, on every node alike.
@@ -98,4 +98,38 @@ fn host_work_for_the_plugin_costs_fuel() {
         "{failure:?}"
     );
     assert!(failure.message.contains("host's work"), "{failure:?}");
+}
+
+/// A loop of random draws stops on its fuel. Each draw of 1 MiB is a few instructions of the
+/// plugin's and a mebibyte of the host's work; a draw could not fail, so the work was charged
+/// only when the call ended and such a loop ran into its deadline (here a minute), an outcome
+/// that depends on the machine. Now the draw past the budget traps, out of fuel, with the
+/// same fuel every time.
+#[test]
+fn a_loop_of_random_draws_runs_out_of_fuel_not_into_its_deadline() {
+    let runtime = Runtime::new(None).unwrap();
+    let looping = load(
+        &runtime,
+        "wasi-probe",
+        limits(64 << 20, 32 << 20),
+        &[("random_bytes", "1048576"), ("random_draws", "1000000000")],
+    );
+    let started = std::time::Instant::now();
+    let mut fuel = Vec::new();
+    for _ in 0..2 {
+        let failure = looping.transform(&order("o-1"), true).unwrap_err();
+        assert_eq!(
+            failure.kind,
+            edgerep_plugin::FailureKind::OutOfFuel,
+            "{failure:?}"
+        );
+        assert!(failure.message.contains("host's work"), "{failure:?}");
+        fuel.push(failure.message.clone());
+    }
+    assert_eq!(fuel[0], fuel[1], "two calls used different fuel");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "two calls took {:?}: they ran into the deadline",
+        started.elapsed()
+    );
 }
