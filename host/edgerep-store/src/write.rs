@@ -936,6 +936,10 @@ impl StoreWriter {
                         // node's writes to one key stay causally ordered (what makes the
                         // compact context exact), so a key holds one version per origin at
                         // most, however stale the contexts clients send.
+                        // Contexts are transitive (snapshots rely on it): the held versions
+                        // this context covers are superseded, so what they superseded is
+                        // named too, however old the writer's read. (Held versions are
+                        // concurrent: none names another, so one pass suffices.)
                         Some(read) => {
                             let mut vv = read.clone();
                             if seq > 1 {
@@ -943,6 +947,11 @@ impl StoreWriter {
                                     origin: self.node.clone(),
                                     seq: seq - 1,
                                 });
+                            }
+                            for v in versions.events() {
+                                if vv.covers(&v.dot()) {
+                                    vv.join(&v.context);
+                                }
                             }
                             vv
                         }

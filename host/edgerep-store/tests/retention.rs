@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use edgerep_store::{LocalWrite, StoreError, StoreWriter, Sync};
 use edgerep_wire::event::EventLimits;
-use edgerep_wire::{HlcClock, NodeId, Value};
+use edgerep_wire::{HlcClock, NodeId, Value, VersionVector};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redb::backends::InMemoryBackend;
@@ -498,4 +498,69 @@ fn own_events_from_part_of_a_snapshot_keep_their_numbers_across_a_restart() {
     let committed = write_one(&a, &mut clock_after).unwrap();
     assert_eq!(committed[0].seq, 4);
     assert_verified(&a);
+}
+
+/// Causal contexts are transitive, which snapshots rely on: a write supersedes what the
+/// versions it covers superseded, even when its writer read an older state. Here client B read
+/// X at n1 (context n3:1); then Y (n2, over X) came, a client wrote W1 over Y, and B wrote W2
+/// with its stale context. W2 covers W1 (n1's own earlier write), so it must cover Y too: n4,
+/// which holds Y and gets n1's state by snapshot (n1 kept no changelog), ends with W2 alone,
+/// as every node given the events does. (W2's context named only X and W1, so n4 kept Y
+/// beside W2, and anti-entropy then spread Y back to every node.)
+#[test]
+fn a_write_with_a_stale_context_supersedes_what_the_versions_it_covers_superseded() {
+    use edgerep_wire::event::Dot;
+    let (n1, n2, n3, n4) = (store("n1"), store("n2"), store("n3"), store("n4"));
+    let mut clock = clock();
+    let context = |dots: &[(&str, u64)]| {
+        let mut vv = edgerep_wire::VersionVector::new();
+        for (origin, seq) in dots {
+            vv.add(&Dot {
+                origin: NodeId::parse(origin).unwrap(),
+                seq: *seq,
+            });
+        }
+        vv
+    };
+    let put = |store: &StoreWriter, clock: &mut HlcClock, n: i64, read: Option<VersionVector>| {
+        let write = LocalWrite {
+            collection: "c".into(),
+            key: b"k".to_vec(),
+            value: Some(Value::from_json(&serde_json::json!(n), &Default::default()).unwrap()),
+            schema: 0,
+            meta: BTreeMap::new(),
+            context: read,
+        };
+        store.commit_local(vec![write], clock, 1000 + n as u64).unwrap();
+    };
+    put(&n3, &mut clock, 1, None); // X
+    for to in [&n1, &n2, &n4] {
+        ship(&n3, to, "n3");
+    }
+    put(&n2, &mut clock, 2, None); // Y, over X
+    ship(&n2, &n1, "n2");
+    ship(&n2, &n4, "n2");
+    put(&n1, &mut clock, 3, Some(context(&[("n3", 1), ("n2", 1)]))); // W1, over Y
+    put(&n1, &mut clock, 4, Some(context(&[("n3", 1)]))); // W2, read before Y came
+    let held = n1.get("c", b"k").unwrap();
+    assert_eq!(held.events().len(), 1, "n1 holds W2 alone");
+    assert!(
+        held.events()[0].context.covers(&Dot {
+            origin: NodeId::parse("n2").unwrap(),
+            seq: 1
+        }),
+        "W2's context covers Y, which W1 (that it covers) superseded: {:?}",
+        held.events()[0].context
+    );
+
+    let have = n1.status().unwrap().origins;
+    n1.compact(&have, u64::MAX, Sync::Immediate).unwrap();
+    install_all(&n1, &n4, 1);
+    assert_eq!(
+        n4.get("c", b"k").unwrap().events().len(),
+        1,
+        "n4 holds W2 alone after the snapshot"
+    );
+    assert_eq!(n4.status().unwrap().digest, n1.status().unwrap().digest);
+    assert_verified(&n4);
 }
