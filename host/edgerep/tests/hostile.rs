@@ -238,6 +238,53 @@ fn a_fork_is_detected_and_reported() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
+/// A second history of 2,000 of node-2's own events, each under a seal of its own: before,
+/// proving them scanned the whole batch once per seal and checked 2,000 signatures on the
+/// replicator thread for every such message (and reported 2,000 forks). Now a batch proves at
+/// most 16 seals: 16 forks are reported, whatever the peer resends, and node-3's writes keep
+/// reaching node-1.
+#[test]
+fn a_long_second_history_buys_a_bounded_number_of_proofs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let n = 2000;
+    let first: Vec<_> = (1..=n)
+        .map(|seq| event("node-2", seq, "c", &format!("h{seq}"), 1))
+        .collect();
+    let m = h.sealed(first);
+    h.send(&m).unwrap();
+    wait_for_key(&n1, &format!("h{n}"), "node-2's first history applied");
+    // The second history, each event sealed alone (one signature check each to prove).
+    let (mut events, mut seals) = (Vec::new(), Vec::new());
+    for seq in 1..=n {
+        let Message::Events {
+            events: e,
+            seals: s,
+            ..
+        } = h.sealed(vec![event("node-2", seq, "c", &format!("h{seq}"), 2)])
+        else {
+            unreachable!()
+        };
+        events.extend(e);
+        seals.extend(s);
+    }
+    let fork = Message::Events {
+        events,
+        seals,
+        certs: Vec::new(),
+    };
+    for _ in 0..5 {
+        h.send(&fork).unwrap();
+    }
+    wait_status(&n1, "forks are reported", |r| r["forks_total"] == 16);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    wait_for_key(&n1, "after", "node-3's write reaches node-1");
+    let r = replication(&n1);
+    assert_eq!(r["forks_total"], 16, "{r}");
+    assert_eq!(get(&n1, "c", "h1").1, r#"{"v":1}"#);
+}
+
 /// A changed copy of node-3's event 1, which node-1 holds, sent without node-3's seal over it
 /// (under a seal node-2 made): before, it was reported as a fork, so any peer could raise a
 /// false alarm. Now a fork is reported only when the origin's seal proves the other event; this

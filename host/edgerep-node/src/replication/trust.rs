@@ -327,13 +327,15 @@ impl Replicator {
         }
     }
 
-    /// Compares events a peer sent that this node already holds with what it holds: two
-    /// different events with one origin and sequence number are a fork, reported (the one held
-    /// stays; the other is dropped as the duplicate it claims to be).
     /// Compares the events of a batch this node already holds with what it holds. A different
     /// event its origin sealed (the batch carries the seal and its whole block, the block's
     /// root matches and the signature verifies) is a fork: reported, never applied. A different
     /// event without that proof was changed by the peer: returns why, and the peer is cut off.
+    ///
+    /// The work is bounded per batch: the batch is indexed once, each seal's block is proven
+    /// once, and at most [`FORK_PROOFS_PER_BATCH`] seals are proven; differing events past
+    /// them are dropped unproven and unreported (the ones held stay in any case), so a peer
+    /// replaying another history of a long log buys a few signature checks a message.
     pub(super) fn check_forks(
         &mut self,
         peer: &NodeId,
@@ -362,54 +364,51 @@ impl Replicator {
         // Each seal's block is proven once per batch, however many of its events differ (a
         // peer replaying a whole other history must not cost a Merkle root per event).
         let mut proven: BTreeMap<usize, bool> = BTreeMap::new();
-        // Built at the first differing event only: duplicates that match cost no map.
-        let mut by_end: Option<BTreeMap<(&str, u64), usize>> = None;
+        // Built at the first differing event only: duplicates that match cost no index.
+        let mut index: Option<BatchIndex> = None;
         for (event, stored) in held.iter().zip(hashes) {
             let Some(stored) = stored else { continue };
             let received = edgerep_store::event_hash(event.bytes());
-            if received != stored {
-                // The first seal at or after the event, if it covers it.
-                let seal = by_end
-                    .get_or_insert_with(|| {
-                        seals
-                            .iter()
-                            .enumerate()
-                            .map(|(i, s)| ((s.origin.as_str(), s.seq), i))
-                            .collect()
-                    })
-                    .range((event.origin.as_str(), event.seq)..=(event.origin.as_str(), u64::MAX))
-                    .map(|(_, &i)| i)
-                    .next()
-                    .filter(|&i| seals[i].covers(event.seq));
-                let sealed = seal.is_some_and(|i| {
-                    *proven
-                        .entry(i)
-                        .or_insert_with(|| self.sealed_in_batch(&seals[i], events))
-                });
-                if !sealed {
-                    return Some(format!(
-                        "event {}:{} differs from the one this node holds and its origin's seal does not prove it: the peer changed it",
-                        event.origin, event.seq
-                    ));
-                }
-                if !self.reports.first_fork(event.origin.as_str(), event.seq) {
-                    continue;
-                }
-                let report = ForkReport {
-                    origin: event.origin.to_string(),
-                    seq: event.seq,
-                    held_hash: hex(&stored),
-                    received_hash: hex(&received),
-                    from_peer: peer.to_string(),
-                    at_ms: wall_ms(),
-                };
-                tracing::error!(
-                    peer = %peer, origin = %event.origin, seq = event.seq,
-                    held = %report.held_hash, received = %report.received_hash,
-                    "fork: a peer sent a different event its origin sealed under an origin and sequence number this node holds"
-                );
-                self.reports.fork(report);
+            if received == stored {
+                continue;
             }
+            let index = index.get_or_insert_with(|| BatchIndex::new(events, seals));
+            let Some(seal) = index.seal_covering(seals, event) else {
+                return Some(format!(
+                    "event {}:{} differs from the one this node holds and no seal of its origin in the batch covers it: the peer changed it",
+                    event.origin, event.seq
+                ));
+            };
+            if !proven.contains_key(&seal) && proven.len() == FORK_PROOFS_PER_BATCH {
+                tracing::debug!(peer = %peer, "more than {FORK_PROOFS_PER_BATCH} seals to prove for forks in one batch: the rest of its differing events are dropped unproven");
+                return None;
+            }
+            let sealed = *proven
+                .entry(seal)
+                .or_insert_with(|| self.sealed_in_batch(&seals[seal], index));
+            if !sealed {
+                return Some(format!(
+                    "event {}:{} differs from the one this node holds and its origin's seal does not prove it: the peer changed it",
+                    event.origin, event.seq
+                ));
+            }
+            if !self.reports.first_fork(event.origin.as_str(), event.seq) {
+                continue;
+            }
+            let report = ForkReport {
+                origin: event.origin.to_string(),
+                seq: event.seq,
+                held_hash: hex(&stored),
+                received_hash: hex(&received),
+                from_peer: peer.to_string(),
+                at_ms: wall_ms(),
+            };
+            tracing::error!(
+                peer = %peer, origin = %event.origin, seq = event.seq,
+                held = %report.held_hash, received = %report.received_hash,
+                "fork: a peer sent a different event its origin sealed under an origin and sequence number this node holds"
+            );
+            self.reports.fork(report);
         }
         None
     }
@@ -417,13 +416,8 @@ impl Replicator {
     /// Whether `seal`'s events are proven their origin's by the batch alone: the batch holds
     /// the seal's whole block, the block's Merkle root matches and the
     /// signature verifies (with keys; without, the root must still match).
-    pub(super) fn sealed_in_batch(&self, seal: &Seal, events: &[EncodedEvent]) -> bool {
-        let mut block: Vec<&EncodedEvent> = events
-            .iter()
-            .filter(|e| e.origin == seal.origin && seal.covers(e.seq))
-            .collect();
-        block.sort_by_key(|e| e.seq);
-        block.dedup_by_key(|e| e.seq);
+    pub(super) fn sealed_in_batch(&self, seal: &Seal, batch: &BatchIndex) -> bool {
+        let block = batch.block(seal);
         if block.len() as u64 != seal.seq - seal.first + 1 {
             return false;
         }
@@ -508,5 +502,53 @@ impl Replicator {
         // Anti-entropy's session with it ends too (it used to run on to its timeout).
         self.end_session(&peer, CloseCode::Protocol, &reason, now);
         self.last_error.insert(peer, reason);
+    }
+}
+
+/// Seals [`Replication::check_forks`] proves in one batch at most (each a Merkle root and a
+/// signature check on the replicator thread).
+const FORK_PROOFS_PER_BATCH: usize = 16;
+
+/// A batch's events by origin and sequence number (the first of duplicates), and its seals by
+/// origin and last sequence number: built once per batch, so that proving a fork costs a
+/// lookup, not a scan of the batch per seal.
+pub(super) struct BatchIndex<'a> {
+    events: BTreeMap<(&'a str, u64), &'a EncodedEvent>,
+    seals: BTreeMap<(&'a str, u64), usize>,
+}
+
+impl<'a> BatchIndex<'a> {
+    pub(super) fn new(events: &'a [EncodedEvent], seals: &'a [Seal]) -> BatchIndex<'a> {
+        let mut by_seq = BTreeMap::new();
+        for e in events {
+            by_seq.entry((e.origin.as_str(), e.seq)).or_insert(e);
+        }
+        BatchIndex {
+            events: by_seq,
+            seals: seals
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ((s.origin.as_str(), s.seq), i))
+                .collect(),
+        }
+    }
+
+    /// The index in `seals` of the first seal at or after `event` of its origin, if it covers it.
+    fn seal_covering(&self, seals: &[Seal], event: &EncodedEvent) -> Option<usize> {
+        let origin = event.origin.as_str();
+        self.seals
+            .range((origin, event.seq)..=(origin, u64::MAX))
+            .map(|(_, &i)| i)
+            .next()
+            .filter(|&i| seals[i].covers(event.seq))
+    }
+
+    /// The batch's events in `seal`'s block, in order, each sequence number once.
+    fn block(&self, seal: &Seal) -> Vec<&'a EncodedEvent> {
+        let origin = seal.origin.as_str();
+        self.events
+            .range((origin, seal.first)..=(origin, seal.seq))
+            .map(|(_, &e)| e)
+            .collect()
     }
 }
