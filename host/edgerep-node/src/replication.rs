@@ -501,10 +501,16 @@ pub fn start(
             tokio::spawn(async move {
                 match incoming.handshake().await {
                     Ok(conn) => {
-                        accepted
+                        // One accepted connection per peer: the one it made before is closed
+                        // (it replaces it as the link anyway), so a peer dialing again and
+                        // again holds one connection and its buffers, not one per dial.
+                        let older = accepted
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(conn.peer.clone(), conn.clone());
+                        if let Some(older) = older.filter(|o| !o.is(&conn)) {
+                            older.close(CloseCode::Normal, "the peer connected again");
+                        }
                         serve_connection(conn, id, false, inbox, limits, precheck).await
                     }
                     Err(e) => tracing::debug!("refused a connection: {e}"),
@@ -887,8 +893,9 @@ impl Replicator {
         let Some(live) = self.conns.get(&peer).filter(|l| l.id == id) else {
             return;
         };
-        let before = live.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        if before > connection::INBOX_MAX_BYTES && before - bytes <= connection::INBOX_MAX_BYTES {
+        let cost = connection::inbox_cost(bytes);
+        let before = live.inbox_bytes.fetch_sub(cost, Ordering::AcqRel);
+        if before > connection::INBOX_MAX_BYTES && before - cost <= connection::INBOX_MAX_BYTES {
             live.resume.notify_one();
         }
         let f = self.frames.entry(peer.clone()).or_default();

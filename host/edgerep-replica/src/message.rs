@@ -1009,7 +1009,8 @@ fn decode_seals(
             limit: MAX_ORIGINS as u64,
         });
     }
-    let mut certs = Vec::with_capacity(n);
+    let mut certs: Certs = Vec::with_capacity(n);
+    let mut origins = std::collections::BTreeSet::new();
     for _ in 0..n {
         r.array_of(2, "cert")?;
         let origin = node_id(r, "cert origin")?;
@@ -1020,7 +1021,11 @@ fn decode_seals(
                 reason: format!("{} bytes, over the limit of {MAX_CERT_BYTES}", der.len()),
             });
         }
-        certs.push((origin, der.to_vec()));
+        // One certificate per origin is read (the first; senders send one): further copies
+        // are not kept, so they cost no memory however long the message is queued.
+        if origins.insert(origin.clone()) {
+            certs.push((origin, der.to_vec()));
+        }
     }
     Ok((seals, certs))
 }
@@ -1381,6 +1386,29 @@ mod tests {
         };
         assert_eq!(events, vec![event("a", 1)]);
         assert!(!inside(&events[0], &padded));
+    }
+
+    /// A message carrying many copies of one origin's certificate keeps the first only: the
+    /// copies cost nothing while the message waits in a queue.
+    #[test]
+    fn only_the_first_certificate_of_an_origin_is_kept() {
+        let m = Message::Events {
+            events: vec![event("a", 1)],
+            seals: vec![],
+            certs: vec![
+                (node("a"), vec![1; 60]),
+                (node("a"), vec![2; 600]),
+                (node("b"), vec![3; 60]),
+                (node("a"), vec![4; 60]),
+            ],
+        };
+        let Message::Events { certs, .. } = decode(&m.encode()).unwrap() else {
+            panic!("not events")
+        };
+        assert_eq!(
+            certs,
+            vec![(node("a"), vec![1; 60]), (node("b"), vec![3; 60])]
+        );
     }
 
     fn hello() -> Hello {

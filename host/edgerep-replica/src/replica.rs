@@ -553,7 +553,7 @@ pub fn trim_to_seals(events: &mut Vec<EncodedEvent>, seals: &[Seal]) -> usize {
 
 /// About how much memory `events` hold: the canonical bytes, the parsed copy of about as many
 /// (key, value, metadata), up to about 80 bytes per causal context entry, and 128 for the rest.
-fn approx_bytes(events: &[EncodedEvent]) -> usize {
+pub(crate) fn approx_bytes(events: &[EncodedEvent]) -> usize {
     events
         .iter()
         .map(|e| 2 * e.encoded_len() + e.context.len() * 80 + 128)
@@ -934,7 +934,7 @@ impl Replica {
                 if batch.events.is_empty() {
                 } else if busy {
                     s.queued_events += batch.events.len();
-                    s.queued_bytes += approx_bytes(&batch.events);
+                    s.queued_bytes += batch.approx_bytes();
                     for e in &batch.events {
                         have::raise(&mut s.queued_high, &e.origin, e.seq);
                     }
@@ -1458,7 +1458,7 @@ impl Replica {
                     break;
                 }
                 n += front.events.len();
-                bytes += approx_bytes(&front.events);
+                bytes += front.approx_bytes();
                 batches.extend(s.queued.pop_front());
             }
             s.queued_events -= n;

@@ -64,6 +64,20 @@ pub(crate) struct Batch {
     pub(crate) certs: Vec<(NodeId, Vec<u8>)>,
 }
 
+impl Batch {
+    /// What the batch takes in memory, roughly: its events, seals and certificates (a peer
+    /// sending one event with megabytes of certificates must not pass for one event).
+    pub(crate) fn approx_bytes(&self) -> usize {
+        crate::replica::approx_bytes(&self.events)
+            + self.seals.len() * std::mem::size_of::<Seal>()
+            + self
+                .certs
+                .iter()
+                .map(|(_, der)| der.len() + 64)
+                .sum::<usize>()
+    }
+}
+
 /// Since when an origin waits for the peer's acknowledgement: when (ms) and at which send
 /// its acknowledgement last moved or its sending started afresh, and its latest send.
 #[derive(Debug, Clone, Copy)]

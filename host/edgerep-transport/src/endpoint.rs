@@ -75,6 +75,11 @@ impl PeerConnection {
         &self.conn
     }
 
+    /// Whether `other` is this same connection (a clone of it).
+    pub fn is(&self, other: &PeerConnection) -> bool {
+        self.conn.stable_id() == other.conn.stable_id()
+    }
+
     /// Closes the connection at once with `code` and `reason` (sent to the peer, at most a few
     /// hundred bytes of it), abandoning unsent data.
     pub fn close(&self, code: CloseCode, reason: &str) {

@@ -48,9 +48,10 @@ pub struct TransportConfig {
     pub receive_window_bytes: u32,
     /// How many bytes this side keeps buffered for sending on a connection (default 16 MiB).
     pub send_window_bytes: u32,
-    /// How many bidirectional streams a peer may have open at once (default 32).
+    /// How many bidirectional streams a peer may have open at once (default 1: the peer
+    /// link is one stream; a stream nobody accepts would hold buffered bytes for nothing).
     pub max_concurrent_bidi_streams: u32,
-    /// How many unidirectional streams a peer may have open at once (default 32).
+    /// How many unidirectional streams a peer may have open at once (default 0: none is used).
     pub max_concurrent_uni_streams: u32,
 }
 
@@ -62,8 +63,8 @@ impl Default for TransportConfig {
             stream_receive_window_bytes: 8 << 20,
             receive_window_bytes: 16 << 20,
             send_window_bytes: 16 << 20,
-            max_concurrent_bidi_streams: 32,
-            max_concurrent_uni_streams: 32,
+            max_concurrent_bidi_streams: 1,
+            max_concurrent_uni_streams: 0,
         }
     }
 }

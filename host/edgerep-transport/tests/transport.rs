@@ -195,6 +195,37 @@ async fn peers_of_one_ca_connect_both_ways_and_exchange_frames() {
     assert_eq!(served.await.unwrap().unwrap(), 5);
 }
 
+/// A peer may open the one stream of the link and no other: a second bidirectional stream or
+/// any unidirectional one waits for credit that never comes, so data a peer writes to streams
+/// the node never accepts is not buffered for it.
+#[tokio::test]
+async fn a_peer_may_open_one_stream_only() {
+    let ca = Ca::generate("test").unwrap();
+    let (a_cert, b_cert) = (
+        ca.issue_node("site-a").unwrap(),
+        ca.issue_node("site-b").unwrap(),
+    );
+    let a = Node::start(&ca, &a_cert, &["site-b"]);
+    let mut b = Node::start(&ca, &b_cert, &["site-a"]);
+    let conn = a
+        .transport
+        .connect(&id("site-b"), &b.addr.to_string())
+        .await
+        .unwrap();
+    let _served = b.next().await.unwrap();
+    let (mut first, _recv) = conn.quic().open_bi().await.unwrap();
+    write_frame(&mut first, b"link").await.unwrap();
+    let short = Duration::from_millis(500);
+    assert!(
+        timeout(short, conn.quic().open_bi()).await.is_err(),
+        "a second bidirectional stream was opened"
+    );
+    assert!(
+        timeout(short, conn.quic().open_uni()).await.is_err(),
+        "a unidirectional stream was opened"
+    );
+}
+
 #[tokio::test]
 async fn a_node_from_another_ca_is_refused_as_client_and_as_server() {
     let (logs, _guard) = Logs::capture();

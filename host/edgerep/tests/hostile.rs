@@ -285,6 +285,37 @@ fn a_long_second_history_buys_a_bounded_number_of_proofs() {
     assert_eq!(get(&n1, "c", "h1").1, r#"{"v":1}"#);
 }
 
+/// A peer that dials again and again without opening its link: each connection used to live
+/// until its link was due (10 s), holding its buffers, and the one before stayed up beside
+/// it. Now a new connection from a peer closes the one it made before, at once.
+#[test]
+fn a_peer_holds_one_accepted_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut first = attacker(&configs, &[]);
+    let mut bare: Vec<Hostile> = (0..3)
+        .map(|_| Hostile::connect(&configs[1], &configs[0]))
+        .collect();
+    let reason = first.closed_within(Duration::from_secs(5));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("the peer connected again")),
+        "{reason:?}"
+    );
+    for h in &mut bare[..2] {
+        let reason = h.closed_within(Duration::from_secs(5));
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.contains("the peer connected again")),
+            "{reason:?}"
+        );
+    }
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    wait_for_key(&n1, "after", "node-3's write reaches node-1");
+}
+
 /// A changed copy of node-3's event 1, which node-1 holds, sent without node-3's seal over it
 /// (under a seal node-2 made): before, it was reported as a fork, so any peer could raise a
 /// false alarm. Now a fork is reported only when the origin's seal proves the other event; this

@@ -7,6 +7,16 @@ use super::*;
 /// bytes than this.
 pub(super) const INBOX_MAX_BYTES: usize = 32 << 20;
 
+/// What a message costs the inbox at least, whatever its frame's size: a decoded message takes
+/// a few hundred bytes however small its frame (a peer sending 3-byte frames must not queue
+/// millions of them within [`INBOX_MAX_BYTES`]).
+const INBOX_MESSAGE_MIN_BYTES: usize = 1024;
+
+/// What a message of a `frame_bytes` frame costs the inbox.
+pub(super) fn inbox_cost(frame_bytes: usize) -> usize {
+    frame_bytes.max(INBOX_MESSAGE_MIN_BYTES)
+}
+
 /// How often a paused reader looks whether its connection closed.
 const READER_CLOSE_LOOK: Duration = Duration::from_millis(100);
 
@@ -394,7 +404,7 @@ pub(super) async fn serve_connection(
             Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
                 Ok(message) => {
                     precheck.run(&message);
-                    inbox_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+                    inbox_bytes.fetch_add(inbox_cost(bytes.len()), Ordering::AcqRel);
                     if inbox
                         .send(Input::Message {
                             peer: peer.clone(),
