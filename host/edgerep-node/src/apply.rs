@@ -295,10 +295,29 @@ pub(crate) fn prepare(
     pipeline: &Pipeline,
     limits: &DecodeLimits,
     admission: &Admission<'_>,
-    events: Vec<EncodedEvent>,
-    seals: &[edgerep_wire::Seal],
+    admitted: Admitted,
     keep_admitted: bool,
 ) -> Result<Prepared, Halt> {
+    let Admitted { events, refused } = admitted;
+    let admitted = keep_admitted.then(|| events.clone());
+    shape(pipeline, limits, admission, events, refused).map_err(|mut halt| {
+        halt.admitted = admitted.unwrap_or_default();
+        halt
+    })
+}
+
+/// A batch's events [`admit`] let through, and those it refused.
+pub(crate) struct Admitted {
+    pub(crate) events: Vec<EncodedEvent>,
+    refused: Vec<Refusal>,
+}
+
+/// The events of a batch `admission` lets through (the first step of [`prepare`]).
+pub(crate) fn admit(
+    admission: &Admission<'_>,
+    events: Vec<EncodedEvent>,
+    seals: &[edgerep_wire::Seal],
+) -> Admitted {
     // An origin's admitted events end where a refusal cut them: back to its last seal before
     // that. What was admitted counting on the events trimmed away is judged again.
     let (mut events, mut refused) = admission.admit(events);
@@ -307,11 +326,7 @@ pub(crate) fn prepare(
         events = again;
         refused.extend(more);
     }
-    let admitted = keep_admitted.then(|| events.clone());
-    shape(pipeline, limits, admission, events, refused).map_err(|mut halt| {
-        halt.admitted = admitted.unwrap_or_default();
-        halt
-    })
+    Admitted { events, refused }
 }
 
 /// [`prepare`] of the admitted events.

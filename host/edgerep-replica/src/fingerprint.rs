@@ -61,6 +61,20 @@ fn epochs(f: &CollectionFingerprint) -> Vec<(u64, &str, &[String])> {
         .collect()
 }
 
+/// Most differences a report (an error, the mismatches kept for the status, the log) lists; the
+/// rest are counted (a peer's Hello may name thousands of collections or policy entries).
+pub(crate) const REPORTED_DIFFERENCES: usize = 16;
+
+/// `list` with at most [`REPORTED_DIFFERENCES`] items, the rest counted in a last one.
+pub(crate) fn at_most_reported(mut list: Vec<String>) -> Vec<String> {
+    if list.len() > REPORTED_DIFFERENCES {
+        let more = list.len() - REPORTED_DIFFERENCES;
+        list.truncate(REPORTED_DIFFERENCES);
+        list.push(format!("and {more} more"));
+    }
+    list
+}
+
 /// Every difference between our fingerprint and the peer's, in collection order.
 pub(crate) fn differences(
     ours: &[CollectionFingerprint],
@@ -236,7 +250,7 @@ pub(crate) fn policy_differences(
     for (k, v) in theirs {
         by_name.entry(k).or_default().1 = Some(v);
     }
-    by_name
+    let differences = by_name
         .into_iter()
         .filter(|(_, (a, b))| a != b)
         .map(|(name, (a, b))| {
@@ -246,13 +260,30 @@ pub(crate) fn policy_differences(
                 b.unwrap_or("(unset)")
             )
         })
-        .collect()
+        .collect();
+    at_most_reported(differences)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::message::PluginFingerprint;
+
+    /// A peer's policy of thousands of entries, all different: the report names 16 and counts
+    /// the rest (it goes to the log and the status on every reconnect).
+    #[test]
+    fn a_long_policy_difference_is_reported_in_part() {
+        let ours: Vec<(String, String)> = Vec::new();
+        let theirs: Vec<(String, String)> = (0..4096)
+            .map(|i| (format!("p{i:05}"), "x".repeat(1024)))
+            .collect();
+        let found = policy_differences(&ours, &theirs);
+        assert_eq!(found.len(), REPORTED_DIFFERENCES + 1);
+        assert_eq!(found.last().unwrap(), "and 4080 more");
+        assert!(found[0].starts_with("p00000: (unset) here, xxx"));
+        let few = policy_differences(&ours, &theirs[..3]);
+        assert_eq!(few.len(), 3);
+    }
 
     fn fp(
         name: &str,

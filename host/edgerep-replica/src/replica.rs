@@ -849,7 +849,7 @@ impl Replica {
                     .collect();
                 if !pausing.is_empty() {
                     return Err(ProtocolError::ResolversDiffer {
-                        differences: pausing,
+                        differences: fingerprint::at_most_reported(pausing),
                     });
                 }
                 for d in &found {
@@ -861,7 +861,8 @@ impl Replica {
                         });
                     }
                 }
-                let differences: Vec<String> = found.into_iter().map(|d| d.text).collect();
+                let differences =
+                    fingerprint::at_most_reported(found.into_iter().map(|d| d.text).collect());
                 s.mismatches = differences.clone();
                 s.start(hello.clone(), now);
                 s.own_until = have::get(&self.local_have, peer);

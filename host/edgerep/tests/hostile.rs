@@ -1211,6 +1211,9 @@ deadline_ms = 5
     let st = status(&n1);
     assert!(st["replication"]["halted"].is_null(), "{st}");
     assert_eq!(st["origins"]["node-3"], 1, "{st}");
+    // Found out before its transform ran: a made-up event buys no plugin run (it was run,
+    // and failed, before the seals were checked).
+    assert_eq!(st["plugins"]["spin"]["calls"], 0, "{st}");
     drop(h);
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));

@@ -67,12 +67,32 @@ impl Replicator {
             && events
                 .iter()
                 .any(|e| self.transformed_on_apply.contains(e.collection.as_str()));
+        let admitted = crate::apply::admit(&admission, events, &seals);
+        // With authentication, events that transforms would run on are first shown to be
+        // their origins' (the committer checks them anyway, after the transforms): a peer
+        // sending made-up events must not buy plugin runs with them, again after each
+        // reconnect, since they are never stored.
+        if keep_admitted
+            && self.config.replication.authenticate
+            && !admitted.events.is_empty()
+            && let Err(edgerep_store::StoreError::Forged {
+                origin,
+                seq,
+                reason,
+            }) = self.store.check_sealed(&admitted.events, &seals, &certs)
+        {
+            let reason = format!("event {origin}/{seq} is forged ({reason})");
+            tracing::error!(peer = %peer, "events refused before their transforms on apply, disconnecting: {reason}");
+            let now = self.now();
+            self.core.apply_failed(&peer, &reason, now);
+            self.cut_off(peer, reason, now);
+            return;
+        }
         let prepared = match crate::apply::prepare(
             &self.pipeline,
             &self.value_limits,
             &admission,
-            events,
-            &seals,
+            admitted,
             keep_admitted,
         ) {
             Ok(p) => p,
