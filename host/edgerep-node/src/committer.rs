@@ -259,10 +259,12 @@ pub enum CommitError {
     /// The store failed; nothing of the group was written.
     #[error("store failed, nothing written: {0}")]
     Store(String),
-    /// The disk failed under the store (full, say; the first failure): nothing of the group
-    /// was written, and the node is stopping.
+    /// The disk failed under the store (full, say; the first failure), and the node is
+    /// stopping. Whether the group is durable is not known: a failure while its pages were
+    /// written leaves nothing, but one at the final sync may leave it all (redb writes its
+    /// header before that sync).
     #[error(
-        "the disk failed under the store, nothing written: {0}; the node is stopping (restart it once the disk is fixed)"
+        "the disk failed under the store: {0}; the node is stopping (restart it once the disk is fixed). These writes may be durable (a failed sync does not undo them): read them back after the restart, or retry with the same idempotency key"
     )]
     DiskFailed(String),
     /// The node is shutting down.
