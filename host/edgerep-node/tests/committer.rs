@@ -305,3 +305,40 @@ async fn a_sync_that_fails_says_the_write_may_be_durable() {
         "the write whose sync failed is there after a restart"
     );
 }
+
+/// One key whose stored state cannot be read (a damaged disk; here `debug damage
+/// --flip-byte`): a write to it is refused, with the reason, and a write to another key sent
+/// at the same time commits. Before, the whole group failed with "store failed", for as long
+/// as the row stayed damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_row_refuses_only_the_writes_to_its_key() {
+    let (store, resume) = Store::open_with_backend(
+        redb::backends::InMemoryBackend::new(),
+        "memory",
+        &NodeId::parse("a").unwrap(),
+        EventLimits::default(),
+    )
+    .unwrap();
+    let writer = StoreWriter::new(store);
+    let mut clock = HlcClock::new(resume.hlc_last, 60_000);
+    writer
+        .commit_local(vec![write("bad"), write("good")], &mut clock, 1)
+        .unwrap();
+    writer
+        .damage("c", &[b"bad".to_vec()], edgerep_store::aae::Damage::FlipByte)
+        .unwrap();
+    let reader = writer.reader();
+    assert!(reader.get("c", b"bad").is_err(), "the row is unreadable");
+    let (c, _thread, failed) = spawn(writer, resume);
+    let (bad, good) = tokio::join!(
+        within(c.commit(vec![write("bad")])),
+        within(c.commit(vec![write("good")]))
+    );
+    assert!(
+        matches!(&bad, Err(CommitError::Refused(r)) if r.contains("cannot be read")),
+        "{bad:?}"
+    );
+    good.expect("a write to another key commits");
+    assert_eq!(reader.get("c", b"good").unwrap().events().len(), 1);
+    assert_eq!(*failed.borrow(), None, "no disk failure");
+}

@@ -897,17 +897,29 @@ impl StoreWriter {
                 }
                 let skey = state_key(&w.collection, &w.key);
                 let old = state.get(skey.as_slice())?;
-                let (mut versions, old_hash) = match &old {
+                // A row that cannot be read (a damaged disk) refuses this write only, below:
+                // the others of the group commit (anti-entropy repairs the row).
+                let (mut versions, old_hash, unreadable) = match &old {
                     Some(g) => {
                         let bytes = g.value();
-                        let versions =
-                            Versions::decode(bytes, &limits).map_err(|e| corrupt("state", e))?;
-                        (
-                            versions,
-                            Some(self.rule.entry(&w.collection, &w.key, bytes, &limits)),
-                        )
+                        match Versions::decode(bytes, &limits) {
+                            Ok(versions) => (
+                                versions,
+                                Some(self.rule.entry(&w.collection, &w.key, bytes, &limits)),
+                                None,
+                            ),
+                            Err(e) => (
+                                Versions::new(),
+                                None,
+                                Some(format!(
+                                    "key {:?} of collection {:?}: its stored state cannot be read ({e}); the store is damaged there, and anti-entropy repairs it from a peer",
+                                    String::from_utf8_lossy(&w.key),
+                                    w.collection
+                                )),
+                            ),
+                        }
                     }
-                    None => (Versions::new(), None),
+                    None => (Versions::new(), None, None),
                 };
                 drop(old);
                 seq = seq.checked_add(1).ok_or_else(|| StoreError::WriteRefused {
@@ -972,7 +984,9 @@ impl StoreWriter {
                     Some(context) => context_beyond_held(context, &origins, &self.node, seq)?,
                     None => None,
                 };
-                let problem = if beyond.is_some() {
+                let problem = if unreadable.is_some() {
+                    unreadable
+                } else if beyond.is_some() {
                     beyond
                 } else if let Some(v) = versions
                     .events()
