@@ -52,9 +52,29 @@ pub struct Links {
     pub origin_gate: watch::Receiver<Option<String>>,
     /// Commit durations and per-collection counts.
     pub metrics: Arc<crate::metrics::CommitMetrics>,
-    /// Told why, when the disk failed under the store: every later write would fail too
-    /// until the store is opened again, so the node stops (see `edgerep_node::start`).
+    /// Told why, when the disk failed under the store (every later write would fail too
+    /// until the store is opened again) or the committer thread ended on a panic (nothing
+    /// would write again): the node stops (see `edgerep_node::start`).
     pub disk_failed: watch::Sender<Option<String>>,
+}
+
+/// Held by the committer thread: a panic there (a bug) would leave the node up with nothing
+/// to write its writes, answering `shutting_down` for ever and leaving peers' applies
+/// unanswered; it stops the node instead, as a failed disk does, so its supervisor restarts it.
+struct StopOnPanic(watch::Sender<Option<String>>);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.send_if_modified(|f| {
+                let new = f.is_none();
+                f.get_or_insert_with(|| {
+                    "the committer thread panicked (a bug: its message is in the log above), not a disk failure".into()
+                });
+                new
+            });
+        }
+    }
 }
 
 /// Called on the committer thread with the outcome of [`Committer::apply`].
@@ -333,6 +353,7 @@ impl Committer {
             metrics,
             disk_failed,
         } = links;
+        let on_panic = StopOnPanic(disk_failed.clone());
         let writes_queued = Arc::new(AtomicIsize::new(0));
         let queued = writes_queued.clone();
         // Counts a write request out of the queue.
@@ -380,6 +401,7 @@ impl Committer {
         let thread = thread::Builder::new()
             .name("edgerep-committer".into())
             .spawn(move || {
+                let _on_panic = on_panic;
                 let _ = wake.thread.set(thread::current());
                 let mut group: Vec<Pending> = Vec::new();
                 let mut writes: Vec<LocalWrite> = Vec::new();

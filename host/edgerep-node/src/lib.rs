@@ -46,10 +46,10 @@ pub enum NodeError {
         /// The IO error.
         source: std::io::Error,
     },
-    /// The disk failed under the store while the node ran: it stopped (restart it once the
-    /// disk is fixed: what was acknowledged is on disk).
+    /// The disk failed under the store while the node ran, or the committer thread panicked:
+    /// it stopped (restart it once the cause is fixed: what was acknowledged is on disk).
     #[error(
-        "the disk failed under the store, so the node stopped (restart it once the disk is fixed, e.g. space freed): {0}"
+        "the store stopped taking writes, so the node stopped (restart it once the cause is fixed, e.g. disk space freed): {0}"
     )]
     DiskFailed(String),
     /// The store could not be opened.
@@ -654,7 +654,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         tokio::spawn(async move {
             if let Ok(reason) = failed.wait_for(Option::is_some).await {
                 tracing::error!(
-                    "the disk failed under the store: stopping (restart the node once the disk is fixed): {}",
+                    "the store stopped taking writes: stopping (restart the node once the cause is fixed): {}",
                     reason.as_deref().unwrap_or_default()
                 );
                 let _ = stop.send(true);

@@ -342,3 +342,62 @@ async fn a_damaged_row_refuses_only_the_writes_to_its_key() {
     assert_eq!(reader.get("c", b"good").unwrap().events().len(), 1);
     assert_eq!(*failed.borrow(), None, "no disk failure");
 }
+
+/// A panic on the committer thread (a bug; here in a resolver it runs) used to leave the node
+/// up with nothing to write: every write answered `shutting_down` and peers' applies went
+/// unanswered, with nothing for a supervisor to see. Now it is reported as the store stopping,
+/// which stops the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_the_committer_thread_is_reported() {
+    struct Panics;
+    impl edgerep_store::Resolver for Panics {
+        fn resolves(&self, _: &str) -> bool {
+            true
+        }
+        fn resolve(
+            &self,
+            _: &str,
+            _: &[u8],
+            _: &edgerep_store::Versions,
+        ) -> edgerep_store::Resolution {
+            panic!("a resolver bug")
+        }
+        fn build(&self, _: &str) -> String {
+            "test".into()
+        }
+    }
+    let open = |id: &str| {
+        Store::open_with_backend(
+            redb::backends::InMemoryBackend::new(),
+            "memory",
+            &NodeId::parse(id).unwrap(),
+            EventLimits::default(),
+        )
+        .unwrap()
+    };
+    let (store, resume) = open("a");
+    let writer = StoreWriter::new(store.with_resolver(Arc::new(Panics)));
+    let mut clock = HlcClock::new(resume.hlc_last, 60_000);
+    writer.commit_local(vec![write("k")], &mut clock, 1).unwrap();
+    let other = StoreWriter::new(open("b").0);
+    other.commit_local(vec![write("k")], &mut clock, 2).unwrap();
+    let events: Vec<_> = other
+        .changelog("b", 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(edgerep_store::Received::as_received)
+        .collect();
+    let seals = other.seals(&NodeId::parse("b").unwrap(), 0, 1).unwrap();
+    let (c, thread, failed) = spawn(writer, resume);
+    // A concurrent version of k: the resolver runs, and panics.
+    let applier = c.clone();
+    tokio::task::spawn_blocking(move || {
+        applier.apply(events, seals, vec![], vec![], Box::new(|_| {}))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(thread.join().is_err(), "the thread panicked");
+    let reason = failed.borrow().clone().expect("the panic is reported");
+    assert!(reason.contains("committer thread panicked"), "{reason}");
+}
