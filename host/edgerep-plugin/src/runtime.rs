@@ -132,6 +132,7 @@ impl Runtime {
                 .create(dir)
                 .map_err(refused)?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(refused)?;
+            cache::remove_stale_temporaries(dir);
         }
         let compat = {
             let mut hasher = Sha256Hasher(Sha256::new());
@@ -631,6 +632,40 @@ mod cache {
         let component =
             unsafe { Component::deserialize(engine, artifact) }.map_err(CacheError::Deserialize)?;
         Ok(Some(component))
+    }
+
+    /// Removes the temporary files (`NAME.tmp.PID.N`, see [`store`]) that a process killed
+    /// while it wrote them left behind: those of a process no longer running, and this
+    /// process's own from before its first runtime (a restarted node may get the same id, as
+    /// the first process of a container always does). Each is a compiled plugin, megabytes.
+    pub(super) fn remove_stale_temporaries(dir: &Path) {
+        static FIRST_RUNTIME: std::sync::OnceLock<std::time::SystemTime> =
+            std::sync::OnceLock::new();
+        let first_runtime = *FIRST_RUNTIME.get_or_init(std::time::SystemTime::now);
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.split_once(".tmp."))
+                .and_then(|(_, rest)| rest.split('.').next()?.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stale = if pid == std::process::id() {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|at| at < first_runtime)
+            } else {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            };
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Writes `artifact` to `path` atomically: a temporary file in the same directory, synced,

@@ -70,3 +70,33 @@ fn the_second_load_does_not_compile() {
     load(&restarted, "redact", limits(10_000_000, 16 << 20), &[]);
     assert_eq!(cwasm_files(&cache).len(), 2);
 }
+
+/// A node killed while it wrote a compiled plugin (an out-of-memory loop, say) left its
+/// temporary file, megabytes, each time: a runtime removes those of processes no longer
+/// running, and its own process's from before it started (the first process of a container
+/// has the same id every time), and keeps those a running process may still be writing.
+#[test]
+fn temporaries_a_killed_process_left_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    let gone = cache.join("aa.tmp.999999999.0");
+    let own_old = cache.join(format!("bb.tmp.{}.3", std::process::id()));
+    let running = cache.join("cc.tmp.1.0");
+    let kept = cache.join("dd.cwasm");
+    for p in [&gone, &own_old, &running, &kept] {
+        fs::write(p, b"partial").unwrap();
+    }
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&own_old)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    drop(Runtime::new(Some(&cache)).unwrap());
+    assert!(!gone.exists(), "a dead process's temporary is removed");
+    assert!(!own_old.exists(), "this process's from before it started is removed");
+    assert!(running.exists(), "a running process's is kept");
+    assert!(kept.exists(), "cached components are kept");
+}
