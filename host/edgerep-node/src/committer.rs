@@ -169,6 +169,10 @@ struct Durable {
     unsynced: bool,
     /// Tells the flusher there is something to sync.
     flush_wanted: Arc<AtomicBool>,
+    /// Set by the flusher when a sync is due: the next local group commit syncs, so that
+    /// deferred commits are synced within about the interval even when the flusher's sync
+    /// request waits behind a full queue of writes.
+    sync_due: Arc<AtomicBool>,
     local_committed: u64,
     /// The last feed position committed (synced or not).
     feed_committed: u64,
@@ -385,6 +389,7 @@ impl Committer {
         let mut durable = Durable {
             unsynced: false,
             flush_wanted: Arc::new(AtomicBool::new(false)),
+            sync_due: Arc::new(AtomicBool::new(false)),
             local_committed: have.get(&local).copied().unwrap_or(0),
             feed_committed: *feed.borrow(),
         };
@@ -395,6 +400,7 @@ impl Committer {
                 tx.downgrade(),
                 linger_wake.clone(),
                 durable.flush_wanted.clone(),
+                durable.sync_due.clone(),
                 policy.interval,
             );
         }
@@ -418,6 +424,7 @@ impl Committer {
                 let synced = |durable: &mut Durable, have: &mut Have, sync: Sync| {
                     if sync == Sync::Immediate {
                         durable.unsynced = false;
+                        durable.sync_due.store(false, Ordering::Release);
                         if durable.local_committed > 0 {
                             have.insert(local.clone(), durable.local_committed);
                         }
@@ -782,7 +789,11 @@ impl Committer {
                             .iter()
                             .zip(&counts)
                             .any(|(p, &n)| n == 0 && !p.receipts.is_empty());
-                        let sync = if set_aside.is_empty() && !writes.is_empty() && !keys_alone {
+                        let sync = if set_aside.is_empty()
+                            && !writes.is_empty()
+                            && !keys_alone
+                            && !durable.sync_due.load(Ordering::Acquire)
+                        {
                             policy.sync_for(writes.iter().map(|w| w.collection.as_str()))
                         } else {
                             edgerep_store::Sync::Immediate
@@ -1191,6 +1202,7 @@ fn spawn_flusher(
     queue: mpsc::WeakSender<Request>,
     linger_wake: Arc<LingerWake>,
     wanted: Arc<AtomicBool>,
+    due: Arc<AtomicBool>,
     interval: Duration,
 ) {
     thread::Builder::new()
@@ -1202,6 +1214,8 @@ fn spawn_flusher(
                     return;
                 };
                 if wanted.swap(false, Ordering::AcqRel) {
+                    // The next group commit syncs; the request syncs if none comes first.
+                    due.store(true, Ordering::Release);
                     if queue.blocking_send(Request::Sync).is_err() {
                         return;
                     }
