@@ -603,7 +603,7 @@ impl Pipeline {
             .epoch(collection, newest)
             .and_then(|e| e.resolver.as_ref())
         else {
-            return lww("lww".into());
+            return lww(edgerep_store::BY_LWW.into());
         };
         let loaded = &wiring.plugins[name];
         let outcome = if again {

@@ -81,7 +81,8 @@ pub use write::ConflictTally;
 
 pub use digest::{Digest, HashRule};
 pub use resolution::{
-    BY_DEFAULT_AFTER_DISAGREEMENT, BY_FALLBACK, BY_PLUGIN, Disagreement, Resolution, Resolver,
+    BY_DEFAULT_AFTER_DISAGREEMENT, BY_FALLBACK, BY_LWW, BY_PLUGIN, Disagreement, Resolution,
+    Resolver,
 };
 use retention::{COMPACTED, feed_floor, read_map};
 pub use retention::{CollectionCounts, Compaction, Installed, RepairFork, StatePage};

@@ -32,6 +32,12 @@ pub(crate) const DISAGREEMENTS_KEPT: u64 = 100_000;
 /// deterministic default every node computes alike.
 pub const BY_DEFAULT_AFTER_DISAGREEMENT: &str = "lww-after-disagreement";
 
+/// [`Resolution::by`] of a key whose versions' time falls in an epoch without a plugin: plain
+/// last-writer-wins, read from the versions, so no record is kept (as a node that has no
+/// plugin for the collection at all keeps none: the rows, and so the digests, agree while an
+/// upgrade that adds a resolver rolls out).
+pub const BY_LWW: &str = "lww";
+
 /// What [`Resolution::by`] starts with when the collection's plugin decided.
 pub const BY_PLUGIN: &str = "plugin:";
 /// What [`Resolution::by`] starts with when the collection's plugin failed (a deadline, a
@@ -193,6 +199,7 @@ pub(crate) fn split_row(row: &[u8]) -> Result<Row<'_>, String> {
 pub(crate) fn join_row(versions: &[u8], resolution: Option<&Resolution>) -> Vec<u8> {
     match resolution {
         None => versions.to_vec(),
+        Some(r) if r.by == BY_LWW => versions.to_vec(),
         Some(r) => {
             let mut out = versions.to_vec();
             out.extend_from_slice(&r.encode());

@@ -932,3 +932,52 @@ fn a_repair_answer_counts_its_proofs_and_stops_on_time() {
     let (page, covered) = all(usize::MAX, std::time::Duration::ZERO);
     assert_eq!((covered, page.versions.len()), (1, 1));
 }
+
+/// A resolver whose epoch for the collection's keys is still last-writer-wins (an upgrade that
+/// adds a plugin from a later time on, rolled out to this node first).
+struct LwwEpoch;
+
+impl edgerep_store::Resolver for LwwEpoch {
+    fn resolves(&self, collection: &str) -> bool {
+        collection == "c"
+    }
+
+    fn resolve(
+        &self,
+        _collection: &str,
+        _key: &[u8],
+        versions: &edgerep_store::Versions,
+    ) -> edgerep_store::Resolution {
+        edgerep_store::Resolution::lww(versions, edgerep_store::BY_LWW.into())
+    }
+
+    fn build(&self, _collection: &str) -> String {
+        "lww".into()
+    }
+}
+
+/// A node that runs a resolver plugin from a later time on, and one with no plugin for the
+/// collection, hold the same rows for keys whose versions fall before that time: the first
+/// kept a record "lww" and the second none, so the digests differed, and every key in
+/// conflict was found and sent again at each comparison, for the whole rollout.
+#[test]
+fn a_last_writer_wins_epoch_keeps_no_record() {
+    let (x, y) = (memory("x"), memory("y"));
+    let upgraded = StoreWriter::new(memory_store("a").with_resolver(std::sync::Arc::new(LwwEpoch)));
+    let plain = memory("b");
+    let mut c = clock();
+    x.commit_local(writes("k", 3, 1), &mut c, 1).unwrap();
+    y.commit_local(writes("k", 3, 2), &mut c, 2).unwrap();
+    for s in [&upgraded, &plain] {
+        ship(&x, s, "x");
+        ship(&y, s, "y");
+    }
+    let (versions, record) = upgraded.get_resolved("c", b"k0").unwrap();
+    assert_eq!(versions.events().len(), 2, "in conflict");
+    assert!(record.is_none(), "{record:?}");
+    assert_eq!(
+        upgraded.status().unwrap().digest,
+        plain.status().unwrap().digest
+    );
+    assert!(differing_leaves(&upgraded, &plain).is_empty());
+}
