@@ -33,6 +33,19 @@ use crate::output::{Change, Resolution};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JsonError {
+    /// An event for a transform on ingest gives a sequence number other than 0.
+    #[error(
+        "seq {seq}: a transform on ingest sees sequence number 0 (the write is numbered when it is stored); leave seq out, or give \"stage\": \"apply\""
+    )]
+    IngestSeq {
+        /// The sequence number given.
+        seq: u64,
+    },
+    /// An event for a transform on ingest gives a causal context.
+    #[error(
+        "context: a transform on ingest sees no causal context (the write gets one when it is stored); leave context out, or give \"stage\": \"apply\""
+    )]
+    IngestContext,
     /// Something that must be a JSON object is not.
     #[error("{what} is not a JSON object")]
     NotObject {
@@ -356,6 +369,22 @@ fn event_with_defaults(json: &Json, inherit: Option<(&str, &[u8])>) -> Result<Ev
     })
 }
 
+/// `json` as the event a transform on ingest sees at a node: sequence number 0 (the default
+/// here) and no causal context, since the write is numbered and given its context when it is
+/// stored. A vector giving either is refused: no node would call the transform so, and a
+/// transform that reads them would pass its vectors and misbehave in a node.
+pub fn ingest_event_from_json(json: &Json) -> Result<Event, JsonError> {
+    let mut event = event_from_json(json)?;
+    if json.get("seq").is_some() && event.seq != 0 {
+        return Err(JsonError::IngestSeq { seq: event.seq });
+    }
+    if !event.context.is_empty() {
+        return Err(JsonError::IngestContext);
+    }
+    event.seq = 0;
+    Ok(event)
+}
+
 /// `value`'s JSON form when it converts back to the same bytes (`None` for bytes, NaN, map keys
 /// that are not text, ...): what `plugin run` prints beside the exact hex, so that its output
 /// pasted into a vector reads back as the same value.
@@ -568,6 +597,27 @@ mod tests {
             [0xa1, 0x61, b'a', 0x01]
         );
         assert_valid(&e);
+    }
+
+    /// A transform on ingest sees sequence number 0 and no causal context at a node: a vector
+    /// for it gets them by default, and one that gives others is refused, naming the field.
+    #[test]
+    fn an_ingest_event_is_numbered_0_without_context() {
+        let base = json!({"collection": "c", "key": "k", "value": 1});
+        assert_eq!(ingest_event_from_json(&base).unwrap().seq, 0);
+        let mut zero = base.clone();
+        zero["seq"] = json!(0);
+        assert_eq!(ingest_event_from_json(&zero).unwrap().seq, 0);
+        let mut numbered = base.clone();
+        numbered["seq"] = json!(42);
+        let e = ingest_event_from_json(&numbered).unwrap_err();
+        assert!(e.to_string().starts_with("seq 42:"), "{e}");
+        let mut with_context = base.clone();
+        with_context["context"] = json!([{"origin": "b", "seq": 7}]);
+        let e = ingest_event_from_json(&with_context).unwrap_err();
+        assert!(e.to_string().starts_with("context:"), "{e}");
+        // On apply (`event_from_json`) both are as given.
+        assert_eq!(event_from_json(&numbered).unwrap().seq, 42);
     }
 
     /// The event is valid: it encodes and decodes to itself.

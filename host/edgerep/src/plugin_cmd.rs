@@ -193,8 +193,12 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
             };
             let result = match plugin.world() {
                 World::Transform => {
-                    let event = event_from_json(&input_json)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+                    let event = if stage == "apply" {
+                        event_from_json(&input_json)
+                    } else {
+                        edgerep_plugin::json::ingest_event_from_json(&input_json)
+                    }
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
                     plugin
                         .transform_report(&event, true)
                         .and_then(|report| {
