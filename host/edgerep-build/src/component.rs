@@ -237,7 +237,7 @@ pub fn check(bytes: &[u8], allow_wasi: bool) -> Result<Surface, BuildError> {
         .collect();
     if !(funcs.contains(&"transform") ^ funcs.contains(&"resolve")) {
         return Err(BuildError::Component(format!(
-            "exports neither `transform` nor `resolve`, or both (exports: {funcs:?})"
+            "exports neither `transform` nor `resolve`, or both (exports: {funcs:?}); a Rust plugin ends with one `edgerep_guest::export_transform!(Type);` or `edgerep_guest::export_resolver!(Type);`, a Go plugin imports the SDK's transform or resolver package and calls Register in an init function"
         )));
     }
     let foreign: Vec<&str> = s

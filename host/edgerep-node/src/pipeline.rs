@@ -765,6 +765,28 @@ fn wire(
             .get(&p.name)
             .filter(|l| l.config == *p && l.events == events)
         {
+            // The same table, but the file may have been rebuilt in place: a restart would
+            // refuse it on its sha256, so the reload does too (keeping the old build and
+            // answering success would hide it until the next restart).
+            let now = std::fs::read(&p.path)
+                .map(|wasm| edgerep_plugin::sha256_hex(&wasm))
+                .map_err(|e| {
+                    plugin_error(
+                        config,
+                        format!("plugins.{}: cannot read {}: {e}", p.name, p.path.display()),
+                    )
+                })?;
+            if now != kept.plugin.sha256() {
+                return Err(plugin_error(
+                    config,
+                    format!(
+                        "plugins.{}: {} changed since it was loaded: its sha256 is now {now}, the config says {} (a restart would refuse it); set sha256 to the new build's (`edgerep plugin build --update-config` does), then reload",
+                        p.name,
+                        p.path.display(),
+                        kept.plugin.sha256()
+                    ),
+                ));
+            }
             plugins.insert(p.name.clone(), kept.clone());
             continue;
         }

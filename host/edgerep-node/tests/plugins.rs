@@ -1076,3 +1076,37 @@ fn dead_letters_past_their_limit_refuse_the_request() {
     assert_eq!(r.status, 422, "{}", r.body);
     node.stop();
 }
+
+/// A plugin's file rebuilt in place, its config table unchanged: the reload kept the build it
+/// had loaded and answered success, and the next restart refused to start on the sha256. Now
+/// the reload fails, naming the plugin, the file and both hashes, and the node keeps running
+/// the build it loaded.
+#[test]
+fn a_plugin_file_rebuilt_in_place_fails_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, sha) = plugin("passthrough");
+    let file = dir.path().join("t.wasm");
+    std::fs::copy(&source, &file).unwrap();
+    let body = format!(
+        "[plugins.t]\npath = '{}'\nsha256 = \"{sha}\"\n{}",
+        file.display(),
+        collection("orders", &["t"], "lww")
+    );
+    let path = dir.path().join("edgerep.toml");
+    std::fs::write(&path, config_text(dir.path(), &body)).unwrap();
+    let node = Node::start(Config::load(&path).unwrap());
+    let same = node.post("/v1/reload", json!({}));
+    assert_eq!(same.status, 200, "{}", same.body);
+    let (other, _) = plugin("redact");
+    std::fs::copy(&other, &file).unwrap();
+    let changed = node.post("/v1/reload", json!({}));
+    assert_eq!(changed.status, 422, "{}", changed.body);
+    let text = changed.body.to_string();
+    assert!(
+        text.contains("plugins.t") && text.contains("changed since it was loaded") && text.contains(&sha),
+        "{text}"
+    );
+    let put = node.put("/v1/kv/orders/o-1", json!({"a": 1}));
+    assert_eq!(put.status, 200, "{}", put.body);
+    node.stop();
+}

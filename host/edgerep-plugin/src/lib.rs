@@ -73,4 +73,4 @@ pub use limits::Limits;
 pub use metrics::{FUEL_BOUNDS, MetricsSnapshot, NANOS_BOUNDS, Summary};
 pub use output::{Change, MAX_CHANGES, MAX_OUTPUT_BYTES, Resolution, on_apply};
 pub use plugin::{CallReport, POOL_MAX_IDLE, Plugin};
-pub use runtime::{Inspection, PluginSource, Runtime, World};
+pub use runtime::{Inspection, PluginSource, Runtime, World, sha256_hex};

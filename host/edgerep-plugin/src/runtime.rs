@@ -401,8 +401,8 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-/// Lowercase hex SHA-256.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+/// Lowercase hex SHA-256 (how a plugin's file is named in a config's `sha256`).
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 

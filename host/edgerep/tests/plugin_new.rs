@@ -296,21 +296,23 @@ fn deployed_plugin_is_rebuilt_and_reloaded(config: &Path, dir: &Path, wasm: &Pat
     node.terminate();
 }
 
-/// `plugin build --update-config`: the node config names the component with a stale sha256; the
-/// build writes the new one in place, keeping the file's comments, and the config checks.
+/// `plugin build --update-config`: the node config names the component (built already) with a
+/// placeholder for its sha256; the build writes the hash in place, keeping the file's comments,
+/// and the config checks. (With the file there, the build once read the config before
+/// updating it, and refused the placeholder it was asked to fill in.)
 fn update_config_writes_the_new_hash(node: &Path, dir: &Path, wasm: &Path) {
     let out = edgerep(&[os("init"), node.as_os_str()]);
     assert!(out.status.success());
     let config = node.join("edgerep.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "\n# the plugin under work\n[plugins.demo]\npath = \"{}\"\nsha256 = \"{}\"\n",
+        "\n# the plugin under work\n[plugins.demo]\npath = \"{}\"\nsha256 = \"TODO\"\n",
         wasm.display(),
-        "0".repeat(64)
     ));
+    assert!(wasm.is_file());
     std::fs::write(&config, &text).unwrap();
     let out = edgerep(&[os("config"), os("check"), config.as_os_str()]);
-    assert_eq!(out.status.code(), Some(2), "the stale hash is refused");
+    assert_eq!(out.status.code(), Some(2), "the placeholder is refused");
     let out = build_updating(dir, wasm, &config);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -498,7 +500,11 @@ fn a_copied_plugin_folder_builds_its_own_module() {
     .unwrap();
     set_hello(&first.join("same-name"), "renamed");
     let renamed = build(&first, "renamed.wasm");
-    // A member of a workspace (cargo lists every member): its own package is built.
+    // A member of a workspace (cargo lists every member): its own package is built, with the
+    // workspace's lock file as it is (it was re-resolved and rewritten), into the same bytes
+    // as `cargo xtask build-plugins` gives (its paths were remapped otherwise).
+    let lock = root().join("plugins/Cargo.lock");
+    let lock_before = std::fs::read(&lock).unwrap();
     let member = tmp.path().join("redact.wasm");
     let run = edgerep(&[
         os("plugin"),
@@ -508,6 +514,15 @@ fn a_copied_plugin_folder_builds_its_own_module() {
         member.as_os_str(),
     ]);
     assert!(run.status.success(), "plugin build of a workspace member");
+    assert!(
+        std::fs::read(&lock).unwrap() == lock_before,
+        "the workspace's lock file is left as it was"
+    );
+    assert!(
+        std::fs::read(&member).unwrap()
+            == std::fs::read(root().join("target/plugins/rust/redact.wasm")).unwrap(),
+        "plugin build and cargo xtask build-plugins give the same bytes"
+    );
     assert!(
         renamed != first_wasm && renamed != copy_wasm,
         "the renamed library's module, not a stale one"

@@ -211,9 +211,6 @@ pub(crate) fn build(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    if let Some(config) = update_config {
-        refuse_deciding_in_place(config, &out)?;
-    }
     // Built, but what `plugin check` refuses a node refuses too: not a success, and the file
     // a node may load is left as it was.
     let i = Runtime::new(None)?.inspect(&wasm)?;
@@ -230,6 +227,11 @@ pub(crate) fn build(
     let updated = update_config
         .map(|config| with_sha256(config, &out, &i.sha256))
         .transpose()?;
+    // Judged on the config as updated: a table whose sha256 is missing or a placeholder (what
+    // the update is for) reads only once it holds the new one.
+    if let (Some(config), Some((text, _))) = (update_config, &updated) {
+        refuse_deciding_in_place(config, text, &out)?;
+    }
     replace_durably(&out, &wasm)?;
     println!("{}", out.display());
     println!("sha256 {}", i.sha256);
@@ -249,15 +251,15 @@ pub(crate) fn build(
 }
 
 /// Refuses (before anything is written) to build over `out` when the node config `config`
-/// names it as a plugin that decides a collection's state (a resolver or a transform on
+/// (as `text`, updated) names it as a plugin that decides a collection's state (a resolver or a transform on
 /// apply): such a plugin never changes in place (the node refuses that reload, and nodes
 /// running the two builds would decide the same events differently); a new build comes as a
 /// new plugin named in an upgrade. Overwritten, the build the node runs would be gone.
-fn refuse_deciding_in_place(config: &Path, out: &Path) -> anyhow::Result<()> {
+fn refuse_deciding_in_place(config: &Path, text: &str, out: &Path) -> anyhow::Result<()> {
     let Ok(target) = std::fs::canonicalize(out) else {
         return Ok(()); // a new file: nothing names it yet
     };
-    let cfg = edgerep_config::Config::load(config)?;
+    let cfg = edgerep_config::Config::parse(text, config)?;
     let deciding: std::collections::BTreeSet<&str> = cfg
         .collections
         .declared
@@ -357,6 +359,25 @@ fn replace_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The folder of the workspace `dir`'s package belongs to (`dir` itself for a lone package).
+fn workspace_root(cargo: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let out = Command::new(cargo)
+        .current_dir(dir)
+        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .output()
+        .with_context(|| format!("running {cargo}"))?;
+    ensure!(
+        out.status.success(),
+        "cargo locate-project failed in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let manifest = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    Ok(manifest
+        .parent()
+        .map_or_else(|| dir.to_path_buf(), Path::to_path_buf))
+}
+
 fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let manifest_path = dir.join("Cargo.toml");
     // What cargo itself reads of the manifest: the library's own name (`[lib] name`), and the
@@ -376,15 +397,18 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
         );
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    if !dir.join("Cargo.lock").is_file() {
+    // The lock file is the workspace's (a member's folder has none of its own): one made here
+    // would re-resolve, and rewrite, the whole workspace's.
+    let workspace = workspace_root(&cargo, dir)?;
+    if !workspace.join("Cargo.lock").is_file() {
         // The build is --locked: make the lock file once, from what is cached if possible.
         let offline = Command::new(&cargo)
-            .current_dir(dir)
+            .current_dir(&workspace)
             .args(["generate-lockfile", "--offline", "-q"])
             .status();
         if !offline.is_ok_and(|s| s.success()) {
             let status = Command::new(&cargo)
-                .current_dir(dir)
+                .current_dir(&workspace)
                 .args(["generate-lockfile"])
                 .status()
                 .with_context(|| format!("running {cargo}"))?;
@@ -394,6 +418,20 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
             );
         }
     }
+    // A plugin of this checkout is remapped as `cargo xtask build-plugins` does (the checkout
+    // as /edgerep), so both give the same bytes; one outside it as its own root (/edgerep),
+    // with this checkout's SDK as /edgerep-sdk. Either way no machine's paths are in it.
+    let checkout = checkout();
+    let in_checkout = dir.canonicalize().is_ok_and(|d| d.starts_with(&checkout));
+    let encoded_rustflags = if in_checkout {
+        remap_flags(&checkout)
+    } else {
+        format!(
+            "--remap-path-prefix={}=/edgerep-sdk\x1f{}",
+            checkout.display(),
+            remap_flags(dir)
+        )
+    };
     let target_dir = shared_target_dir().unwrap_or_else(|| dir.join("target"));
     let cargo_build = CargoBuild {
         dir: dir.to_path_buf(),
@@ -404,11 +442,7 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
         // remapped too, or each machine's checkout would give the build another sha256, and
         // peers would refuse one another's resolver as another build. (The plugin's folder,
         // remapped last, wins where the two overlap.)
-        encoded_rustflags: format!(
-            "--remap-path-prefix={}=/edgerep-sdk\x1f{}",
-            checkout().display(),
-            remap_flags(dir)
-        ),
+        encoded_rustflags,
         quiet: false,
     };
     cargo_build.run()?;
