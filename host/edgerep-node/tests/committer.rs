@@ -298,7 +298,8 @@ async fn a_sync_that_fails_says_the_write_may_be_durable() {
         inner: disk.inner.clone(),
         ..FailingDisk::default()
     };
-    let (store, _) = Store::open_with_backend(healed, "disk", &node, EventLimits::default()).unwrap();
+    let (store, _) =
+        Store::open_with_backend(healed, "disk", &node, EventLimits::default()).unwrap();
     assert_eq!(
         store.get("c", b"during").unwrap().events().len(),
         1,
@@ -325,7 +326,11 @@ async fn a_damaged_row_refuses_only_the_writes_to_its_key() {
         .commit_local(vec![write("bad"), write("good")], &mut clock, 1)
         .unwrap();
     writer
-        .damage("c", &[b"bad".to_vec()], edgerep_store::aae::Damage::FlipByte)
+        .damage(
+            "c",
+            &[b"bad".to_vec()],
+            edgerep_store::aae::Damage::FlipByte,
+        )
         .unwrap();
     let reader = writer.reader();
     assert!(reader.get("c", b"bad").is_err(), "the row is unreadable");
@@ -378,7 +383,9 @@ async fn a_panic_on_the_committer_thread_is_reported() {
     let (store, resume) = open("a");
     let writer = StoreWriter::new(store.with_resolver(Arc::new(Panics)));
     let mut clock = HlcClock::new(resume.hlc_last, 60_000);
-    writer.commit_local(vec![write("k")], &mut clock, 1).unwrap();
+    writer
+        .commit_local(vec![write("k")], &mut clock, 1)
+        .unwrap();
     let other = StoreWriter::new(open("b").0);
     other.commit_local(vec![write("k")], &mut clock, 2).unwrap();
     let events: Vec<_> = other

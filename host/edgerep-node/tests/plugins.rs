@@ -1103,7 +1103,9 @@ fn a_plugin_file_rebuilt_in_place_fails_the_reload() {
     assert_eq!(changed.status, 422, "{}", changed.body);
     let text = changed.body.to_string();
     assert!(
-        text.contains("plugins.t") && text.contains("changed since it was loaded") && text.contains(&sha),
+        text.contains("plugins.t")
+            && text.contains("changed since it was loaded")
+            && text.contains(&sha),
         "{text}"
     );
     let put = node.put("/v1/kv/orders/o-1", json!({"a": 1}));

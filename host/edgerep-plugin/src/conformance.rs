@@ -24,8 +24,7 @@ use crate::error::LoadError;
 use crate::failure::{Failure, FailureKind};
 use crate::json::{
     JsonError, change_to_json, check_fields, event_from_json, ingest_event_from_json, key_of,
-    meta_of, object,
-    resolution_to_json, resolver_input_from_json, text, uint, value_of,
+    meta_of, object, resolution_to_json, resolver_input_from_json, text, uint, value_of,
 };
 use crate::limits::Limits;
 use crate::output::{Change, Resolution};

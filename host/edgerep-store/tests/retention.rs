@@ -531,7 +531,9 @@ fn a_write_with_a_stale_context_supersedes_what_the_versions_it_covers_supersede
             meta: BTreeMap::new(),
             context: read,
         };
-        store.commit_local(vec![write], clock, 1000 + n as u64).unwrap();
+        store
+            .commit_local(vec![write], clock, 1000 + n as u64)
+            .unwrap();
     };
     put(&n3, &mut clock, 1, None); // X
     for to in [&n1, &n2, &n4] {

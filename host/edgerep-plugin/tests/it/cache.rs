@@ -96,7 +96,10 @@ fn temporaries_a_killed_process_left_are_removed() {
         .unwrap();
     drop(Runtime::new(Some(&cache)).unwrap());
     assert!(!gone.exists(), "a dead process's temporary is removed");
-    assert!(!own_old.exists(), "this process's from before it started is removed");
+    assert!(
+        !own_old.exists(),
+        "this process's from before it started is removed"
+    );
     assert!(running.exists(), "a running process's is kept");
     assert!(kept.exists(), "cached components are kept");
 }
