@@ -663,7 +663,7 @@ impl From<CommitError> for ApiError {
                 "origin_unconfirmed",
                 e.to_string(),
             ),
-            CommitError::DiskFailed(_) => ApiError::new(
+            CommitError::DiskFailed(_) | CommitError::DiskFailedEarlier(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "disk_failed",
                 e.to_string(),

@@ -291,6 +291,12 @@ pub enum CommitError {
         "the disk failed under the store: {0}; the node is stopping (restart it once the disk is fixed). These writes may be durable (a failed sync does not undo them): read them back after the restart, or retry with the same idempotency key"
     )]
     DiskFailed(String),
+    /// The disk failed under the store before this was tried (the first failure): redb
+    /// refuses every later transaction, so nothing of it was written; the node is stopping.
+    #[error(
+        "the disk failed under the store earlier: {0}; nothing of this was written, and the node is stopping (restart it once the disk is fixed)"
+    )]
+    DiskFailedEarlier(String),
     /// The node is shutting down.
     #[error("node is shutting down")]
     Closed,
@@ -376,12 +382,17 @@ impl Committer {
                 return CommitError::Store(e.to_string());
             }
             let mut first = String::new();
+            let mut new = false;
             disk_failed.send_if_modified(|f| {
-                let new = f.is_none();
+                new = f.is_none();
                 first = f.get_or_insert_with(|| e.to_string()).clone();
                 new
             });
-            CommitError::DiskFailed(first)
+            if new {
+                CommitError::DiskFailed(first)
+            } else {
+                CommitError::DiskFailedEarlier(first)
+            }
         };
         let mut have: Have = store.status()?.origins;
         let local = store.node().clone();
@@ -442,6 +453,8 @@ impl Committer {
                     let first = match first {
                         Request::Write(p) => p,
                         Request::Sync => {
+                            // Due no more, whoever synced (an apply syncs everything).
+                            durable.sync_due.store(false, Ordering::Release);
                             if durable.unsynced {
                                 let started = std::time::Instant::now();
                                 match store.sync() {

@@ -262,9 +262,10 @@ async fn a_disk_that_fails_under_the_store_is_reported() {
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let e = within(c.commit(vec![write("after")])).await.unwrap_err();
     assert!(
-        matches!(&e, CommitError::DiskFailed(r) if r.contains("injected disk failure")),
+        matches!(&e, CommitError::DiskFailedEarlier(r) if r.contains("injected disk failure")),
         "{e:?}"
     );
+    assert!(e.to_string().contains("nothing of this was written"), "{e}");
 }
 
 /// A sync that fails after the commit's pages were written: redb wrote its header before the

@@ -319,6 +319,29 @@ impl Store {
         seals: &[Seal],
         certs: &[(NodeId, Vec<u8>)],
     ) -> Result<(), StoreError> {
+        self.check_sealed_in(events, seals, certs, true)
+    }
+
+    /// [`StoreWriter::check_sealed`] that lets forks pass: events under a seal that verifies
+    /// which do not chain to what the store holds are another history their origin signed,
+    /// which [`StoreWriter::apply_sealed`] leaves out and reports; an honest peer may relay
+    /// them. Anything else that fails is the sender's forgery.
+    pub fn check_sealed_but_forks(
+        &self,
+        events: &[EncodedEvent],
+        seals: &[Seal],
+        certs: &[(NodeId, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        self.check_sealed_in(events, seals, certs, false)
+    }
+
+    fn check_sealed_in(
+        &self,
+        events: &[EncodedEvent],
+        seals: &[Seal],
+        certs: &[(NodeId, Vec<u8>)],
+        forks_refused: bool,
+    ) -> Result<(), StoreError> {
         if let Some(keys) = &self.keys {
             for (origin, der) in certs {
                 keys.learn(origin, der).map_err(|e| StoreError::Forged {
@@ -337,14 +360,14 @@ impl Store {
         let chains = txn.open_table(CHAINS)?;
         let (walks, forks) =
             walk_chains(events, &seal_at, &origins, &chains, self.keys.as_deref())?;
-        if let Some(fork) = forks.values().next() {
+        if let Some(fork) = forks.values().next().filter(|_| forks_refused) {
             return Err(StoreError::Forged {
                 origin: fork.origin.clone(),
                 seq: fork.seq,
                 reason: "its events do not chain to what this node holds under a seal that verifies (a second history, or events changed under a genuine seal)".into(),
             });
         }
-        for (origin, w) in &walks {
+        for (origin, w) in walks.iter().filter(|(o, _)| !forks.contains_key(*o)) {
             let sealed_upto = w.sealed.last().map_or(w.held, |s| s.seq);
             if w.seq != w.held && sealed_upto != w.seq {
                 return Err(StoreError::Forged {

@@ -50,9 +50,12 @@ pub const CA_VALIDITY_DAYS: i64 = 36_525;
 /// How long a node certificate is valid from its issue: 20 years.
 pub const NODE_VALIDITY_DAYS: i64 = 7_305;
 
-/// Certificates start being valid this long before they are made, so that a peer whose clock
-/// is somewhat behind still accepts a fresh certificate.
-const BACKDATE: Duration = Duration::days(1);
+/// When a CA certificate starts being valid: the Unix epoch, so that a node whose clock is
+/// behind (an edge box without a battery-backed clock boots in the past) still starts and still
+/// accepts its peers. Expiry still counts from the certificate's making. A node certificate
+/// starts when its CA does (a seal's certificate is checked as of its own start, which must be
+/// within the CA's validity).
+const VALID_FROM: OffsetDateTime = OffsetDateTime::UNIX_EPOCH;
 
 /// The subject alternative name URI that names node `id`: `edgerep://node/<id>`.
 pub fn node_id_uri(id: &NodeId) -> String {
@@ -159,7 +162,7 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
         ];
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
+        params.not_before = VALID_FROM;
         params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
         let cert = params
             .self_signed(&key)
@@ -267,9 +270,17 @@ impl Ca {
     /// [`NODE_VALIDITY_DAYS`] for both TLS server and client authentication.
     pub fn issue_node(&self, node_id: &str) -> Result<NodeCert, CertError> {
         let now = OffsetDateTime::now_utc();
+        // From the CA's own start (a CA made by an earlier build starts a day before it was
+        // made, not at the epoch).
+        let ca_from = x509_parser::parse_x509_certificate(&self.cert_der)
+            .ok()
+            .and_then(|(_, c)| {
+                OffsetDateTime::from_unix_timestamp(c.validity().not_before.timestamp()).ok()
+            })
+            .unwrap_or(VALID_FROM);
         self.issue_node_valid(
             node_id,
-            now - BACKDATE,
+            ca_from.max(VALID_FROM),
             now + Duration::days(NODE_VALIDITY_DAYS),
         )
     }

@@ -168,3 +168,34 @@ fn ca_files_round_trip_with_a_private_key_file() {
     write_node_files(dir.path(), &loaded, &loaded.issue_node("n1").unwrap()).unwrap();
     Identity::load(dir.path()).unwrap();
 }
+
+/// Certificates are valid from the Unix epoch: a node whose clock is behind (an edge box
+/// without a battery-backed clock boots in the past) still loads its identity and accepts its
+/// peers. They were valid from a day before they were made, and a node whose clock was further
+/// behind refused to start ("not valid now"). Expiry still counts from their making.
+#[test]
+fn certificates_are_valid_from_the_epoch_and_expire_from_their_making() {
+    let from = |der: &[u8]| {
+        let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+        (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let ca = Ca::generate("deployment").unwrap();
+    let node = ca.issue_node("site-a").unwrap();
+    let (ca_from, ca_until) = from(ca.cert_der());
+    let (node_from, node_until) = from(node.cert_der());
+    assert_eq!((ca_from, node_from), (0, 0));
+    let day = 86_400;
+    assert!((ca_until - now - 36_525 * day).abs() < day, "{ca_until}");
+    assert!((node_until - now - 7_305 * day).abs() < day, "{node_until}");
+    // A seal's certificate is checked as of its own start, within the CA's validity.
+    let identity = Identity::new(&ca, &node).unwrap();
+    let verifier = edgerep_transport::seal::Verifier::new(&identity).unwrap();
+    verifier.check_cert(node.cert_der()).unwrap();
+}

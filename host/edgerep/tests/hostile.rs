@@ -1220,6 +1220,56 @@ deadline_ms = 5
     assert!(status(&n1)["replication"]["halted"].is_null());
 }
 
+/// A second history of node-2's (node-2 restored from an old backup, say), sent next to what
+/// node-1 holds, in a collection with a transform on apply: the check of seals before the
+/// transforms took the fork for the sender's forgery and cut it off (on every reconnect, for a
+/// peer that only relays the origin's events). It is the origin's fork: left out and
+/// reported, as in any other collection, and the sender stays connected.
+#[test]
+fn a_fork_in_a_transformed_collection_is_reported_not_taken_for_a_forgery() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let (wasm, sha) = built_plugin("passthrough");
+    let mut text = std::fs::read_to_string(&configs[0]).unwrap();
+    text = text.replacen("[retention]\n", "[retention]\ncompact = false\n", 1);
+    text.push_str(&format!(
+        r#"
+[[collections.declared]]
+name = "t"
+transforms_on_apply = ["pass"]
+
+[plugins.pass]
+path = "{}"
+sha256 = "{sha}"
+"#,
+        wasm.display()
+    ));
+    std::fs::write(&configs[0], text).unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n3 = Node::start(&configs[2]);
+    put(&n1, "c", "from-1", r#"{"v":1}"#);
+    put(&n3, "c", "from-3", r#"{"v":3}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    let mut h = attacker(&configs, &[]);
+    let m = h.sealed(vec![event("node-2", 1, "t", "a", 1)]);
+    h.send(&m).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&n1)["origins"]["node-2"] != 1 {
+        assert!(Instant::now() < deadline, "node-2:1 applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The other history: its own event 1 (not sent), and event 2 chained from it.
+    let _ = h.sealed(vec![event("node-2", 1, "t", "a", 2)]);
+    let fork = h.sealed(vec![event("node-2", 2, "t", "b", 2)]);
+    h.send(&fork).unwrap();
+    wait_status(&n1, "the fork is reported", |r| {
+        r["forks_total"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(h.closed_within(Duration::from_secs(2)), None, "not cut off");
+    let st = status(&n1);
+    assert_eq!(st["origins"]["node-2"], 1, "the fork is left out: {st}");
+}
+
 /// A peer that answers every comparison with a root that differs never lets a session of
 /// node-1's end by itself: `edgerep reconcile` waited 60 s and failed. Now node-1 gives the
 /// session up after its round-trip bound and says so in the report.

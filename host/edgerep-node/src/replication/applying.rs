@@ -71,7 +71,8 @@ impl Replicator {
         // With authentication, events that transforms would run on are first shown to be
         // their origins' (the committer checks them anyway, after the transforms): a peer
         // sending made-up events must not buy plugin runs with them, again after each
-        // reconnect, since they are never stored.
+        // reconnect, since they are never stored. (A fork, another history its origin
+        // signed, is no forgery of the sender's: the committer leaves it out and reports it.)
         if keep_admitted
             && self.config.replication.authenticate
             && !admitted.events.is_empty()
@@ -79,7 +80,9 @@ impl Replicator {
                 origin,
                 seq,
                 reason,
-            }) = self.store.check_sealed(&admitted.events, &seals, &certs)
+            }) = self
+                .store
+                .check_sealed_but_forks(&admitted.events, &seals, &certs)
         {
             let reason = format!("event {origin}/{seq} is forged ({reason})");
             tracing::error!(peer = %peer, "events refused before their transforms on apply, disconnecting: {reason}");

@@ -334,8 +334,9 @@ impl Replicator {
     ///
     /// The work is bounded per batch: the batch is indexed once, each seal's block is proven
     /// once, and at most [`FORK_PROOFS_PER_BATCH`] seals are proven; differing events past
-    /// them are dropped unproven and unreported (the ones held stay in any case), so a peer
-    /// replaying another history of a long log buys a few signature checks a message.
+    /// them must still be covered by a seal of their origin in the batch, but are dropped
+    /// unproven and unreported (the ones held stay in any case), so a peer replaying another
+    /// history of a long log buys a few signature checks a message.
     pub(super) fn check_forks(
         &mut self,
         peer: &NodeId,
@@ -380,8 +381,9 @@ impl Replicator {
                 ));
             };
             if !proven.contains_key(&seal) && proven.len() == FORK_PROOFS_PER_BATCH {
-                tracing::debug!(peer = %peer, "more than {FORK_PROOFS_PER_BATCH} seals to prove for forks in one batch: the rest of its differing events are dropped unproven");
-                return None;
+                // Past the bound a covering seal is still required (above), not proven: the
+                // event is dropped unreported, as the duplicate it claims to be.
+                continue;
             }
             let sealed = *proven
                 .entry(seal)
