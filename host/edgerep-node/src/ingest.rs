@@ -204,11 +204,16 @@ pub(crate) fn run(
             }
             Err(rejection) => {
                 let rejection = *rejection;
-                tracing::warn!(
-                    plugin = %rejection.plugin, collection = %original.collection,
-                    failure = rejection.failure.kind.as_str(), message = %edgerep_wire::text::one_line(&rejection.failure.message),
-                    policy = rejection.policy.as_str(), "plugin failed on a write"
-                );
+                static LOG: crate::log_limit::Throttle =
+                    crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+                if let Some(left_out) = LOG.allow() {
+                    tracing::warn!(
+                        plugin = %rejection.plugin, collection = %original.collection,
+                        failure = rejection.failure.kind.as_str(), message = %edgerep_wire::text::one_line(&rejection.failure.message),
+                        policy = rejection.policy.as_str(), left_out,
+                        "plugin failed on a write (lines like this one are written once per 10 s, `left_out` says how many were not; the plugin's status counts every failure)"
+                    );
+                }
                 // Kept once the whole request is known not to halt: a halted request is refused
                 // as a whole (503, to be retried once the plugin is fixed), so keeping its writes
                 // as well would commit them twice, by the retry and by a replay.

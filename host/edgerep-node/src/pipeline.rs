@@ -526,7 +526,13 @@ impl Pipeline {
             let start = std::time::SystemTime::now();
             let outcome = retried_past_deadline(
                 || loaded.plugin.transform_report(&current, true),
-                || tracing::warn!(plugin = %name, collection = %event.collection, "transform on apply ran past its deadline; trying again"),
+                || {
+                    static LOG: crate::log_limit::Throttle =
+                        crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+                    if let Some(left_out) = LOG.allow() {
+                        tracing::warn!(plugin = %name, collection = %event.collection, left_out, "transform on apply ran past its deadline; trying again (lines like this one are written once per 10 s)");
+                    }
+                },
             );
             calls.push(PluginCall {
                 plugin: name.clone(),
@@ -621,7 +627,13 @@ impl Pipeline {
             // Versions are sorted by dot: the canonical order every node shares.
             let outcome = retried_past_deadline(
                 || loaded.plugin.resolve(collection, key, events),
-                || tracing::warn!(plugin = %name, collection, "resolver ran past its deadline; trying again"),
+                || {
+                    static LOG: crate::log_limit::Throttle =
+                        crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+                    if let Some(left_out) = LOG.allow() {
+                        tracing::warn!(plugin = %name, collection, left_out, "resolver ran past its deadline; trying again (lines like this one are written once per 10 s)");
+                    }
+                },
             );
             if matches!(&outcome, Err(f) if f.kind == FailureKind::Deadline) {
                 loaded.cool_off();

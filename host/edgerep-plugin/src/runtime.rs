@@ -118,6 +118,11 @@ impl Runtime {
         )
         .and_then(|()| crate::wasi::add_to_linker(&mut linker))
         .map_err(|e| LoadError::Engine(describe(&e)))?;
+        let compat = {
+            let mut hasher = Sha256Hasher(Sha256::new());
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            hex::encode(&hasher.0.finalize()[..16])
+        };
         if let Some(dir) = cache_dir {
             // The cache holds native code the node runs: only its own user may write there
             // (a cached component is trusted once its checksum matches, see `cache::load`).
@@ -133,12 +138,8 @@ impl Runtime {
                 .map_err(refused)?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(refused)?;
             cache::remove_stale_temporaries(dir);
+            cache::remove_other_engines(dir, &compat);
         }
-        let compat = {
-            let mut hasher = Sha256Hasher(Sha256::new());
-            engine.precompile_compatibility_hash().hash(&mut hasher);
-            hex::encode(&hasher.0.finalize()[..16])
-        };
         let ticker = Arc::new(Ticker::start(engine.clone()));
         Ok(Runtime {
             engine,
@@ -663,6 +664,24 @@ mod cache {
                 !Path::new(&format!("/proc/{pid}")).exists()
             };
             if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Removes the compiled components of other engines (another edgerep build, or other
+    /// engine settings: every upgrade of edgerep compiles everything again), which this
+    /// runtime never loads: megabytes each, left for ever otherwise. Those of this engine stay
+    /// (a reload back to an earlier build of a plugin finds it compiled).
+    pub(super) fn remove_other_engines(dir: &Path, compat: &str) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        let ours = format!("-{compat}.cwasm");
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".cwasm") && !name.ends_with(&ours) {
                 let _ = fs::remove_file(entry.path());
             }
         }

@@ -403,8 +403,16 @@ impl Transport {
             Ok(conn) => conn,
             Err(error) => {
                 let err = connect_failure(peer, address, remote, verifier.refusal(), &error);
-                let text = err.to_string();
-                tracing::warn!(peer = %peer, %remote, "{}", edgerep_wire::text::one_line(&text));
+                let text = edgerep_wire::text::one_line(&err.to_string()).into_owned();
+                // A peer that refuses this node does so at every dial, every few seconds.
+                static REPEATS: crate::repeats::Repeats = crate::repeats::Repeats::new();
+                match REPEATS.warn(&format!("{peer} {text}")) {
+                    Some(0) => tracing::warn!(peer = %peer, %remote, "{text}"),
+                    Some(repeated) => {
+                        tracing::warn!(peer = %peer, %remote, repeated, "{text} (the same failure {repeated} times more in the last 10 min; repeats are logged at debug level)")
+                    }
+                    None => tracing::debug!(peer = %peer, %remote, "{text}"),
+                }
                 return Err(err);
             }
         };
@@ -551,8 +559,17 @@ impl Incoming {
         if let Err(err) = &result {
             // The reason may be the remote's own words (its close frame), sent before any
             // certificate: one line.
-            let err = err.to_string();
-            tracing::warn!(%remote, "{}", edgerep_wire::text::one_line(&err));
+            let err = edgerep_wire::text::one_line(&err.to_string()).into_owned();
+            // A refused or decommissioned site may try again every few seconds (from its one
+            // UDP port: an edgerep node dials from the port it listens on).
+            static REPEATS: crate::repeats::Repeats = crate::repeats::Repeats::new();
+            match REPEATS.warn(&err) {
+                Some(0) => tracing::warn!(%remote, "{err}"),
+                Some(repeated) => {
+                    tracing::warn!(%remote, repeated, "{err} (the same failure {repeated} times more in the last 10 min; repeats are logged at debug level)")
+                }
+                None => tracing::debug!(%remote, "{err}"),
+            }
         }
         result
     }

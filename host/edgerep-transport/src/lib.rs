@@ -41,6 +41,7 @@ pub mod certs;
 pub mod endpoint;
 pub mod frame;
 pub mod link;
+mod repeats;
 pub mod seal;
 pub mod tls;
 

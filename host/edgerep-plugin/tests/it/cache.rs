@@ -83,7 +83,7 @@ fn temporaries_a_killed_process_left_are_removed() {
     let gone = cache.join("aa.tmp.999999999.0");
     let own_old = cache.join(format!("bb.tmp.{}.3", std::process::id()));
     let running = cache.join("cc.tmp.1.0");
-    let kept = cache.join("dd.cwasm");
+    let kept = cache.join("dd.txt");
     for p in [&gone, &own_old, &running, &kept] {
         fs::write(p, b"partial").unwrap();
     }
@@ -101,5 +101,31 @@ fn temporaries_a_killed_process_left_are_removed() {
         "this process's from before it started is removed"
     );
     assert!(running.exists(), "a running process's is kept");
-    assert!(kept.exists(), "cached components are kept");
+    assert!(kept.exists(), "other files are kept");
+}
+
+/// An upgrade of edgerep compiles every plugin again (another engine): the components the
+/// earlier build compiled are never loaded again, megabytes each, and are removed at the
+/// runtime's start; this engine's stay.
+#[test]
+fn components_of_other_engines_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let runtime = Runtime::new(Some(&cache)).unwrap();
+    drop(load(
+        &runtime,
+        "passthrough",
+        limits(10_000_000, 16 << 20),
+        &[],
+    ));
+    let ours = cwasm_files(&cache);
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let earlier = cache.join(format!(
+        "{}-00000000000000000000000000000000.cwasm",
+        "ab".repeat(32)
+    ));
+    fs::write(&earlier, b"an earlier build's").unwrap();
+    drop(Runtime::new(Some(&cache)).unwrap());
+    assert!(!earlier.exists(), "another engine's component is removed");
+    assert_eq!(cwasm_files(&cache), ours, "this engine's stays");
 }

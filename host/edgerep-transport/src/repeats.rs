@@ -1,0 +1,71 @@
+//! Lines a peer can make this node repeat every few seconds for ever (a dial refused by a peer
+//! that removed this node, a handshake failing against a decommissioned site): each distinct
+//! line is written as a warning once per [`REPEAT_EVERY`], with how many times it came since;
+//! the repeats in between are written at debug level.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often one distinct line is written as a warning.
+pub(crate) const REPEAT_EVERY: Duration = Duration::from_secs(600);
+
+/// Distinct lines remembered at most (past it they are forgotten, and each is a warning again).
+const REMEMBERED: usize = 256;
+
+/// One call site's lines (a `static`).
+#[derive(Default)]
+pub(crate) struct Repeats {
+    seen: Mutex<Option<HashMap<String, (Instant, u64)>>>,
+}
+
+impl Repeats {
+    pub(crate) const fn new() -> Repeats {
+        Repeats {
+            seen: Mutex::new(None),
+        }
+    }
+
+    /// Whether `line` is to be written as a warning now; if so, how many times it came since
+    /// it last was (0 the first time).
+    pub(crate) fn warn(&self, line: &str) -> Option<u64> {
+        self.warn_at(line, Instant::now())
+    }
+
+    fn warn_at(&self, line: &str, now: Instant) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = seen.get_or_insert_with(HashMap::new);
+        if let Some((at, since)) = seen.get_mut(line) {
+            if now.saturating_duration_since(*at) < REPEAT_EVERY {
+                *since += 1;
+                return None;
+            }
+            let repeated = *since;
+            (*at, *since) = (now, 0);
+            return Some(repeated);
+        }
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(line.to_owned(), (now, 0));
+        Some(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_a_warning_once_per_interval_with_its_repeats() {
+        let r = Repeats::new();
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(r.warn_at("refused", at(0)), Some(0));
+        assert_eq!(r.warn_at("refused", at(3)), None);
+        assert_eq!(r.warn_at("other", at(3)), Some(0));
+        assert_eq!(r.warn_at("refused", at(6)), None);
+        assert_eq!(r.warn_at("refused", at(600)), Some(2));
+        assert_eq!(r.warn_at("refused", at(601)), None);
+    }
+}
