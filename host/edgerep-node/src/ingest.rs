@@ -131,11 +131,15 @@ pub(crate) fn run(
     record_failures: bool,
 ) -> Result<Outcome, IngestError> {
     let wall = wall_ms();
+    // The writes will be stamped by the hybrid clock, which may run ahead of the wall clock by
+    // up to the skew it follows peers by: a pause from time T (a missing upgrade) holds them
+    // from T less that skew, so none is stamped at or after T with the old deciders.
+    let stamped_by = wall.saturating_add(step.config.node.max_clock_skew_ms);
     // Each collection's stop is looked at once: the request's own here, routed ones below.
     let mut checked: std::collections::HashSet<String> = std::collections::HashSet::new();
     let stopped = |collection: &str| {
         step.pipeline
-            .stopped(collection, wall)
+            .stopped(collection, stamped_by)
             .map(|why| IngestError::Stopped {
                 collection: collection.to_owned(),
                 why,
