@@ -459,6 +459,7 @@ pub fn start(
         instances: BTreeMap::new(),
         duplicates: BTreeMap::new(),
         origin_claims: BTreeMap::new(),
+        own_key_differs: BTreeMap::new(),
         origin_first_claim: None,
         own_seen: store_status.own_seen,
         acks_moved_at: BTreeMap::new(),
@@ -658,6 +659,9 @@ struct Replicator {
     duplicates: BTreeMap<NodeId, (Instant, String)>,
     /// Per peer, how far its Hello said it holds this node's own events (for the origin gate).
     origin_claims: BTreeMap<NodeId, u64>,
+    /// Peers whose claim of this node's own events rests on a seal this node's key does not
+    /// verify, and why (see `Claimed::key_differs`).
+    own_key_differs: BTreeMap<NodeId, String>,
     /// When the first of those claims came.
     origin_first_claim: Option<Instant>,
     /// The highest of this node's own sequence numbers the store held above its own have at

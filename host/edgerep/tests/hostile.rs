@@ -582,7 +582,7 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
     n1.terminate();
     let n1 = Node::start(&configs[0]);
     let h = claiming_node1_wrote_more(&configs, true);
-    let r = agent()
+    let mut r = agent()
         .put(&n1.url("/v1/kv/c/refused"))
         .content_type("application/json")
         .config()
@@ -591,6 +591,15 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
         .send(r#"{"v":3}"#.as_bytes())
         .unwrap();
     assert_eq!(r.status(), 503, "no write while the claim stands");
+    // The answer says why and what to do (it said "waiting for the missing ones to come
+    // back", which they never would).
+    let answer = r.body_mut().read_to_string().unwrap();
+    assert!(
+        answer.contains("this node's key does not verify")
+            && answer.contains("new node id")
+            && answer.contains("node-2"),
+        "{answer}"
+    );
     let log = std::fs::read_to_string(&n1.log).unwrap();
     assert!(
         log.contains("under a seal this node's key does not verify"),

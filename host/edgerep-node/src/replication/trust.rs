@@ -48,13 +48,16 @@ impl OwnClaim {
 }
 
 /// How far a peer holds this node's own events, as far as this node takes its word.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Claimed {
     /// The sequence number (0: none).
     pub(super) seq: u64,
     /// This node's own seal there verified (a claim without one opens or holds the gate at
     /// start, as authentication allows, but never closes it once open).
     pub(super) proven: bool,
+    /// The claim's seal is this node's own, signed, and this node's key does not verify it:
+    /// why (its key changed since it wrote those events, or the peer lies).
+    pub(super) key_differs: Option<String>,
 }
 
 /// Why local writes wait while no peer has said how far it holds this node's own events.
@@ -148,7 +151,20 @@ impl Replicator {
                 .map(|(p, c)| (p.to_string(), *c))
                 .collect::<BTreeMap<_, _>>()
         };
-        let waiting = if top > held {
+        let differs: Vec<String> = self
+            .own_key_differs
+            .iter()
+            .filter(|(p, _)| self.origin_claims.contains_key(*p))
+            .map(|(p, why)| format!("{p}: {why}"))
+            .collect();
+        let waiting = if top > held && !differs.is_empty() {
+            // What an operator must act on, not wait out: say it where writes are refused.
+            format!(
+                "peers hold this node's own events up to {:?} under seals this node's key does not verify ({}): this node's key changed since it wrote them (a certificate issued again for the same node id; a node id keeps its key), or those peers lie. Put the former key and certificate back, or give this site a new node id and an empty data_dir (or revoke a lying peer); until then this node takes no writes",
+                claims(),
+                differs.join("; ")
+            )
+        } else if top > held {
             format!(
                 "this node holds its own events up to {held}, peers hold them up to {:?}: waiting for the missing ones to come back before taking writes",
                 claims()
@@ -181,6 +197,7 @@ impl Replicator {
             return Claimed {
                 seq: claim,
                 proven: false,
+                key_differs: None,
             };
         };
         let unproven = match &seal {
@@ -197,6 +214,7 @@ impl Replicator {
                     return Claimed {
                         seq: claim,
                         proven: true,
+                        key_differs: None,
                     };
                 }
                 Err(e) => {
@@ -215,6 +233,7 @@ impl Replicator {
                     return Claimed {
                         seq: claim,
                         proven: false,
+                        key_differs: Some(e.to_string()),
                     };
                 }
             },
@@ -223,6 +242,7 @@ impl Replicator {
         Claimed {
             seq: 0,
             proven: false,
+            key_differs: None,
         }
     }
 
@@ -242,6 +262,10 @@ impl Replicator {
     pub(super) fn origin_claimed(&mut self, peer: NodeId, claimed: Claimed) {
         let claim = claimed.seq;
         self.origin_claims.insert(peer.clone(), claim);
+        match claimed.key_differs {
+            Some(why) => self.own_key_differs.insert(peer.clone(), why),
+            None => self.own_key_differs.remove(&peer),
+        };
         if self.origin_open {
             let held = self.own_held();
             if claim <= held {
