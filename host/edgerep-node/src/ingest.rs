@@ -133,7 +133,8 @@ pub(crate) fn run(
     let wall = wall_ms();
     // The writes will be stamped by the hybrid clock, which may run ahead of the wall clock by
     // up to the skew it follows peers by: a pause from time T (a missing upgrade) holds them
-    // from T less that skew, so none is stamped at or after T with the old deciders.
+    // from T less that skew. (Not covered: a clock resumed further ahead at a restart, after
+    // the wall clock stepped back.)
     let stamped_by = wall.saturating_add(step.config.node.max_clock_skew_ms);
     // Each collection's stop is looked at once: the request's own here, routed ones below.
     let mut checked: std::collections::HashSet<String> = std::collections::HashSet::new();

@@ -37,10 +37,7 @@ struct Repairing<'a> {
     transformed: &'a BTreeMap<(String, u64), crate::OnApply>,
 }
 
-/// Rows of kept proofs and blocks a compaction checks for superseded versions, at least; one
-/// that removed more events checks as many rows as it removed (each removed event keeps at
-/// most one proof or block row, so the sweep keeps up with what compaction makes, whatever the
-/// write rate).
+/// Rows of kept proofs and blocks a compaction checks for superseded versions.
 const SWEEP_ROWS: u64 = 256;
 /// Per origin, the highest sequence number removed from the changelog.
 pub(crate) const COMPACTED: TableDefinition<&str, u64> = TableDefinition::new("compacted");
@@ -504,7 +501,7 @@ impl StoreWriter {
                 crate::feed::trim(&mut txn, &compacted)?;
             }
             if sweep {
-                proofs::sweep(&txn, &self.limits(), SWEEP_ROWS.max(removed))?;
+                proofs::sweep(&txn, &self.limits(), SWEEP_ROWS)?;
             }
             Compaction {
                 removed,

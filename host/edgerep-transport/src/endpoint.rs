@@ -409,7 +409,7 @@ impl Transport {
                 match REPEATS.warn(&format!("{peer} {text}")) {
                     Some(0) => tracing::warn!(peer = %peer, %remote, "{text}"),
                     Some(repeated) => {
-                        tracing::warn!(peer = %peer, %remote, repeated, "{text} (the same failure {repeated} times more in the last 10 min; repeats are logged at debug level)")
+                        tracing::warn!(peer = %peer, %remote, repeated, "{text} (the same failure {repeated} times more since it was last logged as a warning; repeats within 10 min are logged at debug level)")
                     }
                     None => tracing::debug!(peer = %peer, %remote, "{text}"),
                 }
@@ -566,7 +566,7 @@ impl Incoming {
             match REPEATS.warn(&err) {
                 Some(0) => tracing::warn!(%remote, "{err}"),
                 Some(repeated) => {
-                    tracing::warn!(%remote, repeated, "{err} (the same failure {repeated} times more in the last 10 min; repeats are logged at debug level)")
+                    tracing::warn!(%remote, repeated, "{err} (the same failure {repeated} times more since it was last logged as a warning; repeats within 10 min are logged at debug level)")
                 }
                 None => tracing::debug!(%remote, "{err}"),
             }

@@ -151,10 +151,12 @@ impl Replicator {
                 .map(|(p, c)| (p.to_string(), *c))
                 .collect::<BTreeMap<_, _>>()
         };
+        // Only claims that hold the gate shut: one at or below what this node holds is no reason
+        // to wait, whatever its seal.
         let differs: Vec<String> = self
             .own_key_differs
             .iter()
-            .filter(|(p, _)| self.origin_claims.contains_key(*p))
+            .filter(|(p, _)| self.origin_claims.get(*p).is_some_and(|&c| c > held))
             .map(|(p, why)| format!("{p}: {why}"))
             .collect();
         let waiting = if top > held && !differs.is_empty() {
