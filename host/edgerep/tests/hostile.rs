@@ -1165,29 +1165,31 @@ fn a_revoked_origin_ahead_of_a_forged_event_does_not_let_it_halt_replication() {
     forged_event_behind(Some("node-9"));
 }
 
+/// Declares `collection` in `config` with the built plugin `plugin` as its transform on apply
+/// (`extra`: more lines of its `[plugins.NAME]` table), and compaction off (which transforms
+/// on apply need).
+fn transform_on_apply(config: &std::path::Path, collection: &str, plugin: &str, extra: &str) {
+    let (wasm, sha) = built_plugin(plugin);
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text = text.replacen("[retention]\n", "[retention]\ncompact = false\n", 1);
+    text.push_str(&format!(
+        "\n[[collections.declared]]\nname = \"{collection}\"\ntransforms_on_apply = [\"{plugin}\"]\n\n[plugins.{plugin}]\npath = \"{}\"\nsha256 = \"{sha}\"\n{extra}",
+        wasm.display()
+    ));
+    std::fs::write(config, text).unwrap();
+}
+
 /// node-1 runs a transform on apply past its deadline on collection `slow`; an attacker sends
 /// a forged event of node-3 there, after an event of `revoked` (revoked on node-1) if given.
 fn forged_event_behind(revoked: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
-    let (wasm, sha) = built_plugin("spin");
-    let mut text = std::fs::read_to_string(&configs[0]).unwrap();
-    text = text.replacen("[retention]\n", "[retention]\ncompact = false\n", 1);
-    text.push_str(&format!(
-        r#"
-[[collections.declared]]
-name = "slow"
-transforms_on_apply = ["spin"]
-
-[plugins.spin]
-path = "{}"
-sha256 = "{sha}"
-fuel = 4000000000
-deadline_ms = 5
-"#,
-        wasm.display()
-    ));
-    std::fs::write(&configs[0], text).unwrap();
+    transform_on_apply(
+        &configs[0],
+        "slow",
+        "spin",
+        "fuel = 4000000000\ndeadline_ms = 5\n",
+    );
     // A revocation is policy every node shares (peers with another are refused).
     if let Some(r) = revoked {
         for c in &configs {
@@ -1238,22 +1240,7 @@ deadline_ms = 5
 fn a_fork_in_a_transformed_collection_is_reported_not_taken_for_a_forgery() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
-    let (wasm, sha) = built_plugin("passthrough");
-    let mut text = std::fs::read_to_string(&configs[0]).unwrap();
-    text = text.replacen("[retention]\n", "[retention]\ncompact = false\n", 1);
-    text.push_str(&format!(
-        r#"
-[[collections.declared]]
-name = "t"
-transforms_on_apply = ["pass"]
-
-[plugins.pass]
-path = "{}"
-sha256 = "{sha}"
-"#,
-        wasm.display()
-    ));
-    std::fs::write(&configs[0], text).unwrap();
+    transform_on_apply(&configs[0], "t", "passthrough", "");
     let n1 = Node::start(&configs[0]);
     let n3 = Node::start(&configs[2]);
     put(&n1, "c", "from-1", r#"{"v":1}"#);
