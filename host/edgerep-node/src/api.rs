@@ -2345,7 +2345,6 @@ async fn metrics(State(app): Shared) -> Result<Response, ApiError> {
         idempotency: &app.idempotency,
         replication: replication.as_ref(),
         uptime_seconds: app.started.elapsed().as_secs_f64(),
-        now_ms: crate::committer::wall_ms(),
         commits: &app.commit_metrics,
         conflicts: &app.store.conflict_tally(),
         plugin_metrics: &app.pipeline.plugin_metrics(),

@@ -183,7 +183,6 @@ pub(crate) struct Figures<'a> {
     pub(crate) idempotency: &'a crate::idempotency::Counters,
     pub(crate) replication: Option<&'a ReplicationStatus>,
     pub(crate) uptime_seconds: f64,
-    pub(crate) now_ms: u64,
     pub(crate) commits: &'a CommitMetrics,
     pub(crate) conflicts: &'a edgerep_store::ConflictTally,
     pub(crate) plugin_metrics: &'a [(String, edgerep_plugin::MetricsSnapshot)],
@@ -348,10 +347,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         m.gauges(
             "edgerep_peer_last_contact_age_seconds",
             "Seconds since the peer was last heard from",
-            per_peer(&|p| {
-                p.last_contact_ms
-                    .map(|t| f.now_ms.saturating_sub(t) as f64 / 1000.0)
-            }),
+            per_peer(&|p| p.last_contact_age_ms.map(|ms| ms as f64 / 1000.0)),
         );
         m.gauges(
             "edgerep_peer_lag_events",

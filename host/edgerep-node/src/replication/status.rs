@@ -15,6 +15,9 @@ pub struct PeerStatus {
     /// Milliseconds since the Unix epoch of the last message from the peer (`None`: never
     /// since this node started).
     pub last_contact_ms: Option<u64>,
+    /// Milliseconds since the last message from the peer, on the monotonic clock (a step of
+    /// the wall clock moves `last_contact_ms`, not this: what an alert on a silent peer reads).
+    pub last_contact_age_ms: Option<u64>,
     /// What the peer acknowledged holding, per origin (persisted across restarts).
     pub acked: Have,
     /// What the peer said it holds at its last handshake, per origin.
@@ -288,6 +291,10 @@ impl super::Replicator {
                     address: address.clone(),
                     connected: view.as_ref().is_some_and(|v| v.ready),
                     last_contact_ms: self.last_contact.get(id).copied(),
+                    last_contact_age_ms: self
+                        .heard_at
+                        .get(id)
+                        .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
                     acked: acked.clone(),
                     peer_have: self.peer_have.get(id).cloned().unwrap_or_default(),
                     lag_events,
