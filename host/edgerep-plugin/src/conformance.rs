@@ -23,8 +23,8 @@ use serde_json::{Map, Value as Json};
 use crate::error::LoadError;
 use crate::failure::{Failure, FailureKind};
 use crate::json::{
-    JsonError, change_to_json, check_fields, event_from_json, ingest_event_from_json, key_of,
-    meta_of, object, resolution_to_json, resolver_input_from_json, text, uint, value_of,
+    JsonError, change_to_json, check_fields, event_at_stage, key_of, meta_of, object,
+    resolution_to_json, resolver_input_from_json, text, uint, value_of,
 };
 use crate::limits::Limits;
 use crate::output::{Change, Resolution};
@@ -744,12 +744,7 @@ fn run_on_build(
     let on_apply = call == Call::OnApply;
     let got = match world {
         World::Transform => {
-            let event = if on_apply {
-                event_from_json(input)
-            } else {
-                ingest_event_from_json(input)
-            }
-            .map_err(ConformanceError::Input)?;
+            let event = event_at_stage(input, on_apply).map_err(ConformanceError::Input)?;
             let fresh = loaded.transform_report(&event, true);
             if on_apply {
                 // On apply a node runs transforms on fresh instances only, and keeps what the

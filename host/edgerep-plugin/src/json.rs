@@ -385,6 +385,16 @@ pub fn ingest_event_from_json(json: &Json) -> Result<Event, JsonError> {
     Ok(event)
 }
 
+/// The event a transform sees at its stage: [`event_from_json`] on apply,
+/// [`ingest_event_from_json`] on ingest.
+pub fn event_at_stage(json: &Json, on_apply: bool) -> Result<Event, JsonError> {
+    if on_apply {
+        event_from_json(json)
+    } else {
+        ingest_event_from_json(json)
+    }
+}
+
 /// `value`'s JSON form when it converts back to the same bytes (`None` for bytes, NaN, map keys
 /// that are not text, ...): what `plugin run` prints beside the exact hex, so that its output
 /// pasted into a vector reads back as the same value.

@@ -941,9 +941,7 @@ impl WasiView for HostState {
 
 impl Host for HostState {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        if !self.work.charge(message.len()) {
-            return Err(crate::wasi::HostWork::exhausted());
-        }
+        self.work.spend(message.len())?;
         if matches!(level, Level::Error) {
             self.last_error_log = Some(truncate(&message, LOG_LINE_MAX_BYTES).into_owned());
         }
@@ -969,12 +967,8 @@ impl Host for HostState {
 
     fn param(&mut self, name: String) -> wasmtime::Result<Option<String>> {
         let value = self.identity.params.get(&name).cloned();
-        if !self
-            .work
-            .charge(name.len() + value.as_ref().map_or(0, String::len))
-        {
-            return Err(crate::wasi::HostWork::exhausted());
-        }
+        self.work
+            .spend(name.len() + value.as_ref().map_or(0, String::len))?;
         Ok(value)
     }
 
@@ -985,9 +979,7 @@ impl Host for HostState {
             .iter()
             .map(|(k, v)| k.len() + v.len())
             .sum();
-        if !self.work.charge(bytes) {
-            return Err(crate::wasi::HostWork::exhausted());
-        }
+        self.work.spend(bytes)?;
         Ok(self
             .identity
             .params

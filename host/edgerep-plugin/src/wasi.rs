@@ -77,6 +77,16 @@ impl HostWork {
             <= self.budget.load(Ordering::Relaxed)
     }
 
+    /// [`HostWork::charge`] as a host function answers: the out-of-fuel trap once past the
+    /// budget.
+    pub(crate) fn spend(&self, bytes: usize) -> wasmtime::Result<()> {
+        if self.charge(bytes) {
+            Ok(())
+        } else {
+            Err(HostWork::exhausted())
+        }
+    }
+
     /// Takes the work charged since the last call.
     pub(crate) fn take(&self) -> u64 {
         self.used.swap(0, Ordering::Relaxed)
@@ -151,9 +161,9 @@ impl wasmtime_wasi::cli::StdoutStream for OutputTail {
 
 impl wasmtime_wasi::p2::OutputStream for OutputTail {
     fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
-        if !self.work.charge(bytes.len()) {
-            return Err(wasmtime_wasi::p2::StreamError::Trap(HostWork::exhausted()));
-        }
+        self.work
+            .spend(bytes.len())
+            .map_err(wasmtime_wasi::p2::StreamError::Trap)?;
         self.push(&bytes);
         Ok(())
     }
@@ -266,54 +276,40 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 /// wasmtime-wasi's own answers from the instance's seeded generators.
 fn add_random_draws(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::p2::bindings::random::{insecure, random};
+    use wasmtime_wasi::random::WasiRandomCtx;
 
-    /// Charges a draw of `bytes`; a request over [`MAX_RANDOM_BYTES`] is not charged (the
-    /// draw refuses it with its own error).
-    fn charge(state: &HostState, bytes: u64) -> wasmtime::Result<()> {
-        let work = usize::try_from(bytes).unwrap_or(usize::MAX);
-        if bytes <= MAX_RANDOM_BYTES && !state.host_work().charge(work) {
-            return Err(HostWork::exhausted());
+    /// Charges a draw of `bytes`, then draws with `draw` from the instance's generators. A
+    /// request over [`MAX_RANDOM_BYTES`] is not charged (the draw refuses it with its own error).
+    fn drawn<T>(
+        mut store: StoreContextMut<'_, HostState>,
+        bytes: u64,
+        draw: impl FnOnce(&mut WasiRandomCtx) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<(T,)> {
+        if bytes <= MAX_RANDOM_BYTES {
+            store
+                .data()
+                .host_work()
+                .spend(usize::try_from(bytes).unwrap_or(usize::MAX))?;
         }
-        Ok(())
+        Ok((draw(store.data_mut().wasi().ctx.random())?,))
     }
 
     let mut secure = linker.instance(RANDOM_INTERFACE)?;
-    secure.func_wrap(
-        "get-random-bytes",
-        |mut store: StoreContextMut<'_, HostState>, (len,): (u64,)| {
-            charge(store.data(), len)?;
-            let ctx = &mut store.data_mut().wasi().ctx;
-            Ok((random::Host::get_random_bytes(ctx.random(), len)?,))
-        },
-    )?;
-    secure.func_wrap(
-        "get-random-u64",
-        |mut store: StoreContextMut<'_, HostState>, (): ()| {
-            charge(store.data(), 8)?;
-            let ctx = &mut store.data_mut().wasi().ctx;
-            Ok((random::Host::get_random_u64(ctx.random())?,))
-        },
-    )?;
+    secure.func_wrap("get-random-bytes", |store, (len,): (u64,)| {
+        drawn(store, len, |r| random::Host::get_random_bytes(r, len))
+    })?;
+    secure.func_wrap("get-random-u64", |store, (): ()| {
+        drawn(store, 8, random::Host::get_random_u64)
+    })?;
     let mut insecure = linker.instance(INSECURE_RANDOM_INTERFACE)?;
-    insecure.func_wrap(
-        "get-insecure-random-bytes",
-        |mut store: StoreContextMut<'_, HostState>, (len,): (u64,)| {
-            charge(store.data(), len)?;
-            let ctx = &mut store.data_mut().wasi().ctx;
-            Ok((insecure::Host::get_insecure_random_bytes(
-                ctx.random(),
-                len,
-            )?,))
-        },
-    )?;
-    insecure.func_wrap(
-        "get-insecure-random-u64",
-        |mut store: StoreContextMut<'_, HostState>, (): ()| {
-            charge(store.data(), 8)?;
-            let ctx = &mut store.data_mut().wasi().ctx;
-            Ok((insecure::Host::get_insecure_random_u64(ctx.random())?,))
-        },
-    )?;
+    insecure.func_wrap("get-insecure-random-bytes", |store, (len,): (u64,)| {
+        drawn(store, len, |r| {
+            insecure::Host::get_insecure_random_bytes(r, len)
+        })
+    })?;
+    insecure.func_wrap("get-insecure-random-u64", |store, (): ()| {
+        drawn(store, 8, insecure::Host::get_insecure_random_u64)
+    })?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use edgerep_plugin::json::{
-    change_to_json, event_from_json, resolution_to_json, resolver_input_from_json,
+    change_to_json, event_at_stage, resolution_to_json, resolver_input_from_json,
 };
 use edgerep_plugin::{Limits, PluginSource, Runtime, World};
 use serde_json::json;
@@ -193,12 +193,8 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
             };
             let result = match plugin.world() {
                 World::Transform => {
-                    let event = if stage == "apply" {
-                        event_from_json(&input_json)
-                    } else {
-                        edgerep_plugin::json::ingest_event_from_json(&input_json)
-                    }
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+                    let event = event_at_stage(&input_json, stage == "apply")
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
                     plugin
                         .transform_report(&event, true)
                         .and_then(|report| {

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::trust::hex;
-use super::{CommitHookSender, ForkReport, Input, Replicator, SEND_QUEUE_MAX_BYTES, wall_ms};
+use super::{CommitHookSender, Input, Replicator, SEND_QUEUE_MAX_BYTES, wall_ms};
 use crate::committer::CommitError;
 
 /// A session of ours that gets no answer for this long ends, reported as timed out; plus a
@@ -1158,25 +1158,14 @@ impl Replicator {
                     );
                 }
                 for fork in &out.forks {
-                    if !self.reports.first_fork(fork.origin.as_str(), fork.seq) {
-                        continue;
-                    }
-                    let report = ForkReport {
-                        origin: fork.origin.to_string(),
-                        seq: fork.seq,
-                        held_hash: fork
-                            .held
+                    self.reports.found_fork(
+                        &peer,
+                        (fork.origin.as_str(), fork.seq),
+                        fork.held
                             .map_or_else(|| "compacted (not kept whole)".to_owned(), |h| hex(&h)),
-                        received_hash: hex(&fork.received),
-                        from_peer: peer.to_string(),
-                        at_ms: wall_ms(),
-                    };
-                    tracing::error!(
-                        peer = %peer, origin = %report.origin, seq = report.seq,
-                        held = %report.held_hash, received = %report.received_hash,
-                        "fork: a peer's repair offered another event its origin sealed in place of one this node holds; left out"
+                        hex(&fork.received),
+                        "a peer's repair offered another event its origin sealed in place of one this node holds; left out",
                     );
-                    self.reports.fork(report);
                 }
                 if out.covered > 0 || out.replaced > 0 {
                     tracing::warn!(

@@ -9,7 +9,7 @@ use edgerep_store::{Installed, RemoteApply};
 use edgerep_wire::{EncodedEvent, NodeId, Seal};
 
 use super::trust::hex;
-use super::{CommitHookSender, ForkReport, RefusalReport, Replicator};
+use super::{CommitHookSender, RefusalReport, Replicator};
 use crate::committer::{CommitError, wall_ms};
 
 /// An event of an outstanding apply that carries a trace context.
@@ -218,22 +218,13 @@ impl Replicator {
                     // Another history the origin signed, or events the peer changed
                     // under the origin's genuine seal: this node keeps what it holds; the
                     // session goes on for every other origin.
-                    if !self.reports.first_fork(&fork.origin, fork.seq) {
-                        continue;
-                    }
-                    let report = ForkReport {
-                        origin: fork.origin,
-                        seq: fork.seq,
-                        held_hash: hex(&fork.held_chain),
-                        received_hash: hex(&fork.received_chain),
-                        from_peer: peer.to_string(),
-                        at_ms: wall_ms(),
-                    };
-                    tracing::error!(
-                        peer = %peer, origin = %report.origin, seq = report.seq,
-                        "fork: a peer sent events of the origin that do not chain to its seal from the history this node holds (another history the origin signed, or events changed in a block this node holds part of); left out"
+                    self.reports.found_fork(
+                        &peer,
+                        (&fork.origin, fork.seq),
+                        hex(&fork.held_chain),
+                        hex(&fork.received_chain),
+                        "a peer sent events of the origin that do not chain to its seal from the history this node holds (another history the origin signed, or events changed in a block this node holds part of); left out",
                     );
-                    self.reports.fork(report);
                 }
                 if let Some((started, events)) = self.traced.remove(&peer) {
                     for t in events {

@@ -190,7 +190,7 @@ const FORKS_REMEMBERED: usize = 65_536;
 
 impl Reports {
     /// Whether the fork at `origin`'s `seq` is not reported yet (it is remembered as reported).
-    pub(super) fn first_fork(&mut self, origin: &str, seq: u64) -> bool {
+    fn first_fork(&mut self, origin: &str, seq: u64) -> bool {
         if self.seen_forks.len() >= FORKS_REMEMBERED {
             self.seen_forks.clear();
         }
@@ -202,7 +202,34 @@ impl Reports {
         self.deferred_last = Some(reason.to_owned());
     }
 
-    pub(super) fn fork(&mut self, report: ForkReport) {
+    /// Reports (logs and keeps) the fork at `origin`'s `seq` a message of `peer`'s showed,
+    /// `what` saying how, unless it was reported already.
+    pub(super) fn found_fork(
+        &mut self,
+        peer: &NodeId,
+        (origin, seq): (&str, u64),
+        held_hash: String,
+        received_hash: String,
+        what: &str,
+    ) {
+        if !self.first_fork(origin, seq) {
+            return;
+        }
+        tracing::error!(
+            peer = %peer, origin, seq, held = %held_hash, received = %received_hash,
+            "fork: {what}"
+        );
+        self.fork(ForkReport {
+            origin: origin.to_owned(),
+            seq,
+            held_hash,
+            received_hash,
+            from_peer: peer.to_string(),
+            at_ms: wall_ms(),
+        });
+    }
+
+    fn fork(&mut self, report: ForkReport) {
         self.forks_total += 1;
         if self.forks.len() == MAX_REPORTS {
             self.forks.pop_front();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use edgerep_transport::CloseCode;
 use edgerep_wire::{EncodedEvent, NodeId, Seal};
 
-use super::{DUPLICATE_WINDOW, ForkReport, RefusalReport, Replicator};
+use super::{DUPLICATE_WINDOW, RefusalReport, Replicator};
 
 /// Certificates refused in one message after which [`Replicator::learn_certs`] stops.
 const CERTS_REFUSED_PER_MESSAGE: usize = 4;
@@ -420,23 +420,13 @@ impl Replicator {
                     event.origin, event.seq
                 ));
             }
-            if !self.reports.first_fork(event.origin.as_str(), event.seq) {
-                continue;
-            }
-            let report = ForkReport {
-                origin: event.origin.to_string(),
-                seq: event.seq,
-                held_hash: hex(&stored),
-                received_hash: hex(&received),
-                from_peer: peer.to_string(),
-                at_ms: wall_ms(),
-            };
-            tracing::error!(
-                peer = %peer, origin = %event.origin, seq = event.seq,
-                held = %report.held_hash, received = %report.received_hash,
-                "fork: a peer sent a different event its origin sealed under an origin and sequence number this node holds"
+            self.reports.found_fork(
+                peer,
+                (event.origin.as_str(), event.seq),
+                hex(&stored),
+                hex(&received),
+                "a peer sent a different event its origin sealed under an origin and sequence number this node holds",
             );
-            self.reports.fork(report);
         }
         None
     }

@@ -91,6 +91,24 @@ pub(crate) fn load(
         .unwrap_or_else(|e| panic!("loading {plugin}: {e}"))
 }
 
+/// Calls `p` twice on pooled instances (`fresh = false`) and once on a fresh one; every call
+/// must fail with `kind` and the same fuel (a broken instance that was reused would fail
+/// differently). Returns the last failure.
+pub(crate) fn fails_alike(
+    p: &Plugin,
+    kind: edgerep_plugin::FailureKind,
+) -> edgerep_plugin::Failure {
+    let mut failures = Vec::new();
+    for fresh in [false, false, true] {
+        let failure = p.transform(&order("o-1"), fresh).unwrap_err();
+        assert_eq!(failure.kind, kind, "{failure}");
+        failures.push(failure);
+    }
+    let fuel: Vec<u64> = failures.iter().map(|f| f.fuel_used).collect();
+    assert!(fuel.windows(2).all(|w| w[0] == w[1]), "fuel {fuel:?}");
+    failures.pop().expect("three calls")
+}
+
 /// Limits with the given fuel and memory and a generous deadline (so that fuel and memory, the
 /// deterministic limits, are what stop a call).
 pub(crate) fn limits(fuel: u64, memory_bytes: usize) -> Limits {

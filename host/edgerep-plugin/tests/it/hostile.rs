@@ -6,27 +6,18 @@ use std::time::{Duration, Instant};
 use edgerep_plugin::{FailureKind, Limits, PluginSource, Runtime};
 use edgerep_wire::{DecodeLimits, Value};
 
-use crate::common::{event, limits, load, order, toolchain_wasm_path};
+use crate::common::{event, fails_alike, limits, load, order, toolchain_wasm_path};
 
 /// Calls `plugin` twice on pooled instances (`fresh = false`) and once on a fresh one; every call
 /// must fail with `kind` and the same fuel. A broken instance that was reused would fail
 /// differently ("cannot enter component instance", a trap).
 fn fails_every_time(runtime: &Runtime, plugin: &str, limits: Limits, kind: FailureKind) -> u64 {
     let p = load(runtime, plugin, limits, &[]);
-    let mut fuel = Vec::new();
-    for fresh in [false, false, true] {
-        let failure = p.transform(&order("o-1"), fresh).unwrap_err();
-        assert_eq!(failure.kind, kind, "{plugin}: {failure}");
-        fuel.push(failure.fuel_used);
-    }
-    assert!(
-        fuel.windows(2).all(|w| w[0] == w[1]),
-        "{plugin}: fuel {fuel:?}"
-    );
+    let fuel = fails_alike(&p, kind).fuel_used;
     let metrics = p.metrics();
     assert_eq!(metrics.calls, 3);
     assert_eq!(metrics.errors.get(kind.as_str()), Some(&3));
-    fuel[0]
+    fuel
 }
 
 #[test]
