@@ -1,18 +1,13 @@
 //! `edgerep certs` (a deployment CA and node certificates, no openssl needed) and
 //! `edgerep init --cluster N DIR` (N node configs on loopback, every node peered with the others).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use edgerep_config::{Config, starter_toml};
 use edgerep_transport::certs::{Ca, write_node_files};
 use edgerep_wire::NodeId;
-
-/// A free loopback UDP port (QUIC listens on UDP).
-fn free_udp_port() -> anyhow::Result<u16> {
-    crate::starter::free_port_for(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
-}
 
 /// Creates a CA in `dir` (`ca.pem`, `ca.key`).
 pub fn new_ca(dir: &Path, name: &str) -> anyhow::Result<()> {
@@ -148,7 +143,7 @@ pub fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result<Vec<Pa
         let mut pick = |udp: bool| -> anyhow::Result<u16> {
             loop {
                 let p = if udp {
-                    free_udp_port()?
+                    crate::starter::free_udp_port()?
                 } else {
                     crate::starter::free_port()?
                 };

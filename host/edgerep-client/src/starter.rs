@@ -1,6 +1,6 @@
 //! Starter configs for a node on loopback, and free loopback ports.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -10,6 +10,11 @@ use edgerep_wire::NodeId;
 /// A free loopback TCP port for a node to take (see [`free_port_for`]).
 pub fn free_port() -> anyhow::Result<u16> {
     free_port_for(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// A free loopback UDP port (a QUIC endpoint's; see [`free_port_for`]).
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    free_port_for(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// A loopback port that `free` says is free now, chosen below the kernel's range of ephemeral
@@ -58,10 +63,24 @@ pub fn write_starter(
             path.display()
         );
     }
-    let api = SocketAddr::from(([127, 0, 0, 1], api_port.map_or_else(free_port, Ok)?));
-    let mut repl_port = replication_port.map_or_else(free_port, Ok)?;
+    if let (Some(api), Some(repl)) = (api_port, replication_port)
+        && api == repl
+    {
+        bail!(
+            "--api-port and --replication-port are both {api}: the API (TCP) and replication \
+             (QUIC, UDP) each need a port of their own"
+        );
+    }
+    let mut api_port = api_port.map_or_else(free_port, Ok)?;
+    // A port picked here is never the one given for replication.
+    while replication_port == Some(api_port) {
+        api_port = free_port()?;
+    }
+    let api = SocketAddr::from(([127, 0, 0, 1], api_port));
+    // Replication is QUIC: the port must be free for UDP.
+    let mut repl_port = replication_port.map_or_else(free_udp_port, Ok)?;
     while repl_port == api.port() {
-        repl_port = free_port()?;
+        repl_port = free_udp_port()?;
     }
     let repl = SocketAddr::from(([127, 0, 0, 1], repl_port));
     std::fs::write(&path, starter_toml(&id, api, repl))

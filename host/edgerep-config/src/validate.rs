@@ -556,6 +556,11 @@ fn check_upgrades(
     Ok(())
 }
 
+/// The longest key `limits.max_key_bytes` may allow: percent-encoded (3 bytes a byte), with a
+/// 64-byte collection name, `/v1/kv/` and a query, it stays within the 65,534 bytes hyper takes
+/// in a request's path.
+pub(crate) const MAX_KEY_BYTES_ALLOWED: usize = 16_384;
+
 fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
     let limits = &raw.limits;
     for (key, value) in [
@@ -583,6 +588,18 @@ fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
                  could exhaust a thread's stack",
                 limits.max_value_depth,
                 edgerep_wire::value::MAX_DEPTH_ALLOWED
+            ),
+        ));
+    }
+    if limits.max_key_bytes > MAX_KEY_BYTES_ALLOWED {
+        return Err((
+            vec![Seg::Key("limits"), Seg::Key("max_key_bytes")],
+            format!(
+                "{} is over {MAX_KEY_BYTES_ALLOWED}: a key is sent percent-encoded in the path of \
+                 /v1/kv/<collection>/<key> (3 bytes per key byte), and the HTTP server refuses \
+                 a path over 65,534 bytes, so a longer key could be written but never read, \
+                 overwritten or deleted by key",
+                limits.max_key_bytes
             ),
         ));
     }

@@ -525,8 +525,8 @@ fn zero_limits() {
 }
 
 /// Limits that pass "greater than 0" but would break the node at run time: nesting deep enough
-/// to exhaust an API worker's stack while canonicalizing, and more permits than tokio's
-/// semaphore holds (which panicked at start).
+/// to exhaust an API worker's stack while canonicalizing, keys too long for a request's path,
+/// and more permits than tokio's semaphore holds (which panicked at start).
 #[test]
 fn limits_too_large_for_the_node() {
     assert!(parse(&with("[limits]\nmax_value_depth = 100\n")).is_ok());
@@ -536,6 +536,14 @@ fn limits_too_large_for_the_node() {
     );
     assert!(err.message.contains("is over 100"), "{err}");
     assert!(err.message.contains("stack"), "{err}");
+    // A key longer than a request's path carries could be written by batch but never read.
+    assert!(parse(&with("[limits]\nmax_key_bytes = 16384\n")).is_ok());
+    let err = expect_error(
+        &with("[limits]\nmax_key_bytes = 16385\n"),
+        "limits.max_key_bytes",
+    );
+    assert!(err.message.contains("is over 16384"), "{err}");
+    assert!(err.message.contains("65,534 bytes"), "{err}");
     for key in ["max_connections", "max_watch_streams"] {
         let text = MINIMAL.replace("[api]\n", &format!("[api]\n{key} = 2305843009213693952\n"));
         assert_ne!(text, MINIMAL, "the test's config has an [api] table");

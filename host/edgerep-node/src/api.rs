@@ -1128,7 +1128,11 @@ async fn commit_keyed(
                     return Err(ApiError::bad_request(
                         "bad_meta",
                         format!(
-                            "write {i}: with the traceparent header added to its metadata, {problem}"
+                            "the write to collection {:?}, key {:?} (write {i} as the transforms \
+                             on ingest made them): with the traceparent header added to its \
+                             metadata, {problem}",
+                            w.collection,
+                            String::from_utf8_lossy(&w.key)
                         ),
                     ));
                 }
@@ -1625,7 +1629,16 @@ fn prepare_batch(
     let outcome = if run.is_empty() {
         ingest::Outcome::default()
     } else {
-        ingest::run(&app.ingest_step(), run, true)?
+        // A refusal names the write by its place in the request, not among those run.
+        ingest::run(&app.ingest_step(), run, true).map_err(|e| match e {
+            ingest::IngestError::NotAuthorized { write, reason } => {
+                ingest::IngestError::NotAuthorized {
+                    write: original[write],
+                    reason,
+                }
+            }
+            e => e,
+        })?
     };
     Ok(PreparedBatch::Run {
         outcome,

@@ -726,7 +726,7 @@ pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Ve
     let bound = config.max_origins();
     let over = (!coming.is_empty() && held + own_coming + coming.len() > bound).then(|| {
         format!(
-            "the store holds events of {held} origins, and {} configured node(s) it holds none of yet ({}) make {}, over the bound of {bound} origins (itself, {} peers and replication.extra_origins = {}): the events of those arriving last will be refused; raise replication.extra_origins",
+            "the store holds events of {held} origins, and {} configured node(s) it holds none of yet ({}) make {}, over the bound of {bound} origins (itself, {} peers and replication.extra_origins = {}): the events of those arriving last will be refused; raise replication.extra_origins (it takes a restart: a reload cannot change it)",
             coming.len(),
             coming.join(", "),
             held + own_coming + coming.len(),

@@ -63,7 +63,7 @@ pub enum ReloadError {
     Store(#[from] edgerep_store::StoreError),
     /// After the new config took effect, resolving a collection's keys again failed.
     #[error(
-        "the new config is in force, but resolving collection {collection:?}'s keys again failed: {source} (the next start resolves them again)"
+        "the new config is in force, but resolving collection {collection:?}'s keys again failed: {source} (the next reload or start resolves them again)"
     )]
     ReResolve {
         /// The collection.
@@ -142,6 +142,25 @@ pub struct Reloaded {
     /// holds events of (a typo?), and configured peers the origin bound leaves no room for,
     /// each as a sentence.
     pub unknown_nodes: Vec<String>,
+    /// Origins whose `[authorization]` this reload narrowed, each as a sentence: their events
+    /// to the collections taken away are judged by each node's config when they arrive, so
+    /// nodes that got some before their reload and nodes that get them after differ for good.
+    pub authorization_narrowed: Vec<String>,
+}
+
+/// The origins `new`'s `[authorization]` lets write fewer collections than `old`'s did (an
+/// origin `old` did not list could write every one), each as a sentence.
+fn authorization_narrowed(old: &Config, new: &Config) -> Vec<String> {
+    new.authorization
+        .iter()
+        .filter_map(|(origin, allowed)| {
+            let taken: Vec<&String> = match old.authorization.get(origin) {
+                None => return Some(format!("[authorization] now limits {origin} (it could write every collection): its events to other collections that some nodes already took stay in their state and are kept out of the others' for good; narrow it only for an origin that no longer writes there, on every node before it writes again (or revoke it with [[revoked]], whose after_seq makes every node judge alike)")),
+                Some(before) => before.iter().filter(|c| !allowed.contains(c)).collect(),
+            };
+            (!taken.is_empty()).then(|| format!("[authorization] took {taken:?} from {origin}: its events there that some nodes already took stay in their state and are kept out of the others' for good; narrow it only for an origin that no longer writes there, on every node before it writes again (or revoke it with [[revoked]], whose after_seq makes every node judge alike)"))
+        })
+        .collect()
 }
 
 /// The node's current config and what a reload changes.
@@ -407,21 +426,34 @@ impl Reloader {
                 changed_resolution.push(c.name.clone());
             }
         }
+        // And those an earlier reload's re-resolution did not finish (the record still marks
+        // them): a reload after fixing what failed finishes it, not only the next start.
+        for name in recorded
+            .as_deref()
+            .map(|r| crate::deciders::upgraded_since(r, &new))
+            .unwrap_or_default()
+        {
+            if !changed_resolution.contains(&name) {
+                changed_resolution.push(name);
+            }
+        }
         let file = new.source.display().to_string();
         self.guard.set_token(token);
         // Keys resolved before by the old wiring (an upgrade that came late to this node)
-        // get what the new one decides, the same as on every other node.
+        // get what the new one decides, the same as on every other node. One collection
+        // failing does not keep the others from theirs.
         let mut keys_re_resolved = BTreeMap::new();
+        let mut failed = None;
         for collection in changed_resolution {
-            let n = self
-                .committer
-                .re_resolve(collection.clone())
-                .await
-                .map_err(|source| ReloadError::ReResolve {
-                    collection: collection.clone(),
-                    source,
-                })?;
-            keys_re_resolved.insert(collection, n);
+            match self.committer.re_resolve(collection.clone()).await {
+                Ok(n) => {
+                    keys_re_resolved.insert(collection, n);
+                }
+                Err(source) => {
+                    tracing::error!(%collection, "resolving the collection's keys again failed (the next reload or start tries again): {source}");
+                    failed.get_or_insert(ReloadError::ReResolve { collection, source });
+                }
+            }
         }
         // Done: the next start need not re-resolve them (until this is saved, it does).
         if !keys_re_resolved.is_empty() {
@@ -432,6 +464,9 @@ impl Reloader {
                     "saving what decides each collection failed (the next start re-resolves the upgraded collections again): {e}"
                 );
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         // A store that cannot say which origins it holds leaves the check out (the reload
         // took effect already).
@@ -448,11 +483,13 @@ impl Reloader {
             sessions_restarted,
             unknown_nodes,
             takes_a_restart,
+            authorization_narrowed: authorization_narrowed(&old, &new),
         };
         for what in reloaded
             .takes_a_restart
             .iter()
             .chain(&reloaded.unknown_nodes)
+            .chain(&reloaded.authorization_narrowed)
         {
             tracing::warn!("reloaded, but {what}");
         }
@@ -563,10 +600,23 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
             continue;
         };
         let at = format!("collections.declared[{i}] ({:?})", o.name);
-        if n.durability != o.durability || n.compare_on_versions != o.compare_on_versions {
-            problems.push(format!(
-                "{at}: durability or what anti-entropy compares changed (takes a restart)"
-            ));
+        if n.durability != o.durability {
+            problems.push(format!("{at}: durability changed (takes a restart)"));
+        }
+        if n.compare_on_versions != o.compare_on_versions {
+            // An upgrade bringing the collection's first transforms on apply makes it compared
+            // on its versions: say so, the operator may not have touched `compare`.
+            let first_transforms = !o.compare_on_versions
+                && n.upgrades[o.upgrades.len().min(n.upgrades.len())..]
+                    .iter()
+                    .any(|u| !u.transforms_on_apply.is_empty());
+            problems.push(if first_transforms {
+                format!(
+                    "{at}: the upgrade added brings the collection's first transforms on apply, so anti-entropy must compare it on its versions: set compare = \"versions\" on it and restart first (every node), then add the upgrade by reload"
+                )
+            } else {
+                format!("{at}: compare (what anti-entropy compares) changed (takes a restart)")
+            });
         }
         if n.resolver != o.resolver || n.transforms_on_apply != o.transforms_on_apply {
             problems.push(format!(

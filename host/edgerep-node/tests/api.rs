@@ -2072,4 +2072,23 @@ fn writes_to_a_collection_this_node_may_not_write_are_refused() {
         node.put("/v1/kv/orders/o", "application/json", b"1").status,
         200
     );
+    // A write answered from its idempotency record does not run again: the refusal still
+    // names the refused write by its place in the request (it named write 0 here).
+    let first = json!({"collection": "orders", "key": "o2", "op": "put", "value": 2,
+        "idempotency_key": "k1"});
+    assert_eq!(node.batch_json(&json!({"writes": [first]})).status, 200);
+    let before = node.snapshot();
+    node.refused(
+        "a batch whose refused write follows a replayed one",
+        |n| {
+            n.batch_json(&json!({"writes": [
+                first,
+                {"collection": "stock", "key": "k", "op": "put", "value": 1}
+            ]}))
+        },
+        403,
+        "write_not_authorized",
+        &["write 1 of the request", "\"stock\""],
+    );
+    assert_eq!(node.snapshot(), before, "nothing written");
 }

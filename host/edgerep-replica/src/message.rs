@@ -628,7 +628,7 @@ impl Message {
                 let done = r.bool("snapshot done")?;
                 let have = decode_have(&mut r, "snapshot have")?;
                 let (seals, certs) = decode_seals(&mut r, limits, "snapshot")?;
-                let proofs = decode_proofs(&mut r, versions.len())?;
+                let proofs = decode_proofs(&mut r, versions.len(), "snapshot")?;
                 if !done && !have.is_empty() {
                     return Err(DecodeError::Invalid {
                         what: "snapshot have".into(),
@@ -669,7 +669,7 @@ impl Message {
             kind::REPAIR => {
                 let id = r.u64("repair id")?;
                 let versions = decode_events(&mut r, frame, limits)?;
-                let proofs = decode_proofs(&mut r, versions.len())?;
+                let proofs = decode_proofs(&mut r, versions.len(), "repair")?;
                 let (seals, certs) = decode_seals(&mut r, limits, "repair")?;
                 let n = bounded_len(&mut r, "repair want", MAX_KEYS)?;
                 let mut want = Vec::with_capacity(n);
@@ -947,12 +947,16 @@ fn hash32(r: &mut Reader<'_>, what: &str) -> Result<[u8; 32], DecodeError> {
     })
 }
 
-/// A snapshot page's proofs: exactly one per version.
-fn decode_proofs(r: &mut Reader<'_>, versions: usize) -> Result<Vec<Proof>, DecodeError> {
-    let n = list_len(r, "snapshot proofs")?;
+/// A snapshot page's or a repair's (`message`) proofs: exactly one per version.
+fn decode_proofs(
+    r: &mut Reader<'_>,
+    versions: usize,
+    message: &str,
+) -> Result<Vec<Proof>, DecodeError> {
+    let n = list_len(r, &format!("{message} proofs"))?;
     if n != versions {
         return Err(DecodeError::Invalid {
-            what: "snapshot proofs".into(),
+            what: format!("{message} proofs"),
             reason: format!("{n} proofs for {versions} versions"),
         });
     }
@@ -1811,6 +1815,18 @@ mod tests {
             "invalid snapshot proofs: 2 proofs for 1 versions",
         );
         assert!(decode(&page(vec![proof(MAX_PATH_HASHES)])).is_ok());
+        // A repair's are checked alike, and the refusal names the repair.
+        let repair = Message::Repair {
+            id: 1,
+            versions: vec![event("a", 1)],
+            proofs: vec![],
+            seals: vec![],
+            certs: vec![],
+            want: vec![],
+            resolutions: vec![],
+        }
+        .encode();
+        refused(&repair, "invalid repair proofs: 0 proofs for 1 versions");
         // Reconcile ranges must be nodes of the tree, and listed keys inside their range.
         let reconcile = |node: Node, key: &[u8]| {
             Message::Reconcile {

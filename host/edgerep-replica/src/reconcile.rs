@@ -27,6 +27,10 @@ pub const ITEMS_UP_TO: u64 = 32;
 pub const MAX_RANGES: usize = 4096;
 /// Most keys one side lists in one message (entries, or keys wanted in a repair).
 pub const MAX_KEYS: usize = 16384;
+/// Most bytes of entries (state keys and hashes) one message lists: keys run to 16 KiB, so
+/// [`MAX_KEYS`] of them could pass what a frame holds. Ranges past it are left for the next
+/// session.
+pub const MAX_LISTED_BYTES: usize = 4 << 20;
 /// Most differing ranges one answer goes into (each becomes 16 fingerprints or an entry list,
 /// within [`MAX_RANGES`] and [`MAX_KEYS`] per message); the rest are found by the next session.
 pub const MAX_DIFFERING: usize = 2048;
@@ -198,11 +202,16 @@ pub fn answer(
     let mut wanted = listed.clone();
     wanted.extend(compare.iter().map(|r| r.node));
     let mut entries = tree.items_of(&wanted)?.into_iter();
+    let mut listed_bytes = 0usize;
     for node in listed {
-        step.items.push(RangeItems {
-            node,
-            items: entries.next().unwrap_or_default(),
-        });
+        let items = entries.next().unwrap_or_default();
+        // (The hash, and the CBOR heads of the entry, its key and its hash.)
+        let bytes: usize = items.iter().map(|(k, _)| k.len() + 16 + 8).sum();
+        if !step.items.is_empty() && listed_bytes + bytes > MAX_LISTED_BYTES {
+            continue;
+        }
+        listed_bytes += bytes;
+        step.items.push(RangeItems { node, items });
     }
     for theirs in compare {
         let mine: BTreeMap<Vec<u8>, [u8; 16]> =
@@ -413,6 +422,65 @@ mod tests {
         let step = answer(&huge, &[], &listed(3), 7).unwrap();
         assert_eq!(step.compared, MAX_KEYS as u64 + 5);
         assert_eq!(step.send.len(), MAX_KEYS, "the keys sent stay bounded");
+    }
+
+    /// Ranges whose keys are long (up to 16 KiB each): MAX_KEYS of them listed in one answer
+    /// came to 16 MB, twice what a frame holds, so the peer closed the connection at every
+    /// session and the comparison never ended. The listed entries now stop at
+    /// MAX_LISTED_BYTES; the ranges past it wait for the next session.
+    #[test]
+    fn an_answer_lists_entries_up_to_a_frame_s_worth() {
+        struct Long;
+        impl Tree for Long {
+            fn fingerprint(&self, node: Node) -> Result<([u8; 16], u64), LogError> {
+                let (lo, hi) = node.buckets();
+                Ok(([1; 16], (u64::from(hi) - u64::from(lo) + 1) * 10))
+            }
+            fn items_of(&self, nodes: &[Node]) -> Result<Vec<Vec<Entry>>, LogError> {
+                Ok(nodes
+                    .iter()
+                    .map(|node| {
+                        (0..10)
+                            .map(|i| {
+                                let mut k = format!("c\0{}-{i}-", node.prefix).into_bytes();
+                                k.resize(1000, b'x');
+                                (k, [2; 16])
+                            })
+                            .collect()
+                    })
+                    .collect())
+            }
+        }
+        let theirs: Vec<RangeFingerprint> = (0..MAX_RANGES as u16)
+            .map(|b| RangeFingerprint {
+                node: Node {
+                    level: edgerep_wire::aae::LEAF_LEVEL,
+                    prefix: b,
+                },
+                fingerprint: [0; 16],
+                count: 10,
+            })
+            .collect();
+        let step = answer(&Long, &theirs, &[], 7).unwrap();
+        assert!(!step.items.is_empty());
+        let listed: usize = step
+            .items
+            .iter()
+            .flat_map(|r| &r.items)
+            .map(|(k, _)| k.len() + 24)
+            .sum();
+        assert!(listed <= MAX_LISTED_BYTES, "{listed} bytes listed");
+        let message = crate::Message::Reconcile {
+            id: 1,
+            fingerprints: step.fingerprints,
+            items: step.items,
+        };
+        let frame = crate::message::MessageLimits::default().max_frame_bytes;
+        assert!(
+            message.encode().len() <= frame,
+            "{}",
+            message.encode().len()
+        );
     }
 
     /// More differing ranges than one answer takes: each session takes them from a place of

@@ -402,12 +402,11 @@ struct Installing {
 }
 
 /// A snapshot page whose merge failed is merged again after this long, doubling per failure
-/// up to [`INSTALL_RETRY_MAX_MS`].
+/// up to [`INSTALL_RETRY_MAX_MS`], for as long as the session expects it: the sender's own
+/// resend may never come (traffic leaving it keeps its page timer off), and what failed the
+/// merge (a collection's config here, say) may be fixed by a reload at any time.
 const INSTALL_RETRY_MS: u64 = 1_000;
 const INSTALL_RETRY_MAX_MS: u64 = 30_000;
-/// Tries after which a failed page is left to the sender's resend (a merge failing every time,
-/// a page past a limit say, is not tried for ever).
-const INSTALL_TRIES_MAX: u32 = 8;
 
 /// Snapshots a lost connection interrupted, kept to resume on the peer's next session if its
 /// process is the same (its Hello's `instance`): a large snapshot over a link that drops more
@@ -1229,14 +1228,13 @@ impl Replica {
         // Only a page of the snapshot this session still expects: one handed out on a session
         // since replaced names nothing here.
         if let Some((page, tries)) = copy
-            && tries < INSTALL_TRIES_MAX
             && !failed.old_session
             && s.snapshot_in == Some((failed.id, failed.page))
         {
             let wait = INSTALL_RETRY_MS
                 .saturating_mul(1 << tries.min(5))
                 .min(INSTALL_RETRY_MAX_MS);
-            s.retry_page = Some((page, now.saturating_add(wait), tries + 1));
+            s.retry_page = Some((page, now.saturating_add(wait), tries.saturating_add(1)));
         }
         self.release_queued(peer, now);
     }
@@ -2067,9 +2065,14 @@ impl Replica {
             }) else {
                 continue;
             };
-            for e in &events {
-                bytes_left = bytes_left.saturating_sub(e.encoded_len());
+            // A read may pass the budget to reach a seal (a block runs to SEAL_EVERY_BYTES, or
+            // one event to its limit): past what is left of it, it waits for the next batch,
+            // which it starts, so that a batch stays within a frame.
+            let read_bytes: usize = events.iter().map(EncodedEvent::encoded_len).sum();
+            if !batch.is_empty() && read_bytes > bytes_left {
+                break;
             }
+            bytes_left = bytes_left.saturating_sub(read_bytes);
             if batch.is_empty() {
                 s.last_origin = Some(origin.clone());
             }

@@ -541,6 +541,32 @@ fn batches_stop_at_the_byte_budget() {
     );
 }
 
+/// A read passes the budget to reach a seal (a store's block runs to 1 MiB, one event to the
+/// event limit): the next origin's read went into the batch whatever was left of the budget, so
+/// a batch with a large block after another could pass what a frame holds (the peer closed the
+/// connection, and the same batch was built again after each reconnect). Now a read past what
+/// is left waits for the next batch.
+#[test]
+fn a_read_past_what_is_left_of_the_budget_waits_for_the_next_batch() {
+    let mut both = evs("x", 1..=1);
+    both.extend(evs("y", 1..=1));
+    let log = MemLog::with(&both);
+    // One byte left after x's event: y's read (one event, more than that) waits.
+    let cfg = ReplicaConfig {
+        batch_bytes: ev("x", 1).encoded_len() + 1,
+        ..config(100, 100)
+    };
+    let mut r = ready(&log, cfg, &["b"]);
+    assert_eq!(
+        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+        dots(&[("x", 1)])
+    );
+    assert_eq!(
+        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+        dots(&[("y", 1)])
+    );
+}
+
 #[test]
 fn relayed_origins_are_forwarded() {
     // "a" holds events of "x" (received from x); b lacks them and gets them from a.
@@ -1915,6 +1941,34 @@ fn a_snapshot_page_whose_merge_failed_is_merged_again_without_the_peer() {
     r.installed(&b, 3_101);
     r.handle_timeout(60_000);
     assert_eq!(r.poll_output(), None, "merged once");
+}
+
+/// A page whose merge fails again and again (a collection here refuses snapshot pages until a
+/// reload fixes its config) is tried every 30 s for as long as the session expects it. After 8
+/// tries it used to be left to the peer's resend, which traffic leaving the peer puts off for
+/// good: the snapshot, and everything behind it, stalled until the connection dropped.
+#[test]
+fn a_snapshot_page_that_keeps_failing_is_tried_again_until_it_merges() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    r.handle(&b, snapshot(0, 0, evs("y", 1..=2), None), 1)
+        .unwrap();
+    assert_eq!(r.poll_output(), install_of(evs("y", 1..=2), None));
+    let mut now = 2;
+    for failure in 0..20 {
+        r.install_failed(&b, "collection \"y\" runs transforms on apply here", now);
+        assert_eq!(r.poll_output(), None);
+        now += 30_000;
+        r.handle_timeout(now);
+        assert_eq!(
+            r.poll_output(),
+            install_of(evs("y", 1..=2), None),
+            "failure {failure}: merged again"
+        );
+        now += 1;
+    }
+    r.installed(&b, now);
+    assert_eq!(drain(&mut r, now, &log), [(b.clone(), snapshot_ack(0, 0))]);
 }
 
 /// A late copy of a page of an earlier snapshot (the sender numbers them upwards) is ignored:

@@ -70,7 +70,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableT
 
 use keys::{log_key, log_seq, split_state_key, state_key};
 use tables::*;
-use write::{Unresolved, apply_to_state, write_row};
+use write::{RowDamage, Unresolved, apply_to_state, write_row};
 
 pub use dead_letters::SetAside;
 pub use error::StoreError;
@@ -264,6 +264,9 @@ pub struct RemoteApply {
     /// theirs that verifies: another history the origin signed, or events changed under a
     /// genuine seal. Left out, reported.
     pub forks: Vec<Fork>,
+    /// Events kept in the changelog but out of the state: their key's row cannot be read
+    /// (damage here), and stays as it is until a repair from a peer replaces it.
+    pub left_out_of_damaged_rows: u64,
 }
 
 /// Where a batch's seal of an origin verified but its events did not chain to it from this

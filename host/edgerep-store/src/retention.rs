@@ -23,9 +23,9 @@ use crate::keys::{log_key, log_seq, split_state_key, state_key};
 use crate::proofs::{self, BLOCKS, PROOFS, PageProofs};
 use crate::seals::{self, CHAINS, SEALS};
 use crate::{
-    Applied, CHANGELOG, Counters, DISAGREEMENTS, META, META_HLC, META_OWN_SEEN, ORIGINS, STATE,
-    Store, StoreError, StoreWriter, Sync, Unresolved, Versions, aae, apply_to_state, corrupt,
-    hlc_bytes, meta_u64, parse_origin, resolution, u64_from,
+    Applied, CHANGELOG, Counters, DISAGREEMENTS, META, META_HLC, META_OWN_SEEN, ORIGINS, RowDamage,
+    STATE, Store, StoreError, StoreWriter, Sync, Unresolved, Versions, aae, apply_to_state,
+    corrupt, hlc_bytes, meta_u64, parse_origin, resolution, u64_from,
 };
 use edgerep_wire::aae::KeyResolution;
 
@@ -122,6 +122,9 @@ pub struct Installed {
     /// node's later events, an honest version may be left out too, until the snapshot's last
     /// page brings them back: anti-entropy then merges it.
     pub future_contexts: u64,
+    /// Versions left out because their key's row cannot be read (damage here) and a snapshot
+    /// page, unlike a repair, does not replace it: the row stays until a repair does.
+    pub left_out_of_damaged_rows: u64,
     /// The feed's last position afterwards (raised past the changes, which have none).
     pub feed_last: u64,
     /// Whether anything was written (and synced, with `Sync::Immediate`). A page or repair that
@@ -306,19 +309,21 @@ impl Store {
     /// or cannot read, are left out.
     pub fn versions_of(&self, state_keys: &[Vec<u8>]) -> Result<StatePage, StoreError> {
         Ok(self
-            .versions_within(state_keys, usize::MAX, std::time::Duration::MAX)?
+            .versions_within(state_keys, usize::MAX, usize::MAX, std::time::Duration::MAX)?
             .0)
     }
 
-    /// [`Store::versions_of`] of the first keys of `state_keys` whose state rows and proofs
-    /// come to about `max_bytes`, read within about `max_time` (at least one key): returns the
-    /// page and how many keys it covers. What a peer asked for beyond that waits for a later
-    /// session. (Proving a version reads its block: keys in many blocks cost far more than
-    /// their rows' bytes.)
+    /// [`Store::versions_of`] of the first keys of `state_keys` whose state rows, proofs and
+    /// resolutions come to at most `max_bytes` and whose versions number at most
+    /// `max_versions`, read within about `max_time` (at least one key, whatever it weighs):
+    /// returns the page and how many keys it covers. What a peer asked for beyond that waits
+    /// for a later session. (Proving a version reads its block: keys in many blocks cost far
+    /// more than their rows' bytes.)
     pub fn versions_within(
         &self,
         state_keys: &[Vec<u8>],
         max_bytes: usize,
+        max_versions: usize,
         max_time: std::time::Duration,
     ) -> Result<(StatePage, usize), StoreError> {
         let started = std::time::Instant::now();
@@ -329,23 +334,38 @@ impl Store {
         let proofs_t = txn.open_table(PROOFS)?;
         let blocks_t = txn.open_table(BLOCKS)?;
         let mut proven = PageProofs::default();
-        let (mut bytes, mut covered) = (0usize, 0usize);
+        let (mut bytes, mut versions, mut covered) = (0usize, 0usize, 0usize);
         for k in state_keys {
-            if covered > 0 && (bytes >= max_bytes || started.elapsed() >= max_time) {
+            if covered > 0 && started.elapsed() >= max_time {
                 break;
             }
-            covered += 1;
             let Some(g) = state.get(k.as_slice())? else {
+                covered += 1;
                 continue;
             };
             let stored = g.value().len();
-            let Ok(v) = Versions::decode(g.value(), &self.limits()) else {
-                bytes = bytes.saturating_add(stored);
+            // As a state page counts: each version travels with a proof and, at most, a seal
+            // (a key with many small versions, each in a block of its own, is mostly proofs),
+            // and the key may go with its resolution (its state key, two hashes, a build).
+            let (v, weight) = match Versions::decode(g.value(), &self.limits()) {
+                Ok(v) => {
+                    let n = v.events().len();
+                    (Some(v), stored + n * proofs::PROOF_BYTES + k.len() + 160)
+                }
+                Err(_) => (None, stored),
+            };
+            let n = v.as_ref().map_or(0, |v| v.events().len());
+            if covered > 0
+                && (bytes.saturating_add(weight) > max_bytes || versions + n > max_versions)
+            {
+                break;
+            }
+            covered += 1;
+            bytes = bytes.saturating_add(weight);
+            versions += n;
+            let Some(v) = v else {
                 continue;
             };
-            // As a state page counts: each version travels with a proof and, at most, a seal
-            // (a key with many small versions, each in a block of its own, is mostly proofs).
-            bytes = bytes.saturating_add(stored + v.events().len() * proofs::PROOF_BYTES);
             for version in v.events().iter().cloned() {
                 proven.add(
                     &changelog,
@@ -664,11 +684,17 @@ impl StoreWriter {
         let mut sealed_upto: BTreeMap<NodeId, u64> = BTreeMap::new();
         if let (false, None, Some(keys), Some((seals, _))) = (repair, have, &self.keys, sealed) {
             let named = proofs::named_in_contexts(proven.iter().map(|(v, _, _)| v));
+            // The page's seals by (origin, seq), indexed once: a page may name a million
+            // origins in its contexts and carry thousands of seals.
+            let mut by_origin: BTreeMap<(&NodeId, u64), &Seal> = BTreeMap::new();
+            for seal in seals {
+                by_origin.entry((&seal.origin, seal.seq)).or_insert(seal);
+            }
             for (origin, upto) in named {
-                let first = seals
-                    .iter()
-                    .filter(|s| s.origin == *origin && s.seq >= upto)
-                    .min_by_key(|s| s.seq);
+                let first = by_origin
+                    .range((origin, upto)..=(origin, u64::MAX))
+                    .next()
+                    .map(|(_, seal)| *seal);
                 if let Some(seal) = first
                     && keys
                         .vouches_up_to(origin)
@@ -707,6 +733,7 @@ impl StoreWriter {
             let mut counters = Counters::load(&meta)?;
             let held_before = read_map(&txn.open_table(ORIGINS)?)?;
             let (mut changed, mut covered, mut replaced) = (0, 0, 0);
+            let mut left_out_of_damaged_rows = 0;
             // This node's own events: only it issues them, so a version naming more of them
             // than it issued (or than the page brings back under this node's own seals, for a
             // restored store) depends on events that do not exist. The event path holds such
@@ -785,7 +812,7 @@ impl StoreWriter {
                 if event.origin == self.node && !within_have {
                     keys_restored |= crate::idempotency::keep_restored(&txn, &event)?;
                 }
-                let (applied, was_damaged) = apply_to_state(
+                let (applied, damage) = apply_to_state(
                     &mut state,
                     &mut index,
                     &mut counters.digest,
@@ -796,7 +823,8 @@ impl StoreWriter {
                     repair,
                     &mut unresolved,
                 )?;
-                replaced += u64::from(was_damaged);
+                replaced += u64::from(damage == RowDamage::Replaced);
+                left_out_of_damaged_rows += u64::from(damage == RowDamage::LeftOut);
                 if applied == Applied::Added {
                     changed += 1;
                     covered += u64::from(within_have);
@@ -980,6 +1008,7 @@ impl StoreWriter {
                     compacted,
                     forks,
                     future_contexts,
+                    left_out_of_damaged_rows,
                     feed_last,
                     wrote,
                 },

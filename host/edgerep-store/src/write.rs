@@ -58,7 +58,7 @@ pub(crate) fn apply_to_state(
     new_to_store: bool,
     repair: bool,
     unresolved: &mut Unresolved<'_>,
-) -> Result<(Applied, bool), StoreError> {
+) -> Result<(Applied, RowDamage), StoreError> {
     let hint = event
         .row_hint()
         .filter(|h| h.rule == unresolved.rule.tag())
@@ -89,7 +89,7 @@ pub(crate) fn apply_to_state(
                 .rule
                 .entry(&event.collection, &event.key, b, limits)
         });
-        return Ok((Applied::Added, false));
+        return Ok((Applied::Added, RowDamage::None));
     };
     let old_hash = unresolved
         .rule
@@ -97,7 +97,16 @@ pub(crate) fn apply_to_state(
     let (mut versions, mut damaged) = match Versions::decode(&old_row, limits) {
         Ok(v) => (v, false),
         Err(_) if repair => (Versions::new(), true),
-        Err(e) => return Err(corrupt("state", e)),
+        Err(_) => {
+            // The key's row cannot be read (damage on this disk): the event stays out of the
+            // state, which keeps the row as it is until a repair replaces it (anti-entropy:
+            // the row differs from every peer's). Refusing the event instead would stop every
+            // later event of its origin here, and a repair sends only events this node holds.
+            if new_to_store {
+                state.insert(skey.as_slice(), old_row.as_slice())?;
+            }
+            return Ok((Applied::Obsolete, RowDamage::LeftOut));
+        }
     };
     if repair {
         damaged |= versions.drop_other_bytes(&event);
@@ -134,7 +143,25 @@ pub(crate) fn apply_to_state(
         // Nothing changes: the row goes back as it was.
         state.insert(skey.as_slice(), old_row.as_slice())?;
     }
-    Ok((applied, damaged))
+    Ok((
+        applied,
+        if damaged {
+            RowDamage::Replaced
+        } else {
+            RowDamage::None
+        },
+    ))
+}
+
+/// What [`apply_to_state`] did about a key's row that could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowDamage {
+    /// The row was read (or there was none).
+    None,
+    /// A repair replaced the damaged row, or a damaged copy of one of its versions.
+    Replaced,
+    /// The row could not be read and stays as it is: the event is not in the state.
+    LeftOut,
 }
 
 /// A key's state row as an applied event leaves it.
@@ -1433,6 +1460,7 @@ impl StoreWriter {
             redb::Durability::Immediate
         })?;
         let mut out = Vec::with_capacity(events.len());
+        let mut left_out_of_damaged_rows = 0u64;
         let dead_ids;
         let tally;
         let (held, feed_last, forks, deltas, keys_restored) = {
@@ -1542,20 +1570,19 @@ impl StoreWriter {
                         continue;
                     }
                 };
-                out.push(
-                    apply_to_state(
-                        &mut state,
-                        &mut index,
-                        &mut digest,
-                        &mut entries,
-                        &limits,
-                        event,
-                        true,
-                        false,
-                        &mut unresolved,
-                    )?
-                    .0,
-                );
+                let (applied, damage) = apply_to_state(
+                    &mut state,
+                    &mut index,
+                    &mut digest,
+                    &mut entries,
+                    &limits,
+                    event,
+                    true,
+                    false,
+                    &mut unresolved,
+                )?;
+                left_out_of_damaged_rows += u64::from(damage == RowDamage::LeftOut);
+                out.push(applied);
             }
             tally = unresolved.resolve(&mut state, &mut index, &mut digest, &limits)?;
             // Each origin given new events ends at one of the batch's seals (trusted events: an
@@ -1633,6 +1660,7 @@ impl StoreWriter {
             feed_last,
             skewed: 0,
             forks: forks.into_values().collect(),
+            left_out_of_damaged_rows,
         })
     }
 

@@ -454,6 +454,47 @@ fn damage_behind_the_stores_back_is_found_at_open_and_repaired_from_a_peer() {
     );
 }
 
+/// A peer's new event for a key whose row cannot be read here: it used to fail its whole batch,
+/// at every resend, so no later event of its origin was ever applied, and no repair could help
+/// (a repair sends only events this node holds). Now the event goes into the changelog and
+/// stays out of the state, the rest of the batch applies, and a repair replaces the row with
+/// the peer's versions, the new event among them.
+#[test]
+fn a_peers_event_for_a_damaged_key_does_not_stop_its_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.redb");
+    let a = memory("a");
+    let mut c = clock();
+    a.commit_local(writes("k", 10, 1), &mut c, 1).unwrap();
+    {
+        let b = on_disk(&path, "b");
+        ship(&a, &b, "a");
+        assert_eq!(
+            b.damage("c", &[b"k3".to_vec()], Damage::FlipByte).unwrap(),
+            1
+        );
+    }
+    let b = on_disk(&path, "b");
+    assert_eq!(b.open_check().unwrap().unreadable, 1);
+    // a writes the damaged key again, and another key after it.
+    a.commit_local(writes("k", 4, 2), &mut c, 2).unwrap();
+    a.commit_local(writes("n", 1, 3), &mut c, 3).unwrap();
+    ship(&a, &b, "a");
+    assert_eq!(
+        b.status().unwrap().origins["a"],
+        15,
+        "every event of a held"
+    );
+    assert!(b.get("c", b"k3").is_err(), "the row is left as it was");
+    assert_eq!(b.get("c", b"k2").unwrap(), a.get("c", b"k2").unwrap());
+    assert_eq!(b.get("c", b"n0").unwrap(), a.get("c", b"n0").unwrap());
+    let out = repair(&a, &b);
+    assert_eq!(out.replaced, 1, "{out:?}");
+    assert_eq!(b.get("c", b"k3").unwrap(), a.get("c", b"k3").unwrap());
+    assert_eq!(b.status().unwrap().digest, a.status().unwrap().digest);
+    assert!(differing_leaves(&a, &b).is_empty());
+}
+
 #[test]
 fn a_version_changed_in_place_is_replaced_by_the_proven_one() {
     let (a, b) = (memory("a"), memory("b"));
@@ -918,7 +959,10 @@ fn a_repair_answer_counts_its_proofs_and_stops_on_time() {
             .unwrap();
     }
     let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("c\0k{i}-0").into_bytes()).collect();
-    let all = |max_bytes, max_time| a.versions_within(&keys, max_bytes, max_time).unwrap();
+    let all = |max_bytes, max_time| {
+        a.versions_within(&keys, max_bytes, usize::MAX, max_time)
+            .unwrap()
+    };
     let (page, covered) = all(usize::MAX, std::time::Duration::MAX);
     assert_eq!(
         (covered, page.versions.len(), page.seals.len()),
@@ -931,6 +975,14 @@ fn a_repair_answer_counts_its_proofs_and_stops_on_time() {
     // No time at all: the first key only.
     let (page, covered) = all(usize::MAX, std::time::Duration::ZERO);
     assert_eq!((covered, page.versions.len()), (1, 1));
+    // The answer stops before the versions a peer's decoder takes in one message; the first
+    // key always goes.
+    let (_, one) = all(1, std::time::Duration::MAX);
+    assert_eq!(one, 1, "the first key, whatever it weighs");
+    let (page, covered) = a
+        .versions_within(&keys, usize::MAX, 3, std::time::Duration::MAX)
+        .unwrap();
+    assert_eq!((covered, page.versions.len()), (3, 3), "at most 3 versions");
 }
 
 /// A resolver whose epoch for the collection's keys is still last-writer-wins (an upgrade that

@@ -18,6 +18,10 @@ use rustls_pki_types::CertificateDer;
 use crate::certs::{Identity, node_id_of};
 use crate::tls::{self, Refusal, TlsError, TransportConfig};
 
+/// Dial failures, by peer: a peer that refuses this node does so at every dial, every few
+/// seconds; one that answers is forgotten.
+static DIAL_FAILURES: crate::repeats::Repeats = crate::repeats::Repeats::new();
+
 /// Application close codes this crate and its users close connections with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -404,9 +408,7 @@ impl Transport {
             Err(error) => {
                 let err = connect_failure(peer, address, remote, verifier.refusal(), &error);
                 let text = edgerep_wire::text::one_line(&err.to_string()).into_owned();
-                // A peer that refuses this node does so at every dial, every few seconds.
-                static REPEATS: crate::repeats::Repeats = crate::repeats::Repeats::new();
-                match REPEATS.warn(&format!("{peer} {text}")) {
+                match DIAL_FAILURES.warn(&format!("{peer} {text}")) {
                     Some(0) => tracing::warn!(peer = %peer, %remote, "{text}"),
                     Some(repeated) => {
                         tracing::warn!(peer = %peer, %remote, repeated, "{text} (the same failure {repeated} times more since it was last logged as a warning; repeats within 10 min are logged at debug level)")
@@ -416,6 +418,8 @@ impl Transport {
                 return Err(err);
             }
         };
+        // It answered: its next failure is news, a warning again.
+        DIAL_FAILURES.forget(&format!("{peer} "));
         // The verifier accepted the certificate, so it names `peer`; check again all the same.
         let presented = peer_cert(&conn).and_then(|cert| node_id_of(&cert).ok());
         if presented.as_ref() != Some(peer) {

@@ -50,6 +50,15 @@ impl Repeats {
         seen.insert(line.to_owned(), (now, 0));
         Some(0)
     }
+
+    /// Forgets the lines that start with `prefix` (a peer's, once it answered): the next such
+    /// failure is a warning again, not a debug line within the interval of an earlier one.
+    pub(crate) fn forget(&self, prefix: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(seen) = seen.as_mut() {
+            seen.retain(|line, _| !line.starts_with(prefix));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,5 +76,22 @@ mod tests {
         assert_eq!(r.warn_at("refused", at(6)), None);
         assert_eq!(r.warn_at("refused", at(600)), Some(2));
         assert_eq!(r.warn_at("refused", at(601)), None);
+    }
+
+    #[test]
+    fn a_peer_that_answered_warns_again_at_its_next_failure() {
+        let r = Repeats::new();
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(r.warn_at("n2 refused", at(0)), Some(0));
+        assert_eq!(r.warn_at("n3 refused", at(0)), Some(0));
+        assert_eq!(r.warn_at("n2 refused", at(3)), None);
+        r.forget("n2 ");
+        assert_eq!(
+            r.warn_at("n2 refused", at(6)),
+            Some(0),
+            "n2 answered in between"
+        );
+        assert_eq!(r.warn_at("n3 refused", at(6)), None, "n3 did not");
     }
 }

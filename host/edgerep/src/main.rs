@@ -65,13 +65,13 @@ enum Command {
         #[arg(long, value_name = "N")]
         cluster: Option<usize>,
         /// Node id (letters, digits, '.', '_', '-').
-        #[arg(long, default_value = "node-1")]
+        #[arg(long, default_value = "node-1", conflicts_with = "cluster")]
         node_id: String,
         /// Local API port (default: a free loopback port).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster", value_parser = clap::value_parser!(u16).range(1..))]
         api_port: Option<u16>,
         /// Peer (replication) port (default: a free loopback port).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster", value_parser = clap::value_parser!(u16).range(1..))]
         replication_port: Option<u16>,
         /// Overwrite an existing config (with --cluster: the CA, configs and certificates;
         /// never a node's data, refused while a node directory holds some).
@@ -240,7 +240,7 @@ enum Command {
         #[command(subcommand)]
         command: plugin_cmd::PluginCommand,
     },
-    /// Events plugins failed on: list, show, replay.
+    /// Events plugins failed on: list, show, replay, delete.
     DeadLetters {
         #[command(subcommand)]
         command: plugin_cmd::DeadLetterCommand,
@@ -565,8 +565,15 @@ fn print_pretty(body: &[u8]) {
     }
 }
 
-fn print_body(body: &[u8]) {
+/// Prints a stored value (`get`) as the node sent it: data, not an answer to read notes from.
+fn print_plain(body: &[u8]) {
     println!("{}", String::from_utf8_lossy(body).trim_end());
+}
+
+/// Prints the node's answer to a request, with its note on stderr if a transform dropped the
+/// write.
+fn print_body(body: &[u8]) {
+    print_plain(body);
     // A write a transform dropped succeeds with nothing written: say so where people look.
     if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body)
         && let Some(why) = answer.get("dropped").and_then(|d| d.as_str())
@@ -727,7 +734,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             versions,
         } => Ok(report(
             client(&config)?.get(&collection, key.as_bytes(), versions),
-            print_body,
+            print_plain,
         )),
         Command::Del {
             config,
@@ -820,19 +827,11 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                     token.display()
                 );
             }
-            Ok(report(outcome, |body| {
-                match serde_json::from_slice::<serde_json::Value>(body) {
-                    Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
-                    Err(_) => print_body(body),
-                }
-            }))
+            Ok(report(outcome, print_pretty))
         }
         Command::Reconcile { config, peer } => Ok(report(
             client(&config)?.reconcile(peer.as_deref()),
-            |body| match serde_json::from_slice::<serde_json::Value>(body) {
-                Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
-                Err(_) => print_body(body),
-            },
+            print_pretty,
         )),
         Command::Debug {
             command:

@@ -282,7 +282,8 @@ pub(crate) enum DeadLetterCommand {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<u64>,
         /// Every dead letter written through the API (those of events from peers cannot be
-        /// replayed), one at a time; prints a line for each, exit 1 if any failed.
+        /// replayed), one at a time; prints a line for each; exit 4 if a replay failed, else
+        /// 3 if the node refused some.
         #[arg(long)]
         all: bool,
         /// With --all: only this collection's.

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Node, agent, edgerep, init, send_signal, stderr, stdout};
@@ -79,6 +80,22 @@ fn verbs_against_a_running_node() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["op"], "delete");
     assert_eq!(events[0]["position"], 4);
+
+    // A stored value is printed as data: one shaped like a node's answer about a dropped
+    // write is not read as one (get printed "note: 3 items" for it).
+    let o = edgerep(&[
+        "put",
+        "--config",
+        c,
+        "other",
+        "d",
+        r#"{"dropped":"3 items"}"#,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = edgerep(&["get", "--config", c, "other", "d"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("3 items"), "{}", stdout(&o));
+    assert!(!stderr(&o).contains("note:"), "{}", stderr(&o));
 
     let o = edgerep(&["status", "--config", c, "--verify"]);
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -279,6 +296,36 @@ fn init_refuses_to_overwrite_and_help_works() {
         assert!(stdout(&o).contains("Usage"), "{verb:?}");
     }
     assert_eq!(edgerep(&["no-such-verb"]).status.code(), Some(2));
+}
+
+/// `init` refuses ports it cannot honour instead of writing something else: the same port for
+/// the API and replication (it used to pick another replication port silently), port 0 (which
+/// `run` refuses), and single-node flags given with --cluster (they were ignored).
+#[test]
+fn init_refuses_ports_it_would_not_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--api-port", "17070", "--replication-port", "17070"],
+            "both 17070",
+        ),
+        (&["--api-port", "0"], "--api-port"),
+        (&["--cluster", "2", "--api-port", "17071"], "--cluster"),
+        (&["--cluster", "2", "--node-id", "n9"], "--cluster"),
+    ];
+    for (i, (flags, names)) in cases.iter().enumerate() {
+        let target = at(&format!("c{i}"));
+        let mut args = vec!["init", target.as_str()];
+        args.extend_from_slice(flags);
+        let o = edgerep(&args);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(names), "{flags:?}: {}", stderr(&o));
+        assert!(
+            !Path::new(&target).join("edgerep.toml").exists(),
+            "{flags:?} wrote a config"
+        );
+    }
 }
 
 /// `init --cluster N --force` over a cluster that ran replaces nothing: it used to delete each

@@ -1365,6 +1365,30 @@ fn a_policy_naming_an_unknown_node_is_reported_at_start() {
         "{said}"
     );
     assert!(!unknown.contains("names node-2,"), "{said}");
+    assert_eq!(
+        said["reloaded"]["authorization_narrowed"],
+        serde_json::json!([]),
+        "nothing narrowed: {said}"
+    );
+    // Narrowing an origin's [authorization] by reload is taken, and said: its events there are
+    // judged by each node's config when they arrive, so nodes differ for good on those some
+    // took before their reload.
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        text.replace("node-2 = [\"c\"]", "node-2 = [\"d\"]"),
+    )
+    .unwrap();
+    let o = common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let said: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let narrowed = said["reloaded"]["authorization_narrowed"].to_string();
+    assert!(
+        narrowed.contains("node-2")
+            && narrowed.contains("[\\\"c\\\"]")
+            && !narrowed.contains("site-bb"),
+        "{said}"
+    );
 }
 
 /// Compaction keeps up with a busy writer: once due, it goes on transaction after transaction

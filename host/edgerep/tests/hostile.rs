@@ -551,7 +551,7 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
     let (configs, n1, n3) = honest_pair(dir.path());
     // node-3 stays away, so the attacker's claim is the first node-1 hears.
     n1.terminate();
-    n3.terminate();
+    let _ = n3.terminate();
     let n1 = Node::start(&configs[0]);
     let h = claiming_node1_wrote_more(&configs, false);
     let started = Instant::now();
@@ -1455,7 +1455,7 @@ fn peers_of_other_protocol_versions_are_named_or_spoken_to_in_this_one() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, n1, n3) = honest_pair(dir.path());
     n1.terminate();
-    n3.terminate();
+    let _ = n3.terminate();
     let n1 = Node::start(&configs[0]);
     let mut h = Hostile::connect(&configs[1], &configs[0]);
     let mut older = h.hello(&[("node-1", 1)], &[]);
@@ -1782,6 +1782,75 @@ fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
             format!(r#"{{"v":{i}}}"#)
         );
     }
+}
+
+/// The same lie while node-1's only other peer is down: node-1 compared at once only with the
+/// peers ready when the snapshot came, so node-3, back a moment later, waited for the periodic
+/// comparison (60 s here, and never with periodic comparisons off). Now a peer not there is
+/// compared with as soon as it is ready.
+#[test]
+fn versions_a_snapshot_left_out_are_repaired_from_a_peer_that_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut to_n1 = attacker(&configs, &[]);
+    let mut to_n3 = common::hostile::Hostile::connect(&configs[1], &configs[2]);
+    let hello = to_n3.hello(&[], &[]);
+    to_n3.send(&hello).unwrap();
+    assert!(
+        to_n3
+            .wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
+            .is_some()
+    );
+    let events = (1..=5)
+        .map(|i| event("node-2", i, "c", &format!("left-out-{i}"), i))
+        .collect();
+    let m = to_n3.sealed(events);
+    let Message::Events { seals, .. } = &m else {
+        unreachable!()
+    };
+    let seal = seals[0].clone();
+    to_n3.send(&m).unwrap();
+    wait_for_key(&n3, "left-out-5", "node-3 holds node-2's five events");
+    // Killed at once: node-1 would graft node-3 for node-2's events 400 ms after hearing it
+    // holds them, and get them by replication.
+    drop(to_n3);
+    n3.kill();
+    let node2 = NodeId::parse("node-2").unwrap();
+    to_n1
+        .send(&Message::Snapshot {
+            id: 0,
+            page: 0,
+            floors: vec![(node2.clone(), 5)],
+            versions: vec![],
+            proofs: vec![],
+            done: true,
+            have: vec![(node2, 5)],
+            seals: vec![seal],
+            certs: vec![(to_n1.id.clone(), to_n1.signer.cert().to_vec())],
+        })
+        .unwrap();
+    wait_status(&n1, "node-1 took the snapshot", |r| {
+        r["snapshot_pages_merged_total"] == 1
+    });
+    assert_eq!(get(&n1, "c", "left-out-3").0, 404, "left out, node-3 away");
+    let n3 = Node::start(&configs[2]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&n1, "c", "left-out-3").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the left-out versions are not repaired: {}\n{}",
+            status(&n1),
+            std::fs::read_to_string(&n1.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 1..=5 {
+        assert_eq!(
+            get(&n1, "c", &format!("left-out-{i}")).1,
+            format!(r#"{{"v":{i}}}"#)
+        );
+    }
+    drop(n3);
 }
 
 /// A peer that stays connected and never acknowledges anything: it held node-1's compaction

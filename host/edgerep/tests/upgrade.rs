@@ -363,6 +363,31 @@ fn a_reload_refuses_what_needs_a_restart_and_changes_nothing() {
             "{extra}: {said}"
         );
     }
+    // An upgrade that brings a collection its first transforms on apply: it must then be
+    // compared on its versions, which takes a restart. Refused, saying so (it said "durability
+    // or what anti-entropy compares changed", neither of which the operator touched).
+    let (pass, pass_sha) = built_plugin("passthrough");
+    std::fs::write(
+        &configs[0],
+        format!(
+            "{}{}\n[[collections.declared.upgrades]]\neffective_from = {}\ntransforms_on_apply = [\"pass\"]\n\n[plugins.pass]\npath = \"{}\"\nsha256 = \"{pass_sha}\"\n",
+            // (Transforms on apply need the changelog kept whole.)
+            base.replace("\n[retention]\n", "\n[retention]\ncompact = false\n"),
+            tally(&wasm, &sha, None),
+            now_ms() + 60_000,
+            pass.display()
+        ),
+    )
+    .unwrap();
+    let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(!o.status.success());
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        said.contains("\"tally\"")
+            && said.contains("first transforms on apply")
+            && said.contains("compare = \"versions\""),
+        "{said}"
+    );
     // A broken file is caught before the node is asked.
     std::fs::write(&configs[0], "[node\n").unwrap();
     let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);

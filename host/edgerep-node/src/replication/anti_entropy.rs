@@ -44,8 +44,14 @@ const REPAIR_KEYS: usize = 4096;
 /// Most round trips one session of ours makes: an honest comparison descends one level of the
 /// tree (five levels) a round trip.
 pub(super) const MAX_ROUND_TRIPS: u64 = 32;
-/// Most bytes of state rows and proofs one repair answer carries (a frame holds at most 8 MiB).
+/// Most bytes of state rows, proofs and resolutions one repair answer carries (a frame holds
+/// at most 8 MiB; the keys it wants, seals and certificates go with them).
 const REPAIR_BYTES: usize = 4 << 20;
+/// Most bytes of the keys one repair message names as wanted.
+const REPAIR_WANT_BYTES: usize = 1 << 20;
+/// Most versions one repair answer carries: what a peer decodes in one message
+/// (`MessageLimits::max_events_per_batch`, the same on every node).
+const REPAIR_VERSIONS: usize = 4096;
 /// About the most time reading one repair answer takes on the replicator thread (proving a
 /// version reads its whole block: a peer wanting keys in 4,096 blocks asks for that many
 /// block reads); the keys beyond wait for a later session.
@@ -471,15 +477,26 @@ impl Replicator {
 
     /// A snapshot of `from` raised this node's floors: each version it carried was proven its
     /// origin's, but that none was left out is the sender's word (the floors it named are
-    /// too). Every other ready peer is compared with now, not at the next interval (and even
-    /// with periodic comparisons off), so versions a lying sender left out are found and
-    /// repaired from the others within seconds.
+    /// too). Every other peer is compared with soon (see [`Replicator::aae_soon`]), so
+    /// versions a lying sender left out are found and repaired from the others within seconds
+    /// of any of them being there.
     pub(super) fn aae_after_snapshot(&mut self, from: &NodeId) {
+        self.aae_soon(
+            Some(from),
+            &format!("a snapshot from {from} raised this node's floors"),
+        );
+    }
+
+    /// Compares with every peer (but `except`) soon, not at the next interval (and even with
+    /// periodic comparisons off): a ready one after [`QUIET`], one not connected now as soon as
+    /// it is ready. `why` is logged.
+    pub(super) fn aae_soon(&mut self, except: Option<&NodeId>, why: &str) {
         let at = Instant::now() + QUIET;
         let others: Vec<NodeId> = self
-            .conns
-            .keys()
-            .filter(|p| *p != from && self.core.is_ready(p))
+            .peers
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| Some(*p) != except)
             .cloned()
             .collect();
         for peer in others {
@@ -488,7 +505,7 @@ impl Replicator {
             if let std::collections::btree_map::Entry::Vacant(e) =
                 self.anti_entropy.after_snapshot.entry(peer)
             {
-                tracing::info!(peer = %e.key(), "comparing with it in {} ms: a snapshot from {from} raised this node's floors", QUIET.as_millis());
+                tracing::info!(peer = %e.key(), "comparing with it in {} ms, or once it is connected: {why}", QUIET.as_millis());
                 e.insert(at);
             }
         }
@@ -513,6 +530,11 @@ impl Replicator {
         }
         let now = Instant::now();
         self.aae_answer_due(now);
+        // (A peer a reload removed is compared with no more.)
+        let peers = &self.peers;
+        self.anti_entropy
+            .after_snapshot
+            .retain(|p, _| peers.iter().any(|(id, _)| id == p));
         let due: Vec<NodeId> = self
             .anti_entropy
             .after_snapshot
@@ -1011,8 +1033,24 @@ impl Replicator {
         out
     }
 
-    /// Sends `peer` this node's versions of `keys`, and names the keys it wants.
-    fn aae_repair_send(&mut self, peer: &NodeId, id: u64, keys: &[Vec<u8>], want: Vec<Vec<u8>>) {
+    /// Sends `peer` this node's versions of `keys`, and names the keys it wants (as many as
+    /// come to [`REPAIR_WANT_BYTES`]: the rest are found by a later session).
+    fn aae_repair_send(
+        &mut self,
+        peer: &NodeId,
+        id: u64,
+        keys: &[Vec<u8>],
+        mut want: Vec<Vec<u8>>,
+    ) {
+        let mut want_bytes = 0usize;
+        let fits = want
+            .iter()
+            .take_while(|k| {
+                want_bytes += k.len() + 5;
+                want_bytes <= REPAIR_WANT_BYTES
+            })
+            .count();
+        want.truncate(fits);
         // An answer that could not be queued is not read (a peer asking in a loop and reading
         // nothing would otherwise cost a read of up to REPAIR_BYTES per request).
         if self.aae_backed_up(peer) {
@@ -1040,7 +1078,7 @@ impl Replicator {
             ))
         } else {
             self.store
-                .versions_within(&keys, REPAIR_BYTES, REPAIR_READ_TIME)
+                .versions_within(&keys, REPAIR_BYTES, REPAIR_VERSIONS, REPAIR_READ_TIME)
         };
         let mut page = match page {
             Ok((p, covered)) => {

@@ -205,6 +205,27 @@ impl Replicator {
         }
     }
 
+    /// Events kept out of the state because their keys' rows cannot be read here: said, and
+    /// every peer compared with soon, whose repair replaces the rows.
+    /// (At most once per `log_limit::EVERY`: a hot key whose row no peer can repair would
+    /// otherwise log, and schedule comparisons, at every batch.)
+    fn left_out_of_damaged_rows(&mut self, events: u64) {
+        static THROTTLE: crate::log_limit::Throttle =
+            crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+        let Some(left_out) = THROTTLE.allow() else {
+            return;
+        };
+        tracing::error!(
+            events,
+            batches_not_logged = left_out,
+            "events kept in the changelog but out of the state: their keys' rows cannot be read on this node's disk (damage: status `store_check_at_open.unreadable` counts such rows); a repair from a peer replaces the rows"
+        );
+        self.aae_soon(
+            None,
+            "keys whose rows cannot be read here wait for a repair",
+        );
+    }
+
     /// The committer's answer to a batch of `peer`'s.
     pub(super) fn applied(
         &mut self,
@@ -225,6 +246,9 @@ impl Replicator {
                         hex(&fork.received_chain),
                         "a peer sent events of the origin that do not chain to its seal from the history this node holds (another history the origin signed, or events changed in a block this node holds part of); left out",
                     );
+                }
+                if out.left_out_of_damaged_rows > 0 {
+                    self.left_out_of_damaged_rows(out.left_out_of_damaged_rows);
                 }
                 if let Some((started, events)) = self.traced.remove(&peer) {
                     for t in events {
@@ -330,15 +354,25 @@ impl Replicator {
         match result {
             Ok(out) => {
                 self.reports.snapshot_pages_merged_total += 1;
+                if out.left_out_of_damaged_rows > 0 {
+                    self.left_out_of_damaged_rows(out.left_out_of_damaged_rows);
+                }
                 if out.future_contexts > 0 {
                     tracing::warn!(peer = %peer, versions = out.future_contexts, "left out snapshot versions whose causal context names events this node does not hold (forged by their origin, or this node's own after a restore that lost them: anti-entropy merges them once they are back)");
                 }
-                if out.compacted.is_empty() {
+                // Only the floors this page raised (the map names up to every origin).
+                let before = self.core.compacted();
+                let moved: Vec<(&NodeId, &u64)> = out
+                    .compacted
+                    .iter()
+                    .filter(|(o, seq)| before.get(*o) != Some(*seq))
+                    .collect();
+                if moved.is_empty() {
                     tracing::debug!(peer = %peer, changed = out.changed, "merged a snapshot page");
                 } else {
-                    tracing::info!(peer = %peer, changed = out.changed, "merged a snapshot page; changelog now starts after {:?}", out.compacted);
+                    tracing::info!(peer = %peer, changed = out.changed, origins = moved.len(), "merged a snapshot page; the changelog now starts after {:?}", &moved[..moved.len().min(16)]);
                 }
-                let raised = out.compacted != *self.core.compacted();
+                let raised = !moved.is_empty() || out.compacted.len() != before.len();
                 self.set_compacted(&out.compacted);
                 self.core.installed(&peer, now);
                 if raised {

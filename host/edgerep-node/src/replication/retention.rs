@@ -74,34 +74,24 @@ impl Replicator {
                 }
             })
             .collect();
-        let snapshots: Vec<Have> = counted
+        // Every configured peer's snapshot hold, counted or not: a peer back from a long
+        // absence is not counted (its page acknowledgements are not progress) exactly while
+        // it takes the snapshot that brings it back. A hold ends on its own (see
+        // `Replica::snapshot_hold`).
+        let snapshots: Vec<Have> = self
+            .peers
             .iter()
-            .filter_map(|p| self.core.snapshot_hold(p))
+            .filter_map(|(p, _)| self.core.snapshot_hold(p))
             .collect();
-        let mut floors = Have::new();
-        for (origin, &held) in self.core.local_have() {
-            let mut floor = held.saturating_sub(self.retention.keep_events);
-            for peer in &counted {
-                let acked = self.acked.get(*peer).and_then(|h| h.get(origin));
-                floor = floor.min(acked.copied().unwrap_or(0));
-            }
-            // However slowly a peer acknowledges, at most max_held_events are kept for it.
-            if let Some(max) = self.retention.max_held_events {
-                floor = floor.max(held.saturating_sub(max));
-            }
-            // Never past the have of a snapshot being sent to a peer that counts, while it
-            // acknowledges pages (`SNAPSHOT_HOLD_MS`) or while a lost connection interrupted it
-            // (`Replica::snapshot_hold`): it needs the entries after it (on a slow link, a
-            // large state could otherwise take snapshot after snapshot, each overtaken by the
-            // writes made while it was sent, or start over after each outage).
-            for have in &snapshots {
-                floor = floor.min(have.get(origin).copied().unwrap_or(0));
-            }
-            if floor > self.core.compacted().get(origin).copied().unwrap_or(0) {
-                floors.insert(origin.clone(), floor);
-            }
-        }
-        floors
+        let acked: Vec<Option<&Have>> = counted.iter().map(|p| self.acked.get(*p)).collect();
+        floors_of(
+            self.core.local_have(),
+            self.core.compacted(),
+            &acked,
+            &snapshots,
+            self.retention.keep_events,
+            self.retention.max_held_events,
+        )
     }
 
     /// Queues a compaction when one is due and would remove something.
@@ -188,6 +178,43 @@ fn acks_moved(
     more || all
 }
 
+/// Per origin held here, how far its changelog may be compacted: what every counted peer
+/// acknowledged (`acked`, one entry per peer; `None`: nothing yet), less `keep_events`; at least
+/// the have less `max_held`; never past a snapshot being sent (`snapshots`, their haves). Only
+/// origins whose floor is above what is compacted already are listed.
+fn floors_of(
+    held: &Have,
+    compacted: &Have,
+    acked: &[Option<&Have>],
+    snapshots: &[Have],
+    keep_events: u64,
+    max_held: Option<u64>,
+) -> Have {
+    let mut floors = Have::new();
+    for (origin, &held) in held {
+        let mut floor = held.saturating_sub(keep_events);
+        for peer in acked {
+            floor = floor.min(peer.and_then(|h| h.get(origin)).copied().unwrap_or(0));
+        }
+        // However slowly a peer acknowledges, at most max_held events are kept for it.
+        if let Some(max) = max_held {
+            floor = floor.max(held.saturating_sub(max));
+        }
+        // Never past the have of a snapshot being sent, while the peer acknowledges pages
+        // (`SNAPSHOT_HOLD_MS`) or while a lost connection interrupted it
+        // (`Replica::snapshot_hold`): it needs the entries after it (on a slow link, a large
+        // state could otherwise take snapshot after snapshot, each overtaken by the writes
+        // made while it was sent, or start over after each outage).
+        for have in snapshots {
+            floor = floor.min(have.get(origin).copied().unwrap_or(0));
+        }
+        if floor > compacted.get(origin).copied().unwrap_or(0) {
+            floors.insert(origin.clone(), floor);
+        }
+    }
+    floors
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +224,44 @@ mod tests {
             .iter()
             .map(|(o, s)| (NodeId::parse(o).unwrap(), *s))
             .collect()
+    }
+
+    /// The rule alone: acknowledgements, keep_events, max_held and snapshot holds. A snapshot's
+    /// hold binds whoever it is sent to (the caller passes every configured peer's, counted or
+    /// not: a peer back after `peer_absent_ms` was not held for, and its snapshot could be
+    /// overtaken by compaction, snapshot after snapshot).
+    #[test]
+    fn compaction_stops_at_acknowledgements_and_snapshot_holds() {
+        let held = have(&[("a", 1_000), ("b", 50)]);
+        let compacted = have(&[("b", 40)]);
+        let p1 = have(&[("a", 900), ("b", 50)]);
+        let p2 = have(&[("a", 700)]);
+        // Both peers counted: the lowest acknowledgement; b not past 40 (p2 has none of it).
+        assert_eq!(
+            floors_of(&held, &compacted, &[Some(&p1), Some(&p2)], &[], 0, None),
+            have(&[("a", 700)])
+        );
+        // keep_events keeps the newest.
+        assert_eq!(
+            floors_of(&held, &compacted, &[Some(&p1)], &[], 200, None),
+            have(&[("a", 800)])
+        );
+        // max_held overrides a slow peer, a snapshot hold overrides max_held.
+        assert_eq!(
+            floors_of(&held, &compacted, &[Some(&p2), None], &[], 0, Some(100)),
+            have(&[("a", 900)])
+        );
+        let hold = have(&[("a", 600), ("b", 45)]);
+        assert_eq!(
+            floors_of(&held, &compacted, &[Some(&p1)], &[hold], 0, Some(100)),
+            have(&[("a", 600), ("b", 45)])
+        );
+        // No peer counted: only keep_events and the hold.
+        let hold = have(&[("a", 10)]);
+        assert_eq!(
+            floors_of(&held, &compacted, &[], &[hold], 0, None),
+            have(&[("a", 10)])
+        );
     }
 
     #[test]

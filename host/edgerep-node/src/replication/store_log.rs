@@ -94,8 +94,9 @@ impl Log for StoreLog {
         let mut bytes = 0usize;
         let mut out = Vec::with_capacity(events.len());
         for event in events {
-            // An estimate: the key, the value, and the fixed fields with room to spare.
-            let size = event.key.len() + event.value.as_ref().map_or(0, |v| v.len()) + 128;
+            // The bytes the event travels as (its metadata and causal context may be most of
+            // them), and its byte string's head.
+            let size = event.encoded_len() + 9;
             if !out.is_empty() && bytes + size > max_bytes {
                 break;
             }
@@ -147,5 +148,62 @@ impl Log for StoreLog {
             .ok()
             .flatten()
             .or_else(|| keys.cert(origin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use edgerep_replica::Log as _;
+    use edgerep_store::{LocalWrite, StoreWriter};
+    use edgerep_wire::event::EventLimits;
+    use edgerep_wire::{HlcClock, Value};
+
+    use super::*;
+
+    /// A read stops at its byte budget counted in the events' encoded bytes, not in an estimate
+    /// of key and value: events whose metadata is most of them were counted at about 140 bytes
+    /// each, so a read of 1,024 of them (16 MB) passed what a frame holds, and the peer closed
+    /// the connection at every resend.
+    #[test]
+    fn a_read_counts_what_the_events_weigh() {
+        let node = NodeId::parse("a").unwrap();
+        let limits = EventLimits {
+            max_meta_bytes: 16_384,
+            max_event_bytes: 1 << 20,
+            ..EventLimits::default()
+        };
+        let (store, resume) = Store::open_with_backend(
+            redb::backends::InMemoryBackend::new(),
+            "memory",
+            &node,
+            limits,
+        )
+        .unwrap();
+        let writer = StoreWriter::new(store);
+        let mut clock = HlcClock::new(resume.hlc_last, 60_000);
+        let writes = (0..1024)
+            .map(|i| LocalWrite {
+                collection: "c".into(),
+                key: format!("k{i}").into_bytes(),
+                value: Some(Value::from_json(&serde_json::json!(1), &Default::default()).unwrap()),
+                schema: 0,
+                meta: BTreeMap::from([("note".to_owned(), "x".repeat(16_000))]),
+                context: None,
+            })
+            .collect();
+        writer.commit_local(writes, &mut clock, 1).unwrap();
+        let log = StoreLog::new(writer.reader());
+        let budget = 1 << 20;
+        let read = log.read(&node, 0, 1024, budget).unwrap();
+        let bytes: usize = read.events.iter().map(|e| e.encoded_len()).sum();
+        // Within the budget, and the block that ends at the next seal (SEAL_EVERY_BYTES).
+        assert!(
+            bytes <= budget + edgerep_wire::seal::SEAL_EVERY_BYTES,
+            "{} events, {bytes} bytes",
+            read.events.len()
+        );
+        assert!(!read.events.is_empty());
     }
 }
