@@ -60,6 +60,25 @@ pub enum NodeError {
         /// What failed.
         source: StoreError,
     },
+    /// Another process holds the store open: a node already runs on this data directory
+    /// (found when its ports were taken).
+    #[error(
+        "a node already runs on this data directory: another process holds the store {path} open (and api.listen or replication.listen is taken); stop it first, or give this config another node.data_dir"
+    )]
+    AlreadyRunning {
+        /// The redb file.
+        path: String,
+    },
+    /// The store file is no store this node can open.
+    #[error(
+        "{path} (in node.data_dir) is not a store this node can open ({source}): restore another backup, or move the file aside and start on an empty store, which its peers fill again"
+    )]
+    NotAStore {
+        /// The redb file.
+        path: String,
+        /// What failed.
+        source: StoreError,
+    },
     /// The API address could not be bound.
     #[error("cannot listen on {addr} (api.listen): {source}")]
     Listen {
@@ -136,6 +155,8 @@ impl NodeError {
         matches!(
             self,
             NodeError::Plugin(_)
+                | NodeError::AlreadyRunning { .. }
+                | NodeError::NotAStore { .. }
                 | NodeError::Identity(_)
                 | NodeError::Keys(_)
                 | NodeError::Config(_)
@@ -342,8 +363,17 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let guard = Arc::new(api::Guard::from_config(&config).map_err(NodeError::Config)?);
     let traces = Arc::new(trace::Traces::new(&config)?);
     // The addresses first: a start that fails on a port in use must not have opened the store,
-    // whose check at open would fix (and so no longer report) damage it found.
-    ports_free(&config)?;
+    // whose check at open would fix (and so no longer report) damage it found. Taken by a
+    // node running on this data directory (the same config started twice), that is said.
+    if let Err(e) = ports_free(&config) {
+        let store = data_dir.join(STORE_FILE);
+        if edgerep_store::Store::open_elsewhere(&store) {
+            return Err(NodeError::AlreadyRunning {
+                path: store.display().to_string(),
+            });
+        }
+        return Err(e);
+    }
     // With a TLS identity, this node signs its events' seals and checks its peers' (loaded
     // before the store too, for the same reason).
     let node_keys = match (&config.replication.tls, config.replication.authenticate) {
@@ -367,13 +397,26 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             .map(|c| c.name.clone())
             .collect(),
     );
+    // A store made now: said, since a node that ran before would start empty here (its disk
+    // not mounted, a typo in node.data_dir, a restore that left an empty file).
+    let new_store = std::fs::metadata(&db_path).map_or(true, |m| m.len() == 0);
     let (store, resume) =
         Store::open_with_rule(&db_path, &config.node.id, event_limits(&config), rule).map_err(
-            |source| NodeError::Store {
-                path: db_path.display().to_string(),
-                source,
+            |source| {
+                let path = db_path.display().to_string();
+                if source.is_not_a_store() {
+                    NodeError::NotAStore { path, source }
+                } else {
+                    NodeError::Store { path, source }
+                }
             },
         )?;
+    if new_store {
+        tracing::warn!(
+            path = %db_path.display(),
+            "created a new, empty store: if this node ran before, node.data_dir is not where its data is (a disk not mounted, a typo, a restore that left an empty file); stop it and fix that before it takes writes"
+        );
+    }
     // What decides each collection may not change in place under the keys it decided.
     let store_error = |source| NodeError::Store {
         path: db_path.display().to_string(),

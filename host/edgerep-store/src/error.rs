@@ -173,6 +173,16 @@ impl StoreError {
             if e.kind() == std::io::ErrorKind::PermissionDenied)
     }
 
+    /// Whether the file is no store at all, or one redb cannot read (a bad restore, another
+    /// program's file, a damaged header): starting again on it fails again.
+    pub fn is_not_a_store(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Storage(redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_))
+        ) || matches!(self, StoreError::Storage(redb::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::IsADirectory))
+    }
+
     /// Whether the disk failed under the store (a write or sync error, or one before it): redb
     /// refuses every later operation until the file is opened again, so the process must
     /// reopen it (restart) once the disk is fixed.

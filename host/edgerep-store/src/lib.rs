@@ -420,6 +420,17 @@ impl std::fmt::Debug for StoreWriter {
 }
 
 impl Store {
+    /// Whether another process holds the store file at `path` open (a node running on it).
+    /// Opens the file only to ask, and closes it at once (redb recovers a file that was not
+    /// shut down cleanly, as the next start would); false when there is no file.
+    pub fn open_elsewhere(path: &Path) -> bool {
+        path.is_file()
+            && matches!(
+                redb::Database::open(path),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+            )
+    }
+
     /// Opens (or creates) the store at `path` for node `node`. Refuses a file that belongs to
     /// another node.
     pub fn open(

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use crate::endpoint::{PeerConnection, describe_close};
-use crate::frame::{DEFAULT_MAX_FRAME_BYTES, FrameError, FrameReader, FrameWriter};
+use crate::frame::{FrameError, FrameReader, FrameWriter};
 
 /// The link could not be opened (the connection closed first).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,11 +125,11 @@ fn link(
     max_frame_bytes: u32,
 ) -> (LinkSender, LinkReceiver) {
     (
-        // What this side sends is bounded by the transport's largest frame; the peer
-        // enforces its own limit on what it reads.
+        // What this side sends is bounded as what it reads (both sides take the same
+        // limit): a frame the peer would refuse fails here, where it was made.
         LinkSender {
             send,
-            writer: FrameWriter::new(DEFAULT_MAX_FRAME_BYTES),
+            writer: FrameWriter::new(max_frame_bytes),
         },
         LinkReceiver {
             recv,

@@ -177,11 +177,20 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
             p
         }
     };
+    // The demo writes a new CA and configs over a demo's earlier ones; a cluster `init
+    // --cluster` made (a CA and no demo log) is not its to replace: its CA key may be the only
+    // way to issue certificates to new sites.
+    let log = dir.join("nodes.log");
+    if dir.join("ca").join("ca.key").exists() && !log.exists() {
+        anyhow::bail!(
+            "{} holds a cluster the demo did not write (ca/ca.key, and no nodes.log): the demo would write a new CA over it; give --dir a new or empty directory",
+            dir.display()
+        );
+    }
     let (wasm, filter) = example_plugins()?;
     let sha = sha256_hex(&wasm)?;
     let filter_sha = sha256_hex(&filter)?;
     let paths = edgerep_client::cluster::write_cluster(&dir, 3, true)?;
-    let log = dir.join("nodes.log");
     log_to_file(&log)?;
     let mut sites = Vec::new();
     for (i, p) in paths.iter().enumerate() {

@@ -414,6 +414,30 @@ fn a_port_in_use_fails_the_start_before_the_store_is_opened() {
     assert!(!store.exists(), "{} was created", store.display());
 }
 
+/// `demo --dir` over a cluster `init --cluster` made: it wrote a new CA over it, so the CA key
+/// that could issue certificates to new sites was gone. Refused, nothing touched.
+#[test]
+fn the_demo_does_not_write_over_a_cluster_it_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().to_str().unwrap();
+    let o = edgerep(&["init", "--cluster", "2", at]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key = dir.path().join("ca").join("ca.key");
+    let before = std::fs::read(&key).unwrap();
+    let o = edgerep(&["demo", "--once", "--dir", at]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("holds a cluster the demo did not write"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the CA key is as it was"
+    );
+}
+
 #[test]
 fn demo_runs_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -992,7 +1016,34 @@ fn a_second_node_on_a_data_directory_and_port_0_are_refused_by_name() {
         err.contains("open in another process") && err.contains("node.data_dir"),
         "{err}"
     );
+    // The same config started twice (by hand beside its service): it said only that the API
+    // port was taken, with exit 4 (a passing fault, so a supervisor retried for ever).
+    let (code, err) = common::refused_to_start(
+        &["run", "--config", config.to_str().unwrap()],
+        "the same config ran twice",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("a node already runs on this data directory"),
+        "{err}"
+    );
     drop(node);
+    // A store file that is no store (a bad restore): exit 2, saying what to do, not exit 4.
+    let store = c.node.data_dir.join("edgerep.redb");
+    std::fs::write(
+        &store,
+        b"not a store at all, just some bytes of another program",
+    )
+    .unwrap();
+    let (code, err) = common::refused_to_start(
+        &["run", "--config", config.to_str().unwrap()],
+        "a node ran on a file that is no store",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is not a store this node can open") && err.contains("backup"),
+        "{err}"
+    );
     let zero = dir.path().join("zero.toml");
     std::fs::write(
         &zero,

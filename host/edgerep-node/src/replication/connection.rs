@@ -362,10 +362,17 @@ pub(super) async fn serve_connection(
         id: Some(id),
         writer: None,
     };
+    // A message larger than a frame may be (a bug: every message is built within one) would
+    // be refused by the peer, which closes the link: said here, where it was made.
+    let oversized = |peer: &NodeId, bytes: usize, e: &dyn std::fmt::Display| {
+        tracing::error!(peer = %peer, bytes, "a message to the peer does not fit a frame, so the link ends: {e}");
+    };
+    let writer_peer = peer.clone();
     let writer = tokio::spawn(async move {
         while let Some(frame) = frames_rx.recv().await {
             let mut taken = frame.len();
-            if send.push(&frame).is_err() {
+            if let Err(e) = send.push(&frame) {
+                oversized(&writer_peer, frame.len(), &e);
                 break;
             }
             // Coalesce whatever else is queued into one write.
@@ -373,7 +380,8 @@ pub(super) async fn serve_connection(
                 match frames_rx.try_recv() {
                     Ok(f) => {
                         taken += f.len();
-                        if send.push(&f).is_err() {
+                        if let Err(e) = send.push(&f) {
+                            oversized(&writer_peer, f.len(), &e);
                             return;
                         }
                     }
