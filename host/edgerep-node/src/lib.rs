@@ -367,7 +367,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // node running on this data directory (the same config started twice), that is said.
     if let Err(e) = ports_free(&config) {
         let store = data_dir.join(STORE_FILE);
-        if edgerep_store::Store::open_elsewhere(&store) {
+        let in_use = matches!(
+            &e,
+            NodeError::Listen { source, .. } | NodeError::ReplicationListen { source, .. }
+                if source.kind() == std::io::ErrorKind::AddrInUse
+        );
+        if in_use && edgerep_store::Store::open_elsewhere(&store) {
             return Err(NodeError::AlreadyRunning {
                 path: store.display().to_string(),
             });

@@ -421,12 +421,15 @@ impl std::fmt::Debug for StoreWriter {
 
 impl Store {
     /// Whether another process holds the store file at `path` open (a node running on it).
-    /// Opens the file only to ask, and closes it at once (redb recovers a file that was not
-    /// shut down cleanly, as the next start would); false when there is no file.
+    /// Opens the file read-only only to ask (redb takes its locks before reading anything, and
+    /// changes nothing: a file that needs recovery is refused, not repaired), and closes it at
+    /// once; false when there is no file.
     pub fn open_elsewhere(path: &Path) -> bool {
         path.is_file()
             && matches!(
-                redb::Database::open(path),
+                redb::Builder::new()
+                    .set_cache_size(1 << 20)
+                    .open_read_only(path),
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
             )
     }
