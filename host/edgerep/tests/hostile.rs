@@ -15,8 +15,8 @@ use common::{
     stdout,
 };
 use edgerep_replica::Message;
-use edgerep_wire::NodeId;
 use edgerep_wire::seal::{Proof, chain_link, chain_start, event_leaf, merkle_path, merkle_root};
+use edgerep_wire::{NodeId, Seal};
 
 /// node-1 and node-3 running (node-2's identity is the attacker's), converged on one write each.
 fn honest_pair(dir: &std::path::Path) -> (Vec<PathBuf>, Node, Node) {
@@ -1714,17 +1714,10 @@ fn a_peer_naming_differing_leaves_in_a_loop_is_held_to_its_listing_budget() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
-/// A snapshot that leaves versions out. The attacker (node-2) gives node-3 its events 1..5,
-/// then sends node-1 a snapshot whose floors say node-1 is behind, with node-2's genuine seal at
-/// 5 and none of the five versions. node-1 takes the have (the seal is real; that nothing is
-/// missing is the sender's word, as are the floors) and holds none of the keys. It compares
-/// with node-3 at once, not at the next interval (60 s), and repairs them from it.
-#[test]
-fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (configs, n1, n3) = honest_pair(dir.path());
-    let mut to_n1 = attacker(&configs, &[]);
-    let mut to_n3 = common::hostile::Hostile::connect(&configs[1], &configs[2]);
+/// As node-2, gives node-3 node-2's events 1..5 (keys `left-out-1..5` of `c`), sealed; returns
+/// the link and the seal at 5.
+fn node2_events_on_node3(configs: &[PathBuf], n3: &Node) -> (Hostile, Seal) {
+    let mut to_n3 = Hostile::connect(&configs[1], &configs[2]);
     let hello = to_n3.hello(&[], &[]);
     to_n3.send(&hello).unwrap();
     assert!(
@@ -1741,7 +1734,13 @@ fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
     };
     let seal = seals[0].clone();
     to_n3.send(&m).unwrap();
-    wait_for_key(&n3, "left-out-5", "node-3 holds node-2's five events");
+    wait_for_key(n3, "left-out-5", "node-3 holds node-2's five events");
+    (to_n3, seal)
+}
+
+/// Sends node-1 a snapshot whose floors say it is behind on node-2's events, with node-2's
+/// genuine `seal` at 5 and none of the five versions.
+fn send_snapshot_leaving_out(to_n1: &mut Hostile, seal: Seal) {
     let node2 = NodeId::parse("node-2").unwrap();
     to_n1
         .send(&Message::Snapshot {
@@ -1756,6 +1755,20 @@ fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
             certs: vec![(to_n1.id.clone(), to_n1.signer.cert().to_vec())],
         })
         .unwrap();
+}
+
+/// A snapshot that leaves versions out. The attacker (node-2) gives node-3 its events 1..5,
+/// then sends node-1 a snapshot whose floors say node-1 is behind, with node-2's genuine seal at
+/// 5 and none of the five versions. node-1 takes the have (the seal is real; that nothing is
+/// missing is the sender's word, as are the floors) and holds none of the keys. It compares
+/// with node-3 at once, not at the next interval (60 s), and repairs them from it.
+#[test]
+fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut to_n1 = attacker(&configs, &[]);
+    let (_to_n3, seal) = node2_events_on_node3(&configs, &n3);
+    send_snapshot_leaving_out(&mut to_n1, seal);
     wait_status(&n1, "node-1 took the snapshot", |r| {
         r["snapshot_pages_merged_total"] == 1
     });
@@ -1793,42 +1806,20 @@ fn versions_a_snapshot_left_out_are_repaired_from_a_peer_that_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, n1, n3) = honest_pair(dir.path());
     let mut to_n1 = attacker(&configs, &[]);
-    let mut to_n3 = common::hostile::Hostile::connect(&configs[1], &configs[2]);
-    let hello = to_n3.hello(&[], &[]);
-    to_n3.send(&hello).unwrap();
-    assert!(
-        to_n3
-            .wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
-            .is_some()
-    );
-    let events = (1..=5)
-        .map(|i| event("node-2", i, "c", &format!("left-out-{i}"), i))
-        .collect();
-    let m = to_n3.sealed(events);
-    let Message::Events { seals, .. } = &m else {
-        unreachable!()
-    };
-    let seal = seals[0].clone();
-    to_n3.send(&m).unwrap();
-    wait_for_key(&n3, "left-out-5", "node-3 holds node-2's five events");
+    let (to_n3, seal) = node2_events_on_node3(&configs, &n3);
     // Killed at once: node-1 would graft node-3 for node-2's events 400 ms after hearing it
-    // holds them, and get them by replication.
+    // holds them, and get them by replication. The snapshot comes once node-1 saw it go (its
+    // idle timeout): a peer it still took for connected was compared with before too.
     drop(to_n3);
     n3.kill();
-    let node2 = NodeId::parse("node-2").unwrap();
-    to_n1
-        .send(&Message::Snapshot {
-            id: 0,
-            page: 0,
-            floors: vec![(node2.clone(), 5)],
-            versions: vec![],
-            proofs: vec![],
-            done: true,
-            have: vec![(node2, 5)],
-            seals: vec![seal],
-            certs: vec![(to_n1.id.clone(), to_n1.signer.cert().to_vec())],
-        })
-        .unwrap();
+    wait_status(&n1, "node-1 saw node-3 go", |r| {
+        r["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "node-3" && p["connected"] == false)
+    });
+    send_snapshot_leaving_out(&mut to_n1, seal);
     wait_status(&n1, "node-1 took the snapshot", |r| {
         r["snapshot_pages_merged_total"] == 1
     });
