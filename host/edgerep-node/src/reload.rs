@@ -154,11 +154,15 @@ fn authorization_narrowed(old: &Config, new: &Config) -> Vec<String> {
     new.authorization
         .iter()
         .filter_map(|(origin, allowed)| {
-            let taken: Vec<&String> = match old.authorization.get(origin) {
-                None => return Some(format!("[authorization] now limits {origin} (it could write every collection): its events to other collections that some nodes already took stay in their state and are kept out of the others' for good; narrow it only for an origin that no longer writes there, on every node before it writes again (or revoke it with [[revoked]], whose after_seq makes every node judge alike)")),
-                Some(before) => before.iter().filter(|c| !allowed.contains(c)).collect(),
-            };
-            (!taken.is_empty()).then(|| format!("[authorization] took {taken:?} from {origin}: its events there that some nodes already took stay in their state and are kept out of the others' for good; narrow it only for an origin that no longer writes there, on every node before it writes again (or revoke it with [[revoked]], whose after_seq makes every node judge alike)"))
+            const WHY: &str = "stay in their state and are kept out of the others' for good; narrow it only for an origin that no longer writes there, on every node before it writes again (or revoke it with [[revoked]], whose after_seq makes every node judge alike)";
+            match old.authorization.get(origin) {
+                None => Some(format!("[authorization] now limits {origin} (it could write every collection): its events to other collections that some nodes already took {WHY}")),
+                Some(before) => {
+                    let taken: Vec<&String> =
+                        before.iter().filter(|c| !allowed.contains(c)).collect();
+                    (!taken.is_empty()).then(|| format!("[authorization] took {taken:?} from {origin}: its events there that some nodes already took {WHY}"))
+                }
+            }
         })
         .collect()
 }
@@ -412,7 +416,6 @@ impl Reloader {
             r.reload(new.clone(), sessions_restarted);
         }
         let mut upgrades_added = Vec::new();
-        let mut changed_resolution = Vec::new();
         for c in &new.collections.declared {
             let before = old.collection(&c.name).map_or(0, |o| o.upgrades.len());
             for u in &c.upgrades[before..] {
@@ -422,10 +425,9 @@ impl Reloader {
                     edgerep_config::format_ms(u.from_ms)
                 ));
             }
-            if c.upgrades.len() > before {
-                changed_resolution.push(c.name.clone());
-            }
         }
+        // The collections upgraded now (recorded as to be re-resolved above).
+        let mut changed_resolution = upgraded;
         // And those an earlier reload's re-resolution did not finish (the record still marks
         // them): a reload after fixing what failed finishes it, not only the next start.
         for name in recorded

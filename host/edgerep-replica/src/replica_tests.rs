@@ -520,51 +520,34 @@ fn origins_and_peers_are_served_round_robin() {
     assert_eq!(sent_dots(r.poll_transmit(0, &log).unwrap()).0, "b");
 }
 
+/// A batch stops at its byte budget: with room for one event, it does not go on to the next
+/// origin. Nor with some room left that the next origin's read would pass: a read passes the
+/// budget to reach a seal (a store's block runs to 1 MiB, one event to the event limit), and
+/// the next origin's read went into the batch whatever was left, so a batch with a large block
+/// after another could pass what a frame holds (the peer closed the connection, and the same
+/// batch was built again after each reconnect). Such a read waits for the next batch.
 #[test]
 fn batches_stop_at_the_byte_budget() {
     let mut both = evs("x", 1..=1);
     both.extend(evs("y", 1..=1));
     let log = MemLog::with(&both);
-    // Room for one event: the batch does not go on to the next origin.
-    let cfg = ReplicaConfig {
-        batch_bytes: ev("x", 1).encoded_len(),
-        ..config(100, 100)
-    };
-    let mut r = ready(&log, cfg, &["b"]);
-    assert_eq!(
-        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
-        dots(&[("x", 1)])
-    );
-    assert_eq!(
-        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
-        dots(&[("y", 1)])
-    );
-}
-
-/// A read passes the budget to reach a seal (a store's block runs to 1 MiB, one event to the
-/// event limit): the next origin's read went into the batch whatever was left of the budget, so
-/// a batch with a large block after another could pass what a frame holds (the peer closed the
-/// connection, and the same batch was built again after each reconnect). Now a read past what
-/// is left waits for the next batch.
-#[test]
-fn a_read_past_what_is_left_of_the_budget_waits_for_the_next_batch() {
-    let mut both = evs("x", 1..=1);
-    both.extend(evs("y", 1..=1));
-    let log = MemLog::with(&both);
-    // One byte left after x's event: y's read (one event, more than that) waits.
-    let cfg = ReplicaConfig {
-        batch_bytes: ev("x", 1).encoded_len() + 1,
-        ..config(100, 100)
-    };
-    let mut r = ready(&log, cfg, &["b"]);
-    assert_eq!(
-        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
-        dots(&[("x", 1)])
-    );
-    assert_eq!(
-        sent_dots(r.poll_transmit(0, &log).unwrap()).1,
-        dots(&[("y", 1)])
-    );
+    // No room left after x's event, then one byte left (less than y's event).
+    for left in [0, 1] {
+        let cfg = ReplicaConfig {
+            batch_bytes: ev("x", 1).encoded_len() + left,
+            ..config(100, 100)
+        };
+        let mut r = ready(&log, cfg, &["b"]);
+        assert_eq!(
+            sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+            dots(&[("x", 1)]),
+            "{left} bytes left"
+        );
+        assert_eq!(
+            sent_dots(r.poll_transmit(0, &log).unwrap()).1,
+            dots(&[("y", 1)])
+        );
+    }
 }
 
 #[test]

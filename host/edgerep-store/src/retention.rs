@@ -347,14 +347,12 @@ impl Store {
             // As a state page counts: each version travels with a proof and, at most, a seal
             // (a key with many small versions, each in a block of its own, is mostly proofs),
             // and the key may go with its resolution (its state key, two hashes, a build).
-            let (v, weight) = match Versions::decode(g.value(), &self.limits()) {
-                Ok(v) => {
-                    let n = v.events().len();
-                    (Some(v), stored + n * proofs::PROOF_BYTES + k.len() + 160)
-                }
-                Err(_) => (None, stored),
-            };
+            let v = Versions::decode(g.value(), &self.limits()).ok();
             let n = v.as_ref().map_or(0, |v| v.events().len());
+            let weight = match v {
+                Some(_) => stored + n * proofs::PROOF_BYTES + k.len() + 160,
+                None => stored,
+            };
             if covered > 0
                 && (bytes.saturating_add(weight) > max_bytes || versions + n > max_versions)
             {

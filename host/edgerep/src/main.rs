@@ -460,9 +460,7 @@ fn check_data_dir(config: &Config) -> Result<(), String> {
             config.source.display()
         ))
     };
-    // (A read-only file system is not the user's rights: one remounted so after disk errors is
-    // the disk's failure, which the store's open reports, exit 4.)
-    let writable = |p: &Path| may(p, libc::W_OK | libc::X_OK) || read_only_fs(p);
+    let writable = |p: &Path| may(p, libc::W_OK | libc::X_OK);
     let mut existing = dir.as_path();
     while !existing.exists() {
         existing = match existing.parent() {
@@ -479,7 +477,7 @@ fn check_data_dir(config: &Config) -> Result<(), String> {
         return refuse(format!("this user may not write in {}", existing.display()));
     }
     let store = dir.join(edgerep_node::STORE_FILE);
-    if store.exists() && !may(&store, libc::W_OK) && !read_only_fs(&store) {
+    if store.exists() && !may(&store, libc::W_OK) {
         return refuse(format!(
             "this user may not write the store file {}",
             store.display()
@@ -488,25 +486,18 @@ fn check_data_dir(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `path` is on a read-only file system (access(2) says EROFS).
-#[allow(unsafe_code)]
-fn read_only_fs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes()).is_ok_and(|c| {
-        // SAFETY: `c` is a NUL-terminated path that lives across the call; access only reads it.
-        let refused = unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0;
-        refused && std::io::Error::last_os_error().raw_os_error() == Some(libc::EROFS)
-    })
-}
-
 /// Whether this process's user may do `mode` (`libc::W_OK`...) at `path`: access(2), which
-/// answers for the real user (root may write anywhere but on a read-only file system).
+/// answers for the real user (root may write anywhere but on a read-only file system). A
+/// read-only file system is not the user's rights: one remounted so after disk errors is the
+/// disk's failure, which the store's open reports (exit 4).
 #[allow(unsafe_code)]
 fn may(path: &Path, mode: libc::c_int) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes())
+    std::ffi::CString::new(path.as_os_str().as_bytes()).is_ok_and(|c| {
         // SAFETY: `c` is a NUL-terminated path that lives across the call; access only reads it.
-        .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), mode) } == 0)
+        let refused = unsafe { libc::access(c.as_ptr(), mode) } != 0;
+        !refused || std::io::Error::last_os_error().raw_os_error() == Some(libc::EROFS)
+    })
 }
 
 /// Prints an outcome's body (or its problem) and maps it to an exit code. A node answers in

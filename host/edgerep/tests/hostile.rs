@@ -1757,6 +1757,27 @@ fn send_snapshot_leaving_out(to_n1: &mut Hostile, seal: Seal) {
         .unwrap();
 }
 
+/// Waits (20 s at most) until node-1 holds the five versions the snapshot left out, as node-2
+/// wrote them.
+fn wait_left_out_repaired(n1: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(n1, "c", "left-out-3").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the left-out versions are not repaired: {}\n{}",
+            status(n1),
+            std::fs::read_to_string(&n1.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 1..=5 {
+        assert_eq!(
+            get(n1, "c", &format!("left-out-{i}")).1,
+            format!(r#"{{"v":{i}}}"#)
+        );
+    }
+}
+
 /// A snapshot that leaves versions out. The attacker (node-2) gives node-3 its events 1..5,
 /// then sends node-1 a snapshot whose floors say node-1 is behind, with node-2's genuine seal at
 /// 5 and none of the five versions. node-1 takes the have (the seal is real; that nothing is
@@ -1772,16 +1793,7 @@ fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
     wait_status(&n1, "node-1 took the snapshot", |r| {
         r["snapshot_pages_merged_total"] == 1
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&n1, "c", "left-out-3").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the left-out versions are not repaired: {}\n{}",
-            status(&n1),
-            std::fs::read_to_string(&n1.log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_left_out_repaired(&n1);
     wait_status(&n1, "repaired from node-3", |r| {
         r["peers"]
             .as_array()
@@ -1789,12 +1801,6 @@ fn versions_a_snapshot_left_out_are_repaired_from_another_peer_at_once() {
             .iter()
             .any(|p| p["id"] == "node-3" && p["anti_entropy"]["repaired_in_total"] == 5)
     });
-    for i in 1..=5 {
-        assert_eq!(
-            get(&n1, "c", &format!("left-out-{i}")).1,
-            format!(r#"{{"v":{i}}}"#)
-        );
-    }
 }
 
 /// The same lie while node-1's only other peer is down: node-1 compared at once only with the
@@ -1825,22 +1831,7 @@ fn versions_a_snapshot_left_out_are_repaired_from_a_peer_that_comes_back() {
     });
     assert_eq!(get(&n1, "c", "left-out-3").0, 404, "left out, node-3 away");
     let n3 = Node::start(&configs[2]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&n1, "c", "left-out-3").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the left-out versions are not repaired: {}\n{}",
-            status(&n1),
-            std::fs::read_to_string(&n1.log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for i in 1..=5 {
-        assert_eq!(
-            get(&n1, "c", &format!("left-out-{i}")).1,
-            format!(r#"{{"v":{i}}}"#)
-        );
-    }
+    wait_left_out_repaired(&n1);
     drop(n3);
 }
 
