@@ -21,12 +21,19 @@ use edgerep_wire::{NodeId, Seal};
 /// node-1 and node-3 running (node-2's identity is the attacker's), converged on one write each.
 fn honest_pair(dir: &std::path::Path) -> (Vec<PathBuf>, Node, Node) {
     let configs = cluster(dir, 3);
+    let (n1, n3) = start_honest_pair(&configs);
+    (configs, n1, n3)
+}
+
+/// Starts node-1 and node-3 of `configs` (as the test left them), each writes one key, and
+/// they converge.
+fn start_honest_pair(configs: &[PathBuf]) -> (Node, Node) {
     let n1 = Node::start(&configs[0]);
     let n3 = Node::start(&configs[2]);
     put(&n1, "c", "from-1", r#"{"v":1}"#);
     put(&n3, "c", "from-3", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
-    (configs, n1, n3)
+    (n1, n3)
 }
 
 /// Connects as node-2 to node-1 claiming to hold node-1's own events up to 1,000,000 (node-1
@@ -1191,11 +1198,7 @@ fn forged_event_behind(revoked: Option<&str>) {
             std::fs::write(c, text).unwrap();
         }
     }
-    let n1 = Node::start(&configs[0]);
-    let n3 = Node::start(&configs[2]);
-    put(&n1, "c", "from-1", r#"{"v":1}"#);
-    put(&n3, "c", "from-3", r#"{"v":3}"#);
-    converge(&[&n1, &n3], Duration::from_secs(30));
+    let (n1, n3) = start_honest_pair(&configs);
     let mut h = attacker(&configs, &[]);
     let mut events = vec![event("node-3", 2, "slow", "x", 666)];
     if let Some(r) = revoked {
@@ -1234,11 +1237,7 @@ fn a_fork_in_a_transformed_collection_is_reported_not_taken_for_a_forgery() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
     transform_on_apply(&configs[0], "t", "passthrough", "");
-    let n1 = Node::start(&configs[0]);
-    let n3 = Node::start(&configs[2]);
-    put(&n1, "c", "from-1", r#"{"v":1}"#);
-    put(&n3, "c", "from-3", r#"{"v":3}"#);
-    converge(&[&n1, &n3], Duration::from_secs(30));
+    let (n1, _n3) = start_honest_pair(&configs);
     let mut h = attacker(&configs, &[]);
     let m = h.sealed(vec![event("node-2", 1, "t", "a", 1)]);
     h.send(&m).unwrap();
