@@ -1,8 +1,9 @@
 //! The versions of one key: the events that no other event of that key supersedes.
 //!
 //! Invariant: applying the same set of events in any order, with any duplicates, gives the same
-//! versions (the maximal elements under "context covers dot"), sorted by dot, so every node that
-//! has seen the same events stores the same bytes.
+//! versions (the maximal elements under "supersedes": the context covers the dot, or a later
+//! event of the same origin), sorted by dot, so every node that has seen the same events stores
+//! the same bytes. A key holds at most one version per origin.
 
 use edgerep_wire::event::{DecodeError, Dot, EventLimits};
 use edgerep_wire::{EncodedEvent, Op, Value, VersionVector};
@@ -39,8 +40,8 @@ impl Versions {
         self.0.is_empty()
     }
 
-    /// Applies one event: it replaces every version its context covers, unless it is already
-    /// held or already superseded.
+    /// Applies one event: it replaces every version it supersedes, unless it is already held or
+    /// already superseded.
     pub fn apply(&mut self, event: EncodedEvent) -> Applied {
         let dot = event.dot();
         if self
@@ -50,10 +51,10 @@ impl Versions {
         {
             return Applied::Duplicate;
         }
-        if self.0.iter().any(|v| v.context.covers(&dot)) {
+        if self.0.iter().any(|v| supersedes(v, &event)) {
             return Applied::Obsolete;
         }
-        self.0.retain(|v| !event.context.covers(&v.dot()));
+        self.0.retain(|v| !supersedes(&event, v));
         let at = self
             .0
             .binary_search_by(|v| (&v.origin, v.seq).cmp(&(&dot.origin, dot.seq)))
@@ -146,6 +147,18 @@ impl Versions {
     }
 }
 
+/// Whether `later` supersedes `earlier` (two events of one key): its causal context covers
+/// `earlier`, or both are of one origin and `later` came after. An honest origin's context
+/// always covers its own earlier writes to the key (`write.rs` builds it so), so the second
+/// clause changes nothing for honest events. It bounds what a peer holding a valid certificate
+/// can do with contexts that leave its own earlier writes out: the key holds one version per
+/// origin at most, not one per event it sent (a row growing without bound, re-encoded at every
+/// write, soon too large for any message that could repair it).
+fn supersedes(later: &EncodedEvent, earlier: &EncodedEvent) -> bool {
+    later.context.covers(&earlier.dot())
+        || (later.origin == earlier.origin && later.seq > earlier.seq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +202,32 @@ mod tests {
         assert_eq!(v.events(), std::slice::from_ref(&a2));
         assert_eq!(v.apply(b1), Applied::Obsolete);
         assert_eq!(v.apply(a2), Applied::Duplicate);
+    }
+
+    /// A peer whose events leave its own earlier writes out of their contexts: the key keeps
+    /// its latest version from that origin only, in any order, beside other origins' versions.
+    #[test]
+    fn an_origin_holds_one_version_of_a_key_whatever_its_contexts_say() {
+        let events: Vec<EncodedEvent> = (1..=50)
+            .map(|seq| ev("evil", seq, 100 + seq, &[], seq as i64))
+            .chain([ev("b", 1, 11, &[], -1)])
+            .collect();
+        let mut forward = Versions::new();
+        for e in &events {
+            forward.apply(e.clone());
+        }
+        let mut backward = Versions::new();
+        for e in events.iter().rev() {
+            backward.apply(e.clone());
+        }
+        let dots: Vec<(String, u64)> = forward
+            .events()
+            .iter()
+            .map(|e| (e.origin.as_str().to_owned(), e.seq))
+            .collect();
+        assert_eq!(dots, [("b".to_owned(), 1), ("evil".to_owned(), 50)]);
+        assert_eq!(forward.encode(), backward.encode());
+        assert_eq!(forward.apply(events[3].clone()), Applied::Obsolete);
     }
 
     #[test]

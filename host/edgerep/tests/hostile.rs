@@ -214,6 +214,42 @@ fn events_forged_under_a_connected_origins_name_are_refused() {
     }
 }
 
+/// node-2's events to one key, each with a causal context that leaves node-2's own earlier
+/// writes out (an honest node's never does): before, each stayed as a concurrent version, so the
+/// key's row grew by one version per event, was re-encoded whole at every write, and would soon
+/// not fit a message that could repair it. Now the key holds node-2's latest version only, and
+/// node-3 (which got them through node-1) holds the same.
+#[test]
+fn an_origin_cannot_pile_up_versions_of_one_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let piled: Vec<_> = (1..=250)
+        .map(|seq| event("node-2", seq, "c", "k", seq))
+        .collect();
+    let m = h.sealed(piled);
+    h.send(&m).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&n1)["origins"]["node-2"] != 250 {
+        assert!(Instant::now() < deadline, "node-1 applies the events");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = converge(&[&n1, &n3], Duration::from_secs(30));
+    assert_eq!(s["origins"]["node-2"], 250, "{s}");
+    for node in [&n1, &n3] {
+        let mut r = agent()
+            .get(&node.url("/v1/kv/c/k?versions=true"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let body: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        let versions = body["versions"].as_array().unwrap();
+        assert_eq!(versions.len(), 1, "{body:#}");
+        assert_eq!(versions[0]["seq"], 250, "{body:#}");
+    }
+}
+
 /// node-2's event 1 sent to node-1 and applied there, and another event 1 sealed as validly
 /// (a restored node-2, or a liar), not sent: the message that would send it.
 fn second_history(h: &mut Hostile, n1: &Node) -> Message {
