@@ -8,7 +8,7 @@
 //! [node]
 //! id = "site-a"              # required, node id rules
 //! data_dir = "data"          # required; relative to the config file's directory
-//! max_clock_skew_ms = 60000  # optional, > 0
+//! max_clock_skew_ms = 60000  # optional, 1..=86400000 (one day)
 //! sync_interval_ms = 20      # optional, 1..=60000: how often `periodic` collections sync
 //!
 //! [api]
@@ -175,7 +175,7 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Remote hybrid-clock timestamps further ahead of wall time than this do not move this
     /// node's clock (the changes themselves are applied: acceptance never depends on a node's
-    /// wall clock) (> 0, default 60000).
+    /// wall clock) (1..=86400000, default 60000).
     pub max_clock_skew_ms: u64,
     /// How often writes to `periodic` collections are synced to disk, in milliseconds
     /// (1..=60000, default 20).

@@ -26,6 +26,8 @@ pub(crate) fn validate(raw: &RawConfig) -> Result<(), Violation> {
 
 /// The largest frame a peer message may take (the transport's limit).
 pub(crate) const MAX_FRAME_BYTES: usize = 8 << 20;
+/// Largest `node.max_clock_skew_ms`: one day.
+const MAX_CLOCK_SKEW_MS: u64 = 86_400_000;
 
 /// A path the config names is taken as written (relative to the config file's directory):
 /// no shell expands `~` or `$VAR` in it, so one that starts so would name a directory called
@@ -212,10 +214,12 @@ fn check_node(raw: &RawConfig) -> Result<(), Violation> {
         vec![Seg::Key("node"), Seg::Key("data_dir")],
         &raw.node.data_dir,
     )?;
-    if raw.node.max_clock_skew_ms == 0 {
+    // A day at most: a peer may push this node's clock (kept across restarts) that far ahead
+    // of its wall clock, and a clock ahead by more than a day is a fault to fix, not a skew.
+    if !(1..=MAX_CLOCK_SKEW_MS).contains(&raw.node.max_clock_skew_ms) {
         return Err((
             vec![Seg::Key("node"), Seg::Key("max_clock_skew_ms")],
-            "must be greater than 0".to_owned(),
+            format!("must be between 1 and {MAX_CLOCK_SKEW_MS} (milliseconds: one day)"),
         ));
     }
     if !(1..=60_000).contains(&raw.node.sync_interval_ms) {

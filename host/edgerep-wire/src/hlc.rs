@@ -30,12 +30,16 @@ impl Hlc {
         }
     }
 
-    /// The smallest timestamp strictly greater than `self`.
+    /// The smallest timestamp strictly greater than `self` (`self` itself at the very top,
+    /// which no clock reaches: wall time plus the skew bound is far below it).
     fn successor(self) -> Hlc {
         match self.logical.checked_add(1) {
             Some(logical) => Hlc::new(self.physical_ms, logical),
             // A full counter moves into the next millisecond: still monotonic, 1 ms of drift.
-            None => Hlc::new(self.physical_ms.saturating_add(1), 0),
+            None => match self.physical_ms.checked_add(1) {
+                Some(physical_ms) => Hlc::new(physical_ms, 0),
+                None => self,
+            },
         }
     }
 }
@@ -145,6 +149,14 @@ mod tests {
         // The restarted node's wall clock is behind the old one (clock stepped back).
         let mut restarted = HlcClock::new(persisted, 1000);
         assert!(restarted.now(10) > persisted);
+    }
+
+    /// At the very top the clock stays put rather than wrapping to a smaller timestamp.
+    #[test]
+    fn the_top_timestamp_has_no_smaller_successor() {
+        let top = Hlc::new(u64::MAX, u32::MAX);
+        assert_eq!(top.successor(), top);
+        assert_eq!(Hlc::new(7, u32::MAX).successor(), Hlc::new(8, 0));
     }
 
     #[test]
