@@ -8,7 +8,7 @@
 //! | `POST /v1/batch` | several writes, committed all or nothing (except writes a transform plugin fails on: those are left out, dead-lettered by default, and listed under `rejected`) |
 //! | `GET /v1/scan/{collection}?prefix=&start=&end=&after=&limit=` | one page of live keys, with the cursor of the next (`next`, or `next_base64` for a key that is not UTF-8; each bound also as `*_base64`) |
 //! | `GET /v1/watch?after=N&collection=&follow=&limit=` | the changes after feed position N, one JSON object a line, resumable |
-//! | `GET /v1/changelog/{origin}?after=N&limit=` | the events of one origin after sequence N |
+//! | `GET /v1/changelog/{origin}?after=N&limit=` | the events of one origin after sequence N (this node's own once synced) |
 //! | `GET /v1/status?verify=true` | node status, state digest, plugin metrics; `verify` rechecks the store |
 //! | `GET /v1/dead-letters?after=&limit=` | events plugins failed on, with the reason |
 //! | `GET /v1/dead-letters/{id}` | one dead letter in full |
@@ -2082,7 +2082,19 @@ async fn changelog(
     let events =
         blocking(move || store.changelog_page(&o2, q.after, limit, edgerep_store::PAGE_BYTES))
             .await?;
-    let list: Vec<Json> = events.iter().map(|e| event_json(e, None)).collect();
+    // This node's own events are listed once synced only: a crash would issue the numbers of
+    // unsynced ones again, to other writes, and a client paging on with `after` would skip
+    // those. (Synced only moves forward, so reading it after the page is safe.)
+    let synced = if origin == app.config().node.id.as_str() {
+        app.committer.own_synced()
+    } else {
+        u64::MAX
+    };
+    let list: Vec<Json> = events
+        .iter()
+        .take_while(|e| e.seq <= synced)
+        .map(|e| event_json(e, None))
+        .collect();
     Ok(axum::Json(json!({"origin": origin, "events": list})).into_response())
 }
 

@@ -1337,8 +1337,8 @@ fn a_web_page_of_another_origin_cannot_use_a_loopback_api() {
 /// The watch serves only synced positions: a commit of a periodic collection is acknowledged
 /// before its sync, and a crash before the sync loses it and numbers the next events from the
 /// last synced position again, so a watcher that had seen it would skip what came there next.
-/// Here the sync interval is a minute: the periodic write stays out of the feed until a durable
-/// write syncs it too.
+/// Here the sync interval is a minute: the periodic write stays out of the feed (and of this
+/// node's changelog) until a durable write syncs it too.
 #[test]
 fn the_watch_serves_only_synced_positions() {
     let dir = tempfile::tempdir().unwrap();
@@ -1391,9 +1391,21 @@ durability = "periodic"
     );
     let listed = node.value("/v1/kv/fast/k1?versions=true");
     assert_eq!(listed["context"], "", "{listed}");
+    // Nor does this node's changelog list it: a client paging on with `after` would skip the
+    // other write a crash gave its number to.
+    let own = node.value("/v1/changelog/site-a?after=0");
+    assert_eq!(own["events"], json!([]), "{own}");
     // A durable write syncs everything before it.
     node.put_json("/v1/kv/slow/k2", &json!(2)).ok_json();
     assert_eq!(positions(&node.watch("after=0&follow=false")), [1, 2]);
+    let own = node.value("/v1/changelog/site-a?after=0");
+    let seqs: Vec<&Json> = own["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["seq"])
+        .collect();
+    assert_eq!(seqs, [1, 2], "{own}");
     let read = node.get("/v1/kv/fast/k1");
     assert_eq!(read.header("x-edgerep-context"), Some("site-a:1"));
     node.stop();
