@@ -176,7 +176,7 @@ pub fn write_cluster(dir: &Path, n: usize, force: bool) -> anyhow::Result<Vec<Pa
             ));
         }
         let path = node_dir.join("edgerep.toml");
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        crate::files::write_durably(&path, text.as_bytes())?;
         let config = Config::load(&path)?;
         if config.peers.len() != n - 1 || config.replication.tls.is_none() {
             bail!(

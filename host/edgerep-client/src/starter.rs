@@ -83,8 +83,7 @@ pub fn write_starter(
         repl_port = free_udp_port()?;
     }
     let repl = SocketAddr::from(([127, 0, 0, 1], repl_port));
-    std::fs::write(&path, starter_toml(&id, api, repl))
-        .with_context(|| format!("writing {}", path.display()))?;
+    crate::files::write_durably(&path, starter_toml(&id, api, repl).as_bytes())?;
     // The starter must pass its own check.
     Config::load(&path)?;
     Ok(path)

@@ -417,6 +417,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             },
         )?;
     if new_store {
+        // The file's name made durable too (redb syncs the file's data only): a power loss
+        // must not take away a store whose commits were synced.
+        if let Err(source) = std::fs::File::open(&data_dir).and_then(|d| d.sync_all()) {
+            return Err(NodeError::DataDir {
+                path: data_dir.display().to_string(),
+                source,
+            });
+        }
         tracing::warn!(
             path = %db_path.display(),
             "created a new, empty store: if this node ran before, node.data_dir is not where its data is (a disk not mounted, a typo, a restore that left an empty file); stop it and fix that before it takes writes"

@@ -190,8 +190,10 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
     let (wasm, filter) = example_plugins()?;
     let sha = sha256_hex(&wasm)?;
     let filter_sha = sha256_hex(&filter)?;
-    let paths = edgerep_client::cluster::write_cluster(&dir, 3, true)?;
+    // The log first: it marks the directory as the demo's, also when the demo stops before
+    // its cluster is whole (run again, it then writes over what it left).
     log_to_file(&log)?;
+    let paths = edgerep_client::cluster::write_cluster(&dir, 3, true)?;
     let mut sites = Vec::new();
     for (i, p) in paths.iter().enumerate() {
         add_resolver(p, &wasm, &sha)?;

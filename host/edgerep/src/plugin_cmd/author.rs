@@ -232,12 +232,12 @@ pub(crate) fn build(
     if let (Some(config), Some((text, _))) = (update_config, &updated) {
         refuse_deciding_in_place(config, text, &out)?;
     }
-    replace_durably(&out, &wasm)?;
+    edgerep_client::files::write_durably(&out, &wasm)?;
     println!("{}", out.display());
     println!("sha256 {}", i.sha256);
     println!("size {}", i.size);
     if let (Some(config), Some((text, names))) = (update_config, updated) {
-        replace_durably(config, text.as_bytes())?;
+        edgerep_client::files::write_durably(config, text.as_bytes())?;
         for name in names {
             eprintln!(
                 "edgerep: {}: plugins.{name}.sha256 is now {} (a running node loads the new build with `edgerep reload --config {}`)",
@@ -332,31 +332,6 @@ fn with_sha256(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<(Stri
         bail!("the updated config would not load (nothing changed): {e}");
     }
     Ok((new_text, updated))
-}
-
-/// Replaces `path` with `bytes` whole or not at all, and durably: a temporary file beside it,
-/// synced, renamed over it, and the directory synced (a node may load the file after a crash).
-fn replace_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.new", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("replacing {}", path.display()));
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
 }
 
 /// The folder of the workspace `dir`'s package belongs to (`dir` itself for a lone package).
