@@ -589,8 +589,8 @@ impl Pipeline {
     }
 
     /// [`Pipeline::resolve_now`], or with `again` (anti-entropy runs a resolver that failed
-    /// here again, see `edgerep_store::Resolver::resolve_again`): one try, even while the
-    /// plugin is left out after deadlines, and none of it counts towards leaving it out.
+    /// here again, see `edgerep_store::Resolver::resolve_again`): tried even while the plugin
+    /// is left out after deadlines, and none of it counts towards leaving it out.
     fn decide(
         &self,
         collection: &str,
@@ -613,7 +613,9 @@ impl Pipeline {
         };
         let loaded = &wiring.plugins[name];
         let outcome = if again {
-            loaded.plugin.resolve(collection, key, events)
+            // As many tries past the deadline as a first resolution gets: a failure here moves
+            // the key to the default on every node, so a busy moment must not decide it.
+            retried_past_deadline(|| loaded.plugin.resolve(collection, key, events), || {})
         } else if loaded.cooling() {
             Err(Failure {
                 kind: FailureKind::Deadline,

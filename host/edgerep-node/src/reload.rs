@@ -714,12 +714,25 @@ pub(crate) fn late_upgrades(
             if &u.transforms_on_apply == previous {
                 continue;
             }
-            if let Some((origin, seq, at)) = store.version_from(&c.name, u.from_ms)? {
+            if let Some(found) = store.version_from(&c.name, u.from_ms)? {
+                // A version stamped past any effective_from an operator would pick (a peer's
+                // clock far ahead, or a peer lying about time) is named with the way out: a
+                // write to its key here supersedes it.
+                let ahead = found.at_ms.saturating_sub(crate::committer::wall_ms())
+                    > new.node.max_clock_skew_ms;
                 problems.push(format!(
-                    "collections.declared[{i}] ({:?}): the upgrade from {} changes transforms_on_apply, but this node already applied event {origin}:{seq} of {} (the newest such) under the transforms before it, and would not apply it again; pick an effective_from after it",
+                    "collections.declared[{i}] ({:?}): the upgrade from {} changes transforms_on_apply, but this node already applied event {}:{} of {} to key {:?} (the newest such) under the transforms before it, and would not apply it again; {}",
                     c.name,
                     edgerep_config::format_ms(u.from_ms),
-                    edgerep_config::format_ms(at)
+                    found.origin,
+                    found.seq,
+                    edgerep_config::format_ms(found.at_ms),
+                    String::from_utf8_lossy(&found.key),
+                    if ahead {
+                        "that time is ahead of this node's clock (its origin's clock is wrong, or it lies about time): write or delete that key here (a write without a context supersedes it), then reload"
+                    } else {
+                        "pick an effective_from after it"
+                    }
                 ));
             }
         }

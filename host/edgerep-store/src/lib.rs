@@ -75,7 +75,7 @@ use write::{RowDamage, Unresolved, apply_to_state, write_row};
 pub use dead_letters::SetAside;
 pub use error::StoreError;
 use error::{corrupt, parse_origin};
-pub use read::{PAGE_BYTES, SCAN_ROWS_PER_ENTRY};
+pub use read::{FoundVersion, PAGE_BYTES, SCAN_ROWS_PER_ENTRY};
 pub use tables::{CACHE_BYTES, STORE_FORMAT};
 pub use write::ConflictTally;
 

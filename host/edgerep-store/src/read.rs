@@ -11,6 +11,19 @@ pub const SCAN_ROWS_PER_ENTRY: usize = 16;
 /// a JSON tree, would otherwise take gigabytes.
 pub const PAGE_BYTES: usize = 1 << 20;
 
+/// A version [`Store::version_from`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundVersion {
+    /// Its origin.
+    pub origin: NodeId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its hybrid-clock physical time, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The key it is a version of.
+    pub key: Vec<u8>,
+}
+
 impl Store {
     /// What the idempotency key `key` was recorded with, if it is held within the window (by
     /// this node's wall clock now; see [`idempotency::Window`]).
@@ -241,15 +254,14 @@ impl Store {
     }
 
     /// The newest version of another origin than this node in `collection`'s state stamped at
-    /// or after `from_ms` (hybrid-clock physical time), if there is one: its origin, sequence
-    /// number and time. A scan of the collection's rows (for a reload that brings an upgrade,
-    /// not for the write path).
+    /// or after `from_ms` (hybrid-clock physical time), if there is one. A scan of the
+    /// collection's rows (for a reload that brings an upgrade, not for the write path).
     pub fn version_from(
         &self,
         collection: &str,
         from_ms: u64,
-    ) -> Result<Option<(NodeId, u64, u64)>, StoreError> {
-        let mut newest: Option<(NodeId, u64, u64)> = None;
+    ) -> Result<Option<FoundVersion>, StoreError> {
+        let mut newest: Option<FoundVersion> = None;
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         let prefix = state_key(collection, b"");
@@ -265,9 +277,14 @@ impl Store {
                 let at = e.hlc.physical_ms;
                 if at >= from_ms
                     && e.origin != self.node
-                    && newest.as_ref().is_none_or(|(_, _, t)| at > *t)
+                    && newest.as_ref().is_none_or(|n| at > n.at_ms)
                 {
-                    newest = Some((e.origin.clone(), e.seq, at));
+                    newest = Some(FoundVersion {
+                        origin: e.origin.clone(),
+                        seq: e.seq,
+                        at_ms: at,
+                        key: e.key.clone(),
+                    });
                 }
             }
         }

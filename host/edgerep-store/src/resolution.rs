@@ -160,9 +160,10 @@ pub trait Resolver: Send + Sync {
     /// and the configured plugin: every node computes it for itself.
     fn resolve(&self, collection: &str, key: &[u8], versions: &Versions) -> Resolution;
     /// [`Resolver::resolve`] once more where it failed here before (anti-entropy found a
-    /// peer's resolution differs): one try, whatever holds the plugin back after earlier
-    /// failures, so that every try ends in an answer or a failure (never "later", which a
-    /// plugin failing for good on this node would make "never").
+    /// peer's resolution differs): tried now (with the deadline's retries), whatever holds
+    /// the plugin back after earlier failures, so that every try ends in an answer or a
+    /// failure (never "later", which a plugin failing for good on this node would make
+    /// "never").
     fn resolve_again(&self, collection: &str, key: &[u8], versions: &Versions) -> Resolution {
         self.resolve(collection, key, versions)
     }

@@ -1610,7 +1610,7 @@ fn version_from_finds_the_newest_of_other_origins() {
     let found = |from| {
         a.version_from("c", from)
             .unwrap()
-            .map(|(o, seq, _)| (o.to_string(), seq))
+            .map(|f| (f.origin.to_string(), f.seq))
     };
     assert_eq!(
         found(0),

@@ -616,6 +616,58 @@ fn keys_resolved_before_an_upgrade_arrived_are_resolved_again_by_the_reload() {
     }
 }
 
+/// A peer's version stamped ten years ahead (its clock, or a lie) is past any effective_from an
+/// operator would pick: the refusal names its key and the way past it (a write to that key
+/// here supersedes it), and once that write is made the upgrade goes in.
+#[test]
+fn an_upgrade_blocked_by_a_version_from_the_future_says_how_to_get_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let (wasm, sha) = built_plugin("passthrough");
+    let base = format!(
+        "{}\n[[collections.declared]]\nname = \"c\"\ntransforms_on_apply = [\"pass\"]\n\n[plugins.pass]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+        std::fs::read_to_string(&configs[0]).unwrap().replacen(
+            "[retention]\n",
+            "[retention]\ncompact = false\n",
+            1
+        ),
+        wasm.display()
+    );
+    std::fs::write(&configs[0], &base).unwrap();
+    let n1 = Node::start(&configs[0]);
+    // node-2's identity in a hostile peer's hands, its clock ten years ahead.
+    let mut h = common::hostile::Hostile::connect(&configs[1], &configs[0]);
+    let hello = h.hello(&[], &[]);
+    h.send(&hello).unwrap();
+    let mut e = common::hostile::event("node-2", 1, "c", "far", 1);
+    e.hlc = edgerep_wire::Hlc::new(now_ms() + 10 * 365 * 86_400_000, 0);
+    let m = h.sealed(vec![e]);
+    h.send(&m).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&n1)["origins"]["node-2"] != 1 {
+        assert!(Instant::now() < deadline, "node-1 applies it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let upgraded = base.replace(
+        "transforms_on_apply = [\"pass\"]\n",
+        &format!(
+            "transforms_on_apply = [\"pass\"]\n\n[[collections.declared.upgrades]]\neffective_from = {}\ntransforms_on_apply = []\n",
+            now_ms() + 60_000
+        ),
+    );
+    std::fs::write(&configs[0], &upgraded).unwrap();
+    let o = edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
+    assert!(!o.status.success());
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        said.contains(r#"to key "far""#) && said.contains("ahead of this node's clock"),
+        "{said}"
+    );
+    common::put(&n1, "c", "far", r#"{"v":2}"#);
+    reload(&configs[0]);
+    assert_eq!(status(&n1)["verified"], true);
+}
+
 /// An upgrade of a collection's transforms on apply from a time this node already applied
 /// events of comes too late for it: those events went through the old transforms and are not
 /// applied again, while nodes that took the upgrade in time apply the new ones (values that
@@ -655,7 +707,9 @@ fn an_upgrade_of_transforms_on_apply_from_a_time_already_applied_is_refused() {
     assert!(!o.status.success());
     let said = format!("{}{}", stdout(&o), stderr(&o));
     assert!(
-        said.contains("already applied event node-2:1") && said.contains("effective_from"),
+        said.contains("already applied event node-2:1")
+            && said.contains(r#"to key "k""#)
+            && said.contains("pick an effective_from after it"),
         "{said}"
     );
     // The refused file left in place, and the node restarted (a crash, a supervisor): the
