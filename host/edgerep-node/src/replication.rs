@@ -800,6 +800,7 @@ impl Replicator {
                     inbox_bytes,
                     resume,
                     frames_seen: 0,
+                    frames_received_seen: 0,
                     stuck_since: None,
                     dialer,
                     since: Instant::now(),
@@ -1170,8 +1171,9 @@ impl Replicator {
     /// Tells the core each link's round trip, and which links still carry what was sent to
     /// them: frames queued here, or stream data leaving over QUIC since the last look. Their
     /// resend timers wait (a batch takes longer than the timer on a slow link; resending would
-    /// queue copies behind it). (Not data arriving: a busy peer sends all the time, and a page
-    /// it failed to merge would then never be sent again.)
+    /// queue copies behind it). Data arriving holds the events' timer back too, for a while
+    /// (the peer's acknowledgements wait behind what it sends); not the snapshot page's: a
+    /// busy peer sends all the time, and a page it failed to merge would never go again.
     fn note_busy_links(&mut self, now: u64) {
         if self.links_seen_at.elapsed() < LINK_LOOK_EVERY {
             return;
@@ -1187,6 +1189,11 @@ impl Replicator {
             if moving || queued {
                 self.core.link_busy(peer, now);
             }
+            let received = live.conn.stream_frames_received();
+            if received > live.frames_received_seen {
+                self.core.link_receiving(peer, now);
+            }
+            live.frames_received_seen = received;
             // Frames waiting and none leaving: the peer's flow control holds them (it does
             // not read). Its link is closed after STUCK_LIMIT (the peer may dial again and
             // resume); else it would count as busy, and hold retention, for as long as it

@@ -2132,6 +2132,15 @@ impl Replica {
         }
     }
 
+    /// Data from `peer` is arriving over the link: its acknowledgements may be queued behind
+    /// it, so the resend timer for events waits, for a minute at most after acked last moved
+    /// or this node's data last left (see `Session::link_receiving`).
+    pub fn link_receiving(&mut self, peer: &NodeId, now: u64) {
+        if let Some(s) = self.peers.get_mut(peer).and_then(|p| p.session.as_mut()) {
+            s.link_receiving(now);
+        }
+    }
+
     /// The link to `peer` takes `rtt_ms` per round trip (the transport's estimate): the timers
     /// waiting for its answers allow for that. Bounded at a minute (a peer slowing its answers
     /// on purpose only slows its own session).

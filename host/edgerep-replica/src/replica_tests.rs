@@ -916,6 +916,36 @@ fn a_busy_link_holds_the_resend_timers_back() {
     assert_eq!(r.poll_transmit(22_750, &log).unwrap(), first);
 }
 
+/// The peer's data arriving (its acknowledgements wait behind it on a slow link busy both
+/// ways) holds the events' resend timer back, but a minute after acked last moved at most: a
+/// peer that sends all the time and dropped what it got is still resent to. Before, the timer
+/// fired 3 s after this node's data left, and the whole window went again behind the peer's
+/// late acknowledgements.
+#[test]
+fn the_peers_data_arriving_holds_the_resend_back_for_a_minute_at_most() {
+    let log = MemLog::with(&evs("a", 1..=2));
+    let mut r = ready(&log, config(100, 2), &["b"]);
+    let b = n("b");
+    sent_dots(r.poll_transmit(10, &log).unwrap());
+    assert_eq!(r.poll_timeout(), Some(3010));
+    for now in (250..60_000).step_by(250) {
+        r.link_receiving(&b, now);
+        r.handle_timeout(now);
+        assert_eq!(r.poll_transmit(now, &log).unwrap(), None, "resent at {now}");
+    }
+    // Arrivals after the minute no longer hold it: the timer runs from the last one that did.
+    r.link_receiving(&b, 60_010);
+    r.link_receiving(&b, 61_000);
+    r.handle_timeout(62_749);
+    assert_eq!(r.poll_transmit(62_749, &log).unwrap(), None);
+    r.handle_timeout(62_750);
+    assert_eq!(
+        sent_dots(r.poll_transmit(62_750, &log).unwrap()).1,
+        dots(&[("a", 1), ("a", 2)])
+    );
+    assert_eq!(r.counters(&b).events_resent, 2);
+}
+
 /// On a link of seconds per round trip (a cellular one), the resend and snapshot-page timers
 /// allow two round trips more, and asks for a go-back are taken one round trip apart: a fixed
 /// 3 s timer would send again what is still on its way, and a resumed snapshot would start over.

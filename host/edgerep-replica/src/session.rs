@@ -14,6 +14,10 @@ use crate::have::{self, Have};
 use crate::log::StateCursor;
 use crate::message::Hello;
 
+/// How long after acked last moved the peer's data arriving still holds the go-back-N timer
+/// back (see [`Session::link_receiving`]).
+pub(crate) const ARRIVING_HOLD_MS: u64 = 60_000;
+
 /// A snapshot being sent to the peer, one page at a time.
 pub(crate) struct SnapshotOut {
     pub(crate) id: u64,
@@ -126,6 +130,10 @@ pub(crate) struct Session {
     pub(crate) idle_at: Option<u64>,
     /// When the go-back-N timer last restarted: acked moved, or sending began with nothing in flight.
     pub(crate) progress_ms: u64,
+    /// When acked last moved, sending began with nothing in flight, or what was sent was last
+    /// seen leaving: the peer's data arriving holds the timer back for [`ARRIVING_HOLD_MS`]
+    /// after it at most.
+    pub(crate) outbound_ms: u64,
     /// The origin the last batch started with (round-robin cursor).
     pub(crate) last_origin: Option<NodeId>,
     /// Events messages received while an apply for this peer was pending, in order.
@@ -251,6 +259,7 @@ impl Session {
             stalled: BTreeSet::new(),
             idle_at: None,
             progress_ms: now,
+            outbound_ms: now,
             last_origin: None,
             queued: VecDeque::new(),
             queued_events: 0,
@@ -353,7 +362,7 @@ impl Session {
         (self.sends, self.acked_send) = (0, 0);
         self.stalled.clear();
         self.idle_at = None;
-        self.progress_ms = now;
+        (self.progress_ms, self.outbound_ms) = (now, now);
         self.hello = Some(hello);
     }
 
@@ -411,7 +420,7 @@ impl Session {
     /// Records that events of `origin` up to `seq` were sent (before `sent_max` is raised).
     pub(crate) fn mark_sent(&mut self, origin: &NodeId, seq: u64, now: u64) {
         if self.in_flight == 0 {
-            self.progress_ms = now;
+            (self.progress_ms, self.outbound_ms) = (now, now);
         }
         self.sends += 1;
         // A fresh start (everything sent of it before was acknowledged), not a resend after a
@@ -494,7 +503,7 @@ impl Session {
         self.in_flight = have::distance(&self.sent, &self.acked);
         self.idle_at = None;
         if moved {
-            self.progress_ms = now;
+            (self.progress_ms, self.outbound_ms) = (now, now);
         }
         if progressed && let Some((_, acked_since)) = &mut self.rewound {
             *acked_since = true;
@@ -586,14 +595,14 @@ impl Session {
         self.sent = self.acked.clone();
         self.in_flight = 0;
         self.idle_at = None;
-        self.progress_ms = now;
+        (self.progress_ms, self.outbound_ms) = (now, now);
     }
 
     /// The link is still carrying what was sent: the go-back-N and snapshot-page timers start
     /// again from `now`.
     pub(crate) fn link_busy(&mut self, now: u64) {
         if self.in_flight > 0 {
-            self.progress_ms = now;
+            (self.progress_ms, self.outbound_ms) = (now, now);
         }
         // (Not a page that could not be read: it is read again when its timer fires.)
         if let Some(out) = self.snapshot_out.as_mut()
@@ -601,6 +610,18 @@ impl Session {
             && out.versions.is_some()
         {
             out.sent_at = Some(now);
+        }
+    }
+
+    /// The peer's data is arriving: its acknowledgements travel behind what it sends on the
+    /// same stream, so on a slow link busy both ways they come late, not lost. The go-back-N
+    /// timer starts again from `now`, for [`ARRIVING_HOLD_MS`] after acked last moved or this
+    /// node's data last left at most (a peer that sends all the time but dropped what it got
+    /// is still resent to). Not the
+    /// snapshot-page timer: a page the peer failed to merge would then never go again.
+    pub(crate) fn link_receiving(&mut self, now: u64) {
+        if self.in_flight > 0 && now.saturating_sub(self.outbound_ms) < ARRIVING_HOLD_MS {
+            self.progress_ms = now;
         }
     }
 

@@ -97,6 +97,12 @@ impl PeerConnection {
         self.conn.stats().frame_tx.stream
     }
 
+    /// How many times stream data arrived from the peer so far (QUIC STREAM frames received):
+    /// growing while the peer's messages come in.
+    pub fn stream_frames_received(&self) -> u64 {
+        self.conn.stats().frame_rx.stream
+    }
+
     /// QUIC's current estimate of the round trip to the peer (smoothed): what timers that wait
     /// for the peer's answer must allow for on a slow link.
     pub fn rtt(&self) -> std::time::Duration {

@@ -1,7 +1,8 @@
 //! Replication over a slow link: two real processes in a network namespace of their own, whose
 //! loopback is throttled to 400 kbit/s with `tc` (a token bucket), so one batch of events takes
 //! longer to cross than the replica's resend timer (3 s). The catching-up node gets every event,
-//! and the sender resends nothing: it waits while the link still carries what it sent.
+//! and the sender resends nothing: it waits while the link still carries what it sent, and
+//! while the peer's data (its acknowledgements behind it) comes in.
 //!
 //! The test runs itself again inside `unshare -n` (root, as on the CI machine); the namespace
 //! and its throttle go with the process.
@@ -15,42 +16,61 @@ use common::{Node, batch, cluster, converge, status};
 
 const INSIDE: &str = "EDGEREP_SLOW_LINK_INSIDE";
 
+/// Runs `test` again inside a network namespace of its own (see the module's doc), printing
+/// its "caught up" line; true here, false inside it (where the test goes on).
+fn ran_inside(test: &str) -> bool {
+    if std::env::var_os(INSIDE).is_some() {
+        return false;
+    }
+    let text = common::run_inside(&["-n"], INSIDE, test);
+    if let Some(line) = text.lines().find(|l| l.starts_with("caught up")) {
+        eprintln!("{line}");
+    }
+    true
+}
+
+fn sh(cmd: &str) {
+    let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Writes `n` events of about 230 bytes to `node`, keys `{prefix}{i}`, 1,000 per request.
+fn backlog(node: &Node, prefix: &str, n: usize) {
+    let value = format!(r#"{{"pad":"{}"}}"#, "x".repeat(150));
+    for b in 0..n.div_ceil(1000) {
+        let upto = (n - b * 1000).min(1000);
+        batch(
+            node,
+            "c",
+            (0..upto).map(|i| (format!("{prefix}{b}-{i}"), value.clone())),
+        );
+    }
+}
+
+/// The link is slow from now on: `kbit` kbit/s (both ways together); at 400, one batch of
+/// 1,024 events takes about 5 s.
+fn throttle(kbit: u32) {
+    sh(&format!(
+        "tc qdisc add dev lo root tbf rate {kbit}kbit burst 16kb latency 5s"
+    ));
+}
+
 #[test]
 fn a_backlog_crosses_a_link_slower_than_the_resend_timer_without_resends() {
-    if std::env::var_os(INSIDE).is_none() {
-        let text = common::run_inside(
-            &["-n"],
-            INSIDE,
-            "a_backlog_crosses_a_link_slower_than_the_resend_timer_without_resends",
-        );
-        if let Some(line) = text.lines().find(|l| l.starts_with("caught up")) {
-            eprintln!("{line}");
-        }
+    if ran_inside("a_backlog_crosses_a_link_slower_than_the_resend_timer_without_resends") {
         return;
     }
-    let sh = |cmd: &str| {
-        let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
-        assert!(
-            o.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
     sh("ip link set lo up");
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
     // node-1 takes a backlog of 3,000 events (about 700 kB) while node-2 is down.
     let n1 = Node::start_with(&configs[0], &["--alone"]);
-    let value = format!(r#"{{"pad":"{}"}}"#, "x".repeat(150));
-    for b in 0..3 {
-        batch(
-            &n1,
-            "c",
-            (0..1000).map(|i| (format!("k{b}-{i}"), value.clone())),
-        );
-    }
-    // Now the link is slow: 400 kbit/s, so one batch of 1,024 events takes about 5 s.
-    sh("tc qdisc add dev lo root tbf rate 400kbit burst 16kb latency 5s");
+    backlog(&n1, "k", 3000);
+    throttle(400);
     let started = Instant::now();
     let n2 = Node::start(&configs[1]);
     converge(&[&n1, &n2], Duration::from_secs(90));
@@ -64,4 +84,42 @@ fn a_backlog_crosses_a_link_slower_than_the_resend_timer_without_resends() {
         "events resent over a link that was carrying them: {peer}"
     );
     assert!(peer["events_sent"].as_u64().unwrap() >= 3000, "{peer}");
+}
+
+/// Backlogs both ways over a link of 100 kbit/s: each node's acknowledgements travel behind its
+/// own events, a batch of which takes about 20 s. Before, the resend timers fired while the
+/// acknowledgements were on their way: node-1 sent its 500 events again and node-2 its 2,000,
+/// and catching up took 88 s instead of 47 s. Now the peer's data arriving holds the timer back.
+#[test]
+fn backlogs_both_ways_cross_a_slow_link_without_resends() {
+    if ran_inside("backlogs_both_ways_cross_a_slow_link_without_resends") {
+        return;
+    }
+    sh("ip link set lo up");
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    backlog(&n1, "a", 500);
+    n1.terminate();
+    let n2 = Node::start_with(&configs[1], &["--alone"]);
+    backlog(&n2, "b", 2000);
+    n2.terminate();
+    throttle(100);
+    let started = Instant::now();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    converge(&[&n1, &n2], Duration::from_secs(150));
+    let took = started.elapsed();
+    let sent = |n: &Node| status(n)["replication"]["peers"][0]["traffic"].clone();
+    let (t1, t2) = (sent(&n1), sent(&n2));
+    eprintln!(
+        "caught up both ways over the slow link in {took:?}; node-1 sent {t1}, node-2 sent {t2}"
+    );
+    for t in [&t1, &t2] {
+        assert_eq!(
+            t["events_resent"].as_u64(),
+            Some(0),
+            "events resent while the peer's data (and its acknowledgements) came in: {t}"
+        );
+    }
 }

@@ -501,6 +501,8 @@ pub(super) struct Live {
     pub(super) resume: Arc<tokio::sync::Notify>,
     /// The link's stream frames sent when last looked (see `Replicator::note_busy_links`).
     pub(super) frames_seen: u64,
+    /// Stream frames received from the peer at the last look (see `note_busy_links`).
+    pub(super) frames_received_seen: u64,
     /// Since when frames queued for the peer have not moved (none left over QUIC): the peer
     /// stopped reading (see `Replicator::note_busy_links`).
     pub(super) stuck_since: Option<std::time::Instant>,
