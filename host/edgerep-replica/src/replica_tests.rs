@@ -1006,8 +1006,8 @@ fn sending_a_snapshot(events: u64) -> (Replica, MemLog, u64) {
 }
 
 /// A snapshot being sent holds the changelog back (its have in the peer's view) only while the
-/// peer acknowledges its pages: one that reads them and never acknowledges (while its Acks
-/// keep it counted) held compaction for good.
+/// peer acknowledges its pages, or a page is still leaving over the link: one that reads them
+/// and never acknowledges (while its Acks keep it counted) held compaction for good.
 #[test]
 fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
     let b = n("b");
@@ -1025,6 +1025,22 @@ fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
     assert!(held(&r).is_some(), "renewed by the acknowledgement");
     r.handle_timeout(50_000 + SNAPSHOT_HOLD_MS);
     assert_eq!(held(&r), None, "no page acknowledged for SNAPSHOT_HOLD_MS");
+    // A page still leaving over a slow link renews it too (one page may take minutes there),
+    // until it has left.
+    let mut at = 50_000 + SNAPSHOT_HOLD_MS;
+    let again = r.poll_transmit(at, &log).unwrap();
+    let Some((_, Message::Snapshot { page: 1, .. })) = again else {
+        panic!("the second page again: {again:?}")
+    };
+    r.link_busy(&b, at);
+    while at < 50_000 + 5 * SNAPSHOT_HOLD_MS {
+        at += 10_000;
+        r.link_busy(&b, at);
+        r.handle_timeout(at);
+        assert!(held(&r).is_some(), "renewed while the page leaves, at {at}");
+    }
+    r.handle_timeout(at + SNAPSHOT_HOLD_MS);
+    assert_eq!(held(&r), None, "the page left SNAPSHOT_HOLD_MS ago");
     assert_eq!(
         r.peer_view(&b).unwrap().snapshot_sending_page,
         Some(1),

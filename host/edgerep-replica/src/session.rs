@@ -39,7 +39,8 @@ pub(crate) struct SnapshotOut {
     pub(crate) sent_at: Option<u64>,
     /// The page sent is the last.
     pub(crate) last: bool,
-    /// When the snapshot began or the peer last acknowledged one of its pages.
+    /// When the snapshot began, the peer last acknowledged one of its pages, or the page sent
+    /// was last seen leaving over the link.
     pub(crate) moved_ms: u64,
     /// When the snapshot began (kept when it resumes on a new connection).
     pub(crate) began_ms: u64,
@@ -604,12 +605,15 @@ impl Session {
         if self.in_flight > 0 {
             (self.progress_ms, self.outbound_ms) = (now, now);
         }
-        // (Not a page that could not be read: it is read again when its timer fires.)
+        // (Not a page that could not be read: it is read again when its timer fires.) The
+        // hold on the changelog is renewed too: on a slow link one page takes longer than
+        // SNAPSHOT_HOLD_MS to cross, and compaction could then pass the snapshot's have.
         if let Some(out) = self.snapshot_out.as_mut()
             && out.sent_at.is_some()
             && out.versions.is_some()
         {
             out.sent_at = Some(now);
+            out.moved_ms = now;
         }
     }
 
