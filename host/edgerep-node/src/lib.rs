@@ -533,6 +533,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         );
     }
     let feed_run = api::FeedRun::start(&writer, resume.feed_last).map_err(store_error)?;
+    // Anti-entropy leaves these collections' resolutions alone until they are re-resolved
+    // (below, beside replication).
+    writer.mark_re_resolving(re_resolve.iter().cloned());
     let store = writer.reader();
     let store_held = Arc::downgrade(&store);
     // The store checks its state beside the first writes; its finding is logged when it has one.

@@ -328,6 +328,10 @@ pub struct Store {
     /// Resolves keys with concurrent versions when they change (`None`: nothing is kept, reads
     /// resolve; tools and tests).
     resolver: Option<Arc<dyn Resolver>>,
+    /// Collections whose keys are being resolved again (an upgraded resolver): anti-entropy
+    /// neither settles their resolutions with a peer's nor has a peer settle with this node's
+    /// (one side's are still the old resolver's, and the default would win over both).
+    re_resolving: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// How long and how many idempotency records are kept.
     idempotency_window: idempotency::Window,
     /// Idempotency keys held, in memory (see `idempotency.rs`).
@@ -618,6 +622,7 @@ impl Store {
             conflicts: std::sync::Mutex::default(),
             fingerprints: true,
             resolver: None,
+            re_resolving: std::sync::Mutex::default(),
             idempotency_window: idempotency::Window::default(),
             idempotency_index,
             dead_letter_ids,
@@ -669,6 +674,24 @@ impl Store {
     pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Store {
         self.resolver = Some(resolver);
         self
+    }
+
+    /// Marks `collections` as being resolved again from now until
+    /// [`StoreWriter::re_resolve`] reaches the end of each: a node marks those its record says
+    /// are unfinished before replication starts, so none is settled with a peer meanwhile.
+    pub fn mark_re_resolving(&self, collections: impl IntoIterator<Item = String>) {
+        self.re_resolving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(collections);
+    }
+
+    /// Whether `collection`'s keys are being resolved again (see [`Store::mark_re_resolving`]).
+    pub(crate) fn is_re_resolving(&self, collection: &str) -> bool {
+        self.re_resolving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(collection)
     }
 
     /// The store format found when the store was opened (this build's for a new store; a lower

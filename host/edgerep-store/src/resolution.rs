@@ -44,6 +44,10 @@ pub const BY_PLUGIN: &str = "plugin:";
 /// trap) and last-writer-wins stood in for it.
 pub const BY_FALLBACK: &str = "lww-fallback:";
 
+/// What a build named in a repair's resolutions ends with while its collection is being
+/// resolved again (see [`settle`]).
+pub(crate) const RE_RESOLVING: &str = "(re-resolving)";
+
 /// Most keys one [`settle`] resolves again, and about the most time it spends doing so
 /// (plugins run on the committer, and a peer's repair decides which keys): the rest are left
 /// as they are, for a later session. Which keys run now is local scheduling, not state: a key
@@ -331,6 +335,7 @@ pub(crate) fn settle(
     resolver: &dyn Resolver,
     theirs: &[KeyResolution],
     peer: &NodeId,
+    re_resolving: &dyn Fn(&str) -> bool,
     by_collection: &mut std::collections::BTreeMap<String, crate::retention::CollectionCounts>,
 ) -> Result<Settled, StoreError> {
     let mut out = Settled::default();
@@ -341,6 +346,13 @@ pub(crate) fn settle(
             continue;
         };
         if !resolver.resolves(collection) {
+            continue;
+        }
+        // Resolvers that are not the same build on both sides (an upgrade one of them has not
+        // taken yet), or keys one side is still resolving again after an upgrade: their
+        // answers may differ for now, and settling would move the key to the default on every
+        // node for good. Left for a later session, once both resolve alike.
+        if their.build != resolver.build(collection) || re_resolving(collection) {
             continue;
         }
         let Some(row) = t

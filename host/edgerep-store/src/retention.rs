@@ -404,7 +404,12 @@ impl Store {
             let Some(record) = row.resolution else {
                 continue;
             };
+            // A collection being resolved again is named so: the peer then leaves its keys
+            // alone (its build differs from the peer's own), as this node does.
             let build = match (split_state_key(k), self.resolver.as_deref()) {
+                (Some((collection, _)), Some(r)) if self.is_re_resolving(collection) => {
+                    format!("{} {}", r.build(collection), resolution::RE_RESOLVING)
+                }
                 (Some((collection, _)), Some(r)) => r.build(collection),
                 _ => String::new(),
             };
@@ -855,6 +860,7 @@ impl StoreWriter {
                     resolver,
                     r.resolutions,
                     r.peer,
+                    &|c: &str| self.is_re_resolving(c),
                     &mut by_collection,
                 )?;
             }

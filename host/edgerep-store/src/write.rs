@@ -633,6 +633,9 @@ impl StoreWriter {
         let Some(resolver) = self.resolver.as_deref() else {
             return Ok((0, None));
         };
+        if after.is_none() {
+            self.mark_re_resolving([collection.to_owned()]);
+        }
         let resolves = resolver.resolves(collection);
         let prefix = state_key(collection, b"");
         let start = after.map_or_else(|| prefix.clone(), <[u8]>::to_vec);
@@ -691,6 +694,12 @@ impl StoreWriter {
         };
         txn.commit()?;
         self.aae.apply(&deltas);
+        if next.is_none() {
+            self.re_resolving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(collection);
+        }
         Ok((changed, next))
     }
 

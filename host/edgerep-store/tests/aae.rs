@@ -147,7 +147,8 @@ fn told(
 }
 
 /// A resolver that picks version `pick` (a stand-in for a plugin; two nodes given different
-/// `pick`s resolve the same versions differently, as two builds of one plugin could).
+/// `pick`s resolve the same versions differently under one build, as a plugin that is not
+/// deterministic could).
 struct Pick(usize);
 
 impl edgerep_store::Resolver for Pick {
@@ -170,7 +171,7 @@ impl edgerep_store::Resolver for Pick {
     }
 
     fn build(&self, _collection: &str) -> String {
-        format!("build-{}", self.0)
+        "build-1".into()
     }
 }
 
@@ -210,7 +211,7 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
         b.resolutions_of(&key).unwrap(),
     );
     assert_eq!(from_a.len(), 1);
-    assert_eq!(from_a[0].build, "build-0");
+    assert_eq!(from_a[0].build, "build-1");
     assert_eq!(from_a[0].versions, from_b[0].versions);
     assert_ne!(from_a[0].resolution, from_b[0].resolution);
     assert_eq!(told(&b, &from_a, &a).disagreements, 1);
@@ -234,7 +235,7 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
             d.here_build.as_str(),
             d.peer_build.as_str()
         ),
-        ("a", "build-1", "build-0")
+        ("a", "build-1", "build-1")
     );
     assert_eq!(a.disagreements_count().unwrap(), 1);
     // Settling again changes nothing; what a peer says of versions this node does not hold
@@ -252,6 +253,81 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
         a.get_resolved("c", b"k0").unwrap().1.unwrap().by,
         "plugin:pick"
     );
+}
+
+/// [`Pick`] under a build name of its own.
+struct Built(usize, &'static str);
+
+impl edgerep_store::Resolver for Built {
+    fn resolves(&self, collection: &str) -> bool {
+        collection == "c"
+    }
+
+    fn resolve(
+        &self,
+        collection: &str,
+        key: &[u8],
+        versions: &edgerep_store::Versions,
+    ) -> edgerep_store::Resolution {
+        edgerep_store::Resolver::resolve(&Pick(self.0), collection, key, versions)
+    }
+
+    fn build(&self, _collection: &str) -> String {
+        self.1.into()
+    }
+}
+
+/// Nodes whose resolvers are not the same build (an upgrade one of them has not taken yet),
+/// or one still resolving its keys again after an upgrade, answer differently for now: their
+/// resolutions are left as they are, not settled on the default (which every node would then
+/// keep for good, the upgraded plugin's merge lost). Once both resolve alike, they settle.
+#[test]
+fn resolutions_are_not_settled_across_builds_or_while_resolved_again() {
+    let with = |id: &str, pick: usize, build: &'static str| {
+        StoreWriter::new(memory_store(id).with_resolver(std::sync::Arc::new(Built(pick, build))))
+    };
+    let (x, y) = (memory("x"), memory("y"));
+    let mut c = clock();
+    x.commit_local(writes("k", 1, 1), &mut c, 1).unwrap();
+    y.commit_local(writes("k", 1, 2), &mut c, 2).unwrap();
+    let a = with("a", 0, "v1");
+    let b = with("b", 1, "v2");
+    let d = with("d", 0, "v2");
+    for s in [&a, &b, &d] {
+        ship(&x, s, "x");
+        ship(&y, s, "y");
+    }
+    let key = vec![b"c\0k0".to_vec()];
+    let by = |s: &StoreWriter| s.get_resolved("c", b"k0").unwrap().1.unwrap().by;
+    // Another build: left alone both ways.
+    assert_eq!(
+        told(&b, &a.resolutions_of(&key).unwrap(), &a).disagreements,
+        0
+    );
+    assert_eq!(
+        told(&a, &b.resolutions_of(&key).unwrap(), &b).disagreements,
+        0
+    );
+    assert_eq!(
+        (by(&a), by(&b)),
+        ("plugin:pick".into(), "plugin:pick".into())
+    );
+    // The same build, `d` still resolving its keys again: it says so, and neither settles.
+    d.mark_re_resolving(["c".to_owned()]);
+    let from_d = d.resolutions_of(&key).unwrap();
+    assert_eq!(from_d[0].build, "v2 (re-resolving)");
+    assert_eq!(told(&b, &from_d, &d).disagreements, 0);
+    assert_eq!(
+        told(&d, &b.resolutions_of(&key).unwrap(), &b).disagreements,
+        0
+    );
+    assert_eq!(by(&b), "plugin:pick");
+    // Done: the same build answering otherwise is a disagreement again.
+    assert_eq!(d.re_resolve("c", None, 100).unwrap().1, None);
+    let from_d = d.resolutions_of(&key).unwrap();
+    assert_eq!(from_d[0].build, "v2");
+    assert_eq!(told(&b, &from_d, &d).disagreements, 1);
+    assert_eq!(by(&b), edgerep_store::BY_DEFAULT_AFTER_DISAGREEMENT);
 }
 
 /// A resolver plugin that fails (last-writer-wins stands in, as the node's pipeline does)

@@ -157,6 +157,52 @@ fn periodic_anti_entropy_repairs_a_node_nobody_asked_about() {
     });
 }
 
+/// A node that takes writes all the time from its start is still compared with its peer, after
+/// a few intervals. Before, a peer never compared with was compared only once replication was
+/// idle for a second, so a node busy from its start never was, and its status said "not yet".
+#[test]
+fn a_node_busy_from_its_start_is_still_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        text.replacen(
+            "[replication]\n",
+            "[replication]\nanti_entropy_interval_ms = 300\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, url) = (stop.clone(), n1.url("/v1/kv/c/"));
+        std::thread::spawn(move || {
+            let agent = common::agent();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = agent
+                    .put(&format!("{url}busy{}", i % 50))
+                    .header("content-type", "application/json")
+                    .send(format!(r#"{{"v":{i}}}"#))
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+                i += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            i
+        })
+    };
+    wait_aae(&n1, "node-2", "compared while busy", |a| {
+        a["sessions_total"].as_u64().unwrap_or(0) >= 1
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 10);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+}
+
 /// GET of a key: (body, the `x-edgerep-resolved-by` header).
 fn read(node: &Node, key: &str) -> (String, String) {
     let mut r = common::agent()

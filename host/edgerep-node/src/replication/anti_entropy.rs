@@ -245,6 +245,8 @@ pub(super) struct AntiEntropy {
     changed_at: Option<Instant>,
     /// Per peer, when a session of ours last started.
     started_at: BTreeMap<NodeId, Instant>,
+    /// When the replicator started: what a peer never compared with counts from.
+    since: Instant,
     /// On-demand requests that came while the store's check at open ran (its sums are not
     /// whole until it ends): started at the first tick after it.
     deferred: Vec<(Option<NodeId>, Instant, oneshot::Sender<Vec<SessionReport>>)>,
@@ -335,6 +337,7 @@ impl AntiEntropy {
             listing_budget: BTreeMap::new(),
             work_budget: BTreeMap::new(),
             started_at: BTreeMap::new(),
+            since: Instant::now(),
             deferred: Vec::new(),
             after_snapshot: BTreeMap::new(),
             merging: BTreeMap::new(),
@@ -599,16 +602,15 @@ impl Replicator {
 
     /// Whether replication with `peer` is idle: it acknowledged everything this node holds,
     /// and neither it nor this node wrote anything for a while. Periodic sessions wait for
-    /// that (on-demand ones do not), unless none ran for [`BUSY_LIMIT`] intervals: a node that is
-    /// never idle is still compared (what is in flight is kept out of repair).
+    /// that (on-demand ones do not), unless none ran for [`BUSY_LIMIT`] intervals (counted from
+    /// the replicator's start for a peer never compared with: a node busy from its start was
+    /// never compared at all): a node that is never idle is still compared (what is in flight
+    /// is kept out of repair).
     fn aae_quiet(&self, peer: &NodeId) -> bool {
-        let overdue = match (
-            self.anti_entropy.interval,
-            self.anti_entropy.started_at.get(peer),
-        ) {
-            (Some(i), Some(at)) => at.elapsed() >= i * BUSY_LIMIT,
-            _ => false,
-        };
+        let overdue = self.anti_entropy.interval.is_some_and(|i| {
+            let last = self.anti_entropy.started_at.get(peer);
+            last.unwrap_or(&self.anti_entropy.since).elapsed() >= i * BUSY_LIMIT
+        });
         let acked = self.acked.get(peer);
         let caught_up =
             self.core.local_have().iter().all(|(o, &s)| {
