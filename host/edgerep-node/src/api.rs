@@ -2373,6 +2373,7 @@ async fn metrics(State(app): Shared) -> Result<Response, ApiError> {
         commits: &app.commit_metrics,
         conflicts: &app.store.conflict_tally(),
         plugin_metrics: &app.pipeline.plugin_metrics(),
+        stopped_collections: &app.pipeline.stopped_collections(),
     });
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

@@ -186,6 +186,8 @@ pub(crate) struct Figures<'a> {
     pub(crate) commits: &'a CommitMetrics,
     pub(crate) conflicts: &'a edgerep_store::ConflictTally,
     pub(crate) plugin_metrics: &'a [(String, edgerep_plugin::MetricsSnapshot)],
+    /// Collections halted or paused, with which (see `Pipeline::stopped_collections`).
+    pub(crate) stopped_collections: &'a [(String, &'static str)],
 }
 
 /// Histograms whose buckets were counted elsewhere (the plugin runtime's), one per label set.
@@ -311,6 +313,22 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         "edgerep_dead_letters",
         "Dead letters held (writes or events a plugin failed on)",
         f.store.dead_letters as f64,
+    );
+    m.gauges(
+        "edgerep_collection_stopped",
+        "Collections stopped now (1), by why: halted (a transform failed under halt, or ran past its deadline: local writes refused, and peers' events held back if it was on apply) or paused (an upgrade a peer has and this node has not); status says the reason",
+        f.stopped_collections
+            .iter()
+            .map(|(c, why)| {
+                (
+                    vec![
+                        ("collection".to_owned(), c.clone()),
+                        ("why".to_owned(), (*why).to_owned()),
+                    ],
+                    1.0,
+                )
+            })
+            .collect(),
     );
     m.gauge(
         "edgerep_disagreements",

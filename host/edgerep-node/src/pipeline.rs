@@ -359,6 +359,27 @@ impl Pipeline {
             .insert(collection.to_owned(), reason);
     }
 
+    /// Collections stopped now, each with why: `halted` (writes refused; with replication's
+    /// events held back too when a transform on apply halted it) or `paused` (an upgrade a
+    /// peer has and this node has not). For the metrics; status says the reasons.
+    pub fn stopped_collections(&self) -> Vec<(String, &'static str)> {
+        let mut out: Vec<(String, &'static str)> = self
+            .halted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|c| (c.clone(), "halted"))
+            .collect();
+        out.extend(
+            self.paused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .map(|c| (c.clone(), "paused")),
+        );
+        out
+    }
+
     /// Pauses `collection` for events at or after `pause.from_ms`, as `pause.peer` announced
     /// (its latest announcement replaces its earlier one).
     pub fn pause(&self, collection: &str, pause: Pause) {

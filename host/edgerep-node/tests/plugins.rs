@@ -717,6 +717,13 @@ fn hostile_plugins_land_in_dead_letters_and_the_node_keeps_serving() {
             > 0
     );
     assert!(s["halted_collections"]["halting"].is_string());
+    // And in the metrics, which said nothing of a halt at ingest before.
+    let metrics = node.get("/metrics").body;
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains(r#"edgerep_collection_stopped{collection="halting",why="halted"} 1"#),
+        "{metrics}"
+    );
     node.stop();
 }
 

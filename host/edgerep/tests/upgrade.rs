@@ -175,6 +175,17 @@ fn a_rolling_resolver_upgrade_with_writes_going_on_ends_without_drift() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(paused["from_ms"], upgrade_at, "{paused:?}");
+    let metrics = agent()
+        .get(&nodes[2].url("/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"edgerep_collection_stopped{collection="tally",why="paused"} 1"#),
+        "{metrics}"
+    );
     let reason = paused["reason"].as_str().unwrap();
     assert!(
         reason.contains("upgrade") && reason.contains("edgerep reload"),
