@@ -147,6 +147,10 @@ fn periodic_anti_entropy_repairs_a_node_nobody_asked_about() {
     wait_aae(&n1, "node-2", "a clean session agreed", |a| {
         a["agreed"] == true && a["sessions_total"].as_u64().unwrap_or(0) >= 1
     });
+    // node-2 starts none, and says so too (before, its status said "not yet" for good).
+    wait_aae(&n2, "node-1", "node-2 saw the states agree", |a| {
+        a["agreed"] == true && a["last_agreed_at_ms"].as_u64().is_some()
+    });
     n2.terminate();
     assert!(damage(&configs[1], "k3", false).status.success());
     let n2 = Node::start(&configs[1]);

@@ -71,11 +71,12 @@ const BUSY_LIMIT: u32 = 5;
 /// Per peer, what `status` shows of anti-entropy.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct AntiEntropyStatus {
-    /// When the last session of ours with this peer ended (ms since the Unix epoch).
+    /// When the last session with this peer ended, or (one of the peer's) began (ms since the
+    /// Unix epoch).
     pub last_at_ms: Option<u64>,
-    /// Whether that session found the two states equal.
+    /// Whether that session found the two states equal (one of the peer's: at its start).
     pub agreed: Option<bool>,
-    /// When a session of ours last ended in agreement.
+    /// When a session last ended, or one of the peer's began, in agreement.
     pub last_agreed_at_ms: Option<u64>,
     /// Sessions of ours with this peer since the node started.
     pub sessions_total: u64,
@@ -847,6 +848,21 @@ impl Replicator {
                 }
                 s.keys_compared_total += step.compared;
                 s.differing_total += differing;
+                // A session of the peer's opens with the whole state (the root range): this
+                // node sees then whether the two states are equal, as the peer does, and says
+                // so too (only the lower id of a pair opens scheduled sessions, so the other
+                // end otherwise never said when the two last agreed).
+                let opening = fingerprints.iter().any(|f| f.node == Node::ROOT)
+                    || items.iter().any(|r| r.node == Node::ROOT);
+                if !mine && opening {
+                    let agreed = differing == 0 && !step.has_ranges();
+                    let at = wall_ms();
+                    s.last_at_ms = Some(at);
+                    s.agreed = Some(agreed);
+                    if agreed {
+                        s.last_agreed_at_ms = Some(at);
+                    }
+                }
                 if mine && let Some(session) = self.anti_entropy.sessions.get_mut(peer) {
                     session.report.keys_compared += step.compared;
                     session.report.differing += differing;
