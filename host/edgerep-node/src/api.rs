@@ -2159,7 +2159,7 @@ async fn status(
         "hlc_last": s.hlc_last.to_string(),
         "dead_letters": s.dead_letters,
         "disagreements": disagreements,
-        "idempotency": app.idempotency.to_json(keys_held),
+        "idempotency": app.idempotency.to_json(keys_held, app.store.idempotency_dropped_early()),
         "compacted": s.compacted,
         "feed_floor": s.feed_floor,
         "collections": collections_json(&app.config().collections),
@@ -2374,6 +2374,7 @@ async fn metrics(State(app): Shared) -> Result<Response, ApiError> {
         conflicts: &app.store.conflict_tally(),
         plugin_metrics: &app.pipeline.plugin_metrics(),
         stopped_collections: &app.pipeline.stopped_collections(),
+        idempotency_dropped_early: app.store.idempotency_dropped_early(),
     });
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

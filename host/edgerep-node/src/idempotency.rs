@@ -47,10 +47,12 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// As JSON, with the number of keys held.
-    pub(crate) fn to_json(&self, held: u64) -> Json {
+    /// As JSON, with the number of keys held and of records dropped early (see
+    /// `edgerep_store::Store::idempotency_dropped_early`).
+    pub(crate) fn to_json(&self, held: u64, dropped_early: u64) -> Json {
         json!({
             "keys_held": held,
+            "dropped_early_total": dropped_early,
             "replays_total": self.replays.load(Ordering::Relaxed),
             "reused_total": self.reused.load(Ordering::Relaxed),
             "in_use_total": self.in_use.load(Ordering::Relaxed),

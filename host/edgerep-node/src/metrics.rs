@@ -188,6 +188,8 @@ pub(crate) struct Figures<'a> {
     pub(crate) plugin_metrics: &'a [(String, edgerep_plugin::MetricsSnapshot)],
     /// Collections halted or paused, with which (see `Pipeline::stopped_collections`).
     pub(crate) stopped_collections: &'a [(String, &'static str)],
+    /// Idempotency records dropped for the key count inside their window, since the start.
+    pub(crate) idempotency_dropped_early: u64,
 }
 
 /// Histograms whose buckets were counted elsewhere (the plugin runtime's), one per label set.
@@ -344,6 +346,11 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         "edgerep_idempotency_replays",
         "Requests answered from an idempotency record",
         f.idempotency.replays.load(Relaxed),
+    );
+    m.counter(
+        "edgerep_idempotency_dropped_early",
+        "Idempotency records dropped before their window ended because the keys held reached api.idempotency_max_keys (a retry of one commits again)",
+        f.idempotency_dropped_early,
     );
     m.counter(
         "edgerep_idempotency_refused",

@@ -442,6 +442,9 @@ pub(crate) struct Index {
     /// The records waiting in `meta` at open were stale (see [`Index::load`]): the first
     /// keyed commit drops them.
     stale_pending: std::sync::atomic::AtomicBool,
+    /// Records dropped for the count (`idempotency_max_keys`) while still inside the window's
+    /// time, since open: each is a key whose retry would now commit again.
+    dropped_early: std::sync::atomic::AtomicU64,
 }
 
 /// What a commit did to the index (applied once it is durable).
@@ -451,6 +454,8 @@ pub(crate) struct Changes {
     removed: Vec<String>,
     /// The stale records waiting in `meta` are gone.
     stale_dropped: bool,
+    /// Records removed for the count while inside the window's time.
+    dropped_early: u64,
 }
 
 impl Index {
@@ -490,6 +495,7 @@ impl Index {
             next_expiry_ms: std::sync::atomic::AtomicU64::new(0),
             recorded_here: Mutex::new(loaded.into_iter().map(|n| (n, opened)).collect()),
             stale_pending: std::sync::atomic::AtomicBool::new(stale),
+            dropped_early: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -511,8 +517,16 @@ impl Index {
         self.by_key.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
     }
 
+    /// Records dropped for the count while inside the window's time, since open.
+    pub(crate) fn dropped_early(&self) -> u64 {
+        self.dropped_early
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Takes in what a committed transaction did.
     pub(crate) fn apply(&self, changes: Changes) {
+        self.dropped_early
+            .fetch_add(changes.dropped_early, std::sync::atomic::Ordering::Relaxed);
         if changes.stale_dropped {
             self.stale_pending
                 .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -710,12 +724,15 @@ impl Index {
         for row in table.table.range(..first)? {
             let (n, v) = row?;
             let (key, at, _) = v.value();
+            let past_time = self.past_time(n.value(), at, wall_ms, window);
             if held <= count_goal {
                 // Within the count: only what is past the time goes.
-                if by_time == EXPIRE_PER_COMMIT || !self.past_time(n.value(), at, wall_ms, window) {
+                if by_time == EXPIRE_PER_COMMIT || !past_time {
                     break;
                 }
                 by_time += 1;
+            } else if !past_time {
+                changes.dropped_early += 1;
             }
             expired.push(n.value());
             changes.removed.push(key.to_owned());

@@ -83,6 +83,12 @@ impl Store {
         Ok(self.idempotency_index.len())
     }
 
+    /// Idempotency records dropped since open because the key count reached its bound while
+    /// they were still inside the window's time: a retry of one of them commits again.
+    pub fn idempotency_dropped_early(&self) -> u64 {
+        self.idempotency_index.dropped_early()
+    }
+
     /// The seals of `origin` after `after` up to `upto`, in order.
     pub fn seals(&self, origin: &NodeId, after: u64, upto: u64) -> Result<Vec<Seal>, StoreError> {
         if after >= upto {

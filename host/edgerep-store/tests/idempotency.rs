@@ -96,6 +96,8 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
     assert_eq!(s.idempotency_count().unwrap(), 3);
     assert!(s.idempotency_at("K1", 10_101).unwrap().is_none());
     assert!(s.idempotency_at("K2", 10_101).unwrap().is_some());
+    // K1 went inside its window: counted, for the operator to raise the bound.
+    assert_eq!(s.idempotency_dropped_early(), 1);
     // Past the window's time on the wall clock: K2 goes by the count (K5 makes four). K3 and
     // K4, less than the window old on the monotonic clock (from when this process recorded
     // them, or opened the store), stay: the wall clock stepping forward (NTP on a box that
@@ -119,6 +121,8 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
         held(&["K2", "K3", "K4", "K5"], 11_200),
         [false, true, true, true]
     );
+    // K2 was still inside the window on the monotonic clock.
+    assert_eq!(s.idempotency_dropped_early(), 2);
     // Once the window has passed on both clocks, they go too.
     std::thread::sleep(std::time::Duration::from_millis(1_100));
     s.commit_local_keyed(
@@ -135,6 +139,11 @@ fn records_survive_a_reopen_refuse_a_second_commit_and_expire_oldest_first() {
         [false, false, false, false, true]
     );
     assert_eq!(s.idempotency_count().unwrap(), 1);
+    assert_eq!(
+        s.idempotency_dropped_early(),
+        2,
+        "past both clocks: not early"
+    );
     assert_eq!(s.verify().unwrap(), Ok(()));
 }
 
