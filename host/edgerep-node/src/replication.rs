@@ -469,6 +469,10 @@ pub fn start(
     replicator.load_cursors();
     replicator.set_have(&have);
     replicator.set_compacted(&store_status.compacted);
+    // The status from the start (each configured peer, not connected; the origin gate), not
+    // an empty one until the thread's first turn: a look right after the start must not read
+    // as "no peers, nothing waits".
+    replicator.publish();
     let thread = thread::Builder::new()
         .name("edgerep-replicator".into())
         .spawn(move || replicator.run(rx))

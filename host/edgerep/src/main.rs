@@ -193,6 +193,11 @@ enum Command {
         /// Also recheck the store (changelog without gaps, digest recomputed).
         #[arg(long)]
         verify: bool,
+        /// Exit 4, naming each on stderr, when the node needs an operator: a halted or paused
+        /// collection, replication halted, forks, unreadable origins, local writes waiting, a
+        /// peer not connected or configured otherwise, dead letters, damage found at open.
+        #[arg(long)]
+        check: bool,
     },
     /// Have a running node take in its changed config file without a restart: plugins, transforms
     /// on ingest, new collections, upgrades (`effective_from`), authorization and revocations.
@@ -554,6 +559,82 @@ fn verify_problem(body: &[u8]) -> Option<String> {
     }
 }
 
+/// What in a node's status answer needs an operator (see `status --check`), one line each.
+fn operator_needed(body: &[u8]) -> Vec<String> {
+    let j: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(j) => j,
+        Err(e) => return vec![format!("the node's status answer is not JSON: {e}")],
+    };
+    let mut out = Vec::new();
+    let entries = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v.as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (c, why) in entries(&j["halted_collections"]) {
+        out.push(format!("collection {c:?} is halted: {why}"));
+    }
+    for (c, p) in entries(&j["paused_collections"]) {
+        out.push(format!("collection {c:?} is paused: {p}"));
+    }
+    if let Some(n) = j["dead_letters"].as_u64().filter(|&n| n > 0) {
+        out.push(format!("{n} dead letters wait (edgerep dead-letters list)"));
+    }
+    if j["store_check_at_open"]["damage_found"] == true {
+        out.push("the store's check at open found damage (anti-entropy repairs it from peers; see the log)".into());
+    }
+    let r = &j["replication"];
+    if let Some(h) = r["halted"].as_str() {
+        out.push(format!("replication is halted: {h}"));
+    }
+    if let Some(o) = r["origin_check"].as_str() {
+        out.push(format!("local writes wait: {o}"));
+    }
+    if let Some(n) = r["forks_total"].as_u64().filter(|&n| n > 0) {
+        out.push(format!("{n} forks detected (see replication.forks)"));
+    }
+    for (origin, why) in entries(&r["unreadable"]) {
+        out.push(format!(
+            "the changelog of origin {origin} cannot be read: {why}"
+        ));
+    }
+    for p in r["peers"].as_array().into_iter().flatten() {
+        let id = p["id"].as_str().unwrap_or("?");
+        if p["revoked"] == true {
+            continue;
+        }
+        if p["connected"] == false {
+            let error = p["last_error"]
+                .as_str()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            out.push(format!("peer {id} is not connected{error}"));
+        }
+        if p["mismatches"].as_array().is_some_and(|m| !m.is_empty()) {
+            out.push(format!(
+                "peer {id} is configured otherwise: {}",
+                p["mismatches"]
+            ));
+        }
+        if !p["duplicate_id"].is_null() {
+            out.push(format!(
+                "another machine runs under peer id {id}: {}",
+                p["duplicate_id"]
+            ));
+        }
+    }
+    out
+}
+
 /// Prints one line of a listing to stdout; false once stdout is closed (`edgerep scan | head`),
 /// so the listing stops quietly instead of panicking on a broken pipe.
 pub(crate) fn print_line(line: &str) -> bool {
@@ -846,23 +927,38 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                     flip_byte,
                 },
         } => debug_damage(&config, &collection, &key, flip_byte),
-        Command::Status { config, verify } => {
+        Command::Status {
+            config,
+            verify,
+            check,
+        } => {
             // A failed check is answered 200 with the status (it shows what the node holds),
             // but the command fails: a script reading only the exit code must not see "ok".
             let mut problem = None;
+            let mut needs = Vec::new();
             let code = report(client(&config)?.status(verify), |body| {
                 print_pretty(body);
                 if verify {
                     problem = verify_problem(body);
                 }
-            });
-            match problem {
-                Some(p) if code == 0 => {
-                    eprintln!("edgerep: the store's check failed: {}", one_line(&p));
-                    Ok(EXIT_FAILED)
+                if check {
+                    needs = operator_needed(body);
                 }
-                _ => Ok(code),
+            });
+            if code != 0 {
+                return Ok(code);
             }
+            if let Some(p) = &problem {
+                eprintln!("edgerep: the store's check failed: {}", one_line(p));
+            }
+            for n in &needs {
+                eprintln!("edgerep: check: {}", one_line(n));
+            }
+            Ok(if problem.is_some() || !needs.is_empty() {
+                EXIT_FAILED
+            } else {
+                0
+            })
         }
         Command::Config {
             command: ConfigCommand::Check { file },

@@ -1197,3 +1197,37 @@ fn answers_to_retry_later_and_answers_that_are_not_a_nodes_exit_4() {
     }
     serving.join().unwrap();
 }
+
+/// `status --check` exits 4 naming what needs an operator (a peer not connected, local writes
+/// waiting for it), and 0 once nothing does: a monitoring script reads the exit code only.
+/// Before, `status` exited 0 whatever the node said.
+#[test]
+fn status_check_names_what_needs_an_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = common::cluster(dir.path(), 2);
+    let c1 = configs[0].to_str().unwrap();
+    let n1 = Node::start(&configs[0]);
+    let o = edgerep(&["status", "--config", c1, "--check"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("\"digest\""),
+        "the status is printed too"
+    );
+    let said = stderr(&o);
+    assert!(said.contains("peer node-2 is not connected"), "{said}");
+    assert!(said.contains("local writes wait"), "{said}");
+    // Without --check, the same status exits 0, as before.
+    assert_eq!(edgerep(&["status", "--config", c1]).status.code(), Some(0));
+    let n2 = Node::start(&configs[1]);
+    common::converge(&[&n1, &n2], std::time::Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let o = edgerep(&["status", "--config", c1, "--check"]);
+        if o.status.code() == Some(0) {
+            assert_eq!(stderr(&o), "");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", stderr(&o));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
