@@ -2159,6 +2159,7 @@ async fn status(
         "hlc_last": s.hlc_last.to_string(),
         "dead_letters": s.dead_letters,
         "disagreements": disagreements,
+        "re_resolving": app.store.re_resolving(),
         "idempotency": app.idempotency.to_json(keys_held, app.store.idempotency_dropped_early()),
         "compacted": s.compacted,
         "feed_floor": s.feed_floor,

@@ -394,6 +394,9 @@ impl Reloader {
             .await
             .map_err(ReloadError::Record)?;
         self.store.raise_limits(crate::event_limits(&new))?;
+        // Anti-entropy leaves the upgraded collections' resolutions alone from before the new
+        // wiring decides anything until they are re-resolved (below).
+        self.store.mark_re_resolving(upgraded.iter().cloned());
         // The new wiring and the config the API checks requests against are put in force one
         // right after the other (a request checked by one and run by the other would be
         // judged by rules no start would give it).

@@ -1865,6 +1865,7 @@ impl Replica {
                     out.last = page.next.is_none();
                     out.next = page.next.clone();
                     out.versions = Some(page.clone());
+                    out.page_read_ms = now;
                     page
                 }
             };

@@ -1041,6 +1041,23 @@ fn a_snapshot_holds_the_changelog_only_while_its_pages_are_acknowledged() {
     }
     r.handle_timeout(at + SNAPSHOT_HOLD_MS);
     assert_eq!(held(&r), None, "the page left SNAPSHOT_HOLD_MS ago");
+    // Data leaving renews it for PAGE_CROSSES_WITHIN_MS after the page was read, no longer:
+    // a peer that reads pages and never acknowledges them does not hold compaction for long.
+    let within = crate::session::PAGE_CROSSES_WITHIN_MS;
+    let mut r2 = sending_a_snapshot(4).0;
+    // The page was read at 10; the last renewal is the last look before `within` passed.
+    let last_renewed = 10 + (within - 1) / 10_000 * 10_000;
+    let mut at = 10;
+    while at < 10 + within + 2 * SNAPSHOT_HOLD_MS {
+        at += 10_000;
+        r2.link_busy(&b, at);
+        r2.handle_timeout(at);
+        assert_eq!(
+            held(&r2).is_some(),
+            at < last_renewed + SNAPSHOT_HOLD_MS,
+            "at {at}"
+        );
+    }
     assert_eq!(
         r.peer_view(&b).unwrap().snapshot_sending_page,
         Some(1),

@@ -14,6 +14,10 @@ use crate::have::{self, Have};
 use crate::log::StateCursor;
 use crate::message::Hello;
 
+/// How long a snapshot page may take to cross the link while it holds the changelog for its
+/// snapshot (see [`Session::link_busy`]): a page of 1 MiB at about 14 kbit/s.
+pub(crate) const PAGE_CROSSES_WITHIN_MS: u64 = 600_000;
+
 /// How long after acked last moved the peer's data arriving still holds the go-back-N timer
 /// back (see [`Session::link_receiving`]).
 pub(crate) const ARRIVING_HOLD_MS: u64 = 60_000;
@@ -40,8 +44,10 @@ pub(crate) struct SnapshotOut {
     /// The page sent is the last.
     pub(crate) last: bool,
     /// When the snapshot began, the peer last acknowledged one of its pages, or the page sent
-    /// was last seen leaving over the link.
+    /// was last seen leaving over the link (for [`PAGE_CROSSES_WITHIN_MS`] after it was read).
     pub(crate) moved_ms: u64,
+    /// When the page sent was read (its first send).
+    pub(crate) page_read_ms: u64,
     /// When the snapshot began (kept when it resumes on a new connection).
     pub(crate) began_ms: u64,
     /// Resumed after a lost connection, and no page acknowledged since: if the page sent times
@@ -321,6 +327,7 @@ impl Session {
             sent_at: None,
             last: false,
             moved_ms: now,
+            page_read_ms: now,
             began_ms: now,
             resumed: false,
         });
@@ -607,13 +614,18 @@ impl Session {
         }
         // (Not a page that could not be read: it is read again when its timer fires.) The
         // hold on the changelog is renewed too: on a slow link one page takes longer than
-        // SNAPSHOT_HOLD_MS to cross, and compaction could then pass the snapshot's have.
+        // SNAPSHOT_HOLD_MS to cross, and compaction could then pass the snapshot's have. But
+        // only for PAGE_CROSSES_WITHIN_MS from the page's reading: what leaves may be this
+        // node's other messages, and a peer that reads pages and never acknowledges them
+        // must not hold compaction for long.
         if let Some(out) = self.snapshot_out.as_mut()
             && out.sent_at.is_some()
             && out.versions.is_some()
         {
             out.sent_at = Some(now);
-            out.moved_ms = now;
+            if now.saturating_sub(out.page_read_ms) < PAGE_CROSSES_WITHIN_MS {
+                out.moved_ms = now;
+            }
         }
     }
 

@@ -731,7 +731,9 @@ impl Index {
                     break;
                 }
                 by_time += 1;
-            } else if !past_time {
+            } else if !past_time && window.covers(at, wall_ms) {
+                // Inside the window on both clocks (one older on the wall clock is kept a
+                // window from the start only to be safe: not counted).
                 changes.dropped_early += 1;
             }
             expired.push(n.value());

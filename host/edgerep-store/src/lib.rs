@@ -308,6 +308,42 @@ pub struct ScanPage {
     pub next: Option<Vec<u8>>,
 }
 
+/// Collections whose keys are being resolved again (see [`Store::mark_re_resolving`]).
+#[derive(Debug, Default)]
+pub(crate) struct ReResolving {
+    /// Marked, and no pass over them has reached its end since (a failed pass marks its
+    /// collection again: its keys are half done).
+    pending: BTreeSet<String>,
+    /// Passes under way, per collection (a reload's and a start's may overlap).
+    running: BTreeMap<String, usize>,
+}
+
+impl ReResolving {
+    fn holds(&self, collection: &str) -> bool {
+        self.pending.contains(collection) || self.running.contains_key(collection)
+    }
+
+    /// A pass over `collection` began.
+    pub(crate) fn began(&mut self, collection: &str) {
+        *self.running.entry(collection.to_owned()).or_default() += 1;
+    }
+
+    /// A pass over `collection` ended, at its end (`done`) or by an error.
+    pub(crate) fn ended(&mut self, collection: &str, done: bool) {
+        if let Some(n) = self.running.get_mut(collection) {
+            *n -= 1;
+            if *n == 0 {
+                self.running.remove(collection);
+            }
+        }
+        if done {
+            self.pending.remove(collection);
+        } else {
+            self.pending.insert(collection.to_owned());
+        }
+    }
+}
+
 /// A node's store.
 pub struct Store {
     db: Arc<Database>,
@@ -331,7 +367,7 @@ pub struct Store {
     /// Collections whose keys are being resolved again (an upgraded resolver): anti-entropy
     /// neither settles their resolutions with a peer's nor has a peer settle with this node's
     /// (one side's are still the old resolver's, and the default would win over both).
-    re_resolving: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    re_resolving: std::sync::Mutex<ReResolving>,
     /// How long and how many idempotency records are kept.
     idempotency_window: idempotency::Window,
     /// Idempotency keys held, in memory (see `idempotency.rs`).
@@ -676,13 +712,15 @@ impl Store {
         self
     }
 
-    /// Marks `collections` as being resolved again from now until
-    /// [`StoreWriter::re_resolve`] reaches the end of each: a node marks those its record says
-    /// are unfinished before replication starts, so none is settled with a peer meanwhile.
+    /// Marks `collections` as waiting to be resolved again, from now until a pass of
+    /// [`StoreWriter::re_resolve`] over each reaches its end: a node marks those its record
+    /// says are unfinished before replication starts, and a reload those it upgrades before
+    /// the new resolvers decide anything, so none is settled with a peer meanwhile.
     pub fn mark_re_resolving(&self, collections: impl IntoIterator<Item = String>) {
         self.re_resolving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .pending
             .extend(collections);
     }
 
@@ -691,7 +729,26 @@ impl Store {
         self.re_resolving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(collection)
+            .holds(collection)
+    }
+
+    /// The record of collections being resolved again, to change.
+    pub(crate) fn re_resolving_now(&self) -> std::sync::MutexGuard<'_, ReResolving> {
+        self.re_resolving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The collections being resolved again now (for status).
+    pub fn re_resolving(&self) -> Vec<String> {
+        let r = self.re_resolving.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = r.pending.iter().cloned().collect();
+        out.extend(
+            r.running
+                .keys()
+                .filter(|c| !r.pending.contains(*c))
+                .cloned(),
+        );
+        out.sort();
+        out
     }
 
     /// The store format found when the store was opened (this build's for a new store; a lower

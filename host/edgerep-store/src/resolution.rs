@@ -14,7 +14,6 @@
 
 use edgerep_wire::aae::KeyResolution;
 use edgerep_wire::cbor::{CborError, Reader};
-use edgerep_wire::event::EventLimits;
 use edgerep_wire::value::DecodeLimits;
 use edgerep_wire::{NodeId, Value};
 use minicbor::data::Type;
@@ -330,14 +329,14 @@ pub(crate) struct Settled {
 /// this node's own answers to keep.
 pub(crate) fn settle(
     t: &mut SettleTables<'_, '_>,
-    limits: &EventLimits,
-    rule: &crate::HashRule,
+    store: &crate::Store,
     resolver: &dyn Resolver,
     theirs: &[KeyResolution],
     peer: &NodeId,
-    re_resolving: &dyn Fn(&str) -> bool,
     by_collection: &mut std::collections::BTreeMap<String, crate::retention::CollectionCounts>,
 ) -> Result<Settled, StoreError> {
+    let limits = &store.limits();
+    let rule = &store.rule;
     let mut out = Settled::default();
     let mut ran = 0;
     let started = std::time::Instant::now();
@@ -352,7 +351,7 @@ pub(crate) fn settle(
         // taken yet), or keys one side is still resolving again after an upgrade: their
         // answers may differ for now, and settling would move the key to the default on every
         // node for good. Left for a later session, once both resolve alike.
-        if their.build != resolver.build(collection) || re_resolving(collection) {
+        if their.build != resolver.build(collection) || store.is_re_resolving(collection) {
             continue;
         }
         let Some(row) = t

@@ -855,12 +855,10 @@ impl StoreWriter {
                         index: &mut index,
                         digest: &mut counters.digest,
                     },
-                    &self.limits(),
-                    &self.rule,
+                    self,
                     resolver,
                     r.resolutions,
                     r.peer,
-                    &|c: &str| self.is_re_resolving(c),
                     &mut by_collection,
                 )?;
             }

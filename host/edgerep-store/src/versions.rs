@@ -148,12 +148,15 @@ impl Versions {
 }
 
 /// Whether `later` supersedes `earlier` (two events of one key): its causal context covers
-/// `earlier`, or both are of one origin and `later` came after. An honest origin's context
-/// always covers its own earlier writes to the key (`write.rs` builds it so), so the second
-/// clause changes nothing for honest events. It bounds what a peer holding a valid certificate
-/// can do with contexts that leave its own earlier writes out: the key holds one version per
-/// origin at most, not one per event it sent (a row growing without bound, re-encoded at every
-/// write, soon too large for any message that could repair it).
+/// `earlier`, or both are of one origin and `later` came after. For honest events applied in
+/// causal order (what the store's admission gives: an event waits for what its context names,
+/// and an origin's events are stored in order) the second clause changes nothing: an origin's
+/// earlier write to the key is covered by its later one's context, or was already superseded
+/// by a version that context covers (`write.rs` builds local contexts so). It bounds what a
+/// peer holding a valid certificate can do with contexts that leave its own earlier writes
+/// out: the key holds one version per origin at most, not one per event it sent (a row growing
+/// without bound, re-encoded at every write, soon too large for any message that could repair
+/// it). Rows an older build let grow so are left as they are until the key is written again.
 fn supersedes(later: &EncodedEvent, earlier: &EncodedEvent) -> bool {
     later.context.covers(&earlier.dot())
         || (later.origin == earlier.origin && later.seq > earlier.seq)

@@ -630,12 +630,29 @@ impl StoreWriter {
         after: Option<&[u8]>,
         max_rows: usize,
     ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        if after.is_none() {
+            self.re_resolving_now().began(collection);
+        }
         let Some(resolver) = self.resolver.as_deref() else {
+            self.re_resolving_now().ended(collection, true);
             return Ok((0, None));
         };
-        if after.is_none() {
-            self.mark_re_resolving([collection.to_owned()]);
+        let out = self.re_resolve_page(resolver, collection, after, max_rows);
+        // The pass ends at its last page, or at an error (its caller stops there).
+        if !matches!(out, Ok((_, Some(_)))) {
+            self.re_resolving_now().ended(collection, out.is_ok());
         }
+        out
+    }
+
+    /// One page of [`StoreWriter::re_resolve`].
+    fn re_resolve_page(
+        &self,
+        resolver: &dyn crate::Resolver,
+        collection: &str,
+        after: Option<&[u8]>,
+        max_rows: usize,
+    ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
         let resolves = resolver.resolves(collection);
         let prefix = state_key(collection, b"");
         let start = after.map_or_else(|| prefix.clone(), <[u8]>::to_vec);
@@ -694,12 +711,6 @@ impl StoreWriter {
         };
         txn.commit()?;
         self.aae.apply(&deltas);
-        if next.is_none() {
-            self.re_resolving
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(collection);
-        }
         Ok((changed, next))
     }
 

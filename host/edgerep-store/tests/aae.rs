@@ -290,6 +290,7 @@ fn resolutions_are_not_settled_across_builds_or_while_resolved_again() {
     let mut c = clock();
     x.commit_local(writes("k", 1, 1), &mut c, 1).unwrap();
     y.commit_local(writes("k", 1, 2), &mut c, 2).unwrap();
+    x.commit_local(writes("m", 1, 3), &mut c, 3).unwrap();
     let a = with("a", 0, "v1");
     let b = with("b", 1, "v2");
     let d = with("d", 0, "v2");
@@ -322,8 +323,18 @@ fn resolutions_are_not_settled_across_builds_or_while_resolved_again() {
         0
     );
     assert_eq!(by(&b), "plugin:pick");
-    // Done: the same build answering otherwise is a disagreement again.
+    // Two passes that overlap (a start's and a reload's): marked until the last one ends.
+    let (_, next) = d.re_resolve("c", None, 1).unwrap();
+    assert!(next.is_some(), "two keys, one a page");
     assert_eq!(d.re_resolve("c", None, 100).unwrap().1, None);
+    assert_eq!(d.re_resolving(), ["c"], "the first pass still runs");
+    assert_eq!(
+        told(&b, &d.resolutions_of(&key).unwrap(), &d).disagreements,
+        0
+    );
+    assert_eq!(d.re_resolve("c", next.as_deref(), 100).unwrap().1, None);
+    assert!(d.re_resolving().is_empty());
+    // Done: the same build answering otherwise is a disagreement again.
     let from_d = d.resolutions_of(&key).unwrap();
     assert_eq!(from_d[0].build, "v2");
     assert_eq!(told(&b, &from_d, &d).disagreements, 1);

@@ -583,11 +583,17 @@ fn operator_needed(body: &[u8]) -> Vec<String> {
     for (c, why) in entries(&j["halted_collections"]) {
         out.push(format!("collection {c:?} is halted: {why}"));
     }
-    for (c, p) in entries(&j["paused_collections"]) {
-        out.push(format!("collection {c:?} is paused: {p}"));
+    if let Some(paused) = j["paused_collections"].as_object() {
+        for (c, p) in paused {
+            let reason = p["reason"].as_str().unwrap_or("no reason given");
+            out.push(format!("collection {c:?} is paused: {reason}"));
+        }
     }
     if let Some(n) = j["dead_letters"].as_u64().filter(|&n| n > 0) {
         out.push(format!("{n} dead letters wait (edgerep dead-letters list)"));
+    }
+    if let Some(e) = j["store_check_at_open"]["failed"].as_str() {
+        out.push(format!("the store's check at open failed: {e}"));
     }
     if j["store_check_at_open"]["damage_found"] == true {
         out.push("the store's check at open found damage (anti-entropy repairs it from peers; see the log)".into());

@@ -143,7 +143,8 @@ fn periodic_anti_entropy_repairs_a_node_nobody_asked_about() {
     .unwrap();
     let n1 = Node::start(&configs[0]);
     let n2 = Node::start(&configs[1]);
-    fill(&n1, &n2, 30);
+    // More than 32 keys: a session then opens with the root's children, not its entries.
+    fill(&n1, &n2, 40);
     wait_aae(&n1, "node-2", "a clean session agreed", |a| {
         a["agreed"] == true && a["sessions_total"].as_u64().unwrap_or(0) >= 1
     });

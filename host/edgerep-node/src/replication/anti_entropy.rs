@@ -248,6 +248,9 @@ pub(super) struct AntiEntropy {
     started_at: BTreeMap<NodeId, Instant>,
     /// When the replicator started: what a peer never compared with counts from.
     since: Instant,
+    /// Per peer, the id of its last session this node answered: a message under a new id
+    /// opens one (the whole state compared, whatever ranges it names).
+    answered: BTreeMap<NodeId, u64>,
     /// On-demand requests that came while the store's check at open ran (its sums are not
     /// whole until it ends): started at the first tick after it.
     deferred: Vec<(Option<NodeId>, Instant, oneshot::Sender<Vec<SessionReport>>)>,
@@ -339,6 +342,7 @@ impl AntiEntropy {
             work_budget: BTreeMap::new(),
             started_at: BTreeMap::new(),
             since: Instant::now(),
+            answered: BTreeMap::new(),
             deferred: Vec::new(),
             after_snapshot: BTreeMap::new(),
             merging: BTreeMap::new(),
@@ -848,13 +852,17 @@ impl Replicator {
                 }
                 s.keys_compared_total += step.compared;
                 s.differing_total += differing;
-                // A session of the peer's opens with the whole state (the root range): this
-                // node sees then whether the two states are equal, as the peer does, and says
-                // so too (only the lower id of a pair opens scheduled sessions, so the other
-                // end otherwise never said when the two last agreed).
-                let opening = fingerprints.iter().any(|f| f.node == Node::ROOT)
-                    || items.iter().any(|r| r.node == Node::ROOT);
-                if !mine && opening {
+                // A session of the peer's opens with the whole state (the root's entries, or
+                // its children's fingerprints): this node sees then whether the two states are
+                // equal, as the peer does, and says so too (only the lower id of a pair opens
+                // scheduled sessions, so the other end otherwise never said when the two last
+                // agreed).
+                let opening = !mine && self.anti_entropy.answered.get(peer) != Some(&id);
+                if opening {
+                    self.anti_entropy.answered.insert(peer.clone(), id);
+                }
+                let s = self.anti_entropy.status.entry(peer.clone()).or_default();
+                if opening {
                     let agreed = differing == 0 && !step.has_ranges();
                     let at = wall_ms();
                     s.last_at_ms = Some(at);
