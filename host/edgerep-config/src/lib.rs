@@ -31,6 +31,7 @@
 //! anti_entropy_interval_ms = 60000 # optional: compare states with each peer this often
 //!                            # (jittered; 0: only on demand, `edgerep reconcile`, and after
 //!                            # a snapshot raised this node's floors)
+//! idle_timeout_ms = 10000    # optional, 2000..=600000: a silent peer connection is dead after it
 //!
 //! [[peers]]                  # zero or more
 //! id = "site-b"
@@ -229,6 +230,11 @@ pub struct ReplicationConfig {
     /// to a quarter; 0: only on demand and after a snapshot raised this node's floors (default
     /// 60 s).
     pub anti_entropy_interval_ms: u64,
+    /// A connection to a peer that hears nothing for this long is taken for dead (QUIC's idle
+    /// timeout; keep-alives go every second). Longer on links that drop out for a while (a
+    /// cellular handover, a satellite pass): a dead connection drops what was queued on it,
+    /// read again after the next. 2000..=600000, default 10000.
+    pub idle_timeout_ms: u64,
 }
 
 /// `[replication]` `ca`, `cert`, `key`: the files of a node's mutual-TLS identity, resolved
@@ -606,6 +612,7 @@ impl Config {
                 extra_origins: raw.replication.extra_origins,
                 authenticate: raw.replication.authenticate,
                 anti_entropy_interval_ms: raw.replication.anti_entropy_interval_ms,
+                idle_timeout_ms: raw.replication.idle_timeout_ms,
             },
             peers: raw
                 .peers

@@ -203,6 +203,9 @@ fn default_extra_origins() -> usize {
 fn default_anti_entropy_interval_ms() -> u64 {
     60_000
 }
+fn default_idle_timeout_ms() -> u64 {
+    10_000
+}
 fn default_max_meta_bytes() -> usize {
     DEFAULT_MAX_META_BYTES
 }
@@ -222,6 +225,8 @@ pub(crate) struct RawReplication {
     pub(crate) authenticate: bool,
     #[serde(default = "default_anti_entropy_interval_ms")]
     pub(crate) anti_entropy_interval_ms: u64,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub(crate) idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]

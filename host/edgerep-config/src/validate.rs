@@ -268,6 +268,13 @@ fn check_plugins(raw: &RawConfig) -> Result<(), Violation> {
 }
 
 fn check_listeners(raw: &RawConfig) -> Result<(), Violation> {
+    // Keep-alives go every second: a timeout of 2 s or more lets one be lost.
+    if !(2_000..=600_000).contains(&raw.replication.idle_timeout_ms) {
+        return Err((
+            vec![Seg::Key("replication"), Seg::Key("idle_timeout_ms")],
+            "must be between 2000 and 600000 (milliseconds)".to_owned(),
+        ));
+    }
     if raw.api.listen == raw.replication.listen {
         return Err((
             vec![Seg::Key("replication"), Seg::Key("listen")],

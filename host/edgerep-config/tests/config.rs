@@ -55,6 +55,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.node.id, NodeId::parse("site-a").unwrap());
     assert_eq!(config.node.data_dir, Path::new("/etc/edgerep/data"));
     assert_eq!(config.node.max_clock_skew_ms, 60_000);
+    assert_eq!(config.replication.idle_timeout_ms, 10_000);
     assert_eq!(
         config.api.listen,
         "127.0.0.1:7070".parse::<SocketAddr>().unwrap()
@@ -514,6 +515,18 @@ fn zero_limits() {
     }
     let err = expect_error(&with("[commit]\nmax_events = 0\n"), "commit.max_events");
     assert!(err.message.contains("greater than 0"), "{err}");
+    // The idle timeout leaves room for a lost keep-alive (sent every second), and ten minutes
+    // at most.
+    for bad in ["1999", "600001"] {
+        let err = expect_error(
+            &MINIMAL.replace(
+                "[replication]\n",
+                &format!("[replication]\nidle_timeout_ms = {bad}\n"),
+            ),
+            "replication.idle_timeout_ms",
+        );
+        assert!(err.message.contains("between 2000 and 600000"), "{err}");
+    }
     // A day at most: a peer may push the node's kept clock that far ahead.
     for bad in ["0", "86400001"] {
         let err = expect_error(

@@ -534,7 +534,7 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
         max_body_bytes_in_flight, verify_interval_ms, idempotency_window_ms, idempotency_max_keys);
     let (or, nr) = (&old.replication, &new.replication);
     let replication_keys = keys_of!("replication", or, nr;
-        listen, tls, extra_origins, authenticate, anti_entropy_interval_ms);
+        listen, tls, extra_origins, authenticate, anti_entropy_interval_ms, idle_timeout_ms);
     let commit_keys = keys_of!("commit", old.commit, new.commit; max_events);
     let (ot, nt) = (&old.retention, &new.retention);
     let retention_keys = keys_of!("retention", ot, nt;

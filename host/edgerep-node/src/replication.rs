@@ -379,7 +379,10 @@ pub fn start(
             config.replication.listen,
             identity,
             peers.clone(),
-            TransportConfig::default(),
+            TransportConfig {
+                idle_timeout: Duration::from_millis(config.replication.idle_timeout_ms),
+                ..TransportConfig::default()
+            },
         )
         .map_err(|e| format!("replication.listen: {e}"))?
     };

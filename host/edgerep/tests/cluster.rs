@@ -194,6 +194,48 @@ fn a_partition_heals_and_both_sides_converge() {
     assert_eq!(get(&n1, "orders", "both"), get(&n2, "orders", "both"));
 }
 
+/// A link that drops out for 15 s (a cellular handover, a satellite pass) with
+/// `replication.idle_timeout_ms = 30000`: the connection outlives the dropout (with the default
+/// 10 s it would be dead, and what was queued on it read again after the next), and what was
+/// written meanwhile goes through once the link is back.
+#[test]
+fn a_dropout_shorter_than_the_idle_timeout_keeps_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        std::fs::write(
+            c,
+            text.replacen(
+                "[replication]\n",
+                "[replication]\nidle_timeout_ms = 30000\n",
+                1,
+            ),
+        )
+        .unwrap();
+    }
+    let proxies = proxied(&configs, &[(0, 1), (1, 0)]);
+    let cut = |on: bool| {
+        for p in &proxies {
+            p.cut(on);
+        }
+    };
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put(&n1, "orders", "before", r#"{"x":1}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    cut(true);
+    put(&n1, "orders", "during", r#"{"x":2}"#);
+    std::thread::sleep(Duration::from_secs(15));
+    for n in [&n1, &n2] {
+        let s = status(n);
+        assert_eq!(s["replication"]["peers"][0]["connected"], true, "{s}");
+    }
+    cut(false);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    assert_eq!(get(&n2, "orders", "during"), get(&n1, "orders", "during"));
+}
+
 /// The relay tree on real processes: in a mesh of three each write crosses each link once
 /// (node-3 gets node-1's events from node-1, and node-2 does not relay them to it). When the
 /// node-1 ↔ node-3 link goes silent (its datagrams dropped, the QUIC connection not yet timed
