@@ -751,6 +751,24 @@ impl Config {
         self.plugins.iter().find(|p| p.name == name)
     }
 
+    /// The plugins no declared collection names (as a transform or resolver, in any epoch):
+    /// they load and never run, the likely sign of a forgotten or misspelled name.
+    pub fn unused_plugins(&self) -> Vec<&str> {
+        let used = |name: &str| {
+            self.collections.declared.iter().any(|c| {
+                c.transforms_on_ingest.iter().any(|t| t == name)
+                    || c.epochs().any(|(_, resolver, apply)| {
+                        resolver == name || apply.iter().any(|t| t == name)
+                    })
+            })
+        };
+        self.plugins
+            .iter()
+            .map(|p| p.name.as_str())
+            .filter(|n| !used(n))
+            .collect()
+    }
+
     /// The declared collection called `name`, if any.
     pub fn collection(&self, name: &str) -> Option<&CollectionConfig> {
         self.collections.declared.iter().find(|c| c.name == name)

@@ -469,6 +469,11 @@ fn plugin_mistakes_name_their_key() {
             "invalid plugin name",
         ),
         (
+            format!("[plugins.lww]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\n"),
+            "plugins.lww",
+            "built-in last-writer-wins",
+        ),
+        (
             format!("[plugins.p]\npath = \"\"\nsha256 = \"{SHA}\"\n"),
             "plugins.p.path",
             ".wasm",

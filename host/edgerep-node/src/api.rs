@@ -2150,6 +2150,8 @@ async fn status(
     let mut body = json!({
         "node_id": app.config().node.id.to_string(),
         "version": env!("CARGO_PKG_VERSION"),
+        "protocol": edgerep_replica::PROTOCOL_VERSION,
+        "store_format": edgerep_store::STORE_FORMAT,
         "api": app.api_addr.to_string(),
         "uptime_s": app.started.elapsed().as_secs(),
         "digest": s.digest.to_hex(),

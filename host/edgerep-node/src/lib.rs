@@ -390,6 +390,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     };
     // Plugins first: a bad plugin refuses to start before anything else is opened.
     let pipeline = Arc::new(pipeline::Pipeline::load(&config)?);
+    for name in config.unused_plugins() {
+        tracing::warn!(
+            plugin = name,
+            "plugin {name:?} is loaded but no declared collection names it: it never runs"
+        );
+    }
     let db_path = data_dir.join(STORE_FILE);
     // Collections with transforms on apply hold values that differ between nodes by design:
     // their rows hash on their versions only (see `edgerep_store::HashRule`).

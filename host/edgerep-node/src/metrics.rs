@@ -369,10 +369,17 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             "Whether a session with the peer is up (1) or not (0)",
             per_peer(&|p| Some(f64::from(u8::from(p.connected)))),
         );
+        // A peer not heard from since the start is as old as the node's uptime (at least): a
+        // series left out would hide a peer dead since before a restart from an age alert.
         m.gauges(
             "edgerep_peer_last_contact_age_seconds",
-            "Seconds since the peer was last heard from",
-            per_peer(&|p| p.last_contact_age_ms.map(|ms| ms as f64 / 1000.0)),
+            "Seconds since the peer was last heard from (the node's uptime if not since it started)",
+            per_peer(&|p| {
+                Some(
+                    p.last_contact_age_ms
+                        .map_or(f.uptime_seconds, |ms| ms as f64 / 1000.0),
+                )
+            }),
         );
         m.gauges(
             "edgerep_peer_lag_events",
@@ -381,8 +388,13 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         );
         m.gauges(
             "edgerep_peer_lag_seconds",
-            "Age of the oldest event the peer has not acknowledged",
+            "Age of the oldest event the peer has not acknowledged (at least: where compaction removed some, see edgerep_peer_needs_snapshot)",
             per_peer(&|p| Some(p.lag_seconds)),
+        );
+        m.gauges(
+            "edgerep_peer_needs_snapshot",
+            "Whether the peer lacks events compaction removed here (1): it catches up only by a snapshot, and its lag may be longer than edgerep_peer_lag_seconds says",
+            per_peer(&|p| Some(f64::from(u8::from(p.needs_snapshot)))),
         );
         m.gauges(
             "edgerep_peer_in_flight_events",

@@ -322,7 +322,29 @@ pub fn default_limits() -> Limits {
         fuel: NODE_DEFAULT_FUEL,
         memory_bytes: NODE_DEFAULT_MEMORY_BYTES,
         deadline: std::time::Duration::from_millis(1000),
-        ..Limits::default()
+        events: node_default_event_limits(),
+    }
+}
+
+/// The event limits of a node whose config sets no `[limits]` (`edgerep_node::event_limits`;
+/// the CLI's tests hold the two equal): what a plugin's changes and merged values must fit
+/// there. (It was `EventLimits::default()`, values of 1 MiB: a plugin passed its vectors here
+/// with values of 100 KiB that a node refused on every write, 64 KiB being its default.)
+pub fn node_default_event_limits() -> edgerep_wire::event::EventLimits {
+    let (key, value, meta, context) = (1024, 65_536, 4096, 1024);
+    edgerep_wire::event::EventLimits {
+        // As `edgerep_config::max_event_bytes`: key, value, metadata, a full causal context
+        // (80 bytes an origin), 4096 for the rest.
+        max_event_bytes: key + value + meta + context * 80 + 4096,
+        max_key_bytes: key,
+        max_meta_entries: 16,
+        max_meta_bytes: meta,
+        max_context_entries: context,
+        value: edgerep_wire::value::DecodeLimits {
+            max_bytes: value,
+            max_depth: 32,
+            ..edgerep_wire::value::DecodeLimits::default()
+        },
     }
 }
 

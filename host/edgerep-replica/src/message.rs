@@ -56,6 +56,14 @@ pub const PROTOCOL_VERSION: u32 = 7;
 /// this build reads past), and a build that raises [`PROTOCOL_VERSION`] keeps speaking the
 /// versions down to its minimum. A Hello below [`MIN_PROTOCOL_VERSION`] is refused by its
 /// version alone, before the rest of it is read.
+///
+/// What peers compare must stay comparable too: a policy entry or plugin setting a later
+/// build adds is sent only when its value differs from what builds without it do (this build
+/// takes an entry it lacks for a difference, and refuses the session), and a changed default
+/// is a changed policy. A rule that decides state differently for what honest builds send
+/// (the merge of versions, what a snapshot page must prove) changes with the protocol version,
+/// not under it. (The merge's one-version-per-origin bound differs only for events whose
+/// contexts leave out their origin's own earlier writes, which no honest build sends.)
 pub const MIN_PROTOCOL_VERSION: u32 = 7;
 
 /// Most upgrades one collection's fingerprint may list.

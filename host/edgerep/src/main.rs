@@ -992,6 +992,11 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                         ""
                     }
                 );
+                for name in c.unused_plugins() {
+                    eprintln!(
+                        "edgerep: warning: plugin {name:?} is loaded but no declared collection names it (transforms_on_ingest, transforms_on_apply, resolver, or an upgrade's): it never runs"
+                    );
+                }
                 Ok(0)
             }
             Err(e) => {

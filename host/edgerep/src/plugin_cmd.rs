@@ -179,7 +179,8 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<u8> {
                     fuel,
                     memory_bytes: memory,
                     deadline: Duration::from_millis(deadline_ms),
-                    ..Limits::default()
+                    // What a node that sets no [limits] decodes (values of 64 KiB).
+                    events: edgerep_plugin::conformance::node_default_event_limits(),
                 },
                 params: params.into_iter().collect::<BTreeMap<_, _>>(),
             });
@@ -437,5 +438,6 @@ mod tests {
         let limits = edgerep_plugin::conformance::default_limits();
         assert_eq!(p.fuel, limits.fuel);
         assert_eq!(p.memory_bytes, limits.memory_bytes);
+        assert_eq!(limits.events, edgerep_node::event_limits(&config));
     }
 }

@@ -1231,3 +1231,36 @@ fn status_check_names_what_needs_an_operator() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// A plugin no declared collection names loads and never runs: `config check` says so (a
+/// forgotten `transforms_on_ingest`, a misspelled collection), and stops saying it once a
+/// collection names it.
+#[test]
+fn config_check_warns_of_a_plugin_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-p");
+    let (wasm, sha) = common::built_plugin("passthrough");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let plugin = format!(
+        "\n[plugins.pass]\npath = \"{}\"\nsha256 = \"{sha}\"\n",
+        wasm.display()
+    );
+    std::fs::write(&config, format!("{base}{plugin}")).unwrap();
+    let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(r#"plugin "pass" is loaded but no declared collection names it"#),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[[collections.declared]]\nname = \"c\"\ntransforms_on_ingest = [\"pass\"]\n{plugin}"
+        ),
+    )
+    .unwrap();
+    let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+}

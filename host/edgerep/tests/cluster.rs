@@ -876,6 +876,18 @@ fn a_peer_back_after_compaction_is_brought_up_to_date_from_a_snapshot() {
     );
     let r = agent().get(&n1.url("/v1/watch?after=0")).call().unwrap();
     assert_eq!(r.status(), 410);
+    // node-1's status says node-3 can catch up only by a snapshot now.
+    let node3 = |s: &serde_json::Value| {
+        s["replication"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "node-3")
+            .cloned()
+            .unwrap()
+    };
+    let s = status(&n1);
+    assert_eq!(node3(&s)["needs_snapshot"], true, "{s}");
 
     // node-3 lacks every event: it gets the state instead.
     let n3 = Node::start(&configs[2]);
@@ -907,6 +919,12 @@ fn a_peer_back_after_compaction_is_brought_up_to_date_from_a_snapshot() {
     assert_eq!(get(&n3, "bulk", "a-0002999").1, r#"{"j":2999}"#);
     let log3 = std::fs::read_to_string(&n3.log).unwrap();
     assert!(log3.contains("merged a snapshot page"), "{log3}");
+    // And no longer once node-3 acknowledged the snapshot's have.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node3(&status(&n1))["needs_snapshot"] != false {
+        assert!(Instant::now() < deadline, "{}", status(&n1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Replication goes on with events, in every direction.
     put_many(&n3, "c", 300);

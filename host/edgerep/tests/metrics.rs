@@ -233,3 +233,24 @@ fn conflicts_resolutions_and_plugin_costs_are_counted() {
         "{text}"
     );
 }
+
+/// A peer never heard from since the start has an age (the node's uptime): before, its series
+/// was left out, so an alert on the age missed a peer dead since before a restart.
+#[test]
+fn a_peer_never_heard_from_has_an_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let n1 = Node::start(&configs[0]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = scrape(&n1).1;
+    let age = sample(
+        &text,
+        r#"edgerep_peer_last_contact_age_seconds{peer="node-2"}"#,
+    );
+    let uptime = sample(&text, "edgerep_uptime_seconds").unwrap();
+    assert!(age.is_some_and(|a| a >= 1.0 && a <= uptime), "{text}");
+    assert_eq!(
+        sample(&text, r#"edgerep_peer_connected{peer="node-2"}"#),
+        Some(0.0)
+    );
+}

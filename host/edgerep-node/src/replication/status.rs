@@ -24,8 +24,13 @@ pub struct PeerStatus {
     pub peer_have: Have,
     /// Events this node holds that the peer has not acknowledged.
     pub lag_events: u64,
-    /// Age in seconds of the oldest event the peer lacks (0 when it lacks none).
+    /// Age in seconds of the oldest event the peer lacks (0 when it lacks none). Where
+    /// compaction removed events the peer lacks (`needs_snapshot`), at least the age of the
+    /// oldest event still held past them: the peer may lag by more.
     pub lag_seconds: f64,
+    /// Whether the peer lacks events compaction removed here: it can catch up only by a
+    /// snapshot (of this node's or another peer's state).
+    pub needs_snapshot: bool,
     /// Events sent and not yet acknowledged.
     pub in_flight: u64,
     /// Differences between the peer's configuration and ours (collections, resolvers, plugin
@@ -330,6 +335,11 @@ impl super::Replicator {
                     } else {
                         self.lag_seconds(acked)
                     },
+                    needs_snapshot: self
+                        .core
+                        .compacted()
+                        .iter()
+                        .any(|(o, &floor)| acked.get(o).copied().unwrap_or(0) < floor),
                     in_flight: view.as_ref().map_or(0, |v| v.in_flight_events),
                     mismatches: self.mismatches.get(id).cloned().unwrap_or_default(),
                     last_error: self
