@@ -752,13 +752,15 @@ impl Config {
     }
 
     /// The plugins no declared collection names (as a transform or resolver, in any epoch):
-    /// they load and never run, the likely sign of a forgotten or misspelled name.
+    /// they load and never run, the likely sign of a forgotten or misspelled name. (A plugin
+    /// named `lww` is never a resolver: `resolver = "lww"` is the built-in last-writer-wins.)
     pub fn unused_plugins(&self) -> Vec<&str> {
         let used = |name: &str| {
             self.collections.declared.iter().any(|c| {
                 c.transforms_on_ingest.iter().any(|t| t == name)
                     || c.epochs().any(|(_, resolver, apply)| {
-                        resolver == name || apply.iter().any(|t| t == name)
+                        (resolver == name && resolver != RESOLVER_LWW)
+                            || apply.iter().any(|t| t == name)
                     })
             })
         };

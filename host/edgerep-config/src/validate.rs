@@ -244,14 +244,6 @@ fn check_plugins(raw: &RawConfig) -> Result<(), Violation> {
                 ),
             ));
         }
-        if name == crate::raw::RESOLVER_LWW {
-            return Err((
-                vec![Seg::Key("plugins"), Seg::Name(name.clone())],
-                format!(
-                    "the name {name:?} is the built-in last-writer-wins resolver (`resolver = \"{name}\"` would never run this plugin); give the plugin another name"
-                ),
-            ));
-        }
         if plugin.path.trim().is_empty() {
             return Err((at("path"), "must name the plugin's .wasm file".to_owned()));
         }

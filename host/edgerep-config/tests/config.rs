@@ -469,11 +469,6 @@ fn plugin_mistakes_name_their_key() {
             "invalid plugin name",
         ),
         (
-            format!("[plugins.lww]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\n"),
-            "plugins.lww",
-            "built-in last-writer-wins",
-        ),
-        (
             format!("[plugins.p]\npath = \"\"\nsha256 = \"{SHA}\"\n"),
             "plugins.p.path",
             ".wasm",
@@ -1153,4 +1148,18 @@ fn two_peers_at_one_address_or_a_peer_at_this_nodes_own_are_refused() {
         ))
         .is_ok()
     );
+}
+
+/// A plugin no declared collection names is listed (it loads and never runs), as is one named
+/// `lww` given as a resolver: `resolver = "lww"` is always the built-in last-writer-wins.
+#[test]
+fn plugins_nothing_runs_are_listed() {
+    let text = with(&format!(
+        "[plugins.lww]\npath = \"a.wasm\"\nsha256 = \"{SHA}\"\n\
+         [plugins.spare]\npath = \"b.wasm\"\nsha256 = \"{SHA}\"\n\
+         [plugins.used]\npath = \"c.wasm\"\nsha256 = \"{SHA}\"\n\
+         [[collections.declared]]\nname = \"c\"\nresolver = \"lww\"\ntransforms_on_ingest = [\"used\"]\n"
+    ));
+    let config = parse(&text).unwrap();
+    assert_eq!(config.unused_plugins(), ["lww", "spare"]);
 }

@@ -1186,6 +1186,9 @@ impl Replicator {
             return;
         }
         self.links_seen_at = Instant::now();
+        let stuck_limit = STUCK_LIMIT.max(Duration::from_millis(
+            self.config.replication.idle_timeout_ms,
+        ));
         let mut stuck = Vec::new();
         for (peer, live) in &mut self.conns {
             self.core.set_link_rtt(peer, live.conn.rtt_ms());
@@ -1202,11 +1205,12 @@ impl Replicator {
             }
             live.frames_received_seen = received;
             // Frames waiting and none leaving: the peer's flow control holds them (it does
-            // not read). Its link is closed after STUCK_LIMIT (the peer may dial again and
-            // resume); else it would count as busy, and hold retention, for as long as it
-            // keeps the connection open.
+            // not read), or the link dropped out. Its link is closed after STUCK_LIMIT, or the
+            // idle timeout if longer (a dropout the operator allows for must not end it
+            // sooner); the peer may dial again and resume. Else it would count as busy, and
+            // hold retention, for as long as it keeps the connection open.
             if queued && !moving {
-                if live.stuck_since.get_or_insert_with(Instant::now).elapsed() > STUCK_LIMIT {
+                if live.stuck_since.get_or_insert_with(Instant::now).elapsed() > stuck_limit {
                     stuck.push(peer.clone());
                 }
             } else {
@@ -1216,7 +1220,7 @@ impl Replicator {
         for peer in stuck {
             let reason = format!(
                 "the peer is not reading: nothing queued for it left for {} s",
-                STUCK_LIMIT.as_secs()
+                stuck_limit.as_secs()
             );
             tracing::warn!(peer = %peer, "{reason}");
             self.last_error.insert(peer.clone(), reason.clone());

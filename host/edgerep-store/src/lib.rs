@@ -311,35 +311,50 @@ pub struct ScanPage {
 /// Collections whose keys are being resolved again (see [`Store::mark_re_resolving`]).
 #[derive(Debug, Default)]
 pub(crate) struct ReResolving {
-    /// Marked, and no pass over them has reached its end since (a failed pass marks its
-    /// collection again: its keys are half done).
-    pending: BTreeSet<String>,
-    /// Passes under way, per collection (a reload's and a start's may overlap).
-    running: BTreeMap<String, usize>,
+    /// Per collection marked, the mark's number: it waits until a pass that began after the
+    /// mark reaches its end (a failed pass marks its collection again: its keys are half done).
+    pending: BTreeMap<String, u64>,
+    /// Per collection, the number of the last mark when each pass under way began, oldest
+    /// first (a reload's and a start's may overlap).
+    running: BTreeMap<String, std::collections::VecDeque<u64>>,
+    /// Marks made so far.
+    marks: u64,
 }
 
 impl ReResolving {
     fn holds(&self, collection: &str) -> bool {
-        self.pending.contains(collection) || self.running.contains_key(collection)
+        self.pending.contains_key(collection) || self.running.contains_key(collection)
+    }
+
+    fn mark(&mut self, collections: impl IntoIterator<Item = String>) {
+        self.marks += 1;
+        for c in collections {
+            self.pending.insert(c, self.marks);
+        }
     }
 
     /// A pass over `collection` began.
     pub(crate) fn began(&mut self, collection: &str) {
-        *self.running.entry(collection.to_owned()).or_default() += 1;
+        self.running
+            .entry(collection.to_owned())
+            .or_default()
+            .push_back(self.marks);
     }
 
-    /// A pass over `collection` ended, at its end (`done`) or by an error.
+    /// A pass over `collection` ended, at its end (`done`) or by an error. (Passes of one
+    /// collection are taken to end in the order they began; one ending out of order only
+    /// keeps the mark longer.)
     pub(crate) fn ended(&mut self, collection: &str, done: bool) {
-        if let Some(n) = self.running.get_mut(collection) {
-            *n -= 1;
-            if *n == 0 {
-                self.running.remove(collection);
-            }
+        let began_after = self.running.get_mut(collection).and_then(|q| q.pop_front());
+        if self.running.get(collection).is_some_and(|q| q.is_empty()) {
+            self.running.remove(collection);
         }
-        if done {
+        if !done {
+            self.mark([collection.to_owned()]);
+        } else if let (Some(&mark), Some(began)) = (self.pending.get(collection), began_after)
+            && mark <= began
+        {
             self.pending.remove(collection);
-        } else {
-            self.pending.insert(collection.to_owned());
         }
     }
 }
@@ -720,8 +735,7 @@ impl Store {
         self.re_resolving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .pending
-            .extend(collections);
+            .mark(collections);
     }
 
     /// Whether `collection`'s keys are being resolved again (see [`Store::mark_re_resolving`]).
@@ -740,11 +754,11 @@ impl Store {
     /// The collections being resolved again now (for status).
     pub fn re_resolving(&self) -> Vec<String> {
         let r = self.re_resolving.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<String> = r.pending.iter().cloned().collect();
+        let mut out: Vec<String> = r.pending.keys().cloned().collect();
         out.extend(
             r.running
                 .keys()
-                .filter(|c| !r.pending.contains(*c))
+                .filter(|c| !r.pending.contains_key(*c))
                 .cloned(),
         );
         out.sort();

@@ -334,6 +334,14 @@ fn resolutions_are_not_settled_across_builds_or_while_resolved_again() {
     );
     assert_eq!(d.re_resolve("c", next.as_deref(), 100).unwrap().1, None);
     assert!(d.re_resolving().is_empty());
+    // A mark made while a pass runs (a reload's upgrade during a start's pass) outlives that
+    // pass, which decided part of the keys under the wiring before it.
+    let (_, next) = d.re_resolve("c", None, 1).unwrap();
+    d.mark_re_resolving(["c".to_owned()]);
+    assert_eq!(d.re_resolve("c", next.as_deref(), 100).unwrap().1, None);
+    assert_eq!(d.re_resolving(), ["c"], "marked after that pass began");
+    assert_eq!(d.re_resolve("c", None, 100).unwrap().1, None);
+    assert!(d.re_resolving().is_empty());
     // Done: the same build answering otherwise is a disagreement again.
     let from_d = d.resolutions_of(&key).unwrap();
     assert_eq!(from_d[0].build, "v2");

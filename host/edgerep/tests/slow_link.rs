@@ -90,7 +90,7 @@ fn a_backlog_crosses_a_link_slower_than_the_resend_timer_without_resends() {
 /// their acknowledgements travel behind node-2's 2,000 (about 35 s of them). Before, node-1's
 /// resend timer fired again and again while they were on their way: its window went 4 more
 /// times (400 events resent; caught up in 49 s). Now node-2's data arriving holds the timer
-/// back: none went again in four runs (40 s). At most one resend is allowed here, for a stall
+/// back: none went again in two runs (40 s). At most one resend is allowed here, for a stall
 /// of the shaped link longer than the timer.
 #[test]
 fn backlogs_both_ways_cross_a_slow_link_without_resends() {

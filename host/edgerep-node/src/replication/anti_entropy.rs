@@ -857,7 +857,15 @@ impl Replicator {
                 // equal, as the peer does, and says so too (only the lower id of a pair opens
                 // scheduled sessions, so the other end otherwise never said when the two last
                 // agreed).
-                let opening = !mine && self.anti_entropy.answered.get(peer) != Some(&id);
+                // (The shape too: a late answer to a session of this node's that ended, under
+                // an id not its current one, covers part of the state only.)
+                let whole_state =
+                    (fingerprints.is_empty() && items.len() == 1 && items[0].node == Node::ROOT)
+                        || (items.is_empty()
+                            && fingerprints.len() == Node::ROOT.children().len()
+                            && fingerprints.iter().all(|f| f.node.level == 1));
+                let opening =
+                    !mine && whole_state && self.anti_entropy.answered.get(peer) != Some(&id);
                 if opening {
                     self.anti_entropy.answered.insert(peer.clone(), id);
                 }
