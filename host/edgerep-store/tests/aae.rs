@@ -148,7 +148,7 @@ fn told(
 
 /// A resolver that picks version `pick` (a stand-in for a plugin; two nodes given different
 /// `pick`s resolve the same versions differently under one build, as a plugin that is not
-/// deterministic could).
+/// deterministic could), under build `build-1`.
 struct Pick(usize);
 
 impl edgerep_store::Resolver for Pick {
@@ -260,7 +260,7 @@ struct Built(usize, &'static str);
 
 impl edgerep_store::Resolver for Built {
     fn resolves(&self, collection: &str) -> bool {
-        collection == "c"
+        Pick(self.0).resolves(collection)
     }
 
     fn resolve(
@@ -269,7 +269,7 @@ impl edgerep_store::Resolver for Built {
         key: &[u8],
         versions: &edgerep_store::Versions,
     ) -> edgerep_store::Resolution {
-        edgerep_store::Resolver::resolve(&Pick(self.0), collection, key, versions)
+        Pick(self.0).resolve(collection, key, versions)
     }
 
     fn build(&self, _collection: &str) -> String {

@@ -21,6 +21,21 @@ fn damage(config: &Path, key: &str, flip: bool) -> std::process::Output {
     common::damage(config, "c", key, flip)
 }
 
+/// Has the node of `config` start a session with each peer every 300-375 ms (a pair's lower id
+/// starts them).
+fn comparing_often(config: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replacen(
+            "[replication]\n",
+            "[replication]\nanti_entropy_interval_ms = 300\n",
+            1,
+        ),
+    )
+    .unwrap();
+}
+
 /// Waits until `check` holds on `node`'s anti-entropy status for `peer`.
 fn wait_aae(node: &Node, peer: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -130,17 +145,7 @@ fn damage_is_found_at_restart_and_repaired_on_demand() {
 fn periodic_anti_entropy_repairs_a_node_nobody_asked_about() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    // node-1 (the lower id) starts a session every 300-375 ms.
-    let text = std::fs::read_to_string(&configs[0]).unwrap();
-    std::fs::write(
-        &configs[0],
-        text.replacen(
-            "[replication]\n",
-            "[replication]\nanti_entropy_interval_ms = 300\n",
-            1,
-        ),
-    )
-    .unwrap();
+    comparing_often(&configs[0]);
     let n1 = Node::start(&configs[0]);
     let n2 = Node::start(&configs[1]);
     // More than 32 keys: a session then opens with the root's children, not its entries.
@@ -169,16 +174,7 @@ fn periodic_anti_entropy_repairs_a_node_nobody_asked_about() {
 fn a_node_busy_from_its_start_is_still_compared() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    let text = std::fs::read_to_string(&configs[0]).unwrap();
-    std::fs::write(
-        &configs[0],
-        text.replacen(
-            "[replication]\n",
-            "[replication]\nanti_entropy_interval_ms = 300\n",
-            1,
-        ),
-    )
-    .unwrap();
+    comparing_often(&configs[0]);
     let n1 = Node::start(&configs[0]);
     let n2 = Node::start(&configs[1]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::proxy::proxied;
+use common::proxy::{Proxy, proxied};
 use common::{Node, agent, batch, built_plugin, cluster, converge, get, put, status, traffic};
 
 /// Writes `n` events in batches of 500 on `node`; returns the last seq.
@@ -151,22 +151,30 @@ fn a_killed_node_catches_up_and_nothing_acknowledged_is_lost() {
     }
 }
 
-#[test]
-fn a_partition_heals_and_both_sides_converge() {
-    let dir = tempfile::tempdir().unwrap();
-    let configs = cluster(dir.path(), 2);
-    // node-1 dials node-2 (the lower id dials), and node-2 dials node-1 once when it starts:
-    // route both through proxies, cut together.
-    let proxies = proxied(&configs, &[(0, 1), (1, 0)]);
-    let cut = |on: bool| {
-        for p in &proxies {
-            p.cut(on);
-        }
-    };
+/// node-1 and node-2 of `configs`, each link through a proxy (node-1 dials node-2, the lower id
+/// dials, and node-2 dials node-1 once when it starts), started and converged on one write.
+fn proxied_pair(configs: &[std::path::PathBuf]) -> (Vec<Proxy>, Node, Node) {
+    let proxies = proxied(configs, &[(0, 1), (1, 0)]);
     let n1 = Node::start(&configs[0]);
     let n2 = Node::start(&configs[1]);
     put(&n1, "orders", "before", r#"{"x":1}"#);
     converge(&[&n1, &n2], Duration::from_secs(30));
+    (proxies, n1, n2)
+}
+
+/// Cuts every link of `proxies` together (every datagram dropped), or mends them.
+fn cut_all(proxies: &[Proxy], on: bool) {
+    for p in proxies {
+        p.cut(on);
+    }
+}
+
+#[test]
+fn a_partition_heals_and_both_sides_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (proxies, n1, n2) = proxied_pair(&configs);
+    let cut = |on: bool| cut_all(&proxies, on);
 
     cut(true);
     put_many(&n1, "left", 1500);
@@ -214,16 +222,8 @@ fn a_dropout_shorter_than_the_idle_timeout_keeps_the_connection() {
         )
         .unwrap();
     }
-    let proxies = proxied(&configs, &[(0, 1), (1, 0)]);
-    let cut = |on: bool| {
-        for p in &proxies {
-            p.cut(on);
-        }
-    };
-    let n1 = Node::start(&configs[0]);
-    let n2 = Node::start(&configs[1]);
-    put(&n1, "orders", "before", r#"{"x":1}"#);
-    converge(&[&n1, &n2], Duration::from_secs(30));
+    let (proxies, n1, n2) = proxied_pair(&configs);
+    let cut = |on: bool| cut_all(&proxies, on);
     cut(true);
     put(&n1, "orders", "during", r#"{"x":2}"#);
     std::thread::sleep(Duration::from_secs(15));
