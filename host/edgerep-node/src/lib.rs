@@ -71,7 +71,7 @@ pub enum NodeError {
     },
     /// The store file is no store this node can open.
     #[error(
-        "{path} (in node.data_dir) is not a store this node can open ({source}): restore another backup, or move the file aside and start on an empty store, which its peers fill again"
+        "{path} (in node.data_dir) is not a store this node can open ({source}): if another edgerep build wrote it (a rollback to a build whose storage engine reads an older file version), run that build on it; else restore another backup, or move the file aside and start on an empty store, which its peers fill again"
     )]
     NotAStore {
         /// The redb file.

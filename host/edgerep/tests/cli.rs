@@ -1041,7 +1041,9 @@ fn a_second_node_on_a_data_directory_and_port_0_are_refused_by_name() {
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("is not a store this node can open") && err.contains("backup"),
+        err.contains("is not a store this node can open")
+            && err.contains("backup")
+            && err.contains("another edgerep build wrote it"),
         "{err}"
     );
     let zero = dir.path().join("zero.toml");
