@@ -148,8 +148,8 @@ fn told(
 
 /// A resolver that picks version `pick` (a stand-in for a plugin; two nodes given different
 /// `pick`s resolve the same versions differently under one build, as a plugin that is not
-/// deterministic could), under build `build-1`.
-struct Pick(usize);
+/// deterministic could), under the build named second.
+struct Pick(usize, &'static str);
 
 impl edgerep_store::Resolver for Pick {
     fn resolves(&self, collection: &str) -> bool {
@@ -171,14 +171,14 @@ impl edgerep_store::Resolver for Pick {
     }
 
     fn build(&self, _collection: &str) -> String {
-        "build-1".into()
+        self.1.into()
     }
 }
 
 #[test]
 fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree() {
     let with = |id: &str, pick: usize| {
-        StoreWriter::new(memory_store(id).with_resolver(std::sync::Arc::new(Pick(pick))))
+        StoreWriter::new(memory_store(id).with_resolver(std::sync::Arc::new(Pick(pick, "build-1"))))
     };
     // x and y write the same key concurrently; a and b receive both, and resolve them
     // differently (a picks the first version, b the second).
@@ -255,28 +255,6 @@ fn resolutions_are_kept_compared_and_settled_on_the_default_when_nodes_disagree(
     );
 }
 
-/// [`Pick`] under a build name of its own.
-struct Built(usize, &'static str);
-
-impl edgerep_store::Resolver for Built {
-    fn resolves(&self, collection: &str) -> bool {
-        Pick(self.0).resolves(collection)
-    }
-
-    fn resolve(
-        &self,
-        collection: &str,
-        key: &[u8],
-        versions: &edgerep_store::Versions,
-    ) -> edgerep_store::Resolution {
-        Pick(self.0).resolve(collection, key, versions)
-    }
-
-    fn build(&self, _collection: &str) -> String {
-        self.1.into()
-    }
-}
-
 /// Nodes whose resolvers are not the same build (an upgrade one of them has not taken yet),
 /// or one still resolving its keys again after an upgrade, answer differently for now: their
 /// resolutions are left as they are, not settled on the default (which every node would then
@@ -284,7 +262,7 @@ impl edgerep_store::Resolver for Built {
 #[test]
 fn resolutions_are_not_settled_across_builds_or_while_resolved_again() {
     let with = |id: &str, pick: usize, build: &'static str| {
-        StoreWriter::new(memory_store(id).with_resolver(std::sync::Arc::new(Built(pick, build))))
+        StoreWriter::new(memory_store(id).with_resolver(std::sync::Arc::new(Pick(pick, build))))
     };
     let (x, y) = (memory("x"), memory("y"));
     let mut c = clock();
@@ -380,7 +358,7 @@ impl edgerep_store::Resolver for Failing {
             self.fails.store(left - 1, Relaxed);
             return edgerep_store::Resolution::fallback(versions, "pick");
         }
-        Pick(0).resolve(collection, key, versions)
+        Pick(0, "build-0").resolve(collection, key, versions)
     }
 
     fn build(&self, _collection: &str) -> String {
@@ -767,7 +745,8 @@ impl edgerep_store::Resolver for Switch {
         key: &[u8],
         versions: &edgerep_store::Versions,
     ) -> edgerep_store::Resolution {
-        Pick(self.0.load(std::sync::atomic::Ordering::Relaxed)).resolve(collection, key, versions)
+        Pick(self.0.load(std::sync::atomic::Ordering::Relaxed), "build-1")
+            .resolve(collection, key, versions)
     }
 
     fn build(&self, _collection: &str) -> String {
@@ -779,7 +758,8 @@ impl edgerep_store::Resolver for Switch {
 fn kept_resolutions_are_decided_again_page_by_page_after_the_resolver_changes() {
     let switch = std::sync::Arc::new(Switch(0.into()));
     let a = StoreWriter::new(memory_store("a").with_resolver(switch.clone()));
-    let b = StoreWriter::new(memory_store("b").with_resolver(std::sync::Arc::new(Pick(1))));
+    let b =
+        StoreWriter::new(memory_store("b").with_resolver(std::sync::Arc::new(Pick(1, "build-1"))));
     let (x, y) = (memory("x"), memory("y"));
     let mut c = clock();
     // Five keys written concurrently by x and y: five keys with two versions each.

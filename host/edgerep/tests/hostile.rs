@@ -642,13 +642,7 @@ fn a_made_up_claim_on_a_nodes_own_events_does_not_hold_its_writes_back() {
         "{log}"
     );
     // An operator's alert sees it too.
-    let metrics = agent()
-        .get(&n1.url("/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = common::metrics(&n1);
     assert!(
         metrics.contains("\nedgerep_local_writes_waiting 1.0\n"),
         "{metrics}"
@@ -2092,8 +2086,7 @@ fn events_stamped_far_ahead_are_applied_counted_and_logged() {
     let m = h.sealed(vec![e]);
     h.send(&m).unwrap();
     wait_for_key(&n1, "future", "the event stamped ahead is applied");
-    let mut r = agent().get(&n1.url("/metrics")).call().unwrap();
-    let text = r.body_mut().read_to_string().unwrap();
+    let text = common::metrics(&n1);
     assert!(
         text.lines()
             .any(|l| l == "edgerep_clock_skewed_events_total 1"),

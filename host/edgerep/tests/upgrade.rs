@@ -175,13 +175,7 @@ fn a_rolling_resolver_upgrade_with_writes_going_on_ends_without_drift() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(paused["from_ms"], upgrade_at, "{paused:?}");
-    let metrics = agent()
-        .get(&nodes[2].url("/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = common::metrics(&nodes[2]);
     assert!(
         metrics.contains(r#"edgerep_collection_stopped{collection="tally",why="paused"} 1"#),
         "{metrics}"

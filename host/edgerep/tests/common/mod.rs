@@ -273,6 +273,13 @@ pub fn status(node: &Node) -> serde_json::Value {
     node.status()
 }
 
+/// The node's `GET /metrics` text.
+pub fn metrics(node: &Node) -> String {
+    let mut r = agent().get(&node.url("/metrics")).call().unwrap();
+    assert_eq!(r.status(), 200);
+    r.body_mut().read_to_string().unwrap()
+}
+
 /// Waits until every node reports the same digest and the same per-origin counts, and each
 /// store verifies; panics with the statuses after `limit`.
 /// Per node, the sum over its peers of a `traffic` counter in its status `s`.
