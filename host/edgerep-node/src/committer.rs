@@ -667,22 +667,30 @@ impl Committer {
                             continue;
                         }
                         Request::SyncNow { reply } => {
+                            // Nothing deferred since the last sync: nothing to sync (a peer
+                            // asking for snapshot pages must not buy an fsync each).
+                            if !durable.unsynced {
+                                let _ = reply.send(Ok(()));
+                                continue;
+                            }
                             let started = std::time::Instant::now();
                             let result = store.sync().map_err(|e| failed(&e));
                             if result.is_ok() {
                                 metrics.sync(started.elapsed().as_secs_f64());
-                                if durable.unsynced {
-                                    synced(&mut durable, &mut have, Sync::Immediate);
-                                    hook(&have);
-                                }
+                                synced(&mut durable, &mut have, Sync::Immediate);
+                                hook(&have);
                             }
                             let _ = reply.send(result);
                             continue;
                         }
                         Request::SavePeerCursor { peer, have: theirs } => {
-                            if let Err(e) = store.save_peer_cursor(peer.as_str(), &theirs) {
-                                tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
-                                failed(&e);
+                            match store.save_peer_cursor(peer.as_str(), &theirs) {
+                                // Not synced (a cursor is advice): the next sync takes it.
+                                Ok(()) => durable.unsynced = true,
+                                Err(e) => {
+                                    tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
+                                    failed(&e);
+                                }
                             }
                             continue;
                         }

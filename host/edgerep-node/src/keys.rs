@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use edgerep_config::Config;
 use edgerep_store::KeyError;
@@ -23,6 +25,52 @@ pub struct NodeKeys {
     /// Signatures checked lately: a connection's reader checks a batch's seals where it
     /// decodes them, and the committer's check of the same seal finds it here.
     verified: Mutex<Verified>,
+    /// Certificates refused lately, so that a peer sending one again does not buy another
+    /// parse and signature check.
+    refused: Mutex<Refused>,
+    /// Certificates checked against the CA (parsed and their signature verified), for tests.
+    checked: AtomicU64,
+}
+
+/// How many refused certificates [`NodeKeys`] remembers, and for how long: a certificate not
+/// yet valid may become valid, so a refusal is not kept for good.
+const REFUSED_KEPT: usize = 256;
+const REFUSED_FOR: Duration = Duration::from_secs(60);
+
+/// Certificates refused lately: BLAKE3 of the origin they were sent under and their DER, with
+/// when and why (the oldest is forgotten first).
+#[derive(Default)]
+struct Refused {
+    why: std::collections::HashMap<[u8; 32], (Instant, KeyError)>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Refused {
+    fn key(origin: &NodeId, cert: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&(origin.as_str().len() as u64).to_le_bytes());
+        h.update(origin.as_str().as_bytes());
+        h.update(cert);
+        *h.finalize().as_bytes()
+    }
+
+    fn get(&self, key: &[u8; 32], now: Instant) -> Option<KeyError> {
+        self.why
+            .get(key)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < REFUSED_FOR)
+            .map(|(_, e)| e.clone())
+    }
+
+    fn insert(&mut self, key: [u8; 32], now: Instant, why: KeyError) {
+        if self.why.insert(key, (now, why)).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > REFUSED_KEPT
+                && let Some(old) = self.order.pop_front()
+            {
+                self.why.remove(&old);
+            }
+        }
+    }
 }
 
 /// How many checked signatures [`NodeKeys`] remembers (the oldest is forgotten first).
@@ -67,6 +115,25 @@ fn revocations(config: &Config) -> BTreeMap<NodeId, u64> {
         .collect()
 }
 
+impl NodeKeys {
+    /// Checks `cert` as `origin`'s: its name first (a parse: a certificate under another
+    /// origin's name costs no signature check), then its chain to the CA.
+    fn check_cert(&self, origin: &NodeId, cert: &[u8]) -> Result<NodeKey, KeyError> {
+        self.checked.fetch_add(1, Ordering::Relaxed);
+        let named = edgerep_transport::certs::node_id_of(cert)
+            .map_err(|e| KeyError::BadCertificate(e.to_string()))?;
+        if named != *origin {
+            return Err(KeyError::OtherNode {
+                origin: origin.clone(),
+                named,
+            });
+        }
+        self.verifier
+            .check_cert(cert)
+            .map_err(|e| KeyError::BadCertificate(e.to_string()))
+    }
+}
+
 impl std::fmt::Debug for NodeKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeKeys")
@@ -107,6 +174,8 @@ impl NodeKeys {
             known,
             revoked: Mutex::new(revocations(config)),
             verified: Mutex::default(),
+            refused: Mutex::default(),
+            checked: AtomicU64::new(0),
         })
     }
 
@@ -200,20 +269,22 @@ impl edgerep_store::Keys for NodeKeys {
                 return Ok(());
             }
         }
-        // The name first (a parse): a certificate under another origin's name costs no
-        // signature check.
-        let named = edgerep_transport::certs::node_id_of(cert)
-            .map_err(|e| KeyError::BadCertificate(e.to_string()))?;
-        if named != *origin {
-            return Err(KeyError::OtherNode {
-                origin: origin.clone(),
-                named,
-            });
+        let refused_key = Refused::key(origin, cert);
+        let now = Instant::now();
+        if let Some(why) = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&refused_key, now)
+        {
+            return Err(why);
         }
-        let key = self
-            .verifier
-            .check_cert(cert)
-            .map_err(|e| KeyError::BadCertificate(e.to_string()))?;
+        let key = self.check_cert(origin, cert).inspect_err(|why| {
+            self.refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(refused_key, now, why.clone());
+        })?;
         // `check_cert` names the node as `node_id_of` did: `key.node` is `origin`.
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.insert(origin.clone(), (key, cert.to_vec()));
@@ -279,6 +350,42 @@ mod tests {
         ));
         let signature = forged.sign(b"m").unwrap();
         assert!(two.verify(&node3, 1, b"m", &signature).is_err());
+    }
+
+    /// A peer sending the same bad certificate again (each message may carry it) buys no
+    /// second check; the same bytes under another origin's name, or another certificate, are
+    /// checked; a good certificate is learnt as before.
+    #[test]
+    fn a_refused_certificate_is_not_checked_again() {
+        let ca = Ca::generate("test").unwrap();
+        let other_ca = Ca::generate("other").unwrap();
+        let one = keys_of(&ca, "node-1");
+        let two = keys_of(&ca, "node-2");
+        let forged = keys_of(&other_ca, "node-3");
+        let node3 = NodeId::parse("node-3").unwrap();
+        let node4 = NodeId::parse("node-4").unwrap();
+        let checked = || two.checked.load(Ordering::Relaxed);
+        let first = two.learn(&node3, forged.own_cert()).unwrap_err();
+        assert!(matches!(first, KeyError::BadCertificate(_)), "{first:?}");
+        assert_eq!(checked(), 1);
+        for _ in 0..100 {
+            assert_eq!(two.learn(&node3, forged.own_cert()).unwrap_err(), first);
+        }
+        assert_eq!(checked(), 1, "the refusal was remembered");
+        assert!(matches!(
+            two.learn(&node4, forged.own_cert()),
+            Err(KeyError::OtherNode { .. })
+        ));
+        assert_eq!(checked(), 2);
+        let node1 = NodeId::parse("node-1").unwrap();
+        two.learn(&node1, one.own_cert()).unwrap();
+        assert_eq!(checked(), 3);
+        two.learn(&node1, one.own_cert()).unwrap();
+        assert_eq!(
+            checked(),
+            3,
+            "a known certificate is not checked again either"
+        );
     }
 
     #[test]

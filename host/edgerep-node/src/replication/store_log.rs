@@ -87,9 +87,11 @@ impl Log for StoreLog {
                 reason: other.to_string(),
             },
         };
+        // Rows past the byte budget are not decoded: a batch of large events reads about
+        // `max_bytes`, not `max_events` of them.
         let events = self
             .store
-            .changelog(origin.as_str(), after, max_events)
+            .changelog_page(origin.as_str(), after, max_events, max_bytes)
             .map_err(storage)?;
         let mut bytes = 0usize;
         let mut out = Vec::with_capacity(events.len());
