@@ -40,6 +40,21 @@ pub fn issue(ca_dir: &Path, node_id: &str, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `edgerep certs node --renew`: a new certificate for the node's key in `out` (see
+/// [`edgerep_transport::certs::renew_node_files`]).
+pub fn renew(ca_dir: &Path, node_id: &str, out: &Path) -> anyhow::Result<()> {
+    NodeId::parse(node_id).context("--node-id")?;
+    let ca = Ca::load(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"))
+        .with_context(|| format!("loading the CA from {}", ca_dir.display()))?;
+    edgerep_transport::certs::renew_node_files(out, &ca, node_id)
+        .with_context(|| format!("renewing the certificate in {}", out.display()))?;
+    println!(
+        "wrote {0}/ca.pem and {0}/node.pem for node {node_id}, for its key {0}/node.key (kept); restart the node to present them",
+        out.display()
+    );
+    Ok(())
+}
+
 /// The `node-*` directories in `dir`.
 fn node_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -2166,7 +2166,13 @@ async fn status(
         "compacted": s.compacted,
         "feed_floor": s.feed_floor,
         "collections": collections_json(&app.config().collections),
+        "last_reload_error": app.reloader.last_error(),
     });
+    body["collections_not_declared"] =
+        match crate::collections_not_declared(&app.store, &app.config()) {
+            Ok(names) => json!(names),
+            Err(e) => json!(format!("cannot be listed: {e}")),
+        };
     body["store_check_at_open"] = match app.store.open_check_now() {
         Some(Ok(check)) => json!({
             "damage_found": check.found_damage(),

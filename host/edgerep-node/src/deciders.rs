@@ -62,6 +62,11 @@ fn parse(record: &str) -> Option<Entries> {
     }
 }
 
+/// Whether the `before` record names `collection` (it was declared when the record was made).
+pub fn recorded(before: &str, collection: &str) -> bool {
+    collection != RECORD_VERSION && parse(before).is_some_and(|e| e.contains_key(collection))
+}
+
 /// How `config` changes what decided the collections of the `before` record, for each
 /// collection `holds` says the store has keys of: one line per change, empty if none. A record
 /// that cannot be read is not compared ([`parse`]).

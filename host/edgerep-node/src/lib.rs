@@ -466,6 +466,19 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             );
         }
     }
+    // Collections taken undeclared before (`accept_undeclared` was true) are not in the
+    // record: said too, and status lists them under `collections_not_declared`.
+    for name in collections_not_declared(&store, &config).map_err(store_error)? {
+        let in_record = before
+            .as_deref()
+            .is_some_and(|b| deciders::recorded(b, &name));
+        if !in_record {
+            tracing::warn!(
+                collection = %name,
+                "this store holds keys of collection {name:?}, taken while undeclared collections were accepted; accept_undeclared is now false and {name:?} is not declared: its keys here are refused to clients (403), peers' events for it are kept out of the state (dead letters), and this node's copy drifts from its peers'; declare it, or accept undeclared collections again"
+            );
+        }
+    }
     let mut re_resolve = before
         .as_deref()
         .map(|b| deciders::upgraded_since(b, &config))
@@ -833,6 +846,25 @@ fn check_own_key(
             why: e.to_string(),
         },
     )
+}
+
+/// How many collections [`collections_not_declared`] looks at, at most.
+const COLLECTIONS_LISTED: usize = 10_000;
+
+/// The collections `store` holds keys of that `config` neither declares nor accepts
+/// undeclared: their keys are not served and peers' events for them are kept out.
+pub(crate) fn collections_not_declared(
+    store: &edgerep_store::Store,
+    config: &Config,
+) -> Result<Vec<String>, edgerep_store::StoreError> {
+    if config.collections.accept_undeclared {
+        return Ok(Vec::new());
+    }
+    Ok(store
+        .collections_held(COLLECTIONS_LISTED)?
+        .into_iter()
+        .filter(|c| config.collection(c).is_none())
+        .collect())
 }
 
 #[cfg(test)]

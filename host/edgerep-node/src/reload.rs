@@ -183,6 +183,9 @@ pub struct Reloader {
     tls_files: Option<blake3::Hash>,
     /// Told the collections a reload declares (counted under their names, as after a start).
     commit_metrics: Option<Arc<crate::metrics::CommitMetrics>>,
+    /// Why the last reload failed (`None`: it passed, or none was asked for), for status: a
+    /// reload by SIGHUP has nobody to answer, and its refusal must not show only in the log.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// A hash of what `config`'s TLS files hold now (an unreadable file counts as such). Taken at
@@ -233,7 +236,28 @@ impl Reloader {
             guard,
             busy: tokio::sync::Mutex::new(()),
             commit_metrics: None,
+            last_error: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why the last reload failed, if it did (a later reload that passes clears it).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record_outcome<T>(&self, result: &Result<T, ReloadError>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = match result {
+            Ok(_) => None,
+            Err(e) if e.took_effect() => {
+                Some(format!("the config was reloaded, with an error: {e}"))
+            }
+            Err(e) => Some(format!(
+                "the config was not reloaded (the node runs the config it had): {e}"
+            )),
+        };
     }
 
     /// With the per-collection metrics to tell the collections a reload declares.
@@ -292,21 +316,9 @@ impl Reloader {
         let this = self.clone();
         tokio::spawn(async move {
             let _one = this.busy.lock().await;
-            let path = this.config().source.clone();
-            let file = path.clone();
-            let text = tokio::task::spawn_blocking(move || Config::read_settled(&path, SETTLE))
-                .await
-                .map_err(|e| ReloadError::Task(e.to_string()))??;
-            // Compared before parsing: a file the caller did not check is not judged at all.
-            if let Some(expected) = expect
-                && expected != edgerep_config::file_digest(text.as_bytes())
-            {
-                return Err(ReloadError::FileDiffers {
-                    file: file.display().to_string(),
-                });
-            }
-            let config = Config::parse(&text, &file)?;
-            this.reload_locked(config).await
+            let result = this.reload_file_locked(expect).await;
+            this.record_outcome(&result);
+            result
         })
         .await
         .map_err(|e| ReloadError::Interrupted(e.to_string()))?
@@ -323,10 +335,31 @@ impl Reloader {
         let this = self.clone();
         tokio::spawn(async move {
             let _one = this.busy.lock().await;
-            this.reload_locked(new).await
+            let result = this.reload_locked(new).await;
+            this.record_outcome(&result);
+            result
         })
         .await
         .map_err(|e| ReloadError::Interrupted(e.to_string()))?
+    }
+
+    /// [`Reloader::reload_file`], with the lock that runs one reload at a time held.
+    async fn reload_file_locked(&self, expect: Option<String>) -> Result<Reloaded, ReloadError> {
+        let path = self.config().source.clone();
+        let file = path.clone();
+        let text = tokio::task::spawn_blocking(move || Config::read_settled(&path, SETTLE))
+            .await
+            .map_err(|e| ReloadError::Task(e.to_string()))??;
+        // Compared before parsing: a file the caller did not check is not judged at all.
+        if let Some(expected) = expect
+            && expected != edgerep_config::file_digest(text.as_bytes())
+        {
+            return Err(ReloadError::FileDiffers {
+                file: file.display().to_string(),
+            });
+        }
+        let config = Config::parse(&text, &file)?;
+        self.reload_locked(config).await
     }
 
     /// [`Reloader::reload`], with the lock that runs one reload at a time held.

@@ -361,6 +361,7 @@ pub fn start(
         return Ok(None);
     }
     let identity = load_identity(config).map_err(|e| e.to_string())?;
+    let certificate_expires = identity.expires_at();
     let peers: Vec<(NodeId, String)> = config
         .peers
         .iter()
@@ -394,6 +395,7 @@ pub fn start(
     let have = store_status.origins;
     let status = Arc::new(Mutex::new(ReplicationStatus {
         listen: listen.clone(),
+        certificate_expires_unix_s: certificate_expires,
         ..ReplicationStatus::default()
     }));
     let limits = MessageLimits {
@@ -457,6 +459,7 @@ pub fn start(
         saved_at: Instant::now(),
         config: config.clone(),
         origin_open,
+        own_forked: None,
         origin_gate,
         reports: Reports::default(),
         instances: BTreeMap::new(),
@@ -659,6 +662,9 @@ struct Replicator {
     origin_gate: watch::Sender<Option<String>>,
     /// The gate was opened (by the peers' claims, or from the start: `--alone`, no peers).
     origin_open: bool,
+    /// Why the gate is closed for good (until a restart): another history of this node's own
+    /// events was found (see `Replicator::own_fork`).
+    own_forked: Option<String>,
     reports: Reports,
     /// Per peer, the instances of its last sessions, newest last (at most 3).
     instances: BTreeMap<NodeId, VecDeque<(u64, Instant)>>,
@@ -1104,7 +1110,13 @@ impl Replicator {
                     id: _,
                     reason,
                 } => {
-                    tracing::warn!(peer = %peer, "{reason}");
+                    // A peer can send unasked snapshots as fast as it likes: a line per 10 s
+                    // at most (the refusal report below keeps each).
+                    static LOG: crate::log_limit::Throttle =
+                        crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+                    if let Some(left_out) = LOG.allow() {
+                        tracing::warn!(peer = %peer, left_out, "{reason} (lines like this one are written once per 10 s, `left_out` says how many were not)");
+                    }
                     self.reports.refused(
                         RefusalReport {
                             from_peer: peer.to_string(),

@@ -247,6 +247,29 @@ impl Store {
             .map_err(|e| corrupt("meta", e))
     }
 
+    /// The collections the state holds keys of (deleted ones included), in order: one seek
+    /// per collection, not a scan of their keys. At most `limit` of them.
+    pub fn collections_held(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        while out.len() < limit {
+            let Some(row) = state.range(from.as_slice()..)?.next() else {
+                break;
+            };
+            let (k, _) = row?;
+            let (collection, _) = split_state_key(k.value())
+                .ok_or_else(|| corrupt("state", "a key without a collection"))?;
+            // Every key of `collection` is `collection`, 0, key: the next collection's keys
+            // come at or after `collection`, 1.
+            from = collection.as_bytes().to_vec();
+            from.push(1);
+            out.push(collection.to_owned());
+        }
+        Ok(out)
+    }
+
     /// Whether the state holds any key of `collection` (deleted ones included).
     pub fn holds_collection(&self, collection: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_read()?;

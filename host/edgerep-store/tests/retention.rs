@@ -566,3 +566,40 @@ fn a_write_with_a_stale_context_supersedes_what_the_versions_it_covers_supersede
     assert_eq!(n4.status().unwrap().digest, n1.status().unwrap().digest);
     assert_verified(&n4);
 }
+
+/// The collections a store holds keys of, one seek each: names that sort next to each other
+/// ("c", "c-2", "cc"), a deleted key still counts, and the limit is kept.
+#[test]
+fn collections_held_lists_each_collection_once() {
+    let s = store("node-1");
+    let mut clock = clock();
+    let put = |collection: &str, key: &str, value: Option<i64>, clock: &mut HlcClock| {
+        let write = LocalWrite {
+            collection: collection.into(),
+            key: key.as_bytes().to_vec(),
+            value: value
+                .map(|n| Value::from_json(&serde_json::json!(n), &Default::default()).unwrap()),
+            schema: 0,
+            meta: BTreeMap::new(),
+            context: None,
+        };
+        s.commit_local(vec![write], clock, 1).unwrap();
+    };
+    assert!(s.collections_held(10).unwrap().is_empty());
+    for (collection, key) in [
+        ("cc", "a"),
+        ("c", "z"),
+        ("c", "a"),
+        ("c-2", "a"),
+        ("b", "k"),
+    ] {
+        put(collection, key, Some(1), &mut clock);
+    }
+    put("gone", "k", Some(1), &mut clock);
+    put("gone", "k", None, &mut clock);
+    assert_eq!(
+        s.collections_held(10).unwrap(),
+        ["b", "c", "c-2", "cc", "gone"]
+    );
+    assert_eq!(s.collections_held(2).unwrap(), ["b", "c"]);
+}

@@ -269,17 +269,22 @@ impl Ca {
     /// `[A-Za-z0-9._-]`, starting with a letter or digit) with a fresh ECDSA P-256 key, valid for
     /// [`NODE_VALIDITY_DAYS`] for both TLS server and client authentication.
     pub fn issue_node(&self, node_id: &str) -> Result<NodeCert, CertError> {
+        let (from, to) = self.node_validity();
+        self.issue_node_valid(node_id, from, to)
+    }
+
+    /// When a node certificate issued now is valid: from the CA's own start (a CA made by an
+    /// earlier build starts a day before it was made, not at the epoch) for
+    /// [`NODE_VALIDITY_DAYS`].
+    fn node_validity(&self) -> (OffsetDateTime, OffsetDateTime) {
         let now = OffsetDateTime::now_utc();
-        // From the CA's own start (a CA made by an earlier build starts a day before it was
-        // made, not at the epoch).
         let ca_from = x509_parser::parse_x509_certificate(&self.cert_der)
             .ok()
             .and_then(|(_, c)| {
                 OffsetDateTime::from_unix_timestamp(c.validity().not_before.timestamp()).ok()
             })
             .unwrap_or(VALID_FROM);
-        self.issue_node_valid(
-            node_id,
+        (
             ca_from.max(VALID_FROM),
             now + Duration::days(NODE_VALIDITY_DAYS),
         )
@@ -292,14 +297,35 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<NodeCert, CertError> {
-        let id = NodeId::parse(node_id)?;
-        let what = || format!("certificate for node {id:?}");
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| {
             CertError::Generate {
-                what: what(),
+                what: format!("a key for node {node_id:?}"),
                 source,
             }
         })?;
+        self.issue_node_for(node_id, key, not_before, not_after)
+    }
+
+    /// [`Ca::issue_node`] for the key `key_pem` (PEM): a renewal. A node keeps its key, since
+    /// its peers check the seals of its earlier events against it.
+    pub fn renew_node(&self, node_id: &str, key_pem: &str) -> Result<NodeCert, CertError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::Pem {
+            what: format!("the key of node {node_id:?}"),
+            reason: e.to_string(),
+        })?;
+        let (from, to) = self.node_validity();
+        self.issue_node_for(node_id, key, from, to)
+    }
+
+    fn issue_node_for(
+        &self,
+        node_id: &str,
+        key: KeyPair,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<NodeCert, CertError> {
+        let id = NodeId::parse(node_id)?;
+        let what = || format!("certificate for node {id:?}");
         let uri = rcgen::string::Ia5String::try_from(node_id_uri(&id)).map_err(|e| {
             CertError::Generate {
                 what: what(),
@@ -417,6 +443,61 @@ pub fn write_node_files(dir: &Path, ca: &Ca, node: &NodeCert) -> Result<(), Cert
             (NODE_KEY_FILE, node.key_pem.as_bytes(), 0o600),
         ],
     )
+}
+
+/// Renews the certificate of node `node_id` in `dir` (its `ca.pem`, `node.pem` and `node.key`):
+/// a new `node.pem` from `ca` for the key in `node.key`, which stays as it is, and `ca.pem` as
+/// `ca` holds it (a renewed CA). Each replaced file is replaced whole (a temporary file, synced,
+/// then renamed over it). The node takes them in at its next start.
+pub fn renew_node_files(dir: &Path, ca: &Ca, node_id: &str) -> Result<NodeCert, CertError> {
+    let key_path = dir.join(NODE_KEY_FILE);
+    let key_pem = fs::read_to_string(&key_path).map_err(io_error(&key_path))?;
+    // The certificate it replaces must be this node's, for this key: a wrong --node-id or
+    // directory would give the key another node's name.
+    let cert_path = dir.join(NODE_CERT_FILE);
+    let cert_pem = fs::read_to_string(&cert_path).map_err(io_error(&cert_path))?;
+    let before = NodeCert::from_pem(&cert_pem, &key_pem)?;
+    if before.node_id().as_str() != node_id {
+        return Err(CertError::Mismatch {
+            what: cert_path.display().to_string(),
+            reason: format!(
+                "it is node {:?}'s certificate, not node {node_id:?}'s",
+                before.node_id().as_str()
+            ),
+        });
+    }
+    let node = ca.renew_node(node_id, &key_pem)?;
+    replace_file(&dir.join(CA_CERT_FILE), ca.cert_pem().as_bytes(), 0o644)?;
+    replace_file(&dir.join(NODE_CERT_FILE), node.cert_pem.as_bytes(), 0o644)?;
+    Ok(node)
+}
+
+/// Writes `contents` at `path` with permissions `mode`, replacing what is there whole.
+fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io_error(&tmp))?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_error(&tmp))?;
+        file.write_all(contents).map_err(io_error(&tmp))?;
+        file.sync_all().map_err(io_error(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_error(path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(dir) = fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 /// The node id a certificate (DER) names: the one `edgerep://node/<id>` URI subject alternative
@@ -574,6 +655,16 @@ impl Identity {
         &self.cert
     }
 
+    /// When this node's certificate and the CA's expire, whichever is first (Unix seconds):
+    /// past it, peers refuse new connections from this node. `None` if neither parses.
+    pub fn expires_at(&self) -> Option<i64> {
+        [self.cert.as_ref(), self.ca_cert.as_ref()]
+            .into_iter()
+            .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .min()
+    }
+
     /// This node's private key (DER).
     pub fn key(&self) -> &PrivateKeyDer<'static> {
         &self.key
@@ -722,6 +813,49 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate about to expire, renewed: the key stays, the new certificate is valid
+    /// for years and makes an identity with the same key; a renewal under another node's id
+    /// is refused and changes nothing.
+    #[test]
+    fn a_renewed_certificate_keeps_the_key() {
+        let ca = Ca::generate("test").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let old = ca
+            .issue_node_valid("node-1", now - Duration::days(1), now + Duration::days(3))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write_node_files(dir.path(), &ca, &old).unwrap();
+        let identity = |dir: &Path| {
+            let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+            Identity::from_pem(
+                &read(CA_CERT_FILE),
+                &read(NODE_CERT_FILE),
+                &read(NODE_KEY_FILE),
+            )
+            .unwrap()
+        };
+        let before = identity(dir.path());
+        let soon = before.expires_at().unwrap();
+        assert!(soon - now.unix_timestamp() <= 3 * 86_400, "{soon}");
+        let key = fs::read(dir.path().join(NODE_KEY_FILE)).unwrap();
+        let cert = fs::read(dir.path().join(NODE_CERT_FILE)).unwrap();
+        let refused = renew_node_files(dir.path(), &ca, "node-2").unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains(r#"node "node-1"'s certificate, not node "node-2"'s"#),
+            "{refused}"
+        );
+        assert_eq!(fs::read(dir.path().join(NODE_CERT_FILE)).unwrap(), cert);
+        renew_node_files(dir.path(), &ca, "node-1").unwrap();
+        assert_eq!(fs::read(dir.path().join(NODE_KEY_FILE)).unwrap(), key);
+        assert_ne!(fs::read(dir.path().join(NODE_CERT_FILE)).unwrap(), cert);
+        let after = identity(dir.path());
+        assert_eq!(after.node_id().as_str(), "node-1");
+        assert_eq!(after.key(), before.key());
+        assert!(after.expires_at().unwrap() > soon + 365 * 86_400);
+    }
 
     #[test]
     fn issued_certificate_names_its_node() {

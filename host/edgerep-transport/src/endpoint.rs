@@ -126,7 +126,7 @@ pub enum AcceptError {
         id: NodeId,
     },
     /// The client certificate is not from our CA (or is expired, or not for client use).
-    #[error("refused connection from {remote}: certificate not from our CA ({detail})")]
+    #[error("refused connection from {remote}: its certificate is not accepted ({detail})")]
     Untrusted {
         /// The remote address.
         remote: SocketAddr,
@@ -211,7 +211,7 @@ pub enum ConnectError {
         remote: SocketAddr,
     },
     /// The server's certificate is not from our CA (or is expired, or names no node).
-    #[error("peer {peer} at {address} ({remote}): server certificate not from our CA ({detail})")]
+    #[error("peer {peer} at {address} ({remote}): its certificate is not accepted ({detail})")]
     Untrusted {
         /// The node we meant to reach.
         peer: NodeId,

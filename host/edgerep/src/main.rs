@@ -564,12 +564,22 @@ fn verify_problem(body: &[u8]) -> Option<String> {
 }
 
 /// What in a node's status answer needs an operator (see `status --check`), one line each.
-fn operator_needed(body: &[u8]) -> Vec<String> {
+/// `status --check` warns this many days before this node's certificate expires.
+const CERT_WARN_DAYS: i64 = 30;
+
+fn operator_needed(body: &[u8], expected_id: &str) -> Vec<String> {
     let j: serde_json::Value = match serde_json::from_slice(body) {
         Ok(j) => j,
         Err(e) => return vec![format!("the node's status answer is not JSON: {e}")],
     };
     let mut out = Vec::new();
+    // The config's api.listen reached another node (a copied config, a port reused): what
+    // follows is that node's status, and writes through this config land there.
+    if let Some(id) = j["node_id"].as_str().filter(|id| *id != expected_id) {
+        out.push(format!(
+            "the node answering at this config's api.listen is {id:?}, not this config's node.id {expected_id:?} (check api.listen in both nodes' configs)"
+        ));
+    }
     let entries = |v: &serde_json::Value| -> Vec<(String, String)> {
         v.as_object()
             .map(|o| {
@@ -596,6 +606,18 @@ fn operator_needed(body: &[u8]) -> Vec<String> {
     if let Some(n) = j["dead_letters"].as_u64().filter(|&n| n > 0) {
         out.push(format!("{n} dead letters wait (edgerep dead-letters list)"));
     }
+    for c in j["collections_not_declared"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.push(format!(
+            "this store holds keys of collection {c}, which the config does not declare (and accept_undeclared is false): they are not served and peers' events for it are kept out; declare it"
+        ));
+    }
+    if let Some(e) = j["last_reload_error"].as_str() {
+        out.push(e.to_owned());
+    }
     if let Some(e) = j["store_check_at_open"]["failed"].as_str() {
         out.push(format!("the store's check at open failed: {e}"));
     }
@@ -608,6 +630,19 @@ fn operator_needed(body: &[u8]) -> Vec<String> {
     }
     if let Some(o) = r["origin_check"].as_str() {
         out.push(format!("local writes wait: {o}"));
+    }
+    if let Some(expires) = r["certificate_expires_unix_s"].as_i64() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let days = (expires - now) / 86_400;
+        if expires <= now {
+            out.push("this node's certificate (or its CA's) has expired: peers refuse new connections from it; renew it for the same key (`edgerep certs node --renew`, or your PKI) and restart".into());
+        } else if days < CERT_WARN_DAYS {
+            out.push(format!(
+                "this node's certificate (or its CA's) expires in {days} days: renew it for the same key (`edgerep certs node --renew`, or your PKI) and restart before then"
+            ));
+        }
     }
     if let Some(n) = r["forks_total"].as_u64().filter(|&n| n > 0) {
         out.push(format!("{n} forks detected (see replication.forks)"));
@@ -655,7 +690,10 @@ pub(crate) fn print_line(line: &str) -> bool {
 
 fn print_pretty(body: &[u8]) {
     match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
+        // (A closed stdout, `edgerep status | head`, ends the output quietly.)
+        Ok(j) => {
+            print_line(&serde_json::to_string_pretty(&j).unwrap_or_default());
+        }
         Err(_) => print_body(body),
     }
 }
@@ -697,6 +735,10 @@ enum CertsCommand {
         /// The node's id (node.id in its config).
         #[arg(long)]
         node_id: String,
+        /// Renew: a new OUT/node.pem (and OUT/ca.pem) for the key already in OUT/node.key,
+        /// which stays. A node keeps its key: peers check its earlier events against it.
+        #[arg(long)]
+        renew: bool,
         /// Directory for the node's files.
         out: PathBuf,
     },
@@ -724,9 +766,19 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Certs {
-            command: CertsCommand::Node { ca, node_id, out },
+            command:
+                CertsCommand::Node {
+                    ca,
+                    node_id,
+                    renew,
+                    out,
+                },
         } => {
-            cluster::issue(&ca, &node_id, &out)?;
+            if renew {
+                cluster::renew(&ca, &node_id, &out)?;
+            } else {
+                cluster::issue(&ca, &node_id, &out)?;
+            }
             Ok(0)
         }
         Command::Init {
@@ -946,13 +998,14 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             // but the command fails: a script reading only the exit code must not see "ok".
             let mut problem = None;
             let mut needs = Vec::new();
+            let expected_id = load(&config)?.node.id.to_string();
             let code = report(client(&config)?.status(verify), |body| {
                 print_pretty(body);
                 if verify {
                     problem = verify_problem(body);
                 }
                 if check {
-                    needs = operator_needed(body);
+                    needs = operator_needed(body, &expected_id);
                 }
             });
             if code != 0 {

@@ -1142,6 +1142,96 @@ fn a_rotated_token_is_taken_in_by_sighup_and_the_reload_verb_says_so() {
     drop(node);
 }
 
+/// A reload by SIGHUP has nobody to answer: its refusal shows in status (`last_reload_error`)
+/// and fails `status --check` until a reload passes.
+#[test]
+fn a_refused_sighup_reload_shows_in_status_until_one_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-hup");
+    let node = Node::start(&config);
+    let c = config.to_str().unwrap();
+    let check = || edgerep(&["status", "--config", c, "--check"]);
+    let o = check();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A change that takes a restart: the file still parses (the CLI reads it too).
+    let good = std::fs::read_to_string(&config).unwrap();
+    let needs_restart = good.replacen("[node]\n", "[node]\nsync_interval_ms = 10\n", 1);
+    assert_ne!(good, needs_restart);
+    std::fs::write(&config, needs_restart).unwrap();
+    send_signal(node.child.id() as i32, "HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let o = check();
+        if o.status.code() == Some(4) {
+            assert!(
+                stderr(&o)
+                    .contains("the config was not reloaded (the node runs the config it had)"),
+                "{}",
+                stderr(&o)
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", stderr(&o));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::write(&config, good).unwrap();
+    send_signal(node.child.id() as i32, "HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let o = check();
+        if o.status.code() == Some(0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", stderr(&o));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(node);
+}
+
+/// A node that took a collection while undeclared collections were accepted, restarted with
+/// `accept_undeclared = false` and the collection not declared: the start warns, status lists
+/// it under `collections_not_declared`, and `status --check` fails naming it. Before, the
+/// collection's data was refused to clients without a word (it was never in the record of
+/// declared collections the start compares with).
+#[test]
+fn a_collection_left_undeclared_by_a_stricter_config_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "cfg-undecl");
+    let node = Node::start(&config);
+    common::put(&node, "orders", "o-1", r#"{"v":1}"#);
+    common::put(&node, "readings", "r-1", r#"{"v":2}"#);
+    node.terminate();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let strict = text.replacen(
+        "accept_undeclared = true",
+        "accept_undeclared = false\n\n[[collections.declared]]\nname = \"orders\"",
+        1,
+    );
+    assert_ne!(text, strict);
+    std::fs::write(&config, strict).unwrap();
+    let node = Node::start(&config);
+    let c = config.to_str().unwrap();
+    let o = edgerep(&["status", "--config", c, "--check"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        status["collections_not_declared"],
+        serde_json::json!(["readings"])
+    );
+    assert!(
+        stderr(&o).contains(r#"this store holds keys of collection "readings""#),
+        "{}",
+        stderr(&o)
+    );
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(
+        log.contains(r#"this store holds keys of collection \"readings\""#)
+            || log.contains(r#"this store holds keys of collection "readings""#),
+        "{log}"
+    );
+    drop(node);
+}
+
 /// What the verbs make of answers a node gives only off loopback (429: a verification asked
 /// again too soon) or that no node gives (a body that is not JSON: the config names a port
 /// where something else listens). A stand-in server on loopback gives each canned answer once.
@@ -1232,6 +1322,33 @@ fn status_check_names_what_needs_an_operator() {
         assert!(std::time::Instant::now() < deadline, "{}", stderr(&o));
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // A copy of node-2's config whose api.listen is node-1's: the status is node-1's, and
+    // --check says so instead of passing.
+    let api_of = |path: &std::path::Path| {
+        let doc: toml_edit::DocumentMut = std::fs::read_to_string(path).unwrap().parse().unwrap();
+        doc["api"]["listen"].as_str().unwrap().to_owned()
+    };
+    let mut mixed: toml_edit::DocumentMut = std::fs::read_to_string(&configs[1])
+        .unwrap()
+        .parse()
+        .unwrap();
+    mixed["api"]["listen"] = toml_edit::value(api_of(&configs[0]));
+    let mixed_path = configs[1].with_file_name("mixed.toml");
+    std::fs::write(&mixed_path, mixed.to_string()).unwrap();
+    let o = edgerep(&[
+        "status",
+        "--config",
+        mixed_path.to_str().unwrap(),
+        "--check",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            r#"the node answering at this config's api.listen is "node-1", not this config's node.id "node-2""#
+        ),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// A plugin no declared collection names loads and never runs: `config check` says so (a

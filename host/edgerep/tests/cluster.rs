@@ -1310,14 +1310,55 @@ fn a_restored_node_started_alone_stops_writing_once_a_peer_proves_it_is_behind()
     let n1 = Node::start_with(&configs[0], &["--alone"]);
     assert_eq!(put(&n1, "c", "forked", r#"{"v":3}"#), 3);
     let _n2 = Node::start(&configs[1]);
+    // Whichever node-1 finds first: node-2's proven claim, or node-2's events 4 and 5 not
+    // chaining to node-1's event 3 (a fork of its own history: the gate then stays closed).
     let why = origin_check(&n1, Duration::from_secs(30), |_| true);
-    assert!(why.contains("up to 3, peers hold them up to"), "{why}");
+    assert!(
+        why.contains("up to 3, peers hold them up to")
+            || why.contains("another history of this node's own events"),
+        "{why}"
+    );
     let (code, body) = put_answer(&n1, "after", r#"{"v":4}"#);
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("origin_unconfirmed"), "{body}");
     assert_eq!(status(&n1)["origins"]["node-1"], 3);
     let log = std::fs::read_to_string(&n1.log).unwrap();
     assert!(log.contains("restored from a backup"), "{log}");
+}
+
+/// As above, but node-1 writes until it holds as many of its own events as node-2 does (5): no
+/// claim is above what it holds, and both hold a history of node-1's up to 5. Before, node-1
+/// went on taking writes that node-2 refuses (they do not chain to its history): acknowledged,
+/// then lost. Now anti-entropy finds node-1's other history (a fork of its own origin) and
+/// node-1 refuses writes, saying what to do.
+#[test]
+fn a_fork_of_a_nodes_own_history_stops_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    restored_from_backup(dir.path(), &configs);
+    for config in &configs {
+        let text = std::fs::read_to_string(config).unwrap();
+        let often = text.replacen(
+            "[replication]\n",
+            "[replication]\nanti_entropy_interval_ms = 300\n",
+            1,
+        );
+        assert_ne!(text, often);
+        std::fs::write(config, often).unwrap();
+    }
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    for (i, seq) in (3..=5).enumerate() {
+        assert_eq!(put(&n1, "c", &format!("other-{i}"), r#"{"v":9}"#), seq);
+    }
+    let _n2 = Node::start(&configs[1]);
+    let why = origin_check(&n1, Duration::from_secs(60), |w| {
+        w.contains("another history of this node's own events")
+    });
+    assert!(why.contains("move this node's store aside"), "{why}");
+    let (code, body) = put_answer(&n1, "after", r#"{"v":4}"#);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("origin_unconfirmed"), "{body}");
+    assert!(status(&n1)["replication"]["forks_total"].as_u64().unwrap() >= 1);
 }
 
 /// A careless operator issues node-1 a new certificate (and so a new key) and restarts it on

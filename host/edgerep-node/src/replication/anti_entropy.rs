@@ -723,10 +723,11 @@ impl Replicator {
 
     /// A Reconcile or Repair message from `peer` (the core checked it follows the handshake),
     /// within the peer's share of this thread ([`WORK_SHARE`]) when it belongs to the peer's
-    /// session or asks for keys. This node's own sessions are bounded by their round trips
+    /// session, asks for keys, or names ranges (whoever's session it is: answering ranges may
+    /// read the whole state). This node's own sessions are also bounded by their round trips
     /// (every Reconcile of the peer's counts) and by the repairs it asked for
-    /// (`Session::repairs_allowed`), not by the budget: their answers are never dropped for
-    /// it, so the peer's own sessions cannot starve this node's.
+    /// (`Session::repairs_allowed`). A peer spending its budget on its own sessions slows only
+    /// the comparisons with itself.
     pub(super) fn aae_message(&mut self, peer: &NodeId, message: Message, bytes: usize) {
         let session = |id: &u64| {
             self.anti_entropy
@@ -735,11 +736,14 @@ impl Replicator {
                 .is_some_and(|s| s.id == *id)
         };
         let makes_work = match &message {
+            // An answer with ranges may list some (each listing reads the whole state table),
+            // in this node's own sessions too: a peer answering every round with a leaf whose
+            // sum differs would otherwise buy a pass over the state per round, for free.
             Message::Reconcile {
-                id,
                 fingerprints,
                 items,
-            } => !session(id) && (!fingerprints.is_empty() || !items.is_empty()),
+                ..
+            } => !fingerprints.is_empty() || !items.is_empty(),
             Message::Repair {
                 id,
                 versions,
@@ -818,13 +822,12 @@ impl Replicator {
                 // not go), nor past its budget of listings: dropped, its session times out.
                 // A range the answer lists costs a listing whether the peer listed it or only
                 // named a leaf whose sum differs (each listing reads the whole state table), so
-                // every message of the peer's sessions with ranges is charged; this node's own
-                // sessions are bounded by their round trips.
+                // every message with ranges is charged, in either side's sessions.
                 let queued = self
                     .conns
                     .get(peer)
                     .map_or(0, |l| l.queued.load(std::sync::atomic::Ordering::Acquire));
-                let charged = if mine { !items.is_empty() } else { had_ranges };
+                let charged = had_ranges;
                 if queued > SEND_QUEUE_MAX_BYTES
                     || (charged && !self.anti_entropy.take_listing(peer))
                 {
@@ -968,7 +971,12 @@ impl Replicator {
                 let merging = self.anti_entropy.merging.get(peer).copied().unwrap_or(0);
                 if (!versions.is_empty() || !resolutions.is_empty()) && merging >= REPAIRS_IN_FLIGHT
                 {
-                    tracing::warn!(peer = %peer, "a repair came while {merging} of the peer's were still merging: not merged (a later session finds its keys again)");
+                    // A peer can send these as fast as it likes: a line per 10 s at most.
+                    static LOG: crate::log_limit::Throttle =
+                        crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+                    if let Some(left_out) = LOG.allow() {
+                        tracing::warn!(peer = %peer, left_out, "a repair came while {merging} of the peer's were still merging: not merged (a later session finds its keys again; lines like this one are written once per 10 s, `left_out` says how many were not)");
+                    }
                     self.anti_entropy
                         .status
                         .entry(peer.clone())
@@ -1238,6 +1246,7 @@ impl Replicator {
                         hex(&fork.received),
                         "a peer's repair offered another event its origin sealed in place of one this node holds; left out",
                     );
+                    self.own_fork(fork.origin.as_str(), fork.seq);
                 }
                 if out.covered > 0 || out.replaced > 0 {
                     tracing::warn!(

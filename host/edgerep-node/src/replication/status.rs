@@ -129,6 +129,9 @@ pub struct RefusalReport {
 pub struct ReplicationStatus {
     /// Address the QUIC endpoint listens on.
     pub listen: Option<String>,
+    /// When this node's certificate, or its CA's, expires (the first; Unix seconds): past it,
+    /// peers refuse new connections from this node.
+    pub certificate_expires_unix_s: Option<i64>,
     /// One entry per configured peer, in config order.
     pub peers: Vec<PeerStatus>,
     /// Why a collection's replication stopped, the last one if several did (a transform on
