@@ -2168,10 +2168,11 @@ async fn status(
         "collections": collections_json(&app.config().collections),
         "last_reload_error": app.reloader.last_error(),
     });
+    let (store, config) = (app.store.clone(), app.config());
     body["collections_not_declared"] =
-        match crate::collections_not_declared(&app.store, &app.config()) {
+        match blocking(move || crate::collections_not_declared(&store, &config)).await {
             Ok(names) => json!(names),
-            Err(e) => json!(format!("cannot be listed: {e}")),
+            Err(e) => json!(format!("cannot be listed: {}", e.message)),
         };
     body["store_check_at_open"] = match app.store.open_check_now() {
         Some(Ok(check)) => json!({

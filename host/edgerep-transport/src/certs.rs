@@ -466,8 +466,21 @@ pub fn renew_node_files(dir: &Path, ca: &Ca, node_id: &str) -> Result<NodeCert, 
             ),
         });
     }
+    // And the CA must be the one the node trusts (the same key: a renewed CA is fine): else
+    // the node would trust another deployment's CA after its restart, and its peers refuse it.
+    let ca_path = dir.join(CA_CERT_FILE);
+    let trusted = parse_one_cert(
+        &fs::read_to_string(&ca_path).map_err(io_error(&ca_path))?,
+        &ca_path.display().to_string(),
+    )?;
+    if public_key_of(&trusted) != public_key_of(ca.cert_der()) {
+        return Err(CertError::Mismatch {
+            what: ca_path.display().to_string(),
+            reason: "the node trusts another CA than the one given (--ca): renew with the CA that issued its certificate".to_owned(),
+        });
+    }
     let node = ca.renew_node(node_id, &key_pem)?;
-    replace_file(&dir.join(CA_CERT_FILE), ca.cert_pem().as_bytes(), 0o644)?;
+    replace_file(&ca_path, ca.cert_pem().as_bytes(), 0o644)?;
     replace_file(&dir.join(NODE_CERT_FILE), node.cert_pem.as_bytes(), 0o644)?;
     Ok(node)
 }
@@ -671,6 +684,13 @@ impl Identity {
     }
 }
 
+/// The public key (its DER) a certificate holds; `None` if it does not parse.
+fn public_key_of(cert: &[u8]) -> Option<Vec<u8>> {
+    x509_parser::parse_x509_certificate(cert)
+        .ok()
+        .map(|(_, c)| c.tbs_certificate.subject_pki.raw.to_vec())
+}
+
 /// The one certificate in `pem`.
 fn parse_one_cert(pem: &str, what: &str) -> Result<CertificateDer<'static>, CertError> {
     let bad = |reason: String| CertError::Pem {
@@ -845,6 +865,13 @@ mod tests {
             refused
                 .to_string()
                 .contains(r#"node "node-1"'s certificate, not node "node-2"'s"#),
+            "{refused}"
+        );
+        assert_eq!(fs::read(dir.path().join(NODE_CERT_FILE)).unwrap(), cert);
+        let other = Ca::generate("other").unwrap();
+        let refused = renew_node_files(dir.path(), &other, "node-1").unwrap_err();
+        assert!(
+            refused.to_string().contains("the node trusts another CA"),
             "{refused}"
         );
         assert_eq!(fs::read(dir.path().join(NODE_CERT_FILE)).unwrap(), cert);

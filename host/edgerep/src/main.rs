@@ -30,7 +30,8 @@ use edgerep_client::starter::write_starter;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options (its `malloc_conf`), read before `main`: two arenas, as glibc had, with
-/// freed pages given back to the system after a second.
+/// freed pages given back to the system a second after (checked as the node allocates: there
+/// is no background thread).
 #[repr(transparent)]
 struct MallocConf(*const std::ffi::c_char);
 

@@ -246,7 +246,8 @@ impl Replicator {
                         hex(&fork.received_chain),
                         "a peer sent events of the origin that do not chain to its seal from the history this node holds (another history the origin signed, or events changed in a block this node holds part of); left out",
                     );
-                    self.own_fork(fork.origin.as_str(), fork.seq);
+                    // (Not taken as a fork of this node's own history: a seal that verifies
+                    // but that the events do not chain to may be events the peer changed.)
                 }
                 if out.left_out_of_damaged_rows > 0 {
                     self.left_out_of_damaged_rows(out.left_out_of_damaged_rows);

@@ -252,17 +252,19 @@ impl Replicator {
         }
     }
 
-    /// A fork of this node's own origin was found (`origin`: the fork's): a peer holds
-    /// another event this node's key sealed under one of its sequence numbers. Another machine
-    /// runs under this node's id and key, or this store was restored and wrote again: either
-    /// way every local write from here extends a history some peers refuse (acknowledged, then
-    /// lost). The gate closes until a restart, saying what the operator must do.
+    /// A fork of this node's own origin was found (`origin`: the fork's), both events proven by
+    /// this node's seals (a repair's: see `edgerep_store`'s `holds_other`; not a batch's fork,
+    /// which events a peer changed can imitate): a peer holds another event this node's key
+    /// sealed under one of its sequence numbers. Another machine runs under this node's id and
+    /// key, or this store was restored and wrote again: either way every local write from here
+    /// extends a history some peers refuse (acknowledged, then lost). The gate closes until a
+    /// restart, saying what the operator must do.
     pub(super) fn own_fork(&mut self, origin: &str, seq: u64) {
         if origin != self.core.local().as_str() || self.own_forked.is_some() {
             return;
         }
         let why = format!(
-            "another history of this node's own events was found at its sequence number {seq}, sealed with this node's key (another machine runs under this node's id and key, or this store was restored from a backup and wrote again; status lists the fork): local writes are refused, since peers refuse one of the two histories. Stop the other machine (or give it a new node id), then move this node's store aside and start it empty to take its history back from the peers"
+            "another history of this node's own events was found at its sequence number {seq}, sealed with this node's key (another machine runs under this node's id and key, or this store was restored from a backup and wrote again; status lists the fork): local writes are refused, since peers refuse one of the two histories. Stop the other machine (or give it a new node id), then move this node's store aside and start it empty to take its history back from the peers; if the fork is found again after that (peers hold both histories), give this site a new node id"
         );
         tracing::error!("{why}");
         self.own_forked = Some(why);
@@ -449,7 +451,6 @@ impl Replicator {
                 hex(&received),
                 "a peer sent a different event its origin sealed under an origin and sequence number this node holds",
             );
-            self.own_fork(event.origin.as_str(), event.seq);
         }
         None
     }
