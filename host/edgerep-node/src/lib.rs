@@ -731,8 +731,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         let stop = shutdown_tx.clone();
         tokio::spawn(async move {
             if let Ok(reason) = failed.wait_for(Option::is_some).await {
+                // (Said whichever request met the failure first: a local write's answer
+                // says it too, a peer's batch only here.)
                 tracing::error!(
-                    "the store stopped taking writes: stopping (restart the node once the cause is fixed): {}",
+                    "the store stopped taking writes: stopping (restart the node once the disk is fixed, e.g. space freed; the reason says if it was no disk failure): {}",
                     reason.as_deref().unwrap_or_default()
                 );
                 let _ = stop.send(true);

@@ -237,6 +237,20 @@ impl Store {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<StatePage, StoreError> {
+        self.state_page_within(after, max_events, max_bytes, std::time::Duration::MAX)
+    }
+
+    /// [`Store::state_page`] ending, at a key's end, once reading it took `within`: the proofs
+    /// of a page may read many changelog blocks, and whoever asks for pages (a peer) must not
+    /// buy an unbounded read with each. The first key still comes whole.
+    pub fn state_page_within(
+        &self,
+        after: Option<(&str, &[u8])>,
+        max_events: usize,
+        max_bytes: usize,
+        within: std::time::Duration,
+    ) -> Result<StatePage, StoreError> {
+        let started = std::time::Instant::now();
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         let changelog = txn.open_table(CHANGELOG)?;
@@ -271,7 +285,10 @@ impl Store {
                 continue;
             };
             let size = stored + v.events().len() * proofs::PROOF_BYTES;
-            if last.is_some() && (count + v.events().len() > max_events || bytes + size > max_bytes)
+            if last.is_some()
+                && (count + v.events().len() > max_events
+                    || bytes + size > max_bytes
+                    || started.elapsed() >= within)
             {
                 more = true;
                 break;

@@ -603,3 +603,37 @@ fn collections_held_lists_each_collection_once() {
     );
     assert_eq!(s.collections_held(2).unwrap(), ["b", "c"]);
 }
+
+/// A page whose reading runs out of time ends at the key it reached (the first key still comes
+/// whole), and the pages from there on bring the rest: the same versions as one page.
+#[test]
+fn a_state_page_out_of_time_ends_at_a_key_and_the_next_goes_on() {
+    let s = store("node-1");
+    let mut clock = clock();
+    write(&s, &mut clock, 1000, &[("a", 1), ("b", 2), ("c", 3)]);
+    let whole = s.state_page(None, 100, usize::MAX).unwrap();
+    assert_eq!(whole.versions.len(), 3);
+    assert!(whole.next.is_none());
+    let mut versions = Vec::new();
+    let mut after: Option<(String, Vec<u8>)> = None;
+    let mut pages = 0;
+    loop {
+        let page = s
+            .state_page_within(
+                after.as_ref().map(|(c, k)| (c.as_str(), k.as_slice())),
+                100,
+                usize::MAX,
+                std::time::Duration::ZERO,
+            )
+            .unwrap();
+        pages += 1;
+        assert_eq!(page.versions.len(), 1, "one key a page when out of time");
+        versions.extend(page.versions);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(versions, whole.versions);
+}

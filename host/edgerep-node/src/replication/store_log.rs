@@ -40,6 +40,11 @@ impl StoreLog {
     }
 }
 
+/// How long reading one snapshot page may take on the replicator thread (every peer waits
+/// meanwhile): past it the page ends at the key it reached, and the next page goes on from
+/// there. A page's proofs may read a changelog block per version.
+const PAGE_READ_TIME: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl Log for StoreLog {
     fn state_page(
         &self,
@@ -57,10 +62,11 @@ impl Log for StoreLog {
         }
         let page = self
             .store
-            .state_page(
+            .state_page_within(
                 after.map(|(c, k)| (c.as_str(), k.as_slice())),
                 max_events,
                 max_bytes,
+                PAGE_READ_TIME,
             )
             .map_err(storage)?;
         Ok(StatePage {
