@@ -83,6 +83,10 @@ pub type ApplyReply = Box<dyn FnOnce(Result<RemoteApply, CommitError>) + Send>;
 /// Called on the committer thread with the outcome of [`Committer::install`].
 pub type InstallReply = Box<dyn FnOnce(Result<Installed, CommitError>) + Send>;
 
+/// Called with the outcome of a repair's merge and how long the committer spent on it (the
+/// peer who sent it is charged that time).
+pub type RepairReply = Box<dyn FnOnce(Result<Installed, CommitError>, std::time::Duration) + Send>;
+
 /// Called on the committer thread with the outcome of [`Committer::compact`].
 pub type CompactReply = Box<dyn FnOnce(Result<Compaction, CommitError>) + Send>;
 
@@ -201,7 +205,7 @@ enum Request {
     /// Merge versions a peer sent in anti-entropy repair.
     Repair {
         repair: Repair,
-        reply: InstallReply,
+        reply: RepairReply,
     },
     /// Remove changelog entries up to these floors (and with `sweep`, superseded proofs).
     Compact {
@@ -606,6 +610,8 @@ impl Committer {
                             continue;
                         }
                         Request::Repair { repair, reply } => {
+                            let started = std::time::Instant::now();
+                            let reply = move |result| reply(result, started.elapsed());
                             let mut observed = clock.clone();
                             for v in &repair.versions {
                                 let _ = observed.observe(v.hlc, wall_ms());
@@ -1120,7 +1126,7 @@ impl Committer {
     }
 
     /// Queues a merge of versions a peer sent in anti-entropy repair.
-    pub fn repair(&self, repair: Repair, reply: InstallReply) -> Result<(), CommitError> {
+    pub fn repair(&self, repair: Repair, reply: RepairReply) -> Result<(), CommitError> {
         self.send_blocking(Request::Repair { repair, reply })
     }
 

@@ -157,6 +157,8 @@ enum Input {
         peer: NodeId,
         id: u64,
         result: Result<Installed, CommitError>,
+        /// How long the committer spent on it.
+        took: Duration,
     },
     /// Run anti-entropy now with one peer (or all) and reply with the sessions' reports.
     Reconcile {
@@ -841,7 +843,12 @@ impl Replicator {
             } => self.received(peer, id, message, bytes, now),
             Input::Applied { peer, result } => self.applied(peer, result, now),
             Input::Installed { peer, result } => self.installed(peer, result, now),
-            Input::Repaired { peer, id, result } => self.aae_repaired(peer, id, result, now),
+            Input::Repaired {
+                peer,
+                id,
+                result,
+                took,
+            } => self.aae_repaired(peer, id, result, took, now),
             Input::Reconcile { peer, due, reply } => self.aae_on_demand(peer, due, reply),
             Input::Compacted(result) => self.compacted(result),
             Input::Have(have) => self.set_have(&have),

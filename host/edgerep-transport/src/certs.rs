@@ -488,29 +488,38 @@ pub fn renew_node_files(dir: &Path, ca: &Ca, node_id: &str) -> Result<NodeCert, 
 /// Writes `contents` at `path` with permissions `mode`, replacing what is there whole.
 fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
     let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io_error(&tmp))?;
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_error(&tmp))?;
-        file.write_all(contents).map_err(io_error(&tmp))?;
-        file.sync_all().map_err(io_error(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_error(path))
-    })();
+    let result = write_synced(&tmp, contents, mode)
+        .and_then(|()| fs::rename(&tmp, path).map_err(io_error(path)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// Writes `contents` to a new file `tmp` with permissions `mode`, and syncs it.
+fn write_synced(tmp: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)
+        .map_err(io_error(tmp))?;
+    // The mode given at creation is reduced by the umask; set it exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_error(tmp))?;
+    file.write_all(contents).map_err(io_error(tmp))?;
+    file.sync_all().map_err(io_error(tmp))
+}
+
+/// Syncs the directory holding `path`, so that its new name lasts (best effort).
+fn sync_parent(path: &Path) {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(dir) = fs::File::open(dir)
     {
         let _ = dir.sync_all();
     }
-    Ok(())
 }
 
 /// The node id a certificate (DER) names: the one `edgerep://node/<id>` URI subject alternative
@@ -797,19 +806,8 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertErr
         file_name.unwrap_or_default(),
         std::process::id()
     ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io_error(&tmp))?;
-        // The mode given at creation is reduced by the umask; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_error(&tmp))?;
-        file.write_all(contents).map_err(io_error(&tmp))?;
-        file.sync_all().map_err(io_error(&tmp))?;
-        match fs::hard_link(&tmp, path) {
+    let result =
+        write_synced(&tmp, contents, mode).and_then(|()| match fs::hard_link(&tmp, path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(CertError::Exists {
                 path: path.to_owned(),
@@ -818,15 +816,10 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertErr
                 path: path.to_owned(),
                 source: e,
             }),
-        }
-    })();
+        });
     let _ = fs::remove_file(&tmp);
     result?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
+    sync_parent(path);
     Ok(())
 }
 

@@ -432,8 +432,19 @@ impl Tree for StoreTree<'_> {
 
 impl CommitHookSender {
     /// Reports the outcome of merging versions a peer sent in repair.
-    pub(super) fn repaired(&self, peer: NodeId, id: u64, result: Result<Installed, CommitError>) {
-        let _ = self.0.send(Input::Repaired { peer, id, result });
+    pub(super) fn repaired(
+        &self,
+        peer: NodeId,
+        id: u64,
+        result: Result<Installed, CommitError>,
+        took: Duration,
+    ) {
+        let _ = self.0.send(Input::Repaired {
+            peer,
+            id,
+            result,
+            took,
+        });
     }
 }
 
@@ -727,7 +738,8 @@ impl Replicator {
     /// read the whole state). This node's own sessions are also bounded by their round trips
     /// (every Reconcile of the peer's counts) and by the repairs it asked for
     /// (`Session::repairs_allowed`). A peer spending its budget on its own sessions slows only
-    /// the comparisons with itself.
+    /// the comparisons with itself. The committer's time merging a repair of the peer's
+    /// session is charged too, once it is done (`aae_repaired`).
     pub(super) fn aae_message(&mut self, peer: &NodeId, message: Message, bytes: usize) {
         let session = |id: &u64| {
             self.anti_entropy
@@ -1003,7 +1015,7 @@ impl Replicator {
                             resolutions,
                             transformed,
                         },
-                        Box::new(move |result| hook.repaired(to, id, result)),
+                        Box::new(move |result, took| hook.repaired(to, id, result, took)),
                     );
                     match sent {
                         Ok(()) => *self.anti_entropy.merging.entry(peer.clone()).or_default() += 1,
@@ -1200,6 +1212,7 @@ impl Replicator {
         peer: NodeId,
         id: u64,
         result: Result<Installed, CommitError>,
+        took: Duration,
         now: u64,
     ) {
         if let Some(n) = self.anti_entropy.merging.get_mut(&peer) {
@@ -1213,6 +1226,13 @@ impl Replicator {
             .sessions
             .get(&peer)
             .is_some_and(|s| s.id == id);
+        // The committer's time on a repair this node did not ask for (each version's seal
+        // checked, its block read) is the peer's, as the replicator's time on its messages is:
+        // a peer sending repairs of what this node holds runs out of budget, and its next
+        // ones are dropped.
+        if !mine {
+            self.anti_entropy.charge_work(&peer, took);
+        }
         if !mine && !matches!(result, Err(CommitError::Forged(_))) {
             // The peer's session waits for our word that its versions are merged.
             self.aae_send(&peer, merged_word(id));
