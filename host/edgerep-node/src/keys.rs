@@ -2,7 +2,7 @@
 //! checks its peers' seals against their certificates, which must chain to the deployment CA,
 //! name the origin, and (for a revoked node) cover only events up to its revocation point.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,70 +37,54 @@ pub struct NodeKeys {
 const REFUSED_KEPT: usize = 256;
 const REFUSED_FOR: Duration = Duration::from_secs(60);
 
-/// Certificates refused lately: BLAKE3 of the origin they were sent under and their DER, with
-/// when and why (the oldest is forgotten first).
-#[derive(Default)]
-struct Refused {
-    why: std::collections::HashMap<[u8; 32], (Instant, KeyError)>,
-    order: VecDeque<[u8; 32]>,
-}
+/// Certificates refused lately: by [`hash_of`] the origin they were sent under and their DER,
+/// when and why.
+type Refused = Recent<(Instant, KeyError)>;
 
-impl Refused {
-    fn key(origin: &NodeId, cert: &[u8]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new();
-        h.update(&(origin.as_str().len() as u64).to_le_bytes());
-        h.update(origin.as_str().as_bytes());
-        h.update(cert);
-        *h.finalize().as_bytes()
-    }
-
-    fn get(&self, key: &[u8; 32], now: Instant) -> Option<KeyError> {
-        self.why
-            .get(key)
-            .filter(|(at, _)| now.saturating_duration_since(*at) < REFUSED_FOR)
-            .map(|(_, e)| e.clone())
-    }
-
-    fn insert(&mut self, key: [u8; 32], now: Instant, why: KeyError) {
-        if self.why.insert(key, (now, why)).is_none() {
-            self.order.push_back(key);
-            if self.order.len() > REFUSED_KEPT
-                && let Some(old) = self.order.pop_front()
-            {
-                self.why.remove(&old);
-            }
-        }
-    }
-}
-
-/// How many checked signatures [`NodeKeys`] remembers (the oldest is forgotten first).
+/// How many checked signatures [`NodeKeys`] remembers.
 const VERIFIED_KEPT: usize = 4096;
 
-/// Signatures that verified: BLAKE3 of the certificate that verified it, the message and the
-/// signature, so a hit means these bytes verified under this certificate.
-#[derive(Default)]
-struct Verified {
-    set: HashSet<[u8; 32]>,
+/// Signatures that verified: by [`hash_of`] the certificate that verified it, the message and
+/// the signature, so a hit means these bytes verified under this certificate.
+type Verified = Recent<()>;
+
+/// BLAKE3 of `parts`, each after its length (so no two lists of parts hash alike).
+fn hash_of(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for part in parts {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Values by hash, at most `kept` of them: the oldest is forgotten first.
+struct Recent<V> {
+    kept: usize,
+    map: HashMap<[u8; 32], V>,
     order: VecDeque<[u8; 32]>,
 }
 
-impl Verified {
-    fn key(cert: &[u8], message: &[u8], signature: &[u8]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new();
-        for part in [cert, message, signature] {
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part);
+impl<V> Recent<V> {
+    fn new(kept: usize) -> Recent<V> {
+        Recent {
+            kept,
+            map: HashMap::new(),
+            order: VecDeque::new(),
         }
-        *h.finalize().as_bytes()
     }
 
-    fn insert(&mut self, key: [u8; 32]) {
-        if self.set.insert(key) {
+    fn get(&self, key: &[u8; 32]) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, key: [u8; 32], value: V) {
+        if self.map.insert(key, value).is_none() {
             self.order.push_back(key);
-            if self.order.len() > VERIFIED_KEPT
+            if self.order.len() > self.kept
                 && let Some(old) = self.order.pop_front()
             {
-                self.set.remove(&old);
+                self.map.remove(&old);
             }
         }
     }
@@ -173,8 +157,8 @@ impl NodeKeys {
             verifier,
             known,
             revoked: Mutex::new(revocations(config)),
-            verified: Mutex::default(),
-            refused: Mutex::default(),
+            verified: Mutex::new(Recent::new(VERIFIED_KEPT)),
+            refused: Mutex::new(Recent::new(REFUSED_KEPT)),
             checked: AtomicU64::new(0),
         })
     }
@@ -234,14 +218,14 @@ impl edgerep_store::Keys for NodeKeys {
                 origin: origin.clone(),
                 seq,
             })?;
-            (key.clone(), Verified::key(der, message, signature))
+            (key.clone(), hash_of(&[der, message, signature]))
         };
         if self
             .verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .set
-            .contains(&memo)
+            .get(&memo)
+            .is_some()
         {
             return Ok(());
         }
@@ -251,7 +235,7 @@ impl edgerep_store::Keys for NodeKeys {
         self.verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(memo);
+            .insert(memo, ());
         Ok(())
     }
 
@@ -269,21 +253,22 @@ impl edgerep_store::Keys for NodeKeys {
                 return Ok(());
             }
         }
-        let refused_key = Refused::key(origin, cert);
+        let refused_key = hash_of(&[origin.as_str().as_bytes(), cert]);
         let now = Instant::now();
-        if let Some(why) = self
+        if let Some((_, why)) = self
             .refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&refused_key, now)
+            .get(&refused_key)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < REFUSED_FOR)
         {
-            return Err(why);
+            return Err(why.clone());
         }
         let key = self.check_cert(origin, cert).inspect_err(|why| {
             self.refused
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(refused_key, now, why.clone());
+                .insert(refused_key, (now, why.clone()));
         })?;
         // `check_cert` names the node as `node_id_of` did: `key.node` is `origin`.
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());

@@ -875,6 +875,16 @@ mod tests {
         assert_eq!(after.node_id().as_str(), "node-1");
         assert_eq!(after.key(), before.key());
         assert!(after.expires_at().unwrap() > soon + 365 * 86_400);
+        // Files that are no certificate or key: refused by name, nothing replaced.
+        let renewed = fs::read(dir.path().join(NODE_CERT_FILE)).unwrap();
+        for (file, what) in [(NODE_KEY_FILE, "key"), (CA_CERT_FILE, "ca.pem")] {
+            let good = fs::read(dir.path().join(file)).unwrap();
+            fs::write(dir.path().join(file), "not PEM at all").unwrap();
+            let refused = renew_node_files(dir.path(), &ca, "node-1").unwrap_err();
+            assert!(refused.to_string().contains(what), "{refused}");
+            assert_eq!(fs::read(dir.path().join(NODE_CERT_FILE)).unwrap(), renewed);
+            fs::write(dir.path().join(file), good).unwrap();
+        }
     }
 
     #[test]

@@ -607,6 +607,11 @@ fn operator_needed(body: &[u8], expected_id: &str) -> Vec<String> {
     if let Some(n) = j["dead_letters"].as_u64().filter(|&n| n > 0) {
         out.push(format!("{n} dead letters wait (edgerep dead-letters list)"));
     }
+    if let Some(e) = j["collections_not_declared"].as_str() {
+        out.push(format!(
+            "the collections this store holds could not be listed: {e}"
+        ));
+    }
     for c in j["collections_not_declared"]
         .as_array()
         .into_iter()

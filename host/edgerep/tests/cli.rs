@@ -8,6 +8,25 @@ use std::time::Duration;
 
 use common::{Node, agent, edgerep, init, send_signal, stderr, stdout};
 
+/// Runs `edgerep ARGS` until it exits `code` (a node taking in a change), at most 20 s: its
+/// output then. Panics with the last stderr past that.
+fn exits_within(args: &[&str], code: i32) -> std::process::Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = edgerep(args);
+        if o.status.code() == Some(code) {
+            return o;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`edgerep {}` did not exit {code} within 20 s: {}",
+            args.join(" "),
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn verbs_against_a_running_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -1124,15 +1143,7 @@ fn a_rotated_token_is_taken_in_by_sighup_and_the_reload_verb_says_so() {
     assert!(stderr(&o).contains("SIGHUP"), "{}", stderr(&o));
     // SIGHUP: the node reads the file again.
     send_signal(node.child.id() as i32, "HUP");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let o = edgerep(&["status", "--config", c]);
-        if o.status.code() == Some(0) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", stderr(&o));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    exits_within(&["status", "--config", c], 0);
     let old = common::agent()
         .get(&node.url("/v1/status"))
         .header("authorization", "Bearer first-token-0123456789")
@@ -1150,8 +1161,7 @@ fn a_refused_sighup_reload_shows_in_status_until_one_passes() {
     let config = init(dir.path(), "cfg-hup");
     let node = Node::start(&config);
     let c = config.to_str().unwrap();
-    let check = || edgerep(&["status", "--config", c, "--check"]);
-    let o = check();
+    let o = edgerep(&["status", "--config", c, "--check"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // A change that takes a restart: the file still parses (the CLI reads it too).
     let good = std::fs::read_to_string(&config).unwrap();
@@ -1159,32 +1169,15 @@ fn a_refused_sighup_reload_shows_in_status_until_one_passes() {
     assert_ne!(good, needs_restart);
     std::fs::write(&config, needs_restart).unwrap();
     send_signal(node.child.id() as i32, "HUP");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let o = check();
-        if o.status.code() == Some(4) {
-            assert!(
-                stderr(&o)
-                    .contains("the config was not reloaded (the node runs the config it had)"),
-                "{}",
-                stderr(&o)
-            );
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", stderr(&o));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let o = exits_within(&["status", "--config", c, "--check"], 4);
+    assert!(
+        stderr(&o).contains("the config was not reloaded (the node runs the config it had)"),
+        "{}",
+        stderr(&o)
+    );
     std::fs::write(&config, good).unwrap();
     send_signal(node.child.id() as i32, "HUP");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let o = check();
-        if o.status.code() == Some(0) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", stderr(&o));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    exits_within(&["status", "--config", c, "--check"], 0);
     drop(node);
 }
 
@@ -1312,16 +1305,8 @@ fn status_check_names_what_needs_an_operator() {
     assert_eq!(edgerep(&["status", "--config", c1]).status.code(), Some(0));
     let n2 = Node::start(&configs[1]);
     common::converge(&[&n1, &n2], std::time::Duration::from_secs(30));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let o = edgerep(&["status", "--config", c1, "--check"]);
-        if o.status.code() == Some(0) {
-            assert_eq!(stderr(&o), "");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", stderr(&o));
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let o = exits_within(&["status", "--config", c1, "--check"], 0);
+    assert_eq!(stderr(&o), "");
     // A copy of node-2's config whose api.listen is node-1's: the status is node-1's, and
     // --check says so instead of passing.
     let api_of = |path: &std::path::Path| {
