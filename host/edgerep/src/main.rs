@@ -1189,3 +1189,43 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needed_with_expiry(in_seconds: i64) -> Vec<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap();
+        let status = serde_json::json!({
+            "node_id": "site-a",
+            "replication": {"certificate_expires_unix_s": now + in_seconds},
+        });
+        operator_needed(status.to_string().as_bytes(), "site-a")
+    }
+
+    #[test]
+    fn status_check_warns_before_the_certificate_expires_and_after() {
+        const DAY: i64 = 86_400;
+        assert!(needed_with_expiry(60 * DAY).is_empty());
+        assert!(needed_with_expiry(CERT_WARN_DAYS * DAY + DAY).is_empty());
+        let soon = needed_with_expiry(10 * DAY + 60);
+        assert_eq!(soon.len(), 1, "{soon:?}");
+        assert!(soon[0].contains("expires in 10 days"), "{soon:?}");
+        assert!(soon[0].contains("edgerep certs node --renew"), "{soon:?}");
+        let expired = needed_with_expiry(-60);
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert!(expired[0].contains("has expired"), "{expired:?}");
+    }
+
+    #[test]
+    fn status_check_names_another_node_answering() {
+        let status = serde_json::json!({"node_id": "site-b"});
+        let needed = operator_needed(status.to_string().as_bytes(), "site-a");
+        assert_eq!(needed.len(), 1, "{needed:?}");
+        assert!(needed[0].contains("\"site-b\""), "{needed:?}");
+        assert!(needed[0].contains("\"site-a\""), "{needed:?}");
+    }
+}
