@@ -139,11 +139,15 @@ pub const CACHE_BYTES: usize = 16 << 20;
 /// Layout version of the tables above (2: origin chains and seals; 3: seals name their block
 /// and its Merkle root, proofs of compacted live versions; 4: kept blocks, idempotency
 /// records, resolutions in state rows and the limits record, so that a build of format 3
-/// refuses a store this one wrote). Raise it with every change an older build would misread.
-pub const STORE_FORMAT: u64 = 4;
+/// refuses a store this one wrote; 5: the own-numbers-seen record, restored idempotency keys,
+/// feed runs and the feed by origin, which a build of format 4 would ignore: after a rollback
+/// it could reuse its own sequence numbers or apply a retried keyed write twice). Raise it
+/// with every change an older build would misread.
+pub const STORE_FORMAT: u64 = 5;
 
 /// The oldest format this build continues in place (raising it to [`STORE_FORMAT`] at open):
-/// format 3 stores of the builds just before lack only tables and records made at open.
+/// format 3 and 4 stores of the builds before lack only tables and records made at open (or
+/// read as empty when missing).
 pub(crate) const STORE_FORMAT_CONTINUED: u64 = 3;
 
 /// The meta counters every write transaction keeps up to date: last feed position, state
