@@ -151,35 +151,7 @@ fn plugins_of(root: &Path) -> Result<Vec<RustPlugin>> {
 }
 
 fn ensure_targets() -> Result<()> {
-    let installed = match Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-    {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        _ => {
-            eprintln!("xtask: rustup not usable; assuming the wasm targets are installed");
-            return Ok(());
-        }
-    };
-    let missing: Vec<&str> = TARGETS
-        .into_iter()
-        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask: rustup target add {}", missing.join(" "));
-    let status = Command::new("rustup")
-        .args(["target", "add"])
-        .args(&missing)
-        .status()
-        .context("running rustup target add")?;
-    ensure!(
-        status.success(),
-        "rustup target add {} failed",
-        missing.join(" ")
-    );
-    Ok(())
+    Ok(edgerep_build::rust::ensure_targets(&TARGETS, "xtask")?)
 }
 
 /// Which toolchains `build-plugins` runs.

@@ -185,15 +185,35 @@ impl TinyGo {
             .flat_map(std::env::split_paths)
             .map(|dir| dir.join("tinygo"))
             .find(|p| p.is_absolute() && p.is_file());
-        if let Some(path) = on_path
-            && let Ok(out) = Command::new(&path).arg("version").output()
-            && out.status.success()
-            && String::from_utf8_lossy(&out.stdout)
-                .contains(&format!("tinygo version {TINYGO_VERSION} "))
-        {
-            return Ok(TinyGo::at(path));
+        if let Some(path) = on_path {
+            let version = Command::new(&path)
+                .arg("version")
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+            match version {
+                Some(v) if v.contains(&format!("tinygo version {TINYGO_VERSION} ")) => {
+                    return Ok(TinyGo::at(path));
+                }
+                v => eprintln!(
+                    "edgerep: the tinygo at {} is not the pinned {TINYGO_VERSION} ({}): another version builds other bytes (another sha256 than the fleet's), so the pinned one is used; set TINYGO={} to use it anyway",
+                    path.display(),
+                    v.as_deref().unwrap_or("`tinygo version` failed"),
+                    path.display()
+                ),
+            }
         }
         let script = checkout.join("scripts/install-tinygo.sh");
+        let cache = std::env::var_os("EDGEREP_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/edgerep")));
+        if !cache.is_some_and(|c| c.join(format!("tinygo-{TINYGO_VERSION}")).is_dir()) {
+            eprintln!(
+                "edgerep: installing TinyGo {TINYGO_VERSION} once with {} (Debian packages for LLVM, Go and a TinyGo build from source into the cache: minutes, and root for apt-get); set TINYGO to a tinygo {TINYGO_VERSION} binary instead",
+                script.display()
+            );
+        }
         let failed = |message: String| BuildError::ToolMissing {
             tool: "tinygo".to_owned(),
             message,

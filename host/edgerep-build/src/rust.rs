@@ -118,6 +118,49 @@ pub struct CargoBuild {
     pub quiet: bool,
 }
 
+/// Installs with `rustup target add` the `targets` rustup does not list as installed, saying
+/// so on stderr (prefixed `who`). Without a usable rustup they are assumed installed (the build
+/// then says what is missing).
+pub fn ensure_targets(targets: &[&str], who: &str) -> Result<(), BuildError> {
+    let installed = match Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        _ => {
+            eprintln!("{who}: rustup not usable; assuming the targets {targets:?} are installed");
+            return Ok(());
+        }
+    };
+    let missing: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let what = format!("rustup target add {}", missing.join(" "));
+    eprintln!("{who}: {what}");
+    let status = Command::new("rustup")
+        .args(["target", "add"])
+        .args(&missing)
+        .status()
+        .map_err(|e| BuildError::ToolMissing {
+            tool: "rustup".into(),
+            message: e.to_string(),
+            hint: "install Rust with rustup (https://rustup.rs)".into(),
+        })?;
+    if !status.success() {
+        return Err(BuildError::Failed {
+            what,
+            status: status.to_string(),
+            output: String::new(),
+        });
+    }
+    Ok(())
+}
+
 impl CargoBuild {
     /// Runs the build.
     pub fn run(&self) -> Result<(), BuildError> {
@@ -143,13 +186,12 @@ impl CargoBuild {
         if !status.success() {
             return Err(BuildError::Failed {
                 what: format!(
-                    "cargo build --target {} {} (in {})",
+                    "cargo build --target {}{} (in {})",
                     self.target,
                     self.packages
                         .iter()
-                        .map(|p| format!("-p {p}"))
-                        .collect::<Vec<_>>()
-                        .join(" "),
+                        .map(|p| format!(" -p {p}"))
+                        .collect::<String>(),
                     self.dir.display()
                 ),
                 status: status.to_string(),

@@ -187,11 +187,7 @@ pub enum ConformanceError {
     #[error("expect needs exactly one of ok or error (message only with error)")]
     ExpectNotOkOrError,
     /// The transform returned other changes than expected.
-    #[error(
-        "changes differ:\n  expected {}\n  got      {}",
-        changes_json(.expected),
-        changes_json(.got)
-    )]
+    #[error("changes differ: {}", changes_differ(.expected, .got))]
     ChangesDiffer {
         /// The changes expected.
         expected: Vec<Change>,
@@ -245,7 +241,9 @@ pub enum ConformanceError {
     },
     /// The same event on a reused (pooled) instance gave something else than on a fresh one.
     #[error(
-        "not repeatable: call {call} of the same event on a reused instance gave {got:?}, a fresh instance {fresh:?} (state kept between calls, or randomness such as Go's map iteration order, reaches the output)"
+        "not repeatable: call {call} of the same event on a reused instance gave {}, a fresh instance {} (state kept between calls, or randomness such as Go's map iteration order, reaches the output)",
+        .got.as_ref().map_or_else(|f| format!("the failure {}: {}", f.kind, f.message), |c| changes_json(c).to_string()),
+        changes_json(.fresh)
     )]
     NotRepeatable {
         /// Which call on the reused instance (1 or 2).
@@ -296,6 +294,106 @@ pub enum ConformanceError {
     /// The expected resolution has neither `pick` nor `merge`.
     #[error("expect.ok needs pick or merge")]
     NoPickOrMerge,
+}
+
+impl ConformanceError {
+    /// Whether this says the vector file itself is not valid (not JSON, a field missing,
+    /// unknown or of the wrong type, an expectation that cannot be met by any plugin), as
+    /// opposed to a plugin that did not give what a valid vector expects.
+    pub fn is_invalid_vector(&self) -> bool {
+        use ConformanceError as E;
+        match self {
+            E::Case { error, .. } | E::Build { error, .. } => error.is_invalid_vector(),
+            E::InvalidJson { .. }
+            | E::InvalidCase(_)
+            | E::Params(_)
+            | E::Input(_)
+            | E::PluginNotFolder { .. }
+            | E::UnknownWorld { .. }
+            | E::UnknownStage { .. }
+            | E::MemoryTooLarge
+            | E::ExpectOkNotList
+            | E::ExpectedChange { .. }
+            | E::UnknownErrorKind { .. }
+            | E::ExpectNotOkOrError
+            | E::MessageNotPluginError { .. }
+            | E::UnknownWhile { .. }
+            | E::UnknownOp { .. }
+            | E::OpValueMismatch
+            | E::PickTooLarge
+            | E::MergeNullWithHex
+            | E::NoPickOrMerge => true,
+            _ => false,
+        }
+    }
+}
+
+/// Expected and returned changes, one line each, then where they first differ. `value_hex`
+/// is left out of the lines where `value` shows the value, unless the bytes are all that
+/// differ (an encoding the JSON cannot show).
+fn changes_differ(expected: &[Change], got: &[Change]) -> String {
+    let (expected, got) = (changes_json(expected), changes_json(got));
+    let first = first_difference(&expected, &got, String::new());
+    let hex_only = first
+        .as_ref()
+        .is_some_and(|(at, ..)| at.ends_with(".value_hex"));
+    let shown = |changes: &Json| -> Json {
+        let mut changes = changes.clone();
+        if !hex_only {
+            for change in changes.as_array_mut().into_iter().flatten() {
+                if let Some(o) = change.as_object_mut().filter(|o| o.contains_key("value")) {
+                    o.remove("value_hex");
+                }
+            }
+        }
+        changes
+    };
+    let mut out = format!(
+        "\n  expected {}\n  got      {}",
+        shown(&expected),
+        shown(&got)
+    );
+    if let Some((at, e, g)) = first {
+        out.push_str(&format!(
+            "\n  first difference at {at}: expected {e}, got {g}"
+        ));
+    }
+    out
+}
+
+/// The first place (a path such as `[0].value.hello`) where `expected` and `got` differ,
+/// with what each holds there (`nothing` where one lacks it).
+fn first_difference(expected: &Json, got: &Json, at: String) -> Option<(String, String, String)> {
+    let shown = |v: Option<&Json>| v.map_or_else(|| "nothing".to_owned(), Json::to_string);
+    match (expected, got) {
+        (Json::Array(e), Json::Array(g)) => (0..e.len().max(g.len())).find_map(|i| {
+            let here = format!("{at}[{i}]");
+            match (e.get(i), g.get(i)) {
+                (Some(e), Some(g)) => first_difference(e, g, here),
+                (e, g) => Some((here, shown(e), shown(g))),
+            }
+        }),
+        (Json::Object(e), Json::Object(g)) => {
+            let keys: std::collections::BTreeSet<&String> = e.keys().chain(g.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let here = format!("{at}.{k}");
+                match (e.get(k), g.get(k)) {
+                    (Some(e), Some(g)) => first_difference(e, g, here),
+                    (e, g) => Some((here, shown(e), shown(g))),
+                }
+            })
+        }
+        (e, g) if e == g => None,
+        (e, g) => Some((
+            if at.is_empty() {
+                "the top".to_owned()
+            } else {
+                at
+            },
+            e.to_string(),
+            g.to_string(),
+        )),
+    }
 }
 
 /// The messages of `errors`, one per line.

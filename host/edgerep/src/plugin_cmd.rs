@@ -84,7 +84,7 @@ pub(crate) enum PluginCommand {
     },
     /// Run every vector (*.json, in VECTORS and its folders, or VECTORS itself if it is one
     /// file) against a component; prints pass or the difference per vector and exits 5 if any
-    /// failed.
+    /// failed, 2 if a vector file is not valid (INVALID).
     Test {
         /// The component.
         wasm: PathBuf,

@@ -1,5 +1,6 @@
 //! `edgerep plugin new|build|test`: a scaffold of each language builds and passes its sample
-//! vector out of the box, and a wrong expectation fails `plugin test` with exit 5.
+//! vector out of the box, a wrong expectation fails `plugin test` with exit 5 and an invalid vector
+//! file with exit 2.
 
 mod common;
 
@@ -129,6 +130,34 @@ fn resolver_scaffolds_build_and_pass_their_vectors_and_native_tests() {
     }
 }
 
+/// A Rust scaffold comes with a lock file: every package of the SDK's own, at its version, and
+/// the plugin's package.
+fn sdk_versions_are_pinned(dir: &Path) {
+    let packages = |lock: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(lock).unwrap();
+        let mut out = Vec::new();
+        let mut name = None;
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("name = ") {
+                name = Some(n.to_owned());
+            } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), name.take()) {
+                out.push(format!("{n} {v}"));
+            }
+        }
+        out
+    };
+    let scaffold = packages(&dir.join("Cargo.lock"));
+    let sdk = packages(&root().join("guest-sdk/rust/Cargo.lock"));
+    assert!(
+        sdk.iter().any(|p| p.starts_with("\"wit-bindgen\" ")),
+        "{sdk:?}"
+    );
+    for p in &sdk {
+        assert!(scaffold.contains(p), "{p} not pinned: {scaffold:?}");
+    }
+    assert_eq!(scaffold.len(), sdk.len() + 1, "{scaffold:?}");
+}
+
 /// The scaffold's native tests pass as made (`cargo test` in its folder).
 fn native_tests_pass(dir: &Path) {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -164,6 +193,9 @@ fn scaffolds_build_and_pass_their_vectors() {
         ]);
         assert!(out.status.success(), "plugin new --lang {lang}");
         let dir = tmp.path().join(&name);
+        if lang == "rust" {
+            sdk_versions_are_pinned(&dir);
+        }
         let wasm = tmp.path().join(format!("{name}.wasm"));
         let out = edgerep(&[
             os("plugin"),
@@ -199,7 +231,7 @@ fn scaffolds_build_and_pass_their_vectors() {
         // A wrong expected value fails, naming the file.
         let sample = vectors.join("sample.json");
         let text = std::fs::read_to_string(&sample).unwrap();
-        let broken = text.replace("65776f726c64\"", "65776f726c65\"");
+        let broken = text.replace("\"hello\": \"world\"", "\"hello\": \"World!\"");
         assert_ne!(text, broken);
         std::fs::write(vectors.join("broken.json"), broken).unwrap();
         let out = edgerep(&[
@@ -228,6 +260,30 @@ fn scaffolds_build_and_pass_their_vectors() {
             "the path once: {stdout}"
         );
         assert!(!stdout.contains("component build"), "{stdout}");
+        // The message points at the field that differs, and the values read as JSON.
+        assert!(
+            stdout.contains(
+                "first difference at [0].value.hello: expected \"World!\", got \"world\""
+            ),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("value_hex"), "{stdout}");
+        // A vector file that is not valid is not a plugin failure: exit 2, named as such.
+        std::fs::write(vectors.join("broken.json"), "{\"plugin\": ").unwrap();
+        let out = edgerep(&[
+            os("plugin"),
+            os("test"),
+            wasm.as_os_str(),
+            vectors.as_os_str(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "an invalid vector ({lang})");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("INVALID") && stdout.contains("broken.json"),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("FAIL"), "{stdout}");
+        std::fs::remove_file(vectors.join("broken.json")).unwrap();
         // One vector file alone.
         let out = edgerep(&[
             os("plugin"),
@@ -344,6 +400,14 @@ fn update_config_writes_the_new_hash(node: &Path, dir: &Path, wasm: &Path) {
     let out = build_updating(dir, wasm, &other);
     assert!(!out.status.success());
     assert_eq!(std::fs::read_to_string(&other).unwrap(), before);
+    // The refusal says how the config's paths were read, and gives a table to paste.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("plugins.demo2.path \"/nowhere.wasm\" is /nowhere.wasm")
+            && said.contains("read from the config's folder")
+            && said.contains("sha256 = \""),
+        "{said}"
+    );
     // A component that decides a collection's state (here a resolver) is not built
     // over in place: refused before anything is written, the build the node runs kept.
     let deciding = node.join("deciding.toml");

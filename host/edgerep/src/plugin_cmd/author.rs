@@ -127,11 +127,42 @@ pub(crate) fn new(
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    if lang == Toolchain::Rust {
+        pin_sdk_lock(&root, &folder);
+    }
     println!("{}", folder.display());
     eprintln!(
         "edgerep: made {folder_text}: build it with `edgerep plugin build --lang {lang} {folder_text}`"
     );
     Ok(0)
+}
+
+/// Gives the Rust scaffold in `folder` a lock file with the SDK's pinned dependencies (the
+/// checkout's `guest-sdk/rust/Cargo.lock`, with the plugin's own package added), so two authors
+/// build the same bytes rather than whatever their registry cache held that day. Without cargo
+/// at hand the scaffold keeps none, and the first build makes one.
+fn pin_sdk_lock(root: &Path, folder: &Path) {
+    let lock = folder.join("Cargo.lock");
+    if std::fs::copy(root.join("guest-sdk/rust/Cargo.lock"), &lock).is_err() {
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let added = |offline: bool| {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(folder)
+            .args(["update", "--workspace", "-q"]);
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.status().is_ok_and(|s| s.success())
+    };
+    if !added(true) && !added(false) {
+        eprintln!(
+            "edgerep: could not add the plugin to the SDK's lock file (cargo update --workspace in {}); the first build makes one",
+            folder.display()
+        );
+        let _ = std::fs::remove_file(&lock);
+    }
 }
 
 /// `s` as a Go interpreted string literal, as go.mod reads it (`strconv.Unquote`): `"` and `\`
@@ -184,7 +215,13 @@ pub(crate) fn build(
     let lang = match lang {
         Some(l) => l,
         None if dir.join("Cargo.toml").is_file() => Toolchain::Rust,
-        None if dir.join("go.mod").is_file() => Toolchain::TinyGo,
+        None if dir.join("go.mod").is_file() => {
+            eprintln!(
+                "edgerep: {} has a go.mod: building with TinyGo (give --lang go for the standard Go toolchain)",
+                dir.display()
+            );
+            Toolchain::TinyGo
+        }
         None => bail!(
             "{} has neither Cargo.toml nor go.mod: give --lang",
             dir.display()
@@ -304,29 +341,52 @@ fn with_sha256(config: &Path, wasm: &Path, sha256: &str) -> anyhow::Result<(Stri
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .with_context(|| format!("{} is not valid TOML", config.display()))?;
-    let base = config.parent().unwrap_or(Path::new("."));
+    let base = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let target = resolved(wasm).with_context(|| format!("resolving {}", wasm.display()))?;
     let mut updated = Vec::new();
+    // Each table's path as resolved, for the refusal below.
+    let mut seen = Vec::new();
     if let Some(plugins) = doc.get_mut("plugins").and_then(|p| p.as_table_like_mut()) {
         for (name, table) in plugins.iter_mut() {
             let Some(t) = table.as_table_like_mut() else {
                 continue;
             };
-            let Some(path) = t.get("path").and_then(|p| p.as_str()) else {
+            let Some(path) = t.get("path").and_then(|p| p.as_str()).map(str::to_owned) else {
                 continue;
             };
-            if resolved(&base.join(path)).is_some_and(|p| p == target) {
+            let at = resolved(&base.join(&path));
+            if at.as_ref().is_some_and(|p| *p == target) {
                 t.insert("sha256", toml_edit::value(sha256));
                 updated.push(name.to_string());
             }
+            seen.push(format!(
+                "plugins.{name}.path {path:?} is {}",
+                at.unwrap_or_else(|| base.join(&path)).display()
+            ));
         }
     }
-    ensure!(
-        !updated.is_empty(),
-        "no [plugins.NAME] table of {} has path {} (nothing changed)",
-        config.display(),
-        wasm.display()
-    );
+    if updated.is_empty() {
+        let tables = if seen.is_empty() {
+            "it has no [plugins.NAME] table".to_owned()
+        } else {
+            seen.join("; ")
+        };
+        let stem = target
+            .file_stem()
+            .map_or_else(|| "NAME".into(), |s| s.to_string_lossy().into_owned());
+        bail!(
+            "no [plugins.NAME] table of {} has path {} (nothing changed, the component was not written): a table's path is read from the config's folder {} ({tables}). Add one, for example:\n\n[plugins.{stem}]\npath = {:?}\nsha256 = \"{sha256}\"\n",
+            config.display(),
+            target.display(),
+            std::fs::canonicalize(base)
+                .unwrap_or_else(|_| base.to_path_buf())
+                .display(),
+            target.display().to_string(),
+        );
+    }
     let new_text = doc.to_string();
     if let Err(e) = edgerep_config::Config::parse(&new_text, config) {
         bail!("the updated config would not load (nothing changed): {e}");
@@ -420,6 +480,7 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
         encoded_rustflags,
         quiet: false,
     };
+    edgerep_build::rust::ensure_targets(&[plugin.target.as_str()], "edgerep")?;
     cargo_build.run()?;
     let core = cargo_build.core_path(&plugin.lib);
     let bytes = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
@@ -448,7 +509,8 @@ fn tinygo() -> anyhow::Result<TinyGo> {
     Ok(TinyGo::locate(&checkout())?)
 }
 
-/// `edgerep plugin test`: exit 0 if every vector passes, else 5.
+/// `edgerep plugin test`: exit 0 if every vector passes; 2 if a vector file itself is not
+/// valid (a CI script must tell a broken vector from a plugin that regressed); else 5.
 pub(crate) fn test(wasm: &Path, vectors: &Path) -> anyhow::Result<u8> {
     let runtime = Runtime::new(None)?;
     let results = edgerep_plugin::conformance::run_vectors_on_component(&runtime, wasm, vectors)
@@ -458,26 +520,37 @@ pub(crate) fn test(wasm: &Path, vectors: &Path) -> anyhow::Result<u8> {
         "no *.json vectors in {}",
         vectors.display()
     );
-    let mut failed = 0;
+    let (mut failed, mut invalid) = (0, 0);
     for (file, result) in &results {
         match result {
             Ok(()) => println!("pass {}", file.display()),
+            // The messages start with the vector's path.
+            Err(e) if e.is_invalid_vector() => {
+                invalid += 1;
+                println!("INVALID {e}");
+            }
             Err(e) => {
                 failed += 1;
-                // The message starts with the vector's path.
                 println!("FAIL {e}");
             }
         }
     }
+    let invalid_note = if invalid > 0 {
+        format!(" ({invalid} of the vector files are not valid: fix them first)")
+    } else {
+        String::new()
+    };
     println!(
-        "{} of {} vectors passed",
-        results.len() - failed,
+        "{} of {} vectors passed{invalid_note}",
+        results.len() - failed - invalid,
         results.len()
     );
-    Ok(if failed == 0 {
-        0
-    } else {
+    Ok(if invalid > 0 {
+        crate::EXIT_USAGE
+    } else if failed > 0 {
         super::EXIT_PLUGIN_FAILED
+    } else {
+        0
     })
 }
 
