@@ -10,7 +10,7 @@
 //! - `origins`: per origin, the highest sequence number held;
 //! - `dead_letters`: events a plugin refused, with the reason;
 //! - `disagreements`: keys whose resolution differed from a peer's over the same versions;
-//! - `idempotency`, `idempotency_order`: clients' idempotency keys with the answers of the writes
+//! - `idempotency`, `idempotency_restored`: clients' idempotency keys with the answers of the writes
 //!   they committed (see `idempotency.rs`);
 //! - `compacted`: per origin, the highest sequence number removed from the changelog (see
 //!   `retention.rs`: compaction, and state snapshots for peers that need removed events);

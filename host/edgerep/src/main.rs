@@ -21,7 +21,7 @@ use edgerep_client::client::{Client, Outcome};
 use edgerep_client::cluster;
 use edgerep_client::starter::write_starter;
 
-/// jemalloc, not glibc's malloc. Events are decoded on the connection threads and freed by the
+/// jemalloc, not glibc's malloc. Events are decoded on the tokio runtime's workers (connection tasks) and freed by the
 /// committer: glibc's arenas (capped at two to bound resident memory) then serialize those frees
 /// on the arena locks. `bench replicate` on one machine, glibc then jemalloc, alternating:
 /// catch-up 0.381 and 0.343 of raw redb against 0.597 and 0.655, peak resident memory within a
