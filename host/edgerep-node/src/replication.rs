@@ -104,6 +104,13 @@ const MAX_REPORTS: usize = 64;
 /// How often acknowledged cursors are saved to the store, at most.
 const SAVE_CURSORS_EVERY: Duration = Duration::from_secs(1);
 
+/// Sessions a peer may start at once, and per second after. Each start costs this thread reads
+/// (a window of the changelog, or a snapshot page from the start for a new instance) that a
+/// peer closing and dialing again in a loop would buy for one Hello each; an honest peer's
+/// redials back off from 100 ms to 3 s, and a restart or crossed dials start two or three.
+const SESSIONS_BURST: f64 = 10.0;
+const SESSIONS_PER_SECOND: f64 = 0.5;
+
 /// How often the links are looked at for data still leaving (`note_busy_links`).
 const LINK_LOOK_EVERY: Duration = Duration::from_millis(250);
 /// How long frames queued for a peer may stay without any leaving before its link is closed.
@@ -466,6 +473,7 @@ pub fn start(
         reports: Reports::default(),
         instances: BTreeMap::new(),
         duplicates: BTreeMap::new(),
+        session_starts: BTreeMap::new(),
         origin_claims: BTreeMap::new(),
         own_key_differs: BTreeMap::new(),
         origin_first_claim: None,
@@ -672,6 +680,8 @@ struct Replicator {
     instances: BTreeMap<NodeId, VecDeque<(u64, Instant)>>,
     /// Peers whose id two machines were seen using: when, and the report.
     duplicates: BTreeMap<NodeId, (Instant, String)>,
+    /// Per peer, the sessions it may still start (see [`SESSIONS_BURST`]) and when last refilled.
+    session_starts: BTreeMap<NodeId, (f64, Instant)>,
     /// Per peer, how far its Hello said it holds this node's own events (for the origin gate).
     origin_claims: BTreeMap<NodeId, u64>,
     /// Peers whose claim of this node's own events rests on a seal this node's key does not
@@ -877,6 +887,26 @@ impl Replicator {
                 .close(CloseCode::UnknownPeer, "no longer a peer of this node");
             return;
         }
+        let starts = anti_entropy::refilled(
+            &mut self.session_starts,
+            &peer,
+            SESSIONS_PER_SECOND,
+            SESSIONS_BURST,
+        );
+        if *starts < 1.0 {
+            let reason = format!(
+                "reconnecting too often: a peer starts at most {SESSIONS_BURST} sessions at once and one per {} s after; dial again later",
+                1.0 / SESSIONS_PER_SECOND
+            );
+            static LOG: crate::log_limit::Throttle =
+                crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+            if let Some(left_out) = LOG.allow() {
+                tracing::warn!(peer = %peer, left_out, "connection refused: {reason}");
+            }
+            live.conn.close(CloseCode::Normal, &reason);
+            return;
+        }
+        *starts -= 1.0;
         if let Some(old) = self.conns.get(&peer) {
             // Both nodes dialed at once (both starting, say): each would keep the connection it
             // saw last, and close the other, so each may close the one the other kept. Of two
@@ -1242,6 +1272,25 @@ impl Replicator {
                 stuck_limit.as_secs()
             );
             tracing::warn!(peer = %peer, "{reason}");
+            self.last_error.insert(peer.clone(), reason.clone());
+            self.end_session(&peer, CloseCode::Protocol, &reason, now);
+        }
+        // TLS checked the peer's certificate at the handshake only: a session outliving it
+        // ends (a new handshake is refused until the peer has a valid one).
+        let now_s = (wall_ms() / 1000) as i64;
+        let expired: Vec<(NodeId, i64)> = self
+            .conns
+            .iter()
+            .filter_map(|(peer, live)| {
+                let at = live.conn.certificate_expires_unix_s?;
+                (at <= now_s).then(|| (peer.clone(), at))
+            })
+            .collect();
+        for (peer, at) in expired {
+            let reason = format!(
+                "the peer's certificate expired (at {at} Unix seconds): renew it for the same key (`edgerep certs node --renew`, or your PKI) and restart it"
+            );
+            tracing::warn!(peer = %peer, "session ended: {reason}");
             self.last_error.insert(peer.clone(), reason.clone());
             self.end_session(&peer, CloseCode::Protocol, &reason, now);
         }

@@ -306,6 +306,25 @@ impl Ca {
         self.issue_node_for(node_id, key, not_before, not_after)
     }
 
+    /// [`Ca::issue_node`] for a certificate that stops being valid at `not_after_unix_s` (a
+    /// short-lived one).
+    pub fn issue_node_until(
+        &self,
+        node_id: &str,
+        not_after_unix_s: i64,
+    ) -> Result<NodeCert, CertError> {
+        let (from, _) = self.node_validity();
+        let to = OffsetDateTime::from_unix_timestamp(not_after_unix_s).map_err(|e| {
+            CertError::Generate {
+                what: format!(
+                    "a certificate for node {node_id:?} ending at {not_after_unix_s} ({e})"
+                ),
+                source: rcgen::Error::Time,
+            }
+        })?;
+        self.issue_node_valid(node_id, from, to)
+    }
+
     /// [`Ca::issue_node`] for the key `key_pem` (PEM): a renewal. A node keeps its key, since
     /// its peers check the seals of its earlier events against it.
     pub fn renew_node(&self, node_id: &str, key_pem: &str) -> Result<NodeCert, CertError> {
@@ -520,6 +539,13 @@ fn sync_parent(path: &Path) {
     {
         let _ = dir.sync_all();
     }
+}
+
+/// When the certificate `cert_der` stops being valid (its `notAfter`, Unix seconds); `None` if
+/// it is no X.509 certificate.
+pub fn not_after_unix_s(cert_der: &[u8]) -> Option<i64> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(x509.validity().not_after.timestamp())
 }
 
 /// The node id a certificate (DER) names: the one `edgerep://node/<id>` URI subject alternative

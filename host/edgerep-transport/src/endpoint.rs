@@ -67,6 +67,10 @@ pub struct PeerConnection {
     pub peer: NodeId,
     /// The peer's UDP address.
     pub remote: SocketAddr,
+    /// When the peer's certificate stops being valid (Unix seconds), as it presented it at the
+    /// handshake (`None`: unreadable, which the handshake would have refused). TLS checks the
+    /// dates at the handshake only: a session outliving them is for its holder to end.
+    pub certificate_expires_unix_s: Option<i64>,
     /// The QUIC connection (replication runs on its link: see `link.rs`).
     pub(crate) conn: quinn::Connection,
 }
@@ -421,7 +425,8 @@ impl Transport {
         // It answered: its next failure is news, a warning again.
         DIAL_FAILURES.forget(&format!("{peer} "));
         // The verifier accepted the certificate, so it names `peer`; check again all the same.
-        let presented = peer_cert(&conn).and_then(|cert| node_id_of(&cert).ok());
+        let cert = peer_cert(&conn);
+        let presented = cert.as_ref().and_then(|cert| node_id_of(cert).ok());
         if presented.as_ref() != Some(peer) {
             conn.close(CloseCode::Protocol.code(), b"node id mismatch");
             return Err(ConnectError::Handshake {
@@ -434,6 +439,7 @@ impl Transport {
         Ok(PeerConnection {
             peer: peer.clone(),
             remote,
+            certificate_expires_unix_s: cert.as_deref().and_then(crate::certs::not_after_unix_s),
             conn,
         })
     }
@@ -564,10 +570,12 @@ impl Incoming {
             // The reason may be the remote's own words (its close frame), sent before any
             // certificate: one line.
             let err = edgerep_wire::text::one_line(&err.to_string()).into_owned();
-            // A refused or decommissioned site may try again every few seconds (from its one
-            // UDP port: an edgerep node dials from the port it listens on).
+            // A refused or decommissioned site may try again every few seconds (an edgerep
+            // node dials from the port it listens on; another client may change its port
+            // each time: the repeat is known by the address without it).
             static REPEATS: crate::repeats::Repeats = crate::repeats::Repeats::new();
-            match REPEATS.warn(&err) {
+            let key = err.replace(&remote.to_string(), &remote.ip().to_string());
+            match REPEATS.warn(&key) {
                 Some(0) => tracing::warn!(%remote, "{err}"),
                 Some(repeated) => {
                     tracing::warn!(%remote, repeated, "{err} (the same failure {repeated} times more since it was last logged as a warning; repeats within 10 min are logged at debug level)")
@@ -614,6 +622,7 @@ impl Incoming {
         Ok(PeerConnection {
             peer: id,
             remote,
+            certificate_expires_unix_s: crate::certs::not_after_unix_s(&cert),
             conn,
         })
     }

@@ -1697,6 +1697,90 @@ fn a_connection_that_never_opens_its_stream_is_closed() {
     assert!(reason.contains("no stream opened"), "{reason}");
 }
 
+/// A peer closing and dialing again in a loop, each time with a Hello under a new instance:
+/// each session start bought node-1's replicator thread a read (a window of its changelog, or
+/// a snapshot page from the start), for one Hello each. Now a peer starts at most
+/// SESSIONS_BURST sessions at once and one per 2 s after; past that the connection is closed
+/// saying why, and node-1 goes on serving its honest peer.
+#[test]
+fn a_peer_reconnecting_in_a_loop_is_refused_sessions_past_its_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut refused = 0;
+    for _ in 0..16 {
+        let mut h = Hostile::connect(&configs[1], &configs[0]);
+        let hello = h.hello(&[], &[]);
+        h.send(&hello).unwrap();
+        // Node-1 answers a session it starts with its own Hello; a refused one is closed.
+        let answered = h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)));
+        if answered.is_none() {
+            let reason = h.closed_within(Duration::from_secs(5));
+            assert!(
+                reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("reconnecting too often")),
+                "{reason:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(
+        (3..=6).contains(&refused),
+        "16 sessions in a few seconds, at most 10 and one per 2 s taken: {refused} refused"
+    );
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    wait_for_key(&n1, "after", "node-3's write reaches node-1");
+}
+
+/// TLS checks a certificate's dates at the handshake only: a peer whose certificate expires
+/// during its session kept it for as long as the connection lived (keep-alives hold it open).
+/// Now node-1 ends the session once the certificate has expired, saying why.
+#[test]
+fn a_session_ends_when_the_peers_certificate_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    // Node-2's identity, reissued by the cluster's CA to end in a few seconds.
+    let ca = edgerep_transport::certs::Ca::load(
+        &dir.path().join("ca/ca.pem"),
+        &dir.path().join("ca/ca.key"),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let short = ca.issue_node_until("node-2", now + 4).unwrap();
+    let tls = edgerep_config::Config::load(&configs[1])
+        .unwrap()
+        .replication
+        .tls
+        .unwrap();
+    std::fs::remove_file(&tls.cert).unwrap();
+    std::fs::remove_file(&tls.key).unwrap();
+    edgerep_transport::certs::write_node_files(tls.cert.parent().unwrap(), &ca, &short).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&tls.cert).unwrap(),
+        short.cert_pem()
+    );
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let hello = h.hello(&[], &[]);
+    h.send(&hello).unwrap();
+    assert!(
+        h.wait_for(Duration::from_secs(3), |m| matches!(m, Message::Hello(_)))
+            .is_some(),
+        "the session starts while the certificate is valid"
+    );
+    let reason = h.closed_within(Duration::from_secs(15));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("certificate expired")),
+        "{reason:?}"
+    );
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    wait_for_key(&n1, "after", "node-3's write reaches node-1");
+}
+
 /// A peer naming, again and again, one leaf of the tree with a sum node-1 does not hold: each
 /// answer lists the leaf, and a listing reads node-1's whole state table on its replicator
 /// thread. Only messages that listed ranges themselves were charged to the peer's listing

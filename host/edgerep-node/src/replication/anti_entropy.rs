@@ -285,7 +285,7 @@ const WORK_BURST: f64 = 10.0;
 
 /// `peer`'s budget in `budgets` (what is left, and when), refilled at `rate` per second up
 /// to `burst` (a new peer starts full); returns what is left now.
-fn refilled<'b>(
+pub(super) fn refilled<'b>(
     budgets: &'b mut BTreeMap<NodeId, (f64, Instant)>,
     peer: &NodeId,
     rate: f64,

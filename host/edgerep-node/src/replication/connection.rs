@@ -441,7 +441,12 @@ pub(super) async fn serve_connection(
                     break reason;
                 }
             },
-            Ok(None) => break "stream closed by peer".to_owned(),
+            // Closed too: else the connection, kept alive by its keep-alives, would count as
+            // connected (see `connected_to_us`) with no session on it.
+            Ok(None) => {
+                conn.close(CloseCode::Normal, "stream closed");
+                break "stream closed by peer".to_owned();
+            }
             // The close reason (ours or the peer's) is added below.
             Err(e) if e.is_connection_lost() => break "connection closed".to_owned(),
             Err(e) => {
