@@ -2167,6 +2167,7 @@ async fn status(
         "feed_floor": s.feed_floor,
         "collections": collections_json(&app.config().collections),
         "last_reload_error": app.reloader.last_error(),
+        "clock_skewed_origins": app.commit_metrics.skewed_origins(),
     });
     let (store, config) = (app.store.clone(), app.config());
     body["collections_not_declared"] =

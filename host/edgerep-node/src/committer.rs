@@ -514,7 +514,11 @@ impl Committer {
                             ) {
                                 Ok(out) => {
                                     metrics.commit("apply", started.elapsed().as_secs_f64());
-                                    metrics.skewed(out.skewed as u64, clock.max_skew_ms());
+                                    metrics.skewed(
+                                        out.skewed as u64,
+                                        clock.max_skew_ms(),
+                                        &out.skewed_by_origin,
+                                    );
                                     for (c, k) in &per_collection {
                                         metrics.events(c, *k, false);
                                     }

@@ -517,9 +517,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         Some(k) => store.with_keys(k.clone()),
         None => store,
     });
-    // Keys a restore brought back from the peers, kept past their window (once, after one).
+    // Keys a restore brought back from the peers, kept past their window (once, after one),
+    // judged by the earlier of the wall clock and the hybrid clock's last time: a clock that
+    // booted ahead must not remove keys a retry still needs.
     writer
-        .prune_restored_keys(committer::wall_ms())
+        .prune_restored_keys(committer::wall_ms().min(resume.hlc_last.physical_ms))
         .map_err(store_error)?;
     // Format 3 kept no resolutions in state rows, and a resolution is made only when a version
     // is added: keys with concurrent versions get theirs now, or anti-entropy finds them

@@ -36,6 +36,9 @@ pub struct CommitMetrics {
     skewed: Counter,
     /// When a skewed event was last logged (at most one warning a minute).
     skew_logged: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Per origin whose events came skewed, how far ahead of this node's wall clock the last
+    /// batch's were at most (ms), and when (one entry per origin: origins are peers' ids).
+    skewed_origins: std::sync::Mutex<std::collections::BTreeMap<String, (u64, std::time::Instant)>>,
     /// The collections declared (at the start, or by a reload since): always counted under
     /// their names.
     declared: std::sync::RwLock<std::collections::BTreeSet<String>>,
@@ -72,6 +75,7 @@ impl CommitMetrics {
             applied: Family::default(),
             skewed: Counter::default(),
             skew_logged: std::sync::Mutex::new(None),
+            skewed_origins: std::sync::Mutex::default(),
             labelled: std::sync::Mutex::new(Default::default()),
         }
     }
@@ -129,21 +133,63 @@ impl CommitMetrics {
     }
 
     /// `n` events of a peer's batch carried timestamps ahead of this node's clock by more than
-    /// `max_skew_ms`: counted, and logged at most once a minute (one of the two clocks is wrong).
-    pub(crate) fn skewed(&self, n: u64, max_skew_ms: u64) {
+    /// `max_skew_ms` (`by_origin`: how far, at most, per origin): counted, kept per origin for
+    /// status, and logged at most once a minute (one of the two clocks is wrong).
+    pub(crate) fn skewed(
+        &self,
+        n: u64,
+        max_skew_ms: u64,
+        by_origin: &std::collections::BTreeMap<edgerep_wire::NodeId, u64>,
+    ) {
         if n == 0 {
             return;
         }
         let total = self.skewed.inc_by(n) + n;
+        let now = std::time::Instant::now();
+        {
+            let mut origins = self
+                .skewed_origins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (origin, ahead) in by_origin {
+                origins.insert(origin.to_string(), (*ahead, now));
+            }
+        }
         let mut logged = self.skew_logged.lock().unwrap_or_else(|e| e.into_inner());
         if logged.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60)) {
-            *logged = Some(std::time::Instant::now());
+            *logged = Some(now);
+            let named: Vec<String> = by_origin
+                .iter()
+                .map(|(o, ahead)| format!("{o} up to {} s ahead", ahead / 1000))
+                .collect();
             tracing::warn!(
                 events = n,
                 total,
-                "a peer's events carry timestamps more than {max_skew_ms} ms (node.max_clock_skew_ms) ahead of this node's clock: applied, but this clock does not follow them, so last-writer-wins favours their origin's writes until the clocks agree; check both machines' time (edgerep_clock_skewed_events_total counts them)"
+                "events of {} carry timestamps more than {max_skew_ms} ms (node.max_clock_skew_ms) ahead of this node's clock: applied, but this clock does not follow them, so last-writer-wins favours that origin's writes over concurrent ones until the clocks agree; check both machines' time (edgerep_clock_skewed_events_total counts them, status shows clock_skewed_origins)",
+                named.join(", ")
             );
         }
+    }
+
+    /// Origins whose events came skewed (see [`CommitMetrics::skewed`]) within the last hour:
+    /// how far ahead (ms) and how long ago (s), for status.
+    pub(crate) fn skewed_origins(&self) -> serde_json::Value {
+        let mut origins = self
+            .skewed_origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        origins.retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(3600));
+        serde_json::Value::Object(
+            origins
+                .iter()
+                .map(|(o, (ahead, at))| {
+                    (
+                        o.clone(),
+                        serde_json::json!({"ahead_ms": ahead, "seen_s_ago": at.elapsed().as_secs()}),
+                    )
+                })
+                .collect(),
+        )
     }
 
     fn register(&self, m: &mut Metrics) {

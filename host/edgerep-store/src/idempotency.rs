@@ -704,7 +704,13 @@ impl Index {
         let mut held = (self.len() as usize).saturating_sub(changes.removed.len()) as u64
             + changes.added.len() as u64;
         use std::sync::atomic::Ordering::Relaxed;
-        if held <= window.keep_keys && wall_ms < self.next_expiry_ms.load(Relaxed) {
+        // (A next look further off than EXPIRE_EVERY_MS was set before the wall clock stepped
+        // back: looked at now, or expiry by time would stall for as long as the step.)
+        let next = self.next_expiry_ms.load(Relaxed);
+        if held <= window.keep_keys
+            && wall_ms < next
+            && next <= wall_ms.saturating_add(EXPIRE_EVERY_MS)
+        {
             return Ok(changes);
         }
         // The front is looked at: what waits in meta moves to the table first, so that every

@@ -260,6 +260,8 @@ pub struct RemoteApply {
     pub feed_last: u64,
     /// Events whose timestamp was too far ahead of the wall clock to move the clock.
     pub skewed: usize,
+    /// Of those, per origin, the farthest ahead of the wall clock (ms).
+    pub skewed_by_origin: std::collections::BTreeMap<NodeId, u64>,
     /// Origins whose events in the batch do not chain, from this node's history, to a seal of
     /// theirs that verifies: another history the origin signed, or events changed under a
     /// genuine seal. Left out, reported.
@@ -392,6 +394,9 @@ pub struct Store {
     /// Whether the table of keys whose writes came back after a restore holds any (so a new
     /// key, the common case, is looked up there only after a restore).
     keys_restored: std::sync::atomic::AtomicBool,
+    /// When this store was opened (monotonic): a key restored from the peers is honoured for a
+    /// whole window of this process's run, whatever the wall clock says (see `restored_key`).
+    opened: std::time::Instant,
     /// How state rows hash.
     rule: HashRule,
     /// The store format found at open (this build's for a new store).
@@ -678,6 +683,7 @@ impl Store {
             idempotency_index,
             dead_letter_ids,
             keys_restored: keys_restored.into(),
+            opened: std::time::Instant::now(),
             rule,
             opened_format,
             lowering_limits: lowering,

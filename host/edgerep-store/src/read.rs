@@ -53,8 +53,11 @@ impl Store {
     }
 
     /// When `key` has no record: whether a write sent with it came back from the peers after a
-    /// restore from a backup lost its record, within the window (by this node's wall clock
-    /// now): its sequence number and time (ms). Such a key must not write again.
+    /// restore from a backup lost its record, within the window: by this node's wall clock now,
+    /// or for the whole first window this store is open (a restored box may boot with its clock
+    /// ahead, or have it stepped forward: by the wall clock alone the key would expire early,
+    /// and a retry write again). Its sequence number and time (ms). Such a key must not write
+    /// again.
     pub fn restored_key(&self, key: &str) -> Result<Option<(u64, u64)>, StoreError> {
         if !self
             .keys_restored
@@ -68,7 +71,8 @@ impl Store {
             .get(idempotency::digest(key).as_slice())?
             .map(|g| g.value());
         let window = self.idempotency_window;
-        Ok(found.filter(|&(_, at_ms)| window.covers(at_ms, crate::wall_ms())))
+        let first_window = self.opened.elapsed() < std::time::Duration::from_millis(window.keep_ms);
+        Ok(found.filter(|&(_, at_ms)| first_window || window.covers(at_ms, crate::wall_ms())))
     }
 
     /// `records` under dead-letter ids reserved for them: a request's dead letters are named

@@ -862,9 +862,11 @@ impl StoreWriter {
     }
 
     /// Removes the keys restored from peers (see `idempotency::RESTORED`) that are past the
-    /// window at `wall_ms`: after a restore, once, at the next start. Nothing to do (no
-    /// transaction) when there are none.
-    pub fn prune_restored_keys(&self, wall_ms: u64) -> Result<(), StoreError> {
+    /// window at `now_ms`: after a restore, once, at the next start. Nothing to do (no
+    /// transaction) when there are none. The caller passes the earlier of its wall clock and
+    /// the last time its hybrid clock issued or observed: a clock that booted ahead must not
+    /// remove keys still within the window (a retry would write again).
+    pub fn prune_restored_keys(&self, now_ms: u64) -> Result<(), StoreError> {
         if !self
             .keys_restored
             .load(std::sync::atomic::Ordering::Acquire)
@@ -872,7 +874,7 @@ impl StoreWriter {
             return Ok(());
         }
         let txn = self.db.begin_write()?;
-        let left = idempotency::prune_restored(&txn, self.idempotency_window, wall_ms)?;
+        let left = idempotency::prune_restored(&txn, self.idempotency_window, now_ms)?;
         txn.commit()?;
         self.keys_restored
             .store(left, std::sync::atomic::Ordering::Release);
@@ -1244,15 +1246,19 @@ impl StoreWriter {
         wall_ms: u64,
     ) -> Result<RemoteApply, StoreError> {
         let mut skewed = 0;
+        let mut skewed_by_origin = BTreeMap::new();
         let mut observed = clock.clone();
         for r in &events {
-            if observed.observe(r.event.hlc, wall_ms).is_err() {
+            if let Err(e) = observed.observe(r.event.hlc, wall_ms) {
                 skewed += 1;
+                let ahead = skewed_by_origin.entry(r.event.origin.clone()).or_insert(0);
+                *ahead = e.ahead_ms.max(*ahead);
             }
         }
         let mut out = self.apply_in(events, sealed, dead_letters, sync, Some(observed.last()))?;
         *clock = observed;
         out.skewed = skewed;
+        out.skewed_by_origin = skewed_by_origin;
         Ok(out)
     }
 
@@ -1679,6 +1685,7 @@ impl StoreWriter {
             held,
             feed_last,
             skewed: 0,
+            skewed_by_origin: BTreeMap::new(),
             forks: forks.into_values().collect(),
             left_out_of_damaged_rows,
         })

@@ -624,6 +624,12 @@ fn operator_needed(body: &[u8], expected_id: &str) -> Vec<String> {
     if let Some(e) = j["last_reload_error"].as_str() {
         out.push(e.to_owned());
     }
+    for (origin, s) in j["clock_skewed_origins"].as_object().into_iter().flatten() {
+        out.push(format!(
+            "events of {origin} came with timestamps {} s ahead of this node's clock (within the last hour): one of the two machines' clocks is wrong, and last-writer-wins favours the one ahead; check both",
+            s["ahead_ms"].as_u64().unwrap_or(0) / 1000
+        ));
+    }
     if let Some(e) = j["store_check_at_open"]["failed"].as_str() {
         out.push(format!("the store's check at open failed: {e}"));
     }
@@ -1218,6 +1224,20 @@ mod tests {
         let expired = needed_with_expiry(-60);
         assert_eq!(expired.len(), 1, "{expired:?}");
         assert!(expired[0].contains("has expired"), "{expired:?}");
+    }
+
+    #[test]
+    fn status_check_names_an_origin_whose_clock_is_ahead() {
+        let status = serde_json::json!({
+            "node_id": "site-a",
+            "clock_skewed_origins": {"site-b": {"ahead_ms": 86_400_000u64, "seen_s_ago": 3}},
+        });
+        let needed = operator_needed(status.to_string().as_bytes(), "site-a");
+        assert_eq!(needed.len(), 1, "{needed:?}");
+        assert!(
+            needed[0].contains("events of site-b came with timestamps 86400 s ahead"),
+            "{needed:?}"
+        );
     }
 
     #[test]

@@ -2178,8 +2178,33 @@ fn events_stamped_far_ahead_are_applied_counted_and_logged() {
     );
     let log = std::fs::read_to_string(&n1.log).unwrap();
     assert!(
-        log.contains("ahead of this node's clock: applied, but this clock does not follow them"),
+        log.contains("events of node-2 up to 86")
+            && log.contains(
+                "ahead of this node's clock: applied, but this clock does not follow them"
+            ),
         "{log}"
+    );
+    // Status names the origin, and `status --check` asks for an operator.
+    let skewed = &status(&n1)["clock_skewed_origins"]["node-2"];
+    assert!(
+        skewed["ahead_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 86_000_000),
+        "{skewed}"
+    );
+    let out = edgerep(&[
+        "status",
+        "--check",
+        "--config",
+        configs[0].to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("events of node-2 came with timestamps")
+            || stderr(&out).contains("events of node-2 came with timestamps"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
     );
 }
 
