@@ -541,6 +541,27 @@ fn sync_parent(path: &Path) {
     }
 }
 
+/// What to add to a certificate refusal for its dates (`detail`: rustls's or webpki's words):
+/// certificates are checked against this machine's clock, which is often what is wrong at an
+/// edge site (a dead real-time-clock battery, NTP not yet synced). Empty for other refusals.
+pub fn clock_note(detail: &str) -> String {
+    let lower = detail.to_ascii_lowercase();
+    if !(lower.contains("not valid yet")
+        || lower.contains("expired")
+        || lower.contains("not yet valid"))
+    {
+        return String::new();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let reads = x509_parser::time::ASN1Time::from_timestamp(now)
+        .map_or_else(|_| format!("{now} (Unix seconds)"), |t| t.to_string());
+    format!(
+        "; certificates are checked against this machine's clock, which reads {reads}: if that is wrong (a dead clock battery, NTP not yet synced), set the clock"
+    )
+}
+
 /// When the certificate `cert_der` stops being valid (its `notAfter`, Unix seconds); `None` if
 /// it is no X.509 certificate.
 pub fn not_after_unix_s(cert_der: &[u8]) -> Option<i64> {
@@ -791,7 +812,13 @@ fn check_chain(ca: &CertificateDer<'static>, cert: &CertificateDer<'static>) -> 
         UnixTime::now(),
         crypto_provider().signature_verification_algorithms.all,
     )
-    .map_err(|e| format!("not issued by this CA or not valid now ({e})"))
+    .map_err(|e| {
+        let e = e.to_string();
+        format!(
+            "not issued by this CA or not valid now ({e}){}",
+            clock_note(&e)
+        )
+    })
 }
 
 /// Writes each `(name, contents, mode)` into `dir` with [`write_new_file`], creating `dir` if

@@ -277,6 +277,7 @@ pub fn describe_close(error: &ConnectionError) -> String {
             }
         }
         ConnectionError::ConnectionClosed(close) => match tls_alert(close.error_code) {
+            Some(AlertDescription::CertificateExpired) => "refused by the peer: our certificate expired or is not yet valid by the peer's clock (if our certificate's dates are right, the peer's clock is wrong)".to_owned(),
             Some(alert) => format!(
                 "refused by the peer: {}",
                 describe_alert(alert, "our certificate is not from its CA")
@@ -285,9 +286,10 @@ pub fn describe_close(error: &ConnectionError) -> String {
         },
         ConnectionError::TransportError(e) => match tls_alert(e.code) {
             Some(alert) => format!(
-                "{}: {}",
+                "{}: {}{}",
                 describe_alert(alert, "the peer's certificate is not from our CA"),
-                e.reason
+                e.reason,
+                crate::certs::clock_note(&e.reason)
             ),
             None => error.to_string(),
         },
@@ -507,7 +509,7 @@ fn connect_failure(
             peer,
             address,
             remote,
-            detail,
+            detail: format!("{detail}{}", crate::certs::clock_note(&detail)),
         },
         Some(Refusal::NoNodeId(detail)) => ConnectError::Untrusted {
             peer,
@@ -572,9 +574,12 @@ impl Incoming {
             let err = edgerep_wire::text::one_line(&err.to_string()).into_owned();
             // A refused or decommissioned site may try again every few seconds (an edgerep
             // node dials from the port it listens on; another client may change its port
-            // each time: the repeat is known by the address without it).
+            // each time): the repeat is known by the remote's address and the words without
+            // their numbers (a port, the verification time of a certificate refused for its
+            // dates).
             static REPEATS: crate::repeats::Repeats = crate::repeats::Repeats::new();
-            let key = err.replace(&remote.to_string(), &remote.ip().to_string());
+            let words: String = err.chars().filter(|c| !c.is_ascii_digit()).collect();
+            let key = format!("{} {words}", remote.ip());
             match REPEATS.warn(&key) {
                 Some(0) => tracing::warn!(%remote, "{err}"),
                 Some(repeated) => {

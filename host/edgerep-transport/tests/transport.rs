@@ -386,6 +386,34 @@ async fn rogue_client(
     (endpoint, conn)
 }
 
+/// A certificate refused for its dates says that the refusing machine's clock is what it was
+/// checked against (at an edge site the clock is often what is wrong), on both sides.
+#[tokio::test]
+async fn a_certificate_out_of_its_dates_is_refused_naming_the_clock() {
+    let ca = Ca::generate("test").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expired = ca.issue_node_until("site-a", now - 60).unwrap();
+    // As this node's own identity: refused at load, naming the clock.
+    let own = Identity::new(&ca, &expired).unwrap_err().to_string();
+    assert!(own.contains("this machine's clock, which reads"), "{own}");
+    // As a peer's, at the handshake.
+    let mut b = Node::start(&ca, &ca.issue_node("site-b").unwrap(), &["site-a"]);
+    let (_endpoint, dialed) = rogue_client(&expired, b.addr).await;
+    let refused = b.next().await.unwrap_err().to_string();
+    assert!(
+        refused.contains("expired") && refused.contains("this machine's clock, which reads"),
+        "{refused}"
+    );
+    let why = match dialed {
+        Ok(conn) => describe_close(&timeout(WAIT, conn.closed()).await.unwrap()),
+        Err(e) => describe_close(&e),
+    };
+    assert!(why.contains("by the peer's clock"), "{why}");
+}
+
 #[tokio::test]
 async fn a_valid_certificate_of_an_unknown_peer_is_refused_with_its_id() {
     let (logs, _guard) = Logs::capture();
