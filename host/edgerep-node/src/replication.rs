@@ -115,6 +115,10 @@ const SESSIONS_PER_SECOND: f64 = 0.5;
 const LINK_LOOK_EVERY: Duration = Duration::from_millis(250);
 /// How long frames queued for a peer may stay without any leaving before its link is closed.
 const STUCK_LIMIT: Duration = Duration::from_secs(60);
+/// A link whose peer sent no Hello this long after it came up is closed: else a peer that
+/// opens its stream and says nothing holds a session (a task, buffers) for as long as its
+/// keep-alives hold the connection. (A slow link's Hello takes a few round trips at most.)
+const HELLO_WITHIN: Duration = Duration::from_secs(30);
 
 /// What connection tasks and the committer tell the replicator.
 enum Input {
@@ -1270,6 +1274,21 @@ impl Replicator {
             let reason = format!(
                 "the peer is not reading: nothing queued for it left for {} s",
                 stuck_limit.as_secs()
+            );
+            tracing::warn!(peer = %peer, "{reason}");
+            self.last_error.insert(peer.clone(), reason.clone());
+            self.end_session(&peer, CloseCode::Protocol, &reason, now);
+        }
+        let silent: Vec<NodeId> = self
+            .conns
+            .iter()
+            .filter(|(peer, live)| live.since.elapsed() > HELLO_WITHIN && !self.core.is_ready(peer))
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in silent {
+            let reason = format!(
+                "the peer sent no Hello within {} s of connecting",
+                HELLO_WITHIN.as_secs()
             );
             tracing::warn!(peer = %peer, "{reason}");
             self.last_error.insert(peer.clone(), reason.clone());

@@ -1732,6 +1732,23 @@ fn a_peer_reconnecting_in_a_loop_is_refused_sessions_past_its_burst() {
     wait_for_key(&n1, "after", "node-3's write reaches node-1");
 }
 
+/// A peer that opens its stream and never sends its Hello held a session (a task, buffers)
+/// for as long as its keep-alives held the connection. Now the link closes after HELLO_WITHIN
+/// (30 s), saying why.
+#[test]
+fn a_peer_that_never_says_hello_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    // Bytes on the stream so node-1 sees it, but no whole frame (no message at all).
+    h.send_bytes(&[0, 0]).unwrap();
+    put(&n3, "c", "meanwhile", r#"{"v":3}"#);
+    wait_for_key(&n1, "meanwhile", "node-1 serves node-3 meanwhile");
+    let reason = h.closed_within(Duration::from_secs(45));
+    let reason = reason.expect("node-1 closes the link");
+    assert!(reason.contains("no Hello within 30 s"), "{reason}");
+}
+
 /// TLS checks a certificate's dates at the handshake only: a peer whose certificate expires
 /// during its session kept it for as long as the connection lived (keep-alives hold it open).
 /// Now node-1 ends the session once the certificate has expired, saying why.
