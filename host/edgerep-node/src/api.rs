@@ -154,6 +154,7 @@ impl AppState {
             pipeline: &self.pipeline,
             store: &self.store,
             config: self.config(),
+            clock_last_ms: self.committer.clock_last_ms(),
         }
     }
 }

@@ -335,6 +335,9 @@ pub struct Committer {
     linger_wake: Arc<LingerWake>,
     /// This node's own highest event known durable (see [`Committer::own_synced`]).
     own_synced: Arc<AtomicU64>,
+    /// The hybrid clock's last physical time (ms) as of the committer's last request (see
+    /// [`Committer::clock_last_ms`]).
+    clock_last_ms: Arc<AtomicU64>,
     /// Local writes wait while this is `Some(reason)`: the node has not yet learnt from a peer
     /// how far its own origin goes (see [`crate::replication`]).
     origin_gate: watch::Receiver<Option<String>>,
@@ -410,6 +413,8 @@ impl Committer {
         };
         let own_synced = Arc::new(AtomicU64::new(durable.local_committed));
         let synced_seq = own_synced.clone();
+        let clock_last_ms = Arc::new(AtomicU64::new(clock.last().physical_ms));
+        let clock_seen = clock_last_ms.clone();
         if !policy.periodic.is_empty() {
             spawn_flusher(
                 tx.downgrade(),
@@ -454,6 +459,7 @@ impl Committer {
                     .take()
                     .or_else(|| rx.blocking_recv().inspect(|r| took(r)))
                 {
+                    clock_seen.store(clock.last().physical_ms, Ordering::Relaxed);
                     let first = match first {
                         Request::Write(p) => p,
                         Request::Sync => {
@@ -970,10 +976,17 @@ impl Committer {
                 writes_queued,
                 linger_wake,
                 own_synced,
+                clock_last_ms,
                 origin_gate,
             },
             thread,
         ))
+    }
+
+    /// The hybrid clock's last physical time (ms), as of the request before the last: local
+    /// writes are stamped at least this, however far the wall clock stepped back since.
+    pub(crate) fn clock_last_ms(&self) -> u64 {
+        self.clock_last_ms.load(Ordering::Relaxed)
     }
 
     /// This node's own highest event known durable. With `durability = "periodic"` a read may

@@ -23,6 +23,8 @@ pub(crate) struct Ingest<'a> {
     pub(crate) store: &'a edgerep_store::Store,
     /// The config in force.
     pub(crate) config: std::sync::Arc<Config>,
+    /// The hybrid clock's last physical time (ms; see `Committer::clock_last_ms`).
+    pub(crate) clock_last_ms: u64,
 }
 
 /// Why a request's writes were not taken (nothing of it was written).
@@ -130,12 +132,13 @@ pub(crate) fn run(
     writes: Vec<LocalWrite>,
     record_failures: bool,
 ) -> Result<Outcome, IngestError> {
+    // The writes will be stamped by the hybrid clock: at least its last time (which stays
+    // ahead when the wall clock steps back), and ahead of the wall clock by up to the skew it
+    // follows peers by. A pause from time T (a missing upgrade) holds them from T less that.
     let wall = wall_ms();
-    // The writes will be stamped by the hybrid clock, which may run ahead of the wall clock by
-    // up to the skew it follows peers by: a pause from time T (a missing upgrade) holds them
-    // from T less that skew. (Not covered: a clock resumed further ahead at a restart, after
-    // the wall clock stepped back.)
-    let stamped_by = wall.saturating_add(step.config.node.max_clock_skew_ms);
+    let stamped_by = wall
+        .max(step.clock_last_ms)
+        .saturating_add(step.config.node.max_clock_skew_ms);
     // Each collection's stop is looked at once: the request's own here, routed ones below.
     let mut checked: std::collections::HashSet<String> = std::collections::HashSet::new();
     let stopped = |collection: &str| {
