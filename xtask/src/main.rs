@@ -151,7 +151,11 @@ fn plugins_of(root: &Path) -> Result<Vec<RustPlugin>> {
 }
 
 fn ensure_targets() -> Result<()> {
-    Ok(edgerep_build::rust::ensure_targets(&TARGETS, "xtask")?)
+    Ok(edgerep_build::rust::ensure_targets(
+        &TARGETS,
+        Path::new("."),
+        "xtask",
+    )?)
 }
 
 /// Which toolchains `build-plugins` runs.

@@ -118,11 +118,13 @@ pub struct CargoBuild {
     pub quiet: bool,
 }
 
-/// Installs with `rustup target add` the `targets` rustup does not list as installed, saying
-/// so on stderr (prefixed `who`). Without a usable rustup they are assumed installed (the build
-/// then says what is missing).
-pub fn ensure_targets(targets: &[&str], who: &str) -> Result<(), BuildError> {
+/// Installs with `rustup target add` the `targets` rustup does not list as installed for the
+/// toolchain `dir` builds with (its `rust-toolchain.toml`, if any), saying so on stderr
+/// (prefixed `who`). Without a usable rustup they are assumed installed (the build then says
+/// what is missing).
+pub fn ensure_targets(targets: &[&str], dir: &Path, who: &str) -> Result<(), BuildError> {
     let installed = match Command::new("rustup")
+        .current_dir(dir)
         .args(["target", "list", "--installed"])
         .output()
     {
@@ -143,6 +145,7 @@ pub fn ensure_targets(targets: &[&str], who: &str) -> Result<(), BuildError> {
     let what = format!("rustup target add {}", missing.join(" "));
     eprintln!("{who}: {what}");
     let status = Command::new("rustup")
+        .current_dir(dir)
         .args(["target", "add"])
         .args(&missing)
         .status()

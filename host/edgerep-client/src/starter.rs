@@ -63,6 +63,17 @@ pub fn write_starter(
             path.display()
         );
     }
+    // --force replaces a starter, not the config of a node that ran: its peers, certificates
+    // and ports would go, and the node would take writes that replicate to nobody.
+    if path.exists()
+        && let Some(data) = crate::cluster::holds_a_store(dir)?
+    {
+        bail!(
+            "{} holds a node's data, so --force does not replace {} (its peers, certificates and ports would go, and the node would take writes that replicate to nobody): edit it instead, or stop the node and move its data away to start over",
+            data.display(),
+            path.display()
+        );
+    }
     if let (Some(api), Some(repl)) = (api_port, replication_port)
         && api == repl
     {

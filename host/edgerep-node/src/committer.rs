@@ -335,8 +335,8 @@ pub struct Committer {
     linger_wake: Arc<LingerWake>,
     /// This node's own highest event known durable (see [`Committer::own_synced`]).
     own_synced: Arc<AtomicU64>,
-    /// The hybrid clock's last physical time (ms) as of the committer's last request (see
-    /// [`Committer::clock_last_ms`]).
+    /// The hybrid clock's last physical time (ms) as of the request before the committer's
+    /// current one (see [`Committer::clock_last_ms`]).
     clock_last_ms: Arc<AtomicU64>,
     /// Local writes wait while this is `Some(reason)`: the node has not yet learnt from a peer
     /// how far its own origin goes (see [`crate::replication`]).

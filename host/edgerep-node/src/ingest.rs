@@ -132,13 +132,13 @@ pub(crate) fn run(
     writes: Vec<LocalWrite>,
     record_failures: bool,
 ) -> Result<Outcome, IngestError> {
-    // The writes will be stamped by the hybrid clock: at least its last time (which stays
-    // ahead when the wall clock steps back), and ahead of the wall clock by up to the skew it
-    // follows peers by. A pause from time T (a missing upgrade) holds them from T less that.
+    // The writes will be stamped by the hybrid clock: at most the wall clock plus the skew it
+    // follows peers by, or its last time when that is later (it stays there when the wall clock
+    // steps back). A pause from time T (a missing upgrade) holds them from then.
     let wall = wall_ms();
     let stamped_by = wall
-        .max(step.clock_last_ms)
-        .saturating_add(step.config.node.max_clock_skew_ms);
+        .saturating_add(step.config.node.max_clock_skew_ms)
+        .max(step.clock_last_ms);
     // Each collection's stop is looked at once: the request's own here, routed ones below.
     let mut checked: std::collections::HashSet<String> = std::collections::HashSet::new();
     let stopped = |collection: &str| {

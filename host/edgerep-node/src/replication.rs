@@ -1279,16 +1279,20 @@ impl Replicator {
             self.last_error.insert(peer.clone(), reason.clone());
             self.end_session(&peer, CloseCode::Protocol, &reason, now);
         }
+        // (A dropout the operator allows for, right after connecting, must not end it sooner.)
+        let hello_within = HELLO_WITHIN.max(Duration::from_millis(
+            self.config.replication.idle_timeout_ms,
+        ));
         let silent: Vec<NodeId> = self
             .conns
             .iter()
-            .filter(|(peer, live)| live.since.elapsed() > HELLO_WITHIN && !self.core.is_ready(peer))
+            .filter(|(peer, live)| live.since.elapsed() > hello_within && !self.core.is_ready(peer))
             .map(|(peer, _)| peer.clone())
             .collect();
         for peer in silent {
             let reason = format!(
                 "the peer sent no Hello within {} s of connecting",
-                HELLO_WITHIN.as_secs()
+                hello_within.as_secs()
             );
             tracing::warn!(peer = %peer, "{reason}");
             self.last_error.insert(peer.clone(), reason.clone());

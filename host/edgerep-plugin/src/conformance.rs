@@ -304,7 +304,8 @@ impl ConformanceError {
         use ConformanceError as E;
         match self {
             E::Case { error, .. } | E::Build { error, .. } => error.is_invalid_vector(),
-            E::InvalidJson { .. }
+            E::Io { .. }
+            | E::InvalidJson { .. }
             | E::InvalidCase(_)
             | E::Params(_)
             | E::Input(_)

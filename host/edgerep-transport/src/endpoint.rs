@@ -480,6 +480,26 @@ impl Transport {
     }
 }
 
+/// `text` with every run of five digits or more left out (times, counters), for telling
+/// repeats of one failure apart from others.
+fn without_long_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut digits = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        if digits.len() < 5 {
+            out.push_str(&digits);
+        }
+        digits.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
+}
+
 /// The certificate the other side of `conn` presented.
 fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let certs = conn
@@ -574,12 +594,12 @@ impl Incoming {
             let err = edgerep_wire::text::one_line(&err.to_string()).into_owned();
             // A refused or decommissioned site may try again every few seconds (an edgerep
             // node dials from the port it listens on; another client may change its port
-            // each time): the repeat is known by the remote's address and the words without
-            // their numbers (a port, the verification time of a certificate refused for its
-            // dates).
+            // each time): the repeat is known by the remote's address without its port, and
+            // the words without long numbers (the verification time of a certificate refused
+            // for its dates).
             static REPEATS: crate::repeats::Repeats = crate::repeats::Repeats::new();
-            let words: String = err.chars().filter(|c| !c.is_ascii_digit()).collect();
-            let key = format!("{} {words}", remote.ip());
+            let key =
+                without_long_numbers(&err.replace(&remote.to_string(), &remote.ip().to_string()));
             match REPEATS.warn(&key) {
                 Some(0) => tracing::warn!(%remote, "{err}"),
                 Some(repeated) => {
@@ -658,6 +678,18 @@ fn accept_failure(remote: SocketAddr, error: &ConnectionError) -> AcceptError {
 
 #[cfg(test)]
 mod tests {
+
+    /// Repeats of one failure are told apart from others by their words and short numbers,
+    /// not by a verification time.
+    #[test]
+    fn long_numbers_are_left_out_of_a_repeat_key() {
+        assert_eq!(
+            without_long_numbers("site-2 at 127.0.0.1: time 1796593031 (UNIX), 12345"),
+            "site-2 at 127.0.0.1: time  (UNIX), "
+        );
+        assert_eq!(without_long_numbers("node-10 1234"), "node-10 1234");
+    }
+
     use super::*;
 
     #[test]

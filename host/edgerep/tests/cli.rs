@@ -410,6 +410,34 @@ fn init_force_never_deletes_a_store() {
     );
 }
 
+/// `init DIR --force` over a node that ran replaced its config without a word: the new one had
+/// no peers, certificates nor the old ports, and the node took writes that replicated to
+/// nobody. It now refuses, naming the data, and leaves the config as it was; over a starter
+/// that never ran it still rewrites.
+#[test]
+fn init_force_does_not_replace_the_config_of_a_node_that_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("site-a");
+    let at = at.to_str().unwrap();
+    let o = edgerep(&["init", at, "--node-id", "site-a"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = edgerep(&["init", at, "--node-id", "site-a", "--force"]);
+    assert!(
+        o.status.success(),
+        "a starter that never ran: {}",
+        stderr(&o)
+    );
+    let config = dir.path().join("site-a").join("edgerep.toml");
+    let before = std::fs::read(&config).unwrap();
+    let data = dir.path().join("site-a").join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("edgerep.redb"), b"a node's data").unwrap();
+    let o = edgerep(&["init", at, "--node-id", "site-a", "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("holds a node's data"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&config).unwrap(), before);
+}
+
 /// A node whose replication port is taken fails to start, naming the port, before it opens its
 /// store (a store opened and closed by a failed start would have its check at open fix, and
 /// so stop reporting, damage it found).

@@ -1707,6 +1707,7 @@ fn a_peer_reconnecting_in_a_loop_is_refused_sessions_past_its_burst() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, n1, n3) = honest_pair(dir.path());
     let mut refused = 0;
+    let started = Instant::now();
     for _ in 0..16 {
         let mut h = Hostile::connect(&configs[1], &configs[0]);
         let hello = h.hello(&[], &[]);
@@ -1724,9 +1725,13 @@ fn a_peer_reconnecting_in_a_loop_is_refused_sessions_past_its_burst() {
             refused += 1;
         }
     }
+    // At most 10 at once and one per 2 s after were taken (however slow the dials here).
+    let taken = 16 - refused;
+    let allowed = 10 + (started.elapsed().as_secs_f64() * 0.5).ceil() as usize + 1;
     assert!(
-        (3..=6).contains(&refused),
-        "16 sessions in a few seconds, at most 10 and one per 2 s taken: {refused} refused"
+        refused >= 1 && taken <= allowed,
+        "16 sessions in {:?}: {taken} taken, at most {allowed} allowed",
+        started.elapsed()
     );
     put(&n3, "c", "after", r#"{"v":3}"#);
     wait_for_key(&n1, "after", "node-3's write reaches node-1");
@@ -1766,7 +1771,7 @@ fn a_session_ends_when_the_peers_certificate_expires() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let short = ca.issue_node_until("node-2", now + 4).unwrap();
+    let short = ca.issue_node_until("node-2", now + 15).unwrap();
     let tls = edgerep_config::Config::load(&configs[1])
         .unwrap()
         .replication
@@ -1787,7 +1792,7 @@ fn a_session_ends_when_the_peers_certificate_expires() {
             .is_some(),
         "the session starts while the certificate is valid"
     );
-    let reason = h.closed_within(Duration::from_secs(15));
+    let reason = h.closed_within(Duration::from_secs(30));
     assert!(
         reason
             .as_deref()

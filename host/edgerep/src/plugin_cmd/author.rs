@@ -152,7 +152,8 @@ fn pin_sdk_lock(root: &Path, folder: &Path) {
         cmd.current_dir(folder)
             .args(["update", "--workspace", "-q"]);
         if offline {
-            cmd.arg("--offline");
+            // (Its failure is no news when the registry can be asked next.)
+            cmd.arg("--offline").stderr(std::process::Stdio::null());
         }
         cmd.status().is_ok_and(|s| s.success())
     };
@@ -480,7 +481,7 @@ fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
         encoded_rustflags,
         quiet: false,
     };
-    edgerep_build::rust::ensure_targets(&[plugin.target.as_str()], "edgerep")?;
+    edgerep_build::rust::ensure_targets(&[plugin.target.as_str()], dir, "edgerep")?;
     cargo_build.run()?;
     let core = cargo_build.core_path(&plugin.lib);
     let bytes = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
