@@ -147,6 +147,12 @@ enum Input {
         peer: NodeId,
         reason: String,
     },
+    /// The peer closed the link saying two machines use this node's id; its Disconnected
+    /// follows.
+    Twin {
+        peer: NodeId,
+        reason: String,
+    },
     Message {
         peer: NodeId,
         id: u64,
@@ -477,6 +483,7 @@ pub fn start(
         reports: Reports::default(),
         instances: BTreeMap::new(),
         duplicates: BTreeMap::new(),
+        twin: None,
         session_starts: BTreeMap::new(),
         origin_claims: BTreeMap::new(),
         own_key_differs: BTreeMap::new(),
@@ -684,6 +691,8 @@ struct Replicator {
     instances: BTreeMap<NodeId, VecDeque<(u64, Instant)>>,
     /// Peers whose id two machines were seen using: when, and the report.
     duplicates: BTreeMap<NodeId, (Instant, String)>,
+    /// The last peer that said two machines use this node's id: what it said, and when.
+    twin: Option<(NodeId, String, Instant)>,
     /// Per peer, the sessions it may still start (see [`SESSIONS_BURST`]) and when last refilled.
     session_starts: BTreeMap<NodeId, (f64, Instant)>,
     /// Per peer, how far its Hello said it holds this node's own events (for the origin gate).
@@ -849,6 +858,7 @@ impl Replicator {
             }
             // The connection is closed already, and its Disconnected follows.
             Input::Refused { peer, reason } => self.note_refusal(peer, reason),
+            Input::Twin { peer, reason } => self.twin_reported(peer, reason),
             Input::Message {
                 peer,
                 id,
@@ -877,7 +887,7 @@ impl Replicator {
         if let Some((at, why)) = self.duplicates.get(&peer)
             && at.elapsed() < DUPLICATE_WINDOW
         {
-            live.conn.close(CloseCode::Protocol, why);
+            live.conn.close(CloseCode::DuplicateId, why);
             return;
         }
         if self.config.is_revoked(&peer) {

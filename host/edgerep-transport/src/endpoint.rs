@@ -34,6 +34,8 @@ pub enum CloseCode {
     BadFrame,
     /// The peer broke the replication protocol.
     Protocol,
+    /// Two machines were seen using the peer's node id (the peer's identity was copied).
+    DuplicateId,
 }
 
 impl CloseCode {
@@ -44,6 +46,7 @@ impl CloseCode {
             CloseCode::UnknownPeer => 1,
             CloseCode::BadFrame => 2,
             CloseCode::Protocol => 3,
+            CloseCode::DuplicateId => 4,
         })
     }
 
@@ -54,6 +57,7 @@ impl CloseCode {
             CloseCode::UnknownPeer,
             CloseCode::BadFrame,
             CloseCode::Protocol,
+            CloseCode::DuplicateId,
         ]
         .into_iter()
         .find(|c| c.code() == code)
@@ -81,6 +85,14 @@ impl PeerConnection {
     #[doc(hidden)]
     pub fn quic(&self) -> &quinn::Connection {
         &self.conn
+    }
+
+    /// The code the peer closed the connection with, if it did so with one of ours.
+    pub fn closed_by_peer_with(&self) -> Option<CloseCode> {
+        match self.conn.close_reason()? {
+            ConnectionError::ApplicationClosed(close) => CloseCode::from_code(close.error_code),
+            _ => None,
+        }
     }
 
     /// Whether `other` is this same connection (a clone of it).
@@ -273,6 +285,9 @@ pub fn describe_close(error: &ConnectionError) -> String {
                     format!("closed by the peer: protocol violation: {reason}")
                 }
                 Some(CloseCode::Normal) => format!("closed by the peer: {reason}"),
+                Some(CloseCode::DuplicateId) => format!(
+                    "closed by the peer: it saw another machine using this node's id: {reason}"
+                ),
                 None => error.to_string(),
             }
         }
@@ -699,6 +714,7 @@ mod tests {
             CloseCode::UnknownPeer,
             CloseCode::BadFrame,
             CloseCode::Protocol,
+            CloseCode::DuplicateId,
         ] {
             assert_eq!(CloseCode::from_code(code.code()), Some(code));
         }

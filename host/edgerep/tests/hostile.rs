@@ -720,13 +720,39 @@ fn two_machines_under_one_node_id_are_detected() {
     assert_ne!(clone_text, original);
     let clone_config = configs[1].with_file_name("clone.toml");
     std::fs::write(&clone_config, clone_text).unwrap();
-    let _clone = Node::start(&clone_config);
+    let clone = Node::start(&clone_config);
     wait_status(&n1, "the duplicate id is reported", |r| {
         r["peers"][0]["duplicate_id"]
             .as_str()
             .is_some_and(|s| s.contains("two machines use node id"))
     });
-    let _ = n2;
+    // The twin node-1 cut off hears it (the other, when it next connects within the minute
+    // node-1 refuses both), reports it, and `status --check` asks for an operator: before,
+    // only its peer's close reason said so.
+    let reports = |n: &Node| {
+        replication(n)["another_machine_uses_this_id"]
+            .as_str()
+            .is_some_and(|s| s.contains("peer node-1 saw it"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !reports(&n2) && !reports(&clone) {
+        assert!(Instant::now() < deadline, "no twin reports it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (twin, config) in [(&n2, &configs[1]), (&clone, &clone_config)] {
+        if !reports(twin) {
+            continue;
+        }
+        let out = edgerep(&["status", "--check", "--config", config.to_str().unwrap()]);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            stderr(&out).contains("another machine uses this node's id")
+                || stdout(&out).contains("another machine uses this node's id"),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
 }
 
 /// Events under the name of node-3 while node-3 is not connected to node-1 (it is down): the

@@ -457,6 +457,12 @@ pub(super) async fn serve_connection(
         }
     };
     writer.abort();
+    if conn.closed_by_peer_with() == Some(CloseCode::DuplicateId) {
+        let _ = inbox.send(Input::Twin {
+            peer: peer.clone(),
+            reason: conn.close_reason().unwrap_or_default(),
+        });
+    }
     let reason = match conn.close_reason() {
         Some(why) => format!("{reason} ({why})"),
         None => reason,

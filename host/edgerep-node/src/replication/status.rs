@@ -141,6 +141,9 @@ pub struct ReplicationStatus {
     pub halted: Option<String>,
     /// Why local writes wait, until the peers said how far they hold this node's own events.
     pub origin_check: Option<String>,
+    /// A peer saw another machine using this node's id (a copied identity): which peer, how
+    /// long ago, and what it said. Kept until a restart.
+    pub another_machine_uses_this_id: Option<String>,
     /// Forks met (two different events with one origin and sequence number), newest last.
     pub forks: Vec<ForkReport>,
     /// Forks met since the node started.
@@ -383,6 +386,12 @@ impl super::Replicator {
             s.peers = peers;
             s.halted = self.halted.clone();
             s.origin_check = self.origin_gate.borrow().clone();
+            s.another_machine_uses_this_id = self.twin.as_ref().map(|(peer, reason, at)| {
+                format!(
+                    "peer {peer} saw it {} s ago: {reason}",
+                    at.elapsed().as_secs()
+                )
+            });
             s.forks = self.reports.forks.iter().cloned().collect();
             s.forks_total = self.reports.forks_total;
             s.refused = self.reports.refused.iter().cloned().collect();

@@ -345,11 +345,24 @@ impl Replicator {
         self.duplicates
             .insert(peer.clone(), (Instant::now(), why.clone()));
         if let Some(live) = self.conns.remove(peer) {
-            live.conn.close(CloseCode::Protocol, &why);
+            live.conn.close(CloseCode::DuplicateId, &why);
         }
         self.core.disconnected(peer, self.now());
         self.last_error.insert(peer.clone(), why);
         true
+    }
+
+    /// A peer closed a link saying it saw another machine using this node's id (a copied
+    /// identity: the two would each acknowledge writes under the same sequence numbers, and
+    /// those of one are lost). Reported until a restart; writes are not stopped on the peer's
+    /// word alone (a peer is not trusted): a fork of this node's own history, proven by its
+    /// seals, stops them (see `own_fork`).
+    pub(super) fn twin_reported(&mut self, peer: NodeId, reason: String) {
+        tracing::error!(
+            peer = %peer,
+            "another machine uses this node's id and identity, as peer {peer} saw ({reason}): stop the copy and give it an identity of its own (edgerep certs node), or writes acknowledged by one of the two are lost"
+        );
+        self.twin = Some((peer, reason, Instant::now()));
     }
 
     /// Takes in the certificates a peer sent as they arrive (checked against the CA and the
