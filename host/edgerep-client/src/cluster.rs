@@ -75,8 +75,9 @@ fn node_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// `data_dir` its config names, if that holds a store. A config that cannot be read counts as
 /// holding data (where its store is cannot be told).
 pub(crate) fn holds_a_store(node_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    // (An empty one is no node's data: a first start that failed, on a port taken, leaves it.)
     let data = node_dir.join("data");
-    if data.exists() {
+    if data.read_dir().is_ok_and(|mut d| d.next().is_some()) {
         return Ok(Some(data));
     }
     let config = node_dir.join("edgerep.toml");
@@ -89,7 +90,7 @@ pub(crate) fn holds_a_store(node_dir: &Path) -> anyhow::Result<Option<PathBuf>> 
             Ok(store.exists().then_some(c.node.data_dir))
         }
         Err(e) => bail!(
-            "{} cannot be read to tell where its node keeps its data, so --force does not replace it: {e}",
+            "{} cannot be read to tell where its node keeps its data, so --force does not replace it: {e} (fix it, or remove it if no node ever ran on it)",
             config.display()
         ),
     }

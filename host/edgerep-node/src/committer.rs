@@ -335,8 +335,8 @@ pub struct Committer {
     linger_wake: Arc<LingerWake>,
     /// This node's own highest event known durable (see [`Committer::own_synced`]).
     own_synced: Arc<AtomicU64>,
-    /// The hybrid clock's last physical time (ms) as of the request before the committer's
-    /// current one (see [`Committer::clock_last_ms`]).
+    /// The hybrid clock's last physical time (ms), as of the committer's last group commit or
+    /// the request before its current one (see [`Committer::clock_last_ms`]).
     clock_last_ms: Arc<AtomicU64>,
     /// Local writes wait while this is `Some(reason)`: the node has not yet learnt from a peer
     /// how far its own origin goes (see [`crate::replication`]).
@@ -842,7 +842,7 @@ impl Committer {
                                 .map(|(c, k)| (c.to_owned(), k))
                                 .collect();
                         let started = std::time::Instant::now();
-                        match store.commit_local_setting_aside(
+                        let result = store.commit_local_setting_aside(
                             std::mem::take(&mut writes),
                             &replay,
                             &set_aside,
@@ -850,7 +850,10 @@ impl Committer {
                             sync,
                             &mut clock,
                             wall_ms(),
-                        ) {
+                        );
+                        // The clock as these writes left it, for the next request's checks.
+                        clock_seen.store(clock.last().physical_ms, Ordering::Relaxed);
+                        match result {
                             Ok(committed) => {
                                 metrics.commit("local", started.elapsed().as_secs_f64());
                                 // Nothing of this group can be queued yet: it is not answered.
@@ -983,8 +986,9 @@ impl Committer {
         ))
     }
 
-    /// The hybrid clock's last physical time (ms), as of the request before the last: local
-    /// writes are stamped at least this, however far the wall clock stepped back since.
+    /// The hybrid clock's last physical time (ms), as of the last group commit (or the request
+    /// before the committer's current one): local writes are stamped at least this, however
+    /// far the wall clock stepped back since.
     pub(crate) fn clock_last_ms(&self) -> u64 {
         self.clock_last_ms.load(Ordering::Relaxed)
     }

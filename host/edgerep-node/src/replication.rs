@@ -115,9 +115,10 @@ const SESSIONS_PER_SECOND: f64 = 0.5;
 const LINK_LOOK_EVERY: Duration = Duration::from_millis(250);
 /// How long frames queued for a peer may stay without any leaving before its link is closed.
 const STUCK_LIMIT: Duration = Duration::from_secs(60);
-/// A link whose peer sent no Hello this long after it came up is closed: else a peer that
-/// opens its stream and says nothing holds a session (a task, buffers) for as long as its
-/// keep-alives hold the connection. (A slow link's Hello takes a few round trips at most.)
+/// A link whose peer sent no Hello this long (or the idle timeout, if longer) after it came up
+/// is closed: else a peer that opens its stream and says nothing holds a session (a task,
+/// buffers) for as long as its keep-alives hold the connection. (A slow link's Hello takes a
+/// few round trips at most.)
 const HELLO_WITHIN: Duration = Duration::from_secs(30);
 
 /// What connection tasks and the committer tell the replicator.

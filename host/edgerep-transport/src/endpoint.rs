@@ -495,8 +495,8 @@ impl Transport {
     }
 }
 
-/// `text` with every run of five digits or more left out (times, counters), for telling
-/// repeats of one failure apart from others.
+/// `text` with every run of six digits or more left out (times, counters; not ports), for
+/// telling repeats of one failure apart from others.
 fn without_long_numbers(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut digits = String::new();
@@ -505,7 +505,7 @@ fn without_long_numbers(text: &str) -> String {
             digits.push(c);
             continue;
         }
-        if digits.len() < 5 {
+        if digits.len() < 6 {
             out.push_str(&digits);
         }
         digits.clear();
@@ -607,14 +607,12 @@ impl Incoming {
             // The reason may be the remote's own words (its close frame), sent before any
             // certificate: one line.
             let err = edgerep_wire::text::one_line(&err.to_string()).into_owned();
-            // A refused or decommissioned site may try again every few seconds (an edgerep
-            // node dials from the port it listens on; another client may change its port
-            // each time): the repeat is known by the remote's address without its port, and
-            // the words without long numbers (the verification time of a certificate refused
-            // for its dates).
+            // A refused or decommissioned site may try again every few seconds (from its one
+            // UDP port: an edgerep node dials from the port it listens on). The repeat is
+            // known by its words without long numbers (the verification time of a certificate
+            // refused for its dates made each line new).
             static REPEATS: crate::repeats::Repeats = crate::repeats::Repeats::new();
-            let key =
-                without_long_numbers(&err.replace(&remote.to_string(), &remote.ip().to_string()));
+            let key = without_long_numbers(&err);
             match REPEATS.warn(&key) {
                 Some(0) => tracing::warn!(%remote, "{err}"),
                 Some(repeated) => {
@@ -699,8 +697,8 @@ mod tests {
     #[test]
     fn long_numbers_are_left_out_of_a_repeat_key() {
         assert_eq!(
-            without_long_numbers("site-2 at 127.0.0.1: time 1796593031 (UNIX), 12345"),
-            "site-2 at 127.0.0.1: time  (UNIX), "
+            without_long_numbers("site-2 at 127.0.0.1:54321: time 1796593031 (UNIX), 123456"),
+            "site-2 at 127.0.0.1:54321: time  (UNIX), "
         );
         assert_eq!(without_long_numbers("node-10 1234"), "node-10 1234");
     }

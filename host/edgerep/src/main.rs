@@ -645,7 +645,7 @@ fn operator_needed(body: &[u8], expected_id: &str) -> Vec<String> {
     }
     if let Some(t) = r["another_machine_uses_this_id"].as_str() {
         out.push(format!(
-            "another machine uses this node's id and identity ({t}): stop the copy and give it an identity of its own, or writes acknowledged by one of the two are lost"
+            "another machine uses this node's id and identity ({t}): stop the copy and give it an identity of its own, or writes acknowledged by one of the two are lost (this report is cleared by a restart)"
         ));
     }
     if let Some(expires) = r["certificate_expires_unix_s"].as_i64() {

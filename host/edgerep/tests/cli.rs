@@ -427,10 +427,18 @@ fn init_force_does_not_replace_the_config_of_a_node_that_ran() {
         "a starter that never ran: {}",
         stderr(&o)
     );
-    let config = dir.path().join("site-a").join("edgerep.toml");
-    let before = std::fs::read(&config).unwrap();
+    // An empty data directory (a first start that failed on a port taken leaves one) is no
+    // node's data.
     let data = dir.path().join("site-a").join("data");
     std::fs::create_dir_all(&data).unwrap();
+    let o = edgerep(&["init", at, "--node-id", "site-a", "--force"]);
+    assert!(
+        o.status.success(),
+        "an empty data directory: {}",
+        stderr(&o)
+    );
+    let config = dir.path().join("site-a").join("edgerep.toml");
+    let before = std::fs::read(&config).unwrap();
     std::fs::write(data.join("edgerep.redb"), b"a node's data").unwrap();
     let o = edgerep(&["init", at, "--node-id", "site-a", "--force"]);
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));

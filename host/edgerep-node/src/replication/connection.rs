@@ -458,9 +458,11 @@ pub(super) async fn serve_connection(
     };
     writer.abort();
     if conn.closed_by_peer_with() == Some(CloseCode::DuplicateId) {
+        // (The peer's own words: one line.)
+        let reason = conn.close_reason().unwrap_or_default();
         let _ = inbox.send(Input::Twin {
             peer: peer.clone(),
-            reason: conn.close_reason().unwrap_or_default(),
+            reason: edgerep_wire::text::one_line(&reason).into_owned(),
         });
     }
     let reason = match conn.close_reason() {
