@@ -1763,6 +1763,42 @@ fn a_peer_reconnecting_in_a_loop_is_refused_sessions_past_its_burst() {
     wait_for_key(&n1, "after", "node-3's write reaches node-1");
 }
 
+/// A peer's word that another machine uses node-1's id (its link closed with the DuplicateId
+/// code) is reported, not obeyed: node-1 shows it in status and `status --check`, and goes on
+/// taking writes and replicating (a peer is authenticated, not trusted: only a fork proven by
+/// node-1's own seals stops its writes).
+#[test]
+fn a_peers_word_that_this_node_has_a_twin_is_reported_not_obeyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let h = attacker(&configs, &[]);
+    h.conn.close(
+        edgerep_transport::CloseCode::DuplicateId,
+        "two machines use node id \"node-1\"",
+    );
+    wait_status(&n1, "node-1 reports the peer's word", |r| {
+        r["another_machine_uses_this_id"]
+            .as_str()
+            .is_some_and(|s| s.contains("peer node-2 saw it"))
+    });
+    let out = edgerep(&[
+        "status",
+        "--check",
+        "--config",
+        configs[0].to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("another machine uses this node's id")
+            || stdout(&out).contains("another machine uses this node's id"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    put(&n1, "c", "after", r#"{"v":1}"#);
+    wait_for_key(&n3, "after", "node-1's write reaches node-3");
+}
+
 /// A peer that opens its stream and never sends its Hello held a session (a task, buffers)
 /// for as long as its keep-alives held the connection. Now the link closes after HELLO_WITHIN
 /// (30 s), saying why.
