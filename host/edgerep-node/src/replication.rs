@@ -1113,6 +1113,14 @@ impl Replicator {
         }
     }
 
+    /// Ends the session with `peer` for what the link itself showed (`reason`: not reading, no
+    /// Hello, an expired certificate): logged, kept as its last error, and said to the peer.
+    fn end_for(&mut self, peer: NodeId, reason: &str, now: u64) {
+        tracing::warn!(peer = %peer, "session ended: {reason}");
+        self.last_error.insert(peer.clone(), reason.to_owned());
+        self.end_session(&peer, CloseCode::Protocol, reason, now);
+    }
+
     /// Closes the session with `peer` (if one is up) saying why, and tells the core and
     /// anti-entropy it ended.
     fn end_session(&mut self, peer: &NodeId, code: CloseCode, reason: &str, now: u64) {
@@ -1286,9 +1294,7 @@ impl Replicator {
                 "the peer is not reading: nothing queued for it left for {} s",
                 stuck_limit.as_secs()
             );
-            tracing::warn!(peer = %peer, "{reason}");
-            self.last_error.insert(peer.clone(), reason.clone());
-            self.end_session(&peer, CloseCode::Protocol, &reason, now);
+            self.end_for(peer, &reason, now);
         }
         // (A dropout the operator allows for, right after connecting, must not end it sooner.)
         let hello_within = HELLO_WITHIN.max(Duration::from_millis(
@@ -1305,9 +1311,7 @@ impl Replicator {
                 "the peer sent no Hello within {} s of connecting",
                 hello_within.as_secs()
             );
-            tracing::warn!(peer = %peer, "{reason}");
-            self.last_error.insert(peer.clone(), reason.clone());
-            self.end_session(&peer, CloseCode::Protocol, &reason, now);
+            self.end_for(peer, &reason, now);
         }
         // TLS checked the peer's certificate at the handshake only: a session outliving it
         // ends (a new handshake is refused until the peer has a valid one).
@@ -1324,9 +1328,7 @@ impl Replicator {
             let reason = format!(
                 "the peer's certificate expired (at {at} Unix seconds): renew it for the same key (`edgerep certs node --renew`, or your PKI) and restart it"
             );
-            tracing::warn!(peer = %peer, "session ended: {reason}");
-            self.last_error.insert(peer.clone(), reason.clone());
-            self.end_session(&peer, CloseCode::Protocol, &reason, now);
+            self.end_for(peer, &reason, now);
         }
     }
 
@@ -1349,9 +1351,7 @@ impl Replicator {
             let reason = format!(
                 "the peer is not reading: {queued} bytes queued unsent (at most {SEND_QUEUE_HARD_BYTES})"
             );
-            tracing::warn!(peer = %peer, "{reason}");
-            self.last_error.insert(peer.clone(), reason.clone());
-            self.end_session(&peer, CloseCode::Protocol, &reason, now);
+            self.end_for(peer, &reason, now);
         }
         loop {
             match self.core.poll_transmit(now, &self.log) {

@@ -384,6 +384,37 @@ fn keys_back_from_a_peer_after_a_restore_keep_the_time_of_their_write() {
     // The write, ten hours after the wall clock this test runs at (as if the restored box's
     // clock were now ten hours behind the one that made the write).
     let written_at = now + 10 * 3600 * 1000;
+    let (seq, at_ms) = restored_key_of_a_write_at(written_at).expect("the key is back");
+    assert_eq!(seq, 1);
+    assert_eq!(
+        at_ms, written_at,
+        "timed by the write, not by the wall clock now"
+    );
+}
+
+/// A box restored from a backup whose wall clock runs days ahead of the one that made the write
+/// (it booted ahead, or NTP stepped it): by the wall clock alone the key restored with the
+/// write is past its window, and a client's retry within the window would write again. A
+/// restored key is honoured for the whole first window the store is open, whatever the wall
+/// clock says.
+#[test]
+fn a_restored_key_holds_for_a_window_of_uptime_whatever_the_wall_clock_says() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // Three days before this wall clock: past the default window of one day.
+    let written_at = now - 3 * 24 * 3600 * 1000;
+    assert_eq!(
+        restored_key_of_a_write_at(written_at).map(|(seq, _)| seq),
+        Some(1),
+        "the key holds within the first window of uptime"
+    );
+}
+
+/// A write under key K1 made at `written_at` (wall clock ms) by node "a", taken back from a
+/// peer by a restored (empty) store of "a": what that store says of K1.
+fn restored_key_of_a_write_at(written_at: u64) -> Option<(u64, u64)> {
     let mut clock = HlcClock::new(Default::default(), u64::MAX / 2);
     let (before, _) = StoreWriter::open_with_backend(
         redb::backends::InMemoryBackend::new(),
@@ -407,55 +438,5 @@ fn keys_back_from_a_peer_after_a_restore_keep_the_time_of_their_write() {
     let dir = tempfile::tempdir().unwrap();
     let restored = open(&dir.path().join("s.redb"), Window::default());
     restored.apply_events(events).unwrap();
-    let (seq, at_ms) = restored
-        .restored_key("K1")
-        .unwrap()
-        .expect("the key is back");
-    assert_eq!(seq, 1);
-    assert_eq!(
-        at_ms, written_at,
-        "timed by the write, not by the wall clock now"
-    );
-}
-
-/// A box restored from a backup whose wall clock runs days ahead of the one that made the write
-/// (it booted ahead, or NTP stepped it): by the wall clock alone the key restored with the
-/// write is past its window, and a client's retry within the window would write again. A
-/// restored key is honoured for the whole first window the store is open, whatever the wall
-/// clock says.
-#[test]
-fn a_restored_key_holds_for_a_window_of_uptime_whatever_the_wall_clock_says() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    // Three days before this wall clock: past the default window of one day.
-    let written_at = now - 3 * 24 * 3600 * 1000;
-    let mut clock = HlcClock::new(Default::default(), u64::MAX / 2);
-    let (before, _) = StoreWriter::open_with_backend(
-        redb::backends::InMemoryBackend::new(),
-        "memory",
-        &NodeId::parse("a").unwrap(),
-        EventLimits::default(),
-    )
-    .unwrap();
-    before
-        .commit_local_keyed(
-            vec![write("x")],
-            &[],
-            &[receipt("K1", 0, 1)],
-            Sync::Immediate,
-            &mut clock,
-            written_at,
-        )
-        .unwrap();
-    let events = before.changelog("a", 0, 10).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let restored = open(&dir.path().join("s.redb"), Window::default());
-    restored.apply_events(events).unwrap();
-    assert_eq!(
-        restored.restored_key("K1").unwrap().map(|(seq, _)| seq),
-        Some(1),
-        "the key holds within the first window of uptime"
-    );
+    restored.restored_key("K1").unwrap()
 }
