@@ -148,10 +148,21 @@ impl Node {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        let mut r = agent()
-            .get(&self.url("/v1/status?verify=true"))
-            .call()
-            .unwrap();
+        // A few tries: over a throttled loopback (`slow_link.rs`) a request's headers can take
+        // longer to arrive than the node waits for them (10 s), and it closes the connection
+        // unanswered; a node that is gone fails every try.
+        let mut tries = 0;
+        let mut r = loop {
+            match agent().get(&self.url("/v1/status?verify=true")).call() {
+                Ok(r) => break r,
+                Err(e) if tries < 3 => {
+                    tries += 1;
+                    eprintln!("status of {}: {e}; trying again", self.addr);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => panic!("status of {}: {e}", self.addr),
+            }
+        };
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
     }
 }
