@@ -555,8 +555,12 @@ pub fn clock_note(detail: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let reads = x509_parser::time::ASN1Time::from_timestamp(now)
-        .map_or_else(|_| format!("{now} (Unix seconds)"), |t| t.to_string());
+    // Seconds (left out of the key of repeated lines, see `repeats.rs`) and the year, which
+    // is what a dead clock battery gets wrong.
+    let reads = match time::OffsetDateTime::from_unix_timestamp(now) {
+        Ok(t) => format!("{now} (Unix seconds, in the year {})", t.year()),
+        Err(_) => format!("{now} (Unix seconds)"),
+    };
     format!(
         "; certificates are checked against this machine's clock, which reads {reads}: if that is wrong (a dead clock battery, NTP not yet synced), set the clock"
     )

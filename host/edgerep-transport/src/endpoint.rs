@@ -495,26 +495,6 @@ impl Transport {
     }
 }
 
-/// `text` with every run of six digits or more left out (times, counters; not ports), for
-/// telling repeats of one failure apart from others.
-fn without_long_numbers(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut digits = String::new();
-    for c in text.chars().chain(std::iter::once(' ')) {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        if digits.len() < 6 {
-            out.push_str(&digits);
-        }
-        digits.clear();
-        out.push(c);
-    }
-    out.pop();
-    out
-}
-
 /// The certificate the other side of `conn` presented.
 fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let certs = conn
@@ -608,12 +588,9 @@ impl Incoming {
             // certificate: one line.
             let err = edgerep_wire::text::one_line(&err.to_string()).into_owned();
             // A refused or decommissioned site may try again every few seconds (from its one
-            // UDP port: an edgerep node dials from the port it listens on). The repeat is
-            // known by its words without long numbers (the verification time of a certificate
-            // refused for its dates made each line new).
+            // UDP port: an edgerep node dials from the port it listens on).
             static REPEATS: crate::repeats::Repeats = crate::repeats::Repeats::new();
-            let key = without_long_numbers(&err);
-            match REPEATS.warn(&key) {
+            match REPEATS.warn(&err) {
                 Some(0) => tracing::warn!(%remote, "{err}"),
                 Some(repeated) => {
                     tracing::warn!(%remote, repeated, "{err} (the same failure {repeated} times more since it was last logged as a warning; repeats within 10 min are logged at debug level)")
@@ -691,17 +668,6 @@ fn accept_failure(remote: SocketAddr, error: &ConnectionError) -> AcceptError {
 
 #[cfg(test)]
 mod tests {
-
-    /// Repeats of one failure are told apart from others by their words and short numbers,
-    /// not by a verification time.
-    #[test]
-    fn long_numbers_are_left_out_of_a_repeat_key() {
-        assert_eq!(
-            without_long_numbers("site-2 at 127.0.0.1:54321: time 1796593031 (UNIX), 123456"),
-            "site-2 at 127.0.0.1:54321: time  (UNIX), "
-        );
-        assert_eq!(without_long_numbers("node-10 1234"), "node-10 1234");
-    }
 
     use super::*;
 

@@ -33,6 +33,9 @@ impl Repeats {
     }
 
     fn warn_at(&self, line: &str, now: Instant) -> Option<u64> {
+        // One failure is one line whatever the time it names (a certificate's verification
+        // time, this clock's reading): those numbers made each repeat a new line.
+        let line = &without_long_numbers(line);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let seen = seen.get_or_insert_with(HashMap::new);
         if let Some((at, since)) = seen.get_mut(line) {
@@ -54,16 +57,53 @@ impl Repeats {
     /// Forgets the lines that start with `prefix` (a peer's, once it answered): the next such
     /// failure is a warning again, not a debug line within the interval of an earlier one.
     pub(crate) fn forget(&self, prefix: &str) {
+        let prefix = without_long_numbers(prefix);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(seen) = seen.as_mut() {
-            seen.retain(|line, _| !line.starts_with(prefix));
+            seen.retain(|line, _| !line.starts_with(&prefix));
         }
     }
+}
+
+/// `text` with every run of six digits or more left out (times, counters; not ports), for
+/// telling repeats of one failure apart from others.
+fn without_long_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut digits = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        if digits.len() < 6 {
+            out.push_str(&digits);
+        }
+        digits.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Repeats of one failure are told apart from others by their words and short numbers
+    /// (ports, node ids), not by a time in them.
+    #[test]
+    fn long_numbers_are_left_out_of_a_repeat() {
+        assert_eq!(
+            without_long_numbers("site-2 at 127.0.0.1:54321: time 1796593031 (UNIX), 123456"),
+            "site-2 at 127.0.0.1:54321: time  (UNIX), "
+        );
+        assert_eq!(without_long_numbers("node-10 1234"), "node-10 1234");
+        let r = Repeats::new();
+        let now = Instant::now();
+        assert_eq!(r.warn_at("expired: time 1796593031", now), Some(0));
+        assert_eq!(r.warn_at("expired: time 1796593032", now), None);
+        assert_eq!(r.warn_at("expired at 127.0.0.1:54322", now), Some(0));
+    }
 
     #[test]
     fn a_line_is_a_warning_once_per_interval_with_its_repeats() {
