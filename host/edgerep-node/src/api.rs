@@ -2151,6 +2151,7 @@ async fn status(
     let mut body = json!({
         "node_id": app.config().node.id.to_string(),
         "version": env!("CARGO_PKG_VERSION"),
+        "build_commit": crate::BUILD_COMMIT,
         "protocol": edgerep_replica::PROTOCOL_VERSION,
         "store_format": edgerep_store::STORE_FORMAT,
         "api": app.api_addr.to_string(),

@@ -349,6 +349,17 @@ pub fn secrets_open_to_others(config: &Config) -> Vec<String> {
 /// The store's file in `node.data_dir`.
 pub const STORE_FILE: &str = "edgerep.redb";
 
+/// The commit this binary was built from (`build.rs`), or `unknown` outside a git checkout.
+pub const BUILD_COMMIT: &str = env!("EDGEREP_BUILD_COMMIT");
+
+/// The version with the commit, as `edgerep --version` prints it.
+pub const VERSION_WITH_COMMIT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EDGEREP_BUILD_COMMIT"),
+    ")"
+);
+
 /// Opens the store, starts the committer and serves the local API.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     for warning in secrets_open_to_others(&config) {
@@ -693,7 +704,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         config.api.request_timeout_ms,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    tracing::info!(node = %config.node.id, api = %api_addr, data = %db_path.display(), "node started");
+    tracing::info!(node = %config.node.id, api = %api_addr, data = %db_path.display(), version = VERSION_WITH_COMMIT, "node started");
     let reloader = Arc::new(
         reload::Reloader::new(
             config,

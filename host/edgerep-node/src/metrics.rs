@@ -333,6 +333,17 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut m = Metrics(Registry::default());
     f.commits.register(&mut m);
+    m.gauges(
+        "edgerep_build_info",
+        "Always 1: the node's version and the commit it was built from, as labels",
+        vec![(
+            vec![
+                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+                ("commit".to_owned(), crate::BUILD_COMMIT.to_owned()),
+            ],
+            1.0,
+        )],
+    );
     m.gauge(
         "edgerep_uptime_seconds",
         "Seconds since the node started",

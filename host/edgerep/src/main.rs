@@ -53,7 +53,7 @@ const EXIT_FAILED: u8 = 4;
 ///
 /// Exit codes: 0 ok, 1 absent, 2 usage or config error, 3 refused by the node, 4 node unreachable or failed, 5 plugin failed.
 #[derive(Debug, Parser)]
-#[command(name = "edgerep", version, about, long_about)]
+#[command(name = "edgerep", version = edgerep_node::VERSION_WITH_COMMIT, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

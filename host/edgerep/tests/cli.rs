@@ -1404,3 +1404,35 @@ fn config_check_warns_of_a_plugin_nothing_runs() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 }
+
+/// The build is named the same way by `--version`, status and the metrics: the commit the
+/// binary was built from, which git names for this checkout (`unknown` without git).
+#[test]
+fn version_status_and_metrics_name_the_build_commit() {
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    let commit = match git {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_owned(),
+        _ => "unknown".to_owned(),
+    };
+    let o = edgerep(&["--version"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("edgerep {} (commit {commit})", env!("CARGO_PKG_VERSION"))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&init(dir.path(), "build-1"));
+    let s = common::status(&node);
+    assert_eq!(s["build_commit"], serde_json::json!(commit), "{s}");
+    assert_eq!(s["version"], serde_json::json!(env!("CARGO_PKG_VERSION")));
+    let m = common::metrics(&node);
+    let line = format!(
+        "edgerep_build_info{{version=\"{}\",commit=\"{commit}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(m.contains(&line), "no {line:?} in the metrics:\n{m}");
+}
