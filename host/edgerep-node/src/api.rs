@@ -1138,7 +1138,13 @@ async fn commit_keyed(
                     ));
                 }
             }
-            tracing::info!(trace_id = %span.trace_id, events = writes.len(), "committing a traced write");
+            // Every write of a traced client carries one: its spans are the record, the line
+            // a pointer (once per 10 s).
+            static LOG: crate::log_limit::Throttle =
+                crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+            if let Some(left_out) = LOG.allow() {
+                tracing::info!(trace_id = %span.trace_id, events = writes.len(), left_out, "committing a traced write");
+            }
             Some(span)
         }
         _ => None,

@@ -895,7 +895,12 @@ impl Committer {
                                 // cover no write, so it is found by its own position).
                                 let (culprit, failure) = match error {
                                     edgerep_store::StoreError::WriteRefused { index, reason } => {
-                                        tracing::warn!(events = total, "a local write was refused: {reason}");
+                                        // A client can send such a write again and again.
+                                        static LOG: crate::log_limit::Throttle =
+                                            crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+                                        if let Some(left_out) = LOG.allow() {
+                                            tracing::warn!(events = total, left_out, "a local write was refused: {reason} (lines like this one are written once per 10 s, `left_out` says how many were not; the client's answer says why)");
+                                        }
                                         let mut start = 0;
                                         let at = counts.iter().position(|&n| {
                                             let holds = (start..start + n).contains(&index);

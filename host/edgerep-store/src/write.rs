@@ -472,14 +472,33 @@ pub struct ConflictTally {
     pub resolutions: BTreeMap<(String, String), u64>,
 }
 
+/// Collections a [`ConflictTally`] names, at most (the first met; the rest are counted under
+/// [`TALLY_OTHER`]): their names come from clients and peers, and the tally lives as long as
+/// the store is open.
+pub(crate) const TALLY_COLLECTIONS: usize = 1024;
+/// The name the collections past [`TALLY_COLLECTIONS`] are counted under.
+pub(crate) const TALLY_OTHER: &str = "_other";
+
 impl ConflictTally {
     /// Adds `other` to this tally.
     pub(crate) fn add(&mut self, other: ConflictTally) {
         for (c, n) in other.conflicts {
+            let c = if self.conflicts.contains_key(&c) || self.conflicts.len() < TALLY_COLLECTIONS {
+                c
+            } else {
+                TALLY_OTHER.to_owned()
+            };
             *self.conflicts.entry(c).or_default() += n;
         }
-        for (k, n) in other.resolutions {
-            *self.resolutions.entry(k).or_default() += n;
+        for ((c, by), n) in other.resolutions {
+            let key = if self.resolutions.contains_key(&(c.clone(), by.clone()))
+                || self.resolutions.len() < TALLY_COLLECTIONS
+            {
+                (c, by)
+            } else {
+                (TALLY_OTHER.to_owned(), by)
+            };
+            *self.resolutions.entry(key).or_default() += n;
         }
     }
 }
@@ -1713,5 +1732,36 @@ impl StoreWriter {
         keep_dead_letter_high(&mut txn.open_table(META)?, self.dead_letter_ids.high())?;
         txn.commit()?;
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collection names come from clients and peers: past the first [`TALLY_COLLECTIONS`], the
+    /// tally counts them under one name, and every conflict is still counted.
+    #[test]
+    fn a_conflict_tally_names_a_bounded_number_of_collections() {
+        let mut tally = ConflictTally::default();
+        for i in 0..TALLY_COLLECTIONS + 10 {
+            let c = format!("c-{i}");
+            tally.add(ConflictTally {
+                conflicts: [(c.clone(), 2)].into(),
+                resolutions: [((c, "lww".to_owned()), 1)].into(),
+            });
+        }
+        assert_eq!(tally.conflicts.len(), TALLY_COLLECTIONS + 1);
+        assert_eq!(tally.conflicts[TALLY_OTHER], 20);
+        assert_eq!(tally.conflicts["c-0"], 2);
+        assert_eq!(
+            tally.conflicts.values().sum::<u64>(),
+            2 * (TALLY_COLLECTIONS as u64 + 10)
+        );
+        assert_eq!(tally.resolutions.len(), TALLY_COLLECTIONS + 1);
+        assert_eq!(
+            tally.resolutions[&(TALLY_OTHER.to_owned(), "lww".to_owned())],
+            10
+        );
     }
 }

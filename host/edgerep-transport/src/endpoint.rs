@@ -587,10 +587,12 @@ impl Incoming {
             // The reason may be the remote's own words (its close frame), sent before any
             // certificate: one line.
             let err = edgerep_wire::text::one_line(&err.to_string()).into_owned();
-            // A refused or decommissioned site may try again every few seconds (from its one
-            // UDP port: an edgerep node dials from the port it listens on).
+            // A refused or decommissioned site may try again every few seconds (an edgerep
+            // node dials from the port it listens on; other clients from a new port each
+            // time): a failure repeats whatever the remote's port.
             static REPEATS: crate::repeats::Repeats = crate::repeats::Repeats::new();
-            match REPEATS.warn(&err) {
+            let same = err.replace(&remote.to_string(), &remote.ip().to_string());
+            match REPEATS.warn(&same) {
                 Some(0) => tracing::warn!(%remote, "{err}"),
                 Some(repeated) => {
                     tracing::warn!(%remote, repeated, "{err} (the same failure {repeated} times more since it was last logged as a warning; repeats within 10 min are logged at debug level)")

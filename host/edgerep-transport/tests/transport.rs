@@ -308,10 +308,49 @@ async fn a_node_from_another_ca_is_refused_as_client_and_as_server() {
     assert_eq!(served.await.unwrap().unwrap(), 1);
 }
 
+/// A client refused again and again from a new port each time (not an edgerep node, which
+/// dials from the port it listens on) is warned of once: the refusals repeat whatever the
+/// port. (From 127.0.0.2, so that no other test's refusal from 127.0.0.1 counts as a repeat.)
+#[tokio::test]
+async fn a_client_refused_from_new_ports_is_warned_of_once() {
+    let (logs, _guard) = Logs::capture();
+    let ca = Ca::generate("ours").unwrap();
+    let other_ca = Ca::generate("theirs").unwrap();
+    let mut b = Node::start(&ca, &ca.issue_node("site-b").unwrap(), &["site-a"]);
+    let rogue = other_ca.issue_node("site-a").unwrap();
+    let mut ports = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let from = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 0));
+        let (endpoint, _conn) = rogue_client_from(&rogue, b.addr, from).await;
+        let refused = b.next().await.unwrap_err();
+        assert!(
+            matches!(refused, AcceptError::Untrusted { .. }),
+            "{refused}"
+        );
+        ports.insert(endpoint.local_addr().unwrap().port());
+    }
+    assert_eq!(ports.len(), 3, "each dial from a new port");
+    let log = logs.text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("refused connection from 127.0.0.2"))
+        .count();
+    assert_eq!(warned, 1, "{log}");
+}
+
 /// Dials `server` with `node`'s certificate, accepting any server certificate.
 async fn rogue_client(
     node: &NodeCert,
     server: SocketAddr,
+) -> (quinn::Endpoint, Result<quinn::Connection, ConnectionError>) {
+    rogue_client_from(node, server, loopback()).await
+}
+
+/// [`rogue_client`] from the address `from`.
+async fn rogue_client_from(
+    node: &NodeCert,
+    server: SocketAddr,
+    from: SocketAddr,
 ) -> (quinn::Endpoint, Result<quinn::Connection, ConnectionError>) {
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::pem::PemObject;
@@ -374,7 +413,7 @@ async fn rogue_client(
         .unwrap();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    let endpoint = quinn::Endpoint::client(from).unwrap();
     let connecting = endpoint
         .connect_with(
             quinn::ClientConfig::new(Arc::new(crypto)),

@@ -1436,3 +1436,32 @@ fn version_status_and_metrics_name_the_build_commit() {
     );
     assert!(m.contains(&line), "no {line:?} in the metrics:\n{m}");
 }
+
+/// A client sending a refused write again and again (its context names an event this node does
+/// not hold) gets its 409 each time, and the log a line per 10 s, not one per request.
+#[test]
+fn a_refused_write_sent_again_and_again_is_logged_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "refused-1");
+    let node = Node::start(&config);
+    for _ in 0..20 {
+        let r = agent()
+            .put(&node.url("/v1/kv/orders/o-1"))
+            .header("x-edgerep-context", "refused-1:50")
+            .send(r#"{"qty":1}"#)
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 409);
+    }
+    assert!(node.terminate().success());
+    let logs: String = std::fs::read_dir(config.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".log."))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let lines = logs
+        .lines()
+        .filter(|l| l.contains("a local write was refused"))
+        .count();
+    assert_eq!(lines, 1, "{logs}");
+}
