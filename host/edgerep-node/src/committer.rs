@@ -223,6 +223,10 @@ enum Request {
         peer: NodeId,
         have: Have,
     },
+    /// Save when peers were last heard from (advice for retention; not synced).
+    SavePeersHeard {
+        heard: BTreeMap<NodeId, u64>,
+    },
     /// Remove a dead letter without replaying it.
     RemoveDeadLetter {
         id: u64,
@@ -699,6 +703,16 @@ impl Committer {
                             let _ = reply.send(result);
                             continue;
                         }
+                        Request::SavePeersHeard { heard } => {
+                            match store.save_peers_heard(&heard) {
+                                Ok(()) => durable.unsynced = true,
+                                Err(e) => {
+                                    tracing::warn!("cannot save when peers were last heard from: {e}");
+                                    failed(&e);
+                                }
+                            }
+                            continue;
+                        }
                         Request::SavePeerCursor { peer, have: theirs } => {
                             match store.save_peer_cursor(peer.as_str(), &theirs) {
                                 // Not synced (a cursor is advice): the next sync takes it.
@@ -1168,6 +1182,12 @@ impl Committer {
     /// what a session resumes from). Blocks while the queue is full.
     pub fn save_peer_cursor(&self, peer: NodeId, have: Have) -> Result<(), CommitError> {
         self.send_blocking(Request::SavePeerCursor { peer, have })
+    }
+
+    /// Queues saving when each peer of `heard` was last heard from (wall clock, ms; not
+    /// synced). Blocks while the queue is full.
+    pub fn save_peers_heard(&self, heard: BTreeMap<NodeId, u64>) -> Result<(), CommitError> {
+        self.send_blocking(Request::SavePeersHeard { heard })
     }
 
     /// Saves the record of what decides each collection (see [`crate::deciders`]).

@@ -430,7 +430,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         // series left out would hide a peer dead since before a restart from an age alert.
         m.gauges(
             "edgerep_peer_last_contact_age_seconds",
-            "Seconds since the peer was last heard from (the node's uptime if not since it started)",
+            "Seconds since the peer was last heard from (by its last contact saved before this start if not since; the node's uptime if never)",
             per_peer(&|p| {
                 Some(
                     p.last_contact_age_ms

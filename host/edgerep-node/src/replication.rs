@@ -468,6 +468,8 @@ pub fn start(
         dirty: BTreeMap::new(),
         last_contact: BTreeMap::new(),
         heard_at: BTreeMap::new(),
+        silent_at_start: BTreeMap::new(),
+        heard_saved: BTreeMap::new(),
         traces,
         traced: BTreeMap::new(),
         frames: BTreeMap::new(),
@@ -662,6 +664,12 @@ struct Replicator {
     /// heard from counts from `started`).
     last_contact: BTreeMap<NodeId, u64>,
     heard_at: BTreeMap<NodeId, Instant>,
+    /// Per peer not heard from since the start, how long it had been silent then (from the
+    /// last contact saved before the start): a restart does not give a peer gone for good a
+    /// new `peer_absent_ms` to hold compaction back for.
+    silent_at_start: BTreeMap<NodeId, Duration>,
+    /// The last contacts saved to the store (wall clock, ms; see `save_cursors`).
+    heard_saved: BTreeMap<NodeId, u64>,
     /// Where apply spans go, and per peer the traced events of its outstanding apply: when it
     /// went to the committer, and (traceparent, origin, seq, collection) of each.
     traces: Arc<crate::trace::Traces>,

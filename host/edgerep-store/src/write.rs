@@ -1470,6 +1470,21 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Saves when each peer of `heard` was last heard from (wall clock, ms), without waiting for
+    /// the disk (like a cursor, it is advice: losing the latest costs a little retention).
+    pub fn save_peers_heard(&self, heard: &BTreeMap<NodeId, u64>) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        {
+            let mut table = txn.open_table(PEERS_HEARD)?;
+            for (peer, at_ms) in heard {
+                table.insert(peer.as_str(), *at_ms)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Applies `events` (see [`StoreWriter::apply_sealed`]); with `sealed` `None` the events are
     /// trusted (tests, tools): their chains are computed and an unsigned seal ends each run.
     pub(crate) fn apply_in(

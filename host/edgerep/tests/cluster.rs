@@ -1891,3 +1891,58 @@ fn own_events_from_part_of_a_snapshot_hold_writes_across_a_restart() {
     let s = status(&n1);
     assert_eq!(s["replication"]["forks_total"], 0, "{s}");
 }
+
+/// Retention: a peer gone for good stops holding compaction back `peer_absent_ms` after it was
+/// last heard from, however often this node restarts. Before, a restart counted it from the
+/// start again, so a node restarted more often than `peer_absent_ms` (a week by default) kept
+/// its changelog growing to `max_held_events` per origin; now its last contact is saved.
+#[test]
+fn a_peer_gone_before_a_restart_holds_compaction_back_no_longer() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        let keys = "keep_events = 0\ninterval_ms = 200\npeer_absent_ms = 15000";
+        std::fs::write(c, with_retention(&text, keys)).unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let n3 = Node::start(&configs[2]);
+    put_many(&n1, "a", 10);
+    converge(&[&n1, &n2, &n3], Duration::from_secs(60));
+    // node-3's last contact is saved within a second or two; then it is gone for good.
+    std::thread::sleep(Duration::from_secs(3));
+    drop(n3);
+    let gone = Instant::now();
+    put_many(&n1, "b", 10);
+    assert!(n1.terminate().success());
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(gone.elapsed()));
+
+    let n1 = Node::start(&configs[0]);
+    let started = Instant::now();
+    let last = put_many(&n1, "c", 100);
+    loop {
+        let s = status(&n1);
+        if s["compacted"]["node-1"] == last {
+            let node3 = s["replication"]["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["id"] == "node-3")
+                .cloned()
+                .unwrap();
+            assert!(
+                node3["last_contact_age_ms"].as_u64().unwrap() >= 16_000,
+                "{node3}"
+            );
+            assert!(node3["last_contact_ms"].as_u64().is_some(), "{node3}");
+            break;
+        }
+        // node-3 counted from this start would hold node-1's own events back for 15 s more.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "node-1 did not compact its own events without node-3 within 10 s of its start: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

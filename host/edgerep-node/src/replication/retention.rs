@@ -11,7 +11,10 @@ use edgerep_store::Compaction;
 use super::{CommitHookSender, Replicator};
 use edgerep_wire::NodeId;
 
-use crate::committer::{CommitError, Have};
+use crate::committer::{CommitError, Have, wall_ms};
+
+/// How far a peer's last contact moves before it is saved again (see `save_cursors`).
+const HEARD_SAVED_EVERY_MS: u64 = 60_000;
 
 impl Replicator {
     pub(super) fn load_cursors(&mut self) {
@@ -23,6 +26,34 @@ impl Replicator {
             }
             Err(e) => tracing::warn!("cannot read saved peer cursors: {e}"),
         }
+        // How long each peer had been silent at this start, by the wall clock (one behind the
+        // saved contact counts it heard just now; one far ahead counts peers gone that did not
+        // speak since the start, which then take a snapshot if they come back).
+        let now_ms = wall_ms();
+        match self.store.peers_heard() {
+            Ok(all) => {
+                for (peer, at_ms) in all {
+                    self.last_contact.insert(peer.clone(), at_ms);
+                    self.silent_at_start.insert(
+                        peer.clone(),
+                        Duration::from_millis(now_ms.saturating_sub(at_ms)),
+                    );
+                    self.heard_saved.insert(peer, at_ms);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read when peers were last heard from: {e}"),
+        }
+    }
+
+    /// How long ago `peer` was last heard from: on the monotonic clock since this start, or
+    /// the node's uptime plus how long it had been silent at the start (as saved before it).
+    pub(super) fn silent_for(&self, peer: &NodeId) -> Duration {
+        match self.heard_at.get(peer) {
+            Some(at) => at.elapsed(),
+            None => {
+                self.started.elapsed() + self.silent_at_start.get(peer).copied().unwrap_or_default()
+            }
+        }
     }
 
     pub(super) fn save_cursors(&mut self) {
@@ -30,6 +61,25 @@ impl Replicator {
         for (peer, have) in std::mem::take(&mut self.dirty) {
             if let Err(e) = self.committer.save_peer_cursor(peer.clone(), have) {
                 tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
+            }
+        }
+        // Last contacts, each at most once a minute (against `peer_absent_ms` of days).
+        let heard: BTreeMap<NodeId, u64> = self
+            .heard_at
+            .keys()
+            .filter_map(|p| {
+                let at = *self.last_contact.get(p)?;
+                let saved = self.heard_saved.get(p).copied();
+                saved
+                    .is_none_or(|s| at.abs_diff(s) >= HEARD_SAVED_EVERY_MS)
+                    .then(|| (p.clone(), at))
+            })
+            .collect();
+        if !heard.is_empty() {
+            self.heard_saved
+                .extend(heard.iter().map(|(p, at)| (p.clone(), *at)));
+            if let Err(e) = self.committer.save_peers_heard(heard) {
+                tracing::warn!("cannot save when peers were last heard from: {e}");
             }
         }
     }
@@ -55,22 +105,21 @@ impl Replicator {
     /// acknowledges a little now and then would hold the changelog for ever).
     /// Only origins whose floor moved are listed.
     pub(super) fn compaction_floors(&self) -> Have {
-        let recent = |at: Instant| {
+        let recent = |ago: Duration| {
             self.retention
                 .peer_absent_ms
-                .is_none_or(|ms| at.elapsed() < Duration::from_millis(ms))
+                .is_none_or(|ms| ago < Duration::from_millis(ms))
         };
         let counted: Vec<&NodeId> = self
             .peers
             .iter()
             .map(|(p, _)| p)
             .filter(|p| {
-                let heard = self.heard_at.get(*p).copied().unwrap_or(self.started);
                 let moved = self.acks_moved_at.get(*p).copied().unwrap_or(self.started);
                 if self.conns.contains_key(*p) {
-                    recent(moved)
+                    recent(moved.elapsed())
                 } else {
-                    recent(heard)
+                    recent(self.silent_for(p))
                 }
             })
             .collect();

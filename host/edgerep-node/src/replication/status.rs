@@ -12,11 +12,13 @@ pub struct PeerStatus {
     pub address: String,
     /// A connection is up and the handshake is done.
     pub connected: bool,
-    /// Milliseconds since the Unix epoch of the last message from the peer (`None`: never
-    /// since this node started).
+    /// Milliseconds since the Unix epoch of the last message from the peer (`None`: never,
+    /// as far as this node saved).
     pub last_contact_ms: Option<u64>,
     /// Milliseconds since the last message from the peer, on the monotonic clock (a step of
-    /// the wall clock moves `last_contact_ms`, not this: what an alert on a silent peer reads).
+    /// the wall clock moves `last_contact_ms`, not this: what an alert on a silent peer reads);
+    /// for a peer not heard from since the start, the uptime plus how long it had been silent
+    /// then, by the last contact saved before it.
     pub last_contact_age_ms: Option<u64>,
     /// What the peer acknowledged holding, per origin (persisted across restarts).
     pub acked: Have,
@@ -347,10 +349,9 @@ impl super::Replicator {
                     address: address.clone(),
                     connected: view.as_ref().is_some_and(|v| v.ready),
                     last_contact_ms: self.last_contact.get(id).copied(),
-                    last_contact_age_ms: self
-                        .heard_at
-                        .get(id)
-                        .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                    last_contact_age_ms: (self.heard_at.contains_key(id)
+                        || self.silent_at_start.contains_key(id))
+                    .then(|| u64::try_from(self.silent_for(id).as_millis()).unwrap_or(u64::MAX)),
                     acked: acked.clone(),
                     peer_have: self.peer_have.get(id).cloned().unwrap_or_default(),
                     lag_events,
