@@ -218,7 +218,8 @@ from_redb!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    redb::CompactionError
 );
 
 pub(crate) fn corrupt(table: &'static str, e: impl std::fmt::Display) -> StoreError {

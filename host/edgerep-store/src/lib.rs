@@ -50,6 +50,7 @@ mod read;
 mod resolution;
 mod retention;
 mod seals;
+pub mod shrink;
 mod tables;
 mod verify;
 mod versions;

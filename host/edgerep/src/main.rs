@@ -224,6 +224,13 @@ enum Command {
         #[arg(long)]
         peer: Option<String>,
     },
+    /// Give the store file's free space back to the filesystem (after changelog compaction
+    /// removed a backlog, say). The node must be stopped; a crash midway loses nothing.
+    Shrink {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Tools for drills and diagnosis; they act on a stopped node's store.
     Debug {
         #[command(subcommand)]
@@ -339,6 +346,36 @@ pub(crate) fn init_logging_with(default: &str) {
 
 fn load(config: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(config)?)
+}
+
+/// `edgerep shrink`: gives the stopped node's free pages back to the filesystem.
+fn shrink(config: &Path) -> anyhow::Result<u8> {
+    let config = load(config)?;
+    let path = config.node.data_dir.join(edgerep_node::STORE_FILE);
+    if !path.exists() {
+        eprintln!("{}: no store here (has the node run?)", path.display());
+        return Ok(EXIT_USAGE);
+    }
+    match edgerep_store::shrink::shrink_file(&path, &config.node.id) {
+        Ok(s) => {
+            println!(
+                "{}: {} bytes before, {} after ({} given back)",
+                path.display(),
+                s.before,
+                s.after,
+                s.before.saturating_sub(s.after)
+            );
+            Ok(0)
+        }
+        Err(e) if e.is_already_open() => {
+            eprintln!(
+                "{}: the store is open: stop the node first (the file is shrunk while nothing uses it)",
+                path.display()
+            );
+            Ok(EXIT_USAGE)
+        }
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
+    }
 }
 
 /// `edgerep debug damage`: opens the stopped node's store and damages one key.
@@ -997,6 +1034,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             client(&config)?.reconcile(peer.as_deref()),
             print_pretty,
         )),
+        Command::Shrink { config } => shrink(&config),
         Command::Debug {
             command:
                 DebugCommand::Damage {

@@ -1465,3 +1465,77 @@ fn a_refused_write_sent_again_and_again_is_logged_once_per_interval() {
         .count();
     assert_eq!(lines, 1, "{logs}");
 }
+
+/// `edgerep shrink` gives back what changelog compaction freed: refused while the node runs,
+/// then the file is smaller and the node starts on it with its state whole.
+#[test]
+fn shrink_gives_freed_pages_back_and_the_store_stays_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = init(dir.path(), "shrink-1");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "\n[retention]\n",
+            "\n[retention]\nkeep_events = 100\ninterval_ms = 200\n",
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let node = Node::start(&config);
+    // 30,000 events of about 450 bytes over 100 keys: the changelog holds the backlog until
+    // compaction keeps its newest 100.
+    let pad = "x".repeat(400);
+    let mut last = 0;
+    for round in 0..300 {
+        let answer = common::batch(
+            &node,
+            "bulk",
+            (0..100).map(|k| {
+                (
+                    format!("k-{k:03}"),
+                    format!(r#"{{"pad":"{pad}","round":{round}}}"#),
+                )
+            }),
+        );
+        last = answer["committed"].as_array().unwrap().last().unwrap()["seq"]
+            .as_u64()
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::status(&node)["compacted"]["shrink-1"].as_u64() != Some(last - 100) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction: {}",
+            common::status(&node)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = edgerep(&["shrink", "--config", c]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stop the node first"), "{}", stderr(&o));
+    assert!(node.terminate().success());
+
+    let o = edgerep(&["shrink", "--config", c]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let sizes: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        sizes.len() >= 2 && sizes[1] < sizes[0] / 2,
+        "not shrunk by half: {out}"
+    );
+    let file = dir.path().join("data").join("edgerep.redb");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), sizes[1], "{out}");
+
+    let _node = Node::start(&config);
+    let s: serde_json::Value =
+        serde_json::from_str(&stdout(&edgerep(&["status", "--config", c, "--verify"]))).unwrap();
+    assert_eq!(s["verified"], true, "{s}");
+    assert_eq!(s["origins"]["shrink-1"], last, "{s}");
+    assert_eq!(s["state_entries"], 100, "{s}");
+    let o = edgerep(&["get", "--config", c, "bulk", "k-099"]);
+    assert!(stdout(&o).contains(r#""round":299"#), "{}", stdout(&o));
+}
