@@ -19,20 +19,22 @@ fn main() {
         "cargo:rustc-env=EDGEREP_BUILD_COMMIT={}",
         commit.as_deref().unwrap_or("unknown")
     );
-    // Run again when HEAD moves: a new commit on the branch, or another branch checked out.
-    // (Without a checkout, once: nothing names a file to watch.)
+    // Run again when HEAD moves: `logs/HEAD` takes a line at every commit, checkout or reset;
+    // `HEAD` and `packed-refs` cover a repository without reflogs. (Without a checkout, once:
+    // nothing names a file to watch.)
     println!("cargo:rerun-if-changed=build.rs");
     if commit.is_some() {
-        let mut watched = vec!["HEAD".to_owned()];
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            watched.push(branch);
-        }
-        watched.push("packed-refs".to_owned());
-        for name in watched {
-            if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", &name])
-                && std::path::Path::new(&path).exists()
-            {
-                println!("cargo:rerun-if-changed={path}");
+        let here = std::env::current_dir().unwrap_or_default();
+        let git_dir = git(&["rev-parse", "--git-dir"]).map(|d| here.join(d));
+        let common_dir = git(&["rev-parse", "--git-common-dir"]).map(|d| here.join(d));
+        let watched = [
+            git_dir.as_ref().map(|d| d.join("HEAD")),
+            git_dir.as_ref().map(|d| d.join("logs").join("HEAD")),
+            common_dir.as_ref().map(|d| d.join("packed-refs")),
+        ];
+        for path in watched.into_iter().flatten() {
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
             }
         }
     }

@@ -1138,12 +1138,17 @@ async fn commit_keyed(
                     ));
                 }
             }
-            // Every write of a traced client carries one: its spans are the record, the line
-            // a pointer (once per 10 s).
+            // Every write of a traced client carries one: at info level once per 10 s, the
+            // others at debug (the exported spans, when a collector is configured, have all).
             static LOG: crate::log_limit::Throttle =
                 crate::log_limit::Throttle::new(crate::log_limit::EVERY);
-            if let Some(left_out) = LOG.allow() {
-                tracing::info!(trace_id = %span.trace_id, events = writes.len(), left_out, "committing a traced write");
+            match LOG.allow() {
+                Some(left_out) => {
+                    tracing::info!(trace_id = %span.trace_id, events = writes.len(), left_out, "committing a traced write")
+                }
+                None => {
+                    tracing::debug!(trace_id = %span.trace_id, events = writes.len(), "committing a traced write")
+                }
             }
             Some(span)
         }

@@ -368,6 +368,18 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
             .map(|(o, s)| (label("origin", o.as_str()), *s as f64))
             .collect(),
     );
+    m.gauges(
+        "edgerep_changelog_events",
+        "Per origin, events its changelog holds here (held less compacted): what retention keeps for peers that lack them",
+        f.store
+            .origins
+            .iter()
+            .map(|(o, s)| {
+                let floor = f.store.compacted.get(o).copied().unwrap_or(0);
+                (label("origin", o.as_str()), s.saturating_sub(floor) as f64)
+            })
+            .collect(),
+    );
     m.gauge(
         "edgerep_dead_letters",
         "Dead letters held (writes or events a plugin failed on)",

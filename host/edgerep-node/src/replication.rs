@@ -668,7 +668,8 @@ struct Replicator {
     /// last contact saved before the start): a restart does not give a peer gone for good a
     /// new `peer_absent_ms` to hold compaction back for.
     silent_at_start: BTreeMap<NodeId, Duration>,
-    /// The last contacts saved to the store (wall clock, ms; see `save_cursors`).
+    /// The last contacts saved to the store (wall clock, ms; see `save_cursors`), and this
+    /// node's own "alive at" under its own id.
     heard_saved: BTreeMap<NodeId, u64>,
     /// Where apply spans go, and per peer the traced events of its outstanding apply: when it
     /// went to the committer, and (traceparent, origin, seq, collection) of each.
@@ -809,14 +810,14 @@ impl Replicator {
             self.drain_outputs();
             self.transmit();
             if self.saved_at.elapsed() >= SAVE_CURSORS_EVERY {
-                self.save_cursors();
+                self.save_cursors(false);
             }
             if published.elapsed() >= Duration::from_millis(100) {
                 self.publish();
                 published = Instant::now();
             }
         }
-        self.save_cursors();
+        self.save_cursors(true);
         if let Err(e) = self.committer.sync_blocking() {
             tracing::warn!("cannot sync the saved peer cursors: {e}");
         }

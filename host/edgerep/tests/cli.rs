@@ -1444,6 +1444,7 @@ fn a_refused_write_sent_again_and_again_is_logged_once_per_interval() {
     let dir = tempfile::tempdir().unwrap();
     let config = init(dir.path(), "refused-1");
     let node = Node::start(&config);
+    let began = std::time::Instant::now();
     for _ in 0..20 {
         let r = agent()
             .put(&node.url("/v1/kv/orders/o-1"))
@@ -1452,6 +1453,8 @@ fn a_refused_write_sent_again_and_again_is_logged_once_per_interval() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 409);
     }
+    // One line per 10 s begun (on a machine so loaded that the requests took longer).
+    let most = began.elapsed().as_secs() / 10 + 1;
     assert!(node.terminate().success());
     let logs: String = std::fs::read_dir(config.parent().unwrap())
         .unwrap()
@@ -1462,8 +1465,11 @@ fn a_refused_write_sent_again_and_again_is_logged_once_per_interval() {
     let lines = logs
         .lines()
         .filter(|l| l.contains("a local write was refused"))
-        .count();
-    assert_eq!(lines, 1, "{logs}");
+        .count() as u64;
+    assert!(
+        (1..=most).contains(&lines),
+        "{lines} lines, at most {most}: {logs}"
+    );
 }
 
 /// `edgerep shrink` gives back what changelog compaction freed: refused while the node runs,

@@ -1893,16 +1893,17 @@ fn own_events_from_part_of_a_snapshot_hold_writes_across_a_restart() {
 }
 
 /// Retention: a peer gone for good stops holding compaction back `peer_absent_ms` after it was
-/// last heard from, however often this node restarts. Before, a restart counted it from the
-/// start again, so a node restarted more often than `peer_absent_ms` (a week by default) kept
-/// its changelog growing to `max_held_events` per origin; now its last contact is saved.
+/// last heard from (counted while this node ran), however often this node restarts. Before, a
+/// restart counted it from the start again, so a node restarted more often than
+/// `peer_absent_ms` (a week by default) kept its changelog growing to `max_held_events` per
+/// origin; now its last contact, and when this node was last alive, are saved.
 #[test]
 fn a_peer_gone_before_a_restart_holds_compaction_back_no_longer() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
     for c in &configs {
         let text = std::fs::read_to_string(c).unwrap();
-        let keys = "keep_events = 0\ninterval_ms = 200\npeer_absent_ms = 15000";
+        let keys = "keep_events = 0\ninterval_ms = 200\npeer_absent_ms = 20000";
         std::fs::write(c, with_retention(&text, keys)).unwrap();
     }
     let n1 = Node::start(&configs[0]);
@@ -1910,39 +1911,46 @@ fn a_peer_gone_before_a_restart_holds_compaction_back_no_longer() {
     let n3 = Node::start(&configs[2]);
     put_many(&n1, "a", 10);
     converge(&[&n1, &n2, &n3], Duration::from_secs(60));
-    // node-3's last contact is saved within a second or two; then it is gone for good.
-    std::thread::sleep(Duration::from_secs(3));
+    // node-3 is gone for good; node-1 runs on for longer than peer_absent_ms, then restarts.
     drop(n3);
     let gone = Instant::now();
     put_many(&n1, "b", 10);
+    std::thread::sleep(Duration::from_secs(21).saturating_sub(gone.elapsed()));
     assert!(n1.terminate().success());
-    std::thread::sleep(Duration::from_secs(16).saturating_sub(gone.elapsed()));
 
     let n1 = Node::start(&configs[0]);
     let started = Instant::now();
     let last = put_many(&n1, "c", 100);
     loop {
         let s = status(&n1);
-        if s["compacted"]["node-1"] == last {
-            let node3 = s["replication"]["peers"]
+        let peer = |id: &str| {
+            s["replication"]["peers"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|p| p["id"] == "node-3")
+                .find(|p| p["id"] == id)
                 .cloned()
-                .unwrap();
+                .unwrap()
+        };
+        if s["compacted"]["node-1"] == last {
+            let node3 = peer("node-3");
             assert!(
-                node3["last_contact_age_ms"].as_u64().unwrap() >= 16_000,
+                node3["last_contact_age_ms"].as_u64().unwrap() >= 20_000,
                 "{node3}"
             );
             assert!(node3["last_contact_ms"].as_u64().is_some(), "{node3}");
+            // node-2, connected all along, has everything and needs no snapshot.
+            let node2 = peer("node-2");
+            assert_eq!(node2["acked"]["node-1"], last, "{node2}");
+            assert_eq!(node2["needs_snapshot"], false, "{node2}");
             break;
         }
-        // node-3 counted from this start would hold node-1's own events back for 15 s more.
+        // node-3 counted from this start would hold node-1's own events back for 20 s more.
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "node-1 did not compact its own events without node-3 within 10 s of its start: {s}"
+            started.elapsed() < Duration::from_secs(14),
+            "node-1 did not compact its own events without node-3 within 14 s of its start: {s}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    drop(n2);
 }

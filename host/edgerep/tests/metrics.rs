@@ -61,6 +61,12 @@ fn metrics_are_scraped_and_move_as_writes_replicate() {
     };
     assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
     assert!(before.trim_end().ends_with("# EOF"), "{before}");
+    // Nothing compacted yet (keep_events is 100000): node-1's one event is in the changelog.
+    assert_eq!(
+        sample(&before, r#"edgerep_changelog_events{origin="node-1"}"#),
+        Some(1.0),
+        "{before}"
+    );
     // Every sample is edgerep's, counters end in _total.
     for line in before.lines().filter(|l| !l.starts_with('#')) {
         assert!(line.starts_with("edgerep_"), "{line}");

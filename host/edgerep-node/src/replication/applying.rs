@@ -253,17 +253,23 @@ impl Replicator {
                     self.left_out_of_damaged_rows(out.left_out_of_damaged_rows);
                 }
                 if let Some((started, events)) = self.traced.remove(&peer) {
-                    // One line per 10 s at most: every event of a traced client carries
-                    // a trace context (its spans are the record).
+                    // Every event of a traced client carries a trace context: at info level
+                    // once per 10 s, the others at debug (the exported spans, when a collector
+                    // is configured, have all).
                     static LOG: crate::log_limit::Throttle =
                         crate::log_limit::Throttle::new(crate::log_limit::EVERY);
                     for t in events {
-                        if let Some(left_out) = LOG.allow() {
-                            tracing::info!(
-                                trace_id = %edgerep_wire::text::one_line(t.traceparent.get(3..35).unwrap_or("")),
-                                peer = %peer, origin = %t.origin, seq = t.seq, left_out,
+                        let trace_id =
+                            edgerep_wire::text::one_line(t.traceparent.get(3..35).unwrap_or(""));
+                        match LOG.allow() {
+                            Some(left_out) => tracing::info!(
+                                trace_id = %trace_id, peer = %peer, origin = %t.origin, seq = t.seq,
+                                left_out, "applied a traced event"
+                            ),
+                            None => tracing::debug!(
+                                trace_id = %trace_id, peer = %peer, origin = %t.origin, seq = t.seq,
                                 "applied a traced event"
-                            );
+                            ),
                         }
                         self.traces.apply_span(
                             &t.traceparent,

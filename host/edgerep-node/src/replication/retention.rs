@@ -26,17 +26,19 @@ impl Replicator {
             }
             Err(e) => tracing::warn!("cannot read saved peer cursors: {e}"),
         }
-        // How long each peer had been silent at this start, by the wall clock (one behind the
-        // saved contact counts it heard just now; one far ahead counts peers gone that did not
-        // speak since the start, which then take a snapshot if they come back).
-        let now_ms = wall_ms();
+        // How long each peer had been silent at this start, counted while this node ran: from
+        // its saved contact to the last time this node saved itself alive (its own downtime is
+        // no peer's silence: a lagging peer must not be left out for it). By the wall clock:
+        // one stepped back between runs counts less (the safe side).
         match self.store.peers_heard() {
-            Ok(all) => {
+            Ok(mut all) => {
+                let alive_ms = all.remove(self.core.local()).unwrap_or(u64::MAX);
+                let upto = wall_ms().min(alive_ms);
                 for (peer, at_ms) in all {
                     self.last_contact.insert(peer.clone(), at_ms);
                     self.silent_at_start.insert(
                         peer.clone(),
-                        Duration::from_millis(now_ms.saturating_sub(at_ms)),
+                        Duration::from_millis(upto.saturating_sub(at_ms)),
                     );
                     self.heard_saved.insert(peer, at_ms);
                 }
@@ -56,23 +58,38 @@ impl Replicator {
         }
     }
 
-    pub(super) fn save_cursors(&mut self) {
+    /// How far a saved contact may lag behind: a minute against `peer_absent_ms` of days, a
+    /// tenth of it when it is shorter.
+    fn heard_saved_every_ms(&self) -> u64 {
+        self.retention
+            .peer_absent_ms
+            .map_or(HEARD_SAVED_EVERY_MS, |ms| {
+                (ms / 10).clamp(1, HEARD_SAVED_EVERY_MS)
+            })
+    }
+
+    /// Saves the peers' cursors that moved, and their last contacts with this node's own
+    /// "alive at" (see `load_cursors`) when they moved by [`Replicator::heard_saved_every_ms`],
+    /// or at all when `last` (the replicator stops).
+    pub(super) fn save_cursors(&mut self, last: bool) {
         self.saved_at = Instant::now();
         for (peer, have) in std::mem::take(&mut self.dirty) {
             if let Err(e) = self.committer.save_peer_cursor(peer.clone(), have) {
                 tracing::warn!(peer = %peer, "cannot save the peer's cursor: {e}");
             }
         }
-        // Last contacts, each at most once a minute (against `peer_absent_ms` of days).
+        let every = if last { 1 } else { self.heard_saved_every_ms() };
+        let local = self.core.local().clone();
+        let now = wall_ms();
         let heard: BTreeMap<NodeId, u64> = self
             .heard_at
             .keys()
-            .filter_map(|p| {
-                let at = *self.last_contact.get(p)?;
-                let saved = self.heard_saved.get(p).copied();
-                saved
-                    .is_none_or(|s| at.abs_diff(s) >= HEARD_SAVED_EVERY_MS)
-                    .then(|| (p.clone(), at))
+            .filter_map(|p| Some((p.clone(), *self.last_contact.get(p)?)))
+            .chain(std::iter::once((local, now)))
+            .filter(|(p, at)| {
+                self.heard_saved
+                    .get(p)
+                    .is_none_or(|s| at.abs_diff(*s) >= every)
             })
             .collect();
         if !heard.is_empty() {
