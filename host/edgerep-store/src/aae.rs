@@ -519,22 +519,7 @@ impl crate::StoreWriter {
         keys: &[Vec<u8>],
         how: Damage,
     ) -> Result<u64, StoreError> {
-        let db = redb::Database::open(path)?;
-        {
-            let txn = db.begin_read()?;
-            let meta = txn.open_table(META)?;
-            let stored = meta
-                .get(crate::META_NODE_ID)?
-                .map(|g| g.value().to_vec())
-                .unwrap_or_default();
-            if stored != node.as_str().as_bytes() {
-                return Err(StoreError::WrongNode {
-                    path: path.display().to_string(),
-                    stored: String::from_utf8_lossy(&stored).into_owned(),
-                    configured: node.to_string(),
-                });
-            }
-        }
+        let db = crate::shrink::open_stopped(path, node)?;
         damage_in(&db, collection, keys, how)
     }
 }

@@ -24,7 +24,23 @@ pub struct Shrunk {
 /// stopped: [`StoreError::is_already_open`] otherwise).
 pub fn shrink_file(path: &Path, node: &edgerep_wire::NodeId) -> Result<Shrunk, StoreError> {
     let before = file_len(path)?;
-    let mut db = redb::Database::open(path)?;
+    let mut db = open_stopped(path, node)?;
+    // Each pass moves what it can; the last finds nothing more to move.
+    while db.compact()? {}
+    drop(db);
+    Ok(Shrunk {
+        before,
+        after: file_len(path)?,
+    })
+}
+
+/// The store file at `path` opened by a tool while its node is stopped
+/// ([`StoreError::is_already_open`] otherwise), once it is shown to be `node`'s.
+pub(crate) fn open_stopped(
+    path: &Path,
+    node: &edgerep_wire::NodeId,
+) -> Result<redb::Database, StoreError> {
+    let db = redb::Database::open(path)?;
     {
         let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
@@ -40,13 +56,7 @@ pub fn shrink_file(path: &Path, node: &edgerep_wire::NodeId) -> Result<Shrunk, S
             });
         }
     }
-    // Each pass moves what it can; the last finds nothing more to move.
-    while db.compact()? {}
-    drop(db);
-    Ok(Shrunk {
-        before,
-        after: file_len(path)?,
-    })
+    Ok(db)
 }
 
 fn file_len(path: &Path) -> Result<u64, StoreError> {
