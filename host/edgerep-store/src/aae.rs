@@ -519,7 +519,7 @@ impl crate::StoreWriter {
         keys: &[Vec<u8>],
         how: Damage,
     ) -> Result<u64, StoreError> {
-        let db = crate::shrink::open_stopped(path, node)?;
+        let db = crate::open_stopped(path, node)?;
         damage_in(&db, collection, keys, how)
     }
 }

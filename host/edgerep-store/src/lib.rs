@@ -808,3 +808,28 @@ impl Store {
             .clone()
     }
 }
+
+/// The store file at `path` opened by a tool while its node is stopped
+/// ([`StoreError::is_already_open`] otherwise), once it is shown to be `node`'s.
+pub(crate) fn open_stopped(
+    path: &std::path::Path,
+    node: &edgerep_wire::NodeId,
+) -> Result<redb::Database, StoreError> {
+    let db = redb::Database::open(path)?;
+    {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let stored = meta
+            .get(META_NODE_ID)?
+            .map(|g| g.value().to_vec())
+            .unwrap_or_default();
+        if stored != node.as_str().as_bytes() {
+            return Err(StoreError::WrongNode {
+                path: path.display().to_string(),
+                stored: String::from_utf8_lossy(&stored).into_owned(),
+                configured: node.to_string(),
+            });
+        }
+    }
+    Ok(db)
+}

@@ -6,10 +6,7 @@
 
 use std::path::Path;
 
-use redb::ReadableDatabase;
-
-use crate::tables::META;
-use crate::{META_NODE_ID, StoreError};
+use crate::StoreError;
 
 /// The store file's size before and after [`shrink_file`], in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +21,7 @@ pub struct Shrunk {
 /// stopped: [`StoreError::is_already_open`] otherwise).
 pub fn shrink_file(path: &Path, node: &edgerep_wire::NodeId) -> Result<Shrunk, StoreError> {
     let before = file_len(path)?;
-    let mut db = open_stopped(path, node)?;
+    let mut db = crate::open_stopped(path, node)?;
     // Each pass moves what it can; the last finds nothing more to move.
     while db.compact()? {}
     drop(db);
@@ -32,31 +29,6 @@ pub fn shrink_file(path: &Path, node: &edgerep_wire::NodeId) -> Result<Shrunk, S
         before,
         after: file_len(path)?,
     })
-}
-
-/// The store file at `path` opened by a tool while its node is stopped
-/// ([`StoreError::is_already_open`] otherwise), once it is shown to be `node`'s.
-pub(crate) fn open_stopped(
-    path: &Path,
-    node: &edgerep_wire::NodeId,
-) -> Result<redb::Database, StoreError> {
-    let db = redb::Database::open(path)?;
-    {
-        let txn = db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let stored = meta
-            .get(META_NODE_ID)?
-            .map(|g| g.value().to_vec())
-            .unwrap_or_default();
-        if stored != node.as_str().as_bytes() {
-            return Err(StoreError::WrongNode {
-                path: path.display().to_string(),
-                stored: String::from_utf8_lossy(&stored).into_owned(),
-                configured: node.to_string(),
-            });
-        }
-    }
-    Ok(db)
 }
 
 fn file_len(path: &Path) -> Result<u64, StoreError> {

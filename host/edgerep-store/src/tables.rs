@@ -25,8 +25,9 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// Per peer, what it acknowledged holding: a CBOR map origin -> highest seq.
 pub(crate) const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 
-/// Per peer, when it was last heard from (wall clock, ms since the Unix epoch): a restart does
-/// not give a peer gone for good a new `peer_absent_ms` to hold compaction back for.
+/// Per peer, when it was last heard from, and under this node's own id when it last saved itself
+/// alive (wall clock, ms since the Unix epoch): a restart does not give a peer gone for good a
+/// new `peer_absent_ms` to hold compaction back for, nor count this node's downtime as silence.
 pub(crate) const PEERS_HEARD: TableDefinition<&str, u64> = TableDefinition::new("peers_heard");
 
 pub(crate) const META_NODE_ID: &str = "node_id";

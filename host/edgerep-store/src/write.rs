@@ -483,7 +483,7 @@ impl ConflictTally {
     /// Adds `other` to this tally.
     pub(crate) fn add(&mut self, other: ConflictTally) {
         for (c, n) in other.conflicts {
-            let c = if self.conflicts.contains_key(&c) || self.conflicts.len() < TALLY_COLLECTIONS {
+            let c = if self.conflicts.len() < TALLY_COLLECTIONS || self.conflicts.contains_key(&c) {
                 c
             } else {
                 TALLY_OTHER.to_owned()
@@ -491,12 +491,13 @@ impl ConflictTally {
             *self.conflicts.entry(c).or_default() += n;
         }
         for ((c, by), n) in other.resolutions {
-            let key = if self.resolutions.contains_key(&(c.clone(), by.clone()))
-                || self.resolutions.len() < TALLY_COLLECTIONS
+            let key = (c, by);
+            let key = if self.resolutions.len() < TALLY_COLLECTIONS
+                || self.resolutions.contains_key(&key)
             {
-                (c, by)
+                key
             } else {
-                (TALLY_OTHER.to_owned(), by)
+                (TALLY_OTHER.to_owned(), key.1)
             };
             *self.resolutions.entry(key).or_default() += n;
         }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::hostile::{Hostile, event, with_context};
@@ -90,6 +90,18 @@ fn wait_for_key(node: &Node, key: &str, what: &str) {
 
 fn replication(node: &Node) -> serde_json::Value {
     status(node)["replication"].clone()
+}
+
+/// `edgerep status --check` on the node of `config` fails, naming `words`.
+fn check_fails_naming(config: &Path, words: &str) {
+    let out = edgerep(&["status", "--check", "--config", config.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains(words) || stdout(&out).contains(words),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 }
 
 /// Waits until `check` holds on node's replication status.
@@ -743,15 +755,7 @@ fn two_machines_under_one_node_id_are_detected() {
         if !reports(twin) {
             continue;
         }
-        let out = edgerep(&["status", "--check", "--config", config.to_str().unwrap()]);
-        assert_ne!(out.status.code(), Some(0));
-        assert!(
-            stderr(&out).contains("another machine uses this node's id")
-                || stdout(&out).contains("another machine uses this node's id"),
-            "{}{}",
-            stdout(&out),
-            stderr(&out)
-        );
+        check_fails_naming(config, "another machine uses this node's id");
     }
 }
 
@@ -1781,20 +1785,7 @@ fn a_peers_word_that_this_node_has_a_twin_is_reported_not_obeyed() {
             .as_str()
             .is_some_and(|s| s.contains("peer node-2 saw it"))
     });
-    let out = edgerep(&[
-        "status",
-        "--check",
-        "--config",
-        configs[0].to_str().unwrap(),
-    ]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr(&out).contains("another machine uses this node's id")
-            || stdout(&out).contains("another machine uses this node's id"),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    check_fails_naming(&configs[0], "another machine uses this node's id");
     put(&n1, "c", "after", r#"{"v":1}"#);
     wait_for_key(&n3, "after", "node-1's write reaches node-3");
 }
@@ -2276,20 +2267,7 @@ fn events_stamped_far_ahead_are_applied_counted_and_logged() {
             .is_some_and(|ms| ms > 86_000_000),
         "{skewed}"
     );
-    let out = edgerep(&[
-        "status",
-        "--check",
-        "--config",
-        configs[0].to_str().unwrap(),
-    ]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stdout(&out).contains("events of node-2 came with timestamps")
-            || stderr(&out).contains("events of node-2 came with timestamps"),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    check_fails_naming(&configs[0], "events of node-2 came with timestamps");
 }
 
 /// Events before the handshake are refused: a second signed event under a number node-1 holds,

@@ -194,10 +194,10 @@ pub(super) struct Reports {
     pub(super) compacted_events_total: u64,
     /// Forks reported already (by origin and sequence number), at most [`FORKS_REMEMBERED`].
     seen_forks: BTreeSet<(String, u64)>,
-    /// Per origin (bounded: the origins a node holds), when its last fork line was written
-    /// and how many were left out since: a peer replaying another history of a long log shows
-    /// thousands of forks, each counted and listed, one line per 10 s.
-    fork_lines: BTreeMap<String, (Option<std::time::Instant>, u64)>,
+    /// Per origin (bounded: the origins a node holds), its fork lines' limit: a peer replaying
+    /// another history of a long log shows thousands of forks, each counted and listed, one
+    /// line per 10 s.
+    fork_lines: BTreeMap<String, crate::log_limit::Throttle>,
 }
 
 /// Forks [`Reports`] remembers so as to report each once; past it they are forgotten and a
@@ -232,23 +232,15 @@ impl Reports {
         if !self.first_fork(origin, seq) {
             return;
         }
-        let now = std::time::Instant::now();
-        let line = self
+        let lines = self
             .fork_lines
             .entry(origin.to_owned())
-            .or_insert((None, 0));
-        if line
-            .0
-            .is_none_or(|at| now.saturating_duration_since(at) >= crate::log_limit::EVERY)
-        {
-            let left_out = std::mem::take(&mut line.1);
-            line.0 = Some(now);
+            .or_insert_with(|| crate::log_limit::Throttle::new(crate::log_limit::EVERY));
+        if let Some(left_out) = lines.allow() {
             tracing::error!(
                 peer = %peer, origin, seq, held = %held_hash, received = %received_hash, left_out,
                 "fork: {what} (lines like this one are written once per 10 s per origin, `left_out` says how many were not; status `forks` lists the last ones)"
             );
-        } else {
-            line.1 += 1;
         }
         self.fork(ForkReport {
             origin: origin.to_owned(),
