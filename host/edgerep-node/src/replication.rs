@@ -163,6 +163,7 @@ enum Input {
     },
     Applied {
         peer: NodeId,
+        sent: applying::SentApply,
         result: Result<RemoteApply, CommitError>,
     },
     Installed {
@@ -471,7 +472,8 @@ pub fn start(
         silent_at_start: BTreeMap::new(),
         heard_saved: BTreeMap::new(),
         traces,
-        traced: BTreeMap::new(),
+        outstanding: BTreeMap::new(),
+        dead_letters_at_committer: 0,
         frames: BTreeMap::new(),
         last_error: BTreeMap::new(),
         refusals: BTreeMap::new(),
@@ -611,8 +613,13 @@ impl CommitHookSender {
     }
 
     /// Reports the outcome of applying a peer's batch.
-    fn applied(&self, peer: NodeId, result: Result<RemoteApply, CommitError>) {
-        let _ = self.0.send(Input::Applied { peer, result });
+    fn applied(
+        &self,
+        peer: NodeId,
+        sent: applying::SentApply,
+        result: Result<RemoteApply, CommitError>,
+    ) {
+        let _ = self.0.send(Input::Applied { peer, sent, result });
     }
 
     /// Reports the outcome of merging a peer's snapshot page.
@@ -671,10 +678,13 @@ struct Replicator {
     /// The last contacts saved to the store (wall clock, ms; see `save_cursors`), and this
     /// node's own "alive at" under its own id.
     heard_saved: BTreeMap<NodeId, u64>,
-    /// Where apply spans go, and per peer the traced events of its outstanding apply: when it
-    /// went to the committer, and (traceparent, origin, seq, collection) of each.
+    /// Where apply spans go.
     traces: Arc<crate::trace::Traces>,
-    traced: BTreeMap<NodeId, (std::time::SystemTime, Vec<applying::TracedEvent>)>,
+    /// Per peer with Applies outstanding (see [`applying::Outstanding`]), oldest first.
+    outstanding: BTreeMap<NodeId, std::collections::VecDeque<applying::Outstanding>>,
+    /// Dead letters of the batches at the committer (counted against `max_dead_letters` like
+    /// those it holds).
+    dead_letters_at_committer: u64,
     /// Per peer: (messages sent, bytes sent, messages received, bytes received).
     frames: BTreeMap<NodeId, [u64; 4]>,
     last_error: BTreeMap<NodeId, String>,
@@ -875,7 +885,7 @@ impl Replicator {
                 message,
                 bytes,
             } => self.received(peer, id, message, bytes, now),
-            Input::Applied { peer, result } => self.applied(peer, result, now),
+            Input::Applied { peer, sent, result } => self.applied(peer, sent, result, now),
             Input::Installed { peer, result } => self.installed(peer, result, now),
             Input::Repaired {
                 peer,

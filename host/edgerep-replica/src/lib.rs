@@ -53,6 +53,6 @@ pub use message::{
 #[doc(hidden)]
 pub use replica::Fault;
 pub use replica::{
-    Output, PeerView, ProtocolError, Replica, ReplicaConfig, SNAPSHOT_HOLD_MAX_MS,
-    SNAPSHOT_HOLD_MS, trim_to_seals,
+    APPLIES_IN_FLIGHT, Output, PeerView, ProtocolError, Replica, ReplicaConfig,
+    SNAPSHOT_HOLD_MAX_MS, SNAPSHOT_HOLD_MS, trim_to_seals,
 };

@@ -10,8 +10,10 @@
 //!   and each origin's handed-out events continue it without a gap (when the caller applies them
 //!   in the order yielded).
 //! - An Ack carries only the durable local have, so an acknowledged event survives a restart.
-//! - Per peer, at most one Apply or InstallSnapshot is outstanding; the peer's later messages
-//!   wait behind it.
+//! - Per peer, at most [`APPLIES_IN_FLIGHT`] Applies, or one InstallSnapshot and nothing else,
+//!   are outstanding; the peer's later messages wait behind them. Applies are answered in the
+//!   order they were handed out (the caller applies them in that order), so the next batch is
+//!   on its way to the store while the store commits the one before.
 //! - The durable local have is the only state that must survive a restart.
 //! - A peer that needs events below the compacted floor of some origin gets a snapshot of the
 //!   state instead (pages merged idempotently; the last one moves its have), then events again.
@@ -29,6 +31,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
+
+/// Most Applies of one peer's events outstanding at once: the second is admitted and queued at
+/// the store while the first commits, so that a peer catching up is not held to the round trip
+/// between the store's answer and its next batch. (Each continues what the ones before hand
+/// out, per origin; if one fails, the next finds a gap, fails too, and the peer is asked again
+/// from what is durable.)
+pub const APPLIES_IN_FLIGHT: usize = 2;
 
 use edgerep_wire::seal::Proof;
 use edgerep_wire::{EncodedEvent, NodeId, Seal};
@@ -319,8 +328,9 @@ pub enum Fault {
 #[derive(Default)]
 struct Peer {
     session: Option<Session>,
-    /// Per origin, the highest sequence number in the outstanding Apply of this peer's events.
-    applying: Option<Have>,
+    /// Per outstanding Apply of this peer's events, oldest first: per origin, the highest
+    /// sequence number in it.
+    applying: VecDeque<Have>,
     /// The outstanding InstallSnapshot of this peer's page.
     installing: Option<Installing>,
     /// The page `installing` names, to merge again if this merge fails, and the tries before.
@@ -421,9 +431,21 @@ struct Interrupted {
 }
 
 impl Peer {
-    /// An Apply or InstallSnapshot of this peer's is outstanding.
+    /// The peer's next events must queue: [`APPLIES_IN_FLIGHT`] Applies or an InstallSnapshot of
+    /// its are outstanding, or a snapshot page of its waits for the outstanding Apply.
     fn busy(&self) -> bool {
-        self.applying.is_some() || self.installing.is_some()
+        self.installing.is_some()
+            || self.applying.len() >= APPLIES_IN_FLIGHT
+            || (!self.applying.is_empty()
+                && self
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.pending_page.is_some()))
+    }
+
+    /// Nothing of this peer's is outstanding (a snapshot page is merged only then).
+    fn idle(&self) -> bool {
+        self.applying.is_empty() && self.installing.is_none()
     }
 }
 
@@ -640,6 +662,12 @@ impl Replica {
         &self.local_have
     }
 
+    /// Per origin, what this node will hold once the outstanding Applies are applied: the
+    /// local have joined with what they hand out (what a batch handed out next continues).
+    pub fn accepted(&self) -> &Have {
+        &self.accepted
+    }
+
     /// Takes in the node's durable per-origin have: call at start and after every durable
     /// commit (local writes) or apply. Cursors only move forward; lower values are ignored.
     pub fn set_local_have(&mut self, have: &Have) {
@@ -762,7 +790,7 @@ impl Replica {
         self.keep_interrupted(peer);
         if let Some(p) = self.peers.get_mut(peer) {
             p.session = None;
-            if !p.busy() {
+            if p.idle() {
                 self.peers.remove(peer);
             }
         }
@@ -792,7 +820,7 @@ impl Replica {
             .peers
             .get_mut(peer)
             .ok_or(ProtocolError::NotConnected)?;
-        let busy = p.busy();
+        let (busy, idle) = (p.busy(), p.idle());
         // The page of this session being merged, if any.
         let installing = p
             .installing
@@ -1057,7 +1085,7 @@ impl Replica {
                         seals,
                         certs,
                     };
-                    if busy {
+                    if !idle {
                         s.pending_page = Some(page);
                     } else {
                         self.install(peer, page);
@@ -1134,7 +1162,7 @@ impl Replica {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        debug_assert!(!p.busy());
+        debug_assert!(p.idle());
         let instance = p
             .session
             .as_ref()
@@ -1248,6 +1276,7 @@ impl Replica {
         };
         debug_assert!(!p.busy());
         let Some(s) = p.session.as_mut() else { return };
+        debug_assert!(s.pending_page.is_none());
         let retransmit_after = s
             .retransmit_after(self.config.retransmit_after_ms)
             .min(HELD_BACK_WAIT_MAX_MS);
@@ -1345,7 +1374,7 @@ impl Replica {
             });
             certs.sort_by(|a, b| a.0.cmp(&b.0));
             certs.dedup_by(|a, b| a.0 == b.0);
-            p.applying = Some(handed);
+            p.applying.push_back(handed);
             self.outputs.push_back(Output::Apply {
                 peer: peer.clone(),
                 events: out,
@@ -1355,16 +1384,17 @@ impl Replica {
         }
     }
 
-    /// The caller durably applied the last Apply of `peer`'s events (and pushed the new local
-    /// have first). Acknowledges it and releases the peer's queued events.
+    /// The caller durably applied the oldest outstanding Apply of `peer`'s events (and pushed
+    /// the new local have first). Acknowledges it and releases the peer's queued events.
     pub fn applied(&mut self, peer: &NodeId, now: u64) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        let Some(handed) = p.applying.take() else {
+        let Some(handed) = p.applying.pop_front() else {
             return;
         };
         p.last_apply_error = None;
+        let idle = p.idle();
         match p.session.as_mut() {
             Some(s) => {
                 // Origins the caller applied less of than it was handed (it held events back
@@ -1403,9 +1433,10 @@ impl Replica {
                 }
                 s.request_ack(short);
             }
-            None => {
+            None if idle => {
                 self.peers.remove(peer);
             }
+            None => {}
         }
         // The caller may have applied less than it was handed (it refuses events it cannot
         // admit, and their origin's later ones): what was not applied must be accepted again
@@ -1417,10 +1448,8 @@ impl Replica {
     /// `accepted` from what is durable plus what outstanding Applies still hand out.
     fn recompute_accepted(&mut self) {
         self.accepted = self.local_have.clone();
-        for p in self.peers.values() {
-            if let Some(h) = &p.applying {
-                have::join(&mut self.accepted, h.iter().map(|(o, &s)| (o, s)));
-            }
+        for h in self.peers.values().flat_map(|p| &p.applying) {
+            have::join(&mut self.accepted, h.iter().map(|(o, &s)| (o, s)));
         }
         // Who delivered an origin matters only for origins this node holds or is applying:
         // those of events refused whole (made-up origins a peer sent) are forgotten.
@@ -1428,9 +1457,9 @@ impl Replica {
         self.delivered_by.retain(|o, _| accepted.contains_key(o));
     }
 
-    /// Hands a waiting snapshot page of `peer`, else its next queued batches (up to
-    /// `apply_events` events, at least one batch), to the store, until one Apply or
-    /// InstallSnapshot is outstanding or nothing waits (batches that hold only duplicates
+    /// Hands a waiting snapshot page of `peer` (once nothing of its is outstanding), else its
+    /// next queued batches (up to `apply_events` events, at least one batch per Apply), to the
+    /// store, until the peer is busy or nothing waits (batches that hold only duplicates
     /// produce no Apply).
     fn release_queued(&mut self, peer: &NodeId, now: u64) {
         let cap = self.config.apply_events;
@@ -1441,9 +1470,12 @@ impl Replica {
             if p.busy() {
                 return;
             }
+            let idle = p.idle();
             let Some(s) = p.session.as_mut() else { return };
-            if let Some(page) = s.pending_page.take() {
-                self.install(peer, page);
+            if s.pending_page.is_some() {
+                if let (true, Some(page)) = (idle, s.pending_page.take()) {
+                    self.install(peer, page);
+                }
                 return;
             }
             if s.queued.is_empty() {
@@ -1469,16 +1501,18 @@ impl Replica {
         }
     }
 
-    /// Applying the last Apply of `peer`'s events failed (nothing of it is durable). Its events
-    /// are forgotten and the peer is asked to resend from the local have.
+    /// Applying the oldest outstanding Apply of `peer`'s events failed (nothing of it is
+    /// durable). Its events are forgotten and the peer is asked to resend from the local have
+    /// (what a later outstanding Apply brings is then a duplicate, or fails on the gap).
     pub fn apply_failed(&mut self, peer: &NodeId, reason: &str, _now: u64) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        if p.applying.take().is_none() {
+        if p.applying.pop_front().is_none() {
             return;
         }
         p.last_apply_error = Some(reason.to_owned());
+        let idle = p.idle();
         match p.session.as_mut() {
             Some(s) => {
                 // Queued events were sent after the failed ones: the rewind resends them too.
@@ -1489,9 +1523,10 @@ impl Replica {
                 s.rewinds.clear();
                 s.request_ack(true);
             }
-            None => {
+            None if idle => {
                 self.peers.remove(peer);
             }
+            None => {}
         }
         self.release_queued(peer, _now);
         self.recompute_accepted();
@@ -1504,7 +1539,7 @@ impl Replica {
         let due: Vec<NodeId> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.busy())
+            .filter(|(_, p)| p.idle())
             .filter(|(_, p)| {
                 p.session
                     .as_ref()
@@ -1593,7 +1628,7 @@ impl Replica {
             .flatten();
         // A page to merge again, once nothing of its peer's is merging (the merge's end wakes
         // the caller anyway).
-        let retry = self.peers.values().filter(|p| !p.busy()).filter_map(|p| {
+        let retry = self.peers.values().filter(|p| p.idle()).filter_map(|p| {
             p.session
                 .as_ref()?
                 .retry_page
@@ -2206,7 +2241,7 @@ impl Replica {
             in_flight_events: s.map_or(0, Session::in_flight),
             stalled_origins: s.map_or_else(Vec::new, |s| s.stalled.iter().cloned().collect()),
             pending_apply_events: s.map_or(0, |s| s.queued_events),
-            applying: p.busy(),
+            applying: !p.applying.is_empty() || p.installing.is_some(),
             last_message_ms: s.and_then(|s| s.last_message_ms),
             mismatches: s.map(|s| s.mismatches.clone()).unwrap_or_default(),
             last_apply_error: p.last_apply_error.clone(),

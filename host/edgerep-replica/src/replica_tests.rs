@@ -1148,9 +1148,12 @@ fn received_events_are_applied_then_acked_and_later_ones_wait() {
     let b = n("b");
     r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
-    // While the apply is pending, more events wait (and count for backpressure).
+    // A second Apply goes to the store while the first one commits.
     r.handle(&b, sealed(evs("x", 3..=4)), 2).unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 3), ("x", 4)]));
+    // While both are pending, more events wait (and count for backpressure).
     r.handle(&b, sealed(evs("y", 1..=1)), 2).unwrap();
+    r.handle(&b, sealed(evs("y", 2..=3)), 2).unwrap();
     assert_eq!(r.poll_output(), None);
     assert_eq!(r.pending_apply_events(&b), 3);
     assert_eq!(
@@ -1162,11 +1165,13 @@ fn received_events_are_applied_then_acked_and_later_ones_wait() {
     r.applied(&b, 3);
     assert_eq!(
         r.poll_transmit(3, &log).unwrap(),
-        Some((b.clone(), ack(&[("x", 2)], false)))
+        Some((b.clone(), ack(&[("x", 2)], false))),
+        "the ack says only what is durable"
     );
     // The waiting events go out together as the next apply.
-    assert_eq!(apply_of(&mut r).1, dots(&[("x", 3), ("x", 4), ("y", 1)]));
+    assert_eq!(apply_of(&mut r).1, dots(&[("y", 1), ("y", 2), ("y", 3)]));
     assert_eq!(r.pending_apply_events(&b), 0);
+    assert_eq!(r.poll_output(), None);
 }
 
 /// A peer that goes back while an apply runs long (a slow disk) sends again what waits here
@@ -1177,21 +1182,23 @@ fn copies_of_queued_events_are_not_queued_twice() {
     let b = n("b");
     r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
-    r.handle(&b, sealed(evs("x", 3..=5)), 2).unwrap();
+    r.handle(&b, sealed(evs("x", 3..=4)), 1).unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 3), ("x", 4)]));
+    r.handle(&b, sealed(evs("x", 5..=7)), 2).unwrap();
     assert_eq!(r.pending_apply_events(&b), 3);
-    // The resend: 1..=2 (handed out: dropped when released), 3..=5 (queued) again, 6 new.
+    // The resend: 1..=4 (handed out: dropped when released), 5..=7 (queued) again, 8 new.
     let before = r.counters(&b).duplicates_received;
-    r.handle(&b, sealed(evs("x", 1..=6)), 3).unwrap();
-    assert_eq!(r.pending_apply_events(&b), 6, "3..=5 once; 1, 2 and 6");
+    r.handle(&b, sealed(evs("x", 1..=8)), 3).unwrap();
+    assert_eq!(r.pending_apply_events(&b), 8, "5..=7 once; 1..=4 and 8");
     assert_eq!(r.counters(&b).duplicates_received, before + 3);
-    r.handle(&b, sealed(evs("x", 3..=6)), 3).unwrap();
-    assert_eq!(r.pending_apply_events(&b), 6, "nothing new");
+    r.handle(&b, sealed(evs("x", 5..=8)), 3).unwrap();
+    assert_eq!(r.pending_apply_events(&b), 8, "nothing new");
     assert_eq!(r.counters(&b).duplicates_received, before + 7);
     r.set_local_have(&have_of(&[("x", 2)]));
     r.applied(&b, 4);
     assert_eq!(
         apply_of(&mut r).1,
-        dots(&[("x", 3), ("x", 4), ("x", 5), ("x", 6)]),
+        dots(&[("x", 5), ("x", 6), ("x", 7), ("x", 8)]),
         "each event handed out once"
     );
 }
@@ -1213,24 +1220,24 @@ fn queued_batches_are_released_in_capped_applies() {
     };
     send(&mut r, 1..=1);
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1)]));
-    // Queued while the first apply is outstanding: 2..=3, 4..=5, 6..=6, 7..=10.
     send(&mut r, 2..=3);
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 2), ("x", 3)]));
+    // Queued while two applies are outstanding: 4..=5, 6..=6, 7..=10.
     send(&mut r, 4..=5);
     send(&mut r, 6..=6);
     send(&mut r, 7..=10);
-    assert_eq!(r.pending_apply_events(&b), 9);
-    let mut applied = 1;
-    let mut step = |r: &mut Replica, want: &[(&str, u64)]| {
-        r.set_local_have(&have_of(&[("x", applied)]));
+    assert_eq!(r.pending_apply_events(&b), 7);
+    assert_eq!(r.poll_output(), None);
+    // The oldest outstanding apply is durable up to `have`; the next one goes out.
+    let step = |r: &mut Replica, have: u64, want: &[(&str, u64)]| {
+        r.set_local_have(&have_of(&[("x", have)]));
         r.applied(&b, 2);
-        let got = apply_of(r).1;
-        assert_eq!(got, dots(want));
-        applied = got.last().unwrap().1;
+        assert_eq!(apply_of(r).1, dots(want));
+        assert_eq!(r.poll_output(), None);
     };
-    step(&mut r, &[("x", 2), ("x", 3)]);
-    step(&mut r, &[("x", 4), ("x", 5), ("x", 6)]);
+    step(&mut r, 1, &[("x", 4), ("x", 5), ("x", 6)]);
     // A batch larger than the cap still goes, alone.
-    step(&mut r, &[("x", 7), ("x", 8), ("x", 9), ("x", 10)]);
+    step(&mut r, 3, &[("x", 7), ("x", 8), ("x", 9), ("x", 10)]);
     assert_eq!(r.pending_apply_events(&b), 0);
 
     // Batches that hold only duplicates do not stall the ones behind them.
@@ -1238,8 +1245,8 @@ fn queued_batches_are_released_in_capped_applies() {
     send(&mut r, 5..=6);
     send(&mut r, 8..=9);
     send(&mut r, 12..=12);
-    step(&mut r, &[("x", 11)]);
-    step(&mut r, &[("x", 12)]);
+    step(&mut r, 6, &[("x", 11)]);
+    step(&mut r, 10, &[("x", 12)]);
     assert_eq!(r.pending_apply_events(&b), 0);
 }
 
@@ -1251,9 +1258,11 @@ fn a_copy_past_a_gap_in_the_queue_is_kept() {
     let b = n("b");
     r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
-    // Queued past a gap (3 missing), then 3..=4 arrives: 3 fills it, 4 goes with it.
+    r.handle(&b, sealed(evs("x", 3..=3)), 1).unwrap();
+    assert_eq!(apply_of(&mut r).1, dots(&[("x", 3)]));
+    // Queued past a gap (4 missing), then 4..=5 arrives: 4 fills it, 5 goes with it.
+    r.handle(&b, sealed(evs("x", 5..=6)), 2).unwrap();
     r.handle(&b, sealed(evs("x", 4..=5)), 2).unwrap();
-    r.handle(&b, sealed(evs("x", 3..=4)), 2).unwrap();
     assert_eq!(r.pending_apply_events(&b), 4);
     r.set_local_have(&have_of(&[("x", 2)]));
     r.applied(&b, 3);
@@ -1261,9 +1270,9 @@ fn a_copy_past_a_gap_in_the_queue_is_kept() {
     while let Some(Output::Apply { events, .. }) = r.poll_output() {
         handed.extend(events.iter().map(|e| e.seq));
     }
-    // 4..=5 come first in the queue (past a gap), then 3..=4, handed out: the accepted
+    // 5..=6 come first in the queue (past a gap), then 4..=5, handed out: the accepted
     // cursor goes on without a gap.
-    assert_eq!(handed, vec![3, 4]);
+    assert_eq!(handed, vec![4, 5]);
 }
 
 #[test]
@@ -1446,16 +1455,27 @@ fn a_failed_apply_is_forgotten_and_rewound() {
     r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
     apply_of(&mut r);
     r.handle(&b, sealed(evs("x", 3..=3)), 1).unwrap();
+    apply_of(&mut r);
+    r.handle(&b, sealed(evs("x", 4..=4)), 1).unwrap();
+    assert_eq!(r.pending_apply_events(&b), 1);
     r.apply_failed(&b, "disk full", 2);
     assert_eq!(
         r.peer_view(&b).unwrap().last_apply_error.as_deref(),
         Some("disk full")
     );
-    assert_eq!(r.pending_apply_events(&b), 0);
+    assert_eq!(
+        r.pending_apply_events(&b),
+        0,
+        "queued events are sent again"
+    );
     assert_eq!(
         r.poll_transmit(2, &log).unwrap(),
         Some((b.clone(), ack(&[], true)))
     );
+    // The second apply continued the failed one: the store refuses its gap.
+    assert_eq!(r.poll_output(), None);
+    r.apply_failed(&b, "gap", 2);
+    while r.poll_transmit(2, &log).unwrap().is_some() {}
     // The resent events are accepted again.
     r.handle(&b, sealed(evs("x", 1..=3)), 3).unwrap();
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2), ("x", 3)]));
@@ -1488,15 +1508,19 @@ fn an_apply_outlives_its_session() {
     assert!(r.peer_view(&b).unwrap().applying);
     r.connected(&b, 3);
     r.handle(&b, hello("b", &[("x", 2)]), 3).unwrap();
-    // x1 is still being applied: the new session's x1..x2 yields only x2, after the apply.
+    // x1 is still being applied: the new session's x1..x2 yields only x2 (a second Apply).
     r.handle(&b, sealed(evs("x", 1..=2)), 3).unwrap();
-    assert_eq!(r.pending_apply_events(&b), 2);
-    r.set_local_have(&have_of(&[("x", 1)]));
-    r.applied(&b, 4);
     assert!(matches!(r.poll_output(), Some(Output::PeerReady { .. })));
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 2)]));
+    assert_eq!(r.pending_apply_events(&b), 0);
     let _ = log;
-    r.disconnected(&b, 5);
+    r.disconnected(&b, 4);
+    r.set_local_have(&have_of(&[("x", 1)]));
+    r.applied(&b, 4);
+    assert!(
+        r.peer_view(&b).is_some(),
+        "kept while its second apply is outstanding"
+    );
     r.set_local_have(&have_of(&[("x", 2)]));
     r.applied(&b, 5);
     assert_eq!(

@@ -8,16 +8,23 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
 use crate::event::{DecodeError, Event, EventLimits};
 use crate::seal::{ChainHash, event_leaf};
 
-/// An event and its canonical encoding. Cloning shares the bytes.
+/// An event and its canonical encoding. Cloning and moving are cheap: the parsed event, its
+/// bytes and what was worked out of them are shared behind one pointer (a batch of events moves
+/// from the network through the replica core and admission to the store without copying them).
 #[derive(Clone)]
 pub struct EncodedEvent {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
     event: Event,
     bytes: Bytes,
     /// [`event_leaf`] of `bytes`, once asked for: a receiver computes it where the event is
@@ -44,7 +51,7 @@ pub struct RowHint {
 impl PartialEq for EncodedEvent {
     fn eq(&self, other: &EncodedEvent) -> bool {
         // The leaf follows from the bytes, whether computed yet or not.
-        self.bytes == other.bytes && self.event == other.event
+        self.inner.bytes == other.inner.bytes && self.inner.event == other.inner.event
     }
 }
 
@@ -59,10 +66,12 @@ impl EncodedEvent {
 
     fn of(event: Event, bytes: Bytes) -> EncodedEvent {
         EncodedEvent {
-            event,
-            bytes,
-            leaf: OnceLock::new(),
-            row: OnceLock::new(),
+            inner: Arc::new(Inner {
+                event,
+                bytes,
+                leaf: OnceLock::new(),
+                row: OnceLock::new(),
+            }),
         }
     }
 
@@ -76,17 +85,20 @@ impl EncodedEvent {
     /// The event's leaf in its origin's hash chain and Merkle trees ([`event_leaf`] of its
     /// bytes), computed once.
     pub fn leaf(&self) -> ChainHash {
-        *self.leaf.get_or_init(|| event_leaf(&self.bytes))
+        *self
+            .inner
+            .leaf
+            .get_or_init(|| event_leaf(&self.inner.bytes))
     }
 
     /// The store's hint, if one was set.
     pub fn row_hint(&self) -> Option<&RowHint> {
-        self.row.get()
+        self.inner.row.get()
     }
 
     /// Sets the store's hint (the first one set stays).
     pub fn set_row_hint(&self, hint: RowHint) {
-        let _ = self.row.set(hint);
+        let _ = self.inner.row.set(hint);
     }
 
     /// [`EncodedEvent::decode`] of borrowed bytes (copied once, into the result).
@@ -97,37 +109,38 @@ impl EncodedEvent {
     /// The same event with bytes of its own: a slice of a larger buffer keeps all of that
     /// buffer alive, this copy only the event.
     pub fn detached(self) -> EncodedEvent {
+        let inner = Arc::unwrap_or_clone(self.inner);
         EncodedEvent {
-            bytes: Bytes::copy_from_slice(&self.bytes),
-            event: self.event,
-            leaf: self.leaf,
-            row: self.row,
+            inner: Arc::new(Inner {
+                bytes: Bytes::copy_from_slice(&inner.bytes),
+                ..inner
+            }),
         }
     }
 
     /// The parsed event.
     pub fn event(&self) -> &Event {
-        &self.event
+        &self.inner.event
     }
 
     /// The canonical bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        &self.inner.bytes
     }
 
     /// The canonical bytes, shared.
     pub fn shared_bytes(&self) -> Bytes {
-        self.bytes.clone()
+        self.inner.bytes.clone()
     }
 
     /// The encoded length.
     pub fn encoded_len(&self) -> usize {
-        self.bytes.len()
+        self.inner.bytes.len()
     }
 
-    /// The parsed event, without its bytes.
+    /// The parsed event, without its bytes (copied when a clone of this one still shares it).
     pub fn into_event(self) -> Event {
-        self.event
+        Arc::unwrap_or_clone(self.inner).event
     }
 }
 
@@ -139,7 +152,7 @@ impl From<Event> for EncodedEvent {
 
 impl AsRef<Event> for EncodedEvent {
     fn as_ref(&self) -> &Event {
-        &self.event
+        &self.inner.event
     }
 }
 
@@ -147,13 +160,13 @@ impl Deref for EncodedEvent {
     type Target = Event;
 
     fn deref(&self) -> &Event {
-        &self.event
+        &self.inner.event
     }
 }
 
 impl fmt::Debug for EncodedEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.event.fmt(f)
+        self.inner.event.fmt(f)
     }
 }
 

@@ -2,6 +2,11 @@
 //! ([`crate::apply`]) to the committer, and the committer's answers back to the core (forks
 //! reported, traced events' apply spans, forged batches cutting their sender off). Snapshot
 //! pages take the same road without transforms: refused for collections that have them.
+//!
+//! Invariant: the core hears how each Apply ended in the order it handed them out (up to
+//! [`edgerep_replica::APPLIES_IN_FLIGHT`] per peer). The committer answers in that order; an
+//! Apply that ends here, without the committer (everything refused, a forgery found before the
+//! transforms, a halt), is answered after the peer's Applies still at the committer.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +16,39 @@ use edgerep_wire::{EncodedEvent, NodeId, Seal};
 use super::trust::hex;
 use super::{CommitHookSender, RefusalReport, Replicator};
 use crate::committer::{CommitError, wall_ms};
+
+/// What went to the committer with a batch, for its answer.
+pub(crate) struct SentApply {
+    /// When it went, and its events that carry a trace context.
+    traced: Option<(std::time::SystemTime, Vec<TracedEvent>)>,
+    /// How many dead letters it writes.
+    dead_letters: u64,
+}
+
+impl std::fmt::Debug for SentApply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentApply")
+            .field("traced", &self.traced.as_ref().map_or(0, |(_, t)| t.len()))
+            .field("dead_letters", &self.dead_letters)
+            .finish()
+    }
+}
+
+/// An outstanding Apply of a peer's events.
+pub(super) enum Outstanding {
+    /// At the committer.
+    AtCommitter,
+    /// Ended here, to be told to the core after those before it.
+    Ended(Ended),
+}
+
+/// How an Apply that did not reach the committer ended.
+pub(super) enum Ended {
+    /// Nothing of it was left to apply.
+    Applied,
+    /// It failed, for this reason.
+    Failed(String),
+}
 
 /// An event of an outstanding apply that carries a trace context.
 pub(super) struct TracedEvent {
@@ -48,7 +86,8 @@ impl Replicator {
         let admission = crate::apply::Admission {
             config: &self.config,
             local: self.core.local(),
-            have: self.core.local_have(),
+            // The batch continues what the peer's outstanding Applies hand out.
+            have: self.core.accepted(),
             own_claims: &own_claims,
             from: &peer,
             pipeline: &self.pipeline,
@@ -56,7 +95,10 @@ impl Replicator {
             // kept as dead letters for the write policy.
             dead_letter_room: crate::apply::DeadLetterRoom::of(
                 &self.store,
-                self.config.limits.max_dead_letters,
+                self.config
+                    .limits
+                    .max_dead_letters
+                    .saturating_sub(self.dead_letters_at_committer),
             ),
         };
         // Transforms on apply run before the committer checks the seals: a halt keeps the
@@ -87,7 +129,7 @@ impl Replicator {
             let reason = format!("event {origin}/{seq} is forged ({reason})");
             tracing::error!(peer = %peer, "events refused before their transforms on apply, disconnecting: {reason}");
             let now = self.now();
-            self.core.apply_failed(&peer, &reason, now);
+            self.ended(&peer, Ended::Failed(reason.clone()));
             self.cut_off(peer, reason, now);
             return;
         }
@@ -118,11 +160,11 @@ impl Replicator {
                         );
                         tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
                         let now = self.now();
-                        self.core.apply_failed(&peer, &reason, now);
+                        self.ended(&peer, Ended::Failed(reason.clone()));
                         self.cut_off(peer, reason, now);
                     }
                     Ok(()) => {
-                        self.core.apply_failed(&peer, &halt.reason, self.now());
+                        self.ended(&peer, Ended::Failed(halt.reason.clone()));
                         self.halt(halt);
                     }
                     // Not shown to be the origins' (a revoked origin's seal, a read that
@@ -133,7 +175,7 @@ impl Replicator {
                             halt.reason
                         );
                         tracing::warn!(peer = %peer, "{reason}");
-                        self.core.apply_failed(&peer, &reason, self.now());
+                        self.ended(&peer, Ended::Failed(reason));
                     }
                 }
                 return;
@@ -164,7 +206,7 @@ impl Replicator {
         }
         if prepared.events.is_empty() && prepared.dead_letters.is_empty() {
             // Everything was refused: nothing to commit.
-            self.core.applied(&peer, self.now());
+            self.ended(&peer, Ended::Applied);
             return;
         }
         let traced: Vec<TracedEvent> = prepared
@@ -185,12 +227,11 @@ impl Replicator {
                 })
             })
             .collect();
-        // One apply per peer is outstanding: what an earlier, failed one left goes.
-        self.traced.remove(&peer);
-        if !traced.is_empty() {
-            self.traced
-                .insert(peer.clone(), (std::time::SystemTime::now(), traced));
-        }
+        let sent_apply = SentApply {
+            traced: (!traced.is_empty()).then(|| (std::time::SystemTime::now(), traced)),
+            dead_letters: prepared.dead_letters.len() as u64,
+        };
+        let dead_letters = sent_apply.dead_letters;
         let hook = CommitHookSender(self.inbox.clone());
         let to = peer.clone();
         let sent = self.committer.apply(
@@ -198,10 +239,56 @@ impl Replicator {
             seals,
             certs,
             prepared.dead_letters,
-            Box::new(move |result| hook.applied(to, result)),
+            Box::new(move |result| hook.applied(to, sent_apply, result)),
         );
-        if let Err(e) = sent {
-            self.core.apply_failed(&peer, &e.to_string(), self.now());
+        match sent {
+            Ok(()) => {
+                self.dead_letters_at_committer += dead_letters;
+                self.outstanding
+                    .entry(peer)
+                    .or_default()
+                    .push_back(Outstanding::AtCommitter);
+            }
+            Err(e) => self.ended(&peer, Ended::Failed(e.to_string())),
+        }
+    }
+
+    /// Tells the core how an Apply of `peer`'s that did not reach the committer ended: at once,
+    /// or once the peer's Applies handed out before it are answered.
+    fn ended(&mut self, peer: &NodeId, ended: Ended) {
+        match self.outstanding.get_mut(peer) {
+            Some(q) if !q.is_empty() => q.push_back(Outstanding::Ended(ended)),
+            _ => self.tell_core(peer, ended),
+        }
+    }
+
+    fn tell_core(&mut self, peer: &NodeId, ended: Ended) {
+        let now = self.now();
+        match ended {
+            Ended::Applied => self.core.applied(peer, now),
+            Ended::Failed(reason) => self.core.apply_failed(peer, &reason, now),
+        }
+    }
+
+    /// After the committer answered `peer`'s oldest Apply: the Applies that ended here behind
+    /// it go to the core, up to the next one still at the committer.
+    fn tell_ended(&mut self, peer: &NodeId) {
+        loop {
+            let Some(q) = self.outstanding.get_mut(peer) else {
+                return;
+            };
+            match q.front() {
+                Some(Outstanding::Ended(_)) => {
+                    if let Some(Outstanding::Ended(e)) = q.pop_front() {
+                        self.tell_core(peer, e);
+                    }
+                }
+                Some(Outstanding::AtCommitter) => return,
+                None => {
+                    self.outstanding.remove(peer);
+                    return;
+                }
+            }
         }
     }
 
@@ -230,9 +317,31 @@ impl Replicator {
     pub(super) fn applied(
         &mut self,
         peer: NodeId,
+        sent: SentApply,
         result: Result<RemoteApply, CommitError>,
         now: u64,
     ) {
+        // The committer answers in order: this is the peer's oldest outstanding Apply.
+        if let Some(q) = self.outstanding.get_mut(&peer) {
+            debug_assert!(matches!(q.front(), Some(Outstanding::AtCommitter)));
+            q.pop_front();
+        }
+        self.dead_letters_at_committer = self
+            .dead_letters_at_committer
+            .saturating_sub(sent.dead_letters);
+        self.answered(&peer, sent, result, now);
+        self.tell_ended(&peer);
+    }
+
+    /// The committer's answer `result` to `peer`'s oldest outstanding Apply, told to the core.
+    fn answered(
+        &mut self,
+        peer: &NodeId,
+        sent: SentApply,
+        result: Result<RemoteApply, CommitError>,
+        now: u64,
+    ) {
+        let peer = peer.clone();
         match result {
             Ok(out) => {
                 for fork in out.forks {
@@ -252,7 +361,7 @@ impl Replicator {
                 if out.left_out_of_damaged_rows > 0 {
                     self.left_out_of_damaged_rows(out.left_out_of_damaged_rows);
                 }
-                if let Some((started, events)) = self.traced.remove(&peer) {
+                if let Some((started, events)) = sent.traced {
                     // Every event of a traced client carries a trace context: at info level
                     // once per 10 s, the others at debug (the exported spans, when a collector
                     // is configured, have all).
