@@ -69,8 +69,13 @@ pub(crate) struct Admission<'a> {
     pub(crate) config: &'a Config,
     pub(crate) local: &'a NodeId,
     /// Per origin, what this node holds durably (this node's own origin: what it issued and
-    /// synced).
+    /// synced), joined with what the sender's earlier batches still at the committer admitted
+    /// (they are applied first, and this batch is refused unapplied if one of them fails).
     pub(crate) have: &'a BTreeMap<NodeId, u64>,
+    /// Origins whose events the sender's earlier batches still at the committer were handed
+    /// but left out (refused, deferred or cut at a seal): this batch's events of them would not
+    /// continue what is applied, so they wait too (deferred).
+    pub(crate) cut: &'a BTreeSet<NodeId>,
     /// Per origin with a session here, how far it says it holds its own events.
     pub(crate) own_claims: &'a BTreeMap<NodeId, u64>,
     /// The peer the batch came from.
@@ -148,7 +153,15 @@ impl Admission<'_> {
                 reason,
                 deferred,
             };
-            let verdict = if !known && origins >= max_origins {
+            let verdict = if self.cut.contains(&event.origin) {
+                Some(refusal(
+                    format!(
+                        "event {}:{} continues events of its origin that the sender's batch before it left out",
+                        event.origin, event.seq
+                    ),
+                    true,
+                ))
+            } else if !known && origins >= max_origins {
                 Some(refusal(
                     format!(
                         "origin {:?} would be origin number {} this node holds events of, over its bound of {max_origins} (itself, {} peers and replication.extra_origins = {})",

@@ -80,6 +80,24 @@ impl Drop for StopOnPanic {
 /// Called on the committer thread with the outcome of [`Committer::apply`].
 pub type ApplyReply = Box<dyn FnOnce(Result<RemoteApply, CommitError>) + Send>;
 
+/// A peer's batches queued one behind the other, each admitted counting on the ones before it
+/// (see `replication/applying.rs`): once one fails, those queued behind it are refused
+/// unapplied, naming the first failure (an event admitted because an earlier batch held what it
+/// depends on must not be applied without it).
+#[derive(Debug, Clone, Default)]
+pub struct ApplyChain(Arc<std::sync::OnceLock<String>>);
+
+impl ApplyChain {
+    /// Why a batch of the chain failed, once one did.
+    pub fn broken(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+
+    fn break_with(&self, reason: &str) {
+        let _ = self.0.set(reason.to_owned());
+    }
+}
+
 /// Called on the committer thread with the outcome of [`Committer::install`].
 pub type InstallReply = Box<dyn FnOnce(Result<Installed, CommitError>) + Send>;
 
@@ -191,6 +209,7 @@ enum Request {
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
+        chain: ApplyChain,
         reply: ApplyReply,
     },
     /// Merge a page of a peer's state (a snapshot); the last page carries its have.
@@ -491,8 +510,15 @@ impl Committer {
                             seals,
                             certs,
                             dead_letters,
+                            chain,
                             reply,
                         } => {
+                            if let Some(first) = chain.broken() {
+                                reply(Err(CommitError::Store(format!(
+                                    "not applied, since the batch of the same peer before it failed: {first}"
+                                ))));
+                                continue;
+                            }
                             let n = events.len();
                             // A peer's events are synced before they are acknowledged, whatever
                             // their collection's durability: the Ack tells the peer this node
@@ -549,13 +575,23 @@ impl Committer {
                                     reply(Ok(out));
                                 }
                                 Err(e @ edgerep_store::StoreError::Forged { .. }) => {
+                                    chain.break_with(&e.to_string());
                                     reply(Err(CommitError::Forged(e.to_string())));
                                 }
                                 Err(e @ edgerep_store::StoreError::Revoked { .. }) => {
+                                    chain.break_with(&e.to_string());
                                     tracing::warn!(error = %e, events = n, "a peer's batch admitted before a revocation was not applied (it is sent again and admitted under the new policy)");
                                     reply(Err(CommitError::Store(e.to_string())));
                                 }
+                                Err(e @ edgerep_store::StoreError::Gap { .. }) => {
+                                    // A batch that continues one that failed or was refused
+                                    // after this one was handed out: sent again.
+                                    chain.break_with(&e.to_string());
+                                    tracing::info!(error = %e, events = n, "a peer's batch continues events not applied here (an earlier batch failed); it is sent again");
+                                    reply(Err(CommitError::Store(e.to_string())));
+                                }
                                 Err(e) => {
+                                    chain.break_with(&e.to_string());
                                     tracing::error!(error = %e, events = n, "applying a batch from a peer failed");
                                     reply(Err(failed(&e)));
                                 }
@@ -1123,14 +1159,16 @@ impl Committer {
 
     /// Queues events received from a peer to be applied in one durable transaction (in the
     /// order queued), with the dead letters of transforms that failed on them; `reply` is called
-    /// on the committer thread once it committed or failed. Blocks while the queue is full
-    /// (call it from a plain thread, not an async task).
+    /// on the committer thread once it committed or failed (refused unapplied if `chain` broke
+    /// before: see [`ApplyChain`]). Blocks while the queue is full (call it from a plain thread,
+    /// not an async task).
     pub fn apply(
         &self,
         events: Vec<Received>,
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
+        chain: ApplyChain,
         reply: ApplyReply,
     ) -> Result<(), CommitError> {
         self.send_blocking(Request::Apply {
@@ -1138,6 +1176,7 @@ impl Committer {
             seals,
             certs,
             dead_letters,
+            chain,
             reply,
         })
     }

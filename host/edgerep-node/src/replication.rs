@@ -473,6 +473,7 @@ pub fn start(
         heard_saved: BTreeMap::new(),
         traces,
         outstanding: BTreeMap::new(),
+        chains: BTreeMap::new(),
         dead_letters_at_committer: 0,
         frames: BTreeMap::new(),
         last_error: BTreeMap::new(),
@@ -682,6 +683,9 @@ struct Replicator {
     traces: Arc<crate::trace::Traces>,
     /// Per peer with Applies outstanding (see [`applying::Outstanding`]), oldest first.
     outstanding: BTreeMap<NodeId, std::collections::VecDeque<applying::Outstanding>>,
+    /// Per peer, the chain its batches are queued on at the committer (a new one after one
+    /// failed: see [`crate::committer::ApplyChain`]).
+    chains: BTreeMap<NodeId, crate::committer::ApplyChain>,
     /// Dead letters of the batches at the committer (counted against `max_dead_letters` like
     /// those it holds).
     dead_letters_at_committer: u64,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgerep_node::committer::{CommitError, Committer, Links, SyncPolicy};
+use edgerep_node::committer::{ApplyChain, CommitError, Committer, Links, SyncPolicy};
 use edgerep_store::idempotency::Receipt;
 use edgerep_store::{LocalWrite, Store, StoreWriter};
 use edgerep_wire::event::EventLimits;
@@ -400,7 +400,14 @@ async fn a_panic_on_the_committer_thread_is_reported() {
     // A concurrent version of k: the resolver runs, and panics.
     let applier = c.clone();
     tokio::task::spawn_blocking(move || {
-        applier.apply(events, seals, vec![], vec![], Box::new(|_| {}))
+        applier.apply(
+            events,
+            seals,
+            vec![],
+            vec![],
+            ApplyChain::default(),
+            Box::new(|_| {}),
+        )
     })
     .await
     .unwrap()
@@ -408,4 +415,79 @@ async fn a_panic_on_the_committer_thread_is_reported() {
     assert!(thread.join().is_err(), "the thread panicked");
     let reason = failed.borrow().clone().expect("the panic is reported");
     assert!(reason.contains("committer thread panicked"), "{reason}");
+}
+
+/// A peer's batches queue at the committer one behind the other, each admitted counting on the
+/// ones before it. Once one fails, the one behind it on the same chain is refused unapplied
+/// (naming the first failure), though it would apply alone; on a new chain it applies.
+#[test]
+fn a_batch_behind_a_failed_one_of_its_chain_is_refused_unapplied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _thread, reader) = committer_reading(dir.path());
+    let (other, resume) = Store::open_with_backend(
+        redb::backends::InMemoryBackend::new(),
+        "memory",
+        &NodeId::parse("b").unwrap(),
+        EventLimits::default(),
+    )
+    .unwrap();
+    let other = StoreWriter::new(other);
+    let mut clock = HlcClock::new(resume.hlc_last, 60_000);
+    other
+        .commit_local(vec![write("k1")], &mut clock, 1)
+        .unwrap();
+    other
+        .commit_local(vec![write("k2")], &mut clock, 2)
+        .unwrap();
+    let b = NodeId::parse("b").unwrap();
+    let event = |seq: u64| {
+        vec![edgerep_store::Received::as_received(
+            other.changelog("b", seq - 1, 1).unwrap().remove(0),
+        )]
+    };
+    let seal = |seq: u64| other.seals(&b, seq - 1, seq).unwrap();
+    let apply = |chain: &ApplyChain, seq: u64| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        c.apply(
+            event(seq),
+            seal(seq),
+            vec![],
+            vec![],
+            chain.clone(),
+            Box::new(move |r| {
+                let _ = tx.send(r.map(|_| ()));
+            }),
+        )
+        .unwrap();
+        rx
+    };
+    let chain = ApplyChain::default();
+    // b:2 before b:1 (the batch before it, which held b:1, was lost): a gap.
+    let first = apply(&chain, 2);
+    let second = apply(&chain, 1);
+    let answer = Duration::from_secs(10);
+    let first = first.recv_timeout(answer).unwrap();
+    assert!(
+        matches!(&first, Err(CommitError::Store(e)) if e.contains("b:2 arrived before b:1")),
+        "{first:?}"
+    );
+    let second = second.recv_timeout(answer).unwrap();
+    let Err(CommitError::Store(reason)) = &second else {
+        panic!("refused: {second:?}");
+    };
+    assert!(
+        reason.contains("not applied, since the batch of the same peer before it failed"),
+        "{reason}"
+    );
+    assert!(chain.broken().is_some());
+    assert!(
+        reader.get("c", b"k1").unwrap().events().is_empty(),
+        "nothing applied"
+    );
+    // The same batch on a new chain applies.
+    apply(&ApplyChain::default(), 1)
+        .recv_timeout(answer)
+        .unwrap()
+        .expect("applied");
+    assert_eq!(reader.get("c", b"k1").unwrap().events().len(), 1);
 }

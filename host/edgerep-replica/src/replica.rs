@@ -34,9 +34,9 @@ use std::ops::Bound;
 
 /// Most Applies of one peer's events outstanding at once: the second is admitted and queued at
 /// the store while the first commits, so that a peer catching up is not held to the round trip
-/// between the store's answer and its next batch. (Each continues what the ones before hand
-/// out, per origin; if one fails, the next finds a gap, fails too, and the peer is asked again
-/// from what is durable.)
+/// between the store's answer and its next batch. Each continues, per origin, what the ones
+/// before hand out; the caller must not apply one whose predecessor failed (the node's
+/// committer refuses it unapplied), and the peer is asked again from what is durable.
 pub const APPLIES_IN_FLIGHT: usize = 2;
 
 use edgerep_wire::seal::Proof;
@@ -662,12 +662,6 @@ impl Replica {
         &self.local_have
     }
 
-    /// Per origin, what this node will hold once the outstanding Applies are applied: the
-    /// local have joined with what they hand out (what a batch handed out next continues).
-    pub fn accepted(&self) -> &Have {
-        &self.accepted
-    }
-
     /// Takes in the node's durable per-origin have: call at start and after every durable
     /// commit (local writes) or apply. Cursors only move forward; lower values are ignored.
     pub fn set_local_have(&mut self, have: &Have) {
@@ -1268,7 +1262,8 @@ impl Replica {
     }
 
     /// Runs received events through the duplicate and gap filters; hands what continues the
-    /// accepted cursors out as one Apply. The peer has no outstanding Apply.
+    /// accepted cursors out as one Apply. The peer is not busy (fewer than
+    /// [`APPLIES_IN_FLIGHT`] Applies outstanding, no InstallSnapshot).
     fn receive(&mut self, peer: &NodeId, batches: Vec<Batch>, now: u64) {
         let (apply_duplicates, ack_before_apply) = (self.apply_duplicates, self.ack_before_apply);
         let Some(p) = self.peers.get_mut(peer) else {

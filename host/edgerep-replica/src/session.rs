@@ -209,7 +209,7 @@ pub(crate) struct Session {
     pub(crate) snapshot_in: Option<(u64, u64)>,
     /// A SnapshotAck (id, page) is due.
     pub(crate) snapshot_ack_due: Option<(u64, u64)>,
-    /// A page that waits for the peer's outstanding apply.
+    /// A page that waits for the peer's outstanding Applies.
     pub(crate) pending_page: Option<PendingPage>,
     /// A page whose merge failed (nothing of it durable), handed out again at the time given
     /// (after the tries given): the peer resends a page only when its timer fires, which
@@ -538,7 +538,7 @@ impl Session {
         }
     }
 
-    /// Removes from `batch` the events queued already behind the outstanding Apply where the
+    /// Removes from `batch` the events queued already behind the outstanding Applies where the
     /// queue continues `accepted` without a gap (the same peer sent them twice), and returns
     /// how many it removed. A copy of a queued run past a gap stays: with what fills the gap
     /// before it in the batch, it goes on at once. (Duplicates of what is accepted already

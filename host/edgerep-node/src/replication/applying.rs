@@ -3,12 +3,17 @@
 //! reported, traced events' apply spans, forged batches cutting their sender off). Snapshot
 //! pages take the same road without transforms: refused for collections that have them.
 //!
-//! Invariant: the core hears how each Apply ended in the order it handed them out (up to
-//! [`edgerep_replica::APPLIES_IN_FLIGHT`] per peer). The committer answers in that order; an
-//! Apply that ends here, without the committer (everything refused, a forgery found before the
-//! transforms, a halt), is answered after the peer's Applies still at the committer.
+//! Invariants:
+//! - The core hears how each Apply ended in the order it handed them out (up to
+//!   [`edgerep_replica::APPLIES_IN_FLIGHT`] per peer). The committer answers in that order; an
+//!   Apply that ends here, without the committer (everything refused, a forgery found before
+//!   the transforms, a halt), is answered after the peer's Applies still at the committer.
+//! - A batch is admitted against what is durable plus what the same peer's batches still at
+//!   the committer admitted, and queued on the peer's [`ApplyChain`]: if one of those fails,
+//!   the batches behind it are refused unapplied, so nothing is applied counting on events that
+//!   never were. Other peers' batches at the committer count for nothing here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use edgerep_store::{Installed, RemoteApply};
 use edgerep_wire::{EncodedEvent, NodeId, Seal};
@@ -36,8 +41,14 @@ impl std::fmt::Debug for SentApply {
 
 /// An outstanding Apply of a peer's events.
 pub(super) enum Outstanding {
-    /// At the committer.
-    AtCommitter,
+    /// At the committer: per origin, the highest sequence number admission let through, and
+    /// the origins the core handed events of that admission left out (their later events in
+    /// the peer's next batch would not continue what is applied). Both emptied when the peer's
+    /// chain breaks (the batch will be refused).
+    AtCommitter {
+        admitted: BTreeMap<NodeId, u64>,
+        cut: BTreeSet<NodeId>,
+    },
     /// Ended here, to be told to the core after those before it.
     Ended(Ended),
 }
@@ -83,11 +94,30 @@ impl Replicator {
                 Some((o.clone(), claim))
             })
             .collect();
+        // What the peer's earlier batches at the committer admitted (applied before this one,
+        // or this one is refused: see `ApplyChain`), and the origins they left out.
+        let mut have = self.core.local_have().clone();
+        let mut cut = BTreeSet::new();
+        for o in self.outstanding.get(&peer).into_iter().flatten() {
+            if let Outstanding::AtCommitter { admitted, cut: c } = o {
+                for (origin, &seq) in admitted {
+                    let h = have.entry(origin.clone()).or_insert(0);
+                    *h = (*h).max(seq);
+                }
+                cut.extend(c.iter().cloned());
+            }
+        }
+        // Per origin, the highest sequence number the core handed out in this batch.
+        let mut handed: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for e in &events {
+            let h = handed.entry(e.origin.clone()).or_insert(0);
+            *h = (*h).max(e.seq);
+        }
         let admission = crate::apply::Admission {
             config: &self.config,
             local: self.core.local(),
-            // The batch continues what the peer's outstanding Applies hand out.
-            have: self.core.accepted(),
+            have: &have,
+            cut: &cut,
             own_claims: &own_claims,
             from: &peer,
             pipeline: &self.pipeline,
@@ -232,6 +262,17 @@ impl Replicator {
             dead_letters: prepared.dead_letters.len() as u64,
         };
         let dead_letters = sent_apply.dead_letters;
+        let mut admitted: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for r in &prepared.events {
+            let a = admitted.entry(r.event.origin.clone()).or_insert(0);
+            *a = (*a).max(r.event.seq);
+        }
+        let cut: BTreeSet<NodeId> = handed
+            .into_iter()
+            .filter(|(o, seq)| admitted.get(o).is_none_or(|a| a < seq))
+            .map(|(o, _)| o)
+            .collect();
+        let chain = self.chains.entry(peer.clone()).or_default().clone();
         let hook = CommitHookSender(self.inbox.clone());
         let to = peer.clone();
         let sent = self.committer.apply(
@@ -239,6 +280,7 @@ impl Replicator {
             seals,
             certs,
             prepared.dead_letters,
+            chain,
             Box::new(move |result| hook.applied(to, sent_apply, result)),
         );
         match sent {
@@ -247,7 +289,7 @@ impl Replicator {
                 self.outstanding
                     .entry(peer)
                     .or_default()
-                    .push_back(Outstanding::AtCommitter);
+                    .push_back(Outstanding::AtCommitter { admitted, cut });
             }
             Err(e) => self.ended(&peer, Ended::Failed(e.to_string())),
         }
@@ -283,7 +325,7 @@ impl Replicator {
                         self.tell_core(peer, e);
                     }
                 }
-                Some(Outstanding::AtCommitter) => return,
+                Some(Outstanding::AtCommitter { .. }) => return,
                 None => {
                     self.outstanding.remove(peer);
                     return;
@@ -323,8 +365,20 @@ impl Replicator {
     ) {
         // The committer answers in order: this is the peer's oldest outstanding Apply.
         if let Some(q) = self.outstanding.get_mut(&peer) {
-            debug_assert!(matches!(q.front(), Some(Outstanding::AtCommitter)));
+            debug_assert!(matches!(q.front(), Some(Outstanding::AtCommitter { .. })));
             q.pop_front();
+            if result.is_err() {
+                // The peer's chain broke: its batches still at the committer are refused
+                // unapplied, so admission counts on them no more, and its next batches go
+                // on a new chain.
+                self.chains.remove(&peer);
+                for o in q.iter_mut() {
+                    if let Outstanding::AtCommitter { admitted, cut } = o {
+                        admitted.clear();
+                        cut.clear();
+                    }
+                }
+            }
         }
         self.dead_letters_at_committer = self
             .dead_letters_at_committer
