@@ -153,15 +153,7 @@ impl Admission<'_> {
                 reason,
                 deferred,
             };
-            let verdict = if self.cut.contains(&event.origin) {
-                Some(refusal(
-                    format!(
-                        "event {}:{} continues events of its origin that the sender's batch before it left out",
-                        event.origin, event.seq
-                    ),
-                    true,
-                ))
-            } else if !known && origins >= max_origins {
+            let verdict = if !known && origins >= max_origins {
                 Some(refusal(
                     format!(
                         "origin {:?} would be origin number {} this node holds events of, over its bound of {max_origins} (itself, {} peers and replication.extra_origins = {})",
@@ -174,6 +166,14 @@ impl Admission<'_> {
                 ))
             } else if let Some(r) = self.config.revocation(&event.origin, event.seq) {
                 Some(refusal(r, false))
+            } else if self.cut.contains(&event.origin) {
+                Some(refusal(
+                    format!(
+                        "event {}:{} continues events of its origin that the sender's batch before it left out",
+                        event.origin, event.seq
+                    ),
+                    true,
+                ))
             } else if let Some(reason) = self.pipeline.apply_halted(&event.collection) {
                 // Its collection halted on an earlier event (a transform on apply failed in a
                 // way that may not decide): this origin's events wait from here, others go on.

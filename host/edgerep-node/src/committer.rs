@@ -244,7 +244,7 @@ enum Request {
     },
     /// Save when peers were last heard from (advice for retention; not synced).
     SavePeersHeard {
-        heard: BTreeMap<NodeId, u64>,
+        heard: BTreeMap<NodeId, edgerep_store::Heard>,
     },
     /// Remove a dead letter without replaying it.
     RemoveDeadLetter {
@@ -355,6 +355,8 @@ pub struct Committer {
     /// (a send given up sends nothing), so the committer may count one out first: briefly
     /// negative.
     writes_queued: Arc<AtomicIsize>,
+    /// Dead letters of the peers' batches in `queue` (see [`Committer::dead_letters_queued`]).
+    dead_letters_queued: Arc<AtomicU64>,
     linger_wake: Arc<LingerWake>,
     /// This node's own highest event known durable (see [`Committer::own_synced`]).
     own_synced: Arc<AtomicU64>,
@@ -396,11 +398,17 @@ impl Committer {
         let on_panic = StopOnPanic(disk_failed.clone());
         let writes_queued = Arc::new(AtomicIsize::new(0));
         let queued = writes_queued.clone();
-        // Counts a write request out of the queue.
-        let took = move |r: &Request| {
-            if matches!(r, Request::Write(_)) {
+        let dead_letters_queued = Arc::new(AtomicU64::new(0));
+        let dead_letters_taken = dead_letters_queued.clone();
+        // Counts a request out of the queue.
+        let took = move |r: &Request| match r {
+            Request::Write(_) => {
                 queued.fetch_sub(1, Ordering::AcqRel);
             }
+            Request::Apply { dead_letters, .. } => {
+                dead_letters_taken.fetch_sub(dead_letters.len() as u64, Ordering::AcqRel);
+            }
+            _ => {}
         };
         let queued = writes_queued.clone();
         let linger_wake = Arc::new(LingerWake::default());
@@ -520,6 +528,13 @@ impl Committer {
                                 continue;
                             }
                             let n = events.len();
+                            // Per origin, the last event of the batch: one the store did not
+                            // come to hold (a fork left out) breaks the chain like a failure.
+                            let mut last: BTreeMap<NodeId, u64> = BTreeMap::new();
+                            for r in &events {
+                                let l = last.entry(r.event.origin.clone()).or_insert(0);
+                                *l = (*l).max(r.event.seq);
+                            }
                             // A peer's events are synced before they are acknowledged, whatever
                             // their collection's durability: the Ack tells the peer this node
                             // holds them (it may compact them), so a crash must not take them
@@ -569,6 +584,13 @@ impl Committer {
                                             *held = (*held).max(seq);
                                         }
                                     }
+                                    if let Some((origin, seq)) = last.iter().find(|(o, s)| {
+                                        out.held.get(*o).is_none_or(|h| h < *s)
+                                    }) {
+                                        chain.break_with(&format!(
+                                            "events of {origin} up to {seq} were left out (a fork)"
+                                        ));
+                                    }
                                     durable.feed_committed = out.feed_last;
                                     synced(&mut durable, &mut have, sync);
                                     hook(&have);
@@ -584,10 +606,11 @@ impl Committer {
                                     reply(Err(CommitError::Store(e.to_string())));
                                 }
                                 Err(e @ edgerep_store::StoreError::Gap { .. }) => {
-                                    // A batch that continues one that failed or was refused
-                                    // after this one was handed out: sent again.
+                                    // Continues events not applied here: another peer's batch of
+                                    // the origin, queued before it, failed or left them out. The
+                                    // peer sends it again.
                                     chain.break_with(&e.to_string());
-                                    tracing::info!(error = %e, events = n, "a peer's batch continues events not applied here (an earlier batch failed); it is sent again");
+                                    tracing::info!(error = %e, events = n, "a peer's batch continues events not applied here (a batch before it failed or left them out); it is sent again");
                                     reply(Err(CommitError::Store(e.to_string())));
                                 }
                                 Err(e) => {
@@ -1032,6 +1055,7 @@ impl Committer {
             Committer {
                 queue: tx,
                 writes_queued,
+                dead_letters_queued,
                 linger_wake,
                 own_synced,
                 clock_last_ms,
@@ -1171,14 +1195,29 @@ impl Committer {
         chain: ApplyChain,
         reply: ApplyReply,
     ) -> Result<(), CommitError> {
-        self.send_blocking(Request::Apply {
+        let n = dead_letters.len() as u64;
+        self.dead_letters_queued.fetch_add(n, Ordering::AcqRel);
+        let sent = self.send_blocking(Request::Apply {
             events,
             seals,
             certs,
             dead_letters,
             chain,
             reply,
-        })
+        });
+        if sent.is_err() {
+            self.dead_letters_queued.fetch_sub(n, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Dead letters of the peers' batches queued and not yet taken by the committer: with what
+    /// the store holds, what counts against `limits.max_dead_letters` when the next batch is
+    /// prepared. (A batch the committer is applying counts in neither for the moment its
+    /// transaction takes: the limit may be passed by that batch's dead letters, never counted
+    /// twice, which would halt a collection early.)
+    pub fn dead_letters_queued(&self) -> u64 {
+        self.dead_letters_queued.load(Ordering::Acquire)
     }
 }
 
@@ -1223,9 +1262,12 @@ impl Committer {
         self.send_blocking(Request::SavePeerCursor { peer, have })
     }
 
-    /// Queues saving when each peer of `heard` was last heard from (wall clock, ms; not
-    /// synced). Blocks while the queue is full.
-    pub fn save_peers_heard(&self, heard: BTreeMap<NodeId, u64>) -> Result<(), CommitError> {
+    /// Queues saving when each peer of `heard` was last heard from, or since when it is awaited
+    /// (wall clock, ms; not synced). Blocks while the queue is full.
+    pub fn save_peers_heard(
+        &self,
+        heard: BTreeMap<NodeId, edgerep_store::Heard>,
+    ) -> Result<(), CommitError> {
         self.send_blocking(Request::SavePeersHeard { heard })
     }
 

@@ -471,10 +471,10 @@ pub fn start(
         heard_at: BTreeMap::new(),
         silent_at_start: BTreeMap::new(),
         heard_saved: BTreeMap::new(),
+        awaited_since: BTreeMap::new(),
         traces,
         outstanding: BTreeMap::new(),
         chains: BTreeMap::new(),
-        dead_letters_at_committer: 0,
         frames: BTreeMap::new(),
         last_error: BTreeMap::new(),
         refusals: BTreeMap::new(),
@@ -679,6 +679,9 @@ struct Replicator {
     /// The last contacts saved to the store (wall clock, ms; see `save_cursors`), and this
     /// node's own "alive at" under its own id.
     heard_saved: BTreeMap<NodeId, u64>,
+    /// Configured peers never heard from: since when this node waits for them (wall clock,
+    /// ms; saved once, kept across restarts until the peer is heard from).
+    awaited_since: BTreeMap<NodeId, u64>,
     /// Where apply spans go.
     traces: Arc<crate::trace::Traces>,
     /// Per peer with Applies outstanding (see [`applying::Outstanding`]), oldest first.
@@ -686,9 +689,6 @@ struct Replicator {
     /// Per peer, the chain its batches are queued on at the committer (a new one after one
     /// failed: see [`crate::committer::ApplyChain`]).
     chains: BTreeMap<NodeId, crate::committer::ApplyChain>,
-    /// Dead letters of the batches at the committer (counted against `max_dead_letters` like
-    /// those it holds).
-    dead_letters_at_committer: u64,
     /// Per peer: (messages sent, bytes sent, messages received, bytes received).
     frames: BTreeMap<NodeId, [u64; 4]>,
     last_error: BTreeMap<NodeId, String>,

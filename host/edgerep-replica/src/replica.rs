@@ -1390,6 +1390,7 @@ impl Replica {
         };
         p.last_apply_error = None;
         let idle = p.idle();
+        let applying = !p.applying.is_empty();
         match p.session.as_mut() {
             Some(s) => {
                 // Origins the caller applied less of than it was handed (it held events back
@@ -1407,10 +1408,11 @@ impl Replica {
                     // this peer's session wait for the resend timer or a reload's retry.
                     let room = s.held_back_asked.len() < MAX_ORIGINS
                         || s.held_back_asked.contains_key(origin);
-                    if held < seq
-                        && room
-                        && s.held_back_asked.get(origin).map(|a| a.held) != Some(held)
-                    {
+                    let asked = s
+                        .held_back_asked
+                        .get(origin)
+                        .is_some_and(|a| a.held == held && !a.while_applying);
+                    if held < seq && room && !asked {
                         let wait = s
                             .retransmit_after(self.config.retransmit_after_ms)
                             .min(HELD_BACK_WAIT_MAX_MS);
@@ -1421,6 +1423,7 @@ impl Replica {
                                 at: now,
                                 wait,
                                 have_version: self.have_version,
+                                while_applying: applying,
                             },
                         );
                         short = true;
@@ -1498,7 +1501,7 @@ impl Replica {
 
     /// Applying the oldest outstanding Apply of `peer`'s events failed (nothing of it is
     /// durable). Its events are forgotten and the peer is asked to resend from the local have
-    /// (what a later outstanding Apply brings is then a duplicate, or fails on the gap).
+    /// (a later outstanding Apply of the peer fails too: the caller refuses it unapplied).
     pub fn apply_failed(&mut self, peer: &NodeId, reason: &str, _now: u64) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;

@@ -237,6 +237,9 @@ pub(crate) struct HeldBackAsk {
     pub(crate) wait: u64,
     /// The node's have version (`Replica::have_version`) when asked last.
     pub(crate) have_version: u64,
+    /// Asked while another Apply of the peer was outstanding: the resend may have been dropped
+    /// as a copy of what that Apply handed out, so its end asks again.
+    pub(crate) while_applying: bool,
 }
 
 /// The longest wait between two asks for the same held-back events.

@@ -247,6 +247,32 @@ impl Received {
     }
 }
 
+/// What `peers_heard` keeps of a peer (wall clock, ms since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// Last heard from then.
+    At(u64),
+    /// Configured but never heard from: this node has waited for it since then.
+    AwaitedSince(u64),
+}
+
+impl Heard {
+    fn encode(self) -> u64 {
+        match self {
+            Heard::At(ms) => ms & !tables::AWAITED,
+            Heard::AwaitedSince(ms) => (ms & !tables::AWAITED) | tables::AWAITED,
+        }
+    }
+
+    fn decode(value: u64) -> Heard {
+        if value & tables::AWAITED == 0 {
+            Heard::At(value)
+        } else {
+            Heard::AwaitedSince(value & !tables::AWAITED)
+        }
+    }
+}
+
 /// What [`StoreWriter::apply_remote`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteApply {

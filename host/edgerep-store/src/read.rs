@@ -175,14 +175,15 @@ impl Store {
         Ok(out)
     }
 
-    /// When each peer was last heard from, as saved (see [`StoreWriter::save_peers_heard`]).
-    pub fn peers_heard(&self) -> Result<BTreeMap<NodeId, u64>, StoreError> {
+    /// When each peer was last heard from, or since when a peer never heard from was awaited,
+    /// as saved (see [`StoreWriter::save_peers_heard`]).
+    pub fn peers_heard(&self) -> Result<BTreeMap<NodeId, crate::Heard>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PEERS_HEARD)?;
         let mut out = BTreeMap::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            out.insert(parse_origin(k.value())?, v.value());
+            out.insert(parse_origin(k.value())?, crate::Heard::decode(v.value()));
         }
         Ok(out)
     }

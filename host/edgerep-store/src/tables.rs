@@ -28,7 +28,12 @@ pub(crate) const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("pee
 /// Per peer, when it was last heard from, and under this node's own id when it last saved itself
 /// alive (wall clock, ms since the Unix epoch): a restart does not give a peer gone for good a
 /// new `peer_absent_ms` to hold compaction back for, nor count this node's downtime as silence.
+/// A value with [`AWAITED`] set is a configured peer never heard from: since when this node has
+/// waited for it (see [`crate::Heard`]).
 pub(crate) const PEERS_HEARD: TableDefinition<&str, u64> = TableDefinition::new("peers_heard");
+
+/// The bit of a `peers_heard` value that marks a peer never heard from (no time in ms reaches it).
+pub(crate) const AWAITED: u64 = 1 << 63;
 
 pub(crate) const META_NODE_ID: &str = "node_id";
 

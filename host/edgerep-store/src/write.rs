@@ -1471,15 +1471,19 @@ impl StoreWriter {
         Ok(())
     }
 
-    /// Saves when each peer of `heard` was last heard from (wall clock, ms), without waiting for
-    /// the disk (like a cursor, it is advice: losing the latest costs a little retention).
-    pub fn save_peers_heard(&self, heard: &BTreeMap<NodeId, u64>) -> Result<(), StoreError> {
+    /// Saves when each peer of `heard` was last heard from, or since when it is awaited (wall
+    /// clock, ms), without waiting for the disk (like a cursor, it is advice: losing the latest
+    /// costs a little retention).
+    pub fn save_peers_heard(
+        &self,
+        heard: &BTreeMap<NodeId, crate::Heard>,
+    ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
         {
             let mut table = txn.open_table(PEERS_HEARD)?;
-            for (peer, at_ms) in heard {
-                table.insert(peer.as_str(), *at_ms)?;
+            for (peer, heard) in heard {
+                table.insert(peer.as_str(), heard.encode())?;
             }
         }
         txn.commit()?;

@@ -1954,3 +1954,63 @@ fn a_peer_gone_before_a_restart_holds_compaction_back_no_longer() {
     }
     drop(n2);
 }
+
+/// A configured peer that never came up held compaction back again after every restart: never
+/// heard from, it counted as silent only from each start. Now this node saves since when it
+/// waits for such a peer, and a restart counts its silence from then.
+#[test]
+fn a_peer_that_never_came_holds_compaction_back_no_longer_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        let keys = "keep_events = 0\ninterval_ms = 200\npeer_absent_ms = 20000";
+        std::fs::write(c, with_retention(&text, keys)).unwrap();
+    }
+    // node-3 is configured everywhere and never starts.
+    let began = Instant::now();
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    put_many(&n1, "a", 10);
+    converge(&[&n1, &n2], Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(21).saturating_sub(began.elapsed()));
+    assert!(n1.terminate().success());
+
+    let n1 = Node::start(&configs[0]);
+    let started = Instant::now();
+    let last = put_many(&n1, "c", 100);
+    loop {
+        let s = status(&n1);
+        let peer = |id: &str| {
+            s["replication"]["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["id"] == id)
+                .cloned()
+                .unwrap()
+        };
+        if s["compacted"]["node-1"] == last {
+            let node3 = peer("node-3");
+            assert!(
+                node3["last_contact_ms"].is_null(),
+                "never heard from: {node3}"
+            );
+            assert!(
+                node3["last_contact_age_ms"].as_u64().unwrap() >= 20_000,
+                "{node3}"
+            );
+            let node2 = peer("node-2");
+            assert_eq!(node2["acked"]["node-1"], last, "{node2}");
+            assert_eq!(node2["needs_snapshot"], false, "{node2}");
+            break;
+        }
+        // Counted from this start, node-3 would hold node-1's own events back for 20 s more.
+        assert!(
+            started.elapsed() < Duration::from_secs(14),
+            "node-1 did not compact its own events without node-3 within 14 s of its start: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(n2);
+}

@@ -9,9 +9,10 @@
 //!   Apply that ends here, without the committer (everything refused, a forgery found before
 //!   the transforms, a halt), is answered after the peer's Applies still at the committer.
 //! - A batch is admitted against what is durable plus what the same peer's batches still at
-//!   the committer admitted, and queued on the peer's [`ApplyChain`]: if one of those fails,
-//!   the batches behind it are refused unapplied, so nothing is applied counting on events that
-//!   never were. Other peers' batches at the committer count for nothing here.
+//!   the committer admitted, and queued on the peer's [`ApplyChain`]: if one of those fails or
+//!   leaves events out, the batches behind it are refused unapplied, so nothing is applied
+//!   counting on events that never were. Batches on a broken chain, and other peers' batches
+//!   at the committer, count for nothing here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,34 +21,31 @@ use edgerep_wire::{EncodedEvent, NodeId, Seal};
 
 use super::trust::hex;
 use super::{CommitHookSender, RefusalReport, Replicator};
-use crate::committer::{CommitError, wall_ms};
+use crate::committer::{ApplyChain, CommitError, wall_ms};
 
 /// What went to the committer with a batch, for its answer.
 pub(crate) struct SentApply {
     /// When it went, and its events that carry a trace context.
     traced: Option<(std::time::SystemTime, Vec<TracedEvent>)>,
-    /// How many dead letters it writes.
-    dead_letters: u64,
 }
 
 impl std::fmt::Debug for SentApply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SentApply")
             .field("traced", &self.traced.as_ref().map_or(0, |(_, t)| t.len()))
-            .field("dead_letters", &self.dead_letters)
             .finish()
     }
 }
 
 /// An outstanding Apply of a peer's events.
 pub(super) enum Outstanding {
-    /// At the committer: per origin, the highest sequence number admission let through, and
-    /// the origins the core handed events of that admission left out (their later events in
-    /// the peer's next batch would not continue what is applied). Both emptied when the peer's
-    /// chain breaks (the batch will be refused).
+    /// At the committer, on `chain`: per origin, the highest sequence number admission let
+    /// through, and the origins the core handed events of that admission left out (their later
+    /// events in the peer's next batch would not continue what is applied).
     AtCommitter {
         admitted: BTreeMap<NodeId, u64>,
         cut: BTreeSet<NodeId>,
+        chain: ApplyChain,
     },
     /// Ended here, to be told to the core after those before it.
     Ended(Ended),
@@ -99,7 +97,13 @@ impl Replicator {
         let mut have = self.core.local_have().clone();
         let mut cut = BTreeSet::new();
         for o in self.outstanding.get(&peer).into_iter().flatten() {
-            if let Outstanding::AtCommitter { admitted, cut: c } = o {
+            if let Outstanding::AtCommitter {
+                admitted,
+                cut: c,
+                chain,
+            } = o
+                && chain.broken().is_none()
+            {
                 for (origin, &seq) in admitted {
                     let h = have.entry(origin.clone()).or_insert(0);
                     *h = (*h).max(seq);
@@ -128,7 +132,7 @@ impl Replicator {
                 self.config
                     .limits
                     .max_dead_letters
-                    .saturating_sub(self.dead_letters_at_committer),
+                    .saturating_sub(self.committer.dead_letters_queued()),
             ),
         };
         // Transforms on apply run before the committer checks the seals: a halt keeps the
@@ -259,9 +263,7 @@ impl Replicator {
             .collect();
         let sent_apply = SentApply {
             traced: (!traced.is_empty()).then(|| (std::time::SystemTime::now(), traced)),
-            dead_letters: prepared.dead_letters.len() as u64,
         };
-        let dead_letters = sent_apply.dead_letters;
         let mut admitted: BTreeMap<NodeId, u64> = BTreeMap::new();
         for r in &prepared.events {
             let a = admitted.entry(r.event.origin.clone()).or_insert(0);
@@ -272,7 +274,16 @@ impl Replicator {
             .filter(|(o, seq)| admitted.get(o).is_none_or(|a| a < seq))
             .map(|(o, _)| o)
             .collect();
-        let chain = self.chains.entry(peer.clone()).or_default().clone();
+        // The peer's chain, or a new one once it broke (the committer breaks it, before the
+        // failure's answer reaches this thread).
+        let chain = match self.chains.get(&peer) {
+            Some(c) if c.broken().is_none() => c.clone(),
+            _ => {
+                let c = ApplyChain::default();
+                self.chains.insert(peer.clone(), c.clone());
+                c
+            }
+        };
         let hook = CommitHookSender(self.inbox.clone());
         let to = peer.clone();
         let sent = self.committer.apply(
@@ -280,16 +291,19 @@ impl Replicator {
             seals,
             certs,
             prepared.dead_letters,
-            chain,
+            chain.clone(),
             Box::new(move |result| hook.applied(to, sent_apply, result)),
         );
         match sent {
             Ok(()) => {
-                self.dead_letters_at_committer += dead_letters;
                 self.outstanding
                     .entry(peer)
                     .or_default()
-                    .push_back(Outstanding::AtCommitter { admitted, cut });
+                    .push_back(Outstanding::AtCommitter {
+                        admitted,
+                        cut,
+                        chain,
+                    });
             }
             Err(e) => self.ended(&peer, Ended::Failed(e.to_string())),
         }
@@ -367,22 +381,7 @@ impl Replicator {
         if let Some(q) = self.outstanding.get_mut(&peer) {
             debug_assert!(matches!(q.front(), Some(Outstanding::AtCommitter { .. })));
             q.pop_front();
-            if result.is_err() {
-                // The peer's chain broke: its batches still at the committer are refused
-                // unapplied, so admission counts on them no more, and its next batches go
-                // on a new chain.
-                self.chains.remove(&peer);
-                for o in q.iter_mut() {
-                    if let Outstanding::AtCommitter { admitted, cut } = o {
-                        admitted.clear();
-                        cut.clear();
-                    }
-                }
-            }
         }
-        self.dead_letters_at_committer = self
-            .dead_letters_at_committer
-            .saturating_sub(sent.dead_letters);
         self.answered(&peer, sent, result, now);
         self.tell_ended(&peer);
     }

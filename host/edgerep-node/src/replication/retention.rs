@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use edgerep_store::Compaction;
+use edgerep_store::{Compaction, Heard};
 
 use super::{CommitHookSender, Replicator};
 use edgerep_wire::NodeId;
@@ -27,20 +27,31 @@ impl Replicator {
             Err(e) => tracing::warn!("cannot read saved peer cursors: {e}"),
         }
         // How long each peer had been silent at this start, counted while this node ran: from
-        // its saved contact to the last time this node saved itself alive (its own downtime is
-        // no peer's silence: a lagging peer must not be left out for it). By the wall clock:
-        // one stepped back between runs counts less (the safe side).
+        // its saved contact (or, for a configured peer never heard from, since this node began
+        // to wait for it) to the last time this node saved itself alive (its own downtime is no
+        // peer's silence: a lagging peer must not be left out for it). By the wall clock: one
+        // stepped back between runs counts less (the safe side).
         match self.store.peers_heard() {
             Ok(mut all) => {
-                let alive_ms = all.remove(self.core.local()).unwrap_or(u64::MAX);
+                let alive_ms = match all.remove(self.core.local()) {
+                    Some(Heard::At(ms)) => ms,
+                    _ => u64::MAX,
+                };
                 let upto = wall_ms().min(alive_ms);
-                for (peer, at_ms) in all {
-                    self.last_contact.insert(peer.clone(), at_ms);
-                    self.silent_at_start.insert(
-                        peer.clone(),
-                        Duration::from_millis(upto.saturating_sub(at_ms)),
-                    );
-                    self.heard_saved.insert(peer, at_ms);
+                for (peer, heard) in all {
+                    let since = match heard {
+                        Heard::At(at_ms) => {
+                            self.last_contact.insert(peer.clone(), at_ms);
+                            self.heard_saved.insert(peer.clone(), at_ms);
+                            at_ms
+                        }
+                        Heard::AwaitedSince(since_ms) => {
+                            self.awaited_since.insert(peer.clone(), since_ms);
+                            since_ms
+                        }
+                    };
+                    self.silent_at_start
+                        .insert(peer, Duration::from_millis(upto.saturating_sub(since)));
                 }
             }
             Err(e) => tracing::warn!("cannot read when peers were last heard from: {e}"),
@@ -81,7 +92,7 @@ impl Replicator {
         let every = if last { 1 } else { self.heard_saved_every_ms() };
         let local = self.core.local().clone();
         let now = wall_ms();
-        let heard: BTreeMap<NodeId, u64> = self
+        let mut heard: BTreeMap<NodeId, Heard> = self
             .heard_at
             .keys()
             .filter_map(|p| Some((p.clone(), *self.last_contact.get(p)?)))
@@ -91,10 +102,24 @@ impl Replicator {
                     .get(p)
                     .is_none_or(|s| at.abs_diff(*s) >= every)
             })
+            .map(|(p, at)| (p, Heard::At(at)))
             .collect();
+        // Configured peers never heard from, once: awaited since this start (a restart must
+        // not give one that never comes a new `peer_absent_ms` to hold compaction back for).
+        let started_ms = now
+            .saturating_sub(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        for (p, _) in &self.peers {
+            if !self.last_contact.contains_key(p) && !self.awaited_since.contains_key(p) {
+                self.awaited_since.insert(p.clone(), started_ms);
+                heard.insert(p.clone(), Heard::AwaitedSince(started_ms));
+            }
+        }
         if !heard.is_empty() {
             self.heard_saved
-                .extend(heard.iter().map(|(p, at)| (p.clone(), *at)));
+                .extend(heard.iter().filter_map(|(p, h)| match h {
+                    Heard::At(at) => Some((p.clone(), *at)),
+                    Heard::AwaitedSince(_) => None,
+                }));
             if let Err(e) = self.committer.save_peers_heard(heard) {
                 tracing::warn!("cannot save when peers were last heard from: {e}");
             }

@@ -18,7 +18,8 @@ pub struct PeerStatus {
     /// Milliseconds since the last message from the peer, on the monotonic clock (a step of
     /// the wall clock moves `last_contact_ms`, not this: what an alert on a silent peer reads);
     /// for a peer not heard from since the start, the uptime plus how long it had been silent
-    /// then, by the last contact saved before it.
+    /// then, by the last contact saved before it (for a peer never heard from, since this node
+    /// began to wait for it, at an earlier start: then `last_contact_ms` is `None`).
     pub last_contact_age_ms: Option<u64>,
     /// What the peer acknowledged holding, per origin (persisted across restarts).
     pub acked: Have,
