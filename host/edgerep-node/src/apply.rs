@@ -95,16 +95,24 @@ pub(crate) struct Admission<'a> {
 pub(crate) struct DeadLetterRoom<'a> {
     store: &'a edgerep_store::Store,
     max: u64,
+    /// Dead letters of batches queued at the committer, not yet taken (see
+    /// `Committer::dead_letters_queued`).
+    queued: &'a dyn Fn() -> u64,
     read: std::cell::OnceCell<u64>,
 }
 
 impl<'a> DeadLetterRoom<'a> {
-    /// Room under `max` (`limits.max_dead_letters`) for what `store` holds; none when it cannot
-    /// be read.
-    pub(crate) fn of(store: &'a edgerep_store::Store, max: u64) -> DeadLetterRoom<'a> {
+    /// Room under `max` (`limits.max_dead_letters`) for what `store` holds and what `queued`
+    /// says waits to be written; none when the store cannot be read.
+    pub(crate) fn of(
+        store: &'a edgerep_store::Store,
+        max: u64,
+        queued: &'a dyn Fn() -> u64,
+    ) -> DeadLetterRoom<'a> {
         DeadLetterRoom {
             store,
             max,
+            queued,
             read: std::cell::OnceCell::new(),
         }
     }
@@ -112,9 +120,12 @@ impl<'a> DeadLetterRoom<'a> {
     /// The room.
     pub(crate) fn get(&self) -> u64 {
         *self.read.get_or_init(|| {
-            self.store
-                .dead_letters_count()
-                .map_or(0, |n| self.max.saturating_sub(n))
+            // The store first, then the queue: a batch taken and committed in between is
+            // missed by both (the limit passed by one batch) rather than counted twice (a
+            // collection halted early).
+            let held = self.store.dead_letters_count();
+            let queued = (self.queued)();
+            held.map_or(0, |n| self.max.saturating_sub(n).saturating_sub(queued))
         })
     }
 }

@@ -442,7 +442,7 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         // series left out would hide a peer dead since before a restart from an age alert.
         m.gauges(
             "edgerep_peer_last_contact_age_seconds",
-            "Seconds since the peer was last heard from (by its last contact saved before this start if not since; the node's uptime if never)",
+            "Seconds since the peer was last heard from (by its last contact saved before this start if not since; for a peer never heard from, since this node began to wait for it, at this start or an earlier one)",
             per_peer(&|p| {
                 Some(
                     p.last_contact_age_ms

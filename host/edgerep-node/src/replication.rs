@@ -472,6 +472,8 @@ pub fn start(
         silent_at_start: BTreeMap::new(),
         heard_saved: BTreeMap::new(),
         awaited_since: BTreeMap::new(),
+        configured_at: BTreeMap::new(),
+        heard_loaded: false,
         traces,
         outstanding: BTreeMap::new(),
         chains: BTreeMap::new(),
@@ -682,6 +684,10 @@ struct Replicator {
     /// Configured peers never heard from: since when this node waits for them (wall clock,
     /// ms; saved once, kept across restarts until the peer is heard from).
     awaited_since: BTreeMap<NodeId, u64>,
+    /// Peers a reload added, and when (the others are waited for since `started`).
+    configured_at: BTreeMap<NodeId, Instant>,
+    /// The saved contacts could be read at the start (else none are saved over them).
+    heard_loaded: bool,
     /// Where apply spans go.
     traces: Arc<crate::trace::Traces>,
     /// Per peer with Applies outstanding (see [`applying::Outstanding`]), oldest first.
@@ -1086,12 +1092,24 @@ impl Replicator {
             tracing::info!(%reason, "replication resumes after a config reload");
         }
         self.core.retry_held_back(now);
-        self.peers = self
+        let peers: Vec<(NodeId, String)> = self
             .config
             .peers
             .iter()
             .map(|p| (p.id.clone(), p.address.clone()))
             .collect();
+        // Peers the reload adds are waited for from now, not from the start (nor from when an
+        // earlier config had them: their saved wait is replaced).
+        for (id, _) in &peers {
+            if !self.peers.iter().any(|(p, _)| p == id) {
+                self.configured_at.insert(id.clone(), Instant::now());
+                if !self.heard_at.contains_key(id) {
+                    self.silent_at_start.remove(id);
+                    self.awaited_since.remove(id);
+                }
+            }
+        }
+        self.peers = peers;
         let removed: Vec<NodeId> = self
             .conns
             .keys()

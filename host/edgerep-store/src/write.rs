@@ -1784,4 +1784,31 @@ mod tests {
             10
         );
     }
+
+    /// A peer never heard from is saved apart from a contact, and reads back as such.
+    #[test]
+    fn peers_heard_keeps_contacts_and_awaited_peers_apart() {
+        let (store, _) = crate::Store::open_with_backend(
+            redb::backends::InMemoryBackend::new(),
+            "memory",
+            &NodeId::parse("a").unwrap(),
+            edgerep_wire::event::EventLimits::default(),
+        )
+        .unwrap();
+        let writer = StoreWriter::new(store);
+        let (b, c) = (NodeId::parse("b").unwrap(), NodeId::parse("c").unwrap());
+        let saved = BTreeMap::from([
+            (b.clone(), crate::Heard::At(1_796_000_000_000)),
+            (c.clone(), crate::Heard::AwaitedSince(1_796_000_000_123)),
+        ]);
+        writer.save_peers_heard(&saved).unwrap();
+        assert_eq!(writer.reader().peers_heard().unwrap(), saved);
+        // Heard from at last: the contact replaces the wait.
+        let heard = BTreeMap::from([(c.clone(), crate::Heard::At(1_796_000_000_500))]);
+        writer.save_peers_heard(&heard).unwrap();
+        assert_eq!(
+            writer.reader().peers_heard().unwrap()[&c],
+            crate::Heard::At(1_796_000_000_500)
+        );
+    }
 }

@@ -117,6 +117,8 @@ impl Replicator {
             let h = handed.entry(e.origin.clone()).or_insert(0);
             *h = (*h).max(e.seq);
         }
+        let committer = &self.committer;
+        let queued_dead_letters = || committer.dead_letters_queued();
         let admission = crate::apply::Admission {
             config: &self.config,
             local: self.core.local(),
@@ -129,10 +131,8 @@ impl Replicator {
             // kept as dead letters for the write policy.
             dead_letter_room: crate::apply::DeadLetterRoom::of(
                 &self.store,
-                self.config
-                    .limits
-                    .max_dead_letters
-                    .saturating_sub(self.committer.dead_letters_queued()),
+                self.config.limits.max_dead_letters,
+                &queued_dead_letters,
             ),
         };
         // Transforms on apply run before the committer checks the seals: a halt keeps the

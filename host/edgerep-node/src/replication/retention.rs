@@ -16,6 +16,10 @@ use crate::committer::{CommitError, Have, wall_ms};
 /// How far a peer's last contact moves before it is saved again (see `save_cursors`).
 const HEARD_SAVED_EVERY_MS: u64 = 60_000;
 
+/// Saved times before this (2020-01-01) are taken for a clock that was not set (a device
+/// without a battery-backed clock boots in 1970): they count no silence.
+const PLAUSIBLE_MS: u64 = 1_577_836_800_000;
+
 impl Replicator {
     pub(super) fn load_cursors(&mut self) {
         match self.store.peer_cursors() {
@@ -33,6 +37,7 @@ impl Replicator {
         // stepped back between runs counts less (the safe side).
         match self.store.peers_heard() {
             Ok(mut all) => {
+                self.heard_loaded = true;
                 let alive_ms = match all.remove(self.core.local()) {
                     Some(Heard::At(ms)) => ms,
                     _ => u64::MAX,
@@ -50,8 +55,10 @@ impl Replicator {
                             since_ms
                         }
                     };
-                    self.silent_at_start
-                        .insert(peer, Duration::from_millis(upto.saturating_sub(since)));
+                    if since >= PLAUSIBLE_MS {
+                        self.silent_at_start
+                            .insert(peer, Duration::from_millis(upto.saturating_sub(since)));
+                    }
                 }
             }
             Err(e) => tracing::warn!("cannot read when peers were last heard from: {e}"),
@@ -59,12 +66,17 @@ impl Replicator {
     }
 
     /// How long ago `peer` was last heard from: on the monotonic clock since this start, or
-    /// the node's uptime plus how long it had been silent at the start (as saved before it).
+    /// since it was configured (the start, or the reload that added it) plus how long it had
+    /// been silent then (as saved before the start).
     pub(super) fn silent_for(&self, peer: &NodeId) -> Duration {
         match self.heard_at.get(peer) {
             Some(at) => at.elapsed(),
             None => {
-                self.started.elapsed() + self.silent_at_start.get(peer).copied().unwrap_or_default()
+                let waited = self
+                    .configured_at
+                    .get(peer)
+                    .map_or_else(|| self.started.elapsed(), Instant::elapsed);
+                waited + self.silent_at_start.get(peer).copied().unwrap_or_default()
             }
         }
     }
@@ -104,14 +116,19 @@ impl Replicator {
             })
             .map(|(p, at)| (p, Heard::At(at)))
             .collect();
-        // Configured peers never heard from, once: awaited since this start (a restart must
-        // not give one that never comes a new `peer_absent_ms` to hold compaction back for).
-        let started_ms = now
-            .saturating_sub(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        for (p, _) in &self.peers {
+        // Configured peers never heard from, once: awaited since they were configured (a
+        // restart must not give one that never comes a new `peer_absent_ms` to hold compaction
+        // back for). Not over contacts that could not be read at the start.
+        for (p, _) in self.peers.iter().filter(|_| self.heard_loaded) {
             if !self.last_contact.contains_key(p) && !self.awaited_since.contains_key(p) {
-                self.awaited_since.insert(p.clone(), started_ms);
-                heard.insert(p.clone(), Heard::AwaitedSince(started_ms));
+                let waited = self
+                    .configured_at
+                    .get(p)
+                    .map_or_else(|| self.started.elapsed(), Instant::elapsed);
+                let since =
+                    now.saturating_sub(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+                self.awaited_since.insert(p.clone(), since);
+                heard.insert(p.clone(), Heard::AwaitedSince(since));
             }
         }
         if !heard.is_empty() {
