@@ -1392,6 +1392,41 @@ fn held_back_events_are_asked_for_again_with_a_doubling_wait() {
     assert_eq!(rewinds(&mut r, 100_000), 0);
 }
 
+/// Held-back events asked for while the peer's second Apply was outstanding: the resend may
+/// have been dropped as a copy of what that Apply handed out, so its end asks once more at the
+/// same have (and not again after that).
+#[test]
+fn held_back_events_asked_for_during_a_second_apply_are_asked_for_again_at_its_end() {
+    let (mut r, log) = receiver(&["b"]);
+    let b = n("b");
+    let rewinds = |r: &mut Replica, now: u64| -> usize {
+        let mut n = 0;
+        while let Some((_, m)) = r.poll_transmit(now, &log).unwrap() {
+            if matches!(m, Message::Ack { rewind: true, .. }) {
+                n += 1;
+            }
+        }
+        n
+    };
+    r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
+    apply_of(&mut r);
+    r.handle(&b, sealed(evs("x", 3..=4)), 1).unwrap();
+    apply_of(&mut r);
+    // The first is held back (nothing of x applied) while the second is outstanding.
+    r.applied(&b, 2);
+    assert_eq!(rewinds(&mut r, 2), 1, "asked at once");
+    // The resend arrives while the second is outstanding: copies of what it hands out.
+    r.handle(&b, sealed(evs("x", 1..=4)), 3).unwrap();
+    assert_eq!(r.poll_output(), None, "dropped as copies");
+    // The second ends, held back too (it continued the first): asked again.
+    r.applied(&b, 4);
+    assert_eq!(rewinds(&mut r, 4), 1, "asked again at the same have");
+    r.handle(&b, sealed(evs("x", 1..=4)), 5).unwrap();
+    apply_of(&mut r);
+    r.applied(&b, 6);
+    assert_eq!(rewinds(&mut r, 6), 0, "not a third time at the same have");
+}
+
 /// A gap another peer filled does not leave its doubled wait behind: the next gap from the
 /// same peer is asked for at once.
 #[test]
