@@ -81,6 +81,8 @@ enum Work {
         events: Vec<EncodedEvent>,
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
+        /// The peer's chain it was queued on (see `Node::chains`).
+        chain: u64,
     },
     Install {
         peer: NodeId,
@@ -100,6 +102,10 @@ struct Node {
     replica: Option<Replica>,
     /// Applies and installs not done yet (volatile: lost in a crash).
     work: VecDeque<Work>,
+    /// Per peer, its current chain, as the node's driver has them (`ApplyChain`): an Apply
+    /// that fails or leaves events out breaks its chain, and the Applies queued on it behind it
+    /// are refused unapplied; Applies queued after that go on a new one.
+    chains: BTreeMap<NodeId, u64>,
     clock: HlcClock,
     down_until: u64,
     /// Wall clock offset of this node, in ms.
@@ -167,6 +173,8 @@ struct Stats {
     applies: u64,
     /// Applies the store refused for a gap (after an earlier one failed).
     gaps: u64,
+    /// Applies refused unapplied because the one before them on their chain failed.
+    chain_refused: u64,
     installs: u64,
     compactions: u64,
     /// Messages the byzantine node changed, and the applies and snapshot pages the stores
@@ -249,6 +257,7 @@ impl Sim {
                     store,
                     replica: None,
                     work: VecDeque::new(),
+                    chains: BTreeMap::new(),
                     clock: HlcClock::new(resume.hlc_last, 60_000),
                     down_until: 0,
                     skew: rng.below(50),
@@ -559,12 +568,16 @@ impl Sim {
                     events,
                     seals,
                     certs,
-                } => self.nodes[i].work.push_back(Work::Apply {
-                    peer,
-                    events,
-                    seals,
-                    certs,
-                }),
+                } => {
+                    let chain = self.nodes[i].chains.get(&peer).copied().unwrap_or(0);
+                    self.nodes[i].work.push_back(Work::Apply {
+                        peer,
+                        events,
+                        seals,
+                        certs,
+                        chain,
+                    })
+                }
                 Output::InstallSnapshot {
                     peer,
                     versions,
@@ -643,8 +656,18 @@ impl Sim {
                 events,
                 seals,
                 certs,
+                chain,
             } => {
+                if chain < node.chains.get(&peer).copied().unwrap_or(0) {
+                    self.stats.chain_refused += 1;
+                    return self.not_done(i, &peer, false, "the batch before it failed");
+                }
+                // Breaks the peer's chain: later Applies queued on it are refused.
+                let break_chain = |node: &mut Node| {
+                    *node.chains.entry(peer.clone()).or_insert(0) = chain + 1;
+                };
                 if fail {
+                    break_chain(node);
                     return self.not_done(i, &peer, false, "injected");
                 }
                 // Nothing handed out twice: an event of another origin above the floor that the
@@ -685,6 +708,7 @@ impl Sim {
                                 ));
                             }
                             self.stats.forks += out.forks.len() as u64;
+                            break_chain(node);
                         }
                     }
                     // An earlier Apply of the origin's events (from another peer) failed or left
@@ -695,11 +719,13 @@ impl Sim {
                             || self.stats.forks + self.stats.forged_refused > 0 =>
                     {
                         self.stats.gaps += 1;
+                        break_chain(node);
                         return self.not_done(i, &peer, false, &e.to_string());
                     }
                     // Only the byzantine node's lies are refused as forged.
                     Err(e @ StoreError::Forged { .. }) if liar.as_ref() == Some(&peer) => {
                         self.stats.forged_refused += 1;
+                        break_chain(node);
                         return self.not_done(i, &peer, false, &e.to_string());
                     }
                     Err(e) => {
@@ -1024,6 +1050,7 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn random_clusters_on_the_real_store_converge() {
     let (mut applies, mut installs, mut crashes, mut compactions) = (0, 0, 0, 0);
+    let mut chain_refused = 0;
     for seed in seeds() {
         let mut sim = Sim::new(seed, None);
         sim.run().unwrap_or_else(|e| panic!("{e}"));
@@ -1031,13 +1058,18 @@ fn random_clusters_on_the_real_store_converge() {
         installs += sim.stats.installs;
         crashes += sim.stats.crashes;
         compactions += sim.stats.compactions;
+        chain_refused += sim.stats.chain_refused;
     }
     eprintln!(
-        "{applies} applies, {installs} snapshot pages installed, {crashes} crashes, {compactions} compactions"
+        "{applies} applies, {installs} snapshot pages installed, {crashes} crashes, {compactions} compactions, {chain_refused} applies refused behind a failed one"
     );
     // The seeds must exercise what they are meant to.
     if std::env::var("SIM_STORE_SEED").is_err() {
         assert!(applies > 100, "only {applies} applies");
+        assert!(
+            chain_refused > 0,
+            "no apply was refused behind a failed one"
+        );
         assert!(installs > 0, "no snapshot was installed");
         assert!(crashes > 0 && compactions > 0, "no crash or no compaction");
     }
