@@ -1900,12 +1900,7 @@ fn own_events_from_part_of_a_snapshot_hold_writes_across_a_restart() {
 #[test]
 fn a_peer_gone_before_a_restart_holds_compaction_back_no_longer() {
     let dir = tempfile::tempdir().unwrap();
-    let configs = cluster(dir.path(), 3);
-    for c in &configs {
-        let text = std::fs::read_to_string(c).unwrap();
-        let keys = "keep_events = 0\ninterval_ms = 200\npeer_absent_ms = 20000";
-        std::fs::write(c, with_retention(&text, keys)).unwrap();
-    }
+    let configs = cluster_absent_after_20s(dir.path());
     let n1 = Node::start(&configs[0]);
     let n2 = Node::start(&configs[1]);
     let n3 = Node::start(&configs[2]);
@@ -1917,41 +1912,9 @@ fn a_peer_gone_before_a_restart_holds_compaction_back_no_longer() {
     put_many(&n1, "b", 10);
     std::thread::sleep(Duration::from_secs(21).saturating_sub(gone.elapsed()));
     assert!(n1.terminate().success());
-
-    let n1 = Node::start(&configs[0]);
-    let started = Instant::now();
-    let last = put_many(&n1, "c", 100);
-    loop {
-        let s = status(&n1);
-        let peer = |id: &str| {
-            s["replication"]["peers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["id"] == id)
-                .cloned()
-                .unwrap()
-        };
-        if s["compacted"]["node-1"] == last {
-            let node3 = peer("node-3");
-            assert!(
-                node3["last_contact_age_ms"].as_u64().unwrap() >= 20_000,
-                "{node3}"
-            );
-            assert!(node3["last_contact_ms"].as_u64().is_some(), "{node3}");
-            // node-2, connected all along, has everything and needs no snapshot.
-            let node2 = peer("node-2");
-            assert_eq!(node2["acked"]["node-1"], last, "{node2}");
-            assert_eq!(node2["needs_snapshot"], false, "{node2}");
-            break;
-        }
-        // node-3 counted from this start would hold node-1's own events back for 20 s more.
-        assert!(
-            started.elapsed() < Duration::from_secs(14),
-            "node-1 did not compact its own events without node-3 within 14 s of its start: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let _n1 = restarted_node1_compacts_without_node3(&configs[0], |node3| {
+        assert!(node3["last_contact_ms"].as_u64().is_some(), "{node3}");
+    });
     drop(n2);
 }
 
@@ -1961,12 +1924,7 @@ fn a_peer_gone_before_a_restart_holds_compaction_back_no_longer() {
 #[test]
 fn a_peer_that_never_came_holds_compaction_back_no_longer_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let configs = cluster(dir.path(), 3);
-    for c in &configs {
-        let text = std::fs::read_to_string(c).unwrap();
-        let keys = "keep_events = 0\ninterval_ms = 200\npeer_absent_ms = 20000";
-        std::fs::write(c, with_retention(&text, keys)).unwrap();
-    }
+    let configs = cluster_absent_after_20s(dir.path());
     // node-3 is configured everywhere and never starts.
     let began = Instant::now();
     let n1 = Node::start(&configs[0]);
@@ -1975,8 +1933,35 @@ fn a_peer_that_never_came_holds_compaction_back_no_longer_after_a_restart() {
     converge(&[&n1, &n2], Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(21).saturating_sub(began.elapsed()));
     assert!(n1.terminate().success());
+    let _n1 = restarted_node1_compacts_without_node3(&configs[0], |node3| {
+        assert!(
+            node3["last_contact_ms"].is_null(),
+            "never heard from: {node3}"
+        );
+    });
+    drop(n2);
+}
 
-    let n1 = Node::start(&configs[0]);
+/// A cluster of 3 whose peers count as absent after 20 s of silence, compacting every 200 ms.
+fn cluster_absent_after_20s(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let configs = cluster(dir, 3);
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        let keys = "keep_events = 0\ninterval_ms = 200\npeer_absent_ms = 20000";
+        std::fs::write(c, with_retention(&text, keys)).unwrap();
+    }
+    configs
+}
+
+/// Starts node-1 again (node-2 up, node-3 silent for more than `peer_absent_ms`), writes, and
+/// checks that it compacts its own new events without node-3 within 14 s of the start (counted
+/// from this start, node-3 would hold them back for 20 s), that node-2 holds them all and needs
+/// no snapshot, and what `node3` says in status.
+fn restarted_node1_compacts_without_node3(
+    config: &std::path::Path,
+    node3: impl Fn(&serde_json::Value),
+) -> Node {
+    let n1 = Node::start(config);
     let started = Instant::now();
     let last = put_many(&n1, "c", 100);
     loop {
@@ -1991,26 +1976,21 @@ fn a_peer_that_never_came_holds_compaction_back_no_longer_after_a_restart() {
                 .unwrap()
         };
         if s["compacted"]["node-1"] == last {
-            let node3 = peer("node-3");
+            let n3 = peer("node-3");
             assert!(
-                node3["last_contact_ms"].is_null(),
-                "never heard from: {node3}"
+                n3["last_contact_age_ms"].as_u64().unwrap() >= 20_000,
+                "{n3}"
             );
-            assert!(
-                node3["last_contact_age_ms"].as_u64().unwrap() >= 20_000,
-                "{node3}"
-            );
+            node3(&n3);
             let node2 = peer("node-2");
             assert_eq!(node2["acked"]["node-1"], last, "{node2}");
             assert_eq!(node2["needs_snapshot"], false, "{node2}");
-            break;
+            return n1;
         }
-        // Counted from this start, node-3 would hold node-1's own events back for 20 s more.
         assert!(
             started.elapsed() < Duration::from_secs(14),
             "node-1 did not compact its own events without node-3 within 14 s of its start: {s}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    drop(n2);
 }
