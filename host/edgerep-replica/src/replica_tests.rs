@@ -1335,6 +1335,17 @@ fn a_gap_asks_for_one_rewind() {
     assert_eq!(apply_of(&mut r).1, dots(&[("x", 1), ("x", 2)]));
 }
 
+/// How many Acks asking for a rewind `r` sends now.
+fn rewinds_sent(r: &mut Replica, log: &MemLog, now: u64) -> usize {
+    let mut n = 0;
+    while let Some((_, m)) = r.poll_transmit(now, log).unwrap() {
+        if matches!(m, Message::Ack { rewind: true, .. }) {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Events the caller held back (what they depend on had not arrived) are asked for again while
 /// their origin's have stays, with a doubling wait: what they wait for may come later from
 /// another peer, and nothing else would ask for them on a link kept busy by other traffic.
@@ -1342,15 +1353,7 @@ fn a_gap_asks_for_one_rewind() {
 fn held_back_events_are_asked_for_again_with_a_doubling_wait() {
     let (mut r, log) = receiver(&["b"]);
     let b = n("b");
-    let rewinds = |r: &mut Replica, now: u64| -> usize {
-        let mut n = 0;
-        while let Some((_, m)) = r.poll_transmit(now, &log).unwrap() {
-            if matches!(m, Message::Ack { rewind: true, .. }) {
-                n += 1;
-            }
-        }
-        n
-    };
+    let rewinds = |r: &mut Replica, now: u64| rewinds_sent(r, &log, now);
     r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
     apply_of(&mut r);
     // Held back: nothing of x applied.
@@ -1399,15 +1402,7 @@ fn held_back_events_are_asked_for_again_with_a_doubling_wait() {
 fn held_back_events_asked_for_during_a_second_apply_are_asked_for_again_at_its_end() {
     let (mut r, log) = receiver(&["b"]);
     let b = n("b");
-    let rewinds = |r: &mut Replica, now: u64| -> usize {
-        let mut n = 0;
-        while let Some((_, m)) = r.poll_transmit(now, &log).unwrap() {
-            if matches!(m, Message::Ack { rewind: true, .. }) {
-                n += 1;
-            }
-        }
-        n
-    };
+    let rewinds = |r: &mut Replica, now: u64| rewinds_sent(r, &log, now);
     r.handle(&b, sealed(evs("x", 1..=2)), 1).unwrap();
     apply_of(&mut r);
     r.handle(&b, sealed(evs("x", 3..=4)), 1).unwrap();
