@@ -533,6 +533,18 @@ fn check_data_dir(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The nice value of the async runtime's workers (the committer thread keeps 0).
+const WORKER_NICE: libc::c_int = 5;
+
+/// Gives the calling thread the nice value `nice` (Linux keeps one per thread; raising it needs
+/// no privilege). A failure leaves the thread as it was.
+#[allow(unsafe_code)]
+fn lower_this_threads_priority(nice: libc::c_int) {
+    // SAFETY: setpriority(2) with `who` = 0 acts on the calling thread only and takes no
+    // pointers.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+}
+
 /// Whether this process's user may do `mode` (`libc::W_OK`...) at `path`: access(2), which
 /// answers for the real user (root may write anywhere but on a read-only file system). A
 /// read-only file system is not the user's rights: one remounted so after disk errors is the
@@ -859,7 +871,14 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 return Ok(EXIT_USAGE);
             }
             config.node.alone = alone;
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            // The runtime's workers (connections, decoding, the API) yield to the committer
+            // thread, which every write of the node waits for: on a small machine they would
+            // otherwise take turns with it (a nice of 5 weighs a third of the default's).
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .on_thread_start(|| lower_this_threads_priority(WORKER_NICE))
+                .build()
+                .context("starting the async runtime")?;
             rt.block_on(async {
                 let mut signals = Signals::install()?;
                 let node = match edgerep_node::start(config).await {
