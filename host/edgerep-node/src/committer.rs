@@ -210,6 +210,8 @@ enum Request {
         certs: Vec<(NodeId, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
         chain: ApplyChain,
+        /// Per origin, the batch's last event (worked out by the caller, off this thread).
+        last: Have,
         reply: ApplyReply,
     },
     /// Merge a page of a peer's state (a snapshot); the last page carries its have.
@@ -519,6 +521,7 @@ impl Committer {
                             certs,
                             dead_letters,
                             chain,
+                            last,
                             reply,
                         } => {
                             if let Some(first) = chain.broken() {
@@ -528,13 +531,6 @@ impl Committer {
                                 continue;
                             }
                             let n = events.len();
-                            // Per origin, the last event of the batch: one the store did not
-                            // come to hold (a fork left out) breaks the chain like a failure.
-                            let mut last: BTreeMap<NodeId, u64> = BTreeMap::new();
-                            for r in &events {
-                                let l = last.entry(r.event.origin.clone()).or_insert(0);
-                                *l = (*l).max(r.event.seq);
-                            }
                             // A peer's events are synced before they are acknowledged, whatever
                             // their collection's durability: the Ack tells the peer this node
                             // holds them (it may compact them), so a crash must not take them
@@ -554,7 +550,7 @@ impl Committer {
                                     .map(|(c, k)| (c.to_owned(), k))
                                     .collect();
                             let started = std::time::Instant::now();
-                            match store.apply_sealed(
+                            let applied = store.apply_sealed(
                                 events,
                                 &seals,
                                 &certs,
@@ -562,7 +558,12 @@ impl Committer {
                                 sync,
                                 &mut clock,
                                 wall_ms(),
-                            ) {
+                            );
+                            // Whatever failed, the batches queued behind this one are refused.
+                            if let Err(e) = &applied {
+                                chain.break_with(&e.to_string());
+                            }
+                            match applied {
                                 Ok(out) => {
                                     metrics.commit("apply", started.elapsed().as_secs_f64());
                                     metrics.skewed(
@@ -584,6 +585,9 @@ impl Committer {
                                             *held = (*held).max(seq);
                                         }
                                     }
+                                    // An origin the store did not come to hold up to the
+                                    // batch's last event (a fork left out) breaks the chain
+                                    // like a failure.
                                     if let Some((origin, seq)) = last.iter().find(|(o, s)| {
                                         out.held.get(*o).is_none_or(|h| h < *s)
                                     }) {
@@ -597,11 +601,9 @@ impl Committer {
                                     reply(Ok(out));
                                 }
                                 Err(e @ edgerep_store::StoreError::Forged { .. }) => {
-                                    chain.break_with(&e.to_string());
                                     reply(Err(CommitError::Forged(e.to_string())));
                                 }
                                 Err(e @ edgerep_store::StoreError::Revoked { .. }) => {
-                                    chain.break_with(&e.to_string());
                                     tracing::warn!(error = %e, events = n, "a peer's batch admitted before a revocation was not applied (it is sent again and admitted under the new policy)");
                                     reply(Err(CommitError::Store(e.to_string())));
                                 }
@@ -609,12 +611,10 @@ impl Committer {
                                     // Continues events not applied here: another peer's batch of
                                     // the origin, queued before it, failed or left them out. The
                                     // peer sends it again.
-                                    chain.break_with(&e.to_string());
                                     tracing::info!(error = %e, events = n, "a peer's batch continues events not applied here (a batch before it failed or left them out); it is sent again");
                                     reply(Err(CommitError::Store(e.to_string())));
                                 }
                                 Err(e) => {
-                                    chain.break_with(&e.to_string());
                                     tracing::error!(error = %e, events = n, "applying a batch from a peer failed");
                                     reply(Err(failed(&e)));
                                 }
@@ -1184,8 +1184,9 @@ impl Committer {
     /// Queues events received from a peer to be applied in one durable transaction (in the
     /// order queued), with the dead letters of transforms that failed on them; `reply` is called
     /// on the committer thread once it committed or failed (refused unapplied if `chain` broke
-    /// before: see [`ApplyChain`]). Blocks while the queue is full (call it from a plain thread,
-    /// not an async task).
+    /// before: see [`ApplyChain`]; `last` is, per origin, the last event of `events`). Blocks
+    /// while the queue is full (call it from a plain thread, not an async task).
+    #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &self,
         events: Vec<Received>,
@@ -1193,6 +1194,7 @@ impl Committer {
         certs: Vec<(NodeId, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
         chain: ApplyChain,
+        last: Have,
         reply: ApplyReply,
     ) -> Result<(), CommitError> {
         let n = dead_letters.len() as u64;
@@ -1203,6 +1205,7 @@ impl Committer {
             certs,
             dead_letters,
             chain,
+            last,
             reply,
         });
         if sent.is_err() {

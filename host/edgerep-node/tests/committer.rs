@@ -406,6 +406,7 @@ async fn a_panic_on_the_committer_thread_is_reported() {
             vec![],
             vec![],
             ApplyChain::default(),
+            [(NodeId::parse("b").unwrap(), 1)].into(),
             Box::new(|_| {}),
         )
     })
@@ -454,6 +455,7 @@ fn a_batch_behind_a_failed_one_of_its_chain_is_refused_unapplied() {
             vec![],
             vec![],
             chain.clone(),
+            [(b.clone(), seq)].into(),
             Box::new(move |r| {
                 let _ = tx.send(r.map(|_| ()));
             }),

@@ -6,24 +6,29 @@ use edgerep_wire::NodeId;
 pub use edgerep_wire::Have;
 
 /// The cursor for `origin` (0 when absent).
-pub(crate) fn get(have: &Have, origin: &NodeId) -> u64 {
+pub fn get(have: &Have, origin: &NodeId) -> u64 {
     have.get(origin).copied().unwrap_or(0)
 }
 
-/// Raises `have[origin]` to at least `seq`; returns whether it moved.
-pub(crate) fn raise(have: &mut Have, origin: &NodeId, seq: u64) -> bool {
-    if seq <= get(have, origin) {
-        return false;
+/// Raises `have[origin]` to at least `seq`; returns whether it moved. (Called per event on
+/// the replication path: the origin is cloned only when it is new to `have`.)
+pub fn raise(have: &mut Have, origin: &NodeId, seq: u64) -> bool {
+    match have.get_mut(origin) {
+        Some(held) if *held >= seq => false,
+        Some(held) => {
+            *held = seq;
+            true
+        }
+        None if seq == 0 => false,
+        None => {
+            have.insert(origin.clone(), seq);
+            true
+        }
     }
-    have.insert(origin.clone(), seq);
-    true
 }
 
 /// Raises every cursor of `have` to at least the one in `other`; returns whether any moved.
-pub(crate) fn join<'a>(
-    have: &mut Have,
-    other: impl IntoIterator<Item = (&'a NodeId, u64)>,
-) -> bool {
+pub fn join<'a>(have: &mut Have, other: impl IntoIterator<Item = (&'a NodeId, u64)>) -> bool {
     let mut moved = false;
     for (origin, seq) in other {
         moved |= raise(have, origin, seq);
@@ -66,5 +71,17 @@ mod tests {
             to_wire(&Have::from([(n("a"), 0), (n("b"), 2)])),
             vec![(n("b"), 2)]
         );
+    }
+
+    #[test]
+    fn raise_moves_a_cursor_only_up_and_never_records_a_zero() {
+        let mut have = Have::new();
+        assert!(!raise(&mut have, &n("a"), 0));
+        assert!(have.is_empty());
+        assert!(raise(&mut have, &n("a"), 3));
+        assert!(!raise(&mut have, &n("a"), 2));
+        assert!(!raise(&mut have, &n("a"), 3));
+        assert!(raise(&mut have, &n("a"), 4));
+        assert_eq!(have, Have::from([(n("a"), 4)]));
     }
 }

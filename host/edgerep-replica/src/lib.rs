@@ -36,7 +36,7 @@
 //! ```
 
 mod fingerprint;
-mod have;
+pub mod have;
 mod log;
 pub mod message;
 pub mod reconcile;

@@ -1468,12 +1468,10 @@ impl Replica {
             if p.busy() {
                 return;
             }
-            let idle = p.idle();
             let Some(s) = p.session.as_mut() else { return };
-            if s.pending_page.is_some() {
-                if let (true, Some(page)) = (idle, s.pending_page.take()) {
-                    self.install(peer, page);
-                }
+            // Not busy with a page waiting: nothing of the peer's is outstanding (see `busy`).
+            if let Some(page) = s.pending_page.take() {
+                self.install(peer, page);
                 return;
             }
             if s.queued.is_empty() {
@@ -2239,7 +2237,7 @@ impl Replica {
             in_flight_events: s.map_or(0, Session::in_flight),
             stalled_origins: s.map_or_else(Vec::new, |s| s.stalled.iter().cloned().collect()),
             pending_apply_events: s.map_or(0, |s| s.queued_events),
-            applying: !p.applying.is_empty() || p.installing.is_some(),
+            applying: !p.idle(),
             last_message_ms: s.and_then(|s| s.last_message_ms),
             mismatches: s.map(|s| s.mismatches.clone()).unwrap_or_default(),
             last_apply_error: p.last_apply_error.clone(),

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use edgerep_replica::have;
 use edgerep_store::{Installed, RemoteApply};
 use edgerep_wire::{EncodedEvent, NodeId, Seal};
 
@@ -104,18 +105,14 @@ impl Replicator {
             } = o
                 && chain.broken().is_none()
             {
-                for (origin, &seq) in admitted {
-                    let h = have.entry(origin.clone()).or_insert(0);
-                    *h = (*h).max(seq);
-                }
+                have::join(&mut have, admitted.iter().map(|(o, &s)| (o, s)));
                 cut.extend(c.iter().cloned());
             }
         }
         // Per origin, the highest sequence number the core handed out in this batch.
-        let mut handed: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut handed = have::Have::new();
         for e in &events {
-            let h = handed.entry(e.origin.clone()).or_insert(0);
-            *h = (*h).max(e.seq);
+            have::raise(&mut handed, &e.origin, e.seq);
         }
         let committer = &self.committer;
         let queued_dead_letters = || committer.dead_letters_queued();
@@ -264,10 +261,9 @@ impl Replicator {
         let sent_apply = SentApply {
             traced: (!traced.is_empty()).then(|| (std::time::SystemTime::now(), traced)),
         };
-        let mut admitted: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut admitted = have::Have::new();
         for r in &prepared.events {
-            let a = admitted.entry(r.event.origin.clone()).or_insert(0);
-            *a = (*a).max(r.event.seq);
+            have::raise(&mut admitted, &r.event.origin, r.event.seq);
         }
         let cut: BTreeSet<NodeId> = handed
             .into_iter()
@@ -292,6 +288,7 @@ impl Replicator {
             certs,
             prepared.dead_letters,
             chain.clone(),
+            admitted.clone(),
             Box::new(move |result| hook.applied(to, sent_apply, result)),
         );
         match sent {
@@ -382,19 +379,18 @@ impl Replicator {
             debug_assert!(matches!(q.front(), Some(Outstanding::AtCommitter { .. })));
             q.pop_front();
         }
-        self.answered(&peer, sent, result, now);
+        self.answered(peer.clone(), sent, result, now);
         self.tell_ended(&peer);
     }
 
     /// The committer's answer `result` to `peer`'s oldest outstanding Apply, told to the core.
     fn answered(
         &mut self,
-        peer: &NodeId,
+        peer: NodeId,
         sent: SentApply,
         result: Result<RemoteApply, CommitError>,
         now: u64,
     ) {
-        let peer = peer.clone();
         match result {
             Ok(out) => {
                 for fork in out.forks {

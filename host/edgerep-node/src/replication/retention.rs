@@ -72,13 +72,18 @@ impl Replicator {
         match self.heard_at.get(peer) {
             Some(at) => at.elapsed(),
             None => {
-                let waited = self
-                    .configured_at
-                    .get(peer)
-                    .map_or_else(|| self.started.elapsed(), Instant::elapsed);
-                waited + self.silent_at_start.get(peer).copied().unwrap_or_default()
+                self.configured_for(peer)
+                    + self.silent_at_start.get(peer).copied().unwrap_or_default()
             }
         }
+    }
+
+    /// How long `peer` has been configured in this run (since the start, or the reload that
+    /// added it).
+    fn configured_for(&self, peer: &NodeId) -> Duration {
+        self.configured_at
+            .get(peer)
+            .map_or_else(|| self.started.elapsed(), Instant::elapsed)
     }
 
     /// How far a saved contact may lag behind: a minute against `peer_absent_ms` of days, a
@@ -121,10 +126,7 @@ impl Replicator {
         // back for). Not over contacts that could not be read at the start.
         for (p, _) in self.peers.iter().filter(|_| self.heard_loaded) {
             if !self.last_contact.contains_key(p) && !self.awaited_since.contains_key(p) {
-                let waited = self
-                    .configured_at
-                    .get(p)
-                    .map_or_else(|| self.started.elapsed(), Instant::elapsed);
+                let waited = self.configured_for(p);
                 let since =
                     now.saturating_sub(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
                 self.awaited_since.insert(p.clone(), since);
