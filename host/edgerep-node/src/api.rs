@@ -153,6 +153,7 @@ impl AppState {
         ingest::Ingest {
             pipeline: &self.pipeline,
             store: &self.store,
+            dead_letters: self.committer.dead_letter_budget(),
             config: self.config(),
             clock_last_ms: self.committer.clock_last_ms(),
         }
@@ -605,7 +606,6 @@ impl From<ingest::IngestError> for ApiError {
                 "dead_letters_full",
                 e.to_string(),
             ),
-            e @ IngestError::Store(_) => ApiError::internal(e.to_string()),
         }
     }
 }
@@ -1055,7 +1055,15 @@ async fn write_one_run(
             .into_iter()
             .collect();
         if !outcome.set_aside.is_empty() || !receipts.is_empty() {
-            commit_keyed(app, Vec::new(), outcome.set_aside, receipts, None).await?;
+            commit_keyed(
+                app,
+                Vec::new(),
+                outcome.set_aside,
+                outcome.promise,
+                receipts,
+                None,
+            )
+            .await?;
         }
         return Err(error);
     }
@@ -1076,7 +1084,15 @@ async fn write_one_run(
         }],
         None => Vec::new(),
     };
-    let committed = commit_keyed(app, writes, outcome.set_aside, receipts, trace.as_ref()).await?;
+    let committed = commit_keyed(
+        app,
+        writes,
+        outcome.set_aside,
+        outcome.promise,
+        receipts,
+        trace.as_ref(),
+    )
+    .await?;
     Ok(one_answer(&committed, &indexes).into_response())
 }
 
@@ -1107,7 +1123,8 @@ fn replayed(mut r: Response) -> Response {
     r
 }
 
-/// Commits `writes` with the request's dead letters (`set_aside`) and `receipts`, in one
+/// Commits `writes` with the request's dead letters (`set_aside`, their places under the
+/// limit in `promise`) and `receipts`, in one
 /// transaction; counts a key a concurrent request recorded first. A traced
 /// request (`trace`) is committed under a commit span whose context each event carries in its
 /// metadata (`traceparent`; see `trace`).
@@ -1115,6 +1132,7 @@ async fn commit_keyed(
     app: &Arc<AppState>,
     mut writes: Vec<LocalWrite>,
     set_aside: edgerep_store::SetAside,
+    promise: crate::dead_letter_budget::DeadLetterPromise,
     receipts: Vec<Receipt>,
     trace: Option<&ClientTrace>,
 ) -> Result<Vec<Committed>, ApiError> {
@@ -1156,7 +1174,7 @@ async fn commit_keyed(
     };
     let result = app
         .committer
-        .commit_setting_aside(writes, Vec::new(), set_aside, receipts)
+        .commit_setting_aside(writes, Vec::new(), set_aside, promise, receipts)
         .await;
     if let Some(span) = span {
         match &result {
@@ -1456,8 +1474,15 @@ async fn batch_run(
             }
             // Writes set aside now are new dead letters: written, though not to the state.
             let set_aside_now = !outcome.set_aside.is_empty();
-            let committed =
-                commit_keyed(&app, writes, outcome.set_aside, receipts, trace.as_ref()).await?;
+            let committed = commit_keyed(
+                &app,
+                writes,
+                outcome.set_aside,
+                outcome.promise,
+                receipts,
+                trace.as_ref(),
+            )
+            .await?;
             (committed, indexes, failed, replays, set_aside_now)
         }
     };

@@ -17,6 +17,7 @@ use edgerep_wire::{EncodedEvent, Event, NodeId, Value};
 
 use crate::committer::wall_ms;
 use crate::dead_letter::{DeadLetter, STAGE_APPLY};
+use crate::dead_letter_budget::{DeadLetterBudget, DeadLetterPromise};
 use crate::log_limit::{self, Throttle};
 use crate::pipeline::Pipeline;
 
@@ -87,46 +88,34 @@ pub(crate) struct Admission<'a> {
     /// halts its collection instead (the events wait, nothing is lost): a plugin failing on
     /// every event must not fill the disk, which would stop the whole node. An event the write
     /// policy refuses gets no dead letter past it (it stays in the changelog).
-    pub(crate) dead_letter_room: DeadLetterRoom<'a>,
+    pub(crate) dead_letter_room: DeadLetterRoom,
 }
 
-/// How many more dead letters the store may take: read once, when a batch first needs it (most
-/// batches set nothing aside: no store read for them).
-pub(crate) struct DeadLetterRoom<'a> {
-    store: &'a edgerep_store::Store,
+/// Places under `limits.max_dead_letters` for a batch's dead letters, taken one at a time as
+/// the batch needs them (see [`crate::dead_letter_budget`]).
+pub(crate) struct DeadLetterRoom {
     max: u64,
-    /// Dead letters of batches queued at the committer, not yet taken (see
-    /// `Committer::dead_letters_queued`).
-    queued: &'a dyn Fn() -> u64,
-    read: std::cell::OnceCell<u64>,
+    promise: std::cell::RefCell<DeadLetterPromise>,
 }
 
-impl<'a> DeadLetterRoom<'a> {
-    /// Room under `max` (`limits.max_dead_letters`) for what `store` holds and what `queued`
-    /// says waits to be written; none when the store cannot be read.
-    pub(crate) fn of(
-        store: &'a edgerep_store::Store,
-        max: u64,
-        queued: &'a dyn Fn() -> u64,
-    ) -> DeadLetterRoom<'a> {
+impl DeadLetterRoom {
+    /// Room under `max` (`limits.max_dead_letters`) in `budget`.
+    pub(crate) fn of(budget: &DeadLetterBudget, max: u64) -> DeadLetterRoom {
         DeadLetterRoom {
-            store,
             max,
-            queued,
-            read: std::cell::OnceCell::new(),
+            promise: std::cell::RefCell::new(budget.promise()),
         }
     }
 
-    /// The room.
-    pub(crate) fn get(&self) -> u64 {
-        *self.read.get_or_init(|| {
-            // The store first, then the queue: a batch taken and committed in between is
-            // missed by both (the limit passed by one batch) rather than counted twice (a
-            // collection halted early).
-            let held = self.store.dead_letters_count();
-            let queued = (self.queued)();
-            held.map_or(0, |n| self.max.saturating_sub(n).saturating_sub(queued))
-        })
+    /// Takes a place for one more dead letter; false when the node holds or has promised
+    /// `max`.
+    pub(crate) fn take_one(&self) -> bool {
+        self.promise.borrow_mut().take(self.max, 1).is_ok()
+    }
+
+    /// The places taken, to hand to the committer with the dead letters.
+    pub(crate) fn into_promise(self) -> DeadLetterPromise {
+        self.promise.into_inner()
     }
 }
 
@@ -378,7 +367,7 @@ fn shape(
             // A dead letter while there is room for one (a peer sending refused events must
             // not fill the disk); past it the event is only in the changelog, as its origin
             // wrote it.
-            let recorded = (out.dead_letters.len() as u64) < admission.dead_letter_room.get();
+            let recorded = admission.dead_letter_room.take_one();
             static LOG: Throttle = Throttle::new(log_limit::EVERY);
             if let Some(left_out) = LOG.allow() {
                 let kept = if recorded {
@@ -466,13 +455,11 @@ fn shape(
                             ),
                         ));
                     }
-                    FailurePolicy::DeadLetter
-                        if out.dead_letters.len() as u64 >= admission.dead_letter_room.get() =>
-                    {
+                    FailurePolicy::DeadLetter if !admission.dead_letter_room.take_one() => {
                         return Err(Halt::new(
                             &event.collection,
                             format!(
-                                "plugin {:?} failed on event {}/{} from a peer ({}: {}) and its policy sets such events aside, but the node holds {} dead letters, limits.max_dead_letters: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit, then reload the config to resume the collection's replication",
+                                "plugin {:?} failed on event {}/{} from a peer ({}: {}) and its policy sets such events aside, but the node holds (or is about to hold) {} dead letters, limits.max_dead_letters: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit, then reload the config to resume the collection's replication",
                                 r.plugin,
                                 event.origin,
                                 event.seq,

@@ -33,6 +33,8 @@ use edgerep_wire::seal::Proof;
 use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Seal};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dead_letter_budget::{DeadLetterBudget, DeadLetterPromise};
+
 /// Requests waiting for the committer, at most. Writers wait (backpressure) when it is full.
 const QUEUE_REQUESTS: usize = 4096;
 
@@ -209,6 +211,8 @@ enum Request {
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
+        /// The dead letters' places under `limits.max_dead_letters`: kept once committed.
+        promise: DeadLetterPromise,
         chain: ApplyChain,
         /// Per origin, the batch's last event (worked out by the caller, off this thread).
         last: Have,
@@ -289,6 +293,8 @@ struct Pending {
     /// Dead letters of the request's writes a plugin failed on (ids reserved), kept in the
     /// transaction that commits its writes and key: all of them or nothing.
     set_aside: edgerep_store::SetAside,
+    /// `set_aside`'s places under `limits.max_dead_letters`: kept once committed.
+    promise: DeadLetterPromise,
     reply: oneshot::Sender<Result<Vec<Committed>, CommitError>>,
 }
 
@@ -357,8 +363,8 @@ pub struct Committer {
     /// (a send given up sends nothing), so the committer may count one out first: briefly
     /// negative.
     writes_queued: Arc<AtomicIsize>,
-    /// Dead letters of the peers' batches in `queue` (see [`Committer::dead_letters_queued`]).
-    dead_letters_queued: Arc<AtomicU64>,
+    /// Dead letters held and promised (see [`Committer::dead_letter_budget`]).
+    dead_letters: DeadLetterBudget,
     linger_wake: Arc<LingerWake>,
     /// This node's own highest event known durable (see [`Committer::own_synced`]).
     own_synced: Arc<AtomicU64>,
@@ -400,17 +406,11 @@ impl Committer {
         let on_panic = StopOnPanic(disk_failed.clone());
         let writes_queued = Arc::new(AtomicIsize::new(0));
         let queued = writes_queued.clone();
-        let dead_letters_queued = Arc::new(AtomicU64::new(0));
-        let dead_letters_taken = dead_letters_queued.clone();
         // Counts a request out of the queue.
-        let took = move |r: &Request| match r {
-            Request::Write(_) => {
+        let took = move |r: &Request| {
+            if let Request::Write(_) = r {
                 queued.fetch_sub(1, Ordering::AcqRel);
             }
-            Request::Apply { dead_letters, .. } => {
-                dead_letters_taken.fetch_sub(dead_letters.len() as u64, Ordering::AcqRel);
-            }
-            _ => {}
         };
         let queued = writes_queued.clone();
         let linger_wake = Arc::new(LingerWake::default());
@@ -435,6 +435,8 @@ impl Committer {
             }
         };
         let mut have: Have = store.status()?.origins;
+        let dead_letters = DeadLetterBudget::new(store.dead_letters_count()?);
+        let dead_letters_removed = dead_letters.clone();
         let local = store.node().clone();
         let (tx, mut rx) = mpsc::channel::<Request>(QUEUE_REQUESTS);
         let mut durable = Durable {
@@ -520,6 +522,7 @@ impl Committer {
                             seals,
                             certs,
                             dead_letters,
+                            promise,
                             chain,
                             last,
                             reply,
@@ -565,6 +568,7 @@ impl Committer {
                             }
                             match applied {
                                 Ok(out) => {
+                                    promise.kept();
                                     metrics.commit("apply", started.elapsed().as_secs_f64());
                                     metrics.skewed(
                                         out.skewed as u64,
@@ -815,6 +819,9 @@ impl Committer {
                         }
                         Request::RemoveDeadLetter { id, reply } => {
                             let result = store.remove_dead_letter(id).map_err(|e| failed(&e));
+                            if result == Ok(true) {
+                                dead_letters_removed.removed(1);
+                            }
                             let _ = reply.send(result);
                             continue;
                         }
@@ -945,7 +952,9 @@ impl Committer {
                                 // is answered: a writer listing at once sees all of them.
                                 for p in &mut group {
                                     drop(std::mem::take(&mut p.set_aside));
+                                    std::mem::take(&mut p.promise).kept();
                                 }
+                                dead_letters_removed.removed(replay.len() as u64);
                                 let mut rest = committed.as_slice();
                                 for (p, &n) in group.drain(..).zip(&counts) {
                                     let (mine, tail) = rest.split_at(n.min(rest.len()));
@@ -1055,7 +1064,7 @@ impl Committer {
             Committer {
                 queue: tx,
                 writes_queued,
-                dead_letters_queued,
+                dead_letters,
                 linger_wake,
                 own_synced,
                 clock_last_ms,
@@ -1108,17 +1117,24 @@ impl Committer {
         dead_letters: Vec<u64>,
         receipts: Vec<Receipt>,
     ) -> Result<Vec<Committed>, CommitError> {
-        self.commit_setting_aside(writes, dead_letters, Default::default(), receipts)
-            .await
+        self.commit_setting_aside(
+            writes,
+            dead_letters,
+            Default::default(),
+            Default::default(),
+            receipts,
+        )
+        .await
     }
 
     /// [`Committer::commit_keyed`] that also keeps `set_aside` (the request's dead letters,
-    /// ids reserved) in the same transaction.
+    /// ids reserved, places under the limit taken in `promise`) in the same transaction.
     pub async fn commit_setting_aside(
         &self,
         writes: Vec<LocalWrite>,
         dead_letters: Vec<u64>,
         set_aside: edgerep_store::SetAside,
+        promise: DeadLetterPromise,
         receipts: Vec<Receipt>,
     ) -> Result<Vec<Committed>, CommitError> {
         self.origin_confirmed().await?;
@@ -1129,6 +1145,7 @@ impl Committer {
                 receipts,
                 dead_letters,
                 set_aside,
+                promise,
                 reply,
             }))
             .await
@@ -1182,7 +1199,8 @@ impl Committer {
     }
 
     /// Queues events received from a peer to be applied in one durable transaction (in the
-    /// order queued), with the dead letters of transforms that failed on them; `reply` is called
+    /// order queued), with the dead letters of transforms that failed on them (their places under
+    /// the limit taken in `promise`); `reply` is called
     /// on the committer thread once it committed or failed (refused unapplied if `chain` broke
     /// before: see [`ApplyChain`]; `last` is, per origin, the last event of `events`). Blocks
     /// while the queue is full (call it from a plain thread, not an async task).
@@ -1193,34 +1211,27 @@ impl Committer {
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
+        promise: DeadLetterPromise,
         chain: ApplyChain,
         last: Have,
         reply: ApplyReply,
     ) -> Result<(), CommitError> {
-        let n = dead_letters.len() as u64;
-        self.dead_letters_queued.fetch_add(n, Ordering::AcqRel);
-        let sent = self.send_blocking(Request::Apply {
+        self.send_blocking(Request::Apply {
             events,
             seals,
             certs,
             dead_letters,
+            promise,
             chain,
             last,
             reply,
-        });
-        if sent.is_err() {
-            self.dead_letters_queued.fetch_sub(n, Ordering::AcqRel);
-        }
-        sent
+        })
     }
 
-    /// Dead letters of the peers' batches queued and not yet taken by the committer: with what
-    /// the store holds, what counts against `limits.max_dead_letters` when the next batch is
-    /// prepared. (A batch the committer is applying counts in neither for the moment its
-    /// transaction takes: the limit may be passed by that batch's dead letters, never counted
-    /// twice, which would halt a collection early.)
-    pub fn dead_letters_queued(&self) -> u64 {
-        self.dead_letters_queued.load(Ordering::Acquire)
+    /// The node's dead letters, held and promised: take places under
+    /// `limits.max_dead_letters` from it before handing dead letters to the committer.
+    pub fn dead_letter_budget(&self) -> &DeadLetterBudget {
+        &self.dead_letters
     }
 }
 

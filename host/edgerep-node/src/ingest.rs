@@ -21,6 +21,8 @@ pub(crate) struct Ingest<'a> {
     pub(crate) pipeline: &'a Pipeline,
     /// Reserves dead letters' ids.
     pub(crate) store: &'a edgerep_store::Store,
+    /// Takes dead letters' places under `limits.max_dead_letters`.
+    pub(crate) dead_letters: &'a crate::dead_letter_budget::DeadLetterBudget,
     /// The config in force.
     pub(crate) config: std::sync::Arc<Config>,
     /// The hybrid clock's last physical time (ms; see `Committer::clock_last_ms`).
@@ -50,18 +52,15 @@ pub(crate) enum IngestError {
     )]
     TooLarge { made: usize, limit: usize },
     /// Writes a plugin failed on would be set aside, but the node holds as many dead letters
-    /// as `limits.max_dead_letters` lets it.
+    /// as `limits.max_dead_letters` lets it (or is about to).
     #[error(
-        "a plugin failed on {failed} write(s) of this request, which its policy sets aside, but the node holds {held} dead letters and limits.max_dead_letters is {limit}: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit; nothing was written"
+        "a plugin failed on {failed} write(s) of this request, which its policy sets aside, but the node holds (or is about to hold) {held} dead letters and limits.max_dead_letters is {limit}: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit; nothing was written"
     )]
     DeadLettersFull {
         failed: usize,
         held: u64,
         limit: u64,
     },
-    /// The store could not be read (a fault of the node, not of the request).
-    #[error("store: {0}; nothing was written")]
-    Store(String),
 }
 
 /// How many times `limits.max_request_bytes` the writes transforms on ingest make of one
@@ -108,6 +107,8 @@ pub(crate) struct Outcome {
     pub(crate) failed: Vec<Failed>,
     /// Dead letters to keep, under reserved ids: commit them with the accepted writes.
     pub(crate) set_aside: edgerep_store::SetAside,
+    /// `set_aside`'s places under `limits.max_dead_letters`.
+    pub(crate) promise: crate::dead_letter_budget::DeadLetterPromise,
 }
 
 /// Checks a change a transform returned against the node's own rules.
@@ -284,18 +285,18 @@ pub(crate) fn run(
     let (failed, records): (Vec<usize>, Vec<Vec<u8>>) = to_keep.into_iter().unzip();
     if !records.is_empty() {
         // A plugin failing on every write must not fill the disk (a full disk stops the node).
+        // Places are taken all at once, exactly: requests prepared at the same time never
+        // both take the last one.
         let limit = step.config.limits.max_dead_letters;
-        let held = step
-            .store
-            .dead_letters_count()
-            .map_err(|e| IngestError::Store(e.to_string()))?;
-        if held.saturating_add(records.len() as u64) > limit {
+        let mut promise = step.dead_letters.promise();
+        if let Err(held) = promise.take(limit, records.len() as u64) {
             return Err(IngestError::DeadLettersFull {
                 failed: records.len(),
                 held,
                 limit,
             });
         }
+        out.promise = promise;
     }
     out.set_aside = step.store.set_aside(records);
     for (failed, (id, _)) in failed.into_iter().zip(&out.set_aside.records) {

@@ -8,6 +8,7 @@ pub mod api;
 mod apply;
 pub mod committer;
 pub mod dead_letter;
+pub mod dead_letter_budget;
 pub mod deciders;
 pub mod idempotency;
 mod ingest;

@@ -133,16 +133,29 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
     within(c.commit_keyed(vec![], vec![], vec![failure_receipt("K")]))
         .await
         .expect("first record committed");
+    // Each request takes its places under the limit (max_dead_letters 10 here) as it would.
+    let budget = c.dead_letter_budget().clone();
+    let places = |n: u64| {
+        let mut p = budget.promise();
+        p.take(10, n).unwrap();
+        p
+    };
     let refused_set = store.set_aside(vec![b"set aside".to_vec()]);
     let id = refused_set.records[0].0;
     let refused = within(c.commit_setting_aside(
         vec![write("beside")],
         vec![],
         refused_set,
+        places(1),
         vec![failure_receipt("K")],
     ))
     .await;
     assert_eq!(refused, Err(CommitError::KeyInUse("K".into())));
+    assert_eq!(
+        budget.used(),
+        0,
+        "the refused request's place is given back"
+    );
     assert!(
         store.dead_letters(0, 10).unwrap().is_empty(),
         "nothing kept"
@@ -156,7 +169,7 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
     // Reserved later and committed first: held back from listings until the earlier ones are
     // settled, so a client paging with `after` does not skip them.
     let late = store.set_aside(vec![b"three".to_vec()]);
-    within(c.commit_setting_aside(vec![], vec![], late, vec![]))
+    within(c.commit_setting_aside(vec![], vec![], late, places(1), vec![]))
         .await
         .expect("committed");
     let held = store.set_aside(vec![b"four".to_vec()]);
@@ -168,6 +181,7 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
         vec![write("beside")],
         vec![],
         set,
+        places(2),
         vec![failure_receipt("K2")],
     ))
     .await
@@ -185,6 +199,10 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
     drop(held);
     assert_eq!(store.dead_letters(first + 1, 10).unwrap().len(), 1);
     assert!(store.idempotency("K2").unwrap().is_some());
+    assert_eq!(budget.used(), 3, "the three committed count as held");
+    assert_eq!(within(c.remove_dead_letter(first)).await, Ok(true));
+    assert_eq!(within(c.remove_dead_letter(first)).await, Ok(false));
+    assert_eq!(budget.used(), 2, "a removal counts once");
 }
 
 /// An in-memory disk that can be told to fail every write and sync, or only syncs.
@@ -405,6 +423,7 @@ async fn a_panic_on_the_committer_thread_is_reported() {
             seals,
             vec![],
             vec![],
+            Default::default(),
             ApplyChain::default(),
             [(NodeId::parse("b").unwrap(), 1)].into(),
             Box::new(|_| {}),
@@ -447,13 +466,18 @@ fn a_batch_behind_a_failed_one_of_its_chain_is_refused_unapplied() {
         )]
     };
     let seal = |seq: u64| other.seals(&b, seq - 1, seq).unwrap();
+    // Each batch carries a dead letter, its place under the limit taken.
+    let budget = c.dead_letter_budget().clone();
     let apply = |chain: &ApplyChain, seq: u64| {
         let (tx, rx) = std::sync::mpsc::channel();
+        let mut promise = budget.promise();
+        promise.take(10, 1).unwrap();
         c.apply(
             event(seq),
             seal(seq),
             vec![],
-            vec![],
+            vec![format!("set aside with b:{seq}").into_bytes()],
+            promise,
             chain.clone(),
             [(b.clone(), seq)].into(),
             Box::new(move |r| {
@@ -486,10 +510,14 @@ fn a_batch_behind_a_failed_one_of_its_chain_is_refused_unapplied() {
         reader.get("c", b"k1").unwrap().events().is_empty(),
         "nothing applied"
     );
+    assert!(reader.dead_letters(0, 10).unwrap().is_empty());
+    assert_eq!(budget.used(), 0, "the places of both are given back");
     // The same batch on a new chain applies.
     apply(&ApplyChain::default(), 1)
         .recv_timeout(answer)
         .unwrap()
         .expect("applied");
     assert_eq!(reader.get("c", b"k1").unwrap().events().len(), 1);
+    assert_eq!(reader.dead_letters(0, 10).unwrap().len(), 1);
+    assert_eq!(budget.used(), 1, "the dead letter committed counts as held");
 }

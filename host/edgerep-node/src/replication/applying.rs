@@ -114,8 +114,6 @@ impl Replicator {
         for e in &events {
             have::raise(&mut handed, &e.origin, e.seq);
         }
-        let committer = &self.committer;
-        let queued_dead_letters = || committer.dead_letters_queued();
         let admission = crate::apply::Admission {
             config: &self.config,
             local: self.core.local(),
@@ -127,9 +125,8 @@ impl Replicator {
             // How many more of the batch's events may be set aside (transforms on apply) or
             // kept as dead letters for the write policy.
             dead_letter_room: crate::apply::DeadLetterRoom::of(
-                &self.store,
+                self.committer.dead_letter_budget(),
                 self.config.limits.max_dead_letters,
-                &queued_dead_letters,
             ),
         };
         // Transforms on apply run before the committer checks the seals: a halt keeps the
@@ -164,13 +161,17 @@ impl Replicator {
             self.cut_off(peer, reason, now);
             return;
         }
-        let prepared = match crate::apply::prepare(
+        let prepared = crate::apply::prepare(
             &self.pipeline,
             &self.value_limits,
             &admission,
             admitted,
             keep_admitted,
-        ) {
+        );
+        // The places the batch's dead letters took under the limit: given back if it ends
+        // here, kept by the committer once they are committed.
+        let promise = admission.dead_letter_room.into_promise();
+        let prepared = match prepared {
             Ok(p) => p,
             Err(halt) => {
                 // A halt on a peer's word would let one forged event stop replication with
@@ -287,6 +288,7 @@ impl Replicator {
             seals,
             certs,
             prepared.dead_letters,
+            promise,
             chain.clone(),
             admitted.clone(),
             Box::new(move |result| hook.applied(to, sent_apply, result)),
