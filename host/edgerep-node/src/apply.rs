@@ -77,14 +77,18 @@ pub(crate) struct Admission<'a> {
     /// but left out (refused, deferred or cut at a seal): this batch's events of them would not
     /// continue what is applied, so they wait too (deferred).
     pub(crate) cut: &'a BTreeSet<NodeId>,
+    /// Origins not in `have` that other peers' batches at the committer admitted: they count
+    /// against the bound on origins (two peers flooding new origins at once must not each fill
+    /// it).
+    pub(crate) elsewhere: &'a BTreeSet<NodeId>,
     /// Per origin with a session here, how far it says it holds its own events.
     pub(crate) own_claims: &'a BTreeMap<NodeId, u64>,
     /// The peer the batch came from.
     pub(crate) from: &'a NodeId,
     /// Its paused collections (see [`Pipeline::pause`]).
     pub(crate) pipeline: &'a Pipeline,
-    /// How many more dead letters the store may take (`limits.max_dead_letters` less those it
-    /// holds). Past it, a transform on apply whose policy sets a failing peer's event aside
+    /// How many more dead letters the node may take (`limits.max_dead_letters` less those it
+    /// holds and has promised to batches and requests not yet committed). Past it, a transform on apply whose policy sets a failing peer's event aside
     /// halts its collection instead (the events wait, nothing is lost): a plugin failing on
     /// every event must not fill the disk, which would stop the whole node. An event the write
     /// policy refuses gets no dead letter past it (it stays in the changelog).
@@ -145,8 +149,9 @@ impl Admission<'_> {
             }
             let known = self.have.contains_key(&event.origin)
                 || held.contains_key(&event.origin)
+                || self.elsewhere.contains(&event.origin)
                 || event.origin == *self.local;
-            let origins = self.have.len() + new_origins;
+            let origins = self.have.len() + self.elsewhere.len() + new_origins;
             let refusal = |reason: String, deferred: bool| Refusal {
                 origin: event.origin.clone(),
                 seq: event.seq,

@@ -303,8 +303,13 @@ impl Pending {
     /// a listing made once the writer has its answer shows them.
     fn answer(self, result: Result<Vec<Committed>, CommitError>) {
         let Pending {
-            reply, set_aside, ..
+            reply,
+            set_aside,
+            promise,
+            ..
         } = self;
+        // Places not kept by now are given back before the writer hears: its retry finds them.
+        drop(promise);
         drop(set_aside);
         // A writer that gave up waiting is no reason to stop.
         let _ = reply.send(result);
@@ -528,6 +533,7 @@ impl Committer {
                             reply,
                         } => {
                             if let Some(first) = chain.broken() {
+                                drop(promise);
                                 reply(Err(CommitError::Store(format!(
                                     "not applied, since the batch of the same peer before it failed: {first}"
                                 ))));
@@ -563,12 +569,17 @@ impl Committer {
                                 wall_ms(),
                             );
                             // Whatever failed, the batches queued behind this one are refused.
-                            if let Err(e) = &applied {
-                                chain.break_with(&e.to_string());
+                            // The dead letters' places are settled before the peer's driver
+                            // hears: a batch it prepares next finds them.
+                            match &applied {
+                                Ok(_) => promise.kept(),
+                                Err(e) => {
+                                    chain.break_with(&e.to_string());
+                                    drop(promise);
+                                }
                             }
                             match applied {
                                 Ok(out) => {
-                                    promise.kept();
                                     metrics.commit("apply", started.elapsed().as_secs_f64());
                                     metrics.skewed(
                                         out.skewed as u64,
@@ -1137,6 +1148,11 @@ impl Committer {
         promise: DeadLetterPromise,
         receipts: Vec<Receipt>,
     ) -> Result<Vec<Committed>, CommitError> {
+        debug_assert_eq!(
+            promise.len(),
+            set_aside.records.len() as u64,
+            "a place per dead letter"
+        );
         self.origin_confirmed().await?;
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -1216,6 +1232,11 @@ impl Committer {
         last: Have,
         reply: ApplyReply,
     ) -> Result<(), CommitError> {
+        debug_assert_eq!(
+            promise.len(),
+            dead_letters.len() as u64,
+            "a place per dead letter"
+        );
         self.send_blocking(Request::Apply {
             events,
             seals,

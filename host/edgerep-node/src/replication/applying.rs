@@ -109,6 +109,22 @@ impl Replicator {
                 cut.extend(c.iter().cloned());
             }
         }
+        // New origins other peers' batches at the committer bring (see `Admission::elsewhere`).
+        let elsewhere: BTreeSet<NodeId> = self
+            .outstanding
+            .iter()
+            .filter(|(p, _)| **p != peer)
+            .flat_map(|(_, q)| q)
+            .filter_map(|o| match o {
+                Outstanding::AtCommitter {
+                    admitted, chain, ..
+                } if chain.broken().is_none() => Some(admitted.keys()),
+                _ => None,
+            })
+            .flatten()
+            .filter(|o| !have.contains_key(*o))
+            .cloned()
+            .collect();
         // Per origin, the highest sequence number the core handed out in this batch.
         let mut handed = have::Have::new();
         for e in &events {
@@ -119,6 +135,7 @@ impl Replicator {
             local: self.core.local(),
             have: &have,
             cut: &cut,
+            elsewhere: &elsewhere,
             own_claims: &own_claims,
             from: &peer,
             pipeline: &self.pipeline,
