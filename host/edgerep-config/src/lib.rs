@@ -70,6 +70,7 @@
 //! max_batch_events = 10000
 //! max_request_bytes = 16777216
 //! max_dead_letters = 100000  # past it, a transform on apply that would set one aside halts
+//! max_dead_letter_bytes = 268435456  # their records together; past it, the same
 //!
 //! [commit]
 //! max_events = 1000
@@ -461,6 +462,10 @@ pub struct LimitsConfig {
     /// Most dead letters the node keeps (default 100000): past it, a transform on apply whose
     /// policy would set a peer's event aside halts its collection instead.
     pub max_dead_letters: u64,
+    /// Most bytes of dead letters the node keeps, their records together (default 256 MiB):
+    /// past it, the same as past `max_dead_letters`. A dead letter holds its event, so a count
+    /// alone would let large events fill the disk.
+    pub max_dead_letter_bytes: u64,
 }
 
 /// `[commit]`: group commit.
@@ -657,6 +662,7 @@ impl Config {
                 max_batch_events: raw.limits.max_batch_events,
                 max_request_bytes: raw.limits.max_request_bytes,
                 max_dead_letters: raw.limits.max_dead_letters,
+                max_dead_letter_bytes: raw.limits.max_dead_letter_bytes,
             },
             commit: CommitConfig {
                 max_events: raw.commit.max_events,

@@ -24,6 +24,8 @@ pub(crate) const DEFAULT_MAX_VALUE_DEPTH: usize = 32;
 pub(crate) const DEFAULT_MAX_META_ENTRIES: usize = 16;
 /// Default for `limits.max_dead_letters`.
 pub(crate) const DEFAULT_MAX_DEAD_LETTERS: u64 = 100_000;
+/// Default for `limits.max_dead_letter_bytes` (256 MiB).
+pub(crate) const DEFAULT_MAX_DEAD_LETTER_BYTES: u64 = 256 * 1024 * 1024;
 /// Default for `limits.max_meta_bytes`.
 pub(crate) const DEFAULT_MAX_META_BYTES: usize = 4096;
 /// Default for `replication.extra_origins`.
@@ -366,6 +368,8 @@ pub(crate) struct RawLimits {
     pub(crate) max_request_bytes: usize,
     #[serde(default = "default_max_dead_letters")]
     pub(crate) max_dead_letters: u64,
+    #[serde(default = "default_max_dead_letter_bytes")]
+    pub(crate) max_dead_letter_bytes: u64,
 }
 
 impl Default for RawLimits {
@@ -379,6 +383,7 @@ impl Default for RawLimits {
             max_batch_events: default_max_batch_events(),
             max_request_bytes: default_max_request_bytes(),
             max_dead_letters: default_max_dead_letters(),
+            max_dead_letter_bytes: default_max_dead_letter_bytes(),
         }
     }
 }
@@ -470,6 +475,9 @@ fn default_max_value_bytes() -> usize {
 }
 fn default_max_dead_letters() -> u64 {
     DEFAULT_MAX_DEAD_LETTERS
+}
+fn default_max_dead_letter_bytes() -> u64 {
+    DEFAULT_MAX_DEAD_LETTER_BYTES
 }
 fn default_max_value_depth() -> usize {
     DEFAULT_MAX_VALUE_DEPTH

@@ -6,9 +6,9 @@ use edgerep_wire::event::NodeId;
 
 use crate::raw::{
     DEFAULT_COMMIT_MAX_EVENTS, DEFAULT_MAX_BATCH_EVENTS, DEFAULT_MAX_CLOCK_SKEW_MS,
-    DEFAULT_MAX_DEAD_LETTERS, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_META_ENTRIES,
-    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VALUE_DEPTH,
-    DEFAULT_SYNC_INTERVAL_MS,
+    DEFAULT_MAX_DEAD_LETTER_BYTES, DEFAULT_MAX_DEAD_LETTERS, DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_META_ENTRIES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_MAX_VALUE_DEPTH, DEFAULT_SYNC_INTERVAL_MS,
 };
 
 /// The text of a starter configuration, with comments explaining each key, as `edgerep init`
@@ -88,6 +88,7 @@ accept_undeclared = true
 # max_batch_events = {DEFAULT_MAX_BATCH_EVENTS}      # events in one API request
 # max_request_bytes = {DEFAULT_MAX_REQUEST_BYTES}  # HTTP request body
 # max_dead_letters = {DEFAULT_MAX_DEAD_LETTERS}    # kept at most; past it, apply halts instead
+# max_dead_letter_bytes = {DEFAULT_MAX_DEAD_LETTER_BYTES}  # their records together; the same past it
 
 # Group commit: how many events at most go into one durable transaction.
 [commit]

@@ -583,6 +583,10 @@ fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
         ("max_batch_events", limits.max_batch_events),
         ("max_request_bytes", limits.max_request_bytes),
         ("max_dead_letters", limits.max_dead_letters as usize),
+        (
+            "max_dead_letter_bytes",
+            limits.max_dead_letter_bytes as usize,
+        ),
     ] {
         if value == 0 {
             return Err((

@@ -17,7 +17,9 @@ use edgerep_wire::{EncodedEvent, Event, NodeId, Value};
 
 use crate::committer::wall_ms;
 use crate::dead_letter::{DeadLetter, STAGE_APPLY};
-use crate::dead_letter_budget::{DeadLetterBudget, DeadLetterPromise};
+use crate::dead_letter_budget::{
+    DeadLetterBudget, DeadLetterLimits, DeadLetterPromise, DeadLettersFull,
+};
 use crate::log_limit::{self, Throttle};
 use crate::pipeline::Pipeline;
 
@@ -87,34 +89,36 @@ pub(crate) struct Admission<'a> {
     pub(crate) from: &'a NodeId,
     /// Its paused collections (see [`Pipeline::pause`]).
     pub(crate) pipeline: &'a Pipeline,
-    /// How many more dead letters the node may take (`limits.max_dead_letters` less those it
-    /// holds and has promised to batches and requests not yet committed). Past it, a transform on apply whose policy sets a failing peer's event aside
+    /// How many more dead letters the node may take (`limits.max_dead_letters` and
+    /// `max_dead_letter_bytes` less those it holds and has promised to batches and requests
+    /// not yet committed). Past it, a transform on apply whose policy sets a failing peer's event aside
     /// halts its collection instead (the events wait, nothing is lost): a plugin failing on
     /// every event must not fill the disk, which would stop the whole node. An event the write
     /// policy refuses gets no dead letter past it (it stays in the changelog).
     pub(crate) dead_letter_room: DeadLetterRoom,
 }
 
-/// Places under `limits.max_dead_letters` for a batch's dead letters, taken one at a time as
-/// the batch needs them (see [`crate::dead_letter_budget`]).
+/// Places under the dead-letter limits for a batch's dead letters, taken one at a time as the
+/// batch needs them (see [`crate::dead_letter_budget`]).
 pub(crate) struct DeadLetterRoom {
-    max: u64,
+    limits: DeadLetterLimits,
     promise: std::cell::RefCell<DeadLetterPromise>,
 }
 
 impl DeadLetterRoom {
-    /// Room under `max` (`limits.max_dead_letters`) in `budget`.
-    pub(crate) fn of(budget: &DeadLetterBudget, max: u64) -> DeadLetterRoom {
+    /// Room under `limits` in `budget`.
+    pub(crate) fn of(budget: &DeadLetterBudget, limits: DeadLetterLimits) -> DeadLetterRoom {
         DeadLetterRoom {
-            max,
+            limits,
             promise: std::cell::RefCell::new(budget.promise()),
         }
     }
 
-    /// Takes a place for one more dead letter; false when the node holds or has promised
-    /// `max`.
-    pub(crate) fn take_one(&self) -> bool {
-        self.promise.borrow_mut().take(self.max, 1).is_ok()
+    /// Takes a place for one more dead letter, `record`.
+    pub(crate) fn take(&self, record: &[u8]) -> Result<(), DeadLettersFull> {
+        self.promise
+            .borrow_mut()
+            .take(self.limits, 1, record.len() as u64)
     }
 
     /// The places taken, to hand to the committer with the dead letters.
@@ -372,18 +376,18 @@ fn shape(
             // A dead letter while there is room for one (a peer sending refused events must
             // not fill the disk); past it the event is only in the changelog, as its origin
             // wrote it.
-            let recorded = admission.dead_letter_room.take_one();
+            let record = policy_dead_letter(&event, reason.clone());
+            let room = admission.dead_letter_room.take(&record);
             static LOG: Throttle = Throttle::new(log_limit::EVERY);
             if let Some(left_out) = LOG.allow() {
-                let kept = if recorded {
-                    "a dead letter"
-                } else {
-                    "no dead letter: limits.max_dead_letters reached"
+                let kept = match &room {
+                    Ok(()) => "a dead letter".to_owned(),
+                    Err(full) => format!("no dead letter: {full}"),
                 };
                 tracing::warn!(origin = %event.origin, seq = event.seq, left_out, "event kept out of the state: {reason} ({kept}; lines like this one are written once per 10 s, `left_out` says how many were not)");
             }
-            if recorded {
-                out.dead_letters.push(policy_dead_letter(&event, reason));
+            if room.is_ok() {
+                out.dead_letters.push(record);
             }
             out.events.push(Received::new(event, OnApply::Dropped));
             continue;
@@ -460,21 +464,15 @@ fn shape(
                             ),
                         ));
                     }
-                    FailurePolicy::DeadLetter if !admission.dead_letter_room.take_one() => {
-                        return Err(Halt::new(
-                            &event.collection,
-                            format!(
-                                "plugin {:?} failed on event {}/{} from a peer ({}: {}) and its policy sets such events aside, but the node holds (or is about to hold) {} dead letters, limits.max_dead_letters: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit, then reload the config to resume the collection's replication",
-                                r.plugin,
-                                event.origin,
-                                event.seq,
-                                r.failure.kind.as_str(),
-                                r.failure.message,
-                                admission.config.limits.max_dead_letters,
-                            ),
-                        ));
-                    }
                     FailurePolicy::DeadLetter => {
+                        let failed = format!(
+                            "plugin {:?} failed on event {}/{} from a peer ({}: {})",
+                            r.plugin,
+                            event.origin,
+                            event.seq,
+                            r.failure.kind.as_str(),
+                            r.failure.message,
+                        );
                         let record = DeadLetter {
                             stage: STAGE_APPLY.into(),
                             write: LocalWrite::from(event.event().clone()),
@@ -485,8 +483,17 @@ fn shape(
                             fuel_used: r.failure.fuel_used,
                             at_ms: wall_ms(),
                             event: r.event,
-                        };
-                        out.dead_letters.push(record.encode());
+                        }
+                        .encode();
+                        if let Err(full) = admission.dead_letter_room.take(&record) {
+                            return Err(Halt::new(
+                                &event.collection,
+                                format!(
+                                    "{failed} and its policy sets such events aside, but {full}: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit, then reload the config to resume the collection's replication"
+                                ),
+                            ));
+                        }
+                        out.dead_letters.push(record);
                     }
                     FailurePolicy::Skip => {}
                 }

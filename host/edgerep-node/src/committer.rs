@@ -440,8 +440,16 @@ impl Committer {
             }
         };
         let mut have: Have = store.status()?.origins;
-        let dead_letters = DeadLetterBudget::new(store.dead_letters_count()?);
-        let dead_letters_removed = dead_letters.clone();
+        let dead_letters = DeadLetterBudget::new(store.dead_letters_usage()?);
+        let budget = dead_letters.clone();
+        // After a commit that added (the dead letters of `kept`) or removed dead letters: the
+        // count of what the store holds, from the store itself (this thread is its one writer).
+        let settle = move |store: &StoreWriter, kept: Vec<DeadLetterPromise>| {
+            let held = store.dead_letters_usage().inspect_err(|e| {
+                tracing::warn!(error = %e, "reading the dead letters' count failed: counted as committed");
+            });
+            budget.settle(held.ok(), kept);
+        };
         let local = store.node().clone();
         let (tx, mut rx) = mpsc::channel::<Request>(QUEUE_REQUESTS);
         let mut durable = Durable {
@@ -572,7 +580,8 @@ impl Committer {
                             // The dead letters' places are settled before the peer's driver
                             // hears: a batch it prepares next finds them.
                             match &applied {
-                                Ok(_) => promise.kept(),
+                                Ok(_) if promise.taken().count > 0 => settle(&store, vec![promise]),
+                                Ok(_) => {}
                                 Err(e) => {
                                     chain.break_with(&e.to_string());
                                     drop(promise);
@@ -831,7 +840,7 @@ impl Committer {
                         Request::RemoveDeadLetter { id, reply } => {
                             let result = store.remove_dead_letter(id).map_err(|e| failed(&e));
                             if result == Ok(true) {
-                                dead_letters_removed.removed(1);
+                                settle(&store, Vec::new());
                             }
                             let _ = reply.send(result);
                             continue;
@@ -961,11 +970,17 @@ impl Committer {
                                 }
                                 // Every dead-letter id of the group is settled before anyone
                                 // is answered: a writer listing at once sees all of them.
+                                let kept: Vec<DeadLetterPromise> = group
+                                    .iter_mut()
+                                    .map(|p| std::mem::take(&mut p.promise))
+                                    .filter(|p| p.taken().count > 0)
+                                    .collect();
+                                if !kept.is_empty() || !replay.is_empty() {
+                                    settle(&store, kept);
+                                }
                                 for p in &mut group {
                                     drop(std::mem::take(&mut p.set_aside));
-                                    std::mem::take(&mut p.promise).kept();
                                 }
-                                dead_letters_removed.removed(replay.len() as u64);
                                 let mut rest = committed.as_slice();
                                 for (p, &n) in group.drain(..).zip(&counts) {
                                     let (mine, tail) = rest.split_at(n.min(rest.len()));
@@ -1149,7 +1164,7 @@ impl Committer {
         receipts: Vec<Receipt>,
     ) -> Result<Vec<Committed>, CommitError> {
         debug_assert_eq!(
-            promise.len(),
+            promise.taken().count,
             set_aside.records.len() as u64,
             "a place per dead letter"
         );
@@ -1233,9 +1248,12 @@ impl Committer {
         reply: ApplyReply,
     ) -> Result<(), CommitError> {
         debug_assert_eq!(
-            promise.len(),
-            dead_letters.len() as u64,
-            "a place per dead letter"
+            promise.taken(),
+            edgerep_store::DeadLetterUsage {
+                count: dead_letters.len() as u64,
+                bytes: dead_letters.iter().map(|r| r.len() as u64).sum(),
+            },
+            "a place per dead letter, of its bytes"
         );
         self.send_blocking(Request::Apply {
             events,

@@ -1,104 +1,192 @@
-//! What `limits.max_dead_letters` bounds: the dead letters the store holds plus those promised
-//! to batches and requests on their way to the committer.
+//! What `limits.max_dead_letters` and `limits.max_dead_letter_bytes` bound: the dead letters
+//! the store holds plus those promised to batches and requests on their way to the committer,
+//! by count and by bytes.
 //!
-//! Invariant: `used` = dead letters in the store + dead letters of live promises. A promise is
-//! taken with one compare-and-swap against the limit, so two batches or requests prepared at
-//! once never both take the last place. The committer, the one writer of dead letters, keeps a
-//! promise when its dead letters are committed (they go on counting, now as held) and counts
-//! what it removes; a promise dropped unkept (its batch or request failed or never reached the
-//! committer) gives its places back. Nothing is counted twice or missed, at any moment: a count
-//! read from the store beside a count of what is queued could be, as a commit lands between
-//! the two reads.
+//! Invariant: `held` is what the store holds, as the committer (the one writer of dead letters)
+//! read it after its last commit that added or removed some; `promised` is the sum of the live
+//! [`DeadLetterPromise`]s. A promise is taken under the lock against the limits, so two batches
+//! or requests prepared at once never both take the last place. After a commit the committer
+//! sets `held` and takes the committed promise out of `promised` in one step (see
+//! [`DeadLetterBudget::settle`]): nothing is counted twice or missed at any moment. (A count
+//! read from the store beside a count of what is queued could be: a commit lands between the
+//! two reads.) A promise dropped unkept (its batch or request failed or never reached the
+//! committer) gives its places back.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use edgerep_config::LimitsConfig;
+use edgerep_store::DeadLetterUsage;
+
+/// The limits, from `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterLimits {
+    /// `max_dead_letters`.
+    pub count: u64,
+    /// `max_dead_letter_bytes`.
+    pub bytes: u64,
+}
+
+impl DeadLetterLimits {
+    /// The limits `limits` sets.
+    pub fn of(limits: &LimitsConfig) -> DeadLetterLimits {
+        DeadLetterLimits {
+            count: limits.max_dead_letters,
+            bytes: limits.max_dead_letter_bytes,
+        }
+    }
+}
+
+/// Dead letters that would pass a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the node holds (or is about to hold) {} dead letters of {} bytes together, and {} more of {} bytes would pass limits.max_dead_letters ({}) or limits.max_dead_letter_bytes ({})",
+    .used.count, .used.bytes, .count, .bytes, .limits.count, .limits.bytes
+)]
+pub struct DeadLettersFull {
+    /// Held and promised.
+    pub used: DeadLetterUsage,
+    /// The dead letters asked for.
+    pub count: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The limits in force.
+    pub limits: DeadLetterLimits,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    held: DeadLetterUsage,
+    promised: DeadLetterUsage,
+}
+
+impl Counts {
+    fn used(&self) -> DeadLetterUsage {
+        DeadLetterUsage {
+            count: self.held.count.saturating_add(self.promised.count),
+            bytes: self.held.bytes.saturating_add(self.promised.bytes),
+        }
+    }
+}
 
 /// The node's count of dead letters held and promised (clones share it).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DeadLetterBudget {
-    used: Arc<AtomicU64>,
+    counts: Arc<Mutex<Counts>>,
 }
 
 impl DeadLetterBudget {
-    /// A count starting at the `held` dead letters the store holds.
-    pub fn new(held: u64) -> DeadLetterBudget {
+    /// A count starting at what the store holds.
+    pub fn new(held: DeadLetterUsage) -> DeadLetterBudget {
         DeadLetterBudget {
-            used: Arc::new(AtomicU64::new(held)),
+            counts: Arc::new(Mutex::new(Counts {
+                held,
+                promised: DeadLetterUsage::default(),
+            })),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // The counts stay consistent through a panic elsewhere: every change is one step.
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Dead letters held and promised.
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Acquire)
+    pub fn used(&self) -> DeadLetterUsage {
+        self.lock().used()
     }
 
     /// An empty promise, to take places in.
     pub fn promise(&self) -> DeadLetterPromise {
         DeadLetterPromise {
-            taken: 0,
-            used: Some(self.used.clone()),
+            taken: DeadLetterUsage::default(),
+            counts: Some(self.counts.clone()),
         }
     }
 
-    /// `n` dead letters were removed from the store (committed).
-    pub(crate) fn removed(&self, n: u64) {
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                Some(u.saturating_sub(n))
-            });
+    /// After a commit that added or removed dead letters: `held` is what the store holds now
+    /// (read before anything else commits), and the promises `kept`, of the dead letters that
+    /// commit added, count no longer as promised (they are in `held`). Without `held` (the
+    /// read failed), `kept` counts as held: a removal is then missed, which only counts high.
+    pub(crate) fn settle(&self, held: Option<DeadLetterUsage>, kept: Vec<DeadLetterPromise>) {
+        let mut counts = self.lock();
+        for mut kept in kept {
+            let taken = std::mem::take(&mut kept.taken);
+            counts.promised.count = counts.promised.count.saturating_sub(taken.count);
+            counts.promised.bytes = counts.promised.bytes.saturating_sub(taken.bytes);
+            if held.is_none() {
+                counts.held.count = counts.held.count.saturating_add(taken.count);
+                counts.held.bytes = counts.held.bytes.saturating_add(taken.bytes);
+            }
+        }
+        if let Some(held) = held {
+            counts.held = held;
+        }
     }
 }
 
-/// Places under the limit taken for dead letters not yet committed: given back when dropped,
-/// unless [`DeadLetterPromise::kept`].
+/// Places under the limits taken for dead letters not yet committed: given back when dropped,
+/// unless settled by the committer once they are committed.
 #[derive(Debug, Default)]
 pub struct DeadLetterPromise {
-    taken: u64,
+    taken: DeadLetterUsage,
     /// None for the empty promise of a request that sets nothing aside.
-    used: Option<Arc<AtomicU64>>,
+    counts: Option<Arc<Mutex<Counts>>>,
 }
 
 impl DeadLetterPromise {
-    /// Takes `n` more places, all or none: `Err(used)` (held and promised) when they would
-    /// pass `max`.
-    pub fn take(&mut self, max: u64, n: u64) -> Result<(), u64> {
-        if n == 0 {
+    /// Takes places for `count` more dead letters of `bytes` together, all or none.
+    pub fn take(
+        &mut self,
+        limits: DeadLetterLimits,
+        count: u64,
+        bytes: u64,
+    ) -> Result<(), DeadLettersFull> {
+        if count == 0 {
             return Ok(());
         }
-        let Some(used) = &self.used else {
-            return Err(max);
+        let full = |used| DeadLettersFull {
+            used,
+            count,
+            bytes,
+            limits,
         };
-        used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-            u.checked_add(n).filter(|&after| after <= max)
-        })?;
-        self.taken += n;
+        let Some(counts) = &self.counts else {
+            return Err(full(DeadLetterUsage::default()));
+        };
+        let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let used = counts.used();
+        let fits = used
+            .count
+            .checked_add(count)
+            .is_some_and(|c| c <= limits.count)
+            && used
+                .bytes
+                .checked_add(bytes)
+                .is_some_and(|b| b <= limits.bytes);
+        if !fits {
+            return Err(full(used));
+        }
+        counts.promised.count += count;
+        counts.promised.bytes += bytes;
+        self.taken.count += count;
+        self.taken.bytes += bytes;
         Ok(())
     }
 
     /// Places taken.
-    pub fn len(&self) -> u64 {
+    pub fn taken(&self) -> DeadLetterUsage {
         self.taken
-    }
-
-    /// Whether no place is taken.
-    pub fn is_empty(&self) -> bool {
-        self.taken == 0
-    }
-
-    /// Its dead letters are committed: their places stay taken (as held) until they are
-    /// removed ([`DeadLetterBudget::removed`]).
-    pub fn kept(mut self) {
-        self.taken = 0;
     }
 }
 
 impl Drop for DeadLetterPromise {
     fn drop(&mut self) {
-        if let Some(used) = &self.used
-            && self.taken > 0
+        if let Some(counts) = &self.counts
+            && self.taken.count > 0
         {
-            used.fetch_sub(self.taken, Ordering::AcqRel);
+            let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+            counts.promised.count = counts.promised.count.saturating_sub(self.taken.count);
+            counts.promised.bytes = counts.promised.bytes.saturating_sub(self.taken.bytes);
         }
     }
 }
@@ -107,55 +195,79 @@ impl Drop for DeadLetterPromise {
 mod tests {
     use super::*;
 
+    fn usage(count: u64, bytes: u64) -> DeadLetterUsage {
+        DeadLetterUsage { count, bytes }
+    }
+
+    const LIMITS: DeadLetterLimits = DeadLetterLimits {
+        count: 3,
+        bytes: 100,
+    };
+
     #[test]
-    fn places_are_taken_up_to_the_limit_kept_when_committed_and_given_back_when_dropped() {
-        let budget = DeadLetterBudget::new(1);
+    fn places_are_taken_up_to_either_limit_settled_when_committed_and_given_back_when_dropped() {
+        let budget = DeadLetterBudget::new(usage(1, 10));
         let mut a = budget.promise();
         let mut b = budget.promise();
-        assert_eq!(a.take(3, 1), Ok(()));
+        assert_eq!(a.take(LIMITS, 1, 10), Ok(()));
         // One place left under 3: two at once are refused, and take nothing.
-        assert_eq!(b.take(3, 2), Err(2));
-        assert_eq!(b.take(3, 1), Ok(()));
-        assert_eq!(b.take(3, 1), Err(3));
-        assert_eq!((a.len(), b.len(), budget.used()), (1, 1, 3));
-        a.kept();
-        drop(b);
-        assert_eq!(
-            budget.used(),
-            2,
-            "a's dead letter held, b's place given back"
+        let full = b.take(LIMITS, 2, 2).unwrap_err();
+        assert_eq!(full.used, usage(2, 20));
+        assert!(
+            full.to_string()
+                .contains("holds (or is about to hold) 2 dead letters of 20 bytes")
+                && full
+                    .to_string()
+                    .contains("limits.max_dead_letter_bytes (100)"),
+            "{full}"
         );
-        budget.removed(2);
-        assert_eq!(budget.used(), 0);
-        budget.removed(1);
-        assert_eq!(budget.used(), 0, "never below zero");
-        assert_eq!(DeadLetterPromise::default().take(5, 1), Err(5));
-        assert_eq!(DeadLetterPromise::default().take(5, 0), Ok(()));
+        // Room by count, not by bytes.
+        assert!(b.take(LIMITS, 1, 81).is_err());
+        assert_eq!(b.take(LIMITS, 1, 80), Ok(()));
+        assert_eq!(budget.used(), usage(3, 100));
+        assert!(b.take(LIMITS, 1, 0).is_err());
+        // a's dead letter committed: the committer reads the store's 2 and settles a.
+        budget.settle(Some(usage(2, 20)), vec![a]);
+        assert_eq!(budget.used(), usage(3, 100), "b still promised");
+        drop(b);
+        assert_eq!(budget.used(), usage(2, 20), "b's places given back");
+        // A removal: the committer reads the store after it.
+        budget.settle(Some(usage(1, 5)), Vec::new());
+        assert_eq!(budget.used(), usage(1, 5));
+        assert!(DeadLetterPromise::default().take(LIMITS, 1, 1).is_err());
+        assert_eq!(DeadLetterPromise::default().take(LIMITS, 0, 0), Ok(()));
     }
 
     #[test]
-    fn concurrent_takers_never_pass_the_limit() {
-        let budget = DeadLetterBudget::new(0);
-        let kept: Vec<u64> = std::thread::scope(|s| {
+    fn concurrent_takers_never_pass_the_limits() {
+        let budget = DeadLetterBudget::default();
+        let limits = DeadLetterLimits {
+            count: 100,
+            bytes: 1000,
+        };
+        // Every taker keeps its promises until all are done.
+        let kept: Vec<DeadLetterPromise> = std::thread::scope(|s| {
             let takers: Vec<_> = (0..4)
-                .map(|_| {
+                .map(|i| {
                     let budget = budget.clone();
                     s.spawn(move || {
-                        let mut taken = 0;
+                        let mut promises = Vec::new();
                         for _ in 0..1000 {
                             let mut p = budget.promise();
-                            if p.take(100, 1).is_ok() {
-                                taken += 1;
-                                p.kept();
+                            if p.take(limits, 1, 5 + i).is_ok() {
+                                promises.push(p);
                             }
                         }
-                        taken
+                        promises
                     })
                 })
                 .collect();
-            takers.into_iter().map(|t| t.join().unwrap()).collect()
+            takers.into_iter().flat_map(|t| t.join().unwrap()).collect()
         });
-        assert_eq!(kept.iter().sum::<u64>(), 100);
-        assert_eq!(budget.used(), 100);
+        let bytes: u64 = kept.iter().map(|p| p.taken().bytes).sum();
+        assert_eq!(kept.len(), 100, "the count binds: at most 8 bytes each");
+        assert_eq!(budget.used(), usage(100, bytes));
+        drop(kept);
+        assert_eq!(budget.used(), usage(0, 0));
     }
 }

@@ -21,7 +21,7 @@ pub(crate) struct Ingest<'a> {
     pub(crate) pipeline: &'a Pipeline,
     /// Reserves dead letters' ids.
     pub(crate) store: &'a edgerep_store::Store,
-    /// Takes dead letters' places under `limits.max_dead_letters`.
+    /// Takes dead letters' places under the dead-letter limits.
     pub(crate) dead_letters: &'a crate::dead_letter_budget::DeadLetterBudget,
     /// The config in force.
     pub(crate) config: std::sync::Arc<Config>,
@@ -52,14 +52,14 @@ pub(crate) enum IngestError {
     )]
     TooLarge { made: usize, limit: usize },
     /// Writes a plugin failed on would be set aside, but the node holds as many dead letters
-    /// as `limits.max_dead_letters` lets it (or is about to).
+    /// or bytes of them as `limits.max_dead_letters` or `max_dead_letter_bytes` lets it (or is
+    /// about to).
     #[error(
-        "a plugin failed on {failed} write(s) of this request, which its policy sets aside, but the node holds (or is about to hold) {held} dead letters and limits.max_dead_letters is {limit}: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit; nothing was written"
+        "a plugin failed on {failed} write(s) of this request, which its policy sets aside, but {full}: list and remove them (GET and DELETE /v1/dead-letters) or raise the limit; nothing was written"
     )]
     DeadLettersFull {
         failed: usize,
-        held: u64,
-        limit: u64,
+        full: crate::dead_letter_budget::DeadLettersFull,
     },
 }
 
@@ -287,13 +287,13 @@ pub(crate) fn run(
         // A plugin failing on every write must not fill the disk (a full disk stops the node).
         // Places are taken all at once, exactly: requests prepared at the same time never
         // both take the last one.
-        let limit = step.config.limits.max_dead_letters;
+        let limits = crate::dead_letter_budget::DeadLetterLimits::of(&step.config.limits);
+        let bytes = records.iter().map(|r| r.len() as u64).sum();
         let mut promise = step.dead_letters.promise();
-        if let Err(held) = promise.take(limit, records.len() as u64) {
+        if let Err(full) = promise.take(limits, records.len() as u64, bytes) {
             return Err(IngestError::DeadLettersFull {
                 failed: records.len(),
-                held,
-                limit,
+                full,
             });
         }
         out.promise = promise;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgerep_node::committer::{ApplyChain, CommitError, Committer, Links, SyncPolicy};
+use edgerep_node::dead_letter_budget::DeadLetterLimits;
 use edgerep_store::idempotency::Receipt;
-use edgerep_store::{LocalWrite, Store, StoreWriter};
+use edgerep_store::{DeadLetterUsage, LocalWrite, Store, StoreWriter};
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::{HlcClock, NodeId, Value};
 use tokio::sync::watch;
@@ -133,27 +134,33 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
     within(c.commit_keyed(vec![], vec![], vec![failure_receipt("K")]))
         .await
         .expect("first record committed");
-    // Each request takes its places under the limit (max_dead_letters 10 here) as it would.
+    // Each request takes its places under the limits as it would.
     let budget = c.dead_letter_budget().clone();
-    let places = |n: u64| {
+    let limits = DeadLetterLimits {
+        count: 10,
+        bytes: 1000,
+    };
+    let places = |records: &[&[u8]]| {
         let mut p = budget.promise();
-        p.take(10, n).unwrap();
+        let bytes = records.iter().map(|r| r.len() as u64).sum();
+        p.take(limits, records.len() as u64, bytes).unwrap();
         p
     };
+    let usage = |count, bytes| DeadLetterUsage { count, bytes };
     let refused_set = store.set_aside(vec![b"set aside".to_vec()]);
     let id = refused_set.records[0].0;
     let refused = within(c.commit_setting_aside(
         vec![write("beside")],
         vec![],
         refused_set,
-        places(1),
+        places(&[b"set aside"]),
         vec![failure_receipt("K")],
     ))
     .await;
     assert_eq!(refused, Err(CommitError::KeyInUse("K".into())));
     assert_eq!(
         budget.used(),
-        0,
+        usage(0, 0),
         "the refused request's place is given back"
     );
     assert!(
@@ -169,7 +176,7 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
     // Reserved later and committed first: held back from listings until the earlier ones are
     // settled, so a client paging with `after` does not skip them.
     let late = store.set_aside(vec![b"three".to_vec()]);
-    within(c.commit_setting_aside(vec![], vec![], late, places(1), vec![]))
+    within(c.commit_setting_aside(vec![], vec![], late, places(&[b"three"]), vec![]))
         .await
         .expect("committed");
     let held = store.set_aside(vec![b"four".to_vec()]);
@@ -181,7 +188,7 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
         vec![write("beside")],
         vec![],
         set,
-        places(2),
+        places(&[b"one", b"two"]),
         vec![failure_receipt("K2")],
     ))
     .await
@@ -199,10 +206,14 @@ async fn a_request_s_dead_letters_commit_with_its_writes_and_key_or_not_at_all()
     drop(held);
     assert_eq!(store.dead_letters(first + 1, 10).unwrap().len(), 1);
     assert!(store.idempotency("K2").unwrap().is_some());
-    assert_eq!(budget.used(), 3, "the three committed count as held");
+    assert_eq!(
+        budget.used(),
+        usage(3, 11),
+        "the three committed count as held, by the store's count"
+    );
     assert_eq!(within(c.remove_dead_letter(first)).await, Ok(true));
     assert_eq!(within(c.remove_dead_letter(first)).await, Ok(false));
-    assert_eq!(budget.used(), 2, "a removal counts once");
+    assert_eq!(budget.used(), usage(2, 8), "a removal counts once");
 }
 
 /// An in-memory disk that can be told to fail every write and sync, or only syncs.
@@ -470,13 +481,18 @@ fn a_batch_behind_a_failed_one_of_its_chain_is_refused_unapplied() {
     let budget = c.dead_letter_budget().clone();
     let apply = |chain: &ApplyChain, seq: u64| {
         let (tx, rx) = std::sync::mpsc::channel();
+        let record = format!("set aside with b:{seq}").into_bytes();
         let mut promise = budget.promise();
-        promise.take(10, 1).unwrap();
+        let limits = DeadLetterLimits {
+            count: 10,
+            bytes: 1000,
+        };
+        promise.take(limits, 1, record.len() as u64).unwrap();
         c.apply(
             event(seq),
             seal(seq),
             vec![],
-            vec![format!("set aside with b:{seq}").into_bytes()],
+            vec![record],
             promise,
             chain.clone(),
             [(b.clone(), seq)].into(),
@@ -511,7 +527,11 @@ fn a_batch_behind_a_failed_one_of_its_chain_is_refused_unapplied() {
         "nothing applied"
     );
     assert!(reader.dead_letters(0, 10).unwrap().is_empty());
-    assert_eq!(budget.used(), 0, "the places of both are given back");
+    assert_eq!(
+        budget.used(),
+        DeadLetterUsage::default(),
+        "the places of both are given back"
+    );
     // The same batch on a new chain applies.
     apply(&ApplyChain::default(), 1)
         .recv_timeout(answer)
@@ -519,5 +539,13 @@ fn a_batch_behind_a_failed_one_of_its_chain_is_refused_unapplied() {
         .expect("applied");
     assert_eq!(reader.get("c", b"k1").unwrap().events().len(), 1);
     assert_eq!(reader.dead_letters(0, 10).unwrap().len(), 1);
-    assert_eq!(budget.used(), 1, "the dead letter committed counts as held");
+    let held = DeadLetterUsage {
+        count: 1,
+        bytes: 18,
+    };
+    assert_eq!(
+        budget.used(),
+        held,
+        "the dead letter committed counts as held"
+    );
 }

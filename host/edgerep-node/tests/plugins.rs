@@ -1045,25 +1045,47 @@ fn authorization_judges_a_routed_write_by_where_it_lands() {
 /// the limit), nothing written; with room made it is set aside again.
 #[test]
 fn dead_letters_past_their_limit_refuse_the_request() {
+    refused_past_the_limit(
+        "max_dead_letters = 1",
+        json!({"n": 1}),
+        "limits.max_dead_letters (1)",
+    );
+}
+
+/// The same by bytes: a dead letter holds its write, so a count alone would let large writes
+/// fill the disk. Here a write holds 3 KB, its dead letter about 7 KB (the write and the event
+/// the plugin was given): one fits under `limits.max_dead_letter_bytes` of 10,000, two do not.
+#[test]
+fn dead_letters_past_their_byte_limit_refuse_the_request() {
+    refused_past_the_limit(
+        "max_dead_letter_bytes = 10000",
+        json!({"pad": "x".repeat(3000)}),
+        "limits.max_dead_letter_bytes (10000)",
+    );
+}
+
+/// Two writes of `value` a plugin fails on, under `limits`: the first is set aside, the second
+/// refused naming `named`, and set aside once the first dead letter is removed.
+fn refused_past_the_limit(limits: &str, value: serde_json::Value, named: &str) {
     let dir = tempfile::tempdir().unwrap();
     let body = [
         plugin_table("trap", "trap", ""),
         collection("broken", &["trap"], "lww"),
-        "[limits]\nmax_dead_letters = 1\n".to_owned(),
+        format!("[limits]\n{limits}\n"),
     ]
     .concat();
     let node = Node::start(config(dir.path(), &body));
-    let r = node.put("/v1/kv/broken/k1", json!({"n": 1}));
+    let r = node.put("/v1/kv/broken/k1", value.clone());
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body["dead_letter"].is_u64(), "{}", r.body);
     let before = node.get("/v1/status").body["feed_last"].clone();
-    let r = node.put("/v1/kv/broken/k2", json!({"n": 2}));
+    let r = node.put("/v1/kv/broken/k2", value.clone());
     assert_eq!(r.status, 507, "{}", r.body);
     assert_eq!(r.body["kind"], "dead_letters_full", "{}", r.body);
     assert!(
-        r.body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("limits.max_dead_letters is 1")),
+        r.body["error"].as_str().is_some_and(
+            |e| e.contains(named) && e.contains("holds (or is about to hold) 1 dead letters")
+        ),
         "{}",
         r.body
     );
@@ -1079,7 +1101,7 @@ fn dead_letters_past_their_limit_refuse_the_request() {
         .call()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
-    let r = node.put("/v1/kv/broken/k2", json!({"n": 2}));
+    let r = node.put("/v1/kv/broken/k2", value);
     assert_eq!(r.status, 422, "{}", r.body);
     node.stop();
 }

@@ -12,6 +12,15 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// How many dead letters, and the bytes of their records together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadLetterUsage {
+    /// Dead letters.
+    pub count: u64,
+    /// Their records' bytes together.
+    pub bytes: u64,
+}
+
 /// The next id, and the ids reserved and not yet settled.
 #[derive(Debug)]
 pub(crate) struct Ids {

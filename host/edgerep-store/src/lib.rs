@@ -73,7 +73,7 @@ use keys::{log_key, log_seq, split_state_key, state_key};
 use tables::*;
 use write::{RowDamage, Unresolved, apply_to_state, write_row};
 
-pub use dead_letters::SetAside;
+pub use dead_letters::{DeadLetterUsage, SetAside};
 pub use error::StoreError;
 use error::{corrupt, parse_origin};
 pub use read::{FoundVersion, PAGE_BYTES, SCAN_ROWS_PER_ENTRY};
@@ -670,6 +670,15 @@ impl Store {
             txn.open_table(proofs::PROOFS)?;
             txn.open_table(proofs::BLOCKS)?;
             txn.open_table(idempotency::RESTORED)?;
+        }
+        // The dead letters' byte total, once for a store an older build kept them in.
+        if txn.open_table(META)?.get(META_DEAD_LETTER_BYTES)?.is_none() {
+            let mut bytes = 0u64;
+            for row in txn.open_table(DEAD_LETTERS)?.iter()? {
+                bytes += row?.1.value().len() as u64;
+            }
+            txn.open_table(META)?
+                .insert(META_DEAD_LETTER_BYTES, &bytes.to_be_bytes()[..])?;
         }
         feed::check_index(&txn)?;
         txn.commit()?;

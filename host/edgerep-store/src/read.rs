@@ -582,6 +582,15 @@ impl Store {
         Ok(txn.open_table(DEAD_LETTERS)?.len()?)
     }
 
+    /// How many dead letters the store holds, and the bytes of their records together.
+    pub fn dead_letters_usage(&self) -> Result<DeadLetterUsage, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(DeadLetterUsage {
+            count: txn.open_table(DEAD_LETTERS)?.len()?,
+            bytes: meta_u64(&txn.open_table(META)?, META_DEAD_LETTER_BYTES)?,
+        })
+    }
+
     /// Dead-letter records with ids after `after`, at most `limit` and at most [`PAGE_BYTES`]
     /// of records after the first; none at or above an id reserved and not yet committed (see
     /// `dead_letters.rs`): paging with `after` from the last id returned skips none.

@@ -61,6 +61,10 @@ pub(crate) const META_DECIDERS: &str = "deciders";
 /// given again after a restart).
 pub(crate) const META_DEAD_LETTER_HIGH: &str = "dead_letter_high";
 
+/// The bytes of every record in `dead_letters` together: changed by each transaction that adds
+/// or removes one, and computed once when a store without it (an older build's) is opened.
+pub(crate) const META_DEAD_LETTER_BYTES: &str = "dead_letter_bytes";
+
 /// The highest sequence number of this node's own events that came back in a snapshot page
 /// (after a restore from a backup), kept when it is above what the node holds of its own
 /// history: an interrupted snapshot raises the node's own have only on its last page, and until

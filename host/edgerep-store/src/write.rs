@@ -435,6 +435,26 @@ fn keep_dead_letter_high(
     Ok(())
 }
 
+/// Changes the dead letters' byte total ([`META_DEAD_LETTER_BYTES`]) by `added` less
+/// `removed`, in the transaction that added and removed them.
+fn count_dead_letter_bytes(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    added: u64,
+    removed: u64,
+) -> Result<(), StoreError> {
+    if added != removed {
+        let held = meta_u64(meta, META_DEAD_LETTER_BYTES)?;
+        let now = held.saturating_add(added).saturating_sub(removed);
+        meta.insert(META_DEAD_LETTER_BYTES, &now.to_be_bytes()[..])?;
+    }
+    Ok(())
+}
+
+/// The bytes of `records` together.
+fn bytes_of<'r>(records: impl Iterator<Item = &'r [u8]>) -> u64 {
+    records.map(|r| r.len() as u64).sum()
+}
+
 /// Inserts dead letter `id` (reserved by [`Store::set_aside`]).
 fn insert_dead_letter(
     dead: &mut redb::Table<'_, u64, &'static [u8]>,
@@ -920,18 +940,25 @@ impl StoreWriter {
         let tally;
         let deltas = {
             let mut dead = txn.open_table(DEAD_LETTERS)?;
+            let mut removed = 0;
             for &id in dead_letters {
-                if dead.remove(id)?.is_none() {
+                match dead.remove(id)? {
+                    Some(record) => removed += record.value().len() as u64,
                     // Replayed already (or never existed): abort, so a replay happens once.
-                    return Err(StoreError::NoSuchDeadLetter(id));
+                    None => return Err(StoreError::NoSuchDeadLetter(id)),
                 }
             }
             for (id, record) in set_aside {
                 insert_dead_letter(&mut dead, *id, record)?;
             }
             drop(dead);
-            if !dead_letters.is_empty() {
-                keep_dead_letter_high(&mut txn.open_table(META)?, self.dead_letter_ids.high())?;
+            if !dead_letters.is_empty() || !set_aside.is_empty() {
+                let mut meta = txn.open_table(META)?;
+                if !dead_letters.is_empty() {
+                    keep_dead_letter_high(&mut meta, self.dead_letter_ids.high())?;
+                }
+                let added = bytes_of(set_aside.iter().map(|(_, r)| r.as_slice()));
+                count_dead_letter_bytes(&mut meta, added, removed)?;
             }
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
@@ -1534,6 +1561,10 @@ impl StoreWriter {
                 &mut txn.open_table(DEAD_LETTERS)?,
                 dead_letters.iter().map(Vec::as_slice),
             )?;
+            if !dead_letters.is_empty() {
+                let added = bytes_of(dead_letters.iter().map(Vec::as_slice));
+                count_dead_letter_bytes(&mut txn.open_table(META)?, added, 0)?;
+            }
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut feed = crate::feed::FeedWriter::open(&txn)?;
@@ -1739,6 +1770,7 @@ impl StoreWriter {
             &mut txn.open_table(DEAD_LETTERS)?,
             [record].into_iter(),
         )?;
+        count_dead_letter_bytes(&mut txn.open_table(META)?, record.len() as u64, 0)?;
         txn.commit()?;
         ids.first()
             .copied()
@@ -1748,10 +1780,16 @@ impl StoreWriter {
     /// Removes dead letter `id`; whether it was there.
     pub fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
-        let removed = txn.open_table(DEAD_LETTERS)?.remove(id)?.is_some();
-        keep_dead_letter_high(&mut txn.open_table(META)?, self.dead_letter_ids.high())?;
+        let removed = txn
+            .open_table(DEAD_LETTERS)?
+            .remove(id)?
+            .map(|record| record.value().len() as u64);
+        let mut meta = txn.open_table(META)?;
+        keep_dead_letter_high(&mut meta, self.dead_letter_ids.high())?;
+        count_dead_letter_bytes(&mut meta, 0, removed.unwrap_or(0))?;
+        drop(meta);
         txn.commit()?;
-        Ok(removed)
+        Ok(removed.is_some())
     }
 }
 

@@ -1144,6 +1144,89 @@ fn dead_letters_are_kept_in_order_and_survive_reopen() {
     assert_eq!(store.add_dead_letter(b"sixth").unwrap(), 6);
 }
 
+/// The dead letters' byte total (what `limits.max_dead_letter_bytes` bounds) follows every
+/// transaction that adds or removes one, survives a restart, and is computed when a store an
+/// older build wrote (without the total) is opened.
+#[test]
+fn dead_letter_bytes_follow_adds_and_removals_and_are_computed_for_an_older_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let me = node("dl");
+    let usage = |count, bytes| edgerep_store::DeadLetterUsage { count, bytes };
+    {
+        let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
+        assert_eq!(store.dead_letters_usage().unwrap(), usage(0, 0));
+        let a = store.add_dead_letter(&[1; 100]).unwrap();
+        store.add_dead_letter(&[2; 30]).unwrap();
+        assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 130));
+        // Set aside with a local write, then one replayed by another.
+        let mut clock = HlcClock::new(Hlc::default(), SKEW_MS);
+        let set = store.set_aside(vec![vec![3; 7]]);
+        let records = set.records.clone();
+        store
+            .commit_local_setting_aside(
+                vec![put("c", b"k1", val(1))],
+                &[],
+                &records,
+                &[],
+                Sync::Immediate,
+                &mut clock,
+                1,
+            )
+            .unwrap();
+        drop(set);
+        assert_eq!(store.dead_letters_usage().unwrap(), usage(3, 137));
+        store
+            .commit_local_keyed(
+                vec![put("c", b"k2", val(2))],
+                &[a],
+                &[],
+                Sync::Immediate,
+                &mut clock,
+                2,
+            )
+            .unwrap();
+        assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 37));
+        // A replay of one gone fails whole: nothing changes.
+        assert!(
+            store
+                .commit_local_keyed(
+                    vec![put("c", b"k3", val(3))],
+                    &[a],
+                    &[],
+                    Sync::Immediate,
+                    &mut clock,
+                    3
+                )
+                .is_err()
+        );
+        assert!(!store.remove_dead_letter(a).unwrap());
+        assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 37));
+    }
+    let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
+    assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 37));
+    drop(store);
+    // As an older build left it: no total kept.
+    {
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert!(
+            txn.open_table(meta)
+                .unwrap()
+                .remove("dead_letter_bytes")
+                .unwrap()
+                .is_some()
+        );
+        txn.commit().unwrap();
+    }
+    let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
+    assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 37));
+    let last = store.dead_letters(0, 10).unwrap().last().unwrap().0;
+    assert!(store.remove_dead_letter(last).unwrap());
+    assert_eq!(store.dead_letters_usage().unwrap(), usage(1, 30));
+}
+
 /// Events written at three sites (with the real local write path, so causal contexts are real),
 /// then applied at a fourth store in many delivery orders: per-origin order kept, origins
 /// interleaved at random, every event delivered twice. Every order ends in the same digest and

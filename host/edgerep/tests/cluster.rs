@@ -682,26 +682,42 @@ fn dead_letters_past_their_limit_halt_the_collection_instead() {
 /// the limit they are only in the changelog, as their origin wrote them, and replication goes on.
 #[test]
 fn refused_events_take_dead_letters_only_up_to_the_limit() {
+    refused_events_take_dead_letters_up_to("max_dead_letters = 3", r#"{"a":1}"#, 3);
+}
+
+/// The same by bytes (`limits.max_dead_letter_bytes`): a dead letter holds its event, so a peer
+/// sending large events this node refuses could fill its disk under the count alone. Each
+/// event here holds 1.5 KB; its dead letter, about 3.8 KB (the write and the event, with the
+/// reason): two fit under 10,000 bytes, three do not.
+#[test]
+fn refused_events_take_dead_letters_only_up_to_the_byte_limit() {
+    let value = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1500));
+    refused_events_take_dead_letters_up_to("max_dead_letter_bytes = 10000", &value, 2);
+}
+
+/// node-2 writes 10 events node-1 refuses (a collection it does not take) and one it takes;
+/// node-1, under `limit`, keeps `kept` dead letters and goes on replicating.
+fn refused_events_take_dead_letters_up_to(limit: &str, value: &str, kept: usize) {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
     // node-1 takes only "orders" (an authorization would differ from node-2's and stop the
     // handshake; a collection node-1 does not take is a difference that does not).
     let mut text = std::fs::read_to_string(&configs[0]).unwrap();
-    text = text.replace("[limits]\n", "[limits]\nmax_dead_letters = 3\n");
+    text = text.replace("[limits]\n", &format!("[limits]\n{limit}\n"));
     text = text.replace("accept_undeclared = true", "accept_undeclared = false");
     text.push_str("\n[[collections.declared]]\nname = \"orders\"\n");
-    assert!(text.contains("max_dead_letters = 3") && text.contains("accept_undeclared = false"));
+    assert!(text.contains(limit) && text.contains("accept_undeclared = false"));
     std::fs::write(&configs[0], &text).unwrap();
     let n1 = Node::start(&configs[0]);
     let n2 = Node::start(&configs[1]);
     for i in 0..10 {
-        put(&n2, "stock", &format!("s-{i}"), r#"{"a":1}"#);
+        put(&n2, "stock", &format!("s-{i}"), value);
     }
     put(&n2, "orders", "o-1", r#"{"a":1}"#);
     wait_for_origin(&n1, "node-2", 11, Duration::from_secs(30));
     let (_, dl) = get_json(&n1, "/v1/dead-letters");
     let list = dl["dead_letters"].as_array().unwrap();
-    assert_eq!(list.len(), 3, "{dl}");
+    assert_eq!(list.len(), kept, "{dl}");
     assert!(list.iter().all(|d| d["stage"] == "policy"), "{dl}");
     assert_eq!(
         get(&n1, "stock", "s-9").0,

@@ -143,7 +143,7 @@ impl Replicator {
             // kept as dead letters for the write policy.
             dead_letter_room: crate::apply::DeadLetterRoom::of(
                 self.committer.dead_letter_budget(),
-                self.config.limits.max_dead_letters,
+                crate::dead_letter_budget::DeadLetterLimits::of(&self.config.limits),
             ),
         };
         // Transforms on apply run before the committer checks the seals: a halt keeps the
