@@ -575,18 +575,15 @@ pub(crate) const MAX_KEY_BYTES_ALLOWED: usize = 16_384;
 fn check_limits(raw: &RawConfig) -> Result<(), Violation> {
     let limits = &raw.limits;
     for (key, value) in [
-        ("max_key_bytes", limits.max_key_bytes),
-        ("max_value_bytes", limits.max_value_bytes),
-        ("max_value_depth", limits.max_value_depth),
-        ("max_meta_entries", limits.max_meta_entries),
-        ("max_meta_bytes", limits.max_meta_bytes),
-        ("max_batch_events", limits.max_batch_events),
-        ("max_request_bytes", limits.max_request_bytes),
-        ("max_dead_letters", limits.max_dead_letters as usize),
-        (
-            "max_dead_letter_bytes",
-            limits.max_dead_letter_bytes as usize,
-        ),
+        ("max_key_bytes", limits.max_key_bytes as u64),
+        ("max_value_bytes", limits.max_value_bytes as u64),
+        ("max_value_depth", limits.max_value_depth as u64),
+        ("max_meta_entries", limits.max_meta_entries as u64),
+        ("max_meta_bytes", limits.max_meta_bytes as u64),
+        ("max_batch_events", limits.max_batch_events as u64),
+        ("max_request_bytes", limits.max_request_bytes as u64),
+        ("max_dead_letters", limits.max_dead_letters),
+        ("max_dead_letter_bytes", limits.max_dead_letter_bytes),
     ] {
         if value == 0 {
             return Err((

@@ -74,7 +74,24 @@ fn minimal_config_gets_defaults() {
     assert_eq!(limits.max_meta_entries, 16);
     assert_eq!(limits.max_batch_events, 10_000);
     assert_eq!(limits.max_request_bytes, 16_777_216);
+    assert_eq!(limits.max_dead_letters, 100_000);
+    assert_eq!(limits.max_dead_letter_bytes, 256 * 1024 * 1024);
     assert_eq!(config.commit.max_events, 1000);
+}
+
+/// The dead-letter limits are u64: one of 4 GiB is taken (not read as 0 where a usize is 32
+/// bits), and 0 is refused naming the key.
+#[test]
+fn dead_letter_limits_take_any_positive_u64() {
+    let config = parse(&with("[limits]\nmax_dead_letter_bytes = 4294967296\n")).unwrap();
+    assert_eq!(config.limits.max_dead_letter_bytes, 1 << 32);
+    let err = parse(&with("[limits]\nmax_dead_letter_bytes = 0\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("limits.max_dead_letter_bytes") && err.contains("must be greater than 0"),
+        "{err}"
+    );
 }
 
 #[test]

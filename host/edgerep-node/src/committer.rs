@@ -211,7 +211,7 @@ enum Request {
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
-        /// The dead letters' places under `limits.max_dead_letters`: kept once committed.
+        /// The dead letters' places under the dead-letter limits: settled once committed.
         promise: DeadLetterPromise,
         chain: ApplyChain,
         /// Per origin, the batch's last event (worked out by the caller, off this thread).
@@ -293,7 +293,7 @@ struct Pending {
     /// Dead letters of the request's writes a plugin failed on (ids reserved), kept in the
     /// transaction that commits its writes and key: all of them or nothing.
     set_aside: edgerep_store::SetAside,
-    /// `set_aside`'s places under `limits.max_dead_letters`: kept once committed.
+    /// `set_aside`'s places under the dead-letter limits: settled once committed.
     promise: DeadLetterPromise,
     reply: oneshot::Sender<Result<Vec<Committed>, CommitError>>,
 }

@@ -37,11 +37,7 @@ impl DeadLetterLimits {
 }
 
 /// Dead letters that would pass a limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the node holds (or is about to hold) {} dead letters of {} bytes together, and {} more of {} bytes would pass limits.max_dead_letters ({}) or limits.max_dead_letter_bytes ({})",
-    .used.count, .used.bytes, .count, .bytes, .limits.count, .limits.bytes
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadLettersFull {
     /// Held and promised.
     pub used: DeadLetterUsage,
@@ -52,6 +48,29 @@ pub struct DeadLettersFull {
     /// The limits in force.
     pub limits: DeadLetterLimits,
 }
+
+impl std::fmt::Display for DeadLettersFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let DeadLettersFull {
+            used,
+            count,
+            bytes,
+            limits,
+        } = self;
+        let passed = if used.count.saturating_add(*count) > limits.count {
+            format!("limits.max_dead_letters ({})", limits.count)
+        } else {
+            format!("limits.max_dead_letter_bytes ({})", limits.bytes)
+        };
+        write!(
+            f,
+            "the node holds (or is about to hold) {} dead letter(s) of {} bytes together, and {count} more of {bytes} bytes would pass {passed}",
+            used.count, used.bytes
+        )
+    }
+}
+
+impl std::error::Error for DeadLettersFull {}
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -215,14 +234,17 @@ mod tests {
         assert_eq!(full.used, usage(2, 20));
         assert!(
             full.to_string()
-                .contains("holds (or is about to hold) 2 dead letters of 20 bytes")
-                && full
-                    .to_string()
-                    .contains("limits.max_dead_letter_bytes (100)"),
+                .contains("holds (or is about to hold) 2 dead letter(s) of 20 bytes")
+                && full.to_string().contains("limits.max_dead_letters (3)"),
             "{full}"
         );
         // Room by count, not by bytes.
-        assert!(b.take(LIMITS, 1, 81).is_err());
+        let full = b.take(LIMITS, 1, 81).unwrap_err();
+        assert!(
+            full.to_string()
+                .ends_with("1 more of 81 bytes would pass limits.max_dead_letter_bytes (100)"),
+            "{full}"
+        );
         assert_eq!(b.take(LIMITS, 1, 80), Ok(()));
         assert_eq!(budget.used(), usage(3, 100));
         assert!(b.take(LIMITS, 1, 0).is_err());

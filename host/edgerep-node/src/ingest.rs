@@ -107,7 +107,7 @@ pub(crate) struct Outcome {
     pub(crate) failed: Vec<Failed>,
     /// Dead letters to keep, under reserved ids: commit them with the accepted writes.
     pub(crate) set_aside: edgerep_store::SetAside,
-    /// `set_aside`'s places under `limits.max_dead_letters`.
+    /// `set_aside`'s places under the dead-letter limits.
     pub(crate) promise: crate::dead_letter_budget::DeadLetterPromise,
 }
 

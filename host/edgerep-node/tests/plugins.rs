@@ -1084,7 +1084,7 @@ fn refused_past_the_limit(limits: &str, value: serde_json::Value, named: &str) {
     assert_eq!(r.body["kind"], "dead_letters_full", "{}", r.body);
     assert!(
         r.body["error"].as_str().is_some_and(
-            |e| e.contains(named) && e.contains("holds (or is about to hold) 1 dead letters")
+            |e| e.contains(named) && e.contains("holds (or is about to hold) 1 dead letter(s)")
         ),
         "{}",
         r.body

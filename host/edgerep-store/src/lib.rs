@@ -671,14 +671,17 @@ impl Store {
             txn.open_table(proofs::BLOCKS)?;
             txn.open_table(idempotency::RESTORED)?;
         }
-        // The dead letters' byte total, once for a store an older build kept them in.
-        if txn.open_table(META)?.get(META_DEAD_LETTER_BYTES)?.is_none() {
-            let mut bytes = 0u64;
+        // The dead letters' count and bytes, computed when missing or when an older build
+        // changed the dead letters since (its count is then not the table's).
+        let rows = txn.open_table(DEAD_LETTERS)?.len()?;
+        let kept = dead_letter_usage(&txn.open_table(META)?)?;
+        if kept.is_none_or(|u| u.count != rows) {
+            let mut usage = DeadLetterUsage::default();
             for row in txn.open_table(DEAD_LETTERS)?.iter()? {
-                bytes += row?.1.value().len() as u64;
+                usage.count += 1;
+                usage.bytes += row?.1.value().len() as u64;
             }
-            txn.open_table(META)?
-                .insert(META_DEAD_LETTER_BYTES, &bytes.to_be_bytes()[..])?;
+            save_dead_letter_usage(&mut txn.open_table(META)?, usage)?;
         }
         feed::check_index(&txn)?;
         txn.commit()?;

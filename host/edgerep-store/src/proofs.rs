@@ -16,7 +16,7 @@
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::{ChainHash, MAX_PATH_HASHES, MerkleTree, Proof, event_leaf};
 use edgerep_wire::{EncodedEvent, Event, NodeId, Seal};
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::keys::{log_key, log_seq, state_key};
 use crate::seals;
@@ -429,6 +429,16 @@ fn sweep_table(
 
 /// Removes up to `limit` rows of `proofs` and of `blocks` whose versions were all superseded,
 /// going on from where the last sweep ended. Returns the rows removed.
+/// Sweeps it takes at most to visit every row of a table once.
+const SWEEP_PASSES: u64 = 64;
+
+/// Rows of a table of `rows` one sweep checks: at least `floor`, and enough that every row is
+/// checked once in [`SWEEP_PASSES`] sweeps. A fixed number per sweep fell behind a node whose
+/// writes supersede kept rows faster than it checks them, and the tables grew for good.
+fn sweep_limit(rows: u64, floor: u64) -> u64 {
+    floor.max(rows.div_ceil(SWEEP_PASSES))
+}
+
 pub(crate) fn sweep(
     txn: &redb::WriteTransaction,
     limits: &EventLimits,
@@ -438,34 +448,48 @@ pub(crate) fn sweep(
     let mut blocks = txn.open_table(BLOCKS)?;
     let mut meta = txn.open_table(META)?;
     let state = txn.open_table(STATE)?;
-    let mut removed = sweep_table(&mut proofs, &mut meta, META_PROOF_SWEEP, limit, |k, v| {
-        let (origin, seq) = split_key(k, "proofs")?;
-        let kept = Kept::decode(&origin, v)?;
-        Ok(if is_live(&state, limits, &kept.state_key, &origin, seq)? {
-            Swept::Keep
-        } else {
-            Swept::Remove
-        })
-    })?;
+    let proofs_limit = sweep_limit(proofs.len()?, limit);
+    let blocks_limit = sweep_limit(blocks.len()?, limit);
+    let mut removed = sweep_table(
+        &mut proofs,
+        &mut meta,
+        META_PROOF_SWEEP,
+        proofs_limit,
+        |k, v| {
+            let (origin, seq) = split_key(k, "proofs")?;
+            let kept = Kept::decode(&origin, v)?;
+            Ok(if is_live(&state, limits, &kept.state_key, &origin, seq)? {
+                Swept::Keep
+            } else {
+                Swept::Remove
+            })
+        },
+    )?;
     // A block stays while one of its events is live: the check stops at the first live one
     // (the list is not rewritten; an entry gone stale only names a key to look at).
-    removed += sweep_table(&mut blocks, &mut meta, META_BLOCK_SWEEP, limit, |k, v| {
-        let (origin, seq) = split_key(k, "blocks")?;
-        let block = KeptBlock::decode(&origin, seq, v)?;
-        let first = block.seal.first;
-        for e in &block.live {
-            if is_live(
-                &state,
-                limits,
-                &e.state_key,
-                &origin,
-                first + u64::from(e.index),
-            )? {
-                return Ok(Swept::Keep);
+    removed += sweep_table(
+        &mut blocks,
+        &mut meta,
+        META_BLOCK_SWEEP,
+        blocks_limit,
+        |k, v| {
+            let (origin, seq) = split_key(k, "blocks")?;
+            let block = KeptBlock::decode(&origin, seq, v)?;
+            let first = block.seal.first;
+            for e in &block.live {
+                if is_live(
+                    &state,
+                    limits,
+                    &e.state_key,
+                    &origin,
+                    first + u64::from(e.index),
+                )? {
+                    return Ok(Swept::Keep);
+                }
             }
-        }
-        Ok(Swept::Remove)
-    })?;
+            Ok(Swept::Remove)
+        },
+    )?;
     Ok(removed)
 }
 
@@ -828,6 +852,17 @@ mod tests {
 
     use super::BLOCKS;
     use crate::{LocalWrite, StoreWriter, Sync};
+
+    /// A sweep checks at least its floor of rows, and enough of a large table that every row
+    /// is checked within `SWEEP_PASSES` sweeps.
+    #[test]
+    fn a_sweep_keeps_up_with_a_table_of_any_size() {
+        assert_eq!(super::sweep_limit(0, 256), 256);
+        assert_eq!(super::sweep_limit(16_384, 256), 256);
+        assert_eq!(super::sweep_limit(16_385, 256), 257);
+        let rows = 10_000_000;
+        assert!(super::sweep_limit(rows, 256) * super::SWEEP_PASSES >= rows);
+    }
 
     /// `verify` proves every compacted version; a kept block gone (or changed) is found.
     #[test]

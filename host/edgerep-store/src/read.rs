@@ -576,18 +576,14 @@ impl Store {
         })
     }
 
-    /// How many dead letters the store holds.
-    pub fn dead_letters_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(DEAD_LETTERS)?.len()?)
-    }
-
     /// How many dead letters the store holds, and the bytes of their records together.
     pub fn dead_letters_usage(&self) -> Result<DeadLetterUsage, StoreError> {
         let txn = self.db.begin_read()?;
         Ok(DeadLetterUsage {
             count: txn.open_table(DEAD_LETTERS)?.len()?,
-            bytes: meta_u64(&txn.open_table(META)?, META_DEAD_LETTER_BYTES)?,
+            bytes: dead_letter_usage(&txn.open_table(META)?)?
+                .unwrap_or_default()
+                .bytes,
         })
     }
 

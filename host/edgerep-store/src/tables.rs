@@ -61,9 +61,40 @@ pub(crate) const META_DECIDERS: &str = "deciders";
 /// given again after a restart).
 pub(crate) const META_DEAD_LETTER_HIGH: &str = "dead_letter_high";
 
-/// The bytes of every record in `dead_letters` together: changed by each transaction that adds
-/// or removes one, and computed once when a store without it (an older build's) is opened.
-pub(crate) const META_DEAD_LETTER_BYTES: &str = "dead_letter_bytes";
+/// How many records `dead_letters` holds and their bytes together (16 bytes: the count, then
+/// the bytes, each big-endian): changed by each transaction that adds or removes one. Computed
+/// at open when missing, or when its count is not the table's (an older build, which does not
+/// keep it, changed the dead letters since).
+pub(crate) const META_DEAD_LETTER_USAGE: &str = "dead_letter_usage";
+
+/// The [`META_DEAD_LETTER_USAGE`] record, if there is one.
+pub(crate) fn dead_letter_usage(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<crate::DeadLetterUsage>, StoreError> {
+    let Some(g) = meta.get(META_DEAD_LETTER_USAGE)? else {
+        return Ok(None);
+    };
+    let v = g.value();
+    if v.len() != 16 {
+        return Err(corrupt("meta", "dead_letter_usage is not 16 bytes"));
+    }
+    Ok(Some(crate::DeadLetterUsage {
+        count: u64_from(&v[..8], "meta")?,
+        bytes: u64_from(&v[8..], "meta")?,
+    }))
+}
+
+/// Saves `usage` as the [`META_DEAD_LETTER_USAGE`] record.
+pub(crate) fn save_dead_letter_usage(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    usage: crate::DeadLetterUsage,
+) -> Result<(), StoreError> {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&usage.count.to_be_bytes());
+    v[8..].copy_from_slice(&usage.bytes.to_be_bytes());
+    meta.insert(META_DEAD_LETTER_USAGE, &v[..])?;
+    Ok(())
+}
 
 /// The highest sequence number of this node's own events that came back in a snapshot page
 /// (after a restore from a backup), kept when it is above what the node holds of its own

@@ -435,24 +435,38 @@ fn keep_dead_letter_high(
     Ok(())
 }
 
-/// Changes the dead letters' byte total ([`META_DEAD_LETTER_BYTES`]) by `added` less
+/// Changes the dead letters' count and bytes ([`META_DEAD_LETTER_USAGE`]) by `added` less
 /// `removed`, in the transaction that added and removed them.
-fn count_dead_letter_bytes(
+fn count_dead_letters(
     meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
-    added: u64,
-    removed: u64,
+    added: DeadLetterUsage,
+    removed: DeadLetterUsage,
 ) -> Result<(), StoreError> {
     if added != removed {
-        let held = meta_u64(meta, META_DEAD_LETTER_BYTES)?;
-        let now = held.saturating_add(added).saturating_sub(removed);
-        meta.insert(META_DEAD_LETTER_BYTES, &now.to_be_bytes()[..])?;
+        let held = dead_letter_usage(meta)?.unwrap_or_default();
+        let now = DeadLetterUsage {
+            count: held
+                .count
+                .saturating_add(added.count)
+                .saturating_sub(removed.count),
+            bytes: held
+                .bytes
+                .saturating_add(added.bytes)
+                .saturating_sub(removed.bytes),
+        };
+        save_dead_letter_usage(meta, now)?;
     }
     Ok(())
 }
 
-/// The bytes of `records` together.
-fn bytes_of<'r>(records: impl Iterator<Item = &'r [u8]>) -> u64 {
-    records.map(|r| r.len() as u64).sum()
+/// How many `records` there are, and their bytes together.
+fn usage_of<'r>(records: impl Iterator<Item = &'r [u8]>) -> DeadLetterUsage {
+    let mut usage = DeadLetterUsage::default();
+    for r in records {
+        usage.count += 1;
+        usage.bytes += r.len() as u64;
+    }
+    usage
 }
 
 /// Inserts dead letter `id` (reserved by [`Store::set_aside`]).
@@ -940,10 +954,13 @@ impl StoreWriter {
         let tally;
         let deltas = {
             let mut dead = txn.open_table(DEAD_LETTERS)?;
-            let mut removed = 0;
+            let mut removed = DeadLetterUsage::default();
             for &id in dead_letters {
                 match dead.remove(id)? {
-                    Some(record) => removed += record.value().len() as u64,
+                    Some(record) => {
+                        removed.count += 1;
+                        removed.bytes += record.value().len() as u64;
+                    }
                     // Replayed already (or never existed): abort, so a replay happens once.
                     None => return Err(StoreError::NoSuchDeadLetter(id)),
                 }
@@ -957,8 +974,8 @@ impl StoreWriter {
                 if !dead_letters.is_empty() {
                     keep_dead_letter_high(&mut meta, self.dead_letter_ids.high())?;
                 }
-                let added = bytes_of(set_aside.iter().map(|(_, r)| r.as_slice()));
-                count_dead_letter_bytes(&mut meta, added, removed)?;
+                let added = usage_of(set_aside.iter().map(|(_, r)| r.as_slice()));
+                count_dead_letters(&mut meta, added, removed)?;
             }
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
@@ -1562,8 +1579,8 @@ impl StoreWriter {
                 dead_letters.iter().map(Vec::as_slice),
             )?;
             if !dead_letters.is_empty() {
-                let added = bytes_of(dead_letters.iter().map(Vec::as_slice));
-                count_dead_letter_bytes(&mut txn.open_table(META)?, added, 0)?;
+                let added = usage_of(dead_letters.iter().map(Vec::as_slice));
+                count_dead_letters(&mut txn.open_table(META)?, added, Default::default())?;
             }
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
@@ -1770,7 +1787,8 @@ impl StoreWriter {
             &mut txn.open_table(DEAD_LETTERS)?,
             [record].into_iter(),
         )?;
-        count_dead_letter_bytes(&mut txn.open_table(META)?, record.len() as u64, 0)?;
+        let added = usage_of([record].into_iter());
+        count_dead_letters(&mut txn.open_table(META)?, added, Default::default())?;
         txn.commit()?;
         ids.first()
             .copied()
@@ -1783,10 +1801,10 @@ impl StoreWriter {
         let removed = txn
             .open_table(DEAD_LETTERS)?
             .remove(id)?
-            .map(|record| record.value().len() as u64);
+            .map(|record| usage_of([record.value()].into_iter()));
         let mut meta = txn.open_table(META)?;
         keep_dead_letter_high(&mut meta, self.dead_letter_ids.high())?;
-        count_dead_letter_bytes(&mut meta, 0, removed.unwrap_or(0))?;
+        count_dead_letters(&mut meta, Default::default(), removed.unwrap_or_default())?;
         drop(meta);
         txn.commit()?;
         Ok(removed.is_some())

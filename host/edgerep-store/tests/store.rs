@@ -1145,8 +1145,8 @@ fn dead_letters_are_kept_in_order_and_survive_reopen() {
 }
 
 /// The dead letters' byte total (what `limits.max_dead_letter_bytes` bounds) follows every
-/// transaction that adds or removes one, survives a restart, and is computed when a store an
-/// older build wrote (without the total) is opened.
+/// transaction that adds or removes one, survives a restart, and is computed again when a
+/// store an older build wrote or changed is opened.
 #[test]
 fn dead_letter_bytes_follow_adds_and_removals_and_are_computed_for_an_older_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -1206,20 +1206,30 @@ fn dead_letter_bytes_follow_adds_and_removals_and_are_computed_for_an_older_stor
     let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
     assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 37));
     drop(store);
-    // As an older build left it: no total kept.
-    {
-        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    // As an older build left it: no total kept; then a total from before an older build
+    // removed one (its count is not the table's any more).
+    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let set_record = |record: Option<[u8; 16]>| {
         let db = redb::Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        assert!(
-            txn.open_table(meta)
-                .unwrap()
-                .remove("dead_letter_bytes")
-                .unwrap()
-                .is_some()
-        );
+        {
+            let mut t = txn.open_table(meta).unwrap();
+            let old = match record {
+                Some(r) => t.insert("dead_letter_usage", &r[..]).unwrap(),
+                None => t.remove("dead_letter_usage").unwrap(),
+            };
+            assert!(old.is_some());
+        }
         txn.commit().unwrap();
-    }
+    };
+    set_record(None);
+    let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
+    assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 37));
+    drop(store);
+    let mut stale = [0u8; 16];
+    stale[..8].copy_from_slice(&3u64.to_be_bytes());
+    stale[8..].copy_from_slice(&900u64.to_be_bytes());
+    set_record(Some(stale));
     let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
     assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 37));
     let last = store.dead_letters(0, 10).unwrap().last().unwrap().0;
