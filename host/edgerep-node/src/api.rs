@@ -2198,6 +2198,7 @@ async fn status(
         "origins": s.origins,
         "hlc_last": s.hlc_last.to_string(),
         "dead_letters": s.dead_letters,
+        "dead_letter_bytes": s.dead_letter_bytes,
         "disagreements": disagreements,
         "re_resolving": app.store.re_resolving(),
         "idempotency": app.idempotency.to_json(keys_held, app.store.idempotency_dropped_early()),

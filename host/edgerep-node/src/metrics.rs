@@ -385,6 +385,11 @@ pub(crate) fn render(f: &Figures<'_>) -> String {
         "Dead letters held (writes or events a plugin failed on)",
         f.store.dead_letters as f64,
     );
+    m.gauge(
+        "edgerep_dead_letter_bytes",
+        "Bytes of the dead letters held, their records together (limits.max_dead_letter_bytes bounds them)",
+        f.store.dead_letter_bytes as f64,
+    );
     m.gauges(
         "edgerep_collection_stopped",
         "Collections stopped now (1), by why: halted (a transform failed under halt, or ran past its deadline: local writes refused, and peers' events held back if it was on apply) or paused (an upgrade a peer has and this node has not); status says the reason",

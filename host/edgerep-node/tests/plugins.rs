@@ -1078,7 +1078,22 @@ fn refused_past_the_limit(limits: &str, value: serde_json::Value, named: &str) {
     let r = node.put("/v1/kv/broken/k1", value.clone());
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body["dead_letter"].is_u64(), "{}", r.body);
-    let before = node.get("/v1/status").body["feed_last"].clone();
+    // Status and metrics show what counts against the limits.
+    let status = node.get("/v1/status").body;
+    let bytes = status["dead_letter_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        status["dead_letters"] == 1 && bytes > 0,
+        "dead_letters {}, dead_letter_bytes {}",
+        status["dead_letters"],
+        status["dead_letter_bytes"]
+    );
+    let metrics = node.agent.get(&node.url("/metrics")).call().unwrap();
+    let metrics = metrics.into_body().read_to_string().unwrap();
+    assert!(
+        metrics.contains(&format!("edgerep_dead_letter_bytes {bytes}")),
+        "{metrics}"
+    );
+    let before = status["feed_last"].clone();
     let r = node.put("/v1/kv/broken/k2", value.clone());
     assert_eq!(r.status, 507, "{}", r.body);
     assert_eq!(r.body["kind"], "dead_letters_full", "{}", r.body);

@@ -183,6 +183,8 @@ pub struct StoreStatus {
     pub hlc_last: Hlc,
     /// Number of dead letters.
     pub dead_letters: u64,
+    /// Their records' bytes together (what `limits.max_dead_letter_bytes` bounds).
+    pub dead_letter_bytes: u64,
     /// Per origin, the highest sequence number compacted out of the changelog.
     pub compacted: Have,
     /// Feed positions up to this one can no longer be read.

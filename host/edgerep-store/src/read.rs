@@ -570,6 +570,7 @@ impl Store {
                 None => Hlc::default(),
             },
             dead_letters: dead.len()?,
+            dead_letter_bytes: dead_letter_usage(&meta)?.unwrap_or_default().bytes,
             compacted,
             feed_floor: feed_floor(&meta)?,
             own_seen: meta_u64(&meta, META_OWN_SEEN)?,
