@@ -1991,7 +1991,9 @@ fn restarted_node1_compacts_without_node3(
                 .cloned()
                 .unwrap()
         };
-        if s["compacted"]["node-1"] == last {
+        // Replication's part of status is refreshed about every 100 ms: node-2's
+        // acknowledgement may show there just after the compaction it allowed.
+        if s["compacted"]["node-1"] == last && peer("node-2")["acked"]["node-1"] == last {
             let n3 = peer("node-3");
             assert!(
                 n3["last_contact_age_ms"].as_u64().unwrap() >= 20_000,
@@ -1999,7 +2001,6 @@ fn restarted_node1_compacts_without_node3(
             );
             node3(&n3);
             let node2 = peer("node-2");
-            assert_eq!(node2["acked"]["node-1"], last, "{node2}");
             assert_eq!(node2["needs_snapshot"], false, "{node2}");
             return n1;
         }
