@@ -165,7 +165,7 @@ impl Admission<'_> {
             let verdict = if !known && origins >= max_origins {
                 Some(refusal(
                     format!(
-                        "origin {:?} would be origin number {} this node holds events of, over its bound of {max_origins} (itself, {} peers and replication.extra_origins = {})",
+                        "origin {:?} would be origin number {} this node holds (or is applying) events of, over its bound of {max_origins} (itself, {} peers and replication.extra_origins = {})",
                         event.origin.as_str(),
                         origins + 1,
                         self.config.peers.len(),

@@ -145,7 +145,8 @@ impl LingerWake {
 
 /// Most changelog entries one compaction transaction removes (the rest go in the next ones),
 /// so local writes never wait long behind one (a few milliseconds: each removed event is
-/// decoded and its key looked up, to keep the blocks that still hold live versions).
+/// decoded and its key looked up, to keep the blocks that still hold live versions; a sweep of
+/// superseded proofs may add up to 20 ms more to one of them).
 pub const COMPACT_MAX_REMOVE: u64 = 1_024;
 
 /// A compaction that left more waits this many times as long as its transaction took before

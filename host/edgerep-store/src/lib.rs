@@ -676,8 +676,9 @@ impl Store {
         // The dead letters' count and bytes, computed when missing or when an older build
         // changed the dead letters since (its count is then not the table's).
         let rows = txn.open_table(DEAD_LETTERS)?.len()?;
-        let kept = dead_letter_usage(&txn.open_table(META)?)?;
-        if kept.is_none_or(|u| u.count != rows) {
+        // (A damaged record is computed again too, and a total left with no dead letters.)
+        let kept = dead_letter_usage(&txn.open_table(META)?).ok().flatten();
+        if kept.is_none_or(|u| u.count != rows || (rows == 0 && u.bytes != 0)) {
             let mut usage = DeadLetterUsage::default();
             for row in txn.open_table(DEAD_LETTERS)?.iter()? {
                 usage.count += 1;

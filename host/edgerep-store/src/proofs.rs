@@ -13,6 +13,8 @@
 //! - Rows whose versions were all superseded since are garbage, swept a few at a time by
 //!   compaction.
 
+use std::time::{Duration, Instant};
+
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::{ChainHash, MAX_PATH_HASHES, MerkleTree, Proof, event_leaf};
 use edgerep_wire::{EncodedEvent, Event, NodeId, Seal};
@@ -377,17 +379,19 @@ enum Swept {
 }
 
 /// Visits up to `limit` rows of `table` after the key saved under `cursor` (wrapping to the
-/// start), applying `decide`; saves where it stopped. Returns the rows removed.
+/// start), applying `decide`, and stops early once past `floor` rows and `until`; saves where it
+/// stopped. Returns the rows removed.
 fn sweep_table(
     table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
     cursor: &str,
-    limit: u64,
+    (floor, limit): (u64, u64),
+    until: Instant,
     mut decide: impl FnMut(&[u8], &[u8]) -> Result<Swept, StoreError>,
 ) -> Result<u64, StoreError> {
     let start = meta.get(cursor)?.map(|g| g.value().to_vec());
     let mut changes = Vec::new();
-    let (mut last, mut seen) = (None, 0);
+    let (mut last, mut seen, mut stopped) = (None, 0, false);
     {
         let rows = match &start {
             Some(s) => table.range::<&[u8]>((
@@ -404,7 +408,8 @@ fn sweep_table(
                 other => changes.push((k.value().to_vec(), other)),
             }
             last = Some(k.value().to_vec());
-            if seen >= limit {
+            if seen >= limit || (seen >= floor && Instant::now() >= until) {
+                stopped = true;
                 break;
             }
         }
@@ -417,7 +422,7 @@ fn sweep_table(
         }
     }
     match last {
-        Some(k) if seen >= limit => {
+        Some(k) if stopped => {
             meta.insert(cursor, k.as_slice())?;
         }
         _ => {
@@ -427,34 +432,42 @@ fn sweep_table(
     Ok(removed)
 }
 
-/// Removes up to `limit` rows of `proofs` and of `blocks` whose versions were all superseded,
-/// going on from where the last sweep ended. Returns the rows removed.
-/// Sweeps it takes at most to visit every row of a table once.
+/// Sweeps it takes at most to visit every row of a table once, while they fit [`SWEEP_TIME`].
 const SWEEP_PASSES: u64 = 64;
 
+/// How long one sweep may go on past its `floor` rows per table: it runs in a compaction's
+/// transaction, which every write waits behind.
+const SWEEP_TIME: Duration = Duration::from_millis(20);
+
 /// Rows of a table of `rows` one sweep checks: at least `floor`, and enough that every row is
-/// checked once in [`SWEEP_PASSES`] sweeps. A fixed number per sweep fell behind a node whose
-/// writes supersede kept rows faster than it checks them, and the tables grew for good.
+/// checked once in [`SWEEP_PASSES`] sweeps (as far as [`SWEEP_TIME`] allows). A fixed number per
+/// sweep fell behind a node whose writes supersede kept rows faster than it checks them, and
+/// the tables grew for good.
 fn sweep_limit(rows: u64, floor: u64) -> u64 {
     floor.max(rows.div_ceil(SWEEP_PASSES))
 }
 
+/// Removes rows of `proofs` and of `blocks` whose versions were all superseded, going on from
+/// where the last sweep ended: at least `floor` rows of each are checked, and up to
+/// [`sweep_limit`] while under [`SWEEP_TIME`]. Returns the rows removed.
 pub(crate) fn sweep(
     txn: &redb::WriteTransaction,
     limits: &EventLimits,
-    limit: u64,
+    floor: u64,
 ) -> Result<u64, StoreError> {
+    let until = Instant::now() + SWEEP_TIME;
     let mut proofs = txn.open_table(PROOFS)?;
     let mut blocks = txn.open_table(BLOCKS)?;
     let mut meta = txn.open_table(META)?;
     let state = txn.open_table(STATE)?;
-    let proofs_limit = sweep_limit(proofs.len()?, limit);
-    let blocks_limit = sweep_limit(blocks.len()?, limit);
+    let proofs_limit = (floor, sweep_limit(proofs.len()?, floor));
+    let blocks_limit = (floor, sweep_limit(blocks.len()?, floor));
     let mut removed = sweep_table(
         &mut proofs,
         &mut meta,
         META_PROOF_SWEEP,
         proofs_limit,
+        until,
         |k, v| {
             let (origin, seq) = split_key(k, "proofs")?;
             let kept = Kept::decode(&origin, v)?;
@@ -472,6 +485,7 @@ pub(crate) fn sweep(
         &mut meta,
         META_BLOCK_SWEEP,
         blocks_limit,
+        until,
         |k, v| {
             let (origin, seq) = split_key(k, "blocks")?;
             let block = KeptBlock::decode(&origin, seq, v)?;

@@ -37,7 +37,8 @@ struct Repairing<'a> {
     transformed: &'a BTreeMap<(String, u64), crate::OnApply>,
 }
 
-/// Rows of kept proofs and blocks a compaction checks for superseded versions.
+/// Rows of kept proofs and blocks a compaction checks for superseded versions at least (more
+/// of a large table while time allows: see `proofs::sweep`).
 const SWEEP_ROWS: u64 = 256;
 /// Per origin, the highest sequence number removed from the changelog.
 pub(crate) const COMPACTED: TableDefinition<&str, u64> = TableDefinition::new("compacted");

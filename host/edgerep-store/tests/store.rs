@@ -1209,13 +1209,13 @@ fn dead_letter_bytes_follow_adds_and_removals_and_are_computed_for_an_older_stor
     // As an older build left it: no total kept; then a total from before an older build
     // removed one (its count is not the table's any more).
     let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
-    let set_record = |record: Option<[u8; 16]>| {
+    let set_record = |record: Option<&[u8]>| {
         let db = redb::Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut t = txn.open_table(meta).unwrap();
             let old = match record {
-                Some(r) => t.insert("dead_letter_usage", &r[..]).unwrap(),
+                Some(r) => t.insert("dead_letter_usage", r).unwrap(),
                 None => t.remove("dead_letter_usage").unwrap(),
             };
             assert!(old.is_some());
@@ -1229,12 +1229,27 @@ fn dead_letter_bytes_follow_adds_and_removals_and_are_computed_for_an_older_stor
     let mut stale = [0u8; 16];
     stale[..8].copy_from_slice(&3u64.to_be_bytes());
     stale[8..].copy_from_slice(&900u64.to_be_bytes());
-    set_record(Some(stale));
+    set_record(Some(&stale));
+    let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
+    assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 37));
+    drop(store);
+    // A damaged record is computed again too.
+    set_record(Some(b"bad"));
     let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
     assert_eq!(store.dead_letters_usage().unwrap(), usage(2, 37));
     let last = store.dead_letters(0, 10).unwrap().last().unwrap().0;
     assert!(store.remove_dead_letter(last).unwrap());
     assert_eq!(store.dead_letters_usage().unwrap(), usage(1, 30));
+    let only = store.dead_letters(0, 10).unwrap()[0].0;
+    assert!(store.remove_dead_letter(only).unwrap());
+    assert_eq!(store.dead_letters_usage().unwrap(), usage(0, 0));
+    drop(store);
+    // A total left behind with no dead letters (an older build removed them all).
+    let mut left = [0u8; 16];
+    left[8..].copy_from_slice(&500u64.to_be_bytes());
+    set_record(Some(&left));
+    let (store, _) = StoreWriter::open(&path, &me, limits()).unwrap();
+    assert_eq!(store.dead_letters_usage().unwrap(), usage(0, 0));
 }
 
 /// Events written at three sites (with the real local write path, so causal contexts are real),

@@ -2006,7 +2006,7 @@ fn restarted_node1_compacts_without_node3(
         }
         assert!(
             started.elapsed() < Duration::from_secs(14),
-            "node-1 did not compact its own events without node-3 within 14 s of its start: {s}"
+            "node-1 did not compact its own events without node-3 (with node-2's acknowledgement in status) within 14 s of its start: {s}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

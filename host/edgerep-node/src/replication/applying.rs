@@ -122,7 +122,7 @@ impl Replicator {
                 _ => None,
             })
             .flatten()
-            .filter(|o| !have.contains_key(*o))
+            .filter(|o| !have.contains_key(*o) && *o != self.core.local())
             .cloned()
             .collect();
         // Per origin, the highest sequence number the core handed out in this batch.
