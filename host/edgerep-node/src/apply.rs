@@ -504,3 +504,94 @@ fn shape(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node with no peers and `extra_origins` 2: a bound of 3 origins, itself included.
+    fn config() -> Config {
+        let text = r#"
+[node]
+id = "site-a"
+data_dir = "data"
+
+[api]
+listen = "127.0.0.1:7070"
+
+[replication]
+listen = "127.0.0.1:7071"
+extra_origins = 2
+
+[collections]
+accept_undeclared = true
+"#;
+        Config::parse(text, std::path::Path::new("/etc/edgerep/edgerep.toml")).unwrap()
+    }
+
+    fn event(origin: &str) -> EncodedEvent {
+        EncodedEvent::new(Event {
+            format: edgerep_wire::event::FORMAT_VERSION,
+            collection: "c".into(),
+            key: b"k".to_vec(),
+            op: edgerep_wire::Op::Put,
+            value: None,
+            hlc: edgerep_wire::Hlc::new(1_790_000_000_000, 0),
+            origin: NodeId::parse(origin).unwrap(),
+            seq: 1,
+            schema: 0,
+            meta: Default::default(),
+            context: Default::default(),
+            extra: Default::default(),
+        })
+    }
+
+    /// Origins other peers' batches at the committer bring count against the bound: two peers
+    /// flooding new origins at once must not each fill it. An origin already counted there is
+    /// known (not counted again), and this node's own id is never new.
+    #[test]
+    fn the_origin_bound_counts_new_origins_of_other_peers_batches() {
+        let config = config();
+        assert_eq!(config.max_origins(), 3);
+        let pipeline = Pipeline::load(&config).unwrap();
+        let budget = DeadLetterBudget::default();
+        let local = NodeId::parse("site-a").unwrap();
+        let from = NodeId::parse("site-b").unwrap();
+        let (have, cut, claims) = (BTreeMap::new(), BTreeSet::new(), BTreeMap::new());
+        let admitted = |elsewhere: &BTreeSet<NodeId>, origins: &[&str]| {
+            let admission = Admission {
+                config: &config,
+                local: &local,
+                have: &have,
+                cut: &cut,
+                elsewhere,
+                own_claims: &claims,
+                from: &from,
+                pipeline: &pipeline,
+                dead_letter_room: DeadLetterRoom::of(&budget, DeadLetterLimits::of(&config.limits)),
+            };
+            let (events, refused) = admission.admit(origins.iter().map(|o| event(o)).collect());
+            assert!(
+                refused
+                    .iter()
+                    .all(|r| r.reason.contains("over its bound of 3"))
+            );
+            events
+                .iter()
+                .map(|e| e.origin.to_string())
+                .collect::<Vec<_>>()
+        };
+        // Alone, three new origins fit (this node's own id is not one of them).
+        assert_eq!(
+            admitted(&BTreeSet::new(), &["o1", "o2", "o3", "o4"]),
+            ["o1", "o2", "o3"]
+        );
+        // With two new origins at the committer for another peer, one more fits; one of those
+        // two is known.
+        let elsewhere: BTreeSet<NodeId> = ["x1", "x2"].map(|o| NodeId::parse(o).unwrap()).into();
+        assert_eq!(
+            admitted(&elsewhere, &["o1", "x1", "o2", "site-a"]),
+            ["o1", "x1", "site-a"]
+        );
+    }
+}
