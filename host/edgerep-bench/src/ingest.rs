@@ -505,6 +505,20 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         args.raw_commit_events,
         store_eps / raw
     );
+    // What the store's row shapes cost redb itself (the event kept twice, a read per write):
+    // how much of the gap above is the layout and how much the store's own work.
+    let shaped = edgerep_store::bench::raw_redb_throughput_store_shaped(
+        dir.path(),
+        &sample_event,
+        args.raw_commit_events,
+        args.seconds,
+    )?;
+    println!(
+        "raw redb with the store's row shapes (a read, the state row holding the event, the changelog row), {} per commit: {shaped:.0} events/s = {:.3} of raw; the store alone is {:.3} of it",
+        args.raw_commit_events,
+        shaped / raw,
+        store_eps / shaped
+    );
     println!(
         "anti-entropy fingerprints on the write path: {fp_with:.0} events/s with, {fp_without:.0} without = {:.3} of it ({:+.1}%; target at most -5%)",
         fp_with / fp_without,
@@ -655,6 +669,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<u8> {
         "raw_redb_16_per_commit_events_per_s": raw_small.round(),
         "raw_redb_16_per_commit_16_writers_events_per_s": raw_small_16.round(),
         "store_only_events_per_s": store_eps.round(),
+        "raw_redb_store_shaped_events_per_s": shaped.round(),
         "fingerprints": {"with_events_per_s": fp_with.round(), "without_events_per_s": fp_without.round(), "ratio": fp_with / fp_without},
         "idempotency_keys": keys_cost,
         "api_events_per_s": best.eps.round(),
