@@ -109,6 +109,20 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// Events of a peer's batch that start past what the store holds of their origin (an
+    /// earlier batch may still be on its way to the store) and that the batch alone does not
+    /// prove its origin's: no forgery shown, nothing shown either (see
+    /// `Store::check_sealed`). The batch is taken again once the store holds what comes
+    /// before it.
+    #[error("events of {origin} from {seq} cannot be checked yet: {reason}")]
+    Unproven {
+        /// The origin they claim.
+        origin: String,
+        /// The first event not shown to be the origin's.
+        seq: u64,
+        /// Why it could not be shown.
+        reason: String,
+    },
     /// A peer's batch carries events of an origin past its revocation: it was admitted before
     /// a reload revoked the origin. Nothing of the batch was applied; it is not a forgery (the
     /// peer resends, and admission now keeps those events out).

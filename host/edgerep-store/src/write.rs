@@ -337,7 +337,10 @@ impl Store {
     /// writing): [`StoreError::Forged`] for a seal that does not verify, a block described
     /// wrongly, a batch going past its last seal, or events that do not chain to what the
     /// store holds under a seal that verifies (a fork, or events changed under a genuine
-    /// seal). Events not next to what the store holds are not checked (they would not apply).
+    /// seal). Events already held are not checked (they would not apply). Events past what
+    /// the store holds (an earlier batch of their origin still on its way to the store) are
+    /// checked by the batch alone: each must lie in a block the batch holds whole, under a seal
+    /// whose root matches and whose signature verifies; otherwise [`StoreError::Unproven`].
     /// For decisions that must not be taken on a peer's word alone, such as halting
     /// replication because a transform failed on an event.
     pub fn check_sealed(
@@ -394,6 +397,10 @@ impl Store {
                 reason: "its events do not chain to what this node holds under a seal that verifies (a second history, or events changed under a genuine seal)".into(),
             });
         }
+        let ahead = events.iter().filter(|e| {
+            !forks.contains_key(&e.origin) && walks.get(&e.origin).is_some_and(|w| e.seq > w.seq)
+        });
+        prove_by_batch_alone(ahead, events, seals, self.keys.as_deref())?;
         for (origin, w) in walks.iter().filter(|(o, _)| !forks.contains_key(*o)) {
             let sealed_upto = w.sealed.last().map_or(w.held, |s| s.seq);
             if w.seq != w.held && sealed_upto != w.seq {
@@ -409,6 +416,80 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Shows each of `ahead` (events of `events` past where their origin's chain walk from the
+/// store stopped) to be its origin's from the batch alone: a seal of `seals` covers it, the
+/// batch holds that seal's whole block, the block's Merkle root is the seal's and (with `keys`)
+/// the seal's signature verifies. A root or signature that does not match is a forgery; a
+/// block the batch does not hold whole proves nothing either way ([`StoreError::Unproven`]).
+fn prove_by_batch_alone<'e>(
+    ahead: impl Iterator<Item = &'e EncodedEvent>,
+    events: &[EncodedEvent],
+    seals: &[Seal],
+    keys: Option<&dyn Keys>,
+) -> Result<(), StoreError> {
+    let mut proven: BTreeSet<(&str, u64)> = BTreeSet::new();
+    let mut by_dot: Option<BTreeMap<(&str, u64), &EncodedEvent>> = None;
+    for e in ahead {
+        let origin = e.origin.as_str();
+        let unproven = |reason: &str| StoreError::Unproven {
+            origin: origin.to_owned(),
+            seq: e.seq,
+            reason: reason.to_owned(),
+        };
+        // (A forgery is named by the seal it fails, as the chain walk names it.)
+        let forged = |seal: &Seal, reason: &str| StoreError::Forged {
+            origin: origin.to_owned(),
+            seq: seal.seq,
+            reason: reason.to_owned(),
+        };
+        let Some(seal) = seals
+            .iter()
+            .find(|s| s.origin == e.origin && s.first <= e.seq && e.seq <= s.seq)
+        else {
+            return Err(unproven(
+                "no seal of the batch covers it, and it does not follow what this node holds",
+            ));
+        };
+        if proven.contains(&(origin, seal.seq)) {
+            continue;
+        }
+        // A block longer than the batch cannot be in it (and its length is the peer's word).
+        if seal.seq - seal.first >= events.len() as u64 {
+            return Err(unproven("the batch does not hold its seal's whole block"));
+        }
+        let by_dot = by_dot.get_or_insert_with(|| {
+            events
+                .iter()
+                .map(|e| ((e.origin.as_str(), e.seq), e))
+                .collect()
+        });
+        let Some(leaves) = (seal.first..=seal.seq)
+            .map(|q| by_dot.get(&(origin, q)).map(|e| e.leaf()))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Err(unproven("the batch does not hold its seal's whole block"));
+        };
+        if edgerep_wire::seal::merkle_root(&leaves) != seal.root {
+            return Err(forged(seal, "its events are not the ones its seal signed"));
+        }
+        if let Some(keys) = keys {
+            match keys.verify(&e.origin, seal.seq, &seal.message(), &seal.signature) {
+                Ok(()) => {}
+                Err(KeyError::Revoked { after, seq, .. }) => {
+                    return Err(StoreError::Revoked {
+                        origin: origin.to_owned(),
+                        after,
+                        seq,
+                    });
+                }
+                Err(other) => return Err(forged(seal, &other.to_string())),
+            }
+        }
+        proven.insert((origin, seal.seq));
+    }
+    Ok(())
 }
 
 /// Appends `records` to the dead letters, each under the next id; returns their ids.

@@ -700,3 +700,74 @@ fn a_snapshot_page_before_the_last_names_only_events_a_seal_it_carries_proves() 
     assert!(e.to_string().contains("does not verify"), "{e}");
     assert!(r2.get("c", b"made-up").unwrap().events().is_empty());
 }
+
+/// A batch that starts past what the store holds of its origin (in a node, an earlier batch of
+/// the origin is still at the committer) is checked by the batch alone before a transform's
+/// failure on it may halt anything: whole blocks under seals whose root and signature match
+/// pass; changed events or a seal the origin did not sign are forgeries; events whose block
+/// the batch does not hold whole, or that no seal covers, are not shown either way.
+#[test]
+fn a_batch_ahead_of_the_store_is_proven_by_itself_or_not_at_all() {
+    let (a, b) = (store("a"), store("b"));
+    let mut c = clock();
+    a.commit_local(writes("x", 10), &mut c, 1).unwrap();
+    a.commit_local(writes("y", 10), &mut c, 2).unwrap();
+    a.commit_local(writes("z", 10), &mut c, 3).unwrap();
+    assert_eq!(sealed_at(&a, "a", 30), [10, 20, 30]);
+    // b holds a's events up to 10; 11..=20 would be on their way to its store.
+    let (events, seals) = batch(&a, "a", 0, 10);
+    apply(&b, events, &seals).unwrap();
+
+    // The block 21..=30 whole, with its genuine seal: shown to be a's.
+    let (events, seals) = batch(&a, "a", 20, 30);
+    b.check_sealed(&events, &seals, &[]).unwrap();
+    b.check_sealed_but_forks(&events, &seals, &[]).unwrap();
+
+    // One of its events changed under that seal: forged.
+    let (mut events, seals) = batch(&a, "a", 20, 30);
+    let mut changed = events[3].clone().into_event();
+    changed.value = Some(Value::from_json(&serde_json::json!(666), &Default::default()).unwrap());
+    events[3] = EncodedEvent::new(changed);
+    for e in [
+        b.check_sealed(&events, &seals, &[]).unwrap_err(),
+        b.check_sealed_but_forks(&events, &seals, &[]).unwrap_err(),
+    ] {
+        assert!(matches!(e, StoreError::Forged { seq: 30, .. }), "{e}");
+        assert!(
+            e.to_string().contains("not the ones its seal signed"),
+            "{e}"
+        );
+    }
+
+    // Made-up events under a seal made to match them, signed by another node: forged.
+    let (mut events, mut seals) = batch(&a, "a", 20, 30);
+    events[3] = {
+        let mut e = events[3].clone().into_event();
+        e.value = Some(Value::from_json(&serde_json::json!(7), &Default::default()).unwrap());
+        EncodedEvent::new(e)
+    };
+    let leaves: Vec<_> = events.iter().map(|e| e.leaf()).collect();
+    let seal = seals.iter_mut().find(|s| s.seq == 30).unwrap();
+    seal.root = edgerep_wire::seal::merkle_root(&leaves);
+    seal.signature = mac(&node("m"), &seal.message());
+    let e = b.check_sealed(&events, &seals, &[]).unwrap_err();
+    assert!(matches!(e, StoreError::Forged { .. }), "{e}");
+    assert!(e.to_string().contains("does not verify"), "{e}");
+
+    // Events with no seal at all, or part of a block: nothing shown, and not a forgery either
+    // (an honest batch may start inside a block; it is taken again once the store holds what
+    // comes before it).
+    let (events, _) = batch(&a, "a", 20, 30);
+    let e = b.check_sealed(&events[..4], &[], &[]).unwrap_err();
+    assert!(matches!(e, StoreError::Unproven { seq: 21, .. }), "{e}");
+    let (events, seals) = batch(&a, "a", 20, 30);
+    let e = b.check_sealed(&events[2..], &seals, &[]).unwrap_err();
+    assert!(matches!(e, StoreError::Unproven { seq: 23, .. }), "{e}");
+    assert!(e.to_string().contains("whole block"), "{e}");
+
+    // Events b already holds are not checked (they would not apply), and events next to what
+    // it holds are still walked from its head.
+    let (events, seals) = batch(&a, "a", 0, 20);
+    b.check_sealed(&events, &seals, &[]).unwrap();
+    assert_eq!(b.status().unwrap().origins.get("a"), Some(&10));
+}

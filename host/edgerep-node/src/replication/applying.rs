@@ -160,23 +160,35 @@ impl Replicator {
         // sending made-up events must not buy plugin runs with them, again after each
         // reconnect, since they are never stored. (A fork, another history its origin
         // signed, is no forgery of the sender's: the committer leaves it out and reports it.)
-        if keep_admitted
-            && self.config.replication.authenticate
-            && !admitted.events.is_empty()
-            && let Err(edgerep_store::StoreError::Forged {
-                origin,
-                seq,
-                reason,
-            }) = self
+        // Events past what the store holds (an earlier batch still at the committer) must be
+        // shown by the batch alone; when they cannot be, the batch is taken again once the
+        // store holds what comes before it, and the transforms run then.
+        if keep_admitted && self.config.replication.authenticate && !admitted.events.is_empty() {
+            match self
                 .store
                 .check_sealed_but_forks(&admitted.events, &seals, &certs)
-        {
-            let reason = format!("event {origin}/{seq} is forged ({reason})");
-            tracing::error!(peer = %peer, "events refused before their transforms on apply, disconnecting: {reason}");
-            let now = self.now();
-            self.ended(&peer, Ended::Failed(reason.clone()));
-            self.cut_off(peer, reason, now);
-            return;
+            {
+                Err(edgerep_store::StoreError::Forged {
+                    origin,
+                    seq,
+                    reason,
+                }) => {
+                    let reason = format!("event {origin}/{seq} is forged ({reason})");
+                    tracing::error!(peer = %peer, "events refused before their transforms on apply, disconnecting: {reason}");
+                    let now = self.now();
+                    self.ended(&peer, Ended::Failed(reason.clone()));
+                    self.cut_off(peer, reason, now);
+                    return;
+                }
+                Err(e @ edgerep_store::StoreError::Unproven { .. }) => {
+                    tracing::debug!(peer = %peer, "batch taken again once the store holds what comes before it: {e}");
+                    self.ended(&peer, Ended::Failed(e.to_string()));
+                    return;
+                }
+                // Anything else (a revoked origin, a read that failed) the committer meets
+                // and answers again after the transforms.
+                _ => {}
+            }
         }
         let prepared = crate::apply::prepare(
             &self.pipeline,
