@@ -2310,7 +2310,19 @@ async fn reconcile(
     let rx = replication.reconcile(peer, app.guard.request_timeout.mul_f64(0.8));
     let reports = rx
         .await
-        .map_err(|_| ApiError::internal("the replicator stopped".into()))?;
+        .map_err(|_| ApiError::internal("the replicator stopped".into()))?
+        .map_err(|e| {
+            use crate::replication::NotReconciled;
+            match e {
+                NotReconciled::NotConnected(why) => {
+                    ApiError::new(StatusCode::CONFLICT, "peer_not_connected", why)
+                }
+                NotReconciled::Busy(why) => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", why)
+                }
+                NotReconciled::Failed(why) => ApiError::internal(why),
+            }
+        })?;
     Ok(axum::Json(json!({ "sessions": reports })).into_response())
 }
 

@@ -76,7 +76,7 @@ pub(crate) use trust::ORIGIN_WAITING;
 
 use crate::pipeline::Pipeline;
 use anti_entropy::AntiEntropy;
-pub use anti_entropy::{AntiEntropyStatus, SessionReport};
+pub use anti_entropy::{AntiEntropyStatus, NotReconciled, Reconciled, SessionReport};
 use edgerep_wire::value::DecodeLimits;
 
 /// A peer's reader stops reading while more events than this wait to be applied.
@@ -183,7 +183,7 @@ enum Input {
     Reconcile {
         peer: Option<NodeId>,
         due: Instant,
-        reply: tokio::sync::oneshot::Sender<Vec<SessionReport>>,
+        reply: tokio::sync::oneshot::Sender<Reconciled>,
     },
     Have(Have),
     /// A reloaded config; with `restart`, every session handshakes again.
@@ -237,13 +237,14 @@ impl Replication {
     }
 
     /// Runs anti-entropy now with `peer` (or every connected peer); the reports arrive once the
-    /// sessions end (empty when no peer is connected), or after `answer_within` with the
-    /// reports so far of those still running (`running`: they go on).
+    /// sessions end, or after `answer_within` with the reports so far of those still running
+    /// (`running`: they go on); [`NotReconciled`] when nothing could be compared (the peer,
+    /// or every peer, not connected), saying why.
     pub fn reconcile(
         &self,
         peer: Option<NodeId>,
         answer_within: std::time::Duration,
-    ) -> tokio::sync::oneshot::Receiver<Vec<SessionReport>> {
+    ) -> tokio::sync::oneshot::Receiver<Reconciled> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let due = Instant::now() + answer_within;
         let _ = self.inbox.send(Input::Reconcile { peer, due, reply });

@@ -766,7 +766,8 @@ fn print_pretty(body: &[u8]) {
 
 /// Prints a stored value (`get`) as the node sent it: data, not an answer to read notes from.
 fn print_plain(body: &[u8]) {
-    println!("{}", String::from_utf8_lossy(body).trim_end());
+    // (A closed stdout, `edgerep get ... | head -c 100`, ends the output quietly.)
+    print_line(String::from_utf8_lossy(body).trim_end());
 }
 
 /// Prints the node's answer to a request, with its note on stderr if a transform dropped the

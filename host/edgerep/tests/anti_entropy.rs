@@ -828,3 +828,45 @@ fn a_transform_on_apply_changing_meta_is_refused_as_bad_output() {
         stderr(&o)
     );
 }
+
+/// Asked to compare with a peer that is not connected (stopped here), `edgerep reconcile` fails
+/// and says so, rather than answering with no sessions as if there were nothing to repair; once
+/// the peer is back, the same command compares.
+#[test]
+fn reconcile_with_a_peer_not_connected_says_nothing_was_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let n1 = Node::start(&configs[0]);
+    let config = configs[0].to_str().unwrap();
+    for args in [
+        vec!["reconcile", "--config", config, "--peer", "node-2"],
+        vec!["reconcile", "--config", config],
+    ] {
+        let o = edgerep(&args);
+        assert!(!o.status.success(), "{args:?}: {}", stdout(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("409")
+                && (err.contains("node-2 is not connected")
+                    || err.contains("no peer is connected"))
+                && err.contains("nothing was compared"),
+            "{args:?}: {err}"
+        );
+    }
+    let n2 = Node::start(&configs[1]);
+    fill(&n1, &n2, 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = edgerep(&["reconcile", "--config", config, "--peer", "node-2"]);
+        if o.status.success() {
+            let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+            assert_eq!(report["sessions"][0]["peer"], "node-2", "{report}");
+            assert_eq!(report["sessions"][0]["agreed"], true, "{report}");
+            break;
+        }
+        // Connected, but the handshake may still be under way.
+        assert!(stderr(&o).contains("409"), "{}", stderr(&o));
+        assert!(Instant::now() < deadline, "{}", stderr(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

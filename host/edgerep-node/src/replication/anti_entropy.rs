@@ -157,6 +157,23 @@ impl AntiEntropyStatus {
     }
 }
 
+/// What a caller of `edgerep reconcile` gets: the sessions' reports, or why none ran.
+pub type Reconciled = Result<Vec<SessionReport>, NotReconciled>;
+
+/// Why anti-entropy asked for on demand compared nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotReconciled {
+    /// The peer (or every peer) is not connected, or its handshake has not ended.
+    #[error("{0}")]
+    NotConnected(String),
+    /// Something under way holds it back (the store's check at open); try again.
+    #[error("{0}")]
+    Busy(String),
+    /// This node could not start a session (names what failed).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// One finished session of ours, as `edgerep reconcile` prints it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct SessionReport {
@@ -227,7 +244,7 @@ struct Waiter {
     due: Instant,
     peers: BTreeSet<NodeId>,
     reports: Vec<SessionReport>,
-    reply: oneshot::Sender<Vec<SessionReport>>,
+    reply: oneshot::Sender<Reconciled>,
 }
 
 /// The replicator's anti-entropy state.
@@ -253,7 +270,7 @@ pub(super) struct AntiEntropy {
     answered: BTreeMap<NodeId, u64>,
     /// On-demand requests that came while the store's check at open ran (its sums are not
     /// whole until it ends): started at the first tick after it.
-    deferred: Vec<(Option<NodeId>, Instant, oneshot::Sender<Vec<SessionReport>>)>,
+    deferred: Vec<(Option<NodeId>, Instant, oneshot::Sender<Reconciled>)>,
     /// Peers to compare with after a snapshot raised this node's floors, and when: once this
     /// node's Acks told them its new have (a peer repairs only what this node acknowledged).
     after_snapshot: BTreeMap<NodeId, Instant>,
@@ -533,14 +550,16 @@ impl Replicator {
     /// Starts periodic sessions that are due, ends sessions that timed out.
     pub(super) fn aae_tick(&mut self) {
         if !self.store.aae_ready() {
-            // Callers whose answer is due while the check at open runs get no reports.
+            // Callers whose answer is due while the check at open runs are told so.
             let now = Instant::now();
             let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.anti_entropy.deferred)
                 .into_iter()
                 .partition(|(_, at, _)| *at <= now);
             self.anti_entropy.deferred = waiting;
             for (_, _, reply) in due {
-                let _ = reply.send(Vec::new());
+                let _ = reply.send(Err(NotReconciled::Busy(
+                    "the store's check at open is still running; nothing was compared (try again once it ends)".into(),
+                )));
             }
             return;
         }
@@ -641,22 +660,47 @@ impl Replicator {
 
     /// Starts a session of ours with `peer` now (if it is connected and none is under way).
     pub(super) fn aae_start(&mut self, peer: &NodeId) -> bool {
+        self.aae_start_or_why(peer).is_ok()
+    }
+
+    /// [`Replicator::aae_start`], saying why no session started.
+    fn aae_start_or_why(&mut self, peer: &NodeId) -> Result<(), NotReconciled> {
+        if self.anti_entropy.sessions.contains_key(peer) {
+            return Err(NotReconciled::Busy(format!(
+                "a session with {peer} is under way"
+            )));
+        }
+        if !self.conns.contains_key(peer) {
+            let why = self
+                .refusals
+                .get(peer)
+                .map(|r| {
+                    format!(
+                        " (its last session was refused: {})",
+                        edgerep_wire::text::one_line(r)
+                    )
+                })
+                .unwrap_or_default();
+            return Err(NotReconciled::NotConnected(format!(
+                "{peer} is not connected{why}; nothing was compared"
+            )));
+        }
         // Ready (the peer's Hello came) and this node's Hello gone out on the connection: the
         // peer's Hello can come in the same batch of inputs as the connection, before this
         // node transmits its own, and a first message dropped then (see `aae_send`) would
         // hold the session until it timed out.
-        if self.anti_entropy.sessions.contains_key(peer)
-            || !self.conns.contains_key(peer)
-            || !self.core.is_ready(peer)
-            || !self.core.hello_sent(peer)
-        {
-            return false;
+        if !self.core.is_ready(peer) || !self.core.hello_sent(peer) {
+            return Err(NotReconciled::NotConnected(format!(
+                "{peer} is connected but its handshake has not ended; nothing was compared (try again)"
+            )));
         }
         let step = match reconcile::open(&StoreTree(&self.store)) {
             Ok(step) => step,
             Err(e) => {
                 tracing::warn!(peer = %peer, "anti-entropy cannot read the index: {e}");
-                return false;
+                return Err(NotReconciled::Failed(format!(
+                    "this node's anti-entropy index cannot be read: {e}"
+                )));
             }
         };
         self.anti_entropy.next_id += 1;
@@ -695,7 +739,7 @@ impl Replicator {
                 items: step.items,
             },
         );
-        true
+        Ok(())
     }
 
     /// Starts sessions now with `peer` (or every connected peer) and replies with their
@@ -704,7 +748,7 @@ impl Replicator {
         &mut self,
         peer: Option<NodeId>,
         due: Instant,
-        reply: oneshot::Sender<Vec<SessionReport>>,
+        reply: oneshot::Sender<Reconciled>,
     ) {
         if !self.store.aae_ready() {
             self.anti_entropy.deferred.push((peer, due, reply));
@@ -715,13 +759,25 @@ impl Replicator {
             None => self.conns.keys().cloned().collect(),
         };
         let mut waiting = BTreeSet::new();
+        let mut refused = None;
         for p in peers {
-            if self.anti_entropy.sessions.contains_key(&p) || self.aae_start(&p) {
+            if self.anti_entropy.sessions.contains_key(&p) {
                 waiting.insert(p);
+                continue;
+            }
+            match self.aae_start_or_why(&p) {
+                Ok(()) => {
+                    waiting.insert(p);
+                }
+                Err(why) => refused = Some(why),
             }
         }
+        // Asked of every peer, those not ready are left out when others compare; with
+        // nothing compared at all, the caller learns why.
         if waiting.is_empty() {
-            let _ = reply.send(Vec::new());
+            let _ = reply.send(Err(refused.unwrap_or_else(|| {
+                NotReconciled::NotConnected("no peer is connected; nothing was compared".into())
+            })));
             return;
         }
         self.anti_entropy.waiters.push(Waiter {
@@ -1364,7 +1420,7 @@ impl Replicator {
         }
         for i in done.into_iter().rev() {
             let w = self.anti_entropy.waiters.remove(i);
-            let _ = w.reply.send(w.reports);
+            let _ = w.reply.send(Ok(w.reports));
         }
     }
 
@@ -1386,7 +1442,7 @@ impl Replicator {
                     w.reports.push(report);
                 }
             }
-            let _ = w.reply.send(w.reports);
+            let _ = w.reply.send(Ok(w.reports));
         }
     }
 
