@@ -591,4 +591,32 @@ fn a_copied_plugin_folder_builds_its_own_module() {
         renamed != first_wasm && renamed != copy_wasm,
         "the renamed library's module, not a stale one"
     );
+
+    // Built over a file holding another build (a node may run it, and a resolver's build
+    // cannot change in place): the build it held is kept beside it, and the command says where.
+    let over = tmp.path().join("first.wasm");
+    let previous = tmp.path().join("first.wasm.previous");
+    let build_over = || {
+        edgerep(&[
+            os("plugin"),
+            os("build"),
+            copy.join("same-name").as_os_str(),
+            os("-o"),
+            over.as_os_str(),
+        ])
+    };
+    let run = build_over();
+    assert!(run.status.success());
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(said.contains("first.wasm.previous"), "{said}");
+    assert!(std::fs::read(&over).unwrap() == copy_wasm);
+    assert!(
+        std::fs::read(&previous).unwrap() == first_wasm,
+        "the old build kept"
+    );
+    // The same build again: nothing to keep, and the kept one stays as it was.
+    let run = build_over();
+    assert!(run.status.success());
+    assert!(!String::from_utf8_lossy(&run.stderr).contains(".previous"));
+    assert!(std::fs::read(&previous).unwrap() == first_wasm);
 }

@@ -205,6 +205,33 @@ pub(crate) fn parse_world(s: &str) -> Result<World, String> {
     }
 }
 
+/// Before `out` is replaced by `wasm`: the other build it holds, if any, is kept as
+/// `<out>.previous` (and said on stderr). A node may run the build `out` holds, and a
+/// resolver's build cannot change in place: without it, a node whose config pins that build
+/// (or whose store recorded it) could neither reload nor restart until the old bytes were
+/// rebuilt exactly.
+fn keep_previous_build(out: &Path, wasm: &[u8]) -> anyhow::Result<()> {
+    let held = match std::fs::read(out) {
+        Ok(held) => held,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", out.display())),
+    };
+    if held == wasm {
+        return Ok(());
+    }
+    let mut name = out.as_os_str().to_owned();
+    name.push(".previous");
+    let previous = PathBuf::from(name);
+    edgerep_client::files::write_durably(&previous, &held)?;
+    eprintln!(
+        "edgerep: the build {} held (sha256 {}) is kept at {}: a node that runs it needs it back there to reload or restart, unless its config moves to the new one",
+        out.display(),
+        edgerep_plugin::sha256_hex(&held),
+        previous.display()
+    );
+    Ok(())
+}
+
 /// `edgerep plugin build`.
 pub(crate) fn build(
     lang: Option<Toolchain>,
@@ -270,6 +297,7 @@ pub(crate) fn build(
     if let (Some(config), Some((text, _))) = (update_config, &updated) {
         refuse_deciding_in_place(config, text, &out)?;
     }
+    keep_previous_build(&out, &wasm)?;
     edgerep_client::files::write_durably(&out, &wasm)?;
     println!("{}", out.display());
     println!("sha256 {}", i.sha256);
