@@ -160,6 +160,8 @@ enum Input {
         message: Message,
         /// The frame's size.
         bytes: usize,
+        /// What it was charged to the link's inbox (see `connection::inbox_cost`).
+        cost: usize,
     },
     Applied {
         peer: NodeId,
@@ -895,7 +897,8 @@ impl Replicator {
                 id,
                 message,
                 bytes,
-            } => self.received(peer, id, message, bytes, now),
+                cost,
+            } => self.received(peer, id, message, bytes, cost, now),
             Input::Applied { peer, sent, result } => self.applied(peer, sent, result, now),
             Input::Installed { peer, result } => self.installed(peer, result, now),
             Input::Repaired {
@@ -989,11 +992,18 @@ impl Replicator {
     }
 
     /// A message from `peer` on link `id` (stale links' messages are dropped).
-    fn received(&mut self, peer: NodeId, id: u64, message: Message, bytes: usize, now: u64) {
+    fn received(
+        &mut self,
+        peer: NodeId,
+        id: u64,
+        message: Message,
+        bytes: usize,
+        cost: usize,
+        now: u64,
+    ) {
         let Some(live) = self.conns.get(&peer).filter(|l| l.id == id) else {
             return;
         };
-        let cost = connection::inbox_cost(bytes);
         let before = live.inbox_bytes.fetch_sub(cost, Ordering::AcqRel);
         if before > connection::INBOX_MAX_BYTES && before - cost <= connection::INBOX_MAX_BYTES {
             live.resume.notify_one();

@@ -368,6 +368,77 @@ impl From<CborError> for DecodeError {
 }
 
 impl Message {
+    /// About how many bytes the message takes decoded, in memory (at least its frame's
+    /// `frame_bytes`): what a queue of received messages is charged. The frame's size alone
+    /// undercounts: a causal-context entry of a few bytes on the wire is a map entry of about
+    /// 80 decoded, so frames of many-entry contexts would otherwise fill memory many times over
+    /// the queue's bound.
+    pub fn approx_decoded_bytes(&self, frame_bytes: usize) -> usize {
+        let certs = |c: &[(NodeId, Vec<u8>)]| c.iter().map(|(_, d)| d.len() + 64).sum::<usize>();
+        let seals = |s: &[Seal]| s.len() * (std::mem::size_of::<Seal>() + 64);
+        let proofs = |p: &[Proof]| p.iter().map(|p| 48 + p.path.len() * 32).sum::<usize>();
+        let decoded = match self {
+            Message::Events {
+                events,
+                seals: s,
+                certs: c,
+            } => crate::replica::approx_bytes(events) + seals(s) + certs(c),
+            Message::Snapshot {
+                floors,
+                versions,
+                proofs: p,
+                have,
+                seals: s,
+                certs: c,
+                ..
+            } => {
+                crate::replica::approx_bytes(versions)
+                    + proofs(p)
+                    + seals(s)
+                    + certs(c)
+                    + (floors.len() + have.len()) * 64
+            }
+            Message::Repair {
+                versions,
+                proofs: p,
+                seals: s,
+                certs: c,
+                want,
+                resolutions,
+                ..
+            } => {
+                crate::replica::approx_bytes(versions)
+                    + proofs(p)
+                    + seals(s)
+                    + certs(c)
+                    + want.iter().map(|k| k.len() + 32).sum::<usize>()
+                    + resolutions
+                        .iter()
+                        .map(|r| r.state_key.len() + r.build.len() + 160)
+                        .sum::<usize>()
+            }
+            Message::Reconcile {
+                fingerprints,
+                items,
+                ..
+            } => {
+                fingerprints.len() * 128
+                    + items
+                        .iter()
+                        .map(|r| 64 + r.items.iter().map(|(k, _)| k.len() + 48).sum::<usize>())
+                        .sum::<usize>()
+            }
+            // Small messages: lists of origins and numbers, a few times their encoding.
+            Message::Hello(_)
+            | Message::Ack { .. }
+            | Message::Bye { .. }
+            | Message::SnapshotAck { .. }
+            | Message::Prune { .. }
+            | Message::Graft { .. } => frame_bytes.saturating_mul(4),
+        };
+        decoded.max(frame_bytes)
+    }
+
     /// The deterministic encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -1362,6 +1433,39 @@ mod tests {
             context: VersionVector::new(),
             extra: Default::default(),
         })
+    }
+
+    /// A queue of received messages is charged what they take decoded, not their frames: an
+    /// event whose causal context names many origins is a few bytes an entry on the wire and
+    /// tens of bytes an entry in memory.
+    #[test]
+    fn a_message_is_charged_what_it_takes_decoded() {
+        let mut wide = event("a", 1).into_event();
+        for i in 0..1000 {
+            wide.context.add(&edgerep_wire::event::Dot {
+                origin: node(&format!("o{i}")),
+                seq: 1,
+            });
+        }
+        let message = Message::Events {
+            events: vec![EncodedEvent::new(wide); 10],
+            seals: vec![],
+            certs: vec![],
+        };
+        let frame = message.encode().len();
+        let cost = message.approx_decoded_bytes(frame);
+        assert!(cost >= 10 * 1000 * 80, "{cost} for a frame of {frame}");
+        assert!(cost > 5 * frame, "{cost} for a frame of {frame}");
+        // Never less than the frame, whatever the message.
+        for m in [
+            Message::Bye {
+                reason: "x".repeat(100),
+            },
+            Message::Prune { origins: vec![] },
+        ] {
+            let frame = m.encode().len();
+            assert!(m.approx_decoded_bytes(frame) >= frame);
+        }
     }
 
     #[test]

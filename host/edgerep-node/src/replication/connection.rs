@@ -12,9 +12,12 @@ pub(super) const INBOX_MAX_BYTES: usize = 32 << 20;
 /// millions of them within [`INBOX_MAX_BYTES`]).
 const INBOX_MESSAGE_MIN_BYTES: usize = 1024;
 
-/// What a message of a `frame_bytes` frame costs the inbox.
-pub(super) fn inbox_cost(frame_bytes: usize) -> usize {
-    frame_bytes.max(INBOX_MESSAGE_MIN_BYTES)
+/// What `message`, of a `frame_bytes` frame, costs the inbox: what it takes decoded (see
+/// [`Message::approx_decoded_bytes`]), at least [`INBOX_MESSAGE_MIN_BYTES`].
+pub(super) fn inbox_cost(message: &Message, frame_bytes: usize) -> usize {
+    message
+        .approx_decoded_bytes(frame_bytes)
+        .max(INBOX_MESSAGE_MIN_BYTES)
 }
 
 /// How often a paused reader looks whether its connection closed.
@@ -412,13 +415,15 @@ pub(super) async fn serve_connection(
             Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
                 Ok(message) => {
                     precheck.run(&message);
-                    inbox_bytes.fetch_add(inbox_cost(bytes.len()), Ordering::AcqRel);
+                    let cost = inbox_cost(&message, bytes.len());
+                    inbox_bytes.fetch_add(cost, Ordering::AcqRel);
                     if inbox
                         .send(Input::Message {
                             peer: peer.clone(),
                             id,
                             message,
                             bytes: bytes.len(),
+                            cost,
                         })
                         .is_err()
                     {
