@@ -308,6 +308,9 @@ pub struct PeerView {
     pub snapshot_receiving_page: Option<u64>,
     /// Origins the peer pruned: we do not push their events to it (it gets them elsewhere).
     pub lazy_origins: Vec<NodeId>,
+    /// The peer refuses snapshots (it runs transforms on apply): it is sent no snapshot, and
+    /// origins compacted here past what it holds are left out.
+    pub refuses_snapshots: bool,
     /// Origins we pruned on the peer: it does not push their events to us.
     pub pruned_origins: Vec<NodeId>,
 }
@@ -894,10 +897,11 @@ impl Replica {
                 {
                     // Only what is still needed: the peer below one of our floors, this node
                     // below one of the peer's.
-                    if self
-                        .compacted
-                        .iter()
-                        .any(|(o, &f)| have::get(&s.their_have, o) < f)
+                    if !s.refuses_snapshots()
+                        && self
+                            .compacted
+                            .iter()
+                            .any(|(o, &f)| have::get(&s.their_have, o) < f)
                     {
                         s.resumable = i.out;
                     }
@@ -1997,8 +2001,12 @@ impl Replica {
         if !s.ready() || in_flight >= config.window_events || s.snapshot_out.is_some() {
             return Ok(None);
         }
-        // Events at or below a compacted floor are gone: the peer needs a snapshot.
-        if compacted.iter().any(|(o, &c)| have::get(&s.sent, o) < c) {
+        // Events at or below a compacted floor are gone: the peer needs a snapshot, unless it
+        // refuses snapshots; then those origins are left out (see `refuses_snapshots`).
+        let refuses_snapshots = s.refuses_snapshots();
+        let gone =
+            |s: &Session, o: &NodeId| compacted.get(o).is_some_and(|&c| have::get(&s.sent, o) < c);
+        if !refuses_snapshots && compacted.keys().any(|o| gone(s, o)) {
             s.start_snapshot(local_have, compacted, now);
             return Ok(None);
         }
@@ -2007,7 +2015,7 @@ impl Replica {
         let mut bytes_left = config.batch_bytes;
         let origins: Vec<NodeId> = round_robin(local_have, s.last_origin.as_ref())
             .into_iter()
-            .filter(|o| sendable(s, o) > have::get(&s.sent, o))
+            .filter(|o| sendable(s, o) > have::get(&s.sent, o) && !gone(s, o))
             .cloned()
             .collect();
         let mut batch = Vec::new();
@@ -2035,6 +2043,7 @@ impl Replica {
                 continue;
             }
             let read = match log.read(&origin, after, want as usize, bytes_left) {
+                Err(LogError::Compacted { .. }) if refuses_snapshots => continue,
                 Err(LogError::Compacted { .. }) => {
                     // Compacted after the floors we were told: same remedy.
                     s.start_snapshot(local_have, compacted, now);
@@ -2258,6 +2267,7 @@ impl Replica {
             lazy_origins: s
                 .map(|s| s.lazy.iter().cloned().collect())
                 .unwrap_or_default(),
+            refuses_snapshots: s.is_some_and(Session::refuses_snapshots),
             pruned_origins: s
                 .map(|s| s.pruned.iter().cloned().collect())
                 .unwrap_or_default(),

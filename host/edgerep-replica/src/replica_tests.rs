@@ -2941,3 +2941,77 @@ fn acks_that_resend_nothing(r: &mut Replica, log: &MemLog, ack: impl Fn(u64) -> 
         assert!(r.peers[&b].session.as_ref().unwrap().stalled.is_empty());
     }
 }
+
+/// A peer that runs transforms on apply (its Hello says so) refuses snapshots: its state of
+/// those collections is built from events. It is sent none, and gets every origin as events
+/// but those compacted here past what it holds; before, it was sent a snapshot, and while that
+/// was under way (for good, since the peer refuses every page) nothing else went out.
+#[test]
+fn a_peer_that_refuses_snapshots_gets_every_origin_it_can_as_events() {
+    let mut log = MemLog::with(&[evs("a", 1..=3), evs("h", 1..=4)].concat());
+    log.compacted = have_of(&[("h", 4)]);
+    let fp = |apply: &[&str]| CollectionFingerprint {
+        name: "c".into(),
+        resolver: "lww".into(),
+        transforms_on_apply: apply.iter().map(|t| t.to_string()).collect(),
+        plugins: vec![],
+        upgrades: vec![],
+    };
+    let cfg = ReplicaConfig {
+        fingerprint: vec![fp(&[])],
+        ..config(100, 10)
+    };
+    let b = n("b");
+    for transforms in [&["t"][..], &[]] {
+        let mut r = Replica::new(n("a"), cfg.clone());
+        r.set_local_have(&log.have());
+        r.set_compacted(&log.compacted);
+        r.connected(&b, 0);
+        let hello = Message::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            node: b.clone(),
+            instance: 0,
+            fingerprint: vec![fp(transforms)],
+            have: vec![],
+            compacted: vec![],
+            policy: vec![],
+            your_seal: None,
+        });
+        r.handle(&b, hello, 0).unwrap();
+        while r.poll_output().is_some() {}
+        let sent = drain(&mut r, 1, &log);
+        assert!(
+            matches!(sent.first(), Some((_, Message::Hello(_)))),
+            "{sent:?}"
+        );
+        let view = r.peer_view(&b).unwrap();
+        if transforms.is_empty() {
+            // A peer that takes snapshots gets one first.
+            assert!(
+                matches!(sent.get(1), Some((_, Message::Snapshot { .. }))),
+                "{sent:?}"
+            );
+            assert_eq!(sent.len(), 2, "{sent:?}");
+            assert!(!view.refuses_snapshots);
+            continue;
+        }
+        assert!(view.refuses_snapshots);
+        assert_eq!(view.snapshot_sending_page, None);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(
+            sent_dots(sent.into_iter().nth(1)).1,
+            dots(&[("a", 1), ("a", 2), ("a", 3)]),
+            "every origin but the one compacted past what the peer holds"
+        );
+        // New writes of the other origins go out as events; the compacted origin's do not
+        // (the peer could not apply them without the events before).
+        log.add(ev("a", 4));
+        log.add(ev("h", 5));
+        r.set_local_have(&log.have());
+        assert_eq!(
+            sent_dots(r.poll_transmit(2, &log).unwrap()).1,
+            dots(&[("a", 4)])
+        );
+        assert_eq!(r.poll_transmit(2, &log).unwrap(), None);
+    }
+}

@@ -377,6 +377,20 @@ impl Session {
         self.hello = Some(hello);
     }
 
+    /// Whether the peer refuses snapshot pages: it runs transforms on apply (its Hello says
+    /// so), so its state of those collections must be built from events. Such a peer gets
+    /// every origin this node can still send as events, and none it compacted past what the
+    /// peer holds (a snapshot would be refused, and while one is under way nothing else goes
+    /// out: one compacted origin would stop every other).
+    pub(crate) fn refuses_snapshots(&self) -> bool {
+        self.hello.as_ref().is_some_and(|h| {
+            h.fingerprint.iter().any(|c| {
+                !c.transforms_on_apply.is_empty()
+                    || c.upgrades.iter().any(|u| !u.transforms_on_apply.is_empty())
+            })
+        })
+    }
+
     /// Events sent but not acknowledged.
     pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight

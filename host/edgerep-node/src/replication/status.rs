@@ -305,6 +305,11 @@ impl super::Replicator {
             .iter()
             .map(|(id, address)| {
                 let acked = self.acked.get(id).unwrap_or(&empty);
+                let needs_snapshot = self
+                    .core
+                    .compacted()
+                    .iter()
+                    .any(|(o, &floor)| acked.get(o).copied().unwrap_or(0) < floor);
                 let lag_events = self
                     .core
                     .local_have()
@@ -353,11 +358,7 @@ impl super::Replicator {
                     } else {
                         self.lag_seconds(acked)
                     },
-                    needs_snapshot: self
-                        .core
-                        .compacted()
-                        .iter()
-                        .any(|(o, &floor)| acked.get(o).copied().unwrap_or(0) < floor),
+                    needs_snapshot,
                     in_flight: view.as_ref().map_or(0, |v| v.in_flight_events),
                     mismatches: self.mismatches.get(id).cloned().unwrap_or_default(),
                     last_error: self
@@ -389,6 +390,11 @@ impl super::Replicator {
                             .or_else(|| {
                                 v.snapshot_receiving_page
                                     .map(|p| format!("receiving page {p}"))
+                            })
+                            .or_else(|| {
+                                (v.refuses_snapshots && needs_snapshot).then(|| {
+                                    "none sent: the peer runs transforms on apply and refuses snapshots; it gets every origin as events but those compacted here past what it holds".to_owned()
+                                })
                             })
                     }),
                 }
