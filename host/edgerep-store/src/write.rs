@@ -431,6 +431,13 @@ fn prove_by_batch_alone<'e>(
 ) -> Result<(), StoreError> {
     let mut proven: BTreeSet<(&str, u64)> = BTreeSet::new();
     let mut by_dot: Option<BTreeMap<(&str, u64), &EncodedEvent>> = None;
+    // By origin and sequence number, so that finding an event's seal is a lookup, not a scan
+    // (copies of one seal count once: a peer repeating seals must not make the proof cost
+    // events × seals).
+    let by_seq: BTreeMap<(&str, u64), &Seal> = seals
+        .iter()
+        .map(|s| ((s.origin.as_str(), s.seq), s))
+        .collect();
     for e in ahead {
         let origin = e.origin.as_str();
         let unproven = |reason: &str| StoreError::Unproven {
@@ -444,9 +451,13 @@ fn prove_by_batch_alone<'e>(
             seq: seal.seq,
             reason: reason.to_owned(),
         };
-        let Some(seal) = seals
-            .iter()
-            .find(|s| s.origin == e.origin && s.first <= e.seq && e.seq <= s.seq)
+        // The first seal at or after the event: its block covers the event, or none does
+        // (an origin's blocks do not overlap).
+        let Some(seal) = by_seq
+            .range((origin, e.seq)..=(origin, u64::MAX))
+            .next()
+            .map(|(_, s)| *s)
+            .filter(|s| s.first <= e.seq)
         else {
             return Err(unproven(
                 "no seal of the batch covers it, and it does not follow what this node holds",
@@ -483,6 +494,11 @@ fn prove_by_batch_alone<'e>(
                         after,
                         seq,
                     });
+                }
+                // The certificate may come with an earlier batch still on its way to the
+                // store: not shown either way.
+                Err(why @ KeyError::NoCertificate { .. }) => {
+                    return Err(unproven(&why.to_string()));
                 }
                 Err(other) => return Err(forged(seal, &other.to_string())),
             }

@@ -45,6 +45,24 @@ impl Keys for TestKeys {
     }
 }
 
+/// Keys that know no other node's certificate.
+struct NoCertificates;
+
+impl Keys for NoCertificates {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        Ok(mac(&node("u"), message))
+    }
+    fn verify(&self, origin: &NodeId, seq: u64, _: &[u8], _: &[u8]) -> Result<(), KeyError> {
+        Err(KeyError::NoCertificate {
+            origin: origin.clone(),
+            seq,
+        })
+    }
+    fn learn(&self, _: &NodeId, _: &[u8]) -> Result<(), KeyError> {
+        Ok(())
+    }
+}
+
 fn node(id: &str) -> NodeId {
     NodeId::parse(id).unwrap()
 }
@@ -764,6 +782,21 @@ fn a_batch_ahead_of_the_store_is_proven_by_itself_or_not_at_all() {
     let e = b.check_sealed(&events[2..], &seals, &[]).unwrap_err();
     assert!(matches!(e, StoreError::Unproven { seq: 23, .. }), "{e}");
     assert!(e.to_string().contains("whole block"), "{e}");
+
+    // A store that has no certificate of the origin yet (it may come with an earlier batch
+    // still on its way to the store): not shown either way, not a forgery.
+    let (unknown, _) = Store::open_with_backend(
+        InMemoryBackend::new(),
+        "memory",
+        &node("u"),
+        EventLimits::default(),
+    )
+    .unwrap();
+    let unknown = StoreWriter::new(unknown.with_keys(Arc::new(NoCertificates)));
+    let (events, seals) = batch(&a, "a", 20, 30);
+    let e = unknown.check_sealed(&events, &seals, &[]).unwrap_err();
+    assert!(matches!(e, StoreError::Unproven { seq: 21, .. }), "{e}");
+    assert!(e.to_string().contains("no certificate"), "{e}");
 
     // Events b already holds are not checked (they would not apply), and events next to what
     // it holds are still walked from its head.
