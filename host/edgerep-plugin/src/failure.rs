@@ -146,6 +146,9 @@ pub(crate) fn classify(
     if let Some(failed) = error.downcast_ref::<crate::limits::HostGrowFailed>() {
         return (FailureKind::HostOutOfMemory, failed.to_string());
     }
+    if let Some(impossible) = error.downcast_ref::<crate::limits::GrowImpossible>() {
+        return (FailureKind::MemoryLimit, impossible.to_string());
+    }
     if let Some(hit) = error.downcast_ref::<MemoryLimitHit>().or(refused) {
         return (FailureKind::MemoryLimit, hit.to_string());
     }

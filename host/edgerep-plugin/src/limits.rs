@@ -185,6 +185,37 @@ impl std::fmt::Display for HostGrowFailed {
 
 impl std::error::Error for HostGrowFailed {}
 
+/// A grow the plugin's own module makes impossible, which wasmtime fails before asking the
+/// limiter: a memory past what its type can address (4 GiB for a 32-bit memory), or a table
+/// size that overflows. The plugin's doing, the same on every node: memory-limit, not this
+/// machine's failure (which would halt a collection on every node alike, for good).
+#[derive(Debug)]
+pub(crate) struct GrowImpossible {
+    what: &'static str,
+    reason: String,
+}
+
+impl std::fmt::Display for GrowImpossible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit: the plugin asked to grow {} past what its type allows: {}",
+            self.what, self.reason
+        )
+    }
+}
+
+impl std::error::Error for GrowImpossible {}
+
+/// Whether wasmtime's grow failure `error` came before it asked the limiter (the grow was
+/// impossible by the memory's or table's type): the messages of wasmtime 48's `Memory::grow`
+/// and `Table::grow` (pinned; `grows_past_what_a_type_allows_are_the_plugins_doing` runs them).
+fn failed_before_asking(error: &wasmtime::Error) -> bool {
+    let text = error.to_string();
+    text.contains("memory growth exceeds memory type's limits")
+        || text.contains("overflow calculating new table size")
+}
+
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
@@ -201,6 +232,15 @@ impl ResourceLimiter for MemoryLimiter {
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        if failed_before_asking(&error) {
+            // Nothing was approved: the total stands.
+            return self
+                .inner
+                .memory_grow_failed(wasmtime::Error::new(GrowImpossible {
+                    what: "a linear memory",
+                    reason: format!("{error:#}"),
+                }));
+        }
         self.total -= std::mem::take(&mut self.last_grow);
         self.inner
             .memory_grow_failed(wasmtime::Error::new(HostGrowFailed {
@@ -229,6 +269,14 @@ impl ResourceLimiter for MemoryLimiter {
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        if failed_before_asking(&error) {
+            return self
+                .inner
+                .table_grow_failed(wasmtime::Error::new(GrowImpossible {
+                    what: "a table",
+                    reason: format!("{error:#}"),
+                }));
+        }
         self.total -= std::mem::take(&mut self.last_grow);
         self.inner
             .table_grow_failed(wasmtime::Error::new(HostGrowFailed {
@@ -286,6 +334,41 @@ mod tests {
 
         // A memory's own declared maximum counts as the limit too.
         assert!(limiter.memory_growing(0, 2 << 16, Some(1 << 16)).is_err());
+    }
+
+    /// Grows a module's own types make impossible fail in wasmtime before the limiter is asked:
+    /// the plugin's doing (memory-limit), not this machine's, and the total stands. Run through
+    /// wasmtime itself, so that a wasmtime whose messages changed fails here.
+    #[test]
+    fn grows_past_what_a_type_allows_are_the_plugins_doing() {
+        let mut config = wasmtime::Config::new();
+        config.wasm_memory64(true);
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let run = |wat: &str| {
+            let module = wasmtime::Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+            let mut store = wasmtime::Store::new(&engine, MemoryLimiter::new(1 << 24));
+            store.limiter(|l| l);
+            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let total = store.data().total();
+            let f = instance.get_typed_func::<(), ()>(&mut store, "f").unwrap();
+            let error = f.call(&mut store, ()).unwrap_err();
+            assert_eq!(store.data().total(), total, "{wat}");
+            crate::failure::classify(&error, None, crate::failure::Phase::Call)
+        };
+        // A 64-bit table whose new size overflows (a host-out-of-memory failure before, which
+        // halted a collection on every node alike).
+        let (kind, message) = run(r#"(module (table i64 1 funcref)
+                 (func (export "f") (drop (table.grow (ref.null func) (i64.const -1)))))"#);
+        assert_eq!(kind, crate::FailureKind::MemoryLimit, "{message}");
+        assert!(!kind.depends_on_machine());
+        assert!(message.contains("past what its type allows"), "{message}");
+        // A 32-bit memory grown past 4 GiB, and past the cap: the cap refuses them first.
+        for pages in ["0x10000", "1000"] {
+            let (kind, message) = run(&format!(
+                r#"(module (memory 1) (func (export "f") (drop (memory.grow (i32.const {pages})))))"#
+            ));
+            assert_eq!(kind, crate::FailureKind::MemoryLimit, "{message}");
+        }
     }
 
     /// Tables count against the cap: a component's 64 tables of a million elements each were
