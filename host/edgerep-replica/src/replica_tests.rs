@@ -3015,3 +3015,58 @@ fn a_peer_that_refuses_snapshots_gets_every_origin_it_can_as_events() {
         assert_eq!(r.poll_transmit(2, &log).unwrap(), None);
     }
 }
+
+/// A changelog that knows every origin's certificate (its name's bytes).
+struct WithCerts(MemLog);
+
+impl Log for WithCerts {
+    fn read(
+        &self,
+        origin: &NodeId,
+        after: u64,
+        max: usize,
+        bytes: usize,
+    ) -> Result<crate::log::Read, LogError> {
+        self.0.read(origin, after, max, bytes)
+    }
+    fn state_page(
+        &self,
+        after: Option<&StateCursor>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<StatePage, LogError> {
+        self.0.state_page(after, max_events, max_bytes)
+    }
+    fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
+        self.0.seal_at(origin, seq)
+    }
+    fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
+        Some(origin.as_str().as_bytes().to_vec())
+    }
+}
+
+/// An origin's certificate goes with its first batch of a session, and again with what is
+/// sent again after a rewind: the batch that carried it may be the one the peer failed to
+/// apply, and the peer would commit the resent events without it (keeping their seals, not
+/// the certificate, which it then lacks after a restart).
+#[test]
+fn certificates_go_again_with_what_a_rewind_sends_again() {
+    let log = WithCerts(MemLog::with(&evs("a", 1..=4)));
+    let mut r = ready(&log.0, config(100, 2), &["b"]);
+    let certs_of = |m: Option<(NodeId, Message)>| match m {
+        Some((_, Message::Events { certs, .. })) => certs,
+        other => panic!("expected events, got {other:?}"),
+    };
+    assert_eq!(
+        certs_of(r.poll_transmit(10, &log).unwrap()),
+        [(n("a"), b"a".to_vec())]
+    );
+    assert_eq!(certs_of(r.poll_transmit(10, &log).unwrap()), []);
+    // The peer failed to apply the first batch: it asks for a rewind.
+    r.handle(&n("b"), ack(&[], true), 20).unwrap();
+    assert_eq!(
+        certs_of(r.poll_transmit(20, &log).unwrap()),
+        [(n("a"), b"a".to_vec())]
+    );
+    assert_eq!(certs_of(r.poll_transmit(20, &log).unwrap()), []);
+}

@@ -615,6 +615,11 @@ impl Session {
 
     /// Go-back-N: resend everything not acknowledged.
     pub(crate) fn go_back(&mut self, now: u64) {
+        // What is sent again carries its origins' certificates again: the batch that carried
+        // one may be the batch the peer failed to apply, and a peer that commits the resent
+        // events without it keeps their seals but not the certificate, which it then lacks
+        // after a restart (and cannot pass on to a node that never had it).
+        self.certs_sent.clear();
         self.rewind_waiting = false;
         self.rewound = Some((now, false));
         self.sent = self.acked.clone();
