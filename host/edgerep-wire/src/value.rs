@@ -143,7 +143,9 @@ pub enum ValueError {
         max: usize,
     },
     /// The value has more data items than [`DecodeLimits::max_items`].
-    #[error("cbor value has more than {max} data items")]
+    #[error(
+        "value has more than {max} data items (every element, key and scalar counts; the most one value may hold, a fixed limit)"
+    )]
     TooManyItems {
         /// The limit.
         max: usize,
