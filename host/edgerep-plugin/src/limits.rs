@@ -186,8 +186,8 @@ impl std::fmt::Display for HostGrowFailed {
 impl std::error::Error for HostGrowFailed {}
 
 /// A grow the plugin's own module makes impossible, which wasmtime fails before asking the
-/// limiter: a memory past what its type can address (4 GiB for a 32-bit memory), or a table
-/// size that overflows. The plugin's doing, the same on every node: memory-limit, not this
+/// limiter: a table whose new size overflows (a 64-bit table: memory64 is among wasmtime 48's
+/// default features), or a memory past what its page size lets it address. The plugin's doing, the same on every node: memory-limit, not this
 /// machine's failure (which would halt a collection on every node alike, for good).
 #[derive(Debug)]
 pub(crate) struct GrowImpossible {
@@ -341,9 +341,9 @@ mod tests {
     /// wasmtime itself, so that a wasmtime whose messages changed fails here.
     #[test]
     fn grows_past_what_a_type_allows_are_the_plugins_doing() {
-        let mut config = wasmtime::Config::new();
-        config.wasm_memory64(true);
-        let engine = wasmtime::Engine::new(&config).unwrap();
+        // wasmtime's default features, as the runtime's engine has them (64-bit tables
+        // included: memory64 is on by default in wasmtime 48).
+        let engine = wasmtime::Engine::new(&wasmtime::Config::new()).unwrap();
         let run = |wat: &str| {
             let module = wasmtime::Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
             let mut store = wasmtime::Store::new(&engine, MemoryLimiter::new(1 << 24));

@@ -436,6 +436,8 @@ impl Session {
                 Some(&acked) => self.sent.insert(origin.clone(), acked),
                 None => self.sent.remove(&origin),
             };
+            // Sent again with its certificate, as after a go-back (see `go_back`).
+            self.certs_sent.remove(&origin);
             self.stalled.insert(origin);
         }
         self.idle_at = None;
