@@ -162,6 +162,18 @@ impl MemoryLimiter {
         self.refused = Some(hit);
         Err(wasmtime::Error::new(hit))
     }
+
+    /// What a grow of `what` that wasmtime failed with `error` becomes: the plugin's doing when
+    /// it failed before the limiter was asked (the total stands), else this machine's (the
+    /// grow approved last is taken back from the total).
+    fn grow_failed(&mut self, what: &'static str, error: wasmtime::Error) -> wasmtime::Error {
+        let reason = format!("{error:#}");
+        if failed_before_asking(&error) {
+            return wasmtime::Error::new(GrowImpossible { what, reason });
+        }
+        self.total -= std::mem::take(&mut self.last_grow);
+        wasmtime::Error::new(HostGrowFailed { what, reason })
+    }
 }
 
 /// A grow of a memory or table that the cap allowed but this machine could not make (the OS
@@ -232,21 +244,8 @@ impl ResourceLimiter for MemoryLimiter {
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        if failed_before_asking(&error) {
-            // Nothing was approved: the total stands.
-            return self
-                .inner
-                .memory_grow_failed(wasmtime::Error::new(GrowImpossible {
-                    what: "a linear memory",
-                    reason: format!("{error:#}"),
-                }));
-        }
-        self.total -= std::mem::take(&mut self.last_grow);
-        self.inner
-            .memory_grow_failed(wasmtime::Error::new(HostGrowFailed {
-                what: "a linear memory",
-                reason: format!("{error:#}"),
-            }))
+        let error = self.grow_failed("a linear memory", error);
+        self.inner.memory_grow_failed(error)
     }
 
     /// Tables count against the same cap as memories, at [`Self::TABLE_ELEMENT_BYTES`] an
@@ -269,20 +268,8 @@ impl ResourceLimiter for MemoryLimiter {
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        if failed_before_asking(&error) {
-            return self
-                .inner
-                .table_grow_failed(wasmtime::Error::new(GrowImpossible {
-                    what: "a table",
-                    reason: format!("{error:#}"),
-                }));
-        }
-        self.total -= std::mem::take(&mut self.last_grow);
-        self.inner
-            .table_grow_failed(wasmtime::Error::new(HostGrowFailed {
-                what: "a table",
-                reason: format!("{error:#}"),
-            }))
+        let error = self.grow_failed("a table", error);
+        self.inner.table_grow_failed(error)
     }
 
     fn instances(&self) -> usize {

@@ -21,6 +21,14 @@ pub struct DeadLetterUsage {
     pub bytes: u64,
 }
 
+impl DeadLetterUsage {
+    /// Counts one more record of `bytes`.
+    pub(crate) fn add(&mut self, bytes: usize) {
+        self.count += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
 /// The next id, and the ids reserved and not yet settled.
 #[derive(Debug)]
 pub(crate) struct Ids {

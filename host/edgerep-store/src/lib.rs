@@ -681,8 +681,7 @@ impl Store {
         if kept.is_none_or(|u| u.count != rows || (rows == 0 && u.bytes != 0)) {
             let mut usage = DeadLetterUsage::default();
             for row in txn.open_table(DEAD_LETTERS)?.iter()? {
-                usage.count += 1;
-                usage.bytes += row?.1.value().len() as u64;
+                usage.add(row?.1.value().len());
             }
             save_dead_letter_usage(&mut txn.open_table(META)?, usage)?;
         }

@@ -508,18 +508,26 @@ fn prove_by_batch_alone<'e>(
     Ok(())
 }
 
-/// Appends `records` to the dead letters, each under the next id; returns their ids.
+/// Appends `records` to the dead letters in `txn`, each under the next id, and counts them
+/// ([`META_DEAD_LETTER_USAGE`]); returns their ids.
 pub(crate) fn append_dead_letters<'r>(
     store: &Store,
-    dead: &mut redb::Table<'_, u64, &'static [u8]>,
+    txn: &redb::WriteTransaction,
     records: impl ExactSizeIterator<Item = &'r [u8]>,
 ) -> Result<Vec<u64>, StoreError> {
+    if records.len() == 0 {
+        return Ok(Vec::new());
+    }
     let first = store.dead_letter_ids.take(records.len() as u64);
     let mut ids = Vec::new();
+    let mut added = DeadLetterUsage::default();
+    let mut dead = txn.open_table(DEAD_LETTERS)?;
     for (id, record) in (first..).zip(records) {
-        insert_dead_letter(dead, id, record)?;
+        insert_dead_letter(&mut dead, id, record)?;
+        added.add(record.len());
         ids.push(id);
     }
+    count_dead_letters(&mut txn.open_table(META)?, added, Default::default())?;
     Ok(ids)
 }
 
@@ -554,16 +562,6 @@ fn count_dead_letters(
         save_dead_letter_usage(meta, now)?;
     }
     Ok(())
-}
-
-/// How many `records` there are, and their bytes together.
-fn usage_of<'r>(records: impl Iterator<Item = &'r [u8]>) -> DeadLetterUsage {
-    let mut usage = DeadLetterUsage::default();
-    for r in records {
-        usage.count += 1;
-        usage.bytes += r.len() as u64;
-    }
-    usage
 }
 
 /// Inserts dead letter `id` (reserved by [`Store::set_aside`]).
@@ -1054,16 +1052,15 @@ impl StoreWriter {
             let mut removed = DeadLetterUsage::default();
             for &id in dead_letters {
                 match dead.remove(id)? {
-                    Some(record) => {
-                        removed.count += 1;
-                        removed.bytes += record.value().len() as u64;
-                    }
+                    Some(record) => removed.add(record.value().len()),
                     // Replayed already (or never existed): abort, so a replay happens once.
                     None => return Err(StoreError::NoSuchDeadLetter(id)),
                 }
             }
+            let mut added = DeadLetterUsage::default();
             for (id, record) in set_aside {
                 insert_dead_letter(&mut dead, *id, record)?;
+                added.add(record.len());
             }
             drop(dead);
             if !dead_letters.is_empty() || !set_aside.is_empty() {
@@ -1071,7 +1068,6 @@ impl StoreWriter {
                 if !dead_letters.is_empty() {
                     keep_dead_letter_high(&mut meta, self.dead_letter_ids.high())?;
                 }
-                let added = usage_of(set_aside.iter().map(|(_, r)| r.as_slice()));
                 count_dead_letters(&mut meta, added, removed)?;
             }
             let mut state = txn.open_table(STATE)?;
@@ -1670,15 +1666,7 @@ impl StoreWriter {
         let dead_ids;
         let tally;
         let (held, feed_last, forks, deltas, keys_restored) = {
-            dead_ids = append_dead_letters(
-                self,
-                &mut txn.open_table(DEAD_LETTERS)?,
-                dead_letters.iter().map(Vec::as_slice),
-            )?;
-            if !dead_letters.is_empty() {
-                let added = usage_of(dead_letters.iter().map(Vec::as_slice));
-                count_dead_letters(&mut txn.open_table(META)?, added, Default::default())?;
-            }
+            dead_ids = append_dead_letters(self, &txn, dead_letters.iter().map(Vec::as_slice))?;
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut feed = crate::feed::FeedWriter::open(&txn)?;
@@ -1879,13 +1867,7 @@ impl StoreWriter {
     /// returns its id.
     pub fn add_dead_letter(&self, record: &[u8]) -> Result<u64, StoreError> {
         let txn = self.db.begin_write()?;
-        let ids = append_dead_letters(
-            self,
-            &mut txn.open_table(DEAD_LETTERS)?,
-            [record].into_iter(),
-        )?;
-        let added = usage_of([record].into_iter());
-        count_dead_letters(&mut txn.open_table(META)?, added, Default::default())?;
+        let ids = append_dead_letters(self, &txn, [record].into_iter())?;
         txn.commit()?;
         ids.first()
             .copied()
@@ -1895,10 +1877,11 @@ impl StoreWriter {
     /// Removes dead letter `id`; whether it was there.
     pub fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
-        let removed = txn
-            .open_table(DEAD_LETTERS)?
-            .remove(id)?
-            .map(|record| usage_of([record.value()].into_iter()));
+        let removed = txn.open_table(DEAD_LETTERS)?.remove(id)?.map(|record| {
+            let mut usage = DeadLetterUsage::default();
+            usage.add(record.value().len());
+            usage
+        });
         let mut meta = txn.open_table(META)?;
         keep_dead_letter_high(&mut meta, self.dead_letter_ids.high())?;
         count_dead_letters(&mut meta, Default::default(), removed.unwrap_or_default())?;
