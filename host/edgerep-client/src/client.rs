@@ -50,6 +50,20 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Whether `e` came before a connection to the node was made (nothing was sent): the address
+/// is wrong, or nothing listens there.
+fn not_connected(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+        ),
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        _ => false,
+    }
+}
+
 /// Percent-encodes one path segment.
 pub fn segment(s: &[u8]) -> String {
     percent_encoding::percent_encode(s, SEGMENT).to_string()
@@ -131,9 +145,17 @@ impl Client {
                     self.base
                 ));
             }
-            Err(e) => {
+            Err(e) if not_connected(&e) => {
                 return Outcome::Failed(format!(
                     "cannot reach the node at {} (is it running? the address is api.listen in its config): {e}",
+                    self.base
+                ));
+            }
+            // The connection was made: the request may have reached the node, and a write
+            // may have committed before the connection broke.
+            Err(e) => {
+                return Outcome::Failed(format!(
+                    "the connection to the node at {} broke before an answer came, so whether the request took effect is unknown (retry a write with the same --idempotency-key to be sure it happens once): {e}",
                     self.base
                 ));
             }
@@ -156,7 +178,20 @@ impl Client {
         };
         match status {
             200..=299 => Outcome::Ok(body),
-            404 => Outcome::NotFound(message()),
+            // Absent only as a node says it: a 404 of a key or a dead letter. Another 404 of a
+            // node (`unknown_peer`, `no_such_route`) is a refusal, and one that is not a node's
+            // JSON is some other server's.
+            404 if matches!(
+                kind().as_deref(),
+                Some("key_not_found" | "dead_letter_not_found")
+            ) =>
+            {
+                Outcome::NotFound(message())
+            }
+            400..=499 if kind().is_none() => Outcome::Failed(format!(
+                "answered {status} without a node's JSON error (is api.listen another server's address?): {}",
+                message()
+            )),
             // Not a refusal: a write queued before the node's timeout may still commit.
             408 => Outcome::Failed(format!(
                 "the node did not answer in time, so whether the request took effect is unknown (a write may still commit: retry a write with the same --idempotency-key to be sure it happens once): {}",

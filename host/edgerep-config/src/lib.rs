@@ -17,7 +17,7 @@
 //!                            # `authorization: Bearer <the file's text>`
 //! max_connections = 256      # optional, open connections at once
 //! request_timeout_ms = 30000 # optional, a request (not a watch stream) taking longer gets 408
-//! max_watch_streams = 64     # optional, open watch streams at once
+//! max_watch_streams = 64     # optional, open watch streams at once (< max_connections)
 //! max_body_bytes_in_flight = 67108864 # optional, >= limits.max_request_bytes: request bodies
 //!                            # read at once (and kept until answered), in bytes
 //! verify_interval_ms = 10000 # optional, least time between two `?verify=true` status reads
@@ -199,7 +199,8 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// A request (other than a watch stream) taking longer is answered 408 (default 30 s).
     pub request_timeout_ms: u64,
-    /// Most open watch streams at once (> 0, default 64).
+    /// Most open watch streams at once (less than `max_connections`; default 64, at most half
+    /// of `max_connections`).
     pub max_watch_streams: usize,
     /// Most bytes of request bodies read at once and held until their requests are answered
     /// (default 64 MiB, at least `limits.max_request_bytes`): what many large requests at once
@@ -594,7 +595,10 @@ impl Config {
                     .map(|f| resolve_data_dir(&source, f)),
                 max_connections: raw.api.max_connections,
                 request_timeout_ms: raw.api.request_timeout_ms,
-                max_watch_streams: raw.api.max_watch_streams,
+                max_watch_streams: raw
+                    .api
+                    .max_watch_streams
+                    .unwrap_or_else(|| raw::default_max_watch_streams(raw.api.max_connections)),
                 max_body_bytes_in_flight: raw.api.max_body_bytes_in_flight,
                 verify_interval_ms: raw.api.verify_interval_ms,
                 idempotency_window_ms: raw.api.idempotency_window_ms,

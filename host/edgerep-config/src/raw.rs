@@ -166,8 +166,8 @@ pub(crate) struct RawApi {
     pub(crate) max_connections: usize,
     #[serde(default = "default_api_request_timeout_ms")]
     pub(crate) request_timeout_ms: u64,
-    #[serde(default = "default_api_max_watch_streams")]
-    pub(crate) max_watch_streams: usize,
+    /// Unset: [`default_max_watch_streams`] of `max_connections`.
+    pub(crate) max_watch_streams: Option<usize>,
     #[serde(default = "default_api_max_body_bytes_in_flight")]
     pub(crate) max_body_bytes_in_flight: usize,
     #[serde(default = "default_api_verify_interval_ms")]
@@ -184,8 +184,10 @@ fn default_api_max_connections() -> usize {
 fn default_api_request_timeout_ms() -> u64 {
     DEFAULT_API_REQUEST_TIMEOUT_MS
 }
-fn default_api_max_watch_streams() -> usize {
-    DEFAULT_API_MAX_WATCH_STREAMS
+/// `api.max_watch_streams` when not given: 64, but at most half of `max_connections`, so that
+/// watch streams never take every connection.
+pub(crate) fn default_max_watch_streams(max_connections: usize) -> usize {
+    DEFAULT_API_MAX_WATCH_STREAMS.min(max_connections / 2)
 }
 fn default_api_max_body_bytes_in_flight() -> usize {
     DEFAULT_API_MAX_BODY_BYTES_IN_FLIGHT

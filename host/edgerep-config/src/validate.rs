@@ -63,14 +63,16 @@ fn check_api(raw: &RawConfig) -> Result<(), Violation> {
         return Err((
             vec![Seg::Key("api"), Seg::Key("listen")],
             format!(
-                "{} is not a loopback address: anyone who can reach it could write and read                  every collection; set api.token_file to a file holding a bearer token (clients                  send `authorization: Bearer TOKEN`), or listen on 127.0.0.1",
+                "{} is not a loopback address: anyone who can reach it could write and read \
+                 every collection; set api.token_file to a file holding a bearer token (clients \
+                 send `authorization: Bearer TOKEN`), or listen on 127.0.0.1",
                 api.listen
             ),
         ));
     }
     for (key, value) in [
         ("max_connections", api.max_connections),
-        ("max_watch_streams", api.max_watch_streams),
+        ("max_watch_streams", api.max_watch_streams.unwrap_or(1)),
         ("request_timeout_ms", api.request_timeout_ms as usize),
         ("idempotency_window_ms", api.idempotency_window_ms as usize),
         ("idempotency_max_keys", api.idempotency_max_keys as usize),
@@ -84,7 +86,7 @@ fn check_api(raw: &RawConfig) -> Result<(), Violation> {
     }
     for (key, value) in [
         ("max_connections", api.max_connections),
-        ("max_watch_streams", api.max_watch_streams),
+        ("max_watch_streams", api.max_watch_streams.unwrap_or(0)),
     ] {
         if value > MAX_API_PERMITS {
             return Err((
@@ -92,6 +94,20 @@ fn check_api(raw: &RawConfig) -> Result<(), Violation> {
                 format!("{value} is over {MAX_API_PERMITS}"),
             ));
         }
+    }
+    if let Some(watches) = api.max_watch_streams
+        && watches >= api.max_connections
+    {
+        return Err((
+            vec![Seg::Key("api"), Seg::Key("max_watch_streams")],
+            format!(
+                "{} must be less than api.max_connections ({}): each watch stream holds a \
+                 connection for as long as it follows, so watch streams alone could take every \
+                 one, and writes, `edgerep status` and `edgerep reload` would wait in the \
+                 kernel's backlog",
+                watches, api.max_connections
+            ),
+        ));
     }
     Ok(())
 }
@@ -156,6 +172,15 @@ fn check_tracing(raw: &RawConfig) -> Result<(), Violation> {
                 vec![Seg::Key("tracing"), Seg::Key("otlp_endpoint")],
                 format!(
                     "{e:?} is not an http:// or https:// URL (the collector's OTLP/HTTP traces endpoint, e.g. \"http://127.0.0.1:4318/v1/traces\")"
+                ),
+            ));
+        }
+        // The exporter parses it at start: a URL it refuses must not pass `config check`.
+        if let Err(why) = e.parse::<http::Uri>() {
+            return Err((
+                vec![Seg::Key("tracing"), Seg::Key("otlp_endpoint")],
+                format!(
+                    "{e:?} is not a URL ({why}; the collector's OTLP/HTTP traces endpoint, e.g. \"http://127.0.0.1:4318/v1/traces\")"
                 ),
             ));
         }
@@ -370,6 +395,22 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
                 format!(
                     "address \"{}\" is this node's own replication.listen; a peer's address is where that peer listens",
                     peer.address
+                ),
+            ));
+        }
+        // A socket bound to a loopback address cannot send to any other (Linux refuses the
+        // send, and QUIC only sees a handshake that never ends): such a peer is out of reach
+        // both ways. A name other than `localhost` is not looked up here (the CLI warns).
+        if own.ip().is_loopback()
+            && let Some(ip) = ips.iter().find(|ip| !ip.to_canonical().is_loopback())
+        {
+            return Err((
+                vec![Seg::Key("replication"), Seg::Key("listen")],
+                format!(
+                    "{own} is a loopback address, but peer \"{}\" is at {ip}, another machine: \
+                     this node could neither reach it nor be reached by it; listen on this \
+                     machine's address, or on 0.0.0.0 or [::] (every interface)",
+                    peer.id
                 ),
             ));
         }

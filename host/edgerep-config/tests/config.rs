@@ -865,6 +865,12 @@ fn tracing_endpoint_is_optional_and_checked() {
         config.tracing.otlp_endpoint.as_deref(),
         Some("http://127.0.0.1:4318/v1/traces")
     );
+    // Starts like a URL, but the exporter would refuse it at start (an unclosed bracket).
+    let err = expect_error(
+        &with("[tracing]\notlp_endpoint = \"http://[::1:4318/v1/traces\"\n"),
+        "tracing.otlp_endpoint",
+    );
+    assert!(err.message.contains("is not a URL"), "{err}");
     for bad in ["127.0.0.1:4318", "http://", "ftp://x", "http://a b"] {
         let err = expect_error(
             &with(&format!("[tracing]\notlp_endpoint = \"{bad}\"\n")),
@@ -1116,8 +1122,8 @@ fn upgrades_fill_in_what_they_leave_unchanged_and_are_checked() {
 fn two_peers_at_one_address_or_a_peer_at_this_nodes_own_are_refused() {
     let err = expect_error(
         &with(
-            "[[peers]]\nid = \"site-b\"\naddress = \"10.0.0.2:7071\"\n\
-             [[peers]]\nid = \"site-c\"\naddress = \"10.0.0.2:7071\"\n",
+            "[[peers]]\nid = \"site-b\"\naddress = \"127.0.0.9:7071\"\n\
+             [[peers]]\nid = \"site-c\"\naddress = \"127.0.0.9:7071\"\n",
         ),
         "peers[1].address",
     );
@@ -1179,4 +1185,83 @@ fn plugins_nothing_runs_are_listed() {
     ));
     let config = parse(&text).unwrap();
     assert_eq!(config.unused_plugins(), ["lww", "spare"]);
+}
+
+/// A replication listener on loopback cannot send to another machine (the kernel refuses the
+/// send and QUIC sees only a handshake that never ends), so a peer at another machine's address
+/// is refused where the listener is named. Peers on loopback, and names (not looked up here),
+/// pass; so does any peer of a node listening on every interface.
+#[test]
+fn a_loopback_replication_listener_with_a_peer_on_another_machine_is_refused() {
+    for far in [
+        "10.0.0.2:7071",
+        "[2001:db8::2]:7071",
+        "[::ffff:10.0.0.2]:7071",
+    ] {
+        let err = expect_error(
+            &with(&format!(
+                "[[peers]]\nid = \"site-b\"\naddress = \"127.0.0.2:7071\"\n\
+                 [[peers]]\nid = \"site-c\"\naddress = \"{far}\"\n"
+            )),
+            "replication.listen",
+        );
+        assert!(
+            err.message.contains("127.0.0.1:7071 is a loopback address"),
+            "{err}"
+        );
+        assert!(err.message.contains("peer \"site-c\""), "{err}");
+        assert!(err.message.contains("0.0.0.0"), "{err}");
+    }
+    for near in [
+        "127.0.0.2:7071",
+        "[::1]:7072",
+        "localhost:7072",
+        "site-b.example:7071",
+    ] {
+        let text = with(&format!(
+            "[[peers]]\nid = \"site-b\"\naddress = \"{near}\"\n"
+        ));
+        assert!(parse(&text).is_ok(), "{near}: {:?}", parse(&text).err());
+    }
+    let everywhere = with("[[peers]]\nid = \"site-b\"\naddress = \"10.0.0.2:7071\"\n")
+        .replace("listen = \"127.0.0.1:7071\"", "listen = \"0.0.0.0:7071\"");
+    assert!(parse(&everywhere).is_ok(), "{:?}", parse(&everywhere).err());
+}
+
+/// Each watch stream holds an API connection while it follows: watch streams may not be allowed
+/// as many as the connections, or followers alone could take every one (writes, status and
+/// reload would wait in the kernel's backlog). Unset, the bound is 64 but at most half the
+/// connections.
+#[test]
+fn watch_streams_leave_connections_for_other_requests() {
+    let err = expect_error(
+        &api_with("max_connections = 16\nmax_watch_streams = 16"),
+        "api.max_watch_streams",
+    );
+    assert!(
+        err.message
+            .contains("must be less than api.max_connections (16)"),
+        "{err}"
+    );
+    let config = parse(&api_with("max_connections = 16\nmax_watch_streams = 15")).unwrap();
+    assert_eq!(config.api.max_watch_streams, 15);
+    let config = parse(&api_with("max_connections = 16")).unwrap();
+    assert_eq!(config.api.max_watch_streams, 8);
+    let config = parse(&api_with("max_connections = 1000")).unwrap();
+    assert_eq!(config.api.max_watch_streams, 64);
+    // One connection: no watch stream unless asked for, and then refused as above.
+    let config = parse(&api_with("max_connections = 1")).unwrap();
+    assert_eq!(config.api.max_watch_streams, 0);
+    expect_error(
+        &api_with("max_connections = 1\nmax_watch_streams = 1"),
+        "api.max_watch_streams",
+    );
+}
+
+/// `MINIMAL` with `lines` added to its `[api]` table.
+fn api_with(lines: &str) -> String {
+    MINIMAL.replace(
+        "listen = \"127.0.0.1:7070\"",
+        &format!("listen = \"127.0.0.1:7070\"\n{lines}"),
+    )
 }

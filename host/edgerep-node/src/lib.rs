@@ -161,6 +161,7 @@ impl NodeError {
                 | NodeError::Identity(_)
                 | NodeError::Keys(_)
                 | NodeError::Config(_)
+                | NodeError::Trace(trace::TraceError::Exporter { .. })
                 | NodeError::KeyChanged { .. }
                 | NodeError::DecidersChanged(_)
                 | NodeError::Store {

@@ -459,6 +459,25 @@ fn check_files(config: &Config) -> Result<(), String> {
             config.source.display()
         );
     }
+    // `config check` refuses a peer at another machine's IP address for a loopback listener;
+    // a name is not looked up there.
+    if config.replication.listen.ip().is_loopback() {
+        for peer in &config.peers {
+            let host = peer.address.rsplit_once(':').map_or("", |(h, _)| h);
+            if !host.eq_ignore_ascii_case("localhost")
+                && host.parse::<std::net::IpAddr>().is_err()
+                && !host.starts_with('[')
+            {
+                eprintln!(
+                    "warning: {}: replication.listen {} is a loopback address: peer {:?} at {:?} is reachable only if that name is an address of this machine",
+                    config.source.display(),
+                    config.replication.listen,
+                    peer.id.as_str(),
+                    peer.address
+                );
+            }
+        }
+    }
     if let Some(tls) = &config.replication.tls {
         let read = |p: &Path, key: &str| {
             std::fs::read_to_string(p).map_err(|e| {

@@ -1277,6 +1277,10 @@ fn answers_to_retry_later_and_answers_that_are_not_a_nodes_exit_4() {
         ),
         "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 14\r\nconnection: close\r\n\r\n<html>hi</html".to_owned(),
         "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 14\r\nconnection: close\r\n\r\n<html>hi</html".to_owned(),
+        // Another server's 404 page: not "absent" (exit 1), which a script would believe.
+        "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: 14\r\nconnection: close\r\n\r\n<html>no</html".to_owned(),
+        // The connection closed with no answer (a node killed after reading the request).
+        String::new(),
     ];
     let serving = std::thread::spawn(move || {
         for answer in answers {
@@ -1284,9 +1288,15 @@ fn answers_to_retry_later_and_answers_that_are_not_a_nodes_exit_4() {
             // The request's head, read to its end (a GET has no body).
             let mut reader = std::io::BufReader::new(stream);
             let mut line = String::new();
+            let mut length = 0usize;
             while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
                 line.clear();
             }
+            let mut body = vec![0; length];
+            std::io::Read::read_exact(&mut reader, &mut body).unwrap();
             reader.get_mut().write_all(answer.as_bytes()).unwrap();
         }
     });
@@ -1316,7 +1326,45 @@ fn answers_to_retry_later_and_answers_that_are_not_a_nodes_exit_4() {
         );
         assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
     }
+    let o = edgerep(&["get", "--config", c, "orders", "o-1"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("404 without a node's JSON error"),
+        "{}",
+        stderr(&o)
+    );
+    // A write whose connection broke after it was sent may have committed: the message says
+    // so and how to retry, not that the node could not be reached.
+    let o = edgerep(&[
+        "put",
+        "--config",
+        c,
+        "orders",
+        "o-1",
+        "{}",
+        "--idempotency-key",
+        "k-1",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("broke before an answer came"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("same --idempotency-key"),
+        "{}",
+        stderr(&o)
+    );
     serving.join().unwrap();
+    // Nothing listens any more: that one cannot be reached.
+    let o = edgerep(&["get", "--config", c, "orders", "o-1"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot reach the node"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// `status --check` exits 4 naming what needs an operator (a peer not connected, local writes
