@@ -12,14 +12,18 @@ use edgerep_store::KeyError;
 use edgerep_transport::certs::Identity;
 use edgerep_transport::seal::{NodeKey, SealError, Signer, Verifier};
 use edgerep_wire::NodeId;
+use edgerep_wire::seal::MAX_CERTS_PER_ORIGIN;
 
 /// Signs and verifies seals (see the module docs).
 pub struct NodeKeys {
     node: NodeId,
     signer: Signer,
     verifier: Verifier,
-    /// Per origin, the key of its certificate, once checked, and the certificate (DER).
-    known: Mutex<BTreeMap<NodeId, (NodeKey, Vec<u8>)>>,
+    /// Per origin, the keys of its certificates, once checked, and the certificates (DER), in
+    /// the order learnt: at most [`MAX_CERTS_PER_ORIGIN`]. A seal verifies under any of them;
+    /// none is ever replaced (a peer sending an origin's old certificate must not take away
+    /// the key its current events verify under).
+    known: Mutex<KnownCerts>,
     /// Per revoked node, the last sequence number it may still vouch for (replaced on reload).
     revoked: Mutex<BTreeMap<NodeId, u64>>,
     /// Signatures checked lately: a connection's reader checks a batch's seals where it
@@ -31,6 +35,9 @@ pub struct NodeKeys {
     /// Certificates checked against the CA (parsed and their signature verified), for tests.
     checked: AtomicU64,
 }
+
+/// Per origin, the keys of its certificates and the certificates (DER), in the order learnt.
+type KnownCerts = BTreeMap<NodeId, Vec<(NodeKey, Vec<u8>)>>;
 
 /// How many refused certificates [`NodeKeys`] remembers, and for how long: a certificate not
 /// yet valid may become valid, so a refusal is not kept for good.
@@ -149,7 +156,7 @@ impl NodeKeys {
         let node = own.node.clone();
         let known = Mutex::new(BTreeMap::from([(
             node.clone(),
-            (own, signer.cert().to_vec()),
+            vec![(own, signer.cert().to_vec())],
         )]));
         Ok(NodeKeys {
             node,
@@ -173,11 +180,14 @@ impl NodeKeys {
         self.signer.cert()
     }
 
-    /// The certificate (DER) of `origin`, if it was learnt (from the store at start, or from a
-    /// peer's message since).
-    pub fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
+    /// The certificates (DER) of `origin` learnt (from the store at start, or from peers'
+    /// messages since), in the order learnt.
+    pub fn certs(&self, origin: &NodeId) -> Vec<Vec<u8>> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.get(origin).map(|(_, der)| der.clone())
+        known
+            .get(origin)
+            .map(|certs| certs.iter().map(|(_, der)| der.clone()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -210,33 +220,43 @@ impl edgerep_store::Keys for NodeKeys {
                 seq,
             });
         }
-        // The key is taken out of the lock: a signature check under it would hold every
+        // The keys are taken out of the lock: a signature check under it would hold every
         // other check (the committer's among them) back.
-        let (key, memo) = {
+        let keys: Vec<(NodeKey, [u8; 32])> = {
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            let (key, der) = known.get(origin).ok_or_else(|| KeyError::NoCertificate {
+            let certs = known.get(origin).ok_or_else(|| KeyError::NoCertificate {
                 origin: origin.clone(),
                 seq,
             })?;
-            (key.clone(), hash_of(&[der, message, signature]))
+            certs
+                .iter()
+                .map(|(key, der)| (key.clone(), hash_of(&[der, message, signature])))
+                .collect()
         };
-        if self
-            .verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&memo)
-            .is_some()
         {
-            return Ok(());
+            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if keys.iter().any(|(_, memo)| verified.get(memo).is_some()) {
+                return Ok(());
+            }
         }
-        self.verifier
-            .verify(&key, message, signature)
-            .map_err(|e| KeyError::BadSignature(e.to_string()))?;
-        self.verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(memo, ());
-        Ok(())
+        // Under each key in turn (the first learnt is the usual one): at most
+        // MAX_CERTS_PER_ORIGIN checks for a seal that verifies under none.
+        let mut last = None;
+        for (key, memo) in keys {
+            match self.verifier.verify(&key, message, signature) {
+                Ok(()) => {
+                    self.verified
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(memo, ());
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(KeyError::BadSignature(
+            last.map_or_else(|| "no key".to_owned(), |e| e.to_string()),
+        ))
     }
 
     fn learn(&self, origin: &NodeId, cert: &[u8]) -> Result<(), KeyError> {
@@ -246,11 +266,19 @@ impl edgerep_store::Keys for NodeKeys {
             return Ok(());
         }
         // A certificate already known needs no second check (peers send theirs once per
-        // session, but a message may repeat one: each check parses and verifies X.509).
+        // session, but a message may repeat one: each check parses and verifies X.509). Past
+        // the bound, another is refused unchecked.
         {
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            if known.get(origin).is_some_and(|(_, der)| der == cert) {
+            let held = known.get(origin).map_or(&[][..], Vec::as_slice);
+            if held.iter().any(|(_, der)| der == cert) {
                 return Ok(());
+            }
+            if held.len() >= MAX_CERTS_PER_ORIGIN {
+                return Err(KeyError::TooManyCertificates {
+                    origin: origin.clone(),
+                    held: held.len(),
+                });
             }
         }
         let refused_key = hash_of(&[origin.as_str().as_bytes(), cert]);
@@ -270,9 +298,21 @@ impl edgerep_store::Keys for NodeKeys {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(refused_key, (now, why.clone()));
         })?;
-        // `check_cert` names the node as `node_id_of` did: `key.node` is `origin`.
+        // `check_cert` names the node as `node_id_of` did: `key.node` is `origin`. Added, never
+        // replacing one (another caller may have added this one, or filled the bound, since
+        // the look above).
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.insert(origin.clone(), (key, cert.to_vec()));
+        let held = known.entry(origin.clone()).or_default();
+        if held.iter().any(|(_, der)| der == cert) {
+            return Ok(());
+        }
+        if held.len() >= MAX_CERTS_PER_ORIGIN {
+            return Err(KeyError::TooManyCertificates {
+                origin: origin.clone(),
+                held: held.len(),
+            });
+        }
+        held.push((key, cert.to_vec()));
         Ok(())
     }
 
@@ -371,6 +411,51 @@ mod tests {
             3,
             "a known certificate is not checked again either"
         );
+    }
+
+    /// An origin whose id the CA issued more than once (a site rebuilt with a new key): a peer
+    /// sending its old certificate adds a key and takes none away, so the origin's current seals
+    /// still verify (before, the old one replaced the current key, and the origin's next batch
+    /// was refused as forged and its link cut, again after each reconnect). Past the bound of
+    /// certificates per origin, another is refused unchecked and the held ones still serve.
+    #[test]
+    fn an_old_certificate_of_an_origin_adds_a_key_and_replaces_none() {
+        let ca = Ca::generate("test").unwrap();
+        let two = keys_of(&ca, "node-2");
+        let node3 = NodeId::parse("node-3").unwrap();
+        let current = keys_of(&ca, "node-3");
+        let issued: Vec<NodeKeys> = (0..MAX_CERTS_PER_ORIGIN)
+            .map(|_| keys_of(&ca, "node-3"))
+            .collect();
+        two.learn(&node3, current.own_cert()).unwrap();
+        let signed_now = current.sign(b"m").unwrap();
+        two.verify(&node3, 1, b"m", &signed_now).unwrap();
+        for old in &issued[..MAX_CERTS_PER_ORIGIN - 1] {
+            two.learn(&node3, old.own_cert()).unwrap();
+            // Checked afresh (not from the memo of the first check).
+            two.verified.lock().unwrap().map.clear();
+            two.verify(&node3, 1, b"m", &signed_now).unwrap();
+            two.verify(&node3, 1, b"m", &old.sign(b"m").unwrap())
+                .unwrap();
+        }
+        assert_eq!(two.certs(&node3).len(), MAX_CERTS_PER_ORIGIN);
+        assert_eq!(two.certs(&node3)[0], current.own_cert());
+        let checked = two.checked.load(Ordering::Relaxed);
+        let last = &issued[MAX_CERTS_PER_ORIGIN - 1];
+        assert!(matches!(
+            two.learn(&node3, last.own_cert()),
+            Err(KeyError::TooManyCertificates { held, .. }) if held == MAX_CERTS_PER_ORIGIN
+        ));
+        assert_eq!(
+            two.checked.load(Ordering::Relaxed),
+            checked,
+            "refused unchecked"
+        );
+        two.verify(&node3, 1, b"m", &signed_now).unwrap();
+        assert!(matches!(
+            two.verify(&node3, 1, b"m", &last.sign(b"m").unwrap()),
+            Err(KeyError::BadSignature(_))
+        ));
     }
 
     #[test]

@@ -1036,14 +1036,24 @@ impl Replicator {
                 if !events.is_empty() {
                     self.anti_entropy.heard_events(&peer);
                 }
-                self.learn_certs(&peer, certs);
+                if let Some(reason) = self.learn_certs(&peer, certs) {
+                    tracing::error!(peer = %peer, "certificate refused, disconnecting: {reason}");
+                    self.cut_off(peer, reason, now);
+                    return;
+                }
                 if let Some(reason) = self.check_forks(&peer, events, seals) {
                     tracing::error!(peer = %peer, "events refused, disconnecting: {reason}");
                     self.cut_off(peer, reason, now);
                     return;
                 }
             }
-            Message::Snapshot { certs, .. } => self.learn_certs(&peer, certs),
+            Message::Snapshot { certs, .. } => {
+                if let Some(reason) = self.learn_certs(&peer, certs) {
+                    tracing::error!(peer = %peer, "certificate refused, disconnecting: {reason}");
+                    self.cut_off(peer, reason, now);
+                    return;
+                }
+            }
             Message::Reconcile { .. } | Message::Repair { .. } => {
                 // The core checks only that it follows the handshake; anti-entropy
                 // takes the message itself.

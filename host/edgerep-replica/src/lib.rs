@@ -20,8 +20,8 @@
 //!     fn seal_at(&self, _: &NodeId, _: u64) -> Result<Option<Seal>, LogError> {
 //!         Ok(None)
 //!     }
-//!     fn cert(&self, _: &NodeId) -> Option<Vec<u8>> {
-//!         None
+//!     fn certs(&self, _: &NodeId) -> Vec<Vec<u8>> {
+//!         Vec::new()
 //!     }
 //!     fn state_page(&self, _: Option<&StateCursor>, _: usize, _: usize) -> Result<StatePage, LogError> {
 //!         Ok(StatePage::default())

@@ -46,8 +46,9 @@ pub trait Log {
     /// The seal of `origin` at `seq`, if the node holds one.
     fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError>;
 
-    /// The certificate (DER) that verifies `origin`'s seals, if the node has it.
-    fn cert(&self, origin: &NodeId) -> Option<Vec<u8>>;
+    /// The certificates (DER) that verify `origin`'s seals the node holds (at most
+    /// [`edgerep_wire::seal::MAX_CERTS_PER_ORIGIN`]; usually one).
+    fn certs(&self, origin: &NodeId) -> Vec<Vec<u8>>;
 
     /// The versions of the keys after `after` (from the first key if `None`), whole keys only:
     /// at most `max_events` versions and `max_bytes` of encoded versions, except that the first

@@ -38,7 +38,9 @@
 use bytes::Bytes;
 use edgerep_wire::EncodedEvent;
 use edgerep_wire::event::{self, EventLimits, check_collection_name};
-use edgerep_wire::seal::{MAX_CERT_BYTES, MAX_PATH_HASHES, MAX_SIGNATURE_BYTES, Proof};
+use edgerep_wire::seal::{
+    MAX_CERT_BYTES, MAX_CERTS_PER_ORIGIN, MAX_PATH_HASHES, MAX_SIGNATURE_BYTES, Proof,
+};
 use edgerep_wire::{NodeId, Seal};
 use minicbor::Encoder;
 
@@ -1093,7 +1095,7 @@ fn decode_seals(
         });
     }
     let mut certs: Certs = Vec::with_capacity(n);
-    let mut origins = std::collections::BTreeSet::new();
+    let mut per_origin: std::collections::BTreeMap<NodeId, usize> = Default::default();
     for _ in 0..n {
         r.array_of(2, "cert")?;
         let origin = node_id(r, "cert origin")?;
@@ -1104,9 +1106,12 @@ fn decode_seals(
                 reason: format!("{} bytes, over the limit of {MAX_CERT_BYTES}", der.len()),
             });
         }
-        // One certificate per origin is read (the first; senders send one): further copies
-        // are not kept, so they cost no memory however long the message is queued.
-        if origins.insert(origin.clone()) {
+        // At most MAX_CERTS_PER_ORIGIN distinct certificates per origin are read (the first;
+        // senders send those they hold): further ones are not kept, so they cost no memory
+        // however long the message is queued.
+        let kept = per_origin.entry(origin.clone()).or_default();
+        if *kept < MAX_CERTS_PER_ORIGIN && !certs.iter().any(|(o, d)| *o == origin && d == der) {
+            *kept += 1;
             certs.push((origin, der.to_vec()));
         }
     }
@@ -1504,27 +1509,29 @@ mod tests {
         assert!(!inside(&events[0], &padded));
     }
 
-    /// A message carrying many copies of one origin's certificate keeps the first only: the
-    /// copies cost nothing while the message waits in a queue.
+    /// A message carrying many certificates of one origin keeps the first
+    /// `MAX_CERTS_PER_ORIGIN` distinct ones only (a copy is kept once): the others cost nothing
+    /// while the message waits in a queue.
     #[test]
-    fn only_the_first_certificate_of_an_origin_is_kept() {
+    fn at_most_a_few_certificates_of_an_origin_are_kept() {
+        let mut certs = vec![(node("b"), vec![3; 60])];
+        for i in 0..10u8 {
+            certs.push((node("a"), vec![10 + i; 60 + usize::from(i)]));
+            certs.push((node("a"), vec![10; 60]));
+        }
         let m = Message::Events {
             events: vec![event("a", 1)],
             seals: vec![],
-            certs: vec![
-                (node("a"), vec![1; 60]),
-                (node("a"), vec![2; 600]),
-                (node("b"), vec![3; 60]),
-                (node("a"), vec![4; 60]),
-            ],
+            certs,
         };
         let Message::Events { certs, .. } = decode(&m.encode()).unwrap() else {
             panic!("not events")
         };
-        assert_eq!(
-            certs,
-            vec![(node("a"), vec![1; 60]), (node("b"), vec![3; 60])]
-        );
+        let mut expected = vec![(node("b"), vec![3; 60])];
+        for i in 0..MAX_CERTS_PER_ORIGIN as u8 {
+            expected.push((node("a"), vec![10 + i; 60 + usize::from(i)]));
+        }
+        assert_eq!(certs, expected);
     }
 
     fn hello() -> Hello {

@@ -1933,10 +1933,10 @@ impl Replica {
             // The certificates of the origins the seals name, once each.
             let mut certs: Vec<(NodeId, Vec<u8>)> = Vec::new();
             for seal in &seals {
-                if !certs.iter().any(|(o, _)| *o == seal.origin)
-                    && let Some(cert) = log.cert(&seal.origin)
-                {
-                    certs.push((seal.origin.clone(), cert));
+                if !certs.iter().any(|(o, _)| *o == seal.origin) {
+                    for cert in log.certs(&seal.origin) {
+                        certs.push((seal.origin.clone(), cert));
+                    }
                 }
             }
             p.last_send_error = None;
@@ -2125,11 +2125,14 @@ impl Replica {
                 upto.min(before).saturating_sub(after);
             s.mark_sent(&origin, upto, now);
             have::raise(&mut s.sent_max, &origin, upto);
-            if !s.certs_sent.contains(&origin)
-                && let Some(cert) = log.cert(&origin)
-            {
-                s.certs_sent.insert(origin.clone());
-                certs.push((origin.clone(), cert));
+            if !s.certs_sent.contains(&origin) {
+                let held = log.certs(&origin);
+                if !held.is_empty() {
+                    s.certs_sent.insert(origin.clone());
+                }
+                for cert in held {
+                    certs.push((origin.clone(), cert));
+                }
             }
             batch.extend(events);
             seals.extend(read_seals);

@@ -151,8 +151,8 @@ impl Log for MemLog {
         Ok(self.events.get(&(origin.clone(), seq)).map(seal_of))
     }
 
-    fn cert(&self, _: &NodeId) -> Option<Vec<u8>> {
-        None
+    fn certs(&self, _: &NodeId) -> Vec<Vec<u8>> {
+        Vec::new()
     }
 
     /// Whole keys after `after`, at most `max_events` versions (the first key always).
@@ -2363,8 +2363,8 @@ impl Log for Faulty {
         }
         self.log.seal_at(origin, seq)
     }
-    fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
-        self.log.cert(origin)
+    fn certs(&self, origin: &NodeId) -> Vec<Vec<u8>> {
+        self.log.certs(origin)
     }
 }
 
@@ -3040,8 +3040,8 @@ impl Log for WithCerts {
     fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
         self.0.seal_at(origin, seq)
     }
-    fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
-        Some(origin.as_str().as_bytes().to_vec())
+    fn certs(&self, origin: &NodeId) -> Vec<Vec<u8>> {
+        vec![origin.as_str().as_bytes().to_vec()]
     }
 }
 

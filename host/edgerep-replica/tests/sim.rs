@@ -452,8 +452,8 @@ impl Log for MemLog {
         Ok(self.seal(origin, seq))
     }
 
-    fn cert(&self, _: &NodeId) -> Option<Vec<u8>> {
-        None
+    fn certs(&self, _: &NodeId) -> Vec<Vec<u8>> {
+        Vec::new()
     }
 
     /// Like `Store::state_page`: whole keys in (collection, key) order, within the limits except

@@ -669,6 +669,7 @@ impl Store {
             txn.open_table(CHAINS)?;
             txn.open_table(SEALS)?;
             txn.open_table(CERTS)?;
+            txn.open_table(seals::CERTS_MORE)?;
             txn.open_table(proofs::PROOFS)?;
             txn.open_table(proofs::BLOCKS)?;
             txn.open_table(idempotency::RESTORED)?;

@@ -155,21 +155,45 @@ impl Store {
         Ok(None)
     }
 
-    /// The certificate (DER) of `origin` this store learnt from peers, if any.
-    pub fn cert(&self, origin: &NodeId) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The certificates (DER) of `origin` this store learnt from peers: the first stored, then
+    /// the others (see [`seals::CERTS_MORE`]).
+    pub fn certs_of(&self, origin: &NodeId) -> Result<Vec<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(CERTS)?;
-        Ok(table.get(origin.as_str())?.map(|g| g.value().to_vec()))
+        let Some(first) = txn
+            .open_table(CERTS)?
+            .get(origin.as_str())?
+            .map(|g| g.value().to_vec())
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = vec![first];
+        let origin = origin.as_str();
+        for row in txn
+            .open_table(seals::CERTS_MORE)?
+            .range((origin, &[][..])..)?
+        {
+            let (k, v) = row?;
+            if k.value().0 != origin {
+                break;
+            }
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
     }
 
-    /// Every certificate this store learnt from peers, by origin.
+    /// Every certificate this store learnt from peers, by origin (each origin's first stored
+    /// before its others).
     pub fn certs(&self) -> Result<Vec<(NodeId, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(CERTS)?;
         let mut out = Vec::new();
-        for row in table.iter()? {
+        for row in txn.open_table(CERTS)?.iter()? {
             let (k, v) = row?;
             let origin = NodeId::parse(k.value()).map_err(|e| corrupt("certs", e))?;
+            out.push((origin, v.value().to_vec()));
+        }
+        for row in txn.open_table(seals::CERTS_MORE)?.iter()? {
+            let (k, v) = row?;
+            let origin = NodeId::parse(k.value().0).map_err(|e| corrupt("certs_more", e))?;
             out.push((origin, v.value().to_vec()));
         }
         Ok(out)

@@ -9,7 +9,7 @@
 //! removed with its changelog entries; the one at the floor stays.
 
 use edgerep_wire::NodeId;
-use edgerep_wire::seal::{ChainHash, Seal, chain_start};
+use edgerep_wire::seal::{ChainHash, MAX_CERTS_PER_ORIGIN, Seal, chain_start};
 use redb::{ReadableTable, TableDefinition};
 
 use crate::keys::log_key;
@@ -20,8 +20,13 @@ pub(crate) const CHAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("ch
 /// `origin 0x00 sequence` → the block's first sequence number (8 bytes, big endian), chain hash
 /// (32 bytes), Merkle root (32 bytes) and signature.
 pub(crate) const SEALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("seals");
-/// `origin` → its certificate (DER), as learnt from peers.
+/// `origin` → its certificate (DER), as learnt from peers: the first one stored.
 pub(crate) const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+/// `(origin, BLAKE3 of the DER)` → another certificate of `origin` (one the CA issued its id
+/// before or since), at most [`MAX_CERTS_PER_ORIGIN`] − 1 per origin: relayed with the origin's
+/// events, so that a peer holding only some of them can verify every seal.
+pub(crate) const CERTS_MORE: TableDefinition<(&str, &[u8]), &[u8]> =
+    TableDefinition::new("certs_more");
 
 /// Seals and certificates that came with events or a snapshot page from a peer.
 pub(crate) type Sealed<'a> = (&'a [Seal], &'a [(NodeId, Vec<u8>)]);
@@ -57,6 +62,17 @@ pub enum KeyError {
     /// A certificate does not chain to the deployment CA or is not valid (what the check said).
     #[error("{0}")]
     BadCertificate(String),
+    /// A certificate of `origin` past the [`edgerep_wire::seal::MAX_CERTS_PER_ORIGIN`] this
+    /// node holds of it (an honest node sends no more than it holds).
+    #[error(
+        "a certificate of {origin} other than the {held} this node holds of it (at most that many are kept per origin)"
+    )]
+    TooManyCertificates {
+        /// The origin.
+        origin: NodeId,
+        /// How many this node holds of it.
+        held: usize,
+    },
     /// A certificate sent for `origin` names another node.
     #[error("the certificate sent for {origin} names {named}")]
     OtherNode {
@@ -119,15 +135,45 @@ pub(crate) fn encode_head(seq: u64, chain: &ChainHash) -> [u8; 40] {
     out
 }
 
-/// Stores the certificates that came with `sealed` (checked by the keys before).
+/// Stores the certificates that came with `sealed` (checked by the keys before), each once:
+/// an origin's first in [`CERTS`], others beside it in [`CERTS_MORE`] up to the bound (none
+/// replaces one stored).
 pub(crate) fn put_certs(
     txn: &redb::WriteTransaction,
     sealed: Option<Sealed<'_>>,
 ) -> Result<(), StoreError> {
-    if let Some((_, certs)) = sealed {
-        let mut table = txn.open_table(CERTS)?;
-        for (origin, der) in certs {
-            table.insert(origin.as_str(), der.as_slice())?;
+    let Some((_, certs)) = sealed else {
+        return Ok(());
+    };
+    if certs.is_empty() {
+        return Ok(());
+    }
+    let mut first = txn.open_table(CERTS)?;
+    let mut more = txn.open_table(CERTS_MORE)?;
+    for (origin, der) in certs {
+        let origin = origin.as_str();
+        let held = first.get(origin)?.map(|g| g.value() == der.as_slice());
+        match held {
+            None => {
+                first.insert(origin, der.as_slice())?;
+                continue;
+            }
+            Some(true) => continue,
+            Some(false) => {}
+        }
+        let hash = blake3::hash(der);
+        if more.get((origin, hash.as_bytes().as_slice()))?.is_some() {
+            continue;
+        }
+        let mut others = 0;
+        for row in more.range((origin, &[][..])..)? {
+            if row?.0.value().0 != origin {
+                break;
+            }
+            others += 1;
+        }
+        if others + 1 < MAX_CERTS_PER_ORIGIN {
+            more.insert((origin, hash.as_bytes().as_slice()), der.as_slice())?;
         }
     }
     Ok(())

@@ -804,3 +804,40 @@ fn a_batch_ahead_of_the_store_is_proven_by_itself_or_not_at_all() {
     b.check_sealed(&events, &seals, &[]).unwrap();
     assert_eq!(b.status().unwrap().origins.get("a"), Some(&10));
 }
+
+/// An origin's certificates as batches bring them: the first is kept, others are added beside
+/// it (a copy once), none replaces one held, and past the bound per origin no more are kept (a
+/// relay sends every one it holds, so a peer holding only some can verify every seal).
+#[test]
+fn an_origins_certificates_are_added_never_replaced() {
+    use edgerep_wire::seal::MAX_CERTS_PER_ORIGIN;
+    let a = store("a");
+    let b = store("b");
+    let mut c = clock();
+    let cert = |i: u8| vec![i; 40 + usize::from(i)];
+    for i in 0..(MAX_CERTS_PER_ORIGIN as u8 + 2) {
+        a.commit_local(writes(&format!("w{i}-"), 1), &mut c, 1)
+            .unwrap();
+        let (events, seals) = batch(&a, "a", u64::from(i), u64::from(i) + 1);
+        let events = events.into_iter().map(Received::as_received).collect();
+        // Each batch carries a new certificate and the first one again.
+        let certs = vec![(node("a"), cert(i)), (node("a"), cert(0))];
+        b.apply_sealed(events, &seals, &certs, &[], Sync::Immediate, &mut c, 1)
+            .unwrap();
+        let held = b.certs_of(&node("a")).unwrap();
+        assert_eq!(held[0], cert(0), "the first stays first");
+        let mut sorted = held.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), held.len(), "each once: {held:?}");
+        let expected = usize::from(i + 1).min(MAX_CERTS_PER_ORIGIN);
+        assert_eq!(held.len(), expected);
+        for j in 0..expected as u8 {
+            assert!(held.contains(&cert(j)), "{j}");
+        }
+    }
+    let all = b.certs().unwrap();
+    assert_eq!(all.len(), MAX_CERTS_PER_ORIGIN);
+    assert!(all.iter().all(|(o, _)| *o == node("a")));
+    assert!(b.certs_of(&node("z")).unwrap().is_empty());
+}

@@ -34,6 +34,12 @@ pub const MAX_SIGNATURE_BYTES: usize = 512;
 /// Longest certificate accepted (DER).
 pub const MAX_CERT_BYTES: usize = 16 * 1024;
 
+/// Most certificates of one origin a node holds, sends and reads from one message. A node keeps
+/// its key for life, but the CA may have issued its id more than one (a site rebuilt with a new
+/// key): a node verifies an origin's seal under any of them, so that an old certificate a peer
+/// sends never replaces the key that verifies the origin's current events.
+pub const MAX_CERTS_PER_ORIGIN: usize = 4;
+
 /// Longest Merkle path accepted (a block of [`SEAL_EVERY_EVENTS`] leaves needs 8).
 pub const MAX_PATH_HASHES: usize = 16;
 

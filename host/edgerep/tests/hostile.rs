@@ -1045,8 +1045,75 @@ fn a_certificate_from_outside_the_deployment_is_refused() {
         "{reason:?}"
     );
     assert_eq!(get(&n1, "c", "k").0, 404);
+    // The same without events to refuse: before, the session stayed up and each message of
+    // new made-up certificates bought signature checks on the replicator thread.
+    let mut h = attacker(&configs, &[]);
+    h.send(&Message::Events {
+        events: vec![],
+        seals: vec![],
+        certs: vec![(
+            NodeId::parse("node-3").unwrap(),
+            vec![0x30, 0x82, 0x01, 0x00, 8, 8],
+        )],
+    })
+    .unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("certificate it sent as node-3's was refused")),
+        "{reason:?}"
+    );
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
+/// Another certificate the CA issued node-3's id (a key of a site rebuilt before, say), sent by
+/// another peer: before, it replaced node-3's key at node-1, which then refused node-3's next
+/// batch as forged and cut its link, again after every reconnect. Now it adds a key and takes
+/// none away: node-3's writes reach node-1 with nothing refused.
+#[test]
+fn another_certificate_of_an_origin_sent_by_a_peer_does_not_cut_that_origin_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let old = dir.path().join("old-node-3");
+    let o = edgerep(&[
+        "certs",
+        "node",
+        "--ca",
+        dir.path().join("ca").to_str().unwrap(),
+        "--node-id",
+        "node-3",
+        old.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |name: &str| std::fs::read_to_string(old.join(name)).unwrap();
+    let other = edgerep_transport::certs::Identity::from_pem(
+        &read("ca.pem"),
+        &read("node.pem"),
+        &read("node.key"),
+    )
+    .unwrap();
+    let mut h = attacker(&configs, &[]);
+    h.send(&Message::Events {
+        events: vec![],
+        seals: vec![],
+        certs: vec![(NodeId::parse("node-3").unwrap(), other.cert().to_vec())],
+    })
+    .unwrap();
+    // The message is taken in before node-3's next writes reach node-1.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..5 {
+        put(&n3, "c", &format!("after-{i}"), r#"{"v":3}"#);
+        converge(&[&n1, &n3], Duration::from_secs(30));
+    }
+    let r = replication(&n1);
+    assert!(
+        r["refused"].as_array().is_none_or(|l| l.is_empty()),
+        "{r:#}"
+    );
+    // The session with the attacker is still up: a certificate the CA issued is no lie.
+    assert!(h.closed_within(Duration::from_millis(200)).is_none());
 }
 
 /// Anti-entropy repair is no back door: versions of node-3's key that node-1 holds, "repaired"

@@ -1214,10 +1214,10 @@ impl Replicator {
         }
         let mut certs: Vec<(NodeId, Vec<u8>)> = Vec::new();
         for seal in &page.seals {
-            if !certs.iter().any(|(o, _)| *o == seal.origin)
-                && let Some(cert) = edgerep_replica::Log::cert(&self.log, &seal.origin)
-            {
-                certs.push((seal.origin.clone(), cert));
+            if !certs.iter().any(|(o, _)| *o == seal.origin) {
+                for cert in edgerep_replica::Log::certs(&self.log, &seal.origin) {
+                    certs.push((seal.origin.clone(), cert));
+                }
             }
         }
         // How this node resolved the keys it sends: the peer compares them with its own.

@@ -2,6 +2,7 @@
 //! reading handle; the one write it needs (a sync before a state page) goes to the committer.
 
 use super::*;
+use edgerep_wire::seal::MAX_CERTS_PER_ORIGIN;
 
 /// The changelog and state as the replica reads them.
 pub struct StoreLog {
@@ -146,16 +147,21 @@ impl Log for StoreLog {
         Ok(seals.into_iter().find(|s| s.seq == seq))
     }
 
-    fn cert(&self, origin: &NodeId) -> Option<Vec<u8>> {
-        let keys = self.keys.as_ref()?;
+    fn certs(&self, origin: &NodeId) -> Vec<Vec<u8>> {
+        let Some(keys) = self.keys.as_ref() else {
+            return Vec::new();
+        };
         if origin == self.store.node() {
-            return Some(keys.own_cert().to_vec());
+            return vec![keys.own_cert().to_vec()];
         }
-        self.store
-            .cert(origin)
-            .ok()
-            .flatten()
-            .or_else(|| keys.cert(origin))
+        // Those stored first (they came with events this node holds), then those learnt since.
+        let mut certs = self.store.certs_of(origin).unwrap_or_default();
+        for der in keys.certs(origin) {
+            if certs.len() < MAX_CERTS_PER_ORIGIN && !certs.contains(&der) {
+                certs.push(der);
+            }
+        }
+        certs
     }
 }
 

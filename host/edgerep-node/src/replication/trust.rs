@@ -366,28 +366,43 @@ impl Replicator {
     }
 
     /// Takes in the certificates a peer sent as they arrive (checked against the CA and the
-    /// origin's name; a bad one is ignored here and refused with the seals it would verify), so
-    /// that they serve even when the events they came with are not applied now.
-    /// At most one certificate per origin is checked per message, and none after
-    /// [`CERTS_REFUSED_PER_MESSAGE`] were refused (a peer sending many bad ones must not buy a
-    /// signature check each).
-    pub(super) fn learn_certs(&self, peer: &NodeId, certs: &[(NodeId, Vec<u8>)]) {
-        let Some(keys) = &self.log.keys else { return };
-        let mut seen = std::collections::BTreeSet::new();
+    /// origin's name), so that they serve even when the events they came with are not applied
+    /// now. Returns why the peer must be cut off: a certificate that does not chain to the CA or
+    /// names another node than the origin it is sent for (an honest peer relays only
+    /// certificates it checked against the same CA; each new one would otherwise buy a
+    /// signature check on this thread, message after message).
+    /// At most [`edgerep_wire::seal::MAX_CERTS_PER_ORIGIN`] certificates per origin are checked per message (the
+    /// decoder keeps no more), and none after [`CERTS_REFUSED_PER_MESSAGE`] were refused (a
+    /// peer sending many bad ones must not buy a signature check each).
+    pub(super) fn learn_certs(&self, peer: &NodeId, certs: &[(NodeId, Vec<u8>)]) -> Option<String> {
+        let keys = self.log.keys.as_ref()?;
+        let mut seen: BTreeMap<&NodeId, usize> = BTreeMap::new();
         let mut refused = 0;
         for (origin, der) in certs {
-            if !seen.insert(origin) {
+            let n = seen.entry(origin).or_default();
+            *n += 1;
+            if *n > edgerep_wire::seal::MAX_CERTS_PER_ORIGIN {
                 continue;
             }
             if let Err(e) = edgerep_store::Keys::learn(keys.as_ref(), origin, der) {
+                if matches!(
+                    e,
+                    edgerep_store::KeyError::BadCertificate(_)
+                        | edgerep_store::KeyError::OtherNode { .. }
+                ) {
+                    return Some(format!(
+                        "a certificate it sent as {origin}'s was refused: {e}"
+                    ));
+                }
                 refused += 1;
                 tracing::debug!(peer = %peer, origin = %origin, "a certificate a peer sent was refused: {e}");
                 if refused == CERTS_REFUSED_PER_MESSAGE {
                     tracing::warn!(peer = %peer, "a peer sent {refused} certificates that were refused in one message: the rest are not checked (last: {e})");
-                    return;
+                    return None;
                 }
             }
         }
+        None
     }
 
     /// Compares the events of a batch this node already holds with what it holds. A different
