@@ -34,6 +34,8 @@ pub struct NodeKeys {
     refused: Mutex<Refused>,
     /// Certificates checked against the CA (parsed and their signature verified), for tests.
     checked: AtomicU64,
+    /// Seal signatures verified (not found among those checked lately), for tests.
+    pub(crate) signatures_verified: AtomicU64,
 }
 
 /// Per origin, the keys of its certificates and the certificates (DER), in the order learnt.
@@ -167,7 +169,18 @@ impl NodeKeys {
             verified: Mutex::new(Recent::new(VERIFIED_KEPT)),
             refused: Mutex::new(Recent::new(REFUSED_KEPT)),
             checked: AtomicU64::new(0),
+            signatures_verified: AtomicU64::new(0),
         })
+    }
+
+    /// Forgets the signatures checked lately (tests: the next check of each is a new one).
+    #[cfg(test)]
+    pub(crate) fn forget_verified(&self) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .clear();
     }
 
     /// Takes in the revocations of a reloaded config.
@@ -243,6 +256,7 @@ impl edgerep_store::Keys for NodeKeys {
         // MAX_CERTS_PER_ORIGIN checks for a seal that verifies under none.
         let mut last = None;
         for (key, memo) in keys {
+            self.signatures_verified.fetch_add(1, Ordering::Relaxed);
             match self.verifier.verify(&key, message, signature) {
                 Ok(()) => {
                     self.verified

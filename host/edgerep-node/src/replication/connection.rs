@@ -82,8 +82,19 @@ pub(super) struct Precheck {
 /// Runs of events in a frame past which [`Precheck`] leaves the seals to the committer.
 const PRECHECK_RUNS_MAX: usize = 64;
 
+/// Origins a connection's [`Prechecked`] follows at most (an honest peer sends a few; past it
+/// the record starts over, which only costs head starts).
+const PRECHECKED_ORIGINS_MAX: usize = 1024;
+
+/// Per origin, how far this connection's frames were pre-checked: a run is pre-checked only
+/// where it continues what the store holds or what this connection's earlier frames carried
+/// (pipelined batches go ahead of the committer), and only past it. A frame sent again, or
+/// another history of the same events, or events past a gap (refused by the core, which only
+/// asks for a rewind) buy no signature check here.
+pub(super) type Prechecked = std::collections::HashMap<String, u64>;
+
 impl Precheck {
-    fn run(&self, message: &Message) {
+    fn run(&self, message: &Message, prechecked: &mut Prechecked) {
         let Message::Events { events, seals, .. } = message else {
             return;
         };
@@ -94,51 +105,52 @@ impl Precheck {
         // Only seals at one of the frame's events that the store does not hold yet (the
         // committer checks no other), and none after one fails: a frame of seals alone, or of
         // events already held, must not buy signature checks.
-        if let Some(keys) = &self.keys {
-            use edgerep_store::Keys as _;
-            // The frame's runs of events, each one origin's (first, last): a seal inside one is
-            // at one of its events when the run has no gap (an honest frame's never has; a
-            // dishonest one at worst buys checks of the seals it sent, up to the first that
-            // fails, and is refused by the core).
-            let mut runs: Vec<(&str, u64, u64)> = Vec::new();
-            for e in events {
-                match runs.last_mut() {
-                    Some((o, _, last)) if *o == e.origin.as_str() => *last = e.seq,
-                    _ => runs.push((e.origin.as_str(), e.seq, e.seq)),
-                }
+        let Some(keys) = &self.keys else { return };
+        use edgerep_store::Keys as _;
+        // The frame's runs of events, each one origin's (first, last): a seal inside one is at
+        // one of its events when the run has no gap (an honest frame's never has; a dishonest
+        // one at worst buys checks of the seals it sent, up to the first that fails, and is
+        // refused by the core).
+        let mut runs: Vec<(&str, u64, u64)> = Vec::new();
+        for e in events {
+            match runs.last_mut() {
+                Some((o, _, last)) if *o == e.origin.as_str() => *last = e.seq,
+                _ => runs.push((e.origin.as_str(), e.seq, e.seq)),
             }
-            // An honest frame holds one run per origin, a few; past that the committer checks
-            // alone (this is a head start, never a decision).
-            if runs.len() > PRECHECK_RUNS_MAX {
-                return;
+        }
+        // An honest frame holds one run per origin, a few; past that the committer checks
+        // alone (this is a head start, never a decision).
+        if runs.is_empty() || runs.len() > PRECHECK_RUNS_MAX {
+            return;
+        }
+        let mut origins: Vec<&str> = runs.iter().map(|r| r.0).collect();
+        origins.sort_unstable();
+        origins.dedup();
+        let Ok(held) = self.store.held_of(origins.iter().copied()) else {
+            return;
+        };
+        if prechecked.len() > PRECHECKED_ORIGINS_MAX {
+            prechecked.clear();
+        }
+        for &(origin, first, last) in &runs {
+            let held = origins.binary_search(&origin).map_or(u64::MAX, |i| held[i]);
+            let from = held.max(prechecked.get(origin).copied().unwrap_or(0));
+            // Past a gap, or nothing new: the committer decides alone.
+            if first > from.saturating_add(1) || last <= from {
+                continue;
             }
-            let seals: Vec<&edgerep_wire::Seal> = seals
+            for seal in seals
                 .iter()
-                .filter(|s| {
-                    runs.iter().any(|&(o, first, last)| {
-                        o == s.origin.as_str() && first <= s.seq && s.seq <= last
-                    })
-                })
-                .collect();
-            if seals.is_empty() {
-                return;
-            }
-            let mut origins: Vec<&str> = seals.iter().map(|s| s.origin.as_str()).collect();
-            origins.sort_unstable();
-            origins.dedup();
-            let Ok(held) = self.store.held_of(origins.iter().copied()) else {
-                return;
-            };
-            let held_of =
-                |origin: &str| origins.binary_search(&origin).map_or(u64::MAX, |i| held[i]);
-            for seal in seals.iter().filter(|s| s.seq > held_of(s.origin.as_str())) {
+                .filter(|s| s.origin.as_str() == origin && from < s.seq && s.seq <= last)
+            {
                 if keys
                     .verify(&seal.origin, seal.seq, &seal.message(), &seal.signature)
                     .is_err()
                 {
-                    break;
+                    return;
                 }
             }
+            prechecked.insert(origin.to_owned(), last);
         }
     }
 }
@@ -399,6 +411,7 @@ pub(super) async fn serve_connection(
         send.finish();
     });
     ended.writer = Some(writer.abort_handle());
+    let mut prechecked = Prechecked::new();
     let reason = loop {
         while paused.load(Ordering::Acquire)
             || inbox_bytes.load(Ordering::Acquire) > INBOX_MAX_BYTES
@@ -414,7 +427,7 @@ pub(super) async fn serve_connection(
         match recv.recv().await {
             Ok(Some(bytes)) => match Message::decode_frame(&bytes, &limits) {
                 Ok(message) => {
-                    precheck.run(&message);
+                    precheck.run(&message, &mut prechecked);
                     let cost = inbox_cost(&message, bytes.len());
                     inbox_bytes.fetch_add(cost, Ordering::AcqRel);
                     if inbox
@@ -545,5 +558,93 @@ mod tests {
             "{draws:?}"
         );
         assert!(draws.len() > 16, "too few distinct waits: {draws:?}");
+    }
+
+    /// The reader's head start on seals checks each run once, where it continues what the
+    /// store holds or this connection's earlier frames carried: a frame sent again, another
+    /// history of the same events and events past a gap buy no signature check (before, a peer
+    /// replaying two such frames in turn had every seal of each verified on the runtime's
+    /// workers, frame after frame, and evicted the honest peers' checks from the cache).
+    #[test]
+    fn a_frame_is_prechecked_once_and_only_where_it_continues() {
+        use edgerep_store::{LocalWrite, StoreWriter};
+        use edgerep_transport::certs::{Ca, Identity};
+        use std::sync::atomic::Ordering::Relaxed;
+        let ca = Ca::generate("test").unwrap();
+        let keys_of = |id: &str| {
+            let config = edgerep_config::Config::parse(
+                &edgerep_config::starter_toml(
+                    &NodeId::parse(id).unwrap(),
+                    "127.0.0.1:1".parse().unwrap(),
+                    "127.0.0.1:2".parse().unwrap(),
+                ),
+                std::path::Path::new("/nonexistent/edgerep.toml"),
+            )
+            .unwrap();
+            let identity = Identity::new(&ca, &ca.issue_node(id).unwrap()).unwrap();
+            Arc::new(crate::keys::NodeKeys::new(&identity, &config).unwrap())
+        };
+        let store_of = |id: &str, keys: &Arc<crate::keys::NodeKeys>| {
+            let (store, _) = edgerep_store::Store::open_with_backend(
+                redb::backends::InMemoryBackend::new(),
+                "memory",
+                &NodeId::parse(id).unwrap(),
+                Default::default(),
+            )
+            .unwrap();
+            StoreWriter::new(store.with_keys(keys.clone()))
+        };
+        let (a_keys, b_keys) = (keys_of("a"), keys_of("b"));
+        let a = store_of("a", &a_keys);
+        let b = store_of("b", &b_keys);
+        let node_a = NodeId::parse("a").unwrap();
+        edgerep_store::Keys::learn(b_keys.as_ref(), &node_a, a_keys.own_cert()).unwrap();
+        let mut clock = edgerep_wire::HlcClock::new(Default::default(), 60_000);
+        // Three commits of a: three blocks, three seals (at 2, 4 and 6).
+        for i in 0..3 {
+            let writes = (0..2)
+                .map(|j| LocalWrite {
+                    collection: "c".into(),
+                    key: format!("k{i}-{j}").into_bytes(),
+                    value: None,
+                    schema: 0,
+                    meta: Default::default(),
+                    context: None,
+                })
+                .collect();
+            a.commit_local(writes, &mut clock, 1).unwrap();
+        }
+        let frame = |after: u64, upto: u64| Message::Events {
+            events: a.changelog("a", after, (upto - after) as usize).unwrap(),
+            seals: a.seals(&node_a, after, upto).unwrap(),
+            certs: Vec::new(),
+        };
+        let precheck = Precheck {
+            store: b.reader(),
+            keys: Some(b_keys.clone()),
+        };
+        let verified = || b_keys.signatures_verified.load(Relaxed);
+        let mut prechecked = Prechecked::new();
+        // Past a gap (b holds nothing of a): nothing checked.
+        precheck.run(&frame(2, 4), &mut prechecked);
+        assert_eq!(verified(), 0);
+        // Continuing the store: its seals checked, once.
+        precheck.run(&frame(0, 4), &mut prechecked);
+        assert_eq!(verified(), 2);
+        b_keys.forget_verified();
+        for _ in 0..10 {
+            precheck.run(&frame(0, 4), &mut prechecked);
+            precheck.run(&frame(2, 4), &mut prechecked);
+        }
+        assert_eq!(verified(), 2, "frames sent again buy nothing");
+        // The next frame, pipelined before the first is applied: its seal checked.
+        precheck.run(&frame(4, 6), &mut prechecked);
+        assert_eq!(verified(), 3);
+        // Another connection starts from what the store holds (nothing here).
+        let mut other = Prechecked::new();
+        precheck.run(&frame(4, 6), &mut other);
+        assert_eq!(verified(), 3);
+        precheck.run(&frame(0, 2), &mut other);
+        assert_eq!(verified(), 4);
     }
 }
