@@ -653,6 +653,19 @@ impl StoreWriter {
         self.learn_certs(sealed).map_err(|(origin, reason)| {
             StoreError::SnapshotRefused(format!("the certificate of {origin}: {reason}"))
         })?;
+        // A snapshot page's versions of other origins that the state already holds byte for
+        // byte change nothing here: they are left out before their seals are checked, so a
+        // peer sending held versions under ever new seals buys no signature check (a repair
+        // keeps them: it replaces damaged copies).
+        let kept_proofs;
+        let (versions, proofs) = match proofs {
+            Some(p) if !repair && p.len() == versions.len() => {
+                let (v, p) = self.without_held(versions, p)?;
+                kept_proofs = p;
+                (v, Some(kept_proofs.as_slice()))
+            }
+            other => (versions, other),
+        };
         // Each version with the proof kept for it once merged: from a peer, its block's seal
         // (checked here, before anything is written) and path; trusted, a block of its own.
         let mut proven: Vec<(EncodedEvent, Seal, Vec<edgerep_wire::seal::ChainHash>)> =
@@ -1057,6 +1070,35 @@ impl Store {
     /// is not the event it holds there, and returns their (origin, seq). A version this node
     /// cannot prove either way (nothing of it kept, or damaged) stays.
     #[allow(clippy::type_complexity)]
+    /// `versions` (with their `proofs`) less those of other origins that the state holds
+    /// byte for byte: merging them again is a duplicate.
+    fn without_held(
+        &self,
+        versions: Vec<EncodedEvent>,
+        proofs: &[Proof],
+    ) -> Result<(Vec<EncodedEvent>, Vec<Proof>), StoreError> {
+        let txn = self.db.begin_read()?;
+        let state = txn.open_table(STATE)?;
+        let limits = self.limits();
+        let mut kept = (Vec::with_capacity(versions.len()), Vec::new());
+        for (v, p) in versions.into_iter().zip(proofs) {
+            let held = v.origin != self.node
+                && state
+                    .get(state_key(&v.collection, &v.key).as_slice())?
+                    .and_then(|row| Versions::decode(row.value(), &limits).ok())
+                    .is_some_and(|held| {
+                        held.events().iter().any(|h| {
+                            h.origin == v.origin && h.seq == v.seq && h.bytes() == v.bytes()
+                        })
+                    });
+            if !held {
+                kept.0.push(v);
+                kept.1.push(p.clone());
+            }
+        }
+        Ok(kept)
+    }
+
     fn keep_held_history(
         &self,
         proven: &mut Vec<(EncodedEvent, Seal, Vec<edgerep_wire::seal::ChainHash>)>,
