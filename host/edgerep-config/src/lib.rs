@@ -421,8 +421,14 @@ impl CollectionConfig {
     /// The plugins that decide the collection's state in some epoch (resolvers and transforms
     /// on apply), without repeats.
     pub fn deciding_plugins(&self) -> std::collections::BTreeSet<&str> {
+        self.plugins_of_epochs(usize::MAX)
+    }
+
+    /// The plugins the first `epochs` of [`CollectionConfig::epochs`] name (the collection's
+    /// own settings, then its upgrades in order).
+    pub fn plugins_of_epochs(&self, epochs: usize) -> std::collections::BTreeSet<&str> {
         let mut out = std::collections::BTreeSet::new();
-        for (_, resolver, transforms) in self.epochs() {
+        for (_, resolver, transforms) in self.epochs().take(epochs) {
             if resolver != RESOLVER_LWW {
                 out.insert(resolver);
             }

@@ -74,16 +74,20 @@ pub fn changes<E>(
     before: &str,
     config: &Config,
     holds: impl Fn(&str) -> Result<bool, E>,
+    pending: impl Fn(&str, u64) -> bool,
 ) -> Result<Vec<String>, E> {
-    changes_of(before, config, |_| true, holds)
+    changes_of(before, config, |_| true, holds, pending)
 }
 
 /// [`changes`] for the collections `which` names only (a reload: those it declares anew).
+/// `pending` says which recorded upgrades may still change or go (see
+/// `reload::pending_upgrade`): only those before the first of them must stay as they were.
 pub fn changes_of<E>(
     before: &str,
     config: &Config,
     which: impl Fn(&str) -> bool,
     holds: impl Fn(&str) -> Result<bool, E>,
+    pending: impl Fn(&str, u64) -> bool,
 ) -> Result<Vec<String>, E> {
     let Some(before) = parse(before) else {
         return Ok(Vec::new());
@@ -101,8 +105,9 @@ pub fn changes_of<E>(
         };
         let differs = |field: &str| was.get(field) != is.get(field);
         let upgrades = |r: &Json| r.get("upgrades").and_then(Json::as_array).cloned();
+        let settled = settled_of(was, name, &pending);
         let upgrades_kept = match (upgrades(was), upgrades(is)) {
-            (Some(w), Some(i)) => i.starts_with(&w),
+            (Some(w), Some(i)) => i.starts_with(&w[..settled.min(w.len())]),
             _ => false,
         };
         let mut what = Vec::new();
@@ -115,9 +120,11 @@ pub fn changes_of<E>(
         // Every plugin that decided it before decides it as it did (an appended upgrade may
         // name new plugins).
         let plugins = |r: &Json| r.get("plugins").and_then(Json::as_object).cloned();
+        let deciding = plugins_of_settled(was, settled);
         let plugins_kept = match (plugins(was), plugins(is)) {
             (Some(w), Some(i)) => w
                 .iter()
+                .filter(|(name, _)| deciding.contains(name.as_str()))
                 .all(|(name, settings)| i.get(name) == Some(settings)),
             _ => false,
         };
@@ -228,16 +235,63 @@ pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
 /// start as a reload checks them. `None` (no check) for a record an older build wrote: it
 /// saved a reload's upgrades only once their re-resolution ended, so it may lag behind
 /// upgrades in force.
-pub fn upgrades_recorded(before: &str, name: &str) -> Option<usize> {
+pub fn upgrades_recorded(
+    before: &str,
+    name: &str,
+    pending: impl Fn(&str, u64) -> bool,
+) -> Option<usize> {
     let before = parse(before)?;
     before.get(RECORD_VERSION)?;
     Some(
         before
             .get(name)
-            .and_then(|r| r.get("upgrades"))
-            .and_then(Json::as_array)
-            .map_or(0, Vec::len),
+            .map_or(0, |r| settled_of(r, name, &pending)),
     )
+}
+
+/// How many of a record entry's upgrades of collection `name` are settled: those before the
+/// first `pending` one.
+fn settled_of(entry: &Json, name: &str, pending: &dyn Fn(&str, u64) -> bool) -> usize {
+    entry
+        .get("upgrades")
+        .and_then(Json::as_array)
+        .map_or(0, |upgrades| {
+            upgrades
+                .iter()
+                .take_while(|u| {
+                    u.get(0)
+                        .and_then(Json::as_u64)
+                        .is_none_or(|from_ms| !pending(name, from_ms))
+                })
+                .count()
+        })
+}
+
+/// The plugins a record entry's own settings and its first `settled` upgrades name (each
+/// upgrade is `[from_ms, resolver, transforms_on_apply]`).
+fn plugins_of_settled(entry: &Json, settled: usize) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut add = |resolver: Option<&Json>, transforms: Option<&Json>| {
+        if let Some(r) = resolver.and_then(Json::as_str) {
+            out.insert(r.to_owned());
+        }
+        for t in transforms.and_then(Json::as_array).into_iter().flatten() {
+            if let Some(t) = t.as_str() {
+                out.insert(t.to_owned());
+            }
+        }
+    };
+    add(entry.get("resolver"), entry.get("transforms_on_apply"));
+    for u in entry
+        .get("upgrades")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .take(settled)
+    {
+        add(u.get(1), u.get(2));
+    }
+    out
 }
 
 /// The entry field marking a collection whose keys are still to be re-resolved.
@@ -341,16 +395,25 @@ mod tests {
         ));
         let holds = |_: &str| Ok::<bool, ()>(true);
         let versioned = record_pending(&plain, None, &[]);
-        let problems = changes(&versioned, &declared, holds).unwrap();
+        let problems = changes(&versioned, &declared, holds, |_, _| false).unwrap();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("\"c\""), "{problems:?}");
         let older = Json::Object(entries(&plain)).to_string();
-        assert!(changes(&older, &declared, holds).unwrap().is_empty());
-        // And nothing held: nothing to judge.
         assert!(
-            changes(&versioned, &declared, |_| Ok::<bool, ()>(false))
+            changes(&older, &declared, holds, |_, _| false)
                 .unwrap()
                 .is_empty()
+        );
+        // And nothing held: nothing to judge.
+        assert!(
+            changes(
+                &versioned,
+                &declared,
+                |_| Ok::<bool, ()>(false),
+                |_, _| false
+            )
+            .unwrap()
+            .is_empty()
         );
     }
 
@@ -390,7 +453,7 @@ mod tests {
         let record = record_pending(&declared, None, &[]);
         let dropped = config(&format!("[collections]\naccept_undeclared = true\n{merge}"));
         let holds = |_: &str| Ok::<bool, ()>(true);
-        let problems = changes(&record, &dropped, holds).unwrap();
+        let problems = changes(&record, &dropped, holds, |_, _| false).unwrap();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].contains("\"tally\" is no longer declared"),
@@ -398,19 +461,27 @@ mod tests {
         );
         // Not when the store holds none of its keys.
         assert!(
-            changes(&record, &dropped, |_| Ok::<bool, ()>(false))
+            changes(&record, &dropped, |_| Ok::<bool, ()>(false), |_, _| false)
                 .unwrap()
                 .is_empty()
         );
         // Not when undeclared collections are refused (then `left_behind` warns of it).
         let closed = config(&merge);
-        assert!(changes(&record, &closed, holds).unwrap().is_empty());
+        assert!(
+            changes(&record, &closed, holds, |_, _| false)
+                .unwrap()
+                .is_empty()
+        );
         // A start it passed (the store held none of its keys) records it taken undeclared:
         // the next start, the store holding keys the defaults decided, passes too, and
         // declaring it again with its resolver is then the change in place.
         let taken = record_pending(&dropped, Some(&record), &[]);
-        assert!(changes(&taken, &dropped, holds).unwrap().is_empty());
-        let again = changes(&taken, &declared, holds).unwrap();
+        assert!(
+            changes(&taken, &dropped, holds, |_, _| false)
+                .unwrap()
+                .is_empty()
+        );
+        let again = changes(&taken, &declared, holds, |_, _| false).unwrap();
         assert_eq!(again.len(), 1, "{again:?}");
         assert!(again[0].contains("\"tally\""), "{again:?}");
     }

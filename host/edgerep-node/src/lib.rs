@@ -456,14 +456,18 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     };
     let before = store.recorded_deciders().map_err(store_error)?;
     if let Some(before) = &before {
-        let mut problems = deciders::changes(before, &config, |c| store.holds_collection(c))
-            .map_err(store_error)?;
+        let pending = |c: &str, from_ms: u64| {
+            reload::pending_upgrade(&store, &config, c, from_ms).unwrap_or(false)
+        };
+        let mut problems =
+            deciders::changes(before, &config, |c| store.holds_collection(c), pending)
+                .map_err(store_error)?;
         // Upgrades appended to the file since the record (by no reload) are checked as a
         // reload checks them: one from a time this node already applied events of would leave
         // those under the transforms before it.
         problems.extend(
             reload::late_upgrades(&store, &config, |name| {
-                deciders::upgrades_recorded(before, name)
+                deciders::upgrades_recorded(before, name, pending)
             })
             .map_err(store_error)?,
         );

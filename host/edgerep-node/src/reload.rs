@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use edgerep_config::Config;
+use edgerep_store::{Store, StoreError};
 use serde::Serialize;
 
 use crate::committer::Committer;
@@ -298,6 +299,7 @@ impl Reloader {
             new,
             |name| old.collection(name).is_none(),
             |c| self.store.holds_collection(c),
+            |c, from_ms| pending_upgrade(&self.store, old, c, from_ms).unwrap_or(false),
         )?;
         refused_if_any(new, problems)
     }
@@ -367,13 +369,24 @@ impl Reloader {
         let old = self.config();
         // Set from the command line, not the file.
         new.node.alone = old.node.alone;
-        reloadable(&old, &new)?;
+        let pending = |collection: &str, from_ms: u64| {
+            pending_upgrade(&self.store, &old, collection, from_ms).unwrap_or(false)
+        };
+        reloadable(&old, &new, &pending)?;
         self.declared_in_place(&old, &new)?;
+        // Upgrades past the settled ones are judged as new (a pending one corrected to a time
+        // already past is an upgrade from then).
+        let settled: std::collections::BTreeMap<String, usize> = old
+            .collections
+            .declared
+            .iter()
+            .map(|c| (c.name.clone(), settled_upgrades(c, &pending)))
+            .collect();
         let store = self.store.clone();
-        let (o, n) = (old.clone(), new.clone());
+        let n = new.clone();
         let problems = tokio::task::spawn_blocking(move || {
             late_upgrades(&store, &n, |name| {
-                Some(o.collection(name).map_or(0, |c| c.upgrades.len()))
+                Some(settled.get(name).copied().unwrap_or(0))
             })
         })
         .await
@@ -536,8 +549,42 @@ impl Reloader {
     }
 }
 
+/// Whether the upgrade of `collection` from `from_ms` may still be changed or removed (an
+/// effective_from mistyped years ahead must not stand for good): it takes effect more than
+/// `node.max_clock_skew_ms` from now, and this node holds no version of the collection stamped
+/// at or after it (a peer's clock far ahead may have stamped some), so nothing here was decided
+/// by it. Every node judges its own store when its config changes.
+pub(crate) fn pending_upgrade(
+    store: &Store,
+    config: &Config,
+    collection: &str,
+    from_ms: u64,
+) -> Result<bool, StoreError> {
+    if from_ms <= crate::committer::wall_ms().saturating_add(config.node.max_clock_skew_ms) {
+        return Ok(false);
+    }
+    Ok(store.version_from(collection, from_ms)?.is_none())
+}
+
+/// How many of `c`'s upgrades are settled: those before its first [`pending_upgrade`]. They
+/// stay as they are; the pending ones after them may change or go.
+pub(crate) fn settled_upgrades(
+    c: &edgerep_config::CollectionConfig,
+    pending: &dyn Fn(&str, u64) -> bool,
+) -> usize {
+    c.upgrades
+        .iter()
+        .take_while(|u| !pending(&c.name, u.from_ms))
+        .count()
+}
+
 /// Why `new` cannot be taken in without a restart, if it cannot (see the module comment).
-pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
+/// `pending` says which of `old`'s upgrades may still change (see [`pending_upgrade`]).
+pub fn reloadable(
+    old: &Config,
+    new: &Config,
+    pending: &dyn Fn(&str, u64) -> bool,
+) -> Result<(), ReloadError> {
     if new.node.id != old.node.id {
         return Err(ReloadError::OtherNode {
             file: new.source.display().to_string(),
@@ -638,6 +685,7 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
             continue;
         };
         let at = format!("collections.declared[{i}] ({:?})", o.name);
+        let settled = settled_upgrades(o, pending);
         if n.durability != o.durability {
             problems.push(format!("{at}: durability changed (takes a restart)"));
         }
@@ -645,7 +693,7 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
             // An upgrade bringing the collection's first transforms on apply makes it compared
             // on its versions: say so, the operator may not have touched `compare`.
             let first_transforms = !o.compare_on_versions
-                && n.upgrades[o.upgrades.len().min(n.upgrades.len())..]
+                && n.upgrades[settled.min(n.upgrades.len())..]
                     .iter()
                     .any(|u| !u.transforms_on_apply.is_empty());
             problems.push(if first_transforms {
@@ -661,13 +709,13 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
                 "{at}: resolver or transforms_on_apply changed in place, which would decide events already applied differently on nodes that reload at different times; keep them and add a [[collections.declared.upgrades]] entry with effective_from"
             ));
         }
-        if n.upgrades.len() < o.upgrades.len() || n.upgrades[..o.upgrades.len()] != o.upgrades[..] {
+        if n.upgrades.len() < settled || n.upgrades[..settled] != o.upgrades[..settled] {
             problems.push(format!(
-                "{at}: upgrades already in force changed or were removed; upgrades can only be appended"
+                "{at}: upgrades already in force changed or were removed; upgrades can only be appended (one taking effect more than node.max_clock_skew_ms from now, under which this node holds no version, may still be changed or removed)"
             ));
         }
-        if let Some(first_new) = n.upgrades.get(o.upgrades.len())
-            && o.upgrades
+        if let Some(first_new) = n.upgrades.get(settled)
+            && o.upgrades[..settled]
                 .last()
                 .is_some_and(|l| l.from_ms >= first_new.from_ms)
         {
@@ -688,7 +736,9 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
     }
     // A plugin that decides some collection's state keeps what decides its output.
     for o in &old.collections.declared {
-        for name in o.deciding_plugins() {
+        // The plugins of upgrades still pending may change or go with them.
+        let settled = settled_upgrades(o, pending);
+        for name in o.plugins_of_epochs(1 + settled) {
             let (Some(a), Some(b)) = (old.plugin(name), new.plugin(name)) else {
                 problems.push(format!(
                     "plugins.{name} is gone, but it decides collection {:?}",
@@ -791,7 +841,7 @@ mod tests {
             Config::parse(&text, std::path::Path::new("/tmp/edgerep.toml")).unwrap()
         };
         let old = config_with("", "", "");
-        assert!(reloadable(&old, &config_with("", "", "")).is_ok());
+        assert!(reloadable(&old, &config_with("", "", ""), &|_, _| false).is_ok());
         // (text after [node], after [api], after [replication]; the keys named; the sections,
         // which are not)
         let otlp = "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"";
@@ -821,7 +871,7 @@ mod tests {
                 ["[replication]", "[tracing]"],
             ),
         ] {
-            let e = reloadable(&old, &config_with(node, api, replication))
+            let e = reloadable(&old, &config_with(node, api, replication), &|_, _| false)
                 .unwrap_err()
                 .to_string();
             assert!(keys.iter().all(|k| e.contains(k)), "{keys:?}: {e}");
@@ -839,7 +889,7 @@ mod tests {
             );
             Config::parse(&text, std::path::Path::new("/etc/edgerep/other.toml")).unwrap()
         };
-        let e = reloadable(&config("n"), &config("m"))
+        let e = reloadable(&config("n"), &config("m"), &|_, _| false)
             .unwrap_err()
             .to_string();
         assert!(

@@ -815,3 +815,74 @@ fn a_reload_raising_the_limits_loads_the_plugins_anew() {
         "{r}"
     );
 }
+
+/// An effective_from typed years ahead (2062 for 2026, say) can be corrected: an upgrade more
+/// than node.max_clock_skew_ms ahead, under which the node holds no version, may still be
+/// changed or removed, by a reload and at a restart. Before, both were refused ("upgrades
+/// already in force changed or were removed", and at a start the store had to be moved away),
+/// and an upgrade at the time meant was refused as not after 2062. One already in force still
+/// may not change.
+#[test]
+fn an_upgrade_dated_years_ahead_by_mistake_can_be_corrected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::init(dir.path(), "n1");
+    let (wasm, sha) = built_plugin("merge-counter");
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{base}{}", tally(&wasm, &sha, None))).unwrap();
+    let n1 = Node::start(&config);
+    common::put(&n1, "tally", "k", "1");
+    let years_ahead = now_ms() + 36 * 365 * 86_400_000;
+    std::fs::write(
+        &config,
+        format!("{base}{}", tally(&wasm, &sha, Some(years_ahead))),
+    )
+    .unwrap();
+    reload(&config);
+    // The time meant, ten minutes from now: taken by a reload.
+    let meant = now_ms() + 600_000;
+    std::fs::write(
+        &config,
+        format!("{base}{}", tally(&wasm, &sha, Some(meant))),
+    )
+    .unwrap();
+    reload(&config);
+    // Within node.max_clock_skew_ms (60 s by default) of now it counts as in force: it may be
+    // corrected while further ahead (here, to a time past), and then it stays.
+    let in_force = now_ms() - 1_000;
+    let stuck = format!("{base}{}", tally(&wasm, &sha, Some(in_force)));
+    std::fs::write(&config, &stuck).unwrap();
+    reload(&config);
+    std::fs::write(&config, format!("{base}{}", tally(&wasm, &sha, None))).unwrap();
+    let o = edgerep(&["reload", "--config", config.to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("upgrades already in force changed or were removed"),
+        "{}",
+        stderr(&o)
+    );
+    // At a restart: a file whose pending upgrade was changed with the node stopped starts.
+    std::fs::write(&config, &stuck).unwrap();
+    reload(&config);
+    let again_ahead = now_ms() + 36 * 365 * 86_400_000;
+    let with_two = stuck.replace(
+        "resolver = \"counter-v2\"\n",
+        &format!(
+            "resolver = \"counter-v2\"\n\n[[collections.declared.upgrades]]\neffective_from = {again_ahead}\nresolver = \"counter-v1\"\n"
+        ),
+    );
+    std::fs::write(&config, &with_two).unwrap();
+    reload(&config);
+    n1.terminate();
+    let corrected = with_two.replace(
+        &format!("effective_from = {again_ahead}"),
+        &format!("effective_from = {}", now_ms() + 3_600_000),
+    );
+    std::fs::write(&config, &corrected).unwrap();
+    let n1 = Node::start(&config);
+    assert_eq!(status(&n1)["verified"], true);
+    // And removed at a restart.
+    n1.terminate();
+    std::fs::write(&config, &stuck).unwrap();
+    let n1 = Node::start(&config);
+    assert_eq!(common::get(&n1, "tally", "k").0, 200);
+}
