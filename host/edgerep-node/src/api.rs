@@ -788,6 +788,12 @@ async fn blocking<T: Send + 'static>(
             e @ (edgerep_store::StoreError::ChangelogCompacted { .. }
             | edgerep_store::StoreError::FeedCompacted { .. }),
         )) => Err(ApiError::new(StatusCode::GONE, "compacted", e.to_string())),
+        // Damage on this disk, of one key: the request is not wrong, nor the node broken.
+        Ok(Err(e @ edgerep_store::StoreError::UnreadableRow { .. })) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "row_damaged",
+            e.to_string(),
+        )),
         Ok(Err(e)) => Err(ApiError::internal(format!("store: {e}"))),
         Err(e) => Err(ApiError::internal(format!("store task failed: {e}"))),
     }
@@ -933,7 +939,7 @@ async fn put_key(
         value: Some(value),
         schema: 0,
         meta: Default::default(),
-        context: context_header(&headers, &app.config())?,
+        context: context_header(&headers, &app)?,
     };
     write_one(&app, write, &headers, room).await
 }
@@ -1212,14 +1218,22 @@ pub(crate) const CONTEXT_HEADER: &str = "x-edgerep-context";
 /// The writer's context from the request's [`CONTEXT_HEADER`], checked, if it has one.
 fn context_header(
     headers: &HeaderMap,
-    config: &Config,
+    app: &AppState,
 ) -> Result<Option<edgerep_wire::VersionVector>, ApiError> {
     let Some(text) = header_text(headers, CONTEXT_HEADER, "bad_context")? else {
         return Ok(None);
     };
-    request::parse_context(text, config).map(Some).map_err(|e| {
-        ApiError::bad_request("bad_context", format!("the {CONTEXT_HEADER} header: {e}"))
-    })
+    request::parse_context(text, &app.config(), &|| origins_held(app))
+        .map(Some)
+        .map_err(|e| {
+            ApiError::bad_request("bad_context", format!("the {CONTEXT_HEADER} header: {e}"))
+        })
+}
+
+/// How many origins the store holds events of (0 if it cannot say: the config's bound then
+/// stands).
+fn origins_held(app: &AppState) -> usize {
+    app.store.origins_held().unwrap_or(0)
 }
 
 /// The text of header `name`, if the request has it; refused as `kind` when it is not visible
@@ -1251,7 +1265,7 @@ async fn delete_key(
         value: None,
         schema: 0,
         meta: Default::default(),
-        context: context_header(&headers, &app.config())?,
+        context: context_header(&headers, &app)?,
     };
     write_one(&app, write, &headers, BodyRoom { _share: None }).await
 }
@@ -1402,6 +1416,7 @@ async fn batch_run(
             format,
             &app.config(),
             &crate::value_limits(&app.config()),
+            &|| origins_held(app),
         )
     };
     let blocking_failed =

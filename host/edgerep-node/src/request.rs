@@ -121,21 +121,35 @@ pub(crate) fn check_collection_allowed(config: &Config, collection: &str) -> Res
         .map_err(|m| Refused::forbidden("collection_not_allowed", m.to_string()))
 }
 
-/// A writer's context from its text (see `LocalWrite::context`). It may name at most as many
-/// origins as this node holds events of (itself, its peers and `replication.extra_origins`): a
+/// How many entries a writer's context may name ([`parse_context`]): one per origin this node
+/// may hold events of (itself, its peers and `replication.extra_origins`), or per origin it
+/// holds events of (`origins_held`: more, once a peer that wrote was removed from the config,
+/// and a context read here names it), one short of an event's bound (the write adds this
+/// node's own).
+pub(crate) fn context_bound(config: &Config, origins_held: usize) -> usize {
+    config
+        .max_origins()
+        .max(origins_held)
+        .min(edgerep_config::MAX_CONTEXT_ENTRIES - 1)
+}
+
+/// A writer's context from its text (see `LocalWrite::context`), of at most [`context_bound`]
+/// entries (`origins_held` is asked only for a context longer than the config's bound): a
 /// context naming more names events the node cannot hold, and the bound keeps a batch of
 /// contexts within a few times its bytes in memory.
 pub(crate) fn parse_context(
     text: &str,
     config: &Config,
+    origins_held: &dyn Fn() -> usize,
 ) -> Result<edgerep_wire::VersionVector, String> {
-    // One entry short of an event's bound: the write adds this node's own.
-    let max = config
-        .max_origins()
-        .min(edgerep_config::MAX_CONTEXT_ENTRIES - 1);
-    if text.split(',').count() > max {
+    let entries = text.split(',').count();
+    let mut max = context_bound(config, 0);
+    if entries > max {
+        max = context_bound(config, origins_held());
+    }
+    if entries > max {
         return Err(format!(
-            "more than {max} entries: this node holds events of {max} origins at most (itself, its peers and replication.extra_origins)"
+            "more than {max} entries: this node holds events of {max} origins at most (itself, its peers and replication.extra_origins, or those it holds events of)"
         ));
     }
     edgerep_wire::VersionVector::parse_text(text, max)
@@ -215,15 +229,17 @@ fn bad(at: &str, what: String) -> Refused {
 /// Parses and validates a batch body: `{"writes": [{"collection", "key" | "key_base64", "op",
 /// "value", "schema", "meta", "context"}, ...]}` in JSON, or the same map in CBOR (where `key` may also be a
 /// byte string).
+/// Each write's context may name at most [`context_bound`] entries (see [`parse_context`]).
 pub(crate) fn parse_batch(
     body: &[u8],
     format: Format,
     config: &Config,
     limits: &DecodeLimits,
+    origins_held: &dyn Fn() -> usize,
 ) -> Result<Batch, Refused> {
     let batch = match format {
-        Format::Json => batch_json::parse(body, config, limits)?,
-        Format::Cbor => parse_batch_cbor(body, config, limits)?,
+        Format::Json => batch_json::parse(body, config, limits, origins_held)?,
+        Format::Cbor => parse_batch_cbor(body, config, limits, origins_held)?,
     };
     if batch.writes.is_empty() {
         return Err(bad("writes", "the batch is empty".into()));
@@ -278,7 +294,12 @@ struct RawWrite {
 
 impl RawWrite {
     /// Validates the write at position `at` of the batch.
-    fn finish(self, config: &Config, at: &str) -> Result<LocalWrite, Refused> {
+    fn finish(
+        self,
+        config: &Config,
+        at: &str,
+        origins_held: &dyn Fn() -> usize,
+    ) -> Result<LocalWrite, Refused> {
         let collection = self
             .collection
             .ok_or_else(|| bad(at, "missing \"collection\"".into()))?;
@@ -314,7 +335,8 @@ impl RawWrite {
             context: self
                 .context
                 .map(|text| {
-                    parse_context(&text, config).map_err(|e| bad(at, format!("\"context\": {e}")))
+                    parse_context(&text, config, origins_held)
+                        .map_err(|e| bad(at, format!("\"context\": {e}")))
                 })
                 .transpose()?,
         })
@@ -327,6 +349,7 @@ fn json_write(
     at: &str,
     config: &Config,
     limits: &DecodeLimits,
+    origins_held: &dyn Fn() -> usize,
 ) -> Result<(LocalWrite, Option<String>), Refused> {
     let fields = item
         .as_object()
@@ -414,7 +437,7 @@ fn json_write(
         }
     }
     let key = w.idempotency_key.take();
-    Ok((w.finish(config, at)?, key))
+    Ok((w.finish(config, at, origins_held)?, key))
 }
 
 /// The body is well-formed canonical CBOR by then (checked whole first): what the walk finds
@@ -427,7 +450,12 @@ fn cbor_field_err(at: &str, field: &str, e: impl std::fmt::Display) -> Refused {
     bad(at, format!("\"{field}\" has the wrong type: {e}"))
 }
 
-fn parse_batch_cbor(body: &[u8], config: &Config, limits: &DecodeLimits) -> Result<Batch, Refused> {
+fn parse_batch_cbor(
+    body: &[u8],
+    config: &Config,
+    limits: &DecodeLimits,
+    origins_held: &dyn Fn() -> usize,
+) -> Result<Batch, Refused> {
     // Canonicalize the whole body first: that checks well-formedness, depth and size in one
     // place, and lets the walk below slice each value out with `Value::first_item`.
     let whole_limits = DecodeLimits {
@@ -536,8 +564,54 @@ fn parse_batch_cbor(body: &[u8], config: &Config, limits: &DecodeLimits) -> Resu
                 }
             }
             keys.push(w.idempotency_key.take());
-            out.push(w.finish(config, &at)?);
+            out.push(w.finish(config, &at, origins_held)?);
         }
     }
     Ok(Batch { writes: out, keys })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A context may name as many origins as the store holds events of, past the config's
+    /// bound: after a peer that wrote is removed from the config, a context read here names it
+    /// (before, sending it back was refused as naming more origins than the node may hold,
+    /// which it did hold). Never more; and the store is asked only for a context longer than
+    /// the config's bound.
+    #[test]
+    fn a_context_may_name_every_origin_the_store_holds() {
+        let text = edgerep_config::starter_toml(
+            &edgerep_wire::NodeId::parse("n").unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        )
+        .replace("[replication]\n", "[replication]\nextra_origins = 1\n");
+        let config = Config::parse(&text, std::path::Path::new("/x/edgerep.toml")).unwrap();
+        assert_eq!(config.max_origins(), 2);
+        let asked = std::cell::Cell::new(0);
+        let held = |n: usize| {
+            let asked = &asked;
+            move || {
+                asked.set(asked.get() + 1);
+                n
+            }
+        };
+        parse_context("a:1,b:2", &config, &held(0)).unwrap();
+        assert_eq!(
+            asked.get(),
+            0,
+            "within the config's bound, the store is not asked"
+        );
+        let e = parse_context("a:1,b:2,c:3", &config, &held(2)).unwrap_err();
+        assert!(e.contains("more than 2 entries"), "{e}");
+        let context = parse_context("a:1,b:2,c:3", &config, &held(3)).unwrap();
+        assert_eq!(context.iter().count(), 3);
+        assert!(parse_context("a:1,b:2,c:3,d:4", &config, &held(3)).is_err());
+        // An event's own bound stands whatever the store holds.
+        let long: Vec<String> = (0..edgerep_config::MAX_CONTEXT_ENTRIES)
+            .map(|i| format!("o{i}:1"))
+            .collect();
+        assert!(parse_context(&long.join(","), &config, &held(1_000_000)).is_err());
+    }
 }

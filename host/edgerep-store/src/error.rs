@@ -30,6 +30,19 @@ pub enum StoreError {
         /// What failed.
         reason: String,
     },
+    /// A key's stored state does not decode (damage on this disk): reads of the key fail until
+    /// anti-entropy repairs it from a peer.
+    #[error(
+        "key {key:?} of collection {collection:?}: its stored state cannot be read ({reason}); the store is damaged there, and anti-entropy repairs it from a peer"
+    )]
+    UnreadableRow {
+        /// The collection.
+        collection: String,
+        /// The key (lossy UTF-8).
+        key: String,
+        /// What failed.
+        reason: String,
+    },
     /// A replay named a dead letter that is not (or no longer) in the table.
     #[error("dead letter {0} does not exist (already replayed?)")]
     NoSuchDeadLetter(u64),

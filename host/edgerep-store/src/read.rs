@@ -181,6 +181,12 @@ impl Store {
         Ok(out)
     }
 
+    /// How many origins this store holds events of (this node's own among them).
+    pub fn origins_held(&self) -> Result<usize, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(ORIGINS)?.len()? as usize)
+    }
+
     /// Every certificate this store learnt from peers, by origin (each origin's first stored
     /// before its others).
     pub fn certs(&self) -> Result<Vec<(NodeId, Vec<u8>)>, StoreError> {
@@ -244,7 +250,9 @@ impl Store {
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         match state.get(state_key(collection, key).as_slice())? {
-            Some(g) => self.decode_row(g.value()),
+            Some(g) => self
+                .decode_row(g.value())
+                .map_err(|e| unreadable(collection, key, e)),
             None => Ok((Versions::new(), None)),
         }
     }
@@ -270,7 +278,8 @@ impl Store {
         let txn = self.db.begin_read()?;
         let state = txn.open_table(STATE)?;
         match state.get(state_key(collection, key).as_slice())? {
-            Some(g) => Versions::decode(g.value(), &self.limits()).map_err(|e| corrupt("state", e)),
+            Some(g) => Versions::decode(g.value(), &self.limits())
+                .map_err(|e| unreadable(collection, key, corrupt("state", e))),
             None => Ok(Versions::new()),
         }
     }
@@ -419,7 +428,11 @@ impl Store {
             }
             rows_left -= 1;
             last_seen = Some(key.to_vec());
-            let (versions, resolution) = self.decode_row(v.value())?;
+            // A row that cannot be read fails the page naming its key (a client may go on
+            // after it).
+            let (versions, resolution) = self
+                .decode_row(v.value())
+                .map_err(|e| unreadable(collection, key, e))?;
             if versions.lww_value().is_some() || versions.events().len() > 1 {
                 if let Some(r) = resolution {
                     resolutions.insert(key.to_vec(), r);
@@ -671,5 +684,18 @@ impl Store {
     pub fn disagreements_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(DISAGREEMENTS)?.len()?)
+    }
+}
+
+/// [`StoreError::UnreadableRow`] of `key` in `collection`, for `e` (a [`StoreError::Corrupt`]
+/// of its row).
+fn unreadable(collection: &str, key: &[u8], e: StoreError) -> StoreError {
+    StoreError::UnreadableRow {
+        collection: collection.to_owned(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: match e {
+            StoreError::Corrupt { reason, .. } => reason,
+            other => other.to_string(),
+        },
     }
 }

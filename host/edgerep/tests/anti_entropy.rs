@@ -94,6 +94,19 @@ fn damage_is_found_at_restart_and_repaired_on_demand() {
     assert_eq!(s["store_check_at_open"]["entries_recorded"], 40, "{s}");
     assert_eq!(s["store_check_at_open"]["unreadable"], 1, "{s}");
     assert_eq!(get(&n2, "c", "k7").0, 404, "the damage is real");
+    // A row that cannot be read: 409 naming its key, for a read and for a scan through it (it
+    // was 500, and the scan's message did not say which key, so a client could not go on
+    // after it).
+    let (code, body) = get(&n2, "c", "k8");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("row_damaged") && body.contains(r#"key \"k8\""#),
+        "{body}"
+    );
+    let mut r = common::agent().get(&n2.url("/v1/scan/c")).call().unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 409, "{body}");
+    assert!(body.contains(r#"key \"k8\""#), "{body}");
     // `status --verify` prints the status and fails while a row is unreadable: a script that
     // reads only the exit code does not take the store for sound.
     let o = edgerep(&[

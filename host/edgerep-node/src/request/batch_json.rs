@@ -27,10 +27,16 @@ fn field_items(config: &Config) -> usize {
 }
 
 /// Parses a JSON batch body.
-pub(super) fn parse(body: &[u8], config: &Config, limits: &DecodeLimits) -> Result<Batch, Refused> {
+pub(super) fn parse(
+    body: &[u8],
+    config: &Config,
+    limits: &DecodeLimits,
+    origins_held: &dyn Fn() -> usize,
+) -> Result<Batch, Refused> {
     let read = Read {
         config,
         limits,
+        origins_held,
         refused: RefCell::new(None),
         inside: Cell::new(Level::Body),
         wide: Cell::new(false),
@@ -94,6 +100,8 @@ enum Level {
 struct Read<'a> {
     config: &'a Config,
     limits: &'a DecodeLimits,
+    /// How many origins the store holds events of (asked only for a long context).
+    origins_held: &'a dyn Fn() -> usize,
     /// The refusal that stopped the read, when the reader found it (serde carries only text).
     refused: RefCell<Option<Refused>>,
     inside: Cell<Level>,
@@ -198,7 +206,7 @@ impl<'de> Visitor<'de> for Writes<'_, '_> {
                 read.wide.set(true);
             }
             check_count(i + 1, read.config).map_err(|r| read.refuse::<A::Error>(r))?;
-            let (write, key) = json_write(&item, &at, read.config, read.limits)
+            let (write, key) = json_write(&item, &at, read.config, read.limits, read.origins_held)
                 .map_err(|r| read.refuse::<A::Error>(r))?;
             batch.writes.push(write);
             batch.keys.push(key);
