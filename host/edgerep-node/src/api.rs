@@ -1920,11 +1920,24 @@ async fn watch_feed(
     if let Some(bound) = q.generation.and_then(|g| run.good_up_to(g))
         && q.after > bound
     {
+        // A generation this node never recorded (another node's, a typo, or one older than
+        // the runs it keeps) is said to be that, not taken for one of its runs.
+        let whose = if run.runs.iter().any(|(g, _)| Some(*g) == q.generation) {
+            format!(
+                "was given by an earlier run of this node, beyond the feed's end ({bound}) when a later run started: positions past it were lost (a restore from a backup, or a crash losing periodic commits) and numbered again"
+            )
+        } else {
+            format!(
+                "comes with generation={}, which is none of the {} runs this node keeps a record of (another node's cursor, a mistyped one, or an older run's): it is past the feed's end ({bound}) when one of them started, so it may name positions numbered again",
+                q.generation.unwrap_or_default(),
+                run.runs.len()
+            )
+        };
         return Err(ApiError::new(
             StatusCode::GONE,
             "feed_renumbered",
             format!(
-                "after={} was given by an earlier run of this node, beyond the feed's end ({bound}) when a later run started: positions past it were lost (a restore from a backup, or a crash losing periodic commits) and numbered again; read the state (scan), then watch from after=feed_last with generation={}",
+                "after={} {whose}; read the state (scan), then watch from after=feed_last with generation={}",
                 q.after, run.generation
             ),
         ));

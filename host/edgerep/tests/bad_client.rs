@@ -257,6 +257,12 @@ fn watch_generations_and_reload_digests_sent_wrong_are_refused() {
         (410, Some("feed_renumbered")),
         "{json}"
     );
+    // Named as no run of this node's (it said "given by an earlier run of this node").
+    let said = json["error"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("generation=12345, which is none of the") && !said.contains("earlier run"),
+        "{json}"
+    );
     for expect in ["", "zz", &"0".repeat(64)] {
         let (status, json) = post(&node, &format!("/v1/reload?expect={expect}"), b"");
         assert_eq!(
