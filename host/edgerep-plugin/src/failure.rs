@@ -164,6 +164,16 @@ pub(crate) fn classify(
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return (FailureKind::Trap, format!("plugin called exit({})", exit.0));
     }
+    // The host could not map or allocate (wasmtime reserving a memory's address space when
+    // instantiating, a table's entries when growing): the machine's doing (its address space,
+    // the OS's commit limit), not the same on every node, like a grow the OS refused.
+    if error.downcast_ref::<wasmtime::OutOfMemory>().is_some()
+        || error
+            .chain()
+            .any(|e| e.is::<std::io::Error>() || e.is::<wasmtime::OutOfMemory>())
+    {
+        return (FailureKind::HostOutOfMemory, describe(error));
+    }
     match phase {
         Phase::Call => (
             FailureKind::BadOutput,
@@ -253,6 +263,22 @@ mod tests {
                 None,
                 Phase::Instantiate,
                 FailureKind::Trap,
+            ),
+            // The host's own mapping or allocation failed (as wasmtime 48 reports them): the
+            // machine's, whatever the phase (it was trap or bad-output, which the failure
+            // policy then decided on this node alone).
+            (
+                wasmtime::Error::new(std::io::Error::from_raw_os_error(12))
+                    .context("mmap failed to reserve 0x100000000 bytes"),
+                None,
+                Phase::Instantiate,
+                FailureKind::HostOutOfMemory,
+            ),
+            (
+                wasmtime::Error::new(wasmtime::OutOfMemory::new(1 << 20)),
+                None,
+                Phase::Call,
+                FailureKind::HostOutOfMemory,
             ),
         ];
         for (error, refused, phase, expected) in cases {
