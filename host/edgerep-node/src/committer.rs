@@ -253,6 +253,10 @@ enum Request {
     SavePeersHeard {
         heard: BTreeMap<NodeId, edgerep_store::Heard>,
     },
+    /// Record that another history of this node's own events was proven at `seq` (durable).
+    RecordOwnFork {
+        seq: u64,
+    },
     /// Remove a dead letter without replaying it.
     RemoveDeadLetter {
         id: u64,
@@ -785,6 +789,13 @@ impl Committer {
                                 hook(&have);
                             }
                             let _ = reply.send(result);
+                            continue;
+                        }
+                        Request::RecordOwnFork { seq } => {
+                            if let Err(e) = store.record_own_fork(seq) {
+                                tracing::error!("cannot record the fork of this node's own history: {e} (local writes stay refused until a restart)");
+                                failed(&e);
+                            }
                             continue;
                         }
                         Request::SavePeersHeard { heard } => {
@@ -1323,6 +1334,13 @@ impl Committer {
         heard: BTreeMap<NodeId, edgerep_store::Heard>,
     ) -> Result<(), CommitError> {
         self.send_blocking(Request::SavePeersHeard { heard })
+    }
+
+    /// Queues recording, durably, that another history of this node's own events was proven
+    /// at `seq`: a restart keeps refusing local writes (see `StoreWriter::record_own_fork`).
+    /// Blocks while the queue is full.
+    pub fn record_own_fork(&self, seq: u64) -> Result<(), CommitError> {
+        self.send_blocking(Request::RecordOwnFork { seq })
     }
 
     /// Saves the record of what decides each collection (see [`crate::deciders`]).

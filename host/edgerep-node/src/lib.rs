@@ -501,7 +501,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .map(|b| deciders::upgraded_since(b, &config))
         .unwrap_or_default();
     // Per origin, how far the store holds its events.
-    let origins = store.status().map_err(store_error)?.origins;
+    let opened_status = store.status().map_err(store_error)?;
+    let own_fork = opened_status.own_fork;
+    let origins = opened_status.origins;
     // Ids the policy names that are nobody known here (a typo leaves a revoked node able to
     // write, or an origin without its intended limits): said, not refused, since a node may be
     // named before it first writes.
@@ -626,9 +628,16 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // events (replication opens the gate), unless the operator says this node is alone.
     // Revoked peers are never heard (their sessions are refused), so they do not count.
     let heard_from = config.peers.iter().any(|p| !config.is_revoked(&p.id));
-    let (origin_gate, origin_gate_rx) = watch::channel(
-        (heard_from && !config.node.alone).then(|| replication::ORIGIN_WAITING.to_owned()),
-    );
+    // A fork of its own history proven before (kept by the store) keeps them refused, with
+    // peers or without, `--alone` or not: every write would extend a history peers refuse.
+    let (origin_gate, origin_gate_rx) = watch::channel(if own_fork > 0 {
+        Some(replication::own_fork_refusal(own_fork))
+    } else {
+        (heard_from && !config.node.alone).then(|| replication::ORIGIN_WAITING.to_owned())
+    });
+    if own_fork > 0 {
+        tracing::error!("{}", replication::own_fork_refusal(own_fork));
+    }
     let commit_metrics = Arc::new(metrics::CommitMetrics::new(
         config.collections.declared.iter().map(|c| c.name.clone()),
     ));

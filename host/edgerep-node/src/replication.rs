@@ -72,7 +72,7 @@ pub use identity::{IdentityError, load_identity};
 use status::Reports;
 pub use status::{ForkReport, PeerStatus, PeerTraffic, RefusalReport, ReplicationStatus};
 pub use store_log::StoreLog;
-pub(crate) use trust::ORIGIN_WAITING;
+pub(crate) use trust::{ORIGIN_WAITING, own_fork_refusal};
 
 use crate::pipeline::Pipeline;
 use anti_entropy::AntiEntropy;
@@ -489,7 +489,8 @@ pub fn start(
         saved_at: Instant::now(),
         config: config.clone(),
         origin_open,
-        own_forked: None,
+        own_forked: (store_status.own_fork > 0)
+            .then(|| trust::own_fork_refusal(store_status.own_fork)),
         origin_gate,
         reports: Reports::default(),
         instances: BTreeMap::new(),

@@ -193,6 +193,9 @@ pub struct StoreStatus {
     /// when above its own have: numbers up to it are taken (no write may use one) until the
     /// rest of its history is back. 0: none.
     pub own_seen: u64,
+    /// Where another history of this node's own events was proven (see
+    /// [`StoreWriter::record_own_fork`]); 0: none.
+    pub own_fork: u64,
 }
 
 /// Whether a write transaction waits for the disk.

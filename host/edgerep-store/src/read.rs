@@ -611,6 +611,7 @@ impl Store {
             compacted,
             feed_floor: feed_floor(&meta)?,
             own_seen: meta_u64(&meta, META_OWN_SEEN)?,
+            own_fork: meta_u64(&meta, META_OWN_FORK)?,
         })
     }
 

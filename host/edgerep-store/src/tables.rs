@@ -103,6 +103,12 @@ pub(crate) fn save_dead_letter_usage(
 /// Never lowered; it stops mattering once the own have reaches it.
 pub(crate) const META_OWN_SEEN: &str = "own_seen";
 
+/// The sequence number at which another history of this node's own events was proven (both
+/// sealed with its key: a second machine under its id, or a restore that wrote again). Kept
+/// for good: the node refuses local writes on this store, also after a restart (only an empty
+/// store, taking its history back from the peers, starts over). Absent: none found.
+pub(crate) const META_OWN_FORK: &str = "own_fork";
+
 /// A `u64` kept in `meta` under `key` (0 when absent).
 pub(crate) fn meta_u64(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,

@@ -1627,6 +1627,23 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Records, durably and for good, that another history of this node's own events was
+    /// proven at `seq` (the first record stands): the node refuses local writes on this store
+    /// from then on, also after a restart, since every one would extend a history some peers
+    /// refuse (acknowledged, then lost).
+    pub fn record_own_fork(&self, seq: u64) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            if meta_u64(&meta, META_OWN_FORK)? == 0 {
+                meta.insert(META_OWN_FORK, &seq.max(1).to_be_bytes()[..])?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Applies `events` (see [`StoreWriter::apply_sealed`]); with `sealed` `None` the events are
     /// trusted (tests, tools): their chains are computed and an unsigned seal ends each run.
     pub(crate) fn apply_in(

@@ -263,13 +263,16 @@ impl Replicator {
         if origin != self.core.local().as_str() || self.own_forked.is_some() {
             return;
         }
-        let why = format!(
-            "another history of this node's own events was found at its sequence number {seq}, sealed with this node's key (another machine runs under this node's id and key, or this store was restored from a backup and wrote again; status lists the fork): local writes are refused, since peers refuse one of the two histories. Stop the other machine (or give it a new node id), then move this node's store aside and start it empty to take its history back from the peers; if the fork is found again after that (peers hold both histories), give this site a new node id"
-        );
+        let why = own_fork_refusal(seq);
         tracing::error!("{why}");
         self.own_forked = Some(why);
         self.origin_open = false;
         self.check_origin();
+        // Kept by the store: a restart (a crash, a supervisor's) must not open the gate again
+        // on a store that holds the other history.
+        if let Err(e) = self.committer.record_own_fork(seq) {
+            tracing::error!("cannot record the fork of this node's own history: {e}");
+        }
     }
 
     /// How far this node holds its own events.
@@ -621,4 +624,12 @@ impl<'a> BatchIndex<'a> {
             .map(|(_, &e)| e)
             .collect()
     }
+}
+
+/// Why local writes are refused once another history of this node's own events was proven at
+/// `seq` (by a repair this run, or recorded in the store by an earlier one).
+pub(crate) fn own_fork_refusal(seq: u64) -> String {
+    format!(
+        "another history of this node's own events was found at its sequence number {seq}, sealed with this node's key (another machine runs under this node's id and key, or this store was restored from a backup and wrote again; the store keeps this finding across restarts): local writes are refused, since peers refuse one of the two histories. Stop the other machine (or give it a new node id), then move this node's store aside and start it empty to take its history back from the peers; if the fork is found again after that (peers hold both histories), give this site a new node id"
+    )
 }
