@@ -253,6 +253,10 @@ enum Request {
     SavePeersHeard {
         heard: BTreeMap<NodeId, edgerep_store::Heard>,
     },
+    /// Save when peers' acknowledgements last moved (advice for retention; not synced).
+    SavePeersProgress {
+        progress: BTreeMap<NodeId, u64>,
+    },
     /// Record that another history of this node's own events was proven at `seq` (durable).
     RecordOwnFork {
         seq: u64,
@@ -789,6 +793,16 @@ impl Committer {
                                 hook(&have);
                             }
                             let _ = reply.send(result);
+                            continue;
+                        }
+                        Request::SavePeersProgress { progress } => {
+                            match store.save_peers_progress(&progress) {
+                                Ok(()) => durable.unsynced = true,
+                                Err(e) => {
+                                    tracing::warn!("cannot save when peers' acknowledgements last moved: {e}");
+                                    failed(&e);
+                                }
+                            }
                             continue;
                         }
                         Request::RecordOwnFork { seq } => {
@@ -1334,6 +1348,12 @@ impl Committer {
         heard: BTreeMap<NodeId, edgerep_store::Heard>,
     ) -> Result<(), CommitError> {
         self.send_blocking(Request::SavePeersHeard { heard })
+    }
+
+    /// Queues saving when each peer's acknowledgements last moved (wall clock, ms; not synced).
+    /// Blocks while the queue is full.
+    pub fn save_peers_progress(&self, progress: BTreeMap<NodeId, u64>) -> Result<(), CommitError> {
+        self.send_blocking(Request::SavePeersProgress { progress })
     }
 
     /// Queues recording, durably, that another history of this node's own events was proven

@@ -502,6 +502,9 @@ pub fn start(
         origin_first_claim: None,
         own_seen: store_status.own_seen,
         acks_moved_at: BTreeMap::new(),
+        moved_before_start: BTreeMap::new(),
+        have_loaded: false,
+        progress_saved: BTreeMap::new(),
         anti_entropy: AntiEntropy::new(config.replication.anti_entropy_interval_ms, instance),
         runtime: runtime.clone(),
     };
@@ -742,6 +745,13 @@ struct Replicator {
     /// Per peer, when it last acknowledged more than before, or everything this node holds
     /// (see `compaction_floors`).
     acks_moved_at: BTreeMap<NodeId, Instant>,
+    /// Whether the local have was set once (the store's at the start).
+    have_loaded: bool,
+    /// Per peer whose acknowledgements did not move since this start, how long before it they
+    /// last moved (as saved: a restart does not give a stuck peer a new `peer_absent_ms`).
+    moved_before_start: BTreeMap<NodeId, Duration>,
+    /// Per peer, the time of its last acknowledgement progress saved (wall clock, ms).
+    progress_saved: BTreeMap<NodeId, u64>,
     /// Anti-entropy sessions and what they found.
     anti_entropy: AntiEntropy,
 }
@@ -755,9 +765,12 @@ impl Replicator {
     /// the local have; this driver reads it there.
     fn set_have(&mut self, have: &Have) {
         let held = self.core.local_have();
-        if have
-            .iter()
-            .any(|(origin, &seq)| seq > held.get(origin).copied().unwrap_or(0))
+        // (The first report is what the store held at the start, not new events.)
+        let loaded = std::mem::replace(&mut self.have_loaded, true);
+        if loaded
+            && have
+                .iter()
+                .any(|(origin, &seq)| seq > held.get(origin).copied().unwrap_or(0))
         {
             self.anti_entropy.changed_here();
             // Peers that held everything until now start lacking events only now: their
@@ -1129,6 +1142,7 @@ impl Replicator {
                     self.silent_at_start.remove(id);
                     self.awaited_since.remove(id);
                 }
+                self.moved_before_start.remove(id);
             }
         }
         self.peers = peers;

@@ -668,6 +668,7 @@ impl Store {
             txn.open_table(idempotency::IDEMPOTENCY)?;
             txn.open_table(PEERS)?;
             txn.open_table(PEERS_HEARD)?;
+            txn.open_table(PEERS_PROGRESS)?;
             txn.open_table(COMPACTED)?;
             txn.open_table(CHAINS)?;
             txn.open_table(SEALS)?;

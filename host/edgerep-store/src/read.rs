@@ -218,6 +218,19 @@ impl Store {
         Ok(out)
     }
 
+    /// When each peer's acknowledgements last moved, as saved (see
+    /// [`StoreWriter::save_peers_progress`]).
+    pub fn peers_progress(&self) -> Result<BTreeMap<NodeId, u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PEERS_PROGRESS)?;
+        let mut out = BTreeMap::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.insert(parse_origin(k.value())?, v.value());
+        }
+        Ok(out)
+    }
+
     /// Every peer's saved cursor (see [`StoreWriter::save_peer_cursor`]).
     pub fn peer_cursors(&self) -> Result<BTreeMap<NodeId, Have>, StoreError> {
         let txn = self.db.begin_read()?;

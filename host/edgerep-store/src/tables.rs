@@ -32,6 +32,12 @@ pub(crate) const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("pee
 /// waited for it (see [`crate::Heard`]).
 pub(crate) const PEERS_HEARD: TableDefinition<&str, u64> = TableDefinition::new("peers_heard");
 
+/// Per peer, when its acknowledgements last moved (wall clock, ms since the Unix epoch; advice,
+/// saved without fsync): a peer that stays connected and acknowledges nothing new holds
+/// compaction back only `peer_absent_ms` from then, across this node's restarts.
+pub(crate) const PEERS_PROGRESS: TableDefinition<&str, u64> =
+    TableDefinition::new("peers_progress");
+
 /// The bit of a `peers_heard` value that marks a peer never heard from (no time in ms reaches it).
 pub(crate) const AWAITED: u64 = 1 << 63;
 

@@ -1627,6 +1627,21 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Saves when each peer of `progress` last acknowledged more (wall clock, ms; advice for
+    /// retention, not synced).
+    pub fn save_peers_progress(&self, progress: &BTreeMap<NodeId, u64>) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        {
+            let mut table = txn.open_table(PEERS_PROGRESS)?;
+            for (peer, at_ms) in progress {
+                table.insert(peer.as_str(), at_ms)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Records, durably and for good, that another history of this node's own events was
     /// proven at `seq` (the first record stands): the node refuses local writes on this store
     /// from then on, also after a restart, since every one would extend a history some peers

@@ -2126,6 +2126,49 @@ fn a_connected_peer_that_never_acknowledges_stops_holding_compaction_back() {
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
 
+/// The same across a restart of node-1: when the silent peer's acknowledgements last moved is
+/// saved, so the restart does not give it a new `peer_absent_ms` (8 s here) to hold compaction
+/// back. Before, it did: a node restarted more often than `peer_absent_ms` never compacted past
+/// such a peer.
+#[test]
+fn a_restart_does_not_give_a_peer_that_never_acknowledges_a_new_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    with_retention(
+        &configs[0],
+        "keep_events = 5\ninterval_ms = 200\npeer_absent_ms = 8000\n",
+    );
+    let n1 = Node::start(&configs[0]);
+    let n3 = Node::start(&configs[2]);
+    let silent = attacker(&configs, &[]);
+    let connected = Instant::now();
+    for i in 0..40 {
+        put(&n1, "c", &format!("k{i}"), r#"{"v":1}"#);
+    }
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(connected.elapsed()));
+    let s = status(&n1);
+    assert_eq!(s["compacted"]["node-1"].as_u64().unwrap_or(0), 0, "{s}");
+    drop(silent);
+    n1.terminate();
+    let n1 = Node::start(&configs[0]);
+    let restarted = Instant::now();
+    let _silent = attacker(&configs, &[]);
+    loop {
+        let s = status(&n1);
+        if s["compacted"]["node-1"].as_u64().unwrap_or(0) >= 35 {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(6),
+            "not compacted 6 s after the restart (a new wait takes 8 s): {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    put(&n1, "c", "after", r#"{"v":2}"#);
+    converge(&[&n1, &n3], Duration::from_secs(30));
+}
+
 /// A snapshot carrying a version its origin may not write (`[authorization] node-2 =
 /// ["orders"]`), under node-2's genuine seal: snapshot pages were merged without the write
 /// policy, so the version entered node-1's state (where an event would have been kept out as a

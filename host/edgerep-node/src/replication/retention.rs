@@ -43,6 +43,25 @@ impl Replicator {
                     _ => u64::MAX,
                 };
                 let upto = wall_ms().min(alive_ms);
+                // When peers' acknowledgements last moved, counted the same way: a peer that
+                // stays connected and acknowledges nothing new does not get a new
+                // `peer_absent_ms` at each restart of this node.
+                match self.store.peers_progress() {
+                    Ok(progress) => {
+                        for (peer, at_ms) in progress {
+                            self.progress_saved.insert(peer.clone(), at_ms);
+                            if at_ms >= PLAUSIBLE_MS {
+                                self.moved_before_start.insert(
+                                    peer,
+                                    Duration::from_millis(upto.saturating_sub(at_ms)),
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot read when peers' acknowledgements last moved: {e}")
+                    }
+                }
                 for (peer, heard) in all {
                     let since = match heard {
                         Heard::At(at_ms) => {
@@ -133,6 +152,29 @@ impl Replicator {
                 heard.insert(p.clone(), Heard::AwaitedSince(since));
             }
         }
+        // When each connected peer's acknowledgements last moved (one whose did not move this
+        // run: this start, or before it as saved), where that moved by `every`.
+        let progress: BTreeMap<NodeId, u64> = self
+            .conns
+            .keys()
+            .chain(self.acks_moved_at.keys())
+            .map(|p| {
+                let ago = u64::try_from(self.acks_moved_ago(p).as_millis()).unwrap_or(u64::MAX);
+                (p.clone(), now.saturating_sub(ago))
+            })
+            .filter(|(p, at)| {
+                self.progress_saved
+                    .get(p)
+                    .is_none_or(|s| at.abs_diff(*s) >= every)
+            })
+            .collect();
+        if !progress.is_empty() {
+            self.progress_saved
+                .extend(progress.iter().map(|(p, at)| (p.clone(), *at)));
+            if let Err(e) = self.committer.save_peers_progress(progress) {
+                tracing::warn!("cannot save when peers' acknowledgements last moved: {e}");
+            }
+        }
         if !heard.is_empty() {
             self.heard_saved
                 .extend(heard.iter().filter_map(|(p, h)| match h {
@@ -147,6 +189,23 @@ impl Replicator {
 
     pub(super) fn set_compacted(&mut self, compacted: &Have) {
         self.core.set_compacted(compacted);
+    }
+
+    /// How long ago `peer`'s acknowledgements last moved: since this start, or before it as
+    /// saved (a peer whose acknowledgements did not move this run counts from this start plus
+    /// that).
+    fn acks_moved_ago(&self, peer: &NodeId) -> Duration {
+        match self.acks_moved_at.get(peer) {
+            Some(at) => at.elapsed(),
+            None => {
+                self.started.elapsed()
+                    + self
+                        .moved_before_start
+                        .get(peer)
+                        .copied()
+                        .unwrap_or_default()
+            }
+        }
     }
 
     /// Records a peer's acknowledgement `have`: whether it moved (see [`acks_moved`]) decides
@@ -176,9 +235,8 @@ impl Replicator {
             .iter()
             .map(|(p, _)| p)
             .filter(|p| {
-                let moved = self.acks_moved_at.get(*p).copied().unwrap_or(self.started);
                 if self.conns.contains_key(*p) {
-                    recent(moved.elapsed())
+                    recent(self.acks_moved_ago(p))
                 } else {
                     recent(self.silent_for(p))
                 }
