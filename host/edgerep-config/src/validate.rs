@@ -398,22 +398,6 @@ fn check_peers(raw: &RawConfig) -> Result<(), Violation> {
                 ),
             ));
         }
-        // A socket bound to a loopback address cannot send to any other (Linux refuses the
-        // send, and QUIC only sees a handshake that never ends): such a peer is out of reach
-        // both ways. A name other than `localhost` is not looked up here (the CLI warns).
-        if own.ip().is_loopback()
-            && let Some(ip) = ips.iter().find(|ip| !ip.to_canonical().is_loopback())
-        {
-            return Err((
-                vec![Seg::Key("replication"), Seg::Key("listen")],
-                format!(
-                    "{own} is a loopback address, but peer \"{}\" is at {ip}, another machine: \
-                     this node could neither reach it nor be reached by it; listen on this \
-                     machine's address, or on 0.0.0.0 or [::] (every interface)",
-                    peer.id
-                ),
-            ));
-        }
         let path = peer_key(i, "id");
         if peer.id == raw.node.id {
             return Err((

@@ -1187,47 +1187,6 @@ fn plugins_nothing_runs_are_listed() {
     assert_eq!(config.unused_plugins(), ["lww", "spare"]);
 }
 
-/// A replication listener on loopback cannot send to another machine (the kernel refuses the
-/// send and QUIC sees only a handshake that never ends), so a peer at another machine's address
-/// is refused where the listener is named. Peers on loopback, and names (not looked up here),
-/// pass; so does any peer of a node listening on every interface.
-#[test]
-fn a_loopback_replication_listener_with_a_peer_on_another_machine_is_refused() {
-    for far in [
-        "10.0.0.2:7071",
-        "[2001:db8::2]:7071",
-        "[::ffff:10.0.0.2]:7071",
-    ] {
-        let err = expect_error(
-            &with(&format!(
-                "[[peers]]\nid = \"site-b\"\naddress = \"127.0.0.2:7071\"\n\
-                 [[peers]]\nid = \"site-c\"\naddress = \"{far}\"\n"
-            )),
-            "replication.listen",
-        );
-        assert!(
-            err.message.contains("127.0.0.1:7071 is a loopback address"),
-            "{err}"
-        );
-        assert!(err.message.contains("peer \"site-c\""), "{err}");
-        assert!(err.message.contains("0.0.0.0"), "{err}");
-    }
-    for near in [
-        "127.0.0.2:7071",
-        "[::1]:7072",
-        "localhost:7072",
-        "site-b.example:7071",
-    ] {
-        let text = with(&format!(
-            "[[peers]]\nid = \"site-b\"\naddress = \"{near}\"\n"
-        ));
-        assert!(parse(&text).is_ok(), "{near}: {:?}", parse(&text).err());
-    }
-    let everywhere = with("[[peers]]\nid = \"site-b\"\naddress = \"10.0.0.2:7071\"\n")
-        .replace("listen = \"127.0.0.1:7071\"", "listen = \"0.0.0.0:7071\"");
-    assert!(parse(&everywhere).is_ok(), "{:?}", parse(&everywhere).err());
-}
-
 /// Each watch stream holds an API connection while it follows: watch streams may not be allowed
 /// as many as the connections, or followers alone could take every one (writes, status and
 /// reload would wait in the kernel's backlog). Unset, the bound is 64 but at most half the

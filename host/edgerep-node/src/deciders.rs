@@ -203,7 +203,8 @@ pub fn left_behind<E>(
 
 /// The collections of `config` whose keys are still to be re-resolved: marked so in the
 /// `before` record (a reload or a start recorded new upgrades before re-resolving, and did not
-/// finish), or with upgrades the record lacks (a record an older build wrote). Their keys are
+/// finish), or with upgrades the record lacks (a record an older build wrote, a file appended
+/// to, or a pending upgrade changed with the node stopped). Their keys are
 /// re-resolved at start, as a reload does: the same rule on every node, so running it again
 /// changes nothing already right.
 pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
@@ -223,8 +224,14 @@ pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
             let recorded = was
                 .and_then(|r| r.get("upgrades"))
                 .and_then(Json::as_array)
-                .map_or(0, Vec::len);
-            pending || c.upgrades.len() > recorded
+                .cloned()
+                .unwrap_or_default();
+            let now: Vec<Json> = c
+                .upgrades
+                .iter()
+                .map(|u| json!([u.from_ms, u.resolver, u.transforms_on_apply]))
+                .collect();
+            pending || now.iter().any(|u| !recorded.contains(u))
         })
         .map(|c| c.name.clone())
         .collect()

@@ -369,8 +369,24 @@ impl Reloader {
         let old = self.config();
         // Set from the command line, not the file.
         new.node.alone = old.node.alone;
+        // Which of the upgrades in force now are still pending (each a scan of its collection
+        // in the store, off the async threads), once for every check below.
+        let (store, o) = (self.store.clone(), old.clone());
+        let pending_now = tokio::task::spawn_blocking(move || {
+            let mut out = std::collections::BTreeSet::new();
+            for c in &o.collections.declared {
+                for u in &c.upgrades {
+                    if pending_upgrade(&store, &o, &c.name, u.from_ms)? {
+                        out.insert((c.name.clone(), u.from_ms));
+                    }
+                }
+            }
+            Ok::<_, StoreError>(out)
+        })
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))??;
         let pending = |collection: &str, from_ms: u64| {
-            pending_upgrade(&self.store, &old, collection, from_ms).unwrap_or(false)
+            pending_now.contains(&(collection.to_owned(), from_ms))
         };
         reloadable(&old, &new, &pending)?;
         self.declared_in_place(&old, &new)?;
@@ -382,11 +398,25 @@ impl Reloader {
             .iter()
             .map(|c| (c.name.clone(), settled_upgrades(c, &pending)))
             .collect();
+        let settled_of = |name: &str| settled.get(name).copied().unwrap_or(0);
+        // The upgrades `new` brings, per collection: past the settled ones, those `old` did not
+        // have (appended, or a pending one changed).
+        let brought = |c: &edgerep_config::CollectionConfig| -> Vec<edgerep_config::Upgrade> {
+            let was = old.collection(&c.name).map_or(&[][..], |o| &o.upgrades[..]);
+            c.upgrades
+                .get(settled_of(&c.name)..)
+                .unwrap_or_default()
+                .iter()
+                .filter(|u| !was.contains(u))
+                .cloned()
+                .collect()
+        };
         let store = self.store.clone();
         let n = new.clone();
+        let settled_then = settled.clone();
         let problems = tokio::task::spawn_blocking(move || {
             late_upgrades(&store, &n, |name| {
-                Some(settled.get(name).copied().unwrap_or(0))
+                Some(settled_then.get(name).copied().unwrap_or(0))
             })
         })
         .await
@@ -419,7 +449,7 @@ impl Reloader {
             .collections
             .declared
             .iter()
-            .filter(|c| c.upgrades.len() > old.collection(&c.name).map_or(0, |o| o.upgrades.len()))
+            .filter(|c| !brought(c).is_empty())
             .map(|c| c.name.clone())
             .collect();
         // The limits (checked above: only raised) are recorded in the store before anything is
@@ -466,8 +496,7 @@ impl Reloader {
         }
         let mut upgrades_added = Vec::new();
         for c in &new.collections.declared {
-            let before = old.collection(&c.name).map_or(0, |o| o.upgrades.len());
-            for u in &c.upgrades[before..] {
+            for u in &brought(c) {
                 upgrades_added.push(format!(
                     "{} from {}",
                     c.name,

@@ -167,11 +167,13 @@ pub(crate) fn classify(
     // The host could not map or allocate (wasmtime reserving a memory's address space when
     // instantiating, a table's entries when growing): the machine's doing (its address space,
     // the OS's commit limit), not the same on every node, like a grow the OS refused.
-    if error.downcast_ref::<wasmtime::OutOfMemory>().is_some()
-        || error
-            .chain()
-            .any(|e| e.is::<std::io::Error>() || e.is::<wasmtime::OutOfMemory>())
-    {
+    let out_of_memory = |e: &(dyn std::error::Error + 'static)| {
+        e.is::<wasmtime::OutOfMemory>()
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                io.kind() == std::io::ErrorKind::OutOfMemory || io.raw_os_error() == Some(12) // ENOMEM
+            })
+    };
+    if error.downcast_ref::<wasmtime::OutOfMemory>().is_some() || error.chain().any(out_of_memory) {
         return (FailureKind::HostOutOfMemory, describe(error));
     }
     match phase {
@@ -279,6 +281,14 @@ mod tests {
                 None,
                 Phase::Call,
                 FailureKind::HostOutOfMemory,
+            ),
+            // Another host error is not taken for the machine's memory.
+            (
+                wasmtime::Error::new(std::io::Error::from_raw_os_error(13))
+                    .context("mmap failed to reserve 0x100000000 bytes"),
+                None,
+                Phase::Instantiate,
+                FailureKind::Trap,
             ),
         ];
         for (error, refused, phase, expected) in cases {

@@ -1066,10 +1066,6 @@ impl StoreWriter {
 }
 
 impl Store {
-    /// Takes out of `proven` every version up to this node's have that its own history proves
-    /// is not the event it holds there, and returns their (origin, seq). A version this node
-    /// cannot prove either way (nothing of it kept, or damaged) stays.
-    #[allow(clippy::type_complexity)]
     /// `versions` (with their `proofs`) less those of other origins that the state holds
     /// byte for byte: merging them again is a duplicate.
     fn without_held(
@@ -1099,6 +1095,10 @@ impl Store {
         Ok(kept)
     }
 
+    /// Takes out of `proven` every version up to this node's have that its own history proves
+    /// is not the event it holds there, and returns their (origin, seq). A version this node
+    /// cannot prove either way (nothing of it kept, or damaged) stays.
+    #[allow(clippy::type_complexity)]
     fn keep_held_history(
         &self,
         proven: &mut Vec<(EncodedEvent, Seal, Vec<edgerep_wire::seal::ChainHash>)>,

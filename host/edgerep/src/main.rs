@@ -459,22 +459,34 @@ fn check_files(config: &Config) -> Result<(), String> {
             config.source.display()
         );
     }
-    // `config check` refuses a peer at another machine's IP address for a loopback listener;
-    // a name is not looked up there.
+    // A socket bound to a loopback address sends only to this machine's own addresses (Linux
+    // refuses a send elsewhere, and QUIC sees only a handshake that never ends): a peer at
+    // another machine's address is out of reach both ways. An address is this machine's when a
+    // socket can bind it; a name is not looked up (a warning).
     if config.replication.listen.ip().is_loopback() {
         for peer in &config.peers {
             let host = peer.address.rsplit_once(':').map_or("", |(h, _)| h);
-            if !host.eq_ignore_ascii_case("localhost")
-                && host.parse::<std::net::IpAddr>().is_err()
-                && !host.starts_with('[')
-            {
-                eprintln!(
+            if host.eq_ignore_ascii_case("localhost") {
+                continue;
+            }
+            match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.to_canonical().is_loopback() => {}
+                Ok(ip) if std::net::UdpSocket::bind((ip, 0)).is_ok() => {}
+                Ok(ip) => {
+                    return Err(format!(
+                        "{}: replication.listen: {} is a loopback address, but peer {:?} is at {ip}, not an address of this machine: this node could neither reach it nor be reached by it; listen on this machine's address, or on 0.0.0.0 or [::] (every interface)",
+                        config.source.display(),
+                        config.replication.listen,
+                        peer.id.as_str(),
+                    ));
+                }
+                Err(_) => eprintln!(
                     "warning: {}: replication.listen {} is a loopback address: peer {:?} at {:?} is reachable only if that name is an address of this machine",
                     config.source.display(),
                     config.replication.listen,
                     peer.id.as_str(),
                     peer.address
-                );
+                ),
             }
         }
     }

@@ -210,6 +210,46 @@ fn config_check_names_file_and_key() {
     assert!(stderr(&o).contains("max_keys"));
 }
 
+/// `edgerep init` listens for replication on loopback. A peer added at another machine's
+/// address could then neither be reached nor reach this node (a loopback socket sends only to
+/// this machine's addresses), the error blamed the peer, and local writes waited for it for
+/// good; `config check` said ok. Now `config check` and `run` refuse it (exit 2), warn for a
+/// name, and take this machine's own addresses.
+#[test]
+fn a_loopback_replication_listener_with_a_peer_on_another_machine_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = common::cluster(dir.path(), 2);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    let at = |address: &str| {
+        let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+        doc["peers"][0]["address"] = toml_edit::value(address);
+        std::fs::write(&configs[0], doc.to_string()).unwrap();
+        configs[0].to_str().unwrap()
+    };
+    // TEST-NET-1: never an address of this machine.
+    let c = at("192.0.2.7:7071");
+    for args in [&["config", "check", c][..], &["run", "--config", c][..]] {
+        let o = edgerep(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is a loopback address, but peer \"node-2\" is at 192.0.2.7"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = edgerep(&["config", "check", at("node-2.invalid:7071")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("reachable only if that name"),
+        "{}",
+        stderr(&o)
+    );
+    for near in ["127.0.0.2:7071", "[::1]:7071", "localhost:7071"] {
+        let o = edgerep(&["config", "check", at(near)]);
+        assert_eq!(o.status.code(), Some(0), "{near}: {}", stderr(&o));
+    }
+}
+
 /// Writes `content` to a token file beside `config` and names it in `[api]`; returns its path.
 fn with_token_file(config: &std::path::Path, content: &str) -> std::path::PathBuf {
     let token = config.with_file_name("token");

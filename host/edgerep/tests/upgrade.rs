@@ -838,20 +838,49 @@ fn an_upgrade_dated_years_ahead_by_mistake_can_be_corrected() {
     )
     .unwrap();
     reload(&config);
-    // The time meant, ten minutes from now: taken by a reload.
+    // Removed by a reload (this panicked half-way, the new config already in force), then
+    // given again at the time meant, ten minutes from now.
+    std::fs::write(&config, format!("{base}{}", tally(&wasm, &sha, None))).unwrap();
+    let answer = reload(&config);
+    assert_eq!(
+        answer["reloaded"]["upgrades_added"],
+        serde_json::json!([]),
+        "{answer}"
+    );
     let meant = now_ms() + 600_000;
     std::fs::write(
         &config,
         format!("{base}{}", tally(&wasm, &sha, Some(meant))),
     )
     .unwrap();
-    reload(&config);
+    let answer = reload(&config);
+    assert_eq!(
+        answer["reloaded"]["upgrades_added"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
     // Within node.max_clock_skew_ms (60 s by default) of now it counts as in force: it may be
     // corrected while further ahead (here, to a time past), and then it stays.
     let in_force = now_ms() - 1_000;
     let stuck = format!("{base}{}", tally(&wasm, &sha, Some(in_force)));
     std::fs::write(&config, &stuck).unwrap();
-    reload(&config);
+    // A time already past: an upgrade from then, whose keys are resolved again.
+    let answer = reload(&config);
+    assert_eq!(
+        answer["reloaded"]["upgrades_added"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
+    assert!(
+        answer["reloaded"]["keys_re_resolved"]
+            .get("tally")
+            .is_some(),
+        "{answer}"
+    );
     std::fs::write(&config, format!("{base}{}", tally(&wasm, &sha, None))).unwrap();
     let o = edgerep(&["reload", "--config", config.to_str().unwrap()]);
     assert!(!o.status.success(), "{}", stdout(&o));
