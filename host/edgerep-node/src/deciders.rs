@@ -35,11 +35,7 @@ fn entries(config: &Config) -> Entries {
                 (name, settings)
             })
             .collect();
-        let upgrades: Vec<Json> = c
-            .upgrades
-            .iter()
-            .map(|u| json!([u.from_ms, u.resolver, u.transforms_on_apply]))
-            .collect();
+        let upgrades = upgrades_of(c);
         out.insert(
             c.name.clone(),
             json!({
@@ -51,6 +47,14 @@ fn entries(config: &Config) -> Entries {
         );
     }
     out
+}
+
+/// A collection's upgrades as the record keeps them: `[from_ms, resolver, transforms_on_apply]`.
+fn upgrades_of(c: &edgerep_config::CollectionConfig) -> Vec<Json> {
+    c.upgrades
+        .iter()
+        .map(|u| json!([u.from_ms, u.resolver, u.transforms_on_apply]))
+        .collect()
 }
 
 /// A saved record, unless it cannot be read (written by a later version, or damaged): then
@@ -226,12 +230,7 @@ pub fn upgraded_since(before: &str, config: &Config) -> Vec<String> {
                 .and_then(Json::as_array)
                 .cloned()
                 .unwrap_or_default();
-            let now: Vec<Json> = c
-                .upgrades
-                .iter()
-                .map(|u| json!([u.from_ms, u.resolver, u.transforms_on_apply]))
-                .collect();
-            pending || now.iter().any(|u| !recorded.contains(u))
+            pending || upgrades_of(c).iter().any(|u| !recorded.contains(u))
         })
         .map(|c| c.name.clone())
         .collect()

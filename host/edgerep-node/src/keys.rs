@@ -99,6 +99,25 @@ impl<V> Recent<V> {
     }
 }
 
+/// Whether `cert` is among `held` (an origin's certificates); when it is not, refused if `held`
+/// is full ([`MAX_CERTS_PER_ORIGIN`]).
+fn already_held(
+    held: &[(NodeKey, Vec<u8>)],
+    origin: &NodeId,
+    cert: &[u8],
+) -> Result<bool, KeyError> {
+    if held.iter().any(|(_, der)| der == cert) {
+        return Ok(true);
+    }
+    if held.len() >= MAX_CERTS_PER_ORIGIN {
+        return Err(KeyError::TooManyCertificates {
+            origin: origin.clone(),
+            held: held.len(),
+        });
+    }
+    Ok(false)
+}
+
 /// Per revoked node, the last sequence number it may still vouch for.
 fn revocations(config: &Config) -> BTreeMap<NodeId, u64> {
     config
@@ -284,15 +303,12 @@ impl edgerep_store::Keys for NodeKeys {
         // the bound, another is refused unchecked.
         {
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            let held = known.get(origin).map_or(&[][..], Vec::as_slice);
-            if held.iter().any(|(_, der)| der == cert) {
+            if already_held(
+                known.get(origin).map_or(&[][..], Vec::as_slice),
+                origin,
+                cert,
+            )? {
                 return Ok(());
-            }
-            if held.len() >= MAX_CERTS_PER_ORIGIN {
-                return Err(KeyError::TooManyCertificates {
-                    origin: origin.clone(),
-                    held: held.len(),
-                });
             }
         }
         let refused_key = hash_of(&[origin.as_str().as_bytes(), cert]);
@@ -317,16 +333,9 @@ impl edgerep_store::Keys for NodeKeys {
         // the look above).
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let held = known.entry(origin.clone()).or_default();
-        if held.iter().any(|(_, der)| der == cert) {
-            return Ok(());
+        if !already_held(held, origin, cert)? {
+            held.push((key, cert.to_vec()));
         }
-        if held.len() >= MAX_CERTS_PER_ORIGIN {
-            return Err(KeyError::TooManyCertificates {
-                origin: origin.clone(),
-                held: held.len(),
-            });
-        }
-        held.push((key, cert.to_vec()));
         Ok(())
     }
 
