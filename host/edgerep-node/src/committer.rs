@@ -249,12 +249,10 @@ enum Request {
         peer: NodeId,
         have: Have,
     },
-    /// Save when peers were last heard from (advice for retention; not synced).
+    /// Save when peers were last heard from, and when their acknowledgements last moved
+    /// (advice for retention; not synced).
     SavePeersHeard {
         heard: BTreeMap<NodeId, edgerep_store::Heard>,
-    },
-    /// Save when peers' acknowledgements last moved (advice for retention; not synced).
-    SavePeersProgress {
         progress: BTreeMap<NodeId, u64>,
     },
     /// Record that another history of this node's own events was proven at `seq` (durable).
@@ -795,16 +793,6 @@ impl Committer {
                             let _ = reply.send(result);
                             continue;
                         }
-                        Request::SavePeersProgress { progress } => {
-                            match store.save_peers_progress(&progress) {
-                                Ok(()) => durable.unsynced = true,
-                                Err(e) => {
-                                    tracing::warn!("cannot save when peers' acknowledgements last moved: {e}");
-                                    failed(&e);
-                                }
-                            }
-                            continue;
-                        }
                         Request::RecordOwnFork { seq } => {
                             if let Err(e) = store.record_own_fork(seq) {
                                 tracing::error!("cannot record the fork of this node's own history: {e} (local writes stay refused until a restart)");
@@ -812,8 +800,8 @@ impl Committer {
                             }
                             continue;
                         }
-                        Request::SavePeersHeard { heard } => {
-                            match store.save_peers_heard(&heard) {
+                        Request::SavePeersHeard { heard, progress } => {
+                            match store.save_peers_heard(&heard, &progress) {
                                 Ok(()) => durable.unsynced = true,
                                 Err(e) => {
                                     tracing::warn!("cannot save when peers were last heard from: {e}");
@@ -1341,19 +1329,15 @@ impl Committer {
         self.send_blocking(Request::SavePeerCursor { peer, have })
     }
 
-    /// Queues saving when each peer of `heard` was last heard from, or since when it is awaited
-    /// (wall clock, ms; not synced). Blocks while the queue is full.
+    /// Queues saving when each peer of `heard` was last heard from, or since when it is awaited,
+    /// and when each peer of `progress` last acknowledged more (wall clock, ms; not synced).
+    /// Blocks while the queue is full.
     pub fn save_peers_heard(
         &self,
         heard: BTreeMap<NodeId, edgerep_store::Heard>,
+        progress: BTreeMap<NodeId, u64>,
     ) -> Result<(), CommitError> {
-        self.send_blocking(Request::SavePeersHeard { heard })
-    }
-
-    /// Queues saving when each peer's acknowledgements last moved (wall clock, ms; not synced).
-    /// Blocks while the queue is full.
-    pub fn save_peers_progress(&self, progress: BTreeMap<NodeId, u64>) -> Result<(), CommitError> {
-        self.send_blocking(Request::SavePeersProgress { progress })
+        self.send_blocking(Request::SavePeersHeard { heard, progress })
     }
 
     /// Queues recording, durably, that another history of this node's own events was proven

@@ -44,7 +44,7 @@ mod replica;
 mod session;
 
 pub use have::Have;
-pub use log::{Log, LogError, Read, StateCursor, StatePage};
+pub use log::{Log, LogError, Read, StateCursor, StatePage, certs_for_seals};
 pub use message::{
     CollectionFingerprint, DecodeError, Hello, MIN_PROTOCOL_VERSION, Message, MessageLimits,
     PROTOCOL_VERSION, PluginFingerprint, UpgradeFingerprint,

@@ -89,3 +89,20 @@ pub enum LogError {
         reason: String,
     },
 }
+
+/// The certificates `log` holds of the origins `seals` name, each origin asked once: what a
+/// message carrying those seals carries, so that its receiver can verify them.
+pub fn certs_for_seals<L: Log + ?Sized>(log: &L, seals: &[Seal]) -> Vec<(NodeId, Vec<u8>)> {
+    let mut asked = std::collections::BTreeSet::new();
+    let mut certs = Vec::new();
+    for seal in seals {
+        if asked.insert(&seal.origin) {
+            certs.extend(
+                log.certs(&seal.origin)
+                    .into_iter()
+                    .map(|c| (seal.origin.clone(), c)),
+            );
+        }
+    }
+    certs
+}

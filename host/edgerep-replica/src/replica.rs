@@ -1930,15 +1930,7 @@ impl Replica {
                 }
                 out.have = proven;
             }
-            // The certificates of the origins the seals name, once each.
-            let mut certs: Vec<(NodeId, Vec<u8>)> = Vec::new();
-            for seal in &seals {
-                if !certs.iter().any(|(o, _)| *o == seal.origin) {
-                    for cert in log.certs(&seal.origin) {
-                        certs.push((seal.origin.clone(), cert));
-                    }
-                }
-            }
+            let certs = crate::log::certs_for_seals(log, &seals);
             p.last_send_error = None;
             self.counters
                 .entry(peer.clone())

@@ -96,6 +96,8 @@ struct MemLog {
     compacted: Have,
     /// Reading the state fails (a damaged store).
     state_unreadable: bool,
+    /// It knows every origin's certificate (the bytes of the origin's name).
+    certs_known: bool,
 }
 
 impl MemLog {
@@ -107,6 +109,7 @@ impl MemLog {
                 .collect(),
             compacted: Have::new(),
             state_unreadable: false,
+            certs_known: false,
         }
     }
     fn have(&self) -> Have {
@@ -151,8 +154,12 @@ impl Log for MemLog {
         Ok(self.events.get(&(origin.clone(), seq)).map(seal_of))
     }
 
-    fn certs(&self, _: &NodeId) -> Vec<Vec<u8>> {
-        Vec::new()
+    fn certs(&self, origin: &NodeId) -> Vec<Vec<u8>> {
+        if self.certs_known {
+            vec![origin.as_str().as_bytes().to_vec()]
+        } else {
+            Vec::new()
+        }
     }
 
     /// Whole keys after `after`, at most `max_events` versions (the first key always).
@@ -3016,43 +3023,17 @@ fn a_peer_that_refuses_snapshots_gets_every_origin_it_can_as_events() {
     }
 }
 
-/// A changelog that knows every origin's certificate (its name's bytes).
-struct WithCerts(MemLog);
-
-impl Log for WithCerts {
-    fn read(
-        &self,
-        origin: &NodeId,
-        after: u64,
-        max: usize,
-        bytes: usize,
-    ) -> Result<crate::log::Read, LogError> {
-        self.0.read(origin, after, max, bytes)
-    }
-    fn state_page(
-        &self,
-        after: Option<&StateCursor>,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Result<StatePage, LogError> {
-        self.0.state_page(after, max_events, max_bytes)
-    }
-    fn seal_at(&self, origin: &NodeId, seq: u64) -> Result<Option<Seal>, LogError> {
-        self.0.seal_at(origin, seq)
-    }
-    fn certs(&self, origin: &NodeId) -> Vec<Vec<u8>> {
-        vec![origin.as_str().as_bytes().to_vec()]
-    }
-}
-
 /// An origin's certificate goes with its first batch of a session, and again with what is
 /// sent again after a rewind: the batch that carried it may be the one the peer failed to
 /// apply, and the peer would commit the resent events without it (keeping their seals, not
 /// the certificate, which it then lacks after a restart).
 #[test]
 fn certificates_go_again_with_what_a_rewind_sends_again() {
-    let log = WithCerts(MemLog::with(&evs("a", 1..=4)));
-    let mut r = ready(&log.0, config(100, 2), &["b"]);
+    let log = MemLog {
+        certs_known: true,
+        ..MemLog::with(&evs("a", 1..=4))
+    };
+    let mut r = ready(&log, config(100, 2), &["b"]);
     let certs_of = |m: Option<(NodeId, Message)>| match m {
         Some((_, Message::Events { certs, .. })) => certs,
         other => panic!("expected events, got {other:?}"),

@@ -219,7 +219,7 @@ impl Store {
     }
 
     /// When each peer's acknowledgements last moved, as saved (see
-    /// [`StoreWriter::save_peers_progress`]).
+    /// [`StoreWriter::save_peers_heard`]).
     pub fn peers_progress(&self) -> Result<BTreeMap<NodeId, u64>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PEERS_PROGRESS)?;

@@ -1613,12 +1613,14 @@ impl StoreWriter {
         Ok(())
     }
 
-    /// Saves when each peer of `heard` was last heard from, or since when it is awaited (wall
-    /// clock, ms), without waiting for the disk (like a cursor, it is advice: losing the latest
-    /// costs a little retention).
+    /// Saves when each peer of `heard` was last heard from, or since when it is awaited, and
+    /// when each peer of `progress` last acknowledged more (wall clock, ms), in one transaction
+    /// that does not wait for the disk (like a cursor, it is advice: losing the latest costs a
+    /// little retention).
     pub fn save_peers_heard(
         &self,
         heard: &BTreeMap<NodeId, crate::Heard>,
+        progress: &BTreeMap<NodeId, u64>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
@@ -1627,17 +1629,6 @@ impl StoreWriter {
             for (peer, heard) in heard {
                 table.insert(peer.as_str(), heard.encode())?;
             }
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Saves when each peer of `progress` last acknowledged more (wall clock, ms; advice for
-    /// retention, not synced).
-    pub fn save_peers_progress(&self, progress: &BTreeMap<NodeId, u64>) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
-        {
             let mut table = txn.open_table(PEERS_PROGRESS)?;
             for (peer, at_ms) in progress {
                 table.insert(peer.as_str(), at_ms)?;
@@ -1974,11 +1965,13 @@ mod tests {
             (b.clone(), crate::Heard::At(1_796_000_000_000)),
             (c.clone(), crate::Heard::AwaitedSince(1_796_000_000_123)),
         ]);
-        writer.save_peers_heard(&saved).unwrap();
+        let progress = BTreeMap::from([(b.clone(), 1_796_000_000_050)]);
+        writer.save_peers_heard(&saved, &progress).unwrap();
+        assert_eq!(writer.reader().peers_progress().unwrap(), progress);
         assert_eq!(writer.reader().peers_heard().unwrap(), saved);
         // Heard from at last: the contact replaces the wait.
         let heard = BTreeMap::from([(c.clone(), crate::Heard::At(1_796_000_000_500))]);
-        writer.save_peers_heard(&heard).unwrap();
+        writer.save_peers_heard(&heard, &BTreeMap::new()).unwrap();
         assert_eq!(
             writer.reader().peers_heard().unwrap()[&c],
             crate::Heard::At(1_796_000_000_500)

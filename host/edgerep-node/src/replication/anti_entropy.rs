@@ -1212,14 +1212,7 @@ impl Replicator {
         if page.unproven > 0 {
             tracing::warn!(peer = %peer, unproven = page.unproven, "versions held here that nothing here proves (damage) left out of a repair");
         }
-        let mut certs: Vec<(NodeId, Vec<u8>)> = Vec::new();
-        for seal in &page.seals {
-            if !certs.iter().any(|(o, _)| *o == seal.origin) {
-                for cert in edgerep_replica::Log::certs(&self.log, &seal.origin) {
-                    certs.push((seal.origin.clone(), cert));
-                }
-            }
-        }
+        let certs = edgerep_replica::certs_for_seals(&self.log, &page.seals);
         // How this node resolved the keys it sends: the peer compares them with its own.
         let resolutions = if keys.is_empty() {
             Vec::new()

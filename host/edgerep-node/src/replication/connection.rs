@@ -150,7 +150,12 @@ impl Precheck {
                     return;
                 }
             }
-            prechecked.insert(origin.to_owned(), last);
+            match prechecked.get_mut(origin) {
+                Some(upto) => *upto = last,
+                None => {
+                    prechecked.insert(origin.to_owned(), last);
+                }
+            }
         }
     }
 }

@@ -168,20 +168,15 @@ impl Replicator {
                     .is_none_or(|s| at.abs_diff(*s) >= every)
             })
             .collect();
-        if !progress.is_empty() {
+        if !heard.is_empty() || !progress.is_empty() {
             self.progress_saved
                 .extend(progress.iter().map(|(p, at)| (p.clone(), *at)));
-            if let Err(e) = self.committer.save_peers_progress(progress) {
-                tracing::warn!("cannot save when peers' acknowledgements last moved: {e}");
-            }
-        }
-        if !heard.is_empty() {
             self.heard_saved
                 .extend(heard.iter().filter_map(|(p, h)| match h {
                     Heard::At(at) => Some((p.clone(), *at)),
                     Heard::AwaitedSince(_) => None,
                 }));
-            if let Err(e) = self.committer.save_peers_heard(heard) {
+            if let Err(e) = self.committer.save_peers_heard(heard, progress) {
                 tracing::warn!("cannot save when peers were last heard from: {e}");
             }
         }
