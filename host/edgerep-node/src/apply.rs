@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use edgerep_config::{Config, FailurePolicy};
-use edgerep_store::{LocalWrite, OnApply, Received};
+use edgerep_store::{EventDeadLetter, LocalWrite, OnApply, Received};
 use edgerep_wire::value::DecodeLimits;
 use edgerep_wire::{EncodedEvent, Event, NodeId, Value};
 
@@ -29,7 +29,7 @@ pub(crate) struct Prepared {
     pub(crate) events: Vec<Received>,
     /// Records of the transforms that failed under the `dead-letter` policy, and of events
     /// whose origin may not write their collection.
-    pub(crate) dead_letters: Vec<Vec<u8>>,
+    pub(crate) dead_letters: Vec<EventDeadLetter>,
     /// Events refused outright (not stored, not relayed), with their origin's later events in
     /// the batch: the store holds each origin gapless, so those wait behind the refused one.
     pub(crate) refused: Vec<Refusal>,
@@ -387,7 +387,11 @@ fn shape(
                 tracing::warn!(origin = %event.origin, seq = event.seq, left_out, "event kept out of the state: {reason} ({kept}; lines like this one are written once per 10 s, `left_out` says how many were not)");
             }
             if room.is_ok() {
-                out.dead_letters.push(record);
+                out.dead_letters.push(EventDeadLetter {
+                    origin: event.origin.clone(),
+                    seq: event.seq,
+                    record,
+                });
             }
             out.events.push(Received::new(event, OnApply::Dropped));
             continue;
@@ -493,7 +497,11 @@ fn shape(
                                 ),
                             ));
                         }
-                        out.dead_letters.push(record);
+                        out.dead_letters.push(EventDeadLetter {
+                            origin: event.origin.clone(),
+                            seq: event.seq,
+                            record,
+                        });
                     }
                     FailurePolicy::Skip => {}
                 }

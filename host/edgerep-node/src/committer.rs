@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use edgerep_config::{Config, Durability};
 use edgerep_store::idempotency::Receipt;
 use edgerep_store::{
-    Committed, Compaction, Installed, LocalWrite, Received, RemoteApply, StoreWriter, Sync,
+    Committed, Compaction, EventDeadLetter, Installed, LocalWrite, Received, RemoteApply, StoreWriter, Sync,
 };
 use edgerep_wire::seal::Proof;
 use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Seal};
@@ -211,7 +211,7 @@ enum Request {
         events: Vec<Received>,
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
-        dead_letters: Vec<Vec<u8>>,
+        dead_letters: Vec<EventDeadLetter>,
         /// The dead letters' places under the dead-letter limits: settled once committed.
         promise: DeadLetterPromise,
         chain: ApplyChain,
@@ -1255,7 +1255,7 @@ impl Committer {
         events: Vec<Received>,
         seals: Vec<Seal>,
         certs: Vec<(NodeId, Vec<u8>)>,
-        dead_letters: Vec<Vec<u8>>,
+        dead_letters: Vec<EventDeadLetter>,
         promise: DeadLetterPromise,
         chain: ApplyChain,
         last: Have,
@@ -1265,7 +1265,7 @@ impl Committer {
             promise.taken(),
             edgerep_store::DeadLetterUsage {
                 count: dead_letters.len() as u64,
-                bytes: dead_letters.iter().map(|r| r.len() as u64).sum(),
+                bytes: dead_letters.iter().map(|d| d.record.len() as u64).sum(),
             },
             "a place per dead letter, of its bytes"
         );

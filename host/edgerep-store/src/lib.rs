@@ -252,6 +252,21 @@ impl Received {
     }
 }
 
+/// A dead letter one received event earned here (its origin may not write its collection, or a
+/// transform on apply failed on it under the `dead-letter` policy). It is committed only by the
+/// transaction that writes its event into the changelog: an event held already, or one of a
+/// forked origin left out, sets nothing aside, so a batch sent again (a peer resends a fork
+/// every time it is asked) adds no dead letter twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDeadLetter {
+    /// The event's origin.
+    pub origin: NodeId,
+    /// The event's sequence number.
+    pub seq: u64,
+    /// The record (opaque bytes; the node defines their content).
+    pub record: Vec<u8>,
+}
+
 /// What `peers_heard` keeps of a peer (wall clock, ms since the Unix epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heard {

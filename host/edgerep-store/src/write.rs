@@ -510,12 +510,12 @@ fn prove_by_batch_alone<'e>(
 
 /// Appends `records` to the dead letters in `txn`, each under the next id, and counts them
 /// ([`META_DEAD_LETTER_USAGE`]); returns their ids.
-pub(crate) fn append_dead_letters<'r>(
+pub(crate) fn append_dead_letters(
     store: &Store,
     txn: &redb::WriteTransaction,
-    records: impl ExactSizeIterator<Item = &'r [u8]>,
+    records: &[&[u8]],
 ) -> Result<Vec<u64>, StoreError> {
-    if records.len() == 0 {
+    if records.is_empty() {
         return Ok(Vec::new());
     }
     let first = store.dead_letter_ids.take(records.len() as u64);
@@ -1382,12 +1382,12 @@ impl StoreWriter {
     /// (refusing it would stall its origin forever and break convergence) but does not move the
     /// clock; it is counted in the returned [`RemoteApply::skewed`]. Each event's changelog
     /// entry is the event as received; its effect on the state is its [`OnApply`]. The dead
-    /// letters `dead_letters` (records of transforms that failed on these events) are written in
-    /// the same transaction.
+    /// letters `dead_letters` (each of one of these events) are written in the same transaction,
+    /// each only if its event is new to the changelog (see [`EventDeadLetter`]).
     pub fn apply_remote(
         &self,
         events: Vec<Received>,
-        dead_letters: &[Vec<u8>],
+        dead_letters: &[EventDeadLetter],
         sync: Sync,
         clock: &mut HlcClock,
         wall_ms: u64,
@@ -1402,7 +1402,7 @@ impl StoreWriter {
         &self,
         events: Vec<Received>,
         sealed: Option<seals::Sealed<'_>>,
-        dead_letters: &[Vec<u8>],
+        dead_letters: &[EventDeadLetter],
         sync: Sync,
         clock: &mut HlcClock,
         wall_ms: u64,
@@ -1435,7 +1435,7 @@ impl StoreWriter {
         events: Vec<Received>,
         seals: &[Seal],
         certs: &[(NodeId, Vec<u8>)],
-        dead_letters: &[Vec<u8>],
+        dead_letters: &[EventDeadLetter],
         sync: Sync,
         clock: &mut HlcClock,
         wall_ms: u64,
@@ -1661,7 +1661,7 @@ impl StoreWriter {
         &self,
         events: Vec<Received>,
         sealed: Option<seals::Sealed<'_>>,
-        dead_letters: &[Vec<u8>],
+        dead_letters: &[EventDeadLetter],
         sync: Sync,
         hlc_last: Option<Hlc>,
     ) -> Result<RemoteApply, StoreError> {
@@ -1691,10 +1691,16 @@ impl StoreWriter {
         })?;
         let mut out = Vec::with_capacity(events.len());
         let mut left_out_of_damaged_rows = 0u64;
-        let dead_ids;
+        // Each event that earned a dead letter (by the index of one of its), and those of them
+        // this transaction writes into the changelog.
+        let wanted: BTreeMap<(&NodeId, u64), usize> = dead_letters
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ((&d.origin, d.seq), i))
+            .collect();
+        let mut earned: BTreeSet<usize> = BTreeSet::new();
         let tally;
         let (held, feed_last, forks, deltas, keys_restored) = {
-            dead_ids = append_dead_letters(self, &txn, dead_letters.iter().map(Vec::as_slice))?;
             let mut state = txn.open_table(STATE)?;
             let mut changelog = txn.open_table(CHANGELOG)?;
             let mut feed = crate::feed::FeedWriter::open(&txn)?;
@@ -1759,6 +1765,9 @@ impl StoreWriter {
                 }
                 let lkey = log_key(event.origin.as_str(), event.seq);
                 changelog.insert(lkey.as_slice(), event.bytes())?;
+                if let Some(&i) = wanted.get(&(&event.origin, event.seq)) {
+                    earned.insert(i);
+                }
                 // This node's own write back from a peer (its store was restored or lost
                 // data): the keys it was sent with, whose records went with the store.
                 if event.origin == self.node {
@@ -1872,6 +1881,18 @@ impl StoreWriter {
                 keys_restored,
             )
         };
+        // Only now: what the batch sets aside goes with its events (not with those held
+        // already or left out as a fork's).
+        let kept: Vec<&[u8]> = dead_letters
+            .iter()
+            .filter(|d| {
+                wanted
+                    .get(&(&d.origin, d.seq))
+                    .is_some_and(|i| earned.contains(i))
+            })
+            .map(|d| d.record.as_slice())
+            .collect();
+        let dead_ids = append_dead_letters(self, &txn, &kept)?;
         txn.commit()?;
         if keys_restored {
             self.keys_restored
@@ -1895,7 +1916,7 @@ impl StoreWriter {
     /// returns its id.
     pub fn add_dead_letter(&self, record: &[u8]) -> Result<u64, StoreError> {
         let txn = self.db.begin_write()?;
-        let ids = append_dead_letters(self, &txn, [record].into_iter())?;
+        let ids = append_dead_letters(self, &txn, &[record])?;
         txn.commit()?;
         ids.first()
             .copied()

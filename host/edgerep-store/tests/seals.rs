@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edgerep_store::{
-    KeyError, Keys, LocalWrite, Received, StatePage, Store, StoreError, StoreWriter, Sync,
+    EventDeadLetter, KeyError, Keys, LocalWrite, Received, StatePage, Store, StoreError, StoreWriter, Sync,
 };
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::SEAL_EVERY_EVENTS;
@@ -506,8 +506,24 @@ fn a_second_history_the_origin_signed_is_a_fork_not_a_forgery() {
     events.extend(more);
     seals.extend(more_seals);
     let received: Vec<Received> = events.into_iter().map(Received::as_received).collect();
+    // A dead letter of one of the fork's events (a's third) and one of c's first: only c's,
+    // whose event is applied, is set aside.
+    let dead_letter = |origin: &str, seq: u64| EventDeadLetter {
+        origin: NodeId::parse(origin).unwrap(),
+        seq,
+        record: format!("{origin}:{seq}").into_bytes(),
+    };
+    let dead_letters = [dead_letter("a", 3), dead_letter("c", 1)];
     let out = b
-        .apply_sealed(received, &seals, &[], &[], Sync::Immediate, &mut clock(), 1)
+        .apply_sealed(
+            received.clone(),
+            &seals,
+            &[],
+            &dead_letters,
+            Sync::Immediate,
+            &mut clock(),
+            1,
+        )
         .unwrap();
     assert_eq!(out.forks.len(), 1, "{:?}", out.forks);
     assert_eq!((out.forks[0].origin.as_str(), out.forks[0].seq), ("a", 4));
@@ -517,6 +533,23 @@ fn a_second_history_the_origin_signed_is_a_fork_not_a_forgery() {
         (2, 2),
         "a's first history kept, c's events applied"
     );
+    assert_eq!(b.dead_letters(0, 10).unwrap(), [(1, b"c:1".to_vec())]);
+    // The same batch again (a peer resends a fork each time it is asked): nothing more is set
+    // aside, neither for the fork's events nor for c's, held now.
+    let again = b
+        .apply_sealed(
+            received,
+            &seals,
+            &[],
+            &dead_letters,
+            Sync::Immediate,
+            &mut clock(),
+            1,
+        )
+        .unwrap();
+    assert_eq!(again.forks.len(), 1, "{:?}", again.forks);
+    assert!(again.dead_letters.is_empty(), "{:?}", again.dead_letters);
+    assert_eq!(b.dead_letters_usage().unwrap().count, 1);
     assert_eq!(b.verify().unwrap(), Ok(()));
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use edgerep_store::{
-    Applied, Committed, Digest, LocalWrite, OnApply, Received, Resume, ScanPage, ScanRange,
+    Applied, Committed, Digest, EventDeadLetter, LocalWrite, OnApply, Received, Resume, ScanPage, ScanRange,
     StoreError, StoreStatus, StoreWriter, Sync, Versions,
 };
 use edgerep_wire::event::EventLimits;
@@ -1445,10 +1445,16 @@ fn on_apply_changes_the_state_never_the_changelog() {
         .zip(effects)
         .map(|(event, on_apply)| Received::new(event, on_apply))
         .collect();
+    // The dead letter of the dropped event (site-b's third).
+    let why = EventDeadLetter {
+        origin: NodeId::parse("site-b").unwrap(),
+        seq: 3,
+        record: b"why".to_vec(),
+    };
     let out = a
         .apply_remote(
-            batch,
-            &[b"why".to_vec()],
+            batch.clone(),
+            std::slice::from_ref(&why),
             Sync::Immediate,
             &mut clock,
             1_000,
@@ -1471,6 +1477,15 @@ fn on_apply_changes_the_state_never_the_changelog() {
     );
     assert_eq!(out.feed_last, 4);
     assert_eq!(a.dead_letters(0, 10).unwrap(), [(1, b"why".to_vec())]);
+    // The same batch again (a peer sending it twice) sets nothing aside again: its events are
+    // held already.
+    let again = a
+        .apply_remote(batch, &[why], Sync::Immediate, &mut clock, 1_000)
+        .unwrap();
+    assert_eq!(again.applied, [Applied::Duplicate; 4]);
+    assert!(again.dead_letters.is_empty(), "{:?}", again.dead_letters);
+    assert_eq!(a.dead_letters(0, 10).unwrap(), [(1, b"why".to_vec())]);
+    assert_eq!(a.dead_letters_usage().unwrap().count, 1);
     // The changelog holds the events as their origin wrote them.
     let held = a.changelog("site-b", 0, 10).unwrap();
     assert_eq!(held, sent);

@@ -17,7 +17,7 @@ const BATCH_BYTES: usize = 64 << 10;
 /// What [`raw_stream_throughput`] measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RawThroughput {
-    /// Frames sent and received.
+    /// Frames the receiver counted (fewer than were sent is an error).
     pub frames: u64,
     /// Payload bytes per frame.
     pub frame_bytes: usize,
@@ -147,7 +147,7 @@ pub async fn raw_stream_throughput(
     sender.close(crate::CloseCode::Normal, "done");
     receiver.close(crate::CloseCode::Normal, "done");
     Ok(RawThroughput {
-        frames,
+        frames: received,
         frame_bytes: frame_size,
         elapsed: done - start,
     })

@@ -659,6 +659,7 @@ async fn raw_stream_throughput_runs() {
     let measured = edgerep_transport::bench::raw_stream_throughput(2000, 200)
         .await
         .unwrap();
+    // Counted by the receiver.
     assert_eq!(measured.frames, 2000);
     assert!(measured.events_per_second() > 0.0);
     assert!(measured.megabytes_per_second() > 0.0);

@@ -13,17 +13,24 @@ use common::{Node, agent, init};
 const WRITERS: usize = 4;
 
 /// Streams writes from several clients until the node stops answering; returns what was
-/// acknowledged: key → (value counter, seq).
+/// acknowledged (key → (value counter, seq)) and the first keys of the two-event batches whose
+/// answer never came (written whole or not at all).
 fn stream_until_killed(
     node: Node,
     round: usize,
     kill_after: usize,
-) -> BTreeMap<String, (u64, u64)> {
+) -> (BTreeMap<String, (u64, u64)>, Vec<String>) {
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let in_doubt = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (acked, stop, url) = (acked.clone(), stop.clone(), node.url(""));
+        let (acked, in_doubt, stop, url) = (
+            acked.clone(),
+            in_doubt.clone(),
+            stop.clone(),
+            node.url(""),
+        );
         writers.push(std::thread::spawn(move || {
             let agent = agent();
             let mut i = 0u64;
@@ -42,14 +49,27 @@ fn stream_until_killed(
                         .content_type("application/json")
                         .send(format!(r#"{{"i":{i}}}"#).as_bytes())
                 };
+                let pair = i.is_multiple_of(4);
+                let doubt = |key: String| {
+                    if pair {
+                        in_doubt.lock().unwrap().push(key);
+                    }
+                };
                 let mut resp = match result {
                     Ok(r) => r,
-                    Err(_) => break, // the node is gone
+                    Err(_) => {
+                        doubt(key); // the node is gone
+                        break;
+                    }
                 };
                 if resp.status() != 200 {
+                    doubt(key);
                     break;
                 }
-                let Ok(body) = resp.body_mut().read_to_string() else { break };
+                let Ok(body) = resp.body_mut().read_to_string() else {
+                    doubt(key);
+                    break;
+                };
                 let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
                 let mut acked = acked.lock().unwrap();
                 if i.is_multiple_of(4) {
@@ -71,7 +91,10 @@ fn stream_until_killed(
     for w in writers {
         w.join().unwrap();
     }
-    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+    (
+        Arc::try_unwrap(acked).unwrap().into_inner().unwrap(),
+        Arc::try_unwrap(in_doubt).unwrap().into_inner().unwrap(),
+    )
 }
 
 #[test]
@@ -81,7 +104,7 @@ fn sigkill_mid_stream_loses_no_acknowledged_write() {
     let mut all_acked = BTreeMap::new();
     for round in 0..3 {
         let node = Node::start(&config);
-        let acked = stream_until_killed(node, round, 300);
+        let (acked, in_doubt) = stream_until_killed(node, round, 300);
         assert!(
             acked.len() >= 300,
             "round {round}: only {} writes acknowledged",
@@ -104,6 +127,15 @@ fn sigkill_mid_stream_loses_no_acknowledged_write() {
             let v: serde_json::Value =
                 serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
             assert_eq!(v["i"].as_u64(), Some(*i), "key {key}");
+        }
+        // A two-event batch cut off by the kill went in whole or not at all.
+        for key in &in_doubt {
+            let (first, _) = common::get(&node, "crash", key);
+            let (second, _) = common::get(&node, "crash", &format!("{key}-pair"));
+            assert!(
+                (first, second) == (200, 200) || (first, second) == (404, 404),
+                "batch {key} half written after SIGKILL: {first} and {second} (round {round})"
+            );
         }
         let status = node.status();
         assert_eq!(

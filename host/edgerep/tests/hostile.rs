@@ -1389,6 +1389,62 @@ fn a_fork_in_a_transformed_collection_is_reported_not_taken_for_a_forgery() {
     assert_eq!(st["origins"]["node-2"], 1, "the fork is left out: {st}");
 }
 
+/// A fork of node-2's history, in a collection node-2 may not write (`[authorization] node-2 =
+/// ["orders"]`), sent again and again: its events are left out, and the dead letters the write
+/// policy made of them were committed anyway, a new set each time the batch came (an honest
+/// peer holding the fork resends it when asked, about once a minute; a hostile one at will),
+/// until the dead-letter limit was full. Now a dead letter commits only with its event.
+#[test]
+fn a_fork_sent_again_and_again_sets_nothing_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    for c in [&configs[0], &configs[2]] {
+        let text = std::fs::read_to_string(c).unwrap();
+        std::fs::write(
+            c,
+            format!("{text}\n[authorization]\nnode-2 = [\"orders\"]\n"),
+        )
+        .unwrap();
+    }
+    let (n1, _n3) = start_honest_pair(&configs);
+    let mut h = attacker(&configs, &[]);
+    // node-2's event 2 in a collection it may not write: set aside once, as it should be.
+    let m = h.sealed(vec![
+        event("node-2", 1, "orders", "a", 1),
+        event("node-2", 2, "stock", "b", 2),
+    ]);
+    h.send(&m).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&n1)["origins"]["node-2"] != 2 {
+        assert!(Instant::now() < deadline, "node-2's events are held");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status(&n1)["dead_letters"], 1);
+    // The other history: events 1 and 2 (not sent), then 3 in the collection it may not write.
+    let _ = h.sealed(vec![
+        event("node-2", 1, "orders", "a", 3),
+        event("node-2", 2, "orders", "b", 3),
+    ]);
+    let fork = h.sealed(vec![event("node-2", 3, "stock", "c", 3)]);
+    for _ in 0..5 {
+        h.send(&fork).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_status(&n1, "the fork is reported", |r| {
+        r["forks_total"].as_u64().unwrap_or(0) >= 1
+    });
+    // Once more, and a write of node-1's after it: the committer has taken every batch before.
+    h.send(&fork).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    put(&n1, "c", "after", r#"{"v":1}"#);
+    let st = status(&n1);
+    assert_eq!(st["origins"]["node-2"], 2, "the fork is left out: {st}");
+    assert_eq!(
+        st["dead_letters"], 1,
+        "only the event held sets something aside: {st}"
+    );
+}
+
 /// A peer that answers every comparison with a root that differs never lets a session of
 /// node-1's end by itself: `edgerep reconcile` waited 60 s and failed. Now node-1 gives the
 /// session up after its round-trip bound and says so in the report.

@@ -270,14 +270,18 @@ pub fn peak_rss_bytes(pid: u32) -> u64 {
     proc_status_bytes(pid, "VmHWM:")
 }
 
-/// A `kB` line of `/proc/PID/status`, in bytes (0 if the process or the line is gone).
+/// A `kB` line of `/proc/PID/status`, in bytes. Panics if it cannot be read (the process is
+/// gone, or no such line): a memory bound checked against a zero would pass whatever happened.
 fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status for {field}: {e}"));
+    let kb = status
         .lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {field} line in kB:\n{status}"));
+    assert!(kb > 0, "/proc/{pid}/status says {field} 0 kB");
+    kb * 1024
 }
 
 pub fn status(node: &Node) -> serde_json::Value {
