@@ -27,7 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use edgerep_config::{Config, Durability};
 use edgerep_store::idempotency::Receipt;
 use edgerep_store::{
-    Committed, Compaction, EventDeadLetter, Installed, LocalWrite, Received, RemoteApply, StoreWriter, Sync,
+    Committed, Compaction, EventDeadLetter, Installed, LocalWrite, Received, RemoteApply,
+    StoreWriter, Sync,
 };
 use edgerep_wire::seal::Proof;
 use edgerep_wire::{EncodedEvent, HlcClock, NodeId, Seal};

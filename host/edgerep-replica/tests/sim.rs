@@ -2259,7 +2259,11 @@ fn a_byzantine_node_cannot_rewrite_history() {
             tampered > 0 && refused > 0,
             "the byzantine node lied, and was refused"
         );
-        if enough_seeds(stats.len(), 50, "snapshot versions were changed, and refused") {
+        if enough_seeds(
+            stats.len(),
+            50,
+            "snapshot versions were changed, and refused",
+        ) {
             assert!(versions > 0, "snapshot versions were changed, and refused");
         }
     }

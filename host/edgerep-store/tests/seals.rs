@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edgerep_store::{
-    EventDeadLetter, KeyError, Keys, LocalWrite, Received, StatePage, Store, StoreError, StoreWriter, Sync,
+    EventDeadLetter, KeyError, Keys, LocalWrite, Received, StatePage, Store, StoreError,
+    StoreWriter, Sync,
 };
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::seal::SEAL_EVERY_EVENTS;

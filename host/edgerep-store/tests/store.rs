@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use edgerep_store::{
-    Applied, Committed, Digest, EventDeadLetter, LocalWrite, OnApply, Received, Resume, ScanPage, ScanRange,
-    StoreError, StoreStatus, StoreWriter, Sync, Versions,
+    Applied, Committed, Digest, EventDeadLetter, LocalWrite, OnApply, Received, Resume, ScanPage,
+    ScanRange, StoreError, StoreStatus, StoreWriter, Sync, Versions,
 };
 use edgerep_wire::event::EventLimits;
 use edgerep_wire::{EncodedEvent, Event, Hlc, HlcClock, NodeId, Op, Value, VersionVector};

@@ -1803,7 +1803,8 @@ fn a_write_sending_back_its_reads_context_keeps_the_updates_it_did_not_see() {
 
 /// A node back from the dead catches up on two peers' histories that depend on each other at
 /// every step (each writes keys the other wrote just before): the peers send each event after
-/// what it depends on, so the node holds nothing back and nothing is sent again and again.
+/// what it depends on, so the node holds (next to) nothing back and nothing is sent again and
+/// again.
 /// Before, each peer sent an origin's events a batch at a time, the node held back the first
 /// that depended on the other origin's next batch and asked for it again, and every such ask
 /// resent a window: 13,000 events took 95 s and about 1.8 million sends on a busier run.
@@ -1867,6 +1868,11 @@ fn a_node_catching_up_on_histories_that_depend_on_each_other_gets_each_event_abo
     assert!(
         sent <= 4 * needed,
         "{sent} events sent for {needed} needed ({deferred} held back)"
+    );
+    // Next to nothing held back (none in a run here; a batch racing another link's may be).
+    assert!(
+        deferred * 10 <= needed,
+        "{deferred} events held back of {needed}"
     );
 }
 
