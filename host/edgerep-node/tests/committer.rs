@@ -492,7 +492,11 @@ fn a_batch_behind_a_failed_one_of_its_chain_is_refused_unapplied() {
             event(seq),
             seal(seq),
             vec![],
-            vec![record],
+            vec![edgerep_store::EventDeadLetter {
+                origin: b.clone(),
+                seq,
+                record,
+            }],
             promise,
             chain.clone(),
             [(b.clone(), seq)].into(),
