@@ -515,8 +515,8 @@ fn a_second_history_the_origin_signed_is_a_fork_not_a_forgery() {
         record: format!("{origin}:{seq}").into_bytes(),
     };
     let dead_letters = [dead_letter("a", 3), dead_letter("c", 1)];
-    let out = b
-        .apply_sealed(
+    let send = || {
+        b.apply_sealed(
             received.clone(),
             &seals,
             &[],
@@ -525,7 +525,9 @@ fn a_second_history_the_origin_signed_is_a_fork_not_a_forgery() {
             &mut clock(),
             1,
         )
-        .unwrap();
+        .unwrap()
+    };
+    let out = send();
     assert_eq!(out.forks.len(), 1, "{:?}", out.forks);
     assert_eq!((out.forks[0].origin.as_str(), out.forks[0].seq), ("a", 4));
     let held = b.status().unwrap().origins;
@@ -537,17 +539,7 @@ fn a_second_history_the_origin_signed_is_a_fork_not_a_forgery() {
     assert_eq!(b.dead_letters(0, 10).unwrap(), [(1, b"c:1".to_vec())]);
     // The same batch again (a peer resends a fork each time it is asked): nothing more is set
     // aside, neither for the fork's events nor for c's, held now.
-    let again = b
-        .apply_sealed(
-            received,
-            &seals,
-            &[],
-            &dead_letters,
-            Sync::Immediate,
-            &mut clock(),
-            1,
-        )
-        .unwrap();
+    let again = send();
     assert_eq!(again.forks.len(), 1, "{:?}", again.forks);
     assert!(again.dead_letters.is_empty(), "{:?}", again.dead_letters);
     assert_eq!(b.dead_letters_usage().unwrap().count, 1);

@@ -27,6 +27,19 @@ fn honest_pair(dir: &std::path::Path) -> (Vec<PathBuf>, Node, Node) {
 
 /// Starts node-1 and node-3 of `configs` (as the test left them), each writes one key, and
 /// they converge.
+/// `[authorization] node-2 = ["orders"]` on the honest nodes (node-1 and node-3; peers must
+/// share the policy).
+fn node2_may_write_only_orders(configs: &[PathBuf]) {
+    for c in [&configs[0], &configs[2]] {
+        let text = std::fs::read_to_string(c).unwrap();
+        std::fs::write(
+            c,
+            format!("{text}\n[authorization]\nnode-2 = [\"orders\"]\n"),
+        )
+        .unwrap();
+    }
+}
+
 fn start_honest_pair(configs: &[PathBuf]) -> (Node, Node) {
     let n1 = Node::start(&configs[0]);
     let n3 = Node::start(&configs[2]);
@@ -1398,14 +1411,7 @@ fn a_fork_in_a_transformed_collection_is_reported_not_taken_for_a_forgery() {
 fn a_fork_sent_again_and_again_sets_nothing_aside() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
-    for c in [&configs[0], &configs[2]] {
-        let text = std::fs::read_to_string(c).unwrap();
-        std::fs::write(
-            c,
-            format!("{text}\n[authorization]\nnode-2 = [\"orders\"]\n"),
-        )
-        .unwrap();
-    }
+    node2_may_write_only_orders(&configs);
     let (n1, _n3) = start_honest_pair(&configs);
     let mut h = attacker(&configs, &[]);
     // node-2's event 2 in a collection it may not write: set aside once, as it should be.
@@ -2234,14 +2240,7 @@ fn a_restart_does_not_give_a_peer_that_never_acknowledges_a_new_wait() {
 fn a_snapshot_version_its_origin_may_not_write_stays_out_of_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 3);
-    for c in [&configs[0], &configs[2]] {
-        let text = std::fs::read_to_string(c).unwrap();
-        std::fs::write(
-            c,
-            format!("{text}\n[authorization]\nnode-2 = [\"orders\"]\n"),
-        )
-        .unwrap();
-    }
+    node2_may_write_only_orders(&configs);
     let n1 = Node::start(&configs[0]);
     let n3 = Node::start(&configs[2]);
     let mut h = attacker(&configs, &[]);

@@ -854,13 +854,7 @@ fn an_upgrade_dated_years_ahead_by_mistake_can_be_corrected() {
     )
     .unwrap();
     let answer = reload(&config);
-    assert_eq!(
-        answer["reloaded"]["upgrades_added"]
-            .as_array()
-            .map(Vec::len),
-        Some(1),
-        "{answer}"
-    );
+    assert_eq!(upgrades_added(&answer), Some(1), "{answer}");
     // Within node.max_clock_skew_ms (60 s by default) of now it counts as in force: it may be
     // corrected while further ahead (here, to a time past), and then it stays.
     let in_force = now_ms() - 1_000;
@@ -868,13 +862,7 @@ fn an_upgrade_dated_years_ahead_by_mistake_can_be_corrected() {
     std::fs::write(&config, &stuck).unwrap();
     // A time already past: an upgrade from then, whose keys are resolved again.
     let answer = reload(&config);
-    assert_eq!(
-        answer["reloaded"]["upgrades_added"]
-            .as_array()
-            .map(Vec::len),
-        Some(1),
-        "{answer}"
-    );
+    assert_eq!(upgrades_added(&answer), Some(1), "{answer}");
     assert!(
         answer["reloaded"]["keys_re_resolved"]
             .get("tally")
@@ -914,4 +902,11 @@ fn an_upgrade_dated_years_ahead_by_mistake_can_be_corrected() {
     std::fs::write(&config, &stuck).unwrap();
     let n1 = Node::start(&config);
     assert_eq!(common::get(&n1, "tally", "k").0, 200);
+}
+
+/// How many upgrades a reload's answer lists as added.
+fn upgrades_added(answer: &serde_json::Value) -> Option<usize> {
+    answer["reloaded"]["upgrades_added"]
+        .as_array()
+        .map(Vec::len)
 }
