@@ -371,6 +371,10 @@ impl Runtime {
                 "ignoring unusable compiled plugin in the cache (it will be rewritten): {e}"
             ),
         }
+        tracing::info!(
+            plugin,
+            "compiling the plugin (not in the plugin cache yet: this can take seconds)"
+        );
         let component = self.compile_now(wasm, plugin)?;
         match component.serialize() {
             Ok(bytes) => {

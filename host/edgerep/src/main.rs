@@ -911,9 +911,22 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 .on_thread_start(|| lower_this_threads_priority(WORKER_NICE))
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(async {
+            // A stop signal during the start (a long store open, plugins compiling) stops the
+            // node at once: the start runs on a worker, and is left unfinished (as a crash
+            // leaves it: the store and the plugin cache are crash-safe) by not waiting for it.
+            let mut stopped_during_start = false;
+            let code = rt.block_on(async {
                 let mut signals = Signals::install()?;
-                let node = match edgerep_node::start(config).await {
+                let start = tokio::spawn(edgerep_node::start(config));
+                let started = tokio::select! {
+                    r = start => r.context("the node's start panicked")?,
+                    () = signals.stop() => {
+                        tracing::warn!("stopped before the start finished: nothing was served");
+                        stopped_during_start = true;
+                        return Ok(0);
+                    }
+                };
+                let node = match started {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::error!("{e}");
@@ -960,7 +973,12 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 }
                 tracing::info!("stopped");
                 Ok(0)
-            })
+            });
+            if stopped_during_start {
+                // Dropping the runtime would wait for the start's current step to end.
+                rt.shutdown_background();
+            }
+            code
         }
         Command::Put {
             config,

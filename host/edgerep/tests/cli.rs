@@ -1650,3 +1650,68 @@ fn shrink_gives_freed_pages_back_and_the_store_stays_whole() {
     let o = edgerep(&["get", "--config", c, "bulk", "k-099"]);
     assert!(stdout(&o).contains(r#""round":299"#), "{}", stdout(&o));
 }
+
+/// A stop signal while the node is still starting (here: compiling a standard-Go plugin, which
+/// takes seconds) stops it at once, not once the start ends; and the next start is a normal one.
+#[test]
+fn sigterm_during_the_start_stops_the_node_before_it_serves() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/go");
+    let wasm = dir.join("filter.wasm");
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run `cargo xtask build-plugins --toolchain go` first",
+        wasm.display()
+    );
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix("filter.wasm").map(|h| h.trim().to_owned()))
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = init(tmp.path(), "slow-start");
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\nparams = {{ field = \"status\", equals = \"drop\" }}\n",
+            wasm.canonicalize().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let mut node = Node::spawn(&config, &[]);
+    let log = || std::fs::read_to_string(&node.log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !log().contains("compiling the plugin") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never said it compiles the plugin: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    send_signal(node.child.id() as i32, "TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            node.child.kill().unwrap();
+            panic!("SIGTERM did not stop the node within 60 s: {}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = log();
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(
+        text.contains("stopped before the start finished"),
+        "the log should say the start was cut short: {text}"
+    );
+    assert!(
+        !text.contains("node started") && !text.contains("plugin loaded"),
+        "the start ran on after SIGTERM: {text}"
+    );
+    // Nothing half-written: the next start compiles again and serves.
+    let node = Node::start(&config);
+    assert_eq!(node.terminate().code(), Some(0));
+}
