@@ -334,6 +334,31 @@ pub(crate) struct Admitted {
     refused: Vec<Refusal>,
 }
 
+impl Admitted {
+    /// Of `sent` (the batch's events as they came), those held back but not refused outright:
+    /// deferred, with their origin's later ones, and those trimmed back to a seal before them.
+    /// Each origin's are a consecutive run that ends where the batch's events of it end.
+    pub(crate) fn held_back(&self, sent: Vec<EncodedEvent>) -> Vec<EncodedEvent> {
+        let refused: BTreeSet<&NodeId> = self
+            .refused
+            .iter()
+            .filter(|r| !r.deferred)
+            .map(|r| &r.origin)
+            .collect();
+        let mut admitted: BTreeMap<&NodeId, u64> = BTreeMap::new();
+        for e in &self.events {
+            let top = admitted.entry(&e.origin).or_insert(0);
+            *top = (*top).max(e.seq);
+        }
+        sent.into_iter()
+            .filter(|e| {
+                !refused.contains(&e.origin)
+                    && e.seq > admitted.get(&e.origin).copied().unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
 /// The events of a batch `admission` lets through (the first step of [`prepare`]).
 pub(crate) fn admit(
     admission: &Admission<'_>,

@@ -2461,3 +2461,125 @@ fn events_before_the_handshake_are_refused_unread() {
     put(&n3, "c", "after", r#"{"v":3}"#);
     converge(&[&n1, &n3], Duration::from_secs(30));
 }
+
+/// A peer claiming to hold more of node-1's own events than node-1 made durable asks, in a
+/// Repair, for a key node-1 wrote in a `periodic` collection (acknowledged before its sync):
+/// node-1 sent the unsynced version and its seal. A crash would then lose the event at node-1
+/// while the peer keeps it, with node-1's seal proving node-1 wrote it: node-1 would number
+/// its next writes from the last synced one, a second history of its own. Now a repair sends
+/// node-1's own events only once synced, as replication does.
+#[test]
+fn a_repair_sends_none_of_this_nodes_unsynced_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    assert!(text.contains("\n[node]\n"), "{text}");
+    std::fs::write(
+        &configs[0],
+        format!(
+            "{}\n[[collections.declared]]\nname = \"p\"\ndurability = \"periodic\"\n",
+            // A sync a minute: nothing written below is synced during the test.
+            text.replace("\n[node]\n", "\n[node]\nsync_interval_ms = 60000\n")
+        ),
+    )
+    .unwrap();
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    put(&n1, "p", "k", r#"{"v":1}"#);
+    let mut h = Hostile::connect(&configs[1], &configs[0]);
+    let hello = h.hello(&[("node-1", 1_000_000)], &[]);
+    h.send(&hello).unwrap();
+    assert!(
+        h.wait_for(Duration::from_secs(5), |m| matches!(m, Message::Hello(_)))
+            .is_some(),
+        "node-1 answers the handshake"
+    );
+    h.send(&Message::Ack {
+        have: vec![(NodeId::parse("node-1").unwrap(), 1_000_000)],
+        rewind: false,
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    h.send(&Message::Repair {
+        id: 7,
+        versions: vec![],
+        proofs: vec![],
+        seals: vec![],
+        certs: vec![],
+        want: vec![b"p\0k".to_vec()],
+        resolutions: vec![],
+    })
+    .unwrap();
+    let answer = h.wait_for(Duration::from_secs(10), |m| {
+        matches!(m, Message::Repair { id: 7, .. })
+    });
+    let Some(Message::Repair {
+        versions, seals, ..
+    }) = answer
+    else {
+        panic!("node-1 answers the repair request: {answer:?}");
+    };
+    assert!(
+        versions.is_empty(),
+        "node-1 sent its unsynced version: {versions:?}"
+    );
+    assert!(
+        seals.iter().all(|s| s.origin.as_str() != "node-1"),
+        "node-1 sent the seal of its unsynced event: {seals:?}"
+    );
+    // Once synced (an immediate write syncs what came before it), the version goes out.
+    put(&n1, "c", "synced", r#"{"v":2}"#);
+    h.send(&Message::Repair {
+        id: 8,
+        versions: vec![],
+        proofs: vec![],
+        seals: vec![],
+        certs: vec![],
+        want: vec![b"p\0k".to_vec()],
+        resolutions: vec![],
+    })
+    .unwrap();
+    let answer = h.wait_for(Duration::from_secs(10), |m| {
+        matches!(m, Message::Repair { id: 8, .. })
+    });
+    let Some(Message::Repair { versions, .. }) = answer else {
+        panic!("node-1 answers the second repair request: {answer:?}");
+    };
+    assert_eq!(versions.len(), 1, "the synced version goes out");
+}
+
+/// Events forged under node-3's name with the sequence numbers it uses next, each with a causal
+/// context naming an event nobody holds, so that admission defers them: before, deferred
+/// events never met a seal check, the attacker was never cut off, and while each of its
+/// batches was at the committer node-1 dropped node-3's real events as duplicates (sent again
+/// and again, node-3 stopped reaching node-1). Now the held-back events are checked against
+/// node-3's seals, refused as forged, and the attacker cut off; node-3's writes arrive.
+#[test]
+fn forged_events_that_would_wait_are_refused_and_the_peer_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, n1, n3) = honest_pair(dir.path());
+    let mut h = attacker(&configs, &[]);
+    let forged: Vec<_> = (2..=4)
+        .map(|seq| {
+            with_context(
+                event("node-3", seq, "c", &format!("x{seq}"), 666),
+                &[("node-9", 5)],
+            )
+        })
+        .collect();
+    let m = h.sealed(forged);
+    h.send(&m).unwrap();
+    let reason = h.closed_within(Duration::from_secs(5));
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("node-3") && r.contains("forged")),
+        "the attacker is cut off naming the forgery: {reason:?}"
+    );
+    for seq in 2..=4 {
+        put(&n3, "c", &format!("x{seq}"), r#"{"v":3}"#);
+    }
+    converge(&[&n1, &n3], Duration::from_secs(30));
+    for seq in 2..=4 {
+        assert_eq!(get(&n1, "c", &format!("x{seq}")).1, r#"{"v":3}"#);
+    }
+}

@@ -1201,14 +1201,25 @@ impl Replicator {
             }
         };
         // Versions the peer has not acknowledged are in flight: replication brings them.
+        // This node's own events go out only once synced, as replication ships them, however
+        // much of them the peer claims to hold: a crash here loses unsynced ones and numbers
+        // the next writes from the last synced one, so a peer holding one (or its seal, which
+        // proves it this node's) would hold a second history of this node. (Read after the
+        // page: what it says synced was synced when the page was read. A seal ends the commit
+        // that made it, so the seals of unsynced events seal nothing synced.)
         let acked = self.acked.get(peer);
+        let local = self.core.local().clone();
+        let own_synced = self.committer.own_synced();
+        let unsynced_own = |origin: &NodeId, seq: u64| *origin == local && seq > own_synced;
         let (versions, proofs): (Vec<_>, Vec<_>) = std::mem::take(&mut page.versions)
             .into_iter()
             .zip(std::mem::take(&mut page.proofs))
             .filter(|(v, _)| acked.and_then(|a| a.get(&v.origin)).copied().unwrap_or(0) >= v.seq)
+            .filter(|(v, _)| !unsynced_own(&v.origin, v.seq))
             .unzip();
         page.versions = versions;
         page.proofs = proofs;
+        page.seals.retain(|s| !unsynced_own(&s.origin, s.seq));
         if page.unproven > 0 {
             tracing::warn!(peer = %peer, unproven = page.unproven, "versions held here that nothing here proves (damage) left out of a repair");
         }

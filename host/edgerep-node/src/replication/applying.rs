@@ -154,7 +154,41 @@ impl Replicator {
             && events
                 .iter()
                 .any(|e| self.transformed_on_apply.contains(e.collection.as_str()));
+        // Other origins' events as sent, while admission may hold some back (see below).
+        let sent: Vec<EncodedEvent> = if self.config.replication.authenticate {
+            events
+                .iter()
+                .filter(|e| e.origin != peer)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         let admitted = crate::apply::admit(&admission, events, &seals);
+        // Events admission holds back (deferred) never reach the committer's seal check, yet
+        // until this batch is answered the core counts them delivered, and drops other peers'
+        // copies of them as duplicates: a peer sending forged events that defer (a context
+        // naming what nobody holds) would hold an origin back for as long as it keeps sending
+        // them. With authentication they are checked against their origins' seals here, and a
+        // forgery cuts the peer off, as the committer's check does. (Events past what the
+        // store holds that the batch alone cannot prove are deferred as before.)
+        let held_back = admitted.held_back(sent);
+        if !held_back.is_empty()
+            && let Err(edgerep_store::StoreError::Forged {
+                origin,
+                seq,
+                reason,
+            }) = self
+                .store
+                .check_sealed_but_forks(&held_back, &seals, &certs)
+        {
+            let reason = format!("event {origin}/{seq} is forged ({reason})");
+            tracing::error!(peer = %peer, "events held back are refused, disconnecting: {reason}");
+            let now = self.now();
+            self.ended(&peer, Ended::Failed(reason.clone()));
+            self.cut_off(peer, reason, now);
+            return;
+        }
         // With authentication, events that transforms would run on are first shown to be
         // their origins' (the committer checks them anyway, after the transforms): a peer
         // sending made-up events must not buy plugin runs with them, again after each
