@@ -117,8 +117,12 @@ type ReResolved = (u64, Option<Vec<u8>>);
 /// State rows one re-resolving transaction reads (so writes wait behind it briefly).
 pub const RE_RESOLVE_ROWS: usize = 2048;
 
-/// Longest a group commit waits for the write requests it expects (see `expected` below).
-const LINGER: Duration = Duration::from_micros(400);
+/// Longest a group commit waits for the write requests it expects (see `expected` below): half
+/// the last local commit's time, within these bounds. A writer that comes within it shares
+/// this commit instead of waiting for the whole next one; waiting longer than half a commit
+/// would cost the writers already here more than it saves the late ones.
+const LINGER_MIN: Duration = Duration::from_micros(200);
+const LINGER_MAX: Duration = Duration::from_millis(2);
 /// Most requests a group commit lingers for.
 const MAX_EXPECTED: usize = 256;
 
@@ -493,6 +497,8 @@ impl Committer {
                 // last group's writers, likely to write again at once, and those that queued
                 // while it committed (other writers).
                 let mut expected: usize = 1;
+                // How long the last group commit of local writes took (the linger's measure).
+                let mut last_commit = LINGER_MIN;
                 // After a commit: what is synced now, for the hook, and the feed's end for
                 // watchers (only synced positions: a crash loses unsynced commits and numbers
                 // new events from the last synced one again, so a watcher that saw them would
@@ -876,11 +882,12 @@ impl Committer {
                     let alone = !replay.is_empty();
                     group.push(first);
                     let mut events: usize = group[0].writes.len();
-                    // Linger: wait a little (at most LINGER) until the expected requests are
+                    // Linger: wait a little (at most half the last commit) until the expected requests are
                     // here, so many small writers share one commit. Expecting only the last
                     // group's would settle into two halves alternating, each client waiting a
                     // whole commit of the other half before its own.
-                    let linger_until = std::time::Instant::now() + LINGER;
+                    let linger_until = std::time::Instant::now()
+                        + (last_commit / 2).clamp(LINGER_MIN, LINGER_MAX);
                     while !alone && events < max_events {
                         match rx.try_recv().inspect(|r| took(r)) {
                             Ok(Request::Write(p)) if p.dead_letters.is_empty() => {
@@ -970,7 +977,8 @@ impl Committer {
                         clock_seen.store(clock.last().physical_ms, Ordering::Relaxed);
                         match result {
                             Ok(committed) => {
-                                metrics.commit("local", started.elapsed().as_secs_f64());
+                                last_commit = started.elapsed();
+                                metrics.commit("local", last_commit.as_secs_f64());
                                 // Nothing of this group can be queued yet: it is not answered.
                                 let waiting = queued.load(Ordering::Acquire).max(0) as usize;
                                 expected = (group.len() + waiting).clamp(1, MAX_EXPECTED);
