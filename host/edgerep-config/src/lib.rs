@@ -487,7 +487,7 @@ pub struct CommitConfig {
 /// in its event's metadata either way.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TracingConfig {
-    /// The OTLP/HTTP traces endpoint (`http://` or `https://`, e.g.
+    /// The OTLP/HTTP traces endpoint (`http://` only: the exporter has no TLS; e.g.
     /// `http://127.0.0.1:4318/v1/traces`); `None`: no spans are exported.
     pub otlp_endpoint: Option<String>,
 }

@@ -164,14 +164,22 @@ fn check_authorization(raw: &RawConfig) -> Result<(), Violation> {
 
 fn check_tracing(raw: &RawConfig) -> Result<(), Violation> {
     if let Some(e) = &raw.tracing.otlp_endpoint {
-        let rest = e
-            .strip_prefix("http://")
-            .or_else(|| e.strip_prefix("https://"));
+        // The exporter is built without TLS: an https:// endpoint would take the config and
+        // export nothing, silently.
+        if e.starts_with("https://") {
+            return Err((
+                vec![Seg::Key("tracing"), Seg::Key("otlp_endpoint")],
+                format!(
+                    "{e:?}: https:// is not supported (this build exports over plain HTTP, without TLS); export to a collector on this machine or site, e.g. an OpenTelemetry Collector at \"http://127.0.0.1:4318/v1/traces\", which forwards over TLS"
+                ),
+            ));
+        }
+        let rest = e.strip_prefix("http://");
         if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
             return Err((
                 vec![Seg::Key("tracing"), Seg::Key("otlp_endpoint")],
                 format!(
-                    "{e:?} is not an http:// or https:// URL (the collector's OTLP/HTTP traces endpoint, e.g. \"http://127.0.0.1:4318/v1/traces\")"
+                    "{e:?} is not an http:// URL (the collector's OTLP/HTTP traces endpoint, e.g. \"http://127.0.0.1:4318/v1/traces\")"
                 ),
             ));
         }

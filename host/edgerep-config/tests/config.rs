@@ -876,11 +876,14 @@ fn tracing_endpoint_is_optional_and_checked() {
             &with(&format!("[tracing]\notlp_endpoint = \"{bad}\"\n")),
             "tracing.otlp_endpoint",
         );
-        assert!(
-            err.message.contains("not an http:// or https:// URL"),
-            "{err}"
-        );
+        assert!(err.message.contains("not an http:// URL"), "{err}");
     }
+    // The exporter has no TLS: an https:// endpoint would export nothing, and say nothing.
+    let err = expect_error(
+        &with("[tracing]\notlp_endpoint = \"https://collector:4318/v1/traces\"\n"),
+        "tracing.otlp_endpoint",
+    );
+    assert!(err.message.contains("https:// is not supported"), "{err}");
     expect_error(&with("[tracing]\nendpoint = \"x\"\n"), "tracing.endpoint");
 }
 

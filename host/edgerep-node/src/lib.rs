@@ -108,9 +108,14 @@ pub enum NodeError {
     /// This node's TLS identity could not be loaded.
     #[error(transparent)]
     Identity(#[from] replication::IdentityError),
-    /// This node's seal keys could not be made from its identity.
-    #[error(transparent)]
-    Keys(#[from] keys::KeysError),
+    /// This node's seal keys could not be made from its identity (`path`: `replication.key`).
+    #[error("replication.key {path}: {source}")]
+    Keys {
+        /// The key file.
+        path: String,
+        /// Why.
+        source: keys::KeysError,
+    },
     /// The HTTP server failed.
     #[error("api server failed: {0}")]
     Serve(std::io::Error),
@@ -159,7 +164,7 @@ impl NodeError {
                 | NodeError::AlreadyRunning { .. }
                 | NodeError::NotAStore { .. }
                 | NodeError::Identity(_)
-                | NodeError::Keys(_)
+                | NodeError::Keys { .. }
                 | NodeError::Config(_)
                 | NodeError::Trace(trace::TraceError::Exporter { .. })
                 | NodeError::KeyChanged { .. }
@@ -397,7 +402,17 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let node_keys = match (&config.replication.tls, config.replication.authenticate) {
         (Some(_), true) => {
             let identity = replication::load_identity(&config)?;
-            Some(keys::NodeKeys::new(&identity, &config)?)
+            Some(keys::NodeKeys::new(&identity, &config).map_err(|source| {
+                NodeError::Keys {
+                    path: config
+                        .replication
+                        .tls
+                        .as_ref()
+                        .map(|t| t.key.display().to_string())
+                        .unwrap_or_default(),
+                    source,
+                }
+            })?)
         }
         _ => None,
     };

@@ -10,14 +10,6 @@ pub enum LoadError {
     /// The engine or the linker could not be set up (a bug or an unsupported host).
     #[error("cannot set up the webassembly engine: {0}")]
     Engine(String),
-    /// The cache directory could not be created.
-    #[error("cannot create the plugin cache directory {path}: {message}")]
-    CacheDir {
-        /// The directory.
-        path: String,
-        /// The IO error.
-        message: String,
-    },
     /// The limits cannot work (zero fuel, zero memory or a zero deadline).
     #[error("plugin {plugin}: invalid limits: {reason}")]
     InvalidLimits {

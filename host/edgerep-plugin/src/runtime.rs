@@ -99,6 +99,21 @@ pub struct Runtime {
     cache_hits: AtomicU64,
 }
 
+/// Makes `dir` the plugin cache: created if missing, this user's alone (it holds native code
+/// the node runs; a cached component is trusted once its checksum matches, see `cache::load`),
+/// with what earlier runs left there cleaned up.
+fn prepare_cache_dir(dir: &Path, compat: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    cache::remove_stale_temporaries(dir);
+    cache::remove_other_engines(dir, compat);
+    Ok(())
+}
+
 impl Runtime {
     /// Builds the engine, the linker and the epoch ticker. With a `cache_dir`, compiled components
     /// are kept there (created if missing) and reused by later loads, also across restarts.
@@ -123,23 +138,19 @@ impl Runtime {
             engine.precompile_compatibility_hash().hash(&mut hasher);
             hex::encode(&hasher.0.finalize()[..16])
         };
-        if let Some(dir) = cache_dir {
-            // The cache holds native code the node runs: only its own user may write there
-            // (a cached component is trusted once its checksum matches, see `cache::load`).
-            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-            let refused = |e: std::io::Error| LoadError::CacheDir {
-                path: dir.display().to_string(),
-                message: e.to_string(),
-            };
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(refused)?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(refused)?;
-            cache::remove_stale_temporaries(dir);
-            cache::remove_other_engines(dir, &compat);
-        }
+        // The cache is a speed-up: a directory that cannot be made this user's alone (a
+        // read-only or full disk, another user's directory) is said, and plugins are compiled
+        // at each start instead (the store's own open then reports a failed disk as such).
+        let cache_dir = cache_dir.filter(|dir| match prepare_cache_dir(dir, &compat) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    path = %dir.display(),
+                    "not using the plugin cache (plugins are compiled at each start): {e}"
+                );
+                false
+            }
+        });
         let ticker = Arc::new(Ticker::start(engine.clone()));
         Ok(Runtime {
             engine,

@@ -27,7 +27,9 @@ pub enum SealError {
     #[error("the node key cannot sign: {0}")]
     KeyUnusable(String),
     /// The node's key is of another kind than the deployment signs with.
-    #[error("the node key is not an ECDSA P-256 key")]
+    #[error(
+        "the node key is not an ECDSA P-256 key, which seals are signed with: issue this node a P-256 key (as `edgerep init` does), or set replication.authenticate = false"
+    )]
     NotP256,
     /// Signing failed.
     #[error("signing failed: {0}")]

@@ -515,6 +515,16 @@ fn check_files(config: &Config) -> Result<(), String> {
                 config.node.id.as_str()
             ));
         }
+        // The seal keys, made as `run` makes them (a key TLS takes may not sign seals).
+        if config.replication.authenticate {
+            edgerep_node::keys::NodeKeys::new(&identity, config).map_err(|e| {
+                format!(
+                    "{}: replication.key {}: {e}",
+                    config.source.display(),
+                    tls.key.display()
+                )
+            })?;
+        }
     }
     // The data directory: a directory (or none yet), where this user may write.
     check_data_dir(config)?;

@@ -590,12 +590,25 @@ fn demo_runs_to_the_end() {
         stderr(&o)
     );
     let log = dir.path().join("demo/nodes.log");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("node started"), "{}", log.display());
+    // Run again in the same directory: refused, saying why, before the last run's log goes.
+    let o = edgerep(&[
+        "demo",
+        "--once",
+        "--dir",
+        dir.path().join("demo").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("node started"),
+        stderr(&o).contains("a demo already ran in"),
         "{}",
-        log.display()
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        logged,
+        "the log is kept"
     );
 }
 
@@ -1713,5 +1726,76 @@ fn sigterm_during_the_start_stops_the_node_before_it_serves() {
     );
     // Nothing half-written: the next start compiles again and serves.
     let node = Node::start(&config);
+    assert_eq!(node.terminate().code(), Some(0));
+}
+
+/// A node key TLS takes but seals cannot (P-384; seals are ECDSA P-256) is refused by `config
+/// check` as by `run`, and both name `replication.key`, its file, and what to do.
+#[test]
+fn a_node_key_seals_cannot_use_is_refused_by_the_check_as_by_run() {
+    use edgerep_transport::certs::Ca;
+    let tmp = tempfile::tempdir().unwrap();
+    let o = edgerep(&["init", "--cluster", "2", tmp.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ca_dir = tmp.path().join("ca");
+    let ca = Ca::load(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key")).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let (cert_pem, key_pem) = ca
+        .renew_node("node-1", &key.serialize_pem())
+        .unwrap()
+        .to_pem();
+    let certs = tmp.path().join("node-1/certs");
+    std::fs::write(certs.join("node.pem"), cert_pem).unwrap();
+    std::fs::write(certs.join("node.key"), key_pem).unwrap();
+    let config = tmp.path().join("node-1/edgerep.toml");
+    let c = config.to_str().unwrap();
+    let o = edgerep(&["config", "check", c]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "config check took it: {}",
+        stdout(&o)
+    );
+    let key_file = certs.join("node.key").display().to_string();
+    for err in [stderr(&o), {
+        let (code, err) = common::refused_to_start(&["run", "--config", c], "run took a P-384 key");
+        assert_eq!(code, Some(2), "{err}");
+        err
+    }] {
+        assert!(
+            err.contains("replication.key") && err.contains(&key_file) && err.contains("P-256"),
+            "{err}"
+        );
+    }
+}
+
+/// The plugin cache is a speed-up: one the node cannot use (here a file where its directory
+/// goes; also a read-only disk or another user's directory) is said in the log, and the node
+/// starts, compiling its plugins; it no longer refused to start as if its config were wrong.
+#[test]
+fn a_plugin_cache_that_cannot_be_used_is_said_and_the_node_runs_without() {
+    let (wasm, sha) = common::built_plugin("filter");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = init(tmp.path(), "no-cache");
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\nparams = {{ field = \"status\", equals = \"drop\" }}\n",
+            wasm.display()
+        ),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("plugin-cache"), b"not a directory").unwrap();
+    let node = Node::start(&config);
+    assert_eq!(
+        common::put(&node, "readings", "r-1", r#"{"status":"ok"}"#),
+        1,
+        "the filter runs"
+    );
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains("not using the plugin cache"), "{log}");
     assert_eq!(node.terminate().code(), Some(0));
 }

@@ -2035,3 +2035,41 @@ fn restarted_node1_compacts_without_node3(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Retention: a peer revoked by a reload (its `[[peers]]` entry kept, as the README shows) can
+/// never acknowledge again, so it no longer holds compaction back: before, it held the
+/// changelog for `peer_absent_ms` (a week by default) after its last acknowledgement.
+#[test]
+fn a_revoked_peer_holds_no_compaction_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    std::fs::write(
+        &configs[0],
+        with_retention(&text, "keep_events = 0\ninterval_ms = 200"),
+    )
+    .unwrap();
+    // node-2 never comes: a configured peer awaited holds every event back for it.
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
+    let last = put_many(&n1, "r", 50);
+    std::thread::sleep(Duration::from_millis(1000));
+    let s = status(&n1);
+    assert!(
+        s["compacted"]["node-1"].as_u64().unwrap_or(0) == 0,
+        "node-1 compacted what node-2 never acknowledged: {s}"
+    );
+    common::revoke_in_config(&configs[0], "node-2", 0);
+    common::reload(&configs[0]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&n1);
+        if s["compacted"]["node-1"].as_u64() == Some(last) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a revoked peer still holds compaction back 20 s after the reload: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -216,7 +216,7 @@ impl Replicator {
     /// nor connected peers whose acknowledgements have not moved for that long while they
     /// lack events (a peer that stays connected and never acknowledges would otherwise keep
     /// every node's changelog growing): either gets a snapshot when it needs removed events.
-    /// Nor is more than `max_held_events` per origin kept for peers that count (one that
+    /// Nor do revoked peers. Nor is more than `max_held_events` per origin kept for peers that count (one that
     /// acknowledges a little now and then would hold the changelog for ever).
     /// Only origins whose floor moved are listed.
     pub(super) fn compaction_floors(&self) -> Have {
@@ -225,10 +225,13 @@ impl Replicator {
                 .peer_absent_ms
                 .is_none_or(|ms| ago < Duration::from_millis(ms))
         };
+        // A revoked peer (still listed in `[[peers]]`, as the README's revocation keeps it)
+        // is refused every session: it can never acknowledge again, so it holds nothing back.
         let counted: Vec<&NodeId> = self
             .peers
             .iter()
             .map(|(p, _)| p)
+            .filter(|p| !self.config.is_revoked(p))
             .filter(|p| {
                 if self.conns.contains_key(*p) {
                     recent(self.acks_moved_ago(p))
