@@ -21,10 +21,53 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
 };
+
+/// The OTLP exporter, with its failures written to the node's log (the SDK's own reports are
+/// compiled out of this build): a collector that cannot be reached, or refuses the spans, is
+/// said once per 10 s with how many failures were left out, instead of spans vanishing quietly.
+#[derive(Debug)]
+struct Reported<E> {
+    inner: E,
+    endpoint: String,
+}
+
+impl<E: SpanExporter> SpanExporter for Reported<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        static LOG: crate::log_limit::Throttle =
+            crate::log_limit::Throttle::new(crate::log_limit::EVERY);
+        let spans = batch.len();
+        let exported = self.inner.export(batch);
+        async move {
+            let result = exported.await;
+            if let Err(e) = &result
+                && let Some(left_out) = LOG.allow()
+            {
+                tracing::warn!(endpoint = %self.endpoint, spans, left_out, "exporting trace spans failed (they are dropped; lines like this one are written once per 10 s): {e}");
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
 
 /// The metadata key (and request header) carrying a W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
@@ -99,13 +142,16 @@ impl Traces {
                 endpoint: endpoint.clone(),
                 reason: e.to_string(),
             })?;
-        let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(
-                BatchConfigBuilder::default()
-                    .with_scheduled_delay(Duration::from_millis(500))
-                    .build(),
-            )
-            .build();
+        let processor = BatchSpanProcessor::builder(Reported {
+            inner: exporter,
+            endpoint: endpoint.clone(),
+        })
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(Duration::from_millis(500))
+                .build(),
+        )
+        .build();
         let resource = opentelemetry_sdk::Resource::builder_empty()
             .with_service_name("edgerep")
             .with_attribute(KeyValue::new("edgerep.node", node.clone()))

@@ -924,3 +924,54 @@ fn held_versions_in_a_snapshot_page_buy_no_signature_check() {
     assert_eq!(merged.changed, 1, "{merged:?}");
     assert!(verified() > first, "a version not held is checked");
 }
+
+/// Keys whose slots for every origin's certificates are full: each certificate a batch brings
+/// is one too many (a renewal past the bound), though the held ones verify.
+struct FullSlots(TestKeys);
+
+impl Keys for FullSlots {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.0.sign(message)
+    }
+    fn verify(
+        &self,
+        origin: &NodeId,
+        seq: u64,
+        message: &[u8],
+        sig: &[u8],
+    ) -> Result<(), KeyError> {
+        self.0.verify(origin, seq, message, sig)
+    }
+    fn learn(&self, origin: &NodeId, _: &[u8]) -> Result<(), KeyError> {
+        Err(KeyError::TooManyCertificates {
+            origin: origin.clone(),
+            held: 4,
+        })
+    }
+}
+
+/// The check before transforms on apply (and of events admission holds back) takes a
+/// certificate too many as the committer does: no lie, so a genuine batch passes (before, it
+/// was called forged, and the honest peer that relayed it was cut off).
+#[test]
+fn a_certificate_too_many_is_no_forgery_in_the_check_before_applying() {
+    let a = store("a");
+    a.commit_local(writes("x", 5), &mut clock(), 1).unwrap();
+    let (store_b, _) = Store::open_with_backend(
+        InMemoryBackend::new(),
+        "memory",
+        &node("b"),
+        EventLimits::default(),
+    )
+    .unwrap();
+    let b = StoreWriter::new(store_b.with_keys(Arc::new(FullSlots(TestKeys { me: node("b") }))));
+    let (events, seals) = batch(&a, "a", 0, 5);
+    let certs = [(node("a"), b"a renewed certificate".to_vec())];
+    b.check_sealed_but_forks(&events, &seals, &certs).unwrap();
+    b.check_sealed(&events, &seals, &certs).unwrap();
+    // A forged seal still is one.
+    let mut forged = seals.clone();
+    forged[0].signature = mac(&node("b"), &forged[0].message());
+    let e = b.check_sealed(&events, &forged, &certs).unwrap_err();
+    assert!(matches!(e, StoreError::Forged { .. }), "{e}");
+}

@@ -204,7 +204,8 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
     let sha = sha256_hex(&wasm)?;
     let filter_sha = sha256_hex(&filter)?;
     // The log first: it marks the directory as the demo's, also when the demo stops before
-    // its cluster is whole (run again, it then writes over what it left).
+    // its cluster is whole (run again, it then writes over what it left, unless its nodes
+    // made stores: refused above).
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     log_to_file(&log)?;
     let paths = edgerep_client::cluster::write_cluster(&dir, 3, true)?;

@@ -922,14 +922,24 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                 .build()
                 .context("starting the async runtime")?;
             // A stop signal during the start (a long store open, plugins compiling) stops the
-            // node at once: the start runs on a worker, and is left unfinished (as a crash
-            // leaves it: the store and the plugin cache are crash-safe) by not waiting for it.
+            // node at once: the start runs on a thread of its own (its slow steps do not yield,
+            // and must not hold the worker that watches for signals, the only one on a one-CPU
+            // machine), and is left unfinished (as a crash leaves it: the store and the plugin
+            // cache are crash-safe) by not waiting for it. A start that finished wins over a
+            // signal that came meanwhile: the node then stops as a running node does.
             let mut stopped_during_start = false;
             let code = rt.block_on(async {
                 let mut signals = Signals::install()?;
-                let start = tokio::spawn(edgerep_node::start(config));
+                let handle = tokio::runtime::Handle::current();
+                let start =
+                    tokio::task::spawn_blocking(move || handle.block_on(edgerep_node::start(config)));
                 let started = tokio::select! {
-                    r = start => r.context("the node's start panicked")?,
+                    biased;
+                    r = start => match r {
+                        Ok(started) => started,
+                        // A panic in the start stays a panic (not a config error's exit code).
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    },
                     () = signals.stop() => {
                         tracing::warn!("stopped before the start finished: nothing was served");
                         stopped_during_start = true;

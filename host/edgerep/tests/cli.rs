@@ -1665,7 +1665,8 @@ fn shrink_gives_freed_pages_back_and_the_store_stays_whole() {
 }
 
 /// A stop signal while the node is still starting (here: compiling a standard-Go plugin, which
-/// takes seconds) stops it at once, not once the start ends; and the next start is a normal one.
+/// takes seconds, on one CPU) stops it at once, not once the start ends; and the next start is
+/// a normal one.
 #[test]
 fn sigterm_during_the_start_stops_the_node_before_it_serves() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/go");
@@ -1691,7 +1692,22 @@ fn sigterm_during_the_start_stops_the_node_before_it_serves() {
         ),
     )
     .unwrap();
-    let mut node = Node::spawn(&config, &[]);
+    // On one CPU (`taskset`): the runtime then has one worker, which the start must not hold
+    // (before, the signal was seen only once the start ended there).
+    let log_path = tmp.path().join("node.log");
+    let child = std::process::Command::new("taskset")
+        .args(["-c", "0", common::BIN, "run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("running taskset (util-linux)");
+    let mut node = Node {
+        child,
+        config: config.clone(),
+        addr: common::api_addr(&config),
+        log: log_path,
+    };
     let log = || std::fs::read_to_string(&node.log).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !log().contains("compiling the plugin") {
@@ -1730,7 +1746,8 @@ fn sigterm_during_the_start_stops_the_node_before_it_serves() {
 }
 
 /// A node key TLS takes but seals cannot (P-384; seals are ECDSA P-256) is refused by `config
-/// check` as by `run`, and both name `replication.key`, its file, and what to do.
+/// check` as by `run` (which checks its files as `config check` does before it starts), and
+/// both name `replication.key`, its file, and what to do.
 #[test]
 fn a_node_key_seals_cannot_use_is_refused_by_the_check_as_by_run() {
     use edgerep_transport::certs::Ca;

@@ -241,3 +241,44 @@ fn a_traced_write_is_one_trace_from_the_client_to_every_site() {
         );
     }
 }
+
+/// A collector that cannot be reached: the spans are dropped, and the node's log says so
+/// (before, the exporter's failures were silent: spans vanished with nothing in the log).
+#[test]
+fn spans_a_collector_does_not_take_are_said_in_the_log() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::init(dir.path(), "traced");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:{port}/v1/traces\"\n"),
+    )
+    .unwrap();
+    let node = Node::start(&config);
+    let r = agent()
+        .put(&node.url("/v1/kv/orders/traced"))
+        .header("traceparent", format!("00-{TRACE}-{CLIENT_SPAN}-01"))
+        .content_type("application/json")
+        .send(br#"{"n":1}"#.as_slice())
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&node.log).unwrap();
+        if log.contains("exporting trace spans failed") {
+            assert!(log.contains(&port.to_string()), "{log}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no export failure in the log after 20 s: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

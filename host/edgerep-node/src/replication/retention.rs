@@ -240,13 +240,14 @@ impl Replicator {
                 }
             })
             .collect();
-        // Every configured peer's snapshot hold, counted or not: a peer back from a long
+        // Every configured peer's snapshot hold (revoked ones aside), counted or not: a peer back from a long
         // absence is not counted (its page acknowledgements are not progress) exactly while
         // it takes the snapshot that brings it back. A hold ends on its own (see
         // `Replica::snapshot_hold`).
         let snapshots: Vec<Have> = self
             .peers
             .iter()
+            .filter(|(p, _)| !self.config.is_revoked(p))
             .filter_map(|(p, _)| self.core.snapshot_hold(p))
             .collect();
         let acked: Vec<Option<&Have>> = counted.iter().map(|p| self.acked.get(*p)).collect();
