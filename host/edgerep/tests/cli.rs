@@ -981,21 +981,27 @@ fn dead_letters_are_deleted_and_replayed_all_at_once() {
 /// A dead-letter listing piped into a reader that stops early (`| head -1`) ends quietly with
 /// exit 0, not with a panic on the broken pipe: 300 dead letters of some 500 bytes each are more
 /// than a pipe's buffer holds.
+/// Appends to `config` a collection `readings` whose writes go through the filter plugin at
+/// `wasm` (dropping `{"status": "drop"}`), with `extra` lines for the plugin (its limits).
+fn filter_readings(config: &Path, wasm: &Path, sha: &str, extra: &str) {
+    let base = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        format!(
+            "{base}\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\nparams = {{ field = \"status\", equals = \"drop\" }}\n{extra}",
+            wasm.display()
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_dead_letter_listing_piped_into_head_ends_quietly() {
     let (wasm, sha) = common::built_plugin("filter");
     let tmp = tempfile::tempdir().unwrap();
     let config = init(tmp.path(), "dl-pipe");
-    let base = std::fs::read_to_string(&config).unwrap();
     // The filter with too little fuel fails on every write: each becomes a dead letter.
-    std::fs::write(
-        &config,
-        format!(
-            "{base}\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\nparams = {{ field = \"status\", equals = \"drop\" }}\nfuel = 100\n",
-            wasm.display()
-        ),
-    )
-    .unwrap();
+    filter_readings(&config, &wasm, &sha, "fuel = 100\n");
     let c = config.to_str().unwrap();
     let node = Node::start(&config);
     let pad = "x".repeat(300);
@@ -1683,15 +1689,7 @@ fn sigterm_during_the_start_stops_the_node_before_it_serves() {
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let config = init(tmp.path(), "slow-start");
-    let base = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{base}\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\nparams = {{ field = \"status\", equals = \"drop\" }}\n",
-            wasm.canonicalize().unwrap().display()
-        ),
-    )
-    .unwrap();
+    filter_readings(&config, &wasm.canonicalize().unwrap(), &sha, "");
     // On one CPU (`taskset`): the runtime then has one worker, which the start must not hold
     // (before, the signal was seen only once the start ended there).
     let log_path = tmp.path().join("node.log");
@@ -1794,15 +1792,7 @@ fn a_plugin_cache_that_cannot_be_used_is_said_and_the_node_runs_without() {
     let (wasm, sha) = common::built_plugin("filter");
     let tmp = tempfile::tempdir().unwrap();
     let config = init(tmp.path(), "no-cache");
-    let base = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{base}\n[[collections.declared]]\nname = \"readings\"\ntransforms_on_ingest = [\"filter\"]\n\n[plugins.filter]\npath = \"{}\"\nsha256 = \"{sha}\"\nparams = {{ field = \"status\", equals = \"drop\" }}\n",
-            wasm.display()
-        ),
-    )
-    .unwrap();
+    filter_readings(&config, &wasm, &sha, "");
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("plugin-cache"), b"not a directory").unwrap();

@@ -2499,25 +2499,31 @@ fn a_repair_sends_none_of_this_nodes_unsynced_events() {
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    h.send(&Message::Repair {
-        id: 7,
-        versions: vec![],
-        proofs: vec![],
-        seals: vec![],
-        certs: vec![],
-        want: vec![b"p\0k".to_vec()],
-        resolutions: vec![],
-    })
-    .unwrap();
-    let answer = h.wait_for(Duration::from_secs(10), |m| {
-        matches!(m, Message::Repair { id: 7, .. })
-    });
-    let Some(Message::Repair {
-        versions, seals, ..
-    }) = answer
-    else {
-        panic!("node-1 answers the repair request: {answer:?}");
+    // Asks node-1 for key p/k under repair `id`: the versions and seals it answers.
+    let ask = |h: &mut Hostile, id: u64| {
+        h.send(&Message::Repair {
+            id,
+            versions: vec![],
+            proofs: vec![],
+            seals: vec![],
+            certs: vec![],
+            want: vec![b"p\0k".to_vec()],
+            resolutions: vec![],
+        })
+        .unwrap();
+        let answer = h.wait_for(
+            Duration::from_secs(10),
+            |m| matches!(m, Message::Repair { id: i, .. } if *i == id),
+        );
+        let Some(Message::Repair {
+            versions, seals, ..
+        }) = answer
+        else {
+            panic!("node-1 answers repair request {id}: {answer:?}");
+        };
+        (versions, seals)
     };
+    let (versions, seals) = ask(&mut h, 7);
     assert!(
         versions.is_empty(),
         "node-1 sent its unsynced version: {versions:?}"
@@ -2528,22 +2534,7 @@ fn a_repair_sends_none_of_this_nodes_unsynced_events() {
     );
     // Once synced (an immediate write syncs what came before it), the version goes out.
     put(&n1, "c", "synced", r#"{"v":2}"#);
-    h.send(&Message::Repair {
-        id: 8,
-        versions: vec![],
-        proofs: vec![],
-        seals: vec![],
-        certs: vec![],
-        want: vec![b"p\0k".to_vec()],
-        resolutions: vec![],
-    })
-    .unwrap();
-    let answer = h.wait_for(Duration::from_secs(10), |m| {
-        matches!(m, Message::Repair { id: 8, .. })
-    });
-    let Some(Message::Repair { versions, .. }) = answer else {
-        panic!("node-1 answers the second repair request: {answer:?}");
-    };
+    let (versions, _) = ask(&mut h, 8);
     assert_eq!(versions.len(), 1, "the synced version goes out");
 }
 

@@ -71,6 +71,16 @@ pub(super) struct TracedEvent {
 }
 
 impl Replicator {
+    /// Ends `peer`'s batch and cuts the peer off for event `seq` of `origin`, found forged
+    /// before the committer saw it (`when`: at which check, for the log).
+    fn forgery_found(&mut self, peer: NodeId, when: &str, origin: &str, seq: u64, reason: &str) {
+        let reason = format!("event {origin}/{seq} is forged ({reason})");
+        tracing::error!(peer = %peer, "{when}, disconnecting: {reason}");
+        let now = self.now();
+        self.ended(&peer, Ended::Failed(reason.clone()));
+        self.cut_off(peer, reason, now);
+    }
+
     /// A batch the core hands out for applying.
     pub(super) fn apply_batch(
         &mut self,
@@ -182,11 +192,7 @@ impl Replicator {
                 .store
                 .check_sealed_but_forks(&held_back, &seals, &certs)
         {
-            let reason = format!("event {origin}/{seq} is forged ({reason})");
-            tracing::error!(peer = %peer, "events held back are refused, disconnecting: {reason}");
-            let now = self.now();
-            self.ended(&peer, Ended::Failed(reason.clone()));
-            self.cut_off(peer, reason, now);
+            self.forgery_found(peer, "events held back are refused", &origin, seq, &reason);
             return;
         }
         // With authentication, events that transforms would run on are first shown to be
@@ -207,11 +213,8 @@ impl Replicator {
                     seq,
                     reason,
                 }) => {
-                    let reason = format!("event {origin}/{seq} is forged ({reason})");
-                    tracing::error!(peer = %peer, "events refused before their transforms on apply, disconnecting: {reason}");
-                    let now = self.now();
-                    self.ended(&peer, Ended::Failed(reason.clone()));
-                    self.cut_off(peer, reason, now);
+                    let when = "events refused before their transforms on apply";
+                    self.forgery_found(peer, when, &origin, seq, &reason);
                     return;
                 }
                 Err(e @ edgerep_store::StoreError::Unproven { .. }) => {
