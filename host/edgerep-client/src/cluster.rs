@@ -74,7 +74,7 @@ fn node_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Where a node directory written by `init --cluster` holds data: its `data/`, or the
 /// `data_dir` its config names, if that holds a store. A config that cannot be read counts as
 /// holding data (where its store is cannot be told).
-pub(crate) fn holds_a_store(node_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+pub fn holds_a_store(node_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     // (An empty one is no node's data: a first start that failed, on a port taken, leaves it.)
     let data = node_dir.join("data");
     if data.read_dir().is_ok_and(|mut d| d.next().is_some()) {

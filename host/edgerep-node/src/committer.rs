@@ -882,10 +882,10 @@ impl Committer {
                     let alone = !replay.is_empty();
                     group.push(first);
                     let mut events: usize = group[0].writes.len();
-                    // Linger: wait a little (at most half the last commit) until the expected requests are
-                    // here, so many small writers share one commit. Expecting only the last
-                    // group's would settle into two halves alternating, each client waiting a
-                    // whole commit of the other half before its own.
+                    // Linger: wait a little (at most half the last commit) until the expected
+                    // requests are here, so many small writers share one commit. Expecting only
+                    // the last group's would settle into two halves alternating, each client
+                    // waiting a whole commit of the other half before its own.
                     let linger_until = std::time::Instant::now()
                         + (last_commit / 2).clamp(LINGER_MIN, LINGER_MAX);
                     while !alone && events < max_events {

@@ -190,8 +190,8 @@ pub(crate) fn run(dir: Option<PathBuf>, once: bool) -> anyhow::Result<u8> {
     // A demo that ran here before left its nodes' stores: the cluster is not written over
     // them (new keys over stores sealed with the old ones). Said before the log is emptied.
     for i in 1..=3 {
-        let data = dir.join(format!("node-{i}")).join("data");
-        if std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some()) {
+        if let Some(data) = edgerep_client::cluster::holds_a_store(&dir.join(format!("node-{i}")))?
+        {
             anyhow::bail!(
                 "a demo already ran in {} ({} holds its store): remove {} to run it there again, or give --dir a new directory",
                 dir.display(),
