@@ -831,6 +831,33 @@ fn wants_cbor(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("application/cbor"))
 }
 
+/// A keyed request refused for a limit before its key was looked up with its writes (its body
+/// over `limits.max_request_bytes`): when a request under the key was recorded (committed,
+/// maybe under a higher limit lowered since), a 409 saying so instead. A bare 413 tells the
+/// client its write was never made, and one that splits its batch under new keys would write
+/// it twice.
+fn recorded_over_limit(app: &AppState, headers: &HeaderMap, refused: ApiError) -> ApiError {
+    let Ok(Some(key)) = idempotency::from_headers(headers) else {
+        return refused;
+    };
+    match app.store.idempotency(&key) {
+        Ok(Some(r)) => recorded_key_over_limit(&key, r.at_ms, refused),
+        _ => refused,
+    }
+}
+
+/// The 409 of [`recorded_over_limit`] for `key`, recorded at `at_ms`.
+fn recorded_key_over_limit(key: &str, at_ms: u64, refused: ApiError) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_over_limit",
+        format!(
+            "a request under idempotency key {key:?} was recorded at {at_ms} ms (Unix time); this one is over a limit lowered since ({}), so it cannot be compared with it: nothing was written (raise the limit back to get the recorded answer; a request that is no retry takes a new key)",
+            refused.message
+        ),
+    )
+}
+
 fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -931,7 +958,8 @@ async fn put_key(
     request::check_collection_name(&collection)?;
     request::check_key(&app.config(), &key)?;
     let format = request_format(&headers)?;
-    let body = body_bytes(body, app.config().limits.max_request_bytes)?;
+    let body = body_bytes(body, app.config().limits.max_request_bytes)
+        .map_err(|e| recorded_over_limit(&app, &headers, e))?;
     let value = request::parse_value(&body, format, &crate::value_limits(&app.config()))?;
     let write = LocalWrite {
         collection,
@@ -1376,7 +1404,8 @@ async fn batch(
     let format = request_format(&headers)?;
     let request_key = idempotency::from_headers(&headers)?;
     let trace = trace_header(&headers)?;
-    let body = body_bytes(body, app.config().limits.max_request_bytes)?;
+    let body = body_bytes(body, app.config().limits.max_request_bytes)
+        .map_err(|e| recorded_over_limit(&app, &headers, e))?;
     // Its keys (the header's, or its writes') are known once it is parsed: every batch runs
     // to its end (see `detached`).
     detached(
@@ -1424,14 +1453,16 @@ async fn batch_run(
     // Keys are looked up once the origin gate is open (see `write_one_run`); a batch's per-write
     // keys are known only once parsed, so every batch waits here (it would wait to commit).
     app.committer.origin_confirmed().await?;
+    let retry = request_key.clone().map(|key| (key, body.clone()));
     let prepared = if turn.is_none() && body.len() <= INLINE_BATCH_BYTES {
-        let batch = parse(&app, &body)?;
-        if request_key.is_none() && batch.keys.iter().all(Option::is_none) {
-            prepare_batch(&app, batch, None)?
-        } else {
-            tokio::task::spawn_blocking(move || prepare_batch(&app2, batch, request_key))
+        match parse(&app, &body) {
+            Err(e) => Err(e.into()),
+            Ok(batch) if request_key.is_none() && batch.keys.iter().all(Option::is_none) => {
+                prepare_batch(&app, batch, None)
+            }
+            Ok(batch) => tokio::task::spawn_blocking(move || prepare_batch(&app2, batch, request_key))
                 .await
-                .map_err(blocking_failed)??
+                .map_err(blocking_failed)?,
         }
     } else {
         tokio::task::spawn_blocking(move || -> Result<PreparedBatch, ApiError> {
@@ -1440,7 +1471,16 @@ async fn batch_run(
             prepare_batch(&app2, batch, request_key)
         })
         .await
-        .map_err(blocking_failed)??
+        .map_err(blocking_failed)?
+    };
+    let prepared = match (prepared, retry) {
+        (Err(e), Some((key, body))) if e.kind == "batch_too_large" => {
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || replay_over_count(&app, &key, &body, format, e))
+                .await
+                .map_err(blocking_failed)??
+        }
+        (prepared, _) => prepared?,
     };
     let (committed, indexes, failed, replays, set_aside_now) = match prepared {
         PreparedBatch::Replay { committed, extra } => {
@@ -1581,6 +1621,61 @@ fn check_batch_collections<'w>(
 }
 
 /// Looks a batch's keys up and runs the writes that need it through ingest (blocking).
+/// A batch under an Idempotency-Key header refused (`refused`) for holding more writes than
+/// `limits.max_batch_events`: when the key's record is of a batch of that many writes (taken
+/// under a higher limit lowered since), the retry is parsed up to that many and gets the
+/// recorded answer if it is the same request. Else the refusal, or the 409 of
+/// [`recorded_over_limit`] when a request under the key was recorded. Nothing runs here:
+/// a batch over the limit is only ever answered from a record.
+fn replay_over_count(
+    app: &AppState,
+    key: &str,
+    body: &[u8],
+    format: Format,
+    refused: ApiError,
+) -> Result<PreparedBatch, ApiError> {
+    let Some(recorded) = app
+        .store
+        .idempotency(key)
+        .map_err(|e| ApiError::internal(format!("store: {e}")))?
+    else {
+        return Err(refused);
+    };
+    let over = |refused| recorded_key_over_limit(key, recorded.at_ms, refused);
+    let writes = idempotency::Extra::decode(&recorded.extra).map_or(0, |e| e.writes());
+    let config = app.config();
+    if writes <= config.limits.max_batch_events {
+        return Err(over(refused));
+    }
+    let mut wider = (*config).clone();
+    wider.limits.max_batch_events = writes;
+    let batch = match request::parse_batch(
+        body,
+        format,
+        &wider,
+        &crate::value_limits(&config),
+        &|| origins_held(app),
+    ) {
+        Ok(batch) if batch.keys.iter().all(Option::is_none) => batch,
+        _ => return Err(over(refused)),
+    };
+    let hash = idempotency::body_hash(idempotency::Shape::Batch, &batch.writes);
+    match idempotency::lookup(
+        &app.store,
+        &app.idempotency,
+        key,
+        idempotency::Shape::Batch,
+        &hash,
+        &batch.writes,
+    )? {
+        idempotency::Lookup::Replay(r) => Ok(PreparedBatch::Replay {
+            committed: r.committed,
+            extra: idempotency::Extra::decode(&r.extra).map_err(ApiError::internal)?,
+        }),
+        idempotency::Lookup::New => Err(refused),
+    }
+}
+
 fn prepare_batch(
     app: &Arc<AppState>,
     batch: request::Batch,

@@ -265,6 +265,63 @@ fn a_retry_gets_its_answer_after_its_collection_was_disallowed() {
     assert!(events_of(&node, "k2").is_empty() && events_of(&node, "w2").is_empty());
 }
 
+/// A keyed request taken under limits lowered since: a batch over `max_batch_events` still
+/// gets its recorded answer, a body over `max_request_bytes` (which cannot be read to compare)
+/// a 409 saying the key was recorded, never a bare 413 (which says nothing was written: a
+/// client splitting the batch under new keys would write it twice). What was never recorded
+/// is refused for the limit, as before.
+#[test]
+fn a_retry_over_limits_lowered_since_is_not_told_it_was_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_node(dir.path(), "");
+    let node = Node::start(&config);
+    let batch = r#"{"writes":[{"collection":"c","key":"b1","value":1},{"collection":"c","key":"b2","value":2},{"collection":"c","key":"b3","value":3}]}"#;
+    let (code, first, _) = post_batch(&node, Some("B1"), batch);
+    assert_eq!(code, 200, "{first}");
+    // A body of 3,000 bytes, mostly spaces, for a value of one byte.
+    let wide = format!("{}1", " ".repeat(3000));
+    let (code, put_first, _) = put_keyed(&node, "/v1/kv/c/k", "K1", &wide);
+    assert_eq!(code, 200, "{put_first}");
+    assert_eq!(node.terminate().code(), Some(0));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "[limits]\n",
+            "[limits]\nmax_batch_events = 2\nmax_request_bytes = 2000\nmax_value_bytes = 1000\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let node = Node::start(&config);
+
+    let (code, again, replayed) = post_batch(&node, Some("B1"), batch);
+    assert_eq!((code, replayed), (200, true), "{again}");
+    assert_eq!(again, first);
+    // The same key with a batch of other writes is no retry.
+    let other = batch.replace("\"b3\"", "\"b4\"");
+    let (code, body, _) = post_batch(&node, Some("B1"), &other);
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["kind"], "idempotency_key_reused", "{body}");
+    // A new key over the limit is refused for it.
+    let (code, body, _) = post_batch(&node, Some("B2"), batch);
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(body["kind"], "batch_too_large", "{body}");
+
+    let (code, body, _) = put_keyed(&node, "/v1/kv/c/k", "K1", &wide);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("idempotency_key_over_limit") && body.contains("max_request_bytes"),
+        "{body}"
+    );
+    let (code, body, _) = put_keyed(&node, "/v1/kv/c/k", "K2", &wide);
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("request_too_large"), "{body}");
+    assert_eq!(events_of(&node, "b1").len(), 1);
+    assert!(events_of(&node, "b4").is_empty());
+    assert_eq!(events_of(&node, "k").len(), 1);
+}
+
 #[test]
 fn keys_are_kept_within_the_configured_count() {
     let dir = tempfile::tempdir().unwrap();

@@ -93,8 +93,8 @@ fn a_backlog_crosses_a_link_slower_than_the_resend_timer_without_resends() {
 /// back: none went again in two runs (40 s). At most one resend is allowed here, for a stall
 /// of the shaped link longer than the timer.
 #[test]
-fn backlogs_both_ways_cross_a_slow_link_without_resends() {
-    if ran_inside("backlogs_both_ways_cross_a_slow_link_without_resends") {
+fn backlogs_both_ways_cross_a_slow_link_resending_at_most_one_window() {
+    if ran_inside("backlogs_both_ways_cross_a_slow_link_resending_at_most_one_window") {
         return;
     }
     sh("ip link set lo up");
