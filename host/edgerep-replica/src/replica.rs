@@ -507,6 +507,9 @@ pub struct Replica {
     last_events: Option<NodeId>,
     /// Origins whose changelog read failed, with the reason (see [`Replica::unreadable`]).
     unreadable: BTreeMap<NodeId, String>,
+    /// Peers whose seal for this node's Hello could not be read, with the reason (until one
+    /// is read: see [`Replica::unreadable`]).
+    unreadable_seals: BTreeMap<NodeId, String>,
     /// Per peer, snapshots a lost connection interrupted (configured peers only, so bounded).
     interrupted: BTreeMap<NodeId, Interrupted>,
     /// Per peer, the id of our next snapshot to it (ids grow across sessions).
@@ -638,6 +641,7 @@ impl Replica {
             last_control: None,
             last_events: None,
             unreadable: BTreeMap::new(),
+            unreadable_seals: BTreeMap::new(),
             interrupted: BTreeMap::new(),
             snapshot_ids: BTreeMap::new(),
             ack_before_apply: false,
@@ -1789,17 +1793,29 @@ impl Replica {
         else {
             return Ok(None);
         };
-        // A Hello proves what it says of the peer's own events with the peer's seal there (read
-        // before the Hello is taken as sent: a failed read leaves it due).
+        // A Hello proves what it says of the peer's own events with the peer's seal there.
         let hello_due = self.peers[&peer]
             .session
             .as_ref()
             .is_some_and(|s| s.hello_due);
-        // This peer's turn is taken first: a read that fails here must not hold back every
-        // other peer's messages (the next call goes on to them).
         self.last_control = Some(peer.clone());
+        // A seal that cannot be read leaves the claim unproven (the peer takes it as none),
+        // and the Hello still goes: left due, it would come first at every call, and no
+        // batch would go to any peer, nor this Hello (the peer closes a silent link).
         let your_seal = match have::get(&self.local_have, &peer) {
-            held if hello_due && held > 0 => log.seal_at(&peer, held)?,
+            held if hello_due && held > 0 => match log.seal_at(&peer, held) {
+                Ok(seal) => {
+                    self.unreadable_seals.remove(&peer);
+                    seal
+                }
+                Err(e) => {
+                    self.unreadable_seals.insert(
+                        peer.clone(),
+                        format!("its seal at {held}, for the Hello: {e}"),
+                    );
+                    None
+                }
+            },
             _ => None,
         };
         let Some(s) = self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) else {
@@ -2199,8 +2215,15 @@ impl Replica {
 
     /// Origins whose changelog could not be read, with the reason: they are not sent (every
     /// other origin still is) until a read succeeds.
-    pub fn unreadable(&self) -> &BTreeMap<NodeId, String> {
-        &self.unreadable
+    /// So are those whose seal for a Hello could not be read (the Hello goes without it).
+    pub fn unreadable(&self) -> BTreeMap<NodeId, String> {
+        let mut all = self.unreadable.clone();
+        for (origin, why) in &self.unreadable_seals {
+            all.entry(origin.clone())
+                .and_modify(|w| *w = format!("{w}; {why}"))
+                .or_insert_with(|| why.clone());
+        }
+        all
     }
 
     /// Whether this node's Hello to `peer` went out on the current session ([`poll_transmit`]

@@ -2402,30 +2402,41 @@ fn one_unreadable_origin_does_not_stop_the_others() {
     assert!(r.unreadable()[&n("x")].contains("corrupt record"));
 }
 
-/// A Hello whose seal cannot be read (for one peer) does not hold back the other peers'
-/// messages: the failing peer's turn passes, its Hello stays due.
+/// A Hello whose seal cannot be read (for one peer) still goes, without it (the peer takes
+/// the claim as none), and the failed read is reported. Left due, it came first at every
+/// call, failing: no batch went to any peer, nor the Hello (the peer closes a silent link).
 #[test]
-fn a_hello_whose_seal_cannot_be_read_does_not_stop_the_other_peers() {
-    // This node holds b's events: its Hello to b carries b's seal there.
+fn a_hello_whose_seal_cannot_be_read_goes_without_it_and_batches_still_flow() {
+    // This node holds b's events: its Hello to b would carry b's seal there.
+    let mut events = evs("b", 1..=2);
+    events.extend(evs("a", 1..=2));
     let log = Faulty {
-        log: MemLog::with(&evs("b", 1..=2)),
+        log: MemLog::with(&events),
         unreadable: None,
         no_seal: Some("b"),
     };
     let mut r = Replica::new(n("a"), ReplicaConfig::default());
     r.set_local_have(&log.log.have());
-    r.connected(&n("b"), 0);
-    r.connected(&n("c"), 0);
-    let (mut hellos, mut errors) = (Vec::new(), 0);
-    for _ in 0..4 {
-        match r.poll_transmit(0, &log) {
-            Ok(Some((to, Message::Hello(_)))) => hellos.push(to),
-            Ok(_) => {}
-            Err(_) => errors += 1,
+    for peer in ["b", "c"] {
+        r.connected(&n(peer), 0);
+        r.handle(&n(peer), hello(peer, &[]), 0).unwrap();
+    }
+    let mut hellos = BTreeMap::new();
+    let mut sent_to = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        match r.poll_transmit(0, &log).unwrap() {
+            Some((to, Message::Hello(h))) => {
+                hellos.insert(to, h.your_seal.is_some());
+            }
+            Some((to, Message::Events { .. })) => {
+                sent_to.insert(to);
+            }
+            _ => {}
         }
     }
-    assert!(errors > 0, "the seal read failed");
-    assert_eq!(hellos, vec![n("c")], "c's Hello went out; b's stayed due");
+    assert_eq!(hellos, BTreeMap::from([(n("b"), false), (n("c"), false)]));
+    assert!(sent_to.contains(&n("b")) && sent_to.contains(&n("c")), "{sent_to:?}");
+    assert!(r.unreadable()[&n("b")].contains("unreadable seal"));
 }
 
 /// A peer whose frames pile up unsent (it reads slowly or not at all) gets no more Events
