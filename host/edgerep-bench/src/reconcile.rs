@@ -234,13 +234,9 @@ pub fn reconcile(args: ReconcileArgs) -> anyhow::Result<u8> {
     let fresh = edgerep_store::StoreWriter::new(fresh);
     let t0 = Instant::now();
     let (mut bytes, mut pages, mut versions) = (0u64, 0u64, 0u64);
-    let mut after: Option<(String, Vec<u8>)> = None;
+    let mut after: Option<edgerep_wire::StateCursor> = None;
     loop {
-        let page = store.state_page(
-            after.as_ref().map(|(c, k)| (c.as_str(), k.as_slice())),
-            1024,
-            4 << 20,
-        )?;
+        let page = store.state_page(after.as_ref(), 1024, 4 << 20)?;
         let message = edgerep_replica::Message::Snapshot {
             id: 1,
             page: pages,

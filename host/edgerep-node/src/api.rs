@@ -1460,9 +1460,11 @@ async fn batch_run(
             Ok(batch) if request_key.is_none() && batch.keys.iter().all(Option::is_none) => {
                 prepare_batch(&app, batch, None)
             }
-            Ok(batch) => tokio::task::spawn_blocking(move || prepare_batch(&app2, batch, request_key))
-                .await
-                .map_err(blocking_failed)?,
+            Ok(batch) => {
+                tokio::task::spawn_blocking(move || prepare_batch(&app2, batch, request_key))
+                    .await
+                    .map_err(blocking_failed)?
+            }
         }
     } else {
         tokio::task::spawn_blocking(move || -> Result<PreparedBatch, ApiError> {
@@ -1649,16 +1651,13 @@ fn replay_over_count(
     }
     let mut wider = (*config).clone();
     wider.limits.max_batch_events = writes;
-    let batch = match request::parse_batch(
-        body,
-        format,
-        &wider,
-        &crate::value_limits(&config),
-        &|| origins_held(app),
-    ) {
-        Ok(batch) if batch.keys.iter().all(Option::is_none) => batch,
-        _ => return Err(over(refused)),
-    };
+    let batch =
+        match request::parse_batch(body, format, &wider, &crate::value_limits(&config), &|| {
+            origins_held(app)
+        }) {
+            Ok(batch) if batch.keys.iter().all(Option::is_none) => batch,
+            _ => return Err(over(refused)),
+        };
     let hash = idempotency::body_hash(idempotency::Shape::Batch, &batch.writes);
     match idempotency::lookup(
         &app.store,

@@ -4,19 +4,18 @@
 use edgerep_wire::seal::Proof;
 use edgerep_wire::{EncodedEvent, NodeId, Seal};
 
-/// A position in the state, in (collection, key) order: a state page continues after it.
-pub type StateCursor = (String, Vec<u8>);
+pub use edgerep_wire::StateCursor;
 
 /// One page of the state, for a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatePage {
-    /// The versions of whole keys, in key order, each as its origin sent it.
+    /// The versions of keys, in key order, each as its origin sent it (see [`StateCursor`]).
     pub versions: Vec<EncodedEvent>,
     /// Per version, what proves it is its origin's.
     pub proofs: Vec<Proof>,
     /// The seals the proofs name, once each.
     pub seals: Vec<Seal>,
-    /// Where the next page starts (the last key of this one); `None` when the state is done.
+    /// Where the next page starts (where this one ended); `None` when the state is done.
     pub next: Option<StateCursor>,
 }
 

@@ -176,7 +176,7 @@ impl Log for MemLog {
         }
         let mut keys: BTreeMap<StateCursor, Vec<EncodedEvent>> = BTreeMap::new();
         for e in self.events.values() {
-            let key = (e.collection.clone(), e.key.clone());
+            let key = StateCursor::after_key(e.collection.clone(), e.key.clone());
             if after.is_none_or(|a| key > *a) {
                 keys.entry(key).or_default().push(e.clone());
             }
@@ -2435,7 +2435,10 @@ fn a_hello_whose_seal_cannot_be_read_goes_without_it_and_batches_still_flow() {
         }
     }
     assert_eq!(hellos, BTreeMap::from([(n("b"), false), (n("c"), false)]));
-    assert!(sent_to.contains(&n("b")) && sent_to.contains(&n("c")), "{sent_to:?}");
+    assert!(
+        sent_to.contains(&n("b")) && sent_to.contains(&n("c")),
+        "{sent_to:?}"
+    );
     assert!(r.unreadable()[&n("b")].contains("unreadable seal"));
 }
 

@@ -457,14 +457,16 @@ impl Log for MemLog {
     }
 
     /// Like `Store::state_page`: whole keys in (collection, key) order, within the limits except
-    /// that the first key always comes.
+    /// that the first key always comes whole (the store splits one over the limits by itself:
+    /// the simulation's keys never are).
     fn state_page(
         &self,
         after: Option<&StateCursor>,
         max_events: usize,
         max_bytes: usize,
     ) -> Result<StatePage, LogError> {
-        let rows = match after {
+        let after: Option<Key> = after.map(|a| (a.collection.clone(), a.key.clone()));
+        let rows = match &after {
             Some(a) => self
                 .state
                 .range::<Key, _>((Bound::Excluded(a), Bound::Unbounded)),
@@ -508,7 +510,7 @@ impl Log for MemLog {
             versions,
             proofs,
             seals,
-            next,
+            next: next.map(|(c, k)| StateCursor::after_key(c, k)),
         })
     }
 }

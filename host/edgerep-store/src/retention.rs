@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use edgerep_wire::seal::{Proof, event_leaf};
-use edgerep_wire::{EncodedEvent, Have, Hlc, NodeId, Seal};
+use edgerep_wire::{EncodedEvent, Have, Hlc, NodeId, Seal, StateCursor};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::keys::{log_key, log_seq, split_state_key, state_key};
@@ -71,7 +71,7 @@ pub struct StatePage {
     /// Versions left out because nothing this node holds proves them (a damaged store).
     pub unproven: u64,
     /// The (collection, key) the next page starts after; `None` when the state is done.
-    pub next: Option<(String, Vec<u8>)>,
+    pub next: Option<StateCursor>,
 }
 
 /// What a merge did to one collection (see [`Installed`]).
@@ -231,10 +231,12 @@ fn remove_range(
 impl Store {
     /// The versions of the keys after `after` (from the first if `None`), in (collection, key)
     /// order: whole keys, at most `max_events` versions and `max_bytes` of encoded versions,
-    /// except that the first key always comes whole.
+    /// except that the first key goes whole even past them when it can, and when it cannot
+    /// (its versions together over the bounds: concurrent writes of large values), it goes
+    /// over several pages, a version at least on each (see [`StateCursor`]).
     pub fn state_page(
         &self,
-        after: Option<(&str, &[u8])>,
+        after: Option<&StateCursor>,
         max_events: usize,
         max_bytes: usize,
     ) -> Result<StatePage, StoreError> {
@@ -243,10 +245,10 @@ impl Store {
 
     /// [`Store::state_page`] ending, at a key's end, once reading it took `within`: the proofs
     /// of a page may read many changelog blocks, and whoever asks for pages (a peer) must not
-    /// buy an unbounded read with each. The first key still comes whole.
+    /// buy an unbounded read with each. The first key (or what fits of it) still comes.
     pub fn state_page_within(
         &self,
-        after: Option<(&str, &[u8])>,
+        after: Option<&StateCursor>,
         max_events: usize,
         max_bytes: usize,
         within: std::time::Duration,
@@ -259,47 +261,84 @@ impl Store {
         let proofs_t = txn.open_table(PROOFS)?;
         let blocks_t = txn.open_table(BLOCKS)?;
         let mut proven = PageProofs::default();
-        let lower = after.map(|(c, k)| state_key(c, k));
+        let lower = after.map(|a| state_key(&a.collection, &a.key));
+        // Inside the cursor's key, the page goes on from the version after this one.
+        let inside = after.and_then(|a| a.after_version.as_ref());
         let rows = match &lower {
             Some(l) => state.range::<&[u8]>((
-                std::ops::Bound::Excluded(l.as_slice()),
+                if inside.is_some() {
+                    std::ops::Bound::Included(l.as_slice())
+                } else {
+                    std::ops::Bound::Excluded(l.as_slice())
+                },
                 std::ops::Bound::Unbounded,
             ))?,
             None => state.range::<&[u8]>(..)?,
         };
         let (mut count, mut bytes) = (0usize, 0usize);
-        let mut last: Option<(String, Vec<u8>)> = None;
+        let mut last: Option<StateCursor> = None;
         // Whether the state goes on after this page.
         let mut more = false;
         for row in rows {
             let (k, v) = row?;
-            // The stored versions' length (their events' encodings plus a few header bytes)
-            // and their proofs.
-            let stored = v.value().len();
             // A row that cannot be read (damage the check at open reports) is left out, as
             // `versions_within` does: the rest of the state still goes out, and anti-entropy
             // repairs the row from a peer. Failing the page would stop the snapshot for good.
             let Ok(v) = Versions::decode(v.value(), &self.limits()) else {
                 if let Some((coll, key)) = split_state_key(k.value()) {
-                    last = Some((coll.to_owned(), key.to_vec()));
+                    last = Some(StateCursor::after_key(coll, key));
                 }
                 continue;
             };
-            let size = stored + v.events().len() * proofs::PROOF_BYTES;
-            if last.is_some()
-                && (count + v.events().len() > max_events
-                    || bytes + size > max_bytes
-                    || started.elapsed() >= within)
+            let (coll, key) = split_state_key(k.value())
+                .ok_or_else(|| corrupt("state", "key without separator"))?;
+            let mut versions: Vec<&EncodedEvent> = v.events().iter().collect();
+            // Each version's encoding and its proof.
+            let weight = |e: &EncodedEvent| e.bytes().len() + proofs::PROOF_BYTES;
+            let in_order = |versions: &mut Vec<&EncodedEvent>| {
+                versions.sort_by(|a, b| (&a.origin, a.seq).cmp(&(&b.origin, b.seq)));
+            };
+            if let (Some(a), Some((origin, seq))) = (after, inside)
+                && a.collection == coll
+                && a.key == key
             {
+                in_order(&mut versions);
+                versions.retain(|e| (&e.origin, e.seq) > (origin, *seq));
+            }
+            let size: usize = versions.iter().map(|e| weight(e)).sum();
+            let fits = count + versions.len() <= max_events && bytes + size <= max_bytes;
+            if last.is_some() && (!fits || started.elapsed() >= within) {
                 more = true;
                 break;
             }
-            let (coll, key) = split_state_key(k.value())
-                .ok_or_else(|| corrupt("state", "key without separator"))?;
-            last = Some((coll.to_owned(), key.to_vec()));
-            bytes += size;
-            count += v.events().len();
-            for version in v.events().iter().cloned() {
+            if !fits {
+                // The first key, over the bounds by itself: as many of its versions as fit
+                // (one at least), the page ending inside it.
+                in_order(&mut versions);
+                let (mut taken, mut c, mut b) = (0, count, bytes);
+                for e in &versions {
+                    if taken > 0 && (c + 1 > max_events || b + weight(e) > max_bytes) {
+                        break;
+                    }
+                    (taken, c, b) = (taken + 1, c + 1, b + weight(e));
+                }
+                if taken < versions.len() {
+                    let end = versions[taken - 1];
+                    last = Some(StateCursor {
+                        collection: coll.to_owned(),
+                        key: key.to_vec(),
+                        after_version: Some((end.origin.clone(), end.seq)),
+                    });
+                    versions.truncate(taken);
+                    more = true;
+                }
+            }
+            if !more {
+                last = Some(StateCursor::after_key(coll, key));
+            }
+            bytes += versions.iter().map(|e| weight(e)).sum::<usize>();
+            count += versions.len();
+            for version in versions.into_iter().cloned() {
                 proven.add(
                     &changelog,
                     &seals_t,
@@ -308,6 +347,9 @@ impl Store {
                     &self.limits(),
                     version,
                 )?;
+            }
+            if more {
+                break;
             }
         }
         proven.add_context_seals(&seals_t)?;
@@ -327,22 +369,31 @@ impl Store {
     /// or cannot read, are left out.
     pub fn versions_of(&self, state_keys: &[Vec<u8>]) -> Result<StatePage, StoreError> {
         Ok(self
-            .versions_within(state_keys, usize::MAX, usize::MAX, std::time::Duration::MAX)?
+            .versions_within(
+                state_keys,
+                usize::MAX,
+                usize::MAX,
+                std::time::Duration::MAX,
+                0,
+            )?
             .0)
     }
 
     /// [`Store::versions_of`] of the first keys of `state_keys` whose state rows, proofs and
     /// resolutions come to at most `max_bytes` and whose versions number at most
-    /// `max_versions`, read within about `max_time` (at least one key, whatever it weighs):
-    /// returns the page and how many keys it covers. What a peer asked for beyond that waits
-    /// for a later session. (Proving a version reads its block: keys in many blocks cost far
-    /// more than their rows' bytes.)
+    /// `max_versions`, read within about `max_time` (at least one key): returns the page and
+    /// how many keys it covers. What a peer asked for beyond that waits for a later session.
+    /// (Proving a version reads its block: keys in many blocks cost far more than their rows'
+    /// bytes.) A first key over the bounds by itself (concurrent writes of large values) goes
+    /// in part: as many of its versions as fit, one at least, in (origin, seq) order from the
+    /// `rotation`-th on (round), so that answers with other rotations bring the rest.
     pub fn versions_within(
         &self,
         state_keys: &[Vec<u8>],
         max_bytes: usize,
         max_versions: usize,
         max_time: std::time::Duration,
+        rotation: usize,
     ) -> Result<(StatePage, usize), StoreError> {
         let started = std::time::Instant::now();
         let txn = self.db.begin_read()?;
@@ -371,9 +422,8 @@ impl Store {
                 Some(_) => stored + n * proofs::PROOF_BYTES + k.len() + 160,
                 None => stored,
             };
-            if covered > 0
-                && (bytes.saturating_add(weight) > max_bytes || versions + n > max_versions)
-            {
+            let over = bytes.saturating_add(weight) > max_bytes || versions + n > max_versions;
+            if covered > 0 && over {
                 break;
             }
             covered += 1;
@@ -382,7 +432,24 @@ impl Store {
             let Some(v) = v else {
                 continue;
             };
-            for version in v.events().iter().cloned() {
+            let mut sent: Vec<&EncodedEvent> = v.events().iter().collect();
+            if over && n > 1 {
+                sent.sort_by(|a, b| (&a.origin, a.seq).cmp(&(&b.origin, b.seq)));
+                sent.rotate_left(rotation % n);
+                let mut room = max_bytes.saturating_sub(k.len() + 160);
+                let fit = sent
+                    .iter()
+                    .enumerate()
+                    .take_while(|(i, e)| {
+                        let w = e.bytes().len() + proofs::PROOF_BYTES;
+                        let fits = *i == 0 || (w <= room && *i < max_versions);
+                        room = room.saturating_sub(w);
+                        fits
+                    })
+                    .count();
+                sent.truncate(fit);
+            }
+            for version in sent.into_iter().cloned() {
                 proven.add(
                     &changelog,
                     &seals_t,

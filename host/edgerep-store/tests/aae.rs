@@ -1035,7 +1035,7 @@ fn a_repair_answer_counts_its_proofs_and_stops_on_time() {
     }
     let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("c\0k{i}-0").into_bytes()).collect();
     let all = |max_bytes, max_time| {
-        a.versions_within(&keys, max_bytes, usize::MAX, max_time)
+        a.versions_within(&keys, max_bytes, usize::MAX, max_time, 0)
             .unwrap()
     };
     let (page, covered) = all(usize::MAX, std::time::Duration::MAX);
@@ -1058,9 +1058,59 @@ fn a_repair_answer_counts_its_proofs_and_stops_on_time() {
     let (_, one) = all(1, std::time::Duration::MAX);
     assert_eq!(one, 1, "the first key, whatever it weighs");
     let (page, covered) = a
-        .versions_within(&keys, usize::MAX, 3, std::time::Duration::MAX)
+        .versions_within(&keys, usize::MAX, 3, std::time::Duration::MAX, 0)
         .unwrap();
     assert_eq!((covered, page.versions.len()), (3, 3), "at most 3 versions");
+}
+
+/// A key whose concurrent versions together are over a repair answer's bounds goes in part,
+/// within them (one version at least), and answers with other rotations bring the rest: sent
+/// whole it made an answer no frame could carry, and the link failed at every session.
+#[test]
+fn a_key_over_a_repair_answer_by_itself_goes_in_parts() {
+    let sender = memory("s");
+    for (i, o) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        let s = memory(o);
+        let value = serde_json::json!({"n": i, "pad": "x".repeat(3000)});
+        let write = LocalWrite {
+            collection: "c".into(),
+            key: b"shared".to_vec(),
+            value: Some(Value::from_json(&value, &Default::default()).unwrap()),
+            schema: 0,
+            meta: BTreeMap::new(),
+            context: None,
+        };
+        s.commit_local(vec![write], &mut clock(), 1000).unwrap();
+        ship(&s, &sender, o);
+    }
+    let keys = vec![b"c\0shared".to_vec()];
+    let (whole, _) = sender
+        .versions_within(&keys, usize::MAX, usize::MAX, std::time::Duration::MAX, 0)
+        .unwrap();
+    assert_eq!(whole.versions.len(), 5);
+    let max_bytes = 8_000;
+    let mut seen = std::collections::BTreeSet::new();
+    for rotation in 0..5 {
+        let (page, covered) = sender
+            .versions_within(
+                &keys,
+                max_bytes,
+                usize::MAX,
+                std::time::Duration::MAX,
+                rotation,
+            )
+            .unwrap();
+        assert_eq!(covered, 1);
+        let bytes: usize = page.versions.iter().map(|v| v.bytes().len()).sum();
+        assert!(
+            !page.versions.is_empty() && bytes <= max_bytes,
+            "rotation {rotation}: {} versions, {bytes} bytes",
+            page.versions.len()
+        );
+        assert_eq!(page.proofs.len(), page.versions.len());
+        seen.extend(page.versions.iter().map(|v| (v.origin.to_string(), v.seq)));
+    }
+    assert_eq!(seen.len(), 5, "the rotations bring every version: {seen:?}");
 }
 
 /// A resolver whose epoch for the collection's keys is still last-writer-wins (an upgrade that

@@ -72,15 +72,11 @@ fn assert_verified(store: &StoreWriter) {
 /// Merges `from`'s whole state into `to`, in pages of at most `page_events` versions.
 fn install_all(from: &StoreWriter, to: &StoreWriter, page_events: usize) -> usize {
     let have = from.status().unwrap().origins;
-    let mut after: Option<(String, Vec<u8>)> = None;
+    let mut after: Option<edgerep_wire::StateCursor> = None;
     let mut pages = 0;
     loop {
         let page = from
-            .state_page(
-                after.as_ref().map(|(c, k)| (c.as_str(), k.as_slice())),
-                page_events,
-                usize::MAX,
-            )
+            .state_page(after.as_ref(), page_events, usize::MAX)
             .unwrap();
         assert!(!page.versions.is_empty() || page.next.is_none());
         pages += 1;
@@ -615,16 +611,11 @@ fn a_state_page_out_of_time_ends_at_a_key_and_the_next_goes_on() {
     assert_eq!(whole.versions.len(), 3);
     assert!(whole.next.is_none());
     let mut versions = Vec::new();
-    let mut after: Option<(String, Vec<u8>)> = None;
+    let mut after: Option<edgerep_wire::StateCursor> = None;
     let mut pages = 0;
     loop {
         let page = s
-            .state_page_within(
-                after.as_ref().map(|(c, k)| (c.as_str(), k.as_slice())),
-                100,
-                usize::MAX,
-                std::time::Duration::ZERO,
-            )
+            .state_page_within(after.as_ref(), 100, usize::MAX, std::time::Duration::ZERO)
             .unwrap();
         pages += 1;
         assert_eq!(page.versions.len(), 1, "one key a page when out of time");
@@ -636,4 +627,93 @@ fn a_state_page_out_of_time_ends_at_a_key_and_the_next_goes_on() {
     }
     assert_eq!(pages, 3);
     assert_eq!(versions, whole.versions);
+}
+
+/// A key whose concurrent versions together are over a page's bounds (large values written in
+/// a partition) goes over several pages, each within them but for a single version, and the
+/// pages merged give the sender's state. Sent whole, such a key made a page no frame could
+/// carry, and the snapshot failed at that page for good.
+#[test]
+fn a_key_over_a_page_by_itself_goes_over_several_pages() {
+    let big = |n: i64| {
+        Value::from_json(
+            &serde_json::json!({"n": n, "pad": "x".repeat(3000)}),
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let sender = store("s");
+    let origins = ["a", "b", "c", "d", "e"];
+    for (i, o) in origins.iter().enumerate() {
+        let s = store(o);
+        let mut c = clock();
+        let key = |k: &str, value: Option<Value>| LocalWrite {
+            collection: "c".into(),
+            key: k.as_bytes().to_vec(),
+            value,
+            schema: 0,
+            meta: BTreeMap::new(),
+            context: None,
+        };
+        // Before, at and after the shared key, in key order.
+        let writes = vec![
+            key(&format!("a{o}"), Some(big(i as i64))),
+            key("shared", Some(big(10 + i as i64))),
+            key(&format!("z{o}"), Some(big(20 + i as i64))),
+        ];
+        s.commit_local(writes, &mut c, 1000).unwrap();
+        ship(&s, &sender, o);
+    }
+    let max_bytes = 8_000;
+    let whole = sender.state_page(None, 1000, usize::MAX).unwrap();
+    assert!(whole.next.is_none());
+    let shared: usize = whole
+        .versions
+        .iter()
+        .filter(|v| v.key == b"shared")
+        .map(|v| v.bytes().len())
+        .sum();
+    assert!(
+        shared > max_bytes,
+        "the shared key alone is over a page: {shared}"
+    );
+
+    let receiver = store("r");
+    let have = sender.status().unwrap().origins;
+    let (mut after, mut pages, mut versions) = (None, 0, Vec::new());
+    loop {
+        let page = sender.state_page(after.as_ref(), 1000, max_bytes).unwrap();
+        pages += 1;
+        let bytes: usize = page.versions.iter().map(|v| v.bytes().len()).sum();
+        assert!(
+            page.versions.len() == 1 || bytes <= max_bytes,
+            "page {pages}: {} versions, {bytes} bytes",
+            page.versions.len()
+        );
+        versions.extend(page.versions.iter().map(|v| (v.origin.to_string(), v.seq)));
+        let last = page.next.is_none();
+        receiver
+            .install_snapshot(page.versions, last.then_some(&have), None, Sync::Immediate)
+            .unwrap();
+        if last {
+            break;
+        }
+        after = page.next;
+        assert!(pages < 100, "the pages go on without end");
+    }
+    assert!(pages >= 4, "{pages} pages");
+    let mut sent = versions.clone();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(
+        sent.len(),
+        versions.len(),
+        "a version went twice: {versions:?}"
+    );
+    assert_eq!(versions.len(), whole.versions.len(), "{versions:?}");
+    assert_eq!(
+        receiver.status().unwrap().digest,
+        sender.status().unwrap().digest
+    );
+    assert_verified(&receiver);
 }

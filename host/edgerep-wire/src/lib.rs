@@ -12,6 +12,7 @@ pub mod hlc;
 pub mod json;
 pub mod params;
 pub mod seal;
+pub mod state_cursor;
 pub mod text;
 pub mod value;
 
@@ -19,4 +20,5 @@ pub use encoded::EncodedEvent;
 pub use event::{Event, Have, NodeId, Op, VersionVector};
 pub use hlc::{Hlc, HlcClock};
 pub use seal::Seal;
+pub use state_cursor::StateCursor;
 pub use value::{DecodeLimits, Value, ValueError};

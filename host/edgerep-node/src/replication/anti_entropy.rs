@@ -1187,8 +1187,13 @@ impl Replicator {
                 0,
             ))
         } else {
-            self.store
-                .versions_within(&keys, REPAIR_BYTES, REPAIR_VERSIONS, REPAIR_READ_TIME)
+            self.store.versions_within(
+                &keys,
+                REPAIR_BYTES,
+                REPAIR_VERSIONS,
+                REPAIR_READ_TIME,
+                reconcile::rotation(id, usize::MAX),
+            )
         };
         let mut page = match page {
             Ok((p, covered)) => {

@@ -63,12 +63,7 @@ impl Log for StoreLog {
         }
         let page = self
             .store
-            .state_page_within(
-                after.map(|(c, k)| (c.as_str(), k.as_slice())),
-                max_events,
-                max_bytes,
-                PAGE_READ_TIME,
-            )
+            .state_page_within(after, max_events, max_bytes, PAGE_READ_TIME)
             .map_err(storage)?;
         Ok(StatePage {
             versions: page.versions,
