@@ -1248,10 +1248,22 @@ fn context_header(
     headers: &HeaderMap,
     app: &AppState,
 ) -> Result<Option<edgerep_wire::VersionVector>, ApiError> {
-    let Some(text) = header_text(headers, CONTEXT_HEADER, "bad_context")? else {
+    // Given more than once, the lines are one list (as HTTP joins repeated header lines): a
+    // client adding an entry a line must not have all but the first left out unsaid.
+    let mut lines = Vec::new();
+    for v in headers.get_all(CONTEXT_HEADER) {
+        lines.push(v.to_str().map_err(|_| {
+            ApiError::bad_request(
+                "bad_context",
+                format!("the {CONTEXT_HEADER} header is not visible ASCII"),
+            )
+        })?);
+    }
+    if lines.is_empty() {
         return Ok(None);
-    };
-    request::parse_context(text, &app.config(), &|| origins_held(app))
+    }
+    let text = lines.join(",");
+    request::parse_context(&text, &app.config(), &|| origins_held(app))
         .map(Some)
         .map_err(|e| {
             ApiError::bad_request("bad_context", format!("the {CONTEXT_HEADER} header: {e}"))

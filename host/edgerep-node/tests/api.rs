@@ -720,6 +720,25 @@ fn refused_requests_answer_4xx_and_write_nothing() {
         "bad_context",
         &["x-edgerep-context", "not a sequence number"],
     );
+    // Given twice, the lines are one list (as HTTP joins them): the second is read too, not
+    // left out unsaid.
+    node.refused(
+        "a context header given twice, its second line not entries",
+        |n| {
+            finish(
+                n.agent
+                    .put(n.url(k))
+                    .header("content-type", "application/json")
+                    .header("x-edgerep-context", "site-a:1")
+                    .header("x-edgerep-context", "n-1:zero")
+                    .send(b"1".as_slice()),
+                k,
+            )
+        },
+        400,
+        "bad_context",
+        &["x-edgerep-context", "not a sequence number"],
+    );
     node.refused(
         "undeclared collection in a batch",
         |n| {
