@@ -25,6 +25,9 @@ pub enum Outcome {
     Refused(u16, String),
     /// 5xx or the node could not be reached.
     Failed(String),
+    /// The request could not be made (a header value or a path HTTP cannot carry): nothing
+    /// was sent.
+    NotSent(String),
 }
 
 /// Idle connections a client (and its clones) keeps open to its node for the next request.
@@ -151,6 +154,12 @@ impl Client {
                     self.base
                 ));
             }
+            // Refused before anything was sent: the same request can never be made.
+            Err(e @ (ureq::Error::Http(_) | ureq::Error::BadUri(_))) => {
+                return Outcome::NotSent(format!(
+                    "the request cannot be made, so nothing was sent (a key far over limits.max_key_bytes, or a control character in --idempotency-key or --context?): {e}"
+                ));
+            }
             // The connection was made: the request may have reached the node, and a write
             // may have committed before the connection broke.
             Err(e) => {
@@ -188,6 +197,19 @@ impl Client {
             {
                 Outcome::NotFound(message())
             }
+            // The node's HTTP server refuses these itself, before any handler (no JSON):
+            // headers over what it reads (a context of many entries), a path over 64 KiB.
+            414 | 431 if kind().is_none() => Outcome::Refused(
+                status,
+                format!(
+                    "the request's {} is longer than the node's HTTP server reads (a key far over limits.max_key_bytes?): nothing was written",
+                    if status == 414 {
+                        "path (its key, percent-encoded)"
+                    } else {
+                        "headers"
+                    }
+                ),
+            ),
             400..=499 if kind().is_none() => Outcome::Failed(format!(
                 "answered {status} without a node's JSON error (is api.listen another server's address?): {}",
                 message()

@@ -628,6 +628,10 @@ fn report(outcome: Outcome, print: impl FnOnce(&[u8])) -> u8 {
             eprintln!("edgerep: refused ({status}): {}", one_line(&m));
             EXIT_REFUSED
         }
+        Outcome::NotSent(m) => {
+            eprintln!("edgerep: {}", one_line(&m));
+            EXIT_REFUSED
+        }
         Outcome::Failed(m) => {
             eprintln!("edgerep: {}", one_line(&m));
             EXIT_FAILED

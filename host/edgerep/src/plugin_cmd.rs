@@ -389,7 +389,7 @@ fn replay_all(c: &edgerep_client::client::Client, collection: Option<&str>) -> a
                     replayed += 1;
                     let _ = crate::print_line(&format!("{id}: replayed"));
                 }
-                Outcome::NotFound(m) | Outcome::Refused(_, m) => {
+                Outcome::NotFound(m) | Outcome::Refused(_, m) | Outcome::NotSent(m) => {
                     refused += 1;
                     let _ = crate::print_line(&format!(
                         "{id}: refused, stays: {}",

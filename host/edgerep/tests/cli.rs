@@ -79,6 +79,29 @@ fn verbs_against_a_running_node() {
     let o = edgerep(&["put", "--config", c, "orders", "o-3", "{broken"]);
     assert_eq!(o.status.code(), Some(3), "refused input exits 3");
     assert!(stderr(&o).contains("malformed JSON"), "{}", stderr(&o));
+    // Requests HTTP cannot carry (a path far over any key limit, a control character in a
+    // header: a key file with CRLF endings) are refused (3), nothing sent, not called a broken
+    // connection whose outcome is unknown (4: retry).
+    let long = "k".repeat(70_000);
+    let cr = ["--idempotency-key", "key-1\r"];
+    for (what, args) in [
+        (
+            "a long key",
+            vec!["put", "--config", c, "orders", &long, "1"],
+        ),
+        (
+            "a CR in a header",
+            [&["put", "--config", c, "orders", "o-9", "1"][..], &cr].concat(),
+        ),
+    ] {
+        let o = edgerep(&args);
+        assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("nothing was sent"),
+            "{what}: {}",
+            stderr(&o)
+        );
+    }
 
     let o = edgerep(&["watch", "--config", c, "--no-follow"]);
     assert_eq!(stdout(&o).lines().count(), 4, "3 puts and 1 delete");
