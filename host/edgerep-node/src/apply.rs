@@ -442,9 +442,10 @@ fn shape(
                         "plugin failed on an event from a peer (lines like this one are written once per 10 s, `left_out` says how many were not)"
                     );
                 }
-                // A deadline is wall time and a stack overflow depends on the CPU's machine
-                // code, not the same on every node: dead-lettering or skipping here what another
-                // node applied would make the states differ.
+                // A deadline is wall time, and the memory the OS grants depends on the
+                // machine's load: another try may pass, here or elsewhere, so the event waits
+                // (the collection halted) for the operator rather than being decided here
+                // otherwise than on another node.
                 if r.failure.kind == edgerep_plugin::FailureKind::Deadline {
                     return Err(Halt::new(
                         &event.collection,
@@ -457,16 +458,16 @@ fn shape(
                         ),
                     ));
                 }
-                if r.failure.kind == edgerep_plugin::FailureKind::StackOverflow {
-                    return Err(Halt::new(
-                        &event.collection,
-                        format!(
-                            "plugin {:?} overflowed its stack on event {}/{} from a peer; how deep a stack may grow depends on this machine's CPU, so the event is neither applied nor set aside here (make the plugin recurse less; the collection's replication resumes when the node reloads its config or restarts)",
-                            r.plugin, event.origin, event.seq,
-                        ),
-                    ));
-                }
-                if r.failure.kind.depends_on_machine() {
+                // A stack overflow depends on the machine too (its CPU's code), but no other
+                // try on this machine passes: halted, the collection (and the later events of
+                // the event's origin) would wait for good, since a reload tries it again and a
+                // new build of the plugin is refused for the events before its upgrade. It
+                // follows the failure policy, as a trap does: in a collection with transforms
+                // on apply the nodes' versions may differ by design (a version a transform
+                // fails on stays out of the state, anti-entropy's repair included).
+                if r.failure.kind.depends_on_machine()
+                    && r.failure.kind != edgerep_plugin::FailureKind::StackOverflow
+                {
                     return Err(Halt::new(
                         &event.collection,
                         format!(

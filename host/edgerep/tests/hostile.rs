@@ -1371,6 +1371,42 @@ fn forged_event_behind(revoked: Option<&str>) {
     assert!(status(&n1)["replication"]["halted"].is_null());
 }
 
+/// A transform on apply that overflows its stack on a peer's event. A stack overflow depends on
+/// the machine, and was made to halt the collection as a deadline does; but no other try on
+/// this machine passes, so the halt held that collection, and behind it every later event of
+/// the event's origin, for good (a reload tried the event again; a new build of the plugin is
+/// refused for the events before its upgrade). It follows the failure policy now: the event
+/// is set aside, naming the failure, and the origin's later events arrive.
+#[test]
+fn a_transform_on_apply_that_overflows_its_stack_sets_the_event_aside_and_halts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    transform_on_apply(&configs[0], "deep", "recurse", "");
+    let (n1, n3) = start_honest_pair(&configs);
+    put(&n3, "deep", "k", r#"{"v":1}"#);
+    put(&n3, "c", "after", r#"{"v":3}"#);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&n1, "c", "after").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "node-3's write after the one the plugin fails on did not arrive: {}",
+            status(&n1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = status(&n1);
+    assert!(st["replication"]["halted"].is_null(), "{st}");
+    assert_eq!(st["dead_letters"], 1, "{st}");
+    assert_eq!(get(&n1, "deep", "k").0, 404);
+    let c = configs[0].to_str().unwrap();
+    let o = common::edgerep(&["dead-letters", "list", "--config", c]);
+    assert!(
+        common::stdout(&o).contains("stack-overflow"),
+        "{}",
+        common::stdout(&o)
+    );
+}
+
 /// A second history of node-2's (node-2 restored from an old backup, say), sent next to what
 /// node-1 holds, in a collection with a transform on apply: the check of seals before the
 /// transforms took the fork for the sender's forgery and cut it off (on every reconnect, for a
