@@ -190,7 +190,17 @@ pub struct Pipeline {
     any_paused: std::sync::atomic::AtomicBool,
     /// The node's limits on a value (a merged resolution is checked against them).
     value_limits: RwLock<edgerep_wire::value::DecodeLimits>,
+    /// Held (read) by each batch of peers' events from before its transforms on apply run
+    /// until it is committed, and (write) by a reload from its check of what was committed
+    /// under the old wiring until the new is in force (see [`Pipeline::hold_wiring`]).
+    wiring_in_use: Arc<tokio::sync::RwLock<()>>,
 }
+
+/// The wiring in force held for one batch of peers' events (see [`Pipeline::hold_wiring`]).
+pub(crate) type WiringHeld = tokio::sync::OwnedRwLockReadGuard<()>;
+
+/// A reload's hold on the wiring (see [`Pipeline::quiesce`]).
+pub(crate) type WiringQuiet = tokio::sync::OwnedRwLockWriteGuard<()>;
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,7 +228,24 @@ impl Pipeline {
             paused: Mutex::new(BTreeMap::new()),
             any_paused: std::sync::atomic::AtomicBool::new(false),
             value_limits: RwLock::new(crate::value_limits(config)),
+            wiring_in_use: Arc::new(tokio::sync::RwLock::new(())),
         })
+    }
+
+    /// Holds the wiring in force for a batch of peers' events, from before its transforms on
+    /// apply run until it is committed; `None` while a reload puts a new wiring in force (the
+    /// batch is taken again later). A reload checks that nothing was committed under the old
+    /// wiring at or after the times of the upgrades it brings: a batch the old transforms
+    /// shaped, committed after that check and before the new wiring came into force, would
+    /// escape it, and that node would hold other values than the nodes that reloaded sooner.
+    pub(crate) fn hold_wiring(&self) -> Option<WiringHeld> {
+        self.wiring_in_use.clone().try_read_owned().ok()
+    }
+
+    /// Waits until no batch holds the wiring (each committed), and keeps new ones from taking
+    /// it until the returned guard is dropped (see [`Pipeline::hold_wiring`]).
+    pub(crate) async fn quiesce(&self) -> WiringQuiet {
+        self.wiring_in_use.clone().write_owned().await
     }
 
     /// [`Pipeline::load`] without writing anything (no compilation cache in the data

@@ -411,17 +411,6 @@ impl Reloader {
                 .cloned()
                 .collect()
         };
-        let store = self.store.clone();
-        let n = new.clone();
-        let settled_then = settled.clone();
-        let problems = tokio::task::spawn_blocking(move || {
-            late_upgrades(&store, &n, |name| {
-                Some(settled_then.get(name).copied().unwrap_or(0))
-            })
-        })
-        .await
-        .map_err(|e| ReloadError::Task(e.to_string()))??;
-        refused_if_any(&new, problems)?;
         // The same paths (checked above), other contents: a reissued certificate or a new CA
         // is taken in only by a restart (the endpoint was built with the old ones). Said in
         // the answer, not refused: the rest of the reload (a revocation, say) may be urgent.
@@ -444,6 +433,23 @@ impl Reloader {
             .await
             .map_err(|e| ReloadError::Task(e.to_string()))?
             .map_err(|e| ReloadError::Plugins(e.to_string()))?;
+        // From the check of what the old wiring committed until the new one is in force, no
+        // batch of peers' events runs or commits under the old transforms on apply (each
+        // batch already shaped by them is committed first): what the check finds is all of
+        // it. (Taken after the plugins compiled, which may take seconds: batches wait only
+        // for the check and the records.)
+        let _quiet = self.pipeline.quiesce().await;
+        let store = self.store.clone();
+        let n = new.clone();
+        let settled_then = settled.clone();
+        let problems = tokio::task::spawn_blocking(move || {
+            late_upgrades(&store, &n, |name| {
+                Some(settled_then.get(name).copied().unwrap_or(0))
+            })
+        })
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))??;
+        refused_if_any(&new, problems)?;
         let recorded = self.store.recorded_deciders()?;
         let upgraded: Vec<String> = new
             .collections

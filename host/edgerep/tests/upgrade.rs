@@ -737,6 +737,162 @@ fn an_upgrade_of_transforms_on_apply_from_a_time_already_applied_is_refused() {
     assert_eq!(status(&n1)["verified"], true);
 }
 
+/// An upgrade of a collection's transforms on apply from a time only just ahead, taken by a
+/// reload while a peer writes to it: the reload checked what was applied from that time on
+/// before it compiled the new plugin (seconds, for a standard-Go build), and put it in force
+/// after, so the peer's events stamped in between went through the old transform here and
+/// through the new one on nodes that took the upgrade sooner: values that differ for good,
+/// unseen by anti-entropy. Now batches of peers' events wait while a reload checks and puts the new
+/// plugins in force, and the check comes after the compile: the reload is refused (naming an
+/// event applied from that time on), or every event from that time on went through the new
+/// transform and none before it did.
+#[test]
+fn an_upgrade_taken_while_a_peer_writes_leaves_no_event_to_the_old_transform() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 2);
+    let (pass, pass_sha) = built_plugin("passthrough");
+    let (redact, redact_sha) = common::built_plugin_of("go", "redact");
+    let bases: Vec<String> = texts(&configs)
+        .iter()
+        .map(|t| {
+            format!(
+                "{}\n[[collections.declared]]\nname = \"c\"\ntransforms_on_apply = [\"pass\"]\n\n[plugins.pass]\npath = \"{}\"\nsha256 = \"{pass_sha}\"\n",
+                t.replacen("[retention]\n", "[retention]\ncompact = false\n", 1),
+                pass.display()
+            )
+        })
+        .collect();
+    // node-2, the writer, has not taken the upgrade yet (a node that took it announces it,
+    // and a node without it holds that node's events from its time on until it has it).
+    let from = now_ms() + 8_000;
+    let upgraded = |base: &str| {
+        base.replace(
+            "transforms_on_apply = [\"pass\"]\n",
+            &format!(
+                "transforms_on_apply = [\"pass\"]\n\n[[collections.declared.upgrades]]\neffective_from = {from}\ntransforms_on_apply = [\"redact\"]\n"
+            ),
+        ) + &format!(
+            "\n[plugins.redact]\npath = \"{}\"\nsha256 = \"{redact_sha}\"\nparams = {{ mask = \"celsius\" }}\n",
+            redact.display()
+        )
+    };
+    for (c, t) in configs.iter().zip(&bases) {
+        std::fs::write(c, t).unwrap();
+    }
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    common::put(&n2, "c", "first", r#"{"celsius":1}"#);
+    converge(&[&n1, &n2], Duration::from_secs(30));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let url = n2.url("/v1/kv/c/");
+        std::thread::spawn(move || {
+            // Writes node-2 took (once node-1 announces the upgrade, node-2, which lacks it,
+            // refuses writes to the collection: 503).
+            let (mut i, mut taken) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let r = agent()
+                    .put(&format!("{url}k{i:05}"))
+                    .content_type("application/json")
+                    .send(format!(r#"{{"celsius":{i}}}"#).as_bytes())
+                    .unwrap();
+                taken += u64::from(r.status() == 200);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            taken
+        })
+    };
+    // node-1 takes it half a second before its time (compiling the standard-Go build takes
+    // seconds).
+    let wait = (from - 500).saturating_sub(now_ms());
+    assert!(
+        wait > 0,
+        "the cluster took too long to start for this test's times"
+    );
+    std::thread::sleep(Duration::from_millis(wait));
+    std::fs::write(&configs[0], upgraded(&bases[0])).unwrap();
+    // By a signal (`edgerep reload` checks the file first, compiling the plugin itself, and
+    // the node's reload would start past the upgrade's time).
+    let started = Instant::now();
+    common::send_signal(n1.child.id() as i32, "HUP");
+    let outcome = loop {
+        let st = status(&n1);
+        if let Some(e) = st["last_reload_error"].as_str() {
+            break Err(e.to_owned());
+        }
+        if st["collections"]["declared"][0]["upgrades"]
+            .as_array()
+            .is_some_and(|u| !u.is_empty())
+        {
+            break Ok(());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no reload: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    converge(&[&n1, &n2], Duration::from_secs(30));
+    eprintln!("reload took {took:?}, {written} writes: {outcome:?}");
+    if let Err(said) = outcome {
+        assert!(said.contains("already applied event node-2:"), "{said}");
+        return;
+    }
+    // Taken: each of node-2's events went through the transform of its time.
+    let mut events = Vec::new();
+    loop {
+        let path = format!("/v1/changelog/node-2?after={}&limit=1000", events.len());
+        let mut r = agent().get(&n1.url(&path)).call().unwrap();
+        let page: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        let page = page["events"].as_array().expect("a page of events").clone();
+        if page.is_empty() {
+            break;
+        }
+        events.extend(page);
+    }
+    assert!(
+        events.len() as u64 > written,
+        "{} events listed, {written} written after the first; the last: {:?}; node-1: {}",
+        events.len(),
+        events.last(),
+        status(&n1)["origins"]
+    );
+    let (mut before, mut after) = (0, 0);
+    for e in &events {
+        let key = e["key"].as_str().unwrap();
+        let at: u64 = e["hlc"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (code, value) = common::get(&n1, "c", key);
+        assert_eq!(code, 200, "{key}");
+        let redacted = value.contains("***");
+        if at >= from {
+            after += 1;
+        } else {
+            before += 1;
+        }
+        assert_eq!(
+            redacted,
+            at >= from,
+            "{key} stamped {at}, the upgrade from {from}: {value}"
+        );
+    }
+    assert!(before > 0 && after > 0, "{before} before, {after} after");
+}
+
 /// A careless operator raises a limit on one node by a typo and reloads: its peer refuses it
 /// (nodes must run the same limits), and the store recorded the raise, so the old value was
 /// refused for good, by a reload and by a start alike: the pair stayed apart until every node

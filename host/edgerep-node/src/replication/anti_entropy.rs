@@ -1037,20 +1037,28 @@ impl Replicator {
                     .filter(|r| !self.aae_transformed(&r.state_key))
                     .collect();
                 let merging = self.anti_entropy.merging.get(peer).copied().unwrap_or(0);
-                if (!versions.is_empty() || !resolutions.is_empty()) && merging >= REPAIRS_IN_FLIGHT
-                {
+                let payload = !versions.is_empty() || !resolutions.is_empty();
+                // The wiring in force until the repair is merged (see `Pipeline::hold_wiring`;
+                // none while a reload puts another in force).
+                let wiring = payload.then(|| self.pipeline.hold_wiring()).flatten();
+                if payload && (merging >= REPAIRS_IN_FLIGHT || wiring.is_none()) {
                     // A peer can send these as fast as it likes: a line per 10 s at most.
                     static LOG: crate::log_limit::Throttle =
                         crate::log_limit::Throttle::new(crate::log_limit::EVERY);
                     if let Some(left_out) = LOG.allow() {
-                        tracing::warn!(peer = %peer, left_out, "a repair came while {merging} of the peer's were still merging: not merged (a later session finds its keys again; lines like this one are written once per 10 s, `left_out` says how many were not)");
+                        let why = if wiring.is_none() {
+                            "while a reload put new plugins in force".to_owned()
+                        } else {
+                            format!("while {merging} of the peer's were still merging")
+                        };
+                        tracing::warn!(peer = %peer, left_out, "a repair came {why}: not merged (a later session finds its keys again; lines like this one are written once per 10 s, `left_out` says how many were not)");
                     }
                     self.anti_entropy
                         .status
                         .entry(peer.clone())
                         .or_default()
                         .dropped_total += 1;
-                } else if !versions.is_empty() || !resolutions.is_empty() {
+                } else if let Some(wiring) = wiring {
                     // In collections with transforms on apply, the state holds what this node's
                     // transforms make of each version, as when the event first came (run only
                     // for a repair that will be merged: plugins cost fuel and time).
@@ -1071,7 +1079,10 @@ impl Replicator {
                             resolutions,
                             transformed,
                         },
-                        Box::new(move |result, took| hook.repaired(to, id, result, took)),
+                        Box::new(move |result, took| {
+                            drop(wiring);
+                            hook.repaired(to, id, result, took)
+                        }),
                     );
                     match sent {
                         Ok(()) => *self.anti_entropy.merging.entry(peer.clone()).or_default() += 1,

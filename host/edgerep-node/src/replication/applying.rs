@@ -227,6 +227,14 @@ impl Replicator {
                 _ => {}
             }
         }
+        // The wiring in force stays so until the batch is committed (a reload waits for it).
+        let Some(wiring) = self.pipeline.hold_wiring() else {
+            self.ended(
+                &peer,
+                Ended::Failed("a reload is putting a new wiring of plugins in force: the batch is taken again".into()),
+            );
+            return;
+        };
         let prepared = crate::apply::prepare(
             &self.pipeline,
             &self.value_limits,
@@ -357,7 +365,10 @@ impl Replicator {
             promise,
             chain.clone(),
             admitted.clone(),
-            Box::new(move |result| hook.applied(to, sent_apply, result)),
+            Box::new(move |result| {
+                drop(wiring);
+                hook.applied(to, sent_apply, result)
+            }),
         );
         match sent {
             Ok(()) => {

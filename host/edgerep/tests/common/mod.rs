@@ -343,9 +343,18 @@ pub fn get(node: &Node, collection: &str, key: &str) -> (u16, String) {
 
 /// Path and sha256 of a Rust plugin built by `cargo xtask build-plugins`.
 pub fn built_plugin(name: &str) -> (PathBuf, String) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/rust");
-    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
-        .expect("target/plugins/rust/SHA256SUMS (run `cargo xtask build-plugins` first)");
+    built_plugin_of("rust", name)
+}
+
+/// Path and sha256 of a plugin built by `cargo xtask build-plugins` with `toolchain` (`rust`,
+/// `tinygo` or `go`).
+pub fn built_plugin_of(toolchain: &str, name: &str) -> (PathBuf, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/plugins")
+        .join(toolchain);
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap_or_else(|e| {
+        panic!("target/plugins/{toolchain}/SHA256SUMS (run `cargo xtask build-plugins` first): {e}")
+    });
     let file = format!("{name}.wasm");
     let sha = sums
         .lines()
