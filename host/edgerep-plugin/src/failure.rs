@@ -176,6 +176,24 @@ pub(crate) fn classify(
     if error.downcast_ref::<wasmtime::OutOfMemory>().is_some() || error.chain().any(out_of_memory) {
         return (FailureKind::HostOutOfMemory, describe(error));
     }
+    // The instance's table of WASI handles is full: a bound of the plugin's like its memory's
+    // (the same on every node), which a reused instance may have neared in earlier calls.
+    let table_full = |e: &(dyn std::error::Error + 'static)| {
+        matches!(
+            e.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        )
+    };
+    if error.chain().any(table_full) {
+        return (
+            FailureKind::MemoryLimit,
+            format!(
+                "the plugin holds more WASI handles (pollables, streams) at once than an instance may ({}): {}",
+                crate::wasi::MAX_HANDLES,
+                describe(error)
+            ),
+        );
+    }
     match phase {
         Phase::Call => (
             FailureKind::BadOutput,

@@ -278,9 +278,11 @@ impl Plugin {
             Ok(Ok(changes)) => check_changes(changes, &self.inner.limits.events)
                 .map_err(|error| failure(FailureKind::BadOutput, &error.to_string(), fuel_used))?,
         };
-        let mut pool = self.lock_pool();
-        if pool.len() < POOL_MAX_IDLE {
-            pool.push(live);
+        if live.store.data_mut().reusable() {
+            let mut pool = self.lock_pool();
+            if pool.len() < POOL_MAX_IDLE {
+                pool.push(live);
+            }
         }
         Ok(CallReport {
             output: changes,

@@ -867,6 +867,14 @@ impl HostState {
         }
     }
 
+    /// Whether the instance may be reused: it keeps at most [`crate::wasi::MAX_POOLED_HANDLES`]
+    /// WASI handles from its calls.
+    pub(crate) fn reusable(&mut self) -> bool {
+        self.wasi
+            .as_mut()
+            .is_none_or(|w| w.handles() <= crate::wasi::MAX_POOLED_HANDLES)
+    }
+
     /// What the plugin said in the current call before failing: its last error-level log line
     /// (the SDKs log a panic's message so), else the last lines it printed (a TinyGo panic
     /// prints its message, then aborts).

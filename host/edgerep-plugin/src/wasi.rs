@@ -212,6 +212,15 @@ impl tokio::io::AsyncWrite for OutputTail {
     }
 }
 
+/// Handles (pollables, streams) one instance may hold at once. Each takes host memory the
+/// memory cap does not count: a guest subscribing to a clock in a loop without dropping what
+/// it got grew wasmtime's table toward its default bound of a million (over 100 MB).
+pub(crate) const MAX_HANDLES: usize = 4096;
+
+/// Handles a pooled instance may keep between calls: past them it is not reused, so no call
+/// starts with what an earlier one leaked (and is refused at [`MAX_HANDLES`] for it).
+pub(crate) const MAX_POOLED_HANDLES: usize = 64;
+
 /// The WASI state of one instance.
 pub(crate) struct WasiState {
     pub(crate) ctx: WasiCtx,
@@ -235,11 +244,14 @@ impl WasiState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        WasiState {
-            ctx,
-            table: ResourceTable::new(),
-            clock,
-        }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
+        WasiState { ctx, table, clock }
+    }
+
+    /// How many handles the instance holds now.
+    pub(crate) fn handles(&mut self) -> usize {
+        self.table.iter_mut().count()
     }
 }
 

@@ -11,10 +11,14 @@
 //! bytes N times in one call each (a hostile plugin's loop: a few instructions a mebibyte of
 //! the host's work).
 //!
+//! With the param `handles_kept` = N, the call subscribes to the monotonic clock N times and
+//! keeps every pollable it got, also across calls (a guest that leaks WASI handles).
+//!
 //! A host that answers WASI deterministically (fixed clocks, seeded random) gets the same output
 //! from every call on a fresh instance.
 
 use std::hint::black_box;
+use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use edgerep_guest::cbor::Value;
@@ -22,6 +26,9 @@ use edgerep_guest::{Change, Event, Transform, param_or};
 
 /// The plugin.
 pub struct WasiProbe;
+
+/// The pollables `handles_kept` made, never dropped.
+static KEPT: Mutex<Vec<wasip2::io::poll::Pollable>> = Mutex::new(Vec::new());
 
 impl Transform for WasiProbe {
     fn transform(event: Event) -> Result<Vec<Change>, String> {
@@ -45,6 +52,16 @@ impl Transform for WasiProbe {
         for _ in 0..draws {
             black_box(wasip2::random::random::get_random_bytes(n as u64));
         }
+        let kept: usize = param_or("handles_kept", "0")
+            .parse()
+            .map_err(|e| format!("wasi-probe: param handles_kept: {e}"))?;
+        let mut held = KEPT
+            .lock()
+            .map_err(|_| "wasi-probe: lock poisoned".to_owned())?;
+        for _ in 0..kept {
+            held.push(wasip2::clocks::monotonic_clock::subscribe_duration(0));
+        }
+        drop(held);
         let mut random = vec![0u8; n.max(16)];
         getrandom::fill(&mut random).map_err(|e| format!("wasi-probe: getrandom: {e}"))?;
         let random_hex: String = random[..16].iter().map(|b| format!("{b:02x}")).collect();

@@ -123,3 +123,44 @@ fn a_loop_of_random_draws_runs_out_of_fuel_not_into_its_deadline() {
         started.elapsed()
     );
 }
+
+/// WASI handles a guest keeps take host memory its cap does not count: a guest keeping every
+/// pollable it got grew its instance's table toward wasmtime's bound of a million (over
+/// 100 MB), and on a reused instance the call that found it full failed for what earlier calls
+/// left there. Now an instance holds at most 4096 handles (a call that keeps more fails, its
+/// own doing, on a new instance too), and one that keeps more than 64 is not reused.
+#[test]
+fn handles_a_guest_keeps_are_bounded_and_not_carried_to_the_next_call() {
+    let runtime = Runtime::new(None).unwrap();
+    let greedy = load(
+        &runtime,
+        "wasi-probe",
+        limits(100_000_000, 32 << 20),
+        &[("handles_kept", "5000")],
+    );
+    let failure = greedy.transform(&order("o-1"), true).unwrap_err();
+    assert_eq!(
+        failure.kind,
+        edgerep_plugin::FailureKind::MemoryLimit,
+        "{failure}"
+    );
+    assert!(failure.message.contains("WASI handles"), "{failure}");
+    // 1500 subscriptions a call (two handles each) fit an instance once, not twice: each call
+    // must start on an instance that holds none of them.
+    let leaky = load(
+        &runtime,
+        "wasi-probe",
+        limits(100_000_000, 32 << 20),
+        &[("handles_kept", "1500")],
+    );
+    for i in 0..5 {
+        leaky
+            .transform(&order("o-1"), false)
+            .unwrap_or_else(|f| panic!("call {i}: {f}"));
+    }
+    assert!(
+        leaky.metrics().errors.is_empty(),
+        "a call failed first on a reused instance: {:?}",
+        leaky.metrics().errors
+    );
+}
