@@ -878,6 +878,21 @@ fn declared_parameters_are_shown_and_checked_before_the_node_runs() {
             .collect();
         assert_eq!(names, ["equals", "field"], "{toolchain}");
         assert_eq!(report["params"][1]["required"], true);
+        // The shipped plugins whose parameters are all optional declare them too: a typo in
+        // one (`remvoe`) would otherwise redact nothing, silently.
+        for (plugin, declared) in [("redact", ["mask", "remove"]), ("enrich", ["from", "to"])] {
+            let wasm = dir.join(toolchain).join(format!("{plugin}.wasm"));
+            let o = edgerep(&["plugin", "check", wasm.to_str().unwrap()]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+            let names: Vec<&str> = report["params"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{toolchain} {plugin}: {report}"))
+                .iter()
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, declared, "{toolchain} {plugin}");
+        }
     }
     let wasm = dir.join("rust/filter.wasm").canonicalize().unwrap();
     let sums = std::fs::read_to_string(dir.join("rust/SHA256SUMS")).unwrap();
@@ -914,6 +929,18 @@ fn declared_parameters_are_shown_and_checked_before_the_node_runs() {
         err.contains("\"feild\"") && err.contains("field (required)"),
         "{err}"
     );
+    let (redact, redact_sha) = common::built_plugin("redact");
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[[collections.declared]]\nname = \"orders\"\ntransforms_on_ingest = [\"redact\"]\n\n[plugins.redact]\npath = \"{}\"\nsha256 = \"{redact_sha}\"\nparams = {{ remvoe = \"card\" }}\n",
+            redact.display()
+        ),
+    )
+    .unwrap();
+    let o = edgerep(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("\"remvoe\""), "{}", stderr(&o));
 }
 
 /// `dead-letters delete` and `replay --all [--collection]` against a running node.
