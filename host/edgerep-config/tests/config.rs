@@ -475,6 +475,14 @@ fn plugin_mistakes_name_their_key() {
             "plugins.p.on_failure",
             "retry",
         ),
+        // A plugin key written after the params header: a parameter there, unheeded.
+        (
+            format!(
+                "[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\n[plugins.p.params]\nfield = \"x\"\non_failure = \"halt\"\n"
+            ),
+            "plugins.p.params.on_failure",
+            "move it above that header",
+        ),
         (
             format!("[plugins.p]\npath = \"p.wasm\"\nsha256 = \"{SHA}\"\nfules = 3\n"),
             "plugins.p.fules",

@@ -837,6 +837,9 @@ fn wants_cbor(headers: &HeaderMap) -> bool {
 /// client its write was never made, and one that splits its batch under new keys would write
 /// it twice.
 fn recorded_over_limit(app: &AppState, headers: &HeaderMap, refused: ApiError) -> ApiError {
+    if refused.kind != "request_too_large" {
+        return refused;
+    }
     let Ok(Some(key)) = idempotency::from_headers(headers) else {
         return refused;
     };
@@ -1251,15 +1254,21 @@ fn context_header(
     // Given more than once, the lines are one list (as HTTP joins repeated header lines): a
     // client adding an entry a line must not have all but the first left out unsaid.
     let mut lines = Vec::new();
+    let mut given = false;
     for v in headers.get_all(CONTEXT_HEADER) {
-        lines.push(v.to_str().map_err(|_| {
+        given = true;
+        let line = v.to_str().map_err(|_| {
             ApiError::bad_request(
                 "bad_context",
                 format!("the {CONTEXT_HEADER} header is not visible ASCII"),
             )
-        })?);
+        })?;
+        // An empty line (the context of a key read absent, sent back) adds nothing.
+        if !line.trim().is_empty() {
+            lines.push(line);
+        }
     }
-    if lines.is_empty() {
+    if !given {
         return Ok(None);
     }
     let text = lines.join(",");
@@ -1634,11 +1643,10 @@ fn check_batch_collections<'w>(
     Ok(())
 }
 
-/// Looks a batch's keys up and runs the writes that need it through ingest (blocking).
 /// A batch under an Idempotency-Key header refused (`refused`) for holding more writes than
-/// `limits.max_batch_events`: when the key's record is of a batch of that many writes (taken
-/// under a higher limit lowered since), the retry is parsed up to that many and gets the
-/// recorded answer if it is the same request. Else the refusal, or the 409 of
+/// `limits.max_batch_events`: when the key was recorded (the batch taken under a higher limit
+/// lowered since), the retry is parsed and gets the recorded answer if it is the same
+/// request. Else the refusal, or the 409 of
 /// [`recorded_over_limit`] when a request under the key was recorded. Nothing runs here:
 /// a batch over the limit is only ever answered from a record.
 fn replay_over_count(
@@ -1656,13 +1664,13 @@ fn replay_over_count(
         return Err(refused);
     };
     let over = |refused| recorded_key_over_limit(key, recorded.at_ms, refused);
+    // The record counts the writes up to the last that committed or was refused, not those a
+    // filter dropped after it: twice that (or the limit) lets such a retry be parsed, and what
+    // the parse takes stays bounded by what was taken before.
     let writes = idempotency::Extra::decode(&recorded.extra).map_or(0, |e| e.writes());
     let config = app.config();
-    if writes <= config.limits.max_batch_events {
-        return Err(over(refused));
-    }
     let mut wider = (*config).clone();
-    wider.limits.max_batch_events = writes;
+    wider.limits.max_batch_events = writes.max(config.limits.max_batch_events).saturating_mul(2);
     let batch =
         match request::parse_batch(body, format, &wider, &crate::value_limits(&config), &|| {
             origins_held(app)
@@ -1687,6 +1695,7 @@ fn replay_over_count(
     }
 }
 
+/// Looks a batch's keys up and runs the writes that need it through ingest (blocking).
 fn prepare_batch(
     app: &Arc<AppState>,
     batch: request::Batch,

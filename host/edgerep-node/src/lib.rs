@@ -522,7 +522,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // Ids the policy names that are nobody known here (a typo leaves a revoked node able to
     // write, or an origin without its intended limits): said, not refused, since a node may be
     // named before it first writes.
-    for what in unknown_nodes(&config, &origins) {
+    for what in unknown_nodes(&config, Some(&origins)) {
         tracing::warn!("{what}");
     }
     // The certificates this node learnt before.
@@ -802,27 +802,38 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     })
 }
 
+/// [`unknown_nodes`] as `edgerep config check` sees them, without the store.
+pub fn unknown_nodes_in_config(config: &Config) -> Vec<String> {
+    unknown_nodes(config, None)
+}
+
 /// The ids `[[revoked]]` and `[authorization]` name that are no configured peer and no origin
-/// `origins` (the store's) holds events of, each as a sentence: a typo leaves a revoked node
-/// able to write, or an origin without its intended limits. Said, not refused, since a node
-/// may be named before it first writes.
-pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Vec<String> {
+/// `origins` (the store's; `None`: not read) holds events of, each as a sentence: a typo
+/// leaves a revoked node able to write, or an origin without its intended limits. Said, not
+/// refused, since a node may be named before it first writes.
+pub(crate) fn unknown_nodes(config: &Config, origins: Option<&edgerep_wire::Have>) -> Vec<String> {
     let known = |id: &NodeId| {
         *id == config.node.id
             || config.peers.iter().any(|p| p.id == *id)
-            || origins.contains_key(id)
+            || origins.is_some_and(|o| o.contains_key(id))
+    };
+    let nobody = match origins {
+        Some(_) => "no configured peer and no origin this store holds events of",
+        None => {
+            "no configured peer (the store is not read here: an origin it holds events of is named rightly)"
+        }
     };
     let revoked = config
         .revoked
         .iter()
         .map(|r| &r.node)
         .filter(|id| !known(id))
-        .map(|id| format!("[[revoked]] names {id}, no configured peer and no origin this store holds events of: check the id for a typo"));
+        .map(|id| format!("[[revoked]] names {id}, {nobody}: check the id for a typo"));
     let authorized = config
         .authorization
         .keys()
         .filter(|id| !known(id))
-        .map(|id| format!("[authorization] names {id}, no configured peer and no origin this store holds events of: check the id for a typo"));
+        .map(|id| format!("[authorization] names {id}, {nobody}: check the id for a typo"));
     // A collection name no origin can write to: undeclared while undeclared collections are
     // refused (a typo: `ordres` for `orders` stops that origin's writes to `orders`).
     let collections = config
@@ -837,6 +848,8 @@ pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Ve
     // config: a peer replaced by another can push the node past it, and every event of the
     // last origin to arrive is then refused. (This node's own events are never refused, but
     // count once held.)
+    // (Only with the store read.)
+    let over = origins.and_then(|origins| {
     let held = origins.len();
     let own_coming = usize::from(!origins.contains_key(&config.node.id));
     let coming: Vec<String> = config
@@ -847,7 +860,7 @@ pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Ve
         .map(|id| id.to_string())
         .collect();
     let bound = config.max_origins();
-    let over = (!coming.is_empty() && held + own_coming + coming.len() > bound).then(|| {
+    (!coming.is_empty() && held + own_coming + coming.len() > bound).then(|| {
         format!(
             "the store holds events of {held} origins, and {} configured node(s) it holds none of yet ({}) make {}, over the bound of {bound} origins (itself, {} peers and replication.extra_origins = {}): the events of those arriving last will be refused; raise replication.extra_origins (it takes a restart: a reload cannot change it)",
             coming.len(),
@@ -856,6 +869,7 @@ pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Ve
             config.peers.len(),
             config.replication.extra_origins
         )
+    })
     });
     revoked
         .chain(authorized)
@@ -867,7 +881,7 @@ pub(crate) fn unknown_nodes(config: &Config, origins: &edgerep_wire::Have) -> Ve
 /// Checks this node's newest own seal (at `held`, how far the store holds its own events)
 /// against its configured key: a node whose key was replaced (a lost key, a certificate issued
 /// again) would send events its peers cannot verify.
-fn check_own_key(
+pub(crate) fn check_own_key(
     store: &Store,
     keys: &keys::NodeKeys,
     node: &NodeId,
@@ -962,13 +976,13 @@ mod tests {
             );
             Config::parse(&text, std::path::Path::new("/tmp/edgerep.toml")).unwrap()
         };
-        let said = unknown_nodes(&config(false), &Default::default());
+        let said = unknown_nodes(&config(false), Some(&Default::default()));
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(
             said[0].contains("\"ordres\"") && said[0].contains("not declared"),
             "{said:?}"
         );
-        assert!(unknown_nodes(&config(true), &Default::default()).is_empty());
+        assert!(unknown_nodes(&config(true), Some(&Default::default())).is_empty());
     }
 
     /// A peer replaced by another: the old one's events still count against the origin bound,
@@ -990,13 +1004,13 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let said = unknown_nodes(&config(0), &held);
+        let said = unknown_nodes(&config(0), Some(&held));
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(
             said[0].contains("(site-d)") && said[0].contains("extra_origins"),
             "{said:?}"
         );
-        assert!(unknown_nodes(&config(1), &held).is_empty());
+        assert!(unknown_nodes(&config(1), Some(&held)).is_empty());
         // This node's own events are never refused: its own id alone is no warning.
         let peers_held: edgerep_wire::Have = [
             (NodeId::parse("site-d").unwrap(), 10),
@@ -1004,6 +1018,6 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        assert!(unknown_nodes(&config(0), &peers_held).is_empty());
+        assert!(unknown_nodes(&config(0), Some(&peers_held)).is_empty());
     }
 }

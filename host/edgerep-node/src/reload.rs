@@ -269,6 +269,49 @@ impl Reloader {
 
     /// With what the TLS files held at start ([`tls_files`] of the config, taken before the
     /// identity was read).
+    /// Why the next start would refuse `config`'s TLS files, if it would: they do not load
+    /// as this node's identity, or (with authentication) their key does not verify the seals
+    /// this node's own events carry.
+    fn refused_at_next_start(&self, config: &Config) -> Option<String> {
+        let identity = match crate::replication::load_identity(config) {
+            Ok(identity) => identity,
+            Err(e) => {
+                return Some(format!(
+                    "replication.ca, cert or key: the next start would refuse the files as they are now ({e}): put the former ones back before restarting"
+                ));
+            }
+        };
+        if !config.replication.authenticate {
+            return None;
+        }
+        let node = &config.node.id;
+        let keys = match NodeKeys::new(&identity, config) {
+            Ok(keys) => keys,
+            Err(e) => {
+                return Some(format!(
+                    "replication.key: the next start would refuse it ({e}): put the former key back before restarting"
+                ));
+            }
+        };
+        let held = self
+            .store
+            .status()
+            .ok()?
+            .origins
+            .get(node)
+            .copied()
+            .unwrap_or(0);
+        crate::check_own_key(&self.store, &keys, node, held, |e| {
+            crate::NodeError::Replication(format!("reading this node's seals: {e}"))
+        })
+        .err()
+        .map(|e| {
+            format!(
+                "replication.key: the next start would refuse the new key ({e}): put the former key and certificate back before restarting"
+            )
+        })
+    }
+
     pub(crate) fn with_tls_files(mut self, tls_files: Option<blake3::Hash>) -> Reloader {
         self.tls_files = tls_files;
         self
@@ -417,6 +460,13 @@ impl Reloader {
         let mut takes_a_restart = Vec::new();
         if tls_files(&new) != self.tls_files {
             takes_a_restart.push("replication.ca, cert or key: the files' contents changed since the node started; the node presents and trusts the old ones until a restart".to_owned());
+            // Files the next start would refuse (another key than the one this node's events
+            // are sealed with, a certificate of another CA): said now, while the former files
+            // can still be put back, not at that start.
+            if let Some(why) = self.refused_at_next_start(&new) {
+                tracing::error!("{why}");
+                takes_a_restart.push(why);
+            }
         }
         // Read before anything changes: a token file now unreadable or too short fails the
         // whole reload.
@@ -438,7 +488,7 @@ impl Reloader {
         // batch already shaped by them is committed first): what the check finds is all of
         // it. (Taken after the plugins compiled, which may take seconds: batches wait only
         // for the check and the records.)
-        let _quiet = self.pipeline.quiesce().await;
+        let quiet = self.pipeline.quiesce().await;
         let store = self.store.clone();
         let n = new.clone();
         let settled_then = settled.clone();
@@ -483,6 +533,7 @@ impl Reloader {
         // right after the other (a request checked by one and run by the other would be
         // judged by rules no start would give it).
         let plugins_loaded = self.pipeline.install(&new, prepared);
+        drop(quiet);
         if let Some(metrics) = &self.commit_metrics {
             metrics.declare(new.collections.declared.iter().map(|c| c.name.clone()));
         }
@@ -559,7 +610,7 @@ impl Reloader {
         let unknown_nodes = self
             .store
             .status()
-            .map(|s| crate::unknown_nodes(&self.config(), &s.origins))
+            .map(|s| crate::unknown_nodes(&self.config(), Some(&s.origins)))
             .unwrap_or_default();
         let reloaded = Reloaded {
             file,

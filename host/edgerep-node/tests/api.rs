@@ -2123,3 +2123,30 @@ fn writes_to_a_collection_this_node_may_not_write_are_refused() {
     );
     assert_eq!(node.snapshot(), before, "nothing written");
 }
+
+/// The context header given on several lines is one list, as HTTP joins repeated lines; an
+/// empty line (the context of a key read absent, sent back as it came) adds nothing to it.
+#[test]
+fn context_lines_are_one_list_and_empty_ones_add_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), OPEN);
+    let first = node.put_json("/v1/kv/c/k", &json!(1)).ok_json();
+    let read = node.get("/v1/kv/c/k");
+    let context = read.header("x-edgerep-context").unwrap().to_owned();
+    assert_eq!(context, "site-a:1", "{first}");
+    let absent = node.get("/v1/kv/c/none");
+    assert_eq!(absent.header("x-edgerep-context"), Some(""));
+    let r = finish(
+        node.agent
+            .put(node.url("/v1/kv/c/k"))
+            .header("content-type", "application/json")
+            .header("x-edgerep-context", "")
+            .header("x-edgerep-context", context.as_str())
+            .send(b"2".as_slice()),
+        "/v1/kv/c/k",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let versions = node.value("/v1/kv/c/k?versions=true");
+    assert_eq!(versions["context"], "site-a:2", "{versions}");
+    node.stop();
+}

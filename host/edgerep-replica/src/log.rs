@@ -49,9 +49,10 @@ pub trait Log {
     /// [`edgerep_wire::seal::MAX_CERTS_PER_ORIGIN`]; usually one).
     fn certs(&self, origin: &NodeId) -> Vec<Vec<u8>>;
 
-    /// The versions of the keys after `after` (from the first key if `None`), whole keys only:
-    /// at most `max_events` versions and `max_bytes` of encoded versions, except that the first
-    /// key is returned even if it alone is larger. The state read must reflect at least every
+    /// The versions of the keys after `after` (from the first key if `None`): whole keys, at
+    /// most `max_events` versions and `max_bytes` of encoded versions, except that a first key
+    /// over them by itself goes over several pages, a version at least on each (see
+    /// [`StateCursor`]); a page may be empty only if `next` moves on. The state read must reflect at least every
     /// event the durable local have covers (never an event a crash could take back).
     fn state_page(
         &self,

@@ -156,7 +156,7 @@ pub enum Output {
     InstallSnapshot {
         /// The peer the page came from.
         peer: NodeId,
-        /// The versions of whole keys.
+        /// The versions of keys (whole, or a part of a key over a page by itself).
         versions: Vec<EncodedEvent>,
         /// Per version, what proves it is its origin's (unchecked: the store checks).
         proofs: Vec<Proof>,
@@ -507,8 +507,8 @@ pub struct Replica {
     last_events: Option<NodeId>,
     /// Origins whose changelog read failed, with the reason (see [`Replica::unreadable`]).
     unreadable: BTreeMap<NodeId, String>,
-    /// Peers whose seal for this node's Hello could not be read, with the reason (until one
-    /// is read: see [`Replica::unreadable`]).
+    /// Peers whose seal for this node's Hello on the current session could not be read, with
+    /// the reason (see [`Replica::unreadable_seals`]).
     unreadable_seals: BTreeMap<NodeId, String>,
     /// Per peer, snapshots a lost connection interrupted (configured peers only, so bounded).
     interrupted: BTreeMap<NodeId, Interrupted>,
@@ -789,6 +789,7 @@ impl Replica {
     /// its events stays valid (apply it and report as usual).
     pub fn disconnected(&mut self, peer: &NodeId, _now: u64) {
         self.keep_interrupted(peer);
+        self.unreadable_seals.remove(peer);
         if let Some(p) = self.peers.get_mut(peer) {
             p.session = None;
             if p.idle() {
@@ -2215,15 +2216,15 @@ impl Replica {
 
     /// Origins whose changelog could not be read, with the reason: they are not sent (every
     /// other origin still is) until a read succeeds.
-    /// So are those whose seal for a Hello could not be read (the Hello goes without it).
-    pub fn unreadable(&self) -> BTreeMap<NodeId, String> {
-        let mut all = self.unreadable.clone();
-        for (origin, why) in &self.unreadable_seals {
-            all.entry(origin.clone())
-                .and_modify(|w| *w = format!("{w}; {why}"))
-                .or_insert_with(|| why.clone());
-        }
-        all
+    pub fn unreadable(&self) -> &BTreeMap<NodeId, String> {
+        &self.unreadable
+    }
+
+    /// Peers whose seal (at what this node holds of their own events) could not be read for
+    /// this node's Hello on the current session, with the reason: the Hello went without it,
+    /// so the peer takes that claim as none (its events still flow both ways).
+    pub fn unreadable_seals(&self) -> &BTreeMap<NodeId, String> {
+        &self.unreadable_seals
     }
 
     /// Whether this node's Hello to `peer` went out on the current session ([`poll_transmit`]

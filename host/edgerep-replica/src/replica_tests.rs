@@ -2439,7 +2439,17 @@ fn a_hello_whose_seal_cannot_be_read_goes_without_it_and_batches_still_flow() {
         sent_to.contains(&n("b")) && sent_to.contains(&n("c")),
         "{sent_to:?}"
     );
-    assert!(r.unreadable()[&n("b")].contains("unreadable seal"));
+    assert!(r.unreadable_seals()[&n("b")].contains("unreadable seal"));
+    assert!(
+        r.unreadable().is_empty(),
+        "b's events are read: {:?}",
+        r.unreadable()
+    );
+    r.disconnected(&n("b"), 1);
+    assert!(
+        r.unreadable_seals().is_empty(),
+        "said for the session it was on"
+    );
 }
 
 /// A peer whose frames pile up unsent (it reads slowly or not at all) gets no more Events

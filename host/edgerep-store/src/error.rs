@@ -12,7 +12,7 @@ pub enum StoreError {
     Storage(#[from] redb::Error),
     /// The data directory belongs to another node.
     #[error(
-        "the data in {path} belongs to node {stored:?}, but the config says node {configured:?}"
+        "the data in {path} belongs to node {stored:?}, but the config says node {configured:?}: put node.id back to {stored:?}, or point node.data_dir at an empty directory (a new node, which gets the cluster's data from its peers)"
     )]
     WrongNode {
         /// The database file.

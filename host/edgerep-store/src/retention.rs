@@ -61,7 +61,8 @@ pub struct Compaction {
 /// One page of the state (see [`Store::state_page`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatePage {
-    /// The versions of whole keys, in (collection, key) order, each as its origin sent it (a
+    /// The versions of keys (whole, or a part of one over a page by itself: see
+    /// [`StateCursor`]), in (collection, key) order, each as its origin sent it (a
     /// transform on apply may have changed what this node holds).
     pub versions: Vec<EncodedEvent>,
     /// Per version, what proves it is its origin's.
@@ -230,10 +231,10 @@ fn remove_range(
 
 impl Store {
     /// The versions of the keys after `after` (from the first if `None`), in (collection, key)
-    /// order: whole keys, at most `max_events` versions and `max_bytes` of encoded versions,
-    /// except that the first key goes whole even past them when it can, and when it cannot
-    /// (its versions together over the bounds: concurrent writes of large values), it goes
-    /// over several pages, a version at least on each (see [`StateCursor`]).
+    /// order: whole keys, at most `max_events` versions and `max_bytes` of encoded versions
+    /// (and their proofs), except that a first key over them by itself (concurrent writes of
+    /// large values) goes over several pages, a version at least on each (see
+    /// [`StateCursor`]).
     pub fn state_page(
         &self,
         after: Option<&StateCursor>,

@@ -687,7 +687,9 @@ impl Identity {
         )
     }
 
-    fn from_pem_named(
+    /// [`Identity::from_pem`], each text named in errors by `names` (its setting and file,
+    /// say): CA certificate, node certificate, node key.
+    pub fn from_pem_named(
         ca_cert_pem: &str,
         node_cert_pem: &str,
         node_key_pem: &str,

@@ -500,12 +500,15 @@ fn check_files(config: &Config) -> Result<(), String> {
                 )
             })
         };
-        let identity = edgerep_transport::certs::Identity::from_pem(
+        let names = [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)]
+            .map(|(key, path)| format!("replication.{key} ({})", path.display()));
+        let identity = edgerep_transport::certs::Identity::from_pem_named(
             &read(&tls.ca, "ca")?,
             &read(&tls.cert, "cert")?,
             &read(&tls.key, "key")?,
+            names.each_ref().map(String::as_str),
         )
-        .map_err(|e| format!("{}: replication: {e}", config.source.display()))?;
+        .map_err(|e| format!("{}: {e}", config.source.display()))?;
         if identity.node_id() != &config.node.id {
             return Err(format!(
                 "{}: replication.cert: {} names node {:?}, but node.id is {:?}",
@@ -533,6 +536,15 @@ fn check_files(config: &Config) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", config.source.display()))?;
     for warning in edgerep_node::secrets_open_to_others(config) {
         eprintln!("warning: {}: {warning}", config.source.display());
+    }
+    for warning in edgerep_node::unknown_nodes_in_config(config) {
+        eprintln!("warning: {}: {warning}", config.source.display());
+    }
+    if !config.peers.is_empty() && !config.replication.authenticate {
+        eprintln!(
+            "warning: {}: replication.authenticate = false: peers' events are not checked against their origins' seals, so any peer holding a certificate of this cluster's CA can write as any other node; keep it on outside benchmarks",
+            config.source.display()
+        );
     }
     Ok(())
 }

@@ -16,6 +16,18 @@ fn a_node_back_from_a_long_absence_catches_up_a_million_events_with_bounded_memo
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
+    // The full check of each store at the end reads a million events: on a loaded machine it
+    // took longer than the API's request timeout (30 s), answered 408. Given as long as the
+    // client here waits.
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        assert!(text.contains("[api]\n"), "{text}");
+        std::fs::write(
+            c,
+            text.replacen("[api]\n", "[api]\nrequest_timeout_ms = 300000\n", 1),
+        )
+        .unwrap();
+    }
     // node-2 is down while node-1 takes the whole backlog: node-1 is alone (no peer ever held
     // its events), so it takes writes without waiting for a peer to confirm its origin.
     let n1 = Node::start_with(&configs[0], &["--alone"]);

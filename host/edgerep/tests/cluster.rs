@@ -1080,7 +1080,7 @@ fn a_node_restarted_with_another_policy_takes_writes_and_names_the_difference() 
 fn a_reload_says_tls_files_changed_in_place_take_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster(dir.path(), 2);
-    let n1 = Node::start(&configs[0]);
+    let n1 = Node::start_with(&configs[0], &["--alone"]);
     let reload = || common::edgerep(&["reload", "--config", configs[0].to_str().unwrap()]);
     let o = reload();
     assert!(o.status.success(), "{}", common::stderr(&o));
@@ -1107,6 +1107,32 @@ fn a_reload_says_tls_files_changed_in_place_take_a_restart() {
     let said: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
     assert_eq!(said["reloaded"]["takes_a_restart"], serde_json::json!([]));
     assert_eq!(status(&n1)["node_id"], "node-1");
+    // A new key issued into the files while the node runs with events sealed by the former
+    // one: config check and the reload passed, and only the restart was refused, maybe once
+    // the former key was gone for good. The reload says it now, while it can be put back.
+    put(&n1, "c", "k", r#"{"v":1}"#);
+    let certs = dir.path().join("node-1").join("certs");
+    std::fs::remove_file(certs.join("node.pem")).unwrap();
+    std::fs::remove_file(certs.join("node.key")).unwrap();
+    let o = common::edgerep(&[
+        "certs",
+        "node",
+        "--ca",
+        dir.path().join("ca").to_str().unwrap(),
+        "--node-id",
+        "node-1",
+        certs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = reload();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let said: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let notes = said["reloaded"]["takes_a_restart"].to_string();
+    assert!(
+        notes.contains("the next start would refuse the new key")
+            && notes.contains("put the former key"),
+        "{said}"
+    );
 }
 
 /// A site restored from a backup while one peer lags behind it and another holds more: the

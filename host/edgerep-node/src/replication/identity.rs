@@ -47,10 +47,13 @@ pub fn load_identity(config: &Config) -> Result<Identity, IdentityError> {
             source,
         })
     };
-    let identity = Identity::from_pem(
+    let names = [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)]
+        .map(|(key, path)| format!("replication.{key} ({})", path.display()));
+    let identity = Identity::from_pem_named(
         &read(&tls.ca, "ca")?,
         &read(&tls.cert, "cert")?,
         &read(&tls.key, "key")?,
+        names.each_ref().map(String::as_str),
     )?;
     if identity.node_id() != &config.node.id {
         return Err(IdentityError::OtherNode {

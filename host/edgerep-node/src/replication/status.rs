@@ -177,6 +177,10 @@ pub struct ReplicationStatus {
     pub compacted_events_total: u64,
     /// Origins whose changelog could not be read (they are not replicated; the others are).
     pub unreadable: BTreeMap<String, String>,
+    /// Peers whose seal could not be read for this node's Hello on the current session: the
+    /// Hello went without it, so the peer takes this node's word on how far it holds the
+    /// peer's own events as none (replication goes on).
+    pub unreadable_seals: BTreeMap<String, String>,
 }
 
 /// What `status` reports of forks and refusals.
@@ -426,6 +430,12 @@ impl super::Replicator {
                 .unreadable()
                 .iter()
                 .map(|(o, why)| (o.to_string(), why.clone()))
+                .collect();
+            s.unreadable_seals = self
+                .core
+                .unreadable_seals()
+                .iter()
+                .map(|(p, why)| (p.to_string(), why.clone()))
                 .collect();
         }
     }
