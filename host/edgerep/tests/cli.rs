@@ -1856,3 +1856,36 @@ fn a_plugin_cache_that_cannot_be_used_is_said_and_the_node_runs_without() {
     assert!(log.contains("not using the plugin cache"), "{log}");
     assert_eq!(node.terminate().code(), Some(0));
 }
+
+/// What `config check` passed without a word, though the operator most likely did not mean it:
+/// authentication turned off on a node with peers (any peer holding a certificate could then
+/// write as any other node), and an id in `[[revoked]]` or `[authorization]` that names no
+/// node known here (a typo leaves the node meant able to write). Warned of, exit 0.
+#[test]
+fn config_check_warns_of_what_an_operator_rarely_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = common::cluster(dir.path(), 2);
+    let c = configs[0].to_str().unwrap();
+    let o = edgerep(&["config", "check", c]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&configs[0]).unwrap();
+    let changed = text.replacen(
+        "[replication]\n",
+        "[replication]\nauthenticate = false\n",
+        1,
+    ) + "\n[[revoked]]\nnode = \"node-33\"\nafter_seq = 0\n";
+    assert_ne!(changed, text);
+    std::fs::write(&configs[0], changed).unwrap();
+    let o = edgerep(&["config", "check", c]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning") && err.contains("replication.authenticate = false"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[[revoked]] names node-33") && err.contains("typo"),
+        "{err}"
+    );
+}
