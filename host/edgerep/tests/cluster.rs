@@ -1072,6 +1072,24 @@ fn a_node_restarted_with_another_policy_takes_writes_and_names_the_difference() 
     assert_eq!(get(&n2, "c", "k2").0, 404);
 }
 
+/// Issues `node` of the cluster in `dir` a new certificate, and so a new key, in place of its
+/// files: as an operator does, removing them first, as the command asks.
+fn issue_new_key(dir: &std::path::Path, node: &str) {
+    let certs = dir.join(node).join("certs");
+    std::fs::remove_file(certs.join("node.pem")).unwrap();
+    std::fs::remove_file(certs.join("node.key")).unwrap();
+    let o = common::edgerep(&[
+        "certs",
+        "node",
+        "--ca",
+        dir.join("ca").to_str().unwrap(),
+        "--node-id",
+        node,
+        certs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+}
+
 /// A certificate reissued into the same file: a reload used to answer "reloaded" and say
 /// nothing else (the node presented the old certificate until some later restart). The answer
 /// now says the files changed and take a restart (the rest of the reload, a revocation say,
@@ -1111,19 +1129,7 @@ fn a_reload_says_tls_files_changed_in_place_take_a_restart() {
     // one: config check and the reload passed, and only the restart was refused, maybe once
     // the former key was gone for good. The reload says it now, while it can be put back.
     put(&n1, "c", "k", r#"{"v":1}"#);
-    let certs = dir.path().join("node-1").join("certs");
-    std::fs::remove_file(certs.join("node.pem")).unwrap();
-    std::fs::remove_file(certs.join("node.key")).unwrap();
-    let o = common::edgerep(&[
-        "certs",
-        "node",
-        "--ca",
-        dir.path().join("ca").to_str().unwrap(),
-        "--node-id",
-        "node-1",
-        certs.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    issue_new_key(dir.path(), "node-1");
     let o = reload();
     assert!(o.status.success(), "{}", common::stderr(&o));
     let said: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
@@ -1439,19 +1445,7 @@ fn a_node_whose_key_was_replaced_refuses_to_start_on_its_data() {
     for f in ["ca.pem", "node.pem", "node.key"] {
         std::fs::copy(certs.join(f), former.join(f)).unwrap();
     }
-    // The operator removes the files, as the command asks, and issues new ones.
-    std::fs::remove_file(certs.join("node.pem")).unwrap();
-    std::fs::remove_file(certs.join("node.key")).unwrap();
-    let o = common::edgerep(&[
-        "certs",
-        "node",
-        "--ca",
-        dir.path().join("ca").to_str().unwrap(),
-        "--node-id",
-        "node-1",
-        certs.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    issue_new_key(dir.path(), "node-1");
     let (code, err) = common::refused_to_start(
         &["run", "--config", configs[0].to_str().unwrap()],
         "node-1 started with a replaced key",
