@@ -775,6 +775,11 @@ fn operator_needed(body: &[u8], expected_id: &str) -> Vec<String> {
             "the changelog of origin {origin} cannot be read: {why}"
         ));
     }
+    for (peer, why) in entries(&r["unreadable_seals"]) {
+        out.push(format!(
+            "a seal of peer {peer}'s own events cannot be read here ({why}): this node's Hello to it went without proof of how far it holds them (damage in the store: `edgerep status --verify`)"
+        ));
+    }
     for p in r["peers"].as_array().into_iter().flatten() {
         let id = p["id"].as_str().unwrap_or("?");
         if p["revoked"] == true {
