@@ -1090,6 +1090,82 @@ fn issue_new_key(dir: &std::path::Path, node: &str) {
     assert!(o.status.success(), "{}", common::stderr(&o));
 }
 
+/// A key written during a partition on two nodes, with values so large that its two versions
+/// together are over a message's frame (8 MiB), and a third node that needs a snapshot: the
+/// snapshot's page took the key whole, the message did not fit a frame, the link dropped, and
+/// the same page went again on every reconnect, while node-3 got no events at all. The key now
+/// goes over several pages, and node-3 converges.
+#[test]
+fn a_key_larger_than_a_frame_reaches_a_node_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster(dir.path(), 3);
+    for c in &configs {
+        let text = std::fs::read_to_string(c).unwrap();
+        let keys = "keep_events = 0\ninterval_ms = 200\npeer_absent_ms = 1500";
+        let text = with_retention(&text, keys).replacen(
+            "\n[limits]\n",
+            "\n[limits]\nmax_value_bytes = 4400000\n",
+            1,
+        );
+        assert!(text.contains("max_value_bytes = 4400000"));
+        std::fs::write(c, text).unwrap();
+    }
+    let big = |from: &str| format!(r#"{{"from":"{from}","pad":"{}"}}"#, "x".repeat(4_300_000));
+    // The partition: each writes the key alone, before hearing of the other's write.
+    for (i, from) in [(0, "node-1"), (1, "node-2")] {
+        let n = Node::start_with(&configs[i], &["--alone"]);
+        put(&n, "c", "big", &big(from));
+        put(&n, "c", &format!("small-{from}"), r#"{"v":1}"#);
+        assert_eq!(n.terminate().code(), Some(0));
+    }
+    let n1 = Node::start(&configs[0]);
+    let n2 = Node::start(&configs[1]);
+    let s = converge(&[&n1, &n2], Duration::from_secs(60));
+    let versions = agent()
+        .get(&n1.url("/v1/kv/c/big?versions=true"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        versions.len() > 8 << 20,
+        "two versions of over 4 MB each: {}",
+        versions.len()
+    );
+    // Both compact all they hold, node-3 no longer counting: it can only get a snapshot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in [&n1, &n2] {
+        loop {
+            let st = status(n);
+            if st["compacted"] == s["origins"] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no full compaction: {st}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let n3 = Node::start(&configs[2]);
+    converge(&[&n1, &n2, &n3], Duration::from_secs(90));
+    let (code, body) = get(&n3, "c", "small-node-1");
+    assert_eq!(code, 200, "{body}");
+    let pages = status(&n1)["replication"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "node-3")
+        .map(|p| p["traffic"]["snapshot_pages_sent"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+        + status(&n2)["replication"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "node-3")
+            .map(|p| p["traffic"]["snapshot_pages_sent"].as_u64().unwrap_or(0))
+            .unwrap_or(0);
+    assert!(pages >= 2, "the key went over several pages: {pages}");
+}
+
 /// A certificate reissued into the same file: a reload used to answer "reloaded" and say
 /// nothing else (the node presented the old certificate until some later restart). The answer
 /// now says the files changed and take a restart (the rest of the reload, a revocation say,
