@@ -1664,13 +1664,14 @@ fn replay_over_count(
         return Err(refused);
     };
     let over = |refused| recorded_key_over_limit(key, recorded.at_ms, refused);
-    // The record counts the writes up to the last that committed or was refused, not those a
-    // filter dropped after it: twice that (or the limit) lets such a retry be parsed, and what
-    // the parse takes stays bounded by what was taken before.
-    let writes = idempotency::Extra::decode(&recorded.extra).map_or(0, |e| e.writes());
+    // Parsed up to as many writes as a record may hold (the body is within
+    // `limits.max_request_bytes`): the record does not say how many the request had (writes a
+    // filter dropped after the last one that committed are not counted), and the body's hash
+    // decides whether it is the same request.
     let config = app.config();
     let mut wider = (*config).clone();
-    wider.limits.max_batch_events = writes.max(config.limits.max_batch_events).saturating_mul(2);
+    wider.limits.max_batch_events =
+        usize::try_from(edgerep_store::idempotency::MAX_RECORD_WRITES).unwrap_or(usize::MAX);
     let batch =
         match request::parse_batch(body, format, &wider, &crate::value_limits(&config), &|| {
             origins_held(app)

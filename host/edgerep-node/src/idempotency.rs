@@ -294,19 +294,6 @@ impl Extra {
         buf
     }
 
-    /// How many writes the request had, at least: the last one that became commits
-    /// (`indexes`) or that a plugin refused (`rejected`, by `write`) is counted, not writes a
-    /// filter dropped after it.
-    pub(crate) fn writes(&self) -> usize {
-        let refused = self.rejected.iter().filter_map(|r| r["write"].as_u64());
-        self.indexes
-            .iter()
-            .copied()
-            .chain(refused)
-            .max()
-            .map_or(0, |top| top as usize + 1)
-    }
-
     pub(crate) fn decode(bytes: &[u8]) -> Result<Extra, String> {
         let mut d = Decoder::new(bytes);
         let bad = |e: minicbor::decode::Error| format!("idempotency answer: {e}");

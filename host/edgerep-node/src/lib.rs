@@ -847,29 +847,28 @@ pub(crate) fn unknown_nodes(config: &Config, origins: Option<&edgerep_wire::Have
     // Origins already held keep counting against the bound after their peer leaves the
     // config: a peer replaced by another can push the node past it, and every event of the
     // last origin to arrive is then refused. (This node's own events are never refused, but
-    // count once held.)
-    // (Only with the store read.)
+    // count once held; only with the store read.)
     let over = origins.and_then(|origins| {
-    let held = origins.len();
-    let own_coming = usize::from(!origins.contains_key(&config.node.id));
-    let coming: Vec<String> = config
-        .peers
-        .iter()
-        .map(|p| &p.id)
-        .filter(|id| !origins.contains_key(*id))
-        .map(|id| id.to_string())
-        .collect();
-    let bound = config.max_origins();
-    (!coming.is_empty() && held + own_coming + coming.len() > bound).then(|| {
-        format!(
-            "the store holds events of {held} origins, and {} configured node(s) it holds none of yet ({}) make {}, over the bound of {bound} origins (itself, {} peers and replication.extra_origins = {}): the events of those arriving last will be refused; raise replication.extra_origins (it takes a restart: a reload cannot change it)",
-            coming.len(),
-            coming.join(", "),
-            held + own_coming + coming.len(),
-            config.peers.len(),
-            config.replication.extra_origins
-        )
-    })
+        let held = origins.len();
+        let own_coming = usize::from(!origins.contains_key(&config.node.id));
+        let coming: Vec<String> = config
+            .peers
+            .iter()
+            .map(|p| &p.id)
+            .filter(|id| !origins.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect();
+        let bound = config.max_origins();
+        (!coming.is_empty() && held + own_coming + coming.len() > bound).then(|| {
+            format!(
+                "the store holds events of {held} origins, and {} configured node(s) it holds none of yet ({}) make {}, over the bound of {bound} origins (itself, {} peers and replication.extra_origins = {}): the events of those arriving last will be refused; raise replication.extra_origins (it takes a restart: a reload cannot change it)",
+                coming.len(),
+                coming.join(", "),
+                held + own_coming + coming.len(),
+                config.peers.len(),
+                config.replication.extra_origins
+            )
+        })
     });
     revoked
         .chain(authorized)

@@ -189,6 +189,42 @@ pub struct Reloader {
     last_error: std::sync::Mutex<Option<String>>,
 }
 
+/// Why the next start would refuse `config`'s TLS files, if it would: they do not load as this
+/// node's identity, or (with authentication) their key does not verify the newest seal of this
+/// node's own events in `store` (blocking: it may read back through the store's seals).
+fn refused_at_next_start(store: &edgerep_store::Store, config: &Config) -> Option<String> {
+    let identity = match crate::replication::load_identity(config) {
+        Ok(identity) => identity,
+        Err(e) => {
+            return Some(format!(
+                "replication.ca, cert or key: the next start would refuse the files as they are now ({e}): put the former ones back before restarting"
+            ));
+        }
+    };
+    if !config.replication.authenticate {
+        return None;
+    }
+    let node = &config.node.id;
+    let keys = match NodeKeys::new(&identity, config) {
+        Ok(keys) => keys,
+        Err(e) => {
+            return Some(format!(
+                "replication.key: the next start would refuse it ({e}): put the former key back before restarting"
+            ));
+        }
+    };
+    let held = store.status().ok()?.origins.get(node).copied().unwrap_or(0);
+    crate::check_own_key(store, &keys, node, held, |e| {
+        crate::NodeError::Replication(format!("reading this node's seals: {e}"))
+    })
+    .err()
+    .map(|e| {
+        format!(
+            "replication.key: the next start would refuse the new key ({e}): put the former key and certificate back before restarting"
+        )
+    })
+}
+
 /// A hash of what `config`'s TLS files hold now (an unreadable file counts as such). Taken at
 /// start before the identity is read: files changed in between read as changed at a reload.
 pub(crate) fn tls_files(config: &Config) -> Option<blake3::Hash> {
@@ -269,49 +305,6 @@ impl Reloader {
 
     /// With what the TLS files held at start ([`tls_files`] of the config, taken before the
     /// identity was read).
-    /// Why the next start would refuse `config`'s TLS files, if it would: they do not load
-    /// as this node's identity, or (with authentication) their key does not verify the seals
-    /// this node's own events carry.
-    fn refused_at_next_start(&self, config: &Config) -> Option<String> {
-        let identity = match crate::replication::load_identity(config) {
-            Ok(identity) => identity,
-            Err(e) => {
-                return Some(format!(
-                    "replication.ca, cert or key: the next start would refuse the files as they are now ({e}): put the former ones back before restarting"
-                ));
-            }
-        };
-        if !config.replication.authenticate {
-            return None;
-        }
-        let node = &config.node.id;
-        let keys = match NodeKeys::new(&identity, config) {
-            Ok(keys) => keys,
-            Err(e) => {
-                return Some(format!(
-                    "replication.key: the next start would refuse it ({e}): put the former key back before restarting"
-                ));
-            }
-        };
-        let held = self
-            .store
-            .status()
-            .ok()?
-            .origins
-            .get(node)
-            .copied()
-            .unwrap_or(0);
-        crate::check_own_key(&self.store, &keys, node, held, |e| {
-            crate::NodeError::Replication(format!("reading this node's seals: {e}"))
-        })
-        .err()
-        .map(|e| {
-            format!(
-                "replication.key: the next start would refuse the new key ({e}): put the former key and certificate back before restarting"
-            )
-        })
-    }
-
     pub(crate) fn with_tls_files(mut self, tls_files: Option<blake3::Hash>) -> Reloader {
         self.tls_files = tls_files;
         self
@@ -463,7 +456,12 @@ impl Reloader {
             // Files the next start would refuse (another key than the one this node's events
             // are sealed with, a certificate of another CA): said now, while the former files
             // can still be put back, not at that start.
-            if let Some(why) = self.refused_at_next_start(&new) {
+            let (store, config) = (self.store.clone(), new.clone());
+            let refused =
+                tokio::task::spawn_blocking(move || refused_at_next_start(&store, &config))
+                    .await
+                    .map_err(|e| ReloadError::Task(e.to_string()))?;
+            if let Some(why) = refused {
                 tracing::error!("{why}");
                 takes_a_restart.push(why);
             }

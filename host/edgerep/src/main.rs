@@ -537,9 +537,6 @@ fn check_files(config: &Config) -> Result<(), String> {
     for warning in edgerep_node::secrets_open_to_others(config) {
         eprintln!("warning: {}: {warning}", config.source.display());
     }
-    for warning in edgerep_node::unknown_nodes_in_config(config) {
-        eprintln!("warning: {}: {warning}", config.source.display());
-    }
     if !config.peers.is_empty() && !config.replication.authenticate {
         eprintln!(
             "warning: {}: replication.authenticate = false: peers' events are not checked against their origins' seals, so any peer holding a certificate of this cluster's CA can write as any other node; keep it on outside benchmarks",
@@ -1218,6 +1215,12 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
                     eprintln!(
                         "edgerep: warning: plugin {name:?} is loaded but no declared collection names it (transforms_on_ingest, transforms_on_apply, resolver, or an upgrade's): it never runs"
                     );
+                }
+                // Here only: a start and a reload say it with the store read (a former peer
+                // whose events it holds, still revoked as the README's removal keeps it, is
+                // no typo).
+                for warning in edgerep_node::unknown_nodes_in_config(&c) {
+                    eprintln!("edgerep: warning: {}: {warning}", file.display());
                 }
                 Ok(0)
             }
