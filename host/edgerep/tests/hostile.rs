@@ -1385,15 +1385,11 @@ fn a_transform_on_apply_that_overflows_its_stack_sets_the_event_aside_and_halts_
     let (n1, n3) = start_honest_pair(&configs);
     put(&n3, "deep", "k", r#"{"v":1}"#);
     put(&n3, "c", "after", r#"{"v":3}"#);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&n1, "c", "after").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "node-3's write after the one the plugin fails on did not arrive: {}",
-            status(&n1)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_key(
+        &n1,
+        "after",
+        "node-3's write after the one the plugin fails on did not arrive",
+    );
     let st = status(&n1);
     assert!(st["replication"]["halted"].is_null(), "{st}");
     assert_eq!(st["dead_letters"], 1, "{st}");

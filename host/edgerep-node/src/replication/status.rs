@@ -425,18 +425,14 @@ impl super::Replicator {
             s.snapshot_pages_merged_total = self.reports.snapshot_pages_merged_total;
             s.compactions_total = self.reports.compactions_total;
             s.compacted_events_total = self.reports.compacted_events_total;
-            s.unreadable = self
-                .core
-                .unreadable()
-                .iter()
-                .map(|(o, why)| (o.to_string(), why.clone()))
-                .collect();
-            s.unreadable_seals = self
-                .core
-                .unreadable_seals()
-                .iter()
-                .map(|(p, why)| (p.to_string(), why.clone()))
-                .collect();
+            let named = |reasons: &BTreeMap<NodeId, String>| {
+                reasons
+                    .iter()
+                    .map(|(node, why)| (node.to_string(), why.clone()))
+                    .collect()
+            };
+            s.unreadable = named(self.core.unreadable());
+            s.unreadable_seals = named(self.core.unreadable_seals());
         }
     }
 }
